@@ -1,0 +1,143 @@
+"""Frozen architecture configs. Pure data: no file I/O, no torch.
+
+Field names follow the original LDM/SGM yaml configs where one exists, so a reader of those
+configs recognises them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+Family = Literal["sd1", "sd2", "sdxl", "sdxl_refiner", "small"]
+Prediction = Literal["eps", "v"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int = 4
+    out_channels: int = 4
+    model_channels: int = 320
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    # Transformer blocks per SpatialTransformer at each level; 0 means that level has no attention.
+    transformer_depth: tuple[int, ...] = (1, 1, 1, 0)
+    transformer_depth_middle: int = 1
+    context_dim: int = 768
+    # Exactly one of these decides the head split: a fixed head count (SD1) or a fixed head width.
+    num_heads: int = -1
+    num_head_channels: int = 64
+    use_linear_in_transformer: bool = False
+    # Size of the extra "y" vector (SDXL: pooled text + Fourier-embedded size/crop ids); 0 = none.
+    adm_in_channels: int = 0
+
+    def heads_for(self, channels: int) -> int:
+        if self.num_heads > 0:
+            return self.num_heads
+        return max(1, channels // self.num_head_channels)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 4
+    embed_dim: int = 4
+    scaling_factor: float = 0.18215
+
+    @property
+    def downscale(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    # "hf": OpenAI CLIP in transformers' naming (SD1, SDXL's first encoder);
+    # "openclip": OpenCLIP naming (SD2's ViT-H, SDXL's ViT-bigG).
+    naming: Literal["hf", "openclip"] = "hf"
+    vocab_size: int = 49408
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    max_length: int = 77
+    act: Literal["quick_gelu", "gelu"] = "quick_gelu"
+    # Output size of the text projection; 0 = the file has no projection.
+    projection_dim: int = 0
+    # Which hidden state conditions the UNet: 1 = last layer, 2 = penultimate ("CLIP skip").
+    skip: int = 1
+    # Whether the final LayerNorm is applied to that hidden state (SD1 and SD2: yes; SDXL: no).
+    final_norm: bool = True
+    # Token used to pad prompts to max_length: OpenAI CLIP pads with end-of-text, open_clip with 0.
+    pad_token: int = 49407
+    # SDXL concatenates the pooled, projected output of this encoder into the UNet's "y".
+    pooled: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: Family
+    unet: UNetConfig
+    vae: VAEConfig
+    text_encoders: tuple[TextEncoderConfig, ...]
+    prediction: Prediction = "eps"
+    resolution: int = 512  # native image side in pixels, the default width/height
+
+    @property
+    def inpainting(self) -> bool:
+        return self.unet.in_channels == 9
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.embed_dim
+
+
+# --- The known families at real size -------------------------------------------------------
+
+CLIP_L = TextEncoderConfig()
+OPENCLIP_H = TextEncoderConfig(
+    naming="openclip", width=1024, layers=24, heads=16, act="gelu", projection_dim=1024,
+    skip=2, final_norm=True, pad_token=0,
+)
+SDXL_CLIP_L = TextEncoderConfig(skip=2, final_norm=False)
+OPENCLIP_BIGG = TextEncoderConfig(
+    naming="openclip", width=1280, layers=32, heads=20, act="gelu", projection_dim=1280,
+    skip=2, final_norm=False, pad_token=0, pooled=True,
+)
+
+SD1_UNET = UNetConfig(num_heads=8, num_head_channels=-1)
+SD2_UNET = UNetConfig(context_dim=1024, use_linear_in_transformer=True)
+SDXL_UNET = UNetConfig(
+    channel_mult=(1, 2, 4), transformer_depth=(0, 2, 10), transformer_depth_middle=10,
+    context_dim=2048, use_linear_in_transformer=True, adm_in_channels=2816,
+)
+SDXL_REFINER_UNET = UNetConfig(
+    model_channels=384, channel_mult=(1, 2, 4, 4), transformer_depth=(0, 4, 4, 0),
+    transformer_depth_middle=4, context_dim=1280, use_linear_in_transformer=True,
+    adm_in_channels=2560,
+)
+SD_VAE = VAEConfig()
+SDXL_VAE = VAEConfig(scaling_factor=0.13025)
+
+
+def sd1(inpainting: bool = False) -> ModelConfig:
+    return ModelConfig("sd1", _inpaint(SD1_UNET, inpainting), SD_VAE, (CLIP_L,))
+
+
+def sd2(prediction: Prediction = "v", inpainting: bool = False) -> ModelConfig:
+    res = 768 if prediction == "v" else 512
+    return ModelConfig("sd2", _inpaint(SD2_UNET, inpainting), SD_VAE, (OPENCLIP_H,), prediction, res)
+
+
+def sdxl(inpainting: bool = False) -> ModelConfig:
+    return ModelConfig("sdxl", _inpaint(SDXL_UNET, inpainting), SDXL_VAE,
+                       (SDXL_CLIP_L, OPENCLIP_BIGG), "eps", 1024)
+
+
+def sdxl_refiner() -> ModelConfig:
+    return ModelConfig("sdxl_refiner", SDXL_REFINER_UNET, SDXL_VAE, (OPENCLIP_BIGG,), "eps", 1024)
+
+
+def _inpaint(unet: UNetConfig, inpainting: bool) -> UNetConfig:
+    return replace(unet, in_channels=9) if inpainting else unet

@@ -1,0 +1,1 @@
+"""Generation modes composed from models, text and sampling."""

@@ -1,0 +1,1 @@
+"""Noise schedules and samplers over a `denoise(x, sigma)` callable."""
