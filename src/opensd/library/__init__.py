@@ -1,0 +1,1 @@
+"""Model-file tools: synthetic checkpoints now; scanning, hashing, merging and converting later."""

@@ -1,0 +1,240 @@
+"""The Stable Diffusion UNet (LDM `openaimodel.UNetModel`) for SD1, SD2, SDXL and smaller configs.
+
+Attribute names equal the original checkpoint keys after `model.diffusion_model.`, so an
+original-layout state dict loads with no renaming.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention
+from .config import UNetConfig
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding, cosines first (the LDM layout; diffusers' flip_sin_to_cos=True)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
+    return nn.GroupNorm(32, channels, eps=eps)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(group_norm(channels), nn.SiLU(),
+                                       nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        # Index 2 is the original's dropout; kept as Identity so the conv stays at index 3.
+        self.out_layers = nn.Sequential(group_norm(out_channels), nn.SiLU(), nn.Identity(),
+                                        nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip_connection = (nn.Identity() if channels == out_channels
+                                else nn.Conv2d(channels, out_channels, 1))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb)[:, :, None, None].to(h.dtype)
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, query_dim: int, heads: int, dim_head: int, context_dim: int | None = None):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        return self.to_out(out)
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        # net.1 is the original's dropout.
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, heads, dim_head)
+        self.ff = FeedForward(dim)
+        self.attn2 = CrossAttention(dim, heads, dim_head, context_dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    def __init__(self, channels: int, heads: int, depth: int, context_dim: int, linear: bool):
+        super().__init__()
+        self.linear = linear
+        self.norm = group_norm(channels, eps=1e-6)
+        proj = nn.Linear if linear else (lambda i, o: nn.Conv2d(i, o, 1))
+        self.proj_in = proj(channels, channels)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(channels, heads, channels // heads, context_dim) for _ in range(depth))
+        self.proj_out = proj(channels, channels)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = self.norm(x)
+        if not self.linear:
+            y = self.proj_in(y)
+        y = y.flatten(2).transpose(1, 2)
+        if self.linear:
+            y = self.proj_in(y)
+        for block in self.transformer_blocks:
+            y = block(y, context)
+        if self.linear:
+            y = self.proj_out(y)
+        y = y.transpose(1, 2).reshape(b, c, h, w)
+        if not self.linear:
+            y = self.proj_out(y)
+        return x + y
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        # Upsampling to the skip connection's size lets latents that are not a multiple of
+        # 2**levels (e.g. 520 px images) line up with the encoder path.
+        if size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = F.interpolate(x, size=size, mode="nearest")
+        return self.conv(x)
+
+
+class TimestepBlock(nn.ModuleList):
+    """One numbered entry of input_blocks / middle_block / output_blocks."""
+
+    def forward(self, x, emb, context, size=None):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, size)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.config = cfg
+        mc = cfg.model_channels
+        emb_dim = mc * 4
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.adm_in_channels:
+            self.label_emb = nn.Sequential(nn.Sequential(
+                nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
+
+        def transformer(ch: int, depth: int) -> SpatialTransformer:
+            return SpatialTransformer(ch, cfg.heads_for(ch), depth, cfg.context_dim,
+                                      cfg.use_linear_in_transformer)
+
+        self.input_blocks = nn.ModuleList([TimestepBlock([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
+        skip_channels = [mc]
+        ch = mc
+        last = len(cfg.channel_mult) - 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers = [ResBlock(ch, emb_dim, mult * mc)]
+                ch = mult * mc
+                if cfg.transformer_depth[level]:
+                    layers.append(transformer(ch, cfg.transformer_depth[level]))
+                self.input_blocks.append(TimestepBlock(layers))
+                skip_channels.append(ch)
+            if level != last:
+                self.input_blocks.append(TimestepBlock([Downsample(ch)]))
+                skip_channels.append(ch)
+
+        middle = [ResBlock(ch, emb_dim, ch)]
+        if cfg.transformer_depth_middle:
+            middle.append(transformer(ch, cfg.transformer_depth_middle))
+        middle.append(ResBlock(ch, emb_dim, ch))
+        self.middle_block = TimestepBlock(middle)
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * mc)]
+                ch = mult * mc
+                if cfg.transformer_depth[level]:
+                    layers.append(transformer(ch, cfg.transformer_depth[level]))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(Upsample(ch))
+                self.output_blocks.append(TimestepBlock(layers))
+
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, in_channels, h, w); timesteps: (B,) discrete model time; context: (B, T, context_dim);
+        y: (B, adm_in_channels) for SDXL-style models."""
+        dtype = self.time_embed[0].weight.dtype
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
+        if self.config.adm_in_channels:
+            if y is None:
+                raise ValueError("this UNet needs the SDXL 'y' vector (pooled text + size conditioning)")
+            emb = emb + self.label_emb(y.to(dtype))
+        h = x.to(dtype)
+        context = context.to(dtype)
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            skips.append(h)
+        h = self.middle_block(h, emb, context)
+        for block in self.output_blocks:
+            h = torch.cat([h, skips.pop()], dim=1)
+            size = skips[-1].shape[-2:] if skips else None
+            h = block(h, emb, context, size)
+        return self.out(h)

@@ -1,0 +1,182 @@
+"""Turn a checkpoint path (single file or diffusers folder) into a ready StableDiffusion module.
+
+checkpoints/ gives state dicts and configs; this is where they meet the modules of models/.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..checkpoints import detect as D
+from ..checkpoints.diffusers_folder import is_diffusers_folder, read_diffusers_folder
+from ..checkpoints.files import read_metadata, read_state_dict
+from ..checkpoints.keymap_vae import fix_ldm_vae_shapes, vae_from_diffusers
+from ..errors import CheckpointError
+from ..models import config as C
+from ..models.stable_diffusion import StableDiffusion
+
+log = logging.getLogger(__name__)
+
+# Keys real checkpoints carry that no module consumes: the training-time diffusion buffers
+# (alphas_cumprod is read separately as the noise schedule), EMA copies, the VAE's training loss,
+# and the text encoder's position-id buffer that older transformers versions saved.
+_IGNORED = re.compile(
+    r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_\w+|log_one_minus_alphas_cumprod|posterior_\w+"
+    r"|logvar|lvlb_weights|model_ema\..*|first_stage_model\.loss\..*|.*\.position_ids)$")
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    config: C.ModelConfig
+    model: StableDiffusion
+    alphas_cumprod: torch.Tensor | None = None
+    ignored_keys: list[str] = field(default_factory=list)
+
+
+def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
+               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a checkpoint file or diffusers folder; `vae` optionally replaces its VAE.
+
+    `prediction` overrides eps/v where the file cannot tell (SD2 768-v vs 512-base).
+    """
+    path = Path(path)
+    if is_diffusers_folder(path):
+        try:
+            sd, metadata = read_diffusers_folder(path)
+        except ValueError as e:
+            raise CheckpointError(path, str(e)) from None
+    else:
+        sd, metadata = read_state_dict(path), read_metadata(path)
+    sd = _fix_vae(sd)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    prediction = prediction or _sidecar_prediction(path)
+    cfg = D.detect(shapes, str(path), metadata, prediction)
+    if vae is not None:
+        sd = {k: v for k, v in sd.items() if not k.startswith(D.VAE)}
+        sd.update({D.VAE + k: v for k, v in read_vae(vae).items()})
+        cfg = _with_vae_of(cfg, sd, vae)
+    model, ignored = build(cfg, sd, path, dtype, device)
+    explicit = prediction or D._prediction_from_metadata(metadata)
+    if cfg.family == "sd2" and not cfg.inpainting and explicit is None:
+        guessed = guess_sd2_prediction(model)
+        if guessed != cfg.prediction:
+            cfg = replace(cfg, prediction=guessed, resolution=768 if guessed == "v" else 512)
+            model.config = cfg
+    alphas = sd.get("alphas_cumprod")
+    if alphas is not None and alphas.ndim != 1:
+        alphas = None
+    return LoadedModel(path, cfg, model, alphas.float() if alphas is not None else None, ignored)
+
+
+def build(cfg: C.ModelConfig, sd: dict[str, torch.Tensor], path, dtype, device) -> tuple[StableDiffusion, list[str]]:
+    """Instantiate on the meta device and assign the file's tensors: no random init, no double copy."""
+    with torch.device("meta"):
+        model = StableDiffusion(cfg)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    if missing:
+        raise CheckpointError(path, f"{len(missing)} weights missing for a {cfg.family} model, "
+                                    f"e.g. {', '.join(missing[:3])} (truncated or incompatible file?)")
+    wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if tuple(sd[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(path, f"{len(wrong)} weights have unexpected shapes, e.g. {wrong[0]}")
+    unused = [k for k in sd if k not in expected]
+    ignored = [k for k in unused if _IGNORED.match(k)]
+    unknown = [k for k in unused if not _IGNORED.match(k)]
+    if unknown:
+        log.warning("%s: %d keys not used by a %s model, e.g. %s", path, len(unknown), cfg.family,
+                    ", ".join(unknown[:3]))
+    tensors = {k: _to(sd[k], dtype, device) for k in expected}
+    model.load_state_dict(tensors, strict=True, assign=True)
+    leftover = [n for n, b in model.named_buffers() if b.is_meta]
+    if leftover:  # a model registered a buffer that is not in the file: a bug in models/, not the file
+        raise RuntimeError(f"buffers left uninitialised after loading: {leftover[:3]}")
+    return model.eval().requires_grad_(False), unknown
+
+
+def read_vae(path) -> dict[str, torch.Tensor]:
+    """A standalone VAE file (original layout, with or without prefix, or diffusers naming) in
+    original names without the `first_stage_model.` prefix."""
+    path = Path(path)
+    sd = read_state_dict(path)
+    if any(k.startswith(D.VAE) for k in sd):
+        sd = {k[len(D.VAE):]: v for k, v in sd.items() if k.startswith(D.VAE)}
+    sd = {k: v for k, v in sd.items() if not k.startswith(("loss.", "model_ema."))}
+    if "encoder.down_blocks.0.resnets.0.conv1.weight" in sd:  # diffusers naming
+        try:
+            sd = vae_from_diffusers(sd, _diffusers_vae_config(sd))
+        except KeyError as e:
+            raise CheckpointError(path, f"not a VAE we can read: {e.args[0]}") from None
+    if "encoder.conv_in.weight" not in sd or "decoder.conv_in.weight" not in sd:
+        raise CheckpointError(path, "not a VAE: no encoder.conv_in / decoder.conv_in weights")
+    return _fix_vae({D.VAE + k: v for k, v in sd.items()}, strip=True)
+
+
+def _diffusers_vae_config(sd: dict[str, torch.Tensor]) -> C.VAEConfig:
+    """Shapes of a diffusers-named VAE -> its config (a bare file has no config.json beside it)."""
+    ch = sd["encoder.conv_in.weight"].shape[0]
+    levels = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.down_blocks.")})
+    res = {k.split(".")[4] for k in sd if k.startswith("encoder.down_blocks.0.resnets.")}
+    return C.VAEConfig(
+        ch=ch, ch_mult=tuple(sd[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0] // ch for i in levels),
+        num_res_blocks=len(res), z_channels=sd["encoder.conv_out.weight"].shape[0] // 2,
+        embed_dim=sd["quant_conv.weight"].shape[0] // 2)
+
+
+def _with_vae_of(cfg: C.ModelConfig, sd, vae_path) -> C.ModelConfig:
+    shapes = {k: tuple(v.shape) for k, v in sd.items() if k.startswith(D.VAE)}
+    new = D.infer_vae(shapes, D.VAE, str(vae_path))
+    if new.embed_dim != cfg.vae.embed_dim:
+        raise CheckpointError(vae_path, f"VAE has {new.embed_dim} latent channels, the model expects "
+                                        f"{cfg.vae.embed_dim} (a VAE for another model family?)")
+    return replace(cfg, vae=replace(new, scaling_factor=cfg.vae.scaling_factor))
+
+
+def _fix_vae(sd: dict[str, torch.Tensor], strip: bool = False) -> dict[str, torch.Tensor]:
+    vae = fix_ldm_vae_shapes({k[len(D.VAE):]: v for k, v in sd.items() if k.startswith(D.VAE)})
+    if strip:
+        return vae
+    rest = {k: v for k, v in sd.items() if not k.startswith(D.VAE)}
+    rest.update({D.VAE + k: v for k, v in vae.items()})
+    return rest
+
+
+def _to(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    if t.is_floating_point():
+        return t.to(device=device, dtype=dtype)
+    return t.to(device=device)
+
+
+def _sidecar_prediction(path: Path) -> C.Prediction | None:
+    """A1111's convention: `model.yaml` beside `model.safetensors` carries the LDM config, whose
+    `parameterization: "v"` marks v-prediction. Parsed with safe_load only."""
+    yaml_path = path.with_suffix(".yaml")
+    if path.is_dir() or not yaml_path.is_file():
+        return None
+    try:
+        doc = yaml.safe_load(yaml_path.read_text(encoding="utf-8")) or {}
+        params = doc.get("model", {}).get("params", {})
+    except (yaml.YAMLError, AttributeError, UnicodeDecodeError):
+        log.warning("%s: unreadable sidecar config, ignored", yaml_path)
+        return None
+    return "v" if params.get("parameterization") == "v" else "eps"
+
+
+@torch.no_grad()
+def guess_sd2_prediction(model: StableDiffusion) -> C.Prediction:
+    """For SD2 files that do not say: a v-model given a flat grey input at the noisiest step
+    predicts an output far below the input, an eps-model does not (the test A1111 uses)."""
+    unet = model.unet
+    dtype = next(unet.parameters()).dtype
+    device = next(unet.parameters()).device
+    x = torch.full((1, 4, 8, 8), 0.5, dtype=dtype, device=device)
+    ctx = torch.full((1, 2, unet.config.context_dim), 0.5, dtype=dtype, device=device)
+    out = unet(x, torch.tensor([999], device=device), ctx)
+    return "v" if (out - x).float().mean().item() < -1 else "eps"
