@@ -44,11 +44,21 @@ def _layers_per_block(cfg: UNetConfig) -> tuple[int, ...]:
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
-    """Give every parameter random values, so a wrong mapping cannot hide behind default inits."""
+    """Give every parameter random values, so a wrong mapping cannot hide behind default inits.
+
+    Norm scales sit near 1 and query/key weights are larger: with everything tiny the softmax is
+    nearly flat and a swapped q/k would go unnoticed.
+    """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * noise)
+            elif any(part in name for part in ("to_q", "to_k", "q_proj", "k_proj")):
+                p.copy_(0.3 * noise)
+            else:
+                p.copy_(std * noise)
     return module
 
 

@@ -22,6 +22,16 @@ _QK = re.compile(r"(\.q|\.k|to_q|to_k)\.weight$")
 ATTN_W = [f"{s}.mid.attn_1.{n}.weight" for s in ("encoder", "decoder") for n in ("q", "k", "v", "proj_out")]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These models are tiny: threads buy nothing, and on a busy 2-core box OpenMP
+    # oversubscription made each small conv ~40x slower. Restored afterwards.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _diffusers_kwargs(cfg: VAEConfig) -> dict:
     n = len(cfg.ch_mult)
     return dict(

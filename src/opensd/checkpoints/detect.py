@@ -26,6 +26,9 @@ SGM = "conditioner.embedders."
 META_PREDICTION = "modelspec.prediction_type"
 META_RESOLUTION = "modelspec.resolution"
 META_SCALING = "opensd.vae_scaling_factor"
+# The UNet's head split is not visible in any shape; small models and diffusers folders state it.
+META_HEADS = "opensd.unet_num_heads"
+META_HEAD_CHANNELS = "opensd.unet_num_head_channels"
 
 
 def detect(shapes: Shapes, path: str = "<state dict>", metadata: Mapping[str, str] | None = None,
@@ -38,6 +41,9 @@ def detect(shapes: Shapes, path: str = "<state dict>", metadata: Mapping[str, st
     encoders = _text_encoders(shapes, path)
     family = _family(shapes, encoders)
     unet = infer_unet(shapes, UNET, sd1_heads=family == "sd1")
+    if META_HEADS in metadata or META_HEAD_CHANNELS in metadata:
+        unet = replace(unet, num_heads=int(metadata.get(META_HEADS, -1)),
+                       num_head_channels=int(metadata.get(META_HEAD_CHANNELS, -1)))
     vae = infer_vae(shapes, VAE, path)
     scaling = metadata.get(META_SCALING)
     if scaling is not None:
@@ -49,6 +55,14 @@ def detect(shapes: Shapes, path: str = "<state dict>", metadata: Mapping[str, st
     if META_RESOLUTION in metadata:
         resolution = int(str(metadata[META_RESOLUTION]).lower().split("x")[0])
     return C.ModelConfig(family, unet, vae, encoders, pred, resolution)
+
+
+def metadata_for(cfg: C.ModelConfig) -> dict[str, str]:
+    """The metadata a single file needs so `detect` recovers `cfg` exactly (what shapes cannot say)."""
+    return {META_RESOLUTION: f"{cfg.resolution}x{cfg.resolution}",
+            META_SCALING: str(cfg.vae.scaling_factor),
+            META_PREDICTION: "v" if cfg.prediction == "v" else "epsilon",
+            META_HEADS: str(cfg.unet.num_heads), META_HEAD_CHANNELS: str(cfg.unet.num_head_channels)}
 
 
 def _family(shapes: Shapes, encoders: tuple[C.TextEncoderConfig, ...]) -> C.Family:

@@ -32,7 +32,10 @@ def is_diffusers_folder(path: Path) -> bool:
 def read_diffusers_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Return (original-layout state dict, metadata) for a diffusers folder."""
     out: dict[str, torch.Tensor] = {}
-    unet_cfg = unet_config(_config(path / "unet"))
+    try:
+        unet_cfg = unet_config(_config(path / "unet"))
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(path / "unet" / "config.json", f"unsupported UNet config: {e}") from None
     out.update(_prefixed(D.UNET, _map(path / "unet", unet_from_diffusers, unet_cfg)))
     vae_json = _config(path / "vae")
     vae_cfg = vae_config(vae_json)
@@ -51,9 +54,14 @@ def read_diffusers_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(path, "diffusers folder has no text_encoder/ or text_encoder_2/")
     for folder, prefix, naming in targets:
         cfg = text_encoder_config(_config(folder), naming)
+        if cfg.heads != max(1, cfg.width // 64):
+            # Single files cannot record heads, so everything downstream assumes CLIP's 64-wide heads.
+            raise CheckpointError(folder / "config.json", f"{cfg.heads} attention heads for width {cfg.width}: "
+                                  "only 64-wide heads (every released CLIP text encoder) are supported")
         out.update(_prefixed(prefix, _map(folder, clip_from_transformers, cfg)))
 
-    metadata = {D.META_SCALING: str(vae_json.get("scaling_factor", vae_cfg.scaling_factor))}
+    metadata = {D.META_SCALING: str(vae_json.get("scaling_factor", vae_cfg.scaling_factor)),
+                D.META_HEADS: str(unet_cfg.num_heads), D.META_HEAD_CHANNELS: str(unet_cfg.num_head_channels)}
     scheduler = path / "scheduler" / "scheduler_config.json"
     if scheduler.is_file():
         pred = _json(scheduler).get("prediction_type")

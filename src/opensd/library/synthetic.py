@@ -38,9 +38,6 @@ def write_random_checkpoint(path, cfg: C.ModelConfig = TINY, seed: int = 0,
                             dtype: torch.dtype = torch.float16) -> Path:
     path = Path(path)
     sd = {k: v.to(dtype) for k, v in random_state_dict(cfg, seed).items()}
-    meta = {D.META_RESOLUTION: f"{cfg.resolution}x{cfg.resolution}",
-            D.META_SCALING: str(cfg.vae.scaling_factor),
-            D.META_PREDICTION: "v" if cfg.prediction == "v" else "epsilon",
-            "opensd.note": "random weights: a test model that generates noise"}
+    meta = D.metadata_for(cfg) | {"opensd.note": "random weights: a test model that generates noise"}
     save_safetensors(sd, path, metadata=meta)
     return path

@@ -71,8 +71,8 @@ class Pipeline:
                 seed: int | None = None, width: int | None = None, height: int | None = None,
                 batch_size: int = 1, sampler: str = "euler", progress: Progress = None) -> list[Image.Image]:
         """Generate `batch_size` images; image i uses seed + i. Each image's `info` carries its seed."""
-        width = width or self.config.resolution
-        height = height or self.config.resolution
+        width = self.config.resolution if width is None else width
+        height = self.config.resolution if height is None else height
         L.check_size(width, height, self.limits)
         L.check_steps(steps, self.limits)
         L.check_cfg(cfg, self.limits)
