@@ -7,7 +7,6 @@ from opensd.models.config import UNetConfig
 
 
 def diffusers_unet_kwargs(cfg: UNetConfig, sample_size: int = 8) -> dict:
-    levels = len(cfg.channel_mult)
     channels = [cfg.model_channels * m for m in cfg.channel_mult]
     # diffusers' "attention_head_dim" is a head COUNT for SD1 (a historical misnomer), so give
     # per-level head counts explicitly for both conventions.

@@ -49,8 +49,8 @@ def check_batch(batch: int, limits: Limits = DEFAULT_LIMITS) -> None:
         raise InvalidArgument(f"batch: {batch!r} is outside 1..{limits.max_batch}")
 
 
-def check_seed(seed: int | None) -> None:
+def check_seed(seed: int | None, name: str = "seed") -> None:
     if seed is None:
         return
     if not isinstance(seed, int) or isinstance(seed, bool) or not -1 <= seed <= MAX_SEED:
-        raise InvalidArgument(f"seed: {seed!r} must be an integer in 0..{MAX_SEED}, or -1 for random")
+        raise InvalidArgument(f"{name}: {seed!r} must be an integer in 0..{MAX_SEED}, or -1 for random")

@@ -36,7 +36,7 @@ class LoadedModel:
     config: C.ModelConfig
     model: StableDiffusion
     alphas_cumprod: torch.Tensor | None = None
-    ignored_keys: list[str] = field(default_factory=list)
+    unknown_keys: list[str] = field(default_factory=list)  # in the file, used by nothing, not known extras
 
 
 def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
@@ -61,7 +61,7 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
         sd = {k: v for k, v in sd.items() if not k.startswith(D.VAE)}
         sd.update({D.VAE + k: v for k, v in read_vae(vae).items()})
         cfg = _with_vae_of(cfg, sd, vae)
-    model, ignored = build(cfg, sd, path, dtype, device)
+    model, unknown = build(cfg, sd, path, dtype, device)
     explicit = prediction or D._prediction_from_metadata(metadata)
     if cfg.family == "sd2" and not cfg.inpainting and explicit is None:
         guessed = guess_sd2_prediction(model)
@@ -71,7 +71,7 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     alphas = sd.get("alphas_cumprod")
     if alphas is not None and alphas.ndim != 1:
         alphas = None
-    return LoadedModel(path, cfg, model, alphas.float() if alphas is not None else None, ignored)
+    return LoadedModel(path, cfg, model, alphas.float() if alphas is not None else None, unknown)
 
 
 def build(cfg: C.ModelConfig, sd: dict[str, torch.Tensor], path, dtype, device) -> tuple[StableDiffusion, list[str]]:
@@ -88,7 +88,6 @@ def build(cfg: C.ModelConfig, sd: dict[str, torch.Tensor], path, dtype, device) 
     if wrong:
         raise CheckpointError(path, f"{len(wrong)} weights have unexpected shapes, e.g. {wrong[0]}")
     unused = [k for k in sd if k not in expected]
-    ignored = [k for k in unused if _IGNORED.match(k)]
     unknown = [k for k in unused if not _IGNORED.match(k)]
     if unknown:
         log.warning("%s: %d keys not used by a %s model, e.g. %s", path, len(unknown), cfg.family,

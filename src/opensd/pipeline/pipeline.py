@@ -1,29 +1,38 @@
-"""The generation pipeline: a loaded model plus tokenizer, device and precision, and the modes."""
+"""The generation pipeline: a loaded model plus tokenizer, device and precision, and the modes
+(txt2img, img2img, inpainting, outpainting, hires fix) over one shared sampling core."""
 from __future__ import annotations
 
 import logging
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from .loader import LoadedModel, load_model
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, OpenSDError
 from ..sampling.denoiser import Denoiser
 from ..sampling.samplers import get_sampler
 from ..sampling.schedules import DiscreteSchedule, normal_sigmas, scaled_linear_alphas_cumprod
 from ..text.tokenizer import default_tokenizer
+from . import images as I
 from . import limits as L
 from .conditioning import Conditioning, encode_prompts, size_vector
+from .loader import LoadedModel, load_model
+from .noise import ImageNoise
+from .params import Hires, Params
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# progress(step, total), called after every sampling step.
+# progress(step, total), called after every sampling step of every pass and image.
 Progress = Callable[[int, int], None] | None
+
+
+class Interrupted(OpenSDError):
+    """Generation was stopped by Pipeline.interrupt()."""
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -60,71 +69,196 @@ class Pipeline:
         self.tokenizer = default_tokenizer()
         alphas = loaded.alphas_cumprod if loaded.alphas_cumprod is not None else scaled_linear_alphas_cumprod()
         self.schedule = DiscreteSchedule(alphas)
+        self._interrupt = False
 
     @property
     def name(self) -> str:
         return self.loaded.path.stem if self.loaded.path.is_file() else self.loaded.path.name
 
+    def interrupt(self) -> None:
+        """Stop the running generation at the end of its current sampling step."""
+        self._interrupt = True
+
     # --- modes -----------------------------------------------------------------------------
 
-    def txt2img(self, prompt: str, negative_prompt: str = "", *, steps: int = 20, cfg: float = 7.0,
-                seed: int | None = None, width: int | None = None, height: int | None = None,
-                batch_size: int = 1, sampler: str = "euler", progress: Progress = None) -> list[Image.Image]:
-        """Generate `batch_size` images; image i uses seed + i. Each image's `info` carries its seed."""
-        width = self.config.resolution if width is None else width
-        height = self.config.resolution if height is None else height
-        L.check_size(width, height, self.limits)
-        L.check_steps(steps, self.limits)
-        L.check_cfg(cfg, self.limits)
-        L.check_batch(batch_size, self.limits)
-        L.check_seed(seed)
-        sample = get_sampler(sampler)
-        if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
-            raise InvalidArgument("prompt: prompt and negative prompt must be text")
-        down = self.config.vae.downscale
-        if width % down or height % down:
-            raise InvalidArgument(f"width/height: must be multiples of {down} for this model")
-        seed = random.randint(0, L.MAX_SEED - batch_size) if seed in (None, -1) else seed
-        seeds = [(seed + i) % (L.MAX_SEED + 1) for i in range(batch_size)]
+    def txt2img(self, prompt: str, negative_prompt: str = "", *, progress: Progress = None,
+                **params) -> list[Image.Image]:
+        """Generate `batch_size` images; image i uses seed + i. Each image's `info["seed"]` is its seed."""
+        p = self._params(prompt, negative_prompt, params)
+        return self._generate(p, None, None, progress)
 
-        cond = self._condition([prompt], width, height)
-        uncond = self._condition([negative_prompt], width, height, negative=True)
-        denoise = self._cfg_denoiser(uncond.cat(cond), cfg)
-        sigmas = normal_sigmas(self.schedule, steps)
-        total = steps * batch_size
+    def img2img(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, mask: Image.Image | None = None,
+                progress: Progress = None, **params) -> list[Image.Image]:
+        """Repaint `image` with denoising `strength`; with `mask` (white = repaint) this is inpainting."""
+        if not isinstance(image, Image.Image):
+            raise InvalidArgument("image: an init image (PIL image) is required")
+        params.setdefault("width", _round8(image.width))
+        params.setdefault("height", _round8(image.height))
+        p = self._params(prompt, negative_prompt, params)
+        if mask is not None:
+            mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask)
+        return self._generate(p, image.convert("RGB"), mask, progress)
+
+    def outpaint(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, left: int = 0,
+                 right: int = 0, top: int = 0, bottom: int = 0, progress: Progress = None,
+                 **params) -> list[Image.Image]:
+        """Extend the canvas by the given pixels per side and paint the new border."""
+        canvas, mask = I.pad_for_outpaint(image, left, right, top, bottom)
+        params.setdefault("inpainting_fill", "fill")
+        params.setdefault("strength", 1.0)
+        params.setdefault("mask_blur", 4)
+        return self.img2img(canvas, prompt, negative_prompt, mask=mask, progress=progress, **params)
+
+    # --- the shared core -------------------------------------------------------------------
+
+    def _params(self, prompt, negative_prompt, params) -> Params:
+        p = Params.of(prompt=prompt, negative_prompt=negative_prompt, **params)
+        p.width = self.config.resolution if p.width is None else p.width
+        p.height = self.config.resolution if p.height is None else p.height
+        p.validate(self.limits)
+        get_sampler(p.sampler)
+        down = self.config.vae.downscale
+        if p.width % down or p.height % down:
+            raise InvalidArgument(f"width/height: must be multiples of {down} for this model")
+        if p.seed in (None, -1):
+            p.seed = random.randint(0, L.MAX_SEED - p.batch_size)
+        if p.subseed == -1:
+            p.subseed = random.randint(0, L.MAX_SEED - p.batch_size)
+        return p
+
+    def _generate(self, p: Params, init: Image.Image | None, mask: Image.Image | None,
+                  progress: Progress) -> list[Image.Image]:
+        self._interrupt = False
+        self._cond_cache: dict = {}
+        source, crop = init, None
+        if init is not None:
+            if mask is not None and p.inpaint_full_res:
+                crop = I.mask_bbox(mask, p.inpaint_full_res_padding)
+                if crop is not None:
+                    crop = I.expand_to_ratio(crop, p.width / p.height, init.size)
+                    source, mask = init.crop(crop), mask.crop(crop)
+            source = I.resize(source, p.width, p.height, p.resize_mode if crop is None else "just resize")
+            mask = None if mask is None else I.resize(mask, p.width, p.height, "just resize")
+        steps_per_image = self._steps_in(p, init is not None)
+        total = steps_per_image * p.batch_size
         images = []
-        # One image at a time: batched kernels round differently, and image i of a batch must be
-        # bit-identical to generating seed+i alone.
-        for n, s in enumerate(seeds):
-            x = self.noise([s], height // down, width // down) * sigmas[0]
-            callback = (lambda i, _x, _d, n=n: progress(n * steps + i + 1, total)) if progress else None
-            latents = sample(denoise, x, sigmas, callback)
-            (image,) = self.decode(latents)
-            image.info["seed"] = s
+        for n in range(p.batch_size):
+            seed = (p.seed + n) % (L.MAX_SEED + 1)
+            subseed = None if p.subseed is None else (p.subseed + n) % (L.MAX_SEED + 1)
+            done = n * steps_per_image
+
+            def report(i, offset=done):
+                if self._interrupt:
+                    raise Interrupted("generation interrupted")
+                if progress:
+                    progress(offset + i, total)
+
+            image = self._one(p, seed, subseed, source, mask, report)
+            if init is not None and mask is not None:
+                image = self._paste_back(image, init, mask, crop)
+            image.info["seed"] = seed
             images.append(image)
         return images
+
+    def _steps_in(self, p: Params, img2img: bool) -> int:
+        first = _img2img_steps(p.steps, p.strength) if img2img else p.steps
+        if p.hires is None or img2img:
+            return first
+        return first + _img2img_steps(p.hires.steps or p.steps, p.hires.denoise)
+
+    def _one(self, p: Params, seed: int, subseed: int | None, source: Image.Image | None,
+             mask: Image.Image | None, report) -> Image.Image:
+        down = self.config.vae.downscale
+        shape = (1, self.config.latent_channels, p.height // down, p.width // down)
+        noise = ImageNoise(seed, shape, self.device, subseed, p.subseed_strength)
+        if source is None:
+            sigmas = normal_sigmas(self.schedule, p.steps)
+            latents = self._sample(p, noise.initial * sigmas[0], sigmas, noise, report, p.width, p.height)
+            if p.hires is not None:
+                latents = self._hires(p, p.hires, latents, seed, report)
+            return self.decode(latents)[0]
+        init = self.encode(I.fill_masked(source, mask) if mask is not None and p.inpainting_fill == "fill"
+                           else source)
+        latent_mask = None if mask is None else _latent_mask(mask, shape[2:], self.device)
+        if latent_mask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
+            filler = noise() if p.inpainting_fill == "latent noise" else torch.zeros_like(init)
+            init = init * (1 - latent_mask) + filler * latent_mask
+        sigmas = _img2img_sigmas(normal_sigmas(self.schedule, p.steps), p.steps, p.strength)
+        x = init + noise.initial * sigmas[0]
+        image_cond = self._inpaint_cond(source, mask) if self.config.inpainting else None
+        latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
+                               init=init, latent_mask=latent_mask, image_cond=image_cond)
+        return self.decode(latents)[0]
+
+    def _hires(self, p: Params, h: Hires, latents: torch.Tensor, seed: int, report) -> torch.Tensor:
+        """Second pass at the target size: upscale (latent or Lanczos image), renoise, denoise."""
+        w, h_px = h.target(p.width, p.height)
+        down = self.config.vae.downscale
+        if h.upscaler.lower().startswith("latent"):
+            mode = "nearest" if "nearest" in h.upscaler.lower() else "bilinear"
+            init = F.interpolate(latents, size=(h_px // down, w // down), mode=mode)
+        else:
+            image = self.decode(latents)[0].resize((w, h_px), Image.LANCZOS)
+            init = self.encode(image)
+        second = replace(p, width=w, height=h_px, steps=h.steps or p.steps, strength=h.denoise,
+                         sampler=h.sampler or p.sampler, scheduler=h.scheduler or p.scheduler,
+                         prompt=p.prompt if h.prompt is None else h.prompt,
+                         negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt)
+        # A1111 draws the second pass's noise afresh from the same seed, at the new size.
+        noise = ImageNoise(seed, tuple(init.shape), self.device)
+        sigmas = _img2img_sigmas(normal_sigmas(self.schedule, second.steps), second.steps, h.denoise)
+        offset = _img2img_steps(p.steps, 1.0)
+        image_cond = self._inpaint_cond(None, None, w, h_px) if self.config.inpainting else None
+        return self._sample(second, init + noise.initial * sigmas[0], sigmas, noise,
+                            lambda i: report(offset + i), w, h_px, image_cond=image_cond)
+
+    def _sample(self, p: Params, x: torch.Tensor, sigmas: torch.Tensor, noise: ImageNoise, report,
+                width: int, height: int, init: torch.Tensor | None = None,
+                latent_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None) -> torch.Tensor:
+        cond = self._condition([p.prompt], width, height)
+        uncond = self._condition([p.negative_prompt], width, height, negative=True)
+        if image_cond is None and self.config.inpainting:
+            image_cond = self._inpaint_cond(None, None, width, height)
+        denoise = self._cfg_denoiser(uncond.cat(cond), p.cfg, image_cond)
+        if latent_mask is not None:
+            inner = denoise
+
+            def denoise(x, sigma):  # keep the unmasked area on the original image's path
+                return init * (1 - latent_mask) + inner(x, sigma) * latent_mask
+
+        sample = get_sampler(p.sampler)
+        x = sample(denoise, x, sigmas, lambda i, _x, _d: report(i + 1))
+        if latent_mask is not None:
+            x = init * (1 - latent_mask) + x * latent_mask
+        return x
 
     # --- building blocks -------------------------------------------------------------------
 
     def noise(self, seeds: list[int], h: int, w: int) -> torch.Tensor:
-        """Initial noise drawn on the CPU per image, so a seed gives the same image on any device
-        and image i of a batch equals generating it alone."""
-        c = self.config.latent_channels
-        noise = [torch.randn((c, h, w), generator=torch.Generator("cpu").manual_seed(s)) for s in seeds]
-        return torch.stack(noise).to(self.device)
+        """Initial noise per image (see ImageNoise), stacked."""
+        shape = (1, self.config.latent_channels, h, w)
+        return torch.cat([ImageNoise(s, shape, self.device).initial for s in seeds])
 
     def _condition(self, prompts: list[str], width: int, height: int, negative: bool = False) -> Conditioning:
+        key = (tuple(prompts), width, height, negative)
+        if key not in self._cond_cache:  # a batch encodes its prompt once, not once per image
+            self._cond_cache[key] = self._encode(prompts, width, height, negative)
+        return self._cond_cache[key]
+
+    def _encode(self, prompts: list[str], width: int, height: int, negative: bool) -> Conditioning:
         c = encode_prompts(self.model, self.tokenizer, prompts, self.device)
         if self.config.unet.adm_in_channels:
             score = 2.5 if negative else 6.0  # refiner's conventional aesthetic scores
             c.pooled = size_vector(self.config, c.pooled, width, height, score)
         return c
 
-    def _cfg_denoiser(self, both: Conditioning, cfg: float):
+    def _cfg_denoiser(self, both: Conditioning, cfg: float, image_cond: torch.Tensor | None):
         """Classifier-free guidance: one UNet call on [uncond; cond] per step."""
         unet = self.model.unet
 
         def unet_fn(x, t, context, y):
+            if image_cond is not None:  # inpainting models see [x, mask, masked image] channels
+                x = torch.cat([x, image_cond.expand(len(x), -1, -1, -1).to(x)], dim=1)
             with torch.no_grad():
                 return unet(x, t, context, y).float()
 
@@ -136,6 +270,36 @@ class Pipeline:
             return uncond + cfg * (cond - uncond)
 
         return denoise
+
+    @torch.no_grad()
+    def _inpaint_cond(self, source: Image.Image | None, mask: Image.Image | None,
+                      width: int | None = None, height: int | None = None) -> torch.Tensor:
+        """The 5 extra input channels of 9-channel inpainting models: the binary mask at latent size
+        and the latent of the image with the masked area blanked (all masked without an image)."""
+        if source is None:
+            pixels = torch.zeros(1, 3, height, width)
+            binary = torch.ones(1, 1, height, width)
+        else:
+            pixels = I.to_tensor(source)
+            binary = (I.mask_to_tensor(mask) > 0.5).float() if mask is not None else torch.ones(1, 1, *pixels.shape[-2:])
+        latent = self.encode_tensor(pixels * (1 - binary))
+        m = F.interpolate(binary, size=latent.shape[-2:]).to(latent)
+        return torch.cat([m, latent], dim=1)
+
+    @torch.no_grad()
+    def encode(self, image: Image.Image) -> torch.Tensor:
+        return self.encode_tensor(I.to_tensor(image))
+
+    @torch.no_grad()
+    def encode_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) in [-1, 1] -> scaled latent (posterior mean: deterministic for a seed)."""
+        vae = self.model.vae
+        mean, _ = vae.encode(pixels.to(self.device, next(vae.parameters()).dtype))
+        if not torch.isfinite(mean).all() and next(vae.parameters()).dtype != torch.float32:
+            log.warning("VAE encode produced NaN in %s; switching the VAE to fp32", mean.dtype)
+            vae.float()
+            mean, _ = vae.encode(pixels.to(self.device, torch.float32))
+        return mean.float() * self.config.vae.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
@@ -151,14 +315,45 @@ class Pipeline:
                 log.warning("VAE produced NaN in %s; switching the VAE to fp32", x.dtype)
                 vae.float()
                 x = vae.decode(z.float())
-            images.append(to_pil(x[0]))
+            images.append(I.to_pil(x[0]))
         return images
 
+    @staticmethod
+    def _paste_back(image: Image.Image, original: Image.Image, mask: Image.Image,
+                    crop: tuple[int, int, int, int] | None) -> Image.Image:
+        """Composite the result over the original through the (blurred) mask, so unmasked pixels
+        come back exactly; with "only masked" the crop is scaled back into place first."""
+        if crop is not None:
+            x0, y0, x1, y1 = crop
+            full_mask = Image.new("L", original.size, 0)
+            full_mask.paste(mask.resize((x1 - x0, y1 - y0), Image.LANCZOS), (x0, y0))
+            placed = original.copy()
+            placed.paste(image.resize((x1 - x0, y1 - y0), Image.LANCZOS), (x0, y0))
+            return Image.composite(placed, original, full_mask)
+        original = original.resize(image.size, Image.LANCZOS) if original.size != image.size else original
+        return Image.composite(image, original, mask.resize(image.size) if mask.size != image.size else mask)
 
-def to_pil(x: torch.Tensor) -> Image.Image:
-    """(3, H, W) in [-1, 1] -> RGB image."""
-    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+def _round8(v: int) -> int:
+    return max(8, round(v / 8) * 8)
+
+
+def _img2img_steps(steps: int, strength: float) -> int:
+    """A1111: img2img runs int(strength * steps) + 1 of a `steps`-long schedule (strength < 1)."""
+    return int(min(strength, 0.999) * steps) + 1 if strength < 1 else steps
+
+
+def _img2img_sigmas(sigmas: torch.Tensor, steps: int, strength: float) -> torch.Tensor:
+    if strength >= 1:
+        return sigmas
+    t_enc = int(min(strength, 0.999) * steps)
+    return sigmas[steps - t_enc - 1:]
+
+
+def _latent_mask(mask: Image.Image, size: tuple[int, int], device) -> torch.Tensor:
+    """Mask at latent resolution, rounded to 0/1 as A1111 does for the denoising blend."""
+    m = F.interpolate(I.mask_to_tensor(mask), size=size, mode="area")
+    return m.round().to(device)
 
 
 def load(path, *, vae=None, device: str | None = None, precision: str = "fp32",

@@ -1,0 +1,156 @@
+"""Image and mask preparation for img2img, inpainting and outpainting (PIL in, PIL/tensors out)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+
+from ..errors import InvalidArgument
+
+RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
+FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> (1, 3, H, W) in [-1, 1]."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [-1, 1] -> RGB image."""
+    arr = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+
+def mask_to_tensor(mask: Image.Image) -> torch.Tensor:
+    """Mask image -> (1, 1, H, W) in [0, 1], 1 where the image is to be repainted."""
+    arr = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr)[None, None]
+
+
+def resize(image: Image.Image, width: int, height: int, mode: str = "just resize") -> Image.Image:
+    """A1111's resize modes: stretch; scale to cover then centre-crop; scale to fit then fill the
+    borders by stretching the image's edge pixels outward."""
+    if mode not in RESIZE_MODES:
+        raise InvalidArgument(f"resize_mode: {mode!r} is not one of {', '.join(RESIZE_MODES)}")
+    if image.size == (width, height):
+        return image
+    if mode == "just resize":
+        return image.resize((width, height), Image.LANCZOS)
+    ratio = width / height
+    src_ratio = image.width / image.height
+    cover = (mode == "crop and resize") == (ratio > src_ratio)
+    w = width if cover else round(height * src_ratio)
+    h = round(width / src_ratio) if cover else height
+    w, h = max(w, 1), max(h, 1)
+    scaled = image.resize((w, h), Image.LANCZOS)
+    if mode == "crop and resize":
+        left, top = (w - width) // 2, (h - height) // 2
+        return scaled.crop((left, top, left + width, top + height))
+    canvas = Image.new(image.mode, (width, height))
+    left, top = (width - w) // 2, (height - h) // 2
+    canvas.paste(scaled, (left, top))
+    # Stretch the outermost rows/columns into the empty borders so they carry plausible colour.
+    if left > 0:
+        canvas.paste(scaled.crop((0, 0, 1, h)).resize((left, h)), (0, top))
+        canvas.paste(scaled.crop((w - 1, 0, w, h)).resize((width - w - left, h)), (left + w, top))
+    if top > 0:
+        canvas.paste(scaled.crop((0, 0, w, 1)).resize((w, top)), (left, 0))
+        canvas.paste(scaled.crop((0, h - 1, w, h)).resize((w, height - h - top)), (left, top + h))
+    return canvas
+
+
+def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int = 4, invert: bool = False) -> Image.Image:
+    if mask.size != size:
+        raise InvalidArgument(f"mask: size {mask.size[0]}x{mask.size[1]} differs from the image's "
+                              f"{size[0]}x{size[1]}")
+    if blur < 0 or blur > 256:
+        raise InvalidArgument(f"mask_blur: {blur} is outside 0..256")
+    m = mask.convert("L")
+    if invert:
+        m = ImageOps.invert(m)
+    if blur:
+        m = m.filter(ImageFilter.GaussianBlur(blur))
+    return m
+
+
+def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """A1111's "fill" content: paint the masked area with colours diffused in from around it, so
+    the model starts from the surroundings' palette instead of the old content.
+
+    Normalised averaging at growing scales: each masked pixel takes the mean colour of the
+    unmasked pixels near it, at the finest scale that has any.
+    """
+    rgb = to_tensor(image)  # (1, 3, H, W)
+    keep = (mask_to_tensor(mask) < 0.5).float()
+    if keep.sum() == 0:  # nothing to diffuse from: neutral grey
+        return Image.new("RGB", image.size, (128, 128, 128))
+    h, w = rgb.shape[-2:]
+    out, filled = rgb.clone(), keep.bool()
+    for factor in (4, 16, 64, 256):
+        size = (max(1, h // factor), max(1, w // factor))
+        colour = torch.nn.functional.interpolate(rgb * keep, size=size, mode="area")
+        cover = torch.nn.functional.interpolate(keep, size=size, mode="area")
+        colour = torch.nn.functional.interpolate(colour, size=(h, w), mode="bilinear", align_corners=False)
+        cover = torch.nn.functional.interpolate(cover, size=(h, w), mode="bilinear", align_corners=False)
+        take = ~filled & (cover > 1e-3)
+        out = torch.where(take, colour / cover.clamp_min(1e-3), out)
+        filled |= take
+    mean = (rgb * keep).sum(dim=(2, 3), keepdim=True) / keep.sum()
+    out = torch.where(filled, out, mean)
+    return to_pil(out[0])
+
+
+def mask_bbox(mask: Image.Image, padding: int) -> tuple[int, int, int, int] | None:
+    """Bounding box of the masked area grown by `padding`, clipped to the image; None if empty."""
+    box = mask.convert("L").point(lambda v: 255 if v > 0 else 0).getbbox()
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    w, h = mask.size
+    return max(0, x0 - padding), max(0, y0 - padding), min(w, x1 + padding), min(h, y1 + padding)
+
+
+def expand_to_ratio(box: tuple[int, int, int, int], ratio: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Grow a box to the target width/height ratio (as far as the image allows), so the crop is
+    not distorted when scaled to the generation size."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    if w / h < ratio:
+        grow = round(h * ratio) - w
+        x0, x1 = x0 - grow // 2, x1 + grow - grow // 2
+    else:
+        grow = round(w / ratio) - h
+        y0, y1 = y0 - grow // 2, y1 + grow - grow // 2
+    W, H = size
+    if x0 < 0:
+        x1, x0 = min(W, x1 - x0), 0
+    if x1 > W:
+        x0, x1 = max(0, x0 - (x1 - W)), W
+    if y0 < 0:
+        y1, y0 = min(H, y1 - y0), 0
+    if y1 > H:
+        y0, y1 = max(0, y0 - (y1 - H)), H
+    return x0, y0, x1, y1
+
+
+def pad_for_outpaint(image: Image.Image, left: int, right: int, top: int, bottom: int,
+                     overlap: int = 8) -> tuple[Image.Image, Image.Image]:
+    """Grow the canvas; return (image with the new border filled from its edge, mask that covers
+    the border plus `overlap` pixels into the original so the seam is repainted too)."""
+    for name, v in (("left", left), ("right", right), ("top", top), ("bottom", bottom)):
+        if v < 0 or v > 2048:
+            raise InvalidArgument(f"{name}: {v} is outside 0..2048")
+    W, H = image.width + left + right, image.height + top + bottom
+    canvas = _edge_pad(image, left, right, top, bottom)
+    mask = Image.new("L", (W, H), 255)
+    keep = (left + (overlap if left else 0), top + (overlap if top else 0),
+            left + image.width - (overlap if right else 0), top + image.height - (overlap if bottom else 0))
+    mask.paste(0, keep)
+    return canvas, mask
+
+
+def _edge_pad(image: Image.Image, left: int, right: int, top: int, bottom: int) -> Image.Image:
+    arr = np.asarray(image.convert("RGB"))
+    return Image.fromarray(np.pad(arr, ((top, bottom), (left, right), (0, 0)), mode="edge"), "RGB")

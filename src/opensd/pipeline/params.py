@@ -1,0 +1,104 @@
+"""Generation parameters, A1111's names and defaults, validated in one place."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from ..errors import InvalidArgument
+from . import limits as L
+from .images import FILL_MODES, RESIZE_MODES
+
+HIRES_UPSCALERS = {"latent": "Latent", "latent (nearest)": "Latent (nearest)", "lanczos": "Lanczos"}
+
+
+@dataclass
+class Hires:
+    """Hires fix: upscale the first pass and repaint it with a second img2img pass."""
+    scale: float = 2.0
+    upscaler: str = "latent"
+    steps: int | None = None          # None: same as the first pass
+    denoise: float = 0.7
+    width: int | None = None          # explicit target size wins over scale
+    height: int | None = None
+    sampler: str | None = None        # None: same as the first pass
+    scheduler: str | None = None
+    prompt: str | None = None         # None: same prompt
+    negative_prompt: str | None = None
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        if self.width or self.height:
+            w = self.width or round(width * (self.height / height) / 8) * 8
+            h = self.height or round(height * (self.width / width) / 8) * 8
+            return w, h
+        return round(width * self.scale / 8) * 8, round(height * self.scale / 8) * 8
+
+
+@dataclass
+class Params:
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    cfg: float = 7.0
+    seed: int | None = -1
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    width: int | None = None
+    height: int | None = None
+    batch_size: int = 1
+    sampler: str = "euler"
+    scheduler: str | None = None
+    clip_skip: int | None = None
+    # img2img / inpainting
+    strength: float = 0.75
+    resize_mode: str = "just resize"
+    mask_blur: int = 4
+    inpainting_fill: str = "original"
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    invert_mask: bool = False
+    hires: Hires | None = field(default=None)
+
+    @classmethod
+    def of(cls, **kwargs) -> "Params":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise InvalidArgument(f"{unknown[0]}: unknown parameter")
+        return cls(**kwargs)
+
+    def validate(self, limits: L.Limits = L.DEFAULT_LIMITS) -> None:
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise InvalidArgument("prompt: prompt and negative prompt must be text")
+        L.check_size(self.width, self.height, limits)
+        L.check_steps(self.steps, limits)
+        L.check_cfg(self.cfg, limits)
+        L.check_batch(self.batch_size, limits)
+        L.check_seed(self.seed)
+        if self.subseed is not None:
+            L.check_seed(self.subseed, "subseed")
+        _fraction("subseed_strength", self.subseed_strength)
+        _fraction("strength", self.strength)
+        if self.resize_mode not in RESIZE_MODES:
+            raise InvalidArgument(f"resize_mode: {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+        if self.inpainting_fill not in FILL_MODES:
+            raise InvalidArgument(f"inpainting_fill: {self.inpainting_fill!r} is not one of {', '.join(FILL_MODES)}")
+        if self.clip_skip is not None and (not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12):
+            raise InvalidArgument(f"clip_skip: {self.clip_skip!r} is outside 1..12")
+        if not 0 <= self.inpaint_full_res_padding <= 1024:
+            raise InvalidArgument(f"inpaint_full_res_padding: {self.inpaint_full_res_padding} is outside 0..1024")
+        if self.hires is not None:
+            h = self.hires
+            if h.upscaler.lower() not in HIRES_UPSCALERS:
+                raise InvalidArgument(f"hires upscaler: {h.upscaler!r} is not one of "
+                                      f"{', '.join(HIRES_UPSCALERS.values())}")
+            if not isinstance(h.scale, (int, float)) or not math.isfinite(h.scale) or not 1 <= h.scale <= 8:
+                raise InvalidArgument(f"hires scale: {h.scale!r} is outside 1..8")
+            _fraction("hires denoise", h.denoise)
+            if h.steps is not None:
+                L.check_steps(h.steps, limits)
+            L.check_size(*h.target(self.width, self.height), limits)
+
+
+def _fraction(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise InvalidArgument(f"{name}: {value!r} must be a number in 0..1")

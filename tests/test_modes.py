@@ -1,0 +1,162 @@
+"""img2img, inpainting (latent-mask and 9-channel models), outpainting, hires fix, variation seeds."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from opensd.errors import InvalidArgument
+from opensd.library.synthetic import TINY, write_random_checkpoint
+from opensd.pipeline import images as I
+from opensd.pipeline.params import Hires
+from opensd.pipeline.pipeline import Interrupted, load
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    return load(write_random_checkpoint(tmp_path_factory.mktemp("m") / "tiny.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def inpaint_pipe(tmp_path_factory):
+    cfg = replace(TINY, unet=replace(TINY.unet, in_channels=9))
+    return load(write_random_checkpoint(tmp_path_factory.mktemp("i") / "tiny-inpainting.safetensors", cfg))
+
+
+def _px(image):
+    return np.asarray(image).astype(np.int16)
+
+
+def _picture(w=64, h=64):
+    image = Image.new("RGB", (w, h), (200, 40, 40))
+    ImageDraw.Draw(image).rectangle((10, 10, 40, 50), fill=(20, 180, 60))
+    return image
+
+
+def _mask(w=64, h=64, box=(24, 24, 48, 48)):
+    mask = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(mask).rectangle(box, fill=255)
+    return mask
+
+
+def test_img2img_strength_controls_distance_from_the_init(pipe):
+    init = _picture()
+    recon = _px(pipe.decode(pipe.encode(init))[0])
+    near = _px(pipe.img2img(init, "x", strength=0.1, steps=10, seed=1)[0])
+    far = _px(pipe.img2img(init, "x", strength=0.9, steps=10, seed=1)[0])
+    assert np.abs(near - recon).mean() < np.abs(far - recon).mean()
+    again = _px(pipe.img2img(init, "x", strength=0.9, steps=10, seed=1)[0])
+    assert np.array_equal(far, again)
+
+
+def test_img2img_progress_counts_the_steps_actually_run(pipe):
+    seen = []
+    pipe.img2img(_picture(), "x", strength=0.5, steps=10, seed=1, progress=lambda i, n: seen.append((i, n)))
+    assert seen[-1] == (6, 6)  # A1111: int(0.5 * 10) + 1 steps of the 10-step schedule
+
+
+def test_inpainting_keeps_unmasked_pixels_exactly(pipe):
+    init, mask = _picture(), _mask()
+    out = _px(pipe.img2img(init, "x", mask=mask, mask_blur=0, strength=1.0, steps=3, seed=2)[0])
+    keep = np.asarray(mask) == 0
+    assert np.array_equal(out[keep], _px(init)[keep])
+    assert not np.array_equal(out[~keep], _px(init)[~keep])
+
+
+@pytest.mark.parametrize("fill", ["fill", "original", "latent noise", "latent nothing"])
+def test_masked_content_modes_run_and_differ(pipe, fill):
+    out = pipe.img2img(_picture(), "x", mask=_mask(), inpainting_fill=fill, strength=0.6, steps=3, seed=3)[0]
+    assert out.size == (64, 64)
+
+
+def test_masked_content_modes_give_different_results(pipe):
+    outs = [_px(pipe.img2img(_picture(), "x", mask=_mask(), inpainting_fill=f, strength=0.5, steps=3, seed=3)[0])
+            for f in ("original", "latent nothing")]
+    assert not np.array_equal(*outs)
+
+
+def test_only_masked_inpaints_a_crop_and_pastes_it_back(pipe):
+    init = _picture(128, 96)
+    mask = _mask(128, 96, (90, 60, 100, 70))
+    out = _px(pipe.img2img(init, "x", mask=mask, mask_blur=0, inpaint_full_res=True, inpaint_full_res_padding=8,
+                           width=64, height=64, strength=1.0, steps=2, seed=4)[0])
+    assert out.shape == (96, 128, 3)  # the original size, not the generation size
+    assert np.array_equal(out[:, :60], _px(init)[:, :60])  # far from the crop: untouched
+
+
+def test_inverted_mask_repaints_the_other_side(pipe):
+    init, mask = _picture(), _mask()
+    out = _px(pipe.img2img(init, "x", mask=mask, invert_mask=True, mask_blur=0, strength=1.0, steps=2, seed=5)[0])
+    inside = np.asarray(mask) > 0
+    assert np.array_equal(out[inside], _px(init)[inside])
+
+
+def test_mask_of_another_size_is_refused(pipe):
+    with pytest.raises(InvalidArgument, match="^mask: size 32x32"):
+        pipe.img2img(_picture(), "x", mask=_mask(32, 32, (1, 1, 5, 5)))
+
+
+def test_outpainting_grows_the_canvas_and_keeps_the_centre(pipe):
+    init = _picture()
+    out = _px(pipe.outpaint(init, "x", left=16, right=16, top=8, steps=2, seed=6, mask_blur=0)[0])
+    assert out.shape == (72, 96, 3)
+    centre = out[8 + 8:8 + 64 - 8, 16 + 8:16 + 64 - 8]  # inside the 8-px repainted seam
+    assert np.array_equal(centre, _px(init)[8:56, 8:56])
+
+
+def test_nine_channel_inpainting_model(inpaint_pipe):
+    assert inpaint_pipe.config.inpainting
+    (txt,) = inpaint_pipe.txt2img("x", steps=2, seed=1)
+    (inp,) = inpaint_pipe.img2img(_picture(), "x", mask=_mask(), mask_blur=0, strength=1.0, steps=2, seed=1)
+    keep = np.asarray(_mask()) == 0
+    assert np.array_equal(_px(inp)[keep], _px(_picture())[keep])
+    assert txt.size == inp.size == (64, 64)
+
+
+@pytest.mark.parametrize("upscaler", ["latent", "lanczos"])
+def test_hires_fix_doubles_the_size_and_runs_both_passes(pipe, upscaler):
+    seen = []
+    (out,) = pipe.txt2img("x", steps=4, seed=1, hires=Hires(scale=2, upscaler=upscaler, steps=4, denoise=0.5),
+                          progress=lambda i, n: seen.append((i, n)))
+    assert out.size == (128, 128)
+    assert seen[-1] == (4 + 3, 4 + 3)  # 4 first-pass steps + int(0.5 * 4) + 1 second-pass steps
+
+
+def test_variation_seed_at_full_strength_is_the_variation_seeds_image(pipe):
+    a = _px(pipe.txt2img("x", steps=2, seed=10, subseed=99, subseed_strength=1.0)[0])
+    b = _px(pipe.txt2img("x", steps=2, seed=99)[0])
+    assert np.array_equal(a, b)  # Euler draws no per-step noise, so only the initial noise matters
+    half = _px(pipe.txt2img("x", steps=2, seed=10, subseed=99, subseed_strength=0.5)[0])
+    assert not np.array_equal(half, a) and not np.array_equal(half, _px(pipe.txt2img("x", steps=2, seed=10)[0]))
+
+
+def test_interrupt_stops_within_a_step(pipe):
+    seen = []
+
+    def progress(i, n):
+        seen.append(i)
+        pipe.interrupt()
+
+    with pytest.raises(Interrupted):
+        pipe.txt2img("x", steps=10, seed=1, progress=progress)
+    assert seen == [1]
+    assert pipe.txt2img("x", steps=1, seed=1)  # the next generation runs normally
+
+
+def test_resize_modes():
+    wide = Image.new("RGB", (200, 100), (255, 0, 0))
+    wide.paste((0, 0, 255), (0, 0, 20, 100))  # blue left strip
+    assert I.resize(wide, 64, 64, "just resize").size == (64, 64)
+    crop = I.resize(wide, 64, 64, "crop and resize")
+    assert crop.size == (64, 64) and crop.getpixel((0, 32))[0] > 200  # the blue strip was cropped away
+    fill = I.resize(wide, 64, 64, "resize and fill")
+    assert fill.size == (64, 64) and fill.getpixel((32, 0)) == fill.getpixel((32, 20))  # borders stretched
+    with pytest.raises(InvalidArgument, match="^resize_mode"):
+        I.resize(wide, 64, 64, "zoom")
+
+
+def test_fill_takes_colours_from_the_surroundings():
+    image = Image.new("RGB", (64, 64), (250, 10, 10))
+    image.paste((0, 0, 0), (20, 20, 44, 44))
+    filled = np.asarray(I.fill_masked(image, _mask(64, 64, (20, 20, 43, 43))))
+    assert filled[32, 32, 0] > 200 and filled[32, 32, 1] < 50  # red, not the black that was there
