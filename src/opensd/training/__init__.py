@@ -1,0 +1,1 @@
+"""Training: one resumable loop and the jobs built on it."""

@@ -1,0 +1,189 @@
+"""One training loop for every job (built-in model, LoRA, DreamBooth, textual inversion, ControlNet).
+
+Resumable: every `save_every` steps the whole state (weights, EMA, optimizer, step, RNG states)
+is written atomically to `run_dir/state.pt`; `Trainer.run()` continues from it, so `kill -9`
+followed by the same command carries on the same run. Checkpoints hold only tensors and plain
+Python values and are read back with weights_only=True.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+STATE = "state.pt"
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0          # 0 disables EMA
+    save_every: int = 200
+    sample_every: int = 0            # 0 disables sample grids
+    seed: int = 0
+    bf16: bool = False               # autocast matmuls/convs to bf16 (CPU or CUDA)
+
+
+# loss_fn(model, batch, step) -> scalar loss tensor
+LossFn = Callable[[nn.Module, object, int], torch.Tensor]
+# sample_fn(ema_or_model, step, run_dir) -> None; writes a grid or whatever the job shows
+SampleFn = Callable[[nn.Module, int, Path], None]
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters (kept in fp32)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: p.detach().float().clone() for k, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        # Warm-up (1+n)/(10+n) as in common practice, so early EMA is not dominated by the init.
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, p in model.named_parameters():
+            if k in self.shadow:
+                self.shadow[k].lerp_(p.detach().float(), 1 - d)
+
+    def copy_into(self, model: nn.Module) -> nn.Module:
+        ema_model = copy.deepcopy(model)
+        with torch.no_grad():
+            for k, p in ema_model.named_parameters():
+                if k in self.shadow:
+                    p.copy_(self.shadow[k].to(p.dtype))
+        return ema_model
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, batches: Callable[[int], Iterator], loss_fn: LossFn,
+                 cfg: TrainConfig, run_dir: Path, sample_fn: SampleFn | None = None,
+                 params: list[nn.Parameter] | None = None):
+        """`batches(start_step)` yields batches from that step on, so a resumed run continues the
+        same data order; `params` restricts training to a subset (LoRA, embeddings)."""
+        self.model = model
+        self.batches = batches
+        self.loss_fn = loss_fn
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.sample_fn = sample_fn
+        self.params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.step = 0
+        self.losses: list[float] = []
+
+    # --- state -----------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "model": {k: v for k, v in self.model.state_dict().items()},
+            "opt": self.opt.state_dict(),
+            "ema": self.ema.shadow if self.ema else None,
+            "losses": self.losses[-1000:],
+            "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                    "python_pos": random.getstate()[2], "numpy": np.random.get_state()[1].tolist(),
+                    "numpy_pos": int(np.random.get_state()[2])},
+            "config": asdict(self.cfg),
+        }
+
+    def save(self) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / f".{STATE}.tmp"
+        torch.save(self.state(), tmp)
+        os.replace(tmp, self.run_dir / STATE)  # atomic: a kill mid-save keeps the previous state
+        return self.run_dir / STATE
+
+    def try_resume(self) -> bool:
+        path = self.run_dir / STATE
+        if not path.is_file():
+            return False
+        s = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["opt"])
+        if self.ema and s["ema"] is not None:
+            self.ema.shadow = {k: v.float() for k, v in s["ema"].items()}
+        self.step = s["step"]
+        self.losses = list(s["losses"])
+        rng = s["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate((3, tuple(rng["python"]), rng["python_pos"]))
+        np.random.set_state(("MT19937", np.array(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
+        log.info("resumed %s at step %d", self.run_dir, self.step)
+        return True
+
+    # --- loop ------------------------------------------------------------------------------
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to 10% of the peak."""
+        if step < self.cfg.warmup:
+            return self.cfg.lr * (step + 1) / self.cfg.warmup
+        t = (step - self.cfg.warmup) / max(1, self.cfg.steps - self.cfg.warmup)
+        return self.cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+    def run(self, progress: bool = True, until: int | None = None) -> nn.Module:
+        """Train to cfg.steps, or stop early at step `until` (resuming if a state exists); returns
+        the EMA model if any."""
+        end = self.cfg.steps if until is None else min(until, self.cfg.steps)
+        if not self.try_resume():
+            torch.manual_seed(self.cfg.seed)
+            random.seed(self.cfg.seed)
+            np.random.seed(self.cfg.seed)
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.run_dir.name, unit="step",
+                   file=sys.stderr, disable=not progress, dynamic_ncols=True)
+        self.model.train()
+        data = self.batches(self.step)
+        device_type = next(self.model.parameters()).device.type
+        started = time.time()
+        while self.step < end:
+            batch = next(data)
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr_at(self.step)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+                loss = self.loss_fn(self.model, batch, self.step)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower the learning rate")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            self.opt.step()
+            if self.ema:
+                self.ema.update(self.model, self.step)
+            self.step += 1
+            self.losses.append(loss.item())
+            recent = self.losses[-50:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{self.lr_at(self.step):.1e}")
+            bar.update(1)
+            if self.step % self.cfg.save_every == 0 or self.step == end:
+                self.save()
+            if self.sample_fn and self.cfg.sample_every and self.step % self.cfg.sample_every == 0:
+                self.model.eval()
+                self.sample_fn(self.final_model(), self.step, self.run_dir)
+                self.model.train()
+        bar.close()
+        log.info("trained %d steps in %.0f s", self.step, time.time() - started)
+        self.model.eval()
+        return self.final_model()
+
+    def final_model(self) -> nn.Module:
+        return self.ema.copy_into(self.model) if self.ema else self.model
