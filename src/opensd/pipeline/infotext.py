@@ -32,21 +32,8 @@ from .. import __version__
 
 log = logging.getLogger(__name__)
 
-# Our sampler ids -> the names A1111 writes, so its readers recognise them.
-SAMPLER_LABELS = {
-    "euler": "Euler", "euler_a": "Euler a", "euler_ancestral": "Euler a", "heun": "Heun",
-    "lms": "LMS", "dpm2": "DPM2", "dpm2_a": "DPM2 a", "dpm_fast": "DPM fast",
-    "dpm_adaptive": "DPM adaptive", "dpmpp_2s_a": "DPM++ 2S a", "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_sde": "DPM++ SDE", "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_3m_sde": "DPM++ 3M SDE",
-    "ddim": "DDIM", "plms": "PLMS", "unipc": "UniPC", "lcm": "LCM",
-}
-# Our schedule ids -> A1111's "Schedule type" labels.
-SCHEDULE_LABELS = {
-    "automatic": "Automatic", "uniform": "Uniform", "karras": "Karras", "exponential": "Exponential",
-    "polyexponential": "Polyexponential", "sgm_uniform": "SGM Uniform", "kl_optimal": "KL Optimal",
-    "align_your_steps": "Align Your Steps", "simple": "Simple", "normal": "Normal", "ddim": "DDIM",
-    "beta": "Beta",
-}
+# Fallback when opensd.sampling.names (the full id <-> A1111 name table) is not there.
+SAMPLER_LABELS = {"euler": "Euler"}
 
 VERSION = f"opensd {__version__}"
 
@@ -87,8 +74,9 @@ FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 # ---------------------------------------------------------------------------------------- format
 
 def quote(value: str) -> str:
-    """A1111's rule, widened to '"': a value holding ``,`` ``:`` ``"`` or a newline is a JSON string."""
-    if any(c in value for c in ',:"\n'):
+    """A1111's rule, widened: a value holding ``,`` ``:`` ``"`` or a newline (A1111: ``,`` ``:``
+    newline), or with spaces at either end, is written as a JSON string; A1111 reads both back."""
+    if any(c in value for c in ',:"\n') or value != value.strip():
         return json.dumps(value, ensure_ascii=False)
     return value
 
@@ -137,6 +125,20 @@ def format_infotext(prompt: str, negative_prompt: str, params: Mapping[str, Any]
     return f"{prompt}{negative}\n{', '.join(pairs)}".strip()
 
 
+def a1111_sampler_names(sampler: str, schedule: str | None = None) -> tuple[str, str | None]:
+    """A1111's "Sampler" and "Schedule type" for our ids (A1111 names pass through unchanged)."""
+    try:
+        from ..sampling import names
+    except ImportError:
+        return SAMPLER_LABELS.get(sampler, sampler), schedule
+    label = names.SAMPLER_LABELS.get(sampler, sampler)
+    if not schedule:
+        return label, None
+    if sampler in names.SAMPLER_LABELS and schedule in names.SCHEDULER_LABELS:
+        return label, names.schedule_label(sampler, schedule)
+    return label, names.SCHEDULER_LABELS.get(schedule, schedule)
+
+
 def generation_params(*, steps: int, sampler: str, cfg: float, seed: int, width: int, height: int,
                       schedule: str | None = None, model: str | None = None,
                       model_hash: str | None = None, vae: str | None = None,
@@ -150,15 +152,18 @@ def generation_params(*, steps: int, sampler: str, cfg: float, seed: int, width:
                       version: str | None = VERSION) -> dict[str, Any]:
     """Our generation settings as A1111's labelled params, with A1111's omissions.
 
-    Sampler and schedule ids go through SAMPLER_LABELS / SCHEDULE_LABELS (unknown ids are written
-    as given); "Clip skip" is left out at 1 or less and the variation seed when its strength is 0,
-    as A1111 does; ``model`` is the file's stem, ``vae`` the VAE's file name; hashes come from
-    opensd.library.hashes (model_hash / lora_hash / embedding_hash).
+    Sampler and schedule ids become A1111's names through opensd.sampling.names (names already in
+    A1111's form, and unknown ones, are written as given). "Clip skip" is left out at 1 or less and
+    the variation seed when its strength is 0, as A1111 does. ``model`` is the checkpoint file's
+    stem, ``vae`` the VAE's file name; the hashes come from opensd.library.hashes (model_hash for
+    model and VAE, lora_hash and embedding_hash for the name -> hash maps). ``extra`` keys go after
+    ours, before "Version".
     """
+    sampler_label, schedule_label = a1111_sampler_names(sampler, schedule)
     params: dict[str, Any] = {
         "Steps": steps,
-        "Sampler": SAMPLER_LABELS.get(sampler, sampler),
-        "Schedule type": SCHEDULE_LABELS.get(schedule, schedule) if schedule else None,
+        "Sampler": sampler_label,
+        "Schedule type": schedule_label,
         "CFG scale": cfg,
         "Seed": seed,
         "Size": f"{width}x{height}",
@@ -299,9 +304,7 @@ def decode_usercomment(value: bytes | tuple | str) -> str:
             text = body.decode("utf-16-le" if odd > even else "utf-16-be", errors="replace")
     elif prefix == _UC_JIS:
         text = body.decode("shift_jis", errors="replace")
-    elif prefix == _UC_ASCII:
-        text = body.decode("utf-8", errors="replace")
-    elif prefix == b"\x00" * 8:
+    elif prefix in (_UC_ASCII, b"\x00" * 8):  # "ASCII" is often UTF-8 in practice; 8 NULs: undefined
         text = body.decode("utf-8", errors="replace")
     else:
         text = value.decode("utf-8", errors="replace")
@@ -318,7 +321,7 @@ def read_infotext(path: str | os.PathLike) -> str | None:
             return text
         try:
             comment = image.getexif().get_ifd(_EXIF_IFD).get(_USERCOMMENT)
-        except Exception as e:  # a damaged EXIF block: there is no infotext to read
+        except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for a damaged EXIF block
             log.debug("%s: unreadable EXIF: %s", path, e)
             return None
         if comment:
