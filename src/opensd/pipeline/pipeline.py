@@ -70,6 +70,7 @@ class Pipeline:
         alphas = loaded.alphas_cumprod if loaded.alphas_cumprod is not None else scaled_linear_alphas_cumprod()
         self.schedule = DiscreteSchedule(alphas)
         self._interrupt = False
+        self._cond_cache: dict = {}
 
     @property
     def name(self) -> str:
