@@ -29,7 +29,7 @@ def test_generate_writes_pngs_with_parameters(ckpt, tmp_path):
     assert image.size == (64, 64)
     text = image.text["parameters"]
     assert text.startswith("a red apple\nNegative prompt: blurry\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 8,")
-    assert "Size: 64x64, Model: tiny" in text
+    assert "Size: 64x64, Model hash: " in text and ", Model: tiny," in text
     assert not list(out.parent.glob(".tmp-*"))  # atomic writes leave no temp files
 
 
@@ -51,3 +51,38 @@ def test_bad_arguments_are_one_line_and_exit_2(ckpt, tmp_path, args, words):
 def test_argparse_errors_exit_2(ckpt):
     r = run("generate", "x", "--model", str(ckpt), "--steps", "many")
     assert r.returncode == 2 and "not an integer" in r.stderr
+
+
+def test_info_and_from_reproduce_an_image(ckpt, tmp_path):
+    first = tmp_path / "a.png"
+    assert run("generate", "a red apple", "--model", str(ckpt), "--steps", "2", "--seed", "11",
+               "--negative", "dark, blurry", "-o", str(first)).returncode == 0
+    info = run("info", str(first))
+    assert info.returncode == 0 and info.stdout.startswith("a red apple\nNegative prompt: dark, blurry\n")
+    again = tmp_path / "b.png"
+    r = run("generate", "--from", str(first), "--model", str(ckpt), "-o", str(again))
+    assert r.returncode == 0, r.stderr
+    import numpy as np
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
+
+
+def test_img2img_with_mask_from_the_command_line(ckpt, tmp_path):
+    init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(init)
+    m = Image.new("L", (64, 64), 0)
+    m.paste(255, (16, 16, 48, 48))
+    m.save(mask)
+    out = tmp_path / "out.webp"
+    r = run("generate", "x", "--model", str(ckpt), "--steps", "2", "--init-image", str(init), "--mask", str(mask),
+            "--mask-blur", "0", "--strength", "0.6", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    result = Image.open(out)
+    assert result.size == (64, 64)
+    assert "Denoising strength: 0.6" in run("info", str(out)).stdout
+
+
+def test_info_on_an_image_without_parameters(tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    r = run("info", str(plain))
+    assert r.returncode == 1 and "no generation parameters" in r.stderr
