@@ -94,3 +94,29 @@ def test_fp16_vae_overflow_falls_back_to_fp32(ckpt, caplog):
 def test_bad_load_options(ckpt, kwargs, param):
     with pytest.raises(InvalidArgument, match=f"^{param}"):
         load(ckpt, **kwargs)
+
+
+def test_a1111_prompt_features_reach_the_sampler(pipe):
+    def gen(prompt, **kw):
+        return _px(pipe.txt2img(prompt, steps=4, seed=9, **kw)[0])
+
+    cat, dog = gen("a cat"), gen("a dog")
+    assert not np.array_equal(gen("a cat AND a dog"), cat)
+    # A zero-weight AND part contributes nothing (up to batch rounding).
+    assert np.abs(gen("a cat :1 AND a dog :0") - cat).max() <= 1
+    edited = gen("[a cat:a dog:0.5]")
+    assert not np.array_equal(edited, cat) and not np.array_equal(edited, dog)
+    assert not np.array_equal(gen("(a cat:1.5)"), cat)
+    assert not np.array_equal(gen("a cat", clip_skip=2), cat)
+
+
+def test_embeddings_folder_is_used_by_name(ckpt, tmp_path):
+    from opensd.checkpoints.files import save_safetensors
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    save_safetensors({"emb_params": torch.randn(2, 64) * 3}, folder / "shinystyle.safetensors")
+    with_emb = load(ckpt, embeddings_dir=folder)
+    plain = load(ckpt)
+    a = _px(with_emb.txt2img("a cat, shinystyle", steps=2, seed=1)[0])
+    b = _px(plain.txt2img("a cat, shinystyle", steps=2, seed=1)[0])
+    assert not np.array_equal(a, b)

@@ -1,14 +1,86 @@
-"""Prompts -> the tensors the UNet is conditioned on, for every family."""
+"""Prompts -> the tensors the UNet is conditioned on, for every family.
+
+Two ways in:
+
+* :func:`encode_prompts` -- the plain encoding (each prompt cut to 77 tokens, no syntax). Kept
+  unchanged for callers that want exactly what diffusers does.
+* :class:`PromptConditioner` -- AUTOMATIC1111-compatible prompts: ``(word:1.2)`` emphasis,
+  ``BREAK``, prompts of any length in 75-token chunks, textual-inversion embeddings, CLIP skip,
+  prompt editing / alternation over the steps and ``AND`` composition (:meth:`PromptConditioner.schedule`),
+  with ``<lora:...>`` tags cut out and returned for whoever applies them.
+
+How A1111 encodes a prompt, and what we do (written from its wiki and ``sd_hijack_clip.py``):
+
+* Chunks. The prompt's tokens are cut into chunks of 75; each chunk is encoded on its own as
+  BOS + 75 tokens (padded with EOS) + EOS = 77, and the hidden states of the chunks are concatenated
+  along the sequence axis: 120 tokens -> (1, 154, D). If a chunk fills up and a comma was among its
+  last 20 tokens (``comma_backtrack``), the tokens after that comma move to the next chunk. ``BREAK``
+  pads the current chunk and starts a new one. An embedding never straddles two chunks.
+* Emphasis ("Original"): every token carries the product of its brackets' multipliers; per chunk,
+  hidden states are multiplied by their token's weight and then rescaled so the mean over the batch
+  chunk equals the unweighted mean. Weights never touch the pooled output. ``emphasis="no_norm"``
+  skips the rescale, ``"ignore"`` parses the syntax but applies no weights, ``"none"`` treats brackets
+  and ``BREAK`` as plain text -- A1111's other emphasis settings.
+* SD2's open_clip pads with 0 after the first EOS; SD1/SDXL CLIP-L pad with EOS (each encoder's
+  ``pad_token``).
+* SDXL: both encoders see the same chunks; each applies emphasis to its own output, then the two are
+  concatenated along the feature axis. The pooled vector is bigG's for the *first* chunk.
+* Texts encoded together (:meth:`PromptConditioner.encode_batch`, which :meth:`schedule` uses for the
+  texts of one prompt's schedule) are padded to the same number of chunks with empty chunks, and the
+  emphasis rescale uses the mean over all of them, exactly as A1111 batches a prompt's schedule.
+* CLIP skip (``clip_skip``: 1 = last layer, 2 = penultimate, ...) applies to SD1-style models (one
+  CLIP-L encoder, LDM layout) only, where the final LayerNorm is applied after the skipped layer as
+  A1111 does. SD2 (23rd of 24 layers) and SDXL (penultimate of both) keep their own layer from the
+  model config and ``clip_skip`` is ignored for them -- A1111's default (its optional "clip skip for
+  SDXL CLIP-L" setting is not offered).
+* Cond and uncond of different lengths: the pipeline batches them, so :meth:`PromptConditioner.pad`
+  appends encoded empty prompts to the shorter ones (A1111's "pad prompt/negative prompt to be same
+  length" option; by default A1111 instead runs them as separate UNet batches).
+
+Deviations from A1111 that are fixes of its accidents: when the comma rule moves tokens to the next
+chunk, an embedding among them moves with them (A1111 leaves its vectors behind in the old chunk);
+the emphasis rescale is computed in float32; a step past the end of a schedule uses its last entry.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import InvalidArgument
 from ..models.config import ModelConfig
-from ..models.stable_diffusion import StableDiffusion
+from ..models.stable_diffusion import SGM_FAMILIES, StableDiffusion
 from ..models.unet import timestep_embedding
-from ..text.tokenizer import CLIPTokenizer
+from ..text.embeddings import Embedding, EmbeddingDatabase
+from ..text.prompt_parser import (
+    ExtraNetwork,
+    Fragment,
+    extract_extra_networks,
+    is_break,
+    parse_prompt_attention,
+    prompt_schedule,
+    split_and,
+)
+from ..text.tokenizer import BOS, EOS, CLIPTokenizer
+
+__all__ = [
+    "CHUNK_TOKENS",
+    "EMPHASIS_MODES",
+    "CondSchedule",
+    "Conditioning",
+    "PromptChunk",
+    "PromptConditioner",
+    "ScheduledPart",
+    "encode_prompts",
+    "pad_conditionings",
+    "size_vector",
+]
+
+CHUNK_TOKENS = 75          # prompt tokens per chunk; a chunk is BOS + 75 + EOS = 77 ids
+EMPHASIS_MODES = ("original", "no_norm", "ignore", "none")
 
 
 @dataclass
@@ -16,14 +88,47 @@ class Conditioning:
     context: torch.Tensor              # (B, T, context_dim) cross-attention input
     pooled: torch.Tensor | None = None  # (B, P) SDXL's pooled text vector
 
-    def cat(self, other: "Conditioning") -> "Conditioning":
+    @property
+    def length(self) -> int:
+        """Sequence length T (77 per chunk)."""
+        return self.context.shape[1]
+
+    def cat(self, other: Conditioning) -> Conditioning:
+        """Stack along the batch axis. Both must have the same length: see :func:`pad_conditionings`."""
+        if self.context.shape[1:] != other.context.shape[1:]:
+            raise ValueError(f"cannot batch conditionings of shapes {tuple(self.context.shape)} and "
+                             f"{tuple(other.context.shape)}; pad them to the same length first "
+                             "(PromptConditioner.pad / pad_conditionings)")
         pooled = None if self.pooled is None else torch.cat([self.pooled, other.pooled])
         return Conditioning(torch.cat([self.context, other.context]), pooled)
+
+
+def pad_conditionings(conds: Sequence[Conditioning], filler: Conditioning) -> list[Conditioning]:
+    """Bring all ``conds`` to the longest one's length by appending copies of ``filler`` (normally
+    one encoded empty prompt, (1, 77, D)) along the sequence axis. Pooled vectors are unchanged."""
+    if not conds:
+        return []
+    step = filler.length
+    target = max(c.length for c in conds)
+    out = []
+    for c in conds:
+        missing = target - c.length
+        if missing == 0:
+            out.append(c)
+            continue
+        if missing % step:
+            raise ValueError(f"cannot pad a conditioning of length {c.length} to {target} with "
+                             f"{step}-token filler chunks")
+        fill = filler.context.to(c.context.device, c.context.dtype)
+        fill = fill.expand(c.context.shape[0], -1, -1).repeat(1, missing // step, 1)
+        out.append(Conditioning(torch.cat([c.context, fill], dim=1), c.pooled))
+    return out
 
 
 @torch.no_grad()
 def encode_prompts(model: StableDiffusion, tokenizer: CLIPTokenizer, prompts: list[str],
                    device: torch.device) -> Conditioning:
+    """Plain encoding: each prompt cut to 77 tokens, no prompt syntax (diffusers' behaviour)."""
     hidden, pooled = [], None
     for enc, cfg in zip(model.text_encoders, model.config.text_encoders):
         ids = tokenizer(prompts, max_length=cfg.max_length, pad_token=cfg.pad_token).to(device)
@@ -45,3 +150,304 @@ def size_vector(cfg: ModelConfig, pooled: torch.Tensor, width: int, height: int,
     per_value = (cfg.unet.adm_in_channels - pooled.shape[1]) // len(ids)
     emb = timestep_embedding(torch.tensor(ids, dtype=torch.float32), per_value).reshape(1, -1)
     return torch.cat([pooled.float(), emb.to(pooled.device).expand(len(pooled), -1)], dim=1)
+
+
+# --- A1111-compatible prompt encoding --------------------------------------------------------
+
+
+@dataclass
+class PromptChunk:
+    """One 77-token chunk: ids (BOS, 75 prompt/padding ids, EOS; padding is EOS here and becomes
+    each encoder's pad token when encoded), the weight of every position, and the embeddings to
+    insert as ``(position, embedding)`` -- their slots hold placeholder id 0."""
+    ids: list[int]
+    multipliers: list[float]
+    fixes: list[tuple[int, Embedding]] = field(default_factory=list)
+
+    @property
+    def weighted(self) -> bool:
+        return any(m != 1.0 for m in self.multipliers)
+
+
+@dataclass
+class ScheduledPart:
+    """One AND-part of a prompt: its weight, its text, and its conditioning over the steps."""
+    weight: float
+    text: str
+    entries: list[tuple[int, str]]        # (end_at_step, text used up to that step), from prompt_schedule
+    conds: list[Conditioning]             # one per entry
+
+    def at(self, step: int) -> Conditioning:
+        """The conditioning at 0-based sampling step ``step``: the first entry with
+        ``step <= end_at_step`` (A1111's rule), the last entry past the end."""
+        for (end, _), cond in zip(self.entries, self.conds):
+            if step <= end:
+                return cond
+        return self.conds[-1]
+
+    def text_at(self, step: int) -> str:
+        for end, text in self.entries:
+            if step <= end:
+                return text
+        return self.entries[-1][1]
+
+
+@dataclass
+class CondSchedule:
+    """A prompt encoded for every step of a run.
+
+    ``at(step)`` gives the AND-parts as ``[(weight, Conditioning)]``; A1111 combines their
+    predictions as ``uncond + cfg * sum(weight_i * (cond_i - uncond))``. ``extra_networks`` are the
+    ``<kind:name:...>`` tags that were cut out of the prompt, for the code that applies them.
+    """
+    prompt: str                           # the prompt as encoded, tags removed
+    steps: int
+    parts: list[ScheduledPart]
+    extra_networks: list[ExtraNetwork]
+
+    def at(self, step: int) -> list[tuple[float, Conditioning]]:
+        return [(p.weight, p.at(step)) for p in self.parts]
+
+    @property
+    def length(self) -> int:
+        """The longest sequence length among all parts and steps."""
+        return max(c.length for p in self.parts for c in p.conds)
+
+
+class PromptConditioner:
+    """Encodes A1111-syntax prompts with a loaded model's text encoders.
+
+    ``embeddings``: textual-inversion embeddings found by name in prompts. ``clip_skip``: see the
+    module docstring (SD1-style models only; ``None`` keeps the model's default). ``emphasis``: one
+    of :data:`EMPHASIS_MODES`. ``comma_backtrack``: how many tokens back from a full chunk's end a
+    comma may be to move the rest to the next chunk (0 disables; A1111's default 20).
+
+    Not thread-safe across threads sharing one model: embeddings are inserted through a forward
+    hook on the encoders' token embedding while a batch is encoded.
+    """
+
+    def __init__(self, model: StableDiffusion, tokenizer: CLIPTokenizer, device: torch.device | str,
+                 embeddings: EmbeddingDatabase | None = None, clip_skip: int | None = None, *,
+                 emphasis: str = "original", comma_backtrack: int = 20):
+        if emphasis not in EMPHASIS_MODES:
+            raise InvalidArgument(f"emphasis: {emphasis!r} is not one of {', '.join(EMPHASIS_MODES)}")
+        if comma_backtrack < 0:
+            raise InvalidArgument(f"comma_backtrack: must be 0 or more, got {comma_backtrack}")
+        self.model = model
+        self.config: ModelConfig = model.config
+        self.encoders = list(model.text_encoders)
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.embeddings = embeddings
+        self.emphasis = emphasis
+        self.comma_backtrack = comma_backtrack
+        self.clip_skip = clip_skip
+        self._skips = self._resolve_skips(clip_skip)
+        self._comma = tokenizer.encoder[",</w>"]
+        self._empty: Conditioning | None = None
+        self._lock = threading.Lock()
+
+    def _resolve_skips(self, clip_skip: int | None) -> list[int | None]:
+        cfgs = self.config.text_encoders
+        if clip_skip is None:
+            return [None] * len(cfgs)
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int):
+            raise InvalidArgument(f"clip_skip: must be a whole number, got {clip_skip!r}")
+        sd1_style = (self.config.family not in SGM_FAMILIES and len(cfgs) == 1 and cfgs[0].naming == "hf")
+        if not sd1_style:
+            return [None] * len(cfgs)  # SD2 / SDXL: their own layer, as in A1111
+        if not 1 <= clip_skip <= cfgs[0].layers:
+            raise InvalidArgument(f"clip_skip: must be between 1 and {cfgs[0].layers} for this model, got {clip_skip}")
+        return [clip_skip]
+
+    # -- text -> chunks ---------------------------------------------------------------------
+
+    def chunks(self, text: str) -> list[PromptChunk]:
+        """Tokenize one prompt text (no AND, no editing left in it) into 77-token chunks."""
+        if self.emphasis == "none":
+            fragments = [Fragment(text, 1.0)]
+        else:
+            fragments = parse_prompt_attention(text)
+        out: list[PromptChunk] = []
+        tokens: list[int] = []
+        mults: list[float] = []
+        fixes: list[tuple[int, Embedding]] = []
+        last_comma = -1
+
+        def close() -> None:
+            nonlocal tokens, mults, fixes, last_comma
+            pad = CHUNK_TOKENS - len(tokens)
+            out.append(PromptChunk([BOS, *tokens, *([EOS] * pad), EOS], [1.0, *mults, *([1.0] * pad), 1.0],
+                                   [(offset + 1, emb) for offset, emb in fixes]))
+            tokens, mults, fixes, last_comma = [], [], [], -1
+
+        for frag in fragments:
+            if is_break(frag):
+                close()
+                continue
+            ids = self.tokenizer.encode(frag.text)
+            pos = 0
+            while pos < len(ids):
+                tok = ids[pos]
+                if tok == self._comma:
+                    last_comma = len(tokens)
+                elif (self.comma_backtrack and len(tokens) == CHUNK_TOKENS and last_comma != -1
+                      and len(tokens) - last_comma <= self.comma_backtrack):
+                    cut = last_comma + 1
+                    moved = (tokens[cut:], mults[cut:], [(o - cut, e) for o, e in fixes if o >= cut])
+                    tokens, mults, fixes = tokens[:cut], mults[:cut], [(o, e) for o, e in fixes if o < cut]
+                    close()
+                    tokens, mults, fixes = (list(x) for x in moved)
+                if len(tokens) == CHUNK_TOKENS:
+                    close()
+                found = self.embeddings.find(self.tokenizer, ids, pos) if self.embeddings else None
+                if found is None:
+                    tokens.append(tok)
+                    mults.append(frag.weight)
+                    pos += 1
+                    continue
+                emb, covered = found
+                if len(tokens) + emb.count > CHUNK_TOKENS:
+                    close()
+                fixes.append((len(tokens), emb))
+                tokens.extend([0] * emb.count)
+                mults.extend([frag.weight] * emb.count)
+                pos += covered
+        if tokens or not out:
+            close()
+        return out
+
+    # -- chunks -> tensors ------------------------------------------------------------------
+
+    def encode(self, text: str) -> Conditioning:
+        """One prompt text -> (1, 77 * chunks, D) context (+ pooled for SDXL). The text is taken
+        literally apart from emphasis, BREAK and embeddings: no AND, editing or tag removal."""
+        return self.encode_batch([text])[0]
+
+    @torch.no_grad()
+    def encode_batch(self, texts: Sequence[str]) -> list[Conditioning]:
+        """Several texts encoded together, as A1111 encodes the texts of one prompt schedule: all
+        get the same number of chunks (empty chunks appended) and share the emphasis rescale."""
+        if not texts:
+            return []
+        distinct = list(dict.fromkeys(texts))
+        counts = [texts.count(t) for t in distinct]
+        per_text = [self.chunks(t) for t in distinct]
+        n_chunks = max(len(c) for c in per_text)
+        empty = PromptChunk([BOS] + [EOS] * (CHUNK_TOKENS + 1), [1.0] * (CHUNK_TOKENS + 2))
+        hidden_chunks, pooled = [], None
+        for i in range(n_chunks):
+            rows = [c[i] if i < len(c) else empty for c in per_text]
+            hidden, p = self._encode_rows(rows, counts, want_pooled=(i == 0))
+            hidden_chunks.append(hidden)
+            if i == 0:
+                pooled = p
+        context = torch.cat(hidden_chunks, dim=1)
+        index = {t: k for k, t in enumerate(distinct)}
+        return [Conditioning(context[index[t]:index[t] + 1],
+                             None if pooled is None else pooled[index[t]:index[t] + 1]) for t in texts]
+
+    def _encode_rows(self, rows: list[PromptChunk], counts: list[int], want_pooled: bool):
+        n_enc = len(self.encoders)
+        mults = torch.tensor([r.multipliers for r in rows], dtype=torch.float32)
+        weighted = self.emphasis in ("original", "no_norm") and any(r.weighted for r in rows)
+        hidden_parts, pooled = [], None
+        for enc, cfg, skip in zip(self.encoders, self.config.text_encoders, self._skips):
+            ids = torch.tensor([r.ids for r in rows], dtype=torch.long)
+            if cfg.pad_token != EOS:  # open_clip: everything after the first EOS is pad_token
+                for b, r in enumerate(rows):
+                    first = r.ids.index(EOS)
+                    ids[b, first + 1:] = cfg.pad_token
+            fixes = [[(pos, emb.for_encoder(cfg.naming, cfg.width, n_enc)) for pos, emb in r.fixes] for r in rows]
+            with self._lock, _inserted(_token_embedding(enc, cfg.naming), fixes):
+                out = enc(ids.to(self.device), skip)
+            z = out.hidden
+            if weighted:
+                z = _emphasize(z, mults.to(z.device), counts, self.emphasis == "original")
+            hidden_parts.append(z)
+            if want_pooled and cfg.pooled:
+                pooled = out.pooled
+        return torch.cat(hidden_parts, dim=-1), pooled
+
+    def empty(self) -> Conditioning:
+        """The encoded empty prompt (one chunk), the filler :meth:`pad` uses."""
+        if self._empty is None:
+            self._empty = self.encode("")
+        return self._empty
+
+    def pad(self, conds: Sequence[Conditioning]) -> list[Conditioning]:
+        """Pad conditionings (cond, uncond, AND-parts) to one length with encoded empty prompts,
+        so they can be batched together."""
+        return pad_conditionings(conds, self.empty())
+
+    # -- whole prompts ------------------------------------------------------------------------
+
+    def schedule(self, prompt: str, steps: int, *, negative: bool = False,
+                 hires_steps: int | None = None, old_scheduling: bool = False) -> CondSchedule:
+        """Encode ``prompt`` for a run of ``steps`` sampling steps.
+
+        Positive prompts: extra-network tags are cut out (returned in ``extra_networks``), the
+        prompt is split at ``AND`` into weighted parts, and each part's prompt editing and
+        alternation are resolved per step. ``negative=True`` follows A1111's negative prompt:
+        no AND splitting and no tag removal, only editing/alternation. ``hires_steps`` and
+        ``old_scheduling``: see :func:`opensd.text.prompt_parser.prompt_schedule`.
+        """
+        if negative:
+            cleaned, nets, parts = prompt, [], [(prompt, 1.0)]
+        else:
+            cleaned, nets = extract_extra_networks(prompt)
+            parts = split_and(cleaned)
+        done: dict[str, tuple[list, list]] = {}
+        out = []
+        for text, weight in parts:
+            if text not in done:
+                entries = prompt_schedule(text, steps, hires_steps, old_scheduling)
+                done[text] = (entries, self.encode_batch([t for _, t in entries]))
+            entries, conds = done[text]
+            out.append(ScheduledPart(weight, text, entries, conds))
+        return CondSchedule(cleaned, steps, out, nets)
+
+
+def _token_embedding(encoder: torch.nn.Module, naming: str) -> torch.nn.Module:
+    if naming == "hf":
+        return encoder.transformer.text_model.embeddings.token_embedding
+    return encoder.model.token_embedding
+
+
+@contextmanager
+def _inserted(module: torch.nn.Module, fixes: list[list[tuple[int, torch.Tensor]]]):
+    """While active, ``module``'s output (B, T, W) has row b's positions ``pos..pos+N`` replaced by
+    the given (N, W) vectors -- textual-inversion vectors at the text encoder's input."""
+    if not any(fixes):
+        yield
+        return
+
+    def hook(_module, _args, output):
+        if output.shape[0] != len(fixes):
+            raise RuntimeError(f"embedding hook got a batch of {output.shape[0]}, expected {len(fixes)}")
+        output = output.clone()
+        for b, row in enumerate(fixes):
+            for pos, vec in row:
+                output[b, pos:pos + vec.shape[0]] = vec.to(output.device, output.dtype)
+        return output
+
+    handle = module.register_forward_hook(hook, prepend=True)  # before anyone else's hooks
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _emphasize(z: torch.Tensor, mults: torch.Tensor, counts: list[int], keep_mean: bool) -> torch.Tensor:
+    """A1111's "Original" emphasis over one batch chunk: hidden states times their token's weight,
+    then (``keep_mean``) rescaled so the batch mean is unchanged. ``counts`` weights rows for the
+    mean, as if each row appeared that many times in the batch."""
+    x = z.float()
+    weighted = x * mults[:, :, None]
+    if keep_mean:
+        w = torch.tensor(counts, dtype=torch.float32, device=x.device)
+        before = (x.mean(dim=(1, 2)) * w).sum() / w.sum()
+        after = (weighted.mean(dim=(1, 2)) * w).sum() / w.sum()
+        if after != 0 and torch.isfinite(after):
+            weighted = weighted * (before / after)
+    return weighted.to(z.dtype)

@@ -16,10 +16,11 @@ from ..errors import InvalidArgument, OpenSDError
 from ..sampling.denoiser import Denoiser
 from ..sampling.samplers import get_sampler
 from ..sampling.schedules import DiscreteSchedule, normal_sigmas, scaled_linear_alphas_cumprod
+from ..text.embeddings import EmbeddingDatabase, load_embeddings
 from ..text.tokenizer import default_tokenizer
 from . import images as I
 from . import limits as L
-from .conditioning import Conditioning, encode_prompts, size_vector
+from .conditioning import CondSchedule, PromptConditioner, size_vector
 from .loader import LoadedModel, load_model
 from .noise import ImageNoise
 from .params import Hires, Params
@@ -59,7 +60,7 @@ def resolve_dtype(precision: str) -> torch.dtype:
 
 class Pipeline:
     def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
-                 limits: L.Limits = L.DEFAULT_LIMITS):
+                 limits: L.Limits = L.DEFAULT_LIMITS, embeddings: EmbeddingDatabase | None = None):
         self.loaded = loaded
         self.model = loaded.model
         self.config = loaded.config
@@ -71,6 +72,8 @@ class Pipeline:
         self.schedule = DiscreteSchedule(alphas)
         self._interrupt = False
         self._cond_cache: dict = {}
+        self._conditioners: dict = {}
+        self.embeddings = embeddings
 
     @property
     def name(self) -> str:
@@ -216,11 +219,12 @@ class Pipeline:
     def _sample(self, p: Params, x: torch.Tensor, sigmas: torch.Tensor, noise: ImageNoise, report,
                 width: int, height: int, init: torch.Tensor | None = None,
                 latent_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None) -> torch.Tensor:
-        cond = self._condition([p.prompt], width, height)
-        uncond = self._condition([p.negative_prompt], width, height, negative=True)
+        steps = len(sigmas) - 1
+        cond = self._schedule(p.prompt, p.clip_skip, steps, width, height, negative=False)
+        uncond = self._schedule(p.negative_prompt, p.clip_skip, steps, width, height, negative=True)
         if image_cond is None and self.config.inpainting:
             image_cond = self._inpaint_cond(None, None, width, height)
-        denoise = self._cfg_denoiser(uncond.cat(cond), p.cfg, image_cond)
+        denoise = self._cfg_denoiser(cond, uncond, sigmas, p.cfg, image_cond, p.clip_skip)
         if latent_mask is not None:
             inner = denoise
 
@@ -240,22 +244,33 @@ class Pipeline:
         shape = (1, self.config.latent_channels, h, w)
         return torch.cat([ImageNoise(s, shape, self.device).initial for s in seeds])
 
-    def _condition(self, prompts: list[str], width: int, height: int, negative: bool = False) -> Conditioning:
-        key = (tuple(prompts), width, height, negative)
+    def conditioner(self, clip_skip: int | None = None) -> PromptConditioner:
+        if clip_skip not in self._conditioners:
+            self._conditioners[clip_skip] = PromptConditioner(self.model, self.tokenizer, self.device,
+                                                              self.embeddings, clip_skip)
+        return self._conditioners[clip_skip]
+
+    def _schedule(self, prompt: str, clip_skip: int | None, steps: int, width: int, height: int,
+                  negative: bool) -> CondSchedule:
+        """The prompt encoded for every step (A1111 syntax: weights, AND, editing, alternation),
+        with SDXL's size conditioning folded into each part's pooled vector."""
+        key = (prompt, clip_skip, steps, width, height, negative)
         if key not in self._cond_cache:  # a batch encodes its prompt once, not once per image
-            self._cond_cache[key] = self._encode(prompts, width, height, negative)
+            sched = self.conditioner(clip_skip).schedule(prompt, steps, negative=negative)
+            if self.config.unet.adm_in_channels:
+                score = 2.5 if negative else 6.0  # refiner's conventional aesthetic scores
+                for part in sched.parts:
+                    for c in part.conds:
+                        c.pooled = size_vector(self.config, c.pooled, width, height, score)
+            self._cond_cache[key] = sched
         return self._cond_cache[key]
 
-    def _encode(self, prompts: list[str], width: int, height: int, negative: bool) -> Conditioning:
-        c = encode_prompts(self.model, self.tokenizer, prompts, self.device)
-        if self.config.unet.adm_in_channels:
-            score = 2.5 if negative else 6.0  # refiner's conventional aesthetic scores
-            c.pooled = size_vector(self.config, c.pooled, width, height, score)
-        return c
-
-    def _cfg_denoiser(self, both: Conditioning, cfg: float, image_cond: torch.Tensor | None):
-        """Classifier-free guidance: one UNet call on [uncond; cond] per step."""
+    def _cfg_denoiser(self, cond: CondSchedule, uncond: CondSchedule, sigmas: torch.Tensor, cfg: float,
+                      image_cond: torch.Tensor | None, clip_skip: int | None):
+        """Classifier-free guidance with A1111's AND composition: one UNet call on
+        [uncond, cond_1..cond_k] per evaluation; result = uncond + cfg * sum w_i (cond_i - uncond)."""
         unet = self.model.unet
+        conditioner = self.conditioner(clip_skip)
 
         def unet_fn(x, t, context, y):
             if image_cond is not None:  # inpainting models see [x, mask, masked image] channels
@@ -264,11 +279,20 @@ class Pipeline:
                 return unet(x, t, context, y).float()
 
         model = Denoiser(unet_fn, self.schedule, self.config.prediction)
+        levels = sigmas[:-1]
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            out = model(torch.cat([x, x]), sigma, context=both.context, y=both.pooled)
-            uncond, cond = out.chunk(2)
-            return uncond + cfg * (cond - uncond)
+            # The step whose sigma this evaluation is at (or just below, for 2nd-order samplers).
+            step = int((levels > sigma.item() * (1 + 1e-6)).sum().clamp(max=len(levels) - 1))
+            parts = cond.at(step)
+            batch = conditioner.pad([uncond.at(step)[0][1], *(c for _, c in parts)])
+            context = torch.cat([c.context for c in batch])
+            y = None if batch[0].pooled is None else torch.cat([c.pooled for c in batch])
+            out = model(x.expand(len(batch), -1, -1, -1), sigma, context=context, y=y)
+            result = out[:1].clone()
+            for (weight, _), o in zip(parts, out[1:]):
+                result += cfg * weight * (o[None] - out[:1])
+            return result
 
         return denoise
 
@@ -358,11 +382,13 @@ def _latent_mask(mask: Image.Image, size: tuple[int, int], device) -> torch.Tens
 
 
 def load(path, *, vae=None, device: str | None = None, precision: str = "fp32",
-         prediction: str | None = None) -> Pipeline:
-    """Load a checkpoint file or diffusers folder into a ready pipeline."""
+         prediction: str | None = None, embeddings_dir=None) -> Pipeline:
+    """Load a checkpoint file or diffusers folder into a ready pipeline; `embeddings_dir` holds
+    textual-inversion embeddings usable by file name in prompts."""
     dev = resolve_device(device)
     dtype = resolve_dtype(precision)
     if prediction not in (None, "eps", "v"):
         raise InvalidArgument(f"prediction: {prediction!r} must be 'eps' or 'v'")
     loaded = load_model(Path(path), vae=vae, prediction=prediction, dtype=dtype, device=dev)
-    return Pipeline(loaded, dev, dtype)
+    embeddings = load_embeddings(embeddings_dir) if embeddings_dir is not None else None
+    return Pipeline(loaded, dev, dtype, embeddings=embeddings)
