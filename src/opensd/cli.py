@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", "-m", type=Path,
                      help="checkpoint file (.safetensors/.ckpt) or diffusers folder; default: the built-in model")
     gen.add_argument("--vae", type=Path, help="standalone VAE file replacing the checkpoint's VAE")
+    gen.add_argument("--embeddings-dir", type=Path, help="folder of textual-inversion embeddings (use by file name)")
     gen.add_argument("--from", dest="from_image", type=Path,
                      help="reuse the generation parameters stored in this image (flags you give win)")
     g = gen.add_argument_group("sampling")
@@ -193,7 +194,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = args.model or BUILTIN_MODEL
     if args.model is None and not BUILTIN_MODEL.is_file():
         raise InvalidArgument("model: no built-in model is installed; pass --model PATH")
-    pipe = load(model, vae=args.vae, device=args.device, precision=args.precision, prediction=args.prediction)
+    pipe = load(model, vae=args.vae, device=args.device, precision=args.precision, prediction=args.prediction,
+                embeddings_dir=args.embeddings_dir)
     kwargs = generation_kwargs(args)
     bars: list = []
 
