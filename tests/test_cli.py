@@ -86,3 +86,15 @@ def test_info_on_an_image_without_parameters(tmp_path):
     Image.new("RGB", (8, 8)).save(plain)
     r = run("info", str(plain))
     assert r.returncode == 1 and "no generation parameters" in r.stderr
+
+
+def test_sampler_names_round_trip_through_infotext(ckpt, tmp_path):
+    first = tmp_path / "a.png"
+    r = run("generate", "x", "--model", str(ckpt), "--steps", "3", "--seed", "4", "--sampler", "dpmpp_2m_sde",
+            "--scheduler", "karras", "-o", str(first))
+    assert r.returncode == 0, r.stderr
+    assert "Sampler: DPM++ 2M SDE, Schedule type: Karras," in run("info", str(first)).stdout
+    again = tmp_path / "b.png"
+    assert run("generate", "--from", str(first), "--model", str(ckpt), "-o", str(again)).returncode == 0
+    import numpy as np
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))

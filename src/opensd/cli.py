@@ -230,13 +230,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def save_with_infotext(pipe, image, out: Path, args, kwargs) -> None:
     from .library.hashes import model_hash
     from .pipeline.infotext import format_infotext, generation_params, save_image
+    from .sampling.names import resolve
 
     hires = kwargs.get("hires")
+    sampler, schedule = resolve(args.sampler, args.scheduler)
     params = generation_params(
-        steps=args.steps, sampler=args.sampler, cfg=args.cfg, seed=image.info["seed"],
+        steps=args.steps, sampler=sampler, cfg=args.cfg, seed=image.info["seed"],
         width=image.width if hires is None else args.width or pipe.config.resolution,
         height=image.height if hires is None else args.height or pipe.config.resolution,
-        schedule=args.scheduler, model=pipe.name,
+        schedule=schedule, model=pipe.name,
         model_hash=model_hash(pipe.loaded.path) if pipe.loaded.path.is_file() else None,
         variation_seed=args.subseed, variation_seed_strength=args.subseed_strength or 0.0,
         denoising_strength=args.strength if args.init_image is not None else (

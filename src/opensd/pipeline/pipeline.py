@@ -14,8 +14,9 @@ from PIL import Image
 
 from ..errors import InvalidArgument, OpenSDError
 from ..sampling.denoiser import Denoiser
+from ..sampling.names import resolve
 from ..sampling.samplers import get_sampler
-from ..sampling.schedules import DiscreteSchedule, normal_sigmas, scaled_linear_alphas_cumprod
+from ..sampling.schedules import DiscreteSchedule, make_sigmas, scaled_linear_alphas_cumprod
 from ..text.embeddings import EmbeddingDatabase, load_embeddings
 from ..text.tokenizer import default_tokenizer
 from . import images as I
@@ -120,7 +121,9 @@ class Pipeline:
         p.width = self.config.resolution if p.width is None else p.width
         p.height = self.config.resolution if p.height is None else p.height
         p.validate(self.limits)
-        get_sampler(p.sampler)
+        resolve(p.sampler, p.scheduler)  # unknown names fail before any work
+        if p.hires is not None:
+            resolve(p.hires.sampler or p.sampler, p.hires.scheduler or p.scheduler)
         down = self.config.vae.downscale
         if p.width % down or p.height % down:
             raise InvalidArgument(f"width/height: must be multiples of {down} for this model")
@@ -176,7 +179,7 @@ class Pipeline:
         shape = (1, self.config.latent_channels, p.height // down, p.width // down)
         noise = ImageNoise(seed, shape, self.device, subseed, p.subseed_strength)
         if source is None:
-            sigmas = normal_sigmas(self.schedule, p.steps)
+            sigmas = self.sigmas(p, p.steps)
             latents = self._sample(p, noise.initial * sigmas[0], sigmas, noise, report, p.width, p.height)
             if p.hires is not None:
                 latents = self._hires(p, p.hires, latents, seed, report)
@@ -187,7 +190,7 @@ class Pipeline:
         if latent_mask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
             filler = noise() if p.inpainting_fill == "latent noise" else torch.zeros_like(init)
             init = init * (1 - latent_mask) + filler * latent_mask
-        sigmas = _img2img_sigmas(normal_sigmas(self.schedule, p.steps), p.steps, p.strength)
+        sigmas = _img2img_sigmas(self.sigmas(p, p.steps), p.steps, p.strength)
         x = init + noise.initial * sigmas[0]
         image_cond = self._inpaint_cond(source, mask) if self.config.inpainting else None
         latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
@@ -210,7 +213,7 @@ class Pipeline:
                          negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt)
         # A1111 draws the second pass's noise afresh from the same seed, at the new size.
         noise = ImageNoise(seed, tuple(init.shape), self.device)
-        sigmas = _img2img_sigmas(normal_sigmas(self.schedule, second.steps), second.steps, h.denoise)
+        sigmas = _img2img_sigmas(self.sigmas(second, second.steps), second.steps, h.denoise)
         offset = _img2img_steps(p.steps, 1.0)
         image_cond = self._inpaint_cond(None, None, w, h_px) if self.config.inpainting else None
         return self._sample(second, init + noise.initial * sigmas[0], sigmas, noise,
@@ -231,13 +234,18 @@ class Pipeline:
             def denoise(x, sigma):  # keep the unmasked area on the original image's path
                 return init * (1 - latent_mask) + inner(x, sigma) * latent_mask
 
-        sample = get_sampler(p.sampler)
-        x = sample(denoise, x, sigmas, lambda i, _x, _d: report(i + 1))
+        sample = get_sampler(resolve(p.sampler, p.scheduler)[0])
+        x = sample(denoise, x, sigmas, lambda i, _x, _d: report(i + 1), noise_sampler=noise)
         if latent_mask is not None:
             x = init * (1 - latent_mask) + x * latent_mask
         return x
 
     # --- building blocks -------------------------------------------------------------------
+
+    def sigmas(self, p: Params, steps: int) -> torch.Tensor:
+        """The sampler's sigma sequence: the chosen (or the sampler's default) schedule."""
+        sampler, schedule = resolve(p.sampler, p.scheduler)
+        return make_sigmas(schedule, self.schedule, steps, sampler=sampler)
 
     def noise(self, seeds: list[int], h: int, w: int) -> torch.Tensor:
         """Initial noise per image (see ImageNoise), stacked."""

@@ -1,7 +1,18 @@
-"""Noise schedules: the model's discrete training schedule and the sigma sequences samplers walk."""
+"""Noise schedules: the model's discrete training schedule and the sigma sequences samplers walk.
+
+Every schedule function takes the model's DiscreteSchedule and a step count and returns a float32
+1-D tensor of `steps + 1` decreasing sigmas ending in 0 (beta may return fewer: it drops repeated
+timesteps, as ComfyUI does). `make_sigmas` picks one by id (see names.py) and applies the
+"discard penultimate sigma" rule some samplers use.
+"""
 from __future__ import annotations
 
+import math
+
 import torch
+
+from ..errors import InvalidArgument
+from .names import DISCARD_PENULTIMATE, sampler_id, scheduler_id
 
 
 def scaled_linear_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085,
@@ -52,3 +63,137 @@ def normal_sigmas(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
     then a final 0."""
     t = torch.linspace(len(schedule.sigmas) - 1, 0, steps)
     return torch.cat([schedule.t_to_sigma(t), torch.zeros(1)])
+
+
+def karras_sigmas(schedule: DiscreteSchedule, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022): evenly spaced in sigma**(1/rho) between the model's sigma_max and min."""
+    ramp = torch.linspace(0, 1, steps)
+    lo, hi = schedule.sigma_min ** (1 / rho), schedule.sigma_max ** (1 / rho)
+    return _append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def exponential_sigmas(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
+    """Evenly spaced in log sigma between the model's sigma_max and sigma_min."""
+    return _append_zero(torch.linspace(math.log(schedule.sigma_max), math.log(schedule.sigma_min), steps).exp())
+
+
+def sgm_uniform_sigmas(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
+    """SGM/"SGM Uniform": `steps + 1` evenly spaced timesteps from the last to the first, the final
+    one (sigma_min) replaced by 0, so every step but the last lands on a spaced timestep."""
+    t = torch.linspace(len(schedule.sigmas) - 1, 0, steps + 1)[:-1]
+    return _append_zero(schedule.t_to_sigma(t))
+
+
+def simple_sigmas(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
+    """ComfyUI/A1111 "simple": every (N/steps)-th model sigma counted down from the last."""
+    n = len(schedule.sigmas)
+    stride = n / steps
+    return _append_zero(schedule.sigmas[[n - 1 - int(i * stride) for i in range(steps)]])
+
+
+def ddim_uniform_sigmas(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
+    """DDIM's uniform timesteps 1, 1+c, 1+2c, ... (c = N // steps), largest first, then 0. This is the
+    grid of A1111's DDIM and diffusers' DDIM ("leading" spacing, steps_offset=1). As in A1111 and
+    ComfyUI, a step count that does not divide N gives more than `steps` steps."""
+    n = len(schedule.sigmas)
+    return _append_zero(schedule.sigmas[list(range(1, n, max(n // steps, 1)))].flip(0))
+
+
+def beta_sigmas(schedule: DiscreteSchedule, steps: int, alpha: float = 0.6, beta: float = 0.6) -> torch.Tensor:
+    """ComfyUI's "beta" (Lee et al. 2024, arXiv:2407.12173): timesteps at the Beta(alpha, beta)
+    quantiles 1, 1 - 1/steps, ..., 1/steps of the model's range, rounded to whole timesteps
+    (half to even, as numpy.rint), repeats dropped. A1111's "Beta" instead spaces sigma linearly
+    between sigma_min and sigma_max at those quantiles; we follow ComfyUI."""
+    last = len(schedule.sigmas) - 1
+    ts: list[int] = []
+    for i in range(steps):
+        t = round(beta_ppf(1 - i / steps, alpha, beta) * last)
+        if not ts or t != ts[-1]:
+            ts.append(t)
+    return _append_zero(schedule.sigmas[ts])
+
+
+SCHEDULES = {
+    "normal": normal_sigmas,
+    "karras": karras_sigmas,
+    "exponential": exponential_sigmas,
+    "sgm_uniform": sgm_uniform_sigmas,
+    "simple": simple_sigmas,
+    "beta": beta_sigmas,
+    "ddim_uniform": ddim_uniform_sigmas,
+}
+
+
+def make_sigmas(schedule_id: str, model_schedule: DiscreteSchedule, steps: int,
+                sampler: str | None = None) -> torch.Tensor:
+    """Sigmas (ending in 0) for `steps` steps of a schedule (id or any name names.py accepts).
+
+    Pass the sampler (id or name) to apply A1111/ComfyUI's "discard penultimate sigma": DPM2,
+    DPM2 a, DPM++ 3M SDE and UniPC run on the schedule for steps+1 with the next-to-last sigma
+    dropped (still `steps` steps).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InvalidArgument(f"steps: must be a whole number of at least 1, not {steps!r}")
+    sched = scheduler_id(schedule_id, sampler)
+    discard = sampler is not None and sampler_id(sampler) in DISCARD_PENULTIMATE
+    sigmas = SCHEDULES[sched](model_schedule, steps + discard)
+    return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
+
+
+def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    return torch.cat([sigmas.float(), sigmas.new_zeros(1, dtype=torch.float32)])
+
+
+# --- the Beta distribution's quantile function, so "beta" needs no scipy ---------------------
+
+def beta_ppf(p: float, a: float, b: float) -> float:
+    """x with I_x(a, b) = p (the Beta(a, b) inverse CDF), to double precision, by bisection on the
+    regularized incomplete beta function. Symmetric shapes return exactly 1/2 at p = 1/2, as
+    scipy/Boost do; that matters where a timestep lands on a .5 before rounding."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], not {p}")
+    if a == b and p > 0.5:
+        return 1.0 - beta_ppf(1.0 - p, a, b)
+    if p in (0.0, 1.0) or (a == b and p == 0.5):
+        return p
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if beta_cdf(mid, a, b) < p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def beta_cdf(x: float, a: float, b: float) -> float:
+    """Regularized incomplete beta function I_x(a, b), by its continued fraction (modified Lentz),
+    using I_x(a, b) = 1 - I_{1-x}(b, a) where the fraction converges faster."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - beta_cdf(1.0 - x, b, a)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    return math.exp(log_front) / a * _beta_continued_fraction(x, a, b)
+
+
+def _beta_continued_fraction(x: float, a: float, b: float) -> float:
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 1000):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return result
