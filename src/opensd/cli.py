@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     d.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
     d.add_argument("--prediction", choices=["eps", "v"], help="override eps/v for SD2 files that do not say")
+    d.add_argument("--threads", type=_int, help="CPU threads for PyTorch (default: all cores)")
     gen.add_argument("-o", "--output", type=Path, default=Path("outputs/opensd.png"),
                      help="output path (.png, .jpg, .webp); with --batch N, files get -0, -1, ... suffixes")
     gen.set_defaults(func=cmd_generate)
@@ -191,6 +192,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InvalidArgument("prompt: give a prompt (or --from IMAGE)")
     if (args.mask or args.outpaint) and args.init_image is None:
         raise InvalidArgument("init-image: --mask and --outpaint need --init-image")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidArgument(f"threads: {args.threads} must be at least 1")
+        import torch
+        torch.set_num_threads(args.threads)
     model = args.model or BUILTIN_MODEL
     if args.model is None and not BUILTIN_MODEL.is_file():
         raise InvalidArgument("model: no built-in model is installed; pass --model PATH")
@@ -224,6 +230,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"{args.output.stem}-{n}{args.output.suffix or '.png'}")
         save_with_infotext(pipe, image, out, args, kwargs)
         print(out)
+        print(f"opensd: wrote {out} (seed {image.info['seed']})", file=sys.stderr)
     return 0
 
 

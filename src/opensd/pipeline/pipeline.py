@@ -265,6 +265,9 @@ class Pipeline:
         key = (prompt, clip_skip, steps, width, height, negative)
         if key not in self._cond_cache:  # a batch encodes its prompt once, not once per image
             sched = self.conditioner(clip_skip).schedule(prompt, steps, negative=negative)
+            if sched.extra_networks:  # parsed out of the prompt; applying them is the adapter layer's job
+                log.warning("extra networks in the prompt are not applied yet: %s",
+                            ", ".join(f"<{n.kind}:{n.name}>" for n in sched.extra_networks))
             if self.config.unet.adm_in_channels:
                 score = 2.5 if negative else 6.0  # refiner's conventional aesthetic scores
                 for part in sched.parts:

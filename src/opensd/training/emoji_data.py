@@ -25,23 +25,22 @@ training when it would be the last example of its concept, so every held-out con
 training, in the other style or another tone.
 
 Run ``python -m opensd.training.emoji_data --cache data/emoji`` to build and print counts.
+
+This module holds the cache: build, split, manifest, loading and the CLI. It builds on
+:mod:`.emoji_npm` (fetching and verifying the tarballs), :mod:`.emoji_package` (reading a
+package: emoji.json, images, skin tones, captions) and :mod:`.emoji_sources` (the pinned sources,
+styles and error classes), and re-exports their public names; they never import this module.
 """
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import datetime as _dt
-import gzip
 import hashlib
-import io
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import zlib
@@ -53,6 +52,39 @@ import numpy as np
 
 from ..errors import OpenSDError
 
+# The fetching, package-reading and source/error pieces live in sibling modules; every name that
+# used to be defined here is re-exported so `from opensd.training.emoji_data import X` keeps working.
+from .emoji_npm import (  # noqa: F401
+    NPM_TIMEOUT_S,
+    _fetch_pinned,
+    _sha256_file,
+    _sri_sha512,
+)
+from .emoji_package import (  # noqa: F401
+    MAX_CAPTION_TOKENS,
+    TONES,
+    _Package,
+    _read_package,
+    _readme_facts,
+    _to_rgb_on_white,
+    _token_counter,
+    caption_parts,
+    make_caption,
+    tone_label,
+    tone_phrase,
+)
+from .emoji_sources import (  # noqa: F401
+    IMAGE_SIZE,
+    SOURCES,
+    STYLES,
+    CacheMissing,
+    EmojiDataError,
+    MalformedTarball,
+    NpmNotFound,
+    RegistryError,
+    SourceSpec,
+)
+
 # -- constants ----------------------------------------------------------------------------------
 
 FORMAT = "opensd-emoji-dataset"
@@ -60,101 +92,9 @@ FORMAT = "opensd-emoji-dataset"
 # image processing): a cache built by another format version is rebuilt.
 FORMAT_VERSION = 1
 
-IMAGE_SIZE = 64
 DEFAULT_HELD_OUT_FRACTION = 0.05
 SPLIT_SALT = "opensd-emoji-split-v1"
 SPLITS = ("train", "heldout")
-MAX_CAPTION_TOKENS = 75  # CLIP context 77 minus BOS/EOS
-NPM_TIMEOUT_S = 900
-
-# Canonical style order: style_id is the index here, whatever subset of sources is built.
-STYLES = ("google", "twitter")
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    style: str
-    package: str
-    version: str
-    integrity: str  # npm's sha512 SRI for the pinned version (from `npm view NAME@VERSION dist.integrity`)
-    style_phrase: str
-    artwork: str
-    image_license: str  # SPDX id of the artwork's licence
-    license_url: str
-    attribution: str
-
-
-SOURCES: dict[str, SourceSpec] = {
-    "google": SourceSpec(
-        style="google",
-        package="emoji-datasource-google",
-        version="16.0.0",
-        integrity="sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A==",
-        style_phrase="noto emoji style",
-        artwork="Noto Emoji (https://github.com/googlefonts/noto-emoji)",
-        image_license="Apache-2.0",
-        license_url="https://www.apache.org/licenses/LICENSE-2.0",
-        attribution=(
-            "Emoji images from Noto Emoji, Copyright Google LLC, licensed under the Apache License, "
-            "Version 2.0 (https://www.apache.org/licenses/LICENSE-2.0); obtained from the npm package "
-            "emoji-datasource-google (emoji-data by Cal Henderson, MIT). Modified: alpha composited "
-            "onto white, 64x64 RGB."
-        ),
-    ),
-    "twitter": SourceSpec(
-        style="twitter",
-        package="emoji-datasource-twitter",
-        version="16.0.0",
-        integrity="sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ==",
-        style_phrase="twemoji style",
-        artwork="Twemoji (https://github.com/jdecked/twemoji)",
-        image_license="CC-BY-4.0",
-        license_url="https://creativecommons.org/licenses/by/4.0/",
-        attribution=(
-            "Twemoji graphics, Copyright Twitter, Inc and other contributors, licensed under CC-BY 4.0 "
-            "(https://creativecommons.org/licenses/by/4.0/); obtained from the npm package "
-            "emoji-datasource-twitter (emoji-data by Cal Henderson, MIT). Modified: alpha composited "
-            "onto white, 64x64 RGB."
-        ),
-    ),
-}
-
-# Fitzpatrick modifiers as used in emoji.json skin_variations keys.
-_TONE_BY_CODE = {
-    "1F3FB": "light",
-    "1F3FC": "medium-light",
-    "1F3FD": "medium",
-    "1F3FE": "medium-dark",
-    "1F3FF": "dark",
-}
-_SINGLE_TONES = tuple(_TONE_BY_CODE.values())
-# tone_id is the index here: 'none', the 5 single tones, then the 20 ordered pairs of different tones.
-TONES: tuple[str, ...] = ("none",) + _SINGLE_TONES + tuple(
-    f"{a}/{b}" for a in _SINGLE_TONES for b in _SINGLE_TONES if a != b
-)
-
-
-# -- errors -------------------------------------------------------------------------------------
-
-
-class EmojiDataError(OpenSDError):
-    """The emoji dataset cannot be fetched, read or built."""
-
-
-class NpmNotFound(EmojiDataError):
-    """The npm client is not installed / not on PATH."""
-
-
-class RegistryError(EmojiDataError):
-    """npm could not fetch a package (registry unreachable, version missing, npm failure)."""
-
-
-class MalformedTarball(EmojiDataError):
-    """A tarball is truncated, fails its integrity check, or does not have the emoji-datasource layout."""
-
-
-class CacheMissing(EmojiDataError):
-    """load_split found no complete, matching build in the cache folder."""
 
 
 # -- public API ---------------------------------------------------------------------------------
@@ -268,259 +208,6 @@ def load_manifest(cache_dir: Path) -> dict:
     if m is None:
         raise CacheMissing(f"{cache_dir}: no complete emoji dataset here")
     return m
-
-
-# -- fetching -----------------------------------------------------------------------------------
-
-
-def _sri_sha512(path: Path) -> str:
-    h = hashlib.sha512()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha512-" + base64.b64encode(h.digest()).decode("ascii")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-_NETWORK_CODES = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "ENETUNREACH",
-                  "EHOSTUNREACH", "ERR_SOCKET_TIMEOUT", "network", "proxy")
-
-
-def _fetch_pinned(style: str, dest: Path, say) -> Path:
-    """The pinned tarball for ``style`` under ``dest``, fetched with ``npm pack`` unless already there."""
-    spec = SOURCES[style]
-    dest = dest.resolve()  # npm runs in a temp cwd: a relative --pack-destination would land elsewhere
-    dest.mkdir(parents=True, exist_ok=True)
-    final = dest / f"{spec.package}-{spec.version}.tgz"
-    if final.is_file():
-        if _sri_sha512(final) == spec.integrity:
-            return final
-        final.unlink()  # damaged or partial: fetch again
-
-    npm = shutil.which("npm")
-    if npm is None:
-        raise NpmNotFound(
-            f"npm not found on PATH: it is needed to fetch {spec.package}@{spec.version}. Install Node.js/npm, "
-            f"or download the tarball yourself and pass it with tarballs={{'{style}': PATH}} "
-            f"(CLI: --tarball {style}=PATH)."
-        )
-    name = f"{spec.package}@{spec.version}"
-    say(f"fetching {name} with npm pack ...")
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".npm-pack-") as tmp:
-        cmd = [npm, "pack", name, "--pack-destination", tmp, "--json", "--ignore-scripts"]
-        try:
-            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=NPM_TIMEOUT_S,
-                                  check=False)
-        except FileNotFoundError as e:
-            raise NpmNotFound(f"cannot run npm ({npm}): {e}") from e
-        except subprocess.TimeoutExpired as e:
-            raise RegistryError(f"`npm pack {name}` did not finish in {NPM_TIMEOUT_S}s; is the npm registry "
-                                f"reachable?") from e
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-8:])
-            if any(code in tail for code in _NETWORK_CODES):
-                raise RegistryError(f"cannot reach the npm registry to fetch {name}:\n{tail}")
-            if "E404" in tail or "ETARGET" in tail:
-                raise RegistryError(f"{name} is not on the npm registry:\n{tail}")
-            raise RegistryError(f"`npm pack {name}` failed (exit {proc.returncode}):\n{tail}")
-        tgzs = sorted(Path(tmp).glob("*.tgz"))
-        if len(tgzs) != 1:
-            raise RegistryError(f"`npm pack {name}` reported success but left {len(tgzs)} tarballs in {tmp}")
-        got = _sri_sha512(tgzs[0])
-        if got != spec.integrity:
-            raise MalformedTarball(
-                f"{name}: tarball integrity {got} does not match the pinned {spec.integrity}; "
-                f"refusing to use it (registry or npm cache tampering, or a corrupt download: try "
-                f"`npm cache verify` and rebuild)"
-            )
-        os.replace(tgzs[0], final)
-    return final
-
-
-# -- reading tarballs ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Package:
-    style: str
-    path: Path
-    emoji: list[dict]
-    package_json: dict
-    license_text: str | None
-    readme: str | None
-    images: dict[str, bytes]  # file name under img/<style>/64/ -> png bytes
-
-    @property
-    def by_unified(self) -> dict[str, dict]:
-        return {e["unified"]: e for e in self.emoji}
-
-
-def _read_package(style: str, path: Path) -> _Package:
-    """One streaming pass over an npm tarball: metadata files and every img/<style>/64/*.png."""
-    img_prefix = f"img/{style}/{IMAGE_SIZE}/"
-    wanted_meta = {"emoji.json", "package.json", "LICENSE", "README.md"}
-    meta: dict[str, bytes] = {}
-    images: dict[str, bytes] = {}
-    try:
-        # Decompress ourselves and drain the gzip stream after the tar end marker: that is what checks
-        # the gzip CRC and length, so a truncated or bit-flipped download cannot pass silently.
-        with gzip.open(path, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                parts = m.name.lstrip("./").split("/", 1)  # npm tarballs have one top folder, usually package/
-                if len(parts) != 2:
-                    continue
-                rel = parts[1]
-                if rel in wanted_meta or (rel.startswith(img_prefix) and rel.endswith(".png")
-                                          and "/" not in rel[len(img_prefix):]):
-                    f = tar.extractfile(m)
-                    data = f.read() if f is not None else b""
-                    if rel in wanted_meta:
-                        meta[rel] = data
-                    else:
-                        images[rel[len(img_prefix):]] = data
-            while gz.read(1 << 20):
-                pass
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise MalformedTarball(f"{path}: not a readable .tgz ({type(e).__name__}: {e})") from e
-
-    if "emoji.json" not in meta:
-        raise MalformedTarball(f"{path}: no emoji.json in the package; is this an emoji-datasource tarball?")
-    try:
-        emoji = json.loads(meta["emoji.json"].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MalformedTarball(f"{path}: emoji.json is not valid JSON: {e}") from e
-    if not isinstance(emoji, list) or not emoji:
-        raise MalformedTarball(f"{path}: emoji.json is not a non-empty list of emoji")
-    for i, e in enumerate(emoji):
-        if not isinstance(e, dict) or not all(isinstance(e.get(k), str) and e.get(k) for k in
-                                              ("unified", "name", "image")):
-            raise MalformedTarball(f"{path}: emoji.json entry {i} lacks unified/name/image: {str(e)[:200]}")
-    try:
-        package_json = json.loads(meta["package.json"].decode("utf-8")) if "package.json" in meta else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MalformedTarball(f"{path}: package.json is not valid JSON: {e}") from e
-    if not images:
-        raise MalformedTarball(f"{path}: no images under {img_prefix}; is this the '{style}' package?")
-    def text(key: str) -> str | None:
-        return meta[key].decode("utf-8", errors="replace") if key in meta else None
-
-    return _Package(style, path, emoji, package_json, text("LICENSE"), text("README.md"), images)
-
-
-def _readme_facts(readme: str | None, style: str) -> dict:
-    """The README's image-source row and licence line for ``style`` (best effort, for the manifest)."""
-    out: dict = {"upstream": None, "license_statement": None}
-    if not readme:
-        return out
-    label = {"google": "Google", "twitter": "Twitter"}[style]
-    for line in readme.splitlines():
-        s = line.strip()
-        if out["upstream"] is None and s.startswith(f"| {label}"):
-            cells = [c.strip() for c in s.strip("|").split("|")]
-            if len(cells) >= 2:
-                out["upstream"] = re.sub(r"\[([^\]]*)\]\(([^)]*)\)", r"\1 (\2)", cells[1])
-        if out["license_statement"] is None and s.startswith("*") and f"{label}" in s and "licen" in s.lower():
-            out["license_statement"] = s.lstrip("* ").strip()
-    return out
-
-
-def _to_rgb_on_white(png: bytes) -> tuple[np.ndarray, bool]:
-    """(64,64,3) uint8 of ``png`` composited onto white, and whether it had to be resized."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as im:
-        im.load()
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint16)
-    rgb, a = rgba[..., :3], rgba[..., 3:4]
-    out = ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
-    resized = out.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE)
-    if resized:
-        out = np.asarray(Image.fromarray(out).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS))
-    return out, resized
-
-
-# -- captions -----------------------------------------------------------------------------------
-
-
-def _clean(text: str) -> str:
-    text = text.lower().replace("_", " ").replace("-", " ")
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def tone_label(code: str | None) -> str:
-    """'none' / 'medium' / 'light/dark' for a skin_variations key ('' or None = base image)."""
-    if not code:
-        return "none"
-    parts = code.upper().split("-")
-    if not all(p in _TONE_BY_CODE for p in parts) or len(parts) > 2:
-        raise ValueError(f"unknown skin tone code {code!r}")
-    names = [_TONE_BY_CODE[p] for p in parts]
-    if len(names) == 2 and names[0] != names[1]:
-        return f"{names[0]}/{names[1]}"
-    return names[0]
-
-
-def tone_phrase(tone: str) -> str | None:
-    if tone == "none":
-        return None
-    if "/" in tone:
-        a, b = tone.split("/")
-        return f"{a} and {b} skin tones"
-    return f"{tone} skin tone"
-
-
-def caption_parts(entry: dict, tone: str, style: str) -> tuple[str, list[str], list[str]]:
-    """(name, optional pieces, fixed tail) of a caption.
-
-    Optional pieces are up to 2 short names not repeating the name, then the subcategory; the tail is
-    the tone phrase (if any) and the style phrase.
-    """
-    name = _clean(entry["name"])
-    shorts: list[str] = []
-    seen = {name}
-    for s in entry.get("short_names") or [entry.get("short_name") or ""]:
-        c = _clean(s)
-        if c and c not in seen:
-            seen.add(c)
-            shorts.append(c)
-        if len(shorts) == 2:
-            break
-    sub = _clean(entry.get("subcategory") or "")
-    optional = shorts + ([sub] if sub and sub not in seen else [])
-    tp = tone_phrase(tone)
-    tail = ([tp] if tp else []) + [SOURCES[style].style_phrase]
-    return name, optional, tail
-
-
-def make_caption(entry: dict, tone: str, style: str, count_tokens=None) -> str:
-    """e.g. 'waving hand sign, wave, hand fingers open, medium skin tone, twemoji style'.
-
-    With ``count_tokens``, optional pieces (subcategory, then short names) are dropped until the
-    caption fits in MAX_CAPTION_TOKENS.
-    """
-    name, optional, tail = caption_parts(entry, tone, style)
-    caption = ", ".join([name, *optional, *tail])
-    while count_tokens is not None and optional and count_tokens(caption) > MAX_CAPTION_TOKENS:
-        optional.pop()
-        caption = ", ".join([name, *optional, *tail])
-    return caption
-
-
-def _token_counter():
-    # Imported here: it pulls in torch, which loading a split does not need.
-    from ..text.tokenizer import CLIPTokenizer
-
-    tok = CLIPTokenizer()
-    return lambda text: len(tok.encode(text))
 
 
 # -- split --------------------------------------------------------------------------------------

@@ -119,7 +119,8 @@ class Trainer:
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["opt"])
         if self.ema and s["ema"] is not None:
-            self.ema.shadow = {k: v.float() for k, v in s["ema"].items()}
+            params = dict(self.model.named_parameters())  # the state was saved from any device
+            self.ema.shadow = {k: v.float().to(params[k].device) for k, v in s["ema"].items()}
         self.step = s["step"]
         self.losses = list(s["losses"])
         rng = s["rng"]

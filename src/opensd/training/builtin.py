@@ -1,0 +1,356 @@
+"""Train the built-in model: a small Stable Diffusion (KL VAE + CLIP-architecture text encoder +
+cross-attention UNet) from scratch on the emoji dataset, and export it as one original-layout
+safetensors file that the loader detects as family "small".
+
+    python -m opensd.training.builtin --data data/emoji --runs runs/builtin
+
+Stages, each resumable (the shared Trainer's state.pt) and skipped when finished:
+  1. vae/     KL autoencoder, L1 + MSE reconstruction + tiny KL; held-out PSNR written to vae/done.json
+  2. latents  posterior (mean, logvar) of every training image, and the scaling factor 1/std
+  3. unet/    UNet + text encoder jointly, eps prediction on the scaled-linear 1000-step schedule,
+              10% caption dropout for classifier-free guidance, min-SNR-5 weighting, EMA
+  4. export   EMA weights in fp16 -> --out (default src/opensd/assets/builtin/opensd-emoji.safetensors)
+Re-running the same command continues wherever it stopped (kill -9 safe).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoints import detect as D
+from ..checkpoints.files import save_safetensors
+from ..models import config as C
+from ..models.stable_diffusion import StableDiffusion
+from ..sampling.schedules import scaled_linear_alphas_cumprod
+from .builtin_sampling import sample, save_grid, tokenize
+from .trainer import TrainConfig, Trainer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "builtin" / "opensd-emoji.safetensors"
+
+# The shipped architecture (see docs/builtin-model.md for why these sizes).
+BUILTIN = C.ModelConfig(
+    family="small",
+    unet=C.UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
+                      transformer_depth=(0, 1, 1), transformer_depth_middle=1, context_dim=256,
+                      num_heads=-1, num_head_channels=64),
+    vae=C.VAEConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=4, embed_dim=4, scaling_factor=1.0),
+    text_encoders=(C.TextEncoderConfig(naming="hf", vocab_size=49408, width=256, layers=4, heads=4,
+                                       max_length=77),),
+    prediction="eps",
+    resolution=64,
+)
+
+SAMPLE_PROMPTS = (
+    "red apple, noto emoji style", "grinning face, twemoji style", "dog face, noto emoji style",
+    "rocket, twemoji style", "thumbs up, medium skin tone, noto emoji style", "japan flag, twemoji style",
+    "red heart, noto emoji style", "sun with face, twemoji style",
+)
+KL_WEIGHT = 1e-6
+CAPTION_DROPOUT = 0.1
+MIN_SNR_GAMMA = 5.0
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def to_pixels(images_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
+    x = torch.as_tensor(images_uint8)
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def index_stream(n: int, batch: int, seed: int, start: int):
+    """Batch k's indices are a pure function of (seed, k): epoch-wise permutations, so a resumed run
+    continues the same data order."""
+    per_epoch = max(1, n // batch)
+    step = start
+    while True:
+        epoch, pos = divmod(step, per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        yield step, perm[pos * batch:(pos + 1) * batch]
+        step += 1
+
+
+# --- stage 1: VAE ----------------------------------------------------------------------------------
+
+
+class VAEOnly(nn.Module):
+    def __init__(self, cfg: C.VAEConfig):
+        super().__init__()
+        from ..models.vae import AutoencoderKL
+        self.vae = AutoencoderKL(cfg)
+
+
+def vae_loss(model: VAEOnly, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    mean, logvar = model.vae.encode(x)
+    std = torch.exp(0.5 * logvar)
+    z = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)
+    rec = model.vae.decode(z).float()
+    kl = 0.5 * (mean.float() ** 2 + std.float() ** 2 - 1.0 - logvar.float()).sum(dim=(1, 2, 3)).mean()
+    return F.l1_loss(rec, x) + F.mse_loss(rec, x) + KL_WEIGHT * kl
+
+
+@torch.no_grad()
+def psnr(vae, images_uint8: np.ndarray, batch: int = 64) -> float:
+    """Mean per-image PSNR (dB, 8-bit) of reconstructions through the posterior mean."""
+    vae.eval()
+    values = []
+    dev = next(vae.parameters()).device
+    for i in range(0, len(images_uint8), batch):
+        x = to_pixels(images_uint8[i:i + batch]).to(dev)
+        rec = vae(x).clamp(-1, 1)
+        a = ((rec + 1) * 127.5).round()
+        b = ((x + 1) * 127.5).round()
+        mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+        values.extend((10 * torch.log10(255.0 ** 2 / mse)).tolist())
+    return float(np.mean(values))
+
+
+def train_vae(train, heldout, cfg: C.ModelConfig, run_dir: Path, steps: int, batch: int, lr: float = 5e-4,
+              progress: bool = True, save_every: int = 100, until: int | None = None,
+              device: str = "cpu", budget_s: float | None = None) -> VAEOnly:
+    done = run_dir / "done.json"
+    model = VAEOnly(cfg.vae).to(device)
+    pixels = to_pixels(train.images).to(device)
+
+    def batches(start):
+        for step, idx in index_stream(len(pixels), batch, 1, start):
+            g = torch.Generator().manual_seed(7_000_000 + step)
+            x = pixels[idx.to(device)]
+            flip = (torch.rand(len(x), generator=g) < 0.5).to(device)  # emoji are near-symmetric
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            yield x, g
+
+    def sample_fn(m, step, rdir):
+        p = psnr(m.vae, heldout.images[:128])
+        log.info("vae step %d: held-out PSNR (128 images) %.2f dB", step, p)
+        with open(rdir / "psnr.log", "a") as f:
+            f.write(f"{step}\t{p:.3f}\n")
+        x = to_pixels(heldout.images[:8]).to(device)
+        with torch.no_grad():
+            save_grid(torch.cat([x, m.vae(x).clamp(-1, 1)]).cpu(), rdir / "recon.png", cols=8)
+
+    def make(n):
+        tcfg = TrainConfig(steps=n, lr=lr, warmup=min(100, steps // 10 + 1), ema_decay=0.0,
+                           save_every=save_every, sample_every=max(save_every, 500), seed=1)
+        return Trainer(model, batches, lambda m, b, s: vae_loss(m, b[0], b[1]), tcfg, run_dir, sample_fn)
+
+    if done.is_file():
+        trainer = make(steps)
+        trainer.try_resume()
+        return trainer.final_model().eval()
+    trainer, out = run_planned(make, steps, run_dir, budget_s, progress, until)
+    steps = trainer.cfg.steps
+    if trainer.step >= steps:
+        p = psnr(out.vae, heldout.images)
+        done.write_text(json.dumps({"steps": trainer.step, "heldout_psnr_db": round(p, 3),
+                                    "heldout_images": len(heldout.images)}, indent=1))
+        log.info("VAE done: held-out PSNR %.2f dB on %d images", p, len(heldout.images))
+    return out.eval()
+
+
+# --- stage 2: latents ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_latents(vae, images_uint8: np.ndarray, path: Path, batch: int = 128) -> dict:
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    vae.eval()
+    means, logvars = [], []
+    for i in range(0, len(images_uint8), batch):
+        m, lv = vae.encode(to_pixels(images_uint8[i:i + batch]).to(next(vae.parameters()).device))
+        means.append(m.cpu())
+        logvars.append(lv.cpu())
+    mean, logvar = torch.cat(means), torch.cat(logvars)
+    g = torch.Generator().manual_seed(0)
+    samples = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)
+    out = {"mean": mean, "logvar": logvar, "scaling_factor": torch.tensor(1.0 / samples.std().item())}
+    tmp = path.with_suffix(".tmp")
+    torch.save(out, tmp)
+    tmp.replace(path)
+    return out
+
+
+# --- stage 3: UNet + text encoder ------------------------------------------------------------------
+
+
+def diffusion_loss(model: StableDiffusion, batch, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    z0, ids, t, noise = batch
+    context = model.cond_stage_model(ids).hidden
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    pred = model.unet(zt, t, context).float()
+    snr = a.view(-1) / (1 - a.view(-1))
+    weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr  # min-SNR-gamma for eps prediction
+    per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+    return (weight * per).mean()
+
+
+def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run_dir: Path, steps: int,
+               batch: int, lr: float = 3e-4, progress: bool = True, save_every: int = 100,
+               sample_every: int = 500, until: int | None = None, bf16: bool = False, device: str = "cpu",
+               budget_s: float | None = None) -> StableDiffusion:
+    model = StableDiffusion(cfg).to(device)
+    model.first_stage_model.load_state_dict(vae_model.vae.state_dict())
+    model.first_stage_model.requires_grad_(False)
+    te = cfg.text_encoders[0]
+    ids = tokenize(train.captions, te)
+    empty = tokenize([""], te)[0]
+    alphas = scaled_linear_alphas_cumprod().float().to(device)
+    mean, std = latents["mean"], torch.exp(0.5 * latents["logvar"])
+    scale = cfg.vae.scaling_factor
+
+    def batches(start):
+        for step, idx in index_stream(len(mean), batch, 2, start):
+            g = torch.Generator().manual_seed(9_000_000 + step)
+            z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
+            b_ids = ids[idx].clone()
+            drop = torch.rand(len(idx), generator=g) < CAPTION_DROPOUT
+            b_ids[drop] = empty
+            t = torch.randint(0, len(alphas), (len(idx),), generator=g)
+            noise = torch.randn(z0.shape, generator=g)
+            yield tuple(v.to(device) for v in (z0, b_ids, t, noise))
+
+    def make(n):
+        tcfg = TrainConfig(steps=n, lr=lr, warmup=min(200, steps // 10 + 1), ema_decay=0.999,
+                           save_every=save_every, sample_every=sample_every, seed=2, bf16=bf16,
+                           weight_decay=0.0)
+        return Trainer(model, batches, lambda m, b, s: diffusion_loss(m, b, alphas), tcfg, run_dir,
+                       lambda m, s, d: save_grid(sample(m, SAMPLE_PROMPTS, seed=0).cpu(), d / f"samples_{s:06d}.png"))
+
+    return run_planned(make, steps, run_dir, budget_s, progress, until)[1]
+
+
+def run_planned(make, steps: int, run_dir: Path, budget_s: float | None, progress: bool, until: int | None,
+                probe: int = 30):
+    """Run `make(steps)`'s trainer; with a time budget, first time `probe` steps and shrink the schedule
+    so the stage ends within the budget. The chosen length is kept in plan.json so a resumed run
+    keeps the same cosine schedule."""
+    plan = run_dir / "plan.json"
+    if plan.is_file():
+        steps = json.loads(plan.read_text())["steps"]
+    elif budget_s and not (run_dir / "state.pt").is_file() and steps > 2 * probe:
+        t0 = time.time()
+        make(steps).run(progress=False, until=5)  # warm-up (allocator, kernels) not counted
+        t1 = time.time()
+        make(steps).run(progress=False, until=5 + probe)
+        per = (time.time() - t1) / probe
+        steps = int(min(steps, 5 + probe + (budget_s - (time.time() - t0)) / per))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plan.write_text(json.dumps({"steps": steps, "seconds_per_step": per, "budget_s": budget_s}))
+        log.info("%s: %.3f s/step -> %d steps fit %.0f s", run_dir.name, per, steps, budget_s)
+    trainer = make(steps)
+    return trainer, trainer.run(progress=progress, until=until)
+
+
+# --- stage 4: export -------------------------------------------------------------------------------
+
+
+def export(model: StableDiffusion, path: Path, extra: dict[str, str] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    meta = D.metadata_for(model.config) | {"opensd.note": "opensd built-in emoji model, trained from scratch"}
+    save_safetensors(sd, path, metadata=meta | {k: str(v) for k, v in (extra or {}).items()})
+    return path
+
+
+# --- the one command -------------------------------------------------------------------------------
+
+
+def config_for(runs: Path, cfg: C.ModelConfig = BUILTIN) -> C.ModelConfig:
+    """`cfg` with the VAE scaling factor measured on the training latents (stage 2)."""
+    lat = torch.load(Path(runs) / "latents.pt", weights_only=True)
+    return replace(cfg, vae=replace(cfg.vae, scaling_factor=round(float(lat["scaling_factor"]), 5)))
+
+
+def export_from_runs(runs: Path, out: Path, cfg: C.ModelConfig = BUILTIN) -> Path:
+    """Write the shipped file from the latest UNet-stage checkpoint (EMA weights), finished or not."""
+    runs = Path(runs)
+    cfg = config_for(runs, cfg)
+    state = torch.load(runs / "unet" / "state.pt", map_location="cpu", weights_only=True)
+    model = StableDiffusion(cfg)
+    model.load_state_dict(state["model"])
+    if state["ema"]:
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                if k in state["ema"]:
+                    p.copy_(state["ema"][k])
+    vae_info = json.loads((runs / "vae" / "done.json").read_text())
+    planned = state["config"]["steps"]
+    return export(model.eval(), out, {"opensd.unet_steps": state["step"], "opensd.unet_steps_planned": planned,
+                                      "opensd.vae_steps": vae_info["steps"],
+                                      "opensd.vae_heldout_psnr_db": vae_info["heldout_psnr_db"]})
+
+
+def run(data: Path, runs: Path, vae_steps: int, unet_steps: int, batch: int, vae_batch: int, out: Path | None,
+        progress: bool = True, cfg: C.ModelConfig = BUILTIN, unet_until: int | None = None,
+        save_every: int = 100, sample_every: int = 500, bf16: bool = False, splits=None, device: str = "cpu",
+        vae_budget_s: float | None = None, unet_budget_s: float | None = None) -> Path | None:
+    from .emoji_data import load_split
+    train, heldout = splits or (load_split(Path(data), "train"), load_split(Path(data), "heldout"))
+    runs = Path(runs)
+    t0 = time.time()
+    vae = train_vae(train, heldout, cfg, runs / "vae", vae_steps, vae_batch, progress=progress,
+                    save_every=save_every, device=device, budget_s=vae_budget_s)
+    if not (runs / "vae" / "done.json").is_file():
+        return None
+    lat = encode_latents(vae.vae, train.images, runs / "latents.pt")
+    cfg = config_for(runs, cfg)
+    train_unet(train, vae, lat, cfg, runs / "unet", unet_steps, batch, progress=progress,
+               save_every=save_every, sample_every=sample_every, until=unet_until, bf16=bf16, device=device,
+               budget_s=unet_budget_s)
+    log.info("stages took %.0f s this invocation", time.time() - t0)
+    return None if out is None else export_from_runs(runs, out, cfg)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m opensd.training.builtin", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("data/emoji"))
+    p.add_argument("--runs", type=Path, default=Path("runs/builtin"))
+    p.add_argument("--vae-steps", type=int, default=3000)
+    p.add_argument("--unet-steps", type=int, default=10000)
+    p.add_argument("--batch", type=int, default=32, help="UNet batch size")
+    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--unet-until", type=int, default=None, help="stop the UNet stage early at this step")
+    p.add_argument("--vae-budget", type=float, default=None, help="seconds: shorten the VAE schedule to fit")
+    p.add_argument("--unet-budget", type=float, default=None, help="seconds: shorten the UNet schedule to fit")
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--sample-every", type=int, default=500)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--export-only", action="store_true", help="export the latest UNet checkpoint and stop")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.export_only:
+        print(f"wrote {export_from_runs(a.runs, a.out)}")
+        return
+    path = run(a.data, a.runs, a.vae_steps, a.unet_steps, a.batch, a.vae_batch,
+               None if a.no_export else a.out, progress=not a.no_progress, unet_until=a.unet_until,
+               save_every=a.save_every, sample_every=a.sample_every, bf16=a.bf16, device=a.device,
+               vae_budget_s=a.vae_budget, unet_budget_s=a.unet_budget)
+    if path:
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The built-in model's training stages on a tiny config and random images (no dataset, no real
+training): they run, losses are finite and fall, resume continues, and the export is a file our
+loader detects as family "small" with the same config. If the shipped weights exist, they load and
+generate."""
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from opensd.checkpoints import detect as D
+from opensd.checkpoints.files import read_metadata, read_state_dict
+from opensd.models import config as C
+from opensd.models.stable_diffusion import StableDiffusion
+from opensd.training import builtin as B
+
+TINY = C.ModelConfig(
+    family="small",
+    unet=C.UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, transformer_depth=(0, 1),
+                      transformer_depth_middle=1, context_dim=64),
+    vae=C.VAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, scaling_factor=1.0),
+    text_encoders=(C.TextEncoderConfig(width=64, layers=1, heads=1),),
+    resolution=16,
+)
+
+
+def _split(n, seed):
+    rng = np.random.default_rng(seed)
+    images = np.full((n, 16, 16, 3), 255, dtype=np.uint8)
+    for i in range(n):  # a coloured square on white: learnable, not pure noise
+        x, y = rng.integers(0, 8, 2)
+        images[i, y:y + 8, x:x + 8] = rng.integers(0, 255, 3)
+    captions = [f"square {i % 3}, noto emoji style" for i in range(n)]
+    return SimpleNamespace(images=images, captions=captions)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    out = runs / "model.safetensors"
+    splits = (_split(24, 0), _split(8, 1))
+    path = B.run(None, runs, vae_steps=30, unet_steps=20, batch=4, vae_batch=4, out=out, progress=False,
+                 cfg=TINY, save_every=10, sample_every=10, splits=splits)
+    return runs, path, splits
+
+
+def test_stages_run_and_losses_fall(trained):
+    runs, path, _ = trained
+    assert path is not None and path.is_file()
+    vae = torch.load(runs / "vae" / "state.pt", weights_only=True)
+    assert vae["step"] == 30
+    losses = vae["losses"]
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    unet = torch.load(runs / "unet" / "state.pt", weights_only=True)
+    assert unet["step"] == 20 and all(np.isfinite(unet["losses"]))
+    assert (runs / "vae" / "done.json").is_file()
+    assert (runs / "unet" / "samples_000010.png").is_file()
+    lat = torch.load(runs / "latents.pt", weights_only=True)
+    assert lat["mean"].shape == (24, 4, 8, 8) and float(lat["scaling_factor"]) > 0
+
+
+def test_export_detects_as_small_with_matching_config(trained):
+    runs, path, _ = trained
+    sd = read_state_dict(path)
+    meta = read_metadata(path)
+    assert all(v.dtype == torch.float16 for v in sd.values())
+    cfg = D.detect({k: tuple(v.shape) for k, v in sd.items()}, str(path), meta)
+    assert cfg.family == "small"
+    expected = B.config_for(runs, TINY)
+    assert cfg == expected
+    with torch.device("meta"):
+        keys = set(StableDiffusion(cfg).state_dict())
+    assert keys == set(sd)
+
+
+def test_resume_continues_and_skips_finished_stages(trained, tmp_path):
+    runs, _, splits = trained
+    # A finished run re-invoked does no more work and gives the same file.
+    again = B.run(None, runs, vae_steps=30, unet_steps=20, batch=4, vae_batch=4, out=tmp_path / "again.safetensors",
+                  progress=False, cfg=TINY, save_every=10, sample_every=0, splits=splits)
+    assert torch.load(runs / "unet" / "state.pt", weights_only=True)["step"] == 20
+    a, b = read_state_dict(again), read_state_dict(runs / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # An interrupted UNet stage carries on from its checkpoint.
+    part = tmp_path / "part"
+    part.mkdir()
+    for name in ("vae", "latents.pt"):
+        src = runs / name
+        if src.is_dir():
+            (part / name).mkdir()
+            for f in src.iterdir():
+                (part / name / f.name).write_bytes(f.read_bytes())
+        else:
+            (part / name).write_bytes(src.read_bytes())
+    B.run(None, part, 30, 20, 4, 4, None, progress=False, cfg=TINY, save_every=5, sample_every=0,
+          splits=splits, unet_until=10)
+    assert torch.load(part / "unet" / "state.pt", weights_only=True)["step"] == 10
+    B.run(None, part, 30, 20, 4, 4, None, progress=False, cfg=TINY, save_every=5, sample_every=0, splits=splits)
+    assert torch.load(part / "unet" / "state.pt", weights_only=True)["step"] == 20
+
+
+def test_sample_and_psnr_shapes():
+    torch.manual_seed(0)
+    cfg = replace(TINY, vae=replace(TINY.vae, scaling_factor=0.5))
+    model = StableDiffusion(cfg).eval()
+    img = B.sample(model, ["a", "b"], steps=2)
+    assert img.shape == (2, 3, 16, 16) and torch.isfinite(img).all()
+    assert np.isfinite(B.psnr(model.vae, _split(2, 3).images))
+
+
+SHIPPED = B.DEFAULT_OUT
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="built-in weights not exported")
+def test_shipped_weights_load_and_generate():
+    import opensd
+
+    sd = read_state_dict(SHIPPED)
+    cfg = D.detect({k: tuple(v.shape) for k, v in sd.items()}, str(SHIPPED), read_metadata(SHIPPED))
+    assert cfg.family == "small" and cfg.resolution == 64
+    assert cfg.unet == B.BUILTIN.unet and cfg.text_encoders == B.BUILTIN.text_encoders
+    assert cfg.vae == replace(B.BUILTIN.vae, scaling_factor=cfg.vae.scaling_factor)
+    pipe = opensd.load(SHIPPED)
+    assert pipe.config.family == "small" and not pipe.loaded.unknown_keys
+    images = pipe.txt2img("red apple, noto emoji style", steps=4, seed=1)
+    image = images[0] if isinstance(images, list) else images
+    assert image.size == (64, 64)
