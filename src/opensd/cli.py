@@ -237,10 +237,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def save_with_infotext(pipe, image, out: Path, args, kwargs) -> None:
     from .library.hashes import model_hash
     from .pipeline.infotext import format_infotext, generation_params, save_image
-    from .sampling.names import resolve
+    from .sampling.names import resolve, schedule_label
 
     hires = kwargs.get("hires")
     sampler, schedule = resolve(args.sampler, args.scheduler)
+    if schedule_label(sampler, schedule) == "Automatic":
+        schedule = None  # A1111 writes no "Schedule type" for a sampler's plain default schedule
     params = generation_params(
         steps=args.steps, sampler=sampler, cfg=args.cfg, seed=image.info["seed"],
         width=image.width if hires is None else args.width or pipe.config.resolution,
