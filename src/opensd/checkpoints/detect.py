@@ -50,7 +50,9 @@ def detect(shapes: Shapes, path: str = "<state dict>", metadata: Mapping[str, st
         vae = replace(vae, scaling_factor=float(scaling))
     elif family in ("sdxl", "sdxl_refiner"):
         vae = replace(vae, scaling_factor=C.SDXL_VAE.scaling_factor)
-    pred = prediction or _prediction_from_metadata(metadata) or ("v" if family == "sd2" and unet.in_channels == 4 else "eps")
+    # SD2 defaults to v (the 768 models); its 9-channel inpainting model is eps.
+    default = "v" if family == "sd2" and unet.in_channels == 4 else "eps"
+    pred = prediction or prediction_from_metadata(metadata) or default
     resolution = {"sd1": 512, "sd2": 768 if pred == "v" else 512, "sdxl": 1024, "sdxl_refiner": 1024}.get(family, 512)
     if META_RESOLUTION in metadata:
         resolution = int(str(metadata[META_RESOLUTION]).lower().split("x")[0])
@@ -170,7 +172,7 @@ def infer_vae(shapes: Shapes, p: str, path: str = "<state dict>") -> C.VAEConfig
         embed_dim=shapes[p + "quant_conv.weight"][0] // 2)
 
 
-def _prediction_from_metadata(metadata: Mapping[str, str]) -> C.Prediction | None:
+def prediction_from_metadata(metadata: Mapping[str, str]) -> C.Prediction | None:
     value = str(metadata.get(META_PREDICTION, "")).lower()
     if value in ("v", "v_prediction", "v-prediction"):
         return "v"

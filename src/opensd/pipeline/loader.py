@@ -62,7 +62,7 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
         sd.update({D.VAE + k: v for k, v in read_vae(vae).items()})
         cfg = _with_vae_of(cfg, sd, vae)
     model, unknown = build(cfg, sd, path, dtype, device)
-    explicit = prediction or D._prediction_from_metadata(metadata)
+    explicit = prediction or D.prediction_from_metadata(metadata)
     if cfg.family == "sd2" and not cfg.inpainting and explicit is None:
         guessed = guess_sd2_prediction(model)
         if guessed != cfg.prediction:
