@@ -35,7 +35,7 @@ SOURCES: dict[str, SourceSpec] = {
         version="16.0.0",
         integrity="sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A==",
         style_phrase="noto emoji style",
-        artwork="Noto Emoji (https://github.com/googlefonts/noto-emoji)",
+        artwork="Noto Emoji (the googlefonts/noto-emoji project on GitHub)",
         image_license="Apache-2.0",
         license_url="https://www.apache.org/licenses/LICENSE-2.0",
         attribution=(
@@ -51,7 +51,7 @@ SOURCES: dict[str, SourceSpec] = {
         version="16.0.0",
         integrity="sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ==",
         style_phrase="twemoji style",
-        artwork="Twemoji (https://github.com/jdecked/twemoji)",
+        artwork="Twemoji (the jdecked/twemoji project on GitHub)",
         image_license="CC-BY-4.0",
         license_url="https://creativecommons.org/licenses/by/4.0/",
         attribution=(
