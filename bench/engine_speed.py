@@ -81,19 +81,23 @@ def _torch_dtype(name: str):
 
 
 def _random_tensor(key: str, shape: tuple[int, ...], dtype):
-    """Deterministic per-key values: same key and shape -> same tensor in every process."""
+    """Deterministic per-key values: same key and shape -> same tensor in every process.
+
+    Filled in place, in the final dtype: one allocation per tensor and no temporaries, which
+    would otherwise fragment the heap and add run-to-run noise to the peak RSS.
+    """
     import torch
     g = torch.Generator().manual_seed(SEED * 1_000_003 + zlib.crc32(key.encode()))
+    t = torch.empty(shape, dtype=dtype)
     if len(shape) == 1 and key.endswith("weight"):  # GroupNorm / LayerNorm scales
-        t = 1 + 0.1 * torch.randn(shape, generator=g)
-    elif len(shape) == 1:  # biases
-        t = 0.02 * torch.randn(shape, generator=g)
-    else:  # torch's default Linear/Conv init range: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-        fan_in = 1
-        for s in shape[1:]:
-            fan_in *= s
-        t = (torch.rand(shape, generator=g) * 2 - 1) / fan_in ** 0.5
-    return t.to(dtype)
+        return t.normal_(1.0, 0.1, generator=g)
+    if len(shape) == 1:  # biases
+        return t.normal_(0.0, 0.02, generator=g)
+    fan_in = 1  # torch's default Linear/Conv init range: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    for s in shape[1:]:
+        fan_in *= s
+    bound = fan_in ** -0.5
+    return t.uniform_(-bound, bound, generator=g)
 
 
 def _random_state_dict(shapes: dict[str, tuple[int, ...]], dtype) -> dict:
@@ -193,6 +197,7 @@ def run_one(impl: str, component: str, dtype_name: str, runs: int, out_path: str
     t0 = time.perf_counter()
     model = _build(impl, component, dtype)
     load_s = time.perf_counter() - t0
+    build_rss = _rss_gib()
     inputs = _inputs(component, dtype)
     step = _step_fn(impl, component, model, inputs)
     times = []
@@ -200,6 +205,7 @@ def run_one(impl: str, component: str, dtype_name: str, runs: int, out_path: str
         t0 = time.perf_counter()
         out = step()  # warm-up
         warmup_s = time.perf_counter() - t0
+        warmup_rss = _rss_gib()
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -211,7 +217,7 @@ def run_one(impl: str, component: str, dtype_name: str, runs: int, out_path: str
     return dict(
         impl=impl, component=component, dtype=dtype_name, runs=runs, times_s=times,
         median_s=statistics.median(times), warmup_s=warmup_s, load_s=load_s,
-        peak_rss_gib=_rss_gib(), ru_maxrss_gib=_maxrss_gib(), rss_after_imports_gib=import_rss, rss_after_torch_import_gib=baseline,
+        peak_rss_gib=_rss_gib(), ru_maxrss_gib=_maxrss_gib(), rss_after_imports_gib=import_rss, rss_after_build_gib=build_rss, rss_after_warmup_gib=warmup_rss, rss_after_torch_import_gib=baseline,
         loadavg_1min=[load_before, os.getloadavg()[0]],
         params=sum(p.numel() for p in model.parameters()), threads=torch.get_num_threads(),
         out_shape=list(out.shape),
@@ -458,8 +464,9 @@ DOC_HEAD = """# Benchmarks
 diffusers' `UNet2DConditionModel` / `AutoencoderKL`, with identical random weights (ours are
 mapped from the diffusers-keyed state dict by our checkpoint keymap), and times one
 classifier-free-guidance UNet step (batch 2) and one VAE decode to 512x512 under
-`torch.inference_mode()`. Every (implementation, component, dtype) runs in a fresh process so peak
-RSS is its own.
+`torch.inference_mode()`. Times come from one process holding both models and running them
+alternately; peak RSS and the outputs compared for correctness come from a fresh process per
+implementation.
 
 """
 
