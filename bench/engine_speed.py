@@ -217,7 +217,8 @@ def run_one(impl: str, component: str, dtype_name: str, runs: int, out_path: str
     return dict(
         impl=impl, component=component, dtype=dtype_name, runs=runs, times_s=times,
         median_s=statistics.median(times), warmup_s=warmup_s, load_s=load_s,
-        peak_rss_gib=_rss_gib(), ru_maxrss_gib=_maxrss_gib(), rss_after_imports_gib=import_rss, rss_after_build_gib=build_rss, rss_after_warmup_gib=warmup_rss, rss_after_torch_import_gib=baseline,
+        peak_rss_gib=_rss_gib(), ru_maxrss_gib=_maxrss_gib(), rss_after_torch_import_gib=baseline,
+        rss_after_imports_gib=import_rss, rss_after_build_gib=build_rss, rss_after_warmup_gib=warmup_rss,
         loadavg_1min=[load_before, os.getloadavg()[0]],
         params=sum(p.numel() for p in model.parameters()), threads=torch.get_num_threads(),
         out_shape=list(out.shape),
@@ -397,7 +398,8 @@ def render(results: list[dict], pairs: dict, checks: dict, skipped: dict, info: 
              "|---|---|---|---|---:|---:|---:|---|---|"]
     for r in results:
         if "error" in r:
-            extra.append(f"| {r['impl']} (fresh) | {r['component']} | {r['dtype']} | {r['error']} | | | | | |")
+            extra.append(f"| {r['impl']} (fresh) | {r['component']} | {r['dtype']} | {r['error']} "
+                         "| | | | | |")
             continue
         extra.append(f"| {r['impl']} (fresh) | {r['component']} | {r['dtype']} | "
                      f"{', '.join(f'{t:.2f}' for t in r['times_s'])} | {r['warmup_s']:.2f} | "

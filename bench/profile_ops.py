@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import engine_speed as E  # noqa: E402  (also puts src/ and tests/ on sys.path)
+import engine_speed as E  # also puts src/ and tests/ on sys.path
 
 
 def main() -> int:
@@ -23,6 +23,7 @@ def main() -> int:
     ap.add_argument("component", choices=E.COMPONENTS)
     ap.add_argument("--dtype", choices=E.DTYPES, default="fp32")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--diffusers-first", action="store_true", help="profile diffusers before ours")
     args = ap.parse_args()
 
     import torch
@@ -31,7 +32,7 @@ def main() -> int:
     dtype = E._torch_dtype(args.dtype)
     stats: dict[str, dict[str, tuple[float, int]]] = {}
     totals = {}
-    for impl in E.IMPLS:
+    for impl in (E.IMPLS[::-1] if args.diffusers_first else E.IMPLS):
         model = E._build(impl, args.component, dtype)
         step = E._step_fn(impl, args.component, model, E._inputs(args.component, dtype))
         with torch.inference_mode():
