@@ -95,7 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print the generation parameters stored in an image")
     info.add_argument("image", type=Path)
     info.set_defaults(func=cmd_info)
+    for register in _subcommand_modules():
+        register(sub)
     return parser
+
+
+def _subcommand_modules():
+    """Other faces add their subcommands here; each module's `register(sub)` adds one or more
+    parsers with `set_defaults(func=...)`. Imported lazily so `opensd generate` stays light."""
+    import importlib
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"opensd.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"opensd.{name}":
+                raise
+            continue
+        yield module.register
+
+
+# Modules under opensd/ that provide `register(subparsers)`.
+SUBCOMMAND_MODULES = ("cli_lora", "cli_train", "cli_serve", "cli_control", "cli_models")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
