@@ -1,0 +1,104 @@
+"""A user's model collection on disk, laid out as AUTOMATIC1111's or ComfyUI's `models/` folder.
+
+Names are paths relative to their kind's folder, with forward slashes ("sd15/dreamshaper.safetensors"),
+as both UIs show them. Every lookup resolves inside the kind's folder: a name that escapes it
+(`..`, an absolute path, a symlink pointing outside) is refused, never opened.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidArgument
+
+# kind -> folder names tried in order (A1111 first, then ComfyUI)
+LAYOUT = {
+    "checkpoints": ("Stable-diffusion", "checkpoints"),
+    "loras": ("Lora", "loras", "LyCORIS"),
+    "vae": ("VAE", "vae"),
+    "embeddings": ("embeddings",),
+    "controlnet": ("ControlNet", "controlnet"),
+}
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "builtin"
+BUILTIN_CHECKPOINT = BUILTIN_DIR / "opensd-emoji.safetensors"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    kind: str
+    name: str          # relative name, forward slashes
+    path: Path
+
+
+class ModelFolders:
+    """`root` is the models folder (may be None: only the built-in model is available).
+    `extra` maps kind -> additional folders (e.g. the built-in ControlNet beside the built-in model)."""
+
+    def __init__(self, root: Path | None, include_builtin: bool = True,
+                 extra: dict[str, list[Path]] | None = None):
+        self.root = Path(root).resolve() if root is not None else None
+        if self.root is not None and not self.root.is_dir():
+            raise InvalidArgument(f"models-dir: {root} is not a folder")
+        self.include_builtin = include_builtin
+        self.extra = {k: [Path(p).resolve() for p in v] for k, v in (extra or {}).items()}
+
+    def folders(self, kind: str) -> list[Path]:
+        if kind not in LAYOUT:
+            raise InvalidArgument(f"model kind {kind!r} is not one of {', '.join(LAYOUT)}")
+        found = []
+        if self.root is not None:
+            found = [(self.root / d).resolve() for d in LAYOUT[kind] if (self.root / d).is_dir()]
+        return found + [p for p in self.extra.get(kind, []) if p.is_dir()]
+
+    def list(self, kind: str) -> list[ModelFile]:
+        """Every weight file (and, for checkpoints, diffusers folder) of this kind, sorted by name."""
+        seen: dict[str, ModelFile] = {}
+        if kind == "checkpoints" and self.include_builtin and BUILTIN_CHECKPOINT.is_file():
+            seen[BUILTIN_CHECKPOINT.name] = ModelFile(kind, BUILTIN_CHECKPOINT.name, BUILTIN_CHECKPOINT)
+        for folder in self.folders(kind):
+            for path in sorted(folder.rglob("*")):
+                if not _inside(path, folder):
+                    continue
+                is_diffusers = kind == "checkpoints" and path.is_dir() and (path / "model_index.json").is_file()
+                if is_diffusers or (path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES):
+                    name = path.relative_to(folder).as_posix()
+                    seen.setdefault(name, ModelFile(kind, name, path))
+        return sorted(seen.values(), key=lambda m: m.name.lower())
+
+    def resolve(self, kind: str, name: str) -> Path:
+        """The file for `name`: an exact relative name, or a name without extension / folder
+        (A1111 prompt tags say `<lora:foo:1>` for `Lora/sub/foo.safetensors`)."""
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidArgument(f"{kind}: a model name is required")
+        if "\x00" in name or Path(name).is_absolute() or ".." in Path(name.replace("\\", "/")).parts:
+            raise InvalidArgument(f"{kind}: {name!r} is not a name inside the {kind} folder")
+        name = name.replace("\\", "/").strip()
+        files = self.list(kind)
+        for match in (
+            lambda m: m.name == name,
+            lambda m: m.name.lower() == name.lower(),
+            lambda m: _stem(m.name) == _stem(name),
+            lambda m: Path(m.name).name == name or _stem(Path(m.name).name) == _stem(name),
+        ):
+            hits = [m for m in files if match(m)]
+            if hits:
+                return hits[0].path
+        known = ", ".join(m.name for m in files[:10]) or "none"
+        raise InvalidArgument(f"{kind}: no model named {name!r} (available: {known})")
+
+
+def _stem(name: str) -> str:
+    for suffix in WEIGHT_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True if `path` (after following symlinks) stays inside `folder`."""
+    try:
+        path.resolve().relative_to(folder)
+        return True
+    except (ValueError, OSError):
+        return False
