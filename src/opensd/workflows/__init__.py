@@ -1,0 +1,56 @@
+"""ComfyUI API-format node graphs ("prompts"): validation, execution with a per-node output
+cache, and the node catalogue (``object_info``).
+
+    from opensd.workflows import validate_prompt, execute, object_info, GraphError, ExecutionContext
+
+A face over the pipeline: nothing below this package imports it.
+"""
+from __future__ import annotations
+
+from . import nodes_core, nodes_image  # noqa: F401  (registers the nodes)
+from .executor import OutputCache, execute, validate_prompt
+from .graph import check_prompt
+from .types import NODES, Choices, ExecutionContext, GraphError, NodeError
+
+__all__ = ["ExecutionContext", "GraphError", "NodeError", "OutputCache", "check_prompt", "execute",
+           "object_info", "validate_prompt"]
+
+
+def _spec_json(spec: tuple, ctx: ExecutionContext | None) -> list:
+    kind, opts = spec[0], (dict(spec[1]) if len(spec) > 1 else {})
+    if isinstance(kind, Choices):
+        kind = kind.values(ctx) or []
+    elif isinstance(kind, (list, tuple)):
+        kind = list(kind)
+    return [kind, opts] if opts else [kind]
+
+
+def object_info(ctx: ExecutionContext | None = None, node_class: str | None = None) -> dict:
+    """ComfyUI's ``GET /object_info`` (or ``/object_info/{node_class}``) for our nodes. Model and
+    image lists come from ``ctx`` (its folders and inputs_dir); without it they are empty."""
+    out = {}
+    for name, node in NODES.items():
+        if node_class is not None and name != node_class:
+            continue
+        inputs = {"required": {k: _spec_json(v, ctx) for k, v in node.required.items()}}
+        if node.optional:
+            inputs["optional"] = {k: _spec_json(v, ctx) for k, v in node.optional.items()}
+        if node.hidden:
+            inputs["hidden"] = dict(node.hidden)
+        order = {"required": list(node.required)}
+        if node.optional:
+            order["optional"] = list(node.optional)
+        out[name] = {
+            "input": inputs,
+            "input_order": order,
+            "output": list(node.outputs),
+            "output_is_list": [False] * len(node.outputs),
+            "output_name": list(node.output_names or node.outputs),
+            "name": name,
+            "display_name": node.display_name or name,
+            "description": node.description,
+            "python_module": "nodes",
+            "category": node.category,
+            "output_node": node.output_node,
+        }
+    return out

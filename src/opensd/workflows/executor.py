@@ -1,0 +1,172 @@
+"""Running a validated prompt: nodes in dependency order, outputs cached by content signature.
+
+Events, as ComfyUI sends them over its websocket (``on_event(kind, data)``):
+
+* ``("execution_cached", {"nodes": [...]})`` once, first: the nodes whose outputs are reused;
+* per node run: ``("executing", {"node": id})``, then any ``("progress", {"value", "max", "node"})``
+  and ``("preview", PIL.Image)``, then ``("executed", {"node": id, "output": ui})`` for nodes with UI
+  output (also sent for cached output nodes, as ComfyUI does).
+
+The caller (the server) sends ``execution_start``/``execution_success``/``executing None`` itself.
+A node that raises becomes :class:`NodeError` (ComfyUI's ``execution_error`` fields);
+``ctx.should_stop()`` turning true raises :class:`Interrupted` between nodes or within one
+sampling step, with ``.node_id`` set.
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable
+
+import torch
+
+from ..pipeline.pipeline import Interrupted
+from .graph import check_prompt, signatures
+from .loras import release_all
+from .types import NODES, ExecutionContext, GraphError, NodeCall, NodeError
+
+Event = Callable[[str, object], None]
+
+
+class OutputCache:
+    """Node outputs by signature, reused across runs. After each run only the entries that run
+    used are kept (ComfyUI's default: the last prompt's outputs stay in memory)."""
+
+    def __init__(self):
+        self._entries: dict[str, tuple[tuple, dict | None]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, sig: str):
+        return self._entries.get(sig)
+
+    def put(self, sig: str, outputs: tuple, ui: dict | None) -> None:
+        self._entries[sig] = (outputs, ui)
+
+    def keep_only(self, sigs) -> None:
+        keep = set(sigs)
+        for sig in [s for s in self._entries if s not in keep]:
+            del self._entries[sig]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def validate_prompt(prompt: dict, ctx: ExecutionContext | None = None) -> dict:
+    """Raise GraphError (``err.payload`` = ComfyUI's 400 body) unless at least one output node is
+    valid. Returns ``node_errors`` for the outputs that are invalid and will be skipped (ComfyUI
+    still queues such a prompt). Pass ``ctx`` to check model and image names against its folders."""
+    _, node_errors, _ = check_prompt(prompt, ctx)
+    return node_errors
+
+
+def _order(prompt: dict, outputs: list[str], have: set[str], sigs: dict[str, str]) -> list[str]:
+    """Nodes to run, dependencies first; a node whose output is cached cuts off its upstream."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(node_id: str) -> None:
+        if node_id in seen:
+            return
+        seen.add(node_id)
+        if sigs[node_id] in have:
+            return
+        for value in prompt[node_id]["inputs"].values():
+            if isinstance(value, list):
+                visit(value[0])
+        order.append(node_id)
+
+    for out in outputs:
+        visit(out)
+    return order
+
+
+def execute(prompt: dict, ctx: ExecutionContext, on_event: Event | None = None) -> dict[str, dict]:
+    """Validate and run ``prompt``; return ``{node_id: ui_output}`` for output nodes with UI output."""
+    emit = on_event or (lambda kind, data: None)
+    outputs, _, graph = check_prompt(prompt, ctx)
+    cache = ctx.cache if ctx.cache is not None else OutputCache()
+    with cache.lock:
+        try:
+            return _run(graph, outputs, ctx, cache, emit, prompt)
+        finally:
+            release_all()
+
+
+def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCache, emit: Event,
+         original: dict) -> dict[str, dict]:
+    sigs = signatures(graph, ctx)
+    have = {s for s in sigs.values() if cache.get(s) is not None}
+    to_run = _order(graph, outputs, have, sigs)
+    reached = _reached(graph, outputs, have, sigs)
+    cached = [n for n in reached if n not in to_run]
+    emit("execution_cached", {"nodes": cached})
+    results: dict[str, tuple] = {}
+    ui_out: dict[str, dict] = {}
+    executed: list[str] = []
+    for node_id in cached:
+        outs, ui = cache.get(sigs[node_id])
+        results[node_id] = outs
+        if ui:
+            ui_out[node_id] = ui
+            emit("executed", {"node": node_id, "output": ui})
+    with torch.no_grad():  # not inference_mode: the pipelines' cached tensors are shared with other faces
+        for node_id in to_run:
+            if ctx.should_stop():
+                raise _interrupted(node_id)
+            node = graph[node_id]
+            node_def = NODES[node["class_type"]]
+            kwargs = {name: results[value[0]][value[1]] if isinstance(value, list) else value
+                      for name, value in node["inputs"].items()
+                      if name in node_def.required or name in node_def.optional}
+            for name, what in node_def.hidden.items():
+                kwargs[name] = {"PROMPT": original, "EXTRA_PNGINFO": ctx.extra_pnginfo,
+                                "UNIQUE_ID": node_id}.get(what)
+            emit("executing", {"node": node_id})
+            call = NodeCall(ctx, node_id, original, emit)
+            try:
+                ret = node_def.fn(call, **kwargs)
+            except Interrupted as e:
+                e.node_id = node_id
+                raise
+            except GraphError:
+                raise
+            except Exception as e:
+                raise NodeError(node_id, node["class_type"], e, list(executed),
+                                traceback.format_tb(e.__traceback__)) from e
+            outs, ui = (ret.get("result", ()), ret.get("ui")) if isinstance(ret, dict) else (tuple(ret), None)
+            results[node_id] = tuple(outs)
+            cache.put(sigs[node_id], tuple(outs), ui)
+            executed.append(node_id)
+            if ui:
+                ui_out[node_id] = ui
+                emit("executed", {"node": node_id, "output": ui})
+    cache.keep_only(sigs.values())  # the whole graph's outputs stay, as in ComfyUI
+    return {n: ui_out[n] for n in outputs if n in ui_out}
+
+
+def _reached(graph: dict, outputs: list[str], have: set[str], sigs: dict[str, str]) -> list[str]:
+    """Every node the run touches: to run, or cached and read (upstream of a cached node is not)."""
+    seen: list[str] = []
+
+    def visit(node_id: str) -> None:
+        if node_id in seen:
+            return
+        seen.append(node_id)
+        if sigs[node_id] in have:
+            return
+        for value in graph[node_id]["inputs"].values():
+            if isinstance(value, list):
+                visit(value[0])
+
+    for out in outputs:
+        visit(out)
+    return seen
+
+
+def _interrupted(node_id: str) -> Interrupted:
+    e = Interrupted("generation interrupted")
+    e.node_id = node_id
+    return e

@@ -1,0 +1,261 @@
+"""Checking an API-format prompt the way ComfyUI's ``POST /prompt`` does, and the graph helpers
+the executor needs (what each output depends on, content signatures for the output cache).
+
+A prompt maps node ids to ``{"class_type": str, "inputs": {name: value | [node_id, output_index]},
+"_meta": {...}}``. Validation starts from the output nodes (SaveImage, PreviewImage) and walks
+their inputs upstream; nodes no output depends on are never looked at, as in ComfyUI. Errors come
+back in ComfyUI's shape (types ``required_input_missing``, ``bad_linked_input``,
+``return_type_mismatch``, ``invalid_input_type``, ``value_smaller_than_min``,
+``value_bigger_than_max``, ``value_not_in_list``, ``custom_validation_failed``,
+``exception_during_inner_validation``), so ComfyUI clients show them unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+from .types import NODES, Choices, ExecutionContext, GraphError, NodeDef
+
+_CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+
+
+def _err(kind: str, message: str, details: str, **extra: Any) -> dict:
+    return {"type": kind, "message": message, "details": details, "extra_info": extra}
+
+
+def _prompt_error(kind: str, message: str, details: str = "") -> GraphError:
+    return GraphError(_err(kind, message, details), {})
+
+
+def _check_shape(prompt: Any) -> list[str]:
+    """The output node ids, or GraphError for a prompt that is not a graph of known nodes."""
+    if not isinstance(prompt, dict) or not prompt:
+        raise _prompt_error("invalid_prompt", "Prompt must be a non-empty object mapping node ids to nodes.")
+    outputs = []
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or "class_type" not in node:
+            raise _prompt_error("invalid_prompt",
+                                "Cannot execute because a node is missing the class_type property.",
+                                f"Node ID '#{node_id}'")
+        if not isinstance(node.get("inputs", {}), dict):
+            raise _prompt_error("invalid_prompt", "Cannot execute because a node's inputs are not an object.",
+                                f"Node ID '#{node_id}'")
+        node_def = NODES.get(node["class_type"]) if isinstance(node["class_type"], str) else None
+        if node_def is None:
+            raise _prompt_error("invalid_prompt",
+                                f"Cannot execute because node {node['class_type']} does not exist.",
+                                f"Node ID '#{node_id}'")
+        if node_def.output_node:
+            outputs.append(str(node_id))
+    if not outputs:
+        raise _prompt_error("prompt_no_outputs", "Prompt has no outputs")
+    return sorted(outputs, key=_id_key)
+
+
+def _id_key(node_id: str):
+    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+
+
+def _input_specs(node_def: NodeDef):
+    for name, spec in node_def.required.items():
+        yield name, spec, True
+    for name, spec in node_def.optional.items():
+        yield name, spec, False
+
+
+class _Validator:
+    def __init__(self, prompt: dict, ctx: ExecutionContext | None):
+        self.prompt = {str(k): v for k, v in prompt.items()}
+        self.ctx = ctx
+        self.done: dict[str, tuple[bool, list[dict]]] = {}
+        self.visiting: set[str] = set()
+        self.normalized: dict[str, dict] = {}
+        self._choices: dict[str, list[str] | None] = {}
+
+    def choices(self, c: Choices) -> list[str] | None:
+        if c.source not in self._choices:
+            self._choices[c.source] = c.values(self.ctx)
+        return self._choices[c.source]
+
+    def node(self, node_id: str) -> tuple[bool, list[dict]]:
+        if node_id in self.done:
+            return self.done[node_id]
+        if node_id in self.visiting:
+            result = (False, [_err("dependency_cycle", "Dependency cycle detected", f"Node ID '#{node_id}'")])
+            self.done[node_id] = result
+            return result
+        self.visiting.add(node_id)
+        try:
+            result = self._validate(node_id)
+        finally:
+            self.visiting.discard(node_id)
+        self.done.setdefault(node_id, result)
+        return self.done[node_id]
+
+    def _validate(self, node_id: str) -> tuple[bool, list[dict]]:
+        node = self.prompt[node_id]
+        node_def = NODES[node["class_type"]]
+        inputs = dict(node.get("inputs", {}))
+        errors: list[dict] = []
+        valid = True
+        for name, spec, required in _input_specs(node_def):
+            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+            info = [kind if not isinstance(kind, Choices) else self.choices(kind), opts]
+            if name not in inputs:
+                if required:
+                    errors.append(_err("required_input_missing", "Required input is missing", name, input_name=name))
+                continue
+            value = inputs[name]
+            if isinstance(value, list):
+                link_error, upstream = self._link(name, value, kind, info)
+                if link_error is not None:
+                    errors.append(link_error)
+                elif not self.node(upstream)[0]:
+                    valid = False
+                inputs[name] = [upstream, value[1]] if link_error is None else value
+                continue
+            error, value = self._literal(name, value, kind, opts, info)
+            if error is not None:
+                errors.append(error)
+            inputs[name] = value
+        if not errors and node_def.check is not None:
+            problem = node_def.check(self.ctx, inputs)
+            if problem:
+                errors.append(_err("custom_validation_failed", "Custom validation failed for node", problem))
+        self.normalized[node_id] = {"class_type": node["class_type"], "inputs": inputs}
+        return (valid and not errors, errors)
+
+    def _link(self, name: str, value: list, kind, info) -> tuple[dict | None, str | None]:
+        if len(value) != 2:
+            return _err("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                        name, input_name=name, input_config=info, received_value=value), None
+        upstream, index = str(value[0]), value[1]
+        if upstream not in self.prompt:
+            return _err("exception_during_inner_validation", "Exception when validating inner node",
+                        f"{name}: linked node '{upstream}' does not exist in the prompt",
+                        input_name=name, input_config=info, linked_node=value), None
+        outputs = NODES[self.prompt[upstream]["class_type"]].outputs
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(outputs):
+            return _err("exception_during_inner_validation", "Exception when validating inner node",
+                        f"{name}: output index {index!r} out of range, node '{upstream}' "
+                        f"({self.prompt[upstream]['class_type']}) has {len(outputs)} outputs",
+                        input_name=name, input_config=info, linked_node=value), None
+        received = outputs[index]
+        expected = kind if isinstance(kind, str) else "COMBO"
+        if received != expected and "*" not in (received, expected):
+            return _err("return_type_mismatch", "Return type mismatch between linked nodes",
+                        f"{name}, received_type({received}) mismatch input_type({expected})",
+                        input_name=name, input_config=info, received_type=received, linked_node=value), None
+        return None, upstream
+
+    def _literal(self, name: str, value, kind, opts: dict, info) -> tuple[dict | None, Any]:
+        if isinstance(kind, str) and kind not in _CONVERT:
+            return _err("bad_linked_input", f"Input of type {kind} must be a link [node_id, output_index]",
+                        name, input_name=name, input_config=info, received_value=value), value
+        if isinstance(kind, str):
+            try:
+                if isinstance(value, (dict, list)) or (kind in ("INT", "FLOAT") and isinstance(value, str)
+                                                       and not value.strip()):
+                    raise ValueError(f"not a {kind} value")
+                value = _CONVERT[kind](value)
+                if kind == "FLOAT" and not math.isfinite(value):
+                    raise ValueError("not a finite number")
+            except (TypeError, ValueError, OverflowError) as e:
+                return _err("invalid_input_type", f"Failed to convert an input value to a {kind} value",
+                            f"{name}, {value}, {e}", input_name=name, input_config=info, received_value=value,
+                            exception_message=str(e)), value
+            if "min" in opts and value < opts["min"]:
+                return _err("value_smaller_than_min", f"Value {value} smaller than min of {opts['min']}",
+                            name, input_name=name, input_config=info, received_value=value), value
+            if "max" in opts and value > opts["max"]:
+                return _err("value_bigger_than_max", f"Value {value} bigger than max of {opts['max']}",
+                            name, input_name=name, input_config=info, received_value=value), value
+            return None, value
+        if isinstance(kind, Choices) and not kind.strict:
+            return None, value
+        allowed = self.choices(kind) if isinstance(kind, Choices) else list(kind)
+        if allowed is not None and value not in allowed:
+            listed = f"(list of length {len(allowed)})" if len(allowed) > 20 else str(allowed)
+            return _err("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {listed}",
+                        input_name=name, input_config=None if len(allowed) > 20 else info,
+                        received_value=value), value
+        return None, value
+
+
+def check_prompt(prompt: Any, ctx: ExecutionContext | None = None) -> tuple[list[str], dict, dict]:
+    """(valid output ids, node_errors, normalized prompt) -- ComfyUI's validate_prompt. Raises
+    GraphError when the prompt is malformed or no output is valid. Normalized: every node reached
+    from a valid output, with literal inputs converted to their declared type."""
+    outputs = _check_shape(prompt)
+    v = _Validator(prompt, ctx)
+    good, failed, node_errors = [], [], {}
+    for out in outputs:
+        ok, reasons = v.node(out)
+        if ok:
+            good.append(out)
+            continue
+        failed.append((out, reasons))
+        for node_id, (node_ok, errs) in v.done.items():
+            if not node_ok and errs:
+                entry = node_errors.setdefault(node_id, {"errors": errs, "dependent_outputs": [],
+                                                         "class_type": v.prompt[node_id]["class_type"]})
+                if out not in entry["dependent_outputs"] and out in _reach(v.prompt, out, node_id):
+                    entry["dependent_outputs"].append(out)
+    if not good:
+        details = "\n".join(f"{e['message']}: {e['details']}" for _, errs in failed for e in errs)
+        raise GraphError(_err("prompt_outputs_failed_validation", "Prompt outputs failed validation", details),
+                         node_errors)
+    keep = set()
+    for out in good:
+        keep |= upstream_of(v.normalized, out)
+    return good, node_errors, {k: v.normalized[k] for k in keep}
+
+
+def _reach(prompt: dict, start: str, target: str) -> set[str]:
+    """{start} if target is start or upstream of it (following valid links only), else empty."""
+    seen, stack = set(), [start]
+    while stack:
+        n = stack.pop()
+        if n in seen or n not in prompt:
+            continue
+        seen.add(n)
+        for value in prompt[n].get("inputs", {}).values():
+            if isinstance(value, list) and len(value) == 2:
+                stack.append(str(value[0]))
+    return {start} if target in seen else set()
+
+
+def upstream_of(prompt: dict, node_id: str) -> set[str]:
+    """node_id and every node it depends on."""
+    seen, stack = set(), [node_id]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.extend(str(v[0]) for v in prompt[n]["inputs"].values() if isinstance(v, list))
+    return seen
+
+
+def signatures(prompt: dict, ctx: ExecutionContext) -> dict[str, str]:
+    """A content hash per node: its type, literal inputs, outside-world fingerprint and the
+    signatures of what it is linked to. Equal signature = equal outputs (the cache key)."""
+    sigs: dict[str, str] = {}
+
+    def sig(node_id: str) -> str:
+        if node_id not in sigs:
+            node = prompt[node_id]
+            node_def = NODES[node["class_type"]]
+            parts: dict[str, Any] = {}
+            for name, value in sorted(node["inputs"].items()):
+                parts[name] = ["link", sig(str(value[0])), value[1]] if isinstance(value, list) else value
+            extra = node_def.fingerprint(ctx, node["inputs"]) if node_def.fingerprint else None
+            blob = json.dumps([node["class_type"], parts, extra], sort_keys=True, default=repr)
+            sigs[node_id] = hashlib.sha256(blob.encode()).hexdigest()
+        return sigs[node_id]
+
+    for node_id in prompt:
+        sig(node_id)
+    return sigs

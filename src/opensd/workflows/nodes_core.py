@@ -1,0 +1,220 @@
+"""Core nodes: loaders, text encoding, sampling and the VAE (ComfyUI's names, inputs and defaults)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..sampling.names import SAMPLER_LABELS
+from . import ksampler
+from .loras import activate
+from .previews import latent_preview
+from .types import (
+    MAX_SEED,
+    Choices,
+    ClipRef,
+    LoraEntry,
+    ModelRef,
+    NodeDef,
+    VaeRef,
+    register,
+)
+
+# ComfyUI's lists, in its order, restricted to what our samplers and schedules implement.
+_COMFY_SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
+                   "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde",
+                   "dpmpp_3m_sde_gpu", "lcm", "ddim", "uni_pc"]
+SAMPLERS = [s for s in _COMFY_SAMPLERS if s.removesuffix("_gpu") in SAMPLER_LABELS]
+SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal"]
+
+
+# --- loaders -------------------------------------------------------------------------------------
+
+def checkpoint_loader(call, ckpt_name):
+    pipe = call.ctx.load_pipeline(ckpt_name)
+    return ModelRef(pipe, ckpt_name), ClipRef(pipe, ckpt_name), VaeRef(pipe, ckpt_name)
+
+
+register(NodeDef(
+    "CheckpointLoaderSimple", checkpoint_loader, {"ckpt_name": (Choices("checkpoints"), {})},
+    ("MODEL", "CLIP", "VAE"), category="loaders", display_name="Load Checkpoint",
+    description="Loads a diffusion model checkpoint; its UNet, text encoder and VAE."))
+
+
+def lora_loader(call, model, clip, lora_name, strength_model, strength_clip):
+    path = call.ctx.folders.resolve("loras", lora_name)
+    if strength_model == 0 and strength_clip == 0:
+        return model, clip
+    entry = LoraEntry(path, float(strength_model), float(strength_clip))
+    return (ModelRef(model.pipe, model.name, model.loras + (entry,)),
+            ClipRef(clip.pipe, clip.name, clip.loras + (entry,), clip.clip_skip))
+
+
+_STRENGTH = ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01})
+register(NodeDef(
+    "LoraLoader", lora_loader,
+    {"model": ("MODEL", {}), "clip": ("CLIP", {}), "lora_name": (Choices("loras"), {}),
+     "strength_model": _STRENGTH, "strength_clip": _STRENGTH},
+    ("MODEL", "CLIP"), category="loaders", display_name="Load LoRA",
+    description="Applies a LoRA to the model and the text encoder with separate strengths."))
+
+
+# --- conditioning --------------------------------------------------------------------------------
+
+def clip_text_encode(call, text, clip):
+    pipe = clip.pipe
+    activate(pipe, clip.loras, part="te")
+    c = pipe.conditioner(clip.clip_skip).encode(text)
+    pooled = None if c.pooled is None else c.pooled.float().cpu()
+    return ([[c.context.float().cpu(), {"pooled_output": pooled}]],)
+
+
+register(NodeDef(
+    "CLIPTextEncode", clip_text_encode,
+    {"text": ("STRING", {"multiline": True, "dynamicPrompts": True}), "clip": ("CLIP", {})},
+    ("CONDITIONING",), category="conditioning", display_name="CLIP Text Encode (Prompt)",
+    description="Encodes a prompt ((word:1.2) emphasis, BREAK, embeddings) for the sampler."))
+
+
+def clip_set_last_layer(call, clip, stop_at_clip_layer):
+    """-1 = last layer, -2 = penultimate (A1111's "Clip skip" 2). SD1-style encoders only; SD2 and
+    SDXL keep their own layer, as our prompt conditioner does for A1111's setting."""
+    return (ClipRef(clip.pipe, clip.name, clip.loras, -stop_at_clip_layer),)
+
+
+register(NodeDef(
+    "CLIPSetLastLayer", clip_set_last_layer,
+    {"clip": ("CLIP", {}), "stop_at_clip_layer": ("INT", {"default": -1, "min": -24, "max": -1, "step": 1})},
+    ("CLIP",), category="conditioning", display_name="CLIP Set Last Layer",
+    description="Which text-encoder layer conditions the model (CLIP skip)."))
+
+
+# --- sampling ------------------------------------------------------------------------------------
+
+def _step_reporter(call, model):
+    def on_step(i, n, denoised):
+        call.progress(i, n)
+        if call.ctx.previews:
+            image = latent_preview(denoised, model.pipe.config)
+            if image is not None:
+                call.emit("preview", image)
+    return on_step
+
+
+def ksampler_node(call, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                  denoise=1.0):
+    out = ksampler.sample(model, positive, negative, latent_image, seed=seed, steps=steps, cfg=cfg,
+                          sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
+                          on_step=_step_reporter(call, model), should_stop=call.ctx.should_stop)
+    return (out,)
+
+
+_SEED = ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True})
+_STEPS = ("INT", {"default": 20, "min": 1, "max": 10000})
+_CFG = ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01})
+register(NodeDef(
+    "KSampler", ksampler_node,
+    {"model": ("MODEL", {}), "seed": _SEED, "steps": _STEPS, "cfg": _CFG,
+     "sampler_name": (SAMPLERS, {}), "scheduler": (SCHEDULERS, {}), "positive": ("CONDITIONING", {}),
+     "negative": ("CONDITIONING", {}), "latent_image": ("LATENT", {}),
+     "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})},
+    ("LATENT",), category="sampling", description="Denoises the latent image with the model and prompts."))
+
+
+def ksampler_advanced(call, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                      latent_image, start_at_step, end_at_step, return_with_leftover_noise):
+    out = ksampler.sample(model, positive, negative, latent_image, seed=noise_seed, steps=steps, cfg=cfg,
+                          sampler_name=sampler_name, scheduler=scheduler, add_noise=add_noise == "enable",
+                          start_step=start_at_step, last_step=end_at_step,
+                          force_full_denoise=return_with_leftover_noise != "enable",
+                          on_step=_step_reporter(call, model), should_stop=call.ctx.should_stop)
+    return (out,)
+
+
+register(NodeDef(
+    "KSamplerAdvanced", ksampler_advanced,
+    {"model": ("MODEL", {}), "add_noise": (["enable", "disable"], {}), "noise_seed": _SEED, "steps": _STEPS,
+     "cfg": _CFG, "sampler_name": (SAMPLERS, {}), "scheduler": (SCHEDULERS, {}),
+     "positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "latent_image": ("LATENT", {}),
+     "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000}),
+     "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000}),
+     "return_with_leftover_noise": (["disable", "enable"], {})},
+    ("LATENT",), category="sampling", description="KSampler with control over the step range and the noise."))
+
+
+# --- VAE -----------------------------------------------------------------------------------------
+
+def _vae_params(pipe):
+    return next(pipe.model.vae.parameters())
+
+
+@torch.no_grad()
+def vae_decode_tensor(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """Raw latents (B, C, h, w) -> IMAGE (B, H, W, 3) in 0..1, one image at a time."""
+    vae, images = pipe.model.vae, []
+    for z in latents:
+        z = z[None].to(pipe.device)
+        x = vae.decode(z.to(_vae_params(pipe).dtype))
+        if not torch.isfinite(x).all() and _vae_params(pipe).dtype != torch.float32:
+            vae.float()  # fp16 VAEs overflow; the pipeline's own fallback
+            x = vae.decode(z.float())
+        images.append(((x.float() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).cpu())
+    return torch.cat(images)
+
+
+@torch.no_grad()
+def vae_encode_tensor(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """IMAGE (B, H, W, C) in 0..1 -> raw latents (B, C, h, w) (posterior mean)."""
+    out = []
+    for px in pixels[..., :3]:
+        x = px.permute(2, 0, 1)[None] * 2.0 - 1.0
+        out.append(pipe.encode_tensor(x).float().cpu() / pipe.config.vae.scaling_factor)
+    return torch.cat(out)
+
+
+def _crop_to_multiple(pixels: torch.Tensor, down: int, mask: torch.Tensor | None = None):
+    h, w = (pixels.shape[1] // down) * down, (pixels.shape[2] // down) * down
+    if (h, w) != tuple(pixels.shape[1:3]):
+        top, left = (pixels.shape[1] % down) // 2, (pixels.shape[2] % down) // 2
+        pixels = pixels[:, top:top + h, left:left + w, :]
+        if mask is not None:
+            mask = mask[:, :, top:top + h, left:left + w]
+    return pixels, mask
+
+
+def vae_decode(call, samples, vae):
+    return (vae_decode_tensor(vae.pipe, samples["samples"]),)
+
+
+def vae_encode(call, pixels, vae):
+    pixels, _ = _crop_to_multiple(pixels, vae.pipe.config.vae.downscale)
+    return ({"samples": vae_encode_tensor(vae.pipe, pixels)},)
+
+
+def vae_encode_for_inpaint(call, pixels, vae, mask, grow_mask_by=6):
+    down = vae.pipe.config.vae.downscale
+    mask = F.interpolate(mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float(),
+                         size=tuple(pixels.shape[1:3]), mode="bilinear")
+    pixels, mask = _crop_to_multiple(pixels.clone(), down, mask)
+    if grow_mask_by > 0:
+        kernel = torch.ones(1, 1, grow_mask_by, grow_mask_by)
+        grown = F.conv2d(mask.round(), kernel, padding=math.ceil((grow_mask_by - 1) / 2)).clamp(0, 1)
+    else:
+        grown = mask
+    keep = (1.0 - mask.round())[:, 0, :, :, None]  # masked pixels become neutral grey
+    pixels = (pixels[..., :3] - 0.5) * keep + 0.5
+    latents = vae_encode_tensor(vae.pipe, pixels)
+    return ({"samples": latents, "noise_mask": grown[:, :, :pixels.shape[1], :pixels.shape[2]].round()},)
+
+
+register(NodeDef("VAEDecode", vae_decode, {"samples": ("LATENT", {}), "vae": ("VAE", {})}, ("IMAGE",),
+                 category="latent", display_name="VAE Decode", description="Latents to images."))
+register(NodeDef("VAEEncode", vae_encode, {"pixels": ("IMAGE", {}), "vae": ("VAE", {})}, ("LATENT",),
+                 category="latent", display_name="VAE Encode", description="Images to latents."))
+register(NodeDef(
+    "VAEEncodeForInpaint", vae_encode_for_inpaint,
+    {"pixels": ("IMAGE", {}), "vae": ("VAE", {}), "mask": ("MASK", {}),
+     "grow_mask_by": ("INT", {"default": 6, "min": 0, "max": 64, "step": 1})},
+    ("LATENT",), category="latent/inpaint", display_name="VAE Encode (for Inpainting)",
+    description="Encodes the image with the masked area greyed out and sets the grown mask as noise mask."))

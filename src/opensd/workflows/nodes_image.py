@@ -1,0 +1,287 @@
+"""Latent and image nodes: empty latents, masks, resizing, outpaint padding, loading and saving."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import string
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, ImageSequence
+from PIL.PngImagePlugin import PngInfo
+
+from .types import MAX_RESOLUTION, Choices, NodeDef, register
+
+LATENT_METHODS = ["nearest-exact", "bilinear", "area", "bicubic"]
+IMAGE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+CROPS = ["disabled", "center"]
+
+
+def _size(default: int, lo: int, step: int):
+    return ("INT", {"default": default, "min": lo, "max": MAX_RESOLUTION, "step": step})
+
+
+# --- latents -------------------------------------------------------------------------------------
+
+def empty_latent(call, width, height, batch_size=1):
+    return ({"samples": torch.zeros(batch_size, 4, height // 8, width // 8)},)
+
+
+register(NodeDef(
+    "EmptyLatentImage", empty_latent,
+    {"width": _size(512, 16, 8), "height": _size(512, 16, 8),
+     "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})},
+    ("LATENT",), category="latent", display_name="Empty Latent Image",
+    description="A batch of all-zero latents to start text-to-image from."))
+
+
+def set_noise_mask(call, samples, mask):
+    return (dict(samples, noise_mask=mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1])),)
+
+
+register(NodeDef(
+    "SetLatentNoiseMask", set_noise_mask, {"samples": ("LATENT", {}), "mask": ("MASK", {})}, ("LATENT",),
+    category="latent/inpaint", display_name="Set Latent Noise Mask",
+    description="Only the masked area of the latent is denoised."))
+
+
+def upscale(x: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
+    """(B, C, H, W) resized to (height, width), optionally centre-cropped to the target aspect first."""
+    if crop == "center":
+        old_w, old_h = x.shape[-1], x.shape[-2]
+        old_aspect, new_aspect = old_w / old_h, width / height
+        dx = round((old_w - old_w * (new_aspect / old_aspect)) / 2) if old_aspect > new_aspect else 0
+        dy = round((old_h - old_h * (old_aspect / new_aspect)) / 2) if old_aspect < new_aspect else 0
+        x = x[..., dy:old_h - dy, dx:old_w - dx]
+    if method == "lanczos":
+        out = []
+        for img in x.float().clamp(0, 1):
+            arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            pil = Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr)
+            res = np.asarray(pil.resize((width, height), Image.LANCZOS), dtype=np.float32) / 255.0
+            out.append(torch.from_numpy(res.reshape(height, width, -1)).permute(2, 0, 1))
+        return torch.stack(out)
+    return F.interpolate(x.float(), size=(height, width), mode=method)
+
+
+def latent_upscale(call, samples, upscale_method, width, height, crop):
+    if width == 0 and height == 0:
+        return (samples,)
+    h, w = samples["samples"].shape[-2:]
+    if width == 0:
+        height = max(64, height)
+        width = max(64, round(w * height / h))
+    elif height == 0:
+        width = max(64, width)
+        height = max(64, round(h * width / w))
+    else:
+        width, height = max(64, width), max(64, height)
+    return (dict(samples, samples=upscale(samples["samples"], width // 8, height // 8, upscale_method, crop)),)
+
+
+register(NodeDef(
+    "LatentUpscale", latent_upscale,
+    {"samples": ("LATENT", {}), "upscale_method": (LATENT_METHODS, {}), "width": _size(512, 0, 8),
+     "height": _size(512, 0, 8), "crop": (CROPS, {})},
+    ("LATENT",), category="latent", display_name="Upscale Latent",
+    description="Resizes latents to width x height pixels (0 keeps the aspect ratio)."))
+
+
+def image_scale(call, image, upscale_method, width, height, crop):
+    if width == 0 and height == 0:
+        return (image,)
+    h, w = image.shape[1:3]
+    width = max(1, round(w * height / h)) if width == 0 else width
+    height = max(1, round(h * width / w)) if height == 0 else height
+    x = upscale(image.movedim(-1, 1), width, height, upscale_method, crop)
+    return (x.movedim(1, -1).clamp(0, 1),)
+
+
+register(NodeDef(
+    "ImageScale", image_scale,
+    {"image": ("IMAGE", {}), "upscale_method": (IMAGE_METHODS, {}), "width": _size(512, 0, 1),
+     "height": _size(512, 0, 1), "crop": (CROPS, {})},
+    ("IMAGE",), category="image/upscaling", display_name="Upscale Image",
+    description="Resizes images to width x height (0 keeps the aspect ratio)."))
+
+
+def pad_for_outpaint(call, image, left, top, right, bottom, feathering=40):
+    b, h, w, c = image.shape
+    out = torch.full((b, h + top + bottom, w + left + right, c), 0.5)
+    out[:, top:top + h, left:left + w, :] = image
+    mask = torch.ones(h + top + bottom, w + left + right)
+    inner = torch.zeros(h, w)
+    if feathering > 0 and feathering * 2 < h and feathering * 2 < w:
+        i = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w)
+        j = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w)
+        far_h, far_w = torch.full_like(i, float(h)), torch.full_like(j, float(w))
+        d = torch.stack([i if top else far_h, (h - i) if bottom else far_h,
+                         j if left else far_w, (w - j) if right else far_w]).amin(dim=0)
+        inner = torch.where(d < feathering, ((feathering - d) / feathering) ** 2, inner)
+    mask[top:top + h, left:left + w] = inner
+    return out, mask[None]
+
+
+_PAD = ("INT", {"default": 0, "min": 0, "max": MAX_RESOLUTION, "step": 8})
+register(NodeDef(
+    "ImagePadForOutpaint", pad_for_outpaint,
+    {"image": ("IMAGE", {}), "left": _PAD, "top": _PAD, "right": _PAD, "bottom": _PAD,
+     "feathering": ("INT", {"default": 40, "min": 0, "max": MAX_RESOLUTION, "step": 1})},
+    ("IMAGE", "MASK"), category="image", display_name="Pad Image for Outpainting",
+    description="Adds grey borders and a mask of them (feathered into the image) for outpainting."))
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def _input_path(ctx, name) -> Path | None:
+    """The file for a LoadImage name, only inside inputs_dir; ComfyUI's " [input]" suffix allowed."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        return None
+    name = name.removesuffix(" [input]").replace("\\", "/")
+    if name.startswith("/") or ".." in name.split("/"):
+        return None
+    root = Path(ctx.inputs_dir).resolve()
+    path = (root / name).resolve()
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return None
+    return path if path.is_file() else None
+
+
+def load_image(call, image):
+    path = _input_path(call.ctx, image)
+    if path is None:
+        raise FileNotFoundError(f"Invalid image file: {image}")
+    images, masks = [], []
+    with Image.open(path) as img:
+        for frame in ImageSequence.Iterator(img):
+            frame = ImageOps.exif_transpose(frame)
+            if frame.mode == "I":
+                frame = frame.point(lambda v: v * (1 / 255))
+            rgb = np.asarray(frame.convert("RGB"), dtype=np.float32) / 255.0
+            if images and rgb.shape != images[0].shape:
+                continue
+            images.append(rgb)
+            if "A" in frame.getbands():
+                alpha = np.asarray(frame.getchannel("A"), dtype=np.float32) / 255.0
+                masks.append(torch.from_numpy(1.0 - alpha))
+            else:
+                masks.append(torch.zeros(64, 64))
+    if len({m.shape for m in masks}) > 1:  # frames with and without alpha: keep the first's mask
+        masks = masks[:1]
+    return torch.from_numpy(np.stack(images)), torch.stack(masks)
+
+
+def _check_input_image(ctx, inputs):
+    if ctx is None:
+        return None
+    return None if _input_path(ctx, inputs.get("image")) else f"Invalid image file: {inputs.get('image')}"
+
+
+def _image_fingerprint(ctx, inputs) -> str:
+    path = _input_path(ctx, inputs.get("image"))
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path else "missing"
+
+
+register(NodeDef(
+    "LoadImage", load_image, {"image": (Choices("input_images", strict=False), {"image_upload": True})},
+    ("IMAGE", "MASK"), category="image", display_name="Load Image",
+    description="Loads an image from the input folder; MASK is 1 - alpha.",
+    check=_check_input_image, fingerprint=_image_fingerprint))
+
+
+# --- saving --------------------------------------------------------------------------------------
+
+_TOKENS = {"%year%": "%Y", "%month%": "%m", "%day%": "%d", "%hour%": "%H", "%minute%": "%M", "%second%": "%S"}
+
+
+def _prefix_problem(prefix) -> str | None:
+    if not isinstance(prefix, str) or not prefix.strip():
+        return "filename_prefix must not be empty"
+    p = prefix.replace("\\", "/")
+    if "\x00" in p or p.startswith("/") or re.match(r"^[A-Za-z]:", p) or ".." in p.split("/") or p.endswith("/"):
+        return "Saving image outside the output folder is not allowed."
+    return None
+
+
+def _check_prefix(ctx, inputs):
+    return _prefix_problem(inputs.get("filename_prefix"))
+
+
+def save_path(folder: Path, prefix: str, width: int, height: int) -> tuple[Path, str, str, int]:
+    """(folder, subfolder, filename, next counter) for ComfyUI's ``prefix_00001_.png`` naming."""
+    problem = _prefix_problem(prefix)
+    if problem:
+        raise ValueError(problem)
+    prefix = prefix.replace("\\", "/").replace("%width%", str(width)).replace("%height%", str(height))
+    for token, fmt in _TOKENS.items():
+        prefix = prefix.replace(token, time.strftime(fmt))
+    sub, _, name = prefix.rpartition("/")
+    root = Path(folder).resolve()
+    target = (root / sub).resolve()
+    try:
+        target.relative_to(root)
+    except ValueError:
+        raise ValueError("Saving image outside the output folder is not allowed.") from None
+    target.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(re.escape(name) + r"_(\d+)_")
+    counters = [int(m.group(1)) for f in os.listdir(target) if (m := pattern.match(f))]
+    return target, sub, name, max(counters, default=0) + 1
+
+
+def save_images(images: torch.Tensor, folder: Path, prefix: str, kind: str, prompt=None, extra_pnginfo=None,
+                compress_level: int = 4) -> list[dict]:
+    target, sub, name, counter = save_path(folder, prefix, images.shape[2], images.shape[1])
+    results = []
+    for image in images:
+        arr = np.clip(255.0 * image.float().cpu().numpy(), 0, 255).astype(np.uint8)
+        pil = Image.fromarray(arr)
+        meta = PngInfo()
+        if prompt is not None:
+            meta.add_text("prompt", json.dumps(prompt))
+        for key, value in (extra_pnginfo or {}).items():
+            meta.add_text(key, json.dumps(value))
+        buf = io.BytesIO()
+        pil.save(buf, format="PNG", pnginfo=meta, compress_level=compress_level)
+        while True:  # exclusive create: a concurrent writer never overwrites our file, nor we theirs
+            filename = f"{name}_{counter:05}_.png"
+            try:
+                with open(target / filename, "xb") as f:
+                    f.write(buf.getvalue())
+                break
+            except FileExistsError:
+                counter += 1
+        results.append({"filename": filename, "subfolder": sub, "type": kind})
+        counter += 1
+    return results
+
+
+def save_image(call, images, filename_prefix="opensd", prompt=None, extra_pnginfo=None):
+    saved = save_images(images, call.ctx.outputs_dir, filename_prefix, "output", prompt, extra_pnginfo)
+    return {"ui": {"images": saved}, "result": ()}
+
+
+def preview_image(call, images, prompt=None, extra_pnginfo=None):
+    suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+    saved = save_images(images, call.ctx.temp_folder(), f"opensd_temp_{suffix}", "temp", prompt, extra_pnginfo,
+                        compress_level=1)
+    return {"ui": {"images": saved}, "result": ()}
+
+
+_HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+register(NodeDef(
+    "SaveImage", save_image,
+    {"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "opensd"})},
+    hidden=_HIDDEN, category="image", display_name="Save Image", output_node=True,
+    description="Saves images as PNG in the output folder, with the workflow embedded.", check=_check_prefix))
+register(NodeDef(
+    "PreviewImage", preview_image, {"images": ("IMAGE", {})}, hidden=_HIDDEN, category="image",
+    display_name="Preview Image", output_node=True, description="Saves images to the temporary folder."))

@@ -1,0 +1,184 @@
+"""What flows between workflow nodes, how a node is declared, and the context a run gets.
+
+Values on the wires follow ComfyUI's conventions so graphs written for it mean the same here:
+
+* MODEL / CLIP / VAE: :class:`ModelRef`, :class:`ClipRef`, :class:`VaeRef` -- a loaded
+  :class:`~opensd.pipeline.pipeline.Pipeline` plus the LoRAs stacked on it by LoraLoader nodes.
+  LoRAs are applied to the shared pipeline just before the weights are used, so one loaded
+  checkpoint serves several branches with different LoRA stacks.
+* CONDITIONING: ``[[context (1, T, D), {"pooled_output": tensor | None}], ...]``.
+* LATENT: ``{"samples": (B, C, h, w), "noise_mask"?: (B|1, 1, H, W)}``. As in ComfyUI the samples
+  are the VAE's *raw* latents; the model's scaling factor is applied inside the sampler.
+* IMAGE: float (B, H, W, C) in 0..1. MASK: float (B, H, W), 1 = repaint.
+"""
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import OpenSDError
+
+MAX_RESOLUTION = 16384
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+LINK_TYPES = frozenset({"MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK"})
+PRIMITIVES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN"})
+
+
+class GraphError(OpenSDError):
+    """A prompt (API-format graph) that cannot run. ``payload`` is the body ComfyUI answers
+    ``POST /prompt`` with (HTTP 400): ``{"error": {...}, "node_errors": {...}}``."""
+
+    def __init__(self, error: dict, node_errors: dict | None = None):
+        self.payload = {"error": error, "node_errors": node_errors or {}}
+        super().__init__(f"{error.get('message', 'invalid prompt')}: {error.get('details', '')}".rstrip(": "))
+
+
+class NodeError(OpenSDError):
+    """A node raised while running. The fields are those of ComfyUI's ``execution_error`` message."""
+
+    def __init__(self, node_id: str, class_type: str, exc: BaseException, executed: list[str], tb: list[str]):
+        self.node_id = node_id
+        self.node_type = class_type
+        self.exception_message = str(exc)
+        self.exception_type = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
+        self.traceback = tb
+        self.executed = executed
+        super().__init__(f"node {node_id} ({class_type}): {exc}")
+
+
+# --- values on the wires ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoraEntry:
+    path: Path
+    unet: float
+    te: float
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    pipe: Any                      # opensd.pipeline.pipeline.Pipeline
+    name: str
+    loras: tuple[LoraEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    pipe: Any
+    name: str
+    loras: tuple[LoraEntry, ...] = ()
+    clip_skip: int | None = None
+
+
+@dataclass(frozen=True)
+class VaeRef:
+    pipe: Any
+    name: str
+
+
+# --- node declarations --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Choices:
+    """An enum input whose values come from the run's context: model files of a ``ModelFolders``
+    kind ("checkpoints", "loras", ...) or "input_images" (files in ``inputs_dir``). ``strict=False``:
+    listed in object_info but checked by the node's own ``check`` (ComfyUI's VALIDATE_INPUTS)."""
+    source: str
+    strict: bool = True
+
+    def values(self, ctx: ExecutionContext | None) -> list[str] | None:
+        """The allowed names, or None when there is no context to list them from."""
+        if ctx is None:
+            return None
+        if self.source == "input_images":
+            return list_input_images(ctx.inputs_dir)
+        if ctx.folders is None:
+            return None
+        return [m.name for m in ctx.folders.list(self.source)]
+
+
+# An input spec is ComfyUI's (type, options) pair: type is "INT"/"FLOAT"/"STRING"/"BOOLEAN", a
+# link type from LINK_TYPES, a list of allowed values, or a Choices resolved per context.
+InputSpec = tuple
+
+
+@dataclass
+class NodeCall:
+    """Given to every node function: the run's context and reporting hooks."""
+    ctx: ExecutionContext
+    node_id: str
+    prompt: dict
+    emit: Callable[[str, object], None]
+
+    def progress(self, value: int, maximum: int) -> None:
+        self.emit("progress", {"value": value, "max": maximum, "node": self.node_id})
+
+
+@dataclass(frozen=True)
+class NodeDef:
+    name: str
+    fn: Callable[..., Any]          # fn(call: NodeCall, **inputs) -> tuple | {"result": tuple, "ui": dict}
+    required: dict[str, InputSpec]
+    outputs: tuple[str, ...] = ()
+    output_names: tuple[str, ...] | None = None
+    optional: dict[str, InputSpec] = field(default_factory=dict)
+    hidden: dict[str, str] = field(default_factory=dict)
+    category: str = ""
+    display_name: str | None = None
+    description: str = ""
+    output_node: bool = False
+    # check(ctx, inputs) -> None or an error text (ComfyUI's VALIDATE_INPUTS); literal inputs only
+    check: Callable[[ExecutionContext | None, dict], str | None] | None = None
+    # fingerprint(ctx, inputs) -> str that changes when the node's outside world does (IS_CHANGED)
+    fingerprint: Callable[[ExecutionContext, dict], str] | None = None
+
+
+NODES: dict[str, NodeDef] = {}
+
+
+def register(node: NodeDef) -> NodeDef:
+    if node.name in NODES:
+        raise ValueError(f"node type {node.name} registered twice")
+    NODES[node.name] = node
+    return node
+
+
+# --- the run's context ---------------------------------------------------------------------------
+
+@dataclass
+class ExecutionContext:
+    folders: Any                                  # opensd.library.models_dir.ModelFolders
+    load_pipeline: Callable[[str], Any]           # checkpoint name -> Pipeline (the caller caches)
+    outputs_dir: Path
+    inputs_dir: Path
+    should_stop: Callable[[], bool] = lambda: False
+    cache: Any = None                             # executor.OutputCache, reused across runs
+    temp_dir: Path | None = None                  # PreviewImage files ("type": "temp")
+    extra_pnginfo: dict | None = None             # extra_data["extra_pnginfo"] ("workflow"), saved in PNGs
+    previews: bool = True                         # send ("preview", PIL image) after sampling steps
+
+    def temp_folder(self) -> Path:
+        return Path(self.temp_dir) if self.temp_dir is not None else Path(tempfile.gettempdir()) / "opensd-temp"
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def list_input_images(inputs_dir: Path) -> list[str]:
+    """Image files under ``inputs_dir`` as forward-slash relative names, sorted (LoadImage's list)."""
+    root = Path(inputs_dir)
+    if not root.is_dir():
+        return []
+    base = root.resolve()
+    names = []
+    for p in root.rglob("*"):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            try:
+                p.resolve().relative_to(base)
+            except ValueError:  # a symlink leading outside
+                continue
+            names.append(p.relative_to(root).as_posix())
+    return sorted(names)

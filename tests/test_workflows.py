@@ -1,0 +1,292 @@
+"""Running ComfyUI API-format graphs on a tiny random model: outputs, caching, KSampler semantics,
+interrupts, inpainting and the image nodes."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from workflow_fixtures import Loader, default_graph, make_ctx, make_models
+
+from opensd.pipeline.pipeline import Interrupted
+from opensd.sampling.samplers import get_sampler
+from opensd.sampling.schedules import make_sigmas
+from opensd.workflows import NodeError, OutputCache, execute
+from opensd.workflows import ksampler as K
+from opensd.workflows.nodes_core import clip_text_encode
+from opensd.workflows.types import ClipRef, ModelRef
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wf")
+    folders = make_models(tmp / "models")
+    return tmp, folders, Loader(folders)
+
+
+@pytest.fixture
+def ctx(env, tmp_path):
+    _, folders, loader = env
+    c = make_ctx(folders, loader, tmp_path)
+    c.inputs_dir.mkdir(parents=True)
+    return c
+
+
+def _run(prompt, ctx):
+    events = []
+    out = execute(prompt, ctx, lambda kind, data: events.append((kind, data)))
+    return out, events
+
+
+def _png(ctx, out, node="9"):
+    (entry,) = out[node]["images"]
+    folder = ctx.outputs_dir if entry["type"] == "output" else ctx.temp_folder()
+    return folder / entry["subfolder"] / entry["filename"]
+
+
+def _executing(events):
+    return [d["node"] for k, d in events if k == "executing"]
+
+
+def test_default_graph_saves_an_image_with_the_prompt_embedded(ctx):
+    ctx.extra_pnginfo = {"workflow": {"nodes": []}}
+    g = default_graph()
+    out, events = _run(g, ctx)
+    assert out == {"9": {"images": [{"filename": "ComfyUI_00001_.png", "subfolder": "", "type": "output"}]}}
+    with Image.open(_png(ctx, out)) as im:
+        assert im.size == (64, 64)
+        assert json.loads(im.text["prompt"]) == g and json.loads(im.text["workflow"]) == {"nodes": []}
+    assert ("executed", {"node": "9", "output": out["9"]}) in events
+    progress = [d for k, d in events if k == "progress"]
+    assert progress[-1] == {"value": 3, "max": 3, "node": "3"}
+    assert any(k == "preview" and isinstance(d, Image.Image) for k, d in events)
+    assert set(_executing(events)) == {"3", "4", "5", "6", "7", "8", "9"}
+    assert _executing(events).index("4") < _executing(events).index("6") < _executing(events).index("3")
+
+
+def test_same_seed_same_image_and_counters_advance(ctx):
+    a, _ = _run(default_graph(), ctx)
+    ctx.cache = OutputCache()  # a cold cache: everything runs again
+    b, events = _run(default_graph(), ctx)
+    assert "3" in _executing(events)
+    assert b["9"]["images"][0]["filename"] == "ComfyUI_00002_.png"
+    assert np.array_equal(np.asarray(Image.open(_png(ctx, a))), np.asarray(Image.open(_png(ctx, b))))
+    c, _ = _run(default_graph(seed=1), ctx)
+    assert not np.array_equal(np.asarray(Image.open(_png(ctx, a))), np.asarray(Image.open(_png(ctx, c))))
+
+
+def test_cache_reruns_only_what_changed(ctx, env):
+    loader = env[2]
+    _run(default_graph(), ctx)
+    calls = loader.calls
+    out, events = _run(default_graph(), ctx)  # nothing changed: nothing runs, the UI output is re-sent
+    assert _executing(events) == []
+    assert ("executed", {"node": "9", "output": out["9"]}) in events
+    _, events = _run(default_graph(seed=2), ctx)
+    assert _executing(events) == ["3", "8", "9"]
+    assert sorted(next(d["nodes"] for k, d in events if k == "execution_cached")) == ["4", "5", "6", "7"]
+    assert loader.calls == calls  # the checkpoint loader did not run again
+    g = default_graph(seed=2)
+    g["6"]["inputs"]["text"] = "a cat"
+    _, events = _run(g, ctx)
+    assert _executing(events) == ["6", "3", "8", "9"]
+
+
+def test_ksampler_equals_our_sampler_with_comfyui_noise(ctx):
+    pipe = ctx.load_pipeline("tiny.safetensors")
+    clip = ClipRef(pipe, "tiny")
+    pos, neg = clip_text_encode(None, "a red (apple:1.3)", clip)[0], clip_text_encode(None, "blurry", clip)[0]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    out = K.sample(ModelRef(pipe, "tiny"), pos, neg, latent, seed=123, steps=4, cfg=6.0, sampler_name="euler",
+                   scheduler="karras")["samples"]
+    # reference: CPU noise from torch.manual_seed (ComfyUI's prepare_noise), our pipeline's own prompt
+    # encoding and CFG denoiser, our Euler, ComfyUI's max-denoise noise scaling and latent scaling
+    generator = torch.manual_seed(123)
+    noise = torch.randn((1, 4, 8, 8), generator=generator, device="cpu")
+    sigmas = make_sigmas("karras", pipe.schedule, 4)
+    cond = pipe._schedule("a red (apple:1.3)", None, 4, 64, 64, negative=False)
+    uncond = pipe._schedule("blurry", None, 4, 64, 64, negative=True)
+    denoise = pipe._cfg_denoiser(cond, uncond, sigmas, 6.0, None, None)
+    x = noise * math.sqrt(1 + float(sigmas[0]) ** 2)
+    ref = get_sampler("euler")(denoise, x, sigmas) / pipe.config.vae.scaling_factor
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_clip_set_last_layer_is_clip_skip(ctx):
+    pipe = ctx.load_pipeline("tiny.safetensors")
+    from opensd.workflows.nodes_core import clip_set_last_layer
+    (clip,) = clip_set_last_layer(None, ClipRef(pipe, "tiny"), -2)
+    (cond,) = clip_text_encode(None, "a red apple", clip)
+    torch.testing.assert_close(cond[0][0], pipe.conditioner(2).encode("a red apple").context)
+    (last,) = clip_text_encode(None, "a red apple", ClipRef(pipe, "tiny"))
+    assert not torch.allclose(cond[0][0], last[0][0])
+
+
+def test_denoise_and_advanced_step_ranges(ctx):
+    pipe = ctx.load_pipeline("tiny.safetensors")
+    full = make_sigmas("normal", pipe.schedule, 20)
+    assert torch.equal(K.comfy_sigmas(pipe, "euler", "normal", 10, 0.5), full[-11:])
+    assert len(K.comfy_sigmas(pipe, "dpm_2", "karras", 10)) == 11  # penultimate of 11 steps dropped
+    clip = ClipRef(pipe, "tiny")
+    pos, neg = clip_text_encode(None, "x", clip)[0], clip_text_encode(None, "", clip)[0]
+    model, latent = ModelRef(pipe, "tiny"), {"samples": torch.zeros(1, 4, 8, 8)}
+    kw = {"seed": 7, "steps": 6, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal"}
+    whole = K.sample(model, pos, neg, latent, start_step=0, last_step=10000, force_full_denoise=True, **kw)
+    first = K.sample(model, pos, neg, latent, start_step=0, last_step=3, force_full_denoise=False, **kw)
+    rest = K.sample(model, pos, neg, first, add_noise=False, start_step=3, last_step=10000,
+                    force_full_denoise=True, **kw)
+    torch.testing.assert_close(rest["samples"], whole["samples"], rtol=1e-4, atol=1e-4)
+    assert K.sample(model, pos, neg, latent, denoise=0.0, **kw)["samples"] is not None
+
+
+def test_two_advanced_samplers_equal_one_ksampler(ctx):
+    out, _ = _run(default_graph(), ctx)
+    whole = np.asarray(Image.open(_png(ctx, out))).astype(int)
+    g = default_graph()
+    common = {"model": ["4", 0], "noise_seed": 8566257, "steps": 3, "cfg": 8, "sampler_name": "euler",
+              "scheduler": "normal", "positive": ["6", 0], "negative": ["7", 0]}
+    g["3"] = {"class_type": "KSamplerAdvanced", "inputs": dict(
+        common, add_noise="enable", latent_image=["5", 0], start_at_step=0, end_at_step=2,
+        return_with_leftover_noise="enable")}
+    g["30"] = {"class_type": "KSamplerAdvanced", "inputs": dict(
+        common, add_noise="disable", latent_image=["3", 0], start_at_step=2, end_at_step=10000,
+        return_with_leftover_noise="disable")}
+    g["8"]["inputs"]["samples"] = ["30", 0]
+    out, _ = _run(g, ctx)
+    split = np.asarray(Image.open(_png(ctx, out))).astype(int)
+    assert np.abs(split - whole).max() <= 1
+
+
+def test_interrupt_stops_within_a_step(ctx):
+    seen = []
+
+    def on_event(kind, data):
+        seen.append(kind)
+
+    ctx.should_stop = lambda: "progress" in seen
+    with pytest.raises(Interrupted) as e:
+        execute(default_graph(steps=10), ctx, on_event)
+    assert e.value.node_id == "3" and seen.count("progress") == 1
+    assert not list(ctx.outputs_dir.glob("*.png"))
+
+
+def test_node_failure_is_reported_with_the_node(ctx):
+    g = default_graph()
+    ctx.load_pipeline = lambda name: (_ for _ in ()).throw(OSError("disk on fire"))
+    with pytest.raises(NodeError) as e:
+        execute(g, ctx, None)
+    assert e.value.node_id == "4" and e.value.node_type == "CheckpointLoaderSimple"
+    assert "disk on fire" in e.value.exception_message
+
+
+def _inpaint_graph(denoise=1.0):
+    g = default_graph(denoise=denoise, latent_image=["11", 0])
+    del g["5"]
+    g["10"] = {"class_type": "LoadImage", "inputs": {"image": "photo.png"}}
+    g["11"] = {"class_type": "VAEEncodeForInpaint",
+               "inputs": {"pixels": ["10", 0], "vae": ["4", 2], "mask": ["10", 1], "grow_mask_by": 6}}
+    return g
+
+
+def _photo(ctx):
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 3] = 200, 60, 255
+    rgba[16:40, 16:40, 3] = 0  # transparent = repaint
+    Image.fromarray(rgba, "RGBA").save(ctx.inputs_dir / "photo.png")
+
+
+def test_inpaint_graph_repaints_only_the_masked_area(ctx):
+    _photo(ctx)
+    out, _ = _run(_inpaint_graph(), ctx)
+    assert Image.open(_png(ctx, out)).size == (64, 64)
+    # at the latent level the kept area comes back exactly as encoded
+    from opensd.workflows.nodes_core import vae_encode_for_inpaint
+    from opensd.workflows.nodes_image import load_image
+    from opensd.workflows.types import NodeCall, VaeRef
+    pipe = ctx.load_pipeline("tiny.safetensors")
+    image, mask = load_image(NodeCall(ctx, "10", {}, print), "photo.png")
+    assert mask.shape == (1, 64, 64) and mask[0, 20, 20] == 1 and mask[0, 0, 0] == 0
+    (latent,) = vae_encode_for_inpaint(None, image, VaeRef(pipe, "tiny"), mask, 6)
+    clip = ClipRef(pipe, "tiny")
+    pos, neg = clip_text_encode(None, "x", clip)[0], clip_text_encode(None, "", clip)[0]
+    res = K.sample(ModelRef(pipe, "tiny"), pos, neg, latent, seed=3, steps=3, cfg=5.0, sampler_name="euler",
+                   scheduler="normal")["samples"]
+    keep = K._prepare_mask(latent["noise_mask"], res.shape) == 0
+    assert keep.any() and (~keep).any()
+    torch.testing.assert_close(res[keep], latent["samples"][keep], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(res[~keep], latent["samples"][~keep])
+
+
+def test_img2img_and_outpaint_nodes(ctx):
+    _photo(ctx)
+    g = _inpaint_graph(denoise=0.5)
+    g["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["12", 0], "vae": ["4", 2]}}
+    g["12"] = {"class_type": "ImageScale", "inputs": {"image": ["13", 0], "upscale_method": "lanczos",
+                                                      "width": 96, "height": 64, "crop": "center"}}
+    g["13"] = {"class_type": "ImagePadForOutpaint",
+               "inputs": {"image": ["10", 0], "left": 32, "top": 0, "right": 0, "bottom": 0, "feathering": 8}}
+    g["14"] = {"class_type": "PreviewImage", "inputs": {"images": ["12", 0]}}
+    out, _ = _run(g, ctx)
+    assert Image.open(_png(ctx, out)).size == (96, 64)
+    assert out["14"]["images"][0]["type"] == "temp" and _png(ctx, out, "14").is_file()
+
+
+def test_image_and_latent_helpers():
+    from opensd.workflows.nodes_image import (
+        latent_upscale,
+        pad_for_outpaint,
+        set_noise_mask,
+    )
+    image = torch.rand(1, 40, 30, 3)
+    padded, mask = pad_for_outpaint(None, image, 8, 0, 16, 0, feathering=4)
+    assert padded.shape == (1, 40, 54, 3) and mask.shape == (1, 40, 54)
+    assert mask[0, 20, :8].eq(1).all() and mask[0, 20, 38:].eq(1).all()
+    assert mask[0, 20, 8] == 1.0 and mask[0, 20, 8 + 4] == 0 and 0 < mask[0, 20, 9] < 1
+    assert torch.equal(padded[:, :, 8:38], image) and padded[0, 0, 0, 0] == 0.5
+    lat = {"samples": torch.rand(2, 4, 8, 8)}
+    (up,) = latent_upscale(None, lat, "nearest-exact", 128, 0, "disabled")
+    assert up["samples"].shape == (2, 4, 16, 16)
+    (masked,) = set_noise_mask(None, lat, torch.ones(64, 64))
+    assert masked["noise_mask"].shape == (1, 1, 64, 64) and "noise_mask" not in lat
+
+
+def _random_lora(pipe, path):
+    from opensd.adapters.lora_keys import lora_modules
+    from opensd.checkpoints.files import save_safetensors
+    g, sd = torch.Generator().manual_seed(0), {}
+    for m in lora_modules(pipe.model):
+        w = m.module.weight
+        if w.ndim != 2:
+            continue
+        sd[f"{m.kohya}.lora_down.weight"] = torch.randn(2, w.shape[1], generator=g) * 0.3
+        sd[f"{m.kohya}.lora_up.weight"] = torch.randn(w.shape[0], 2, generator=g) * 0.3
+        sd[f"{m.kohya}.alpha"] = torch.tensor(2.0)
+    save_safetensors(sd, path)
+
+
+def test_lora_loader(ctx, env):
+    pytest.importorskip("opensd.adapters.lora")
+    pipe = ctx.load_pipeline("tiny.safetensors")
+    _random_lora(pipe, env[1].folders("loras")[0] / "style.safetensors")
+
+    def graph(unet, te):
+        g = default_graph()
+        g["20"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1],
+                                                          "lora_name": "style.safetensors",
+                                                          "strength_model": unet, "strength_clip": te}}
+        g["3"]["inputs"]["model"] = ["20", 0]
+        g["6"]["inputs"]["clip"] = ["20", 1]
+        return g
+
+    def pixels(g):
+        out, _ = _run(g, ctx)
+        return np.asarray(Image.open(_png(ctx, out)))
+
+    base = pixels(default_graph())
+    assert np.array_equal(pixels(graph(0.0, 0.0)), base)
+    both, unet_only = pixels(graph(1.0, 1.0)), pixels(graph(1.0, 0.0))
+    assert not np.array_equal(both, base) and not np.array_equal(unet_only, both)
+    ctx.cache = OutputCache()
+    assert np.array_equal(pixels(default_graph()), base)  # the base weights came back
+    assert getattr(pipe, "lora_reports", []) == []  # and the pipeline's own LoRA list is as before

@@ -1,0 +1,54 @@
+"""Shared pieces of the workflow tests: a models folder with a tiny random checkpoint, a context
+factory and ComfyUI's default text-to-image graph in API format."""
+import copy
+from pathlib import Path
+
+from opensd.library.models_dir import ModelFolders
+from opensd.library.synthetic import write_random_checkpoint
+from opensd.pipeline.pipeline import load
+from opensd.workflows import ExecutionContext, OutputCache
+
+# The graph ComfyUI's basic API example script submits, at test size.
+DEFAULT_GRAPH = {
+    "3": {"class_type": "KSampler", "inputs": {
+        "cfg": 8, "denoise": 1, "latent_image": ["5", 0], "model": ["4", 0], "negative": ["7", 0],
+        "positive": ["6", 0], "sampler_name": "euler", "scheduler": "normal", "seed": 8566257, "steps": 3}},
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {"batch_size": 1, "height": 64, "width": 64}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "masterpiece (best quality:1.2) girl"},
+          "_meta": {"title": "CLIP Text Encode (Prompt)"}},
+    "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "bad hands"}},
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+    "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+}
+
+
+def default_graph(**sampler_inputs) -> dict:
+    g = copy.deepcopy(DEFAULT_GRAPH)
+    g["3"]["inputs"].update(sampler_inputs)
+    return g
+
+
+def make_models(root: Path) -> ModelFolders:
+    (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (root / "loras").mkdir(exist_ok=True)
+    write_random_checkpoint(root / "checkpoints" / "tiny.safetensors")
+    return ModelFolders(root, include_builtin=False)
+
+
+class Loader:
+    """ctx.load_pipeline with a cache and a call count."""
+
+    def __init__(self, folders: ModelFolders):
+        self.folders, self.pipes, self.calls = folders, {}, 0
+
+    def __call__(self, name: str):
+        self.calls += 1
+        if name not in self.pipes:
+            self.pipes[name] = load(self.folders.resolve("checkpoints", name))
+        return self.pipes[name]
+
+
+def make_ctx(folders: ModelFolders, loader: Loader, tmp: Path, **kw) -> ExecutionContext:
+    kw.setdefault("cache", OutputCache())
+    return ExecutionContext(folders, loader, tmp / "output", tmp / "input", temp_dir=tmp / "temp", **kw)
