@@ -1,0 +1,64 @@
+"""`opensd serve`: the HTTP server (A1111 API + ComfyUI API over one job queue)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve the AUTOMATIC1111 and ComfyUI HTTP APIs")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--models-dir", type=Path, help="an A1111 or ComfyUI models/ folder")
+    p.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="images and the job database")
+    tok = p.add_mutually_exclusive_group()
+    tok.add_argument("--api-token", default=os.environ.get("OPENSD_API_TOKEN") or None,
+                     help="require this token: 'Authorization: Bearer T', or Basic with user:password given "
+                          "as T (like A1111's --api-auth); default $OPENSD_API_TOKEN (keeps it out of `ps`)")
+    tok.add_argument("--insecure-no-token", action="store_true",
+                     help="allow binding a non-loopback address with no token (prints a warning)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="an extra browser Origin allowed to call the API (e.g. http://myhost:3000)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="an extra Host header name to answer (DNS-rebinding defence allows loopback only)")
+    p.add_argument("--queue-size", type=int, default=64, help="most jobs waiting; more answer 429")
+    p.add_argument("--model-cache-gb", type=float, default=8.0, help="parameters kept loaded, in GB")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--max-body-mb", type=float, default=64.0)
+    p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
+    p.set_defaults(func=cmd_serve)
+
+
+def settings_from(args: argparse.Namespace):
+    from .server.settings import Settings
+
+    return Settings(host=args.host, port=args.port, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
+                    api_token=args.api_token, insecure_no_token=args.insecure_no_token,
+                    allow_origins=tuple(args.allow_origin), allow_hosts=tuple(args.allow_host),
+                    queue_size=args.queue_size, device=args.device, precision=args.precision,
+                    model_budget_bytes=int(args.model_cache_gb * (1 << 30)),
+                    max_body_bytes=int(args.max_body_mb * (1 << 20)))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .errors import InvalidArgument
+    from .server.app import create_app
+
+    settings = settings_from(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidArgument(f"threads: {args.threads} must be at least 1")
+        import torch
+        torch.set_num_threads(args.threads)
+    warning = settings.check_exposure()  # raises InvalidArgument for an unprotected public bind
+    if warning:
+        print(f"opensd: {warning}", file=sys.stderr)
+    app = create_app(settings)
+    print(f"opensd: serving on http://{args.host}:{args.port} (API docs at /docs)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

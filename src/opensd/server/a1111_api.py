@@ -1,0 +1,260 @@
+"""The AUTOMATIC1111 API (/sdapi/v1/...): same paths, field names and defaults as A1111's, served
+through the shared job queue. Generation handlers wait (asynchronously) for their job, as A1111's do."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from ..errors import InvalidArgument, OpenSDError
+from ..library.models_dir import WEIGHT_SUFFIXES
+from ..pipeline.infotext import parse_infotext
+from ..sampling import names as N
+from . import a1111_run, images_io
+from .a1111_models import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
+from .jobs import QueueFull
+from .store import CANCELLED, FAILED, QUEUED
+
+
+def client_id(request: Request) -> str:
+    """Who a job belongs to, for fair ordering: an explicit X-Client-Id, the credentials, or the address."""
+    explicit = request.headers.get("x-client-id")
+    if explicit:
+        return "id:" + explicit[:64]
+    auth = request.headers.get("authorization")
+    if auth:
+        return "auth:" + hashlib.sha256(auth.encode()).hexdigest()[:16]
+    return "addr:" + (request.client.host if request.client else "unknown")
+
+
+def check_lora_names(folders, prompt: str) -> None:
+    """Every <lora:name:w> of the prompt names a file inside the LoRA folders (422 otherwise)."""
+    try:
+        from ..adapters.lora import prompt_lora_tags
+    except ImportError:
+        return
+    for tag in prompt_lora_tags(prompt):
+        try:
+            folders.resolve("loras", tag.name)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"prompt: <lora:{tag.name}>: {e}") from None
+
+
+def queue_full(e: QueueFull) -> JSONResponse:
+    return JSONResponse({"error": "QueueFull", "detail": str(e)}, status_code=429,
+                        headers={"Retry-After": str(e.retry_after)})
+
+
+def failure(job, live) -> JSONResponse | None:
+    if job.status == QUEUED:
+        return JSONResponse({"error": "ShuttingDown", "detail": f"the server is stopping; job {job.id} "
+                             "stays queued and runs after the restart"}, status_code=503)
+    if job.status == CANCELLED:
+        return JSONResponse({"error": "Cancelled", "detail": f"job {job.id} was cancelled"}, status_code=409)
+    if job.status == FAILED:
+        if isinstance(live, InvalidArgument):
+            return JSONResponse({"error": "InvalidArgument", "detail": str(live)}, status_code=422)
+        return JSONResponse({"error": type(live).__name__ if live else "JobFailed",
+                             "detail": job.error or "generation failed"}, status_code=500)
+    return None
+
+
+def router(state) -> APIRouter:
+    api = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"])
+    s = state.settings
+
+    def prepare(req, mode: str) -> dict:
+        """Everything that can be refused before queueing (422), as the job's stored payload."""
+        img2img = mode == "img2img"
+        kwargs = a1111_run.plan(req, img2img, s.max_prompt_chars)
+        if img2img:
+            if not req.init_images:
+                raise InvalidArgument("init_images: at least one init image is required")
+            images_io.decode_b64(req.init_images[0], "init_images[0]", s.max_image_pixels)
+            if req.mask:
+                images_io.decode_b64(req.mask, "mask", s.max_image_pixels)
+        check_lora_names(state.folders, req.prompt)
+        override = (req.override_settings or {}).get("sd_model_checkpoint")
+        path = state.cache.resolve(override) if override else state.current_model()
+        return {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path)}
+
+    async def generate(request: Request, req, mode: str):
+        img2img = mode == "img2img"
+        payload = await run_in_threadpool(prepare, req, mode)  # image decoding stays off the event loop
+        try:
+            job = state.queue.submit("a1111", payload, client_id(request))
+        except QueueFull as e:
+            return queue_full(e)
+        job, live = await asyncio.wrap_future(state.queue.future(job.id))
+        bad = failure(job, live)
+        if bad is not None:
+            return bad
+        if isinstance(live, dict):
+            pngs, info = live["pngs"], live["info"]
+        else:  # finished by an earlier process: read the files back
+            info = (job.result or {}).get("info", {})
+            pngs = [(s.outputs_dir / f).read_bytes() for f in (job.result or {}).get("files", [])] \
+                if req.send_images else []
+        params = req.model_dump(mode="json")
+        if img2img and not req.include_init_images:
+            params["init_images"], params["mask"] = None, None
+        return {"images": [images_io.b64(p) for p in pngs], "parameters": params,
+                "info": a1111_run.info_json(info)}
+
+    @api.post("/txt2img")
+    async def txt2img(req: Txt2ImgRequest, request: Request):
+        return await generate(request, req, "txt2img")
+
+    @api.post("/img2img")
+    async def img2img(req: Img2ImgRequest, request: Request):
+        return await generate(request, req, "img2img")
+
+    @api.get("/options")
+    def get_options():
+        return state.options_view()
+
+    @api.post("/options")
+    def set_options(body: dict):
+        if "sd_model_checkpoint" in body:
+            path = state.cache.resolve(body["sd_model_checkpoint"])
+            state.set_model(path)
+        clip = body.get("CLIP_stop_at_last_layers")
+        if clip is not None and (not isinstance(clip, int) or isinstance(clip, bool) or not 1 <= clip <= 12):
+            raise InvalidArgument(f"CLIP_stop_at_last_layers: {clip!r} is outside 1..12")
+        for k, v in body.items():
+            if k != "sd_model_checkpoint":
+                state.options[k] = v
+        state.save_options()
+
+    @api.get("/sd-models")
+    def sd_models():
+        out = []
+        for m in state.folders.list("checkpoints"):
+            full = state.cache.sha256(m.path)
+            out.append({"title": state.cache.title(m.path), "model_name": _model_name(m.name),
+                        "hash": full[:10] if full else None, "sha256": full,
+                        "filename": str(m.path), "config": None})
+        return out
+
+    @api.get("/sd-vae")
+    def sd_vae():
+        return [{"model_name": m.name, "filename": str(m.path)} for m in state.folders.list("vae")]
+
+    @api.get("/samplers")
+    def samplers():
+        return [{"name": label, "aliases": [sid], "options": {}} for sid, label in N.SAMPLER_LABELS.items()]
+
+    @api.get("/schedulers")
+    def schedulers():
+        return [{"name": sid, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+                for sid, label in N.SCHEDULER_LABELS.items()]
+
+    @api.get("/loras")
+    def loras():
+        return [{"name": _stem(m.name), "alias": _stem(Path(m.name).name), "path": str(m.path),
+                 "metadata": {}, "supported": state.loras_supported()} for m in state.folders.list("loras")]
+
+    @api.get("/embeddings")
+    def embeddings():
+        loaded = {_stem(Path(m.name).name): {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                             "shape": None, "vectors": None}
+                  for m in state.folders.list("embeddings")}
+        return {"loaded": loaded, "skipped": {}}
+
+    @api.post("/refresh-checkpoints")
+    def refresh_checkpoints():
+        return None  # ModelFolders lists the folder on every request
+
+    @api.post("/refresh-loras")
+    def refresh_loras():
+        return None
+
+    @api.post("/refresh-vae")
+    def refresh_vae():
+        return None
+
+    for path, value in (("/upscalers", [{"name": n, "model_name": None, "model_path": None, "model_url": None,
+                                          "scale": 4} for n in ("None", "Lanczos")]),
+                        ("/latent-upscale-modes", [{"name": "Latent"}, {"name": "Latent (nearest)"}]),
+                        ("/hypernetworks", []), ("/face-restorers", []), ("/prompt-styles", []),
+                        ("/realesrgan-models", []), ("/script-info", []), ("/extensions", []),
+                        ("/scripts", {"txt2img": [], "img2img": []})):
+        api.add_api_route(path, _const(value), methods=["GET"])
+
+    @api.get("/cmd-flags")
+    def cmd_flags():
+        return {"api": True, "listen": s.host not in ("127.0.0.1", "localhost", "::1"), "port": s.port,
+                "api_auth": bool(s.api_token), "ckpt_dir": str(s.models_dir) if s.models_dir else None}
+
+    @api.get("/progress")
+    def progress(skip_current_image: bool = False):
+        p = state.queue.progress
+        running = p.job is not None
+        frac = 0.0
+        if running and p.steps:
+            frac = min(1.0, p.step / p.steps)
+        elapsed = time.time() - p.started if running else 0.0
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        image = None
+        if p.preview is not None and not skip_current_image:
+            image = images_io.b64(images_io.png_bytes(p.preview))
+        return {"progress": frac, "eta_relative": eta,
+                "state": {"skipped": p.skipped, "interrupted": p.interrupted, "stopping_generation": False,
+                          "job": f"{p.job.kind}:{p.job.id}" if running else "",
+                          "job_count": state.queue.pending_count() + int(running),
+                          "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(p.started or 0)),
+                          "job_no": p.image_index, "sampling_step": p.step, "sampling_steps": p.steps},
+                "current_image": image, "textinfo": None, "current_task": p.job.id if running else None}
+
+    @api.post("/interrupt")
+    def interrupt():
+        state.queue.interrupt()
+
+    @api.post("/skip")
+    def skip():
+        state.queue.skip()
+
+    @api.post("/png-info")
+    def png_info(req: PngInfoRequest):
+        if not req.image.strip():
+            return {"info": "", "items": {}, "parameters": {}}
+        image = images_io.decode_b64(req.image, "image", s.max_image_pixels)
+        items = {k: v for k, v in image.info.items() if isinstance(v, str)}
+        text = items.pop("parameters", "")
+        params = {}
+        if text:
+            prompt, negative, parsed = parse_infotext(text)
+            params = {"Prompt": prompt, "Negative prompt": negative, **parsed}
+        return {"info": text, "items": items, "parameters": params}
+
+    @api.get("/memory")
+    def memory():
+        return state.memory()
+
+    return api
+
+
+def _const(value):
+    def handler():
+        return value
+    return handler
+
+
+def _stem(name: str) -> str:
+    for suffix in WEIGHT_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _model_name(name: str) -> str:
+    return _stem(name.replace("/", "_").replace("\\", "_"))
+
+
+__all__ = ["OpenSDError", "client_id", "json", "queue_full", "router"]

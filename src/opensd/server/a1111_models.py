@@ -1,0 +1,129 @@
+"""Request bodies of the AUTOMATIC1111 API, with A1111's field names and defaults.
+
+Every model allows extra fields (clients send many we do not implement); they are accepted and
+reported in the response's info as "unsupported_fields", never an error. Values are range-checked
+here (422 naming the field); NaN/inf are refused for every float."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..pipeline import limits as L
+
+_LIM = L.DEFAULT_LIMITS
+MAX_PROMPT = 20_000
+
+
+def _finite(default, lo, hi):
+    return Field(default, ge=lo, le=hi, allow_inf_nan=False)
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="null")
+
+
+class GenerationRequest(_Base):
+    prompt: str = Field("", max_length=MAX_PROMPT)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT)
+    styles: list[str] | None = None
+    seed: int = Field(-1, ge=-1, le=L.MAX_SEED)
+    subseed: int = Field(-1, ge=-1, le=L.MAX_SEED)
+    subseed_strength: float = _finite(0.0, 0, 1)
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = Field(None, max_length=100)
+    sampler_index: str | None = Field("Euler", max_length=100)
+    scheduler: str | None = Field(None, max_length=100)
+    batch_size: int = Field(1, ge=1, le=_LIM.max_batch)
+    n_iter: int = Field(1, ge=1, le=100)
+    steps: int = Field(50, ge=1, le=_LIM.max_steps)
+    cfg_scale: float = _finite(7.0, 0, _LIM.max_cfg)
+    width: int = Field(512, ge=8, le=_LIM.max_side)
+    height: int = Field(512, ge=8, le=_LIM.max_side)
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = Field(None, allow_inf_nan=False)
+    denoising_strength: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    s_min_uncond: float | None = Field(None, allow_inf_nan=False)
+    s_churn: float | None = Field(None, allow_inf_nan=False)
+    s_tmax: float | None = Field(None, allow_inf_nan=False)
+    s_tmin: float | None = Field(None, allow_inf_nan=False)
+    s_noise: float | None = Field(None, allow_inf_nan=False)
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = Field(None, allow_inf_nan=False)
+    disable_extra_networks: bool = False
+    comments: dict[str, Any] | None = None
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: str | None = None
+
+
+class Txt2ImgRequest(GenerationRequest):
+    enable_hr: bool = False
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_scale: float = _finite(2.0, 1, 8)
+    hr_upscaler: str | None = Field(None, max_length=100)
+    hr_second_pass_steps: int = Field(0, ge=0, le=_LIM.max_steps)
+    hr_resize_x: int = Field(0, ge=0, le=_LIM.max_side)
+    hr_resize_y: int = Field(0, ge=0, le=_LIM.max_side)
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = Field(None, max_length=100)
+    hr_scheduler: str | None = Field(None, max_length=100)
+    hr_prompt: str = Field("", max_length=MAX_PROMPT)
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT)
+
+
+class Img2ImgRequest(GenerationRequest):
+    init_images: list[str] = Field(default_factory=list, max_length=64)
+    resize_mode: int = Field(0, ge=0, le=3)
+    image_cfg_scale: float | None = Field(None, allow_inf_nan=False)
+    mask: str | None = None
+    mask_blur_x: int = Field(4, ge=0, le=256)
+    mask_blur_y: int = Field(4, ge=0, le=256)
+    mask_blur: int | None = Field(None, ge=0, le=256)
+    inpainting_fill: int = Field(0, ge=0, le=3)
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = Field(0, ge=0, le=1024)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    initial_noise_multiplier: float | None = Field(None, allow_inf_nan=False)
+    latent_mask: str | None = None
+    include_init_images: bool = False
+    denoising_strength: float = _finite(0.75, 0, 1)
+
+
+class PngInfoRequest(_Base):
+    image: str = ""
+
+
+# A1111 fields we accept but do not act on, with the values that mean "off": any other value is
+# reported back in info["unsupported_fields"].
+IGNORED_NEUTRAL: dict[str, tuple] = {
+    "styles": (None, []), "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0),
+    "restore_faces": (None, False), "tiling": (None, False), "eta": (None, 0.0, 1.0),
+    "s_min_uncond": (None, 0.0), "s_churn": (None, 0.0), "s_tmax": (None, 0.0), "s_tmin": (None, 0.0),
+    "s_noise": (None, 1.0), "refiner_checkpoint": (None, "", "None"), "refiner_switch_at": (None, 0.0, 1.0),
+    "script_name": (None, ""), "script_args": ([],), "alwayson_scripts": ({},),
+    "firstphase_width": (0,), "firstphase_height": (0,), "hr_checkpoint_name": (None, "", "Use same checkpoint"),
+    "hr_negative_prompt": ("",), "image_cfg_scale": (None, 1.5, 0.0), "initial_noise_multiplier": (None, 1.0),
+    "latent_mask": (None,), "mask_blur_x": (4,), "mask_blur_y": (4,), "comments": (None, {}),
+}
+
+
+def unsupported_fields(req: GenerationRequest) -> list[str]:
+    found = sorted((req.model_extra or {}).keys())
+    data = req.model_dump()
+    for name, neutral in IGNORED_NEUTRAL.items():
+        if name in data and name in req.model_fields_set and data[name] not in neutral:
+            found.append(name)
+    overrides = set((req.override_settings or {}).keys()) - {"sd_model_checkpoint", "CLIP_stop_at_last_layers"}
+    found += [f"override_settings.{k}" for k in sorted(overrides)]
+    return sorted(set(found))

@@ -1,0 +1,183 @@
+"""Runs an A1111 txt2img/img2img job on the worker thread: request -> pipeline calls -> PNG files
+(with A1111 infotext) in the outputs folder, plus the `info` A1111 returns."""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from ..errors import InvalidArgument
+from ..pipeline import limits as L
+from ..pipeline.infotext import format_infotext, generation_params, save_image
+from ..pipeline.params import Hires
+from ..sampling.names import SAMPLER_LABELS, resolve, schedule_label
+from . import images_io
+from .a1111_models import Img2ImgRequest, Txt2ImgRequest, unsupported_fields
+from .jobs import Control, Stopped
+
+RESIZE = {0: "just resize", 1: "crop and resize", 2: "resize and fill", 3: "just resize"}
+FILL = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
+HR_UPSCALERS = {"latent": "latent", "latent (bilinear)": "latent", "latent (antialiased)": "latent",
+                "latent (bicubic)": "latent", "latent (nearest)": "latent (nearest)",
+                "latent (nearest-exact)": "latent (nearest)", "lanczos": "lanczos", "none": "lanczos"}
+
+
+def _down8(v: int) -> int:
+    return max(8, v - v % 8)
+
+
+def sampler_of(req) -> tuple[str, str]:
+    name = req.sampler_name or req.sampler_index or "Euler"
+    try:
+        return resolve(name, req.scheduler)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"sampler_name/scheduler: {str(e).split(': ', 1)[-1]}") from None
+
+
+def plan(req, img2img: bool, max_prompt: int) -> dict:
+    """Validate what the queue cannot check later (names, sizes); return the pipeline kwargs
+    as plain JSON so the job can be stored and re-run after a restart."""
+    for field in ("prompt", "negative_prompt"):
+        if len(getattr(req, field)) > max_prompt:
+            raise InvalidArgument(f"{field}: longer than {max_prompt} characters")
+    sampler, schedule = sampler_of(req)
+    kw = {"steps": req.steps, "cfg": req.cfg_scale, "width": _down8(req.width), "height": _down8(req.height),
+          "batch_size": req.batch_size, "sampler": sampler, "scheduler": schedule,
+          "subseed_strength": req.subseed_strength}
+    L.check_size(kw["width"], kw["height"])
+    clip = (req.override_settings or {}).get("CLIP_stop_at_last_layers")
+    if clip is not None:
+        if not isinstance(clip, int) or isinstance(clip, bool) or not 1 <= clip <= 12:
+            raise InvalidArgument(f"override_settings.CLIP_stop_at_last_layers: {clip!r} is outside 1..12")
+        kw["clip_skip"] = clip if clip > 1 else None
+    if img2img:
+        kw.update(strength=req.denoising_strength, resize_mode=RESIZE[req.resize_mode],
+                  mask_blur=req.mask_blur if req.mask_blur is not None else max(req.mask_blur_x, req.mask_blur_y),
+                  inpainting_fill=FILL[req.inpainting_fill], inpaint_full_res=req.inpaint_full_res,
+                  inpaint_full_res_padding=req.inpaint_full_res_padding,
+                  invert_mask=bool(req.inpainting_mask_invert))
+    elif req.enable_hr:
+        up = (req.hr_upscaler or "Latent").strip().lower()
+        hs, hsched = sampler, schedule
+        if req.hr_sampler_name:
+            try:
+                hs, hsched = resolve(req.hr_sampler_name, req.hr_scheduler)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"hr_sampler_name/hr_scheduler: {str(e).split(': ', 1)[-1]}") from None
+        kw["hires"] = {"scale": req.hr_scale, "upscaler": HR_UPSCALERS.get(up, "lanczos"),
+                       "steps": req.hr_second_pass_steps or None,
+                       "denoise": 0.7 if req.denoising_strength is None else req.denoising_strength,
+                       "width": req.hr_resize_x or None, "height": req.hr_resize_y or None,
+                       "sampler": hs, "scheduler": hsched, "prompt": req.hr_prompt or None}
+    return kw
+
+
+def run(state, job, ctl: Control):
+    p = job.payload
+    mode, req_data, kw = p["mode"], p["request"], dict(p["kwargs"])
+    req = (Img2ImgRequest if mode == "img2img" else Txt2ImgRequest).model_validate(req_data)
+    path = Path(p["model_path"])
+    pipe = state.cache.get(path)
+    hires = kw.pop("hires", None)
+    if hires is not None:
+        kw["hires"] = Hires(**hires)
+    init = mask = None
+    if mode == "img2img":
+        limit = state.settings.max_image_pixels
+        init = images_io.decode_b64(req.init_images[0], "init_images[0]", limit)
+        mask = images_io.decode_b64(req.mask, "mask", limit) if req.mask else None
+    seed = req.seed if req.seed != -1 else random.randint(0, L.MAX_SEED - 10_000)
+    subseed = req.subseed if req.subseed != -1 else random.randint(0, L.MAX_SEED - 10_000)
+    per = req.batch_size
+    images, seeds, subseeds = [], [], []
+    interrupted = False
+    lora_hashes: dict = {}
+    for it in range(req.n_iter):
+        ctl.image(it, req.n_iter)
+        s, ss = (seed + it * per) % (L.MAX_SEED + 1), (subseed + it * per) % (L.MAX_SEED + 1)
+
+        def progress(i, n, it=it):
+            ctl.step(it * n + i, req.n_iter * n)
+
+        args = dict(kw, seed=s, subseed=ss if req.subseed_strength else None)
+        try:
+            if init is None:
+                out = pipe.txt2img(req.prompt, req.negative_prompt, progress=progress, **args)
+            else:
+                out = pipe.img2img(init, req.prompt, req.negative_prompt, mask=mask, progress=progress, **args)
+        except Stopped as e:
+            if e.skip:
+                continue
+            interrupted = True
+            break
+        images += out
+        lora_hashes = pipe.lora_hashes() if hasattr(pipe, "lora_hashes") else {}
+        seeds += [s + k for k in range(len(out))]
+        subseeds += [ss + k for k in range(len(out))]
+    hash_ = state.cache.short_hash(path)
+    infotexts, files, pngs = [], [], []
+    out_dir = state.settings.outputs_dir / "api"
+    for k, (image, s, ss) in enumerate(zip(images, seeds, subseeds)):
+        text = infotext(req, kw, pipe.name, hash_, image, s, ss, mode == "img2img", lora_hashes)
+        infotexts.append(text)
+        f = save_image(image, out_dir / f"{job.id}-{k}.png", text)
+        files.append(str(f.relative_to(state.settings.outputs_dir)))
+        if req.send_images:
+            pngs.append(images_io.png_bytes(image, text))
+    info = info_dict(req, kw, pipe.name, hash_, seeds, subseeds, infotexts, mode == "img2img")
+    info["interrupted"] = interrupted
+    result = {"files": files, "info": info}
+    return result, {"pngs": pngs, "info": info}
+
+
+def infotext(req, kw, model, hash_, image, seed, subseed, img2img, lora_hashes=None) -> str:
+    sampler, schedule = kw["sampler"], kw["scheduler"]
+    hires = kw.get("hires")
+    params = generation_params(
+        steps=kw["steps"], sampler=sampler, cfg=kw["cfg"], seed=seed,
+        width=kw["width"], height=kw["height"],
+        schedule=None if schedule_label(sampler, schedule) == "Automatic" else schedule,
+        model=model, model_hash=hash_, variation_seed=subseed,
+        variation_seed_strength=kw.get("subseed_strength") or 0.0,
+        denoising_strength=kw.get("strength") if img2img else (hires.denoise if hires else None),
+        clip_skip=kw.get("clip_skip"),
+        hires_upscale=hires.scale if hires else None, hires_steps=hires.steps if hires else None,
+        hires_upscaler=hires.upscaler if hires else None, lora_hashes=lora_hashes or None)
+    return format_infotext(req.prompt, req.negative_prompt, params)
+
+
+def info_dict(req, kw, model, hash_, seeds, subseeds, infotexts, img2img) -> dict:
+    n = len(seeds)
+    return {
+        "prompt": req.prompt, "all_prompts": [req.prompt] * n,
+        "negative_prompt": req.negative_prompt, "all_negative_prompts": [req.negative_prompt] * n,
+        "seed": seeds[0] if seeds else req.seed, "all_seeds": seeds,
+        "subseed": subseeds[0] if subseeds else req.subseed, "all_subseeds": subseeds,
+        "subseed_strength": req.subseed_strength, "width": kw["width"], "height": kw["height"],
+        "sampler_name": SAMPLER_LABELS.get(kw["sampler"], kw["sampler"]),
+        "scheduler": kw["scheduler"], "cfg_scale": kw["cfg"], "steps": kw["steps"],
+        "batch_size": req.batch_size, "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": model, "sd_model_hash": hash_, "sd_vae_name": None, "sd_vae_hash": None,
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": kw.get("strength") if img2img else (
+            kw["hires"].denoise if kw.get("hires") else None),
+        "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts,
+        "styles": req.styles or [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": kw.get("clip_skip") or 1, "is_using_inpainting_conditioning": False,
+        "version": "opensd", "unsupported_fields": unsupported(req),
+    }
+
+
+def unsupported(req) -> list[str]:
+    found = unsupported_fields(req)
+    up = getattr(req, "hr_upscaler", None)
+    if getattr(req, "enable_hr", False) and up and up.strip().lower() not in HR_UPSCALERS:
+        found.append("hr_upscaler")  # run with Lanczos instead
+    if len(getattr(req, "init_images", None) or []) > 1:
+        found.append("init_images[1:]")  # every image starts from the first init image
+    return found
+
+
+def info_json(info: dict) -> str:
+    return json.dumps(info, ensure_ascii=False)

@@ -1,0 +1,206 @@
+"""`create_app(settings)`: the FastAPI app serving the A1111 and ComfyUI APIs over one job queue.
+
+The shared pieces live on `ServerState` (settings, model folders, SQLite store, queue, model
+cache, A1111 options); each API module builds its router from it."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse
+
+from .. import __version__
+from ..errors import InvalidArgument, OpenSDError
+from ..library.models_dir import ModelFolders
+from . import a1111_api, a1111_run
+from .jobs import JobQueue, QueueFull
+from .model_cache import ModelCache
+from .security import Guard
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class ServerState:
+    def __init__(self, settings: Settings, loader=None):
+        self.settings = settings
+        settings.outputs_dir.mkdir(parents=True, exist_ok=True)
+        self.folders = ModelFolders(settings.models_dir)
+        self.store = Store(settings.db_path)
+        self.queue = JobQueue(self.store, settings.queue_size)
+        self.cache = ModelCache(self.folders, settings.device, settings.precision,
+                                settings.model_budget_bytes, loader=loader)
+        self._options_path = settings.data_dir / "opensd-options.json"
+        self.options: dict = self._load_options()
+        self._model: Path | None = None
+        self._lock = threading.Lock()
+        wanted = self.options.get("sd_model_checkpoint") or settings.default_model
+        if wanted:
+            try:
+                self._model = self.cache.resolve(wanted)
+            except InvalidArgument as e:
+                log.warning("saved model %r is gone (%s); using the first model", wanted, e)
+        self.queue.register("a1111", lambda job, ctl: a1111_run.run(self, job, ctl))
+
+    def current_model(self) -> Path:
+        with self._lock:
+            if self._model is None:
+                models = self.folders.list("checkpoints")
+                if not models:
+                    raise InvalidArgument("sd_model_checkpoint: no checkpoint found in the models folder")
+                self._model = models[0].path
+            return self._model
+
+    def set_model(self, path: Path) -> None:
+        with self._lock:
+            self._model = path
+
+    def options_view(self) -> dict:
+        path = self.current_model()
+        full = self.cache.sha256(path)
+        return {"samples_format": "png", "outdir_samples": str(self.settings.outputs_dir),
+                "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic", "sd_lora": "None",
+                **self.options, "sd_model_checkpoint": self.cache.title(path),
+                "sd_checkpoint_hash": full}
+
+    def _load_options(self) -> dict:
+        try:
+            data = json.loads(self._options_path.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def save_options(self) -> None:
+        data = dict(self.options)
+        if self._model is not None:
+            data["sd_model_checkpoint"] = self.cache.name_of(self._model)
+        tmp = self._options_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, self._options_path)
+
+    def loras_supported(self) -> bool:
+        try:
+            from ..pipeline.pipeline import Pipeline
+        except ImportError:
+            return False
+        return hasattr(Pipeline, "set_loras")
+
+    def memory(self) -> dict:
+        ram = {}
+        try:
+            info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+            total = int(info["MemTotal"].split()[0]) * 1024
+            free = int(info["MemAvailable"].split()[0]) * 1024
+            ram = {"free": free, "used": total - free, "total": total}
+        except (OSError, KeyError, ValueError):
+            pass
+        cuda = {"error": "CUDA is not in use"}
+        try:
+            import torch
+            if torch.cuda.is_available():
+                free, total = torch.cuda.mem_get_info()
+                cuda = {"system": {"free": free, "used": total - free, "total": total}}
+        except Exception as e:  # noqa: BLE001
+            cuda = {"error": str(e)}
+        loaded = [{"path": str(p), "bytes": n} for p, n in self.cache.loaded()]
+        return {"ram": ram, "cuda": cuda,
+                "opensd": {"loaded_models": loaded, "budget_bytes": self.cache.budget}}
+
+
+def create_app(settings: Settings, loader=None) -> FastAPI:
+    state = ServerState(settings, loader=loader)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.start_worker:
+            state.queue.start()
+        if state.comfy is not None:
+            state.comfy.bind_loop()
+        yield
+        state.queue.stop()
+        state.store.close()
+
+    app = FastAPI(title="opensd", version=__version__, lifespan=lifespan,
+                  description="Local Stable Diffusion: AUTOMATIC1111 API (/sdapi/v1) and ComfyUI API")
+    app.state.opensd = state
+    if settings.allow_origins:  # browsers on these origins may read answers (Guard has checked them)
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.allow_origins), allow_methods=["*"],
+                           allow_headers=["*"], allow_credentials=True)
+    app.add_middleware(Guard, settings=settings)  # added last = runs first
+    app.include_router(a1111_api.router(state))
+    state.comfy = None
+    try:
+        from . import comfy_api
+        state.comfy = comfy_api.ComfyHub(state)
+        app.include_router(comfy_api.router(state, state.comfy))
+        # newer ComfyUI frontends and clients call the same routes under /api
+        app.include_router(comfy_api.router(state, state.comfy), prefix="/api", include_in_schema=False)
+    except ImportError as e:  # the workflows package is not installed in this checkout
+        log.info("ComfyUI API disabled: %s", e)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(request: Request, exc: RequestValidationError):
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        message = "; ".join(f"{'.'.join(str(x) for x in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors)
+        return JSONResponse({"error": "ValidationError", "detail": errors, "message": message},
+                            status_code=422)
+
+    @app.exception_handler(InvalidArgument)
+    async def invalid(request: Request, exc: InvalidArgument):
+        return JSONResponse({"error": "InvalidArgument", "detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(QueueFull)
+    async def full(request: Request, exc: QueueFull):
+        return a1111_api.queue_full(exc)
+
+    @app.exception_handler(OpenSDError)
+    async def opensd_error(request: Request, exc: OpenSDError):
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=400)
+
+    @app.get("/internal/ping", tags=["health"])
+    @app.get("/healthz", tags=["health"])
+    def ping():
+        return {"status": "ok", "queue_pending": state.queue.pending_count()}
+
+    @app.get("/opensd/v1/jobs", tags=["jobs"])
+    def jobs(limit: int = 50):
+        pending = [j.public() for j in state.queue.pending()]
+        running = state.queue.progress.job
+        return {"running": running.public() if running else None, "pending": pending,
+                "history": [j.public() for j in state.store.history(limit=max(1, min(limit, 1000)))]}
+
+    @app.get("/opensd/v1/jobs/{job_id}", tags=["jobs"])
+    def job(job_id: str):
+        found = state.store.get(job_id)
+        if found is None:
+            return JSONResponse({"error": "NotFound", "detail": f"job_id: no job {job_id!r}"}, status_code=404)
+        return found.public()
+
+    @app.delete("/opensd/v1/jobs/{job_id}", tags=["jobs"])
+    def cancel(job_id: str):
+        if state.queue.cancel(job_id):
+            return {"cancelled": True}
+        if state.queue.interrupt(job_id):
+            return {"interrupted": True}
+        return JSONResponse({"error": "NotFound", "detail": f"job_id: {job_id!r} is not queued or running"},
+                            status_code=404)
+
+    @app.get("/opensd/v1/jobs/{job_id}/images/{index}", tags=["jobs"])
+    def job_image(job_id: str, index: int):
+        found = state.store.get(job_id)
+        files = ((found.result or {}).get("files") or []) if found else []
+        if not 0 <= index < len(files):
+            return JSONResponse({"error": "NotFound", "detail": f"index: job {job_id!r} has no image {index}"},
+                                status_code=404)
+        return FileResponse(settings.outputs_dir / files[index], media_type="image/png")
+
+    return app

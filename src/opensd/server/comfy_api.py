@@ -1,0 +1,379 @@
+"""The ComfyUI API (/prompt, /queue, /history, /view, /upload/image, /interrupt, /object_info,
+/system_stats, /ws) over the shared job queue, running graphs with opensd.workflows.
+
+WebSocket messages follow ComfyUI: JSON {"type", "data"} for status / execution_start /
+execution_cached / executing / progress / executed / execution_success / execution_error /
+execution_interrupted, and binary preview frames: 4-byte big-endian event 1 (PREVIEW_IMAGE),
+4-byte image type (1 = JPEG, 2 = PNG), then the image bytes."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import struct
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import (
+    APIRouter,
+    File,
+    Form,
+    Request,
+    UploadFile,
+    WebSocket,
+    WebSocketDisconnect,
+)
+from fastapi.responses import FileResponse, JSONResponse
+
+from ..errors import InvalidArgument
+from ..pipeline.pipeline import Interrupted
+from ..workflows import (
+    ExecutionContext,
+    GraphError,
+    NodeError,
+    OutputCache,
+    execute,
+    object_info,
+    validate_prompt,
+)
+from . import images_io
+from .jobs import QueueFull
+from .store import FINAL
+
+log = logging.getLogger(__name__)
+KIND = "comfy"
+PREVIEW_IMAGE, JPEG = 1, 1
+VIEW_TYPES = ("output", "input", "temp")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ComfyHub:
+    """WebSocket clients, the folders ComfyUI names output/input/temp, and the job runner."""
+
+    def __init__(self, state):
+        self.state = state
+        out = state.settings.outputs_dir
+        self.dirs = {"output": out / "comfy", "input": state.settings.data_dir / "inputs", "temp": out / "temp"}
+        for d in self.dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        self.sockets: dict[str, WebSocket] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.output_cache = OutputCache()  # node outputs reused across prompts, as in ComfyUI
+        state.cache.on_evict.append(lambda path: self.output_cache.clear())  # it holds pipelines too
+        state.queue.register(KIND, self.run)
+        state.queue.listeners.append(lambda event, job: self.broadcast_status())
+
+    def bind_loop(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    def context(self, should_stop=lambda: False, extra_pnginfo=None) -> ExecutionContext:
+        cache = self.state.cache
+        return ExecutionContext(
+            folders=self.state.folders, load_pipeline=lambda name: cache.get(cache.resolve(name)),
+            outputs_dir=self.dirs["output"], inputs_dir=self.dirs["input"], should_stop=should_stop,
+            cache=self.output_cache, temp_dir=self.dirs["temp"], extra_pnginfo=extra_pnginfo)
+
+    # --- sending (thread-safe: the worker thread calls these) ---------------------------------
+
+    def send(self, sid: str | None, message) -> None:
+        if self.loop is None or self.loop.is_closed():
+            return
+        targets = list(self.sockets.items()) if sid is None else [(sid, self.sockets.get(sid))]
+        for key, ws in targets:
+            if ws is None:
+                continue
+            coro = ws.send_bytes(message) if isinstance(message, bytes) else ws.send_json(message)
+            fut = asyncio.run_coroutine_threadsafe(_quiet(coro), self.loop)
+            fut.add_done_callback(lambda f: None)
+
+    def status_message(self, sid: str | None = None) -> dict:
+        q = self.state.queue
+        remaining = q.pending_count() + int(q.progress.job is not None)
+        data = {"status": {"exec_info": {"queue_remaining": remaining}}}
+        if sid is not None:
+            data["sid"] = sid
+        return {"type": "status", "data": data}
+
+    def broadcast_status(self) -> None:
+        self.send(None, self.status_message())
+
+    # --- the runner (worker thread) --------------------------------------------------------------
+
+    def run(self, job, ctl):
+        p = job.payload
+        sid = p.get("client_id")
+        messages: list = []
+
+        def emit(kind: str, data: dict, record: bool = True) -> None:
+            data = dict(data, prompt_id=job.id)
+            if record and kind in ("execution_start", "execution_cached", "execution_success",
+                                   "execution_error", "execution_interrupted"):
+                messages.append([kind, dict(data)])
+            self.send(sid, {"type": kind, "data": data})
+
+        def on_event(kind: str, data) -> None:
+            if kind == "preview":
+                ctl.preview(data)
+                self.send(sid, struct.pack(">II", PREVIEW_IMAGE, JPEG) + images_io.jpeg_bytes(data))
+                return
+            data = dict(data)
+            if kind == "progress":
+                ctl.q.progress.step, ctl.q.progress.steps = data.get("value", 0), data.get("max", 0)
+            if kind in ("executing", "executed"):
+                data.setdefault("display_node", data.get("node"))
+            if kind == "execution_cached":
+                data["timestamp"] = _now_ms()
+            emit(kind, data)
+
+        emit("execution_start", {"timestamp": _now_ms()})
+        ctx = self.context(ctl.should_stop, (p.get("extra_data") or {}).get("extra_pnginfo"))
+        outputs, status = {}, "success"
+        try:
+            outputs = execute(p["prompt"], ctx, on_event)
+            emit("execution_success", {"timestamp": _now_ms()})
+        except Interrupted as e:
+            status = "error"
+            node = getattr(e, "node_id", None)
+            emit("execution_interrupted", {"node_id": node, "node_type": _class(p, node), "executed": [],
+                                           "timestamp": _now_ms()})
+        except (NodeError, GraphError, InvalidArgument) as e:
+            status = "error"
+            emit("execution_error", {
+                "node_id": getattr(e, "node_id", None), "node_type": getattr(e, "node_type", None),
+                "executed": getattr(e, "executed", []), "exception_message": getattr(e, "exception_message", str(e)),
+                "exception_type": getattr(e, "exception_type", type(e).__name__),
+                "traceback": getattr(e, "traceback", []), "current_inputs": {}, "current_outputs": {},
+                "timestamp": _now_ms()})
+        finally:
+            self.send(sid, {"type": "executing", "data": {"node": None, "prompt_id": job.id}})
+        result = {"outputs": outputs, "status": {"status_str": status, "completed": status == "success",
+                                                 "messages": messages}}
+        return result, result
+
+
+async def _quiet(coro):
+    try:
+        await coro
+    except Exception:  # noqa: BLE001, S110 - a client that went away
+        pass
+
+
+def _class(payload, node_id):
+    node = (payload.get("prompt") or {}).get(node_id) if node_id else None
+    return node.get("class_type") if isinstance(node, dict) else None
+
+
+def _outputs_of(prompt: dict) -> list[str]:
+    info = object_info()
+    return [nid for nid, n in prompt.items()
+            if isinstance(n, dict) and info.get(n.get("class_type"), {}).get("output_node")]
+
+
+def _queue_item(job) -> list:
+    p = job.payload
+    return [job.seq, job.id, p["prompt"], p.get("extra_data") or {}, _outputs_of(p["prompt"])]
+
+
+def _history_item(job) -> dict:
+    result = job.result or {"outputs": {}, "status": {"status_str": "error", "completed": False,
+                                                      "messages": [["execution_error", {"exception_message": job.error}]]}}
+    meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
+            for nid in result.get("outputs", {})}
+    return {"prompt": _queue_item(job), "outputs": result.get("outputs", {}), "status": result.get("status"),
+            "meta": meta}
+
+
+def safe_file(base: Path, subfolder: str, filename: str) -> Path:
+    """`base/subfolder/filename`, refusing anything that would leave `base`."""
+    for what, value in (("filename", filename), ("subfolder", subfolder)):
+        if not isinstance(value, str) or "\x00" in value or value.startswith(("/", "\\")) or ":" in value \
+                or ".." in value.replace("\\", "/").split("/"):
+            raise InvalidArgument(f"{what}: {value!r} is not a name inside the folder")
+    if not filename or "/" in filename or "\\" in filename:
+        raise InvalidArgument(f"filename: {filename!r} must be a plain file name")
+    root = base.resolve()
+    path = (root / subfolder / filename).resolve()
+    try:
+        path.relative_to(root)
+    except ValueError:
+        raise InvalidArgument(f"filename: {subfolder}/{filename} leaves the folder") from None
+    return path
+
+
+def router(state, hub: ComfyHub) -> APIRouter:
+    api = APIRouter(tags=["ComfyUI"])
+    q = state.queue
+
+    @api.post("/prompt")
+    async def post_prompt(request: Request):
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": {"type": "invalid_json", "message": "body is not JSON", "details": "",
+                                           "extra_info": {}}, "node_errors": {}}, status_code=400)
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        if not isinstance(prompt, dict):
+            return JSONResponse({"error": {"type": "no_prompt", "message": "No prompt provided",
+                                           "details": "prompt: expected an API-format graph object",
+                                           "extra_info": {}}, "node_errors": {}}, status_code=400)
+        try:
+            node_errors = validate_prompt(prompt, hub.context())
+        except GraphError as e:
+            return JSONResponse(e.payload, status_code=400)
+        client = body.get("client_id")
+        client = client[:64] if isinstance(client, str) and client else None
+        extra = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
+        pid = body.get("prompt_id")
+        pid = pid if isinstance(pid, str) and 0 < len(pid) <= 64 and state.store.get(pid) is None \
+            else str(uuid.uuid4())
+        payload = {"prompt": prompt, "client_id": client, "extra_data": extra}
+        who = f"comfy:{client}" if client else "addr:" + (request.client.host if request.client else "?")
+        try:
+            job = q.submit(KIND, payload, who, job_id=pid)
+        except QueueFull as e:
+            return JSONResponse({"error": {"type": "queue_full", "message": str(e), "details": "",
+                                           "extra_info": {}}, "node_errors": {}},
+                                status_code=429, headers={"Retry-After": str(e.retry_after)})
+        return {"prompt_id": job.id, "number": job.seq, "node_errors": node_errors}
+
+    @api.get("/prompt")
+    def get_prompt():
+        return hub.status_message()["data"]["status"]
+
+    @api.get("/queue")
+    def get_queue():
+        running = q.progress.job
+        return {"queue_running": [_queue_item(running)] if running is not None and running.kind == KIND else [],
+                "queue_pending": [_queue_item(j) for j in q.pending() if j.kind == KIND]}
+
+    @api.post("/queue")
+    def post_queue(body: dict):
+        if body.get("clear"):
+            q.clear(KIND)
+        for pid in body.get("delete") or []:
+            if isinstance(pid, str):
+                q.cancel(pid)
+        return {}
+
+    @api.get("/history")
+    def history(max_items: int | None = None):
+        jobs = state.store.history(KIND, limit=max(1, min(max_items or 10_000, 10_000)))
+        return {j.id: _history_item(j) for j in reversed(jobs)}
+
+    @api.get("/history/{prompt_id}")
+    def history_one(prompt_id: str):
+        job = state.store.get(prompt_id)
+        if job is None or job.kind != KIND or job.status not in FINAL:
+            return {}
+        return {job.id: _history_item(job)}
+
+    @api.post("/history")
+    def post_history(body: dict):
+        if body.get("clear"):
+            state.store.delete(kind=KIND)
+        ids = [i for i in body.get("delete") or [] if isinstance(i, str)]
+        if ids:
+            state.store.delete(ids)
+        return {}
+
+    @api.get("/view")
+    def view(filename: str, subfolder: str = "", type: str = "output"):
+        if type not in VIEW_TYPES:
+            raise InvalidArgument(f"type: {type!r} is not one of {', '.join(VIEW_TYPES)}")
+        path = safe_file(hub.dirs[type], subfolder, filename)
+        if not path.is_file():
+            return JSONResponse({"error": "NotFound", "detail": f"filename: {filename!r} not found"}, status_code=404)
+        return FileResponse(path)
+
+    @api.post("/upload/image")
+    async def upload_image(image: Annotated[UploadFile, File()], overwrite: Annotated[str, Form()] = "false",
+                           subfolder: Annotated[str, Form()] = "", type: Annotated[str, Form()] = "input"):
+        if type not in VIEW_TYPES:
+            raise InvalidArgument(f"type: {type!r} is not one of {', '.join(VIEW_TYPES)}")
+        name = os.path.basename((image.filename or "").replace("\\", "/")) or "upload.png"
+        data = await image.read()
+        images_io.decode_bytes(data, "image", state.settings.max_image_pixels)  # refuse non-images and bombs
+        path = safe_file(hub.dirs[type], subfolder, name)
+        if path.exists() and overwrite.lower() not in ("true", "1"):
+            stem, suffix, n = path.stem, path.suffix, 1
+            while path.exists():
+                path = path.with_name(f"{stem} ({n}){suffix}")
+                n += 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return {"name": path.name, "subfolder": subfolder, "type": type}
+
+    @api.post("/interrupt")
+    async def interrupt(request: Request):
+        pid = None
+        try:
+            body = await request.json()
+            pid = body.get("prompt_id") if isinstance(body, dict) else None
+        except ValueError:
+            pass
+        q.interrupt(pid if isinstance(pid, str) else None)
+        return {}
+
+    @api.get("/object_info")
+    def get_object_info():
+        return object_info(hub.context())
+
+    @api.get("/object_info/{node_class}")
+    def get_object_info_one(node_class: str):
+        return object_info(hub.context(), node_class)
+
+    @api.get("/embeddings")
+    def embeddings():
+        return sorted(Path(m.name).stem for m in state.folders.list("embeddings"))
+
+    @api.get("/models/{folder}")
+    def models(folder: str):
+        kind = {"loras": "loras", "checkpoints": "checkpoints", "vae": "vae", "embeddings": "embeddings",
+                "controlnet": "controlnet"}.get(folder)
+        if kind is None:
+            return JSONResponse({"error": "NotFound", "detail": f"folder: {folder!r} unknown"}, status_code=404)
+        return [m.name for m in state.folders.list(kind)]
+
+    @api.get("/system_stats")
+    def system_stats():
+        import torch
+
+        mem = state.memory().get("ram", {})
+        dev = {"name": str(state.settings.device or "cpu"), "type": "cuda" if torch.cuda.is_available() else "cpu",
+               "index": 0, "vram_total": mem.get("total", 0), "vram_free": mem.get("free", 0),
+               "torch_vram_total": 0, "torch_vram_free": 0}
+        return {"system": {"os": os.name, "ram_total": mem.get("total", 0), "ram_free": mem.get("free", 0),
+                           "comfyui_version": "opensd", "python_version": sys.version,
+                           "pytorch_version": torch.__version__, "embedded_python": False,
+                           "argv": sys.argv, "platform": platform.platform()},
+                "devices": [dev]}
+
+    @api.websocket("/ws")
+    async def ws(websocket: WebSocket, clientId: str | None = None):
+        await websocket.accept()
+        sid = (clientId or uuid.uuid4().hex)[:64]
+        hub.sockets[sid] = websocket
+        if hub.loop is None:
+            hub.loop = asyncio.get_running_loop()
+        try:
+            await websocket.send_json(hub.status_message(sid))
+            while True:
+                await websocket.receive_text()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if hub.sockets.get(sid) is websocket:
+                del hub.sockets[sid]
+
+    return api

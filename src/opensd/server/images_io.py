@@ -1,0 +1,68 @@
+"""Images in and out of the HTTP APIs: base64 (with or without a data: URL prefix) decoded with
+limits on encoded size and on pixels read from the header before any pixel data is decoded, so a
+small file claiming 20000x20000 pixels (a decompression bomb) is refused cheaply."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+from PIL import Image
+
+from ..errors import InvalidArgument
+
+MAX_ENCODED_CHARS = 48 << 20
+
+
+def decode_bytes(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w < 1 or h < 1 or w * h > max_pixels:
+                raise InvalidArgument(f"{field}: image too large: {w}x{h} pixels exceeds the {max_pixels}-pixel limit")
+            im.load()
+            return im.copy()
+    except InvalidArgument:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InvalidArgument(f"{field}: image too large ({e})") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InvalidArgument(f"{field}: not a readable image ({e})") from None
+
+
+def decode_b64(text, field: str, max_pixels: int) -> Image.Image:
+    if not isinstance(text, str) or not text:
+        raise InvalidArgument(f"{field}: expected a base64-encoded image")
+    if len(text) > MAX_ENCODED_CHARS:
+        raise InvalidArgument(f"{field}: encoded image longer than {MAX_ENCODED_CHARS} characters")
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if ";base64" not in head:
+            raise InvalidArgument(f"{field}: data URL is not base64")
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"{field}: invalid base64") from None
+    return decode_bytes(data, field, max_pixels)
+
+
+def png_bytes(image: Image.Image, infotext: str | None = None) -> bytes:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = None
+    if infotext:
+        info = PngInfo()
+        info.add_text("parameters", infotext)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 80) -> bytes:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

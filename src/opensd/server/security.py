@@ -1,0 +1,152 @@
+"""The server's front door, as one ASGI middleware (so WebSockets pass through it too):
+
+- Host header: loopback names, an IP literal, the bound host, or --allow-host names (DNS-rebinding
+  defence: a rebinding page's requests carry the attacker's domain name as Host);
+  a wildcard bind (0.0.0.0/::) with a token configured accepts any Host, the token guards it.
+- Origin header, when present: must be the request's own scheme://host[:port] or in --allow-origin
+  (a page on another site cannot drive the API from the user's browser).
+- Token, when configured: `Authorization: Bearer T`, or `Basic` (A1111's --api-auth user:password,
+  or any user with password T); WebSockets may pass `?token=T` since browsers cannot set headers.
+- Body size: Content-Length over the cap, or a chunked body that grows past it, answers 413
+  (uvicorn itself never delivers more than a declared Content-Length).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import json
+from urllib.parse import parse_qs
+
+from .settings import LOOPBACK_NAMES, Settings
+
+OPEN_PATHS = ("/internal/ping", "/healthz")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
+
+
+def _host_name(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_ip(host: str) -> bool:
+    """An IP-literal Host cannot come from DNS rebinding (that needs the attacker's domain name)."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+class Guard:
+    def __init__(self, app, settings: Settings):
+        self.app = app
+        self.s = settings
+        hosts = {h.lower() for h in LOOPBACK_NAMES} | {h.lower() for h in settings.allow_hosts}
+        if settings.host not in WILDCARD_HOSTS:
+            hosts.add(settings.host.lower())
+        self.hosts = hosts
+        self.any_host = settings.host in WILDCARD_HOSTS and bool(settings.api_token)
+        self.origins = {o.rstrip("/").lower() for o in settings.allow_origins}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        problem = self.check(scope, headers)
+        if problem is not None:
+            status, message = problem
+            return await _refuse(scope, receive, send, status, message)
+        if scope["type"] == "websocket":
+            return await self.app(scope, receive, send)
+        length = headers.get("content-length")
+        cap = self.s.max_body_bytes
+        if length is not None:
+            if not length.isdigit():
+                return await _refuse(scope, receive, send, 400, "Content-Length: not a number")
+            if int(length) > cap:
+                return await _refuse(scope, receive, send, 413, f"body: {length} bytes exceeds the {cap}-byte limit")
+        if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            # A chunked body: read it (up to the cap) before the app sees any of it, then replay.
+            chunks, seen = [], 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    return await _json(send, 413, f"body: exceeds the {cap}-byte limit")
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+            async def replay_receive():
+                return replay.pop() if replay else await receive()
+
+            return await self.app(scope, replay_receive, send)
+        await self.app(scope, receive, send)
+
+    def check(self, scope, headers) -> tuple[int, str] | None:
+        host = _host_name(headers.get("host", ""))
+        if not self.any_host and host not in self.hosts and not _is_ip(host):
+            return 403, f"Host: {host or '(none)'!r} is not a name this server answers to (use --allow-host)"
+        origin = headers.get("origin")
+        if origin is not None and not self.origin_ok(scope, origin, headers.get("host", "")):
+            return 403, f"Origin: cross-site request from {origin!r} refused (use --allow-origin)"
+        preflight = scope.get("method") == "OPTIONS" and origin is not None and \
+            "access-control-request-method" in headers  # CORS preflights carry no credentials
+        if self.s.api_token and scope.get("path") not in OPEN_PATHS and not preflight \
+                and not self.token_ok(scope, headers):
+            return 401, "Authorization: a valid API token is required (Bearer token or Basic user:password)"
+        return None
+
+    def origin_ok(self, scope, origin: str, host: str) -> bool:
+        origin = origin.rstrip("/").lower()
+        if origin in self.origins:
+            return True
+        scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme", "http"))
+        own = f"{scheme}://{host.lower()}"
+        return origin == own or (scheme == "http" and origin == own.removesuffix(":80"))
+
+    def token_ok(self, scope, headers) -> bool:
+        token = self.s.api_token
+        auth = headers.get("authorization", "")
+        kind, _, value = auth.partition(" ")
+        if kind.lower() == "bearer":
+            return hmac.compare_digest(value.strip().encode(), token.encode())
+        if kind.lower() == "basic":
+            try:
+                pair = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+            _, _, password = pair.partition(":")
+            return hmac.compare_digest(pair.encode(), token.encode()) or hmac.compare_digest(
+                password.encode(), token.encode())
+        if scope["type"] == "websocket":
+            q = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
+            return bool(q) and hmac.compare_digest(q.encode(), token.encode())
+        return False
+
+
+async def _json(send, status: int, message: str, extra_headers=()):
+    body = json.dumps({"error": _ERROR_NAMES.get(status, "Error"), "detail": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer, Basic realm="opensd"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers + list(extra_headers)})
+    await send({"type": "http.response.body", "body": body})
+
+
+_ERROR_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 413: "PayloadTooLarge"}
+
+
+async def _refuse(scope, receive, send, status: int, message: str):
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+        return
+    await _json(send, status, message)

@@ -1,0 +1,64 @@
+"""Server settings: one frozen-ish dataclass built by `opensd serve` or by tests."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidArgument
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    models_dir: Path | None = None
+    outputs_dir: Path = Path("outputs")
+    data_dir: Path | None = None             # SQLite file lives here; default: outputs_dir
+    api_token: str | None = None             # Bearer token, or "user:password" for Basic auth
+    insecure_no_token: bool = False
+    allow_origins: tuple[str, ...] = ()      # extra allowed Origin values ("http://host:port")
+    allow_hosts: tuple[str, ...] = ()        # extra allowed Host names (besides loopback and --host)
+    queue_size: int = 64                     # pending jobs (not counting the running one)
+    device: str | None = "cpu"
+    precision: str = "fp32"
+    model_budget_bytes: int = 8 << 30        # parameters kept loaded across cached pipelines
+    max_body_bytes: int = 64 << 20
+    max_prompt_chars: int = 20_000
+    max_image_pixels: int = 4096 * 4096      # decoded input images
+    start_worker: bool = True                # tests set False to keep jobs queued
+    default_model: str | None = None         # checkpoint name; default: the first listed
+
+    def __post_init__(self):
+        self.outputs_dir = Path(self.outputs_dir)
+        self.models_dir = Path(self.models_dir) if self.models_dir is not None else None
+        self.data_dir = Path(self.data_dir) if self.data_dir is not None else self.outputs_dir
+        if not 1 <= self.queue_size <= 100_000:
+            raise InvalidArgument(f"queue-size: {self.queue_size} is outside 1..100000")
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "opensd-jobs.sqlite3"
+
+    def check_exposure(self) -> str | None:
+        """Refuse a non-loopback bind without a token (unless opted out); returns a warning line or None."""
+        if is_loopback(self.host):
+            return None
+        if self.api_token:
+            return None
+        if self.insecure_no_token:
+            return (f"WARNING: serving on {self.host} with no API token (--insecure-no-token): "
+                    "anyone who can reach this port can use it")
+        raise InvalidArgument(f"host: binding {self.host} (not loopback) needs --api-token "
+                              "(or --insecure-no-token to accept the risk)")
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,142 @@
+"""SQLite persistence for the job queue: every job (queued, running, finished) is a row, so a restart
+keeps the queue and the history. A job found "running" at open was cut off by a crash or stop and is
+queued again. One connection guarded by a lock; WAL journal so readers do not block the worker."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
+    "queued", "running", "done", "failed", "cancelled", "interrupted")
+FINAL = (DONE, FAILED, CANCELLED, INTERRUPTED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    client TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    run_order INTEGER,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+"""
+
+
+@dataclass
+class Job:
+    id: str
+    client: str
+    kind: str
+    payload: dict
+    status: str = QUEUED
+    created: float = field(default_factory=time.time)
+    seq: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    run_order: int | None = None
+    result: dict | None = None
+    error: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "client": self.client, "kind": self.kind, "status": self.status,
+                "created": self.created, "started": self.started, "finished": self.finished,
+                "run_order": self.run_order, "result": self.result, "error": self.error}
+
+
+class Store:
+    def __init__(self, path: Path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("UPDATE jobs SET status=?, started=NULL WHERE status=?", (QUEUED, RUNNING))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, job: Job) -> Job:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO jobs (id, client, kind, payload, status, created) VALUES (?,?,?,?,?,?)",
+                (job.id, job.client, job.kind, json.dumps(job.payload), job.status, job.created))
+            job.seq = cur.lastrowid
+        return job
+
+    def started(self, job: Job) -> None:
+        with self._lock:
+            (order,) = self._db.execute("SELECT COALESCE(MAX(run_order), 0) + 1 FROM jobs").fetchone()
+            job.status, job.started, job.run_order = RUNNING, time.time(), order
+            self._db.execute("UPDATE jobs SET status=?, started=?, run_order=? WHERE id=?",
+                             (RUNNING, job.started, order, job.id))
+
+    def finish(self, job: Job, status: str, result: dict | None = None, error: str | None = None) -> None:
+        job.status, job.finished, job.result, job.error = status, time.time(), result, error
+        with self._lock:
+            self._db.execute("UPDATE jobs SET status=?, finished=?, result=?, error=? WHERE id=?",
+                             (status, job.finished, None if result is None else json.dumps(result), error, job.id))
+
+    def requeue(self, job: Job) -> None:
+        """Back to the queue (a job cut off by a shutdown runs again at the next start)."""
+        job.status, job.started, job.run_order = QUEUED, None, None
+        with self._lock:
+            self._db.execute("UPDATE jobs SET status=?, started=NULL, run_order=NULL WHERE id=?", (QUEUED, job.id))
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def queued(self) -> list[Job]:
+        return self._select("SELECT * FROM jobs WHERE status=? ORDER BY seq", (QUEUED,))
+
+    def history(self, kind: str | None = None, limit: int = 200) -> list[Job]:
+        marks = ",".join("?" * len(FINAL))
+        if kind is None:
+            return self._select(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY seq DESC LIMIT ?",
+                                (*FINAL, limit))
+        return self._select(f"SELECT * FROM jobs WHERE status IN ({marks}) AND kind=? ORDER BY seq DESC LIMIT ?",
+                            (*FINAL, kind, limit))
+
+    def all(self) -> list[Job]:
+        return self._select("SELECT * FROM jobs ORDER BY seq", ())
+
+    def delete(self, job_ids: list[str] | None = None, kind: str | None = None) -> None:
+        """Forget finished jobs: the given ids, or all of `kind` (their image files stay)."""
+        marks = ",".join("?" * len(FINAL))
+        with self._lock:
+            if job_ids is not None:
+                for jid in job_ids:
+                    self._db.execute(f"DELETE FROM jobs WHERE id=? AND status IN ({marks})", (jid, *FINAL))
+            else:
+                self._db.execute(f"DELETE FROM jobs WHERE kind=? AND status IN ({marks})", (kind, *FINAL))
+
+    def _select(self, sql: str, args: tuple) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [_job(r) for r in rows]
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(id=row["id"], client=row["client"], kind=row["kind"], payload=json.loads(row["payload"]),
+               status=row["status"], created=row["created"], seq=row["seq"], started=row["started"],
+               finished=row["finished"], run_order=row["run_order"],
+               result=None if row["result"] is None else json.loads(row["result"]), error=row["error"])

@@ -1,0 +1,71 @@
+"""`opensd serve` flags and the exposure rule: a non-loopback bind needs a token or an explicit opt-out."""
+from __future__ import annotations
+
+import pytest
+
+from opensd import cli
+from opensd.errors import InvalidArgument
+from opensd.server.settings import Settings, is_loopback
+
+
+def test_serve_is_registered_with_its_flags(tmp_path):
+    args = cli.build_parser().parse_args(
+        ["serve", "--port", "7861", "--models-dir", str(tmp_path), "--api-token", "t", "--queue-size", "5",
+         "--allow-origin", "http://ui.local:3000"])
+    from opensd.cli_serve import settings_from
+
+    s = settings_from(args)
+    assert (s.host, s.port, s.api_token, s.queue_size) == ("127.0.0.1", 7861, "t", 5)
+    assert s.allow_origins == ("http://ui.local:3000",)
+
+
+def test_public_bind_without_token_is_refused(capsys):
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
+    assert "--api-token" in capsys.readouterr().err
+
+
+def test_token_and_opt_out_rules():
+    assert Settings(host="127.0.0.1").check_exposure() is None
+    assert Settings(host="::1").check_exposure() is None
+    assert Settings(host="0.0.0.0", api_token="x").check_exposure() is None
+    assert "WARNING" in Settings(host="0.0.0.0", insecure_no_token=True).check_exposure()
+    with pytest.raises(InvalidArgument):
+        Settings(host="192.168.1.2").check_exposure()
+    assert is_loopback("127.0.0.5") and not is_loopback("10.0.0.1")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--api-token", "x", "--insecure-no-token"])
+
+
+def test_opensd_serve_runs_as_a_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from server_live import free_port
+
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "opensd.cli", "serve", "--port", str(port),
+                             "--outputs-dir", str(tmp_path / "out"), "--api-token", "tok"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/internal/ping").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert httpx.get(url + "/sdapi/v1/samplers").status_code == 401
+        ok = httpx.get(url + "/sdapi/v1/samplers", headers={"Authorization": "Bearer tok"})
+        assert ok.status_code == 200 and "Euler a" in [s["name"] for s in ok.json()]
+        docs = httpx.get(url + "/docs", headers={"Authorization": "Bearer tok"})
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        paths = httpx.get(url + "/openapi.json", headers={"Authorization": "Bearer tok"}).json()["paths"]
+        assert {"/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/prompt", "/history/{prompt_id}"} <= set(paths)
+    finally:
+        proc.terminate()
+        proc.wait(30)
