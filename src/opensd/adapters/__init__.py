@@ -1,0 +1,1 @@
+"""Adapters between models and pipeline: LoRA (kohya and PEFT formats), ControlNet, embeddings."""
