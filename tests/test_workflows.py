@@ -290,3 +290,15 @@ def test_lora_loader(ctx, env):
     ctx.cache = OutputCache()
     assert np.array_equal(pixels(default_graph()), base)  # the base weights came back
     assert getattr(pipe, "lora_reports", []) == []  # and the pipeline's own LoRA list is as before
+
+
+def test_empty_latent_decodes_to_the_requested_size_on_a_model_with_a_4x_vae(tmp_path):
+    # The built-in model's VAE downsamples by 4, not the /8 EmptyLatentImage assumes.
+    from opensd.library.models_dir import ModelFolders
+    folders = ModelFolders(None)
+    c = make_ctx(folders, Loader(folders), tmp_path)
+    g = default_graph(steps=1)
+    g["4"]["inputs"]["ckpt_name"] = "opensd-emoji.safetensors"
+    g["5"]["inputs"].update(width=64, height=48)
+    out, _ = _run(g, c)
+    assert Image.open(_png(c, out)).size == (64, 48)

@@ -101,6 +101,15 @@ def _prepare_mask(mask: torch.Tensor, shape) -> torch.Tensor:
     return m[:shape[0]]
 
 
+def _empty_for(pipe, samples: torch.Tensor, pixel_size: tuple[int, int] | None) -> torch.Tensor:
+    """Zeros shaped for this model's latent channels and VAE downscale."""
+    h, w = samples.shape[2:]
+    if pixel_size is not None:
+        down = pipe.config.vae.downscale
+        w, h = pixel_size[0] // down, pixel_size[1] // down
+    return torch.zeros(samples.shape[0], pipe.config.latent_channels, h, w)
+
+
 def sample(model: ModelRef, positive: list, negative: list, latent: dict, *, seed: int, steps: int, cfg: float,
            sampler_name: str, scheduler: str, denoise: float = 1.0, add_noise: bool = True,
            start_step: int | None = None, last_step: int | None = None, force_full_denoise: bool = False,
@@ -111,8 +120,8 @@ def sample(model: ModelRef, positive: list, negative: list, latent: dict, *, see
     activate(pipe, model.loras)
     samples = latent["samples"].float()
     channels = pipe.config.latent_channels
-    if samples.shape[1] != channels and not samples.any():  # EmptyLatentImage is 4-channel
-        samples = torch.zeros(samples.shape[0], channels, *samples.shape[2:])
+    if not samples.any() and (samples.shape[1] != channels or "pixel_size" in latent):
+        samples = _empty_for(pipe, samples, latent.get("pixel_size"))  # EmptyLatentImage's latent
     noise = prepare_noise(samples, seed) if add_noise else torch.zeros_like(samples)
     sigmas = comfy_sigmas(pipe, sampler_name, scheduler, steps, denoise)
     if last_step is not None and last_step < len(sigmas) - 1:

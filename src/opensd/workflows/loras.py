@@ -2,10 +2,10 @@
 
 MODEL and CLIP values carry the LoRAs LoraLoader nodes stacked on them (:class:`LoraEntry`);
 the model holds one patched set at a time. For a MODEL only the UNet strengths count, for a CLIP
-only the text-encoder strengths. The pipeline's own LoRA state is used (``set_loras`` plus its
-``_apply_loras``, which patch through the pipeline's single ``LoraSet``), so the workflow and the
+only the text-encoder strengths. The pipeline's own LoRA state is used (``set_loras`` plus
+``apply_loras``, which patch through the pipeline's single ``LoraSet``), so the workflow and the
 other faces never fight over the weights; after a run the pipeline gets back the LoRA list it
-had before (:func:`release_all`). A pipeline without LoRA support gets a private ``LoraSet``.
+had before (:func:`release_all`).
 """
 from __future__ import annotations
 
@@ -13,34 +13,19 @@ import weakref
 
 from .types import LoraEntry
 
-_SETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # pipelines without LoRA support
 _BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipe -> its LoRA list before the run
 
 
 def _apply(pipe, specs: list) -> None:
-    if hasattr(pipe, "set_loras") and hasattr(pipe, "_apply_loras"):
-        pipe.set_loras(specs)
-        pipe._apply_loras("")  # patch now: the nodes call the UNet / text encoder directly
-        return
-    from ..adapters.lora import LoraSet
-    lora_set = _SETS.get(pipe)
-    if lora_set is None:
-        if not specs:
-            return
-        lora_set = _SETS[pipe] = LoraSet(pipe.model)
-    lora_set.apply(specs)
+    pipe.set_loras(specs)
+    pipe.apply_loras("")  # patch now: the nodes call the UNet / text encoder directly
 
 
 def activate(pipe, loras: tuple[LoraEntry, ...], part: str = "unet") -> None:
     """Make ``pipe`` run with exactly ``loras`` (only their ``part`` strength: "unet" or "te")."""
-    try:
-        from ..adapters.lora import LoraSpec
-    except ImportError:
-        if loras:
-            raise RuntimeError("LoRA support is not available in this build") from None
-        return
+    from ..adapters.lora import LoraSpec
     if pipe not in _BEFORE:
-        _BEFORE[pipe] = list(getattr(pipe, "_lora_specs", []))
+        _BEFORE[pipe] = list(pipe._lora_specs)
     specs = [LoraSpec(e.path, e.unet if part == "unet" else 0.0, e.te if part == "te" else 0.0) for e in loras]
     _apply(pipe, specs)
 

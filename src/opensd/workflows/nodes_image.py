@@ -31,7 +31,9 @@ def _size(default: int, lo: int, step: int):
 # --- latents -------------------------------------------------------------------------------------
 
 def empty_latent(call, width, height, batch_size=1):
-    return ({"samples": torch.zeros(batch_size, 4, height // 8, width // 8)},)
+    # ComfyUI assumes the /8 VAE of the SD family; the pixel size lets KSampler give models with
+    # another downscale (the built-in model's /4 VAE) the latent that decodes to width x height.
+    return ({"samples": torch.zeros(batch_size, 4, height // 8, width // 8), "pixel_size": (width, height)},)
 
 
 register(NodeDef(
