@@ -76,15 +76,21 @@ class Trainer:
                  cfg: TrainConfig, run_dir: Path, sample_fn: SampleFn | None = None,
                  params: list[nn.Parameter] | None = None):
         """`batches(start_step)` yields batches from that step on, so a resumed run continues the
-        same data order; `params` restricts training to a subset (LoRA, embeddings)."""
+        same data order; `params` restricts training to a subset (LoRA, embeddings), either a list
+        of parameters or of optimizer groups `{"params": [...], "lr_scale": s}` (learning rate
+        cfg.lr * s, e.g. a text encoder trained slower than the UNet)."""
         self.model = model
         self.batches = batches
         self.loss_fn = loss_fn
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.sample_fn = sample_fn
-        self.params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+        if groups and isinstance(groups[0], dict):
+            self.params = [p for g in groups for p in g["params"]]
+        else:
+            self.params, groups = list(groups), [{"params": list(groups)}]
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.step = 0
         self.losses: list[float] = []
@@ -158,7 +164,7 @@ class Trainer:
         while self.step < end:
             batch = next(data)
             for group in self.opt.param_groups:
-                group["lr"] = self.lr_at(self.step)
+                group["lr"] = self.lr_at(self.step) * group.get("lr_scale", 1.0)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
                 loss = self.loss_fn(self.model, batch, self.step)
             if not torch.isfinite(loss):

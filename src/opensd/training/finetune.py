@@ -1,0 +1,238 @@
+"""What LoRA, DreamBooth and textual-inversion training share: options, the base model, cached
+VAE latents, caption encoding with gradients, the noise-prediction loss, gradient checkpointing,
+sample images and the run folder's job record. Each job wires these into the shared Trainer.
+
+The loss is the one the built-in model is trained with (training/builtin.py): z_t = sqrt(a) z0 +
+sqrt(1-a) eps on the model's own discrete schedule, the UNet predicts eps (or v for v-models),
+MSE, optional min-SNR-gamma weighting. Everything random in a batch comes from a generator seeded
+by (seed, step), so a resumed run sees exactly the batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..errors import InvalidArgument
+from ..pipeline.conditioning import PromptConditioner, size_vector
+from ..sampling.schedules import scaled_linear_alphas_cumprod
+from .finetune_data import Dataset, load_dataset, stack
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CommonOptions:
+    data: Path
+    model: Path
+    output: Path
+    run_dir: Path
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 1
+    resolution: int | None = None      # default: the model's native resolution
+    bucket_step: int | None = None     # default: VAE downscale * 8 (64 for SD)
+    lr: float = 1e-4
+    warmup: int = 0
+    seed: int = 0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    flip: bool = False
+    min_snr_gamma: float | None = None
+    sample_every: int = 0
+    sample_prompts: list[str] = field(default_factory=list)
+    sample_steps: int = 20
+    save_every: int = 50
+    caption: str = ""                  # default caption for images without a sidecar
+    device: str = "cpu"
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("batch_size", "sample_steps", "save_every"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
+        if (self.steps is None) == (self.epochs is None):
+            raise InvalidArgument("steps: give exactly one of --steps and --epochs")
+        if (self.steps or 1) < 1 or (self.epochs or 1) < 1:
+            raise InvalidArgument("steps: --steps/--epochs must be at least 1")
+        if not self.lr > 0:
+            raise InvalidArgument(f"lr: must be positive, got {self.lr}")
+        if self.sample_every < 0:
+            raise InvalidArgument("sample-every: must be 0 (off) or more")
+        if self.resolution is not None and self.resolution < 8:
+            raise InvalidArgument(f"resolution: {self.resolution} is too small")
+        if not Path(self.model).exists():
+            raise InvalidArgument(f"model: {self.model} does not exist")
+
+
+def warn_bf16(device: str) -> None:
+    if device != "cpu":
+        return
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        warnings.warn("bf16: this CPU has no native bf16 (avx512_bf16/amx); bf16 autocast will be "
+                      "emulated and is usually slower than fp32 here", stacklevel=2)
+
+
+def load_base(path, device: str = "cpu"):
+    """The frozen base model as a Pipeline (fp32: training needs full-precision master weights)."""
+    from ..pipeline.pipeline import load
+    pipe = load(path, device=device, precision="fp32")
+    pipe.model.requires_grad_(False).eval()
+    return pipe
+
+
+def alphas_of(pipe) -> torch.Tensor:
+    a = pipe.loaded.alphas_cumprod
+    return (a if a is not None else scaled_linear_alphas_cumprod()).float().to(pipe.device)
+
+
+def open_dataset(opts: CommonOptions, pipe, default_caption: str | None = None, root=None) -> Dataset:
+    cfg = pipe.config
+    res = opts.resolution or cfg.resolution
+    step = opts.bucket_step or cfg.vae.downscale * 8
+    if res % step:
+        raise InvalidArgument(f"resolution: {res} must be a multiple of {step} (the bucket step) for this model")
+    return load_dataset(root or opts.data, res, step=step, flip=opts.flip,
+                        default_caption=opts.caption if default_caption is None else default_caption)
+
+
+def total_steps(opts: CommonOptions, ds: Dataset) -> int:
+    return opts.steps if opts.steps is not None else opts.epochs * ds.steps_per_epoch(opts.batch_size)
+
+
+class LatentBatches:
+    """Dataset batches as scaled VAE latents (posterior mean and std cached per image and flip)
+    plus the per-step noise and timesteps."""
+
+    def __init__(self, pipe, ds: Dataset, batch_size: int, seed: int):
+        self.pipe, self.ds, self.batch_size, self.seed = pipe, ds, batch_size, seed
+        self._cache: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.n_timesteps = len(alphas_of(pipe))
+
+    @torch.no_grad()
+    def _posterior(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        vae = self.pipe.model.vae
+        for key in batch:  # one image at a time: a latent must not depend on its batch-mates
+            if key not in self._cache:
+                px, _ = stack(self.ds, [key])
+                mean, logvar = vae.encode(px.to(self.pipe.device, next(vae.parameters()).dtype))
+                self._cache[key] = (mean[0].float().cpu(), torch.exp(0.5 * logvar[0].float()).cpu())
+        return (torch.stack([self._cache[b][0] for b in batch]), torch.stack([self._cache[b][1] for b in batch]))
+
+    def __call__(self, start: int):
+        scale = self.pipe.config.vae.scaling_factor
+        for step, batch in self.ds.batches(self.batch_size, self.seed, start):
+            yield self.make(step, batch, scale)
+
+    def make(self, step: int, batch, scale: float) -> dict:
+        g = torch.Generator().manual_seed(self.seed * 7_919 + 1_000_003 * (step + 1))
+        mean, std = self._posterior(batch)
+        z0 = (mean + std * torch.randn(mean.shape, generator=g)) * scale
+        t = torch.randint(0, self.n_timesteps, (len(batch),), generator=g)
+        noise = torch.randn(z0.shape, generator=g)
+        dev = self.pipe.device
+        h, w = (s * self.pipe.config.vae.downscale for s in z0.shape[-2:])
+        return {"z0": z0.to(dev), "t": t.to(dev), "noise": noise.to(dev), "size": (w, h),
+                "captions": [self.ds.items[i].caption for i, _ in batch]}
+
+
+def encode_text(pipe, captions: list[str], embeddings=None, size=None):
+    """Captions -> (context, y) with gradients flowing into trainable text-encoder parts and
+    embedding vectors. Captions are taken literally (no emphasis syntax) and cut to one chunk of
+    75 tokens, as kohya's default; embeddings in `embeddings` are found by name as in prompts."""
+    cond = PromptConditioner(pipe.model, pipe.tokenizer, pipe.device, embeddings, emphasis="none",
+                             comma_backtrack=0)
+    rows = [cond.chunks(c)[0] for c in captions]
+    context, pooled = cond._encode_rows(rows, [1] * len(rows), want_pooled=True)
+    y = None
+    if pipe.config.unet.adm_in_channels:
+        w, h = size
+        y = size_vector(pipe.config, pooled, w, h)
+    return context, y
+
+
+def diffusion_loss(pipe, batch: dict, alphas: torch.Tensor, embeddings=None,
+                   min_snr_gamma: float | None = None) -> torch.Tensor:
+    z0, t, noise = batch["z0"], batch["t"], batch["noise"]
+    context, y = encode_text(pipe, batch["captions"], embeddings, batch["size"])
+    a = alphas[t].view(-1, 1, 1, 1)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    pred = pipe.model.unet(zt, t, context, y).float()
+    target = noise if pipe.config.prediction == "eps" else a.sqrt() * noise - (1 - a).sqrt() * z0
+    per = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    if min_snr_gamma:
+        snr = a.view(-1) / (1 - a.view(-1))
+        clipped = torch.clamp(snr, max=min_snr_gamma)
+        per = per * (clipped / snr if pipe.config.prediction == "eps" else clipped / (snr + 1))
+    return per.mean()
+
+
+def enable_gradient_checkpointing(unet) -> None:
+    """Recompute each UNet block's activations in the backward pass instead of storing them.
+    Done by wrapping the blocks' forward on the instances, so the model code is untouched."""
+    for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
+        if getattr(block, "_opensd_checkpointed", False):
+            continue
+        inner = block.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+            return _inner(*args, **kwargs)
+
+        block.forward = forward
+        block._opensd_checkpointed = True
+
+
+def save_samples(pipe, prompts: list[str], step: int, run_dir: Path, seed: int, steps: int,
+                 resolution: int | None = None) -> list[Path]:
+    """txt2img of each prompt with the model as it is now (adapters applied), saved under
+    run_dir/samples/ as step{N}-{i}.png."""
+    out = []
+    folder = Path(run_dir) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    res = resolution or pipe.config.resolution
+    for i, prompt in enumerate(prompts):
+        image = pipe.txt2img(prompt, steps=steps, seed=seed + i, width=res, height=res)[0]
+        path = folder / f"step{step:06d}-{i}.png"
+        image.save(path)
+        out.append(path)
+    return out
+
+
+def check_job(run_dir: Path, job: dict) -> None:
+    """Remember a run's settings in run_dir/job.json; a later command with other settings in the
+    same run folder is refused instead of silently mixing two runs."""
+    run_dir = Path(run_dir)
+    path = run_dir / "job.json"
+    job = json.loads(json.dumps(job, default=str))
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
+        if diff:
+            raise InvalidArgument(f"run-dir: {run_dir} holds a run with other settings ({', '.join(diff)}); "
+                                  "use the same command to continue it, or a new --run-dir")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(job, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def job_record(opts: CommonOptions, **extra) -> dict:
+    """The settings that define a run (not output paths, progress or sampling)."""
+    skip = {"output", "run_dir", "progress", "sample_every", "sample_prompts", "sample_steps", "device", "save_every"}
+    rec = {k: v for k, v in asdict(opts).items() if k not in skip}
+    rec["model"] = str(Path(opts.model).resolve())
+    rec["data"] = str(Path(opts.data).resolve())
+    return rec | extra

@@ -1,0 +1,255 @@
+"""LoRA training: low-rank adapters on a frozen model, saved as a kohya-format safetensors file.
+
+Each target layer W (nn.Linear, or nn.Conv2d inside the UNet's attention blocks) gets a trainable
+`down` (rank x in, same kernel as W) and `up` (out x rank, 1x1, zero-initialised), so the output
+becomes W x + (alpha / rank) * up(down(x)); with `up` at zero, training starts from the base model
+exactly. The adapters sit on forward hooks, so the model code is untouched and sampling through
+the ordinary Pipeline sees them.
+
+Targets are kohya's default "networks.lora" set: every Linear/Conv2d inside the UNet's
+transformer blocks (proj_in, attn1/attn2 q/k/v/out, ff, proj_out) and, with the text encoder,
+every Linear of the CLIP layers (q/k/v/out_proj, fc1, fc2). Names come from
+``opensd.adapters.lora_keys.lora_targets`` so they are the names every LoRA loader expects.
+
+The file: ``{name}.lora_down.weight``, ``{name}.lora_up.weight``, ``{name}.alpha`` (fp16 by
+default) with sd-scripts' ``ss_*`` metadata and ``modelspec.*``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgument
+from ..models.unet import SpatialTransformer
+from . import finetune as FT
+
+log = logging.getLogger(__name__)
+
+
+class LoraLayer(nn.Module):
+    def __init__(self, target: nn.Module, rank: int, alpha: float):
+        super().__init__()
+        if isinstance(target, nn.Linear):
+            self.lora_down = nn.Linear(target.in_features, rank, bias=False)
+            self.lora_up = nn.Linear(rank, target.out_features, bias=False)
+        elif isinstance(target, nn.Conv2d):
+            self.lora_down = nn.Conv2d(target.in_channels, rank, target.kernel_size, target.stride,
+                                       target.padding, bias=False)
+            self.lora_up = nn.Conv2d(rank, target.out_channels, 1, bias=False)
+        else:
+            raise TypeError(f"cannot put a LoRA on {type(target).__name__}")
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up.weight)
+        dev = target.weight.device
+        self.to(dev)
+        self.register_buffer("alpha", torch.tensor(float(alpha), device=dev))
+        self.rank = rank
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / self.rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lora_up(self.lora_down(x.to(self.lora_down.weight.dtype))) * self.scale
+
+    @torch.no_grad()
+    def delta_weight(self) -> torch.Tensor:
+        up, down = self.lora_up.weight.float(), self.lora_down.weight.float()
+        if up.ndim == 2:
+            return up @ down * self.scale
+        return torch.einsum("or,rikl->oikl", up[:, :, 0, 0], down) * self.scale
+
+
+class LoraNetwork(nn.Module):
+    """The trainable adapters, by kohya name; `attach()` hooks them onto their target layers."""
+
+    def __init__(self, targets: dict[str, nn.Module], rank: int, alpha: float):
+        super().__init__()
+        self.targets = targets
+        self.layers = nn.ModuleDict({name: LoraLayer(m, rank, alpha) for name, m in targets.items()})
+        self._handles: list = []
+        self.enabled = True
+
+    def attach(self) -> LoraNetwork:
+        self.detach()
+        for name, target in self.targets.items():
+            layer = self.layers[name]
+
+            def hook(_m, args, out, _layer=layer):
+                return out + _layer(args[0]).to(out.dtype) if self.enabled else out
+
+            self._handles.append(target.register_forward_hook(hook))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def param_groups(self, unet_lr_scale: float = 1.0, te_lr_scale: float = 1.0) -> list[dict]:
+        unet = [p for n, layer in self.layers.items() if n.startswith("lora_unet_") for p in layer.parameters()]
+        te = [p for n, layer in self.layers.items() if not n.startswith("lora_unet_") for p in layer.parameters()]
+        return [g for g in ({"params": unet, "lr_scale": unet_lr_scale},
+                            {"params": te, "lr_scale": te_lr_scale}) if g["params"]]
+
+    def kohya_state_dict(self, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, layer in self.layers.items():
+            out[f"{name}.lora_down.weight"] = layer.lora_down.weight.detach().to("cpu", dtype).contiguous()
+            out[f"{name}.lora_up.weight"] = layer.lora_up.weight.detach().to("cpu", dtype).contiguous()
+            out[f"{name}.alpha"] = layer.alpha.detach().to("cpu", dtype)
+        return out
+
+    @torch.no_grad()
+    def merge(self, multiplier: float = 1.0) -> None:
+        """Add the adapters into the target weights for good (and stop the hooks)."""
+        for name, target in self.targets.items():
+            target.weight.add_(self.layers[name].delta_weight().to(target.weight) * multiplier)
+        self.detach()
+
+
+def default_targets(model, text_encoder: bool) -> dict[str, nn.Module]:
+    """kohya's default LoRA set: layers inside the UNet's transformer blocks, plus the text
+    encoders' layer Linears (OpenCLIP's fused q/k/v cannot carry a hook-based LoRA: skipped)."""
+    from ..adapters.lora_keys import lora_targets
+    inside = {id(m) for st in model.unet.modules() if isinstance(st, SpatialTransformer) for m in st.modules()}
+    out, skipped = {}, 0
+    for name, m in lora_targets(model, text_encoder).items():
+        if name.startswith("lora_unet_"):
+            if id(m) in inside and isinstance(m, (nn.Linear, nn.Conv2d)):
+                out[name] = m
+        elif isinstance(m, nn.Linear):
+            out[name] = m
+        else:
+            skipped += 1
+    if skipped:
+        log.warning("text encoder: %d fused q/k/v projections (OpenCLIP) get no LoRA", skipped)
+    return out
+
+
+@dataclass
+class LoraOptions(FT.CommonOptions):
+    rank: int = 8
+    alpha: float = 4.0
+    te_lr: float | None = None        # default: same as lr
+    train_text_encoder: bool = False
+    save_fp32: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.rank < 1:
+            raise InvalidArgument(f"rank: must be at least 1, got {self.rank}")
+        if not self.alpha > 0:
+            raise InvalidArgument(f"alpha: must be positive, got {self.alpha}")
+        if self.te_lr is not None and not self.te_lr > 0:
+            raise InvalidArgument(f"te-lr: must be positive, got {self.te_lr}")
+
+
+BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "sdxl_refiner": "sdxl_refiner_v1-0",
+                "small": "opensd_small"}
+ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base",
+        "sdxl_refiner": "stable-diffusion-xl-v1-refiner", "small": "opensd-small"}
+
+
+def metadata(opts: LoraOptions, pipe, ds, steps: int, started: float, step_done: int) -> dict[str, str]:
+    cfg = pipe.config
+    res = ds.resolution
+    arch = ARCH[cfg.family] + ("-768-v" if cfg.family == "sd2" and cfg.prediction == "v" else "")
+    name = Path(opts.output).stem
+    meta = {
+        "ss_network_module": "networks.lora", "ss_network_dim": str(opts.rank),
+        "ss_network_alpha": str(float(opts.alpha)), "ss_network_args": "null",
+        "ss_base_model_version": BASE_VERSION[cfg.family], "ss_v2": str(cfg.family == "sd2"),
+        "ss_sd_model_name": Path(opts.model).name, "ss_resolution": f"({res}, {res})",
+        "ss_num_train_images": str(ds.num_repeated), "ss_steps": str(step_done), "ss_max_train_steps": str(steps),
+        "ss_epoch": str(math.ceil(step_done / max(1, ds.steps_per_epoch(opts.batch_size)))),
+        "ss_batch_size_per_device": str(opts.batch_size), "ss_learning_rate": str(opts.lr),
+        "ss_unet_lr": str(opts.lr), "ss_text_encoder_lr": str((opts.te_lr or opts.lr) if opts.train_text_encoder else 0),
+        "ss_network_train_unet_only": str(not opts.train_text_encoder), "ss_seed": str(opts.seed),
+        "ss_mixed_precision": "bf16" if opts.bf16 else "no", "ss_gradient_checkpointing": str(opts.gradient_checkpointing),
+        "ss_enable_bucket": "True", "ss_bucket_info": json.dumps(
+            {"buckets": {str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(ds.buckets.items())}}),
+        "ss_flip_aug": str(opts.flip), "ss_min_snr_gamma": str(opts.min_snr_gamma),
+        "ss_lr_scheduler": "cosine_with_warmup", "ss_lr_warmup_steps": str(opts.warmup),
+        "ss_training_started_at": str(started), "ss_training_finished_at": str(time.time()),
+        "ss_output_name": name, "ss_tag_frequency": json.dumps(ds.tag_frequency()),
+        "ss_prediction_type": "v_prediction" if cfg.prediction == "v" else "epsilon",
+        "ss_training_comment": "trained with opensd",
+        "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": f"{arch}/lora",
+        "modelspec.implementation": "sgm" if cfg.family.startswith("sdxl") else "diffusers",
+        "modelspec.title": name, "modelspec.resolution": f"{res}x{res}",
+        "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)),
+    }
+    return meta
+
+
+def save_lora(network: LoraNetwork, path: Path, meta: dict[str, str], fp32: bool = False) -> Path:
+    from ..checkpoints.files import save_safetensors
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(network.kohya_state_dict(torch.float32 if fp32 else torch.float16), path, metadata=meta)
+    return path
+
+
+def started_at(run_dir: Path) -> float:
+    """When the run began, kept across resumes."""
+    p = Path(run_dir) / "started_at"
+    if p.is_file():
+        return float(p.read_text())
+    p.parent.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    p.write_text(repr(now))
+    return now
+
+
+def build(opts: LoraOptions, pipe=None):
+    """Everything of a LoRA run short of running it: (trainer, network, pipe, dataset, steps)."""
+    from .trainer import TrainConfig, Trainer
+    opts.validate()
+    pipe = pipe or FT.load_base(opts.model, opts.device)
+    ds = FT.open_dataset(opts, pipe)
+    steps = FT.total_steps(opts, ds)
+    FT.check_job(opts.run_dir, FT.job_record(opts, steps=steps, kind="lora"))
+    if opts.bf16:
+        FT.warn_bf16(opts.device)
+    torch.manual_seed(opts.seed)  # the adapters' initial down weights
+    network = LoraNetwork(default_targets(pipe.model, opts.train_text_encoder), opts.rank, opts.alpha).attach()
+    if opts.gradient_checkpointing:
+        FT.enable_gradient_checkpointing(pipe.model.unet)
+    alphas = FT.alphas_of(pipe)
+    batches = FT.LatentBatches(pipe, ds, opts.batch_size, opts.seed)
+    te_scale = (opts.te_lr or opts.lr) / opts.lr
+
+    def loss_fn(_net, batch, _step):
+        return FT.diffusion_loss(pipe, batch, alphas, min_snr_gamma=opts.min_snr_gamma)
+
+    def sample_fn(_net, step, run_dir):
+        FT.save_samples(pipe, opts.sample_prompts or [ds.items[0].caption], step, run_dir, opts.seed,
+                        opts.sample_steps, ds.resolution)
+
+    cfg = TrainConfig(steps=steps, lr=opts.lr, warmup=opts.warmup, grad_clip=1.0, save_every=opts.save_every,
+                      sample_every=opts.sample_every, seed=opts.seed, bf16=opts.bf16)
+    trainer = Trainer(network, batches, loss_fn, cfg, Path(opts.run_dir), sample_fn,
+                      params=network.param_groups(1.0, te_scale))
+    return trainer, network, pipe, ds, steps
+
+
+def train_lora(opts: LoraOptions, pipe=None, until: int | None = None) -> Path | None:
+    """Train (or continue) a LoRA run and write opts.output; returns its path (None when stopped
+    early by `until`)."""
+    trainer, network, pipe, ds, steps = build(opts, pipe)
+    started = started_at(opts.run_dir)
+    log.info("LoRA: %d layers, %d trainable parameters, %d images (%d with repeats) in %d bucket(s), %d steps",
+             len(network.layers), sum(p.numel() for p in trainer.params), ds.num_images, ds.num_repeated,
+             len(ds.buckets), steps)
+    trainer.run(progress=opts.progress, until=until)
+    if trainer.step < steps:
+        return None
+    return save_lora(network, opts.output, metadata(opts, pipe, ds, steps, started, trainer.step), opts.save_fp32)
