@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="checkpoint file (.safetensors/.ckpt) or diffusers folder; default: the built-in model")
     gen.add_argument("--vae", type=Path, help="standalone VAE file replacing the checkpoint's VAE")
     gen.add_argument("--embeddings-dir", type=Path, help="folder of textual-inversion embeddings (use by file name)")
+    gen.add_argument("--lora", action="append", default=[], metavar="NAME_OR_PATH[:UNET[:TE]]",
+                     help="apply a LoRA (repeatable); strengths default to 1, TE to the UNet one")
+    gen.add_argument("--loras-dir", type=Path, help="folder of LoRAs for --lora NAME and <lora:name:w> in prompts")
     gen.add_argument("--from", dest="from_image", type=Path,
                      help="reuse the generation parameters stored in this image (flags you give win)")
     g = gen.add_argument_group("sampling")
@@ -83,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--hires-upscaler", choices=["latent", "latent (nearest)", "lanczos"])
     h.add_argument("--hires-sampler")
     h.add_argument("--hires-prompt")
+    c = gen.add_argument_group("controlnet")
+    c.add_argument("--control", action="append", metavar="MODEL,IMAGE[,OPTIONS]",
+                   help="MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=canny][,guess][,resize=crop]; repeatable")
+    c.add_argument("--controlnet-dir", type=Path, help="folder where --control looks up ControlNets by name")
     d = gen.add_argument_group("device")
     d.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     d.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
@@ -221,8 +228,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.model is None and not BUILTIN_MODEL.is_file():
         raise InvalidArgument("model: no built-in model is installed; pass --model PATH")
     pipe = load(model, vae=args.vae, device=args.device, precision=args.precision, prediction=args.prediction,
-                embeddings_dir=args.embeddings_dir)
+                embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir)
+    if args.lora:
+        from .adapters.lora import parse_lora_arg
+
+        def find(name: str) -> Path:
+            path = Path(name)
+            if path.is_file() or pipe.lora_folders is None:
+                if not path.is_file():
+                    raise InvalidArgument(f"lora: {name} does not exist (give a file, or --loras-dir)")
+                return path
+            try:
+                return pipe.resolve_lora(name)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"lora: {str(e).removeprefix('prompt: ')}") from None
+
+        pipe.set_loras([parse_lora_arg(text, find) for text in args.lora])
     kwargs = generation_kwargs(args)
+    if args.control:
+        from .cli_control import controls_from_args
+        kwargs["controls"] = controls_from_args(args, pipe)
     bars: list = []
 
     def progress(step: int, total: int) -> None:
@@ -275,7 +300,8 @@ def save_with_infotext(pipe, image, out: Path, args, kwargs) -> None:
         clip_skip=args.clip_skip,
         hires_upscale=hires.scale if hires is not None else None,
         hires_steps=hires.steps if hires is not None else None,
-        hires_upscaler=hires.upscaler if hires is not None else None)
+        hires_upscaler=hires.upscaler if hires is not None else None,
+        lora_hashes=pipe.lora_hashes() or None)
     try:
         save_image(image, out, format_infotext(args.prompt, args.negative, params))
     except ValueError as e:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..adapters.lora import LoraSet, LoraSpec, prompt_lora_tags, specs_from_tags
 from ..errors import InvalidArgument, OpenSDError
 from ..sampling.denoiser import Denoiser
 from ..sampling.names import resolve
@@ -75,10 +76,57 @@ class Pipeline:
         self._cond_cache: dict = {}
         self._conditioners: dict = {}
         self.embeddings = embeddings
+        # LoRAs: explicit ones (set_loras) plus the prompt's <lora:name:w> tags, found in lora_folders
+        # (a ModelFolders, or a list of plain folders).
+        self.lora_folders = None
+        self._lora_specs: list[LoraSpec] = []
+        self._lora_set: LoraSet | None = None
+        self._controls: list = []  # ControlSpecs of the running generation
 
     @property
     def name(self) -> str:
         return self.loaded.path.stem if self.loaded.path.is_file() else self.loaded.path.name
+
+    def set_loras(self, specs: list[LoraSpec]) -> None:
+        """LoRAs applied to every generation from now on, before the prompt's own <lora:…> tags."""
+        self._lora_specs = [s if isinstance(s, LoraSpec) else LoraSpec(s) for s in specs]
+
+    @property
+    def lora_reports(self) -> list:
+        """What the last generation applied (LoraReport per file: strengths, unmatched keys)."""
+        return [] if self._lora_set is None else self._lora_set.reports
+
+    def lora_hashes(self) -> dict[str, str]:
+        """A1111's "Lora hashes" of the LoRAs the last generation applied: name -> short hash."""
+        from ..library.hashes import lora_hash
+        return {r.name: lora_hash(r.path) for r in self.lora_reports}
+
+    def resolve_lora(self, name: str) -> Path:
+        """A LoRA by prompt name, through lora_folders (a ModelFolders or a list of folders)."""
+        from ..library.models_dir import ModelFolders
+        folders = self.lora_folders
+        if folders is None:
+            raise InvalidArgument(f"prompt: <lora:{name}> needs a LoRA folder (loras_dir) to look it up in")
+        if not isinstance(folders, ModelFolders):
+            dirs = [folders] if isinstance(folders, (str, Path)) else list(folders)
+            folders = ModelFolders(None, include_builtin=False, extra={"loras": [Path(d) for d in dirs]})
+        try:
+            return folders.resolve("loras", name)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"prompt: {e}") from None
+
+    def apply_loras(self, prompt: str = "") -> None:
+        """Patch in exactly the explicit + prompt LoRAs (restoring the base weights first when the
+        set changed); encoded prompts depend on the text encoder, so the cache goes with it.
+        Generation calls this itself; callers that use the modules directly call it first."""
+        specs = self._lora_specs + specs_from_tags(prompt_lora_tags(prompt), self.resolve_lora)
+        if not specs and self._lora_set is None:
+            return
+        if self._lora_set is None:
+            self._lora_set = LoraSet(self.model)
+        self._lora_set.apply(specs)
+        if self._lora_set.changed:
+            self._cond_cache = {}
 
     def interrupt(self) -> None:
         """Stop the running generation at the end of its current sampling step."""
@@ -87,19 +135,22 @@ class Pipeline:
     # --- modes -----------------------------------------------------------------------------
 
     def txt2img(self, prompt: str, negative_prompt: str = "", *, progress: Progress = None,
-                **params) -> list[Image.Image]:
-        """Generate `batch_size` images; image i uses seed + i. Each image's `info["seed"]` is its seed."""
+                controls: list | None = None, **params) -> list[Image.Image]:
+        """Generate `batch_size` images; image i uses seed + i. Each image's `info["seed"]` is its seed.
+        `controls`: ControlSpecs (opensd.adapters.controlnet) applied in every pass."""
         p = self._params(prompt, negative_prompt, params)
+        self._controls = _controls(controls, self.config)
         return self._generate(p, None, None, progress)
 
     def img2img(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, mask: Image.Image | None = None,
-                progress: Progress = None, **params) -> list[Image.Image]:
+                progress: Progress = None, controls: list | None = None, **params) -> list[Image.Image]:
         """Repaint `image` with denoising `strength`; with `mask` (white = repaint) this is inpainting."""
         if not isinstance(image, Image.Image):
             raise InvalidArgument("image: an init image (PIL image) is required")
         params.setdefault("width", _round8(image.width))
         params.setdefault("height", _round8(image.height))
         p = self._params(prompt, negative_prompt, params)
+        self._controls = _controls(controls, self.config)
         if mask is not None:
             mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask)
         return self._generate(p, image.convert("RGB"), mask, progress)
@@ -137,6 +188,7 @@ class Pipeline:
                   progress: Progress) -> list[Image.Image]:
         self._interrupt = False
         self._cond_cache: dict = {}
+        self.apply_loras(p.prompt)
         source, crop = init, None
         if init is not None:
             if mask is not None and p.inpaint_full_res:
@@ -227,7 +279,11 @@ class Pipeline:
         uncond = self._schedule(p.negative_prompt, p.clip_skip, steps, width, height, negative=True)
         if image_cond is None and self.config.inpainting:
             image_cond = self._inpaint_cond(None, None, width, height)
-        denoise = self._cfg_denoiser(cond, uncond, sigmas, p.cfg, image_cond, p.clip_skip)
+        control = None
+        if self._controls:  # ControlNets see their image at this pass's size (hires: the hires size)
+            from ..adapters.controlnet import ControlApplier
+            control = ControlApplier(self._controls, width, height, self.device, self.dtype)
+        denoise = self._cfg_denoiser(cond, uncond, sigmas, p.cfg, image_cond, p.clip_skip, control)
         if latent_mask is not None:
             inner = denoise
 
@@ -265,9 +321,10 @@ class Pipeline:
         key = (prompt, clip_skip, steps, width, height, negative)
         if key not in self._cond_cache:  # a batch encodes its prompt once, not once per image
             sched = self.conditioner(clip_skip).schedule(prompt, steps, negative=negative)
-            if sched.extra_networks:  # parsed out of the prompt; applying them is the adapter layer's job
-                log.warning("extra networks in the prompt are not applied yet: %s",
-                            ", ".join(f"<{n.kind}:{n.name}>" for n in sched.extra_networks))
+            others = [n for n in sched.extra_networks if n.kind not in ("lora", "lyco")]
+            if others:  # LoRA tags were applied in _generate; other kinds have no adapter yet
+                log.warning("extra networks in the prompt are not applied: %s",
+                            ", ".join(f"<{n.kind}:{n.name}>" for n in others))
             if self.config.unet.adm_in_channels:
                 score = 2.5 if negative else 6.0  # refiner's conventional aesthetic scores
                 for part in sched.parts:
@@ -277,17 +334,21 @@ class Pipeline:
         return self._cond_cache[key]
 
     def _cfg_denoiser(self, cond: CondSchedule, uncond: CondSchedule, sigmas: torch.Tensor, cfg: float,
-                      image_cond: torch.Tensor | None, clip_skip: int | None):
+                      image_cond: torch.Tensor | None, clip_skip: int | None, control=None):
         """Classifier-free guidance with A1111's AND composition: one UNet call on
         [uncond, cond_1..cond_k] per evaluation; result = uncond + cfg * sum w_i (cond_i - uncond)."""
         unet = self.model.unet
         conditioner = self.conditioner(clip_skip)
 
+        at = {"step": 0}
+
         def unet_fn(x, t, context, y):
+            residuals = None if control is None else control(x, t, context, y, at["step"] / len(levels))
             if image_cond is not None:  # inpainting models see [x, mask, masked image] channels
                 x = torch.cat([x, image_cond.expand(len(x), -1, -1, -1).to(x)], dim=1)
             with torch.no_grad():
-                return unet(x, t, context, y).float()
+                out = unet(x, t, context, y) if residuals is None else unet(x, t, context, y, control=residuals)
+                return out.float()
 
         model = Denoiser(unet_fn, self.schedule, self.config.prediction)
         levels = sigmas[:-1]
@@ -295,6 +356,7 @@ class Pipeline:
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             # The step whose sigma this evaluation is at (or just below, for 2nd-order samplers).
             step = int((levels > sigma.item() * (1 + 1e-6)).sum().clamp(max=len(levels) - 1))
+            at["step"] = step
             parts = cond.at(step)
             batch = conditioner.pad([uncond.at(step)[0][1], *(c for _, c in parts)])
             context = torch.cat([c.context for c in batch])
@@ -370,6 +432,13 @@ class Pipeline:
         return Image.composite(image, original, mask.resize(image.size) if mask.size != image.size else mask)
 
 
+def _controls(controls, config) -> list:
+    if not controls:
+        return []
+    from ..adapters.controlnet import validate_controls
+    return validate_controls(controls, config)
+
+
 def _round8(v: int) -> int:
     return max(8, round(v / 8) * 8)
 
@@ -393,13 +462,19 @@ def _latent_mask(mask: Image.Image, size: tuple[int, int], device) -> torch.Tens
 
 
 def load(path, *, vae=None, device: str | None = None, precision: str = "fp32",
-         prediction: str | None = None, embeddings_dir=None) -> Pipeline:
+         prediction: str | None = None, embeddings_dir=None, loras_dir=None) -> Pipeline:
     """Load a checkpoint file or diffusers folder into a ready pipeline; `embeddings_dir` holds
-    textual-inversion embeddings usable by file name in prompts."""
+    textual-inversion embeddings usable by file name in prompts, `loras_dir` the LoRAs that
+    prompts name with <lora:name:weight>."""
     dev = resolve_device(device)
     dtype = resolve_dtype(precision)
     if prediction not in (None, "eps", "v"):
         raise InvalidArgument(f"prediction: {prediction!r} must be 'eps' or 'v'")
     loaded = load_model(Path(path), vae=vae, prediction=prediction, dtype=dtype, device=dev)
     embeddings = load_embeddings(embeddings_dir) if embeddings_dir is not None else None
-    return Pipeline(loaded, dev, dtype, embeddings=embeddings)
+    pipe = Pipeline(loaded, dev, dtype, embeddings=embeddings)
+    if loras_dir is not None:
+        if not Path(loras_dir).is_dir():
+            raise InvalidArgument(f"loras_dir: {loras_dir} is not a folder")
+        pipe.lora_folders = [Path(loras_dir)]
+    return pipe
