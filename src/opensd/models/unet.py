@@ -166,6 +166,39 @@ class TimestepBlock(nn.ModuleList):
         return x
 
 
+def _transformer_factory(cfg: UNetConfig):
+    def transformer(ch: int, depth: int) -> SpatialTransformer:
+        return SpatialTransformer(ch, cfg.heads_for(ch), depth, cfg.context_dim, cfg.use_linear_in_transformer)
+    return transformer
+
+
+def build_encoder(cfg: UNetConfig) -> tuple[nn.ModuleList, TimestepBlock, list[int]]:
+    """input_blocks, middle_block and the channels of each skip: the half the UNet and ControlNet share."""
+    emb_dim = cfg.model_channels * 4
+    mc = cfg.model_channels
+    transformer = _transformer_factory(cfg)
+    input_blocks = nn.ModuleList([TimestepBlock([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
+    skip_channels = [mc]
+    ch = mc
+    last = len(cfg.channel_mult) - 1
+    for level, mult in enumerate(cfg.channel_mult):
+        for _ in range(cfg.num_res_blocks):
+            layers = [ResBlock(ch, emb_dim, mult * mc)]
+            ch = mult * mc
+            if cfg.transformer_depth[level]:
+                layers.append(transformer(ch, cfg.transformer_depth[level]))
+            input_blocks.append(TimestepBlock(layers))
+            skip_channels.append(ch)
+        if level != last:
+            input_blocks.append(TimestepBlock([Downsample(ch)]))
+            skip_channels.append(ch)
+    middle = [ResBlock(ch, emb_dim, ch)]
+    if cfg.transformer_depth_middle:
+        middle.append(transformer(ch, cfg.transformer_depth_middle))
+    middle.append(ResBlock(ch, emb_dim, ch))
+    return input_blocks, TimestepBlock(middle), skip_channels
+
+
 class UNetModel(nn.Module):
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -177,31 +210,9 @@ class UNetModel(nn.Module):
             self.label_emb = nn.Sequential(nn.Sequential(
                 nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
 
-        def transformer(ch: int, depth: int) -> SpatialTransformer:
-            return SpatialTransformer(ch, cfg.heads_for(ch), depth, cfg.context_dim,
-                                      cfg.use_linear_in_transformer)
-
-        self.input_blocks = nn.ModuleList([TimestepBlock([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
-        skip_channels = [mc]
-        ch = mc
-        last = len(cfg.channel_mult) - 1
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers = [ResBlock(ch, emb_dim, mult * mc)]
-                ch = mult * mc
-                if cfg.transformer_depth[level]:
-                    layers.append(transformer(ch, cfg.transformer_depth[level]))
-                self.input_blocks.append(TimestepBlock(layers))
-                skip_channels.append(ch)
-            if level != last:
-                self.input_blocks.append(TimestepBlock([Downsample(ch)]))
-                skip_channels.append(ch)
-
-        middle = [ResBlock(ch, emb_dim, ch)]
-        if cfg.transformer_depth_middle:
-            middle.append(transformer(ch, cfg.transformer_depth_middle))
-        middle.append(ResBlock(ch, emb_dim, ch))
-        self.middle_block = TimestepBlock(middle)
+        self.input_blocks, self.middle_block, skip_channels = build_encoder(cfg)
+        ch = skip_channels[-1]
+        transformer = _transformer_factory(cfg)
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -217,9 +228,10 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None) -> torch.Tensor:
+                y: torch.Tensor | None = None, control: list[torch.Tensor] | None = None) -> torch.Tensor:
         """x: (B, in_channels, h, w); timesteps: (B,) discrete model time; context: (B, T, context_dim);
-        y: (B, adm_in_channels) for SDXL-style models."""
+        y: (B, adm_in_channels) for SDXL-style models; control: ControlNet residuals, one per skip
+        plus the middle block's last (added as LDM's ControlledUnetModel does)."""
         dtype = self.time_embed[0].weight.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
         if self.config.adm_in_channels:
@@ -233,6 +245,11 @@ class UNetModel(nn.Module):
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
+        if control is not None:
+            if len(control) != len(skips) + 1:
+                raise ValueError(f"control: {len(control)} residuals for {len(skips) + 1} UNet skips")
+            h = h + control[-1].to(h.dtype)
+            skips = [s + c.to(s.dtype) for s, c in zip(skips, control)]
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             size = skips[-1].shape[-2:] if skips else None

@@ -1,0 +1,151 @@
+"""Apply ControlNets during sampling.
+
+    from opensd.adapters.controlnet import ControlSpec, load_controlnet
+    cn = load_controlnet("control_v11p_sd15_canny.safetensors", pipe)
+    pipe.txt2img("a house", controls=[ControlSpec(cn, edges, weight=0.8, end=0.6)])
+
+Semantics follow A1111's ControlNet extension and diffusers:
+- the control image is resized to each pass's output size by `resize_mode` (hires fix gets it at
+  the hires size) and fed in [0, 1];
+- `weight` scales the residuals; the ControlNet runs only while the step fraction step/steps of the
+  pass is within [start, end];
+- `guess_mode` ("ControlNet is more important"): the ControlNet acts on the conditional half only
+  (the unconditional rows get no residuals) and residual i of n is scaled by 0.825 ** (n - 1 - i)
+  (the deepest, middle one by 1), as in lllyasviel's reference code;
+- several ControlNets at once: their residuals are summed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..checkpoints.controlnet_files import compatible_config, read_controlnet
+from ..errors import CheckpointError, InvalidArgument
+from ..models.config import Family, ModelConfig
+from ..models.controlnet import ControlNet
+from .preprocessors import RESIZE_MODES, fit_image
+
+MAX_WEIGHT = 2.0
+GUESS_MODE_DECAY = 0.825
+
+
+@dataclass
+class LoadedControlNet:
+    net: ControlNet
+    family: Family
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path.is_file() else self.path.name
+
+
+@dataclass
+class ControlSpec:
+    model: LoadedControlNet
+    image: Image.Image
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    guess_mode: bool = False
+    resize_mode: str = "just resize"
+
+    def validate(self, base: ModelConfig | None = None) -> None:
+        if not isinstance(self.model, LoadedControlNet):
+            raise InvalidArgument("controlnet: model must be a ControlNet loaded with load_controlnet()")
+        if not isinstance(self.image, Image.Image):
+            raise InvalidArgument("control image: a PIL image is required")
+        for name, value, low, high in (("control weight", self.weight, 0.0, MAX_WEIGHT),
+                                       ("control start", self.start, 0.0, 1.0),
+                                       ("control end", self.end, 0.0, 1.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not low <= value <= high:
+                raise InvalidArgument(f"{name}: {value!r} must be a number in {low:g}..{high:g}")
+        if self.start > self.end:
+            raise InvalidArgument(f"control start: {self.start} is after control end {self.end}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise InvalidArgument(f"control resize_mode: {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+        if base is not None:
+            compatible_config(self.model.net.config, self.model.family, base, self.model.path)
+
+
+def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None) -> LoadedControlNet:
+    """Load a ControlNet file/folder for `base` (a Pipeline, or a ModelConfig with device/dtype given);
+    CheckpointError if it was made for another model family."""
+    config = base.config if hasattr(base, "config") else base
+    device = device or getattr(base, "device", "cpu")
+    dtype = dtype or getattr(base, "dtype", torch.float32)
+    path = Path(path)
+    sd, family, cfg = read_controlnet(path)
+    cfg = compatible_config(cfg, family, config, path)
+    with torch.device("meta"):
+        net = ControlNet(cfg)
+    try:
+        net.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(path, f"ControlNet weights do not fit the detected layout: {str(e)[:300]}") from None
+    return LoadedControlNet(net.to(device).eval().requires_grad_(False), family, path)
+
+
+def control_image(image: Image.Image, width: int, height: int, mode: str = "just resize") -> torch.Tensor:
+    """(1, C, height, width) in [0, 1]: RGB for 3-channel ControlNets (other modes converted)."""
+    try:
+        rgb = image.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"control image: cannot be read as an image ({e})") from None
+    rgb = fit_image(rgb, width, height, mode)
+    arr = np.asarray(rgb, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+
+
+def scales(spec: ControlSpec, n: int) -> list[float]:
+    if spec.guess_mode:
+        return [spec.weight * GUESS_MODE_DECAY ** (n - 1 - i) for i in range(n)]
+    return [spec.weight] * n
+
+
+class ControlApplier:
+    """The ControlNets of one sampling pass at one output size; called with the UNet's inputs."""
+
+    def __init__(self, specs: list[ControlSpec], width: int, height: int, device, dtype: torch.dtype):
+        self.items = []
+        for spec in specs:
+            hint = control_image(spec.image, width, height, spec.resize_mode)
+            self.items.append((spec, hint.to(device, dtype)))
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None,
+                 fraction: float, n_uncond: int = 1) -> list[torch.Tensor] | None:
+        """Summed residuals for the batch (rows [:n_uncond] are the unconditional ones), or None."""
+        total = None
+        for spec, hint in self.items:
+            if not spec.start <= fraction <= spec.end or spec.weight == 0:
+                continue
+            rows = slice(n_uncond, None) if spec.guess_mode else slice(None)
+            xs, ctx = x[rows], context[rows]
+            if len(xs) == 0:
+                continue
+            with torch.no_grad():
+                res = spec.model.net(xs[:, :4], hint.expand(len(xs), -1, -1, -1), t.expand(len(x))[rows],
+                                     ctx, None if y is None else y[rows])
+            res = [r.float() * s for r, s in zip(res, scales(spec, len(res)))]
+            if spec.guess_mode:  # the unconditional rows get nothing
+                res = [torch.cat([torch.zeros_like(r[:1]).expand(n_uncond, *r.shape[1:]), r]) for r in res]
+            total = res if total is None else [a + b for a, b in zip(total, res)]
+        return total
+
+
+def validate_controls(controls, base: ModelConfig) -> list[ControlSpec]:
+    if controls is None:
+        return []
+    if isinstance(controls, ControlSpec):
+        controls = [controls]
+    if not isinstance(controls, (list, tuple)) or not all(isinstance(c, ControlSpec) for c in controls):
+        raise InvalidArgument("controls: expected a list of ControlSpec")
+    for c in controls:
+        c.validate(base)
+    return list(controls)

@@ -1,0 +1,171 @@
+"""ControlNet commands: `opensd preprocess`, `opensd train-controlnet`, and the parsing of
+`opensd generate --control ...` (see docs/controlnet.md)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import InvalidArgument
+
+CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,resize=MODE]: a ControlNet "
+                "(path, or name in --controlnet-dir) and its control image; pre runs a preprocessor "
+                "(canny, softedge, scribble, lineart, invert, ...) on the image first. Repeatable.")
+_EXTS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+_RESIZE = {"just": "just resize", "crop": "crop and resize", "fill": "resize and fill"}
+
+
+def register(sub) -> None:
+    pre = sub.add_parser("preprocess", help="make a ControlNet control image (canny, softedge, scribble, ...)")
+    pre.add_argument("kind", help="canny, softedge (HED), scribble, lineart, invert, binary, depth/pose (passthrough)")
+    pre.add_argument("image", type=Path)
+    pre.add_argument("-o", "--output", type=Path, required=True)
+    pre.add_argument("--low", type=int, help="canny: low threshold (default 100)")
+    pre.add_argument("--high", type=int, help="canny: high threshold (default 200)")
+    pre.add_argument("--threshold", type=float, help="scribble: 0..1 of the peak (0.5); binary: 0..255 (127)")
+    pre.add_argument("--width", type=int, help="resize the result to this width (with --height)")
+    pre.add_argument("--height", type=int)
+    pre.add_argument("--resize-mode", choices=list(_RESIZE.values()), default="just resize")
+    pre.set_defaults(func=cmd_preprocess)
+
+    tr = sub.add_parser("train-controlnet", help="train a ControlNet (Canny) for a model on an image dataset")
+    # Same flags as `python -m opensd.training.controlnet_train` (repeated here so that parsing any
+    # opensd command does not import the training stack).
+    tr.add_argument("--model", type=Path, default=None, help="base model (default: the built-in model)")
+    tr.add_argument("--data", type=Path, default=Path("data/emoji"), help="emoji dataset folder")
+    tr.add_argument("--run", type=Path, default=Path("runs/controlnet"), help="run folder (resumable)")
+    tr.add_argument("--steps", type=int, default=3000)
+    tr.add_argument("--batch", type=int, default=32)
+    tr.add_argument("--lr", type=float, default=5e-4)
+    tr.add_argument("--t-sampling", choices=["cubic", "uniform"], default="cubic")
+    tr.add_argument("--save-every", type=int, default=50)
+    tr.add_argument("--until", type=int, default=None, help="stop at this step (resume later)")
+    tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--out", type=Path, default=None, help="export path (default: RUN/controlnet-canny.safetensors)")
+    tr.add_argument("--export-only", action="store_true")
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+
+def _open(path: Path, what: str):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except FileNotFoundError:
+        raise InvalidArgument(f"{what}: {path} does not exist") from None
+    except (OSError, Image.DecompressionBombError) as e:
+        raise InvalidArgument(f"{what}: {path} is not a readable image ({e})") from None
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from .adapters.preprocessors import fit_image, preprocess
+
+    options = {}
+    if args.low is not None:
+        options["low"] = args.low
+    if args.high is not None:
+        options["high"] = args.high
+    if args.threshold is not None:
+        options["threshold"] = args.threshold
+    out = preprocess(args.kind, _open(args.image, "image"), **options)
+    if args.width or args.height:
+        if not (args.width and args.height) or args.width < 1 or args.height < 1:
+            raise InvalidArgument("width/height: give both, as positive integers")
+        out = fit_image(out, args.width, args.height, args.resize_mode)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.save(args.output)
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"output: cannot write {args.output} ({e})") from None
+    print(args.output)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.controlnet_train import BUILTIN, run
+
+    if args.model is None:
+        args.model = BUILTIN
+    print(run(args))
+    return 0
+
+
+# --- generate --control ------------------------------------------------------------------------
+
+def parse_control(text: str) -> dict:
+    """'MODEL,IMAGE,weight=0.8,pre=canny,guess' -> {'model':..., 'image':..., 'weight': 0.8, ...}."""
+    spec: dict = {}
+    positional = ["model", "image"]
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if not eq:
+            if key in ("guess", "guess_mode"):
+                spec["guess_mode"] = True
+                continue
+            if not positional:
+                raise InvalidArgument(f"control: unexpected {part!r} in {text!r}")
+            spec[positional.pop(0)] = part
+            continue
+        value = value.strip()
+        if key in ("weight", "start", "end"):
+            try:
+                spec[key] = float(value)
+            except ValueError:
+                raise InvalidArgument(f"control {key}: {value!r} is not a number") from None
+        elif key in ("pre", "preprocessor"):
+            spec["pre"] = value
+        elif key == "resize":
+            spec["resize_mode"] = _RESIZE.get(value.lower(), value.lower())
+        elif key in ("guess", "guess_mode"):
+            spec["guess_mode"] = value.lower() in ("1", "true", "yes", "on")
+        elif key in ("model", "image"):
+            spec[key] = value
+            if key in positional:
+                positional.remove(key)
+        else:
+            raise InvalidArgument(f"control: unknown option {key!r} (weight, start, end, pre, guess, resize)")
+    if "model" not in spec or "image" not in spec:
+        raise InvalidArgument(f"control: {text!r} needs a model and an image (MODEL,IMAGE[,options])")
+    return spec
+
+
+def resolve_controlnet(name: str, folder: Path | None) -> Path:
+    path = Path(name)
+    if path.exists():
+        return path
+    if folder is not None and folder.is_dir():
+        entries = [p for p in folder.iterdir() if p.is_dir() or p.suffix.lower() in _EXTS]
+        exact = [p for p in entries if p.name == name or p.stem == name]
+        if len(exact) == 1:
+            return exact[0]
+        partial = [p for p in entries if name.lower() in p.stem.lower()]
+        if len(partial) == 1:
+            return partial[0]
+        if len(partial) > 1:
+            names = ", ".join(sorted(p.name for p in partial)[:5])
+            raise InvalidArgument(f"control: {name!r} matches several ControlNets in {folder}: {names}")
+    where = f" or in --controlnet-dir {folder}" if folder else " (give a path, or --controlnet-dir)"
+    raise InvalidArgument(f"control: ControlNet {name!r} not found as a path{where}")
+
+
+def controls_from_args(args: argparse.Namespace, pipe) -> list:
+    from .adapters.controlnet import ControlSpec, load_controlnet
+    from .adapters.preprocessors import preprocess
+
+    specs, cache = [], {}
+    for text in args.control or []:
+        s = parse_control(text)
+        path = resolve_controlnet(s.pop("model"), getattr(args, "controlnet_dir", None))
+        if path not in cache:
+            cache[path] = load_controlnet(path, pipe)
+        image = _open(Path(s.pop("image")), "control image")
+        pre = s.pop("pre", None)
+        if pre:
+            image = preprocess(pre, image)
+        specs.append(ControlSpec(cache[path], image, **s))
+        print(f"opensd: control {cache[path].name} weight {specs[-1].weight}", file=sys.stderr)
+    return specs

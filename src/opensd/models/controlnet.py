@@ -1,0 +1,116 @@
+"""ControlNet (Zhang et al. 2023): a trainable copy of the UNet's encoder that turns a control image
+(edges, depth, pose...) into residuals added to the UNet's skips and middle output.
+
+Attribute names equal the original (lllyasviel) checkpoint keys after `control_model.`:
+`time_embed`, `label_emb`, `input_blocks`, `middle_block` as in the UNet, plus `input_hint_block`
+(the control image encoder), `zero_convs.N.0` (one 1x1 conv per skip) and `middle_block_out.0`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from .config import UNetConfig
+from .unet import UNetModel, build_encoder, timestep_embedding
+
+# The hint encoder's conv widths: conv 0 maps the image to 16 channels, then pairs of (same, wider)
+# convs; the wider ones stride 2 until the image is at latent size; the last conv is zero-initialised.
+HINT_CHANNELS = (16, 32, 96, 256)
+
+
+@dataclass(frozen=True)
+class ControlNetConfig:
+    unet: UNetConfig                # the encoder half's config (in_channels: the latent's, 4)
+    hint_channels: int = 3          # channels of the control image
+    hint_downscale: int = 8         # pixels per latent cell: the VAE's downscale (8 for SD, 4 for small)
+    global_average_pooling: bool = False  # "shuffle"-style models pool each residual to 1x1
+
+    def __post_init__(self):
+        n = int(round(math.log2(self.hint_downscale)))
+        if 2 ** n != self.hint_downscale or not 1 <= n <= len(HINT_CHANNELS) - 1:
+            raise ValueError(f"hint_downscale {self.hint_downscale} must be 2, 4 or 8")
+
+
+def hint_strides(downscale: int) -> list[int]:
+    """Stride of each widening conv (indices 4, 8, 12): the first log2(downscale) halve the size."""
+    n = int(round(math.log2(downscale)))
+    return [2 if i < n else 1 for i in range(len(HINT_CHANNELS) - 1)]
+
+
+def zero_conv(channels: int) -> nn.Conv2d:
+    conv = nn.Conv2d(channels, channels, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class ControlNet(nn.Module):
+    def __init__(self, cfg: ControlNetConfig):
+        super().__init__()
+        self.config = cfg
+        u = cfg.unet
+        mc = u.model_channels
+        emb_dim = mc * 4
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if u.adm_in_channels:
+            self.label_emb = nn.Sequential(nn.Sequential(
+                nn.Linear(u.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
+        layers: list[nn.Module] = [nn.Conv2d(cfg.hint_channels, HINT_CHANNELS[0], 3, padding=1), nn.SiLU()]
+        for (a, b), stride in zip(zip(HINT_CHANNELS, HINT_CHANNELS[1:]), hint_strides(cfg.hint_downscale)):
+            layers += [nn.Conv2d(a, a, 3, padding=1), nn.SiLU(), nn.Conv2d(a, b, 3, padding=1, stride=stride),
+                       nn.SiLU()]
+        out = nn.Conv2d(HINT_CHANNELS[-1], mc, 3, padding=1)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.input_hint_block = nn.Sequential(*layers, out)
+        self.input_blocks, self.middle_block, skips = build_encoder(u)
+        self.zero_convs = nn.ModuleList(nn.Sequential(zero_conv(c)) for c in skips)
+        self.middle_block_out = nn.Sequential(zero_conv(skips[-1]))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.time_embed[0].weight.dtype
+
+    def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                y: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """x: noisy latent (B, 4, h, w); hint: control image (B, hint_channels, h*d, w*d) in [0, 1].
+        Returns the residuals: one per UNet skip, then the middle one (unscaled)."""
+        dtype = self.dtype
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.unet.model_channels).to(dtype))
+        if self.config.unet.adm_in_channels:
+            if y is None:
+                raise ValueError("this ControlNet needs the SDXL 'y' vector (pooled text + size conditioning)")
+            emb = emb + self.label_emb(y.to(dtype))
+        guided = self.input_hint_block(hint.to(dtype))
+        h = x.to(dtype)
+        context = context.to(dtype)
+        outs = []
+        for i, (block, zero) in enumerate(zip(self.input_blocks, self.zero_convs)):
+            h = block(h, emb, context)
+            if i == 0:
+                if guided.shape[-2:] != h.shape[-2:]:
+                    raise ValueError(f"control image of {tuple(hint.shape[-2:])} px does not match the latent "
+                                     f"{tuple(x.shape[-2:])} at downscale {self.config.hint_downscale}")
+                h = h + guided
+            outs.append(zero(h))
+        h = self.middle_block(h, emb, context)
+        outs.append(self.middle_block_out(h))
+        if self.config.global_average_pooling:
+            outs = [o.mean(dim=(2, 3), keepdim=True) for o in outs]
+        return outs
+
+
+def from_unet(unet: UNetModel, hint_downscale: int = 8, hint_channels: int = 3) -> ControlNet:
+    """A new ControlNet initialised as the paper does: encoder weights copied from the base UNet,
+    zero convs and the hint encoder's last conv at zero (so it starts as a no-op)."""
+    cfg = ControlNetConfig(replace(unet.config, in_channels=4 if unet.config.in_channels == 9
+                                   else unet.config.in_channels),
+                           hint_channels=hint_channels, hint_downscale=hint_downscale)
+    net = ControlNet(cfg).to(next(unet.parameters()).dtype)
+    own = net.state_dict()
+    copied = {k: v for k, v in unet.state_dict().items() if k in own and own[k].shape == v.shape}
+    net.load_state_dict(copied, strict=False)
+    return net
