@@ -192,7 +192,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def _open_image(path: Path, what: str):
+def open_image(path: Path, what: str):
     from PIL import Image
 
     try:
@@ -259,8 +259,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.init_image is None:
             images = pipe.txt2img(args.prompt, args.negative, progress=progress, **kwargs)
         else:
-            init = _open_image(args.init_image, "init-image")
-            mask = _open_image(args.mask, "mask") if args.mask else None
+            init = open_image(args.init_image, "init-image")
+            mask = open_image(args.mask, "mask") if args.mask else None
             if args.outpaint:
                 left, right, top, bottom = args.outpaint
                 images = pipe.outpaint(init, args.prompt, args.negative, left=left, right=right, top=top,

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli import open_image
 from .errors import InvalidArgument
 
 CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,resize=MODE]: a ControlNet "
@@ -47,19 +48,6 @@ def register(sub) -> None:
     tr.set_defaults(func=cmd_train)
 
 
-def _open(path: Path, what: str):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except FileNotFoundError:
-        raise InvalidArgument(f"{what}: {path} does not exist") from None
-    except (OSError, Image.DecompressionBombError) as e:
-        raise InvalidArgument(f"{what}: {path} is not a readable image ({e})") from None
-
-
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from .adapters.preprocessors import fit_image, preprocess
 
@@ -70,7 +58,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         options["high"] = args.high
     if args.threshold is not None:
         options["threshold"] = args.threshold
-    out = preprocess(args.kind, _open(args.image, "image"), **options)
+    out = preprocess(args.kind, open_image(args.image, "image"), **options)
     if args.width or args.height:
         if not (args.width and args.height) or args.width < 1 or args.height < 1:
             raise InvalidArgument("width/height: give both, as positive integers")
@@ -162,7 +150,7 @@ def controls_from_args(args: argparse.Namespace, pipe) -> list:
         path = resolve_controlnet(s.pop("model"), getattr(args, "controlnet_dir", None))
         if path not in cache:
             cache[path] = load_controlnet(path, pipe)
-        image = _open(Path(s.pop("image")), "control image")
+        image = open_image(Path(s.pop("image")), "control image")
         pre = s.pop("pre", None)
         if pre:
             image = preprocess(pre, image)

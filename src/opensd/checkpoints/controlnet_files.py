@@ -20,7 +20,7 @@ from ..models.controlnet import HINT_CHANNELS, ControlNetConfig
 from . import detect as D
 from .diffusers_folder import unet_config
 from .files import read_metadata, read_state_dict, save_safetensors
-from .keymap_unet import _rename, block_table
+from .keymap_unet import block_table, rename_keys
 
 PREFIX = "control_model."
 META_FAMILY = "opensd.controlnet_family"
@@ -53,17 +53,7 @@ def _n_skips(cfg: C.UNetConfig) -> int:
 
 
 def _convert(sd: Mapping[str, torch.Tensor], cfg: C.UNetConfig, to_original: bool) -> dict[str, torch.Tensor]:
-    rows = _rows(cfg, _n_skips(cfg))
-    out, unknown = {}, []
-    for key, value in sd.items():
-        new = _rename(key, rows, to_original)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    if unknown:
-        raise KeyError(f"{len(unknown)} ControlNet keys match no block of this config, e.g. {unknown[:5]}")
-    return out
+    return rename_keys(sd, _rows(cfg, _n_skips(cfg)), to_original, "ControlNet")
 
 
 def controlnet_from_diffusers(sd: Mapping[str, torch.Tensor], cfg: C.UNetConfig) -> dict[str, torch.Tensor]:

@@ -74,7 +74,11 @@ def _rename(key: str, rows: list[tuple[str, str, str]], to_original: bool) -> st
 
 
 def _convert(sd: dict[str, torch.Tensor], cfg: UNetConfig, to_original: bool) -> dict[str, torch.Tensor]:
-    rows = block_table(cfg)
+    return rename_keys(sd, block_table(cfg), to_original, "UNet")
+
+
+def rename_keys(sd, rows: list[tuple[str, str, str]], to_original: bool, what: str) -> dict[str, torch.Tensor]:
+    """Every key renamed through `rows` (diffusers <-> original); KeyError lists keys no row covers."""
     out, unknown = {}, []
     for key, value in sd.items():
         new = _rename(key, rows, to_original)
@@ -83,7 +87,7 @@ def _convert(sd: dict[str, torch.Tensor], cfg: UNetConfig, to_original: bool) ->
         else:
             out[new] = value
     if unknown:
-        raise KeyError(f"{len(unknown)} UNet keys match no block of this config, e.g. {unknown[:5]}")
+        raise KeyError(f"{len(unknown)} {what} keys match no block of this config, e.g. {unknown[:5]}")
     return out
 
 
