@@ -1,5 +1,7 @@
 """Preprocessors (Canny, HED soft edge with the shipped weights, scribble, lineart, passthrough,
 invert/binary), control-image fitting, and the CLI: `opensd preprocess` and `generate --control`."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,19 @@ def test_cli_preprocess_and_generate_with_control(tmp_path, capsys):
     assert main(["generate", "a box", "--model", str(model), "--steps", "2", "-o", str(out),
                  "--control", f"{cn_dir}/tiny_canny.safetensors,{tmp_path}/nope.png"]) == 2
     assert "control image" in capsys.readouterr().err
+
+
+def test_shipped_canny_controlnet_resolves_loads_and_steers_the_builtin_model():
+    from opensd.adapters.controlnet import ControlSpec, load_controlnet
+    from opensd.adapters.preprocessors import preprocess
+    from opensd.pipeline.pipeline import load
+
+    path = resolve_controlnet("canny", None)  # no --controlnet-dir: the built-in one
+    assert path.name == "opensd-emoji-canny.safetensors"
+    pipe = load(Path(__file__).resolve().parents[1] / "src/opensd/assets/builtin/opensd-emoji.safetensors")
+    net = load_controlnet(path, pipe)
+    edges = preprocess("canny", _scene().resize((64, 64)))
+    kw = dict(steps=4, seed=3, cfg=5)
+    plain = np.asarray(pipe.txt2img("", **kw)[0], dtype=np.float32)
+    steered = np.asarray(pipe.txt2img("", controls=[ControlSpec(net, edges, weight=1.0)], **kw)[0], dtype=np.float32)
+    assert np.abs(plain - steered).mean() > 2.0  # the ControlNet's residuals are not zero any more

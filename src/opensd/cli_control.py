@@ -12,7 +12,6 @@ from .errors import InvalidArgument
 CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,resize=MODE]: a ControlNet "
                 "(path, or name in --controlnet-dir) and its control image; pre runs a preprocessor "
                 "(canny, softedge, scribble, lineart, invert, ...) on the image first. Repeatable.")
-_EXTS = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 _RESIZE = {"just": "just resize", "crop": "crop and resize", "fill": "resize and fill"}
 
 
@@ -122,22 +121,23 @@ def parse_control(text: str) -> dict:
 
 
 def resolve_controlnet(name: str, folder: Path | None) -> Path:
+    """A path, else a name in --controlnet-dir or among the built-in ControlNets."""
+    from .library.models_dir import ModelFolders
+
     path = Path(name)
     if path.exists():
         return path
-    if folder is not None and folder.is_dir():
-        entries = [p for p in folder.iterdir() if p.is_dir() or p.suffix.lower() in _EXTS]
-        exact = [p for p in entries if p.name == name or p.stem == name]
-        if len(exact) == 1:
-            return exact[0]
-        partial = [p for p in entries if name.lower() in p.stem.lower()]
-        if len(partial) == 1:
-            return partial[0]
-        if len(partial) > 1:
-            names = ", ".join(sorted(p.name for p in partial)[:5])
-            raise InvalidArgument(f"control: {name!r} matches several ControlNets in {folder}: {names}")
-    where = f" or in --controlnet-dir {folder}" if folder else " (give a path, or --controlnet-dir)"
-    raise InvalidArgument(f"control: ControlNet {name!r} not found as a path{where}")
+    if folder is not None and not folder.is_dir():
+        raise InvalidArgument(f"controlnet-dir: {folder} is not a folder")
+    tried = [ModelFolders(None, include_builtin=False, extra={"controlnet": [folder]})] if folder else []
+    tried.append(ModelFolders(None))  # the built-in model's ControlNets: user folders win
+    for folders in tried:
+        try:
+            return folders.resolve("controlnet", name)
+        except InvalidArgument as e:
+            problem = e
+    raise InvalidArgument(f"control: ControlNet {name!r} not found as a path, in --controlnet-dir or "
+                          f"built in ({problem})")
 
 
 def controls_from_args(args: argparse.Namespace, pipe) -> list:

@@ -22,6 +22,7 @@ LAYOUT = {
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "builtin"
 BUILTIN_CHECKPOINT = BUILTIN_DIR / "opensd-emoji.safetensors"
+BUILTIN_FOLDERS = {"controlnet": BUILTIN_DIR / "controlnet"}  # the built-in model's Canny ControlNet
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class ModelFolders:
         found = []
         if self.root is not None:
             found = [(self.root / d).resolve() for d in LAYOUT[kind] if (self.root / d).is_dir()]
-        return found + [p for p in self.extra.get(kind, []) if p.is_dir()]
+        builtin = [BUILTIN_FOLDERS[kind]] if self.include_builtin and kind in BUILTIN_FOLDERS else []
+        return found + [p for p in self.extra.get(kind, []) + builtin if p.is_dir()]
 
     def list(self, kind: str) -> list[ModelFile]:
         """Every weight file (and, for checkpoints, diffusers folder) of this kind, sorted by name."""
@@ -68,7 +70,8 @@ class ModelFolders:
 
     def resolve(self, kind: str, name: str) -> Path:
         """The file for `name`: an exact relative name, or a name without extension / folder
-        (A1111 prompt tags say `<lora:foo:1>` for `Lora/sub/foo.safetensors`)."""
+        (A1111 prompt tags say `<lora:foo:1>` for `Lora/sub/foo.safetensors`), else the one model
+        whose name contains it."""
         if not isinstance(name, str) or not name.strip():
             raise InvalidArgument(f"{kind}: a model name is required")
         if "\x00" in name or Path(name).is_absolute() or ".." in Path(name.replace("\\", "/")).parts:
@@ -84,6 +87,12 @@ class ModelFolders:
             hits = [m for m in files if match(m)]
             if hits:
                 return hits[0].path
+        partial = [m for m in files if name.lower() in _stem(m.name).lower()]  # "canny" -> control_..._canny
+        if len(partial) == 1:
+            return partial[0].path
+        if len(partial) > 1:
+            names = ", ".join(m.name for m in partial[:5])
+            raise InvalidArgument(f"{kind}: {name!r} matches several models ({names}); give the full name")
         known = ", ".join(m.name for m in files[:10]) or "none"
         raise InvalidArgument(f"{kind}: no model named {name!r} (available: {known})")
 
