@@ -140,3 +140,15 @@ def test_scheduler_changes_the_sigmas(pipe):
     assert not np.array_equal(a, b)
     with pytest.raises(InvalidArgument, match="^scheduler"):
         pipe.txt2img("x", steps=2, scheduler="wobbly")
+
+
+def test_on_latents_sees_every_step_and_does_not_change_the_image(tmp_path):
+    from opensd.library.synthetic import write_random_checkpoint
+    from opensd.pipeline.pipeline import load
+    pipe = load(write_random_checkpoint(tmp_path / "tiny.safetensors"))
+    plain = pipe.txt2img("a cat", steps=3, seed=5)[0]
+    seen = []
+    pipe.on_latents = seen.append
+    watched = pipe.txt2img("a cat", steps=3, seed=5)[0]
+    assert len(seen) == 3 and seen[0].shape == (1, pipe.config.latent_channels, 8, 8)
+    assert list(plain.getdata()) == list(watched.getdata())

@@ -1,6 +1,8 @@
 """The real `webuiapi` client, used as it is, against a live `opensd serve` app on a free port."""
 from __future__ import annotations
 
+import base64
+import io
 import threading
 import time
 
@@ -116,6 +118,8 @@ def test_interrupt_stops_a_running_job(api):
             break
         time.sleep(0.05)
     assert p["state"]["job_count"] == 1 and p["state"]["sampling_steps"] == 400 and 0 < p["progress"] < 1
+    with Image.open(io.BytesIO(base64.b64decode(p["current_image"]))) as preview:  # live latent preview
+        assert preview.format == "PNG" and preview.size[0] > 0
     api.interrupt()
     th.join(60)
     assert not th.is_alive()

@@ -76,6 +76,9 @@ class Pipeline:
         self._cond_cache: dict = {}
         self._conditioners: dict = {}
         self.embeddings = embeddings
+        # Called after every sampling step with the denoised estimate (scaled latents, batch of 1):
+        # servers turn it into live previews. None: no previews.
+        self.on_latents: Callable[[torch.Tensor], None] | None = None
         # LoRAs: explicit ones (set_loras) plus the prompt's <lora:name:w> tags, found in lora_folders
         # (a ModelFolders, or a list of plain folders).
         self.lora_folders = None
@@ -291,7 +294,12 @@ class Pipeline:
                 return init * (1 - latent_mask) + inner(x, sigma) * latent_mask
 
         sample = get_sampler(resolve(p.sampler, p.scheduler)[0])
-        x = sample(denoise, x, sigmas, lambda i, _x, _d: report(i + 1), noise_sampler=noise)
+        def step(i, _x, denoised):
+            if self.on_latents is not None:
+                self.on_latents(denoised)
+            report(i + 1)
+
+        x = sample(denoise, x, sigmas, step, noise_sampler=noise)
         if latent_mask is not None:
             x = init * (1 - latent_mask) + x * latent_mask
         return x

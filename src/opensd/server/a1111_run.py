@@ -11,6 +11,7 @@ from ..errors import InvalidArgument
 from ..pipeline import limits as L
 from ..pipeline.infotext import format_infotext, generation_params, save_image
 from ..pipeline.params import Hires
+from ..pipeline.previews import latent_preview
 from ..sampling.names import SAMPLER_LABELS, resolve, schedule_label
 from . import images_io
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest, unsupported_fields
@@ -101,6 +102,7 @@ def run(state, job, ctl: Control):
             ctl.step(it * n + i, req.n_iter * n)
 
         args = dict(kw, seed=s, subseed=ss if req.subseed_strength else None)
+        pipe.on_latents = lambda d: ctl.preview(latent_preview(d, pipe.config))  # for /progress
         try:
             if init is None:
                 out = pipe.txt2img(req.prompt, req.negative_prompt, progress=progress, **args)
@@ -111,6 +113,8 @@ def run(state, job, ctl: Control):
                 continue
             interrupted = True
             break
+        finally:
+            pipe.on_latents = None
         images += out
         lora_hashes = pipe.lora_hashes() if hasattr(pipe, "lora_hashes") else {}
         seeds += [s + k for k in range(len(out))]

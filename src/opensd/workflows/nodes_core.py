@@ -6,10 +6,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..pipeline.previews import latent_preview
 from ..sampling.names import SAMPLER_LABELS
 from . import ksampler
 from .loras import activate
-from .previews import latent_preview
 from .types import (
     MAX_SEED,
     Choices,
