@@ -54,6 +54,8 @@ class ControlSpec:
     end: float = 1.0
     guess_mode: bool = False
     resize_mode: str = "just resize"
+    soft_injection: bool = False  # the 0.825 decay without dropping the unconditional rows (A1111 ControlNet
+    # extension's "My prompt is more important"; guess_mode implies it)
 
     def validate(self, base: ModelConfig | None = None) -> None:
         if not isinstance(self.model, LoadedControlNet):
@@ -92,6 +94,29 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None) -
     return LoadedControlNet(net.to(device).eval().requires_grad_(False), family, path)
 
 
+def cached_controlnet(path, pipe, keep: int = 4) -> LoadedControlNet:
+    """load_controlnet through a small per-pipeline cache (on the pipe's device/dtype), keyed by the
+    file's path, size and mtime; the `keep` most recently used stay loaded."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError as e:
+        raise InvalidArgument(f"controlnet: cannot read {path.name} ({e})") from None
+    cache = getattr(pipe, "_opensd_controlnets", None)
+    if cache is None:
+        cache = {}
+        pipe._opensd_controlnets = cache
+    if key in cache:
+        cache[key] = cache.pop(key)  # most recently used last
+        return cache[key]
+    loaded = load_controlnet(path, pipe)
+    cache[key] = loaded
+    while len(cache) > keep:
+        cache.pop(next(iter(cache)))
+    return loaded
+
+
 def control_image(image: Image.Image, width: int, height: int, mode: str = "just resize") -> torch.Tensor:
     """(1, C, height, width) in [0, 1]: RGB for 3-channel ControlNets (other modes converted)."""
     try:
@@ -104,7 +129,7 @@ def control_image(image: Image.Image, width: int, height: int, mode: str = "just
 
 
 def scales(spec: ControlSpec, n: int) -> list[float]:
-    if spec.guess_mode:
+    if spec.guess_mode or spec.soft_injection:
         return [spec.weight * GUESS_MODE_DECAY ** (n - 1 - i) for i in range(n)]
     return [spec.weight] * n
 

@@ -16,7 +16,7 @@ from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import WEIGHT_SUFFIXES
 from ..pipeline.infotext import parse_infotext
 from ..sampling import names as N
-from . import a1111_run, images_io
+from . import a1111_controlnet, a1111_run, images_io
 from .a1111_models import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
 from .jobs import QueueFull
 from .store import CANCELLED, FAILED, QUEUED
@@ -80,9 +80,11 @@ def router(state) -> APIRouter:
             if req.mask:
                 images_io.decode_b64(req.mask, "mask", s.max_image_pixels)
         check_lora_names(state.folders, req.prompt)
+        controlnet = a1111_controlnet.parse_units(req, state.folders, s.max_image_pixels, img2img)
         override = (req.override_settings or {}).get("sd_model_checkpoint")
         path = state.cache.resolve(override) if override else state.current_model()
-        return {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path)}
+        return {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path),
+                "controlnet": controlnet}
 
     async def generate(request: Request, req, mode: str):
         img2img = mode == "img2img"

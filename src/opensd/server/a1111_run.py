@@ -13,7 +13,7 @@ from ..pipeline.infotext import format_infotext, generation_params, save_image
 from ..pipeline.params import Hires
 from ..pipeline.previews import latent_preview
 from ..sampling.names import SAMPLER_LABELS, resolve, schedule_label
-from . import images_io
+from . import a1111_controlnet, images_io
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest, unsupported_fields
 from .jobs import Control, Stopped
 
@@ -88,6 +88,10 @@ def run(state, job, ctl: Control):
         limit = state.settings.max_image_pixels
         init = images_io.decode_b64(req.init_images[0], "init_images[0]", limit)
         mask = images_io.decode_b64(req.mask, "mask", limit) if req.mask else None
+    controls = a1111_controlnet.build_controls(p.get("controlnet") or [], req, pipe, init,
+                                               state.settings.max_image_pixels, kw["width"], kw["height"])
+    if controls:
+        kw["controls"] = controls
     seed = req.seed if req.seed != -1 else random.randint(0, L.MAX_SEED - 10_000)
     subseed = req.subseed if req.subseed != -1 else random.randint(0, L.MAX_SEED - 10_000)
     per = req.batch_size
@@ -174,7 +178,7 @@ def info_dict(req, kw, model, hash_, seeds, subseeds, infotexts, img2img) -> dic
 
 
 def unsupported(req) -> list[str]:
-    found = unsupported_fields(req)
+    found = [f for f in unsupported_fields(req) if f != "alwayson_scripts"] + a1111_controlnet.unsupported(req)
     up = getattr(req, "hr_upscaler", None)
     if getattr(req, "enable_hr", False) and up and up.strip().lower() not in HR_UPSCALERS:
         found.append("hr_upscaler")  # run with Lanczos instead

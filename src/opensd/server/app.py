@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from .. import __version__
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import ModelFolders
-from . import a1111_api, a1111_run
+from . import a1111_api, a1111_controlnet, a1111_run
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
 from .security import Guard
@@ -136,6 +136,7 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
                            allow_headers=["*"], allow_credentials=True)
     app.add_middleware(Guard, settings=settings)  # added last = runs first
     app.include_router(a1111_api.router(state))
+    app.include_router(a1111_controlnet.router(state))
     state.comfy = None
     try:
         from . import comfy_api

@@ -7,7 +7,7 @@ A face over the pipeline: nothing below this package imports it.
 """
 from __future__ import annotations
 
-from . import nodes_core, nodes_image  # noqa: F401  (registers the nodes)
+from . import nodes_controlnet, nodes_core, nodes_image  # noqa: F401  (registers the nodes)
 from .executor import OutputCache, execute, validate_prompt
 from .graph import check_prompt
 from .types import NODES, Choices, ExecutionContext, GraphError, NodeError

@@ -15,6 +15,8 @@ What is matched (from ComfyUI's documented behaviour and its sampling code, re-d
 * LATENT holds raw VAE latents: multiplied by the VAE scaling factor before sampling, divided after;
 * ``noise_mask``: resized (bilinear) to the latent; before every model call the kept area is reset
   to ``latent + noise * sigma`` and after it the estimate's kept area to ``latent``;
+* ControlNet hints on the conditioning entries (ControlNetApply/Advanced) run on their rows of
+  the CFG batch (see nodes_controlnet);
 * conditioning: uncond + cfg * (cond - uncond); several entries in one CONDITIONING list are
   averaged (ComfyUI's behaviour for entries without area or mask); SDXL's size vector uses the
   latent size * 8; cond and uncond of different lengths are padded with encoded empty chunks (our
@@ -41,6 +43,7 @@ from ..sampling.names import resolve
 from ..sampling.samplers import get_sampler
 from ..sampling.schedules import make_sigmas
 from .loras import activate
+from .nodes_controlnet import RowControl, row_hints
 from .types import ModelRef
 
 COMFY_DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc"})
@@ -158,10 +161,12 @@ def sample(model: ModelRef, positive: list, negative: list, latent: dict, *, see
         else:
             image_cond = pipe._inpaint_cond(None, None, w, h)
     clip_skip = None
+    hints = row_hints(positive, negative)  # ControlNet hints on the conditioning (nodes_controlnet)
     per_image = []
     for i in range(x.shape[0]):
         ic = None if image_cond is None else image_cond[i:i + 1] if image_cond.shape[0] > 1 else image_cond
-        per_image.append(pipe._cfg_denoiser(cond, uncond, sigmas, cfg, ic, clip_skip))
+        control = RowControl(pipe, hints, i, w, h) if any(hints) else None
+        per_image.append(pipe._cfg_denoiser(cond, uncond, sigmas, cfg, ic, clip_skip, control))
 
     def guided(xb: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if should_stop():  # checked before every model call: an interrupt lands within one step

@@ -1,0 +1,290 @@
+"""ControlNet through the A1111 API, as the sd-webui-controlnet extension takes it:
+``alwayson_scripts: {"controlnet": {"args": [unit, ...]}}`` on txt2img/img2img, plus its
+``/controlnet/model_list``, ``/module_list``, ``/version`` and ``/detect`` routes.
+
+A unit (webuiapi's ``ControlNetUnit.to_dict()`` shape): ``image`` (base64, or ``{"image": ..,
+"mask": ..}``; older clients send ``input_image``), ``module`` (preprocessor), ``model``
+("name [hash]"; "None" skips the unit), ``weight``, ``guidance_start``/``guidance_end``,
+``control_mode`` (0 Balanced, 1 "My prompt is more important" = the 0.825 decay of the residuals,
+2 "ControlNet is more important" = guess mode), ``resize_mode`` (0 Just Resize, 1 Crop and
+Resize / Inner Fit, 2 Resize and Fill / Outer Fit), ``processor_res``, ``threshold_a``/``_b``
+(canny low/high, binary threshold), ``pixel_perfect``, ``enabled``, ``guessmode``.
+
+Accepted but not acted on (listed in info["unsupported_fields"]): ``mask``, ``hr_option`` other
+than "Both", and modules we only approximate (learned lineart/pidinet detectors -> our simple
+ones; depth/openpose/normal/seg estimators -> the image is used as the map as it is)."""
+from __future__ import annotations
+
+import math
+import re
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import InvalidArgument, OpenSDError
+from . import images_io
+
+_HASH = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]\s*$")
+RESIZE = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
+_RESIZE_NAMES = {"just resize": 0, "crop and resize": 1, "inner fit": 1, "resize and fill": 2, "outer fit": 2,
+                 "envelope": 2}
+CONTROL_MODES = {"balanced": 0, "my prompt is more important": 1, "controlnet is more important": 2}
+# extension module name -> (our preprocessor, exact?)
+MODULES: dict[str, tuple[str, bool]] = {
+    "none": ("none", True), "canny": ("canny", True), "invert": ("invert", True), "binary": ("binary", True),
+    "softedge_hed": ("softedge", True), "hed": ("softedge", True), "softedge_hedsafe": ("softedge", False),
+    "hed_safe": ("softedge", False), "softedge_pidinet": ("softedge", False), "pidinet": ("softedge", False),
+    "softedge_pidisafe": ("softedge", False),
+    "scribble_hed": ("scribble", True), "scribble": ("scribble", True), "fake_scribble": ("scribble", True),
+    "scribble_pidinet": ("scribble", False), "scribble_xdog": ("scribble", False),
+    "lineart_standard": ("lineart", False), "lineart": ("lineart", False), "lineart_realistic": ("lineart", False),
+    "lineart_coarse": ("lineart", False), "lineart_anime": ("lineart", False),
+    "lineart_anime_denoise": ("lineart", False),
+}
+_PASSTHROUGH = ("depth", "openpose", "dw_openpose", "normal", "seg", "segmentation")
+
+
+def _module(name, field: str) -> tuple[str, bool]:
+    if name is None:
+        return "none", True
+    if not isinstance(name, str):
+        raise InvalidArgument(f"{field}: expected a preprocessor name, got {name!r}")
+    key = name.strip().lower().split(" (", 1)[0].strip()
+    if key in ("", "none"):
+        return "none", True
+    if key in MODULES:
+        return MODULES[key]
+    if key.startswith(_PASSTHROUGH):
+        return "passthrough", False
+    raise InvalidArgument(f"{field}: unknown preprocessor {name!r} (supported: {', '.join(module_list())})")
+
+
+def module_list() -> list[str]:
+    return list(MODULES) + ["depth", "depth_midas", "openpose", "openpose_full", "normal_bae", "seg_ofade20k"]
+
+
+def _number(unit: dict, key: str, field: str, default, low, high):
+    value = unit.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise InvalidArgument(f"{field}.{key}: {value!r} must be a number in {low:g}..{high:g}")
+    return float(value)
+
+
+def _resize(value, field: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value in RESIZE:
+        return RESIZE[value]
+    if isinstance(value, str):
+        key = value.strip().lower()
+        for name, idx in _RESIZE_NAMES.items():
+            if key.startswith(name):
+                return RESIZE[idx]
+    raise InvalidArgument(f"{field}.resize_mode: {value!r} is not 0/1/2, Just Resize, Crop and Resize or "
+                          "Resize and Fill")
+
+
+def _control_mode(unit: dict, field: str) -> int:
+    value = unit.get("control_mode")
+    if value is None:
+        return 2 if unit.get("guessmode") in (True, 2) else 0
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1, 2):
+        return value
+    if isinstance(value, str) and value.strip().lower() in CONTROL_MODES:
+        return CONTROL_MODES[value.strip().lower()]
+    raise InvalidArgument(f"{field}.control_mode: {value!r} is not 0/1/2, Balanced, My prompt is more "
+                          "important or ControlNet is more important")
+
+
+def _units(req) -> list:
+    scripts = req.alwayson_scripts or {}
+    cn = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None)
+    if cn is None:
+        return []
+    args = cn.get("args", []) if isinstance(cn, dict) else cn
+    if not isinstance(args, list):
+        raise InvalidArgument("alwayson_scripts.controlnet.args: expected a list of ControlNet units")
+    return args
+
+
+def _image_field(unit: dict):
+    image = unit.get("image", unit.get("input_image"))
+    if isinstance(image, dict):
+        image = image.get("image")
+    return image or None
+
+
+def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
+    """Check every unit (422 naming the field) and return the enabled ones as plain JSON: the
+    job's stored plan. Images are decoded here to be checked, and again in the worker."""
+    out = []
+    for i, unit in enumerate(_units(req)):
+        field = f"alwayson_scripts.controlnet.args[{i}]"
+        if not isinstance(unit, dict):
+            raise InvalidArgument(f"{field}: expected a ControlNet unit object")
+        if unit.get("enabled", True) is False:
+            continue
+        model = unit.get("model")
+        if model is None or (isinstance(model, str) and model.strip() in ("", "None", "none")):
+            continue
+        if not isinstance(model, str):
+            raise InvalidArgument(f"{field}.model: expected a ControlNet name, got {model!r}")
+        try:
+            path = folders.resolve("controlnet", _HASH.sub("", model))
+        except InvalidArgument as e:
+            raise InvalidArgument(f"{field}.model: {str(e).split(': ', 1)[-1]}") from None
+        pre, exact = _module(unit.get("module"), f"{field}.module")
+        image = _image_field(unit)
+        if image is None and not img2img:
+            raise InvalidArgument(f"{field}.image: a control image is required for txt2img")
+        if image is not None:
+            images_io.decode_b64(image, f"{field}.image", max_pixels)
+        start = _number(unit, "guidance_start", field, 0.0, 0.0, 1.0)
+        end = _number(unit, "guidance_end", field, 1.0, 0.0, 1.0)
+        if start > end:
+            raise InvalidArgument(f"{field}.guidance_start: {start} is after guidance_end {end}")
+        res = unit.get("processor_res", 512)
+        res = 512 if res is None or res == -1 else res
+        if isinstance(res, bool) or not isinstance(res, (int, float)) or not math.isfinite(res) or not 64 <= res <= 2048:
+            raise InvalidArgument(f"{field}.processor_res: {res!r} must be -1 or 64..2048")
+        out.append({
+            "index": i, "path": str(path), "module": pre, "exact": exact,
+            "weight": _number(unit, "weight", field, 1.0, 0.0, 2.0), "start": start, "end": end,
+            "control_mode": _control_mode(unit, field), "resize_mode": _resize(unit.get("resize_mode", 0), field),
+            "processor_res": int(res), "pixel_perfect": bool(unit.get("pixel_perfect", False)),
+            "threshold_a": _number(unit, "threshold_a", field, -1, -1, 1024),
+            "threshold_b": _number(unit, "threshold_b", field, -1, -1, 1024),
+        })
+    return out
+
+
+def preprocess_image(image, module: str, res: int, threshold_a: float = -1, threshold_b: float = -1):
+    """Run one of our preprocessors as the extension would: on the image scaled so that its short
+    side is `res` (modules other than none/passthrough)."""
+    from ..adapters.preprocessors import preprocess
+
+    if module in ("none", "passthrough"):
+        return image.convert("RGB")
+    w, h = image.size
+    k = res / min(w, h)
+    if abs(k - 1) > 1e-6:
+        from ..adapters.preprocessors import fit_image
+        image = fit_image(image, max(1, round(w * k)), max(1, round(h * k)))
+    options = {}
+    if module == "canny":
+        low = 100 if threshold_a < 0 else threshold_a
+        high = 200 if threshold_b < 0 else threshold_b
+        options = {"low": int(min(low, 255)), "high": int(min(high, 255))}
+    elif module == "binary" and threshold_a >= 0:
+        options = {"threshold": int(min(threshold_a, 255))}
+    return preprocess(module, image, **options)
+
+
+def _pixel_perfect_res(image, width: int, height: int, resize_mode: str) -> int:
+    """The extension's pixel-perfect resolution: the map's short side at the scale it is fitted by."""
+    w, h = image.size
+    k = (min if resize_mode == "resize and fill" else max)(height / h, width / w)
+    return max(1, round(k * min(w, h)))
+
+
+def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: int, height: int) -> list:
+    """ControlSpecs for the planned units (on the worker, with the loaded pipeline)."""
+    from ..adapters.controlnet import ControlSpec, cached_controlnet
+
+    raw = _units(req)
+    specs = []
+    for u in units:
+        field = f"alwayson_scripts.controlnet.args[{u['index']}]"
+        b64 = _image_field(raw[u["index"]])
+        image = images_io.decode_b64(b64, f"{field}.image", max_pixels) if b64 is not None else init
+        res = _pixel_perfect_res(image, width, height, u["resize_mode"]) if u["pixel_perfect"] else u["processor_res"]
+        try:
+            net = cached_controlnet(u["path"], pipe)
+            hint = preprocess_image(image, u["module"], res, u["threshold_a"], u["threshold_b"])
+        except (InvalidArgument, OpenSDError) as e:
+            raise InvalidArgument(f"{field}: {e}") from None
+        specs.append(ControlSpec(net, hint, weight=u["weight"], start=u["start"], end=u["end"],
+                                 guess_mode=u["control_mode"] == 2, soft_injection=u["control_mode"] == 1,
+                                 resize_mode=u["resize_mode"]))
+    return specs
+
+
+def unsupported(req) -> list[str]:
+    """Script and unit fields accepted but not acted on (or only approximated)."""
+    found = [f"alwayson_scripts.{k}" for k, v in (req.alwayson_scripts or {}).items()
+             if k.lower() != "controlnet" and v not in (None, {}, [], {"args": []})]
+    try:
+        units = _units(req)
+    except InvalidArgument:
+        return found
+    for i, unit in enumerate(units):
+        if not isinstance(unit, dict):
+            continue
+        field = f"alwayson_scripts.controlnet.args[{i}]"
+        image = unit.get("image")
+        if unit.get("mask") or (isinstance(image, dict) and image.get("mask")):
+            found.append(f"{field}.mask")
+        if unit.get("hr_option") not in (None, "Both", "both", 0):
+            found.append(f"{field}.hr_option")
+        try:
+            if not _module(unit.get("module"), "")[1]:
+                found.append(f"{field}.module")
+        except InvalidArgument:
+            pass
+    return found
+
+
+class DetectRequest(BaseModel):
+    """/controlnet/detect's body (the extension's field names)."""
+    model_config = ConfigDict(extra="allow")
+    controlnet_module: str = "none"
+    controlnet_input_images: list[str] = []
+    controlnet_processor_res: int = 512
+    controlnet_threshold_a: float = -1
+    controlnet_threshold_b: float = -1
+
+
+def router(state) -> APIRouter:
+    api = APIRouter(prefix="/controlnet", tags=["ControlNet (sd-webui-controlnet API)"])
+
+    @api.get("/version")
+    def version():
+        return {"version": 2}
+
+    @api.get("/model_list")
+    def model_list(update: bool = True):
+        names = []
+        for m in state.folders.list("controlnet"):
+            stem = m.name.rsplit(".", 1)[0] if m.path.is_file() else m.name
+            full = state.cache.sha256(m.path, compute=True) if m.path.is_file() else None
+            names.append(f"{stem} [{full[:8]}]" if full else stem)
+        return {"model_list": names}
+
+    @api.get("/module_list")
+    def modules(alias_names: bool = False):
+        return {"module_list": module_list(), "module_detail": {}}
+
+    @api.post("/detect")
+    def detect(body: DetectRequest):
+        controlnet_module, controlnet_input_images = body.controlnet_module, body.controlnet_input_images
+        controlnet_processor_res = body.controlnet_processor_res
+        controlnet_threshold_a, controlnet_threshold_b = body.controlnet_threshold_a, body.controlnet_threshold_b
+        pre, _ = _module(controlnet_module, "controlnet_module")
+        if not controlnet_input_images or len(controlnet_input_images) > 16:
+            raise InvalidArgument("controlnet_input_images: give 1 to 16 base64 images")
+        res = 512 if controlnet_processor_res == -1 else controlnet_processor_res
+        if not 64 <= res <= 2048:
+            raise InvalidArgument(f"controlnet_processor_res: {res} must be -1 or 64..2048")
+        for name, v in (("controlnet_threshold_a", controlnet_threshold_a),
+                        ("controlnet_threshold_b", controlnet_threshold_b)):
+            if not math.isfinite(v) or not -1 <= v <= 1024:
+                raise InvalidArgument(f"{name}: {v!r} must be a number in -1..1024")
+        out = []
+        for k, b64 in enumerate(controlnet_input_images):
+            image = images_io.decode_b64(b64, f"controlnet_input_images[{k}]", state.settings.max_image_pixels)
+            result = preprocess_image(image, pre, res, controlnet_threshold_a, controlnet_threshold_b)
+            out.append(images_io.b64(images_io.png_bytes(result)))
+        return {"images": out, "info": "Success"}
+
+    return api

@@ -1,0 +1,213 @@
+"""ControlNet nodes with ComfyUI's names, inputs and semantics: ControlNetLoader, ControlNetApply
+and ControlNetApplyAdvanced.
+
+As in ComfyUI the hint travels on the conditioning: every entry's extras get a ``"control"`` (a
+:class:`ControlHint`, chained to the entry's previous one, so several ControlNets add up) and a
+``"control_apply_to_uncond"`` flag. KSampler then runs, for each row of its CFG batch, the hints
+of the entry that row comes from:
+
+* ControlNetApplyAdvanced hints both the positive and the negative conditioning it is given;
+* ControlNetApply (ComfyUI's older node) hints the conditioning it is given and sets
+  ``control_apply_to_uncond``: when no negative entry has a hint of its own, the negative row
+  gets the positive's hint too (ComfyUI's rule for that flag).
+
+A hint runs while the current sigma lies between the sigmas at ``start_percent`` and
+``end_percent`` of the model's timesteps (ComfyUI's percent-to-sigma rule), its image scaled to
+the latent's pixel size by a centre crop to the aspect ratio and a nearest-exact resize, and its
+residuals multiplied by ``strength``. ``vae`` (for ControlNets that take latents) is accepted and
+not needed by the ControlNets we load.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .types import Choices, NodeDef, register
+
+
+@dataclass(frozen=True, eq=False)
+class ControlNetRef:
+    """CONTROL_NET: a ControlNet file, loaded onto the sampling model's device/dtype when used."""
+    path: Path
+    name: str
+
+
+@dataclass(frozen=True, eq=False)
+class ControlHint:
+    net: ControlNetRef
+    image: torch.Tensor              # (B, C, H, W) float 0..1, on the CPU
+    strength: float
+    start: float = 0.0
+    end: float = 1.0
+    previous: ControlHint | None = None
+
+    def chain(self) -> list[ControlHint]:
+        out, h = [], self
+        while h is not None:
+            out.append(h)
+            h = h.previous
+        return out
+
+
+def _image(image) -> torch.Tensor:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        raise ValueError("image: expected an IMAGE (B, H, W, C)")
+    return image.movedim(-1, 1).float().cpu()
+
+
+def controlnet_loader(call, control_net_name):
+    path = call.ctx.folders.resolve("controlnet", control_net_name)
+    return (ControlNetRef(path, control_net_name),)
+
+
+register(NodeDef(
+    "ControlNetLoader", controlnet_loader, {"control_net_name": (Choices("controlnet"), {})},
+    ("CONTROL_NET",), category="loaders", display_name="Load ControlNet Model",
+    description="Loads a ControlNet from the controlnet folders (ControlNet/ or controlnet/)."))
+
+
+def _hinted(conditioning: list, make, to_uncond: bool) -> list:
+    out, made = [], {}
+    for context, extra in conditioning:
+        d = dict(extra or {})
+        prev = d.get("control")
+        if id(prev) not in made:  # entries sharing a previous hint share the new one (batched together)
+            made[id(prev)] = make(prev)
+        d["control"] = made[id(prev)]
+        d["control_apply_to_uncond"] = to_uncond
+        out.append([context, d])
+    return out
+
+
+def controlnet_apply(call, conditioning, control_net, image, strength):
+    if strength == 0:
+        return (conditioning,)
+    hint = _image(image)
+    return (_hinted(conditioning, lambda prev: ControlHint(control_net, hint, float(strength), previous=prev), True),)
+
+
+_STRENGTH = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01})
+register(NodeDef(
+    "ControlNetApply", controlnet_apply,
+    {"conditioning": ("CONDITIONING", {}), "control_net": ("CONTROL_NET", {}), "image": ("IMAGE", {}),
+     "strength": _STRENGTH},
+    ("CONDITIONING",), category="conditioning/controlnet", display_name="Apply ControlNet (OLD)",
+    description="Attaches a ControlNet hint to the conditioning (the negative gets it too unless it "
+                "has its own)."))
+
+
+def controlnet_apply_advanced(call, positive, negative, control_net, image, strength, start_percent, end_percent,
+                              vae=None):
+    if strength == 0:
+        return positive, negative
+    hint = _image(image)
+    made: dict = {}
+
+    def make(prev):  # one hint per previous hint, shared by the positive and the negative
+        if id(prev) not in made:
+            made[id(prev)] = ControlHint(control_net, hint, float(strength), float(start_percent),
+                                         float(end_percent), prev)
+        return made[id(prev)]
+
+    return _hinted(positive, make, False), _hinted(negative, make, False)
+
+
+_PERCENT = {"min": 0.0, "max": 1.0, "step": 0.001}
+register(NodeDef(
+    "ControlNetApplyAdvanced", controlnet_apply_advanced,
+    {"positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "control_net": ("CONTROL_NET", {}),
+     "image": ("IMAGE", {}), "strength": _STRENGTH,
+     "start_percent": ("FLOAT", {"default": 0.0, **_PERCENT}), "end_percent": ("FLOAT", {"default": 1.0, **_PERCENT})},
+    ("CONDITIONING", "CONDITIONING"), output_names=("positive", "negative"), optional={"vae": ("VAE", {})},
+    category="conditioning/controlnet", display_name="Apply ControlNet",
+    description="Attaches a ControlNet hint, active between start_percent and end_percent, to the positive "
+                "and the negative conditioning."))
+
+
+# --- sampling ----------------------------------------------------------------------------------
+
+def row_hints(positive: list, negative: list) -> list[ControlHint | None]:
+    """The hint of each row of KSampler's CFG batch: [negative[0], positive[0], positive[1], ...]."""
+    pos = [(extra or {}).get("control") for _, extra in positive]
+    neg = (negative[0][1] or {}).get("control") if negative else None
+    if neg is None and not any((extra or {}).get("control") for _, extra in negative):
+        to_uncond = [(extra or {}).get("control") for _, extra in positive
+                     if (extra or {}).get("control_apply_to_uncond") and (extra or {}).get("control")]
+        neg = to_uncond[0] if to_uncond else None
+    return [neg] + pos
+
+
+def center_resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Crop the middle to the target aspect ratio, then nearest-exact resize (ComfyUI's hint fitting)."""
+    h0, w0 = image.shape[-2:]
+    old, new = w0 / h0, width / height
+    x = y = 0
+    if old > new:
+        x = round((w0 - w0 * new / old) / 2)
+    elif old < new:
+        y = round((h0 - h0 * old / new) / 2)
+    image = image[..., y:h0 - y, x:w0 - x]
+    if image.shape[-2:] == (height, width):
+        return image
+    return F.interpolate(image, size=(height, width), mode="nearest-exact")
+
+
+class RowControl:
+    """The ``control`` callable for Pipeline._cfg_denoiser: residuals for every row of the batch,
+    each row with its conditioning entry's hints (zeros for rows without any)."""
+
+    def __init__(self, pipe, rows: list[ControlHint | None], image_index: int, width: int, height: int):
+        from ..adapters.controlnet import cached_controlnet
+
+        self.rows, self.pipe = rows, pipe
+        self.hints, self.nets = {}, {}
+        for head in {id(h): h for h in rows if h is not None}.values():
+            for h in head.chain():
+                if id(h) in self.hints:
+                    continue
+                img = h.image[image_index % h.image.shape[0]][None]
+                if img.shape[1] == 1:
+                    img = img.expand(-1, 3, -1, -1)
+                self.hints[id(h)] = center_resize(img[:, :3], width, height).to(pipe.device, pipe.dtype)
+                self.nets[id(h)] = cached_controlnet(h.net.path, pipe)
+
+    @staticmethod
+    def _active(h: ControlHint, t: float) -> bool:
+        """sigma_end <= sigma <= sigma_start, where the sigma at percent p is the model's sigma at
+        timestep (1 - p) * 999, p <= 0 means no upper bound and p >= 1 a bound of 0; compared here
+        as timesteps (sigma grows with the timestep). Sampling sigmas are > 0, so start >= 1 or
+        end <= 0 never runs."""
+        if h.start >= 1 or h.end <= 0:
+            return False
+        return (h.start <= 0 or t <= (1 - h.start) * 999 + 1e-4) and (h.end >= 1 or t >= (1 - h.end) * 999 - 1e-4)
+
+    def __call__(self, x, t, context, y, fraction=None, n_uncond=1):
+        tt = t.reshape(-1)[:1].expand(len(x))
+        now = float(tt[0])
+        groups: dict = {}
+        for r, h in enumerate(self.rows[:len(x)]):
+            if h is not None:
+                groups.setdefault(id(h), (h, []))[1].append(r)
+        total = None
+        for head, rows in groups.values():
+            idx = torch.tensor(rows, device=x.device)
+            xs, ctx, ys = x[idx], context[idx], None if y is None else y[idx]
+            res = None
+            for h in head.chain():
+                if not self._active(h, now) or h.strength == 0:
+                    continue
+                with torch.no_grad():
+                    out = self.nets[id(h)].net(xs[:, :4], self.hints[id(h)].expand(len(xs), -1, -1, -1), tt[idx],
+                                               ctx, ys)
+                out = [o.float() * h.strength for o in out]
+                res = out if res is None else [a + b for a, b in zip(res, out)]
+            if res is None:
+                continue
+            if total is None:
+                total = [torch.zeros(len(x), *r.shape[1:], device=r.device) for r in res]
+            for full, r in zip(total, res):
+                full[idx] += r
+        return total

@@ -1,0 +1,168 @@
+"""ComfyUI's ControlNet nodes (ControlNetLoader, ControlNetApply, ControlNetApplyAdvanced) on a tiny
+random model and a tiny random ControlNet: effect, ComfyUI semantics, caching, validation."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from reference import randomize_
+from workflow_fixtures import Loader, default_graph, make_ctx, make_models
+
+from opensd.adapters.controlnet import ControlApplier, ControlSpec, load_controlnet
+from opensd.checkpoints.controlnet_files import save_controlnet
+from opensd.library.synthetic import TINY
+from opensd.models.controlnet import ControlNet, ControlNetConfig
+from opensd.workflows import GraphError, execute, object_info, validate_prompt
+from opensd.workflows.nodes_controlnet import (
+    ControlHint,
+    ControlNetRef,
+    RowControl,
+    center_resize,
+    row_hints,
+)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wfcn")
+    folders = make_models(tmp / "models")
+    (tmp / "models" / "controlnet").mkdir()
+    net = randomize_(ControlNet(ControlNetConfig(TINY.unet)), seed=1)
+    save_controlnet(net, tmp / "models" / "controlnet" / "tiny_canny.safetensors", "small", dtype=torch.float32)
+    return tmp, folders, Loader(folders)
+
+
+@pytest.fixture
+def ctx(env, tmp_path):
+    _, folders, loader = env
+    c = make_ctx(folders, loader, tmp_path)
+    c.inputs_dir.mkdir(parents=True)
+    im = Image.new("RGB", (64, 64))
+    d = ImageDraw.Draw(im)
+    d.rectangle((10, 12, 40, 50), outline=(255, 255, 255), width=2)
+    d.ellipse((30, 5, 60, 35), outline=(255, 255, 255), width=2)
+    im.save(c.inputs_dir / "edges.png")
+    return c
+
+
+def cn_graph(strength=1.0, start=0.0, end=1.0, old=False, name="tiny_canny.safetensors"):
+    g = default_graph()
+    g["10"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}}
+    g["11"] = {"class_type": "LoadImage", "inputs": {"image": "edges.png"}}
+    if old:
+        g["12"] = {"class_type": "ControlNetApply", "inputs": {
+            "conditioning": ["6", 0], "control_net": ["10", 0], "image": ["11", 0], "strength": strength}}
+        g["3"]["inputs"]["positive"] = ["12", 0]
+    else:
+        g["12"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["6", 0], "negative": ["7", 0], "control_net": ["10", 0], "image": ["11", 0],
+            "strength": strength, "start_percent": start, "end_percent": end, "vae": ["4", 2]}}
+        g["3"]["inputs"]["positive"], g["3"]["inputs"]["negative"] = ["12", 0], ["12", 1]
+    return g
+
+
+def pixels(prompt, ctx) -> np.ndarray:
+    out = execute(copy.deepcopy(prompt), ctx)
+    (entry,) = out["9"]["images"]
+    return np.asarray(Image.open(ctx.outputs_dir / entry["subfolder"] / entry["filename"]), dtype=np.float32)
+
+
+def test_strength_zero_is_no_controlnet_and_one_changes_the_image(ctx):
+    plain = pixels(default_graph(), ctx)
+    assert np.array_equal(pixels(cn_graph(0.0), ctx), plain)
+    steered = pixels(cn_graph(1.0), ctx)
+    assert np.abs(steered - plain).mean() > 0.5
+    # an empty window (start = end = 1: sigma between 0 and 0) never runs
+    assert np.array_equal(pixels(cn_graph(1.0, start=1.0, end=1.0), ctx), plain)
+    # a part of the window runs on some steps only
+    part = pixels(cn_graph(1.0, start=0.0, end=0.5), ctx)
+    assert not np.array_equal(part, plain) and not np.array_equal(part, steered)
+
+
+def test_old_apply_hints_the_negative_too_and_equals_advanced_over_the_whole_range(ctx):
+    assert np.array_equal(pixels(cn_graph(0.8, old=True), ctx), pixels(cn_graph(0.8), ctx))
+
+
+def test_cache_reuses_the_loader_and_reruns_what_changed(ctx):
+    execute(cn_graph(0.6), ctx)
+    events = []
+    execute(cn_graph(0.7), ctx, lambda kind, data: events.append((kind, data)))
+    ran = [d["node"] for k, d in events if k == "executing" and d["node"]]
+    assert ran == ["12", "3", "8", "9"]
+
+
+def test_row_hints_follow_comfyui():
+    ref = ControlNetRef(None, "x")
+    a, b = ControlHint(ref, torch.zeros(1, 3, 8, 8), 1.0), ControlHint(ref, torch.zeros(1, 3, 8, 8), 0.5)
+    ctx_ = torch.zeros(1, 2, 4)
+    pos_old = [[ctx_, {"control": a, "control_apply_to_uncond": True}]]
+    pos_adv = [[ctx_, {"control": a, "control_apply_to_uncond": False}]]
+    neg = [[ctx_, {}]]
+    assert row_hints(pos_old, neg) == [a, a]       # ControlNetApply: the negative gets the positive's hint
+    assert row_hints(pos_adv, neg) == [None, a]    # an advanced hint on the positive only stays there
+    assert row_hints(pos_old, [[ctx_, {"control": b}]]) == [b, a]
+
+
+def test_row_control_equals_the_pipeline_control_applier(env, ctx):
+    _, folders, loader = env
+    pipe = loader("tiny.safetensors")
+    path = folders.resolve("controlnet", "tiny_canny")
+    edges = Image.open(ctx.inputs_dir / "edges.png").convert("RGB")
+    image = torch.from_numpy(np.asarray(edges, dtype=np.float32) / 255.0)[None].movedim(-1, 1)
+    hint = ControlHint(ControlNetRef(path, "tiny"), image, 0.7)
+    ours = RowControl(pipe, [hint, hint], 0, 64, 64)
+    theirs = ControlApplier([ControlSpec(load_controlnet(path, pipe), edges, weight=0.7)], 64, 64, pipe.device, pipe.dtype)
+    g = torch.Generator().manual_seed(0)
+    x, ctx_ = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 64, generator=g)
+    t = torch.tensor([500.0])
+    for a, b in zip(ours(x, t, ctx_, None, 0.0), theirs(x, t, ctx_, None, 0.0)):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_center_resize_crops_to_the_aspect_then_scales():
+    img = torch.arange(2 * 4 * 8, dtype=torch.float32).reshape(1, 2, 4, 8)
+    out = center_resize(img, 4, 4)
+    assert out.shape == (1, 2, 4, 4) and torch.equal(out, img[..., 2:6])
+
+
+def test_bad_control_net_names_are_node_errors(ctx):
+    for name in ("nope.safetensors", "../checkpoints/tiny.safetensors"):
+        with pytest.raises(GraphError) as e:
+            validate_prompt(cn_graph(name=name), ctx)
+        (err,) = e.value.payload["node_errors"]["10"]["errors"]
+        assert err["type"] == "value_not_in_list" and "control_net_name" in err["details"]
+    assert validate_prompt(cn_graph(), ctx) == {}
+
+
+def test_object_info_lists_the_nodes(ctx):
+    info = object_info(ctx)
+    assert info["ControlNetLoader"]["input"]["required"]["control_net_name"][0] == ["tiny_canny.safetensors"]
+    assert info["ControlNetLoader"]["output"] == ["CONTROL_NET"]
+    adv = info["ControlNetApplyAdvanced"]
+    assert adv["output_name"] == ["positive", "negative"] and "vae" in adv["input"]["optional"]
+    assert adv["input"]["required"]["end_percent"][1]["default"] == 1.0
+    assert info["ControlNetApply"]["output"] == ["CONDITIONING"]
+
+
+def test_builtin_model_and_builtin_canny_controlnet(tmp_path):
+    from opensd.library.models_dir import ModelFolders
+
+    folders = ModelFolders(None)  # only the built-in model and its ControlNet
+    c = make_ctx(folders, Loader(folders), tmp_path)
+    c.inputs_dir.mkdir(parents=True)
+    im = Image.new("RGB", (64, 64))
+    ImageDraw.Draw(im).ellipse((12, 12, 52, 52), outline=(255, 255, 255), width=2)
+    im.save(c.inputs_dir / "edges.png")
+    names = [m.name for m in folders.list("controlnet")]
+    assert "opensd-emoji-canny.safetensors" in names
+
+    def graph(strength):
+        g = cn_graph(strength, name="opensd-emoji-canny.safetensors")
+        g["4"]["inputs"]["ckpt_name"] = "opensd-emoji.safetensors"
+        g["3"]["inputs"].update(steps=4, cfg=5)
+        return g
+
+    plain = pixels(graph(0.0), c)
+    steered = pixels(graph(1.0), c)
+    assert np.abs(plain - steered).mean() > 2.0
