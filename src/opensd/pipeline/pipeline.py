@@ -76,6 +76,8 @@ class Pipeline:
         self._cond_cache: dict = {}
         self._conditioners: dict = {}
         self.embeddings = embeddings
+        if device.type == "cpu":  # oneDNN convs run faster on NHWC: -5% SD1.5 step, -25% built-in model
+            self.model.unet.to(memory_format=torch.channels_last)
         # Called after every sampling step with the denoised estimate (scaled latents, batch of 1):
         # servers turn it into live previews. None: no previews.
         self.on_latents: Callable[[torch.Tensor], None] | None = None
