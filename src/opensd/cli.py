@@ -109,20 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _subcommand_modules():
     """Other faces add their subcommands here; each module's `register(sub)` adds one or more
-    parsers with `set_defaults(func=...)`. Imported lazily so `opensd generate` stays light."""
+    parsers with `set_defaults(func=...)`. Those modules import their heavy parts only when run."""
     import importlib
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"opensd.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"opensd.{name}":
-                raise
-            continue
-        yield module.register
-
-
-# Modules under opensd/ that provide `register(subparsers)`.
-SUBCOMMAND_MODULES = ("cli_lora", "cli_train", "cli_serve", "cli_control", "cli_models")
+    for name in ("cli_train", "cli_serve", "cli_control", "cli_models"):
+        yield importlib.import_module(f"opensd.{name}").register
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -175,20 +175,14 @@ class LoraSet:
         self.changed = bool(self._backup) or bool(specs)
         self.restore()
         deltas: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
-        reports = []
-        for spec, m in zip(specs, matches):
-            for mod, w in m.patches:
-                strength = spec.unet if mod.component == "unet" else spec.te_strength
-                if strength == 0:
-                    continue
-                param, rows = _slot(mod.module)
-                if id(param) not in deltas:
-                    deltas[id(param)] = (param, torch.zeros(param.shape, dtype=torch.float32, device=param.device))
-                d = deltas[id(param)][1]
-                target = d[rows] if rows is not None else d
-                target += w.delta(target.shape, param.device) * strength
-            reports.append(LoraReport(m.file.name, spec.path, spec.unet, spec.te_strength,
-                                      len(m.patches), list(m.unmatched)))
+        for mod, w, strength in _weighted_patches(specs, matches):
+            param, rows = _slot(mod.module)
+            if id(param) not in deltas:
+                deltas[id(param)] = (param, torch.zeros(param.shape, dtype=torch.float32, device=param.device))
+            d = deltas[id(param)][1]
+            target = d[rows] if rows is not None else d
+            target += w.delta(target.shape, param.device) * strength
+        reports = _reports(specs, matches)
         with torch.no_grad():
             for pid, (param, d) in deltas.items():
                 self._backup[pid] = (param, param.detach().to("cpu", copy=True))
@@ -216,25 +210,33 @@ def bake_into_state_dict(sd: dict[str, torch.Tensor], cfg, specs: Sequence[LoraS
     table = lookup_table(model)
     matches = [match_lora(read_lora(s.path), model, table) for s in specs]
     deltas: dict[str, torch.Tensor] = {}
-    reports = []
+    for mod, w, strength in _weighted_patches(specs, matches):
+        if isinstance(mod.module, FusedQKVPart):
+            key, rows = names[id(mod.module.attn)] + ".in_proj_weight", mod.module.rows
+        else:
+            key, rows = names[id(mod.module)] + ".weight", None
+        if key not in deltas:
+            deltas[key] = torch.zeros(sd[key].shape, dtype=torch.float32)
+        target = deltas[key][rows] if rows is not None else deltas[key]
+        target += w.delta(target.shape) * strength
+    for key, d in deltas.items():
+        sd[key] = (sd[key].float() + d).to(sd[key].dtype)
+    return _reports(specs, matches)
+
+
+def _weighted_patches(specs: Sequence[LoraSpec], matches: list):
+    """(target module, LoRA weights, strength) for every patch whose part (UNet or text encoder)
+    has a non-zero strength in its spec."""
     for spec, m in zip(specs, matches):
         for mod, w in m.patches:
             strength = spec.unet if mod.component == "unet" else spec.te_strength
-            if strength == 0:
-                continue
-            if isinstance(mod.module, FusedQKVPart):
-                key, rows = names[id(mod.module.attn)] + ".in_proj_weight", mod.module.rows
-            else:
-                key, rows = names[id(mod.module)] + ".weight", None
-            if key not in deltas:
-                deltas[key] = torch.zeros(sd[key].shape, dtype=torch.float32)
-            target = deltas[key][rows] if rows is not None else deltas[key]
-            target += w.delta(target.shape) * strength
-        reports.append(LoraReport(m.file.name, spec.path, spec.unet, spec.te_strength,
-                                  len(m.patches), list(m.unmatched)))
-    for key, d in deltas.items():
-        sd[key] = (sd[key].float() + d).to(sd[key].dtype)
-    return reports
+            if strength != 0:
+                yield mod, w, strength
+
+
+def _reports(specs: Sequence[LoraSpec], matches: list) -> list[LoraReport]:
+    return [LoraReport(m.file.name, spec.path, spec.unet, spec.te_strength, len(m.patches), list(m.unmatched))
+            for spec, m in zip(specs, matches)]
 
 
 # --- prompts ---------------------------------------------------------------------------------

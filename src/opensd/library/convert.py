@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import detect as D
-from ..checkpoints.diffusers_folder import is_diffusers_folder, read_diffusers_folder
-from ..checkpoints.files import read_metadata, read_state_dict, save_safetensors
+from ..checkpoints import reader
+from ..checkpoints.diffusers_folder import is_diffusers_folder
+from ..checkpoints.files import save_safetensors
 from ..checkpoints.keymap_clip import clip_to_transformers
 from ..checkpoints.keymap_unet import unet_to_diffusers
-from ..checkpoints.keymap_vae import fix_ldm_vae_shapes, vae_to_diffusers
-from ..errors import CheckpointError, InvalidArgument
+from ..checkpoints.keymap_vae import vae_to_diffusers
+from ..errors import InvalidArgument
 from ..models import config as C
 from ..models.stable_diffusion import SGM_FAMILIES
 
@@ -36,26 +37,9 @@ _SCHEDULE_KEYS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_", "lo
 def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict[str, str], C.ModelConfig]:
     """Any checkpoint (single file or diffusers folder) as an original-layout state dict, its
     metadata and detected config."""
-    path = Path(path)
-    if not path.exists():
+    if not Path(path).exists():
         raise InvalidArgument(f"model: {path} does not exist")
-    if is_diffusers_folder(path):
-        try:
-            sd, meta = read_diffusers_folder(path)
-        except ValueError as e:
-            raise CheckpointError(path, str(e)) from None
-    else:
-        sd, meta = read_state_dict(path), read_metadata(path)
-    sd = _fix_vae(sd)
-    cfg = D.detect({k: tuple(v.shape) for k, v in sd.items()}, str(path), meta)
-    return sd, meta, cfg
-
-
-def _fix_vae(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    vae = fix_ldm_vae_shapes({k[len(D.VAE):]: v for k, v in sd.items() if k.startswith(D.VAE)})
-    out = {k: v for k, v in sd.items() if not k.startswith(D.VAE)}
-    out.update({D.VAE + k: v for k, v in vae.items()})
-    return out
+    return reader.read_checkpoint(path)
 
 
 # --- pruning ---------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from ..checkpoints import detect as D
-from ..checkpoints.diffusers_folder import is_diffusers_folder, read_diffusers_folder
-from ..checkpoints.files import read_metadata, read_state_dict
-from ..checkpoints.keymap_vae import fix_ldm_vae_shapes, vae_from_diffusers
+from ..checkpoints.files import read_state_dict
+from ..checkpoints.keymap_vae import vae_from_diffusers
+from ..checkpoints.reader import fix_vae, read_checkpoint
 from ..errors import CheckpointError
 from ..models import config as C
 from ..models.stable_diffusion import StableDiffusion
@@ -46,17 +46,8 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     `prediction` overrides eps/v where the file cannot tell (SD2 768-v vs 512-base).
     """
     path = Path(path)
-    if is_diffusers_folder(path):
-        try:
-            sd, metadata = read_diffusers_folder(path)
-        except ValueError as e:
-            raise CheckpointError(path, str(e)) from None
-    else:
-        sd, metadata = read_state_dict(path), read_metadata(path)
-    sd = _fix_vae(sd)
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
     prediction = prediction or _sidecar_prediction(path)
-    cfg = D.detect(shapes, str(path), metadata, prediction)
+    sd, metadata, cfg = read_checkpoint(path, prediction)
     if vae is not None:
         sd = {k: v for k, v in sd.items() if not k.startswith(D.VAE)}
         sd.update({D.VAE + k: v for k, v in read_vae(vae).items()})
@@ -115,7 +106,7 @@ def read_vae(path) -> dict[str, torch.Tensor]:
             raise CheckpointError(path, f"not a VAE we can read: {e.args[0]}") from None
     if "encoder.conv_in.weight" not in sd or "decoder.conv_in.weight" not in sd:
         raise CheckpointError(path, "not a VAE: no encoder.conv_in / decoder.conv_in weights")
-    return _fix_vae({D.VAE + k: v for k, v in sd.items()}, strip=True)
+    return fix_vae({D.VAE + k: v for k, v in sd.items()}, strip=True)
 
 
 def _diffusers_vae_config(sd: dict[str, torch.Tensor]) -> C.VAEConfig:
@@ -136,15 +127,6 @@ def _with_vae_of(cfg: C.ModelConfig, sd, vae_path) -> C.ModelConfig:
         raise CheckpointError(vae_path, f"VAE has {new.embed_dim} latent channels, the model expects "
                                         f"{cfg.vae.embed_dim} (a VAE for another model family?)")
     return replace(cfg, vae=replace(new, scaling_factor=cfg.vae.scaling_factor))
-
-
-def _fix_vae(sd: dict[str, torch.Tensor], strip: bool = False) -> dict[str, torch.Tensor]:
-    vae = fix_ldm_vae_shapes({k[len(D.VAE):]: v for k, v in sd.items() if k.startswith(D.VAE)})
-    if strip:
-        return vae
-    rest = {k: v for k, v in sd.items() if not k.startswith(D.VAE)}
-    rest.update({D.VAE + k: v for k, v in vae.items()})
-    return rest
 
 
 def _to(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
