@@ -127,3 +127,22 @@ def test_shipped_weights_load_and_generate():
     images = pipe.txt2img("red apple, noto emoji style", steps=4, seed=1)
     image = images[0] if isinstance(images, list) else images
     assert image.size == (64, 64)
+
+
+def test_random_crop_window_and_passthrough():
+    x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
+    a = B.random_crop(x, 8, torch.Generator().manual_seed(3))
+    b = B.random_crop(x, 8, torch.Generator().manual_seed(3))
+    assert a.shape == (2, 3, 8, 8) and torch.equal(a, b)  # seeded: a resumed run crops the same
+    top, left = divmod(int(a[0, 0, 0, 0]), 16)
+    assert torch.equal(a, x[..., top:top + 8, left:left + 8])
+    assert B.random_crop(x, 16, torch.Generator()) is x
+
+
+def test_vae_trains_on_crops_with_full_images_every_nth_step(tmp_path, monkeypatch):
+    seen = []
+    real = B.vae_loss
+    monkeypatch.setattr(B, "vae_loss", lambda m, x, g: seen.append(tuple(x.shape[-2:])) or real(m, x, g))
+    B.train_vae(_split(8, 0), _split(4, 1), TINY, tmp_path, steps=6, batch=4, progress=False,
+                save_every=100, crop=8, full_every=3)
+    assert seen == [(16, 16), (8, 8), (8, 8)] * 2

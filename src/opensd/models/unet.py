@@ -6,6 +6,7 @@ original-layout state dict loads with no renaming.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -54,11 +55,41 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim))
+        self.kv_cache: list | None = None  # set inside reuse_context_kv()
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
-        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
-        return self.to_out(out)
+        if context is None:
+            k, v = self.to_k(x), self.to_v(x)
+        else:
+            k, v = self._context_kv(context)
+        return self.to_out(attention(self.to_q(x), k, v, self.heads))
+
+    def _context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the text context; within reuse_context_kv() they are computed once
+        per context tensor, since the prompt does not change between sampling steps."""
+        if self.kv_cache is None or torch.is_grad_enabled():
+            return self.to_k(context), self.to_v(context)
+        wk, wv = self.to_k.weight, self.to_v.weight
+        stamp = (wk, wk._version, wv, wv._version, context._version)
+        if self.kv_cache and self.kv_cache[0] is context and self.kv_cache[1] == stamp:
+            return self.kv_cache[2]
+        kv = (self.to_k(context), self.to_v(context))
+        self.kv_cache[:] = [context, stamp, kv]  # holds `context`, so its identity cannot be reused
+        return kv
+
+
+@contextmanager
+def reuse_context_kv(model: nn.Module):
+    """Within the block, cross-attention keys/values are reused while the same context tensor is
+    passed again (and the weights were not changed in place, e.g. by a LoRA). Grad mode never reuses."""
+    layers = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    for m in layers:
+        m.kv_cache = []
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.kv_cache = None
 
 
 class GEGLU(nn.Module):
@@ -111,19 +142,26 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         y = self.norm(x)
-        if not self.linear:
-            y = self.proj_in(y)
-        y = y.flatten(2).transpose(1, 2)
-        if self.linear:
-            y = self.proj_in(y)
+        if _as_matmul(self.proj_in):
+            y = F.linear(y.flatten(2).transpose(1, 2), self.proj_in.weight.flatten(1), self.proj_in.bias)
+        elif self.linear:
+            y = self.proj_in(y.flatten(2).transpose(1, 2))
+        else:
+            y = self.proj_in(y).flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
             y = block(y, context)
         if self.linear:
-            y = self.proj_out(y)
-        y = y.transpose(1, 2).reshape(b, c, h, w)
-        if not self.linear:
-            y = self.proj_out(y)
-        return x + y
+            return x + self.proj_out(y).transpose(1, 2).reshape(b, c, h, w)
+        if _as_matmul(self.proj_out):
+            y = F.linear(y, self.proj_out.weight.flatten(1), self.proj_out.bias)
+            return x + y.transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(y.transpose(1, 2).reshape(b, c, h, w))
+
+
+def _as_matmul(layer: nn.Module) -> bool:
+    """SD1's 1x1 proj convs can run as the same matrix product on the tokens: on CPU a 1x1 conv on a
+    small latent (4x4, 8x8) costs several times a plain GEMM. Not when hooks (LoRA training) wrap it."""
+    return isinstance(layer, nn.Conv2d) and not (layer._forward_hooks or layer._forward_pre_hooks)
 
 
 class Downsample(nn.Module):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..adapters.lora import LoraSet, LoraSpec, prompt_lora_tags, specs_from_tags
 from ..errors import InvalidArgument, OpenSDError
+from ..models.unet import reuse_context_kv
 from ..sampling.denoiser import Denoiser
 from ..sampling.names import resolve
 from ..sampling.samplers import get_sampler
@@ -301,7 +302,8 @@ class Pipeline:
                 self.on_latents(denoised)
             report(i + 1)
 
-        x = sample(denoise, x, sigmas, step, noise_sampler=noise)
+        with reuse_context_kv(self.model.unet):
+            x = sample(denoise, x, sigmas, step, noise_sampler=noise)
         if latent_mask is not None:
             x = init * (1 - latent_mask) + x * latent_mask
         return x
@@ -363,15 +365,21 @@ class Pipeline:
         model = Denoiser(unet_fn, self.schedule, self.config.prediction)
         levels = sigmas[:-1]
 
+        built: dict = {}
+
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             # The step whose sigma this evaluation is at (or just below, for 2nd-order samplers).
             step = int((levels > sigma.item() * (1 + 1e-6)).sum().clamp(max=len(levels) - 1))
             at["step"] = step
             parts = cond.at(step)
-            batch = conditioner.pad([uncond.at(step)[0][1], *(c for _, c in parts)])
-            context = torch.cat([c.context for c in batch])
-            y = None if batch[0].pooled is None else torch.cat([c.pooled for c in batch])
-            out = model(x.expand(len(batch), -1, -1, -1), sigma, context=context, y=y)
+            conds = [uncond.at(step)[0][1], *(c for _, c in parts)]
+            key = tuple(map(id, conds))  # the schedules keep these alive, so ids stay unique
+            if built.get("key") != key:  # same tensor each step: the UNet reuses its context K/V
+                batch = conditioner.pad(conds)
+                built.update(key=key, context=torch.cat([c.context for c in batch]),
+                             y=None if batch[0].pooled is None else torch.cat([c.pooled for c in batch]))
+            context, y = built["context"], built["y"]
+            out = model(x.expand(len(conds), -1, -1, -1), sigma, context=context, y=y)
             result = out[:1].clone()
             for (weight, _), o in zip(parts, out[1:]):
                 result += cfg * weight * (o[None] - out[:1])

@@ -59,6 +59,8 @@ SAMPLE_PROMPTS = (
 KL_WEIGHT = 1e-6
 CAPTION_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
+VAE_CROP = 32
+VAE_FULL_EVERY = 4
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -117,9 +119,22 @@ def psnr(vae, images_uint8: np.ndarray, batch: int = 64) -> float:
     return float(np.mean(values))
 
 
+def random_crop(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    """One random `size`×`size` window (the same for the whole batch), or `x` when it is not larger."""
+    h, w = x.shape[-2:]
+    if size >= min(h, w):
+        return x
+    top, left = (int(torch.randint(0, n - size + 1, (1,), generator=g)) for n in (h, w))
+    return x[..., top:top + size, left:left + size]
+
+
 def train_vae(train, heldout, cfg: C.ModelConfig, run_dir: Path, steps: int, batch: int, lr: float = 5e-4,
               progress: bool = True, save_every: int = 100, until: int | None = None,
-              device: str = "cpu", budget_s: float | None = None) -> VAEOnly:
+              device: str = "cpu", budget_s: float | None = None, crop: int = VAE_CROP,
+              full_every: int = VAE_FULL_EVERY) -> VAEOnly:
+    """`crop`: most steps train on one random crop of that size per batch (the VAE is convolutional,
+    and a 32×32 crop costs ~3.5× less than the full 64×64 image on CPU); every `full_every`-th step
+    uses the whole image so the mid-block attention and GroupNorm also see full-size inputs."""
     done = run_dir / "done.json"
     model = VAEOnly(cfg.vae).to(device)
     pixels = to_pixels(train.images).to(device)
@@ -130,6 +145,8 @@ def train_vae(train, heldout, cfg: C.ModelConfig, run_dir: Path, steps: int, bat
             x = pixels[idx.to(device)]
             flip = (torch.rand(len(x), generator=g) < 0.5).to(device)  # emoji are near-symmetric
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            if crop and full_every and step % full_every:
+                x = random_crop(x, crop, g)
             yield x, g
 
     def sample_fn(m, step, rdir):
@@ -321,8 +338,8 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("data/emoji"))
     p.add_argument("--runs", type=Path, default=Path("runs/builtin"))
-    p.add_argument("--vae-steps", type=int, default=3000)
-    p.add_argument("--unet-steps", type=int, default=10000)
+    p.add_argument("--vae-steps", type=int, default=2800)
+    p.add_argument("--unet-steps", type=int, default=2800)
     p.add_argument("--batch", type=int, default=32, help="UNet batch size")
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--unet-until", type=int, default=None, help="stop the UNet stage early at this step")
