@@ -5,12 +5,14 @@ safetensors file that the loader detects as family "small".
     python -m opensd.training.builtin --data data/emoji --runs runs/builtin
 
 Stages, each resumable (the shared Trainer's state.pt) and skipped when finished:
-  1. vae/     KL autoencoder, L1 + MSE reconstruction + tiny KL; held-out PSNR written to vae/done.json
+  1. vae/     KL autoencoder, L1 + MSE reconstruction + tiny KL, mostly on 32x32 crops (every 4th step
+              on whole images); held-out PSNR written to vae/done.json
   2. latents  posterior (mean, logvar) of every training image, and the scaling factor 1/std
   3. unet/    UNet + text encoder jointly, eps prediction on the scaled-linear 1000-step schedule,
               10% caption dropout for classifier-free guidance, min-SNR-5 weighting, EMA
   4. export   EMA weights in fp16 -> --out (default src/opensd/assets/builtin/opensd-emoji.safetensors)
-Re-running the same command continues wherever it stopped (kill -9 safe).
+Re-running the same command continues wherever it stopped (kill -9 safe). The default schedule
+(2800 VAE + 2800 UNet steps) took 2 h 14 min on a 2-core AMD EPYC box (docs/builtin-model.md).
 """
 from __future__ import annotations
 
