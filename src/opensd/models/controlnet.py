@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import UNetConfig
-from .unet import UNetModel, build_encoder, timestep_embedding
+from .unet import UNetModel, add_embeddings, build_encoder, embed
 
 # The hint encoder's conv widths: conv 0 maps the image to 16 channels, then pairs of (same, wider)
 # convs; the wider ones stride 2 until the image is at latent size; the last conv is zero-initialised.
@@ -53,11 +53,7 @@ class ControlNet(nn.Module):
         self.config = cfg
         u = cfg.unet
         mc = u.model_channels
-        emb_dim = mc * 4
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        if u.adm_in_channels:
-            self.label_emb = nn.Sequential(nn.Sequential(
-                nn.Linear(u.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
+        add_embeddings(self, u)
         layers: list[nn.Module] = [nn.Conv2d(cfg.hint_channels, HINT_CHANNELS[0], 3, padding=1), nn.SiLU()]
         for (a, b), stride in zip(zip(HINT_CHANNELS, HINT_CHANNELS[1:]), hint_strides(cfg.hint_downscale)):
             layers += [nn.Conv2d(a, a, 3, padding=1), nn.SiLU(), nn.Conv2d(a, b, 3, padding=1, stride=stride),
@@ -79,11 +75,7 @@ class ControlNet(nn.Module):
         """x: noisy latent (B, 4, h, w); hint: control image (B, hint_channels, h*d, w*d) in [0, 1].
         Returns the residuals: one per UNet skip, then the middle one (unscaled)."""
         dtype = self.dtype
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.unet.model_channels).to(dtype))
-        if self.config.unet.adm_in_channels:
-            if y is None:
-                raise ValueError("this ControlNet needs the SDXL 'y' vector (pooled text + size conditioning)")
-            emb = emb + self.label_emb(y.to(dtype))
+        emb = embed(self, self.config.unet, timesteps, y, dtype)
         guided = self.input_hint_block(hint.to(dtype))
         h = x.to(dtype)
         context = context.to(dtype)

@@ -28,6 +28,30 @@ def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels, eps=eps)
 
 
+def add_embeddings(model: nn.Module, cfg: UNetConfig) -> int:
+    """Give `model` the timestep MLP `time_embed` and, for SDXL-style configs, the `label_emb` MLP of
+    the 'y' vector, under the original key names (UNet and ControlNet share them). Returns their width."""
+    mc = cfg.model_channels
+    emb_dim = mc * 4
+    model.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+    if cfg.adm_in_channels:
+        model.label_emb = nn.Sequential(nn.Sequential(
+            nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
+    return emb_dim
+
+
+def embed(model: nn.Module, cfg: UNetConfig, timesteps: torch.Tensor, y: torch.Tensor | None,
+          dtype: torch.dtype) -> torch.Tensor:
+    """The per-sample embedding every ResBlock receives: time MLP (+ label MLP of 'y')."""
+    emb = model.time_embed(timestep_embedding(timesteps, cfg.model_channels).to(dtype))
+    if cfg.adm_in_channels:
+        if y is None:
+            raise ValueError(f"this {type(model).__name__} needs the SDXL 'y' vector "
+                             "(pooled text + size conditioning)")
+        emb = emb + model.label_emb(y.to(dtype))
+    return emb
+
+
 class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int):
         super().__init__()
@@ -242,11 +266,7 @@ class UNetModel(nn.Module):
         super().__init__()
         self.config = cfg
         mc = cfg.model_channels
-        emb_dim = mc * 4
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        if cfg.adm_in_channels:
-            self.label_emb = nn.Sequential(nn.Sequential(
-                nn.Linear(cfg.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
+        emb_dim = add_embeddings(self, cfg)
 
         self.input_blocks, self.middle_block, skip_channels = build_encoder(cfg)
         ch = skip_channels[-1]
@@ -271,11 +291,7 @@ class UNetModel(nn.Module):
         y: (B, adm_in_channels) for SDXL-style models; control: ControlNet residuals, one per skip
         plus the middle block's last (added as LDM's ControlledUnetModel does)."""
         dtype = self.time_embed[0].weight.dtype
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
-        if self.config.adm_in_channels:
-            if y is None:
-                raise ValueError("this UNet needs the SDXL 'y' vector (pooled text + size conditioning)")
-            emb = emb + self.label_emb(y.to(dtype))
+        emb = embed(self, self.config, timesteps, y, dtype)
         h = x.to(dtype)
         context = context.to(dtype)
         skips = []
