@@ -473,13 +473,14 @@ implementation.
 """
 
 
-def write_doc(path: Path, section: str) -> None:
-    block = f"{DOC_BEGIN}\n{section}\n{DOC_END}"
+def write_doc(path: Path, section: str, begin: str = DOC_BEGIN, end: str = DOC_END) -> None:
+    """Replace the generated block between `begin` and `end` in `path` (appended when absent)."""
+    block = f"{begin}\n{section}\n{end}"
     if path.exists():
         text = path.read_text()
-        if DOC_BEGIN in text and DOC_END in text:
-            head, rest = text.split(DOC_BEGIN, 1)
-            tail = rest.split(DOC_END, 1)[1]
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            tail = rest.split(end, 1)[1]
             path.write_text(head + block + tail)
             return
         path.write_text(text.rstrip() + "\n\n" + block + "\n")

@@ -81,7 +81,8 @@ def test_applier_guess_mode_sum_and_scales(cns):
     n = len(guess)
     for i, (gr, r) in enumerate(zip(guess, ra)):
         assert gr[:1].abs().max() == 0  # the unconditional row gets no control
-        torch.testing.assert_close(gr[1:], r[1:] * 0.825 ** (n - 1 - i), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gr[1:], r[1:] * 0.825 ** (n - 1 - i), rtol=1e-4, atol=3e-5)
+        assert r[1:].abs().max() > 1e-2  # so the tolerance is small against the residuals
     assert scales(ControlSpec(cns[0], _edges(), weight=2.0, guess_mode=True), 13)[0] == pytest.approx(2 * 0.825 ** 12)
     assert a(x, t, ctx, None, 0.5) is not None
     assert ControlApplier([ControlSpec(cns[0], _edges(), end=0.4)], 64, 64, "cpu", torch.float32)(

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .config import UNetConfig
+from .conv import Conv2d
 from .unet import UNetModel, add_embeddings, build_encoder, embed
 
 # The hint encoder's conv widths: conv 0 maps the image to 16 channels, then pairs of (same, wider)
@@ -41,7 +42,7 @@ def hint_strides(downscale: int) -> list[int]:
 
 
 def zero_conv(channels: int) -> nn.Conv2d:
-    conv = nn.Conv2d(channels, channels, 1)
+    conv = Conv2d(channels, channels, 1)
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv
@@ -54,11 +55,11 @@ class ControlNet(nn.Module):
         u = cfg.unet
         mc = u.model_channels
         add_embeddings(self, u)
-        layers: list[nn.Module] = [nn.Conv2d(cfg.hint_channels, HINT_CHANNELS[0], 3, padding=1), nn.SiLU()]
+        layers: list[nn.Module] = [Conv2d(cfg.hint_channels, HINT_CHANNELS[0], 3, padding=1), nn.SiLU()]
         for (a, b), stride in zip(zip(HINT_CHANNELS, HINT_CHANNELS[1:]), hint_strides(cfg.hint_downscale)):
-            layers += [nn.Conv2d(a, a, 3, padding=1), nn.SiLU(), nn.Conv2d(a, b, 3, padding=1, stride=stride),
+            layers += [Conv2d(a, a, 3, padding=1), nn.SiLU(), Conv2d(a, b, 3, padding=1, stride=stride),
                        nn.SiLU()]
-        out = nn.Conv2d(HINT_CHANNELS[-1], mc, 3, padding=1)
+        out = Conv2d(HINT_CHANNELS[-1], mc, 3, padding=1)
         nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)
         self.input_hint_block = nn.Sequential(*layers, out)

@@ -14,6 +14,7 @@ from torch import nn
 
 from .attention import attention
 from .config import UNetConfig
+from .conv import Conv2d
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -56,13 +57,13 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int):
         super().__init__()
         self.in_layers = nn.Sequential(group_norm(channels), nn.SiLU(),
-                                       nn.Conv2d(channels, out_channels, 3, padding=1))
+                                       Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         # Index 2 is the original's dropout; kept as Identity so the conv stays at index 3.
         self.out_layers = nn.Sequential(group_norm(out_channels), nn.SiLU(), nn.Identity(),
-                                        nn.Conv2d(out_channels, out_channels, 3, padding=1))
+                                        Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip_connection = (nn.Identity() if channels == out_channels
-                                else nn.Conv2d(channels, out_channels, 1))
+                                else Conv2d(channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)
@@ -157,7 +158,7 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         self.linear = linear
         self.norm = group_norm(channels, eps=1e-6)
-        proj = nn.Linear if linear else (lambda i, o: nn.Conv2d(i, o, 1))
+        proj = nn.Linear if linear else (lambda i, o: Conv2d(i, o, 1))
         self.proj_in = proj(channels, channels)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(channels, heads, channels // heads, context_dim) for _ in range(depth))
@@ -191,7 +192,7 @@ def _as_matmul(layer: nn.Module) -> bool:
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -200,7 +201,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         # Upsampling to the skip connection's size lets latents that are not a multiple of
@@ -239,7 +240,7 @@ def build_encoder(cfg: UNetConfig) -> tuple[nn.ModuleList, TimestepBlock, list[i
     emb_dim = cfg.model_channels * 4
     mc = cfg.model_channels
     transformer = _transformer_factory(cfg)
-    input_blocks = nn.ModuleList([TimestepBlock([nn.Conv2d(cfg.in_channels, mc, 3, padding=1)])])
+    input_blocks = nn.ModuleList([TimestepBlock([Conv2d(cfg.in_channels, mc, 3, padding=1)])])
     skip_channels = [mc]
     ch = mc
     last = len(cfg.channel_mult) - 1
@@ -283,7 +284,7 @@ class UNetModel(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepBlock(layers))
 
-        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), Conv2d(ch, cfg.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 y: torch.Tensor | None = None, control: list[torch.Tensor] | None = None) -> torch.Tensor:

@@ -11,6 +11,7 @@ from torch import nn
 
 from opensd.models.attention import attention
 from opensd.models.config import VAEConfig
+from opensd.models.conv import Conv2d
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -28,11 +29,11 @@ class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.norm1 = _norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = _norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, padding=1)
         # The original uses a 1x1 "network-in-network" shortcut when the width changes.
-        self.nin_shortcut = (nn.Conv2d(in_channels, out_channels, 1)
+        self.nin_shortcut = (Conv2d(in_channels, out_channels, 1)
                              if in_channels != out_channels else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,10 +50,10 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.norm = _norm(channels)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.q = Conv2d(channels, channels, 1)
+        self.k = Conv2d(channels, channels, 1)
+        self.v = Conv2d(channels, channels, 1)
+        self.proj_out = Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
@@ -69,7 +70,7 @@ class AttnBlock(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The original pads right/bottom only (no symmetric padding), then strides by 2.
@@ -79,7 +80,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -136,7 +137,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         ch = cfg.ch
-        self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        self.conv_in = Conv2d(cfg.in_channels, ch, 3, padding=1)
         in_mult = (1,) + tuple(cfg.ch_mult)
         last = len(cfg.ch_mult) - 1
         self.down = nn.ModuleList(
@@ -147,7 +148,7 @@ class Encoder(nn.Module):
         self.mid = MidBlock(top)
         self.norm_out = _norm(top)
         # Mean and log-variance: twice the latent channels ("double_z").
-        self.conv_out = nn.Conv2d(top, 2 * cfg.z_channels, 3, padding=1)
+        self.conv_out = Conv2d(top, 2 * cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -162,7 +163,7 @@ class Decoder(nn.Module):
         super().__init__()
         ch, mults = cfg.ch, tuple(cfg.ch_mult)
         top = ch * mults[-1]
-        self.conv_in = nn.Conv2d(cfg.z_channels, top, 3, padding=1)
+        self.conv_in = Conv2d(cfg.z_channels, top, 3, padding=1)
         self.mid = MidBlock(top)
         # up.{i} is indexed by resolution level (i = 0 is full resolution) although it runs
         # from the highest i down; each takes its input width from the level above it.
@@ -172,7 +173,7 @@ class Decoder(nn.Module):
             for i, mult in enumerate(mults)
         )
         self.norm_out = _norm(ch * mults[0])
-        self.conv_out = nn.Conv2d(ch * mults[0], cfg.out_ch, 3, padding=1)
+        self.conv_out = Conv2d(ch * mults[0], cfg.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
@@ -187,8 +188,8 @@ class AutoencoderKL(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        self.quant_conv = Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
+        self.post_quant_conv = Conv2d(cfg.embed_dim, cfg.z_channels, 1)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image in [-1, 1] -> posterior (mean, logvar), each (B, embed_dim, H/f, W/f)."""

@@ -1,0 +1,40 @@
+"""Conv2d with a CPU inference fast path for small feature maps.
+
+PyTorch runs CPU convolutions through oneDNN, which re-lays out the weights on every call. For
+feature maps of at most 16×16 (the built-in model's whole UNet, and SD's lowest levels) that
+overhead dominates: the plain im2col + GEMM kernel (`thnn_conv2d`) is up to 3× faster there, while
+oneDNN stays faster from 32×32 up. `bench/conv_backend.py` measures both per shape.
+
+Training keeps oneDNN: its backward pass is much faster than the plain kernel's.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Largest output (batch × height × width) sent to the plain kernel.
+SMALL_OUTPUT = 512
+
+
+def use_plain_kernel(layer: nn.Conv2d, x: torch.Tensor) -> bool:
+    """True where `layer(x)` should skip oneDNN: fp32 CPU inference on a small map, with the options
+    the plain kernel supports (zero padding given as numbers, no dilation or groups)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or torch.is_grad_enabled():
+        return False
+    if layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros" \
+            or isinstance(layer.padding, str) or layer.weight.dtype != torch.float32:
+        return False
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    out_h = (x.shape[2] + 2 * ph - kh) // sh + 1
+    out_w = (x.shape[3] + 2 * pw - kw) // sw + 1
+    return x.shape[0] * out_h * out_w <= SMALL_OUTPUT
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` (same parameters, same state-dict keys) that picks the faster CPU kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_plain_kernel(self, x):
+            return torch.ops.aten.thnn_conv2d(x, self.weight, self.kernel_size, self.bias, self.stride,
+                                              self.padding)
+        return super().forward(x)
