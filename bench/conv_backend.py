@@ -109,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if not a.no_doc:
-        E.write_doc(a.doc, "## CPU convolution kernel for small feature maps\n\n" + text, BEGIN, END)
+        intro = ("`opensd.models.conv.Conv2d` sends fp32 CPU inference convolutions whose output has at most "
+                 f"{conv.SMALL_OUTPUT} positions (batch × height × width) to PyTorch's plain im2col + GEMM kernel "
+                 "instead of oneDNN. Reproduce with `python bench/conv_backend.py`.")
+        E.write_doc(a.doc, "## CPU convolution kernel for small feature maps\n\n" + intro + "\n\n" + text, BEGIN, END)
     return 0
 
 
