@@ -146,3 +146,49 @@ def test_vae_trains_on_crops_with_full_images_every_nth_step(tmp_path, monkeypat
     B.train_vae(_split(8, 0), _split(4, 1), TINY, tmp_path, steps=6, batch=4, progress=False,
                 save_every=100, crop=8, full_every=3)
     assert seen == [(16, 16), (8, 8), (8, 8)] * 2
+
+
+def test_caption_repeats_share_one_caption_encoding_per_image(trained, tmp_path, monkeypatch):
+    runs, _, (train, heldout) = trained
+    vae = B.train_vae(train, heldout, TINY, runs / "vae", 30, 4, progress=False)  # finished: loads
+    lat = torch.load(runs / "latents.pt", weights_only=True)
+    lat = {**lat, "logvar": torch.full_like(lat["logvar"], -60.0)}  # z0 = posterior mean exactly
+    seen, real_loss = [], B.diffusion_loss
+
+    def recording_loss(model, batch, alphas):
+        seen.append(batch)
+        return real_loss(model, batch, alphas)
+
+    monkeypatch.setattr(B, "diffusion_loss", recording_loss)
+    B.train_unet(train, vae, lat, B.config_for(runs, TINY), tmp_path / "unet", 3, 8, progress=False,
+                 sample_every=100, caption_repeats=2)
+    assert len(seen) == 3
+    for z0, ids, t, noise in seen:
+        assert z0.shape[0] == 8 and ids.shape[0] == 4
+        assert torch.equal(z0[0::2], z0[1::2])  # each drawn image appears twice in a row...
+        assert not torch.equal(noise[0::2], noise[1::2]) and not torch.equal(z0[0::2][:1], z0[0::2][1:2])
+    assert any(not torch.equal(t[0::2], t[1::2]) for _, _, t, _ in seen)  # ...at its own timesteps
+    with pytest.raises(ValueError, match="divisor of the batch size 8"):
+        B.train_unet(train, vae, lat, TINY, tmp_path / "bad", 3, 8, progress=False, caption_repeats=3)
+
+
+@torch.no_grad()
+def test_diffusion_loss_with_shared_captions_equals_repeated_captions():
+    torch.manual_seed(0)
+    model = StableDiffusion(TINY).eval()
+    alphas = B.scaled_linear_alphas_cumprod().float()
+    ids = torch.randint(0, 49407, (2, 77))
+    z0, noise = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+    t = torch.tensor([10, 900, 300, 600])
+    shared = B.diffusion_loss(model, (z0, ids, t, noise), alphas)
+    repeated = B.diffusion_loss(model, (z0, ids.repeat_interleave(2, 0), t, noise), alphas)
+    torch.testing.assert_close(shared, repeated)
+    assert not torch.allclose(shared, B.diffusion_loss(model, (z0, ids.flip(0).repeat_interleave(2, 0), t, noise),
+                                                       alphas))
+
+
+def test_cli_rejects_caption_repeats_that_do_not_divide_the_batch(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        B.main(["--runs", str(tmp_path / "runs"), "--batch", "32", "--caption-repeats", "3"])
+    assert "positive divisor of --batch (32), got 3" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing started
