@@ -1,9 +1,10 @@
 """Conv2d with a CPU inference fast path for small feature maps.
 
 PyTorch runs CPU convolutions through oneDNN, which re-lays out the weights on every call. For
-feature maps of at most 16×16 (the built-in model's whole UNet, and SD's lowest levels) that
-overhead dominates: the plain im2col + GEMM kernel (`thnn_conv2d`) is up to 3× faster there, while
-oneDNN stays faster from 32×32 up. `bench/conv_backend.py` measures both per shape.
+small outputs (batch × height × width ≤ 512: under CFG's batch of 2, maps up to 16×16, i.e. the
+built-in model's whole UNet and SD's lowest levels) that overhead dominates, and the plain
+im2col + GEMM kernel (`thnn_conv2d`) is faster (2–4× for 1×1 convs), while oneDNN stays faster
+from 32×32 up. `bench/conv_backend.py` measures both per shape and end to end.
 
 Training keeps oneDNN: its backward pass is much faster than the plain kernel's.
 """
