@@ -2,6 +2,7 @@
 training): they run, losses are finite and fall, resume continues, and the export is a file our
 loader detects as family "small" with the same config. If the shipped weights exist, they load and
 generate."""
+import json
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -192,3 +193,46 @@ def test_cli_rejects_caption_repeats_that_do_not_divide_the_batch(tmp_path, caps
         B.main(["--runs", str(tmp_path / "runs"), "--batch", "32", "--caption-repeats", "3"])
     assert "positive divisor of --batch (32), got 3" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_vae_from_checkpoint_replaces_stage_one(trained, tmp_path):
+    runs, path, splits = trained
+    new = tmp_path / "new"
+    out = B.run(None, new, 30, 6, 4, 4, tmp_path / "m.safetensors", progress=False, cfg=TINY, save_every=3,
+                sample_every=0, splits=splits, vae_from=path)
+    assert not (new / "vae" / "state.pt").exists()  # no VAE training happened
+    done = json.loads((new / "vae" / "done.json").read_text())
+    assert done["from"] == str(path) and done["steps"] == "30" and done["heldout_psnr_db"] > 0
+    src, got = read_state_dict(path), read_state_dict(out)
+    vae_keys = [k for k in src if k.startswith("first_stage_model.")]
+    assert vae_keys and all(torch.equal(src[k], got[k]) for k in vae_keys)
+    assert not torch.equal(src["model.diffusion_model.out.2.weight"], got["model.diffusion_model.out.2.weight"])
+    # the folder cannot later be continued as if it had trained its own VAE, nor mix the two
+    with pytest.raises(ValueError, match="--vae-from"):
+        B.run(None, new, 30, 6, 4, 4, None, progress=False, cfg=TINY, splits=splits)
+    with pytest.raises(ValueError, match="already holds a trained VAE"):
+        B.vae_from_checkpoint(path, TINY.vae, splits[1], runs / "vae")
+    with pytest.raises(ValueError, match="does not match the built-in VAE config"):
+        B.vae_from_checkpoint(path, B.BUILTIN.vae, splits[1], tmp_path / "other")
+
+
+@pytest.mark.parametrize("arch", sorted(B.ARCHS))
+def test_every_arch_is_detected_from_its_file_layout(arch):
+    cfg = replace(B.ARCHS[arch], vae=replace(B.ARCHS[arch].vae, scaling_factor=0.9))
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in StableDiffusion(cfg).state_dict().items()}
+    assert D.detect(shapes, arch, D.metadata_for(cfg)) == cfg
+
+
+def test_cli_keeps_a_runs_folder_on_its_arch(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert B.recorded_arch(runs, "fast") == "fast" and B.recorded_arch(runs) == "fast"
+    with pytest.raises(SystemExit):
+        B.main(["--runs", str(runs), "--arch", "v1", "--data", str(tmp_path / "none")])
+    assert "started with --arch fast; pass --arch fast" in capsys.readouterr().err
+    old = tmp_path / "old"
+    (old / "unet").mkdir(parents=True)  # a folder from before --arch existed
+    assert B.recorded_arch(old) == "v1"
+    with pytest.raises(SystemExit):
+        B.main(["--runs", str(runs), "--vae-from", str(tmp_path / "missing.safetensors")])
+    assert "missing.safetensors: no such file" in capsys.readouterr().err

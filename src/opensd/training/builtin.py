@@ -40,18 +40,36 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "builtin" / "opensd-emoji.safetensors"
 
-# The shipped architecture (see docs/builtin-model.md for why these sizes).
-BUILTIN = C.ModelConfig(
-    family="small",
-    unet=C.UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
-                      transformer_depth=(0, 1, 1), transformer_depth_middle=1, context_dim=256,
-                      num_heads=-1, num_head_channels=64),
-    vae=C.VAEConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=4, embed_dim=4, scaling_factor=1.0),
-    text_encoders=(C.TextEncoderConfig(naming="hf", vocab_size=49408, width=256, layers=4, heads=4,
-                                       max_length=77),),
-    prediction="eps",
-    resolution=64,
-)
+
+
+def _arch(unet: C.UNetConfig, text_layers: int) -> C.ModelConfig:
+    return C.ModelConfig(
+        family="small", unet=unet,
+        vae=C.VAEConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=4, embed_dim=4, scaling_factor=1.0),
+        text_encoders=(C.TextEncoderConfig(naming="hf", vocab_size=49408, width=256, layers=text_layers, heads=4,
+                                           max_length=77),),
+        prediction="eps", resolution=64)
+
+
+# Architectures of the built-in model (--arch; docs/builtin-model.md says why these sizes). All share
+# the VAE, so a new UNet can be trained on an existing model's autoencoder (--vae-from).
+ARCHS: dict[str, C.ModelConfig] = {
+    # 6.9 M-parameter UNet, attention at the 8x8 and 4x4 levels, 4-layer text encoder
+    "v1": _arch(C.UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
+                             transformer_depth=(0, 1, 1), transformer_depth_middle=1, context_dim=256,
+                             num_heads=-1, num_head_channels=64), 4),
+    # CPU-speed variants: 32 channels at 16x16, attention at 4x4 only (the 8x8 transformers cost ~30%
+    # of a v1 step on CPU), no mid-block transformer, 2-layer text encoder
+    "fast": _arch(C.UNetConfig(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
+                               transformer_depth=(0, 0, 1), transformer_depth_middle=0, context_dim=256,
+                               num_heads=-1, num_head_channels=64), 2),
+    "fast-small": _arch(C.UNetConfig(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                                     transformer_depth=(0, 0, 1), transformer_depth_middle=0, context_dim=256,
+                                     num_heads=-1, num_head_channels=64), 2),
+}
+DEFAULT_ARCH = "v1"
+BUILTIN = ARCHS[DEFAULT_ARCH]  # the shipped architecture
+ARCH_FILE = "arch.json"  # in a runs folder: the --arch it was started with
 
 SAMPLE_PROMPTS = (
     "red apple, noto emoji style", "grinning face, twemoji style", "dog face, noto emoji style",
@@ -166,6 +184,9 @@ def train_vae(train, heldout, cfg: C.ModelConfig, run_dir: Path, steps: int, bat
         return Trainer(model, batches, lambda m, b, s: vae_loss(m, b[0], b[1]), tcfg, run_dir, sample_fn)
 
     if done.is_file():
+        source = json.loads(done.read_text()).get("from")
+        if source:
+            raise ValueError(f"{run_dir}'s VAE came from {source}; pass --vae-from {source} again")
         trainer = make(steps)
         trainer.try_resume()
         return trainer.final_model().eval()
@@ -177,6 +198,37 @@ def train_vae(train, heldout, cfg: C.ModelConfig, run_dir: Path, steps: int, bat
                                     "heldout_images": len(heldout.images)}, indent=1))
         log.info("VAE done: held-out PSNR %.2f dB on %d images", p, len(heldout.images))
     return out.eval()
+
+
+def vae_from_checkpoint(path: Path, cfg: C.VAEConfig, heldout, run_dir: Path, device: str = "cpu") -> VAEOnly:
+    """Stage 1 replaced by the autoencoder of an existing built-in checkpoint (same VAE config), so a
+    new UNet architecture can be trained on a known-good VAE. Its held-out PSNR goes to done.json."""
+    from safetensors.torch import load_file
+
+    from ..checkpoints.files import read_metadata
+    path = Path(path)
+    if (run_dir / "state.pt").is_file():
+        raise ValueError(f"{run_dir} already holds a trained VAE stage; use a new --runs folder with --vae-from")
+    prefix = "first_stage_model."
+    weights = {k[len(prefix):]: v.float() for k, v in load_file(str(path)).items() if k.startswith(prefix)}
+    if not weights:
+        raise ValueError(f"{path} has no first_stage_model.* (VAE) weights")
+    model = VAEOnly(cfg)
+    try:
+        model.vae.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: its VAE does not match the built-in VAE config: {e}") from None
+    model = model.to(device).eval()
+    done = run_dir / "done.json"
+    info = json.loads(done.read_text()) if done.is_file() else {}
+    if info.get("from") != str(path):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        p = psnr(model.vae, heldout.images)
+        steps = read_metadata(path).get("opensd.vae_steps", "unknown")
+        done.write_text(json.dumps({"steps": steps, "heldout_psnr_db": round(p, 3), "heldout_images": len(heldout.images),
+                                    "from": str(path)}, indent=1))
+        log.info("VAE from %s: held-out PSNR %.2f dB", path, p)
+    return model
 
 
 # --- stage 2: latents ------------------------------------------------------------------------------
@@ -306,10 +358,25 @@ def config_for(runs: Path, cfg: C.ModelConfig = BUILTIN) -> C.ModelConfig:
     return replace(cfg, vae=replace(cfg.vae, scaling_factor=round(float(lat["scaling_factor"]), 5)))
 
 
-def export_from_runs(runs: Path, out: Path, cfg: C.ModelConfig = BUILTIN) -> Path:
+def recorded_arch(runs: Path, requested: str | None = None) -> str:
+    """The --arch a runs folder was started with (older folders, with no record, are "v1"); with
+    `requested`, record it in a new folder or refuse a different one."""
+    f = Path(runs) / ARCH_FILE
+    had = json.loads(f.read_text())["arch"] if f.is_file() else ("v1" if (Path(runs) / "unet").is_dir() else None)
+    if requested is None:
+        return had or DEFAULT_ARCH
+    if had is not None and had != requested:
+        raise ValueError(f"{runs} was started with --arch {had}; pass --arch {had} or use a new --runs folder")
+    if had is None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps({"arch": requested}))
+    return requested
+
+
+def export_from_runs(runs: Path, out: Path, cfg: C.ModelConfig | None = None) -> Path:
     """Write the shipped file from the latest UNet-stage checkpoint (EMA weights), finished or not."""
     runs = Path(runs)
-    cfg = config_for(runs, cfg)
+    cfg = config_for(runs, cfg or ARCHS[recorded_arch(runs)])
     state = torch.load(runs / "unet" / "state.pt", map_location="cpu", weights_only=True)
     model = StableDiffusion(cfg)
     model.load_state_dict(state["model"])
@@ -329,13 +396,16 @@ def run(data: Path, runs: Path, vae_steps: int, unet_steps: int, batch: int, vae
         progress: bool = True, cfg: C.ModelConfig = BUILTIN, unet_until: int | None = None,
         save_every: int = 100, sample_every: int = 500, bf16: bool = False, splits=None, device: str = "cpu",
         vae_budget_s: float | None = None, unet_budget_s: float | None = None,
-        caption_repeats: int = 1) -> Path | None:
+        caption_repeats: int = 1, vae_from: Path | None = None) -> Path | None:
     from .emoji_data import load_split
     train, heldout = splits or (load_split(Path(data), "train"), load_split(Path(data), "heldout"))
     runs = Path(runs)
     t0 = time.time()
-    vae = train_vae(train, heldout, cfg, runs / "vae", vae_steps, vae_batch, progress=progress,
-                    save_every=save_every, device=device, budget_s=vae_budget_s)
+    if vae_from is not None:
+        vae = vae_from_checkpoint(vae_from, cfg.vae, heldout, runs / "vae", device)
+    else:
+        vae = train_vae(train, heldout, cfg, runs / "vae", vae_steps, vae_batch, progress=progress,
+                        save_every=save_every, device=device, budget_s=vae_budget_s)
     if not (runs / "vae" / "done.json").is_file():
         return None
     lat = encode_latents(vae.vae, train.images, runs / "latents.pt")
@@ -354,6 +424,10 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=Path, default=Path("runs/builtin"))
     p.add_argument("--vae-steps", type=int, default=2800)
     p.add_argument("--unet-steps", type=int, default=2800)
+    p.add_argument("--arch", choices=sorted(ARCHS), default=None,
+                   help=f"model architecture (default: the runs folder's, else {DEFAULT_ARCH})")
+    p.add_argument("--vae-from", type=Path, default=None,
+                   help="skip the VAE stage: use the autoencoder of this built-in-model checkpoint")
     p.add_argument("--batch", type=int, default=32, help="UNet batch size")
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--caption-repeats", type=int, default=1,
@@ -377,11 +451,17 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.vae_from is not None and not a.vae_from.is_file():
+        p.error(f"--vae-from {a.vae_from}: no such file")
+    try:
+        arch = recorded_arch(a.runs) if a.export_only else recorded_arch(a.runs, a.arch or recorded_arch(a.runs))
+    except ValueError as e:
+        p.error(str(e))
     if a.export_only:
         print(f"wrote {export_from_runs(a.runs, a.out)}")
         return
     path = run(a.data, a.runs, a.vae_steps, a.unet_steps, a.batch, a.vae_batch,
-               None if a.no_export else a.out, progress=not a.no_progress, unet_until=a.unet_until,
+               None if a.no_export else a.out, cfg=ARCHS[arch], vae_from=a.vae_from, progress=not a.no_progress, unet_until=a.unet_until,
                save_every=a.save_every, sample_every=a.sample_every, bf16=a.bf16, device=a.device,
                vae_budget_s=a.vae_budget, unet_budget_s=a.unet_budget, caption_repeats=a.caption_repeats)
     if path:
