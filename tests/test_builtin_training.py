@@ -230,6 +230,9 @@ def test_cli_keeps_a_runs_folder_on_its_arch(tmp_path, capsys):
     with pytest.raises(SystemExit):
         B.main(["--runs", str(runs), "--arch", "v1", "--data", str(tmp_path / "none")])
     assert "started with --arch fast; pass --arch fast" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        B.main(["--runs", str(runs), "--arch", "v1", "--export-only"])
+    assert "started with --arch fast, not v1" in capsys.readouterr().err
     old = tmp_path / "old"
     (old / "unet").mkdir(parents=True)  # a folder from before --arch existed
     assert B.recorded_arch(old) == "v1"

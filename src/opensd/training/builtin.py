@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "builtin" / "opensd-emoji.safetensors"
 
 
-
 def _arch(unet: C.UNetConfig, text_layers: int) -> C.ModelConfig:
     return C.ModelConfig(
         family="small", unet=unet,
@@ -453,17 +452,20 @@ def main(argv=None) -> None:
         torch.set_num_threads(a.threads)
     if a.vae_from is not None and not a.vae_from.is_file():
         p.error(f"--vae-from {a.vae_from}: no such file")
-    try:
-        arch = recorded_arch(a.runs) if a.export_only else recorded_arch(a.runs, a.arch or recorded_arch(a.runs))
-    except ValueError as e:
-        p.error(str(e))
     if a.export_only:
+        if a.arch and a.arch != recorded_arch(a.runs):
+            p.error(f"{a.runs} was started with --arch {recorded_arch(a.runs)}, not {a.arch}")
         print(f"wrote {export_from_runs(a.runs, a.out)}")
         return
-    path = run(a.data, a.runs, a.vae_steps, a.unet_steps, a.batch, a.vae_batch,
-               None if a.no_export else a.out, cfg=ARCHS[arch], vae_from=a.vae_from, progress=not a.no_progress, unet_until=a.unet_until,
-               save_every=a.save_every, sample_every=a.sample_every, bf16=a.bf16, device=a.device,
-               vae_budget_s=a.vae_budget, unet_budget_s=a.unet_budget, caption_repeats=a.caption_repeats)
+    try:  # the user-facing checks (arch of the folder, --vae-from) end as usage errors, not tracebacks
+        arch = recorded_arch(a.runs, a.arch or recorded_arch(a.runs))
+        path = run(a.data, a.runs, a.vae_steps, a.unet_steps, a.batch, a.vae_batch,
+                   None if a.no_export else a.out, cfg=ARCHS[arch], vae_from=a.vae_from,
+                   progress=not a.no_progress, unet_until=a.unet_until, save_every=a.save_every,
+                   sample_every=a.sample_every, bf16=a.bf16, device=a.device, vae_budget_s=a.vae_budget,
+                   unet_budget_s=a.unet_budget, caption_repeats=a.caption_repeats)
+    except ValueError as e:
+        p.error(str(e))
     if path:
         print(f"wrote {path}")
 
