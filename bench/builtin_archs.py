@@ -10,18 +10,14 @@ the table gives each one's median relative to v1 in the same run.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import engine_speed as E  # also puts src/ on sys.path
-from conv_backend import _alternate
+from conv_backend import _alternate, cpu_bench_args, publish  # also puts src/ on sys.path
 
 import torch  # noqa: E402
 
@@ -60,23 +56,12 @@ def run(reps: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reps", type=int, default=7, help="alternating timed calls per architecture")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--doc", type=Path, default=E.ROOT / "docs" / "benchmarks.md")
-    ap.add_argument("--no-doc", action="store_true")
-    a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    load = [round(x, 2) for x in os.getloadavg()]
-    lines = run(a.reps) + ["", f"txt2img 64×64, 20 steps, CFG 7, batch 1, {a.reps} calls each, alternating; "
-                           f"{torch.get_num_threads()} threads, torch {torch.__version__}, load average before "
-                           f"{load}, {time.strftime('%Y-%m-%d')}."]
-    text = "\n".join(lines)
-    print(text)
-    if not a.no_doc:
-        intro = ("Speed of each `--arch` of the built-in model (random weights; quality of the trained ones is in "
-                 "`docs/builtin-model.md`). Reproduce with `python bench/builtin_archs.py`.")
-        E.write_doc(a.doc, "## Built-in model architectures on CPU\n\n" + intro + "\n\n" + text, BEGIN, END)
+    a = cpu_bench_args(__doc__, argv, lambda ap: ap.add_argument(
+        "--reps", type=int, default=7, help="alternating timed calls per architecture"))
+    intro = ("Speed of each `--arch` of the built-in model (random weights; quality of the trained ones is in "
+             "`docs/builtin-model.md`). Reproduce with `python bench/builtin_archs.py`.")
+    publish(a, run(a.reps), f"txt2img 64×64, 20 steps, CFG 7, batch 1, {a.reps} calls each, alternating; ",
+            "Built-in model architectures on CPU", intro, BEGIN, END)
     return 0
 
 

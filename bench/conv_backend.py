@@ -91,28 +91,43 @@ def end_to_end(model: Path, reps: int) -> list[str]:
             f"{diff} (of 255), over {reps} seeds."]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reps", type=int, default=40, help="alternating timed calls per shape")
-    ap.add_argument("--e2e-reps", type=int, default=10, help="alternating txt2img calls per mode")
-    ap.add_argument("--model", type=Path, default=None, help="default: the built-in model")
+def cpu_bench_args(doc: str, argv: list[str] | None, extra) -> argparse.Namespace:
+    """Parse the CPU benchmarks' shared options (--threads, --doc, --no-doc) plus `extra(ap)`'s,
+    set the thread count, and note the load average before any timing."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    extra(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--doc", type=Path, default=E.ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--no-doc", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from opensd.training.builtin import DEFAULT_OUT
-    load = [round(x, 2) for x in os.getloadavg()]
-    lines = per_shape(a.reps) + [""] + end_to_end(a.model or DEFAULT_OUT, a.e2e_reps)
-    lines += ["", f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
-              f"load average before {load}, {time.strftime('%Y-%m-%d')}."]
-    text = "\n".join(lines)
+    a.load = [round(x, 2) for x in os.getloadavg()]
+    return a
+
+
+def publish(a: argparse.Namespace, lines: list[str], what: str, title: str, intro: str, begin: str, end: str) -> None:
+    """Print the table with a footer (threads, torch, load, date) and, unless --no-doc, replace its block
+    in docs/benchmarks.md."""
+    footer = (f"{what}{torch.get_num_threads()} threads, torch {torch.__version__}, "
+              f"load average before {a.load}, {time.strftime('%Y-%m-%d')}.")
+    text = "\n".join([*lines, "", footer])
     print(text)
     if not a.no_doc:
-        intro = ("`opensd.models.conv.Conv2d` sends fp32 CPU inference convolutions whose output has at most "
-                 f"{conv.SMALL_OUTPUT} positions (batch × height × width) to PyTorch's plain im2col + GEMM kernel "
-                 "instead of oneDNN. Reproduce with `python bench/conv_backend.py`.")
-        E.write_doc(a.doc, "## CPU convolution kernel for small feature maps\n\n" + intro + "\n\n" + text, BEGIN, END)
+        E.write_doc(a.doc, f"## {title}\n\n{intro}\n\n{text}", begin, end)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def extra(ap):
+        ap.add_argument("--reps", type=int, default=40, help="alternating timed calls per shape")
+        ap.add_argument("--e2e-reps", type=int, default=10, help="alternating txt2img calls per mode")
+        ap.add_argument("--model", type=Path, default=None, help="default: the built-in model")
+    a = cpu_bench_args(__doc__, argv, extra)
+    from opensd.training.builtin import DEFAULT_OUT
+    lines = per_shape(a.reps) + [""] + end_to_end(a.model or DEFAULT_OUT, a.e2e_reps)
+    intro = ("`opensd.models.conv.Conv2d` sends fp32 CPU inference convolutions whose output has at most "
+             f"{conv.SMALL_OUTPUT} positions (batch × height × width) to PyTorch's plain im2col + GEMM kernel "
+             "instead of oneDNN. Reproduce with `python bench/conv_backend.py`.")
+    publish(a, lines, "", "CPU convolution kernel for small feature maps", intro, BEGIN, END)
     return 0
 
 

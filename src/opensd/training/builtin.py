@@ -202,14 +202,12 @@ def train_vae(train, heldout, cfg: C.ModelConfig, run_dir: Path, steps: int, bat
 def vae_from_checkpoint(path: Path, cfg: C.VAEConfig, heldout, run_dir: Path, device: str = "cpu") -> VAEOnly:
     """Stage 1 replaced by the autoencoder of an existing built-in checkpoint (same VAE config), so a
     new UNet architecture can be trained on a known-good VAE. Its held-out PSNR goes to done.json."""
-    from safetensors.torch import load_file
-
-    from ..checkpoints.files import read_metadata
+    from ..checkpoints.files import read_metadata, read_state_dict
     path = Path(path)
     if (run_dir / "state.pt").is_file():
         raise ValueError(f"{run_dir} already holds a trained VAE stage; use a new --runs folder with --vae-from")
     prefix = "first_stage_model."
-    weights = {k[len(prefix):]: v.float() for k, v in load_file(str(path)).items() if k.startswith(prefix)}
+    weights = {k[len(prefix):]: v.float() for k, v in read_state_dict(path).items() if k.startswith(prefix)}
     if not weights:
         raise ValueError(f"{path} has no first_stage_model.* (VAE) weights")
     model = VAEOnly(cfg)
