@@ -239,3 +239,73 @@ def test_cli_keeps_a_runs_folder_on_its_arch(tmp_path, capsys):
     with pytest.raises(SystemExit):
         B.main(["--runs", str(runs), "--vae-from", str(tmp_path / "missing.safetensors")])
     assert "missing.safetensors: no such file" in capsys.readouterr().err
+
+
+# a smaller UNet under TINY's text encoder and VAE: a student for TINY-trained teachers
+STUDENT = replace(TINY, unet=replace(TINY.unet, channel_mult=(1, 1), transformer_depth_middle=0))
+
+
+@torch.no_grad()
+def test_distillation_loss_is_the_distance_to_the_teachers_prediction():
+    torch.manual_seed(0)
+    teacher = StableDiffusion(TINY).eval()
+    student = StableDiffusion(TINY).eval()
+    student.load_state_dict(teacher.state_dict())
+    alphas = B.scaled_linear_alphas_cumprod().float()
+    ids = torch.randint(0, 49407, (4, 77))
+    batch = (torch.randn(4, 4, 8, 8), ids, torch.tensor([10, 900, 300, 600]), torch.randn(4, 4, 8, 8))
+    assert B.diffusion_loss(student, batch, alphas, teacher=teacher.unet) == 0  # same UNet: nothing to learn
+    assert B.diffusion_loss(student, batch, alphas) > 0  # the noise is a different target
+    encoded = (batch[0], student.cond_stage_model(ids).hidden, *batch[2:])  # a frozen encoder's output
+    torch.testing.assert_close(B.diffusion_loss(student, encoded, alphas), B.diffusion_loss(student, batch, alphas))
+    student.unet.out[2].bias.add_(0.1)
+    assert B.diffusion_loss(student, batch, alphas, teacher=teacher.unet) > 0
+
+
+def test_teacher_gives_its_encoder_and_vae_and_its_unet_is_the_target(trained, tmp_path, monkeypatch):
+    runs, path, splits = trained
+    seen, real_loss = [], B.diffusion_loss
+
+    def recording_loss(model, batch, alphas, teacher=None):
+        seen.append((batch, teacher))
+        return real_loss(model, batch, alphas, teacher=teacher)
+
+    monkeypatch.setattr(B, "diffusion_loss", recording_loss)
+    student = tmp_path / "student"
+    out = B.run(None, student, 30, 6, 4, 4, tmp_path / "s.safetensors", progress=False, cfg=STUDENT,
+                save_every=3, sample_every=0, splits=splits, teacher=path)
+    src, got = read_state_dict(path), read_state_dict(out)
+    frozen = [k for k in src if k.startswith(("cond_stage_model.", "first_stage_model."))]
+    assert frozen and all(torch.equal(src[k], got[k]) for k in frozen)  # bit for bit, after 6 steps
+    assert D.detect({k: tuple(v.shape) for k, v in got.items()}, "s", read_metadata(out)).unet == STUDENT.unet
+    assert read_metadata(out)["opensd.distilled_from"] == path.name
+    assert not (student / "vae" / "state.pt").exists()  # the teacher's VAE, not a trained one
+    # every step conditioned on the teacher's encodings of the captions (or of the empty prompt)
+    teacher = StableDiffusion(TINY).eval()
+    teacher.load_state_dict({k: v.float() for k, v in src.items()}, strict=False)
+    with torch.no_grad():
+        known = teacher.cond_stage_model(B.tokenize(sorted(set(splits[0].captions)) + [""],
+                                                    TINY.text_encoders[0])).hidden
+    assert len(seen) == 6
+    for (z0, context, t, noise), unet in seen:
+        assert unet is not None and context.is_floating_point() and context.shape == (4, 77, 64)
+        assert all(min((row - k).abs().max() for k in known) < 1e-5 for row in context)
+
+
+def test_teacher_misuse_is_refused(trained, tmp_path, capsys):
+    runs, path, splits = trained
+    kw = dict(progress=False, save_every=3, sample_every=0, splits=splits)
+    student = tmp_path / "student"
+    B.run(None, student, 30, 2, 4, 4, None, cfg=STUDENT, teacher=path, **kw)
+    with pytest.raises(ValueError, match="distils from .*pass --teacher"):
+        B.run(None, student, 30, 2, 4, 4, None, cfg=STUDENT, **kw)
+    with pytest.raises(ValueError, match="already trained its UNet without a teacher"):
+        B.run(None, runs, 30, 2, 4, 4, None, cfg=STUDENT, teacher=path, **kw)
+    with pytest.raises(ValueError, match="must be the --teacher file"):
+        B.run(None, tmp_path / "b", 30, 2, 4, 4, None, cfg=STUDENT, teacher=path, vae_from=tmp_path / "x", **kw)
+    other_encoder = replace(STUDENT, text_encoders=(replace(TINY.text_encoders[0], layers=2),))
+    with pytest.raises(ValueError, match="its text encoder .1 layers, width 64. is not this --arch's .2 layers"):
+        B.run(None, tmp_path / "c", 30, 2, 4, 4, None, cfg=other_encoder, teacher=path, **kw)
+    with pytest.raises(SystemExit):
+        B.main(["--runs", str(tmp_path / "d"), "--teacher", str(tmp_path / "missing.safetensors")])
+    assert "--teacher" in capsys.readouterr().err and not (tmp_path / "d").exists()

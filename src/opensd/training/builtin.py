@@ -11,6 +11,8 @@ Stages, each resumable (the shared Trainer's state.pt) and skipped when finished
   3. unet/    UNet + text encoder jointly, eps prediction on the scaled-linear 1000-step schedule,
               10% caption dropout for classifier-free guidance, min-SNR-5 weighting, EMA
   4. export   EMA weights in fp16 -> --out (default src/opensd/assets/builtin/opensd-emoji.safetensors)
+With --teacher FILE (an existing built-in model), stage 1 is that model's VAE and stage 3 distils:
+its text encoder is copied and frozen, and the UNet (of --arch) learns its UNet's predictions.
 Re-running the same command continues wherever it stopped (kill -9 safe). The default schedule
 (2800 VAE + 2800 UNet steps) took 2 h 14 min on a 2-core AMD EPYC box (docs/builtin-model.md).
 """
@@ -52,23 +54,26 @@ def _arch(unet: C.UNetConfig, text_layers: int) -> C.ModelConfig:
 
 # Architectures of the built-in model (--arch; docs/builtin-model.md says why these sizes). All share
 # the VAE, so a new UNet can be trained on an existing model's autoencoder (--vae-from).
+# CPU-speed UNet: 32 channels at 16x16, attention at 4x4 only (the 8x8 transformers cost ~30% of a v1
+# step on CPU), no mid-block transformer
+_FAST_UNET = C.UNetConfig(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, transformer_depth=(0, 0, 1),
+                          transformer_depth_middle=0, context_dim=256, num_heads=-1, num_head_channels=64)
 ARCHS: dict[str, C.ModelConfig] = {
     # 6.9 M-parameter UNet, attention at the 8x8 and 4x4 levels, 4-layer text encoder
     "v1": _arch(C.UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
                              transformer_depth=(0, 1, 1), transformer_depth_middle=1, context_dim=256,
                              num_heads=-1, num_head_channels=64), 4),
-    # CPU-speed variants: 32 channels at 16x16, attention at 4x4 only (the 8x8 transformers cost ~30%
-    # of a v1 step on CPU), no mid-block transformer, 2-layer text encoder
-    "fast": _arch(C.UNetConfig(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
-                               transformer_depth=(0, 0, 1), transformer_depth_middle=0, context_dim=256,
-                               num_heads=-1, num_head_channels=64), 2),
-    "fast-small": _arch(C.UNetConfig(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                                     transformer_depth=(0, 0, 1), transformer_depth_middle=0, context_dim=256,
-                                     num_heads=-1, num_head_channels=64), 2),
+    # CPU-speed variants with a 2-layer text encoder
+    "fast": _arch(_FAST_UNET, 2),
+    "fast-small": _arch(replace(_FAST_UNET, channel_mult=(1, 2, 2)), 2),
+    # the fast UNet under v1's text encoder, so it can take a v1 model's trained encoder and learn
+    # from its UNet (--teacher)
+    "fast4": _arch(_FAST_UNET, 4),
 }
 DEFAULT_ARCH = "v1"
 BUILTIN = ARCHS[DEFAULT_ARCH]  # the shipped architecture
 ARCH_FILE = "arch.json"  # in a runs folder: the --arch it was started with
+TEACHER_FILE = "teacher.json"  # in a runs folder: the --teacher it distils from
 
 SAMPLE_PROMPTS = (
     "red apple, noto emoji style", "grinning face, twemoji style", "dog face, noto emoji style",
@@ -254,29 +259,48 @@ def encode_latents(vae, images_uint8: np.ndarray, path: Path, batch: int = 128) 
 # --- stage 3: UNet + text encoder ------------------------------------------------------------------
 
 
-def diffusion_loss(model: StableDiffusion, batch, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """`ids` may hold fewer rows than `z0`: each caption then conditions len(z0) // len(ids)
-    consecutive rows (the same image under different noise), and is encoded once."""
-    z0, ids, t, noise = batch
-    context = model.cond_stage_model(ids).hidden
+def diffusion_loss(model: StableDiffusion, batch, alphas_cumprod: torch.Tensor,
+                   teacher: nn.Module | None = None) -> torch.Tensor:
+    """`batch` = (z0, captions, t, noise); captions are token ids (encoded here) or, under a frozen
+    text encoder, their encodings. They may hold fewer rows than `z0`: each then conditions
+    len(z0) // len(captions) consecutive rows (the same image under different noise). With a
+    `teacher` UNet the target is its prediction (distillation) instead of the noise."""
+    z0, captions, t, noise = batch
+    context = captions if captions.is_floating_point() else model.cond_stage_model(captions).hidden
     if len(context) != len(z0):
         context = context.repeat_interleave(len(z0) // len(context), dim=0)
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
     pred = model.unet(zt, t, context).float()
+    if teacher is not None:
+        with torch.no_grad():
+            noise = teacher(zt, t, context).float()
     snr = a.view(-1) / (1 - a.view(-1))
     weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr  # min-SNR-gamma for eps prediction
     per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
     return (weight * per).mean()
 
 
+@torch.no_grad()
+def encode_captions(text_encoder: nn.Module, ids: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Hidden states of every caption, for a frozen text encoder (computed once, not every step)."""
+    text_encoder.eval()
+    dev = next(text_encoder.parameters()).device
+    return torch.cat([text_encoder(ids[i:i + batch].to(dev)).hidden.cpu() for i in range(0, len(ids), batch)])
+
+
 def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run_dir: Path, steps: int,
                batch: int, lr: float = 3e-4, progress: bool = True, save_every: int = 100,
                sample_every: int = 500, until: int | None = None, bf16: bool = False, device: str = "cpu",
-               budget_s: float | None = None, caption_repeats: int = 1) -> StableDiffusion:
+               budget_s: float | None = None, caption_repeats: int = 1,
+               teacher: StableDiffusion | None = None) -> StableDiffusion:
     """`caption_repeats` k: each step draws batch / k images and trains each at k independent
     (timestep, noise) pairs, so the text encoder, ~45% of a CPU step at k=1, runs on batch / k
-    captions (k=2: 1.29 s instead of 1.74 s per batch-32 step on the 2-core box)."""
+    captions (k=2: 1.29 s instead of 1.74 s per batch-32 step on the 2-core box).
+
+    `teacher` (a trained built-in model with this config's text encoder and VAE): distillation. The
+    teacher's text encoder is copied and frozen (every caption is encoded once, up front) and the
+    UNet learns the teacher UNet's predictions instead of the noise."""
     if caption_repeats < 1 or batch % caption_repeats:
         raise ValueError(f"caption_repeats must be a positive divisor of the batch size {batch}, "
                          f"got {caption_repeats}")
@@ -286,6 +310,15 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
     te = cfg.text_encoders[0]
     ids = tokenize(train.captions, te)
     empty = tokenize([""], te)[0]
+    teacher_unet = None
+    if teacher is not None:
+        model.cond_stage_model.load_state_dict(teacher.cond_stage_model.state_dict())
+        model.cond_stage_model.requires_grad_(False)
+        t0 = time.time()
+        ids, empty = encode_captions(model.cond_stage_model, torch.cat([ids, empty[None]])).split([len(ids), 1])
+        empty = empty[0]
+        log.info("encoded %d captions with the teacher's text encoder in %.0f s", len(ids), time.time() - t0)
+        teacher_unet = teacher.unet.to(device).eval().requires_grad_(False)
     alphas = scaled_linear_alphas_cumprod().float().to(device)
     mean, std = latents["mean"], torch.exp(0.5 * latents["logvar"])
     scale = cfg.vae.scaling_factor
@@ -295,7 +328,7 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
             g = torch.Generator().manual_seed(9_000_000 + step)
             idx = uniq.repeat_interleave(caption_repeats)
             z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
-            b_ids = ids[uniq].clone()
+            b_ids = ids[uniq].clone()  # token ids, or their encodings under a frozen encoder
             drop = torch.rand(len(uniq), generator=g) < CAPTION_DROPOUT  # a dropped caption drops all k rows
             b_ids[drop] = empty
             t = torch.randint(0, len(alphas), (len(idx),), generator=g)
@@ -306,7 +339,9 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
         tcfg = TrainConfig(steps=n, lr=lr, warmup=min(200, steps // 10 + 1), ema_decay=0.999,
                            save_every=save_every, sample_every=sample_every, seed=2, bf16=bf16,
                            weight_decay=0.0)
-        return Trainer(model, batches, lambda m, b, s: diffusion_loss(m, b, alphas), tcfg, run_dir,
+        loss = ((lambda m, b, s: diffusion_loss(m, b, alphas)) if teacher_unet is None
+                else (lambda m, b, s: diffusion_loss(m, b, alphas, teacher=teacher_unet)))
+        return Trainer(model, batches, loss, tcfg, run_dir,
                        lambda m, s, d: save_grid(sample(m, SAMPLE_PROMPTS, seed=0).cpu(), d / f"samples_{s:06d}.png"))
 
     return run_planned(make, steps, run_dir, budget_s, progress, until)[1]
@@ -370,6 +405,37 @@ def recorded_arch(runs: Path, requested: str | None = None) -> str:
     return requested
 
 
+def load_teacher(path: Path | None, cfg: C.ModelConfig, runs: Path, device: str = "cpu") -> StableDiffusion | None:
+    """The --teacher model, checked against the student's config and held to the runs folder: a
+    folder that distils keeps its teacher, and one that trained without a teacher cannot switch."""
+    from ..errors import CheckpointError
+    from ..pipeline.loader import load_model
+    record = Path(runs) / TEACHER_FILE
+    had = json.loads(record.read_text())["teacher"] if record.is_file() else None
+    if path is None:
+        if had is not None:
+            raise ValueError(f"{runs} distils from {had}; pass --teacher {had} again")
+        return None
+    if had is not None and had != str(path):
+        raise ValueError(f"{runs} distils from {had}, not {path}; use a new --runs folder")
+    if had is None and (Path(runs) / "unet" / "state.pt").is_file():
+        raise ValueError(f"{runs} already trained its UNet without a teacher; use a new --runs folder with --teacher")
+    try:
+        teacher = load_model(path, device=device).model
+    except CheckpointError as e:
+        raise ValueError(f"--teacher {e}") from None
+    t = teacher.config
+    if t.text_encoders != cfg.text_encoders:
+        raise ValueError(f"--teacher {path}: its text encoder ({t.text_encoders[0].layers} layers, width "
+                         f"{t.text_encoders[0].width}) is not this --arch's ({cfg.text_encoders[0].layers} layers, "
+                         f"width {cfg.text_encoders[0].width}); pick an arch with the teacher's encoder (fast4 for v1)")
+    if replace(t.vae, scaling_factor=1.0) != replace(cfg.vae, scaling_factor=1.0):
+        raise ValueError(f"--teacher {path}: its VAE does not match this --arch's VAE config")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"teacher": str(path)}))
+    return teacher
+
+
 def export_from_runs(runs: Path, out: Path, cfg: C.ModelConfig | None = None) -> Path:
     """Write the shipped file from the latest UNet-stage checkpoint (EMA weights), finished or not."""
     runs = Path(runs)
@@ -384,19 +450,29 @@ def export_from_runs(runs: Path, out: Path, cfg: C.ModelConfig | None = None) ->
                     p.copy_(state["ema"][k])
     vae_info = json.loads((runs / "vae" / "done.json").read_text())
     planned = state["config"]["steps"]
-    return export(model.eval(), out, {"opensd.unet_steps": state["step"], "opensd.unet_steps_planned": planned,
-                                      "opensd.vae_steps": vae_info["steps"],
-                                      "opensd.vae_heldout_psnr_db": vae_info["heldout_psnr_db"]})
+    extra = {"opensd.unet_steps": state["step"], "opensd.unet_steps_planned": planned,
+             "opensd.vae_steps": vae_info["steps"], "opensd.vae_heldout_psnr_db": vae_info["heldout_psnr_db"]}
+    if (runs / TEACHER_FILE).is_file():
+        extra["opensd.distilled_from"] = Path(json.loads((runs / TEACHER_FILE).read_text())["teacher"]).name
+    return export(model.eval(), out, extra)
 
 
 def run(data: Path, runs: Path, vae_steps: int, unet_steps: int, batch: int, vae_batch: int, out: Path | None,
         progress: bool = True, cfg: C.ModelConfig = BUILTIN, unet_until: int | None = None,
         save_every: int = 100, sample_every: int = 500, bf16: bool = False, splits=None, device: str = "cpu",
         vae_budget_s: float | None = None, unet_budget_s: float | None = None,
-        caption_repeats: int = 1, vae_from: Path | None = None) -> Path | None:
+        caption_repeats: int = 1, vae_from: Path | None = None, teacher: Path | None = None) -> Path | None:
+    """`teacher`: distil the UNet from that built-in checkpoint (see train_unet); its VAE is reused,
+    so `vae_from` defaults to it and may not name another file."""
     from .emoji_data import load_split
-    train, heldout = splits or (load_split(Path(data), "train"), load_split(Path(data), "heldout"))
     runs = Path(runs)
+    if teacher is not None:
+        if vae_from is None:
+            vae_from = teacher
+        elif Path(vae_from).resolve() != Path(teacher).resolve():
+            raise ValueError("--vae-from must be the --teacher file: the student learns in the teacher's latent space")
+    teacher_model = load_teacher(teacher, cfg, runs, device)  # checks before any work
+    train, heldout = splits or (load_split(Path(data), "train"), load_split(Path(data), "heldout"))
     t0 = time.time()
     if vae_from is not None:
         vae = vae_from_checkpoint(vae_from, cfg.vae, heldout, runs / "vae", device)
@@ -407,9 +483,13 @@ def run(data: Path, runs: Path, vae_steps: int, unet_steps: int, batch: int, vae
         return None
     lat = encode_latents(vae.vae, train.images, runs / "latents.pt")
     cfg = config_for(runs, cfg)
+    if teacher_model is not None and not np.isclose(cfg.vae.scaling_factor, teacher_model.config.vae.scaling_factor,
+                                                    rtol=1e-3):
+        raise ValueError(f"the latents' scaling factor {cfg.vae.scaling_factor} is not the teacher's "
+                         f"{teacher_model.config.vae.scaling_factor}: not the teacher's training images?")
     train_unet(train, vae, lat, cfg, runs / "unet", unet_steps, batch, progress=progress,
                save_every=save_every, sample_every=sample_every, until=unet_until, bf16=bf16, device=device,
-               budget_s=unet_budget_s, caption_repeats=caption_repeats)
+               budget_s=unet_budget_s, caption_repeats=caption_repeats, teacher=teacher_model)
     log.info("stages took %.0f s this invocation", time.time() - t0)
     return None if out is None else export_from_runs(runs, out, cfg)
 
@@ -425,6 +505,9 @@ def main(argv=None) -> None:
                    help=f"model architecture (default: the runs folder's, else {DEFAULT_ARCH})")
     p.add_argument("--vae-from", type=Path, default=None,
                    help="skip the VAE stage: use the autoencoder of this built-in-model checkpoint")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="distil: the UNet learns this built-in checkpoint's UNet predictions, under its frozen "
+                        "text encoder and VAE (implies --vae-from with the same file)")
     p.add_argument("--batch", type=int, default=32, help="UNet batch size")
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--caption-repeats", type=int, default=1,
@@ -448,8 +531,9 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.vae_from is not None and not a.vae_from.is_file():
-        p.error(f"--vae-from {a.vae_from}: no such file")
+    for flag, f in (("--vae-from", a.vae_from), ("--teacher", a.teacher)):
+        if f is not None and not f.is_file():
+            p.error(f"{flag} {f}: no such file")
     if a.export_only:
         if a.arch and a.arch != recorded_arch(a.runs):
             p.error(f"{a.runs} was started with --arch {recorded_arch(a.runs)}, not {a.arch}")
@@ -458,7 +542,7 @@ def main(argv=None) -> None:
     try:  # the user-facing checks (arch of the folder, --vae-from) end as usage errors, not tracebacks
         arch = recorded_arch(a.runs, a.arch or recorded_arch(a.runs))
         path = run(a.data, a.runs, a.vae_steps, a.unet_steps, a.batch, a.vae_batch,
-                   None if a.no_export else a.out, cfg=ARCHS[arch], vae_from=a.vae_from,
+                   None if a.no_export else a.out, cfg=ARCHS[arch], vae_from=a.vae_from, teacher=a.teacher,
                    progress=not a.no_progress, unet_until=a.unet_until, save_every=a.save_every,
                    sample_every=a.sample_every, bf16=a.bf16, device=a.device, vae_budget_s=a.vae_budget,
                    unet_budget_s=a.unet_budget, caption_repeats=a.caption_repeats)
