@@ -7,6 +7,11 @@ Each architecture gets random weights (speed does not depend on their values), i
 loaded through the normal pipeline, and runs txt2img (64×64, 20 steps, CFG 7, batch 1); the
 architectures alternate call by call in one process, so the box's drift hits all of them alike, and
 the table gives each one's median relative to v1 in the same run.
+
+It also counts each call's floating-point work (torch's FlopCounterMode: 2 per multiply-add of the
+convolutions and matrix products) and times a large fp32 matrix product in the same process: work /
+that rate is the time the call would take if every operation ran at the box's best GEMM speed, a
+floor that says how much a better kernel could still gain and how much only a smaller model can.
 """
 from __future__ import annotations
 
@@ -29,6 +34,29 @@ def _params(module: torch.nn.Module) -> float:
     return sum(p.numel() for p in module.parameters()) / 1e6
 
 
+def gflops(fn) -> float:
+    """Floating-point work of one call in GFLOP. The plain convolution kernel has no FLOP formula in
+    torch, so it is switched off while counting (same arithmetic, oneDNN path)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from opensd.models import conv
+    old, conv.SMALL_OUTPUT = conv.SMALL_OUTPUT, 0
+    try:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        conv.SMALL_OUTPUT = old
+    return counter.get_total_flops() / 1e9
+
+
+def gemm_rate(n: int = 1024, reps: int = 20) -> float:
+    """Best-of-`reps` GFLOP/s of an n×n×n fp32 matrix product: the box's practical peak."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_alternate({"mm": lambda: a @ b}, reps)["mm"])
+    return 2 * n ** 3 / best / 1e9
+
+
 def run(reps: int) -> list[str]:
     import opensd
     from opensd.models.stable_diffusion import StableDiffusion
@@ -45,13 +73,18 @@ def run(reps: int) -> list[str]:
     def call(pipe):
         return lambda: pipe.txt2img("red heart, noto emoji style", steps=20, cfg=7, seed=1)
 
+    work = {k: gflops(call(p)) for k, p in pipes.items()}
     t = _alternate({k: call(p) for k, p in pipes.items()}, reps)
+    peak = gemm_rate()
     base = statistics.median(t["v1"])
-    rows = ["| arch | UNet params | text encoder params | txt2img median s | min–max s | / v1 |", "|---|---|---|---|---|---|"]
+    rows = ["| arch | UNet params | text encoder params | GFLOP per image | txt2img median s | min–max s | / v1 "
+            "| achieved GFLOP/s | floor at GEMM peak s |", "|---|---|---|---|---|---|---|---|---|"]
     for name in pipes:
         m = statistics.median(t[name])
-        rows.append(f"| {name} | {sizes[name][0]:.2f} M | {sizes[name][1]:.2f} M | {m:.3f} | "
-                    f"{min(t[name]):.3f}–{max(t[name]):.3f} | {m / base:.2f} |")
+        rows.append(f"| {name} | {sizes[name][0]:.2f} M | {sizes[name][1]:.2f} M | {work[name]:.1f} | {m:.3f} | "
+                    f"{min(t[name]):.3f}–{max(t[name]):.3f} | {m / base:.2f} | {work[name] / m:.0f} | "
+                    f"{work[name] / peak:.3f} |")
+    rows += ["", f"GEMM peak: {peak:.0f} GFLOP/s (1024×1024×1024 fp32 product, best of 20, same process)."]
     return rows
 
 
