@@ -36,6 +36,7 @@ from ..models import config as C
 from ..models.stable_diffusion import StableDiffusion
 from ..sampling.schedules import scaled_linear_alphas_cumprod
 from .builtin_sampling import sample, save_grid, tokenize
+from .builtin_teacher import TEACHER_FILE, encode_captions, load_teacher
 from .trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,6 @@ ARCHS: dict[str, C.ModelConfig] = {
 DEFAULT_ARCH = "v1"
 BUILTIN = ARCHS[DEFAULT_ARCH]  # the shipped architecture
 ARCH_FILE = "arch.json"  # in a runs folder: the --arch it was started with
-TEACHER_FILE = "teacher.json"  # in a runs folder: the --teacher it distils from
 
 SAMPLE_PROMPTS = (
     "red apple, noto emoji style", "grinning face, twemoji style", "dog face, noto emoji style",
@@ -281,14 +281,6 @@ def diffusion_loss(model: StableDiffusion, batch, alphas_cumprod: torch.Tensor,
     return (weight * per).mean()
 
 
-@torch.no_grad()
-def encode_captions(text_encoder: nn.Module, ids: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Hidden states of every caption, for a frozen text encoder (computed once, not every step)."""
-    text_encoder.eval()
-    dev = next(text_encoder.parameters()).device
-    return torch.cat([text_encoder(ids[i:i + batch].to(dev)).hidden.cpu() for i in range(0, len(ids), batch)])
-
-
 def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run_dir: Path, steps: int,
                batch: int, lr: float = 3e-4, progress: bool = True, save_every: int = 100,
                sample_every: int = 500, until: int | None = None, bf16: bool = False, device: str = "cpu",
@@ -403,37 +395,6 @@ def recorded_arch(runs: Path, requested: str | None = None) -> str:
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps({"arch": requested}))
     return requested
-
-
-def load_teacher(path: Path | None, cfg: C.ModelConfig, runs: Path, device: str = "cpu") -> StableDiffusion | None:
-    """The --teacher model, checked against the student's config and held to the runs folder: a
-    folder that distils keeps its teacher, and one that trained without a teacher cannot switch."""
-    from ..errors import CheckpointError
-    from ..pipeline.loader import load_model
-    record = Path(runs) / TEACHER_FILE
-    had = json.loads(record.read_text())["teacher"] if record.is_file() else None
-    if path is None:
-        if had is not None:
-            raise ValueError(f"{runs} distils from {had}; pass --teacher {had} again")
-        return None
-    if had is not None and had != str(path):
-        raise ValueError(f"{runs} distils from {had}, not {path}; use a new --runs folder")
-    if had is None and (Path(runs) / "unet" / "state.pt").is_file():
-        raise ValueError(f"{runs} already trained its UNet without a teacher; use a new --runs folder with --teacher")
-    try:
-        teacher = load_model(path, device=device).model
-    except CheckpointError as e:
-        raise ValueError(f"--teacher {e}") from None
-    t = teacher.config
-    if t.text_encoders != cfg.text_encoders:
-        raise ValueError(f"--teacher {path}: its text encoder ({t.text_encoders[0].layers} layers, width "
-                         f"{t.text_encoders[0].width}) is not this --arch's ({cfg.text_encoders[0].layers} layers, "
-                         f"width {cfg.text_encoders[0].width}); pick an arch with the teacher's encoder (fast4 for v1)")
-    if replace(t.vae, scaling_factor=1.0) != replace(cfg.vae, scaling_factor=1.0):
-        raise ValueError(f"--teacher {path}: its VAE does not match this --arch's VAE config")
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"teacher": str(path)}))
-    return teacher
 
 
 def export_from_runs(runs: Path, out: Path, cfg: C.ModelConfig | None = None) -> Path:
