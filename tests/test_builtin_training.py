@@ -297,7 +297,7 @@ def test_teacher_misuse_is_refused(trained, tmp_path, capsys):
     kw = dict(progress=False, save_every=3, sample_every=0, splits=splits)
     student = tmp_path / "student"
     B.run(None, student, 30, 2, 4, 4, None, cfg=STUDENT, teacher=path, **kw)
-    with pytest.raises(ValueError, match="distils from .*pass --teacher"):
+    with pytest.raises(ValueError, match="was started with --teacher .*pass it again"):
         B.run(None, student, 30, 2, 4, 4, None, cfg=STUDENT, **kw)
     with pytest.raises(ValueError, match="already trained its UNet without a teacher"):
         B.run(None, runs, 30, 2, 4, 4, None, cfg=STUDENT, teacher=path, **kw)
@@ -309,3 +309,29 @@ def test_teacher_misuse_is_refused(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         B.main(["--runs", str(tmp_path / "d"), "--teacher", str(tmp_path / "missing.safetensors")])
     assert "--teacher" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_init_unet_is_the_first_steps_unet_and_is_held_to_the_folder(trained, tmp_path, monkeypatch):
+    runs, path, splits = trained
+    kw = dict(progress=False, save_every=3, sample_every=0, splits=splits)
+    first, real_loss = [], B.diffusion_loss
+
+    def recording_loss(model, batch, alphas, teacher=None):
+        if not first:
+            first.append({k: v.detach().clone() for k, v in model.unet.state_dict().items()})
+        return real_loss(model, batch, alphas, teacher=teacher)
+
+    monkeypatch.setattr(B, "diffusion_loss", recording_loss)
+    warm = tmp_path / "warm"
+    out = B.run(None, warm, 30, 3, 4, 4, tmp_path / "w.safetensors", cfg=TINY, init_unet=path, **kw)
+    src = read_state_dict(path)
+    start = {k: src["model.diffusion_model." + k].float() for k in first[0]}
+    assert all(torch.equal(first[0][k], start[k]) for k in start)  # step 1 saw the init file's UNet
+    assert read_metadata(out)["opensd.unet_init_from"] == path.name
+    assert "opensd.unet_init_from" not in read_metadata(path)
+    with pytest.raises(ValueError, match="was started with --init-unet .*pass it again"):
+        B.run(None, warm, 30, 3, 4, 4, None, cfg=TINY, **kw)
+    with pytest.raises(ValueError, match="already trained its UNet from a fresh start"):
+        B.run(None, runs, 30, 3, 4, 4, None, cfg=TINY, init_unet=path, **kw)
+    with pytest.raises(ValueError, match=r"its UNet \(32 channels, mult \(1, 2\)\) is not this --arch's"):
+        B.run(None, tmp_path / "other", 30, 3, 4, 4, None, cfg=STUDENT, init_unet=path, **kw)

@@ -13,6 +13,7 @@ Stages, each resumable (the shared Trainer's state.pt) and skipped when finished
   4. export   EMA weights in fp16 -> --out (default src/opensd/assets/builtin/opensd-emoji.safetensors)
 With --teacher FILE (an existing built-in model), stage 1 is that model's VAE and stage 3 distils:
 its text encoder is copied and frozen, and the UNet (of --arch) learns its UNet's predictions.
+With --init-unet FILE, stage 3 starts from that checkpoint's UNet (same UNet shape) instead of noise.
 Re-running the same command continues wherever it stopped (kill -9 safe). The default schedule
 (2800 VAE + 2800 UNet steps) took 2 h 14 min on a 2-core AMD EPYC box (docs/builtin-model.md).
 """
@@ -36,7 +37,14 @@ from ..models import config as C
 from ..models.stable_diffusion import StableDiffusion
 from ..sampling.schedules import scaled_linear_alphas_cumprod
 from .builtin_sampling import sample, save_grid, tokenize
-from .builtin_teacher import TEACHER_FILE, encode_captions, load_teacher
+from .builtin_teacher import (
+    INIT_FILE,
+    TEACHER_FILE,
+    encode_captions,
+    load_init_unet,
+    load_teacher,
+    recorded,
+)
 from .trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -285,20 +293,24 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
                batch: int, lr: float = 3e-4, progress: bool = True, save_every: int = 100,
                sample_every: int = 500, until: int | None = None, bf16: bool = False, device: str = "cpu",
                budget_s: float | None = None, caption_repeats: int = 1,
-               teacher: StableDiffusion | None = None) -> StableDiffusion:
+               teacher: StableDiffusion | None = None, init_unet: dict | None = None) -> StableDiffusion:
     """`caption_repeats` k: each step draws batch / k images and trains each at k independent
     (timestep, noise) pairs, so the text encoder, ~45% of a CPU step at k=1, runs on batch / k
     captions (k=2: 1.29 s instead of 1.74 s per batch-32 step on the 2-core box).
 
     `teacher` (a trained built-in model with this config's text encoder and VAE): distillation. The
     teacher's text encoder is copied and frozen (every caption is encoded once, up front) and the
-    UNet learns the teacher UNet's predictions instead of the noise."""
+    UNet learns the teacher UNet's predictions instead of the noise.
+
+    `init_unet`: UNet weights to start from (a fresh stage only; a resumed one loads its checkpoint)."""
     if caption_repeats < 1 or batch % caption_repeats:
         raise ValueError(f"caption_repeats must be a positive divisor of the batch size {batch}, "
                          f"got {caption_repeats}")
     model = StableDiffusion(cfg).to(device)
     model.first_stage_model.load_state_dict(vae_model.vae.state_dict())
     model.first_stage_model.requires_grad_(False)
+    if init_unet is not None:
+        model.unet.load_state_dict(init_unet)
     te = cfg.text_encoders[0]
     ids = tokenize(train.captions, te)
     empty = tokenize([""], te)[0]
@@ -413,8 +425,9 @@ def export_from_runs(runs: Path, out: Path, cfg: C.ModelConfig | None = None) ->
     planned = state["config"]["steps"]
     extra = {"opensd.unet_steps": state["step"], "opensd.unet_steps_planned": planned,
              "opensd.vae_steps": vae_info["steps"], "opensd.vae_heldout_psnr_db": vae_info["heldout_psnr_db"]}
-    if (runs / TEACHER_FILE).is_file():
-        extra["opensd.distilled_from"] = Path(json.loads((runs / TEACHER_FILE).read_text())["teacher"]).name
+    for key, record in (("opensd.distilled_from", TEACHER_FILE), ("opensd.unet_init_from", INIT_FILE)):
+        if recorded(runs, record):
+            extra[key] = recorded(runs, record)
     return export(model.eval(), out, extra)
 
 
@@ -422,9 +435,11 @@ def run(data: Path, runs: Path, vae_steps: int, unet_steps: int, batch: int, vae
         progress: bool = True, cfg: C.ModelConfig = BUILTIN, unet_until: int | None = None,
         save_every: int = 100, sample_every: int = 500, bf16: bool = False, splits=None, device: str = "cpu",
         vae_budget_s: float | None = None, unet_budget_s: float | None = None,
-        caption_repeats: int = 1, vae_from: Path | None = None, teacher: Path | None = None) -> Path | None:
+        caption_repeats: int = 1, vae_from: Path | None = None, teacher: Path | None = None,
+        init_unet: Path | None = None) -> Path | None:
     """`teacher`: distil the UNet from that built-in checkpoint (see train_unet); its VAE is reused,
-    so `vae_from` defaults to it and may not name another file."""
+    so `vae_from` defaults to it and may not name another file. `init_unet`: start the UNet stage
+    from that checkpoint's UNet."""
     from .emoji_data import load_split
     runs = Path(runs)
     if teacher is not None:
@@ -433,6 +448,7 @@ def run(data: Path, runs: Path, vae_steps: int, unet_steps: int, batch: int, vae
         elif Path(vae_from).resolve() != Path(teacher).resolve():
             raise ValueError("--vae-from must be the --teacher file: the student learns in the teacher's latent space")
     teacher_model = load_teacher(teacher, cfg, runs, device)  # checks before any work
+    init_weights = load_init_unet(init_unet, cfg, runs)
     train, heldout = splits or (load_split(Path(data), "train"), load_split(Path(data), "heldout"))
     t0 = time.time()
     if vae_from is not None:
@@ -450,7 +466,7 @@ def run(data: Path, runs: Path, vae_steps: int, unet_steps: int, batch: int, vae
                          f"{teacher_model.config.vae.scaling_factor}: not the teacher's training images?")
     train_unet(train, vae, lat, cfg, runs / "unet", unet_steps, batch, progress=progress,
                save_every=save_every, sample_every=sample_every, until=unet_until, bf16=bf16, device=device,
-               budget_s=unet_budget_s, caption_repeats=caption_repeats, teacher=teacher_model)
+               budget_s=unet_budget_s, caption_repeats=caption_repeats, teacher=teacher_model, init_unet=init_weights)
     log.info("stages took %.0f s this invocation", time.time() - t0)
     return None if out is None else export_from_runs(runs, out, cfg)
 
@@ -469,6 +485,8 @@ def main(argv=None) -> None:
     p.add_argument("--teacher", type=Path, default=None,
                    help="distil: the UNet learns this built-in checkpoint's UNet predictions, under its frozen "
                         "text encoder and VAE (implies --vae-from with the same file)")
+    p.add_argument("--init-unet", type=Path, default=None,
+                   help="start the UNet from this built-in checkpoint's UNet (same UNet shape as --arch)")
     p.add_argument("--batch", type=int, default=32, help="UNet batch size")
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--caption-repeats", type=int, default=1,
@@ -492,7 +510,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
-    for flag, f in (("--vae-from", a.vae_from), ("--teacher", a.teacher)):
+    for flag, f in (("--vae-from", a.vae_from), ("--teacher", a.teacher), ("--init-unet", a.init_unet)):
         if f is not None and not f.is_file():
             p.error(f"{flag} {f}: no such file")
     if a.export_only:
@@ -504,6 +522,7 @@ def main(argv=None) -> None:
         arch = recorded_arch(a.runs, a.arch or recorded_arch(a.runs))
         path = run(a.data, a.runs, a.vae_steps, a.unet_steps, a.batch, a.vae_batch,
                    None if a.no_export else a.out, cfg=ARCHS[arch], vae_from=a.vae_from, teacher=a.teacher,
+                   init_unet=a.init_unet,
                    progress=not a.no_progress, unet_until=a.unet_until, save_every=a.save_every,
                    sample_every=a.sample_every, bf16=a.bf16, device=a.device, vae_budget_s=a.vae_budget,
                    unet_budget_s=a.unet_budget, caption_repeats=a.caption_repeats)

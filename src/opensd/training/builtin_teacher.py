@@ -1,6 +1,7 @@
-"""Distillation for the built-in trainer (`--teacher FILE`): the teacher model, held to its runs
-folder and checked against the student's config, and the one-off encoding of every caption under
-its frozen text encoder. The loss itself is builtin.diffusion_loss with a teacher UNet."""
+"""Other models as starting points for the built-in trainer. Distillation (`--teacher FILE`): the
+teacher model, held to its runs folder and checked against the student's config, and the one-off
+encoding of every caption under its frozen text encoder (the loss itself is builtin.diffusion_loss
+with a teacher UNet). Warm start (`--init-unet FILE`): another checkpoint's UNet weights as step 0."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,46 @@ from ..models import config as C
 from ..models.stable_diffusion import StableDiffusion
 
 TEACHER_FILE = "teacher.json"  # in a runs folder: the --teacher it distils from
+INIT_FILE = "unet_init.json"  # in a runs folder: the --init-unet its UNet started from
+
+
+def _held_to_folder(path: Path | None, runs: Path, record_name: str, flag: str, started_without: str) -> None:
+    """A runs folder keeps the model it was started with: the same flag again to resume, no
+    switching to another file, and no adding one to a UNet stage that already began without it."""
+    record = Path(runs) / record_name
+    had = _read(record)
+    if path is None:
+        if had is not None:
+            raise ValueError(f"{runs} was started with {flag} {had}; pass it again")
+        return
+    if had is not None and had != str(path):
+        raise ValueError(f"{runs} was started with {flag} {had}, not {path}; use a new --runs folder")
+    if had is None and (Path(runs) / "unet" / "state.pt").is_file():
+        raise ValueError(f"{runs} already {started_without}; use a new --runs folder with {flag}")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"path": str(path)}))
+
+
+def recorded(runs: Path, record_name: str) -> str | None:
+    """The file name a runs folder was started with for that record (for the export's metadata)."""
+    had = _read(Path(runs) / record_name)
+    return None if had is None else Path(had).name
+
+
+def _read(record: Path) -> str | None:
+    if not record.is_file():
+        return None
+    d = json.loads(record.read_text())
+    return d.get("path", d.get("teacher"))  # "teacher": the key before --init-unet shared the format
+
+
+def _load(path: Path, flag: str, device: str) -> StableDiffusion:
+    from ..errors import CheckpointError
+    from ..pipeline.loader import load_model
+    try:
+        return load_model(path, device=device).model
+    except CheckpointError as e:
+        raise ValueError(f"{flag} {e}") from None
 
 
 @torch.no_grad()
@@ -27,29 +68,27 @@ def encode_captions(text_encoder: nn.Module, ids: torch.Tensor, batch: int = 256
 def load_teacher(path: Path | None, cfg: C.ModelConfig, runs: Path, device: str = "cpu") -> StableDiffusion | None:
     """The --teacher model, checked against the student's config and held to the runs folder: a
     folder that distils keeps its teacher, and one that trained without a teacher cannot switch."""
-    from ..errors import CheckpointError
-    from ..pipeline.loader import load_model
-    record = Path(runs) / TEACHER_FILE
-    had = json.loads(record.read_text())["teacher"] if record.is_file() else None
-    if path is None:
-        if had is not None:
-            raise ValueError(f"{runs} distils from {had}; pass --teacher {had} again")
-        return None
-    if had is not None and had != str(path):
-        raise ValueError(f"{runs} distils from {had}, not {path}; use a new --runs folder")
-    if had is None and (Path(runs) / "unet" / "state.pt").is_file():
-        raise ValueError(f"{runs} already trained its UNet without a teacher; use a new --runs folder with --teacher")
-    try:
-        teacher = load_model(path, device=device).model
-    except CheckpointError as e:
-        raise ValueError(f"--teacher {e}") from None
-    t = teacher.config
-    if t.text_encoders != cfg.text_encoders:
-        raise ValueError(f"--teacher {path}: its text encoder ({t.text_encoders[0].layers} layers, width "
-                         f"{t.text_encoders[0].width}) is not this --arch's ({cfg.text_encoders[0].layers} layers, "
-                         f"width {cfg.text_encoders[0].width}); pick an arch with the teacher's encoder (fast4 for v1)")
-    if replace(t.vae, scaling_factor=1.0) != replace(cfg.vae, scaling_factor=1.0):
-        raise ValueError(f"--teacher {path}: its VAE does not match this --arch's VAE config")
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"teacher": str(path)}))
+    teacher = None if path is None else _load(path, "--teacher", device)
+    if teacher is not None:
+        t = teacher.config
+        if t.text_encoders != cfg.text_encoders:
+            raise ValueError(f"--teacher {path}: its text encoder ({t.text_encoders[0].layers} layers, width "
+                             f"{t.text_encoders[0].width}) is not this --arch's ({cfg.text_encoders[0].layers} "
+                             f"layers, width {cfg.text_encoders[0].width}); pick an arch with the teacher's "
+                             f"encoder (fast4 for v1)")
+        if replace(t.vae, scaling_factor=1.0) != replace(cfg.vae, scaling_factor=1.0):
+            raise ValueError(f"--teacher {path}: its VAE does not match this --arch's VAE config")
+    _held_to_folder(path, runs, TEACHER_FILE, "--teacher", "trained its UNet without a teacher")
     return teacher
+
+
+def load_init_unet(path: Path | None, cfg: C.ModelConfig, runs: Path) -> dict | None:
+    """The UNet weights of the --init-unet checkpoint, whose UNet must have this --arch's shape; held
+    to the runs folder like the teacher (a resumed run continues from its own checkpoint)."""
+    model = None if path is None else _load(path, "--init-unet", "cpu")
+    if model is not None and model.config.unet != cfg.unet:
+        raise ValueError(f"--init-unet {path}: its UNet ({model.config.unet.model_channels} channels, "
+                         f"mult {model.config.unet.channel_mult}) is not this --arch's "
+                         f"({cfg.unet.model_channels} channels, mult {cfg.unet.channel_mult})")
+    _held_to_folder(path, runs, INIT_FILE, "--init-unet", "trained its UNet from a fresh start")
+    return None if model is None else {k: v.float() for k, v in model.unet.state_dict().items()}
