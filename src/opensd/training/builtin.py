@@ -78,6 +78,9 @@ ARCHS: dict[str, C.ModelConfig] = {
     # the fast UNet under v1's text encoder, so it can take a v1 model's trained encoder and learn
     # from its UNet (--teacher)
     "fast4": _arch(_FAST_UNET, 4),
+    # fast4 with transformers at the 8x8 level too (~4 ms more per CFG step on the 2-core box): tests
+    # whether the students' adherence is held back by attention at 4x4 only
+    "fast4-attn8": _arch(replace(_FAST_UNET, transformer_depth=(0, 1, 1)), 4),
 }
 DEFAULT_ARCH = "v1"
 BUILTIN = ARCHS[DEFAULT_ARCH]  # the shipped architecture
