@@ -429,8 +429,8 @@ def export_from_runs(runs: Path, out: Path, cfg: C.ModelConfig | None = None) ->
     extra = {"opensd.unet_steps": state["step"], "opensd.unet_steps_planned": planned,
              "opensd.vae_steps": vae_info["steps"], "opensd.vae_heldout_psnr_db": vae_info["heldout_psnr_db"]}
     for key, record in (("opensd.distilled_from", TEACHER_FILE), ("opensd.unet_init_from", INIT_FILE)):
-        if recorded(runs, record):
-            extra[key] = recorded(runs, record)
+        if name := recorded(runs, record):
+            extra[key] = name
     return export(model.eval(), out, extra)
 
 

@@ -5,7 +5,7 @@ with a teacher UNet). Warm start (`--init-unet FILE`): another checkpoint's UNet
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -87,8 +87,10 @@ def load_init_unet(path: Path | None, cfg: C.ModelConfig, runs: Path) -> dict | 
     to the runs folder like the teacher (a resumed run continues from its own checkpoint)."""
     model = None if path is None else _load(path, "--init-unet", "cpu")
     if model is not None and model.config.unet != cfg.unet:
-        raise ValueError(f"--init-unet {path}: its UNet ({model.config.unet.model_channels} channels, "
-                         f"mult {model.config.unet.channel_mult}) is not this --arch's "
-                         f"({cfg.unet.model_channels} channels, mult {cfg.unet.channel_mult})")
+        got = model.config.unet
+        differ = [f.name for f in fields(got) if getattr(got, f.name) != getattr(cfg.unet, f.name)]
+        raise ValueError(f"--init-unet {path}: its UNet ({got.model_channels} channels, mult {got.channel_mult}) "
+                         f"is not this --arch's ({cfg.unet.model_channels} channels, mult {cfg.unet.channel_mult}); "
+                         f"they differ in {', '.join(differ)}")
     _held_to_folder(path, runs, INIT_FILE, "--init-unet", "trained its UNet from a fresh start")
     return None if model is None else {k: v.float() for k, v in model.unet.state_dict().items()}
