@@ -15,6 +15,7 @@ from opensd.checkpoints.files import read_metadata, read_state_dict
 from opensd.models import config as C
 from opensd.models.stable_diffusion import StableDiffusion
 from opensd.training import builtin as B
+from opensd.training.builtin_teacher import transplant
 
 TINY = C.ModelConfig(
     family="small",
@@ -266,9 +267,9 @@ def test_teacher_gives_its_encoder_and_vae_and_its_unet_is_the_target(trained, t
     runs, path, splits = trained
     seen, real_loss = [], B.diffusion_loss
 
-    def recording_loss(model, batch, alphas, teacher=None):
+    def recording_loss(model, batch, alphas, teacher=None, empty=None):
         seen.append((batch, teacher))
-        return real_loss(model, batch, alphas, teacher=teacher)
+        return real_loss(model, batch, alphas, teacher=teacher, empty=empty)
 
     monkeypatch.setattr(B, "diffusion_loss", recording_loss)
     student = tmp_path / "student"
@@ -333,5 +334,35 @@ def test_init_unet_is_the_first_steps_unet_and_is_held_to_the_folder(trained, tm
         B.run(None, warm, 30, 3, 4, 4, None, cfg=TINY, **kw)
     with pytest.raises(ValueError, match="already trained its UNet from a fresh start"):
         B.run(None, runs, 30, 3, 4, 4, None, cfg=TINY, init_unet=path, **kw)
-    with pytest.raises(ValueError, match=r"its UNet \(32 channels, mult \(1, 2\)\) is not this --arch's"):
+    with pytest.raises(ValueError, match=r"its UNet \(32 channels, mult \(1, 2\)\) does not fit this --arch's"):
         B.run(None, tmp_path / "other", 30, 3, 4, 4, None, cfg=STUDENT, init_unet=path, **kw)
+
+
+def test_guided_student_starts_as_its_pruned_teacher_and_exports_a_guided_model(trained, tmp_path, monkeypatch):
+    runs, path, splits = trained
+    kw = dict(progress=False, save_every=3, sample_every=0, splits=splits)
+    guided = replace(TINY, unet=replace(TINY.unet, transformer_depth_middle=0, adm_in_channels=32,
+                                        guidance_embed=True))
+    with pytest.raises(ValueError, match="pass --teacher"):
+        B.run(None, tmp_path / "alone", 30, 3, 4, 4, None, cfg=guided, vae_from=path, **kw)
+    first, real_loss = [], B.diffusion_loss
+
+    def recording_loss(model, batch, alphas, teacher=None, empty=None):
+        if not first:
+            first.append(({k: v.detach().clone() for k, v in model.unet.state_dict().items()}, batch))
+        return real_loss(model, batch, alphas, teacher=teacher, empty=empty)
+
+    monkeypatch.setattr(B, "diffusion_loss", recording_loss)
+    out = B.run(None, tmp_path / "g", 30, 3, 4, 4, tmp_path / "g.safetensors", cfg=guided, teacher=path,
+                init_unet=path, **kw)
+    teacher = StableDiffusion(TINY)
+    teacher.load_state_dict({k: v.float() for k, v in read_state_dict(path).items()}, strict=False)
+    start = transplant(teacher.unet, guided.unet)
+    state, batch = first[0]
+    # all but the guidance embedding's randomly initialised first layer; its last starts at zero
+    assert [k for k in start if not torch.equal(state[k], start[k])] == ["label_emb.0.0.weight", "label_emb.0.0.bias"]
+    assert not state["label_emb.0.2.weight"].any() and not state["label_emb.0.2.bias"].any()
+    scales = batch[4]  # one CFG scale per row, in the trained range
+    assert scales.shape == (4,) and ((scales >= B.GUIDANCE_RANGE[0]) & (scales <= B.GUIDANCE_RANGE[1])).all()
+    got = read_state_dict(out)
+    assert D.detect({k: tuple(v.shape) for k, v in got.items()}, "g", read_metadata(out)).unet == guided.unet

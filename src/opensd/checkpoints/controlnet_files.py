@@ -176,13 +176,16 @@ def compatible_config(cfg: ControlNetConfig, family: C.Family, base: C.ModelConf
     u, b = cfg.unet, base.unet
     # The residuals must fit the base UNet's skips, and the ControlNet must read the same text and "y"
     # conditioning; its transformer depths may differ (e.g. diffusers' "small"/"mid" SDXL ControlNets).
-    same = (u.model_channels, u.channel_mult, u.num_res_blocks, u.context_dim, u.adm_in_channels) == \
-        (b.model_channels, b.channel_mult, b.num_res_blocks, b.context_dim, b.adm_in_channels)
+    # A guidance-distilled base takes ControlNets with or without its guidance embedding.
+    adm_fits = u.adm_in_channels == b.adm_in_channels or (b.guidance_embed and not u.adm_in_channels)
+    same = adm_fits and (u.model_channels, u.channel_mult, u.num_res_blocks, u.context_dim) == \
+        (b.model_channels, b.channel_mult, b.num_res_blocks, b.context_dim)
     if not same:
         raise CheckpointError(path, f"this ControlNet is for {FAMILY_NAMES.get(family, family)} models "
                                     f"but the loaded model is {FAMILY_NAMES.get(base.family, base.family)}; "
                                     "use a ControlNet made for this model's family")
-    return replace(cfg, unet=replace(u, num_heads=b.num_heads, num_head_channels=b.num_head_channels),
+    return replace(cfg, unet=replace(u, num_heads=b.num_heads, num_head_channels=b.num_head_channels,
+                                     guidance_embed=b.guidance_embed and bool(u.adm_in_channels)),
                    hint_downscale=base.vae.downscale)
 
 

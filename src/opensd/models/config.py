@@ -29,6 +29,10 @@ class UNetConfig:
     use_linear_in_transformer: bool = False
     # Size of the extra "y" vector (SDXL: pooled text + Fourier-embedded size/crop ids); 0 = none.
     adm_in_channels: int = 0
+    # Guidance-distilled (our small models only): "y" is instead a sinusoidal embedding of the CFG
+    # scale (adm_in_channels wide), so one UNet call on the prompt gives the guided prediction; with
+    # no "y" the UNet embeds scale 1, the plain conditional prediction.
+    guidance_embed: bool = False
 
     def heads_for(self, channels: int) -> int:
         if self.num_heads > 0:

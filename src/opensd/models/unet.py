@@ -25,6 +25,15 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+# CFG scales our guidance-distilled models are trained on; outside it the pipeline runs plain CFG.
+GUIDANCE_RANGE = (1.0, 13.0)
+
+
+def guidance_embedding(scale: torch.Tensor, dim: int) -> torch.Tensor:
+    """The "y" of a guidance-distilled UNet: the CFG scale embedded like a timestep (scale 1 -> t 1000)."""
+    return timestep_embedding(scale * 1000.0, dim)
+
+
 def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels, eps=eps)
 
@@ -46,6 +55,8 @@ def embed(model: nn.Module, cfg: UNetConfig, timesteps: torch.Tensor, y: torch.T
     """The per-sample embedding every ResBlock receives: time MLP (+ label MLP of 'y')."""
     emb = model.time_embed(timestep_embedding(timesteps, cfg.model_channels).to(dtype))
     if cfg.adm_in_channels:
+        if y is None and cfg.guidance_embed:
+            y = guidance_embedding(torch.ones(len(emb), device=emb.device), cfg.adm_in_channels)
         if y is None:
             raise ValueError(f"this {type(model).__name__} needs the SDXL 'y' vector "
                              "(pooled text + size conditioning)")

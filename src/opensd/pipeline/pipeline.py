@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..adapters.lora import LoraSet, LoraSpec, prompt_lora_tags, specs_from_tags
 from ..errors import InvalidArgument, OpenSDError
-from ..models.unet import reuse_context_kv
+from ..models.unet import GUIDANCE_RANGE, guidance_embedding, reuse_context_kv
 from ..sampling.denoiser import Denoiser
 from ..sampling.names import resolve
 from ..sampling.samplers import get_sampler
@@ -282,7 +282,8 @@ class Pipeline:
                 latent_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None) -> torch.Tensor:
         steps = len(sigmas) - 1
         cond = self._schedule(p.prompt, p.clip_skip, steps, width, height, negative=False)
-        uncond = self._schedule(p.negative_prompt, p.clip_skip, steps, width, height, negative=True)
+        uncond = (None if self._one_call(p.negative_prompt, cond, p.cfg) else
+                  self._schedule(p.negative_prompt, p.clip_skip, steps, width, height, negative=True))
         if image_cond is None and self.config.inpainting:
             image_cond = self._inpaint_cond(None, None, width, height)
         control = None
@@ -337,7 +338,7 @@ class Pipeline:
             if others:  # LoRA tags were applied in _generate; other kinds have no adapter yet
                 log.warning("extra networks in the prompt are not applied: %s",
                             ", ".join(f"<{n.kind}:{n.name}>" for n in others))
-            if self.config.unet.adm_in_channels:
+            if self.config.unet.adm_in_channels and not self.config.unet.guidance_embed:
                 score = 2.5 if negative else 6.0  # refiner's conventional aesthetic scores
                 for part in sched.parts:
                     for c in part.conds:
@@ -345,17 +346,27 @@ class Pipeline:
             self._cond_cache[key] = sched
         return self._cond_cache[key]
 
-    def _cfg_denoiser(self, cond: CondSchedule, uncond: CondSchedule, sigmas: torch.Tensor, cfg: float,
+    def _one_call(self, negative_prompt: str, cond: CondSchedule, cfg: float) -> bool:
+        """Whether a guidance-distilled model guides in one UNet call per step, the scale as its "y":
+        with an empty negative prompt, a prompt of one part and a scale in its trained range."""
+        if not self.config.unet.guidance_embed or negative_prompt.strip() or len(cond.parts) != 1:
+            return False
+        return GUIDANCE_RANGE[0] <= cfg * cond.parts[0].weight <= GUIDANCE_RANGE[1]
+
+    def _cfg_denoiser(self, cond: CondSchedule, uncond: CondSchedule | None, sigmas: torch.Tensor, cfg: float,
                       image_cond: torch.Tensor | None, clip_skip: int | None, control=None):
         """Classifier-free guidance with A1111's AND composition: one UNet call on
-        [uncond, cond_1..cond_k] per evaluation; result = uncond + cfg * sum w_i (cond_i - uncond)."""
+        [uncond, cond_1..cond_k] per evaluation; result = uncond + cfg * sum w_i (cond_i - uncond).
+        `uncond` None (see _one_call): a guidance-distilled model's call on the prompt's row only, at
+        scale cfg * w. Otherwise such a model's rows run at scale 1 (its plain predictions)."""
         unet = self.model.unet
         conditioner = self.conditioner(clip_skip)
-
-        at = {"step": 0}
+        one_call = uncond is None
+        at = {"step": 0, "n_uncond": 0 if one_call else 1}
 
         def unet_fn(x, t, context, y):
-            residuals = None if control is None else control(x, t, context, y, at["step"] / len(levels))
+            residuals = (None if control is None else
+                         control(x, t, context, y, at["step"] / len(levels), n_uncond=at["n_uncond"]))
             if image_cond is not None:  # inpainting models see [x, mask, masked image] channels
                 x = torch.cat([x, image_cond.expand(len(x), -1, -1, -1).to(x)], dim=1)
             with torch.no_grad():
@@ -372,14 +383,19 @@ class Pipeline:
             step = int((levels > sigma.item() * (1 + 1e-6)).sum().clamp(max=len(levels) - 1))
             at["step"] = step
             parts = cond.at(step)
-            conds = [uncond.at(step)[0][1], *(c for _, c in parts)]
+            conds = [parts[0][1]] if one_call else [uncond.at(step)[0][1], *(c for _, c in parts)]
             key = tuple(map(id, conds))  # the schedules keep these alive, so ids stay unique
             if built.get("key") != key:  # same tensor each step: the UNet reuses its context K/V
                 batch = conditioner.pad(conds)
-                built.update(key=key, context=torch.cat([c.context for c in batch]),
-                             y=None if batch[0].pooled is None else torch.cat([c.pooled for c in batch]))
+                y = None if batch[0].pooled is None else torch.cat([c.pooled for c in batch])
+                if one_call:
+                    scale = torch.full((1,), cfg * parts[0][0], device=self.device)
+                    y = guidance_embedding(scale, self.config.unet.adm_in_channels)
+                built.update(key=key, context=torch.cat([c.context for c in batch]), y=y)
             context, y = built["context"], built["y"]
             out = model(x.expand(len(conds), -1, -1, -1), sigma, context=context, y=y)
+            if one_call:
+                return out
             result = out[:1].clone()
             for (weight, _), o in zip(parts, out[1:]):
                 result += cfg * weight * (o[None] - out[:1])

@@ -12,8 +12,10 @@ Stages, each resumable (the shared Trainer's state.pt) and skipped when finished
               10% caption dropout for classifier-free guidance, min-SNR-5 weighting, EMA
   4. export   EMA weights in fp16 -> --out (default src/opensd/assets/builtin/opensd-emoji.safetensors)
 With --teacher FILE (an existing built-in model), stage 1 is that model's VAE and stage 3 distils:
-its text encoder is copied and frozen, and the UNet (of --arch) learns its UNet's predictions.
-With --init-unet FILE, stage 3 starts from that checkpoint's UNet (same UNet shape) instead of noise.
+its text encoder is copied and frozen, and the UNet (of --arch) learns its UNet's predictions; a
+guidance-distilled --arch (v1-gd) learns its guided predictions, taking the CFG scale as input.
+With --init-unet FILE, stage 3 starts from that checkpoint's UNet instead of noise (the same UNet, or
+one with fewer transformers and/or an added guidance embedding).
 Re-running the same command continues wherever it stopped (kill -9 safe). The default schedule
 (2800 VAE + 2800 UNet steps) took 2 h 14 min on a 2-core AMD EPYC box (docs/builtin-model.md).
 """
@@ -35,6 +37,7 @@ from ..checkpoints import detect as D
 from ..checkpoints.files import save_safetensors
 from ..models import config as C
 from ..models.stable_diffusion import StableDiffusion
+from ..models.unet import GUIDANCE_RANGE, guidance_embedding
 from ..sampling.schedules import scaled_linear_alphas_cumprod
 from .builtin_sampling import sample, save_grid, tokenize
 from .builtin_teacher import (
@@ -67,11 +70,11 @@ def _arch(unet: C.UNetConfig, text_layers: int) -> C.ModelConfig:
 # step on CPU), no mid-block transformer
 _FAST_UNET = C.UNetConfig(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, transformer_depth=(0, 0, 1),
                           transformer_depth_middle=0, context_dim=256, num_heads=-1, num_head_channels=64)
+# 6.9 M-parameter UNet, attention at the 8x8 and 4x4 levels
+_V1_UNET = C.UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1, transformer_depth=(0, 1, 1),
+                        transformer_depth_middle=1, context_dim=256, num_heads=-1, num_head_channels=64)
 ARCHS: dict[str, C.ModelConfig] = {
-    # 6.9 M-parameter UNet, attention at the 8x8 and 4x4 levels, 4-layer text encoder
-    "v1": _arch(C.UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1,
-                             transformer_depth=(0, 1, 1), transformer_depth_middle=1, context_dim=256,
-                             num_heads=-1, num_head_channels=64), 4),
+    "v1": _arch(_V1_UNET, 4),  # with a 4-layer text encoder
     # CPU-speed variants with a 2-layer text encoder
     "fast": _arch(_FAST_UNET, 2),
     "fast-small": _arch(replace(_FAST_UNET, channel_mult=(1, 2, 2)), 2),
@@ -81,9 +84,15 @@ ARCHS: dict[str, C.ModelConfig] = {
     # fast4 with transformers at the 8x8 level too (~4 ms more per CFG step on the 2-core box): tests
     # whether the students' adherence is held back by attention at 4x4 only
     "fast4-attn8": _arch(replace(_FAST_UNET, transformer_depth=(0, 1, 1)), 4),
+    # v1 without its 8x8 transformers, guidance-distilled: one batch-1 UNet call per CFG step instead of
+    # v1's batch of 2 (with --teacher v1 and --init-unet v1: v1's weights minus the dropped blocks)
+    "v1-gd": _arch(replace(_V1_UNET, transformer_depth=(0, 0, 1), adm_in_channels=64, guidance_embed=True), 4),
 }
-DEFAULT_ARCH = "v1"
-BUILTIN = ARCHS[DEFAULT_ARCH]  # the shipped architecture
+GUIDANCE_PLAIN = 0.2  # fraction of rows at scale 1 (the plain conditional prediction, for negative prompts)
+DEFAULT_ARCH = "v1"  # what a runs folder trains from scratch
+SHIPPED_ARCH = "v1"  # the architecture of the shipped weights
+BUILTIN = ARCHS[SHIPPED_ARCH]
+_DEFAULT = ARCHS[DEFAULT_ARCH]
 ARCH_FILE = "arch.json"  # in a runs folder: the --arch it was started with
 
 SAMPLE_PROMPTS = (
@@ -271,21 +280,30 @@ def encode_latents(vae, images_uint8: np.ndarray, path: Path, batch: int = 128) 
 
 
 def diffusion_loss(model: StableDiffusion, batch, alphas_cumprod: torch.Tensor,
-                   teacher: nn.Module | None = None) -> torch.Tensor:
-    """`batch` = (z0, captions, t, noise); captions are token ids (encoded here) or, under a frozen
-    text encoder, their encodings. They may hold fewer rows than `z0`: each then conditions
+                   teacher: nn.Module | None = None, empty: torch.Tensor | None = None) -> torch.Tensor:
+    """`batch` = (z0, captions, t, noise[, scales]); captions are token ids (encoded here) or, under a
+    frozen text encoder, their encodings. They may hold fewer rows than `z0`: each then conditions
     len(z0) // len(captions) consecutive rows (the same image under different noise). With a
-    `teacher` UNet the target is its prediction (distillation) instead of the noise."""
-    z0, captions, t, noise = batch
+    `teacher` UNet the target is its prediction (distillation) instead of the noise; a guidance-
+    distilled student gets per-row CFG `scales` and learns the teacher's guided prediction
+    uncond + scale * (cond - uncond), `empty` (the empty prompt's encoding) giving the uncond."""
+    z0, captions, t, noise, *scales = batch
     context = captions if captions.is_floating_point() else model.cond_stage_model(captions).hidden
     if len(context) != len(z0):
         context = context.repeat_interleave(len(z0) // len(context), dim=0)
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-    pred = model.unet(zt, t, context).float()
+    unet_cfg = model.unet.config
+    y = guidance_embedding(scales[0], unet_cfg.adm_in_channels) if scales else None
+    pred = model.unet(zt, t, context, y).float()
     if teacher is not None:
         with torch.no_grad():
-            noise = teacher(zt, t, context).float()
+            if scales:
+                uncond = empty.to(context)[None].expand_as(context)
+                u, c = teacher(torch.cat([zt, zt]), torch.cat([t, t]), torch.cat([uncond, context])).float().chunk(2)
+                noise = u + scales[0].view(-1, 1, 1, 1) * (c - u)
+            else:
+                noise = teacher(zt, t, context).float()
     snr = a.view(-1) / (1 - a.view(-1))
     weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr  # min-SNR-gamma for eps prediction
     per = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
@@ -326,6 +344,9 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
         empty = empty[0]
         log.info("encoded %d captions with the teacher's text encoder in %.0f s", len(ids), time.time() - t0)
         teacher_unet = teacher.unet.to(device).eval().requires_grad_(False)
+    guided = cfg.unet.guidance_embed
+    if guided and teacher_unet is None:
+        raise ValueError("a guidance-distilled --arch learns from a --teacher's guided predictions; pass --teacher")
     alphas = scaled_linear_alphas_cumprod().float().to(device)
     mean, std = latents["mean"], torch.exp(0.5 * latents["logvar"])
     scale = cfg.vae.scaling_factor
@@ -340,14 +361,19 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
             b_ids[drop] = empty
             t = torch.randint(0, len(alphas), (len(idx),), generator=g)
             noise = torch.randn(z0.shape, generator=g)
-            yield tuple(v.to(device) for v in (z0, b_ids, t, noise))
+            extra = ()
+            if guided:  # drawn last, so the other draws match an unguided run's
+                lo, hi = GUIDANCE_RANGE
+                plain = torch.rand(len(idx), generator=g) < GUIDANCE_PLAIN
+                extra = (torch.where(plain, lo, lo + (hi - lo) * torch.rand(len(idx), generator=g)),)
+            yield tuple(v.to(device) for v in (z0, b_ids, t, noise, *extra))
 
     def make(n):
         tcfg = TrainConfig(steps=n, lr=lr, warmup=min(200, steps // 10 + 1), ema_decay=0.999,
                            save_every=save_every, sample_every=sample_every, seed=2, bf16=bf16,
                            weight_decay=0.0)
         loss = ((lambda m, b, s: diffusion_loss(m, b, alphas)) if teacher_unet is None
-                else (lambda m, b, s: diffusion_loss(m, b, alphas, teacher=teacher_unet)))
+                else (lambda m, b, s: diffusion_loss(m, b, alphas, teacher=teacher_unet, empty=empty)))
         return Trainer(model, batches, loss, tcfg, run_dir,
                        lambda m, s, d: save_grid(sample(m, SAMPLE_PROMPTS, seed=0).cpu(), d / f"samples_{s:06d}.png"))
 
@@ -391,7 +417,7 @@ def export(model: StableDiffusion, path: Path, extra: dict[str, str] | None = No
 # --- the one command -------------------------------------------------------------------------------
 
 
-def config_for(runs: Path, cfg: C.ModelConfig = BUILTIN) -> C.ModelConfig:
+def config_for(runs: Path, cfg: C.ModelConfig = _DEFAULT) -> C.ModelConfig:
     """`cfg` with the VAE scaling factor measured on the training latents (stage 2)."""
     lat = torch.load(Path(runs) / "latents.pt", weights_only=True)
     return replace(cfg, vae=replace(cfg.vae, scaling_factor=round(float(lat["scaling_factor"]), 5)))
@@ -435,7 +461,7 @@ def export_from_runs(runs: Path, out: Path, cfg: C.ModelConfig | None = None) ->
 
 
 def run(data: Path, runs: Path, vae_steps: int, unet_steps: int, batch: int, vae_batch: int, out: Path | None,
-        progress: bool = True, cfg: C.ModelConfig = BUILTIN, unet_until: int | None = None,
+        progress: bool = True, cfg: C.ModelConfig = _DEFAULT, unet_until: int | None = None,
         save_every: int = 100, sample_every: int = 500, bf16: bool = False, splits=None, device: str = "cpu",
         vae_budget_s: float | None = None, unet_budget_s: float | None = None,
         caption_repeats: int = 1, vae_from: Path | None = None, teacher: Path | None = None,
@@ -489,7 +515,8 @@ def main(argv=None) -> None:
                    help="distil: the UNet learns this built-in checkpoint's UNet predictions, under its frozen "
                         "text encoder and VAE (implies --vae-from with the same file)")
     p.add_argument("--init-unet", type=Path, default=None,
-                   help="start the UNet from this built-in checkpoint's UNet (same UNet shape as --arch)")
+                   help="start the UNet from this built-in checkpoint's UNet (the same channels and resnets as "
+                        "--arch; transformers the arch lacks are dropped, a guidance embedding it adds starts at 0)")
     p.add_argument("--batch", type=int, default=32, help="UNet batch size")
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--caption-repeats", type=int, default=1,

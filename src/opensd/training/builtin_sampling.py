@@ -10,6 +10,7 @@ import torch
 
 from ..models import config as C
 from ..models.stable_diffusion import StableDiffusion
+from ..models.unet import guidance_embedding
 from ..sampling.schedules import scaled_linear_alphas_cumprod
 from ..text.tokenizer import default_tokenizer
 
@@ -36,9 +37,12 @@ def sample(model: StableDiffusion, prompts, steps: int = 20, cfg_scale: float = 
     for i, t in enumerate(ts):
         a = alphas[t]
         a_prev = alphas[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
-        out = model.unet(torch.cat([x, x]), t.repeat(2 * len(x)).to(dev), ctx).float()
-        eu, ec = out.chunk(2)
-        eps = eu + cfg_scale * (ec - eu)
+        if c.unet.guidance_embed:  # guidance-distilled: one call on the prompt at the scale
+            y = guidance_embedding(torch.full((len(x),), cfg_scale, device=dev), c.unet.adm_in_channels)
+            eps = model.unet(x, t.repeat(len(x)).to(dev), cond, y).float()
+        else:
+            eu, ec = model.unet(torch.cat([x, x]), t.repeat(2 * len(x)).to(dev), ctx).float().chunk(2)
+            eps = eu + cfg_scale * (ec - eu)
         x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
         x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
     return model.first_stage_model.decode(x / c.vae.scaling_factor).clamp(-1, 1)

@@ -5,7 +5,7 @@ with a teacher UNet). Warm start (`--init-unet FILE`): another checkpoint's UNet
 from __future__ import annotations
 
 import json
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -83,14 +83,59 @@ def load_teacher(path: Path | None, cfg: C.ModelConfig, runs: Path, device: str 
 
 
 def load_init_unet(path: Path | None, cfg: C.ModelConfig, runs: Path) -> dict | None:
-    """The UNet weights of the --init-unet checkpoint, whose UNet must have this --arch's shape; held
-    to the runs folder like the teacher (a resumed run continues from its own checkpoint)."""
+    """The --init-unet checkpoint's UNet as weights for this --arch's UNet (see transplant), held to
+    the runs folder like the teacher (a resumed run continues from its own checkpoint)."""
     model = None if path is None else _load(path, "--init-unet", "cpu")
-    if model is not None and model.config.unet != cfg.unet:
-        got = model.config.unet
-        differ = [f.name for f in fields(got) if getattr(got, f.name) != getattr(cfg.unet, f.name)]
-        raise ValueError(f"--init-unet {path}: its UNet ({got.model_channels} channels, mult {got.channel_mult}) "
-                         f"is not this --arch's ({cfg.unet.model_channels} channels, mult {cfg.unet.channel_mult}); "
-                         f"they differ in {', '.join(differ)}")
     _held_to_folder(path, runs, INIT_FILE, "--init-unet", "trained its UNet from a fresh start")
-    return None if model is None else {k: v.float() for k, v in model.unet.state_dict().items()}
+    if model is None:
+        return None
+    try:
+        return transplant(model.unet, cfg.unet)
+    except ValueError as e:
+        raise ValueError(f"--init-unet {path}: {e}") from None
+
+
+def transplant(source: nn.Module, cfg: C.UNetConfig) -> dict:
+    """Weights for a UNet of `cfg` from `source`, a UNet with the same resnets and channels. `cfg` may
+    drop transformers (the remaining layers keep their weights: the block-removal start of BK-SDM) and
+    may add the guidance embedding, whose last layer starts at zero so step 0 predicts as `source`."""
+    from ..models.unet import SpatialTransformer, UNetModel
+    got = source.config
+    keep = ("in_channels", "out_channels", "model_channels", "channel_mult", "num_res_blocks", "context_dim",
+            "num_heads", "num_head_channels", "use_linear_in_transformer")
+    differ = [k for k in keep if getattr(got, k) != getattr(cfg, k)]
+    if got.adm_in_channels and (got.adm_in_channels, got.guidance_embed) != (cfg.adm_in_channels, cfg.guidance_embed):
+        differ.append("adm_in_channels")
+    if differ:
+        raise ValueError(f"its UNet ({got.model_channels} channels, mult {got.channel_mult}) does not fit this "
+                         f"--arch's ({cfg.model_channels} channels, mult {cfg.channel_mult}); they differ in "
+                         f"{', '.join(differ)}")
+    target = UNetModel(cfg)
+    src_state = {k: v.float() for k, v in source.state_dict().items()}
+    state = {}
+    for name in ("input_blocks", "middle_block", "output_blocks"):
+        src_blocks, dst_blocks = getattr(source, name), getattr(target, name)
+        pairs = [(src_blocks, dst_blocks)] if name == "middle_block" else list(zip(src_blocks, dst_blocks))
+        for b, (sb, db) in enumerate(pairs):
+            prefix = name + ("." if name == "middle_block" else f".{b}.")
+            j = 0
+            for i, layer in enumerate(db):
+                while j < len(sb) and type(sb[j]) is not type(layer):
+                    if not isinstance(sb[j], SpatialTransformer):
+                        raise ValueError(f"{prefix}{j} ({type(sb[j]).__name__}) has no counterpart in this --arch")
+                    j += 1  # a transformer this arch drops
+                if j == len(sb):
+                    raise ValueError(f"{prefix}{i} ({type(layer).__name__}) is not in its UNet")
+                for k in layer.state_dict():
+                    state[f"{prefix}{i}.{k}"] = src_state[f"{prefix}{j}.{k}"]
+                j += 1
+            if any(not isinstance(rest, SpatialTransformer) for rest in sb[j:]):
+                raise ValueError(f"{prefix}{j} ({type(sb[j]).__name__}) has no counterpart in this --arch")
+    for k, v in target.state_dict().items():
+        if k.startswith(("time_embed.", "out.", "label_emb.")):
+            state[k] = src_state.get(k, v)
+    if cfg.adm_in_channels and not got.adm_in_channels:
+        last = len(target.label_emb[0]) - 1
+        for k in (f"label_emb.0.{last}.weight", f"label_emb.0.{last}.bias"):
+            state[k] = torch.zeros_like(state[k])
+    return state

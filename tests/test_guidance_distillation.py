@@ -1,0 +1,122 @@
+"""Guidance-distilled small models: the UNet takes the CFG scale as its "y", the pipeline calls it
+once per step on the prompt (empty negative prompt) or at scale 1 in the usual CFG batch otherwise,
+the trainer's target is the teacher's guided prediction, and a pruned UNet starts from its teacher."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from opensd.checkpoints.controlnet_files import compatible_config
+from opensd.models.controlnet import ControlNetConfig
+from opensd.models.stable_diffusion import StableDiffusion
+from opensd.models.unet import SpatialTransformer, UNetModel, guidance_embedding
+from opensd.library.synthetic import TINY, write_random_checkpoint
+from opensd.pipeline.pipeline import load
+from opensd.training import builtin as B
+from opensd.training.builtin_teacher import transplant
+
+GUIDED = replace(TINY, unet=replace(TINY.unet, adm_in_channels=32, guidance_embed=True))
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    return load(write_random_checkpoint(tmp_path_factory.mktemp("g") / "guided.safetensors", GUIDED))
+
+
+def _inputs(n=2, ctx=64):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 4, 8, 8, generator=g), torch.tensor([10, 900][:n]), torch.randn(n, 77, ctx, generator=g)
+
+
+@torch.no_grad()
+def test_detected_from_the_label_embedding_and_no_y_means_scale_one(pipe):
+    assert pipe.config.unet.guidance_embed and pipe.config.unet.adm_in_channels == 32
+    unet = pipe.model.unet.float()
+    x, t, c = _inputs()
+    one = guidance_embedding(torch.ones(2), 32)
+    torch.testing.assert_close(unet(x, t, c), unet(x, t, c, one))
+    assert not torch.allclose(unet(x, t, c), unet(x, t, c, guidance_embedding(torch.full((2,), 7.0), 32)))
+
+
+def _calls(pipe, **kw):
+    seen = []
+    hook = pipe.model.unet.register_forward_hook(
+        lambda m, args, out: seen.append((len(args[0]), None if len(args) < 4 else args[3])))
+    try:
+        pipe.txt2img(steps=2, seed=1, **kw)
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_empty_negative_prompt_takes_one_call_at_the_scale(pipe):
+    calls = _calls(pipe, prompt="a red apple", negative_prompt="", cfg=5.0)
+    assert calls and all(n == 1 for n, _ in calls)
+    want = guidance_embedding(torch.tensor([5.0]), 32)
+    assert all(torch.allclose(y.float(), want) for _, y in calls)
+    weighted = _calls(pipe, prompt="a red apple :0.5", negative_prompt="", cfg=5.0)  # a part's weight scales it
+    assert all(torch.allclose(y.float(), guidance_embedding(torch.tensor([2.5]), 32)) for _, y in weighted)
+
+
+@pytest.mark.parametrize("prompt,negative,cfg,rows", [("a red apple", "blurry", 5.0, 2), ("apple AND pear", "", 5.0, 3),
+                                                       ("a red apple", "", 0.5, 2), ("a red apple", "", 14.0, 2)])
+def test_negative_prompt_and_parts_or_untrained_scales_run_plain_cfg_at_scale_one(pipe, prompt, negative, cfg, rows):
+    calls = _calls(pipe, prompt=prompt, negative_prompt=negative, cfg=cfg)
+    assert calls and all(n == rows and y is None for n, y in calls)
+
+
+def test_controlnets_with_or_without_the_guidance_embedding_fit_a_guided_base():
+    base = GUIDED
+    plain = compatible_config(ControlNetConfig(TINY.unet, hint_downscale=8), "small", base)
+    assert not plain.unet.guidance_embed
+    own = compatible_config(ControlNetConfig(replace(TINY.unet, adm_in_channels=32), hint_downscale=8), "small", base)
+    assert own.unet.guidance_embed  # no "y" then means scale 1, as in the base
+    with pytest.raises(Exception, match="ControlNet is for"):
+        compatible_config(ControlNetConfig(replace(TINY.unet, adm_in_channels=16), hint_downscale=8), "small", base)
+
+
+@torch.no_grad()
+def test_transplant_adds_a_silent_guidance_embedding_and_drops_transformers():
+    torch.manual_seed(0)
+    source = UNetModel(TINY.unet).eval()
+    x, t, c = _inputs()
+    same = UNetModel(GUIDED.unet).eval()
+    same.load_state_dict(transplant(source, GUIDED.unet))
+    y = guidance_embedding(torch.full((2,), 9.0), 32)
+    torch.testing.assert_close(same(x, t, c, y), source(x, t, c))  # step 0 predicts as the source
+
+    pruned_cfg = replace(GUIDED.unet, transformer_depth=(1, 0), transformer_depth_middle=0)
+    state = transplant(source, pruned_cfg)
+    pruned = UNetModel(pruned_cfg)
+    pruned.load_state_dict(state)  # every key present, no extras
+    src = source.state_dict()
+    # output block 1 loses its transformer (index 1), so its upsample conv moves from index 2 to 1
+    assert isinstance(source.output_blocks[1][1], SpatialTransformer)
+    assert torch.equal(state["output_blocks.1.1.conv.weight"], src["output_blocks.1.2.conv.weight"])
+    assert torch.equal(state["middle_block.1.in_layers.2.weight"], src["middle_block.2.in_layers.2.weight"])
+    assert torch.equal(state["input_blocks.1.1.proj_in.weight"], src["input_blocks.1.1.proj_in.weight"])
+
+    with pytest.raises(ValueError, match="differ in model_channels"):
+        transplant(source, replace(GUIDED.unet, model_channels=64))
+    with pytest.raises(ValueError, match=r"input_blocks\.3\.1 \(SpatialTransformer\) is not in its UNet"):
+        transplant(UNetModel(pruned_cfg), GUIDED.unet)  # cannot add a transformer
+
+
+@torch.no_grad()
+def test_guided_distillation_target_is_uncond_plus_scale_times_the_difference():
+    torch.manual_seed(0)
+    cfg = replace(B.ARCHS["v1"], unet=replace(TINY.unet, context_dim=256), resolution=32)
+    teacher = StableDiffusion(cfg).eval()
+    student = StableDiffusion(replace(cfg, unet=replace(cfg.unet, adm_in_channels=32, guidance_embed=True))).eval()
+    student.unet.load_state_dict(transplant(teacher.unet, student.config.unet))  # predicts the teacher's cond
+    alphas = B.scaled_linear_alphas_cumprod().float()
+    z0, t, noise = torch.randn(2, 4, 8, 8), torch.tensor([100, 700]), torch.randn(2, 4, 8, 8)
+    context, empty = torch.randn(2, 77, 256), torch.randn(77, 256)
+    at = lambda s: (z0, context, t, noise, torch.full((2,), s))  # noqa: E731
+    assert B.diffusion_loss(student, at(1.0), alphas, teacher=teacher.unet, empty=empty) < 1e-10
+    a = alphas[t].view(-1, 1, 1, 1)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    c, u = teacher.unet(zt, t, context), teacher.unet(zt, t, empty[None].expand(2, -1, -1))
+    snr = a.view(-1) / (1 - a.view(-1))
+    want = (torch.clamp(snr, max=B.MIN_SNR_GAMMA) / snr * ((c - (u + 3 * (c - u))) ** 2).mean(dim=(1, 2, 3))).mean()
+    torch.testing.assert_close(B.diffusion_loss(student, at(3.0), alphas, teacher=teacher.unet, empty=empty), want)
