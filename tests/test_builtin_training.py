@@ -366,3 +366,26 @@ def test_guided_student_starts_as_its_pruned_teacher_and_exports_a_guided_model(
     assert scales.shape == (4,) and ((scales >= B.GUIDANCE_RANGE[0]) & (scales <= B.GUIDANCE_RANGE[1])).all()
     got = read_state_dict(out)
     assert D.detect({k: tuple(v.shape) for k, v in got.items()}, "g", read_metadata(out)).unet == guided.unet
+
+
+def test_guided_student_sees_negative_prompt_texts_at_scale_one(trained, tmp_path, monkeypatch):
+    runs, path, splits = trained
+    guided = replace(TINY, unet=replace(TINY.unet, adm_in_channels=32, guidance_embed=True))
+    seen, real_loss = [], B.diffusion_loss
+
+    def recording_loss(model, batch, alphas, teacher=None, empty=None):
+        seen.append(batch)
+        return real_loss(model, batch, alphas, teacher=teacher, empty=empty)
+
+    monkeypatch.setattr(B, "diffusion_loss", recording_loss)
+    monkeypatch.setattr(B, "GUIDANCE_NEGATIVE", 1.0)  # every caption replaced
+    B.run(None, tmp_path / "n", 30, 2, 4, 4, None, cfg=guided, teacher=path, progress=False, save_every=3,
+          sample_every=0, splits=splits)
+    teacher = StableDiffusion(TINY).eval()
+    teacher.load_state_dict({k: v.float() for k, v in read_state_dict(path).items()}, strict=False)
+    with torch.no_grad():
+        bank = teacher.cond_stage_model(B.negative_prompt_ids(splits[0].captions, B.NEGATIVE_BANK,
+                                                              TINY.text_encoders[0])).hidden
+    for _, context, _, _, scales in seen:
+        assert (scales == 1).all()
+        assert all(min((row - b).abs().max() for b in bank) < 1e-4 for row in context)

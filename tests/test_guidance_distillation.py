@@ -13,7 +13,7 @@ from opensd.models.unet import SpatialTransformer, UNetModel, guidance_embedding
 from opensd.library.synthetic import TINY, write_random_checkpoint
 from opensd.pipeline.pipeline import load
 from opensd.training import builtin as B
-from opensd.training.builtin_teacher import transplant
+from opensd.training.builtin_teacher import negative_prompt_ids, transplant
 
 GUIDED = replace(TINY, unet=replace(TINY.unet, adm_in_channels=32, guidance_embed=True))
 
@@ -58,10 +58,40 @@ def test_empty_negative_prompt_takes_one_call_at_the_scale(pipe):
     assert all(torch.allclose(y.float(), guidance_embedding(torch.tensor([2.5]), 32)) for _, y in weighted)
 
 
-@pytest.mark.parametrize("prompt,negative,cfg,rows", [("a red apple", "blurry", 5.0, 2), ("apple AND pear", "", 5.0, 3),
-                                                       ("a red apple", "", 0.5, 2), ("a red apple", "", 14.0, 2)])
-def test_negative_prompt_and_parts_or_untrained_scales_run_plain_cfg_at_scale_one(pipe, prompt, negative, cfg, rows):
-    calls = _calls(pipe, prompt=prompt, negative_prompt=negative, cfg=cfg)
+@torch.no_grad()
+def test_negative_prompt_is_cfg_rewritten_around_the_empty_prompt(pipe, monkeypatch):
+    """Rows [empty, negative, prompt] at scales [1, 1, s]; the step's prediction is
+    G_s(prompt) + (1 - s) (P(negative) - P(empty)), i.e. u_n + s (c - u_n) when G_s = u + s (c - u).
+    (Denoised predictions are affine in eps with the same x and sigma, so the combination carries over.)"""
+    calls = _calls(pipe, prompt="a red apple", negative_prompt="blurry", cfg=5.0)
+    assert calls and all(n == 3 for n, _ in calls)
+    want = guidance_embedding(torch.tensor([1.0, 1.0, 5.0]), 32)
+    assert all(torch.allclose(y.float(), want) for _, y in calls)
+    import opensd.pipeline.pipeline as P
+
+    rows, results = [], []
+
+    class Recording(P.Denoiser):  # the per-row denoised predictions the guidance combines
+        def __call__(self, *a, **k):
+            rows.append(super().__call__(*a, **k))
+            return rows[-1]
+
+    real = pipe._cfg_denoiser
+
+    def spy(*a, **k):
+        inner = real(*a, **k)
+        return lambda x, sigma: results.append(inner(x, sigma)) or results[-1]
+
+    monkeypatch.setattr(P, "Denoiser", Recording)
+    monkeypatch.setattr(pipe, "_cfg_denoiser", spy)
+    pipe.txt2img(prompt="a red apple", negative_prompt="blurry", cfg=5.0, steps=1, seed=2)
+    (d,), (got,) = rows, results  # one step: rows [empty, negative, prompt]
+    torch.testing.assert_close(got, d[2:] + (1 - 5.0) * (d[1:2] - d[:1]))
+
+
+@pytest.mark.parametrize("prompt,cfg,rows", [("apple AND pear", 5.0, 3), ("a red apple", 0.5, 2), ("a red apple", 14.0, 2)])
+def test_and_parts_or_untrained_scales_run_plain_cfg_at_scale_one(pipe, prompt, cfg, rows):
+    calls = _calls(pipe, prompt=prompt, negative_prompt="", cfg=cfg)
     assert calls and all(n == rows and y is None for n, y in calls)
 
 
@@ -120,3 +150,18 @@ def test_guided_distillation_target_is_uncond_plus_scale_times_the_difference():
     snr = a.view(-1) / (1 - a.view(-1))
     want = (torch.clamp(snr, max=B.MIN_SNR_GAMMA) / snr * ((c - (u + 3 * (c - u))) ** 2).mean(dim=(1, 2, 3))).mean()
     torch.testing.assert_close(B.diffusion_loss(student, at(3.0), alphas, teacher=teacher.unet, empty=empty), want)
+
+
+def test_negative_prompt_texts_are_caption_parts_or_random_words():
+    te = TINY.text_encoders[0]
+    captions = ["grinning face, smiley, noto emoji style", "thumbs up, dark skin tone, twemoji style"]
+    ids = negative_prompt_ids(captions, 40, te, seed=3)
+    assert ids.shape == (40, 77) and torch.equal(ids, negative_prompt_ids(captions, 40, te, seed=3))
+    known = {int(t) for t in B.tokenize(captions, te).flatten()}
+    start, end = int(ids[0, 0]), te.pad_token
+    for row in ids[:20]:  # parts of the captions: only their tokens
+        assert {int(t) for t in row} <= known
+    for row in ids[20:]:  # start, 1-6 random tokens, end, padding
+        n = int((row != end).sum()) - 1
+        assert row[0] == start and 1 <= n <= 6 and (row[n + 1:] == end).all()
+    assert not {int(t) for t in ids[20:, 1:7].flatten()} <= known

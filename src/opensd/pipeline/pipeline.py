@@ -282,8 +282,12 @@ class Pipeline:
                 latent_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None) -> torch.Tensor:
         steps = len(sigmas) - 1
         cond = self._schedule(p.prompt, p.clip_skip, steps, width, height, negative=False)
-        uncond = (None if self._one_call(p.negative_prompt, cond, p.cfg) else
+        guided = self._guided(cond, p.cfg)
+        uncond = (None if guided and not p.negative_prompt.strip() else
                   self._schedule(p.negative_prompt, p.clip_skip, steps, width, height, negative=True))
+        if guided and uncond is not None:  # the negative prompt as a difference to the empty prompt
+            empty = self._schedule("", p.clip_skip, steps, width, height, negative=True)
+            uncond = (empty, uncond)
         if image_cond is None and self.config.inpainting:
             image_cond = self._inpaint_cond(None, None, width, height)
         control = None
@@ -346,23 +350,25 @@ class Pipeline:
             self._cond_cache[key] = sched
         return self._cond_cache[key]
 
-    def _one_call(self, negative_prompt: str, cond: CondSchedule, cfg: float) -> bool:
-        """Whether a guidance-distilled model guides in one UNet call per step, the scale as its "y":
-        with an empty negative prompt, a prompt of one part and a scale in its trained range."""
-        if not self.config.unet.guidance_embed or negative_prompt.strip() or len(cond.parts) != 1:
+    def _guided(self, cond: CondSchedule, cfg: float) -> bool:
+        """Whether a guidance-distilled model guides itself (the scale as its "y"): for a prompt of one
+        part and a scale in its trained range."""
+        if not self.config.unet.guidance_embed or len(cond.parts) != 1:
             return False
         return GUIDANCE_RANGE[0] <= cfg * cond.parts[0].weight <= GUIDANCE_RANGE[1]
 
-    def _cfg_denoiser(self, cond: CondSchedule, uncond: CondSchedule | None, sigmas: torch.Tensor, cfg: float,
+    def _cfg_denoiser(self, cond: CondSchedule, uncond, sigmas: torch.Tensor, cfg: float,
                       image_cond: torch.Tensor | None, clip_skip: int | None, control=None):
         """Classifier-free guidance with A1111's AND composition: one UNet call on
         [uncond, cond_1..cond_k] per evaluation; result = uncond + cfg * sum w_i (cond_i - uncond).
-        `uncond` None (see _one_call): a guidance-distilled model's call on the prompt's row only, at
-        scale cfg * w. Otherwise such a model's rows run at scale 1 (its plain predictions)."""
+        For a guidance-distilled model (see _guided; s = cfg * w), `uncond` None: one row, the prompt's
+        guided prediction G_s(c); `uncond` (empty, negative): rows [empty, negative, prompt] and
+        G_s(c) + (1 - s) (P(negative) - P(empty)), P its scale-1 predictions, which is CFG's
+        u_n + s (c - u_n) rewritten around u_empty. Other cases on such a model run plain CFG on P."""
         unet = self.model.unet
         conditioner = self.conditioner(clip_skip)
-        one_call = uncond is None
-        at = {"step": 0, "n_uncond": 0 if one_call else 1}
+        guided = uncond is None or isinstance(uncond, tuple)
+        at = {"step": 0, "n_uncond": 0 if uncond is None else 2 if guided else 1}
 
         def unet_fn(x, t, context, y):
             residuals = (None if control is None else
@@ -383,19 +389,20 @@ class Pipeline:
             step = int((levels > sigma.item() * (1 + 1e-6)).sum().clamp(max=len(levels) - 1))
             at["step"] = step
             parts = cond.at(step)
-            conds = [parts[0][1]] if one_call else [uncond.at(step)[0][1], *(c for _, c in parts)]
+            negatives = [] if uncond is None else [u.at(step)[0][1] for u in (uncond if guided else [uncond])]
+            conds = [*negatives, *(c for _, c in parts)]
             key = tuple(map(id, conds))  # the schedules keep these alive, so ids stay unique
             if built.get("key") != key:  # same tensor each step: the UNet reuses its context K/V
                 batch = conditioner.pad(conds)
                 y = None if batch[0].pooled is None else torch.cat([c.pooled for c in batch])
-                if one_call:
-                    scale = torch.full((1,), cfg * parts[0][0], device=self.device)
-                    y = guidance_embedding(scale, self.config.unet.adm_in_channels)
+                if guided:  # scale 1 on the negative rows, s on the prompt's
+                    scales = torch.tensor([1.0] * len(negatives) + [cfg * parts[0][0]], device=self.device)
+                    y = guidance_embedding(scales, self.config.unet.adm_in_channels)
                 built.update(key=key, context=torch.cat([c.context for c in batch]), y=y)
             context, y = built["context"], built["y"]
             out = model(x.expand(len(conds), -1, -1, -1), sigma, context=context, y=y)
-            if one_call:
-                return out
+            if guided:
+                return out[-1:] if uncond is None else out[2:] + (1 - cfg * parts[0][0]) * (out[1:2] - out[:1])
             result = out[:1].clone()
             for (weight, _), o in zip(parts, out[1:]):
                 result += cfg * weight * (o[None] - out[:1])

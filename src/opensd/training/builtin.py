@@ -45,6 +45,7 @@ from .builtin_teacher import (
     TEACHER_FILE,
     encode_captions,
     load_init_unet,
+    negative_prompt_ids,
     load_teacher,
     recorded,
 )
@@ -89,6 +90,8 @@ ARCHS: dict[str, C.ModelConfig] = {
     "v1-gd": _arch(replace(_V1_UNET, transformer_depth=(0, 0, 1), adm_in_channels=64, guidance_embed=True), 4),
 }
 GUIDANCE_PLAIN = 0.2  # fraction of rows at scale 1 (the plain conditional prediction, for negative prompts)
+GUIDANCE_NEGATIVE = 0.25  # fraction of captions replaced by negative-prompt-like texts, at scale 1
+NEGATIVE_BANK = 4096  # how many such texts (encoded once, like the captions)
 DEFAULT_ARCH = "v1"  # what a runs folder trains from scratch
 SHIPPED_ARCH = "v1"  # the architecture of the shipped weights
 BUILTIN = ARCHS[SHIPPED_ARCH]
@@ -347,6 +350,8 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
     guided = cfg.unet.guidance_embed
     if guided and teacher_unet is None:
         raise ValueError("a guidance-distilled --arch learns from a --teacher's guided predictions; pass --teacher")
+    if guided:
+        bank = encode_captions(model.cond_stage_model, negative_prompt_ids(train.captions, NEGATIVE_BANK, te))
     alphas = scaled_linear_alphas_cumprod().float().to(device)
     mean, std = latents["mean"], torch.exp(0.5 * latents["logvar"])
     scale = cfg.vae.scaling_factor
@@ -366,6 +371,9 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
                 lo, hi = GUIDANCE_RANGE
                 plain = torch.rand(len(idx), generator=g) < GUIDANCE_PLAIN
                 extra = (torch.where(plain, lo, lo + (hi - lo) * torch.rand(len(idx), generator=g)),)
+                neg = torch.rand(len(uniq), generator=g) < GUIDANCE_NEGATIVE
+                b_ids[neg] = bank[torch.randint(len(bank), (int(neg.sum()),), generator=g)]
+                extra[0][neg.repeat_interleave(caption_repeats)] = lo
             yield tuple(v.to(device) for v in (z0, b_ids, t, noise, *extra))
 
     def make(n):

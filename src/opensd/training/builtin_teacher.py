@@ -65,6 +65,28 @@ def encode_captions(text_encoder: nn.Module, ids: torch.Tensor, batch: int = 256
     return torch.cat([text_encoder(ids[i:i + batch].to(dev)).hidden.cpu() for i in range(0, len(ids), batch)])
 
 
+def negative_prompt_ids(captions: list[str], n: int, cfg: C.TextEncoderConfig, seed: int = 0) -> torch.Tensor:
+    """Token ids of `n` negative-prompt-like texts for a guidance-distilled student, which otherwise
+    only sees whole captions: half are one or two comma-separated parts of random captions ("twemoji
+    style", "dark skin tone"), half 1-6 random vocabulary tokens (words the captions never use, like
+    "blurry"). Pipelines subtract its predictions for them, amplified by the CFG scale."""
+    from .builtin_sampling import tokenize
+    g = torch.Generator().manual_seed(seed)
+    texts = []
+    for _ in range(n - n // 2):
+        parts = captions[int(torch.randint(len(captions), (1,), generator=g))].split(", ")
+        k = 1 + int(torch.randint(min(2, len(parts)), (1,), generator=g))
+        texts.append(", ".join(parts[int(i)] for i in torch.randperm(len(parts), generator=g)[:k]))
+    fragments = tokenize(texts, cfg)
+    words = tokenize([""] * (n // 2), cfg)  # start, end and padding around the random tokens
+    end = int(words[0][1]) if len(words) else 0
+    for row in words:
+        k = 1 + int(torch.randint(6, (1,), generator=g))
+        row[1:k + 1] = torch.randint(256, cfg.vocab_size - 2, (k,), generator=g)
+        row[k + 1] = end
+    return torch.cat([fragments, words])
+
+
 def load_teacher(path: Path | None, cfg: C.ModelConfig, runs: Path, device: str = "cpu") -> StableDiffusion | None:
     """The --teacher model, checked against the student's config and held to the runs folder: a
     folder that distils keeps its teacher, and one that trained without a teacher cannot switch."""
