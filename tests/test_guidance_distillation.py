@@ -60,12 +60,12 @@ def test_empty_negative_prompt_takes_one_call_at_the_scale(pipe):
 
 @torch.no_grad()
 def test_negative_prompt_is_cfg_rewritten_around_the_empty_prompt(pipe, monkeypatch):
-    """Rows [empty, negative, prompt] at scales [1, 1, s]; the step's prediction is
-    G_s(prompt) + (1 - s) (P(negative) - P(empty)), i.e. u_n + s (c - u_n) when G_s = u + s (c - u).
+    """Rows [empty, negative, prompt] all at scale s; the step's prediction is
+    G_s(prompt) - (1 - 1/s) (G_s(negative) - G_s(empty)), i.e. u_n + s (c - u_n) when G_s = u + s (x - u).
     (Denoised predictions are affine in eps with the same x and sigma, so the combination carries over.)"""
     calls = _calls(pipe, prompt="a red apple", negative_prompt="blurry", cfg=5.0)
     assert calls and all(n == 3 for n, _ in calls)
-    want = guidance_embedding(torch.tensor([1.0, 1.0, 5.0]), 32)
+    want = guidance_embedding(torch.tensor([5.0, 5.0, 5.0]), 32)
     assert all(torch.allclose(y.float(), want) for _, y in calls)
     import opensd.pipeline.pipeline as P
 
@@ -86,7 +86,7 @@ def test_negative_prompt_is_cfg_rewritten_around_the_empty_prompt(pipe, monkeypa
     monkeypatch.setattr(pipe, "_cfg_denoiser", spy)
     pipe.txt2img(prompt="a red apple", negative_prompt="blurry", cfg=5.0, steps=1, seed=2)
     (d,), (got,) = rows, results  # one step: rows [empty, negative, prompt]
-    torch.testing.assert_close(got, d[2:] + (1 - 5.0) * (d[1:2] - d[:1]))
+    torch.testing.assert_close(got, d[2:] - (1 - 1 / 5.0) * (d[1:2] - d[:1]))
 
 
 @pytest.mark.parametrize("prompt,cfg,rows", [("apple AND pear", 5.0, 3), ("a red apple", 0.5, 2), ("a red apple", 14.0, 2)])

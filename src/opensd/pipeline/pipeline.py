@@ -285,7 +285,7 @@ class Pipeline:
         guided = self._guided(cond, p.cfg)
         uncond = (None if guided and not p.negative_prompt.strip() else
                   self._schedule(p.negative_prompt, p.clip_skip, steps, width, height, negative=True))
-        if guided and uncond is not None:  # the negative prompt as a difference to the empty prompt
+        if guided and uncond is not None:  # the negative prompt enters relative to the empty prompt
             empty = self._schedule("", p.clip_skip, steps, width, height, negative=True)
             uncond = (empty, uncond)
         if image_cond is None and self.config.inpainting:
@@ -362,9 +362,11 @@ class Pipeline:
         """Classifier-free guidance with A1111's AND composition: one UNet call on
         [uncond, cond_1..cond_k] per evaluation; result = uncond + cfg * sum w_i (cond_i - uncond).
         For a guidance-distilled model (see _guided; s = cfg * w), `uncond` None: one row, the prompt's
-        guided prediction G_s(c); `uncond` (empty, negative): rows [empty, negative, prompt] and
-        G_s(c) + (1 - s) (P(negative) - P(empty)), P its scale-1 predictions, which is CFG's
-        u_n + s (c - u_n) rewritten around u_empty. Other cases on such a model run plain CFG on P."""
+        guided prediction G_s(c); `uncond` (empty, negative): rows [empty, negative, prompt], all at
+        scale s, and G_s(c) - (1 - 1/s) (G_s(negative) - G_s(empty)). With G_s(x) = u + s (x - u) that
+        is CFG's u_n + s (c - u_n); it weights the student's guided outputs by less than 1, where the
+        same rewritten on its scale-1 predictions multiplies their errors by s - 1 (measured: the
+        images fall apart). Other cases on such a model run plain CFG on its scale-1 predictions."""
         unet = self.model.unet
         conditioner = self.conditioner(clip_skip)
         guided = uncond is None or isinstance(uncond, tuple)
@@ -395,14 +397,14 @@ class Pipeline:
             if built.get("key") != key:  # same tensor each step: the UNet reuses its context K/V
                 batch = conditioner.pad(conds)
                 y = None if batch[0].pooled is None else torch.cat([c.pooled for c in batch])
-                if guided:  # scale 1 on the negative rows, s on the prompt's
-                    scales = torch.tensor([1.0] * len(negatives) + [cfg * parts[0][0]], device=self.device)
+                if guided:
+                    scales = torch.full((len(negatives) + 1,), cfg * parts[0][0], device=self.device)
                     y = guidance_embedding(scales, self.config.unet.adm_in_channels)
                 built.update(key=key, context=torch.cat([c.context for c in batch]), y=y)
             context, y = built["context"], built["y"]
             out = model(x.expand(len(conds), -1, -1, -1), sigma, context=context, y=y)
             if guided:
-                return out[-1:] if uncond is None else out[2:] + (1 - cfg * parts[0][0]) * (out[1:2] - out[:1])
+                return out[-1:] if uncond is None else out[2:] - (1 - 1 / (cfg * parts[0][0])) * (out[1:2] - out[:1])
             result = out[:1].clone()
             for (weight, _), o in zip(parts, out[1:]):
                 result += cfg * weight * (o[None] - out[:1])

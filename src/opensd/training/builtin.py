@@ -90,7 +90,7 @@ ARCHS: dict[str, C.ModelConfig] = {
     "v1-gd": _arch(replace(_V1_UNET, transformer_depth=(0, 0, 1), adm_in_channels=64, guidance_embed=True), 4),
 }
 GUIDANCE_PLAIN = 0.2  # fraction of rows at scale 1 (the plain conditional prediction, for negative prompts)
-GUIDANCE_NEGATIVE = 0.25  # fraction of captions replaced by negative-prompt-like texts, at scale 1
+GUIDANCE_NEGATIVE = 0.25  # fraction of captions replaced by negative-prompt-like texts (guided like captions)
 NEGATIVE_BANK = 4096  # how many such texts (encoded once, like the captions)
 DEFAULT_ARCH = "v1"  # what a runs folder trains from scratch
 SHIPPED_ARCH = "v1"  # the architecture of the shipped weights
@@ -373,7 +373,6 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
                 extra = (torch.where(plain, lo, lo + (hi - lo) * torch.rand(len(idx), generator=g)),)
                 neg = torch.rand(len(uniq), generator=g) < GUIDANCE_NEGATIVE
                 b_ids[neg] = bank[torch.randint(len(bank), (int(neg.sum()),), generator=g)]
-                extra[0][neg.repeat_interleave(caption_repeats)] = lo
             yield tuple(v.to(device) for v in (z0, b_ids, t, noise, *extra))
 
     def make(n):
