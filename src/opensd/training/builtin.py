@@ -45,8 +45,8 @@ from .builtin_teacher import (
     TEACHER_FILE,
     encode_captions,
     load_init_unet,
-    negative_prompt_ids,
     load_teacher,
+    negative_prompt_ids,
     recorded,
 )
 from .trainer import TrainConfig, Trainer

@@ -27,8 +27,10 @@ def sample(model: StableDiffusion, prompts, steps: int = 20, cfg_scale: float = 
     te = c.text_encoders[0]
     dev = next(model.parameters()).device
     cond = model.cond_stage_model(tokenize(list(prompts), te).to(dev)).hidden
-    uncond = model.cond_stage_model(tokenize([""] * len(prompts), te).to(dev)).hidden
-    ctx = torch.cat([uncond, cond])
+    guided = c.unet.guidance_embed  # guidance-distilled: one call on the prompt at the scale, no uncond
+    if not guided:
+        uncond = model.cond_stage_model(tokenize([""] * len(prompts), te).to(dev)).hidden
+        ctx = torch.cat([uncond, cond])
     alphas = scaled_linear_alphas_cumprod().float()
     ts = torch.linspace(len(alphas) - 1, 0, steps).round().long()
     side = c.resolution // c.vae.downscale
@@ -37,7 +39,7 @@ def sample(model: StableDiffusion, prompts, steps: int = 20, cfg_scale: float = 
     for i, t in enumerate(ts):
         a = alphas[t]
         a_prev = alphas[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0)
-        if c.unet.guidance_embed:  # guidance-distilled: one call on the prompt at the scale
+        if guided:
             y = guidance_embedding(torch.full((len(x),), cfg_scale, device=dev), c.unet.adm_in_channels)
             eps = model.unet(x, t.repeat(len(x)).to(dev), cond, y).float()
         else:
