@@ -146,6 +146,7 @@ def main(argv=None) -> None:
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "finetune_demo")
     p.add_argument("--docs", type=Path, default=ROOT / "docs")
+    p.add_argument("--model", type=Path, default=BUILTIN, help="base model (default: the built-in model)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     rng = random.Random(0)
@@ -167,7 +168,7 @@ def main(argv=None) -> None:
 
     run_dir = a.runs / "run"
     out = a.runs / "openmoji-style.safetensors"
-    opts = LoraOptions(data=a.runs / "data", model=BUILTIN, output=out, run_dir=run_dir, steps=a.steps or 10_000,
+    opts = LoraOptions(data=a.runs / "data", model=a.model, output=out, run_dir=run_dir, steps=a.steps or 10_000,
                        batch_size=a.batch_size, lr=a.lr, rank=a.rank, alpha=a.rank, warmup=20, flip=True,
                        save_every=25, seed=0)
     plan = a.runs / "plan.json"
@@ -197,7 +198,7 @@ def main(argv=None) -> None:
     # Generate through the user path: a fresh pipeline with the saved file applied (set_loras).
     from opensd.adapters.lora import LoraSpec
     from opensd.pipeline.pipeline import load
-    gen_pipe = load(BUILTIN)
+    gen_pipe = load(a.model)
     prompts = [f"{e['annotation']}, {STYLE}" for e in held]
     gens = {}
     for name, specs in (("without", []), ("with", [LoraSpec(out)])):
@@ -221,7 +222,7 @@ def main(argv=None) -> None:
     n = min(12, len(prompts))
     grid([gens["without"][:n], gens["with"][:n], real_held[:n]], a.docs / "finetune-demo.png")
     result = {
-        "base_model": BUILTIN.name, "openmoji": f"{PACKAGE}@{VERSION}", "train_images": len(train),
+        "base_model": a.model.name, "openmoji": f"{PACKAGE}@{VERSION}", "train_images": len(train),
         "eval_prompts": len(prompts), "steps": steps, "batch_size": a.batch_size, "rank": a.rank, "lr": a.lr,
         "train_seconds": round(train_s, 1), "threads": a.threads,
         "loss_first_50": losses[0], "loss_last_50": losses[1],
