@@ -34,6 +34,11 @@ class UNetConfig:
     # no "y" the UNet embeds scale 1, the plain conditional prediction.
     guidance_embed: bool = False
 
+    @property
+    def size_conditioned(self) -> bool:
+        """Whether "y" is SDXL's pooled text + size/crop vector (built by conditioning.size_vector)."""
+        return bool(self.adm_in_channels) and not self.guidance_embed
+
     def heads_for(self, channels: int) -> int:
         if self.num_heads > 0:
             return self.num_heads

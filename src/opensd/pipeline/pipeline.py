@@ -342,7 +342,7 @@ class Pipeline:
             if others:  # LoRA tags were applied in _generate; other kinds have no adapter yet
                 log.warning("extra networks in the prompt are not applied: %s",
                             ", ".join(f"<{n.kind}:{n.name}>" for n in others))
-            if self.config.unet.adm_in_channels and not self.config.unet.guidance_embed:
+            if self.config.unet.size_conditioned:
                 score = 2.5 if negative else 6.0  # refiner's conventional aesthetic scores
                 for part in sched.parts:
                     for c in part.conds:

@@ -313,6 +313,11 @@ def diffusion_loss(model: StableDiffusion, batch, alphas_cumprod: torch.Tensor,
     return (weight * per).mean()
 
 
+def _check_teacher(cfg: C.ModelConfig, teacher) -> None:
+    if cfg.unet.guidance_embed and teacher is None:
+        raise ValueError("a guidance-distilled --arch learns from a --teacher's guided predictions; pass --teacher")
+
+
 def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run_dir: Path, steps: int,
                batch: int, lr: float = 3e-4, progress: bool = True, save_every: int = 100,
                sample_every: int = 500, until: int | None = None, bf16: bool = False, device: str = "cpu",
@@ -330,6 +335,7 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
     if caption_repeats < 1 or batch % caption_repeats:
         raise ValueError(f"caption_repeats must be a positive divisor of the batch size {batch}, "
                          f"got {caption_repeats}")
+    _check_teacher(cfg, teacher)
     model = StableDiffusion(cfg).to(device)
     model.first_stage_model.load_state_dict(vae_model.vae.state_dict())
     model.first_stage_model.requires_grad_(False)
@@ -348,8 +354,6 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
         log.info("encoded %d captions with the teacher's text encoder in %.0f s", len(ids), time.time() - t0)
         teacher_unet = teacher.unet.to(device).eval().requires_grad_(False)
     guided = cfg.unet.guidance_embed
-    if guided and teacher_unet is None:
-        raise ValueError("a guidance-distilled --arch learns from a --teacher's guided predictions; pass --teacher")
     if guided:
         bank = encode_captions(model.cond_stage_model, negative_prompt_ids(train.captions, NEGATIVE_BANK, te))
     alphas = scaled_linear_alphas_cumprod().float().to(device)
@@ -483,7 +487,8 @@ def run(data: Path, runs: Path, vae_steps: int, unet_steps: int, batch: int, vae
             vae_from = teacher
         elif Path(vae_from).resolve() != Path(teacher).resolve():
             raise ValueError("--vae-from must be the --teacher file: the student learns in the teacher's latent space")
-    teacher_model = load_teacher(teacher, cfg, runs, device)  # checks before any work
+    _check_teacher(cfg, teacher)  # checks before any work
+    teacher_model = load_teacher(teacher, cfg, runs, device)
     init_weights = load_init_unet(init_unet, cfg, runs)
     train, heldout = splits or (load_split(Path(data), "train"), load_split(Path(data), "heldout"))
     t0 = time.time()

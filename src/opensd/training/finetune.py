@@ -155,7 +155,7 @@ def encode_text(pipe, captions: list[str], embeddings=None, size=None):
     rows = [cond.chunks(c)[0] for c in captions]
     context, pooled = cond._encode_rows(rows, [1] * len(rows), want_pooled=True)
     y = None
-    if pipe.config.unet.adm_in_channels and not pipe.config.unet.guidance_embed:  # SDXL's size conditioning
+    if pipe.config.unet.size_conditioned:
         w, h = size
         y = size_vector(pipe.config, pooled, w, h)
     return context, y

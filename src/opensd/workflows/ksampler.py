@@ -84,7 +84,7 @@ def comfy_sigmas(pipe, sampler: str, scheduler: str, steps: int, denoise: float 
 def _cond_schedule(cond: list, steps: int, width: int, height: int, pipe, negative: bool) -> CondSchedule:
     if not cond:
         raise ValueError("conditioning is empty")
-    adm = pipe.config.unet.adm_in_channels and not pipe.config.unet.guidance_embed
+    adm = pipe.config.unet.size_conditioned
     parts = []
     for context, extra in cond:
         pooled = (extra or {}).get("pooled_output")
