@@ -1,5 +1,6 @@
 """LoRA demonstration: teach the built-in emoji model the OpenMoji style from ~30 images, on CPU.
 
+    pip install -e ".[bench]"   # resvg-py, for the OpenMoji SVGs
     python bench/finetune_demo.py [--images 30 --budget-min 15 --threads 1]
 
 1. Fetches the `openmoji` npm package (pinned version and sha512 integrity, `npm pack`), renders

@@ -14,6 +14,7 @@ from opensd.checkpoints import detect as D
 from opensd.checkpoints.files import read_metadata, read_state_dict
 from opensd.models import config as C
 from opensd.models.stable_diffusion import StableDiffusion
+from opensd.models.unet import GUIDANCE_RANGE
 from opensd.training import builtin as B
 from opensd.training.builtin_teacher import transplant
 
@@ -363,7 +364,7 @@ def test_guided_student_starts_as_its_pruned_teacher_and_exports_a_guided_model(
     assert [k for k in start if not torch.equal(state[k], start[k])] == ["label_emb.0.0.weight", "label_emb.0.0.bias"]
     assert not state["label_emb.0.2.weight"].any() and not state["label_emb.0.2.bias"].any()
     scales = batch[4]  # one CFG scale per row, in the trained range
-    assert scales.shape == (4,) and ((scales >= B.GUIDANCE_RANGE[0]) & (scales <= B.GUIDANCE_RANGE[1])).all()
+    assert scales.shape == (4,) and ((scales >= GUIDANCE_RANGE[0]) & (scales <= GUIDANCE_RANGE[1])).all()
     got = read_state_dict(out)
     assert D.detect({k: tuple(v.shape) for k, v in got.items()}, "g", read_metadata(out)).unet == guided.unet
 
@@ -386,7 +387,7 @@ def test_guided_student_sees_negative_prompt_texts_at_guided_scales(trained, tmp
     with torch.no_grad():
         bank = teacher.cond_stage_model(B.negative_prompt_ids(splits[0].captions, B.NEGATIVE_BANK,
                                                               TINY.text_encoders[0])).hidden
-    lo, hi = B.GUIDANCE_RANGE
+    lo, hi = GUIDANCE_RANGE
     for _, context, _, _, scales in seen:
         assert ((scales >= lo) & (scales <= hi)).all()
         assert all(min((row - b).abs().max() for b in bank) < 1e-4 for row in context)

@@ -37,7 +37,7 @@ from ..checkpoints import detect as D
 from ..checkpoints.files import save_safetensors
 from ..models import config as C
 from ..models.stable_diffusion import StableDiffusion
-from ..models.unet import GUIDANCE_RANGE, guidance_embedding
+from ..models.unet import guidance_embedding
 from ..sampling.schedules import scaled_linear_alphas_cumprod
 from .builtin_sampling import sample, save_grid, tokenize
 from .builtin_teacher import (
@@ -49,6 +49,7 @@ from .builtin_teacher import (
     negative_prompt_ids,
     recorded,
 )
+from .finetune import draw_guidance_scales
 from .trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,6 @@ ARCHS: dict[str, C.ModelConfig] = {
     # v1's batch of 2 (with --teacher v1 and --init-unet v1: v1's weights minus the dropped blocks)
     "v1-gd": _arch(replace(_V1_UNET, transformer_depth=(0, 0, 1), adm_in_channels=64, guidance_embed=True), 4),
 }
-GUIDANCE_PLAIN = 0.2  # fraction of rows at scale 1 (the plain conditional prediction, for negative prompts)
 GUIDANCE_NEGATIVE = 0.25  # fraction of captions replaced by negative-prompt-like texts (guided like captions)
 NEGATIVE_BANK = 4096  # how many such texts (encoded once, like the captions)
 DEFAULT_ARCH = "v1"  # what a runs folder trains from scratch
@@ -353,9 +353,12 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
         empty = empty[0]
         log.info("encoded %d captions with the teacher's text encoder in %.0f s", len(ids), time.time() - t0)
         teacher_unet = teacher.unet.to(device).eval().requires_grad_(False)
+        # encodings stay on the device and are gathered there: at a GPU batch of 256 they are 20 MB a step
+        ids, empty = ids.to(device), empty.to(device)
     guided = cfg.unet.guidance_embed
     if guided:
         bank = encode_captions(model.cond_stage_model, negative_prompt_ids(train.captions, NEGATIVE_BANK, te))
+        bank = bank.to(device)
     alphas = scaled_linear_alphas_cumprod().float().to(device)
     mean, std = latents["mean"], torch.exp(0.5 * latents["logvar"])
     scale = cfg.vae.scaling_factor
@@ -365,18 +368,16 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
             g = torch.Generator().manual_seed(9_000_000 + step)
             idx = uniq.repeat_interleave(caption_repeats)
             z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * scale
-            b_ids = ids[uniq].clone()  # token ids, or their encodings under a frozen encoder
+            b_ids = ids[uniq.to(ids.device)]  # token ids, or their encodings under a frozen encoder
             drop = torch.rand(len(uniq), generator=g) < CAPTION_DROPOUT  # a dropped caption drops all k rows
-            b_ids[drop] = empty
+            b_ids[drop.to(ids.device)] = empty
             t = torch.randint(0, len(alphas), (len(idx),), generator=g)
             noise = torch.randn(z0.shape, generator=g)
             extra = ()
             if guided:  # drawn last, so the other draws match an unguided run's
-                lo, hi = GUIDANCE_RANGE
-                plain = torch.rand(len(idx), generator=g) < GUIDANCE_PLAIN
-                extra = (torch.where(plain, lo, lo + (hi - lo) * torch.rand(len(idx), generator=g)),)
+                extra = (draw_guidance_scales(len(idx), g),)
                 neg = torch.rand(len(uniq), generator=g) < GUIDANCE_NEGATIVE
-                b_ids[neg] = bank[torch.randint(len(bank), (int(neg.sum()),), generator=g)]
+                b_ids[neg.to(ids.device)] = bank[torch.randint(len(bank), (int(neg.sum()),), generator=g).to(ids.device)]
             yield tuple(v.to(device) for v in (z0, b_ids, t, noise, *extra))
 
     def make(n):

@@ -6,6 +6,11 @@ The loss is the one the built-in model is trained with (training/builtin.py): z_
 sqrt(1-a) eps on the model's own discrete schedule, the UNet predicts eps (or v for v-models),
 MSE, optional min-SNR-gamma weighting. Everything random in a batch comes from a generator seeded
 by (seed, step), so a resumed run sees exactly the batches an uninterrupted run would.
+
+On a guidance-distilled base (the UNet takes the CFG scale s and predicts the guided result
+G_s = u + s (c - u) in one call), each row gets a scale and learns u + s (target - u), u being the
+model's own empty-prompt prediction: the same data fit as plain training, but at the scales that
+generation uses, so a LoRA changes the guided predictions and not only the scale-1 ones.
 """
 from __future__ import annotations
 
@@ -20,11 +25,22 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import InvalidArgument
+from ..models.unet import GUIDANCE_RANGE, guidance_embedding
 from ..pipeline.conditioning import PromptConditioner, size_vector
 from ..sampling.schedules import scaled_linear_alphas_cumprod
 from .finetune_data import Dataset, load_dataset, stack
 
 log = logging.getLogger(__name__)
+
+GUIDANCE_PLAIN = 0.2  # share of a guidance-distilled UNet's training rows at scale 1 (its plain prediction)
+
+
+def draw_guidance_scales(n: int, g: torch.Generator, plain: float = GUIDANCE_PLAIN) -> torch.Tensor:
+    """Per-row CFG scales for training a guidance-distilled UNet: a share `plain` at exactly the
+    range's low end (1), the rest uniform over GUIDANCE_RANGE."""
+    lo, hi = GUIDANCE_RANGE
+    at_one = torch.rand(n, generator=g) < plain
+    return torch.where(at_one, lo, lo + (hi - lo) * torch.rand(n, generator=g))
 
 
 @dataclass
@@ -142,8 +158,11 @@ class LatentBatches:
         noise = torch.randn(z0.shape, generator=g)
         dev = self.pipe.device
         h, w = (s * self.pipe.config.vae.downscale for s in z0.shape[-2:])
-        return {"z0": z0.to(dev), "t": t.to(dev), "noise": noise.to(dev), "size": (w, h),
-                "captions": [self.ds.items[i].caption for i, _ in batch]}
+        out = {"z0": z0.to(dev), "t": t.to(dev), "noise": noise.to(dev), "size": (w, h),
+               "captions": [self.ds.items[i].caption for i, _ in batch]}
+        if self.pipe.config.unet.guidance_embed:  # drawn last: the other draws match an unguided base's
+            out["scales"] = draw_guidance_scales(len(batch), g).to(dev)
+        return out
 
 
 def encode_text(pipe, captions: list[str], embeddings=None, size=None):
@@ -167,14 +186,31 @@ def diffusion_loss(pipe, batch: dict, alphas: torch.Tensor, embeddings=None,
     context, y = encode_text(pipe, batch["captions"], embeddings, batch["size"])
     a = alphas[t].view(-1, 1, 1, 1)
     zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    scales = batch.get("scales")
+    if scales is not None:
+        y = guidance_embedding(scales, pipe.config.unet.adm_in_channels)
     pred = pipe.model.unet(zt, t, context, y).float()
     target = noise if pipe.config.prediction == "eps" else a.sqrt() * noise - (1 - a).sqrt() * z0
+    if scales is not None:
+        target = guided_target(pipe, zt, t, target, scales, batch["size"])
     per = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    if scales is not None:
+        per = per / scales ** 2  # the loss of the implied conditional prediction u + (pred - u) / s
     if min_snr_gamma:
         snr = a.view(-1) / (1 - a.view(-1))
         clipped = torch.clamp(snr, max=min_snr_gamma)
         per = per * (clipped / snr if pipe.config.prediction == "eps" else clipped / (snr + 1))
     return per.mean()
+
+
+@torch.no_grad()
+def guided_target(pipe, zt: torch.Tensor, t: torch.Tensor, target: torch.Tensor, scales: torch.Tensor,
+                  size) -> torch.Tensor:
+    """u + s (target - u), u the model's own prediction for the empty prompt at scale 1: its mean
+    is the guided prediction of a conditional model fitted to the data (unbiased, variance s^2)."""
+    empty, _ = encode_text(pipe, [""] * len(zt), None, size)
+    u = pipe.model.unet(zt, t, empty).float()
+    return u + scales.view(-1, 1, 1, 1) * (target - u)
 
 
 def enable_gradient_checkpointing(unet) -> None:
