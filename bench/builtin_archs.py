@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     a = cpu_bench_args(__doc__, argv, lambda ap: ap.add_argument(
         "--reps", type=int, default=7, help="alternating timed calls per architecture"))
     intro = ("Speed of each `--arch` of the built-in model (random weights; quality of the trained ones is in "
-             "`docs/builtin-model.md`). Reproduce with `python bench/builtin_archs.py`.")
+             "`docs/builtin-experiments.md`; the shipped one is `v1-gd`). Reproduce with `python bench/builtin_archs.py`.")
     publish(a, run(a.reps), f"txt2img 64×64, 20 steps, CFG 7, batch 1, {a.reps} calls each, alternating; ",
             "Built-in model architectures on CPU", intro, BEGIN, END)
     return 0
