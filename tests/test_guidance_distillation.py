@@ -7,13 +7,16 @@ import pytest
 import torch
 
 from opensd.checkpoints.controlnet_files import compatible_config
+from opensd.library.synthetic import TINY, write_random_checkpoint
 from opensd.models.controlnet import ControlNetConfig
 from opensd.models.stable_diffusion import StableDiffusion
 from opensd.models.unet import SpatialTransformer, UNetModel, guidance_embedding
-from opensd.library.synthetic import TINY, write_random_checkpoint
 from opensd.pipeline.pipeline import load
 from opensd.training import builtin as B
 from opensd.training.builtin_teacher import negative_prompt_ids, transplant
+from opensd.workflows import ksampler as K
+from opensd.workflows.nodes_core import clip_text_encode
+from opensd.workflows.types import ClipRef, ModelRef
 
 GUIDED = replace(TINY, unet=replace(TINY.unet, adm_in_channels=32, guidance_embed=True))
 
@@ -95,6 +98,39 @@ def test_and_parts_or_untrained_scales_run_plain_cfg_at_scale_one(pipe, prompt, 
     assert calls and all(n == rows and y is None for n, y in calls)
 
 
+@pytest.mark.parametrize("negative,cfg,rows,scale", [("", 5.0, 1, 5.0), ("blurry", 5.0, 3, 5.0), ("", 14.0, 2, None)])
+def test_comfyui_ksampler_guides_a_guided_model_like_the_pipeline(pipe, negative, cfg, rows, scale):
+    """ComfyUI sends the negative as a tensor: the empty prompt's encoding takes the one-call path, another
+    negative the [empty, negative, prompt] rows, a scale outside the trained range plain CFG; and the
+    one-call result is the pipeline's own for the same noise."""
+    clip = ClipRef(pipe, "g")
+    pos, neg = clip_text_encode(None, "a red apple", clip)[0], clip_text_encode(None, negative, clip)[0]
+    seen = []
+    hook = pipe.model.unet.register_forward_hook(
+        lambda m, args, out: seen.append((len(args[0]), None if len(args) < 4 else args[3])))
+    try:
+        out = K.sample(ModelRef(pipe, "g"), pos, neg, {"samples": torch.zeros(1, 4, 8, 8)}, seed=3, steps=2, cfg=cfg,
+                       sampler_name="euler", scheduler="normal")["samples"]
+    finally:
+        hook.remove()
+    assert seen and all(n == rows for n, _ in seen)
+    if scale is None:
+        assert all(y is None for _, y in seen)
+        return
+    want = guidance_embedding(torch.full((rows,), scale), 32)
+    assert all(torch.allclose(y.float(), want) for _, y in seen)
+    if rows == 1:  # the same guided denoiser as the pipeline's, on ComfyUI's noise and sigmas
+        sigmas = K.comfy_sigmas(pipe, "euler", "normal", 2, 1.0).float()
+        noise = K.prepare_noise(torch.zeros(1, 4, 8, 8), 3)
+        cond = pipe._schedule("a red apple", None, 2, 64, 64, negative=False)
+        denoise = pipe._cfg_denoiser(cond, None, sigmas, cfg, None, None)
+        x = noise * (1 + sigmas[0] ** 2) ** 0.5
+        for i in range(2):  # Euler
+            d = (x - denoise(x, sigmas[i])) / sigmas[i]
+            x = x + d * (sigmas[i + 1] - sigmas[i])
+        torch.testing.assert_close(out, (x / pipe.config.vae.scaling_factor).float())
+
+
 def test_controlnets_with_or_without_the_guidance_embedding_fit_a_guided_base():
     base = GUIDED
     plain = compatible_config(ControlNetConfig(TINY.unet, hint_downscale=8), "small", base)
@@ -142,7 +178,7 @@ def test_guided_distillation_target_is_uncond_plus_scale_times_the_difference():
     alphas = B.scaled_linear_alphas_cumprod().float()
     z0, t, noise = torch.randn(2, 4, 8, 8), torch.tensor([100, 700]), torch.randn(2, 4, 8, 8)
     context, empty = torch.randn(2, 77, 256), torch.randn(77, 256)
-    at = lambda s: (z0, context, t, noise, torch.full((2,), s))  # noqa: E731
+    at = lambda s: (z0, context, t, noise, torch.full((2,), s))
     assert B.diffusion_loss(student, at(1.0), alphas, teacher=teacher.unet, empty=empty) < 1e-10
     a = alphas[t].view(-1, 1, 1, 1)
     zt = a.sqrt() * z0 + (1 - a).sqrt() * noise

@@ -20,7 +20,10 @@ What is matched (from ComfyUI's documented behaviour and its sampling code, re-d
 * conditioning: uncond + cfg * (cond - uncond); several entries in one CONDITIONING list are
   averaged (ComfyUI's behaviour for entries without area or mask); SDXL's size vector uses the
   latent size * 8; cond and uncond of different lengths are padded with encoded empty chunks (our
-  pipeline's rule; ComfyUI repeats the shorter one instead).
+  pipeline's rule; ComfyUI repeats the shorter one instead);
+* a guidance-distilled model (the built-in one) guides itself as in our pipeline when the positive
+  is one entry, cfg is in its trained range and no ControlNet hint is attached: one call per step
+  when the negative is the empty prompt's encoding, else the [empty, negative, prompt] rows.
 
 Not matched: SDE samplers draw from our per-step noise stream, not ComfyUI's Brownian tree.
 """
@@ -95,6 +98,18 @@ def _cond_schedule(cond: list, steps: int, width: int, height: int, pipe, negati
     return CondSchedule("", steps, parts, [])
 
 
+def _guided_uncond(pipe, uncond: CondSchedule, steps: int, width: int, height: int):
+    """What Pipeline._cfg_denoiser takes as the negative on its guided path: None when the negative
+    conditioning is the empty prompt's encoding (ComfyUI sends a tensor, not its text), else the
+    (empty, negative) pair."""
+    empty = pipe._schedule("", None, steps, width, height, negative=True)
+    mine, theirs = empty.parts[0].conds[0], uncond.parts[0].conds[0]
+    if mine.context.shape == theirs.context.shape and torch.allclose(
+            mine.context.float(), theirs.context.float(), atol=1e-4):
+        return None
+    return (empty, uncond)
+
+
 def _prepare_mask(mask: torch.Tensor, shape) -> torch.Tensor:
     m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
     m = F.interpolate(m, size=tuple(shape[2:]), mode="bilinear")
@@ -152,6 +167,9 @@ def sample(model: ModelRef, positive: list, negative: list, latent: dict, *, see
     n = len(sigmas) - 1
     cond = _cond_schedule(positive, n, w, h, pipe, negative=False)
     uncond = _cond_schedule(negative[:1], n, w, h, pipe, negative=True)
+    hints = row_hints(positive, negative)  # ControlNet hints on the conditioning (nodes_controlnet)
+    if pipe._guided(cond, cfg) and not any(hints):
+        uncond = _guided_uncond(pipe, uncond, n, w, h)
     mask = latent.get("noise_mask")
     mask = None if mask is None else _prepare_mask(mask, x.shape).to(device)
     image_cond = None
@@ -161,7 +179,6 @@ def sample(model: ModelRef, positive: list, negative: list, latent: dict, *, see
         else:
             image_cond = pipe._inpaint_cond(None, None, w, h)
     clip_skip = None
-    hints = row_hints(positive, negative)  # ControlNet hints on the conditioning (nodes_controlnet)
     per_image = []
     for i in range(x.shape[0]):
         ic = None if image_cond is None else image_cond[i:i + 1] if image_cond.shape[0] > 1 else image_cond
