@@ -21,7 +21,6 @@ losses = state.get("losses") or []
 info = {"step": state["step"], "planned": state["config"]["steps"], "meta": meta,
         "loss_per_500": [sum(losses[i:i + 500]) / len(losses[i:i + 500]) for i in range(0, len(losses), 500)]}
 (out / "info.json").write_text(json.dumps(info, indent=1))
-for p in ("plan.json",):
-    if (runs / "unet" / p).is_file():
-        (out / p).write_text((runs / "unet" / p).read_text())
+if (runs / "unet" / "plan.json").is_file():
+    (out / "plan.json").write_text((runs / "unet" / "plan.json").read_text())
 print("packed", state["step"], "steps")

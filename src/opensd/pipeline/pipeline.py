@@ -285,9 +285,8 @@ class Pipeline:
         guided = self._guided(cond, p.cfg)
         uncond = (None if guided and not p.negative_prompt.strip() else
                   self._schedule(p.negative_prompt, p.clip_skip, steps, width, height, negative=True))
-        if guided and uncond is not None:  # the negative prompt enters relative to the empty prompt
-            empty = self._schedule("", p.clip_skip, steps, width, height, negative=True)
-            uncond = (empty, uncond)
+        if guided:
+            uncond = self._guided_negative(uncond, p.clip_skip, steps, width, height)
         if image_cond is None and self.config.inpainting:
             image_cond = self._inpaint_cond(None, None, width, height)
         control = None
@@ -356,6 +355,20 @@ class Pipeline:
         if not self.config.unet.guidance_embed or len(cond.parts) != 1:
             return False
         return GUIDANCE_RANGE[0] <= cfg * cond.parts[0].weight <= GUIDANCE_RANGE[1]
+
+    def _guided_negative(self, uncond: CondSchedule | None, clip_skip: int | None, steps: int, width: int,
+                         height: int):
+        """The negative as _cfg_denoiser takes it on the guided path: None for none, or for one that
+        encodes as the empty prompt (ComfyUI sends tensors, not texts); else the (empty, negative)
+        pair, since the negative enters relative to the empty prompt."""
+        if uncond is None:
+            return None
+        empty = self._schedule("", clip_skip, steps, width, height, negative=True)
+        if len(uncond.parts) == 1 and len(uncond.parts[0].conds) == 1:
+            mine, theirs = empty.parts[0].conds[0].context, uncond.parts[0].conds[0].context
+            if mine.shape == theirs.shape and torch.allclose(mine.float(), theirs.float(), atol=1e-4):
+                return None
+        return (empty, uncond)
 
     def _cfg_denoiser(self, cond: CondSchedule, uncond, sigmas: torch.Tensor, cfg: float,
                       image_cond: torch.Tensor | None, clip_skip: int | None, control=None):

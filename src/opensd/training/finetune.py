@@ -208,8 +208,8 @@ def guided_target(pipe, zt: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
                   size) -> torch.Tensor:
     """u + s (target - u), u the model's own prediction for the empty prompt at scale 1: its mean
     is the guided prediction of a conditional model fitted to the data (unbiased, variance s^2)."""
-    empty, _ = encode_text(pipe, [""] * len(zt), None, size)
-    u = pipe.model.unet(zt, t, empty).float()
+    empty, _ = encode_text(pipe, [""], None, size)
+    u = pipe.model.unet(zt, t, empty.expand(len(zt), -1, -1)).float()
     return u + scales.view(-1, 1, 1, 1) * (target - u)
 
 

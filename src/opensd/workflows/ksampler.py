@@ -98,18 +98,6 @@ def _cond_schedule(cond: list, steps: int, width: int, height: int, pipe, negati
     return CondSchedule("", steps, parts, [])
 
 
-def _guided_uncond(pipe, uncond: CondSchedule, steps: int, width: int, height: int):
-    """What Pipeline._cfg_denoiser takes as the negative on its guided path: None when the negative
-    conditioning is the empty prompt's encoding (ComfyUI sends a tensor, not its text), else the
-    (empty, negative) pair."""
-    empty = pipe._schedule("", None, steps, width, height, negative=True)
-    mine, theirs = empty.parts[0].conds[0], uncond.parts[0].conds[0]
-    if mine.context.shape == theirs.context.shape and torch.allclose(
-            mine.context.float(), theirs.context.float(), atol=1e-4):
-        return None
-    return (empty, uncond)
-
-
 def _prepare_mask(mask: torch.Tensor, shape) -> torch.Tensor:
     m = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
     m = F.interpolate(m, size=tuple(shape[2:]), mode="bilinear")
@@ -169,7 +157,7 @@ def sample(model: ModelRef, positive: list, negative: list, latent: dict, *, see
     uncond = _cond_schedule(negative[:1], n, w, h, pipe, negative=True)
     hints = row_hints(positive, negative)  # ControlNet hints on the conditioning (nodes_controlnet)
     if pipe._guided(cond, cfg) and not any(hints):
-        uncond = _guided_uncond(pipe, uncond, n, w, h)
+        uncond = pipe._guided_negative(uncond, None, n, w, h)
     mask = latent.get("noise_mask")
     mask = None if mask is None else _prepare_mask(mask, x.shape).to(device)
     image_cond = None
