@@ -11,7 +11,7 @@ from opensd.adapters.hed import WEIGHTS, hed_edges
 from opensd.adapters.preprocessors import PREPROCESSORS, fit_image, preprocess
 from opensd.checkpoints.controlnet_files import save_controlnet
 from opensd.cli import main
-from opensd.cli_control import parse_control, resolve_controlnet
+from opensd.cli.control import parse_control, resolve_controlnet
 from opensd.errors import InvalidArgument
 from opensd.library.synthetic import TINY, write_random_checkpoint
 from opensd.models.controlnet import ControlNet, ControlNetConfig

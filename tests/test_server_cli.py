@@ -12,7 +12,7 @@ def test_serve_is_registered_with_its_flags(tmp_path):
     args = cli.build_parser().parse_args(
         ["serve", "--port", "7861", "--models-dir", str(tmp_path), "--api-token", "t", "--queue-size", "5",
          "--allow-origin", "http://ui.local:3000"])
-    from opensd.cli_serve import settings_from
+    from opensd.cli.serve import settings_from
 
     s = settings_from(args)
     assert (s.host, s.port, s.api_token, s.queue_size) == ("127.0.0.1", 7861, "t", 5)

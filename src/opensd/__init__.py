@@ -1,5 +1,7 @@
 """opensd: a fully local, private Stable Diffusion engine."""
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(path, **kwargs):

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .. import __version__
+from ..version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -402,17 +402,3 @@ def _save(image: Image.Image, path: Path, infotext: str, fmt: str, *, quality: i
         else:
             kwargs["lossless"] = lossless
     return _atomic_write(path, lambda f: image.save(f, format=fmt, **kwargs))
-
-
-def save_png(image: Image.Image, path: Path, *, prompt: str, negative_prompt: str, steps: int,
-             sampler: str, cfg: float, seed: int, model: str, model_hash: str | None = None,
-             extra: Mapping[str, Any] | None = None) -> Path:
-    """Write a PNG with its infotext, atomically (temp file + rename). Always PNG, whatever the suffix."""
-    params = generation_params(steps=steps, sampler=sampler, cfg=cfg, seed=seed, width=image.width,
-                               height=image.height, model=model, model_hash=model_hash, extra=extra)
-    return _save(image, Path(path), format_infotext(prompt, negative_prompt, params), "PNG")
-
-
-def infotext(prompt: str, negative_prompt: str, **params: Any) -> str:
-    """Kept for callers of the first version: format_infotext with keyword params."""
-    return format_infotext(prompt, negative_prompt, params)

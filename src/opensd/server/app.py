@@ -16,10 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 
-from .. import __version__
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import ModelFolders
-from . import a1111_api, a1111_controlnet, a1111_run
+from ..version import __version__
+from . import a1111_api, a1111_controlnet, a1111_run, comfy_frontend
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
 from .security import Guard
@@ -144,6 +144,7 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
         app.include_router(comfy_api.router(state, state.comfy))
         # newer ComfyUI frontends and clients call the same routes under /api
         app.include_router(comfy_api.router(state, state.comfy), prefix="/api", include_in_schema=False)
+        comfy_frontend.mount(app, comfy_api.router(state, state.comfy))
     except ImportError as e:  # the workflows package is not installed in this checkout
         log.info("ComfyUI API disabled: %s", e)
 

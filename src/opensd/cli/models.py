@@ -5,12 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+from .common import float_arg
 
 
 def register(sub) -> None:
@@ -18,7 +13,7 @@ def register(sub) -> None:
     m.add_argument("a", type=Path, help="model A (file or diffusers folder)")
     m.add_argument("b", type=Path, help="model B")
     m.add_argument("c", type=Path, nargs="?", help="model C (add difference only)")
-    m.add_argument("-m", "--multiplier", type=_float, default=0.5, help="m (default 0.5)")
+    m.add_argument("-m", "--multiplier", type=float_arg, default=0.5, help="m (default 0.5)")
     m.add_argument("--mode", choices=["weighted-sum", "add-difference"],
                    help="default: add-difference when C is given, else weighted-sum")
     _output_flags(m)
@@ -47,7 +42,7 @@ def _output_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .library.merge import merge_to_file
+    from ..library.merge import merge_to_file
 
     mode = (args.mode or ("add-difference" if args.c is not None else "weighted-sum")).replace("-", "_")
     out = merge_to_file(args.output, args.a, args.b, args.c, multiplier=args.multiplier, mode=mode,
@@ -57,7 +52,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .library.convert import convert_to_diffusers, convert_to_safetensors
+    from ..library.convert import convert_to_diffusers, convert_to_safetensors
 
     to = args.to or ("safetensors" if args.output.suffix.lower() == ".safetensors" else "diffusers")
     fn = convert_to_safetensors if to == "safetensors" else convert_to_diffusers
@@ -67,9 +62,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_lora_merge(args: argparse.Namespace) -> int:
-    from .adapters.lora import parse_lora_arg
-    from .errors import InvalidArgument
-    from .library.merge import merge_loras_to_file
+    from ..adapters.lora import parse_lora_arg
+    from ..errors import InvalidArgument
+    from ..library.merge import merge_loras_to_file
 
     def find(name: str) -> Path:
         if not Path(name).is_file():

@@ -1,15 +1,12 @@
-"""`opensd` command line: parse, call the pipeline, write files. Errors are one line and exit 2."""
+"""`opensd generate`: parse, call the pipeline, write files."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from .errors import InvalidArgument, OpenSDError
-
-EXIT_USAGE = 2
-BUILTIN_MODEL = Path(__file__).parent / "assets" / "builtin" / "opensd-emoji.safetensors"
+from ..errors import InvalidArgument
+from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, read_image_infotext, set_threads
 
 # Generation flags whose defaults are applied only after --from, so an image's parameters fill
 # what the user did not type.
@@ -18,31 +15,14 @@ DEFAULTS = dict(negative="", steps=20, cfg=7.0, seed=-1, batch=1, sampler="euler
                 hires_scale=2.0, hires_denoise=0.7, hires_upscaler="latent", subseed_strength=0.0)
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
 def _sides(text: str) -> tuple[int, int, int, int]:
     parts = text.split(",")
     if len(parts) != 4:
         raise argparse.ArgumentTypeError(f"{text!r} is not LEFT,RIGHT,TOP,BOTTOM")
-    return tuple(_int(p) for p in parts)  # type: ignore[return-value]
+    return tuple(int_arg(p) for p in parts)  # type: ignore[return-value]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opensd", description="Local, private Stable Diffusion.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def register(sub) -> None:
     gen = sub.add_parser("generate", help="text to image, image to image, inpainting, outpainting")
     gen.add_argument("prompt", nargs="?", help="the prompt (A1111 syntax); optional with --from")
     gen.add_argument("--model", "-m", type=Path,
@@ -56,33 +36,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="reuse the generation parameters stored in this image (flags you give win)")
     g = gen.add_argument_group("sampling")
     g.add_argument("--negative", help="negative prompt")
-    g.add_argument("--steps", type=_int)
-    g.add_argument("--cfg", type=_float, help="classifier-free guidance scale (default 7)")
-    g.add_argument("--seed", type=_int, help="-1 (default) picks a random seed")
-    g.add_argument("--subseed", type=_int, help="variation seed")
-    g.add_argument("--subseed-strength", type=_float, help="0..1, how far towards the variation seed")
-    g.add_argument("--width", type=_int, help="default: the model's native size (or the init image's)")
-    g.add_argument("--height", type=_int)
-    g.add_argument("--batch", type=_int, help="images to generate (seeds seed..seed+N-1)")
+    g.add_argument("--steps", type=int_arg)
+    g.add_argument("--cfg", type=float_arg, help="classifier-free guidance scale (default 7)")
+    g.add_argument("--seed", type=int_arg, help="-1 (default) picks a random seed")
+    g.add_argument("--subseed", type=int_arg, help="variation seed")
+    g.add_argument("--subseed-strength", type=float_arg, help="0..1, how far towards the variation seed")
+    g.add_argument("--width", type=int_arg, help="default: the model's native size (or the init image's)")
+    g.add_argument("--height", type=int_arg)
+    g.add_argument("--batch", type=int_arg, help="images to generate (seeds seed..seed+N-1)")
     g.add_argument("--sampler", help='e.g. "Euler a", "DPM++ 2M", dpmpp_2m (default Euler)')
     g.add_argument("--scheduler", help="e.g. karras, exponential, sgm_uniform (default: automatic)")
-    g.add_argument("--clip-skip", type=_int)
+    g.add_argument("--clip-skip", type=int_arg)
     i = gen.add_argument_group("img2img / inpainting / outpainting")
     i.add_argument("--init-image", type=Path, help="start from this image (img2img)")
-    i.add_argument("--strength", type=_float, help="denoising strength 0..1 (default 0.75)")
+    i.add_argument("--strength", type=float_arg, help="denoising strength 0..1 (default 0.75)")
     i.add_argument("--resize-mode", choices=["just resize", "crop and resize", "resize and fill"])
     i.add_argument("--mask", type=Path, help="inpainting mask (white = repaint), same size as the init image")
-    i.add_argument("--mask-blur", type=_int)
+    i.add_argument("--mask-blur", type=int_arg)
     i.add_argument("--inpainting-fill", choices=["fill", "original", "latent noise", "latent nothing"])
     i.add_argument("--inpaint-full-res", action="store_true", help='inpaint "only masked" at full resolution')
-    i.add_argument("--inpaint-padding", type=_int, help="pixels around the mask for --inpaint-full-res")
+    i.add_argument("--inpaint-padding", type=int_arg, help="pixels around the mask for --inpaint-full-res")
     i.add_argument("--invert-mask", action="store_true")
     i.add_argument("--outpaint", type=_sides, metavar="L,R,T,B", help="extend the init image by these pixels")
     h = gen.add_argument_group("hires fix")
     h.add_argument("--hires", action="store_true", help="upscale and repaint in a second pass")
-    h.add_argument("--hires-scale", type=_float)
-    h.add_argument("--hires-steps", type=_int, help="default: same as --steps")
-    h.add_argument("--hires-denoise", type=_float)
+    h.add_argument("--hires-scale", type=float_arg)
+    h.add_argument("--hires-steps", type=int_arg, help="default: same as --steps")
+    h.add_argument("--hires-denoise", type=float_arg)
     h.add_argument("--hires-upscaler", choices=["latent", "latent (nearest)", "lanczos"])
     h.add_argument("--hires-sampler")
     h.add_argument("--hires-prompt")
@@ -94,52 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     d.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
     d.add_argument("--prediction", choices=["eps", "v"], help="override eps/v for SD2 files that do not say")
-    d.add_argument("--threads", type=_int, help="CPU threads for PyTorch (default: all cores)")
+    d.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
     gen.add_argument("-o", "--output", type=Path, default=Path("outputs/opensd.png"),
                      help="output path (.png, .jpg, .webp); with --batch N, files get -0, -1, ... suffixes")
     gen.set_defaults(func=cmd_generate)
 
-    info = sub.add_parser("info", help="print the generation parameters stored in an image")
-    info.add_argument("image", type=Path)
-    info.set_defaults(func=cmd_info)
-    for register in _subcommand_modules():
-        register(sub)
-    return parser
-
-
-def _subcommand_modules():
-    """Other faces add their subcommands here; each module's `register(sub)` adds one or more
-    parsers with `set_defaults(func=...)`. Those modules import their heavy parts only when run."""
-    import importlib
-    for name in ("cli_train", "cli_serve", "cli_control", "cli_models"):
-        yield importlib.import_module(f"opensd.{name}").register
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    from .pipeline.infotext import read_infotext
-
-    text = _read_infotext(args.image, read_infotext)
-    if text is None:
-        print(f"{args.image}: no generation parameters", file=sys.stderr)
-        return 1
-    print(text)
-    return 0
-
-
-def _read_infotext(path: Path, reader) -> str | None:
-    try:
-        return reader(path)
-    except FileNotFoundError:
-        raise InvalidArgument(f"image: {path} does not exist") from None
-    except OSError as e:
-        raise InvalidArgument(f"image: {path} is not a readable image ({e})") from None
-
 
 def apply_infotext(args: argparse.Namespace) -> None:
     """Fill unset flags from an image's A1111 parameters (--from)."""
-    from .pipeline.infotext import parse_infotext, read_infotext
+    from ..pipeline.infotext import parse_infotext
 
-    text = _read_infotext(args.from_image, read_infotext)
+    text = read_image_infotext(args.from_image, "from")
     if text is None:
         raise InvalidArgument(f"from: {args.from_image} carries no generation parameters")
     prompt, negative, params = parse_infotext(text)
@@ -167,7 +112,7 @@ def apply_infotext(args: argparse.Namespace) -> None:
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict:
-    from .pipeline.params import Hires
+    from ..pipeline.params import Hires
 
     kw = dict(steps=args.steps, cfg=args.cfg, seed=args.seed, width=args.width, height=args.height,
               batch_size=args.batch, sampler=args.sampler, scheduler=args.scheduler, clip_skip=args.clip_skip,
@@ -182,23 +127,10 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def open_image(path: Path, what: str):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except FileNotFoundError:
-        raise InvalidArgument(f"{what}: {path} does not exist") from None
-    except (OSError, Image.DecompressionBombError) as e:
-        raise InvalidArgument(f"{what}: {path} is not a readable image ({e})") from None
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .pipeline.pipeline import load
+    from ..pipeline.pipeline import load
 
     if args.from_image is not None:
         apply_infotext(args)
@@ -209,18 +141,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InvalidArgument("prompt: give a prompt (or --from IMAGE)")
     if (args.mask or args.outpaint) and args.init_image is None:
         raise InvalidArgument("init-image: --mask and --outpaint need --init-image")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidArgument(f"threads: {args.threads} must be at least 1")
-        import torch
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = args.model or BUILTIN_MODEL
     if args.model is None and not BUILTIN_MODEL.is_file():
         raise InvalidArgument("model: no built-in model is installed; pass --model PATH")
     pipe = load(model, vae=args.vae, device=args.device, precision=args.precision, prediction=args.prediction,
                 embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir)
     if args.lora:
-        from .adapters.lora import parse_lora_arg
+        from ..adapters.lora import parse_lora_arg
 
         def find(name: str) -> Path:
             path = Path(name)
@@ -236,7 +164,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         pipe.set_loras([parse_lora_arg(text, find) for text in args.lora])
     kwargs = generation_kwargs(args)
     if args.control:
-        from .cli_control import controls_from_args
+        from .control import controls_from_args
         kwargs["controls"] = controls_from_args(args, pipe)
     bars: list = []
 
@@ -270,9 +198,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def save_with_infotext(pipe, image, out: Path, args, kwargs) -> None:
-    from .library.hashes import model_hash
-    from .pipeline.infotext import format_infotext, generation_params, save_image
-    from .sampling.names import resolve, schedule_label
+    from ..library.hashes import model_hash
+    from ..pipeline.infotext import format_infotext, generation_params, save_image
+    from ..sampling.names import resolve, schedule_label
 
     hires = kwargs.get("hires")
     sampler, schedule = resolve(args.sampler, args.scheduler)
@@ -297,20 +225,3 @@ def save_with_infotext(pipe, image, out: Path, args, kwargs) -> None:
     except ValueError as e:
         raise InvalidArgument(f"output: {e}") from None
 
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="opensd: %(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except OpenSDError as e:
-        print(f"opensd: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("opensd: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import open_image
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
+from .common import BUILTIN_MODEL, open_image
 
 CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,resize=MODE]: a ControlNet "
                 "(path, or name in --controlnet-dir) and its control image; pre runs a preprocessor "
@@ -48,7 +48,7 @@ def register(sub) -> None:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from .adapters.preprocessors import fit_image, preprocess
+    from ..adapters.preprocessors import fit_image, preprocess
 
     options = {}
     if args.low is not None:
@@ -72,10 +72,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.controlnet_train import BUILTIN, run
+    from ..training.controlnet_train import run
 
     if args.model is None:
-        args.model = BUILTIN
+        args.model = BUILTIN_MODEL
     print(run(args))
     return 0
 
@@ -122,7 +122,7 @@ def parse_control(text: str) -> dict:
 
 def resolve_controlnet(name: str, folder: Path | None) -> Path:
     """A path, else a name in --controlnet-dir or among the built-in ControlNets."""
-    from .library.models_dir import ModelFolders
+    from ..library.models_dir import ModelFolders
 
     path = Path(name)
     if path.exists():
@@ -141,8 +141,8 @@ def resolve_controlnet(name: str, folder: Path | None) -> Path:
 
 
 def controls_from_args(args: argparse.Namespace, pipe) -> list:
-    from .adapters.controlnet import ControlSpec, load_controlnet
-    from .adapters.preprocessors import preprocess
+    from ..adapters.controlnet import ControlSpec, load_controlnet
+    from ..adapters.preprocessors import preprocess
 
     specs, cache = [], {}
     for text in args.control or []:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
+from .common import BUILTIN_MODEL, set_threads
 
 
 def register(sub) -> None:
@@ -80,12 +80,7 @@ def _common(p: argparse.ArgumentParser, lr: float) -> None:
 
 
 def _common_kwargs(args, kind: str) -> dict:
-    from .cli import BUILTIN_MODEL
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidArgument(f"threads: {args.threads} must be at least 1")
-        import torch
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = args.model or BUILTIN_MODEL
     if args.steps is None and args.epochs is None:
         raise InvalidArgument("steps: give --steps N or --epochs N")
@@ -109,14 +104,14 @@ def _done(path) -> int:
 
 
 def cmd_lora(args) -> int:
-    from .training.lora_train import LoraOptions, train_lora
+    from ..training.lora_train import LoraOptions, train_lora
     opts = LoraOptions(**_common_kwargs(args, "lora"), rank=args.rank, alpha=args.alpha,
                        te_lr=args.te_lr, train_text_encoder=args.train_text_encoder, save_fp32=args.save_fp32)
     return _done(train_lora(opts))
 
 
 def cmd_dreambooth(args) -> int:
-    from .training.dreambooth import DreamBoothOptions, train_dreambooth
+    from ..training.dreambooth import DreamBoothOptions, train_dreambooth
     opts = DreamBoothOptions(**_common_kwargs(args, "dreambooth"), instance_prompt=args.instance_prompt,
                              class_prompt=args.class_prompt, num_class_images=args.num_class_images,
                              class_dir=args.class_dir, prior_weight=args.prior_weight,
@@ -126,12 +121,7 @@ def cmd_dreambooth(args) -> int:
 
 
 def cmd_embedding(args) -> int:
-    from .training.textual_inversion import EmbeddingOptions, train_embedding
+    from ..training.textual_inversion import EmbeddingOptions, train_embedding
     opts = EmbeddingOptions(**_common_kwargs(args, "embedding"), token=args.token or "",
                             init_word=args.init_word, num_vectors=args.num_vectors, template=args.template)
     return _done(train_embedding(opts))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from .cli import main
-    sys.exit(main(["train", *sys.argv[1:]]))

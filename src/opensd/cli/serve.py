@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from .common import set_threads
+
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the AUTOMATIC1111 and ComfyUI HTTP APIs")
@@ -33,7 +35,7 @@ def register(sub) -> None:
 
 
 def settings_from(args: argparse.Namespace):
-    from .server.settings import Settings
+    from ..server.settings import Settings
 
     return Settings(host=args.host, port=args.port, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                     api_token=args.api_token, insecure_no_token=args.insecure_no_token,
@@ -46,15 +48,10 @@ def settings_from(args: argparse.Namespace):
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .errors import InvalidArgument
-    from .server.app import create_app
+    from ..server.app import create_app
 
     settings = settings_from(args)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InvalidArgument(f"threads: {args.threads} must be at least 1")
-        import torch
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     warning = settings.check_exposure()  # raises InvalidArgument for an unprotected public bind
     if warning:
         print(f"opensd: {warning}", file=sys.stderr)
