@@ -236,7 +236,7 @@ def test_schedule_resolves_editing_and_and_parts(sd1, tok):
         (w1, c1), (w2, c2) = s.at(step)
         assert (w1, w2) == (1.0, 0.5)
         assert torch.equal(c1.context, first) and torch.equal(c2.context, bird)
-    assert s.parts[0].text_at(3) == "a dog"
+    assert [text for _, text in s.parts[0].entries] == ["a cat", "a dog"]
     neg = pc.schedule("ugly AND blurry <lora:x:1>", 4, negative=True)
     assert len(neg.parts) == 1 and neg.parts[0].text == "ugly AND blurry <lora:x:1>" and neg.extra_networks == []
 

@@ -147,10 +147,6 @@ class LoraSet:
         self.reports: list[LoraReport] = []
         self.changed = False  # whether the last apply() changed any weight
 
-    @property
-    def active(self) -> bool:
-        return bool(self._backup)
-
     def match(self, path) -> LoraMatch:
         path = Path(path)
         stamp = _stamp(path)

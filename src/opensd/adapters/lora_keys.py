@@ -152,19 +152,3 @@ def lora_targets(model: StableDiffusion, text_encoder: bool = True) -> dict[str,
 def peft_names(model: StableDiffusion, text_encoder: bool = True) -> dict[str, str]:
     """kohya LoRA module name -> PEFT / diffusers module name of the same module."""
     return {m.kohya: m.peft for m in lora_modules(model, text_encoder)}
-
-
-# Which kohya module names sd-scripts trains by default (networks/lora.py): the transformer
-# blocks' linears plus proj_in/proj_out ("LoRA"), and with conv_dim also the 3x3 convs of resnets
-# and down/up samplers ("LoCon"). Handy for trainers that want the conventional set.
-
-def is_attention_target(m: LoraModule) -> bool:
-    if m.component == "te":
-        return True
-    return ".attentions." in m.peft
-
-
-def is_locon_target(m: LoraModule) -> bool:
-    """Resnet, downsampler and upsampler convolutions (kohya's conv_dim modules)."""
-    peft = m.peft
-    return isinstance(m.module, nn.Conv2d) and (".resnets." in peft or "samplers." in peft)

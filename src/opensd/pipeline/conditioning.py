@@ -185,12 +185,6 @@ class ScheduledPart:
                 return cond
         return self.conds[-1]
 
-    def text_at(self, step: int) -> str:
-        for end, text in self.entries:
-            if step <= end:
-                return text
-        return self.entries[-1][1]
-
 
 @dataclass
 class CondSchedule:

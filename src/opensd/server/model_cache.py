@@ -105,8 +105,3 @@ class ModelCache:
     def loaded(self) -> list[tuple[Path, int]]:
         with self._lock:
             return [(p, self._sizes[p]) for p in self._pipes]
-
-    def unload_all(self) -> None:
-        with self._lock:
-            self._pipes.clear()
-            self._sizes.clear()

@@ -59,13 +59,6 @@ class LoraLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lora_up(self.lora_down(x.to(self.lora_down.weight.dtype))) * self.scale
 
-    @torch.no_grad()
-    def delta_weight(self) -> torch.Tensor:
-        up, down = self.lora_up.weight.float(), self.lora_down.weight.float()
-        if up.ndim == 2:
-            return up @ down * self.scale
-        return torch.einsum("or,rikl->oikl", up[:, :, 0, 0], down) * self.scale
-
 
 class LoraNetwork(nn.Module):
     """The trainable adapters, by kohya name; `attach()` hooks them onto their target layers."""
@@ -106,13 +99,6 @@ class LoraNetwork(nn.Module):
             out[f"{name}.lora_up.weight"] = layer.lora_up.weight.detach().to("cpu", dtype).contiguous()
             out[f"{name}.alpha"] = layer.alpha.detach().to("cpu", dtype)
         return out
-
-    @torch.no_grad()
-    def merge(self, multiplier: float = 1.0) -> None:
-        """Add the adapters into the target weights for good (and stop the hooks)."""
-        for name, target in self.targets.items():
-            target.weight.add_(self.layers[name].delta_weight().to(target.weight) * multiplier)
-        self.detach()
 
 
 def default_targets(model, text_encoder: bool) -> dict[str, nn.Module]:

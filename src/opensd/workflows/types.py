@@ -23,8 +23,6 @@ from ..errors import OpenSDError
 
 MAX_RESOLUTION = 16384
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
-LINK_TYPES = frozenset({"MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "CONTROL_NET"})
-PRIMITIVES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN"})
 
 
 class GraphError(OpenSDError):
@@ -101,7 +99,8 @@ class Choices:
 
 
 # An input spec is ComfyUI's (type, options) pair: type is "INT"/"FLOAT"/"STRING"/"BOOLEAN", a
-# link type from LINK_TYPES, a list of allowed values, or a Choices resolved per context.
+# link type ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "CONTROL_NET"),
+# a list of allowed values, or a Choices resolved per context.
 InputSpec = tuple
 
 
