@@ -14,7 +14,6 @@ from opensd.pipeline.infotext import (
     parse_infotext,
     read_infotext,
     save_image,
-    save_png,
 )
 
 # ------------------------------------------------------------------------------------- layout
@@ -366,18 +365,6 @@ def test_unsupported_extension_and_too_long_jpeg_text_write_nothing(tmp_path):
     _only_final_files(tmp_path)
     save_image(_image(), tmp_path / "a.webp", "x" * 40000)  # WebP has no such limit
     assert read_infotext(tmp_path / "a.webp") == "x" * 40000
-
-
-def test_save_png_keeps_its_cli_keywords(tmp_path):
-    path = save_png(_image(), tmp_path / "o" / "apple.png", prompt="a red apple", negative_prompt="blurry",
-                    steps=2, sampler="euler", cfg=7.0, seed=8, model="tiny")
-    text = read_infotext(path)
-    assert text == ("a red apple\nNegative prompt: blurry\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 8, "
-                    f"Size: 64x48, Model: tiny, Version: {it.VERSION}")
-    path = save_png(_image(), tmp_path / "o" / "apple.png", prompt="a", negative_prompt="", steps=2,
-                    sampler="euler", cfg=7.5, seed=8, model="tiny", model_hash="0123456789")
-    assert "Size: 64x48, Model hash: 0123456789, Model: tiny, Version" in read_infotext(path)
-    _only_final_files(tmp_path / "o", "apple.png")
 
 
 # ------------------------------------------------------------------- a real third-party reader
