@@ -8,6 +8,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from transformers import CLIPTextConfig
+from transformers import CLIPTextModel as HFCLIPTextModel
+from transformers import CLIPTextModelWithProjection
 
 from opensd.checkpoints.keymap_clip import clip_from_transformers, clip_to_transformers
 from opensd.errors import InvalidArgument
@@ -19,11 +22,6 @@ from opensd.models.clip import (
     build_text_encoder,
 )
 from opensd.models.config import CLIP_L, OPENCLIP_BIGG, OPENCLIP_H, TextEncoderConfig
-
-transformers = pytest.importorskip("transformers")
-from transformers import CLIPTextConfig  # noqa: E402
-from transformers import CLIPTextModel as HFCLIPTextModel  # noqa: E402
-from transformers import CLIPTextModelWithProjection  # noqa: E402
 
 EOS = 49407
 W, LAYERS, HEADS, PROJ, T = 64, 4, 4, 48, 77

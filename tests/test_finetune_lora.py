@@ -122,7 +122,6 @@ def test_bad_options_are_named(tmp_path):
 
 
 def test_diffusers_loads_the_file_and_matches_our_output(tmp_path):
-    pytest.importorskip("peft")
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from test_loader import make_diffusers_folder
 

@@ -156,6 +156,7 @@ def test_listings(api):
     assert "karras" in api.util_get_scheduler_names()
     loras = api.get_loras()
     assert [x["name"] for x in loras] == ["style"]
+    assert set(loras[0]) == {"name", "alias", "path", "metadata"}  # A1111's keys (Lora extension), no others
 
 
 def test_prompt_lora_applies_and_is_recorded(api):

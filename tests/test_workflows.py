@@ -266,7 +266,6 @@ def _random_lora(pipe, path):
 
 
 def test_lora_loader(ctx, env):
-    pytest.importorskip("opensd.adapters.lora")
     pipe = ctx.load_pipeline("tiny.safetensors")
     _random_lora(pipe, env[1].folders("loras")[0] / "style.safetensors")
 

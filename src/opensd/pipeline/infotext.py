@@ -28,12 +28,10 @@ from typing import Any, BinaryIO
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from ..sampling import names
 from ..version import __version__
 
 log = logging.getLogger(__name__)
-
-# Fallback when opensd.sampling.names (the full id <-> A1111 name table) is not there.
-SAMPLER_LABELS = {"euler": "Euler"}
 
 VERSION = f"opensd {__version__}"
 
@@ -127,10 +125,6 @@ def format_infotext(prompt: str, negative_prompt: str, params: Mapping[str, Any]
 
 def a1111_sampler_names(sampler: str, schedule: str | None = None) -> tuple[str, str | None]:
     """A1111's "Sampler" and "Schedule type" for our ids (A1111 names pass through unchanged)."""
-    try:
-        from ..sampling import names
-    except ImportError:
-        return SAMPLER_LABELS.get(sampler, sampler), schedule
     label = names.SAMPLER_LABELS.get(sampler, sampler)
     if not schedule:
         return label, None

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from ..adapters.lora import prompt_lora_tags
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import WEIGHT_SUFFIXES
 from ..pipeline.infotext import parse_infotext
@@ -35,10 +36,6 @@ def client_id(request: Request) -> str:
 
 def check_lora_names(folders, prompt: str) -> None:
     """Every <lora:name:w> of the prompt names a file inside the LoRA folders (422 otherwise)."""
-    try:
-        from ..adapters.lora import prompt_lora_tags
-    except ImportError:
-        return
     for tag in prompt_lora_tags(prompt):
         try:
             folders.resolve("loras", tag.name)
@@ -160,7 +157,7 @@ def router(state) -> APIRouter:
     @api.get("/loras")
     def loras():
         return [{"name": _stem(m.name), "alias": _stem(Path(m.name).name), "path": str(m.path),
-                 "metadata": {}, "supported": state.loras_supported()} for m in state.folders.list("loras")]
+                 "metadata": {}} for m in state.folders.list("loras")]
 
     @api.get("/embeddings")
     def embeddings():

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import ModelFolders
 from ..version import __version__
-from . import a1111_api, a1111_controlnet, a1111_run, comfy_frontend
+from . import a1111_api, a1111_controlnet, a1111_run, comfy_api, comfy_frontend
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
 from .security import Guard
@@ -86,13 +86,6 @@ class ServerState:
         tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
         os.replace(tmp, self._options_path)
 
-    def loras_supported(self) -> bool:
-        try:
-            from ..pipeline.pipeline import Pipeline
-        except ImportError:
-            return False
-        return hasattr(Pipeline, "set_loras")
-
     def memory(self) -> dict:
         ram = {}
         try:
@@ -122,8 +115,7 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         if settings.start_worker:
             state.queue.start()
-        if state.comfy is not None:
-            state.comfy.bind_loop()
+        state.comfy.bind_loop()
         yield
         state.queue.stop()
         state.store.close()
@@ -137,16 +129,11 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     app.add_middleware(Guard, settings=settings)  # added last = runs first
     app.include_router(a1111_api.router(state))
     app.include_router(a1111_controlnet.router(state))
-    state.comfy = None
-    try:
-        from . import comfy_api
-        state.comfy = comfy_api.ComfyHub(state)
-        app.include_router(comfy_api.router(state, state.comfy))
-        # newer ComfyUI frontends and clients call the same routes under /api
-        app.include_router(comfy_api.router(state, state.comfy), prefix="/api", include_in_schema=False)
-        comfy_frontend.mount(app, comfy_api.router(state, state.comfy))
-    except ImportError as e:  # the workflows package is not installed in this checkout
-        log.info("ComfyUI API disabled: %s", e)
+    state.comfy = comfy_api.ComfyHub(state)
+    app.include_router(comfy_api.router(state, state.comfy))
+    # newer ComfyUI frontends and clients call the same routes under /api
+    app.include_router(comfy_api.router(state, state.comfy), prefix="/api", include_in_schema=False)
+    comfy_frontend.mount(app, comfy_api.router(state, state.comfy))
 
     @app.exception_handler(RequestValidationError)
     async def validation(request: Request, exc: RequestValidationError):
