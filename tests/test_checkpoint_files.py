@@ -347,7 +347,7 @@ def test_bad_device_is_invalid_argument(tmp_path):
 
 
 @pytest.mark.parametrize("zipfmt", [True, False], ids=["zip", "legacy"])
-@pytest.mark.parametrize("name", ["m.ckpt", "m.pt", "m.safetensors", "m"])
+@pytest.mark.parametrize("name", ["m.ckpt", "m.pt", "m.bin", "m"])
 def test_torch_files_read_by_content(tmp_path, zipfmt, name):
     sd = {"w": torch.randn(3, 3), "h": torch.randn(2).half(), "b": torch.randn(2).bfloat16()}
     p = tmp_path / name
@@ -434,14 +434,14 @@ def test_unusable_pickle_layouts(tmp_path, obj, fragment):
     assert_error(p, read_state_dict, fragment)
 
 
-def test_plain_pickle_renamed_safetensors(tmp_path):
-    p = write(tmp_path / "m.safetensors", pickle.dumps({"hello": [1, 2, 3]}, protocol=2))
+def test_plain_pickle_renamed_bin(tmp_path):
+    p = write(tmp_path / "m.bin", pickle.dumps({"hello": [1, 2, 3]}, protocol=2))
     assert sniff_format(p) == "torch-legacy"
     assert_error(p, read_state_dict, "not a PyTorch checkpoint")
 
 
-def test_torch_pickle_of_non_weights_renamed_safetensors(tmp_path):
-    p = tmp_path / "m.safetensors"
+def test_torch_pickle_of_non_weights(tmp_path):
+    p = tmp_path / "m.bin"
     torch.save({"epoch": 3, "notes": "no weights here"}, p)
     assert_error(p, read_state_dict, "contains no tensors")
 
@@ -495,9 +495,9 @@ def test_code_running_pickle_is_refused(tmp_path, payload, offender, zipfmt):
     assert "weights_only" not in msg
 
 
-def test_bare_malicious_pickle_renamed_safetensors(tmp_path):
+def test_bare_malicious_pickle(tmp_path):
     marker = tmp_path / "PWNED"
-    p = write(tmp_path / "m.safetensors", pickle.dumps(_ExecPayload(marker), protocol=2))
+    p = write(tmp_path / "m.bin", pickle.dumps(_ExecPayload(marker), protocol=2))
     assert_error(p, read_state_dict, "refusing to load", "exec")
     assert not marker.exists()
 

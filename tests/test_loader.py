@@ -161,3 +161,27 @@ def test_broken_or_foreign_files_give_one_clear_error(tmp_path, damage):
     with pytest.raises(CheckpointError, match=words) as e:
         load_model(path)
     assert str(path) in str(e.value)
+
+
+def test_diffusers_folder_with_a_link_out_of_it_is_refused(tmp_path):
+    make_diffusers_folder(tmp_path / "model")
+    weights = tmp_path / "model" / "vae" / "diffusion_pytorch_model.safetensors"
+    outside = tmp_path / "elsewhere.safetensors"
+    weights.rename(outside)
+    weights.symlink_to(outside)
+    with pytest.raises(CheckpointError, match="outside the model folder") as e:
+        load_model(tmp_path / "model")
+    assert "vae" in str(e.value)
+
+
+def test_hugging_face_cache_layout_links_are_followed(tmp_path):
+    """The hub cache stores repo/blobs/<hash> and links repo/snapshots/<rev>/<file> to it."""
+    repo = tmp_path / "models--org--tiny"
+    snap = repo / "snapshots" / "abc123"
+    make_diffusers_folder(snap)
+    (repo / "blobs").mkdir()
+    for i, f in enumerate(sorted(p for p in snap.rglob("*") if p.is_file())):
+        blob = repo / "blobs" / f"{i:040x}"
+        f.rename(blob)
+        f.symlink_to(f"{'../' * (len(f.relative_to(repo).parts) - 1)}blobs/{blob.name}")
+    assert load_model(snap).config.family == "small"

@@ -18,7 +18,7 @@ from ..errors import CheckpointError
 from ..models import config as C
 from ..models.controlnet import HINT_CHANNELS, ControlNetConfig
 from . import detect as D
-from .diffusers_folder import unet_config
+from .diffusers_folder import refuse_links_out, unet_config
 from .files import read_metadata, read_state_dict, save_safetensors
 from .keymap_unet import block_table, rename_keys
 
@@ -141,6 +141,7 @@ def read_controlnet(path) -> tuple[dict[str, torch.Tensor], C.Family, ControlNet
         if not cfg_file.is_file() or weights is None:
             raise CheckpointError(path, "a diffusers ControlNet folder needs config.json and "
                                         "diffusion_pytorch_model.safetensors")
+        refuse_links_out(path, [cfg_file, weights])
         try:
             j = json.loads(cfg_file.read_text())
             j.setdefault("out_channels", 4)

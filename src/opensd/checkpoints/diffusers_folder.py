@@ -24,13 +24,30 @@ _WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors",
                  "diffusion_pytorch_model.bin", "pytorch_model.bin",
                  "diffusion_pytorch_model.fp16.bin", "pytorch_model.fp16.bin")
 
+_COMPONENTS = ("model_index.json", "unet", "vae", "text_encoder", "text_encoder_2", "scheduler")
+
 
 def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and ((path / "model_index.json").is_file() or (path / "unet").is_dir())
 
 
+def refuse_links_out(folder: Path, entries) -> None:
+    """CheckpointError if any of `entries` (files or component folders of the model `folder`) leads
+    outside it: a downloaded folder could point its "weights" at any file on the machine. The Hugging
+    Face cache links each file of repo/snapshots/<rev>/ to repo/blobs/, so there the repo is the bound."""
+    bound = folder.resolve()
+    if bound.parent.name == "snapshots":
+        bound = bound.parent.parent
+    for entry in entries:
+        for f in [entry, *(entry.iterdir() if entry.is_dir() else ())]:
+            if f.exists() and not f.resolve().is_relative_to(bound):
+                raise CheckpointError(f, f"is a link leading outside the model folder {folder}; "
+                                         "refusing to read files a model folder points at elsewhere")
+
+
 def read_diffusers_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Return (original-layout state dict, metadata) for a diffusers folder."""
+    refuse_links_out(path, [path / n for n in _COMPONENTS])
     out: dict[str, torch.Tensor] = {}
     try:
         unet_cfg = unet_config(_config(path / "unet"))

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import struct
 import sys
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ import torch
 from opensd.errors import CheckpointError, InvalidArgument
 
 from .safe_pickle import first_line, load_torch
+from .tensor_checks import check_tensor
 
 __all__ = [
     "Format",
@@ -84,7 +86,8 @@ def _open_for_reading(path: Path):
     try:
         if path.is_dir():
             raise CheckpointError(path, "is a folder, not a weight file")
-        f = open(path, "rb")
+        # O_NONBLOCK so that a named pipe cannot hang the open; refused just below.
+        f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | getattr(os, "O_NONBLOCK", 0)))
     except CheckpointError:
         raise
     except FileNotFoundError:
@@ -96,10 +99,14 @@ def _open_for_reading(path: Path):
     except OSError as e:
         raise CheckpointError(path, f"cannot open file: {e.strerror or e}") from None
     try:
-        size = os.fstat(f.fileno()).st_size
+        st = os.fstat(f.fileno())
     except OSError as e:
         f.close()
         raise CheckpointError(path, f"cannot read file: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        f.close()
+        raise CheckpointError(path, "is not a regular file (a pipe, socket or device); weights come from files")
+    size = st.st_size
     if size == 0:
         f.close()
         raise CheckpointError(path, "file is empty (0 bytes)")
@@ -207,7 +214,7 @@ def _validate_header(path: Path, header_len: int, raw: bytes, data_len: int):
 
     entries: dict[str, dict] = {}
     for name, info in obj.items():
-        where = f"tensor {name!r}"
+        where = f"tensor {name[:60]!r}"
         if not isinstance(info, dict):
             raise CheckpointError(path, f"{where}: header entry is not a JSON object")
         for field in ("dtype", "shape", "data_offsets"):
@@ -219,6 +226,7 @@ def _validate_header(path: Path, header_len: int, raw: bytes, data_len: int):
         shape = info["shape"]
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
             raise CheckpointError(path, f"{where}: bad shape {shape!r} (must be a list of non-negative integers)")
+        check_tensor(path, name, shape)
         offsets = info["data_offsets"]
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
             raise CheckpointError(path, f"{where}: bad data_offsets {offsets!r} (must be [begin, end])")
@@ -350,6 +358,13 @@ def read_state_dict(path, device="cpu") -> dict[str, torch.Tensor]:
     fmt = sniff_format(path)
     if fmt == "safetensors":
         return _load_safetensors(path, dev)
+    if path.suffix.lower() == ".safetensors":
+        # The name promises a format that cannot run code; a pickle behind it is mislabelled at
+        # best and disguised at worst, so it is not unpickled even by the restricted loader.
+        what = "PyTorch zip checkpoint" if fmt == "torch-zip" else "PyTorch pickle"
+        raise CheckpointError(path, f"named .safetensors but its content is a {what} (a pickle), which a "
+                                    "safetensors file never is; refusing to unpickle a disguised file. If you "
+                                    "trust its source, rename it to .ckpt")
     return load_torch(path, fmt, dev)
 
 

@@ -18,6 +18,7 @@ import pickle
 import re
 import threading
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,8 @@ from typing import Literal
 import torch
 
 from opensd.errors import CheckpointError
+
+from .tensor_checks import check_tensor
 
 __all__ = ["TorchFormat", "first_line", "load_torch"]
 
@@ -178,12 +181,41 @@ def _classify_torch_error(path: Path, fmt: TorchFormat, e: BaseException) -> Che
         )
     if "PytorchStreamReader" in msg or "zip archive" in msg:
         return CheckpointError(path, f"PyTorch zip checkpoint is damaged or truncated ({first_line(e)})")
+    if "storage has wrong byte size" in msg:
+        return CheckpointError(path, "is damaged: a tensor's storage claims another size than the data stored for it")
+    if "can't allocate memory" in msg or isinstance(e, MemoryError):
+        return CheckpointError(path, "ran out of memory while reading it: a tensor in it needs more memory than "
+                                     "is free (if the file itself is small, it is damaged or crafted)")
     if isinstance(e, EOFError):
         return CheckpointError(path, "file is truncated: the checkpoint ends before its data does")
-    if isinstance(e, MemoryError):
-        return CheckpointError(path, "ran out of memory while reading this checkpoint")
     kind = "zip" if fmt == "torch-zip" else "legacy"
     return CheckpointError(path, f"could not read this PyTorch ({kind}) checkpoint: {first_line(e)}")
+
+
+def _check_zip(path: Path) -> None:
+    """Refuse what torch.save never writes before torch sees the archive: compressed records (which
+    can expand far past the file's size, a zip bomb, and which memory-mapped loading would read
+    as raw weights), records claiming more bytes than the file holds, and a name stored twice (two
+    readers may each pick a different one)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(path, f"PyTorch zip checkpoint is damaged or truncated ({first_line(e)})") from None
+    size = path.stat().st_size
+    seen: set[str] = set()
+    for info in infos:
+        name = repr(info.filename[:80])
+        if info.filename in seen:
+            raise CheckpointError(path, f"the zip holds the entry {name} twice; the file is damaged or crafted")
+        seen.add(info.filename)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(path, f"zip entry {name} is compressed, which torch.save never does, and a "
+                                        "compressed entry can unpack to far more memory than the file's size (a "
+                                        "zip bomb); refusing. Re-save the weights with torch.save or as safetensors")
+        if info.file_size != info.compress_size or info.header_offset + info.file_size > size:
+            raise CheckpointError(path, f"zip entry {name} claims {info.file_size} bytes, more than the "
+                                        f"{size}-byte file holds; the file is damaged or crafted")
 
 
 def _torch_load(path: Path, fmt: TorchFormat):
@@ -199,6 +231,8 @@ def _torch_load(path: Path, fmt: TorchFormat):
                 return torch.load(str(path), map_location="cpu", weights_only=True, mmap=use_mmap)
 
     use_mmap = fmt == "torch-zip"
+    if fmt == "torch-zip":
+        _check_zip(path)
     try:
         return attempt(use_mmap)
     except pickle.UnpicklingError as e:  # refusal or broken pickle: retrying changes nothing
@@ -263,6 +297,7 @@ def _flatten(path: Path, obj: Mapping) -> dict[str, torch.Tensor]:
                 continue
             name = f"{prefix}{k}"
             if isinstance(v, torch.Tensor):
+                check_tensor(path, name, v.shape)
                 if name in out:
                     raise CheckpointError(path, f"two tensors end up with the same name {name!r} when flattened")
                 if v.layout != torch.strided:
