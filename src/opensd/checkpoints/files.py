@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import stat
 import struct
 import sys
@@ -29,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from opensd.atomic import atomic_write
 from opensd.errors import CheckpointError, InvalidArgument
 
 from .safe_pickle import first_line, load_torch
@@ -433,37 +433,15 @@ def save_safetensors(state_dict, path, metadata: dict[str, str] | None = None) -
     blob += b" " * (-len(blob) % 8)
 
     folder = path.parent
-    tmp = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    if not folder.is_dir():
+        raise CheckpointError(path, f"cannot save: folder {str(folder)!r} does not exist")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except FileNotFoundError:
-        raise CheckpointError(path, f"cannot save: folder {str(folder)!r} does not exist") from None
-    except PermissionError:
-        raise CheckpointError(path, f"cannot save: no permission to write in {str(folder)!r}") from None
-    except OSError as e:
-        raise CheckpointError(path, f"cannot save: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
             for _, t in prepared:
                 _write_tensor_data(f, t)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise CheckpointError(path, f"cannot save: {e.strerror or e}") from None
-        raise
-    try:  # make the rename itself durable; best effort (not possible on every platform)
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    except PermissionError:
+        raise CheckpointError(path, f"cannot save: no permission to write in {str(folder)!r}") from None
+    except OSError as e:
+        raise CheckpointError(path, f"cannot save: {e.strerror or e}") from None

@@ -23,11 +23,12 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ..atomic import write_atomic
 
 try:
     import fcntl
@@ -258,16 +259,7 @@ class HashCache:
 
     def _write(self, files: dict) -> None:
         data = json.dumps({"version": CACHE_VERSION, "files": files}, indent=1, sort_keys=False)
-        fd, tmp = tempfile.mkstemp(prefix=".hashes-", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, data)
 
 
 _default: HashCache | None = None

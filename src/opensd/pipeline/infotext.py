@@ -20,14 +20,14 @@ import logging
 import os
 import re
 import struct
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from ..atomic import atomic_write
 from ..sampling import names
 from ..version import __version__
 
@@ -325,42 +325,6 @@ def read_infotext(path: str | os.PathLike) -> str | None:
 
 # ---------------------------------------------------------------------------------------- saving
 
-def _new_file_mode(path: Path) -> int:
-    """Permissions for the replaced file: the old file's, or what open() would give a new one."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except OSError:
-        pass
-    umask = 0o022
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    umask = int(line.split()[1], 8)
-                    break
-    except (OSError, ValueError):
-        pass
-    return 0o666 & ~umask
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write through a temp file in the same folder and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = _new_file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes 0600 files; images are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_image(image: Image.Image, path: str | os.PathLike, infotext: str, *, quality: int = 95,
                lossless: bool = False) -> Path:
     """Save ``image`` with ``infotext`` where A1111 puts it; the format follows the extension.
@@ -395,4 +359,7 @@ def _save(image: Image.Image, path: Path, infotext: str, fmt: str, *, quality: i
                 image = image.convert("RGB")
         else:
             kwargs["lossless"] = lossless
-    return _atomic_write(path, lambda f: image.save(f, format=fmt, **kwargs))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        image.save(f, format=fmt, **kwargs)
+    return path

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 
+from ..atomic import write_atomic
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import ModelFolders
 from ..version import __version__
@@ -82,9 +82,7 @@ class ServerState:
         data = dict(self.options)
         if self._model is not None:
             data["sd_model_checkpoint"] = self.cache.name_of(self._model)
-        tmp = self._options_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, self._options_path)
+        write_atomic(self._options_path, json.dumps(data, indent=1))
 
     def memory(self) -> dict:
         ram = {}

@@ -13,7 +13,6 @@ import os
 import platform
 import struct
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +29,7 @@ from fastapi import (
 )
 from fastapi.responses import FileResponse, JSONResponse
 
+from ..atomic import write_atomic
 from ..errors import InvalidArgument
 from ..pipeline.pipeline import Interrupted
 from ..workflows import (
@@ -308,10 +308,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
                 path = path.with_name(f"{stem} ({n}){suffix}")
                 n += 1
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
         return {"name": path.name, "subfolder": subfolder, "type": type}
 
     @api.post("/interrupt")

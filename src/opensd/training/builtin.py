@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_write, write_atomic
 from ..checkpoints import detect as D
 from ..checkpoints.files import save_safetensors
 from ..models import config as C
@@ -221,8 +222,8 @@ def train_vae(train, heldout, cfg: C.ModelConfig, run_dir: Path, steps: int, bat
     steps = trainer.cfg.steps
     if trainer.step >= steps:
         p = psnr(out.vae, heldout.images)
-        done.write_text(json.dumps({"steps": trainer.step, "heldout_psnr_db": round(p, 3),
-                                    "heldout_images": len(heldout.images)}, indent=1))
+        write_atomic(done, json.dumps({"steps": trainer.step, "heldout_psnr_db": round(p, 3),
+                                       "heldout_images": len(heldout.images)}, indent=1))
         log.info("VAE done: held-out PSNR %.2f dB on %d images", p, len(heldout.images))
     return out.eval()
 
@@ -250,8 +251,8 @@ def vae_from_checkpoint(path: Path, cfg: C.VAEConfig, heldout, run_dir: Path, de
         run_dir.mkdir(parents=True, exist_ok=True)
         p = psnr(model.vae, heldout.images)
         steps = read_metadata(path).get("opensd.vae_steps", "unknown")
-        done.write_text(json.dumps({"steps": steps, "heldout_psnr_db": round(p, 3), "heldout_images": len(heldout.images),
-                                    "from": str(path)}, indent=1))
+        write_atomic(done, json.dumps({"steps": steps, "heldout_psnr_db": round(p, 3),
+                                       "heldout_images": len(heldout.images), "from": str(path)}, indent=1))
         log.info("VAE from %s: held-out PSNR %.2f dB", path, p)
     return model
 
@@ -273,9 +274,8 @@ def encode_latents(vae, images_uint8: np.ndarray, path: Path, batch: int = 128) 
     g = torch.Generator().manual_seed(0)
     samples = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=g)
     out = {"mean": mean, "logvar": logvar, "scaling_factor": torch.tensor(1.0 / samples.std().item())}
-    tmp = path.with_suffix(".tmp")
-    torch.save(out, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        torch.save(out, f)
     return out
 
 
@@ -408,7 +408,7 @@ def run_planned(make, steps: int, run_dir: Path, budget_s: float | None, progres
         per = (time.time() - t1) / probe
         steps = int(min(steps, 5 + probe + (budget_s - (time.time() - t0)) / per))
         run_dir.mkdir(parents=True, exist_ok=True)
-        plan.write_text(json.dumps({"steps": steps, "seconds_per_step": per, "budget_s": budget_s}))
+        write_atomic(plan, json.dumps({"steps": steps, "seconds_per_step": per, "budget_s": budget_s}))
         log.info("%s: %.3f s/step -> %d steps fit %.0f s", run_dir.name, per, steps, budget_s)
     trainer = make(steps)
     return trainer, trainer.run(progress=progress, until=until)
@@ -446,7 +446,7 @@ def recorded_arch(runs: Path, requested: str | None = None) -> str:
         raise ValueError(f"{runs} was started with --arch {had}; pass --arch {had} or use a new --runs folder")
     if had is None:
         f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_text(json.dumps({"arch": requested}))
+        write_atomic(f, json.dumps({"arch": requested}))
     return requested
 
 

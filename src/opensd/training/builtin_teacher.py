@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import write_atomic
 from ..models import config as C
 from ..models.stable_diffusion import StableDiffusion
 
@@ -32,7 +33,7 @@ def _held_to_folder(path: Path | None, runs: Path, record_name: str, flag: str, 
     if had is None and (Path(runs) / "unet" / "state.pt").is_file():
         raise ValueError(f"{runs} already {started_without}; use a new --runs folder with {flag}")
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"path": str(path)}))
+    write_atomic(record, json.dumps({"path": str(path)}))
 
 
 def recorded(runs: Path, record_name: str) -> str | None:

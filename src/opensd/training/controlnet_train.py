@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..checkpoints.controlnet_files import save_controlnet
 from ..models.controlnet import ControlNet, from_unet
 from ..sampling.schedules import scaled_linear_alphas_cumprod
@@ -65,9 +66,8 @@ def prepare(loaded, images: np.ndarray, path: Path, batch: int = 128) -> dict:
         lat.append(mean.float() * loaded.config.vae.scaling_factor)
     out = {"latents": torch.cat(lat), "hints": torch.from_numpy(canny_hints(images))}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(out, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        torch.save(out, f)
     return out
 
 

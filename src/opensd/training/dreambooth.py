@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
 from ..checkpoints import detect as D
 from ..errors import InvalidArgument
 from . import finetune as FT
@@ -68,9 +69,8 @@ def class_images(pipe, opts: DreamBoothOptions, resolution: int) -> Path:
     for i in todo:
         image = pipe.txt2img(opts.class_prompt, steps=opts.class_steps, seed=opts.seed + i,
                              width=resolution, height=resolution)[0]
-        tmp = folder / f".class-{i:05d}.tmp.png"
-        image.save(tmp)
-        tmp.replace(folder / f"class-{i:05d}.png")  # a kill mid-save leaves no half image
+        with atomic_write(folder / f"class-{i:05d}.png") as f:  # a kill mid-save leaves no half image
+            image.save(f, format="PNG")
     return folder
 
 

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import atomic_write
 from .trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -255,10 +256,9 @@ def generate(pipe, captions: Sequence[str], seeds: Sequence[int], steps: int, cf
         if cache is None or not done:
             return
         keys = list(done)
-        tmp = Path(cache).with_suffix(".tmp.npz")
-        np.savez(tmp, captions=np.array([k[0] for k in keys]), seeds=np.array([k[1] for k in keys]),
-                 images=np.stack([done[k] for k in keys]))
-        os.replace(tmp, cache)
+        with atomic_write(cache) as f:
+            np.savez(f, captions=np.array([k[0] for k in keys]), seeds=np.array([k[1] for k in keys]),
+                     images=np.stack([done[k] for k in keys]))
 
     out = []
     t0, fresh = time.time(), 0

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..atomic import write_atomic
 from ..errors import InvalidArgument
 from ..models.unet import GUIDANCE_RANGE, guidance_embedding
 from ..pipeline.conditioning import PromptConditioner, size_vector
@@ -260,9 +261,7 @@ def check_job(run_dir: Path, job: dict) -> None:
                                   "use the same command to continue it, or a new --run-dir")
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(job, indent=1, sort_keys=True))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(job, indent=1, sort_keys=True))
 
 
 def job_record(opts: CommonOptions, **extra) -> dict:

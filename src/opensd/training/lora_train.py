@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import write_atomic
 from ..errors import InvalidArgument
 from ..models.unet import SpatialTransformer
 from . import finetune as FT
@@ -191,7 +192,7 @@ def started_at(run_dir: Path) -> float:
         return float(p.read_text())
     p.parent.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    p.write_text(repr(now))
+    write_atomic(p, repr(now))
     return now
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..errors import InvalidArgument
 from ..pipeline.conditioning import _token_embedding
 from ..text.embeddings import MAX_VECTORS, SDXL_KEYS, Embedding, EmbeddingDatabase
@@ -136,9 +137,8 @@ def save_embedding(vectors: EmbeddingVectors, path: Path, name: str, step: int, 
             raise InvalidArgument(f"output: {path}: SDXL embeddings hold two sets of vectors; save as .safetensors")
         data = {"string_to_token": {"*": torch.tensor(265)}, "string_to_param": {"*": tensors[""]},
                 "name": name, "step": int(step), "sd_checkpoint": None, "sd_checkpoint_name": model_name}
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(data, tmp)
-        tmp.replace(path)
+        with atomic_write(path) as f:
+            torch.save(data, f)
         return path
     from ..checkpoints.files import save_safetensors
     sd = {"emb_params": tensors[""]} if "" in tensors else tensors

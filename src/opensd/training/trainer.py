@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -21,6 +20,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
+
+from ..atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,8 @@ class Trainer:
 
     def save(self) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / f".{STATE}.tmp"
-        torch.save(self.state(), tmp)
-        os.replace(tmp, self.run_dir / STATE)  # atomic: a kill mid-save keeps the previous state
+        with atomic_write(self.run_dir / STATE) as f:  # a kill mid-save keeps the previous state
+            torch.save(self.state(), f)
         return self.run_dir / STATE
 
     def try_resume(self) -> bool:
