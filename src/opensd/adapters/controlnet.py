@@ -56,6 +56,7 @@ class ControlSpec:
     resize_mode: str = "just resize"
     soft_injection: bool = False  # the 0.825 decay without dropping the unconditional rows (A1111 ControlNet
     # extension's "My prompt is more important"; guess_mode implies it)
+    preprocessor: str = "none"  # what made `image` from the user's picture; recorded in the infotext
 
     def validate(self, base: ModelConfig | None = None) -> None:
         if not isinstance(self.model, LoadedControlNet):

@@ -154,6 +154,6 @@ def controls_from_args(args: argparse.Namespace, pipe) -> list:
         pre = s.pop("pre", None)
         if pre:
             image = preprocess(pre, image)
-        specs.append(ControlSpec(cache[path], image, **s))
+        specs.append(ControlSpec(cache[path], image, preprocessor=pre or "none", **s))
         print(f"opensd: control {cache[path].name} weight {specs[-1].weight}", file=sys.stderr)
     return specs

@@ -6,13 +6,12 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidArgument
-from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, read_image_infotext, set_threads
+from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
+from .from_image import apply_infotext, missing_lora, report_differences
+from .output_files import DEFAULT_DIR, check_output, numbered_output
 
-# Generation flags whose defaults are applied only after --from, so an image's parameters fill
-# what the user did not type.
-DEFAULTS = dict(negative="", steps=20, cfg=7.0, seed=-1, batch=1, sampler="euler", strength=0.75,
-                resize_mode="just resize", mask_blur=4, inpainting_fill="original", inpaint_padding=32,
-                hires_scale=2.0, hires_denoise=0.7, hires_upscaler="latent", subseed_strength=0.0)
+# Generation flags have no argparse defaults: unset ones are filled by --from, and the rest by the
+# pipeline's defaults for the mode (outpainting's differ from img2img's).
 
 
 def _sides(text: str) -> tuple[int, int, int, int]:
@@ -64,8 +63,12 @@ def register(sub) -> None:
     h.add_argument("--hires-steps", type=int_arg, help="default: same as --steps")
     h.add_argument("--hires-denoise", type=float_arg)
     h.add_argument("--hires-upscaler", choices=["latent", "latent (nearest)", "lanczos"])
-    h.add_argument("--hires-sampler")
-    h.add_argument("--hires-prompt")
+    h.add_argument("--hires-width", type=int_arg, help="second-pass size instead of --hires-scale")
+    h.add_argument("--hires-height", type=int_arg)
+    h.add_argument("--hires-sampler", help="default: same as --sampler")
+    h.add_argument("--hires-scheduler", help="default: same as --scheduler")
+    h.add_argument("--hires-prompt", help="default: same prompt")
+    h.add_argument("--hires-negative", help="default: same negative prompt")
     c = gen.add_argument_group("controlnet")
     c.add_argument("--control", action="append", metavar="MODEL,IMAGE[,OPTIONS]",
                    help="MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=canny][,guess][,resize=crop]; repeatable")
@@ -75,40 +78,10 @@ def register(sub) -> None:
     d.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
     d.add_argument("--prediction", choices=["eps", "v"], help="override eps/v for SD2 files that do not say")
     d.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
-    gen.add_argument("-o", "--output", type=Path, default=Path("outputs/opensd.png"),
-                     help="output path (.png, .jpg, .webp); with --batch N, files get -0, -1, ... suffixes")
+    gen.add_argument("-o", "--output", type=Path,
+                     help="output path (.png, .jpg, .webp); with --batch N, files get -0, -1, ... suffixes; "
+                          f"default: {DEFAULT_DIR}/NNNNN-SEED.png, numbered, never replacing a file")
     gen.set_defaults(func=cmd_generate)
-
-
-def apply_infotext(args: argparse.Namespace) -> None:
-    """Fill unset flags from an image's A1111 parameters (--from)."""
-    from ..pipeline.infotext import parse_infotext
-
-    text = read_image_infotext(args.from_image, "from")
-    if text is None:
-        raise InvalidArgument(f"from: {args.from_image} carries no generation parameters")
-    prompt, negative, params = parse_infotext(text)
-    fill = {"prompt": prompt, "negative": negative}
-    table = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("seed", int),
-             "Sampler": ("sampler", str), "Schedule type": ("scheduler", str), "Clip skip": ("clip_skip", int),
-             "Denoising strength": ("strength", float), "Variation seed": ("subseed", int),
-             "Variation seed strength": ("subseed_strength", float), "Size-1": ("width", int),
-             "Size-2": ("height", int), "Hires upscale": ("hires_scale", float), "Hires steps": ("hires_steps", int)}
-    for key, (name, kind) in table.items():
-        if key in params:
-            try:
-                fill[name] = kind(params[key])
-            except ValueError:
-                raise InvalidArgument(f"from: {key}: {params[key]!r} is not a valid value") from None
-    if fill.get("scheduler") == "Automatic":
-        fill["scheduler"] = None
-    if "Hires upscale" in params:
-        fill["hires"] = True
-        fill["width"] = fill.get("width") and round(fill["width"] / fill.get("hires_scale", 2) / 8) * 8
-        fill["height"] = fill.get("height") and round(fill["height"] / fill.get("hires_scale", 2) / 8) * 8
-    for name, value in fill.items():
-        if getattr(args, name, None) in (None, False) and value not in (None, ""):
-            setattr(args, name, value)
 
 
 def generation_kwargs(args: argparse.Namespace) -> dict:
@@ -118,12 +91,15 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
               batch_size=args.batch, sampler=args.sampler, scheduler=args.scheduler, clip_skip=args.clip_skip,
               subseed=args.subseed, subseed_strength=args.subseed_strength)
     if args.hires:
-        kw["hires"] = Hires(scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps,
-                            denoise=args.hires_denoise, sampler=args.hires_sampler, prompt=args.hires_prompt)
+        hires = dict(scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps,
+                     denoise=args.hires_denoise, width=args.hires_width, height=args.hires_height,
+                     sampler=args.hires_sampler, scheduler=args.hires_scheduler, prompt=args.hires_prompt,
+                     negative_prompt=args.hires_negative)
+        kw["hires"] = Hires(**{k: v for k, v in hires.items() if v is not None})
     if args.init_image is not None:
         kw.update(strength=args.strength, resize_mode=args.resize_mode, mask_blur=args.mask_blur,
-                  inpainting_fill=args.inpainting_fill, inpaint_full_res=args.inpaint_full_res,
-                  inpaint_full_res_padding=args.inpaint_padding, invert_mask=args.invert_mask)
+                  inpainting_fill=args.inpainting_fill, inpaint_full_res=args.inpaint_full_res or None,
+                  inpaint_full_res_padding=args.inpaint_padding, invert_mask=args.invert_mask or None)
     return {k: v for k, v in kw.items() if v is not None}
 
 
@@ -132,36 +108,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from ..pipeline.pipeline import load
 
-    if args.from_image is not None:
-        apply_infotext(args)
-    for name, value in DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if not args.prompt and args.prompt != "":
+    user_loras = bool(args.lora)
+    source = apply_infotext(args) if args.from_image is not None else None
+    if args.prompt is None:
         raise InvalidArgument("prompt: give a prompt (or --from IMAGE)")
     if (args.mask or args.outpaint) and args.init_image is None:
         raise InvalidArgument("init-image: --mask and --outpaint need --init-image")
+    if args.mask and args.outpaint:
+        raise InvalidArgument("mask: --outpaint makes its own mask; give --mask or --outpaint, not both")
+    check_output(args.output)
     set_threads(args.threads)
-    model = args.model or BUILTIN_MODEL
     if args.model is None and not BUILTIN_MODEL.is_file():
         raise InvalidArgument("model: no built-in model is installed; pass --model PATH")
-    pipe = load(model, vae=args.vae, device=args.device, precision=args.precision, prediction=args.prediction,
-                embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir)
-    if args.lora:
-        from ..adapters.lora import parse_lora_arg
-
-        def find(name: str) -> Path:
-            path = Path(name)
-            if path.is_file() or pipe.lora_folders is None:
-                if not path.is_file():
-                    raise InvalidArgument(f"lora: {name} does not exist (give a file, or --loras-dir)")
-                return path
-            try:
-                return pipe.resolve_lora(name)
-            except InvalidArgument as e:
-                raise InvalidArgument(f"lora: {str(e).removeprefix('prompt: ')}") from None
-
-        pipe.set_loras([parse_lora_arg(text, find) for text in args.lora])
+    init = open_image(args.init_image, "init-image") if args.init_image is not None else None
+    mask = open_image(args.mask, "mask") if args.mask is not None else None
+    pipe = load(args.model or BUILTIN_MODEL, vae=args.vae, device=args.device, precision=args.precision,
+                prediction=args.prediction, embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir)
+    loras = _loras(args, pipe, from_image=source is not None and not user_loras)
+    pipe.set_loras(loras)
     kwargs = generation_kwargs(args)
     if args.control:
         from .control import controls_from_args
@@ -174,54 +138,67 @@ def cmd_generate(args: argparse.Namespace) -> int:
         bars[0].update(step - bars[0].n)
 
     try:
-        if args.init_image is None:
-            images = pipe.txt2img(args.prompt, args.negative, progress=progress, **kwargs)
+        if init is None:
+            images = pipe.txt2img(args.prompt, args.negative or "", progress=progress, **kwargs)
+        elif args.outpaint:
+            left, right, top, bottom = args.outpaint
+            images = pipe.outpaint(init, args.prompt, args.negative or "", left=left, right=right, top=top,
+                                   bottom=bottom, progress=progress, **kwargs)
         else:
-            init = open_image(args.init_image, "init-image")
-            mask = open_image(args.mask, "mask") if args.mask else None
-            if args.outpaint:
-                left, right, top, bottom = args.outpaint
-                images = pipe.outpaint(init, args.prompt, args.negative, left=left, right=right, top=top,
-                                       bottom=bottom, progress=progress, **kwargs)
-            else:
-                images = pipe.img2img(init, args.prompt, args.negative, mask=mask, progress=progress, **kwargs)
+            images = pipe.img2img(init, args.prompt, args.negative or "", mask=mask, progress=progress, **kwargs)
     finally:
         for bar in bars:
             bar.close()
-    for n, image in enumerate(images):
-        out = args.output if len(images) == 1 else args.output.with_name(
-            f"{args.output.stem}-{n}{args.output.suffix or '.png'}")
-        save_with_infotext(pipe, image, out, args, kwargs)
+    texts = _infotexts(pipe, images, args, kwargs.get("controls", ()), loras)
+    if source is not None:
+        report_differences(source, texts[0])
+    for n, (image, text) in enumerate(zip(images, texts)):
+        if args.output is None:
+            out = numbered_output(DEFAULT_DIR, image.info["seed"])
+        else:
+            out = args.output if len(images) == 1 else args.output.with_name(
+                f"{args.output.stem}-{n}{args.output.suffix}")
+        _save(image, out, text)
         print(out)
         print(f"opensd: wrote {out} (seed {image.info['seed']})", file=sys.stderr)
     return 0
 
 
-def save_with_infotext(pipe, image, out: Path, args, kwargs) -> None:
+def _loras(args: argparse.Namespace, pipe, from_image: bool) -> list:
+    """--lora NAME_OR_PATH[:UNET[:TE]] (or the LoRAs the --from image applied) as LoraSpecs."""
+    from ..adapters.lora import parse_lora_arg
+
+    def find(name: str) -> Path:
+        path = Path(name)
+        if path.is_file():
+            return path
+        if pipe.lora_folders is None:
+            if from_image:
+                raise missing_lora(name)
+            raise InvalidArgument(f"lora: {name} is not a file (give a file, or --loras-dir to look it up in)")
+        try:
+            return pipe.resolve_lora(name)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"lora: {str(e).removeprefix('prompt: ')}") from None
+
+    return [parse_lora_arg(text, find) for text in args.lora]
+
+
+def _infotexts(pipe, images, args: argparse.Namespace, controls, loras) -> list[str]:
     from ..library.hashes import model_hash
-    from ..pipeline.infotext import format_infotext, generation_params, save_image
-    from ..sampling.names import resolve, schedule_label
+    from ..pipeline.infotext_params import image_infotext
 
-    hires = kwargs.get("hires")
-    sampler, schedule = resolve(args.sampler, args.scheduler)
-    if schedule_label(sampler, schedule) == "Automatic":
-        schedule = None  # A1111 writes no "Schedule type" for a sampler's plain default schedule
-    params = generation_params(
-        steps=args.steps, sampler=sampler, cfg=args.cfg, seed=image.info["seed"],
-        width=image.width if hires is None else args.width or pipe.config.resolution,
-        height=image.height if hires is None else args.height or pipe.config.resolution,
-        schedule=schedule, model=pipe.name,
-        model_hash=model_hash(pipe.loaded.path) if pipe.loaded.path.is_file() else None,
-        variation_seed=args.subseed, variation_seed_strength=args.subseed_strength or 0.0,
-        denoising_strength=args.strength if args.init_image is not None else (
-            hires.denoise if hires is not None else None),
-        clip_skip=args.clip_skip,
-        hires_upscale=hires.scale if hires is not None else None,
-        hires_steps=hires.steps if hires is not None else None,
-        hires_upscaler=hires.upscaler if hires is not None else None,
-        lora_hashes=pipe.lora_hashes() or None)
+    path = pipe.loaded.path
+    hash_ = model_hash(path) if path.is_file() else None
+    return [image_infotext(pipe, image, img2img=args.init_image is not None,
+                           mask=args.mask is not None or bool(args.outpaint), model_hash=hash_, vae=args.vae,
+                           controls=controls, extra_loras=loras) for image in images]
+
+
+def _save(image, out: Path, text: str) -> None:
+    from ..pipeline.infotext import save_image
+
     try:
-        save_image(image, out, format_infotext(args.prompt, args.negative, params))
-    except ValueError as e:
-        raise InvalidArgument(f"output: {e}") from None
-
+        save_image(image, out, text)
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"output: cannot write {out} ({e})") from None

@@ -222,6 +222,8 @@ class Pipeline:
             if init is not None and mask is not None:
                 image = self._paste_back(image, init, mask, crop)
             image.info["seed"] = seed
+            image.info["subseed"] = subseed
+            image.info["params"] = p  # what made it: the faces' infotext is built from this
             images.append(image)
         return images
 

@@ -206,7 +206,7 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
             raise InvalidArgument(f"{field}: {e}") from None
         specs.append(ControlSpec(net, hint, weight=u["weight"], start=u["start"], end=u["end"],
                                  guess_mode=u["control_mode"] == 2, soft_injection=u["control_mode"] == 1,
-                                 resize_mode=u["resize_mode"]))
+                                 resize_mode=u["resize_mode"], preprocessor=u["module"]))
     return specs
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from ..errors import InvalidArgument
 from ..pipeline import limits as L
-from ..pipeline.infotext import format_infotext, generation_params, save_image
+from ..pipeline.infotext import save_image
+from ..pipeline.infotext_params import image_infotext
 from ..pipeline.params import Hires
 from ..pipeline.previews import latent_preview
-from ..sampling.names import SAMPLER_LABELS, resolve, schedule_label
+from ..sampling.names import SAMPLER_LABELS, resolve
 from . import a1111_controlnet, images_io
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest, unsupported_fields
 from .jobs import Control, Stopped
@@ -97,7 +98,6 @@ def run(state, job, ctl: Control):
     per = req.batch_size
     images, seeds, subseeds = [], [], []
     interrupted = False
-    lora_hashes: dict = {}
     for it in range(req.n_iter):
         ctl.image(it, req.n_iter)
         s, ss = (seed + it * per) % (L.MAX_SEED + 1), (subseed + it * per) % (L.MAX_SEED + 1)
@@ -120,14 +120,14 @@ def run(state, job, ctl: Control):
         finally:
             pipe.on_latents = None
         images += out
-        lora_hashes = pipe.lora_hashes() if hasattr(pipe, "lora_hashes") else {}
         seeds += [s + k for k in range(len(out))]
         subseeds += [ss + k for k in range(len(out))]
     hash_ = state.cache.short_hash(path)
     infotexts, files, pngs = [], [], []
     out_dir = state.settings.outputs_dir / "api"
-    for k, (image, s, ss) in enumerate(zip(images, seeds, subseeds)):
-        text = infotext(req, kw, pipe.name, hash_, image, s, ss, mode == "img2img", lora_hashes)
+    for k, image in enumerate(images):
+        text = image_infotext(pipe, image, img2img=mode == "img2img", mask=mask is not None, model_hash=hash_,
+                              controls=controls)
         infotexts.append(text)
         f = save_image(image, out_dir / f"{job.id}-{k}.png", text)
         files.append(str(f.relative_to(state.settings.outputs_dir)))
@@ -137,22 +137,6 @@ def run(state, job, ctl: Control):
     info["interrupted"] = interrupted
     result = {"files": files, "info": info}
     return result, {"pngs": pngs, "info": info}
-
-
-def infotext(req, kw, model, hash_, image, seed, subseed, img2img, lora_hashes=None) -> str:
-    sampler, schedule = kw["sampler"], kw["scheduler"]
-    hires = kw.get("hires")
-    params = generation_params(
-        steps=kw["steps"], sampler=sampler, cfg=kw["cfg"], seed=seed,
-        width=kw["width"], height=kw["height"],
-        schedule=None if schedule_label(sampler, schedule) == "Automatic" else schedule,
-        model=model, model_hash=hash_, variation_seed=subseed,
-        variation_seed_strength=kw.get("subseed_strength") or 0.0,
-        denoising_strength=kw.get("strength") if img2img else (hires.denoise if hires else None),
-        clip_skip=kw.get("clip_skip"),
-        hires_upscale=hires.scale if hires else None, hires_steps=hires.steps if hires else None,
-        hires_upscaler=hires.upscaler if hires else None, lora_hashes=lora_hashes or None)
-    return format_infotext(req.prompt, req.negative_prompt, params)
 
 
 def info_dict(req, kw, model, hash_, seeds, subseeds, infotexts, img2img) -> dict:

@@ -1,0 +1,62 @@
+"""`opensd generate --from IMAGE`: fill the flags the user did not give from the image's infotext,
+and after generating, say exactly what differs from the image (what could not be reproduced)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import InvalidArgument
+from .common import read_image_infotext
+
+# Params field -> generate flag (dest), where the names differ
+_FLAG = {"negative_prompt": "negative", "inpaint_full_res_padding": "inpaint_padding"}
+# Recorded hires field -> flag
+_HIRES_FLAG = {"negative_prompt": "hires_negative", "denoise": "hires_denoise"}
+# What the user can pass to bring a recorded thing back.
+_HINTS = {"VAE": "--vae FILE", "VAE hash": "--vae FILE", "TI hashes": "--embeddings-dir FOLDER",
+          "Lora hashes": "--loras-dir FOLDER or --lora FILE", "Extra LoRAs": "--loras-dir FOLDER or --lora FILE",
+          "Model hash": "--model FILE"}
+
+
+def apply_infotext(args: argparse.Namespace):
+    """Set every flag still unset from the image's parameters; return what the image records."""
+    from ..pipeline.infotext import parse_infotext
+    from ..pipeline.infotext_params import recorded
+
+    text = read_image_infotext(args.from_image, "from")
+    if text is None:
+        raise InvalidArgument(f"from: {args.from_image} carries no generation parameters")
+    prompt, negative, params = parse_infotext(text)
+    rec = recorded(prompt, negative, params)
+    fill = {"prompt": prompt, "negative": negative}
+    fill.update({_FLAG.get(k, k): v for k, v in rec.settings.items()})
+    if rec.hires is not None:
+        fill["hires"] = True
+        fill.update({_HIRES_FLAG.get(k, f"hires_{k}"): v for k, v in rec.hires.items()})
+    for name, value in fill.items():
+        if getattr(args, name) in (None, False) and value not in (None, "", False):
+            setattr(args, name, value)
+    if not args.lora and rec.extra_loras:  # --lora given now wins over the recorded ones
+        args.lora = [f"{name}:{unet:g}:{te:g}" for name, unet, te in rec.extra_loras]
+    return params
+
+
+def report_differences(source: dict, made: str) -> None:
+    """One line per infotext key whose value differs between the image and this run."""
+    from ..pipeline.infotext import parse_infotext
+
+    _, _, now = parse_infotext(made)
+    for key in sorted(set(source) | set(now), key=lambda k: (k not in source, k)):
+        if key == "Version" or key.endswith(("-1", "-2")) or source.get(key) == now.get(key):
+            continue
+        hint = _HINTS.get(key)
+        if key.startswith("ControlNet "):
+            hint = "--control MODEL,IMAGE,... (the control image is not stored in the image)"
+        fix = f"; to reproduce it, pass {hint}" if hint and key in source else ""
+        print(f"opensd: from: {key} differs: the image has {source.get(key, '(none)')!r}, this run "
+              f"{now.get(key, '(none)')!r}{fix}", file=sys.stderr)
+
+
+def missing_lora(name: str) -> InvalidArgument:
+    return InvalidArgument(f"from: the image applied LoRA {name!r} apart from its prompt: give --loras-dir "
+                           "FOLDER that holds it, or --lora PATH")

@@ -1,0 +1,230 @@
+"""One generated image's A1111 parameters: built here for every face (the CLI and the A1111 API
+write the same text for the same generation), and read back here for `opensd generate --from`.
+
+What A1111 records is written under A1111's keys: hires fix ("Hires upscale", "Hires sampler",
+"Hires prompt", ...), "VAE"/"VAE hash", "Lora hashes", "TI hashes", the inpainting keys, and
+ControlNet units as its ControlNet extension writes them (``ControlNet 0: "Module: canny, Model:
+name [hash], Weight: 1, ..."``). One thing A1111 cannot record is ours: LoRAs applied apart from the
+prompt (``opensd generate --lora``) go under "Extra LoRAs" (``name: unet/te``), so --from can apply
+them again; A1111 shows the key and ignores it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidArgument
+from ..sampling import names
+from .infotext import format_infotext, generation_params
+from .params import HIRES_UPSCALERS, Params
+
+EXTRA_LORAS = "Extra LoRAs"
+# The ControlNet extension's labels (ours -> its).
+CONTROL_RESIZE = {"just resize": "Just Resize", "crop and resize": "Crop and Resize",
+                  "resize and fill": "Resize and Fill"}
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+
+
+def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, model_hash: str | None = None,
+                   vae: Path | None = None, controls: Sequence = (), extra_loras: Sequence = ()) -> str:
+    """The infotext of ``image``, one result of ``pipe`` (its ``info`` holds the Params it was made
+    with and its seed). ``img2img``/``mask``: the mode it ran in; ``model_hash``: the checkpoint's
+    short hash if known; ``vae``: a standalone VAE file used; ``controls``: the ControlSpecs applied;
+    ``extra_loras``: the LoraSpecs set apart from the prompt (Pipeline.set_loras)."""
+    from ..library.hashes import embedding_hash, model_hash as file_hash
+
+    p: Params = image.info["params"]
+    h = p.hires if not img2img else None
+    sampler, schedule = names.resolve(p.sampler, p.scheduler)
+    extra: dict[str, Any] = {}
+    if h is not None:
+        extra.update(_hires_params(p, sampler, schedule))
+    if img2img and mask:
+        extra.update({"Mask blur": p.mask_blur, "Mask mode": "Inpaint not masked" if p.invert_mask else None,
+                      "Inpaint area": "Only masked" if p.inpaint_full_res else None,
+                      "Masked area padding": p.inpaint_full_res_padding if p.inpaint_full_res else None,
+                      "Masked content": None if p.inpainting_fill == "original" else p.inpainting_fill})
+    for i, spec in enumerate(controls):
+        extra[f"ControlNet {i}"] = control_unit_text(spec)
+    if extra_loras:
+        extra[EXTRA_LORAS] = {s.path.stem: f"{s.unet:g}/{s.te_strength:g}" for s in extra_loras}
+    ti = {e.name: embedding_hash(e.path) for e in used_embeddings(pipe, _prompts(p)) if e.path is not None}
+    params = generation_params(
+        steps=p.steps, sampler=sampler, cfg=p.cfg, seed=image.info["seed"], width=p.width, height=p.height,
+        schedule=_schedule_or_none(sampler, schedule), model=pipe.name, model_hash=model_hash,
+        vae=vae.name if vae is not None else None, vae_hash=file_hash(vae) if vae is not None else None,
+        variation_seed=image.info.get("subseed"), variation_seed_strength=p.subseed_strength or 0.0,
+        denoising_strength=p.strength if img2img else (h.denoise if h is not None else None),
+        clip_skip=p.clip_skip, hires_upscale=h.scale if h is not None and not (h.width or h.height) else None,
+        hires_steps=h.steps if h is not None else None,
+        hires_upscaler=HIRES_UPSCALERS.get(h.upscaler.lower(), h.upscaler) if h is not None else None,
+        lora_hashes=pipe.lora_hashes() or None, ti_hashes=ti or None,
+        extra={k: v for k, v in extra.items() if v is not None})
+    return format_infotext(p.prompt, p.negative_prompt, params)
+
+
+def _schedule_or_none(sampler: str, schedule: str) -> str | None:
+    # A1111 writes no "Schedule type" for a sampler's own default schedule.
+    return None if names.schedule_label(sampler, schedule) == "Automatic" else schedule
+
+
+def _hires_params(p: Params, sampler: str, schedule: str) -> dict[str, Any]:
+    h = p.hires
+    out: dict[str, Any] = {}
+    if h.width or h.height:
+        w, hh = h.target(p.width, p.height)
+        out["Hires resize"] = f"{w}x{hh}"
+    hs, hsched = names.resolve(h.sampler or p.sampler, h.scheduler or p.scheduler)
+    if hs != sampler:
+        out["Hires sampler"] = names.SAMPLER_LABELS[hs]
+    if hsched != schedule:
+        out["Hires schedule type"] = names.SCHEDULER_LABELS.get(hsched, hsched)
+    if h.prompt is not None and h.prompt != p.prompt:
+        out["Hires prompt"] = h.prompt
+    if h.negative_prompt is not None and h.negative_prompt != p.negative_prompt:
+        out["Hires negative prompt"] = h.negative_prompt
+    return out
+
+
+def _prompts(p: Params) -> list[str]:
+    texts = [p.prompt, p.negative_prompt]
+    if p.hires is not None:
+        texts += [t for t in (p.hires.prompt, p.hires.negative_prompt) if t]
+    return texts
+
+
+def used_embeddings(pipe, texts: Sequence[str]) -> list:
+    """The textual-inversion embeddings these prompts name, each once, in order of appearance."""
+    db = pipe.embeddings
+    found: dict[str, Any] = {}
+    if not db:
+        return []
+    for text in texts:
+        ids = pipe.tokenizer.encode(text)
+        pos = 0
+        while pos < len(ids):
+            hit = db.find(pipe.tokenizer, ids, pos)
+            if hit is None:
+                pos += 1
+                continue
+            found.setdefault(hit[0].name, hit[0])
+            pos += hit[1]
+    return list(found.values())
+
+
+def control_unit_text(spec) -> str:
+    """One ControlNet unit in the ControlNet extension's form ("Module: canny, Model: name [hash], ...")."""
+    from ..library.hashes import model_hash as file_hash
+
+    net = spec.model
+    model = f"{net.name} [{file_hash(net.path)[:8]}]" if net.path.is_file() else net.name
+    mode = 2 if spec.guess_mode else 1 if spec.soft_injection else 0
+    fields = {"Module": spec.preprocessor, "Model": model, "Weight": spec.weight,
+              "Resize Mode": CONTROL_RESIZE[spec.resize_mode], "Guidance Start": spec.start,
+              "Guidance End": spec.end, "Control Mode": CONTROL_MODES[mode]}
+    # Its reader splits on "," and ": ", so neither may appear inside a value.
+    return ", ".join(f"{k}: {_plain(v)}" for k, v in fields.items())
+
+
+def _plain(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text.replace(",", " ").replace(": ", " ")
+
+
+def parse_control_unit(text: str) -> dict[str, str]:
+    """``"Module: canny, Model: x [h], ..."`` -> {"Module": "canny", "Model": "x [h]", ...}."""
+    out = {}
+    for item in text.split(","):
+        key, sep, value = item.strip().partition(": ")
+        if sep:
+            out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------- read back
+
+@dataclass
+class Recorded:
+    """What an image's infotext says about how it was made, in our terms (for --from)."""
+    prompt: str
+    negative_prompt: str
+    settings: dict[str, Any]                     # Params field -> value (no "hires")
+    hires: dict[str, Any] | None = None          # Hires field -> value, when a hires pass ran
+    model: tuple[str | None, str | None] = (None, None)   # (name, short hash)
+    vae: tuple[str | None, str | None] = (None, None)
+    lora_hashes: dict[str, str] = field(default_factory=dict)
+    extra_loras: list[tuple[str, float, float]] = field(default_factory=list)  # (name, unet, te)
+    ti_hashes: dict[str, str] = field(default_factory=dict)
+    controls: list[str] = field(default_factory=list)   # "ControlNet N" values, in order
+
+
+# infotext key -> (Params field, type) for the plain settings
+_SETTINGS = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("seed", int),
+             "Sampler": ("sampler", str), "Schedule type": ("scheduler", str), "Clip skip": ("clip_skip", int),
+             "Variation seed": ("subseed", int), "Variation seed strength": ("subseed_strength", float),
+             "Size-1": ("width", int), "Size-2": ("height", int), "Mask blur": ("mask_blur", int),
+             "Masked area padding": ("inpaint_full_res_padding", int), "Masked content": ("inpainting_fill", str)}
+_HIRES = {"Hires upscale": ("scale", float), "Hires steps": ("steps", int), "Hires upscaler": ("upscaler", str),
+          "Hires resize-1": ("width", int), "Hires resize-2": ("height", int), "Hires sampler": ("sampler", str),
+          "Hires schedule type": ("scheduler", str), "Hires prompt": ("prompt", str),
+          "Hires negative prompt": ("negative_prompt", str)}
+
+
+def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where: str = "from") -> Recorded:
+    """Read parse_infotext's result back into settings; a value that does not parse names its key."""
+    def value(key: str, kind):
+        try:
+            return kind(params[key])
+        except ValueError:
+            raise InvalidArgument(f"{where}: {key}: {params[key]!r} is not a valid value") from None
+
+    settings = {name: value(key, kind) for key, (name, kind) in _SETTINGS.items() if key in params}
+    if settings.get("scheduler") == "Automatic":
+        del settings["scheduler"]
+    settings["inpaint_full_res"] = params.get("Inpaint area") == "Only masked"
+    settings["invert_mask"] = params.get("Mask mode") == "Inpaint not masked"
+    hires = None
+    if "Hires upscale" in params or "Hires resize" in params:
+        hires = {name: value(key, kind) for key, (name, kind) in _HIRES.items() if key in params}
+        hires["upscaler"] = hires.get("upscaler", "latent").lower()
+        if "Denoising strength" in params:  # in a hires image it is the second pass's
+            hires["denoise"] = value("Denoising strength", float)
+    elif "Denoising strength" in params:
+        settings["strength"] = value("Denoising strength", float)
+    return Recorded(prompt, negative_prompt, settings, hires,
+                    model=(params.get("Model"), params.get("Model hash")),
+                    vae=(params.get("VAE"), params.get("VAE hash")),
+                    lora_hashes=_pairs(params.get("Lora hashes", "")),
+                    extra_loras=_extra_loras(params.get(EXTRA_LORAS, ""), where),
+                    ti_hashes=_pairs(params.get("TI hashes", "")),
+                    controls=[params[k] for k in sorted((k for k in params if _is_unit(k)), key=_unit_index)])
+
+
+def _pairs(text: str) -> dict[str, str]:
+    out = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().rpartition(": ")
+        if sep:
+            out[name.strip()] = value.strip()
+    return out
+
+
+def _extra_loras(text: str, where: str) -> list[tuple[str, float, float]]:
+    out = []
+    for name, strengths in _pairs(text).items():
+        unet, _, te = strengths.partition("/")
+        try:
+            out.append((name, float(unet), float(te or unet)))
+        except ValueError:
+            raise InvalidArgument(f"{where}: {EXTRA_LORAS}: {name}: {strengths!r} is not UNET/TE") from None
+    return out
+
+
+def _is_unit(key: str) -> bool:
+    return key.startswith("ControlNet ") and key[len("ControlNet "):].isdigit()
+
+
+def _unit_index(key: str) -> int:
+    return int(key[len("ControlNet "):])
