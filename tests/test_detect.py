@@ -163,3 +163,71 @@ def test_small_model_config_is_inferred_from_shapes():
                                      num_res_blocks=2, transformer_depth_middle=0))
     sd = random_state_dict(odd)
     assert D.detect({k: tuple(v.shape) for k, v in sd.items()}).unet == odd.unet
+
+
+# Telltale keys of families we do not run, as their released files name them (a few keys each, with
+# the prefixes the files carry: none in the original releases, model.diffusion_model. in ComfyUI's).
+FOREIGN = {
+    "Stable Diffusion 3": {"model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight": (4608, 1536),
+                           "model.diffusion_model.x_embedder.proj.weight": (1536, 16, 2, 2),
+                           "text_encoders.clip_l.transformer.text_model.final_layer_norm.weight": (768,)},
+    "Flux.1": {"double_blocks.0.img_attn.norm.key_norm.scale": (128,), "img_in.weight": (3072, 64),
+               "single_blocks.0.linear1.weight": (21504, 3072), "guidance_in.in_layer.weight": (3072, 256)},
+    "Flux.2": {"model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale": (128,),
+               "model.diffusion_model.img_in.weight": (6144, 128),
+               "model.diffusion_model.double_stream_modulation_img.lin.weight": (36864, 6144)},
+    "Stable Cascade": {"clf.1.weight": (16, 2048, 1, 1), "clip_txt_mapper.weight": (8192, 1280)},
+    "AuraFlow": {"model.double_layers.0.attn.w1q.weight": (3072, 3072), "model.cond_seq_linear.weight": (3072, 2048)},
+    "PixArt": {"t_block.1.weight": (6912, 1152), "y_embedder.y_embedding": (300, 4096)},
+    "Hunyuan-DiT": {"mlp_t5.0.weight": (8192, 2048), "extra_embedder.0.weight": (5632, 3968)},
+    "Stable Video Diffusion": {
+        "model.diffusion_model.input_blocks.0.0.weight": (320, 8, 3, 3),
+        "model.diffusion_model.input_blocks.1.1.time_stack.0.attn1.to_q.weight": (320, 320),
+        "model.diffusion_model.input_blocks.1.0.time_mixer.mix_factor": (1,)},
+    "Kolors": {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+               "model.diffusion_model.label_emb.0.0.weight": (1280, 5632)},
+    "Wan": {"head.modulation": (1, 2, 5120), "patch_embedding.weight": (5120, 16, 1, 2, 2)},
+    "Qwen-Image": {"txt_norm.weight": (3584,), "img_in.weight": (3072, 64)},
+}
+
+
+@pytest.mark.parametrize("family", FOREIGN)
+def test_unsupported_families_are_named(family):
+    shapes = FOREIGN[family]
+    with pytest.raises(CheckpointError) as e:
+        D.detect(shapes, "big.safetensors")
+    msg = str(e.value)
+    assert f"this is a {family}" in msg and "not supported" in msg, msg
+    assert "no model.diffusion_model" not in msg
+
+
+def test_unsupported_family_named_when_loading_a_real_file(tmp_path):
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.pipeline.loader import load_model
+    path = tmp_path / "flux1-dev.safetensors"
+    save_safetensors({k: torch.zeros(v) for k, v in FOREIGN["Flux.1"].items()}, path)
+    with pytest.raises(CheckpointError, match=r"flux1-dev.safetensors: this is a Flux.1 checkpoint \(model family not supported"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("keys", [
+    {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320)},
+    {"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": (4, 320)},
+    {"lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": (16, 3072)},  # a Flux LoRA
+    {"lora_te_text_model_encoder_layers_0_mlp_fc1.hada_w1_a": (3072, 8)},  # LyCORIS LoHa
+])
+def test_a_lora_given_as_the_model_says_to_use_lora(keys):
+    with pytest.raises(CheckpointError, match="this is a LoRA.*--lora"):
+        D.detect(keys, "x.safetensors")
+
+
+def test_unsupported_diffusers_pipeline_folder_is_named(tmp_path):
+    from opensd.pipeline.loader import load_model
+    (tmp_path / "flux").mkdir()
+    (tmp_path / "flux" / "model_index.json").write_text('{"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}')
+    (tmp_path / "flux" / "transformer").mkdir()
+    with pytest.raises(CheckpointError, match="this is a Flux.1 diffusers folder .*not supported"):
+        load_model(tmp_path / "flux")
+    (tmp_path / "flux" / "model_index.json").write_text('{"_class_name": "SomeFuturePipeline"}')
+    with pytest.raises(CheckpointError, match="no unet/ but a transformer/: a DiT-based model family"):
+        load_model(tmp_path / "flux")

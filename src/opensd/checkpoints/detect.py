@@ -12,6 +12,7 @@ from typing import Mapping
 
 from ..errors import CheckpointError
 from ..models import config as C
+from .families import family_message, unsupported_family, what_else
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -37,7 +38,10 @@ def detect(shapes: Shapes, path: str = "<state dict>", metadata: Mapping[str, st
     the file looks like instead."""
     metadata = metadata or {}
     if UNET + "input_blocks.0.0.weight" not in shapes:
-        raise CheckpointError(path, _what_else(shapes))
+        raise CheckpointError(path, what_else(shapes, UNET))
+    family = unsupported_family(shapes)  # an SD-like UNet of another family (SVD, Kolors)
+    if family:
+        raise CheckpointError(path, family_message(family))
     encoders = _text_encoders(shapes, path)
     family = _family(shapes, encoders)
     unet = infer_unet(shapes, UNET, sd1_heads=family == "sd1")
@@ -181,22 +185,3 @@ def prediction_from_metadata(metadata: Mapping[str, str]) -> C.Prediction | None
     if value in ("epsilon", "eps"):
         return "eps"
     return None
-
-
-def _what_else(shapes: Shapes) -> str:
-    """A message for a file that is not a full SD checkpoint, naming what it looks like."""
-    keys = list(shapes)
-    if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys):
-        return "this is a LoRA, not a checkpoint; apply it to a checkpoint instead of loading it as one"
-    if any(k.startswith(("string_to_param", "emb_params", "clip_l", "clip_g")) for k in keys) and len(keys) <= 4:
-        return "this is a textual-inversion embedding, not a checkpoint"
-    if any(k.startswith("control_model.") or "input_hint_block" in k for k in keys):
-        return "this is a ControlNet, not a checkpoint"
-    if any(k.startswith(("encoder.", "first_stage_model.encoder.")) for k in keys) and \
-            not any(k.startswith(("down_blocks.", UNET)) for k in keys):
-        return "this is a standalone VAE, not a checkpoint; pass it with --vae"
-    if any(k.startswith(("down_blocks.", "mid_block.")) for k in keys):
-        return ("this looks like one component of a diffusers folder (a UNet file); pass the folder that "
-                "holds unet/, vae/ and text_encoder/ instead")
-    sample = ", ".join(keys[:3]) or "no tensors"
-    return f"not a Stable Diffusion checkpoint: no {UNET}* keys (first keys: {sample})"

@@ -13,6 +13,7 @@ import torch
 from ..errors import CheckpointError
 from ..models import config as C
 from . import detect as D
+from .families import SUPPORTED, family_message, unsupported_pipeline
 from .files import read_state_dict
 from .keymap_clip import clip_from_transformers
 from .keymap_unet import unet_from_diffusers
@@ -48,6 +49,13 @@ def refuse_links_out(folder: Path, entries) -> None:
 def read_diffusers_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Return (original-layout state dict, metadata) for a diffusers folder."""
     refuse_links_out(path, [path / n for n in _COMPONENTS])
+    index = _json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
+    family = unsupported_pipeline(str(index.get("_class_name", "")) if isinstance(index, dict) else "")
+    if family:
+        raise CheckpointError(path, family_message(family, "diffusers folder"))
+    if not (path / "unet").is_dir():
+        raise CheckpointError(path, "diffusers folder has no unet/" + (
+            " but a transformer/: a DiT-based model family, " + SUPPORTED if (path / "transformer").is_dir() else ""))
     out: dict[str, torch.Tensor] = {}
     try:
         unet_cfg = unet_config(_config(path / "unet"))
