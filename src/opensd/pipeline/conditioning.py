@@ -77,6 +77,7 @@ __all__ = [
     "encode_prompts",
     "pad_conditionings",
     "size_vector",
+    "tokenize_prompt",
 ]
 
 CHUNK_TOKENS = 75          # prompt tokens per chunk; a chunk is BOS + 75 + EOS = 77 ids
@@ -208,6 +209,67 @@ class CondSchedule:
         return max(c.length for p in self.parts for c in p.conds)
 
 
+def tokenize_prompt(text: str, tokenizer: CLIPTokenizer, embeddings: EmbeddingDatabase | None = None,
+                    emphasis: str = "original", comma_backtrack: int = 20) -> tuple[list[PromptChunk], int]:
+    """One prompt text (no AND, no editing left in it) as 77-token chunks, and A1111's token count
+    for it (75 for every chunk but the last, which counts its own tokens), the number its UI shows."""
+    comma = tokenizer.encoder[",</w>"]
+    if emphasis == "none":
+        fragments = [Fragment(text, 1.0)]
+    else:
+        fragments = parse_prompt_attention(text)
+    out: list[PromptChunk] = []
+    tokens: list[int] = []
+    mults: list[float] = []
+    fixes: list[tuple[int, Embedding]] = []
+    last_comma = -1
+    count = 0
+
+    def close(last: bool = False) -> None:
+        nonlocal tokens, mults, fixes, last_comma, count
+        count += len(tokens) if last else CHUNK_TOKENS
+        pad = CHUNK_TOKENS - len(tokens)
+        out.append(PromptChunk([BOS, *tokens, *([EOS] * pad), EOS], [1.0, *mults, *([1.0] * pad), 1.0],
+                               [(offset + 1, emb) for offset, emb in fixes]))
+        tokens, mults, fixes, last_comma = [], [], [], -1
+
+    for frag in fragments:
+        if is_break(frag):
+            close()
+            continue
+        ids = tokenizer.encode(frag.text)
+        pos = 0
+        while pos < len(ids):
+            tok = ids[pos]
+            if tok == comma:
+                last_comma = len(tokens)
+            elif (comma_backtrack and len(tokens) == CHUNK_TOKENS and last_comma != -1
+                  and len(tokens) - last_comma <= comma_backtrack):
+                cut = last_comma + 1
+                moved = (tokens[cut:], mults[cut:], [(o - cut, e) for o, e in fixes if o >= cut])
+                tokens, mults, fixes = tokens[:cut], mults[:cut], [(o, e) for o, e in fixes if o < cut]
+                close()
+                tokens, mults, fixes = (list(x) for x in moved)
+            if len(tokens) == CHUNK_TOKENS:
+                close()
+            found = embeddings.find(tokenizer, ids, pos) if embeddings else None
+            if found is None:
+                tokens.append(tok)
+                mults.append(frag.weight)
+                pos += 1
+                continue
+            emb, covered = found
+            if len(tokens) + emb.count > CHUNK_TOKENS:
+                close()
+            fixes.append((len(tokens), emb))
+            tokens.extend([0] * emb.count)
+            mults.extend([frag.weight] * emb.count)
+            pos += covered
+    if tokens or not out:
+        close(last=True)
+    return out, count
+
+
 class PromptConditioner:
     """Encodes A1111-syntax prompts with a loaded model's text encoders.
 
@@ -237,7 +299,6 @@ class PromptConditioner:
         self.comma_backtrack = comma_backtrack
         self.clip_skip = clip_skip
         self._skips = self._resolve_skips(clip_skip)
-        self._comma = tokenizer.encoder[",</w>"]
         self._empty: Conditioning | None = None
         self._lock = threading.Lock()
 
@@ -258,58 +319,7 @@ class PromptConditioner:
 
     def chunks(self, text: str) -> list[PromptChunk]:
         """Tokenize one prompt text (no AND, no editing left in it) into 77-token chunks."""
-        if self.emphasis == "none":
-            fragments = [Fragment(text, 1.0)]
-        else:
-            fragments = parse_prompt_attention(text)
-        out: list[PromptChunk] = []
-        tokens: list[int] = []
-        mults: list[float] = []
-        fixes: list[tuple[int, Embedding]] = []
-        last_comma = -1
-
-        def close() -> None:
-            nonlocal tokens, mults, fixes, last_comma
-            pad = CHUNK_TOKENS - len(tokens)
-            out.append(PromptChunk([BOS, *tokens, *([EOS] * pad), EOS], [1.0, *mults, *([1.0] * pad), 1.0],
-                                   [(offset + 1, emb) for offset, emb in fixes]))
-            tokens, mults, fixes, last_comma = [], [], [], -1
-
-        for frag in fragments:
-            if is_break(frag):
-                close()
-                continue
-            ids = self.tokenizer.encode(frag.text)
-            pos = 0
-            while pos < len(ids):
-                tok = ids[pos]
-                if tok == self._comma:
-                    last_comma = len(tokens)
-                elif (self.comma_backtrack and len(tokens) == CHUNK_TOKENS and last_comma != -1
-                      and len(tokens) - last_comma <= self.comma_backtrack):
-                    cut = last_comma + 1
-                    moved = (tokens[cut:], mults[cut:], [(o - cut, e) for o, e in fixes if o >= cut])
-                    tokens, mults, fixes = tokens[:cut], mults[:cut], [(o, e) for o, e in fixes if o < cut]
-                    close()
-                    tokens, mults, fixes = (list(x) for x in moved)
-                if len(tokens) == CHUNK_TOKENS:
-                    close()
-                found = self.embeddings.find(self.tokenizer, ids, pos) if self.embeddings else None
-                if found is None:
-                    tokens.append(tok)
-                    mults.append(frag.weight)
-                    pos += 1
-                    continue
-                emb, covered = found
-                if len(tokens) + emb.count > CHUNK_TOKENS:
-                    close()
-                fixes.append((len(tokens), emb))
-                tokens.extend([0] * emb.count)
-                mults.extend([frag.weight] * emb.count)
-                pos += covered
-        if tokens or not out:
-            close()
-        return out
+        return tokenize_prompt(text, self.tokenizer, self.embeddings, self.emphasis, self.comma_backtrack)[0]
 
     # -- chunks -> tensors ------------------------------------------------------------------
 

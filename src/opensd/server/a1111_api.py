@@ -62,30 +62,33 @@ def failure(job, live) -> JSONResponse | None:
     return None
 
 
+def prepare(state, req, mode: str) -> dict:
+    """Everything that can be refused before queueing (422), as the job's stored payload (also used by
+    the UI's queued txt2img, opensd_api.py)."""
+    s = state.settings
+    img2img = mode == "img2img"
+    kwargs = a1111_run.plan(req, img2img, s.max_prompt_chars)
+    if img2img:
+        if not req.init_images:
+            raise InvalidArgument("init_images: at least one init image is required")
+        images_io.decode_b64(req.init_images[0], "init_images[0]", s.max_image_pixels)
+        if req.mask:
+            images_io.decode_b64(req.mask, "mask", s.max_image_pixels)
+    check_lora_names(state.folders, req.prompt)
+    controlnet = a1111_controlnet.parse_units(req, state.folders, s.max_image_pixels, img2img)
+    override = (req.override_settings or {}).get("sd_model_checkpoint")
+    path = state.cache.resolve(override) if override else state.current_model()
+    return {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path),
+            "controlnet": controlnet}
+
+
 def router(state) -> APIRouter:
     api = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"])
     s = state.settings
 
-    def prepare(req, mode: str) -> dict:
-        """Everything that can be refused before queueing (422), as the job's stored payload."""
-        img2img = mode == "img2img"
-        kwargs = a1111_run.plan(req, img2img, s.max_prompt_chars)
-        if img2img:
-            if not req.init_images:
-                raise InvalidArgument("init_images: at least one init image is required")
-            images_io.decode_b64(req.init_images[0], "init_images[0]", s.max_image_pixels)
-            if req.mask:
-                images_io.decode_b64(req.mask, "mask", s.max_image_pixels)
-        check_lora_names(state.folders, req.prompt)
-        controlnet = a1111_controlnet.parse_units(req, state.folders, s.max_image_pixels, img2img)
-        override = (req.override_settings or {}).get("sd_model_checkpoint")
-        path = state.cache.resolve(override) if override else state.current_model()
-        return {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path),
-                "controlnet": controlnet}
-
     async def generate(request: Request, req, mode: str):
         img2img = mode == "img2img"
-        payload = await run_in_threadpool(prepare, req, mode)  # image decoding stays off the event loop
+        payload = await run_in_threadpool(prepare, state, req, mode)  # image decoding stays off the event loop
         try:
             job = state.queue.submit("a1111", payload, client_id(request))
         except QueueFull as e:

@@ -19,7 +19,7 @@ from ..atomic import write_atomic
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import ModelFolders
 from ..version import __version__
-from . import a1111_api, a1111_controlnet, a1111_run, comfy_api, comfy_frontend
+from . import a1111_api, a1111_controlnet, a1111_run, comfy_api, comfy_frontend, gallery_api, opensd_api, ui_routes
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
 from .security import Guard
@@ -127,6 +127,9 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     app.add_middleware(Guard, settings=settings)  # added last = runs first
     app.include_router(a1111_api.router(state))
     app.include_router(a1111_controlnet.router(state))
+    app.include_router(opensd_api.router(state))
+    app.include_router(gallery_api.router(state))
+    app.include_router(ui_routes.router())  # the web UI at /
     state.comfy = comfy_api.ComfyHub(state)
     app.include_router(comfy_api.router(state, state.comfy))
     # newer ComfyUI frontends and clients call the same routes under /api
@@ -185,7 +188,7 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     def job_image(job_id: str, index: int):
         found = state.store.get(job_id)
         files = ((found.result or {}).get("files") or []) if found else []
-        if not 0 <= index < len(files):
+        if not 0 <= index < len(files) or not (settings.outputs_dir / files[index]).is_file():  # deleted in the gallery
             return JSONResponse({"error": "NotFound", "detail": f"index: job {job_id!r} has no image {index}"},
                                 status_code=404)
         return FileResponse(settings.outputs_dir / files[index], media_type="image/png")

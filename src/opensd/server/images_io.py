@@ -31,6 +31,11 @@ def decode_bytes(data: bytes, field: str, max_pixels: int) -> Image.Image:
 
 
 def decode_b64(text, field: str, max_pixels: int) -> Image.Image:
+    return decode_bytes(b64_bytes(text, field), field, max_pixels)
+
+
+def b64_bytes(text, field: str) -> bytes:
+    """The bytes of a base64 text (or data: URL), within the encoded-size limit."""
     if not isinstance(text, str) or not text:
         raise InvalidArgument(f"{field}: expected a base64-encoded image")
     if len(text) > MAX_ENCODED_CHARS:
@@ -40,10 +45,9 @@ def decode_b64(text, field: str, max_pixels: int) -> Image.Image:
         if ";base64" not in head:
             raise InvalidArgument(f"{field}: data URL is not base64")
     try:
-        data = base64.b64decode("".join(text.split()), validate=True)
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise InvalidArgument(f"{field}: invalid base64") from None
-    return decode_bytes(data, field, max_pixels)
 
 
 def png_bytes(image: Image.Image, infotext: str | None = None) -> bytes:

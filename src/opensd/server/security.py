@@ -6,7 +6,8 @@
 - Origin header, when present: must be the request's own scheme://host[:port] or in --allow-origin
   (a page on another site cannot drive the API from the user's browser).
 - Token, when configured: `Authorization: Bearer T`, or `Basic` (A1111's --api-auth user:password,
-  or any user with password T); WebSockets may pass `?token=T` since browsers cannot set headers.
+  or any user with password T); WebSockets may pass `?token=T` since browsers cannot set headers;
+  the web UI's session cookie (session.py) after its login. The UI's static files need no token.
 - Body size: Content-Length over the cap, or a chunked body that grows past it, answers 413
   (uvicorn itself never delivers more than a declared Content-Length).
 """
@@ -19,7 +20,9 @@ import ipaddress
 import json
 from urllib.parse import parse_qs
 
+from .session import cookie_ok
 from .settings import LOOPBACK_NAMES, Settings
+from .ui_routes import is_public
 
 OPEN_PATHS = ("/internal/ping", "/healthz")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
@@ -99,8 +102,9 @@ class Guard:
             return 403, f"Origin: cross-site request from {origin!r} refused (use --allow-origin)"
         preflight = scope.get("method") == "OPTIONS" and origin is not None and \
             "access-control-request-method" in headers  # CORS preflights carry no credentials
-        if self.s.api_token and scope.get("path") not in OPEN_PATHS and not preflight \
-                and not self.token_ok(scope, headers):
+        path = scope.get("path", "")
+        if self.s.api_token and path not in OPEN_PATHS and not is_public(path) and not preflight \
+                and not self.token_ok(scope, headers) and not cookie_ok(headers.get("cookie", ""), self.s.api_token):
             return 401, "Authorization: a valid API token is required (Bearer token or Basic user:password)"
         return None
 

@@ -1,0 +1,171 @@
+"""Our own routes, under one prefix (/opensd/v1), for what the A1111 and ComfyUI APIs lack and the
+web UI needs: queued (non-blocking) txt2img, the queue with positions and labels, the token
+counter, checkpoint families, image parameters to a request, and the UI's login cookie.
+(The job routes /opensd/v1/jobs... are in app.py; the gallery's in gallery_api.py.)"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import threading
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from ..errors import InvalidArgument
+from ..library.model_info import checkpoint_config
+from ..pipeline.infotext import parse_infotext, read_infotext
+from ..pipeline.token_count import count_tokens
+from ..text.embeddings import EmbeddingDatabase, load_embeddings
+from ..text.tokenizer import default_tokenizer
+from ..version import __version__
+from . import images_io
+from .a1111_api import client_id, prepare
+from .a1111_models import Txt2ImgRequest
+from .gallery import graph_text
+from .infotext_request import request_from_infotext
+from .opensd_models import (
+    Checkpoint, Checkpoints, Cleared, ImageInfo, ImageInfoRequest, JobQueued, Login, QueueItem, QueueView,
+    SessionInfo, TokenCountRequest, TokenCountResult,
+)
+from .session import clear_cookie_header, set_cookie_header
+from .ui_routes import LOGIN_API
+
+PREFIX = "/opensd/v1"
+LABEL_CHARS = 200
+
+
+def job_label(job) -> str:
+    payload = job.payload if isinstance(job.payload, dict) else {}
+    if job.kind == "a1111":
+        text = (payload.get("request") or {}).get("prompt") or ""
+    else:
+        text = graph_text(payload)
+    return " ".join(text.split())[:LABEL_CHARS] or f"({job.kind} job)"
+
+
+def checkpoint_list(state) -> list[Checkpoint]:
+    out = []
+    for m in state.folders.list("checkpoints"):
+        cfg = checkpoint_config(m.path)
+        out.append(Checkpoint(name=m.name, title=state.cache.title(m.path), hash=state.cache.short_hash(m.path),
+                              family=cfg.family if cfg else None, resolution=cfg.resolution if cfg else None,
+                              prediction=cfg.prediction if cfg else None))
+    return out
+
+
+def image_info(state, data: bytes) -> ImageInfo:
+    """Parameters of an image file (A1111 infotext in a PNG chunk or EXIF; other PNG text chunks)."""
+    image = images_io.decode_bytes(data, "image", state.settings.max_image_pixels)
+    items = {k: v for k, v in image.info.items() if isinstance(v, str) and k != "parameters"}
+    text = read_infotext(io.BytesIO(data)) or ""
+    if not text:
+        return ImageInfo(infotext="", parameters={}, items=items, request=None, notes=[])
+    prompt, negative, params = parse_infotext(text)
+    models = [(c.name, c.hash) for c in checkpoint_list(state)]
+    request, notes = request_from_infotext(text, models)
+    return ImageInfo(infotext=text, parameters={"Prompt": prompt, "Negative prompt": negative, **params},
+                     items=items, request=request, notes=notes)
+
+
+class _Embeddings:
+    """The embeddings folder's textual inversions, reloaded when its files change (for token counts)."""
+
+    def __init__(self, folders):
+        self.folders = folders
+        self._key, self._db = None, EmbeddingDatabase()
+        self._lock = threading.Lock()
+
+    def get(self) -> EmbeddingDatabase:
+        files = self.folders.list("embeddings")
+        key = tuple((str(m.path), m.path.stat().st_mtime_ns) for m in files if m.path.exists())
+        with self._lock:
+            if key != self._key:
+                dirs = self.folders.folders("embeddings")
+                self._db = load_embeddings(dirs[0]) if dirs else EmbeddingDatabase()
+                self._key = key
+            return self._db
+
+
+def router(state) -> APIRouter:
+    api = APIRouter(prefix=PREFIX, tags=["opensd"])
+    s = state.settings
+    tokenizer = default_tokenizer()
+    embeddings = _Embeddings(state.folders)
+
+    @api.post(LOGIN_API.removeprefix(PREFIX), responses={401: {"description": "wrong token"}})
+    async def login(body: Login, request: Request) -> SessionInfo:
+        """Check the API token and set the web UI's session cookie (HttpOnly, SameSite=Strict)."""
+        if s.api_token and not hmac.compare_digest(body.token.encode(), s.api_token.encode()):
+            await asyncio.sleep(0.5)  # slows guessing
+            return JSONResponse({"error": "Unauthorized", "detail": "token: wrong API token"}, status_code=401)
+        response = JSONResponse(SessionInfo(token_required=bool(s.api_token), version=__version__).model_dump())
+        if s.api_token:
+            response.headers["Set-Cookie"] = set_cookie_header(s.api_token, request.url.scheme == "https")
+        return response
+
+    @api.post("/logout")
+    def logout() -> SessionInfo:
+        response = JSONResponse(SessionInfo(token_required=bool(s.api_token), version=__version__).model_dump())
+        response.headers["Set-Cookie"] = clear_cookie_header()
+        return response
+
+    @api.get("/session")
+    def session() -> SessionInfo:
+        """Answers only when the request is authorised (the UI asks this first)."""
+        return SessionInfo(token_required=bool(s.api_token), version=__version__)
+
+    @api.post("/tokens")
+    def tokens(body: TokenCountRequest) -> TokenCountResult:
+        """A1111's token counter for a prompt: LoRA tags removed, AND parts and prompt editing at every step
+        counted, 75-token chunks as generation makes them."""
+        found = count_tokens(body.prompt, tokenizer, body.steps, embeddings.get())
+        return TokenCountResult(tokens=found.tokens, max_tokens=found.max_tokens, chunks=found.chunks)
+
+    @api.get("/checkpoints")
+    def checkpoints() -> Checkpoints:
+        """The checkpoints with their family and native resolution (read from the file header, no loading)."""
+        items = checkpoint_list(state)
+        try:
+            current = state.cache.name_of(state.current_model())
+        except InvalidArgument:
+            current = None
+        return Checkpoints(current=current, items=items)
+
+    @api.post("/txt2img", status_code=202)
+    async def txt2img(req: Txt2ImgRequest, request: Request) -> JobQueued:
+        """Queue an A1111-style txt2img request and answer at once with its job id; follow it with
+        /opensd/v1/queue or /opensd/v1/jobs/{id}; its images are /opensd/v1/jobs/{id}/images/{n}."""
+        payload = await run_in_threadpool(prepare, state, req, "txt2img")
+        job = state.queue.submit("a1111", payload, client_id(request))
+        order = [j.id for j in state.queue.pending()]
+        return JobQueued(job_id=job.id, position=order.index(job.id) + 1 if job.id in order else 0)
+
+    @api.get("/queue")
+    def queue() -> QueueView:
+        """The running job, the waiting ones in the order they will run, and the last finished."""
+        progress = state.queue.progress
+        running = progress.job
+        return QueueView(
+            running=None if running is None else QueueItem(
+                id=running.id, kind=running.kind, client=running.client, status="running",
+                label=job_label(running), position=0, created=running.created,
+                step=progress.step, steps=progress.steps),
+            pending=[QueueItem(id=j.id, kind=j.kind, client=j.client, status=j.status, label=job_label(j),
+                               position=i + 1, created=j.created) for i, j in enumerate(state.queue.pending())],
+            recent=[QueueItem(id=j.id, kind=j.kind, client=j.client, status=j.status, label=job_label(j),
+                              position=-1, created=j.created) for j in state.store.history(limit=10)])
+
+    @api.post("/queue/clear")
+    def clear() -> Cleared:
+        """Cancel every waiting job (the running one continues; interrupt it with /sdapi/v1/interrupt)."""
+        return Cleared(cancelled=state.queue.clear())
+
+    @api.post("/image-info")
+    def info(body: ImageInfoRequest) -> ImageInfo:
+        """An image's generation parameters (ours, A1111's PNG/JPEG/WebP, ComfyUI's embedded prompt and
+        workflow) and the txt2img request that remakes it."""
+        return image_info(state, images_io.b64_bytes(body.image, "image"))
+
+    return api

@@ -1,0 +1,113 @@
+"""Request and response bodies of our own routes (/opensd/v1/...), so /docs describes them."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ..pipeline import limits as L
+from .a1111_models import MAX_PROMPT
+
+
+class Login(BaseModel):
+    token: str = Field(..., max_length=4096)
+
+
+class SessionInfo(BaseModel):
+    token_required: bool
+    version: str
+
+
+class TokenCountRequest(BaseModel):
+    prompt: str = Field("", max_length=MAX_PROMPT)
+    steps: int = Field(20, ge=1, le=L.DEFAULT_LIMITS.max_steps)
+
+
+class TokenCountResult(BaseModel):
+    tokens: int = Field(description="A1111's count: 75 per full chunk plus the tokens of the last one")
+    max_tokens: int = Field(description="capacity of the chunks the prompt fills (a multiple of 75)")
+    chunks: int
+
+
+class Checkpoint(BaseModel):
+    name: str = Field(description="file name inside the checkpoints folder; what sd_model_checkpoint takes")
+    title: str
+    hash: str | None = None
+    family: str | None = Field(None, description="sd1, sd2, sdxl, sdxl_refiner or small; null if unknown "
+                                                 "before loading")
+    resolution: int | None = Field(None, description="native image side in pixels (64, 512, 768, 1024)")
+    prediction: str | None = None
+
+
+class Checkpoints(BaseModel):
+    current: str | None
+    items: list[Checkpoint]
+
+
+class JobQueued(BaseModel):
+    job_id: str
+    position: int = Field(description="1 = runs next (0 = running now)")
+
+
+class QueueItem(BaseModel):
+    id: str
+    kind: str
+    client: str
+    status: str
+    label: str = Field(description="the job's prompt, or a short description")
+    position: int = Field(description="0 = running, 1 = next, ...")
+    created: float
+    step: int | None = None
+    steps: int | None = None
+
+
+class QueueView(BaseModel):
+    running: QueueItem | None
+    pending: list[QueueItem]
+    recent: list[QueueItem] = Field(description="the last finished jobs, newest first")
+
+
+class Cleared(BaseModel):
+    cancelled: int
+
+
+class ImageInfoRequest(BaseModel):
+    image: str = Field(..., description="the image file, base64 (a data: URL is accepted)")
+
+
+class ImageInfo(BaseModel):
+    infotext: str = Field(description="A1111 parameters text, empty when the image has none")
+    parameters: dict[str, str]
+    items: dict[str, str] = Field(description="the image's other text chunks, e.g. ComfyUI's prompt and workflow")
+    request: dict[str, Any] | None = Field(description="the /sdapi/v1/txt2img request that remakes the image")
+    notes: list[str]
+
+
+class GalleryItem(BaseModel):
+    id: int
+    job_id: str
+    created: float
+    width: int
+    height: int
+    prompt: str
+    negative_prompt: str
+    image_url: str
+    thumb_url: str
+
+
+class GalleryPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[GalleryItem]
+
+
+class GalleryDetail(GalleryItem):
+    infotext: str
+    parameters: dict[str, str]
+    request: dict[str, Any] | None
+    notes: list[str]
+
+
+class Deleted(BaseModel):
+    deleted: bool

@@ -1,0 +1,72 @@
+// A prompt box with A1111's token counter and syntax colours. The colours come from a copy of the
+// text behind a transparent <textarea>, built from text nodes (never HTML), so any prompt, even one
+// holding markup, is only ever shown as text.
+import { api } from "./api.js";
+import { debounce, h, nextId } from "./dom.js";
+
+// escaped char | <net:tag> | BREAK/AND | :weight before ) or ] | ( ) | [ ] |
+const SYNTAX = /(\\.)|(<\w+:[^>\n]+>)|(\bBREAK\b|\bAND\b)|(:\s*[-+]?(?:\d+\.?\d*|\.\d+)(?=\s*[)\]]))|([()])|([[\]|])/g;
+const CLASSES = [null, null, "n", "k", "num", "w", "e"];
+
+export function highlight(text) {
+  const out = [];
+  let last = 0;
+  for (const m of text.matchAll(SYNTAX)) {
+    if (m.index > last) out.push(document.createTextNode(text.slice(last, m.index)));
+    const group = m.findIndex((g, i) => i > 0 && g !== undefined);
+    const cls = CLASSES[group];
+    out.push(cls ? h("span", { class: cls }, m[0]) : document.createTextNode(m[0]));
+    last = m.index + m[0].length;
+  }
+  out.push(document.createTextNode(text.slice(last) + "\n")); // a final newline still takes a line
+  return out;
+}
+
+export function promptEditor({ label, name, placeholder = "", getSteps = () => 20 }) {
+  const id = nextId(name);
+  const textarea = h("textarea", { id, name, rows: 3, placeholder, spellcheck: "false", autocomplete: "off" });
+  const overlay = h("div", { class: "hl", "aria-hidden": "true" });
+  const counter = h("span", { class: "token-count", title: "Tokens used / tokens in the chunks of 75" }, "0/75");
+  const element = h("div", { class: "field prompt-field" },
+    h("div", { class: "prompt-head" }, h("label", { for: id }, label), counter),
+    h("div", { class: "prompt-box" }, overlay, textarea));
+
+  let asked = 0;
+  const count = debounce(async () => {
+    const mine = ++asked;
+    try {
+      const r = await api.post("/opensd/v1/tokens", { prompt: textarea.value, steps: getSteps() });
+      if (mine !== asked) return; // a newer count is on its way
+      counter.textContent = `${r.tokens}/${r.max_tokens}`;
+      counter.classList.toggle("over", r.chunks > 1);
+      counter.dataset.tokens = r.tokens;
+    } catch (e) {
+      counter.textContent = "?";
+      counter.title = e.message;
+    }
+  }, 250);
+
+  const render = () => {
+    overlay.replaceChildren(...highlight(textarea.value));
+    overlay.scrollTop = textarea.scrollTop;
+  };
+  textarea.addEventListener("input", () => { render(); count(); });
+  textarea.addEventListener("scroll", () => { overlay.scrollTop = textarea.scrollTop; });
+
+  return {
+    element, textarea,
+    refresh() { render(); count(); },
+    setValue(value) { textarea.value = value ?? ""; render(); count(); },
+    // Insert at the cursor, separated from the text before it by ", ".
+    insert(text) {
+      const { selectionStart: a, selectionEnd: b, value } = textarea;
+      const before = value.slice(0, a);
+      const sep = before && !/[\s,]$/.test(before) ? ", " : "";
+      textarea.value = before + sep + text + value.slice(b);
+      const at = (before + sep + text).length;
+      textarea.setSelectionRange(at, at);
+      textarea.focus();
+      textarea.dispatchEvent(new Event("input", { bubbles: true }));
+    },
+  };
+}

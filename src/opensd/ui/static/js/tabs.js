@@ -1,0 +1,10 @@
+// The tabs, in display order. Adding a tab = one module under tabs/ exporting
+// `mount(panel, ctx)` plus one line here; `icon` names an icon in dom.js.
+export const TABS = [
+  { id: "generate", label: "Generate", icon: "sparkle", load: () => import("./tabs/generate.js") },
+  { id: "gallery", label: "Gallery", icon: "grid", load: () => import("./tabs/gallery.js") },
+  { id: "queue", label: "Queue", icon: "list", load: () => import("./tabs/queue.js") },
+  { id: "pnginfo", label: "PNG info", icon: "info", load: () => import("./tabs/pnginfo.js") },
+];
+
+export const hasTab = (id) => TABS.some((t) => t.id === id);
