@@ -134,7 +134,7 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     app.include_router(comfy_api.router(state, state.comfy))
     # newer ComfyUI frontends and clients call the same routes under /api
     app.include_router(comfy_api.router(state, state.comfy), prefix="/api", include_in_schema=False)
-    comfy_frontend.mount(app, comfy_api.router(state, state.comfy))
+    comfy_frontend.install(app, state, lambda: comfy_api.router(state, state.comfy))
 
     @app.exception_handler(RequestValidationError)
     async def validation(request: Request, exc: RequestValidationError):

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 KIND = "comfy"
 PREVIEW_IMAGE, JPEG = 1, 1
 VIEW_TYPES = ("output", "input", "temp")
+# Not the real command line (it may hold --api-token). ComfyUI's flag that says "no API nodes, no
+# comfy.org services": its frontend then skips its release check against api.comfy.org.
+ARGV = ["opensd", "--disable-api-nodes"]
 
 
 def _now_ms() -> int:
@@ -353,7 +356,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
         return {"system": {"os": os.name, "ram_total": mem.get("total", 0), "ram_free": mem.get("free", 0),
                            "comfyui_version": "opensd", "python_version": sys.version,
                            "pytorch_version": torch.__version__, "embedded_python": False,
-                           "argv": sys.argv, "platform": platform.platform()},
+                           "argv": ARGV, "platform": platform.platform()},
                 "devices": [dev]}
 
     @api.websocket("/ws")

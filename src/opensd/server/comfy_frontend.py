@@ -1,0 +1,77 @@
+"""ComfyUI's own node editor at /comfy/, from the optional `comfyui-frontend-package` distribution
+(GPL-3.0, so installed by `pip install "opensd[comfyui]"`, never vendored), plus the small routes
+its start-up calls beyond the ComfyUI API proper (/extensions, /i18n, /features, user data).
+
+The frontend derives its API base from its page path: served at /comfy/ it calls /comfy/api/...,
+opens /comfy/ws and loads its own static files from /comfy/... . So the ComfyUI routers are
+mounted once more under /comfy/api (the WebSocket under /comfy), before the static folder."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from . import comfy_jobs, comfy_support, comfy_userdata
+
+log = logging.getLogger(__name__)
+PREFIX = "/comfy"
+# The frontend's progress favicon uses this absolute path, whatever folder it is served from.
+FAVICON_FRAMES = "/assets/images/favicon_progress_16x16"
+TEMPLATES = Path(__file__).parent / "comfy_templates"
+TEMPLATE_FILES = frozenset(p.name for p in TEMPLATES.iterdir() if p.is_file())
+
+
+def static_dir() -> Path | None:
+    """The frontend's built files, or None when the optional package is not installed."""
+    try:
+        import comfyui_frontend_package
+    except ImportError:  # the optional extra opensd[comfyui]
+        return None
+    folder = Path(comfyui_frontend_package.__file__).parent / "static"
+    return folder if (folder / "index.html").is_file() else None
+
+
+def install(app: FastAPI, state, comfy_router_factory) -> None:
+    """User data and support routes at / and /api; the frontend (when installed) at /comfy/."""
+    store = comfy_userdata.UserFiles(state.settings.data_dir)
+    extra = [comfy_userdata.router(store), comfy_support.router(state), comfy_jobs.router(state)]
+    for prefix in ("", "/api"):
+        for r in extra:
+            app.include_router(r, prefix=prefix, include_in_schema=prefix == "")
+    folder = static_dir()
+    if folder is None:
+        log.info('ComfyUI frontend not installed (pip install "opensd[comfyui]"): /comfy/ is off')
+        return
+    comfy = comfy_router_factory()
+    for r in [comfy, *extra]:
+        app.include_router(r, prefix=PREFIX + "/api", include_in_schema=False)
+    app.include_router(comfy, prefix=PREFIX, include_in_schema=False)  # for /comfy/ws
+
+    @app.get(PREFIX, include_in_schema=False)
+    def comfy_root():
+        return RedirectResponse(PREFIX + "/")
+
+    @app.get(PREFIX + "/templates/{name}", include_in_schema=False)
+    def templates(name: str):
+        # The template browser (shown on first visit) reads index.json, index.<locale>.json and
+        # index_logo.json; ComfyUI's own templates are a separate package we do not ship, so ours
+        # is the one graph that runs on the built-in model.
+        if name == "index_logo.json":
+            return {}
+        if name.startswith("index.") and name.endswith(".json"):
+            name = "index.json"
+        if name in TEMPLATE_FILES:
+            return FileResponse(TEMPLATES / name)
+        return JSONResponse({"error": "NotFound", "detail": f"template: no file {name!r}"}, status_code=404)
+
+    @app.get(PREFIX + "/user.css", include_in_schema=False)
+    def page_css():
+        # the page links ./user.css as ComfyUI's web root does; user styling lives in userdata
+        return Response("", media_type="text/css")
+
+    app.mount(FAVICON_FRAMES, StaticFiles(directory=folder / FAVICON_FRAMES.lstrip("/")),
+              name="comfy-favicon")
+    app.mount(PREFIX, StaticFiles(directory=folder, html=True), name="comfy-frontend")
