@@ -11,6 +11,7 @@ from opensd.library.synthetic import TINY, write_random_checkpoint
 from opensd.models.controlnet import ControlNetConfig
 from opensd.models.stable_diffusion import StableDiffusion
 from opensd.models.unet import SpatialTransformer, UNetModel, guidance_embedding
+from opensd.pipeline.guidance import Guidance
 from opensd.pipeline.pipeline import load
 from opensd.training import builtin as B
 from opensd.training.builtin_teacher import negative_prompt_ids, transplant
@@ -79,14 +80,14 @@ def test_negative_prompt_is_cfg_rewritten_around_the_empty_prompt(pipe, monkeypa
             rows.append(super().__call__(*a, **k))
             return rows[-1]
 
-    real = pipe._cfg_denoiser
+    real = pipe.denoiser
 
     def spy(*a, **k):
         inner = real(*a, **k)
         return lambda x, sigma: results.append(inner(x, sigma)) or results[-1]
 
     monkeypatch.setattr(P, "Denoiser", Recording)
-    monkeypatch.setattr(pipe, "_cfg_denoiser", spy)
+    monkeypatch.setattr(pipe, "denoiser", spy)
     pipe.txt2img(prompt="a red apple", negative_prompt="blurry", cfg=5.0, steps=1, seed=2)
     (d,), (got,) = rows, results  # one step: rows [empty, negative, prompt]
     torch.testing.assert_close(got, d[2:] - (1 - 1 / 5.0) * (d[1:2] - d[:1]))
@@ -122,8 +123,8 @@ def test_comfyui_ksampler_guides_a_guided_model_like_the_pipeline(pipe, negative
     if rows == 1:  # the same guided denoiser as the pipeline's, on ComfyUI's noise and sigmas
         sigmas = K.comfy_sigmas(pipe, "euler", "normal", 2, 1.0).float()
         noise = K.prepare_noise(torch.zeros(1, 4, 8, 8), 3)
-        cond = pipe._schedule("a red apple", None, 2, 64, 64, negative=False)
-        denoise = pipe._cfg_denoiser(cond, None, sigmas, cfg, None, None)
+        cond = pipe.cond_schedule("a red apple", None, 2, 64, 64)
+        denoise = pipe.denoiser(Guidance(cond, (), cfg, cfg), sigmas)
         x = noise * (1 + sigmas[0] ** 2) ** 0.5
         for i in range(2):  # Euler
             d = (x - denoise(x, sigmas[i])) / sigmas[i]

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from workflow_fixtures import Loader, default_graph, make_ctx, make_models
 
+from opensd.pipeline.guidance import Guidance
 from opensd.pipeline.pipeline import Interrupted
 from opensd.sampling.samplers import get_sampler
 from opensd.sampling.schedules import make_sigmas
@@ -105,9 +106,9 @@ def test_ksampler_equals_our_sampler_with_comfyui_noise(ctx):
     generator = torch.manual_seed(123)
     noise = torch.randn((1, 4, 8, 8), generator=generator, device="cpu")
     sigmas = make_sigmas("karras", pipe.schedule, 4)
-    cond = pipe._schedule("a red (apple:1.3)", None, 4, 64, 64, negative=False)
-    uncond = pipe._schedule("blurry", None, 4, 64, 64, negative=True)
-    denoise = pipe._cfg_denoiser(cond, uncond, sigmas, 6.0, None, None)
+    cond = pipe.cond_schedule("a red (apple:1.3)", None, 4, 64, 64)
+    uncond = pipe.cond_schedule("blurry", None, 4, 64, 64, negative=True)
+    denoise = pipe.denoiser(Guidance(cond, (uncond,), 6.0), sigmas)
     x = noise * math.sqrt(1 + float(sigmas[0]) ** 2)
     ref = get_sampler("euler")(denoise, x, sigmas) / pipe.config.vae.scaling_factor
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

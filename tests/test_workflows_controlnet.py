@@ -166,3 +166,13 @@ def test_builtin_model_and_builtin_canny_controlnet(tmp_path):
     plain = pixels(graph(0.0), c)
     steered = pixels(graph(1.0), c)
     assert np.abs(plain - steered).mean() > 2.0
+
+
+def test_the_prompts_hint_still_applies_at_cfg_one_where_the_negative_row_is_not_run(ctx):
+    def at_cfg_one(g):
+        g["3"]["inputs"]["cfg"] = 1.0
+        return g
+
+    hinted = at_cfg_one(cn_graph(1.0))
+    hinted["3"]["inputs"]["negative"] = ["7", 0]  # the hint on the prompt's entry only
+    assert np.abs(pixels(hinted, ctx) - pixels(at_cfg_one(default_graph()), ctx)).mean() > 0.5

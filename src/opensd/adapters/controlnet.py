@@ -17,6 +17,7 @@ Semantics follow A1111's ControlNet extension and diffusers:
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,10 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None) -
     return LoadedControlNet(net.to(device).eval().requires_grad_(False), family, path)
 
 
+# pipe -> its loaded ControlNets; goes with the pipeline
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def cached_controlnet(path, pipe, keep: int = 4) -> LoadedControlNet:
     """load_controlnet through a small per-pipeline cache (on the pipe's device/dtype), keyed by the
     file's path, size and mtime; the `keep` most recently used stay loaded."""
@@ -104,10 +109,7 @@ def cached_controlnet(path, pipe, keep: int = 4) -> LoadedControlNet:
         key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     except OSError as e:
         raise InvalidArgument(f"controlnet: cannot read {path.name} ({e})") from None
-    cache = getattr(pipe, "_opensd_controlnets", None)
-    if cache is None:
-        cache = {}
-        pipe._opensd_controlnets = cache
+    cache = _CACHES.setdefault(pipe, {})
     if key in cache:
         cache[key] = cache.pop(key)  # most recently used last
         return cache[key]

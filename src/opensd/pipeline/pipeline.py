@@ -14,51 +14,30 @@ from PIL import Image
 
 from ..adapters.lora import LoraSet, LoraSpec, prompt_lora_tags, specs_from_tags
 from ..errors import InvalidArgument, OpenSDError
-from ..models.unet import GUIDANCE_RANGE, guidance_embedding, reuse_context_kv
+from ..models.unet import reuse_context_kv
 from ..sampling.denoiser import Denoiser
 from ..sampling.names import resolve
 from ..sampling.samplers import get_sampler
 from ..sampling.schedules import DiscreteSchedule, make_sigmas, scaled_linear_alphas_cumprod
 from ..text.embeddings import EmbeddingDatabase, load_embeddings
 from ..text.tokenizer import default_tokenizer
+from . import guidance as G
 from . import images as I
 from . import limits as L
 from .conditioning import CondSchedule, PromptConditioner, size_vector
+from .device import resolve_device, resolve_dtype
 from .loader import LoadedModel, load_model
 from .noise import ImageNoise
 from .params import Hires, Params
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # progress(step, total), called after every sampling step of every pass and image.
 Progress = Callable[[int, int], None] | None
 
 
 class Interrupted(OpenSDError):
     """Generation was stopped by Pipeline.interrupt()."""
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise InvalidArgument(f"device: unknown device {name!r}; use cpu, cuda, cuda:N or mps")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidArgument("device: CUDA was requested but this PyTorch build has no usable CUDA device")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise InvalidArgument("device: MPS was requested but is not available on this machine")
-    return torch.device(name)
-
-
-def resolve_dtype(precision: str) -> torch.dtype:
-    if precision not in PRECISIONS:
-        raise InvalidArgument(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
 
 
 class Pipeline:
@@ -96,6 +75,11 @@ class Pipeline:
     def set_loras(self, specs: list[LoraSpec]) -> None:
         """LoRAs applied to every generation from now on, before the prompt's own <lora:…> tags."""
         self._lora_specs = [s if isinstance(s, LoraSpec) else LoraSpec(s) for s in specs]
+
+    @property
+    def lora_specs(self) -> list[LoraSpec]:
+        """The LoRAs set_loras gave (the prompt's tags not included)."""
+        return list(self._lora_specs)
 
     @property
     def lora_reports(self) -> list:
@@ -220,7 +204,7 @@ class Pipeline:
 
             image = self._one(p, seed, subseed, source, mask, report)
             if init is not None and mask is not None:
-                image = self._paste_back(image, init, mask, crop)
+                image = I.paste_back(image, init, mask, crop)
             image.info["seed"] = seed
             image.info["subseed"] = subseed
             image.info["params"] = p  # what made it: the faces' infotext is built from this
@@ -252,7 +236,7 @@ class Pipeline:
             init = init * (1 - latent_mask) + filler * latent_mask
         sigmas = _img2img_sigmas(self.sigmas(p, p.steps), p.steps, p.strength)
         x = init + noise.initial * sigmas[0]
-        image_cond = self._inpaint_cond(source, mask) if self.config.inpainting else None
+        image_cond = self.inpainting_cond(source, mask) if self.config.inpainting else None
         latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
                                init=init, latent_mask=latent_mask, image_cond=image_cond)
         return self.decode(latents)[0]
@@ -275,7 +259,7 @@ class Pipeline:
         noise = ImageNoise(seed, tuple(init.shape), self.device)
         sigmas = _img2img_sigmas(self.sigmas(second, second.steps), second.steps, h.denoise)
         offset = _img2img_steps(p.steps, 1.0)
-        image_cond = self._inpaint_cond(None, None, w, h_px) if self.config.inpainting else None
+        image_cond = self.inpainting_cond(None, None, w, h_px) if self.config.inpainting else None
         return self._sample(second, init + noise.initial * sigmas[0], sigmas, noise,
                             lambda i: report(offset + i), w, h_px, image_cond=image_cond)
 
@@ -283,19 +267,14 @@ class Pipeline:
                 width: int, height: int, init: torch.Tensor | None = None,
                 latent_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None) -> torch.Tensor:
         steps = len(sigmas) - 1
-        cond = self._schedule(p.prompt, p.clip_skip, steps, width, height, negative=False)
-        guided = self._guided(cond, p.cfg)
-        uncond = (None if guided and not p.negative_prompt.strip() else
-                  self._schedule(p.negative_prompt, p.clip_skip, steps, width, height, negative=True))
-        if guided:
-            uncond = self._guided_negative(uncond, p.clip_skip, steps, width, height)
+        guidance = self.guidance(p, steps, width, height)
         if image_cond is None and self.config.inpainting:
-            image_cond = self._inpaint_cond(None, None, width, height)
+            image_cond = self.inpainting_cond(None, None, width, height)
         control = None
         if self._controls:  # ControlNets see their image at this pass's size (hires: the hires size)
             from ..adapters.controlnet import ControlApplier
             control = ControlApplier(self._controls, width, height, self.device, self.dtype)
-        denoise = self._cfg_denoiser(cond, uncond, sigmas, p.cfg, image_cond, p.clip_skip, control)
+        denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control)
         if latent_mask is not None:
             inner = denoise
 
@@ -326,14 +305,20 @@ class Pipeline:
         shape = (1, self.config.latent_channels, h, w)
         return torch.cat([ImageNoise(s, shape, self.device).initial for s in seeds])
 
+    def set_embeddings(self, embeddings: EmbeddingDatabase | None) -> None:
+        """Use these textual-inversion embeddings from the next encoding on."""
+        self.embeddings = embeddings
+        self._conditioners.clear()
+        self._cond_cache = {}
+
     def conditioner(self, clip_skip: int | None = None) -> PromptConditioner:
         if clip_skip not in self._conditioners:
             self._conditioners[clip_skip] = PromptConditioner(self.model, self.tokenizer, self.device,
                                                               self.embeddings, clip_skip)
         return self._conditioners[clip_skip]
 
-    def _schedule(self, prompt: str, clip_skip: int | None, steps: int, width: int, height: int,
-                  negative: bool) -> CondSchedule:
+    def cond_schedule(self, prompt: str, clip_skip: int | None, steps: int, width: int, height: int,
+                      negative: bool = False) -> CondSchedule:
         """The prompt encoded for every step (A1111 syntax: weights, AND, editing, alternation),
         with SDXL's size conditioning folded into each part's pooled vector."""
         key = (prompt, clip_skip, steps, width, height, negative)
@@ -351,45 +336,23 @@ class Pipeline:
             self._cond_cache[key] = sched
         return self._cond_cache[key]
 
-    def _guided(self, cond: CondSchedule, cfg: float) -> bool:
-        """Whether a guidance-distilled model guides itself (the scale as its "y"): for a prompt of one
-        part and a scale in its trained range."""
-        if not self.config.unet.guidance_embed or len(cond.parts) != 1:
-            return False
-        return GUIDANCE_RANGE[0] <= cfg * cond.parts[0].weight <= GUIDANCE_RANGE[1]
+    def guidance(self, p: Params, steps: int, width: int, height: int) -> G.Guidance:
+        """How this pass guides (pipeline/guidance.py): the prompt, the negative prompt and the scale."""
+        cond = self.cond_schedule(p.prompt, p.clip_skip, steps, width, height)
+        negative = (None if not p.negative_prompt.strip() else
+                    lambda: self.cond_schedule(p.negative_prompt, p.clip_skip, steps, width, height, negative=True))
+        return G.plan(self.config, cond, p.cfg, negative,
+                      lambda: self.cond_schedule("", p.clip_skip, steps, width, height, negative=True))
 
-    def _guided_negative(self, uncond: CondSchedule | None, clip_skip: int | None, steps: int, width: int,
-                         height: int):
-        """The negative as _cfg_denoiser takes it on the guided path: None for none, or for one that
-        encodes as the empty prompt (ComfyUI sends tensors, not texts); else the (empty, negative)
-        pair, since the negative enters relative to the empty prompt."""
-        if uncond is None:
-            return None
-        empty = self._schedule("", clip_skip, steps, width, height, negative=True)
-        if len(uncond.parts) == 1 and len(uncond.parts[0].conds) == 1:
-            mine, theirs = empty.parts[0].conds[0].context, uncond.parts[0].conds[0].context
-            if mine.shape == theirs.shape and torch.allclose(mine.float(), theirs.float(), atol=1e-4):
-                return None
-        return (empty, uncond)
-
-    def _cfg_denoiser(self, cond: CondSchedule, uncond, sigmas: torch.Tensor, cfg: float,
-                      image_cond: torch.Tensor | None, clip_skip: int | None, control=None):
-        """Classifier-free guidance with A1111's AND composition: one UNet call on
-        [uncond, cond_1..cond_k] per evaluation; result = uncond + cfg * sum w_i (cond_i - uncond).
-        For a guidance-distilled model (see _guided; s = cfg * w), `uncond` None: one row, the prompt's
-        guided prediction G_s(c); `uncond` (empty, negative): rows [empty, negative, prompt], all at
-        scale s, and G_s(c) - (1 - 1/s) (G_s(negative) - G_s(empty)). With G_s(x) = u + s (x - u) that
-        is CFG's u_n + s (c - u_n); it weights the student's guided outputs by less than 1, where the
-        same rewritten on its scale-1 predictions multiplies their errors by s - 1 (measured: the
-        images fall apart). Other cases on such a model run plain CFG on its scale-1 predictions."""
+    def denoiser(self, g: G.Guidance, sigmas: torch.Tensor, image_cond: torch.Tensor | None = None,
+                 clip_skip: int | None = None, control=None):
+        """`denoise(x, sigma)` for the samplers: guidance `g` over this model's UNet, with the inpainting
+        channels `image_cond` and the residuals of `control(x, t, context, y, fraction, n_uncond=...)`
+        (a ControlApplier, or ComfyUI's per-row hints)."""
         unet = self.model.unet
-        conditioner = self.conditioner(clip_skip)
-        guided = uncond is None or isinstance(uncond, tuple)
-        at = {"step": 0, "n_uncond": 0 if uncond is None else 2 if guided else 1}
 
-        def unet_fn(x, t, context, y):
-            residuals = (None if control is None else
-                         control(x, t, context, y, at["step"] / len(levels), n_uncond=at["n_uncond"]))
+        def unet_fn(x, t, context, y, fraction):
+            residuals = None if control is None else control(x, t, context, y, fraction, n_uncond=g.n_uncond)
             if image_cond is not None:  # inpainting models see [x, mask, masked image] channels
                 x = torch.cat([x, image_cond.expand(len(x), -1, -1, -1).to(x)], dim=1)
             with torch.no_grad():
@@ -397,39 +360,12 @@ class Pipeline:
                 return out.float()
 
         model = Denoiser(unet_fn, self.schedule, self.config.prediction)
-        levels = sigmas[:-1]
-
-        built: dict = {}
-
-        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            # The step whose sigma this evaluation is at (or just below, for 2nd-order samplers).
-            step = int((levels > sigma.item() * (1 + 1e-6)).sum().clamp(max=len(levels) - 1))
-            at["step"] = step
-            parts = cond.at(step)
-            negatives = [] if uncond is None else [u.at(step)[0][1] for u in (uncond if guided else [uncond])]
-            conds = [*negatives, *(c for _, c in parts)]
-            key = tuple(map(id, conds))  # the schedules keep these alive, so ids stay unique
-            if built.get("key") != key:  # same tensor each step: the UNet reuses its context K/V
-                batch = conditioner.pad(conds)
-                y = None if batch[0].pooled is None else torch.cat([c.pooled for c in batch])
-                if guided:
-                    scales = torch.full((len(negatives) + 1,), cfg * parts[0][0], device=self.device)
-                    y = guidance_embedding(scales, self.config.unet.adm_in_channels)
-                built.update(key=key, context=torch.cat([c.context for c in batch]), y=y)
-            context, y = built["context"], built["y"]
-            out = model(x.expand(len(conds), -1, -1, -1), sigma, context=context, y=y)
-            if guided:
-                return out[-1:] if uncond is None else out[2:] - (1 - 1 / (cfg * parts[0][0])) * (out[1:2] - out[:1])
-            result = out[:1].clone()
-            for (weight, _), o in zip(parts, out[1:]):
-                result += cfg * weight * (o[None] - out[:1])
-            return result
-
-        return denoise
+        return G.denoiser(g, model, self.conditioner(clip_skip).pad, sigmas, self.config.unet.adm_in_channels,
+                          self.device)
 
     @torch.no_grad()
-    def _inpaint_cond(self, source: Image.Image | None, mask: Image.Image | None,
-                      width: int | None = None, height: int | None = None) -> torch.Tensor:
+    def inpainting_cond(self, source: Image.Image | None, mask: Image.Image | None,
+                        width: int | None = None, height: int | None = None) -> torch.Tensor:
         """The 5 extra input channels of 9-channel inpainting models: the binary mask at latent size
         and the latent of the image with the masked area blanked (all masked without an image)."""
         if source is None:
@@ -473,21 +409,6 @@ class Pipeline:
                 x = vae.decode(z.float())
             images.append(I.to_pil(x[0]))
         return images
-
-    @staticmethod
-    def _paste_back(image: Image.Image, original: Image.Image, mask: Image.Image,
-                    crop: tuple[int, int, int, int] | None) -> Image.Image:
-        """Composite the result over the original through the (blurred) mask, so unmasked pixels
-        come back exactly; with "only masked" the crop is scaled back into place first."""
-        if crop is not None:
-            x0, y0, x1, y1 = crop
-            full_mask = Image.new("L", original.size, 0)
-            full_mask.paste(mask.resize((x1 - x0, y1 - y0), Image.LANCZOS), (x0, y0))
-            placed = original.copy()
-            placed.paste(image.resize((x1 - x0, y1 - y0), Image.LANCZOS), (x0, y0))
-            return Image.composite(placed, original, full_mask)
-        original = original.resize(image.size, Image.LANCZOS) if original.size != image.size else original
-        return Image.composite(image, original, mask.resize(image.size) if mask.size != image.size else mask)
 
 
 def _controls(controls, config) -> list:

@@ -70,7 +70,7 @@ def negative_prompt_ids(captions: list[str], n: int, cfg: C.TextEncoderConfig, s
     """Token ids of `n` negative-prompt-like texts for a guidance-distilled student, which otherwise
     only sees whole captions: half are one or two comma-separated parts of random captions ("twemoji
     style", "dark skin tone"), half 1-6 random vocabulary tokens (words the captions never use, like
-    "blurry"). The pipeline subtracts its guided predictions for a negative prompt (Pipeline._cfg_denoiser)."""
+    "blurry"). The pipeline subtracts its guided predictions for a negative prompt (pipeline/guidance.py)."""
     from .builtin_sampling import tokenize
     g = torch.Generator().manual_seed(seed)
     texts = []

@@ -108,8 +108,7 @@ def build(opts: EmbeddingOptions, pipe=None):
         FT.warn_bf16(opts.device)
     vectors = EmbeddingVectors(init_vectors(pipe, opts.init_word, opts.num_vectors)).to(pipe.device)
     db = EmbeddingDatabase([vectors.embedding(name)])
-    pipe.embeddings = db  # samples during training use the vectors as they are now
-    pipe._conditioners.clear()
+    pipe.set_embeddings(db)  # samples during training use the vectors as they are now
     if opts.gradient_checkpointing:
         FT.enable_gradient_checkpointing(pipe.model.unet)
     alphas = FT.alphas_of(pipe)

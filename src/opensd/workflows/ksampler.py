@@ -17,7 +17,8 @@ What is matched (from ComfyUI's documented behaviour and its sampling code, re-d
   to ``latent + noise * sigma`` and after it the estimate's kept area to ``latent``;
 * ControlNet hints on the conditioning entries (ControlNetApply/Advanced) run on their rows of
   the CFG batch (see nodes_controlnet);
-* conditioning: uncond + cfg * (cond - uncond); several entries in one CONDITIONING list are
+* conditioning: uncond + cfg * (cond - uncond) (pipeline/guidance.py; at cfg 1 the uncond is not
+  run, as ComfyUI skips it); several entries in one CONDITIONING list are
   averaged (ComfyUI's behaviour for entries without area or mask); SDXL's size vector uses the
   latent size * 8; cond and uncond of different lengths are padded with encoded empty chunks (our
   pipeline's rule; ComfyUI repeats the shorter one instead);
@@ -41,6 +42,7 @@ from ..pipeline.conditioning import (
     ScheduledPart,
     size_vector,
 )
+from ..pipeline.guidance import plan
 from ..pipeline.pipeline import Interrupted
 from ..sampling.names import resolve
 from ..sampling.samplers import get_sampler
@@ -156,8 +158,8 @@ def sample(model: ModelRef, positive: list, negative: list, latent: dict, *, see
     cond = _cond_schedule(positive, n, w, h, pipe, negative=False)
     uncond = _cond_schedule(negative[:1], n, w, h, pipe, negative=True)
     hints = row_hints(positive, negative)  # ControlNet hints on the conditioning (nodes_controlnet)
-    if pipe._guided(cond, cfg) and not any(hints):
-        uncond = pipe._guided_negative(uncond, None, n, w, h)
+    guidance = plan(pipe.config, cond, cfg, lambda: uncond,
+                    lambda: pipe.cond_schedule("", None, n, w, h, negative=True), self_guidance=not any(hints))
     mask = latent.get("noise_mask")
     mask = None if mask is None else _prepare_mask(mask, x.shape).to(device)
     image_cond = None
@@ -165,13 +167,12 @@ def sample(model: ModelRef, positive: list, negative: list, latent: dict, *, see
         if mask is not None:
             image_cond = torch.cat([mask.mean(dim=1, keepdim=True).round(), x0], dim=1)
         else:
-            image_cond = pipe._inpaint_cond(None, None, w, h)
-    clip_skip = None
+            image_cond = pipe.inpainting_cond(None, None, w, h)
     per_image = []
     for i in range(x.shape[0]):
         ic = None if image_cond is None else image_cond[i:i + 1] if image_cond.shape[0] > 1 else image_cond
         control = RowControl(pipe, hints, i, w, h) if any(hints) else None
-        per_image.append(pipe._cfg_denoiser(cond, uncond, sigmas, cfg, ic, clip_skip, control))
+        per_image.append(pipe.denoiser(guidance, sigmas, ic, None, control))
 
     def guided(xb: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if should_stop():  # checked before every model call: an interrupt lands within one step

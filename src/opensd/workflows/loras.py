@@ -25,7 +25,7 @@ def activate(pipe, loras: tuple[LoraEntry, ...], part: str = "unet") -> None:
     """Make ``pipe`` run with exactly ``loras`` (only their ``part`` strength: "unet" or "te")."""
     from ..adapters.lora import LoraSpec
     if pipe not in _BEFORE:
-        _BEFORE[pipe] = list(pipe._lora_specs)
+        _BEFORE[pipe] = pipe.lora_specs
     specs = [LoraSpec(e.path, e.unet if part == "unet" else 0.0, e.te if part == "te" else 0.0) for e in loras]
     _apply(pipe, specs)
 

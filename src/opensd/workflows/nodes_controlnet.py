@@ -156,8 +156,8 @@ def center_resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
 
 class RowControl:
-    """The ``control`` callable for Pipeline._cfg_denoiser: residuals for every row of the batch,
-    each row with its conditioning entry's hints (zeros for rows without any)."""
+    """The ``control`` callable for Pipeline.denoiser: residuals for every row of the batch, each row
+    with its conditioning entry's hints (zeros for rows without any)."""
 
     def __init__(self, pipe, rows: list[ControlHint | None], image_index: int, width: int, height: int):
         from ..adapters.controlnet import cached_controlnet
@@ -188,7 +188,8 @@ class RowControl:
         tt = t.reshape(-1)[:1].expand(len(x))
         now = float(tt[0])
         groups: dict = {}
-        for r, h in enumerate(self.rows[:len(x)]):
+        rows = self.rows if n_uncond else self.rows[1:]  # at cfg 1 the uncond row is not run
+        for r, h in enumerate(rows[:len(x)]):
             if h is not None:
                 groups.setdefault(id(h), (h, []))[1].append(r)
         total = None

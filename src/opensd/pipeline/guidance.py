@@ -1,0 +1,120 @@
+"""Guidance: how each denoising step combines the prompt, the negative prompt and the CFG scale.
+
+The pipeline's modes and ComfyUI's KSampler (workflows/ksampler.py) both use it. `plan` picks the
+form for a sampling pass; `denoiser` turns it into the samplers' `denoise(x, sigma)`, one UNet call
+per evaluation on the rows the form needs:
+
+* Plain CFG with A1111's AND composition: rows [negative, part_1..part_k] and
+  negative + cfg * sum w_i (part_i - negative). When cfg * sum w_i = 1 (CFG scale 1 on an ordinary
+  prompt) the negative's coefficient is 0 and its row is not run, as ComfyUI and Forge do at scale 1:
+  Turbo/LCM/Lightning-style models then run at batch 1.
+* A guidance-distilled model (its UNet takes the CFG scale as "y") guides itself at s = cfg * w for
+  a prompt of one part with s in its trained range (GUIDANCE_RANGE). Without a negative prompt, or
+  with one that encodes as the empty prompt (ComfyUI sends tensors, not texts): one row, G_s(c).
+  With one: rows [empty, negative, prompt], all at scale s, and
+  G_s(c) - (1 - 1/s) (G_s(negative) - G_s(empty)). With G_s(x) = u + s (x - u) that is CFG's
+  u_n + s (c - u_n); it weights the student's guided outputs by less than 1, where the same rewritten
+  on its scale-1 predictions multiplies their errors by s - 1 (measured: the images fall apart).
+  At s = 1 the negative rows' coefficient is 0: one row. Other cases on such a model (several
+  parts, scales outside the range, ControlNet hints in ComfyUI) run plain CFG on its scale-1
+  predictions.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..models.config import ModelConfig
+from ..models.unet import GUIDANCE_RANGE, guidance_embedding
+from ..sampling.denoiser import Denoiser
+from .conditioning import Conditioning, CondSchedule
+
+Schedule = Callable[[], CondSchedule]
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """The rows of one pass's UNet batch and how their predictions combine (see the module doc)."""
+    cond: CondSchedule
+    negatives: tuple[CondSchedule, ...]  # rows before the prompt's: (), (negative,) or (empty, negative)
+    cfg: float
+    scale: float | None = None           # the scale a guidance-distilled model guides itself at; None: plain CFG
+
+    @property
+    def n_uncond(self) -> int:
+        """How many rows of the batch come before the prompt's (ControlNets treat them apart)."""
+        return len(self.negatives)
+
+    def rows(self, step: int) -> tuple[list[float], list[Conditioning]]:
+        """(the prompt parts' weights, every row's conditioning) at sampling step `step`."""
+        parts = self.cond.at(step)
+        return [w for w, _ in parts], [*(n.at(step)[0][1] for n in self.negatives), *(c for _, c in parts)]
+
+    def combine(self, out: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+        """The step's prediction (batch of 1) from the rows' predictions `out`."""
+        n = self.n_uncond
+        if self.scale is not None:
+            return out[-1:] if n == 0 else out[2:] - (1 - 1 / self.scale) * (out[1:2] - out[:1])
+        result = torch.zeros_like(out[:1]) if n == 0 else out[:1].clone()
+        for weight, o in zip(weights, out[n:]):
+            result += self.cfg * weight * (o[None] if n == 0 else o[None] - out[:1])
+        return result
+
+
+def self_guided_scale(config: ModelConfig, cond: CondSchedule, cfg: float) -> float | None:
+    """The scale a guidance-distilled model guides itself at for this prompt, or None (plain CFG)."""
+    if not config.unet.guidance_embed or len(cond.parts) != 1:
+        return None
+    scale = cfg * cond.parts[0].weight
+    return scale if GUIDANCE_RANGE[0] <= scale <= GUIDANCE_RANGE[1] else None
+
+
+def plan(config: ModelConfig, cond: CondSchedule, cfg: float, negative: Schedule | None, empty: Schedule,
+         self_guidance: bool = True) -> Guidance:
+    """The guidance for one pass. `negative` gives the negative prompt's schedule (None: there is no
+    negative prompt), `empty` the empty prompt's, each called only when its rows are needed.
+    `self_guidance` False keeps a guidance-distilled model on plain CFG."""
+    scale = self_guided_scale(config, cond, cfg) if self_guidance else None
+    if scale is not None:
+        if negative is None or scale == 1:
+            return Guidance(cond, (), cfg, scale)
+        theirs, mine = negative(), empty()
+        return Guidance(cond, () if _encodes_as(theirs, mine) else (mine, theirs), cfg, scale)
+    if math.isclose(cfg * sum(p.weight for p in cond.parts), 1.0, rel_tol=1e-9):
+        return Guidance(cond, (), cfg)
+    return Guidance(cond, ((negative or empty)(),), cfg)
+
+
+def _encodes_as(a: CondSchedule, b: CondSchedule) -> bool:
+    if len(a.parts) != 1 or len(a.parts[0].conds) != 1:
+        return False
+    theirs, mine = a.parts[0].conds[0].context, b.parts[0].conds[0].context
+    return theirs.shape == mine.shape and torch.allclose(theirs.float(), mine.float(), atol=1e-4)
+
+
+def denoiser(g: Guidance, model: Denoiser, pad: Callable[[list[Conditioning]], list[Conditioning]],
+             sigmas: torch.Tensor, adm_channels: int, device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`denoise(x, sigma)` for the samplers: `model` (a Denoiser whose UNet function takes context, y
+    and the pass's progress `fraction`) on the guidance's rows, padded to one length by `pad`."""
+    levels = sigmas[:-1]
+    built: dict = {}
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        # The step whose sigma this evaluation is at (or just below, for 2nd-order samplers).
+        step = int((levels > sigma.item() * (1 + 1e-6)).sum().clamp(max=len(levels) - 1))
+        weights, conds = g.rows(step)
+        key = tuple(map(id, conds))  # the schedules keep these alive, so ids stay unique
+        if built.get("key") != key:  # same tensor each step: the UNet reuses its context K/V
+            batch = pad(conds)
+            y = None if batch[0].pooled is None else torch.cat([c.pooled for c in batch])
+            if g.scale is not None:
+                y = guidance_embedding(torch.full((len(conds),), g.scale, device=device), adm_channels)
+            built.update(key=key, context=torch.cat([c.context for c in batch]), y=y)
+        out = model(x.expand(len(conds), -1, -1, -1), sigma, context=built["context"], y=built["y"],
+                    fraction=step / len(levels))
+        return g.combine(out, weights)
+
+    return denoise
