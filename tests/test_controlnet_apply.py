@@ -84,7 +84,8 @@ def test_applier_guess_mode_sum_and_scales(cns):
         torch.testing.assert_close(gr[1:], r[1:] * 0.825 ** (n - 1 - i), rtol=1e-4, atol=3e-5)
         assert r[1:].abs().max() > 1e-2  # so the tolerance is small against the residuals
     assert scales(ControlSpec(cns[0], _edges(), weight=2.0, guess_mode=True), 13)[0] == pytest.approx(2 * 0.825 ** 12)
-    assert a(x, t, ctx, None, 0.5) is not None
+    for mid, first in zip(a(x, t, ctx, None, 0.5), ra):  # the default window [0, 1]: full strength mid-run
+        torch.testing.assert_close(mid, first)
     assert ControlApplier([ControlSpec(cns[0], _edges(), end=0.4)], 64, 64, "cpu", torch.float32)(
         x, t, ctx, None, 0.5) is None
 

@@ -415,6 +415,7 @@ def test_crash_mid_build_leaves_no_manifest(tarballs, tmp_path, monkeypatch):
 def test_crash_while_publishing_leaves_no_manifest(tarballs, tmp_path, monkeypatch):
     """A manifest on disk always describes a complete build: it goes before the files are swapped."""
     cache = build_emoji_dataset(tmp_path / "c", tarballs=tarballs, held_out_fraction=0.3)
+    old_heldout = load_split(cache, "heldout").captions
     real, calls = os.replace, []
 
     def failing_replace(src, dst):
@@ -432,7 +433,11 @@ def test_crash_while_publishing_leaves_no_manifest(tarballs, tmp_path, monkeypat
         load_split(cache, "heldout")
     build_emoji_dataset(cache, tarballs=tarballs, held_out_fraction=0.2)
     assert load_manifest(cache)["params"]["held_out_fraction"] == 0.2
-    assert load_split(cache, "heldout", verify=True) is not None
+    # the rebuilt split is the 0.2 one (as a clean build makes it), not the 0.3 files left behind
+    clean = build_emoji_dataset(tmp_path / "clean", tarballs=tarballs, held_out_fraction=0.2)
+    heldout, expected = load_split(cache, "heldout", verify=True), load_split(clean, "heldout")
+    assert heldout.captions == expected.captions != old_heldout
+    assert np.array_equal(heldout.images, expected.images)
 
 
 def test_load_split_errors(tmp_path, built):

@@ -173,7 +173,7 @@ def test_command_end_to_end_on_random_checkpoint(tmp_path, monkeypatch):
     assert res["adherence"]["real_heldout"] == {"top1": acc[1], "top5": acc[5]}
     a = res["adherence"]
     assert a["target_met"] == (a["generated_heldout_captions"]["top5"] >= 0.6 * a["real_heldout"]["top5"])
-    assert res["frechet"]["generated_vs_real_heldout"] >= 0
+    assert res["frechet"]["generated_vs_real_heldout"] > 1e-3  # a random model's images are not the real ones
     assert "(a) real held-out images" in md and "not Inception-FID" in md
     # a second run reuses the cached images and the trained classifier: only the speed calls run
     calls.clear()
