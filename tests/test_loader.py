@@ -16,16 +16,17 @@ from reference import assert_close_scaled, randomize_
 VOCAB = 49408
 
 
-def _text_config(width=64, act="quick_gelu", proj=0):
+def _text_config(width=64, act="quick_gelu", proj=0, **extra):
     kw = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=2, num_attention_heads=max(1, width // 64),
               hidden_act=act, max_position_embeddings=77, vocab_size=VOCAB)
     if proj:
         kw["projection_dim"] = proj
-    return CLIPTextConfig(**kw)
+    return CLIPTextConfig(**{**kw, **extra})
 
 
-def make_diffusers_folder(root, family="sd1"):
-    """A tiny diffusers pipeline folder, saved by diffusers/transformers themselves."""
+def make_diffusers_folder(root, family="sd1", text=None):
+    """A tiny diffusers pipeline folder, saved by diffusers/transformers themselves; `text` overrides
+    fields of the (sd1/sd2) text encoder's config."""
     context = {"sd1": 64, "sd2": 64, "sdxl": 64 + 32}[family]
     unet_kw = dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -46,7 +47,7 @@ def make_diffusers_folder(root, family="sd1"):
         parts["text_encoder_2"] = randomize_(CLIPTextModelWithProjection(_text_config(32, "gelu", 32)), 4)
     else:
         act = "gelu" if family == "sd2" else "quick_gelu"
-        parts["text_encoder"] = randomize_(CLIPTextModel(_text_config(64, act)), 3)
+        parts["text_encoder"] = randomize_(CLIPTextModel(_text_config(64, act, **(text or {}))), 3)
     for name, module in parts.items():
         module.eval().save_pretrained(root / name)
     (root / "scheduler").mkdir()
@@ -185,3 +186,68 @@ def test_hugging_face_cache_layout_links_are_followed(tmp_path):
         f.rename(blob)
         f.symlink_to(f"{'../' * (len(f.relative_to(repo).parts) - 1)}blobs/{blob.name}")
     assert load_model(snap).config.family == "small"
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
+def test_diffusers_clip_with_another_mlp_width_matches_transformers(tmp_path, act):
+    parts = make_diffusers_folder(tmp_path / "model", "sd2" if act == "gelu" else "sd1",
+                                  text={"hidden_act": act, "intermediate_size": 96})
+    loaded = load_model(tmp_path / "model")
+    assert loaded.config.text_encoders[0].mlp_width == 96
+    ids = torch.tensor([[49406, 320, 1125, 49407] + [49407] * 73])
+    with torch.no_grad():
+        expected = parts["text_encoder"](ids).last_hidden_state
+        assert_close_scaled(loaded.model.text_encoders[0](ids).hidden, expected)
+    # A single file records the width in its shapes.
+    single = tmp_path / "model.safetensors"
+    save_safetensors(loaded.model.state_dict(), single, metadata=D.metadata_for(loaded.config))
+    assert load_model(single).config.text_encoders == loaded.config.text_encoders
+    # ...and converting it back to a folder writes it into config.json.
+    from opensd.library.convert import convert_to_diffusers
+    convert_to_diffusers(single, tmp_path / "again")
+    assert load_model(tmp_path / "again").config.text_encoders == loaded.config.text_encoders
+
+
+def _edit_json(path, **fields):
+    j = json.loads(path.read_text())
+    j.update(fields)
+    path.write_text(json.dumps(j))
+
+
+@pytest.mark.parametrize("component, fields, words", [
+    ("text_encoder/config.json", {"hidden_act": "gelu_new"}, "hidden_act = 'gelu_new' is not supported"),
+    ("text_encoder/config.json", {"layer_norm_eps": 1e-6}, "layer_norm_eps"),
+    ("text_encoder/config.json", {"architectures": ["T5EncoderModel"]}, "only CLIP text encoders"),
+    ("unet/config.json", {"norm_num_groups": 16}, "norm_num_groups = 16 is not supported"),
+    ("unet/config.json", {"act_fn": "gelu"}, "act_fn"),
+    ("unet/config.json", {"time_cond_proj_dim": 256}, "time_cond_proj_dim"),
+    ("unet/config.json", {"resnet_time_scale_shift": "scale_shift"}, "resnet_time_scale_shift"),
+    ("unet/config.json", {"class_embed_type": "timestep"}, "class_embed_type"),
+    ("unet/config.json", {"flip_sin_to_cos": False}, "flip_sin_to_cos"),
+    ("unet/config.json", {"up_block_types": ["UpBlock2D", "UpBlock2D"]}, "does not mirror"),
+    ("unet/config.json", {"_class_name": "UNetSpatioTemporalConditionModel"}, "only UNet2DConditionModel"),
+    ("vae/config.json", {"shift_factor": 0.0609}, "shift_factor"),
+    ("vae/config.json", {"latents_mean": [0.1, 0.2, 0.3, 0.4]}, "latents_mean"),
+    ("vae/config.json", {"use_quant_conv": False}, "use_quant_conv"),
+    ("scheduler/scheduler_config.json", {"beta_schedule": "linear"}, "beta_schedule = 'linear'"),
+    ("scheduler/scheduler_config.json", {"beta_end": 0.02}, "beta_end"),
+    ("scheduler/scheduler_config.json", {"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
+    ("scheduler/scheduler_config.json", {"prediction_type": "sample"}, "prediction_type"),
+    ("scheduler/scheduler_config.json", {"_class_name": "EDMDPMSolverMultistepScheduler"}, "EDM"),
+])
+def test_diffusers_config_fields_we_do_not_compute_are_refused(tmp_path, component, fields, words):
+    make_diffusers_folder(tmp_path / "model")
+    _edit_json(tmp_path / "model" / component, **fields)
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path / "model")
+    assert str(e.value).startswith(str(tmp_path / "model" / component) + ": ")
+    assert words in str(e.value)
+
+
+def test_diffusers_config_irrelevant_fields_are_accepted(tmp_path):
+    make_diffusers_folder(tmp_path / "model")
+    _edit_json(tmp_path / "model" / "unet" / "config.json", upcast_attention=True, dropout=0.1,
+               only_cross_attention=[False, False])
+    _edit_json(tmp_path / "model" / "scheduler" / "scheduler_config.json", timestep_spacing="trailing",
+               steps_offset=1, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    assert load_model(tmp_path / "model").config.family == "small"

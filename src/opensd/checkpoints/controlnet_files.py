@@ -18,7 +18,8 @@ from ..errors import CheckpointError
 from ..models import config as C
 from ..models.controlnet import HINT_CHANNELS, ControlNetConfig
 from . import detect as D
-from .diffusers_folder import refuse_links_out, unet_config
+from .diffusers_config import unet_config
+from .diffusers_folder import refuse_links_out
 from .files import read_metadata, read_state_dict, save_safetensors
 from .keymap_unet import block_table, rename_keys
 

@@ -120,7 +120,8 @@ def infer_hf_clip(shapes: Shapes, p: str) -> C.TextEncoderConfig:
         layers=len(_indices(shapes, p + "text_model.encoder.layers.")),
         heads=max(1, width // 64),
         max_length=shapes[p + "text_model.embeddings.position_embedding.weight"][0],
-        act="quick_gelu", projection_dim=proj[0] if proj else 0)
+        act="quick_gelu", projection_dim=proj[0] if proj else 0,
+        intermediate_size=_mlp_width(shapes, p + "text_model.encoder.layers.0.mlp.fc1.weight", width))
 
 
 def infer_openclip(shapes: Shapes, p: str) -> C.TextEncoderConfig:
@@ -130,7 +131,14 @@ def infer_openclip(shapes: Shapes, p: str) -> C.TextEncoderConfig:
         naming="openclip", vocab_size=vocab, width=width,
         layers=len(_indices(shapes, p + "transformer.resblocks.")),
         heads=max(1, width // 64), max_length=shapes[p + "positional_embedding"][0],
-        act="gelu", projection_dim=proj[1] if proj else 0, pad_token=0)
+        act="gelu", projection_dim=proj[1] if proj else 0, pad_token=0,
+        intermediate_size=_mlp_width(shapes, p + "transformer.resblocks.0.mlp.c_fc.weight", width))
+
+
+def _mlp_width(shapes: Shapes, key: str, width: int) -> int:
+    """The MLP width when it is not CLIP's usual 4 x width (0 = the usual)."""
+    shape = shapes.get(key)
+    return shape[0] if shape and shape[0] != 4 * width else 0
 
 
 def infer_unet(shapes: Shapes, p: str, sd1_heads: bool = False) -> C.UNetConfig:

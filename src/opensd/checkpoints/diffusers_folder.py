@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..models import config as C
 from . import detect as D
+from .diffusers_config import check_scheduler, text_encoder_config, unet_config, vae_config
 from .families import SUPPORTED, family_message, unsupported_pipeline
 from .files import read_state_dict
+from .safe_pickle import first_line
 from .keymap_clip import clip_from_transformers
 from .keymap_unet import unet_from_diffusers
 from .keymap_vae import vae_from_diffusers
@@ -50,20 +51,17 @@ def read_diffusers_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str
     """Return (original-layout state dict, metadata) for a diffusers folder."""
     refuse_links_out(path, [path / n for n in _COMPONENTS])
     index = _json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
-    family = unsupported_pipeline(str(index.get("_class_name", "")) if isinstance(index, dict) else "")
+    family = unsupported_pipeline(str(index.get("_class_name", "")))
     if family:
         raise CheckpointError(path, family_message(family, "diffusers folder"))
     if not (path / "unet").is_dir():
         raise CheckpointError(path, "diffusers folder has no unet/" + (
             " but a transformer/: a DiT-based model family, " + SUPPORTED if (path / "transformer").is_dir() else ""))
+    unet_json, vae_json = _config(path / "unet"), _config(path / "vae")
+    unet_cfg = _translated(path / "unet", unet_config, unet_json, "UNet2DConditionModel")
+    vae_cfg = _translated(path / "vae", vae_config, vae_json, "AutoencoderKL")
     out: dict[str, torch.Tensor] = {}
-    try:
-        unet_cfg = unet_config(_config(path / "unet"))
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(path / "unet" / "config.json", f"unsupported UNet config: {e}") from None
     out.update(_prefixed(D.UNET, _map(path / "unet", unet_from_diffusers, unet_cfg)))
-    vae_json = _config(path / "vae")
-    vae_cfg = vae_config(vae_json)
     out.update(_prefixed(D.VAE, _map(path / "vae", vae_from_diffusers, vae_cfg)))
 
     te1, te2 = path / "text_encoder", path / "text_encoder_2"
@@ -78,72 +76,42 @@ def read_diffusers_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str
     else:
         raise CheckpointError(path, "diffusers folder has no text_encoder/ or text_encoder_2/")
     for folder, prefix, naming in targets:
-        cfg = text_encoder_config(_config(folder), naming)
+        cfg = _translated(folder, text_encoder_config, _config(folder), None, naming)
         if cfg.heads != max(1, cfg.width // 64):
             # Single files cannot record heads, so everything downstream assumes CLIP's 64-wide heads.
             raise CheckpointError(folder / "config.json", f"{cfg.heads} attention heads for width {cfg.width}: "
                                   "only 64-wide heads (every released CLIP text encoder) are supported")
         out.update(_prefixed(prefix, _map(folder, clip_from_transformers, cfg)))
 
-    metadata = {D.META_SCALING: str(vae_json.get("scaling_factor", vae_cfg.scaling_factor)),
+    metadata = {D.META_SCALING: str(vae_cfg.scaling_factor),
                 D.META_HEADS: str(unet_cfg.num_heads), D.META_HEAD_CHANNELS: str(unet_cfg.num_head_channels)}
     scheduler = path / "scheduler" / "scheduler_config.json"
     if scheduler.is_file():
-        pred = _json(scheduler).get("prediction_type")
+        sched = _json(scheduler)
+        try:
+            check_scheduler(sched)
+        except ValueError as e:
+            raise CheckpointError(scheduler, str(e)) from None
+        pred = sched.get("prediction_type")
         if pred:
             metadata[D.META_PREDICTION] = "v" if pred == "v_prediction" else pred
-    unet_json = _config(path / "unet")
     if unet_json.get("sample_size"):
         side = int(unet_json["sample_size"]) * vae_cfg.downscale
         metadata[D.META_RESOLUTION] = f"{side}x{side}"
     return out, metadata
 
 
-def unet_config(j: dict) -> C.UNetConfig:
-    channels = list(j["block_out_channels"])
-    mc = channels[0]
-    layers = j.get("transformer_layers_per_block", 1)
-    layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
-    depth = tuple(layers[i] if "CrossAttn" in t else 0 for i, t in enumerate(j["down_block_types"]))
-    head_cfg = _head_config(j, channels)
-    return C.UNetConfig(
-        in_channels=j.get("in_channels", 4), out_channels=j.get("out_channels", 4), model_channels=mc,
-        channel_mult=tuple(c // mc for c in channels), num_res_blocks=j.get("layers_per_block", 2),
-        transformer_depth=depth, transformer_depth_middle=layers[-1],
-        context_dim=j.get("cross_attention_dim", 768),
-        use_linear_in_transformer=bool(j.get("use_linear_projection", False)),
-        adm_in_channels=j.get("projection_class_embeddings_input_dim") or 0, **head_cfg)
-
-
-def _head_config(j: dict, channels: list[int]) -> dict:
-    # diffusers' "attention_head_dim" is really a head COUNT unless num_attention_heads is given
-    # (a historical misnomer kept for SD1's configs).
-    heads = j.get("num_attention_heads") or j.get("attention_head_dim", 8)
-    heads = list(heads) if isinstance(heads, (list, tuple)) else [heads] * len(channels)
-    if len(set(heads)) == 1:
-        return dict(num_heads=heads[0], num_head_channels=-1)
-    widths = {c // h for c, h in zip(channels, heads)}
-    if len(widths) == 1:
-        return dict(num_head_channels=widths.pop())
-    raise ValueError(f"unsupported attention head layout {heads} for channels {channels}")
-
-
-def vae_config(j: dict) -> C.VAEConfig:
-    channels = list(j["block_out_channels"])
-    return C.VAEConfig(
-        in_channels=j.get("in_channels", 3), out_ch=j.get("out_channels", 3), ch=channels[0],
-        ch_mult=tuple(c // channels[0] for c in channels), num_res_blocks=j.get("layers_per_block", 2),
-        z_channels=j.get("latent_channels", 4), embed_dim=j.get("latent_channels", 4),
-        scaling_factor=float(j.get("scaling_factor", 0.18215)))
-
-
-def text_encoder_config(j: dict, naming: str) -> C.TextEncoderConfig:
-    with_proj = any("WithProjection" in a for a in j.get("architectures", []))
-    return C.TextEncoderConfig(
-        naming=naming, vocab_size=j.get("vocab_size", 49408), width=j["hidden_size"],
-        layers=j["num_hidden_layers"], heads=j["num_attention_heads"],
-        max_length=j.get("max_position_embeddings", 77), act=j.get("hidden_act", "quick_gelu"),
-        projection_dim=j.get("projection_dim", 0) if with_proj else 0)
+def _translated(folder: Path, translate, j: dict, class_name: str | None, *args):
+    """`translate(j, *args)`, with an unsupported or missing field reported against the config file."""
+    where = folder / "config.json"
+    try:
+        if class_name and j.get("_class_name", class_name) != class_name:
+            raise ValueError(f"_class_name = {j['_class_name']!r}: only {class_name} is supported")
+        return translate(j, *args)
+    except KeyError as e:
+        raise CheckpointError(where, f"unsupported config: no {e.args[0]!r} field") from None
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(where, f"unsupported config: {e}") from None
 
 
 def _map(folder: Path, mapper, cfg) -> dict[str, torch.Tensor]:
@@ -166,8 +134,11 @@ def _config(folder: Path) -> dict:
 
 def _json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        j = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(path, "missing (a diffusers folder needs a config.json per component)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(path, f"not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(path, f"not valid JSON: {first_line(e)}") from None
+    if not isinstance(j, dict):
+        raise CheckpointError(path, f"not a JSON object (got a {type(j).__name__})")
+    return j

@@ -241,7 +241,7 @@ def vae_json(cfg: C.ModelConfig) -> dict:
 
 def text_encoder_json(enc: C.TextEncoderConfig, with_projection: bool) -> dict:
     j = {"architectures": ["CLIPTextModelWithProjection" if with_projection else "CLIPTextModel"],
-         "model_type": "clip_text_model", "hidden_size": enc.width, "intermediate_size": 4 * enc.width,
+         "model_type": "clip_text_model", "hidden_size": enc.width, "intermediate_size": enc.mlp_width,
          "num_hidden_layers": enc.layers, "num_attention_heads": enc.heads,
          "max_position_embeddings": enc.max_length, "vocab_size": enc.vocab_size, "hidden_act": enc.act,
          "layer_norm_eps": 1e-5, "bos_token_id": 49406, "eos_token_id": 49407,

@@ -97,11 +97,11 @@ class _HFAttention(nn.Module):
 
 
 class _HFMLP(nn.Module):
-    def __init__(self, width: int, act: str):
+    def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
-        self.act = _activation(act)
-        self.fc1 = nn.Linear(width, 4 * width)
-        self.fc2 = nn.Linear(4 * width, width)
+        self.act = _activation(cfg.act)
+        self.fc1 = nn.Linear(cfg.width, cfg.mlp_width)
+        self.fc2 = nn.Linear(cfg.mlp_width, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -112,7 +112,7 @@ class _HFLayer(nn.Module):
         super().__init__()
         self.self_attn = _HFAttention(cfg.width, cfg.heads)
         self.layer_norm1 = nn.LayerNorm(cfg.width, eps=LN_EPS)
-        self.mlp = _HFMLP(cfg.width, cfg.act)
+        self.mlp = _HFMLP(cfg)
         self.layer_norm2 = nn.LayerNorm(cfg.width, eps=LN_EPS)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -203,11 +203,11 @@ class _OpenCLIPAttention(nn.Module):
 
 
 class _OpenCLIPMLP(nn.Module):
-    def __init__(self, width: int, act: str):
+    def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
-        self.act = _activation(act)
-        self.c_fc = nn.Linear(width, 4 * width)
-        self.c_proj = nn.Linear(4 * width, width)
+        self.act = _activation(cfg.act)
+        self.c_fc = nn.Linear(cfg.width, cfg.mlp_width)
+        self.c_proj = nn.Linear(cfg.mlp_width, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.act(self.c_fc(x)))
@@ -219,7 +219,7 @@ class _ResBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(cfg.width, eps=LN_EPS)
         self.attn = _OpenCLIPAttention(cfg.width, cfg.heads)
         self.ln_2 = nn.LayerNorm(cfg.width, eps=LN_EPS)
-        self.mlp = _OpenCLIPMLP(cfg.width, cfg.act)
+        self.mlp = _OpenCLIPMLP(cfg)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), mask)

@@ -72,6 +72,8 @@ class TextEncoderConfig:
     heads: int = 12
     max_length: int = 77
     act: Literal["quick_gelu", "gelu"] = "quick_gelu"
+    # Hidden width of each layer's MLP; 0 = 4 * width, as in every released CLIP.
+    intermediate_size: int = 0
     # Output size of the text projection; 0 = the file has no projection.
     projection_dim: int = 0
     # Which hidden state conditions the UNet: 1 = last layer, 2 = penultimate ("CLIP skip").
@@ -82,6 +84,10 @@ class TextEncoderConfig:
     pad_token: int = 49407
     # SDXL concatenates the pooled, projected output of this encoder into the UNet's "y".
     pooled: bool = False
+
+    @property
+    def mlp_width(self) -> int:
+        return self.intermediate_size or 4 * self.width
 
 
 @dataclass(frozen=True)
