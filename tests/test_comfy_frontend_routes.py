@@ -112,7 +112,8 @@ def test_frontend_is_served_under_comfy(client):
     assert r.status_code == 200 and "ComfyUI" in r.text
     assert client.get("/comfy", follow_redirects=False).headers["location"] == "/comfy/"
     assert client.get("/comfy/user.css").headers["content-type"].startswith("text/css")
-    assert client.get("/assets/images/favicon_progress_16x16/frame_9.png").status_code == 200
+    for absolute in ("/assets/images/favicon_progress_16x16/frame_9.png", "/assets/favicon.ico"):
+        assert client.get(absolute).status_code == 200  # the frontend asks for these from the root
     index = client.get("/comfy/templates/index.json").json()
     assert client.get("/comfy/templates/index.de.json").json() == index
     assert client.get("/comfy/templates/index_logo.json").json() == {}

@@ -19,7 +19,8 @@ from ..atomic import write_atomic
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import ModelFolders
 from ..version import __version__
-from . import a1111_api, a1111_controlnet, a1111_run, comfy_api, comfy_frontend, gallery_api, opensd_api, ui_routes
+from . import (a1111_api, a1111_controlnet, a1111_run, comfy_api, comfy_frontend, docs_pages, gallery_api,
+               opensd_api, ui_routes)
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
 from .security import Guard
@@ -118,8 +119,9 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
         state.queue.stop()
         state.store.close()
 
-    app = FastAPI(title="opensd", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="opensd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Local Stable Diffusion: AUTOMATIC1111 API (/sdapi/v1) and ComfyUI API")
+    docs_pages.install(app)  # /docs with its assets served from here, not a CDN
     app.state.opensd = state
     if settings.allow_origins:  # browsers on these origins may read answers (Guard has checked them)
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.allow_origins), allow_methods=["*"],

@@ -18,8 +18,10 @@ from . import comfy_jobs, comfy_support, comfy_userdata
 
 log = logging.getLogger(__name__)
 PREFIX = "/comfy"
-# The frontend's progress favicon uses this absolute path, whatever folder it is served from.
-FAVICON_FRAMES = "/assets/images/favicon_progress_16x16"
+# The frontend names some of its own images by absolute path (favicon, progress-favicon frames,
+# logos), whatever folder it is served from: those two are served from its folder at the root too.
+ROOT_IMAGES = "/assets/images"
+ROOT_FAVICON = "/assets/favicon.ico"
 TEMPLATES = Path(__file__).parent / "comfy_templates"
 TEMPLATE_FILES = frozenset(p.name for p in TEMPLATES.iterdir() if p.is_file())
 
@@ -72,6 +74,9 @@ def install(app: FastAPI, state, comfy_router_factory) -> None:
         # the page links ./user.css as ComfyUI's web root does; user styling lives in userdata
         return Response("", media_type="text/css")
 
-    app.mount(FAVICON_FRAMES, StaticFiles(directory=folder / FAVICON_FRAMES.lstrip("/")),
-              name="comfy-favicon")
+    @app.get(ROOT_FAVICON, include_in_schema=False)
+    def favicon():
+        return FileResponse(folder / ROOT_FAVICON.lstrip("/"))
+
+    app.mount(ROOT_IMAGES, StaticFiles(directory=folder / ROOT_IMAGES.lstrip("/")), name="comfy-images")
     app.mount(PREFIX, StaticFiles(directory=folder, html=True), name="comfy-frontend")

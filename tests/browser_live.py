@@ -1,0 +1,54 @@
+"""Browser-test helpers: Debian's Chromium driven by Playwright for Python (Playwright's own browser
+download is not used), and a recorder of every request, failed load and console error of a page.
+
+Without /usr/bin/chromium the browser tests skip locally, but fail under CI (CI=true), where
+.ci/run installs it."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+CHROMIUM = Path(os.environ.get("OPENSD_CHROMIUM", "/usr/bin/chromium"))
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def launch(playwright):
+    if not CHROMIUM.is_file():
+        if os.environ.get("CI"):
+            raise AssertionError(f"{CHROMIUM} is missing: .ci/run installs the chromium package")
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+
+
+@dataclass
+class PageLog:
+    """What a page asked for and complained about, recorded from the moment it is attached."""
+    origin: str
+    requests: list[str] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)   # (status, url) of answers >= 400
+    console_errors: list[tuple[str, str]] = field(default_factory=list)  # (text, url it names)
+
+    def attach(self, page) -> PageLog:
+        page.on("request", lambda r: self.requests.append(r.url))
+        page.on("response", lambda r: self.failures.append((r.status, r.url)) if r.status >= 400 else None)
+        page.on("console", lambda m: self.console_errors.append((m.text, m.location.get("url", "")))
+                if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.console_errors.append((f"uncaught: {e}", "")))
+        return self
+
+    def foreign(self) -> list[str]:
+        """Requests that would leave this server (blob: and data: URLs stay in the page)."""
+        own = urlsplit(self.origin)
+        out = []
+        for url in self.requests:
+            parts = urlsplit(url)
+            if parts.scheme == "data" or (parts.scheme == "blob" and url.startswith(f"blob:{self.origin}/")):
+                continue
+            if (parts.scheme, parts.netloc) != (own.scheme, own.netloc):
+                out.append(url)
+        return out

@@ -1,0 +1,131 @@
+"""ComfyUI's own frontend at /comfy/ in a real browser: first visit -> its template browser -> our
+built-in txt2img template -> Run -> the image shows in the SaveImage node's own preview, fetched
+from /view, with the pixels of the PNG on disk. Every request stays on this server. A page on
+another site cannot write the frontend's user data."""
+from __future__ import annotations
+
+import http.server
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser_live import PageLog, launch
+from PIL import Image
+from server_live import LiveServer, free_port
+
+from opensd.server.comfy_frontend import static_dir
+from opensd.server.settings import Settings
+
+pytestmark = pytest.mark.skipif(static_dir() is None, reason="needs the comfyui extra (in the test extras)")
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+# The frontend asks for an optional user file that does not exist yet; ComfyUI answers 404 as we do
+# and the frontend handles it, but Chromium still logs every 404 as a console error.
+EXPECTED_404 = ("/comfy/api/userdata/comfy.templates.json",)
+
+PREVIEW_PIXELS = """() => {
+    const img = window.app.graph.getNodeById(9).imgs[0];
+    const c = document.createElement('canvas');
+    c.width = img.naturalWidth; c.height = img.naturalHeight;
+    const ctx = c.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    return {src: img.src, width: c.width, height: c.height,
+            rgba: Array.from(ctx.getImageData(0, 0, c.width, c.height).data)};
+}"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with LiveServer(Settings(outputs_dir=tmp_path_factory.mktemp("browser-comfy") / "out")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+def test_template_queue_and_preview(server, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    log = PageLog(server.url).attach(page)
+    page.goto(server.url + "/comfy/")
+    page.wait_for_function("() => window.app && window.app.graph", timeout=60_000)
+    page.get_by_test_id("template-workflow-opensd-txt2img").click(timeout=30_000)  # first visit: templates
+    page.wait_for_function("() => window.app.graph.getNodeById(9) !== null", timeout=30_000)
+    nodes = page.evaluate("""() => window.app.graph._nodes.map(n => [n.type, !!LiteGraph.registered_node_types[n.type]])""")
+    assert sorted(t for t, _ in nodes) == sorted(["CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncode",
+                                                 "EmptyLatentImage", "KSampler", "VAEDecode", "SaveImage"])
+    assert all(known for _, known in nodes), nodes  # no "missing node"
+    page.evaluate("""() => { const k = window.app.graph.getNodeById(3);
+        k.widgets.find(w => w.name === 'steps').value = 4; }""")  # the test's only change: fewer steps
+    page.get_by_role("button", name="Run").first.click()
+    page.wait_for_function("""() => { const n = window.app.graph.getNodeById(9);
+        return n.imgs && n.imgs.length && n.imgs[0].complete && n.imgs[0].naturalWidth > 0; }""", timeout=180_000)
+    shown = page.evaluate(PREVIEW_PIXELS)
+    assert shown["src"].startswith(server.url + "/comfy/api/view?") and "type=output" in shown["src"]
+    rgba = np.array(shown["rgba"], dtype=np.uint8).reshape(shown["height"], shown["width"], 4)
+    assert (shown["width"], shown["height"]) == (64, 64) and rgba[..., :3].std() > 10  # not blank
+    saved = sorted((Path(server.settings.outputs_dir) / "comfy").glob("opensd_*.png"))
+    assert len(saved) == 1
+    on_disk = np.asarray(Image.open(saved[0]).convert("RGB"))
+    assert np.abs(on_disk.astype(int) - rgba[..., :3]).max() <= 1  # the preview is the saved image
+    history = server.state.store.history("comfy")
+    assert [j.result["status"]["status_str"] for j in history] == ["success"]
+    assert history[0].payload["prompt"]["3"]["inputs"]["steps"] == 4
+    assert history[0].payload["prompt"]["4"]["inputs"]["ckpt_name"] == "opensd-emoji.safetensors"
+
+    assert log.foreign() == []
+    unexpected = [(s, u) for s, u in log.failures if not u.startswith(tuple(server.url + p for p in EXPECTED_404))]
+    assert unexpected == []
+    errors = [(t, u) for t, u in log.console_errors
+              if not (t.startswith("Failed to load resource") and u.startswith(tuple(server.url + p for p in EXPECTED_404)))]
+    assert errors == []
+    page.close()
+
+
+class _EvilPage(http.server.BaseHTTPRequestHandler):
+    """Another site: its page posts to the opensd server with a form and with no-cors fetches."""
+    target = ""
+
+    def do_GET(self):
+        t = self.target
+        body = f"""<!doctype html><form id=f method=post enctype=text/plain
+            action="{t}/comfy/api/userdata/workflows%2Fform.json"><input name='{{"a":' value='1}}'></form>
+            <script>
+            fetch("{t}/comfy/api/userdata/workflows%2Ffetch.json", {{method: "POST", mode: "no-cors",
+                  body: '{{"nodes": []}}'}}).finally(() => fetch("{t}/comfy/api/settings", {{method: "POST",
+                  mode: "no-cors", body: '{{"Comfy.Evil": true}}'}})).finally(() => {{
+                  document.title = "sent"; document.getElementById("f").submit(); }});
+            </script>""".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_another_site_cannot_write_user_data(server, browser):
+    _EvilPage.target = server.url
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _EvilPage)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page()
+        statuses = []
+        page.on("response", lambda r: statuses.append((r.status, r.url)) if server.url in r.url else None)
+        page.goto(f"http://localhost:{evil.server_address[1]}/")
+        page.wait_for_url(f"{server.url}/**", timeout=30_000)  # the form navigated to the target
+        page.close()
+    finally:
+        evil.shutdown()
+    root = Path(server.settings.data_dir) / "comfy-users" / "default"
+    assert not (root / "workflows" / "form.json").exists() and not (root / "workflows" / "fetch.json").exists()
+    settings = root / "comfy.settings.json"
+    assert not settings.exists() or "Comfy.Evil" not in settings.read_text()
+    assert statuses and all(s in (403, 415) for s, _ in statuses), statuses
