@@ -46,6 +46,7 @@ def register(sub) -> None:
     g.add_argument("--sampler", help='e.g. "Euler a", "DPM++ 2M", dpmpp_2m (default Euler)')
     g.add_argument("--scheduler", help="e.g. karras, exponential, sgm_uniform (default: automatic)")
     g.add_argument("--clip-skip", type=int_arg)
+    g.add_argument("--tiling", action="store_true", help="seamless tiling: the image wraps around its edges")
     i = gen.add_argument_group("img2img / inpainting / outpainting")
     i.add_argument("--init-image", type=Path, help="start from this image (img2img)")
     i.add_argument("--strength", type=float_arg, help="denoising strength 0..1 (default 0.75)")
@@ -89,7 +90,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
 
     kw = dict(steps=args.steps, cfg=args.cfg, seed=args.seed, width=args.width, height=args.height,
               batch_size=args.batch, sampler=args.sampler, scheduler=args.scheduler, clip_skip=args.clip_skip,
-              subseed=args.subseed, subseed_strength=args.subseed_strength)
+              subseed=args.subseed, subseed_strength=args.subseed_strength, tiling=args.tiling or None)
     if args.hires:
         hires = dict(scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps,
                      denoise=args.hires_denoise, width=args.hires_width, height=args.hires_height,

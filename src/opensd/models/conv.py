@@ -7,8 +7,12 @@ im2col + GEMM kernel (`thnn_conv2d`) is faster (2–4× for 1×1 convs), while o
 from 32×32 up. `bench/conv_backend.py` measures both per shape and end to end.
 
 Training keeps oneDNN: its backward pass is much faster than the plain kernel's.
+
+`circular_padding` is A1111's "Tiling" switch for any model built from these convolutions.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -39,3 +43,20 @@ class Conv2d(nn.Conv2d):
             return torch.ops.aten.thnn_conv2d(x, self.weight, self.kernel_size, self.bias, self.stride,
                                               self.padding)
         return super().forward(x)
+
+
+@contextmanager
+def circular_padding(*modules: nn.Module, enabled: bool = True):
+    """Within the block every padded Conv2d of `modules` pads circularly on both axes (A1111's
+    "Tiling", which switches every Conv2d of the UNet and VAE): what leaves one edge enters at the
+    opposite one, so the image tiles seamlessly. Each layer gets its own mode back on exit."""
+    convs = [m for module in modules for m in module.modules()
+             if enabled and isinstance(m, nn.Conv2d) and any(m.padding)]
+    before = [c.padding_mode for c in convs]
+    for c in convs:
+        c.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for c, mode in zip(convs, before):
+            c.padding_mode = mode

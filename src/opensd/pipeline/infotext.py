@@ -141,7 +141,7 @@ def generation_params(*, steps: int, sampler: str, cfg: float, seed: int, width:
                       clip_skip: int | None = None, hires_upscale: float | None = None,
                       hires_steps: int | None = None, hires_upscaler: str | None = None,
                       lora_hashes: Mapping[str, str] | None = None,
-                      ti_hashes: Mapping[str, str] | None = None,
+                      ti_hashes: Mapping[str, str] | None = None, tiling: bool = False,
                       extra: Mapping[str, Any] | None = None,
                       version: str | None = VERSION) -> dict[str, Any]:
     """Our generation settings as A1111's labelled params, with A1111's omissions.
@@ -169,6 +169,7 @@ def generation_params(*, steps: int, sampler: str, cfg: float, seed: int, width:
         "Variation seed strength": variation_seed_strength or None,
         "Denoising strength": denoising_strength,
         "Clip skip": clip_skip if clip_skip is not None and clip_skip > 1 else None,
+        "Tiling": True if tiling else None,
         "Hires upscale": hires_upscale,
         "Hires steps": hires_steps or None,
         "Hires upscaler": hires_upscaler,

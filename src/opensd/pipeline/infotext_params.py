@@ -60,7 +60,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
         clip_skip=p.clip_skip, hires_upscale=h.scale if h is not None and not (h.width or h.height) else None,
         hires_steps=h.steps if h is not None else None,
         hires_upscaler=HIRES_UPSCALERS.get(h.upscaler.lower(), h.upscaler) if h is not None else None,
-        lora_hashes=pipe.lora_hashes() or None, ti_hashes=ti or None,
+        lora_hashes=pipe.lora_hashes() or None, ti_hashes=ti or None, tiling=p.tiling,
         extra={k: v for k, v in extra.items() if v is not None})
     return format_infotext(p.prompt, p.negative_prompt, params)
 
@@ -185,6 +185,7 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
         del settings["scheduler"]
     settings["inpaint_full_res"] = params.get("Inpaint area") == "Only masked"
     settings["invert_mask"] = params.get("Mask mode") == "Inpaint not masked"
+    settings["tiling"] = params.get("Tiling") == "True"
     hires = None
     if "Hires upscale" in params or "Hires resize" in params:
         hires = {name: value(key, kind) for key, (name, kind) in _HIRES.items() if key in params}

@@ -48,6 +48,7 @@ class Params:
     sampler: str = "euler"
     scheduler: str | None = None
     clip_skip: int | None = None
+    tiling: bool = False              # A1111's "Tiling": circular padding in the UNet and VAE
     # img2img / inpainting
     strength: float = 0.75
     resize_mode: str = "just resize"
@@ -82,6 +83,8 @@ class Params:
             raise InvalidArgument(f"resize_mode: {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
         if self.inpainting_fill not in FILL_MODES:
             raise InvalidArgument(f"inpainting_fill: {self.inpainting_fill!r} is not one of {', '.join(FILL_MODES)}")
+        if not isinstance(self.tiling, bool):
+            raise InvalidArgument(f"tiling: {self.tiling!r} must be true or false")
         if self.clip_skip is not None and (not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12):
             raise InvalidArgument(f"clip_skip: {self.clip_skip!r} is outside 1..12")
         if not 0 <= self.inpaint_full_res_padding <= 1024:

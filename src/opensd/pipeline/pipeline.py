@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..adapters.lora import LoraSet, LoraSpec, prompt_lora_tags, specs_from_tags
 from ..errors import InvalidArgument, OpenSDError
+from ..models.conv import circular_padding
 from ..models.unet import reuse_context_kv
 from ..sampling.denoiser import Denoiser
 from ..sampling.names import resolve
@@ -202,7 +203,8 @@ class Pipeline:
                 if progress:
                     progress(offset + i, total)
 
-            image = self._one(p, seed, subseed, source, mask, report)
+            with circular_padding(self.model.unet, self.model.vae, enabled=p.tiling):
+                image = self._one(p, seed, subseed, source, mask, report)
             if init is not None and mask is not None:
                 image = I.paste_back(image, init, mask, crop)
             image.info["seed"] = seed
