@@ -197,3 +197,20 @@ def test_sdxl_small_controlnet_fits_sdxl_base_only():
     assert compatible_config(cfg, family, C.sdxl()).hint_downscale == 8
     with pytest.raises(CheckpointError, match="ControlNet is for SDXL models but the loaded model is SD1"):
         compatible_config(cfg, family, C.sd1())
+
+
+def test_mismatch_between_two_small_models_names_the_difference():
+    """Two small models differ in shape, not family: the message says which shapes differ."""
+    from opensd.checkpoints.controlnet_files import compatible_config
+    from opensd.errors import CheckpointError
+    from opensd.library.synthetic import TINY
+
+    cn = ControlNetConfig(replace(TINY.unet, context_dim=96, model_channels=64))
+    with pytest.raises(CheckpointError) as e:
+        compatible_config(cn, "small", TINY, "cn.safetensors")
+    msg = str(e.value)
+    assert f"text context width {96} (the model's is {TINY.unet.context_dim})" in msg, msg
+    assert f"model channels 64 (the model's are {TINY.unet.model_channels})" in msg, msg
+    assert "for small models but the loaded model is small" not in msg
+    with pytest.raises(CheckpointError, match=r"ControlNet is for SDXL models but the loaded model is SD1.*text context width 2048 \(the model's is 768\)"):
+        compatible_config(ControlNetConfig(C.SDXL_UNET), "sdxl", C.sd1())

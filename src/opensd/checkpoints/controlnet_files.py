@@ -180,12 +180,19 @@ def compatible_config(cfg: ControlNetConfig, family: C.Family, base: C.ModelConf
     # conditioning; its transformer depths may differ (e.g. diffusers' "small"/"mid" SDXL ControlNets).
     # A guidance-distilled base takes ControlNets with or without its guidance embedding.
     adm_fits = u.adm_in_channels == b.adm_in_channels or (b.guidance_embed and not u.adm_in_channels)
-    same = adm_fits and (u.model_channels, u.channel_mult, u.num_res_blocks, u.context_dim) == \
-        (b.model_channels, b.channel_mult, b.num_res_blocks, b.context_dim)
-    if not same:
-        raise CheckpointError(path, f"this ControlNet is for {FAMILY_NAMES.get(family, family)} models "
-                                    f"but the loaded model is {FAMILY_NAMES.get(base.family, base.family)}; "
-                                    "use a ControlNet made for this model's family")
+    fields = [("model channels", "are", u.model_channels, b.model_channels),
+              ("channel multipliers", "are", u.channel_mult, b.channel_mult),
+              ("res blocks per level", "are", u.num_res_blocks, b.num_res_blocks),
+              ("text context width", "is", u.context_dim, b.context_dim)]
+    if not adm_fits:
+        fields.append(("'y' vector width", "is", u.adm_in_channels, b.adm_in_channels))
+    differences = [f"{what} {mine} (the model's {verb} {theirs})" for what, verb, mine, theirs in fields if mine != theirs]
+    if differences:
+        ours, base_family = FAMILY_NAMES.get(family, family), FAMILY_NAMES.get(base.family, base.family)
+        made_for = (f"but the loaded model is {base_family}" if ours != base_family
+                    else "of another shape than the loaded model")
+        raise CheckpointError(path, f"this ControlNet is for {ours} models {made_for}: its {'; its '.join(differences)}; "
+                                    "use a ControlNet made for this model")
     return replace(cfg, unet=replace(u, num_heads=b.num_heads, num_head_channels=b.num_head_channels,
                                      guidance_embed=b.guidance_embed and bool(u.adm_in_channels)),
                    hint_downscale=base.vae.downscale)
