@@ -22,7 +22,8 @@ from PIL import Image
 from opensd.adapters.controlnet import ControlSpec, load_controlnet
 from opensd.adapters.preprocessors import canny
 from opensd.pipeline.pipeline import load
-from opensd.training.controlnet_train import BUILTIN, CANNY
+from opensd.library.models_dir import BUILTIN_CHECKPOINT
+from opensd.training.controlnet_train import CANNY
 from opensd.training.emoji_data import load_split
 
 
@@ -48,7 +49,7 @@ def heldout_set(data: Path, n: int):
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--controlnet", type=Path, required=True)
-    ap.add_argument("--model", type=Path, default=BUILTIN)
+    ap.add_argument("--model", type=Path, default=BUILTIN_CHECKPOINT)
     ap.add_argument("--data", type=Path, default=Path("data/emoji"))
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--steps", type=int, default=20)

@@ -36,6 +36,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from opensd.library.models_dir import BUILTIN_CHECKPOINT
 from opensd.training.lora_train import (
     LoraOptions,
     build,
@@ -48,7 +49,7 @@ PACKAGE, VERSION = "openmoji", "17.0.0"
 INTEGRITY = "sha512-EBnYrNGdcdw+OSXmENeNE1yBNRu6tOraTmoOyUbJkTmvT/+XETp8RZLSJFzD3lrPc5N9CzsyPnRTk0Vp4UaI9w=="
 GROUPS = ("smileys-emotion", "food-drink", "animals-nature", "objects", "travel-places", "activities")
 STYLE = "openmoji style"
-BUILTIN = ROOT / "src" / "opensd" / "assets" / "builtin" / "opensd-emoji.safetensors"
+BUILTIN = BUILTIN_CHECKPOINT
 
 
 def fetch(dest: Path) -> Path:

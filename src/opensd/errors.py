@@ -16,3 +16,24 @@ class CheckpointError(OpenSDError):
 
 class InvalidArgument(OpenSDError, ValueError):
     """A user-supplied parameter outside its allowed range; the message names the parameter."""
+
+
+def run_main(main, argv=None, prog: str = "opensd") -> int:
+    """Run a command-line entry point ``main(argv)`` so that a user's mistake never shows a stack
+    trace: an OpenSDError ends as one line on stderr (exit status 2), Ctrl-C as "interrupted" (130),
+    and a reader that stops early (``| head``) ends the output quietly."""
+    import os
+    import sys
+
+    try:
+        return main(argv) or 0
+    except OpenSDError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Python would report the pipe again when it flushes stdout at exit: point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command that `head` cut short

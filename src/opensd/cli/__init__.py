@@ -6,16 +6,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 
-from ..errors import OpenSDError
+from ..errors import run_main
 
-EXIT_USAGE = 2
 COMMAND_MODULES = ("generate", "info", "train", "serve", "control", "models")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage mistakes on one line, like every other error (usage stays in --help);
+    subcommand parsers are made of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opensd", description="Local, private Stable Diffusion.")
+    parser = Parser(prog="opensd", description="Local, private Stable Diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)
@@ -23,13 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main(_run, argv)
+
+
+def _run(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="opensd: %(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except OpenSDError as e:
-        print(f"opensd: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("opensd: interrupted", file=sys.stderr)
-        return 130
+    return args.func(args)

@@ -147,10 +147,10 @@ def controls_from_args(args: argparse.Namespace, pipe) -> list:
     specs, cache = [], {}
     for text in args.control or []:
         s = parse_control(text)
+        image = open_image(Path(s.pop("image")), "control image")  # a typo shows before a slow load
         path = resolve_controlnet(s.pop("model"), getattr(args, "controlnet_dir", None))
         if path not in cache:
             cache[path] = load_controlnet(path, pipe)
-        image = open_image(Path(s.pop("image")), "control image")
         pre = s.pop("pre", None)
         if pre:
             image = preprocess(pre, image)

@@ -118,6 +118,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.mask and args.outpaint:
         raise InvalidArgument("mask: --outpaint makes its own mask; give --mask or --outpaint, not both")
     check_output(args.output)
+    _check_paths(args)
     set_threads(args.threads)
     if args.model is None and not BUILTIN_MODEL.is_file():
         raise InvalidArgument("model: no built-in model is installed; pass --model PATH")
@@ -163,6 +164,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(out)
         print(f"opensd: wrote {out} (seed {image.info['seed']})", file=sys.stderr)
     return 0
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Files and folders the flags name, checked before anything loads, each error naming its flag."""
+    from ..adapters.lora import prompt_lora_tags
+
+    for flag, path in (("model", args.model), ("vae", args.vae)):
+        if path is not None and not path.exists():
+            raise InvalidArgument(f"{flag}: {path} does not exist")
+    for flag, folder in (("embeddings-dir", args.embeddings_dir), ("loras-dir", args.loras_dir),
+                         ("controlnet-dir", args.controlnet_dir)):
+        if folder is not None and not folder.is_dir():
+            raise InvalidArgument(f"{flag}: {folder} is not a folder")
+    if args.loras_dir is None and any(prompt_lora_tags(t or "") for t in (args.prompt, args.hires_prompt)):
+        raise InvalidArgument("loras-dir: the prompt's <lora:...> tags need --loras-dir FOLDER to find them in")
 
 
 def _loras(args: argparse.Namespace, pipe, from_image: bool) -> list:

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
-from .common import set_threads
+from ..errors import InvalidArgument
+from .common import float_arg, int_arg, set_threads
 
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the AUTOMATIC1111 and ComfyUI HTTP APIs")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int_arg, default=7860)
     p.add_argument("--models-dir", type=Path, help="an A1111 or ComfyUI models/ folder")
     p.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="images and the job database")
     tok = p.add_mutually_exclusive_group()
@@ -25,18 +27,21 @@ def register(sub) -> None:
                    help="an extra browser Origin allowed to call the API (e.g. http://myhost:3000)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="an extra Host header name to answer (DNS-rebinding defence allows loopback only)")
-    p.add_argument("--queue-size", type=int, default=64, help="most jobs waiting; more answer 429")
-    p.add_argument("--model-cache-gb", type=float, default=8.0, help="parameters kept loaded, in GB")
+    p.add_argument("--queue-size", type=int_arg, default=64, help="most jobs waiting; more answer 429")
+    p.add_argument("--model-cache-gb", type=float_arg, default=8.0, help="parameters kept loaded, in GB")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--max-body-mb", type=float, default=64.0)
-    p.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: all cores)")
+    p.add_argument("--max-body-mb", type=float_arg, default=64.0)
+    p.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
     p.set_defaults(func=cmd_serve)
 
 
 def settings_from(args: argparse.Namespace):
     from ..server.settings import Settings
 
+    for flag, value in (("model-cache-gb", args.model_cache_gb), ("max-body-mb", args.max_body_mb)):
+        if not 0 < value < math.inf:
+            raise InvalidArgument(f"{flag}: {value} must be a positive number")
     return Settings(host=args.host, port=args.port, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                     api_token=args.api_token, insecure_no_token=args.insecure_no_token,
                     allow_origins=tuple(args.allow_origin), allow_hosts=tuple(args.allow_host),

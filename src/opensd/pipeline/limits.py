@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..errors import InvalidArgument
 
 MAX_SEED = 2**32 - 1
+MAX_CLIP_SKIP = 12  # A1111's range for "Clip skip" (the model may allow fewer: conditioning.py)
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,10 @@ def check_seed(seed: int | None, name: str = "seed") -> None:
         return
     if not isinstance(seed, int) or isinstance(seed, bool) or not -1 <= seed <= MAX_SEED:
         raise InvalidArgument(f"{name}: {seed!r} must be an integer in 0..{MAX_SEED}, or -1 for random")
+
+
+def check_clip_skip(clip_skip: int | None, name: str = "clip_skip") -> None:
+    if clip_skip is None:
+        return
+    if not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or not 1 <= clip_skip <= MAX_CLIP_SKIP:
+        raise InvalidArgument(f"{name}: {clip_skip!r} is outside 1..{MAX_CLIP_SKIP}")

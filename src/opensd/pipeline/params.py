@@ -85,8 +85,7 @@ class Params:
             raise InvalidArgument(f"inpainting_fill: {self.inpainting_fill!r} is not one of {', '.join(FILL_MODES)}")
         if not isinstance(self.tiling, bool):
             raise InvalidArgument(f"tiling: {self.tiling!r} must be true or false")
-        if self.clip_skip is not None and (not isinstance(self.clip_skip, int) or not 1 <= self.clip_skip <= 12):
-            raise InvalidArgument(f"clip_skip: {self.clip_skip!r} is outside 1..12")
+        L.check_clip_skip(self.clip_skip)
         if not 0 <= self.inpaint_full_res_padding <= 1024:
             raise InvalidArgument(f"inpaint_full_res_padding: {self.inpaint_full_res_padding} is outside 0..1024")
         if self.hires is not None:

@@ -37,6 +37,10 @@ class Settings:
         self.data_dir = Path(self.data_dir) if self.data_dir is not None else self.outputs_dir
         if not 1 <= self.queue_size <= 100_000:
             raise InvalidArgument(f"queue-size: {self.queue_size} is outside 1..100000")
+        if not 1 <= self.port <= 65535:
+            raise InvalidArgument(f"port: {self.port} is outside 1..65535")
+        if self.outputs_dir.exists() and not self.outputs_dir.is_dir():
+            raise InvalidArgument(f"outputs-dir: {self.outputs_dir} is not a folder")
 
     @property
     def db_path(self) -> Path:

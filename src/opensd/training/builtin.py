@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,8 @@ from torch import nn
 from ..atomic import atomic_write, write_atomic
 from ..checkpoints import detect as D
 from ..checkpoints.files import save_safetensors
+from ..errors import run_main
+from ..library.models_dir import BUILTIN_CHECKPOINT
 from ..models import config as C
 from ..models.stable_diffusion import StableDiffusion
 from ..models.unet import guidance_embedding
@@ -55,7 +58,7 @@ from .trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "assets" / "builtin" / "opensd-emoji.safetensors"
+DEFAULT_OUT = BUILTIN_CHECKPOINT  # training writes the shipped file unless told otherwise
 
 
 def _arch(unet: C.UNetConfig, text_layers: int) -> C.ModelConfig:
@@ -575,5 +578,5 @@ def main(argv=None) -> None:
         print(f"wrote {path}")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # a user's mistake (no dataset, a bad file) ends in one line
+    sys.exit(run_main(main))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ import torch
 
 from ..atomic import atomic_write
 from ..checkpoints.controlnet_files import save_controlnet
+from ..errors import run_main
+from ..library.models_dir import BUILTIN_CHECKPOINT
 from ..models.controlnet import ControlNet, from_unet
 from ..sampling.schedules import scaled_linear_alphas_cumprod
 from .builtin import MIN_SNR_GAMMA, index_stream, to_pixels
@@ -31,7 +34,6 @@ from .trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
-BUILTIN = Path(__file__).resolve().parents[1] / "assets" / "builtin" / "opensd-emoji.safetensors"
 CAPTION_DROPOUT = 0.5
 # Timestep sampling: "cubic" draws t = (1 - u^3) * T, favouring high noise, where an image's layout is
 # decided (T2I-Adapter's non-uniform sampling); "uniform" is the usual diffusion choice.
@@ -123,7 +125,7 @@ def main(argv=None) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, default=BUILTIN, help="base model (default: the built-in model)")
+    p.add_argument("--model", type=Path, default=BUILTIN_CHECKPOINT, help="base model (default: the built-in model)")
     p.add_argument("--data", type=Path, default=Path("data/emoji"))
     p.add_argument("--run", type=Path, default=Path("runs/controlnet"))
     p.add_argument("--steps", type=int, default=3000)
@@ -162,5 +164,5 @@ def run(a: argparse.Namespace) -> Path:
     return out
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # a user's mistake (no dataset, a bad file) ends in one line
+    sys.exit(run_main(main))

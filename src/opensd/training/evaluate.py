@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_write
+from ..errors import run_main
 from .trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -475,5 +476,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # a user's mistake (no dataset, a bad file) ends in one line
+    sys.exit(run_main(main))
