@@ -29,8 +29,8 @@ from .opensd_models import (
     Checkpoint, Checkpoints, Cleared, ImageInfo, ImageInfoRequest, JobQueued, Login, QueueItem, QueueView,
     SessionInfo, TokenCountRequest, TokenCountResult,
 )
-from .session import clear_cookie_header, set_cookie_header
-from .ui_routes import LOGIN_API
+from .session import clear_cookie_header, cookie_ok, set_cookie_header
+from .ui_routes import LOGIN_API, SESSION_API
 
 PREFIX = "/opensd/v1"
 LABEL_CHARS = 200
@@ -94,27 +94,31 @@ def router(state) -> APIRouter:
     tokenizer = default_tokenizer()
     embeddings = _Embeddings(state.folders)
 
+    def session_info(authorized: bool) -> dict:
+        return SessionInfo(token_required=bool(s.api_token), authorized=authorized, version=__version__).model_dump()
+
     @api.post(LOGIN_API.removeprefix(PREFIX), responses={401: {"description": "wrong token"}})
     async def login(body: Login, request: Request) -> SessionInfo:
         """Check the API token and set the web UI's session cookie (HttpOnly, SameSite=Strict)."""
         if s.api_token and not hmac.compare_digest(body.token.encode(), s.api_token.encode()):
             await asyncio.sleep(0.5)  # slows guessing
             return JSONResponse({"error": "Unauthorized", "detail": "token: wrong API token"}, status_code=401)
-        response = JSONResponse(SessionInfo(token_required=bool(s.api_token), version=__version__).model_dump())
+        response = JSONResponse(session_info(True))
         if s.api_token:
             response.headers["Set-Cookie"] = set_cookie_header(s.api_token, request.url.scheme == "https")
         return response
 
     @api.post("/logout")
     def logout() -> SessionInfo:
-        response = JSONResponse(SessionInfo(token_required=bool(s.api_token), version=__version__).model_dump())
+        response = JSONResponse(session_info(not s.api_token))
         response.headers["Set-Cookie"] = clear_cookie_header()
         return response
 
-    @api.get("/session")
-    def session() -> SessionInfo:
-        """Answers only when the request is authorised (the UI asks this first)."""
-        return SessionInfo(token_required=bool(s.api_token), version=__version__)
+    @api.get(SESSION_API.removeprefix(PREFIX))
+    def session(request: Request) -> SessionInfo:
+        """Whether this browser is signed in (open to all, so the UI can ask before any other call)."""
+        signed_in = not s.api_token or cookie_ok(request.headers.get("cookie", ""), s.api_token)
+        return SessionInfo(**session_info(signed_in))
 
     @api.post("/tokens")
     def tokens(body: TokenCountRequest) -> TokenCountResult:

@@ -15,6 +15,8 @@ class Login(BaseModel):
 
 class SessionInfo(BaseModel):
     token_required: bool
+    authorized: bool = Field(description="whether this browser's session cookie is valid (always true "
+                                         "without a token)")
     version: str
 
 

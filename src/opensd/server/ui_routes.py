@@ -22,7 +22,8 @@ HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", 
 TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
 UI_PREFIX = "/ui/"
 LOGIN_API = "/opensd/v1/login"  # the login page posts the token here (opensd_api.py)
-PUBLIC_PATHS = ("/", "/login", LOGIN_API)  # plus everything under UI_PREFIX
+SESSION_API = "/opensd/v1/session"  # says whether this browser is signed in, so the UI asks before it calls
+PUBLIC_PATHS = ("/", "/login", LOGIN_API, SESSION_API)  # plus everything under UI_PREFIX
 
 
 def is_public(path: str) -> bool:

@@ -1,5 +1,9 @@
 // The login page: posts the token as JSON; the server answers with an HttpOnly session cookie.
 const form = document.getElementById("login-form");
+
+fetch("/opensd/v1/session", { credentials: "same-origin" }).then((r) => r.json())
+  .then((s) => { if (s.authorized) location.replace("/"); })
+  .catch(() => {});
 const error = document.getElementById("login-error");
 
 form.addEventListener("submit", async (e) => {

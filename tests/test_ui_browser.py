@@ -1,0 +1,253 @@
+"""The web UI in a real browser (chromium via Playwright) against a real `opensd serve` app with the
+built-in model. Each flow asserts on stored records or pixels, and on an empty console."""
+from __future__ import annotations
+
+import base64
+import http.server
+import threading
+from io import BytesIO
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from server_live import LiveServer, free_port
+from browser_live import launch
+from ui_browser import PHONE, drop_file, no_horizontal_scroll, open_page, wait_for
+
+from opensd.pipeline.infotext import read_infotext
+from opensd.server.settings import Settings
+from opensd.server.store import CANCELLED, DONE, FINAL
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency")
+
+HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script> red heart'
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    with LiveServer(Settings(outputs_dir=tmp_path_factory.mktemp("ui") / "out")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, live):
+    page, log = open_page(browser, live.url + "/#generate")
+    page.wait_for_selector("#panel-generate form select[name=model] option", state="attached")
+    yield page
+    page.context.close()
+    assert log.console_errors == [] and log.failures == [] and log.foreign() == []
+
+
+def job_ids(live) -> set[str]:
+    return {j.id for j in live.state.store.all()}
+
+
+def new_jobs(live, before: set[str], n: int, final: bool = True):
+    """The `n` jobs created since `before`, in submission order, once all are final (or just exist)."""
+    def ready():
+        jobs = [j for j in live.state.store.all() if j.id not in before]
+        return jobs if len(jobs) == n and (not final or all(j.status in FINAL for j in jobs)) else None
+    return wait_for(ready, what=f"{n} new jobs")
+
+
+def fill_generate(page, prompt: str, **fields):
+    page.click("#tab-generate")
+    page.fill("#panel-generate textarea[name=prompt]", prompt)
+    for name, value in fields.items():
+        page.fill(f"#panel-generate input[name={name}]", str(value))
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_generate_then_gallery_shows_the_pngs_parameters(page, live):
+    """Flow 1: the UI's form -> a queued job -> the image and its infotext in Generate and the Gallery."""
+    before = job_ids(live)
+    fill_generate(page, "red heart, noto emoji style", steps=6, seed=1234, cfg_scale=6)
+    page.fill("#panel-generate textarea[name=negative_prompt]", "blurry")
+    page.select_option("#panel-generate select[name=sampler]", "DPM++ 2M")
+    page.select_option("#panel-generate select[name=scheduler]", "karras")
+    page.click("#panel-generate summary:text('Variation seed')")
+    page.check("#panel-generate input[name=variation]")
+    page.fill("#panel-generate input[name=subseed]", "77")
+    page.fill("#panel-generate input[name=subseed_strength]", "0.3")
+    page.press("#panel-generate textarea[name=prompt]", "Control+Enter")
+    (job,) = new_jobs(live, before, 1)
+    assert job.status == DONE
+    path = live.state.settings.outputs_dir / job.result["files"][0]
+    stored = read_infotext(path)
+    for part in ("Seed: 1234", "Sampler: DPM++ 2M", "Schedule type: Karras", "CFG scale: 6", "Variation seed: 77",
+                 "Variation seed strength: 0.3", "Negative prompt: blurry"):
+        assert part in stored, part
+    page.wait_for_selector(f"#panel-generate .result-main img[src*='{job.id}']")
+    assert page.inner_text("#panel-generate pre.infotext") == stored
+
+    page.click("#tab-gallery")
+    first = page.locator("#panel-gallery .thumbs button").first
+    first.wait_for()
+    first.click()
+    page.wait_for_selector("dialog[open] pre.infotext")
+    assert page.inner_text("dialog[open] pre.infotext") == stored
+    src = page.get_attribute("dialog[open] img.full", "src")
+    assert page.request.get(live.url + src).body() == path.read_bytes()
+    page.keyboard.press("Escape")
+
+
+def test_png_info_drop_then_reuse_regenerates_identical_pixels(page, live):
+    """Flow 3: a PNG made elsewhere, dropped on PNG info, sent to Generate, generated again."""
+    made = httpx.post(live.url + "/sdapi/v1/txt2img", timeout=120, json={
+        "prompt": "smiling face, (noto emoji:1.1)", "negative_prompt": "dark", "steps": 5, "width": 64,
+        "height": 64, "seed": 4242, "sampler_name": "Euler a", "cfg_scale": 5, "subseed": 5,
+        "subseed_strength": 0.2}).json()
+    original = base64.b64decode(made["images"][0])
+    page.click("#tab-pnginfo")
+    page.wait_for_selector("#panel-pnginfo .drop")
+    drop_file(page, "#panel-pnginfo .drop", original, "made-elsewhere.png")
+    page.wait_for_selector("#panel-pnginfo table.params")
+    assert "Seed: 4242" in page.inner_text("#panel-pnginfo pre.infotext")
+    page.click("#panel-pnginfo button:text('Send to Generate')")
+    page.wait_for_selector("#panel-generate:not([hidden])")
+    assert page.input_value("#panel-generate textarea[name=prompt]") == "smiling face, (noto emoji:1.1)"
+    before = job_ids(live)
+    page.click("#panel-generate button[type=submit]")
+    (job,) = new_jobs(live, before, 1)
+    again = live.state.settings.outputs_dir / job.result["files"][0]
+    assert np.array_equal(pixels(again), pixels(BytesIO(original)))
+
+
+def test_queue_three_cancel_the_second_it_never_runs(page, live):
+    """Flow 4: three jobs queued from the UI, the second cancelled in the Queue tab."""
+    live.state.queue.stop()  # hold the worker so the jobs wait
+    try:
+        before = job_ids(live)
+        for name in ("first job", "second job", "third job"):
+            fill_generate(page, name, steps=3, seed=1)
+            page.click("#panel-generate button[type=submit]")
+        jobs = new_jobs(live, before, 3, final=False)
+        page.click("#tab-queue")
+        rows = page.locator("#panel-queue ul[aria-label='Waiting jobs'] li[data-job]")
+        wait_for(lambda: rows.count() == 3, what="three waiting jobs in the Queue tab")
+        assert [rows.nth(i).locator(".pos").inner_text() for i in range(3)] == ["#1", "#2", "#3"]
+        page.click(f"#panel-queue li[data-job='{jobs[1].id}'] button:text('Cancel')")
+        wait_for(lambda: rows.count() == 2, what="the cancelled job to leave the list")
+    finally:
+        live.state.queue.start()
+    jobs = new_jobs(live, before, 3)
+    first, second, third = (live.state.store.get(j.id) for j in jobs)
+    assert second.status == CANCELLED and second.started is None and second.run_order is None
+    assert first.status == third.status == DONE and first.run_order < third.run_order
+    gallery = httpx.get(live.url + "/opensd/v1/gallery", params={"q": "job"}).json()
+    assert sorted(i["job_id"] for i in gallery["items"]) == sorted([first.id, third.id])
+
+    live.state.queue.stop()  # clear-all cancels everything waiting
+    try:
+        before = job_ids(live)
+        for name in ("fourth", "fifth"):
+            fill_generate(page, name, steps=3)
+            page.click("#panel-generate button[type=submit]")
+        new_jobs(live, before, 2, final=False)
+        page.click("#tab-queue")
+        wait_for(lambda: rows.count() == 2, what="two waiting jobs")
+        page.click("#panel-queue button:text('Clear queue')")
+        page.click("dialog[open] button[data-answer=yes]")
+    finally:
+        live.state.queue.start()
+    assert {j.status for j in new_jobs(live, before, 2)} == {CANCELLED}
+
+
+def test_markup_in_a_prompt_is_text_everywhere_and_cross_site_posts_are_refused(page, live, browser):
+    """Flow 7: a prompt holding HTML/JS is shown as text in every view and runs nothing."""
+    before = job_ids(live)
+    fill_generate(page, HOSTILE, steps=3, seed=3)
+    page.click("#panel-generate button[type=submit]")
+    (job,) = new_jobs(live, before, 1)
+    path = live.state.settings.outputs_dir / job.result["files"][0]
+    page.wait_for_selector(f"#panel-generate .result-main img[src*='{job.id}']")
+    assert HOSTILE in page.inner_text("#panel-generate pre.infotext")
+    page.click("#tab-queue")
+    page.wait_for_selector(f"#panel-queue li[data-job='{job.id}']")
+    assert HOSTILE in page.inner_text(f"#panel-queue li[data-job='{job.id}']")
+    page.click("#tab-gallery")
+    thumb = page.locator("#panel-gallery .thumbs button").first  # newest first
+    thumb.wait_for()
+    assert HOSTILE in page.inner_text("#panel-gallery .thumbs figcaption >> nth=0")
+    thumb.click()
+    page.wait_for_selector("dialog[open] table.params")
+    assert HOSTILE in page.inner_text("dialog[open] table.params")
+    page.keyboard.press("Escape")
+    page.click("#tab-pnginfo")
+    page.wait_for_selector("#panel-pnginfo .drop")
+    drop_file(page, "#panel-pnginfo .drop", path.read_bytes(), "hostile.png")
+    page.wait_for_selector("#panel-pnginfo table.params")
+    assert HOSTILE in page.inner_text("#panel-pnginfo pre.infotext")
+    page.click("#tab-generate")  # the prompt box's highlighted copy
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("img[src='x']").count() == 0
+    assert page.evaluate("document.scripts.length") == 1  # only the app's own module
+
+    # A page on another origin posting to the API: a text/plain form and no-cors fetches.
+    target = live.url
+    evil = f"""<!doctype html><form id=f method=POST action="{target}/opensd/v1/txt2img" enctype="text/plain">
+      <input name='{{"prompt":"evil","x":"' value='"}}'></form>
+      <script>
+        fetch("{target}/sdapi/v1/txt2img", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+               body: JSON.stringify({{prompt: "evil", steps: 1, width: 64, height: 64}})}});
+        fetch("{target}/opensd/v1/queue/clear", {{method: "POST", mode: "no-cors", body: "{{}}"}});
+        setTimeout(() => document.getElementById("f").submit(), 300);
+      </script>"""
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = evil.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Evil)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    before = job_ids(live)
+    other = browser.new_page()  # its console shows the refusals, as it should
+    try:
+        other.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        other.wait_for_url(f"{target}/opensd/v1/txt2img", timeout=10_000)
+        assert '"Forbidden"' in other.content() or "Origin" in other.content()
+    finally:
+        other.close()
+        server.shutdown()
+    assert job_ids(live) == before
+    assert not any("evil" in str(j.payload) for j in live.state.store.all())
+
+
+def test_phone_layout_has_no_horizontal_scroll_on_any_tab(browser, live):
+    """Flow 8: every registered tab (later tabs included) at 360x740 with touch."""
+    httpx.post(live.url + "/sdapi/v1/txt2img", json={"prompt": "phone", "steps": 2, "width": 64, "height": 64},
+               timeout=120)
+    page, log = open_page(browser, live.url + "/#generate", **PHONE)
+    page.wait_for_selector("#panel-generate form select[name=model] option", state="attached")
+    tabs = page.locator("#tabs [role=tab]")
+    assert tabs.count() >= 4
+    for i in range(tabs.count()):
+        tabs.nth(i).click()
+        page.wait_for_timeout(300)
+        assert no_horizontal_scroll(page), tabs.nth(i).get_attribute("id")
+    page.click("#tab-gallery")
+    page.locator("#panel-gallery .thumbs button").first.click()
+    page.wait_for_selector("dialog[open]")
+    assert no_horizontal_scroll(page)
+    page.context.close()
+    assert log.console_errors == [] and log.failures == []
