@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from ..pipeline.pipeline import Interrupted
-from .graph import check_prompt, signatures
+from .graph import check_prompt, links, signatures, walk
 from .loras import release_all
 from .types import NODES, ExecutionContext, GraphError, NodeCall, NodeError
 
@@ -62,27 +62,6 @@ def validate_prompt(prompt: dict, ctx: ExecutionContext | None = None) -> dict:
     return node_errors
 
 
-def _order(prompt: dict, outputs: list[str], have: set[str], sigs: dict[str, str]) -> list[str]:
-    """Nodes to run, dependencies first; a node whose output is cached cuts off its upstream."""
-    order: list[str] = []
-    seen: set[str] = set()
-
-    def visit(node_id: str) -> None:
-        if node_id in seen:
-            return
-        seen.add(node_id)
-        if sigs[node_id] in have:
-            return
-        for value in prompt[node_id]["inputs"].values():
-            if isinstance(value, list):
-                visit(value[0])
-        order.append(node_id)
-
-    for out in outputs:
-        visit(out)
-    return order
-
-
 def execute(prompt: dict, ctx: ExecutionContext, on_event: Event | None = None) -> dict[str, dict]:
     """Validate and run ``prompt``; return ``{node_id: ui_output}`` for output nodes with UI output."""
     emit = on_event or (lambda kind, data: None)
@@ -99,9 +78,11 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
          original: dict) -> dict[str, dict]:
     sigs = signatures(graph, ctx)
     have = {s for s in sigs.values() if cache.get(s) is not None}
-    to_run = _order(graph, outputs, have, sigs)
-    reached = _reached(graph, outputs, have, sigs)
-    cached = [n for n in reached if n not in to_run]
+    # Dependencies first; a node whose output is cached is read, and cuts off its upstream.
+    reached: list[str] = []
+    order, _ = walk(outputs, lambda n: links(graph, n), expand=lambda n: sigs[n] not in have, preorder=reached)
+    to_run = [n for n in order if sigs[n] not in have]
+    cached = [n for n in reached if sigs[n] in have]
     emit("execution_cached", {"nodes": cached})
     results: dict[str, tuple] = {}
     ui_out: dict[str, dict] = {}
@@ -145,25 +126,6 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
                 emit("executed", {"node": node_id, "output": ui})
     cache.keep_only(sigs.values())  # the whole graph's outputs stay, as in ComfyUI
     return {n: ui_out[n] for n in outputs if n in ui_out}
-
-
-def _reached(graph: dict, outputs: list[str], have: set[str], sigs: dict[str, str]) -> list[str]:
-    """Every node the run touches: to run, or cached and read (upstream of a cached node is not)."""
-    seen: list[str] = []
-
-    def visit(node_id: str) -> None:
-        if node_id in seen:
-            return
-        seen.append(node_id)
-        if sigs[node_id] in have:
-            return
-        for value in graph[node_id]["inputs"].values():
-            if isinstance(value, list):
-                visit(value[0])
-
-    for out in outputs:
-        visit(out)
-    return seen
 
 
 def _interrupted(node_id: str) -> Interrupted:

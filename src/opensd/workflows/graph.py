@@ -19,6 +19,7 @@ from typing import Any
 from .types import NODES, Choices, ExecutionContext, GraphError, NodeDef
 
 _CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+_MISSING = object()
 
 
 def _err(kind: str, message: str, details: str, **extra: Any) -> dict:
@@ -70,7 +71,7 @@ class _Validator:
         self.prompt = {str(k): v for k, v in prompt.items()}
         self.ctx = ctx
         self.done: dict[str, tuple[bool, list[dict]]] = {}
-        self.visiting: set[str] = set()
+        self._specs: dict[str, list] = {}
         self.normalized: dict[str, dict] = {}
         self._choices: dict[str, list[str] | None] = {}
 
@@ -80,19 +81,35 @@ class _Validator:
         return self._choices[c.source]
 
     def node(self, node_id: str) -> tuple[bool, list[dict]]:
-        if node_id in self.done:
-            return self.done[node_id]
-        if node_id in self.visiting:
-            result = (False, [_err("dependency_cycle", "Dependency cycle detected", f"Node ID '#{node_id}'")])
-            self.done[node_id] = result
-            return result
-        self.visiting.add(node_id)
-        try:
-            result = self._validate(node_id)
-        finally:
-            self.visiting.discard(node_id)
-        self.done.setdefault(node_id, result)
+        """Validate node_id after everything it links to (without recursion: a chain of any length)."""
+        if node_id not in self.done:
+            order, closing = walk([node_id], self.upstream, expand=lambda n: n not in self.done)
+            for n in closing:  # a node reached again while its own inputs were being walked
+                self.done.setdefault(n, (False, [_err("dependency_cycle", "Dependency cycle detected",
+                                                      f"Node ID '#{n}'")]))
+            for n in order:
+                if n not in self.done:
+                    self.done[n] = self._validate(n)
         return self.done[node_id]
+
+    def _inputs(self, node_id: str):
+        """(name, value, kind, opts, info, required, link) per declared input; link = _link's
+        (error, upstream) for a list value, else None (so links are checked once)."""
+        if node_id not in self._specs:
+            node = self.prompt[node_id]
+            inputs, rows = node.get("inputs", {}), []
+            for name, spec, required in _input_specs(NODES[node["class_type"]]):
+                kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+                info = [kind if not isinstance(kind, Choices) else self.choices(kind), opts]
+                value = inputs.get(name, _MISSING)
+                link = self._link(name, value, kind, info) if isinstance(value, list) else None
+                rows.append((name, value, kind, opts, info, required, link))
+            self._specs[node_id] = rows
+        return self._specs[node_id]
+
+    def upstream(self, node_id: str) -> list[str]:
+        """The nodes node_id's well-formed links point to, in input order."""
+        return [link[1] for *_, link in self._inputs(node_id) if link is not None and link[0] is None]
 
     def _validate(self, node_id: str) -> tuple[bool, list[dict]]:
         node = self.prompt[node_id]
@@ -100,19 +117,16 @@ class _Validator:
         inputs = dict(node.get("inputs", {}))
         errors: list[dict] = []
         valid = True
-        for name, spec, required in _input_specs(node_def):
-            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
-            info = [kind if not isinstance(kind, Choices) else self.choices(kind), opts]
-            if name not in inputs:
+        for name, value, kind, opts, info, required, link in self._inputs(node_id):
+            if value is _MISSING:
                 if required:
                     errors.append(_err("required_input_missing", "Required input is missing", name, input_name=name))
                 continue
-            value = inputs[name]
-            if isinstance(value, list):
-                link_error, upstream = self._link(name, value, kind, info)
+            if link is not None:
+                link_error, upstream = link
                 if link_error is not None:
                     errors.append(link_error)
-                elif not self.node(upstream)[0]:
+                elif not self.done[upstream][0]:
                     valid = False
                 inputs[name] = [upstream, value[1]] if link_error is None else value
                 continue
@@ -197,11 +211,12 @@ def check_prompt(prompt: Any, ctx: ExecutionContext | None = None) -> tuple[list
             good.append(out)
             continue
         failed.append((out, reasons))
+        reach = _reachable(v.prompt, out)
         for node_id, (node_ok, errs) in v.done.items():
             if not node_ok and errs:
                 entry = node_errors.setdefault(node_id, {"errors": errs, "dependent_outputs": [],
                                                          "class_type": v.prompt[node_id]["class_type"]})
-                if out not in entry["dependent_outputs"] and out in _reach(v.prompt, out, node_id):
+                if out not in entry["dependent_outputs"] and node_id in reach:
                     entry["dependent_outputs"].append(out)
     if not good:
         details = "\n".join(f"{e['message']}: {e['details']}" for _, errs in failed for e in errs)
@@ -213,49 +228,68 @@ def check_prompt(prompt: Any, ctx: ExecutionContext | None = None) -> tuple[list
     return good, node_errors, {k: v.normalized[k] for k in keep}
 
 
-def _reach(prompt: dict, start: str, target: str) -> set[str]:
-    """{start} if target is start or upstream of it (following valid links only), else empty."""
-    seen, stack = set(), [start]
-    while stack:
-        n = stack.pop()
-        if n in seen or n not in prompt:
-            continue
-        seen.add(n)
-        for value in prompt[n].get("inputs", {}).values():
-            if isinstance(value, list) and len(value) == 2:
-                stack.append(str(value[0]))
-    return {start} if target in seen else set()
+def _reachable(prompt: dict, start: str) -> set[str]:
+    """start and every node upstream of it, following well-formed links of the raw prompt."""
+    def linked(n: str) -> list[str]:
+        return [str(v[0]) for v in prompt[n].get("inputs", {}).values()
+                if isinstance(v, list) and len(v) == 2 and str(v[0]) in prompt]
+    return set(walk([start], linked)[0])
 
 
 def upstream_of(prompt: dict, node_id: str) -> set[str]:
     """node_id and every node it depends on."""
-    seen, stack = set(), [node_id]
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        stack.extend(str(v[0]) for v in prompt[n]["inputs"].values() if isinstance(v, list))
-    return seen
+    return set(walk([node_id], lambda n: links(prompt, n))[0])
 
 
 def signatures(prompt: dict, ctx: ExecutionContext) -> dict[str, str]:
     """A content hash per node: its type, literal inputs, outside-world fingerprint and the
     signatures of what it is linked to. Equal signature = equal outputs (the cache key)."""
     sigs: dict[str, str] = {}
-
-    def sig(node_id: str) -> str:
-        if node_id not in sigs:
-            node = prompt[node_id]
-            node_def = NODES[node["class_type"]]
-            parts: dict[str, Any] = {}
-            for name, value in sorted(node["inputs"].items()):
-                parts[name] = ["link", sig(str(value[0])), value[1]] if isinstance(value, list) else value
-            extra = node_def.fingerprint(ctx, node["inputs"]) if node_def.fingerprint else None
-            blob = json.dumps([node["class_type"], parts, extra], sort_keys=True, default=repr)
-            sigs[node_id] = hashlib.sha256(blob.encode()).hexdigest()
-        return sigs[node_id]
-
-    for node_id in prompt:
-        sig(node_id)
+    order, _ = walk(list(prompt), lambda n: links(prompt, n))
+    for node_id in order:
+        node = prompt[node_id]
+        node_def = NODES[node["class_type"]]
+        parts: dict[str, Any] = {}
+        for name, value in sorted(node["inputs"].items()):
+            parts[name] = ["link", sigs[str(value[0])], value[1]] if isinstance(value, list) else value
+        extra = node_def.fingerprint(ctx, node["inputs"]) if node_def.fingerprint else None
+        blob = json.dumps([node["class_type"], parts, extra], sort_keys=True, default=repr)
+        sigs[node_id] = hashlib.sha256(blob.encode()).hexdigest()
     return sigs
+
+
+def links(prompt: dict, node_id: str) -> list[str]:
+    """The nodes a normalized prompt's node_id is linked to, in input order."""
+    return [str(v[0]) for v in prompt[node_id]["inputs"].values() if isinstance(v, list)]
+
+
+def walk(starts, upstream, expand=lambda node_id: True, preorder: list | None = None):
+    """Depth-first from each start through `upstream(node)` (skipped where `expand(node)` is false),
+    with an explicit stack so graphs of any size are walked. Returns (every node reached, each after
+    the nodes it depends on; the nodes found again while still open: they close a cycle). The
+    order nodes were first reached in goes to `preorder` when given."""
+    state: dict[str, bool] = {}  # False while open, True once done
+    order, closing = [], []
+    for start in starts:
+        if start in state:
+            continue
+        state[start] = False
+        if preorder is not None:
+            preorder.append(start)
+        stack = [(start, iter(upstream(start) if expand(start) else ()))]
+        while stack:
+            node_id, pending = stack[-1]
+            for nxt in pending:
+                if nxt not in state:
+                    state[nxt] = False
+                    if preorder is not None:
+                        preorder.append(nxt)
+                    stack.append((nxt, iter(upstream(nxt) if expand(nxt) else ())))
+                    break
+                if state[nxt] is False:
+                    closing.append(nxt)
+            else:
+                stack.pop()
+                state[node_id] = True
+                order.append(node_id)
+    return order, closing
