@@ -123,7 +123,7 @@ def test_embeddings_folder_is_used_by_name(ckpt, tmp_path):
 
 
 SAMPLER_NAMES = ["Euler", "Euler a", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ 2S a", "DPM++ SDE",
-                 "DPM++ 2M SDE", "DPM++ 3M SDE", "LMS", "DDIM", "UniPC", "LCM"]
+                 "DPM++ 2M SDE", "DPM++ 3M SDE", "LMS", "DDIM", "UniPC", "LCM", "PLMS"]
 
 
 @pytest.mark.parametrize("sampler", SAMPLER_NAMES)

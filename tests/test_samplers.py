@@ -25,6 +25,7 @@ from diffusers import (
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
     LCMScheduler,
+    PNDMScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -178,6 +179,12 @@ PARITY = {
                                                          SCHEDULE.sigmas[:1]]), True, False, None),
     "lcm": (lambda: LCMScheduler(**SD), "lcm", {}, 4, lambda n: _sigmas_at([999, 759, 499, 259], 0.0),
             True, True, "generator"),
+    # LDM's PLMS: diffusers' PNDM without its Runge-Kutta warm-up, on DDIM's timesteps, ending at
+    # alpha 1 (sigma 0); 10 steps run all four orders, 1 step is a plain DDIM step.
+    "plms": (lambda: PNDMScheduler(**SD, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=True), "plms", {}, 10,
+             lambda n: make_sigmas("ddim_uniform", SCHEDULE, n), True, True, None),
+    "plms_1": (lambda: PNDMScheduler(**SD, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=True), "plms", {},
+               1, lambda n: make_sigmas("ddim_uniform", SCHEDULE, n), True, True, None),
 }
 
 
@@ -193,6 +200,8 @@ def _run_diffusers(sched, eps, vp, noise, seed, step_options):
             traj.append(x)
     if not traj or traj[-1] is not x:
         traj.append(x)
+    if isinstance(sched, PNDMScheduler) and len(traj) > 1:  # its first call is the first step's Euler predictor
+        traj = traj[1:]
     return traj
 
 
@@ -207,7 +216,9 @@ def test_matches_diffusers(case, monkeypatch):
     if hasattr(sched, "sigmas"):  # the same grid (two-stage schedulers list each sigma twice)
         np.testing.assert_allclose(sigmas.numpy(), torch.unique_consecutive(sched.sigmas).numpy(), rtol=2e-5)
     else:
-        assert SCHEDULE.sigma_to_t(sigmas[:-1]).round().long().tolist() == sched.timesteps.tolist()
+        # (PNDM lists its first timestep twice: the improved Euler first step evaluates twice)
+        assert SCHEDULE.sigma_to_t(sigmas[:-1]).round().long().tolist() == torch.unique_consecutive(
+            sched.timesteps).tolist()
     ref = _run_diffusers(sched, eps, vp, noise, seed, {"eta": options["eta"]} if name == "ddim" and options else {})
 
     if noise == "generator":
@@ -585,6 +596,7 @@ SAMPLER_NAMES = [
     ("ddim", "DDIM", []),
     ("uni_pc", "UniPC", ["unipc"]),
     ("lcm", "LCM", ["k_lcm"]),
+    ("plms", "PLMS", []),
 ]
 SCHEDULE_NAMES = [
     ("normal", "Automatic", ["Uniform", "Normal"]),
@@ -643,7 +655,7 @@ def test_combined_names_imply_the_schedule_and_win(name, expected):
     ("Euler", "normal"), ("Euler a", "normal"), ("Heun", "normal"), ("LMS", "normal"), ("LCM", "normal"),
     ("UniPC", "normal"), ("DDIM", "ddim_uniform"), ("DPM++ 2M", "karras"), ("DPM++ SDE", "karras"),
     ("DPM++ 2S a", "karras"), ("DPM2", "karras"), ("DPM2 a", "karras"), ("DPM++ 2M SDE", "exponential"),
-    ("dpmpp_3m_sde", "exponential"),
+    ("dpmpp_3m_sde", "exponential"), ("PLMS", "ddim_uniform"),
 ])
 def test_automatic_is_the_samplers_a1111_default(sampler, schedule):
     assert resolve(sampler, None)[1] == schedule
@@ -668,7 +680,7 @@ def test_unknown_names_list_the_valid_ones():
         assert msg.startswith("sampler:")
         assert all(name in msg for name in [*SAMPLER_LABELS.values(), *SAMPLER_LABELS])
     with pytest.raises(InvalidArgument, match="^sampler:"):
-        get_sampler("PLMS")
+        get_sampler("DPM fast")
     for bad in ("Polyexponential", "kl_optimal", "", 3):
         with pytest.raises(InvalidArgument) as e:
             resolve("Euler", bad)

@@ -14,7 +14,7 @@ regard to case or surrounding spaces:
   "<sampler> <schedule>") wins over the separate scheduler argument, as in A1111;
 * no scheduler, or "Automatic", means the sampler's A1111 default: Karras for DPM++ 2M, DPM++ SDE,
   DPM++ 2S a, DPM2 and DPM2 a; Exponential for DPM++ 2M SDE and DPM++ 3M SDE; DDIM's uniform
-  timesteps for DDIM; the model's own schedule ("normal") for the rest.
+  timesteps for DDIM and PLMS; the model's own schedule ("normal") for the rest.
 
 `resolve` always returns a concrete schedule id, never "automatic".
 """
@@ -38,6 +38,7 @@ _SAMPLERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "ddim": ("DDIM", "ddim_uniform", ()),
     "uni_pc": ("UniPC", "normal", ("unipc",)),
     "lcm": ("LCM", "normal", ("k_lcm",)),
+    "plms": ("PLMS", "ddim_uniform", ()),
 }
 
 # id -> (A1111 "Schedule type" label, extra accepted spellings)

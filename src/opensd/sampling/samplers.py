@@ -35,6 +35,7 @@ from collections.abc import Callable
 import torch
 
 from .names import sampler_id
+from .plms import sample_plms
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # callback(step_index, x, denoised); raising from it stops sampling (interrupt).
@@ -426,6 +427,7 @@ SAMPLERS: dict[str, Callable] = {
     "ddim": sample_ddim,
     "uni_pc": sample_uni_pc,
     "lcm": sample_lcm,
+    "plms": sample_plms,
 }
 
 
