@@ -54,13 +54,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..server.app import create_app
+    from ..server.listen import listen
 
     settings = settings_from(args)
     set_threads(args.threads)
     warning = settings.check_exposure()  # raises InvalidArgument for an unprotected public bind
+    sock = listen(args.host, args.port)  # first: a port in use is reported before anything is set up
     if warning:
         print(f"opensd: {warning}", file=sys.stderr)
     app = create_app(settings)
     print(f"opensd: serving on http://{args.host}:{args.port} (API docs at /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0
