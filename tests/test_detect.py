@@ -231,3 +231,16 @@ def test_unsupported_diffusers_pipeline_folder_is_named(tmp_path):
     (tmp_path / "flux" / "model_index.json").write_text('{"_class_name": "SomeFuturePipeline"}')
     with pytest.raises(CheckpointError, match="no unet/ but a transformer/: a DiT-based model family"):
         load_model(tmp_path / "flux")
+
+
+def test_a_whole_checkpoint_given_as_a_vae_declares_its_familys_scaling(tmp_path):
+    """--vae sd_xl_base.safetensors on an SD1 model: shapes match, the family (and so the latent
+    scale) does not; a bare VAE file says nothing."""
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.checkpoints.reader import declared_vae_scaling
+    path = tmp_path / "no-metadata.safetensors"
+    save_safetensors({"x": torch.zeros(1)}, path)
+    assert declared_vae_scaling(path, full_size("sdxl")[0]) == C.SDXL_VAE.scaling_factor
+    assert declared_vae_scaling(path, full_size("sd15")[0]) == C.SD_VAE.scaling_factor
+    vae_only = {k: v for k, v in full_size("sdxl")[0].items() if k.startswith(D.VAE)}
+    assert declared_vae_scaling(path, vae_only) is None

@@ -251,3 +251,42 @@ def test_diffusers_config_irrelevant_fields_are_accepted(tmp_path):
     _edit_json(tmp_path / "model" / "scheduler" / "scheduler_config.json", timestep_spacing="trailing",
                steps_offset=1, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     assert load_model(tmp_path / "model").config.family == "small"
+
+
+def _vae_file(path, cfg=TINY, seed=9, metadata=None):
+    sd = {k[len(D.VAE):]: v for k, v in random_state_dict(cfg, seed=seed).items() if k.startswith(D.VAE)}
+    save_safetensors(sd, path, metadata=metadata)
+    return path
+
+
+def test_vae_with_another_downscale_is_refused(tmp_path):
+    from dataclasses import replace
+    ckpt = write_random_checkpoint(tmp_path / "m.safetensors")
+    vae = _vae_file(tmp_path / "vae16x.safetensors", replace(TINY, vae=replace(TINY.vae, ch_mult=(1, 1, 2, 2, 2))))
+    with pytest.raises(CheckpointError, match=r"vae16x.safetensors: .*downscales images 16x.*8x"):
+        load_model(ckpt, vae=vae)
+
+
+@pytest.mark.parametrize("source", ["metadata", "diffusers config.json", "whole checkpoint"])
+def test_vae_declaring_another_scaling_factor_warns_with_the_numbers(tmp_path, caplog, source):
+    from dataclasses import replace
+    ckpt = write_random_checkpoint(tmp_path / "m.safetensors")
+    xl = {D.META_SCALING: "0.13025"}
+    if source == "metadata":
+        vae = _vae_file(tmp_path / "sdxl_vae.safetensors", metadata=xl)
+    elif source == "diffusers config.json":
+        (tmp_path / "sdxl-vae").mkdir()
+        vae = _vae_file(tmp_path / "sdxl-vae" / "diffusion_pytorch_model.safetensors")
+        (tmp_path / "sdxl-vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", "scaling_factor": 0.13025}))
+    else:  # --vae given a whole checkpoint of another family: its VAE is that family's
+        vae = write_random_checkpoint(tmp_path / "xl.safetensors", replace(TINY, vae=replace(TINY.vae, scaling_factor=0.13025)), seed=4)
+    with caplog.at_level("WARNING"):
+        loaded = load_model(ckpt, vae=vae)
+    assert loaded.config.vae.scaling_factor == load_model(ckpt).config.vae.scaling_factor  # the model's own
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert str(vae) in warned and "0.13025" in warned and "0.18215" in warned, warned
+    caplog.clear()
+    same = _vae_file(tmp_path / "sd_vae.safetensors", metadata={D.META_SCALING: "0.18215"})
+    with caplog.at_level("WARNING"):
+        load_model(ckpt, vae=same)
+    assert not caplog.records

@@ -2,6 +2,7 @@
 and the config detected from it: the one reading path behind loading, merging and converting."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -37,3 +38,30 @@ def fix_vae(sd: dict[str, torch.Tensor], strip: bool = False) -> dict[str, torch
     rest = {k: v for k, v in sd.items() if not k.startswith(D.VAE)}
     rest.update({D.VAE + k: v for k, v in vae.items()})
     return rest
+
+
+def declared_vae_scaling(path: Path, sd: dict[str, torch.Tensor]) -> float | None:
+    """The latent scaling factor a file given as a VAE says it was made for: its metadata, the
+    diffusers config.json beside it, or, for a whole checkpoint, its family's; None when it does not
+    say (a bare VAE file: SD1's and SDXL's VAEs have the same shapes, so shapes cannot tell)."""
+    metadata = read_metadata(path)
+    if D.META_SCALING in metadata:
+        try:
+            return float(metadata[D.META_SCALING])
+        except ValueError:
+            return None
+    config = path.parent / "config.json"
+    if config.is_file():
+        try:
+            j = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            j = None
+        if isinstance(j, dict) and j.get("_class_name") == "AutoencoderKL" and \
+                isinstance(j.get("scaling_factor"), (int, float)):
+            return float(j["scaling_factor"])
+    if D.UNET + "input_blocks.0.0.weight" in sd:
+        try:
+            return D.detect({k: tuple(v.shape) for k, v in sd.items()}, str(path), metadata).vae.scaling_factor
+        except CheckpointError:
+            return None
+    return None

@@ -5,6 +5,7 @@ checkpoints/ gives state dicts and configs; this is where they meet the modules 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 from ..checkpoints import detect as D
 from ..checkpoints.files import read_state_dict
 from ..checkpoints.keymap_vae import vae_from_diffusers
-from ..checkpoints.reader import fix_vae, read_checkpoint
+from ..checkpoints.reader import declared_vae_scaling, fix_vae, read_checkpoint
 from ..errors import CheckpointError
 from ..models import config as C
 from ..models.stable_diffusion import StableDiffusion
@@ -49,9 +50,10 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     prediction = prediction or _sidecar_prediction(path)
     sd, metadata, cfg = read_checkpoint(path, prediction)
     if vae is not None:
+        vae_sd, declared = read_vae(vae)
         sd = {k: v for k, v in sd.items() if not k.startswith(D.VAE)}
-        sd.update({D.VAE + k: v for k, v in read_vae(vae).items()})
-        cfg = _with_vae_of(cfg, sd, vae)
+        sd.update({D.VAE + k: v for k, v in vae_sd.items()})
+        cfg = _with_vae_of(cfg, sd, vae, declared)
     model, unknown = build(cfg, sd, path, dtype, device)
     explicit = prediction or D.prediction_from_metadata(metadata)
     if cfg.family == "sd2" and not cfg.inpainting and explicit is None:
@@ -91,11 +93,12 @@ def build(cfg: C.ModelConfig, sd: dict[str, torch.Tensor], path, dtype, device) 
     return model.eval().requires_grad_(False), unknown
 
 
-def read_vae(path) -> dict[str, torch.Tensor]:
+def read_vae(path) -> tuple[dict[str, torch.Tensor], float | None]:
     """A standalone VAE file (original layout, with or without prefix, or diffusers naming) in
-    original names without the `first_stage_model.` prefix."""
+    original names without the `first_stage_model.` prefix, and the scaling factor it declares."""
     path = Path(path)
     sd = read_state_dict(path)
+    declared = declared_vae_scaling(path, sd)
     if any(k.startswith(D.VAE) for k in sd):
         sd = {k[len(D.VAE):]: v for k, v in sd.items() if k.startswith(D.VAE)}
     sd = {k: v for k, v in sd.items() if not k.startswith(("loss.", "model_ema."))}
@@ -106,7 +109,7 @@ def read_vae(path) -> dict[str, torch.Tensor]:
             raise CheckpointError(path, f"not a VAE we can read: {e.args[0]}") from None
     if "encoder.conv_in.weight" not in sd or "decoder.conv_in.weight" not in sd:
         raise CheckpointError(path, "not a VAE: no encoder.conv_in / decoder.conv_in weights")
-    return fix_vae({D.VAE + k: v for k, v in sd.items()}, strip=True)
+    return fix_vae({D.VAE + k: v for k, v in sd.items()}, strip=True), declared
 
 
 def _diffusers_vae_config(sd: dict[str, torch.Tensor]) -> C.VAEConfig:
@@ -120,13 +123,33 @@ def _diffusers_vae_config(sd: dict[str, torch.Tensor]) -> C.VAEConfig:
         embed_dim=sd["quant_conv.weight"].shape[0] // 2)
 
 
-def _with_vae_of(cfg: C.ModelConfig, sd, vae_path) -> C.ModelConfig:
+# Latent scaling factors of the released VAE families, to name them in a warning.
+_SCALING_NAMES = {0.18215: "SD1.x/SD2.x's", 0.13025: "SDXL's"}
+
+
+def _named_scaling(x: float) -> str:
+    return next((f"{x:g} ({n})" for k, n in _SCALING_NAMES.items() if math.isclose(x, k, rel_tol=1e-3)), f"{x:g}")
+
+
+def _with_vae_of(cfg: C.ModelConfig, sd, vae_path, declared: float | None) -> C.ModelConfig:
+    """The model's config with the VAE of `vae_path`: refused when its shapes cannot work with the
+    UNet's latents, a warning when it declares another latent scale (another family's latent space)."""
     shapes = {k: tuple(v.shape) for k, v in sd.items() if k.startswith(D.VAE)}
-    new = D.infer_vae(shapes, D.VAE, str(vae_path))
-    if new.embed_dim != cfg.vae.embed_dim:
+    new, old = D.infer_vae(shapes, D.VAE, str(vae_path)), cfg.vae
+    if new.embed_dim != old.embed_dim:
         raise CheckpointError(vae_path, f"VAE has {new.embed_dim} latent channels, the model expects "
-                                        f"{cfg.vae.embed_dim} (a VAE for another model family?)")
-    return replace(cfg, vae=replace(new, scaling_factor=cfg.vae.scaling_factor))
+                                        f"{old.embed_dim} (a VAE for another model family?)")
+    if new.downscale != old.downscale:
+        raise CheckpointError(vae_path, f"VAE downscales images {new.downscale}x, the model's latents are "
+                                        f"{old.downscale}x smaller than the image (a VAE for another model family?)")
+    if (new.in_channels, new.out_ch) != (old.in_channels, old.out_ch):
+        raise CheckpointError(vae_path, f"VAE reads {new.in_channels} and writes {new.out_ch} image channels, "
+                                        f"the model's VAE {old.in_channels} and {old.out_ch}")
+    if declared is not None and not math.isclose(declared, old.scaling_factor, rel_tol=1e-3):
+        log.warning("%s: this VAE was made for a latent scaling factor of %s but the model uses %s: its latents "
+                    "are another space, so images will likely come out wrong; use a VAE made for this model",
+                    vae_path, _named_scaling(declared), _named_scaling(old.scaling_factor))
+    return replace(cfg, vae=replace(new, scaling_factor=old.scaling_factor))
 
 
 def _to(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
