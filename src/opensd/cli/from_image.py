@@ -8,10 +8,10 @@ import sys
 from ..errors import InvalidArgument
 from .common import read_image_infotext
 
-# Params field -> generate flag (dest), where the names differ
-_FLAG = {"negative_prompt": "negative", "inpaint_full_res_padding": "inpaint_padding"}
+# Params field -> generate's flag (its argparse dest), where the names differ
+PARAM_DEST = {"negative_prompt": "negative", "batch_size": "batch", "inpaint_full_res_padding": "inpaint_padding"}
 # Recorded hires field -> flag
-_HIRES_FLAG = {"negative_prompt": "hires_negative", "denoise": "hires_denoise"}
+_HIRES_FLAG = {"negative_prompt": "hires_negative"}
 # What the user can pass to bring a recorded thing back.
 _HINTS = {"VAE": "--vae FILE", "VAE hash": "--vae FILE", "TI hashes": "--embeddings-dir FOLDER",
           "Lora hashes": "--loras-dir FOLDER or --lora FILE", "Extra LoRAs": "--loras-dir FOLDER or --lora FILE",
@@ -29,7 +29,7 @@ def apply_infotext(args: argparse.Namespace):
     prompt, negative, params = parse_infotext(text)
     rec = recorded(prompt, negative, params)
     fill = {"prompt": prompt, "negative": negative}
-    fill.update({_FLAG.get(k, k): v for k, v in rec.settings.items()})
+    fill.update({PARAM_DEST.get(k, k): v for k, v in rec.settings.items()})
     if rec.hires is not None:
         fill["hires"] = True
         fill.update({_HIRES_FLAG.get(k, f"hires_{k}"): v for k, v in rec.hires.items()})

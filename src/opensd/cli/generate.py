@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgument
 from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
-from .from_image import apply_infotext, missing_lora, report_differences
+from .from_image import PARAM_DEST, apply_infotext, missing_lora, report_differences
 from .output_files import DEFAULT_DIR, check_output, numbered_output
 
 # Generation flags have no argparse defaults: unset ones are filled by --from, and the rest by the
@@ -148,6 +148,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                    bottom=bottom, progress=progress, **kwargs)
         else:
             images = pipe.img2img(init, args.prompt, args.negative or "", mask=mask, progress=progress, **kwargs)
+    except InvalidArgument as e:
+        raise _in_flag_terms(e, args) from None
     finally:
         for bar in bars:
             bar.close()
@@ -164,6 +166,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(out)
         print(f"opensd: wrote {out} (seed {image.info['seed']})", file=sys.stderr)
     return 0
+
+
+def _in_flag_terms(e: InvalidArgument, args: argparse.Namespace) -> InvalidArgument:
+    """The pipeline's message with the parameter it names spelled as our flag ("clip_skip: ..." ->
+    "clip-skip: ...", "hires scale: ..." -> "hires-scale: ...")."""
+    name, sep, rest = str(e).partition(": ")
+    dest = PARAM_DEST.get(name, name.replace(" ", "_"))
+    return InvalidArgument(f"{dest.replace('_', '-')}: {rest}") if sep and hasattr(args, dest) else e
 
 
 def _check_paths(args: argparse.Namespace) -> None:
