@@ -214,3 +214,24 @@ def test_mismatch_between_two_small_models_names_the_difference():
     assert "for small models but the loaded model is small" not in msg
     with pytest.raises(CheckpointError, match=r"ControlNet is for SDXL models but the loaded model is SD1.*text context width 2048 \(the model's is 768\)"):
         compatible_config(ControlNetConfig(C.SDXL_UNET), "sdxl", C.sd1())
+
+
+def test_diffusers_controlnet_folder_links_out_and_unsupported_fields_are_refused(tmp_path):
+    import json
+
+    from opensd.errors import CheckpointError
+    cn = ControlNetModel(**diffusers_controlnet_kwargs(CONFIGS["sd1"]))
+    folder = tmp_path / "cn"
+    cn.save_pretrained(folder, safe_serialization=True)
+    read_controlnet(folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    weights.rename(tmp_path / "elsewhere.safetensors")
+    weights.symlink_to(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(CheckpointError, match="outside the model folder"):
+        read_controlnet(folder)
+    weights.unlink()
+    (tmp_path / "elsewhere.safetensors").rename(weights)
+    j = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**j, "resnet_time_scale_shift": "scale_shift"}))
+    with pytest.raises(CheckpointError, match="resnet_time_scale_shift = 'scale_shift' is not supported"):
+        read_controlnet(folder)
