@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import zlib
 
@@ -49,10 +50,18 @@ def client(tmp_path_factory):
         yield c
 
 
+def multipart(filename: bytes) -> bytes:
+    """An upload whose file name holds raw bytes (clients cannot be trusted to escape them)."""
+    return (b"--B\r\nContent-Disposition: form-data; name=\"image\"; filename=\"" + filename
+            + b"\"\r\nContent-Type: image/png\r\n\r\n" + base64.b64decode(png()) + b"\r\n--B--\r\n")
+
+
 T2I = "/sdapi/v1/txt2img"
 I2I = "/sdapi/v1/img2img"
 OK = {"prompt": "x", "steps": 1, "width": 64, "height": 64}
 RAW = {"content-type": "application/json"}
+FORM = {"content-type": "multipart/form-data; boundary=B"}
+DEEP = b"[" * 100_000 + b"]" * 100_000
 
 CASES = [  # (id, method, path, request kwargs, expected status, text the message must contain)
     ("negative steps", "post", T2I, {"json": {**OK, "steps": -1}}, 422, "steps"),
@@ -118,6 +127,51 @@ CASES = [  # (id, method, path, request kwargs, expected status, text the messag
      {"files": {"image": ("a.png", base64.b64decode(png()), "image/png")}, "data": {"subfolder": "../.."}},
      422, "subfolder"),
     ("unknown job", "get", "/opensd/v1/jobs/nope", {}, 404, "job_id"),
+    # one request never poisons shared state, nor crashes a reader (issue 19)
+    ("comfy lone surrogate", "post", "/prompt",
+     {"content": b'{"prompt": {"6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a \\ud800 b"}}}}',
+      "headers": RAW}, 422, "surrogate"),
+    ("json 100000 deep", "post", "/prompt", {"content": DEEP, "headers": RAW}, 422, "nested"),
+    ("a1111 json deep", "post", T2I, {"content": b'{"prompt": ' + DEEP + b"}", "headers": RAW}, 422, "nested"),
+    ("comfy text/plain graph", "post", "/prompt", {"content": json.dumps({"prompt": COMFY_GRAPH}).encode(),
+                                                   "headers": {"content-type": "text/plain"}}, 415, "content-type"),
+    ("comfy undeclared graph", "post", "/prompt", {"content": json.dumps({"prompt": COMFY_GRAPH}).encode()},
+     415, "application/json"),
+    ("view 300-char name", "get", "/view", {"params": {"filename": "a" * 300}}, 422, "too long"),
+    ("view 300-char input name", "get", "/view", {"params": {"filename": "a" * 300 + ".png", "type": "input"}},
+     422, "too long"),
+    ("view 300-char subfolder", "get", "/view", {"params": {"filename": "x.png", "subfolder": "a" * 300}},
+     422, "too long"),
+    ("view NUL", "get", "/view", {"params": {"filename": "a\x00.png"}}, 422, "filename"),
+    ("view directory", "get", "/view", {"params": {"filename": "."}}, 422, "filename"),
+    ("upload 300-char name", "post", "/upload/image",
+     {"files": {"image": ("a" * 300 + ".png", base64.b64decode(png()), "image/png")}}, 422, "too long"),
+    ("upload '.'", "post", "/upload/image", {"files": {"image": (".", base64.b64decode(png()), "image/png")}},
+     422, "filename"),
+    ("upload raw NUL name", "post", "/upload/image", {"content": multipart(b"a\x00b.png"), "headers": FORM},
+     422, "filename"),
+    ("comfy LoadImage 300-char name", "post", "/prompt", {"json": {"prompt": {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "a" * 300}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}}}, 400, "invalid image file"),
+    ("comfy 300-char prefix", "post", "/prompt", {"json": {"prompt": graph({("9", "filename_prefix"): "a" * 300})}},
+     400, "too long"),
+]
+OPTIONS = "/sdapi/v1/options"
+CASES += [  # A1111 compatibility (issue 19): settings, scripts, the work budget
+    ("option of the wrong type", "post", OPTIONS, {"json": {"send_seed": "yes"}}, 422, "send_seed"),
+    ("unknown option", "post", OPTIONS, {"json": {"no_such_setting": 1}}, 422, "no_such_setting"),
+    ("output folder outside", "post", OPTIONS, {"json": {"outdir_samples": "/etc"}}, 422, "outdir_samples"),
+    ("unknown override", "post", T2I, {"json": {**OK, "override_settings": {"no_such_setting": 1}}},
+     422, "override_settings.no_such_setting"),
+    ("unknown script", "post", T2I, {"json": {**OK, "script_name": "x/y/z plot"}}, 422, "Script 'x/y/z plot' not found"),
+    ("unknown always-on script", "post", T2I, {"json": {**OK, "alwayson_scripts": {"nope": {"args": []}}}},
+     422, "Script 'nope' not found"),
+    ("unknown refiner", "post", T2I, {"json": {**OK, "refiner_checkpoint": "nope"}}, 422, "refiner_checkpoint"),
+    ("a1111 over the work budget", "post", T2I,
+     {"json": {**OK, "batch_size": 64, "n_iter": 100, "width": 1024, "height": 1024, "steps": 20}}, 422, "--work-budget"),
+    ("comfy over the work budget", "post", "/prompt", {"json": {"prompt": graph(
+        {("5", "width"): 1024, ("5", "height"): 1024, ("5", "batch_size"): 4096, ("3", "steps"): 20})}},
+     400, "--work-budget"),
 ]
 
 
@@ -190,3 +244,51 @@ def test_allowed_origin_gets_cors_and_preflight_without_token(tmp_path):
         assert c.get("/sdapi/v1/samplers", headers={"Origin": "http://ui.local:3000"}).status_code == 401
         assert c.get("/sdapi/v1/samplers", headers={"Origin": "http://other:3000",
                                                     "Authorization": "Bearer t"}).status_code == 403
+
+
+def test_user_paths_never_leave_their_folder_nor_fail(client, tmp_path):
+    from opensd.server.store import DONE, Job
+
+    state = client.app.state.opensd
+    inputs = state.comfy.dirs["input"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.png").write_bytes(base64.b64decode(png()))
+    (inputs / "escape").symlink_to(outside, target_is_directory=True)
+    (inputs / "plain.png").write_bytes(base64.b64decode(png()))
+    upload = {"image": ("y.png", base64.b64decode(png()), "image/png")}
+    r = client.get("/view", params={"filename": "x.png", "subfolder": "escape", "type": "input"})
+    assert r.status_code == 422 and "leaves the folder" in r.text, r.text
+    r = client.post("/upload/image", files=upload, data={"subfolder": "escape"})
+    assert r.status_code == 422 and "leaves the folder" in r.text, r.text
+    r = client.post("/upload/image", files=upload, data={"subfolder": "plain.png"})  # a file, not a folder
+    assert r.status_code == 422 and "subfolder" in r.text, r.text
+    load = {"1": {"class_type": "LoadImage", "inputs": {"image": "escape/x.png"}},
+            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    r = client.post("/prompt", json={"prompt": load})
+    assert r.status_code == 400 and "Invalid image file" in r.text, r.text
+    job = state.store.add(Job(id="stored-paths", client="x", kind="a1111", payload={}))
+    state.store.finish(job, DONE, {"files": ["../../../../etc/passwd", "a" * 300, {"x": 1}]})
+    for index in range(3):
+        r = client.get(f"/opensd/v1/jobs/stored-paths/images/{index}")
+        assert r.status_code == 404, r.text
+    assert client.post(T2I, json={**OK, "steps": 2}).status_code == 200
+
+
+def test_a_1000_node_graph_is_accepted_and_runs(client):
+    import time
+
+    name = client.post("/upload/image", files={"image": ("chain.png", base64.b64decode(png()), "image/png")}).json()
+    g = {"0": {"class_type": "LoadImage", "inputs": {"image": name["name"]}}}
+    for i in range(1, 1001):
+        g[str(i)] = {"class_type": "ImageScale", "inputs": {"image": [str(i - 1), 0], "upscale_method": "nearest-exact",
+                                                             "width": 8, "height": 8, "crop": "disabled"}}
+    g["out"] = {"class_type": "PreviewImage", "inputs": {"images": ["1000", 0]}}
+    r = client.post("/prompt", json={"prompt": g})
+    assert r.status_code == 200, r.text
+    pid, deadline = r.json()["prompt_id"], time.time() + 120
+    while not (done := client.get(f"/history/{pid}").json()) and time.time() < deadline:
+        time.sleep(0.1)
+    assert done[pid]["status"]["completed"], done[pid]["status"]
+    assert client.get("/history").status_code == 200 and client.get("/queue").status_code == 200
+    assert client.post(T2I, json={**OK, "steps": 2}).status_code == 200

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 
+from .. import safe_paths
 from ..atomic import write_atomic
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import ModelFolders
@@ -190,9 +191,11 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     def job_image(job_id: str, index: int):
         found = state.store.get(job_id)
         files = ((found.result or {}).get("files") or []) if found else []
-        if not 0 <= index < len(files) or not (settings.outputs_dir / files[index]).is_file():  # deleted in the gallery
+        name = files[index] if isinstance(files, list) and 0 <= index < len(files) else None
+        path = None if safe_paths.name_problem(name, "file") else safe_paths.inside(settings.outputs_dir, name)
+        if path is None or not safe_paths.is_file(path):  # deleted in the gallery, or a damaged record
             return JSONResponse({"error": "NotFound", "detail": f"index: job {job_id!r} has no image {index}"},
                                 status_code=404)
-        return FileResponse(settings.outputs_dir / files[index], media_type="image/png")
+        return FileResponse(path, media_type="image/png")
 
     return app

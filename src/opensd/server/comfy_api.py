@@ -29,6 +29,7 @@ from fastapi import (
 )
 from fastapi.responses import FileResponse, JSONResponse
 
+from .. import safe_paths
 from ..atomic import write_atomic
 from ..errors import InvalidArgument
 from ..pipeline.pipeline import Interrupted
@@ -41,7 +42,7 @@ from ..workflows import (
     object_info,
     validate_prompt,
 )
-from . import images_io
+from . import images_io, safe_json
 from .jobs import QueueFull
 from .store import FINAL
 
@@ -176,38 +177,43 @@ def _class(payload, node_id):
 
 def _outputs_of(prompt: dict) -> list[str]:
     info = object_info()
-    return [nid for nid, n in prompt.items()
-            if isinstance(n, dict) and info.get(n.get("class_type"), {}).get("output_node")]
+    return [nid for nid, n in prompt.items() if isinstance(n, dict) and isinstance(n.get("class_type"), str)
+            and info.get(n["class_type"], {}).get("output_node")]
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _queue_item(job) -> list:
     p = job.payload
-    return [job.seq, job.id, p["prompt"], p.get("extra_data") or {}, _outputs_of(p["prompt"])]
+    prompt = _dict(p.get("prompt"))  # a damaged stored record shows as an empty graph
+    return [job.seq, job.id, prompt, _dict(p.get("extra_data")), _outputs_of(prompt)]
 
 
 def _history_item(job) -> dict:
     result = job.result or {"outputs": {}, "status": {"status_str": "error", "completed": False,
                                                       "messages": [["execution_error", {"exception_message": job.error}]]}}
+    outputs = _dict(result.get("outputs"))
     meta = {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
-            for nid in result.get("outputs", {})}
-    return {"prompt": _queue_item(job), "outputs": result.get("outputs", {}), "status": result.get("status"),
-            "meta": meta}
+            for nid in outputs}
+    return {"prompt": _queue_item(job), "outputs": outputs, "status": result.get("status"), "meta": meta}
 
 
 def safe_file(base: Path, subfolder: str, filename: str) -> Path:
-    """`base/subfolder/filename`, refusing anything that would leave `base`."""
+    """`base/subfolder/filename`, refusing (422) anything that would leave `base` or that the
+    filesystem would refuse; `filename` is one plain name."""
     for what, value in (("filename", filename), ("subfolder", subfolder)):
-        if not isinstance(value, str) or "\x00" in value or value.startswith(("/", "\\")) or ":" in value \
-                or ".." in value.replace("\\", "/").split("/"):
-            raise InvalidArgument(f"{what}: {value!r} is not a name inside the folder")
-    if not filename or "/" in filename or "\\" in filename:
+        problem = safe_paths.name_problem(value, what)
+        if problem is None and ":" in value:  # a Windows drive or an NTFS stream
+            problem = f"{what}: {value!r} is not a name inside the folder"
+        if problem:
+            raise InvalidArgument(problem)
+    if filename in ("", ".") or "/" in filename or "\\" in filename:
         raise InvalidArgument(f"filename: {filename!r} must be a plain file name")
-    root = base.resolve()
-    path = (root / subfolder / filename).resolve()
-    try:
-        path.relative_to(root)
-    except ValueError:
-        raise InvalidArgument(f"filename: {subfolder}/{filename} leaves the folder") from None
+    path = safe_paths.inside(base, subfolder, filename)
+    if path is None or path == Path(base).resolve():
+        raise InvalidArgument(f"filename: {subfolder}/{filename} leaves the folder")
     return path
 
 
@@ -217,6 +223,11 @@ def router(state, hub: ComfyHub) -> APIRouter:
 
     @api.post("/prompt")
     async def post_prompt(request: Request):
+        if not safe_json.declared_json(request.headers):
+            kind = safe_json.content_type(request.headers) or "none"
+            return JSONResponse({"error": {"type": "invalid_content_type", "message": "the graph must be JSON",
+                                           "details": f"Content-Type: {kind}; send application/json",
+                                           "extra_info": {}}, "node_errors": {}}, status_code=415)
         try:
             body = await request.json()
         except ValueError:
@@ -292,7 +303,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
         if type not in VIEW_TYPES:
             raise InvalidArgument(f"type: {type!r} is not one of {', '.join(VIEW_TYPES)}")
         path = safe_file(hub.dirs[type], subfolder, filename)
-        if not path.is_file():
+        if not safe_paths.is_file(path):
             return JSONResponse({"error": "NotFound", "detail": f"filename: {filename!r} not found"}, status_code=404)
         return FileResponse(path)
 
@@ -310,15 +321,18 @@ def router(state, hub: ComfyHub) -> APIRouter:
             while path.exists():
                 path = path.with_name(f"{stem} ({n}){suffix}")
                 n += 1
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, data)
+        except OSError as e:  # the subfolder names a file, the name is a folder, a full disk...
+            raise InvalidArgument(f"subfolder: cannot store {subfolder}/{name} ({e.strerror})") from None
         return {"name": path.name, "subfolder": subfolder, "type": type}
 
     @api.post("/interrupt")
     async def interrupt(request: Request):
         pid = None
-        try:
-            body = await request.json()
+        try:  # the body is optional; only a declared JSON one is read
+            body = await request.json() if safe_json.declared_json(request.headers) else None
             pid = body.get("prompt_id") if isinstance(body, dict) else None
         except ValueError:
             pass

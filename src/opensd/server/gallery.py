@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .. import safe_paths
 from ..atomic import atomic_write
 from ..pipeline.infotext import parse_infotext, read_infotext
 from .store import DONE, INTERRUPTED, Job
@@ -85,7 +86,7 @@ class Gallery:
         rows = []
         for rel in _files_of(job):
             path = self._inside(rel)
-            if path is None or not path.is_file():
+            if path is None or not safe_paths.is_file(path):
                 continue
             try:
                 with Image.open(path) as im:

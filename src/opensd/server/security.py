@@ -10,6 +10,15 @@
   the web UI's session cookie (session.py) after its login. The UI's static files need no token.
 - Body size: Content-Length over the cap, or a chunked body that grows past it, answers 413
   (uvicorn itself never delivers more than a declared Content-Length).
+- Requests a browser sends cross-site without a CORS preflight (forms, `fetch` in no-cors mode) never
+  change state: a state-changing method with `Sec-Fetch-Site: cross-site`/`same-site` is refused like
+  a foreign Origin, and `text/plain` / form-encoded bodies (the types that carry a JSON-looking body
+  cross-site with no preflight) are refused on every route (415), unless the browser itself marks
+  the request `Sec-Fetch-Site: same-origin` with our own Origin. Multipart and bodies without a
+  Content-Type stay open to clients that are not browsers (no Origin, no Sec-Fetch-*).
+- JSON bodies are read here once for every route and refused (422) when nested too deep or holding
+  text that is not Unicode (see safe_json). Routes parse only bodies declared JSON (FastAPI's strict
+  Content-Type, and the same rule in the routes that read the body themselves).
 """
 from __future__ import annotations
 
@@ -20,12 +29,15 @@ import ipaddress
 import json
 from urllib.parse import parse_qs
 
+from . import safe_json
 from .session import cookie_ok
 from .settings import LOOPBACK_NAMES, Settings
 from .ui_routes import is_public
 
 OPEN_PATHS = ("/internal/ping", "/healthz")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+NO_PREFLIGHT_TYPES = ("text/plain", "application/x-www-form-urlencoded")  # multipart: see the docstring
 
 
 def _host_name(host: str) -> str:
@@ -72,8 +84,9 @@ class Guard:
                 return await _refuse(scope, receive, send, 400, "Content-Length: not a number")
             if int(length) > cap:
                 return await _refuse(scope, receive, send, 413, f"body: {length} bytes exceeds the {cap}-byte limit")
-        if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
-            # A chunked body: read it (up to the cap) before the app sees any of it, then replay.
+        json_body = safe_json.declared_json(headers) and scope.get("method") not in SAFE_METHODS
+        if (length is None and scope.get("method") in ("POST", "PUT", "PATCH")) or (json_body and length != "0"):
+            # Read the body (a chunked one up to the cap) before the app sees any of it, then replay.
             chunks, seen = [], 0
             while True:
                 message = await receive()
@@ -85,7 +98,15 @@ class Guard:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     break
-            replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+            body = b"".join(chunks)
+            if json_body and body.strip():
+                try:
+                    _, problem = safe_json.loads(body)
+                except ValueError:  # not JSON at all: each route says so in its own API's words
+                    problem = None
+                if problem is not None:
+                    return await _json(send, 422, problem)
+            replay = [{"type": "http.request", "body": body, "more_body": False}]
 
             async def replay_receive():
                 return replay.pop() if replay else await receive()
@@ -100,6 +121,18 @@ class Guard:
         origin = headers.get("origin")
         if origin is not None and not self.origin_ok(scope, origin, headers.get("host", "")):
             return 403, f"Origin: cross-site request from {origin!r} refused (use --allow-origin)"
+        if scope["type"] == "http" and scope.get("method") not in SAFE_METHODS:
+            site = headers.get("sec-fetch-site")
+            trusted = origin is not None and origin.rstrip("/").lower() in self.origins
+            if site in ("cross-site", "same-site") and not trusted:
+                return 403, (f"Sec-Fetch-Site: {site} request refused (a page on another site cannot drive "
+                             "this API; use --allow-origin for a trusted one)")
+            kind = safe_json.content_type(headers)
+            # A page on this origin is no forger (browsers set Sec-Fetch-Site; pages cannot): ComfyUI's
+            # own frontend posts settings and user data as text/plain.
+            if kind in NO_PREFLIGHT_TYPES and not (site == "same-origin" and origin is not None):
+                return 415, (f"Content-Type: {kind} is not accepted (any web page can send it without asking); "
+                             "send JSON as application/json, files as multipart/form-data")
         preflight = scope.get("method") == "OPTIONS" and origin is not None and \
             "access-control-request-method" in headers  # CORS preflights carry no credentials
         path = scope.get("path", "")
@@ -145,7 +178,8 @@ async def _json(send, status: int, message: str, extra_headers=()):
     await send({"type": "http.response.body", "body": body})
 
 
-_ERROR_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 413: "PayloadTooLarge"}
+_ERROR_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 413: "PayloadTooLarge",
+                415: "UnsupportedMediaType", 422: "InvalidArgument"}
 
 
 async def _refuse(scope, receive, send, status: int, message: str):

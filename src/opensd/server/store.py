@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import safe_json
+
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "done", "failed", "cancelled", "interrupted")
 FINAL = (DONE, FAILED, CANCELLED, INTERRUPTED)
@@ -63,6 +65,7 @@ class Store:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
+        self._db.text_factory = lambda b: b.decode("utf-8", "replace")  # a damaged row still reads
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -136,7 +139,37 @@ class Store:
 
 
 def _job(row: sqlite3.Row) -> Job:
-    return Job(id=row["id"], client=row["client"], kind=row["kind"], payload=json.loads(row["payload"]),
-               status=row["status"], created=row["created"], seq=row["seq"], started=row["started"],
-               finished=row["finished"], run_order=row["run_order"],
-               result=None if row["result"] is None else json.loads(row["result"]), error=row["error"])
+    """A row as a Job, whatever the row holds (written by an older version, by hand, or damaged):
+    unreadable JSON becomes an empty payload / no result with the reason in `error`, text that is
+    not Unicode is shown with U+FFFD, so one bad record never breaks a listing."""
+    problems = []
+    payload = _record(row["payload"], "payload", problems)
+    result = None if row["result"] is None else _record(row["result"], "result", problems)
+    error = "; ".join(filter(None, [_text(row["error"]), *problems])) or None
+    return Job(id=_text(row["id"]), client=_text(row["client"]), kind=_text(row["kind"]),
+               payload=payload or {}, status=_text(row["status"]),
+               created=_number(row["created"]) or 0.0, seq=row["seq"], started=_number(row["started"]),
+               finished=_number(row["finished"]), run_order=_number(row["run_order"]),
+               result=result, error=error)
+
+
+def _record(text, what: str, problems: list[str]) -> dict | None:
+    try:
+        value = safe_json.readable(json.loads(text))
+        problem = safe_json.problem(value, what)
+    except (TypeError, ValueError, RecursionError) as e:
+        value, problem = None, f"{what}: not JSON ({e})"
+    if problem is None and not isinstance(value, dict):
+        problem = f"{what}: not a JSON object"
+    if problem is not None:
+        problems.append(f"stored {problem}")
+        return None
+    return value
+
+
+def _text(value) -> str | None:
+    return None if value is None else safe_json.readable(str(value))
+
+
+def _number(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None

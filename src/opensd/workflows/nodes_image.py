@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
+from .. import safe_paths
 from .types import MAX_RESOLUTION, Choices, NodeDef, register
 
 LATENT_METHODS = ["nearest-exact", "bilinear", "area", "bicubic"]
@@ -144,18 +145,13 @@ register(NodeDef(
 
 def _input_path(ctx, name) -> Path | None:
     """The file for a LoadImage name, only inside inputs_dir; ComfyUI's " [input]" suffix allowed."""
-    if not isinstance(name, str) or not name or "\x00" in name:
+    if not isinstance(name, str) or not name:
         return None
     name = name.removesuffix(" [input]").replace("\\", "/")
-    if name.startswith("/") or ".." in name.split("/"):
+    if safe_paths.name_problem(name, "image"):
         return None
-    root = Path(ctx.inputs_dir).resolve()
-    path = (root / name).resolve()
-    try:
-        path.relative_to(root)
-    except ValueError:
-        return None
-    return path if path.is_file() else None
+    path = safe_paths.inside(ctx.inputs_dir, name)
+    return path if path is not None and safe_paths.is_file(path) else None
 
 
 def load_image(call, image):
@@ -211,7 +207,7 @@ def _prefix_problem(prefix) -> str | None:
     p = prefix.replace("\\", "/")
     if "\x00" in p or p.startswith("/") or re.match(r"^[A-Za-z]:", p) or ".." in p.split("/") or p.endswith("/"):
         return "Saving image outside the output folder is not allowed."
-    return None
+    return safe_paths.name_problem(p + "_00001_.png", "filename_prefix")  # the longest name it makes
 
 
 def _check_prefix(ctx, inputs):
@@ -227,12 +223,9 @@ def save_path(folder: Path, prefix: str, width: int, height: int) -> tuple[Path,
     for token, fmt in _TOKENS.items():
         prefix = prefix.replace(token, time.strftime(fmt))
     sub, _, name = prefix.rpartition("/")
-    root = Path(folder).resolve()
-    target = (root / sub).resolve()
-    try:
-        target.relative_to(root)
-    except ValueError:
-        raise ValueError("Saving image outside the output folder is not allowed.") from None
+    target = safe_paths.inside(folder, sub)
+    if target is None:
+        raise ValueError("Saving image outside the output folder is not allowed.")
     target.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(re.escape(name) + r"_(\d+)_")
     counters = [int(m.group(1)) for f in os.listdir(target) if (m := pattern.match(f))]

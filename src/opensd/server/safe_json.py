@@ -1,0 +1,90 @@
+"""JSON that is safe to keep and to send back, for every route and every stored record.
+
+Python's `json` accepts two things that break later: nesting deep enough to exhaust the C stack
+(RecursionError while decoding, encoding or walking) and strings holding lone UTF-16 surrogates
+(`"\\ud800"` is valid JSON, but not Unicode text: it cannot be encoded as UTF-8, so every answer
+echoing it fails). `problem()` finds either, without recursion, naming where it is; the request
+layer refuses such bodies, and `readable()` repairs records stored before that check existed.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+MAX_DEPTH = 64  # no API here nests beyond ~12 (a ComfyUI graph with its UI workflow in extra_data)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def _where(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def problem(value: Any, root: str = "body", max_depth: int = MAX_DEPTH) -> str | None:
+    """One line naming the first place `value` nests deeper than `max_depth` or holds text that is
+    not Unicode, or None when it is fine."""
+    stack = [(value, (root,))]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return f"{_where(path)}: text holds a lone UTF-16 surrogate (not Unicode text)"
+            continue
+        if not isinstance(item, (dict, list)):
+            continue
+        if len(path) > max_depth:
+            return f"{_where(path[:4])}...: JSON nested deeper than {max_depth} levels"
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, child in pairs:
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return f"{_where(path)}: a key holds a lone UTF-16 surrogate (not Unicode text)"
+            if isinstance(child, (str, dict, list)):
+                stack.append((child, (*path, key)))
+    return None
+
+
+def content_type(headers) -> str:
+    """A request's media type ("" when it declares none), without parameters."""
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def declared_json(headers) -> bool:
+    """Whether a request declares a JSON body. Only such bodies are parsed as JSON, by every route: a
+    text/plain or form body holding JSON is what a page on any site can send without a preflight."""
+    kind = content_type(headers)
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def loads(body: bytes | str) -> tuple[Any, str | None]:
+    """(value, None) for a safe JSON body; (None, problem) for one nested too deep or holding
+    non-Unicode text. Raises ValueError for text that is not JSON at all."""
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        return None, f"body: JSON nested deeper than {MAX_DEPTH} levels"
+    return value, problem(value)
+
+
+def readable(value: Any) -> Any:
+    """`value` with every lone surrogate replaced by U+FFFD (keys too), so it can be sent as UTF-8."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(REPLACEMENT, value)
+    if not isinstance(value, (dict, list)):
+        return value
+    top = [value]
+    stack = [(top, 0)]
+    while stack:
+        holder, key = stack.pop()
+        item = holder[key]
+        if isinstance(item, str):
+            holder[key] = _SURROGATE.sub(REPLACEMENT, item)
+        elif isinstance(item, list):
+            stack.extend((item, i) for i in range(len(item)))
+        elif isinstance(item, dict):
+            if any(isinstance(k, str) and _SURROGATE.search(k) for k in item):
+                fixed = {_SURROGATE.sub(REPLACEMENT, k) if isinstance(k, str) else k: v for k, v in item.items()}
+                item.clear()
+                item.update(fixed)
+            stack.extend((item, k) for k in item)
+    return top[0]

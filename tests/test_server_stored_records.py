@@ -1,0 +1,94 @@
+"""One request must never poison shared state: text that is not Unicode is refused on every route,
+and whatever a stored job record holds (damaged, hand-written, from an older version), the
+listings that read it still answer."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from fastapi.testclient import TestClient
+from server_live import BASE, COMFY_GRAPH, models_dir
+
+from opensd.server.app import create_app
+from opensd.server.settings import Settings
+from opensd.server.store import Store
+
+RAW = {"content-type": "application/json"}
+
+
+def comfy_body(text: str) -> bytes:
+    graph = json.loads(json.dumps(COMFY_GRAPH))
+    graph["6"]["inputs"]["text"] = text
+    return json.dumps({"prompt": graph}).encode()  # json.dumps escapes a lone surrogate as \ud800
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    root = tmp_path_factory.mktemp("records")
+    settings = Settings(models_dir=models_dir(root), outputs_dir=root / "out")
+    _damage(settings.db_path)
+    with TestClient(create_app(settings), base_url=BASE) as c:
+        yield c
+
+
+DAMAGED = {  # id: (status, payload SQL expression, result SQL expression)
+    "not-json": ("done", "'{\"prompt\": '", "NULL"),
+    "surrogate": ("done", "'{\"prompt\": {\"1\": {\"class_type\": \"SaveImage\", \"inputs\": {\"t\": \"a \\ud800 b\"}}}}'",
+                  "'{\"outputs\": {\"\\udc00\": {}}, \"status\": {\"status_str\": \"\\ud800\"}}'"),
+    "array": ("failed", "'[1, 2]'", "'\"text\"'"),
+    "bad-utf8": ("done", "CAST(x'7b2270726f6d7074223a2022ff227d' AS TEXT)", "CAST(x'ff' AS TEXT)"),
+    "blob": ("done", "x'7b7d'", "x'ff00'"),
+    "deep": ("done", "'" + "[" * 5000 + "]" * 5000 + "'", "'" + "{\"a\":" * 900 + "1" + "}" * 900 + "'"),
+    "bad-outputs": ("done", "'{\"prompt\": {\"9\": {\"class_type\": [1]}}}'", "'{\"outputs\": [[1]], \"status\": 3}'"),
+    "queued-bad": ("queued", "'{\"prompt\": 7}'", "NULL"),
+}
+
+
+def _damage(db) -> None:
+    Store(db).close()  # the schema
+    con = sqlite3.connect(db)
+    for job_id, (status, payload, result) in DAMAGED.items():
+        con.execute(f"INSERT INTO jobs (id, client, kind, payload, status, created, result) "
+                    f"VALUES (?, 'x', 'comfy', {payload}, ?, 1.0, {result})", (job_id, status))
+    con.commit()
+    con.close()
+
+
+def test_lone_surrogate_in_a_comfy_graph_is_refused_and_history_stays_readable(live):
+    r = live.post("/prompt", content=comfy_body("a \ud800 b"), headers=RAW)
+    assert r.status_code == 422, r.text
+    assert "body.prompt.6.inputs.text" in r.json()["detail"] and "surrogate" in r.json()["detail"]
+    assert live.get("/history").status_code == 200
+    # a proper pair (an emoji written with ensure_ascii) is Unicode text and stays accepted
+    ok = live.post("/prompt", content=comfy_body("a \U0001F600 b"), headers=RAW)
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("path", ["/sdapi/v1/txt2img", "/sdapi/v1/options", "/prompt", "/queue", "/history"])
+def test_lone_surrogate_is_refused_the_same_way_on_every_json_route(live, path):
+    r = live.post(path, content=b'{"prompt": "a \\udfff", "clear": false}', headers=RAW)
+    assert r.status_code == 422 and "surrogate" in r.text, r.text
+    key = live.post(path, content=b'{"\\ud800": 1}', headers=RAW)
+    assert key.status_code == 422 and "key" in key.text, key.text
+
+
+def test_every_listing_reads_damaged_records(live):
+    history = live.get("/history")
+    assert history.status_code == 200, history.text
+    assert set(DAMAGED) - {"queued-bad"} <= set(history.json())
+    for job_id in DAMAGED:
+        one = live.get(f"/history/{job_id}")
+        assert one.status_code == 200, (job_id, one.text)
+        job = live.get(f"/opensd/v1/jobs/{job_id}")
+        assert job.status_code == 200, (job_id, job.text)
+    assert "\ufffd" in json.dumps(live.get("/history/surrogate").json(), ensure_ascii=False)
+    assert "stored payload: not JSON" in live.get("/opensd/v1/jobs/not-json").json()["error"]
+    assert "nested deeper" in live.get("/opensd/v1/jobs/deep").json()["error"]
+    for path in ("/opensd/v1/jobs", "/queue", "/history?max_items=3"):
+        assert live.get(path).status_code == 200, path
+
+
+def test_still_generates_after_damaged_records(live):
+    r = live.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64})
+    assert r.status_code == 200 and len(r.json()["images"]) == 1
