@@ -68,6 +68,7 @@ CASES = [
     ("info notimage.png", "image: notimage.png is not a readable image"),
     ("merge nothere.safetensors m.safetensors -o x.safetensors", "nothere.safetensors"),
     ("merge m.safetensors m.safetensors -m nan -o x.safetensors", "multiplier"),
+    ("merge m.safetensors m.safetensors -o garbage.safetensors", "exists (--overwrite"),
     ("convert garbage.safetensors -o y.safetensors", "garbage.safetensors"),
     ("lora-merge m.safetensors --lora nothere.safetensors -o z.safetensors", "lora: nothere.safetensors"),
     ("preprocess bogus plain.png -o p.png", "preprocessor: 'bogus'"),

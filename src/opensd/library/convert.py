@@ -79,7 +79,7 @@ def check_output(output, inputs, overwrite: bool) -> Path:
         if out == src or src in out.parents or out in src.parents:
             raise InvalidArgument(f"output: {output} would overwrite the input {src}")
     if out.exists() and not overwrite:
-        raise InvalidArgument(f"output: {output} exists (pass overwrite to replace it)")
+        raise InvalidArgument(f"output: {output} exists (--overwrite, or overwrite=True, replaces it)")
     if not out.parent.is_dir():
         raise InvalidArgument(f"output: folder {out.parent} does not exist")
     return out
