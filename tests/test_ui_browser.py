@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import re
 import threading
 from io import BytesIO
 
@@ -17,7 +18,7 @@ from ui_browser import PHONE, drop_file, no_horizontal_scroll, open_page, wait_f
 
 from opensd.pipeline.infotext import read_infotext
 from opensd.server.settings import Settings
-from opensd.server.store import CANCELLED, DONE, FINAL
+from opensd.server.store import CANCELLED, DONE, FINAL, INTERRUPTED
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency")
 
@@ -251,3 +252,44 @@ def test_phone_layout_has_no_horizontal_scroll_on_any_tab(browser, live):
     assert no_horizontal_scroll(page)
     page.context.close()
     assert log.console_errors == [] and log.failures == []
+
+
+def test_progress_shows_steps_and_the_latent_preview_then_interrupt_stops_the_job(page, live):
+    before = job_ids(live)
+    fill_generate(page, "slow heart", steps=150, seed=2, width=256, height=256)
+    page.click("#panel-generate button[type=submit]")
+    page.wait_for_selector("#panel-generate .preview img:not([hidden])", timeout=60_000)
+    assert re.match(r"Step \d+/150", page.inner_text("#panel-generate .progress-card [role=status]"))
+    preview = page.get_attribute("#panel-generate .preview img", "src")
+    latent = Image.open(BytesIO(base64.b64decode(preview.split(",", 1)[1])))
+    assert latent.size[0] == latent.size[1] < 256 and np.asarray(latent).std() > 0  # the latent, not the image
+    page.click("#panel-generate button:text('Interrupt')")
+    (job,) = new_jobs(live, before, 1)
+    assert job.status == INTERRUPTED
+
+
+LABELS = """() => [...document.querySelectorAll('[role=tabpanel]:not([hidden]) :is(input, select, textarea, button, a[href])')]
+  .filter((el) => el.getAttribute('aria-hidden') !== 'true' && el.type !== 'hidden' && !el.closest('[hidden]'))
+  .filter((el) => !((el.labels && el.labels.length) || el.getAttribute('aria-label') || el.textContent.trim()))
+  .map((el) => el.outerHTML.slice(0, 80))"""
+
+
+def test_every_control_is_labelled_tabs_work_by_keyboard_and_the_theme_toggles(page, live):
+    page.focus("#tab-generate")
+    for i in range(page.locator("#tabs [role=tab]").count()):
+        selected = page.get_attribute("#tabs [aria-selected=true]", "id")
+        page.wait_for_selector(f"#{selected.replace('tab-', 'panel-')} > *", state="attached")
+        page.wait_for_timeout(200)
+        assert page.evaluate(LABELS) == [], selected
+        page.keyboard.press("ArrowRight")
+    assert page.get_attribute("#tabs [aria-selected=true]", "id") == "tab-generate"  # wrapped around
+    page.emulate_media(color_scheme="dark")
+    background = "getComputedStyle(document.body).backgroundColor"
+    dark = page.evaluate(background)
+    page.click("#theme-toggle")
+    assert page.evaluate("document.documentElement.dataset.theme") == "light"
+    light = page.evaluate(background)
+    assert dark != light
+    page.reload()
+    page.wait_for_selector("#panel-generate form")
+    assert page.evaluate(background) == light  # remembered
