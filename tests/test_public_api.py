@@ -1,6 +1,6 @@
 """Layers talk through public names: the faces (server, workflows, cli) never use an underscore
-attribute or import an underscore name of another layer, and no module outside the pipeline reaches
-into a Pipeline's private state (checked on the syntax tree of every module)."""
+attribute or import an underscore name of another layer, and no module outside the pipeline uses a
+private name the pipeline defines (checked on the syntax tree of every module)."""
 import ast
 from pathlib import Path
 
@@ -43,9 +43,29 @@ def test_faces_use_no_private_name_of_another_layer():
     assert not found, "faces reach into private names:\n" + "\n".join(found)
 
 
-def test_nothing_outside_the_pipeline_touches_a_pipelines_private_state():
-    found = [f"{rel}:{node.lineno} {ast.unparse(node)}" for rel, tree in _modules() if rel.parts[0] != "pipeline"
-             for node in ast.walk(tree)
-             if isinstance(node, ast.Attribute) and _private(node.attr)
-             and isinstance(node.value, ast.Name) and node.value.id in ("pipe", "pipeline")]
+def _pipeline_privates() -> set[str]:
+    """Underscore names the pipeline package defines: functions, classes, methods and attributes."""
+    names = set()
+    for _, tree in _modules("pipeline"):
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+                names.add(node.attr)
+    return {n for n in names if _private(n)}
+
+
+def test_nothing_outside_the_pipeline_uses_its_private_names():
+    private = _pipeline_privates()
+    found = []
+    for rel, tree in _modules():
+        if rel.parts[0] == "pipeline":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _private(node.attr):
+                owner = node.value.id if isinstance(node.value, ast.Name) else None
+                if owner in ("pipe", "pipeline") or node.attr in private and owner not in ("self", "cls"):
+                    found.append(f"{rel}:{node.lineno} {ast.unparse(node)}")
+            elif isinstance(node, ast.ImportFrom) and _package_of(rel, node) == "pipeline":
+                found += [f"{rel}:{node.lineno} import {a.name}" for a in node.names if _private(a.name)]
     assert not found, "\n".join(found)

@@ -342,7 +342,7 @@ class PromptConditioner:
         hidden_chunks, pooled = [], None
         for i in range(n_chunks):
             rows = [c[i] if i < len(c) else empty for c in per_text]
-            hidden, p = self._encode_rows(rows, counts, want_pooled=(i == 0))
+            hidden, p = self.encode_rows(rows, counts, want_pooled=(i == 0))
             hidden_chunks.append(hidden)
             if i == 0:
                 pooled = p
@@ -351,7 +351,9 @@ class PromptConditioner:
         return [Conditioning(context[index[t]:index[t] + 1],
                              None if pooled is None else pooled[index[t]:index[t] + 1]) for t in texts]
 
-    def _encode_rows(self, rows: list[PromptChunk], counts: list[int], want_pooled: bool):
+    def encode_rows(self, rows: list[PromptChunk], counts: list[int], want_pooled: bool):
+        """Chunks (one per batch row) through every text encoder: (hidden states concatenated along
+        the width, the pooled vector or None). `counts`: chunks per prompt, for emphasis."""
         n_enc = len(self.encoders)
         mults = torch.tensor([r.multipliers for r in rows], dtype=torch.float32)
         weighted = self.emphasis in ("original", "no_norm") and any(r.weighted for r in rows)
@@ -363,7 +365,7 @@ class PromptConditioner:
                     first = r.ids.index(EOS)
                     ids[b, first + 1:] = cfg.pad_token
             fixes = [[(pos, emb.for_encoder(cfg.naming, cfg.width, n_enc)) for pos, emb in r.fixes] for r in rows]
-            with self._lock, _inserted(_token_embedding(enc, cfg.naming), fixes):
+            with self._lock, _inserted(token_embedding(enc, cfg.naming), fixes):
                 out = enc(ids.to(self.device), skip)
             z = out.hidden
             if weighted:
@@ -412,7 +414,8 @@ class PromptConditioner:
         return CondSchedule(cleaned, steps, out, nets)
 
 
-def _token_embedding(encoder: torch.nn.Module, naming: str) -> torch.nn.Module:
+def token_embedding(encoder: torch.nn.Module, naming: str) -> torch.nn.Module:
+    """A text encoder's token embedding table (where textual-inversion vectors go in)."""
     if naming == "hf":
         return encoder.transformer.text_model.embeddings.token_embedding
     return encoder.model.token_embedding

@@ -173,7 +173,7 @@ def encode_text(pipe, captions: list[str], embeddings=None, size=None):
     cond = PromptConditioner(pipe.model, pipe.tokenizer, pipe.device, embeddings, emphasis="none",
                              comma_backtrack=0)
     rows = [cond.chunks(c)[0] for c in captions]
-    context, pooled = cond._encode_rows(rows, [1] * len(rows), want_pooled=True)
+    context, pooled = cond.encode_rows(rows, [1] * len(rows), want_pooled=True)
     y = None
     if pipe.config.unet.size_conditioned:
         w, h = size

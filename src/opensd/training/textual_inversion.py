@@ -23,7 +23,7 @@ from torch import nn
 
 from ..atomic import atomic_write
 from ..errors import InvalidArgument
-from ..pipeline.conditioning import _token_embedding
+from ..pipeline.conditioning import token_embedding
 from ..text.embeddings import MAX_VECTORS, SDXL_KEYS, Embedding, EmbeddingDatabase
 from . import finetune as FT
 
@@ -80,7 +80,7 @@ def init_vectors(pipe, init_word: str, n: int) -> dict[str, torch.Tensor]:
     encoders, cfgs = pipe.model.text_encoders, pipe.config.text_encoders
     out = {}
     for enc, cfg in zip(encoders, cfgs):
-        table = _token_embedding(enc, cfg.naming).weight.detach()
+        table = token_embedding(enc, cfg.naming).weight.detach()
         key = "" if len(encoders) == 1 else SDXL_KEYS[cfg.naming]
         out[key] = torch.stack([table[ids[i % len(ids)]] for i in range(n)]).float()
     return out
