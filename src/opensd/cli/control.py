@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidArgument
-from .common import BUILTIN_MODEL, open_image
+from ..training.controlnet_args import add_arguments
+from .common import open_image
 
 CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,resize=MODE]: a ControlNet "
                 "(path, or name in --controlnet-dir) and its control image; pre runs a preprocessor "
@@ -29,21 +30,7 @@ def register(sub) -> None:
     pre.set_defaults(func=cmd_preprocess)
 
     tr = sub.add_parser("train-controlnet", help="train a ControlNet (Canny) for a model on an image dataset")
-    # Same flags as `python -m opensd.training.controlnet_train` (repeated here so that parsing any
-    # opensd command does not import the training stack).
-    tr.add_argument("--model", type=Path, default=None, help="base model (default: the built-in model)")
-    tr.add_argument("--data", type=Path, default=Path("data/emoji"), help="emoji dataset folder")
-    tr.add_argument("--run", type=Path, default=Path("runs/controlnet"), help="run folder (resumable)")
-    tr.add_argument("--steps", type=int, default=3000)
-    tr.add_argument("--batch", type=int, default=32)
-    tr.add_argument("--lr", type=float, default=5e-4)
-    tr.add_argument("--t-sampling", choices=["cubic", "uniform"], default="cubic")
-    tr.add_argument("--save-every", type=int, default=50)
-    tr.add_argument("--until", type=int, default=None, help="stop at this step (resume later)")
-    tr.add_argument("--threads", type=int, default=None)
-    tr.add_argument("--out", type=Path, default=None, help="export path (default: RUN/controlnet-canny.safetensors)")
-    tr.add_argument("--export-only", action="store_true")
-    tr.add_argument("--no-progress", action="store_true")
+    add_arguments(tr)  # the flags of `python -m opensd.training.controlnet_train`
     tr.set_defaults(func=cmd_train)
 
 
@@ -74,8 +61,6 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..training.controlnet_train import run
 
-    if args.model is None:
-        args.model = BUILTIN_MODEL
     print(run(args))
     return 0
 

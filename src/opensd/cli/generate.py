@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgument
 from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
+from .control import CONTROL_HELP, controls_from_args
 from .from_image import PARAM_DEST, apply_infotext, missing_lora, report_differences
 from .output_files import DEFAULT_DIR, check_output, numbered_output
 
@@ -71,8 +72,7 @@ def register(sub) -> None:
     h.add_argument("--hires-prompt", help="default: same prompt")
     h.add_argument("--hires-negative", help="default: same negative prompt")
     c = gen.add_argument_group("controlnet")
-    c.add_argument("--control", action="append", metavar="MODEL,IMAGE[,OPTIONS]",
-                   help="MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=canny][,guess][,resize=crop]; repeatable")
+    c.add_argument("--control", action="append", metavar="MODEL,IMAGE[,OPTIONS]", help=CONTROL_HELP)
     c.add_argument("--controlnet-dir", type=Path, help="folder where --control looks up ControlNets by name")
     d = gen.add_argument_group("device")
     d.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
@@ -130,7 +130,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe.set_loras(loras)
     kwargs = generation_kwargs(args)
     if args.control:
-        from .control import controls_from_args
         kwargs["controls"] = controls_from_args(args, pipe)
     bars: list = []
 

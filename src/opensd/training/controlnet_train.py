@@ -25,19 +25,16 @@ import torch
 from ..atomic import atomic_write
 from ..checkpoints.controlnet_files import save_controlnet
 from ..errors import run_main
-from ..library.models_dir import BUILTIN_CHECKPOINT
 from ..models.controlnet import ControlNet, from_unet
 from ..sampling.schedules import scaled_linear_alphas_cumprod
 from .builtin import MIN_SNR_GAMMA, index_stream, to_pixels
 from .builtin_sampling import tokenize
+from .controlnet_args import add_arguments
 from .trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
 CAPTION_DROPOUT = 0.5
-# Timestep sampling: "cubic" draws t = (1 - u^3) * T, favouring high noise, where an image's layout is
-# decided (T2I-Adapter's non-uniform sampling); "uniform" is the usual diffusion choice.
-T_SAMPLING = ("cubic", "uniform")
 CANNY = (100, 200)
 
 
@@ -124,22 +121,6 @@ def main(argv=None) -> None:
     run(p.parse_args(argv))
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, default=BUILTIN_CHECKPOINT, help="base model (default: the built-in model)")
-    p.add_argument("--data", type=Path, default=Path("data/emoji"))
-    p.add_argument("--run", type=Path, default=Path("runs/controlnet"))
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--t-sampling", choices=T_SAMPLING, default="cubic")
-    p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--until", type=int, default=None, help="stop at this step (resume later)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path, default=None, help="export path (default: RUN/controlnet-canny.safetensors)")
-    p.add_argument("--export-only", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-
-
 def run(a: argparse.Namespace) -> Path:
     from ..pipeline.loader import load_model
     from .emoji_data import load_split
@@ -151,7 +132,7 @@ def run(a: argparse.Namespace) -> Path:
     train = load_split(a.data, "train")
     data = prepare(loaded, train.images, a.run / "data.pt")
     trainer = make_trainer(loaded, data, train.captions, a.run, a.steps, a.batch, a.lr, a.save_every,
-                           getattr(a, "t_sampling", "cubic"))
+                           a.t_sampling)
     if a.export_only:
         if not trainer.try_resume():
             raise SystemExit(f"no training state in {a.run}")
