@@ -129,3 +129,23 @@ def test_another_site_cannot_write_user_data(server, browser):
     settings = root / "comfy.settings.json"
     assert not settings.exists() or "Comfy.Evil" not in settings.read_text()
     assert statuses and all(s in (403, 415) for s, _ in statuses), statuses
+
+
+def test_token_login_then_the_frontend_works(tmp_path, browser):
+    """Off loopback a token is required: the frontend's page and API answer 401 until the browser has
+    signed in on /login; then the session cookie carries every call, the WebSocket included."""
+    settings = Settings(outputs_dir=tmp_path / "out", api_token="s3cret-token")
+    with LiveServer(settings) as srv:
+        page = browser.new_page()
+        assert page.goto(srv.url + "/comfy/").status == 401
+        page.goto(srv.url + "/login")
+        page.fill("input[name=token]", "s3cret-token")
+        page.locator("#login-form").evaluate("f => f.requestSubmit()")
+        page.wait_for_url(srv.url + "/", timeout=30_000)
+        log = PageLog(srv.url).attach(page)
+        assert page.goto(srv.url + "/comfy/").status == 200
+        page.wait_for_function("() => window.app && window.app.graph", timeout=60_000)
+        page.wait_for_function("() => window.app.api.socket && window.app.api.socket.readyState === 1",
+                               timeout=30_000)
+        assert [f for f in log.failures if f[0] == 401] == []
+        page.close()

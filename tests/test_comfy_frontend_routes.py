@@ -110,6 +110,8 @@ def test_startup_routes(client):
 def test_frontend_is_served_under_comfy(client):
     r = client.get("/comfy/")
     assert r.status_code == 200 and "ComfyUI" in r.text
+    policy = r.headers["content-security-policy"]
+    assert "connect-src 'self';" in policy and "default-src 'self';" in policy and "'unsafe-eval'" not in policy
     assert client.get("/comfy", follow_redirects=False).headers["location"] == "/comfy/"
     assert client.get("/comfy/user.css").headers["content-type"].startswith("text/css")
     for absolute in ("/assets/images/favicon_progress_16x16/frame_9.png", "/assets/favicon.ico"):

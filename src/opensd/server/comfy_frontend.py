@@ -7,7 +7,10 @@ opens /comfy/ws and loads its own static files from /comfy/... . So the ComfyUI 
 mounted once more under /comfy/api (the WebSocket under /comfy), before the static folder."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import re
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -36,6 +39,18 @@ def static_dir() -> Path | None:
     return folder if (folder / "index.html").is_file() else None
 
 
+def page_policy(index_html: str) -> str:
+    """The page's Content-Security-Policy: everything from this origin only (so the frontend cannot
+    reach another machine even if some panel tried), no JavaScript eval (WebAssembly compiling is
+    allowed: the frontend uses a wasm module); its one inline script by hash."""
+    inline = re.findall(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", index_html, re.S)
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in inline)
+    return (f"default-src 'self'; script-src 'self' 'wasm-unsafe-eval' {hashes}; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data: blob:; media-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
+            "worker-src 'self' blob:; object-src 'none'; base-uri 'self'; form-action 'self'; "
+            "frame-ancestors 'none'")
+
+
 def install(app: FastAPI, state, comfy_router_factory) -> None:
     """User data and support routes at / and /api; the frontend (when installed) at /comfy/."""
     store = comfy_userdata.UserFiles(state.settings.data_dir)
@@ -55,6 +70,14 @@ def install(app: FastAPI, state, comfy_router_factory) -> None:
     @app.get(PREFIX, include_in_schema=False)
     def comfy_root():
         return RedirectResponse(PREFIX + "/")
+
+    index = folder / "index.html"
+    headers = {"Content-Security-Policy": page_policy(index.read_text(encoding="utf-8")),
+               "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+
+    @app.get(PREFIX + "/", include_in_schema=False)
+    def page():
+        return FileResponse(index, media_type="text/html", headers=headers)
 
     @app.get(PREFIX + "/templates/{name}", include_in_schema=False)
     def templates(name: str):
