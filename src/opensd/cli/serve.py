@@ -5,6 +5,8 @@ import argparse
 import math
 import os
 import sys
+import threading
+import webbrowser
 from pathlib import Path
 
 from ..errors import InvalidArgument
@@ -12,7 +14,7 @@ from .common import float_arg, int_arg, set_threads
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="serve the AUTOMATIC1111 and ComfyUI HTTP APIs")
+    p = sub.add_parser("serve", help="serve the web UI and the AUTOMATIC1111 and ComfyUI HTTP APIs")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int_arg, default=7860)
     p.add_argument("--models-dir", type=Path, help="an A1111 or ComfyUI models/ folder")
@@ -33,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--max-body-mb", type=float_arg, default=64.0)
     p.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
+    p.add_argument("--open", action="store_true", help="open the web UI in the default browser")
     p.set_defaults(func=cmd_serve)
 
 
@@ -50,6 +53,14 @@ def settings_from(args: argparse.Namespace):
                     max_body_bytes=int(args.max_body_mb * (1 << 20)))
 
 
+def ui_url(host: str, port: int) -> str:
+    """The address a browser on this machine uses for the server bound to host:port."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)  # wildcards
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}/"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -63,6 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if warning:
         print(f"opensd: {warning}", file=sys.stderr)
     app = create_app(settings)
-    print(f"opensd: serving on http://{args.host}:{args.port} (API docs at /docs)", file=sys.stderr)
+    print(f"opensd: serving on http://{args.host}:{args.port} (web UI at /, API docs at /docs)", file=sys.stderr)
+    if args.open:  # the socket already listens, so the browser's request waits for the server
+        threading.Thread(target=webbrowser.open, args=(ui_url(args.host, args.port),), daemon=True).start()
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0
