@@ -13,7 +13,8 @@ import math
 from ..models import config as C
 
 # UNet2DConditionModel (and ControlNetModel, which shares these) fields with the one value our UNet
-# computes. upcast_attention needs no entry: our attention keeps its softmax in float32 already.
+# computes. upcast_attention needs no entry: it changes half-precision rounding only (SD2.1 sets it
+# against fp16 overflow), not the function the network computes.
 _UNET_FIXED = {
     "act_fn": ("silu",), "norm_num_groups": (32,), "norm_eps": (1e-5,), "center_input_sample": (False,),
     "flip_sin_to_cos": (True,), "freq_shift": (0,), "time_embedding_type": ("positional",),
