@@ -24,6 +24,7 @@ from ..text.embeddings import EmbeddingDatabase, load_embeddings
 from ..text.tokenizer import default_tokenizer
 from . import guidance as G
 from . import images as I
+from . import img2img as i2i
 from . import limits as L
 from .conditioning import CondSchedule, PromptConditioner, size_vector
 from .device import resolve_device, resolve_dtype
@@ -214,10 +215,10 @@ class Pipeline:
         return images
 
     def _steps_in(self, p: Params, img2img: bool) -> int:
-        first = _img2img_steps(p.steps, p.strength) if img2img else p.steps
+        first = i2i.steps_run(p.steps, p.strength) if img2img else p.steps
         if p.hires is None or img2img:
             return first
-        return first + _img2img_steps(p.hires.steps or p.steps, p.hires.denoise)
+        return first + i2i.steps_run(p.hires.steps or p.steps, p.hires.denoise)
 
     def _one(self, p: Params, seed: int, subseed: int | None, source: Image.Image | None,
              mask: Image.Image | None, report) -> Image.Image:
@@ -232,11 +233,11 @@ class Pipeline:
             return self.decode(latents)[0]
         init = self.encode(I.fill_masked(source, mask) if mask is not None and p.inpainting_fill == "fill"
                            else source)
-        latent_mask = None if mask is None else _latent_mask(mask, shape[2:], self.device)
+        latent_mask = None if mask is None else i2i.latent_mask(mask, shape[2:], self.device)
         if latent_mask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
             filler = noise() if p.inpainting_fill == "latent noise" else torch.zeros_like(init)
             init = init * (1 - latent_mask) + filler * latent_mask
-        sigmas = _img2img_sigmas(self.sigmas(p, p.steps), p.steps, p.strength)
+        sigmas = i2i.sigmas_from(self.sigmas(p, p.steps), p.steps, p.strength)
         x = init + noise.initial * sigmas[0]
         image_cond = self.inpainting_cond(source, mask) if self.config.inpainting else None
         latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
@@ -259,8 +260,8 @@ class Pipeline:
                          negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt)
         # A1111 draws the second pass's noise afresh from the same seed, at the new size.
         noise = ImageNoise(seed, tuple(init.shape), self.device)
-        sigmas = _img2img_sigmas(self.sigmas(second, second.steps), second.steps, h.denoise)
-        offset = _img2img_steps(p.steps, 1.0)
+        sigmas = i2i.sigmas_from(self.sigmas(second, second.steps), second.steps, h.denoise)
+        offset = i2i.steps_run(p.steps, 1.0)
         image_cond = self.inpainting_cond(None, None, w, h_px) if self.config.inpainting else None
         return self._sample(second, init + noise.initial * sigmas[0], sigmas, noise,
                             lambda i: report(offset + i), w, h_px, image_cond=image_cond)
@@ -422,24 +423,6 @@ def _controls(controls, config) -> list:
 
 def _round8(v: int) -> int:
     return max(8, round(v / 8) * 8)
-
-
-def _img2img_steps(steps: int, strength: float) -> int:
-    """A1111: img2img runs int(strength * steps) + 1 of a `steps`-long schedule (strength < 1)."""
-    return int(min(strength, 0.999) * steps) + 1 if strength < 1 else steps
-
-
-def _img2img_sigmas(sigmas: torch.Tensor, steps: int, strength: float) -> torch.Tensor:
-    if strength >= 1:
-        return sigmas
-    t_enc = int(min(strength, 0.999) * steps)
-    return sigmas[steps - t_enc - 1:]
-
-
-def _latent_mask(mask: Image.Image, size: tuple[int, int], device) -> torch.Tensor:
-    """Mask at latent resolution, rounded to 0/1 as A1111 does for the denoising blend."""
-    m = F.interpolate(I.mask_to_tensor(mask), size=size, mode="area")
-    return m.round().to(device)
 
 
 def load(path, *, vae=None, device: str | None = None, precision: str = "fp32",
