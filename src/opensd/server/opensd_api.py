@@ -1,5 +1,5 @@
 """Our own routes, under one prefix (/opensd/v1), for what the A1111 and ComfyUI APIs lack and the
-web UI needs: queued (non-blocking) txt2img, the queue with positions and labels, the token
+web UI needs: queued (non-blocking) txt2img and img2img, the queue with positions and labels, the token
 counter, checkpoint families, image parameters to a request, and the UI's login cookie.
 (The job routes /opensd/v1/jobs... are in app.py; the gallery's in gallery_api.py.)"""
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..text.tokenizer import default_tokenizer
 from ..version import __version__
 from . import images_io
 from .a1111_api import client_id, prepare
-from .a1111_models import Txt2ImgRequest
+from .a1111_models import Img2ImgRequest, Txt2ImgRequest
 from .gallery import graph_text
 from .infotext_request import request_from_infotext
 from .opensd_models import (
@@ -137,14 +137,23 @@ def router(state) -> APIRouter:
             current = None
         return Checkpoints(current=current, items=items)
 
+    async def queued(req, request: Request, mode: str) -> JobQueued:
+        payload = await run_in_threadpool(prepare, state, req, mode)
+        job = state.queue.submit("a1111", payload, client_id(request))
+        order = [j.id for j in state.queue.pending()]
+        return JobQueued(job_id=job.id, position=order.index(job.id) + 1 if job.id in order else 0)
+
     @api.post("/txt2img", status_code=202)
     async def txt2img(req: Txt2ImgRequest, request: Request) -> JobQueued:
         """Queue an A1111-style txt2img request and answer at once with its job id; follow it with
         /opensd/v1/queue or /opensd/v1/jobs/{id}; its images are /opensd/v1/jobs/{id}/images/{n}."""
-        payload = await run_in_threadpool(prepare, state, req, "txt2img")
-        job = state.queue.submit("a1111", payload, client_id(request))
-        order = [j.id for j in state.queue.pending()]
-        return JobQueued(job_id=job.id, position=order.index(job.id) + 1 if job.id in order else 0)
+        return await queued(req, request, "txt2img")
+
+    @api.post("/img2img", status_code=202)
+    async def img2img(req: Img2ImgRequest, request: Request) -> JobQueued:
+        """Queue an A1111-style img2img or inpainting request (init_images, mask, inpainting fields,
+        ControlNet units) and answer at once with its job id, as /opensd/v1/txt2img does."""
+        return await queued(req, request, "img2img")
 
     @api.get("/queue")
     def queue() -> QueueView:
