@@ -162,3 +162,21 @@ def test_token_guards_userdata(tmp_path):
             assert getattr(c, method)(path).status_code == 401
         auth = {"Authorization": "Bearer s3cret"}
         assert c.post("/userdata/a.json", content=b"{}", headers=auth).status_code == 200
+
+
+def test_v2_listing(setup, tmp_path):
+    c, root = setup
+    c.post("/userdata/workflows%2Fb.json", content=b"{}")
+    c.post("/userdata/keybindings%2Fmine.json", content=b"[1]")
+    os.symlink(tmp_path, root / "workflows" / "out")  # a link out: neither listed nor followed
+    entries = c.get("/v2/userdata").json()
+    # folders first, then files, each by name (as ComfyUI orders them)
+    assert [(e["type"], e["path"]) for e in entries] == [
+        ("directory", "keybindings"), ("directory", "subgraphs"), ("directory", "workflows"),
+        ("file", "workflows/b.json"), ("file", "keybindings/mine.json")]
+    assert {k: entries[3][k] for k in ("name", "size")} == {"name": "b.json", "size": 2}
+    assert [e["path"] for e in c.get("/v2/userdata", params={"path": "workflows"}).json() if e["type"] == "file"] \
+        == ["workflows/b.json"]
+    assert c.get("/v2/userdata", params={"path": "../.."}).status_code == 400
+    assert c.get("/v2/userdata", params={"path": "nope"}).status_code == 404
+    assert c.get("/v2/userdata", params={"path": "workflows/b.json"}).status_code == 400

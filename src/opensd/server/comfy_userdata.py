@@ -256,6 +256,7 @@ def router(store: UserFiles) -> APIRouter:
         base = store.root
         out = []
         for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]  # links stay unlisted
             for name in dirnames:
                 out.append({"name": name, "path": (Path(dirpath) / name).relative_to(base).as_posix(),
                             "type": "directory"})
