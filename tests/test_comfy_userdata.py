@@ -180,3 +180,12 @@ def test_v2_listing(setup, tmp_path):
     assert c.get("/v2/userdata", params={"path": "../.."}).status_code == 400
     assert c.get("/v2/userdata", params={"path": "nope"}).status_code == 404
     assert c.get("/v2/userdata", params={"path": "workflows/b.json"}).status_code == 400
+
+
+def test_a_file_where_a_folder_is_needed_is_a_clear_refusal(setup):
+    c, _ = setup
+    assert c.post("/userdata/a.json", content=b"{}").status_code == 200
+    r = c.post("/userdata/a.json%2Fb.json", content=b"{}")
+    assert r.status_code == 409 and "a.json" in r.json()["detail"]
+    assert c.post("/userdata/a.json/move/a.json%2Fc.json").status_code == 409
+    assert c.get("/userdata/a.json%2Fb.json").status_code == 404

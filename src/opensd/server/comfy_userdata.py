@@ -109,7 +109,7 @@ class UserFiles:
                 raise Refused(413, f"userdata: the user folder already holds {MAX_FILES} files")
             if total - old + len(data) > MAX_USER_BYTES:
                 raise Refused(413, f"userdata: the user folder would exceed {MAX_USER_BYTES >> 20} MiB")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_parent(path)
             write_atomic(path, data)
 
     def move(self, source: Path, dest: Path, overwrite: bool) -> None:
@@ -120,8 +120,14 @@ class UserFiles:
                 raise Refused(400, f"dest: {self.relative(dest)!r} is a folder")
             if dest.exists() and not overwrite:
                 raise Refused(409, f"dest: {self.relative(dest)!r} already exists (overwrite=false)")
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._make_parent(dest)
             os.replace(source, dest)
+
+    def _make_parent(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise Refused(409, f"file: a file stands where {self.relative(path)!r} needs a folder") from None
 
     # settings: one JSON object in the user's folder
     def settings(self) -> dict:
