@@ -66,9 +66,9 @@ def test_from_reapplies_loras_given_on_the_command_line(files, tmp_path, capsys)
     root, ckpt = files
     first, again, plain = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
     assert main(["generate", "a cat", "-m", str(ckpt), *FAST, "--loras-dir", str(root / "Lora"),
-                 "--lora", "style:0.5:1", "-o", str(first)]) == 0
+                 "--lora", "style:0.123456789:1", "-o", str(first)]) == 0
     params = _params(first)
-    assert params["Extra LoRAs"] == "style: 0.5/1" and params["Lora hashes"].startswith("style: ")
+    assert params["Extra LoRAs"] == "style: 0.123456789/1" and params["Lora hashes"].startswith("style: ")
     assert main(["generate", "--from", str(first), "-m", str(ckpt), "--loras-dir", str(root / "Lora"),
                  "-o", str(again)]) == 0
     assert np.array_equal(_px(first), _px(again))

@@ -21,7 +21,7 @@ _HINTS = {"VAE": "--vae FILE", "VAE hash": "--vae FILE", "TI hashes": "--embeddi
 def apply_infotext(args: argparse.Namespace):
     """Set every flag still unset from the image's parameters; return what the image records."""
     from ..pipeline.infotext import parse_infotext
-    from ..pipeline.infotext_params import recorded
+    from ..pipeline.infotext_params import number_text, recorded
 
     text = read_image_infotext(args.from_image, "from")
     if text is None:
@@ -37,7 +37,7 @@ def apply_infotext(args: argparse.Namespace):
         if getattr(args, name) in (None, False) and value not in (None, "", False):
             setattr(args, name, value)
     if not args.lora and rec.extra_loras:  # --lora given now wins over the recorded ones
-        args.lora = [f"{name}:{unet:g}:{te:g}" for name, unet, te in rec.extra_loras]
+        args.lora = [f"{name}:{number_text(unet)}:{number_text(te)}" for name, unet, te in rec.extra_loras]
     return params
 
 

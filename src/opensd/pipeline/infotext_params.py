@@ -49,7 +49,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     for i, spec in enumerate(controls):
         extra[f"ControlNet {i}"] = control_unit_text(spec)
     if extra_loras:
-        extra[EXTRA_LORAS] = {s.path.stem: f"{s.unet:g}/{s.te_strength:g}" for s in extra_loras}
+        extra[EXTRA_LORAS] = {s.path.stem: f"{number_text(s.unet)}/{number_text(s.te_strength)}" for s in extra_loras}
     ti = {e.name: embedding_hash(e.path) for e in used_embeddings(pipe, _prompts(p)) if e.path is not None}
     params = generation_params(
         steps=p.steps, sampler=sampler, cfg=p.cfg, seed=image.info["seed"], width=p.width, height=p.height,
@@ -129,18 +129,13 @@ def control_unit_text(spec) -> str:
 
 
 def _plain(value: Any) -> str:
-    text = f"{value:g}" if isinstance(value, float) else str(value)
+    text = number_text(value) if isinstance(value, float) else str(value)
     return text.replace(",", " ").replace(": ", " ")
 
 
-def parse_control_unit(text: str) -> dict[str, str]:
-    """``"Module: canny, Model: x [h], ..."`` -> {"Module": "canny", "Model": "x [h]", ...}."""
-    out = {}
-    for item in text.split(","):
-        key, sep, value = item.strip().partition(": ")
-        if sep:
-            out[key] = value
-    return out
+def number_text(value: float) -> str:
+    """A number as A1111 writes it (no ".0"), every digit kept so that it reads back the same."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 # ------------------------------------------------------------------------------------- read back
