@@ -1,0 +1,42 @@
+// Form controls the settings forms share: numbers, range+number sliders and selects.
+import { clear, field, h } from "./dom.js";
+
+export function number(name, { min, max, step = 1, value }) {
+  return h("input", { type: "number", name, min, max, step, value, inputmode: step < 1 ? "decimal" : "numeric" });
+}
+
+// A range and a number input kept equal; only the number has a name (submitted and remembered).
+export function slider(label, name, opts) {
+  const num = number(name, opts);
+  const range = h("input", { type: "range", min: opts.min, max: opts.max, step: opts.step ?? 1, value: opts.value,
+    tabindex: "-1", "aria-hidden": "true", "data-persist": "no" });
+  range.addEventListener("input", () => { num.value = range.value; num.dispatchEvent(new Event("input", { bubbles: true })); });
+  num.addEventListener("input", () => { range.value = num.value; });
+  const f = field(label, num);
+  f.replaceChildren(f.firstChild, h("div", { class: "slider" }, range, num));
+  return f;
+}
+
+// After values are set from code: move each slider's range to its number.
+export function syncSliders(root) {
+  root.querySelectorAll("input[type=range]").forEach((r) => r.nextSibling?.dispatchEvent(new Event("input")));
+}
+
+export function select(name, options, value) {
+  const el = h("select", { name });
+  setOptions(el, options, value);
+  return el;
+}
+
+export function setOptions(el, options, value) {
+  clear(el, options.map(([v, text]) => h("option", { value: v }, text)));
+  if (value !== undefined && options.some(([v]) => v === value)) el.value = value;
+}
+
+// Choose the option whose value or text equals `wanted` (case-insensitive); false if none does.
+export function choose(el, wanted) {
+  const w = String(wanted).toLowerCase();
+  const hit = [...el.options].find((o) => o.value.toLowerCase() === w || o.text.toLowerCase() === w);
+  if (hit) el.value = hit.value;
+  return Boolean(hit);
+}

@@ -1,0 +1,175 @@
+// The generation settings that Generate and img2img/inpaint share: prompt and negative prompt (token
+// counter; LoRA, embedding and style pickers), model, VAE, sampler, schedule, steps, CFG, size with the
+// model family's presets, seed (random, reuse), batch, CLIP skip, the variation seed and the active
+// ControlNet units. A tab puts the cards in its own <form> (which remembers the named controls), adds
+// its own fields and builds its request from request().
+import { api } from "./api.js";
+import { append, clear, field, h, icon, toast } from "./dom.js";
+import { activeUnits, CHANGED, controlnetFields } from "./controlnet_units.js";
+import { choose, number, setOptions, slider, syncSliders } from "./form.js";
+import { promptEditor } from "./prompt_editor.js";
+import { emit, EVENTS, on } from "./shared.js";
+
+const RATIOS = [[1, 1], [3, 4], [4, 3], [2, 3], [3, 2], [9, 16], [16, 9]];
+
+const round8 = (v) => Math.max(8, Math.round(v / 8) * 8);
+const touch = (el) => el.dispatchEvent(new Event("input", { bubbles: true })); // the form remembers it
+
+// `img2img`: whether ControlNet units may fall back to the init image; `shownSeed()`: the seed of the
+// image the tab shows (for "reuse seed"); `sizeFollowsModel`: a model change sets its native size.
+export async function generationSettings({ img2img = false, shownSeed = () => undefined, sizeFollowsModel = true } = {}) {
+  const stepsField = slider("Sampling steps", "steps", { min: 1, max: 150, value: 20 });
+  const steps = () => Number(stepsField.querySelector("input[name=steps]").value) || 20;
+  const prompt = promptEditor({ label: "Prompt", name: "prompt", placeholder: "a red heart, noto emoji style", getSteps: steps });
+  const negative = promptEditor({ label: "Negative prompt", name: "negative_prompt", getSteps: steps });
+  const model = h("select", { name: "model" });
+  const vae = h("select", { name: "vae" });
+  const sampler = h("select", { name: "sampler" });
+  const scheduler = h("select", { name: "scheduler" });
+  const width = number("width", { min: 8, max: 4096, step: 8, value: 512 });
+  const height = number("height", { min: 8, max: 4096, step: 8, value: 512 });
+  const seed = number("seed", { min: -1, step: 1, value: -1 });
+  const nIter = number("n_iter", { min: 1, max: 100, value: 1 });
+  const batchSize = number("batch_size", { min: 1, max: 8, value: 1 });
+  const clipSkip = number("clip_skip", { min: 1, max: 12, value: 1 });
+  const variation = h("input", { type: "checkbox", name: "variation" });
+  const subseed = number("subseed", { min: -1, value: -1 });
+  const strengthField = slider("Variation strength", "subseed_strength", { min: 0, max: 1, step: 0.01, value: 0 });
+  const presets = h("div", { class: "presets", role: "group", "aria-label": "Size presets" });
+  const pickers = h("div", { class: "stack" });
+  const controlnet = h("p", { class: "muted controlnet-note", role: "status" });
+
+  const promptCard = h("div", { class: "card stack" }, prompt.element, negative.element, pickers);
+  const settingsCard = h("div", { class: "card stack" },
+    h("div", { class: "grid2" }, field("Model", model), field("VAE", vae),
+      field("Sampler", sampler), field("Schedule type", scheduler)),
+    stepsField,
+    slider("CFG scale", "cfg_scale", { min: 1, max: 30, step: 0.5, value: 7 }),
+    h("div", { class: "row" }, field("Width", width),
+      h("button", { type: "button", class: "icon-button", "aria-label": "Swap width and height",
+        onclick: () => { [width.value, height.value] = [height.value, width.value]; touch(width); } }, icon("swap")),
+      field("Height", height)),
+    presets,
+    h("div", { class: "row" },
+      field("Seed (-1: random)", seed),
+      h("button", { type: "button", class: "icon-button", "aria-label": "Random seed",
+        onclick: () => { seed.value = -1; touch(seed); } }, icon("dice")),
+      h("button", { type: "button", class: "icon-button", "aria-label": "Reuse the seed of the shown image",
+        onclick: reuseSeed }, icon("recycle"))),
+    h("div", { class: "grid2" },
+      field("Batch count", nIter), field("Batch size", batchSize), field("CLIP skip", clipSkip)),
+    controlnet);
+  const variationCard = h("details", { class: "card" }, h("summary", {}, "Variation seed"),
+    h("div", { class: "stack" },
+      h("label", { class: "check" }, variation, "Use a variation seed"),
+      field("Variation seed (-1: random)", subseed), strengthField));
+
+  // --- data from the server ---
+  const [ckpts, vaes, samplers, schedulers, loras, embeddings, styles] = await Promise.all([
+    api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/sd-vae"), api.get("/sdapi/v1/samplers"),
+    api.get("/sdapi/v1/schedulers"), api.get("/sdapi/v1/loras"), api.get("/sdapi/v1/embeddings"),
+    api.get("/sdapi/v1/prompt-styles"),
+  ]).catch((e) => { toast(e.message, "error"); return [{ items: [] }, [], [], [], [], { loaded: {} }, []]; });
+  const checkpoints = ckpts.items;
+  setOptions(model, checkpoints.map((c) => [c.name, c.title]), ckpts.current ?? undefined);
+  setOptions(vae, [["Automatic", "Automatic"], ["None", "None"], ...vaes.map((v) => [v.model_name, v.model_name])]);
+  setOptions(sampler, samplers.map((s) => [s.name, s.name]), "Euler");
+  setOptions(scheduler, [["", "Automatic"], ...schedulers.map((s) => [s.name, s.label])]);
+  append(pickers,
+    picker("LoRA", loras.map((l) => [l.alias || l.name, () => prompt.insert(`<lora:${l.alias || l.name}:1>`)])),
+    picker("Embeddings", Object.keys(embeddings.loaded || {}).map((n) => [n, () => prompt.insert(n)])),
+    styles.length ? picker("Styles", styles.map((s) => [s.name, () => applyStyle(s)])) : null);
+
+  // --- behaviour ---
+  const familyOf = (name) => checkpoints.find((c) => c.name === name);
+  const nativeSize = () => familyOf(model.value)?.resolution ?? 512;
+  function setSize(w, hh = w) { width.value = w; height.value = hh; touch(width); }
+  function showPresets() {
+    const r = nativeSize();
+    clear(presets, RATIOS.map(([a, b]) => {
+      const w = round8(r * Math.sqrt(a / b)), hh = round8(r * Math.sqrt(b / a));
+      return h("button", { type: "button", title: `${a}:${b}`, onclick: () => setSize(w, hh) }, `${w}×${hh}`);
+    }));
+  }
+  model.addEventListener("change", () => {
+    if (sizeFollowsModel) setSize(nativeSize());
+    showPresets();
+  });
+  function picker(title, entries) {
+    const list = entries.length
+      ? entries.map(([label, act]) => h("button", { type: "button", onclick: act }, label))
+      : [h("span", { class: "muted" }, "none found in the models folder")];
+    return h("details", {}, h("summary", {}, `${title} (${entries.length})`), h("div", { class: "picker-list" }, list));
+  }
+  function applyStyle(style) {
+    if (style.prompt) prompt.insert(style.prompt);
+    if (style.negative_prompt) negative.insert(style.negative_prompt);
+  }
+  function reuseSeed() {
+    const s = shownSeed();
+    if (s === undefined) { toast("No image shown yet: generate one first."); return; }
+    seed.value = s;
+    touch(seed);
+  }
+  function showControlNet() {
+    const active = activeUnits(img2img);
+    clear(controlnet, active.length ? [`ControlNet: ${active.map((u) => `unit ${u.index + 1} (${u.module})`).join(", ")} `,
+      h("button", { type: "button", class: "link", onclick: () => emit(EVENTS.SHOW_TAB, { id: "controlnet" }) }, "edit")] : "");
+    controlnet.hidden = !active.length;
+  }
+  on(CHANGED, showControlNet);
+  showControlNet();
+
+  const int = (el) => Math.trunc(Number(el.value));
+  return {
+    prompt, negative, promptCard, settingsCard, variationCard, width, height, seed,
+    // After the tab's form restored its remembered values.
+    restored(remembered) {
+      if (!("width" in remembered) && sizeFollowsModel) setSize(nativeSize());
+      showPresets();
+      prompt.refresh();
+      negative.refresh();
+    },
+    setSize,
+    request() {
+      const body = {
+        prompt: prompt.textarea.value, negative_prompt: negative.textarea.value,
+        sampler_name: sampler.value, scheduler: scheduler.value || null,
+        steps: steps(), cfg_scale: Number(settingsCard.querySelector("input[name=cfg_scale]").value),
+        width: int(width), height: int(height), seed: int(seed), n_iter: int(nIter), batch_size: int(batchSize),
+        send_images: false,
+        override_settings: { sd_model_checkpoint: model.value, CLIP_stop_at_last_layers: int(clipSkip) },
+        ...controlnetFields(img2img),
+      };
+      if (vae.value && vae.value !== "Automatic") body.override_settings.sd_vae = vae.value;
+      if (variation.checked) {
+        body.subseed = int(subseed);
+        body.subseed_strength = Number(strengthField.querySelector("input[name=subseed_strength]").value);
+      }
+      return body;
+    },
+    // Fill the shared fields from an A1111 request, so the same pixels come out again.
+    apply(req) {
+      prompt.setValue(req.prompt ?? "");
+      negative.setValue(req.negative_prompt ?? "");
+      const set = (name, value) => {
+        const el = [promptCard, settingsCard, variationCard].map((c) => c.querySelector(`[name=${name}]`)).find(Boolean);
+        if (value !== undefined && value !== null) el.value = value;
+      };
+      set("steps", req.steps); set("cfg_scale", req.cfg_scale); set("width", req.width); set("height", req.height);
+      set("seed", req.seed);
+      nIter.value = 1; batchSize.value = 1;
+      if (req.sampler_name && !choose(sampler, req.sampler_name)) toast(`Sampler ${req.sampler_name} is not available`, "error");
+      if (!req.scheduler) scheduler.value = "";
+      else if (!choose(scheduler, req.scheduler)) toast(`Schedule ${req.scheduler} is not available`, "error");
+      variation.checked = Boolean(req.subseed_strength);
+      set("subseed", req.subseed ?? -1); set("subseed_strength", req.subseed_strength ?? 0);
+      const o = req.override_settings || {};
+      clipSkip.value = o.CLIP_stop_at_last_layers ?? 1;
+      if (o.sd_model_checkpoint) { choose(model, o.sd_model_checkpoint); showPresets(); }
+      vae.value = o.sd_vae && choose(vae, o.sd_vae) ? vae.value : "Automatic";
+      syncSliders(settingsCard);
+      syncSliders(variationCard);
+    },
+  };
+}

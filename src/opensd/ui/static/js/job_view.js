@@ -1,0 +1,106 @@
+// The right-hand side of Generate and img2img/inpaint: the progress of this tab's jobs (step, ETA,
+// live latent preview, interrupt, skip) and the images of its last job with their parameters,
+// download and "send to" (img2img's own tab included: a result goes back onto its canvas).
+import { api } from "./api.js";
+import { clear, h, icon, toast } from "./dom.js";
+import { EVENTS, emit, on, sendTo, shared, TARGETS } from "./shared.js";
+
+const fail = (e) => toast(e.message || String(e), "error");
+
+export function jobView() {
+  const status = h("p", { class: "muted", role: "status" }, "Idle");
+  const bar = h("div");
+  const preview = h("img", { alt: "Live preview of the running job", hidden: true });
+  const interrupt = h("button", { type: "button", onclick: () => api.post("/sdapi/v1/interrupt").catch(fail) },
+    icon("stop"), "Interrupt");
+  const skip = h("button", { type: "button", onclick: () => api.post("/sdapi/v1/skip").catch(fail) },
+    icon("skip"), "Skip");
+  const resultMain = h("div", { class: "result-main" });
+  const resultThumbs = h("div", { class: "results", role: "group", "aria-label": "Images of the last job" });
+  const infoBox = h("pre", { class: "infotext", hidden: true });
+  const actions = h("div", { class: "toolbar", hidden: true });
+  const element = h("div", { class: "gen-side" },
+    h("div", { class: "card stack progress-card", "aria-label": "Progress" },
+      status, h("div", { class: "bar" }, bar), h("div", { class: "preview" }, preview),
+      h("div", { class: "toolbar" }, interrupt, skip)),
+    h("div", { class: "card stack", "aria-label": "Results" }, h("h2", {}, "Results"),
+      resultMain, resultThumbs, actions, infoBox));
+
+  const mine = new Set();
+  let runningMine = false;
+  on(EVENTS.QUEUE, (q) => {
+    runningMine = Boolean(q.running && mine.has(q.running.id));
+    if (runningMine) return;
+    const waiting = q.pending.filter((j) => mine.has(j.id)).length;
+    status.textContent = waiting ? `${waiting} waiting` : "Idle";
+    bar.style.width = "0";
+    preview.hidden = true;
+  });
+  on(EVENTS.PROGRESS, (p) => {
+    if (!runningMine) return;
+    const s = p.state || {};
+    const eta = p.eta_relative > 0 ? ` · ETA ${p.eta_relative.toFixed(1)} s` : "";
+    status.textContent = s.sampling_steps ? `Step ${s.sampling_step}/${s.sampling_steps}${eta}` : "Starting";
+    bar.style.width = `${Math.round((p.progress || 0) * 100)}%`;
+    if (p.current_image) { preview.src = `data:image/png;base64,${p.current_image}`; preview.hidden = false; }
+  });
+  on(EVENTS.JOB_DONE, async ({ id }) => {
+    if (!mine.has(id)) return;
+    mine.delete(id);
+    try {
+      const job = await api.get(`/opensd/v1/jobs/${encodeURIComponent(id)}`);
+      if (job.status === "failed") toast(`Generation failed: ${job.error || "unknown error"}`, "error");
+      else if (job.status === "cancelled") toast("The job was cancelled before it ran.");
+      const files = job.result?.files || [];
+      if (files.length) showResults(job);
+      const unsupported = job.result?.info?.unsupported_fields || [];
+      if (unsupported.length) toast(`Not applied by this server: ${unsupported.join(", ")}`, "error");
+    } catch (e) { fail(e); }
+  });
+
+  let shown = null; // {job, index}
+  const imageUrl = (job, i) => `/opensd/v1/jobs/${encodeURIComponent(job.id)}/images/${i}`;
+  function showResults(job) {
+    const n = job.result.files.length;
+    clear(resultThumbs, Array.from({ length: n }, (_, i) => h("button", {
+      type: "button", "aria-label": `Image ${i + 1}`, "aria-pressed": "false", onclick: () => showImage(job, i),
+    }, h("img", { src: imageUrl(job, i), alt: "" }))));
+    showImage(job, 0);
+  }
+  function showImage(job, i) {
+    shown = { job, index: i };
+    const info = job.result.info || {};
+    const text = (info.infotexts || [])[i] || "";
+    clear(resultMain, h("img", { src: imageUrl(job, i), alt: `Generated image: ${info.prompt || ""}`,
+      "data-seed": (info.all_seeds || [])[i], class: info.width <= 128 ? "pixel" : null }));
+    [...resultThumbs.children].forEach((b, k) => b.setAttribute("aria-pressed", String(k === i)));
+    infoBox.textContent = text;
+    infoBox.hidden = !text;
+    shared.lastImage = { url: imageUrl(job, i), infotext: text, name: `${job.id}-${i}.png` };
+    clear(actions,
+      h("a", { class: "button", href: imageUrl(job, i), download: `${job.id}-${i}.png` }, icon("download"), "Download"),
+      Object.entries(TARGETS).filter(([id]) => id !== "generate").map(([id, label]) =>
+        h("button", { type: "button", onclick: () => sendImage(id) }, icon("send"), `Send to ${label}`)));
+    actions.hidden = false;
+  }
+  async function sendImage(target) {
+    if (!shown) return;
+    const blob = await fetch(imageUrl(shown.job, shown.index)).then((r) => r.blob());
+    sendTo(target, { image: blob, name: `${shown.job.id}-${shown.index}.png`, params: null,
+      infotext: shared.lastImage?.infotext || "" });
+  }
+
+  return {
+    element,
+    // Queue a request on `path` (/opensd/v1/txt2img or /img2img); its results show here when done.
+    async submit(path, body) {
+      try {
+        const queued = await api.post(path, body);
+        mine.add(queued.job_id);
+        emit(EVENTS.JOB_QUEUED, { id: queued.job_id });
+        status.textContent = queued.position > 0 ? `Queued: position ${queued.position}` : "Starting";
+      } catch (e) { fail(e); }
+    },
+    shownSeed: () => shown && (shown.job.result.info?.all_seeds || [])[shown.index],
+  };
+}
