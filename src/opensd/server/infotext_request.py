@@ -46,10 +46,8 @@ def request_from_infotext(text: str, checkpoints: list[tuple[str, str | None]]) 
     elif "Model" in params or "Model hash" in params:
         notes.append(f"Model: {params.get('Model', '')} [{params.get('Model hash', '')}] is not in the models "
                      "folder; the current model is used")
-    if "VAE" in params:
-        overrides["sd_vae"] = params["VAE"]
-    if overrides:
-        request["override_settings"] = overrides
+    overrides["sd_vae"] = params.get("VAE", "None")  # no VAE recorded: the checkpoint's own
+    request["override_settings"] = overrides
     unknown = sorted(k for k in params if k not in _FIELDS and k not in _KNOWN)
     if unknown:
         notes.append("not applied: " + ", ".join(unknown))

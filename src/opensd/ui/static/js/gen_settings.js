@@ -65,14 +65,15 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       field("Variation seed (-1: random)", subseed), strengthField));
 
   // --- data from the server ---
-  const [ckpts, vaes, samplers, schedulers, loras, embeddings, styles] = await Promise.all([
+  const [ckpts, vaes, samplers, schedulers, loras, embeddings, styles, options] = await Promise.all([
     api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/sd-vae"), api.get("/sdapi/v1/samplers"),
     api.get("/sdapi/v1/schedulers"), api.get("/sdapi/v1/loras"), api.get("/sdapi/v1/embeddings"),
-    api.get("/sdapi/v1/prompt-styles"),
-  ]).catch((e) => { toast(e.message, "error"); return [{ items: [] }, [], [], [], [], { loaded: {} }, []]; });
+    api.get("/sdapi/v1/prompt-styles"), api.get("/sdapi/v1/options"),
+  ]).catch((e) => { toast(e.message, "error"); return [{ items: [] }, [], [], [], [], { loaded: {} }, [], {}]; });
   const checkpoints = ckpts.items;
   setOptions(model, checkpoints.map((c) => [c.name, c.title]), ckpts.current ?? undefined);
-  setOptions(vae, [["Automatic", "Automatic"], ["None", "None"], ...vaes.map((v) => [v.model_name, v.model_name])]);
+  setOptions(vae, [["Automatic", "Automatic"], ["None", "None (the checkpoint's own)"],
+    ...vaes.map((v) => [v.model_name, v.model_name])], options.sd_vae);
   setOptions(sampler, samplers.map((s) => [s.name, s.name]), "Euler");
   setOptions(scheduler, [["", "Automatic"], ...schedulers.map((s) => [s.name, s.label])]);
   append(pickers,
@@ -138,10 +139,9 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
         steps: steps(), cfg_scale: Number(settingsCard.querySelector("input[name=cfg_scale]").value),
         width: int(width), height: int(height), seed: int(seed), n_iter: int(nIter), batch_size: int(batchSize),
         send_images: false,
-        override_settings: { sd_model_checkpoint: model.value, CLIP_stop_at_last_layers: int(clipSkip) },
+        override_settings: { sd_model_checkpoint: model.value, sd_vae: vae.value, CLIP_stop_at_last_layers: int(clipSkip) },
         ...controlnetFields(img2img),
       };
-      if (vae.value && vae.value !== "Automatic") body.override_settings.sd_vae = vae.value;
       if (variation.checked) {
         body.subseed = int(subseed);
         body.subseed_strength = Number(strengthField.querySelector("input[name=subseed_strength]").value);

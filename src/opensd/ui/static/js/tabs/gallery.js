@@ -35,7 +35,8 @@ export async function mount(panel) {
     count.textContent = `${total} image${total === 1 ? "" : "s"}`;
     clear(grid, items.length ? items.map((item, i) => h("figure", {},
       h("button", { type: "button", "aria-label": `Open image ${item.id}: ${item.prompt}`, onclick: () => open(i), "data-id": item.id },
-        h("img", { src: item.thumb_url, alt: "", loading: "lazy", width: 150, height: 150 }),
+        h("img", { src: item.thumb_url, alt: "", loading: "lazy", width: 150, height: 150,
+          class: Math.max(item.width, item.height) <= 128 ? "pixel" : null }),
         h("figcaption", {}, item.prompt || "(no prompt)"))))
       : h("p", { class: "muted" }, search.value ? "No image's prompt contains this text." : "No images yet: generate one."));
     const last = Math.min(offset + items.length, total);

@@ -1,0 +1,103 @@
+"""Screenshots of the web UI's tabs, light and dark, desktop (1280x800) and phone (360x740), into
+docs/ui/. Serves the built-in model from a temporary folder, makes a few images so the gallery and
+PNG info have content, then photographs every tab registered in the UI (later tabs included).
+
+    python scripts/ui_screenshots.py [--out docs/ui]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the UI tests' live server and browser helpers
+import httpx  # noqa: E402
+from browser_live import launch  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
+from server_live import LiveServer  # noqa: E402
+from ui_browser import DESKTOP, PHONE, drop_file  # noqa: E402
+
+from opensd.server.settings import Settings  # noqa: E402
+
+PROMPTS = ["red heart", "smiling face with sunglasses", "thumbs up", "glowing star", "cat face", "sun with face",
+           "green apple", "rocket"]
+SHOWN = "red heart, (noto emoji style:1.2), [glossy:matte:0.5] BREAK white background"
+
+
+def make_images(url: str) -> bytes:
+    last = b""
+    for i, prompt in enumerate(PROMPTS):
+        r = httpx.post(url + "/sdapi/v1/txt2img", timeout=300, json={
+            "prompt": f"{prompt}, noto emoji style", "steps": 20, "width": 64, "height": 64, "seed": 10 + i})
+        r.raise_for_status()
+        last = base64.b64decode(r.json()["images"][0])
+    return last
+
+
+def shoot(browser, live: LiveServer, out: Path, theme: str, device: str, png: bytes) -> None:
+    context = dict(DESKTOP if device == "desktop" else PHONE, color_scheme=theme)
+    page = browser.new_context(**context).new_page()
+    page.goto(live.url + "/#generate")
+    page.wait_for_selector("#panel-generate form select[name=model] option", state="attached")
+    tabs = [t.get_attribute("id").removeprefix("tab-") for t in page.locator("#tabs [role=tab]").all()]
+    for tab in tabs:
+        page.click(f"#tab-{tab}")
+        page.wait_for_selector(f"#panel-{tab} > *", state="attached")
+        if tab == "generate":
+            page.fill("#panel-generate textarea[name=prompt]", SHOWN)
+            page.fill("#panel-generate input[name=seed]", "7")
+            page.fill("#panel-generate input[name=steps]", "20")
+            page.click("#panel-generate button[type=submit]")
+            page.wait_for_selector("#panel-generate .result-main img", timeout=120_000)
+            page.wait_for_function("() => document.querySelector('#panel-generate .result-main img').complete")
+        elif tab == "gallery":
+            page.wait_for_function("() => [...document.querySelectorAll('#panel-gallery .thumbs img')]"
+                                   ".every((i) => i.complete && i.naturalWidth)")
+        elif tab == "queue":
+            live.state.queue.stop()  # two jobs waiting, so the list has rows
+            for prompt in ("thumbs up, noto emoji style", "rocket, noto emoji style"):
+                httpx.post(live.url + "/opensd/v1/txt2img", json={"prompt": prompt, "steps": 20, "width": 64,
+                                                                  "height": 64}).raise_for_status()
+            page.wait_for_selector("#panel-queue li[data-status=queued] >> nth=1")
+        elif tab == "pnginfo":
+            page.wait_for_selector("#panel-pnginfo .drop")
+            drop_file(page, "#panel-pnginfo .drop", png, "heart.png")
+            page.wait_for_selector("#panel-pnginfo table.params")
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_timeout(300)
+        page.screenshot(path=out / f"{tab}-{theme}-{device}.png")
+        if tab == "generate":  # keep the gallery the same in every screenshot
+            newest = httpx.get(live.url + "/opensd/v1/gallery", params={"limit": 1}).json()["items"][0]
+            httpx.delete(f"{live.url}/opensd/v1/gallery/{newest['id']}").raise_for_status()
+        if tab == "queue":
+            httpx.post(live.url + "/opensd/v1/queue/clear", json={}).raise_for_status()
+            live.state.queue.start()
+    page.context.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "ui")
+    a = ap.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="opensd-ui-shots-"))
+    try:
+        with LiveServer(Settings(outputs_dir=tmp / "out")) as live, sync_playwright() as p:
+            png = make_images(live.url)
+            browser = launch(p)
+            for theme in ("light", "dark"):
+                for device in ("desktop", "phone"):
+                    shoot(browser, live, a.out, theme, device, png)
+            browser.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"screenshots in {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
