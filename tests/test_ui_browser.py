@@ -12,31 +12,15 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server_live import LiveServer, free_port
-from browser_live import launch
-from ui_browser import PHONE, drop_file, no_horizontal_scroll, open_page, wait_for
+from server_live import free_port
+from ui_browser import PHONE, browser, drop_file, live, no_horizontal_scroll, open_page, wait_for  # noqa: F401 (fixtures)
 
 from opensd.pipeline.infotext import read_infotext
-from opensd.server.settings import Settings
 from opensd.server.store import CANCELLED, DONE, FINAL, INTERRUPTED
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency")
+pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency")
 
 HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script> red heart'
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    with LiveServer(Settings(outputs_dir=tmp_path_factory.mktemp("ui") / "out")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = launch(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture

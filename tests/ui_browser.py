@@ -1,20 +1,41 @@
 """Helpers for the web UI's browser tests, on top of browser_live (Chromium via Playwright, the page
 recorder): contexts for desktop and phone, dropping a file, waiting, the horizontal-scroll check.
 
-For tabs added later: `open_page(browser, url, **PHONE)` gives a page and its PageLog (assert
-`log.console_errors == []` at the end); PHONE is the 360x740 touch context the layout test uses
-for every registered tab."""
+For tabs added later: import the `live` and `browser` fixtures; `open_page(browser, url, **PHONE)`
+gives a page and its PageLog (assert `log.console_errors == []` at the end); PHONE is the 360x740
+touch context the layout test uses for every registered tab."""
 from __future__ import annotations
 
 import base64
 import time
 from urllib.parse import urlsplit
 
-from browser_live import PageLog
+import pytest
+from browser_live import PageLog, launch
+from server_live import LiveServer
+
+from opensd.server.settings import Settings
 
 DESKTOP = {"viewport": {"width": 1280, "height": 800}}
 PHONE = {"viewport": {"width": 360, "height": 740}, "has_touch": True, "is_mobile": True,
          "device_scale_factor": 2}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """An `opensd serve` app with the built-in model (and its Canny ControlNet), for one test module."""
+    with LiveServer(Settings(outputs_dir=tmp_path_factory.mktemp("ui") / "out")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, for one test module (import this fixture and `live` into the module)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency")
+    with sync_api.sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
 
 
 def open_page(browser, url: str, **context):
