@@ -30,7 +30,7 @@ _LEGACY_ATTN = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "pr
 
 def _module_pairs(cfg: VAEConfig) -> list[tuple[str, str]]:
     """(our module path, diffusers module path) for every parameterised module."""
-    pairs = [("quant_conv", "quant_conv"), ("post_quant_conv", "post_quant_conv")]
+    pairs = [("quant_conv", "quant_conv"), ("post_quant_conv", "post_quant_conv")] if cfg.use_quant_conv else []
 
     def resnet(ours: str, theirs: str, c_in: int, c_out: int) -> None:
         names = _RESNET + ((_SHORTCUT,) if c_in != c_out else ())

@@ -55,6 +55,10 @@ class VAEConfig:
     z_channels: int = 4
     embed_dim: int = 4
     scaling_factor: float = 0.18215
+    # Subtracted before scaling (SD3 and Flux); 0 for the SD1/SD2/SDXL VAEs.
+    shift_factor: float = 0.0
+    # SD1/SD2/SDXL have 1x1 quant_conv/post_quant_conv around the latent; SD3's and Flux's VAEs do not.
+    use_quant_conv: bool = True
 
     @property
     def downscale(self) -> int:

@@ -188,18 +188,20 @@ class AutoencoderKL(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.quant_conv = Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
-        self.post_quant_conv = Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        # None (not a module) when the config has none, so the state dict has no key for them.
+        self.quant_conv = Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1) if cfg.use_quant_conv else None
+        self.post_quant_conv = Conv2d(cfg.embed_dim, cfg.z_channels, 1) if cfg.use_quant_conv else None
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image in [-1, 1] -> posterior (mean, logvar), each (B, embed_dim, H/f, W/f)."""
-        mean, logvar = self.quant_conv(self.encoder(x)).chunk(2, dim=1)
+        h = self.encoder(x)
+        mean, logvar = (h if self.quant_conv is None else self.quant_conv(h)).chunk(2, dim=1)
         # The original clamps here so exp(logvar) can neither overflow nor vanish.
         return mean, logvar.clamp(-30.0, 20.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Unscaled latent -> image in about [-1, 1] (the caller applies scaling_factor)."""
-        return self.decoder(self.post_quant_conv(z))
+        return self.decoder(z if self.post_quant_conv is None else self.post_quant_conv(z))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction through the posterior mean (deterministic)."""

@@ -1,0 +1,100 @@
+"""Frozen architecture configs of the transformer families: SD3/SD3.5 (MMDiT), Flux.1, and the T5
+text encoder they share. Pure data: no file I/O, no torch.
+
+Field names follow the original code's constructor arguments (SD3's MMDiT, BFL's FluxParams,
+transformers' T5Config), so a reader of those recognises them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import VAEConfig
+
+
+@dataclass(frozen=True)
+class T5Config:
+    vocab_size: int = 32128
+    d_model: int = 4096
+    d_kv: int = 64
+    d_ff: int = 10240
+    num_layers: int = 24
+    num_heads: int = 64
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_heads * self.d_kv
+
+
+@dataclass(frozen=True)
+class MMDiTConfig:
+    """SD3's MMDiT. The original ties width to depth (64 * depth, one 64-wide head per block);
+    heads and head width are separate fields here so that tiny test configs can exist."""
+    depth: int = 24
+    num_heads: int = 24
+    head_dim: int = 64
+    patch_size: int = 2
+    in_channels: int = 16
+    out_channels: int = 16
+    mlp_ratio: float = 4.0
+    adm_in_channels: int = 2048  # pooled CLIP-L + CLIP-G
+    context_dim: int = 4096  # T5-XXL width (CLIP hidden states are zero-padded up to it)
+    # The learned-once sin-cos table is pos_embed_max_size^2 patches; images crop its centre.
+    pos_embed_max_size: int = 192
+    qk_norm: bool = False  # RMS norm of q and k per head (SD3.5)
+    # Blocks whose x stream also runs a second, image-only self-attention (SD3.5 Medium's MMDiT-X).
+    x_block_self_attn_layers: tuple[int, ...] = ()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class FluxConfig:
+    in_channels: int = 64  # 16 latent channels packed as 2x2 patches
+    vec_in_dim: int = 768  # pooled CLIP-L
+    context_in_dim: int = 4096  # T5-XXL width
+    hidden_size: int = 3072
+    mlp_ratio: float = 4.0
+    num_heads: int = 24
+    depth: int = 19  # double-stream blocks
+    depth_single_blocks: int = 38
+    axes_dim: tuple[int, ...] = (16, 56, 56)  # RoPE widths per id axis; they sum to the head width
+    theta: int = 10000
+    qkv_bias: bool = True
+    guidance_embed: bool = True  # dev: distilled guidance is an input; schnell: no such input
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.in_channels // 4
+
+
+# --- The released models ------------------------------------------------------------------
+
+T5_XXL = T5Config()
+
+SD3_MEDIUM = MMDiTConfig(depth=24, num_heads=24)
+SD35_LARGE = MMDiTConfig(depth=38, num_heads=38, qk_norm=True)
+SD35_MEDIUM = MMDiTConfig(depth=24, num_heads=24, qk_norm=True, pos_embed_max_size=384,
+                          x_block_self_attn_layers=tuple(range(13)))
+
+FLUX_DEV = FluxConfig()
+FLUX_SCHNELL = FluxConfig(guidance_embed=False)
+
+# 16-channel VAEs: no quant convs, and latents are shifted as well as scaled:
+# model latent = (vae latent - shift_factor) * scaling_factor.
+SD3_VAE = VAEConfig(z_channels=16, embed_dim=16, scaling_factor=1.5305, shift_factor=0.0609,
+                    use_quant_conv=False)
+FLUX_VAE = VAEConfig(z_channels=16, embed_dim=16, scaling_factor=0.3611, shift_factor=0.1159,
+                     use_quant_conv=False)
