@@ -38,6 +38,15 @@ def rgb(data) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data) if isinstance(data, bytes) else data).convert("RGB")).astype(int)
 
 
+def inpaint_page(browser, live, **context):
+    """The Inpaint tab with the source image on its canvas: (page, its PageLog, the panel's selector)."""
+    page, log = open_page(browser, live.url + "/#inpaint", **context)
+    panel = "#panel-inpaint"
+    page.wait_for_selector(f"{panel} form select[name=model] option", state="attached")
+    upload(page, panel, source_png())
+    return page, log, panel
+
+
 def upload(page, panel: str, data: bytes, name="source.png", size=64):
     page.set_input_files(f"{panel} .canvas-editor input[type=file]",
                          files=[{"name": name, "mimeType": "image/png", "buffer": data}])
@@ -70,11 +79,8 @@ def decode(data_url: str) -> np.ndarray:
 
 def test_inpaint_with_a_mouse_painted_mask_keeps_far_pixels_and_the_result_goes_back_on_the_canvas(browser, live):
     """Flow 2: brush strokes by the mouse -> mask -> inpaint; pixels far outside the mask are the source's."""
-    page, log = open_page(browser, live.url + "/#inpaint")
-    panel = "#panel-inpaint"
-    page.wait_for_selector(f"{panel} form select[name=model] option", state="attached")
+    page, log, panel = inpaint_page(browser, live)
     src = source_png()
-    upload(page, panel, src)
     assert page.input_value(f"{panel} input[name=width]") == "64"
     page.mouse.move(*to_screen(page, panel, 24, 30))
     page.mouse.down()
@@ -113,11 +119,8 @@ def test_inpaint_with_a_mouse_painted_mask_keeps_far_pixels_and_the_result_goes_
 
 
 def test_outpaint_extends_the_canvas_with_outpainting_defaults_and_keeps_the_old_image(browser, live):
-    page, log = open_page(browser, live.url + "/#inpaint")
-    panel = "#panel-inpaint"
-    page.wait_for_selector(f"{panel} form select[name=model] option", state="attached")
+    page, log, panel = inpaint_page(browser, live)
     src = source_png()
-    upload(page, panel, src)
     page.fill(f"{panel} input[name=extend_by]", "16")
     page.click(f"{panel} button[data-side=right]")
     assert page.evaluate(f"document.querySelector('{panel} canvas.canvas-image').width") == 80
@@ -147,10 +150,7 @@ def touch(cdp, kind: str, *points):
 
 def test_phone_touch_brush_paints_pinch_zooms_and_nothing_scrolls_sideways(browser, live):
     """Flow 8: 360x740 with touch: a finger paints the mask, two fingers zoom without painting."""
-    page, log = open_page(browser, live.url + "/#inpaint", **PHONE)
-    panel = "#panel-inpaint"
-    page.wait_for_selector(f"{panel} form select[name=model] option", state="attached")
-    upload(page, panel, source_png())
+    page, log, panel = inpaint_page(browser, live, **PHONE)
     assert no_horizontal_scroll(page)
     page.locator(f"{panel} .canvas-view").scroll_into_view_if_needed()
     cdp = page.context.new_cdp_session(page)

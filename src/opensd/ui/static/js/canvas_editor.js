@@ -5,6 +5,7 @@
 // image's own resolution and exported white (repaint) on black, as A1111's `mask` field takes it.
 import { field, h, icon, toast } from "./dom.js";
 import { history } from "./canvas_history.js";
+import { dropTarget, filePicker } from "./image_input.js";
 
 const MASK_COLOUR = "#ff2d95"; // shown at 55% opacity, visible on light and dark images
 const SEAM = 8; // outpainting also repaints this many pixels of the old image, so the seam blends in
@@ -37,7 +38,7 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
   const cursor = h("div", { class: "canvas-cursor", hidden: true });
   const empty = h("p", { class: "canvas-empty muted" }, "Drop an image here, paste it, or press Upload");
   const view = h("div", { class: "canvas-view", tabindex: "0", role: "img", "aria-label": label }, stage, cursor, empty);
-  const fileInput = h("input", { type: "file", accept: "image/*", hidden: true, "aria-label": "Choose an image" });
+  const fileInput = filePicker("Choose an image", (file) => load(file));
   const size = h("input", { type: "range", name: "brush_size", min: 1, max: 256, value: 16, "data-persist": "no" });
   const pressure = h("input", { type: "checkbox", name: "pen_pressure", checked: true, "data-persist": "no" });
   let tool = masking ? "brush" : "pan";
@@ -305,15 +306,7 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
   view.addEventListener("keyup", (e) => { if (e.key === " ") spaceHeld = false; });
 
   // --- getting images in ---
-  fileInput.addEventListener("change", () => { if (fileInput.files[0]) load(fileInput.files[0]); fileInput.value = ""; });
-  view.addEventListener("dragover", (e) => { e.preventDefault(); view.classList.add("over"); });
-  view.addEventListener("dragleave", () => view.classList.remove("over"));
-  view.addEventListener("drop", (e) => {
-    e.preventDefault();
-    view.classList.remove("over");
-    const file = e.dataTransfer?.files?.[0];
-    if (file) load(file);
-  });
+  dropTarget(view, load);
   new ResizeObserver(() => { if (source) fit(); }).observe(view);
   setTool(tool);
   buttons();

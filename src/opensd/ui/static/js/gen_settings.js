@@ -4,9 +4,10 @@
 // ControlNet units. A tab puts the cards in its own <form> (which remembers the named controls), adds
 // its own fields and builds its request from request().
 import { api } from "./api.js";
-import { append, clear, field, h, icon, toast } from "./dom.js";
+import { append, clear, debounce, field, h, icon, toast } from "./dom.js";
 import { activeUnits, CHANGED, controlnetFields } from "./controlnet_units.js";
 import { choose, number, setOptions, slider, syncSliders } from "./form.js";
+import { loadForm, saveForm } from "./persist.js";
 import { promptEditor } from "./prompt_editor.js";
 import { emit, EVENTS, on } from "./shared.js";
 
@@ -124,12 +125,21 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   const int = (el) => Math.trunc(Number(el.value));
   return {
     prompt, negative, promptCard, settingsCard, variationCard, width, height, seed,
-    // After the tab's form restored its remembered values.
-    restored(remembered) {
+    // Once the cards are in the tab's `form`: its remembered values (under `key`) come back and are
+    // kept as they change; its submit button and Ctrl+Enter anywhere in `panel` run `generate`.
+    attach(panel, form, key, generate) {
+      const remembered = loadForm(form, key);
       if (!("width" in remembered) && sizeFollowsModel) setSize(nativeSize());
       showPresets();
       prompt.refresh();
       negative.refresh();
+      const save = debounce(() => saveForm(form, key), 300);
+      form.addEventListener("input", save);
+      form.addEventListener("change", save);
+      form.addEventListener("submit", (e) => { e.preventDefault(); generate(); });
+      panel.addEventListener("keydown", (e) => {
+        if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); generate(); }
+      });
     },
     setSize,
     request() {

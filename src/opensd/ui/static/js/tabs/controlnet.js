@@ -5,7 +5,8 @@
 import { api, fileToDataURL } from "../api.js";
 import { clear, debounce, field, h, icon, toast } from "../dom.js";
 import { changed, units } from "../controlnet_units.js";
-import { choose, number, select, setOptions, slider, syncSliders } from "../form.js";
+import { choose, number, select, slider, syncSliders } from "../form.js";
+import { filePicker, pastedImage, pickerButton } from "../image_input.js";
 import { EVENTS, on, take } from "../shared.js";
 
 const CONTROL_MODES = [["0", "Balanced"], ["1", "My prompt is more important"], ["2", "ControlNet is more important"]];
@@ -27,7 +28,7 @@ export async function mount(panel) {
 
   const free = () => cards[Math.max(0, units.findIndex((u) => !u.image))];
   panel.addEventListener("paste", (e) => {
-    const file = [...(e.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
+    const file = pastedImage(e);
     if (!file) return;
     e.preventDefault();
     const card = cards.find((c) => c.element.contains(document.activeElement)) || free();
@@ -44,7 +45,7 @@ export async function mount(panel) {
 function unitCard(unit, i, models, modules) {
   const title = `ControlNet unit ${i + 1}`;
   const enabled = h("input", { type: "checkbox", checked: unit.enabled, "aria-label": `Enable ${title}` });
-  const fileInput = h("input", { type: "file", accept: "image/*", hidden: true, "aria-label": `Choose an image for ${title}` });
+  const fileInput = filePicker(`Choose an image for ${title}`, (file) => setFile(file));
   const picture = h("div", { class: "drop", role: "button", tabindex: "0", "aria-label": `Image of ${title}: drop, paste or press to choose` });
   const map = h("div", { class: "cn-map", role: "img", "aria-label": `Preprocessed map of ${title}` });
   const remove = h("button", { type: "button", class: "icon-button", "aria-label": `Remove the image of ${title}`,
@@ -147,17 +148,7 @@ function unitCard(unit, i, models, modules) {
     if (!file.type.startsWith("image/")) { toast(`${name}: not an image`, "error"); return; }
     setImage(await fileToDataURL(file), name);
   }
-  picture.addEventListener("click", () => fileInput.click());
-  picture.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); fileInput.click(); } });
-  picture.addEventListener("dragover", (e) => { e.preventDefault(); picture.classList.add("over"); });
-  picture.addEventListener("dragleave", () => picture.classList.remove("over"));
-  picture.addEventListener("drop", (e) => {
-    e.preventDefault();
-    picture.classList.remove("over");
-    const file = e.dataTransfer?.files?.[0];
-    if (file) setFile(file);
-  });
-  fileInput.addEventListener("change", () => { if (fileInput.files[0]) setFile(fileInput.files[0]); fileInput.value = ""; });
+  pickerButton(picture, fileInput, (file) => setFile(file));
 
   if (!choose(model, unit.model)) model.value = "None";
   unit.model = model.value;

@@ -1,11 +1,11 @@
 // Generate (txt2img): the shared generation settings (gen_settings.js) plus hires fix, queued
 // submission (POST /opensd/v1/txt2img), and the progress and results of this page's jobs (job_view.js).
 // Parameters sent here by other tabs (reuse) arrive through take("generate").
-import { debounce, field, h, icon, toast } from "../dom.js";
+import { field, h, icon, toast } from "../dom.js";
 import { choose, number, select, slider, syncSliders } from "../form.js";
 import { generationSettings } from "../gen_settings.js";
 import { jobView } from "../job_view.js";
-import { loadForm, saveForm } from "../persist.js";
+import { saveForm } from "../persist.js";
 import { EVENTS, on, take } from "../shared.js";
 
 const KEY = "opensd.generate";
@@ -29,15 +29,7 @@ export async function mount(panel) {
     h("div", { class: "gen-actions" }, generateButton));
 
   panel.append(h("div", { class: "gen-layout" }, form, results.element));
-  settings.restored(loadForm(form, KEY));
-
-  const save = debounce(() => saveForm(form, KEY), 300);
-  form.addEventListener("input", save);
-  form.addEventListener("change", save);
-  form.addEventListener("submit", (e) => { e.preventDefault(); generate(); });
-  panel.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); generate(); }
-  });
+  settings.attach(panel, form, KEY, generate);
 
   function request() {
     const v = form.elements;

@@ -4,11 +4,12 @@
 // requests are queued on POST /opensd/v1/img2img. Images sent here (gallery, results, PNG files)
 // arrive through take(ctx.id); a result sent to this tab goes back onto the canvas.
 import { canvasEditor } from "../canvas_editor.js";
-import { debounce, field, h, icon, toast } from "../dom.js";
+import { field, h, icon, toast } from "../dom.js";
 import { number, select, slider, syncSliders } from "../form.js";
 import { generationSettings } from "../gen_settings.js";
+import { pastedImage } from "../image_input.js";
 import { jobView } from "../job_view.js";
-import { loadForm, saveForm } from "../persist.js";
+import { saveForm } from "../persist.js";
 import { EVENTS, on, take } from "../shared.js";
 
 const RESIZE = [["0", "Just resize"], ["1", "Crop and resize"], ["2", "Resize and fill"]];
@@ -46,17 +47,9 @@ export async function mount(panel, ctx) {
     settings.settingsCard, settings.variationCard,
     h("div", { class: "gen-actions" }, generateButton));
   panel.append(h("div", { class: "gen-layout" }, form, results.element));
-  settings.restored(loadForm(form, key));
-
-  const save = debounce(() => saveForm(form, key), 300);
-  form.addEventListener("input", save);
-  form.addEventListener("change", save);
-  form.addEventListener("submit", (e) => { e.preventDefault(); generate(); });
-  panel.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); generate(); }
-  });
+  settings.attach(panel, form, key, generate);
   panel.addEventListener("paste", (e) => {
-    const file = [...(e.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
+    const file = pastedImage(e);
     if (file) { e.preventDefault(); editor.load(file); }
   });
 

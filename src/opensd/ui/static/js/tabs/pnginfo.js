@@ -3,6 +3,7 @@
 // parameters to Generate.
 import { api, fileToDataURL } from "../api.js";
 import { clear, h, icon, paramsTable, toast } from "../dom.js";
+import { filePicker, pastedImage, pickerButton } from "../image_input.js";
 import { sendTo } from "../shared.js";
 
 function pretty(text) {
@@ -10,7 +11,7 @@ function pretty(text) {
 }
 
 export async function mount(panel) {
-  const input = h("input", { type: "file", accept: "image/png,image/jpeg,image/webp", hidden: true, "aria-label": "Choose an image" });
+  const input = filePicker("Choose an image", read, "image/png,image/jpeg,image/webp");
   const drop = h("div", { class: "drop", role: "button", tabindex: "0", "aria-label": "Drop an image here, or press to choose one" },
     icon("upload"), h("p", {}, "Drop an image here, paste it, or click to choose one"));
   const picture = h("div", { class: "card" });
@@ -18,19 +19,9 @@ export async function mount(panel) {
   panel.append(input, drop, h("div", { class: "info-layout" }, picture, details));
   picture.hidden = details.hidden = true;
 
-  drop.addEventListener("click", () => input.click());
-  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); } });
-  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (e) => {
-    e.preventDefault();
-    drop.classList.remove("over");
-    const file = e.dataTransfer?.files?.[0];
-    if (file) read(file);
-  });
-  input.addEventListener("change", () => { if (input.files[0]) read(input.files[0]); input.value = ""; });
+  pickerButton(drop, input, read);
   panel.addEventListener("paste", (e) => {
-    const file = [...(e.clipboardData?.files || [])][0];
+    const file = pastedImage(e);
     if (file) read(file);
   });
 
