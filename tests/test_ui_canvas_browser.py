@@ -203,3 +203,25 @@ def test_controlnet_unit_previews_its_map_and_its_generation_records_the_unit(br
     assert not np.array_equal(out, rgb(base64.b64decode(plain["images"][0])))  # the unit changed the image
     page.context.close()
     assert log.console_errors == [] and log.failures == []
+
+
+def test_gallery_sends_an_image_with_its_parameters_to_img2img_and_to_a_controlnet_unit(browser, live):
+    made = httpx.post(live.url + "/sdapi/v1/txt2img", timeout=120, json={
+        "prompt": "thumbs up", "steps": 3, "width": 64, "height": 64, "seed": 8}).json()
+    image = rgb(base64.b64decode(made["images"][0]))
+    page, log = open_page(browser, live.url + "/#gallery")
+    page.locator("#panel-gallery .thumbs button").first.click()
+    page.click("dialog[open] button:text('img2img')")
+    panel = "#panel-img2img"
+    page.wait_for_selector(f"{panel}:not([hidden]) canvas.canvas-image")
+    wait_for(lambda: page.evaluate(f"document.querySelector('{panel} canvas.canvas-image').width") == 64,
+             what="the sent image on the canvas")
+    assert np.array_equal(np.array(page.evaluate(CANVAS_PIXELS, panel)).reshape(64, 64, 4)[..., :3], image)
+    assert page.input_value(f"{panel} textarea[name=prompt]") == "thumbs up"
+    page.click("#tab-gallery")
+    page.locator("#panel-gallery .thumbs button").first.click()
+    page.click("dialog[open] button:text('ControlNet')")
+    page.wait_for_selector("#panel-controlnet form[aria-label='ControlNet unit 1'] .cn-map img")
+    assert page.is_checked("#panel-controlnet form[aria-label='ControlNet unit 1'] input[type=checkbox] >> nth=0")
+    page.context.close()
+    assert log.console_errors == [] and log.failures == []
