@@ -1,5 +1,5 @@
 """Screenshots of the web UI's tabs, light and dark, desktop (1280x800) and phone (360x740), into
-docs/ui/. Serves the built-in model from a temporary folder, makes a few images so the gallery and
+docs/ui/ as WebP. Serves the built-in model from a temporary folder, makes a few images so the gallery and
 PNG info have content, then photographs every tab registered in the UI (later tabs included).
 
     python scripts/ui_screenshots.py [--out docs/ui]
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import shutil
 import sys
 import tempfile
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the UI tests' live server and browser helpers
 import httpx  # noqa: E402
 from browser_live import launch  # noqa: E402
+from PIL import Image  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 from server_live import LiveServer  # noqa: E402
 from ui_browser import DESKTOP, PHONE, drop_file  # noqa: E402
@@ -69,7 +71,8 @@ def shoot(browser, live: LiveServer, out: Path, theme: str, device: str, png: by
             page.wait_for_selector("#panel-pnginfo table.params")
         page.evaluate("window.scrollTo(0, 0)")
         page.wait_for_timeout(300)
-        page.screenshot(path=out / f"{tab}-{theme}-{device}.png")
+        shot = Image.open(io.BytesIO(page.screenshot()))  # WebP: a third of the PNG's size for the docs
+        shot.convert("RGB").save(out / f"{tab}-{theme}-{device}.webp", quality=90, method=6)
         if tab == "generate":  # keep the gallery the same in every screenshot
             newest = httpx.get(live.url + "/opensd/v1/gallery", params={"limit": 1}).json()["items"][0]
             httpx.delete(f"{live.url}/opensd/v1/gallery/{newest['id']}").raise_for_status()

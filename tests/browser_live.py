@@ -6,7 +6,10 @@ scripts/install_test_browser.sh); OPENSD_SKIP_BROWSER_TESTS=1 skips them instead
 development only. OPENSD_CHROMIUM names another binary."""
 from __future__ import annotations
 
+import http.server
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -55,3 +58,28 @@ class PageLog:
             if (parts.scheme, parts.netloc) != (own.scheme, own.netloc):
                 out.append(url)
         return out
+
+
+@contextmanager
+def other_site(html: str):
+    """`html` served as the only page of another site (another port on this machine); yields its URL."""
+    body = html.encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()

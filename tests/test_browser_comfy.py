@@ -4,15 +4,13 @@ from /view, with the pixels of the PNG on disk. Every request stays on this serv
 another site cannot write the frontend's user data."""
 from __future__ import annotations
 
-import http.server
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from browser_live import PageLog, launch
+from browser_live import PageLog, launch, other_site
 from PIL import Image
-from server_live import LiveServer, free_port
+from server_live import LiveServer
 
 from opensd.server.comfy_frontend import static_dir
 from opensd.server.settings import Settings
@@ -87,43 +85,26 @@ def test_template_queue_and_preview(server, browser):
     page.close()
 
 
-class _EvilPage(http.server.BaseHTTPRequestHandler):
-    """Another site: its page posts to the opensd server with a form and with no-cors fetches."""
-    target = ""
-
-    def do_GET(self):
-        t = self.target
-        body = f"""<!doctype html><form id=f method=post enctype=text/plain
+def _evil_page(t: str) -> str:
+    """Another site's page: it posts to the opensd server at `t` with a form and with no-cors fetches."""
+    return f"""<!doctype html><form id=f method=post enctype=text/plain
             action="{t}/comfy/api/userdata/workflows%2Fform.json"><input name='{{"a":' value='1}}'></form>
             <script>
             fetch("{t}/comfy/api/userdata/workflows%2Ffetch.json", {{method: "POST", mode: "no-cors",
                   body: '{{"nodes": []}}'}}).finally(() => fetch("{t}/comfy/api/settings", {{method: "POST",
                   mode: "no-cors", body: '{{"Comfy.Evil": true}}'}})).finally(() => {{
                   document.title = "sent"; document.getElementById("f").submit(); }});
-            </script>""".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+            </script>"""
 
 
 def test_another_site_cannot_write_user_data(server, browser):
-    _EvilPage.target = server.url
-    evil = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _EvilPage)
-    threading.Thread(target=evil.serve_forever, daemon=True).start()
-    try:
+    with other_site(_evil_page(server.url)) as url:
         page = browser.new_page()
         statuses = []
         page.on("response", lambda r: statuses.append((r.status, r.url)) if server.url in r.url else None)
-        page.goto(f"http://localhost:{evil.server_address[1]}/")
+        page.goto(url)
         page.wait_for_url(f"{server.url}/**", timeout=30_000)  # the form navigated to the target
         page.close()
-    finally:
-        evil.shutdown()
     root = Path(server.settings.data_dir) / "comfy-users" / "default"
     assert not (root / "workflows" / "form.json").exists() and not (root / "workflows" / "fetch.json").exists()
     settings = root / "comfy.settings.json"

@@ -3,16 +3,14 @@ built-in model. Each flow asserts on stored records or pixels, and on an empty c
 from __future__ import annotations
 
 import base64
-import http.server
 import re
-import threading
 from io import BytesIO
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server_live import free_port
+from browser_live import other_site
 from ui_browser import PHONE, browser, drop_file, live, no_horizontal_scroll, open_page, wait_for  # noqa: F401 (fixtures)
 
 from opensd.pipeline.infotext import read_infotext
@@ -191,29 +189,13 @@ def test_markup_in_a_prompt_is_text_everywhere_and_cross_site_posts_are_refused(
         setTimeout(() => document.getElementById("f").submit(), 300);
       </script>"""
 
-    class Evil(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = evil.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Evil)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     before = job_ids(live)
     other = browser.new_page()  # its console shows the refusals, as it should
-    try:
-        other.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+    with other_site(evil) as url:
+        other.goto(url)
         other.wait_for_url(f"{target}/opensd/v1/txt2img", timeout=10_000)
         assert '"Forbidden"' in other.content() or "Origin" in other.content()
-    finally:
         other.close()
-        server.shutdown()
     assert job_ids(live) == before
     assert not any("evil" in str(j.payload) for j in live.state.store.all())
 

@@ -56,24 +56,22 @@ def router(state) -> APIRouter:
         return GalleryDetail(**_item(image).model_dump(), infotext=image.infotext, parameters=params,
                              request=request, notes=notes)
 
-    @api.get("/{image_id}/image", response_class=FileResponse, responses={404: {"description": "no such image"}})
-    def image_file(image_id: int):
+    def send(image_id: int, locate, headers: dict):
         image = gallery.get(image_id)
-        path = gallery.file(image) if image else None
+        path = locate(image) if image else None
         if path is None:
             return _missing(image_id)
         return FileResponse(path, media_type=MEDIA.get(path.suffix.lower(), "application/octet-stream"),
-                            headers=NOSNIFF)
+                            headers={**NOSNIFF, **headers})
+
+    @api.get("/{image_id}/image", response_class=FileResponse, responses={404: {"description": "no such image"}})
+    def image_file(image_id: int):
+        return send(image_id, gallery.file, {})
 
     @api.get("/{image_id}/thumb", response_class=FileResponse, responses={404: {"description": "no such image"}})
     def thumb(image_id: int):
         """A WebP thumbnail (longest side 256 px), made on first request and kept."""
-        image = gallery.get(image_id)
-        path = gallery.thumbnail(image) if image else None
-        if path is None:
-            return _missing(image_id)
-        return FileResponse(path, media_type="image/webp",
-                            headers={**NOSNIFF, "Cache-Control": "private, max-age=86400"})
+        return send(image_id, gallery.thumbnail, {"Cache-Control": "private, max-age=86400"})
 
     @api.delete("/{image_id}", responses={404: {"description": "no such image"}})
     def delete(image_id: int) -> Deleted:

@@ -4,7 +4,7 @@ import { api } from "../api.js";
 import { clear, confirmDialog, h, icon, toast } from "../dom.js";
 import { EVENTS, emit, on } from "../shared.js";
 
-const KINDS = { a1111: "txt2img/img2img", comfy: "ComfyUI" };
+const KINDS = { a1111: "txt2img/img2img", comfy: "ComfyUI", train: "Training", models: "Merge/convert" };
 
 function row(job, ...controls) {
   const pos = job.position > 0 ? `#${job.position}` : job.position === 0 ? "▶" : "";
@@ -25,7 +25,7 @@ export async function mount(panel) {
   panel.append(h("div", { class: "stack" },
     h("section", { class: "card stack", "aria-label": "Running" }, h("h2", {}, "Running ", progress), running),
     h("section", { class: "card stack", "aria-label": "Waiting" },
-      h("div", { class: "toolbar" }, h("h2", {}, "Waiting"), clearAll), pending),
+      h("div", { class: "toolbar spread" }, h("h2", {}, "Waiting"), clearAll), pending),
     h("section", { class: "card stack", "aria-label": "Recently finished" }, h("h2", {}, "Recently finished"), recent)));
 
   async function cancel(job) {
