@@ -42,20 +42,23 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
   const size = h("input", { type: "range", name: "brush_size", min: 1, max: 256, value: 16, "data-persist": "no" });
   const pressure = h("input", { type: "checkbox", name: "pen_pressure", checked: true, "data-persist": "no" });
   let tool = masking ? "brush" : "pan";
+  // On a phone the labels hide (studio.css) and the icons stay, so the tools fit on one or two rows.
+  const button = (text, ico, onclick, attrs = {}) => h("button", { type: "button", "aria-label": text, onclick, ...attrs },
+    icon(ico), h("span", { class: "tool-label" }, text));
   const toolButtons = {};
-  const toolButton = (name, text, ico) => (toolButtons[name] = h("button", {
-    type: "button", "aria-pressed": String(tool === name), onclick: () => setTool(name) }, icon(ico), text));
-  const undoButton = h("button", { type: "button", onclick: () => undo() }, icon("undo"), "Undo");
-  const redoButton = h("button", { type: "button", onclick: () => redo() }, icon("redo"), "Redo");
+  const toolButton = (name, text, ico) =>
+    (toolButtons[name] = button(text, ico, () => setTool(name), { "aria-pressed": String(tool === name) }));
+  const undoButton = button("Undo", "undo", () => undo());
+  const redoButton = button("Redo", "redo", () => redo());
   const tools = h("div", { class: "toolbar canvas-tools", role: "toolbar", "aria-label": "Canvas tools" },
-    h("button", { type: "button", onclick: () => fileInput.click() }, icon("upload"), "Upload"),
+    button("Upload", "upload", () => fileInput.click()),
     masking ? [toolButton("brush", "Brush", "brush"), toolButton("eraser", "Eraser", "eraser")] : null,
     toolButton("pan", "Pan", "hand"),
     h("button", { type: "button", class: "icon-button", "aria-label": "Zoom out", onclick: () => zoomBy(1 / 1.25) }, icon("minus")),
     h("button", { type: "button", onclick: () => fit() }, "Fit"),
     h("button", { type: "button", class: "icon-button", "aria-label": "Zoom in", onclick: () => zoomBy(1.25) }, icon("plus")),
     masking ? [undoButton, redoButton,
-      h("button", { type: "button", onclick: () => clearMask() }, icon("trash"), "Clear mask")] : null);
+      button("Clear mask", "trash", () => clearMask())] : null);
   const brushRow = masking ? h("div", { class: "row canvas-brush" }, field("Brush size", size),
     h("label", { class: "check" }, pressure, "Pen pressure")) : null;
   const element = h("div", { class: "canvas-editor stack" }, tools, brushRow, view, fileInput);
