@@ -183,20 +183,27 @@ def test_markup_in_a_prompt_is_text_everywhere_and_cross_site_posts_are_refused(
     evil = f"""<!doctype html><form id=f method=POST action="{target}/opensd/v1/txt2img" enctype="text/plain">
       <input name='{{"prompt":"evil","x":"' value='"}}'></form>
       <script>
-        fetch("{target}/sdapi/v1/txt2img", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
-               body: JSON.stringify({{prompt: "evil", steps: 1, width: 64, height: 64}})}});
-        fetch("{target}/opensd/v1/queue/clear", {{method: "POST", mode: "no-cors", body: "{{}}"}});
-        setTimeout(() => document.getElementById("f").submit(), 300);
+        Promise.allSettled([
+          fetch("{target}/sdapi/v1/txt2img", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+                body: JSON.stringify({{prompt: "evil", steps: 1, width: 64, height: 64}})}}),
+          fetch("{target}/opensd/v1/queue/clear", {{method: "POST", mode: "no-cors", body: "{{}}"}}),
+        ]).then(() => document.getElementById("f").submit());  // the form last: it leaves the page
       </script>"""
 
-    before = job_ids(live)
-    other = browser.new_page()  # its console shows the refusals, as it should
-    with other_site(evil) as url:
-        other.goto(url)
-        other.wait_for_url(f"{target}/opensd/v1/txt2img", timeout=10_000)
-        assert '"Forbidden"' in other.content() or "Origin" in other.content()
-        other.close()
-    assert job_ids(live) == before
+    live.state.queue.stop()  # a waiting job, which the page's "clear queue" must not cancel
+    try:
+        waiting = httpx.post(live.url + "/opensd/v1/txt2img", json={"prompt": "kept", "steps": 2, "width": 64,
+                                                                    "height": 64}).json()["job_id"]
+        before = job_ids(live)
+        other = browser.new_page()  # its console shows the refusals, as it should
+        with other_site(evil) as url:
+            other.goto(url)
+            other.wait_for_url(f"{target}/opensd/v1/txt2img", timeout=10_000)
+            assert '"Forbidden"' in other.content() or "Origin" in other.content()
+            other.close()
+        assert job_ids(live) == before and [j.id for j in live.state.queue.pending()] == [waiting]
+    finally:
+        live.state.queue.start()
     assert not any("evil" in str(j.payload) for j in live.state.store.all())
 
 
