@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import InvalidArgument
 from ..sampling import names
+from ..sampling.samplers import sampler_options
 from .infotext import format_infotext, generation_params
 from .params import HIRES_UPSCALERS, Params
 
@@ -38,7 +39,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     p: Params = image.info["params"]
     h = p.hires if not img2img else None
     sampler, schedule = names.resolve(p.sampler, p.scheduler)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = _sampler_params(p, sampler)
     if h is not None:
         extra.update(_hires_params(p, sampler, schedule))
     if img2img and mask:
@@ -63,6 +64,22 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
         lora_hashes=pipe.lora_hashes() or None, ti_hashes=ti or None, tiling=p.tiling,
         extra={k: v for k, v in extra.items() if v is not None})
     return format_infotext(p.prompt, p.negative_prompt, params)
+
+
+# Sampler options under A1111's infotext keys (its settings' infotext names; "Eta" is "Eta DDIM" for DDIM).
+SAMPLER_OPTION_KEYS = {"eta": "Eta", "s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax",
+                       "s_noise": "Sigma noise", "order": "UniPC order", "variant": "UniPC variant",
+                       "lower_order_final": "UniPC lower order final"}
+
+
+def _sampler_params(p: Params, sampler: str) -> dict[str, Any]:
+    """The sampler options this sampler took (when off their defaults) and ENSD, as A1111 writes them."""
+    taken = sampler_options(sampler)
+    out = {("Eta DDIM" if k == "eta" and sampler == "ddim" else SAMPLER_OPTION_KEYS.get(k, k)): v
+           for k, v in p.sampler_options.items() if k in taken and v != taken[k]}
+    if p.noise_seed_delta:
+        out["ENSD"] = p.noise_seed_delta
+    return out
 
 
 def _schedule_or_none(sampler: str, schedule: str) -> str | None:

@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from ..errors import InvalidArgument
+from ..sampling.samplers import ALL_OPTIONS
 from . import limits as L
 from .images import FILL_MODES, RESIZE_MODES
 
@@ -49,6 +50,11 @@ class Params:
     scheduler: str | None = None
     clip_skip: int | None = None
     tiling: bool = False              # A1111's "Tiling": circular padding in the UNet and VAE
+    # Sampler options by name (eta, s_churn, s_tmin, s_tmax, s_noise, order, ...; opensd.sampling.samplers):
+    # each pass's sampler gets the ones it takes, as in A1111.
+    sampler_options: dict = field(default_factory=dict)
+    noise_seed_delta: int = 0         # A1111's ENSD: per-step noise drawn from seed + this (noise.py)
+    device_noise: bool = False        # draw noise on the device, not the CPU (A1111's randn_source "GPU")
     # img2img / inpainting
     strength: float = 0.75
     resize_mode: str = "just resize"
@@ -85,6 +91,11 @@ class Params:
             raise InvalidArgument(f"inpainting_fill: {self.inpainting_fill!r} is not one of {', '.join(FILL_MODES)}")
         if not isinstance(self.tiling, bool):
             raise InvalidArgument(f"tiling: {self.tiling!r} must be true or false")
+        _sampler_options(self.sampler_options)
+        if not isinstance(self.noise_seed_delta, int) or not 0 <= self.noise_seed_delta < 2**32:
+            raise InvalidArgument(f"noise_seed_delta: {self.noise_seed_delta!r} is outside 0..{2**32 - 1}")
+        if not isinstance(self.device_noise, bool):
+            raise InvalidArgument(f"device_noise: {self.device_noise!r} must be true or false")
         L.check_clip_skip(self.clip_skip)
         if not 0 <= self.inpaint_full_res_padding <= 1024:
             raise InvalidArgument(f"inpaint_full_res_padding: {self.inpaint_full_res_padding} is outside 0..1024")
@@ -99,6 +110,19 @@ class Params:
             if h.steps is not None:
                 L.check_steps(h.steps, limits)
             L.check_size(*h.target(self.width, self.height), limits)
+
+
+def _sampler_options(options) -> None:
+    if not isinstance(options, dict):
+        raise InvalidArgument(f"sampler_options: expected an object, got {options!r}")
+    for name, value in options.items():
+        if name not in ALL_OPTIONS:
+            raise InvalidArgument(f"sampler_options: {name!r} is not an option of any sampler "
+                                  f"({', '.join(sorted(ALL_OPTIONS))})")
+        if isinstance(value, float) and not math.isfinite(value) and not (name == "s_tmax" and value > 0):
+            raise InvalidArgument(f"sampler_options.{name}: {value!r} must be finite")
+        if not isinstance(value, (int, float, str)):
+            raise InvalidArgument(f"sampler_options.{name}: {value!r} must be a number or a name")
 
 
 def _fraction(name: str, value) -> None:

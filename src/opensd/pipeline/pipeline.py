@@ -18,7 +18,7 @@ from ..models.conv import circular_padding
 from ..models.unet import reuse_context_kv
 from ..sampling.denoiser import Denoiser
 from ..sampling.names import resolve
-from ..sampling.samplers import get_sampler
+from ..sampling.samplers import get_sampler, sampler_options
 from ..sampling.schedules import DiscreteSchedule, make_sigmas, scaled_linear_alphas_cumprod
 from ..text.embeddings import EmbeddingDatabase, load_embeddings
 from ..text.tokenizer import default_tokenizer
@@ -224,7 +224,8 @@ class Pipeline:
              mask: Image.Image | None, report) -> Image.Image:
         down = self.config.vae.downscale
         shape = (1, self.config.latent_channels, p.height // down, p.width // down)
-        noise = ImageNoise(seed, shape, self.device, subseed, p.subseed_strength)
+        noise = ImageNoise(seed, shape, self.device, subseed, p.subseed_strength,
+                           seed_delta=p.noise_seed_delta, on_device=p.device_noise)
         if source is None:
             sigmas = self.sigmas(p, p.steps)
             latents = self._sample(p, noise.initial * sigmas[0], sigmas, noise, report, p.width, p.height)
@@ -259,7 +260,8 @@ class Pipeline:
                          prompt=p.prompt if h.prompt is None else h.prompt,
                          negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt)
         # A1111 draws the second pass's noise afresh from the same seed, at the new size.
-        noise = ImageNoise(seed, tuple(init.shape), self.device)
+        noise = ImageNoise(seed, tuple(init.shape), self.device, seed_delta=p.noise_seed_delta,
+                           on_device=p.device_noise)
         sigmas = i2i.sigmas_from(self.sigmas(second, second.steps), second.steps, h.denoise)
         offset = i2i.steps_run(p.steps, 1.0)
         image_cond = self.inpainting_cond(None, None, w, h_px) if self.config.inpainting else None
@@ -284,14 +286,17 @@ class Pipeline:
             def denoise(x, sigma):  # keep the unmasked area on the original image's path
                 return init * (1 - latent_mask) + inner(x, sigma) * latent_mask
 
-        sample = get_sampler(resolve(p.sampler, p.scheduler)[0])
+        sampler = resolve(p.sampler, p.scheduler)[0]
+        sample = get_sampler(sampler)
+        taken = sampler_options(sampler)  # options another sampler takes are not for this one (A1111's rule)
+        options = {k: v for k, v in p.sampler_options.items() if k in taken}
         def step(i, _x, denoised):
             if self.on_latents is not None:
                 self.on_latents(denoised)
             report(i + 1)
 
         with reuse_context_kv(self.model.unet):
-            x = sample(denoise, x, sigmas, step, noise_sampler=noise)
+            x = sample(denoise, x, sigmas, step, noise_sampler=noise, **options)
         if latent_mask is not None:
             x = init * (1 - latent_mask) + x * latent_mask
         return x

@@ -29,6 +29,7 @@ updates depend only on sigmas, and the model's own sigmas come in through the sc
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -435,3 +436,12 @@ def get_sampler(name: str) -> Callable:
     """The sampler function for an id or any accepted name ("euler", "Euler", "DPM++ 2M Karras", ...);
     unknown names raise InvalidArgument("sampler: ... valid: ...")."""
     return SAMPLERS[sampler_id(name)]
+
+
+def sampler_options(name: str) -> dict[str, object]:
+    """The options sampler `name` takes (its keyword arguments but noise_sampler), with defaults."""
+    params = inspect.signature(get_sampler(name)).parameters
+    return {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k != "noise_sampler"}
+
+
+ALL_OPTIONS = frozenset(k for s in SAMPLERS for k in sampler_options(s))  # every option of some sampler
