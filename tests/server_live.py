@@ -70,3 +70,26 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+def write_lora(path):
+    """A small kohya-format LoRA over the tiny model's text-encoder and attention linears."""
+    import torch
+
+    from opensd.adapters.lora_keys import lora_modules
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.library.synthetic import TINY
+    from opensd.models.stable_diffusion import StableDiffusion
+
+    with torch.device("meta"):
+        model = StableDiffusion(TINY)
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for m in lora_modules(model):
+        if m.component == "unet" and ".attentions." not in m.peft:
+            continue
+        w = m.module.weight
+        sd[f"{m.kohya}.lora_down.weight"] = torch.randn(4, *w.shape[1:], generator=g) * 0.3
+        sd[f"{m.kohya}.lora_up.weight"] = torch.randn(w.shape[0], 4, *([1] * (w.ndim - 2)), generator=g) * 0.3
+        sd[f"{m.kohya}.alpha"] = torch.tensor(4.0)
+    save_safetensors(sd, path)

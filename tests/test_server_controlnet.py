@@ -87,7 +87,7 @@ def test_unit_changes_the_image_and_equals_the_python_pipeline(api, live):
     path = live.state.cache.resolve("tiny")
     pipe = live.state.cache.get(path)
     req = Txt2ImgRequest(prompt="a box", width=64, height=64, seed=11, cfg_scale=5, steps=3, sampler_name="Euler")
-    kw = a1111_run.plan(req, False, 20_000)
+    kw, _ = a1111_run.plan(req, False, 20_000, live.state.options.view())
     net = load_controlnet(live.state.folders.resolve("controlnet", "control_tiny_canny"), pipe)
     edges = preprocess("canny", scene(), low=50, high=150)
     direct = pipe.txt2img("a box", "", seed=11, controls=[ControlSpec(net, edges, weight=0.8)], **kw)[0]
@@ -151,13 +151,15 @@ def test_bad_unit_fields_answer_4xx_naming_the_field(live, fields, named):
 
 def test_unsupported_unit_fields_are_reported(live):
     body = cn(module="depth_midas", mask=b64png(scene()), hr_option="Low res only")
-    body["alwayson_scripts"]["ADetailer"] = {"args": [1]}
     r = post(live, body)
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
     unit = "alwayson_scripts.controlnet.args[0]"
-    assert {f"{unit}.module", f"{unit}.mask", f"{unit}.hr_option", "alwayson_scripts.ADetailer"} \
-        <= set(info["unsupported_fields"])
+    assert {f"{unit}.module", f"{unit}.mask", f"{unit}.hr_option"} <= set(info["unsupported_fields"])
+    assert any(w.startswith(f"{unit}.mask: ") for w in info["opensd_warnings"])
+    body["alwayson_scripts"]["ADetailer"] = {"args": [1]}  # an extension this server lacks: A1111's 422
+    r = post(live, body)
+    assert r.status_code == 422 and r.json()["detail"] == "Script 'ADetailer' not found", r.text
 
 
 def test_extension_routes(live):

@@ -9,32 +9,9 @@ import time
 import pytest
 import webuiapi
 from PIL import Image
-from server_live import LiveServer, models_dir
+from server_live import LiveServer, models_dir, write_lora
 
 from opensd.server.settings import Settings
-
-
-def write_lora(path):
-    """A small kohya-format LoRA over the tiny model's text-encoder and attention linears."""
-    import torch
-
-    from opensd.adapters.lora_keys import lora_modules
-    from opensd.checkpoints.files import save_safetensors
-    from opensd.library.synthetic import TINY
-    from opensd.models.stable_diffusion import StableDiffusion
-
-    with torch.device("meta"):
-        model = StableDiffusion(TINY)
-    g = torch.Generator().manual_seed(0)
-    sd = {}
-    for m in lora_modules(model):
-        if m.component == "unet" and ".attentions." not in m.peft:
-            continue
-        w = m.module.weight
-        sd[f"{m.kohya}.lora_down.weight"] = torch.randn(4, *w.shape[1:], generator=g) * 0.3
-        sd[f"{m.kohya}.lora_up.weight"] = torch.randn(w.shape[0], 4, *([1] * (w.ndim - 2)), generator=g) * 0.3
-        sd[f"{m.kohya}.alpha"] = torch.tensor(4.0)
-    save_safetensors(sd, path)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +39,7 @@ def test_txt2img(api, live):
     assert r.info["infotexts"][0].startswith("a red apple\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a")
     assert r.parameters["prompt"] == "a red apple" and r.parameters["steps"] == 3
     assert r.images[0].info["parameters"] == r.info["infotexts"][0]
-    assert len(list((live.settings.outputs_dir / "api").glob("*.png"))) >= 2  # written, atomically named
+    assert len(list((live.settings.outputs_dir / "txt2img-images").glob("*.png"))) >= 2  # A1111's folder
 
 
 def test_img2img_with_mask_keeps_unmasked_pixels(api):

@@ -30,6 +30,12 @@ def register(sub) -> None:
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="an extra Host header name to answer (DNS-rebinding defence allows loopback only)")
     p.add_argument("--queue-size", type=int_arg, default=64, help="most jobs waiting; more answer 429")
+    p.add_argument("--max-waiting", type=int_arg, default=32, metavar="N",
+                   help="A1111 requests that wait (each holding its body) for a place when the queue is full, "
+                        "as A1111 makes them wait; more answer 429 (default 32)")
+    p.add_argument("--work-budget", type=float_arg, default=10_000.0, metavar="MPSTEPS",
+                   help="most work one request may ask for, in megapixel-steps (pixels x steps x images, "
+                        "every pass); default 10000, e.g. 8 x 4 images of 1024x1024 at 50 steps is 1678")
     p.add_argument("--model-cache-gb", type=float_arg, default=8.0, help="parameters kept loaded, in GB")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
@@ -48,7 +54,8 @@ def settings_from(args: argparse.Namespace):
     return Settings(host=args.host, port=args.port, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                     api_token=args.api_token, insecure_no_token=args.insecure_no_token,
                     allow_origins=tuple(args.allow_origin), allow_hosts=tuple(args.allow_host),
-                    queue_size=args.queue_size, device=args.device, precision=args.precision,
+                    queue_size=args.queue_size, max_waiting=args.max_waiting, work_budget=args.work_budget,
+                    device=args.device, precision=args.precision,
                     model_budget_bytes=int(args.model_cache_gb * (1 << 30)),
                     max_body_bytes=int(args.max_body_mb * (1 << 20)))
 

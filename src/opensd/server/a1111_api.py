@@ -17,8 +17,9 @@ from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import WEIGHT_SUFFIXES
 from ..pipeline.infotext import parse_infotext
 from ..sampling import names as N
-from . import a1111_controlnet, a1111_run, images_io
+from . import a1111_apply, a1111_controlnet, a1111_run, a1111_scripts, a1111_unsupported, images_io, work_budget
 from .a1111_models import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
+from .a1111_scripts import ScriptError
 from .jobs import QueueFull
 from .store import CANCELLED, FAILED, QUEUED
 
@@ -67,19 +68,34 @@ def prepare(state, req, mode: str) -> dict:
     the UI's queued txt2img, opensd_api.py)."""
     s = state.settings
     img2img = mode == "img2img"
-    kwargs = a1111_run.plan(req, img2img, s.max_prompt_chars)
+    script = a1111_scripts.selected(req, mode)  # first, as in A1111: an unknown script is a 422
+    opts = state.options.effective(req.override_settings)
+    kwargs, gaps = a1111_run.plan(req, img2img, s.max_prompt_chars, opts)
+    work_budget.check(*work_budget.a1111_cost(kwargs, req.n_iter), s.work_budget)
     if img2img:
         if not req.init_images:
             raise InvalidArgument("init_images: at least one init image is required")
         images_io.decode_b64(req.init_images[0], "init_images[0]", s.max_image_pixels)
         if req.mask:
             images_io.decode_b64(req.mask, "mask", s.max_image_pixels)
-    check_lora_names(state.folders, req.prompt)
+    for field in ("refiner_checkpoint", "hr_checkpoint_name"):  # A1111 fails on a checkpoint it lacks
+        name = getattr(req, field, None)
+        if name and name not in a1111_unsupported.REQUEST_FIELDS[field][0]:
+            state.cache.resolve(name, field)
+    prompt, prompt_gaps = a1111_apply.prompt(req, opts, state.folders)
+    check_lora_names(state.folders, prompt)
     controlnet = a1111_controlnet.parse_units(req, state.folders, s.max_image_pixels, img2img)
     override = (req.override_settings or {}).get("sd_model_checkpoint")
-    path = state.cache.resolve(override) if override else state.current_model()
+    path = state.cache.resolve(override, "override_settings.sd_model_checkpoint") if override \
+        else state.current_model()
+    vae = a1111_apply.vae_path(state.folders, opts, path)
+    gaps += prompt_gaps + a1111_unsupported.request_gaps(req) + a1111_controlnet.unsupported(req) \
+        + a1111_unsupported.setting_gaps(opts, req.override_settings, state.options.defaults)
+    if not req.override_settings_restore_afterwards and req.override_settings:
+        state.set_options(req.override_settings)  # A1111 keeps such overrides as the new settings
     return {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path),
-            "controlnet": controlnet}
+            "vae_path": str(vae) if vae else None, "prompt": prompt, "controlnet": controlnet,
+            "output": a1111_apply.output(opts, mode), "gaps": gaps, "script": script.name if script else None}
 
 
 def router(state) -> APIRouter:
@@ -88,11 +104,15 @@ def router(state) -> APIRouter:
 
     async def generate(request: Request, req, mode: str):
         img2img = mode == "img2img"
-        payload = await run_in_threadpool(prepare, state, req, mode)  # image decoding stays off the event loop
         try:
-            job = state.queue.submit("a1111", payload, client_id(request))
+            payload = await run_in_threadpool(prepare, state, req, mode)  # image decoding stays off the event loop
+            job = await state.waiting.submit("a1111", payload, client_id(request), request.is_disconnected)
+        except ScriptError as e:
+            return e.response()
         except QueueFull as e:
             return queue_full(e)
+        if job is None:  # the client left while waiting for a place
+            return JSONResponse({"error": "Gone", "detail": "the client disconnected"}, status_code=499)
         job, live = await asyncio.wrap_future(state.queue.future(job.id))
         bad = failure(job, live)
         if bad is not None:
@@ -123,16 +143,7 @@ def router(state) -> APIRouter:
 
     @api.post("/options")
     def set_options(body: dict):
-        if "sd_model_checkpoint" in body:
-            path = state.cache.resolve(body["sd_model_checkpoint"])
-            state.set_model(path)
-        clip = body.get("CLIP_stop_at_last_layers")
-        if clip is not None and (not isinstance(clip, int) or isinstance(clip, bool) or not 1 <= clip <= 12):
-            raise InvalidArgument(f"CLIP_stop_at_last_layers: {clip!r} is outside 1..12")
-        for k, v in body.items():
-            if k != "sd_model_checkpoint":
-                state.options[k] = v
-        state.save_options()
+        state.set_options(body)
 
     @api.get("/sd-models")
     def sd_models():
@@ -185,9 +196,16 @@ def router(state) -> APIRouter:
                                           "scale": 4} for n in ("None", "Lanczos")]),
                         ("/latent-upscale-modes", [{"name": "Latent"}, {"name": "Latent (nearest)"}]),
                         ("/hypernetworks", []), ("/face-restorers", []), ("/prompt-styles", []),
-                        ("/realesrgan-models", []), ("/script-info", []), ("/extensions", []),
-                        ("/scripts", {"txt2img": [], "img2img": []})):
+                        ("/realesrgan-models", []), ("/extensions", [])):
         api.add_api_route(path, _const(value), methods=["GET"])
+
+    @api.get("/scripts")
+    def scripts():
+        return a1111_scripts.listing()
+
+    @api.get("/script-info")
+    def script_info():
+        return a1111_scripts.script_info()
 
     @api.get("/cmd-flags")
     def cmd_flags():

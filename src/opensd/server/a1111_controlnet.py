@@ -210,10 +210,9 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
     return specs
 
 
-def unsupported(req) -> list[str]:
-    """Script and unit fields accepted but not acted on (or only approximated)."""
-    found = [f"alwayson_scripts.{k}" for k, v in (req.alwayson_scripts or {}).items()
-             if k.lower() != "controlnet" and v not in (None, {}, [], {"args": []})]
+def unsupported(req) -> list[tuple[str, str]]:
+    """(field, what happens instead) for unit fields accepted but not acted on (or only approximated)."""
+    found: list[tuple[str, str]] = []
     try:
         units = _units(req)
     except InvalidArgument:
@@ -224,14 +223,18 @@ def unsupported(req) -> list[str]:
         field = f"alwayson_scripts.controlnet.args[{i}]"
         image = unit.get("image")
         if unit.get("mask") or (isinstance(image, dict) and image.get("mask")):
-            found.append(f"{field}.mask")
+            found.append((f"{field}.mask", "unit masks are not implemented; the hint covers the whole image"))
         if unit.get("hr_option") not in (None, "Both", "both", 0):
-            found.append(f"{field}.hr_option")
+            found.append((f"{field}.hr_option", "not implemented; the unit applies to both passes"))
         try:
-            if not _module(unit.get("module"), "")[1]:
-                found.append(f"{field}.module")
+            module, exact = _module(unit.get("module"), "")
         except InvalidArgument:
-            pass
+            continue
+        if module == "passthrough":
+            found.append((f"{field}.module", f"no {unit.get('module')!r} estimator here; the image is used "
+                                             "as the map as it is"))
+        elif not exact:
+            found.append((f"{field}.module", f"{unit.get('module')!r} is approximated by {module!r}"))
     return found
 
 

@@ -1,7 +1,7 @@
 """Request bodies of the AUTOMATIC1111 API, with A1111's field names and defaults.
 
 Every model allows extra fields (clients send many we do not implement); they are accepted and
-reported in the response's info as "unsupported_fields", never an error. Values are range-checked
+reported in the response's info (a1111_unsupported), never an error. Values are range-checked
 here (422 naming the field); NaN/inf are refused for every float."""
 from __future__ import annotations
 
@@ -102,28 +102,3 @@ class Img2ImgRequest(GenerationRequest):
 
 class PngInfoRequest(_Base):
     image: str = ""
-
-
-# A1111 fields we accept but do not act on, with the values that mean "off": any other value is
-# reported back in info["unsupported_fields"].
-IGNORED_NEUTRAL: dict[str, tuple] = {
-    "styles": (None, []), "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0),
-    "restore_faces": (None, False), "tiling": (None, False), "eta": (None, 0.0, 1.0),
-    "s_min_uncond": (None, 0.0), "s_churn": (None, 0.0), "s_tmax": (None, 0.0), "s_tmin": (None, 0.0),
-    "s_noise": (None, 1.0), "refiner_checkpoint": (None, "", "None"), "refiner_switch_at": (None, 0.0, 1.0),
-    "script_name": (None, ""), "script_args": ([],), "alwayson_scripts": ({},),
-    "firstphase_width": (0,), "firstphase_height": (0,), "hr_checkpoint_name": (None, "", "Use same checkpoint"),
-    "hr_negative_prompt": ("",), "image_cfg_scale": (None, 1.5, 0.0), "initial_noise_multiplier": (None, 1.0),
-    "latent_mask": (None,), "mask_blur_x": (4,), "mask_blur_y": (4,), "comments": (None, {}),
-}
-
-
-def unsupported_fields(req: GenerationRequest) -> list[str]:
-    found = sorted((req.model_extra or {}).keys())
-    data = req.model_dump()
-    for name, neutral in IGNORED_NEUTRAL.items():
-        if name in data and name in req.model_fields_set and data[name] not in neutral:
-            found.append(name)
-    overrides = set((req.override_settings or {}).keys()) - {"sd_model_checkpoint", "CLIP_stop_at_last_layers"}
-    found += [f"override_settings.{k}" for k in sorted(overrides)]
-    return sorted(set(found))

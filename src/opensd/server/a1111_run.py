@@ -14,15 +14,17 @@ from ..pipeline.infotext_params import image_infotext
 from ..pipeline.params import Hires
 from ..pipeline.previews import latent_preview
 from ..sampling.names import SAMPLER_LABELS, resolve
-from . import a1111_controlnet, images_io
-from .a1111_models import Img2ImgRequest, Txt2ImgRequest, unsupported_fields
+from . import a1111_apply, a1111_controlnet, a1111_scripts, a1111_unsupported
+from .a1111_models import Img2ImgRequest, Txt2ImgRequest
+from .images_io import decode_b64
 from .jobs import Control, Stopped
 
 RESIZE = {0: "just resize", 1: "crop and resize", 2: "resize and fill", 3: "just resize"}
 FILL = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
-HR_UPSCALERS = {"latent": "latent", "latent (bilinear)": "latent", "latent (antialiased)": "latent",
-                "latent (bicubic)": "latent", "latent (nearest)": "latent (nearest)",
-                "latent (nearest-exact)": "latent (nearest)", "lanczos": "lanczos", "none": "lanczos"}
+# A1111's hires upscalers we run exactly (its "None" resizes with Lanczos too); other "Latent (...)"
+# modes run as the nearest of ours, any other upscaler as Lanczos, both reported.
+HR_UPSCALERS = {"latent": "latent", "latent (nearest)": "latent (nearest)", "lanczos": "lanczos",
+                "none": "lanczos"}
 
 
 def _down8(v: int) -> int:
@@ -37,9 +39,21 @@ def sampler_of(req) -> tuple[str, str]:
         raise InvalidArgument(f"sampler_name/scheduler: {str(e).split(': ', 1)[-1]}") from None
 
 
-def plan(req, img2img: bool, max_prompt: int) -> dict:
-    """Validate what the queue cannot check later (names, sizes); return the pipeline kwargs
-    as plain JSON so the job can be stored and re-run after a restart."""
+def hires_upscaler(name: str | None) -> tuple[str, list[tuple[str, str]]]:
+    """Our upscaler for A1111's `hr_upscaler`, and the gap if it is not the same."""
+    key = (name or "Latent").strip().lower()
+    if key in HR_UPSCALERS:
+        return HR_UPSCALERS[key], []
+    if key.startswith("latent"):
+        ours = "latent (nearest)" if "nearest" in key else "latent"
+        return ours, [("hr_upscaler", f"{name!r} is not implemented; runs as {ours.capitalize()!r}")]
+    return "lanczos", [("hr_upscaler", f"{name!r} is not available here; the first pass is upscaled with Lanczos")]
+
+
+def plan(req, img2img: bool, max_prompt: int, opts: dict) -> tuple[dict, list[tuple[str, str]]]:
+    """Validate what the queue cannot check later (names, sizes); return the pipeline kwargs as
+    plain JSON, so the job can be stored and re-run after a restart, and what of the request or
+    the settings `opts` is not done here ((name, message) pairs, a1111_unsupported)."""
     for field in ("prompt", "negative_prompt"):
         if len(getattr(req, field)) > max_prompt:
             raise InvalidArgument(f"{field}: longer than {max_prompt} characters")
@@ -48,11 +62,18 @@ def plan(req, img2img: bool, max_prompt: int) -> dict:
           "batch_size": req.batch_size, "sampler": sampler, "scheduler": schedule,
           "subseed_strength": req.subseed_strength}
     L.check_size(kw["width"], kw["height"])
-    clip = (req.override_settings or {}).get("CLIP_stop_at_last_layers")
-    if clip is not None:
-        if not isinstance(clip, int) or isinstance(clip, bool) or not 1 <= clip <= 12:
-            raise InvalidArgument(f"override_settings.CLIP_stop_at_last_layers: {clip!r} is outside 1..12")
-        kw["clip_skip"] = clip if clip > 1 else None
+    gaps: list[tuple[str, str]] = []
+    clip = opts["CLIP_stop_at_last_layers"]
+    kw["clip_skip"] = clip if clip > 1 else None
+    kw["tiling"] = req.tiling if req.tiling is not None else opts["tiling"]
+    options = a1111_apply.sampler_options(sampler, req, opts)
+    if options:
+        kw["sampler_options"] = options
+    delta = a1111_apply.noise_seed_delta(sampler, options, opts)
+    if delta:
+        kw["noise_seed_delta"] = delta
+    if opts["randn_source"].upper() == "GPU":
+        kw["device_noise"] = True
     if img2img:
         kw.update(strength=req.denoising_strength, resize_mode=RESIZE[req.resize_mode],
                   mask_blur=req.mask_blur if req.mask_blur is not None else max(req.mask_blur_x, req.mask_blur_y),
@@ -60,35 +81,39 @@ def plan(req, img2img: bool, max_prompt: int) -> dict:
                   inpaint_full_res_padding=req.inpaint_full_res_padding,
                   invert_mask=bool(req.inpainting_mask_invert))
     elif req.enable_hr:
-        up = (req.hr_upscaler or "Latent").strip().lower()
+        upscaler, gaps = hires_upscaler(req.hr_upscaler)
         hs, hsched = sampler, schedule
         if req.hr_sampler_name:
             try:
                 hs, hsched = resolve(req.hr_sampler_name, req.hr_scheduler)
             except InvalidArgument as e:
                 raise InvalidArgument(f"hr_sampler_name/hr_scheduler: {str(e).split(': ', 1)[-1]}") from None
-        kw["hires"] = {"scale": req.hr_scale, "upscaler": HR_UPSCALERS.get(up, "lanczos"),
-                       "steps": req.hr_second_pass_steps or None,
+        kw["hires"] = {"scale": req.hr_scale, "upscaler": upscaler, "steps": req.hr_second_pass_steps or None,
                        "denoise": 0.7 if req.denoising_strength is None else req.denoising_strength,
                        "width": req.hr_resize_x or None, "height": req.hr_resize_y or None,
-                       "sampler": hs, "scheduler": hsched, "prompt": req.hr_prompt or None}
-    return kw
+                       "sampler": hs, "scheduler": hsched, "prompt": req.hr_prompt or None,
+                       "negative_prompt": req.hr_negative_prompt or None}
+    return kw, gaps
 
 
 def run(state, job, ctl: Control):
     p = job.payload
     mode, req_data, kw = p["mode"], p["request"], dict(p["kwargs"])
+    if p.get("script"):  # a selectable script runs the whole job
+        return a1111_scripts.find(p["script"], mode).run(state, job, ctl)
     req = (Img2ImgRequest if mode == "img2img" else Txt2ImgRequest).model_validate(req_data)
     path = Path(p["model_path"])
-    pipe = state.cache.get(path)
+    vae = Path(p["vae_path"]) if p.get("vae_path") else None
+    pipe = state.cache.get(path, vae)
+    prompt = p.get("prompt", req.prompt)  # with the sd_lora setting's tag, if any
     hires = kw.pop("hires", None)
     if hires is not None:
         kw["hires"] = Hires(**hires)
     init = mask = None
     if mode == "img2img":
         limit = state.settings.max_image_pixels
-        init = images_io.decode_b64(req.init_images[0], "init_images[0]", limit)
-        mask = images_io.decode_b64(req.mask, "mask", limit) if req.mask else None
+        init = decode_b64(req.init_images[0], "init_images[0]", limit)
+        mask = decode_b64(req.mask, "mask", limit) if req.mask else None
     controls = a1111_controlnet.build_controls(p.get("controlnet") or [], req, pipe, init,
                                                state.settings.max_image_pixels, kw["width"], kw["height"])
     if controls:
@@ -109,9 +134,9 @@ def run(state, job, ctl: Control):
         pipe.on_latents = lambda d: ctl.preview(latent_preview(d, pipe.config))  # for /progress
         try:
             if init is None:
-                out = pipe.txt2img(req.prompt, req.negative_prompt, progress=progress, **args)
+                out = pipe.txt2img(prompt, req.negative_prompt, progress=progress, **args)
             else:
-                out = pipe.img2img(init, req.prompt, req.negative_prompt, mask=mask, progress=progress, **args)
+                out = pipe.img2img(init, prompt, req.negative_prompt, mask=mask, progress=progress, **args)
         except Stopped as e:
             if e.skip:
                 continue
@@ -124,17 +149,21 @@ def run(state, job, ctl: Control):
         subseeds += [ss + k for k in range(len(out))]
     hash_ = state.cache.short_hash(path)
     infotexts, files, pngs = [], [], []
-    out_dir = state.settings.outputs_dir / "api"
+    out = p.get("output") or {"folder": str(state.settings.outputs_dir / "api"), "suffix": ".png",
+                              "quality": 95, "lossless": False}  # jobs queued by older versions
     for k, image in enumerate(images):
         text = image_infotext(pipe, image, img2img=mode == "img2img", mask=mask is not None, model_hash=hash_,
-                              controls=controls)
+                              controls=controls, vae=vae)
         infotexts.append(text)
-        f = save_image(image, out_dir / f"{job.id}-{k}.png", text)
-        files.append(str(f.relative_to(state.settings.outputs_dir)))
-        if req.send_images:
-            pngs.append(images_io.png_bytes(image, text))
+        f = save_image(image, Path(out["folder"]) / f"{job.id}-{k}{out['suffix']}", text,
+                       quality=out["quality"], lossless=out["lossless"])
+        files.append(_stored_name(f, state.settings.outputs_dir))
+        if req.send_images:  # A1111 answers in the saved format too (samples_format)
+            pngs.append(f.read_bytes())
     info = info_dict(req, kw, pipe.name, hash_, seeds, subseeds, infotexts, mode == "img2img")
-    info["interrupted"] = interrupted
+    info.update(prompt=prompt, all_prompts=[prompt] * len(seeds), interrupted=interrupted,
+                sd_vae_name=vae.name if vae else None, sd_vae_hash=state.cache.short_hash(vae) if vae else None,
+                **a1111_unsupported.info_fields([tuple(g) for g in p.get("gaps", [])]))
     result = {"files": files, "info": info}
     return result, {"pngs": pngs, "info": info}
 
@@ -157,18 +186,16 @@ def info_dict(req, kw, model, hash_, seeds, subseeds, infotexts, img2img) -> dic
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts,
         "styles": req.styles or [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "clip_skip": kw.get("clip_skip") or 1, "is_using_inpainting_conditioning": False,
-        "version": "opensd", "unsupported_fields": unsupported(req),
+        "version": "opensd",
     }
 
 
-def unsupported(req) -> list[str]:
-    found = [f for f in unsupported_fields(req) if f != "alwayson_scripts"] + a1111_controlnet.unsupported(req)
-    up = getattr(req, "hr_upscaler", None)
-    if getattr(req, "enable_hr", False) and up and up.strip().lower() not in HR_UPSCALERS:
-        found.append("hr_upscaler")  # run with Lanczos instead
-    if len(getattr(req, "init_images", None) or []) > 1:
-        found.append("init_images[1:]")  # every image starts from the first init image
-    return found
+def _stored_name(path: Path, outputs: Path) -> str:
+    """A saved file as the job records it: relative to the outputs folder when inside it."""
+    try:
+        return str(path.relative_to(outputs))
+    except ValueError:
+        return str(path.resolve())
 
 
 def info_json(info: dict) -> str:

@@ -4,7 +4,6 @@ The shared pieces live on `ServerState` (settings, model folders, SQLite store, 
 cache, A1111 options); each API module builds its router from it."""
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from contextlib import asynccontextmanager
@@ -16,17 +15,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 
 from .. import safe_paths
-from ..atomic import write_atomic
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import ModelFolders
 from ..version import __version__
 from . import (a1111_api, a1111_controlnet, a1111_run, comfy_api, comfy_frontend, docs_pages, gallery_api,
                opensd_api, ui_routes)
+from .a1111_options import A1111Options
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
 from .security import Guard
 from .settings import Settings
 from .store import Store
+from .waiting_room import WaitingRoom
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,13 @@ class ServerState:
         self.folders = ModelFolders(settings.models_dir)
         self.store = Store(settings.db_path)
         self.queue = JobQueue(self.store, settings.queue_size)
+        self.waiting = WaitingRoom(self.queue, settings.max_waiting)
         self.cache = ModelCache(self.folders, settings.device, settings.precision,
                                 settings.model_budget_bytes, loader=loader)
-        self._options_path = settings.data_dir / "opensd-options.json"
-        self.options: dict = self._load_options()
+        self.options = A1111Options(settings.data_dir / "opensd-options.json", settings.outputs_dir, self.folders)
         self._model: Path | None = None
         self._lock = threading.Lock()
-        wanted = self.options.get("sd_model_checkpoint") or settings.default_model
+        wanted = self.options.saved_model() or settings.default_model
         if wanted:
             try:
                 self._model = self.cache.resolve(wanted)
@@ -67,24 +67,16 @@ class ServerState:
 
     def options_view(self) -> dict:
         path = self.current_model()
-        full = self.cache.sha256(path)
-        return {"samples_format": "png", "outdir_samples": str(self.settings.outputs_dir),
-                "CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic", "sd_lora": "None",
-                **self.options, "sd_model_checkpoint": self.cache.title(path),
-                "sd_checkpoint_hash": full}
+        return {**self.options.view(), "sd_model_checkpoint": self.cache.title(path),
+                "sd_checkpoint_hash": self.cache.sha256(path)}
 
-    def _load_options(self) -> dict:
-        try:
-            data = json.loads(self._options_path.read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    def save_options(self) -> None:
-        data = dict(self.options)
-        if self._model is not None:
-            data["sd_model_checkpoint"] = self.cache.name_of(self._model)
-        write_atomic(self._options_path, json.dumps(data, indent=1))
+    def set_options(self, changes: dict) -> None:
+        """POST /sdapi/v1/options: every value is checked before any takes effect."""
+        wanted = changes.get("sd_model_checkpoint")
+        path = self.cache.resolve(wanted) if wanted is not None else None
+        self.options.update(changes, self.cache.name_of(path) if path is not None else None)
+        if path is not None:
+            self.set_model(path)
 
     def memory(self) -> dict:
         ram = {}
@@ -196,6 +188,6 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
         if path is None or not safe_paths.is_file(path):  # deleted in the gallery, or a damaged record
             return JSONResponse({"error": "NotFound", "detail": f"index: job {job_id!r} has no image {index}"},
                                 status_code=404)
-        return FileResponse(path, media_type="image/png")
+        return FileResponse(path)  # PNG, JPEG or WebP (A1111's samples_format)
 
     return app

@@ -42,7 +42,7 @@ from ..workflows import (
     object_info,
     validate_prompt,
 )
-from . import images_io, safe_json
+from . import images_io, safe_json, work_budget
 from .jobs import QueueFull
 from .store import FINAL
 
@@ -242,6 +242,11 @@ def router(state, hub: ComfyHub) -> APIRouter:
             node_errors = validate_prompt(prompt, hub.context())
         except GraphError as e:
             return JSONResponse(e.payload, status_code=400)
+        try:
+            work_budget.check(*work_budget.comfy_cost(prompt), state.settings.work_budget)
+        except InvalidArgument as e:
+            return JSONResponse({"error": {"type": "work_budget", "message": str(e), "details": "",
+                                           "extra_info": {}}, "node_errors": {}}, status_code=400)
         client = body.get("client_id")
         client = client[:64] if isinstance(client, str) and client else None
         extra = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}

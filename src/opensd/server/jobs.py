@@ -28,8 +28,13 @@ log = logging.getLogger(__name__)
 
 
 class QueueFull(OpenSDError):
-    def __init__(self, pending: int, retry_after: int):
-        super().__init__(f"queue: {pending} jobs are waiting, the limit; retry in about {retry_after} s")
+    def __init__(self, pending: int, retry_after: int, waiting: int | None = None):
+        if waiting is None:
+            text = f"queue: {pending} jobs are waiting, the limit (--queue-size)"
+        else:
+            text = (f"queue: {pending} jobs are queued and {waiting} more requests wait for a place, "
+                    "the limits (--queue-size, --max-waiting)")
+        super().__init__(f"{text}; retry in about {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -179,9 +184,10 @@ class JobQueue:
     def pending_count(self) -> int:
         return sum(len(q) for q in self._clients.values())
 
-    def retry_after(self) -> int:
+    def retry_after(self, waiting: int = 0) -> int:
+        """Seconds until a retry may find room: a quarter of the time the work ahead should take."""
         mean = sum(self._durations) / len(self._durations) if self._durations else 5.0
-        return max(1, int(mean * max(1, self.pending_count()) / 4) + 1)
+        return max(1, int(mean * max(1, self.pending_count() + waiting) / 4) + 1)
 
     # --- the worker ---------------------------------------------------------------------------
 

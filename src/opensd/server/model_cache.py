@@ -29,18 +29,21 @@ class ModelCache:
         self.device, self.precision = device, precision
         self.budget = budget_bytes
         self._loader = loader  # tests may inject; default: opensd.pipeline.pipeline.load
-        self._pipes: OrderedDict[Path, object] = OrderedDict()
-        self._sizes: dict[Path, int] = {}
+        self._pipes: OrderedDict[tuple[Path, Path | None], object] = OrderedDict()  # (checkpoint, VAE)
+        self._sizes: dict[tuple[Path, Path | None], int] = {}
         self._lock = threading.RLock()
         self.on_evict: list = []  # callables(path): drop other references (e.g. workflow output caches)
 
     # --- names ------------------------------------------------------------------------------
 
-    def resolve(self, title: str) -> Path:
-        """A checkpoint path for an A1111 title ("name [hash]"), a file name or a stem."""
+    def resolve(self, title: str, field: str = "sd_model_checkpoint") -> Path:
+        """A checkpoint path for an A1111 title ("name [hash]"), a file name or a stem; errors name `field`."""
         if not isinstance(title, str):
-            raise InvalidArgument(f"sd_model_checkpoint: expected a model name, got {title!r}")
-        return self.folders.resolve("checkpoints", _TITLE_HASH.sub("", title))
+            raise InvalidArgument(f"{field}: expected a model name, got {title!r}")
+        try:
+            return self.folders.resolve("checkpoints", _TITLE_HASH.sub("", title))
+        except InvalidArgument as e:
+            raise InvalidArgument(f"{field}: {str(e).split(': ', 1)[-1]}") from None
 
     def name_of(self, path: Path) -> str:
         for m in self.folders.list("checkpoints"):
@@ -70,16 +73,18 @@ class ModelCache:
 
     # --- pipelines --------------------------------------------------------------------------
 
-    def get(self, path: Path):
+    def get(self, path: Path, vae: Path | None = None):
+        """The pipeline of checkpoint `path`, with its VAE replaced by the file `vae` if given."""
+        key = (path, vae)
         with self._lock:
-            if path in self._pipes:
-                self._pipes.move_to_end(path)
-                return self._pipes[path]
+            if key in self._pipes:
+                self._pipes.move_to_end(key)
+                return self._pipes[key]
             load = self._loader
             if load is None:
                 from ..pipeline.pipeline import load
             emb = self.folders.folders("embeddings")
-            pipe = load(path, device=self.device, precision=self.precision,
+            pipe = load(path, vae=vae, device=self.device, precision=self.precision,
                         embeddings_dir=emb[0] if emb else None)
             if path.is_file():
                 try:
@@ -88,20 +93,28 @@ class ModelCache:
                     log.warning("cannot hash %s: %s", path, e)
             if hasattr(pipe, "lora_folders"):  # prompts' <lora:name:w> resolve inside the LoRA folders
                 pipe.lora_folders = self.folders
-            self._pipes[path] = pipe
-            self._sizes[path] = pipeline_bytes(pipe)
+            self._pipes[key] = pipe
+            self._sizes[key] = pipeline_bytes(pipe)
             self._evict()
             return pipe
+
+    def reload_embeddings(self) -> None:
+        """Give every loaded pipeline the embeddings folder as it is now (a new embedding was saved)."""
+        from ..text.embeddings import load_embeddings
+        folders = self.folders.folders("embeddings")
+        with self._lock:
+            for pipe in self._pipes.values():
+                pipe.set_embeddings(load_embeddings(folders[0]) if folders else None)
 
     def _evict(self) -> None:
         while len(self._pipes) > 1 and sum(self._sizes.values()) > self.budget:
             old, _ = self._pipes.popitem(last=False)
-            log.info("unloading %s (model cache budget %d bytes)", old, self.budget)
+            log.info("unloading %s (model cache budget %d bytes)", old[0], self.budget)
             self._sizes.pop(old, None)
             for fn in self.on_evict:
-                fn(old)
+                fn(old[0])
         gc.collect()
 
     def loaded(self) -> list[tuple[Path, int]]:
         with self._lock:
-            return [(p, self._sizes[p]) for p in self._pipes]
+            return [(key[0], self._sizes[key]) for key in self._pipes]

@@ -22,6 +22,8 @@ class Settings:
     allow_origins: tuple[str, ...] = ()      # extra allowed Origin values ("http://host:port")
     allow_hosts: tuple[str, ...] = ()        # extra allowed Host names (besides loopback and --host)
     queue_size: int = 64                     # pending jobs (not counting the running one)
+    max_waiting: int = 32                    # A1111 requests waiting (with their bodies) for a queue place
+    work_budget: float = 10_000.0            # megapixel-steps one request may ask for (work_budget.py)
     device: str | None = "cpu"
     precision: str = "fp32"
     model_budget_bytes: int = 8 << 30        # parameters kept loaded across cached pipelines
@@ -41,6 +43,10 @@ class Settings:
             raise InvalidArgument(f"port: {self.port} is outside 1..65535")
         if self.outputs_dir.exists() and not self.outputs_dir.is_dir():
             raise InvalidArgument(f"outputs-dir: {self.outputs_dir} is not a folder")
+        if not 0 <= self.max_waiting <= 100_000:
+            raise InvalidArgument(f"max-waiting: {self.max_waiting} is outside 0..100000")
+        if not 0 < self.work_budget < float("inf"):
+            raise InvalidArgument(f"work-budget: {self.work_budget} must be a positive number of megapixel-steps")
 
     @property
     def db_path(self) -> Path:

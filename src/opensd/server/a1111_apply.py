@@ -1,0 +1,98 @@
+"""What the A1111 settings in effect for a request (a1111_options: the saved ones, then its
+override_settings) change in its job, as A1111 applies them:
+
+- CLIP_stop_at_last_layers: the clip skip;
+- eta_ancestral / eta_ddim (unless the request's `eta`), s_churn, s_tmin, s_tmax, s_noise, and
+  uni_pc_order / _variant / _lower_order_final: the sampler's options, for the samplers A1111 passes
+  them to. A1111 ignores the request's s_* fields; here one that differs from the neutral value
+  (what clients such as webuiapi send by default) wins over the setting;
+- eta_noise_seed_delta (ENSD): for samplers A1111 applies it to (Euler a, DPM2 a, DPM++ 2S a, DDIM,
+  with eta > 0), the noise drawn after the initial noise comes from seed + ENSD;
+- randn_source: "CPU" (our default) draws noise on the CPU, "GPU" on the device;
+- sd_vae: "Automatic" (a VAE named like the checkpoint, else the checkpoint's own), "None", or a file;
+- sd_lora: appends <lora:name:extra_networks_default_multiplier> unless the prompt names it;
+  `disable_extra_networks` removes every <lora:...> tag and adds none;
+- tiling (unless the request's `tiling`);
+- samples_format, jpeg_quality, webp_lossless, outdir_samples / outdir_txt2img_samples /
+  outdir_img2img_samples: how and where the images are saved (and the format they are returned in).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InvalidArgument
+from ..sampling.samplers import sampler_options as options_of
+from ..text.prompt_parser import extract_extra_networks
+
+ENSD_SAMPLERS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddim")
+# The sigma settings A1111 passes to each sampler (its sampler_extra_params; Euler a gets none).
+_CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+SIGMA_OPTIONS = {"euler": _CHURN, "heun": _CHURN, "dpm_2": _CHURN, "dpm_2_ancestral": ("s_noise",),
+                 "dpmpp_2s_ancestral": ("s_noise",), "dpmpp_sde": ("s_noise",), "dpmpp_2m_sde": ("s_noise",),
+                 "dpmpp_3m_sde": ("s_noise",)}
+NEUTRAL = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0}  # what clients send for "unset"
+FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp"}
+
+
+def sampler_options(sampler: str, req, opts: dict) -> dict:
+    """The options this sampler gets that differ from its defaults (JSON-safe: plain numbers)."""
+    taken = options_of(sampler)
+    wanted = {"eta": req.eta if req.eta is not None else opts["eta_ddim" if sampler == "ddim" else "eta_ancestral"]}
+    for name in SIGMA_OPTIONS.get(sampler, ()):
+        value = getattr(req, name)
+        wanted[name] = opts[name] if value is None or value == NEUTRAL[name] else value
+    if not wanted.get("s_tmax", 1):
+        del wanted["s_tmax"]  # 0 means infinity, the samplers' default
+    if sampler == "uni_pc":
+        wanted.update(order=opts["uni_pc_order"], variant=opts["uni_pc_variant"],
+                      lower_order_final=opts["uni_pc_lower_order_final"])
+    return {k: v for k, v in wanted.items() if k in taken and v != taken[k]}
+
+
+def noise_seed_delta(sampler: str, options: dict, opts: dict) -> int:
+    """ENSD where A1111 applies it: samplers that draw fresh noise each step, with eta > 0."""
+    if sampler not in ENSD_SAMPLERS:
+        return 0
+    eta = options.get("eta", options_of(sampler)["eta"])
+    return opts["eta_noise_seed_delta"] if eta else 0
+
+
+def vae_path(folders, opts: dict, model_path: Path, where: str = "sd_vae") -> Path | None:
+    choice = opts["sd_vae"]
+    if choice == "None":
+        return None
+    if choice == "Automatic":  # A1111: the first VAE whose file name starts with the checkpoint's
+        stem = model_path.name.rsplit(".", 1)[0]
+        same = [m.path for m in folders.list("vae") if m.path.name.startswith(stem)]
+        return same[0] if same else None
+    try:
+        return folders.resolve("vae", choice)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{where}: {str(e).split(': ', 1)[-1]}") from None
+
+
+def prompt(req, opts: dict, folders) -> tuple[str, list[tuple[str, str]]]:
+    """The prompt to run and what could not be applied ((setting, message) pairs)."""
+    text = req.prompt
+    if req.disable_extra_networks:
+        return extract_extra_networks(text)[0], []
+    name = opts["sd_lora"]
+    if name == "None" or any(n.name == name for n in extract_extra_networks(text)[1] if n.kind in ("lora", "lyco")):
+        return text, []
+    try:
+        folders.resolve("loras", name)
+    except InvalidArgument:
+        return text, [("sd_lora", f"{name!r} is no longer in the LoRA folder; not applied")]
+    return f"{text}<lora:{name}:{opts['extra_networks_default_multiplier']}>", []
+
+
+def output(opts: dict, mode: str) -> dict:
+    """Where and how the job saves its images; the folder is created now, so a bad one is a 422."""
+    key = "outdir_samples" if opts["outdir_samples"] else f"outdir_{mode}_samples"
+    folder = Path(opts[key])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidArgument(f"{key}: cannot create the folder {str(folder)!r} ({e.strerror})") from None
+    return {"folder": str(folder), "suffix": FORMATS[opts["samples_format"].lower()],
+            "quality": opts["jpeg_quality"], "lossless": opts["webp_lossless"]}

@@ -1,0 +1,109 @@
+"""How much the server takes on: A1111 calls wait in line for a full queue (bounded, then 429), and
+one request's total work is capped by a budget (--work-budget) on both APIs."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from server_live import BASE, COMFY_GRAPH, LiveServer
+
+from opensd import cli
+from opensd.errors import InvalidArgument
+from opensd.server import work_budget
+from opensd.server.a1111_models import Txt2ImgRequest
+from opensd.server.a1111_option_table import DEFAULTS
+from opensd.server.a1111_run import plan
+from opensd.server.app import create_app
+from opensd.server.settings import Settings
+
+BODY = {"prompt": "a tiny emoji", "steps": 1, "width": 64, "height": 64, "seed": 1}
+
+
+def cost(**fields) -> float:
+    req = Txt2ImgRequest(**fields)
+    kw, _ = plan(req, False, 20_000, DEFAULTS)
+    return work_budget.a1111_cost(kw, req.n_iter)[0]
+
+
+def test_a_burst_of_a1111_calls_waits_in_line_instead_of_429(tmp_path):
+    settings = Settings(outputs_dir=tmp_path / "out", queue_size=2, max_waiting=3, start_worker=False)
+    results: list[tuple[int, str | None, str]] = []
+    lock = threading.Lock()
+    with LiveServer(settings) as live:
+        state = live.state
+
+        def one(i: int):
+            r = httpx.post(live.url + "/sdapi/v1/txt2img", json={**BODY, "seed": i}, timeout=300)
+            with lock:
+                results.append((r.status_code, r.headers.get("retry-after"), r.text))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(7)]
+        for th in threads:
+            th.start()
+        deadline = time.time() + 60
+        while (state.queue.pending_count(), state.waiting.waiting, len(results)) != (2, 3, 2) and time.time() < deadline:
+            time.sleep(0.02)
+        assert (state.queue.pending_count(), state.waiting.waiting) == (2, 3)  # 2 queued, 3 waiting
+        refused = [r for r in results if r[0] == 429]
+        assert len(refused) == 2 and all(int(ra) >= 1 and "--max-waiting" in text for _, ra, text in refused)
+        state.queue.start()
+        for th in threads:
+            th.join(300)
+        assert client_ok(live)
+    assert Counter(code for code, _, _ in results) == {200: 5, 429: 2}
+
+
+def client_ok(live) -> bool:
+    return httpx.post(live.url + "/sdapi/v1/txt2img", json=BODY, timeout=300).status_code == 200
+
+
+def test_the_default_budget_fits_a_local_user_and_refuses_a_runaway():
+    budget = Settings().work_budget
+    assert cost(batch_size=8, n_iter=4, width=1024, height=1024, steps=50) < budget / 4
+    assert cost(batch_size=64, n_iter=100, width=1024, height=1024, steps=20) > budget
+    plain = cost(width=512, height=512, steps=20)
+    assert cost(width=512, height=512, steps=20, enable_hr=True, hr_scale=2) == pytest.approx(plain * 5)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budget")
+    with TestClient(create_app(Settings(outputs_dir=root, work_budget=1.0)), base_url=BASE) as c:
+        yield c
+
+
+def test_a1111_request_over_budget_is_refused_before_any_work(client):
+    r = client.post("/sdapi/v1/txt2img", json={**BODY, "batch_size": 4, "n_iter": 100, "steps": 50})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("work: ") and "82 megapixel-steps" in detail and "budget of 1" in detail
+    assert "--work-budget" in detail
+    hires = client.post("/sdapi/v1/txt2img", json={**BODY, "width": 512, "height": 512, "steps": 2,
+                                                   "enable_hr": True, "hr_scale": 2})
+    assert hires.status_code == 422 and "512x512 x 2 steps + 1024x1024 x 2 steps" in hires.json()["detail"]
+    assert client.post("/sdapi/v1/txt2img", json=BODY).status_code == 200
+
+
+def test_comfy_graph_over_budget_is_refused(client):
+    big = {k: {"class_type": v["class_type"], "inputs": dict(v["inputs"])} for k, v in COMFY_GRAPH.items()}
+    big["5"]["inputs"].update(width=1024, height=1024, batch_size=64)
+    r = client.post("/prompt", json={"prompt": big})
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert "work:" in message and "node 3: 64 images of 1024x1024 x 2 steps" in message and "--work-budget" in message
+    ok = client.post("/prompt", json={"prompt": COMFY_GRAPH})
+    assert ok.status_code == 200 and ok.json()["prompt_id"]
+
+
+def test_serve_flags():
+    from opensd.cli.serve import settings_from
+
+    s = settings_from(cli.build_parser().parse_args(["serve", "--max-waiting", "5", "--work-budget", "50"]))
+    assert (s.max_waiting, s.work_budget) == (5, 50.0)
+    for flags, named in ((["--work-budget", "0"], "work-budget"), (["--max-waiting", "-1"], "max-waiting")):
+        with pytest.raises(InvalidArgument, match=named):
+            settings_from(cli.build_parser().parse_args(["serve", *flags]))
