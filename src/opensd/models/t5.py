@@ -24,10 +24,11 @@ from torch import nn
 
 from .attention import attention
 from .config_dit import T5Config
+from .norms import rms_norm
 
 
 class T5LayerNorm(nn.Module):
-    """RMS norm; the mean square is taken in fp32 whatever the activations' dtype."""
+    """RMS norm (no mean subtraction, no bias)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -35,8 +36,7 @@ class T5LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rms = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * (x.float() * rms).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def relative_position_bucket(offset: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
