@@ -88,9 +88,9 @@ def test_inpaint_with_a_mouse_painted_mask_keeps_far_pixels_and_the_result_goes_
     page.mouse.up()
     painted = page.evaluate(MASK_ALPHA, panel)
     assert painted > 0
-    page.click(f"{panel} button:text('Undo')")
+    page.locator(panel).get_by_role("button", name="Undo", exact=True).click()
     assert page.evaluate(MASK_ALPHA, panel) == 0
-    page.click(f"{panel} button:text('Redo')")
+    page.locator(panel).get_by_role("button", name="Redo", exact=True).click()
     assert page.evaluate(MASK_ALPHA, panel) == painted
 
     page.fill(f"{panel} textarea[name=prompt]", "red heart")
