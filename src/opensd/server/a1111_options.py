@@ -71,6 +71,8 @@ class A1111Options:
         if not isinstance(changes, dict):
             raise InvalidArgument(f"{where.rstrip('.') or 'body'}: expected an object of settings")
         for key, value in changes.items():
+            if key == "sd_checkpoint_hash":
+                continue  # informational (a client may send back what it read); never stored
             if key not in DEFAULTS:
                 raise InvalidArgument(f"{where}{key}: not an AUTOMATIC1111 setting")
             problem = _problem(key, value) or self._name_problem(key, value) or self._folder_problem(key, value)
