@@ -133,6 +133,9 @@ class NodeDef:
     check: Callable[[ExecutionContext | None, dict], str | None] | None = None
     # fingerprint(ctx, inputs) -> str that changes when the node's outside world does (IS_CHANGED)
     fingerprint: Callable[[ExecutionContext, dict], str] | None = None
+    # where ComfyUI defines the node (object_info's "python_module"): "nodes" for its core file,
+    # "comfy_extras.nodes_mask" etc. for the bundled extras
+    module: str = "nodes"
 
 
 NODES: dict[str, NodeDef] = {}
