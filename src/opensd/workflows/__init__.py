@@ -7,7 +7,15 @@ A face over the pipeline: nothing below this package imports it.
 """
 from __future__ import annotations
 
-from . import nodes_controlnet, nodes_core, nodes_image  # noqa: F401  (registers the nodes)
+from . import (  # noqa: F401  (registers the nodes)
+    nodes_controlnet,
+    nodes_core,
+    nodes_image,
+    nodes_image_ops,
+    nodes_latent,
+    nodes_mask,
+    nodes_output,
+)
 from .executor import OutputCache, execute, validate_prompt
 from .graph import check_prompt
 from .types import NODES, Choices, ExecutionContext, GraphError, NodeError
@@ -49,7 +57,7 @@ def object_info(ctx: ExecutionContext | None = None, node_class: str | None = No
             "name": name,
             "display_name": node.display_name or name,
             "description": node.description,
-            "python_module": "nodes",
+            "python_module": node.module,
             "category": node.category,
             "output_node": node.output_node,
         }

@@ -18,9 +18,10 @@ from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from .. import safe_paths
+from .bislerp import bislerp
 from .types import MAX_RESOLUTION, Choices, NodeDef, register
 
-LATENT_METHODS = ["nearest-exact", "bilinear", "area", "bicubic"]
+LATENT_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
 IMAGE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 CROPS = ["disabled", "center"]
 
@@ -63,10 +64,12 @@ def upscale(x: torch.Tensor, width: int, height: int, method: str, crop: str) ->
         dx = round((old_w - old_w * (new_aspect / old_aspect)) / 2) if old_aspect > new_aspect else 0
         dy = round((old_h - old_h * (old_aspect / new_aspect)) / 2) if old_aspect < new_aspect else 0
         x = x[..., dy:old_h - dy, dx:old_w - dx]
+    if method == "bislerp":
+        return bislerp(x, width, height)
     if method == "lanczos":
         out = []
         for img in x.float().clamp(0, 1):
-            arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            arr = (img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)  # truncated, as ComfyUI does
             pil = Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr)
             res = np.asarray(pil.resize((width, height), Image.LANCZOS), dtype=np.float32) / 255.0
             out.append(torch.from_numpy(res.reshape(height, width, -1)).permute(2, 0, 1))
@@ -143,7 +146,7 @@ register(NodeDef(
 
 # --- loading -------------------------------------------------------------------------------------
 
-def _input_path(ctx, name) -> Path | None:
+def input_path(ctx, name) -> Path | None:
     """The file for a LoadImage name, only inside inputs_dir; ComfyUI's " [input]" suffix allowed."""
     if not isinstance(name, str) or not name:
         return None
@@ -155,7 +158,7 @@ def _input_path(ctx, name) -> Path | None:
 
 
 def load_image(call, image):
-    path = _input_path(call.ctx, image)
+    path = input_path(call.ctx, image)
     if path is None:
         raise FileNotFoundError(f"Invalid image file: {image}")
     images, masks = [], []
@@ -178,14 +181,14 @@ def load_image(call, image):
     return torch.from_numpy(np.stack(images)), torch.stack(masks)
 
 
-def _check_input_image(ctx, inputs):
+def check_input_image(ctx, inputs):
     if ctx is None:
         return None
-    return None if _input_path(ctx, inputs.get("image")) else f"Invalid image file: {inputs.get('image')}"
+    return None if input_path(ctx, inputs.get("image")) else f"Invalid image file: {inputs.get('image')}"
 
 
-def _image_fingerprint(ctx, inputs) -> str:
-    path = _input_path(ctx, inputs.get("image"))
+def image_fingerprint(ctx, inputs) -> str:
+    path = input_path(ctx, inputs.get("image"))
     return hashlib.sha256(path.read_bytes()).hexdigest() if path else "missing"
 
 
@@ -193,7 +196,7 @@ register(NodeDef(
     "LoadImage", load_image, {"image": (Choices("input_images", strict=False), {"image_upload": True})},
     ("IMAGE", "MASK"), category="image", display_name="Load Image",
     description="Loads an image from the input folder; MASK is 1 - alpha.",
-    check=_check_input_image, fingerprint=_image_fingerprint))
+    check=check_input_image, fingerprint=image_fingerprint))
 
 
 # --- saving --------------------------------------------------------------------------------------
@@ -210,7 +213,7 @@ def _prefix_problem(prefix) -> str | None:
     return safe_paths.name_problem(p + "_00001_.png", "filename_prefix")  # the longest name it makes
 
 
-def _check_prefix(ctx, inputs):
+def check_prefix(ctx, inputs):
     return _prefix_problem(inputs.get("filename_prefix"))
 
 
@@ -246,17 +249,24 @@ def save_images(images: torch.Tensor, folder: Path, prefix: str, kind: str, prom
             meta.add_text(key, json.dumps(value))
         buf = io.BytesIO()
         pil.save(buf, format="PNG", pnginfo=meta, compress_level=compress_level)
-        while True:  # exclusive create: a concurrent writer never overwrites our file, nor we theirs
-            filename = f"{name}_{counter:05}_.png"
-            try:
-                with open(target / filename, "xb") as f:
-                    f.write(buf.getvalue())
-                break
-            except FileExistsError:
-                counter += 1
+        filename, counter = write_numbered(target, name, counter, ".png", buf.getvalue())
         results.append({"filename": filename, "subfolder": sub, "type": kind})
         counter += 1
     return results
+
+
+def write_numbered(target: Path, name: str, counter: int, suffix: str, data: bytes) -> tuple[str, int]:
+    """Write ``{name}_{counter:05}_{suffix}`` with the first free counter from ``counter`` on;
+    (file name, counter used). Exclusive create: a concurrent writer never overwrites our file, nor
+    we theirs."""
+    while True:
+        filename = f"{name}_{counter:05}_{suffix}"
+        try:
+            with open(target / filename, "xb") as f:
+                f.write(data)
+            return filename, counter
+        except FileExistsError:
+            counter += 1
 
 
 def save_image(call, images, filename_prefix="opensd", prompt=None, extra_pnginfo=None):
@@ -271,12 +281,12 @@ def preview_image(call, images, prompt=None, extra_pnginfo=None):
     return {"ui": {"images": saved}, "result": ()}
 
 
-_HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+SAVE_HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
 register(NodeDef(
     "SaveImage", save_image,
     {"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "opensd"})},
-    hidden=_HIDDEN, category="image", display_name="Save Image", output_node=True,
-    description="Saves images as PNG in the output folder, with the workflow embedded.", check=_check_prefix))
+    hidden=SAVE_HIDDEN, category="image", display_name="Save Image", output_node=True,
+    description="Saves images as PNG in the output folder, with the workflow embedded.", check=check_prefix))
 register(NodeDef(
-    "PreviewImage", preview_image, {"images": ("IMAGE", {})}, hidden=_HIDDEN, category="image",
+    "PreviewImage", preview_image, {"images": ("IMAGE", {})}, hidden=SAVE_HIDDEN, category="image",
     display_name="Preview Image", output_node=True, description="Saves images to the temporary folder."))
