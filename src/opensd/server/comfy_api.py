@@ -4,7 +4,7 @@
 WebSocket messages follow ComfyUI: JSON {"type", "data"} for status / execution_start /
 execution_cached / executing / progress / executed / execution_success / execution_error /
 execution_interrupted, and binary preview frames: 4-byte big-endian event 1 (PREVIEW_IMAGE),
-4-byte image type (1 = JPEG, 2 = PNG), then the image bytes."""
+4-byte image type (1 = JPEG, 2 = PNG), then the image bytes (SaveImageWebsocket's full-size PNGs too)."""
 from __future__ import annotations
 
 import asyncio
@@ -48,7 +48,7 @@ from .store import FINAL
 
 log = logging.getLogger(__name__)
 KIND = "comfy"
-PREVIEW_IMAGE, JPEG = 1, 1
+PREVIEW_IMAGE, JPEG, PNG = 1, 1, 2
 VIEW_TYPES = ("output", "input", "temp")
 # Not the real command line (it may hold --api-token). ComfyUI's flag that says "no API nodes, no
 # comfy.org services": its frontend then skips its release check against api.comfy.org.
@@ -127,6 +127,9 @@ class ComfyHub:
             if kind == "preview":
                 ctl.preview(data)
                 self.send(sid, struct.pack(">II", PREVIEW_IMAGE, JPEG) + images_io.jpeg_bytes(data))
+                return
+            if kind == "image_png":  # SaveImageWebsocket: the whole image, in a PNG preview frame
+                self.send(sid, struct.pack(">II", PREVIEW_IMAGE, PNG) + images_io.png_bytes(data))
                 return
             data = dict(data)
             if kind == "progress":

@@ -1,0 +1,111 @@
+"""ComfyUI's image nodes (scaling, invert, batch, crop, blend, blur, sharpen) and the extra output
+nodes (SaveAnimatedWEBP, SaveImageWebsocket), against hand-computed results."""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from opensd.workflows import nodes_image_ops as I
+from opensd.workflows import nodes_output as O
+
+
+def img(*shape, seed=0):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_scale_by_and_to_total_pixels():
+    x = img(1, 3, 5, 3)
+    (out,) = I.image_scale_by(None, x, "nearest-exact", 2.0)
+    assert torch.equal(out, x.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2))
+    (lz,) = I.image_scale_by(None, x, "lanczos", 3.0)
+    pil = Image.fromarray((x[0].numpy() * 255).astype(np.uint8)).resize((15, 9), Image.LANCZOS)
+    assert torch.equal(lz[0], torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0))
+    (mp,) = I.image_scale_to_total_pixels(None, img(1, 50, 100, 3), "bilinear", 0.01)
+    s = math.sqrt(int(0.01 * 1024 * 1024) / 5000)  # 10485 pixels wanted
+    assert mp.shape == (1, round(50 * s), round(100 * s), 3) == (1, 72, 145, 3)
+
+
+def test_invert_batch_crop():
+    x = img(2, 4, 6, 3)
+    assert torch.equal(I.image_invert(None, x)[0], 1 - x)
+    other = torch.full((1, 8, 8, 3), 0.25)  # another size: resized (any method keeps a constant)
+    (b,) = I.image_batch(None, x, other)
+    assert b.shape == (3, 4, 6, 3) and torch.equal(b[:2], x) and torch.allclose(b[2], torch.full((4, 6, 3), 0.25))
+    (c,) = I.image_crop(None, x, 3, 2, 2, 1)
+    assert torch.equal(c, x[:, 1:3, 2:5])
+    (c,) = I.image_crop(None, x, 10, 10, 50, 50)  # x, y pulled in to the last column/row
+    assert torch.equal(c, x[:, 3:, 5:])
+
+
+@pytest.mark.parametrize("mode,expect", [
+    ("normal", 0.4), ("multiply", 0.16), ("screen", 0.44), ("overlay", 0.22),
+    # soft light with b > 0.5: a + (2b - 1)(g(a) - a), g(0.2) = ((16*0.2 - 12)*0.2 + 4)*0.2 = 0.448
+    ("soft_light", 0.5 * 0.2 + 0.5 * (0.2 + 0.2 * (0.448 - 0.2))),
+    ("difference", 0.0),  # 0.1 + 0.5 * (0.2 - 0.6) < 0: clamped
+])
+def test_blend_modes(mode, expect):
+    a, b = torch.full((1, 2, 2, 3), 0.2), torch.full((1, 2, 2, 3), 0.6)
+    (out,) = I.image_blend(None, a, b, 0.5, mode)
+    assert torch.allclose(out, torch.full_like(a, expect))
+
+
+def test_blur_and_sharpen_use_comfyuis_unit_span_kernel():
+    e, c = math.exp(-0.5), math.exp(-1.0)  # kernel coords -1, 0, 1: edge d=1, corner d=sqrt(2)
+    total = 1 + 4 * e + 4 * c
+    delta = torch.zeros(1, 5, 5, 3)
+    delta[0, 2, 2] = 1.0
+    (blur,) = I.image_blur(None, delta, 1, 1.0)
+    expect = torch.zeros(5, 5)
+    expect[1:4, 1:4] = torch.tensor([[c, e, c], [e, 1, e], [c, e, c]]) / total
+    assert torch.allclose(blur[0, ..., 1], expect)
+    flat = torch.full((1, 6, 6, 3), 0.3)
+    assert torch.allclose(I.image_blur(None, flat, 2, 0.7)[0], flat)
+    bump = torch.full((1, 5, 5, 3), 0.5)
+    bump[0, 2, 2] = 0.75
+    (sharp,) = I.image_sharpen(None, bump, 1, 1.0, 0.1)  # kernel -g, centre 2 - g_c: sums to 1
+    assert sharp[0, 2, 2, 0].item() == pytest.approx(0.5 + 0.25 * (2 - 1 / total), abs=1e-6)
+    assert sharp[0, 2, 1, 0].item() == pytest.approx(0.5 - 0.25 * e / total, abs=1e-6)
+    assert sharp[0, 0, 0, 0].item() == pytest.approx(0.5, abs=1e-6)
+
+
+def _call(tmp_path, events=None):
+    ctx = SimpleNamespace(outputs_dir=tmp_path)
+    return SimpleNamespace(ctx=ctx, emit=lambda kind, data: events.append((kind, data)),
+                           progress=lambda v, m: events.append(("progress", {"value": v, "max": m})))
+
+
+def test_save_animated_webp_writes_frames_and_exif_metadata(tmp_path):
+    frames = torch.zeros(3, 8, 8, 3)
+    for i in range(3):
+        frames[i, ..., i] = 1.0  # red, green, blue
+    ret = O.save_animated_webp(_call(tmp_path), frames, "anim/clip", 4.0, True, 80, "fastest",
+                               prompt={"1": {"class_type": "X"}}, extra_pnginfo={"workflow": {"nodes": []}})
+    assert ret["ui"] == {"images": [{"filename": "clip_00001_.webp", "subfolder": "anim", "type": "output"}],
+                         "animated": (True,)}
+    with Image.open(tmp_path / "anim" / "clip_00001_.webp") as im:
+        exif = im.getexif()
+        assert json.loads(exif[0x0110].removeprefix("prompt:")) == {"1": {"class_type": "X"}}
+        assert exif[0x010F] == 'workflow:{"nodes": []}'
+        colors = []
+        for i in range(3):
+            im.seek(i)
+            colors.append(np.asarray(im.convert("RGB"))[4, 4].tolist())
+            assert im.info["duration"] == 250  # 4 fps
+    assert colors == [[255, 0, 0], [0, 255, 0], [0, 0, 255]]  # lossless
+    again = O.save_animated_webp(_call(tmp_path), frames[:1], "anim/clip", 4.0, False, 50, "default")
+    assert again["ui"]["images"][0]["filename"] == "clip_00002_.webp" and again["ui"]["animated"] == (False,)
+
+
+def test_save_image_websocket_sends_full_size_pngs_and_writes_nothing(tmp_path):
+    events = []
+    images = img(2, 6, 10, 3)
+    ret = O.save_image_websocket(_call(tmp_path, events), images)
+    assert ret == {"result": ()} and not list(tmp_path.iterdir())
+    assert [k for k, _ in events] == ["progress", "image_png", "progress", "image_png"]
+    assert events[2][1] == {"value": 1, "max": 2}
+    sent = np.asarray(events[3][1])
+    assert sent.shape == (6, 10, 3) and np.array_equal(sent, (images[1].numpy() * 255).astype(np.uint8))
