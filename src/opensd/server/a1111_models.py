@@ -64,10 +64,12 @@ class GenerationRequest(_Base):
     save_images: bool = False
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: str | None = None
+    force_task_id: str | None = None
 
 
 class Txt2ImgRequest(GenerationRequest):
     enable_hr: bool = False
+    firstpass_image: str | None = None
     firstphase_width: int = 0
     firstphase_height: int = 0
     hr_scale: float = _finite(2.0, 1, 8)

@@ -23,6 +23,9 @@ REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
     "firstphase_height": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
     "initial_noise_multiplier": ((None, 1.0), "not implemented; img2img noise is used at full strength"),
     "latent_mask": ((None, ""), "not implemented; the mask is used for the latents too"),
+    "infotext": ((None, ""), "not applied; send its parameters as the request's fields"),
+    "firstpass_image": ((None, ""), "not implemented; the first pass is generated"),
+    "force_task_id": ((None, ""), "task ids are not used; every job has its own id (/opensd/v1/jobs)"),
 }
 
 # A1111 setting -> what happens here when it is not A1111's default (settings that change A1111's
