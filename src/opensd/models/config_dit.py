@@ -55,6 +55,7 @@ class MMDiTConfig:
 @dataclass(frozen=True)
 class FluxConfig:
     in_channels: int = 64  # 16 latent channels packed as 2x2 patches
+    out_channels: int = 64
     vec_in_dim: int = 768  # pooled CLIP-L
     context_in_dim: int = 4096  # T5-XXL width
     hidden_size: int = 3072
@@ -77,7 +78,7 @@ class FluxConfig:
 
     @property
     def latent_channels(self) -> int:
-        return self.in_channels // 4
+        return self.out_channels // 4
 
 
 # --- The released models ------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import InvalidArgument
 from .attention import attention
 from .config_dit import MMDiTConfig
-from .norms import layer_norm, modulate, rms_norm
+from .norms import FinalLayer, layer_norm, modulate, rms_norm
 from .unet import timestep_embedding
 
 FREQ_DIM = 256  # width of the sinusoidal timestep features
@@ -138,18 +138,6 @@ class JointBlock(nn.Module):
         return self.context_block.post_attention(out[:, :n_ctx], *c_rest), x
 
 
-class FinalLayer(nn.Module):
-    def __init__(self, cfg: MMDiTConfig):
-        super().__init__()
-        dim = cfg.hidden_size
-        self.linear = nn.Linear(dim, cfg.patch_size ** 2 * cfg.out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(layer_norm(x), shift, scale))
-
-
 class MMDiT(nn.Module):
     def __init__(self, cfg: MMDiTConfig):
         super().__init__()
@@ -162,7 +150,7 @@ class MMDiT(nn.Module):
         # A fixed 2-D sin-cos table, stored in the files; a smaller image uses its centre.
         self.register_buffer("pos_embed", torch.zeros(1, cfg.pos_embed_max_size ** 2, dim))
         self.joint_blocks = nn.ModuleList(JointBlock(cfg, i) for i in range(cfg.depth))
-        self.final_layer = FinalLayer(cfg)
+        self.final_layer = FinalLayer(dim, cfg.patch_size ** 2 * cfg.out_channels)
 
     def cropped_pos_embed(self, h: int, w: int) -> torch.Tensor:
         side = self.cfg.pos_embed_max_size

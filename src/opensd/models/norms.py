@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -19,3 +20,16 @@ def layer_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN: a per-sample (B, C) shift and scale applied to every token of x (B, L, C)."""
     return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class FinalLayer(nn.Module):
+    """The DiTs' output layer (SD3 and Flux name it alike): adaLN (shift, scale), then a linear."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(layer_norm(x), shift, scale))

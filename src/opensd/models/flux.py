@@ -1,0 +1,196 @@
+"""Flux.1 (dev, schnell): a rectified-flow DiT of double-stream then single-stream blocks.
+
+Attribute names equal Black Forest Labs' original keys (`img_in`, `txt_in`, `time_in.in_layer`,
+`vector_in`, `guidance_in`, `double_blocks.N.{img,txt}_{mod.lin,attn.qkv,attn.norm.query_norm.scale,
+attn.proj,mlp.0,mlp.2}`, `single_blocks.N.{linear1,linear2,norm.key_norm.scale,modulation.lin}`,
+`final_layer.{linear,adaLN_modulation.1}`), so BFL's files load without renaming.
+
+Image latents enter as 2x2 patches packed into tokens of 4 * 16 channels. Double-stream blocks keep
+separate weights for text and image tokens and attend jointly (text first); single-stream blocks
+run one fused attention + MLP over the concatenated sequence. Positions are 3-axis RoPE ids
+(time, row, column): zeros for text, (0, row, column) for image patches. Every sublayer is
+adaLN-modulated by timestep + pooled CLIP-L (+ distilled guidance for dev) embeddings.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidArgument
+from .attention import attention
+from .config_dit import FluxConfig
+from .norms import FinalLayer, layer_norm, modulate, rms_norm
+from .rope import apply_rope, rope_angles
+from .unet import timestep_embedding
+
+FREQ_DIM = 256  # width of the sinusoidal time and guidance features
+TIME_FACTOR = 1000.0  # Flux takes t in [0, 1] and embeds 1000 * t
+
+
+class MLPEmbedder(nn.Module):
+    def __init__(self, in_dim: int, hidden: int):
+        super().__init__()
+        self.in_layer = nn.Linear(in_dim, hidden)
+        self.out_layer = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_layer(F.silu(self.in_layer(x)))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.scale)
+
+
+class QKNorm(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.query_norm = RMSNorm(dim)
+        self.key_norm = RMSNorm(dim)
+
+
+class Modulation(nn.Module):
+    """adaLN parameters from the conditioning vector: (shift, scale, gate), twice for a double block."""
+
+    def __init__(self, dim: int, double: bool):
+        super().__init__()
+        self.count = 6 if double else 3
+        self.lin = nn.Linear(dim, self.count * dim)
+
+    def forward(self, vec: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.lin(F.silu(vec)).chunk(self.count, dim=-1)
+
+
+def split_heads(qkv: torch.Tensor, norm: QKNorm, heads: int):
+    """Fused (B, L, 3 * H * D) projection -> q, k, v, each (B, L, H, D), q and k RMS-normed per head."""
+    q, k, v = (t.unflatten(-1, (heads, -1)) for t in qkv.chunk(3, dim=-1))
+    return norm.query_norm(q), norm.key_norm(k), v
+
+
+def rope_attention(q, k, v, pe: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(B, L, H, D) q, k, v with RoPE on q and k -> (B, L, H * D)."""
+    heads = q.shape[2]
+    q, k = apply_rope(q, *pe).flatten(2), apply_rope(k, *pe).flatten(2)
+    return attention(q, k, v.flatten(2), heads)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: FluxConfig):
+        super().__init__()
+        self.heads = cfg.num_heads
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.qkv_bias)
+        self.norm = QKNorm(cfg.head_dim)
+        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+
+def _mlp(cfg: FluxConfig) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(cfg.hidden_size, cfg.mlp_hidden), nn.GELU(approximate="tanh"),
+                         nn.Linear(cfg.mlp_hidden, cfg.hidden_size))
+
+
+class DoubleStreamBlock(nn.Module):
+    def __init__(self, cfg: FluxConfig):
+        super().__init__()
+        for stream in ("img", "txt"):
+            setattr(self, f"{stream}_mod", Modulation(cfg.hidden_size, double=True))
+            setattr(self, f"{stream}_attn", SelfAttention(cfg))
+            setattr(self, f"{stream}_mlp", _mlp(cfg))
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, pe) -> tuple[torch.Tensor, ...]:
+        img_mod, txt_mod = self.img_mod(vec), self.txt_mod(vec)
+        img_q, img_k, img_v = split_heads(self.img_attn.qkv(modulate(layer_norm(img), *img_mod[:2])),
+                                          self.img_attn.norm, self.img_attn.heads)
+        txt_q, txt_k, txt_v = split_heads(self.txt_attn.qkv(modulate(layer_norm(txt), *txt_mod[:2])),
+                                          self.txt_attn.norm, self.txt_attn.heads)
+        out = rope_attention(torch.cat((txt_q, img_q), 1), torch.cat((txt_k, img_k), 1),
+                             torch.cat((txt_v, img_v), 1), pe)
+        n_txt = txt.shape[1]
+        img = self._residual(img, out[:, n_txt:], img_mod, self.img_attn, self.img_mlp)
+        txt = self._residual(txt, out[:, :n_txt], txt_mod, self.txt_attn, self.txt_mlp)
+        return img, txt
+
+    @staticmethod
+    def _residual(x, attn_out, mods, attn: SelfAttention, mlp: nn.Sequential) -> torch.Tensor:
+        _, _, gate, shift_mlp, scale_mlp, gate_mlp = mods
+        x = x + gate[:, None] * attn.proj(attn_out)
+        return x + gate_mlp[:, None] * mlp(modulate(layer_norm(x), shift_mlp, scale_mlp))
+
+
+class SingleStreamBlock(nn.Module):
+    """Attention and MLP in parallel from one fused input projection and one output projection."""
+
+    def __init__(self, cfg: FluxConfig):
+        super().__init__()
+        self.heads = cfg.num_heads
+        self.split = (3 * cfg.hidden_size, cfg.mlp_hidden)
+        self.linear1 = nn.Linear(cfg.hidden_size, sum(self.split))
+        self.linear2 = nn.Linear(cfg.hidden_size + cfg.mlp_hidden, cfg.hidden_size)
+        self.norm = QKNorm(cfg.head_dim)
+        self.modulation = Modulation(cfg.hidden_size, double=False)
+
+    def forward(self, x: torch.Tensor, vec: torch.Tensor, pe) -> torch.Tensor:
+        shift, scale, gate = self.modulation(vec)
+        qkv, mlp = self.linear1(modulate(layer_norm(x), shift, scale)).split(self.split, dim=-1)
+        out = rope_attention(*split_heads(qkv, self.norm, self.heads), pe)
+        return x + gate[:, None] * self.linear2(torch.cat((out, F.gelu(mlp, approximate="tanh")), dim=-1))
+
+
+def image_ids(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+    """RoPE ids (h * w, 3) of an h x w grid of packed patches, row by row: (0, row, column)."""
+    rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(h * w, 3)
+
+
+class Flux(nn.Module):
+    def __init__(self, cfg: FluxConfig):
+        super().__init__()
+        if sum(cfg.axes_dim) != cfg.head_dim:
+            raise ValueError(f"Flux config: axes_dim {cfg.axes_dim} must sum to the head width {cfg.head_dim}")
+        self.cfg = cfg
+        dim = cfg.hidden_size
+        self.img_in = nn.Linear(cfg.in_channels, dim)
+        self.time_in = MLPEmbedder(FREQ_DIM, dim)
+        self.vector_in = MLPEmbedder(cfg.vec_in_dim, dim)
+        self.guidance_in = MLPEmbedder(FREQ_DIM, dim) if cfg.guidance_embed else None
+        self.txt_in = nn.Linear(cfg.context_in_dim, dim)
+        self.double_blocks = nn.ModuleList(DoubleStreamBlock(cfg) for _ in range(cfg.depth))
+        self.single_blocks = nn.ModuleList(SingleStreamBlock(cfg) for _ in range(cfg.depth_single_blocks))
+        self.final_layer = FinalLayer(dim, cfg.out_channels)
+
+    def forward_tokens(self, img: torch.Tensor, img_ids: torch.Tensor, txt: torch.Tensor, txt_ids: torch.Tensor,
+                       timesteps: torch.Tensor, y: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """BFL's own signature: packed image tokens (B, N, in_channels) with ids (N, 3), text tokens
+        (B, L, context_in_dim) with ids (L, 3), t (B,) in [0, 1], pooled text (B, vec_in_dim),
+        distilled guidance scale (B,) for dev. Returns (B, N, out_channels)."""
+        img = self.img_in(img)
+        vec = self.time_in(timestep_embedding(timesteps * TIME_FACTOR, FREQ_DIM).to(img.dtype))
+        if self.guidance_in is not None:
+            if guidance is None:
+                raise InvalidArgument("guidance: this Flux model is guidance-distilled and needs a guidance value")
+            vec = vec + self.guidance_in(timestep_embedding(guidance * TIME_FACTOR, FREQ_DIM).to(img.dtype))
+        vec = vec + self.vector_in(y)
+        txt = self.txt_in(txt)
+        pe = rope_angles(torch.cat((txt_ids, img_ids)), self.cfg.axes_dim, self.cfg.theta)
+        for block in self.double_blocks:
+            img, txt = block(img, txt, vec, pe)
+        x = torch.cat((txt, img), dim=1)
+        for block in self.single_blocks:
+            x = block(x, vec, pe)
+        return self.final_layer(x[:, txt.shape[1]:], vec)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, C, H, W) with even H and W -> the flow velocity, same shape."""
+        b, c, height, width = x.shape
+        if height % 2 or width % 2:
+            raise InvalidArgument(f"size: latent sides must be even, got {height}x{width}")
+        h, w = height // 2, width // 2
+        img = x.view(b, c, h, 2, w, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * 4)
+        txt_ids = torch.zeros(context.shape[1], 3, device=x.device)
+        out = self.forward_tokens(img, image_ids(h, w, x.device), context, txt_ids, timesteps, y, guidance)
+        return out.view(b, h, w, -1, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, height, width)
