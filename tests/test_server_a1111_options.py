@@ -165,6 +165,7 @@ def test_sd_vae_setting_replaces_the_vae(api):
     other = gen(api, {"sd_vae": "other.safetensors"})
     assert (pixels(own) != pixels(other)).any()
     assert other.info["sd_vae_name"] == "other.safetensors" and "VAE: other.safetensors" in other.info["infotexts"][0]
+    assert f"VAE hash: {other.info['sd_vae_hash']}, " in other.info["infotexts"][0]
     assert (pixels(gen(api, {"sd_vae": "None"})) == pixels(own)).all()
     assert (pixels(gen(api, {"randn_source": "GPU"})) == pixels(own)).all()  # on a CPU, GPU noise is CPU noise
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidArgument
+from ..library.hashes import model_hash
 from ..pipeline import limits as L
 from ..pipeline.infotext import save_image
 from ..pipeline.infotext_params import image_infotext
@@ -162,7 +163,7 @@ def run(state, job, ctl: Control):
             pngs.append(f.read_bytes())
     info = info_dict(req, kw, pipe.name, hash_, seeds, subseeds, infotexts, mode == "img2img")
     info.update(prompt=prompt, all_prompts=[prompt] * len(seeds), interrupted=interrupted,
-                sd_vae_name=vae.name if vae else None, sd_vae_hash=state.cache.short_hash(vae) if vae else None,
+                sd_vae_name=vae.name if vae else None, sd_vae_hash=model_hash(vae) if vae else None,
                 **a1111_unsupported.info_fields([tuple(g) for g in p.get("gaps", [])]))
     result = {"files": files, "info": info}
     return result, {"pngs": pngs, "info": info}
