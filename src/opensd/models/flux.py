@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import InvalidArgument
 from .attention import attention
 from .config_dit import FluxConfig
-from .norms import FinalLayer, layer_norm, modulate, rms_norm
+from .norms import FinalLayer, RMSNorm, layer_norm, modulate
 from .rope import apply_rope, rope_angles
 from .unet import timestep_embedding
 
@@ -38,20 +38,11 @@ class MLPEmbedder(nn.Module):
         return self.out_layer(F.silu(self.in_layer(x)))
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.scale)
-
-
 class QKNorm(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        self.query_norm = RMSNorm(dim)
-        self.key_norm = RMSNorm(dim)
+        self.query_norm = RMSNorm(dim, param="scale")
+        self.key_norm = RMSNorm(dim, param="scale")
 
 
 class Modulation(nn.Module):

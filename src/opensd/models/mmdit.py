@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import InvalidArgument
 from .attention import attention
 from .config_dit import MMDiTConfig
-from .norms import FinalLayer, layer_norm, modulate, rms_norm
+from .norms import FinalLayer, RMSNorm, layer_norm, modulate
 from .unet import timestep_embedding
 
 FREQ_DIM = 256  # width of the sinusoidal timestep features
@@ -45,15 +45,6 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, h*w, C), rows first
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight)
 
 
 class SelfAttention(nn.Module):

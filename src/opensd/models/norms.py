@@ -12,6 +12,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     return (x.float() * rms).to(x.dtype) * weight
 
 
+class RMSNorm(nn.Module):
+    """rms_norm with a learned scale, stored under the name the original files use for it
+    (`weight` in T5 and SD3, `scale` in Flux)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, param: str = "weight"):
+        super().__init__()
+        self.eps, self.param = eps, param
+        self.register_parameter(param, nn.Parameter(torch.ones(dim)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, getattr(self, self.param), self.eps)
+
+
 def layer_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """LayerNorm without a learned scale or bias: the adaLN blocks supply their own."""
     return F.layer_norm(x, x.shape[-1:], eps=eps)

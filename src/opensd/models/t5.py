@@ -24,19 +24,7 @@ from torch import nn
 
 from .attention import attention
 from .config_dit import T5Config
-from .norms import rms_norm
-
-
-class T5LayerNorm(nn.Module):
-    """RMS norm (no mean subtraction, no bias)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+from .norms import RMSNorm
 
 
 def relative_position_bucket(offset: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
@@ -83,7 +71,7 @@ class T5LayerSelfAttention(nn.Module):
     def __init__(self, cfg: T5Config, has_relative_attention_bias: bool):
         super().__init__()
         self.SelfAttention = T5Attention(cfg, has_relative_attention_bias)
-        self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        self.layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return x + self.SelfAttention(self.layer_norm(x), bias)
@@ -104,7 +92,7 @@ class T5LayerFF(nn.Module):
     def __init__(self, cfg: T5Config):
         super().__init__()
         self.DenseReluDense = T5DenseGatedActDense(cfg)
-        self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        self.layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.DenseReluDense(self.layer_norm(x))
@@ -123,7 +111,7 @@ class T5Stack(nn.Module):
     def __init__(self, cfg: T5Config):
         super().__init__()
         self.block = nn.ModuleList(T5Block(cfg, first=i == 0) for i in range(cfg.num_layers))
-        self.final_layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
 
 class T5EncoderModel(nn.Module):
