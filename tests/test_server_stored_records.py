@@ -92,3 +92,25 @@ def test_every_listing_reads_damaged_records(live):
 def test_still_generates_after_damaged_records(live):
     r = live.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64})
     assert r.status_code == 200 and len(r.json()["images"]) == 1
+
+
+def _jpeg_with_comment(comment: bytes) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = Image.new("RGB", (8, 8))
+    exif = image.getexif()
+    exif[0x8769] = {0x9286: b"UNICODE\x00" + comment}  # Exif IFD: UserComment
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", exif=exif)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize("comment", [b"\xfe\xff\x00a\xd8\x00\x00b", b"\x00a\xd8\x00\x00b"], ids=["BOM", "no BOM"])
+def test_image_text_that_is_not_unicode_reads_with_replacement(live, comment):
+    image = _jpeg_with_comment(comment)  # UTF-16 'a', a lone surrogate, 'b'
+    r = live.post("/opensd/v1/image-info", json={"image": image})
+    assert r.status_code == 200 and r.json()["infotext"] == "a\ufffdb", r.text
+    assert live.post("/sdapi/v1/png-info", json={"image": image}).status_code == 200

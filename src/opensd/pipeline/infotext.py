@@ -291,7 +291,7 @@ def decode_usercomment(value: bytes | tuple | str) -> str:
     prefix, body = value[:8], value[8:]
     if prefix == _UC_UNICODE:
         if body[:2] in (b"\xfe\xff", b"\xff\xfe"):
-            text = body.decode("utf-16")
+            text = body.decode("utf-16", errors="replace")  # a lone surrogate is not text
         else:
             # A1111 (piexif), sd-parsers and we use big-endian; a few writers use little-endian.
             # ASCII-heavy UTF-16 has its zero bytes on the high side: count them to tell.
