@@ -114,3 +114,25 @@ def test_image_text_that_is_not_unicode_reads_with_replacement(live, comment):
     r = live.post("/opensd/v1/image-info", json={"image": image})
     assert r.status_code == 200 and r.json()["infotext"] == "a\ufffdb", r.text
     assert live.post("/sdapi/v1/png-info", json={"image": image}).status_code == 200
+
+
+def test_file_names_and_metadata_that_are_not_unicode_never_break_a_listing(tmp_path):
+    """A model file named in another encoding (a Windows zip unpacked on Linux) or a safetensors
+    header holding a lone surrogate is listed with U+FFFD; it does not turn every listing into a 500."""
+    import os
+    import struct
+
+    models = models_dir(tmp_path)
+    header = json.dumps({"__metadata__": {"note": "a \ud800 b"},
+                         "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    weights = struct.pack("<Q", len(header)) + header + b"\0" * 4
+    (models / "Lora" / "meta.safetensors").write_bytes(weights)
+    for folder, name in (("Lora", b"caf\xe9.safetensors"), ("Stable-diffusion", b"z\xff.safetensors")):
+        with open(os.fsencode(models / folder) + b"/" + name, "wb") as f:
+            f.write(weights)
+    settings = Settings(models_dir=models, outputs_dir=tmp_path / "out", start_worker=False)
+    with TestClient(create_app(settings), base_url=BASE) as c:
+        for path in ("/models/loras", "/models/checkpoints", "/sdapi/v1/loras", "/sdapi/v1/sd-models", "/object_info",
+                     "/object_info/LoraLoader", "/view_metadata/loras?filename=meta.safetensors"):
+            r = c.get(path)
+            assert r.status_code == 200 and "\ufffd" in r.text, (path, r.text[:300])

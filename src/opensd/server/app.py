@@ -23,6 +23,7 @@ from . import (a1111_api, a1111_controlnet, a1111_run, comfy_api, comfy_frontend
 from .a1111_options import A1111Options
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
+from .safe_json import SafeJSONResponse
 from .security import Guard
 from .settings import Settings
 from .store import Store
@@ -113,7 +114,8 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
         state.store.close()
 
     app = FastAPI(title="opensd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Local Stable Diffusion: AUTOMATIC1111 API (/sdapi/v1) and ComfyUI API")
+                  description="Local Stable Diffusion: AUTOMATIC1111 API (/sdapi/v1) and ComfyUI API",
+                  default_response_class=SafeJSONResponse)
     docs_pages.install(app)  # /docs with its assets served from here, not a CDN
     app.state.opensd = state
     if settings.allow_origins:  # browsers on these origins may read answers (Guard has checked them)

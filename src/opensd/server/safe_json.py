@@ -8,9 +8,12 @@ layer refuses such bodies, and `readable()` repairs records stored before that c
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Any
+
+from fastapi.responses import JSONResponse
 
 MAX_DEPTH = 64  # no API here nests beyond ~12 (a ComfyUI graph with its UI workflow in extra_data)
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -88,3 +91,14 @@ def readable(value: Any) -> Any:
                 item.update(fixed)
             stack.extend((item, k) for k in item)
     return top[0]
+
+
+class SafeJSONResponse(JSONResponse):
+    """The app's JSON answers: text that is not Unicode (a file name in another encoding, a model's
+    metadata, an old record) is sent with U+FFFD rather than failing the whole answer with a 500."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return super().render(readable(copy.deepcopy(content)))
