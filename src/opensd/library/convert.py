@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from ..models import config as C
 from ..models.stable_diffusion import SGM_FAMILIES
 
 EMA = "model_ema."
+Progress = Callable[[int, int], None]  # (done, total); may raise to stop (nothing is written then)
 # Keys that are not part of the model proper: kept in fp32 when halving (the noise schedule).
 _SCHEDULE_KEYS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_", "log_one_minus", "posterior_")
 
@@ -96,21 +98,31 @@ def save_checkpoint(sd: dict[str, torch.Tensor], cfg: C.ModelConfig, output: Pat
 
 
 def convert_to_safetensors(src, output, *, half: bool = False, ema_only: bool = False,
-                           overwrite: bool = False) -> Path:
-    """Any checkpoint (.ckpt/.pt/.safetensors or diffusers folder) -> one original-layout .safetensors."""
+                           overwrite: bool = False, progress: Progress | None = None) -> Path:
+    """Any checkpoint (.ckpt/.pt/.safetensors or diffusers folder) -> one original-layout .safetensors.
+    `progress` hears the three phases (read, prune, write) start."""
+    report = progress or (lambda done, total: None)
     out = check_output(output, [src], overwrite)
+    report(0, 3)
     sd, meta, cfg = read_checkpoint(src)
     keep = {k: v for k, v in meta.items() if k.startswith(("modelspec.", "opensd.", "ss_"))}
-    return save_checkpoint(prune(sd, half=half, ema_only=ema_only), cfg, out, keep)
+    report(1, 3)
+    sd = prune(sd, half=half, ema_only=ema_only)
+    report(2, 3)
+    return save_checkpoint(sd, cfg, out, keep)
 
 
 def convert_to_diffusers(src, output, *, half: bool = False, ema_only: bool = False,
-                         overwrite: bool = False) -> Path:
+                         overwrite: bool = False, progress: Progress | None = None) -> Path:
     """A checkpoint -> a diffusers folder (unet/, vae/, text_encoder[_2]/, scheduler/, model_index.json)
-    whose configs diffusers and transformers load with ``from_pretrained``."""
+    whose configs diffusers and transformers load with ``from_pretrained``. `progress` as above."""
+    report = progress or (lambda done, total: None)
     out = check_output(output, [src], overwrite)
+    report(0, 3)
     sd, _, cfg = read_checkpoint(src)
+    report(1, 3)
     sd = prune(sd, half=half, ema_only=ema_only)
+    report(2, 3)
     if out.exists() and not (out.is_dir() and (is_diffusers_folder(out) or not any(out.iterdir()))):
         raise InvalidArgument(f"output: {output} exists and is not a diffusers folder; not replacing it")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -21,7 +21,7 @@ import torch
 from ..adapters.lora import LoraSpec, bake_into_state_dict
 from ..errors import CheckpointError, InvalidArgument
 from ..models import config as C
-from .convert import EMA, check_output, prune, read_checkpoint, save_checkpoint
+from .convert import EMA, Progress, check_output, prune, read_checkpoint, save_checkpoint
 from .hashes import model_hash
 
 MODES = ("weighted_sum", "add_difference")
@@ -29,7 +29,7 @@ RECIPE_KEY = "opensd.merge_recipe"
 _FIRST_CONV = "model.diffusion_model.input_blocks.0.0.weight"
 
 
-def _same_architecture(a: C.ModelConfig, b: C.ModelConfig) -> bool:
+def same_architecture(a: C.ModelConfig, b: C.ModelConfig) -> bool:
     return a.family == b.family and replace(a.unet, in_channels=0) == replace(b.unet, in_channels=0) \
         and a.text_encoders == b.text_encoders and a.vae == b.vae
 
@@ -65,8 +65,10 @@ def _merge_tensor(key: str, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | 
 
 
 def merge_checkpoints(a, b, c=None, *, multiplier: float = 0.5, mode: str = "weighted_sum",
-                      half: bool = False) -> tuple[dict[str, torch.Tensor], C.ModelConfig, dict]:
-    """Merge checkpoints (files or diffusers folders); returns (state dict, config, recipe)."""
+                      half: bool = False, progress: Progress | None = None
+                      ) -> tuple[dict[str, torch.Tensor], C.ModelConfig, dict]:
+    """Merge checkpoints (files or diffusers folders); returns (state dict, config, recipe).
+    `progress` hears (models read + tensors merged, models + tensors)."""
     if mode not in MODES:
         raise InvalidArgument(f"mode: {mode!r} is not one of {', '.join(MODES)}")
     if not isinstance(multiplier, (int, float)) or not -10 <= multiplier <= 10:
@@ -74,16 +76,22 @@ def merge_checkpoints(a, b, c=None, *, multiplier: float = 0.5, mode: str = "wei
     if (mode == "add_difference") != (c is not None):
         raise InvalidArgument("c: add_difference needs a third model C; weighted_sum takes none")
     paths = [Path(p) for p in (a, b, c) if p is not None]
-    loaded = [read_checkpoint(p) for p in paths]
+    report = progress or (lambda done, total: None)
+    loaded = [read_checkpoint(paths[0])]
+    total = len(paths) + len(loaded[0][0])  # models read, then tensors merged
+    for p in paths[1:]:
+        report(len(loaded), total)
+        loaded.append(read_checkpoint(p))
     cfg_a = loaded[0][2]
     for p, (_, _, cfg) in zip(paths[1:], loaded[1:]):
-        if not _same_architecture(cfg_a, cfg):
+        if not same_architecture(cfg_a, cfg):
             raise InvalidArgument(f"models: {p.name} is {_describe(cfg)} but {paths[0].name} is "
                                   f"{_describe(cfg_a)}; only models of the same architecture can be merged")
     sd_a, sd_b = loaded[0][0], loaded[1][0]
     sd_c = loaded[2][0] if c is not None else None
     out = {}
-    for key, ta in sd_a.items():
+    for i, (key, ta) in enumerate(sd_a.items()):
+        report(len(paths) + i, total)
         if key.startswith(EMA):
             continue
         tb = sd_b.get(key)
@@ -103,10 +111,10 @@ def merge_checkpoints(a, b, c=None, *, multiplier: float = 0.5, mode: str = "wei
 
 
 def merge_to_file(output, a, b, c=None, *, multiplier: float = 0.5, mode: str = "weighted_sum",
-                  half: bool = False, overwrite: bool = False) -> Path:
+                  half: bool = False, overwrite: bool = False, progress: Progress | None = None) -> Path:
     inputs = [p for p in (a, b, c) if p is not None]
     out = check_output(output, inputs, overwrite)
-    sd, cfg, recipe = merge_checkpoints(a, b, c, multiplier=multiplier, mode=mode, half=half)
+    sd, cfg, recipe = merge_checkpoints(a, b, c, multiplier=multiplier, mode=mode, half=half, progress=progress)
     return save_checkpoint(sd, cfg, out, {RECIPE_KEY: json.dumps(recipe, sort_keys=True)})
 
 

@@ -34,13 +34,16 @@ class ModelFile:
 
 class ModelFolders:
     """`root` is the models folder (may be None: only the built-in model is available).
-    `extra` maps kind -> additional folders (e.g. the built-in ControlNet beside the built-in model)."""
+    `extra` maps kind -> additional folders (e.g. the built-in ControlNet beside the built-in model).
+    `save_root` is where new models (merges, conversions, trained LoRAs) are written, laid out like
+    `root` and listed with it; default `root` (a server without --models-dir saves under its data folder)."""
 
     def __init__(self, root: Path | None, include_builtin: bool = True,
-                 extra: dict[str, list[Path]] | None = None):
+                 extra: dict[str, list[Path]] | None = None, save_root: Path | None = None):
         self.root = Path(root).resolve() if root is not None else None
         if self.root is not None and not self.root.is_dir():
             raise InvalidArgument(f"models-dir: {root} is not a folder")
+        self.save_root = Path(save_root).resolve() if save_root is not None else self.root
         self.include_builtin = include_builtin
         self.extra = {k: [Path(p).resolve() for p in v] for k, v in (extra or {}).items()}
 
@@ -48,10 +51,23 @@ class ModelFolders:
         if kind not in LAYOUT:
             raise InvalidArgument(f"model kind {kind!r} is not one of {', '.join(LAYOUT)}")
         found = []
-        if self.root is not None:
-            found = [(self.root / d).resolve() for d in LAYOUT[kind] if (self.root / d).is_dir()]
+        for root in dict.fromkeys(r for r in (self.root, self.save_root) if r is not None):
+            found += [(root / d).resolve() for d in LAYOUT[kind] if (root / d).is_dir()]
         builtin = [BUILTIN_FOLDERS[kind]] if self.include_builtin and kind in BUILTIN_FOLDERS else []
         return found + [p for p in self.extra.get(kind, []) + builtin if p.is_dir()]
+
+    def save_folder(self, kind: str) -> Path:
+        """The folder new files of `kind` are written to: its first existing folder under save_root,
+        else A1111's name for it there, made now."""
+        if self.save_root is None:
+            raise InvalidArgument("models-dir: no models folder to save into (start the server with --models-dir)")
+        self.folders(kind)  # checks the kind
+        for name in LAYOUT[kind]:
+            if (self.save_root / name).is_dir():
+                return (self.save_root / name).resolve()
+        folder = self.save_root / LAYOUT[kind][0]
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder.resolve()
 
     def list(self, kind: str) -> list[ModelFile]:
         """Every weight file (and, for checkpoints, diffusers folder) of this kind, sorted by name."""

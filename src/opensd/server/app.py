@@ -18,8 +18,8 @@ from .. import safe_paths
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import ModelFolders
 from ..version import __version__
-from . import (a1111_api, a1111_controlnet, a1111_run, comfy_api, comfy_frontend, docs_pages, gallery_api,
-               opensd_api, ui_routes)
+from . import (a1111_api, a1111_controlnet, a1111_run, comfy_api, comfy_frontend, datasets_api, docs_pages,
+               gallery_api, models_api, opensd_api, train_api, ui_routes)
 from .a1111_options import A1111Options
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
@@ -36,7 +36,8 @@ class ServerState:
     def __init__(self, settings: Settings, loader=None):
         self.settings = settings
         settings.outputs_dir.mkdir(parents=True, exist_ok=True)
-        self.folders = ModelFolders(settings.models_dir)
+        # without --models-dir, merged and trained models are saved under the data folder
+        self.folders = ModelFolders(settings.models_dir, save_root=settings.models_dir or settings.data_dir / "models")
         self.store = Store(settings.db_path)
         self.queue = JobQueue(self.store, settings.queue_size)
         self.waiting = WaitingRoom(self.queue, settings.max_waiting)
@@ -126,6 +127,9 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     app.include_router(a1111_controlnet.router(state))
     app.include_router(opensd_api.router(state))
     app.include_router(gallery_api.router(state))
+    app.include_router(models_api.router(state))
+    app.include_router(datasets_api.router(state))
+    app.include_router(train_api.router(state))  # after datasets_api: trains on its datasets
     app.include_router(ui_routes.router())  # the web UI at /
     state.comfy = comfy_api.ComfyHub(state)
     app.include_router(comfy_api.router(state, state.comfy))

@@ -38,7 +38,9 @@ LABEL_CHARS = 200
 
 def job_label(job) -> str:
     payload = job.payload if isinstance(job.payload, dict) else {}
-    if job.kind == "a1111":
+    if isinstance(payload.get("label"), str):  # jobs that describe themselves (training, merges)
+        text = payload["label"]
+    elif job.kind == "a1111":
         text = (payload.get("request") or {}).get("prompt") or ""
     else:
         text = graph_text(payload)

@@ -138,13 +138,13 @@ def save_checkpoint(pipe, path: Path, fp16: bool, extra: dict[str, str] | None =
     return path
 
 
-def train_dreambooth(opts: DreamBoothOptions, pipe=None, until: int | None = None) -> Path | None:
+def train_dreambooth(opts: DreamBoothOptions, pipe=None, until: int | None = None, on_step=None) -> Path | None:
     """Train (or continue) a DreamBooth run and write the checkpoint to opts.output (None when
     stopped early by `until`)."""
     trainer, pipe, ds, prior, steps = build(opts, pipe)
     log.info("DreamBooth: %d instance images, %s, %d steps", ds.num_images,
              f"{prior.num_images} class images" if prior else "no prior preservation", steps)
-    trainer.run(progress=opts.progress, until=until)
+    trainer.run(progress=opts.progress, until=until, on_step=on_step)
     if trainer.step < steps:
         return None
     pipe.model.requires_grad_(False).eval()

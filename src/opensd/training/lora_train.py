@@ -228,7 +228,7 @@ def build(opts: LoraOptions, pipe=None):
     return trainer, network, pipe, ds, steps
 
 
-def train_lora(opts: LoraOptions, pipe=None, until: int | None = None) -> Path | None:
+def train_lora(opts: LoraOptions, pipe=None, until: int | None = None, on_step=None) -> Path | None:
     """Train (or continue) a LoRA run and write opts.output; returns its path (None when stopped
     early by `until`)."""
     trainer, network, pipe, ds, steps = build(opts, pipe)
@@ -236,7 +236,7 @@ def train_lora(opts: LoraOptions, pipe=None, until: int | None = None) -> Path |
     log.info("LoRA: %d layers, %d trainable parameters, %d images (%d with repeats) in %d bucket(s), %d steps",
              len(network.layers), sum(p.numel() for p in trainer.params), ds.num_images, ds.num_repeated,
              len(ds.buckets), steps)
-    trainer.run(progress=opts.progress, until=until)
+    trainer.run(progress=opts.progress, until=until, on_step=on_step)
     if trainer.step < steps:
         return None
     return save_lora(network, opts.output, metadata(opts, pipe, ds, steps, started, trainer.step), opts.save_fp32)

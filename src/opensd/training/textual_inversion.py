@@ -145,12 +145,12 @@ def save_embedding(vectors: EmbeddingVectors, path: Path, name: str, step: int, 
     return path
 
 
-def train_embedding(opts: EmbeddingOptions, pipe=None, until: int | None = None) -> Path | None:
+def train_embedding(opts: EmbeddingOptions, pipe=None, until: int | None = None, on_step=None) -> Path | None:
     """Train (or continue) a textual-inversion run and write opts.output (None when stopped early)."""
     trainer, vectors, pipe, ds, steps = build(opts, pipe)
     log.info("embedding %r: %d vector(s) from %r, %d images, %d steps", opts.name, opts.num_vectors,
              opts.init_word, ds.num_images, steps)
-    trainer.run(progress=opts.progress, until=until)
+    trainer.run(progress=opts.progress, until=until, on_step=on_step)
     if trainer.step < steps:
         return None
     return save_embedding(vectors, opts.output, opts.name, trainer.step, Path(opts.model).name)

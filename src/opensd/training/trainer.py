@@ -46,6 +46,8 @@ class TrainConfig:
 LossFn = Callable[[nn.Module, object, int], torch.Tensor]
 # sample_fn(ema_or_model, step, run_dir) -> None; writes a grid or whatever the job shows
 SampleFn = Callable[[nn.Module, int, Path], None]
+# on_step(step, losses) after each step (and its save and samples); raising stops the run, its state saved
+StepFn = Callable[[int, list[float]], None]
 
 
 class EMA:
@@ -145,9 +147,9 @@ class Trainer:
         t = (step - self.cfg.warmup) / max(1, self.cfg.steps - self.cfg.warmup)
         return self.cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
-    def run(self, progress: bool = True, until: int | None = None) -> nn.Module:
+    def run(self, progress: bool = True, until: int | None = None, on_step: StepFn | None = None) -> nn.Module:
         """Train to cfg.steps, or stop early at step `until` (resuming if a state exists); returns
-        the EMA model if any."""
+        the EMA model if any. `on_step` is how a caller follows the run and stops it."""
         end = self.cfg.steps if until is None else min(until, self.cfg.steps)
         if not self.try_resume():
             torch.manual_seed(self.cfg.seed)
@@ -187,6 +189,13 @@ class Trainer:
                 self.model.eval()
                 self.sample_fn(self.final_model(), self.step, self.run_dir)
                 self.model.train()
+            if on_step is not None:
+                try:
+                    on_step(self.step, self.losses)
+                except BaseException:
+                    bar.close()
+                    self.save()  # stopped from outside: the same command resumes from this step
+                    raise
         bar.close()
         log.info("trained %d steps in %.0f s", self.step, time.time() - started)
         self.model.eval()
