@@ -4,7 +4,7 @@
 // ControlNet units. A tab puts the cards in its own <form> (which remembers the named controls), adds
 // its own fields and builds its request from request().
 import { api } from "./api.js";
-import { append, clear, debounce, field, h, icon, toast } from "./dom.js";
+import { clear, debounce, field, h, icon, toast } from "./dom.js";
 import { activeUnits, CHANGED, controlnetFields } from "./controlnet_units.js";
 import { choose, number, setOptions, slider, syncSliders } from "./form.js";
 import { loadForm, saveForm } from "./persist.js";
@@ -71,16 +71,13 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     api.get("/sdapi/v1/schedulers"), api.get("/sdapi/v1/loras"), api.get("/sdapi/v1/embeddings"),
     api.get("/sdapi/v1/prompt-styles"), api.get("/sdapi/v1/options"),
   ]).catch((e) => { toast(e.message, "error"); return [{ items: [] }, [], [], [], [], { loaded: {} }, [], {}]; });
-  const checkpoints = ckpts.items;
+  let checkpoints = ckpts.items;
   setOptions(model, checkpoints.map((c) => [c.name, c.title]), ckpts.current ?? undefined);
   setOptions(vae, [["Automatic", "Automatic"], ["None", "None (the checkpoint's own)"],
     ...vaes.map((v) => [v.model_name, v.model_name])], options.sd_vae);
   setOptions(sampler, samplers.map((s) => [s.name, s.name]), "Euler");
   setOptions(scheduler, [["", "Automatic"], ...schedulers.map((s) => [s.name, s.label])]);
-  append(pickers,
-    picker("LoRA", loras.map((l) => [l.alias || l.name, () => prompt.insert(`<lora:${l.alias || l.name}:1>`)])),
-    picker("Embeddings", Object.keys(embeddings.loaded || {}).map((n) => [n, () => prompt.insert(n)])),
-    styles.length ? picker("Styles", styles.map((s) => [s.name, () => applyStyle(s)])) : null);
+  showPickers(loras, embeddings);
 
   // --- behaviour ---
   const familyOf = (name) => checkpoints.find((c) => c.name === name);
@@ -96,6 +93,21 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   model.addEventListener("change", () => {
     if (sizeFollowsModel) setSize(nativeSize());
     showPresets();
+  });
+  function showPickers(loras, embeddings) {
+    clear(pickers,
+      picker("LoRA", loras.map((l) => [l.alias || l.name, () => prompt.insert(`<lora:${l.alias || l.name}:1>`)])),
+      picker("Embeddings", Object.keys(embeddings.loaded || {}).map((n) => [n, () => prompt.insert(n)])),
+      styles.length ? picker("Styles", styles.map((s) => [s.name, () => applyStyle(s)])) : null);
+  }
+  on(EVENTS.MODELS_CHANGED, async () => { // a model was saved (merge, training) or the folders rescanned
+    try {
+      const [c, l, e] = await Promise.all([api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/loras"),
+        api.get("/sdapi/v1/embeddings")]);
+      checkpoints = c.items;
+      setOptions(model, checkpoints.map((x) => [x.name, x.title]), model.value);
+      showPickers(l, e);
+    } catch (err) { toast(err.message, "error"); }
   });
   function picker(title, entries) {
     const list = entries.length

@@ -9,11 +9,13 @@
 //   opensd:progress   /sdapi/v1/progress answer  while a job runs (poller.js)
 //   opensd:job-done   {id}                       a job left the queue (finished, failed or cancelled)
 //   opensd:job-queued {id}                       a tab queued a job (the poller polls at once)
+//   opensd:models-changed {kind, name}           a model file was added (merge, convert, training):
+//                                                model pickers list the folders again
 
 export const bus = new EventTarget();
 export const EVENTS = {
   SHOW_TAB: "opensd:show-tab", SEND: "opensd:send", QUEUE: "opensd:queue", PROGRESS: "opensd:progress",
-  JOB_DONE: "opensd:job-done", JOB_QUEUED: "opensd:job-queued",
+  JOB_DONE: "opensd:job-done", JOB_QUEUED: "opensd:job-queued", MODELS_CHANGED: "opensd:models-changed",
 };
 // Tab ids the "send to" buttons name; tabs added later register under these ids.
 export const TARGETS = { generate: "Generate", img2img: "img2img", inpaint: "Inpaint", controlnet: "ControlNet" };

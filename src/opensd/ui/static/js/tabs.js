@@ -8,6 +8,8 @@ export const TABS = [
   { id: "gallery", label: "Gallery", icon: "grid", load: () => import("./tabs/gallery.js") },
   { id: "queue", label: "Queue", icon: "list", load: () => import("./tabs/queue.js") },
   { id: "pnginfo", label: "PNG info", icon: "info", load: () => import("./tabs/pnginfo.js") },
+  { id: "models", label: "Models", icon: "box", load: () => import("./tabs/models.js") },
+  { id: "train", label: "Train", icon: "chart", load: () => import("./tabs/train.js") },
 ];
 
 export const hasTab = (id) => TABS.some((t) => t.id === id);
