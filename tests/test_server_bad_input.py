@@ -153,6 +153,8 @@ CASES = [  # (id, method, path, request kwargs, expected status, text the messag
     ("comfy LoadImage 300-char name", "post", "/prompt", {"json": {"prompt": {
         "1": {"class_type": "LoadImage", "inputs": {"image": "a" * 300}},
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}}}, 400, "invalid image file"),
+    ("gallery id past SQLite's range", "get", "/opensd/v1/gallery/99999999999999999999", {}, 404, "id"),
+    ("gallery delete id past SQLite's range", "delete", "/opensd/v1/gallery/99999999999999999999", {}, 404, "id"),
     ("comfy 300-char prefix", "post", "/prompt", {"json": {"prompt": graph({("9", "filename_prefix"): "a" * 300})}},
      400, "too long"),
 ]
@@ -178,7 +180,7 @@ CASES += [  # A1111 compatibility (issue 19): settings, scripts, the work budget
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_with_a_message(client, case):
     _, method, path, kwargs, status, needle = case
-    r = getattr(client, method)(path, **kwargs) if method == "get" else client.request("POST", path, **kwargs)
+    r = client.request(method.upper(), path, **kwargs)
     assert r.status_code == status, r.text
     assert needle.lower() in r.text.lower(), r.text
     assert client.get("/internal/ping").json()["status"] == "ok"
@@ -292,3 +294,33 @@ def test_a_1000_node_graph_is_accepted_and_runs(client):
     assert done[pid]["status"]["completed"], done[pid]["status"]
     assert client.get("/history").status_code == 200 and client.get("/queue").status_code == 200
     assert client.post(T2I, json={**OK, "steps": 2}).status_code == 200
+
+
+HOSTILE_NAMES = ["a" * 300, "a\x00b", "..", "../../../../etc/passwd", ".", "\u202e\u0301x", "a/" * 200 + "b",
+                 "x:y", "-1", "99999999999999999999", "\udcff"]
+
+
+def test_no_route_answers_500_to_hostile_path_or_query_values(tmp_path):
+    """Every route the API documents, today's and those added later: names too long, NUL, .., odd
+    Unicode, numbers past any range, in each path and query parameter."""
+    from urllib.parse import quote
+
+    settings = Settings(models_dir=models_dir(tmp_path), outputs_dir=tmp_path / "out", start_worker=False)
+    with TestClient(create_app(settings), base_url=BASE, raise_server_exceptions=False) as c:
+        tried = 0
+        for path, ops in c.app.openapi()["paths"].items():
+            for method, op in ops.items():
+                params = op.get("parameters", [])
+                if not params:
+                    continue
+                for value in HOSTILE_NAMES:
+                    url = path
+                    for p in (p for p in params if p["in"] == "path"):
+                        url = url.replace("{%s}" % p["name"], quote(value.encode("utf-8", "surrogatepass"), safe=""))
+                    query = "&".join(f"{p['name']}={quote(value.encode('utf-8', 'surrogatepass'), safe='')}"
+                                     for p in params if p["in"] == "query")
+                    r = c.request(method.upper(), url + ("?" + query if query else ""),
+                                  **({} if method == "get" else {"json": {}}))
+                    assert r.status_code < 500, (method, path, value[:20], r.text[:200])
+                    tried += 1
+        assert tried > 200

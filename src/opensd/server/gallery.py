@@ -121,6 +121,8 @@ class Gallery:
         return total, [GalleryImage(**dict(r)) for r in rows]
 
     def get(self, image_id: int) -> GalleryImage | None:
+        if not 0 < image_id < 1 << 63:  # SQLite's INTEGER range; a larger id is no image, not an error
+            return None
         with self._db() as db:
             row = db.execute("SELECT * FROM gallery_images WHERE id=?", (image_id,)).fetchone()
         return None if row is None else GalleryImage(**dict(row))
