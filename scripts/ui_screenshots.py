@@ -12,6 +12,7 @@ import io
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,54 @@ def make_images(url: str) -> bytes:
     return last
 
 
+def make_training_run(url: str) -> None:
+    """A dataset of three gallery images with captions and one finished short LoRA run on it, so the Train
+    tab shows its loss chart and samples and the Models tab lists a LoRA."""
+    httpx.post(url + "/opensd/v1/datasets", json={"name": "emoji"}).raise_for_status()
+    items = httpx.get(url + "/opensd/v1/gallery", params={"limit": 3}).json()["items"]
+    files = [("files", (f"emoji{i}.png", httpx.get(url + item["image_url"]).content, "image/png"))
+             for i, item in enumerate(items)]
+    httpx.post(url + "/opensd/v1/datasets/emoji/images", files=files, timeout=60).raise_for_status()
+    for (_, (name, _, _)), item in zip(files, items):
+        httpx.put(f"{url}/opensd/v1/datasets/emoji/images/{name}/caption",
+                  json={"caption": f"zq style, {item['prompt'].split(',')[0]}"}).raise_for_status()
+    job = httpx.post(url + "/opensd/v1/train", json={
+        "dataset": "emoji", "model": "opensd-emoji.safetensors", "output": "zq-style", "steps": 24, "lr": 2e-3,
+        "rank": 4, "sample_every": 8, "sample_steps": 20, "sample_prompt": "zq style, rocket"}).json()["job_id"]
+    while httpx.get(f"{url}/opensd/v1/train/jobs/{job}").json()["status"] in ("queued", "running"):
+        time.sleep(0.5)
+
+
+def fill_canvas(page, tab: str, png: bytes) -> None:
+    """img2img/Inpaint: the image on the canvas; Inpaint also gets a painted stroke and its result."""
+    panel = f"#panel-{tab}"
+    page.wait_for_selector(f"{panel} form select[name=model] option", state="attached")
+    page.set_input_files(f"{panel} .canvas-editor input[type=file]",
+                         files=[{"name": "rocket.png", "mimeType": "image/png", "buffer": png}])
+    page.fill(f"{panel} textarea[name=prompt]", "rocket, noto emoji style")
+    page.wait_for_function(f"() => document.querySelector('{panel} canvas.canvas-image').width > 1")
+    if tab != "inpaint":
+        return
+    page.locator(f"{panel} .canvas-view").scroll_into_view_if_needed()
+    box = page.locator(f"{panel} canvas.canvas-mask").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.35)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.6, steps=12)
+    page.mouse.up()
+    page.fill(f"{panel} input[name=steps]", "20")
+    page.click(f"{panel} button[type=submit]")
+    page.wait_for_selector(f"{panel} .result-main img", timeout=120_000)
+    page.wait_for_function(f"() => document.querySelector('{panel} .result-main img').complete")
+
+
+def fill_controlnet(page, png: bytes) -> None:
+    unit = "#panel-controlnet form[aria-label='ControlNet unit 1']"
+    page.wait_for_selector(f"{unit} select[name=module]")
+    page.set_input_files(f"{unit} input[type=file]", files=[{"name": "rocket.png", "mimeType": "image/png",
+                                                              "buffer": png}])
+    page.wait_for_selector(f"{unit} .cn-map img")
+
+
 def shoot(browser, live: LiveServer, out: Path, theme: str, device: str, png: bytes) -> None:
     context = dict(DESKTOP if device == "desktop" else PHONE, color_scheme=theme)
     page = browser.new_context(**context).new_page()
@@ -56,6 +105,10 @@ def shoot(browser, live: LiveServer, out: Path, theme: str, device: str, png: by
             page.click("#panel-generate button[type=submit]")
             page.wait_for_selector("#panel-generate .result-main img", timeout=120_000)
             page.wait_for_function("() => document.querySelector('#panel-generate .result-main img').complete")
+        elif tab in ("img2img", "inpaint"):
+            fill_canvas(page, tab, png)
+        elif tab == "controlnet":
+            fill_controlnet(page, png)
         elif tab == "gallery":
             page.wait_for_function("() => [...document.querySelectorAll('#panel-gallery .thumbs img')]"
                                    ".every((i) => i.complete && i.naturalWidth)")
@@ -65,6 +118,11 @@ def shoot(browser, live: LiveServer, out: Path, theme: str, device: str, png: by
                 httpx.post(live.url + "/opensd/v1/txt2img", json={"prompt": prompt, "steps": 20, "width": 64,
                                                                   "height": 64}).raise_for_status()
             page.wait_for_selector("#panel-queue li[data-status=queued] >> nth=1")
+        elif tab == "models":
+            page.wait_for_selector("#panel-models section[data-kind=loras] .hash code")
+        elif tab == "train":
+            page.wait_for_function("() => [...document.querySelectorAll('#panel-train img')].length > 3 && "
+                                   "[...document.querySelectorAll('#panel-train img')].every((i) => i.complete)")
         elif tab == "pnginfo":
             page.wait_for_selector("#panel-pnginfo .drop")
             drop_file(page, "#panel-pnginfo .drop", png, "heart.png")
@@ -73,7 +131,7 @@ def shoot(browser, live: LiveServer, out: Path, theme: str, device: str, png: by
         page.wait_for_timeout(300)
         shot = Image.open(io.BytesIO(page.screenshot()))  # WebP: a third of the PNG's size for the docs
         shot.convert("RGB").save(out / f"{tab}-{theme}-{device}.webp", quality=90, method=6)
-        if tab == "generate":  # keep the gallery the same in every screenshot
+        if tab in ("generate", "inpaint"):  # keep the gallery the same in every screenshot
             newest = httpx.get(live.url + "/opensd/v1/gallery", params={"limit": 1}).json()["items"][0]
             httpx.delete(f"{live.url}/opensd/v1/gallery/{newest['id']}").raise_for_status()
         if tab == "queue":
@@ -91,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with LiveServer(Settings(outputs_dir=tmp / "out")) as live, sync_playwright() as p:
             png = make_images(live.url)
+            make_training_run(live.url)
             browser = launch(p)
             for theme in ("light", "dark"):
                 for device in ("desktop", "phone"):
