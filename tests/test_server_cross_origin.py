@@ -82,13 +82,36 @@ def test_cross_site_browser_requests_change_nothing_on_any_route(client, what, h
     assert snapshot(client) == before
 
 
+BROWSER_WITHOUT_PROOF = [  # a browser request that does not prove it comes from our own page
+    ("Referer only (a browser without Sec-Fetch-*)", {"Referer": EVIL + "/page"}),
+    ("Sec-Fetch-Mode only", {"Sec-Fetch-Mode": "no-cors"}),
+    ("Sec-Fetch-Site none", {"Sec-Fetch-Site": "none"}),
+]
+
+
+@pytest.mark.parametrize("what,headers", BROWSER_WITHOUT_PROOF, ids=[w for w, _ in BROWSER_WITHOUT_PROOF])
 @pytest.mark.parametrize("kind", ["text/plain", "application/x-www-form-urlencoded"])
-def test_text_and_form_bodies_are_refused_everywhere_without_a_same_origin_proof(client, kind):
+def test_text_and_form_bodies_are_refused_everywhere_without_a_same_origin_proof(client, kind, what, headers):
     before = snapshot(client)
     for method, path in state_changing_routes(client):
-        r = client.request(method, path, content=GRAPH, headers={"Content-Type": kind})
+        r = client.request(method, path, content=GRAPH, headers={"Content-Type": kind, **headers})
         assert r.status_code == 415 and "application/json" in r.text, (method, path, r.text)
     assert snapshot(client) == before
+
+
+@pytest.mark.parametrize("kind", ["application/x-www-form-urlencoded", "text/plain", None],
+                         ids=["urllib default (ComfyUI's examples)", "text/plain", "requests data= (none)"])
+def test_scripts_posting_json_under_another_type_are_served_as_json(client, kind):
+    """No browser sends a POST without Origin, Sec-Fetch-* and Referer: such a client is a script,
+    and ComfyUI's own urllib examples post the graph form-encoded."""
+    sent = {"Content-Type": kind} if kind else {}
+    r = client.post("/prompt", content=GRAPH, headers=sent)
+    assert r.status_code == 200 and r.json()["prompt_id"], r.text
+    client.post("/queue", json={"delete": [r.json()["prompt_id"]]})
+    r = client.post("/prompt", content=b'{"prompt": "not a graph"}', headers=sent)
+    assert r.status_code == 400, r.text  # ComfyUI's own words for a bad graph, not a 415
+    r = client.post("/prompt", content=b"a=1&b=2", headers=sent)
+    assert 400 <= r.status_code < 500, r.text
 
 
 JSON_ROUTES = [("/prompt", GRAPH), ("/api/prompt", GRAPH), ("/sdapi/v1/options", b'{"sd_model_checkpoint": "x"}'),
@@ -96,7 +119,7 @@ JSON_ROUTES = [("/prompt", GRAPH), ("/api/prompt", GRAPH), ("/sdapi/v1/options",
 
 
 @pytest.mark.parametrize("kind,headers", [("text/plain", SAME), ("multipart/form-data; boundary=B", {}),
-                                          (None, {}), ("application/xml", {})],
+                                          (None, SAME), ("application/xml", {})],
                          ids=["same-origin text/plain", "multipart", "no Content-Type", "xml"])
 def test_json_routes_parse_only_bodies_declared_json(client, kind, headers):
     before = snapshot(client)

@@ -16,6 +16,9 @@
   cross-site with no preflight) are refused on every route (415), unless the browser itself marks
   the request `Sec-Fetch-Site: same-origin` with our own Origin. Multipart and bodies without a
   Content-Type stay open to clients that are not browsers (no Origin, no Sec-Fetch-*).
+- Scripts (no Origin, Sec-Fetch-* or Referer: every current browser sends Origin on a cross-site POST
+  and Sec-Fetch-Site on every request) may post JSON under any of those types, as ComfyUI's own
+  `urllib` examples and `requests.post(data=...)` do: such a body is relabelled application/json.
 - JSON bodies are read here once for every route and refused (422) when nested too deep or holding
   text that is not Unicode (see safe_json). Routes parse only bodies declared JSON (FastAPI's strict
   Content-Type, and the same rule in the routes that read the body themselves).
@@ -38,6 +41,11 @@ OPEN_PATHS = ("/internal/ping", "/healthz")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 NO_PREFLIGHT_TYPES = ("text/plain", "application/x-www-form-urlencoded")  # multipart: see the docstring
+
+
+def _scripted(headers) -> bool:
+    """A request no browser sent: browsers mark every request with Sec-Fetch-* or Origin/Referer."""
+    return not any(h in headers for h in ("origin", "sec-fetch-site", "sec-fetch-mode", "referer"))
 
 
 def _host_name(host: str) -> str:
@@ -84,7 +92,8 @@ class Guard:
                 return await _refuse(scope, receive, send, 400, "Content-Length: not a number")
             if int(length) > cap:
                 return await _refuse(scope, receive, send, 413, f"body: {length} bytes exceeds the {cap}-byte limit")
-        json_body = safe_json.declared_json(headers) and scope.get("method") not in SAFE_METHODS
+        relabel = _scripted(headers) and safe_json.content_type(headers) in NO_PREFLIGHT_TYPES + ("",)
+        json_body = (safe_json.declared_json(headers) or relabel) and scope.get("method") not in SAFE_METHODS
         if (length is None and scope.get("method") in ("POST", "PUT", "PATCH")) or (json_body and length != "0"):
             # Read the body (a chunked one up to the cap) before the app sees any of it, then replay.
             chunks, seen = [], 0
@@ -103,9 +112,12 @@ class Guard:
                 try:
                     _, problem = safe_json.loads(body)
                 except ValueError:  # not JSON at all: each route says so in its own API's words
-                    problem = None
+                    problem, relabel = None, False
                 if problem is not None:
                     return await _json(send, 422, problem)
+                if relabel:
+                    scope = {**scope, "headers": [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-type"]
+                             + [(b"content-type", b"application/json")]}
             replay = [{"type": "http.request", "body": body, "more_body": False}]
 
             async def replay_receive():
@@ -130,7 +142,8 @@ class Guard:
             kind = safe_json.content_type(headers)
             # A page on this origin is no forger (browsers set Sec-Fetch-Site; pages cannot): ComfyUI's
             # own frontend posts settings and user data as text/plain.
-            if kind in NO_PREFLIGHT_TYPES and not (site == "same-origin" and origin is not None):
+            if kind in NO_PREFLIGHT_TYPES and not (site == "same-origin" and origin is not None) \
+                    and not _scripted(headers):
                 return 415, (f"Content-Type: {kind} is not accepted (any web page can send it without asking); "
                              "send JSON as application/json, files as multipart/form-data")
         preflight = scope.get("method") == "OPTIONS" and origin is not None and \
