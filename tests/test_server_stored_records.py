@@ -136,3 +136,14 @@ def test_file_names_and_metadata_that_are_not_unicode_never_break_a_listing(tmp_
                      "/object_info/LoraLoader", "/view_metadata/loras?filename=meta.safetensors"):
             r = c.get(path)
             assert r.status_code == 200 and "\ufffd" in r.text, (path, r.text[:300])
+
+
+def test_a_finished_jobs_file_names_are_data_not_paths(tmp_path):
+    """A1111's answer for a job finished by an earlier process reads its files back from the record:
+    a name that leaves the outputs folder, or a file since deleted, is skipped, never read or a 500."""
+    from opensd.server.a1111_api import _stored_files
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"A")
+    (tmp_path / "secret.txt").write_bytes(b"S")
+    assert _stored_files(out, ["a.png", "../secret.txt", "gone.png", "x" * 300, None]) == [b"A"]

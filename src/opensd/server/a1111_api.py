@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from .. import safe_paths
 from ..adapters.lora import prompt_lora_tags
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import WEIGHT_SUFFIXES
@@ -121,8 +122,7 @@ def router(state) -> APIRouter:
             pngs, info = live["pngs"], live["info"]
         else:  # finished by an earlier process: read the files back
             info = (job.result or {}).get("info", {})
-            pngs = [(s.outputs_dir / f).read_bytes() for f in (job.result or {}).get("files", [])] \
-                if req.send_images else []
+            pngs = _stored_files(s.outputs_dir, (job.result or {}).get("files", [])) if req.send_images else []
         params = req.model_dump(mode="json")
         if img2img and not req.include_init_images:
             params["init_images"], params["mask"] = None, None
@@ -278,3 +278,13 @@ def _model_name(name: str) -> str:
 
 
 __all__ = ["OpenSDError", "client_id", "json", "queue_full", "router"]
+
+
+def _stored_files(root: Path, names: list) -> list[bytes]:
+    """The bytes of a finished job's files still on disk; a stored record is data, never a path to trust."""
+    out = []
+    for name in names:
+        path = None if safe_paths.name_problem(name, "file") else safe_paths.inside(root, name)
+        if path is not None and safe_paths.is_file(path):
+            out.append(path.read_bytes())
+    return out
