@@ -121,7 +121,7 @@ def test_comfyui_ksampler_guides_a_guided_model_like_the_pipeline(pipe, negative
     want = guidance_embedding(torch.full((rows,), scale), 32)
     assert all(torch.allclose(y.float(), want) for _, y in seen)
     if rows == 1:  # the same guided denoiser as the pipeline's, on ComfyUI's noise and sigmas
-        sigmas = K.comfy_sigmas(pipe, "euler", "normal", 2, 1.0).float()
+        sigmas = K.comfy_sigmas(pipe.schedule, "euler", "normal", 2, 1.0).float()
         noise = K.prepare_noise(torch.zeros(1, 4, 8, 8), 3)
         cond = pipe.cond_schedule("a red apple", None, 2, 64, 64)
         denoise = pipe.denoiser(Guidance(cond, (), cfg, cfg), sigmas)

@@ -142,8 +142,8 @@ def test_clip_set_last_layer_is_clip_skip(ctx):
 def test_denoise_and_advanced_step_ranges(ctx):
     pipe = ctx.load_pipeline("tiny.safetensors")
     full = make_sigmas("normal", pipe.schedule, 20)
-    assert torch.equal(K.comfy_sigmas(pipe, "euler", "normal", 10, 0.5), full[-11:])
-    assert len(K.comfy_sigmas(pipe, "dpm_2", "karras", 10)) == 11  # penultimate of 11 steps dropped
+    assert torch.equal(K.comfy_sigmas(pipe.schedule, "euler", "normal", 10, 0.5), full[-11:])
+    assert len(K.comfy_sigmas(pipe.schedule, "dpm_2", "karras", 10)) == 11  # penultimate of 11 steps dropped
     clip = ClipRef(pipe, "tiny")
     pos, neg = clip_text_encode(None, "x", clip)[0], clip_text_encode(None, "", clip)[0]
     model, latent = ModelRef(pipe, "tiny"), {"samples": torch.zeros(1, 4, 8, 8)}

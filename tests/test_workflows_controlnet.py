@@ -19,7 +19,6 @@ from opensd.workflows.nodes_controlnet import (
     ControlNetRef,
     RowControl,
     center_resize,
-    row_hints,
 )
 
 
@@ -92,16 +91,27 @@ def test_cache_reuses_the_loader_and_reruns_what_changed(ctx):
     assert ran == ["12", "3", "8", "9"]
 
 
-def test_row_hints_follow_comfyui():
+def test_hints_reach_the_negative_as_comfyui_passes_them():
+    from types import SimpleNamespace
+
+    from opensd.workflows.conds import prepare
     ref = ControlNetRef(None, "x")
     a, b = ControlHint(ref, torch.zeros(1, 3, 8, 8), 1.0), ControlHint(ref, torch.zeros(1, 3, 8, 8), 0.5)
     ctx_ = torch.zeros(1, 2, 4)
+    pipe = SimpleNamespace(device=torch.device("cpu"), config=SimpleNamespace(unet=SimpleNamespace(size_conditioned=False)))
+
+    def hints(positive, negative):
+        out = prepare({"positive": positive, "negative": negative}, (1, 4, 8, 8), pipe, None)
+        return [e.control for e in out["negative"]] + [e.control for e in out["positive"]]
+
     pos_old = [[ctx_, {"control": a, "control_apply_to_uncond": True}]]
     pos_adv = [[ctx_, {"control": a, "control_apply_to_uncond": False}]]
     neg = [[ctx_, {}]]
-    assert row_hints(pos_old, neg) == [a, a]       # ControlNetApply: the negative gets the positive's hint
-    assert row_hints(pos_adv, neg) == [None, a]    # an advanced hint on the positive only stays there
-    assert row_hints(pos_old, [[ctx_, {"control": b}]]) == [b, a]
+    assert hints(pos_old, neg) == [a, a]       # ControlNetApply: the negative gets the positive's hint
+    assert hints(pos_adv, neg) == [None, a]    # an advanced hint on the positive only stays there
+    assert hints(pos_old, [[ctx_, {"control": b}]]) == [b, a]
+    # two negatives without hints: each of the positive's ControlNetApply hints goes to one, round robin
+    assert hints(pos_old + pos_old, neg + neg) == [a, a, a, a]
 
 
 def test_row_control_equals_the_pipeline_control_applier(env, ctx):

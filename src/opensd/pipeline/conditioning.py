@@ -141,13 +141,16 @@ def encode_prompts(model: StableDiffusion, tokenizer: CLIPTokenizer, prompts: li
 
 
 def size_vector(cfg: ModelConfig, pooled: torch.Tensor, width: int, height: int,
-                aesthetic_score: float = 6.0) -> torch.Tensor:
+                aesthetic_score: float = 6.0, crop_w: int = 0, crop_h: int = 0,
+                target_width: int | None = None, target_height: int | None = None) -> torch.Tensor:
     """SDXL's "y": pooled text + 256-d Fourier embeddings of original size, crop and target size
-    (base) or original size, crop and aesthetic score (refiner)."""
+    (base; the target defaults to the original size) or original size, crop and aesthetic score
+    (refiner)."""
     if cfg.family == "sdxl_refiner":
-        ids = [height, width, 0, 0, aesthetic_score]
+        ids = [height, width, crop_h, crop_w, aesthetic_score]
     else:
-        ids = [height, width, 0, 0, height, width]
+        target = [height if target_height is None else target_height, width if target_width is None else target_width]
+        ids = [height, width, crop_h, crop_w, *target]
     per_value = (cfg.unet.adm_in_channels - pooled.shape[1]) // len(ids)
     emb = timestep_embedding(torch.tensor(ids, dtype=torch.float32), per_value).reshape(1, -1)
     return torch.cat([pooled.float(), emb.to(pooled.device).expand(len(pooled), -1)], dim=1)

@@ -8,6 +8,7 @@ A face over the pipeline: nothing below this package imports it.
 from __future__ import annotations
 
 from . import (  # noqa: F401  (registers the nodes)
+    nodes_conditioning,
     nodes_controlnet,
     nodes_core,
     nodes_image,

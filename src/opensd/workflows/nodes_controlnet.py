@@ -3,8 +3,8 @@ and ControlNetApplyAdvanced.
 
 As in ComfyUI the hint travels on the conditioning: every entry's extras get a ``"control"`` (a
 :class:`ControlHint`, chained to the entry's previous one, so several ControlNets add up) and a
-``"control_apply_to_uncond"`` flag. KSampler then runs, for each row of its CFG batch, the hints
-of the entry that row comes from:
+``"control_apply_to_uncond"`` flag. Sampling then runs each entry's hints on that entry's model
+call (conds.py, guiders.ModelRun):
 
 * ControlNetApplyAdvanced hints both the positive and the negative conditioning it is given;
 * ControlNetApply (ComfyUI's older node) hints the conditioning it is given and sets
@@ -128,17 +128,6 @@ register(NodeDef(
 
 
 # --- sampling ----------------------------------------------------------------------------------
-
-def row_hints(positive: list, negative: list) -> list[ControlHint | None]:
-    """The hint of each row of KSampler's CFG batch: [negative[0], positive[0], positive[1], ...]."""
-    pos = [(extra or {}).get("control") for _, extra in positive]
-    neg = (negative[0][1] or {}).get("control") if negative else None
-    if neg is None and not any((extra or {}).get("control") for _, extra in negative):
-        to_uncond = [(extra or {}).get("control") for _, extra in positive
-                     if (extra or {}).get("control_apply_to_uncond") and (extra or {}).get("control")]
-        neg = to_uncond[0] if to_uncond else None
-    return [neg] + pos
-
 
 def center_resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Crop the middle to the target aspect ratio, then nearest-exact resize (ComfyUI's hint fitting)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,7 @@ def lora_loader(call, model, clip, lora_name, strength_model, strength_clip):
     if strength_model == 0 and strength_clip == 0:
         return model, clip
     entry = LoraEntry(path, float(strength_model), float(strength_clip))
-    return (ModelRef(model.pipe, model.name, model.loras + (entry,)),
-            ClipRef(clip.pipe, clip.name, clip.loras + (entry,), clip.clip_skip))
+    return replace(model, loras=model.loras + (entry,)), replace(clip, loras=clip.loras + (entry,))
 
 
 _STRENGTH = ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01})
@@ -80,7 +80,7 @@ register(NodeDef(
 def clip_set_last_layer(call, clip, stop_at_clip_layer):
     """-1 = last layer, -2 = penultimate (A1111's "Clip skip" 2). SD1-style encoders only; SD2 and
     SDXL keep their own layer, as our prompt conditioner does for A1111's setting."""
-    return (ClipRef(clip.pipe, clip.name, clip.loras, -stop_at_clip_layer),)
+    return (replace(clip, clip_skip=-stop_at_clip_layer),)
 
 
 register(NodeDef(

@@ -6,7 +6,10 @@ Values on the wires follow ComfyUI's conventions so graphs written for it mean t
   :class:`~opensd.pipeline.pipeline.Pipeline` plus the LoRAs stacked on it by LoraLoader nodes.
   LoRAs are applied to the shared pipeline just before the weights are used, so one loaded
   checkpoint serves several branches with different LoRA stacks.
-* CONDITIONING: ``[[context (1, T, D), {"pooled_output": tensor | None}], ...]``.
+* CONDITIONING: ``[[context (1, T, D), {"pooled_output": tensor | None, ...}], ...]``, the extras
+  under ComfyUI's keys ("area", "mask", "strength", "start_percent", "width", ...; see conds.py).
+* SAMPLER, NOISE: :class:`SamplerRef`, :class:`NoiseRef`; SIGMAS: a 1-D float tensor; GUIDER: a
+  :class:`~opensd.workflows.guiders.Guider`.
 * LATENT: ``{"samples": (B, C, h, w), "noise_mask"?: (B|1, 1, H, W)}``. As in ComfyUI the samples
   are the VAE's *raw* latents; the model's scaling factor is applied inside the sampler.
 * IMAGE: float (B, H, W, C) in 0..1. MASK: float (B, H, W), 1 = repaint.
@@ -61,6 +64,11 @@ class ModelRef:
     pipe: Any                      # opensd.pipeline.pipeline.Pipeline
     name: str
     loras: tuple[LoraEntry, ...] = ()
+    # ComfyUI's model patches (derive with dataclasses.replace, so they stack as its clones do):
+    sampling: Any = None           # model_sampling.ModelSampling replacing the checkpoint's own
+    latent_scale: float | None = None  # the VAE scaling factor, when a config says another
+    cfg_function: Any = None       # sampler_cfg_function(CfgArgs) -> x - denoised (RescaleCFG, PerpNeg)
+    output_block_patches: tuple = ()  # fn(h, skip) -> (h, skip) before each up block's concat (FreeU)
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,19 @@ class ClipRef:
 class VaeRef:
     pipe: Any
     name: str
+
+
+@dataclass(frozen=True)
+class SamplerRef:
+    """SAMPLER: a sampler by ComfyUI name, with the extra options its sampler function takes."""
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class NoiseRef:
+    """NOISE: RandomNoise's seed, or DisableNoise (seed None: zeros, and seed 0 for the sampler)."""
+    seed: int | None
 
 
 # --- node declarations --------------------------------------------------------------------------

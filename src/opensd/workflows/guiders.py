@@ -1,0 +1,214 @@
+"""GUIDERs: the model plus the conditioning lists a sampler is guided by, and how one step's
+predictions of those lists combine (ComfyUI's CFGGuider family).
+
+* CFGGuider: uncond + cfg * (cond - uncond), the negative not evaluated at cfg 1 (its prediction
+  is then 0, as in ComfyUI); KSampler samples with it.
+* BasicGuider: the positive alone (a CFGGuider without negative at cfg 1).
+* DualCFGGuider: CFG(cond2 over the negative, cfg_cond2_negative) + cfg_conds * (cond1 - cond2);
+  cond2 counts as a negative-type list (SDXL refiner's aesthetic default).
+
+A model's sampler_cfg_function patch (RescaleCFG, PerpNeg) replaces the CFG formula: it gets
+:class:`CfgArgs` and returns x - denoised, as in ComfyUI.
+
+Each list's prediction is conds.calc_cond_batch's composition of its entries. One case keeps the
+pipeline's own guidance instead: a guidance-distilled model (the built-in one) guides itself
+(pipeline/guidance.py) when the positive is a single plain entry, the scale lies in its trained
+range and the model carries no patches.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..pipeline.conditioning import Conditioning, CondSchedule, ScheduledPart
+from ..pipeline.guidance import plan, self_guided_scale
+from .conds import calc_cond_batch, prepare, region
+from .nodes_controlnet import RowControl
+from .types import ModelRef
+
+# extras that make an entry more than "a prompt for the whole image, all the time"
+_PLACED = ("area", "mask", "strength", "mask_strength", "start_percent", "end_percent", "control")
+
+
+@dataclass
+class CfgArgs:
+    """What a sampler_cfg_function gets (ComfyUI's args dict, same names)."""
+    cond: torch.Tensor             # x - cond_denoised
+    uncond: torch.Tensor
+    cond_scale: float
+    input: torch.Tensor            # x
+    sigma: torch.Tensor
+    cond_denoised: torch.Tensor
+    uncond_denoised: torch.Tensor
+    predict: Callable[[list], torch.Tensor]  # a CONDITIONING's prediction at this step (negative-type)
+
+
+class ModelRun:
+    """The model on one image's crops: conds.calc_cond_batch's `run`."""
+
+    def __init__(self, model: ModelRef, sampling, image_cond: torch.Tensor | None, image: int):
+        self.pipe, self.sampling, self.image_cond, self.image = model.pipe, sampling, image_cond, image
+        self._controls: dict = {}
+
+    def __call__(self, crops: torch.Tensor, sigma: torch.Tensor, entries: list, areas: list) -> torch.Tensor:
+        unet = self.pipe.model.unet
+        context = torch.cat([e.context for e in entries])
+        y = None if entries[0].y is None else torch.cat([e.y for e in entries])
+        concat = None if self.image_cond is None else torch.cat([region(self.image_cond, a) for a in areas])
+        control = self._control(entries[0].control, crops)
+
+        def unet_fn(x, t, context, y):
+            residuals = None if control is None else control(x, t, context, y, n_uncond=1)
+            if concat is not None:  # inpainting models see [x, mask, masked image] channels
+                x = torch.cat([x, concat.to(x)], dim=1)
+            out = unet(x, t, context, y) if residuals is None else unet(x, t, context, y, control=residuals)
+            return out.float()
+
+        return self.sampling.denoise(unet_fn, crops, sigma, context=context, y=y)
+
+    def _control(self, hint, crops: torch.Tensor):
+        """ControlNet residuals for a batch of crops, the hint image fitted to the crop's pixels."""
+        if hint is None:
+            return None
+        key = (id(hint), tuple(crops.shape))
+        if key not in self._controls:
+            down = self.pipe.config.vae.downscale
+            self._controls[key] = RowControl(self.pipe, [hint] * crops.shape[0], self.image,
+                                             crops.shape[3] * down, crops.shape[2] * down)
+        return self._controls[key]
+
+
+@dataclass
+class Step:
+    x: torch.Tensor
+    sigma: torch.Tensor
+    predict: Callable[[list], torch.Tensor]
+
+
+class Guider:
+    negative_kinds: tuple[str, ...] = ("negative",)
+
+    def __init__(self, model: ModelRef):
+        self.model = model
+
+    def lists(self) -> dict[str, list]:
+        """The conditioning lists by ComfyUI's names ("positive", "negative", ...)."""
+        raise NotImplementedError
+
+    def evaluated(self) -> list[str]:
+        """The lists whose predictions each step needs."""
+        return list(self.lists())
+
+    def combine(self, preds: dict[str, torch.Tensor], step: Step) -> torch.Tensor:
+        raise NotImplementedError
+
+    def own_guidance(self, image: int, shape, sigmas, image_cond):
+        """A denoise function that bypasses ComfyUI's composition, or None."""
+        return None
+
+    def denoisers(self, shape, sampling, sigmas: torch.Tensor, image_cond: torch.Tensor | None) -> list:
+        """denoise(x, sigma) for each image of a latent batch of `shape`."""
+        prepared = prepare(self.lists(), shape, self.model.pipe, sampling, self.negative_kinds)
+        out = []
+        for i in range(shape[0]):
+            ic = None if image_cond is None else image_cond[i % image_cond.shape[0]][None]
+            own = self.own_guidance(i, shape, sigmas, ic)
+            out.append(own or self._composed(prepared, ModelRun(self.model, sampling, ic, i), i, shape, sampling))
+        return out
+
+    def _composed(self, prepared: dict, run: ModelRun, image: int, shape, sampling):
+        names = self.evaluated()
+        extra: dict[int, list] = {}
+
+        def predict(conditioning: list) -> torch.Tensor:
+            if id(conditioning) not in extra:
+                extra[id(conditioning)] = prepare({"negative": conditioning}, shape, self.model.pipe,
+                                                  sampling)["negative"]
+            return calc_cond_batch(run, [extra[id(conditioning)]], step.x, step.sigma, image)[0]
+
+        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            nonlocal step
+            step = Step(x, sigma, predict)
+            preds = calc_cond_batch(run, [prepared[n] for n in names], x, sigma, image)
+            return self.combine(dict(zip(names, preds)), step)
+
+        step = None
+        return denoise
+
+
+def cfg_combine(model: ModelRef, cond: torch.Tensor, uncond: torch.Tensor, scale: float, step: Step) -> torch.Tensor:
+    """ComfyUI's cfg_function: the model's sampler_cfg_function patch, else plain CFG."""
+    if model.cfg_function is not None:
+        x = step.x
+        return x - model.cfg_function(CfgArgs(x - cond, x - uncond, scale, x, step.sigma, cond, uncond, step.predict))
+    return uncond + (cond - uncond) * scale
+
+
+class CFGGuider(Guider):
+    def __init__(self, model: ModelRef, positive: list, negative: list | None, cfg: float):
+        super().__init__(model)
+        if not positive:
+            raise ValueError("positive: the conditioning is empty")
+        self.positive, self.negative, self.cfg = positive, negative, float(cfg)
+
+    def lists(self) -> dict[str, list]:
+        return {"positive": self.positive} if self.negative is None else \
+            {"positive": self.positive, "negative": self.negative}
+
+    def evaluated(self) -> list[str]:
+        return ["positive"] if self.negative is None or math.isclose(self.cfg, 1.0) else ["positive", "negative"]
+
+    def combine(self, preds, step):
+        uncond = preds.get("negative", torch.zeros_like(step.x))
+        return cfg_combine(self.model, preds["positive"], uncond, self.cfg, step)
+
+    def own_guidance(self, image, shape, sigmas, image_cond):
+        pipe, m = self.model.pipe, self.model
+        plain = all(not any(k in (extra or {}) for k in _PLACED) for _, extra in self.positive + (self.negative or []))
+        patched = m.sampling is not None or m.latent_scale is not None or m.cfg_function or m.output_block_patches
+        if not pipe.config.unet.guidance_embed or len(self.positive) != 1 or not plain or patched:
+            return None
+        n = len(sigmas) - 1
+        down = pipe.config.vae.downscale
+        w, h = shape[3] * down, shape[2] * down
+        cond = _schedule(self.positive, n, pipe.device)
+        if self_guided_scale(pipe.config, cond, self.cfg) is None:
+            return None
+        uncond = None if not self.negative else _schedule(self.negative[:1], n, pipe.device)
+        guidance = plan(pipe.config, cond, self.cfg, None if uncond is None else (lambda: uncond),
+                        lambda: pipe.cond_schedule("", None, n, w, h, negative=True))
+        return pipe.denoiser(guidance, sigmas, image_cond)
+
+
+def _schedule(conditioning: list, steps: int, device) -> CondSchedule:
+    """A plain CONDITIONING (no SDXL sizes: only guidance-distilled models come here) as the
+    pipeline's prompt schedule: its entries averaged."""
+    parts = [ScheduledPart(1.0 / len(conditioning), "", [(steps, "")], [Conditioning(ctx.to(device), None)])
+             for ctx, _ in conditioning]
+    return CondSchedule("", steps, parts, [])
+
+
+class BasicGuider(CFGGuider):
+    def __init__(self, model: ModelRef, conditioning: list):
+        super().__init__(model, conditioning, None, 1.0)
+
+
+class DualCFGGuider(Guider):
+    negative_kinds = ("negative", "middle")
+
+    def __init__(self, model: ModelRef, cond1: list, cond2: list, negative: list, cfg_conds: float,
+                 cfg_cond2_negative: float):
+        super().__init__(model)
+        self.conds = {"positive": cond1, "middle": cond2, "negative": negative}
+        self.cfg1, self.cfg2 = float(cfg_conds), float(cfg_cond2_negative)
+
+    def lists(self):
+        return self.conds
+
+    def combine(self, preds, step):
+        middle = preds["middle"]
+        return cfg_combine(self.model, middle, preds["negative"], self.cfg2, step) + \
+            (preds["positive"] - middle) * self.cfg1
