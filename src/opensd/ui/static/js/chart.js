@@ -29,7 +29,8 @@ export function lineChart(label, { xName = "step", yName = "loss" } = {}) {
     const x0 = Math.min(...xs), x1 = Math.max(...xs);
     let y0 = Math.min(...ys), y1 = Math.max(...ys);
     const pad = (y1 - y0) * 0.05 || Math.abs(y1) * 0.05 || 1;
-    y0 -= pad; y1 += pad;
+    y0 = Math.min(...ys) >= 0 ? Math.max(0, y0 - pad) : y0 - pad; // a loss axis starts at 0, not below
+    y1 += pad;
     const sx = (x) => LEFT + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * (W - LEFT - RIGHT);
     const sy = (y) => TOP + (1 - (y - y0) / (y1 - y0)) * (H - TOP - BOTTOM);
     const d = pts.map((p, i) => `${i ? "L" : "M"}${sx(p.x).toFixed(1)},${sy(p.y).toFixed(1)}`).join("");
