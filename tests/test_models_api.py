@@ -170,8 +170,14 @@ def test_a_server_without_models_dir_saves_under_its_data_folder(tmp_path):
     (made / "new.safetensors").write_bytes(b"x")
     assert [m.name for m in folders.list("loras")] == ["new.safetensors"]
     comfy = tmp_path / "comfy"
-    (comfy / "loras").mkdir(parents=True)
-    assert ModelFolders(comfy).save_folder("loras") == (comfy / "loras").resolve()  # an existing layout is kept
+    (comfy / "checkpoints").mkdir(parents=True)
+    assert ModelFolders(comfy).save_folder("loras") == (comfy / "loras").resolve()  # ComfyUI's layout is kept
+    assert ModelFolders(comfy).save_folder("embeddings") == (comfy / "embeddings").resolve()
+    a1111 = tmp_path / "a1111"
+    (a1111 / "Stable-diffusion").mkdir(parents=True)
+    (a1111 / "LyCORIS").mkdir()
+    assert ModelFolders(a1111).save_folder("loras") == (a1111 / "LyCORIS").resolve()  # an existing one first
+    assert ModelFolders(a1111).save_folder("controlnet") == (a1111 / "ControlNet").resolve()
 
 
 def test_the_routes_are_described_in_the_openapi_page(tmp_path, models):

@@ -58,14 +58,16 @@ class ModelFolders:
 
     def save_folder(self, kind: str) -> Path:
         """The folder new files of `kind` are written to: its first existing folder under save_root,
-        else A1111's name for it there, made now."""
+        else one made now, named as the folder's layout names it (ComfyUI's when its checkpoints
+        folder is there, else A1111's)."""
         if self.save_root is None:
             raise InvalidArgument("models-dir: no models folder to save into (start the server with --models-dir)")
         self.folders(kind)  # checks the kind
         for name in LAYOUT[kind]:
             if (self.save_root / name).is_dir():
                 return (self.save_root / name).resolve()
-        folder = self.save_root / LAYOUT[kind][0]
+        comfy = (self.save_root / "checkpoints").is_dir() and not (self.save_root / "Stable-diffusion").is_dir()
+        folder = self.save_root / LAYOUT[kind][1 if comfy and len(LAYOUT[kind]) > 1 else 0]
         folder.mkdir(parents=True, exist_ok=True)
         return folder.resolve()
 
