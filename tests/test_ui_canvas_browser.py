@@ -92,6 +92,12 @@ def test_inpaint_with_a_mouse_painted_mask_keeps_far_pixels_and_the_result_goes_
     assert page.evaluate(MASK_ALPHA, panel) == 0
     page.locator(panel).get_by_role("button", name="Redo", exact=True).click()
     assert page.evaluate(MASK_ALPHA, panel) == painted
+    shown = page.locator(f"{panel} canvas.canvas-mask").bounding_box()["width"]
+    page.mouse.move(*to_screen(page, panel, 32, 32))
+    page.keyboard.down("Control")  # Ctrl+wheel zooms the canvas (the plain wheel scrolls the page)
+    page.mouse.wheel(0, -300)
+    page.keyboard.up("Control")
+    wait_for(lambda: page.locator(f"{panel} canvas.canvas-mask").bounding_box()["width"] > shown * 1.3, what="zoom")
 
     page.fill(f"{panel} textarea[name=prompt]", "red heart")
     page.fill(f"{panel} input[name=steps]", "4")

@@ -1,6 +1,6 @@
 // The img2img/inpaint canvas: an image (uploaded, pasted, dropped or sent from another tab) with a
 // mask painted over it. Brush and eraser work with mouse, pen (pressure scales the brush) and touch
-// through Pointer Events; two fingers, the middle button, Space+drag or the hand tool pan; the wheel,
+// through Pointer Events; two fingers, the middle button, Space+drag or the hand tool pan; Ctrl+wheel,
 // a pinch or the +/- buttons zoom. Every change of image or mask is undoable. The mask is kept at the
 // image's own resolution and exported white (repaint) on black, as A1111's `mask` field takes it.
 import { field, h, icon, toast } from "./dom.js";
@@ -12,7 +12,7 @@ const SEAM = 8; // outpainting also repaints this many pixels of the old image, 
 const MIN_ZOOM = 0.05;
 const MAX_ZOOM = 32;
 
-export function canvas(width, height) {
+function canvas(width, height) {
   const c = document.createElement("canvas");
   c.width = width;
   c.height = height;
@@ -75,6 +75,7 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
   function fit() {
     if (!source) return;
     const r = view.getBoundingClientRect();
+    if (!r.width || !r.height) return; // a hidden tab: fitted when it is shown (ResizeObserver)
     zoom = Math.min(r.width / source.width, r.height / source.height) * 0.96;
     panX = (r.width - source.width * zoom) / 2;
     panY = (r.height - source.height * zoom) / 2;
@@ -281,8 +282,8 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
   view.addEventListener("pointerup", release);
   view.addEventListener("pointercancel", release);
   view.addEventListener("pointerleave", () => { cursor.hidden = true; });
-  view.addEventListener("wheel", (e) => {
-    if (!source) return;
+  view.addEventListener("wheel", (e) => { // Ctrl+wheel, or a trackpad pinch; the plain wheel scrolls the page
+    if (!source || !(e.ctrlKey || e.metaKey)) return;
     e.preventDefault();
     const p = viewPoint(e);
     zoomAt(Math.exp(-e.deltaY * 0.0015), p.x, p.y);
