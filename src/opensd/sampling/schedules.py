@@ -66,15 +66,25 @@ def normal_sigmas(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
 
 
 def karras_sigmas(schedule: DiscreteSchedule, steps: int, rho: float = 7.0) -> torch.Tensor:
-    """Karras et al. (2022): evenly spaced in sigma**(1/rho) between the model's sigma_max and min."""
+    """Karras et al. (2022) between the model's sigma_max and sigma_min."""
+    return karras(schedule.sigma_min, schedule.sigma_max, steps, rho)
+
+
+def karras(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022): evenly spaced in sigma**(1/rho) from sigma_max to sigma_min, then 0."""
     ramp = torch.linspace(0, 1, steps)
-    lo, hi = schedule.sigma_min ** (1 / rho), schedule.sigma_max ** (1 / rho)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return _append_zero((hi + ramp * (lo - hi)) ** rho)
 
 
 def exponential_sigmas(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
     """Evenly spaced in log sigma between the model's sigma_max and sigma_min."""
-    return _append_zero(torch.linspace(math.log(schedule.sigma_max), math.log(schedule.sigma_min), steps).exp())
+    return exponential(schedule.sigma_min, schedule.sigma_max, steps)
+
+
+def exponential(sigma_min: float, sigma_max: float, steps: int) -> torch.Tensor:
+    """Evenly spaced in log sigma from sigma_max to sigma_min, then 0."""
+    return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), steps).exp())
 
 
 def sgm_uniform_sigmas(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:

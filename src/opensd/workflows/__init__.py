@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_latent,
     nodes_mask,
     nodes_output,
+    nodes_sampling_custom,
 )
 from .executor import OutputCache, execute, validate_prompt
 from .graph import check_prompt

@@ -92,7 +92,7 @@ register(NodeDef(
 
 # --- sampling ------------------------------------------------------------------------------------
 
-def _step_reporter(call, model):
+def step_reporter(call, model):
     def on_step(i, n, denoised):
         call.progress(i, n)
         if call.ctx.previews:
@@ -106,7 +106,7 @@ def ksampler_node(call, model, seed, steps, cfg, sampler_name, scheduler, positi
                   denoise=1.0):
     out = ksampler.sample(model, positive, negative, latent_image, seed=seed, steps=steps, cfg=cfg,
                           sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
-                          on_step=_step_reporter(call, model), should_stop=call.ctx.should_stop)
+                          on_step=step_reporter(call, model), should_stop=call.ctx.should_stop)
     return (out,)
 
 
@@ -128,7 +128,7 @@ def ksampler_advanced(call, model, add_noise, noise_seed, steps, cfg, sampler_na
                           sampler_name=sampler_name, scheduler=scheduler, add_noise=add_noise == "enable",
                           start_step=start_at_step, last_step=end_at_step,
                           force_full_denoise=return_with_leftover_noise != "enable",
-                          on_step=_step_reporter(call, model), should_stop=call.ctx.should_stop)
+                          on_step=step_reporter(call, model), should_stop=call.ctx.should_stop)
     return (out,)
 
 
