@@ -231,3 +231,24 @@ def test_gallery_sends_an_image_with_its_parameters_to_img2img_and_to_a_controln
     assert page.is_checked("#panel-controlnet form[aria-label='ControlNet unit 1'] input[type=checkbox] >> nth=0")
     page.context.close()
     assert log.console_errors == [] and log.failures == []
+
+
+def test_a_pen_paints_with_its_pressure(browser, live):
+    page, log, panel = inpaint_page(browser, live)
+    cdp = page.context.new_cdp_session(page)
+
+    def pen_stroke(force: float) -> int:
+        page.locator(panel).get_by_role("button", name="Clear mask", exact=True).click()
+        (x0, y), (x1, _) = to_screen(page, panel, 10, 32), to_screen(page, panel, 54, 32)
+        pen = {"pointerType": "pen", "force": force, "button": "left"}
+        cdp.send("Input.dispatchMouseEvent", {"type": "mousePressed", "x": x0, "y": y, "clickCount": 1, "buttons": 1, **pen})
+        for k in range(1, 9):
+            cdp.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x0 + (x1 - x0) * k / 8, "y": y,
+                                                  "buttons": 1, **pen})
+        cdp.send("Input.dispatchMouseEvent", {"type": "mouseReleased", "x": x1, "y": y, "clickCount": 1, **pen})
+        return page.evaluate(MASK_ALPHA, panel)
+
+    firm, light = pen_stroke(1.0), pen_stroke(0.25)
+    assert 0 < light < firm * 0.5
+    page.context.close()
+    assert log.console_errors == [] and log.failures == []
