@@ -5,6 +5,7 @@ and resume continuing it, and one clear line for every bad request."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 
@@ -17,7 +18,7 @@ from server_live import BASE, models_dir
 import opensd.server.datasets as datasets_module
 from opensd.server.app import create_app
 from opensd.server.settings import Settings
-from opensd.server.store import DONE, FINAL, INTERRUPTED
+from opensd.server.store import DONE, FINAL, INTERRUPTED, Job
 
 TINY = "tiny.safetensors"
 
@@ -181,3 +182,23 @@ def test_bad_training_requests_answer_one_line_and_queue_nothing(c, change, word
     message = body.get("message") or body["detail"]
     assert words in message and "\n" not in message
     assert c.get("/opensd/v1/train/jobs").json()["items"] == []
+
+
+def test_damaged_training_records_still_list_and_resume_answers_one_line(c):
+    store = c.app.state.opensd.store
+    for job_id, payload in {"t-array": [1], "t-run": {"run": "../../x", "type": "lora", "steps": "many"},
+                            "t-type": {"run": "0" * 32, "type": "other", "steps": True, "label": 7,
+                                       "dataset": {"x": 1}}}.items():
+        job = store.add(Job(id=job_id, client="x", kind="train", payload={}))
+        store.finish(job, INTERRUPTED, {}, "interrupted")
+        with store._lock:  # as an older version or a hand edit may have left it
+            store._db.execute("UPDATE jobs SET payload=? WHERE id=?", (json.dumps(payload), job_id))
+    listed = c.get("/opensd/v1/train/jobs")
+    assert listed.status_code == 200, listed.text
+    assert {i["job_id"]: (i["run"], i["type"], i["steps"], i["label"], i["resumable"]) for i in listed.json()["items"]} == {
+        "t-array": ("", "lora", 0, "", False), "t-run": ("", "lora", 0, "", False),
+        "t-type": ("0" * 32, "lora", 0, "", False)}
+    for job_id in ("t-array", "t-run", "t-type"):
+        assert c.get(f"/opensd/v1/train/jobs/{job_id}/samples/step000001-0.png").status_code == 404
+        r = c.post(f"/opensd/v1/train/jobs/{job_id}/resume")
+        assert r.status_code == 422 and r.json()["detail"].startswith("job_id: the stored training job is damaged")

@@ -19,7 +19,7 @@ from .opensd_api import PREFIX
 from .opensd_models import JobQueued
 from .store import FAILED, INTERRUPTED
 from .train_bodies import TrainJobs, TrainRequest, TrainStatus
-from .train_job import KIND, Runs
+from .train_job import KIND, TRAIN, Runs
 
 BASE = PREFIX + "/train"
 RECENT = 20  # finished training jobs listed
@@ -29,21 +29,26 @@ def _missing(job_id: str) -> JSONResponse:
     return JSONResponse({"error": "NotFound", "detail": f"job_id: no training job {job_id[:64]!r}"}, status_code=404)
 
 
+def _text(payload: dict, key: str) -> str:
+    return payload[key] if isinstance(payload.get(key), str) else ""
+
+
 def router(state) -> APIRouter:
     api = APIRouter(prefix=BASE, tags=["opensd training"])
     runs = Runs(state.settings.data_dir / "training")
     state.queue.register(KIND, lambda job, ctl: train_job.run(state, state.datasets, runs, job, ctl))
 
     def status(job) -> TrainStatus:
-        p = job.payload
-        run = p.get("run", "")
-        step, points = runs.curve(run)
-        stopped = job.status in (INTERRUPTED, FAILED)
+        p = job.payload if isinstance(job.payload, dict) else {}
+        run = p.get("run") if runs.known(p.get("run")) else None  # a damaged record shows what it can
+        step, points = runs.curve(run) if run else (0, [])
+        steps = p.get("steps")
         return TrainStatus(
-            job_id=job.id, run=run, status=job.status, type=p.get("type", "lora"), output=p.get("output", ""),
-            label=p.get("label", ""), step=step, steps=p.get("steps", 0), losses=points, error=job.error,
-            samples=[f"{BASE}/jobs/{job.id}/samples/{n}" for n in runs.samples(run)],
-            resumable=stopped and (runs.folder(run) / "state.pt").is_file())
+            job_id=job.id, run=run or "", status=job.status, type=p.get("type") if p.get("type") in TRAIN else "lora",
+            output=_text(p, "output"), label=_text(p, "label"), step=step, losses=points, error=job.error,
+            steps=steps if isinstance(steps, int) and not isinstance(steps, bool) else 0,
+            samples=[f"{BASE}/jobs/{job.id}/samples/{n}" for n in runs.samples(run)] if run else [],
+            resumable=bool(run) and job.status in (INTERRUPTED, FAILED) and (runs.folder(run) / "state.pt").is_file())
 
     def training_job(job_id: str):
         job = state.store.get(job_id)
@@ -77,7 +82,8 @@ def router(state) -> APIRouter:
              responses={404: {"description": "no such sample"}})
     def sample(job_id: str, name: str):
         found = training_job(job_id)
-        path = runs.sample(found.payload.get("run", ""), name) if found is not None else None
+        run = found.payload.get("run") if found is not None and isinstance(found.payload, dict) else None
+        path = runs.sample(run, name) if runs.known(run) else None
         if path is None:
             return JSONResponse({"error": "NotFound", "detail": f"name: no sample {name[:80]!r}"}, status_code=404)
         return FileResponse(path, media_type="image/png", headers=NOSNIFF)
@@ -90,9 +96,8 @@ def router(state) -> APIRouter:
             return _missing(job_id)
         if found.status not in (INTERRUPTED, FAILED):
             raise InvalidArgument(f"job_id: the job is {found.status}; only a stopped run resumes")
-        payload = found.payload
-        await run_in_threadpool(train_job.plan, state, state.datasets, train_job.request_of(payload),
-                                runs.folder(payload["run"]))
-        return queued(state, state.queue.submit(KIND, payload, client_id(request)))
+        req, run = train_job.request_of(found.payload)
+        await run_in_threadpool(train_job.plan, state, state.datasets, req, runs.folder(run))
+        return queued(state, state.queue.submit(KIND, found.payload, client_id(request)))
 
     return api

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+from pydantic import ValidationError
 
 from ..atomic import write_atomic
 from ..errors import InvalidArgument
@@ -51,8 +52,13 @@ class Runs:
         self._live: dict[str, tuple[int, list[float]]] = {}
         self._lock = threading.Lock()
 
+    @staticmethod
+    def known(run) -> bool:
+        """Whether `run` is a run id (a stored record may hold anything)."""
+        return isinstance(run, str) and bool(_RUN_ID.match(run))
+
     def folder(self, run: str) -> Path:
-        if not isinstance(run, str) or not _RUN_ID.match(run):
+        if not self.known(run):
             raise InvalidArgument(f"run: {str(run)[:40]!r} is not a run id")
         return self.root / run
 
@@ -130,15 +136,21 @@ def plan(state, datasets: Datasets, req: TrainRequest, run_dir: Path) -> Plan:
     return Plan(opts, output)
 
 
-def request_of(payload: dict) -> TrainRequest:
-    """A stored job's request (its payload also holds the run id and label)."""
-    return TrainRequest(**{k: payload[k] for k in TrainRequest.model_fields if k in payload})
+def request_of(payload) -> tuple[TrainRequest, str]:
+    """A stored job's request and run id (a damaged record is refused in one line)."""
+    if not isinstance(payload, dict) or not Runs.known(payload.get("run")):
+        raise InvalidArgument("job_id: the stored training job is damaged (no run id)")
+    try:
+        return TrainRequest(**{k: payload[k] for k in TrainRequest.model_fields if k in payload}), payload["run"]
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise InvalidArgument(f"job_id: the stored training job is damaged ({'.'.join(map(str, first['loc']))}: "
+                              f"{first['msg']})") from None
 
 
 def run(state, datasets: Datasets, runs: Runs, job, ctl: Control) -> tuple[dict, None]:
     """Train on the worker thread, reporting each step (and the newest sample as the live preview)."""
-    req = request_of(job.payload)
-    run_id = job.payload["run"]
+    req, run_id = request_of(job.payload)
     planned = plan(state, datasets, req, runs.folder(run_id))
     shown = set(runs.samples(run_id))
 
