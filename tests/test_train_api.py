@@ -160,6 +160,19 @@ def test_embedding_training_teaches_loaded_models_the_new_word(c, tmp_path):
     assert "zqword" in c.get("/sdapi/v1/embeddings").json()["loaded"]
 
 
+def test_dreambooth_job_saves_a_checkpoint_that_joins_the_model_list(c, tmp_path):
+    make_dataset(c, captions=("",))
+    r = c.post("/opensd/v1/train", json={"type": "dreambooth", "dataset": "reds", "model": TINY, "output": "sks-red",
+                                         "steps": 2, "instance_prompt": "a photo of sks square"})
+    status = wait(c, r.json()["job_id"])
+    assert status["status"] == DONE and status["output"] == "sks-red.safetensors", status
+    listed = {m["name"]: m for m in c.get("/opensd/v1/checkpoints").json()["items"]}
+    assert listed["sks-red.safetensors"]["family"] == "small"
+    made = c.post("/sdapi/v1/txt2img", json={"prompt": "a photo of sks square", "steps": 2, "width": 64, "height": 64,
+                                             "override_settings": {"sd_model_checkpoint": "sks-red"}})
+    assert made.status_code == 200 and "sks-red" in made.json()["info"]
+
+
 @pytest.mark.parametrize("change, words", [
     ({"dataset": "nope"}, "dataset: no dataset named 'nope'"),
     ({"dataset": "empty"}, "dataset: 'empty' holds no images yet"),
