@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_image_ops,
     nodes_latent,
     nodes_mask,
+    nodes_model_patches,
     nodes_output,
     nodes_sampling_custom,
 )

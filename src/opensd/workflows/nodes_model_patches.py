@@ -1,0 +1,120 @@
+"""MODEL patch nodes with ComfyUI's names, inputs and arithmetic: ModelSamplingDiscrete (another
+parameterisation or zero-terminal-SNR schedule), RescaleCFG (Lin et al. 2023), FreeU_V2 (Si et
+al. 2023) and PerpNeg (Armandpour et al. 2023). Each returns a new ModelRef; the checkpoint and
+the other branches of the graph are untouched."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from .guiders import CfgArgs
+from .model_sampling import model_sampling
+from .types import NodeDef, register
+
+
+def model_sampling_discrete(call, model, sampling, zsnr):
+    return (replace(model, sampling=model_sampling(model.pipe.schedule, sampling, zsnr)),)
+
+
+register(NodeDef(
+    "ModelSamplingDiscrete", model_sampling_discrete,
+    {"model": ("MODEL", {}), "sampling": (["eps", "v_prediction", "lcm", "x0"], {}),
+     "zsnr": ("BOOLEAN", {"default": False})},
+    ("MODEL",), category="advanced/model", module="comfy_extras.nodes_model_advanced"))
+
+
+def rescale_cfg_function(multiplier: float):
+    """CFG on the v-prediction the model's outputs imply, rescaled towards the conditional
+    prediction's standard deviation by `multiplier` (0 = plain CFG)."""
+    def fn(args: CfgArgs) -> torch.Tensor:
+        x_orig, cond, uncond = args.input, args.cond, args.uncond
+        sigma = args.sigma.reshape(-1)[:1].to(x_orig).view(-1, 1, 1, 1)
+        x = x_orig / (sigma * sigma + 1.0)
+        v_cond = ((x - (x_orig - cond)) * (sigma ** 2 + 1.0) ** 0.5) / sigma
+        v_uncond = ((x - (x_orig - uncond)) * (sigma ** 2 + 1.0) ** 0.5) / sigma
+        v_cfg = v_uncond + args.cond_scale * (v_cond - v_uncond)
+        ro_pos = torch.std(v_cond, dim=(1, 2, 3), keepdim=True)
+        ro_cfg = torch.std(v_cfg, dim=(1, 2, 3), keepdim=True)
+        v_final = multiplier * v_cfg * (ro_pos / ro_cfg) + (1.0 - multiplier) * v_cfg
+        return x_orig - (x - v_final * sigma / (sigma * sigma + 1.0) ** 0.5)
+    return fn
+
+
+def rescale_cfg(call, model, multiplier):
+    return (replace(model, cfg_function=rescale_cfg_function(multiplier)),)
+
+
+register(NodeDef(
+    "RescaleCFG", rescale_cfg,
+    {"model": ("MODEL", {}), "multiplier": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01})},
+    ("MODEL",), category="advanced/model", module="comfy_extras.nodes_model_advanced"))
+
+
+def fourier_filter(x: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
+    """Scale the lowest frequencies (a (2 threshold)^2 square around the centre of the shifted
+    spectrum) of each channel by `scale`."""
+    freq = torch.fft.fftshift(torch.fft.fftn(x.float(), dim=(-2, -1)), dim=(-2, -1))
+    h, w = freq.shape[-2:]
+    mask = torch.ones(freq.shape, device=x.device)
+    mask[..., h // 2 - threshold:h // 2 + threshold, w // 2 - threshold:w // 2 + threshold] = scale
+    freq = torch.fft.ifftshift(freq * mask, dim=(-2, -1))
+    return torch.fft.ifftn(freq, dim=(-2, -1)).real.to(x.dtype)
+
+
+def freeu_v2_patch(model_channels: int, b1: float, b2: float, s1: float, s2: float):
+    """FreeU v2 on the up blocks whose hidden state has 4x / 2x the model's base channels: the
+    first half of h's channels amplified by up to b (most where the channel mean is highest), the
+    skip connection's low frequencies scaled by s."""
+    scales = {model_channels * 4: (b1, s1), model_channels * 2: (b2, s2)}
+
+    def patch(h: torch.Tensor, skip: torch.Tensor):
+        scale = scales.get(int(h.shape[1]))
+        if scale is None:
+            return h, skip
+        mean = h.mean(1, keepdim=True)
+        flat = mean.view(mean.shape[0], -1)
+        lo, hi = flat.amin(-1)[:, None, None, None], flat.amax(-1)[:, None, None, None]
+        mean = (mean - lo) / (hi - lo)
+        half = h.shape[1] // 2
+        h[:, :half] = h[:, :half] * ((scale[0] - 1) * mean + 1)
+        return h, fourier_filter(skip, 1, scale[1])
+
+    return patch
+
+
+def freeu_v2(call, model, b1, b2, s1, s2):
+    patch = freeu_v2_patch(model.pipe.config.unet.model_channels, b1, b2, s1, s2)
+    return (replace(model, output_block_patches=model.output_block_patches + (patch,)),)
+
+
+def _factor(default: float):
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 10.0, "step": 0.01})
+
+
+register(NodeDef(
+    "FreeU_V2", freeu_v2,
+    {"model": ("MODEL", {}), "b1": _factor(1.3), "b2": _factor(1.4), "s1": _factor(0.9), "s2": _factor(0.2)},
+    ("MODEL",), category="model_patches", module="comfy_extras.nodes_freelunch"))
+
+
+def perp_neg(pos_pred, neg_pred, nocond_pred, neg_scale: float, cond_scale: float) -> torch.Tensor:
+    """CFG away from only the part of the negative direction perpendicular to the positive one."""
+    pos, neg = pos_pred - nocond_pred, neg_pred - nocond_pred
+    perp = neg - ((neg * pos).sum() / torch.norm(pos) ** 2) * pos
+    return nocond_pred + cond_scale * (pos - perp * neg_scale)
+
+
+def perp_neg_node(call, model, empty_conditioning, neg_scale):
+    def fn(args: CfgArgs) -> torch.Tensor:
+        nocond = args.predict(empty_conditioning)
+        return args.input - perp_neg(args.cond_denoised, args.uncond_denoised, nocond, neg_scale, args.cond_scale)
+    return (replace(model, cfg_function=fn),)
+
+
+register(NodeDef(
+    "PerpNeg", perp_neg_node,
+    {"model": ("MODEL", {}), "empty_conditioning": ("CONDITIONING", {}),
+     "neg_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01})},
+    ("MODEL",), category="_for_testing", display_name="Perp-Neg (DEPRECATED by PerpNegGuider)",
+    module="comfy_extras.nodes_perpneg"))

@@ -1,0 +1,186 @@
+"""ComfyUI's model patches: ModelSamplingDiscrete's parameterisations and schedules, RescaleCFG,
+FreeU_V2 and PerpNeg, against their formulas computed here, and end to end on a tiny model."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from workflow_fixtures import Loader, make_ctx, make_models
+
+from opensd.sampling.schedules import DiscreteSchedule, scaled_linear_alphas_cumprod
+from opensd.workflows import ksampler as K
+from opensd.workflows import nodes_model_patches as P
+from opensd.workflows import nodes_sampling_custom as S
+from opensd.workflows.guiders import CfgArgs
+from opensd.workflows.model_sampling import ModelSampling, model_sampling
+from opensd.workflows.nodes_core import clip_text_encode
+from opensd.workflows.types import ClipRef, ModelRef
+from opensd.workflows.unet_patches import output_block_patches
+
+BASE = DiscreteSchedule(scaled_linear_alphas_cumprod())
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mp")
+    folders = make_models(tmp / "models")
+    pipe = make_ctx(folders, Loader(folders), tmp).load_pipeline("tiny.safetensors")
+    clip = ClipRef(pipe, "tiny")
+    pos, neg = clip_text_encode(None, "a castle", clip)[0], clip_text_encode(None, "rain", clip)[0]
+    return ModelRef(pipe, "tiny"), pos, neg
+
+
+def _table() -> np.ndarray:
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    a = np.cumprod(1 - betas)
+    return np.sqrt((1 - a) / a)
+
+
+# --- ModelSamplingDiscrete -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampling", ["eps", "v_prediction", "x0", "lcm"])
+def test_parameterisations_turn_the_output_into_the_denoised_latent(sampling):
+    ms = model_sampling(BASE, sampling, False)
+    x, out, sigma = torch.full((1, 1, 2, 2), 3.0), torch.full((1, 1, 2, 2), 0.5), torch.tensor(2.0)
+    seen = {}
+
+    def unet(x_in, t, **cond):
+        seen.update(x_in=x_in, t=t)
+        return out
+
+    d = ms.denoise(unet, x, sigma)
+    s = 2.0
+    assert torch.allclose(seen["x_in"], x / math.sqrt(s * s + 1))
+    if sampling == "eps":
+        want = 3.0 - s * 0.5
+    elif sampling == "v_prediction":
+        want = 3.0 / (s * s + 1) - 0.5 * s / math.sqrt(s * s + 1)
+    elif sampling == "x0":
+        want = 0.5
+    else:  # LCM: the nearest of timesteps 19, 39, ..., 999; c_skip, c_out at 10 t with sigma_data 0.5
+        table = _table()[19::20]
+        k = int(np.abs(np.log(table) - math.log(s)).argmin())
+        t = 20 * k + 19
+        assert float(seen["t"][0]) == t
+        ts = 10.0 * t
+        want = ts / math.sqrt(ts * ts + 0.25) * (3.0 - 0.5 * s) + 0.25 / (ts * ts + 0.25) * 3.0
+    assert torch.allclose(d, torch.full_like(x, want), rtol=1e-5)
+
+
+def test_lcm_and_zsnr_schedules(env):
+    model, _, _ = env
+    table = _table()
+    (lcm,) = P.model_sampling_discrete(None, model, "lcm", False)
+    np.testing.assert_allclose(lcm.sampling.schedule.sigmas.numpy(), table[19::20], rtol=1e-5)
+    (sigmas,) = S.basic_scheduler(None, lcm, "normal", 2, 1.0)  # the distilled timesteps 999 and 19
+    np.testing.assert_allclose(sigmas.numpy(), [table[999], table[19], 0.0], rtol=1e-5)
+    assert lcm.sampling.percent_to_sigma(0.5) == pytest.approx(
+        math.exp(np.interp((499.5 - 19) / 20, np.arange(50), np.log(table[19::20]))), rel=1e-5)
+    (z,) = P.model_sampling_discrete(None, model, "eps", True)
+    ab_sqrt = np.sqrt(1 / (table ** 2 + 1))
+    shifted = (ab_sqrt - ab_sqrt[-1]) * ab_sqrt[0] / (ab_sqrt[0] - ab_sqrt[-1])
+    ab = shifted ** 2
+    ab[-1] = 4.8973451890853435e-08
+    np.testing.assert_allclose(z.sampling.schedule.sigmas.numpy(), np.sqrt((1 - ab) / ab), rtol=1e-5)
+    assert z.sampling.sigma_max == pytest.approx(4518.8, rel=1e-3)
+
+
+def test_patched_sampling_runs_and_eps_patch_changes_nothing(env):
+    model, pos, neg = env
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    kw = dict(seed=2, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal")
+    plain = K.sample(model, pos, neg, latent, **kw)["samples"]
+    (eps,) = P.model_sampling_discrete(None, model, "eps", False)
+    torch.testing.assert_close(K.sample(eps, pos, neg, latent, **kw)["samples"], plain, rtol=1e-4, atol=1e-4)
+    (v,) = P.model_sampling_discrete(None, model, "v_prediction", False)
+    assert not torch.allclose(K.sample(v, pos, neg, latent, **kw)["samples"], plain)
+    (lcm,) = P.model_sampling_discrete(None, model, "lcm", True)
+    out = K.sample(lcm, pos, neg, latent, **dict(kw, sampler_name="lcm", cfg=1.0))["samples"]
+    assert torch.isfinite(out).all() and out.abs().sum() > 0
+
+
+# --- RescaleCFG and PerpNeg ----------------------------------------------------------------------
+
+def _args(x, cond_d, uncond_d, scale, sigma, predict=None):
+    return CfgArgs(x - cond_d, x - uncond_d, scale, x, torch.tensor(sigma), cond_d, uncond_d, predict)
+
+
+def test_rescale_cfg_is_cfg_on_v_rescaled_to_the_conditional_std():
+    g = torch.Generator().manual_seed(0)
+    x, c, u = (torch.randn(2, 4, 3, 3, generator=g) for _ in range(3))
+    s, cfg, m = 1.7, 6.0, 0.7
+    denoised = x - P.rescale_cfg_function(m)(_args(x, c, u, cfg, s))
+    # v = (x / (s^2 + 1) - D) * sqrt(s^2 + 1) / s; D = x / (s^2 + 1) - v * s / sqrt(s^2 + 1)
+    k = math.sqrt(s * s + 1)
+    vc, vu = (x / (s * s + 1) - c) * k / s, (x / (s * s + 1) - u) * k / s
+    v = vu + cfg * (vc - vu)
+    std = lambda t: t.reshape(2, -1).std(dim=1).view(2, 1, 1, 1)  # noqa: E731
+    v = m * v * std(vc) / std(v) + (1 - m) * v
+    torch.testing.assert_close(denoised, x / (s * s + 1) - v * s / k, rtol=1e-5, atol=1e-5)
+    plain = x - P.rescale_cfg_function(0.0)(_args(x, c, u, cfg, s))
+    torch.testing.assert_close(plain, u + cfg * (c - u), rtol=1e-5, atol=1e-5)
+
+
+def test_perp_neg_removes_only_the_negatives_perpendicular_part():
+    nocond = torch.zeros(2)
+    pos, neg = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 3.0])  # neg = 0.5 pos + (0, 3)
+    out = P.perp_neg(pos, neg, nocond, 2.0, 4.0)
+    assert out.tolist() == pytest.approx([4.0 * 2.0, 4.0 * (0.0 - 2.0 * 3.0)])
+
+
+def test_perp_neg_with_neg_scale_zero_and_the_negative_as_empty_is_plain_cfg(env):
+    model, pos, neg = env
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    kw = dict(seed=4, steps=2, cfg=5.0, sampler_name="euler", scheduler="normal")
+    (patched,) = P.perp_neg_node(None, model, neg, 0.0)
+    # (nocond runs in its own batch: float rounding, amplified by CFG 5)
+    torch.testing.assert_close(K.sample(patched, pos, neg, latent, **kw)["samples"],
+                               K.sample(model, pos, neg, latent, **kw)["samples"], rtol=1e-3, atol=1e-3)
+    (strong,) = P.perp_neg_node(None, model, clip_text_encode(None, "", ClipRef(model.pipe, "t"))[0], 1.0)
+    assert not torch.allclose(K.sample(strong, pos, neg, latent, **kw)["samples"],
+                              K.sample(model, pos, neg, latent, **kw)["samples"])
+
+
+# --- FreeU_V2 ------------------------------------------------------------------------------------
+
+def test_freeu_v2_patch_against_a_numpy_fft():
+    g = torch.Generator().manual_seed(1)
+    h, skip = torch.randn(2, 64, 6, 8, generator=g), torch.randn(2, 32, 6, 8, generator=g)
+    out_h, out_skip = P.freeu_v2_patch(32, 1.3, 1.4, 0.9, 0.2)(h.clone(), skip)  # 64 = 2 x 32: (b2, s2)
+    mean = h.mean(1, keepdim=True).numpy()
+    lo, hi = mean.min(axis=(1, 2, 3), keepdims=True), mean.max(axis=(1, 2, 3), keepdims=True)
+    ramp = (0.4 * (mean - lo) / (hi - lo) + 1)
+    want_h = h.numpy().copy()
+    want_h[:, :32] *= ramp
+    np.testing.assert_allclose(out_h.numpy(), want_h, rtol=1e-5, atol=1e-6)
+    spec = np.fft.fftshift(np.fft.fft2(skip.numpy()), axes=(-2, -1))
+    spec[..., 2:4, 3:5] *= 0.2  # the 2x2 square around the centre (3, 4)
+    want_skip = np.fft.ifft2(np.fft.ifftshift(spec, axes=(-2, -1))).real
+    np.testing.assert_allclose(out_skip.numpy(), want_skip, rtol=1e-4, atol=1e-5)
+    same_h, same_skip = P.freeu_v2_patch(32, 1.3, 1.4, 0.9, 0.2)(torch.ones(1, 48, 2, 2), skip)
+    assert same_h.eq(1).all() and same_skip is skip  # other widths pass through
+
+
+def test_output_block_hooks_split_h_from_the_skip_and_freeu_changes_the_image(env):
+    model, pos, neg = env
+    unet = model.pipe.model.unet
+    seen = []
+
+    def record(h, skip):
+        seen.append((h.shape[1], skip.shape[1]))
+        return h, skip
+
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        plain = unet(x, torch.tensor([500.0]), pos[0][0])
+        with output_block_patches(unet, (record,)):
+            same = unet(x, torch.tensor([500.0]), pos[0][0])
+    assert torch.equal(plain, same)
+    inputs = [b[0].in_layers[2].weight.shape[1] for b in unet.output_blocks]  # the first ResBlock's input
+    assert [h + s for h, s in seen] == inputs and [h for h, _ in seen] == [64, 64, 64, 32]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    kw = dict(seed=4, steps=2, cfg=5.0, sampler_name="euler", scheduler="normal")
+    (freeu,) = P.freeu_v2(None, model, 1.3, 1.4, 0.9, 0.2)
+    assert not torch.allclose(K.sample(freeu, pos, neg, latent, **kw)["samples"],
+                              K.sample(model, pos, neg, latent, **kw)["samples"])
+    assert not unet.output_blocks[0]._forward_pre_hooks  # the hooks are gone after the run
