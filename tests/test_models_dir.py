@@ -49,6 +49,19 @@ def test_comfyui_layout(tmp_path):
     assert f.resolve("loras", "y") == (root / "loras" / "y.safetensors").resolve()
 
 
+def test_comfyui_part_and_config_folders(tmp_path):
+    root = tmp_path / "models"
+    touch(root / "unet" / "a.safetensors")
+    touch(root / "diffusion_models" / "b.safetensors")
+    touch(root / "text_encoders" / "clip_l.safetensors")
+    touch(root / "configs" / "v1-inference.yaml")
+    touch(root / "configs" / "notes.txt")
+    f = ModelFolders(root, include_builtin=False)
+    assert [m.name for m in f.list("unet")] == ["a.safetensors", "b.safetensors"]
+    assert [m.name for m in f.list("clip")] == ["clip_l.safetensors"]
+    assert [m.name for m in f.list("configs")] == ["v1-inference.yaml"]  # configs are yaml, not weights
+
+
 @pytest.mark.parametrize("name,expected", [
     ("sd15/dream.safetensors", "Stable-diffusion/sd15/dream.safetensors"),
     ("SD15/DREAM.safetensors", "Stable-diffusion/sd15/dream.safetensors"),

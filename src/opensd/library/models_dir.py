@@ -18,8 +18,13 @@ LAYOUT = {
     "vae": ("VAE", "vae"),
     "embeddings": ("embeddings",),
     "controlnet": ("ControlNet", "controlnet"),
+    # ComfyUI's folders for model parts and LDM configs (its loaders' "unet", "clip", "configs")
+    "unet": ("unet", "diffusion_models"),
+    "clip": ("clip", "text_encoders"),
+    "configs": ("configs",),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+SUFFIXES = {"configs": (".yaml",)}  # kinds whose files are not weights
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "builtin"
 BUILTIN_CHECKPOINT = BUILTIN_DIR / "opensd-emoji.safetensors"
 BUILTIN_FOLDERS = {"controlnet": BUILTIN_DIR / "controlnet"}  # the built-in model's Canny ControlNet
@@ -81,7 +86,7 @@ class ModelFolders:
                 if not _inside(path, folder):
                     continue
                 is_diffusers = kind == "checkpoints" and path.is_dir() and (path / "model_index.json").is_file()
-                if is_diffusers or (path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES):
+                if is_diffusers or (path.is_file() and path.suffix.lower() in SUFFIXES.get(kind, WEIGHT_SUFFIXES)):
                     name = path.relative_to(folder).as_posix()
                     seen.setdefault(name, ModelFile(kind, name, path))
         return sorted(seen.values(), key=lambda m: m.name.lower())
