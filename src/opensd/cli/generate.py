@@ -75,8 +75,10 @@ def register(sub) -> None:
     c.add_argument("--control", action="append", metavar="MODEL,IMAGE[,OPTIONS]", help=CONTROL_HELP)
     c.add_argument("--controlnet-dir", type=Path, help="folder where --control looks up ControlNets by name")
     d = gen.add_argument_group("device")
-    d.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    d.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
+    d.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto (default): fp16 on CUDA, bf16 on CPUs with native bf16 for SD-size models, else fp32")
+    d.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="auto (default): CUDA, else MPS, else the CPU")
     d.add_argument("--prediction", choices=["eps", "v"], help="override eps/v for SD2 files that do not say")
     d.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
     gen.add_argument("-o", "--output", type=Path,
@@ -135,6 +137,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     def progress(step: int, total: int) -> None:
         if not bars:  # created on the first step, so argument errors print no empty bar
+            print(f"opensd: {pipe.precision.line(pipe.device)}", file=sys.stderr)
             bars.append(tqdm(total=total, desc="sampling", unit="step", file=sys.stderr))
         bars[0].update(step - bars[0].n)
 

@@ -37,8 +37,10 @@ def register(sub) -> None:
                    help="most work one request may ask for, in megapixel-steps (pixels x steps x images, "
                         "every pass); default 10000, e.g. 8 x 4 images of 1024x1024 at 50 steps is 1678")
     p.add_argument("--model-cache-gb", type=float_arg, default=8.0, help="parameters kept loaded, in GB")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="auto (default): CUDA, else MPS, else the CPU")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto (default): fp16 on CUDA, bf16 on CPUs with native bf16 for SD-size models, else fp32")
     p.add_argument("--max-body-mb", type=float_arg, default=64.0)
     p.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
     p.add_argument("--open", action="store_true", help="open the web UI in the default browser")
@@ -71,6 +73,8 @@ def ui_url(host: str, port: int) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ..pipeline.device import resolve_device
+    from ..pipeline.precision import summary
     from ..server.app import create_app
     from ..server.listen import listen
 
@@ -82,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"opensd: {warning}", file=sys.stderr)
     app = create_app(settings)
     print(f"opensd: serving on http://{args.host}:{args.port} (web UI at /, API docs at /docs)", file=sys.stderr)
+    print(f"opensd: {summary(settings.precision, resolve_device(settings.device))}", file=sys.stderr)
     if args.open:  # the socket already listens, so the browser's request waits for the server
         threading.Thread(target=webbrowser.open, args=(ui_url(args.host, args.port),), daemon=True).start()
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

@@ -27,5 +27,5 @@ def resolve_device(name: str | None) -> torch.device:
 
 def resolve_dtype(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
-        raise InvalidArgument(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise InvalidArgument(f"precision: {precision!r} is not one of auto, {', '.join(PRECISIONS)}")
     return PRECISIONS[precision]

@@ -9,6 +9,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -41,10 +42,14 @@ class LoadedModel:
 
 
 def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
-               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> LoadedModel:
+               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               vae_dtype: torch.dtype | None = None,
+               dtypes: Callable[[C.ModelConfig], tuple[torch.dtype, torch.dtype]] | None = None) -> LoadedModel:
     """Load a checkpoint file or diffusers folder; `vae` optionally replaces its VAE.
 
     `prediction` overrides eps/v where the file cannot tell (SD2 768-v vs 512-base).
+    The VAE is cast to `vae_dtype` (default: `dtype`); `dtypes`, if given, picks (dtype, vae_dtype)
+    from the file's config before any tensor is cast (--precision auto depends on the model's size).
     """
     path = Path(path)
     prediction = prediction or _sidecar_prediction(path)
@@ -54,7 +59,9 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
         sd = {k: v for k, v in sd.items() if not k.startswith(D.VAE)}
         sd.update({D.VAE + k: v for k, v in vae_sd.items()})
         cfg = _with_vae_of(cfg, sd, vae, declared)
-    model, unknown = build(cfg, sd, path, dtype, device)
+    if dtypes is not None:
+        dtype, vae_dtype = dtypes(cfg)
+    model, unknown = build(cfg, sd, path, dtype, device, vae_dtype)
     explicit = prediction or D.prediction_from_metadata(metadata)
     if cfg.family == "sd2" and not cfg.inpainting and explicit is None:
         guessed = guess_sd2_prediction(model)
@@ -67,7 +74,8 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     return LoadedModel(path, cfg, model, alphas.float() if alphas is not None else None, unknown)
 
 
-def build(cfg: C.ModelConfig, sd: dict[str, torch.Tensor], path, dtype, device) -> tuple[StableDiffusion, list[str]]:
+def build(cfg: C.ModelConfig, sd: dict[str, torch.Tensor], path, dtype, device,
+          vae_dtype: torch.dtype | None = None) -> tuple[StableDiffusion, list[str]]:
     """Instantiate on the meta device and assign the file's tensors: no random init, no double copy."""
     with torch.device("meta"):
         model = StableDiffusion(cfg)
@@ -85,7 +93,8 @@ def build(cfg: C.ModelConfig, sd: dict[str, torch.Tensor], path, dtype, device) 
     if unknown:
         log.warning("%s: %d keys not used by a %s model, e.g. %s", path, len(unknown), cfg.family,
                     ", ".join(unknown[:3]))
-    tensors = {k: _to(sd[k], dtype, device) for k in expected}
+    vae_dtype = vae_dtype or dtype
+    tensors = {k: _to(sd[k], vae_dtype if k.startswith(D.VAE) else dtype, device) for k in expected}
     model.load_state_dict(tensors, strict=True, assign=True)
     leftover = [n for n, b in model.named_buffers() if b.is_meta]
     if leftover:  # a model registered a buffer that is not in the file: a bug in models/, not the file

@@ -31,6 +31,7 @@ from .device import resolve_device, resolve_dtype
 from .loader import LoadedModel, load_model
 from .noise import ImageNoise
 from .params import Hires, Params
+from .precision import Precision, choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Pipeline:
         self.config = loaded.config
         self.device = device
         self.dtype = dtype
+        self.precision = Precision(dtype, next(loaded.model.vae.parameters()).dtype, "given")  # load() says why
         self.limits = limits
         self.tokenizer = default_tokenizer()
         alphas = loaded.alphas_cumprod if loaded.alphas_cumprod is not None else scaled_linear_alphas_cumprod()
@@ -430,18 +432,27 @@ def _round8(v: int) -> int:
     return max(8, round(v / 8) * 8)
 
 
-def load(path, *, vae=None, device: str | None = None, precision: str = "fp32",
+def load(path, *, vae=None, device: str | None = None, precision: str = "auto",
          prediction: str | None = None, embeddings_dir=None, loras_dir=None) -> Pipeline:
     """Load a checkpoint file or diffusers folder into a ready pipeline; `embeddings_dir` holds
     textual-inversion embeddings usable by file name in prompts, `loras_dir` the LoRAs that
-    prompts name with <lora:name:weight>."""
+    prompts name with <lora:name:weight>. device None/"auto" and precision "auto" choose from
+    this machine (pipeline/precision.py); `pipe.precision.line(pipe.device)` says what and why."""
     dev = resolve_device(device)
-    dtype = resolve_dtype(precision)
+    if precision != "auto":
+        resolve_dtype(precision)  # a bad name fails before the file is read
     if prediction not in (None, "eps", "v"):
         raise InvalidArgument(f"prediction: {prediction!r} must be 'eps' or 'v'")
-    loaded = load_model(Path(path), vae=vae, prediction=prediction, dtype=dtype, device=dev)
+    chosen: list[Precision] = []
+
+    def dtypes(cfg):
+        chosen.append(choose_precision(precision, dev, cfg))
+        return chosen[0].dtype, chosen[0].vae_dtype
+
+    loaded = load_model(Path(path), vae=vae, prediction=prediction, device=dev, dtypes=dtypes)
     embeddings = load_embeddings(embeddings_dir) if embeddings_dir is not None else None
-    pipe = Pipeline(loaded, dev, dtype, embeddings=embeddings)
+    pipe = Pipeline(loaded, dev, chosen[0].dtype, embeddings=embeddings)
+    pipe.precision = chosen[0]
     if loras_dir is not None:
         if not Path(loras_dir).is_dir():
             raise InvalidArgument(f"loras_dir: {loras_dir} is not a folder")

@@ -23,7 +23,7 @@ def pipeline_bytes(pipe) -> int:
 
 
 class ModelCache:
-    def __init__(self, folders: ModelFolders, device: str | None = "cpu", precision: str = "fp32",
+    def __init__(self, folders: ModelFolders, device: str | None = "auto", precision: str = "auto",
                  budget_bytes: int = 8 << 30, loader=None):
         self.folders = folders
         self.device, self.precision = device, precision

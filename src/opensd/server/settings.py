@@ -24,8 +24,8 @@ class Settings:
     queue_size: int = 64                     # pending jobs (not counting the running one)
     max_waiting: int = 32                    # A1111 requests waiting (with their bodies) for a queue place
     work_budget: float = 10_000.0            # megapixel-steps one request may ask for (work_budget.py)
-    device: str | None = "cpu"
-    precision: str = "fp32"
+    device: str | None = "auto"             # pipeline/device.py: CUDA, else MPS, else the CPU
+    precision: str = "auto"                  # pipeline/precision.py
     model_budget_bytes: int = 8 << 30        # parameters kept loaded across cached pipelines
     max_body_bytes: int = 64 << 20
     max_prompt_chars: int = 20_000
