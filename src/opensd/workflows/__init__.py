@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_image,
     nodes_image_ops,
     nodes_latent,
+    nodes_loaders,
     nodes_mask,
     nodes_model_patches,
     nodes_output,

@@ -169,8 +169,9 @@ class CFGGuider(Guider):
         pipe, m = self.model.pipe, self.model
         plain = all(not any(k in (extra or {}) for k in _PLACED) for _, extra in self.positive + (self.negative or []))
         patched = m.sampling is not None or m.latent_scale is not None or m.cfg_function or m.output_block_patches
-        if not pipe.config.unet.guidance_embed or len(self.positive) != 1 or not plain or patched:
-            return None
+        text_meta = any(p.is_meta for enc in pipe.model.text_encoders for p in enc.parameters())
+        if not pipe.config.unet.guidance_embed or len(self.positive) != 1 or not plain or patched or text_meta:
+            return None  # (a UNet loaded alone has no text encoders for the pipeline's own guidance)
         n = len(sigmas) - 1
         down = pipe.config.vae.downscale
         w, h = shape[3] * down, shape[2] * down

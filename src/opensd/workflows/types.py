@@ -182,6 +182,8 @@ class ExecutionContext:
     temp_dir: Path | None = None                  # PreviewImage files ("type": "temp")
     extra_pnginfo: dict | None = None             # extra_data["extra_pnginfo"] ("workflow"), saved in PNGs
     previews: bool = True                         # send ("preview", PIL image) after sampling steps
+    device: str | None = None                     # where part loaders (VAELoader, UNETLoader, CLIPLoader...)
+    precision: str = "fp32"                       # put their weights: a device name (None: auto), fp32/fp16/bf16
 
     def temp_folder(self) -> Path:
         return Path(self.temp_dir) if self.temp_dir is not None else Path(tempfile.gettempdir()) / "opensd-temp"

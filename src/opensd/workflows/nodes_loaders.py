@@ -1,0 +1,126 @@
+"""Loader nodes beyond CheckpointLoaderSimple/LoraLoader, with ComfyUI's names and inputs: a VAE,
+a diffusion model or text encoders from files of their own (pipeline/parts.py), a checkpoint with
+an LDM yaml config, and a LoRA on the model only.
+
+CheckpointLoader reads from the yaml what the weights cannot say: ``parameterization: "v"``
+(v-prediction) and ``scale_factor`` (the latents' scaling); the architecture itself is detected
+from the weights, and a config whose UNet context width or input channels contradict them is
+refused."""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import yaml
+
+from ..pipeline import parts
+from .model_sampling import ModelSampling
+from .nodes_core import checkpoint_loader
+from .types import ClipRef, Choices, LoraEntry, ModelRef, NodeDef, VaeRef, register
+
+log = logging.getLogger(__name__)
+
+
+def _where(ctx) -> dict:
+    return {"device": ctx.device, "precision": ctx.precision}
+
+
+def vae_loader(call, vae_name):
+    path = call.ctx.folders.resolve("vae", vae_name)
+    return (VaeRef(parts.load_vae(path, **_where(call.ctx)), vae_name),)
+
+
+register(NodeDef("VAELoader", vae_loader, {"vae_name": (Choices("vae"), {})}, ("VAE",), category="loaders",
+                 display_name="Load VAE"))
+
+
+def _config_params(path) -> dict:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        params = doc.get("model", {}).get("params", {})
+    except (yaml.YAMLError, AttributeError, UnicodeDecodeError) as e:
+        raise ValueError(f"config_name: {path.name} is not an LDM yaml config ({e})") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"config_name: {path.name} has no model.params")
+    return params
+
+
+def checkpoint_loader_with_config(call, config_name, ckpt_name):
+    params = _config_params(call.ctx.folders.resolve("configs", config_name))
+    model, clip, vae = checkpoint_loader(call, ckpt_name)
+    unet = model.pipe.config.unet
+    wants = (params.get("unet_config") or {}).get("params") or {}
+    for key, have in (("context_dim", unet.context_dim), ("in_channels", unet.in_channels)):
+        if key in wants and wants[key] != have:
+            raise ValueError(f"config_name: {config_name} describes a UNet with {key} {wants[key]}, "
+                             f"but {ckpt_name} has {have}")
+    if params.get("parameterization") == "v":
+        model = replace(model, sampling=ModelSampling(model.pipe.schedule, "v"))
+    if "scale_factor" in params:
+        model = replace(model, latent_scale=float(params["scale_factor"]))
+    return model, clip, vae
+
+
+register(NodeDef(
+    "CheckpointLoader", checkpoint_loader_with_config,
+    {"config_name": (Choices("configs"), {}), "ckpt_name": (Choices("checkpoints"), {})},
+    ("MODEL", "CLIP", "VAE"), category="advanced/loaders", display_name="Load Checkpoint With Config (DEPRECATED)"))
+
+
+UNET_DTYPES = ["default", "fp8_e4m3fn", "fp8_e5m2"]
+
+
+def unet_loader(call, unet_name, weight_dtype):
+    path = call.ctx.folders.resolve("unet", unet_name)
+    if weight_dtype != "default":
+        log.warning("UNETLoader: %s storage is not supported; %s is loaded in %s", weight_dtype, unet_name,
+                    call.ctx.precision)
+    return (ModelRef(parts.load_unet(path, **_where(call.ctx)), unet_name),)
+
+
+register(NodeDef(
+    "UNETLoader", unet_loader, {"unet_name": (Choices("unet"), {}), "weight_dtype": (UNET_DTYPES, {})},
+    ("MODEL",), category="advanced/loaders", display_name="Load Diffusion Model"))
+
+
+CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio"]
+DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux"]
+
+
+def _clip(call, names: list[str], type: str, supported: str) -> ClipRef:
+    if type != supported:
+        raise ValueError(f"type: {type!r} text encoders are for model families opensd does not run; "
+                         f"use {supported!r} (Stable Diffusion 1.x/2.x/SDXL)")
+    paths = [call.ctx.folders.resolve("clip", n) for n in names]
+    return ClipRef(parts.load_text_encoders(paths, **_where(call.ctx)), "+".join(names))
+
+
+def clip_loader(call, clip_name, type="stable_diffusion"):
+    return (_clip(call, [clip_name], type, "stable_diffusion"),)
+
+
+def dual_clip_loader(call, clip_name1, clip_name2, type):
+    return (_clip(call, [clip_name1, clip_name2], type, "sdxl"),)
+
+
+register(NodeDef(
+    "CLIPLoader", clip_loader, {"clip_name": (Choices("clip"), {}), "type": (CLIP_TYPES, {})},
+    ("CLIP",), category="advanced/loaders", display_name="Load CLIP"))
+register(NodeDef(
+    "DualCLIPLoader", dual_clip_loader,
+    {"clip_name1": (Choices("clip"), {}), "clip_name2": (Choices("clip"), {}), "type": (DUAL_CLIP_TYPES, {})},
+    ("CLIP",), category="advanced/loaders"))
+
+
+def lora_loader_model_only(call, model, lora_name, strength_model):
+    if strength_model == 0:
+        return (model,)
+    entry = LoraEntry(call.ctx.folders.resolve("loras", lora_name), float(strength_model), 0.0)
+    return (replace(model, loras=model.loras + (entry,)),)
+
+
+register(NodeDef(
+    "LoraLoaderModelOnly", lora_loader_model_only,
+    {"model": ("MODEL", {}), "lora_name": (Choices("loras"), {}),
+     "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01})},
+    ("MODEL",), category="loaders"))

@@ -1,0 +1,157 @@
+"""ComfyUI's separate loaders on tiny models split into ComfyUI's files: each part loaded alone
+behaves exactly as the same part inside the checkpoint; CheckpointLoader's yaml; LoRA on the model
+only; SDXL's two text encoders and CLIPTextEncodeSDXL."""
+import logging
+import shutil
+
+import pytest
+import torch
+from test_lora_pipeline import write_random_lora
+from workflow_fixtures import Loader, default_graph, make_ctx, make_models
+from workflow_models import split_parts, write_sdxl
+
+from opensd.errors import CheckpointError
+from opensd.workflows import NodeError, execute, object_info
+from opensd.workflows import ksampler as K
+from opensd.workflows import nodes_conditioning as N
+from opensd.workflows import nodes_loaders as L
+from opensd.workflows.nodes_core import clip_text_encode, lora_loader, vae_decode_tensor, vae_encode_tensor
+from opensd.workflows.types import ClipRef, ModelRef, NodeCall
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ld")
+    root = tmp / "models"
+    folders = make_models(root)
+    write_sdxl(root / "checkpoints" / "tiny_xl.safetensors")
+    names = split_parts(root / "checkpoints" / "tiny.safetensors", root, "tiny")
+    names.update({f"xl_{k}": v for k, v in split_parts(root / "checkpoints" / "tiny_xl.safetensors", root,
+                                                          "xl").items()})
+    write_random_lora(root / "loras" / "style.safetensors", 1)
+    (root / "configs").mkdir()
+    (root / "configs" / "v.yaml").write_text("model:\n  params:\n    parameterization: v\n    scale_factor: 0.5\n")
+    (root / "configs" / "wrong.yaml").write_text("model:\n  params:\n    unet_config:\n      params:\n"
+                                                 "        context_dim: 768\n")
+    ctx = make_ctx(folders, Loader(folders), tmp)
+    return NodeCall(ctx, "1", {}, lambda kind, data: None), names
+
+
+def _ckpt(call, name="tiny.safetensors"):
+    pipe = call.ctx.load_pipeline(name)
+    return ModelRef(pipe, name), ClipRef(pipe, name)
+
+
+KW = dict(seed=6, steps=2, cfg=5.0, sampler_name="euler", scheduler="normal")
+
+
+def test_vae_loader_decodes_and_encodes_like_the_checkpoints_vae(env):
+    call, names = env
+    (vae,) = L.vae_loader(call, names["vae"])
+    pipe = call.ctx.load_pipeline("tiny.safetensors")
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    image = vae_decode_tensor(vae.pipe, latents)
+    assert torch.equal(image, vae_decode_tensor(pipe, latents))
+    assert torch.equal(vae_encode_tensor(vae.pipe, image), vae_encode_tensor(pipe, image))
+    assert all(p.is_meta for p in vae.pipe.model.unet.parameters())  # only the VAE holds weights
+
+
+def test_unet_and_clip_loaders_sample_like_the_checkpoint(env):
+    call, names = env
+    model, clip = _ckpt(call)
+    (unet,) = L.unet_loader(call, names["unet"], "default")
+    (clip_only,) = L.clip_loader(call, names["clip_l"], "stable_diffusion")
+    pos, neg = clip_text_encode(None, "a kite", clip)[0], clip_text_encode(None, "dull", clip)[0]
+    pos2 = clip_text_encode(None, "a kite", clip_only)[0]
+    assert torch.equal(pos2[0][0], pos[0][0])
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    assert torch.equal(K.sample(unet, pos2, neg, latent, **KW)["samples"], K.sample(model, pos, neg, latent, **KW)["samples"])
+
+
+def test_dual_clip_loader_takes_sdxls_encoders_in_either_order(env):
+    call, names = env
+    _, clip = _ckpt(call, "tiny_xl.safetensors")
+    (dual,) = L.dual_clip_loader(call, names["xl_clip_g"], names["xl_clip_l"], "sdxl")
+    assert dual.pipe.config.family == "sdxl"
+    want, got = clip_text_encode(None, "a kite, (sky:1.2)", clip)[0], clip_text_encode(None, "a kite, (sky:1.2)", dual)[0]
+    assert torch.equal(got[0][0], want[0][0]) and torch.equal(got[0][1]["pooled_output"], want[0][1]["pooled_output"])
+
+
+def test_clip_text_encode_sdxl_sends_each_text_to_its_encoder(env):
+    call, _ = env
+    model, clip = _ckpt(call, "tiny_xl.safetensors")
+    pc = clip.pipe.conditioner()
+    long_l = ", ".join(["a small red kite"] * 20)  # two 77-token chunks
+    (c,) = N.clip_text_encode_sdxl(None, clip, 640, 480, 8, 16, 512, 384, "a kite", long_l)
+    ctx, extra = c[0]
+    g, l_ = pc.encode("a kite"), pc.encode(long_l)
+    assert ctx.shape == (1, 154, 96)
+    assert torch.equal(ctx[:, :, :32], l_.context[:, :, :32])            # CLIP-L read text_l
+    assert torch.equal(ctx[:, :77, 32:], g.context[:, :, 32:])           # bigG read text_g...
+    assert torch.equal(ctx[:, 77:, 32:], pc.empty().context[:, :, 32:])  # ...padded with an empty chunk
+    assert torch.equal(extra["pooled_output"], g.pooled)
+    assert {k: extra[k] for k in ("width", "height", "crop_w", "crop_h", "target_width", "target_height")} == \
+        {"width": 640, "height": 480, "crop_w": 8, "crop_h": 16, "target_width": 512, "target_height": 384}
+    (r,) = N.clip_text_encode_sdxl_refiner(None, 2.5, 800, 600, "a kite", clip)
+    assert r[0][1]["aesthetic_score"] == 2.5 and torch.equal(r[0][0], clip_text_encode(None, "a kite", clip)[0][0][0])
+
+
+def test_sdxl_size_conditioning_reaches_the_model(env):
+    call, _ = env
+    model, clip = _ckpt(call, "tiny_xl.safetensors")
+    neg = clip_text_encode(None, "", clip)[0]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    plain = K.sample(model, clip_text_encode(None, "a kite", clip)[0], neg, latent, **KW)["samples"]
+    # CLIPTextEncode's defaults are the latent's pixel size, no crop, the same target
+    (same,) = N.clip_text_encode_sdxl(None, clip, 64, 64, 0, 0, 64, 64, "a kite", "a kite")
+    assert torch.equal(K.sample(model, same, neg, latent, **KW)["samples"], plain)
+    (cropped,) = N.clip_text_encode_sdxl(None, clip, 64, 64, 32, 0, 64, 64, "a kite", "a kite")
+    assert not torch.equal(K.sample(model, cropped, neg, latent, **KW)["samples"], plain)
+
+
+def test_checkpoint_loader_reads_v_prediction_and_scale_from_the_yaml(env):
+    call, _ = env
+    model, clip = _ckpt(call)
+    v_model, _, _ = L.checkpoint_loader_with_config(call, "v.yaml", "tiny.safetensors")
+    assert v_model.sampling.prediction == "v" and v_model.latent_scale == 0.5
+    from opensd.pipeline.pipeline import load
+    v_pipe = load(call.ctx.folders.resolve("checkpoints", "tiny.safetensors"), prediction="v")
+    pos, neg = clip_text_encode(None, "a kite", clip)[0], clip_text_encode(None, "", clip)[0]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    want = K.sample(ModelRef(v_pipe, "v"), pos, neg, latent, **KW)["samples"]
+    got = K.sample(v_model, pos, neg, latent, **KW)["samples"]
+    # the same v-prediction sampling, only the latents' scale differs: 0.5 instead of 0.18215
+    torch.testing.assert_close(got * 0.5, want * v_pipe.config.vae.scaling_factor, rtol=1e-4, atol=1e-4)
+    g = default_graph()
+    g["4"] = {"class_type": "CheckpointLoader", "inputs": {"config_name": "wrong.yaml", "ckpt_name": "tiny.safetensors"}}
+    with pytest.raises(NodeError, match="wrong.yaml describes a UNet with context_dim 768, but tiny.safetensors has 64"):
+        execute(g, call.ctx)
+    assert object_info(call.ctx, "CheckpointLoader")["CheckpointLoader"]["input"]["required"]["config_name"][0] == \
+        ["v.yaml", "wrong.yaml"]
+
+
+def test_lora_on_the_model_only(env):
+    call, _ = env
+    model, clip = _ckpt(call)
+    (only,) = L.lora_loader_model_only(call, model, "style.safetensors", 0.8)
+    both, _ = lora_loader(call, model, clip, "style.safetensors", 0.8, 0.0)
+    assert only == both
+    assert L.lora_loader_model_only(call, model, "style.safetensors", 0.0)[0] is model
+    pos, neg = clip_text_encode(None, "a kite", clip)[0], clip_text_encode(None, "", clip)[0]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    assert not torch.equal(K.sample(only, pos, neg, latent, **KW)["samples"],
+                           K.sample(model, pos, neg, latent, **KW)["samples"])
+
+
+def test_unsupported_types_and_wrong_files_are_clear_errors(env, caplog):
+    call, names = env
+    with pytest.raises(ValueError, match="type: 'sd3' text encoders are for model families opensd does not run"):
+        L.clip_loader(call, names["clip_l"], "sd3")
+    with pytest.raises(ValueError, match="type: 'flux'"):
+        L.dual_clip_loader(call, names["xl_clip_l"], names["xl_clip_g"], "flux")
+    shutil.copy(call.ctx.folders.resolve("vae", names["vae"]), call.ctx.folders.folders("unet")[0] / "a_vae.safetensors")
+    with pytest.raises(CheckpointError, match="not a diffusion model .*standalone VAE"):
+        L.unet_loader(call, "a_vae.safetensors", "default")
+    with caplog.at_level(logging.WARNING):
+        (unet,) = L.unet_loader(call, names["unet"], "fp8_e4m3fn")
+    assert "fp8_e4m3fn storage is not supported" in caplog.text and unet.pipe.dtype == torch.float32
