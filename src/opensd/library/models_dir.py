@@ -22,6 +22,8 @@ LAYOUT = {
     "unet": ("unet", "diffusion_models"),
     "clip": ("clip", "text_encoders"),
     "configs": ("configs",),
+    # upscaler models (ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, ...): A1111 keeps one folder per family
+    "upscale_models": ("ESRGAN", "upscale_models", "RealESRGAN", "SwinIR", "DAT", "HAT"),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 SUFFIXES = {"configs": (".yaml",)}  # kinds whose files are not weights
