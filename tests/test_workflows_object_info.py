@@ -1,0 +1,235 @@
+"""/object_info for the nodes issue 22 added, compared with ComfyUI's own definitions (its
+INPUT_TYPES, RETURN_TYPES/NAMES, CATEGORY, display names and module), transcribed here as JSON:
+the same input names in the same order, types, defaults, bounds and steps (ints stay ints), the
+same outputs. Model and image lists are empty without a context."""
+import json
+
+import pytest
+
+from opensd.workflows import object_info
+from opensd.workflows.nodes_core import SAMPLERS, SCHEDULERS
+
+MAX = 16384
+LATENT, IMAGE, MASK, COND = ["LATENT"], ["IMAGE"], ["MASK"], ["CONDITIONING"]
+UPSCALE = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+SEED = ["INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}]
+CFG = ["FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}]
+STEPS = ["INT", {"default": 20, "min": 1, "max": 10000}]
+DENOISE = ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}]
+TEXT = ["STRING", {"multiline": True, "dynamicPrompts": True}]
+HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+
+
+def i(default, lo, hi=MAX, step=None):
+    opts = {"default": default, "min": lo, "max": hi}
+    if step is not None:
+        opts["step"] = step
+    return ["INT", opts]
+
+
+def f(default, lo, hi, step, **extra):
+    return ["FLOAT", {"default": default, "min": lo, "max": hi, "step": step, **extra}]
+
+
+def sigma(default):
+    return f(default, 0.0, 5000.0, 0.01, round=False)
+
+
+# name: (required, outputs, category, display name, python module, extra fields)
+EXPECTED = {
+    # latent
+    "LatentUpscaleBy": ({"samples": LATENT, "upscale_method": [UPSCALE[:4] + ["bislerp"]],
+                         "scale_by": f(1.5, 0.01, 8.0, 0.01)}, ["LATENT"], "latent", "Upscale Latent By", "nodes", {}),
+    "LatentAdd": ({"samples1": LATENT, "samples2": LATENT}, ["LATENT"], "latent/advanced", "LatentAdd",
+                  "comfy_extras.nodes_latent", {}),
+    "LatentSubtract": ({"samples1": LATENT, "samples2": LATENT}, ["LATENT"], "latent/advanced", "LatentSubtract",
+                       "comfy_extras.nodes_latent", {}),
+    "LatentMultiply": ({"samples": LATENT, "multiplier": f(1.0, -10.0, 10.0, 0.01)}, ["LATENT"], "latent/advanced",
+                       "LatentMultiply", "comfy_extras.nodes_latent", {}),
+    "LatentComposite": ({"samples_to": LATENT, "samples_from": LATENT, "x": i(0, 0, step=8), "y": i(0, 0, step=8),
+                         "feather": i(0, 0, step=8)}, ["LATENT"], "latent", "Latent Composite", "nodes", {}),
+    "LatentCompositeMasked": ({"destination": LATENT, "source": LATENT, "x": i(0, 0, step=8), "y": i(0, 0, step=8),
+                               "resize_source": ["BOOLEAN", {"default": False}]}, ["LATENT"], "latent",
+                              "LatentCompositeMasked", "comfy_extras.nodes_mask", {"optional": {"mask": MASK}}),
+    "LatentBlend": ({"samples1": LATENT, "samples2": LATENT,
+                     "blend_factor": ["FLOAT", {"default": 0.5, "min": 0, "max": 1, "step": 0.01}]},
+                    ["LATENT"], "_for_testing", "Latent Blend", "nodes", {}),
+    "LatentFromBatch": ({"samples": LATENT, "batch_index": i(0, 0, 63), "length": i(1, 1, 64)}, ["LATENT"],
+                        "latent/batch", "Latent From Batch", "nodes", {}),
+    "RepeatLatentBatch": ({"samples": LATENT, "amount": i(1, 1, 64)}, ["LATENT"], "latent/batch",
+                          "Repeat Latent Batch", "nodes", {}),
+    "LatentRotate": ({"samples": LATENT, "rotation": [["none", "90 degrees", "180 degrees", "270 degrees"]]},
+                     ["LATENT"], "latent/transform", "Rotate Latent", "nodes", {}),
+    "LatentFlip": ({"samples": LATENT, "flip_method": [["x-axis: vertically", "y-axis: horizontally"]]},
+                   ["LATENT"], "latent/transform", "Flip Latent", "nodes", {}),
+    "LatentCrop": ({"samples": LATENT, "width": i(512, 64, step=8), "height": i(512, 64, step=8),
+                    "x": i(0, 0, step=8), "y": i(0, 0, step=8)}, ["LATENT"], "latent/transform", "Crop Latent",
+                   "nodes", {}),
+    # mask
+    "LoadImageMask": ({"image": [[], {"image_upload": True}], "channel": [["alpha", "red", "green", "blue"]]},
+                      ["MASK"], "mask", "Load Image (as Mask)", "nodes", {}),
+    "MaskToImage": ({"mask": MASK}, ["IMAGE"], "mask", "Convert Mask to Image", "comfy_extras.nodes_mask", {}),
+    "ImageToMask": ({"image": IMAGE, "channel": [["red", "green", "blue", "alpha"]]}, ["MASK"], "mask",
+                    "Convert Image to Mask", "comfy_extras.nodes_mask", {}),
+    "SolidMask": ({"value": f(1.0, 0.0, 1.0, 0.01), "width": i(512, 1, step=1), "height": i(512, 1, step=1)},
+                  ["MASK"], "mask", "SolidMask", "comfy_extras.nodes_mask", {}),
+    "InvertMask": ({"mask": MASK}, ["MASK"], "mask", "InvertMask", "comfy_extras.nodes_mask", {}),
+    "CropMask": ({"mask": MASK, "x": i(0, 0, step=1), "y": i(0, 0, step=1), "width": i(512, 1, step=1),
+                  "height": i(512, 1, step=1)}, ["MASK"], "mask", "CropMask", "comfy_extras.nodes_mask", {}),
+    "MaskComposite": ({"destination": MASK, "source": MASK, "x": i(0, 0, step=1), "y": i(0, 0, step=1),
+                       "operation": [["multiply", "add", "subtract", "and", "or", "xor"]]}, ["MASK"], "mask",
+                      "MaskComposite", "comfy_extras.nodes_mask", {}),
+    "FeatherMask": ({"mask": MASK, "left": i(0, 0, step=1), "top": i(0, 0, step=1), "right": i(0, 0, step=1),
+                     "bottom": i(0, 0, step=1)}, ["MASK"], "mask", "FeatherMask", "comfy_extras.nodes_mask", {}),
+    "GrowMask": ({"mask": MASK, "expand": i(0, -MAX, step=1), "tapered_corners": ["BOOLEAN", {"default": True}]},
+                 ["MASK"], "mask", "GrowMask", "comfy_extras.nodes_mask", {}),
+    "ImageCompositeMasked": ({"destination": IMAGE, "source": IMAGE, "x": i(0, 0, step=1), "y": i(0, 0, step=1),
+                              "resize_source": ["BOOLEAN", {"default": False}]}, ["IMAGE"], "image",
+                             "ImageCompositeMasked", "comfy_extras.nodes_mask", {"optional": {"mask": MASK}}),
+    # image
+    "ImageScaleBy": ({"image": IMAGE, "upscale_method": [UPSCALE], "scale_by": f(1.0, 0.01, 8.0, 0.01)},
+                     ["IMAGE"], "image/upscaling", "Upscale Image By", "nodes", {}),
+    "ImageScaleToTotalPixels": ({"image": IMAGE, "upscale_method": [UPSCALE], "megapixels": f(1.0, 0.01, 16.0, 0.01)},
+                                ["IMAGE"], "image/upscaling", "ImageScaleToTotalPixels",
+                                "comfy_extras.nodes_post_processing", {}),
+    "ImageInvert": ({"image": IMAGE}, ["IMAGE"], "image", "Invert Image", "nodes", {}),
+    "ImageBatch": ({"image1": IMAGE, "image2": IMAGE}, ["IMAGE"], "image", "Batch Images", "nodes", {}),
+    "ImageCrop": ({"image": IMAGE, "width": i(512, 1, step=1), "height": i(512, 1, step=1), "x": i(0, 0, step=1),
+                   "y": i(0, 0, step=1)}, ["IMAGE"], "image/transform", "ImageCrop", "comfy_extras.nodes_images", {}),
+    "ImageBlend": ({"image1": IMAGE, "image2": IMAGE, "blend_factor": f(0.5, 0.0, 1.0, 0.01),
+                    "blend_mode": [["normal", "multiply", "screen", "overlay", "soft_light", "difference"]]},
+                   ["IMAGE"], "image/postprocessing", "ImageBlend", "comfy_extras.nodes_post_processing", {}),
+    "ImageBlur": ({"image": IMAGE, "blur_radius": i(1, 1, 31, 1), "sigma": f(1.0, 0.1, 10.0, 0.1)}, ["IMAGE"],
+                  "image/postprocessing", "ImageBlur", "comfy_extras.nodes_post_processing", {}),
+    "ImageSharpen": ({"image": IMAGE, "sharpen_radius": i(1, 1, 31, 1), "sigma": f(1.0, 0.1, 10.0, 0.01),
+                      "alpha": f(1.0, 0.0, 5.0, 0.01)}, ["IMAGE"], "image/postprocessing", "ImageSharpen",
+                     "comfy_extras.nodes_post_processing", {}),
+    "SaveImageWebsocket": ({"images": IMAGE}, [], "api/image", "SaveImageWebsocket",
+                           "custom_nodes.websocket_image_save", {"output_node": True}),
+    "SaveAnimatedWEBP": ({"images": IMAGE, "filename_prefix": ["STRING", {"default": "ComfyUI"}],
+                          "fps": f(6.0, 0.01, 1000.0, 0.01), "lossless": ["BOOLEAN", {"default": True}],
+                          "quality": i(80, 0, 100), "method": [["default", "fastest", "slowest"]]}, [],
+                         "image/animation", "SaveAnimatedWEBP", "comfy_extras.nodes_images",
+                         {"output_node": True, "hidden": HIDDEN}),
+    # conditioning
+    "ConditioningCombine": ({"conditioning_1": COND, "conditioning_2": COND}, ["CONDITIONING"], "conditioning",
+                            "Conditioning (Combine)", "nodes", {}),
+    "ConditioningAverage": ({"conditioning_to": COND, "conditioning_from": COND,
+                             "conditioning_to_strength": f(1.0, 0.0, 1.0, 0.01)}, ["CONDITIONING"], "conditioning",
+                            "ConditioningAverage", "nodes", {}),
+    "ConditioningConcat": ({"conditioning_to": COND, "conditioning_from": COND}, ["CONDITIONING"], "conditioning",
+                           "Conditioning (Concat)", "nodes", {}),
+    "ConditioningSetArea": ({"conditioning": COND, "width": i(64, 64, step=8), "height": i(64, 64, step=8),
+                             "x": i(0, 0, step=8), "y": i(0, 0, step=8), "strength": f(1.0, 0.0, 10.0, 0.01)},
+                            ["CONDITIONING"], "conditioning", "Conditioning (Set Area)", "nodes", {}),
+    "ConditioningSetAreaPercentage": ({"conditioning": COND, "width": f(1.0, 0, 1.0, 0.01),
+                                       "height": f(1.0, 0, 1.0, 0.01), "x": f(0, 0, 1.0, 0.01),
+                                       "y": f(0, 0, 1.0, 0.01), "strength": f(1.0, 0.0, 10.0, 0.01)},
+                                      ["CONDITIONING"], "conditioning", "Conditioning (Set Area with Percentage)",
+                                      "nodes", {}),
+    "ConditioningSetMask": ({"conditioning": COND, "mask": MASK, "strength": f(1.0, 0.0, 10.0, 0.01),
+                             "set_cond_area": [["default", "mask bounds"]]}, ["CONDITIONING"], "conditioning",
+                            "Conditioning (Set Mask)", "nodes", {}),
+    "ConditioningZeroOut": ({"conditioning": COND}, ["CONDITIONING"], "advanced/conditioning", "ConditioningZeroOut",
+                            "nodes", {}),
+    "ConditioningSetTimestepRange": ({"conditioning": COND, "start": f(0.0, 0.0, 1.0, 0.001),
+                                      "end": f(1.0, 0.0, 1.0, 0.001)}, ["CONDITIONING"], "advanced/conditioning",
+                                     "ConditioningSetTimestepRange", "nodes", {}),
+    "CLIPTextEncodeSDXL": ({"clip": ["CLIP"], "width": i(1024, 0), "height": i(1024, 0), "crop_w": i(0, 0),
+                            "crop_h": i(0, 0), "target_width": i(1024, 0), "target_height": i(1024, 0),
+                            "text_g": TEXT, "text_l": TEXT}, ["CONDITIONING"], "advanced/conditioning",
+                           "CLIPTextEncodeSDXL", "comfy_extras.nodes_clip_sdxl", {}),
+    "CLIPTextEncodeSDXLRefiner": ({"ascore": f(6.0, 0.0, 1000.0, 0.01), "width": i(1024, 0), "height": i(1024, 0),
+                                   "text": TEXT, "clip": ["CLIP"]}, ["CONDITIONING"], "advanced/conditioning",
+                                  "CLIPTextEncodeSDXLRefiner", "comfy_extras.nodes_clip_sdxl", {}),
+    # custom sampling
+    "KSamplerSelect": ({"sampler_name": [SAMPLERS]}, ["SAMPLER"], "sampling/custom_sampling/samplers",
+                       "KSamplerSelect", "comfy_extras.nodes_custom_sampler", {}),
+    "BasicScheduler": ({"model": ["MODEL"], "scheduler": [SCHEDULERS], "steps": STEPS, "denoise": DENOISE},
+                       ["SIGMAS"], "sampling/custom_sampling/schedulers", "BasicScheduler",
+                       "comfy_extras.nodes_custom_sampler", {}),
+    "KarrasScheduler": ({"steps": STEPS, "sigma_max": sigma(14.614642), "sigma_min": sigma(0.0291675),
+                         "rho": f(7.0, 0.0, 100.0, 0.01, round=False)}, ["SIGMAS"],
+                        "sampling/custom_sampling/schedulers", "KarrasScheduler", "comfy_extras.nodes_custom_sampler", {}),
+    "ExponentialScheduler": ({"steps": STEPS, "sigma_max": sigma(14.614642), "sigma_min": sigma(0.0291675)},
+                             ["SIGMAS"], "sampling/custom_sampling/schedulers", "ExponentialScheduler",
+                             "comfy_extras.nodes_custom_sampler", {}),
+    "SDTurboScheduler": ({"model": ["MODEL"], "steps": i(1, 1, 10), "denoise": f(1.0, 0, 1.0, 0.01)}, ["SIGMAS"],
+                         "sampling/custom_sampling/schedulers", "SDTurboScheduler",
+                         "comfy_extras.nodes_custom_sampler", {}),
+    "AlignYourStepsScheduler": ({"model_type": [["SD1", "SDXL", "SVD"]], "steps": i(10, 1, 10000),
+                                 "denoise": DENOISE}, ["SIGMAS"], "sampling/custom_sampling/schedulers",
+                                "AlignYourStepsScheduler", "comfy_extras.nodes_align_your_steps", {}),
+    "SplitSigmas": ({"sigmas": ["SIGMAS"], "step": i(0, 0, 10000)}, ["SIGMAS", "SIGMAS"],
+                    "sampling/custom_sampling/sigmas", "SplitSigmas", "comfy_extras.nodes_custom_sampler",
+                    {"output_name": ["high_sigmas", "low_sigmas"]}),
+    "FlipSigmas": ({"sigmas": ["SIGMAS"]}, ["SIGMAS"], "sampling/custom_sampling/sigmas", "FlipSigmas",
+                   "comfy_extras.nodes_custom_sampler", {}),
+    "RandomNoise": ({"noise_seed": SEED}, ["NOISE"], "sampling/custom_sampling/noise", "RandomNoise",
+                    "comfy_extras.nodes_custom_sampler", {}),
+    "DisableNoise": ({}, ["NOISE"], "sampling/custom_sampling/noise", "DisableNoise",
+                     "comfy_extras.nodes_custom_sampler", {}),
+    "CFGGuider": ({"model": ["MODEL"], "positive": COND, "negative": COND, "cfg": CFG}, ["GUIDER"],
+                  "sampling/custom_sampling/guiders", "CFGGuider", "comfy_extras.nodes_custom_sampler", {}),
+    "BasicGuider": ({"model": ["MODEL"], "conditioning": COND}, ["GUIDER"], "sampling/custom_sampling/guiders",
+                    "BasicGuider", "comfy_extras.nodes_custom_sampler", {}),
+    "DualCFGGuider": ({"model": ["MODEL"], "cond1": COND, "cond2": COND, "negative": COND, "cfg_conds": CFG,
+                       "cfg_cond2_negative": CFG}, ["GUIDER"], "sampling/custom_sampling/guiders", "DualCFGGuider",
+                      "comfy_extras.nodes_custom_sampler", {}),
+    "SamplerCustom": ({"model": ["MODEL"], "add_noise": ["BOOLEAN", {"default": True}], "noise_seed": SEED,
+                       "cfg": CFG, "positive": COND, "negative": COND, "sampler": ["SAMPLER"], "sigmas": ["SIGMAS"],
+                       "latent_image": LATENT}, ["LATENT", "LATENT"], "sampling/custom_sampling", "SamplerCustom",
+                      "comfy_extras.nodes_custom_sampler", {"output_name": ["output", "denoised_output"]}),
+    "SamplerCustomAdvanced": ({"noise": ["NOISE"], "guider": ["GUIDER"], "sampler": ["SAMPLER"],
+                               "sigmas": ["SIGMAS"], "latent_image": LATENT}, ["LATENT", "LATENT"],
+                              "sampling/custom_sampling", "SamplerCustomAdvanced", "comfy_extras.nodes_custom_sampler",
+                              {"output_name": ["output", "denoised_output"]}),
+    # model patches
+    "ModelSamplingDiscrete": ({"model": ["MODEL"], "sampling": [["eps", "v_prediction", "lcm", "x0"]],
+                               "zsnr": ["BOOLEAN", {"default": False}]}, ["MODEL"], "advanced/model",
+                              "ModelSamplingDiscrete", "comfy_extras.nodes_model_advanced", {}),
+    "RescaleCFG": ({"model": ["MODEL"], "multiplier": f(0.7, 0.0, 1.0, 0.01)}, ["MODEL"], "advanced/model",
+                   "RescaleCFG", "comfy_extras.nodes_model_advanced", {}),
+    "FreeU_V2": ({"model": ["MODEL"], "b1": f(1.3, 0.0, 10.0, 0.01), "b2": f(1.4, 0.0, 10.0, 0.01),
+                  "s1": f(0.9, 0.0, 10.0, 0.01), "s2": f(0.2, 0.0, 10.0, 0.01)}, ["MODEL"], "model_patches",
+                 "FreeU_V2", "comfy_extras.nodes_freelunch", {}),
+    "PerpNeg": ({"model": ["MODEL"], "empty_conditioning": COND, "neg_scale": f(1.0, 0.0, 100.0, 0.01)}, ["MODEL"],
+                "_for_testing", "Perp-Neg (DEPRECATED by PerpNegGuider)", "comfy_extras.nodes_perpneg", {}),
+    # loaders
+    "VAELoader": ({"vae_name": [[]]}, ["VAE"], "loaders", "Load VAE", "nodes", {}),
+    "CheckpointLoader": ({"config_name": [[]], "ckpt_name": [[]]}, ["MODEL", "CLIP", "VAE"], "advanced/loaders",
+                         "Load Checkpoint With Config (DEPRECATED)", "nodes", {}),
+    "UNETLoader": ({"unet_name": [[]], "weight_dtype": [["default", "fp8_e4m3fn", "fp8_e5m2"]]}, ["MODEL"],
+                   "advanced/loaders", "Load Diffusion Model", "nodes", {}),
+    "CLIPLoader": ({"clip_name": [[]], "type": [["stable_diffusion", "stable_cascade", "sd3", "stable_audio"]]},
+                   ["CLIP"], "advanced/loaders", "Load CLIP", "nodes", {}),
+    "DualCLIPLoader": ({"clip_name1": [[]], "clip_name2": [[]], "type": [["sdxl", "sd3", "flux"]]}, ["CLIP"],
+                       "advanced/loaders", "DualCLIPLoader", "nodes", {}),
+    "LoraLoaderModelOnly": ({"model": ["MODEL"], "lora_name": [[]], "strength_model": f(1.0, -100.0, 100.0, 0.01)},
+                            ["MODEL"], "loaders", "LoraLoaderModelOnly", "nodes", {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_object_info_matches_comfyui(name):
+    required, outputs, category, display, module, extra = EXPECTED[name]
+    info = object_info(None, name)[name]
+    inputs = {"required": required}
+    order = {"required": list(required)}
+    if "optional" in extra:
+        inputs["optional"] = extra["optional"]
+        order["optional"] = list(extra["optional"])
+    if "hidden" in extra:
+        inputs["hidden"] = extra["hidden"]
+    want = {
+        "input": inputs, "input_order": order, "output": outputs, "output_is_list": [False] * len(outputs),
+        "output_name": extra.get("output_name", outputs), "name": name, "display_name": display,
+        "description": "", "python_module": module, "category": category,
+        "output_node": extra.get("output_node", False),
+    }
+    assert json.dumps(info) == json.dumps(want)  # exact, down to 0 vs 0.0 and key order
+
+
+def test_latent_upscale_offers_bislerp_as_comfyui_does():
+    methods = object_info(None, "LatentUpscale")["LatentUpscale"]["input"]["required"]["upscale_method"][0]
+    assert methods == ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
