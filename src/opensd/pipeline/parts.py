@@ -78,8 +78,13 @@ def load_unet(path, device: str | None = None, precision: str = "fp32") -> Pipel
     if D.UNET + "input_blocks.0.0.weight" not in shapes:
         raise CheckpointError(path, "not a diffusion model (UNet): " + D.what_else(shapes, D.UNET))
     ucfg = D.infer_unet(shapes, D.UNET)
-    base = {2816: C.sdxl(), 2560: C.sdxl_refiner()}.get(ucfg.adm_in_channels) or \
-        {1024: C.sd2(), 768: C.sd1()}.get(ucfg.context_dim) or replace(C.sd1(), family="small")
+    adm = ucfg.adm_in_channels
+    if adm == 2560:
+        base = C.sdxl_refiner()
+    elif adm > 6 * 256:  # pooled text + six 256-wide size embeddings: SDXL's "y" (at any width)
+        base = C.sdxl()
+    else:
+        base = {1024: C.sd2(), 768: C.sd1()}.get(ucfg.context_dim) or replace(C.sd1(), family="small")
     if base.family == "sd1" and ucfg.model_channels != 320:
         base = replace(base, family="small")
     if base.family == "sd1":  # SD1 splits attention into 8 heads, which no shape shows
