@@ -110,8 +110,12 @@ def test_hires_fix(api):
     assert r.images[0].size == (128, 128)
     assert "Hires upscale: 2" in r.info["infotexts"][0] and "Denoising strength: 0.5" in r.info["infotexts"][0]
     r = api.txt2img(prompt="a dog", width=64, height=64, steps=1, seed=2, enable_hr=True, hr_scale=1.5,
-                    hr_upscaler="R-ESRGAN 4x+")
-    assert r.images[0].size == (96, 96) and "hr_upscaler" in r.info["unsupported_fields"]
+                    hr_upscaler="Latent (bicubic antialiased)")
+    assert r.images[0].size == (96, 96) and "hr_upscaler" not in r.info["unsupported_fields"]
+    assert "Hires upscaler: Latent (bicubic antialiased)" in r.info["infotexts"][0]
+    with pytest.raises(RuntimeError) as e:  # an upscaler that is not installed: refused, as A1111 does
+        api.txt2img(prompt="a dog", width=64, height=64, steps=1, enable_hr=True, hr_upscaler="R-ESRGAN 4x+")
+    assert e.value.args[0] == 422 and "hr_upscaler: no upscaler named 'R-ESRGAN 4x+'" in e.value.args[1]
 
 
 def test_skip_moves_to_the_next_iteration(api):

@@ -18,8 +18,9 @@ from typing import Any
 from ..errors import InvalidArgument
 from ..sampling import names
 from ..sampling.samplers import sampler_options
+from ..upscale import label as upscaler_label
 from .infotext import format_infotext, generation_params
-from .params import HIRES_UPSCALERS, Params
+from .params import Params
 
 EXTRA_LORAS = "Extra LoRAs"
 # The ControlNet extension's labels (ours -> its).
@@ -60,7 +61,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
         denoising_strength=p.strength if img2img else (h.denoise if h is not None else None),
         clip_skip=p.clip_skip, hires_upscale=h.scale if h is not None and not (h.width or h.height) else None,
         hires_steps=h.steps if h is not None else None,
-        hires_upscaler=HIRES_UPSCALERS.get(h.upscaler.lower(), h.upscaler) if h is not None else None,
+        hires_upscaler=upscaler_label(h.upscaler) if h is not None else None,
         lora_hashes=pipe.lora_hashes() or None, ti_hashes=ti or None, tiling=p.tiling,
         extra={k: v for k, v in extra.items() if v is not None})
     return format_infotext(p.prompt, p.negative_prompt, params)

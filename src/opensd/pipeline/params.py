@@ -9,14 +9,13 @@ from ..sampling.samplers import ALL_OPTIONS
 from . import limits as L
 from .images import FILL_MODES, RESIZE_MODES
 
-HIRES_UPSCALERS = {"latent": "Latent", "latent (nearest)": "Latent (nearest)", "lanczos": "Lanczos"}
 
 
 @dataclass
 class Hires:
     """Hires fix: upscale the first pass and repaint it with a second img2img pass."""
     scale: float = 2.0
-    upscaler: str = "latent"
+    upscaler: str = "latent"          # a latent mode, None/Lanczos/Nearest or a model (opensd.upscale)
     steps: int | None = None          # None: same as the first pass
     denoise: float = 0.7
     width: int | None = None          # explicit target size wins over scale
@@ -101,9 +100,9 @@ class Params:
             raise InvalidArgument(f"inpaint_full_res_padding: {self.inpaint_full_res_padding} is outside 0..1024")
         if self.hires is not None:
             h = self.hires
-            if h.upscaler.lower() not in HIRES_UPSCALERS:
-                raise InvalidArgument(f"hires upscaler: {h.upscaler!r} is not one of "
-                                      f"{', '.join(HIRES_UPSCALERS.values())}")
+            if not isinstance(h.upscaler, str) or not h.upscaler.strip() or len(h.upscaler) > 255:
+                raise InvalidArgument(f"hires upscaler: {h.upscaler!r} is not an upscaler name (a latent mode, "
+                                      "None, Lanczos, Nearest or an upscaler model's name)")
             if not isinstance(h.scale, (int, float)) or not math.isfinite(h.scale) or not 1 <= h.scale <= 8:
                 raise InvalidArgument(f"hires scale: {h.scale!r} is outside 1..8")
             _fraction("hires denoise", h.denoise)

@@ -22,6 +22,7 @@ from ..sampling.samplers import get_sampler, sampler_options
 from ..sampling.schedules import DiscreteSchedule, make_sigmas, scaled_linear_alphas_cumprod
 from ..text.embeddings import EmbeddingDatabase, load_embeddings
 from ..text.tokenizer import default_tokenizer
+from ..upscale import Upscalers, latent_mode
 from . import guidance as G
 from . import images as I
 from . import img2img as i2i
@@ -71,6 +72,9 @@ class Pipeline:
         self._lora_specs: list[LoraSpec] = []
         self._lora_set: LoraSet | None = None
         self._controls: list = []  # ControlSpecs of the running generation
+        # The hires fix's non-latent upscalers by name: the classic ones only, until a face (the
+        # server, the CLI) hands over the models folder's set.
+        self.upscalers = Upscalers(None, device)
 
     @property
     def name(self) -> str:
@@ -169,6 +173,8 @@ class Pipeline:
         resolve(p.sampler, p.scheduler)  # unknown names fail before any work
         if p.hires is not None:
             resolve(p.hires.sampler or p.sampler, p.hires.scheduler or p.scheduler)
+            if latent_mode(p.hires.upscaler) is None:
+                self.upscalers.find(p.hires.upscaler, "hires upscaler")  # an unknown name fails before any work
         down = self.config.vae.downscale
         if p.width % down or p.height % down:
             raise InvalidArgument(f"width/height: must be multiples of {down} for this model")
@@ -248,14 +254,17 @@ class Pipeline:
         return self.decode(latents)[0]
 
     def _hires(self, p: Params, h: Hires, latents: torch.Tensor, seed: int, report) -> torch.Tensor:
-        """Second pass at the target size: upscale (latent or Lanczos image), renoise, denoise."""
+        """Second pass at the target size: upscale (a latent mode, or the decoded image through an
+        upscaler and encoded again, as A1111 does), renoise, denoise."""
         w, h_px = h.target(p.width, p.height)
         down = self.config.vae.downscale
-        if h.upscaler.lower().startswith("latent"):
-            mode = "nearest" if "nearest" in h.upscaler.lower() else "bilinear"
-            init = F.interpolate(latents, size=(h_px // down, w // down), mode=mode)
-        else:
-            image = self.decode(latents)[0].resize((w, h_px), Image.LANCZOS)
+        offset = i2i.steps_run(p.steps, 1.0)
+        mode = latent_mode(h.upscaler)
+        if mode is not None:
+            init = F.interpolate(latents, size=(h_px // down, w // down), mode=mode[0], antialias=mode[1])
+        else:  # a model upscaler may take a while: the stop check runs after each of its tiles
+            image = self.upscalers.resize(self.decode(latents)[0], w, h_px, h.upscaler, "hires upscaler",
+                                          progress=lambda i, n: report(offset))
             init = self.encode(image)
         second = replace(p, width=w, height=h_px, steps=h.steps or p.steps, strength=h.denoise,
                          sampler=h.sampler or p.sampler, scheduler=h.scheduler or p.scheduler,
@@ -265,7 +274,6 @@ class Pipeline:
         noise = ImageNoise(seed, tuple(init.shape), self.device, seed_delta=p.noise_seed_delta,
                            on_device=p.device_noise)
         sigmas = i2i.sigmas_from(self.sigmas(second, second.steps), second.steps, h.denoise)
-        offset = i2i.steps_run(p.steps, 1.0)
         image_cond = self.inpainting_cond(None, None, w, h_px) if self.config.inpainting else None
         return self._sample(second, init + noise.initial * sigmas[0], sigmas, noise,
                             lambda i: report(offset + i), w, h_px, image_cond=image_cond)

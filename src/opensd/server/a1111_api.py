@@ -71,7 +71,7 @@ def prepare(state, req, mode: str) -> dict:
     img2img = mode == "img2img"
     script = a1111_scripts.selected(req, mode)  # first, as in A1111: an unknown script is a 422
     opts = state.options.effective(req.override_settings)
-    kwargs, gaps = a1111_run.plan(req, img2img, s.max_prompt_chars, opts)
+    kwargs, gaps = a1111_run.plan(req, img2img, s.max_prompt_chars, opts, state.cache.upscalers)
     work_budget.check(*work_budget.a1111_cost(kwargs, req.n_iter), s.work_budget)
     if img2img:
         if not req.init_images:
@@ -192,10 +192,7 @@ def router(state) -> APIRouter:
     def refresh_vae():
         return None
 
-    for path, value in (("/upscalers", [{"name": n, "model_name": None, "model_path": None, "model_url": None,
-                                          "scale": 4} for n in ("None", "Lanczos")]),
-                        ("/latent-upscale-modes", [{"name": "Latent"}, {"name": "Latent (nearest)"}]),
-                        ("/hypernetworks", []), ("/face-restorers", []), ("/prompt-styles", []),
+    for path, value in (("/hypernetworks", []), ("/prompt-styles", []),
                         ("/realesrgan-models", []), ("/extensions", [])):
         api.add_api_route(path, _const(value), methods=["GET"])
 

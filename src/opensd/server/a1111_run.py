@@ -15,6 +15,8 @@ from ..pipeline.infotext_params import image_infotext
 from ..pipeline.params import Hires
 from ..pipeline.previews import latent_preview
 from ..sampling.names import SAMPLER_LABELS, resolve
+from ..upscale import Upscalers, latent_mode
+from ..upscale import label as upscaler_label
 from . import a1111_apply, a1111_controlnet, a1111_scripts, a1111_unsupported
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest
 from .images_io import decode_b64
@@ -22,10 +24,6 @@ from .jobs import Control, Stopped
 
 RESIZE = {0: "just resize", 1: "crop and resize", 2: "resize and fill", 3: "just resize"}
 FILL = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
-# A1111's hires upscalers we run exactly (its "None" resizes with Lanczos too); other "Latent (...)"
-# modes run as the nearest of ours, any other upscaler as Lanczos, both reported.
-HR_UPSCALERS = {"latent": "latent", "latent (nearest)": "latent (nearest)", "lanczos": "lanczos",
-                "none": "lanczos"}
 
 
 def _down8(v: int) -> int:
@@ -40,21 +38,22 @@ def sampler_of(req) -> tuple[str, str]:
         raise InvalidArgument(f"sampler_name/scheduler: {str(e).split(': ', 1)[-1]}") from None
 
 
-def hires_upscaler(name: str | None) -> tuple[str, list[tuple[str, str]]]:
-    """Our upscaler for A1111's `hr_upscaler`, and the gap if it is not the same."""
-    key = (name or "Latent").strip().lower()
-    if key in HR_UPSCALERS:
-        return HR_UPSCALERS[key], []
-    if key.startswith("latent"):
-        ours = "latent (nearest)" if "nearest" in key else "latent"
-        return ours, [("hr_upscaler", f"{name!r} is not implemented; runs as {ours.capitalize()!r}")]
-    return "lanczos", [("hr_upscaler", f"{name!r} is not available here; the first pass is upscaled with Lanczos")]
+def hires_upscaler(name: str | None, upscalers: Upscalers) -> str:
+    """A1111's `hr_upscaler` as the pipeline takes it: a latent mode, None/Lanczos/Nearest or an
+    installed upscaler model's name; any other name is refused before queueing, as A1111 refuses it."""
+    name = (name or "Latent").strip()
+    if latent_mode(name) is not None:
+        return upscaler_label(name)
+    found = upscalers.find(name, "hr_upscaler")
+    return found if isinstance(found, str) else name
 
 
-def plan(req, img2img: bool, max_prompt: int, opts: dict) -> tuple[dict, list[tuple[str, str]]]:
+def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers | None = None
+         ) -> tuple[dict, list[tuple[str, str]]]:
     """Validate what the queue cannot check later (names, sizes); return the pipeline kwargs as
     plain JSON, so the job can be stored and re-run after a restart, and what of the request or
-    the settings `opts` is not done here ((name, message) pairs, a1111_unsupported)."""
+    the settings `opts` is not done here ((name, message) pairs, a1111_unsupported).
+    `upscalers`: the hires fix's (default: the classic ones only)."""
     for field in ("prompt", "negative_prompt"):
         if len(getattr(req, field)) > max_prompt:
             raise InvalidArgument(f"{field}: longer than {max_prompt} characters")
@@ -82,7 +81,7 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict) -> tuple[dict, list[tu
                   inpaint_full_res_padding=req.inpaint_full_res_padding,
                   invert_mask=bool(req.inpainting_mask_invert))
     elif req.enable_hr:
-        upscaler, gaps = hires_upscaler(req.hr_upscaler)
+        upscaler = hires_upscaler(req.hr_upscaler, upscalers or Upscalers(None))
         hs, hsched = sampler, schedule
         if req.hr_sampler_name:
             try:

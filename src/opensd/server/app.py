@@ -18,8 +18,8 @@ from .. import safe_paths
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import ModelFolders
 from ..version import __version__
-from . import (a1111_api, a1111_controlnet, a1111_run, comfy_api, comfy_frontend, datasets_api, docs_pages,
-               gallery_api, models_api, opensd_api, train_api, ui_routes)
+from . import (a1111_api, a1111_controlnet, a1111_extras, a1111_run, comfy_api, comfy_frontend, datasets_api,
+               docs_pages, gallery_api, models_api, opensd_api, train_api, ui_routes)
 from .a1111_options import A1111Options
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
@@ -125,6 +125,7 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     app.add_middleware(Guard, settings=settings)  # added last = runs first
     app.include_router(a1111_api.router(state))
     app.include_router(a1111_controlnet.router(state))
+    app.include_router(a1111_extras.router(state))  # extras and the upscaler lists
     app.include_router(opensd_api.router(state))
     app.include_router(gallery_api.router(state))
     app.include_router(models_api.router(state))

@@ -13,6 +13,8 @@ from pathlib import Path
 from ..errors import InvalidArgument
 from ..library.hashes import default_cache, model_hash, shorthash
 from ..library.models_dir import ModelFolders
+from ..pipeline.device import resolve_device
+from ..upscale import Upscalers
 
 log = logging.getLogger(__name__)
 _TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]\s*$")
@@ -33,6 +35,8 @@ class ModelCache:
         self._sizes: dict[tuple[Path, Path | None], int] = {}
         self._lock = threading.RLock()
         self.on_evict: list = []  # callables(path): drop other references (e.g. workflow output caches)
+        # the models folder's upscalers (extras, hires fix, ComfyUI), their last models kept loaded
+        self.upscalers = Upscalers(folders, resolve_device(device))
 
     # --- names ------------------------------------------------------------------------------
 
@@ -93,6 +97,7 @@ class ModelCache:
                     log.warning("cannot hash %s: %s", path, e)
             if hasattr(pipe, "lora_folders"):  # prompts' <lora:name:w> resolve inside the LoRA folders
                 pipe.lora_folders = self.folders
+                pipe.upscalers = self.upscalers  # hires fix upscalers by name
             self._pipes[key] = pipe
             self._sizes[key] = pipeline_bytes(pipe)
             self._evict()
