@@ -33,14 +33,18 @@ def small(**kw):
 
 
 def test_scripts_lists_what_exists(api, live):
-    assert api.get_scripts() == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
+    both = ["controlnet", "x/y/z plot", "prompt matrix", "prompts from file or textbox"]
+    assert api.get_scripts() == {"txt2img": both, "img2img": both + ["sd upscale"]}
     info = requests.get(f"{live.url}/sdapi/v1/script-info", timeout=10).json()
     assert {(i["name"], i["is_alwayson"], i["is_img2img"]) for i in info} == {
-        ("controlnet", True, False), ("controlnet", True, True)}
+        *((name, name == "controlnet", False) for name in both),
+        *((name, name == "controlnet", True) for name in both + ["sd upscale"])}
+    xyz = next(i for i in info if i["name"] == "x/y/z plot")
+    assert [a["label"] for a in xyz["args"]][:3] == ["x_type", "x_values", "x_values_dropdown"]
 
 
 @pytest.mark.parametrize("fields,detail", [
-    ({"script_name": "X/Y/Z plot"}, "Script 'X/Y/Z plot' not found"),
+    ({"script_name": "Loopback"}, "Script 'Loopback' not found"),
     ({"script_name": "controlnet"}, "Script 'controlnet' not found"),  # always-on, not selectable
     ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "Script 'ADetailer' not found"),
 ])

@@ -12,6 +12,9 @@ from .common import read_image_infotext
 PARAM_DEST = {"negative_prompt": "negative", "batch_size": "batch", "inpaint_full_res_padding": "inpaint_padding"}
 # Recorded hires field -> flag
 _HIRES_FLAG = {"negative_prompt": "hires_negative"}
+# Recorded keys that are not settings: the version, and a dynamic prompt's template (the image's
+# prompt is what it chose, so it reproduces without the template).
+_NOT_SETTINGS = ("Version", "Template", "Negative Template")
 # What the user can pass to bring a recorded thing back.
 _HINTS = {"VAE": "--vae FILE", "VAE hash": "--vae FILE", "TI hashes": "--embeddings-dir FOLDER",
           "Lora hashes": "--loras-dir FOLDER or --lora FILE", "Extra LoRAs": "--loras-dir FOLDER or --lora FILE",
@@ -47,7 +50,7 @@ def report_differences(source: dict, made: str) -> None:
 
     _, _, now = parse_infotext(made)
     for key in sorted(set(source) | set(now), key=lambda k: (k not in source, k)):
-        if key == "Version" or key.endswith(("-1", "-2")) or source.get(key) == now.get(key):
+        if key in _NOT_SETTINGS or key.endswith(("-1", "-2")) or source.get(key) == now.get(key):
             continue
         hint = _HINTS.get(key)
         if key.startswith("ControlNet "):

@@ -10,6 +10,7 @@ from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
 from .control import CONTROL_HELP, controls_from_args
 from .from_image import PARAM_DEST, apply_infotext, missing_lora, report_differences
 from .output_files import DEFAULT_DIR, check_output, numbered_output
+from .scripts import CliFace, add_flags, apply_styles_flag, chosen, run_script
 
 # Generation flags have no argparse defaults: unset ones are filled by --from, and the rest by the
 # pipeline's defaults for the mode (outpainting's differ from img2img's).
@@ -81,6 +82,7 @@ def register(sub) -> None:
                    help="auto (default): CUDA, else MPS, else the CPU")
     d.add_argument("--prediction", choices=["eps", "v"], help="override eps/v for SD2 files that do not say")
     d.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
+    add_flags(gen)
     gen.add_argument("-o", "--output", type=Path,
                      help="output path (.png, .jpg, .webp); with --batch N, files get -0, -1, ... suffixes; "
                           f"default: {DEFAULT_DIR}/NNNNN-SEED.png, numbered, never replacing a file")
@@ -109,12 +111,16 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..pipeline import dynamic_batch
     from ..pipeline.pipeline import load
+    from ..text.wildcards import Wildcards
 
     user_loras = bool(args.lora)
     source = apply_infotext(args) if args.from_image is not None else None
     if args.prompt is None:
         raise InvalidArgument("prompt: give a prompt (or --from IMAGE)")
+    script = chosen(args)
+    apply_styles_flag(args)
     if (args.mask or args.outpaint) and args.init_image is None:
         raise InvalidArgument("init-image: --mask and --outpaint need --init-image")
     if args.mask and args.outpaint:
@@ -141,33 +147,57 @@ def cmd_generate(args: argparse.Namespace) -> int:
             bars.append(tqdm(total=total, desc="sampling", unit="step", file=sys.stderr))
         bars[0].update(step - bars[0].n)
 
+    def make_call(pipe, init, mask, kw):
+        return _pipeline_call(pipe, args, init, mask, kw)
+
+    def texts_of(pipe, images, vae):
+        return _infotexts(pipe, images, args, kwargs.get("controls", ()), loras, vae)
+
     try:
-        if init is None:
-            images = pipe.txt2img(args.prompt, args.negative or "", progress=progress, **kwargs)
-        elif args.outpaint:
-            left, right, top, bottom = args.outpaint
-            images = pipe.outpaint(init, args.prompt, args.negative or "", left=left, right=right, top=top,
-                                   bottom=bottom, progress=progress, **kwargs)
+        if script is not None:
+            face = CliFace(args, pipe, kwargs, init, mask, loras, make_call, texts_of)
+            result = run_script(script, args, face, progress)
+            images, texts = result.images, result.infotexts
+            first = result.made[0].seed if result.made else -1
+            made = [m.seed for m in result.made] if len(images) == result.grids + len(result.made) else []
+            seeds = [first] * result.grids + made + [first] * (len(images) - result.grids - len(made))
         else:
-            images = pipe.img2img(init, args.prompt, args.negative or "", mask=mask, progress=progress, **kwargs)
+            images = dynamic_batch.generate(make_call(pipe, init, mask, kwargs), args.prompt, args.negative or "",
+                                            seed=kwargs.get("seed"), subseed=kwargs.get("subseed"),
+                                            batch_size=kwargs.get("batch_size", 1),
+                                            wildcards=Wildcards(args.wildcards_dir), progress=progress)
+            texts, seeds = texts_of(pipe, images, args.vae), [image.info["seed"] for image in images]
     except InvalidArgument as e:
         raise _in_flag_terms(e, args) from None
     finally:
         for bar in bars:
             bar.close()
-    texts = _infotexts(pipe, images, args, kwargs.get("controls", ()), loras)
-    if source is not None:
+    if source is not None and script is None:
         report_differences(source, texts[0])
-    for n, (image, text) in enumerate(zip(images, texts)):
+    for n, (image, text, seed) in enumerate(zip(images, texts, seeds)):
         if args.output is None:
-            out = numbered_output(DEFAULT_DIR, image.info["seed"])
+            out = numbered_output(DEFAULT_DIR, seed)
         else:
             out = args.output if len(images) == 1 else args.output.with_name(
                 f"{args.output.stem}-{n}{args.output.suffix}")
         _save(image, out, text)
         print(out)
-        print(f"opensd: wrote {out} (seed {image.info['seed']})", file=sys.stderr)
+        print(f"opensd: wrote {out} (seed {seed})", file=sys.stderr)
     return 0
+
+
+def _pipeline_call(pipe, args: argparse.Namespace, init, mask, kwargs: dict):
+    """call(prompt, negative, progress, **changes): one pipeline run in the mode the flags ask for."""
+    def call(prompt: str, negative: str, progress, **changes):
+        kw = dict(kwargs, **changes)
+        if init is None:
+            return pipe.txt2img(prompt, negative, progress=progress, **kw)
+        if args.outpaint:
+            left, right, top, bottom = args.outpaint
+            return pipe.outpaint(init, prompt, negative, left=left, right=right, top=top, bottom=bottom,
+                                 progress=progress, **kw)
+        return pipe.img2img(init, prompt, negative, mask=mask, progress=progress, **kw)
+    return call
 
 
 def _in_flag_terms(e: InvalidArgument, args: argparse.Namespace) -> InvalidArgument:
@@ -213,14 +243,14 @@ def _loras(args: argparse.Namespace, pipe, from_image: bool) -> list:
     return [parse_lora_arg(text, find) for text in args.lora]
 
 
-def _infotexts(pipe, images, args: argparse.Namespace, controls, loras) -> list[str]:
+def _infotexts(pipe, images, args: argparse.Namespace, controls, loras, vae) -> list[str]:
     from ..library.hashes import model_hash
     from ..pipeline.infotext_params import image_infotext
 
     path = pipe.loaded.path
     hash_ = model_hash(path) if path.is_file() else None
     return [image_infotext(pipe, image, img2img=args.init_image is not None,
-                           mask=args.mask is not None or bool(args.outpaint), model_hash=hash_, vae=args.vae,
+                           mask=args.mask is not None or bool(args.outpaint), model_hash=hash_, vae=vae,
                            controls=controls, extra_loras=loras) for image in images]
 
 

@@ -50,6 +50,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
                       "Masked content": None if p.inpainting_fill == "original" else p.inpainting_fill})
     for i, spec in enumerate(controls):
         extra[f"ControlNet {i}"] = control_unit_text(spec)
+    extra.update({"Template": image.info.get("template"), "Negative Template": image.info.get("negative_template")})
     if extra_loras:
         extra[EXTRA_LORAS] = {s.path.stem: f"{number_text(s.unet)}/{number_text(s.te_strength)}" for s in extra_loras}
     ti = {e.name: embedding_hash(e.path) for e in used_embeddings(pipe, _prompts(p)) if e.path is not None}

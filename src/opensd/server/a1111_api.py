@@ -18,6 +18,8 @@ from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import WEIGHT_SUFFIXES
 from ..pipeline.infotext import parse_infotext
 from ..sampling import names as N
+from ..text.dynamic_prompts import check_template
+from ..text.styles import apply_styles
 from . import a1111_apply, a1111_controlnet, a1111_run, a1111_scripts, a1111_unsupported, images_io, work_budget
 from .a1111_models import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
 from .a1111_scripts import ScriptError
@@ -72,7 +74,8 @@ def prepare(state, req, mode: str) -> dict:
     script = a1111_scripts.selected(req, mode)  # first, as in A1111: an unknown script is a 422
     opts = state.options.effective(req.override_settings)
     kwargs, gaps = a1111_run.plan(req, img2img, s.max_prompt_chars, opts, state.cache.upscalers)
-    work_budget.check(*work_budget.a1111_cost(kwargs, req.n_iter), s.work_budget)
+    if script is None or script.prepare is None:  # a script counts the work of all its generations
+        work_budget.check(*work_budget.a1111_cost(kwargs, req.n_iter), s.work_budget)
     if img2img:
         if not req.init_images:
             raise InvalidArgument("init_images: at least one init image is required")
@@ -84,7 +87,10 @@ def prepare(state, req, mode: str) -> dict:
         if name and name not in a1111_unsupported.REQUEST_FIELDS[field][0]:
             state.cache.resolve(name, field)
     prompt, prompt_gaps = a1111_apply.prompt(req, opts, state.folders)
+    prompt, negative = apply_styles(prompt, req.negative_prompt, req.styles or [], state.styles())
     check_lora_names(state.folders, prompt)
+    check_template(prompt, state.wildcards)
+    check_template(negative, state.wildcards, "negative_prompt")
     controlnet = a1111_controlnet.parse_units(req, state.folders, s.max_image_pixels, img2img)
     override = (req.override_settings or {}).get("sd_model_checkpoint")
     path = state.cache.resolve(override, "override_settings.sd_model_checkpoint") if override \
@@ -92,11 +98,15 @@ def prepare(state, req, mode: str) -> dict:
     vae = a1111_apply.vae_path(state.folders, opts, path)
     gaps += prompt_gaps + a1111_unsupported.request_gaps(req) + a1111_controlnet.unsupported(req) \
         + a1111_unsupported.setting_gaps(opts, req.override_settings, state.options.defaults)
+    payload = {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path),
+               "vae_path": str(vae) if vae else None, "prompt": prompt, "negative_prompt": negative,
+               "controlnet": controlnet, "output": a1111_apply.output(opts, mode), "gaps": gaps,
+               "script": script.name if script else None}
+    if script is not None and script.prepare:
+        payload = script.prepare(state, req, payload)
     if not req.override_settings_restore_afterwards and req.override_settings:
         state.set_options(req.override_settings)  # A1111 keeps such overrides as the new settings
-    return {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path),
-            "vae_path": str(vae) if vae else None, "prompt": prompt, "controlnet": controlnet,
-            "output": a1111_apply.output(opts, mode), "gaps": gaps, "script": script.name if script else None}
+    return payload
 
 
 def router(state) -> APIRouter:
@@ -180,6 +190,16 @@ def router(state) -> APIRouter:
                   for m in state.folders.list("embeddings")}
         return {"loaded": loaded, "skipped": {}}
 
+    @api.post("/unload-checkpoint")
+    def unload_checkpoint():
+        state.cache.clear()
+        return None
+
+    @api.post("/reload-checkpoint")
+    async def reload_checkpoint():
+        await run_in_threadpool(lambda: state.cache.get(state.current_model()))
+        return None
+
     @api.post("/refresh-checkpoints")
     def refresh_checkpoints():
         return None  # ModelFolders lists the folder on every request
@@ -192,9 +212,13 @@ def router(state) -> APIRouter:
     def refresh_vae():
         return None
 
-    for path, value in (("/hypernetworks", []), ("/prompt-styles", []),
+    for path, value in (("/hypernetworks", []),
                         ("/realesrgan-models", []), ("/extensions", [])):
         api.add_api_route(path, _const(value), methods=["GET"])
+
+    @api.get("/prompt-styles")
+    def prompt_styles():
+        return [style.as_dict() for style in state.styles().values()]
 
     @api.get("/scripts")
     def scripts():

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidArgument
 from ..library.hashes import model_hash
+from ..pipeline import dynamic_batch
 from ..pipeline import limits as L
 from ..pipeline.infotext import save_image
 from ..pipeline.infotext_params import image_infotext
@@ -17,6 +19,7 @@ from ..pipeline.previews import latent_preview
 from ..sampling.names import SAMPLER_LABELS, resolve
 from ..upscale import Upscalers, latent_mode
 from ..upscale import label as upscaler_label
+from ..scripts.spec import Generated, Made
 from . import a1111_apply, a1111_controlnet, a1111_scripts, a1111_unsupported
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest
 from .images_io import decode_b64
@@ -96,23 +99,63 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     return kw, gaps
 
 
+def request_of(p: dict):
+    """The stored job's A1111 request."""
+    return (Img2ImgRequest if p["mode"] == "img2img" else Txt2ImgRequest).model_validate(p["request"])
+
+
 def run(state, job, ctl: Control):
     p = job.payload
-    mode, req_data, kw = p["mode"], p["request"], dict(p["kwargs"])
+    mode = p["mode"]
     if p.get("script"):  # a selectable script runs the whole job
         return a1111_scripts.find(p["script"], mode).run(state, job, ctl)
-    req = (Img2ImgRequest if mode == "img2img" else Txt2ImgRequest).model_validate(req_data)
+    req = request_of(p)
+    made = generate(state, p, req, ctl)
+    files, pngs = save(state, job.id, p, [m.image for m in made.made], [m.infotext for m in made.made],
+                       req.send_images)
+    info = info_dict(req, p["kwargs"], made.model_name, made.model_hash, [m.seed for m in made.made],
+                     [m.subseed for m in made.made], [m.infotext for m in made.made], mode == "img2img")
+    info.update(made_fields(made), **a1111_unsupported.info_fields([tuple(g) for g in p.get("gaps", [])]))
+    result = {"files": files, "info": info}
+    return result, {"pngs": pngs, "info": info}
+
+
+@dataclass
+class Batch(Generated):
+    """What one A1111 request (or one script cell) made, and with which models."""
+    model_name: str = ""
+    model_hash: str | None = None
+    vae: Path | None = None
+
+
+def made_fields(made: Batch) -> dict:
+    """The info fields that come from the images made."""
+    prompts = [m.prompt for m in made.made]
+    negatives = [m.negative_prompt for m in made.made]
+    out = {"all_prompts": prompts, "all_negative_prompts": negatives, "interrupted": made.interrupted,
+           "sd_vae_name": made.vae.name if made.vae else None,
+           "sd_vae_hash": model_hash(made.vae) if made.vae else None}
+    if prompts:
+        out.update(prompt=prompts[0], negative_prompt=negatives[0])
+    return out
+
+
+def generate(state, p: dict, req, ctl, init=None) -> Batch:
+    """Run the generation the payload `p` and request `req` describe (`init`: an img2img image instead
+    of the request's); stops early, keeping what is done, when the job is interrupted."""
+    mode, kw = p["mode"], dict(p["kwargs"])
     path = Path(p["model_path"])
     vae = Path(p["vae_path"]) if p.get("vae_path") else None
     pipe = state.cache.get(path, vae)
-    prompt = p.get("prompt", req.prompt)  # with the sd_lora setting's tag, if any
+    prompt = p.get("prompt", req.prompt)  # with its styles and the sd_lora setting's tag, if any
+    negative = p.get("negative_prompt", req.negative_prompt)
     hires = kw.pop("hires", None)
     if hires is not None:
         kw["hires"] = Hires(**hires)
-    init = mask = None
+    mask = None
     if mode == "img2img":
         limit = state.settings.max_image_pixels
-        init = decode_b64(req.init_images[0], "init_images[0]", limit)
+        init = init if init is not None else decode_b64(req.init_images[0], "init_images[0]", limit)
         mask = decode_b64(req.mask, "mask", limit) if req.mask else None
     controls = a1111_controlnet.build_controls(p.get("controlnet") or [], req, pipe, init,
                                                state.settings.max_image_pixels, kw["width"], kw["height"])
@@ -120,9 +163,8 @@ def run(state, job, ctl: Control):
         kw["controls"] = controls
     seed = req.seed if req.seed != -1 else random.randint(0, L.MAX_SEED - 10_000)
     subseed = req.subseed if req.subseed != -1 else random.randint(0, L.MAX_SEED - 10_000)
-    per = req.batch_size
-    images, seeds, subseeds = [], [], []
-    interrupted = False
+    per, varied = kw["batch_size"], bool(kw.get("subseed_strength"))
+    images, interrupted = [], False
     for it in range(req.n_iter):
         ctl.image(it, req.n_iter)
         s, ss = (seed + it * per) % (L.MAX_SEED + 1), (subseed + it * per) % (L.MAX_SEED + 1)
@@ -130,13 +172,16 @@ def run(state, job, ctl: Control):
         def progress(i, n, it=it):
             ctl.step(it * n + i, req.n_iter * n)
 
-        args = dict(kw, seed=s, subseed=ss if req.subseed_strength else None)
+        def call(text, negative_text, report, **changes):
+            args = {**kw, "seed": s, "subseed": ss if varied else None, **changes}
+            if init is None:
+                return pipe.txt2img(text, negative_text, progress=report, **args)
+            return pipe.img2img(init, text, negative_text, mask=mask, progress=report, **args)
+
         pipe.on_latents = lambda d: ctl.preview(latent_preview(d, pipe.config))  # for /progress
         try:
-            if init is None:
-                out = pipe.txt2img(prompt, req.negative_prompt, progress=progress, **args)
-            else:
-                out = pipe.img2img(init, prompt, req.negative_prompt, mask=mask, progress=progress, **args)
+            out = dynamic_batch.generate(call, prompt, negative, seed=s, subseed=ss if varied else None,
+                                         batch_size=per, wildcards=state.wildcards, progress=progress)
         except Stopped as e:
             if e.skip:
                 continue
@@ -144,28 +189,33 @@ def run(state, job, ctl: Control):
             break
         finally:
             pipe.on_latents = None
+        for k, image in enumerate(out):
+            image.info["subseed"] = ss + k  # A1111 reports it even at strength 0
         images += out
-        seeds += [s + k for k in range(len(out))]
-        subseeds += [ss + k for k in range(len(out))]
     hash_ = state.cache.short_hash(path)
-    infotexts, files, pngs = [], [], []
+    made = [_made(image, image_infotext(pipe, image, img2img=mode == "img2img", mask=mask is not None,
+                                        model_hash=hash_, controls=controls, vae=vae))
+            for image in images]
+    return Batch(made, interrupted, pipe.name, hash_, vae)
+
+
+def _made(image, infotext: str) -> Made:
+    p = image.info["params"]
+    return Made(image, infotext, image.info["seed"], image.info["subseed"], p.prompt, p.negative_prompt)
+
+
+def save(state, job_id: str, p: dict, images: list, infotexts: list[str], send: bool) -> tuple[list[str], list[bytes]]:
+    """Save the images (with their infotexts) as the request's settings say; (stored names, bytes to send)."""
+    files, pngs = [], []
     out = p.get("output") or {"folder": str(state.settings.outputs_dir / "api"), "suffix": ".png",
                               "quality": 95, "lossless": False}  # jobs queued by older versions
-    for k, image in enumerate(images):
-        text = image_infotext(pipe, image, img2img=mode == "img2img", mask=mask is not None, model_hash=hash_,
-                              controls=controls, vae=vae)
-        infotexts.append(text)
-        f = save_image(image, Path(out["folder"]) / f"{job.id}-{k}{out['suffix']}", text,
+    for k, (image, text) in enumerate(zip(images, infotexts)):
+        f = save_image(image, Path(out["folder"]) / f"{job_id}-{k}{out['suffix']}", text,
                        quality=out["quality"], lossless=out["lossless"])
         files.append(_stored_name(f, state.settings.outputs_dir))
-        if req.send_images:  # A1111 answers in the saved format too (samples_format)
+        if send:  # A1111 answers in the saved format too (samples_format)
             pngs.append(f.read_bytes())
-    info = info_dict(req, kw, pipe.name, hash_, seeds, subseeds, infotexts, mode == "img2img")
-    info.update(prompt=prompt, all_prompts=[prompt] * len(seeds), interrupted=interrupted,
-                sd_vae_name=vae.name if vae else None, sd_vae_hash=model_hash(vae) if vae else None,
-                **a1111_unsupported.info_fields([tuple(g) for g in p.get("gaps", [])]))
-    result = {"files": files, "info": info}
-    return result, {"pngs": pngs, "info": info}
+    return files, pngs
 
 
 def info_dict(req, kw, model, hash_, seeds, subseeds, infotexts, img2img) -> dict:
@@ -182,7 +232,7 @@ def info_dict(req, kw, model, hash_, seeds, subseeds, infotexts, img2img) -> dic
         "sd_model_name": model, "sd_model_hash": hash_, "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": kw.get("strength") if img2img else (
-            kw["hires"].denoise if kw.get("hires") else None),
+            kw["hires"]["denoise"] if kw.get("hires") else None),
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts,
         "styles": req.styles or [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "clip_skip": kw.get("clip_skip") or 1, "is_using_inpainting_conditioning": False,

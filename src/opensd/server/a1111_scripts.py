@@ -9,8 +9,9 @@ A1111's error body.
 
 Add a script with `register(Script(...))`. A selectable script's `run(state, job, ctl)` replaces
 the plain generation of its job (same contract as a job runner: returns (stored result, live
-value)); it finds its arguments in the job's request ("script_args"). An always-on script is
-handled where its arguments are read (ControlNet: a1111_controlnet).
+value)); it finds its arguments in the job's request ("script_args"). Its `prepare` checks them
+when the request arrives. An always-on script is handled where its arguments are read (ControlNet:
+a1111_controlnet). A1111's own selectable scripts are in a1111_script_runs.
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ class Script:
     modes: tuple[str, ...] = ("txt2img", "img2img")
     args: tuple[dict, ...] = ()                   # /script-info's ScriptArg entries
     run: Callable | None = field(default=None, compare=False)  # selectable scripts only
+    # prepare(state, req, payload) -> payload: checks the script's arguments before the job is queued
+    # (422 naming the bad one) and the work its generations add up to (work_budget); None: the
+    # request's own work is checked
+    prepare: Callable | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:

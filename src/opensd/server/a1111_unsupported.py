@@ -10,7 +10,6 @@ from __future__ import annotations
 
 # request field -> (values meaning "off", what happens here instead)
 REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
-    "styles": ((None, []), "no prompt styles exist here (GET /sdapi/v1/prompt-styles); the prompts are used as given"),
     "seed_resize_from_h": ((-1, 0), "seed resize is not implemented; the noise is drawn at the image size"),
     "seed_resize_from_w": ((-1, 0), "seed resize is not implemented; the noise is drawn at the image size"),
     "restore_faces": ((None, False), "no face restoration model here; images are returned as generated"),

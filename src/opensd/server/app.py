@@ -17,7 +17,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from .. import safe_paths
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import ModelFolders
+from ..text.styles import Style, load_styles
+from ..text.wildcards import Wildcards
 from ..version import __version__
+from . import a1111_script_runs  # noqa: F401  (registers A1111's scripts)
 from . import (a1111_api, a1111_controlnet, a1111_extras, a1111_run, comfy_api, comfy_frontend, datasets_api,
                docs_pages, gallery_api, models_api, opensd_api, train_api, ui_routes)
 from .a1111_options import A1111Options
@@ -44,6 +47,7 @@ class ServerState:
         self.cache = ModelCache(self.folders, settings.device, settings.precision,
                                 settings.model_budget_bytes, loader=loader)
         self.options = A1111Options(settings.data_dir / "opensd-options.json", settings.outputs_dir, self.folders)
+        self.wildcards = Wildcards(settings.wildcards_dir, flag="opensd serve --wildcards-dir")
         self._model: Path | None = None
         self._lock = threading.Lock()
         wanted = self.options.saved_model() or settings.default_model
@@ -53,6 +57,10 @@ class ServerState:
             except InvalidArgument as e:
                 log.warning("saved model %r is gone (%s); using the first model", wanted, e)
         self.queue.register("a1111", lambda job, ctl: a1111_run.run(self, job, ctl))
+
+    def styles(self) -> dict[str, Style]:
+        """The prompt styles of the styles file as it is now (A1111 users edit it while it serves)."""
+        return load_styles(self.settings.styles_file, "styles file")
 
     def current_model(self) -> Path:
         with self._lock:

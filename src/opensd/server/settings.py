@@ -32,11 +32,15 @@ class Settings:
     max_image_pixels: int = 4096 * 4096      # decoded input images
     start_worker: bool = True                # tests set False to keep jobs queued
     default_model: str | None = None         # checkpoint name; default: the first listed
+    styles_file: Path | None = None          # A1111 styles.csv; default: data_dir/styles.csv
+    wildcards_dir: Path | None = None        # __name__ wildcard files; default: data_dir/wildcards
 
     def __post_init__(self):
         self.outputs_dir = Path(self.outputs_dir)
         self.models_dir = Path(self.models_dir) if self.models_dir is not None else None
         self.data_dir = Path(self.data_dir) if self.data_dir is not None else self.outputs_dir
+        self.styles_file = Path(self.styles_file) if self.styles_file is not None else self.data_dir / "styles.csv"
+        self.wildcards_dir = Path(self.wildcards_dir) if self.wildcards_dir is not None else self.data_dir / "wildcards"
         if not 1 <= self.queue_size <= 100_000:
             raise InvalidArgument(f"queue-size: {self.queue_size} is outside 1..100000")
         if not 1 <= self.port <= 65535:

@@ -1,0 +1,112 @@
+"""SD upscale (A1111's img2img script): the init image is made `scale` times larger by an upscaler, cut
+into tiles of the request's width x height overlapping by `overlap` pixels (opensd.pipeline.tiles),
+each tile repainted by img2img, and the tiles blended back together. Tile t of upscale n (of
+n_iter) uses seed + n + t, as A1111 counts them with batches of one. The result's infotext is the
+first tile's, with "SD upscale overlap" and "SD upscale upscaler".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from ..errors import InvalidArgument
+from ..pipeline.tiles import Tiles, combine, split
+from .infotexts import add_params
+from .spec import Face, Progress, ScriptResult, Spec, check, fixed_seed, run_specs
+
+TITLE = "SD upscale"
+ARG_NAMES = ("info", "overlap", "upscaler_index", "scale_factor")
+MAX_SCALE = 8
+
+
+@dataclass
+class UpscaleOptions:
+    overlap: int = 64
+    upscaler: str = "Lanczos"
+    scale: float = 2.0
+
+
+def from_script_args(args: list, face: Face) -> UpscaleOptions:
+    """A1111's [info, overlap, upscaler_index, scale_factor]; the upscaler also by name."""
+    if not isinstance(args, list) or len(args) != len(ARG_NAMES):
+        raise InvalidArgument(f"script_args: SD upscale takes [{', '.join(ARG_NAMES)}] (info is ignored)")
+    _, overlap, index, scale = args
+    names = face.upscalers()
+    if isinstance(index, int) and not isinstance(index, bool):
+        if not 0 <= index < len(names):
+            raise InvalidArgument(f"script_args: upscaler_index: {index} is outside 0..{len(names) - 1} "
+                                  f"({', '.join(names)})")
+        name = names[index]
+    elif isinstance(index, str) and index.lower() in (n.lower() for n in names):
+        name = next(n for n in names if n.lower() == index.lower())
+    else:
+        raise InvalidArgument(f"script_args: upscaler_index: {index!r} is not an index or name of "
+                              f"{', '.join(names)}")
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= 256:
+        raise InvalidArgument(f"script_args: overlap: {overlap!r} is outside 0..256")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1 <= scale <= MAX_SCALE:
+        raise InvalidArgument(f"script_args: scale_factor: {scale!r} is outside 1..{MAX_SCALE}")
+    return UpscaleOptions(overlap, name, float(scale))
+
+
+def classic_upscale(image: Image.Image, name: str, scale: float) -> Image.Image:
+    """The upscalers that need no model file: Lanczos and Nearest (PIL's resampling)."""
+    filters = {"lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
+    if name.lower() not in filters:
+        raise InvalidArgument(f"upscaler: {name!r} is not available here (Lanczos, Nearest)")
+    return image.resize(upscaled_size(image, scale), filters[name.lower()])
+
+
+def upscaled_size(image: Image.Image, scale: float) -> tuple[int, int]:
+    """A1111's upscaler target: each side times the scale, rounded down to a multiple of 8."""
+    return int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8)
+
+
+def layout(base: Spec, init: Image.Image, options: UpscaleOptions) -> Tiles:
+    """The tiles the upscaled image is cut into (blank: only the layout counts before upscaling)."""
+    w, h = upscaled_size(init, options.scale)
+    tile_w, tile_h = base.kwargs["width"], base.kwargs["height"]
+    if options.overlap >= min(tile_w, tile_h):
+        raise InvalidArgument(f"script_args: overlap: {options.overlap} must be smaller than the tile "
+                              f"(width x height: {tile_w}x{tile_h})")
+    return split(Image.new("RGB", (w, h)), tile_w, tile_h, options.overlap)
+
+
+def cells(base: Spec, tiles: Tiles) -> list[list[Spec]]:
+    """Per upscale (n_iter of them), one img2img Spec per tile."""
+    seed = fixed_seed(base.seed)
+    out = []
+    for n in range(base.n_iter):
+        specs = []
+        for t, tile in enumerate(tiles.images()):
+            spec = base.but(seed=seed + n + t, n_iter=1, init=tile)
+            spec.kwargs["batch_size"] = 1
+            check(spec, f"SD upscale tile {t + 1}")
+            specs.append(spec)
+        out.append(specs)
+    return out
+
+
+def run(base: Spec, init: Image.Image, options: UpscaleOptions, face: Face,
+        progress: Progress | None = None) -> ScriptResult:
+    size = upscaled_size(init, options.scale)
+    image = init if options.upscaler == "None" else face.upscale(init, options.upscaler, options.scale)
+    if image.size != size:
+        image = image.resize(size, Image.LANCZOS)
+    tiles = split(image.convert("RGB"), base.kwargs["width"], base.kwargs["height"], options.overlap)
+    groups = cells(base, tiles)
+    flat = [spec for group in groups for spec in group]
+    results, interrupted = run_specs(face, flat, progress)
+    made = [g.made[0] for g in results if g is not None and g.made]
+    images, texts = [], []
+    extra = {"SD upscale overlap": options.overlap, "SD upscale upscaler": options.upscaler}
+    per = len(tiles.images())
+    for n in range(len(groups)):
+        group = results[n * per:(n + 1) * per]
+        if interrupted and any(g is None or not g.made for g in group):
+            break
+        painted = [g.made[0].image if g.made else tile for g, tile in zip(group, tiles.images())]
+        images.append(combine(tiles.replaced(painted)))
+        texts.append(add_params(made[0].infotext, extra) if made else "")
+    return ScriptResult(images, texts, made, 0, interrupted)
