@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_lora_pipeline import write_random_lora
-from workflow_fixtures import Loader, make_ctx, make_models
-from workflow_models import TINY_SDXL, split_parts, write_sdxl
+from workflow_fixtures import Loader, make_ctx
+from workflow_models import TINY_SDXL, make_all_models
 
 from opensd.workflows import OutputCache, execute
 
@@ -42,16 +41,10 @@ SIZES = {
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fx")
-    root = tmp / "models"
-    folders = make_models(root)
-    write_sdxl(root / "checkpoints" / "tiny_xl.safetensors")
-    split_parts(root / "checkpoints" / "tiny_xl.safetensors", root, "xl")
-    write_random_lora(root / "loras" / "style.safetensors", 1)
-    (root / "configs").mkdir()
     # v1-inference.yaml's shape, with the tiny UNet's context width
-    (root / "configs" / "v1-inference.yaml").write_text(
+    folders, _ = make_all_models(tmp / "models", {"v1-inference.yaml": (
         "model:\n  params:\n    scale_factor: 0.18215\n    unet_config:\n      params:\n"
-        "        context_dim: 64\n        in_channels: 4\n")
+        "        context_dim: 64\n        in_channels: 4\n")})
     inputs = tmp / "input"
     inputs.mkdir()
     photo = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)

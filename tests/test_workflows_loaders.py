@@ -6,9 +6,8 @@ import shutil
 
 import pytest
 import torch
-from test_lora_pipeline import write_random_lora
-from workflow_fixtures import Loader, default_graph, make_ctx, make_models
-from workflow_models import split_parts, write_sdxl
+from workflow_fixtures import Loader, default_graph, make_ctx
+from workflow_models import make_all_models
 
 from opensd.errors import CheckpointError
 from opensd.workflows import NodeError, execute, object_info
@@ -22,17 +21,9 @@ from opensd.workflows.types import ClipRef, ModelRef, NodeCall
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ld")
-    root = tmp / "models"
-    folders = make_models(root)
-    write_sdxl(root / "checkpoints" / "tiny_xl.safetensors")
-    names = split_parts(root / "checkpoints" / "tiny.safetensors", root, "tiny")
-    names.update({f"xl_{k}": v for k, v in split_parts(root / "checkpoints" / "tiny_xl.safetensors", root,
-                                                          "xl").items()})
-    write_random_lora(root / "loras" / "style.safetensors", 1)
-    (root / "configs").mkdir()
-    (root / "configs" / "v.yaml").write_text("model:\n  params:\n    parameterization: v\n    scale_factor: 0.5\n")
-    (root / "configs" / "wrong.yaml").write_text("model:\n  params:\n    unet_config:\n      params:\n"
-                                                 "        context_dim: 768\n")
+    folders, names = make_all_models(tmp / "models", {
+        "v.yaml": "model:\n  params:\n    parameterization: v\n    scale_factor: 0.5\n",
+        "wrong.yaml": "model:\n  params:\n    unet_config:\n      params:\n        context_dim: 768\n"})
     ctx = make_ctx(folders, Loader(folders), tmp)
     return NodeCall(ctx, "1", {}, lambda kind, data: None), names
 

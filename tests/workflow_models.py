@@ -7,9 +7,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from test_lora_pipeline import write_random_lora
+from workflow_fixtures import make_models
+
 from opensd.checkpoints import detect as D
 from opensd.checkpoints.files import read_state_dict, save_safetensors
 from opensd.checkpoints.keymap_clip import clip_to_transformers
+from opensd.library.models_dir import ModelFolders
 from opensd.library.synthetic import TINY, write_random_checkpoint
 from opensd.models import config as C
 
@@ -56,3 +60,19 @@ def split_parts(ckpt: Path, root: Path, name: str) -> dict[str, str]:
         out[f"clip_{tag}"] = f"{name}_clip_{tag}.safetensors"
     return out
 
+
+
+def make_all_models(root: Path, configs: dict[str, str]) -> tuple[ModelFolders, dict[str, str]]:
+    """workflow_fixtures' models folder (checkpoints/tiny.safetensors) plus checkpoints/tiny_xl.safetensors,
+    both also split into part files (names: "vae", "unet", "clip_l" and "xl_vae", "xl_unet",
+    "xl_clip_l", "xl_clip_g"), loras/style.safetensors and configs/<name> with the given yaml texts."""
+    folders = make_models(root)
+    write_sdxl(root / "checkpoints" / "tiny_xl.safetensors")
+    names = split_parts(root / "checkpoints" / "tiny.safetensors", root, "tiny")
+    xl = split_parts(root / "checkpoints" / "tiny_xl.safetensors", root, "xl")
+    names.update({f"xl_{k}": v for k, v in xl.items()})
+    write_random_lora(root / "loras" / "style.safetensors", 1)
+    (root / "configs").mkdir()
+    for name, text in configs.items():
+        (root / "configs" / name).write_text(text)
+    return folders, names
