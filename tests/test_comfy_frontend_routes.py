@@ -127,3 +127,16 @@ def test_frontend_is_served_under_comfy(client):
         for node in graph["nodes"]:  # every node type exists here, so the frontend reports none missing
             assert node["type"] in nodes, node["type"]
     assert {p.name for p in TEMPLATES.iterdir()} >= {"index.json"}
+
+
+def test_free_and_a1111_unload_drop_loaded_models_and_generation_goes_on(client):
+    """ComfyUI's "Unload models" (/free) and A1111's /unload-checkpoint really unload; the next job
+    loads again; /reload-checkpoint loads the current model."""
+    cache = client.app.state.opensd.cache
+    ok = {"prompt": "x", "steps": 1, "width": 64, "height": 64}
+    assert client.post("/sdapi/v1/txt2img", json=ok).status_code == 200 and cache.loaded()
+    assert client.post("/free", json={"unload_models": False}).status_code == 200 and cache.loaded()
+    assert client.post("/api/free", json={"unload_models": True}).status_code == 200 and not cache.loaded()
+    assert client.post("/sdapi/v1/reload-checkpoint").status_code == 200 and len(cache.loaded()) == 1
+    assert client.post("/sdapi/v1/unload-checkpoint").status_code == 200 and not cache.loaded()
+    assert client.post("/sdapi/v1/txt2img", json=ok).status_code == 200 and cache.loaded()

@@ -1,5 +1,5 @@
 """The smaller ComfyUI routes its frontend calls at start and in its side panels: /extensions,
-/i18n, /features, /models, /experiment/models, /view_metadata, /workflow_templates and
+/free, /i18n, /features, /models, /experiment/models, /view_metadata, /workflow_templates and
 /global_subgraphs. Each answers from our own state; none loads code or contacts anything."""
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ def router(state) -> APIRouter:
     def extensions():
         # Third-party frontend extensions are never loaded: nothing on disk becomes page code.
         return []
+
+    @api.post("/free")
+    def free(body: dict):
+        # ComfyUI's "Unload models" / "Free model and node cache": both drop every loaded model here.
+        if body.get("unload_models") is True or body.get("free_memory") is True:
+            state.cache.clear()
+        return {}
 
     @api.get("/i18n")
     def i18n():

@@ -120,6 +120,19 @@ class ModelCache:
                 fn(old[0])
         gc.collect()
 
+    def clear(self) -> int:
+        """Unload every pipeline (ComfyUI's /free, A1111's /unload-checkpoint); a running job keeps
+        its own reference and finishes. Returns how many were unloaded."""
+        with self._lock:
+            gone = list(self._pipes)
+            self._pipes.clear()
+            self._sizes.clear()
+            for key in gone:
+                for fn in self.on_evict:
+                    fn(key[0])
+        gc.collect()
+        return len(gone)
+
     def loaded(self) -> list[tuple[Path, int]]:
         with self._lock:
             return [(key[0], self._sizes[key]) for key in self._pipes]
