@@ -186,3 +186,22 @@ def test_the_prompts_hint_still_applies_at_cfg_one_where_the_negative_row_is_not
     hinted = at_cfg_one(cn_graph(1.0))
     hinted["3"]["inputs"]["negative"] = ["7", 0]  # the hint on the prompt's entry only
     assert np.abs(pixels(hinted, ctx) - pixels(at_cfg_one(default_graph()), ctx)).mean() > 0.5
+
+
+def test_a_hint_on_an_area_entry_is_fitted_to_the_areas_crop(ctx):
+    from opensd.workflows.guiders import ModelRun
+    from opensd.workflows.model_sampling import default_sampling
+    from opensd.workflows.types import ModelRef
+    pipe = ctx.load_pipeline("tiny.safetensors")
+    ref = ControlNetRef(ctx.folders.resolve("controlnet", "tiny_canny.safetensors"), "tiny_canny")
+    hint = ControlHint(ref, torch.rand(1, 3, 64, 128), 1.0)
+    control = ModelRun(ModelRef(pipe, "tiny"), default_sampling(pipe), None, 0)._control(hint, torch.zeros(2, 4, 8, 4))
+    assert control.hints[id(hint)].shape == (1, 3, 64, 32)  # the 8x4-cell crop's pixels, as ComfyUI fits it
+    g = cn_graph(1.0)
+    g["20"] = {"class_type": "ConditioningSetArea", "inputs": {"conditioning": ["6", 0], "width": 64, "height": 64,
+                                                                "x": 0, "y": 0, "strength": 1.0}}
+    g["12"]["inputs"]["positive"] = ["20", 0]
+    g["5"]["inputs"]["width"] = 128
+    plain = copy.deepcopy(g)
+    plain["3"]["inputs"]["positive"], plain["3"]["inputs"]["negative"] = ["20", 0], ["7", 0]
+    assert np.abs(pixels(g, ctx) - pixels(plain, ctx)).mean() > 0.5

@@ -20,7 +20,9 @@ Per step (:func:`calc_cond_batch`), for each list: every active entry runs the m
 x; its prediction is weighted by mult = strength x (mask x mask_strength), or by strength ramped
 down over 8 cells along the area's edges that lie inside the latent when there is no mask; the
 list's prediction is sum(mult x prediction) / sum(mult) per position (1e-37 where nothing covers
-it, which leaves 0 there).
+it, which leaves 0 there). Entries run batched when their crops, ControlNet hints and context
+lengths agree; contexts of different lengths run in separate calls (ComfyUI batches them by
+repeating the shorter context, which leaves attention's result unchanged).
 """
 from __future__ import annotations
 
