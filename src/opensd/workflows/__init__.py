@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_model_patches,
     nodes_output,
     nodes_sampling_custom,
+    nodes_upscale,
 )
 from .executor import OutputCache, execute, validate_prompt
 from .graph import check_prompt
