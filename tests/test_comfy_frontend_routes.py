@@ -94,7 +94,7 @@ def test_startup_routes(client):
     assert client.get("/comfy/api/global_subgraphs").json() == {}
     assert "checkpoints" in client.get("/models").json()
     folders = {f["name"] for f in client.get("/comfy/api/experiment/models").json()}
-    assert {"checkpoints", "loras", "vae", "embeddings", "controlnet"} <= folders
+    assert {"checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models"} <= folders
     ckpts = client.get("/comfy/api/experiment/models/checkpoints").json()
     assert {"name": "opensd-emoji.safetensors", "pathIndex": 0} in ckpts
     assert client.get("/experiment/models/custom_nodes").status_code == 404
