@@ -146,3 +146,22 @@ def test_unsupported_types_and_wrong_files_are_clear_errors(env, caplog):
     with caplog.at_level(logging.WARNING):
         (unet,) = L.unet_loader(call, names["unet"], "fp8_e4m3fn")
     assert "fp8_e4m3fn storage is not supported" in caplog.text and unet.pipe.dtype == torch.float32
+
+
+def test_part_loaders_take_the_servers_auto_precision(env, monkeypatch):
+    """The server runs with --precision auto; its ComfyUI context passes that on to the part loaders,
+    which choose as a whole checkpoint of the same family would (here: a small model, fp32 on a CPU)."""
+    import dataclasses
+
+    from opensd.server.app import create_app
+    from opensd.server.settings import Settings
+    call, names = env
+    auto = dataclasses.replace(call.ctx, precision="auto", device="auto")
+    (unet,) = L.unet_loader(NodeCall(auto, "1", {}, call.emit), names["unet"], "default")
+    assert next(p for p in unet.pipe.model.unet.parameters()).dtype == torch.float32
+    (vae,) = L.vae_loader(NodeCall(auto, "1", {}, call.emit), names["vae"])  # a VAE alone: as SD1's would
+    image = vae_decode_tensor(vae.pipe, torch.zeros(1, 4, 8, 8))
+    assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
+    state = create_app(Settings(outputs_dir=call.ctx.outputs_dir / "srv", start_worker=False)).state.opensd
+    ctx = state.comfy.context()
+    assert (ctx.device, ctx.precision) == (state.cache.device, state.cache.precision) == ("auto", "auto")

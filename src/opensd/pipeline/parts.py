@@ -27,7 +27,8 @@ from ..checkpoints.keymap_unet import unet_from_diffusers
 from ..errors import CheckpointError
 from ..models import config as C
 from ..models.stable_diffusion import StableDiffusion
-from .device import resolve_device, resolve_dtype
+from .device import resolve_device
+from .precision import choose_precision
 from .loader import LoadedModel, guess_sd2_prediction, read_vae
 from .pipeline import Pipeline
 
@@ -52,15 +53,18 @@ def _pipeline(path: Path, cfg: C.ModelConfig, part: dict[str, torch.Tensor], pre
     return Pipeline(loaded, device, dtype)
 
 
-def _where(device: str | None, precision: str):
-    return resolve_device(device), resolve_dtype(precision)
+def _where(device: str | None, precision: str, cfg: C.ModelConfig, vae: bool = False):
+    """The device and dtype for a part; "auto" chooses as a whole checkpoint of `cfg` would."""
+    dev = resolve_device(device)
+    chosen = choose_precision(precision, dev, cfg)
+    return dev, chosen.vae_dtype if vae else chosen.dtype
 
 
 def load_vae(path, device: str | None = None, precision: str = "fp32") -> Pipeline:
     path = Path(path)
     sd, _ = read_vae(path)
     cfg = replace(C.sd1(), family="sd1", vae=D.infer_vae({k: tuple(v.shape) for k, v in sd.items()}, "", str(path)))
-    return _pipeline(path, cfg, {D.VAE + k: v for k, v in sd.items()}, (D.VAE,), *_where(device, precision))
+    return _pipeline(path, cfg, {D.VAE + k: v for k, v in sd.items()}, (D.VAE,), *_where(device, precision, cfg, vae=True))
 
 
 def load_unet(path, device: str | None = None, precision: str = "fp32") -> Pipeline:
@@ -99,7 +103,7 @@ def load_unet(path, device: str | None = None, precision: str = "fp32") -> Pipel
         vae = replace(vae, scaling_factor=float(metadata[D.META_SCALING]))
     declared = D.prediction_from_metadata(metadata)
     cfg = replace(base, unet=ucfg, vae=vae, prediction=declared or ("v" if base.family == "sd2" else "eps"))
-    pipe = _pipeline(path, cfg, sd, (D.UNET,), *_where(device, precision), None if alphas is None else alphas.float())
+    pipe = _pipeline(path, cfg, sd, (D.UNET,), *_where(device, precision, cfg), None if alphas is None else alphas.float())
     if base.family == "sd2" and declared is None:
         guessed = guess_sd2_prediction(pipe.model)
         pipe.config = pipe.loaded.config = pipe.model.config = replace(cfg, prediction=guessed)
@@ -182,4 +186,4 @@ def load_text_encoders(paths: list, device: str | None = None, precision: str = 
     cfg = replace(base, family=family, text_encoders=cfgs)
     for (_, sd), prefix in zip(encoders, prefixes):
         part.update({prefix + k: v for k, v in sd.items()})
-    return _pipeline(paths[0], cfg, part, prefixes, *_where(device, precision))
+    return _pipeline(paths[0], cfg, part, prefixes, *_where(device, precision, cfg))

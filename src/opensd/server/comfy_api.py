@@ -83,7 +83,8 @@ class ComfyHub:
         return ExecutionContext(
             folders=self.state.folders, load_pipeline=lambda name: cache.get(cache.resolve(name)),
             outputs_dir=self.dirs["output"], inputs_dir=self.dirs["input"], should_stop=should_stop,
-            cache=self.output_cache, temp_dir=self.dirs["temp"], extra_pnginfo=extra_pnginfo)
+            cache=self.output_cache, temp_dir=self.dirs["temp"], extra_pnginfo=extra_pnginfo,
+            device=cache.device, precision=cache.precision)  # part loaders follow the server's choice
 
     # --- sending (thread-safe: the worker thread calls these) ---------------------------------
 

@@ -10,7 +10,8 @@ from ..errors import InvalidArgument
 from ..library.hashes import safetensors_metadata
 
 # ComfyUI's model folder names; ours are spelled the same (library.models_dir.LAYOUT)
-MODEL_FOLDERS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models")
+MODEL_FOLDERS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models", "unet", "clip",
+                 "configs")
 
 
 def _not_found(detail: str) -> JSONResponse:
