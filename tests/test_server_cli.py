@@ -69,3 +69,13 @@ def test_opensd_serve_runs_as_a_process(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_styles_file_and_wildcards_folder(tmp_path):
+    from opensd.cli.serve import settings_from
+
+    s = settings_from(cli.build_parser().parse_args(["serve", "--outputs-dir", str(tmp_path)]))
+    assert (s.styles_file, s.wildcards_dir) == (tmp_path / "styles.csv", tmp_path / "wildcards")
+    s = settings_from(cli.build_parser().parse_args(["serve", "--styles-file", str(tmp_path / "s.csv"),
+                                                     "--wildcards-dir", str(tmp_path / "w")]))
+    assert (s.styles_file, s.wildcards_dir) == (tmp_path / "s.csv", tmp_path / "w")

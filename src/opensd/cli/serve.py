@@ -19,6 +19,10 @@ def register(sub) -> None:
     p.add_argument("--port", type=int_arg, default=7860)
     p.add_argument("--models-dir", type=Path, help="an A1111 or ComfyUI models/ folder")
     p.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="images and the job database")
+    p.add_argument("--styles-file", type=Path, metavar="CSV",
+                   help="A1111 prompt styles (styles.csv); default: styles.csv in the outputs folder")
+    p.add_argument("--wildcards-dir", type=Path, metavar="DIR",
+                   help="__name__ wildcard files (name.txt); default: wildcards/ in the outputs folder")
     tok = p.add_mutually_exclusive_group()
     tok.add_argument("--api-token", default=os.environ.get("OPENSD_API_TOKEN") or None,
                      help="require this token: 'Authorization: Bearer T', or Basic with user:password given "
@@ -56,6 +60,7 @@ def settings_from(args: argparse.Namespace):
     return Settings(host=args.host, port=args.port, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                     api_token=args.api_token, insecure_no_token=args.insecure_no_token,
                     allow_origins=tuple(args.allow_origin), allow_hosts=tuple(args.allow_host),
+                    styles_file=args.styles_file, wildcards_dir=args.wildcards_dir,
                     queue_size=args.queue_size, max_waiting=args.max_waiting, work_budget=args.work_budget,
                     device=args.device, precision=args.precision,
                     model_budget_bytes=int(args.model_cache_gb * (1 << 30)),
