@@ -80,6 +80,8 @@ def register(sub) -> None:
                    help="auto (default): fp16 on CUDA, bf16 on CPUs with native bf16 for SD-size models, else fp32")
     d.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="auto (default): CUDA, else MPS, else the CPU")
+    d.add_argument("--vae-tiling", action="store_true",
+                   help="run the VAE in overlapping tiles (bounded memory); automatic above 1024x1024 pixels")
     d.add_argument("--prediction", choices=["eps", "v"], help="override eps/v for SD2 files that do not say")
     d.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
     add_flags(gen)
@@ -134,6 +136,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     mask = open_image(args.mask, "mask") if args.mask is not None else None
     pipe = load(args.model or BUILTIN_MODEL, vae=args.vae, device=args.device, precision=args.precision,
                 prediction=args.prediction, embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir)
+    if args.vae_tiling:
+        pipe.vae_tiling = True
     loras = _loras(args, pipe, from_image=source is not None and not user_loras)
     pipe.set_loras(loras)
     kwargs = generation_kwargs(args)

@@ -27,6 +27,7 @@ from . import guidance as G
 from . import images as I
 from . import img2img as i2i
 from . import limits as L
+from . import vae_codec
 from .conditioning import CondSchedule, PromptConditioner, size_vector
 from .device import resolve_device, resolve_dtype
 from .loader import LoadedModel, load_model
@@ -54,6 +55,7 @@ class Pipeline:
         self.dtype = dtype
         self.precision = Precision(dtype, next(loaded.model.vae.parameters()).dtype, "given")  # load() says why
         self.limits = limits
+        self.vae_tiling: bool | None = None  # VAE in tiles: None above a size (vae_codec.TILE_ABOVE)
         self.tokenizer = default_tokenizer()
         alphas = loaded.alphas_cumprod if loaded.alphas_cumprod is not None else scaled_linear_alphas_cumprod()
         self.schedule = DiscreteSchedule(alphas)
@@ -404,27 +406,33 @@ class Pipeline:
     def encode_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
         """(1, 3, H, W) in [-1, 1] -> scaled latent (posterior mean: deterministic for a seed)."""
         vae = self.model.vae
-        mean, _ = vae.encode(pixels.to(self.device, next(vae.parameters()).dtype))
+        f = self.config.vae.downscale
+
+        def posterior_mean(x):
+            return vae.encode(x)[0]
+
+        mean = vae_codec.encode(posterior_mean, pixels.to(self.device, next(vae.parameters()).dtype), f, self.vae_tiling)
         if not torch.isfinite(mean).all() and next(vae.parameters()).dtype != torch.float32:
             log.warning("VAE encode produced NaN in %s; switching the VAE to fp32", mean.dtype)
             vae.float()
-            mean, _ = vae.encode(pixels.to(self.device, torch.float32))
+            mean = vae_codec.encode(posterior_mean, pixels.to(self.device, torch.float32), f, self.vae_tiling)
         return mean.float() * self.config.vae.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         vae = self.model.vae
+        f = self.config.vae.downscale
         images = []
         for z in latents:  # one at a time: VAE decoding at full size dominates peak memory
             z = (z[None] / self.config.vae.scaling_factor)
-            x = vae.decode(z.to(next(vae.parameters()).dtype))
+            x = vae_codec.decode(vae.decode, z.to(next(vae.parameters()).dtype), f, self.vae_tiling)
             if not torch.isfinite(x).all():
                 if next(vae.parameters()).dtype == torch.float32:
                     raise FloatingPointError("VAE decode produced NaN/inf even in fp32; the model is broken")
                 # fp16 VAEs (SD1/SDXL) overflow; decode in fp32 from now on rather than save a black image.
                 log.warning("VAE produced NaN in %s; switching the VAE to fp32", x.dtype)
                 vae.float()
-                x = vae.decode(z.float())
+                x = vae_codec.decode(vae.decode, z.float(), f, self.vae_tiling)
             images.append(I.to_pil(x[0]))
         return images
 
