@@ -9,7 +9,7 @@ import logging
 
 from ..errors import run_main
 
-COMMAND_MODULES = ("generate", "info", "train", "serve", "control", "models")
+COMMAND_MODULES = ("generate", "info", "train", "serve", "control", "models", "upscale")
 
 
 class Parser(argparse.ArgumentParser):

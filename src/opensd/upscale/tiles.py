@@ -31,13 +31,19 @@ def _ramp(length: int, feather: int, device) -> torch.Tensor:
     return weights
 
 
+def check_tiling(tile: int, overlap: int) -> tuple[int, int]:
+    """A tile size (0 or less: no tiling) and an overlap smaller than it, or one line naming which is wrong."""
+    if tile > 0 and not 0 <= overlap < tile:
+        raise InvalidArgument(f"tile overlap: {overlap} must be at least 0 and less than the tile size {tile}")
+    return tile, overlap
+
+
 @torch.no_grad()
 def tiled_scale(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], scale: float, tile: int = 512,
                 overlap: int = 32, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """`fn` ((1, C, h, w) -> (1, C', h*scale, w*scale)) over `x` (B, C, H, W) in tiles of `tile`
     pixels sharing `overlap`; `tile` <= 0 runs each image whole. `progress(done, total)` after each tile."""
-    if tile > 0 and not 0 <= overlap < tile:
-        raise InvalidArgument(f"tile overlap: {overlap} must be at least 0 and less than the tile size {tile}")
+    check_tiling(tile, overlap)
     b, _, h, w = x.shape
     tile = tile if tile > 0 else max(h, w)
     rows, cols = tile_positions(h, tile, overlap), tile_positions(w, tile, overlap)

@@ -18,7 +18,7 @@ from ..errors import InvalidArgument
 from ..library.models_dir import ModelFile, ModelFolders
 from .model_file import load_upscale_model
 from .names import CLASSIC, LANCZOS, LATENT_MODES, NEAREST, NONE, known, model_name
-from .tiles import tiled_scale
+from .tiles import check_tiling, tiled_scale
 
 Progress = Callable[[int, int], None] | None
 _RESAMPLE = {LANCZOS: Image.LANCZOS, NEAREST: Image.NEAREST}
@@ -34,7 +34,7 @@ class Upscalers:
         self.folders = folders
         self.device = torch.device(device)
         self.allow_paths = allow_paths
-        self.tile, self.overlap = tile, overlap
+        self.tile, self.overlap = check_tiling(tile, overlap)
         self._keep = keep
         self._models: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
@@ -73,7 +73,10 @@ class Upscalers:
                 return hits[0]
         if self.allow_paths and Path(name).is_file():
             return Path(name)
-        hint = "" if self.folders is not None or self.allow_paths else "; no models folder is set"
+        hint = ""
+        if self.folders is None:
+            hint = "; give a model file's path, or a models folder to find it in" if self.allow_paths else \
+                "; no models folder is set"
         raise InvalidArgument(f"{field}: no upscaler named {name!r} (available: {', '.join(self.names())}){hint}")
 
     def model(self, path: Path):
@@ -105,12 +108,13 @@ class Upscalers:
         return Image.fromarray(pixels, "RGB")
 
     def upscale(self, image: Image.Image, scale: float, name: str, field: str = "upscaler", *,
-                tile: int | None = None, overlap: int | None = None, progress: Progress = None) -> Image.Image:
+                tile: int | None = None, overlap: int | None = None, progress: Progress = None,
+                multiple: int = 8) -> Image.Image:
         """A1111's Upscaler.upscale: the target is the size times `scale` rounded down to a multiple
-        of 8; the upscaler runs (a model at its own scale, up to three times) until the image is at
-        least that big, then Lanczos gives the exact size. "None" only resizes."""
+        of 8 (`multiple`); the upscaler runs (a model at its own scale, up to three times) until the
+        image is at least that big, then Lanczos gives the exact size. "None" only resizes."""
         target = self.find(name, field)
-        dest = (max(1, int(image.width * scale // 8 * 8)), max(1, int(image.height * scale // 8 * 8)))
+        dest = tuple(max(1, int(round(side * scale, 6) // multiple * multiple)) for side in image.size)
         model = self.model(target) if isinstance(target, Path) else None
         for _ in range(3):
             before = image.size
