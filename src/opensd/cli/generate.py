@@ -82,6 +82,10 @@ def register(sub) -> None:
                    help="auto (default): CUDA, else MPS, else the CPU")
     d.add_argument("--vae-tiling", action="store_true",
                    help="run the VAE in overlapping tiles (bounded memory); automatic above 1024x1024 pixels")
+    d.add_argument("--vae-decoder", choices=["full", "taesd"], default="full",
+                   help="taesd: decode with the tiny autoencoder of --taesd (much faster, fewer details)")
+    d.add_argument("--taesd", type=Path, metavar="FILE_OR_FOLDER",
+                   help="tiny autoencoder: a taesd/taesdxl decoder file, or a folder holding them (vae_approx)")
     d.add_argument("--prediction", choices=["eps", "v"], help="override eps/v for SD2 files that do not say")
     d.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
     add_flags(gen)
@@ -138,6 +142,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 prediction=args.prediction, embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir)
     if args.vae_tiling:
         pipe.vae_tiling = True
+    if args.taesd is not None:
+        _use_taesd(pipe, args)
     loras = _loras(args, pipe, from_image=source is not None and not user_loras)
     pipe.set_loras(loras)
     kwargs = generation_kwargs(args)
@@ -216,15 +222,31 @@ def _check_paths(args: argparse.Namespace) -> None:
     """Files and folders the flags name, checked before anything loads, each error naming its flag."""
     from ..adapters.lora import prompt_lora_tags
 
-    for flag, path in (("model", args.model), ("vae", args.vae)):
+    for flag, path in (("model", args.model), ("vae", args.vae), ("taesd", args.taesd)):
         if path is not None and not path.exists():
             raise InvalidArgument(f"{flag}: {path} does not exist")
+    if args.vae_decoder == "taesd" and args.taesd is None:
+        raise InvalidArgument("taesd: --vae-decoder taesd needs --taesd FILE_OR_FOLDER "
+                              "(taesd_decoder.safetensors / taesdxl_decoder.safetensors, or their folder)")
     for flag, folder in (("embeddings-dir", args.embeddings_dir), ("loras-dir", args.loras_dir),
                          ("controlnet-dir", args.controlnet_dir)):
         if folder is not None and not folder.is_dir():
             raise InvalidArgument(f"{flag}: {folder} is not a folder")
     if args.loras_dir is None and any(prompt_lora_tags(t or "") for t in (args.prompt, args.hires_prompt)):
         raise InvalidArgument("loras-dir: the prompt's <lora:...> tags need --loras-dir FOLDER to find them in")
+
+
+def _use_taesd(pipe, args: argparse.Namespace) -> None:
+    from ..pipeline.tiny_vae import find_tiny_vae, tiny_vae_stem
+
+    paths = [args.taesd] if args.taesd.is_file() else find_tiny_vae([args.taesd], pipe.config)
+    if not paths:
+        stem = tiny_vae_stem(pipe.config)
+        raise InvalidArgument(f"taesd: no {stem}_decoder file in {args.taesd}" if stem else
+                              f"taesd: no tiny autoencoder is published for this model's latent space "
+                              f"({pipe.config.family})")
+    pipe.use_tiny_vae(paths)
+    pipe.vae_decoder = args.vae_decoder
 
 
 def _loras(args: argparse.Namespace, pipe, from_image: bool) -> list:

@@ -24,6 +24,8 @@ LAYOUT = {
     "configs": ("configs",),
     # upscaler models (ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, ...): A1111 keeps one folder per family
     "upscale_models": ("ESRGAN", "upscale_models", "RealESRGAN", "SwinIR", "DAT", "HAT"),
+    # tiny autoencoders (TAESD family) for live previews and fast decodes
+    "vae_approx": ("VAE-approx", "vae_approx"),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 SUFFIXES = {"configs": (".yaml",)}  # kinds whose files are not weights

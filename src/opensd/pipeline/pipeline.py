@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,7 @@ from .loader import LoadedModel, load_model
 from .noise import ImageNoise
 from .params import Hires, Params
 from .precision import Precision, choose_precision
+from .previews import latent_preview
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,11 @@ class Pipeline:
         self.precision = Precision(dtype, next(loaded.model.vae.parameters()).dtype, "given")  # load() says why
         self.limits = limits
         self.vae_tiling: bool | None = None  # VAE in tiles: None above a size (vae_codec.TILE_ABOVE)
+        # The tiny autoencoder (TAESD family, load_tiny_vae) for live previews, and for final images
+        # with vae_decoder "taesd" (fast, fewer details) instead of "full".
+        self.tiny_vae = None
+        self.vae_decoder = "full"
+        self._next_preview = 0.0  # monotonic time before which preview() skips the tiny decoder
         self.tokenizer = default_tokenizer()
         alphas = loaded.alphas_cumprod if loaded.alphas_cumprod is not None else scaled_linear_alphas_cumprod()
         self.schedule = DiscreteSchedule(alphas)
@@ -418,8 +425,40 @@ class Pipeline:
             mean = vae_codec.encode(posterior_mean, pixels.to(self.device, torch.float32), f, self.vae_tiling)
         return mean.float() * self.config.vae.scaling_factor
 
+    def use_tiny_vae(self, paths) -> None:
+        """Load the tiny autoencoder from these files (find_tiny_vae finds them in model folders)."""
+        from .tiny_vae import load_tiny_vae
+        self.tiny_vae = load_tiny_vae(paths, self.config, self.device, self.dtype)
+
+    @torch.no_grad()
+    def _tiny_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.tiny_vae is None or self.tiny_vae.decoder is None:
+            raise InvalidArgument("vae_decoder: taesd needs a tiny autoencoder decoder file (taesd_decoder, "
+                                  "taesdxl_decoder, ...); none is loaded for this model")
+        return vae_codec.decode(self.tiny_vae.decode, latents.to(self.device, self.dtype), 8, self.vae_tiling)
+
+    @torch.no_grad()
+    def preview(self, denoised: torch.Tensor, max_side: int = 512) -> Image.Image | None:
+        """A live preview of the first image of a denoised estimate: the tiny decoder when one is
+        loaded, else the cheap linear latent-to-RGB map. The tiny decoder takes at most a quarter of
+        the time (on a CPU it can cost a third of an SD step): until 3x its last cost has passed,
+        None (keep showing the last preview)."""
+        if self.tiny_vae is None or self.tiny_vae.decoder is None:
+            return latent_preview(denoised, self.config, max_side)
+        start = time.monotonic()
+        if start < self._next_preview:
+            return None
+        image = I.to_pil(self.tiny_vae.decode(denoised[:1].to(self.device, self.dtype))[0])
+        image.thumbnail((max_side, max_side))
+        end = time.monotonic()
+        self._next_preview = end + 3 * (end - start)
+        return image
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """Scaled latents -> images, through the VAE (or the tiny one with vae_decoder "taesd")."""
+        if self.vae_decoder == "taesd":
+            return [I.to_pil(self._tiny_decode(z[None])[0]) for z in latents]
         vae = self.model.vae
         f = self.config.vae.downscale
         images = []

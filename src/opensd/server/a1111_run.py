@@ -15,7 +15,6 @@ from ..pipeline import limits as L
 from ..pipeline.infotext import save_image
 from ..pipeline.infotext_params import image_infotext
 from ..pipeline.params import Hires
-from ..pipeline.previews import latent_preview
 from ..sampling.names import SAMPLER_LABELS, resolve
 from ..upscale import Upscalers, latent_mode
 from ..upscale import label as upscaler_label
@@ -178,7 +177,12 @@ def generate(state, p: dict, req, ctl, init=None) -> Batch:
                 return pipe.txt2img(text, negative_text, progress=report, **args)
             return pipe.img2img(init, text, negative_text, mask=mask, progress=report, **args)
 
-        pipe.on_latents = lambda d: ctl.preview(latent_preview(d, pipe.config))  # for /progress
+        def on_latents(denoised):  # for /progress
+            image = pipe.preview(denoised)
+            if image is not None:
+                ctl.preview(image)
+
+        pipe.on_latents = on_latents
         try:
             out = dynamic_batch.generate(call, prompt, negative, seed=s, subseed=ss if varied else None,
                                          batch_size=per, wildcards=state.wildcards, progress=progress)

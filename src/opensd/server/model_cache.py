@@ -10,7 +10,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from ..errors import InvalidArgument
+from ..errors import CheckpointError, InvalidArgument
 from ..library.hashes import default_cache, model_hash, shorthash
 from ..library.models_dir import ModelFolders
 from ..pipeline.device import resolve_device
@@ -97,11 +97,22 @@ class ModelCache:
                     log.warning("cannot hash %s: %s", path, e)
             if hasattr(pipe, "lora_folders"):  # prompts' <lora:name:w> resolve inside the LoRA folders
                 pipe.lora_folders = self.folders
+                self._tiny_vae(pipe)
                 pipe.upscalers = self.upscalers  # hires fix upscalers by name
             self._pipes[key] = pipe
             self._sizes[key] = pipeline_bytes(pipe)
             self._evict()
             return pipe
+
+    def _tiny_vae(self, pipe) -> None:
+        """Live previews through the model's tiny autoencoder when its files are in a vae_approx folder."""
+        from ..pipeline.tiny_vae import find_tiny_vae
+        paths = find_tiny_vae(self.folders.folders("vae_approx"), pipe.config)
+        if paths:
+            try:
+                pipe.use_tiny_vae(paths)
+            except CheckpointError as e:
+                log.warning("tiny autoencoder not used for previews: %s", e)
 
     def reload_embeddings(self) -> None:
         """Give every loaded pipeline the embeddings folder as it is now (a new embedding was saved)."""

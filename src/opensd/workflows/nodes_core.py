@@ -7,7 +7,6 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from ..pipeline.previews import latent_preview
 from ..sampling.names import SAMPLER_LABELS
 from . import ksampler
 from .loras import activate
@@ -96,7 +95,7 @@ def step_reporter(call, model):
     def on_step(i, n, denoised):
         call.progress(i, n)
         if call.ctx.previews:
-            image = latent_preview(denoised, model.pipe.config)
+            image = model.pipe.preview(denoised)
             if image is not None:
                 call.emit("preview", image)
     return on_step
