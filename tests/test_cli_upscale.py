@@ -61,3 +61,21 @@ def test_mistakes_are_one_line(root, capsys, argv, message):
     assert main(["upscale", str(root / "in.png"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_generate_hires_fix_with_an_upscaler_model_file(root):
+    from opensd.pipeline.infotext import parse_infotext
+
+    out = root / "hires.png"
+    model = str(root / "models" / "upscale_models" / "2x-compact.safetensors")
+    assert main(["generate", "a red apple", "--steps", "1", "--seed", "3", "--width", "64", "--height", "64",
+                 "--hires", "--hires-scale", "1.5", "--hires-steps", "1", "--hires-upscaler", model,
+                 "-o", str(out)]) == 0
+    assert _size(out) == (96, 96)
+    assert parse_infotext(read_infotext(out))[2]["Hires upscaler"] == "2x-compact"
+
+
+def test_generate_names_an_unknown_hires_upscaler(root, capsys):
+    assert main(["generate", "a red apple", "--steps", "1", "--hires", "--hires-upscaler", "R-ESRGAN 4x+",
+                 "-o", str(root / "x.png")]) == 2
+    assert "hires-upscaler: no upscaler named 'R-ESRGAN 4x+'" in capsys.readouterr().err

@@ -65,7 +65,8 @@ def register(sub) -> None:
     h.add_argument("--hires-scale", type=float_arg)
     h.add_argument("--hires-steps", type=int_arg, help="default: same as --steps")
     h.add_argument("--hires-denoise", type=float_arg)
-    h.add_argument("--hires-upscaler", choices=["latent", "latent (nearest)", "lanczos"])
+    h.add_argument("--hires-upscaler", metavar="NAME", help="a latent mode (Latent, Latent (bicubic), ...), "
+                   "None, Lanczos, Nearest, or an upscaler model file (default Latent)")
     h.add_argument("--hires-width", type=int_arg, help="second-pass size instead of --hires-scale")
     h.add_argument("--hires-height", type=int_arg)
     h.add_argument("--hires-sampler", help="default: same as --sampler")
@@ -119,6 +120,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from ..pipeline import dynamic_batch
     from ..pipeline.pipeline import load
+    from ..upscale import Upscalers
     from ..text.wildcards import Wildcards
 
     user_loras = bool(args.lora)
@@ -140,6 +142,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     mask = open_image(args.mask, "mask") if args.mask is not None else None
     pipe = load(args.model or BUILTIN_MODEL, vae=args.vae, device=args.device, precision=args.precision,
                 prediction=args.prediction, embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir)
+    pipe.upscalers = Upscalers(None, pipe.device, allow_paths=True)  # --hires-upscaler may be a model file
     if args.vae_tiling:
         pipe.vae_tiling = True
     if args.taesd is not None:
