@@ -134,7 +134,7 @@ class ComfyHub:
                 return
             data = dict(data)
             if kind == "progress":
-                ctl.q.progress.step, ctl.q.progress.steps = data.get("value", 0), data.get("max", 0)
+                ctl.progress.step, ctl.progress.steps = data.get("value", 0), data.get("max", 0)
             if kind in ("executing", "executed"):
                 data.setdefault("display_node", data.get("node"))
             if kind == "execution_cached":
