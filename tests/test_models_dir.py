@@ -6,7 +6,7 @@ import os
 import pytest
 
 from opensd.errors import InvalidArgument
-from opensd.library.models_dir import BUILTIN_CHECKPOINT, ModelFolders
+from opensd.library.models_dir import BUILTIN_CHECKPOINT, AmbiguousName, ModelFolders
 
 
 def touch(path, data=b"x"):
@@ -97,3 +97,16 @@ def test_bad_root_and_kind(tmp_path):
     with pytest.raises(InvalidArgument):
         ModelFolders(tmp_path).list("hypernetworks")
     assert [m.path for m in ModelFolders(None).list("checkpoints")] == [BUILTIN_CHECKPOINT]
+
+
+def test_a_name_that_fits_several_files_is_refused_listing_them(tmp_path):
+    root = tmp_path / "models"
+    for name in ("Lora/a/ink.safetensors", "Lora/b/ink.safetensors", "Lora/ink.pt", "Lora/solo.ckpt"):
+        touch(root / name)
+    f = ModelFolders(root)
+    with pytest.raises(AmbiguousName) as e:
+        f.resolve("loras", "ink")
+    assert "a/ink.safetensors, b/ink.safetensors, ink.pt" in str(e.value) and str(e.value).startswith("loras: ")
+    assert f.resolve("loras", "ink.pt") == (root / "Lora" / "ink.pt").resolve()  # the exact name is no guess
+    assert f.resolve("loras", "a/ink") == (root / "Lora" / "a" / "ink.safetensors").resolve()
+    assert f.resolve("loras", "SOLO") == (root / "Lora" / "solo.ckpt").resolve()

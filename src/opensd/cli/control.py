@@ -11,7 +11,7 @@ from ..training.controlnet_args import add_arguments
 from .common import open_image
 
 CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,resize=MODE]: a ControlNet "
-                "(path, or name in --controlnet-dir) and its control image; pre runs a preprocessor "
+                "(path, or name in --controlnet-dir or the models folder) and its control image; pre runs a preprocessor "
                 "(canny, softedge, scribble, lineart, invert, ...) on the image first. Repeatable.")
 _RESIZE = {"just": "just resize", "crop": "crop and resize", "fill": "resize and fill"}
 
@@ -105,9 +105,10 @@ def parse_control(text: str) -> dict:
     return spec
 
 
-def resolve_controlnet(name: str, folder: Path | None) -> Path:
-    """A path, else a name in --controlnet-dir or among the built-in ControlNets."""
-    from ..library.models_dir import ModelFolders
+def resolve_controlnet(name: str, folder: Path | None, models=None) -> Path:
+    """A path, else a name in --controlnet-dir, the models folder (a ModelFolders) or among the
+    built-in ControlNets."""
+    from ..library.models_dir import AmbiguousName, ModelFolders
 
     path = Path(name)
     if path.exists():
@@ -115,17 +116,21 @@ def resolve_controlnet(name: str, folder: Path | None) -> Path:
     if folder is not None and not folder.is_dir():
         raise InvalidArgument(f"controlnet-dir: {folder} is not a folder")
     tried = [ModelFolders(None, include_builtin=False, extra={"controlnet": [folder]})] if folder else []
+    if models is not None and models.root is not None:
+        tried.append(ModelFolders(models.root, include_builtin=False))
     tried.append(ModelFolders(None))  # the built-in model's ControlNets: user folders win
     for folders in tried:
         try:
             return folders.resolve("controlnet", name)
+        except AmbiguousName as e:
+            raise InvalidArgument(f"control: {str(e).split(': ', 1)[-1]}") from None
         except InvalidArgument as e:
             problem = e
-    raise InvalidArgument(f"control: ControlNet {name!r} not found as a path, in --controlnet-dir or "
-                          f"built in ({problem})")
+    raise InvalidArgument(f"control: ControlNet {name!r} not found as a path, in --controlnet-dir, the models "
+                          f"folder or built in ({problem})")
 
 
-def controls_from_args(args: argparse.Namespace, pipe) -> list:
+def controls_from_args(args: argparse.Namespace, pipe, models=None) -> list:
     from ..adapters.controlnet import ControlSpec, load_controlnet
     from ..adapters.preprocessors import preprocess
 
@@ -133,7 +138,7 @@ def controls_from_args(args: argparse.Namespace, pipe) -> list:
     for text in args.control or []:
         s = parse_control(text)
         image = open_image(Path(s.pop("image")), "control image")  # a typo shows before a slow load
-        path = resolve_controlnet(s.pop("model"), getattr(args, "controlnet_dir", None))
+        path = resolve_controlnet(s.pop("model"), getattr(args, "controlnet_dir", None), models)
         if path not in cache:
             cache[path] = load_controlnet(path, pipe)
         pre = s.pop("pre", None)

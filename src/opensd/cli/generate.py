@@ -9,6 +9,7 @@ from ..errors import InvalidArgument
 from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
 from .control import CONTROL_HELP, controls_from_args
 from .from_image import PARAM_DEST, apply_infotext, missing_lora, report_differences
+from .model_flags import add_models_dir_flag, resolve_generate_models, use_folders
 from .output_files import DEFAULT_DIR, check_output, numbered_output
 from .scripts import CliFace, add_flags, apply_styles_flag, chosen, run_script
 
@@ -27,8 +28,11 @@ def register(sub) -> None:
     gen = sub.add_parser("generate", help="text to image, image to image, inpainting, outpainting")
     gen.add_argument("prompt", nargs="?", help="the prompt (A1111 syntax); optional with --from")
     gen.add_argument("--model", "-m", type=Path,
-                     help="checkpoint file (.safetensors/.ckpt) or diffusers folder; default: the built-in model")
-    gen.add_argument("--vae", type=Path, help="standalone VAE file replacing the checkpoint's VAE")
+                     help="checkpoint file (.safetensors/.ckpt) or diffusers folder, or its name (or A1111 title "
+                          "'name [hash]', or short hash) in the models folder; default: the built-in model")
+    add_models_dir_flag(gen)
+    gen.add_argument("--vae", type=Path, help="standalone VAE (file, or name in the models folder) replacing the "
+                                              "checkpoint's VAE")
     gen.add_argument("--embeddings-dir", type=Path, help="folder of textual-inversion embeddings (use by file name)")
     gen.add_argument("--lora", action="append", default=[], metavar="NAME_OR_PATH[:UNET[:TE]]",
                      help="apply a LoRA (repeatable); strengths default to 1, TE to the UNet one")
@@ -134,7 +138,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.mask and args.outpaint:
         raise InvalidArgument("mask: --outpaint makes its own mask; give --mask or --outpaint, not both")
     check_output(args.output)
-    _check_paths(args)
+    folders = resolve_generate_models(args)
+    _check_paths(args, folders)
     set_threads(args.threads)
     if args.model is None and not BUILTIN_MODEL.is_file():
         raise InvalidArgument("model: no built-in model is installed; pass --model PATH")
@@ -143,6 +148,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = load(args.model or BUILTIN_MODEL, vae=args.vae, device=args.device, precision=args.precision,
                 prediction=args.prediction, embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir)
     pipe.upscalers = Upscalers(None, pipe.device, allow_paths=True)  # --hires-upscaler may be a model file
+    use_folders(pipe, folders, args.loras_dir)
     if args.vae_tiling:
         pipe.vae_tiling = True
     if args.taesd is not None:
@@ -151,7 +157,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe.set_loras(loras)
     kwargs = generation_kwargs(args)
     if args.control:
-        kwargs["controls"] = controls_from_args(args, pipe)
+        kwargs["controls"] = controls_from_args(args, pipe, folders)
     bars: list = []
 
     def progress(step: int, total: int) -> None:
@@ -221,7 +227,7 @@ def _in_flag_terms(e: InvalidArgument, args: argparse.Namespace) -> InvalidArgum
     return InvalidArgument(f"{dest.replace('_', '-')}: {rest}") if sep and hasattr(args, dest) else e
 
 
-def _check_paths(args: argparse.Namespace) -> None:
+def _check_paths(args: argparse.Namespace, folders) -> None:
     """Files and folders the flags name, checked before anything loads, each error naming its flag."""
     from ..adapters.lora import prompt_lora_tags
 
@@ -235,8 +241,10 @@ def _check_paths(args: argparse.Namespace) -> None:
                          ("controlnet-dir", args.controlnet_dir)):
         if folder is not None and not folder.is_dir():
             raise InvalidArgument(f"{flag}: {folder} is not a folder")
-    if args.loras_dir is None and any(prompt_lora_tags(t or "") for t in (args.prompt, args.hires_prompt)):
-        raise InvalidArgument("loras-dir: the prompt's <lora:...> tags need --loras-dir FOLDER to find them in")
+    if args.loras_dir is None and folders.root is None and \
+            any(prompt_lora_tags(t or "") for t in (args.prompt, args.hires_prompt)):
+        raise InvalidArgument("loras-dir: the prompt's <lora:...> tags need --loras-dir FOLDER (or a models "
+                              "folder, --models-dir) to find them in")
 
 
 def _use_taesd(pipe, args: argparse.Namespace) -> None:

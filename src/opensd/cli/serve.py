@@ -17,7 +17,8 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the web UI and the AUTOMATIC1111 and ComfyUI HTTP APIs")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int_arg, default=7860)
-    p.add_argument("--models-dir", type=Path, help="an A1111 or ComfyUI models/ folder")
+    p.add_argument("--models-dir", type=Path, help="an A1111 or ComfyUI models/ folder (default: $OPENSD_MODELS_DIR, "
+                                                   "else models_dir in the config file)")
     p.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="images and the job database")
     p.add_argument("--styles-file", type=Path, metavar="CSV",
                    help="A1111 prompt styles (styles.csv); default: styles.csv in the outputs folder")
@@ -52,12 +53,13 @@ def register(sub) -> None:
 
 
 def settings_from(args: argparse.Namespace):
+    from ..library.user_config import models_dir
     from ..server.settings import Settings
 
     for flag, value in (("model-cache-gb", args.model_cache_gb), ("max-body-mb", args.max_body_mb)):
         if not 0 < value < math.inf:
             raise InvalidArgument(f"{flag}: {value} must be a positive number")
-    return Settings(host=args.host, port=args.port, models_dir=args.models_dir, outputs_dir=args.outputs_dir,
+    return Settings(host=args.host, port=args.port, models_dir=models_dir(args.models_dir), outputs_dir=args.outputs_dir,
                     api_token=args.api_token, insecure_no_token=args.insecure_no_token,
                     allow_origins=tuple(args.allow_origin), allow_hosts=tuple(args.allow_host),
                     styles_file=args.styles_file, wildcards_dir=args.wildcards_dir,

@@ -6,6 +6,7 @@ as both UIs show them. Every lookup resolves inside the kind's folder: a name th
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,10 @@ SUFFIXES = {"configs": (".yaml",)}  # kinds whose files are not weights
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "builtin"
 BUILTIN_CHECKPOINT = BUILTIN_DIR / "opensd-emoji.safetensors"
 BUILTIN_FOLDERS = {"controlnet": BUILTIN_DIR / "controlnet"}  # the built-in model's Canny ControlNet
+
+
+class AmbiguousName(InvalidArgument):
+    """A model name that fits several files (the message lists them)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,9 @@ class ModelFolders:
         found = []
         for root in dict.fromkeys(r for r in (self.root, self.save_root) if r is not None):
             found += [(root / d).resolve() for d in LAYOUT[kind] if (root / d).is_dir()]
+            beside = root.parent / "embeddings"  # A1111 keeps them beside models/, in the webui folder
+            if kind == "embeddings" and (root / "Stable-diffusion").is_dir() and beside.is_dir():
+                found.append(beside.resolve())
         builtin = [BUILTIN_FOLDERS[kind]] if self.include_builtin and kind in BUILTIN_FOLDERS else []
         return found + [p for p in self.extra.get(kind, []) + builtin if p.is_dir()]
 
@@ -96,32 +104,81 @@ class ModelFolders:
         return sorted(seen.values(), key=lambda m: m.name.lower())
 
     def resolve(self, kind: str, name: str) -> Path:
-        """The file for `name`: an exact relative name, or a name without extension / folder
-        (A1111 prompt tags say `<lora:foo:1>` for `Lora/sub/foo.safetensors`), else the one model
-        whose name contains it."""
+        """The file for `name`, as A1111 and ComfyUI users write it: an exact relative name, a name
+        without extension / folder (A1111 prompt tags say `<lora:foo:1>` for `Lora/sub/foo.safetensors`),
+        an A1111 title "name [hash]", a short or full SHA-256 (or A1111's legacy 8-digit hash) of a
+        file already hashed (see by_hash), else the one model whose name contains it. A name that
+        fits several models is refused, listing them."""
         if not isinstance(name, str) or not name.strip():
             raise InvalidArgument(f"{kind}: a model name is required")
         if "\x00" in name or Path(name).is_absolute() or ".." in Path(name.replace("\\", "/")).parts:
             raise InvalidArgument(f"{kind}: {name!r} is not a name inside the {kind} folder")
         name = name.replace("\\", "/").strip()
         files = self.list(kind)
-        for match in (
-            lambda m: m.name == name,
-            lambda m: m.name.lower() == name.lower(),
-            lambda m: _stem(m.name) == _stem(name),
-            lambda m: Path(m.name).name == name or _stem(Path(m.name).name) == _stem(name),
-        ):
-            hits = [m for m in files if match(m)]
-            if hits:
-                return hits[0].path
-        partial = [m for m in files if name.lower() in _stem(m.name).lower()]  # "canny" -> control_..._canny
-        if len(partial) == 1:
-            return partial[0].path
-        if len(partial) > 1:
-            names = ", ".join(m.name for m in partial[:5])
-            raise InvalidArgument(f"{kind}: {name!r} matches several models ({names}); give the full name")
+        title = _TITLE.match(name)
+        if title and not _pick(kind, name, _by_name(files, name)):
+            name, wanted = title.group(1), title.group(2)  # "name [hash]": the name, else the hash
+            hit = _pick(kind, name, _by_name(files, name)) or _pick(kind, wanted, by_hash(files, wanted))
+            if hit:
+                return hit
+        for hits in (_by_name(files, name), by_hash(files, name) if _HEX.match(name) else [],
+                     [m for m in files if name.lower() in _stem(m.name).lower()]):  # "canny" -> control_..._canny
+            hit = _pick(kind, name, hits)
+            if hit:
+                return hit
         known = ", ".join(m.name for m in files[:10]) or "none"
         raise InvalidArgument(f"{kind}: no model named {name!r} (available: {known})")
+
+
+_TITLE = re.compile(r"^(.*?)\s*\[([0-9a-fA-F]{8,64})\]$")
+_HEX = re.compile(r"^[0-9a-fA-F]{8,64}$")
+
+
+def _by_name(files: list[ModelFile], name: str) -> list[ModelFile]:
+    """The files `name` spells, at the first level that fits any: exact, in any case, then without
+    extension or folder ("dream" is "sd15/dream.safetensors"), then that in any case."""
+    def short(m: ModelFile) -> set[str]:
+        return {_stem(m.name), Path(m.name).name, _stem(Path(m.name).name)}
+
+    for match in (
+        lambda m: m.name == name,
+        lambda m: m.name.lower() == name.lower(),
+        lambda m: name in short(m),
+        lambda m: _stem(name) in short(m),
+        lambda m: _stem(name).lower() in {s.lower() for s in short(m)},
+    ):
+        hits = [m for m in files if match(m)]
+        if hits:
+            return hits
+    return []
+
+
+def by_hash(files: list[ModelFile], wanted: str) -> list[ModelFile]:
+    """The files whose known SHA-256 starts with `wanted`, or whose legacy A1111 hash (8 digits,
+    cheap: 64 KiB read) is it. SHA-256s are only looked up in the hash cache, never computed here:
+    hashing a folder of checkpoints takes minutes (`opensd models list --hash` fills the cache)."""
+    from .hashes import default_cache, legacy_model_hash
+
+    wanted, cache, out = wanted.lower(), default_cache(), []
+    for m in files:
+        if not m.path.is_file():
+            continue
+        try:
+            known = [cache.cached(m.path) or "", cache.cached(m.path, "addnet") or ""]
+            if len(wanted) == 8:
+                known.append(legacy_model_hash(m.path))
+        except OSError:
+            continue
+        if any(k and k.startswith(wanted) for k in known):
+            out.append(m)
+    return out
+
+
+def _pick(kind: str, name: str, hits: list[ModelFile]) -> Path | None:
+    if len(hits) > 1:
+        names = ", ".join(m.name for m in hits[:8])
+        raise AmbiguousName(f"{kind}: {name!r} matches several models ({names}); give the full name")
+    return hits[0].path if hits else None
 
 
 def _stem(name: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -17,7 +16,6 @@ from ..pipeline.device import resolve_device
 from ..upscale import Upscalers
 
 log = logging.getLogger(__name__)
-_TITLE_HASH = re.compile(r"\s*\[[0-9a-fA-F]{8,64}\]\s*$")
 
 
 def pipeline_bytes(pipe) -> int:
@@ -45,7 +43,7 @@ class ModelCache:
         if not isinstance(title, str):
             raise InvalidArgument(f"{field}: expected a model name, got {title!r}")
         try:
-            return self.folders.resolve("checkpoints", _TITLE_HASH.sub("", title))
+            return self.folders.resolve("checkpoints", title)
         except InvalidArgument as e:
             raise InvalidArgument(f"{field}: {str(e).split(': ', 1)[-1]}") from None
 
