@@ -105,15 +105,20 @@ def request_of(p: dict):
 
 def run(state, job, ctl: Control):
     p = job.payload
-    mode = p["mode"]
     if p.get("script"):  # a selectable script runs the whole job
-        return a1111_scripts.find(p["script"], mode).run(state, job, ctl)
+        return a1111_scripts.find(p["script"], p["mode"]).run(state, job, ctl)
     req = request_of(p)
-    made = generate(state, p, req, ctl)
+    return record(state, job, req, generate(state, p, req, ctl))
+
+
+def record(state, job, req, made: Batch):
+    """Save what `generate` made and answer as A1111 does: (stored result, live value). Ray workers
+    generate elsewhere (opensd.distributed); this half runs where the outputs folder is."""
+    p = job.payload
     files, pngs = save(state, job.id, p, [m.image for m in made.made], [m.infotext for m in made.made],
                        req.send_images)
     info = info_dict(req, p["kwargs"], made.model_name, made.model_hash, [m.seed for m in made.made],
-                     [m.subseed for m in made.made], [m.infotext for m in made.made], mode == "img2img")
+                     [m.subseed for m in made.made], [m.infotext for m in made.made], p["mode"] == "img2img")
     info.update(made_fields(made), **a1111_unsupported.info_fields([tuple(g) for g in p.get("gaps", [])]))
     result = {"files": files, "info": info}
     return result, {"pngs": pngs, "info": info}
