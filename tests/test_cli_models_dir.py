@@ -181,3 +181,21 @@ def test_a_title_resolves_in_the_server_too(webui):
     assert folders.resolve("checkpoints", short) == path.resolve()
     assert folders.resolve("loras", "style") == (webui / "Lora" / "style.safetensors").resolve()
     assert [m.name for m in folders.list("embeddings")] == ["shinystyle.safetensors"]
+
+
+def test_upscale_and_hires_find_upscalers_in_the_models_folder(tmp_path, monkeypatch):
+    pytest.importorskip("spandrel")
+    from upscaler_files import srvgg, write_safetensors
+
+    models = tmp_path / "models"
+    write_safetensors(models / "ESRGAN" / "2x-tiny.safetensors", srvgg(scale=2))
+    (models / "Stable-diffusion").mkdir()
+    write_random_checkpoint(models / "Stable-diffusion" / "tiny.safetensors", dtype=torch.float32)
+    Image.new("RGB", (16, 12), "red").save(tmp_path / "in.png")
+    monkeypatch.setenv("OPENSD_MODELS_DIR", str(models))
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "up.png"), "-m", "2x-tiny"]) == 0
+    assert Image.open(tmp_path / "up.png").size == (32, 24)
+    out = tmp_path / "hires.png"
+    assert main(["generate", "a cat", "-m", "tiny", "--hires", "--hires-upscaler", "2x-tiny", "--hires-scale", "1.5",
+                 "--hires-steps", "1", *FAST, "-o", str(out)]) == 0
+    assert _params(out)["Hires upscaler"] == "2x-tiny" and Image.open(out).size == (96, 96)

@@ -18,7 +18,8 @@ def register(sub) -> None:
                    help="an upscaler model file, a model's name in --models-dir, or Lanczos / Nearest")
     p.add_argument("--scale", type=float_arg, help="how many times larger, 1..16 (default: the model's own scale, "
                                                     "4 for Lanczos/Nearest)")
-    p.add_argument("--models-dir", type=Path, help="an A1111 or ComfyUI models/ folder to find --model NAME in")
+    p.add_argument("--models-dir", type=Path, help="an A1111 or ComfyUI models/ folder to find --model NAME in "
+                                                   "(default: $OPENSD_MODELS_DIR, else models_dir in the config file)")
     p.add_argument("--tile", type=int_arg, default=512, help="tile size in pixels, 0 for the whole image at once "
                                                              "(default 512; smaller tiles use less memory)")
     p.add_argument("--tile-overlap", type=int_arg, default=32, help="pixels neighbouring tiles share (default 32)")
@@ -51,17 +52,17 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..library.models_dir import ModelFolders
+    from ..library.user_config import models_dir
     from ..pipeline.device import resolve_device
     from ..pipeline.infotext import save_image
     from ..upscale import Upscalers
 
     if args.scale is not None and not 1 <= args.scale <= 16:
         raise InvalidArgument(f"scale: {args.scale} is outside 1..16")
-    if args.models_dir is not None and not args.models_dir.is_dir():
-        raise InvalidArgument(f"models-dir: {args.models_dir} is not a folder")
     outs = _outputs(args)
     set_threads(args.threads)
-    folders = ModelFolders(args.models_dir, include_builtin=False) if args.models_dir else None
+    root = models_dir(args.models_dir)  # --models-dir, else $OPENSD_MODELS_DIR or the config file's
+    folders = ModelFolders(root, include_builtin=False) if root else None
     ups = Upscalers(folders, resolve_device(args.device), allow_paths=True, tile=args.tile,
                     overlap=args.tile_overlap)
     target = ups.find(args.model, "model")
