@@ -99,7 +99,8 @@ def test_xyz_without_legend_or_cells(api):
     (xyz_args(4, "1-x"), "X values: '1-x' is not a whole number or a range"),
     (xyz_args(4, "0, 1"), "X/Y/Z cell Steps: 0 / - / -: steps"),
     (xyz_args(42, "64x64, big"), "X values: Size: 'big' is not WIDTHxHEIGHT"),
-    (xyz_args(4, "1") + [True], "script_args: the X/Y/Z plot takes at most 18 arguments"),
+    (xyz_args(4, "1") + [True], "script_args: the X/Y/Z plot takes 2 to 18 arguments"),
+    (xyz_args(4, "1")[:9] + ["yes"], "script_args: draw_legend: expected true or false, got 'yes'"),
 ])
 def test_bad_axes_and_values_are_refused_naming_them(live, args, detail):
     r = post(live, steps=1, script_name=XYZ, script_args=args)
@@ -137,7 +138,9 @@ def test_progress_counts_all_cells_and_interrupt_stops_the_grid(live):
     assert info["all_seeds"] == list(range(1, made + 1))
 
 
-def test_prompt_matrix(api):
+def test_prompt_matrix(api, live):
+    bad = post(live, prompt="a|b", script_name="Prompt matrix", script_args=[False, False, "both"])
+    assert bad.status_code == 422 and "prompt_type: 'both' is not 'positive' or 'negative'" in bad.json()["detail"]
     r = api.txt2img(**base(prompt="a cat|red|big", steps=1, script_name="Prompt matrix",
                            script_args=[False, False, "positive", "comma", 0]))
     assert len(r.images) == 5

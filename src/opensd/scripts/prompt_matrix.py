@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ..errors import InvalidArgument
 from ..pipeline.grid_images import annotate, image_grid, prompt_matrix_labels
+from .script_args import choice, flag, number
 from .spec import Face, Progress, ScriptResult, Spec, check, fixed_seed, run_specs
 
 TITLE = "Prompt matrix"
@@ -32,16 +33,11 @@ def from_script_args(args: list) -> MatrixOptions:
         raise InvalidArgument(f"script_args: the prompt matrix takes at most {len(ARG_NAMES)} arguments "
                               f"({', '.join(ARG_NAMES)})")
     o = MatrixOptions(*args)
-    for name in ("put_at_start", "different_seeds"):
-        if not isinstance(getattr(o, name), bool):
-            raise InvalidArgument(f"script_args: {name}: expected true or false, got {getattr(o, name)!r}")
-    if o.prompt_type not in ("positive", "negative"):
-        raise InvalidArgument(f"script_args: prompt_type: {o.prompt_type!r} is not 'positive' or 'negative'")
-    if o.variations_delimiter not in ("comma", "space"):
-        raise InvalidArgument(f"script_args: variations_delimiter: {o.variations_delimiter!r} is not 'comma' or 'space'")
-    if isinstance(o.margin, bool) or not isinstance(o.margin, (int, float)) or not 0 <= o.margin <= 500:
-        raise InvalidArgument(f"script_args: margin_size: {o.margin!r} is outside 0..500")
-    o.margin = int(o.margin)
+    flag(o.put_at_start, "put_at_start")
+    flag(o.different_seeds, "different_seeds")
+    choice(o.prompt_type, "prompt_type", ("positive", "negative"))
+    choice(o.variations_delimiter, "variations_delimiter", ("comma", "space"))
+    o.margin = int(number(o.margin, "margin_size", 0, 500))
     return o
 
 

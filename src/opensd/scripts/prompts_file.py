@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ..errors import InvalidArgument
 from ..sampling.names import SAMPLER_LABELS, resolve
 from ..text.styles import apply_styles
+from .script_args import choice, flag
 from .spec import Face, Progress, ScriptResult, Spec, check, fixed_seed, run_specs
 
 TITLE = "Prompts from file or textbox"
@@ -52,11 +53,9 @@ def from_script_args(args: list) -> FileOptions:
                               "prompt_position, prompt_txt] (A1111 before 1.7: without prompt_position)")
     values = list(args) if len(args) == 4 else [args[0], args[1], "start", args[2]]
     o = FileOptions(*values)
-    for name in ("iterate", "iterate_batch"):
-        if not isinstance(getattr(o, name), bool):
-            raise InvalidArgument(f"script_args: checkbox_{name}: expected true or false, got {getattr(o, name)!r}")
-    if o.prompt_position not in ("start", "end"):
-        raise InvalidArgument(f"script_args: prompt_position: {o.prompt_position!r} is not 'start' or 'end'")
+    flag(o.iterate, "checkbox_iterate")
+    flag(o.iterate_batch, "checkbox_iterate_batch")
+    choice(o.prompt_position, "prompt_position", ("start", "end"))
     if not isinstance(o.text, str):
         raise InvalidArgument(f"script_args: prompt_txt: expected text, got {o.text!r}")
     return o

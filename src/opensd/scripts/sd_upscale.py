@@ -13,6 +13,7 @@ from PIL import Image
 from ..errors import InvalidArgument
 from ..pipeline.tiles import Tiles, combine, split
 from .infotexts import add_params
+from .script_args import number
 from .spec import Face, Progress, ScriptResult, Spec, check, fixed_seed, run_specs
 
 TITLE = "SD upscale"
@@ -43,11 +44,8 @@ def from_script_args(args: list, face: Face) -> UpscaleOptions:
     else:
         raise InvalidArgument(f"script_args: upscaler_index: {index!r} is not an index or name of "
                               f"{', '.join(names)}")
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= 256:
-        raise InvalidArgument(f"script_args: overlap: {overlap!r} is outside 0..256")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1 <= scale <= MAX_SCALE:
-        raise InvalidArgument(f"script_args: scale_factor: {scale!r} is outside 1..{MAX_SCALE}")
-    return UpscaleOptions(overlap, name, float(scale))
+    number(overlap, "overlap", 0, 256, whole=True)
+    return UpscaleOptions(overlap, name, float(number(scale, "scale_factor", 1, MAX_SCALE)))
 
 
 def classic_upscale(image: Image.Image, name: str, scale: float) -> Image.Image:

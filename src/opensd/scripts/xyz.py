@@ -21,6 +21,7 @@ from PIL import Image
 from ..errors import InvalidArgument
 from ..pipeline.grid_images import Label, annotate, image_grid
 from .infotexts import add_params
+from .script_args import flag, number
 from .spec import Face, Generated, Progress, ScriptResult, Spec, check, fixed_seed, run_specs
 from .value_lists import float_values, int_values, split_values
 from .xyz_axes import AXES, FLOAT, INT, ORDER, AxisType, find_axis, permutations
@@ -207,18 +208,15 @@ _V16 = tuple(n for n in ARG_NAMES if not n.startswith("vary_seeds"))
 
 def from_script_args(args: list, base: Spec, img2img: bool) -> tuple[tuple[Axis, Axis, Axis], GridOptions]:
     """The axes and options of an A1111 request's `script_args`."""
-    if not isinstance(args, list) or len(args) > len(ARG_NAMES):
-        raise InvalidArgument(f"script_args: the X/Y/Z plot takes at most {len(ARG_NAMES)} arguments "
-                              f"({', '.join(ARG_NAMES)})")
+    if not isinstance(args, list) or not 2 <= len(args) <= len(ARG_NAMES):
+        raise InvalidArgument(f"script_args: the X/Y/Z plot takes 2 to {len(ARG_NAMES)} arguments "
+                              f"({', '.join(ARG_NAMES)}), got {len(args) if isinstance(args, list) else args!r}")
     names = _V16 if len(args) == len(_V16) else ARG_NAMES
     a = dict(zip(ARG_NAMES, ARG_DEFAULTS)) | dict(zip(names, args))
-    for flag in ("draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds", "vary_seeds_x",
+    for name in ("draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds", "vary_seeds_x",
                  "vary_seeds_y", "vary_seeds_z", "csv_mode"):
-        if not isinstance(a[flag], bool):
-            raise InvalidArgument(f"script_args: {flag}: expected true or false, got {a[flag]!r}")
-    margin = a["margin_size"]
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 500:
-        raise InvalidArgument(f"script_args: margin_size: {margin!r} is outside 0..500")
+        flag(a[name], name)
+    margin = number(a["margin_size"], "margin_size", 0, 500)
     axes = tuple(read_axis(a[f"{w}_type"], a[f"{w}_values"], a[f"{w}_values_dropdown"], a["csv_mode"], base,
                            img2img, w.upper()) for w in "xyz")
     options = GridOptions(a["draw_legend"], a["include_lone_images"], a["include_sub_grids"], a["no_fixed_seeds"],
