@@ -1,6 +1,7 @@
 // Generate (txt2img): the shared generation settings (gen_settings.js) plus hires fix, queued
 // submission (POST /opensd/v1/txt2img), and the progress and results of this page's jobs (job_view.js).
 // Parameters sent here by other tabs (reuse) arrive through take("generate").
+import { api } from "../api.js";
 import { field, h, icon, toast } from "../dom.js";
 import { choose, number, select, slider, syncSliders } from "../form.js";
 import { generationSettings } from "../gen_settings.js";
@@ -9,11 +10,13 @@ import { saveForm } from "../persist.js";
 import { EVENTS, on, take } from "../shared.js";
 
 const KEY = "opensd.generate";
-const HIRES_UPSCALERS = ["Latent", "Latent (nearest)", "Lanczos"];
 
 export async function mount(panel) {
   const results = jobView();
-  const settings = await generationSettings({ shownSeed: results.shownSeed });
+  // hires upscalers: A1111's latent modes, then None/Lanczos/Nearest and the installed models
+  const [settings, modes, upscalers] = await Promise.all([generationSettings({ shownSeed: results.shownSeed }),
+    api.get("/sdapi/v1/latent-upscale-modes"), api.get("/sdapi/v1/upscalers")]);
+  const hiresUpscalers = [...modes, ...upscalers].map((u) => [u.name, u.name]);
   const generateButton = h("button", { type: "submit", class: "primary", title: "Ctrl+Enter" }, icon("sparkle"), "Generate");
 
   const form = h("form", { class: "gen-side", "aria-label": "Text to image settings" },
@@ -22,7 +25,7 @@ export async function mount(panel) {
       h("div", { class: "stack" },
         h("label", { class: "check" }, h("input", { type: "checkbox", name: "enable_hr" }), "Enable hires fix"),
         h("div", { class: "grid2" },
-          field("Upscaler", select("hr_upscaler", HIRES_UPSCALERS.map((u) => [u, u]), "Latent")),
+          field("Upscaler", select("hr_upscaler", hiresUpscalers, "Latent")),
           field("Upscale by", number("hr_scale", { min: 1, max: 4, step: 0.05, value: 2 })),
           field("Hires steps (0: same)", number("hr_second_pass_steps", { min: 0, max: 150, value: 0 }))),
         slider("Denoising strength", "denoising_strength", { min: 0, max: 1, step: 0.01, value: 0.7 }))),
