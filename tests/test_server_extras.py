@@ -90,9 +90,9 @@ def test_mistakes_are_422_naming_the_field(api, kwargs, message):
 
 def test_hires_fix_with_a_model_upscaler(api):
     r = api.txt2img(prompt="a cat", width=64, height=64, steps=1, seed=3, enable_hr=True, hr_scale=2,
-                    hr_second_pass_steps=1, hr_upscaler="2x-compact", denoising_strength=0.5)
+                    hr_second_pass_steps=1, hr_upscaler="2X-Compact", denoising_strength=0.5)
     assert r.images[0].size == (128, 128)
-    assert "Hires upscaler: 2x-compact" in r.info["infotexts"][0]
+    assert "Hires upscaler: 2x-compact" in r.info["infotexts"][0]  # the model's own spelling
     assert "hr_upscaler" not in r.info["unsupported_fields"]
     with pytest.raises(RuntimeError) as e:
         api.txt2img(prompt="a cat", width=64, height=64, steps=1, enable_hr=True, hr_upscaler="R-ESRGAN 4x+")

@@ -18,6 +18,7 @@ from ..pipeline.params import Hires
 from ..sampling.names import SAMPLER_LABELS, resolve
 from ..upscale import Upscalers, latent_mode
 from ..upscale import label as upscaler_label
+from ..upscale.names import model_name
 from ..scripts.spec import Generated, Made
 from . import a1111_apply, a1111_controlnet, a1111_scripts, a1111_unsupported
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest
@@ -47,7 +48,7 @@ def hires_upscaler(name: str | None, upscalers: Upscalers) -> str:
     if latent_mode(name) is not None:
         return upscaler_label(name)
     found = upscalers.find(name, "hr_upscaler")
-    return found if isinstance(found, str) else name
+    return found if isinstance(found, str) else model_name(found.name)  # A1111's spelling of its name
 
 
 def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers | None = None
