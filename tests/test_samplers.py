@@ -399,10 +399,15 @@ def test_contract_callback_steps_and_a_perfect_denoiser(name):
     x0 = torch.randn(2, 3, dtype=torch.float64)
     sigmas = make_sigmas("karras", SCHEDULE, 6).double()
     seen = []
-    out = SAMPLERS[name](lambda x, s: x0, torch.randn(2, 3, dtype=torch.float64) * sigmas[0], sigmas,
-                         lambda i, x, d: seen.append((i, x.dtype, d is x0)))
+    x_t = torch.randn(2, 3, dtype=torch.float64) * sigmas[0]
+    out = SAMPLERS[name](lambda x, s: x0, x_t, sigmas, lambda i, x, d: seen.append((i, x.dtype, d is x0)))
     assert seen == [(i, torch.float64, True) for i in range(6)]
-    torch.testing.assert_close(out, x0)
+    if name in ("dpm_fast", "dpm_adaptive"):  # they stop at the last nonzero sigma, on the exact ODE path
+        torch.testing.assert_close(out, x0 + (x_t - x0) * sigmas[-2] / sigmas[0])
+    elif name == "tcd":  # it ends on timestep 0: x0 plus sigma_min's sliver of (random) noise
+        assert (out - x0).abs().max() < 0.2
+    else:
+        torch.testing.assert_close(out, x0)
 
 
 def test_callback_raising_stops_sampling():
@@ -543,7 +548,7 @@ def test_beta_schedule_is_comfyui_beta(steps):
         assert 500 in ts  # 499.5 rounds half to even, as numpy.rint
 
 
-@pytest.mark.parametrize("schedule", sorted(SCHEDULER_LABELS))
+@pytest.mark.parametrize("schedule", sorted(set(SCHEDULER_LABELS) - {"align_your_steps"}))  # AYS: below
 def test_every_schedule_is_decreasing_and_ends_in_zero(schedule):
     for steps in (1, 3, 20):
         sigmas = make_sigmas(schedule, SCHEDULE, steps)
@@ -552,6 +557,26 @@ def test_every_schedule_is_decreasing_and_ends_in_zero(schedule):
         if schedule not in ("beta", "ddim_uniform"):
             assert len(sigmas) == steps + 1
             assert sigmas[0].item() == pytest.approx(SCHEDULE.sigma_max, rel=1e-5)
+
+
+# A1111's "Align Your Steps" tables (sd_schedulers.py), written out.
+AYS_SD1 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
+AYS_SDXL = [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029]
+
+
+@pytest.mark.parametrize("family, table", [("sd1", AYS_SD1), ("sd2", AYS_SD1), ("small", AYS_SD1),
+                                           ("sdxl", AYS_SDXL), ("sdxl_refiner", AYS_SDXL)])
+def test_align_your_steps_is_a1111s(family, table):
+    """11 steps: the table, then 0. Other counts: `steps` levels interpolated linearly in log sigma
+    over the table's positions (end to end), then 0; A1111 names it "Align Your Steps"."""
+    torch.testing.assert_close(make_sigmas("Align Your Steps", SCHEDULE, 11, family=family),
+                               torch.tensor(table + [0.0]))
+    for steps in (4, 10, 25):
+        got = make_sigmas("align_your_steps", SCHEDULE, steps, family=family)
+        pos = np.linspace(0, 1, steps)  # where each level sits along the table (0 = first)
+        want = [math.exp(np.interp(p, np.linspace(0, 1, 11), np.log(table))) for p in pos]
+        np.testing.assert_allclose(got.numpy(), want + [0.0], rtol=1e-6)
+    assert resolve("Euler", "Align Your Steps") == ("euler", "align_your_steps")
 
 
 def test_make_sigmas_discards_the_penultimate_sigma_for_dpm2_3m_sde_and_unipc():
@@ -597,6 +622,14 @@ SAMPLER_NAMES = [
     ("uni_pc", "UniPC", ["unipc"]),
     ("lcm", "LCM", ["k_lcm"]),
     ("plms", "PLMS", []),
+    ("dpm_fast", "DPM fast", ["k_dpm_fast"]),
+    ("dpm_adaptive", "DPM adaptive", ["k_dpm_ad"]),
+    ("restart", "Restart", []),
+    # not in A1111: Forge's labels (DEIS, the CFG++ pair) and ours (TCD); ComfyUI's ids
+    ("deis", "DEIS", []),
+    ("euler_cfg_pp", "Euler CFG++", []),
+    ("dpmpp_2m_cfg_pp", "DPM++ 2M CFG++", []),
+    ("tcd", "TCD", []),
 ]
 SCHEDULE_NAMES = [
     ("normal", "Automatic", ["Uniform", "Normal"]),
@@ -606,6 +639,7 @@ SCHEDULE_NAMES = [
     ("simple", "Simple", []),
     ("beta", "Beta", []),
     ("ddim_uniform", "DDIM", []),
+    ("align_your_steps", "Align Your Steps", []),
 ]
 
 
@@ -655,7 +689,8 @@ def test_combined_names_imply_the_schedule_and_win(name, expected):
     ("Euler", "normal"), ("Euler a", "normal"), ("Heun", "normal"), ("LMS", "normal"), ("LCM", "normal"),
     ("UniPC", "normal"), ("DDIM", "ddim_uniform"), ("DPM++ 2M", "karras"), ("DPM++ SDE", "karras"),
     ("DPM++ 2S a", "karras"), ("DPM2", "karras"), ("DPM2 a", "karras"), ("DPM++ 2M SDE", "exponential"),
-    ("dpmpp_3m_sde", "exponential"), ("PLMS", "ddim_uniform"),
+    ("dpmpp_3m_sde", "exponential"), ("PLMS", "ddim_uniform"), ("Restart", "karras"), ("DPM fast", "normal"),
+    ("DPM adaptive", "normal"),
 ])
 def test_automatic_is_the_samplers_a1111_default(sampler, schedule):
     assert resolve(sampler, None)[1] == schedule
@@ -680,7 +715,7 @@ def test_unknown_names_list_the_valid_ones():
         assert msg.startswith("sampler:")
         assert all(name in msg for name in [*SAMPLER_LABELS.values(), *SAMPLER_LABELS])
     with pytest.raises(InvalidArgument, match="^sampler:"):
-        get_sampler("DPM fast")
+        get_sampler("DPM faster")
     for bad in ("Polyexponential", "kl_optimal", "", 3):
         with pytest.raises(InvalidArgument) as e:
             resolve("Euler", bad)

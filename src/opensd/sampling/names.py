@@ -13,7 +13,7 @@ regard to case or surrounding spaces:
 * a schedule named at the end of the sampler name ("DPM++ 2M Karras", or any
   "<sampler> <schedule>") wins over the separate scheduler argument, as in A1111;
 * no scheduler, or "Automatic", means the sampler's A1111 default: Karras for DPM++ 2M, DPM++ SDE,
-  DPM++ 2S a, DPM2 and DPM2 a; Exponential for DPM++ 2M SDE and DPM++ 3M SDE; DDIM's uniform
+  DPM++ 2S a, DPM2, DPM2 a and Restart; Exponential for DPM++ 2M SDE and DPM++ 3M SDE; DDIM's uniform
   timesteps for DDIM and PLMS; the model's own schedule ("normal") for the rest.
 
 `resolve` always returns a concrete schedule id, never "automatic".
@@ -39,6 +39,14 @@ _SAMPLERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "uni_pc": ("UniPC", "normal", ("unipc",)),
     "lcm": ("LCM", "normal", ("k_lcm",)),
     "plms": ("PLMS", "ddim_uniform", ()),
+    "dpm_fast": ("DPM fast", "normal", ("k_dpm_fast",)),
+    "dpm_adaptive": ("DPM adaptive", "normal", ("k_dpm_ad",)),
+    "restart": ("Restart", "karras", ()),
+    # Not in A1111: Forge's labels where it has the sampler, else ours.
+    "deis": ("DEIS", "normal", ()),
+    "euler_cfg_pp": ("Euler CFG++", "normal", ()),
+    "dpmpp_2m_cfg_pp": ("DPM++ 2M CFG++", "normal", ()),
+    "tcd": ("TCD", "normal", ()),
 }
 
 # id -> (A1111 "Schedule type" label, extra accepted spellings)
@@ -50,6 +58,7 @@ _SCHEDULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "simple": ("Simple", ()),
     "beta": ("Beta", ()),
     "ddim_uniform": ("DDIM", ()),
+    "align_your_steps": ("Align Your Steps", ()),
 }
 
 # A1111's old combined aliases ("k_dpmpp_2m_ka" = DPM++ 2M Karras).

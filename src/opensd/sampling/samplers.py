@@ -24,6 +24,13 @@ Options, with k-diffusion/A1111 defaults:
   DDIM:                            eta=0 (A1111's "Eta DDIM")
   UniPC:                           order=3, variant="bh1", lower_order_final=True (A1111's defaults)
   LCM:                             s_noise=1
+  DPM fast:                        eta=0, s_noise=1 (dpm_solver.py)
+  DPM adaptive:                    order=3, rtol=0.05, atol=0.0078, h_init=0.05, pcoeff=0, icoeff=1,
+                                   dcoeff=0, accept_safety=0.81, eta=0, s_noise=1
+  Restart:                         s_noise=1 (restart.py)
+  DEIS:                            max_order=3 (deis.py)
+  TCD:                             eta=0.3 (tcd.py; takes the model's schedule as `model_schedule`)
+  Euler CFG++, DPM++ 2M CFG++:     none; they need the unconditional estimate (cfg_pp.py)
 DDIM and UniPC need nothing from the model's alpha schedule: written in sigma (VE) space their
 updates depend only on sigmas, and the model's own sigmas come in through the schedule.
 """
@@ -35,8 +42,13 @@ from collections.abc import Callable
 
 import torch
 
+from .cfg_pp import sample_dpmpp_2m_cfg_pp, sample_euler_cfg_pp
+from .deis import sample_deis
+from .dpm_solver import sample_dpm_adaptive, sample_dpm_fast
 from .names import sampler_id
 from .plms import sample_plms
+from .restart import sample_restart
+from .tcd import sample_tcd
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # callback(step_index, x, denoised); raising from it stops sampling (interrupt).
@@ -429,7 +441,19 @@ SAMPLERS: dict[str, Callable] = {
     "uni_pc": sample_uni_pc,
     "lcm": sample_lcm,
     "plms": sample_plms,
+    "dpm_fast": sample_dpm_fast,
+    "dpm_adaptive": sample_dpm_adaptive,
+    "restart": sample_restart,
+    "deis": sample_deis,
+    "tcd": sample_tcd,
+    "euler_cfg_pp": sample_euler_cfg_pp,
+    "dpmpp_2m_cfg_pp": sample_dpmpp_2m_cfg_pp,
 }
+# Samplers that step with the unconditional estimate too: their guidance must evaluate it even
+# where plain CFG would skip it (CFG scale 1), as ComfyUI's disable_cfg1_optimization does.
+NEEDS_UNCOND = frozenset({"euler_cfg_pp", "dpmpp_2m_cfg_pp"})
+# What the caller supplies rather than the user: per-step noise and the model's discrete schedule.
+_CONTEXT = ("noise_sampler", "model_schedule")
 
 
 def get_sampler(name: str) -> Callable:
@@ -439,9 +463,17 @@ def get_sampler(name: str) -> Callable:
 
 
 def sampler_options(name: str) -> dict[str, object]:
-    """The options sampler `name` takes (its keyword arguments but noise_sampler), with defaults."""
+    """The options sampler `name` takes (its keyword arguments but the caller's context), with defaults."""
     params = inspect.signature(get_sampler(name)).parameters
-    return {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k != "noise_sampler"}
+    return {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in _CONTEXT}
+
+
+def sampler_context(name: str, noise_sampler: NoiseSampler = None, model_schedule=None) -> dict:
+    """The caller's context arguments sampler `name` takes: the noise sampler, and the model's
+    DiscreteSchedule for samplers that work on its timesteps (TCD)."""
+    params = inspect.signature(get_sampler(name)).parameters
+    given = {"noise_sampler": noise_sampler, "model_schedule": model_schedule}
+    return {k: v for k, v in given.items() if k in params}
 
 
 ALL_OPTIONS = frozenset(k for s in SAMPLERS for k in sampler_options(s))  # every option of some sampler

@@ -12,6 +12,7 @@ import math
 import torch
 
 from ..errors import InvalidArgument
+from .align_your_steps import a1111_ays_sigmas
 from .names import DISCARD_PENULTIMATE, sampler_id, scheduler_id
 
 
@@ -135,18 +136,22 @@ SCHEDULES = {
 
 
 def make_sigmas(schedule_id: str, model_schedule: DiscreteSchedule, steps: int,
-                sampler: str | None = None) -> torch.Tensor:
+                sampler: str | None = None, family: str | None = None) -> torch.Tensor:
     """Sigmas (ending in 0) for `steps` steps of a schedule (id or any name names.py accepts).
 
     Pass the sampler (id or name) to apply A1111/ComfyUI's "discard penultimate sigma": DPM2,
     DPM2 a, DPM++ 3M SDE and UniPC run on the schedule for steps+1 with the next-to-last sigma
-    dropped (still `steps` steps).
+    dropped (still `steps` steps). `family` (models.config) picks Align Your Steps' table: SDXL's
+    for the SDXL families, SD1's otherwise (as A1111 does).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InvalidArgument(f"steps: must be a whole number of at least 1, not {steps!r}")
     sched = scheduler_id(schedule_id, sampler)
     discard = sampler is not None and sampler_id(sampler) in DISCARD_PENULTIMATE
-    sigmas = SCHEDULES[sched](model_schedule, steps + discard)
+    if sched == "align_your_steps":
+        sigmas = a1111_ays_sigmas(family in ("sdxl", "sdxl_refiner"), steps + discard)
+    else:
+        sigmas = SCHEDULES[sched](model_schedule, steps + discard)
     return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
 
 
