@@ -14,7 +14,7 @@ import pytest
 import requests
 import webuiapi
 from PIL import Image
-from server_live import LiveServer, models_dir
+from server_live import LiveServer, models_dir, write_lora
 
 from opensd.server.settings import Settings
 
@@ -29,6 +29,7 @@ def live(tmp_path_factory):
                                      encoding="utf-8")
     (root / "wildcards").mkdir()
     (root / "wildcards" / "colour.txt").write_text("red\ngreen\nblue\nblack\n", encoding="utf-8")
+    write_lora(models_dir(root) / "Lora" / "style.safetensors")
     settings = Settings(models_dir=models_dir(root), outputs_dir=root / "outputs", work_budget=3.0,
                         styles_file=root / "styles.csv", wildcards_dir=root / "wildcards")
     with LiveServer(settings) as server:
@@ -48,11 +49,11 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def xyz_args(x_type, x_values, y_type=0, y_values="", y_dropdown=(), lone=True, legend=True):
+def xyz_args(x_type, x_values, y_type=0, y_values="", y_dropdown=(), lone=True, legend=True, x_dropdown=()):
     # A1111 1.10: x_type, x_values, x_values_dropdown, (y...), (z...), draw_legend, include_lone_images,
     # include_sub_grids, no_fixed_seeds, vary_seeds_x/y/z, margin_size, csv_mode
-    return [x_type, x_values, [], y_type, y_values, list(y_dropdown), 0, "", [], legend, lone, False, False,
-            False, False, False, 0, False]
+    return [x_type, x_values, list(x_dropdown), y_type, y_values, list(y_dropdown), 0, "", [], legend, lone, False,
+            False, False, False, False, 0, False]
 
 
 def post(live, **body):
@@ -80,6 +81,39 @@ def test_xyz_grid_is_the_single_generations_pixel_for_pixel(api):
     text = r.info["infotexts"][0]
     assert "Script: X/Y/Z plot, X Type: Steps, X Values: 1-3, Y Type: Sampler, Y Values: \"Euler,DPM++ 2M\"" in text
     assert r.info["all_seeds"] == [5] * 6
+
+
+def cells_equal_singles(api, request, script_args, singles):
+    """The plot's cells are the single generations `singles` (request changes, X fastest) make."""
+    r = api.txt2img(**base(**request, script_name=XYZ, script_args=script_args))
+    assert len(r.images) == 1 + len(singles)
+    for k, changes in enumerate(singles):
+        single = api.txt2img(**base(**dict(request, **changes))).image
+        assert (pixels(r.images[1 + k]) == pixels(single)).all(), changes
+    return r
+
+
+def test_checkpoint_and_size_axes(api):
+    r = cells_equal_singles(api, {"steps": 1}, xyz_args(11, "", 42, "64x64, 96x64", x_dropdown=["tiny", "opensd-emoji"]),
+                            [{"override_settings": {"sd_model_checkpoint": m}, "width": w}
+                             for w in (64, 96) for m in ("tiny", "opensd-emoji")])
+    assert r.images[1].size == (64, 64) and r.images[3].size == (96, 64)
+    assert r.images[0].width == 96 * 3 // 4 + 2 * 96  # cells as wide as the widest
+
+
+def test_hires_axes(api):
+    hires = {"steps": 1, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent"}
+    cells_equal_singles(api, hires, xyz_args("Hires steps", "1, 2", "Denoising", "0.3, 0.6"),
+                        [{"hr_second_pass_steps": n, "denoising_strength": d} for d in (0.3, 0.6) for n in (1, 2)])
+    cells_equal_singles(api, hires, xyz_args("Hires upscaler", "Latent (nearest), Lanczos"),
+                        [{"hr_upscaler": u} for u in ("Latent (nearest)", "Lanczos")])
+
+
+def test_lora_weight_through_prompt_sr(api):
+    r = cells_equal_singles(api, {"steps": 1, "prompt": "a cat <lora:style:0.0>"}, xyz_args(7, "0.0, 0.8"),
+                            [{"prompt": f"a cat <lora:style:{w}>"} for w in ("0.0", "0.8")])
+    assert (pixels(r.images[1]) != pixels(r.images[2])).any()
+    assert "Lora hashes: " in r.info["infotexts"][2]
 
 
 def test_xyz_without_legend_or_cells(api):

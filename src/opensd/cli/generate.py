@@ -145,14 +145,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InvalidArgument("model: no built-in model is installed; pass --model PATH")
     init = open_image(args.init_image, "init-image") if args.init_image is not None else None
     mask = open_image(args.mask, "mask") if args.mask is not None else None
-    pipe = load(args.model or BUILTIN_MODEL, vae=args.vae, device=args.device, precision=args.precision,
-                prediction=args.prediction, embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir)
-    pipe.upscalers = Upscalers(None, pipe.device, allow_paths=True)  # --hires-upscaler may be a model file
-    use_folders(pipe, folders, args.loras_dir)
-    if args.vae_tiling:
-        pipe.vae_tiling = True
-    if args.taesd is not None:
-        _use_taesd(pipe, args)
+
+    def open_pipe(model, vae):
+        """A pipeline as the flags set it up (also one a script's checkpoint or VAE axis asks for)."""
+        pipe = load(model, vae=vae, device=args.device, precision=args.precision, prediction=args.prediction,
+                    embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir)
+        pipe.upscalers = Upscalers(None, pipe.device, allow_paths=True)  # --hires-upscaler may be a model file
+        use_folders(pipe, folders, args.loras_dir)
+        if args.vae_tiling:
+            pipe.vae_tiling = True
+        if args.taesd is not None:
+            _use_taesd(pipe, args)
+        return pipe
+
+    pipe = open_pipe(args.model or BUILTIN_MODEL, args.vae)
     loras = _loras(args, pipe, from_image=source is not None and not user_loras)
     pipe.set_loras(loras)
     kwargs = generation_kwargs(args)
@@ -174,7 +180,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     try:
         if script is not None:
-            face = CliFace(args, pipe, kwargs, init, mask, loras, make_call, texts_of)
+            face = CliFace(args, pipe, kwargs, init, mask, folders, open_pipe, make_call, texts_of)
             result = run_script(script, args, face, progress)
             images, texts = result.images, result.infotexts
             first = result.made[0].seed if result.made else -1

@@ -11,7 +11,6 @@ from pathlib import Path
 from ..errors import InvalidArgument
 from .common import float_arg, int_arg
 
-UPSCALERS = ("None", "Lanczos", "Nearest")
 XYZ_HELP = ('an X/Y/Z plot axis (repeatable: X, then Y, then Z), its name as A1111 labels it and its values as '
             'A1111 reads them, e.g. "steps:10-30 (+10)", "sampler:Euler,DPM++ 2M", "cfg scale:5-9 [3]", '
             '"prompt s/r:cat,dog", "checkpoint name:a.safetensors,b.safetensors", "size:64x64,96x64"')
@@ -48,7 +47,8 @@ def add_flags(gen: argparse.ArgumentParser) -> None:
     x.add_argument("--sd-upscale", type=float_arg, metavar="SCALE",
                    help="SD upscale the --init-image: enlarge it SCALE times, repaint it in --width x --height tiles")
     x.add_argument("--sd-upscale-overlap", type=int_arg, default=64, metavar="PX")
-    x.add_argument("--sd-upscale-upscaler", default="Lanczos", choices=list(UPSCALERS))
+    x.add_argument("--sd-upscale-upscaler", default="Lanczos", metavar="NAME",
+                   help="None, Lanczos (default), Nearest, or an upscaler model (a file, or a name in the models folder)")
 
 
 def apply_styles_flag(args: argparse.Namespace) -> None:
@@ -75,26 +75,22 @@ def chosen(args: argparse.Namespace) -> str | None:
 class CliFace:
     """What `opensd generate` lends a script."""
 
-    def __init__(self, args, pipe, kwargs: dict, init, mask, loras, make_call, texts):
+    def __init__(self, args, pipe, kwargs: dict, init, mask, folders, open_pipe, make_call, texts):
         from ..text.wildcards import Wildcards
 
-        self.args, self.kwargs, self.init, self.mask, self.loras = args, kwargs, init, mask, loras
+        self.args, self.kwargs, self.init, self.mask, self.folders = args, kwargs, init, mask, folders
         self.img2img = init is not None
-        self.make_call, self.texts = make_call, texts  # generate.py's pipeline call and infotexts
+        # generate.py's pipeline loader, pipeline call and infotexts
+        self.open_pipe, self.make_call, self.texts = open_pipe, make_call, texts
         self.pipes = {(None, None): pipe}
         self.wildcards = Wildcards(args.wildcards_dir)
 
     def _pipe(self, model: str | None, vae: str | None):
-        from ..pipeline.pipeline import load
-
         key = (model, vae)
         if key not in self.pipes:
-            a = self.args
-            vae_file = self._vae_file(vae)
-            pipe = load(Path(model) if model else (a.model or self.pipes[(None, None)].loaded.path), vae=vae_file,
-                        device=a.device, precision=a.precision, prediction=a.prediction,
-                        embeddings_dir=a.embeddings_dir, loras_dir=a.loras_dir)
-            pipe.set_loras(self.loras)
+            base = self.pipes[(None, None)]
+            pipe = self.open_pipe(Path(model) if model else base.loaded.path, self._vae_file(vae))
+            pipe.set_loras(base.lora_specs)
             self.pipes[key] = pipe
         return self.pipes[key]
 
@@ -129,31 +125,34 @@ class CliFace:
                                im.info["params"].negative_prompt) for im, t in zip(images, texts)])
 
     def checkpoint(self, name: str) -> str:
-        path = Path(name)
-        if not path.exists() and self.args.model is not None:
-            path = self.args.model.parent / name  # beside the --model file
-        if not path.exists():
-            raise InvalidArgument(f"Checkpoint name: {name} is not a file (give a path)")
-        return str(path)
+        from .model_flags import resolve_model
+        return str(resolve_model(self.folders, "checkpoints", name, "Checkpoint name"))
 
     def vae(self, name: str) -> str:
+        from .model_flags import resolve_model
+
         key = name.strip().lower()
         if key in ("none", "automatic", "auto"):
             return "None" if key == "none" else "Automatic"  # Automatic: as --vae says
-        if not Path(name).is_file():
-            raise InvalidArgument(f"VAE: {name} is not a file")
-        return name
+        return str(resolve_model(self.folders, "vae", name, "VAE"))
 
     def styles(self):
         from ..text.styles import load_styles
         return load_styles(self.args.styles_file)
 
     def upscalers(self) -> list[str]:
-        return list(UPSCALERS)
+        return self.pipes[(None, None)].upscalers.names()
 
     def upscale(self, image, name: str, scale: float):
-        from ..scripts.sd_upscale import classic_upscale
-        return classic_upscale(image, name, scale)
+        return self.pipes[(None, None)].upscalers.upscale(image, scale, name, "sd-upscale-upscaler")
+
+    def upscaler(self, name: str, hires: bool = False) -> str:
+        from ..upscale import label, latent_mode
+
+        if hires and latent_mode(name) is not None:
+            return label(name)
+        found = self.pipes[(None, None)].upscalers.find(name, "Hires upscaler" if hires else "sd-upscale-upscaler")
+        return found if isinstance(found, str) else str(found)
 
 
 def _xyz(args, base, face, progress):

@@ -21,10 +21,11 @@ class Label(NamedTuple):
 
 
 def image_grid(images: list[Image.Image], rows: int) -> Image.Image:
-    """The images in `rows` rows, left to right then top to bottom, each in a cell the size of the first."""
+    """The images in `rows` rows, left to right then top to bottom, each at the top left of a cell as
+    large as the largest (A1111 sizes cells by the first image, which overlaps when sizes differ)."""
     rows = max(1, min(rows, len(images)))
     cols = math.ceil(len(images) / rows)
-    w, h = images[0].size
+    w, h = max(im.width for im in images), max(im.height for im in images)
     grid = Image.new("RGB", (cols * w, rows * h), "black")
     for i, image in enumerate(images):
         grid.paste(image, (i % cols * w, i // cols * h))

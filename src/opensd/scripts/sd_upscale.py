@@ -1,4 +1,5 @@
-"""SD upscale (A1111's img2img script): the init image is made `scale` times larger by an upscaler, cut
+"""SD upscale (A1111's img2img script): the init image is made `scale` times larger by an upscaler
+(opensd.upscale: Lanczos, Nearest or a model; "None" leaves it as it is), cut
 into tiles of the request's width x height overlapping by `overlap` pixels (opensd.pipeline.tiles),
 each tile repainted by img2img, and the tiles blended back together. Tile t of upscale n (of
 n_iter) uses seed + n + t, as A1111 counts them with batches of one. The result's infotext is the
@@ -39,8 +40,8 @@ def from_script_args(args: list, face: Face) -> UpscaleOptions:
             raise InvalidArgument(f"script_args: upscaler_index: {index} is outside 0..{len(names) - 1} "
                                   f"({', '.join(names)})")
         name = names[index]
-    elif isinstance(index, str) and index.lower() in (n.lower() for n in names):
-        name = next(n for n in names if n.lower() == index.lower())
+    elif isinstance(index, str):
+        name = face.upscaler(index)
     else:
         raise InvalidArgument(f"script_args: upscaler_index: {index!r} is not an index or name of "
                               f"{', '.join(names)}")
@@ -48,22 +49,17 @@ def from_script_args(args: list, face: Face) -> UpscaleOptions:
     return UpscaleOptions(overlap, name, float(number(scale, "scale_factor", 1, MAX_SCALE)))
 
 
-def classic_upscale(image: Image.Image, name: str, scale: float) -> Image.Image:
-    """The upscalers that need no model file: Lanczos and Nearest (PIL's resampling)."""
-    filters = {"lanczos": Image.LANCZOS, "nearest": Image.NEAREST}
-    if name.lower() not in filters:
-        raise InvalidArgument(f"upscaler: {name!r} is not available here (Lanczos, Nearest)")
-    return image.resize(upscaled_size(image, scale), filters[name.lower()])
-
-
-def upscaled_size(image: Image.Image, scale: float) -> tuple[int, int]:
-    """A1111's upscaler target: each side times the scale, rounded down to a multiple of 8."""
-    return int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8)
+def upscaled_size(image: Image.Image, options: UpscaleOptions) -> tuple[int, int]:
+    """A1111's upscaler target: each side times the scale, rounded down to a multiple of 8 (the
+    upscaler "None" keeps the image as it is)."""
+    if options.upscaler == "None":
+        return image.size
+    return int(image.width * options.scale // 8 * 8), int(image.height * options.scale // 8 * 8)
 
 
 def layout(base: Spec, init: Image.Image, options: UpscaleOptions) -> Tiles:
     """The tiles the upscaled image is cut into (blank: only the layout counts before upscaling)."""
-    w, h = upscaled_size(init, options.scale)
+    w, h = upscaled_size(init, options)
     tile_w, tile_h = base.kwargs["width"], base.kwargs["height"]
     if options.overlap >= min(tile_w, tile_h):
         raise InvalidArgument(f"script_args: overlap: {options.overlap} must be smaller than the tile "
@@ -88,10 +84,7 @@ def cells(base: Spec, tiles: Tiles) -> list[list[Spec]]:
 
 def run(base: Spec, init: Image.Image, options: UpscaleOptions, face: Face,
         progress: Progress | None = None) -> ScriptResult:
-    size = upscaled_size(init, options.scale)
     image = init if options.upscaler == "None" else face.upscale(init, options.upscaler, options.scale)
-    if image.size != size:
-        image = image.resize(size, Image.LANCZOS)
     tiles = split(image.convert("RGB"), base.kwargs["width"], base.kwargs["height"], options.overlap)
     groups = cells(base, tiles)
     flat = [spec for group in groups for spec in group]

@@ -95,6 +95,10 @@ class Face(Protocol):
     def upscale(self, image: Image.Image, name: str, scale: float) -> Image.Image:
         """`image` made `scale` times larger by upscaler `name`."""
 
+    def upscaler(self, name: str, hires: bool = False) -> str:
+        """Upscaler `name` as the pipeline (`hires`: the hires fix, which also takes latent modes) and
+        `upscale` take it; unknown names raise InvalidArgument."""
+
 
 @dataclass
 class ScriptResult:

@@ -133,8 +133,9 @@ def _face_restore(spec: Spec, value, values, face):
 
 
 def _hires_upscaler(spec: Spec, value, values, face):
+    upscaler = face.upscaler(value, hires=True)
     if spec.kwargs.get("hires"):
-        spec.kwargs["hires"]["upscaler"] = "lanczos" if value.strip().lower() == "none" else value.strip().lower()
+        spec.kwargs["hires"]["upscaler"] = upscaler
 
 
 def _rng(spec: Spec, value, values, face):

@@ -23,8 +23,6 @@ from . import a1111_apply, a1111_run, a1111_unsupported, work_budget
 from .a1111_scripts import Script, register
 from .images_io import decode_b64
 
-UPSCALERS = ("None", "Lanczos", "Nearest")  # A1111's first three; the index SD upscale takes counts these
-
 
 class _CellControl:
     """A generation's view of the job's Control inside a script: its steps count within the script's."""
@@ -82,10 +80,16 @@ class ServerFace:
         return self.state.styles()
 
     def upscalers(self) -> list[str]:
-        return list(UPSCALERS)
+        return self.state.cache.upscalers.names()  # as GET /sdapi/v1/upscalers lists them
 
     def upscale(self, image: Image.Image, name: str, scale: float) -> Image.Image:
-        return sd_upscale.classic_upscale(image, name, scale)
+        return self.state.cache.upscalers.upscale(image, scale, name, "upscaler_index")
+
+    def upscaler(self, name: str, hires: bool = False) -> str:
+        if hires:
+            return a1111_run.hires_upscaler(name, self.state.cache.upscalers)
+        found = self.state.cache.upscalers.find(name, "upscaler_index")
+        return found if isinstance(found, str) else name
 
 
 def _base(p: dict, req) -> Spec:
