@@ -82,6 +82,27 @@ def test_cells_order_seeds_and_costly_axes_outermost():
         "a cat, red", "a red, cat"]
 
 
+@pytest.mark.parametrize("axis,value,changed", [
+    ("Var. seed", "9", lambda s: s.subseed == 9),
+    ("Var. strength", "0.25", lambda s: s.kwargs["subseed_strength"] == 0.25),
+    ("CFG Scale", "4.5", lambda s: s.kwargs["cfg"] == 4.5),
+    ("Sampler", "DPM++ 2M", lambda s: (s.kwargs["sampler"], s.kwargs["scheduler"]) == ("dpmpp_2m", "karras")),
+    ("Schedule type", "Exponential", lambda s: s.kwargs["scheduler"] == "exponential" and s.schedule == "exponential"),
+    ("Sigma Churn", "0.5", lambda s: s.kwargs["sampler_options"] == {"s_churn": 0.5}),
+    ("Eta", "0.3", lambda s: s.kwargs["sampler_options"] == {"eta": 0.3}),
+    ("Clip skip", "2", lambda s: s.kwargs["clip_skip"] == 2),
+    ("Clip skip", "1", lambda s: s.kwargs["clip_skip"] is None),
+    ("UniPC Order", "5", lambda s: s.kwargs["sampler_options"] == {"order": 1}),  # at most steps - 1
+    ("RNG source", "GPU", lambda s: s.kwargs["device_noise"] is True),
+    ("Size", "96x32", lambda s: (s.kwargs["width"], s.kwargs["height"]) == (96, 32)),
+    ("Face restore", "false", lambda s: True),
+])
+def test_what_each_axis_changes(axis, value, changed):
+    kind = xyz.read_axis(axis, value, None, True, base(), False, "X")
+    cell = xyz.cells(base(), (kind, xyz.NOTHING, xyz.NOTHING), xyz.GridOptions(), NoModels())[0]
+    assert changed(cell)
+
+
 def test_a1111_16_layout_of_script_args():
     axes, options = xyz.from_script_args([4, "1,2", [], 0, "", [], 0, "", [], False, True, True, True, 8, False],
                                          base(), False)

@@ -109,6 +109,12 @@ def test_hires_axes(api):
                         [{"hr_upscaler": u} for u in ("Latent (nearest)", "Lanczos")])
 
 
+def test_styles_axis(api, live):
+    cells_equal_singles(api, {"steps": 1}, xyz_args("Styles", "ink"), [{"styles": ["ink"]}])
+    r = post(live, steps=1, script_name=XYZ, script_args=xyz_args("Styles", "ink, nope"))
+    assert r.status_code == 422 and "X values: Styles: unknown style 'nope'" in r.json()["detail"]
+
+
 def test_lora_weight_through_prompt_sr(api):
     r = cells_equal_singles(api, {"steps": 1, "prompt": "a cat <lora:style:0.0>"}, xyz_args(7, "0.0, 0.8"),
                             [{"prompt": f"a cat <lora:style:{w}>"} for w in ("0.0", "0.8")])

@@ -6,7 +6,9 @@ What A1111 records is written under A1111's keys: hires fix ("Hires upscale", "H
 ControlNet units as its ControlNet extension writes them (``ControlNet 0: "Module: canny, Model:
 name [hash], Weight: 1, ..."``). One thing A1111 cannot record is ours: LoRAs applied apart from the
 prompt (``opensd generate --lora``) go under "Extra LoRAs" (``name: unet/te``), so --from can apply
-them again; A1111 shows the key and ignores it.
+them again; A1111 shows the key and ignores it. A prompt chosen from a template (wildcards, `{a|b}`:
+opensd.pipeline.dynamic_batch) keeps the template under "Template" / "Negative Template", the keys
+sd-dynamic-prompts writes.
 """
 from __future__ import annotations
 
