@@ -122,6 +122,23 @@ def test_lora_weight_through_prompt_sr(api):
     assert "Lora hashes: " in r.info["infotexts"][2]
 
 
+def test_z_axis_and_sub_grids(api):
+    args = xyz_args(4, "1-2", lone=False)
+    args[6:9] = ["CFG Scale", "5, 9", []]
+    args[11] = True  # include_sub_grids
+    r = api.txt2img(**base(script_name=XYZ, script_args=args))
+    main, first, second = (pixels(im) for im in r.images)
+    assert first.shape == second.shape and first.shape[1] == 2 * 64 and first.shape[0] > 64  # X labels, no Y
+    assert main.shape[1] == 2 * first.shape[1] and main.shape[0] > first.shape[0]  # Z labels above
+    top = main.shape[0] - first.shape[0]
+    assert (main[top:, :first.shape[1]] == first).all() and (main[top:, first.shape[1]:] == second).all()
+    single = api.txt2img(**base(steps=2, cfg_scale=9)).image
+    assert (second[-64:, 64:] == pixels(single)).all()
+    assert "Z Type: CFG Scale" in r.info["infotexts"][0] and "Z Type" not in r.info["infotexts"][2]
+    assert "X Type: Steps" in r.info["infotexts"][2] and "CFG scale: 9" in r.info["infotexts"][2]
+    assert r.info["index_of_first_image"] == 3
+
+
 def test_xyz_without_legend_or_cells(api):
     r = api.txt2img(**base(steps=1, script_name=XYZ, script_args=xyz_args("CFG Scale", "3, 7.5", lone=False,
                                                                             legend=False)))
