@@ -247,6 +247,18 @@ def test_styles_are_listed_and_applied(api, live):
     assert r.status_code == 422 and r.json()["detail"].startswith("styles: unknown style 'nope'; known styles: 'ink'")
 
 
+def test_a_damaged_styles_file_fails_only_requests_naming_styles(api, live):
+    path = live.settings.styles_file
+    good = path.read_bytes()
+    path.write_bytes(b"name,prompt\n\xff\xfe broken\n")
+    try:
+        assert post(live, steps=1).status_code == 200
+        r = post(live, steps=1, styles=["ink"])
+        assert r.status_code == 422 and r.json()["detail"].startswith(f"styles file: cannot read {path}")
+    finally:
+        path.write_bytes(good)
+
+
 def test_wildcards_choose_per_image_from_the_seed_and_reproduce(api, live):
     request = base(prompt="a __colour__ {cat|dog}", steps=1, seed=11, batch_size=3)
     r = api.txt2img(**request)

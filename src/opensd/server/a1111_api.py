@@ -87,7 +87,9 @@ def prepare(state, req, mode: str) -> dict:
         if name and name not in a1111_unsupported.REQUEST_FIELDS[field][0]:
             state.cache.resolve(name, field)
     prompt, prompt_gaps = a1111_apply.prompt(req, opts, state.folders)
-    prompt, negative = apply_styles(prompt, req.negative_prompt, req.styles or [], state.styles())
+    negative = req.negative_prompt
+    if req.styles:  # a damaged styles file only fails the requests that name styles
+        prompt, negative = apply_styles(prompt, negative, req.styles, state.styles())
     check_lora_names(state.folders, prompt)
     check_template(prompt, state.wildcards)
     check_template(negative, state.wildcards, "negative_prompt")
