@@ -83,13 +83,13 @@ def test_a_free_worker_leaves_a_job_to_the_one_holding_its_model(tmp_path):
 
 
 def test_a_lost_worker_costs_only_progress_the_job_finishes_once_elsewhere(tmp_path):
-    a, b = Held("a"), Held("b")
+    a, b = Held("a", models={"m"}), Held("b")  # a holds the model, so a gets the job first
     a.die_next = True
     q = queue_of(tmp_path, a, b)
     b.release.set()
     q.start()
     wait_for(lambda: len(q._idle) == 2)
-    job = q.submit("gen", {}, "c1")
+    job = q.submit("gen", {"model": "m"}, "c1")
     done, _ = q.future(job.id).result(10)
     assert done.status == DONE and done.result["worker"] == "b"
     assert a.ran == [job.id] and b.ran == [job.id]          # tried on a, finished on b

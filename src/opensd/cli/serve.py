@@ -48,6 +48,13 @@ def register(sub) -> None:
                    help="auto (default): fp16 on CUDA, bf16 on CPUs with native bf16 for SD-size models, else fp32")
     p.add_argument("--max-body-mb", type=float_arg, default=64.0)
     p.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
+    ray = p.add_argument_group("scale-out on Ray (pip install \"opensd[ray]\"; see docs/scale-out.md)")
+    ray.add_argument("--ray", metavar="auto|ADDRESS",
+                     help="run generations on Ray actors: one per GPU of the cluster, else CPU workers; 'auto' "
+                          "joins the cluster on this machine (or starts one), ADDRESS joins that one (head:6379)")
+    ray.add_argument("--ray-workers", type=int_arg, metavar="N",
+                     help="CPU workers to start (default: as many as the cluster's CPUs hold, growing as nodes join)")
+    ray.add_argument("--ray-threads", type=int_arg, metavar="T", help="threads (Ray CPUs) per CPU worker (default 4)")
     p.add_argument("--open", action="store_true", help="open the web UI in the default browser")
     p.set_defaults(func=cmd_serve)
 
@@ -66,7 +73,8 @@ def settings_from(args: argparse.Namespace):
                     queue_size=args.queue_size, max_waiting=args.max_waiting, work_budget=args.work_budget,
                     device=args.device, precision=args.precision,
                     model_budget_bytes=int(args.model_cache_gb * (1 << 30)),
-                    max_body_bytes=int(args.max_body_mb * (1 << 20)))
+                    max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                    ray=args.ray, ray_workers=args.ray_workers, ray_threads=args.ray_threads)
 
 
 def ui_url(host: str, port: int) -> str:

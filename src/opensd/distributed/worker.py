@@ -6,7 +6,7 @@ progress is lost, the queue runs the job again elsewhere."""
 from __future__ import annotations
 
 import socket
-import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +26,7 @@ class WorkerStats:
     images: int = 0              # images they made
     busy_s: float = 0.0          # seconds spent running them
     lost: int = 0                # jobs cut off by this worker's death
-    since: float = field(default_factory=time.time)
+    recent: deque = field(default_factory=lambda: deque(maxlen=20))  # ids of the last jobs it finished
 
     def images_per_minute(self) -> float | None:
         return 60.0 * self.images / self.busy_s if self.busy_s > 0 else None
@@ -34,8 +34,8 @@ class WorkerStats:
     def view(self) -> dict[str, Any]:
         rate = self.images_per_minute()
         return {"current_job": self.job, "jobs_done": self.jobs, "images": self.images, "jobs_lost": self.lost,
-                "busy_seconds": round(self.busy_s, 3),
-                "images_per_minute": None if rate is None else round(rate, 3)}
+                "busy_seconds": round(self.busy_s, 3), "images_per_minute": None if rate is None else round(rate, 3),
+                "recent_jobs": list(self.recent)}
 
 
 class Worker:

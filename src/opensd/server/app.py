@@ -57,6 +57,10 @@ class ServerState:
             except InvalidArgument as e:
                 log.warning("saved model %r is gone (%s); using the first model", wanted, e)
         self.queue.register("a1111", lambda job, ctl: a1111_run.run(self, job, ctl))
+        self.pool = None  # Ray workers (opensd serve --ray), which run the A1111 generations
+        if settings.ray:
+            from ..distributed.pool import RayPool
+            self.pool = RayPool(self, settings.ray, settings.ray_workers, settings.ray_threads)
 
     def styles(self) -> dict[str, Style]:
         """The prompt styles of the styles file as it is now (A1111 users edit it while it serves)."""
@@ -120,6 +124,8 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
         state.comfy.bind_loop()
         yield
         state.queue.stop()
+        if state.pool is not None:
+            state.pool.close()
         state.store.close()
 
     app = FastAPI(title="opensd", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,

@@ -350,6 +350,7 @@ class JobQueue:
             self._lost.pop(job.id, None)
             worker.stats.job = None
         worker.stats.jobs += 1
+        worker.stats.recent.append(job.id)
         worker.stats.busy_s += elapsed
         worker.stats.images += len((job.result or {}).get("files") or [])
         self._resolve(job, live)

@@ -34,6 +34,9 @@ class Settings:
     default_model: str | None = None         # checkpoint name; default: the first listed
     styles_file: Path | None = None          # A1111 styles.csv; default: data_dir/styles.csv
     wildcards_dir: Path | None = None        # __name__ wildcard files; default: data_dir/wildcards
+    ray: str | None = None                   # run generations on Ray actors: "auto" or a cluster address
+    ray_workers: int | None = None           # CPU actors (default: as many as the cluster's CPUs hold)
+    ray_threads: int | None = None           # PyTorch threads (and Ray CPUs) per CPU actor
 
     def __post_init__(self):
         self.outputs_dir = Path(self.outputs_dir)
@@ -49,6 +52,11 @@ class Settings:
             raise InvalidArgument(f"outputs-dir: {self.outputs_dir} is not a folder")
         if not 0 <= self.max_waiting <= 100_000:
             raise InvalidArgument(f"max-waiting: {self.max_waiting} is outside 0..100000")
+        for flag, value in (("ray-workers", self.ray_workers), ("ray-threads", self.ray_threads)):
+            if value is not None and not 1 <= value <= 4096:
+                raise InvalidArgument(f"{flag}: {value} is outside 1..4096")
+            if value is not None and not self.ray:
+                raise InvalidArgument(f"{flag}: only with --ray (the workers are Ray actors)")
         if not 0 < self.work_budget < float("inf"):
             raise InvalidArgument(f"work-budget: {self.work_budget} must be a positive number of megapixel-steps")
 

@@ -1,0 +1,115 @@
+"""Ray actors as the job queue's workers (`opensd serve --ray auto|ADDRESS`).
+
+Sizing: with GPUs in the cluster, one actor per GPU; otherwise CPU actors of `threads` PyTorch
+threads each, as many as the cluster's CPUs hold, or exactly `workers` of them. Unless that count
+is fixed, the pool looks at the cluster's resources every `watch_s` seconds and starts actors for
+what has joined (a node added while serving takes jobs without a restart); `add` starts more at
+once (`opensd workers add`). Each actor is restarted by Ray when its process dies."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..errors import InvalidArgument
+from . import wire
+from .actor import GenerationActor
+from .ray_worker import RayWorker
+
+log = logging.getLogger(__name__)
+DEFAULT_THREADS = 4
+ACTOR_CONCURRENCY = 4  # run, and the front door's polls beside it
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise InvalidArgument('ray: Ray is not installed; pip install "opensd[ray]"') from None
+    return ray
+
+
+def connect(address: str) -> bool:
+    """Join the Ray cluster at `address` ("auto": the one on this machine, else a new local one);
+    True when this process started Ray (and so stops it at the end)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    kwargs = {"namespace": "opensd", "log_to_driver": False, "include_dashboard": False}
+    try:
+        ray.init(address=address, **kwargs)
+        return False
+    except ConnectionError as e:
+        if address != "auto":
+            raise InvalidArgument(f"ray: cannot reach a Ray cluster at {address} ({e})") from None
+    ray.init(**kwargs)
+    return True
+
+
+class RayPool:
+    def __init__(self, state, address: str = "auto", workers: int | None = None, threads: int | None = None,
+                 watch_s: float = 5.0):
+        self.ray = require_ray()
+        self.state = state
+        self.fixed, self.threads = workers, threads or DEFAULT_THREADS
+        self._owns = connect(address)
+        self.workers: list[RayWorker] = []
+        self._count = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        state.queue.local.leave = wire.remote  # generations go to the actors; the rest stays here
+        self.add(self.target())
+        self._watcher = None
+        if workers is None:
+            self._watcher = threading.Thread(target=self._watch, args=(watch_s,), name="opensd-ray-pool",
+                                             daemon=True)
+            self._watcher.start()
+
+    def _gpus(self) -> int:
+        return int(self.ray.cluster_resources().get("GPU", 0))
+
+    def target(self) -> int:
+        """How many actors the cluster holds now."""
+        if self.fixed is not None:
+            return self.fixed
+        gpus = self._gpus()
+        if gpus:
+            return gpus
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1) // self.threads))
+
+    def add(self, n: int) -> list[RayWorker]:
+        """Start `n` more actors; each takes jobs once Ray has placed and started it."""
+        s = self.state.settings
+        gpu = self._gpus() > 0
+        resources = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": self.threads}
+        cls = self.ray.remote(GenerationActor)
+        added = []
+        with self._lock:
+            for _ in range(n):
+                actor = cls.options(max_restarts=-1, max_concurrency=ACTOR_CONCURRENCY, **resources).remote(
+                    str(s.models_dir) if s.models_dir else None, "cuda" if gpu else "cpu", s.precision,
+                    None if gpu else self.threads, s.model_budget_bytes, s.max_image_pixels)
+                self._count += 1
+                added.append(RayWorker(f"ray-{self._count}", actor, self.state))
+            self.workers += added
+        for worker in added:
+            self.state.queue.add_worker(worker)
+        return added
+
+    def _watch(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                with self._lock:
+                    self.workers = [w for w in self.workers if not w.gone]
+                    missing = self.target() - len(self.workers)
+                if missing > 0:
+                    log.warning("ray: %d more worker(s) fit the cluster; starting them", missing)
+                    self.add(missing)
+            except Exception:  # noqa: BLE001  the cluster answering badly once must not end the watch
+                log.exception("ray: looking at the cluster's resources failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        for worker in self.workers:
+            worker.close()
+        if self._owns:
+            self.ray.shutdown()

@@ -1,0 +1,121 @@
+"""The front door's side of one Ray actor (actor.py): a Worker the job queue hands A1111 generations to.
+
+It sends the job with model names (wire.py), polls the actor for progress while passing on interrupt
+and skip, and saves the images that come back in the outputs folder, as a local job does
+(a1111_run.record). When the actor dies (its process killed, its node gone) the job raises WorkerLost;
+Ray starts the actor again and `connect` waits for it. A worker that stops answering is killed, so a
+result it might still send is never taken: only the queue's current holder of a job records it."""
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+from ..server import a1111_run
+from ..server.jobs import Stopped
+from . import wire
+from .worker import Worker, WorkerLost
+
+POLL_S = 0.25        # progress poll interval while a job runs
+ANSWER_S = 120.0     # a poll not answered in this long: the actor is hung, and treated as lost
+
+
+class RayWorker(Worker):
+    kind = "ray"
+
+    def __init__(self, name: str, actor, state):
+        super().__init__(name)
+        self.actor, self.state = actor, state
+        self.info: dict = {}
+        self.held: list[dict] = []
+        self._ready = False
+        self._hello = None  # the pending describe() call while the actor starts
+
+    def accepts(self, job) -> bool:
+        return wire.remote(job)
+
+    def affinity(self, job) -> int:
+        try:
+            model, vae, loras = wire.models_of(self.state.folders, job.payload)
+        except Exception:  # noqa: BLE001  a model gone from the folder: the job's own run reports it
+            return 0
+        for held in self.held:
+            if (held["model"], held["vae"]) == (model, vae):
+                return 2 + (tuple(held["loras"]) == loras)
+        return 0
+
+    def connect(self, timeout: float) -> bool:
+        import ray
+
+        if self._ready:
+            return True
+        if self._hello is None:
+            self._hello = self.actor.describe.remote()
+        if not ray.wait([self._hello], timeout=timeout)[0]:
+            return False  # still being placed or starting
+        try:
+            self.info = ray.get(self._hello)
+        except ray.exceptions.ActorDiedError:
+            self.gone = True  # it cannot come back; the pool starts another
+            return False
+        except ray.exceptions.RayActorError:
+            return False  # restarting: ask again
+        finally:
+            self._hello = None
+        self.held, self._ready = self.info.pop("held", []), True
+        return True
+
+    def run(self, job, ctl):
+        import ray
+
+        p = job.payload
+        ref = self.actor.run.remote(job.id, wire.to_wire(self.state.folders, self.state.wildcards, p))
+        try:
+            while not ray.wait([ref], timeout=POLL_S)[0]:
+                self._relay(job.id, ctl.progress)
+            out = ray.get(ref)
+        except ray.exceptions.RayTaskError as e:  # the job failed there: its own error, as if run here
+            raise e.cause if isinstance(e.cause, Exception) else e from None
+        except ray.exceptions.GetTimeoutError:
+            ray.kill(self.actor, no_restart=False)  # hung: restarted, so a late result never arrives
+            self._lost()
+            raise WorkerLost(f"no answer in {ANSWER_S:.0f} s") from None
+        except ray.exceptions.RayActorError as e:
+            self._lost()
+            raise WorkerLost(_reason(e)) from None
+        if out.get("stopped"):
+            raise Stopped(skip=out["skip"])
+        self.held = out["held"]
+        made = out["batch"]
+        made.vae = Path(p["vae_path"]) if p.get("vae_path") else None  # the front door's file, for the info
+        return a1111_run.record(self.state, job, a1111_run.request_of(p), made)
+
+    def _relay(self, job_id: str, progress) -> None:
+        import ray
+        from PIL import Image
+
+        skip, progress.skipped = progress.skipped, False
+        snap = ray.get(self.actor.poll.remote(job_id, progress.interrupted, skip), timeout=ANSWER_S)
+        progress.step, progress.steps = snap["step"], snap["steps"]
+        progress.image_index, progress.images = snap["image_index"], snap["images"]
+        if snap["preview"]:
+            progress.preview = Image.open(io.BytesIO(snap["preview"]))
+
+    def _lost(self) -> None:
+        self._ready, self.held = False, []
+
+    def describe(self) -> dict:
+        return {**super().describe(), **self.info, "alive": self._ready and not self.gone, "loaded": self.held}
+
+    def close(self) -> None:
+        import ray
+
+        try:
+            ray.kill(self.actor, no_restart=True)
+        except Exception:  # noqa: BLE001  already gone, or Ray shut down first
+            pass
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else 'the actor died'} (at {time.strftime('%H:%M:%S')})"

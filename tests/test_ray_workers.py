@@ -1,0 +1,194 @@
+"""`opensd serve --ray` on a real local Ray cluster (a head and two worker nodes, each its own raylet
+process, one CPU and one PyTorch thread per worker; in a network namespace of the test's own when run as
+root): jobs from the A1111 API and opensd's queued API make the same images as one machine, the worker
+holding a job's model gets it, progress/previews/interrupt/skip work through the actors, a worker killed
+with SIGKILL mid-job costs only that job's progress (it finishes once, on the other worker), and a
+node that joins while serving takes jobs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+from ray_cluster import local_cluster
+from server_live import LiveServer, models_dir
+
+from opensd.server.settings import Settings
+from opensd.server.store import DONE, INTERRUPTED
+
+BODY = {"prompt": "a smiling cat", "steps": 2, "width": 64, "height": 64}
+TIMEOUT = 180  # generous: two shared cores
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray")
+    models = models_dir(root)
+    with local_cluster(nodes=2) as (ray, cluster):
+        settings = Settings(outputs_dir=root / "out", models_dir=models, ray="auto", ray_threads=1)
+        with LiveServer(settings) as live:
+            live.cluster = cluster
+            wait(lambda: len(alive(live)) == 2, "two Ray workers")
+            yield live
+
+
+def alive(live):
+    return [w for w in live.state.pool.workers if w.describe()["alive"]]
+
+
+def wait(cond, what, timeout=TIMEOUT):
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def job_done(live, job_id, timeout=TIMEOUT):
+    wait(lambda: live.state.store.get(job_id).status not in ("queued", "running"), f"job {job_id}", timeout)
+    return live.state.store.get(job_id)
+
+
+def queued(live, body, client="c"):
+    r = httpx.post(live.url + "/opensd/v1/txt2img", json=body, headers={"X-Client-Id": client}, timeout=60)
+    assert r.status_code == 202, r.text
+    return r.json()["job_id"]
+
+
+def images_of(live, job):
+    return [(live.settings.outputs_dir / f).read_bytes() for f in job.result["files"]]
+
+
+def test_thirty_jobs_from_both_apis_make_the_images_one_machine_makes(served, tmp_path):
+    bodies = [{**BODY, "prompt": f"emoji number {i % 5}", "seed": 100 + i} for i in range(30)]
+
+    def a1111(body):
+        r = httpx.post(served.url + "/sdapi/v1/txt2img", json=body, headers={"X-Client-Id": f"a{body['seed'] % 3}"},
+                       timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
+        return body["seed"], r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(a1111, bodies[:15]))
+    ids = {b["seed"]: queued(served, b, f"q{b['seed'] % 2}") for b in bodies[15:]}
+    jobs = {seed: job_done(served, jid) for seed, jid in ids.items()}
+    assert all(j.status == DONE for j in jobs.values())
+    ran = {w.name: w.stats.jobs for w in served.state.pool.workers}
+    assert sum(ran.values()) >= 30 and sum(1 for n in ran.values() if n) == 2, ran  # both workers worked
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray worker runs
+    try:
+        with LiveServer(Settings(outputs_dir=tmp_path / "one", models_dir=served.settings.models_dir)) as one:
+            reference = {b["seed"]: httpx.post(one.url + "/sdapi/v1/txt2img", json=b, timeout=TIMEOUT).json()
+                         for b in bodies[:15]}
+            ref_jobs = {b["seed"]: job_done(one, queued(one, b)) for b in bodies[15:]}
+            for seed, job in jobs.items():
+                assert images_of(served, job) == images_of(one, ref_jobs[seed]), seed
+    finally:
+        torch.set_num_threads(threads)
+    for seed, answer in answers:
+        assert answer["images"] == reference[seed]["images"], seed
+        assert same_info(answer["info"]) == same_info(reference[seed]["info"])
+
+
+def same_info(text):
+    """An A1111 info without what differs between any two runs (the time; unasked-for subseeds)."""
+    return {k: v for k, v in json.loads(text).items() if k not in ("job_timestamp", "subseed", "all_subseeds")}
+
+
+def test_a_job_goes_to_the_worker_holding_its_checkpoint(served):
+    workers = served.state.pool.workers
+    wait(lambda: all(w.stats.job is None for w in workers), "idle workers")
+    models = ("opensd-emoji.safetensors", "tiny.safetensors")
+
+    def body(model, seed):
+        return {**BODY, "seed": seed, "override_settings": {"sd_model_checkpoint": model},
+                "override_settings_restore_afterwards": True}
+
+    # both at once: each worker loads one of the two models
+    first = [queued(served, body(m, 1), client=m) for m in models]
+    for jid in first:
+        job_done(served, jid)
+    holder = {m: next(w for w in workers if jid in w.stats.recent) for m, jid in zip(models, first)}
+    if holder[models[0]] is holder[models[1]]:  # one worker was quicker and did both: load the other
+        pytest.skip("one worker ran both warm-up jobs")
+    for k in range(6):  # one at a time, alternating models: each goes to the worker holding it
+        model = models[k % 2]
+        jid = queued(served, body(model, 10 + k))
+        assert job_done(served, jid).status == DONE
+        assert jid in holder[model].stats.recent, (model, {w.name: list(w.stats.recent) for w in workers})
+
+
+def test_progress_previews_interrupt_and_skip_reach_the_actor(served):
+    slow = {**BODY, "steps": 400, "seed": 7}
+    jid = queued(served, slow)
+    seen = {}
+
+    def progressed():
+        p = httpx.get(served.url + "/sdapi/v1/progress", timeout=30).json()
+        if p["state"]["job"].endswith(jid) and p["state"]["sampling_step"] >= 3 and p["current_image"]:
+            seen.update(p)
+            return True
+        return False
+
+    wait(progressed, "progress with a preview from the worker")
+    assert 0 < seen["progress"] < 1 and seen["state"]["sampling_steps"] == 400
+    httpx.post(served.url + "/sdapi/v1/interrupt", timeout=30)
+    t0 = time.time()
+    job = job_done(served, jid)
+    assert job.status == INTERRUPTED and time.time() - t0 < 30
+    # skip: the first of two images is dropped, the second is made
+    jid = queued(served, {**slow, "n_iter": 2, "steps": 200})
+    wait(lambda: any(p.job.id == jid and p.step >= 3 for p in served.state.queue.running()), "first image")
+    httpx.post(served.url + "/sdapi/v1/skip", timeout=30)
+    job = job_done(served, jid)
+    assert job.status == DONE and len(job.result["files"]) == 1
+    assert job.result["info"]["all_seeds"] == [8]  # the second image's seed
+
+
+def test_a_worker_killed_mid_job_costs_only_that_jobs_progress(served):
+    out = served.settings.outputs_dir
+    before = set(out.rglob("*.png"))
+    jid = queued(served, {**BODY, "steps": 300, "seed": 11})
+    victim = []
+
+    def running():
+        for w in served.state.pool.workers:
+            p = next((p for p in served.state.queue.running() if p.job.id == jid), None)
+            if w.stats.job == jid and p is not None and p.step >= 3:
+                victim.append(w)
+                return True
+        return False
+
+    wait(running, "the job to run")
+    worker = victim[0]
+    pid = worker.info["pid"]
+    os.kill(pid, signal.SIGKILL)
+    job = job_done(served, jid)
+    assert job.status == DONE and worker.stats.lost == 1
+    other = next(w for w in served.state.pool.workers if w is not worker)
+    assert jid in other.stats.recent and jid not in worker.stats.recent  # finished once, elsewhere
+    made = set(out.rglob("*.png")) - before
+    assert sorted(p.name for p in made) == [f"{jid}-0.png"]  # one image file, nothing from the dead run
+    assert [j.id for j in served.state.store.all() if j.id == jid and j.status == DONE] == [jid]
+    # Ray restarts the killed actor (a new process), which takes jobs again
+    wait(lambda: worker.describe()["alive"] and worker.info["pid"] != pid, "the restarted worker")
+    jobs = [queued(served, {**BODY, "seed": 20 + i}, client=f"k{i}") for i in range(6)]
+    assert all(job_done(served, j).status == DONE for j in jobs)
+
+
+def test_a_node_that_joins_while_serving_takes_jobs(served):
+    before = list(served.state.pool.workers)
+    served.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    wait(lambda: len(alive(served)) == 3, "a third worker on the new node")
+    new = next(w for w in served.state.pool.workers if w not in before)
+    # three jobs at once on three workers: two slow ones keep two workers busy while the third is placed
+    jobs = [queued(served, {**BODY, "steps": 200, "seed": 30 + i}, client=f"n{i}") for i in range(2)]
+    jobs.append(queued(served, {**BODY, "seed": 40}, client="n9"))
+    assert all(job_done(served, j).status == DONE for j in jobs)
+    assert any(j in new.stats.recent for j in jobs), {w.name: list(w.stats.recent) for w in served.state.pool.workers}
