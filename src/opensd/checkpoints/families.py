@@ -97,28 +97,50 @@ def unsupported_pipeline(class_name: str) -> str | None:
     return _PIPELINES[match] if match else None
 
 
-def what_else(shapes: Shapes, unet_prefix: str) -> str:
-    """A message for a file with no SD UNet, naming what it looks like."""
+def part_kind(shapes: Shapes, unet_prefix: str) -> str | None:
+    """What a file with no whole SD checkpoint holds, from its key names: "lora", "family" (a model
+    of another family), "embedding", "controlnet", "vae", "diffusers_unet", "t5", "text_encoder",
+    or None when it is none of these."""
     keys = list(shapes)
     if any(k.startswith(_LORA_MARKERS[:3]) or any(m in k for m in _LORA_MARKERS[3:]) for k in keys):
-        return ("this is a LoRA, not a checkpoint: load a checkpoint as the model and apply this file with "
-                "--lora (or a <lora:name:weight> tag in the prompt)")
-    family = unsupported_family(shapes)
-    if family:
-        return family_message(family)
+        return "lora"
+    if unsupported_family(shapes):
+        return "family"
     if any(k.startswith(("string_to_param", "emb_params", "clip_l", "clip_g")) for k in keys) and len(keys) <= 4:
-        return "this is a textual-inversion embedding, not a checkpoint"
-    if any(k.startswith("control_model.") or "input_hint_block" in k for k in keys):
-        return "this is a ControlNet, not a checkpoint"
+        return "embedding"
+    if any(k.startswith(("control_model.", "controlnet_cond_embedding.")) or "input_hint_block" in k for k in keys):
+        return "controlnet"
     if any(k.startswith(("encoder.", "first_stage_model.encoder.")) for k in keys) and \
             not any(k.startswith(("down_blocks.", unet_prefix, "encoder.block.")) for k in keys):
-        return "this is a standalone VAE, not a checkpoint; pass it with --vae"
+        return "vae"
     if any(k.startswith(("down_blocks.", "mid_block.")) for k in keys):
-        return ("this looks like one component of a diffusers folder (a UNet file); pass the folder that "
-                "holds unet/, vae/ and text_encoder/ instead")
+        return "diffusers_unet"
     if any(k.startswith(("encoder.block.0.layer.0.SelfAttention.", "shared.weight")) for k in keys):
-        return "this is a T5 text encoder (used by SD3, Flux and others), not a checkpoint"
+        return "t5"
     if any(k.startswith(("text_model.encoder.", "cond_stage_model.", "conditioner.embedders.")) for k in keys):
-        return "this holds only a text encoder, not a whole checkpoint (no UNet, no VAE)"
-    sample = ", ".join(keys[:3]) or "no tensors"
+        return "text_encoder"
+    return None
+
+
+_PART_MESSAGES = {
+    "lora": ("this is a LoRA, not a checkpoint: load a checkpoint as the model and apply this file with "
+             "--lora (or a <lora:name:weight> tag in the prompt)"),
+    "embedding": "this is a textual-inversion embedding, not a checkpoint",
+    "controlnet": "this is a ControlNet, not a checkpoint",
+    "vae": "this is a standalone VAE, not a checkpoint; pass it with --vae",
+    "diffusers_unet": ("this looks like one component of a diffusers folder (a UNet file); pass the folder that "
+                       "holds unet/, vae/ and text_encoder/ instead"),
+    "t5": "this is a T5 text encoder (used by SD3, Flux and others), not a checkpoint",
+    "text_encoder": "this holds only a text encoder, not a whole checkpoint (no UNet, no VAE)",
+}
+
+
+def what_else(shapes: Shapes, unet_prefix: str) -> str:
+    """A message for a file with no SD UNet, naming what it looks like."""
+    kind = part_kind(shapes, unet_prefix)
+    if kind == "family":
+        return family_message(unsupported_family(shapes))
+    if kind is not None:
+        return _PART_MESSAGES[kind]
+    sample = ", ".join(list(shapes)[:3]) or "no tensors"
     return f"not a Stable Diffusion checkpoint: no {unet_prefix}* keys (first keys: {sample})"

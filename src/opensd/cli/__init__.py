@@ -9,7 +9,7 @@ import logging
 
 from ..errors import run_main
 
-COMMAND_MODULES = ("generate", "info", "train", "serve", "control", "models", "upscale")
+COMMAND_MODULES = ("generate", "info", "train", "serve", "control", "models", "upscale", "model_manager")
 
 
 class Parser(argparse.ArgumentParser):

@@ -161,6 +161,11 @@ class HashCache:
         """The safetensors "addnet" hash (see calculate_addnet_hash), from the cache when valid."""
         return self._get(path, "addnet", calculate_addnet_hash)
 
+    def remember(self, path: StrPath, value: str, kind: str = "sha256") -> None:
+        """Store a hash computed elsewhere (e.g. while the file was downloaded) for the file as it is now."""
+        key, st = self._key(path)
+        self._store(key, st, kind, value)
+
     def cached(self, path: StrPath, kind: str = "sha256") -> str | None:
         """The cached hash if it is still valid for the file as it is now, without hashing."""
         key, st = self._key(path)

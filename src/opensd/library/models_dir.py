@@ -107,8 +107,8 @@ class ModelFolders:
         """The file for `name`, as A1111 and ComfyUI users write it: an exact relative name, a name
         without extension / folder (A1111 prompt tags say `<lora:foo:1>` for `Lora/sub/foo.safetensors`),
         an A1111 title "name [hash]", a short or full SHA-256 (or A1111's legacy 8-digit hash) of a
-        file already hashed (see by_hash), else the one model whose name contains it. A name that
-        fits several models is refused, listing them."""
+        file already hashed (see by_hash), a LoRA's alias (the name its trainer gave it), else the
+        one model whose name contains it. A name that fits several models is refused, listing them."""
         if not isinstance(name, str) or not name.strip():
             raise InvalidArgument(f"{kind}: a model name is required")
         if "\x00" in name or Path(name).is_absolute() or ".." in Path(name.replace("\\", "/")).parts:
@@ -121,9 +121,10 @@ class ModelFolders:
             hit = _pick(kind, name, _by_name(files, name)) or _pick(kind, wanted, by_hash(files, wanted))
             if hit:
                 return hit
-        for hits in (_by_name(files, name), by_hash(files, name) if _HEX.match(name) else [],
-                     [m for m in files if name.lower() in _stem(m.name).lower()]):  # "canny" -> control_..._canny
-            hit = _pick(kind, name, hits)
+        for hits in (lambda: _by_name(files, name), lambda: by_hash(files, name) if _HEX.match(name) else [],
+                     lambda: _by_alias(files, name) if kind == "loras" else [],
+                     lambda: [m for m in files if name.lower() in _stem(m.name).lower()]):  # "canny" -> control_..._canny
+            hit = _pick(kind, name, hits())
             if hit:
                 return hit
         known = ", ".join(m.name for m in files[:10]) or "none"
@@ -171,6 +172,20 @@ def by_hash(files: list[ModelFile], wanted: str) -> list[ModelFile]:
             continue
         if any(k and k.startswith(wanted) for k in known):
             out.append(m)
+    return out
+
+
+def _by_alias(files: list[ModelFile], name: str) -> list[ModelFile]:
+    """LoRAs whose trainer named them `name` (kohya's ss_output_name), as A1111 finds them by alias."""
+    from .hashes import safetensors_metadata
+
+    out = []
+    for m in files:
+        try:
+            if m.path.suffix.lower() == ".safetensors" and safetensors_metadata(m.path).get("ss_output_name") == name:
+                out.append(m)
+        except (OSError, ValueError):
+            continue
     return out
 
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from .. import safe_paths
 from ..adapters.lora import prompt_lora_tags
 from ..errors import InvalidArgument, OpenSDError
+from ..library.model_metadata import api_metadata, file_metadata
 from ..library.models_dir import WEIGHT_SUFFIXES
 from ..pipeline.infotext import parse_infotext
 from ..sampling import names as N
@@ -182,8 +183,7 @@ def router(state) -> APIRouter:
 
     @api.get("/loras")
     def loras():
-        return [{"name": _stem(m.name), "alias": _stem(Path(m.name).name), "path": str(m.path),
-                 "metadata": {}} for m in state.folders.list("loras")]
+        return [_lora_json(m) for m in state.folders.list("loras")]
 
     @api.get("/embeddings")
     def embeddings():
@@ -287,6 +287,14 @@ def _const(value):
     def handler():
         return value
     return handler
+
+
+def _lora_json(m) -> dict:
+    """A1111's entry: the alias is the name the trainer gave the LoRA (ss_output_name) when it states one;
+    the metadata is its safetensors header's, JSON objects parsed (library/model_metadata)."""
+    meta = file_metadata(m.path)
+    return {"name": _stem(m.name), "alias": meta.get("ss_output_name") or _stem(Path(m.name).name),
+            "path": str(m.path), "metadata": api_metadata(meta)}
 
 
 def _stem(name: str) -> str:
