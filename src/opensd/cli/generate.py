@@ -91,6 +91,9 @@ def register(sub) -> None:
                    help="taesd: decode with the tiny autoencoder of --taesd (much faster, fewer details)")
     d.add_argument("--taesd", type=Path, metavar="FILE_OR_FOLDER",
                    help="tiny autoencoder: a taesd/taesdxl decoder file, or a folder holding them (vae_approx)")
+    d.add_argument("--memory", choices=["auto", "normal", "medvram", "lowvram"], default="auto",
+                   help="GPU memory mode: medvram moves text encoders, UNet and VAE to the GPU in turns, lowvram "
+                        "also the UNet block by block; auto (default) chooses from free VRAM (normal on a CPU)")
     d.add_argument("--prediction", choices=["eps", "v"], help="override eps/v for SD2 files that do not say")
     d.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
     add_flags(gen)
@@ -149,7 +152,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     def open_pipe(model, vae):
         """A pipeline as the flags set it up (also one a script's checkpoint or VAE axis asks for)."""
         pipe = load(model, vae=vae, device=args.device, precision=args.precision, prediction=args.prediction,
-                    embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir)
+                    embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir, memory=args.memory)
         pipe.upscalers = Upscalers(None, pipe.device, allow_paths=True)  # --hires-upscaler may be a model file
         use_folders(pipe, folders, args.loras_dir)
         if args.vae_tiling:
@@ -168,7 +171,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     def progress(step: int, total: int) -> None:
         if not bars:  # created on the first step, so argument errors print no empty bar
-            print(f"opensd: {pipe.precision.line(pipe.device)}", file=sys.stderr)
+            memory = "" if pipe.memory == "normal" else f"; memory: {pipe.memory}"
+            print(f"opensd: {pipe.precision.line(pipe.device)}{memory}", file=sys.stderr)
             bars.append(tqdm(total=total, desc="sampling", unit="step", file=sys.stderr))
         bars[0].update(step - bars[0].n)
 

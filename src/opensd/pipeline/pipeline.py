@@ -488,12 +488,17 @@ def _round8(v: int) -> int:
 
 
 def load(path, *, vae=None, device: str | None = None, precision: str = "auto",
-         prediction: str | None = None, embeddings_dir=None, loras_dir=None) -> Pipeline:
+         prediction: str | None = None, embeddings_dir=None, loras_dir=None, memory: str = "auto") -> Pipeline:
     """Load a checkpoint file or diffusers folder into a ready pipeline; `embeddings_dir` holds
     textual-inversion embeddings usable by file name in prompts, `loras_dir` the LoRAs that
     prompts name with <lora:name:weight>. device None/"auto" and precision "auto" choose from
-    this machine (pipeline/precision.py); `pipe.precision.line(pipe.device)` says what and why."""
+    this machine (pipeline/precision.py); `pipe.precision.line(pipe.device)` says what and why.
+    `memory`: auto, normal, medvram or lowvram (pipeline/offload.py; `pipe.memory` says which)."""
+    from .offload import MODES, set_memory_mode
+
     dev = resolve_device(device)
+    if memory not in MODES:
+        raise InvalidArgument(f"memory: {memory!r} is not one of {', '.join(MODES)}")
     if precision != "auto":
         resolve_dtype(precision)  # a bad name fails before the file is read
     if prediction not in (None, "eps", "v"):
@@ -504,10 +509,13 @@ def load(path, *, vae=None, device: str | None = None, precision: str = "auto",
         chosen.append(choose_precision(precision, dev, cfg))
         return chosen[0].dtype, chosen[0].vae_dtype
 
-    loaded = load_model(Path(path), vae=vae, prediction=prediction, device=dev, dtypes=dtypes)
+    # Weights that may be offloaded load to the CPU first; set_memory_mode moves what fits.
+    staged = torch.device("cpu") if dev.type == "cuda" and memory != "normal" else dev
+    loaded = load_model(Path(path), vae=vae, prediction=prediction, device=staged, dtypes=dtypes)
     embeddings = load_embeddings(embeddings_dir) if embeddings_dir is not None else None
     pipe = Pipeline(loaded, dev, chosen[0].dtype, embeddings=embeddings)
     pipe.precision = chosen[0]
+    set_memory_mode(pipe, memory)
     if loras_dir is not None:
         if not Path(loras_dir).is_dir():
             raise InvalidArgument(f"loras_dir: {loras_dir} is not a folder")

@@ -1,0 +1,138 @@
+"""Low-memory modes for GPUs, in the spirit of A1111's --medvram / --lowvram and ComfyUI's offload.
+
+- normal: every part of the model stays on the device.
+- medvram: the text encoders, the UNet and the VAE take turns: a part moves to the device when it
+  is called and the part used before it moves back to the CPU.
+- lowvram: as medvram, and the UNet itself runs block by block: each block moves in just before it
+  runs and back out right after, so only one block's weights are on the device at a time.
+- auto: from the device's free memory (free_memory): normal when the whole model fits with room for
+  activations, medvram when its largest part does, lowvram otherwise. Never offloads on a CPU.
+
+Moves happen in forward pre-hooks, so every caller (pipeline, ControlNet, workflows) is covered
+without knowing. `Offload.log` records each move for tests and the GPU check.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgument
+
+MODES = ("auto", "normal", "medvram", "lowvram")
+# Device memory kept free for activations, besides the weights (SD 1.5 at 512x512 in fp16 needs
+# about 1 GiB; SDXL at 1024x1024 about 3).
+ACTIVATION_RESERVE = 3 << 30
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on a CUDA device now."""
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def module_bytes(*modules: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+
+def parts(model) -> dict[str, list[nn.Module]]:
+    """The parts that take turns in medvram: name -> the modules whose calls bring the part in
+    (the VAE is called through encode/decode, so its submodules carry the hooks)."""
+    vae = model.vae
+    entries = [m for m in (vae.encoder, vae.decoder, vae.quant_conv, vae.post_quant_conv) if m is not None]
+    return {"text": list(model.text_encoders), "unet": [model.unet], "vae": entries}
+
+
+def choose_mode(mode: str, device: torch.device, model) -> str:
+    """The memory mode for `mode` ("auto" or one of MODES) on `device` for `model`."""
+    if mode not in MODES:
+        raise InvalidArgument(f"memory: {mode!r} is not one of {', '.join(MODES)}")
+    if mode != "auto":
+        return mode
+    if device.type != "cuda":
+        return "normal"
+    free = free_memory(device)
+    if module_bytes(model) + ACTIVATION_RESERVE <= free:
+        return "normal"
+    largest = max(module_bytes(model.unet), module_bytes(*model.text_encoders), module_bytes(model.vae))
+    return "medvram" if largest + ACTIVATION_RESERVE <= free else "lowvram"
+
+
+def unet_blocks(unet: nn.Module) -> list[nn.Module]:
+    """The UNet's top-level blocks in the order they run (lowvram moves one at a time)."""
+    blocks = [unet.time_embed] + ([unet.label_emb] if hasattr(unet, "label_emb") else [])
+    return blocks + list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks) + [unet.out]
+
+
+class Offload:
+    """Installs the hooks of `mode` ("medvram" or "lowvram") on `model`, whose weights start in
+    `storage`; compute happens on `device`."""
+
+    def __init__(self, model, device: torch.device, mode: str, storage: torch.device = torch.device("cpu")):
+        if mode not in ("medvram", "lowvram"):
+            raise ValueError(f"Offload is for medvram/lowvram, not {mode!r}")
+        self.device, self.storage, self.mode = torch.device(device), torch.device(storage), mode
+        self.model = model.to(storage)
+        self.log: list[tuple[str, str]] = []  # (part or block name, "in" / "out")
+        self.resident: str | None = None
+        self._handles = []
+        self._parts = parts(model)
+        for name, modules in self._parts.items():
+            if name == "unet" and mode == "lowvram":
+                for i, block in enumerate(unet_blocks(model.unet)):
+                    self._hook(block, pre=partial(self._block_in, f"unet.{i}", block),
+                               post=partial(self._block_out, f"unet.{i}", block))
+                self._hook(model.unet, pre=partial(self._part_in, "unet"))
+                continue
+            for m in modules:
+                self._hook(m, pre=partial(self._part_in, name))
+
+    def _hook(self, module: nn.Module, pre, post=None) -> None:
+        self._handles.append(module.register_forward_pre_hook(lambda _m, _args: pre()))
+        if post is not None:
+            self._handles.append(module.register_forward_hook(lambda _m, _args, _out: post()))
+
+    def _move(self, name: str, modules, where: str) -> None:
+        for m in modules:
+            m.to(self.device if where == "in" else self.storage)
+        self.log.append((name, where))
+
+    def _part_in(self, name: str) -> None:
+        if self.resident == name:
+            return
+        if self.resident is not None:
+            self._move(self.resident, self._part_modules(self.resident), "out")
+        # lowvram keeps the UNet's blocks in storage; its blocks come in one at a time
+        self._move(name, self._part_modules(name), "in")
+        self.resident = name
+
+    def _part_modules(self, name: str) -> list[nn.Module]:
+        if name == "unet" and self.mode == "lowvram":
+            return []
+        return [self.model.vae] if name == "vae" else self._parts[name]
+
+    def _block_in(self, name: str, block: nn.Module) -> None:
+        self._move(name, [block], "in")
+
+    def _block_out(self, name: str, block: nn.Module) -> None:
+        self._move(name, [block], "out")
+
+    def remove(self) -> None:
+        """Take the hooks off and put the whole model on the device (switching to normal mode)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self.model.to(self.device)
+        self.resident = None
+
+
+def set_memory_mode(pipe, mode: str) -> None:
+    """Put `pipe`'s model in memory mode `mode` ("auto" chooses); `pipe.memory` says which,
+    `pipe.offload` holds the hooks (None in normal mode)."""
+    chosen = choose_mode(mode, pipe.device, pipe.model)
+    if getattr(pipe, "offload", None) is not None:
+        pipe.offload.remove()
+    pipe.offload = None if chosen == "normal" else Offload(pipe.model, pipe.device, chosen)
+    if chosen == "normal":
+        pipe.model.to(pipe.device)
+    pipe.memory = chosen

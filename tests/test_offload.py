@@ -1,0 +1,90 @@
+"""Memory modes (--memory): auto picks from free device memory, medvram moves the parts in turns,
+lowvram moves the UNet block by block; images are the same as in normal mode. On the CPU the moves
+are to the same device, so the tests check when each move happens (Offload.log); peak VRAM is
+measured by bench/gpu_check.py on a GPU."""
+import numpy as np
+import pytest
+import torch
+
+from opensd.errors import InvalidArgument
+from opensd.library.synthetic import write_random_checkpoint
+from opensd.pipeline import offload as O
+from opensd.pipeline.pipeline import load
+
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("m") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def normal(ckpt):
+    return load(ckpt, precision="fp32", memory="normal")
+
+
+def _image(pipe):
+    return np.asarray(pipe.txt2img("a red apple", "blurry", steps=2, seed=9)[0])
+
+
+def test_auto_mode_follows_free_device_memory(normal, monkeypatch):
+    model = normal.model
+    total = O.module_bytes(model)
+    largest = max(O.module_bytes(model.unet), O.module_bytes(*model.text_encoders), O.module_bytes(model.vae))
+    monkeypatch.setattr(O, "ACTIVATION_RESERVE", 1000)
+    for free, want in ((total + 1000, "normal"), (total + 999, "medvram"), (largest + 1000, "medvram"),
+                       (largest + 999, "lowvram")):
+        monkeypatch.setattr(O, "free_memory", lambda device, free=free: free)
+        assert O.choose_mode("auto", CUDA, model) == want, free
+    assert O.choose_mode("auto", torch.device("cpu"), model) == "normal"  # never offloads on a CPU
+    assert O.choose_mode("lowvram", torch.device("cpu"), model) == "lowvram"
+    with pytest.raises(InvalidArgument, match="^memory: 'tiny' is not one of auto, normal, medvram, lowvram"):
+        O.choose_mode("tiny", CUDA, model)
+
+
+def test_medvram_moves_the_parts_in_turns_and_makes_the_same_image(ckpt, normal):
+    pipe = load(ckpt, precision="fp32", memory="medvram")
+    assert pipe.memory == "medvram" and normal.memory == "normal" and normal.offload is None
+    image = _image(pipe)
+    assert np.array_equal(image, _image(normal))
+    log = pipe.offload.log
+    # prompt encoding, sampling, decoding: each part in when called, the one before out first
+    assert log == [("text", "in"), ("text", "out"), ("unet", "in"), ("unet", "out"), ("vae", "in")], log
+    log.clear()
+    _image(pipe)  # the next image: the VAE leaves for the text encoder, and so on
+    assert log[:2] == [("vae", "out"), ("text", "in")] and log[-1] == ("vae", "in")
+
+
+def test_lowvram_runs_the_unet_one_block_at_a_time(ckpt, normal):
+    pipe = load(ckpt, precision="fp32", memory="lowvram")
+    image = _image(pipe)
+    assert np.array_equal(image, _image(normal))
+    blocks = O.unet_blocks(pipe.model.unet)
+    log = pipe.offload.log
+    unet = [e for e in log if e[0].startswith("unet.")]
+    # every block in right before it runs and out right after, in the order the UNet runs them
+    one_call = [(f"unet.{i}", where) for i in range(len(blocks)) for where in ("in", "out")]
+    assert unet[:len(one_call)] == one_call
+    assert len(unet) == len(one_call) * 2  # two sampling steps, one batched CFG call each
+    assert ("unet", "in") in log and log[-1] == ("vae", "in")
+
+
+def test_set_memory_mode_back_to_normal_removes_the_hooks(ckpt):
+    pipe = load(ckpt, precision="fp32", memory="medvram")
+    hooks = pipe.offload
+    O.set_memory_mode(pipe, "normal")
+    assert pipe.offload is None and pipe.memory == "normal"
+    _image(pipe)
+    assert hooks.log == []
+
+
+def test_cli_memory_flag(ckpt, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "opensd.cli", "generate", "x", "--model", str(ckpt), "--steps", "1",
+                        "--memory", "lowvram", "-o", str(tmp_path / "a.png")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "; memory: lowvram" in r.stderr
