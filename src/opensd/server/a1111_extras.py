@@ -212,8 +212,9 @@ def router(state) -> APIRouter:
             stored = job.result or {}
             pngs = [(s.outputs_dir / f).read_bytes() for f in stored.get("files", [])]
             info = stored.get("html_info", "")
-        images_b64 = [images_io.b64(p) for p in pngs] if req.show_extras_results else []
-        return {"images": images_b64, "html_info": info, **a1111_unsupported.info_fields(payload["gaps"])}
+        # A1111 answers with the images whatever show_extras_results says (it only hides a folder run's)
+        return {"images": [images_io.b64(p) for p in pngs], "html_info": info,
+                **a1111_unsupported.info_fields(payload["gaps"])}
 
     @api.post("/extra-single-image")
     async def extra_single_image(req: ExtrasSingleImageRequest, request: Request):
