@@ -1,7 +1,5 @@
 """`opensd generate` finds every model by name in one models folder (A1111 or ComfyUI layout), set by
 --models-dir, $OPENSD_MODELS_DIR or the config file, through the same ModelFolders.resolve the server uses."""
-import argparse
-
 import numpy as np
 import pytest
 import torch
@@ -9,7 +7,7 @@ from PIL import Image, ImageDraw
 
 from opensd.checkpoints.controlnet_files import save_controlnet
 from opensd.checkpoints.files import save_safetensors
-from opensd.cli import main
+from opensd.cli import build_parser, main
 from opensd.cli.serve import settings_from
 from opensd.errors import InvalidArgument
 from opensd.library import user_config
@@ -166,10 +164,7 @@ def test_models_dir_precedence_and_config_mistakes(tmp_path, monkeypatch):
 
 def test_the_server_reads_the_same_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENSD_MODELS_DIR", str(tmp_path))
-    args = argparse.Namespace(host="127.0.0.1", port=7860, models_dir=None, outputs_dir=tmp_path / "out",
-                              styles_file=None, wildcards_dir=None, api_token=None, insecure_no_token=False,
-                              allow_origin=[], allow_host=[], queue_size=4, max_waiting=4, work_budget=10.0,
-                              device="cpu", precision="fp32", model_cache_gb=1.0, max_body_mb=1.0)
+    args = build_parser().parse_args(["serve", "--outputs-dir", str(tmp_path / "out")])
     assert settings_from(args).models_dir == tmp_path
 
 
