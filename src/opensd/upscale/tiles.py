@@ -61,9 +61,9 @@ def tiled_scale(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], sca
         for y, th in rows:
             for x0, tw in cols:
                 piece = fn(x[i:i + 1, :, y:y + th, x0:x0 + tw])
-                if out is None:
+                if out is None:  # the weights are the same for every channel: one plane holds their sums
                     out = piece.new_zeros((1, piece.shape[1], round(h * scale), round(w * scale)))
-                    div = torch.zeros_like(out)
+                    div = piece.new_zeros((1, 1, *out.shape[-2:]))
                 ph, pw = piece.shape[-2:]
                 mask = _ramp(ph, feather, piece.device)[:, None] * _ramp(pw, feather, piece.device)[None, :]
                 oy, ox = round(y * scale), round(x0 * scale)
