@@ -64,7 +64,7 @@ def test_average_lerps_contexts_and_pooled_and_pads_the_shorter_source_with_zero
 
 # --- composition in one step -------------------------------------------------------------------
 
-PIPE = SimpleNamespace(device=CPU, config=SimpleNamespace(unet=SimpleNamespace(size_conditioned=False),
+PIPE = SimpleNamespace(device=CPU, config=SimpleNamespace(size_conditioned=False, pooled_y=False,
                                                           vae=SimpleNamespace(downscale=8)))
 SAMPLING = ModelSampling(DiscreteSchedule(scaled_linear_alphas_cumprod()))
 

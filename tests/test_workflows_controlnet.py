@@ -98,7 +98,7 @@ def test_hints_reach_the_negative_as_comfyui_passes_them():
     ref = ControlNetRef(None, "x")
     a, b = ControlHint(ref, torch.zeros(1, 3, 8, 8), 1.0), ControlHint(ref, torch.zeros(1, 3, 8, 8), 0.5)
     ctx_ = torch.zeros(1, 2, 4)
-    pipe = SimpleNamespace(device=torch.device("cpu"), config=SimpleNamespace(unet=SimpleNamespace(size_conditioned=False)))
+    pipe = SimpleNamespace(device=torch.device("cpu"), config=SimpleNamespace(size_conditioned=False, pooled_y=False))
 
     def hints(positive, negative):
         out = prepare({"positive": positive, "negative": negative}, (1, 4, 8, 8), pipe, None)

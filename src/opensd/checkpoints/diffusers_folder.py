@@ -47,10 +47,16 @@ def refuse_links_out(folder: Path, entries) -> None:
                                          "refusing to read files a model folder points at elsewhere")
 
 
+def read_index(path: Path) -> dict:
+    """A folder's model_index.json ({} when it has none, as some hand-made UNet folders)."""
+    index = path / "model_index.json"
+    return _json(index) if index.is_file() else {}
+
+
 def read_diffusers_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Return (original-layout state dict, metadata) for a diffusers folder."""
     refuse_links_out(path, [path / n for n in _COMPONENTS])
-    index = _json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
+    index = read_index(path)
     family = unsupported_pipeline(str(index.get("_class_name", "")))
     if family:
         raise CheckpointError(path, family_message(family, "diffusers folder"))

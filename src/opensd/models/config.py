@@ -64,6 +64,14 @@ class VAEConfig:
     def downscale(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
 
+    def scaled(self, z):
+        """A VAE latent as the diffusion network sees it: (z - shift_factor) * scaling_factor."""
+        return (z - self.shift_factor) * self.scaling_factor if self.shift_factor else z * self.scaling_factor
+
+    def unscaled(self, z):
+        """The inverse of `scaled`: the latent the VAE decodes."""
+        return z / self.scaling_factor + self.shift_factor if self.shift_factor else z / self.scaling_factor
+
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
@@ -110,6 +118,21 @@ class ModelConfig:
     @property
     def latent_channels(self) -> int:
         return self.vae.embed_dim
+
+    @property
+    def size_conditioned(self) -> bool:
+        """Whether the network's "y" is SDXL's pooled text + size/crop vector."""
+        return self.unet.size_conditioned
+
+    @property
+    def pooled_y(self) -> bool:
+        """Whether the network's "y" is the pooled text vector as it is (the DiT families)."""
+        return False
+
+    @property
+    def cfg_embed_channels(self) -> int:
+        """Width of the CFG-scale embedding a guidance-distilled network takes as "y" (0: none)."""
+        return self.unet.adm_in_channels if self.unet.guidance_embed else 0
 
 
 # --- The known families at real size -------------------------------------------------------

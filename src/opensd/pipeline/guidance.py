@@ -66,7 +66,7 @@ class Guidance:
 
 def self_guided_scale(config: ModelConfig, cond: CondSchedule, cfg: float) -> float | None:
     """The scale a guidance-distilled model guides itself at for this prompt, or None (plain CFG)."""
-    if not config.unet.guidance_embed or len(cond.parts) != 1:
+    if not config.cfg_embed_channels or len(cond.parts) != 1:
         return None
     scale = cfg * cond.parts[0].weight
     return scale if GUIDANCE_RANGE[0] <= scale <= GUIDANCE_RANGE[1] else None

@@ -1,6 +1,6 @@
-"""Turn a checkpoint path (single file or diffusers folder) into a ready StableDiffusion module.
+"""Turn a checkpoint path (single file or diffusers folder) into a ready model of its family.
 
-checkpoints/ gives state dicts and configs; this is where they meet the modules of models/.
+checkpoints/ gives state dicts; the families (families/) say whose they are and build the modules.
 """
 from __future__ import annotations
 
@@ -14,13 +14,17 @@ from typing import Callable
 import torch
 import yaml
 
+from torch import nn
+
+from .. import families
 from ..checkpoints import detect as D
-from ..checkpoints.files import read_state_dict
+from ..checkpoints.diffusers_folder import is_diffusers_folder, read_index
+from ..checkpoints.files import read_metadata, read_state_dict
 from ..checkpoints.keymap_vae import vae_from_diffusers
-from ..checkpoints.reader import declared_vae_scaling, fix_vae, read_checkpoint
+from ..checkpoints.reader import declared_vae_scaling, fix_vae
 from ..errors import CheckpointError
+from ..families.base import Family
 from ..models import config as C
-from ..models.stable_diffusion import StableDiffusion
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,8 @@ _IGNORED = re.compile(
 @dataclass
 class LoadedModel:
     path: Path
-    config: C.ModelConfig
-    model: StableDiffusion
+    config: C.ModelConfig           # or another family's config (models/config_dit.py)
+    model: nn.Module                # the whole model; its family (families/) knows its parts
     alphas_cumprod: torch.Tensor | None = None
     unknown_keys: list[str] = field(default_factory=list)  # in the file, used by nothing, not known extras
 
@@ -53,7 +57,7 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     """
     path = Path(path)
     prediction = prediction or _sidecar_prediction(path)
-    sd, metadata, cfg = read_checkpoint(path, prediction)
+    family, sd, metadata, cfg = read_model(path, prediction)
     if vae is not None:
         vae_sd, declared = read_vae(vae)
         sd = {k: v for k, v in sd.items() if not k.startswith(D.VAE)}
@@ -62,23 +66,35 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     if dtypes is not None:
         dtype, vae_dtype = dtypes(cfg)
     model, unknown = build(cfg, sd, path, dtype, device, vae_dtype)
-    explicit = prediction or D.prediction_from_metadata(metadata)
-    if cfg.family == "sd2" and not cfg.inpainting and explicit is None:
-        guessed = guess_sd2_prediction(model)
-        if guessed != cfg.prediction:
-            cfg = replace(cfg, prediction=guessed, resolution=768 if guessed == "v" else 512)
-            model.config = cfg
     alphas = sd.get("alphas_cumprod")
     if alphas is not None and alphas.ndim != 1:
         alphas = None
-    return LoadedModel(path, cfg, model, alphas.float() if alphas is not None else None, unknown)
+    loaded = LoadedModel(path, cfg, model, alphas.float() if alphas is not None else None, unknown)
+    family.finish(loaded, prediction or D.prediction_from_metadata(metadata))
+    return loaded
 
 
-def build(cfg: C.ModelConfig, sd: dict[str, torch.Tensor], path, dtype, device,
-          vae_dtype: torch.dtype | None = None) -> tuple[StableDiffusion, list[str]]:
+def read_model(path: Path, prediction: C.Prediction | None = None
+               ) -> tuple[Family, dict[str, torch.Tensor], dict[str, str], object]:
+    """(family, original-layout state dict, metadata, config) of a single file or diffusers folder."""
+    if is_diffusers_folder(path):
+        try:
+            family, sd, metadata = families.read_folder(path, read_index(path))
+        except ValueError as e:
+            raise CheckpointError(path, str(e)) from None
+    else:
+        sd, metadata = read_state_dict(path), read_metadata(path)
+    sd = fix_vae(sd)
+    found, cfg = families.detect({k: tuple(v.shape) for k, v in sd.items()}, metadata, str(path), prediction)
+    return found, sd, metadata, cfg
+
+
+def build(cfg, sd: dict[str, torch.Tensor], path, dtype, device,
+          vae_dtype: torch.dtype | None = None) -> tuple[nn.Module, list[str]]:
     """Instantiate on the meta device and assign the file's tensors: no random init, no double copy."""
+    family = families.family_of(cfg)
     with torch.device("meta"):
-        model = StableDiffusion(cfg)
+        model = family.build(cfg)
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     if missing:
@@ -94,7 +110,7 @@ def build(cfg: C.ModelConfig, sd: dict[str, torch.Tensor], path, dtype, device,
         log.warning("%s: %d keys not used by a %s model, e.g. %s", path, len(unknown), cfg.family,
                     ", ".join(unknown[:3]))
     vae_dtype = vae_dtype or dtype
-    tensors = {k: _to(sd[k], vae_dtype if k.startswith(D.VAE) else dtype, device) for k in expected}
+    tensors = {k: _to(sd[k], family.weight_dtype(k, dtype, vae_dtype), device) for k in expected}
     model.load_state_dict(tensors, strict=True, assign=True)
     leftover = [n for n, b in model.named_buffers() if b.is_meta]
     if leftover:  # a model registered a buffer that is not in the file: a bug in models/, not the file
@@ -180,16 +196,3 @@ def _sidecar_prediction(path: Path) -> C.Prediction | None:
         log.warning("%s: unreadable sidecar config, ignored", yaml_path)
         return None
     return "v" if params.get("parameterization") == "v" else "eps"
-
-
-@torch.no_grad()
-def guess_sd2_prediction(model: StableDiffusion) -> C.Prediction:
-    """For SD2 files that do not say: a v-model given a flat grey input at the noisiest step
-    predicts an output far below the input, an eps-model does not (the test A1111 uses)."""
-    unet = model.unet
-    dtype = next(unet.parameters()).dtype
-    device = next(unet.parameters()).device
-    x = torch.full((1, 4, 8, 8), 0.5, dtype=dtype, device=device)
-    ctx = torch.full((1, 2, unet.config.context_dim), 0.5, dtype=dtype, device=device)
-    out = unet(x, torch.tensor([999], device=device), ctx)
-    return "v" if (out - x).float().mean().item() < -1 else "eps"

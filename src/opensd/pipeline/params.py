@@ -49,6 +49,10 @@ class Params:
     scheduler: str | None = None
     clip_skip: int | None = None
     tiling: bool = False              # A1111's "Tiling": circular padding in the UNet and VAE
+    # Rectified-flow models (SD3, Flux): the schedule's shift (None: the model's own; SD3 3.0, Flux
+    # dev from the image size) and the distilled guidance fed to the network (Flux dev; None: 3.5).
+    shift: float | None = None
+    distilled_guidance: float | None = None
     # Sampler options by name (eta, s_churn, s_tmin, s_tmax, s_noise, order, ...; opensd.sampling.samplers):
     # each pass's sampler gets the ones it takes, as in A1111.
     sampler_options: dict = field(default_factory=dict)
@@ -96,6 +100,11 @@ class Params:
         if not isinstance(self.device_noise, bool):
             raise InvalidArgument(f"device_noise: {self.device_noise!r} must be true or false")
         L.check_clip_skip(self.clip_skip)
+        for name in ("shift", "distilled_guidance"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or not 0 <= value <= 100):
+                raise InvalidArgument(f"{name}: {value!r} must be a number in 0..100")
         if not 0 <= self.inpaint_full_res_padding <= 1024:
             raise InvalidArgument(f"inpaint_full_res_padding: {self.inpaint_full_res_padding} is outside 0..1024")
         if self.hires is not None:

@@ -25,11 +25,12 @@ from ..checkpoints.files import read_metadata, read_state_dict
 from ..checkpoints.keymap_clip import clip_from_transformers
 from ..checkpoints.keymap_unet import unet_from_diffusers
 from ..errors import CheckpointError
+from ..families.unet import guess_sd2_prediction
 from ..models import config as C
 from ..models.stable_diffusion import StableDiffusion
 from .device import resolve_device
 from .precision import choose_precision
-from .loader import LoadedModel, guess_sd2_prediction, read_vae
+from .loader import LoadedModel, read_vae
 from .pipeline import Pipeline
 
 

@@ -2,6 +2,7 @@
 (txt2img, img2img, inpainting, outpainting, hires fix) over one shared sampling core."""
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -15,11 +16,10 @@ from PIL import Image
 
 from ..adapters.lora import LoraSet, LoraSpec, prompt_lora_tags, specs_from_tags
 from ..errors import InvalidArgument, OpenSDError
+from ..families import family_of
 from ..models.conv import circular_padding
-from ..models.unet import reuse_context_kv
-from ..sampling.denoiser import Denoiser
 from ..sampling.names import resolve
-from ..sampling.samplers import get_sampler, sampler_options
+from ..sampling.samplers import sampler_options
 from ..sampling.schedules import DiscreteSchedule, make_sigmas, scaled_linear_alphas_cumprod
 from ..text.embeddings import EmbeddingDatabase, load_embeddings
 from ..text.tokenizer import default_tokenizer
@@ -53,6 +53,7 @@ class Pipeline:
         self.loaded = loaded
         self.model = loaded.model
         self.config = loaded.config
+        self.family = family_of(loaded.config)  # the seam: network, sampling and prompts of its kind
         self.device = device
         self.dtype = dtype
         self.precision = Precision(dtype, next(loaded.model.vae.parameters()).dtype, "given")  # load() says why
@@ -71,7 +72,7 @@ class Pipeline:
         self._conditioners: dict = {}
         self.embeddings = embeddings
         if device.type == "cpu":  # oneDNN convs run faster on NHWC (-5% SD1.5 step); small maps: neutral
-            self.model.unet.to(memory_format=torch.channels_last)
+            self.family.network(self.model).to(memory_format=torch.channels_last)
         # Called after every sampling step with the denoised estimate (scaled latents, batch of 1):
         # servers turn it into live previews. None: no previews.
         self.on_latents: Callable[[torch.Tensor], None] | None = None
@@ -175,6 +176,8 @@ class Pipeline:
     # --- the shared core -------------------------------------------------------------------
 
     def _params(self, prompt, negative_prompt, params) -> Params:
+        if self.family.default_cfg is not None:
+            params.setdefault("cfg", self.family.default_cfg)
         p = Params.of(prompt=prompt, negative_prompt=negative_prompt, **params)
         p.width = self.config.resolution if p.width is None else p.width
         p.height = self.config.resolution if p.height is None else p.height
@@ -221,7 +224,7 @@ class Pipeline:
                 if progress:
                     progress(offset + i, total)
 
-            with circular_padding(self.model.unet, self.model.vae, enabled=p.tiling):
+            with circular_padding(self.family.network(self.model), self.model.vae, enabled=p.tiling):
                 image = self._one(p, seed, subseed, source, mask, report)
             if init is not None and mask is not None:
                 image = I.paste_back(image, init, mask, crop)
@@ -245,7 +248,7 @@ class Pipeline:
                            seed_delta=p.noise_seed_delta, on_device=p.device_noise)
         if source is None:
             sigmas = self.sigmas(p, p.steps)
-            latents = self._sample(p, noise.initial * sigmas[0], sigmas, noise, report, p.width, p.height)
+            latents = self._sample(p, self._noised(p, sigmas[0], noise.initial), sigmas, noise, report, p.width, p.height)
             if p.hires is not None:
                 latents = self._hires(p, p.hires, latents, seed, report)
             return self.decode(latents)[0]
@@ -256,11 +259,16 @@ class Pipeline:
             filler = noise() if p.inpainting_fill == "latent noise" else torch.zeros_like(init)
             init = init * (1 - latent_mask) + filler * latent_mask
         sigmas = i2i.sigmas_from(self.sigmas(p, p.steps), p.steps, p.strength)
-        x = init + noise.initial * sigmas[0]
+        x = self._noised(p, sigmas[0], noise.initial, init)
         image_cond = self.inpainting_cond(source, mask) if self.config.inpainting else None
         latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
                                init=init, latent_mask=latent_mask, image_cond=image_cond)
         return self.decode(latents)[0]
+
+    def _noised(self, p: Params, sigma, noise: torch.Tensor, latent: torch.Tensor | None = None) -> torch.Tensor:
+        """The latent at noise level `sigma` (txt2img: from an empty latent), in this model's way."""
+        latent = torch.zeros_like(noise) if latent is None else latent
+        return self.model_sampling(p.width, p.height, p.shift).noise_scaling(sigma, noise, latent)
 
     def _hires(self, p: Params, h: Hires, latents: torch.Tensor, seed: int, report) -> torch.Tensor:
         """Second pass at the target size: upscale (a latent mode, or the decoded image through an
@@ -284,7 +292,7 @@ class Pipeline:
                            on_device=p.device_noise)
         sigmas = i2i.sigmas_from(self.sigmas(second, second.steps), second.steps, h.denoise)
         image_cond = self.inpainting_cond(None, None, w, h_px) if self.config.inpainting else None
-        return self._sample(second, init + noise.initial * sigmas[0], sigmas, noise,
+        return self._sample(second, self._noised(second, sigmas[0], noise.initial, init), sigmas, noise,
                             lambda i: report(offset + i), w, h_px, image_cond=image_cond)
 
     def _sample(self, p: Params, x: torch.Tensor, sigmas: torch.Tensor, noise: ImageNoise, report,
@@ -298,7 +306,7 @@ class Pipeline:
         if self._controls:  # ControlNets see their image at this pass's size (hires: the hires size)
             from ..adapters.controlnet import ControlApplier
             control = ControlApplier(self._controls, width, height, self.device, self.dtype)
-        denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control)
+        denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control, p.distilled_guidance)
         if latent_mask is not None:
             inner = denoise
 
@@ -306,7 +314,7 @@ class Pipeline:
                 return init * (1 - latent_mask) + inner(x, sigma) * latent_mask
 
         sampler = resolve(p.sampler, p.scheduler)[0]
-        sample = get_sampler(sampler)
+        sample = self.model_sampling().sampler(sampler)  # flow models step in their own space
         taken = sampler_options(sampler)  # options another sampler takes are not for this one (A1111's rule)
         options = {k: v for k, v in p.sampler_options.items() if k in taken}
         def step(i, _x, denoised):
@@ -314,7 +322,7 @@ class Pipeline:
                 self.on_latents(denoised)
             report(i + 1)
 
-        with reuse_context_kv(self.model.unet):
+        with self.family.running(self.model):
             x = sample(denoise, x, sigmas, step, noise_sampler=noise, **options)
         if latent_mask is not None:
             x = init * (1 - latent_mask) + x * latent_mask
@@ -324,8 +332,15 @@ class Pipeline:
 
     def sigmas(self, p: Params, steps: int) -> torch.Tensor:
         """The sampler's sigma sequence: the chosen (or the sampler's default) schedule."""
-        sampler, schedule = resolve(p.sampler, p.scheduler)
-        return make_sigmas(schedule, self.schedule, steps, sampler=sampler)
+        automatic = p.scheduler is None or p.scheduler.strip().lower() == "automatic"
+        sampler, schedule = resolve(p.sampler, self.family.default_scheduler if automatic else p.scheduler)
+        return make_sigmas(schedule, self.model_sampling(p.width, p.height, p.shift).schedule, steps, sampler=sampler)
+
+    def model_sampling(self, width: int | None = None, height: int | None = None, shift: float | None = None):
+        """How this model is sampled at this image size (a ModelSampling for eps/v networks, a
+        FlowSampling for rectified flow, whose schedule can depend on the size and on `shift`;
+        no size: the family's size-free default)."""
+        return self.family.sampling(self, width, height, shift)
 
     def noise(self, seeds: list[int], h: int, w: int) -> torch.Tensor:
         """Initial noise per image (see ImageNoise), stacked."""
@@ -340,8 +355,7 @@ class Pipeline:
 
     def conditioner(self, clip_skip: int | None = None) -> PromptConditioner:
         if clip_skip not in self._conditioners:
-            self._conditioners[clip_skip] = PromptConditioner(self.model, self.tokenizer, self.device,
-                                                              self.embeddings, clip_skip)
+            self._conditioners[clip_skip] = self.family.conditioner(self, clip_skip)
         return self._conditioners[clip_skip]
 
     def cond_schedule(self, prompt: str, clip_skip: int | None, steps: int, width: int, height: int,
@@ -355,7 +369,7 @@ class Pipeline:
             if others:  # LoRA tags were applied in _generate; other kinds have no adapter yet
                 log.warning("extra networks in the prompt are not applied: %s",
                             ", ".join(f"<{n.kind}:{n.name}>" for n in others))
-            if self.config.unet.size_conditioned:
+            if self.config.size_conditioned:
                 score = 2.5 if negative else 6.0  # refiner's conventional aesthetic scores
                 for part in sched.parts:
                     for c in part.conds:
@@ -372,22 +386,22 @@ class Pipeline:
                       lambda: self.cond_schedule("", p.clip_skip, steps, width, height, negative=True))
 
     def denoiser(self, g: G.Guidance, sigmas: torch.Tensor, image_cond: torch.Tensor | None = None,
-                 clip_skip: int | None = None, control=None):
+                 clip_skip: int | None = None, control=None, distilled: float | None = None):
         """`denoise(x, sigma)` for the samplers: guidance `g` over this model's UNet, with the inpainting
         channels `image_cond` and the residuals of `control(x, t, context, y, fraction, n_uncond=...)`
-        (a ControlApplier, or ComfyUI's per-row hints)."""
-        unet = self.model.unet
+        (a ControlApplier, or ComfyUI's per-row hints). `distilled`: the distilled guidance scale of
+        networks that take one (Flux dev; None: the family's default)."""
+        net = self.family.net_fn(self.model, distilled)
 
         def unet_fn(x, t, context, y, fraction):
             residuals = None if control is None else control(x, t, context, y, fraction, n_uncond=g.n_uncond)
             if image_cond is not None:  # inpainting models see [x, mask, masked image] channels
                 x = torch.cat([x, image_cond.expand(len(x), -1, -1, -1).to(x)], dim=1)
             with torch.no_grad():
-                out = unet(x, t, context, y) if residuals is None else unet(x, t, context, y, control=residuals)
-                return out.float()
+                return net(x, t, context, y, residuals).float()
 
-        model = Denoiser(unet_fn, self.schedule, self.config.prediction)
-        return G.denoiser(g, model, self.conditioner(clip_skip).pad, sigmas, self.config.unet.adm_in_channels,
+        model = functools.partial(self.model_sampling().denoise, unet_fn)
+        return G.denoiser(g, model, self.conditioner(clip_skip).pad, sigmas, self.config.cfg_embed_channels,
                           self.device)
 
     @torch.no_grad()
@@ -423,7 +437,7 @@ class Pipeline:
             log.warning("VAE encode produced NaN in %s; switching the VAE to fp32", mean.dtype)
             vae.float()
             mean = vae_codec.encode(posterior_mean, pixels.to(self.device, torch.float32), f, self.vae_tiling)
-        return mean.float() * self.config.vae.scaling_factor
+        return self.config.vae.scaled(mean.float())
 
     def use_tiny_vae(self, paths) -> None:
         """Load the tiny autoencoder from these files (find_tiny_vae finds them in model folders)."""
@@ -463,7 +477,7 @@ class Pipeline:
         f = self.config.vae.downscale
         images = []
         for z in latents:  # one at a time: VAE decoding at full size dominates peak memory
-            z = (z[None] / self.config.vae.scaling_factor)
+            z = self.config.vae.unscaled(z[None])
             x = vae_codec.decode(vae.decode, z.to(next(vae.parameters()).dtype), f, self.vae_tiling)
             if not torch.isfinite(x).all():
                 if next(vae.parameters()).dtype == torch.float32:

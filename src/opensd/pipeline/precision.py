@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..families import family_of
 from ..models.config import ModelConfig
 from .device import PRECISIONS, resolve_dtype
 
@@ -57,10 +58,9 @@ def cuda_has_bf16() -> bool:
 
 
 @functools.cache
-def unet_params(cfg: ModelConfig) -> int:
-    from ..models.unet import UNetModel
-    with torch.device("meta"):
-        return sum(p.numel() for p in UNetModel(cfg.unet).parameters())
+def network_params(cfg: ModelConfig) -> int:
+    """Parameters of the model's denoising network (its family builds it on the meta device)."""
+    return family_of(cfg).parameter_count(cfg)
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def choose_precision(precision: str, device: torch.device, cfg: ModelConfig) -> 
     if precision != "auto":
         dtype = resolve_dtype(precision)
         return Precision(dtype, dtype, "--precision")
-    return _auto(device, cfg.vae.scaling_factor == SDXL_LATENT_SCALE, unet_params(cfg) >= BF16_MIN_PARAMS)
+    return _auto(device, cfg.vae.scaling_factor == SDXL_LATENT_SCALE, network_params(cfg) >= BF16_MIN_PARAMS)
 
 
 def summary(precision: str, device: torch.device) -> str:

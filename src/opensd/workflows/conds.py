@@ -49,6 +49,7 @@ class Entry:
     sigma_end: float | None = None
     control: Any = None                         # nodes_controlnet.ControlHint
     control_to_uncond: bool = False
+    guidance: float | None = None               # distilled guidance (FluxGuidance; None: the model's default)
 
     def active(self, sigma: float) -> bool:
         return not ((self.sigma_start is not None and sigma > self.sigma_start)
@@ -93,7 +94,8 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
         strength=float(extra.get("strength", 1.0)), mask_strength=float(extra.get("mask_strength", 1.0)),
         sigma_start=None if start is None else sampling.percent_to_sigma(start),
         sigma_end=None if end is None else sampling.percent_to_sigma(end),
-        control=extra.get("control"), control_to_uncond=bool(extra.get("control_apply_to_uncond")))
+        control=extra.get("control"), control_to_uncond=bool(extra.get("control_apply_to_uncond")),
+        guidance=extra.get("guidance"))
 
 
 def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
@@ -106,8 +108,9 @@ def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
 
 def _adm(extra: dict, negative: bool, shape, pipe) -> torch.Tensor | None:
     cfg = pipe.config
-    if not cfg.unet.size_conditioned:
-        return None
+    if not cfg.size_conditioned:  # DiT families take the pooled text as it is
+        pooled = extra.get("pooled_output")
+        return pooled.float().to(pipe.device) if cfg.pooled_y and pooled is not None else None
     pooled = extra.get("pooled_output")
     if pooled is None:
         raise ValueError("conditioning: this SDXL-type model needs the pooled text vector; encode the "
@@ -201,7 +204,7 @@ def calc_cond_batch(run, sets: list[list[Entry] | None], x: torch.Tensor, sigma:
             area, mult = _area_and_mult(e, x, image)
             shape = tuple(region(x, area).shape)
             # one model call per group: same crop size, ControlNet hint and context shape
-            key = (shape, id(e.control), tuple(e.context.shape), e.y is None)
+            key = (shape, id(e.control), tuple(e.context.shape), e.y is None, e.guidance)
             groups.setdefault(key, []).append((i, e, area, mult))
     for group in groups.values():
         crops = torch.cat([region(x, area) for _, _, area, _ in group])

@@ -54,7 +54,7 @@ class ModelRun:
         self._controls: dict = {}
 
     def __call__(self, crops: torch.Tensor, sigma: torch.Tensor, entries: list, areas: list) -> torch.Tensor:
-        unet = self.pipe.model.unet
+        net = self.pipe.family.net_fn(self.pipe.model, entries[0].guidance)
         context = torch.cat([e.context for e in entries])
         y = None if entries[0].y is None else torch.cat([e.y for e in entries])
         concat = None if self.image_cond is None else torch.cat([region(self.image_cond, a) for a in areas])
@@ -64,8 +64,7 @@ class ModelRun:
             residuals = None if control is None else control(x, t, context, y, n_uncond=1)
             if concat is not None:  # inpainting models see [x, mask, masked image] channels
                 x = torch.cat([x, concat.to(x)], dim=1)
-            out = unet(x, t, context, y) if residuals is None else unet(x, t, context, y, control=residuals)
-            return out.float()
+            return net(x, t, context, y, residuals).float()
 
         return self.sampling.denoise(unet_fn, crops, sigma, context=context, y=y)
 
@@ -170,7 +169,7 @@ class CFGGuider(Guider):
         plain = all(not any(k in (extra or {}) for k in _PLACED) for _, extra in self.positive + (self.negative or []))
         patched = m.sampling is not None or m.latent_scale is not None or m.cfg_function or m.output_block_patches
         text_meta = any(p.is_meta for enc in pipe.model.text_encoders for p in enc.parameters())
-        if not pipe.config.unet.guidance_embed or len(self.positive) != 1 or not plain or patched or text_meta:
+        if not pipe.config.cfg_embed_channels or len(self.positive) != 1 or not plain or patched or text_meta:
             return None  # (a UNet loaded alone has no text encoders for the pipeline's own guidance)
         n = len(sigmas) - 1
         down = pipe.config.vae.downscale

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from ..pipeline.pipeline import Interrupted
-from ..sampling.names import resolve, sampler_id
-from ..sampling.samplers import get_sampler
+from ..sampling.names import resolve
 from ..sampling.schedules import DiscreteSchedule, make_sigmas
 from .guiders import CFGGuider, Guider
 from .loras import activate
@@ -115,8 +115,10 @@ def sampling_of(model: ModelRef):
     return model.sampling if model.sampling is not None else default_sampling(model.pipe)
 
 
-def latent_scale(model: ModelRef) -> float:
-    return model.latent_scale if model.latent_scale is not None else model.pipe.config.vae.scaling_factor
+def latent_format(model: ModelRef):
+    """The VAE config whose scale (and shift) turn LATENT's raw latents into the model's and back."""
+    vae = model.pipe.config.vae
+    return vae if model.latent_scale is None else replace(vae, scaling_factor=model.latent_scale)
 
 
 def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: SamplerRef, sigmas: torch.Tensor,
@@ -129,13 +131,13 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
     activate(pipe, model.loras)
     if len(sigmas) == 0:
         return samples, samples
-    ms, sf, device = sampling_of(model), latent_scale(model), pipe.device
+    ms, fmt, device = sampling_of(model), latent_format(model), pipe.device
     sigmas = sigmas.float().cpu()
-    x0 = samples.float().to(device) * sf
+    x0 = fmt.scaled(samples.float().to(device))
     noise = noise.float().to(device)
     s0 = float(sigmas[0])
     max_denoise = math.isclose(ms.sigma_max, s0, rel_tol=1e-5) or s0 > ms.sigma_max
-    x = noise * (math.sqrt(1.0 + s0 ** 2) if max_denoise else s0) + x0
+    x = ms.noise_scaling(s0, noise, x0, max_denoise)
     mask = None if noise_mask is None else _prepare_mask(noise_mask, x.shape).to(device)
     image_cond = None
     if pipe.config.inpainting:
@@ -155,7 +157,7 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
     if mask is not None:
         def denoise_fn(xb: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             kept = 1.0 - mask
-            xb = xb * mask + (x0 + noise * sigma) * kept
+            xb = xb * mask + ms.noise_scaling(sigma, noise, x0) * kept
             return guided(xb, sigma) * mask + x0 * kept
 
     n = len(sigmas) - 1
@@ -168,12 +170,12 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
         if on_step is not None:
             on_step(i + 1, n, denoised)
 
-    sample_fn = get_sampler(sampler_id(sampler.name))
-    with output_block_patches(pipe.model.unet, model.output_block_patches):
+    sample_fn = ms.sampler(sampler.name)
+    with output_block_patches(pipe.family.network(pipe.model), model.output_block_patches):
         result = sample_fn(denoise_fn, x, sigmas, callback, noise_sampler=StepNoise(seed, x.shape, device),
                            **dict(sampler.options))
-    out = (result / sf).float().cpu()
-    return out, (last["x0"] / sf).float().cpu() if "x0" in last else out
+    out = fmt.unscaled(ms.inverse_noise_scaling(sigmas[-1].item(), result)).float().cpu()
+    return out, fmt.unscaled(last["x0"]).float().cpu() if "x0" in last else out
 
 
 def sample(model: ModelRef, positive: list, negative: list, latent: dict, *, seed: int, steps: int, cfg: float,

@@ -1,0 +1,41 @@
+"""The registry of model families (base.py says what a family is; docs/model-families.md how to add one).
+
+Detection asks each family in turn whether a state dict is its own; the UNet family comes last,
+because its refusal names whatever else the file looks like (a LoRA, a VAE, an unsupported family).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..checkpoints import detect as D
+from ..errors import CheckpointError
+from .base import Family, Shapes
+from .unet import UNET
+
+FAMILIES: tuple[Family, ...] = (UNET,)
+
+
+def family_of(cfg) -> Family:
+    """The family that owns a model config."""
+    for family in FAMILIES:
+        if family.owns(cfg):
+            return family
+    raise ValueError(f"no model family owns configs of family {cfg.family!r}")
+
+
+def detect(shapes: Shapes, metadata, path: str, prediction=None):
+    """(family, config) of an original-layout state dict, or CheckpointError saying what it is instead."""
+    for family in FAMILIES:
+        cfg = family.detect(shapes, metadata or {}, path, prediction)
+        if cfg is not None:
+            return family, cfg
+    raise CheckpointError(path, D.what_else(shapes, D.UNET))
+
+
+def read_folder(path: Path, index: dict):
+    """(family, state dict, metadata) of a diffusers folder."""
+    for family in FAMILIES:
+        found = family.read_folder(path, index)
+        if found is not None:
+            return (family, *found)
+    raise CheckpointError(path, "not a diffusers folder of a model family opensd runs")

@@ -1,0 +1,89 @@
+"""The model-family seam: everything the loader, the pipeline, the adapters and the faces need to know
+about one family of diffusion models, in one object (docs/model-families.md says how to add one).
+
+A family answers:
+
+* files: which state dicts are its own (`detect`, from key names and shapes alone), how its
+  diffusers folders map onto its original layout (`read_folder`), how the whole model is built
+  (`build`: a module whose state-dict keys are the original single file's), what dtype each weight
+  is kept in (`weight_dtype`);
+* the network: the denoising module (`network`) and how it is called (`net_fn`: x, the network's
+  time, context, pooled vector, ControlNet residuals), what wraps a sampling run (`running`);
+* sampling: what it predicts and how time is fed (`sampling`: a ModelSampling for eps/v over
+  discrete timesteps, a FlowSampling for rectified flow with its shift), its default schedule, CFG
+  scale and distilled guidance;
+* text: the prompt conditioner (`conditioner`) that turns A1111-syntax prompts into the context
+  and pooled vectors its network takes.
+
+A model config (models/config.py, config_dit.py) names its family in `config.family`, which one of
+`members` of exactly one registered family (families/__init__.py) holds.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+Shapes = Mapping[str, tuple[int, ...]]
+# net_fn(x, t, context, y, control=None) -> the network's output for a batch
+NetFn = Callable[..., torch.Tensor]
+
+
+class Family:
+    name: str = ""
+    label: str = ""                        # for people: "Stable Diffusion 3"
+    members: tuple[str, ...] = ()          # the config.family values this family owns
+    default_scheduler: str | None = None   # the schedule "Automatic" means here; None: the sampler's own
+    default_cfg: float | None = None       # None: A1111's CFG default
+    default_guidance: float | None = None  # distilled guidance fed to the network (Flux dev)
+
+    def owns(self, cfg) -> bool:
+        return cfg.family in self.members
+
+    # --- files --------------------------------------------------------------------------------
+
+    def detect(self, shapes: Shapes, metadata: Mapping[str, str], path: str, prediction=None):
+        """The config of an original-layout state dict of this family, or None when it is not one."""
+        raise NotImplementedError
+
+    def read_folder(self, path: Path, index: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+        """A diffusers folder of this family (`index`: its model_index.json) as (original-layout state
+        dict, metadata), or None when it is another family's."""
+        return None
+
+    def build(self, cfg) -> nn.Module:
+        raise NotImplementedError
+
+    def weight_dtype(self, key: str, dtype: torch.dtype, vae_dtype: torch.dtype) -> torch.dtype:
+        return vae_dtype if key.startswith("first_stage_model.") else dtype
+
+    def finish(self, loaded, explicit_prediction) -> None:
+        """Anything decided after the weights are in (SD2's eps/v guess)."""
+
+    def parameter_count(self, cfg) -> int:
+        """Parameters of the denoising network (precision "auto" depends on it)."""
+        with torch.device("meta"):
+            return sum(p.numel() for p in self.network(self.build(cfg)).parameters())
+
+    # --- the network --------------------------------------------------------------------------
+
+    def network(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def net_fn(self, model: nn.Module, guidance: float | None = None) -> NetFn:
+        raise NotImplementedError
+
+    def running(self, model: nn.Module):
+        """A context manager around one sampling run of the network."""
+        return nullcontext()
+
+    # --- sampling and text --------------------------------------------------------------------
+
+    def sampling(self, pipe, width: int, height: int, shift: float | None = None) -> Any:
+        raise NotImplementedError
+
+    def conditioner(self, pipe, clip_skip: int | None) -> Any:
+        raise NotImplementedError

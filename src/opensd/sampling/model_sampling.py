@@ -1,0 +1,94 @@
+"""How a model with a discrete training schedule turns sigmas into network timesteps and network
+outputs into denoised latents (ComfyUI's "model_sampling" object), and how noise enters its latents.
+
+* eps / v: the checkpoint's own parameterisations (sampling.denoiser.Denoiser);
+* x0: the network predicts the clean latent directly;
+* lcm: LCM's consistency parameterisation over its distilled schedule (every `skip`-th of the
+  training timesteps), sigmas mapped to the nearest of those timesteps and the output blended as
+  c_out * x0 + c_skip * x with sigma_data 0.5 and the timestep scaled by 10.
+
+Rectified-flow models have the same interface in flow.FlowSampling.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .denoiser import Denoiser
+from .samplers import get_sampler
+from .schedules import DiscreteSchedule
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSampling:
+    schedule: DiscreteSchedule   # the sigmas the schedulers (KSampler, BasicScheduler...) are built from
+    prediction: str = "eps"      # "eps", "v", "x0" or "lcm"
+    skip: int = 1                # the distilled schedule's stride over the model's timesteps (LCM: 20)
+
+    @property
+    def sigma_max(self) -> float:
+        return self.schedule.sigma_max
+
+    @property
+    def sigma_min(self) -> float:
+        return self.schedule.sigma_min
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The network's timestep for sigma: interpolated in log sigma, or LCM's nearest distilled one."""
+        if self.skip == 1:
+            return self.schedule.sigma_to_t(sigma)
+        log = self.schedule.log_sigmas.to(sigma.device)
+        nearest = (sigma.float().log().reshape(1, -1) - log[:, None]).abs().argmin(dim=0).reshape(sigma.shape)
+        return (nearest * self.skip + (self.skip - 1)).float()
+
+    def sigma_at(self, timestep: float) -> float:
+        t = torch.tensor(timestep, dtype=torch.float32)
+        if self.skip != 1:
+            t = ((t - (self.skip - 1)) / self.skip).clamp(0, len(self.schedule.sigmas) - 1)
+        return float(self.schedule.t_to_sigma(t))
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """ComfyUI's rule: the sigma at timestep (1 - percent) * 999; no bound at 0, zero at 1."""
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return self.sigma_at((1.0 - percent) * 999.0)
+
+    def noise_scaling(self, sigma, noise: torch.Tensor, latent: torch.Tensor, max_denoise: bool = False) -> torch.Tensor:
+        """The noisy latent at `sigma`: latent + sigma * noise. With `max_denoise` (sampling starts at
+        the schedule's largest sigma) the noise is scaled by sqrt(1 + sigma^2), ComfyUI's rule."""
+        scale = math.sqrt(1.0 + float(sigma) ** 2) if max_denoise else sigma
+        return noise * scale + latent
+
+    def inverse_noise_scaling(self, sigma, latent: torch.Tensor) -> torch.Tensor:
+        """The sampler's result as a latent (variance-exploding latents need no change)."""
+        return latent
+
+    def sampler(self, name: str):
+        """The sampler `name`: they are written for these latents as they are."""
+        return get_sampler(name)
+
+    def denoise(self, unet_fn, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
+        """denoised = D(x, sigma) for a batch x at one sigma; unet_fn(x_in, t, **cond) -> output."""
+        if self.prediction in ("eps", "v"):
+            return Denoiser(unet_fn, _Timesteps(self.timestep), self.prediction)(x, sigma, **cond)
+        s = sigma.reshape(-1)[:1].to(x)
+        t = self.timestep(s).expand(x.shape[0])
+        out = unet_fn(x / (s ** 2 + 1).sqrt(), t, **cond).to(x.dtype)
+        if self.prediction == "x0":
+            return out
+        x0 = x - out * s
+        scaled = t[:, None, None, None].to(x) * 10.0
+        c_skip = 0.25 / (scaled ** 2 + 0.25)
+        c_out = scaled / (scaled ** 2 + 0.25).sqrt()
+        return c_out * x0 + c_skip * x
+
+
+class _Timesteps:
+    """The sigma -> timestep map Denoiser asks its schedule for."""
+
+    def __init__(self, timestep):
+        self.sigma_to_t = timestep
