@@ -30,7 +30,9 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray")
     models = models_dir(root)
     with local_cluster(nodes=2) as (ray, cluster):
-        settings = Settings(outputs_dir=root / "out", models_dir=models, ray="auto", ray_threads=1)
+        # a model budget of 1 byte: each worker keeps only the last model it used
+        settings = Settings(outputs_dir=root / "out", models_dir=models, ray="auto", ray_threads=1,
+                            model_budget_bytes=1)
         with LiveServer(settings) as live:
             live.cluster = cluster
             wait(lambda: len(alive(live)) == 2, "two Ray workers")
@@ -57,6 +59,21 @@ def queued(live, body, client="c"):
     r = httpx.post(live.url + "/opensd/v1/txt2img", json=body, headers={"X-Client-Id": client}, timeout=60)
     assert r.status_code == 202, r.text
     return r.json()["job_id"]
+
+
+def running_on(live, job_id):
+    """The worker running job `job_id`, once the job has made a few steps there."""
+    found = []
+
+    def started():
+        worker = next((w for w in live.state.pool.workers if w.stats.job == job_id), None)
+        progress = next((p for p in live.state.queue.running() if p.job.id == job_id), None)
+        if worker is not None and progress is not None and progress.step >= 3:
+            found.append(worker)
+        return bool(found)
+
+    wait(started, f"job {job_id} to run")
+    return found[0]
 
 
 def images_of(live, job):
@@ -155,22 +172,11 @@ def test_a_worker_killed_mid_job_costs_only_that_jobs_progress(served):
     out = served.settings.outputs_dir
     before = set(out.rglob("*.png"))
     jid = queued(served, {**BODY, "steps": 300, "seed": 11})
-    victim = []
-
-    def running():
-        for w in served.state.pool.workers:
-            p = next((p for p in served.state.queue.running() if p.job.id == jid), None)
-            if w.stats.job == jid and p is not None and p.step >= 3:
-                victim.append(w)
-                return True
-        return False
-
-    wait(running, "the job to run")
-    worker = victim[0]
-    pid = worker.info["pid"]
+    worker = running_on(served, jid)
+    pid, lost = worker.info["pid"], worker.stats.lost
     os.kill(pid, signal.SIGKILL)
     job = job_done(served, jid)
-    assert job.status == DONE and worker.stats.lost == 1
+    assert job.status == DONE and worker.stats.lost == lost + 1
     other = next(w for w in served.state.pool.workers if w is not worker)
     assert jid in other.stats.recent and jid not in worker.stats.recent  # finished once, elsewhere
     made = set(out.rglob("*.png")) - before
@@ -180,6 +186,7 @@ def test_a_worker_killed_mid_job_costs_only_that_jobs_progress(served):
     wait(lambda: worker.describe()["alive"] and worker.info["pid"] != pid, "the restarted worker")
     jobs = [queued(served, {**BODY, "seed": 20 + i}, client=f"k{i}") for i in range(6)]
     assert all(job_done(served, j).status == DONE for j in jobs)
+    assert any(j in worker.stats.recent for j in jobs)
 
 
 def test_a_node_that_joins_while_serving_takes_jobs(served):
@@ -192,3 +199,38 @@ def test_a_node_that_joins_while_serving_takes_jobs(served):
     jobs.append(queued(served, {**BODY, "seed": 40}, client="n9"))
     assert all(job_done(served, j).status == DONE for j in jobs)
     assert any(j in new.stats.recent for j in jobs), {w.name: list(w.stats.recent) for w in served.state.pool.workers}
+
+
+def test_a_node_leaving_mid_job_costs_only_that_jobs_progress(served):
+    jid = queued(served, {**BODY, "steps": 300, "seed": 50})
+    worker = running_on(served, jid)
+    lost = worker.stats.lost
+    node = next(n for n in served.cluster.worker_nodes if n.node_id == worker.info["node_id"])
+    served.cluster.remove_node(node)
+    job = job_done(served, jid)
+    assert job.status == DONE and worker.stats.lost == lost + 1 and jid not in worker.stats.recent
+    assert sum(jid in w.stats.recent for w in served.state.pool.workers) == 1
+
+
+def test_a_frozen_worker_is_given_up_and_its_late_result_discarded(served):
+    """SIGSTOP: the process lives but answers nothing. The front door gives up on it after its answer
+    timeout (and has Ray kill it), the job finishes once on another worker, and the frozen run, let go
+    again, adds nothing."""
+    out = served.settings.outputs_dir
+    before = set(out.rglob("*.png"))
+    jid = queued(served, {**BODY, "steps": 300, "seed": 60})
+    worker = running_on(served, jid)
+    worker.answer_s = 3.0  # the others keep their patience: the machine is busy
+    pid, lost = worker.info["pid"], worker.stats.lost
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        job = job_done(served, jid)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:  # Ray killed it, as it should
+            pass
+    assert job.status == DONE and worker.stats.lost == lost + 1 and jid not in worker.stats.recent
+    time.sleep(2)
+    assert sorted(p.name for p in set(out.rglob("*.png")) - before) == [f"{jid}-0.png"]
+    assert served.state.store.get(jid).result == job.result

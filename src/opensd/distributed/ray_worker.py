@@ -28,6 +28,7 @@ class RayWorker(Worker):
         self.actor, self.state = actor, state
         self.info: dict = {}
         self.held: list[dict] = []
+        self.answer_s = ANSWER_S
         self._ready = False
         self._hello = None  # the pending describe() call while the actor starts
 
@@ -79,7 +80,7 @@ class RayWorker(Worker):
         except ray.exceptions.GetTimeoutError:
             ray.kill(self.actor, no_restart=False)  # hung: restarted, so a late result never arrives
             self._lost()
-            raise WorkerLost(f"no answer in {ANSWER_S:.0f} s") from None
+            raise WorkerLost(f"no answer in {self.answer_s:g} s") from None
         except ray.exceptions.RayActorError as e:
             self._lost()
             raise WorkerLost(_reason(e)) from None
@@ -95,7 +96,7 @@ class RayWorker(Worker):
         from PIL import Image
 
         skip, progress.skipped = progress.skipped, False
-        snap = ray.get(self.actor.poll.remote(job_id, progress.interrupted, skip), timeout=ANSWER_S)
+        snap = ray.get(self.actor.poll.remote(job_id, progress.interrupted, skip), timeout=self.answer_s)
         progress.step, progress.steps = snap["step"], snap["steps"]
         progress.image_index, progress.images = snap["image_index"], snap["images"]
         if snap["preview"]:
