@@ -7,9 +7,11 @@ import sys
 
 from ..errors import InvalidArgument
 from .common import read_image_infotext
+from .sampling_flags import fill_from
 
 # Params field -> generate's flag (its argparse dest), where the names differ
-PARAM_DEST = {"negative_prompt": "negative", "batch_size": "batch", "inpaint_full_res_padding": "inpaint_padding"}
+PARAM_DEST = {"negative_prompt": "negative", "batch_size": "batch", "inpaint_full_res_padding": "inpaint_padding",
+              "refiner_switch_at": "refiner_switch", "hires_fix_refiner_pass": "refiner_hires_pass"}
 # Recorded hires field -> flag
 _HIRES_FLAG = {"negative_prompt": "hires_negative"}
 # Recorded keys that are not settings: the version, and a dynamic prompt's template (the image's
@@ -18,7 +20,7 @@ _NOT_SETTINGS = ("Version", "Template", "Negative Template")
 # What the user can pass to bring a recorded thing back.
 _HINTS = {"VAE": "--vae FILE", "VAE hash": "--vae FILE", "TI hashes": "--embeddings-dir FOLDER",
           "Lora hashes": "--loras-dir FOLDER or --lora FILE", "Extra LoRAs": "--loras-dir FOLDER or --lora FILE",
-          "Model hash": "--model FILE"}
+          "Model hash": "--model FILE", "Refiner": "--refiner FILE (or its name, with a models folder)"}
 
 
 def apply_infotext(args: argparse.Namespace):
@@ -39,6 +41,7 @@ def apply_infotext(args: argparse.Namespace):
     for name, value in fill.items():
         if getattr(args, name) in (None, False) and value not in (None, "", False):
             setattr(args, name, value)
+    fill_from(args, rec)
     if not args.lora and rec.extra_loras:  # --lora given now wins over the recorded ones
         args.lora = [f"{name}:{number_text(unet)}:{number_text(te)}" for name, unet, te in rec.extra_loras]
     return params

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidArgument
+from . import sampling_flags
 from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
 from .control import CONTROL_HELP, controls_from_args
 from .from_image import PARAM_DEST, apply_infotext, missing_lora, report_differences
@@ -53,6 +54,7 @@ def register(sub) -> None:
     g.add_argument("--scheduler", help="e.g. karras, exponential, sgm_uniform (default: automatic)")
     g.add_argument("--clip-skip", type=int_arg)
     g.add_argument("--tiling", action="store_true", help="seamless tiling: the image wraps around its edges")
+    sampling_flags.add_flags(gen)
     i = gen.add_argument_group("img2img / inpainting / outpainting")
     i.add_argument("--init-image", type=Path, help="start from this image (img2img)")
     i.add_argument("--strength", type=float_arg, help="denoising strength 0..1 (default 0.75)")
@@ -108,7 +110,8 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
 
     kw = dict(steps=args.steps, cfg=args.cfg, seed=args.seed, width=args.width, height=args.height,
               batch_size=args.batch, sampler=args.sampler, scheduler=args.scheduler, clip_skip=args.clip_skip,
-              subseed=args.subseed, subseed_strength=args.subseed_strength, tiling=args.tiling or None)
+              subseed=args.subseed, subseed_strength=args.subseed_strength, tiling=args.tiling or None,
+              sampler_options=sampling_flags.sampler_options(args) or None)
     if args.hires:
         hires = dict(scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps,
                      denoise=args.hires_denoise, width=args.hires_width, height=args.hires_height,
@@ -165,6 +168,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     loras = _loras(args, pipe, from_image=source is not None and not user_loras)
     pipe.set_loras(loras)
     kwargs = generation_kwargs(args)
+    refiner = sampling_flags.refiner(args, folders, open_pipe)
+    if refiner is not None:
+        kwargs["refiner"] = refiner
     if args.control:
         kwargs["controls"] = controls_from_args(args, pipe, folders)
     bars: list = []

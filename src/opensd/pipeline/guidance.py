@@ -18,6 +18,10 @@ per evaluation on the rows the form needs:
   At s = 1 the negative rows' coefficient is 0: one row. Other cases on such a model (several
   parts, scales outside the range, ControlNet hints in ComfyUI) run plain CFG on its scale-1
   predictions.
+
+Samplers that also step with the unconditional estimate (CFG++) plan with `need_uncond`: plain CFG
+whose negative row always runs (ComfyUI's disable_cfg1_optimization); `denoiser` returns a
+sampling.cfg_pp.Guided, giving that row's estimate beside the guided one.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import torch
 
 from ..models.config import ModelConfig
 from ..models.unet import GUIDANCE_RANGE, guidance_embedding
+from ..sampling.cfg_pp import Guided
 from ..sampling.denoiser import Denoiser
 from .conditioning import Conditioning, CondSchedule
 
@@ -73,17 +78,18 @@ def self_guided_scale(config: ModelConfig, cond: CondSchedule, cfg: float) -> fl
 
 
 def plan(config: ModelConfig, cond: CondSchedule, cfg: float, negative: Schedule | None, empty: Schedule,
-         self_guidance: bool = True) -> Guidance:
+         self_guidance: bool = True, need_uncond: bool = False) -> Guidance:
     """The guidance for one pass. `negative` gives the negative prompt's schedule (None: there is no
     negative prompt), `empty` the empty prompt's, each called only when its rows are needed.
-    `self_guidance` False keeps a guidance-distilled model on plain CFG."""
-    scale = self_guided_scale(config, cond, cfg) if self_guidance else None
+    `self_guidance` False keeps a guidance-distilled model on plain CFG; `need_uncond` asks for
+    plain CFG with its negative row at every scale."""
+    scale = self_guided_scale(config, cond, cfg) if self_guidance and not need_uncond else None
     if scale is not None:
         if negative is None or scale == 1:
             return Guidance(cond, (), cfg, scale)
         theirs, mine = negative(), empty()
         return Guidance(cond, () if _encodes_as(theirs, mine) else (mine, theirs), cfg, scale)
-    if math.isclose(cfg * sum(p.weight for p in cond.parts), 1.0, rel_tol=1e-9):
+    if not need_uncond and math.isclose(cfg * sum(p.weight for p in cond.parts), 1.0, rel_tol=1e-9):
         return Guidance(cond, (), cfg)
     return Guidance(cond, ((negative or empty)(),), cfg)
 
@@ -96,13 +102,14 @@ def _encodes_as(a: CondSchedule, b: CondSchedule) -> bool:
 
 
 def denoiser(g: Guidance, model: Denoiser, pad: Callable[[list[Conditioning]], list[Conditioning]],
-             sigmas: torch.Tensor, adm_channels: int, device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+             sigmas: torch.Tensor, adm_channels: int, device) -> Guided:
     """`denoise(x, sigma)` for the samplers: `model` (a Denoiser whose UNet function takes context, y
-    and the pass's progress `fraction`) on the guidance's rows, padded to one length by `pad`."""
+    and the pass's progress `fraction`) on the guidance's rows, padded to one length by `pad`. Its
+    unconditional estimate is the negative row's under plain CFG, else the guided one."""
     levels = sigmas[:-1]
     built: dict = {}
 
-    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def both(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The step whose sigma this evaluation is at (or just below, for 2nd-order samplers).
         step = int((levels > sigma.item() * (1 + 1e-6)).sum().clamp(max=len(levels) - 1))
         weights, conds = g.rows(step)
@@ -115,6 +122,7 @@ def denoiser(g: Guidance, model: Denoiser, pad: Callable[[list[Conditioning]], l
             built.update(key=key, context=torch.cat([c.context for c in batch]), y=y)
         out = model(x.expand(len(conds), -1, -1, -1), sigma, context=built["context"], y=built["y"],
                     fraction=step / len(levels))
-        return g.combine(out, weights)
+        guided = g.combine(out, weights)
+        return guided, (out[:1] if g.n_uncond and g.scale is None else guided)
 
-    return denoise
+    return Guided(both)

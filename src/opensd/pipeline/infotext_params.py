@@ -19,8 +19,8 @@ from typing import Any
 
 from ..errors import InvalidArgument
 from ..sampling import names
-from ..sampling.samplers import sampler_options
 from ..upscale import label as upscaler_label
+from . import infotext_sampler
 from .infotext import format_infotext, generation_params
 from .params import Params
 
@@ -50,6 +50,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
                       "Inpaint area": "Only masked" if p.inpaint_full_res else None,
                       "Masked area padding": p.inpaint_full_res_padding if p.inpaint_full_res else None,
                       "Masked content": None if p.inpainting_fill == "original" else p.inpainting_fill})
+    extra.update(_refiner_params(image.info.get("refiner"), h is not None))
     for i, spec in enumerate(controls):
         extra[f"ControlNet {i}"] = control_unit_text(spec)
     extra.update({"Template": image.info.get("template"), "Negative Template": image.info.get("negative_template")})
@@ -70,20 +71,24 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     return format_infotext(p.prompt, p.negative_prompt, params)
 
 
-# Sampler options under A1111's infotext keys (its settings' infotext names; "Eta" is "Eta DDIM" for DDIM).
-SAMPLER_OPTION_KEYS = {"eta": "Eta", "s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax",
-                       "s_noise": "Sigma noise", "order": "UniPC order", "variant": "UniPC variant",
-                       "lower_order_final": "UniPC lower order final"}
-
-
 def _sampler_params(p: Params, sampler: str) -> dict[str, Any]:
     """The sampler options this sampler took (when off their defaults) and ENSD, as A1111 writes them."""
-    taken = sampler_options(sampler)
-    out = {("Eta DDIM" if k == "eta" and sampler == "ddim" else SAMPLER_OPTION_KEYS.get(k, k)): v
-           for k, v in p.sampler_options.items() if k in taken and v != taken[k]}
+    out = infotext_sampler.written(sampler, p.sampler_options)
     if p.noise_seed_delta:
         out["ENSD"] = p.noise_seed_delta
     return out
+
+
+def _refiner_params(refiner, hires: bool) -> dict[str, Any]:
+    """A1111's keys for a refiner that took over (pipeline/refiner.py): "Refiner: name [hash]"."""
+    if refiner is None:
+        return {}
+    from ..library.hashes import model_hash as file_hash
+
+    path = refiner.pipe.loaded.path
+    name = f"{refiner.pipe.name} [{file_hash(path)}]" if path.is_file() else refiner.pipe.name
+    return {"Refiner": name, "Refiner switch at": refiner.switch_at,
+            "Hires refiner": refiner.hires_pass if hires and refiner.hires_pass != "second pass" else None}
 
 
 def _schedule_or_none(sampler: str, schedule: str) -> str | None:
@@ -174,6 +179,8 @@ class Recorded:
     extra_loras: list[tuple[str, float, float]] = field(default_factory=list)  # (name, unet, te)
     ti_hashes: dict[str, str] = field(default_factory=dict)
     controls: list[str] = field(default_factory=list)   # "ControlNet N" values, in order
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    refiner: dict[str, Any] | None = None   # name, hash, switch_at, hires_pass
 
 
 # infotext key -> (Params field, type) for the plain settings
@@ -210,7 +217,20 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
             hires["denoise"] = value("Denoising strength", float)
     elif "Denoising strength" in params:
         settings["strength"] = value("Denoising strength", float)
-    return Recorded(prompt, negative_prompt, settings, hires,
+    try:
+        options = infotext_sampler.read(names.sampler_id(settings.get("sampler", "Euler")), params, where)
+    except InvalidArgument as e:
+        if not str(e).startswith("sampler:"):
+            raise
+        options = {}  # a sampler we do not have: generating says so
+    refiner = None
+    if "Refiner" in params:
+        name, _, tag = params["Refiner"].rpartition(" [")
+        refiner = {"name": name if tag.endswith("]") else params["Refiner"],
+                   "hash": tag[:-1] if name and tag.endswith("]") else None,
+                   "switch_at": value("Refiner switch at", float) if "Refiner switch at" in params else 0.8,
+                   "hires_pass": params.get("Hires refiner", "second pass")}
+    return Recorded(prompt, negative_prompt, settings, hires, sampler_options=options, refiner=refiner,
                     model=(params.get("Model"), params.get("Model hash")),
                     vae=(params.get("VAE"), params.get("VAE hash")),
                     lora_hashes=_pairs(params.get("Lora hashes", "")),

@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from ..errors import InvalidArgument
-from ..sampling.samplers import ALL_OPTIONS
+from ..sampling.samplers import ALL_OPTIONS, OPTION_TYPES
 from . import limits as L
 from .images import FILL_MODES, RESIZE_MODES
 
@@ -131,6 +131,17 @@ def _sampler_options(options) -> None:
             raise InvalidArgument(f"sampler_options.{name}: {value!r} must be finite")
         if not isinstance(value, (int, float, str)):
             raise InvalidArgument(f"sampler_options.{name}: {value!r} must be a number or a name")
+        kind = OPTION_TYPES[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is bool and not isinstance(value, bool) or kind is str and not isinstance(value, str) \
+                or kind in (int, float) and not number or kind is int and number and not float(value).is_integer():
+            raise InvalidArgument(f"sampler_options.{name}: {value!r} must be {_KINDS[kind]}")
+        if name in _NON_NEGATIVE and value < 0:
+            raise InvalidArgument(f"sampler_options.{name}: {value!r} must be 0 or more")
+
+
+_KINDS = {bool: "true or false", str: "a name", int: "a whole number", float: "a number"}
+_NON_NEGATIVE = {"eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "r", "rtol", "atol", "h_init", "accept_safety"}
 
 
 def _fraction(name: str, value) -> None:

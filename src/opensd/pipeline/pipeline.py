@@ -19,7 +19,8 @@ from ..errors import InvalidArgument, OpenSDError
 from ..families import family_of
 from ..models.conv import circular_padding
 from ..sampling.names import resolve
-from ..sampling.samplers import sampler_options
+from ..sampling.cfg_pp import Guided, with_uncond
+from ..sampling.samplers import NEEDS_UNCOND, sampler_context, sampler_options
 from ..sampling.schedules import DiscreteSchedule, make_sigmas, scaled_linear_alphas_cumprod
 from ..text.embeddings import EmbeddingDatabase, load_embeddings
 from ..text.tokenizer import default_tokenizer
@@ -34,6 +35,7 @@ from .device import resolve_device, resolve_dtype
 from .loader import LoadedModel, load_model
 from .noise import ImageNoise
 from .params import Hires, Params
+from .refiner import Refiner, switching
 from .precision import Precision, choose_precision
 from .previews import latent_preview
 
@@ -82,6 +84,8 @@ class Pipeline:
         self._lora_specs: list[LoraSpec] = []
         self._lora_set: LoraSet | None = None
         self._controls: list = []  # ControlSpecs of the running generation
+        self._refiner: Refiner | None = None  # the running generation's refiner
+        self._refined = False  # whether the image being made switched to it
         # The hires fix's non-latent upscalers by name: the classic ones only, until a face (the
         # server, the CLI) hands over the models folder's set.
         self.upscalers = Upscalers(None, device)
@@ -143,15 +147,18 @@ class Pipeline:
     # --- modes -----------------------------------------------------------------------------
 
     def txt2img(self, prompt: str, negative_prompt: str = "", *, progress: Progress = None,
-                controls: list | None = None, **params) -> list[Image.Image]:
+                controls: list | None = None, refiner: Refiner | None = None, **params) -> list[Image.Image]:
         """Generate `batch_size` images; image i uses seed + i. Each image's `info["seed"]` is its seed.
-        `controls`: ControlSpecs (opensd.adapters.controlnet) applied in every pass."""
+        `controls`: ControlSpecs (opensd.adapters.controlnet) applied in every pass; `refiner`: a
+        model to finish sampling on (pipeline/refiner.py; `info["refiner"]` when it did)."""
         p = self._params(prompt, negative_prompt, params)
         self._controls = _controls(controls, self.config)
+        self._refiner = self._checked(refiner)
         return self._generate(p, None, None, progress)
 
     def img2img(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, mask: Image.Image | None = None,
-                progress: Progress = None, controls: list | None = None, **params) -> list[Image.Image]:
+                progress: Progress = None, controls: list | None = None, refiner: Refiner | None = None,
+                **params) -> list[Image.Image]:
         """Repaint `image` with denoising `strength`; with `mask` (white = repaint) this is inpainting."""
         if not isinstance(image, Image.Image):
             raise InvalidArgument("image: an init image (PIL image) is required")
@@ -159,6 +166,7 @@ class Pipeline:
         params.setdefault("height", _round8(image.height))
         p = self._params(prompt, negative_prompt, params)
         self._controls = _controls(controls, self.config)
+        self._refiner = self._checked(refiner)
         if mask is not None:
             mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask)
         return self._generate(p, image.convert("RGB"), mask, progress)
@@ -174,6 +182,12 @@ class Pipeline:
         return self.img2img(canvas, prompt, negative_prompt, mask=mask, progress=progress, **params)
 
     # --- the shared core -------------------------------------------------------------------
+
+    def _checked(self, refiner: Refiner | None) -> Refiner | None:
+        if refiner is not None:
+            refiner.check(self)
+            refiner.pipe.apply_loras("")  # its own weights (LoRAs are for the main model)
+        return refiner
 
     def _params(self, prompt, negative_prompt, params) -> Params:
         if self.family.default_cfg is not None:
@@ -224,10 +238,13 @@ class Pipeline:
                 if progress:
                     progress(offset + i, total)
 
+            self._refined = False
             with circular_padding(self.family.network(self.model), self.model.vae, enabled=p.tiling):
                 image = self._one(p, seed, subseed, source, mask, report)
             if init is not None and mask is not None:
                 image = I.paste_back(image, init, mask, crop)
+            if self._refined:
+                image.info["refiner"] = self._refiner
             image.info["seed"] = seed
             image.info["subseed"] = subseed
             image.info["params"] = p  # what made it: the faces' infotext is built from this
@@ -248,7 +265,8 @@ class Pipeline:
                            seed_delta=p.noise_seed_delta, on_device=p.device_noise)
         if source is None:
             sigmas = self.sigmas(p, p.steps)
-            latents = self._sample(p, self._noised(p, sigmas[0], noise.initial), sigmas, noise, report, p.width, p.height)
+            latents = self._sample(p, self._noised(p, sigmas[0], noise.initial), sigmas, noise, report, p.width, p.height,
+                                   hires_pass=None if p.hires is None else 1)
             if p.hires is not None:
                 latents = self._hires(p, p.hires, latents, seed, report)
             return self.decode(latents)[0]
@@ -293,13 +311,17 @@ class Pipeline:
         sigmas = i2i.sigmas_from(self.sigmas(second, second.steps), second.steps, h.denoise)
         image_cond = self.inpainting_cond(None, None, w, h_px) if self.config.inpainting else None
         return self._sample(second, self._noised(second, sigmas[0], noise.initial, init), sigmas, noise,
-                            lambda i: report(offset + i), w, h_px, image_cond=image_cond)
+                            lambda i: report(offset + i), w, h_px, image_cond=image_cond, hires_pass=2)
 
     def _sample(self, p: Params, x: torch.Tensor, sigmas: torch.Tensor, noise: ImageNoise, report,
                 width: int, height: int, init: torch.Tensor | None = None,
-                latent_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None) -> torch.Tensor:
+                latent_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
+                hires_pass: int | None = None) -> torch.Tensor:
+        """One sampling pass; `hires_pass` 1 or 2 in a hires-fix run (which passes refine)."""
         steps = len(sigmas) - 1
-        guidance = self.guidance(p, steps, width, height)
+        sampler = resolve(p.sampler, p.scheduler)[0]
+        need_uncond = sampler in NEEDS_UNCOND
+        guidance = self.guidance(p, steps, width, height, need_uncond)
         if image_cond is None and self.config.inpainting:
             image_cond = self.inpainting_cond(None, None, width, height)
         control = None
@@ -307,13 +329,24 @@ class Pipeline:
             from ..adapters.controlnet import ControlApplier
             control = ControlApplier(self._controls, width, height, self.device, self.dtype)
         denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control, p.distilled_guidance)
+        refiner = self._refiner
+        if refiner is not None and refiner.refines(hires_pass):
+            def refined():  # the refiner's own prompt encoding, at this pass's size and steps
+                r = refiner.pipe
+                g = r.guidance(p, steps, width, height, need_uncond)
+                ic = r.inpainting_cond(None, None, width, height) if r.config.inpainting else None
+                return r.denoiser(g, sigmas, ic, p.clip_skip)
+
+            denoise = switching(denoise, refined, self.schedule, refiner.switch_at,
+                                lambda: setattr(self, "_refined", True))
         if latent_mask is not None:
             inner = denoise
 
-            def denoise(x, sigma):  # keep the unmasked area on the original image's path
-                return init * (1 - latent_mask) + inner(x, sigma) * latent_mask
+            def masked(x, sigma):  # keep the unmasked area on the original image's path
+                return tuple(init * (1 - latent_mask) + e * latent_mask for e in with_uncond(inner, x, sigma))
 
-        sampler = resolve(p.sampler, p.scheduler)[0]
+            denoise = Guided(masked)
+
         sample = self.model_sampling().sampler(sampler)  # flow models step in their own space
         taken = sampler_options(sampler)  # options another sampler takes are not for this one (A1111's rule)
         options = {k: v for k, v in p.sampler_options.items() if k in taken}
@@ -322,8 +355,9 @@ class Pipeline:
                 self.on_latents(denoised)
             report(i + 1)
 
-        with self.family.running(self.model):
-            x = sample(denoise, x, sigmas, step, noise_sampler=noise, **options)
+        other = refiner.pipe if refiner is not None else self  # the refiner's network runs here too
+        with self.family.running(self.model), other.family.running(other.model):
+            x = sample(denoise, x, sigmas, step, **sampler_context(sampler, noise, self.schedule), **options)
         if latent_mask is not None:
             x = init * (1 - latent_mask) + x * latent_mask
         return x
@@ -334,7 +368,8 @@ class Pipeline:
         """The sampler's sigma sequence: the chosen (or the sampler's default) schedule."""
         automatic = p.scheduler is None or p.scheduler.strip().lower() == "automatic"
         sampler, schedule = resolve(p.sampler, self.family.default_scheduler if automatic else p.scheduler)
-        return make_sigmas(schedule, self.model_sampling(p.width, p.height, p.shift).schedule, steps, sampler=sampler)
+        return make_sigmas(schedule, self.model_sampling(p.width, p.height, p.shift).schedule, steps, sampler=sampler,
+                           family=self.config.family)
 
     def model_sampling(self, width: int | None = None, height: int | None = None, shift: float | None = None):
         """How this model is sampled at this image size (a ModelSampling for eps/v networks, a
@@ -377,13 +412,15 @@ class Pipeline:
             self._cond_cache[key] = sched
         return self._cond_cache[key]
 
-    def guidance(self, p: Params, steps: int, width: int, height: int) -> G.Guidance:
-        """How this pass guides (pipeline/guidance.py): the prompt, the negative prompt and the scale."""
+    def guidance(self, p: Params, steps: int, width: int, height: int, need_uncond: bool = False) -> G.Guidance:
+        """How this pass guides (pipeline/guidance.py): the prompt, the negative prompt and the scale;
+        `need_uncond` for samplers that step with the unconditional estimate too (CFG++)."""
         cond = self.cond_schedule(p.prompt, p.clip_skip, steps, width, height)
         negative = (None if not p.negative_prompt.strip() else
                     lambda: self.cond_schedule(p.negative_prompt, p.clip_skip, steps, width, height, negative=True))
         return G.plan(self.config, cond, p.cfg, negative,
-                      lambda: self.cond_schedule("", p.clip_skip, steps, width, height, negative=True))
+                      lambda: self.cond_schedule("", p.clip_skip, steps, width, height, negative=True),
+                      need_uncond=need_uncond)
 
     def denoiser(self, g: G.Guidance, sigmas: torch.Tensor, image_cond: torch.Tensor | None = None,
                  clip_skip: int | None = None, control=None, distilled: float | None = None):

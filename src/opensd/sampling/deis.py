@@ -21,6 +21,8 @@ import math
 import numpy as np
 import torch
 
+from ..errors import InvalidArgument
+
 _EPS_S, _SIGMA_MIN, _SIGMA_MAX = 1e-3, 0.002, 80.0
 _BETA_D = 2 * (math.log(_SIGMA_MIN ** 2 + 1) / _EPS_S - math.log(_SIGMA_MAX ** 2 + 1)) / (_EPS_S - 1)
 _BETA_MIN = math.log(_SIGMA_MAX ** 2 + 1) - 0.5 * _BETA_D
@@ -53,7 +55,7 @@ def sample_deis(denoise, x: torch.Tensor, sigmas: torch.Tensor, callback=None, *
                 max_order=3) -> torch.Tensor:
     """DEIS (tAB) of order up to `max_order` (1..4); deterministic."""
     if max_order not in (1, 2, 3, 4):
-        raise ValueError(f"max_order must be 1, 2, 3 or 4 for DEIS, not {max_order!r}")
+        raise InvalidArgument(f"sampler_options.max_order: DEIS takes 1, 2, 3 or 4, not {max_order!r}")
     s = [float(v) for v in sigmas.tolist()]
     slopes: list[torch.Tensor] = []  # newest first
     for i in range(len(s) - 1):

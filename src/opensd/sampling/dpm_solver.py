@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from ..errors import InvalidArgument
+
 
 def _sigma(t: float) -> float:
     return math.exp(-t)
@@ -153,7 +155,7 @@ def sample_dpm_adaptive(denoise, x: torch.Tensor, sigmas: torch.Tensor, callback
                         accept_safety=0.81, eta=0.0, s_noise=1.0) -> torch.Tensor:
     """DPM adaptive (DPM-Solver-12/23) from sigmas[0] to the last nonzero sigma; k-diffusion's defaults."""
     if order not in (2, 3):
-        raise ValueError(f"order must be 2 or 3 for DPM adaptive, not {order!r}")
+        raise InvalidArgument(f"sampler_options.order: DPM adaptive takes 2 or 3, not {order!r}")
     t_start, t_end = _ends(sigmas)
     n = len(sigmas) - 1
     solver = _Solver(denoise)

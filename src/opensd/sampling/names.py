@@ -72,6 +72,7 @@ _KARRAS_ALIASES = {f"k_{a}_ka": s for a, s in [
 DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "dpmpp_3m_sde", "uni_pc"})
 
 SAMPLER_LABELS: dict[str, str] = {k: v[0] for k, v in _SAMPLERS.items()}
+A1111_SAMPLERS = frozenset(SAMPLER_LABELS) - {"deis", "euler_cfg_pp", "dpmpp_2m_cfg_pp", "tcd"}
 SCHEDULER_LABELS: dict[str, str] = {k: v[0] for k, v in _SCHEDULES.items()}
 DEFAULT_SCHEDULES: dict[str, str] = {k: v[1] for k, v in _SAMPLERS.items()}
 

@@ -477,3 +477,4 @@ def sampler_context(name: str, noise_sampler: NoiseSampler = None, model_schedul
 
 
 ALL_OPTIONS = frozenset(k for s in SAMPLERS for k in sampler_options(s))  # every option of some sampler
+OPTION_TYPES = {k: type(v) for s in SAMPLERS for k, v in sampler_options(s).items()}  # float, int, bool or str

@@ -21,7 +21,16 @@ from ..pipeline.infotext import parse_infotext
 from ..sampling import names as N
 from ..text.dynamic_prompts import check_template
 from ..text.styles import apply_styles
-from . import a1111_apply, a1111_controlnet, a1111_run, a1111_scripts, a1111_unsupported, images_io, work_budget
+from . import (
+    a1111_apply,
+    a1111_controlnet,
+    a1111_refiner,
+    a1111_run,
+    a1111_scripts,
+    a1111_unsupported,
+    images_io,
+    work_budget,
+)
 from .a1111_models import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
 from .a1111_scripts import ScriptError
 from .jobs import QueueFull
@@ -83,10 +92,10 @@ def prepare(state, req, mode: str) -> dict:
         images_io.decode_b64(req.init_images[0], "init_images[0]", s.max_image_pixels)
         if req.mask:
             images_io.decode_b64(req.mask, "mask", s.max_image_pixels)
-    for field in ("refiner_checkpoint", "hr_checkpoint_name"):  # A1111 fails on a checkpoint it lacks
-        name = getattr(req, field, None)
-        if name and name not in a1111_unsupported.REQUEST_FIELDS[field][0]:
-            state.cache.resolve(name, field)
+    name = getattr(req, "hr_checkpoint_name", None)  # A1111 fails on a checkpoint it lacks
+    if name and name not in a1111_unsupported.REQUEST_FIELDS["hr_checkpoint_name"][0]:
+        state.cache.resolve(name, "hr_checkpoint_name")
+    refiner = a1111_refiner.plan(req, opts, state.cache)
     prompt, prompt_gaps = a1111_apply.prompt(req, opts, state.folders)
     negative = req.negative_prompt
     if req.styles:  # a damaged styles file only fails the requests that name styles
@@ -104,7 +113,7 @@ def prepare(state, req, mode: str) -> dict:
     payload = {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path),
                "vae_path": str(vae) if vae else None, "prompt": prompt, "negative_prompt": negative,
                "controlnet": controlnet, "output": a1111_apply.output(opts, mode), "gaps": gaps,
-               "script": script.name if script else None}
+               "script": script.name if script else None, "refiner": refiner}
     if script is not None and script.prepare:
         payload = script.prepare(state, req, payload)
     if not req.override_settings_restore_afterwards and req.override_settings:

@@ -2,12 +2,13 @@
 override_settings) change in its job, as A1111 applies them:
 
 - CLIP_stop_at_last_layers: the clip skip;
-- eta_ancestral / eta_ddim (unless the request's `eta`), s_churn, s_tmin, s_tmax, s_noise, and
+- eta_ancestral / eta_ddim (unless the request's `eta`; for A1111's samplers only, so TCD keeps
+  its own 0.3 unless the request says), s_churn, s_tmin, s_tmax, s_noise, and
   uni_pc_order / _variant / _lower_order_final: the sampler's options, for the samplers A1111 passes
   them to. A1111 ignores the request's s_* fields; here one that differs from the neutral value
   (what clients such as webuiapi send by default) wins over the setting;
 - eta_noise_seed_delta (ENSD): for samplers A1111 applies it to (Euler a, DPM2 a, DPM++ 2S a, DDIM,
-  with eta > 0), the noise drawn after the initial noise comes from seed + ENSD;
+  DPM fast, DPM adaptive, with eta > 0), the noise drawn after the initial noise comes from seed + ENSD;
 - randn_source: "CPU" (our default) draws noise on the CPU, "GPU" on the device;
 - sd_vae: "Automatic" (a VAE named like the checkpoint, else the checkpoint's own), "None", or a file;
 - sd_lora: appends <lora:name:extra_networks_default_multiplier> unless the prompt names it;
@@ -21,15 +22,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InvalidArgument
+from ..sampling.names import A1111_SAMPLERS
 from ..sampling.samplers import sampler_options as options_of
 from ..text.prompt_parser import extract_extra_networks
 
-ENSD_SAMPLERS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddim")
+ENSD_SAMPLERS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddim", "dpm_fast", "dpm_adaptive")
 # The sigma settings A1111 passes to each sampler (its sampler_extra_params; Euler a gets none).
 _CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 SIGMA_OPTIONS = {"euler": _CHURN, "heun": _CHURN, "dpm_2": _CHURN, "dpm_2_ancestral": ("s_noise",),
                  "dpmpp_2s_ancestral": ("s_noise",), "dpmpp_sde": ("s_noise",), "dpmpp_2m_sde": ("s_noise",),
-                 "dpmpp_3m_sde": ("s_noise",)}
+                 "dpmpp_3m_sde": ("s_noise",), "dpm_fast": ("s_noise",)}
 NEUTRAL = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0}  # what clients send for "unset"
 FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp"}
 
@@ -37,7 +39,9 @@ FORMATS = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp"}
 def sampler_options(sampler: str, req, opts: dict) -> dict:
     """The options this sampler gets that differ from its defaults (JSON-safe: plain numbers)."""
     taken = options_of(sampler)
-    wanted = {"eta": req.eta if req.eta is not None else opts["eta_ddim" if sampler == "ddim" else "eta_ancestral"]}
+    setting = opts["eta_ddim" if sampler == "ddim" else "eta_ancestral"] if sampler in A1111_SAMPLERS else None
+    eta = req.eta if req.eta is not None else setting
+    wanted = {} if eta is None else {"eta": eta}
     for name in SIGMA_OPTIONS.get(sampler, ()):
         value = getattr(req, name)
         wanted[name] = opts[name] if value is None or value == NEUTRAL[name] else value

@@ -20,7 +20,7 @@ from ..upscale import Upscalers, latent_mode
 from ..upscale import label as upscaler_label
 from ..upscale.names import model_name
 from ..scripts.spec import Generated, Made
-from . import a1111_apply, a1111_controlnet, a1111_scripts, a1111_unsupported
+from . import a1111_apply, a1111_controlnet, a1111_refiner, a1111_scripts, a1111_unsupported
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest
 from .images_io import decode_b64
 from .jobs import Control, Stopped
@@ -152,6 +152,9 @@ def generate(state, p: dict, req, ctl, init=None) -> Batch:
     path = Path(p["model_path"])
     vae = Path(p["vae_path"]) if p.get("vae_path") else None
     pipe = state.cache.get(path, vae)
+    refiner = a1111_refiner.load(state, p.get("refiner"), (path, vae))
+    if refiner is not None:
+        kw["refiner"] = refiner
     prompt = p.get("prompt", req.prompt)  # with its styles and the sd_lora setting's tag, if any
     negative = p.get("negative_prompt", req.negative_prompt)
     hires = kw.pop("hires", None)

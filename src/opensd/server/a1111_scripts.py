@@ -54,7 +54,11 @@ class ScriptError(OpenSDError):
                             status_code=422)
 
 
-SCRIPTS: list[Script] = [Script("ControlNet", alwayson=True)]
+# A1111's always-on "Refiner" script: [enabled, checkpoint, switch_at] (read in a1111_refiner)
+_REFINER_ARGS = ({"label": "Refiner", "value": False, "minimum": None, "maximum": None, "step": None, "choices": None},
+                 {"label": "Checkpoint", "value": "", "minimum": None, "maximum": None, "step": None, "choices": None},
+                 {"label": "Switch at", "value": 0.8, "minimum": 0.01, "maximum": 1.0, "step": 0.01, "choices": None})
+SCRIPTS: list[Script] = [Script("ControlNet", alwayson=True), Script("Refiner", alwayson=True, args=_REFINER_ARGS)]
 
 
 def register(script: Script) -> None:

@@ -15,7 +15,6 @@ REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
     "restore_faces": ((None, False), "no face restoration model here; images are returned as generated"),
     "s_min_uncond": ((None, 0.0), "negative guidance minimum sigma is not implemented; every step uses the "
                                   "negative prompt"),
-    "refiner_checkpoint": ((None, "", "None"), "the refiner is not implemented; the main model runs every step"),
     "hr_checkpoint_name": ((None, "", "Use same checkpoint"), "a separate hires checkpoint is not implemented; "
                                                               "the hires pass uses the main model"),
     "firstphase_width": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
@@ -78,11 +77,12 @@ SETTINGS: dict[str, str] = {
     "beta_dist_beta": "not implemented; the Beta schedule uses 0.6",
     "enable_pnginfo": "not implemented; images always carry their infotext",
     "lora_functional": _NOT_IMPLEMENTED,
+    "refiner_switch_by_sample_steps": "not implemented; the refiner switches at a noise level (A1111's default)",
 }
 
 # Always-on scripts of a stock A1111 (core and built-in extensions) that opensd does not have:
 # A1111 would run them, so naming one is reported, not refused.
-A1111_ALWAYSON = {"refiner": "the refiner is not implemented", "seed": "use the request's seed fields",
+A1111_ALWAYSON = {"seed": "use the request's seed fields",
                   "sampler": "use the request's sampler fields", "comments": "comments are not used",
                   "hypertile": "Hypertile is not implemented", "soft inpainting": "soft inpainting is not "
                   "implemented", "extra options": "use override_settings"}

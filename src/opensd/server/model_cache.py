@@ -1,5 +1,6 @@
 """Loaded pipelines kept in memory, least recently used evicted first, within a budget in bytes of
-parameters (the most recently used pipeline always stays, even if alone it exceeds the budget).
+parameters (the most recently used pipeline always stays, even if alone it exceeds the budget, and
+so does a main model a job holds beside its refiner: both run in one generation).
 Used from the job worker thread; a lock makes it safe to list from HTTP handlers too."""
 from __future__ import annotations
 
@@ -75,12 +76,16 @@ class ModelCache:
 
     # --- pipelines --------------------------------------------------------------------------
 
-    def get(self, path: Path, vae: Path | None = None):
-        """The pipeline of checkpoint `path`, with its VAE replaced by the file `vae` if given."""
+    def get(self, path: Path, vae: Path | None = None, keep: tuple = ()):
+        """The pipeline of checkpoint `path`, with its VAE replaced by the file `vae` if given. `keep`:
+        (path, vae) keys a job holds beside it (a refiner's main model), not evicted for it."""
         key = (path, vae)
         with self._lock:
             if key in self._pipes:
                 self._pipes.move_to_end(key)
+                for held in keep:  # held ones count as just used too
+                    if held in self._pipes:
+                        self._pipes.move_to_end(held)
                 return self._pipes[key]
             load = self._loader
             if load is None:
@@ -99,7 +104,7 @@ class ModelCache:
                 pipe.upscalers = self.upscalers  # hires fix upscalers by name
             self._pipes[key] = pipe
             self._sizes[key] = pipeline_bytes(pipe)
-            self._evict()
+            self._evict(keep=(key, *keep))
             return pipe
 
     def _tiny_vae(self, pipe) -> None:
@@ -120,9 +125,13 @@ class ModelCache:
             for pipe in self._pipes.values():
                 pipe.set_embeddings(load_embeddings(folders[0]) if folders else None)
 
-    def _evict(self) -> None:
-        while len(self._pipes) > 1 and sum(self._sizes.values()) > self.budget:
-            old, _ = self._pipes.popitem(last=False)
+    def _evict(self, keep: tuple) -> None:
+        """Unload least recently used pipelines but those in `keep` while over the budget."""
+        while sum(self._sizes.values()) > self.budget:
+            old = next((k for k in self._pipes if k not in keep), None)
+            if old is None:
+                break
+            del self._pipes[old]
             log.info("unloading %s (model cache budget %d bytes)", old[0], self.budget)
             self._sizes.pop(old, None)
             for fn in self.on_evict:

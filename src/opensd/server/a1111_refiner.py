@@ -1,0 +1,49 @@
+"""The A1111 refiner through the API: the request's `refiner_checkpoint` / `refiner_switch_at`, or
+its always-on "Refiner" script's args [enabled, checkpoint, switch_at] (A1111's script takes
+precedence, as its setup() sets the fields), with the `hires_fix_refiner_pass` setting. Planned
+before queueing (an unknown checkpoint is a 422, as A1111 fails on it) and loaded by the job, held
+in the model cache beside the main model (pipeline/refiner.py does the switching)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InvalidArgument
+from ..pipeline.refiner import Refiner
+
+_OFF = (None, "", "None", "none")
+DEFAULT_SWITCH = 0.8  # A1111's slider default, what its script passes when the request gives none
+
+
+def _script_args(req) -> list | None:
+    for name, value in (req.alwayson_scripts or {}).items():
+        if name.lower() == "refiner":
+            args = value.get("args") if isinstance(value, dict) else None
+            if not isinstance(args, list):
+                raise InvalidArgument("alwayson_scripts.Refiner.args: expected [enabled, checkpoint, switch_at]")
+            return args
+    return None
+
+
+def plan(req, opts: dict, cache) -> dict | None:
+    """The job's refiner as plain JSON ({path, switch_at, hires_pass}), or None."""
+    checkpoint, switch, field = req.refiner_checkpoint, req.refiner_switch_at, "refiner_checkpoint"
+    args = _script_args(req)
+    if args is not None:
+        enabled = bool(args[0]) if args else False
+        checkpoint = args[1] if enabled and len(args) > 1 else None
+        switch = args[2] if enabled and len(args) > 2 else switch
+        field = "alwayson_scripts.Refiner.args[1]"
+    if checkpoint in _OFF:
+        return None
+    path = cache.resolve(checkpoint, field)
+    made = Refiner(None, DEFAULT_SWITCH if switch is None else switch, opts["hires_fix_refiner_pass"])
+    made.check_settings()
+    return {"path": str(path), "switch_at": float(made.switch_at), "hires_pass": made.hires_pass}
+
+
+def load(state, spec: dict | None, main: tuple[Path, Path | None]) -> Refiner | None:
+    """The planned refiner with its pipeline, the main model's kept in the cache beside it."""
+    if not spec:
+        return None
+    pipe = state.cache.get(Path(spec["path"]), keep=(main,))
+    return Refiner(pipe, spec["switch_at"], spec["hires_pass"])
