@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from ..errors import InvalidArgument
+from ..training.lr_schedules import SCHEDULERS
 from .common import BUILTIN_MODEL, set_threads
 
 
@@ -25,6 +26,11 @@ def register(sub) -> None:
     lora.add_argument("--train-text-encoder", action="store_true", help="also put LoRA on the text encoder(s)")
     lora.add_argument("--te-lr", type=float, help="text-encoder learning rate (default: --lr)")
     lora.add_argument("--save-fp32", action="store_true", help="save fp32 weights (default fp16)")
+    lora.add_argument("--network-type", choices=["lora", "locon", "loha"], default="lora",
+                      help="lora (attention layers), locon (also the ResBlock and resampling convs, kohya's "
+                           "conv_dim) or loha (LyCORIS LoHa); default lora")
+    lora.add_argument("--conv-dim", type=int, help="rank of the 3x3 conv adapters (locon default: --rank)")
+    lora.add_argument("--conv-alpha", type=float, help="alpha of the conv adapters (default: --alpha)")
     lora.set_defaults(func=cmd_lora)
 
     db = kinds.add_parser("dreambooth", help="fine-tune the whole UNet on a subject (full checkpoint)")
@@ -62,9 +68,21 @@ def _common(p: argparse.ArgumentParser, lr: float) -> None:
     p.add_argument("--resolution", type=int, help="training resolution (default: the model's)")
     p.add_argument("--bucket-step", type=int, help="bucket side step in pixels (default VAE downscale x 8)")
     p.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr:g})")
-    p.add_argument("--warmup", type=int, default=0, help="learning-rate warm-up steps")
+    p.add_argument("--warmup", "--lr-warmup-steps", dest="warmup", type=int, default=0,
+                   help="learning-rate warm-up steps")
+    p.add_argument("--lr-scheduler", choices=SCHEDULERS,
+                   help="kohya's learning-rate schedules (default: warm-up, then cosine down to 10%%)")
+    p.add_argument("--lr-scheduler-num-cycles", type=int, default=1, help="cosine_with_restarts: waves (default 1)")
+    p.add_argument("--lr-scheduler-power", type=float, default=1.0, help="polynomial: its power (default 1)")
     p.add_argument("--min-snr-gamma", type=float, help="min-SNR loss weighting (e.g. 5)")
+    p.add_argument("--noise-offset", type=float, default=0.0,
+                   help="add this times a per-channel random constant to the noise (e.g. 0.05: darker darks)")
     p.add_argument("--caption", default="", help="caption for images without one")
+    p.add_argument("--shuffle-caption", action="store_true", help="shuffle each caption's comma-separated tags")
+    p.add_argument("--keep-tokens", type=int, default=0, help="keep the first N tags in place when shuffling")
+    p.add_argument("--caption-dropout-rate", type=float, default=0.0, help="drop the whole caption this often (0..1)")
+    p.add_argument("--caption-tag-dropout-rate", type=float, default=0.0,
+                   help="drop each tag (after --keep-tokens) this often (0..1)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% slower")
@@ -94,7 +112,10 @@ def _common_kwargs(args, kind: str) -> dict:
         "min_snr_gamma": args.min_snr_gamma, "sample_every": args.sample_every,
         "sample_prompts": list(args.sample_prompt), "sample_steps": args.sample_steps,
         "save_every": args.save_every, "caption": args.caption, "device": args.device,
-        "progress": not args.no_progress,
+        "progress": not args.no_progress, "lr_scheduler": args.lr_scheduler,
+        "lr_cycles": args.lr_scheduler_num_cycles, "lr_power": args.lr_scheduler_power,
+        "noise_offset": args.noise_offset, "shuffle_caption": args.shuffle_caption, "keep_tokens": args.keep_tokens,
+        "caption_dropout_rate": args.caption_dropout_rate, "caption_tag_dropout_rate": args.caption_tag_dropout_rate,
     }
 
 
@@ -106,7 +127,8 @@ def _done(path) -> int:
 def cmd_lora(args) -> int:
     from ..training.lora_train import LoraOptions, train_lora
     opts = LoraOptions(**_common_kwargs(args, "lora"), rank=args.rank, alpha=args.alpha,
-                       te_lr=args.te_lr, train_text_encoder=args.train_text_encoder, save_fp32=args.save_fp32)
+                       te_lr=args.te_lr, train_text_encoder=args.train_text_encoder, save_fp32=args.save_fp32,
+                       network_type=args.network_type, conv_dim=args.conv_dim, conv_alpha=args.conv_alpha)
     return _done(train_lora(opts))
 
 

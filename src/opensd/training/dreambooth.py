@@ -99,8 +99,8 @@ def build(opts: DreamBoothOptions, pipe=None):
     if opts.gradient_checkpointing:
         FT.enable_gradient_checkpointing(model.unet)
     alphas = FT.alphas_of(pipe)
-    inst = FT.LatentBatches(pipe, ds, opts.batch_size, opts.seed)
-    cls = FT.LatentBatches(pipe, prior, opts.batch_size, opts.seed + 1) if prior else None
+    inst = FT.LatentBatches(pipe, ds, opts.batch_size, opts.seed, **opts.batch_options())
+    cls = FT.LatentBatches(pipe, prior, opts.batch_size, opts.seed + 1, **opts.batch_options()) if prior else None
 
     def batches(start):
         a = inst(start)
@@ -120,7 +120,7 @@ def build(opts: DreamBoothOptions, pipe=None):
                         opts.sample_steps, ds.resolution)
 
     cfg = TrainConfig(steps=steps, lr=opts.lr, warmup=opts.warmup, grad_clip=1.0, save_every=opts.save_every,
-                      sample_every=opts.sample_every, seed=opts.seed, bf16=opts.bf16)
+                      sample_every=opts.sample_every, seed=opts.seed, bf16=opts.bf16, **opts.schedule())
     trainer = Trainer(model, batches, loss_fn, cfg, Path(opts.run_dir), sample_fn, params=groups)
     return trainer, pipe, ds, prior, steps
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,9 @@ from ..errors import InvalidArgument
 from ..models.unet import GUIDANCE_RANGE, guidance_embedding
 from ..pipeline.conditioning import PromptConditioner, size_vector
 from ..sampling.schedules import scaled_linear_alphas_cumprod
+from .captions import CaptionOptions, process_caption
 from .finetune_data import Dataset, load_dataset, stack
+from .lr_schedules import SCHEDULERS
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,14 @@ class CommonOptions:
     caption: str = ""                  # default caption for images without a sidecar
     device: str = "cpu"
     progress: bool = True
+    lr_scheduler: str | None = None    # lr_schedules.SCHEDULERS; None: warm-up, then cosine to 10%
+    lr_cycles: int = 1
+    lr_power: float = 1.0
+    noise_offset: float = 0.0          # kohya's: a per-channel constant added to the noise (darker/brighter images)
+    shuffle_caption: bool = False      # captions.py
+    keep_tokens: int = 0
+    caption_dropout_rate: float = 0.0
+    caption_tag_dropout_rate: float = 0.0
 
     def validate(self) -> None:
         for name in ("batch_size", "sample_steps", "save_every"):
@@ -86,6 +97,26 @@ class CommonOptions:
             raise InvalidArgument(f"resolution: {self.resolution} is too small")
         if not Path(self.model).exists():
             raise InvalidArgument(f"model: {self.model} does not exist")
+        if self.lr_scheduler is not None and self.lr_scheduler not in SCHEDULERS:
+            raise InvalidArgument(f"lr-scheduler: {self.lr_scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+        if self.lr_cycles < 1 or not 0 < self.lr_power < math.inf:
+            raise InvalidArgument("lr-scheduler-num-cycles / lr-scheduler-power: need at least 1 cycle and a "
+                                  "positive power")
+        if not 0 <= self.noise_offset < math.inf or self.keep_tokens < 0:
+            raise InvalidArgument("noise-offset / keep-tokens: must be 0 or more")
+        for name in ("caption_dropout_rate", "caption_tag_dropout_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InvalidArgument(f"{name.replace('_', '-')}: must be between 0 and 1, got {getattr(self, name)}")
+
+    def schedule(self) -> dict:
+        """The TrainConfig fields of the learning-rate schedule."""
+        return {"lr_scheduler": self.lr_scheduler, "lr_cycles": self.lr_cycles, "lr_power": self.lr_power}
+
+    def batch_options(self) -> dict:
+        """LatentBatches' noise offset and caption augmentation."""
+        return {"noise_offset": self.noise_offset,
+                "captions": CaptionOptions(self.shuffle_caption, self.keep_tokens, self.caption_dropout_rate,
+                                           self.caption_tag_dropout_rate)}
 
 
 def warn_bf16(device: str) -> None:
@@ -131,8 +162,10 @@ class LatentBatches:
     """Dataset batches as scaled VAE latents (posterior mean and std cached per image and flip)
     plus the per-step noise and timesteps."""
 
-    def __init__(self, pipe, ds: Dataset, batch_size: int, seed: int):
+    def __init__(self, pipe, ds: Dataset, batch_size: int, seed: int, noise_offset: float = 0.0,
+                 captions: CaptionOptions = CaptionOptions()):
         self.pipe, self.ds, self.batch_size, self.seed = pipe, ds, batch_size, seed
+        self.noise_offset, self.captions = noise_offset, captions
         self._cache: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
         self.n_timesteps = len(alphas_of(pipe))
 
@@ -159,10 +192,16 @@ class LatentBatches:
         noise = torch.randn(z0.shape, generator=g)
         dev = self.pipe.device
         h, w = (s * self.pipe.config.vae.downscale for s in z0.shape[-2:])
-        out = {"z0": z0.to(dev), "t": t.to(dev), "noise": noise.to(dev), "size": (w, h),
-               "captions": [self.ds.items[i].caption for i, _ in batch]}
-        if self.pipe.config.unet.guidance_embed:  # drawn last: the other draws match an unguided base's
-            out["scales"] = draw_guidance_scales(len(batch), g).to(dev)
+        captions = [self.ds.items[i].caption for i, _ in batch]
+        scales = draw_guidance_scales(len(batch), g) if self.pipe.config.unet.guidance_embed else None
+        # drawn after the rest, so a run without them draws what it always did
+        if self.noise_offset:
+            noise = noise + self.noise_offset * torch.randn(*noise.shape[:2], 1, 1, generator=g)
+        if self.captions.active:
+            captions = [process_caption(c, self.captions, g) for c in captions]
+        out = {"z0": z0.to(dev), "t": t.to(dev), "noise": noise.to(dev), "size": (w, h), "captions": captions}
+        if scales is not None:
+            out["scales"] = scales.to(dev)
         return out
 
 
@@ -198,10 +237,16 @@ def diffusion_loss(pipe, batch: dict, alphas: torch.Tensor, embeddings=None,
     if scales is not None:
         per = per / scales ** 2  # the loss of the implied conditional prediction u + (pred - u) / s
     if min_snr_gamma:
-        snr = a.view(-1) / (1 - a.view(-1))
-        clipped = torch.clamp(snr, max=min_snr_gamma)
-        per = per * (clipped / snr if pipe.config.prediction == "eps" else clipped / (snr + 1))
+        per = per * min_snr_weight(a.view(-1), min_snr_gamma, pipe.config.prediction)
     return per.mean()
+
+
+def min_snr_weight(alphas_cumprod: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, as kohya applies them): min(SNR, gamma) / SNR for an
+    eps model, min(SNR, gamma) / (SNR + 1) for a v model, SNR = alpha_bar / (1 - alpha_bar)."""
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / snr if prediction == "eps" else clipped / (snr + 1)
 
 
 @torch.no_grad()
@@ -247,19 +292,29 @@ def save_samples(pipe, prompts: list[str], step: int, run_dir: Path, seed: int, 
     return out
 
 
+# How long a run goes may change: more --steps (or --epochs) extend a finished run from its state.
+LENGTH = ("steps", "epochs")
+# Settings added after runs were first recorded: left out of a record at their defaults, so a run
+# started before they existed still continues.
+ADDED_LATER = {"lr_scheduler": None, "lr_cycles": 1, "lr_power": 1.0, "noise_offset": 0.0, "shuffle_caption": False,
+               "keep_tokens": 0, "caption_dropout_rate": 0.0, "caption_tag_dropout_rate": 0.0,
+               "network_type": "lora", "conv_dim": None, "conv_alpha": None}
+
+
 def check_job(run_dir: Path, job: dict) -> None:
     """Remember a run's settings in run_dir/job.json; a later command with other settings in the
-    same run folder is refused instead of silently mixing two runs."""
+    same run folder is refused instead of silently mixing two runs (its length may grow)."""
     run_dir = Path(run_dir)
     path = run_dir / "job.json"
     job = json.loads(json.dumps(job, default=str))
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
+        diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k) and k not in LENGTH)
         if diff:
             raise InvalidArgument(f"run-dir: {run_dir} holds a run with other settings ({', '.join(diff)}); "
                                   "use the same command to continue it, or a new --run-dir")
-        return
+        if all(old.get(k) == job.get(k) for k in LENGTH):
+            return
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(job, indent=1, sort_keys=True))
 
@@ -267,7 +322,8 @@ def check_job(run_dir: Path, job: dict) -> None:
 def job_record(opts: CommonOptions, **extra) -> dict:
     """The settings that define a run (not output paths, progress or sampling)."""
     skip = {"output", "run_dir", "progress", "sample_every", "sample_prompts", "sample_steps", "device", "save_every"}
-    rec = {k: v for k, v in asdict(opts).items() if k not in skip}
+    rec = {k: v for k, v in asdict(opts).items()
+           if k not in skip and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     rec["model"] = str(Path(opts.model).resolve())
     rec["data"] = str(Path(opts.data).resolve())
     return rec | extra

@@ -9,16 +9,21 @@ the ordinary Pipeline sees them.
 Targets are kohya's default "networks.lora" set: every Linear/Conv2d inside the UNet's
 transformer blocks (proj_in, attn1/attn2 q/k/v/out, ff, proj_out) and, with the text encoder,
 every Linear of the CLIP layers (q/k/v/out_proj, fc1, fc2). Names come from
-``opensd.adapters.lora_keys.lora_targets`` so they are the names every LoRA loader expects.
+``opensd.adapters.lora_keys.lora_modules`` so they are the names every LoRA loader expects.
+`--network-type locon` adds kohya's conv set (every layer of the ResBlocks, the down/upsampling
+convs; 3x3 convs at conv_dim/conv_alpha, saved as networks.lora with conv_dim in ss_network_args);
+`loha` trains LyCORIS LoHa adapters (loha.py) on the same sets, saved as lycoris.kohya.
 
-The file: ``{name}.lora_down.weight``, ``{name}.lora_up.weight``, ``{name}.alpha`` (fp16 by
-default) with sd-scripts' ``ss_*`` metadata and ``modelspec.*``.
+The file: ``{name}.lora_down.weight``, ``{name}.lora_up.weight``, ``{name}.alpha`` (LoHa:
+``{name}.hada_w1_a`` ... ``{name}.alpha``), fp16 by default, with sd-scripts' ``ss_*`` metadata
+and ``modelspec.*``.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +35,7 @@ from ..atomic import write_atomic
 from ..errors import InvalidArgument
 from ..models.unet import SpatialTransformer
 from . import finetune as FT
+from .loha import LohaLayer
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +66,32 @@ class LoraLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lora_up(self.lora_down(x.to(self.lora_down.weight.dtype))) * self.scale
 
+    def saved(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        return {"lora_down.weight": self.lora_down.weight.detach().to("cpu", dtype).contiguous(),
+                "lora_up.weight": self.lora_up.weight.detach().to("cpu", dtype).contiguous(),
+                "alpha": self.alpha.detach().to("cpu", dtype)}
+
+
+ALGOS = ("lora", "locon", "loha")  # LoCon: LoRA on the ResBlocks' and resamplers' convs too
+
+
+def _is_spatial_conv(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and tuple(m.kernel_size) != (1, 1)
+
 
 class LoraNetwork(nn.Module):
-    """The trainable adapters, by kohya name; `attach()` hooks them onto their target layers."""
+    """The trainable adapters, by kohya name; `attach()` hooks them onto their target layers. Convs
+    with a kernel wider than 1x1 get `conv_rank`/`conv_alpha` (kohya's conv_dim/conv_alpha);
+    `algo` "loha" makes LoHa adapters instead of LoRA ones."""
 
-    def __init__(self, targets: dict[str, nn.Module], rank: int, alpha: float):
+    def __init__(self, targets: dict[str, nn.Module], rank: int, alpha: float, *, conv_rank: int | None = None,
+                 conv_alpha: float | None = None, algo: str = "lora"):
         super().__init__()
         self.targets = targets
-        self.layers = nn.ModuleDict({name: LoraLayer(m, rank, alpha) for name, m in targets.items()})
+        layer = LohaLayer if algo == "loha" else LoraLayer
+        self.layers = nn.ModuleDict({
+            name: layer(m, conv_rank, conv_alpha) if _is_spatial_conv(m) and conv_rank else layer(m, rank, alpha)
+            for name, m in targets.items()})
         self._handles: list = []
         self.enabled = True
 
@@ -94,23 +118,25 @@ class LoraNetwork(nn.Module):
                             {"params": te, "lr_scale": te_lr_scale}) if g["params"]]
 
     def kohya_state_dict(self, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, layer in self.layers.items():
-            out[f"{name}.lora_down.weight"] = layer.lora_down.weight.detach().to("cpu", dtype).contiguous()
-            out[f"{name}.lora_up.weight"] = layer.lora_up.weight.detach().to("cpu", dtype).contiguous()
-            out[f"{name}.alpha"] = layer.alpha.detach().to("cpu", dtype)
-        return out
+        """kohya (LoRA, LoCon) or LyCORIS (LoHa) keys: `<name>.<lora_down.weight|hada_w1_a|...|alpha>`."""
+        return {f"{name}.{key}": t for name, layer in self.layers.items() for key, t in layer.saved(dtype).items()}
 
 
-def default_targets(model, text_encoder: bool) -> dict[str, nn.Module]:
+_CONV_BLOCKS = re.compile(r"\.(resnets|downsamplers|upsamplers)\.")  # diffusers' ResnetBlock2D, Down/Upsample2D
+
+
+def default_targets(model, text_encoder: bool, convs: bool = False) -> dict[str, nn.Module]:
     """kohya's default LoRA set: layers inside the UNet's transformer blocks, plus the text
-    encoders' layer Linears (OpenCLIP's fused q/k/v cannot carry a hook-based LoRA: skipped)."""
-    from ..adapters.lora_keys import lora_targets
+    encoders' layer Linears (OpenCLIP's fused q/k/v cannot carry a hook-based LoRA: skipped);
+    with `convs`, LoCon's: also every layer of the ResBlocks and the down/upsampling convs."""
+    from ..adapters.lora_keys import lora_modules
     inside = {id(m) for st in model.unet.modules() if isinstance(st, SpatialTransformer) for m in st.modules()}
     out, skipped = {}, 0
-    for name, m in lora_targets(model, text_encoder).items():
+    for lm in lora_modules(model, text_encoder):
+        name, m = lm.kohya, lm.module
         if name.startswith("lora_unet_"):
-            if id(m) in inside and isinstance(m, (nn.Linear, nn.Conv2d)):
+            in_conv_block = convs and _CONV_BLOCKS.search(lm.peft)
+            if (id(m) in inside or in_conv_block) and isinstance(m, (nn.Linear, nn.Conv2d)):
                 out[name] = m
         elif isinstance(m, nn.Linear):
             out[name] = m
@@ -128,6 +154,14 @@ class LoraOptions(FT.CommonOptions):
     te_lr: float | None = None        # default: same as lr
     train_text_encoder: bool = False
     save_fp32: bool = False
+    network_type: str = "lora"        # ALGOS
+    conv_dim: int | None = None       # rank of the 3x3 convs (LoCon: default the rank; LoHa: none unless given)
+    conv_alpha: float | None = None   # default: alpha
+
+    def conv_rank(self) -> tuple[int | None, float | None]:
+        """(rank, alpha) of the convs, None when they get no adapter."""
+        dim = self.conv_dim if self.conv_dim is not None else (self.rank if self.network_type == "locon" else None)
+        return dim, (self.conv_alpha if self.conv_alpha is not None else self.alpha) if dim else None
 
     def validate(self) -> None:
         super().validate()
@@ -137,6 +171,12 @@ class LoraOptions(FT.CommonOptions):
             raise InvalidArgument(f"alpha: must be positive, got {self.alpha}")
         if self.te_lr is not None and not self.te_lr > 0:
             raise InvalidArgument(f"te-lr: must be positive, got {self.te_lr}")
+        if self.network_type not in ALGOS:
+            raise InvalidArgument(f"network-type: {self.network_type!r} is not one of {', '.join(ALGOS)}")
+        if self.network_type == "lora" and self.conv_dim:
+            raise InvalidArgument("conv-dim: a plain LoRA has no conv adapters; use --network-type locon")
+        if (self.conv_dim is not None and self.conv_dim < 1) or (self.conv_alpha is not None and not self.conv_alpha > 0):
+            raise InvalidArgument("conv-dim / conv-alpha: must be positive")
 
 
 BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "sdxl_refiner": "sdxl_refiner_v1-0",
@@ -150,9 +190,14 @@ def metadata(opts: LoraOptions, pipe, ds, steps: int, started: float, step_done:
     res = ds.resolution
     arch = ARCH[cfg.family] + ("-768-v" if cfg.family == "sd2" and cfg.prediction == "v" else "")
     name = Path(opts.output).stem
+    conv_dim, conv_alpha = opts.conv_rank()
+    args = {"conv_dim": str(conv_dim), "conv_alpha": str(float(conv_alpha))} if conv_dim else {}
+    if opts.network_type == "loha":
+        args = {"algo": "loha", **args}
     meta = {
-        "ss_network_module": "networks.lora", "ss_network_dim": str(opts.rank),
-        "ss_network_alpha": str(float(opts.alpha)), "ss_network_args": "null",
+        "ss_network_module": "lycoris.kohya" if opts.network_type == "loha" else "networks.lora",
+        "ss_network_dim": str(opts.rank), "ss_network_alpha": str(float(opts.alpha)),
+        "ss_network_args": json.dumps(args) if args else "null",
         "ss_base_model_version": BASE_VERSION[cfg.family], "ss_v2": str(cfg.family == "sd2"),
         "ss_sd_model_name": Path(opts.model).name, "ss_resolution": f"({res}, {res})",
         "ss_num_train_images": str(ds.num_repeated), "ss_steps": str(step_done), "ss_max_train_steps": str(steps),
@@ -164,7 +209,10 @@ def metadata(opts: LoraOptions, pipe, ds, steps: int, started: float, step_done:
         "ss_enable_bucket": "True", "ss_bucket_info": json.dumps(
             {"buckets": {str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(ds.buckets.items())}}),
         "ss_flip_aug": str(opts.flip), "ss_min_snr_gamma": str(opts.min_snr_gamma),
-        "ss_lr_scheduler": "cosine_with_warmup", "ss_lr_warmup_steps": str(opts.warmup),
+        "ss_lr_scheduler": opts.lr_scheduler or "cosine_with_warmup", "ss_lr_warmup_steps": str(opts.warmup),
+        "ss_noise_offset": str(opts.noise_offset or None), "ss_shuffle_caption": str(opts.shuffle_caption),
+        "ss_keep_tokens": str(opts.keep_tokens), "ss_caption_dropout_rate": str(opts.caption_dropout_rate),
+        "ss_caption_tag_dropout_rate": str(opts.caption_tag_dropout_rate),
         "ss_training_started_at": str(started), "ss_training_finished_at": str(time.time()),
         "ss_output_name": name, "ss_tag_frequency": json.dumps(ds.tag_frequency()),
         "ss_prediction_type": "v_prediction" if cfg.prediction == "v" else "epsilon",
@@ -207,11 +255,13 @@ def build(opts: LoraOptions, pipe=None):
     if opts.bf16:
         FT.warn_bf16(opts.device)
     torch.manual_seed(opts.seed)  # the adapters' initial down weights
-    network = LoraNetwork(default_targets(pipe.model, opts.train_text_encoder), opts.rank, opts.alpha).attach()
+    conv_dim, conv_alpha = opts.conv_rank()
+    network = LoraNetwork(default_targets(pipe.model, opts.train_text_encoder, convs=bool(conv_dim)), opts.rank,
+                          opts.alpha, conv_rank=conv_dim, conv_alpha=conv_alpha, algo=opts.network_type).attach()
     if opts.gradient_checkpointing:
         FT.enable_gradient_checkpointing(pipe.model.unet)
     alphas = FT.alphas_of(pipe)
-    batches = FT.LatentBatches(pipe, ds, opts.batch_size, opts.seed)
+    batches = FT.LatentBatches(pipe, ds, opts.batch_size, opts.seed, **opts.batch_options())
     te_scale = (opts.te_lr or opts.lr) / opts.lr
 
     def loss_fn(_net, batch, _step):
@@ -222,7 +272,7 @@ def build(opts: LoraOptions, pipe=None):
                         opts.sample_steps, ds.resolution)
 
     cfg = TrainConfig(steps=steps, lr=opts.lr, warmup=opts.warmup, grad_clip=1.0, save_every=opts.save_every,
-                      sample_every=opts.sample_every, seed=opts.seed, bf16=opts.bf16)
+                      sample_every=opts.sample_every, seed=opts.seed, bf16=opts.bf16, **opts.schedule())
     trainer = Trainer(network, batches, loss_fn, cfg, Path(opts.run_dir), sample_fn,
                       params=network.param_groups(1.0, te_scale))
     return trainer, network, pipe, ds, steps

@@ -112,7 +112,7 @@ def build(opts: EmbeddingOptions, pipe=None):
     if opts.gradient_checkpointing:
         FT.enable_gradient_checkpointing(pipe.model.unet)
     alphas = FT.alphas_of(pipe)
-    batches = FT.LatentBatches(pipe, ds, opts.batch_size, opts.seed)
+    batches = FT.LatentBatches(pipe, ds, opts.batch_size, opts.seed, **opts.batch_options())
 
     def loss_fn(_vectors, batch, _step):
         return FT.diffusion_loss(pipe, batch, alphas, embeddings=db, min_snr_gamma=opts.min_snr_gamma)
@@ -122,7 +122,7 @@ def build(opts: EmbeddingOptions, pipe=None):
                         opts.sample_steps, ds.resolution)
 
     cfg = TrainConfig(steps=steps, lr=opts.lr, warmup=opts.warmup, grad_clip=0.0, save_every=opts.save_every,
-                      sample_every=opts.sample_every, seed=opts.seed, bf16=opts.bf16)
+                      sample_every=opts.sample_every, seed=opts.seed, bf16=opts.bf16, **opts.schedule())
     trainer = Trainer(vectors, batches, loss_fn, cfg, Path(opts.run_dir), sample_fn)
     return trainer, vectors, pipe, ds, steps
 

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write
+from ..errors import InvalidArgument
+from .lr_schedules import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ class TrainConfig:
     sample_every: int = 0            # 0 disables sample grids
     seed: int = 0
     bf16: bool = False               # autocast matmuls/convs to bf16 (CPU or CUDA)
+    lr_scheduler: str | None = None  # a name of lr_schedules.SCHEDULERS; None: warm-up, then cosine to 10%
+    lr_cycles: int = 1               # cosine_with_restarts: the number of waves
+    lr_power: float = 1.0            # polynomial: the power
 
 
 # loss_fn(model, batch, step) -> scalar loss tensor
@@ -141,7 +146,10 @@ class Trainer:
     # --- loop ------------------------------------------------------------------------------
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to 10% of the peak."""
+        """The schedule cfg.lr_scheduler names; by default linear warm-up, then cosine decay to 10% of the peak."""
+        if self.cfg.lr_scheduler is not None:
+            return self.cfg.lr * lr_factor(self.cfg.lr_scheduler, step, self.cfg.steps, self.cfg.warmup,
+                                           self.cfg.lr_cycles, self.cfg.lr_power, self.cfg.lr)
         if step < self.cfg.warmup:
             return self.cfg.lr * (step + 1) / self.cfg.warmup
         t = (step - self.cfg.warmup) / max(1, self.cfg.steps - self.cfg.warmup)
@@ -155,6 +163,9 @@ class Trainer:
             torch.manual_seed(self.cfg.seed)
             random.seed(self.cfg.seed)
             np.random.seed(self.cfg.seed)
+        if self.step > self.cfg.steps:
+            raise InvalidArgument(f"steps: {self.run_dir} already holds {self.step} trained steps; give --steps "
+                                  f"{self.step} or more to continue it (more steps extend a finished run)")
         from tqdm import tqdm
 
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.run_dir.name, unit="step",
