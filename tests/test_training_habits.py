@@ -4,6 +4,7 @@ tokens, and extending a finished run with more steps."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -196,3 +197,53 @@ def test_network_type_flags(tmp_path):
         train_lora(options(tmp_path, conv_dim=4))
     with pytest.raises(InvalidArgument, match="network-type"):
         train_lora(options(tmp_path, network_type="lokr"))
+
+
+def _triples(root, n=4):
+    from PIL import Image, ImageDraw
+
+    images, controls = root / "data" / "3_squares", root / "control" / "3_squares"
+    images.mkdir(parents=True)
+    controls.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        x, y = (int(v) for v in rng.integers(4, 30, 2))
+        im = Image.new("RGB", (64, 64), "white")
+        ImageDraw.Draw(im).rectangle((x, y, x + 28, y + 28), fill=tuple(int(c) for c in rng.integers(0, 200, 3)))
+        im.save(images / f"{i}.jpg")
+        (images / f"{i}.txt").write_text("a square")
+        edge = Image.new("RGB", (64, 64))
+        ImageDraw.Draw(edge).rectangle((x, y, x + 28, y + 28), outline="white", width=2)
+        edge.save(controls / f"{i}.png")  # another extension than the image: matched by name
+    return root / "data", root / "control"
+
+
+def test_train_controlnet_on_a_users_triples_resumes_extends_and_loads(tmp_path, capsys):
+    from opensd.library.synthetic import write_random_checkpoint
+
+    model = write_random_checkpoint(tmp_path / "tiny.safetensors", dtype=torch.float32)
+    data, control = _triples(tmp_path)
+    out = tmp_path / "cn.safetensors"
+    argv = ["train-controlnet", "--model", str(model), "--data", str(data), "--conditioning-dir", str(control),
+            "--run", str(tmp_path / "run"), "--batch", "2", "--save-every", "2", "--lr", "1e-2", "--no-progress",
+            "--out", str(out)]
+    assert main([*argv, "--steps", "4", "--until", "2"]) == 0
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["step"] == 2
+    cached = torch.load(tmp_path / "run" / "data.pt", weights_only=True)
+    assert cached["hints"].shape == (4, 64, 64, 3) and cached["order"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert main([*argv, "--steps", "4"]) == 0 and out.is_file()
+    assert main([*argv, "--steps", "6"]) == 0  # more steps extend the finished run
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 6
+    made = {}
+    for name, extra in (("plain", []), ("control", ["--control", f"{out},{control / '3_squares' / '0.png'}"])):
+        made[name] = tmp_path / f"{name}.png"
+        assert main(["generate", "a square", "-m", str(model), "--steps", "2", "--seed", "1", *extra,
+                     "-o", str(made[name])]) == 0
+    from PIL import Image
+    assert not np.array_equal(np.asarray(Image.open(made["plain"])), np.asarray(Image.open(made["control"])))
+    (control / "3_squares" / "3.png").unlink()
+    capsys.readouterr()
+    assert main([*argv, "--steps", "8", "--run", str(tmp_path / "run2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "conditioning-dir" in err[0] and "3_squares/3.jpg" in err[0]

@@ -14,7 +14,12 @@ T_SAMPLING = ("cubic", "uniform")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=BUILTIN_CHECKPOINT, help="base model (default: the built-in model)")
-    p.add_argument("--data", type=Path, default=Path("data/emoji"), help="emoji dataset folder")
+    p.add_argument("--data", type=Path, default=Path("data/emoji"),
+                   help="with --conditioning-dir: your images (and .txt captions); else the emoji dataset folder")
+    p.add_argument("--conditioning-dir", "--conditioning-data-dir", dest="conditioning_dir", type=Path,
+                   help="control images with the same names as the images in --data (trains on your triples)")
+    p.add_argument("--resolution", type=int, help="with --conditioning-dir: training size (default: the model's)")
+    p.add_argument("--caption", default="", help="with --conditioning-dir: caption for images without a .txt")
     p.add_argument("--run", type=Path, default=Path("runs/controlnet"), help="run folder (resumable)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=32)

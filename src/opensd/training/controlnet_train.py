@@ -9,8 +9,15 @@ Built-in example: a Canny ControlNet for the built-in emoji model on data/emoji:
     nice -n 10 python -m opensd.training.controlnet_train --data data/emoji --run runs/controlnet \
         --steps 3000 --threads 1
 
-Re-running the same command resumes (runs/controlnet/state.pt); `--export-only` writes the latest
-state as an fp16 original-layout file (control_model.* keys) to --out.
+Re-running the same command resumes (runs/controlnet/state.pt), and a larger --steps extends a
+finished run; `--export-only` writes the latest state as an fp16 original-layout file
+(control_model.* keys) to --out.
+
+A ControlNet of any kind for a user's own data: images and captions in --data (kohya's layout),
+their control images under the same names in --conditioning-dir (controlnet_data.py):
+
+    opensd train-controlnet -m sd15.safetensors --data my/images --conditioning-dir my/depth \
+        --run runs/depth --steps 2000 --batch 4 --out models/ControlNet/my-depth.safetensors
 """
 from __future__ import annotations
 
@@ -24,12 +31,13 @@ import torch
 
 from ..atomic import atomic_write
 from ..checkpoints.controlnet_files import save_controlnet
-from ..errors import run_main
+from ..errors import InvalidArgument, run_main
 from ..models.controlnet import ControlNet, from_unet
 from ..sampling.schedules import scaled_linear_alphas_cumprod
 from .builtin import MIN_SNR_GAMMA, index_stream, to_pixels
 from .builtin_sampling import tokenize
 from .controlnet_args import add_arguments
+from .controlnet_data import prepare_pairs
 from .trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -48,8 +56,11 @@ def canny_hints(images_uint8: np.ndarray, low: int = CANNY[0], high: int = CANNY
 
 
 def hint_tensor(hints_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(N, H, W) uint8 edges -> (N, 3, H, W) in [0, 1], as the pipeline feeds a white-on-black map."""
+    """(N, H, W) uint8 edges or (N, H, W, 3) control images -> (N, 3, H, W) in [0, 1], as the
+    pipeline feeds a control image."""
     h = torch.as_tensor(hints_uint8).float().div(255.0)
+    if h.ndim == 4:
+        return h.permute(0, 3, 1, 2).contiguous()
     return h[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
@@ -100,9 +111,11 @@ def make_trainer(loaded, data: dict, captions: list[str], run_dir: Path, steps: 
     empty = tokenize([""], loaded.config.text_encoders[0])[0]
     alphas = scaled_linear_alphas_cumprod().float()
     latents, hints = data["latents"], data["hints"]
+    order = data.get("order", torch.arange(len(latents)))  # an image listed once per repeat
 
     def batches(start):
-        for step, idx in index_stream(len(latents), batch, 7, start):
+        for step, pick in index_stream(len(order), batch, 7, start):
+            idx = order[pick]
             g = torch.Generator().manual_seed(7_000_000 + step)
             b_ids = ids[idx].clone()
             b_ids[torch.rand(len(idx), generator=g) < CAPTION_DROPOUT] = empty
@@ -129,17 +142,23 @@ def run(a: argparse.Namespace) -> Path:
     if a.threads:
         torch.set_num_threads(a.threads)
     loaded = load_model(a.model, dtype=torch.float32)
-    train = load_split(a.data, "train")
-    data = prepare(loaded, train.images, a.run / "data.pt")
-    trainer = make_trainer(loaded, data, train.captions, a.run, a.steps, a.batch, a.lr, a.save_every,
-                           a.t_sampling)
+    if loaded.config.family in ("sdxl", "sdxl_refiner"):
+        raise InvalidArgument("model: ControlNet training runs on SD 1.x/2.x and small models; SDXL is not "
+                              "supported yet")
+    if a.conditioning_dir is not None:  # the user's own (image, control image, caption) triples
+        data, captions = prepare_pairs(loaded, a.data, a.conditioning_dir, a.resolution, a.caption,
+                                       a.run / "data.pt")
+    else:
+        train = load_split(a.data, "train")
+        data, captions = prepare(loaded, train.images, a.run / "data.pt"), train.captions
+    trainer = make_trainer(loaded, data, captions, a.run, a.steps, a.batch, a.lr, a.save_every, a.t_sampling)
     if a.export_only:
         if not trainer.try_resume():
             raise SystemExit(f"no training state in {a.run}")
         net = trainer.model
     else:
         net = trainer.run(progress=not a.no_progress, until=a.until)
-    out = a.out or a.run / "controlnet-canny.safetensors"
+    out = a.out or a.run / ("controlnet.safetensors" if a.conditioning_dir else "controlnet-canny.safetensors")
     save_controlnet(net.eval(), out, loaded.config.family)
     log.info("step %d: wrote %s", trainer.step, out)
     return out
