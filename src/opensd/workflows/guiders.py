@@ -25,6 +25,7 @@ import torch
 
 from ..pipeline.conditioning import Conditioning, CondSchedule, ScheduledPart
 from ..pipeline.guidance import plan, self_guided_scale
+from ..sampling.cfg_pp import Guided
 from .conds import calc_cond_batch, prepare, region
 from .nodes_controlnet import RowControl
 from .types import ModelRef
@@ -92,6 +93,9 @@ class Guider:
 
     def __init__(self, model: ModelRef):
         self.model = model
+        # set by the run for CFG++ samplers: the negative is evaluated at every scale and each
+        # denoiser (a sampling.cfg_pp.Guided) gives its prediction as the unconditional estimate
+        self.needs_uncond = False
 
     def lists(self) -> dict[str, list]:
         """The conditioning lists by ComfyUI's names ("positive", "negative", ...)."""
@@ -128,14 +132,15 @@ class Guider:
                                                   sampling)["negative"]
             return calc_cond_batch(run, [extra[id(conditioning)]], step.x, step.sigma, image)[0]
 
-        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        def both(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             nonlocal step
             step = Step(x, sigma, predict)
-            preds = calc_cond_batch(run, [prepared[n] for n in names], x, sigma, image)
-            return self.combine(dict(zip(names, preds)), step)
+            preds = dict(zip(names, calc_cond_batch(run, [prepared[n] for n in names], x, sigma, image)))
+            guided = self.combine(preds, step)
+            return guided, preds.get("negative", guided)
 
         step = None
-        return denoise
+        return Guided(both)
 
 
 def cfg_combine(model: ModelRef, cond: torch.Tensor, uncond: torch.Tensor, scale: float, step: Step) -> torch.Tensor:
@@ -158,7 +163,8 @@ class CFGGuider(Guider):
             {"positive": self.positive, "negative": self.negative}
 
     def evaluated(self) -> list[str]:
-        return ["positive"] if self.negative is None or math.isclose(self.cfg, 1.0) else ["positive", "negative"]
+        skip = math.isclose(self.cfg, 1.0) and not self.needs_uncond  # ComfyUI's cfg1 optimization
+        return ["positive"] if self.negative is None or skip else ["positive", "negative"]
 
     def combine(self, preds, step):
         uncond = preds.get("negative", torch.zeros_like(step.x))
@@ -169,7 +175,8 @@ class CFGGuider(Guider):
         plain = all(not any(k in (extra or {}) for k in _PLACED) for _, extra in self.positive + (self.negative or []))
         patched = m.sampling is not None or m.latent_scale is not None or m.cfg_function or m.output_block_patches
         text_meta = any(p.is_meta for enc in pipe.model.text_encoders for p in enc.parameters())
-        if not pipe.config.cfg_embed_channels or len(self.positive) != 1 or not plain or patched or text_meta:
+        if not pipe.config.cfg_embed_channels or len(self.positive) != 1 or not plain or patched or text_meta \
+                or self.needs_uncond:
             return None  # (a UNet loaded alone has no text encoders for the pipeline's own guidance)
         n = len(sigmas) - 1
         down = pipe.config.vae.downscale

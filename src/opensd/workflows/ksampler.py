@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from ..pipeline.pipeline import Interrupted
-from ..sampling.names import resolve
+from ..sampling.cfg_pp import Guided, with_uncond
+from ..sampling.names import resolve, sampler_id
+from ..sampling.samplers import NEEDS_UNCOND
 from ..sampling.schedules import DiscreteSchedule, make_sigmas
 from .guiders import CFGGuider, Guider
 from .loras import activate
@@ -146,19 +148,23 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
         else:
             down = pipe.config.vae.downscale
             image_cond = pipe.inpainting_cond(None, None, x.shape[3] * down, x.shape[2] * down)
+    guider.needs_uncond = sampler_id(sampler.name) in NEEDS_UNCOND
     per_image = guider.denoisers(tuple(x.shape), ms, sigmas, image_cond)
 
-    def guided(xb: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def both(xb: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if should_stop():  # checked before every model call: an interrupt lands within one step
             raise Interrupted("generation interrupted")
-        return torch.cat([per_image[i](xb[i:i + 1], sigma) for i in range(xb.shape[0])])
+        pairs = [with_uncond(per_image[i], xb[i:i + 1], sigma) for i in range(xb.shape[0])]
+        return torch.cat([d for d, _ in pairs]), torch.cat([u for _, u in pairs])
 
-    denoise_fn = guided
+    denoise_fn = Guided(both)
     if mask is not None:
-        def denoise_fn(xb: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        def masked(xb: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             kept = 1.0 - mask
             xb = xb * mask + ms.noise_scaling(sigma, noise, x0) * kept
-            return guided(xb, sigma) * mask + x0 * kept
+            return tuple(e * mask + x0 * kept for e in both(xb, sigma))
+
+        denoise_fn = Guided(masked)
 
     n = len(sigmas) - 1
     last = {}
