@@ -138,9 +138,12 @@ def _hires_upscaler(spec: Spec, value, values, face):
         spec.kwargs["hires"]["upscaler"] = upscaler
 
 
+RNG_SOURCES = ("GPU", "CPU")  # A1111's third, NV, is not implemented
+
+
 def _rng(spec: Spec, value, values, face):
     source = value.strip().upper()
-    if source not in ("CPU", "GPU"):
+    if source not in RNG_SOURCES:
         raise InvalidArgument(f"RNG source: {value!r} is not CPU or GPU (NV's generator is not implemented)")
     spec.kwargs["device_noise"] = source == "GPU"
 
