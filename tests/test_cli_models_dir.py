@@ -194,3 +194,13 @@ def test_upscale_and_hires_find_upscalers_in_the_models_folder(tmp_path, monkeyp
     assert main(["generate", "a cat", "-m", "tiny", "--hires", "--hires-upscaler", "2x-tiny", "--hires-scale", "1.5",
                  "--hires-steps", "1", *FAST, "-o", str(out)]) == 0
     assert _params(out)["Hires upscaler"] == "2x-tiny" and Image.open(out).size == (96, 96)
+
+
+def test_from_an_image_picks_its_checkpoint_from_the_models_folder(webui, tmp_path, monkeypatch, capsys):
+    first, again = tmp_path / "a.png", tmp_path / "b.png"
+    monkeypatch.setenv("OPENSD_MODELS_DIR", str(webui))
+    assert main(["generate", "a cat", "-m", "other", *FAST, "-o", str(first)]) == 0
+    capsys.readouterr()
+    assert main(["generate", "--from", str(first), "-o", str(again)]) == 0  # no -m: the image's model
+    assert "differs" not in capsys.readouterr().err
+    assert np.array_equal(_px(first), _px(again))

@@ -247,3 +247,16 @@ def test_train_controlnet_on_a_users_triples_resumes_extends_and_loads(tmp_path,
     assert main([*argv, "--steps", "8", "--run", str(tmp_path / "run2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "conditioning-dir" in err[0] and "3_squares/3.jpg" in err[0]
+
+
+def test_training_finds_its_base_model_by_name_in_the_models_folder(tmp_path, monkeypatch):
+    opts = options(tmp_path)
+    (tmp_path / "models" / "Stable-diffusion").mkdir(parents=True)
+    opts.model.rename(tmp_path / "models" / "Stable-diffusion" / "base.safetensors")
+    monkeypatch.setenv("OPENSD_MODELS_DIR", str(tmp_path / "models"))
+    assert main(["train", "lora", "--data", str(opts.data), "-m", "base", "-o", str(tmp_path / "o.safetensors"),
+                 "--steps", "1", "--run-dir", str(tmp_path / "run"), "--resolution", "32", "--bucket-step", "8",
+                 "--no-progress"]) == 0
+    data, control = _triples(tmp_path / "cn")
+    assert main(["train-controlnet", "--model", "base", "--data", str(data), "--conditioning-dir",
+                 str(control), "--run", str(tmp_path / "cnrun"), "--steps", "1", "--batch", "1", "--no-progress"]) == 0

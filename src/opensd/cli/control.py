@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import InvalidArgument
 from ..training.controlnet_args import add_arguments
 from .common import open_image
+from .model_flags import add_models_dir_flag, model_folders, resolve_model
 
 CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,resize=MODE]: a ControlNet "
                 "(path, or name in --controlnet-dir or the models folder) and its control image; pre runs a preprocessor "
@@ -31,6 +32,7 @@ def register(sub) -> None:
 
     tr = sub.add_parser("train-controlnet", help="train a ControlNet (Canny) for a model on an image dataset")
     add_arguments(tr)  # the flags of `python -m opensd.training.controlnet_train`
+    add_models_dir_flag(tr)  # --model may name a checkpoint in the models folder
     tr.set_defaults(func=cmd_train)
 
 
@@ -61,6 +63,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..training.controlnet_train import run
 
+    args.model = resolve_model(model_folders(args), "checkpoints", args.model, "model")
     print(run(args))
     return 0
 

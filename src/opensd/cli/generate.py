@@ -144,7 +144,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.mask and args.outpaint:
         raise InvalidArgument("mask: --outpaint makes its own mask; give --mask or --outpaint, not both")
     check_output(args.output)
-    folders = resolve_generate_models(args)
+    folders = resolve_generate_models(args, source)
     _check_paths(args, folders)
     set_threads(args.threads)
     if args.model is None and not BUILTIN_MODEL.is_file():

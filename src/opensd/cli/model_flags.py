@@ -41,10 +41,19 @@ def resolve_model(folders: ModelFolders, kind: str, value, flag: str) -> Path:
     raise InvalidArgument(f"{flag}: {problem}")
 
 
-def resolve_generate_models(args: argparse.Namespace) -> ModelFolders:
+def resolve_generate_models(args: argparse.Namespace, source: dict | None = None) -> ModelFolders:
     """Turn generate's model names into paths (in place) and fill the folders the flags leave unset
-    (embeddings) from the models folder; returns the folders, for LoRAs, ControlNets and upscalers."""
+    (embeddings) from the models folder; returns the folders, for LoRAs, ControlNets and upscalers.
+    With no -m, the checkpoint an image's parameters (`source`, from --from) name is taken from the
+    models folder when it is there, by name and hash as A1111 does when it pastes parameters."""
     folders = model_folders(args)
+    if args.model is None and source and folders.root is not None and source.get("Model hash"):
+        for name in (source["Model hash"], f"{source.get('Model', '')} [{source['Model hash']}]"):
+            try:
+                args.model = folders.resolve("checkpoints", name)
+                break
+            except InvalidArgument:
+                continue  # not here: the built-in model, and --from reports the difference
     if args.model is not None:
         args.model = resolve_model(folders, "checkpoints", args.model, "model")
     if args.vae is not None:

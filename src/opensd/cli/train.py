@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import InvalidArgument
 from ..training.lr_schedules import SCHEDULERS
 from .common import BUILTIN_MODEL, set_threads
+from .model_flags import add_models_dir_flag, model_folders, resolve_model
 
 
 def register(sub) -> None:
@@ -58,7 +59,9 @@ def register(sub) -> None:
 
 def _common(p: argparse.ArgumentParser, lr: float) -> None:
     p.add_argument("--data", type=Path, required=True, help="image folder (kohya N_name sub-folders, .txt captions)")
-    p.add_argument("--model", "-m", type=Path, help="base checkpoint (default: the built-in model)")
+    p.add_argument("--model", "-m", type=Path,
+                   help="base checkpoint: a file, or its name in the models folder (default: the built-in model)")
+    add_models_dir_flag(p)
     p.add_argument("--output", "-o", type=Path, required=True, help="file to write")
     p.add_argument("--run-dir", type=Path, help="resumable state (default runs/<kind>-<output name>)")
     n = p.add_mutually_exclusive_group()
@@ -99,7 +102,7 @@ def _common(p: argparse.ArgumentParser, lr: float) -> None:
 
 def _common_kwargs(args, kind: str) -> dict:
     set_threads(args.threads)
-    model = args.model or BUILTIN_MODEL
+    model = resolve_model(model_folders(args), "checkpoints", args.model, "model") if args.model else BUILTIN_MODEL
     if args.steps is None and args.epochs is None:
         raise InvalidArgument("steps: give --steps N or --epochs N")
     logging.getLogger("opensd.training").setLevel(logging.INFO)
