@@ -9,7 +9,8 @@ import logging
 
 from ..errors import run_main
 
-COMMAND_MODULES = ("generate", "info", "train", "serve", "control", "models", "upscale", "model_manager")
+COMMAND_MODULES = ("generate", "info", "train", "serve", "control", "models", "upscale", "model_manager",
+                   "batch")
 
 
 class Parser(argparse.ArgumentParser):

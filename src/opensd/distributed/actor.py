@@ -12,13 +12,12 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..library.models_dir import ModelFolders
+from ..library.user_config import MODELS_DIR_ENV
 from ..server import a1111_run, images_io
 from ..server.jobs import Control, Progress, Stopped
 from ..server.model_cache import ModelCache
 from ..server.settings import Settings
 from . import wire
-
-MODELS_ENV = "OPENSD_MODELS_DIR"  # a node that mounts the shared models folder elsewhere says where
 
 
 class GenerationActor:
@@ -28,7 +27,7 @@ class GenerationActor:
 
         if threads:
             torch.set_num_threads(threads)
-        root = os.environ.get(MODELS_ENV) or models_dir
+        root = os.environ.get(MODELS_DIR_ENV) or models_dir  # a node mounting the models elsewhere says so
         self.folders = ModelFolders(Path(root) if root else None)
         self.cache = ModelCache(self.folders, device, precision, budget_bytes)
         self.settings = Settings(max_image_pixels=max_image_pixels)  # what a1111_run.generate reads
