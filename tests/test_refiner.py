@@ -86,6 +86,15 @@ def test_switch_at_one_is_no_refiner(models):
     assert "Refiner" not in image_infotext(base, same)
 
 
+def test_the_running_checkpoint_as_its_own_refiner_is_no_refiner(models):
+    root, base, _ = models
+    again = load(root / "models" / "Stable-diffusion" / "base.safetensors", device="cpu", precision="fp32")
+    plain, _ = run(base)
+    for same in (base, again):  # A1111 compares checkpoints: no switch, no "Refiner" in the infotext
+        image, _ = run(base, Refiner(same, 0.5))
+        assert np.array_equal(np.asarray(plain), np.asarray(image)) and "refiner" not in image.info
+
+
 def test_first_80_percent_is_the_main_models_trajectory_then_the_refiner(models):
     _, base, ref = models
     _, alone = run(base)

@@ -184,9 +184,12 @@ class Pipeline:
     # --- the shared core -------------------------------------------------------------------
 
     def _checked(self, refiner: Refiner | None) -> Refiner | None:
-        if refiner is not None:
-            refiner.check(self)
-            refiner.pipe.apply_loras("")  # its own weights (LoRAs are for the main model)
+        if refiner is None:
+            return None
+        refiner.check(self)
+        if refiner.pipe is self or refiner.pipe.loaded.path == self.loaded.path:
+            return None  # A1111 does not switch to the checkpoint already running
+        refiner.pipe.apply_loras("")  # its own weights (LoRAs are for the main model)
         return refiner
 
     def _params(self, prompt, negative_prompt, params) -> Params:
