@@ -13,7 +13,7 @@ T_SAMPLING = ("cubic", "uniform")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, default=BUILTIN_CHECKPOINT, help="base model (default: the built-in model)")
+    p.add_argument("--model", "-m", type=Path, default=BUILTIN_CHECKPOINT, help="base model (default: the built-in model)")
     p.add_argument("--data", type=Path, default=Path("data/emoji"),
                    help="with --conditioning-dir: your images (and .txt captions); else the emoji dataset folder")
     p.add_argument("--conditioning-dir", "--conditioning-data-dir", dest="conditioning_dir", type=Path,
