@@ -40,3 +40,28 @@ export function choose(el, wanted) {
   if (hit) el.value = hit.value;
   return Boolean(hit);
 }
+
+// A multiple choice as toggle buttons, kept in picking order in a hidden input (JSON) so that the form
+// remembers it. `onChange(values)` runs after every render; `title(choice)` gives a button's tooltip.
+export function chips(name, label, { onChange = () => {}, title = () => null } = {}) {
+  const store = h("input", { type: "hidden", name });
+  const list = h("div", { class: "picker-list", role: "group", "aria-label": label });
+  let choices = [];
+  function get() {
+    let values = [];
+    try { values = JSON.parse(store.value || "[]"); } catch { values = []; }
+    return Array.isArray(values) ? values.filter((v) => choices.includes(v)) : [];
+  }
+  function render() {
+    const now = get();
+    clear(list, choices.map((c) => h("button", { type: "button", "aria-pressed": String(now.includes(c)), title: title(c),
+      onclick: () => set(now.includes(c) ? now.filter((v) => v !== c) : [...now, c]) }, c)));
+    onChange(now);
+  }
+  function set(values) {
+    store.value = JSON.stringify(values.filter((v) => choices.includes(v)));
+    render();
+    store.dispatchEvent(new Event("input", { bubbles: true }));
+  }
+  return { element: h("div", {}, list, store), get, set, render, setChoices(values) { choices = values; render(); } };
+}

@@ -1,8 +1,9 @@
 // The generation settings that Generate and img2img/inpaint share: prompt and negative prompt (token
-// counter; LoRA, embedding and style pickers), model, VAE, sampler, schedule, steps, CFG, size with the
-// model family's presets, seed (random, reuse), batch, CLIP skip, the variation seed and the active
-// ControlNet units. A tab puts the cards in its own <form> (which remembers the named controls), adds
-// its own fields and builds its request from request().
+// counter; LoRA and embedding pickers, styles), model, VAE, sampler, schedule, steps, CFG, size with the
+// model family's presets, seed (random, reuse), batch, CLIP skip, the variation seed, the Advanced card
+// (sampler knobs, refiner) and the active ControlNet units. A tab puts the cards in its own <form>
+// (which remembers the named controls), adds its own fields and builds its request from request().
+import { advancedSettings } from "./advanced_settings.js";
 import { api } from "./api.js";
 import { clear, debounce, field, h, icon, toast } from "./dom.js";
 import { activeUnits, CHANGED, controlnetFields } from "./controlnet_units.js";
@@ -10,6 +11,7 @@ import { choose, number, setOptions, slider, syncSliders } from "./form.js";
 import { loadForm, saveForm } from "./persist.js";
 import { promptEditor } from "./prompt_editor.js";
 import { emit, EVENTS, on } from "./shared.js";
+import { stylesPicker } from "./styles_picker.js";
 
 const RATIOS = [[1, 1], [3, 4], [4, 3], [2, 3], [3, 2], [9, 16], [16, 9]];
 
@@ -66,12 +68,17 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       field("Variation seed (-1: random)", subseed), strengthField));
 
   // --- data from the server ---
-  const [ckpts, vaes, samplers, schedulers, loras, embeddings, styles, options] = await Promise.all([
+  const [ckpts, vaes, samplers, schedulers, loras, embeddings, styleList, options, scripts] = await Promise.all([
     api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/sd-vae"), api.get("/sdapi/v1/samplers"),
     api.get("/sdapi/v1/schedulers"), api.get("/sdapi/v1/loras"), api.get("/sdapi/v1/embeddings"),
-    api.get("/sdapi/v1/prompt-styles"), api.get("/sdapi/v1/options"),
-  ]).catch((e) => { toast(e.message, "error"); return [{ items: [] }, [], [], [], [], { loaded: {} }, [], {}]; });
+    api.get("/sdapi/v1/prompt-styles"), api.get("/sdapi/v1/options"), api.get("/sdapi/v1/script-info"),
+  ]).catch((e) => { toast(e.message, "error"); return [{ items: [] }, [], [], [], [], { loaded: {} }, [], {}, []]; });
   let checkpoints = ckpts.items;
+  const styles = stylesPicker(styleList, prompt, negative);
+  pickers.before(styles.element);
+  // the refiner's controls only where the server has A1111's always-on Refiner script
+  const advanced = advancedSettings({ refiner: scripts.some((s) => s.is_alwayson && s.name === "refiner") });
+  advanced.setCheckpoints(checkpoints.map((c) => c.name));
   setOptions(model, checkpoints.map((c) => [c.name, c.title]), ckpts.current ?? undefined);
   setOptions(vae, [["Automatic", "Automatic"], ["None", "None (the checkpoint's own)"],
     ...vaes.map((v) => [v.model_name, v.model_name])], options.sd_vae);
@@ -97,8 +104,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   function showPickers(loras, embeddings) {
     clear(pickers,
       picker("LoRA", loras.map((l) => [l.alias || l.name, () => prompt.insert(`<lora:${l.alias || l.name}:1>`)])),
-      picker("Embeddings", Object.keys(embeddings.loaded || {}).map((n) => [n, () => prompt.insert(n)])),
-      styles.length ? picker("Styles", styles.map((s) => [s.name, () => applyStyle(s)])) : null);
+      picker("Embeddings", Object.keys(embeddings.loaded || {}).map((n) => [n, () => prompt.insert(n)])));
   }
   on(EVENTS.MODELS_CHANGED, async () => { // a model was saved (merge, training) or the folders rescanned
     try {
@@ -106,6 +112,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
         api.get("/sdapi/v1/embeddings")]);
       checkpoints = c.items;
       setOptions(model, checkpoints.map((x) => [x.name, x.title]), model.value);
+      advanced.setCheckpoints(checkpoints.map((x) => x.name));
       showPickers(l, e);
     } catch (err) { toast(err.message, "error"); }
   });
@@ -114,10 +121,6 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       ? entries.map(([label, act]) => h("button", { type: "button", onclick: act }, label))
       : [h("span", { class: "muted" }, "none found in the models folder")];
     return h("details", {}, h("summary", {}, `${title} (${entries.length})`), h("div", { class: "picker-list" }, list));
-  }
-  function applyStyle(style) {
-    if (style.prompt) prompt.insert(style.prompt);
-    if (style.negative_prompt) negative.insert(style.negative_prompt);
   }
   function reuseSeed() {
     const s = shownSeed();
@@ -136,7 +139,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
 
   const int = (el) => Math.trunc(Number(el.value));
   return {
-    prompt, negative, promptCard, settingsCard, variationCard, width, height, seed,
+    prompt, negative, promptCard, settingsCard, variationCard, advancedCard: advanced.element, width, height, seed,
     // Once the cards are in the tab's `form`: its remembered values (under `key`) come back and are
     // kept as they change; its submit button and Ctrl+Enter anywhere in `panel` run `generate`.
     attach(panel, form, key, generate) {
@@ -145,6 +148,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       showPresets();
       prompt.refresh();
       negative.refresh();
+      styles.refresh();
       const save = debounce(() => saveForm(form, key), 300);
       form.addEventListener("input", save);
       form.addEventListener("change", save);
@@ -162,8 +166,11 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
         width: int(width), height: int(height), seed: int(seed), n_iter: int(nIter), batch_size: int(batchSize),
         send_images: false,
         override_settings: { sd_model_checkpoint: model.value, sd_vae: vae.value, CLIP_stop_at_last_layers: int(clipSkip) },
+        ...advanced.request(),
         ...controlnetFields(img2img),
       };
+      const active = styles.active();
+      if (active.length) body.styles = active;
       if (variation.checked) {
         body.subseed = int(subseed);
         body.subseed_strength = Number(strengthField.querySelector("input[name=subseed_strength]").value);
@@ -190,6 +197,8 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       clipSkip.value = o.CLIP_stop_at_last_layers ?? 1;
       if (o.sd_model_checkpoint) { choose(model, o.sd_model_checkpoint); showPresets(); }
       vae.value = o.sd_vae && choose(vae, o.sd_vae) ? vae.value : "Automatic";
+      styles.set(req.styles || []); // an image's infotext has its styles in its prompt already
+      advanced.apply(req);
       syncSliders(settingsCard);
       syncSliders(variationCard);
     },

@@ -1,6 +1,7 @@
 // The right-hand side of Generate and img2img/inpaint: the progress of this tab's jobs (step, ETA,
 // live latent preview, interrupt, skip) and the images of its last job with their parameters,
-// download and "send to" (img2img's own tab included: a result goes back onto its canvas).
+// download and "send to" (img2img's own tab included: a result goes back onto its canvas). A script's
+// grids come first (info.index_of_first_image of them), marked as grids, then its single images.
 import { api } from "./api.js";
 import { clear, h, icon, toast } from "./dom.js";
 import { EVENTS, emit, on, sendTo, shared, TARGETS } from "./shared.js";
@@ -60,19 +61,23 @@ export function jobView() {
 
   let shown = null; // {job, index}
   const imageUrl = (job, i) => `/opensd/v1/jobs/${encodeURIComponent(job.id)}/images/${i}`;
+  const gridsOf = (job) => job.result.info?.index_of_first_image || 0;
   function showResults(job) {
-    const n = job.result.files.length;
+    const n = job.result.files.length, grids = gridsOf(job);
     clear(resultThumbs, Array.from({ length: n }, (_, i) => h("button", {
-      type: "button", "aria-label": `Image ${i + 1}`, "aria-pressed": "false", onclick: () => showImage(job, i),
+      type: "button", "aria-label": i < grids ? `Grid ${i + 1}` : `Image ${i + 1 - grids}`, "aria-pressed": "false",
+      class: i < grids ? "grid-thumb" : null, onclick: () => showImage(job, i),
     }, h("img", { src: imageUrl(job, i), alt: "" }))));
     showImage(job, 0);
   }
+  // the seed of image i (a grid: its first cell's)
+  const seedOf = (job, i) => (job.result.info?.all_seeds || [])[Math.max(0, i - gridsOf(job))];
   function showImage(job, i) {
     shown = { job, index: i };
     const info = job.result.info || {};
     const text = (info.infotexts || [])[i] || "";
     clear(resultMain, h("img", { src: imageUrl(job, i), alt: `Generated image: ${info.prompt || ""}`,
-      "data-seed": (info.all_seeds || [])[i], class: info.width <= 128 ? "pixel" : null }));
+      "data-seed": seedOf(job, i), class: info.width <= 128 ? "pixel" : null }));
     [...resultThumbs.children].forEach((b, k) => b.setAttribute("aria-pressed", String(k === i)));
     infoBox.textContent = text;
     infoBox.hidden = !text;
@@ -101,6 +106,6 @@ export function jobView() {
         status.textContent = queued.position > 0 ? `Queued: position ${queued.position}` : "Starting";
       } catch (e) { fail(e); }
     },
-    shownSeed: () => shown && (shown.job.result.info?.all_seeds || [])[shown.index],
+    shownSeed: () => shown && seedOf(shown.job, shown.index),
   };
 }

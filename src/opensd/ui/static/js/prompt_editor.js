@@ -4,22 +4,49 @@
 import { api } from "./api.js";
 import { debounce, h, nextId } from "./dom.js";
 
-// escaped char | <net:tag> | BREAK/AND | :weight before ) or ] | ( ) | [ ] |
-const SYNTAX = /(\\.)|(<\w+:[^>\n]+>)|(\bBREAK\b|\bAND\b)|(:\s*[-+]?(?:\d+\.?\d*|\.\d+)(?=\s*[)\]]))|([()])|([[\]|])/g;
-const CLASSES = [null, null, "n", "k", "num", "w", "e"];
+// escaped char | <net:tag> | __wildcard__ | "{" with its "N$$" count | "}" | BREAK/AND |
+// :weight before ) or ] | ( ) | [ ] | "|"
+const SYNTAX = new RegExp([/(\\.)/, /(<\w+:[^>\n]+>)/, /(__[^\s{}|[\]()<>:,]+?__)/,
+  /(\{(?:\s*\d*\s*-?\s*\d*\s*\$\$(?:[^|{}$]*\$\$)?)?)/, /(\})/, /(\bBREAK\b|\bAND\b)/,
+  /(:\s*[-+]?(?:\d+\.?\d*|\.\d+)(?=\s*[)\]]))/, /([()])/, /([[\]])/, /(\|)/].map((r) => r.source).join("|"), "g");
+const CLASSES = { net: "n", keyword: "k", weight: "num", paren: "w", bracket: "e" };
 
+// Spans for the overlay. A dynamic-prompt group {a|b} is one span (tinted, nested groups inside it)
+// whose braces and option bars are marked; a "|" inside [...] or (...) is A1111's alternation, as
+// the server reads it (text/dynamic_prompts.py).
 export function highlight(text) {
-  const out = [];
+  const top = [];
+  const groups = []; // open {...} spans, innermost last
+  const open = [];   // open brackets "{", "[", "(", innermost last
+  const put = (node) => (groups.length ? groups[groups.length - 1].append(node) : top.push(node));
+  const mark = (cls, t) => put(cls ? h("span", { class: cls }, t) : document.createTextNode(t));
   let last = 0;
   for (const m of text.matchAll(SYNTAX)) {
-    if (m.index > last) out.push(document.createTextNode(text.slice(last, m.index)));
-    const group = m.findIndex((g, i) => i > 0 && g !== undefined);
-    const cls = CLASSES[group];
-    out.push(cls ? h("span", { class: cls }, m[0]) : document.createTextNode(m[0]));
+    if (m.index > last) put(document.createTextNode(text.slice(last, m.index)));
     last = m.index + m[0].length;
+    const [t, , net, wildcard, brace, close, keyword, weight, paren, bracket, bar] = m;
+    if (brace !== undefined) {
+      const group = h("span", { class: "dyn" }, h("span", { class: "dp" }, t));
+      put(group);
+      groups.push(group);
+      open.push("{");
+    } else if (close !== undefined) {
+      if (open[open.length - 1] !== "{") { put(document.createTextNode(t)); continue; }
+      mark("dp", t);
+      groups.pop();
+      open.pop();
+    } else if (paren || bracket) {
+      if (t === "(" || t === "[") open.push(t);
+      else if (open[open.length - 1] === (t === ")" ? "(" : "[")) open.pop();
+      mark(CLASSES[paren ? "paren" : "bracket"], t);
+    } else if (bar) {
+      mark(open[open.length - 1] === "{" ? "dp" : "e", t);
+    } else {
+      mark(wildcard ? "wc" : net ? CLASSES.net : keyword ? CLASSES.keyword : weight ? CLASSES.weight : null, t);
+    }
   }
-  out.push(document.createTextNode(text.slice(last) + "\n")); // a final newline still takes a line
-  return out;
+  put(document.createTextNode(text.slice(last) + "\n")); // a final newline still takes a line
+  return top;
 }
 
 export function promptEditor({ label, name, placeholder = "", getSteps = () => 20 }) {

@@ -18,7 +18,8 @@ export const EVENTS = {
   JOB_DONE: "opensd:job-done", JOB_QUEUED: "opensd:job-queued", MODELS_CHANGED: "opensd:models-changed",
 };
 // Tab ids the "send to" buttons name; tabs added later register under these ids.
-export const TARGETS = { generate: "Generate", img2img: "img2img", inpaint: "Inpaint", controlnet: "ControlNet" };
+export const TARGETS = { generate: "Generate", img2img: "img2img", inpaint: "Inpaint", controlnet: "ControlNet",
+  extras: "Extras" };
 
 export const shared = {
   sent: {},        // target tab id -> {image: Blob|null, name, params: txt2img request|null, infotext}

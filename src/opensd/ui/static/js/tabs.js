@@ -5,6 +5,7 @@ export const TABS = [
   { id: "img2img", label: "img2img", icon: "image", load: () => import("./tabs/img2img.js") },
   { id: "inpaint", label: "Inpaint", icon: "brush", load: () => import("./tabs/img2img.js") },
   { id: "controlnet", label: "ControlNet", icon: "layers", load: () => import("./tabs/controlnet.js") },
+  { id: "extras", label: "Extras", icon: "expand", load: () => import("./tabs/extras.js") },
   { id: "gallery", label: "Gallery", icon: "grid", load: () => import("./tabs/gallery.js") },
   { id: "queue", label: "Queue", icon: "list", load: () => import("./tabs/queue.js") },
   { id: "pnginfo", label: "PNG info", icon: "info", load: () => import("./tabs/pnginfo.js") },

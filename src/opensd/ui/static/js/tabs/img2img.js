@@ -2,7 +2,8 @@
 // (canvas_editor.js) holds the image; Inpaint adds the mask tools, the inpainting settings and
 // outpainting (extend the canvas on any side). The rest of the form is Generate's (gen_settings.js);
 // requests are queued on POST /opensd/v1/img2img. Images sent here (gallery, results, PNG files)
-// arrive through take(ctx.id); a result sent to this tab goes back onto the canvas.
+// arrive through take(ctx.id); a result sent to this tab goes back onto the canvas. The Script card
+// (scripts_card.js) adds img2img's scripts, SD upscale among them.
 import { canvasEditor } from "../canvas_editor.js";
 import { field, h, icon, toast } from "../dom.js";
 import { number, select, slider, syncSliders } from "../form.js";
@@ -10,6 +11,7 @@ import { generationSettings } from "../gen_settings.js";
 import { pastedImage } from "../image_input.js";
 import { jobView } from "../job_view.js";
 import { saveForm } from "../persist.js";
+import { scriptsCard } from "../scripts_card.js";
 import { EVENTS, on, take } from "../shared.js";
 
 const RESIZE = [["0", "Just resize"], ["1", "Crop and resize"], ["2", "Resize and fill"]];
@@ -23,7 +25,9 @@ export async function mount(panel, ctx) {
   const editor = canvasEditor({ masking: inpaint, label: inpaint ? "Inpainting canvas" : "img2img image",
     onImage: (w, hh) => settings.setSize(round8(w), round8(hh)) }); // no image can arrive before settings exist
   const results = jobView();
-  const settings = await generationSettings({ img2img: true, shownSeed: results.shownSeed, sizeFollowsModel: false });
+  const [settings, script] = await Promise.all([
+    generationSettings({ img2img: true, shownSeed: results.shownSeed, sizeFollowsModel: false }),
+    scriptsCard({ img2img: true })]);
   const extendBy = number("extend_by", { min: 8, max: 1024, step: 8, value: 64 });
   const outpaint = inpaint ? h("div", { class: "card stack", role: "group", "aria-label": "Outpainting" },
     h("h2", {}, "Outpaint"),
@@ -44,10 +48,11 @@ export async function mount(panel, ctx) {
     h("div", { class: "card stack" },
       slider("Denoising strength", "denoising_strength", { min: 0, max: 1, step: 0.01, value: 0.75 }),
       field("Resize mode", select("resize_mode", RESIZE, "0")), inpaintSettings),
-    settings.settingsCard, settings.variationCard,
+    settings.settingsCard, settings.variationCard, settings.advancedCard, script.element,
     h("div", { class: "gen-actions" }, generateButton));
   panel.append(h("div", { class: "gen-layout" }, form, results.element));
   settings.attach(panel, form, key, generate);
+  script.refresh();
   panel.addEventListener("paste", (e) => {
     const file = pastedImage(e);
     if (file) { e.preventDefault(); editor.load(file); }
@@ -67,7 +72,7 @@ export async function mount(panel, ctx) {
 
   function request() {
     const body = {
-      ...settings.request(), init_images: [editor.imageDataURL()],
+      ...settings.request(), ...script.fields(), init_images: [editor.imageDataURL()],
       denoising_strength: Number(v.denoising_strength.value), resize_mode: Number(v.resize_mode.value),
     };
     if (!inpaint) return body;
