@@ -221,3 +221,29 @@ def test_cli_refiner_flags_need_a_refiner(models, tmp_path):
     assert main(["generate", "x", "--refiner-switch", "0.5", "-o", str(tmp_path / "x.png")]) == 2
     assert main(["generate", "x", "--models-dir", str(root / "models"), "-m", "base", "--refiner", "nope",
                  "-o", str(tmp_path / "y.png")]) == 2
+
+
+def test_cli_xyz_refiner_axes_are_the_single_generations(models, tmp_path, capsys):
+    root, _, _ = models
+    args = ["--models-dir", str(root / "models"), "-m", "base", "--steps", "5", "--seed", "4", "--width", "64",
+            "--height", "64", "--cfg", "5", "--precision", "fp32", "--device", "cpu"]
+
+    def gen(name, *extra):
+        assert main(["generate", "a red kite", *args, *extra, "-o", str(tmp_path / f"{name}.png")]) == 0
+        return tmp_path / name
+
+    def same(a, b):
+        return np.array_equal(np.asarray(read(a)), np.asarray(read(b)))
+
+    grid = gen("g", "--refiner", "ref", "--xyz", "refiner switch at:1.0,0.5")  # g-0 the grid, g-1 and g-2 the cells
+    assert same(f"{grid}-1.png", f"{gen('s1', '--refiner', 'ref', '--refiner-switch', '1.0')}.png")
+    assert same(f"{grid}-2.png", f"{gen('s5', '--refiner', 'ref', '--refiner-switch', '0.5')}.png")
+    plain = f"{gen('plain')}.png"
+    assert same(f"{grid}-1.png", plain) and not same(f"{grid}-2.png", plain)
+    picked = gen("c", "--xyz", "refiner checkpoint:None,ref")
+    assert same(f"{picked}-1.png", plain)
+    assert same(f"{picked}-2.png", f"{gen('s8', '--refiner', 'ref')}.png")
+    capsys.readouterr()
+    assert main(["generate", "a red kite", *args, "--xyz", "refiner checkpoint:ref,nope",
+                 "-o", str(tmp_path / "x.png")]) == 2
+    assert "Refiner checkpoint" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def base() -> Spec:
 class NoModels:
     img2img = False
 
-    def checkpoint(self, name):
+    def checkpoint(self, name, where="Checkpoint name"):
         return f"/models/{name}"
 
 
@@ -96,11 +96,19 @@ def test_cells_order_seeds_and_costly_axes_outermost():
     ("RNG source", "GPU", lambda s: s.kwargs["device_noise"] is True),
     ("Size", "96x32", lambda s: (s.kwargs["width"], s.kwargs["height"]) == (96, 32)),
     ("Face restore", "false", lambda s: True),
+    ("Refiner checkpoint", "sub/ref.safetensors", lambda s: s.refiner == "/models/sub/ref.safetensors"),
+    ("Refiner checkpoint", "None", lambda s: s.refiner == "None" and s.model is None),
+    ("Refiner switch at", "0.6", lambda s: s.refiner_switch == 0.6),
 ])
 def test_what_each_axis_changes(axis, value, changed):
     kind = xyz.read_axis(axis, value, None, True, base(), False, "X")
     cell = xyz.cells(base(), (kind, xyz.NOTHING, xyz.NOTHING), xyz.GridOptions(), NoModels())[0]
     assert changed(cell)
+
+
+def test_refiner_axis_labels_as_a1111_formats_them():
+    assert find_axis("Refiner checkpoint", False, "X").label_of("/models/sub/ref.safetensors") == "ref.safetensors"
+    assert find_axis("Refiner switch at", True, "X").label_of(0.5) == "Refiner switch at: 0.5"
 
 
 def test_a1111_16_layout_of_script_args():

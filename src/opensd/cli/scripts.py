@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..errors import InvalidArgument
@@ -83,6 +83,8 @@ class CliFace:
         # generate.py's pipeline loader, pipeline call and infotexts
         self.open_pipe, self.make_call, self.texts = open_pipe, make_call, texts
         self.pipes = {(None, None): pipe}
+        flagged = kwargs.get("refiner")  # --refiner's, loaded already
+        self.refiner_pipes = {flagged.pipe.loaded.path: flagged.pipe} if flagged is not None else {}
         self.wildcards = Wildcards(args.wildcards_dir)
 
     def _pipe(self, model: str | None, vae: str | None):
@@ -99,13 +101,30 @@ class CliFace:
             return self.args.vae
         return None if vae == "None" else Path(vae)
 
+    def _refiner(self, spec):
+        """The cell's Refiner: --refiner's, with an X/Y/Z plot's Refiner checkpoint and switch; a switch
+        alone changes nothing, as in A1111."""
+        from ..pipeline.refiner import Refiner
+
+        flagged = self.kwargs.get("refiner")
+        if spec.refiner == "None" or (spec.refiner is None and flagged is None):
+            return None
+        if spec.refiner is None:
+            made = flagged
+        else:
+            path = Path(spec.refiner)
+            if path not in self.refiner_pipes:
+                self.refiner_pipes[path] = self.open_pipe(path, None)
+            made = replace(flagged or Refiner(None), pipe=self.refiner_pipes[path])
+        return made if spec.refiner_switch is None else replace(made, switch_at=spec.refiner_switch)
+
     def generate(self, spec, progress):
         from ..pipeline import dynamic_batch
         from ..pipeline.params import Hires
         from ..scripts.spec import Generated, Made, fixed_seed
 
         pipe = self._pipe(spec.model, spec.vae)
-        kw = dict(spec.kwargs, controls=self.kwargs.get("controls"))
+        kw = dict(spec.kwargs, controls=self.kwargs.get("controls"), refiner=self._refiner(spec))
         kw = {k: v for k, v in kw.items() if v is not None}
         if spec.kwargs.get("hires"):
             kw["hires"] = Hires(**spec.kwargs["hires"])
@@ -124,9 +143,9 @@ class CliFace:
         return Generated([Made(im, t, im.info["seed"], im.info.get("subseed"), im.info["params"].prompt,
                                im.info["params"].negative_prompt) for im, t in zip(images, texts)])
 
-    def checkpoint(self, name: str) -> str:
+    def checkpoint(self, name: str, where: str = "Checkpoint name") -> str:
         from .model_flags import resolve_model
-        return str(resolve_model(self.folders, "checkpoints", name, "Checkpoint name"))
+        return str(resolve_model(self.folders, "checkpoints", name, where))
 
     def vae(self, name: str) -> str:
         from .model_flags import resolve_model
@@ -213,7 +232,7 @@ def run_script(name: str, args, face, progress):
     """Run the chosen script from the generate flags; its ScriptResult."""
     from ..scripts.spec import Spec
 
-    kw = {k: v for k, v in face.kwargs.items() if k != "controls"}
+    kw = {k: v for k, v in face.kwargs.items() if k not in ("controls", "refiner")}  # the face adds them
     if "hires" in kw:
         kw["hires"] = asdict(kw["hires"])
     pipe = face.pipes[(None, None)]

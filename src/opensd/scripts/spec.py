@@ -33,6 +33,9 @@ class Spec:
     schedule: str | None = None       # the schedule asked for (None: each sampler's own), kept by a new sampler
     model: str | None = None          # a checkpoint as Face.checkpoint returned it; None: the face's own
     vae: str | None = None            # a VAE as Face.vae returned it; None: the face's own choice
+    refiner: str | None = None        # a refiner checkpoint as Face.checkpoint returned it, "None": no
+                                      # refiner; None: the face's own
+    refiner_switch: float | None = None  # the refiner's switch point; None: the face's own
     init: Image.Image | None = None   # img2img: this image instead of the face's init image
 
     def but(self, **changes) -> Spec:
@@ -80,8 +83,9 @@ class Face(Protocol):
     def generate(self, spec: Spec, progress: Progress) -> Generated:
         """Run `spec` (styles already in its prompts; wildcards and dynamic prompts expanded per image)."""
 
-    def checkpoint(self, name: str) -> str:
-        """The checkpoint `name` as Spec.model takes it; unknown names raise InvalidArgument."""
+    def checkpoint(self, name: str, where: str = "Checkpoint name") -> str:
+        """The checkpoint `name` as Spec.model and Spec.refiner take it; unknown names raise
+        InvalidArgument naming `where`."""
 
     def vae(self, name: str) -> str:
         """The VAE `name` ("Automatic", "None" or a file) as Spec.vae takes it; unknown names raise."""

@@ -36,7 +36,7 @@ class AxisType:
             value = round(value, 8)
         if self.kind == ORDER:
             value = ", ".join(value)
-        elif self.label == "Checkpoint name":
+        elif self.label in ("Checkpoint name", "Refiner checkpoint"):
             value = os.path.basename(str(value))
         return f"{self.label}: {value}" if self.named else str(value)
 
@@ -102,6 +102,17 @@ def _checkpoint(spec: Spec, value, values, face):
     spec.model = face.checkpoint(value)
 
 
+def _refiner(spec: Spec, value, values, face):
+    off = value.strip().lower() in ("", "none")  # A1111: "None" runs without a refiner
+    spec.refiner = "None" if off else face.checkpoint(value, "Refiner checkpoint")
+
+
+def _refiner_switch(spec: Spec, value, values, face):
+    if not 0 <= value <= 1:
+        raise InvalidArgument(f"Refiner switch at: {value} is not a fraction in 0..1")
+    spec.refiner_switch = value
+
+
 def _vae(spec: Spec, value, values, face):
     spec.vae = face.vae(value)
 
@@ -160,7 +171,6 @@ def _size(spec: Spec, value, values, face):
 
 _T, _I = ("txt2img",), ("img2img",)
 _NO_SIGMA_RANGE = "schedules use the model's own sigma range here"
-_REFINER = "the refiner is not implemented here"
 AXES: tuple[AxisType, ...] = (
     AxisType("Nothing", apply=lambda *a: None),
     AxisType("Seed", INT, _seed),
@@ -204,8 +214,8 @@ AXES: tuple[AxisType, ...] = (
     AxisType("Token merging ratio high-res", FLOAT, missing="token merging is not implemented here"),
     AxisType("Always discard next-to-last sigma", TEXT, choices=True, missing="not implemented here"),
     AxisType("SGM noise multiplier", TEXT, choices=True, missing="not implemented here"),
-    AxisType("Refiner checkpoint", TEXT, cost=1.0, choices=True, missing=_REFINER),
-    AxisType("Refiner switch at", FLOAT, missing=_REFINER),
+    AxisType("Refiner checkpoint", TEXT, _refiner, named=False, cost=1.0, choices=True),
+    AxisType("Refiner switch at", FLOAT, _refiner_switch),
     AxisType("RNG source", TEXT, _rng, choices=True),
     AxisType("FP8 mode", TEXT, cost=0.9, choices=True, missing="FP8 weights are not implemented here"),
     AxisType("Size", TEXT, _size),

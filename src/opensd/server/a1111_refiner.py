@@ -24,8 +24,8 @@ def _script_args(req) -> list | None:
     return None
 
 
-def plan(req, opts: dict, cache) -> dict | None:
-    """The job's refiner as plain JSON ({path, switch_at, hires_pass}), or None."""
+def _requested(req) -> tuple:
+    """(checkpoint, switch_at, the field naming the checkpoint) as the request sets them."""
     checkpoint, switch, field = req.refiner_checkpoint, req.refiner_switch_at, "refiner_checkpoint"
     args = _script_args(req)
     if args is not None:
@@ -33,12 +33,34 @@ def plan(req, opts: dict, cache) -> dict | None:
         checkpoint = args[1] if enabled and len(args) > 1 else None
         switch = args[2] if enabled and len(args) > 2 else switch
         field = "alwayson_scripts.Refiner.args[1]"
-    if checkpoint in _OFF:
-        return None
-    path = cache.resolve(checkpoint, field)
+    return checkpoint, switch, field
+
+
+def _planned(path, switch, opts: dict) -> dict:
     made = Refiner(None, DEFAULT_SWITCH if switch is None else switch, opts["hires_fix_refiner_pass"])
     made.check_settings()
     return {"path": str(path), "switch_at": float(made.switch_at), "hires_pass": made.hires_pass}
+
+
+def plan(req, opts: dict, cache) -> dict | None:
+    """The job's refiner as plain JSON ({path, switch_at, hires_pass}), or None."""
+    checkpoint, switch, field = _requested(req)
+    if checkpoint in _OFF:
+        return None
+    return _planned(cache.resolve(checkpoint, field), switch, opts)
+
+
+def for_cell(req, opts: dict, planned: dict | None, checkpoint: str | None, switch: float | None) -> dict | None:
+    """A script cell's refiner: the job's `planned` one with an X/Y/Z plot's Refiner checkpoint (a
+    path; "None": none) and Refiner switch at (None: as planned), as A1111's axes set
+    p.refiner_checkpoint / p.refiner_switch_at; a switch without any refiner changes nothing."""
+    if checkpoint == "None":
+        return None
+    if checkpoint is not None:
+        planned = _planned(checkpoint, planned["switch_at"] if planned else _requested(req)[1], opts)
+    if planned is None or switch is None:
+        return planned
+    return dict(planned, switch_at=float(switch))
 
 
 def load(state, spec: dict | None, main: tuple[Path, Path | None]) -> Refiner | None:

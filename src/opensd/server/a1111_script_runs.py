@@ -19,7 +19,7 @@ from PIL import Image
 from ..scripts import prompt_matrix, prompts_file, sd_upscale, xyz
 from ..scripts.spec import Generated, Progress, ScriptResult, Spec
 from ..text.styles import Style
-from . import a1111_apply, a1111_run, a1111_unsupported, work_budget
+from . import a1111_apply, a1111_refiner, a1111_run, a1111_unsupported, work_budget
 from .a1111_scripts import Script, register
 from .images_io import decode_b64
 
@@ -51,8 +51,9 @@ class ServerFace:
     def generate(self, spec: Spec, progress: Progress) -> Generated:
         model = spec.model or self.p["model_path"]
         vae = self._vae_path(spec, Path(model))
+        refiner = a1111_refiner.for_cell(self.req, self.opts, self.p.get("refiner"), spec.refiner, spec.refiner_switch)
         p = dict(self.p, kwargs=spec.kwargs, prompt=spec.prompt, negative_prompt=spec.negative_prompt,
-                 model_path=model, vae_path=str(vae) if vae else None)
+                 model_path=model, vae_path=str(vae) if vae else None, refiner=refiner)
         req = self.req.model_copy(update={"seed": spec.seed, "subseed": spec.subseed, "n_iter": spec.n_iter})
         return a1111_run.generate(self.state, p, req, _CellControl(self.ctl, progress), init=spec.init)
 
@@ -65,8 +66,8 @@ class ServerFace:
             return a1111_apply.vae_path(self.state.folders, {"sd_vae": spec.vae}, model)
         return Path(spec.vae)
 
-    def checkpoint(self, name: str) -> str:
-        return str(self.state.cache.resolve(name, "Checkpoint name"))
+    def checkpoint(self, name: str, where: str = "Checkpoint name") -> str:
+        return str(self.state.cache.resolve(name, where))
 
     def vae(self, name: str) -> str:
         key = name.strip().lower()

@@ -48,7 +48,8 @@ def choice_lists(state) -> dict[str, Callable[[], list[str]]]:
 
     return {
         "Sampler": samplers, "Hires sampler": samplers, "Checkpoint name": checkpoints,
-        "Refiner checkpoint": checkpoints, "Schedule type": lambda: list(SCHEDULER_LABELS.values()),
+        "Refiner checkpoint": lambda: ["None", *checkpoints()],
+        "Schedule type": lambda: list(SCHEDULER_LABELS.values()),
         "Hires upscaler": lambda: [*LATENT_MODES, *state.cache.upscalers.names()],
         "VAE": lambda: ["Automatic", "None", *(m.name for m in state.folders.list("vae"))],
         "Styles": styles, "RNG source": lambda: list(RNG_SOURCES),
