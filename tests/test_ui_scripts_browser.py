@@ -10,10 +10,15 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server_live import LiveServer
+import torch
+from server_live import LiveServer, models_dir
+from test_refiner import TINY_REFINER
 from ui_browser import browser, drop_file, open_page, wait_for  # noqa: F401 (fixtures)
+from workflow_models import TINY_SDXL
 
-from opensd.pipeline.infotext import read_infotext
+from opensd.library.synthetic import write_random_checkpoint
+
+from opensd.pipeline.infotext import parse_infotext, read_infotext
 from opensd.server.settings import Settings
 from opensd.server.store import FINAL
 
@@ -26,7 +31,12 @@ STYLES = 'name,prompt,negative_prompt\nink,"{prompt}, ink drawing",blurry\ngloss
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("uiscripts")
     (root / "styles.csv").write_text(STYLES)
-    with LiveServer(Settings(outputs_dir=root / "out", styles_file=root / "styles.csv")) as server:
+    folder = models_dir(root)  # the built-in model, a tiny SD1 one, and a tiny SDXL base with its refiner
+    write_random_checkpoint(folder / "Stable-diffusion" / "xl-base.safetensors", TINY_SDXL, dtype=torch.float32)
+    write_random_checkpoint(folder / "Stable-diffusion" / "xl-refiner.safetensors", TINY_REFINER, seed=1,
+                            dtype=torch.float32)
+    with LiveServer(Settings(models_dir=folder, outputs_dir=root / "out",
+                             styles_file=root / "styles.csv")) as server:
         yield server
 
 
@@ -35,6 +45,7 @@ def page(browser, live):
     page, log = open_page(browser, live.url + "/#generate")
     page.wait_for_selector("#panel-generate form select[name=model] option", state="attached")
     page.wait_for_selector("#panel-generate select[name=script]")
+    page.select_option("#panel-generate select[name=model]", "opensd-emoji.safetensors")  # its size too: 64
     yield page
     page.context.close()
     assert log.console_errors == [] and log.failures == [] and log.foreign() == []
@@ -123,13 +134,10 @@ def test_a_picked_style_goes_with_the_request_and_apply_writes_it_into_the_promp
     assert page.inner_text("#panel-generate .styles-picker [role=status]") == "No style active"
 
 
-def test_sampler_knobs_go_with_the_request_and_the_refiner_shows_when_the_server_has_it(page, live):
-    scripts = httpx.get(live.url + "/sdapi/v1/script-info").json()
-    has_refiner = any(s["is_alwayson"] and s["name"] == "refiner" for s in scripts)
+def test_sampler_knobs_and_the_refiner_go_with_the_request(page, live):
     page.click("#panel-generate summary:text('Advanced')")
-    assert page.is_visible("#panel-generate select[name=refiner_checkpoint]") == has_refiner
     page.fill("#panel-generate textarea[name=prompt]", "blue heart")
-    page.fill("#panel-generate input[name=steps]", "3")
+    page.fill("#panel-generate input[name=steps]", "4")
     page.select_option("#panel-generate select[name=sampler]", "Euler")
     page.fill("#panel-generate input[name=s_churn]", "0.5")
     page.fill("#panel-generate input[name=s_noise]", "0.9")
@@ -137,6 +145,59 @@ def test_sampler_knobs_go_with_the_request_and_the_refiner_shows_when_the_server
     request = job.payload["request"]
     assert request["s_churn"] == 0.5 and request["s_noise"] == 0.9 and request["eta"] is None
     assert job.payload["kwargs"]["sampler_options"] == {"s_churn": 0.5, "s_noise": 0.9}
+    assert request["refiner_checkpoint"] is None  # "None" sends no refiner
+
+    # the server lists A1111's Refiner script, so its controls are shown and used
+    page.select_option("#panel-generate select[name=model]", "xl-base.safetensors")
+    page.fill("#panel-generate input[name=width]", "64")
+    page.fill("#panel-generate input[name=height]", "64")
+    page.select_option("#panel-generate select[name=refiner_checkpoint]", "xl-refiner.safetensors")
+    page.fill("#panel-generate input[name=refiner_switch_at]", "0.5")
+    job = submit_and_wait(page, live)
+    assert job.status == "done", job.error
+    _, _, params = parse_infotext(job.result["info"]["infotexts"][0])
+    assert params["Refiner"].startswith("xl-refiner [") and params["Refiner switch at"] == "0.5"
+
+
+def test_prompt_matrix_prompts_from_a_file_and_sd_upscale_send_a1111s_script_args(page, live):
+    page.fill("#panel-generate textarea[name=prompt]", "heart | red | glossy")
+    page.fill("#panel-generate input[name=steps]", "2")
+    page.fill("#panel-generate input[name=seed]", "3")
+    page.select_option("#panel-generate select[name=script]", label="Prompt matrix")
+    page.check("#panel-generate input[name=pm_put_at_start]")
+    page.select_option("#panel-generate select[name=pm_delimiter]", "space")
+    job = submit_and_wait(page, live)
+    assert job.payload["request"]["script_args"] == [True, False, "positive", "space", 0]
+    assert job.result["info"]["all_prompts"] == ["heart ", "red heart ", "glossy heart ", "red glossy heart "]
+    assert len(job.result["files"]) == 5  # the grid, then each image
+
+    page.fill("#panel-generate textarea[name=prompt]", "emoji")
+    page.select_option("#panel-generate select[name=script]", label="Prompts from file or textbox")
+    page.set_input_files("#panel-generate input[type=file][aria-label='Choose a text file of prompts']", files=[
+        {"name": "prompts.txt", "mimeType": "text/plain", "buffer": b"a star\n--prompt \"a moon\" --steps 3\n"}])
+    page.wait_for_function("() => document.querySelector('#panel-generate textarea[name=pf_prompt_txt]').value")
+    page.select_option("#panel-generate select[name=pf_prompt_position]", "end")
+    job = submit_and_wait(page, live)
+    args = job.payload["request"]["script_args"]
+    assert args == [False, False, "end", 'a star\n--prompt "a moon" --steps 3\n']
+    assert job.result["info"]["all_prompts"] == ["emoji a star", "emoji a moon"]
+
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+    page.click("#tab-img2img")
+    page.wait_for_selector("#panel-img2img select[name=script] option", state="attached")
+    page.set_input_files("#panel-img2img .canvas-editor input[type=file]",
+                         files=[{"name": "in.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    page.wait_for_function("() => document.querySelector('#panel-img2img canvas.canvas-image').width === 64")
+    page.fill("#panel-img2img textarea[name=prompt]", "heart")
+    page.fill("#panel-img2img input[name=steps]", "2")
+    page.select_option("#panel-img2img select[name=script]", label="SD upscale")
+    page.select_option("#panel-img2img select[name=su_upscaler]", label="Lanczos")
+    page.fill("#panel-img2img input[name=su_overlap]", "16")
+    job = submit_and_wait(page, live, "#panel-img2img")
+    assert job.payload["request"]["script_args"] == [None, 16, 1, 2]  # Lanczos: index 1 of /sdapi/v1/upscalers
+    assert pixels(live.state.settings.outputs_dir / job.result["files"][0]).shape == (128, 128, 3)
 
 
 def test_extras_upscales_with_lanczos_to_twice_the_size(browser, live):
