@@ -2,6 +2,10 @@
 
 Every run keeps its state in --run-dir (default runs/<kind>-<output name>); running the same
 command again after an interruption (even kill -9) continues where it stopped.
+
+Data-parallel on several processes (CPUs: gloo, GPUs: NCCL), e.g. one per GPU:
+  torchrun --nproc-per-node 2 -m opensd.cli train lora --data DIR -o out.safetensors --steps 500
+--batch-size is the whole batch, split over the processes; a run continues on any number of them.
 """
 from __future__ import annotations
 
@@ -101,11 +105,14 @@ def _common(p: argparse.ArgumentParser, lr: float) -> None:
 
 
 def _common_kwargs(args, kind: str) -> dict:
+    from ..distributed import ddp
+
     set_threads(args.threads)
     model = resolve_model(model_folders(args), "checkpoints", args.model, "model") if args.model else BUILTIN_MODEL
     if args.steps is None and args.epochs is None:
         raise InvalidArgument("steps: give --steps N or --epochs N")
     logging.getLogger("opensd.training").setLevel(logging.INFO)
+    parallel, device = ddp.start(args.device)  # under torchrun: this process's rank and device
     return {
         "data": args.data, "model": model, "output": args.output,
         "run_dir": args.run_dir or Path("runs") / f"{kind}-{args.output.stem}", "steps": args.steps,
@@ -114,7 +121,7 @@ def _common_kwargs(args, kind: str) -> dict:
         "bf16": args.bf16, "gradient_checkpointing": args.gradient_checkpointing, "flip": args.flip,
         "min_snr_gamma": args.min_snr_gamma, "sample_every": args.sample_every,
         "sample_prompts": list(args.sample_prompt), "sample_steps": args.sample_steps,
-        "save_every": args.save_every, "caption": args.caption, "device": args.device,
+        "save_every": args.save_every, "caption": args.caption, "device": device, "parallel": parallel,
         "progress": not args.no_progress, "lr_scheduler": args.lr_scheduler,
         "lr_cycles": args.lr_scheduler_num_cycles, "lr_power": args.lr_scheduler_power,
         "noise_offset": args.noise_offset, "shuffle_caption": args.shuffle_caption, "keep_tokens": args.keep_tokens,
@@ -123,7 +130,11 @@ def _common_kwargs(args, kind: str) -> dict:
 
 
 def _done(path) -> int:
-    print(f"wrote {path}")
+    from ..distributed import ddp
+
+    ddp.finish()
+    if path is not None:  # data-parallel: only rank 0 writes
+        print(f"wrote {path}")
     return 0
 
 

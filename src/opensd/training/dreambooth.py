@@ -86,7 +86,11 @@ def build(opts: DreamBoothOptions, pipe=None):
         FT.warn_bf16(opts.device)
     prior = None
     if opts.class_prompt is not None and opts.prior_weight > 0:
-        folder = class_images(pipe, opts, ds.resolution)
+        folder = opts.class_folder
+        if opts.parallel is None or opts.parallel.main:  # data-parallel: rank 0 makes them, the others wait
+            class_images(pipe, opts, ds.resolution)
+        if opts.parallel is not None:
+            opts.parallel.barrier()
         prior = FT.open_dataset(opts, pipe, default_caption=opts.class_prompt, root=folder)
     model = pipe.model
     model.unet.requires_grad_(True)
@@ -121,7 +125,8 @@ def build(opts: DreamBoothOptions, pipe=None):
 
     cfg = TrainConfig(steps=steps, lr=opts.lr, warmup=opts.warmup, grad_clip=1.0, save_every=opts.save_every,
                       sample_every=opts.sample_every, seed=opts.seed, bf16=opts.bf16, **opts.schedule())
-    trainer = Trainer(model, batches, loss_fn, cfg, Path(opts.run_dir), sample_fn, params=groups)
+    trainer = Trainer(model, batches, loss_fn, cfg, Path(opts.run_dir), sample_fn, params=groups,
+                      parallel=opts.parallel)
     return trainer, pipe, ds, prior, steps
 
 
@@ -145,7 +150,7 @@ def train_dreambooth(opts: DreamBoothOptions, pipe=None, until: int | None = Non
     log.info("DreamBooth: %d instance images, %s, %d steps", ds.num_images,
              f"{prior.num_images} class images" if prior else "no prior preservation", steps)
     trainer.run(progress=opts.progress, until=until, on_step=on_step)
-    if trainer.step < steps:
+    if trainer.step < steps or not trainer.main:  # data-parallel: rank 0 writes
         return None
     pipe.model.requires_grad_(False).eval()
     return save_checkpoint(pipe, opts.output, opts.fp16, {

@@ -20,6 +20,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,7 @@ class CommonOptions:
     keep_tokens: int = 0
     caption_dropout_rate: float = 0.0
     caption_tag_dropout_rate: float = 0.0
+    parallel: Any = None               # opensd.distributed.ddp.Parallel when torchrun runs several processes
 
     def validate(self) -> None:
         for name in ("batch_size", "sample_steps", "save_every"):
@@ -114,7 +116,7 @@ class CommonOptions:
 
     def batch_options(self) -> dict:
         """LatentBatches' noise offset and caption augmentation."""
-        return {"noise_offset": self.noise_offset,
+        return {"noise_offset": self.noise_offset, "parallel": self.parallel,
                 "captions": CaptionOptions(self.shuffle_caption, self.keep_tokens, self.caption_dropout_rate,
                                            self.caption_tag_dropout_rate)}
 
@@ -160,12 +162,13 @@ def total_steps(opts: CommonOptions, ds: Dataset) -> int:
 
 class LatentBatches:
     """Dataset batches as scaled VAE latents (posterior mean and std cached per image and flip)
-    plus the per-step noise and timesteps."""
+    plus the per-step noise and timesteps. With `parallel` (data-parallel training), everything
+    random is drawn for the whole batch and this process keeps its rows, with their loss weight."""
 
     def __init__(self, pipe, ds: Dataset, batch_size: int, seed: int, noise_offset: float = 0.0,
-                 captions: CaptionOptions = CaptionOptions()):
+                 captions: CaptionOptions = CaptionOptions(), parallel=None):
         self.pipe, self.ds, self.batch_size, self.seed = pipe, ds, batch_size, seed
-        self.noise_offset, self.captions = noise_offset, captions
+        self.noise_offset, self.captions, self.parallel = noise_offset, captions, parallel
         self._cache: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
         self.n_timesteps = len(alphas_of(pipe))
 
@@ -186,10 +189,12 @@ class LatentBatches:
 
     def make(self, step: int, batch, scale: float) -> dict:
         g = torch.Generator().manual_seed(self.seed * 7_919 + 1_000_003 * (step + 1))
-        mean, std = self._posterior(batch)
-        z0 = (mean + std * torch.randn(mean.shape, generator=g)) * scale
-        t = torch.randint(0, self.n_timesteps, (len(batch),), generator=g)
-        noise = torch.randn(z0.shape, generator=g)
+        rows, weight = self.parallel.rows(len(batch)) if self.parallel is not None else (slice(None), 1.0)
+        mean, std = self._posterior(batch[rows])
+        shape = (len(batch), *mean.shape[1:])  # every draw is for the whole batch, whatever rows are kept
+        z0 = (mean + std * torch.randn(shape, generator=g)[rows]) * scale
+        t = torch.randint(0, self.n_timesteps, (len(batch),), generator=g)[rows]
+        noise = torch.randn(shape, generator=g)
         dev = self.pipe.device
         h, w = (s * self.pipe.config.vae.downscale for s in z0.shape[-2:])
         captions = [self.ds.items[i].caption for i, _ in batch]
@@ -199,9 +204,10 @@ class LatentBatches:
             noise = noise + self.noise_offset * torch.randn(*noise.shape[:2], 1, 1, generator=g)
         if self.captions.active:
             captions = [process_caption(c, self.captions, g) for c in captions]
-        out = {"z0": z0.to(dev), "t": t.to(dev), "noise": noise.to(dev), "size": (w, h), "captions": captions}
+        out = {"z0": z0.to(dev), "t": t.to(dev), "noise": noise[rows].to(dev), "size": (w, h),
+               "captions": captions[rows], "weight": weight}
         if scales is not None:
-            out["scales"] = scales.to(dev)
+            out["scales"] = scales[rows].to(dev)
         return out
 
 
@@ -238,7 +244,7 @@ def diffusion_loss(pipe, batch: dict, alphas: torch.Tensor, embeddings=None,
         per = per / scales ** 2  # the loss of the implied conditional prediction u + (pred - u) / s
     if min_snr_gamma:
         per = per * min_snr_weight(a.view(-1), min_snr_gamma, pipe.config.prediction)
-    return per.mean()
+    return per.mean() * batch.get("weight", 1.0)  # a data-parallel rank's share of the whole batch
 
 
 def min_snr_weight(alphas_cumprod: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
@@ -321,7 +327,8 @@ def check_job(run_dir: Path, job: dict) -> None:
 
 def job_record(opts: CommonOptions, **extra) -> dict:
     """The settings that define a run (not output paths, progress or sampling)."""
-    skip = {"output", "run_dir", "progress", "sample_every", "sample_prompts", "sample_steps", "device", "save_every"}
+    skip = {"output", "run_dir", "progress", "sample_every", "sample_prompts", "sample_steps", "device", "save_every",
+            "parallel"}  # a run continues on any number of processes
     rec = {k: v for k, v in asdict(opts).items()
            if k not in skip and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     rec["model"] = str(Path(opts.model).resolve())

@@ -274,19 +274,19 @@ def build(opts: LoraOptions, pipe=None):
     cfg = TrainConfig(steps=steps, lr=opts.lr, warmup=opts.warmup, grad_clip=1.0, save_every=opts.save_every,
                       sample_every=opts.sample_every, seed=opts.seed, bf16=opts.bf16, **opts.schedule())
     trainer = Trainer(network, batches, loss_fn, cfg, Path(opts.run_dir), sample_fn,
-                      params=network.param_groups(1.0, te_scale))
+                      params=network.param_groups(1.0, te_scale), parallel=opts.parallel)
     return trainer, network, pipe, ds, steps
 
 
 def train_lora(opts: LoraOptions, pipe=None, until: int | None = None, on_step=None) -> Path | None:
     """Train (or continue) a LoRA run and write opts.output; returns its path (None when stopped
-    early by `until`)."""
+    early by `until`, and in the data-parallel processes other than rank 0, which write nothing)."""
     trainer, network, pipe, ds, steps = build(opts, pipe)
     started = started_at(opts.run_dir)
     log.info("LoRA: %d layers, %d trainable parameters, %d images (%d with repeats) in %d bucket(s), %d steps",
              len(network.layers), sum(p.numel() for p in trainer.params), ds.num_images, ds.num_repeated,
              len(ds.buckets), steps)
     trainer.run(progress=opts.progress, until=until, on_step=on_step)
-    if trainer.step < steps:
+    if trainer.step < steps or not trainer.main:
         return None
     return save_lora(network, opts.output, metadata(opts, pipe, ds, steps, started, trainer.step), opts.save_fp32)

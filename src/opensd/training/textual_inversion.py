@@ -123,7 +123,7 @@ def build(opts: EmbeddingOptions, pipe=None):
 
     cfg = TrainConfig(steps=steps, lr=opts.lr, warmup=opts.warmup, grad_clip=0.0, save_every=opts.save_every,
                       sample_every=opts.sample_every, seed=opts.seed, bf16=opts.bf16, **opts.schedule())
-    trainer = Trainer(vectors, batches, loss_fn, cfg, Path(opts.run_dir), sample_fn)
+    trainer = Trainer(vectors, batches, loss_fn, cfg, Path(opts.run_dir), sample_fn, parallel=opts.parallel)
     return trainer, vectors, pipe, ds, steps
 
 
@@ -151,6 +151,6 @@ def train_embedding(opts: EmbeddingOptions, pipe=None, until: int | None = None,
     log.info("embedding %r: %d vector(s) from %r, %d images, %d steps", opts.name, opts.num_vectors,
              opts.init_word, ds.num_images, steps)
     trainer.run(progress=opts.progress, until=until, on_step=on_step)
-    if trainer.step < steps:
+    if trainer.step < steps or not trainer.main:  # data-parallel: rank 0 writes
         return None
     return save_embedding(vectors, opts.output, opts.name, trainer.step, Path(opts.model).name)

@@ -4,6 +4,10 @@ Resumable: every `save_every` steps the whole state (weights, EMA, optimizer, st
 is written atomically to `run_dir/state.pt`; `Trainer.run()` continues from it, so `kill -9`
 followed by the same command carries on the same run. Checkpoints hold only tensors and plain
 Python values and are read back with weights_only=True.
+
+Data-parallel (opensd.distributed.ddp, under torchrun): with `parallel` given, the loss runs
+through DistributedDataParallel (gradients averaged over the processes), the losses shown and kept
+are the whole batch's, and only rank 0 writes the state and samples.
 """
 from __future__ import annotations
 
@@ -82,17 +86,20 @@ class EMA:
 class Trainer:
     def __init__(self, model: nn.Module, batches: Callable[[int], Iterator], loss_fn: LossFn,
                  cfg: TrainConfig, run_dir: Path, sample_fn: SampleFn | None = None,
-                 params: list[nn.Parameter] | None = None):
+                 params: list[nn.Parameter] | None = None, parallel=None):
         """`batches(start_step)` yields batches from that step on, so a resumed run continues the
         same data order; `params` restricts training to a subset (LoRA, embeddings), either a list
         of parameters or of optimizer groups `{"params": [...], "lr_scale": s}` (learning rate
-        cfg.lr * s, e.g. a text encoder trained slower than the UNet)."""
+        cfg.lr * s, e.g. a text encoder trained slower than the UNet); `parallel`: a
+        distributed.ddp.Parallel when several processes train together."""
         self.model = model
         self.batches = batches
         self.loss_fn = loss_fn
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.sample_fn = sample_fn
+        self.parallel = parallel
+        self.main = parallel is None or parallel.main  # the process that writes
         groups = params if params is not None else [p for p in model.parameters() if p.requires_grad]
         if groups and isinstance(groups[0], dict):
             self.params = [p for g in groups for p in g["params"]]
@@ -119,6 +126,8 @@ class Trainer:
         }
 
     def save(self) -> Path:
+        if not self.main:
+            return self.run_dir / STATE
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(self.run_dir / STATE) as f:  # a kill mid-save keeps the previous state
             torch.save(self.state(), f)
@@ -169,9 +178,10 @@ class Trainer:
         from tqdm import tqdm
 
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc=self.run_dir.name, unit="step",
-                   file=sys.stderr, disable=not progress, dynamic_ncols=True)
+                   file=sys.stderr, disable=not progress or not self.main, dynamic_ncols=True)
         self.model.train()
         data = self.batches(self.step)
+        ddp = self.parallel.wrap(self.model, self.loss_fn) if self.parallel is not None else None
         device_type = next(self.model.parameters()).device.type
         started = time.time()
         while self.step < end:
@@ -179,9 +189,10 @@ class Trainer:
             for group in self.opt.param_groups:
                 group["lr"] = self.lr_at(self.step) * group.get("lr_scale", 1.0)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-                loss = self.loss_fn(self.model, batch, self.step)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower the learning rate")
+                loss = self.loss_fn(self.model, batch, self.step) if ddp is None else ddp(batch, self.step)
+            whole = loss.detach() if self.parallel is None else self.parallel.mean(loss)  # the whole batch's
+            if not torch.isfinite(whole):
+                raise FloatingPointError(f"loss is {whole.item()} at step {self.step}; lower the learning rate")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.grad_clip:
@@ -190,13 +201,13 @@ class Trainer:
             if self.ema:
                 self.ema.update(self.model, self.step)
             self.step += 1
-            self.losses.append(loss.item())
+            self.losses.append(whole.item())
             recent = self.losses[-50:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{self.lr_at(self.step):.1e}")
             bar.update(1)
             if self.step % self.cfg.save_every == 0 or self.step == end:
                 self.save()
-            if self.sample_fn and self.cfg.sample_every and self.step % self.cfg.sample_every == 0:
+            if self.sample_fn and self.main and self.cfg.sample_every and self.step % self.cfg.sample_every == 0:
                 self.model.eval()
                 self.sample_fn(self.final_model(), self.step, self.run_dir)
                 self.model.train()
