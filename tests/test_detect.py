@@ -165,14 +165,17 @@ def test_small_model_config_is_inferred_from_shapes():
     assert D.detect({k: tuple(v.shape) for k, v in sd.items()}).unet == odd.unet
 
 
-# Telltale keys of families we do not run, as their released files name them (a few keys each, with
-# the prefixes the files carry: none in the original releases, model.diffusion_model. in ComfyUI's).
-FOREIGN = {
+# Telltale keys of families (a few keys each, with the prefixes the files carry: none in the original
+# releases, model.diffusion_model. in ComfyUI's). SD3 and Flux.1 run through their own families
+# (families/); the UNet-only detection names them.
+DIT = {
     "Stable Diffusion 3": {"model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight": (4608, 1536),
                            "model.diffusion_model.x_embedder.proj.weight": (1536, 16, 2, 2),
                            "text_encoders.clip_l.transformer.text_model.final_layer_norm.weight": (768,)},
     "Flux.1": {"double_blocks.0.img_attn.norm.key_norm.scale": (128,), "img_in.weight": (3072, 64),
                "single_blocks.0.linear1.weight": (21504, 3072), "guidance_in.in_layer.weight": (3072, 256)},
+}
+FOREIGN = {
     "Flux.2": {"model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale": (128,),
                "model.diffusion_model.img_in.weight": (6144, 128),
                "model.diffusion_model.double_stream_modulation_img.lin.weight": (36864, 6144)},
@@ -201,12 +204,18 @@ def test_unsupported_families_are_named(family):
     assert "no model.diffusion_model" not in msg
 
 
-def test_unsupported_family_named_when_loading_a_real_file(tmp_path):
+@pytest.mark.parametrize("family", DIT)
+def test_dit_families_are_named_by_the_unet_only_detection(family):
+    with pytest.raises(CheckpointError, match=f"this is a {family} model; this works on Stable Diffusion 1.x"):
+        D.detect(DIT[family], "big.safetensors")
+
+
+def test_an_incomplete_flux_file_says_what_it_lacks(tmp_path):
     from opensd.checkpoints.files import save_safetensors
     from opensd.pipeline.loader import load_model
     path = tmp_path / "flux1-dev.safetensors"
-    save_safetensors({k: torch.zeros(v) for k, v in FOREIGN["Flux.1"].items()}, path)
-    with pytest.raises(CheckpointError, match=r"flux1-dev.safetensors: this is a Flux.1 checkpoint \(model family not supported"):
+    save_safetensors({k: torch.zeros(v) for k, v in DIT["Flux.1"].items()}, path)
+    with pytest.raises(CheckpointError, match=r"flux1-dev.safetensors: an incomplete Flux model: no "):
         load_model(path)
 
 
@@ -224,9 +233,9 @@ def test_a_lora_given_as_the_model_says_to_use_lora(keys):
 def test_unsupported_diffusers_pipeline_folder_is_named(tmp_path):
     from opensd.pipeline.loader import load_model
     (tmp_path / "flux").mkdir()
-    (tmp_path / "flux" / "model_index.json").write_text('{"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}')
+    (tmp_path / "flux" / "model_index.json").write_text('{"_class_name": "FluxKontextPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}')
     (tmp_path / "flux" / "transformer").mkdir()
-    with pytest.raises(CheckpointError, match="this is a Flux.1 diffusers folder .*not supported"):
+    with pytest.raises(CheckpointError, match="this is a Flux.1 Kontext/Fill/Redux diffusers folder .*not supported"):
         load_model(tmp_path / "flux")
     (tmp_path / "flux" / "model_index.json").write_text('{"_class_name": "SomeFuturePipeline"}')
     with pytest.raises(CheckpointError, match="no unet/ but a transformer/: a DiT-based model family"):

@@ -60,7 +60,7 @@ def test_lowvram_runs_the_unet_one_block_at_a_time(ckpt, normal):
     pipe = load(ckpt, precision="fp32", memory="lowvram")
     image = _image(pipe)
     assert np.array_equal(image, _image(normal))
-    blocks = O.unet_blocks(pipe.model.unet)
+    blocks = pipe.family.blocks(pipe.model)
     log = pipe.offload.log
     unet = [e for e in log if e[0].startswith("unet.")]
     # every block in right before it runs and out right after, in the order the UNet runs them

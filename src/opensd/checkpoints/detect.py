@@ -183,7 +183,9 @@ def infer_vae(shapes: Shapes, p: str, path: str = "<state dict>") -> C.VAEConfig
         ch=ch, ch_mult=tuple(shapes[p + f"encoder.down.{i}.block.0.conv2.weight"][0] // ch for i in levels),
         num_res_blocks=len(_indices(shapes, p + "encoder.down.0.block.")),
         z_channels=shapes[p + "encoder.conv_out.weight"][0] // 2,
-        embed_dim=shapes[p + "quant_conv.weight"][0] // 2)
+        embed_dim=shapes[p + "quant_conv.weight"][0] // 2 if p + "quant_conv.weight" in shapes
+        else shapes[p + "encoder.conv_out.weight"][0] // 2,
+        use_quant_conv=p + "quant_conv.weight" in shapes)
 
 
 def prediction_from_metadata(metadata: Mapping[str, str]) -> C.Prediction | None:

@@ -30,9 +30,8 @@ _UNET_FIXED = {
     "downsample_padding": (1,), "mid_block_scale_factor": (1,),
 }
 _VAE_FIXED = {
-    "act_fn": ("silu",), "norm_num_groups": (32,), "shift_factor": (None, 0), "latents_mean": (None,),
-    "latents_std": (None,), "use_quant_conv": (True,), "use_post_quant_conv": (True,),
-    "mid_block_add_attention": (True,),
+    "act_fn": ("silu",), "norm_num_groups": (32,), "latents_mean": (None,),
+    "latents_std": (None,), "mid_block_add_attention": (True,),
 }
 # transformers' CLIPTextConfig. eos_token_id 2 (the original OpenAI configs) and 49407 both pool at
 # the end-of-text token our tokenizer writes, which is what our argmax pooling picks.
@@ -120,11 +119,15 @@ def vae_config(j: dict) -> C.VAEConfig:
     for field, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
         if any(t != block for t in j.get(field, [block])):
             raise ValueError(f"{field} = {j[field]!r}: only {block} is supported")
+    quant = j.get("use_quant_conv", True)  # SD3's and Flux's 16-channel VAEs have none
+    if j.get("use_post_quant_conv", True) != quant:
+        raise ValueError("use_quant_conv and use_post_quant_conv differ: not supported")
     return C.VAEConfig(
         in_channels=j.get("in_channels", 3), out_ch=j.get("out_channels", 3), ch=channels[0],
         ch_mult=tuple(c // channels[0] for c in channels), num_res_blocks=j.get("layers_per_block", 2),
         z_channels=j.get("latent_channels", 4), embed_dim=j.get("latent_channels", 4),
-        scaling_factor=float(j.get("scaling_factor", 0.18215)))
+        scaling_factor=float(j.get("scaling_factor", 0.18215)), shift_factor=float(j.get("shift_factor") or 0.0),
+        use_quant_conv=bool(quant))
 
 
 def text_encoder_config(j: dict, naming: str) -> C.TextEncoderConfig:

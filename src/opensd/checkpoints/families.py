@@ -10,7 +10,10 @@ from typing import Mapping
 
 Shapes = Mapping[str, tuple[int, ...]]
 
-SUPPORTED = "opensd runs Stable Diffusion 1.x, 2.x and SDXL models and its own small ones"
+SUPPORTED = "opensd runs Stable Diffusion 1.x, 2.x, SDXL, SD3/SD3.5 and Flux.1 models and its own small ones"
+# Families of _FAMILIES that opensd runs (families/ detects their files first): named when a file of
+# theirs reaches code for the UNet families only.
+DIT_FAMILIES = ("Stable Diffusion 3", "Flux.1")
 
 # Prefixes the same network's keys carry in different files (original release, ComfyUI's full
 # checkpoints, diffusers' transformer files, training wrappers).
@@ -48,7 +51,7 @@ _FAMILIES: tuple[tuple[str, tuple], ...] = (
 
 # diffusers pipeline class names (model_index.json's _class_name) of families we do not run, by prefix.
 _PIPELINES = {
-    "StableDiffusion3": "Stable Diffusion 3", "Flux2": "Flux.2", "Flux": "Flux.1", "Chroma": "Chroma",
+    "Flux2": "Flux.2", "Flux": "Flux.1 Kontext/Fill/Redux", "Chroma": "Chroma",
     "PixArt": "PixArt", "Sana": "Sana", "StableCascade": "Stable Cascade", "Wuerstchen": "Würstchen",
     "AuraFlow": "AuraFlow", "HunyuanDiT": "Hunyuan-DiT", "HunyuanVideo": "HunyuanVideo", "Kolors": "Kolors",
     "StableVideoDiffusion": "Stable Video Diffusion", "Lumina": "Lumina", "Wan": "Wan", "LTX": "LTX-Video",
@@ -83,6 +86,12 @@ def _has(names: Mapping[str, tuple[int, ...]], telltale) -> bool:
 
 def unsupported_family(shapes: Shapes) -> str | None:
     """The name of the model family `shapes` belong to when it is one we do not run, else None."""
+    family = known_family(shapes)
+    return None if family in DIT_FAMILIES else family
+
+
+def known_family(shapes: Shapes) -> str | None:
+    """The name of the non-UNet model family `shapes` belong to (run by opensd or not), else None."""
     names = _names(shapes)
     return next((family for family, telltales in _FAMILIES if all(_has(names, t) for t in telltales)), None)
 
@@ -99,13 +108,15 @@ def unsupported_pipeline(class_name: str) -> str | None:
 
 def part_kind(shapes: Shapes, unet_prefix: str) -> str | None:
     """What a file with no whole SD checkpoint holds, from its key names: "lora", "family" (a model
-    of another family), "embedding", "controlnet", "vae", "diffusers_unet", "t5", "text_encoder",
+    of another family), "dit" (an SD3 or Flux model), "embedding", "controlnet", "vae", "diffusers_unet", "t5", "text_encoder",
     or None when it is none of these."""
     keys = list(shapes)
     if any(k.startswith(_LORA_MARKERS[:3]) or any(m in k for m in _LORA_MARKERS[3:]) for k in keys):
         return "lora"
     if unsupported_family(shapes):
         return "family"
+    if known_family(shapes):
+        return "dit"
     if any(k.startswith(("string_to_param", "emb_params", "clip_l", "clip_g")) for k in keys) and len(keys) <= 4:
         return "embedding"
     if any(k.startswith(("control_model.", "controlnet_cond_embedding.")) or "input_hint_block" in k for k in keys):
@@ -140,6 +151,9 @@ def what_else(shapes: Shapes, unet_prefix: str) -> str:
     kind = part_kind(shapes, unet_prefix)
     if kind == "family":
         return family_message(unsupported_family(shapes))
+    if kind == "dit":
+        return (f"this is a {known_family(shapes)} model; this works on Stable Diffusion 1.x, 2.x and SDXL "
+                "checkpoints only")
     if kind is not None:
         return _PART_MESSAGES[kind]
     sample = ", ".join(list(shapes)[:3]) or "no tensors"

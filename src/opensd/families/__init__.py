@@ -10,9 +10,11 @@ from pathlib import Path
 from ..checkpoints import detect as D
 from ..errors import CheckpointError
 from .base import Family, Shapes
+from .flux import FLUX
+from .sd3 import SD3
 from .unet import UNET
 
-FAMILIES: tuple[Family, ...] = (UNET,)
+FAMILIES: tuple[Family, ...] = (SD3, FLUX, UNET)
 
 
 def family_of(cfg) -> Family:

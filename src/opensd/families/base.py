@@ -3,10 +3,12 @@ about one family of diffusion models, in one object (docs/model-families.md says
 
 A family answers:
 
-* files: which state dicts are its own (`detect`, from key names and shapes alone), how its
-  diffusers folders map onto its original layout (`read_folder`), how the whole model is built
-  (`build`: a module whose state-dict keys are the original single file's), what dtype each weight
-  is kept in (`weight_dtype`);
+* files: which state dicts are its own (`detect`, from key names and shapes alone, in any layout
+  it knows) and how they map onto the layout of its module (`canonical`), how its diffusers
+  folders map (`read_folder`), text encoders in files of their own (`encoder_tensors`), what a
+  model must still be given (`check_complete`), how the whole model is built (`build`: a module
+  whose state-dict keys are the original single file's), what dtype each weight is kept in
+  (`weight_dtype`);
 * the network: the denoising module (`network`) and how it is called (`net_fn`: x, the network's
   time, context, pooled vector, ControlNet residuals), what wraps a sampling run (`running`);
 * sampling: what it predicts and how time is fed (`sampling`: a ModelSampling for eps/v over
@@ -26,6 +28,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
+
+from ..errors import CheckpointError
 
 Shapes = Mapping[str, tuple[int, ...]]
 # net_fn(x, t, context, y, control=None) -> the network's output for a batch
@@ -54,6 +58,17 @@ class Family:
         dict, metadata), or None when it is another family's."""
         return None
 
+    def canonical(self, sd: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
+        """A state dict `detect` recognised, in the layout `build`'s module has (keys renamed)."""
+        return sd
+
+    def encoder_tensors(self, files: list[Path]) -> dict[str, torch.Tensor]:
+        """Text encoders from files of their own, under the whole model's keys."""
+        raise CheckpointError(files[0], f"{self.label} models take no separate text-encoder files")
+
+    def check_complete(self, cfg, shapes: Shapes, path) -> None:
+        """CheckpointError naming the parts a model must still be given (a DiT file without its VAE)."""
+
     def build(self, cfg) -> nn.Module:
         raise NotImplementedError
 
@@ -75,6 +90,15 @@ class Family:
 
     def net_fn(self, model: nn.Module, guidance: float | None = None) -> NetFn:
         raise NotImplementedError
+
+    def text_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The text encoders (memory modes move them together)."""
+        return list(model.text_encoders)
+
+    def blocks(self, model: nn.Module) -> list[nn.Module] | None:
+        """The network's top-level blocks in the order they run, for lowvram's one-at-a-time moves;
+        None: the network moves whole (state it keeps outside its blocks)."""
+        return None
 
     def running(self, model: nn.Module):
         """A context manager around one sampling run of the network."""

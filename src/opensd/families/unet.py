@@ -52,6 +52,11 @@ class UNetFamily(Family):
 
         return call
 
+    def blocks(self, model: StableDiffusion) -> list[nn.Module]:
+        unet = model.unet
+        blocks = [unet.time_embed] + ([unet.label_emb] if hasattr(unet, "label_emb") else [])
+        return blocks + list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks) + [unet.out]
+
     def running(self, model: StableDiffusion):
         return reuse_context_kv(model.unet)
 

@@ -40,6 +40,8 @@ def model_kind(path: Path) -> str:
     if "input_blocks.0.0.weight" in shapes and "out.2.weight" in shapes:
         return "unet"  # an original-layout UNet without its prefix (ComfyUI's unet/ folder)
     part = part_kind(shapes, UNET)
+    if part == "dit":  # SD3/Flux: whole when it has its VAE, else the network (ComfyUI's diffusion_models/)
+        return "checkpoints" if "first_stage_model.encoder.conv_in.weight" in shapes else "unet"
     if part in _PART_KIND:
         return _PART_KIND[part]
     if len(shapes) == 1 and len(next(iter(shapes.values()))) in (1, 2):

@@ -120,6 +120,11 @@ class ModelConfig:
         return self.vae.embed_dim
 
     @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (the VAE's downscale)."""
+        return self.vae.downscale
+
+    @property
     def size_conditioned(self) -> bool:
         """Whether the network's "y" is SDXL's pooled text + size/crop vector."""
         return self.unet.size_conditioned

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import VAEConfig
+from .config import TextEncoderConfig, VAEConfig
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,63 @@ class FluxConfig:
     @property
     def latent_channels(self) -> int:
         return self.out_channels // 4
+
+
+class _DiTModel:
+    """What the pipeline asks of every model config, answered for the rectified-flow DiTs."""
+    prediction = "flow"
+    inpainting = False
+    size_conditioned = False
+    pooled_y = True  # the network's "y" is the pooled text as it is
+    cfg_embed_channels = 0
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.embed_dim
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: the VAE's downscale times the 2x2 patches."""
+        return self.vae.downscale * 2
+
+
+@dataclass(frozen=True)
+class SD3ModelConfig(_DiTModel):
+    """A whole SD3 / SD3.5 model. Each text encoder is optional, as SD3 allows: a missing one
+    conditions with zeros in its place."""
+    mmdit: MMDiTConfig
+    vae: VAEConfig
+    clip_l: TextEncoderConfig | None = None
+    clip_g: TextEncoderConfig | None = None
+    t5: T5Config | None = None
+    resolution: int = 1024
+    shift: float = 3.0
+    t5_length: int = 256  # T5 tokens per prompt (diffusers' max_sequence_length)
+    family: str = "sd3"
+
+    @property
+    def text_encoders(self) -> tuple[TextEncoderConfig, ...]:
+        return tuple(c for c in (self.clip_l, self.clip_g) if c is not None)
+
+
+@dataclass(frozen=True)
+class FluxModelConfig(_DiTModel):
+    """A whole Flux.1 model: its DiT, the 16-channel VAE, CLIP-L (pooled only) and T5-XXL."""
+    flux: FluxConfig
+    vae: VAEConfig
+    clip_l: TextEncoderConfig | None = None
+    t5: T5Config | None = None
+    resolution: int = 1024
+    family: str = "flux"
+
+    @property
+    def t5_length(self) -> int:
+        """BFL's: 512 tokens for dev, 256 for schnell."""
+        return 512 if self.flux.guidance_embed else 256
+
+    @property
+    def text_encoders(self) -> tuple[TextEncoderConfig, ...]:
+        return () if self.clip_l is None else (self.clip_l,)
 
 
 # --- The released models ------------------------------------------------------------------

@@ -372,7 +372,7 @@ class PromptConditioner:
                 out = enc(ids.to(self.device), skip)
             z = out.hidden
             if weighted:
-                z = _emphasize(z, mults.to(z.device), counts, self.emphasis == "original")
+                z = emphasize(z, mults.to(z.device), counts, self.emphasis == "original")
             hidden_parts.append(z)
             if want_pooled and cfg.pooled:
                 pooled = out.pooled
@@ -448,7 +448,7 @@ def _inserted(module: torch.nn.Module, fixes: list[list[tuple[int, torch.Tensor]
         handle.remove()
 
 
-def _emphasize(z: torch.Tensor, mults: torch.Tensor, counts: list[int], keep_mean: bool) -> torch.Tensor:
+def emphasize(z: torch.Tensor, mults: torch.Tensor, counts: list[int], keep_mean: bool) -> torch.Tensor:
     """A1111's "Original" emphasis over one batch chunk: hidden states times their token's weight,
     then (``keep_mean``) rescaled so the batch mean is unchanged. ``counts`` weights rows for the
     mean, as if each row appeared that many times in the batch."""

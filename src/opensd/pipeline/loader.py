@@ -43,13 +43,18 @@ class LoadedModel:
     model: nn.Module                # the whole model; its family (families/) knows its parts
     alphas_cumprod: torch.Tensor | None = None
     unknown_keys: list[str] = field(default_factory=list)  # in the file, used by nothing, not known extras
+    tokenizers: dict = field(default_factory=dict)  # the model's own tokenizers beyond CLIP's ("t5")
+    part_paths: list[Path] = field(default_factory=list)  # separate files it was assembled from
 
 
 def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                vae_dtype: torch.dtype | None = None,
-               dtypes: Callable[[C.ModelConfig], tuple[torch.dtype, torch.dtype]] | None = None) -> LoadedModel:
-    """Load a checkpoint file or diffusers folder; `vae` optionally replaces its VAE.
+               dtypes: Callable[[C.ModelConfig], tuple[torch.dtype, torch.dtype]] | None = None,
+               text_encoders=()) -> LoadedModel:
+    """Load a checkpoint file or diffusers folder; `vae` optionally replaces its VAE and
+    `text_encoders` (files) add or replace text encoders, for families whose models come in parts
+    (SD3, Flux: a network file, text_encoders/clip_l, clip_g, t5xxl, a VAE).
 
     `prediction` overrides eps/v where the file cannot tell (SD2 768-v vs 512-base).
     The VAE is cast to `vae_dtype` (default: `dtype`); `dtypes`, if given, picks (dtype, vae_dtype)
@@ -58,18 +63,28 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     path = Path(path)
     prediction = prediction or _sidecar_prediction(path)
     family, sd, metadata, cfg = read_model(path, prediction)
+    parts = [Path(p) for p in text_encoders]
+    if parts:
+        sd.update(family.encoder_tensors(parts))
+        family, cfg = families.detect({k: tuple(v.shape) for k, v in sd.items()}, metadata, str(path), prediction)
     if vae is not None:
+        parts.append(Path(vae))
         vae_sd, declared = read_vae(vae)
+        own = any(k.startswith(D.VAE) for k in sd)
         sd = {k: v for k, v in sd.items() if not k.startswith(D.VAE)}
         sd.update({D.VAE + k: v for k, v in vae_sd.items()})
-        cfg = _with_vae_of(cfg, sd, vae, declared)
+        if own:
+            cfg = _with_vae_of(cfg, sd, vae, declared)
+        else:  # a network alone (SD3, Flux): the VAE given is the model's VAE
+            family, cfg = families.detect({k: tuple(v.shape) for k, v in sd.items()}, metadata, str(path), prediction)
+    family.check_complete(cfg, {k: tuple(v.shape) for k, v in sd.items()}, path)
     if dtypes is not None:
         dtype, vae_dtype = dtypes(cfg)
     model, unknown = build(cfg, sd, path, dtype, device, vae_dtype)
     alphas = sd.get("alphas_cumprod")
     if alphas is not None and alphas.ndim != 1:
         alphas = None
-    loaded = LoadedModel(path, cfg, model, alphas.float() if alphas is not None else None, unknown)
+    loaded = LoadedModel(path, cfg, model, alphas.float() if alphas is not None else None, unknown, part_paths=parts)
     family.finish(loaded, prediction or D.prediction_from_metadata(metadata))
     return loaded
 
@@ -86,7 +101,7 @@ def read_model(path: Path, prediction: C.Prediction | None = None
         sd, metadata = read_state_dict(path), read_metadata(path)
     sd = fix_vae(sd)
     found, cfg = families.detect({k: tuple(v.shape) for k, v in sd.items()}, metadata, str(path), prediction)
-    return found, sd, metadata, cfg
+    return found, found.canonical(sd, cfg), metadata, cfg
 
 
 def build(cfg, sd: dict[str, torch.Tensor], path, dtype, device,
@@ -145,7 +160,7 @@ def _diffusers_vae_config(sd: dict[str, torch.Tensor]) -> C.VAEConfig:
     return C.VAEConfig(
         ch=ch, ch_mult=tuple(sd[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0] // ch for i in levels),
         num_res_blocks=len(res), z_channels=sd["encoder.conv_out.weight"].shape[0] // 2,
-        embed_dim=sd["quant_conv.weight"].shape[0] // 2)
+        embed_dim=sd["encoder.conv_out.weight"].shape[0] // 2, use_quant_conv="quant_conv.weight" in sd)
 
 
 # Latent scaling factors of the released VAE families, to name them in a warning.
@@ -174,7 +189,7 @@ def _with_vae_of(cfg: C.ModelConfig, sd, vae_path, declared: float | None) -> C.
         log.warning("%s: this VAE was made for a latent scaling factor of %s but the model uses %s: its latents "
                     "are another space, so images will likely come out wrong; use a VAE made for this model",
                     vae_path, _named_scaling(declared), _named_scaling(old.scaling_factor))
-    return replace(cfg, vae=replace(new, scaling_factor=old.scaling_factor))
+    return replace(cfg, vae=replace(new, scaling_factor=old.scaling_factor, shift_factor=old.shift_factor))
 
 
 def _to(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgument
+from ..families import family_of
 
 MODES = ("auto", "normal", "medvram", "lowvram")
 # Device memory kept free for activations, besides the weights (SD 1.5 at 512x512 in fp16 needs
@@ -38,9 +39,10 @@ def module_bytes(*modules: nn.Module) -> int:
 def parts(model) -> dict[str, list[nn.Module]]:
     """The parts that take turns in medvram: name -> the modules whose calls bring the part in
     (the VAE is called through encode/decode, so its submodules carry the hooks)."""
+    family = family_of(model.config)
     vae = model.vae
     entries = [m for m in (vae.encoder, vae.decoder, vae.quant_conv, vae.post_quant_conv) if m is not None]
-    return {"text": list(model.text_encoders), "unet": [model.unet], "vae": entries}
+    return {"text": family.text_modules(model), "unet": [family.network(model)], "vae": entries}
 
 
 def choose_mode(mode: str, device: torch.device, model) -> str:
@@ -54,14 +56,10 @@ def choose_mode(mode: str, device: torch.device, model) -> str:
     free = free_memory(device)
     if module_bytes(model) + ACTIVATION_RESERVE <= free:
         return "normal"
-    largest = max(module_bytes(model.unet), module_bytes(*model.text_encoders), module_bytes(model.vae))
+    family = family_of(model.config)
+    largest = max(module_bytes(family.network(model)), module_bytes(*family.text_modules(model)),
+                  module_bytes(model.vae))
     return "medvram" if largest + ACTIVATION_RESERVE <= free else "lowvram"
-
-
-def unet_blocks(unet: nn.Module) -> list[nn.Module]:
-    """The UNet's top-level blocks in the order they run (lowvram moves one at a time)."""
-    blocks = [unet.time_embed] + ([unet.label_emb] if hasattr(unet, "label_emb") else [])
-    return blocks + list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks) + [unet.out]
 
 
 class Offload:
@@ -77,12 +75,14 @@ class Offload:
         self.resident: str | None = None
         self._handles = []
         self._parts = parts(model)
+        # lowvram: the network's blocks one at a time, where its family lists them (else it moves whole)
+        self._blocks = family_of(model.config).blocks(model) if mode == "lowvram" else None
         for name, modules in self._parts.items():
-            if name == "unet" and mode == "lowvram":
-                for i, block in enumerate(unet_blocks(model.unet)):
+            if name == "unet" and self._blocks is not None:
+                for i, block in enumerate(self._blocks):
                     self._hook(block, pre=partial(self._block_in, f"unet.{i}", block),
                                post=partial(self._block_out, f"unet.{i}", block))
-                self._hook(model.unet, pre=partial(self._part_in, "unet"))
+                self._hook(modules[0], pre=partial(self._part_in, "unet"))
                 continue
             for m in modules:
                 self._hook(m, pre=partial(self._part_in, name))
@@ -107,7 +107,7 @@ class Offload:
         self.resident = name
 
     def _part_modules(self, name: str) -> list[nn.Module]:
-        if name == "unet" and self.mode == "lowvram":
+        if name == "unet" and self._blocks is not None:
             return []
         return [self.model.vae] if name == "vae" else self._parts[name]
 

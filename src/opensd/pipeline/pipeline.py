@@ -542,8 +542,10 @@ def _round8(v: int) -> int:
 
 
 def load(path, *, vae=None, device: str | None = None, precision: str = "auto",
-         prediction: str | None = None, embeddings_dir=None, loras_dir=None, memory: str = "auto") -> Pipeline:
-    """Load a checkpoint file or diffusers folder into a ready pipeline; `embeddings_dir` holds
+         prediction: str | None = None, embeddings_dir=None, loras_dir=None, memory: str = "auto",
+         text_encoders=()) -> Pipeline:
+    """Load a checkpoint file or diffusers folder into a ready pipeline (`vae` and `text_encoders`:
+    files replacing or adding those parts, as SD3/Flux networks alone need); `embeddings_dir` holds
     textual-inversion embeddings usable by file name in prompts, `loras_dir` the LoRAs that
     prompts name with <lora:name:weight>. device None/"auto" and precision "auto" choose from
     this machine (pipeline/precision.py); `pipe.precision.line(pipe.device)` says what and why.
@@ -565,7 +567,8 @@ def load(path, *, vae=None, device: str | None = None, precision: str = "auto",
 
     # Weights that may be offloaded load to the CPU first; set_memory_mode moves what fits.
     staged = torch.device("cpu") if dev.type == "cuda" and memory != "normal" else dev
-    loaded = load_model(Path(path), vae=vae, prediction=prediction, device=staged, dtypes=dtypes)
+    loaded = load_model(Path(path), vae=vae, prediction=prediction, device=staged, dtypes=dtypes,
+                        text_encoders=text_encoders)
     embeddings = load_embeddings(embeddings_dir) if embeddings_dir is not None else None
     pipe = Pipeline(loaded, dev, chosen[0].dtype, embeddings=embeddings)
     pipe.precision = chosen[0]

@@ -1,0 +1,153 @@
+"""Configs of SD3's MMDiT, Flux and the text encoders they use, from key names and tensor shapes.
+
+Works on `{key: shape}` alone, like detect.py. What no shape shows is read from metadata our own
+files carry (a head width other than the released 64 or 128, Flux's RoPE split), else the
+released models' values are assumed.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import replace
+from typing import Mapping
+
+from ..errors import CheckpointError
+from ..models import config as C
+from ..models.config_dit import FluxConfig, MMDiTConfig, T5Config
+from . import detect as D
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+NET = "model.diffusion_model."
+TEXT = "text_encoders."
+CLIP_L, CLIP_G, T5 = (f"{TEXT}{name}.transformer." for name in ("clip_l", "clip_g", "t5xxl"))
+# Where whole-model files of various tools keep the network: ours/SD3's/ComfyUI's first.
+NET_PREFIXES = (NET, "diffusion_model.", "model.", "transformer.", "")
+
+META_HEAD_DIM = "opensd.head_dim"       # MMDiT/Flux attention head width (released: 64 / 128)
+META_AXES = "opensd.flux_axes_dim"      # Flux RoPE widths per id axis, "16,56,56"
+
+
+def prefix_of(shapes: Shapes, key: str) -> str | None:
+    """The prefix under which `key` is stored, or None."""
+    return next((p for p in NET_PREFIXES if p + key in shapes), None)
+
+
+def count(shapes: Shapes, prefix: str) -> int:
+    """How many numbered blocks `prefix + N.` there are."""
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for k in shapes if (m := pat.match(k))})
+
+
+def _head_dim(metadata: Mapping[str, str], released: int) -> int:
+    return int(metadata.get(META_HEAD_DIM, released))
+
+
+def mmdit_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str = "<state dict>") -> MMDiTConfig:
+    """SD3's MMDiT in the original layout under prefix `p`."""
+    try:
+        width, in_ch, patch, _ = shapes[p + "x_embedder.proj.weight"]
+        depth = count(shapes, p + "joint_blocks.")
+        head_dim = _head_dim(metadata, 64)
+        table = shapes[p + "pos_embed"][1]
+        side = math.isqrt(table)
+        if side * side != table:
+            raise CheckpointError(path, f"pos_embed has {table} positions, not a square table")
+        return MMDiTConfig(
+            depth=depth, num_heads=width // head_dim, head_dim=head_dim, patch_size=patch, in_channels=in_ch,
+            out_channels=shapes[p + "final_layer.linear.weight"][0] // (patch * patch),
+            mlp_ratio=shapes[p + "joint_blocks.0.x_block.mlp.fc1.weight"][0] / width,
+            adm_in_channels=shapes[p + "y_embedder.mlp.0.weight"][1],
+            context_dim=shapes[p + "context_embedder.weight"][1], pos_embed_max_size=side,
+            qk_norm=p + "joint_blocks.0.x_block.attn.ln_q.weight" in shapes,
+            x_block_self_attn_layers=tuple(i for i in range(depth)
+                                           if p + f"joint_blocks.{i}.x_block.attn2.qkv.weight" in shapes))
+    except KeyError as e:
+        raise CheckpointError(path, f"an incomplete SD3 MMDiT: no {e.args[0]}") from None
+
+
+def flux_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str = "<state dict>") -> FluxConfig:
+    """Flux.1 in Black Forest Labs' layout under prefix `p`."""
+    try:
+        width, in_ch = shapes[p + "img_in.weight"]
+        head_dim = _head_dim(metadata, 128)
+        axes = tuple(int(v) for v in metadata.get(META_AXES, "16,56,56").split(","))
+        if sum(axes) != head_dim:
+            raise CheckpointError(path, f"Flux RoPE axes {axes} do not add up to the head width {head_dim}")
+        return FluxConfig(
+            in_channels=in_ch, out_channels=shapes[p + "final_layer.linear.weight"][0],
+            vec_in_dim=shapes[p + "vector_in.in_layer.weight"][1], context_in_dim=shapes[p + "txt_in.weight"][1],
+            hidden_size=width, mlp_ratio=shapes[p + "double_blocks.0.img_mlp.0.weight"][0] / width,
+            num_heads=width // head_dim, depth=count(shapes, p + "double_blocks."),
+            depth_single_blocks=count(shapes, p + "single_blocks."), axes_dim=axes,
+            qkv_bias=p + "double_blocks.0.img_attn.qkv.bias" in shapes,
+            guidance_embed=p + "guidance_in.in_layer.weight" in shapes)
+    except KeyError as e:
+        raise CheckpointError(path, f"an incomplete Flux model: no {e.args[0]}") from None
+
+
+def t5_config(shapes: Shapes, p: str, path: str = "<state dict>") -> T5Config:
+    """A T5 encoder in transformers' naming under `p` (shared.weight or encoder.embed_tokens.weight)."""
+    try:
+        emb = shapes.get(p + "shared.weight") or shapes[p + "encoder.embed_tokens.weight"]
+        attn = p + "encoder.block.0.layer.0.SelfAttention."
+        buckets, heads = shapes[attn + "relative_attention_bias.weight"]
+        inner = shapes[attn + "q.weight"][0]
+        return T5Config(vocab_size=emb[0], d_model=emb[1], d_kv=inner // heads, num_heads=heads,
+                        d_ff=shapes[p + "encoder.block.0.layer.1.DenseReluDense.wi_0.weight"][0],
+                        num_layers=count(shapes, p + "encoder.block."), relative_attention_num_buckets=buckets)
+    except KeyError as e:
+        raise CheckpointError(path, f"an incomplete T5 encoder: no {e.args[0]}") from None
+
+
+def clip_config(shapes: Shapes, p: str, big: bool, projected: bool, path: str = "<state dict>") -> C.TextEncoderConfig:
+    """A CLIP text encoder in transformers' naming under `p`, as SD3 and Flux use it: the
+    penultimate layer without the final norm, and the pooled vector (projected for SD3's, the
+    pooler output for Flux's). `big`: OpenCLIP's ViT-bigG (gelu, padded with 0)."""
+    try:
+        cfg = D.infer_hf_clip(shapes, p)
+    except KeyError as e:
+        raise CheckpointError(path, f"an incomplete CLIP text encoder: no {e.args[0]}") from None
+    cfg = replace(cfg, skip=2, final_norm=False, pooled=True, projection_dim=cfg.projection_dim if projected else 0)
+    return replace(cfg, act="gelu", pad_token=0) if big else cfg
+
+
+def mmdit_config_diffusers(shapes: Shapes, p: str, metadata: Mapping[str, str],
+                           path: str = "<state dict>") -> MMDiTConfig:
+    """SD3's MMDiT from diffusers' SD3Transformer2DModel keys under `p` (a transformer file alone)."""
+    try:
+        width, in_ch, patch, _ = shapes[p + "pos_embed.proj.weight"]
+        depth = count(shapes, p + "transformer_blocks.")
+        head_dim = _head_dim(metadata, 64)
+        side = math.isqrt(shapes[p + "pos_embed.pos_embed"][1])
+        return MMDiTConfig(
+            depth=depth, num_heads=width // head_dim, head_dim=head_dim, patch_size=patch, in_channels=in_ch,
+            out_channels=shapes[p + "proj_out.weight"][0] // (patch * patch),
+            mlp_ratio=shapes[p + "transformer_blocks.0.ff.net.0.proj.weight"][0] / width,
+            adm_in_channels=shapes[p + "time_text_embed.text_embedder.linear_1.weight"][1],
+            context_dim=shapes[p + "context_embedder.weight"][1], pos_embed_max_size=side,
+            qk_norm=p + "transformer_blocks.0.attn.norm_q.weight" in shapes,
+            x_block_self_attn_layers=tuple(i for i in range(depth)
+                                           if p + f"transformer_blocks.{i}.attn2.to_q.weight" in shapes))
+    except KeyError as e:
+        raise CheckpointError(path, f"an incomplete diffusers SD3 transformer: no {e.args[0]}") from None
+
+
+def flux_config_diffusers(shapes: Shapes, p: str, metadata: Mapping[str, str],
+                          path: str = "<state dict>") -> FluxConfig:
+    """Flux from diffusers' FluxTransformer2DModel keys under `p` (a transformer file alone)."""
+    try:
+        width, in_ch = shapes[p + "x_embedder.weight"]
+        head_dim = _head_dim(metadata, 128)
+        axes = tuple(int(v) for v in metadata.get(META_AXES, "16,56,56").split(","))
+        return FluxConfig(
+            in_channels=in_ch, out_channels=shapes[p + "proj_out.weight"][0],
+            vec_in_dim=shapes[p + "time_text_embed.text_embedder.linear_1.weight"][1],
+            context_in_dim=shapes[p + "context_embedder.weight"][1], hidden_size=width,
+            mlp_ratio=shapes[p + "transformer_blocks.0.ff.net.0.proj.weight"][0] / width,
+            num_heads=width // head_dim, depth=count(shapes, p + "transformer_blocks."),
+            depth_single_blocks=count(shapes, p + "single_transformer_blocks."), axes_dim=axes,
+            qkv_bias=p + "transformer_blocks.0.attn.to_q.bias" in shapes,
+            guidance_embed=p + "time_text_embed.guidance_embedder.linear_1.weight" in shapes)
+    except KeyError as e:
+        raise CheckpointError(path, f"an incomplete diffusers Flux transformer: no {e.args[0]}") from None

@@ -1,0 +1,104 @@
+"""diffusers folders of the DiT families (StableDiffusion3Pipeline, FluxPipeline) as ONE state dict
+in the single files' layout (detect_dit.py's prefixes), plus the metadata no shape shows.
+
+transformer/ is renamed by keymap_mmdit / keymap_flux, vae/ by keymap_vae, the CLIP encoders keep
+transformers' naming (ours), T5 keeps it too. Sharded weights (`*.safetensors.index.json`, as the
+released SD3.5 Large and T5-XXL folders have) are read shard by shard.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from . import detect as D
+from . import detect_dit as DD
+from .diffusers_config import text_encoder_config, vae_config
+from .diffusers_folder import _WEIGHT_NAMES, refuse_links_out
+from .files import read_state_dict
+from .keymap_clip import clip_from_transformers
+from .keymap_flux import flux_from_diffusers
+from .keymap_mmdit import mmdit_from_diffusers
+from .keymap_t5 import t5_state_dict
+from .keymap_vae import vae_from_diffusers
+
+# component folder -> what it holds, per family
+SD3_PARTS = {"transformer": "sd3", "vae": "vae", "text_encoder": "clip_l", "text_encoder_2": "clip_g",
+             "text_encoder_3": "t5"}
+FLUX_PARTS = {"transformer": "flux", "vae": "vae", "text_encoder": "clip_l", "text_encoder_2": "t5"}
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    """A component's tensors: its single weight file, or every shard its index lists."""
+    single = next((folder / n for n in _WEIGHT_NAMES if (folder / n).is_file()), None)
+    if single is not None:
+        return read_state_dict(single)
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as e:
+            raise CheckpointError(index, f"not a weight index: {e}") from None
+        out: dict[str, torch.Tensor] = {}
+        for name in shards:
+            shard = folder / Path(name).name
+            if not shard.is_file():
+                raise CheckpointError(shard, "missing (listed in the weight index)")
+            out.update(read_state_dict(shard))
+        return out
+    raise CheckpointError(folder, f"no weight file (looked for {', '.join(_WEIGHT_NAMES[:2])} and shard indexes)")
+
+
+def _config(folder: Path) -> dict:
+    try:
+        j = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(folder / "config.json", f"missing or not JSON ({e})") from None
+    if not isinstance(j, dict):
+        raise CheckpointError(folder / "config.json", "not a JSON object")
+    return j
+
+
+def read_dit_folder(path: Path, parts: dict[str, str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict in the single-file layout, metadata) of an SD3 or Flux diffusers folder."""
+    refuse_links_out(path, [path / n for n in parts])
+    out: dict[str, torch.Tensor] = {}
+    metadata: dict[str, str] = {}
+    for name, kind in parts.items():
+        folder = path / name
+        if not folder.is_dir():
+            if kind in ("sd3", "flux", "vae"):
+                raise CheckpointError(path, f"diffusers folder has no {name}/")
+            continue  # a text encoder left out (SD3 allows any subset)
+        j = _config(folder)
+        try:
+            out.update(_component(folder, kind, j, metadata))
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(folder, f"does not fit its config.json: {e}") from None
+    sample = _config(path / "transformer").get("sample_size")  # in latent pixels (SD3's configs)
+    if isinstance(sample, int):
+        side = sample * 2 ** (len(_config(path / "vae").get("block_out_channels", (0,) * 4)) - 1)
+        metadata[D.META_RESOLUTION] = f"{side}x{side}"
+    return out, metadata
+
+
+def _component(folder: Path, kind: str, j: dict, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
+    sd = weights(folder)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    if kind in ("sd3", "flux"):
+        metadata[DD.META_HEAD_DIM] = str(j.get("attention_head_dim", 64 if kind == "sd3" else 128))
+        if kind == "sd3":
+            cfg = DD.mmdit_config_diffusers(shapes, "", metadata, str(folder))
+            return {DD.NET + k: v for k, v in mmdit_from_diffusers(sd, cfg).items()}
+        metadata[DD.META_AXES] = ",".join(str(a) for a in j.get("axes_dims_rope", (16, 56, 56)))
+        cfg = DD.flux_config_diffusers(shapes, "", metadata, str(folder))
+        return {DD.NET + k: v for k, v in flux_from_diffusers(sd, cfg).items()}
+    if kind == "vae":
+        vae = vae_config(j)
+        metadata[D.META_SCALING] = str(vae.scaling_factor)
+        return {D.VAE + k: v for k, v in vae_from_diffusers(sd, vae).items()}
+    if kind == "t5":
+        return {DD.T5 + k: v for k, v in t5_state_dict(sd).items()}
+    prefix = DD.CLIP_L if kind == "clip_l" else DD.CLIP_G
+    return {prefix + k: v for k, v in clip_from_transformers(sd, text_encoder_config(j, "hf")).items()}

@@ -1,0 +1,82 @@
+"""Flux.1 (dev, schnell): double- then single-stream DiT on rectified flow, conditioned on T5-XXL
+(context) and CLIP-L's pooled output; dev takes a distilled guidance scale (3.5 by default,
+distinct from CFG, which stays at 1) and shifts its schedule with the image size; schnell takes
+neither. Black Forest Labs' key layout and diffusers'."""
+from __future__ import annotations
+
+import torch
+
+from ..checkpoints import detect_dit as DD
+from ..checkpoints.diffusers_dit import FLUX_PARTS
+from ..checkpoints.families import unsupported_family
+from ..checkpoints.keymap_flux import flux_from_diffusers
+from ..models.config_dit import FLUX_VAE, FluxModelConfig
+from ..models.dit_models import FluxModel
+from ..sampling.flow import FlowSampling, flux_mu
+from .dit import DiTFamily
+
+COMFY_SHIFT = 1.15  # ComfyUI's Flux dev default: the largest shift, whatever the size
+
+
+class FluxFamily(DiTFamily):
+    name = "flux"
+    label = "Flux.1"
+    members = ("flux",)
+    clip_names = ("clip_l",)
+    clip_context = False
+    required = ("vae", "clip_l", "t5xxl")
+    telltale = "double_blocks.0.img_attn.norm.key_norm.scale"
+    diffusers_telltales = ("single_transformer_blocks.0.attn.to_q.weight", "x_embedder.weight")
+    folder_parts = FLUX_PARTS
+    pipeline_prefix = "FluxPipeline"
+    default_vae = FLUX_VAE
+    default_scheduler = "simple"  # BFL's and diffusers' 1, 1 - 1/n, ... (shifted)
+    default_cfg = 1.0
+    default_guidance = 3.5
+
+    network_config = staticmethod(DD.flux_config)
+    network_config_diffusers = staticmethod(DD.flux_config_diffusers)
+
+    def detect(self, shapes, metadata, path, prediction=None):
+        if unsupported_family(shapes):  # Flux.2, Chroma: Flux-like keys, other models
+            return None
+        return super().detect(shapes, metadata, path, prediction)
+
+    def from_diffusers(self, net, cfg):
+        return flux_from_diffusers(net, cfg.flux)
+
+    def make_config(self, net, vae, encoders, resolution) -> FluxModelConfig:
+        return FluxModelConfig(net, vae, encoders.get("clip_l"), encoders.get("t5xxl"), resolution=resolution)
+
+    def build(self, cfg: FluxModelConfig) -> FluxModel:
+        return FluxModel(cfg)
+
+    def net_fn(self, model: FluxModel, guidance=None):
+        flux = model.network
+        scale = self.default_guidance if guidance is None else guidance
+
+        def call(x, t, context, y, control=None):
+            g = torch.full((len(x),), float(scale), device=x.device) if flux.cfg.guidance_embed else None
+            return flux(x, t, context, y, g)
+
+        return call
+
+    def sampling(self, pipe, width, height, shift=None) -> FlowSampling:
+        """dev: mu from the image size (BFL, diffusers), ComfyUI's 1.15 without one; schnell: no
+        shift. `shift` gives mu itself (ModelSamplingFlux's shift, Forge's Flux shift)."""
+        if shift is None:
+            if not pipe.config.flux.guidance_embed:
+                shift = 0.0
+            else:
+                side = pipe.config.size_multiple  # pixels per token
+                shift = COMFY_SHIFT if width is None or height is None else flux_mu((width // side) * (height // side))
+        return FlowSampling.flux(shift)
+
+    def pooled_width(self, cfg: FluxModelConfig) -> int:
+        return cfg.flux.vec_in_dim
+
+    def context_width(self, cfg: FluxModelConfig) -> int:
+        return cfg.flux.context_in_dim
+
+
+FLUX = FluxFamily()

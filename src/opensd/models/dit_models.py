@@ -1,0 +1,64 @@
+"""The whole SD3 and Flux models as modules whose state-dict keys are the single files' keys.
+
+SD3's files (and ComfyUI's whole-model files of both families) store the network under
+`model.diffusion_model.`, the VAE under `first_stage_model.` and the text encoders under
+`text_encoders.{clip_l,clip_g,t5xxl}.transformer.`, each encoder in transformers' naming. An
+encoder the config leaves out is not built (each is optional).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .clip import HFEmbedder
+from .config_dit import FluxModelConfig, SD3ModelConfig, T5Config
+from .flux import Flux
+from .mmdit import MMDiT
+from .stable_diffusion import DiffusionWrapper
+from .t5 import T5EncoderModel
+from .vae import AutoencoderKL
+
+
+class T5Embedder(nn.Module):
+    """`text_encoders.t5xxl`: keys `transformer.shared.weight`, `transformer.encoder.…`."""
+
+    def __init__(self, cfg: T5Config):
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = T5EncoderModel(cfg)
+
+    def forward(self, input_ids):
+        return self.transformer(input_ids)
+
+
+class _DiTModel(nn.Module):
+    def __init__(self, cfg, network: nn.Module, encoders: dict):
+        super().__init__()
+        self.config = cfg
+        self.model = DiffusionWrapper(network)
+        self.first_stage_model = AutoencoderKL(cfg.vae)
+        self.text_encoders = nn.ModuleDict({k: v for k, v in encoders.items() if v is not None})
+
+    @property
+    def network(self) -> nn.Module:
+        return self.model.diffusion_model
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return self.first_stage_model
+
+    def encoder(self, name: str) -> nn.Module | None:
+        """The text encoder `name` ("clip_l", "clip_g", "t5xxl"), or None when the model has none."""
+        return self.text_encoders[name] if name in self.text_encoders else None
+
+
+class SD3Model(_DiTModel):
+    def __init__(self, cfg: SD3ModelConfig):
+        super().__init__(cfg, MMDiT(cfg.mmdit), {
+            "clip_l": cfg.clip_l and HFEmbedder(cfg.clip_l), "clip_g": cfg.clip_g and HFEmbedder(cfg.clip_g),
+            "t5xxl": cfg.t5 and T5Embedder(cfg.t5)})
+
+
+class FluxModel(_DiTModel):
+    def __init__(self, cfg: FluxModelConfig):
+        super().__init__(cfg, Flux(cfg.flux), {
+            "clip_l": cfg.clip_l and HFEmbedder(cfg.clip_l), "t5xxl": cfg.t5 and T5Embedder(cfg.t5)})
