@@ -628,6 +628,7 @@ SAMPLER_NAMES = [
     # not in A1111: Forge's labels (DEIS, the CFG++ pair) and ours (TCD); ComfyUI's ids
     ("deis", "DEIS", []),
     ("euler_cfg_pp", "Euler CFG++", []),
+    ("euler_ancestral_cfg_pp", "Euler a CFG++", []),
     ("dpmpp_2m_cfg_pp", "DPM++ 2M CFG++", []),
     ("tcd", "TCD", []),
 ]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from opensd.errors import InvalidArgument
 from opensd.sampling.cfg_pp import Guided
 from opensd.sampling.deis import deis_coefficients
 from opensd.sampling.restart import restart_plan
@@ -390,6 +391,62 @@ def test_cfg_pp_without_guidance_is_its_base_sampler(pp, plain):
                                SAMPLERS[pp](guided_toy(1.0), X_UNIT * sigmas[0], sigmas))
 
 
+def test_euler_ancestral_cfg_pp_step_by_step():
+    """x' = D + sigma_down (x - U) / sigma + s_noise sigma_up z, with Euler a's sigma_down and sigma_up."""
+    sigmas = make_sigmas("karras", SCHEDULE, 6).double()
+    model, eta, s_noise = guided_toy(1.5), 0.7, 0.5
+    draws = [torch.randn(X_UNIT.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+             for i in range(6)]
+    out = SAMPLERS["euler_ancestral_cfg_pp"](model, X_UNIT * sigmas[0], sigmas, eta=eta, s_noise=s_noise,
+                                             noise_sampler=lambda s, sn, d=iter(draws): next(d))
+    x = X_UNIT * sigmas[0]
+    for i in range(6):
+        d, u = model.both(x, sigmas[i])
+        s, sn = sigmas[i], sigmas[i + 1]
+        up = min(sn, eta * (sn ** 2 * (s ** 2 - sn ** 2) / s ** 2) ** 0.5)
+        down = (sn ** 2 - up ** 2) ** 0.5
+        x = d + down * (x - u) / s + (s_noise * up * draws[i] if sn > 0 else 0)
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-10)
+
+
+def test_euler_ancestral_cfg_pp_limits():
+    sigmas = make_sigmas("karras", SCHEDULE, 9).double()
+    x = X_UNIT * sigmas[0]
+
+    def noise(seed=4):
+        g = torch.Generator().manual_seed(seed)
+        return lambda s, sn: torch.randn(X_UNIT.shape, generator=g, dtype=torch.float64)
+
+    # eta 0: Euler CFG++; unguided: Euler a with the same noise
+    torch.testing.assert_close(SAMPLERS["euler_ancestral_cfg_pp"](guided_toy(1.5), x, sigmas, eta=0.0),
+                               SAMPLERS["euler_cfg_pp"](guided_toy(1.5), x, sigmas), rtol=0, atol=1e-10)
+    torch.testing.assert_close(SAMPLERS["euler_ancestral_cfg_pp"](toy, x, sigmas, noise_sampler=noise()),
+                               SAMPLERS["euler_ancestral"](toy, x, sigmas, noise_sampler=noise()), rtol=0, atol=1e-10)
+
+
+def test_dpmpp_2m_sde_heun_solver_step_by_step():
+    """k-diffusion's solver_type="heun" second-order term: (expm1(-h)/h + 1) (D - D_prev) / r, r = h_prev / h
+    (noise-free here, eta 0)."""
+    sigmas = make_sigmas("karras", SCHEDULE, 7).double()
+    out = SAMPLERS["dpmpp_2m_sde"](toy, X_UNIT * sigmas[0], sigmas, eta=0.0, solver_type="heun")
+    x, prev = X_UNIT * sigmas[0], None
+    for i in range(7):
+        d = toy(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = d
+        else:
+            h = math.log(sigmas[i] / sigmas[i + 1])
+            x = sigmas[i + 1] / sigmas[i] * x - math.expm1(-h) * d
+            if prev is not None:
+                x = x + (math.expm1(-h) / h + 1) * (d - prev[0]) / (prev[1] / h)
+            prev = (d, h)
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-10)
+    midpoint = SAMPLERS["dpmpp_2m_sde"](toy, X_UNIT * sigmas[0], sigmas, eta=0.0)
+    assert not torch.allclose(out, midpoint)
+    with pytest.raises(InvalidArgument, match="^sampler_options.solver_type: 'rk4' is not midpoint or heun"):
+        SAMPLERS["dpmpp_2m_sde"](toy, X_UNIT * sigmas[0], sigmas, solver_type="rk4")
+
+
 # --- order of convergence on the probability-flow ODE of Gaussian data -----------------------------
 
 X_T = MU + torch.linspace(-2, 2, 9, dtype=torch.float64) * math.sqrt(S2 + 100)
@@ -411,6 +468,7 @@ def _exp_sigmas(n, lo=0.05, hi=10.0):
     ("restart", {}, 2, [8, 16]),             # below 20 steps: Heun
     ("euler_cfg_pp", {}, 1, [32, 64]),       # unguided: Euler
     ("dpmpp_2m_cfg_pp", {}, 2, [32, 64]),    # unguided: DPM++ 2M
+    ("dpmpp_2m_sde", {"eta": 0.0, "solver_type": "heun"}, 2, [32, 64]),
 ])
 def test_order_of_convergence(name, options, order, ns):
     def err(n):

@@ -6,24 +6,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from workflow_fixtures import Loader, make_ctx, make_models
+from workflow_fixtures import sampling_env
 
 from opensd.workflows import ksampler as K
 from opensd.workflows import nodes_sampling_custom as S
 from opensd.workflows.guiders import DualCFGGuider, Step
-from opensd.workflows.nodes_core import clip_text_encode
-from opensd.workflows.types import ClipRef, ModelRef, NodeCall, NoiseRef, SamplerRef
+from opensd.workflows.types import ModelRef, NoiseRef, SamplerRef
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cs")
-    folders = make_models(tmp / "models")
-    ctx = make_ctx(folders, Loader(folders), tmp)
-    pipe = ctx.load_pipeline("tiny.safetensors")
-    clip = ClipRef(pipe, "tiny")
-    pos, neg = clip_text_encode(None, "a lighthouse", clip)[0], clip_text_encode(None, "fog", clip)[0]
-    return NodeCall(ctx, "1", {}, lambda kind, data: None), ModelRef(pipe, "tiny"), pos, neg
+    return sampling_env(tmp_path_factory.mktemp("cs"))
 
 
 def _model_sigmas() -> np.ndarray:

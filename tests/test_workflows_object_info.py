@@ -35,6 +35,13 @@ def sigma(default):
     return f(default, 0.0, 5000.0, 0.01, round=False)
 
 
+def opt(default, hi=100.0):  # the sampler-option nodes' floats
+    return f(default, 0.0, hi, 0.01, round=False)
+
+
+CUSTOM = "comfy_extras.nodes_custom_sampler"
+
+
 # name: (required, outputs, category, display name, python module, extra fields)
 EXPECTED = {
     # latent
@@ -184,6 +191,28 @@ EXPECTED = {
                                "sigmas": ["SIGMAS"], "latent_image": LATENT}, ["LATENT", "LATENT"],
                               "sampling/custom_sampling", "SamplerCustomAdvanced", "comfy_extras.nodes_custom_sampler",
                               {"output_name": ["output", "denoised_output"]}),
+    # sampler options
+    **{name: (inputs, ["SAMPLER"], "sampling/custom_sampling/samplers", display, module, {})
+       for name, inputs, display, module in [
+        ("SamplerEulerAncestral", {"eta": opt(1.0), "s_noise": opt(1.0)}, "SamplerEulerAncestral", CUSTOM),
+        ("SamplerEulerAncestralCFGPP", {"eta": opt(1.0, 1.0), "s_noise": opt(1.0, 10.0)},
+         "SamplerEulerAncestralCFG++", CUSTOM),
+        ("SamplerLMS", {"order": i(4, 1, 100)}, "SamplerLMS", CUSTOM),
+        ("SamplerDPMPP_3M_SDE", {"eta": opt(1.0), "s_noise": opt(1.0), "noise_device": [["gpu", "cpu"]]},
+         "SamplerDPMPP_3M_SDE", CUSTOM),
+        ("SamplerDPMPP_2M_SDE", {"solver_type": [["midpoint", "heun"]], "eta": opt(1.0), "s_noise": opt(1.0),
+                                 "noise_device": [["gpu", "cpu"]]}, "SamplerDPMPP_2M_SDE", CUSTOM),
+        ("SamplerDPMPP_SDE", {"eta": opt(1.0), "s_noise": opt(1.0), "r": opt(0.5), "noise_device": [["gpu", "cpu"]]},
+         "SamplerDPMPP_SDE", CUSTOM),
+        ("SamplerDPMPP_2S_Ancestral", {"eta": opt(1.0), "s_noise": opt(1.0)}, "SamplerDPMPP_2S_Ancestral", CUSTOM),
+        ("SamplerDPMAdaptative", {"order": i(3, 2, 3), "rtol": opt(0.05), "atol": opt(0.0078), "h_init": opt(0.05),
+                                  "pcoeff": opt(0.0), "icoeff": opt(1.0), "dcoeff": opt(0.0),
+                                  "accept_safety": opt(0.81), "eta": opt(0.0), "s_noise": opt(1.0)},
+         "SamplerDPMAdaptative", CUSTOM),
+        # not a core node: the comfyui-tcd-scheduler pack's
+        ("SamplerTCD", {"eta": ["FLOAT", {"default": 0.3, "min": 0, "max": 1.0, "step": 0.01, "round": False}]},
+         "SamplerTCD", "custom_nodes.comfyui-tcd-scheduler"),
+    ]},
     # model patches
     "ModelSamplingDiscrete": ({"model": ["MODEL"], "sampling": [["eps", "v_prediction", "lcm", "x0"]],
                                "zsnr": ["BOOLEAN", {"default": False}]}, ["MODEL"], "advanced/model",

@@ -7,6 +7,8 @@ from opensd.library.models_dir import ModelFolders
 from opensd.library.synthetic import write_random_checkpoint
 from opensd.pipeline.pipeline import load
 from opensd.workflows import ExecutionContext, OutputCache
+from opensd.workflows.nodes_core import clip_text_encode
+from opensd.workflows.types import ClipRef, ModelRef, NodeCall
 
 # The graph ComfyUI's basic API example script submits, at test size.
 DEFAULT_GRAPH = {
@@ -52,3 +54,13 @@ class Loader:
 def make_ctx(folders: ModelFolders, loader: Loader, tmp: Path, **kw) -> ExecutionContext:
     kw.setdefault("cache", OutputCache())
     return ExecutionContext(folders, loader, tmp / "output", tmp / "input", temp_dir=tmp / "temp", **kw)
+
+
+def sampling_env(tmp: Path):
+    """(a NodeCall, the tiny MODEL, a positive and a negative CONDITIONING) for calling sampling nodes."""
+    folders = make_models(tmp / "models")
+    ctx = make_ctx(folders, Loader(folders), tmp)
+    pipe = ctx.load_pipeline("tiny.safetensors")
+    clip = ClipRef(pipe, "tiny")
+    pos, neg = clip_text_encode(None, "a lighthouse", clip)[0], clip_text_encode(None, "fog", clip)[0]
+    return NodeCall(ctx, "1", {}, lambda kind, data: None), ModelRef(pipe, "tiny"), pos, neg

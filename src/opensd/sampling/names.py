@@ -45,6 +45,7 @@ _SAMPLERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     # Not in A1111: Forge's labels where it has the sampler, else ours.
     "deis": ("DEIS", "normal", ()),
     "euler_cfg_pp": ("Euler CFG++", "normal", ()),
+    "euler_ancestral_cfg_pp": ("Euler a CFG++", "normal", ()),
     "dpmpp_2m_cfg_pp": ("DPM++ 2M CFG++", "normal", ()),
     "tcd": ("TCD", "normal", ()),
 }
@@ -72,7 +73,8 @@ _KARRAS_ALIASES = {f"k_{a}_ka": s for a, s in [
 DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "dpmpp_3m_sde", "uni_pc"})
 
 SAMPLER_LABELS: dict[str, str] = {k: v[0] for k, v in _SAMPLERS.items()}
-A1111_SAMPLERS = frozenset(SAMPLER_LABELS) - {"deis", "euler_cfg_pp", "dpmpp_2m_cfg_pp", "tcd"}
+A1111_SAMPLERS = frozenset(SAMPLER_LABELS) - {"deis", "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp",
+                                              "tcd"}
 SCHEDULER_LABELS: dict[str, str] = {k: v[0] for k, v in _SCHEDULES.items()}
 DEFAULT_SCHEDULES: dict[str, str] = {k: v[1] for k, v in _SAMPLERS.items()}
 

@@ -19,7 +19,8 @@ Options, with k-diffusion/A1111 defaults:
   Euler, Heun, DPM2:               s_churn=0, s_tmin=0, s_tmax=inf, s_noise=1 (Karras "churn")
   Euler a, DPM2 a, DPM++ 2S a:     eta=1, s_noise=1
   DPM++ SDE:                       eta=1, s_noise=1, r=0.5
-  DPM++ 2M SDE, DPM++ 3M SDE:      eta=1, s_noise=1
+  DPM++ 2M SDE:                    eta=1, s_noise=1, solver_type="midpoint" (or "heun")
+  DPM++ 3M SDE:                    eta=1, s_noise=1
   LMS:                             order=4
   DDIM:                            eta=0 (A1111's "Eta DDIM")
   UniPC:                           order=3, variant="bh1", lower_order_final=True (A1111's defaults)
@@ -31,6 +32,7 @@ Options, with k-diffusion/A1111 defaults:
   DEIS:                            max_order=3 (deis.py)
   TCD:                             eta=0.3 (tcd.py; takes the model's schedule as `model_schedule`)
   Euler CFG++, DPM++ 2M CFG++:     none; they need the unconditional estimate (cfg_pp.py)
+  Euler a CFG++:                   eta=1, s_noise=1; it needs the unconditional estimate too
 DDIM and UniPC need nothing from the model's alpha schedule: written in sigma (VE) space their
 updates depend only on sigmas, and the model's own sigmas come in through the schedule.
 """
@@ -42,7 +44,8 @@ from collections.abc import Callable
 
 import torch
 
-from .cfg_pp import sample_dpmpp_2m_cfg_pp, sample_euler_cfg_pp
+from ..errors import InvalidArgument
+from .cfg_pp import sample_dpmpp_2m_cfg_pp, sample_euler_cfg_pp, with_uncond
 from .deis import sample_deis
 from .dpm_solver import sample_dpm_adaptive, sample_dpm_fast
 from .names import sampler_id
@@ -283,6 +286,22 @@ def sample_euler_ancestral(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tens
 
 
 @torch.no_grad()
+def sample_euler_ancestral_cfg_pp(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback = None,
+                                  *, noise_sampler: NoiseSampler = None, eta=1.0, s_noise=1.0) -> torch.Tensor:
+    """Euler a CFG++ (ComfyUI's euler_ancestral_cfg_pp): Euler a whose step to sigma_down starts from
+    the guided estimate and follows the unconditional one's direction; eta=0 is Euler CFG++."""
+    noise = _noise_fn(noise_sampler, x)
+    for i in range(len(sigmas) - 1):
+        denoised, uncond = with_uncond(denoise, x, sigmas[i])
+        sigma_down, sigma_up = _ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        x = denoised + _to_d(x, sigmas[i], uncond) * sigma_down
+        x = _add_noise(x, noise, sigmas[i], sigmas[i + 1], sigma_up, s_noise)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+@torch.no_grad()
 def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback = None, *,
                 noise_sampler: NoiseSampler = None, eta=0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021). Divided by sqrt(alpha_prev), DDIM's update with its eta is exactly
@@ -366,9 +385,13 @@ def sample_dpmpp_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, ca
 
 @torch.no_grad()
 def sample_dpmpp_2m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback = None, *,
-                        noise_sampler: NoiseSampler = None, eta=1.0, s_noise=1.0) -> torch.Tensor:
-    """DPM-Solver++(2M) SDE, midpoint form (k-diffusion's default solver_type)."""
-    return _dpmpp_multistep_sde(denoise, x, sigmas, callback, noise_sampler, eta, s_noise, third_order=False)
+                        noise_sampler: NoiseSampler = None, eta=1.0, s_noise=1.0,
+                        solver_type="midpoint") -> torch.Tensor:
+    """DPM-Solver++(2M) SDE; its second-order term in k-diffusion's midpoint (default) or heun form."""
+    if solver_type not in ("midpoint", "heun"):
+        raise InvalidArgument(f"sampler_options.solver_type: {solver_type!r} is not midpoint or heun")
+    return _dpmpp_multistep_sde(denoise, x, sigmas, callback, noise_sampler, eta, s_noise, third_order=False,
+                                heun=solver_type == "heun")
 
 
 @torch.no_grad()
@@ -378,9 +401,9 @@ def sample_dpmpp_3m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
     return _dpmpp_multistep_sde(denoise, x, sigmas, callback, noise_sampler, eta, s_noise, third_order=True)
 
 
-def _dpmpp_multistep_sde(denoise, x, sigmas, callback, noise_sampler, eta, s_noise, third_order):
+def _dpmpp_multistep_sde(denoise, x, sigmas, callback, noise_sampler, eta, s_noise, third_order, heun=False):
     """Shared body of 2M SDE and 3M SDE: exponential-integrator step in lambda = -log sigma with
-    eta-scaled noise; the 3M history terms (and 2M's midpoint one) as in k-diffusion."""
+    eta-scaled noise; the 3M history terms (and 2M's midpoint or heun one) as in k-diffusion."""
     noise = _noise_fn(noise_sampler, x)
     hist: list[tuple[torch.Tensor, torch.Tensor]] = []  # (denoised, h) of earlier steps, newest first
     for i in range(len(sigmas) - 1):
@@ -399,6 +422,8 @@ def _dpmpp_multistep_sde(denoise, x, sigmas, callback, noise_sampler, eta, s_noi
                 d1, d2 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1), (d1_0 - d1_1) / (r0 + r1)
                 x = x + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
             elif third_order and hist:
+                x = x + phi_2 * (denoised - hist[0][0]) / (hist[0][1] / h)
+            elif hist and heun:
                 x = x + phi_2 * (denoised - hist[0][0]) / (hist[0][1] / h)
             elif hist:  # 2M midpoint
                 x = x - 0.5 * torch.expm1(-h_eta) * (denoised - hist[0][0]) / (hist[0][1] / h)
@@ -428,6 +453,7 @@ def sample_lcm(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, callback
 SAMPLERS: dict[str, Callable] = {
     "euler": sample_euler,
     "euler_ancestral": sample_euler_ancestral,
+    "euler_ancestral_cfg_pp": sample_euler_ancestral_cfg_pp,
     "heun": sample_heun,
     "dpm_2": sample_dpm_2,
     "dpm_2_ancestral": sample_dpm_2_ancestral,
@@ -451,7 +477,7 @@ SAMPLERS: dict[str, Callable] = {
 }
 # Samplers that step with the unconditional estimate too: their guidance must evaluate it even
 # where plain CFG would skip it (CFG scale 1), as ComfyUI's disable_cfg1_optimization does.
-NEEDS_UNCOND = frozenset({"euler_cfg_pp", "dpmpp_2m_cfg_pp"})
+NEEDS_UNCOND = frozenset({"euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp"})
 # What the caller supplies rather than the user: per-step noise and the model's discrete schedule.
 _CONTEXT = ("noise_sampler", "model_schedule")
 

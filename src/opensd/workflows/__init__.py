@@ -18,6 +18,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_mask,
     nodes_model_patches,
     nodes_output,
+    nodes_sampler_options,
     nodes_sampling_custom,
     nodes_upscale,
 )

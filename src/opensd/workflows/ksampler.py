@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..pipeline.pipeline import Interrupted
 from ..sampling.cfg_pp import Guided, with_uncond
 from ..sampling.names import resolve, sampler_id
-from ..sampling.samplers import NEEDS_UNCOND
+from ..sampling.samplers import NEEDS_UNCOND, sampler_context
 from ..sampling.schedules import DiscreteSchedule, make_sigmas
 from .guiders import CFGGuider, Guider
 from .loras import activate
@@ -178,8 +178,9 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
 
     sample_fn = ms.sampler(sampler.name)
     with output_block_patches(pipe.family.network(pipe.model), model.output_block_patches):
-        result = sample_fn(denoise_fn, x, sigmas, callback, noise_sampler=StepNoise(seed, x.shape, device),
-                           **dict(sampler.options))
+        # the step noise, and for TCD the model's own timestep table
+        context = sampler_context(sampler.name, StepNoise(seed, x.shape, device), ms.schedule)
+        result = sample_fn(denoise_fn, x, sigmas, callback, **context, **dict(sampler.options))
     out = fmt.unscaled(ms.inverse_noise_scaling(sigmas[-1].item(), result)).float().cpu()
     return out, fmt.unscaled(last["x0"]).float().cpu() if "x0" in last else out
 

@@ -1,0 +1,46 @@
+"""ComfyUI's sampler-option nodes: a SAMPLER for SamplerCustom / SamplerCustomAdvanced with the
+options KSamplerSelect leaves at their defaults (eta and s_noise of the ancestral and SDE samplers,
+DPM++ 2M SDE's solver, LMS's order, DPM adaptive's tolerances and step controller, TCD's eta).
+
+`noise_device` chooses where ComfyUI's Brownian tree lives (its *_gpu sampler names); our SDE
+samplers draw the step noise from the seed the same way wherever they run, so both choices give the
+same sampler. SamplerTCD is not a core ComfyUI node: it is the comfyui-tcd-scheduler pack's
+(`eta`, as its README names the paper's gamma), run by our TCD sampler on the model's schedule.
+"""
+from __future__ import annotations
+
+from .types import NodeDef, SamplerRef, register
+
+_CATEGORY = "sampling/custom_sampling/samplers"
+_NOISE_DEVICE = (["gpu", "cpu"], {})
+
+
+def _float(default: float, hi: float = 100.0):
+    return ("FLOAT", {"default": default, "min": 0.0, "max": hi, "step": 0.01, "round": False})
+
+
+def _sampler_node(name: str, sampler: str, inputs: dict, display: str | None = None,
+                  module: str = "comfy_extras.nodes_custom_sampler") -> None:
+    def make(call, noise_device="cpu", **options):
+        return (SamplerRef(sampler, tuple(options.items())),)
+
+    register(NodeDef(name, make, inputs, ("SAMPLER",), category=_CATEGORY, display_name=display, module=module))
+
+
+_ETA_NOISE = {"eta": _float(1.0), "s_noise": _float(1.0)}
+_sampler_node("SamplerEulerAncestral", "euler_ancestral", _ETA_NOISE)
+_sampler_node("SamplerEulerAncestralCFGPP", "euler_ancestral_cfg_pp",
+              {"eta": _float(1.0, hi=1.0), "s_noise": _float(1.0, hi=10.0)}, display="SamplerEulerAncestralCFG++")
+_sampler_node("SamplerLMS", "lms", {"order": ("INT", {"default": 4, "min": 1, "max": 100})})
+_sampler_node("SamplerDPMPP_3M_SDE", "dpmpp_3m_sde", {**_ETA_NOISE, "noise_device": _NOISE_DEVICE})
+_sampler_node("SamplerDPMPP_2M_SDE", "dpmpp_2m_sde",
+              {"solver_type": (["midpoint", "heun"], {}), **_ETA_NOISE, "noise_device": _NOISE_DEVICE})
+_sampler_node("SamplerDPMPP_SDE", "dpmpp_sde", {**_ETA_NOISE, "r": _float(0.5), "noise_device": _NOISE_DEVICE})
+_sampler_node("SamplerDPMPP_2S_Ancestral", "dpmpp_2s_ancestral", _ETA_NOISE)
+_sampler_node("SamplerDPMAdaptative", "dpm_adaptive",
+              {"order": ("INT", {"default": 3, "min": 2, "max": 3}), "rtol": _float(0.05), "atol": _float(0.0078),
+               "h_init": _float(0.05), "pcoeff": _float(0.0), "icoeff": _float(1.0), "dcoeff": _float(0.0),
+               "accept_safety": _float(0.81), "eta": _float(0.0), "s_noise": _float(1.0)})
+_sampler_node("SamplerTCD", "tcd",
+              {"eta": ("FLOAT", {"default": 0.3, "min": 0, "max": 1.0, "step": 0.01, "round": False})},
+              module="custom_nodes.comfyui-tcd-scheduler")
