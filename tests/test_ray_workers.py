@@ -18,6 +18,7 @@ import torch
 from ray_cluster import local_cluster
 from server_live import LiveServer, models_dir
 
+from opensd.cli import main
 from opensd.server.settings import Settings
 from opensd.server.store import DONE, INTERRUPTED
 
@@ -116,6 +117,22 @@ def test_thirty_jobs_from_both_apis_make_the_images_one_machine_makes(served, tm
 def same_info(text):
     """An A1111 info without what differs between any two runs (the time; unasked-for subseeds)."""
     return {k: v for k, v in json.loads(text).items() if k not in ("job_timestamp", "subseed", "all_subseeds")}
+
+
+def test_opensd_workers_lists_the_ray_workers(served, capsys):
+    assert main(["workers", "--url", served.url, "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    ray_workers = [w for w in answer["workers"] if w["kind"] == "ray"]
+    assert answer["ray"] == "auto" and len(ray_workers) == 2
+    node_ids = {n.node_id for n in served.cluster.worker_nodes}
+    for w in ray_workers:
+        assert w["alive"] and w["device"] == "cpu" and w["threads"] == 1 and w["node_id"] in node_ids
+        assert w["jobs_done"] >= 1 and w["images_per_minute"] > 0
+        assert w["loaded"][0]["model"] == "opensd-emoji.safetensors"
+    assert len({w["node_id"] for w in ray_workers}) == 2  # one CPU per node: one worker on each
+    assert main(["workers", "--url", served.url]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert [r.split()[0] for r in rows[1:4]] == ["local", "ray-1", "ray-2"] and "Ray: auto" in rows[-1]
 
 
 def test_a_job_goes_to_the_worker_holding_its_checkpoint(served):
@@ -234,3 +251,18 @@ def test_a_frozen_worker_is_given_up_and_its_late_result_discarded(served):
     time.sleep(2)
     assert sorted(p.name for p in set(out.rglob("*.png")) - before) == [f"{jid}-0.png"]
     assert served.state.store.get(jid).result == job.result
+
+
+def test_opensd_workers_add_starts_a_worker_that_takes_jobs(served, capsys):
+    before = len(served.state.pool.workers)
+    assert main(["workers", "add", "1", "--url", served.url]) == 0
+    assert capsys.readouterr().out.startswith("started ray-")
+    added = served.state.pool.workers[before:]
+    assert len(added) == 1
+    # it waits for a CPU, as do actors whose node left: a node for each of them
+    for _ in range(sum(not w.describe()["alive"] for w in served.state.pool.workers)):
+        served.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    wait(lambda: all(w.describe()["alive"] for w in served.state.pool.workers), "every worker placed")
+    jobs = [queued(served, {**BODY, "steps": 100, "seed": 70 + i}, client=f"w{i}") for i in range(len(alive(served)))]
+    assert all(job_done(served, j).status == DONE for j in jobs)
+    assert any(j in added[0].stats.recent for j in jobs)

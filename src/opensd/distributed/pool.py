@@ -1,7 +1,8 @@
 """Ray actors as the job queue's workers (`opensd serve --ray auto|ADDRESS`).
 
 Sizing: with GPUs in the cluster, one actor per GPU; otherwise CPU actors of `threads` PyTorch
-threads each, as many as the cluster's CPUs hold, or exactly `workers` of them. Unless that count
+threads each (default 4, or a node's CPUs if fewer), as many as the cluster's CPUs hold, or exactly
+`workers` of them (none while the cluster has neither: a head with no CPUs). Unless that count
 is fixed, the pool looks at the cluster's resources every `watch_s` seconds and starts actors for
 what has joined (a node added while serving takes jobs without a restart); `add` starts more at
 once (`opensd workers add`). Each actor is restarted by Ray when its process dies."""
@@ -50,8 +51,8 @@ class RayPool:
                  watch_s: float = 5.0):
         self.ray = require_ray()
         self.state = state
-        self.fixed, self.threads = workers, threads or DEFAULT_THREADS
         self._owns = connect(address)
+        self.fixed, self.threads = workers, threads or self._default_threads()
         self.workers: list[RayWorker] = []
         self._count = 0
         self._lock = threading.Lock()
@@ -64,6 +65,10 @@ class RayPool:
                                              daemon=True)
             self._watcher.start()
 
+    def _default_threads(self) -> int:
+        widest = max((n["Resources"].get("CPU", 0) for n in self.ray.nodes() if n.get("Alive")), default=0)
+        return max(1, min(DEFAULT_THREADS, int(widest) or DEFAULT_THREADS))
+
     def _gpus(self) -> int:
         return int(self.ray.cluster_resources().get("GPU", 0))
 
@@ -74,7 +79,8 @@ class RayPool:
         gpus = self._gpus()
         if gpus:
             return gpus
-        return max(1, int(self.ray.cluster_resources().get("CPU", 1) // self.threads))
+        cpus = self.ray.cluster_resources().get("CPU", 0)
+        return max(1, int(cpus // self.threads)) if cpus >= 1 else 0
 
     def add(self, n: int) -> list[RayWorker]:
         """Start `n` more actors; each takes jobs once Ray has placed and started it."""

@@ -22,7 +22,7 @@ from ..text.wildcards import Wildcards
 from ..version import __version__
 from . import a1111_script_runs  # noqa: F401  (registers A1111's scripts)
 from . import (a1111_api, a1111_controlnet, a1111_extras, a1111_run, comfy_api, comfy_frontend, datasets_api,
-               docs_pages, gallery_api, models_api, opensd_api, train_api, ui_routes, xyz_axes_api)
+               docs_pages, gallery_api, models_api, opensd_api, train_api, ui_routes, workers_api, xyz_axes_api)
 from .a1111_options import A1111Options
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
@@ -146,6 +146,7 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     app.include_router(models_api.router(state))
     app.include_router(datasets_api.router(state))
     app.include_router(train_api.router(state))  # after datasets_api: trains on its datasets
+    app.include_router(workers_api.router(state))
     app.include_router(ui_routes.router())  # the web UI at /
     state.comfy = comfy_api.ComfyHub(state)
     app.include_router(comfy_api.router(state, state.comfy))
