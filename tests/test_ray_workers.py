@@ -158,6 +158,29 @@ def test_a_job_goes_to_the_worker_holding_its_checkpoint(served):
         assert jid in holder[model].stats.recent, (model, {w.name: list(w.stats.recent) for w in workers})
 
 
+def test_an_embedding_saved_while_serving_reaches_the_workers(served):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from opensd.library.models_dir import BUILTIN_CHECKPOINT
+
+    with safe_open(str(BUILTIN_CHECKPOINT), "pt") as f:
+        width = next(f.get_slice(k).get_shape()[1] for k in f.keys() if k.endswith("token_embedding.weight"))
+    body = {**BODY, "prompt": "a zqxstyle cat", "steps": 30, "seed": 5}
+
+    def on_both_workers():  # two at once: one on each worker
+        ids = [queued(served, body, client=f"e{i}") for i in range(2)]
+        return [images_of(served, job_done(served, j)) for j in ids]
+
+    before = on_both_workers()
+    folder = served.settings.models_dir / "embeddings"
+    folder.mkdir(exist_ok=True)
+    save_file({"emb_params": torch.randn(2, width, generator=torch.Generator().manual_seed(0)) * 3},
+              folder / "zqxstyle.safetensors")
+    after = on_both_workers()
+    assert before[0] == before[1] and after[0] == after[1] and after[0] != before[0]
+
+
 def test_progress_previews_interrupt_and_skip_reach_the_actor(served):
     slow = {**BODY, "steps": 400, "seed": 7}
     jid = queued(served, slow)

@@ -37,6 +37,7 @@ class GenerationActor:
         self._job: str | None = None
         self._preview = None  # the last preview sent
         self._held: OrderedDict[tuple, dict] = OrderedDict()  # (checkpoint, VAE) -> what it has loaded
+        self._embeddings = self._embedding_files()
 
     def describe(self) -> dict:
         import ray
@@ -51,6 +52,9 @@ class GenerationActor:
     def run(self, job_id: str, job_wire: dict) -> dict:
         """Generate the job; its images come back (with their infotexts) for the front door to save."""
         payload, self.wildcards = wire.from_wire(self.folders, job_wire)
+        if (files := self._embedding_files()) != self._embeddings:  # one trained or copied in meanwhile
+            self.cache.reload_embeddings()
+            self._embeddings = files
         self.progress, self._job, self._preview = Progress(started=time.time()), job_id, None
         try:
             req = a1111_run.request_of(payload)
@@ -80,6 +84,10 @@ class GenerationActor:
             preview = images_io.jpeg_bytes(p.preview)
         return {"step": p.step, "steps": p.steps, "image_index": p.image_index, "images": p.images,
                 "preview": preview}
+
+    def _embedding_files(self) -> list[tuple[str, int]]:
+        return sorted((str(f), f.stat().st_mtime_ns) for d in self.folders.folders("embeddings")
+                      for f in d.iterdir() if f.is_file())
 
     def held(self) -> list[dict]:
         """The (checkpoint, VAE, LoRA set) combinations loaded now, most recently used last."""
