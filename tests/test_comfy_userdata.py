@@ -140,8 +140,9 @@ def test_user_css_is_an_empty_stylesheet_until_written(setup):
 @pytest.mark.parametrize("headers", [
     {"Origin": EVIL},
     {"Sec-Fetch-Site": "cross-site"},
-    {"Content-Type": "text/plain"},  # a no-preflight type without the browser's same-origin mark
-    {"Content-Type": "application/x-www-form-urlencoded"},
+    # a no-preflight type from a browser (it marks every request) without its same-origin mark
+    {"Content-Type": "text/plain", "Sec-Fetch-Mode": "no-cors"},
+    {"Content-Type": "application/x-www-form-urlencoded", "Referer": EVIL + "/"},
     {"Origin": BASE, "Sec-Fetch-Site": "same-site", "Content-Type": "text/plain"},
 ])
 def test_cross_site_writes_are_refused(setup, headers):

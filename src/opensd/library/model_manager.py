@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..checkpoints.files import sniff_format
 from ..errors import InvalidArgument
 from .download import DownloadError, fetch
@@ -83,12 +84,8 @@ def _add_local(root: Path, src: Path, kind: str | None, name: str | None, wanted
             raise InvalidArgument(f"link: cannot hard-link {src} into {dest.parent} ({e.strerror}); copy it "
                                   "instead (the default) or --move it") from None
     else:
-        tmp = dest.with_name(f".{dest.name}.adding")
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with open(src, "rb") as data, atomic_write(dest) as out:
+            shutil.copyfileobj(data, out, 1 << 20)
     return _placed(root, dest, kind, sha, str(src.resolve()))
 
 
