@@ -1,6 +1,7 @@
 """Screenshots of the web UI's tabs, light and dark, desktop (1280x800) and phone (360x740), into
-docs/ui/ as WebP. Serves the built-in model from a temporary folder, makes a few images so the gallery and
-PNG info have content, then photographs every tab registered in the UI (later tabs included).
+docs/ui/ as WebP. Serves the built-in model from a temporary folder (with two prompt styles), makes a few
+images so the gallery and PNG info have content, then photographs every tab registered in the UI (later
+tabs included), and Generate's X/Y/Z plot with its grid (generate-xyz-*).
 
     python scripts/ui_screenshots.py [--out docs/ui]
 """
@@ -29,6 +30,7 @@ from opensd.server.settings import Settings  # noqa: E402
 PROMPTS = ["red heart", "smiling face with sunglasses", "thumbs up", "glowing star", "cat face", "sun with face",
            "green apple", "rocket"]
 SHOWN = "red heart, (noto emoji style:1.2), [glossy:matte:0.5] BREAK white background"
+STYLES = 'name,prompt,negative_prompt\nsticker,"{prompt}, sticker, white outline",blurry\nflat,"flat colors",\n'
 
 
 def make_images(url: str) -> bytes:
@@ -90,6 +92,35 @@ def fill_controlnet(page, png: bytes) -> None:
     page.wait_for_selector(f"{unit} .cn-map img")
 
 
+def fill_xyz(page) -> None:
+    """Generate with the X/Y/Z plot: steps across, samplers down, a style active."""
+    page.fill("#panel-generate textarea[name=prompt]", "{red|green} heart, __emoji__ style")
+    page.fill("#panel-generate input[name=seed]", "7")
+    page.click("#panel-generate summary:has-text('Styles')")
+    page.click("#panel-generate [aria-label='Styles to apply'] button:text-is('sticker')")
+    page.select_option("#panel-generate select[name=script]", label="X/Y/Z plot")
+    page.select_option("#panel-generate select[name=xyz_x_type]", label="Steps")
+    page.fill("#panel-generate input[name=xyz_x_values]", "10, 20")
+    page.select_option("#panel-generate select[name=xyz_y_type]", label="Sampler")
+    for sampler in ("Euler a", "DPM++ 2M"):
+        page.click(f"#panel-generate [aria-label='Y values to plot'] button:text-is('{sampler}')")
+    page.click("#panel-generate button[type=submit]")
+    page.wait_for_selector("#panel-generate .results button.grid-thumb", timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#panel-generate .result-main img').complete")
+    # the whole form and its grid in one picture: a viewport as tall as the page
+    page.set_viewport_size({"width": 1280, "height": page.evaluate("document.documentElement.scrollHeight")})
+    page.evaluate("window.scrollTo(0, 0)")
+
+
+def fill_extras(page, png: bytes) -> None:
+    page.wait_for_selector("#panel-extras select[name=upscaler_1] option", state="attached")
+    drop_file(page, "#panel-extras .extras-drop", png, "rocket.png")
+    page.select_option("#panel-extras select[name=upscaler_1]", "Lanczos")
+    page.fill("#panel-extras input[name=upscaling_resize]", "4")
+    page.click("#panel-extras button[type=submit]")
+    page.wait_for_function("() => document.querySelector('#panel-extras .result-main img')?.complete")
+
+
 def shoot(browser, live: LiveServer, out: Path, theme: str, device: str, png: bytes) -> None:
     context = dict(DESKTOP if device == "desktop" else PHONE, color_scheme=theme)
     page = browser.new_context(**context).new_page()
@@ -110,6 +141,8 @@ def shoot(browser, live: LiveServer, out: Path, theme: str, device: str, png: by
             fill_canvas(page, tab, png)
         elif tab == "controlnet":
             fill_controlnet(page, png)
+        elif tab == "extras":
+            fill_extras(page, png)
         elif tab == "gallery":
             page.wait_for_function("() => [...document.querySelectorAll('#panel-gallery .thumbs img')]"
                                    ".every((i) => i.complete && i.naturalWidth)")
@@ -130,15 +163,39 @@ def shoot(browser, live: LiveServer, out: Path, theme: str, device: str, png: by
             page.wait_for_selector("#panel-pnginfo table.params")
         page.evaluate("window.scrollTo(0, 0)")
         page.wait_for_timeout(300)
-        shot = Image.open(io.BytesIO(page.screenshot()))  # WebP: a third of the PNG's size for the docs
-        shot.convert("RGB").save(out / f"{tab}-{theme}-{device}.webp", quality=90, method=6)
+        save(page, out / f"{tab}-{theme}-{device}.webp")
         if tab in ("generate", "inpaint"):  # keep the gallery the same in every screenshot
-            newest = httpx.get(live.url + "/opensd/v1/gallery", params={"limit": 1}).json()["items"][0]
-            httpx.delete(f"{live.url}/opensd/v1/gallery/{newest['id']}").raise_for_status()
+            forget_since(live, newest_id(live) - 1)
         if tab == "queue":
             httpx.post(live.url + "/opensd/v1/queue/clear", json={}).raise_for_status()
             live.state.queue.start()
     page.context.close()
+    if device == "desktop":  # the X/Y/Z plot and its grid, in a page of its own (no ControlNet unit set)
+        page = browser.new_context(**context).new_page()
+        page.goto(live.url + "/#generate")
+        page.wait_for_selector("#panel-generate select[name=script] option", state="attached")
+        before = newest_id(live)
+        fill_xyz(page)
+        page.wait_for_timeout(300)
+        save(page, out / f"generate-xyz-{theme}-{device}.webp")
+        forget_since(live, before)  # the gallery stays as it was
+        page.context.close()
+
+
+def save(page, path: Path) -> None:
+    shot = Image.open(io.BytesIO(page.screenshot()))  # WebP: a third of the PNG's size for the docs
+    shot.convert("RGB").save(path, quality=90, method=6)
+
+
+def newest_id(live: LiveServer) -> int:
+    return httpx.get(live.url + "/opensd/v1/gallery", params={"limit": 1}).json()["items"][0]["id"]
+
+
+def forget_since(live: LiveServer, last: int) -> None:
+    """Delete the gallery images after image `last`, so the gallery is the same in every screenshot."""
+    for item in httpx.get(live.url + "/opensd/v1/gallery", params={"limit": 48}).json()["items"]:
+        if item["id"] > last:
+            httpx.delete(f"{live.url}/opensd/v1/gallery/{item['id']}").raise_for_status()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="opensd-ui-shots-"))
     try:
-        with LiveServer(Settings(outputs_dir=tmp / "out")) as live, sync_playwright() as p:
+        (tmp / "styles.csv").write_text(STYLES)
+        (tmp / "wildcards").mkdir()
+        (tmp / "wildcards" / "emoji.txt").write_text("noto emoji\ntwemoji\n")
+        settings = Settings(outputs_dir=tmp / "out", styles_file=tmp / "styles.csv", wildcards_dir=tmp / "wildcards")
+        with LiveServer(settings) as live, sync_playwright() as p:
             png = make_images(live.url)
             make_training_run(live.url)
             browser = launch(p)

@@ -77,7 +77,7 @@ export function jobView() {
     const info = job.result.info || {};
     const text = (info.infotexts || [])[i] || "";
     clear(resultMain, h("img", { src: imageUrl(job, i), alt: `Generated image: ${info.prompt || ""}`,
-      "data-seed": seedOf(job, i), class: info.width <= 128 ? "pixel" : null }));
+      "data-seed": seedOf(job, i), class: info.width <= 128 && i >= gridsOf(job) ? "pixel" : null })); // labels stay smooth
     [...resultThumbs.children].forEach((b, k) => b.setAttribute("aria-pressed", String(k === i)));
     infoBox.textContent = text;
     infoBox.hidden = !text;

@@ -3,12 +3,13 @@
 // the axis has choices, picked from them (A1111's dropdown; "Use text inputs" types them instead);
 // then the grid options. args() is script_args in the order A1111's script takes them.
 import { api } from "./api.js";
-import { field, h } from "./dom.js";
+import { field, h, toast } from "./dom.js";
 import { chips, number } from "./form.js";
 
 const HINTS = { int: "e.g. 10, 20, 30 or 10-30 (+10) or 10-30 [3]", float: "e.g. 5, 7.5 or 5-9 [3]",
   text: "comma-separated: a, b, \"c, d\"", order: "the words to reorder: red, cat" };
 const WHICH = ["x", "y", "z"];
+const NOTHING = { index: 0, label: "Nothing", kind: "text", available: true, choices: null }; // no list came
 
 function axisRow(which, axes, csvMode) {
   const W = which.toUpperCase();
@@ -22,7 +23,7 @@ function axisRow(which, axes, csvMode) {
   const pickField = h("div", { class: "field xyz-pick" }, h("span", { class: "label" }, `${W} values`), picked.element,
     h("div", { class: "toolbar" }, fill));
   const element = h("div", { class: "xyz-axis stack" }, field(`${W} type`, type), valuesField, pickField);
-  const axis = () => axes.find((a) => String(a.index) === type.value) || axes[0];
+  const axis = () => axes.find((a) => String(a.index) === type.value) || axes[0] || NOTHING;
 
   function show() {
     const a = axis();
@@ -42,7 +43,8 @@ function axisRow(which, axes, csvMode) {
 }
 
 export async function xyzForm({ img2img }) {
-  const all = await api.get("/opensd/v1/xyz-axes");
+  const all = await api.get("/opensd/v1/xyz-axes")
+    .catch((e) => { toast(e.message, "error"); return { txt2img: [], img2img: [] }; });
   const axes = all[img2img ? "img2img" : "txt2img"];
   const check = (name, label, checked = false) => h("label", { class: "check" },
     h("input", { type: "checkbox", name: `xyz_${name}`, checked }), label);
