@@ -71,11 +71,11 @@ def test_negative_prompt_is_cfg_rewritten_around_the_empty_prompt(pipe, monkeypa
     assert calls and all(n == 3 for n, _ in calls)
     want = guidance_embedding(torch.tensor([5.0, 5.0, 5.0]), 32)
     assert all(torch.allclose(y.float(), want) for _, y in calls)
-    import opensd.pipeline.pipeline as P
+    import opensd.sampling.model_sampling as MS  # where the model's Denoiser is built since the family seam
 
     rows, results = [], []
 
-    class Recording(P.Denoiser):  # the per-row denoised predictions the guidance combines
+    class Recording(MS.Denoiser):  # the per-row denoised predictions the guidance combines
         def __call__(self, *a, **k):
             rows.append(super().__call__(*a, **k))
             return rows[-1]
@@ -86,7 +86,7 @@ def test_negative_prompt_is_cfg_rewritten_around_the_empty_prompt(pipe, monkeypa
         inner = real(*a, **k)
         return lambda x, sigma: results.append(inner(x, sigma)) or results[-1]
 
-    monkeypatch.setattr(P, "Denoiser", Recording)
+    monkeypatch.setattr(MS, "Denoiser", Recording)
     monkeypatch.setattr(pipe, "denoiser", spy)
     pipe.txt2img(prompt="a red apple", negative_prompt="blurry", cfg=5.0, steps=1, seed=2)
     (d,), (got,) = rows, results  # one step: rows [empty, negative, prompt]
