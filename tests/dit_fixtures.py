@@ -62,8 +62,8 @@ def _t5(seed: int) -> T5EncoderModel:
 
 def _vae(family: str, seed: int) -> AutoencoderKL:
     scale, shift = (1.5305, 0.0609) if family == "sd3" else (0.3611, 0.1159)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(32, 32, 32, 32), layers_per_block=1,
                         latent_channels=16, norm_num_groups=32, sample_size=32, use_quant_conv=False,
                         use_post_quant_conv=False, scaling_factor=scale, shift_factor=shift)
     return randomize_(vae, seed=seed, std=0.05).eval()
@@ -128,10 +128,11 @@ def write_single_file(path: Path, model, metadata: dict, encoders: bool = True) 
     return path
 
 
-def write_split_files(models: Path, model, name: str, metadata: dict) -> dict[str, Path]:
+def write_split_files(models: Path, model, name: str, metadata: dict, file_prefix: str = "") -> dict[str, Path]:
     """ComfyUI's layout: diffusion_models/<name>.safetensors (the network, bare original keys),
     text_encoders/clip_l.safetensors, clip_g.safetensors, t5xxl_fp16.safetensors (transformers'
-    names, as ComfyUI's files are) with spiece.model beside them, vae/<name>_vae.safetensors."""
+    names, as ComfyUI's files are; `file_prefix` before their names) with spiece.model beside them,
+    vae/<name>_vae.safetensors."""
     sd = model.state_dict()
     out = {}
     for folder in ("diffusion_models", "text_encoders", "vae"):
@@ -142,7 +143,7 @@ def write_split_files(models: Path, model, name: str, metadata: dict) -> dict[st
     for enc, prefix in (("clip_l", DD.CLIP_L), ("clip_g", DD.CLIP_G), ("t5xxl_fp16", DD.T5)):
         part = {k[len(prefix):]: v.contiguous() for k, v in sd.items() if k.startswith(prefix)}
         if part:
-            out[enc] = models / "text_encoders" / f"{enc}.safetensors"
+            out[enc] = models / "text_encoders" / f"{file_prefix}{enc}.safetensors"
             save_safetensors(part, out[enc])
     (models / "text_encoders" / "spiece.model").write_bytes(spiece_model())
     out["vae"] = models / "vae" / f"{name}_vae.safetensors"

@@ -19,7 +19,7 @@ from reference import assert_close_scaled
 
 PROMPT = "a photo of a cat sitting on a red chair"
 NEGATIVE = "blurry, lowres"
-STEPS, CFG, SEED, SIZE = 4, 5.0, 1234, 32
+STEPS, CFG, SEED, SIZE = 4, 5.0, 1234, 64
 
 
 def _reference(parts, tokenizers, t5=True):
@@ -98,7 +98,7 @@ def _run_ref(ref, noise, **kw):
 def test_txt2img_equals_diffusers_step_by_step(sd3, monkeypatch):
     ours, ref, _, _ = sd3
     image, got = _run_ours(ours, monkeypatch)
-    noise = ours.noise([SEED], SIZE // 2, SIZE // 2)
+    noise = ours.noise([SEED], SIZE // 8, SIZE // 8)
     expected_image, steps = _run_ref(ref, noise)
     # The schedule: diffusers' shifted linspace (from 1 to shift(1/1000)), our "normal" on the flow table.
     torch.testing.assert_close(got["sigmas"], ref.scheduler.sigmas, rtol=1e-6, atol=1e-7)
@@ -125,7 +125,7 @@ def test_a_run_without_t5_equals_diffusers_without_t5(sd3, monkeypatch, tmp_path
     assert_close_scaled(c.context, embeds)
     assert c.context[:, 77:].abs().max() == 0
     image, got = _run_ours(no_t5, monkeypatch)
-    expected_image, steps = _run_ref(ref, no_t5.noise([SEED], SIZE // 2, SIZE // 2))
+    expected_image, steps = _run_ref(ref, no_t5.noise([SEED], SIZE // 8, SIZE // 8))
     assert_close_scaled(got["latents"], steps[-1], rel=1e-4)
 
 
@@ -150,6 +150,7 @@ def test_single_file_and_split_files_equal_the_diffusers_folder(sd3, tmp_path):
 def test_a_file_without_its_vae_names_what_is_missing(sd3, tmp_path):
     ours, _, _, _ = sd3
     files = write_split_files(tmp_path / "models", ours.model, "sd3", META_SD3)
+    files["vae"].unlink()
     with pytest.raises(CheckpointError, match=r"this Stable Diffusion 3 file has no VAE \(--vae\)"):
         load(files["unet"], precision="fp32", device="cpu")
 
@@ -161,3 +162,49 @@ def test_shift_changes_the_schedule_as_sd3_defines_it(sd3):
     torch.testing.assert_close(s, (6 * t / (1 + 5 * t)).float())
     p = ours._params(PROMPT, "", {"steps": 3, "shift": 1.0, "width": SIZE, "height": SIZE})
     torch.testing.assert_close(ours.sigmas(p, 3), torch.tensor([1.0, 0.5005, 0.001, 0.0]))
+
+
+def test_fp8_text_encoder_files_are_upcast_on_load(sd3, tmp_path):
+    """t5xxl_fp8_e4m3fn.safetensors: stored in float8, computed in the model's dtype; the same as
+    the dequantised weights, and close to the full-precision encoder."""
+    from opensd.checkpoints.files import read_state_dict, save_safetensors
+    ours, _, _, _ = sd3
+    bare = write_single_file(tmp_path / "sd3.safetensors", ours.model, META_SD3, encoders=False)
+    files = write_split_files(tmp_path / "models", ours.model, "sd3", META_SD3)
+    t5 = read_state_dict(files["t5xxl_fp16"])
+    fp8, dequantised = tmp_path / "t5xxl_fp8_e4m3fn.safetensors", tmp_path / "t5xxl_dequantised.safetensors"
+    save_safetensors({k: v.to(torch.float8_e4m3fn) for k, v in t5.items()}, fp8)
+    save_safetensors({k: v.to(torch.float8_e4m3fn).float() for k, v in t5.items()}, dequantised)
+    assert read_state_dict(fp8)["shared.weight"].dtype == torch.float8_e4m3fn
+    encoders = [files["clip_l"], files["clip_g"]]
+    a = load(bare, text_encoders=encoders + [fp8], precision="fp32", device="cpu")
+    b = load(bare, text_encoders=encoders + [dequantised], precision="fp32", device="cpu")
+    assert next(a.model.encoder("t5xxl").parameters()).dtype == torch.float32
+    ca, cb, full = (p.conditioner().encode(PROMPT).context for p in (a, b, ours))
+    assert torch.equal(ca, cb)
+    assert_close_scaled(ca, full, rel=0.1)
+
+
+def test_unet_only_add_ons_are_refused_in_one_line(sd3, tmp_path):
+    from opensd.errors import InvalidArgument
+    ours, _, _, _ = sd3
+    ours.set_loras([tmp_path / "style.safetensors"])
+    try:
+        with pytest.raises(InvalidArgument, match="^lora: LoRA is not available for Stable Diffusion 3 models yet$"):
+            ours.txt2img(PROMPT, steps=1, width=SIZE, height=SIZE)
+    finally:
+        ours.set_loras([])
+    with pytest.raises(InvalidArgument, match="^controls: ControlNet is not available for Stable Diffusion 3"):
+        ours.txt2img(PROMPT, steps=1, width=SIZE, height=SIZE, controls=[object()])
+
+
+def test_a_network_alone_takes_its_parts_from_the_models_folder(sd3, tmp_path):
+    """models/diffusion_models/sd3.safetensors with text_encoders/ and vae/ beside it, as ComfyUI keeps
+    them: loaded with no --vae or --text-encoder, it finds them (by their headers) and equals the
+    whole model."""
+    ours, _, _, _ = sd3
+    files = write_split_files(tmp_path / "models", ours.model, "sd3", META_SD3)
+    (tmp_path / "models" / "vae" / "unrelated.safetensors").write_bytes(files["vae"].read_bytes()[:0])  # unreadable
+    found = load(files["unet"], precision="fp32", device="cpu")
+    assert set(found.loaded.part_paths) == {files["clip_l"], files["clip_g"], files["t5xxl_fp16"], files["vae"]}
+    assert np.array_equal(_pixels(found), _pixels(ours))

@@ -136,9 +136,9 @@ def test_lora_on_the_model_only(env):
 
 def test_unsupported_types_and_wrong_files_are_clear_errors(env, caplog):
     call, names = env
-    with pytest.raises(ValueError, match="type: 'sd3' text encoders are for model families opensd does not run"):
-        L.clip_loader(call, names["clip_l"], "sd3")
-    with pytest.raises(ValueError, match="type: 'flux'"):
+    with pytest.raises(ValueError, match="type: 'stable_cascade' text encoders are for model families opensd does not run"):
+        L.clip_loader(call, names["clip_l"], "stable_cascade")
+    with pytest.raises(CheckpointError, match="2 CLIP text encoders given; a Flux.1 model takes 1"):
         L.dual_clip_loader(call, names["xl_clip_l"], names["xl_clip_g"], "flux")
     shutil.copy(call.ctx.folders.resolve("vae", names["vae"]), call.ctx.folders.folders("unet")[0] / "a_vae.safetensors")
     with pytest.raises(CheckpointError, match="not a diffusion model .*standalone VAE"):

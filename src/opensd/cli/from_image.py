@@ -11,7 +11,8 @@ from .sampling_flags import fill_from
 
 # Params field -> generate's flag (its argparse dest), where the names differ
 PARAM_DEST = {"negative_prompt": "negative", "batch_size": "batch", "inpaint_full_res_padding": "inpaint_padding",
-              "refiner_switch_at": "refiner_switch", "hires_fix_refiner_pass": "refiner_hires_pass"}
+              "refiner_switch_at": "refiner_switch", "hires_fix_refiner_pass": "refiner_hires_pass",
+              "distilled_guidance": "guidance"}
 # Recorded hires field -> flag
 _HIRES_FLAG = {"negative_prompt": "hires_negative"}
 # Recorded keys that are not settings: the version, and a dynamic prompt's template (the image's

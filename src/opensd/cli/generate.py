@@ -34,6 +34,9 @@ def register(sub) -> None:
     add_models_dir_flag(gen)
     gen.add_argument("--vae", type=Path, help="standalone VAE (file, or name in the models folder) replacing the "
                                               "checkpoint's VAE")
+    gen.add_argument("--text-encoder", action="append", default=[], type=Path, metavar="FILE_OR_NAME",
+                     help="a text encoder file (or name in the models folder's text_encoders/) for SD3/Flux models "
+                          "that come without theirs: clip_l, clip_g, t5xxl (repeatable; default: found beside the model)")
     gen.add_argument("--embeddings-dir", type=Path, help="folder of textual-inversion embeddings (use by file name)")
     gen.add_argument("--lora", action="append", default=[], metavar="NAME_OR_PATH[:UNET[:TE]]",
                      help="apply a LoRA (repeatable); strengths default to 1, TE to the UNet one")
@@ -53,6 +56,10 @@ def register(sub) -> None:
     g.add_argument("--sampler", help='e.g. "Euler a", "DPM++ 2M", dpmpp_2m (default Euler)')
     g.add_argument("--scheduler", help="e.g. karras, exponential, sgm_uniform (default: automatic)")
     g.add_argument("--clip-skip", type=int_arg)
+    g.add_argument("--shift", type=float_arg, help="SD3/Flux: the flow schedule's shift (default: SD3 3.0; Flux dev "
+                                                   "from the image size, mu 0.5 at 256 tokens to 1.15 at 4096)")
+    g.add_argument("--guidance", type=float_arg, help="Flux dev: the distilled guidance the model takes (default 3.5); "
+                                                      "--cfg stays real CFG (default 1 for Flux)")
     g.add_argument("--tiling", action="store_true", help="seamless tiling: the image wraps around its edges")
     sampling_flags.add_flags(gen)
     i = gen.add_argument_group("img2img / inpainting / outpainting")
@@ -111,7 +118,8 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
     kw = dict(steps=args.steps, cfg=args.cfg, seed=args.seed, width=args.width, height=args.height,
               batch_size=args.batch, sampler=args.sampler, scheduler=args.scheduler, clip_skip=args.clip_skip,
               subseed=args.subseed, subseed_strength=args.subseed_strength, tiling=args.tiling or None,
-              sampler_options=sampling_flags.sampler_options(args) or None)
+              sampler_options=sampling_flags.sampler_options(args) or None, shift=args.shift,
+              distilled_guidance=args.guidance)
     if args.hires:
         hires = dict(scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps,
                      denoise=args.hires_denoise, width=args.hires_width, height=args.hires_height,
@@ -155,7 +163,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     def open_pipe(model, vae):
         """A pipeline as the flags set it up (also one a script's checkpoint or VAE axis asks for)."""
         pipe = load(model, vae=vae, device=args.device, precision=args.precision, prediction=args.prediction,
-                    embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir, memory=args.memory)
+                    embeddings_dir=args.embeddings_dir, loras_dir=args.loras_dir, memory=args.memory,
+                    text_encoders=args.text_encoder)
         pipe.upscalers = Upscalers(None, pipe.device, allow_paths=True)  # --hires-upscaler may be a model file
         use_folders(pipe, folders, args.loras_dir)
         if args.vae_tiling:

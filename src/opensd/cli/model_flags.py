@@ -58,6 +58,7 @@ def resolve_generate_models(args: argparse.Namespace, source: dict | None = None
         args.model = resolve_model(folders, "checkpoints", args.model, "model")
     if args.vae is not None:
         args.vae = resolve_model(folders, "vae", args.vae, "vae")
+    args.text_encoder = [resolve_model(folders, "clip", t, "text-encoder") for t in getattr(args, "text_encoder", [])]
     if args.embeddings_dir is None and folders.root is not None:
         found = folders.folders("embeddings")
         args.embeddings_dir = found[0] if found else None

@@ -29,9 +29,13 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InvalidArgument
 
 Shapes = Mapping[str, tuple[int, ...]]
+# Add-ons written for one kind of network, by the name families list them under.
+ADAPTERS = {"lora": "LoRA", "controlnet": "ControlNet", "freeu": "FreeU",
+            "discrete_sampling": "ModelSamplingDiscrete (eps/v/x0/LCM sampling; flow models take ModelSamplingSD3 "
+                                 "or ModelSamplingFlux)"}
 # net_fn(x, t, context, y, control=None) -> the network's output for a batch
 NetFn = Callable[..., torch.Tensor]
 
@@ -43,9 +47,15 @@ class Family:
     default_scheduler: str | None = None   # the schedule "Automatic" means here; None: the sampler's own
     default_cfg: float | None = None       # None: A1111's CFG default
     default_guidance: float | None = None  # distilled guidance fed to the network (Flux dev)
+    adapters: frozenset[str] = frozenset()  # the add-ons written for its network (ADAPTERS)
 
     def owns(self, cfg) -> bool:
         return cfg.family in self.members
+
+    def require(self, adapter: str, param: str) -> None:
+        """InvalidArgument naming `param` unless this family's networks take `adapter`."""
+        if adapter not in self.adapters:
+            raise InvalidArgument(f"{param}: {ADAPTERS[adapter]} is not available for {self.label} models yet")
 
     # --- files --------------------------------------------------------------------------------
 
@@ -65,6 +75,11 @@ class Family:
     def encoder_tensors(self, files: list[Path]) -> dict[str, torch.Tensor]:
         """Text encoders from files of their own, under the whole model's keys."""
         raise CheckpointError(files[0], f"{self.label} models take no separate text-encoder files")
+
+    def missing_parts(self, shapes: Shapes) -> list[str]:
+        """Parts a state dict comes without that the model folder may hold apart ("vae", "clip_l",
+        "clip_g", "t5xxl"; checkpoints/part_files.py finds them)."""
+        return []
 
     def check_complete(self, cfg, shapes: Shapes, path) -> None:
         """CheckpointError naming the parts a model must still be given (a DiT file without its VAE)."""

@@ -114,6 +114,13 @@ class DiTFamily(Family):
             out.update({_ENCODER_PREFIXES[name] + k: v for k, v in sd.items() if k != "logit_scale"})
         return out
 
+    def missing_parts(self, shapes) -> list[str]:
+        vae = [] if D.VAE + "encoder.conv_in.weight" in shapes else ["vae"]
+        return vae + [n for n in (*self.clip_names, "t5xxl") if not _has_encoder(shapes, n)]
+
+    def present_encoders(self, shapes) -> list[str]:
+        return [n for n in (*self.clip_names, "t5xxl") if _has_encoder(shapes, n)]
+
     def check_complete(self, cfg, shapes, path) -> None:
         missing = [n for n in self.required if not (_has_encoder(shapes, n) if n != "vae"
                                                     else D.VAE + "encoder.conv_in.weight" in shapes)]

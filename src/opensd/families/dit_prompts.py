@@ -64,6 +64,43 @@ class DiTConditioner(PromptConditioner):
         index = {t: k for k, t in enumerate(distinct)}
         return [Conditioning(context[index[t]:index[t] + 1], y[index[t]:index[t] + 1]) for t in texts]
 
+    @torch.no_grad()
+    def encode_parts(self, texts: dict[str, str | None]) -> Conditioning:
+        """One prompt per encoder ("clip_l", "clip_g", "t5xxl"), as ComfyUI's CLIPTextEncodeSD3 and
+        CLIPTextEncodeFlux give them; None: that encoder sees no tokens at all (a CLIP's part is
+        then zeros, and SD3's context has no T5 tokens), ComfyUI's empty_padding "none"."""
+        hidden, pooled = [], []
+        for name in self.clip_names:
+            if texts.get(name) is None:
+                width = self._width(name)
+                hidden.append(torch.zeros(1, CHUNK_TOKENS + 2, width, device=self.device))
+                pooled.append(torch.zeros(1, self._pooled_width(name), device=self.device))
+            else:
+                h, p = self._clip(name, [self.chunks(texts[name])[0]], [1])
+                hidden.append(h)
+                pooled.append(p)
+        t5 = (torch.zeros(1, 0, self._t5_width(), device=self.device) if texts.get("t5xxl") is None
+              else self._t5([texts["t5xxl"]], [1]))
+        context = t5
+        if self.clip_context:
+            clip = torch.cat(hidden, dim=-1)
+            clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+            context = torch.cat([clip, t5], dim=1)
+        return Conditioning(context, torch.cat(pooled, dim=-1))
+
+    def _t5_width(self) -> int:
+        """T5's width, or the network's context width where there is no T5 (SD3: zeros in its place)."""
+        t5 = self.config.t5
+        return self.pipe.family.context_width(self.config) if t5 is None else t5.d_model
+
+    def _width(self, name: str) -> int:
+        cfg = getattr(self.config, name)
+        return self._missing_width(name) if cfg is None else cfg.width
+
+    def _pooled_width(self, name: str) -> int:
+        cfg = getattr(self.config, name)
+        return self._missing_width(name) if cfg is None else (cfg.projection_dim or cfg.width)
+
     def _clip(self, name: str, rows: list[PromptChunk], counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         encoder = self.model.encoder(name)
         cfg = getattr(self.config, name)
@@ -97,8 +134,7 @@ class DiTConditioner(PromptConditioner):
         length = self.config.t5_length
         encoder = self.model.encoder("t5xxl")
         if encoder is None or self.t5_tokenizer is None:
-            width = self.pipe.family.context_width(self.config)
-            return torch.zeros(len(texts), length, width, device=self.device)
+            return torch.zeros(len(texts), length, self._t5_width(), device=self.device)
         ids, mults = zip(*(self._t5_tokens(t, length) for t in texts))
         z = encoder(torch.tensor(ids, dtype=torch.long, device=self.device)).float()
         if self.emphasis in ("original", "no_norm") and any(w != 1.0 for m in mults for w in m):

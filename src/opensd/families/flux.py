@@ -10,7 +10,7 @@ from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import FLUX_PARTS
 from ..checkpoints.families import unsupported_family
 from ..checkpoints.keymap_flux import flux_from_diffusers
-from ..models.config_dit import FLUX_VAE, FluxModelConfig
+from ..models.config_dit import FLUX_DEV, FLUX_VAE, FluxModelConfig
 from ..models.dit_models import FluxModel
 from ..sampling.flow import FlowSampling, flux_mu
 from .dit import DiTFamily
@@ -30,6 +30,7 @@ class FluxFamily(DiTFamily):
     folder_parts = FLUX_PARTS
     pipeline_prefix = "FluxPipeline"
     default_vae = FLUX_VAE
+    released_network = FLUX_DEV
     default_scheduler = "simple"  # BFL's and diffusers' 1, 1 - 1/n, ... (shifted)
     default_cfg = 1.0
     default_guidance = 3.5

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import SD3_PARTS
 from ..checkpoints.keymap_mmdit import mmdit_from_diffusers
-from ..models.config_dit import SD3_VAE, SD3ModelConfig
+from ..models.config_dit import SD3_MEDIUM, SD3_VAE, SD3ModelConfig
 from ..models.dit_models import SD3Model
 from ..sampling.flow import FlowSampling
 from .dit import DiTFamily
@@ -22,6 +22,7 @@ class SD3Family(DiTFamily):
     folder_parts = SD3_PARTS
     pipeline_prefix = "StableDiffusion3"
     default_vae = SD3_VAE
+    released_network = SD3_MEDIUM  # what text encoders alone are paired with (its widths: 2048 pooled, 4096)
 
     network_config = staticmethod(DD.mmdit_config)
     network_config_diffusers = staticmethod(DD.mmdit_config_diffusers)

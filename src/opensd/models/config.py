@@ -130,6 +130,11 @@ class ModelConfig:
         return self.unet.size_conditioned
 
     @property
+    def distilled_guidance(self) -> bool:
+        """Whether the network takes a distilled guidance scale apart from CFG (Flux dev)."""
+        return False
+
+    @property
     def pooled_y(self) -> bool:
         """Whether the network's "y" is the pooled text vector as it is (the DiT families)."""
         return False

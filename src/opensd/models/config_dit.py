@@ -88,6 +88,7 @@ class _DiTModel:
     size_conditioned = False
     pooled_y = True  # the network's "y" is the pooled text as it is
     cfg_embed_channels = 0
+    distilled_guidance = False
 
     @property
     def latent_channels(self) -> int:
@@ -127,6 +128,10 @@ class FluxModelConfig(_DiTModel):
     t5: T5Config | None = None
     resolution: int = 1024
     family: str = "flux"
+
+    @property
+    def distilled_guidance(self) -> bool:
+        return self.flux.guidance_embed
 
     @property
     def t5_length(self) -> int:

@@ -41,7 +41,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
 
     p: Params = image.info["params"]
     h = p.hires if not img2img else None
-    sampler, schedule = names.resolve(p.sampler, p.scheduler)
+    sampler, schedule = pipe.sampler_and_schedule(p)
     extra: dict[str, Any] = _sampler_params(p, sampler)
     if h is not None:
         extra.update(_hires_params(p, sampler, schedule))
@@ -51,6 +51,9 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
                       "Masked area padding": p.inpaint_full_res_padding if p.inpaint_full_res else None,
                       "Masked content": None if p.inpainting_fill == "original" else p.inpainting_fill})
     extra.update(_refiner_params(image.info.get("refiner"), h is not None))
+    if pipe.config.distilled_guidance:  # Forge's key; the shift only when set (the model's own otherwise)
+        extra["Distilled CFG Scale"] = pipe.family.default_guidance if p.distilled_guidance is None else p.distilled_guidance
+    extra["Shift"] = p.shift
     for i, spec in enumerate(controls):
         extra[f"ControlNet {i}"] = control_unit_text(spec)
     extra.update({"Template": image.info.get("template"), "Negative Template": image.info.get("negative_template")})
@@ -188,7 +191,8 @@ _SETTINGS = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("see
              "Sampler": ("sampler", str), "Schedule type": ("scheduler", str), "Clip skip": ("clip_skip", int),
              "Variation seed": ("subseed", int), "Variation seed strength": ("subseed_strength", float),
              "Size-1": ("width", int), "Size-2": ("height", int), "Mask blur": ("mask_blur", int),
-             "Masked area padding": ("inpaint_full_res_padding", int), "Masked content": ("inpainting_fill", str)}
+             "Masked area padding": ("inpaint_full_res_padding", int), "Masked content": ("inpainting_fill", str),
+             "Distilled CFG Scale": ("distilled_guidance", float), "Shift": ("shift", float)}
 _HIRES = {"Hires upscale": ("scale", float), "Hires steps": ("steps", int), "Hires upscaler": ("upscaler", str),
           "Hires resize-1": ("width", int), "Hires resize-2": ("height", int), "Hires sampler": ("sampler", str),
           "Hires schedule type": ("scheduler", str), "Hires prompt": ("prompt", str),

@@ -21,6 +21,7 @@ from ..checkpoints import detect as D
 from ..checkpoints.diffusers_folder import is_diffusers_folder, read_index
 from ..checkpoints.files import read_metadata, read_state_dict
 from ..checkpoints.keymap_vae import vae_from_diffusers
+from ..checkpoints.part_files import find_parts
 from ..checkpoints.reader import declared_vae_scaling, fix_vae
 from ..errors import CheckpointError
 from ..families.base import Family
@@ -63,6 +64,7 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     path = Path(path)
     prediction = prediction or _sidecar_prediction(path)
     family, sd, metadata, cfg = read_model(path, prediction)
+    text_encoders, vae = _with_found_parts(family, sd, path, list(text_encoders), vae)
     parts = [Path(p) for p in text_encoders]
     if parts:
         sd.update(family.encoder_tensors(parts))
@@ -87,6 +89,18 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     loaded = LoadedModel(path, cfg, model, alphas.float() if alphas is not None else None, unknown, part_paths=parts)
     family.finish(loaded, prediction or D.prediction_from_metadata(metadata))
     return loaded
+
+
+def _with_found_parts(family: Family, sd, path: Path, text_encoders: list, vae):
+    """A model without parts it needs (SD3's and Flux's text encoders and VAE kept apart) takes them
+    from the models folder it sits in, unless the caller gave them."""
+    wanted = [p for p in family.missing_parts({k: tuple(v.shape) for k, v in sd.items()})
+              if (p == "vae" and vae is None) or (p != "vae" and not text_encoders)]
+    found = find_parts(path, wanted) if wanted and path.is_file() else {}
+    for part, file in found.items():
+        log.info("%s: using %s as its %s", path.name, file, part)
+    encoders = [file for part, file in found.items() if part != "vae"]
+    return text_encoders + encoders, found.get("vae", vae)
 
 
 def read_model(path: Path, prediction: C.Prediction | None = None

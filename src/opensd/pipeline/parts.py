@@ -24,10 +24,14 @@ from ..checkpoints.diffusers_config import unet_config
 from ..checkpoints.files import read_metadata, read_state_dict
 from ..checkpoints.keymap_clip import clip_from_transformers
 from ..checkpoints.keymap_unet import unet_from_diffusers
+from .. import families
+from ..checkpoints.detect_dit import NET, TEXT
 from ..errors import CheckpointError
-from ..families.unet import guess_sd2_prediction
+from ..families import family_of
+from ..families.flux import FLUX
+from ..families.sd3 import SD3
+from ..families.unet import UNET, guess_sd2_prediction
 from ..models import config as C
-from ..models.stable_diffusion import StableDiffusion
 from .device import resolve_device
 from .precision import choose_precision
 from .loader import LoadedModel, read_vae
@@ -35,11 +39,13 @@ from .pipeline import Pipeline
 
 
 def _pipeline(path: Path, cfg: C.ModelConfig, part: dict[str, torch.Tensor], prefixes: tuple[str, ...], device,
-              dtype, alphas: torch.Tensor | None = None) -> Pipeline:
+              dtype, alphas: torch.Tensor | None = None, paths: tuple[Path, ...] = ()) -> Pipeline:
     """A Pipeline whose model holds the tensors of `part` (full checkpoint key names) for every
-    weight under `prefixes`; the rest of the model stays on the meta device."""
+    weight under `prefixes`; the rest of the model stays on the meta device. `paths`: text-encoder
+    files, beside which the family looks for their tokenizers."""
+    family = family_of(cfg)
     with torch.device("meta"):
-        model = StableDiffusion(cfg)
+        model = family.build(cfg)
     wanted = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
     missing = [k for k in wanted if k not in part]
     if missing:
@@ -48,9 +54,12 @@ def _pipeline(path: Path, cfg: C.ModelConfig, part: dict[str, torch.Tensor], pre
              if tuple(part[k].shape) != tuple(v.shape)]
     if wrong:
         raise CheckpointError(path, f"{len(wrong)} weights have unexpected shapes, e.g. {wrong[0]}")
-    tensors = {k: part[k].to(device, dtype) if part[k].is_floating_point() else part[k].to(device) for k in wanted}
+    tensors = {k: part[k].to(device, family.weight_dtype(k, dtype, dtype)) if part[k].is_floating_point()
+               else part[k].to(device) for k in wanted}
     model.load_state_dict(tensors, strict=False, assign=True)
-    loaded = LoadedModel(path, cfg, model.eval().requires_grad_(False), alphas)
+    loaded = LoadedModel(path, cfg, model.eval().requires_grad_(False), alphas, part_paths=list(paths))
+    if paths:
+        family.finish(loaded, None)
     return Pipeline(loaded, device, dtype)
 
 
@@ -71,6 +80,12 @@ def load_vae(path, device: str | None = None, precision: str = "fp32") -> Pipeli
 def load_unet(path, device: str | None = None, precision: str = "fp32") -> Pipeline:
     path = Path(path)
     sd, metadata = read_state_dict(path), read_metadata(path)
+    try:
+        family, cfg = families.detect({k: tuple(v.shape) for k, v in sd.items()}, metadata, str(path))
+    except CheckpointError:
+        family = None  # a UNet without its prefix, or in diffusers' layout: below
+    if family is not None and family is not UNET:  # a DiT network alone (ComfyUI's diffusion_models/)
+        return _pipeline(path, cfg, family.canonical(sd, cfg), (NET,), *_where(device, precision, cfg))
     alphas = sd.pop("alphas_cumprod", None)
     if "conv_in.weight" in sd and "input_blocks.0.0.weight" not in sd:  # diffusers layout
         config = path.parent / "config.json"
@@ -144,9 +159,13 @@ def _encoder_config(sd: dict[str, torch.Tensor], naming: str, openclip: bool) ->
     return cfg
 
 
-def load_text_encoders(paths: list, device: str | None = None, precision: str = "fp32") -> Pipeline:
-    """One file (SD1, SD2 or the SDXL refiner's encoder) or two (SDXL's CLIP-L and ViT-bigG)."""
+def load_text_encoders(paths: list, device: str | None = None, precision: str = "fp32",
+                       family: str | None = None) -> Pipeline:
+    """One file (SD1, SD2 or the SDXL refiner's encoder) or two (SDXL's CLIP-L and ViT-bigG); with
+    `family` "sd3" or "flux", that family's CLIP and T5 files (SD3: any of CLIP-L, CLIP-G, T5-XXL)."""
     paths = [Path(p) for p in paths]
+    if family in ("sd3", "flux"):
+        return _dit_encoders(paths, SD3 if family == "sd3" else FLUX, device, precision)
     read = [(_read_encoder(p), p) for p in paths]
     widths = [sd[k].shape[1] for (sd, _), _ in read for k in sd if k.endswith("token_embedding.weight")]
     if len(widths) != len(read):
@@ -188,3 +207,14 @@ def load_text_encoders(paths: list, device: str | None = None, precision: str = 
     for (_, sd), prefix in zip(encoders, prefixes):
         part.update({prefix + k: v for k, v in sd.items()})
     return _pipeline(paths[0], cfg, part, prefixes, *_where(device, precision, cfg))
+
+
+def _dit_encoders(paths: list[Path], family, device, precision) -> Pipeline:
+    """SD3's or Flux's text encoders from their own files, in a model whose network and VAE stay on
+    the meta device at the released sizes."""
+    part = family.encoder_tensors(paths)
+    shapes = {k: tuple(v.shape) for k, v in part.items()}
+    encoders = {name: family.encoder_config(name, shapes, str(paths[0]))
+                for name in (*family.clip_names, "t5xxl") if name in family.present_encoders(shapes)}
+    cfg = family.make_config(family.released_network, family.default_vae, encoders, 1024)
+    return _pipeline(paths[0], cfg, part, (TEXT,), *_where(device, precision, cfg), paths=tuple(paths))

@@ -135,6 +135,7 @@ class Pipeline:
         if not specs and self._lora_set is None:
             return
         if self._lora_set is None:
+            self.family.require("lora", "lora")
             self._lora_set = LoraSet(self.model)
         self._lora_set.apply(specs)
         if self._lora_set.changed:
@@ -369,10 +370,15 @@ class Pipeline:
 
     def sigmas(self, p: Params, steps: int) -> torch.Tensor:
         """The sampler's sigma sequence: the chosen (or the sampler's default) schedule."""
-        automatic = p.scheduler is None or p.scheduler.strip().lower() == "automatic"
-        sampler, schedule = resolve(p.sampler, self.family.default_scheduler if automatic else p.scheduler)
+        sampler, schedule = self.sampler_and_schedule(p)
         return make_sigmas(schedule, self.model_sampling(p.width, p.height, p.shift).schedule, steps, sampler=sampler,
                            family=self.config.family)
+
+    def sampler_and_schedule(self, p: Params) -> tuple[str, str]:
+        """(sampler id, schedule id) this model runs `p` with: "Automatic" means the family's default
+        schedule where it has one (Flux: simple), else the sampler's."""
+        automatic = p.scheduler is None or p.scheduler.strip().lower() == "automatic"
+        return resolve(p.sampler, self.family.default_scheduler if automatic else p.scheduler)
 
     def model_sampling(self, width: int | None = None, height: int | None = None, shift: float | None = None):
         """How this model is sampled at this image size (a ModelSampling for eps/v networks, a
@@ -534,6 +540,7 @@ def _controls(controls, config) -> list:
     if not controls:
         return []
     from ..adapters.controlnet import validate_controls
+    family_of(config).require("controlnet", "controls")
     return validate_controls(controls, config)
 
 

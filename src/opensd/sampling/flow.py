@@ -45,7 +45,7 @@ def flux_shift(mu: float, t: torch.Tensor) -> torch.Tensor:
     return torch.where(t > 0, e / (e + (1 / t.clamp(min=1e-12) - 1)), torch.zeros_like(t))
 
 
-def flux_mu(tokens: int, base: float = 0.5, top: float = 1.15) -> float:
+def flux_mu(tokens: float, base: float = 0.5, top: float = 1.15) -> float:
     """Flux dev's shift for an image of `tokens` 2x2-latent patches (16x16 pixels with its VAE):
     linear, `base` at 256 tokens and `top` at 4096 (ComfyUI's ModelSamplingFlux, diffusers'
     calculate_shift)."""

@@ -39,6 +39,10 @@ class GenerationRequest(_Base):
     n_iter: int = Field(1, ge=1, le=100)
     steps: int = Field(50, ge=1, le=_LIM.max_steps)
     cfg_scale: float = _finite(7.0, 0, _LIM.max_cfg)
+    # Flux dev's distilled guidance (Forge's field; None: the model's 3.5) and the flow schedule's
+    # shift of SD3/Flux (opensd's; None: the model's own)
+    distilled_cfg_scale: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
+    shift: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     width: int = Field(512, ge=8, le=_LIM.max_side)
     height: int = Field(512, ge=8, le=_LIM.max_side)
     restore_faces: bool | None = None

@@ -15,7 +15,7 @@ from ..pipeline import limits as L
 from ..pipeline.infotext import save_image
 from ..pipeline.infotext_params import image_infotext
 from ..pipeline.params import Hires
-from ..sampling.names import SAMPLER_LABELS, resolve
+from ..sampling.names import DEFAULT_SCHEDULES, SAMPLER_LABELS, resolve
 from ..upscale import Upscalers, latent_mode
 from ..upscale import label as upscaler_label
 from ..upscale.names import model_name
@@ -61,10 +61,16 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
         if len(getattr(req, field)) > max_prompt:
             raise InvalidArgument(f"{field}: longer than {max_prompt} characters")
     sampler, schedule = sampler_of(req)
+    if (req.scheduler or "automatic").strip().lower() == "automatic" and schedule == DEFAULT_SCHEDULES[sampler]:
+        schedule = None  # "Automatic": the model's family chooses (Flux: simple), else the sampler's default
     kw = {"steps": req.steps, "cfg": req.cfg_scale, "width": _down8(req.width), "height": _down8(req.height),
           "batch_size": req.batch_size, "sampler": sampler, "scheduler": schedule,
           "subseed_strength": req.subseed_strength}
     L.check_size(kw["width"], kw["height"])
+    if req.distilled_cfg_scale is not None:
+        kw["distilled_guidance"] = req.distilled_cfg_scale
+    if req.shift is not None:
+        kw["shift"] = req.shift
     gaps: list[tuple[str, str]] = []
     clip = opts["CLIP_stop_at_last_layers"]
     kw["clip_skip"] = clip if clip > 1 else None
@@ -240,7 +246,7 @@ def info_dict(req, kw, model, hash_, seeds, subseeds, infotexts, img2img) -> dic
         "subseed": subseeds[0] if subseeds else req.subseed, "all_subseeds": subseeds,
         "subseed_strength": req.subseed_strength, "width": kw["width"], "height": kw["height"],
         "sampler_name": SAMPLER_LABELS.get(kw["sampler"], kw["sampler"]),
-        "scheduler": kw["scheduler"], "cfg_scale": kw["cfg"], "steps": kw["steps"],
+        "scheduler": kw["scheduler"] or "Automatic", "cfg_scale": kw["cfg"], "steps": kw["steps"],
         "batch_size": req.batch_size, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": model, "sd_model_hash": hash_, "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,

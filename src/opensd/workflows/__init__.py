@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_conditioning,
     nodes_controlnet,
     nodes_core,
+    nodes_dit,
     nodes_image,
     nodes_image_ops,
     nodes_latent,

@@ -73,6 +73,7 @@ class ModelRun:
         """ControlNet residuals for a batch of crops, the hint image fitted to the crop's pixels."""
         if hint is None:
             return None
+        self.pipe.family.require("controlnet", "control_net")
         key = (id(hint), tuple(crops.shape))
         if key not in self._controls:
             down = self.pipe.config.vae.downscale
@@ -174,7 +175,7 @@ class CFGGuider(Guider):
         pipe, m = self.model.pipe, self.model
         plain = all(not any(k in (extra or {}) for k in _PLACED) for _, extra in self.positive + (self.negative or []))
         patched = m.sampling is not None or m.latent_scale is not None or m.cfg_function or m.output_block_patches
-        text_meta = any(p.is_meta for enc in pipe.model.text_encoders for p in enc.parameters())
+        text_meta = any(p.is_meta for enc in pipe.family.text_modules(pipe.model) for p in enc.parameters())
         if not pipe.config.cfg_embed_channels or len(self.positive) != 1 or not plain or patched or text_meta \
                 or self.needs_uncond:
             return None  # (a UNet loaded alone has no text encoders for the pipeline's own guidance)

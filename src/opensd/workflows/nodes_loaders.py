@@ -87,25 +87,34 @@ CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio"]
 DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux"]
 
 
-def _clip(call, names: list[str], type: str, supported: str) -> ClipRef:
-    if type != supported:
+def _clip(call, names: list[str], type: str, supported: tuple[str, ...]) -> ClipRef:
+    if type not in supported:
         raise ValueError(f"type: {type!r} text encoders are for model families opensd does not run; "
-                         f"use {supported!r} (Stable Diffusion 1.x/2.x/SDXL)")
+                         f"use one of {', '.join(map(repr, supported))}")
     paths = [call.ctx.folders.resolve("clip", n) for n in names]
-    return ClipRef(parts.load_text_encoders(paths, **_where(call.ctx)), "+".join(names))
+    family = type if type in ("sd3", "flux") else None  # SD1/SD2/SDXL: told apart by the files
+    return ClipRef(parts.load_text_encoders(paths, **_where(call.ctx), family=family), "+".join(names))
 
 
 def clip_loader(call, clip_name, type="stable_diffusion"):
-    return (_clip(call, [clip_name], type, "stable_diffusion"),)
+    return (_clip(call, [clip_name], type, ("stable_diffusion", "sd3")),)
 
 
 def dual_clip_loader(call, clip_name1, clip_name2, type):
-    return (_clip(call, [clip_name1, clip_name2], type, "sdxl"),)
+    return (_clip(call, [clip_name1, clip_name2], type, ("sdxl", "sd3", "flux")),)
+
+
+def triple_clip_loader(call, clip_name1, clip_name2, clip_name3):
+    return (_clip(call, [clip_name1, clip_name2, clip_name3], "sd3", ("sd3",)),)
 
 
 register(NodeDef(
     "CLIPLoader", clip_loader, {"clip_name": (Choices("clip"), {}), "type": (CLIP_TYPES, {})},
     ("CLIP",), category="advanced/loaders", display_name="Load CLIP"))
+register(NodeDef(
+    "TripleCLIPLoader", triple_clip_loader,
+    {f"clip_name{i}": (Choices("clip"), {}) for i in (1, 2, 3)}, ("CLIP",), category="advanced/loaders",
+    module="comfy_extras.nodes_sd3"))
 register(NodeDef(
     "DualCLIPLoader", dual_clip_loader,
     {"clip_name1": (Choices("clip"), {}), "clip_name2": (Choices("clip"), {}), "type": (DUAL_CLIP_TYPES, {})},

@@ -14,6 +14,7 @@ from .types import NodeDef, register
 
 
 def model_sampling_discrete(call, model, sampling, zsnr):
+    model.pipe.family.require("discrete_sampling", "model")
     return (replace(model, sampling=model_sampling(model.pipe.schedule, sampling, zsnr)),)
 
 
@@ -84,6 +85,7 @@ def freeu_v2_patch(model_channels: int, b1: float, b2: float, s1: float, s2: flo
 
 
 def freeu_v2(call, model, b1, b2, s1, s2):
+    model.pipe.family.require("freeu", "model")
     patch = freeu_v2_patch(model.pipe.config.unet.model_channels, b1, b2, s1, s2)
     return (replace(model, output_block_patches=model.output_block_patches + (patch,)),)
 

@@ -1,0 +1,73 @@
+"""Find the parts a model file comes without (SD3's and Flux's text encoders and VAE) in the models
+folder it sits in, the way ComfyUI and Forge users keep them: text_encoders/ (or clip/,
+text_encoder/) holding clip_l, clip_g and t5xxl files, vae/ (or VAE/) holding the VAE.
+
+Files are told apart by their safetensors headers (no weights read): a T5 encoder by its blocks, a
+CLIP by its width (768: CLIP-L, 1280: CLIP-G), a 16-channel VAE by its latent convolution. Where a
+folder holds several candidates, the usual file names win (clip_l, clip_g, t5xxl_fp16 before
+t5xxl_fp8, ae for Flux's VAE), then the first by name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CheckpointError
+from .files import read_safetensors_header
+
+ENCODER_FOLDERS = ("text_encoders", "clip", "text_encoder")
+VAE_FOLDERS = ("vae", "VAE")
+_PREFERRED = {"clip_l": ("clip_l",), "clip_g": ("clip_g",), "t5xxl": ("t5xxl_fp16", "t5xxl"),
+              "vae": ("ae", "sd3", "flux")}
+
+
+def _folders(model: Path, names: tuple[str, ...]) -> list[Path]:
+    """Part folders beside the model's folder (models/checkpoints/x -> models/text_encoders/, ...)."""
+    out = []
+    for base in (model.parent.parent, model.parent.parent.parent):
+        out += [base / n for n in names if (base / n).is_dir()]
+    return list(dict.fromkeys(out))
+
+
+def _kind(path: Path) -> tuple[str, int] | None:
+    """("t5xxl", 0), ("clip", width) or ("vae", 0) (16 latent channels) from a safetensors header."""
+    try:
+        entries, _ = read_safetensors_header(path)
+    except (CheckpointError, OSError):
+        return None
+    shapes = {k: v["shape"] for k, v in entries.items()}
+    if any(k.startswith(("encoder.block.", "shared.")) for k in shapes):
+        return "t5xxl", 0
+    emb = shapes.get("text_model.embeddings.token_embedding.weight")
+    if emb is not None:
+        return "clip", emb[1]
+    conv = shapes.get("encoder.conv_out.weight") or shapes.get("first_stage_model.encoder.conv_out.weight")
+    return ("vae", 0) if conv is not None and conv[0] == 32 else None
+
+
+def find_parts(model: Path, wanted: list[str]) -> dict[str, Path]:
+    """{part: file} for each of `wanted` ("clip_l", "clip_g", "t5xxl", "vae") found beside `model`.
+    A CLIP is CLIP-L at 768 wide, CLIP-G at 1280, else by its file name."""
+    found: dict[str, list[Path]] = {}
+    for folder in _folders(model, ENCODER_FOLDERS) + _folders(model, VAE_FOLDERS):
+        for path in sorted(folder.glob("*.safetensors")):
+            kind = _kind(path)
+            if kind is None:
+                continue
+            name, width = kind
+            if name == "clip":
+                name = _CLIP_WIDTHS.get(width) or next((n for n in ("clip_l", "clip_g")
+                                                        if path.stem.lower().startswith(n)), None)
+            if name in wanted:
+                found.setdefault(name, []).append(path)
+    return {name: _best(name, paths) for name, paths in found.items()}
+
+
+_CLIP_WIDTHS = {768: "clip_l", 1280: "clip_g"}
+
+
+def _best(kind: str, paths: list[Path]) -> Path:
+    for name in _PREFERRED[kind]:
+        match = [p for p in paths if p.stem.lower().startswith(name)]
+        if match:
+            return match[0]
+    return paths[0]

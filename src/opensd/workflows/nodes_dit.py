@@ -1,0 +1,114 @@
+"""ComfyUI's nodes for SD3 and Flux (its comfy_extras.nodes_sd3, nodes_flux and the flow model
+patches of nodes_model_advanced), with ComfyUI's names, inputs and defaults.
+
+* EmptySD3LatentImage: zeros with 16 channels at 1/8 of the size (and the pixel size, so a model
+  with another VAE downscale gets its latent, as EmptyLatentImage does here).
+* CLIPTextEncodeSD3 / CLIPTextEncodeFlux: one prompt per encoder; with empty_padding "none" an empty
+  prompt gives its encoder no tokens (zeros for a CLIP, no T5 tokens).
+* FluxGuidance: the distilled guidance of every entry (Flux dev's `guidance` input; CFG stays the
+  sampler's).
+* ModelSamplingSD3 / ModelSamplingFlux: the flow schedule's shift (Flux: from max_shift and
+  base_shift at the image size, ComfyUI's rule for a 8x VAE with 2x2 patches).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..sampling.flow import FlowSampling, flux_mu
+from .loras import activate
+from .types import MAX_RESOLUTION, NodeDef, register
+
+_TEXT = ("STRING", {"multiline": True, "dynamicPrompts": True})
+_GUIDANCE = ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1})
+
+
+def empty_sd3_latent(call, width, height, batch_size=1):
+    return ({"samples": torch.zeros(batch_size, 16, height // 8, width // 8), "pixel_size": (width, height)},)
+
+
+register(NodeDef(
+    "EmptySD3LatentImage", empty_sd3_latent,
+    {"width": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16}),
+     "height": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16}),
+     "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})},
+    ("LATENT",), category="latent/sd3", module="comfy_extras.nodes_sd3"))
+
+
+def _conditioner(clip, family: str):
+    pipe = clip.pipe
+    if pipe.config.family != family:
+        raise ValueError(f"clip: this node encodes for {family.upper()} models; this CLIP is for "
+                         f"{pipe.family.label} (load its text encoders with type {family!r})")
+    activate(pipe, clip.loras, part="te")
+    return pipe.conditioner(clip.clip_skip)
+
+
+def _conditioning(c, **extra) -> list:
+    return [[c.context.float().cpu(), {"pooled_output": c.pooled.float().cpu(), **extra}]]
+
+
+def clip_text_encode_sd3(call, clip, clip_l, clip_g, t5xxl, empty_padding):
+    none = empty_padding == "none"
+    texts = {name: None if none and not text else text
+             for name, text in (("clip_l", clip_l), ("clip_g", clip_g), ("t5xxl", t5xxl))}
+    return (_conditioning(_conditioner(clip, "sd3").encode_parts(texts)),)
+
+
+register(NodeDef(
+    "CLIPTextEncodeSD3", clip_text_encode_sd3,
+    {"clip": ("CLIP", {}), "clip_l": _TEXT, "clip_g": _TEXT, "t5xxl": _TEXT,
+     "empty_padding": (["none", "empty_prompt"], {})},
+    ("CONDITIONING",), category="advanced/conditioning", module="comfy_extras.nodes_sd3"))
+
+
+def clip_text_encode_flux(call, clip, clip_l, t5xxl, guidance):
+    c = _conditioner(clip, "flux").encode_parts({"clip_l": clip_l, "t5xxl": t5xxl})
+    return (_conditioning(c, guidance=float(guidance)),)
+
+
+register(NodeDef(
+    "CLIPTextEncodeFlux", clip_text_encode_flux,
+    {"clip": ("CLIP", {}), "clip_l": _TEXT, "t5xxl": _TEXT, "guidance": _GUIDANCE},
+    ("CONDITIONING",), category="advanced/conditioning/flux", module="comfy_extras.nodes_flux"))
+
+
+def flux_guidance(call, conditioning, guidance):
+    return ([[ctx, {**(extra or {}), "guidance": float(guidance)}] for ctx, extra in conditioning],)
+
+
+register(NodeDef(
+    "FluxGuidance", flux_guidance, {"conditioning": ("CONDITIONING", {}), "guidance": _GUIDANCE},
+    ("CONDITIONING",), category="advanced/conditioning/flux", module="comfy_extras.nodes_flux"))
+
+
+def _flow_model(model, family: str):
+    if model.pipe.config.family != family:
+        raise ValueError(f"model: this patch is for {family.upper()} models, not {model.pipe.family.label}")
+    return model
+
+
+def model_sampling_sd3(call, model, shift):
+    return (replace(_flow_model(model, "sd3"), sampling=FlowSampling.sd3(float(shift))),)
+
+
+register(NodeDef(
+    "ModelSamplingSD3", model_sampling_sd3,
+    {"model": ("MODEL", {}), "shift": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.01})},
+    ("MODEL",), category="advanced/model", module="comfy_extras.nodes_model_advanced"))
+
+
+def model_sampling_flux(call, model, max_shift, base_shift, width, height):
+    mu = flux_mu(width * height / (16 * 16), base_shift, max_shift)
+    return (replace(_flow_model(model, "flux"), sampling=FlowSampling.flux(mu)),)
+
+
+_SHIFT = {"min": 0.0, "max": 100.0, "step": 0.01}
+register(NodeDef(
+    "ModelSamplingFlux", model_sampling_flux,
+    {"model": ("MODEL", {}), "max_shift": ("FLOAT", {"default": 1.15, **_SHIFT}),
+     "base_shift": ("FLOAT", {"default": 0.5, **_SHIFT}),
+     "width": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 8}),
+     "height": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 8})},
+    ("MODEL",), category="advanced/model", module="comfy_extras.nodes_model_advanced"))

@@ -1,0 +1,125 @@
+"""ComfyUI graphs for SD3 and Flux on tiny random models in a ComfyUI models folder: the SD3 example
+graph from a whole checkpoint equals our txt2img with the same seed; UNETLoader + TripleCLIPLoader +
+VAELoader + CLIPTextEncodeSD3 equal the checkpoint; Flux from diffusion_models/ with DualCLIPLoader
+(type flux), FluxGuidance or CLIPTextEncodeFlux, ModelSamplingFlux and EmptySD3LatentImage."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from workflow_fixtures import Loader, make_ctx
+
+from dit_fixtures import META_FLUX, META_SD3, flux_parts, sd3_parts, write_diffusers_folder, write_single_file, write_split_files
+from opensd.library.models_dir import ModelFolders
+from opensd.pipeline.pipeline import load
+from opensd.workflows import NodeError, execute
+
+SIZE, SEED, PROMPT, NEGATIVE = 64, 5, "a photo of a cat", "blurry"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ditwf")
+    models = tmp / "models"
+    sd3 = load(write_diffusers_folder(tmp / "sd3", "sd3", sd3_parts()), precision="fp32", device="cpu")
+    flux = load(write_diffusers_folder(tmp / "flux", "flux", flux_parts()), precision="fp32", device="cpu")
+    write_single_file(models / "checkpoints" / "sd3.safetensors", sd3.model, META_SD3)
+    write_split_files(models, sd3.model, "sd3", META_SD3)
+    write_split_files(models, flux.model, "flux1", META_FLUX, file_prefix="flux_")
+    folders = ModelFolders(models, include_builtin=False)
+    return make_ctx(folders, Loader(folders), tmp), sd3, tmp
+
+
+def _run(ctx, graph) -> np.ndarray:
+    out = execute(graph, ctx)
+    image = out["9"]["images"][0]
+    return np.asarray(Image.open(ctx.outputs_dir / image["subfolder"] / image["filename"]))
+
+
+def _sd3_graph(model, clip, vae, sampler="euler", scheduler="normal", cfg=4.5, encode="CLIPTextEncode"):
+    def text(t):
+        if encode == "CLIPTextEncode":
+            return {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": t}}
+        return {"class_type": "CLIPTextEncodeSD3", "inputs": {"clip": clip, "clip_l": t, "clip_g": t, "t5xxl": t,
+                                                              "empty_padding": "empty_prompt"}}
+    return {
+        "3": {"class_type": "KSampler", "inputs": {
+            "cfg": cfg, "denoise": 1, "latent_image": ["5", 0], "model": model, "negative": ["7", 0],
+            "positive": ["6", 0], "sampler_name": sampler, "scheduler": scheduler, "seed": SEED, "steps": 3}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"batch_size": 1, "height": SIZE, "width": SIZE}},
+        "6": text(PROMPT), "7": text(NEGATIVE),
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": vae}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "dit", "images": ["8", 0]}},
+    }
+
+
+def test_sd3_checkpoint_graph_equals_our_txt2img(env):
+    ctx, sd3, _ = env
+    graph = _sd3_graph(["10", 0], ["4", 1], ["4", 2])
+    graph["4"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd3.safetensors"}}
+    graph["10"] = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["4", 0], "shift": 3.0}}
+    got = _run(ctx, graph)
+    want = np.asarray(sd3.txt2img(PROMPT, NEGATIVE, steps=3, cfg=4.5, seed=SEED, width=SIZE, height=SIZE)[0])
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1 and want.std() > 1
+    graph["10"]["inputs"]["shift"] = 6.0  # the patch reaches the schedule
+    assert not np.array_equal(_run(ctx, graph), got)
+
+
+def test_sd3_from_separate_files_equals_the_checkpoint(env):
+    ctx, _, _ = env
+    whole = _sd3_graph(["4", 0], ["4", 1], ["4", 2])
+    whole["4"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd3.safetensors"}}
+    split = _sd3_graph(["11", 0], ["12", 0], ["13", 0], encode="CLIPTextEncodeSD3")
+    split["11"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "sd3.safetensors", "weight_dtype": "default"}}
+    split["12"] = {"class_type": "TripleCLIPLoader", "inputs": {
+        "clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors", "clip_name3": "t5xxl_fp16.safetensors"}}
+    split["13"] = {"class_type": "VAELoader", "inputs": {"vae_name": "sd3_vae.safetensors"}}
+    assert np.array_equal(_run(ctx, split), _run(ctx, whole))
+
+
+def _flux_graph(positive: dict, shift=True) -> dict:
+    graph = {
+        "3": {"class_type": "KSampler", "inputs": {
+            "cfg": 1.0, "denoise": 1, "latent_image": ["5", 0], "model": ["20", 0] if shift else ["11", 0],
+            "negative": ["7", 0], "positive": ["6", 0], "sampler_name": "euler", "scheduler": "simple", "seed": SEED,
+            "steps": 3}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"batch_size": 1, "height": SIZE, "width": SIZE}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["12", 0], "text": ""}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["13", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "flux", "images": ["8", 0]}},
+        "11": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1.safetensors", "weight_dtype": "default"}},
+        "12": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "flux_t5xxl_fp16.safetensors",
+                                                          "clip_name2": "flux_clip_l.safetensors", "type": "flux"}},
+        "13": {"class_type": "VAELoader", "inputs": {"vae_name": "flux1_vae.safetensors"}},
+        "20": {"class_type": "ModelSamplingFlux", "inputs": {"model": ["11", 0], "max_shift": 1.15, "base_shift": 0.5,
+                                                             "width": SIZE, "height": SIZE}},
+    }
+    graph.update(positive)
+    return graph
+
+
+def test_flux_graph_with_flux_guidance_or_clip_text_encode_flux(env):
+    ctx, _, _ = env
+    guided = _flux_graph({
+        "6": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["14", 0], "guidance": 3.5}},
+        "14": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["12", 0], "text": PROMPT}}})
+    flux_encode = _flux_graph({"6": {"class_type": "CLIPTextEncodeFlux", "inputs": {
+        "clip": ["12", 0], "clip_l": PROMPT, "t5xxl": PROMPT, "guidance": 3.5}}})
+    image = _run(ctx, guided)
+    assert image.std() > 1 and np.array_equal(_run(ctx, flux_encode), image)
+    guided["6"]["inputs"]["guidance"] = 1.0  # the distilled guidance reaches the network
+    assert not np.array_equal(_run(ctx, guided), image)
+    assert not np.array_equal(_run(ctx, _flux_graph(flux_encode_inputs(PROMPT), shift=False)), image)
+
+
+def flux_encode_inputs(text):
+    return {"6": {"class_type": "CLIPTextEncodeFlux", "inputs": {
+        "clip": ["12", 0], "clip_l": text, "t5xxl": text, "guidance": 3.5}}}
+
+
+def test_sd3_nodes_refuse_a_flux_clip_in_one_line(env):
+    ctx, _, _ = env
+    graph = _flux_graph({"6": {"class_type": "CLIPTextEncodeSD3", "inputs": {
+        "clip": ["12", 0], "clip_l": "a", "clip_g": "a", "t5xxl": "a", "empty_padding": "none"}}})
+    with pytest.raises(NodeError, match="clip: this node encodes for SD3 models; this CLIP is for Flux.1"):
+        execute(graph, ctx)
