@@ -33,7 +33,7 @@ from ..errors import CheckpointError, InvalidArgument
 
 Shapes = Mapping[str, tuple[int, ...]]
 # Add-ons written for one kind of network, by the name families list them under.
-ADAPTERS = {"lora": "LoRA", "controlnet": "ControlNet", "freeu": "FreeU",
+ADAPTERS = {"lora": "LoRA", "controlnet": "ControlNet", "freeu": "FreeU", "ldm_config": "an LDM yaml config",
             "discrete_sampling": "ModelSamplingDiscrete (eps/v/x0/LCM sampling; flow models take ModelSamplingSD3 "
                                  "or ModelSamplingFlux)"}
 # net_fn(x, t, context, y, control=None) -> the network's output for a batch

@@ -21,7 +21,7 @@ class UNetFamily(Family):
     name = "unet"
     label = "Stable Diffusion 1.x/2.x/XL"
     members = ("sd1", "sd2", "sdxl", "sdxl_refiner", "small")
-    adapters = frozenset({"lora", "controlnet", "freeu", "discrete_sampling"})
+    adapters = frozenset({"lora", "controlnet", "freeu", "discrete_sampling", "ldm_config"})
 
     def detect(self, shapes, metadata, path, prediction=None) -> ModelConfig | None:
         if D.UNET + "input_blocks.0.0.weight" not in shapes:

@@ -48,6 +48,7 @@ def _config_params(path) -> dict:
 def checkpoint_loader_with_config(call, config_name, ckpt_name):
     params = _config_params(call.ctx.folders.resolve("configs", config_name))
     model, clip, vae = checkpoint_loader(call, ckpt_name)
+    model.pipe.family.require("ldm_config", "config_name")
     unet = model.pipe.config.unet
     wants = (params.get("unet_config") or {}).get("params") or {}
     for key, have in (("context_dim", unet.context_dim), ("in_channels", unet.in_channels)):
