@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
 from dit_fixtures import (META_SD3, hf_tokenizers, sd3_parts, write_diffusers_folder, write_single_file,
@@ -208,3 +209,22 @@ def test_a_network_alone_takes_its_parts_from_the_models_folder(sd3, tmp_path):
     found = load(files["unet"], precision="fp32", device="cpu")
     assert set(found.loaded.part_paths) == {files["clip_l"], files["clip_g"], files["t5xxl_fp16"], files["vae"]}
     assert np.array_equal(_pixels(found), _pixels(ours))
+
+
+def test_img2img_starts_from_the_flow_mix_of_image_and_noise(sd3, monkeypatch):
+    """Rectified flow's noising: x = (1 - sigma) image + sigma noise, not image + sigma noise."""
+    ours, _, _, _ = sd3
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8))
+    seen = {}
+    euler = S.SAMPLERS["euler"]
+
+    def spy(denoise, x, sigmas, *args, **kwargs):
+        seen["x"], seen["sigma"] = x.clone(), float(sigmas[0])
+        return euler(denoise, x, sigmas, *args, **kwargs)
+
+    monkeypatch.setitem(S.SAMPLERS, "euler", spy)
+    ours.img2img(image, PROMPT, steps=4, seed=SEED, strength=0.5, cfg=CFG)
+    init, noise = ours.encode(image), ours.noise([SEED], SIZE // 8, SIZE // 8)
+    s = seen["sigma"]
+    assert 0 < s < 1
+    torch.testing.assert_close(seen["x"], (1 - s) * init + s * noise)
