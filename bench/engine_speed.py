@@ -489,6 +489,13 @@ def write_doc(path: Path, section: str, begin: str = DOC_BEGIN, end: str = DOC_E
     path.write_text(DOC_HEAD + block + "\n")
 
 
+def publish(section: str, begin: str, end: str, doc: bool = True) -> None:
+    """Print a generated section and, with `doc`, write it into docs/benchmarks.md between its markers."""
+    print(section)
+    if doc:
+        write_doc(ROOT / "docs" / "benchmarks.md", section, begin, end)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

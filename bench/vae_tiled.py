@@ -86,10 +86,7 @@ def main() -> int:
                                                    "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
         print(row, flush=True)
         rows.append(row)
-    text = render(rows, E.machine_info())
-    print(text)
-    if not args.no_doc:
-        E.write_doc(E.ROOT / "docs" / "benchmarks.md", text, BEGIN, END)
+    E.publish(render(rows, E.machine_info()), BEGIN, END, doc=not args.no_doc)
     return 0
 
 
