@@ -106,6 +106,9 @@ def register(sub) -> None:
     d.add_argument("--compile", action="store_true",
                    help="run the UNet through torch.compile (minutes to compile each new size, cached on disk; "
                         "then faster steps)")
+    d.add_argument("--deep-cache", type=int_arg, metavar="N",
+                   help="step caching: the whole UNet runs every Nth call, its shallowest blocks in between "
+                        "(N=3: about half the time of the built-in model, 4 levels of 255 off; docs/benchmarks.md)")
     d.add_argument("--prediction", choices=["eps", "v"], help="override eps/v for SD2 files that do not say")
     d.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
     add_flags(gen)
@@ -175,6 +178,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.compile:
             from ..pipeline.compiled import compile_in_place
             compile_in_place(pipe.model.unet)
+        if args.deep_cache is not None:
+            from ..models.deep_cache import enable_deep_cache
+            enable_deep_cache(pipe.model.unet, interval=args.deep_cache)
         if args.taesd is not None:
             _use_taesd(pipe, args)
         return pipe
@@ -265,6 +271,9 @@ def _check_paths(args: argparse.Namespace, folders) -> None:
     for flag, path in (("model", args.model), ("vae", args.vae), ("taesd", args.taesd)):
         if path is not None and not path.exists():
             raise InvalidArgument(f"{flag}: {path} does not exist")
+    if args.deep_cache is not None and (args.deep_cache < 2 or args.compile):
+        raise InvalidArgument(f"deep-cache: {args.deep_cache} must be 2 or more" if args.deep_cache < 2 else
+                              "deep-cache: cannot be combined with --compile")
     if args.vae_decoder == "taesd" and args.taesd is None:
         raise InvalidArgument("taesd: --vae-decoder taesd needs --taesd FILE_OR_FOLDER "
                               "(taesd_decoder.safetensors / taesdxl_decoder.safetensors, or their folder)")
