@@ -2,6 +2,7 @@
 
     python bench/profile_ops.py unet [--dtype fp32] [--top 25]
     python bench/profile_ops.py vae
+    python bench/profile_ops.py unet --dtype bf16 --channels-last   # ours as the pipeline runs it
 
 Both models live in this one process (built exactly as in engine_speed.py); each gets a warm-up,
 then one profiled step, and the two op tables (sorted by self CPU time) are printed side by side
@@ -24,6 +25,7 @@ def main() -> int:
     ap.add_argument("--dtype", choices=E.DTYPES, default="fp32")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--diffusers-first", action="store_true", help="profile diffusers before ours")
+    ap.add_argument("--channels-last", action="store_true", help="ours in channels_last, as the pipeline runs it")
     args = ap.parse_args()
 
     import torch
@@ -34,6 +36,8 @@ def main() -> int:
     totals = {}
     for impl in (E.IMPLS[::-1] if args.diffusers_first else E.IMPLS):
         model = E._build(impl, args.component, dtype)
+        if args.channels_last and impl == "ours":
+            model.to(memory_format=torch.channels_last)
         step = E._step_fn(impl, args.component, model, E._inputs(args.component, dtype))
         with torch.inference_mode():
             step()
