@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from ray_cluster import local_ray
+from server_live import free_port
 
 from opensd.cli import main
 from opensd.distributed import batch
@@ -112,6 +113,17 @@ def test_batch_flag_mistakes_are_one_line(tmp_path, capsys):
     assert "ray-workers: only with --ray" in capsys.readouterr().err
     assert main(["batch", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    closed = f"127.0.0.1:{free_port()}"
+    assert main(["batch", str(tmp_path / "jobs.jsonl"), "-o", str(tmp_path / "o"), "--ray", closed]) == 2
+    assert f"ray: cannot reach a Ray cluster at {closed}" in capsys.readouterr().err
+
+
+def test_batch_on_ray_without_ray_installed_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    write_jobs(tmp_path / "jobs.jsonl", 1)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    assert main(["batch", str(tmp_path / "jobs.jsonl"), "-o", str(tmp_path / "o"), "--ray", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert 'ray: Ray is not installed; pip install "opensd[ray]"' in err and len(err.strip().splitlines()) == 1
 
 
 def test_batch_on_ray_makes_the_files_one_machine_makes(tmp_path):

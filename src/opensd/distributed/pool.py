@@ -9,6 +9,7 @@ once (`opensd workers add`). Each actor is restarted by Ray when its process die
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 
 from ..errors import InvalidArgument
@@ -35,6 +36,8 @@ def connect(address: str) -> bool:
     ray = require_ray()
     if ray.is_initialized():
         return False
+    if address != "auto" and (problem := _unreachable(address)):  # Ray itself would retry for minutes
+        raise InvalidArgument(f"ray: cannot reach a Ray cluster at {address} ({problem})")
     kwargs = {"namespace": "opensd", "log_to_driver": False, "include_dashboard": False}
     try:
         ray.init(address=address, **kwargs)
@@ -44,6 +47,18 @@ def connect(address: str) -> bool:
             raise InvalidArgument(f"ray: cannot reach a Ray cluster at {address} ({e})") from None
     ray.init(**kwargs)
     return True
+
+
+def _unreachable(address: str) -> str | None:
+    """Why nothing answers at HOST:PORT (also ray://HOST:PORT), or None (answering, or another form)."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 class RayPool:
