@@ -107,7 +107,7 @@ def test_noise_enters_as_rectified_flow_does():
 def test_schedules_are_the_families_shifts():
     t = torch.arange(1, 1001, dtype=torch.float64) / 1000
     torch.testing.assert_close(FlowSampling.sd3(3.0).schedule.sigmas, (3 * t / (1 + 2 * t)).float())
-    mu = 1.15
+    mu, t = 1.15, torch.arange(1, 10001, dtype=torch.float64) / 10000
     torch.testing.assert_close(FlowSampling.flux(mu).schedule.sigmas,
                                (math.exp(mu) / (math.exp(mu) + 1 / t - 1)).float())
     assert torch.equal(flux_shift(0.0, t), t)  # schnell: no shift

@@ -28,6 +28,7 @@ from .names import sampler_id
 from .samplers import get_sampler
 
 TABLE_SIZE = 1000
+FLUX_TABLE_SIZE = 10000  # ComfyUI's Flux sampling tables its time finer than SD3's
 # The samplers that never add noise (without churn): they integrate the flow's ODE directly.
 DETERMINISTIC = frozenset({"euler", "heun", "dpm_2", "lms", "dpmpp_2m", "uni_pc"})
 FIRST_OFFSET = 1e-4  # a first sigma of 1 becomes the sigma at this fraction of the run
@@ -95,7 +96,7 @@ class FlowSampling:
 
     @classmethod
     def flux(cls, mu: float) -> FlowSampling:
-        return cls(FlowSchedule(lambda t: flux_shift(mu, t)), 1.0)
+        return cls(FlowSchedule(lambda t: flux_shift(mu, t), FLUX_TABLE_SIZE), 1.0)
 
     @property
     def sigma_max(self) -> float:
