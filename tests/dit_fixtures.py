@@ -105,6 +105,12 @@ def write_diffusers_folder(root: Path, family: str, parts: dict) -> Path:
     return root
 
 
+def load_tiny(folder: Path, family: str, parts: dict):
+    """Our fp32 CPU pipeline of `parts` written as a diffusers folder at `folder`."""
+    from opensd.pipeline.pipeline import load
+    return load(write_diffusers_folder(folder, family, parts), precision="fp32", device="cpu")
+
+
 def hf_tokenizers(root: Path) -> dict:
     """The tokenizers diffusers' pipelines take: CLIP (EOS padding), CLIP-G (pads with "!", id 0) and T5."""
     clip_dir = root / "clip_vocab"

@@ -15,10 +15,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from server_live import BASE
 
-from dit_fixtures import META_FLUX, META_SD3, flux_parts, sd3_parts, write_diffusers_folder, write_single_file, write_split_files
+from dit_fixtures import META_FLUX, META_SD3, flux_parts, load_tiny, sd3_parts, write_single_file, write_split_files
 from opensd.cli import main
 from opensd.pipeline.infotext import read_infotext
-from opensd.pipeline.pipeline import load
 from opensd.server.app import create_app
 from opensd.server.settings import Settings
 
@@ -30,8 +29,8 @@ COMMON = ["--steps", "2", "--seed", "3", "--width", str(SIZE), "--height", str(S
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faces")
     models = tmp / "models"
-    sd3 = load(write_diffusers_folder(tmp / "sd3", "sd3", sd3_parts()), precision="fp32", device="cpu")
-    flux = load(write_diffusers_folder(tmp / "flux", "flux", flux_parts()), precision="fp32", device="cpu")
+    sd3 = load_tiny(tmp / "sd3", "sd3", sd3_parts())
+    flux = load_tiny(tmp / "flux", "flux", flux_parts())
     write_single_file(models / "Stable-diffusion" / "sd3.safetensors", sd3.model, META_SD3)
     split = write_split_files(tmp / "comfy", flux.model, "flux1-dev", META_FLUX)  # then Forge's folder names
     for part, folder in (("unet", "Stable-diffusion"), ("vae", "VAE"), ("clip_l", "text_encoder"),

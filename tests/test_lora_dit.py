@@ -10,7 +10,7 @@ from diffusers import FluxPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from dit_fixtures import flux_parts, sd3_parts, write_diffusers_folder
+from dit_fixtures import flux_parts, load_tiny, sd3_parts
 from opensd.adapters.lora import LoraSet, LoraSpec
 from opensd.checkpoints.files import save_safetensors
 from opensd.errors import CheckpointError
@@ -36,7 +36,7 @@ def _inputs_flux(cfg):
 @torch.no_grad()
 def test_a_diffusers_flux_lora_patches_our_fused_weights(tmp_path):
     parts = flux_parts("dev", seed=3)
-    ours = load(write_diffusers_folder(tmp_path / "flux", "flux", parts), precision="fp32", device="cpu")
+    ours = load_tiny(tmp_path / "flux", "flux", parts)
     ref = parts["transformer"]
     lora = _lora(ref, seed=4)
     FluxPipeline.save_lora_weights(tmp_path / "lora", transformer_lora_layers=lora, safe_serialization=True)
@@ -64,7 +64,7 @@ def test_a_diffusers_flux_lora_patches_our_fused_weights(tmp_path):
 @torch.no_grad()
 def test_kohya_names_patch_the_same_modules_as_peft_names(tmp_path):
     parts = flux_parts("schnell", seed=5)
-    ours = load(write_diffusers_folder(tmp_path / "flux", "flux", parts), precision="fp32", device="cpu")
+    ours = load_tiny(tmp_path / "flux", "flux", parts)
     width = ours.config.flux.hidden_size
     g = torch.Generator().manual_seed(1)
     down, up = torch.randn(4, width, generator=g), torch.randn(3 * width, 4, generator=g)
@@ -92,7 +92,7 @@ def test_kohya_names_patch_the_same_modules_as_peft_names(tmp_path):
 @torch.no_grad()
 def test_an_sd3_lora_with_its_clip_part(tmp_path):
     parts = sd3_parts("sd35", seed=6)
-    ours = load(write_diffusers_folder(tmp_path / "sd3", "sd3", parts), precision="fp32", device="cpu")
+    ours = load_tiny(tmp_path / "sd3", "sd3", parts)
     lora = {f"transformer.{k}": v for k, v in _lora(parts["transformer"], seed=7).items()}
     clip_l = ours.model.encoder("clip_l").transformer
     q = clip_l.text_model.encoder.layers[0].self_attn.q_proj.weight
@@ -116,7 +116,7 @@ def test_an_sd3_lora_with_its_clip_part(tmp_path):
 
 
 def test_a_lora_for_another_family_is_refused(tmp_path):
-    ours = load(write_diffusers_folder(tmp_path / "flux", "flux", flux_parts("dev")), precision="fp32", device="cpu")
+    ours = load_tiny(tmp_path / "flux", "flux", flux_parts("dev"))
     save_safetensors({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 320),
                       "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(320, 4)},
                      tmp_path / "sd15.safetensors")

@@ -9,9 +9,8 @@ import pytest
 from PIL import Image
 from workflow_fixtures import Loader, make_ctx
 
-from dit_fixtures import META_FLUX, META_SD3, flux_parts, sd3_parts, write_diffusers_folder, write_single_file, write_split_files
+from dit_fixtures import META_FLUX, META_SD3, flux_parts, load_tiny, sd3_parts, write_single_file, write_split_files
 from opensd.library.models_dir import ModelFolders
-from opensd.pipeline.pipeline import load
 from opensd.workflows import NodeError, execute
 
 SIZE, SEED, PROMPT, NEGATIVE = 64, 5, "a photo of a cat", "blurry"
@@ -21,8 +20,8 @@ SIZE, SEED, PROMPT, NEGATIVE = 64, 5, "a photo of a cat", "blurry"
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ditwf")
     models = tmp / "models"
-    sd3 = load(write_diffusers_folder(tmp / "sd3", "sd3", sd3_parts()), precision="fp32", device="cpu")
-    flux = load(write_diffusers_folder(tmp / "flux", "flux", flux_parts()), precision="fp32", device="cpu")
+    sd3 = load_tiny(tmp / "sd3", "sd3", sd3_parts())
+    flux = load_tiny(tmp / "flux", "flux", flux_parts())
     write_single_file(models / "checkpoints" / "sd3.safetensors", sd3.model, META_SD3)
     write_split_files(models, sd3.model, "sd3", META_SD3)
     write_split_files(models, flux.model, "flux1", META_FLUX, file_prefix="flux_")

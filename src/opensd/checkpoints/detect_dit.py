@@ -43,47 +43,69 @@ def _head_dim(metadata: Mapping[str, str], released: int) -> int:
     return int(metadata.get(META_HEAD_DIM, released))
 
 
-def mmdit_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str = "<state dict>") -> MMDiTConfig:
-    """SD3's MMDiT in the original layout under prefix `p`."""
+# The key each config field is read from: (original layout, diffusers' layout)
+_MMDIT_KEYS = {
+    "patch": ("x_embedder.proj.weight", "pos_embed.proj.weight"), "blocks": ("joint_blocks.", "transformer_blocks."),
+    "pos": ("pos_embed", "pos_embed.pos_embed"), "out": ("final_layer.linear.weight", "proj_out.weight"),
+    "fc1": ("joint_blocks.0.x_block.mlp.fc1.weight", "transformer_blocks.0.ff.net.0.proj.weight"),
+    "adm": ("y_embedder.mlp.0.weight", "time_text_embed.text_embedder.linear_1.weight"),
+    "context": ("context_embedder.weight", "context_embedder.weight"),
+    "qk": ("joint_blocks.0.x_block.attn.ln_q.weight", "transformer_blocks.0.attn.norm_q.weight"),
+    "attn2": ("joint_blocks.{}.x_block.attn2.qkv.weight", "transformer_blocks.{}.attn2.to_q.weight"),
+}
+_FLUX_KEYS = {
+    "in": ("img_in.weight", "x_embedder.weight"), "out": ("final_layer.linear.weight", "proj_out.weight"),
+    "vec": ("vector_in.in_layer.weight", "time_text_embed.text_embedder.linear_1.weight"),
+    "txt": ("txt_in.weight", "context_embedder.weight"),
+    "mlp": ("double_blocks.0.img_mlp.0.weight", "transformer_blocks.0.ff.net.0.proj.weight"),
+    "double": ("double_blocks.", "transformer_blocks."), "single": ("single_blocks.", "single_transformer_blocks."),
+    "bias": ("double_blocks.0.img_attn.qkv.bias", "transformer_blocks.0.attn.to_q.bias"),
+    "guidance": ("guidance_in.in_layer.weight", "time_text_embed.guidance_embedder.linear_1.weight"),
+}
+
+
+def mmdit_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str = "<state dict>",
+                 diffusers: bool = False) -> MMDiTConfig:
+    """SD3's MMDiT under prefix `p`, in the original layout or (`diffusers`) SD3Transformer2DModel's."""
+    k = {name: p + keys[diffusers] for name, keys in _MMDIT_KEYS.items()}
     try:
-        width, in_ch, patch, _ = shapes[p + "x_embedder.proj.weight"]
-        depth = count(shapes, p + "joint_blocks.")
+        width, in_ch, patch, _ = shapes[k["patch"]]
+        depth = count(shapes, k["blocks"])
         head_dim = _head_dim(metadata, 64)
-        table = shapes[p + "pos_embed"][1]
+        table = shapes[k["pos"]][1]
         side = math.isqrt(table)
         if side * side != table:
             raise CheckpointError(path, f"pos_embed has {table} positions, not a square table")
         return MMDiTConfig(
             depth=depth, num_heads=width // head_dim, head_dim=head_dim, patch_size=patch, in_channels=in_ch,
-            out_channels=shapes[p + "final_layer.linear.weight"][0] // (patch * patch),
-            mlp_ratio=shapes[p + "joint_blocks.0.x_block.mlp.fc1.weight"][0] / width,
-            adm_in_channels=shapes[p + "y_embedder.mlp.0.weight"][1],
-            context_dim=shapes[p + "context_embedder.weight"][1], pos_embed_max_size=side,
-            qk_norm=p + "joint_blocks.0.x_block.attn.ln_q.weight" in shapes,
-            x_block_self_attn_layers=tuple(i for i in range(depth)
-                                           if p + f"joint_blocks.{i}.x_block.attn2.qkv.weight" in shapes))
+            out_channels=shapes[k["out"]][0] // (patch * patch), mlp_ratio=shapes[k["fc1"]][0] / width,
+            adm_in_channels=shapes[k["adm"]][1], context_dim=shapes[k["context"]][1], pos_embed_max_size=side,
+            qk_norm=k["qk"] in shapes,
+            x_block_self_attn_layers=tuple(i for i in range(depth) if k["attn2"].format(i) in shapes))
     except KeyError as e:
-        raise CheckpointError(path, f"an incomplete SD3 MMDiT: no {e.args[0]}") from None
+        what = "diffusers SD3 transformer" if diffusers else "SD3 MMDiT"
+        raise CheckpointError(path, f"an incomplete {what}: no {e.args[0]}") from None
 
 
-def flux_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str = "<state dict>") -> FluxConfig:
-    """Flux.1 in Black Forest Labs' layout under prefix `p`."""
+def flux_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str = "<state dict>",
+                diffusers: bool = False) -> FluxConfig:
+    """Flux.1 under prefix `p`, in Black Forest Labs' layout or (`diffusers`) FluxTransformer2DModel's."""
+    k = {name: p + keys[diffusers] for name, keys in _FLUX_KEYS.items()}
     try:
-        width, in_ch = shapes[p + "img_in.weight"]
+        width, in_ch = shapes[k["in"]]
         head_dim = _head_dim(metadata, 128)
         axes = tuple(int(v) for v in metadata.get(META_AXES, "16,56,56").split(","))
         if sum(axes) != head_dim:
             raise CheckpointError(path, f"Flux RoPE axes {axes} do not add up to the head width {head_dim}")
         return FluxConfig(
-            in_channels=in_ch, out_channels=shapes[p + "final_layer.linear.weight"][0],
-            vec_in_dim=shapes[p + "vector_in.in_layer.weight"][1], context_in_dim=shapes[p + "txt_in.weight"][1],
-            hidden_size=width, mlp_ratio=shapes[p + "double_blocks.0.img_mlp.0.weight"][0] / width,
-            num_heads=width // head_dim, depth=count(shapes, p + "double_blocks."),
-            depth_single_blocks=count(shapes, p + "single_blocks."), axes_dim=axes,
-            qkv_bias=p + "double_blocks.0.img_attn.qkv.bias" in shapes,
-            guidance_embed=p + "guidance_in.in_layer.weight" in shapes)
+            in_channels=in_ch, out_channels=shapes[k["out"]][0], vec_in_dim=shapes[k["vec"]][1],
+            context_in_dim=shapes[k["txt"]][1], hidden_size=width, mlp_ratio=shapes[k["mlp"]][0] / width,
+            num_heads=width // head_dim, depth=count(shapes, k["double"]),
+            depth_single_blocks=count(shapes, k["single"]), axes_dim=axes, qkv_bias=k["bias"] in shapes,
+            guidance_embed=k["guidance"] in shapes)
     except KeyError as e:
-        raise CheckpointError(path, f"an incomplete Flux model: no {e.args[0]}") from None
+        raise CheckpointError(path, f"an incomplete {'diffusers Flux transformer' if diffusers else 'Flux model'}: "
+                                    f"no {e.args[0]}") from None
 
 
 def t5_config(shapes: Shapes, p: str, path: str = "<state dict>") -> T5Config:
@@ -114,40 +136,9 @@ def clip_config(shapes: Shapes, p: str, big: bool, projected: bool, path: str = 
 
 def mmdit_config_diffusers(shapes: Shapes, p: str, metadata: Mapping[str, str],
                            path: str = "<state dict>") -> MMDiTConfig:
-    """SD3's MMDiT from diffusers' SD3Transformer2DModel keys under `p` (a transformer file alone)."""
-    try:
-        width, in_ch, patch, _ = shapes[p + "pos_embed.proj.weight"]
-        depth = count(shapes, p + "transformer_blocks.")
-        head_dim = _head_dim(metadata, 64)
-        side = math.isqrt(shapes[p + "pos_embed.pos_embed"][1])
-        return MMDiTConfig(
-            depth=depth, num_heads=width // head_dim, head_dim=head_dim, patch_size=patch, in_channels=in_ch,
-            out_channels=shapes[p + "proj_out.weight"][0] // (patch * patch),
-            mlp_ratio=shapes[p + "transformer_blocks.0.ff.net.0.proj.weight"][0] / width,
-            adm_in_channels=shapes[p + "time_text_embed.text_embedder.linear_1.weight"][1],
-            context_dim=shapes[p + "context_embedder.weight"][1], pos_embed_max_size=side,
-            qk_norm=p + "transformer_blocks.0.attn.norm_q.weight" in shapes,
-            x_block_self_attn_layers=tuple(i for i in range(depth)
-                                           if p + f"transformer_blocks.{i}.attn2.to_q.weight" in shapes))
-    except KeyError as e:
-        raise CheckpointError(path, f"an incomplete diffusers SD3 transformer: no {e.args[0]}") from None
+    return mmdit_config(shapes, p, metadata, path, diffusers=True)
 
 
 def flux_config_diffusers(shapes: Shapes, p: str, metadata: Mapping[str, str],
                           path: str = "<state dict>") -> FluxConfig:
-    """Flux from diffusers' FluxTransformer2DModel keys under `p` (a transformer file alone)."""
-    try:
-        width, in_ch = shapes[p + "x_embedder.weight"]
-        head_dim = _head_dim(metadata, 128)
-        axes = tuple(int(v) for v in metadata.get(META_AXES, "16,56,56").split(","))
-        return FluxConfig(
-            in_channels=in_ch, out_channels=shapes[p + "proj_out.weight"][0],
-            vec_in_dim=shapes[p + "time_text_embed.text_embedder.linear_1.weight"][1],
-            context_in_dim=shapes[p + "context_embedder.weight"][1], hidden_size=width,
-            mlp_ratio=shapes[p + "transformer_blocks.0.ff.net.0.proj.weight"][0] / width,
-            num_heads=width // head_dim, depth=count(shapes, p + "transformer_blocks."),
-            depth_single_blocks=count(shapes, p + "single_transformer_blocks."), axes_dim=axes,
-            qkv_bias=p + "transformer_blocks.0.attn.to_q.bias" in shapes,
-            guidance_embed=p + "time_text_embed.guidance_embedder.linear_1.weight" in shapes)
-    except KeyError as e:
-        raise CheckpointError(path, f"an incomplete diffusers Flux transformer: no {e.args[0]}") from None
+    return flux_config(shapes, p, metadata, path, diffusers=True)
