@@ -186,15 +186,9 @@ def test_fp8_text_encoder_files_are_upcast_on_load(sd3, tmp_path):
     assert_close_scaled(ca, full, rel=0.1)
 
 
-def test_unet_only_add_ons_are_refused_in_one_line(sd3, tmp_path):
+def test_unet_only_add_ons_are_refused_in_one_line(sd3):
     from opensd.errors import InvalidArgument
     ours, _, _, _ = sd3
-    ours.set_loras([tmp_path / "style.safetensors"])
-    try:
-        with pytest.raises(InvalidArgument, match="^lora: LoRA is not available for Stable Diffusion 3 models yet$"):
-            ours.txt2img(PROMPT, steps=1, width=SIZE, height=SIZE)
-    finally:
-        ours.set_loras([])
     with pytest.raises(InvalidArgument, match="^controls: ControlNet is not available for Stable Diffusion 3"):
         ours.txt2img(PROMPT, steps=1, width=SIZE, height=SIZE, controls=[object()])
 

@@ -22,12 +22,15 @@ from ..errors import CheckpointError, InvalidArgument
 from ..models.stable_diffusion import StableDiffusion
 from ..text.prompt_parser import ExtraNetwork, extract_extra_networks
 from .lora_files import LoraFile, LoraWeights, guess_family, read_lora
-from .lora_keys import FusedQKVPart, LoraModule, lora_modules
+from ..families import family_of
+from .lora_dit import RowSlice
+from .lora_keys import FusedQKVPart, LoraModule
 
 log = logging.getLogger(__name__)
 
 PROMPT_KINDS = ("lora", "lyco")
-_FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner", "small": "small"}
+_FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner", "small": "small",
+                 "sd3": "SD3", "flux": "Flux.1"}
 
 
 @dataclass
@@ -69,7 +72,7 @@ class LoraReport:
 def lookup_table(model: StableDiffusion) -> dict[str, LoraModule]:
     """Every name a LoRA file may use for a module (kohya, its aliases, PEFT) -> the module."""
     table: dict[str, LoraModule] = {}
-    for m in lora_modules(model):
+    for m in family_of(model.config).lora_modules(model):
         for name in (m.kohya, *m.aliases, m.peft):
             table.setdefault(name, m)
         if m.component == "te":  # transformers >= 5 drops "text_model." from module paths
@@ -78,8 +81,11 @@ def lookup_table(model: StableDiffusion) -> dict[str, LoraModule]:
 
 
 def _slot(module: nn.Module) -> tuple[nn.Parameter, slice | None]:
+    """The parameter a patch changes, and its rows when the module is a part of a fused one."""
     if isinstance(module, FusedQKVPart):
         return module.attn.in_proj_weight, module.rows
+    if isinstance(module, RowSlice):
+        return module.fused_weight, module.rows
     return module.weight, None
 
 

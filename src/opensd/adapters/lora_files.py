@@ -49,7 +49,7 @@ _SUFFIXES.update({f: "factor" for f in _FACTORS})
 # Tucker cores, bias patches, (IA)^3, norms: a module carrying any of these is not applied.
 _UNSUPPORTED = re.compile(r"\.(hada_t[12]|lokr_t[12]|lora_mid\.weight|diff_b|bias_indices|bias_values|bias_size"
                           r"|lora_B\.bias|on_input|w_norm|b_norm)$")
-_PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.")
+_PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.", "transformer.", "diffusion_model.")
 _OLD_ATTN = re.compile(r"\.processor\.to_(q|k|v|out)_lora$")
 _OLD_TE_ATTN = re.compile(r"\.self_attn\.to_(q|k|v|out)_lora$")
 
@@ -256,6 +256,10 @@ def guess_family(lf: LoraFile) -> str | None:
             with torch.device("meta"):
                 width = w._full("meta").shape[1]
             return _CONTEXT_FAMILY.get(width, f"a model with {width}-wide cross-attention")
+    if any(part in n for n in lf.modules for part in ("double_blocks", "single_blocks", "single_transformer_blocks")):
+        return "Flux.1"
+    if any("joint_blocks" in n or n.startswith("transformer.transformer_blocks.") for n in lf.modules):
+        return "SD3"
     if any(n.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for n in lf.modules):
         return "SDXL"
     return None

@@ -177,10 +177,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             pipe.vae_tiling = True
         if args.compile:
             from ..pipeline.compiled import compile_in_place
-            compile_in_place(pipe.model.unet)
+            compile_in_place(pipe.family.network(pipe.model))
         if args.deep_cache is not None:
             from ..models.deep_cache import enable_deep_cache
-            enable_deep_cache(pipe.model.unet, interval=args.deep_cache)
+            pipe.family.require("deep_cache", "deep-cache")
+            enable_deep_cache(pipe.family.network(pipe.model), interval=args.deep_cache)
         if args.taesd is not None:
             _use_taesd(pipe, args)
         return pipe

@@ -34,6 +34,7 @@ from ..errors import CheckpointError, InvalidArgument
 Shapes = Mapping[str, tuple[int, ...]]
 # Add-ons written for one kind of network, by the name families list them under.
 ADAPTERS = {"lora": "LoRA", "controlnet": "ControlNet", "freeu": "FreeU", "ldm_config": "an LDM yaml config",
+            "deep_cache": "DeepCache (it skips a UNet's deep blocks)",
             "discrete_sampling": "ModelSamplingDiscrete (eps/v/x0/LCM sampling; flow models take ModelSamplingSD3 "
                                  "or ModelSamplingFlux)"}
 # net_fn(x, t, context, y, control=None) -> the network's output for a batch
@@ -114,6 +115,11 @@ class Family:
         """The network's top-level blocks in the order they run, for lowvram's one-at-a-time moves;
         None: the network moves whole (state it keeps outside its blocks)."""
         return None
+
+    def lora_modules(self, model: nn.Module) -> list:
+        """What LoRA files may patch: adapters.lora_keys.LoraModule per module, under every name the
+        family's LoRA files use (families with "lora" in `adapters`)."""
+        raise NotImplementedError
 
     def running(self, model: nn.Module):
         """A context manager around one sampling run of the network."""

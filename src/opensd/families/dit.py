@@ -20,6 +20,7 @@ from ..checkpoints.keymap_t5 import t5_state_dict
 from ..checkpoints.t5_vocab import find_t5_vocab
 from ..errors import CheckpointError
 from ..text.t5_tokenizer import T5Tokenizer
+from ..adapters.lora_dit import clip_modules, network_modules
 from .base import Family
 from .dit_prompts import DiTConditioner
 
@@ -157,6 +158,16 @@ class DiTFamily(Family):
 
     def conditioner(self, pipe, clip_skip):
         return DiTConditioner(pipe, self.clip_names, self.clip_context, clip_skip)
+
+    adapters = frozenset({"lora"})
+
+    def lora_modules(self, model: nn.Module) -> list:
+        """kohya (lora_unet_ + the original path), PEFT/diffusers (transformer. + diffusers' path, q/k/v
+        as rows of the fused tensors) and ComfyUI (diffusion_model. + the original path) names; the
+        CLIP encoders as lora_te1_/lora_te2_ and text_encoder./text_encoder_2."""
+        clips = [(f"lora_te{i + 1}_", "text_encoder." if i == 0 else f"text_encoder_{i + 1}.", model.encoder(n))
+                 for i, n in enumerate(self.clip_names) if model.encoder(n) is not None]
+        return network_modules(model.network, self.key_rows(model.config)) + clip_modules(clips)
 
     # family specifics: network_config(_diffusers), from_diffusers, make_config, build, net_fn,
     # sampling, pooled_width, context_width

@@ -9,7 +9,7 @@ import torch
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import FLUX_PARTS
 from ..checkpoints.families import unsupported_family
-from ..checkpoints.keymap_flux import flux_from_diffusers
+from ..checkpoints.keymap_flux import flux_from_diffusers, flux_rows
 from ..models.config_dit import FLUX_DEV, FLUX_VAE, FluxModelConfig
 from ..models.dit_models import FluxModel
 from ..sampling.flow import FlowSampling, flux_mu
@@ -45,6 +45,9 @@ class FluxFamily(DiTFamily):
 
     def from_diffusers(self, net, cfg):
         return flux_from_diffusers(net, cfg.flux)
+
+    def key_rows(self, cfg):
+        return flux_rows(cfg.flux)
 
     def make_config(self, net, vae, encoders, resolution) -> FluxModelConfig:
         return FluxModelConfig(net, vae, encoders.get("clip_l"), encoders.get("t5xxl"), resolution=resolution)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import SD3_PARTS
-from ..checkpoints.keymap_mmdit import mmdit_from_diffusers
+from ..checkpoints.keymap_mmdit import mmdit_from_diffusers, mmdit_rows
 from ..models.config_dit import SD3_MEDIUM, SD3_VAE, SD3ModelConfig
 from ..models.dit_models import SD3Model
 from ..sampling.flow import FlowSampling
@@ -29,6 +29,9 @@ class SD3Family(DiTFamily):
 
     def from_diffusers(self, net, cfg):
         return mmdit_from_diffusers(net, cfg.mmdit)
+
+    def key_rows(self, cfg):
+        return mmdit_rows(cfg.mmdit)
 
     def make_config(self, net, vae, encoders, resolution) -> SD3ModelConfig:
         return SD3ModelConfig(net, vae, encoders.get("clip_l"), encoders.get("clip_g"), encoders.get("t5xxl"),

@@ -7,6 +7,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from ..adapters import lora_keys
 from ..checkpoints import detect as D
 from ..checkpoints.diffusers_folder import read_diffusers_folder
 from ..models.config import ModelConfig
@@ -21,7 +22,7 @@ class UNetFamily(Family):
     name = "unet"
     label = "Stable Diffusion 1.x/2.x/XL"
     members = ("sd1", "sd2", "sdxl", "sdxl_refiner", "small")
-    adapters = frozenset({"lora", "controlnet", "freeu", "discrete_sampling", "ldm_config"})
+    adapters = frozenset({"lora", "controlnet", "freeu", "discrete_sampling", "ldm_config", "deep_cache"})
 
     def detect(self, shapes, metadata, path, prediction=None) -> ModelConfig | None:
         if D.UNET + "input_blocks.0.0.weight" not in shapes:
@@ -57,6 +58,9 @@ class UNetFamily(Family):
         unet = model.unet
         blocks = [unet.time_embed] + ([unet.label_emb] if hasattr(unet, "label_emb") else [])
         return blocks + list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks) + [unet.out]
+
+    def lora_modules(self, model: StableDiffusion) -> list:
+        return lora_keys.lora_modules(model)
 
     def running(self, model: StableDiffusion):
         return reuse_context_kv(model.unet)
