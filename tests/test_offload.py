@@ -88,3 +88,27 @@ def test_cli_memory_flag(ckpt, tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr
     assert "; memory: lowvram" in r.stderr
+
+
+@pytest.mark.parametrize("flags,want", [([], "auto"), (["--memory", "medvram"], "medvram"),
+                                        (["--medvram"], "medvram"), (["--lowvram"], "lowvram")])
+def test_serve_memory_flag_reaches_every_loaded_model(ckpt, tmp_path, flags, want):
+    from opensd import cli
+    from opensd.cli.serve import settings_from
+    from opensd.server.app import ServerState
+
+    args = cli.build_parser().parse_args(["serve", "--outputs-dir", str(tmp_path / "out"), *flags])
+    settings = settings_from(args)
+    assert settings.memory == want
+    settings.start_worker = False
+    pipe = ServerState(settings).cache.get(ckpt)
+    assert pipe.memory == ("normal" if want == "auto" else want)  # auto never offloads on a CPU
+    assert (pipe.offload is None) == (want == "auto")
+
+
+def test_serve_memory_flags_exclude_each_other(capsys):
+    from opensd import cli
+
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--medvram", "--memory", "lowvram"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -46,6 +46,12 @@ def register(sub) -> None:
                    help="auto (default): CUDA, else MPS, else the CPU")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto (default): fp16 on CUDA, bf16 on CPUs with native bf16 for SD-size models, else fp32")
+    mem = p.add_mutually_exclusive_group()
+    mem.add_argument("--memory", choices=["auto", "normal", "medvram", "lowvram"], default="auto",
+                     help="GPU memory mode of every loaded model: medvram moves text encoders, UNet and VAE to the "
+                          "GPU in turns, lowvram also the UNet block by block; auto (default) chooses from free VRAM")
+    for mode in ("medvram", "lowvram"):  # A1111's spellings
+        mem.add_argument(f"--{mode}", dest="memory", action="store_const", const=mode, help=f"--memory {mode}")
     p.add_argument("--max-body-mb", type=float_arg, default=64.0)
     p.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
     ray = p.add_argument_group("scale-out on Ray (pip install \"opensd[ray]\"; see docs/scale-out.md)")
@@ -71,7 +77,7 @@ def settings_from(args: argparse.Namespace):
                     allow_origins=tuple(args.allow_origin), allow_hosts=tuple(args.allow_host),
                     styles_file=args.styles_file, wildcards_dir=args.wildcards_dir,
                     queue_size=args.queue_size, max_waiting=args.max_waiting, work_budget=args.work_budget,
-                    device=args.device, precision=args.precision,
+                    device=args.device, precision=args.precision, memory=args.memory,
                     model_budget_bytes=int(args.model_cache_gb * (1 << 30)),
                     max_body_bytes=int(args.max_body_mb * (1 << 20)),
                     ray=args.ray, ray_workers=args.ray_workers, ray_threads=args.ray_threads)
@@ -101,7 +107,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"opensd: {warning}", file=sys.stderr)
     app = create_app(settings)
     print(f"opensd: serving on http://{args.host}:{args.port} (web UI at /, API docs at /docs)", file=sys.stderr)
-    print(f"opensd: {summary(settings.precision, resolve_device(settings.device))}", file=sys.stderr)
+    memory = "" if settings.memory == "auto" else f"; memory: {settings.memory}"
+    print(f"opensd: {summary(settings.precision, resolve_device(settings.device))}{memory}", file=sys.stderr)
     if args.open:  # the socket already listens, so the browser's request waits for the server
         threading.Thread(target=webbrowser.open, args=(ui_url(args.host, args.port),), daemon=True).start()
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

@@ -25,9 +25,9 @@ def pipeline_bytes(pipe) -> int:
 
 class ModelCache:
     def __init__(self, folders: ModelFolders, device: str | None = "auto", precision: str = "auto",
-                 budget_bytes: int = 8 << 30, loader=None):
+                 budget_bytes: int = 8 << 30, loader=None, memory: str = "auto"):
         self.folders = folders
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.memory = device, precision, memory
         self.budget = budget_bytes
         self._loader = loader  # tests may inject; default: opensd.pipeline.pipeline.load
         self._pipes: OrderedDict[tuple[Path, Path | None], object] = OrderedDict()  # (checkpoint, VAE)
@@ -91,7 +91,7 @@ class ModelCache:
             if load is None:
                 from ..pipeline.pipeline import load
             emb = self.folders.folders("embeddings")
-            pipe = load(path, vae=vae, device=self.device, precision=self.precision,
+            pipe = load(path, vae=vae, device=self.device, precision=self.precision, memory=self.memory,
                         embeddings_dir=emb[0] if emb else None)
             if path.is_file():
                 try:

@@ -26,6 +26,7 @@ class Settings:
     work_budget: float = 10_000.0            # megapixel-steps one request may ask for (work_budget.py)
     device: str | None = "auto"             # pipeline/device.py: CUDA, else MPS, else the CPU
     precision: str = "auto"                  # pipeline/precision.py
+    memory: str = "auto"                     # pipeline/offload.py: auto, normal, medvram, lowvram
     model_budget_bytes: int = 8 << 30        # parameters kept loaded across cached pipelines
     max_body_bytes: int = 64 << 20
     max_prompt_chars: int = 20_000
@@ -57,6 +58,8 @@ class Settings:
                 raise InvalidArgument(f"{flag}: {value} is outside 1..4096")
             if value is not None and not self.ray:
                 raise InvalidArgument(f"{flag}: only with --ray (the workers are Ray actors)")
+        if self.memory not in ("auto", "normal", "medvram", "lowvram"):
+            raise InvalidArgument(f"memory: {self.memory!r} is not one of auto, normal, medvram, lowvram")
         if not 0 < self.work_budget < float("inf"):
             raise InvalidArgument(f"work-budget: {self.work_budget} must be a positive number of megapixel-steps")
 
