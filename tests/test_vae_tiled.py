@@ -133,3 +133,79 @@ def test_cli_vae_tiling_flag(tmp_path):
 
     plain, tiles = run(), run("--vae-tiling")  # 72 latent pixels wide: two 64-pixel tiles
     assert not np.array_equal(plain, tiles) and np.abs(plain - tiles).mean() < 10
+
+
+def _image(x):  # a VAE output as ComfyUI's IMAGE
+    return ((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def test_comfy_vae_decode_tiled_node_uses_its_tile_size_and_overlap(pipe, monkeypatch):
+    from opensd.workflows.nodes_core import vae_decode, vae_decode_tiled
+    from opensd.workflows.types import VaeRef
+
+    z = torch.randn(1, 4, 16, 24, generator=torch.Generator().manual_seed(3))
+    vae = VaeRef(pipe, "tiny")
+    calls = _calls(pipe.model.vae, monkeypatch)
+    with torch.no_grad():
+        want = _image(tiled(pipe.model.vae.decode, z, tile=8, overlap=2, scale=8))
+    calls.clear()
+    # 64 pixels = 8 latent pixels; ComfyUI caps the overlap at a quarter of the tile: 16 px = 2 latent
+    (image,) = vae_decode_tiled(None, {"samples": z}, vae, tile_size=64, overlap=64)
+    assert set(calls) == {(8, 8)} and len(calls) == 12
+    torch.testing.assert_close(image, want)
+    calls.clear()
+    (plain,) = vae_decode(None, {"samples": z}, vae)
+    assert calls == [(16, 24)] and not torch.equal(plain, image)
+
+
+def test_comfy_vae_decode_tiles_above_the_pipelines_threshold(pipe, monkeypatch):
+    from opensd.workflows.nodes_core import vae_decode
+    from opensd.workflows.types import VaeRef
+
+    monkeypatch.setattr(vae_codec, "DECODE_TILE", 10)
+    monkeypatch.setattr(vae_codec, "DECODE_OVERLAP", 6)
+    monkeypatch.setattr(vae_codec, "TILE_ABOVE", 12 * 16 * 64 - 1)
+    calls = _calls(pipe.model.vae, monkeypatch)
+    (image,) = vae_decode(None, {"samples": torch.randn(1, 4, 12, 16)}, VaeRef(pipe, "tiny"))
+    assert image.shape == (1, 96, 128, 3) and len(calls) == 6 and set(calls) == {(10, 10)}
+
+
+def test_comfy_vae_encode_tiled_node_and_auto_tiling(pipe, monkeypatch):
+    from opensd.workflows.nodes_core import vae_encode, vae_encode_tiled
+    from opensd.workflows.types import VaeRef
+
+    vae = VaeRef(pipe, "tiny")
+    pixels = torch.rand(1, 128, 192, 3, generator=torch.Generator().manual_seed(4))
+    calls = []
+    original = pipe.model.vae.encode
+    monkeypatch.setattr(pipe.model.vae, "encode", lambda x: calls.append(tuple(x.shape[-2:])) or original(x))
+    with torch.no_grad():
+        want = tiled(lambda t: original(t)[0], pixels.permute(0, 3, 1, 2) * 2 - 1, tile=64, overlap=16,
+                     scale=1 / 8, align=8)
+    (tiles,) = vae_encode_tiled(None, pixels, vae, tile_size=64, overlap=16)
+    assert set(calls) == {(64, 64)} and len(calls) == 12
+    torch.testing.assert_close(tiles["samples"], want, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    (plain,) = vae_encode(None, pixels, vae)
+    assert calls == [(128, 192)]
+    monkeypatch.setattr(vae_codec, "TILE_ABOVE", 128 * 192 - 1)
+    monkeypatch.setattr(vae_codec, "ENCODE_TILE", 64)
+    monkeypatch.setattr(vae_codec, "ENCODE_OVERLAP", 16)
+    calls.clear()
+    (auto,) = vae_encode(None, pixels, vae)
+    assert len(calls) == 12 and torch.equal(auto["samples"], tiles["samples"])
+
+
+def test_comfy_vae_encode_returns_the_vaes_own_latent_with_a_shift_factor(pipe, monkeypatch):
+    """ComfyUI's LATENT holds what the VAE encodes (SD3/Flux shift their latents only for the network)."""
+    from dataclasses import replace
+
+    from opensd.workflows.nodes_core import vae_encode
+    from opensd.workflows.types import VaeRef
+
+    monkeypatch.setattr(pipe, "config", replace(pipe.config, vae=replace(pipe.config.vae, shift_factor=0.3)))
+    pixels = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(5))
+    (out,) = vae_encode(None, pixels, VaeRef(pipe, "tiny"))
+    with torch.no_grad():
+        want = pipe.model.vae.encode(pixels.permute(0, 3, 1, 2) * 2 - 1)[0]
+    torch.testing.assert_close(out["samples"], want, rtol=1e-5, atol=1e-5)

@@ -39,6 +39,13 @@ def opt(default, hi=100.0):  # the sampler-option nodes' floats
     return f(default, 0.0, hi, 0.01, round=False)
 
 
+def TEMPORAL(verb):  # VAEDecodeTiled / VAEEncodeTiled: for video VAEs
+    return {"temporal_size": ["INT", {"default": 64, "min": 8, "max": 4096, "step": 4,
+                                      "tooltip": f"Only used for video VAEs: Amount of frames to {verb} at a time."}],
+            "temporal_overlap": ["INT", {"default": 8, "min": 4, "max": 4096, "step": 4,
+                                         "tooltip": "Only used for video VAEs: Amount of frames to overlap."}]}
+
+
 CUSTOM = "comfy_extras.nodes_custom_sampler"
 
 
@@ -69,6 +76,12 @@ EXPECTED = {
                      ["LATENT"], "latent/transform", "Rotate Latent", "nodes", {}),
     "LatentFlip": ({"samples": LATENT, "flip_method": [["x-axis: vertically", "y-axis: horizontally"]]},
                    ["LATENT"], "latent/transform", "Flip Latent", "nodes", {}),
+    "VAEDecodeTiled": ({"samples": LATENT, "vae": ["VAE"], "tile_size": i(512, 64, 4096, 32),
+                        "overlap": i(64, 0, 4096, 32), **TEMPORAL("decode")}, ["IMAGE"], "_for_testing",
+                       "VAE Decode (Tiled)", "nodes", {}),
+    "VAEEncodeTiled": ({"pixels": IMAGE, "vae": ["VAE"], "tile_size": i(512, 64, 4096, 64),
+                        "overlap": i(64, 0, 4096, 32), **TEMPORAL("encode")}, ["LATENT"], "_for_testing",
+                       "VAE Encode (Tiled)", "nodes", {}),
     "LatentCrop": ({"samples": LATENT, "width": i(512, 64, step=8), "height": i(512, 64, step=8),
                     "x": i(0, 0, step=8), "y": i(0, 0, step=8)}, ["LATENT"], "latent/transform", "Crop Latent",
                    "nodes", {}),

@@ -470,19 +470,21 @@ class Pipeline:
         return self.encode_tensor(I.to_tensor(image))
 
     @torch.no_grad()
-    def encode_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(1, 3, H, W) in [-1, 1] -> scaled latent (posterior mean: deterministic for a seed)."""
+    def encode_tensor(self, pixels: torch.Tensor, tiles: tuple[int, int] | None = None) -> torch.Tensor:
+        """(1, 3, H, W) in [-1, 1] -> scaled latent (posterior mean: deterministic for a seed).
+        `tiles`: (tile, overlap) in pixels: encode in such tiles whatever the size."""
         vae = self.model.vae
         f = self.config.vae.downscale
+        tiling = True if tiles else self.vae_tiling
 
         def posterior_mean(x):
             return vae.encode(x)[0]
 
-        mean = vae_codec.encode(posterior_mean, pixels.to(self.device, next(vae.parameters()).dtype), f, self.vae_tiling)
+        mean = vae_codec.encode(posterior_mean, pixels.to(self.device, next(vae.parameters()).dtype), f, tiling, tiles)
         if not torch.isfinite(mean).all() and next(vae.parameters()).dtype != torch.float32:
             log.warning("VAE encode produced NaN in %s; switching the VAE to fp32", mean.dtype)
             vae.float()
-            mean = vae_codec.encode(posterior_mean, pixels.to(self.device, torch.float32), f, self.vae_tiling)
+            mean = vae_codec.encode(posterior_mean, pixels.to(self.device, torch.float32), f, tiling, tiles)
         return self.config.vae.scaled(mean.float())
 
     def use_tiny_vae(self, paths) -> None:

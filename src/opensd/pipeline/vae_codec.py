@@ -21,16 +21,20 @@ def use_tiles(tiling: bool | None, pixels: int) -> bool:
 
 
 def decode(decode_fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, downscale: int,
-           tiling: bool | None = None) -> torch.Tensor:
-    """`decode_fn(z)` (latent -> image in about [-1, 1]), in tiles when `use_tiles` says so (fp32 then)."""
+           tiling: bool | None = None, tiles: tuple[int, int] | None = None) -> torch.Tensor:
+    """`decode_fn(z)` (latent -> image in about [-1, 1]), in tiles when `use_tiles` says so (fp32 then).
+    `tiles`: (tile, overlap) in latent pixels, instead of DECODE_TILE/DECODE_OVERLAP."""
     if not use_tiles(tiling, z.shape[-2] * z.shape[-1] * downscale ** 2):
         return decode_fn(z)
-    return tiled(decode_fn, z, tile=DECODE_TILE, overlap=DECODE_OVERLAP, scale=downscale)
+    tile, overlap = tiles or (DECODE_TILE, DECODE_OVERLAP)
+    return tiled(decode_fn, z, tile=tile, overlap=overlap, scale=downscale)
 
 
 def encode(encode_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, downscale: int,
-           tiling: bool | None = None) -> torch.Tensor:
-    """`encode_fn(x)` (image in [-1, 1] -> latent), in tiles when `use_tiles` says so (fp32 then)."""
+           tiling: bool | None = None, tiles: tuple[int, int] | None = None) -> torch.Tensor:
+    """`encode_fn(x)` (image in [-1, 1] -> latent), in tiles when `use_tiles` says so (fp32 then).
+    `tiles`: (tile, overlap) in image pixels, instead of ENCODE_TILE/ENCODE_OVERLAP."""
     if not use_tiles(tiling, x.shape[-2] * x.shape[-1]):
         return encode_fn(x)
-    return tiled(encode_fn, x, tile=ENCODE_TILE, overlap=ENCODE_OVERLAP, scale=1 / downscale, align=downscale)
+    tile, overlap = tiles or (ENCODE_TILE, ENCODE_OVERLAP)
+    return tiled(encode_fn, x, tile=tile, overlap=overlap, scale=1 / downscale, align=downscale)

@@ -7,6 +7,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from ..pipeline import vae_codec
 from ..sampling.names import SAMPLER_LABELS
 from . import ksampler
 from .loras import activate
@@ -150,26 +151,30 @@ def _vae_params(pipe):
 
 
 @torch.no_grad()
-def vae_decode_tensor(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Raw latents (B, C, h, w) -> IMAGE (B, H, W, 3) in 0..1, one image at a time."""
-    vae, images = pipe.model.vae, []
+def vae_decode_tensor(pipe, latents: torch.Tensor, tiles: tuple[int, int] | None = None) -> torch.Tensor:
+    """Raw latents (B, C, h, w) -> IMAGE (B, H, W, 3) in 0..1, one image at a time; in tiles above
+    the pipeline's size threshold (pipeline/vae_codec.py), or always in `tiles` ((tile, overlap)
+    in latent pixels)."""
+    vae, images, down = pipe.model.vae, [], pipe.config.vae.downscale
+    tiling = True if tiles else pipe.vae_tiling
     for z in latents:
         z = z[None].to(pipe.device)
-        x = vae.decode(z.to(_vae_params(pipe).dtype))
+        x = vae_codec.decode(vae.decode, z.to(_vae_params(pipe).dtype), down, tiling, tiles)
         if not torch.isfinite(x).all() and _vae_params(pipe).dtype != torch.float32:
             vae.float()  # fp16 VAEs overflow; the pipeline's own fallback
-            x = vae.decode(z.float())
+            x = vae_codec.decode(vae.decode, z.float(), down, tiling, tiles)
         images.append(((x.float() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).cpu())
     return torch.cat(images)
 
 
 @torch.no_grad()
-def vae_encode_tensor(pipe, pixels: torch.Tensor) -> torch.Tensor:
-    """IMAGE (B, H, W, C) in 0..1 -> raw latents (B, C, h, w) (posterior mean)."""
+def vae_encode_tensor(pipe, pixels: torch.Tensor, tiles: tuple[int, int] | None = None) -> torch.Tensor:
+    """IMAGE (B, H, W, C) in 0..1 -> raw latents (B, C, h, w) (posterior mean); tiled as the
+    pipeline tiles, or always in `tiles` ((tile, overlap) in pixels)."""
     out = []
     for px in pixels[..., :3]:
         x = px.permute(2, 0, 1)[None] * 2.0 - 1.0
-        out.append(pipe.encode_tensor(x).float().cpu() / pipe.config.vae.scaling_factor)
+        out.append(pipe.config.vae.unscaled(pipe.encode_tensor(x, tiles).float().cpu()))
     return torch.cat(out)
 
 
@@ -192,6 +197,33 @@ def vae_encode(call, pixels, vae):
     return ({"samples": vae_encode_tensor(vae.pipe, pixels)},)
 
 
+def _tile_overlap(tile_size: int, overlap: int) -> int:
+    # ComfyUI's rule: an overlap over a quarter of the tile becomes a quarter
+    return tile_size // 4 if tile_size < overlap * 4 else overlap
+
+
+def vae_decode_tiled(call, samples, vae, tile_size, overlap=64, temporal_size=64, temporal_overlap=8):
+    down = vae.pipe.config.vae.downscale  # temporal_*: for video VAEs, which opensd does not have
+    tiles = (max(1, tile_size // down), _tile_overlap(tile_size, overlap) // down)
+    return (vae_decode_tensor(vae.pipe, samples["samples"], tiles),)
+
+
+def vae_encode_tiled(call, pixels, vae, tile_size, overlap, temporal_size=64, temporal_overlap=8):
+    pixels, _ = _crop_to_multiple(pixels, vae.pipe.config.vae.downscale)
+    return ({"samples": vae_encode_tensor(vae.pipe, pixels, (tile_size, _tile_overlap(tile_size, overlap)))},)
+
+
+def _tiled_inputs(image: dict, verb: str, tile_step: int) -> dict:
+    frames = "Only used for video VAEs: Amount of frames to"
+    return {**image, "vae": ("VAE", {}),
+            "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": tile_step}),
+            "overlap": ("INT", {"default": 64, "min": 0, "max": 4096, "step": 32}),
+            "temporal_size": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 4,
+                                      "tooltip": f"{frames} {verb} at a time."}),
+            "temporal_overlap": ("INT", {"default": 8, "min": 4, "max": 4096, "step": 4,
+                                         "tooltip": f"{frames} overlap."})}
+
+
 def vae_encode_for_inpaint(call, pixels, vae, mask, grow_mask_by=6):
     down = vae.pipe.config.vae.downscale
     mask = F.interpolate(mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float(),
@@ -212,6 +244,10 @@ register(NodeDef("VAEDecode", vae_decode, {"samples": ("LATENT", {}), "vae": ("V
                  category="latent", display_name="VAE Decode", description="Latents to images."))
 register(NodeDef("VAEEncode", vae_encode, {"pixels": ("IMAGE", {}), "vae": ("VAE", {})}, ("LATENT",),
                  category="latent", display_name="VAE Encode", description="Images to latents."))
+register(NodeDef("VAEDecodeTiled", vae_decode_tiled, _tiled_inputs({"samples": ("LATENT", {})}, "decode", 32),
+                 ("IMAGE",), category="_for_testing", display_name="VAE Decode (Tiled)"))
+register(NodeDef("VAEEncodeTiled", vae_encode_tiled, _tiled_inputs({"pixels": ("IMAGE", {})}, "encode", 64),
+                 ("LATENT",), category="_for_testing", display_name="VAE Encode (Tiled)"))
 register(NodeDef(
     "VAEEncodeForInpaint", vae_encode_for_inpaint,
     {"pixels": ("IMAGE", {}), "vae": ("VAE", {}), "mask": ("MASK", {}),
