@@ -39,21 +39,14 @@ def train(base: Path, kind: str, out: Path, run: Path, steps: int, procs: int) -
             "--resolution", "32", "--bucket-step", "8", "--lr", "1e-3", "--lr-scheduler", "constant",
             "--save-every", "1", "--threads", "1", "--no-progress", *KIND_FLAGS[kind]]
     if procs > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs),
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *args]
+        # --standalone: torchrun picks its own free port on this machine (no race for one picked here)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), *args]
     else:
         cmd = [sys.executable, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
