@@ -2,6 +2,7 @@
 encode equal to diffusers' AutoencoderTiny on the same random weights; the pipeline uses them for
 previews and, when asked, for the final decode."""
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 from diffusers import AutoencoderTiny
@@ -178,3 +179,125 @@ def test_server_model_cache_gives_previews_from_a_vae_approx_folder(tmp_path):
     latents = torch.randn(1, 4, 8, 8)
     assert pipe.preview(latents).size == (64, 64)  # decoded by the tiny decoder, not the 8x8 latent map
     assert pipe.preview(latents) is None  # right after: skipped, so previews stay under a quarter of the time
+
+
+# --- TAESD and step caching in every face: A1111's settings, the CLI, the infotext ------------------
+
+def _both_files(folder):
+    """taesd_decoder / taesd_encoder files of the reference's weights in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, sd in _madebyollin(_reference()).items():
+        save_safetensors(sd, folder / f"taesd_{part}.safetensors")
+    return [folder / "taesd_decoder.safetensors", folder / "taesd_encoder.safetensors"]
+
+
+@torch.no_grad()
+def test_pipeline_encodes_with_the_tiny_encoder_and_records_it(tmp_path):
+    from PIL import Image
+
+    from opensd.pipeline.infotext import parse_infotext
+    from opensd.pipeline.infotext_params import image_infotext, recorded
+
+    pipe = load(write_random_checkpoint(tmp_path / "tiny.safetensors"), precision="fp32")
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    full = pipe.encode(init)
+    pipe.vae_encoder = "taesd"
+    with pytest.raises(InvalidArgument, match="^vae_encoder: taesd needs a tiny autoencoder encoder file"):
+        pipe.encode(init)
+    pipe.use_tiny_vae(_both_files(tmp_path / "vae_approx"))
+    x = torch.from_numpy(np.array(init)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    tiny = pipe.encode(init)
+    torch.testing.assert_close(tiny, pipe.tiny_vae.encode(x), rtol=1e-5, atol=1e-5)
+    assert tiny.shape == full.shape and not torch.allclose(tiny, full)
+    pipe.vae_decoder = "taesd"
+    (image,) = pipe.img2img(init, "x", steps=2, seed=1, strength=0.5)
+    text = image_infotext(pipe, image, img2img=True)
+    assert "VAE Encoder: TAESD" in text and "VAE Decoder: TAESD" in text and "DeepCache" not in text
+    rec = recorded(*parse_infotext(text))
+    assert (rec.vae_encoder, rec.vae_decoder, rec.deep_cache) == ("taesd", "taesd", None)
+    pipe.vae_encoder = "full"  # a txt2img without hires encodes nothing: no encoder key
+    assert "VAE Encoder" not in image_infotext(pipe, pipe.txt2img("x", steps=1, seed=1)[0])
+
+
+def test_cli_records_taesd_and_deep_cache_and_from_reuses_them(tmp_path):
+    import subprocess
+    import sys
+
+    from opensd.pipeline.infotext import parse_infotext, read_infotext
+
+    ckpt = write_random_checkpoint(tmp_path / "tiny.safetensors")
+    decoder = _both_files(tmp_path / "approx")[0]
+
+    def run(out, *extra):
+        return subprocess.run([sys.executable, "-m", "opensd.cli", "generate", "-m", str(ckpt), "-o", str(out),
+                               *extra], capture_output=True, text=True, timeout=300)
+
+    first = tmp_path / "a.png"
+    r = run(first, "x", "--steps", "4", "--seed", "2", "--vae-decoder", "taesd", "--taesd", str(decoder),
+            "--deep-cache", "3")
+    assert r.returncode == 0, r.stderr
+    params = parse_infotext(read_infotext(first))[2]
+    assert params["VAE Decoder"] == "TAESD" and params["DeepCache interval"] == "3"
+    again = tmp_path / "b.png"
+    r = run(again, "--from", str(first), "--taesd", str(decoder))
+    assert r.returncode == 0 and "differs" not in r.stderr, r.stderr
+    assert read_infotext(again) == read_infotext(first)
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+    r = run(tmp_path / "c.png", "--from", str(first))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "opensd: error: taesd: --vae-decoder taesd needs --taesd FILE_OR_FOLDER "
+        "(taesd_decoder.safetensors / taesdxl_decoder.safetensors, or their folder)"], r.stderr
+
+
+def test_a1111_vae_methods_use_the_tiny_autoencoder_of_the_models_folder(tmp_path, monkeypatch):
+    import base64
+    import io
+    import json
+
+    from fastapi.testclient import TestClient
+    from server_live import BASE, models_dir
+
+    from opensd.pipeline import tiny_vae
+    from opensd.server.app import create_app
+    from opensd.server.settings import Settings
+
+    models = models_dir(tmp_path)
+    # the tiny random model's latents are 4-channel, as SD 1.x's: let TAESD's files count as its own
+    monkeypatch.setitem(tiny_vae._STEMS, "small", "taesd")
+    request = {"prompt": "a red apple", "steps": 2, "seed": 3, "width": 64, "height": 64,
+               "override_settings": {"sd_model_checkpoint": "tiny.safetensors"}}
+
+    def post(client, route, settings, **extra):
+        body = {**request, **extra, "override_settings": {**request["override_settings"], **settings}}
+        return client.post(f"/sdapi/v1/{route}", json=body)
+
+    with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp_path / "out")), base_url=BASE) as client:
+        r = post(client, "txt2img", {"sd_vae_decode_method": "TAESD"})
+        assert r.status_code == 422 and r.json()["detail"].startswith(
+            "sd_vae_decode_method: TAESD needs the tiny autoencoder's decoder file for this model"), r.text
+        r = post(client, "txt2img", {"sd_vae_decode_method": "Fast"})
+        assert r.status_code == 422 and "is not one of Full, TAESD" in r.json()["detail"]
+    _both_files(models / "VAE-approx")
+    with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp_path / "out")), base_url=BASE) as client:
+        full = post(client, "txt2img", {})
+        fast = post(client, "txt2img", {"sd_vae_decode_method": "TAESD"})
+        init = full.json()["images"][0]
+        i2i = post(client, "img2img", {"sd_vae_encode_method": "TAESD"}, init_images=[init], denoising_strength=0.5)
+        again = post(client, "txt2img", {})  # the setting held for its request only
+    for r in (full, fast, i2i, again):
+        assert r.status_code == 200, r.text
+    texts = [json.loads(r.json()["info"])["infotexts"][0] for r in (full, fast, i2i, again)]
+    assert "VAE Decoder: TAESD" in texts[1] and "VAE Encoder: TAESD" in texts[2]
+    assert "VAE Decoder" not in texts[2] and "TAESD" not in texts[0] + texts[3]
+    assert "override_settings.sd_vae_decode_method" not in json.loads(fast.json()["info"]).get("unsupported_fields", [])
+    pixels = [np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))) for r in (full, fast, again)]
+    assert not np.array_equal(pixels[0], pixels[1]) and np.array_equal(pixels[0], pixels[2])
+
+
+def test_infotext_to_request_sets_the_tiny_autoencoder_settings():
+    from opensd.server.infotext_request import request_from_infotext
+
+    text = "x\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, VAE Encoder: TAESD, VAE Decoder: TAESD"
+    request, notes = request_from_infotext(text, [])
+    assert request["override_settings"]["sd_vae_decode_method"] == "TAESD"
+    assert request["override_settings"]["sd_vae_encode_method"] == "TAESD" and notes == []

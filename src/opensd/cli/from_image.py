@@ -21,7 +21,8 @@ _NOT_SETTINGS = ("Version", "Template", "Negative Template")
 # What the user can pass to bring a recorded thing back.
 _HINTS = {"VAE": "--vae FILE", "VAE hash": "--vae FILE", "TI hashes": "--embeddings-dir FOLDER",
           "Lora hashes": "--loras-dir FOLDER or --lora FILE", "Extra LoRAs": "--loras-dir FOLDER or --lora FILE",
-          "Model hash": "--model FILE", "Refiner": "--refiner FILE (or its name, with a models folder)"}
+          "Model hash": "--model FILE", "Refiner": "--refiner FILE (or its name, with a models folder)",
+          "VAE Decoder": "--taesd FILE_OR_FOLDER", "VAE Encoder": "--taesd FILE_OR_FOLDER"}
 
 
 def apply_infotext(args: argparse.Namespace):
@@ -36,6 +37,9 @@ def apply_infotext(args: argparse.Namespace):
     rec = recorded(prompt, negative, params)
     fill = {"prompt": prompt, "negative": negative}
     fill.update({PARAM_DEST.get(k, k): v for k, v in rec.settings.items()})
+    fill.update(vae_decoder=rec.vae_decoder, vae_encoder=rec.vae_encoder)
+    if not args.compile:  # step caching cannot be combined with --compile
+        fill["deep_cache"] = rec.deep_cache
     if rec.hires is not None:
         fill["hires"] = True
         fill.update({_HIRES_FLAG.get(k, f"hires_{k}"): v for k, v in rec.hires.items()})

@@ -96,10 +96,14 @@ def register(sub) -> None:
                    help="auto (default): CUDA, else MPS, else the CPU")
     d.add_argument("--vae-tiling", action="store_true",
                    help="run the VAE in overlapping tiles (bounded memory); automatic above 1024x1024 pixels")
-    d.add_argument("--vae-decoder", choices=["full", "taesd"], default="full",
+    d.add_argument("--vae-decoder", choices=["full", "taesd"],
                    help="taesd: decode with the tiny autoencoder of --taesd (much faster, fewer details)")
+    d.add_argument("--vae-encoder", choices=["full", "taesd"],
+                   help="taesd: encode init images (img2img, hires fix with an image upscaler) with the tiny "
+                        "autoencoder of --taesd")
     d.add_argument("--taesd", type=Path, metavar="FILE_OR_FOLDER",
-                   help="tiny autoencoder: a taesd/taesdxl decoder file, or a folder holding them (vae_approx)")
+                   help="tiny autoencoder: a taesd/taesdxl decoder or encoder file, or a folder holding them "
+                        "(default: the models folder's VAE-approx / vae_approx)")
     d.add_argument("--memory", choices=["auto", "normal", "medvram", "lowvram"], default="auto",
                    help="GPU memory mode: medvram moves text encoders, UNet and VAE to the GPU in turns, lowvram "
                         "also the UNet block by block; auto (default) chooses from free VRAM (normal on a CPU)")
@@ -275,9 +279,13 @@ def _check_paths(args: argparse.Namespace, folders) -> None:
     if args.deep_cache is not None and (args.deep_cache < 2 or args.compile):
         raise InvalidArgument(f"deep-cache: {args.deep_cache} must be 2 or more" if args.deep_cache < 2 else
                               "deep-cache: cannot be combined with --compile")
-    if args.vae_decoder == "taesd" and args.taesd is None:
-        raise InvalidArgument("taesd: --vae-decoder taesd needs --taesd FILE_OR_FOLDER "
-                              "(taesd_decoder.safetensors / taesdxl_decoder.safetensors, or their folder)")
+    for part in ("decoder", "encoder"):
+        if getattr(args, f"vae_{part}") == "taesd" and args.taesd is None:
+            found = [f for f in folders.folders("vae_approx") if f.is_dir()] if folders.root is not None else []
+            if not found:
+                raise InvalidArgument(f"taesd: --vae-{part} taesd needs --taesd FILE_OR_FOLDER (taesd_{part}."
+                                      f"safetensors / taesdxl_{part}.safetensors, or their folder)")
+            args.taesd = found[0]
     for flag, folder in (("embeddings-dir", args.embeddings_dir), ("loras-dir", args.loras_dir),
                          ("controlnet-dir", args.controlnet_dir)):
         if folder is not None and not folder.is_dir():
@@ -298,7 +306,7 @@ def _use_taesd(pipe, args: argparse.Namespace) -> None:
                               f"taesd: no tiny autoencoder is published for this model's latent space "
                               f"({pipe.config.family})")
     pipe.use_tiny_vae(paths)
-    pipe.vae_decoder = args.vae_decoder
+    pipe.vae_decoder, pipe.vae_encoder = args.vae_decoder or "full", args.vae_encoder or "full"
 
 
 def _loras(args: argparse.Namespace, pipe, from_image: bool) -> list:

@@ -66,3 +66,9 @@ def enable_deep_cache(unet: UNetModel, interval: int = 3, depth: int = 1) -> Dee
     cache = DeepCache(unet, interval, depth)
     unet.forward = cache.forward
     return cache
+
+
+def deep_cache_of(unet) -> DeepCache | None:
+    """The DeepCache that `enable_deep_cache` routed `unet`'s calls through, if any."""
+    owner = getattr(unet.forward, "__self__", None)
+    return owner if isinstance(owner, DeepCache) else None

@@ -20,11 +20,13 @@ from typing import Any
 from ..errors import InvalidArgument
 from ..sampling import names
 from ..upscale import label as upscaler_label
+from ..upscale import latent_mode
 from . import infotext_sampler
 from .infotext import format_infotext, generation_params
 from .params import Params
 
 EXTRA_LORAS = "Extra LoRAs"
+DEEP_CACHE = "DeepCache interval"  # ours: step caching (models/deep_cache.py) has no A1111 key
 # The ControlNet extension's labels (ours -> its).
 CONTROL_RESIZE = {"just resize": "Just Resize", "crop and resize": "Crop and Resize",
                   "resize and fill": "Resize and Fill"}
@@ -54,6 +56,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     if pipe.config.distilled_guidance:  # Forge's key; the shift only when set (the model's own otherwise)
         extra["Distilled CFG Scale"] = pipe.family.default_guidance if p.distilled_guidance is None else p.distilled_guidance
     extra["Shift"] = p.shift
+    extra.update(_speed_params(pipe, img2img or (h is not None and latent_mode(h.upscaler) is None)))
     for i, spec in enumerate(controls):
         extra[f"ControlNet {i}"] = control_unit_text(spec)
     extra.update({"Template": image.info.get("template"), "Negative Template": image.info.get("negative_template")})
@@ -80,6 +83,17 @@ def _sampler_params(p: Params, sampler: str) -> dict[str, Any]:
     if p.noise_seed_delta:
         out["ENSD"] = p.noise_seed_delta
     return out
+
+
+def _speed_params(pipe, encoded: bool) -> dict[str, Any]:
+    """A tiny autoencoder in place of the VAE under A1111's keys ("VAE Encoder"/"VAE Decoder":
+    "TAESD"; the encoder only where an image was encoded), and step caching under ours."""
+    from ..models.deep_cache import deep_cache_of
+
+    cache = deep_cache_of(pipe.family.network(pipe.model))
+    return {"VAE Encoder": "TAESD" if encoded and pipe.vae_encoder == "taesd" else None,
+            "VAE Decoder": "TAESD" if pipe.vae_decoder == "taesd" else None,
+            DEEP_CACHE: cache.interval if cache is not None else None}
 
 
 def _refiner_params(refiner, hires: bool) -> dict[str, Any]:
@@ -184,6 +198,9 @@ class Recorded:
     controls: list[str] = field(default_factory=list)   # "ControlNet N" values, in order
     sampler_options: dict[str, Any] = field(default_factory=dict)
     refiner: dict[str, Any] | None = None   # name, hash, switch_at, hires_pass
+    vae_decoder: str = "full"                # "taesd" when the tiny autoencoder decoded / encoded
+    vae_encoder: str = "full"
+    deep_cache: int | None = None            # the step-caching interval
 
 
 # infotext key -> (Params field, type) for the plain settings
@@ -235,6 +252,9 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
                    "switch_at": value("Refiner switch at", float) if "Refiner switch at" in params else 0.8,
                    "hires_pass": params.get("Hires refiner", "second pass")}
     return Recorded(prompt, negative_prompt, settings, hires, sampler_options=options, refiner=refiner,
+                    vae_decoder=params.get("VAE Decoder", "full").lower(),
+                    vae_encoder=params.get("VAE Encoder", "full").lower(),
+                    deep_cache=value(DEEP_CACHE, int) if DEEP_CACHE in params else None,
                     model=(params.get("Model"), params.get("Model hash")),
                     vae=(params.get("VAE"), params.get("VAE hash")),
                     lora_hashes=_pairs(params.get("Lora hashes", "")),

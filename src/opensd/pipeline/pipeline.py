@@ -65,6 +65,7 @@ class Pipeline:
         # with vae_decoder "taesd" (fast, fewer details) instead of "full".
         self.tiny_vae = None
         self.vae_decoder = "full"
+        self.vae_encoder = "full"  # "taesd": encode (img2img, hires, inpainting) with the tiny encoder
         self._next_preview = 0.0  # monotonic time before which preview() skips the tiny decoder
         self.tokenizer = default_tokenizer()
         alphas = loaded.alphas_cumprod if loaded.alphas_cumprod is not None else scaled_linear_alphas_cumprod()
@@ -476,6 +477,8 @@ class Pipeline:
         vae = self.model.vae
         f = self.config.vae.downscale
         tiling = True if tiles else self.vae_tiling
+        if self.vae_encoder == "taesd":
+            return self._tiny_encode(pixels, tiling, tiles)
 
         def posterior_mean(x):
             return vae.encode(x)[0]
@@ -491,6 +494,13 @@ class Pipeline:
         """Load the tiny autoencoder from these files (find_tiny_vae finds them in model folders)."""
         from .tiny_vae import load_tiny_vae
         self.tiny_vae = load_tiny_vae(paths, self.config, self.device, self.dtype)
+
+    @torch.no_grad()
+    def _tiny_encode(self, pixels: torch.Tensor, tiling: bool | None, tiles) -> torch.Tensor:
+        if self.tiny_vae is None or self.tiny_vae.encoder is None:
+            raise InvalidArgument("vae_encoder: taesd needs a tiny autoencoder encoder file (taesd_encoder, "
+                                  "taesdxl_encoder, ...); none is loaded for this model")
+        return vae_codec.encode(self.tiny_vae.encode, pixels.to(self.device, self.dtype), 8, tiling, tiles).float()
 
     @torch.no_grad()
     def _tiny_decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -14,11 +14,15 @@ override_settings) change in its job, as A1111 applies them:
 - sd_lora: appends <lora:name:extra_networks_default_multiplier> unless the prompt names it;
   `disable_extra_networks` removes every <lora:...> tag and adds none;
 - tiling (unless the request's `tiling`);
+- sd_vae_decode_method / sd_vae_encode_method "TAESD": the model's tiny autoencoder (its files in
+  the models folder's VAE-approx or vae_approx) decodes / encodes instead of the VAE; without the
+  file the request is refused in one line naming the setting;
 - samples_format, jpeg_quality, webp_lossless, outdir_samples / outdir_txt2img_samples /
   outdir_img2img_samples: how and where the images are saved (and the format they are returned in).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import InvalidArgument
@@ -59,6 +63,33 @@ def noise_seed_delta(sampler: str, options: dict, opts: dict) -> int:
         return 0
     eta = options.get("eta", options_of(sampler)["eta"])
     return opts["eta_noise_seed_delta"] if eta else 0
+
+
+# pipeline attribute -> the A1111 setting that sets it to "taesd"
+TINY_SETTINGS = {"vae_decoder": "sd_vae_decode_method", "vae_encoder": "sd_vae_encode_method"}
+
+
+def vae_methods(opts: dict) -> dict:
+    """The job's kwargs for A1111's TAESD settings (taken out again by `tiny_autoencoder`)."""
+    return {name: "taesd" for name, setting in TINY_SETTINGS.items() if opts[setting].lower() == "taesd"}
+
+
+@contextmanager
+def tiny_autoencoder(pipe, kw: dict):
+    """Within: `pipe` decodes/encodes as the job's kwargs `kw` say (taken out of them); the tiny
+    autoencoder's part must be loaded for that (ModelCache loads it from vae_approx)."""
+    wanted = {name: kw.pop(name) for name in TINY_SETTINGS if name in kw}
+    for name in wanted:
+        part = name.removeprefix("vae_")
+        if pipe.tiny_vae is None or getattr(pipe.tiny_vae, part) is None:
+            raise InvalidArgument(f"{TINY_SETTINGS[name]}: TAESD needs the tiny autoencoder's {part} file for this "
+                                  f"model (taesd_{part}, taesdxl_{part}, ...) in the models folder's VAE-approx or "
+                                  "vae_approx folder; none was found")
+    pipe.vae_decoder, pipe.vae_encoder = wanted.get("vae_decoder", "full"), wanted.get("vae_encoder", "full")
+    try:
+        yield
+    finally:
+        pipe.vae_decoder = pipe.vae_encoder = "full"
 
 
 def vae_path(folders, opts: dict, model_path: Path, where: str = "sd_vae") -> Path | None:

@@ -153,6 +153,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "randn_source": ("GPU", "CPU", "NV"),
     "uni_pc_variant": ("bh1", "bh2", "vary_coeff"),
     "live_previews_image_format": ("jpeg", "png", "webp"),
+    "sd_vae_encode_method": ("Full", "TAESD"),
+    "sd_vae_decode_method": ("Full", "TAESD"),
 }
 
 # Numeric settings with the ranges of A1111's sliders that opensd acts on.

@@ -75,6 +75,7 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     clip = opts["CLIP_stop_at_last_layers"]
     kw["clip_skip"] = clip if clip > 1 else None
     kw["tiling"] = req.tiling if req.tiling is not None else opts["tiling"]
+    kw.update(a1111_apply.vae_methods(opts))
     options = a1111_apply.sampler_options(sampler, req, opts)
     if options:
         kw["sampler_options"] = options
@@ -154,10 +155,16 @@ def made_fields(made: Batch) -> dict:
 def generate(state, p: dict, req, ctl, init=None) -> Batch:
     """Run the generation the payload `p` and request `req` describe (`init`: an img2img image instead
     of the request's); stops early, keeping what is done, when the job is interrupted."""
-    mode, kw = p["mode"], dict(p["kwargs"])
+    kw = dict(p["kwargs"])
+    pipe = state.cache.get(Path(p["model_path"]), Path(p["vae_path"]) if p.get("vae_path") else None)
+    with a1111_apply.tiny_autoencoder(pipe, kw):
+        return _generate(state, p, req, ctl, init, pipe, kw)
+
+
+def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
+    mode = p["mode"]
     path = Path(p["model_path"])
     vae = Path(p["vae_path"]) if p.get("vae_path") else None
-    pipe = state.cache.get(path, vae)
     refiner = a1111_refiner.load(state, p.get("refiner"), (path, vae))
     if refiner is not None:
         kw["refiner"] = refiner

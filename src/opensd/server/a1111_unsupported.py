@@ -71,8 +71,6 @@ SETTINGS: dict[str, str] = {
     "hypertile_enable_unet": _HYPERTILE,
     "hypertile_enable_unet_secondpass": _HYPERTILE,
     "hypertile_enable_vae": _HYPERTILE,
-    "sd_vae_encode_method": "only the full VAE is implemented",
-    "sd_vae_decode_method": "only the full VAE is implemented",
     "beta_dist_alpha": "not implemented; the Beta schedule uses 0.6",
     "beta_dist_beta": "not implemented; the Beta schedule uses 0.6",
     "enable_pnginfo": "not implemented; images always carry their infotext",

@@ -16,7 +16,9 @@ _FIELDS = {
 }
 # Keys that need no field: what they record is in the prompt (LoRA/TI tags) or handled below.
 _KNOWN = {"Size", "Hires resize", "Model", "Model hash", "VAE", "VAE hash", "Clip skip", "Version",
-          "Lora hashes", "TI hashes"}
+          "Lora hashes", "TI hashes", "VAE Decoder", "VAE Encoder"}
+# infotext key -> the A1111 setting it records (A1111 reads these back as override settings)
+_SETTINGS = {"VAE Decoder": "sd_vae_decode_method", "VAE Encoder": "sd_vae_encode_method"}
 
 
 def request_from_infotext(text: str, checkpoints: list[tuple[str, str | None]]) -> tuple[dict, list[str]]:
@@ -47,6 +49,7 @@ def request_from_infotext(text: str, checkpoints: list[tuple[str, str | None]]) 
         notes.append(f"Model: {params.get('Model', '')} [{params.get('Model hash', '')}] is not in the models "
                      "folder; the current model is used")
     overrides["sd_vae"] = params.get("VAE", "None")  # no VAE recorded: the checkpoint's own
+    overrides.update({setting: params[key] for key, setting in _SETTINGS.items() if key in params})
     request["override_settings"] = overrides
     unknown = sorted(k for k in params if k not in _FIELDS and k not in _KNOWN)
     if unknown:
