@@ -122,3 +122,31 @@ def test_sd3_nodes_refuse_a_flux_clip_in_one_line(env):
         "clip": ["12", 0], "clip_l": "a", "clip_g": "a", "t5xxl": "a", "empty_padding": "none"}}})
     with pytest.raises(NodeError, match="clip: this node encodes for SD3 models; this CLIP is for Flux.1"):
         execute(graph, ctx)
+
+
+def test_gguf_network_in_the_models_folder(env):
+    """city96's UnetLoaderGGUF lists unet/ and diffusion_models/ .gguf files and runs a Q8_0 network as
+    UNETLoader runs the same weights dequantised; `opensd generate -m x.gguf` finds its text
+    encoders and VAE in the models folder as for a safetensors network."""
+    import gguf
+    from opensd.checkpoints.files import read_state_dict, save_safetensors
+    from opensd.pipeline.pipeline import load
+    from opensd.workflows import object_info
+    from test_stored_weights import write_gguf
+    ctx, _, tmp = env
+    models = tmp / "models"
+    (models / "unet").mkdir(exist_ok=True)
+    sd = read_state_dict(models / "diffusion_models" / "flux1.safetensors")
+    held = write_gguf(models / "unet" / "flux1-Q8_0.gguf", sd, gguf.GGMLQuantizationType.Q8_0, META_FLUX, "flux")
+    save_safetensors(held, models / "diffusion_models" / "flux1_dequantised.safetensors", META_FLUX)
+    info = object_info(ctx, "UnetLoaderGGUF")["UnetLoaderGGUF"]
+    assert info["input"]["required"]["unet_name"] == [["flux1-Q8_0.gguf"]]
+    graph = _flux_graph(flux_encode_inputs(PROMPT))
+    plain = _run(ctx, {**graph, "11": {"class_type": "UNETLoader", "inputs": {
+        "unet_name": "flux1_dequantised.safetensors", "weight_dtype": "default"}}})
+    quantised = _run(ctx, {**graph, "11": {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": "flux1-Q8_0.gguf"}}})
+    assert np.abs(plain.astype(int) - quantised.astype(int)).max() <= 1 and plain.std() > 1
+    kw = dict(steps=2, seed=SEED, width=SIZE, height=SIZE)
+    a = load(models / "unet" / "flux1-Q8_0.gguf", precision="fp32", device="cpu").txt2img(PROMPT, **kw)[0]
+    b = load(models / "diffusion_models" / "flux1_dequantised.safetensors", precision="fp32", device="cpu")
+    assert np.abs(np.asarray(a, int) - np.asarray(b.txt2img(PROMPT, **kw)[0], int)).max() <= 1

@@ -84,9 +84,11 @@ def _slot(module: nn.Module) -> tuple[nn.Parameter, slice | None]:
     """The parameter a patch changes, and its rows when the module is a part of a fused one."""
     if isinstance(module, FusedQKVPart):
         return module.attn.in_proj_weight, module.rows
-    if isinstance(module, RowSlice):
-        return module.fused_weight, module.rows
-    return module.weight, None
+    param, rows = (module.fused_weight, module.rows) if isinstance(module, RowSlice) else (module.weight, None)
+    if not param.is_floating_point():  # GGUF blocks (models.stored_weights.StoredLinear)
+        raise InvalidArgument("lora: this model's weights are GGUF-quantised; LoRAs patch float and fp8 weights "
+                              "only (use a safetensors copy of the model)")
+    return param, rows
 
 
 def _target_shape(module: nn.Module) -> torch.Size:

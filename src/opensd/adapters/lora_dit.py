@@ -21,6 +21,7 @@ from torch import nn
 
 from ..checkpoints.keymap_clip import clip_to_transformers
 from ..checkpoints.keymap_dit import Row
+from ..models.stored_weights import StoredLinear
 from .lora_keys import LoraModule
 
 
@@ -58,7 +59,7 @@ def network_modules(network: nn.Module, rows: list[Row]) -> list[LoraModule]:
             continue
         path = row.original[: -len(".weight")]
         module = network.get_submodule(path)
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, (nn.Linear, StoredLinear)):  # float8/GGUF-stored Linears too
             continue
         kohya = "lora_unet_" + path.replace(".", "_")
         parts = [d[: -len(".weight")] for d in row.diffusers]

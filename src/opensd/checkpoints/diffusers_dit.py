@@ -90,10 +90,10 @@ def _component(folder: Path, kind: str, j: dict, metadata: dict[str, str]) -> di
         metadata[DD.META_HEAD_DIM] = str(j.get("attention_head_dim", 64 if kind == "sd3" else 128))
         if kind == "sd3":
             cfg = DD.mmdit_config_diffusers(shapes, "", metadata, str(folder))
-            return {DD.NET + k: v for k, v in mmdit_from_diffusers(sd, cfg).items()}
+            return {DD.NET + k: v for k, v in mmdit_from_diffusers(sd, cfg, lazy=True).items()}
         metadata[DD.META_AXES] = ",".join(str(a) for a in j.get("axes_dims_rope", (16, 56, 56)))
         cfg = DD.flux_config_diffusers(shapes, "", metadata, str(folder))
-        return {DD.NET + k: v for k, v in flux_from_diffusers(sd, cfg).items()}
+        return {DD.NET + k: v for k, v in flux_from_diffusers(sd, cfg, lazy=True).items()}
     if kind == "vae":
         vae = vae_config(j)
         metadata[D.META_SCALING] = str(vae.scaling_factor)

@@ -11,6 +11,7 @@ Which format a file is in is decided by its first bytes, never by its extension.
   friends) is mapped onto inert placeholder classes, which take any arguments and do nothing.
   Anything else the pickle asks for is refused; we never fall back to ``weights_only=False``.
   That side lives in :mod:`opensd.checkpoints.safe_pickle`.
+* GGUF (quantised diffusion models): :mod:`opensd.checkpoints.gguf_files`.
 
 Every failure is a :class:`~opensd.errors.CheckpointError` naming the file and the problem.
 """
@@ -31,6 +32,7 @@ import torch
 from opensd.atomic import atomic_write
 from opensd.errors import CheckpointError, InvalidArgument
 
+from .gguf_files import MAGIC as GGUF_MAGIC, read_gguf
 from .safe_pickle import first_line, load_torch
 from .tensor_checks import check_tensor
 
@@ -44,7 +46,7 @@ __all__ = [
     "SAFETENSORS_HEADER_CAP",
 ]
 
-Format = Literal["safetensors", "torch-zip", "torch-legacy"]
+Format = Literal["safetensors", "torch-zip", "torch-legacy", "gguf"]
 
 # A real header is a few hundred KiB even for SDXL; anything past this is damage or an attack.
 SAFETENSORS_HEADER_CAP = 100 * 1024 * 1024
@@ -132,6 +134,8 @@ def _classify_head(head: bytes) -> Format | None:
         return "torch-zip"
     if head[:1] == bytes([_PICKLE_PROTO]):
         return "torch-legacy"
+    if head[:4] == GGUF_MAGIC:
+        return "gguf"
     return None
 
 
@@ -145,7 +149,7 @@ def _describe_unknown(head: bytes, size: int) -> str:
     shown = " ".join(f"{b:02x}" for b in head[:8])
     return (
         f"not a weight file we can read: it starts with bytes [{shown}] ({size} bytes in all), which is "
-        "neither a safetensors header, a PyTorch zip checkpoint nor a PyTorch pickle"
+        "neither a safetensors header, a GGUF file, a PyTorch zip checkpoint nor a PyTorch pickle"
     )
 
 
@@ -351,13 +355,23 @@ def _as_device(device) -> torch.device:
         raise InvalidArgument(f"device: {device!r} is not a valid torch device") from None
 
 
-def read_state_dict(path, device="cpu") -> dict[str, torch.Tensor]:
-    """Read any supported weight file into a flat ``{name: tensor}`` dict on ``device``."""
+def read_state_dict(path, device="cpu", keep_quantized: bool = False) -> dict[str, torch.Tensor]:
+    """Read any supported weight file into a flat ``{name: tensor}`` dict on ``device``.
+
+    A GGUF file's quantised tensors come as their blocks (``Quantized``, unpacked per layer when the
+    model runs) for the model loaders, which say `keep_quantized`; any other reader refuses them."""
     path = Path(path)
     dev = _as_device(device)
     fmt = sniff_format(path)
     if fmt == "safetensors":
         return _load_safetensors(path, dev)
+    if fmt == "gguf":
+        sd = read_gguf(path)[0]
+        kinds = sorted({v.kind for v in sd.values() if not isinstance(v, torch.Tensor)})
+        if kinds and not keep_quantized:
+            raise CheckpointError(path, f"is a quantised GGUF file ({', '.join(kinds)}): only diffusion models are "
+                                        "read from those (a model, or UNETLoader / UnetLoaderGGUF)")
+        return {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in sd.items()}
     if path.suffix.lower() == ".safetensors":
         # The name promises a format that cannot run code; a pickle behind it is mislabelled at
         # best and disguised at worst, so it is not unpickled even by the restricted loader.
@@ -369,9 +383,12 @@ def read_state_dict(path, device="cpu") -> dict[str, torch.Tensor]:
 
 
 def read_metadata(path) -> dict[str, str]:
-    """The safetensors ``__metadata__`` map; ``{}`` for other formats (which have none)."""
+    """The safetensors ``__metadata__`` map, a GGUF file's text entries; ``{}`` for other formats."""
     path = Path(path)
-    if sniff_format(path) != "safetensors":
+    fmt = sniff_format(path)
+    if fmt == "gguf":
+        return read_gguf(path)[1]
+    if fmt != "safetensors":
         return {}
     return read_safetensors_header(path)[1]
 

@@ -57,8 +57,8 @@ def flux_rows(cfg: FluxConfig) -> list[Row]:
     return rows
 
 
-def flux_from_diffusers(sd: dict[str, Tensor], cfg: FluxConfig) -> dict[str, Tensor]:
-    return from_diffusers(sd, flux_rows(cfg), "Flux")
+def flux_from_diffusers(sd: dict[str, Tensor], cfg: FluxConfig, lazy: bool = False) -> dict[str, Tensor]:
+    return from_diffusers(sd, flux_rows(cfg), "Flux", lazy)
 
 
 def flux_to_diffusers(sd: dict[str, Tensor], cfg: FluxConfig) -> dict[str, Tensor]:

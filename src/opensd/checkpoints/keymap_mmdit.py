@@ -51,8 +51,8 @@ def mmdit_rows(cfg: MMDiTConfig) -> list[Row]:
     return rows
 
 
-def mmdit_from_diffusers(sd: dict[str, Tensor], cfg: MMDiTConfig) -> dict[str, Tensor]:
-    return from_diffusers(sd, mmdit_rows(cfg), "MMDiT")
+def mmdit_from_diffusers(sd: dict[str, Tensor], cfg: MMDiTConfig, lazy: bool = False) -> dict[str, Tensor]:
+    return from_diffusers(sd, mmdit_rows(cfg), "MMDiT", lazy)
 
 
 def mmdit_to_diffusers(sd: dict[str, Tensor], cfg: MMDiTConfig) -> dict[str, Tensor]:

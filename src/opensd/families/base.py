@@ -8,7 +8,7 @@ A family answers:
   folders map (`read_folder`), text encoders in files of their own (`encoder_tensors`), what a
   model must still be given (`check_complete`), how the whole model is built (`build`: a module
   whose state-dict keys are the original single file's), what dtype each weight is kept in
-  (`weight_dtype`);
+  (`weight_dtype`) and which float8/GGUF-stored Linears stay stored (`keeps_stored`);
 * the network: the denoising module (`network`) and how it is called (`net_fn`: x, the network's
   time, context, pooled vector, ControlNet residuals), what wraps a sampling run (`running`);
 * sampling: what it predicts and how time is fed (`sampling`: a ModelSampling for eps/v over
@@ -90,6 +90,12 @@ class Family:
 
     def weight_dtype(self, key: str, dtype: torch.dtype, vae_dtype: torch.dtype) -> torch.dtype:
         return vae_dtype if key.startswith("first_stage_model.") else dtype
+
+    def keeps_stored(self, key: str) -> bool:
+        """Whether the Linear weight `key`, stored in float8 or GGUF blocks, may stay so and be
+        unpacked per call (models/stored_weights.py); otherwise it is unpacked on load. False
+        where a network reads its Linear weights other than by calling them (the UNet)."""
+        return False
 
     def finish(self, loaded, explicit_prediction) -> None:
         """Anything decided after the weights are in (SD2's eps/v guess)."""

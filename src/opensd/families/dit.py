@@ -148,6 +148,9 @@ class DiTFamily(Family):
             return torch.bfloat16  # T5-XXL's activations overflow fp16
         return super().weight_dtype(key, dtype, vae_dtype)
 
+    def keeps_stored(self, key: str) -> bool:
+        return not key.startswith(D.VAE)  # the networks and text encoders only call their Linears
+
     # --- the network and prompts --------------------------------------------------------------
 
     def network(self, model: nn.Module) -> nn.Module:
@@ -171,6 +174,11 @@ class DiTFamily(Family):
 
     # family specifics: network_config(_diffusers), from_diffusers, make_config, build, net_fn,
     # sampling, pooled_width, context_width
+
+
+def compute_dtype(network: nn.Module) -> torch.dtype:
+    """The dtype a network computes in: its parameters' (weights kept stored are buffers)."""
+    return next(p.dtype for p in network.parameters() if p.is_floating_point())
 
 
 def _has_encoder(shapes, name: str) -> bool:

@@ -13,7 +13,7 @@ from ..checkpoints.keymap_flux import flux_from_diffusers, flux_rows
 from ..models.config_dit import FLUX_DEV, FLUX_VAE, FluxModelConfig
 from ..models.dit_models import FluxModel
 from ..sampling.flow import FlowSampling, flux_mu
-from .dit import DiTFamily
+from .dit import DiTFamily, compute_dtype
 
 COMFY_SHIFT = 1.15  # ComfyUI's Flux dev default: the largest shift, whatever the size
 
@@ -44,7 +44,7 @@ class FluxFamily(DiTFamily):
         return super().detect(shapes, metadata, path, prediction)
 
     def from_diffusers(self, net, cfg):
-        return flux_from_diffusers(net, cfg.flux)
+        return flux_from_diffusers(net, cfg.flux, lazy=True)
 
     def key_rows(self, cfg):
         return flux_rows(cfg.flux)
@@ -58,10 +58,11 @@ class FluxFamily(DiTFamily):
     def net_fn(self, model: FluxModel, guidance=None):
         flux = model.network
         scale = self.default_guidance if guidance is None else guidance
+        dtype = compute_dtype(flux)
 
         def call(x, t, context, y, control=None):
             g = torch.full((len(x),), float(scale), device=x.device) if flux.cfg.guidance_embed else None
-            return flux(x, t, context, y, g)
+            return flux(x.to(dtype), t, context.to(dtype), y.to(dtype), g)
 
         return call
 

@@ -8,7 +8,7 @@ from ..checkpoints.keymap_mmdit import mmdit_from_diffusers, mmdit_rows
 from ..models.config_dit import SD3_MEDIUM, SD3_VAE, SD3ModelConfig
 from ..models.dit_models import SD3Model
 from ..sampling.flow import FlowSampling
-from .dit import DiTFamily
+from .dit import DiTFamily, compute_dtype
 
 
 class SD3Family(DiTFamily):
@@ -28,7 +28,7 @@ class SD3Family(DiTFamily):
     network_config_diffusers = staticmethod(DD.mmdit_config_diffusers)
 
     def from_diffusers(self, net, cfg):
-        return mmdit_from_diffusers(net, cfg.mmdit)
+        return mmdit_from_diffusers(net, cfg.mmdit, lazy=True)
 
     def key_rows(self, cfg):
         return mmdit_rows(cfg.mmdit)
@@ -42,9 +42,10 @@ class SD3Family(DiTFamily):
 
     def net_fn(self, model: SD3Model, guidance=None):
         mmdit = model.network
+        dtype = compute_dtype(mmdit)
 
         def call(x, t, context, y, control=None):
-            return mmdit(x, t, context, y)
+            return mmdit(x.to(dtype), t, context.to(dtype), y.to(dtype))
 
         return call
 

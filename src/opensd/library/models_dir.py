@@ -21,6 +21,7 @@ LAYOUT = {
     "controlnet": ("ControlNet", "controlnet"),
     # ComfyUI's folders for model parts and LDM configs (its loaders' "unet", "clip", "configs")
     "unet": ("unet", "diffusion_models"),
+    "unet_gguf": ("unet", "diffusion_models"),  # city96's ComfyUI-GGUF lists the .gguf files there apart
     "clip": ("clip", "text_encoders"),
     "configs": ("configs",),
     # upscaler models (ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, ...): A1111 keeps one folder per family
@@ -29,7 +30,7 @@ LAYOUT = {
     "vae_approx": ("VAE-approx", "vae_approx"),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-SUFFIXES = {"configs": (".yaml",)}  # kinds whose files are not weights
+SUFFIXES = {"configs": (".yaml",), "unet_gguf": (".gguf",)}  # kinds whose files are not those above
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "builtin"
 BUILTIN_CHECKPOINT = BUILTIN_DIR / "opensd-emoji.safetensors"
 BUILTIN_FOLDERS = {"controlnet": BUILTIN_DIR / "controlnet"}  # the built-in model's Canny ControlNet

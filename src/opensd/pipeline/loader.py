@@ -26,6 +26,7 @@ from ..checkpoints.reader import declared_vae_scaling, fix_vae
 from ..errors import CheckpointError
 from ..families.base import Family
 from ..models import config as C
+from .weights import assign
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def read_model(path: Path, prediction: C.Prediction | None = None
         except ValueError as e:
             raise CheckpointError(path, str(e)) from None
     else:
-        sd, metadata = read_state_dict(path), read_metadata(path)
+        sd, metadata = read_state_dict(path, keep_quantized=True), read_metadata(path)
     sd = fix_vae(sd)
     found, cfg = families.detect({k: tuple(v.shape) for k, v in sd.items()}, metadata, str(path), prediction)
     return found, found.canonical(sd, cfg), metadata, cfg
@@ -120,7 +121,8 @@ def read_model(path: Path, prediction: C.Prediction | None = None
 
 def build(cfg, sd: dict[str, torch.Tensor], path, dtype, device,
           vae_dtype: torch.dtype | None = None) -> tuple[nn.Module, list[str]]:
-    """Instantiate on the meta device and assign the file's tensors: no random init, no double copy."""
+    """Instantiate on the meta device and move the file's tensors in one at a time (weights.assign,
+    which takes them out of `sd`): no random init, no double copy."""
     family = families.family_of(cfg)
     with torch.device("meta"):
         model = family.build(cfg)
@@ -139,8 +141,7 @@ def build(cfg, sd: dict[str, torch.Tensor], path, dtype, device,
         log.warning("%s: %d keys not used by a %s model, e.g. %s", path, len(unknown), cfg.family,
                     ", ".join(unknown[:3]))
     vae_dtype = vae_dtype or dtype
-    tensors = {k: _to(sd[k], family.weight_dtype(k, dtype, vae_dtype), device) for k in expected}
-    model.load_state_dict(tensors, strict=True, assign=True)
+    assign(model, sd, list(expected), lambda k: family.weight_dtype(k, dtype, vae_dtype), device, family.keeps_stored)
     leftover = [n for n, b in model.named_buffers() if b.is_meta]
     if leftover:  # a model registered a buffer that is not in the file: a bug in models/, not the file
         raise RuntimeError(f"buffers left uninitialised after loading: {leftover[:3]}")
@@ -204,12 +205,6 @@ def _with_vae_of(cfg: C.ModelConfig, sd, vae_path, declared: float | None) -> C.
                     "are another space, so images will likely come out wrong; use a VAE made for this model",
                     vae_path, _named_scaling(declared), _named_scaling(old.scaling_factor))
     return replace(cfg, vae=replace(new, scaling_factor=old.scaling_factor, shift_factor=old.shift_factor))
-
-
-def _to(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
-    if t.is_floating_point():
-        return t.to(device=device, dtype=dtype)
-    return t.to(device=device)
 
 
 def _sidecar_prediction(path: Path) -> C.Prediction | None:

@@ -36,6 +36,7 @@ from .device import resolve_device
 from .precision import choose_precision
 from .loader import LoadedModel, read_vae
 from .pipeline import Pipeline
+from .weights import assign
 
 
 def _pipeline(path: Path, cfg: C.ModelConfig, part: dict[str, torch.Tensor], prefixes: tuple[str, ...], device,
@@ -54,9 +55,7 @@ def _pipeline(path: Path, cfg: C.ModelConfig, part: dict[str, torch.Tensor], pre
              if tuple(part[k].shape) != tuple(v.shape)]
     if wrong:
         raise CheckpointError(path, f"{len(wrong)} weights have unexpected shapes, e.g. {wrong[0]}")
-    tensors = {k: part[k].to(device, family.weight_dtype(k, dtype, dtype)) if part[k].is_floating_point()
-               else part[k].to(device) for k in wanted}
-    model.load_state_dict(tensors, strict=False, assign=True)
+    assign(model, part, list(wanted), lambda k: family.weight_dtype(k, dtype, dtype), device, family.keeps_stored)
     loaded = LoadedModel(path, cfg, model.eval().requires_grad_(False), alphas, part_paths=list(paths))
     if paths:
         family.finish(loaded, None)
@@ -79,7 +78,7 @@ def load_vae(path, device: str | None = None, precision: str = "fp32") -> Pipeli
 
 def load_unet(path, device: str | None = None, precision: str = "fp32") -> Pipeline:
     path = Path(path)
-    sd, metadata = read_state_dict(path), read_metadata(path)
+    sd, metadata = read_state_dict(path, keep_quantized=True), read_metadata(path)
     try:
         family, cfg = families.detect({k: tuple(v.shape) for k, v in sd.items()}, metadata, str(path))
     except CheckpointError:

@@ -84,6 +84,18 @@ register(NodeDef(
     ("MODEL",), category="advanced/loaders", display_name="Load Diffusion Model"))
 
 
+def unet_loader_gguf(call, unet_name):
+    """city96's ComfyUI-GGUF node: a .gguf network from unet/ or diffusion_models/, its quantised
+    Linears unpacked per layer as they run."""
+    path = call.ctx.folders.resolve("unet_gguf", unet_name)
+    return (ModelRef(parts.load_unet(path, **_where(call.ctx)), unet_name),)
+
+
+register(NodeDef(
+    "UnetLoaderGGUF", unet_loader_gguf, {"unet_name": (Choices("unet_gguf"), {})}, ("MODEL",), category="bootleg",
+    display_name="Unet Loader (GGUF)", module="custom_nodes.ComfyUI-GGUF"))
+
+
 CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio"]
 DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux"]
 

@@ -1,0 +1,78 @@
+"""Weights kept as a file stores them and unpacked one layer at a time, when the layer runs.
+
+A Flux-dev network is 24 GB in bf16 and 12 GB in fp8 or Q8_0 (7 GB in Q4_K): upcasting such a
+file on load would take back the memory it was made to save, so a Linear whose weight is stored in
+float8 (e4m3fn, e5m2) or GGML blocks (GGUF) becomes a StoredLinear, which casts or dequantises its
+weight into the input's dtype on each call. The cost is one layer's weight in the compute dtype at
+a time, and the cast at every call (small next to the matrix product on a GPU; on a CPU an fp8
+cast runs at memory speed). Other tensors (biases, norms, convolutions, embeddings) are few and
+small and are upcast when loaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ggml_quants import dequantize, type_name
+
+FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+@dataclass(frozen=True, eq=False)
+class Quantized:
+    """A GGML-quantised tensor as a GGUF file holds it: rows of blocks (uint8) and its real shape."""
+    data: torch.Tensor
+    qtype: int
+    shape: torch.Size
+
+    def dequantize(self, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+        data = self.data if device is None else self.data.to(device)
+        return dequantize(data, self.qtype, tuple(self.shape), dtype)
+
+    @property
+    def kind(self) -> str:
+        return type_name(self.qtype)
+
+
+def is_stored(t) -> bool:
+    """Whether `t` holds weights that are unpacked before use (GGML blocks, float8)."""
+    return isinstance(t, Quantized) or (isinstance(t, torch.Tensor) and t.dtype in FLOAT8)
+
+
+def unpack(t, dtype: torch.dtype, device) -> torch.Tensor:
+    """A stored tensor in `dtype` on `device`, for a module that keeps plain weights."""
+    if isinstance(t, Quantized):
+        return t.dequantize(dtype, device)
+    return t.to(device=device, dtype=dtype)
+
+
+class StoredLinear(nn.Module):
+    """nn.Linear's computation with the weight kept as stored: `weight` is a buffer holding the
+    float8 tensor or the GGML blocks (so the state-dict keys stay `weight` and `bias`)."""
+
+    def __init__(self, linear: nn.Linear, stored, device):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.qtype = stored.qtype if isinstance(stored, Quantized) else None
+        self.register_buffer("weight", (stored.data if isinstance(stored, Quantized) else stored).to(device))
+        self.bias = linear.bias
+
+    @property
+    def kind(self) -> str:
+        """What the weight is stored as: "float8_e4m3fn", "Q4_K", ..."""
+        return str(self.weight.dtype).removeprefix("torch.") if self.qtype is None else type_name(self.qtype)
+
+    def unpacked(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.qtype is None:
+            return self.weight.to(dtype)
+        return dequantize(self.weight, self.qtype, (self.out_features, self.in_features), dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.unpacked(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, stored as {self.kind}"
