@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 
 import numpy as np
@@ -45,7 +46,7 @@ def _pixels(image) -> np.ndarray:
     return np.asarray(image.convert("RGB")).astype(int)
 
 
-def test_cli_generates_sd3_with_its_shift(env, tmp_path):
+def test_cli_generates_sd3_with_its_shift(env, tmp_path, capsys):
     models, sd3, _ = env
     out = tmp_path / "sd3.png"
     assert main(["generate", "a photo of a cat", "-m", str(models / "Stable-diffusion" / "sd3.safetensors"),
@@ -53,6 +54,7 @@ def test_cli_generates_sd3_with_its_shift(env, tmp_path):
     want = sd3.txt2img("a photo of a cat", "blurry", steps=2, seed=3, cfg=4, shift=2.5, width=SIZE, height=SIZE)[0]
     assert np.abs(_pixels(Image.open(out)) - _pixels(want)).max() <= 1
     assert "Shift: 2.5" in read_infotext(out) and "CFG scale: 4" in read_infotext(out)
+    assert re.search(r"^opensd: peak memory \d+\.\d\d GiB \(RAM, resident\)$", capsys.readouterr().err, re.M)
 
 
 def test_cli_and_a1111_api_generate_flux_from_a_forge_models_folder(env, tmp_path):
@@ -73,4 +75,6 @@ def test_cli_and_a1111_api_generate_flux_from_a_forge_models_folder(env, tmp_pat
     assert r.status_code == 200, r.text
     image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
     assert np.abs(_pixels(image) - _pixels(want)).max() <= 1
-    assert "Distilled CFG Scale: 2" in json.loads(r.json()["info"])["infotexts"][0]
+    info = json.loads(r.json()["info"])
+    assert "Distilled CFG Scale: 2" in info["infotexts"][0]
+    assert info["opensd_peak_memory"]["what"] == "RAM, resident" and info["opensd_peak_memory"]["bytes"] > 2 ** 24

@@ -138,3 +138,16 @@ def test_dev_without_a_t5_vocabulary_is_refused_with_where_to_put_it(flux, tmp_p
     (tmp_path / "spiece.model").unlink()
     with pytest.raises(CheckpointError, match="no T5 vocabulary found"):
         load(path, precision="fp32", device="cpu")
+
+
+def test_medvram_sends_the_text_encoders_away_once_the_prompt_is_encoded(flux, tmp_path):
+    """The text encoders (T5-XXL alone is 9 GB in bf16) leave the device before the network comes
+    in, and the image is the same (on the CPU the moves are to the same device: the log says when)."""
+    ours, _, variant = flux
+    if variant != "dev":
+        pytest.skip("one variant is enough")
+    pipe = load(ours.loaded.path, precision="fp32", device="cpu", memory="medvram")
+    kw = dict(steps=2, seed=1, width=32, height=32)
+    image = pipe.txt2img("a photo of a cat", **kw)[0]
+    assert pipe.offload.log[:3] == [("text", "in"), ("text", "out"), ("unet", "in")]
+    assert np.array_equal(np.asarray(image), np.asarray(ours.txt2img("a photo of a cat", **kw)[0]))

@@ -16,6 +16,7 @@ from opensd.models.flux import Flux
 from opensd.models.mmdit import MMDiT
 from opensd.models.stored_weights import StoredLinear
 from opensd.pipeline import parts
+from opensd.pipeline.offload import module_bytes
 from reference import randomize_
 from test_ggml_quants import random_blocks
 
@@ -95,6 +96,8 @@ def test_gguf_network_equals_its_dequantised_weights(tmp_path, family, qtype):
     kinds = stored(ours)
     assert kinds and set(kinds.values()) == {qtype.name}, kinds
     assert not stored(plain)
+    held_bytes = module_bytes(ours.family.network(ours.model))
+    assert held_bytes < 0.3 * module_bytes(plain.family.network(plain.model))  # memory modes count the blocks
     out = run(ours, family)
     torch.testing.assert_close(out, run(plain, family), rtol=1e-5, atol=1e-5)
     if qtype == Q.Q8_0:  # from the float weights: within Q8_0's error

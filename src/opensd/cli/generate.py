@@ -244,6 +244,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         _save(image, out, text)
         print(out)
         print(f"opensd: wrote {out} (seed {seed})", file=sys.stderr)
+    peaks = [image.info["peak_memory"] for image in images if "peak_memory" in image.info]
+    if peaks:  # pipeline/peak_memory.py: resident RAM on a CPU, allocated VRAM on CUDA
+        print(f"opensd: {max(peaks, key=lambda m: m.bytes).line()}", file=sys.stderr)
     return 0
 
 

@@ -33,7 +33,8 @@ def free_memory(device: torch.device) -> int:
 
 
 def module_bytes(*modules: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    """Weights' bytes, buffers included (float8/GGUF-stored Linears keep their weights there)."""
+    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
 
 
 def parts(model) -> dict[str, list[nn.Module]]:

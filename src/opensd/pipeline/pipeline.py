@@ -35,6 +35,7 @@ from .device import resolve_device, resolve_dtype
 from .loader import LoadedModel, load_model
 from .noise import ImageNoise
 from .params import Hires, Params
+from .peak_memory import PeakMemory
 from .refiner import Refiner, switching
 from .precision import Precision, choose_precision
 from .previews import latent_preview
@@ -217,6 +218,14 @@ class Pipeline:
 
     def _generate(self, p: Params, init: Image.Image | None, mask: Image.Image | None,
                   progress: Progress) -> list[Image.Image]:
+        with PeakMemory(self.device) as memory:  # each image's info["peak_memory"]: the faces report it
+            images = self._images(p, init, mask, progress)
+        for image in images:
+            image.info["peak_memory"] = memory.peak
+        return images
+
+    def _images(self, p: Params, init: Image.Image | None, mask: Image.Image | None,
+                progress: Progress) -> list[Image.Image]:
         self._interrupt = False
         self._cond_cache: dict = {}
         self.apply_loras(p.prompt)

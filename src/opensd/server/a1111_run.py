@@ -144,9 +144,12 @@ def made_fields(made: Batch) -> dict:
     """The info fields that come from the images made."""
     prompts = [m.prompt for m in made.made]
     negatives = [m.negative_prompt for m in made.made]
+    peaks = [m.image.info["peak_memory"] for m in made.made if "peak_memory" in m.image.info]
     out = {"all_prompts": prompts, "all_negative_prompts": negatives, "interrupted": made.interrupted,
            "sd_vae_name": made.vae.name if made.vae else None,
-           "sd_vae_hash": model_hash(made.vae) if made.vae else None}
+           "sd_vae_hash": model_hash(made.vae) if made.vae else None,
+           # ours: the run's peak memory (pipeline/peak_memory.py), null when the images came from elsewhere
+           "opensd_peak_memory": max(peaks, key=lambda m: m.bytes).as_json() if peaks else None}
     if prompts:
         out.update(prompt=prompts[0], negative_prompt=negatives[0])
     return out
