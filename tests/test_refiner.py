@@ -115,7 +115,7 @@ def test_first_80_percent_is_the_main_models_trajectory_then_the_refiner(models)
 def test_the_switch_is_a_noise_level_as_in_a1111(models):
     _, base, ref = models
     sigmas = make_sigmas("karras", base.schedule, 12)
-    expected = next(i for i, s in enumerate(sigmas[:-1]) if completed(base.schedule, s) >= 0.6)
+    expected = next(i for i, s in enumerate(sigmas[:-1]) if completed(base.model_sampling(), s) >= 0.6)
     nearest = int(torch.argmin((base.schedule.sigmas - sigmas[expected]).abs()))
     assert 999 - nearest >= 600 and 999 - int(torch.argmin((base.schedule.sigmas - sigmas[expected - 1]).abs())) < 600
     calls = Calls(base, ref)

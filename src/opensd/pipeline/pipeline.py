@@ -351,7 +351,7 @@ class Pipeline:
                 ic = r.inpainting_cond(None, None, width, height) if r.config.inpainting else None
                 return r.denoiser(g, sigmas, ic, p.clip_skip)
 
-            denoise = switching(denoise, refined, self.schedule, refiner.switch_at,
+            denoise = switching(denoise, refined, self.model_sampling(width, height, p.shift), refiner.switch_at,
                                 lambda: setattr(self, "_refined", True))
         if latent_mask is not None:
             inner = denoise

@@ -3,7 +3,8 @@ model and, from the first model evaluation at a low enough noise level on, conti
 model, on the same sigmas, from the same latents.
 
 The switch follows A1111 (sd_samplers_common.apply_refiner): an evaluation at `sigma` counts as
-(999 - t) / 1000 of the way, t being the main model's timestep nearest that sigma, and the refiner
+(999 - t) / 1000 of the way, t being the main model's timestep nearest that sigma (on a flow
+model, SD3 or Flux: 1 - sigma, its time), and the refiner
 takes over when that reaches `switch_at` (0.8: timestep 199 and below). So it is a noise level, not
 a step count: with A1111's default schedules the first 80% of a txt2img run's steps stay on the
 main model, an img2img run of low denoising strength may run on the refiner alone, and a switch
@@ -25,7 +26,6 @@ import torch
 
 from ..errors import InvalidArgument
 from ..sampling.cfg_pp import Guided, with_uncond
-from ..sampling.schedules import DiscreteSchedule
 
 HIRES_PASSES = ("first pass", "second pass", "both passes")
 
@@ -48,6 +48,9 @@ class Refiner:
         """Refuse what cannot work before any sampling: bad settings, another latent space."""
         self.check_settings()
         theirs, mine = self.pipe.config, main.config
+        if self.pipe.family is not main.family:  # SD3 and Flux share latent shapes, not latent spaces
+            raise InvalidArgument(f"refiner: {self.pipe.name} is a {self.pipe.family.label} model and {main.name} a "
+                                  f"{main.family.label} model: a refiner must be of the main model's family")
         if (theirs.latent_channels, theirs.vae.downscale) != (mine.latent_channels, mine.vae.downscale):
             raise InvalidArgument(f"refiner: {self.pipe.name} works on {theirs.latent_channels}-channel latents "
                                   f"at 1/{theirs.vae.downscale} size; the model {main.name} on "
@@ -60,19 +63,23 @@ class Refiner:
         return (hires_pass == 2) == (self.hires_pass == "second pass")
 
 
-def completed(schedule: DiscreteSchedule, sigma: torch.Tensor) -> float:
-    """A1111's completed_ratio of an evaluation at `sigma`: (999 - nearest timestep) / 1000."""
-    t = int(torch.argmin((schedule.sigmas.double() - float(sigma)).abs()))
+def completed(sampling, sigma: torch.Tensor) -> float:
+    """A1111's completed_ratio of an evaluation at `sigma` on the main model's `sampling` (its
+    ModelSampling or FlowSampling): (999 - nearest timestep) / 1000 on a discrete schedule; on a
+    flow model's, whose time runs from 1 to 0 with sigma, 1 - sigma."""
+    if sampling.prediction == "flow":
+        return 1.0 - float(sigma)
+    t = int(torch.argmin((sampling.schedule.sigmas.double() - float(sigma)).abs()))
     return (999 - t) / 1000
 
 
-def switching(main: Callable, refiner: Callable[[], Callable], schedule: DiscreteSchedule, switch_at: float,
+def switching(main: Callable, refiner: Callable[[], Callable], sampling, switch_at: float,
               on_switch: Callable[[], None]) -> Guided:
     """`main`'s estimates until the switch, then those of the denoiser `refiner()` builds (once)."""
     current: list = [main]
 
     def both(x, sigma):
-        if current[0] is main and completed(schedule, sigma) >= switch_at:
+        if current[0] is main and completed(sampling, sigma) >= switch_at:
             current[0] = refiner()
             on_switch()
         return with_uncond(current[0], x, sigma)
