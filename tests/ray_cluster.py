@@ -40,8 +40,9 @@ def local_ray(num_cpus: int):
     """One Ray node in this process's namespace (the driver is this test process)."""
     ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "opensd[ray]")')
     with isolated_network():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, namespace="opensd-test",
-                 _node_ip_address="127.0.0.1")
+        # address="local": always a new node of our own, never a cluster another process on this machine runs
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 namespace="opensd-test", _node_ip_address="127.0.0.1")
         try:
             yield ray
         finally:
