@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from playwright.sync_api import expect
 from PIL import Image
 from ui_browser import browser, live, open_page, wait_for  # noqa: F401 (fixtures)
 
@@ -78,7 +79,9 @@ def test_a_lora_trained_in_the_train_tab_is_picked_in_generate_and_changes_the_i
     page.wait_for_selector("#panel-train .train-progress svg.chart[aria-label*='4 points']")
     page.wait_for_selector("#panel-train .samples img >> nth=1")
     assert page.locator("#panel-train .samples img").evaluate_all("(imgs) => imgs.every((i) => i.complete && i.naturalWidth === 64)")
-    assert "saved as zq-square.safetensors" in page.inner_text("#panel-train .train-progress [role=status]")
+    # the file is written before the job's end reaches the page's next poll: wait for it, do not race it
+    expect(page.locator("#panel-train .train-progress [role=status]")).to_contain_text(
+        "saved as zq-square.safetensors", timeout=30_000)
 
     page.click("#tab-generate")
     for name, value in {"steps": 6, "seed": 11, "width": 64, "height": 64, "cfg_scale": 7}.items():
