@@ -114,6 +114,6 @@ def test_models_lists_the_builtin_checkpoint_and_a_merge_job_joins_the_list(page
     assert merged.is_file()
     page.wait_for_selector("#panel-models section[data-kind=checkpoints] li[data-name='self-merge.safetensors'] "
                            ".pill.family:text('small')")
-    assert "saved" in page.inner_text("#panel-models .progress-card [role=status]")
+    expect(page.locator("#panel-models .progress-card [role=status]")).to_contain_text("saved", timeout=30_000)
     page.click("#tab-generate")  # the model picker lists it too
     page.wait_for_selector("#panel-generate select[name=model] option[value='self-merge.safetensors']", state="attached")
