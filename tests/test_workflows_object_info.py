@@ -1,4 +1,4 @@
-"""/object_info for the nodes issue 22 added, compared with ComfyUI's own definitions (its
+"""/object_info for the nodes issues 22 and 23 added, compared with ComfyUI's own definitions (its
 INPUT_TYPES, RETURN_TYPES/NAMES, CATEGORY, display names and module), transcribed here as JSON:
 the same input names in the same order, types, defaults, bounds and steps (ints stay ints), the
 same outputs. Model and image lists are empty without a context."""
@@ -249,6 +249,27 @@ EXPECTED = {
                        "advanced/loaders", "DualCLIPLoader", "nodes", {}),
     "LoraLoaderModelOnly": ({"model": ["MODEL"], "lora_name": [[]], "strength_model": f(1.0, -100.0, 100.0, 0.01)},
                             ["MODEL"], "loaders", "LoraLoaderModelOnly", "nodes", {}),
+    # SD3 and Flux (issue 23): comfy_extras/nodes_sd3.py, nodes_flux.py, nodes_model_advanced.py
+    "TripleCLIPLoader": ({"clip_name1": [[]], "clip_name2": [[]], "clip_name3": [[]]}, ["CLIP"], "advanced/loaders",
+                         "TripleCLIPLoader", "comfy_extras.nodes_sd3", {}),
+    "EmptySD3LatentImage": ({"width": i(1024, 16, step=16), "height": i(1024, 16, step=16),
+                             "batch_size": i(1, 1, 4096)}, ["LATENT"], "latent/sd3", "EmptySD3LatentImage",
+                            "comfy_extras.nodes_sd3", {}),
+    "CLIPTextEncodeSD3": ({"clip": ["CLIP"], "clip_l": TEXT, "clip_g": TEXT, "t5xxl": TEXT,
+                           "empty_padding": [["none", "empty_prompt"]]}, COND, "advanced/conditioning",
+                          "CLIPTextEncodeSD3", "comfy_extras.nodes_sd3", {}),
+    "CLIPTextEncodeFlux": ({"clip": ["CLIP"], "clip_l": TEXT, "t5xxl": TEXT, "guidance": f(3.5, 0.0, 100.0, 0.1)},
+                           COND, "advanced/conditioning/flux", "CLIPTextEncodeFlux", "comfy_extras.nodes_flux", {}),
+    "FluxGuidance": ({"conditioning": COND, "guidance": f(3.5, 0.0, 100.0, 0.1)}, COND, "advanced/conditioning/flux",
+                     "FluxGuidance", "comfy_extras.nodes_flux", {}),
+    "ModelSamplingSD3": ({"model": ["MODEL"], "shift": f(3.0, 0.0, 100.0, 0.01)}, ["MODEL"], "advanced/model",
+                         "ModelSamplingSD3", "comfy_extras.nodes_model_advanced", {}),
+    "ModelSamplingFlux": ({"model": ["MODEL"], "max_shift": f(1.15, 0.0, 100.0, 0.01),
+                           "base_shift": f(0.5, 0.0, 100.0, 0.01), "width": i(1024, 16, step=8),
+                           "height": i(1024, 16, step=8)}, ["MODEL"], "advanced/model", "ModelSamplingFlux",
+                          "comfy_extras.nodes_model_advanced", {}),
+    # city96's ComfyUI-GGUF (nodes.py): the .gguf files of unet/ and diffusion_models/
+    "UnetLoaderGGUF": ({"unet_name": [[]]}, ["MODEL"], "bootleg", "Unet Loader (GGUF)", "custom_nodes.ComfyUI-GGUF", {}),
 }
 
 
