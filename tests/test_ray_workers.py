@@ -6,9 +6,12 @@ with SIGKILL mid-job costs only that job's progress (it finishes once, on the ot
 node that joins while serving takes jobs."""
 from __future__ import annotations
 
+import copy
+import io
 import json
 import os
 import signal
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +19,8 @@ import httpx
 import pytest
 import torch
 from ray_cluster import local_cluster
-from server_live import LiveServer, models_dir
+from PIL import Image
+from server_live import COMFY_GRAPH, LiveServer, models_dir
 
 from opensd.cli import main
 from opensd.server.settings import Settings
@@ -24,6 +28,15 @@ from opensd.server.store import DONE, INTERRUPTED
 
 BODY = {"prompt": "a smiling cat", "steps": 2, "width": 64, "height": 64}
 TIMEOUT = 180  # generous: two shared cores
+
+
+def _png(size=(64, 64)) -> bytes:
+    buf = io.BytesIO()
+    Image.linear_gradient("L").resize(size).convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+INPUT_PNG = _png()
 
 
 @pytest.fixture(scope="module")
@@ -81,42 +94,133 @@ def images_of(live, job):
     return [(live.settings.outputs_dir / f).read_bytes() for f in job.result["files"]]
 
 
+def comfy_graph(seed, image=None, steps=2):
+    """The default ComfyUI graph at `seed`; with `image`, img2img from that input image (LoadImage) and a
+    PreviewImage beside the SaveImage."""
+    graph = copy.deepcopy(COMFY_GRAPH)
+    graph["3"]["inputs"].update(seed=seed, steps=steps)
+    graph["6"]["inputs"]["text"] = f"emoji number {seed % 5}"
+    if image:
+        del graph["5"]
+        graph["10"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+        graph["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+        graph["3"]["inputs"].update(latent_image=["11", 0], denoise=0.6)
+        graph["12"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+    return graph
+
+
+def prompted(live, graph, client="g"):
+    r = httpx.post(live.url + "/prompt", json={"prompt": graph, "client_id": client}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["prompt_id"]
+
+
+def comfy_files(live, prompt_id):
+    """{(node, kind): bytes} of the files a finished graph's history entry names, read through /view."""
+    entry = httpx.get(f"{live.url}/history/{prompt_id}", timeout=30).json()[prompt_id]
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    out = {}
+    for node, ui in entry["outputs"].items():
+        for k, item in enumerate(ui["images"]):
+            r = httpx.get(live.url + "/view", params=item, timeout=30)
+            assert r.status_code == 200, item
+            out[(node, item["type"], k)] = r.content
+    return out
+
+
+def upload(live, name):
+    r = httpx.post(live.url + "/upload/image", files={"image": (name, INPUT_PNG, "image/png")},
+                   data={"overwrite": "true"}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
 def test_thirty_jobs_from_both_apis_make_the_images_one_machine_makes(served, tmp_path):
-    bodies = [{**BODY, "prompt": f"emoji number {i % 5}", "seed": 100 + i} for i in range(30)]
+    """Interleaved: A1111 /sdapi/v1/txt2img (answered when done), queued /opensd/v1/txt2img and ComfyUI
+    graphs (a third img2img from an uploaded input image, with a preview), all on the two workers."""
+    upload(served, "fox.png")
+    jobs = []
+    for i in range(30):
+        seed = 100 + i
+        if i % 3 == 0:
+            jobs.append(("sdapi", seed, {**BODY, "prompt": f"emoji number {i % 5}", "seed": seed}))
+        elif i % 3 == 1:
+            jobs.append(("queued", seed, {**BODY, "prompt": f"emoji number {i % 5}", "seed": seed}))
+        else:
+            jobs.append(("comfy", seed, comfy_graph(seed, "fox.png" if i % 9 == 2 else None)))
 
-    def a1111(body):
-        r = httpx.post(served.url + "/sdapi/v1/txt2img", json=body, headers={"X-Client-Id": f"a{body['seed'] % 3}"},
-                       timeout=TIMEOUT)
-        assert r.status_code == 200, r.text
-        return body["seed"], r.json()
+    def submit(live, job):
+        api, seed, body = job
+        if api == "sdapi":
+            r = httpx.post(live.url + "/sdapi/v1/txt2img", json=body, headers={"X-Client-Id": f"a{seed % 3}"},
+                           timeout=TIMEOUT)
+            assert r.status_code == 200, r.text
+            return r.json()
+        if api == "queued":
+            return job_done(live, queued(live, body, f"q{seed % 2}"))
+        return job_done(live, prompted(live, body, f"g{seed % 2}"))
 
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(a1111, bodies[:15]))
-    ids = {b["seed"]: queued(served, b, f"q{b['seed'] % 2}") for b in bodies[15:]}
-    jobs = {seed: job_done(served, jid) for seed, jid in ids.items()}
-    assert all(j.status == DONE for j in jobs.values())
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda job: submit(served, job), jobs))
+    assert all(a.status == DONE for (api, _, _), a in zip(jobs, answers) if api != "sdapi")
     ran = {w.name: w.stats.jobs for w in served.state.pool.workers}
     assert sum(ran.values()) >= 30 and sum(1 for n in ran.values() if n) == 2, ran  # both workers worked
+    assert served.state.queue.local.stats.jobs == 0  # nothing ran on the front door
+    graphs = [a for (api, _, _), a in zip(jobs, answers) if api == "comfy"]
+    names = sorted(p.name for p in (served.settings.outputs_dir / "comfy").rglob("*.png"))
+    assert names == [f"ComfyUI_{k:05}_.png" for k in range(1, len(graphs) + 1)]  # each once, numbered here
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each Ray worker runs
     try:
         with LiveServer(Settings(outputs_dir=tmp_path / "one", models_dir=served.settings.models_dir)) as one:
-            reference = {b["seed"]: httpx.post(one.url + "/sdapi/v1/txt2img", json=b, timeout=TIMEOUT).json()
-                         for b in bodies[:15]}
-            ref_jobs = {b["seed"]: job_done(one, queued(one, b)) for b in bodies[15:]}
-            for seed, job in jobs.items():
-                assert images_of(served, job) == images_of(one, ref_jobs[seed]), seed
+            upload(one, "fox.png")
+            for (api, seed, body), answer in zip(jobs, answers):
+                reference = submit(one, (api, seed, body))
+                if api == "sdapi":
+                    assert answer["images"] == reference["images"], seed
+                    assert same_info(answer["info"]) == same_info(reference["info"])
+                elif api == "queued":
+                    assert images_of(served, answer) == images_of(one, reference), seed
+                else:
+                    made, expected = comfy_files(served, answer.id), comfy_files(one, reference.id)
+                    assert made == expected and len(made) == (2 if "10" in body else 1), seed
     finally:
         torch.set_num_threads(threads)
-    for seed, answer in answers:
-        assert answer["images"] == reference[seed]["images"], seed
-        assert same_info(answer["info"]) == same_info(reference[seed]["info"])
 
 
 def same_info(text):
-    """An A1111 info without what differs between any two runs (the time; unasked-for subseeds)."""
-    return {k: v for k, v in json.loads(text).items() if k not in ("job_timestamp", "subseed", "all_subseeds")}
+    """An A1111 info without what differs between any two runs (the time; unasked-for subseeds; the
+    memory measured)."""
+    return {k: v for k, v in json.loads(text).items()
+            if k not in ("job_timestamp", "subseed", "all_subseeds", "opensd_peak_memory")}
+
+
+def test_a_graph_on_a_worker_reports_on_the_front_doors_websocket(served):
+    from websockets.sync.client import connect
+
+    graph = comfy_graph(21, steps=6)
+    graph["12"] = {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}}
+    messages, frames = [], []
+    with connect(f"ws://127.0.0.1:{served.port}/ws?clientId=watcher") as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] == "status"
+        pid = prompted(served, graph, "watcher")
+        while not messages or messages[-1] != {"type": "executing", "data": {"node": None, "prompt_id": pid}}:
+            m = ws.recv(timeout=TIMEOUT)
+            if isinstance(m, bytes):
+                frames.append(m)
+            elif json.loads(m)["data"].get("prompt_id") == pid:
+                messages.append(json.loads(m))
+    assert any(pid in w.stats.recent for w in served.state.pool.workers)
+    kinds = [m["type"] for m in messages]
+    assert kinds[0] == "execution_start" and kinds[-2] == "execution_success"
+    assert [m["data"]["value"] for m in messages if m["type"] == "progress"] == [1, 2, 3, 4, 5, 6]
+    assert frames and all(struct.unpack(">II", f[:8]) == (1, 1) for f in frames)  # JPEG step previews
+    assert Image.open(io.BytesIO(frames[-1][8:])).format == "JPEG"
+    executed = {m["data"]["node"]: m["data"]["output"] for m in messages if m["type"] == "executed"}
+    history = httpx.get(f"{served.url}/history/{pid}", timeout=30).json()[pid]["outputs"]
+    assert executed == history and set(executed) == {"9", "12"}
+    assert executed["12"]["images"][0]["type"] == "temp"
+    assert len(comfy_files(served, pid)) == 2  # the names the client got are files here
 
 
 def test_opensd_workers_lists_the_ray_workers(served, capsys):
@@ -208,11 +312,24 @@ def test_progress_previews_interrupt_and_skip_reach_the_actor(served):
     assert job.result["info"]["all_seeds"] == [8]  # the second image's seed
 
 
-def test_a_worker_killed_mid_job_costs_only_that_jobs_progress(served):
+@pytest.mark.parametrize("api", ["a1111", "comfy"])
+def test_a_worker_killed_mid_job_costs_only_that_jobs_progress(served, api):
+    upload(served, "fox.png")
     out = served.settings.outputs_dir
     before = set(out.rglob("*.png"))
-    jid = queued(served, {**BODY, "steps": 300, "seed": 11})
+    if api == "a1111":
+        jid = queued(served, {**BODY, "steps": 300, "seed": 11})
+    else:  # a quick first stage shown by a PreviewImage (run first: the lowest id), then a long second one
+        graph = comfy_graph(11, "fox.png")
+        graph["1"] = graph.pop("12")
+        graph["13"] = {"class_type": "KSampler", "inputs": {**graph["3"]["inputs"], "steps": 300,
+                                                            "latent_image": ["3", 0], "denoise": 0.5}}
+        graph["14"] = {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["4", 2]}}
+        graph["9"]["inputs"]["images"] = ["14", 0]
+        jid = prompted(served, graph)
     worker = running_on(served, jid)
+    if api == "comfy":  # the first run's preview reached the front door: it must not stay beside the retry's
+        wait(lambda: any(p.parent.name == "temp" for p in set(out.rglob("*.png")) - before), "the preview")
     pid, lost = worker.info["pid"], worker.stats.lost
     os.kill(pid, signal.SIGKILL)
     job = job_done(served, jid)
@@ -220,7 +337,13 @@ def test_a_worker_killed_mid_job_costs_only_that_jobs_progress(served):
     other = next(w for w in served.state.pool.workers if w is not worker)
     assert jid in other.stats.recent and jid not in worker.stats.recent  # finished once, elsewhere
     made = set(out.rglob("*.png")) - before
-    assert sorted(p.name for p in made) == [f"{jid}-0.png"]  # one image file, nothing from the dead run
+    if api == "a1111":
+        assert sorted(p.name for p in made) == [f"{jid}-0.png"]  # one image file, nothing from the dead run
+    else:  # the saved image and the preview, once each, as its one history entry names them
+        entry = httpx.get(f"{served.url}/history/{jid}", timeout=30).json()[jid]
+        named = {(i["type"], i["filename"]) for ui in entry["outputs"].values() for i in ui["images"]}
+        assert {("output" if p.parent.name == "comfy" else p.parent.name, p.name) for p in made} == named
+        assert len(named) == 2
     assert [j.id for j in served.state.store.all() if j.id == jid and j.status == DONE] == [jid]
     # Ray restarts the killed actor (a new process), which takes jobs again
     wait(lambda: worker.describe()["alive"] and worker.info["pid"] != pid, "the restarted worker")

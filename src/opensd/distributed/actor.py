@@ -1,23 +1,28 @@
-"""One Ray worker process: its own model cache, one A1111 generation at a time.
+"""One Ray worker process: its own model cache, one job at a time (an A1111 generation, or a ComfyUI
+graph run in folders of its own, comfy_wire.Stage).
 
 The pool makes this class a Ray actor with a few threads (max_concurrency), so `poll` answers while
-`run` works: the front door calls it a few times a second to read progress and previews and to pass
-on interrupt and skip, which the job's Control checks at every sampling step."""
+`run` works: the front door calls it a few times a second to read progress, previews and a graph's
+websocket messages, and to pass on interrupt and skip, which the job's Control checks at every
+sampling step."""
 from __future__ import annotations
 
 import os
 import socket
+import tempfile
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
 
 from ..library.models_dir import ModelFolders
 from ..library.user_config import MODELS_DIR_ENV
-from ..server import a1111_run, images_io
+from ..server import a1111_run, comfy_run, images_io
 from ..server.jobs import Control, Progress, Stopped
 from ..server.model_cache import ModelCache
 from ..server.settings import Settings
-from . import wire
+from ..workflows import OutputCache
+from . import comfy_wire, wire
 
 
 class GenerationActor:
@@ -38,6 +43,11 @@ class GenerationActor:
         self._preview = None  # the last preview sent
         self._held: OrderedDict[tuple, dict] = OrderedDict()  # (checkpoint, VAE) -> what it has loaded
         self._embeddings = self._embedding_files()
+        self.stage = comfy_wire.Stage(Path(tempfile.mkdtemp(prefix="opensd-worker-")))
+        self.outputs = OutputCache()  # a graph's node outputs, reused by the next graph as in ComfyUI
+        self.cache.on_evict.append(lambda path: self.outputs.clear())  # they hold pipelines too
+        self._messages: list = []  # a graph's websocket messages not yet taken by the front door
+        self._lock = threading.Lock()
 
     def describe(self) -> dict:
         import ray
@@ -52,10 +62,7 @@ class GenerationActor:
     def run(self, job_id: str, job_wire: dict) -> dict:
         """Generate the job; its images come back (with their infotexts) for the front door to save."""
         payload, self.wildcards = wire.from_wire(self.folders, job_wire)
-        if (files := self._embedding_files()) != self._embeddings:  # one trained or copied in meanwhile
-            self.cache.reload_embeddings()
-            self._embeddings = files
-        self.progress, self._job, self._preview = Progress(started=time.time()), job_id, None
+        self._begin(job_id)
         try:
             req = a1111_run.request_of(payload)
             try:
@@ -66,16 +73,50 @@ class GenerationActor:
             self._job = None
         for m in made.made:
             m.image.info = {}  # what made it is in the infotext; the rest stays here
-        key = (job_wire["model"], job_wire.get("vae"))
-        self._held[key] = {"model": key[0], "vae": key[1], "loras": list(wire.models_of(self.folders, payload)[2])}
-        self._held.move_to_end(key)
+        self._hold(job_wire["model"], job_wire.get("vae"), list(wire.models_of(self.folders, payload)[2]))
         return {"batch": made, "held": self.held()}
+
+    def run_graph(self, job_id: str, job_wire: dict) -> dict:
+        """Run a ComfyUI graph (comfy_wire); its result and its last messages come back."""
+        self.stage.receive(job_wire["inputs"])
+        self._begin(job_id)
+        ctl = Control(self.progress)
+        ctx = comfy_run.context(self.folders, self.cache, self.stage.dirs, self.outputs, ctl.should_stop,
+                                (job_wire.get("extra_data") or {}).get("extra_pnginfo"))
+        try:
+            result = comfy_run.run_graph(job_id, job_wire, ctx, ctl, self._send)
+        finally:
+            self._job = None
+        for name in comfy_wire.checkpoints(self.folders, job_wire["prompt"]):
+            self._hold(name, None, [])
+        return {"result": result, "messages": self._take(), "held": self.held()}
+
+    def _begin(self, job_id: str) -> None:
+        if (files := self._embedding_files()) != self._embeddings:  # one trained or copied in meanwhile
+            self.cache.reload_embeddings()
+            self._embeddings = files
+        with self._lock:
+            self._messages = []
+        self.progress, self._job, self._preview = Progress(started=time.time()), job_id, None
+
+    def _send(self, message) -> None:
+        with self._lock:
+            self._messages.append(self.stage.attach(message))
+
+    def _take(self) -> list:
+        with self._lock:
+            taken, self._messages = self._messages, []
+        return taken
+
+    def _hold(self, model: str, vae: str | None, loras: list[str]) -> None:
+        self._held[(model, vae)] = {"model": model, "vae": vae, "loras": loras}
+        self._held.move_to_end((model, vae))
 
     def poll(self, job_id: str, interrupt: bool, skip: bool) -> dict:
         """Progress of job `job_id` (a preview only when new); passes on interrupt and skip."""
         p = self.progress
         if job_id != self._job:
-            return {"step": 0, "steps": 0, "image_index": 0, "images": 1, "preview": None}
+            return {"step": 0, "steps": 0, "image_index": 0, "images": 1, "preview": None, "messages": []}
         p.interrupted = p.interrupted or interrupt
         p.skipped = p.skipped or skip
         preview = None
@@ -83,7 +124,7 @@ class GenerationActor:
             self._preview = p.preview
             preview = images_io.jpeg_bytes(p.preview)
         return {"step": p.step, "steps": p.steps, "image_index": p.image_index, "images": p.images,
-                "preview": preview}
+                "preview": preview, "messages": self._take()}
 
     def _embedding_files(self) -> list[tuple[str, int]]:
         return sorted((str(f), f.stat().st_mtime_ns) for d in self.folders.folders("embeddings")

@@ -1,10 +1,13 @@
-"""The front door's side of one Ray actor (actor.py): a Worker the job queue hands A1111 generations to.
+"""The front door's side of one Ray actor (actor.py): a Worker the job queue hands A1111 generations
+and ComfyUI graphs to.
 
-It sends the job with model names (wire.py), polls the actor for progress while passing on interrupt
-and skip, and saves the images that come back in the outputs folder, as a local job does
-(a1111_run.record). When the actor dies (its process killed, its node gone) the job raises WorkerLost;
-Ray starts the actor again and `connect` waits for it. A worker that stops answering is killed, so a
-result it might still send is never taken: only the queue's current holder of a job records it."""
+It sends the job with model names (wire.py, comfy_wire.py), polls the actor for progress and a graph's
+websocket messages while passing on interrupt and skip, and saves what comes back as a local job does
+(a1111_run.record; the graph's files into the ComfyUI folders). When the actor dies (its process
+killed, its node gone) the job raises WorkerLost and what its run had sent is dropped; Ray starts the
+actor again and `connect` waits for it. A worker that stops answering is killed, so a result it might
+still send is never taken: only the queue's current holder of a job records it."""
+
 from __future__ import annotations
 
 import io
@@ -13,7 +16,7 @@ from pathlib import Path
 
 from ..server import a1111_run
 from ..server.jobs import Stopped
-from . import wire
+from . import comfy_wire, wire
 from .worker import Worker, WorkerLost
 
 POLL_S = 0.25        # progress poll interval while a job runs
@@ -31,11 +34,15 @@ class RayWorker(Worker):
         self.answer_s = ANSWER_S
         self._ready = False
         self._hello = None  # the pending describe() call while the actor starts
+        self.received = comfy_wire.Received(lambda: state.comfy.dirs)
 
     def accepts(self, job) -> bool:
         return wire.remote(job)
 
     def affinity(self, job) -> int:
+        if job.kind == comfy_wire.KIND:
+            names = comfy_wire.checkpoints(self.state.folders, job.payload["prompt"])
+            return 2 * any(held["model"] in names for held in self.held)
         try:
             model, vae, loras = wire.models_of(self.state.folders, job.payload)
         except Exception:  # noqa: BLE001  a model gone from the folder: the job's own run reports it
@@ -67,13 +74,31 @@ class RayWorker(Worker):
         return True
 
     def run(self, job, ctl):
+        if job.kind == comfy_wire.KIND:
+            return self._run_graph(job, ctl)
+        p = job.payload
+        out = self._call(self.actor.run, job, ctl, wire.to_wire(self.state.folders, self.state.wildcards, p))
+        if out.get("stopped"):
+            raise Stopped(skip=out["skip"])
+        made = out["batch"]
+        made.vae = Path(p["vae_path"]) if p.get("vae_path") else None  # the front door's file, for the info
+        return a1111_run.record(self.state, job, a1111_run.request_of(p), made)
+
+    def _run_graph(self, job, ctl):
+        out = self._call(self.actor.run_graph, job, ctl, comfy_wire.to_wire(self.state.comfy.dirs["input"], job.payload))
+        result = out["result"]
+        result["outputs"] = {node: self.received.translate(ui) for node, ui in result["outputs"].items()}
+        return result, result
+
+    def _call(self, method, job, ctl, job_wire: dict) -> dict:
+        """Run `method` of the actor for `job`, relaying its progress and messages until it answers."""
         import ray
 
-        p = job.payload
-        ref = self.actor.run.remote(job.id, wire.to_wire(self.state.folders, self.state.wildcards, p))
+        self.received.begin()
+        ref = method.remote(job.id, job_wire)
         try:
             while not ray.wait([ref], timeout=POLL_S)[0]:
-                self._relay(job.id, ctl.progress)
+                self._relay(job, ctl.progress)
             out = ray.get(ref)
         except ray.exceptions.RayTaskError as e:  # the job failed there: its own error, as if run here
             raise e.cause if isinstance(e.cause, Exception) else e from None
@@ -84,26 +109,32 @@ class RayWorker(Worker):
         except ray.exceptions.RayActorError as e:
             self._lost()
             raise WorkerLost(_reason(e)) from None
-        if out.get("stopped"):
-            raise Stopped(skip=out["skip"])
+        self._deliver(job, out.get("messages") or [])
         self.held = out["held"]
-        made = out["batch"]
-        made.vae = Path(p["vae_path"]) if p.get("vae_path") else None  # the front door's file, for the info
-        return a1111_run.record(self.state, job, a1111_run.request_of(p), made)
+        return out
 
-    def _relay(self, job_id: str, progress) -> None:
+    def _relay(self, job, progress) -> None:
         import ray
         from PIL import Image
 
         skip, progress.skipped = progress.skipped, False
-        snap = ray.get(self.actor.poll.remote(job_id, progress.interrupted, skip), timeout=self.answer_s)
+        snap = ray.get(self.actor.poll.remote(job.id, progress.interrupted, skip), timeout=self.answer_s)
         progress.step, progress.steps = snap["step"], snap["steps"]
         progress.image_index, progress.images = snap["image_index"], snap["images"]
         if snap["preview"]:
             progress.preview = Image.open(io.BytesIO(snap["preview"]))
+        self._deliver(job, snap["messages"])
+
+    def _deliver(self, job, messages: list) -> None:
+        """A graph's websocket messages to the client that queued it, with the files they name."""
+        sid = job.payload.get("client_id")
+        for message, files in messages:
+            self.received.take(files)
+            self.state.comfy.send(sid, self.received.message(message))
 
     def _lost(self) -> None:
         self._ready, self.held = False, []
+        self.received.discard()
 
     def describe(self) -> dict:
         return {**super().describe(), **self.info, "alive": self._ready and not self.gone, "loaded": self.held}

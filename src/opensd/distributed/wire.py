@@ -20,7 +20,7 @@ KIND = "a1111"
 def remote(job) -> bool:
     """A job a Ray worker runs: a plain A1111 generation (a script's many generations, training, merges,
     extras and ComfyUI graphs run on the front door's own worker)."""
-    return job.kind == KIND and not job.payload.get("script")
+    return (job.kind == KIND and not job.payload.get("script")) or job.kind == "comfy"
 
 
 def model_name(folders: ModelFolders, kind: str, path: str | Path) -> str:

@@ -11,9 +11,7 @@ import asyncio
 import logging
 import os
 import platform
-import struct
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -32,31 +30,17 @@ from fastapi.responses import FileResponse, JSONResponse
 from .. import safe_paths
 from ..atomic import write_atomic
 from ..errors import InvalidArgument
-from ..pipeline.pipeline import Interrupted
-from ..workflows import (
-    ExecutionContext,
-    GraphError,
-    NodeError,
-    OutputCache,
-    execute,
-    object_info,
-    validate_prompt,
-)
-from . import images_io, safe_json, work_budget
+from ..workflows import ExecutionContext, GraphError, OutputCache, object_info, validate_prompt
+from . import comfy_run, images_io, safe_json, work_budget
 from .jobs import QueueFull
 from .store import FINAL
 
 log = logging.getLogger(__name__)
 KIND = "comfy"
-PREVIEW_IMAGE, JPEG, PNG = 1, 1, 2
 VIEW_TYPES = ("output", "input", "temp")
 # Not the real command line (it may hold --api-token). ComfyUI's flag that says "no API nodes, no
 # comfy.org services": its frontend then skips its release check against api.comfy.org.
 ARGV = ["opensd", "--disable-api-nodes"]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class ComfyHub:
@@ -79,12 +63,8 @@ class ComfyHub:
         self.loop = asyncio.get_running_loop()
 
     def context(self, should_stop=lambda: False, extra_pnginfo=None) -> ExecutionContext:
-        cache = self.state.cache
-        return ExecutionContext(
-            folders=self.state.folders, load_pipeline=lambda name: cache.get(cache.resolve(name)),
-            outputs_dir=self.dirs["output"], inputs_dir=self.dirs["input"], should_stop=should_stop,
-            cache=self.output_cache, temp_dir=self.dirs["temp"], extra_pnginfo=extra_pnginfo,
-            device=cache.device, precision=cache.precision)  # part loaders follow the server's choice
+        return comfy_run.context(self.state.folders, self.state.cache, self.dirs, self.output_cache, should_stop,
+                                 extra_pnginfo)
 
     # --- sending (thread-safe: the worker thread calls these) ---------------------------------
 
@@ -115,55 +95,8 @@ class ComfyHub:
     def run(self, job, ctl):
         p = job.payload
         sid = p.get("client_id")
-        messages: list = []
-
-        def emit(kind: str, data: dict, record: bool = True) -> None:
-            data = dict(data, prompt_id=job.id)
-            if record and kind in ("execution_start", "execution_cached", "execution_success",
-                                   "execution_error", "execution_interrupted"):
-                messages.append([kind, dict(data)])
-            self.send(sid, {"type": kind, "data": data})
-
-        def on_event(kind: str, data) -> None:
-            if kind == "preview":
-                ctl.preview(data)
-                self.send(sid, struct.pack(">II", PREVIEW_IMAGE, JPEG) + images_io.jpeg_bytes(data))
-                return
-            if kind == "image_png":  # SaveImageWebsocket: the whole image, in a PNG preview frame
-                self.send(sid, struct.pack(">II", PREVIEW_IMAGE, PNG) + images_io.png_bytes(data))
-                return
-            data = dict(data)
-            if kind == "progress":
-                ctl.progress.step, ctl.progress.steps = data.get("value", 0), data.get("max", 0)
-            if kind in ("executing", "executed"):
-                data.setdefault("display_node", data.get("node"))
-            if kind == "execution_cached":
-                data["timestamp"] = _now_ms()
-            emit(kind, data)
-
-        emit("execution_start", {"timestamp": _now_ms()})
         ctx = self.context(ctl.should_stop, (p.get("extra_data") or {}).get("extra_pnginfo"))
-        outputs, status = {}, "success"
-        try:
-            outputs = execute(p["prompt"], ctx, on_event)
-            emit("execution_success", {"timestamp": _now_ms()})
-        except Interrupted as e:
-            status = "error"
-            node = getattr(e, "node_id", None)
-            emit("execution_interrupted", {"node_id": node, "node_type": _class(p, node), "executed": [],
-                                           "timestamp": _now_ms()})
-        except (NodeError, GraphError, InvalidArgument) as e:
-            status = "error"
-            emit("execution_error", {
-                "node_id": getattr(e, "node_id", None), "node_type": getattr(e, "node_type", None),
-                "executed": getattr(e, "executed", []), "exception_message": getattr(e, "exception_message", str(e)),
-                "exception_type": getattr(e, "exception_type", type(e).__name__),
-                "traceback": getattr(e, "traceback", []), "current_inputs": {}, "current_outputs": {},
-                "timestamp": _now_ms()})
-        finally:
-            self.send(sid, {"type": "executing", "data": {"node": None, "prompt_id": job.id}})
-        result = {"outputs": outputs, "status": {"status_str": status, "completed": status == "success",
-                                                 "messages": messages}}
+        result = comfy_run.run_graph(job.id, p, ctx, ctl, lambda message: self.send(sid, message))
         return result, result
 
 
@@ -172,11 +105,6 @@ async def _quiet(coro):
         await coro
     except Exception:  # noqa: BLE001, S110 - a client that went away
         pass
-
-
-def _class(payload, node_id):
-    node = (payload.get("prompt") or {}).get(node_id) if node_id else None
-    return node.get("class_type") if isinstance(node, dict) else None
 
 
 def _outputs_of(prompt: dict) -> list[str]:

@@ -230,9 +230,13 @@ def save_path(folder: Path, prefix: str, width: int, height: int) -> tuple[Path,
     if target is None:
         raise ValueError("Saving image outside the output folder is not allowed.")
     target.mkdir(parents=True, exist_ok=True)
+    return target, sub, name, next_counter(target, name)
+
+
+def next_counter(target: Path, name: str) -> int:
+    """The counter after the highest of the ``{name}_{counter}_`` files in ``target``."""
     pattern = re.compile(re.escape(name) + r"_(\d+)_")
-    counters = [int(m.group(1)) for f in os.listdir(target) if (m := pattern.match(f))]
-    return target, sub, name, max(counters, default=0) + 1
+    return max((int(m.group(1)) for f in os.listdir(target) if (m := pattern.match(f))), default=0) + 1
 
 
 def save_images(images: torch.Tensor, folder: Path, prefix: str, kind: str, prompt=None, extra_pnginfo=None,
