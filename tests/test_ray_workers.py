@@ -223,6 +223,33 @@ def test_a_graph_on_a_worker_reports_on_the_front_doors_websocket(served):
     assert len(comfy_files(served, pid)) == 2  # the names the client got are files here
 
 
+def test_every_running_job_is_listed(served):
+    """Two graphs run at once on the two workers, an A1111 job waits: the queue views list both running."""
+    graphs = [prompted(served, comfy_graph(80 + i, steps=300), f"r{i}") for i in range(2)]
+    wait(lambda: len(served.state.queue.running()) == 2, "both graphs running")
+    waiting = queued(served, {**BODY, "seed": 90}, "r9")
+    try:
+        q = httpx.get(served.url + "/opensd/v1/queue", timeout=30).json()
+        assert [j["id"] for j in q["running_jobs"]] == graphs and q["running"]["id"] == graphs[0]
+        assert [j["id"] for j in q["pending"]] == [waiting]
+        jobs = httpx.get(served.url + "/opensd/v1/jobs", timeout=30).json()
+        assert [j["id"] for j in jobs["running_jobs"]] == graphs and jobs["running"]["id"] == graphs[0]
+        comfy = httpx.get(served.url + "/queue", timeout=30).json()
+        assert [item[1] for item in comfy["queue_running"]] == graphs
+        assert [item[1] for item in comfy["queue_pending"]] == []  # the waiting job is not a graph
+        assert httpx.get(served.url + "/prompt", timeout=30).json()["exec_info"]["queue_remaining"] == 3
+        jobs = httpx.get(served.url + "/api/jobs", params={"status": "in_progress"}, timeout=30).json()["jobs"]
+        assert sorted(j["id"] for j in jobs) == sorted(graphs)
+        assert httpx.get(f"{served.url}/api/jobs/{graphs[1]}", timeout=30).json()["status"] == "in_progress"
+        progress = httpx.get(served.url + "/sdapi/v1/progress", timeout=30).json()["state"]
+        assert progress["job"] == f"comfy:{graphs[0]}" and progress["job_count"] == 3  # A1111's shape: the oldest
+    finally:
+        for pid in graphs:
+            httpx.post(served.url + "/interrupt", json={"prompt_id": pid}, timeout=30)
+    assert [job_done(served, j).status for j in graphs] == [INTERRUPTED, INTERRUPTED]
+    assert job_done(served, waiting).status == DONE
+
+
 def test_opensd_workers_lists_the_ray_workers(served, capsys):
     assert main(["workers", "--url", served.url, "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)

@@ -143,6 +143,30 @@ def test_cancel_keeps_the_state_and_resume_continues_the_same_run(c, tmp_path, c
     assert c.post(f"/opensd/v1/train/jobs/{resumed}/resume").json()["detail"].startswith("job_id: the job is done")
 
 
+def test_a_training_job_running_beside_an_older_job_is_listed(c):
+    """With Ray workers a generation started earlier may still run on another worker: the training job
+    is listed as running all the same."""
+    from test_job_workers import Held
+
+    state = c.app.state.opensd
+    other = Held("other")
+    other.accepts = lambda job: job.kind == "a1111"
+    state.queue.local.leave = other.accepts
+    state.queue.add_worker(other)
+    try:
+        older = state.queue.submit("a1111", {}, "c1")
+        make_dataset(c)
+        r = c.post("/opensd/v1/train", json={"dataset": "reds", "model": TINY, "output": "beside", "steps": 400})
+        job_id = r.json()["job_id"]
+        wait(c, job_id, lambda s: s["status"] == "running")
+        assert [p.job.id for p in state.queue.running()] == [older.id, job_id]
+        assert c.get("/opensd/v1/train/jobs").json()["items"][0]["job_id"] == job_id
+        assert c.delete(f"/opensd/v1/jobs/{job_id}").json() == {"interrupted": True}
+        assert wait(c, job_id)["status"] == INTERRUPTED
+    finally:
+        other.release.set()
+
+
 def test_embedding_training_teaches_loaded_models_the_new_word(c, tmp_path):
     make_dataset(c, captions=("red square",))
     made = c.post("/sdapi/v1/txt2img", json={"prompt": "zqword", "steps": 1, "width": 64, "height": 64,

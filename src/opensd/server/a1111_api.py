@@ -259,7 +259,7 @@ def router(state) -> APIRouter:
         return {"progress": frac, "eta_relative": eta,
                 "state": {"skipped": p.skipped, "interrupted": p.interrupted, "stopping_generation": False,
                           "job": f"{p.job.kind}:{p.job.id}" if running else "",
-                          "job_count": state.queue.pending_count() + int(running),
+                          "job_count": state.queue.pending_count() + len(state.queue.running()),
                           "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(p.started or 0)),
                           "job_no": p.image_index, "sampling_step": p.step, "sampling_steps": p.steps},
                 "current_image": image, "textinfo": None, "current_task": p.job.id if running else None}

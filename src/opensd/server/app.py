@@ -182,8 +182,8 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     @app.get("/opensd/v1/jobs", tags=["jobs"])
     def jobs(limit: int = 50):
         pending = [j.public() for j in state.queue.pending()]
-        running = state.queue.progress.job
-        return {"running": running.public() if running else None, "pending": pending,
+        running = [p.job.public() for p in state.queue.running()]  # several at once with Ray workers
+        return {"running": running[0] if running else None, "running_jobs": running, "pending": pending,
                 "history": [j.public() for j in state.store.history(limit=max(1, min(limit, 1000)))]}
 
     @app.get("/opensd/v1/jobs/{job_id}", tags=["jobs"])

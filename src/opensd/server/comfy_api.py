@@ -81,7 +81,7 @@ class ComfyHub:
 
     def status_message(self, sid: str | None = None) -> dict:
         q = self.state.queue
-        remaining = q.pending_count() + int(q.progress.job is not None)
+        remaining = q.pending_count() + len(q.running())
         data = {"status": {"exec_info": {"queue_remaining": remaining}}}
         if sid is not None:
             data["sid"] = sid
@@ -201,8 +201,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
 
     @api.get("/queue")
     def get_queue():
-        running = q.progress.job
-        return {"queue_running": [_queue_item(running)] if running is not None and running.kind == KIND else [],
+        return {"queue_running": [_queue_item(p.job) for p in q.running() if p.job.kind == KIND],
                 "queue_pending": [_queue_item(j) for j in q.pending() if j.kind == KIND]}
 
     @api.post("/queue")

@@ -87,8 +87,7 @@ def router(state) -> APIRouter:
     q = state.queue
 
     def all_jobs() -> list[dict]:
-        running = q.progress.job
-        out = [job_entry(running, "in_progress")] if running is not None and running.kind == KIND else []
+        out = [job_entry(p.job, "in_progress") for p in q.running() if p.job.kind == KIND]
         out += [job_entry(j, "pending") for j in q.pending() if j.kind == KIND]
         out += [job_entry(j, _status(j)) for j in state.store.history(KIND, limit=MAX_HISTORY)]
         return out
@@ -115,9 +114,9 @@ def router(state) -> APIRouter:
 
     @api.get("/jobs/{job_id}")
     def get_job(job_id: str):
-        running = q.progress.job
-        if running is not None and running.id == job_id and running.kind == KIND:
-            return job_entry(running, "in_progress", detail=True)
+        for p in q.running():
+            if p.job.id == job_id and p.job.kind == KIND:
+                return job_entry(p.job, "in_progress", detail=True)
         for j in q.pending():
             if j.id == job_id and j.kind == KIND:
                 return job_entry(j, "pending", detail=True)

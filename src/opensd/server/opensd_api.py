@@ -160,13 +160,11 @@ def router(state) -> APIRouter:
     @api.get("/queue")
     def queue() -> QueueView:
         """The running job, the waiting ones in the order they will run, and the last finished."""
-        progress = state.queue.progress
-        running = progress.job
+        running = [QueueItem(id=p.job.id, kind=p.job.kind, client=p.job.client, status="running",
+                             label=job_label(p.job), position=0, created=p.job.created, step=p.step, steps=p.steps)
+                   for p in state.queue.running()]
         return QueueView(
-            running=None if running is None else QueueItem(
-                id=running.id, kind=running.kind, client=running.client, status="running",
-                label=job_label(running), position=0, created=running.created,
-                step=progress.step, steps=progress.steps),
+            running=running[0] if running else None, running_jobs=running,
             pending=[QueueItem(id=j.id, kind=j.kind, client=j.client, status=j.status, label=job_label(j),
                                position=i + 1, created=j.created) for i, j in enumerate(state.queue.pending())],
             recent=[QueueItem(id=j.id, kind=j.kind, client=j.client, status=j.status, label=job_label(j),

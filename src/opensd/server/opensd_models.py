@@ -64,7 +64,8 @@ class QueueItem(BaseModel):
 
 
 class QueueView(BaseModel):
-    running: QueueItem | None
+    running: QueueItem | None = Field(description="the running job started first")
+    running_jobs: list[QueueItem] = Field(description="every running job (several with Ray workers), oldest first")
     pending: list[QueueItem]
     recent: list[QueueItem] = Field(description="the last finished jobs, newest first")
 

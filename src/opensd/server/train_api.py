@@ -66,9 +66,8 @@ def router(state) -> APIRouter:
 
     @api.get("/jobs")
     def jobs() -> TrainJobs:
-        """Training jobs: the running one, the waiting ones, then the last finished, newest first."""
-        running = state.queue.progress.job
-        live = ([running] if running is not None and running.kind == KIND else []) + \
+        """Training jobs: the running ones, the waiting ones, then the last finished, newest first."""
+        live = [p.job for p in state.queue.running() if p.job.kind == KIND] + \
             [j for j in state.queue.pending() if j.kind == KIND]
         return TrainJobs(items=[status(j) for j in live + state.store.history(kind=KIND, limit=RECENT)])
 

@@ -21,7 +21,7 @@ export function startPoller(badge) {
     try {
       const q = await api.get("/opensd/v1/queue");
       const now = new Set(q.pending.map((j) => j.id));
-      if (q.running) now.add(q.running.id);
+      for (const j of q.running_jobs) now.add(j.id); // several at once with Ray workers
       for (const id of before) if (!now.has(id)) emit(EVENTS.JOB_DONE, { id });
       active = new Set([...now, ...[...active].filter((id) => !before.has(id))]);
       emit(EVENTS.QUEUE, q);

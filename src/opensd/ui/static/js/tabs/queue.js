@@ -44,9 +44,12 @@ export async function mount(panel) {
   const post = (path) => () => api.post(path).catch((e) => toast(e.message, "error"));
 
   on(EVENTS.QUEUE, (q) => {
-    clear(running, q.running ? row(q.running,
+    // the oldest running job first (skip and interrupt act on it); with Ray workers others run beside it
+    clear(running, q.running ? [row(q.running,
       h("button", { type: "button", onclick: post("/sdapi/v1/skip") }, icon("skip"), "Skip"),
-      h("button", { type: "button", onclick: post("/sdapi/v1/interrupt") }, icon("stop"), "Interrupt"))
+      h("button", { type: "button", onclick: post("/sdapi/v1/interrupt") }, icon("stop"), "Interrupt")),
+      ...q.running_jobs.slice(1).map((j) => row(j,
+        h("button", { type: "button", onclick: () => cancel(j) }, icon("stop"), "Interrupt")))]
       : h("li", { class: "muted" }, "Nothing is running."));
     if (!q.running) progress.textContent = "";
     clear(pending, q.pending.length ? q.pending.map((j) => row(j,
