@@ -3,7 +3,7 @@ weights at full size): ours as the pipeline runs it against diffusers' eager fp3
 process, interleaved round by round (A, B, C, A, B, C, ...), so load from other work hits all alike.
 
     python bench/unet_step.py                 # 3 rounds, updates docs/benchmarks.md
-    python bench/unet_step.py --rounds 5 --ours-fp32 --compile --no-doc
+    python bench/unet_step.py --rounds 5 --ours-fp32 --compile --openvino --no-doc
 
 Ours: the dtype `--precision auto` picks on this machine (pipeline/precision.py; fp32 where the probe
 finds no native bf16), channels_last as the pipeline sets it; with --compile also our torch.compile
@@ -50,16 +50,42 @@ def build(args) -> dict:
     if args.ours_fp32 and auto_name != "fp32":
         variants["ours fp32"] = ("ours", "fp32")
     steps = {}
-    for name, (impl, dtype) in variants.items():
+    # ours first: the OpenVINO rows share its weights and convert (memory-hungry) before diffusers' exist
+    for name, (impl, dtype) in sorted(variants.items(), key=lambda kv: kv[1][0] != "ours"):
         model = E._build(impl, "unet", E._torch_dtype(dtype))
         if impl == "ours":
             model.to(memory_format=torch.channels_last)  # as Pipeline does on the CPU
         steps[name] = (E._step_fn(impl, "unet", model, E._inputs("unet", E._torch_dtype(dtype))), dtype)
+        if impl == "ours" and dtype == auto_name and args.openvino:
+            steps.update(openvino_steps(model, dtype))
         if impl == "ours" and args.compile:  # a second copy: the eager one stays eager
             from opensd.pipeline.compiled import compile_in_place
             fast = compile_in_place(E._build(impl, "unet", E._torch_dtype(dtype)).to(memory_format=torch.channels_last))
             steps[name.split(" (")[0] + " compiled"] = (
                 E._step_fn(impl, "unet", fast, E._inputs("unet", E._torch_dtype(dtype))), dtype)
+    order = list(variants) + [n for n in steps if n not in variants]
+    return {n: steps[n] for n in order}
+
+
+def openvino_steps(model, dtype: str) -> dict:
+    """Ours through OpenVINO (pipeline/openvino_unet.py) on `model`'s weights, bf16 inference (where
+    the model is bf16) and fp32 inference; each converted (or read from the cache under
+    ~/.cache/opensd/openvino) and compiled here, before the timed rounds. Sharing one set of
+    weights keeps the process within this machine's memory; fp32 inference of bf16-valued weights
+    takes the time of any fp32 weights."""
+    import torch
+    from opensd.pipeline.openvino_unet import OpenVINOUNet
+
+    steps = {}
+    for bf16 in ([True] if dtype == "bf16" else []) + [False]:
+        runner = OpenVINOUNet(model, bf16=bf16)
+        fn = E._step_fn("ours", "unet", runner, E._inputs("unet", E._torch_dtype(dtype)))
+        name = "openvino bf16" if bf16 else "openvino fp32" + (" (bf16-valued weights)" if dtype == "bf16" else "")
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            fn()
+        print(f"{name}: converted {runner.conversions}x, ready in {time.perf_counter() - t0:.1f} s", flush=True)
+        steps[name] = (fn, "bf16" if bf16 else "fp32")
     return steps
 
 
@@ -90,6 +116,7 @@ def run(args) -> dict:
     ref = outputs["diffusers fp32"]
     errors = {n: ((o - ref).abs().max().item(), ref.abs().max().item()) for n, o in outputs.items()}
     return dict(times=times, cpu=cpu, warm=warm, errors=errors, loads=loads, flags=cpu_flags(),
+                command=" ".join(["python bench/unet_step.py", *(a for a in sys.argv[1:] if a != "--no-doc")]),
                 probe=dict(speedup=P.bf16_matmul_speedup(), native=P.cpu_has_native_bf16()),
                 info=E.machine_info(), dtypes={n: d for n, (_, d) in steps.items()})
 
@@ -105,7 +132,7 @@ def render(res: dict) -> str:
     lines = ["## SD 1.5 UNet step: ours against diffusers' eager fp32 and bf16", "",
              "One classifier-free-guidance step (UNet batch 2, 4x64x64 latent, 2x77x768 context), random "
              "weights at full size (860 M parameters), all variants in one process, interleaved round by "
-             "round. Reproduce: `python bench/unet_step.py`.", "",
+             "round. Reproduce: `" + res["command"] + "`.", "",
              "| variant | median s | rounds (s) | / diffusers fp32 | / diffusers bf16 | best s | best / diffusers "
              "fp32 best | best / diffusers bf16 best | CPU s (median) | CPU / diffusers fp32 | CPU / diffusers bf16 "
              "| max abs diff to diffusers fp32 (of max abs) |",
@@ -135,6 +162,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ours-fp32", action="store_true", help="also time ours in fp32")
     ap.add_argument("--compile", action="store_true", help="also time ours through torch.compile")
+    ap.add_argument("--openvino", action="store_true",
+                    help="also time ours through OpenVINO, bf16 and fp32 (pip install \"opensd[openvino]\")")
     ap.add_argument("--no-doc", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args()
     E.publish(render(run(args)), BEGIN, END, doc=not args.no_doc)

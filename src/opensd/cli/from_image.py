@@ -38,7 +38,7 @@ def apply_infotext(args: argparse.Namespace):
     fill = {"prompt": prompt, "negative": negative}
     fill.update({PARAM_DEST.get(k, k): v for k, v in rec.settings.items()})
     fill.update(vae_decoder=rec.vae_decoder, vae_encoder=rec.vae_encoder)
-    if not args.compile:  # step caching cannot be combined with --compile
+    if not args.compile and args.backend == "torch":  # step caching is for the eager PyTorch UNet
         fill["deep_cache"] = rec.deep_cache
     if rec.hires is not None:
         fill["hires"] = True

@@ -113,6 +113,9 @@ def register(sub) -> None:
     d.add_argument("--deep-cache", type=int_arg, metavar="N",
                    help="step caching: the whole UNet runs every Nth call, its shallowest blocks in between "
                         "(N=3: about half the time of the built-in model, 4 levels of 255 off; docs/benchmarks.md)")
+    d.add_argument("--backend", choices=["torch", "openvino"], default="torch",
+                   help="openvino: run the UNet through OpenVINO on the CPU (pip install \"opensd[openvino]\"; "
+                        "converted once per model and LoRA set, cached under ~/.cache/opensd/openvino)")
     d.add_argument("--prediction", choices=["eps", "v"], help="override eps/v for SD2 files that do not say")
     d.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
     add_flags(gen)
@@ -188,6 +191,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             enable_deep_cache(pipe.family.network(pipe.model), interval=args.deep_cache)
         if args.taesd is not None:
             _use_taesd(pipe, args)
+        if args.backend == "openvino":
+            from ..pipeline.openvino_unet import use_openvino
+            use_openvino(pipe)
         return pipe
 
     pipe = open_pipe(args.model or BUILTIN_MODEL, args.vae)
@@ -279,6 +285,8 @@ def _check_paths(args: argparse.Namespace, folders) -> None:
     for flag, path in (("model", args.model), ("vae", args.vae), ("taesd", args.taesd)):
         if path is not None and not path.exists():
             raise InvalidArgument(f"{flag}: {path} does not exist")
+    if args.backend == "openvino" and (args.compile or args.deep_cache is not None):
+        raise InvalidArgument(f"backend: openvino cannot be combined with --{'compile' if args.compile else 'deep-cache'}")
     if args.deep_cache is not None and (args.deep_cache < 2 or args.compile):
         raise InvalidArgument(f"deep-cache: {args.deep_cache} must be 2 or more" if args.deep_cache < 2 else
                               "deep-cache: cannot be combined with --compile")

@@ -52,6 +52,9 @@ def register(sub) -> None:
                           "GPU in turns, lowvram also the UNet block by block; auto (default) chooses from free VRAM")
     for mode in ("medvram", "lowvram"):  # A1111's spellings
         mem.add_argument(f"--{mode}", dest="memory", action="store_const", const=mode, help=f"--memory {mode}")
+    p.add_argument("--backend", choices=["torch", "openvino"], default="torch",
+                   help="openvino: UNet models run through OpenVINO on the CPU (pip install \"opensd[openvino]\"; "
+                        "converted once per model and LoRA set, cached under ~/.cache/opensd/openvino)")
     p.add_argument("--max-body-mb", type=float_arg, default=64.0)
     p.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
     ray = p.add_argument_group("scale-out on Ray (pip install \"opensd[ray]\"; see docs/scale-out.md)")
@@ -77,7 +80,7 @@ def settings_from(args: argparse.Namespace):
                     allow_origins=tuple(args.allow_origin), allow_hosts=tuple(args.allow_host),
                     styles_file=args.styles_file, wildcards_dir=args.wildcards_dir,
                     queue_size=args.queue_size, max_waiting=args.max_waiting, work_budget=args.work_budget,
-                    device=args.device, precision=args.precision, memory=args.memory,
+                    device=args.device, precision=args.precision, memory=args.memory, backend=args.backend,
                     model_budget_bytes=int(args.model_cache_gb * (1 << 30)),
                     max_body_bytes=int(args.max_body_mb * (1 << 20)),
                     ray=args.ray, ray_workers=args.ray_workers, ray_threads=args.ray_threads)
@@ -101,6 +104,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     set_threads(args.threads)
+    if settings.backend == "openvino":  # not installed, or not a CPU: one line now, not at the first job
+        from ..pipeline.openvino_unet import check_openvino
+        check_openvino(resolve_device(settings.device))
     warning = settings.check_exposure()  # raises InvalidArgument for an unprotected public bind
     sock = listen(args.host, args.port)  # first: a port in use is reported before anything is set up
     if warning:

@@ -26,6 +26,8 @@ def use_plain_kernel(layer: nn.Conv2d, x: torch.Tensor) -> bool:
     the plain kernel supports (zero padding given as numbers, no dilation or groups)."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or torch.is_grad_enabled():
         return False
+    if torch.jit.is_tracing():  # a traced graph (OpenVINO's converter) knows only the standard convolution
+        return False
     if layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros" \
             or isinstance(layer.padding, str) or layer.weight.dtype != torch.float32:
         return False

@@ -45,7 +45,8 @@ class ServerState:
         self.queue = JobQueue(self.store, settings.queue_size)
         self.waiting = WaitingRoom(self.queue, settings.max_waiting)
         self.cache = ModelCache(self.folders, settings.device, settings.precision,
-                                settings.model_budget_bytes, loader=loader, memory=settings.memory)
+                                settings.model_budget_bytes, loader=loader, memory=settings.memory,
+                                backend=settings.backend)
         self.options = A1111Options(settings.data_dir / "opensd-options.json", settings.outputs_dir, self.folders)
         self.wildcards = Wildcards(settings.wildcards_dir, flag="opensd serve --wildcards-dir")
         self._model: Path | None = None

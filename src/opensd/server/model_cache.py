@@ -25,9 +25,9 @@ def pipeline_bytes(pipe) -> int:
 
 class ModelCache:
     def __init__(self, folders: ModelFolders, device: str | None = "auto", precision: str = "auto",
-                 budget_bytes: int = 8 << 30, loader=None, memory: str = "auto"):
+                 budget_bytes: int = 8 << 30, loader=None, memory: str = "auto", backend: str = "torch"):
         self.folders = folders
-        self.device, self.precision, self.memory = device, precision, memory
+        self.device, self.precision, self.memory, self.backend = device, precision, memory, backend
         self.budget = budget_bytes
         self._loader = loader  # tests may inject; default: opensd.pipeline.pipeline.load
         self._pipes: OrderedDict[tuple[Path, Path | None], object] = OrderedDict()  # (checkpoint, VAE)
@@ -102,6 +102,8 @@ class ModelCache:
                 pipe.lora_folders = self.folders
                 self._tiny_vae(pipe)
                 pipe.upscalers = self.upscalers  # hires fix upscalers by name
+                if self.backend == "openvino":
+                    self._openvino(pipe)
             self._pipes[key] = pipe
             self._sizes[key] = pipeline_bytes(pipe)
             self._evict(keep=(key, *keep))
@@ -116,6 +118,14 @@ class ModelCache:
                 pipe.use_tiny_vae(paths)
             except CheckpointError as e:
                 log.warning("tiny autoencoder not used for previews: %s", e)
+
+    @staticmethod
+    def _openvino(pipe) -> None:
+        from ..pipeline.openvino_unet import use_openvino
+        try:
+            use_openvino(pipe)
+        except InvalidArgument as e:  # e.g. a DiT model: it runs on PyTorch
+            log.warning("%s stays on PyTorch: %s", pipe.name, e)
 
     def reload_embeddings(self) -> None:
         """Give every loaded pipeline the embeddings folder as it is now (a new embedding was saved)."""

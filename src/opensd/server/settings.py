@@ -27,6 +27,7 @@ class Settings:
     device: str | None = "auto"             # pipeline/device.py: CUDA, else MPS, else the CPU
     precision: str = "auto"                  # pipeline/precision.py
     memory: str = "auto"                     # pipeline/offload.py: auto, normal, medvram, lowvram
+    backend: str = "torch"                   # "openvino": UNets through pipeline/openvino_unet.py
     model_budget_bytes: int = 8 << 30        # parameters kept loaded across cached pipelines
     max_body_bytes: int = 64 << 20
     max_prompt_chars: int = 20_000
@@ -60,6 +61,8 @@ class Settings:
                 raise InvalidArgument(f"{flag}: only with --ray (the workers are Ray actors)")
         if self.memory not in ("auto", "normal", "medvram", "lowvram"):
             raise InvalidArgument(f"memory: {self.memory!r} is not one of auto, normal, medvram, lowvram")
+        if self.backend not in ("torch", "openvino"):
+            raise InvalidArgument(f"backend: {self.backend!r} is not one of torch, openvino")
         if not 0 < self.work_budget < float("inf"):
             raise InvalidArgument(f"work-budget: {self.work_budget} must be a positive number of megapixel-steps")
 
