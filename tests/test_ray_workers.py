@@ -439,3 +439,20 @@ def test_opensd_workers_add_starts_a_worker_that_takes_jobs(served, capsys):
     jobs = [queued(served, {**BODY, "steps": 100, "seed": 70 + i}, client=f"w{i}") for i in range(len(alive(served)))]
     assert all(job_done(served, j).status == DONE for j in jobs)
     assert any(j in added[0].stats.recent for j in jobs)
+
+
+@pytest.mark.parametrize("route,body", [("/sdapi/v1/unload-checkpoint", None), ("/free", {"unload_models": True})])
+def test_unloading_models_unloads_them_on_every_worker(served, route, body):
+    import ray
+
+    def held():
+        return [ray.get(w.actor.describe.remote(), timeout=60)["held"] for w in alive(served)]
+
+    n = len(alive(served))
+    jobs = [queued(served, {**BODY, "steps": 30, "seed": 95 + i}, client=f"u{i}") for i in range(n)]  # one each
+    assert all(job_done(served, j).status == DONE for j in jobs)
+    assert all(held()), held()
+    assert httpx.post(served.url + route, json=body, timeout=60).status_code == 200
+    assert held() == [[]] * n
+    listed = httpx.get(served.url + "/opensd/v1/workers", timeout=30).json()["workers"]
+    assert [w["loaded"] for w in listed if w["kind"] == "ray"] == [[]] * n

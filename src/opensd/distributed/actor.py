@@ -126,6 +126,13 @@ class GenerationActor:
         return {"step": p.step, "steps": p.steps, "image_index": p.image_index, "images": p.images,
                 "preview": preview, "messages": self._take()}
 
+    def unload(self) -> int:
+        """Drop every loaded model and kept node output (the front door's /free, /unload-checkpoint); a
+        running job keeps what it holds and finishes. -> how many pipelines were unloaded."""
+        self.outputs.clear()
+        self._held.clear()
+        return self.cache.clear()
+
     def _embedding_files(self) -> list[tuple[str, int]]:
         return sorted((str(f), f.stat().st_mtime_ns) for d in self.folders.folders("embeddings")
                       for f in d.iterdir() if f.is_file())

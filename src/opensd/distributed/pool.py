@@ -128,6 +128,17 @@ class RayPool:
             except Exception:  # noqa: BLE001  the cluster answering badly once must not end the watch
                 log.exception("ray: looking at the cluster's resources failed")
 
+    def unload(self, timeout: float = 30.0) -> None:
+        """Every worker drops its loaded models (ComfyUI's /free, A1111's /unload-checkpoint); waits up
+        to `timeout` s for them to answer (a worker dead meanwhile has nothing loaded)."""
+        refs = [ref for w in list(self.workers) if (ref := w.unload()) is not None]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for ref in ready:
+            try:
+                self.ray.get(ref)
+            except self.ray.exceptions.RayError as e:
+                log.warning("ray: a worker did not unload its models (%s)", str(e).splitlines()[0])
+
     def close(self) -> None:
         self._stop.set()
         for worker in self.workers:

@@ -136,6 +136,13 @@ class RayWorker(Worker):
         self._ready, self.held = False, []
         self.received.discard()
 
+    def unload(self):
+        """Ask the actor to drop its models; -> the pending answer (None when it is not up)."""
+        if not self._ready:
+            return None
+        self.held = []
+        return self.actor.unload.remote()
+
     def describe(self) -> dict:
         return {**super().describe(), **self.info, "alive": self._ready and not self.gone, "loaded": self.held}
 

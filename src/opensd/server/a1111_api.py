@@ -204,6 +204,8 @@ def router(state) -> APIRouter:
     @api.post("/unload-checkpoint")
     def unload_checkpoint():
         state.cache.clear()
+        if state.pool is not None:  # and on every Ray worker
+            state.pool.unload()
         return None
 
     @api.post("/reload-checkpoint")

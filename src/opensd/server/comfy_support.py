@@ -32,6 +32,8 @@ def router(state) -> APIRouter:
         # ComfyUI's "Unload models" / "Free model and node cache": both drop every loaded model here.
         if body.get("unload_models") is True or body.get("free_memory") is True:
             state.cache.clear()
+            if state.pool is not None:  # and on every Ray worker
+                state.pool.unload()
         return {}
 
     @api.get("/i18n")
