@@ -126,8 +126,9 @@ def test_sd3_nodes_refuse_a_flux_clip_in_one_line(env):
 
 def test_gguf_network_in_the_models_folder(env):
     """city96's UnetLoaderGGUF lists unet/ and diffusion_models/ .gguf files and runs a Q8_0 network as
-    UNETLoader runs the same weights dequantised; `opensd generate -m x.gguf` finds its text
-    encoders and VAE in the models folder as for a safetensors network."""
+    UNETLoader runs the same weights dequantised (and, with weight_dtype fp8_e4m3fn, nearly so);
+    `opensd generate -m x.gguf` finds its text encoders and VAE in the models folder as for a
+    safetensors network."""
     import gguf
     from opensd.checkpoints.files import read_state_dict, save_safetensors
     from opensd.pipeline.pipeline import load
@@ -146,6 +147,9 @@ def test_gguf_network_in_the_models_folder(env):
         "unet_name": "flux1_dequantised.safetensors", "weight_dtype": "default"}}})
     quantised = _run(ctx, {**graph, "11": {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": "flux1-Q8_0.gguf"}}})
     assert np.abs(plain.astype(int) - quantised.astype(int)).max() <= 1 and plain.std() > 1
+    fp8 = _run(ctx, {**graph, "11": {"class_type": "UNETLoader", "inputs": {
+        "unet_name": "flux1_dequantised.safetensors", "weight_dtype": "fp8_e4m3fn"}}})
+    assert 0 < np.abs(plain.astype(int) - fp8.astype(int)).mean() < 8  # stored in float8, cast per layer
     kw = dict(steps=2, seed=SEED, width=SIZE, height=SIZE)
     a = load(models / "unet" / "flux1-Q8_0.gguf", precision="fp32", device="cpu").txt2img(PROMPT, **kw)[0]
     b = load(models / "diffusion_models" / "flux1_dequantised.safetensors", precision="fp32", device="cpu")

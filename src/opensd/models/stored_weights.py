@@ -76,3 +76,14 @@ class StoredLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, stored as {self.kind}"
+
+
+def store_linears(module: nn.Module, dtype: torch.dtype) -> int:
+    """Every nn.Linear under `module` keeps its weight in `dtype` (float8) from now on, cast per call
+    (ComfyUI's UNETLoader weight_dtype); returns how many."""
+    linears = [(name, m) for name, m in module.named_modules() if type(m) is nn.Linear]
+    for name, linear in linears:
+        parent, _, leaf = name.rpartition(".")
+        weight = linear.weight.detach()
+        module.get_submodule(parent).register_module(leaf, StoredLinear(linear, weight.to(dtype), weight.device))
+    return len(linears)

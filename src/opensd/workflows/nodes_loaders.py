@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+import torch
 import yaml
 
+from ..checkpoints.detect_dit import NET
+from ..models.stored_weights import store_linears
 from ..pipeline import parts
 from .model_sampling import ModelSampling
 from .nodes_core import checkpoint_loader
@@ -73,10 +76,14 @@ UNET_DTYPES = ["default", "fp8_e4m3fn", "fp8_e5m2"]
 
 def unet_loader(call, unet_name, weight_dtype):
     path = call.ctx.folders.resolve("unet", unet_name)
-    if weight_dtype != "default":
-        log.warning("UNETLoader: %s storage is not supported; %s is loaded in %s", weight_dtype, unet_name,
-                    call.ctx.precision)
-    return (ModelRef(parts.load_unet(path, **_where(call.ctx)), unet_name),)
+    pipe = parts.load_unet(path, **_where(call.ctx))
+    if weight_dtype != "default":  # float8 storage, cast per layer as it runs, where the family allows it
+        if pipe.family.keeps_stored(NET):
+            store_linears(pipe.family.network(pipe.model), getattr(torch, weight_dtype.replace("fp8", "float8")))
+        else:
+            log.warning("UNETLoader: %s storage is not supported for %s models; %s is loaded in %s", weight_dtype,
+                        pipe.family.label, unet_name, call.ctx.precision)
+    return (ModelRef(pipe, unet_name),)
 
 
 register(NodeDef(
