@@ -23,8 +23,10 @@ def test_the_wire_holds_names_and_wildcard_lines_not_paths(tmp_path):
     (tmp_path / "wild" / "animal.txt").write_text("cat\n__colour__ dog\n")
     (tmp_path / "wild" / "colour.txt").write_text("red\n# a comment\nblue\n")
     folders = ModelFolders(models)
-    sent = wire.to_wire(folders, Wildcards(tmp_path / "wild"), payload(models))
+    refiner = {"path": str(models / "Stable-diffusion" / "tiny.safetensors"), "switch_at": 0.8, "hires_pass": "both"}
+    sent = wire.to_wire(folders, Wildcards(tmp_path / "wild"), payload(models, refiner=refiner))
     assert sent["model"] == "tiny.safetensors" and sent["vae"] is None
+    assert sent["refiner"] == {"model": "tiny.safetensors", "switch_at": 0.8, "hires_pass": "both"}
     assert "model_path" not in sent and "output" not in sent and str(tmp_path) not in repr(sent)
     assert sent["wildcards"] == {"animal": ["cat", "__colour__ dog"], "colour": ["red", "blue"]}
     builtin = wire.to_wire(folders, Wildcards(None), payload(models, prompt="x", model_path=str(BUILTIN_CHECKPOINT)))
@@ -37,6 +39,7 @@ def test_the_wire_holds_names_and_wildcard_lines_not_paths(tmp_path):
         (models / "Stable-diffusion" / "tiny.safetensors").read_bytes())
     local, wildcards = wire.from_wire(ModelFolders(elsewhere), sent)
     assert local["model_path"] == str((elsewhere / "Stable-diffusion" / "tiny.safetensors").resolve())
+    assert local["refiner"] == {**refiner, "path": local["model_path"]}
     assert wildcards.values("colour") == ["red", "blue"]
     with pytest.raises(InvalidArgument, match="not sent"):
         wildcards.values("other")
@@ -58,11 +61,11 @@ def test_a_model_outside_the_models_folder_is_named_in_one_line(tmp_path):
         wire.to_wire(ModelFolders(models), Wildcards(None), payload(models, model_path=str(stray)))
 
 
-def test_only_plain_a1111_generations_go_to_ray_workers():
+def test_plain_a1111_generations_and_comfyui_graphs_go_to_ray_workers():
     class Job:
         def __init__(self, kind, payload):
             self.kind, self.payload = kind, payload
 
     assert wire.remote(Job("a1111", {"script": None}))
     assert not wire.remote(Job("a1111", {"script": "x/y/z plot"}))
-    assert not wire.remote(Job("comfy", {})) and not wire.remote(Job("train", {}))
+    assert wire.remote(Job("comfy", {})) and not wire.remote(Job("train", {})) and not wire.remote(Job("extras", {}))

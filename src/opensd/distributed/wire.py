@@ -44,12 +44,16 @@ def models_of(folders: ModelFolders, payload: dict) -> tuple[str, str | None, tu
 
 
 def to_wire(folders: ModelFolders, wildcards: Wildcards, payload: dict) -> dict:
-    """The payload as a worker gets it: model names for paths, the wildcard lines it needs, no output folder."""
+    """The payload as a worker gets it: model names for paths (checkpoint, VAE, ControlNets, refiner), the
+    wildcard lines it needs, no output folder."""
     wire = {k: v for k, v in payload.items() if k not in ("model_path", "vae_path", "output")}
     wire["model"], wire["vae"], _ = models_of(folders, payload)
     wire["controlnet"] = [{k: v for k, v in u.items() if k != "path"}
                           | {"model": model_name(folders, "controlnet", u["path"])}
                           for u in payload.get("controlnet") or []]
+    if payload.get("refiner"):
+        wire["refiner"] = {k: v for k, v in payload["refiner"].items() if k != "path"} \
+            | {"model": model_name(folders, "checkpoints", payload["refiner"]["path"])}
     used = _Recording(wildcards)
     hires = payload["kwargs"].get("hires") or {}
     for text in (payload.get("prompt"), payload.get("negative_prompt"), hires.get("prompt"),
@@ -68,6 +72,9 @@ def from_wire(folders: ModelFolders, wire: dict) -> tuple[dict, Wildcards]:
     payload["controlnet"] = [{k: v for k, v in u.items() if k != "model"}
                              | {"path": str(folders.resolve("controlnet", u["model"]))}
                              for u in wire.get("controlnet") or []]
+    if wire.get("refiner"):
+        payload["refiner"] = {k: v for k, v in wire["refiner"].items() if k != "model"} \
+            | {"path": str(folders.resolve("checkpoints", wire["refiner"]["model"]))}
     return payload, Shipped(wire.get("wildcards") or {})
 
 
