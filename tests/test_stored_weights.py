@@ -184,3 +184,13 @@ def test_loras_patch_fp8_weights_and_refuse_gguf_blocks(tmp_path):
     quantised = parts.load_unet(tmp_path / "net.gguf", device="cpu", precision="fp32")
     with pytest.raises(InvalidArgument, match="^lora: this model's weights are GGUF-quantised"):
         LoraSet(quantised.model).apply([LoraSpec(tmp_path / "lora.safetensors")])
+
+
+def test_a_damaged_gguf_file_is_one_line(tmp_path):
+    net, metadata = network("flux")
+    write_gguf(tmp_path / "net.gguf", net.state_dict(), Q.Q8_0, metadata, "flux")
+    raw = (tmp_path / "net.gguf").read_bytes()
+    for n in (8, 200, len(raw) // 2):
+        (tmp_path / "bad.gguf").write_bytes(raw[:n])
+        with pytest.raises(CheckpointError, match="bad.gguf"):
+            read_state_dict(tmp_path / "bad.gguf", keep_quantized=True)
