@@ -50,9 +50,10 @@ def local_ray(num_cpus: int):
 
 
 @contextmanager
-def local_cluster(nodes: int, cpus: int = 1):
+def local_cluster(nodes: int, cpus: int = 1, node_env: list[dict[str, str]] | None = None):
     """A head node with no CPUs of its own (it only runs the front door's Ray driver) and `nodes` worker
-    nodes of `cpus` CPUs each, every one its own raylet process; `cluster.add_node` adds one later."""
+    nodes of `cpus` CPUs each, every one its own raylet process; `cluster.add_node` adds one later.
+    `node_env[i]`: environment variables of node i's processes (as a machine of its own would have)."""
     ray = pytest.importorskip("ray", reason='Ray is not installed (pip install "opensd[ray]")')
     from ray.cluster_utils import Cluster
 
@@ -60,8 +61,9 @@ def local_cluster(nodes: int, cpus: int = 1):
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
                                                                 "include_dashboard": False})
         try:
-            for _ in range(nodes):
-                cluster.add_node(num_cpus=cpus, node_ip_address="127.0.0.1")
+            for i in range(nodes):
+                with environment(node_env[i] if node_env else {}):
+                    cluster.add_node(num_cpus=cpus, node_ip_address="127.0.0.1")
             ray.init(address=cluster.address, log_to_driver=False, namespace="opensd-test")
             try:
                 yield ray, cluster
@@ -69,3 +71,18 @@ def local_cluster(nodes: int, cpus: int = 1):
                 ray.shutdown()
         finally:
             cluster.shutdown()
+
+
+@contextmanager
+def environment(values: dict[str, str]):
+    """os.environ with `values` set (a raylet started now inherits them), then as it was."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -111,6 +111,8 @@ def test_batch_flag_mistakes_are_one_line(tmp_path, capsys):
     assert "model: no model named 'nope'" in capsys.readouterr().err
     assert main(["batch", str(tmp_path / "jobs.jsonl"), "-o", str(tmp_path / "o"), "--ray-workers", "2"]) == 2
     assert "ray-workers: only with --ray" in capsys.readouterr().err
+    assert main(["batch", str(tmp_path / "jobs.jsonl"), "-o", str(tmp_path / "o"), "--ray-ship-models"]) == 2
+    assert "ray-ship-models: only with --ray" in capsys.readouterr().err
     assert main(["batch", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     closed = f"127.0.0.1:{free_port()}"

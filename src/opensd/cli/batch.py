@@ -30,6 +30,8 @@ def register(sub) -> None:
     ray.add_argument("--ray", metavar="auto|ADDRESS", help="run the generations on Ray workers (as opensd serve --ray)")
     ray.add_argument("--ray-workers", type=int_arg, metavar="N", help="CPU workers (default: as the cluster holds)")
     ray.add_argument("--ray-threads", type=int_arg, metavar="T", help="threads per CPU worker (default 4)")
+    ray.add_argument("--ray-ship-models", action="store_true",
+                     help="send the model files to nodes without this models folder (as opensd serve --ray-ship-models)")
     p.set_defaults(func=cmd_batch)
 
 
@@ -50,7 +52,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         settings = Settings(outputs_dir=args.output_dir, data_dir=Path(data), models_dir=models_dir(args.models_dir),
                             styles_file=args.styles_file, wildcards_dir=args.wildcards_dir, device=args.device,
                             precision=args.precision, queue_size=100_000, work_budget=1e15, ray=args.ray,
-                            ray_workers=args.ray_workers, ray_threads=args.ray_threads)
+                            ray_workers=args.ray_workers, ray_threads=args.ray_threads,
+                            ray_ship_models=args.ray_ship_models)
         state = ServerState(settings)
         try:
             if args.model:

@@ -64,6 +64,9 @@ def register(sub) -> None:
     ray.add_argument("--ray-workers", type=int_arg, metavar="N",
                      help="CPU workers to start (default: as many as the cluster's CPUs hold, growing as nodes join)")
     ray.add_argument("--ray-threads", type=int_arg, metavar="T", help="threads (Ray CPUs) per CPU worker (default 4)")
+    ray.add_argument("--ray-ship-models", action="store_true",
+                     help="nodes without this models folder get each model file a job needs from here, once per "
+                          "node, by its SHA-256 (kept in OPENSD_CACHE_DIR/shipped-models on each node)")
     p.add_argument("--open", action="store_true", help="open the web UI in the default browser")
     p.set_defaults(func=cmd_serve)
 
@@ -83,7 +86,8 @@ def settings_from(args: argparse.Namespace):
                     device=args.device, precision=args.precision, memory=args.memory, backend=args.backend,
                     model_budget_bytes=int(args.model_cache_gb * (1 << 30)),
                     max_body_bytes=int(args.max_body_mb * (1 << 20)),
-                    ray=args.ray, ray_workers=args.ray_workers, ray_threads=args.ray_threads)
+                    ray=args.ray, ray_workers=args.ray_workers, ray_threads=args.ray_threads,
+                    ray_ship_models=args.ray_ship_models)
 
 
 def ui_url(host: str, port: int) -> str:

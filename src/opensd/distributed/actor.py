@@ -23,17 +23,23 @@ from ..server.model_cache import ModelCache
 from ..server.settings import Settings
 from ..workflows import OutputCache
 from . import comfy_wire, wire
+from .shipping import ShippedModels, ray_chunks
 
 
 class GenerationActor:
     def __init__(self, models_dir: str | None, device: str, precision: str, threads: int | None,
-                 budget_bytes: int, max_image_pixels: int):
+                 budget_bytes: int, max_image_pixels: int, source=None):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        root = os.environ.get(MODELS_DIR_ENV) or models_dir  # a node mounting the models elsewhere says so
-        self.folders = ModelFolders(Path(root) if root else None)
+        self.source = source  # the front door's ModelSource when it ships the models (shipping.py)
+        self.shipped = ShippedModels() if source is not None else None
+        if self.shipped is not None:
+            self.folders = self.shipped.folders()
+        else:
+            root = os.environ.get(MODELS_DIR_ENV) or models_dir  # a node mounting the models elsewhere says so
+            self.folders = ModelFolders(Path(root) if root else None)
         self.cache = ModelCache(self.folders, device, precision, budget_bytes)
         self.settings = Settings(max_image_pixels=max_image_pixels)  # what a1111_run.generate reads
         self.wildcards = wire.Shipped({})
@@ -61,6 +67,7 @@ class GenerationActor:
 
     def run(self, job_id: str, job_wire: dict) -> dict:
         """Generate the job; its images come back (with their infotexts) for the front door to save."""
+        self._receive(job_wire)
         payload, self.wildcards = wire.from_wire(self.folders, job_wire)
         self._begin(job_id)
         try:
@@ -78,6 +85,7 @@ class GenerationActor:
 
     def run_graph(self, job_id: str, job_wire: dict) -> dict:
         """Run a ComfyUI graph (comfy_wire); its result and its last messages come back."""
+        self._receive(job_wire)
         self.stage.receive(job_wire["inputs"])
         self._begin(job_id)
         ctl = Control(self.progress)
@@ -90,6 +98,13 @@ class GenerationActor:
         for name in comfy_wire.checkpoints(self.folders, job_wire["prompt"]):
             self._hold(name, None, [])
         return {"result": result, "messages": self._take(), "held": self.held()}
+
+    def _receive(self, job_wire: dict) -> None:
+        """The job's model files this node lacks, from the front door (when it ships them)."""
+        if self.shipped is not None:
+            import ray
+
+            self.shipped.ensure(job_wire.get("ship") or [], lambda entry: ray_chunks(ray, self.source, entry))
 
     def _begin(self, job_id: str) -> None:
         if (files := self._embedding_files()) != self._embeddings:  # one trained or copied in meanwhile

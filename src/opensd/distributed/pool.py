@@ -16,6 +16,7 @@ from ..errors import InvalidArgument
 from . import wire
 from .actor import GenerationActor
 from .ray_worker import RayWorker
+from .shipping import Shipper
 
 log = logging.getLogger(__name__)
 DEFAULT_THREADS = 4
@@ -68,6 +69,7 @@ class RayPool:
         self.state = state
         self._owns = connect(address)
         self.fixed, self.threads = workers, threads or self._default_threads()
+        self.shipper = Shipper(self.ray, state.folders) if state.settings.ray_ship_models else None
         self.workers: list[RayWorker] = []
         self._count = 0
         self._lock = threading.Lock()
@@ -108,9 +110,10 @@ class RayPool:
             for _ in range(n):
                 actor = cls.options(max_restarts=-1, max_concurrency=ACTOR_CONCURRENCY, **resources).remote(
                     str(s.models_dir) if s.models_dir else None, "cuda" if gpu else "cpu", s.precision,
-                    None if gpu else self.threads, s.model_budget_bytes, s.max_image_pixels)
+                    None if gpu else self.threads, s.model_budget_bytes, s.max_image_pixels,
+                    self.shipper.source if self.shipper else None)
                 self._count += 1
-                added.append(RayWorker(f"ray-{self._count}", actor, self.state))
+                added.append(RayWorker(f"ray-{self._count}", actor, self.state, self.shipper))
             self.workers += added
         for worker in added:
             self.state.queue.add_worker(worker)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..server import a1111_run
 from ..server.jobs import Stopped
-from . import comfy_wire, wire
+from . import comfy_wire, shipping, wire
 from .worker import Worker, WorkerLost
 
 POLL_S = 0.25        # progress poll interval while a job runs
@@ -26,9 +26,10 @@ ANSWER_S = 120.0     # a poll not answered in this long: the actor is hung, and 
 class RayWorker(Worker):
     kind = "ray"
 
-    def __init__(self, name: str, actor, state):
+    def __init__(self, name: str, actor, state, shipper=None):
         super().__init__(name)
         self.actor, self.state = actor, state
+        self.shipper = shipper  # shipping.Shipper when the front door ships the model files
         self.info: dict = {}
         self.held: list[dict] = []
         self.answer_s = ANSWER_S
@@ -77,7 +78,10 @@ class RayWorker(Worker):
         if job.kind == comfy_wire.KIND:
             return self._run_graph(job, ctl)
         p = job.payload
-        out = self._call(self.actor.run, job, ctl, wire.to_wire(self.state.folders, self.state.wildcards, p))
+        job_wire = wire.to_wire(self.state.folders, self.state.wildcards, p)
+        if self.shipper is not None:
+            job_wire["ship"] = self.shipper.entries(shipping.a1111_files(self.state, p))
+        out = self._call(self.actor.run, job, ctl, job_wire)
         if out.get("stopped"):
             raise Stopped(skip=out["skip"])
         made = out["batch"]
@@ -85,7 +89,11 @@ class RayWorker(Worker):
         return a1111_run.record(self.state, job, a1111_run.request_of(p), made)
 
     def _run_graph(self, job, ctl):
-        out = self._call(self.actor.run_graph, job, ctl, comfy_wire.to_wire(self.state.comfy.dirs["input"], job.payload))
+        job_wire = comfy_wire.to_wire(self.state.comfy.dirs["input"], job.payload)
+        if self.shipper is not None:
+            files = shipping.graph_files(self.state.folders, comfy_wire.choices(job_wire["prompt"]))
+            job_wire["ship"] = self.shipper.entries(files)
+        out = self._call(self.actor.run_graph, job, ctl, job_wire)
         result = out["result"]
         result["outputs"] = {node: self.received.translate(ui) for node, ui in result["outputs"].items()}
         return result, result

@@ -39,6 +39,7 @@ class Settings:
     ray: str | None = None                   # run generations on Ray actors: "auto" or a cluster address
     ray_workers: int | None = None           # CPU actors (default: as many as the cluster's CPUs hold)
     ray_threads: int | None = None           # PyTorch threads (and Ray CPUs) per CPU actor
+    ray_ship_models: bool = False            # workers fetch model files from here by SHA-256 (no shared folder)
 
     def __post_init__(self):
         self.outputs_dir = Path(self.outputs_dir)
@@ -59,6 +60,8 @@ class Settings:
                 raise InvalidArgument(f"{flag}: {value} is outside 1..4096")
             if value is not None and not self.ray:
                 raise InvalidArgument(f"{flag}: only with --ray (the workers are Ray actors)")
+        if self.ray_ship_models and not self.ray:
+            raise InvalidArgument("ray-ship-models: only with --ray (it ships model files to the Ray workers)")
         if self.memory not in ("auto", "normal", "medvram", "lowvram"):
             raise InvalidArgument(f"memory: {self.memory!r} is not one of auto, normal, medvram, lowvram")
         if self.backend not in ("torch", "openvino"):
