@@ -145,16 +145,20 @@ def render(res: dict) -> str:
                      f"{best[n] / best['diffusers fp32']:.3f} | {best[n] / best['diffusers bf16']:.3f} | "
                      f"{statistics.median(cpu[n]):.2f} | {ratio(n, 'diffusers fp32', cpu):.3f} | "
                      f"{ratio(n, 'diffusers bf16', cpu):.3f} | {err:.2e} ({mag:.2f}) |")
-    probe = res["probe"]
-    lines += ["", f"Machine: {info['nproc']} CPU cores ({info['cpu']}; flags {' '.join(res['flags']) or 'none of '}"
-                  f"{'' if res['flags'] else ', '.join(FLAGS)}; torch CPU capability {info['cpu_capability']}), "
-                  f"{info['threads']} torch threads, torch {info['torch']}, diffusers {info['diffusers']}. "
-                  f"bf16 probe (pipeline/precision.py): a bf16 512^3 matmul ran {probe['speedup']:.1f}x faster than "
-                  f"fp32, native bf16 = {probe['native']}.",
-              f"1-min load average before and after each round: {', '.join(f'{x:.1f}' for x in res['loads'])} "
-              f"(the benchmark itself accounts for about 2 on this 2-core machine; more means other work shared "
-              f"the cores). {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC."]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *machine_lines(res)])
+
+
+def machine_lines(res: dict) -> list[str]:
+    """The machine and the load while it ran (`res`: info, flags, probe, loads), for generated sections."""
+    info, probe = res["info"], res["probe"]
+    return [f"Machine: {info['nproc']} CPU cores ({info['cpu']}; flags {' '.join(res['flags']) or 'none of '}"
+            f"{'' if res['flags'] else ', '.join(FLAGS)}; torch CPU capability {info['cpu_capability']}), "
+            f"{info['threads']} torch threads, torch {info['torch']}, diffusers {info['diffusers']}. "
+            f"bf16 probe (pipeline/precision.py): a bf16 512^3 matmul ran {probe['speedup']:.1f}x faster than "
+            f"fp32, native bf16 = {probe['native']}.",
+            f"1-min load average before and after each round: {', '.join(f'{x:.1f}' for x in res['loads'])} "
+            f"(the benchmark itself accounts for about 2 on this 2-core machine; more means other work shared "
+            f"the cores). {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC."]
 
 
 def main() -> int:
