@@ -1,5 +1,5 @@
 """Data-parallel training under torchrun (2 gloo processes on the CPU): the trained weights after 2
-steps equal one process's with the whole batch (LoRA, embedding, DreamBooth), also when a batch
+steps equal one process's with the whole batch (LoRA, embedding, DreamBooth, ControlNet), also when a batch
 does not split evenly (5 images, batch 4: the second step's single row lands on one rank); the
 optimizer's first moments (a running mean of the gradients) agree too; only rank 0 writes; a run
 started on 2 processes continues on 1."""
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from test_finetune_lora import make_data
 
@@ -38,6 +39,11 @@ def train(base: Path, kind: str, out: Path, run: Path, steps: int, procs: int) -
             "--output", str(out), "--run-dir", str(run), "--steps", str(steps), "--batch-size", "4",
             "--resolution", "32", "--bucket-step", "8", "--lr", "1e-3", "--lr-scheduler", "constant",
             "--save-every", "1", "--threads", "1", "--no-progress", *KIND_FLAGS[kind]]
+    return run_cmd(args, procs)
+
+
+def run_cmd(args: list[str], procs: int) -> subprocess.CompletedProcess:
+    """`python ARGS` in one process, or in `procs` under torchrun."""
     if procs > 1:
         # --standalone: torchrun picks its own free port on this machine (no race for one picked here)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), *args]
@@ -98,6 +104,40 @@ def test_two_processes_train_what_one_process_trains_with_the_whole_batch(base, 
         # (a bias before a one-channel GroupNorm) that is fp32 noise of ~1e-9; AdamW divides it by its
         # own size, so those weights move by a noise-driven fraction of the learning rate either way)
         assert_close(load_file(root / "out.safetensors"), load_file(tmp_path / "two.safetensors"), kind)
+
+
+def train_controlnet(base: Path, run: Path, out: Path, procs: int) -> subprocess.CompletedProcess:
+    """2 steps of a batch of 3 (split 1 + 2 over two ranks) on the images of `base` and their hints."""
+    hints = base / "hints" / "1_sks thing"
+    if not hints.is_dir():
+        hints.mkdir(parents=True)
+        for image in (base / "data" / "1_sks thing").glob("*.png"):
+            Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(hints / image.name)
+    args = ["-m", "opensd.cli", "train-controlnet", "--model", str(base / "m.safetensors"), "--data",
+            str(base / "data"), "--conditioning-dir", str(base / "hints"), "--resolution", "64", "--run-dir", str(run),
+            "--out", str(out), "--steps", "2", "--batch", "3", "--lr", "1e-3", "--save-every", "1", "--threads", "1",
+            "--no-progress"]
+    return run_cmd(args, procs)
+
+
+def test_two_processes_train_the_controlnet_one_process_trains_with_the_whole_batch(base, tmp_path):
+    one = train_controlnet(base, tmp_path / "run1", tmp_path / "one.safetensors", procs=1)
+    two = train_controlnet(base, tmp_path / "run2", tmp_path / "two.safetensors", procs=2)
+    assert one.stdout.count("two.safetensors") == 0 and two.stdout.count("two.safetensors") == 1  # rank 0 writes
+    s1 = torch.load(tmp_path / "run1" / "state.pt", weights_only=True)
+    s2 = torch.load(tmp_path / "run2" / "state.pt", weights_only=True)
+    assert s1["step"] == s2["step"] == 2 and s1["losses"] == pytest.approx(s2["losses"], rel=1e-5)
+    m1, m2 = first_moments(tmp_path / "run1"), first_moments(tmp_path / "run2")
+    scale = max(m.abs().max() for m in m1)
+    # (measured: within 3e-4 of the largest; the worst is a hint-encoder conv whose gradient is ~1e-6,
+    # where the split's summation order shows)
+    assert scale > 0 and all(((a - b).abs() <= 1e-3 * scale + 1e-3 * a.abs()).all() for a, b in zip(m1, m2, strict=True))
+    # the weights: the zero convs carry what was learned (the rest get gradients of ~1e-6 behind them
+    # by step 2, which AdamW's normalisation turns into noise-driven steps, as DreamBooth's note says)
+    learned = [(load_file(tmp_path / f).items()) for f in ("one.safetensors", "two.safetensors")]
+    learned = [{k: v for k, v in d if "zero_convs" in k or "middle_block_out" in k} for d in learned]
+    assert len(learned[0]) > 2
+    assert_close(*learned, "controlnet")
 
 
 def test_a_run_started_on_two_processes_continues_on_one(base, one_process, tmp_path):

@@ -64,7 +64,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.controlnet_train import run
 
     args.model = resolve_model(model_folders(args), "checkpoints", args.model, "model")
-    print(run(args))
+    out = run(args)
+    if out is not None:  # data-parallel: only rank 0 writes
+        print(out)
     return 0
 
 

@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="control images with the same names as the images in --data (trains on your triples)")
     p.add_argument("--resolution", type=int, help="with --conditioning-dir: training size (default: the model's)")
     p.add_argument("--caption", default="", help="with --conditioning-dir: caption for images without a .txt")
-    p.add_argument("--run", type=Path, default=Path("runs/controlnet"), help="run folder (resumable)")
+    p.add_argument("--run", "--run-dir", dest="run", type=Path, default=Path("runs/controlnet"),
+                   help="run folder (resumable); under torchrun spell it --run-dir (torchrun takes --run for its own)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)

@@ -82,7 +82,7 @@ def prepare(loaded, images: np.ndarray, path: Path, batch: int = 128) -> dict:
 
 
 def controlnet_loss(net: ControlNet, unet, text_encoder, batch, alphas: torch.Tensor) -> torch.Tensor:
-    z0, hint, ids, t, noise = batch
+    z0, hint, ids, t, noise, weight = batch
     with torch.no_grad():
         context = text_encoder(ids).hidden
     a = alphas[t].view(-1, 1, 1, 1)
@@ -90,8 +90,8 @@ def controlnet_loss(net: ControlNet, unet, text_encoder, batch, alphas: torch.Te
     residuals = net(zt, hint, t, context)
     pred = unet(zt, t, context, control=residuals).float()
     snr = a.view(-1) / (1 - a.view(-1))
-    weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
-    return (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+    snr_weighted = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
+    return (snr_weighted * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean() * weight  # a rank's share
 
 
 def sample_t(n: int, g: torch.Generator, total: int, mode: str = "cubic") -> torch.Tensor:
@@ -102,7 +102,9 @@ def sample_t(n: int, g: torch.Generator, total: int, mode: str = "cubic") -> tor
 
 
 def make_trainer(loaded, data: dict, captions: list[str], run_dir: Path, steps: int, batch: int = 32,
-                 lr: float = 2e-4, save_every: int = 50, t_sampling: str = "cubic") -> Trainer:
+                 lr: float = 2e-4, save_every: int = 50, t_sampling: str = "cubic", parallel=None) -> Trainer:
+    """`parallel` (distributed.ddp.Parallel, under torchrun): every process draws the whole batch and
+    trains on its rows, weighted so the averaged gradients are the whole batch's."""
     sd = loaded.model
     unet = sd.unet.eval().requires_grad_(False)
     te = sd.cond_stage_model.eval().requires_grad_(False)
@@ -121,10 +123,12 @@ def make_trainer(loaded, data: dict, captions: list[str], run_dir: Path, steps: 
             b_ids[torch.rand(len(idx), generator=g) < CAPTION_DROPOUT] = empty
             t = sample_t(len(idx), g, len(alphas), t_sampling)
             noise = torch.randn(latents[idx].shape, generator=g)
-            yield latents[idx], hint_tensor(hints[idx]), b_ids, t, noise
+            rows, weight = parallel.rows(len(idx)) if parallel is not None else (slice(None), 1.0)
+            yield latents[idx][rows], hint_tensor(hints[idx][rows]), b_ids[rows], t[rows], noise[rows], weight
 
     cfg = TrainConfig(steps=steps, lr=lr, warmup=min(100, steps // 10 + 1), save_every=save_every, seed=7)
-    return Trainer(net, batches, lambda m, b, s: controlnet_loss(m, unet, te, b, alphas), cfg, run_dir)
+    return Trainer(net, batches, lambda m, b, s: controlnet_loss(m, unet, te, b, alphas), cfg, run_dir,
+                   parallel=parallel)
 
 
 def main(argv=None) -> None:
@@ -134,30 +138,50 @@ def main(argv=None) -> None:
     run(p.parse_args(argv))
 
 
-def run(a: argparse.Namespace) -> Path:
-    from ..pipeline.loader import load_model
-    from .emoji_data import load_split
+def run(a: argparse.Namespace) -> Path | None:
+    """Train (or export) as the flags say; under torchrun data-parallel, one process per CPU group
+    (gloo), where only rank 0 writes and returns the file (the others None)."""
+    from ..distributed import ddp
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
+    parallel, _ = ddp.start("cpu")
+    try:
+        return _train(a, parallel)
+    finally:
+        ddp.finish()
+
+
+def _train(a: argparse.Namespace, parallel) -> Path | None:
+    from ..pipeline.loader import load_model
+    from .emoji_data import load_split
+
     loaded = load_model(a.model, dtype=torch.float32)
     if loaded.config.family in ("sdxl", "sdxl_refiner"):
         raise InvalidArgument("model: ControlNet training runs on SD 1.x/2.x and small models; SDXL is not "
                               "supported yet")
+    main = parallel is None or parallel.main
+    if not main:
+        parallel.barrier()  # rank 0 makes the data cache first; the others read it
     if a.conditioning_dir is not None:  # the user's own (image, control image, caption) triples
         data, captions = prepare_pairs(loaded, a.data, a.conditioning_dir, a.resolution, a.caption,
                                        a.run / "data.pt")
     else:
         train = load_split(a.data, "train")
         data, captions = prepare(loaded, train.images, a.run / "data.pt"), train.captions
-    trainer = make_trainer(loaded, data, captions, a.run, a.steps, a.batch, a.lr, a.save_every, a.t_sampling)
+    if main and parallel is not None:
+        parallel.barrier()
+    trainer = make_trainer(loaded, data, captions, a.run, a.steps, a.batch, a.lr, a.save_every, a.t_sampling,
+                           parallel)
     if a.export_only:
         if not trainer.try_resume():
             raise SystemExit(f"no training state in {a.run}")
         net = trainer.model
     else:
         net = trainer.run(progress=not a.no_progress, until=a.until)
+    if not main:
+        return None
     out = a.out or a.run / ("controlnet.safetensors" if a.conditioning_dir else "controlnet-canny.safetensors")
     save_controlnet(net.eval(), out, loaded.config.family)
     log.info("step %d: wrote %s", trainer.step, out)
