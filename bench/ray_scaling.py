@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from opensd.library.models_dir import BUILTIN_CHECKPOINT
 from opensd.server import a1111_api
 from opensd.server.comfy_api import ComfyHub
 from opensd.server.a1111_models import Txt2ImgRequest
@@ -34,7 +35,7 @@ COMFY_GRAPH = {
     "3": {"class_type": "KSampler", "inputs": {"seed": 5, "steps": 20, "cfg": 6.0, "sampler_name": "euler",
                                                "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
                                                "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
-    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "opensd-emoji.safetensors"}},
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": BUILTIN_CHECKPOINT}},
     "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
     "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "an emoji", "clip": ["4", 1]}},
     "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},

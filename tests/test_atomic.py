@@ -96,7 +96,8 @@ def test_no_module_hand_writes_a_temp_file_and_renames_it():
     path itself (moving an existing file, e.g. a user's upload or a finished download, is not a write)."""
     moves = {("server/comfy_userdata.py", "source"), ("training/emoji_npm.py", "tgzs"),
              ("training/emoji_data.py", "tmp"), ("library/convert.py", "out"),  # convert: a whole folder
-             ("library/model_manager.py", "part")}  # a finished, hash-checked download
+             ("library/model_manager.py", "part"),  # a finished, hash-checked download
+             ("distributed/shipping.py", "tmp")}  # a hard link of a stored blob put under its name
     root = Path(opensd.__file__).parent
     found = []
     for file in sorted(root.rglob("*.py")):

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import safe_paths
+from ..atomic import atomic_write
 from ..errors import InvalidArgument
 from ..library.hashes import default_cache, default_cache_dir
 from ..library.models_dir import BUILTIN_DIR, LAYOUT, ModelFolders
@@ -158,19 +159,16 @@ class ShippedModels:
         return fetched
 
     def _fetch(self, entry: dict, blob: Path, chunks: Iterator[bytes]) -> None:
-        tmp = blob.with_name(blob.name + ".part")
         digest, size = hashlib.sha256(), 0
-        with open(tmp, "wb") as f:
+        with atomic_write(blob) as f:  # an exception leaves no blob and no temp file
             for data in chunks:
                 digest.update(data)
                 f.write(data)
                 size += len(data)
-        if digest.hexdigest() != entry["sha256"] or size != entry["size"]:
-            tmp.unlink()
-            raise InvalidArgument(f"ray-ship-models: {entry['kind']} {entry['name']}: the bytes received do not "
-                                  f"match its SHA-256 {entry['sha256'][:12]} (changed on the front door while it "
-                                  "was sent?); the job can be run again")
-        os.replace(tmp, blob)
+            if digest.hexdigest() != entry["sha256"] or size != entry["size"]:
+                raise InvalidArgument(f"ray-ship-models: {entry['kind']} {entry['name']}: the bytes received do not "
+                                      f"match its SHA-256 {entry['sha256'][:12]} (changed on the front door while "
+                                      "it was sent?); the job can be run again")
 
     def _link(self, entry: dict, blob: Path) -> None:
         kind, name = entry["kind"], entry["name"]
