@@ -166,8 +166,10 @@ def test_shift_changes_the_schedule_as_sd3_defines_it(sd3):
 
 
 def test_fp8_text_encoder_files_are_upcast_on_load(sd3, tmp_path):
-    """t5xxl_fp8_e4m3fn.safetensors: stored in float8, computed in the model's dtype; the same as
-    the dequantised weights, and close to the full-precision encoder."""
+    """t5xxl_fp8_e4m3fn.safetensors: stored in float8, computed in the model's dtype (its Linears
+    keep float8 and cast per call, the embedding is upcast on load); the same as the dequantised
+    weights, and close to the full-precision encoder."""
+    from opensd.models.stored_weights import StoredLinear
     from opensd.checkpoints.files import read_state_dict, save_safetensors
     ours, _, _, _ = sd3
     bare = write_single_file(tmp_path / "sd3.safetensors", ours.model, META_SD3, encoders=False)
@@ -181,6 +183,8 @@ def test_fp8_text_encoder_files_are_upcast_on_load(sd3, tmp_path):
     a = load(bare, text_encoders=encoders + [fp8], precision="fp32", device="cpu")
     b = load(bare, text_encoders=encoders + [dequantised], precision="fp32", device="cpu")
     assert next(a.model.encoder("t5xxl").parameters()).dtype == torch.float32
+    kinds = {m.kind for m in a.model.encoder("t5xxl").modules() if isinstance(m, StoredLinear)}
+    assert kinds == {"float8_e4m3fn"}
     ca, cb, full = (p.conditioner().encode(PROMPT).context for p in (a, b, ours))
     assert torch.equal(ca, cb)
     assert_close_scaled(ca, full, rel=0.1)
