@@ -5,6 +5,7 @@ another site cannot write the frontend's user data."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -113,20 +114,24 @@ def test_another_site_cannot_write_user_data(server, browser):
 
 
 def test_token_login_then_the_frontend_works(tmp_path, browser):
-    """Off loopback a token is required: the frontend's page and API answer 401 until the browser has
-    signed in on /login; then the session cookie carries every call, the WebSocket included."""
+    """With a token set, opening /comfy/ before signing in lands on /login, which returns to /comfy/
+    afterwards; then the session cookie carries every call, the WebSocket included. A crafted login
+    link cannot send the signed-in browser to another host."""
     settings = Settings(outputs_dir=tmp_path / "out", api_token="s3cret-token")
     with LiveServer(settings) as srv:
         page = browser.new_page()
-        assert page.goto(srv.url + "/comfy/").status == 401
-        page.goto(srv.url + "/login")
+        log = PageLog(srv.url).attach(page)
+        page.goto(srv.url + "/comfy/")
+        page.wait_for_url(srv.url + "/login?next=%2Fcomfy%2F")
         page.fill("input[name=token]", "s3cret-token")
         page.locator("#login-form").evaluate("f => f.requestSubmit()")
-        page.wait_for_url(srv.url + "/", timeout=30_000)
-        log = PageLog(srv.url).attach(page)
-        assert page.goto(srv.url + "/comfy/").status == 200
+        page.wait_for_url(srv.url + "/comfy/", timeout=30_000)
         page.wait_for_function("() => window.app && window.app.graph", timeout=60_000)
         page.wait_for_function("() => window.app.api.socket && window.app.api.socket.readyState === 1",
                                timeout=30_000)
         assert [f for f in log.failures if f[0] == 401] == []
+        for bad in ("//evil.example/x", "/\\evil.example", "https://evil.example/", "/\t/evil.example"):
+            page.goto(srv.url + "/login?next=" + quote(bad, safe=""))  # signed in: it forwards at once
+            page.wait_for_url(srv.url + "/", timeout=15_000)
+        assert log.foreign() == []
         page.close()

@@ -8,6 +8,7 @@ import base64
 import io
 import re
 import sqlite3
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from opensd.library.synthetic import TINY, write_random_checkpoint
 from opensd.pipeline.infotext import read_infotext, save_image
 from opensd.pipeline.pipeline import load
 from opensd.server.app import create_app
+from opensd.server.login_redirect import safe_next
 from opensd.server.session import COOKIE
 from opensd.server.settings import Settings
 from opensd.server.store import CANCELLED, DONE
@@ -216,6 +218,41 @@ def test_login_sets_an_httponly_strict_cookie_the_guard_accepts(tmp_path):
         c.cookies.set(COOKIE, "0" * 64)
         assert c.get("/opensd/v1/queue").status_code == 401
         assert c.get("/opensd/v1/session").json()["authorized"] is False
+
+
+PAGE = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}  # what a browser's navigation sends
+
+
+def test_a_browser_page_without_a_session_goes_to_login_and_api_clients_keep_the_401(tmp_path):
+    with client(tmp_path, start_worker=False, api_token="s3cret") as c:
+        def get(path, **headers):
+            return c.get(path, headers=headers, follow_redirects=False)
+
+        r = get("/comfy/", **PAGE)
+        assert (r.status_code, r.headers["location"]) == (303, "/login?next=%2Fcomfy%2F")
+        r = get("/comfy/?a=1&b=x%2Fy", **PAGE, **{"Sec-Fetch-Mode": "navigate"})
+        assert r.headers["location"] == "/login?next=" + quote("/comfy/?a=1&b=x%2Fy", safe="")
+        # Scripts, fetch() and JSON clients, a wrong token, other methods: the API's 401 as before.
+        for r in (get("/comfy/"), get("/sdapi/v1/options", Accept="application/json"), get("/comfy/", Accept="*/*"),
+                  get("/comfy/", **PAGE, **{"Sec-Fetch-Mode": "cors"}),
+                  get("/comfy/", **PAGE, Authorization="Bearer wrong"),
+                  c.post("/comfy/api/prompt", json={}, headers=PAGE, follow_redirects=False)):
+            assert r.status_code == 401 and r.json()["error"] == "Unauthorized", r.request.url
+        # A path a browser would read as another host never becomes `next`.
+        for trick in ("//evil.example/x", "//evil.example"):
+            r = c.get(BASE + trick, headers=PAGE, follow_redirects=False)
+            assert (r.status_code, r.headers["location"]) == (303, "/login"), trick
+        c.post("/opensd/v1/login", json={"token": "s3cret"})
+        assert get("/comfy/", **PAGE).status_code != 303  # signed in: the page itself
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("/comfy/", "/comfy/"), ("/?x=1#gallery", "/?x=1#gallery"), ("/a//b", "/a//b"),
+    ("//evil.example", None), ("/\\evil.example", None), ("/\\/evil.example", None), ("https://evil.example", None),
+    ("http:/evil.example", None), ("evil.example", None), ("/\t/evil.example", None), ("/\n/evil.example", None),
+    ("", None), ("javascript:alert(1)", None)])
+def test_login_next_is_a_same_origin_path_only(target, expected):
+    assert safe_next(target) == expected
 
 
 def test_ui_pages_carry_a_strict_csp_and_files_stay_inside_the_ui_folder(tmp_path):

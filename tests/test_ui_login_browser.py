@@ -25,19 +25,19 @@ def test_token_login_then_the_app_works_through_the_cookie(live):
     with playwright_api.sync_playwright() as p:
         browser = launch(p)
         page, log = open_page(browser, live.url + "/#gallery")
-        page.wait_for_url(live.url + "/login")
+        page.wait_for_url(live.url + "/login?next=%2F%23gallery")  # the page it came from, to return to
         page.fill("#token", "wrong")
         page.click("button[type=submit]")
         page.wait_for_selector("#login-error:text('wrong API token')")
         page.fill("#token", "correct horse")
         page.click("button[type=submit]")
-        page.wait_for_selector("#panel-generate form select[name=model] option", state="attached")
+        page.wait_for_url(live.url + "/#gallery")
+        page.wait_for_selector("#panel-gallery .thumbs p")  # the gallery answered (empty)
         (cookie,) = page.context.cookies()
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and "correct horse" not in cookie["value"]
         assert page.evaluate("document.cookie") == ""  # scripts cannot read it
-        page.click("#tab-gallery")
-        page.wait_for_selector("#panel-gallery .thumbs p")  # the gallery answered (empty)
         page.click("#tab-generate")
+        page.wait_for_selector("#panel-generate form select[name=model] option", state="attached")
         page.fill("#panel-generate textarea[name=prompt]", "queued through the cookie")
         page.click("#panel-generate button[type=submit]")
         wait_for(lambda: live.state.queue.pending(), what="the job in the queue")

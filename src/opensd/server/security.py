@@ -7,7 +7,8 @@
   (a page on another site cannot drive the API from the user's browser).
 - Token, when configured: `Authorization: Bearer T`, or `Basic` (A1111's --api-auth user:password,
   or any user with password T); WebSockets may pass `?token=T` since browsers cannot set headers;
-  the web UI's session cookie (session.py) after its login. The UI's static files need no token.
+  the web UI's session cookie (session.py) after its login. The UI's static files need no token;
+  a browser navigating to a page without either is sent to the login page (login_redirect.py).
 - Body size: Content-Length over the cap, or a chunked body that grows past it, answers 413
   (uvicorn itself never delivers more than a declared Content-Length).
 - Requests a browser sends cross-site without a CORS preflight (forms, `fetch` in no-cors mode) never
@@ -33,6 +34,7 @@ import json
 from urllib.parse import parse_qs
 
 from . import safe_json
+from .login_redirect import is_page_navigation, login_location
 from .session import cookie_ok
 from .settings import LOOPBACK_NAMES, Settings
 from .ui_routes import is_public
@@ -82,6 +84,8 @@ class Guard:
         problem = self.check(scope, headers)
         if problem is not None:
             status, message = problem
+            if status == 401 and is_page_navigation(scope, headers):
+                return await _see_other(send, login_location(scope))
             return await _refuse(scope, receive, send, status, message)
         if scope["type"] == "websocket":
             return await self.app(scope, receive, send)
@@ -189,6 +193,12 @@ async def _json(send, status: int, message: str, extra_headers=()):
         headers.append((b"www-authenticate", b'Bearer, Basic realm="opensd"'))
     await send({"type": "http.response.start", "status": status, "headers": headers + list(extra_headers)})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _see_other(send, location: str):
+    headers = [(b"location", location.encode("latin-1")), (b"content-length", b"0"), (b"cache-control", b"no-store")]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 _ERROR_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 413: "PayloadTooLarge",

@@ -5,6 +5,11 @@ export class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
+// The login page returns here afterwards (it accepts only a path on this origin).
+export function loginPage() {
+  return "/login?next=" + encodeURIComponent(location.pathname + location.search + location.hash);
+}
+
 function messageOf(data, status) {
   if (data && typeof data === "object") {
     if (typeof data.message === "string") return data.message;
@@ -27,7 +32,7 @@ async function request(method, path, body) {
     throw new ApiError(0, "the server cannot be reached");
   }
   if (response.status === 401 && location.pathname !== "/login") {
-    location.assign("/login");
+    location.assign(loginPage());
     throw new ApiError(401, "sign-in required");
   }
   const text = await response.text();

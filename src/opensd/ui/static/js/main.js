@@ -1,6 +1,6 @@
 // The shell: tab bar, one <section role=tabpanel> per tab (mounted the first time it is shown),
 // the URL hash (#gallery) as the current tab, the theme toggle and the queue/progress poller.
-import { api } from "./api.js";
+import { api, loginPage } from "./api.js";
 import { append, h, icon, toast } from "./dom.js";
 import { startPoller } from "./poller.js";
 import { EVENTS, on } from "./shared.js";
@@ -65,7 +65,7 @@ window.addEventListener("hashchange", () => show(location.hash.slice(1)));
 initTheme(document.getElementById("theme-toggle"));
 const session = await api.get("/opensd/v1/session").catch(() => ({ authorized: true }));
 if (!session.authorized) {
-  location.replace("/login"); // before any call that would be refused
+  location.replace(loginPage()); // before any call that would be refused
 } else {
   startPoller(document.getElementById("busy"));
   show(location.hash.slice(1));
