@@ -222,6 +222,9 @@ EXPECTED = {
                                   "pcoeff": opt(0.0), "icoeff": opt(1.0), "dcoeff": opt(0.0),
                                   "accept_safety": opt(0.81), "eta": opt(0.0), "s_noise": opt(1.0)},
          "SamplerDPMAdaptative", CUSTOM),
+        ("SamplerLCMUpscale", {"scale_ratio": f(1.0, 0.1, 20.0, 0.01), "scale_steps": i(-1, -1, 1000, 1),
+                               "upscale_method": [["bislerp", "nearest-exact", "bilinear", "area", "bicubic"]]},
+         "SamplerLCMUpscale", "comfy_extras.nodes_advanced_samplers"),
         # not a core node: the comfyui-tcd-scheduler pack's
         ("SamplerTCD", {"eta": ["FLOAT", {"default": 0.3, "min": 0, "max": 1.0, "step": 0.01, "round": False}]},
          "SamplerTCD", "custom_nodes.comfyui-tcd-scheduler"),

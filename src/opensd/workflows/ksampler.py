@@ -30,22 +30,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from ..pipeline.pipeline import Interrupted
+from ..errors import InvalidArgument
 from ..sampling.cfg_pp import Guided, with_uncond
+from ..sampling.lcm_upscale import sample_lcm_upscale
 from ..sampling.names import resolve, sampler_id
 from ..sampling.samplers import NEEDS_UNCOND, sampler_context
 from ..sampling.schedules import DiscreteSchedule, make_sigmas
 from .guiders import CFGGuider, Guider
 from .loras import activate
 from .model_sampling import default_sampling
+from .nodes_image import upscale
 from .types import ModelRef, SamplerRef
 from .unet_patches import output_block_patches
 
 COMFY_DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc"})
+LCM_UPSCALE = "lcm_upscale"  # SamplerLCMUpscale's sampler: no KSampler choice, it changes the latent's size
 
 Progress = Callable[[int, int, torch.Tensor], None]
 
@@ -70,6 +75,10 @@ class StepNoise:
 
     def __call__(self, sigma=None, sigma_next=None) -> torch.Tensor:
         return torch.randn(self.shape, generator=self.generator).to(self.device)
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        """The next draw in x's shape (for a sampler that resizes the latent)."""
+        return torch.randn(tuple(x.shape), generator=self.generator).to(self.device)
 
 
 def comfy_sigmas(schedule: DiscreteSchedule, sampler: str, scheduler: str, steps: int,
@@ -148,18 +157,28 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
         else:
             down = pipe.config.vae.downscale
             image_cond = pipe.inpainting_cond(None, None, x.shape[3] * down, x.shape[2] * down)
-    guider.needs_uncond = sampler_id(sampler.name) in NEEDS_UNCOND
-    per_image = guider.denoisers(tuple(x.shape), ms, sigmas, image_cond)
+    guider.needs_uncond = sampler.name != LCM_UPSCALE and sampler_id(sampler.name) in NEEDS_UNCOND
+    by_shape: dict[tuple, list] = {}  # conditioning fitted to each latent size the sampler visits
+
+    def per_image(shape: tuple) -> list:
+        if shape != tuple(x.shape) and (mask is not None or image_cond is not None):
+            raise InvalidArgument(f"sampler: {sampler.name} changes the latent's size, which a noise mask "
+                                  "or an inpainting model's masked image cannot follow")
+        if shape not in by_shape:
+            by_shape[shape] = guider.denoisers(shape, ms, sigmas, image_cond)
+        return by_shape[shape]
 
     def both(xb: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if should_stop():  # checked before every model call: an interrupt lands within one step
             raise Interrupted("generation interrupted")
-        pairs = [with_uncond(per_image[i], xb[i:i + 1], sigma) for i in range(xb.shape[0])]
+        denoisers = per_image(tuple(xb.shape))
+        pairs = [with_uncond(denoisers[i], xb[i:i + 1], sigma) for i in range(xb.shape[0])]
         return torch.cat([d for d, _ in pairs]), torch.cat([u for _, u in pairs])
 
     denoise_fn = Guided(both)
     if mask is not None:
         def masked(xb: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            per_image(tuple(xb.shape))
             kept = 1.0 - mask
             xb = xb * mask + ms.noise_scaling(sigma, noise, x0) * kept
             return tuple(e * mask + x0 * kept for e in both(xb, sigma))
@@ -176,13 +195,22 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
         if on_step is not None:
             on_step(i + 1, n, denoised)
 
-    sample_fn = ms.sampler(sampler.name)
+    sample_fn = _sampler_call(sampler, ms, StepNoise(seed, x.shape, device))
     with output_block_patches(pipe.family.network(pipe.model), model.output_block_patches):
-        # the step noise, and for TCD the model's own timestep table
-        context = sampler_context(sampler.name, StepNoise(seed, x.shape, device), ms.schedule)
-        result = sample_fn(denoise_fn, x, sigmas, callback, **context, **dict(sampler.options))
+        result = sample_fn(denoise_fn, x, sigmas, callback)
     out = fmt.unscaled(ms.inverse_noise_scaling(sigmas[-1].item(), result)).float().cpu()
     return out, fmt.unscaled(last["x0"]).float().cpu() if "x0" in last else out
+
+
+def _sampler_call(sampler: SamplerRef, ms, noise: StepNoise) -> Callable:
+    """sample(denoise, x, sigmas, callback) of a SAMPLER, with its options and the context it takes
+    (the step noise; for TCD the model's own timestep table) bound."""
+    options = dict(sampler.options)
+    if sampler.name == LCM_UPSCALE:
+        method = options.pop("upscale_method")
+        return partial(sample_lcm_upscale, resize=lambda x, w, h: upscale(x, w, h, method, "disabled"),
+                       noise_like=noise.like, **options)
+    return partial(ms.sampler(sampler.name), **sampler_context(sampler.name, noise, ms.schedule), **options)
 
 
 def sample(model: ModelRef, positive: list, negative: list, latent: dict, *, seed: int, steps: int, cfg: float,

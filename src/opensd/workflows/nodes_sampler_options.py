@@ -6,9 +6,11 @@ DPM++ 2M SDE's solver, LMS's order, DPM adaptive's tolerances and step controlle
 samplers draw the step noise from the seed the same way wherever they run, so both choices give the
 same sampler. SamplerTCD is not a core ComfyUI node: it is the comfyui-tcd-scheduler pack's
 (`eta`, as its README names the paper's gamma), run by our TCD sampler on the model's schedule.
+SamplerLCMUpscale: LCM that enlarges the latent between steps (sampling/lcm_upscale.py).
 """
 from __future__ import annotations
 
+from .ksampler import LCM_UPSCALE
 from .types import NodeDef, SamplerRef, register
 
 _CATEGORY = "sampling/custom_sampling/samplers"
@@ -44,3 +46,17 @@ _sampler_node("SamplerDPMAdaptative", "dpm_adaptive",
 _sampler_node("SamplerTCD", "tcd",
               {"eta": ("FLOAT", {"default": 0.3, "min": 0, "max": 1.0, "step": 0.01, "round": False})},
               module="custom_nodes.comfyui-tcd-scheduler")
+
+
+def _lcm_upscale(call, scale_ratio, scale_steps, upscale_method):
+    options = (("total_upscale", scale_ratio), ("upscale_steps", None if scale_steps < 0 else scale_steps),
+               ("upscale_method", upscale_method))
+    return (SamplerRef(LCM_UPSCALE, options),)
+
+
+register(NodeDef(
+    "SamplerLCMUpscale", _lcm_upscale,
+    {"scale_ratio": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 20.0, "step": 0.01}),
+     "scale_steps": ("INT", {"default": -1, "min": -1, "max": 1000, "step": 1}),
+     "upscale_method": (["bislerp", "nearest-exact", "bilinear", "area", "bicubic"], {})},
+    ("SAMPLER",), category=_CATEGORY, module="comfy_extras.nodes_advanced_samplers"))

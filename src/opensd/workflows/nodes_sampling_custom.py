@@ -176,7 +176,14 @@ def _sample(call, guider, noise_seed: int | None, sampler_seed: int, sampler, si
     out, denoised = ksampler.run(guider, noise, samples, sampler, sigmas, sampler_seed,
                                  latent_image.get("noise_mask"), step_reporter(call, guider.model),
                                  call.ctx.should_stop)
-    return dict(latent, samples=out), dict(latent, samples=denoised)
+    return _latent(latent, out), _latent(latent, denoised)
+
+
+def _latent(latent: dict, samples: torch.Tensor) -> dict:
+    out = dict(latent, samples=samples)
+    if samples.shape[2:] != latent["samples"].shape[2:]:  # SamplerLCMUpscale enlarged it
+        out.pop("pixel_size", None)
+    return out
 
 
 def sampler_custom(call, model, add_noise, noise_seed, cfg, positive, negative, sampler, sigmas, latent_image):
