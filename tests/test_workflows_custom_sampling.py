@@ -8,6 +8,7 @@ import pytest
 import torch
 from workflow_fixtures import sampling_env
 
+from opensd.errors import InvalidArgument
 from opensd.workflows import ksampler as K
 from opensd.workflows import nodes_sampling_custom as S
 from opensd.workflows.guiders import DualCFGGuider, Step
@@ -143,3 +144,15 @@ def test_dual_cfg_guider_with_equal_conds_is_cfg_over_the_second(env):
     a, _ = S.sampler_custom_advanced(call, NoiseRef(3), dual, sampler, sigmas, latent)
     b, _ = S.sampler_custom_advanced(call, NoiseRef(3), cfg, sampler, sigmas, latent)
     torch.testing.assert_close(a["samples"], b["samples"], rtol=1e-4, atol=1e-5)
+
+
+def test_beta_sampling_scheduler_takes_the_beta_quantiles_of_the_models_timesteps(env):
+    _, model, _, _ = env
+    table = _model_sigmas()
+    (default,) = S.beta_sampling_scheduler(None, model, 6, 0.6, 0.6)
+    assert torch.equal(default, S.basic_scheduler(None, model, "beta", 6, 1.0)[0])  # the "beta" scheduler
+    # Beta(2, 1) has CDF x^2, so its quantiles are sqrt(p): timesteps round(sqrt(1 - i/5) * 999)
+    (skewed,) = S.beta_sampling_scheduler(None, model, 5, 2.0, 1.0)
+    np.testing.assert_allclose(skewed.numpy(), [*table[[999, 894, 774, 632, 447]], 0.0], rtol=1e-5)
+    with pytest.raises(InvalidArgument, match="^alpha: must be above 0"):
+        S.beta_sampling_scheduler(None, model, 5, 0.0, 1.0)

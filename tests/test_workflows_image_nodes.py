@@ -9,6 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from opensd.library.models_dir import ModelFolders
+from opensd.workflows import ExecutionContext, execute, validate_prompt
 from opensd.workflows import nodes_image_ops as I
 from opensd.workflows import nodes_output as O
 
@@ -109,3 +111,23 @@ def test_save_image_websocket_sends_full_size_pngs_and_writes_nothing(tmp_path):
     assert events[2][1] == {"value": 1, "max": 2}
     sent = np.asarray(events[3][1])
     assert sent.shape == (6, 10, 3) and np.array_equal(sent, (images[1].numpy() * 255).astype(np.uint8))
+
+
+def test_empty_image_is_the_colour_and_get_image_size_reads_it_back(tmp_path):
+    (red,) = I.empty_image(None, 5, 3, 2, 0xFF8000)
+    assert red.shape == (2, 3, 5, 3) and red.dtype == torch.float32
+    assert torch.equal(red[1, 2, 4], torch.tensor([1.0, 128 / 255, 0.0]))
+    assert torch.equal(I.empty_image(None, 2, 2)[0], torch.zeros(1, 2, 2, 3))
+    assert I.get_image_size(None, red) == (5, 3, 2)
+    # through a graph: the INT outputs drive another node's widgets
+    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 40, "height": 24, "batch_size": 2, "color": 255}},
+             "2": {"class_type": "GetImageSize", "inputs": {"image": ["1", 0]}},
+             "3": {"class_type": "EmptyImage", "inputs": {"width": ["2", 0], "height": ["2", 1],
+                                                          "batch_size": ["2", 2], "color": 0}},
+             "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}
+    ctx = ExecutionContext(ModelFolders(None, include_builtin=False), None, tmp_path / "out",
+                           tmp_path / "in", temp_dir=tmp_path / "temp")
+    validate_prompt(graph, ctx)
+    shown = execute(graph, ctx, None)["4"]["images"]
+    sizes = [Image.open(tmp_path / "temp" / s["subfolder"] / s["filename"]).size for s in shown]
+    assert sizes == [(40, 24), (40, 24)]

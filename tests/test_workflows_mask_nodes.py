@@ -115,3 +115,10 @@ def test_image_composite_masked_pastes_at_pixel_offsets():
     assert rgba.shape == (1, 6, 6, 3) and rgba[0, :2, :2].eq(1).all()
     (padded,) = M.image_composite_masked(None, torch.zeros(1, 6, 6, 4), src, 0, 0, True)  # RGBA <- RGB
     assert padded.shape == (1, 6, 6, 4) and padded.eq(1).all()  # the pasted source is opaque
+
+
+def test_threshold_mask_keeps_what_lies_strictly_above():
+    mask = torch.tensor([[[0.0, 0.5, 0.51], [1.0, 0.49, 0.7]]])
+    (out,) = M.threshold_mask(None, mask, 0.5)
+    assert torch.equal(out, torch.tensor([[[0.0, 0.0, 1.0], [1.0, 0.0, 1.0]]]))
+    assert torch.equal(M.threshold_mask(None, mask, 0.0)[0], (mask != 0).float())

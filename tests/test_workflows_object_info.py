@@ -93,6 +93,14 @@ EXPECTED = {
                     "Convert Image to Mask", "comfy_extras.nodes_mask", {}),
     "SolidMask": ({"value": f(1.0, 0.0, 1.0, 0.01), "width": i(512, 1, step=1), "height": i(512, 1, step=1)},
                   ["MASK"], "mask", "SolidMask", "comfy_extras.nodes_mask", {}),
+    "ThresholdMask": ({"mask": MASK, "value": f(0.5, 0.0, 1.0, 0.01)}, ["MASK"], "mask", "ThresholdMask",
+                      "comfy_extras.nodes_mask", {}),
+    "EmptyImage": ({"width": i(512, 1, step=1), "height": i(512, 1, step=1), "batch_size": i(1, 1, 4096),
+                    "color": ["INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "color"}]},
+                   ["IMAGE"], "image", "EmptyImage", "nodes", {}),
+    "GetImageSize": ({"image": IMAGE}, ["INT", "INT", "INT"], "image", "Get Image Size", "comfy_extras.nodes_images",
+                     {"output_name": ["width", "height", "batch_size"], "hidden": {"unique_id": "UNIQUE_ID"},
+                      "description": "Returns the width, height, and batch size of the image."}),
     "InvertMask": ({"mask": MASK}, ["MASK"], "mask", "InvertMask", "comfy_extras.nodes_mask", {}),
     "CropMask": ({"mask": MASK, "x": i(0, 0, step=1), "y": i(0, 0, step=1), "width": i(512, 1, step=1),
                   "height": i(512, 1, step=1)}, ["MASK"], "mask", "CropMask", "comfy_extras.nodes_mask", {}),
@@ -180,6 +188,9 @@ EXPECTED = {
     "AlignYourStepsScheduler": ({"model_type": [["SD1", "SDXL", "SVD"]], "steps": i(10, 1, 10000),
                                  "denoise": DENOISE}, ["SIGMAS"], "sampling/custom_sampling/schedulers",
                                 "AlignYourStepsScheduler", "comfy_extras.nodes_align_your_steps", {}),
+    "BetaSamplingScheduler": ({"model": ["MODEL"], "steps": STEPS,
+                               "alpha": f(0.6, 0.0, 50.0, 0.01, round=False), "beta": f(0.6, 0.0, 50.0, 0.01, round=False)},
+                              ["SIGMAS"], "sampling/custom_sampling/schedulers", "BetaSamplingScheduler", CUSTOM, {}),
     "SplitSigmas": ({"sigmas": ["SIGMAS"], "step": i(0, 0, 10000)}, ["SIGMAS", "SIGMAS"],
                     "sampling/custom_sampling/sigmas", "SplitSigmas", "comfy_extras.nodes_custom_sampler",
                     {"output_name": ["high_sigmas", "low_sigmas"]}),
@@ -290,7 +301,7 @@ def test_object_info_matches_comfyui(name):
     want = {
         "input": inputs, "input_order": order, "output": outputs, "output_is_list": [False] * len(outputs),
         "output_name": extra.get("output_name", outputs), "name": name, "display_name": display,
-        "description": "", "python_module": module, "category": category,
+        "description": extra.get("description", ""), "python_module": module, "category": category,
         "output_node": extra.get("output_node", False),
     }
     assert json.dumps(info) == json.dumps(want)  # exact, down to 0 vs 0.0 and key order

@@ -59,6 +59,31 @@ register(NodeDef("ImageBatch", image_batch, {"image1": ("IMAGE", {}), "image2": 
                  category="image", display_name="Batch Images"))
 
 
+def empty_image(call, width, height, batch_size=1, color=0):
+    rgb = torch.tensor([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF], dtype=torch.float32) / 255.0
+    return (rgb.expand(batch_size, height, width, 3).clone(),)
+
+
+register(NodeDef(
+    "EmptyImage", empty_image,
+    {"width": ("INT", {"default": 512, "min": 1, "max": MAX_RESOLUTION, "step": 1}),
+     "height": ("INT", {"default": 512, "min": 1, "max": MAX_RESOLUTION, "step": 1}),
+     "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+     "color": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFF, "step": 1, "display": "color"})},
+    ("IMAGE",), category="image"))
+
+
+def get_image_size(call, image, unique_id=None):  # unique_id: ComfyUI shows the size on the node
+    return image.shape[2], image.shape[1], image.shape[0]
+
+
+register(NodeDef(
+    "GetImageSize", get_image_size, {"image": ("IMAGE", {})}, ("INT", "INT", "INT"),
+    output_names=("width", "height", "batch_size"), hidden={"unique_id": "UNIQUE_ID"}, category="image",
+    display_name="Get Image Size", module="comfy_extras.nodes_images",
+    description="Returns the width, height, and batch size of the image."))
+
+
 def _int(default: int, lo: int):
     return ("INT", {"default": default, "min": lo, "max": MAX_RESOLUTION, "step": 1})
 

@@ -157,6 +157,15 @@ def _morph(m: torch.Tensor, grow: bool, tapered: bool) -> torch.Tensor:
     return stack.amax(0) if grow else stack.amin(0)
 
 
+def threshold_mask(call, mask, value):
+    return ((mask > value).float(),)
+
+
+register(NodeDef("ThresholdMask", threshold_mask,
+                 {"mask": ("MASK", {}), "value": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01})},
+                 ("MASK",), category="mask", module=_MODULE))
+
+
 def grow_mask(call, mask, expand, tapered_corners):
     out = _batch(mask).float()
     for _ in range(abs(expand)):

@@ -7,7 +7,8 @@ import torch
 
 from ..sampling.align_your_steps import NOISE_LEVELS, ays_sigmas
 from ..sampling.names import scheduler_id
-from ..sampling.schedules import exponential, karras, make_sigmas
+from ..errors import InvalidArgument
+from ..sampling.schedules import beta_sigmas, exponential, karras, make_sigmas
 from . import ksampler
 from .guiders import BasicGuider, CFGGuider, DualCFGGuider
 from .nodes_core import SAMPLERS, SCHEDULERS, step_reporter
@@ -88,6 +89,18 @@ _node("SDTurboScheduler", sd_turbo_scheduler,
       {"model": ("MODEL", {}), "steps": ("INT", {"default": 1, "min": 1, "max": 10}),
        "denoise": ("FLOAT", {"default": 1.0, "min": 0, "max": 1.0, "step": 0.01})},
       ("SIGMAS",), "schedulers")
+
+
+def beta_sampling_scheduler(call, model, steps, alpha, beta):
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if value <= 0:  # the Beta distribution has no shape 0 (ComfyUI's scipy gives NaN sigmas)
+            raise InvalidArgument(f"{name}: must be above 0 (a shape of the Beta distribution), not {value}")
+    return (beta_sigmas(ksampler.sampling_of(model).schedule, steps, alpha, beta),)
+
+
+_BETA_SHAPE = ("FLOAT", {"default": 0.6, "min": 0.0, "max": 50.0, "step": 0.01, "round": False})
+_node("BetaSamplingScheduler", beta_sampling_scheduler,
+      {"model": ("MODEL", {}), "steps": _STEPS, "alpha": _BETA_SHAPE, "beta": _BETA_SHAPE}, ("SIGMAS",), "schedulers")
 
 
 def align_your_steps_scheduler(call, model_type, steps, denoise):
