@@ -93,6 +93,13 @@ EXPECTED = {
                     "Convert Image to Mask", "comfy_extras.nodes_mask", {}),
     "SolidMask": ({"value": f(1.0, 0.0, 1.0, 0.01), "width": i(512, 1, step=1), "height": i(512, 1, step=1)},
                   ["MASK"], "mask", "SolidMask", "comfy_extras.nodes_mask", {}),
+    "InpaintModelConditioning": ({"positive": COND, "negative": COND, "vae": ["VAE"], "pixels": IMAGE, "mask": MASK,
+                                  "noise_mask": ["BOOLEAN", {"default": True, "tooltip": (
+                                      "Add a noise mask to the latent so sampling will only happen within the mask. "
+                                      "Might improve results or completely break things depending on the model.")}]},
+                                 ["CONDITIONING", "CONDITIONING", "LATENT"], "conditioning/inpaint",
+                                 "InpaintModelConditioning", "nodes",
+                                 {"output_name": ["positive", "negative", "latent"]}),
     "ThresholdMask": ({"mask": MASK, "value": f(0.5, 0.0, 1.0, 0.01)}, ["MASK"], "mask", "ThresholdMask",
                       "comfy_extras.nodes_mask", {}),
     "EmptyImage": ({"width": i(512, 1, step=1), "height": i(512, 1, step=1), "batch_size": i(1, 1, 4096),

@@ -14,7 +14,9 @@ Preparation, once per sampling run (:func:`prepare`):
 * every entry with an area gets a partner of the same area in each other list (the smallest entry
   there whose area holds it supplies the text), unless one with exactly that area exists;
 * ControlNetApply's hints ("control_apply_to_uncond") go to the negative entries without area
-  when none of those has a hint of its own.
+  when none of those has a hint of its own;
+* for inpainting models, "concat_latent_image" and "concat_mask" (InpaintModelConditioning) are the
+  entry's own extra input channels, in place of those the sampler derives from the latent.
 
 Per step (:func:`calc_cond_batch`), for each list: every active entry runs the model on its crop of
 x; its prediction is weighted by mult = strength x (mask x mask_strength), or by strength ramped
@@ -50,6 +52,7 @@ class Entry:
     control: Any = None                         # nodes_controlnet.ControlHint
     control_to_uncond: bool = False
     guidance: float | None = None               # distilled guidance (FluxGuidance; None: the model's default)
+    concat: torch.Tensor | None = None          # (B, 5, H, W) an inpainting model's [mask, masked image] channels
 
     def active(self, sigma: float) -> bool:
         return not ((self.sigma_start is not None and sigma > self.sigma_start)
@@ -95,7 +98,26 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
         sigma_start=None if start is None else sampling.percent_to_sigma(start),
         sigma_end=None if end is None else sampling.percent_to_sigma(end),
         control=extra.get("control"), control_to_uncond=bool(extra.get("control_apply_to_uncond")),
-        guidance=extra.get("guidance"))
+        guidance=extra.get("guidance"), concat=_concat(extra, shape, pipe))
+
+
+def _concat(extra: dict, shape, pipe) -> torch.Tensor | None:
+    """InpaintModelConditioning's mask and greyed-image latent as an inpainting model's extra input
+    channels, fitted to the latent (bilinear; the mask then rounded), as ComfyUI's concat_cond.
+    Other models have no such channels and ignore them."""
+    latent, mask = extra.get("concat_latent_image"), extra.get("concat_mask")
+    if latent is None or mask is None or not pipe.config.inpainting:
+        return None
+    h, w = shape[2:]
+    latent = pipe.config.vae.scaled(latent.float())
+    mask = mask.float().reshape(-1, 1, mask.shape[-2], mask.shape[-1])
+    if tuple(latent.shape[2:]) != (h, w):
+        latent = F.interpolate(latent, size=(h, w), mode="bilinear")
+    if tuple(mask.shape[2:]) != (h, w):
+        mask = F.interpolate(mask, size=(h, w), mode="bilinear")
+    n = max(len(latent), len(mask))
+    pick = torch.arange(n)
+    return torch.cat([mask.round()[pick % len(mask)], latent[pick % len(latent)]], dim=1).to(pipe.device)
 
 
 def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:

@@ -31,7 +31,8 @@ from .nodes_controlnet import RowControl
 from .types import ModelRef
 
 # extras that make an entry more than "a prompt for the whole image, all the time"
-_PLACED = ("area", "mask", "strength", "mask_strength", "start_percent", "end_percent", "control")
+_PLACED = ("area", "mask", "strength", "mask_strength", "start_percent", "end_percent", "control",
+           "concat_latent_image", "concat_mask")
 
 
 @dataclass
@@ -58,7 +59,8 @@ class ModelRun:
         net = self.pipe.family.net_fn(self.pipe.model, entries[0].guidance)
         context = torch.cat([e.context for e in entries])
         y = None if entries[0].y is None else torch.cat([e.y for e in entries])
-        concat = None if self.image_cond is None else torch.cat([region(self.image_cond, a) for a in areas])
+        concat = None if self.image_cond is None else torch.cat([region(self._image_cond(e), a)
+                                                                 for e, a in zip(entries, areas)])
         control = self._control(entries[0].control, crops)
 
         def unet_fn(x, t, context, y):
@@ -68,6 +70,10 @@ class ModelRun:
             return net(x, t, context, y, residuals).float()
 
         return self.sampling.denoise(unet_fn, crops, sigma, context=context, y=y)
+
+    def _image_cond(self, entry) -> torch.Tensor:
+        """An inpainting model's extra channels: the entry's own (InpaintModelConditioning), else the run's."""
+        return self.image_cond if entry.concat is None else entry.concat[self.image % len(entry.concat)][None]
 
     def _control(self, hint, crops: torch.Tensor):
         """ControlNet residuals for a batch of crops, the hint image fitted to the crop's pixels."""

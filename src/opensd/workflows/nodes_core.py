@@ -11,6 +11,7 @@ from ..pipeline import vae_codec
 from ..sampling.names import SAMPLER_LABELS
 from . import ksampler
 from .loras import activate
+from .nodes_conditioning import set_values
 from .types import (
     MAX_SEED,
     Choices,
@@ -224,20 +225,36 @@ def _tiled_inputs(image: dict, verb: str, tile_step: int) -> dict:
                                          "tooltip": f"{frames} overlap."})}
 
 
-def vae_encode_for_inpaint(call, pixels, vae, mask, grow_mask_by=6):
-    down = vae.pipe.config.vae.downscale
+def _greyed(pixels: torch.Tensor, mask: torch.Tensor, down: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixels with the masked area neutral grey, and the mask (B, 1, H, W) resized to the
+    pixels, both cropped to the VAE's multiple."""
     mask = F.interpolate(mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float(),
                          size=tuple(pixels.shape[1:3]), mode="bilinear")
-    pixels, mask = _crop_to_multiple(pixels.clone(), down, mask)
+    pixels, mask = _crop_to_multiple(pixels, down, mask)
+    keep = (1.0 - mask.round())[:, 0, :, :, None]
+    return (pixels[..., :3] - 0.5) * keep + 0.5, mask
+
+
+def vae_encode_for_inpaint(call, pixels, vae, mask, grow_mask_by=6):
+    pixels, mask = _greyed(pixels, mask, vae.pipe.config.vae.downscale)
     if grow_mask_by > 0:
         kernel = torch.ones(1, 1, grow_mask_by, grow_mask_by)
         grown = F.conv2d(mask.round(), kernel, padding=math.ceil((grow_mask_by - 1) / 2)).clamp(0, 1)
     else:
         grown = mask
-    keep = (1.0 - mask.round())[:, 0, :, :, None]  # masked pixels become neutral grey
-    pixels = (pixels[..., :3] - 0.5) * keep + 0.5
     latents = vae_encode_tensor(vae.pipe, pixels)
     return ({"samples": latents, "noise_mask": grown[:, :, :pixels.shape[1], :pixels.shape[2]].round()},)
+
+
+def inpaint_model_conditioning(call, positive, negative, vae, pixels, mask, noise_mask=True):
+    """For inpainting models: both conditionings carry the greyed image's latent and the mask, which
+    the model's extra input channels see (conds.py); the latent is the whole image's."""
+    greyed, mask = _greyed(pixels, mask, vae.pipe.config.vae.downscale)
+    extras = {"concat_latent_image": vae_encode_tensor(vae.pipe, greyed), "concat_mask": mask}
+    (latent,) = vae_encode(call, pixels, vae)
+    if noise_mask:
+        latent["noise_mask"] = mask
+    return set_values(positive, **extras), set_values(negative, **extras), latent
 
 
 register(NodeDef("VAEDecode", vae_decode, {"samples": ("LATENT", {}), "vae": ("VAE", {})}, ("IMAGE",),
@@ -254,3 +271,12 @@ register(NodeDef(
      "grow_mask_by": ("INT", {"default": 6, "min": 0, "max": 64, "step": 1})},
     ("LATENT",), category="latent/inpaint", display_name="VAE Encode (for Inpainting)",
     description="Encodes the image with the masked area greyed out and sets the grown mask as noise mask."))
+register(NodeDef(
+    "InpaintModelConditioning", inpaint_model_conditioning,
+    {"positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "vae": ("VAE", {}), "pixels": ("IMAGE", {}),
+     "mask": ("MASK", {}),
+     "noise_mask": ("BOOLEAN", {"default": True, "tooltip": "Add a noise mask to the latent so sampling will only "
+                                "happen within the mask. Might improve results or completely break things "
+                                "depending on the model."})},
+    ("CONDITIONING", "CONDITIONING", "LATENT"), output_names=("positive", "negative", "latent"),
+    category="conditioning/inpaint"))
