@@ -1,5 +1,5 @@
 """ComfyUI's model patches: ModelSamplingDiscrete's parameterisations and schedules, RescaleCFG,
-FreeU_V2 and PerpNeg, against their formulas computed here, and end to end on a tiny model."""
+FreeU_V2, PerpNeg and DifferentialDiffusion, against their formulas computed here, and end to end on a tiny model."""
 import math
 
 import numpy as np
@@ -184,3 +184,48 @@ def test_output_block_hooks_split_h_from_the_skip_and_freeu_changes_the_image(en
     assert not torch.allclose(K.sample(freeu, pos, neg, latent, **kw)["samples"],
                               K.sample(model, pos, neg, latent, **kw)["samples"])
     assert not unet.output_blocks[0]._forward_pre_hooks  # the hooks are gone after the run
+
+
+# --- DifferentialDiffusion -------------------------------------------------------------------------
+
+def test_differential_mask_thresholds_fall_linearly_in_timestep():
+    sampling = model_sampling(BASE, "eps", False)
+    sigmas = K.comfy_sigmas(BASE, "euler", "normal", 4)  # timesteps 999, 666, 333, 0, then sigma 0
+    soft = torch.tensor([0.0, 0.3, 0.34, 0.67, 1.0])
+    fn = P.differential_mask(1.0)
+    steps = [fn(sigmas[i], soft, sampling, sigmas).tolist() for i in range(4)]
+    assert steps == [[0, 0, 0, 0, 1], [0, 0, 0, 1, 1], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
+    half = P.differential_mask(0.5)(sigmas[1], soft, sampling, sigmas)
+    torch.testing.assert_close(half, 0.5 * torch.tensor([0, 0, 0, 1, 1.0]) + 0.5 * soft)
+    assert P.differential_mask(0.0)(sigmas[1], soft, sampling, sigmas).tolist() == steps[1]  # ComfyUI's 0 quirk
+    cut = sigmas[:3]  # a run that stops at timestep 333: the threshold falls to 0 there
+    assert P.differential_mask(1.0)(cut[1], soft, sampling, cut).tolist() == [0, 0, 0, 1, 1]  # threshold 0.5
+    assert P.differential_mask(1.0)(cut[2], soft, sampling, cut).tolist() == [1, 1, 1, 1, 1]
+
+
+def test_differential_diffusion_keeps_a_soft_area_until_its_step(env):
+    model, pos, neg = env
+    (patched,) = P.differential_diffusion(None, model, 1.0)
+    samples = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(1, 8, 8)
+    mask[..., 4:] = 0.3  # the right half joins at the last of 4 steps (threshold 0)
+    seen = []
+    net = model.pipe.family.network(model.pipe.model)
+    hook = net.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().cpu()))
+    try:
+        out = K.sample(patched, pos, neg, {"samples": samples, "noise_mask": mask}, seed=5, steps=4, cfg=3.0,
+                       sampler_name="euler", scheduler="normal")["samples"]
+    finally:
+        hook.remove()
+    x0 = model.pipe.config.vae.scaled(samples)
+    noise = K.prepare_noise(samples, 5)
+    sigmas = K.comfy_sigmas(BASE, "euler", "normal", 4)
+    assert len(seen) == 4
+    for i, x_in in enumerate(seen):
+        kept = (x0 + noise * sigmas[i]) / (sigmas[i] ** 2 + 1) ** 0.5  # the re-noised latent, as the UNet gets it
+        same = torch.allclose(x_in[..., 4:], kept[..., 4:].expand_as(x_in[..., 4:]), atol=1e-5)
+        assert same == (i < 3), i
+    # the plain soft mask blends every step instead: a different result on the right half
+    plain = K.sample(model, pos, neg, {"samples": samples, "noise_mask": mask}, seed=5, steps=4, cfg=3.0,
+                     sampler_name="euler", scheduler="normal")["samples"]
+    assert not torch.allclose(out[..., 4:], plain[..., 4:], atol=1e-3)

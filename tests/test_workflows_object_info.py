@@ -256,6 +256,9 @@ EXPECTED = {
     "FreeU_V2": ({"model": ["MODEL"], "b1": f(1.3, 0.0, 10.0, 0.01), "b2": f(1.4, 0.0, 10.0, 0.01),
                   "s1": f(0.9, 0.0, 10.0, 0.01), "s2": f(0.2, 0.0, 10.0, 0.01)}, ["MODEL"], "model_patches",
                  "FreeU_V2", "comfy_extras.nodes_freelunch", {}),
+    "DifferentialDiffusion": ({"model": ["MODEL"]}, ["MODEL"], "_for_testing", "Differential Diffusion",
+                              "comfy_extras.nodes_differential_diffusion",
+                              {"optional": {"strength": f(1.0, 0.0, 1.0, 0.01)}}),
     "PerpNeg": ({"model": ["MODEL"], "empty_conditioning": COND, "neg_scale": f(1.0, 0.0, 100.0, 0.01)}, ["MODEL"],
                 "_for_testing", "Perp-Neg (DEPRECATED by PerpNegGuider)", "comfy_extras.nodes_perpneg", {}),
     # loaders

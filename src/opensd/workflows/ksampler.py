@@ -18,7 +18,8 @@ What is matched (from ComfyUI's documented behaviour and its sampling code, re-d
   the model's largest sigma (ComfyUI's "max denoise");
 * LATENT holds raw VAE latents: multiplied by the VAE scaling factor before sampling, divided after;
 * ``noise_mask``: resized (bilinear) to the latent; before every model call the kept area is reset
-  to ``latent + noise * sigma`` and after it the estimate's kept area to ``latent``;
+  to ``latent + noise * sigma`` and after it the estimate's kept area to ``latent`` (a model's
+  denoise_mask_function, DifferentialDiffusion's, first turns the mask into that step's mask);
 * guidance: the GUIDER's (guiders.py; KSampler uses CFGGuider), each conditioning list composed
   from its entries as ComfyUI does (conds.py: areas, masks, strengths, timestep ranges,
   ControlNet hints, SDXL sizes).
@@ -179,9 +180,10 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
     if mask is not None:
         def masked(xb: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             per_image(tuple(xb.shape))
-            kept = 1.0 - mask
-            xb = xb * mask + ms.noise_scaling(sigma, noise, x0) * kept
-            return tuple(e * mask + x0 * kept for e in both(xb, sigma))
+            m = mask if model.denoise_mask_function is None else model.denoise_mask_function(sigma, mask, ms, sigmas)
+            kept = 1.0 - m
+            xb = xb * m + ms.noise_scaling(sigma, noise, x0) * kept
+            return tuple(e * m + x0 * kept for e in both(xb, sigma))
 
         denoise_fn = Guided(masked)
 

@@ -1,7 +1,7 @@
 """MODEL patch nodes with ComfyUI's names, inputs and arithmetic: ModelSamplingDiscrete (another
 parameterisation or zero-terminal-SNR schedule), RescaleCFG (Lin et al. 2023), FreeU_V2 (Si et
-al. 2023) and PerpNeg (Armandpour et al. 2023). Each returns a new ModelRef; the checkpoint and
-the other branches of the graph are untouched."""
+al. 2023), PerpNeg (Armandpour et al. 2023) and DifferentialDiffusion (Levin and Fried 2023).
+Each returns a new ModelRef; the checkpoint and the other branches of the graph are untouched."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -120,3 +120,29 @@ register(NodeDef(
      "neg_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01})},
     ("MODEL",), category="_for_testing", display_name="Perp-Neg (DEPRECATED by PerpNegGuider)",
     module="comfy_extras.nodes_perpneg"))
+
+
+def differential_mask(strength: float):
+    """Differential diffusion's per-step mask: a soft noise mask's value v says how late a position
+    joins the repainting. The threshold falls from 1 at the run's first sigma to 0 at its last (or
+    the model's smallest) one, linearly in the network's timestep; each step repaints where
+    v >= threshold. A strength below 1 blends that binary mask with the soft one (ComfyUI treats 0
+    as 1: its test is `strength and strength < 1`)."""
+    def fn(sigma, mask: torch.Tensor, sampling, sigmas: torch.Tensor) -> torch.Tensor:
+        sigma_to = max(float(sigmas[-1]), float(sampling.sigma_min))
+        ts_from, ts_to, now = (sampling.timestep(torch.tensor([float(s)]))[0]
+                               for s in (sigmas[0], sigma_to, torch.as_tensor(sigma).reshape(-1)[0]))
+        binary = (mask >= (now - ts_to) / (ts_from - ts_to)).to(mask.dtype)
+        return strength * binary + (1 - strength) * mask if strength and strength < 1 else binary
+    return fn
+
+
+def differential_diffusion(call, model, strength=1.0):
+    return (replace(model, denoise_mask_function=differential_mask(strength)),)
+
+
+register(NodeDef(
+    "DifferentialDiffusion", differential_diffusion, {"model": ("MODEL", {})}, ("MODEL",),
+    optional={"strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})},
+    category="_for_testing", display_name="Differential Diffusion",
+    module="comfy_extras.nodes_differential_diffusion"))
