@@ -69,7 +69,8 @@ class ModelRef:
     latent_scale: float | None = None  # the VAE scaling factor, when a config says another
     cfg_function: Any = None       # sampler_cfg_function(CfgArgs) -> x - denoised (RescaleCFG, PerpNeg)
     output_block_patches: tuple = ()  # fn(h, skip) -> (h, skip) before each up block's concat (FreeU)
-    denoise_mask_function: Any = None  # fn(sigma, mask, sampling, sigmas) -> the step's noise mask (DifferentialDiffusion)
+    # fn(sigma, mask, sampling, sigmas) -> this step's noise mask (DifferentialDiffusion)
+    denoise_mask_function: Any = None
 
 
 @dataclass(frozen=True)
