@@ -87,7 +87,8 @@ def test_each_model_travels_once_per_node_and_makes_one_machines_images(shipped,
     graphs = [prompted(shipped, graph(5 + i), f"g{i}") for i in range(2)]
     done = [job_done(shipped, j) for j in jobs + graphs]
     assert [j.status for j in done] == [DONE] * 4, [j.error for j in done]
-    assert all(w.stats.jobs >= 2 for w in shipped.state.pool.workers)  # each node ran jobs needing them
+    # each node ran a job needing all three (a worker busy fetching may leave the other two of its share)
+    assert all(w.stats.jobs >= 1 for w in shipped.state.pool.workers)
     assert fetched(shipped) == {h: 2 for h in files}  # once per node
     for node in shipped.nodes:
         store = node / "cache" / "shipped-models"
@@ -159,12 +160,20 @@ def test_the_workers_of_a_node_fetch_a_file_once(tmp_path):
             yield data[i:i + 1000]
 
     stores = [ShippedModels(tmp_path / "store") for _ in range(2)]
-    threads = [threading.Thread(target=s.ensure, args=([entry], chunks)) for s in stores]
+    errors = []
+
+    def ensure(store):
+        try:
+            store.ensure([entry], chunks)
+        except Exception as e:  # noqa: BLE001  (a thread's exception would only be a warning)
+            errors.append(e)
+
+    threads = [threading.Thread(target=ensure, args=(s,)) for s in stores]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert len(calls) == 1
+    assert errors == [] and len(calls) == 1
     assert stores[0].folders().resolve("checkpoints", "sub/m.safetensors").read_bytes() == data
     with pytest.raises(InvalidArgument, match="not a name inside"):
         stores[0].ensure([{**entry, "name": "../../escape.safetensors"}], chunks)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -180,8 +181,7 @@ class ShippedModels:
         if path.is_file() and path.samefile(blob):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
-        tmp.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.link")  # workers of one process link at once
         os.link(blob, tmp)
         os.replace(tmp, path)  # the name now means these bytes (the front door's file under it changed)
 
