@@ -77,6 +77,8 @@ class Pipeline:
         self.embeddings = embeddings
         if device.type == "cpu":  # oneDNN convs run faster on NHWC (-5% SD1.5 step); small maps: neutral
             self.family.network(self.model).to(memory_format=torch.channels_last)
+            # the VAE's large maps even more: a 512x512 decode took 0.4x the time in bf16, 0.9x in fp32
+            self.model.vae.to(memory_format=torch.channels_last)
         # Called after every sampling step with the denoised estimate (scaled latents, batch of 1):
         # servers turn it into live previews. None: no previews.
         self.on_latents: Callable[[torch.Tensor], None] | None = None
