@@ -136,6 +136,19 @@ def test_strengths_weigh_full_image_entries_and_nothing_covered_gives_zero():
     assert out[0, 0, :8, :8].gt(0).all() and out[0, 0, 8:].eq(0).all() and out[0, 0, :, 8:].eq(0).all()
 
 
+def test_set_area_strength_weighs_an_area_entry_against_the_rest():
+    (area,) = N.set_area(None, cond(4.0), 64, 64, 0, 0, 1.0)
+    (strong,) = N.set_area_strength(None, area, 3.0)
+    assert strong[0][1]["area"] == area[0][1]["area"] and area[0][1]["strength"] == 1.0  # input kept
+    x = torch.zeros(1, 4, 16, 16)
+    prepared = C.prepare({"positive": cond(1.0) + strong}, x.shape, PIPE, SAMPLING)["positive"]
+    (out,) = C.calc_cond_batch(Recorder(), [prepared], x, torch.tensor(1.0))
+    fade = _ramp(8, False, True)  # the area's inner edges fade in over its 8 cells
+    weight = 3.0 * fade[:, None] * fade[None, :]
+    assert torch.allclose(out[0, 0, :8, :8], (1.0 + 4.0 * weight) / (1.0 + weight))
+    assert out[0, 0, 8:].eq(1).all() and out[0, 0, :, 8:].eq(1).all()
+
+
 def test_timestep_ranges_switch_entries_by_sigma():
     (early,) = N.set_timestep_range(None, cond(2.0), 0.0, 0.5)
     (late,) = N.set_timestep_range(None, cond(3.0), 0.5, 1.0)

@@ -131,3 +131,82 @@ def test_empty_image_is_the_colour_and_get_image_size_reads_it_back(tmp_path):
     shown = execute(graph, ctx, None)["4"]["images"]
     sizes = [Image.open(tmp_path / "temp" / s["subfolder"] / s["filename"]).size for s in shown]
     assert sizes == [(40, 24), (40, 24)]
+
+
+def test_repeat_and_pick_from_an_image_batch():
+    from opensd.workflows import nodes_image_transform as T
+    x = img(3, 2, 2, 3)
+    (rep,) = T.repeat_image_batch(None, x, 2)
+    assert torch.equal(rep, torch.cat([x, x]))
+    assert torch.equal(T.image_from_batch(None, x, 1, 5)[0], x[1:])  # length cut at the end
+    assert torch.equal(T.image_from_batch(None, x, 7, 1)[0], x[2:])  # past the end: the last
+    assert torch.equal(T.image_from_batch(None, x, -2, 1)[0], x[1:2])  # counted from the end
+    assert torch.equal(T.image_from_batch(None, x, -9, 2)[0], x[:2])
+
+
+def test_image_rotate_turns_clockwise_and_flip_mirrors():
+    from opensd.workflows import nodes_image_transform as T
+    x = torch.arange(6.0).reshape(1, 2, 3, 1).repeat(1, 1, 1, 3)  # rows [0 1 2], [3 4 5]
+    turned = {r: T.image_rotate(None, x, r)[0][0, :, :, 0].tolist() for r in
+              ("none", "90 degrees", "180 degrees", "270 degrees")}
+    assert turned == {"none": [[0, 1, 2], [3, 4, 5]], "90 degrees": [[3, 0], [4, 1], [5, 2]],
+                      "180 degrees": [[5, 4, 3], [2, 1, 0]], "270 degrees": [[2, 5], [1, 4], [0, 3]]}
+    assert T.image_flip(None, x, "x-axis: vertically")[0][0, :, :, 1].tolist() == [[3, 4, 5], [0, 1, 2]]
+    assert T.image_flip(None, x, "y-axis: horizontally")[0][0, :, :, 1].tolist() == [[2, 1, 0], [5, 4, 3]]
+
+
+def test_image_stitch_places_scales_pads_and_spaces():
+    from opensd.workflows import nodes_image_transform as T
+    a, b = torch.full((1, 4, 6, 3), 0.25), torch.full((2, 2, 2, 3), 0.75)
+    assert T.image_stitch(None, a, "right", True, 0, "white")[0] is a  # no image2: image1 as it is
+    (right,) = T.image_stitch(None, a, "right", True, 0, "white", b)
+    # image2 to image1's height, its aspect kept (4 x 4); image1's batch grown by its last image
+    assert right.shape == (2, 4, 10, 3) and right[:, :, :6].eq(0.25).all()
+    assert torch.allclose(right[:, :, 6:], torch.full((2, 4, 4, 3), 0.75), atol=1 / 255)  # lanczos: 8 bits
+    (up,) = T.image_stitch(None, a, "up", True, 0, "white", b)  # image2 first, at image1's width
+    assert up.shape == (2, 10, 6, 3) and torch.allclose(up[:, :6], torch.full((2, 6, 6, 3), 0.75), atol=1 / 255)
+    (left,) = T.image_stitch(None, a, "left", False, 3, "red", b)  # spacing 3 -> 4, red; pad black
+    assert left.shape == (2, 4, 12, 3)
+    assert left[0, 1:3, :2].eq(0.75).all() and left[0, 0, :2].eq(0).all() and left[0, 3, :2].eq(0).all()
+    assert left[0, :, 2:6].tolist() == [[[1.0, 0.0, 0.0]] * 4] * 4 and left[:, :, 6:].eq(0.25).all()
+    (down,) = T.image_stitch(None, a, "down", False, 2, "white", b)  # white pads and spaces
+    assert down.shape == (2, 8, 6, 3) and down[:, 4:6].eq(1).all()
+    assert down[:, 6:, 2:4].eq(0.75).all() and down[:, 6:, :2].eq(1).all() and down[:, 6:, 4:].eq(1).all()
+    rgba = torch.cat([b, torch.full((2, 2, 2, 1), 0.5)], dim=-1)  # the RGB image gains an opaque alpha
+    (mixed,) = T.image_stitch(None, a, "right", False, 2, "blue", rgba)
+    assert mixed.shape == (2, 4, 10, 4) and mixed[:, :, :6, 3].eq(1).all()
+    assert mixed[0, 0, 6:8].tolist() == [[0.0, 0.0, 1.0, 1.0]] * 2
+
+
+def _kornia_peak(contrast: float) -> float:
+    """Peak gradient magnitude across a vertical step of `contrast` in ComfyUI's Canny units: the row
+    blurred with the 5-tap Gaussian (sigma 1), then (b[x+1] - b[x-1]) * (1 + 2 + 1) / 8."""
+    g = np.exp(-np.arange(-2, 3) ** 2 / 2.0)
+    row = np.where(np.arange(64) >= 32, contrast, 0.0)
+    blurred = np.convolve(np.pad(row, 2, mode="reflect"), g / g.sum(), mode="valid")
+    return float(np.max(blurred[2:] - blurred[:-2]) * 4 / 8)
+
+
+def test_canny_thresholds_are_comfyuis_gradient_fractions_with_hysteresis():
+    from opensd.workflows import nodes_canny as C
+    step = torch.zeros(1, 16, 64, 3)
+    step[:, :, 32:] = 0.5
+    peak = _kornia_peak(0.5)  # ~0.16 (a threshold in 0..255 pixel units would pass nothing here)
+    (found,) = C.detect_edges(None, step, 0.02, peak - 0.01)
+    assert found.shape == (1, 16, 64, 3) and torch.equal(found[..., 0], found[..., 2])
+    assert set(found.unique().tolist()) == {0.0, 1.0}
+    cols = found[0, :, :, 0].nonzero()[:, 1].unique().tolist()
+    assert len(cols) == 1 and cols[0] in (31, 32) and found[0, :, cols[0], 0].eq(1).all()
+    assert C.detect_edges(None, step, 0.02, peak + 0.01)[0].eq(0).all()
+    # a weak step (between the thresholds) survives where it continues a strong one, not alone
+    two = torch.zeros(1, 32, 96, 3)
+    two[:, :16, 32:48] = 0.5  # a bar, strong above and weak below
+    two[:, 16:, 32:48] = 0.2
+    two[:, :, 72:] = 0.2  # a weak step on its own
+    weak = _kornia_peak(0.2)
+    (out,) = C.detect_edges(None, two, weak - 0.01, (weak + peak) / 2)
+    edge = out[0, :, :, 0]
+    assert edge[2:30, 30:34].sum(1).ge(1).all()  # the bar's whole left side, weak half included
+    assert edge[:, 60:].eq(0).all()
+    with pytest.raises(Exception, match="low_threshold: 0.5 is above high_threshold 0.4"):
+        C.detect_edges(None, step, 0.5, 0.4)

@@ -164,3 +164,19 @@ def test_size_changes_keep_an_empty_latents_pixel_size_in_step():
     assert up["samples"].shape[2:] == (9, 12) and up["pixel_size"] == (96, 72)
     (same,) = L.latent_multiply(None, empty, 2.0)
     assert same["pixel_size"] == (64, 48)
+
+
+def test_latent_batch_resizes_the_second_and_keeps_each_halfs_noise():
+    from opensd.workflows.ksampler import prepare_noise
+    a, b = rand(2, 4, 4, 6), rand(1, 4, 2, 3, seed=1)
+    (both,) = L.latent_batch(None, lat(a, noise_mask=torch.ones(1, 1, 32, 48)), lat(b, batch_index=[5]))
+    s = both["samples"]
+    assert s.shape == (3, 4, 4, 6) and torch.equal(s[:2], a)
+    # b stretched (bilinear) to a's size
+    assert torch.allclose(s[2], torch.from_numpy(
+        _bilinear_1d(_bilinear_1d(b[0].numpy(), 6).swapaxes(-1, -2), 4).swapaxes(-1, -2)).float(), atol=1e-6)
+    assert both["batch_index"] == [0, 1, 5] and both["noise_mask"].shape == (1, 1, 32, 48)
+    # the batched images draw the noise they would draw alone: index 5 is the 6th draw of the seed
+    noise = prepare_noise(s, 7, both["batch_index"])
+    alone = prepare_noise(torch.zeros(6, 4, 4, 6), 7)
+    assert torch.equal(noise[2], alone[5]) and torch.equal(noise[:2], alone[:2])

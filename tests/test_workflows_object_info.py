@@ -47,6 +47,7 @@ def TEMPORAL(verb):  # VAEDecodeTiled / VAEEncodeTiled: for video VAEs
 
 
 CUSTOM = "comfy_extras.nodes_custom_sampler"
+IMAGES = "comfy_extras.nodes_images"
 
 
 # name: (required, outputs, category, display name, python module, extra fields)
@@ -72,6 +73,8 @@ EXPECTED = {
                         "latent/batch", "Latent From Batch", "nodes", {}),
     "RepeatLatentBatch": ({"samples": LATENT, "amount": i(1, 1, 64)}, ["LATENT"], "latent/batch",
                           "Repeat Latent Batch", "nodes", {}),
+    "LatentBatch": ({"samples1": LATENT, "samples2": LATENT}, ["LATENT"], "latent/batch", "LatentBatch",
+                    "comfy_extras.nodes_latent", {}),
     "LatentRotate": ({"samples": LATENT, "rotation": [["none", "90 degrees", "180 degrees", "270 degrees"]]},
                      ["LATENT"], "latent/transform", "Rotate Latent", "nodes", {}),
     "LatentFlip": ({"samples": LATENT, "flip_method": [["x-axis: vertically", "y-axis: horizontally"]]},
@@ -131,6 +134,26 @@ EXPECTED = {
     "ImageBatch": ({"image1": IMAGE, "image2": IMAGE}, ["IMAGE"], "image", "Batch Images", "nodes", {}),
     "ImageCrop": ({"image": IMAGE, "width": i(512, 1, step=1), "height": i(512, 1, step=1), "x": i(0, 0, step=1),
                    "y": i(0, 0, step=1)}, ["IMAGE"], "image/transform", "ImageCrop", "comfy_extras.nodes_images", {}),
+    # today's comfy_extras/nodes_images.py (V3 schema; inputs in the V1 form used throughout here)
+    "RepeatImageBatch": ({"image": IMAGE, "amount": i(1, 1, 4096)}, ["IMAGE"], "image/batch", "Repeat Image Batch",
+                         IMAGES, {}),
+    "ImageFromBatch": ({"image": IMAGE, "batch_index": i(0, -MAX), "length": i(1, 1, 4096)}, ["IMAGE"],
+                       "image/batch", "Get Image from Batch", IMAGES, {}),
+    "ImageRotate": ({"image": IMAGE, "rotation": [["none", "90 degrees", "180 degrees", "270 degrees"]]}, ["IMAGE"],
+                    "image/transform", "Rotate Image", IMAGES, {}),
+    "ImageFlip": ({"image": IMAGE, "flip_method": [["x-axis: vertically", "y-axis: horizontally"]]}, ["IMAGE"],
+                  "image/transform", "Flip Image", IMAGES, {}),
+    "ImageStitch": ({"image1": IMAGE, "direction": [["right", "down", "left", "up"], {"default": "right"}],
+                     "match_image_size": ["BOOLEAN", {"default": True}],
+                     "spacing_width": ["INT", {"default": 0, "min": 0, "max": 1024, "step": 2, "advanced": True}],
+                     "spacing_color": [["white", "black", "red", "green", "blue"],
+                                       {"default": "white", "advanced": True}]},
+                    ["IMAGE"], "image/transform", "Stitch Images", IMAGES,
+                    {"optional": {"image2": IMAGE}, "description": (
+                        "Stitches image2 to image1 in the specified direction.\nIf image2 is not provided, returns "
+                        "image1 unchanged.\nOptional spacing can be added between images.")}),
+    "Canny": ({"image": IMAGE, "low_threshold": f(0.4, 0.01, 0.99, 0.01), "high_threshold": f(0.8, 0.01, 0.99, 0.01)},
+              ["IMAGE"], "image/preprocessors", "Canny", "comfy_extras.nodes_canny", {}),
     "ImageBlend": ({"image1": IMAGE, "image2": IMAGE, "blend_factor": f(0.5, 0.0, 1.0, 0.01),
                     "blend_mode": [["normal", "multiply", "screen", "overlay", "soft_light", "difference"]]},
                    ["IMAGE"], "image/postprocessing", "ImageBlend", "comfy_extras.nodes_post_processing", {}),
@@ -162,6 +185,8 @@ EXPECTED = {
                                        "y": f(0, 0, 1.0, 0.01), "strength": f(1.0, 0.0, 10.0, 0.01)},
                                       ["CONDITIONING"], "conditioning", "Conditioning (Set Area with Percentage)",
                                       "nodes", {}),
+    "ConditioningSetAreaStrength": ({"conditioning": COND, "strength": f(1.0, 0.0, 10.0, 0.01)}, ["CONDITIONING"],
+                                    "conditioning", "ConditioningSetAreaStrength", "nodes", {}),
     "ConditioningSetMask": ({"conditioning": COND, "mask": MASK, "strength": f(1.0, 0.0, 10.0, 0.01),
                              "set_cond_area": [["default", "mask bounds"]]}, ["CONDITIONING"], "conditioning",
                             "Conditioning (Set Mask)", "nodes", {}),

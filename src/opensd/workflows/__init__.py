@@ -8,12 +8,14 @@ A face over the pipeline: nothing below this package imports it.
 from __future__ import annotations
 
 from . import (  # noqa: F401  (registers the nodes)
+    nodes_canny,
     nodes_conditioning,
     nodes_controlnet,
     nodes_core,
     nodes_dit,
     nodes_image,
     nodes_image_ops,
+    nodes_image_transform,
     nodes_latent,
     nodes_loaders,
     nodes_mask,

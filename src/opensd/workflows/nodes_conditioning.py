@@ -103,6 +103,15 @@ register(NodeDef(
     ("CONDITIONING",), category="conditioning", display_name="Conditioning (Set Area with Percentage)"))
 
 
+def set_area_strength(call, conditioning, strength):
+    return (set_values(conditioning, strength=strength),)
+
+
+register(NodeDef(
+    "ConditioningSetAreaStrength", set_area_strength, {"conditioning": ("CONDITIONING", {}), "strength": _strength()},
+    ("CONDITIONING",), category="conditioning"))
+
+
 def set_mask(call, conditioning, mask, strength, set_cond_area):
     mask = mask[None] if mask.ndim < 3 else mask
     return (set_values(conditioning, mask=mask, set_area_to_bounds=set_cond_area != "default",

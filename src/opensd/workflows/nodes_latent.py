@@ -182,6 +182,19 @@ register(NodeDef(
     ("LATENT",), category="latent/batch", display_name="Repeat Latent Batch"))
 
 
+def latent_batch(call, samples1, samples2):
+    s1, s2 = samples1["samples"], samples2["samples"]
+    if s1.shape[1:] != s2.shape[1:]:
+        s2 = upscale(s2, s1.shape[3], s1.shape[2], "bilinear", "center")
+    # each half keeps its images' noise positions, so both sample as they would alone
+    index = (samples1.get("batch_index", list(range(s1.shape[0])))
+             + samples2.get("batch_index", list(range(s2.shape[0]))))
+    return (dict(samples1, samples=torch.cat((s1, s2)), batch_index=index),)
+
+
+register(NodeDef("LatentBatch", latent_batch, dict(_TWO), ("LATENT",), category="latent/batch", module=_EXTRAS))
+
+
 # --- transforms ----------------------------------------------------------------------------------
 
 ROTATIONS = ["none", "90 degrees", "180 degrees", "270 degrees"]
