@@ -145,7 +145,7 @@ def test_random_crop_window_and_passthrough():
 def test_vae_trains_on_crops_with_full_images_every_nth_step(tmp_path, monkeypatch):
     seen = []
     real = B.vae_loss
-    monkeypatch.setattr(B, "vae_loss", lambda m, x, g: seen.append(tuple(x.shape[-2:])) or real(m, x, g))
+    monkeypatch.setattr(B, "vae_loss", lambda m, x, *rest: seen.append(tuple(x.shape[-2:])) or real(m, x, *rest))
     B.train_vae(_split(8, 0), _split(4, 1), TINY, tmp_path, steps=6, batch=4, progress=False,
                 save_every=100, crop=8, full_every=3)
     assert seen == [(16, 16), (8, 8), (8, 8)] * 2
@@ -195,6 +195,12 @@ def test_cli_rejects_caption_repeats_that_do_not_divide_the_batch(tmp_path, caps
         B.main(["--runs", str(tmp_path / "runs"), "--batch", "32", "--caption-repeats", "3"])
     assert "positive divisor of --batch (32), got 3" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_cli_export_only_names_a_runs_folder_with_nothing_to_export(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        B.main(["--runs", str(tmp_path / "empty"), "--export-only"])
+    assert "--export-only: " + str(tmp_path / "empty") + " holds no UNet-stage checkpoint" in capsys.readouterr().err
 
 
 def test_vae_from_checkpoint_replaces_stage_one(trained, tmp_path):

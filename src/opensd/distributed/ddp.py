@@ -63,6 +63,16 @@ class _Loss(nn.Module):
         return self.loss_fn(self.model, batch, step)
 
 
+def main_first(parallel: Parallel | None, fn):
+    """fn() on rank 0 first (it writes a cache or a record), then on the other ranks (they read it)."""
+    if parallel is not None and not parallel.main:
+        parallel.barrier()
+    out = fn()
+    if parallel is not None and parallel.main:
+        parallel.barrier()
+    return out
+
+
 def start(device: str) -> tuple[Parallel | None, str]:
     """Join the process group torchrun describes (None for a single process) and this rank's device
     (cuda -> cuda:LOCAL_RANK)."""

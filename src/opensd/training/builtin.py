@@ -16,8 +16,10 @@ its text encoder is copied and frozen, and the UNet (of --arch) learns its UNet'
 guidance-distilled --arch (v1-gd) learns its guided predictions, taking the CFG scale as input.
 With --init-unet FILE, stage 3 starts from that checkpoint's UNet instead of noise (the same UNet, or
 one with fewer transformers and/or an added guidance embedding).
-Re-running the same command continues wherever it stopped (kill -9 safe). The default schedule
-(2800 VAE + 2800 UNet steps) took 2 h 14 min on a 2-core AMD EPYC box (docs/builtin-model.md).
+Re-running the same command continues wherever it stopped (kill -9 safe), also on another number of
+processes: under torchrun it trains data-parallel (docs/scale-out.md, "Training across processes").
+The default schedule (2800 VAE + 2800 UNet steps) took 2 h 14 min on a 2-core AMD EPYC box
+(docs/builtin-model.md).
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ from torch import nn
 from ..atomic import atomic_write, write_atomic
 from ..checkpoints import detect as D
 from ..checkpoints.files import save_safetensors
+from ..distributed import ddp
+from ..distributed.ddp import main_first
 from ..errors import run_main
 from ..library.models_dir import BUILTIN_CHECKPOINT
 from ..models import config as C
@@ -145,13 +149,17 @@ class VAEOnly(nn.Module):
         self.vae = AutoencoderKL(cfg)
 
 
-def vae_loss(model: VAEOnly, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def vae_loss(model: VAEOnly, x: torch.Tensor, generator: torch.Generator | None = None,
+             share: tuple[int, slice, float] | None = None) -> torch.Tensor:
+    """`share` (n, rows, weight): `x` is those rows of an n-image batch (a data-parallel rank's part,
+    distributed.ddp); the posterior noise is drawn for the whole batch, as one process draws it."""
     mean, logvar = model.vae.encode(x)
     std = torch.exp(0.5 * logvar)
-    z = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)
+    n, rows, weight = share or (len(x), slice(None), 1.0)
+    z = mean + std * torch.randn((n, *mean.shape[1:]), generator=generator)[rows].to(mean.device)
     rec = model.vae.decode(z).float()
     kl = 0.5 * (mean.float() ** 2 + std.float() ** 2 - 1.0 - logvar.float()).sum(dim=(1, 2, 3)).mean()
-    return F.l1_loss(rec, x) + F.mse_loss(rec, x) + KL_WEIGHT * kl
+    return (F.l1_loss(rec, x) + F.mse_loss(rec, x) + KL_WEIGHT * kl) * weight
 
 
 @torch.no_grad()
@@ -182,11 +190,13 @@ def random_crop(x: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
 def train_vae(train, heldout, cfg: C.ModelConfig, run_dir: Path, steps: int, batch: int, lr: float = 5e-4,
               progress: bool = True, save_every: int = 100, until: int | None = None,
               device: str = "cpu", budget_s: float | None = None, crop: int = VAE_CROP,
-              full_every: int = VAE_FULL_EVERY) -> VAEOnly:
+              full_every: int = VAE_FULL_EVERY, parallel=None) -> VAEOnly:
     """`crop`: most steps train on one random crop of that size per batch (the VAE is convolutional,
     and a 32×32 crop costs ~3.5× less than the full 64×64 image on CPU); every `full_every`-th step
-    uses the whole image so the mid-block attention and GroupNorm also see full-size inputs."""
+    uses the whole image so the mid-block attention and GroupNorm also see full-size inputs.
+    `parallel` (distributed.ddp.Parallel): this process trains its rows of every batch."""
     done = run_dir / "done.json"
+    torch.manual_seed(1)  # the same first weights on any number of processes
     model = VAEOnly(cfg.vae).to(device)
     pixels = to_pixels(train.images).to(device)
 
@@ -198,7 +208,8 @@ def train_vae(train, heldout, cfg: C.ModelConfig, run_dir: Path, steps: int, bat
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             if crop and full_every and step % full_every:
                 x = random_crop(x, crop, g)
-            yield x, g
+            rows, weight = _rows(parallel, len(x))
+            yield x[rows], g, (len(x), rows, weight)
 
     def sample_fn(m, step, rdir):
         p = psnr(m.vae, heldout.images[:128])
@@ -212,7 +223,7 @@ def train_vae(train, heldout, cfg: C.ModelConfig, run_dir: Path, steps: int, bat
     def make(n):
         tcfg = TrainConfig(steps=n, lr=lr, warmup=min(100, steps // 10 + 1), ema_decay=0.0,
                            save_every=save_every, sample_every=max(save_every, 500), seed=1)
-        return Trainer(model, batches, lambda m, b, s: vae_loss(m, b[0], b[1]), tcfg, run_dir, sample_fn)
+        return Trainer(model, batches, lambda m, b, s: vae_loss(m, *b), tcfg, run_dir, sample_fn, parallel=parallel)
 
     if done.is_file():
         source = json.loads(done.read_text()).get("from")
@@ -223,11 +234,15 @@ def train_vae(train, heldout, cfg: C.ModelConfig, run_dir: Path, steps: int, bat
         return trainer.final_model().eval()
     trainer, out = run_planned(make, steps, run_dir, budget_s, progress, until)
     steps = trainer.cfg.steps
-    if trainer.step >= steps:
-        p = psnr(out.vae, heldout.images)
-        write_atomic(done, json.dumps({"steps": trainer.step, "heldout_psnr_db": round(p, 3),
-                                       "heldout_images": len(heldout.images)}, indent=1))
-        log.info("VAE done: held-out PSNR %.2f dB on %d images", p, len(heldout.images))
+
+    def finish():
+        if trainer.step >= steps and trainer.main:
+            p = psnr(out.vae, heldout.images)
+            write_atomic(done, json.dumps({"steps": trainer.step, "heldout_psnr_db": round(p, 3),
+                                           "heldout_images": len(heldout.images)}, indent=1))
+            log.info("VAE done: held-out PSNR %.2f dB on %d images", p, len(heldout.images))
+
+    main_first(parallel, finish)  # the other ranks go on once done.json is there
     return out.eval()
 
 
@@ -325,7 +340,8 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
                batch: int, lr: float = 3e-4, progress: bool = True, save_every: int = 100,
                sample_every: int = 500, until: int | None = None, bf16: bool = False, device: str = "cpu",
                budget_s: float | None = None, caption_repeats: int = 1,
-               teacher: StableDiffusion | None = None, init_unet: dict | None = None) -> StableDiffusion:
+               teacher: StableDiffusion | None = None, init_unet: dict | None = None,
+               parallel=None) -> StableDiffusion:
     """`caption_repeats` k: each step draws batch / k images and trains each at k independent
     (timestep, noise) pairs, so the text encoder, ~45% of a CPU step at k=1, runs on batch / k
     captions (k=2: 1.29 s instead of 1.74 s per batch-32 step on the 2-core box).
@@ -334,11 +350,15 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
     teacher's text encoder is copied and frozen (every caption is encoded once, up front) and the
     UNet learns the teacher UNet's predictions instead of the noise.
 
-    `init_unet`: UNet weights to start from (a fresh stage only; a resumed one loads its checkpoint)."""
+    `init_unet`: UNet weights to start from (a fresh stage only; a resumed one loads its checkpoint).
+
+    `parallel` (distributed.ddp.Parallel): this process trains its images of every batch (with their
+    k rows each); every draw is made for the whole batch, as one process makes it."""
     if caption_repeats < 1 or batch % caption_repeats:
         raise ValueError(f"caption_repeats must be a positive divisor of the batch size {batch}, "
                          f"got {caption_repeats}")
     _check_teacher(cfg, teacher)
+    torch.manual_seed(2)  # the same first weights on any number of processes
     model = StableDiffusion(cfg).to(device)
     model.first_stage_model.load_state_dict(vae_model.vae.state_dict())
     model.first_stage_model.requires_grad_(False)
@@ -381,18 +401,29 @@ def train_unet(train, vae_model: VAEOnly, latents: dict, cfg: C.ModelConfig, run
                 extra = (draw_guidance_scales(len(idx), g),)
                 neg = torch.rand(len(uniq), generator=g) < GUIDANCE_NEGATIVE
                 b_ids[neg.to(ids.device)] = bank[torch.randint(len(bank), (int(neg.sum()),), generator=g).to(ids.device)]
-            yield tuple(v.to(device) for v in (z0, b_ids, t, noise, *extra))
+            mine, weight = _rows(parallel, len(uniq))  # whole images: a caption's k rows stay together
+            rows = slice(mine.start * caption_repeats, mine.stop * caption_repeats) if parallel is not None else mine
+            yield tuple(v[rows].to(device) for v in (z0, t, noise, *extra)), b_ids[mine].to(device), weight
 
     def make(n):
         tcfg = TrainConfig(steps=n, lr=lr, warmup=min(200, steps // 10 + 1), ema_decay=0.999,
                            save_every=save_every, sample_every=sample_every, seed=2, bf16=bf16,
                            weight_decay=0.0)
-        loss = ((lambda m, b, s: diffusion_loss(m, b, alphas)) if teacher_unet is None
-                else (lambda m, b, s: diffusion_loss(m, b, alphas, teacher=teacher_unet, empty=empty)))
+        distil = {} if teacher_unet is None else {"teacher": teacher_unet, "empty": empty}
+
+        def loss(m, b, s):
+            (z0, t, noise, *extra), captions, weight = b
+            return diffusion_loss(m, (z0, captions, t, noise, *extra), alphas, **distil) * weight
+
         return Trainer(model, batches, loss, tcfg, run_dir,
-                       lambda m, s, d: save_grid(sample(m, SAMPLE_PROMPTS, seed=0).cpu(), d / f"samples_{s:06d}.png"))
+                       lambda m, s, d: save_grid(sample(m, SAMPLE_PROMPTS, seed=0).cpu(), d / f"samples_{s:06d}.png"),
+                       parallel=parallel)
 
     return run_planned(make, steps, run_dir, budget_s, progress, until)[1]
+
+
+def _rows(parallel, n: int) -> tuple[slice, float]:
+    return parallel.rows(n) if parallel is not None else (slice(None), 1.0)
 
 
 def run_planned(make, steps: int, run_dir: Path, budget_s: float | None, progress: bool, until: int | None,
@@ -480,10 +511,11 @@ def run(data: Path, runs: Path, vae_steps: int, unet_steps: int, batch: int, vae
         save_every: int = 100, sample_every: int = 500, bf16: bool = False, splits=None, device: str = "cpu",
         vae_budget_s: float | None = None, unet_budget_s: float | None = None,
         caption_repeats: int = 1, vae_from: Path | None = None, teacher: Path | None = None,
-        init_unet: Path | None = None) -> Path | None:
+        init_unet: Path | None = None, parallel=None) -> Path | None:
     """`teacher`: distil the UNet from that built-in checkpoint (see train_unet); its VAE is reused,
     so `vae_from` defaults to it and may not name another file. `init_unet`: start the UNet stage
-    from that checkpoint's UNet."""
+    from that checkpoint's UNet. `parallel` (distributed.ddp.Parallel, under torchrun): data-parallel,
+    rank 0 alone writes records, caches and the exported file (the others return None)."""
     from .emoji_data import load_split
     runs = Path(runs)
     if teacher is not None:
@@ -492,18 +524,22 @@ def run(data: Path, runs: Path, vae_steps: int, unet_steps: int, batch: int, vae
         elif Path(vae_from).resolve() != Path(teacher).resolve():
             raise ValueError("--vae-from must be the --teacher file: the student learns in the teacher's latent space")
     _check_teacher(cfg, teacher)  # checks before any work
-    teacher_model = load_teacher(teacher, cfg, runs, device)
-    init_weights = load_init_unet(init_unet, cfg, runs)
+    if parallel is not None and (vae_budget_s or unet_budget_s):
+        raise ValueError("--vae-budget/--unet-budget: not with several processes (each would time its own "
+                         "probe); give --vae-steps/--unet-steps")
+    # both record their file in the runs folder: rank 0 first
+    teacher_model = main_first(parallel, lambda: load_teacher(teacher, cfg, runs, device))
+    init_weights = main_first(parallel, lambda: load_init_unet(init_unet, cfg, runs))
     train, heldout = splits or (load_split(Path(data), "train"), load_split(Path(data), "heldout"))
     t0 = time.time()
     if vae_from is not None:
-        vae = vae_from_checkpoint(vae_from, cfg.vae, heldout, runs / "vae", device)
+        vae = main_first(parallel, lambda: vae_from_checkpoint(vae_from, cfg.vae, heldout, runs / "vae", device))
     else:
         vae = train_vae(train, heldout, cfg, runs / "vae", vae_steps, vae_batch, progress=progress,
-                        save_every=save_every, device=device, budget_s=vae_budget_s)
+                        save_every=save_every, device=device, budget_s=vae_budget_s, parallel=parallel)
     if not (runs / "vae" / "done.json").is_file():
         return None
-    lat = encode_latents(vae.vae, train.images, runs / "latents.pt")
+    lat = main_first(parallel, lambda: encode_latents(vae.vae, train.images, runs / "latents.pt"))
     cfg = config_for(runs, cfg)
     if teacher_model is not None and not np.isclose(cfg.vae.scaling_factor, teacher_model.config.vae.scaling_factor,
                                                     rtol=1e-3):
@@ -511,9 +547,12 @@ def run(data: Path, runs: Path, vae_steps: int, unet_steps: int, batch: int, vae
                          f"{teacher_model.config.vae.scaling_factor}: not the teacher's training images?")
     train_unet(train, vae, lat, cfg, runs / "unet", unet_steps, batch, progress=progress,
                save_every=save_every, sample_every=sample_every, until=unet_until, bf16=bf16, device=device,
-               budget_s=unet_budget_s, caption_repeats=caption_repeats, teacher=teacher_model, init_unet=init_weights)
+               budget_s=unet_budget_s, caption_repeats=caption_repeats, teacher=teacher_model, init_unet=init_weights,
+               parallel=parallel)
     log.info("stages took %.0f s this invocation", time.time() - t0)
-    return None if out is None else export_from_runs(runs, out, cfg)
+    if out is None or (parallel is not None and not parallel.main):
+        return None
+    return export_from_runs(runs, out, cfg)
 
 
 def main(argv=None) -> None:
@@ -553,25 +592,38 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.caption_repeats < 1 or a.batch % a.caption_repeats:  # fail now, not after the VAE stage
         p.error(f"--caption-repeats must be a positive divisor of --batch ({a.batch}), got {a.caption_repeats}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
     for flag, f in (("--vae-from", a.vae_from), ("--teacher", a.teacher), ("--init-unet", a.init_unet)):
         if f is not None and not f.is_file():
             p.error(f"{flag} {f}: no such file")
+    parallel, device = ddp.start(a.device)  # under torchrun: this rank's part (cuda -> cuda:LOCAL_RANK)
+    try:
+        _main(p, a, parallel, device)
+    finally:
+        ddp.finish()
+
+
+def _main(p: argparse.ArgumentParser, a: argparse.Namespace, parallel, device: str) -> None:
+    main = parallel is None or parallel.main
+    # the other ranks train the same rows in step; rank 0 alone reports (and writes)
+    logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(asctime)s %(message)s")
     if a.export_only:
         if a.arch and a.arch != recorded_arch(a.runs):
             p.error(f"{a.runs} was started with --arch {recorded_arch(a.runs)}, not {a.arch}")
-        print(f"wrote {export_from_runs(a.runs, a.out)}")
+        if not (a.runs / "unet" / "state.pt").is_file():
+            p.error(f"--export-only: {a.runs} holds no UNet-stage checkpoint (unet/state.pt) to export")
+        if main:
+            print(f"wrote {export_from_runs(a.runs, a.out)}")
         return
     try:  # the user-facing checks (arch of the folder, --vae-from) end as usage errors, not tracebacks
-        arch = recorded_arch(a.runs, a.arch or recorded_arch(a.runs))
+        arch = main_first(parallel, lambda: recorded_arch(a.runs, a.arch or recorded_arch(a.runs)))
         path = run(a.data, a.runs, a.vae_steps, a.unet_steps, a.batch, a.vae_batch,
                    None if a.no_export else a.out, cfg=ARCHS[arch], vae_from=a.vae_from, teacher=a.teacher,
                    init_unet=a.init_unet,
                    progress=not a.no_progress, unet_until=a.unet_until, save_every=a.save_every,
-                   sample_every=a.sample_every, bf16=a.bf16, device=a.device, vae_budget_s=a.vae_budget,
-                   unet_budget_s=a.unet_budget, caption_repeats=a.caption_repeats)
+                   sample_every=a.sample_every, bf16=a.bf16, device=device, vae_budget_s=a.vae_budget,
+                   unet_budget_s=a.unet_budget, caption_repeats=a.caption_repeats, parallel=parallel)
     except ValueError as e:
         p.error(str(e))
     if path:

@@ -154,6 +154,7 @@ def run(a: argparse.Namespace) -> Path | None:
 
 
 def _train(a: argparse.Namespace, parallel) -> Path | None:
+    from ..distributed import ddp
     from ..pipeline.loader import load_model
     from .emoji_data import load_split
 
@@ -161,17 +162,13 @@ def _train(a: argparse.Namespace, parallel) -> Path | None:
     if loaded.config.family in ("sdxl", "sdxl_refiner"):
         raise InvalidArgument("model: ControlNet training runs on SD 1.x/2.x and small models; SDXL is not "
                               "supported yet")
-    main = parallel is None or parallel.main
-    if not main:
-        parallel.barrier()  # rank 0 makes the data cache first; the others read it
-    if a.conditioning_dir is not None:  # the user's own (image, control image, caption) triples
-        data, captions = prepare_pairs(loaded, a.data, a.conditioning_dir, a.resolution, a.caption,
-                                       a.run / "data.pt")
-    else:
+    def data_and_captions():
+        if a.conditioning_dir is not None:  # the user's own (image, control image, caption) triples
+            return prepare_pairs(loaded, a.data, a.conditioning_dir, a.resolution, a.caption, a.run / "data.pt")
         train = load_split(a.data, "train")
-        data, captions = prepare(loaded, train.images, a.run / "data.pt"), train.captions
-    if main and parallel is not None:
-        parallel.barrier()
+        return prepare(loaded, train.images, a.run / "data.pt"), train.captions
+
+    data, captions = ddp.main_first(parallel, data_and_captions)  # rank 0 makes the data cache
     trainer = make_trainer(loaded, data, captions, a.run, a.steps, a.batch, a.lr, a.save_every, a.t_sampling,
                            parallel)
     if a.export_only:
@@ -180,7 +177,7 @@ def _train(a: argparse.Namespace, parallel) -> Path | None:
         net = trainer.model
     else:
         net = trainer.run(progress=not a.no_progress, until=a.until)
-    if not main:
+    if parallel is not None and not parallel.main:
         return None
     out = a.out or a.run / ("controlnet.safetensors" if a.conditioning_dir else "controlnet-canny.safetensors")
     save_controlnet(net.eval(), out, loaded.config.family)
