@@ -286,6 +286,10 @@ EXPECTED = {
                               {"optional": {"strength": f(1.0, 0.0, 1.0, 0.01)}}),
     "PerpNeg": ({"model": ["MODEL"], "empty_conditioning": COND, "neg_scale": f(1.0, 0.0, 100.0, 0.01)}, ["MODEL"],
                 "_for_testing", "Perp-Neg (DEPRECATED by PerpNegGuider)", "comfy_extras.nodes_perpneg", {}),
+    "CFGZeroStar": ({"model": ["MODEL"]}, ["MODEL"], "advanced/guidance", "CFGZeroStar", "comfy_extras.nodes_cfg",
+                    {"output_name": ["patched_model"]}),
+    "PerturbedAttentionGuidance": ({"model": ["MODEL"], "scale": f(3.0, 0.0, 100.0, 0.01, round=0.01)}, ["MODEL"],
+                                   "model_patches/unet", "PerturbedAttentionGuidance", "comfy_extras.nodes_pag", {}),
     # loaders
     "VAELoader": ({"vae_name": [[]]}, ["VAE"], "loaders", "Load VAE", "nodes", {}),
     "CheckpointLoader": ({"config_name": [[]], "ckpt_name": [[]]}, ["MODEL", "CLIP", "VAE"], "advanced/loaders",

@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_controlnet,
     nodes_core,
     nodes_dit,
+    nodes_guidance,
     nodes_image,
     nodes_image_ops,
     nodes_image_transform,

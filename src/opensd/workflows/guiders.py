@@ -8,7 +8,8 @@ predictions of those lists combine (ComfyUI's CFGGuider family).
   cond2 counts as a negative-type list (SDXL refiner's aesthetic default).
 
 A model's sampler_cfg_function patch (RescaleCFG, PerpNeg) replaces the CFG formula: it gets
-:class:`CfgArgs` and returns x - denoised, as in ComfyUI.
+:class:`CfgArgs` and returns x - denoised, as in ComfyUI. Its post-CFG functions (CFGZeroStar,
+PerturbedAttentionGuidance) then each take :class:`PostCfgArgs` and return the new denoised.
 
 Each list's prediction is conds.calc_cond_batch's composition of its entries. One case keeps the
 pipeline's own guidance instead: a guidance-distilled model (the built-in one) guides itself
@@ -46,6 +47,20 @@ class CfgArgs:
     cond_denoised: torch.Tensor
     uncond_denoised: torch.Tensor
     predict: Callable[[list], torch.Tensor]  # a CONDITIONING's prediction at this step (negative-type)
+
+
+@dataclass
+class PostCfgArgs:
+    """What a post-CFG function gets (ComfyUI's args dict, same names)."""
+    denoised: torch.Tensor         # the CFG result so far
+    cond_denoised: torch.Tensor
+    uncond_denoised: torch.Tensor
+    cond_scale: float
+    input: torch.Tensor
+    sigma: torch.Tensor
+    cond: list                     # the CONDITIONING the CFG's positive side came from
+    predict: Callable[[list], torch.Tensor]  # as CfgArgs.predict; a list the guider holds is taken as prepared
+    network: torch.nn.Module       # the model's network, for patches around one more prediction
 
 
 class ModelRun:
@@ -133,6 +148,9 @@ class Guider:
         names = self.evaluated()
         extra: dict[int, list] = {}
 
+        for name, conditioning in self.lists().items():  # the guider's own lists come prepared
+            extra[id(conditioning)] = prepared[name]
+
         def predict(conditioning: list) -> torch.Tensor:
             if id(conditioning) not in extra:
                 extra[id(conditioning)] = prepare({"negative": conditioning}, shape, self.model.pipe,
@@ -150,12 +168,19 @@ class Guider:
         return Guided(both)
 
 
-def cfg_combine(model: ModelRef, cond: torch.Tensor, uncond: torch.Tensor, scale: float, step: Step) -> torch.Tensor:
-    """ComfyUI's cfg_function: the model's sampler_cfg_function patch, else plain CFG."""
+def cfg_combine(model: ModelRef, cond: torch.Tensor, uncond: torch.Tensor, scale: float, step: Step,
+                cond_list: list) -> torch.Tensor:
+    """ComfyUI's cfg_function: the model's sampler_cfg_function patch, else plain CFG, then its
+    post-CFG functions in order. `cond_list`: the CONDITIONING `cond` is the prediction of."""
+    x = step.x
     if model.cfg_function is not None:
-        x = step.x
-        return x - model.cfg_function(CfgArgs(x - cond, x - uncond, scale, x, step.sigma, cond, uncond, step.predict))
-    return uncond + (cond - uncond) * scale
+        out = x - model.cfg_function(CfgArgs(x - cond, x - uncond, scale, x, step.sigma, cond, uncond, step.predict))
+    else:
+        out = uncond + (cond - uncond) * scale
+    for fn in model.post_cfg_functions:
+        out = fn(PostCfgArgs(out, cond, uncond, scale, x, step.sigma, cond_list, step.predict,
+                             model.pipe.family.network(model.pipe.model)))
+    return out
 
 
 class CFGGuider(Guider):
@@ -175,12 +200,13 @@ class CFGGuider(Guider):
 
     def combine(self, preds, step):
         uncond = preds.get("negative", torch.zeros_like(step.x))
-        return cfg_combine(self.model, preds["positive"], uncond, self.cfg, step)
+        return cfg_combine(self.model, preds["positive"], uncond, self.cfg, step, self.positive)
 
     def own_guidance(self, image, shape, sigmas, image_cond):
         pipe, m = self.model.pipe, self.model
         plain = all(not any(k in (extra or {}) for k in _PLACED) for _, extra in self.positive + (self.negative or []))
-        patched = m.sampling is not None or m.latent_scale is not None or m.cfg_function or m.output_block_patches
+        patched = m.sampling is not None or m.latent_scale is not None or m.cfg_function or m.output_block_patches \
+            or m.post_cfg_functions
         text_meta = any(p.is_meta for enc in pipe.family.text_modules(pipe.model) for p in enc.parameters())
         if not pipe.config.cfg_embed_channels or len(self.positive) != 1 or not plain or patched or text_meta \
                 or self.needs_uncond:
@@ -224,5 +250,5 @@ class DualCFGGuider(Guider):
 
     def combine(self, preds, step):
         middle = preds["middle"]
-        return cfg_combine(self.model, middle, preds["negative"], self.cfg2, step) + \
+        return cfg_combine(self.model, middle, preds["negative"], self.cfg2, step, self.conds["middle"]) + \
             (preds["positive"] - middle) * self.cfg1

@@ -39,3 +39,17 @@ def output_block_patches(unet, patches: tuple):
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def middle_self_attention_as_values(unet):
+    """ComfyUI's attn1 replacement on ("middle", 0) that returns v: each self-attention of the
+    middle block gives to_out(to_v(x)), every token attending only to itself (PAG's perturbed
+    model)."""
+    handles = [block.attn1.register_forward_hook(lambda attn, args, out: attn.to_out(attn.to_v(args[0])))
+               for block in unet.middle_block.modules() if hasattr(block, "attn1")]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
