@@ -229,3 +229,84 @@ def test_differential_diffusion_keeps_a_soft_area_until_its_step(env):
     plain = K.sample(model, pos, neg, {"samples": samples, "noise_mask": mask}, seed=5, steps=4, cfg=3.0,
                      sampler_name="euler", scheduler="normal")["samples"]
     assert not torch.allclose(out[..., 4:], plain[..., 4:], atol=1e-3)
+
+
+# --- PatchModelAddDownscale (Kohya deep shrink) ----------------------------------------------------
+
+def _shrunk_by_hand(unet, x, t, context, block, factor, after_skip):
+    """ComfyUI's UNet forward with deep shrink's input/output block patches written out: bicubic
+    down after input block `block` (before or after its skip is kept), h resized (bilinear) to a
+    skip whose size differs before they are joined."""
+    from opensd.models.unet import embed
+    from opensd.workflows.nodes_image import upscale
+    emb = embed(unet, unet.config, t, None, torch.float32)
+    h, hs = x, []
+    for i, b in enumerate(unet.input_blocks):
+        h = b(h, emb, context)
+        shrink = i == block
+        if shrink and not after_skip:
+            h = upscale(h, round(h.shape[-1] / factor), round(h.shape[-2] / factor), "bicubic", "disabled")
+        hs.append(h)
+        if shrink and after_skip:
+            h = upscale(h, round(h.shape[-1] / factor), round(h.shape[-2] / factor), "bicubic", "disabled")
+    h = unet.middle_block(h, emb, context)
+    for b in unet.output_blocks:
+        skip = hs.pop()
+        if h.shape[-2:] != skip.shape[-2:]:
+            h = upscale(h, skip.shape[-1], skip.shape[-2], "bilinear", "disabled")
+        h = b(torch.cat([h, skip], dim=1), emb, context, hs[-1].shape[-2:] if hs else None)
+    return unet.out(h)
+
+
+@pytest.mark.parametrize("block,factor,after_skip", [(1, 2.0, True), (1, 1.5, False), (2, 2.0, False),
+                                                    (3, 2.0, True), (3, 1.5, False)])
+def test_deep_shrink_hooks_equal_comfyuis_block_patches(env, block, factor, after_skip):
+    from opensd.workflows.nodes_image import upscale
+    from opensd.workflows.unet_patches import deep_shrink
+    model, pos, _ = env
+    unet = model.pipe.model.unet
+    x, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5)), torch.tensor([300.0])
+    with torch.no_grad():
+        plain = unet(x, t, pos[0][0])
+        with deep_shrink(unet, block, factor, after_skip, lambda v, w, h: upscale(v, w, h, "bicubic", "disabled"),
+                         lambda v, w, h: upscale(v, w, h, "bilinear", "disabled")):
+            got = unet(x, t, pos[0][0])
+        want = _shrunk_by_hand(unet, x, t, pos[0][0], block, factor, after_skip)
+        assert torch.equal(unet(x, t, pos[0][0]), plain)  # nothing left behind
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, plain)
+
+
+def test_patch_model_add_downscale_acts_within_its_sigma_window(env):
+    model, pos, neg = env
+    unet = model.pipe.model.unet
+    (patched,) = P.patch_model_add_downscale(None, model, 1, 2.0, 0.0, 0.35, True, "bicubic", "bilinear")
+    edge = float(np.interp(0.65 * 999, np.arange(1000), _table()))  # end_percent 0.35: timestep 649.35
+    x, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6)), torch.tensor([300.0])
+    (patch,) = patched.network_patches
+    with torch.no_grad():
+        plain = unet(x, t, pos[0][0])
+        with patch(unet, edge * 0.999):  # below the window: untouched
+            assert torch.equal(unet(x, t, pos[0][0]), plain)
+        with patch(unet, edge * 1.001):
+            inside = unet(x, t, pos[0][0])
+        torch.testing.assert_close(inside, _shrunk_by_hand(unet, x, t, pos[0][0], 1, 2.0, True))
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    kw = dict(seed=4, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal")
+    shrunk = K.sample(patched, pos, neg, latent, **kw)["samples"]
+    assert torch.isfinite(shrunk).all()
+    assert not torch.allclose(shrunk, K.sample(model, pos, neg, latent, **kw)["samples"])
+    # the steps run at timesteps 999, 499.5 and 0: none in a window of timesteps 399.6 to 299.7
+    (between,) = P.patch_model_add_downscale(None, model, 1, 2.0, 0.6, 0.7, True, "bicubic", "bilinear")
+    assert torch.equal(K.sample(between, pos, neg, latent, **kw)["samples"],
+                       K.sample(model, pos, neg, latent, **kw)["samples"])
+
+
+def test_patch_model_add_downscale_is_refused_without_a_unet():
+    from types import SimpleNamespace
+
+    from opensd.errors import InvalidArgument
+    from opensd.families import FLUX
+    with pytest.raises(InvalidArgument, match="^model: PatchModelAddDownscale .* not available for Flux"):
+        P.patch_model_add_downscale(None, ModelRef(SimpleNamespace(family=FLUX), "f"), 3, 2.0, 0.0, 0.35, True,
+                                    "bicubic", "bicubic")

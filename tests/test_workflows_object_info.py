@@ -48,6 +48,7 @@ def TEMPORAL(verb):  # VAEDecodeTiled / VAEEncodeTiled: for video VAEs
 
 CUSTOM = "comfy_extras.nodes_custom_sampler"
 IMAGES = "comfy_extras.nodes_images"
+SHRINK = ["bicubic", "nearest-exact", "bilinear", "area", "bislerp"]
 
 
 # name: (required, outputs, category, display name, python module, extra fields)
@@ -290,6 +291,13 @@ EXPECTED = {
                     {"output_name": ["patched_model"]}),
     "PerturbedAttentionGuidance": ({"model": ["MODEL"], "scale": f(3.0, 0.0, 100.0, 0.01, round=0.01)}, ["MODEL"],
                                    "model_patches/unet", "PerturbedAttentionGuidance", "comfy_extras.nodes_pag", {}),
+    "PatchModelAddDownscale": ({"model": ["MODEL"], "block_number": i(3, 1, 32, 1),
+                                "downscale_factor": f(2.0, 0.1, 9.0, 0.001), "start_percent": f(0.0, 0.0, 1.0, 0.001),
+                                "end_percent": f(0.35, 0.0, 1.0, 0.001),
+                                "downscale_after_skip": ["BOOLEAN", {"default": True}],
+                                "downscale_method": [SHRINK], "upscale_method": [SHRINK]}, ["MODEL"],
+                               "model_patches/unet", "PatchModelAddDownscale (Kohya Deep Shrink)",
+                               "comfy_extras.nodes_model_downscale", {}),
     # loaders
     "VAELoader": ({"vae_name": [[]]}, ["VAE"], "loaders", "Load VAE", "nodes", {}),
     "CheckpointLoader": ({"config_name": [[]], "ckpt_name": [[]]}, ["MODEL", "CLIP", "VAE"], "advanced/loaders",

@@ -36,6 +36,7 @@ Shapes = Mapping[str, tuple[int, ...]]
 ADAPTERS = {"lora": "LoRA", "controlnet": "ControlNet", "freeu": "FreeU", "ldm_config": "an LDM yaml config",
             "deep_cache": "DeepCache (it skips a UNet's deep blocks)",
             "pag": "PerturbedAttentionGuidance (it patches a UNet's middle-block self-attention)",
+            "deep_shrink": "PatchModelAddDownscale (Kohya deep shrink resizes inside a UNet)",
             "discrete_sampling": "ModelSamplingDiscrete (eps/v/x0/LCM sampling; flow models take ModelSamplingSD3 "
                                  "or ModelSamplingFlux)"}
 # net_fn(x, t, context, y, control=None) -> the network's output for a batch

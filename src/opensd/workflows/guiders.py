@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 
+from ..errors import InvalidArgument
 from ..pipeline.conditioning import Conditioning, CondSchedule, ScheduledPart
 from ..pipeline.guidance import plan, self_guided_scale
 from ..sampling.cfg_pp import Guided
@@ -68,6 +70,7 @@ class ModelRun:
 
     def __init__(self, model: ModelRef, sampling, image_cond: torch.Tensor | None, image: int):
         self.pipe, self.sampling, self.image_cond, self.image = model.pipe, sampling, image_cond, image
+        self.patches = model.network_patches
         self._controls: dict = {}
 
     def __call__(self, crops: torch.Tensor, sigma: torch.Tensor, entries: list, areas: list) -> torch.Tensor:
@@ -84,7 +87,13 @@ class ModelRun:
                 x = torch.cat([x, concat.to(x)], dim=1)
             return net(x, t, context, y, residuals).float()
 
-        return self.sampling.denoise(unet_fn, crops, sigma, context=context, y=y)
+        with ExitStack() as patched:
+            if self.patches and control is not None:
+                raise InvalidArgument("model: PatchModelAddDownscale resizes the UNet's skips, which a "
+                                      "ControlNet's residuals cannot follow")
+            for patch in self.patches:
+                patched.enter_context(patch(self.pipe.family.network(self.pipe.model), float(sigma.reshape(-1)[0])))
+            return self.sampling.denoise(unet_fn, crops, sigma, context=context, y=y)
 
     def _image_cond(self, entry) -> torch.Tensor:
         """An inpainting model's extra channels: the entry's own (InpaintModelConditioning), else the run's."""
@@ -206,7 +215,7 @@ class CFGGuider(Guider):
         pipe, m = self.model.pipe, self.model
         plain = all(not any(k in (extra or {}) for k in _PLACED) for _, extra in self.positive + (self.negative or []))
         patched = m.sampling is not None or m.latent_scale is not None or m.cfg_function or m.output_block_patches \
-            or m.post_cfg_functions
+            or m.post_cfg_functions or m.network_patches
         text_meta = any(p.is_meta for enc in pipe.family.text_modules(pipe.model) for p in enc.parameters())
         if not pipe.config.cfg_embed_channels or len(self.positive) != 1 or not plain or patched or text_meta \
                 or self.needs_uncond:

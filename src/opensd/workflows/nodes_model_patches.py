@@ -1,16 +1,21 @@
 """MODEL patch nodes with ComfyUI's names, inputs and arithmetic: ModelSamplingDiscrete (another
 parameterisation or zero-terminal-SNR schedule), RescaleCFG (Lin et al. 2023), FreeU_V2 (Si et
-al. 2023), PerpNeg (Armandpour et al. 2023) and DifferentialDiffusion (Levin and Fried 2023).
+al. 2023), PerpNeg (Armandpour et al. 2023), DifferentialDiffusion (Levin and Fried 2023) and
+PatchModelAddDownscale (Kohya's deep shrink).
 Each returns a new ModelRef; the checkpoint and the other branches of the graph are untouched."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
 
 from .guiders import CfgArgs
+from .ksampler import sampling_of
 from .model_sampling import model_sampling
+from .nodes_image import upscale
 from .types import NodeDef, register
+from .unet_patches import deep_shrink
 
 
 def model_sampling_discrete(call, model, sampling, zsnr):
@@ -146,3 +151,35 @@ register(NodeDef(
     optional={"strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})},
     category="_for_testing", display_name="Differential Diffusion",
     module="comfy_extras.nodes_differential_diffusion"))
+
+
+SHRINK_METHODS = ["bicubic", "nearest-exact", "bilinear", "area", "bislerp"]
+
+
+def patch_model_add_downscale(call, model, block_number, downscale_factor, start_percent, end_percent,
+                              downscale_after_skip, downscale_method, upscale_method):
+    """The UNet works at 1/downscale_factor of the size from input block `block_number` down and
+    back up, while the step's sigma lies in [sigma(end_percent), sigma(start_percent)]."""
+    model.pipe.family.require("deep_shrink", "model")
+    ms = sampling_of(model)
+    sigma_start, sigma_end = ms.percent_to_sigma(start_percent), ms.percent_to_sigma(end_percent)
+
+    def patch(unet, sigma: float):
+        if not sigma_end <= sigma <= sigma_start:
+            return nullcontext()
+        return deep_shrink(unet, block_number, downscale_factor, downscale_after_skip,
+                           lambda x, w, h: upscale(x, w, h, downscale_method, "disabled"),
+                           lambda x, w, h: upscale(x, w, h, upscale_method, "disabled"))
+    return (replace(model, network_patches=model.network_patches + (patch,)),)
+
+
+register(NodeDef(
+    "PatchModelAddDownscale", patch_model_add_downscale,
+    {"model": ("MODEL", {}), "block_number": ("INT", {"default": 3, "min": 1, "max": 32, "step": 1}),
+     "downscale_factor": ("FLOAT", {"default": 2.0, "min": 0.1, "max": 9.0, "step": 0.001}),
+     "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+     "end_percent": ("FLOAT", {"default": 0.35, "min": 0.0, "max": 1.0, "step": 0.001}),
+     "downscale_after_skip": ("BOOLEAN", {"default": True}),
+     "downscale_method": (SHRINK_METHODS, {}), "upscale_method": (SHRINK_METHODS, {})},
+    ("MODEL",), category="model_patches/unet", display_name="PatchModelAddDownscale (Kohya Deep Shrink)",
+    module="comfy_extras.nodes_model_downscale"))

@@ -69,6 +69,8 @@ class ModelRef:
     latent_scale: float | None = None  # the VAE scaling factor, when a config says another
     cfg_function: Any = None       # sampler_cfg_function(CfgArgs) -> x - denoised (RescaleCFG, PerpNeg)
     post_cfg_functions: tuple = ()  # fn(PostCfgArgs) -> denoised, after CFG (CFGZeroStar, PAG)
+    # fn(network, sigma) -> a context manager around one network call (PatchModelAddDownscale)
+    network_patches: tuple = ()
     output_block_patches: tuple = ()  # fn(h, skip) -> (h, skip) before each up block's concat (FreeU)
     # fn(sigma, mask, sampling, sigmas) -> this step's noise mask (DifferentialDiffusion)
     denoise_mask_function: Any = None

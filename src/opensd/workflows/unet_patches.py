@@ -53,3 +53,42 @@ def middle_self_attention_as_values(unet):
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def deep_shrink(unet, block: int, factor: float, after_skip: bool, down, up):
+    """Kohya's deep shrink for one network call (ComfyUI's input/output block patches of
+    PatchModelAddDownscale): h leaving input block `block` is shrunk by `factor` with
+    down(x, w, h) (after it was kept as that block's skip when `after_skip`, else the skip is
+    shrunk too), and on the way up h is resized with up(x, w, h) to each skip's size where they
+    differ before they are joined."""
+    blocks = len(unet.input_blocks)
+    if block >= blocks:  # ComfyUI's patch never meets a block of that number
+        yield
+        return
+    sizes: list = []  # the spatial size of each skip as kept
+
+    def shrink(x):
+        return down(x, round(int(x.shape[-1]) * (1.0 / factor)), round(int(x.shape[-2]) * (1.0 / factor)))
+
+    def fit(index: int):
+        def hook(module, args, out):
+            size = sizes[index]
+            return out if out.shape[-2:] == size else up(out, size[-1], size[-2])
+        return hook
+
+    handles = [unet.input_blocks[0].register_forward_pre_hook(lambda m, args: sizes.clear())]
+    if after_skip:
+        after = unet.input_blocks[block + 1] if block + 1 < blocks else unet.middle_block
+        handles.append(after.register_forward_pre_hook(lambda m, args: (shrink(args[0]), *args[1:])))
+    else:
+        handles.append(unet.input_blocks[block].register_forward_hook(lambda m, args, out: shrink(out)))
+    handles += [b.register_forward_hook(lambda m, args, out: sizes.append(out.shape[-2:])) for b in unet.input_blocks]
+    # the middle block's h meets the last skip, output block k's the skip before the one it met
+    handles.append(unet.middle_block.register_forward_hook(fit(blocks - 1)))
+    handles += [b.register_forward_hook(fit(blocks - 2 - k)) for k, b in enumerate(unet.output_blocks[:-1])]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
