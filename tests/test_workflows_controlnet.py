@@ -205,3 +205,16 @@ def test_a_hint_on_an_area_entry_is_fitted_to_the_areas_crop(ctx):
     plain = copy.deepcopy(g)
     plain["3"]["inputs"]["positive"], plain["3"]["inputs"]["negative"] = ["20", 0], ["7", 0]
     assert np.abs(pixels(g, ctx) - pixels(plain, ctx)).mean() > 0.5
+
+
+def test_deep_shrink_beside_a_controlnet_is_one_error_line(ctx):
+    from opensd.workflows import NodeError
+    g = cn_graph(1.0)
+    g["20"] = {"class_type": "PatchModelAddDownscale", "inputs": {
+        "model": ["4", 0], "block_number": 1, "downscale_factor": 2.0, "start_percent": 0.0, "end_percent": 0.35,
+        "downscale_after_skip": True, "downscale_method": "bicubic", "upscale_method": "bicubic"}}
+    g["3"]["inputs"]["model"] = ["20", 0]
+    with pytest.raises(NodeError) as e:
+        execute(g, ctx)
+    assert e.value.exception_message == ("model: PatchModelAddDownscale resizes the UNet's skips, which a "
+                                         "ControlNet's residuals cannot follow")
