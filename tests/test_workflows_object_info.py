@@ -49,6 +49,10 @@ def TEMPORAL(verb):  # VAEDecodeTiled / VAEEncodeTiled: for video VAEs
 CUSTOM = "comfy_extras.nodes_custom_sampler"
 IMAGES = "comfy_extras.nodes_images"
 SHRINK = ["bicubic", "nearest-exact", "bilinear", "area", "bislerp"]
+LAYERS = ["STRING", {"default": "7, 8, 9", "multiline": False}]
+SLG = {"scale": f(3.0, 0.0, 10.0, 0.1), "start_percent": f(0.01, 0.0, 1.0, 0.001),
+       "end_percent": f(0.15, 0.0, 1.0, 0.001)}
+SLG_DESCRIPTION = "Generic version of SkipLayerGuidance node that can be used on every DiT model."
 
 
 # name: (required, outputs, category, display name, python module, extra fields)
@@ -329,6 +333,13 @@ EXPECTED = {
                            "base_shift": f(0.5, 0.0, 100.0, 0.01), "width": i(1024, 16, step=8),
                            "height": i(1024, 16, step=8)}, ["MODEL"], "advanced/model", "ModelSamplingFlux",
                           "comfy_extras.nodes_model_advanced", {}),
+    "SkipLayerGuidanceDiT": ({"model": ["MODEL"], "double_layers": LAYERS, "single_layers": LAYERS, **SLG,
+                              "rescaling_scale": f(0.0, 0.0, 10.0, 0.01)}, ["MODEL"], "advanced/guidance",
+                             "SkipLayerGuidanceDiT", "comfy_extras.nodes_slg",
+                             {"experimental": True, "description": SLG_DESCRIPTION}),
+    "SkipLayerGuidanceSD3": ({"model": ["MODEL"], "layers": LAYERS, **SLG}, ["MODEL"], "advanced/guidance",
+                             "SkipLayerGuidanceSD3", "comfy_extras.nodes_sd3",
+                             {"experimental": True, "description": SLG_DESCRIPTION}),
     # city96's ComfyUI-GGUF (nodes.py): the .gguf files of unet/ and diffusion_models/
     "UnetLoaderGGUF": ({"unet_name": [[]]}, ["MODEL"], "bootleg", "Unet Loader (GGUF)", "custom_nodes.ComfyUI-GGUF", {}),
 }
@@ -351,6 +362,8 @@ def test_object_info_matches_comfyui(name):
         "description": extra.get("description", ""), "python_module": module, "category": category,
         "output_node": extra.get("output_node", False),
     }
+    if extra.get("experimental"):
+        want["experimental"] = True
     assert json.dumps(info) == json.dumps(want)  # exact, down to 0 vs 0.0 and key order
 
 

@@ -162,7 +162,7 @@ class DiTFamily(Family):
     def conditioner(self, pipe, clip_skip):
         return DiTConditioner(pipe, self.clip_names, self.clip_context, clip_skip)
 
-    adapters = frozenset({"lora"})
+    adapters = frozenset({"lora", "skip_layers"})
 
     def lora_modules(self, model: nn.Module) -> list:
         """kohya (lora_unet_ + the original path), PEFT/diffusers (transformer. + diffusers' path, q/k/v

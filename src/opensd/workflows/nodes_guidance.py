@@ -5,14 +5,20 @@
 * PerturbedAttentionGuidance (Ahn et al. 2024, comfy_extras.nodes_pag): the positive predicted once
   more with the middle block's self-attention replaced by identity, and the result pushed away
   from that prediction by `scale`.
+* SkipLayerGuidanceDiT / SkipLayerGuidanceSD3 (comfy_extras.nodes_slg, nodes_sd3): the same with
+  some of an SD3/Flux network's blocks skipped, within a window of sigmas, optionally rescaled
+  towards the positive's standard deviation.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import torch
 
+from .dit_patches import skip_blocks
 from .guiders import PostCfgArgs
+from .ksampler import sampling_of
 from .types import NodeDef, register
 from .unet_patches import middle_self_attention_as_values
 
@@ -60,3 +66,58 @@ register(NodeDef(
     {"model": ("MODEL", {}),
      "scale": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": 0.01})},
     ("MODEL",), category="model_patches/unet", module="comfy_extras.nodes_pag"))
+
+
+def slg_function(double: list[int], single: list[int], scale: float, sigma_start: float, sigma_end: float,
+                 rescaling_scale: float):
+    def fn(args: PostCfgArgs) -> torch.Tensor:
+        out = args.denoised
+        sigma = float(args.sigma.reshape(-1)[0])
+        if scale > 0 and sigma_end <= sigma <= sigma_start:
+            with skip_blocks(args.network, double, single):
+                skipped = args.predict(args.cond)
+            out = out + (args.cond_denoised - skipped) * scale
+            if rescaling_scale != 0:
+                factor = args.cond_denoised.std() / out.std()
+                out = out * (rescaling_scale * factor + (1 - rescaling_scale))
+        return out
+    return fn
+
+
+def skip_layer_guidance_dit(call, model, double_layers, single_layers, scale, start_percent, end_percent,
+                            rescaling_scale=0.0):
+    model.pipe.family.require("skip_layers", "model")
+    double = [int(n) for n in re.findall(r"\d+", double_layers)]  # any digit runs, as ComfyUI reads them
+    single = [int(n) for n in re.findall(r"\d+", single_layers)]
+    if not double and not single:
+        return (model,)
+    ms = sampling_of(model)
+    fn = slg_function(double, single, scale, ms.percent_to_sigma(start_percent), ms.percent_to_sigma(end_percent),
+                      rescaling_scale)
+    return (replace(model, post_cfg_functions=model.post_cfg_functions + (fn,)),)
+
+
+def _layers():
+    return ("STRING", {"default": "7, 8, 9", "multiline": False})
+
+
+_SLG = {"scale": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 10.0, "step": 0.1}),
+        "start_percent": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 1.0, "step": 0.001}),
+        "end_percent": ("FLOAT", {"default": 0.15, "min": 0.0, "max": 1.0, "step": 0.001})}
+_SLG_DESCRIPTION = "Generic version of SkipLayerGuidance node that can be used on every DiT model."
+register(NodeDef(
+    "SkipLayerGuidanceDiT", skip_layer_guidance_dit,
+    {"model": ("MODEL", {}), "double_layers": _layers(), "single_layers": _layers(), **_SLG,
+     "rescaling_scale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01})},
+    ("MODEL",), category="advanced/guidance", module="comfy_extras.nodes_slg", experimental=True,
+    description=_SLG_DESCRIPTION))
+
+
+def skip_layer_guidance_sd3(call, model, layers, scale, start_percent, end_percent):
+    return skip_layer_guidance_dit(call, model, layers, "", scale, start_percent, end_percent)
+
+
+register(NodeDef(
+    "SkipLayerGuidanceSD3", skip_layer_guidance_sd3, {"model": ("MODEL", {}), "layers": _layers(), **_SLG},
+    ("MODEL",), category="advanced/guidance", module="comfy_extras.nodes_sd3", experimental=True,
+    description=_SLG_DESCRIPTION))

@@ -155,6 +155,7 @@ class NodeDef:
     display_name: str | None = None
     description: str = ""
     output_node: bool = False
+    experimental: bool = False      # ComfyUI's EXPERIMENTAL: object_info says "experimental": true
     # check(ctx, inputs) -> None or an error text (ComfyUI's VALIDATE_INPUTS); literal inputs only
     check: Callable[[ExecutionContext | None, dict], str | None] | None = None
     # fingerprint(ctx, inputs) -> str that changes when the node's outside world does (IS_CHANGED)
