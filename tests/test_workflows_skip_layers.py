@@ -121,3 +121,20 @@ def test_skip_layer_guidance_is_refused_for_unet_models(tmp_path):
     pipe = make_ctx(folders, Loader(folders), tmp_path).load_pipeline("tiny.safetensors")
     with pytest.raises(InvalidArgument, match="^model: SkipLayerGuidance .* not available for Stable Diffusion"):
         G.skip_layer_guidance_sd3(None, ModelRef(pipe, "tiny"), "7, 8, 9", 3.0, 0.01, 0.15)
+
+
+def test_cfg_zero_star_guides_a_dit_model_too(pipes):
+    pipe = pipes["sd3"]
+    model, (pos, neg) = ModelRef(pipe, "sd3"), _conds(pipe)
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    (patched,) = G.cfg_zero_star(None, model)
+
+    def zero_star(args):
+        b, c = (args.input - args.uncond_denoised).flatten(), (args.input - args.cond_denoised).flatten()
+        alpha = (c @ b) / (b @ b + 1e-8)
+        return args.input - (alpha * args.uncond_denoised + args.cond_scale * (args.cond_denoised
+                                                                             - alpha * args.uncond_denoised))
+    got = K.sample(patched, pos, neg, latent, **KW)["samples"]
+    want = K.sample(replace(model, cfg_function=zero_star), pos, neg, latent, **KW)["samples"]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, K.sample(model, pos, neg, latent, **KW)["samples"], atol=1e-4)
