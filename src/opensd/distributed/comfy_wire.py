@@ -1,8 +1,8 @@
 """What travels between the front door and a Ray worker for a ComfyUI graph job.
 
 Going out: the graph (it names models, which each worker finds in its own models folder, as it does
-for A1111 jobs) and the bytes of every image its LoadImage-type nodes read from the front door's input
-folder: never a path. The worker runs the graph in folders of its own (`Stage`).
+for A1111 jobs) and the bytes of every image (or .latent file) its LoadImage-type nodes (LoadLatent)
+read from the front door's input folder: never a path. The worker runs the graph in folders of its own (`Stage`).
 
 Coming back, inside the job's websocket messages: each "executed" message carries the files its node
 wrote (SaveImage's outputs, PreviewImage's temp files) as bytes. The front door (`Received`) writes
@@ -65,7 +65,7 @@ def to_wire(inputs_dir: Path, payload: dict) -> dict:
     prompt = payload["prompt"]
     files = {}
     for source, value in choices(prompt):
-        if source != "input_images":
+        if source not in ("input_images", "input_latents"):
             continue
         path = input_path(SimpleNamespace(inputs_dir=inputs_dir), value)
         if path is not None:  # a missing one fails there as it would here, naming the image

@@ -18,6 +18,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_image_ops,
     nodes_image_transform,
     nodes_latent,
+    nodes_latent_files,
     nodes_loaders,
     nodes_mask,
     nodes_model_patches,

@@ -108,8 +108,9 @@ class NoiseRef:
 @dataclass(frozen=True)
 class Choices:
     """An enum input whose values come from the run's context: model files of a ``ModelFolders``
-    kind ("checkpoints", "loras", ...) or "input_images" (files in ``inputs_dir``). ``strict=False``:
-    listed in object_info but checked by the node's own ``check`` (ComfyUI's VALIDATE_INPUTS)."""
+    kind ("checkpoints", "loras", ...), "input_images" (images in ``inputs_dir``) or
+    "input_latents" (.latent files at its top). ``strict=False``: listed in object_info but checked
+    by the node's own ``check`` (ComfyUI's VALIDATE_INPUTS)."""
     source: str
     strict: bool = True
 
@@ -119,6 +120,8 @@ class Choices:
             return None
         if self.source == "input_images":
             return list_input_images(ctx.inputs_dir)
+        if self.source == "input_latents":
+            return list_input_latents(ctx.inputs_dir)
         if ctx.folders is None:
             return None
         return [m.name for m in ctx.folders.list(self.source)]
@@ -213,3 +216,14 @@ def list_input_images(inputs_dir: Path) -> list[str]:
                 continue
             names.append(p.relative_to(root).as_posix())
     return sorted(names)
+
+
+def list_input_latents(inputs_dir: Path) -> list[str]:
+    """The .latent files at the top of ``inputs_dir``, sorted (LoadLatent's list: ComfyUI's does not
+    look into subfolders)."""
+    root = Path(inputs_dir)
+    if not root.is_dir():
+        return []
+    base = root.resolve()
+    return sorted(p.name for p in root.iterdir()
+                  if p.suffix == ".latent" and p.is_file() and p.resolve().is_relative_to(base))

@@ -1,0 +1,71 @@
+"""SaveLatent and LoadLatent (ComfyUI core): a LATENT's samples as ComfyUI's ``.latent`` files --
+safetensors holding the raw samples under "latent_tensor" and an empty "latent_format_version_0"
+tensor that marks the format, with the prompt and the workflow (JSON text) as metadata.
+
+Saving numbers files as SaveImage does (``latents/ComfyUI_00001_.latent``), inside the output folder
+only. Loading reads a file of the input folder through safetensors only, never a pickle. A file
+without the version marker comes from ComfyUI's first format, which stored the latent multiplied by
+SD 1.x's scaling factor: its samples are divided by 0.18215, as ComfyUI does."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+from ..checkpoints.files import read_state_dict, save_safetensors, sniff_format
+from ..errors import CheckpointError, InvalidArgument
+from .nodes_image import SAVE_HIDDEN, check_prefix, input_path, save_path, write_numbered
+from .types import Choices, NodeDef, register
+
+SAMPLES, VERSION_0 = "latent_tensor", "latent_format_version_0"
+FIRST_FORMAT_SCALE = 0.18215
+
+
+def save_latent(call, samples, filename_prefix="latents/ComfyUI", prompt=None, extra_pnginfo=None):
+    target, sub, name, counter = save_path(call.ctx.outputs_dir, filename_prefix, 0, 0)  # %width%: 0, as ComfyUI
+    metadata = {"prompt": "" if prompt is None else json.dumps(prompt)}
+    metadata.update({key: json.dumps(value) for key, value in (extra_pnginfo or {}).items()})
+    # the name is taken by an empty file first (exclusive create), then written over atomically
+    filename, _ = write_numbered(target, name, counter, ".latent", b"")
+    save_safetensors({SAMPLES: samples["samples"].detach().float().cpu().contiguous(), VERSION_0: torch.tensor([])},
+                     target / filename, metadata)
+    return {"ui": {"latents": [{"filename": filename, "subfolder": sub, "type": "output"}]}, "result": ()}
+
+
+register(NodeDef(
+    "SaveLatent", save_latent,
+    {"samples": ("LATENT", {}), "filename_prefix": ("STRING", {"default": "latents/ComfyUI"})},
+    hidden=SAVE_HIDDEN, category="_for_testing", output_node=True, check=check_prefix))
+
+
+def load_latent(call, latent):
+    path = input_path(call.ctx, latent)
+    if path is None:
+        raise FileNotFoundError(f"Invalid latent file: {latent}")
+    try:
+        if sniff_format(path) != "safetensors":
+            raise InvalidArgument(f"latent: {latent} is not a safetensors .latent file (only those are read)")
+        tensors = read_state_dict(path)
+    except CheckpointError as e:  # its message names the server's path; the client knows the file by name
+        raise InvalidArgument(f"latent: {latent}: {e.problem}") from None
+    if SAMPLES not in tensors:
+        raise InvalidArgument(f"latent: {latent} holds no '{SAMPLES}' tensor")
+    scale = 1.0 if VERSION_0 in tensors else 1.0 / FIRST_FORMAT_SCALE
+    return ({"samples": tensors[SAMPLES].float() * scale},)
+
+
+def check_latent(ctx, inputs):
+    if ctx is None:
+        return None
+    return None if input_path(ctx, inputs.get("latent")) else f"Invalid latent file: {inputs.get('latent')}"
+
+
+def latent_fingerprint(ctx, inputs) -> str:
+    path = input_path(ctx, inputs.get("latent"))
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path else "missing"
+
+
+register(NodeDef(
+    "LoadLatent", load_latent, {"latent": (Choices("input_latents", strict=False), {})}, ("LATENT",),
+    category="_for_testing", check=check_latent, fingerprint=latent_fingerprint))
