@@ -34,6 +34,35 @@ def test_karras_and_exponential_follow_their_formulas():
     np.testing.assert_allclose(e.numpy(), [8.0, 2.0, 0.5, 0.0], rtol=1e-5)
 
 
+def test_polyexponential_vp_and_laplace_follow_k_diffusions_formulas():
+    (p,) = S.polyexponential_scheduler(None, 4, 8.0, 0.5, 2.0)
+    ramp = np.linspace(1, 0, 4) ** 2  # log sigma along a squared ramp
+    np.testing.assert_allclose(p.numpy(), list(np.exp(np.log(0.5) + ramp * np.log(16.0))) + [0.0], rtol=1e-5)
+    torch.testing.assert_close(S.polyexponential_scheduler(None, 5, 8.0, 0.5, 1.0)[0],
+                               S.exponential_scheduler(None, 5, 8.0, 0.5)[0])
+    with pytest.raises(InvalidArgument, match="^sigma_min: must be above 0"):
+        S.polyexponential_scheduler(None, 4, 8.0, 0.0, 1.0)
+    (v,) = S.vp_scheduler(None, 3, 19.9, 0.1, 0.001)
+    t = np.array([1.0, 0.5005, 0.001])
+    np.testing.assert_allclose(v.numpy(), list(np.sqrt(np.exp(19.9 * t * t / 2 + 0.1 * t) - 1)) + [0.0], rtol=1e-5)
+    (lap,) = S.laplace_scheduler(None, 5, 14.6, 0.03, 0.5, 0.25)
+    x = np.linspace(0, 1, 5)
+    log_sigma = 0.5 - 0.25 * np.sign(0.5 - x) * np.log(1 - 2 * np.abs(0.5 - x) + 1e-5)
+    np.testing.assert_allclose(lap.numpy(), np.clip(np.exp(log_sigma), 0.03, 14.6), rtol=1e-5)
+    assert len(lap) == 5 and lap[-1] > 0  # no final 0, as ComfyUI's: a run stops at the last sigma
+
+
+def test_a_laplace_schedule_runs_and_stops_at_its_last_sigma(env):
+    call, model, pos, neg = env
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    (sigmas,) = S.laplace_scheduler(None, 4, 14.614642, 0.0291675, 0.0, 0.5)
+    (sampler,) = S.ksampler_select(None, "euler")
+    out, _ = S.sampler_custom(call, model, True, 3, 5.0, pos, neg, sampler, sigmas, latent)
+    with_zero, _ = S.sampler_custom(call, model, True, 3, 5.0, pos, neg, sampler, torch.cat([sigmas, torch.zeros(1)]),
+                                    latent)
+    assert torch.isfinite(out["samples"]).all() and not torch.allclose(out["samples"], with_zero["samples"])
+
+
 def test_basic_and_turbo_schedulers_read_the_models_schedule(env):
     _, model, _, _ = env
     table = _model_sigmas()

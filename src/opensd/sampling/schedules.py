@@ -88,6 +88,33 @@ def exponential(sigma_min: float, sigma_max: float, steps: int) -> torch.Tensor:
     return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), steps).exp())
 
 
+def polyexponential(sigma_min: float, sigma_max: float, steps: int, rho: float = 1.0) -> torch.Tensor:
+    """log sigma from log sigma_max to log sigma_min along a ramp from 1 to 0 raised to rho
+    (k-diffusion's; rho 1 is the exponential schedule), then 0."""
+    for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+        if value <= 0:
+            raise InvalidArgument(f"{name}: must be above 0 for a schedule spaced in log sigma, not {value}")
+    ramp = torch.linspace(1, 0, steps) ** rho
+    lo = math.log(sigma_min)
+    return _append_zero(torch.exp(ramp * (math.log(sigma_max) - lo) + lo))
+
+
+def vp(steps: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3) -> torch.Tensor:
+    """The continuous VP SDE's sigmas at times 1 down to eps_s: sqrt(exp(beta_d t^2 / 2 +
+    beta_min t) - 1), then 0 (k-diffusion's)."""
+    t = torch.linspace(1, eps_s, steps)
+    return _append_zero(torch.sqrt(torch.special.expm1(beta_d * t ** 2 / 2 + beta_min * t)))
+
+
+def laplace(sigma_min: float, sigma_max: float, steps: int, mu: float = 0.0, beta: float = 0.5) -> torch.Tensor:
+    """Tiankai et al. (2024): log sigma at the quantiles of a Laplace(mu, beta) distribution for
+    evenly spaced x in [0, 1], kept within [sigma_min, sigma_max]. As ComfyUI's, `steps` sigmas and
+    no final 0: sampling stops at the last one."""
+    x = torch.linspace(0, 1, steps)
+    log_sigma = mu - beta * torch.sign(0.5 - x) * torch.log(1 - 2 * torch.abs(0.5 - x) + 1e-5)
+    return torch.clamp(torch.exp(log_sigma), min=sigma_min, max=sigma_max)
+
+
 def sgm_uniform_sigmas(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
     """SGM/"SGM Uniform": `steps + 1` evenly spaced timesteps from the last to the first, the final
     one (sigma_min) replaced by 0, so every step but the last lands on a spaced timestep."""

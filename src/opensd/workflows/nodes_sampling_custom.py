@@ -8,7 +8,7 @@ import torch
 from ..sampling.align_your_steps import NOISE_LEVELS, ays_sigmas
 from ..sampling.names import scheduler_id
 from ..errors import InvalidArgument
-from ..sampling.schedules import beta_sigmas, exponential, karras, make_sigmas
+from ..sampling.schedules import beta_sigmas, exponential, karras, laplace, make_sigmas, polyexponential, vp
 from . import ksampler
 from .guiders import BasicGuider, CFGGuider, DualCFGGuider
 from .nodes_core import SAMPLERS, SCHEDULERS, step_reporter
@@ -74,6 +74,37 @@ def exponential_scheduler(call, steps, sigma_max, sigma_min):
 
 _node("ExponentialScheduler", exponential_scheduler,
       {"steps": _STEPS, "sigma_max": _sigma(14.614642), "sigma_min": _sigma(0.0291675)}, ("SIGMAS",), "schedulers")
+
+
+def polyexponential_scheduler(call, steps, sigma_max, sigma_min, rho):
+    return (polyexponential(sigma_min, sigma_max, steps, rho),)
+
+
+def _float(default: float, lo: float, hi: float, step: float):
+    return ("FLOAT", {"default": default, "min": lo, "max": hi, "step": step, "round": False})
+
+
+_node("PolyexponentialScheduler", polyexponential_scheduler,
+      {"steps": _STEPS, "sigma_max": _sigma(14.614642), "sigma_min": _sigma(0.0291675),
+       "rho": _float(1.0, 0.0, 100.0, 0.01)}, ("SIGMAS",), "schedulers")
+
+
+def laplace_scheduler(call, steps, sigma_max, sigma_min, mu, beta):
+    return (laplace(sigma_min, sigma_max, steps, mu, beta),)
+
+
+_node("LaplaceScheduler", laplace_scheduler,
+      {"steps": _STEPS, "sigma_max": _sigma(14.614642), "sigma_min": _sigma(0.0291675),
+       "mu": _float(0.0, -10.0, 10.0, 0.1), "beta": _float(0.5, 0.0, 10.0, 0.1)}, ("SIGMAS",), "schedulers")
+
+
+def vp_scheduler(call, steps, beta_d, beta_min, eps_s):
+    return (vp(steps, beta_d, beta_min, eps_s),)
+
+
+_node("VPScheduler", vp_scheduler,
+      {"steps": _STEPS, "beta_d": _float(19.9, 0.0, 5000.0, 0.01), "beta_min": _float(0.1, 0.0, 5000.0, 0.01),
+       "eps_s": _float(0.001, 0.0, 1.0, 0.0001)}, ("SIGMAS",), "schedulers")
 
 
 def sd_turbo_scheduler(call, model, steps, denoise):
