@@ -104,7 +104,7 @@ def test_checkpoint_loader_reads_v_prediction_and_scale_from_the_yaml(env):
     call, _ = env
     model, clip = _ckpt(call)
     v_model, _, _ = L.checkpoint_loader_with_config(call, "v.yaml", "tiny.safetensors")
-    assert v_model.sampling.prediction == "v" and v_model.latent_scale == 0.5
+    assert v_model.sampling.prediction == "v" and v_model.latent_format.scaling_factor == 0.5
     from opensd.pipeline.pipeline import load
     v_pipe = load(call.ctx.folders.resolve("checkpoints", "tiny.safetensors"), prediction="v")
     pos, neg = clip_text_encode(None, "a kite", clip)[0], clip_text_encode(None, "", clip)[0]

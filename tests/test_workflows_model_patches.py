@@ -310,3 +310,72 @@ def test_patch_model_add_downscale_is_refused_without_a_unet():
     with pytest.raises(InvalidArgument, match="^model: PatchModelAddDownscale .* not available for Flux"):
         P.patch_model_add_downscale(None, ModelRef(SimpleNamespace(family=FLUX), "f"), 3, 2.0, 0.0, 0.35, True,
                                     "bicubic", "bicubic")
+
+
+# --- ModelSamplingContinuousEDM / ModelSamplingContinuousV ---------------------------------------
+
+@pytest.mark.parametrize("node,sampling,time,sd,sign", [
+    ("edm", "eps", lambda s: 0.25 * math.log(s), 1.0, None),
+    ("edm", "v_prediction", lambda s: 0.25 * math.log(s), 1.0, -1),
+    ("edm", "edm_playground_v2.5", lambda s: 0.25 * math.log(s), 0.5, 1),
+    ("v", "v_prediction", lambda s: math.atan(s) * 2 / math.pi, 1.0, -1)])
+def test_continuous_sampling_scales_inputs_times_and_outputs(env, node, sampling, time, sd, sign):
+    model, _, _ = env
+    patch = P.model_sampling_continuous_edm if node == "edm" else P.model_sampling_continuous_v
+    (m,) = patch(None, model, sampling, 120.0, 0.002)
+    x, out, s = torch.full((1, 1, 2, 2), 3.0), torch.full((1, 1, 2, 2), 0.5), 2.0
+    seen = {}
+
+    def unet(x_in, t, **cond):
+        seen.update(x_in=x_in, t=t)
+        return out
+    d = m.sampling.denoise(unet, x, torch.tensor(s))
+    assert torch.allclose(seen["x_in"], x / math.sqrt(s * s + sd * sd))
+    assert float(seen["t"][0]) == pytest.approx(time(s), rel=1e-6)
+    if sign is None:  # eps
+        want = 3.0 - 0.5 * s
+    else:  # c_skip x -/+ c_out F (v / EDM)
+        want = 3.0 * sd * sd / (s * s + sd * sd) + sign * 0.5 * s * sd / math.sqrt(s * s + sd * sd)
+    assert torch.allclose(d, torch.full_like(x, want), rtol=1e-5)
+
+
+def test_continuous_schedules_space_the_models_time(env):
+    model, _, _ = env
+    (edm,) = P.model_sampling_continuous_edm(None, model, "v_prediction", 120.0, 0.002)
+    (normal,) = S.basic_scheduler(None, edm, "normal", 4, 1.0)
+    np.testing.assert_allclose(normal.numpy(), list(np.exp(np.linspace(np.log(120), np.log(0.002), 4))) + [0],
+                               rtol=1e-4)
+    (karras,) = S.basic_scheduler(None, edm, "karras", 3, 1.0)
+    np.testing.assert_allclose(karras.numpy(), S.karras_scheduler(None, 3, 120.0, 0.002, 7.0)[0].numpy(), rtol=1e-4)
+    assert edm.sampling.percent_to_sigma(0.5) == pytest.approx(math.sqrt(120 * 0.002), rel=1e-4)
+    (v,) = P.model_sampling_continuous_v(None, model, "v_prediction", 500.0, 0.03)
+    (normal,) = S.basic_scheduler(None, v, "normal", 3, 1.0)
+    times = np.linspace(np.arctan(500) * 2 / np.pi, np.arctan(0.03) * 2 / np.pi, 3)  # even in atan time
+    np.testing.assert_allclose(normal.numpy(), list(np.tan(times * np.pi / 2)) + [0], rtol=1e-4)
+    from opensd.errors import InvalidArgument
+    with pytest.raises(InvalidArgument, match="^sigma_min: must be above 0"):
+        P.model_sampling_continuous_v(None, model, "v_prediction", 500.0, 0.0)
+    with pytest.raises(InvalidArgument, match="^sigma_min: 9.0 must be below sigma_max 2.0"):
+        P.model_sampling_continuous_edm(None, model, "eps", 2.0, 9.0)
+
+
+def test_playground_v25_samples_edm_in_its_own_latent_format_by_hand(env):
+    model, pos, _ = env
+    (m,) = P.model_sampling_continuous_edm(None, model, "edm_playground_v2.5", 80.0, 0.002)
+    mean = torch.tensor([-1.6574, 1.886, -1.383, 2.5155]).view(1, 4, 1, 1)
+    std = torch.tensor([8.4927, 5.9022, 6.5498, 5.2299]).view(1, 4, 1, 1)
+    start = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    kw = dict(seed=9, steps=3, cfg=1.0, sampler_name="euler", scheduler="normal", denoise=1.0)
+    got = K.sample(m, pos, pos, {"samples": start}, **kw)["samples"]
+    # by hand: the latent standardised per channel and halved, EDM's F with sigma_data 0.5 at time
+    # 0.25 log sigma, Euler steps over log-even sigmas from 80 (the first noise scaled by sqrt(1 + 80^2))
+    sigmas = [float(s) for s in np.exp(np.linspace(np.log(80.0), np.log(0.002), 3))] + [0.0]
+    x0 = (start - mean) * 0.5 / std
+    x = x0 + K.prepare_noise(start, 9) * math.sqrt(1 + 80.0 ** 2)
+    unet = model.pipe.model.unet
+    with torch.no_grad():
+        for s, nxt in zip(sigmas, sigmas[1:]):
+            f = unet(x / math.sqrt(s * s + 0.25), torch.tensor([0.25 * math.log(s)]), pos[0][0])
+            denoised = x * 0.25 / (s * s + 0.25) + f * s * 0.5 / math.sqrt(s * s + 0.25)
+            x = x + (x - denoised) / s * (nxt - s)
+    torch.testing.assert_close(got, x * std / 0.5 + mean, rtol=1e-4, atol=1e-4)

@@ -38,6 +38,8 @@ ADAPTERS = {"lora": "LoRA", "controlnet": "ControlNet", "freeu": "FreeU", "ldm_c
             "pag": "PerturbedAttentionGuidance (it patches a UNet's middle-block self-attention)",
             "deep_shrink": "PatchModelAddDownscale (Kohya deep shrink resizes inside a UNet)",
             "skip_layers": "SkipLayerGuidance (it skips blocks of an SD3/Flux DiT)",
+            "continuous_sampling": "ModelSamplingContinuousEDM/V (flow models take ModelSamplingSD3 or "
+                                   "ModelSamplingFlux)",
             "discrete_sampling": "ModelSamplingDiscrete (eps/v/x0/LCM sampling; flow models take ModelSamplingSD3 "
                                  "or ModelSamplingFlux)"}
 # net_fn(x, t, context, y, control=None) -> the network's output for a batch

@@ -92,3 +92,62 @@ class _Timesteps:
 
     def __init__(self, timestep):
         self.sigma_to_t = timestep
+
+
+TIMES = {  # the network's time for sigma, and back: ComfyUI's ModelSamplingContinuousEDM / ...V
+    "edm": (lambda s: 0.25 * s.log(), lambda t: (t / 0.25).exp()),
+    "v": (lambda s: s.atan() / math.pi * 2, lambda t: (t * math.pi / 2).tan()),
+}
+
+
+class ContinuousSchedule(DiscreteSchedule):
+    """A continuous-time model's table: 1000 sigmas evenly spaced in log sigma from sigma_min to
+    sigma_max (what the simple, beta and karras schedules read), while the index t in [0, 999]
+    maps linearly onto the model's own time between its values at those ends (what normal and
+    sgm_uniform space evenly, as ComfyUI's do in the model's time)."""
+
+    def __init__(self, sigma_min: float, sigma_max: float, time: str):
+        self.sigmas = torch.linspace(math.log(sigma_min), math.log(sigma_max), 1000).exp()
+        self.log_sigmas = self.sigmas.log()
+        self.time, self.sigma_of = TIMES[time]
+        self.t0, self.t1 = (float(self.time(self.sigmas[i].double())) for i in (0, -1))
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        return (self.time(sigma.double()) - self.t0) / (self.t1 - self.t0) * 999.0
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return self.sigma_of(self.t0 + (self.t1 - self.t0) * t.double() / 999.0).float()
+
+
+@dataclass(frozen=True, eq=False)
+class ContinuousSampling(ModelSampling):
+    """A model trained on continuous sigmas (ComfyUI's ModelSamplingContinuousEDM / V): the network
+    gets its own time for sigma (schedule.time) and inputs scaled by 1 / sqrt(sigma^2 + sigma_data^2);
+    its output is eps, v or EDM's F (c_skip x + c_out F) with that sigma_data."""
+    schedule: ContinuousSchedule
+    sigma_data: float = 1.0
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.schedule.time(sigma.double()).float()
+
+    def sigma_at(self, timestep: float) -> float:
+        return float(self.schedule.sigma_of(torch.tensor(timestep, dtype=torch.float64)))
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """ComfyUI's continuous rule: log-linear from sigma_max at 0 to sigma_min at 1 (then zero)."""
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        lo = math.log(self.sigma_min)
+        return math.exp((math.log(self.sigma_max) - lo) * (1.0 - percent) + lo)
+
+    def denoise(self, unet_fn, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
+        s = sigma.reshape(-1)[:1].to(x)
+        sd2 = self.sigma_data ** 2
+        out = unet_fn(x / (s * s + sd2).sqrt(), self.timestep(s).expand(x.shape[0]).to(x), **cond).to(x.dtype)
+        if self.prediction == "eps":
+            return x - out * s
+        skip = x * sd2 / (s * s + sd2)
+        scaled = out * s * self.sigma_data / (s * s + sd2).sqrt()
+        return skip - scaled if self.prediction == "v" else skip + scaled  # "edm": F added

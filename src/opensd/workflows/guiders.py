@@ -214,7 +214,7 @@ class CFGGuider(Guider):
     def own_guidance(self, image, shape, sigmas, image_cond):
         pipe, m = self.model.pipe, self.model
         plain = all(not any(k in (extra or {}) for k in _PLACED) for _, extra in self.positive + (self.negative or []))
-        patched = m.sampling is not None or m.latent_scale is not None or m.cfg_function or m.output_block_patches \
+        patched = m.sampling is not None or m.latent_format is not None or m.cfg_function or m.output_block_patches \
             or m.post_cfg_functions or m.network_patches
         text_meta = any(p.is_meta for enc in pipe.family.text_modules(pipe.model) for p in enc.parameters())
         if not pipe.config.cfg_embed_channels or len(self.positive) != 1 or not plain or patched or text_meta \

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
 from functools import partial
 
 import torch
@@ -128,9 +127,9 @@ def sampling_of(model: ModelRef):
 
 
 def latent_format(model: ModelRef):
-    """The VAE config whose scale (and shift) turn LATENT's raw latents into the model's and back."""
-    vae = model.pipe.config.vae
-    return vae if model.latent_scale is None else replace(vae, scaling_factor=model.latent_scale)
+    """What turns LATENT's raw latents into the model's and back (scaled/unscaled): a patch's
+    latent format, else the VAE config's scale (and shift)."""
+    return model.pipe.config.vae if model.latent_format is None else model.latent_format
 
 
 def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: SamplerRef, sigmas: torch.Tensor,

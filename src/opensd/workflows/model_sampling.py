@@ -1,15 +1,20 @@
 """ComfyUI's "model_sampling" objects for a MODEL: the checkpoint's own (its family's), and the ones
 ModelSamplingDiscrete (and CheckpointLoader's yaml) replace it with (sampling.model_sampling:
-eps, v, x0, LCM's distilled schedule of 50 of the 1000 training timesteps, every 20th from 19).
+eps, v, x0, LCM's distilled schedule of 50 of the 1000 training timesteps, every 20th from 19),
+or ModelSamplingContinuousEDM / V with (continuous sigmas between two bounds; Playground v2.5's
+EDM sampling comes with its own latent statistics, :class:`PlaygroundLatents`).
 
 * zsnr: the schedule rescaled to zero terminal SNR (Lin et al. 2023), its last alpha_bar set to
   ComfyUI's 4.8973451890853435e-08 so the largest sigma stays finite.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..sampling.model_sampling import ModelSampling
+from ..errors import InvalidArgument
+from ..sampling.model_sampling import ContinuousSampling, ContinuousSchedule, ModelSampling
 from ..sampling.schedules import DiscreteSchedule
 
 PREDICTIONS = ("eps", "v", "x0", "lcm")
@@ -42,3 +47,33 @@ def model_sampling(base: DiscreteSchedule, sampling: str, zsnr: bool) -> ModelSa
         sigmas = torch.stack([sigmas[len(sigmas) - 1 - i * skip] for i in range(LCM_STEPS)]).flip(0)
     return ModelSampling(DiscreteSchedule(1 / (sigmas ** 2 + 1)), prediction, skip)
 
+
+
+def continuous_sampling(time: str, prediction: str, sigma_min: float, sigma_max: float,
+                        sigma_data: float = 1.0) -> ContinuousSampling:
+    """time "edm" (0.25 log sigma) or "v" (atan(sigma) 2 / pi); prediction "eps", "v" or "edm"."""
+    if sigma_min <= 0:
+        raise InvalidArgument(f"sigma_min: must be above 0, not {sigma_min}")
+    if sigma_min >= sigma_max:
+        raise InvalidArgument(f"sigma_min: {sigma_min} must be below sigma_max {sigma_max}")
+    return ContinuousSampling(ContinuousSchedule(sigma_min, sigma_max, time), prediction, sigma_data=sigma_data)
+
+
+@dataclass(frozen=True)
+class PlaygroundLatents:
+    """Playground v2.5's latent format: each SDXL VAE channel standardised by its own mean and
+    deviation, then scaled by 0.5."""
+    mean: tuple = (-1.6574, 1.886, -1.383, 2.5155)
+    std: tuple = (8.4927, 5.9022, 6.5498, 5.2299)
+    scale: float = 0.5
+
+    def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.tensor(v, dtype=z.dtype, device=z.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
+
+    def scaled(self, z: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(z)
+        return (z - mean) * self.scale / std
+
+    def unscaled(self, z: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(z)
+        return z * std / self.scale + mean

@@ -61,7 +61,8 @@ def checkpoint_loader_with_config(call, config_name, ckpt_name):
     if params.get("parameterization") == "v":
         model = replace(model, sampling=ModelSampling(model.pipe.schedule, "v"))
     if "scale_factor" in params:
-        model = replace(model, latent_scale=float(params["scale_factor"]))
+        scaled = replace(model.pipe.config.vae, scaling_factor=float(params["scale_factor"]))
+        model = replace(model, latent_format=scaled)
     return model, clip, vae
 
 

@@ -1,7 +1,7 @@
 """MODEL patch nodes with ComfyUI's names, inputs and arithmetic: ModelSamplingDiscrete (another
-parameterisation or zero-terminal-SNR schedule), RescaleCFG (Lin et al. 2023), FreeU_V2 (Si et
-al. 2023), PerpNeg (Armandpour et al. 2023), DifferentialDiffusion (Levin and Fried 2023) and
-PatchModelAddDownscale (Kohya's deep shrink).
+parameterisation or zero-terminal-SNR schedule), ModelSamplingContinuousEDM / V (continuous
+sigmas), RescaleCFG (Lin et al. 2023), FreeU_V2 (Si et al. 2023), PerpNeg (Armandpour et al. 2023),
+DifferentialDiffusion (Levin and Fried 2023) and PatchModelAddDownscale (Kohya's deep shrink).
 Each returns a new ModelRef; the checkpoint and the other branches of the graph are untouched."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from .guiders import CfgArgs
 from .ksampler import sampling_of
-from .model_sampling import model_sampling
+from .model_sampling import PlaygroundLatents, continuous_sampling, model_sampling
 from .nodes_image import upscale
 from .types import NodeDef, register
 from .unet_patches import deep_shrink
@@ -27,6 +27,39 @@ register(NodeDef(
     "ModelSamplingDiscrete", model_sampling_discrete,
     {"model": ("MODEL", {}), "sampling": (["eps", "v_prediction", "lcm", "x0"], {}),
      "zsnr": ("BOOLEAN", {"default": False})},
+    ("MODEL",), category="advanced/model", module="comfy_extras.nodes_model_advanced"))
+
+
+def model_sampling_continuous_edm(call, model, sampling, sigma_max, sigma_min):
+    """Sampling in EDM's time (0.25 log sigma); Playground v2.5's is EDM's F-prediction with
+    sigma_data 0.5 and its own latent format."""
+    model.pipe.family.require("continuous_sampling", "model")
+    if sampling == "edm_playground_v2.5":
+        return (replace(model, sampling=continuous_sampling("edm", "edm", sigma_min, sigma_max, 0.5),
+                        latent_format=PlaygroundLatents()),)
+    prediction = {"eps": "eps", "v_prediction": "v"}[sampling]
+    return (replace(model, sampling=continuous_sampling("edm", prediction, sigma_min, sigma_max)),)
+
+
+def model_sampling_continuous_v(call, model, sampling, sigma_max, sigma_min):
+    """v-prediction in the time atan(sigma) 2 / pi."""
+    model.pipe.family.require("continuous_sampling", "model")
+    return (replace(model, sampling=continuous_sampling("v", "v", sigma_min, sigma_max)),)
+
+
+def _bound(default: float):
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 1000.0, "step": 0.001, "round": False})
+
+
+register(NodeDef(
+    "ModelSamplingContinuousEDM", model_sampling_continuous_edm,
+    {"model": ("MODEL", {}), "sampling": (["v_prediction", "edm_playground_v2.5", "eps"], {}),
+     "sigma_max": _bound(120.0), "sigma_min": _bound(0.002)},
+    ("MODEL",), category="advanced/model", module="comfy_extras.nodes_model_advanced"))
+register(NodeDef(
+    "ModelSamplingContinuousV", model_sampling_continuous_v,
+    {"model": ("MODEL", {}), "sampling": (["v_prediction"], {}), "sigma_max": _bound(500.0),
+     "sigma_min": _bound(0.03)},
     ("MODEL",), category="advanced/model", module="comfy_extras.nodes_model_advanced"))
 
 

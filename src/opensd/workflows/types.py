@@ -66,7 +66,8 @@ class ModelRef:
     loras: tuple[LoraEntry, ...] = ()
     # ComfyUI's model patches (derive with dataclasses.replace, so they stack as its clones do):
     sampling: Any = None           # model_sampling.ModelSampling replacing the checkpoint's own
-    latent_scale: float | None = None  # the VAE scaling factor, when a config says another
+    # scaled(z)/unscaled(z) in place of the VAE config's (a yaml's scale_factor, Playground v2.5's)
+    latent_format: Any = None
     cfg_function: Any = None       # sampler_cfg_function(CfgArgs) -> x - denoised (RescaleCFG, PerpNeg)
     post_cfg_functions: tuple = ()  # fn(PostCfgArgs) -> denoised, after CFG (CFGZeroStar, PAG)
     # fn(network, sigma) -> a context manager around one network call (PatchModelAddDownscale)
