@@ -40,6 +40,7 @@ ADAPTERS = {"lora": "LoRA", "controlnet": "ControlNet", "freeu": "FreeU", "ldm_c
             "skip_layers": "SkipLayerGuidance (it skips blocks of an SD3/Flux DiT)",
             "continuous_sampling": "ModelSamplingContinuousEDM/V (flow models take ModelSamplingSD3 or "
                                    "ModelSamplingFlux)",
+            "checkpoint_save": "CheckpointSave (it writes Stable Diffusion 1.x/2.x/XL checkpoints)",
             "discrete_sampling": "ModelSamplingDiscrete (eps/v/x0/LCM sampling; flow models take ModelSamplingSD3 "
                                  "or ModelSamplingFlux)"}
 # net_fn(x, t, context, y, control=None) -> the network's output for a batch

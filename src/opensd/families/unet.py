@@ -23,7 +23,7 @@ class UNetFamily(Family):
     label = "Stable Diffusion 1.x/2.x/XL"
     members = ("sd1", "sd2", "sdxl", "sdxl_refiner", "small")
     adapters = frozenset({"lora", "controlnet", "freeu", "discrete_sampling", "ldm_config", "deep_cache",
-                          "pag", "deep_shrink", "continuous_sampling"})
+                          "pag", "deep_shrink", "continuous_sampling", "checkpoint_save"})
 
     def detect(self, shapes, metadata, path, prediction=None) -> ModelConfig | None:
         if D.UNET + "input_blocks.0.0.weight" not in shapes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import (  # noqa: F401  (registers the nodes)
     nodes_canny,
+    nodes_checkpoint_save,
     nodes_conditioning,
     nodes_controlnet,
     nodes_core,

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from .. import safe_paths
+from ..checkpoints.files import save_safetensors
 from .bislerp import bislerp
 from .types import MAX_RESOLUTION, Choices, NodeDef, register
 
@@ -271,6 +272,15 @@ def write_numbered(target: Path, name: str, counter: int, suffix: str, data: byt
             return filename, counter
         except FileExistsError:
             counter += 1
+
+
+def save_numbered_safetensors(target: Path, name: str, counter: int, suffix: str, tensors: dict,
+                              metadata: dict[str, str]) -> str:
+    """A safetensors file under the first free ``{name}_{counter:05}_{suffix}``: the name is taken by
+    an empty file (exclusive create), then written over atomically. Returns the file name."""
+    filename, _ = write_numbered(target, name, counter, suffix, b"")
+    save_safetensors(tensors, target / filename, metadata)
+    return filename
 
 
 def save_image(call, images, filename_prefix="opensd", prompt=None, extra_pnginfo=None):

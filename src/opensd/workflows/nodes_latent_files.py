@@ -13,9 +13,9 @@ import json
 
 import torch
 
-from ..checkpoints.files import read_state_dict, save_safetensors, sniff_format
+from ..checkpoints.files import read_state_dict, sniff_format
 from ..errors import CheckpointError, InvalidArgument
-from .nodes_image import SAVE_HIDDEN, check_prefix, input_path, save_path, write_numbered
+from .nodes_image import SAVE_HIDDEN, check_prefix, input_path, save_numbered_safetensors, save_path
 from .types import Choices, NodeDef, register
 
 SAMPLES, VERSION_0 = "latent_tensor", "latent_format_version_0"
@@ -26,10 +26,8 @@ def save_latent(call, samples, filename_prefix="latents/ComfyUI", prompt=None, e
     target, sub, name, counter = save_path(call.ctx.outputs_dir, filename_prefix, 0, 0)  # %width%: 0, as ComfyUI
     metadata = {"prompt": "" if prompt is None else json.dumps(prompt)}
     metadata.update({key: json.dumps(value) for key, value in (extra_pnginfo or {}).items()})
-    # the name is taken by an empty file first (exclusive create), then written over atomically
-    filename, _ = write_numbered(target, name, counter, ".latent", b"")
-    save_safetensors({SAMPLES: samples["samples"].detach().float().cpu().contiguous(), VERSION_0: torch.tensor([])},
-                     target / filename, metadata)
+    tensors = {SAMPLES: samples["samples"].detach().float().cpu().contiguous(), VERSION_0: torch.tensor([])}
+    filename = save_numbered_safetensors(target, name, counter, ".latent", tensors, metadata)
     return {"ui": {"latents": [{"filename": filename, "subfolder": sub, "type": "output"}]}, "result": ()}
 
 

@@ -1,0 +1,81 @@
+"""CheckpointSave (ComfyUI comfy_extras.nodes_model_merging): a MODEL, a CLIP and a VAE written as
+one original-layout checkpoint -- model.diffusion_model.*, the text encoders (cond_stage_model.* or
+SDXL's conditioner.*), first_stage_model.* -- each branch's LoRAs baked in, in its weights' dtype.
+Named as SaveImage names its files (checkpoints/ComfyUI_00001_.safetensors), inside the output
+folder only, with ComfyUI's metadata: modelspec for SDXL base and refiner, the prediction key, the
+prompt and the workflow; v-prediction models get the "v_pred" marker tensor and continuous ones
+(ModelSamplingContinuousEDM/V v_prediction) their sigma bounds, which loaders read back.
+
+The three parts must fit one model: the CLIP's and the VAE's tensors the names and shapes the
+MODEL's checkpoint has for them. Stable Diffusion 1.x/2.x/XL models only."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..errors import InvalidArgument
+from ..sampling.model_sampling import ContinuousSampling
+from .loras import activate
+from .nodes_image import SAVE_HIDDEN, check_prefix, save_numbered_safetensors, save_path
+from .types import NodeDef, register
+
+PARTS = {"unet": ("model.",), "te": ("cond_stage_model.", "conditioner."), "vae": ("first_stage_model.",)}
+_LABELS = {"unet": "diffusion model", "te": "text encoder", "vae": "VAE"}
+ARCHITECTURES = {"sdxl": "stable-diffusion-xl-v1-base", "sdxl_refiner": "stable-diffusion-xl-v1-refiner"}
+
+
+def _tensors(pipe, part: str) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in pipe.model.state_dict().items() if k.startswith(PARTS[part])}
+
+
+def _copy(ref, part: str, param: str, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The part's tensors of `ref`'s pipeline as they are now, copied (the pipeline is shared and
+    the next part may repatch it), after checking they are there and fit the model."""
+    found = _tensors(ref.pipe, part)
+    if not found or any(t.is_meta for t in found.values()):
+        raise InvalidArgument(f"{param}: {ref.name} holds no {_LABELS[part]} weights to save")
+    if {k: tuple(t.shape) for k, t in found.items()} != {k: tuple(t.shape) for k, t in expected.items()}:
+        raise InvalidArgument(f"{param}: the {_LABELS[part]} of {ref.name} does not fit the model's checkpoint layout")
+    return {k: t.detach().to("cpu", copy=True).contiguous() for k, t in found.items()}
+
+
+def _extra(model, pipe) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """ComfyUI's prediction metadata and marker tensors."""
+    metadata, extra = {}, {}
+    if isinstance(model.sampling, ContinuousSampling) and model.sampling.prediction == "v":
+        extra["edm_vpred.sigma_max"] = torch.tensor(model.sampling.sigma_max).float()
+        extra["edm_vpred.sigma_min"] = torch.tensor(model.sampling.sigma_min).float()
+    if pipe.config.prediction == "eps":
+        metadata["modelspec.predict_key"] = "epsilon"
+    elif pipe.config.prediction == "v":
+        metadata["modelspec.predict_key"] = "v"
+        extra["v_pred"] = torch.tensor([])
+    return metadata, extra
+
+
+def checkpoint_save(call, model, clip, vae, filename_prefix, prompt=None, extra_pnginfo=None):
+    pipe = model.pipe
+    pipe.family.require("checkpoint_save", "model")
+    target, sub, name, counter = save_path(call.ctx.outputs_dir, filename_prefix, 0, 0)
+    activate(pipe, model.loras)
+    tensors = _copy(model, "unet", "model", _tensors(pipe, "unet"))
+    activate(clip.pipe, clip.loras, part="te")
+    tensors |= _copy(clip, "te", "clip", _tensors(pipe, "te"))
+    tensors |= _copy(vae, "vae", "vae", _tensors(pipe, "vae"))
+    metadata, extra = _extra(model, pipe)
+    if pipe.config.family in ARCHITECTURES:
+        metadata |= {"modelspec.architecture": ARCHITECTURES[pipe.config.family], "modelspec.sai_model_spec": "1.0.0",
+                     "modelspec.implementation": "sgm", "modelspec.title": f"{name} {counter}"}
+    metadata["prompt"] = "" if prompt is None else json.dumps(prompt)
+    metadata |= {key: json.dumps(value) for key, value in (extra_pnginfo or {}).items()}
+    save_numbered_safetensors(target, name, counter, ".safetensors", tensors | extra, metadata)
+    return {"result": ()}
+
+
+register(NodeDef(
+    "CheckpointSave", checkpoint_save,
+    {"model": ("MODEL", {}), "clip": ("CLIP", {}), "vae": ("VAE", {}),
+     "filename_prefix": ("STRING", {"default": "checkpoints/ComfyUI"})},
+    hidden=SAVE_HIDDEN, category="advanced/model_merging", display_name="Save Checkpoint", output_node=True,
+    module="comfy_extras.nodes_model_merging", check=check_prefix))
