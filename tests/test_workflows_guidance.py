@@ -7,15 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from workflow_fixtures import Loader, make_ctx, make_models
+from workflow_fixtures import sampling_env
 
 from opensd.errors import InvalidArgument
 from opensd.families import FLUX
 from opensd.workflows import ksampler as K
 from opensd.workflows import nodes_guidance as G
 from opensd.workflows.guiders import PostCfgArgs
-from opensd.workflows.nodes_core import clip_text_encode
-from opensd.workflows.types import ClipRef, ModelRef
+from opensd.workflows.types import ModelRef
 from opensd.workflows.unet_patches import middle_self_attention_as_values
 
 KW = dict(seed=3, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal")
@@ -23,12 +22,7 @@ KW = dict(seed=3, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal")
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("guidance")
-    folders = make_models(tmp / "models")
-    pipe = make_ctx(folders, Loader(folders), tmp).load_pipeline("tiny.safetensors")
-    clip = ClipRef(pipe, "tiny")
-    pos, neg = clip_text_encode(None, "a castle", clip)[0], clip_text_encode(None, "rain", clip)[0]
-    return ModelRef(pipe, "tiny"), pos, neg
+    return sampling_env(tmp_path_factory.mktemp("guidance"))[1:]  # (model, positive, negative)
 
 
 def test_cfg_zero_star_scales_the_negative_per_image_by_its_projection():

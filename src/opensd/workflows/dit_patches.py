@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from .unet_patches import removed_after
+
 
 def _pass_streams(module, args, out):  # (context, x) -> (context, x); Flux: (img, txt) -> (img, txt)
     return args[0], args[1]
@@ -21,8 +23,5 @@ def skip_blocks(network, double: list[int], single: list[int]):
     singles = getattr(network, "single_blocks", None) or []
     handles = [doubles[i].register_forward_hook(_pass_streams) for i in double if i < len(doubles)]
     handles += [singles[i].register_forward_hook(_pass_tokens) for i in single if i < len(singles)]
-    try:
+    with removed_after(handles):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()

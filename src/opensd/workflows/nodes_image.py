@@ -182,15 +182,24 @@ def load_image(call, image):
     return torch.from_numpy(np.stack(images)), torch.stack(masks)
 
 
-def check_input_image(ctx, inputs):
-    if ctx is None:
-        return None
-    return None if input_path(ctx, inputs.get("image")) else f"Invalid image file: {inputs.get('image')}"
+def input_file_check(field: str):
+    """A node's check that its `field` names a file of the input folder (ComfyUI's VALIDATE_INPUTS)."""
+    def check(ctx, inputs):
+        if ctx is None:
+            return None
+        return None if input_path(ctx, inputs.get(field)) else f"Invalid {field} file: {inputs.get(field)}"
+    return check
 
 
-def image_fingerprint(ctx, inputs) -> str:
-    path = input_path(ctx, inputs.get("image"))
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path else "missing"
+def input_file_fingerprint(field: str):
+    """The SHA-256 of the input file `field` names (ComfyUI's IS_CHANGED), so a new upload reruns."""
+    def fingerprint(ctx, inputs) -> str:
+        path = input_path(ctx, inputs.get(field))
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path else "missing"
+    return fingerprint
+
+
+check_input_image, image_fingerprint = input_file_check("image"), input_file_fingerprint("image")
 
 
 register(NodeDef(

@@ -8,14 +8,21 @@ without the version marker comes from ComfyUI's first format, which stored the l
 SD 1.x's scaling factor: its samples are divided by 0.18215, as ComfyUI does."""
 from __future__ import annotations
 
-import hashlib
 import json
 
 import torch
 
 from ..checkpoints.files import read_state_dict, sniff_format
 from ..errors import CheckpointError, InvalidArgument
-from .nodes_image import SAVE_HIDDEN, check_prefix, input_path, save_numbered_safetensors, save_path
+from .nodes_image import (
+    SAVE_HIDDEN,
+    check_prefix,
+    input_file_check,
+    input_file_fingerprint,
+    input_path,
+    save_numbered_safetensors,
+    save_path,
+)
 from .types import Choices, NodeDef, register
 
 SAMPLES, VERSION_0 = "latent_tensor", "latent_format_version_0"
@@ -53,17 +60,6 @@ def load_latent(call, latent):
     return ({"samples": tensors[SAMPLES].float() * scale},)
 
 
-def check_latent(ctx, inputs):
-    if ctx is None:
-        return None
-    return None if input_path(ctx, inputs.get("latent")) else f"Invalid latent file: {inputs.get('latent')}"
-
-
-def latent_fingerprint(ctx, inputs) -> str:
-    path = input_path(ctx, inputs.get("latent"))
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path else "missing"
-
-
 register(NodeDef(
     "LoadLatent", load_latent, {"latent": (Choices("input_latents", strict=False), {})}, ("LATENT",),
-    category="_for_testing", check=check_latent, fingerprint=latent_fingerprint))
+    category="_for_testing", check=input_file_check("latent"), fingerprint=input_file_fingerprint("latent")))

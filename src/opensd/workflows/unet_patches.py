@@ -9,6 +9,16 @@ from contextlib import contextmanager
 import torch
 
 
+@contextmanager
+def removed_after(handles: list):
+    """Removes the hook handles when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def hidden_channels(cfg) -> list[int]:
     """The channels of h (before the skip is concatenated) entering each output block."""
     mc, out = cfg.model_channels, []
@@ -34,11 +44,8 @@ def output_block_patches(unet, patches: tuple):
                 h, skip = patch(h, skip)
             return (torch.cat([h, skip], dim=1), *args[1:])
         handles.append(block.register_forward_pre_hook(hook))
-    try:
+    with removed_after(handles):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
@@ -48,11 +55,8 @@ def middle_self_attention_as_values(unet):
     model)."""
     handles = [block.attn1.register_forward_hook(lambda attn, args, out: attn.to_out(attn.to_v(args[0])))
                for block in unet.middle_block.modules() if hasattr(block, "attn1")]
-    try:
+    with removed_after(handles):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
@@ -87,8 +91,5 @@ def deep_shrink(unet, block: int, factor: float, after_skip: bool, down, up):
     # the middle block's h meets the last skip, output block k's the skip before the one it met
     handles.append(unet.middle_block.register_forward_hook(fit(blocks - 1)))
     handles += [b.register_forward_hook(fit(blocks - 2 - k)) for k, b in enumerate(unet.output_blocks[:-1])]
-    try:
+    with removed_after(handles):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
