@@ -83,6 +83,16 @@ EXPECTED = {
     "SaveLatent": ({"samples": LATENT, "filename_prefix": ["STRING", {"default": "latents/ComfyUI"}]}, [],
                    "_for_testing", "SaveLatent", "nodes", {"output_node": True, "hidden": HIDDEN}),
     "LoadLatent": ({"latent": [[]]}, ["LATENT"], "_for_testing", "LoadLatent", "nodes", {}),
+    **{name: ({f"{kind}1": [kind.upper()], f"{kind}2": [kind.upper()], **extra}, [kind.upper()],
+               "advanced/model_merging", name, "comfy_extras.nodes_model_merging", {})
+       for name, kind, extra in [
+        ("ModelMergeSimple", "model", {"ratio": f(1.0, 0.0, 1.0, 0.01)}),
+        ("ModelMergeSubtract", "model", {"multiplier": f(1.0, -10.0, 10.0, 0.01)}),
+        ("ModelMergeAdd", "model", {}),
+        ("CLIPMergeSimple", "clip", {"ratio": f(1.0, 0.0, 1.0, 0.01)}),
+        ("CLIPMergeSubtract", "clip", {"multiplier": f(1.0, -10.0, 10.0, 0.01)}),
+        ("CLIPMergeAdd", "clip", {}),
+    ]},
     "CheckpointSave": ({"model": ["MODEL"], "clip": ["CLIP"], "vae": ["VAE"],
                         "filename_prefix": ["STRING", {"default": "checkpoints/ComfyUI"}]}, [],
                        "advanced/model_merging", "Save Checkpoint", "comfy_extras.nodes_model_merging",

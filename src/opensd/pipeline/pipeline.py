@@ -409,6 +409,10 @@ class Pipeline:
         self._conditioners.clear()
         self._cond_cache = {}
 
+    def forget_encodings(self) -> None:
+        """Drop the cached prompt encodings: the text encoders' weights were changed from outside."""
+        self._cond_cache = {}
+
     def conditioner(self, clip_skip: int | None = None) -> PromptConditioner:
         if clip_skip not in self._conditioners:
             self._conditioners[clip_skip] = self.family.conditioner(self, clip_skip)

@@ -22,6 +22,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_latent_files,
     nodes_loaders,
     nodes_mask,
+    nodes_model_merging,
     nodes_model_patches,
     nodes_output,
     nodes_sampler_options,

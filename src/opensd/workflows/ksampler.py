@@ -139,7 +139,7 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
     estimate), both raw latents on the CPU. No sigmas: the latent unchanged."""
     model = guider.model
     pipe = model.pipe
-    activate(pipe, model.loras)
+    activate(model)
     if len(sigmas) == 0:
         return samples, samples
     ms, fmt, device = sampling_of(model), latent_format(model), pipe.device

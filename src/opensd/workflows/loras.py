@@ -1,4 +1,5 @@
-"""Putting a node branch's LoRA stack onto the shared pipeline right before its weights are used.
+"""Putting a node branch's weights onto the shared pipeline right before they are used: its LoRA
+stack and the models merged into it.
 
 MODEL and CLIP values carry the LoRAs LoraLoader nodes stacked on them (:class:`LoraEntry`);
 the model holds one patched set at a time. For a MODEL only the UNet strengths count, for a CLIP
@@ -6,12 +7,26 @@ only the text-encoder strengths. The pipeline's own LoRA state is used (``set_lo
 ``apply_loras``, which patch through the pipeline's single ``LoraSet``), so the workflow and the
 other faces never fight over the weights; after a run the pipeline gets back the LoRA list it
 had before (:func:`release_all`).
+
+A merge node's value carries a :class:`MergeEntry` (ComfyUI's add_patches of another model's
+whole weights): each weight of the branch before the merge times one strength plus the other
+branch's times another, both branches as a whole (their own merges and LoRAs in, as ComfyUI's
+nested patches are); the LoRAs stacked after the merge go on top. The merged weights are written
+into the network (or text encoders) with the base kept aside, and put back by the next branch
+that has no merge, or at the end of the run.
 """
 from __future__ import annotations
 
 import weakref
 
-from .types import LoraEntry
+import torch
+
+from ..errors import InvalidArgument
+from .types import MergeEntry
+
+_MERGED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipe -> {part: {name: base weight}}
+_WEIGHTS: dict = {}  # (MergeEntry, part) -> its merged weights, for the rest of the run
+_SKIPPED = (".position_ids", ".logit_scale")  # a CLIP merge leaves these, as ComfyUI's does
 
 _BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipe -> its LoRA list before the run
 
@@ -21,18 +36,90 @@ def _apply(pipe, specs: list) -> None:
     pipe.apply_loras("")  # patch now: the nodes call the UNet / text encoder directly
 
 
-def activate(pipe, loras: tuple[LoraEntry, ...], part: str = "unet") -> None:
-    """Make ``pipe`` run with exactly ``loras`` (only their ``part`` strength: "unet" or "te")."""
+def activate(ref, part: str = "unet") -> None:
+    """Make ``ref.pipe``'s network ("unet") or text encoders ("te") hold the weights of the MODEL
+    or CLIP ``ref``: its merge if it has one, then its LoRAs (only their ``part`` strength)."""
     from ..adapters.lora import LoraSpec
+    pipe = ref.pipe
     if pipe not in _BEFORE:
         _BEFORE[pipe] = pipe.lora_specs
-    specs = [LoraSpec(e.path, e.unet if part == "unet" else 0.0, e.te if part == "te" else 0.0) for e in loras]
+    merged = None if ref.merge is None else _merged(ref.merge, part)  # may repatch pipelines meanwhile
+    _unmerge(pipe, part)
+    if merged is not None:
+        _apply(pipe, [])  # LoRAs off: the weights kept aside must be the base ones
+        params = _params(pipe, part)
+        _MERGED.setdefault(pipe, {})[part] = {name: params[name].detach().to("cpu", copy=True) for name in merged}
+        with torch.no_grad():
+            for name, weight in merged.items():
+                params[name].copy_(weight)
+        _changed(pipe, part)
+    specs = [LoraSpec(e.path, e.unet if part == "unet" else 0.0, e.te if part == "te" else 0.0) for e in ref.loras]
     _apply(pipe, specs)
 
 
+def _params(pipe, part: str) -> dict:
+    if part == "unet":
+        return dict(pipe.family.network(pipe.model).named_parameters())
+    return {f"{i}.{name}": p for i, module in enumerate(pipe.family.text_modules(pipe.model))
+            for name, p in module.named_parameters()}
+
+
+def _changed(pipe, part: str) -> None:
+    if part == "te":  # encodings the pipeline cached came from other text-encoder weights
+        pipe.forget_encodings()
+
+
+def _unmerge(pipe, part: str) -> None:
+    """The base weights back where merged ones were (LoRAs off first: they were applied on top)."""
+    base = _MERGED.get(pipe, {}).pop(part, None)
+    if base is None:
+        return
+    _apply(pipe, [])
+    params = _params(pipe, part)
+    with torch.no_grad():
+        for name, weight in base.items():
+            params[name].copy_(weight)
+    _changed(pipe, part)
+
+
+def _snapshot(ref, part: str) -> dict[str, torch.Tensor]:
+    from ..models.stored_weights import StoredLinear
+    activate(ref, part)
+    family, model = ref.pipe.family, ref.pipe.model
+    modules = [family.network(model)] if part == "unet" else family.text_modules(model)
+    if any(isinstance(m, StoredLinear) for module in modules for m in module.modules()):
+        raise InvalidArgument(f"{'model' if part == 'unet' else 'clip'}: {ref.name} keeps float8/GGUF-stored "
+                              "weights, which cannot be merged")
+    return {name: p.detach().to("cpu", copy=True) for name, p in _params(ref.pipe, part).items()}
+
+
+def _merged(entry: MergeEntry, part: str) -> dict[str, torch.Tensor]:
+    """w * self_strength + other's w * other_strength for each weight both branches have (others
+    stay as they are), in float32, stored in the weight's dtype."""
+    key = (entry, part)
+    if key not in _WEIGHTS:
+        mine, theirs = _snapshot(entry.base, part), _snapshot(entry.other, part)
+        what = "model2" if part == "unet" else "clip2"
+        for name, weight in mine.items():
+            other = theirs.get(name)
+            if other is None or (part == "te" and name.endswith(_SKIPPED)):
+                continue
+            if other.shape != weight.shape:
+                raise InvalidArgument(f"{what}: {entry.other.name} does not fit {entry.base.name} "
+                                      f"({name} is {tuple(other.shape)}, not {tuple(weight.shape)})")
+            mine[name] = (weight.float() * entry.self_strength + other.float() * entry.other_strength).to(weight.dtype)
+        _WEIGHTS[key] = mine
+    return _WEIGHTS[key]
+
+
 def release_all() -> None:
-    """Give every pipeline a run patched its LoRA list from before the run (base weights if none):
-    the pipelines are shared with the other faces (server, CLI)."""
+    """Give every pipeline a run patched its base weights back and the LoRA list from before the
+    run (base weights if none): the pipelines are shared with the other faces (server, CLI)."""
+    for pipe in list(_MERGED.keys()):
+        for part in list(_MERGED[pipe]):
+            _unmerge(pipe, part)
+    _MERGED.clear()
+    _WEIGHTS.clear()
     for pipe, before in list(_BEFORE.items()):
         _apply(pipe, before)
     _BEFORE.clear()

@@ -58,9 +58,9 @@ def checkpoint_save(call, model, clip, vae, filename_prefix, prompt=None, extra_
     pipe = model.pipe
     pipe.family.require("checkpoint_save", "model")
     target, sub, name, counter = save_path(call.ctx.outputs_dir, filename_prefix, 0, 0)
-    activate(pipe, model.loras)
+    activate(model)
     tensors = _copy(model, "unet", "model", _tensors(pipe, "unet"))
-    activate(clip.pipe, clip.loras, part="te")
+    activate(clip, part="te")
     tensors |= _copy(clip, "te", "clip", _tensors(pipe, "te"))
     tensors |= _copy(vae, "vae", "vae", _tensors(pipe, "vae"))
     metadata, extra = _extra(model, pipe)

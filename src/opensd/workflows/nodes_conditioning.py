@@ -158,7 +158,7 @@ def encode_split(clip, text_g: str, text_l: str) -> tuple[torch.Tensor, torch.Te
     (SDXL: ViT-L / ViT-bigG). Each text is chunked on its own; the one with fewer 77-token chunks is
     padded with encoded empty chunks, as ComfyUI pads the token lists."""
     pipe = clip.pipe
-    activate(pipe, clip.loras, part="te")
+    activate(clip, part="te")
     pc = pipe.conditioner(clip.clip_skip)
     encoded = {text: pc.encode(text) for text in {text_g, text_l}}
     empty = pc.empty().context

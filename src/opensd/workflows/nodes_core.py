@@ -66,7 +66,7 @@ register(NodeDef(
 
 def clip_text_encode(call, text, clip):
     pipe = clip.pipe
-    activate(pipe, clip.loras, part="te")
+    activate(clip, part="te")
     c = pipe.conditioner(clip.clip_skip).encode(text)
     pooled = None if c.pooled is None else c.pooled.float().cpu()
     return ([[c.context.float().cpu(), {"pooled_output": pooled}]],)

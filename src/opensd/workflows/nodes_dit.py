@@ -41,7 +41,7 @@ def _conditioner(clip, family: str):
     if pipe.config.family != family:
         raise ValueError(f"clip: this node encodes for {family.upper()} models; this CLIP is for "
                          f"{pipe.family.label} (load its text encoders with type {family!r})")
-    activate(pipe, clip.loras, part="te")
+    activate(clip, part="te")
     return pipe.conditioner(clip.clip_skip)
 
 

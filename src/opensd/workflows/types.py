@@ -60,6 +60,16 @@ class LoraEntry:
 
 
 @dataclass(frozen=True)
+class MergeEntry:
+    """A merge node's patch (loras.py): the weights of `base` (the MODEL or CLIP before the merge)
+    times self_strength plus those of `other` times other_strength."""
+    base: Any
+    other: Any
+    self_strength: float
+    other_strength: float
+
+
+@dataclass(frozen=True)
 class ModelRef:
     pipe: Any                      # opensd.pipeline.pipeline.Pipeline
     name: str
@@ -75,6 +85,7 @@ class ModelRef:
     output_block_patches: tuple = ()  # fn(h, skip) -> (h, skip) before each up block's concat (FreeU)
     # fn(sigma, mask, sampling, sigmas) -> this step's noise mask (DifferentialDiffusion)
     denoise_mask_function: Any = None
+    merge: MergeEntry | None = None  # ModelMergeSimple/Add/Subtract
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,7 @@ class ClipRef:
     name: str
     loras: tuple[LoraEntry, ...] = ()
     clip_skip: int | None = None
+    merge: MergeEntry | None = None  # CLIPMergeSimple/Add/Subtract
 
 
 @dataclass(frozen=True)
