@@ -161,6 +161,21 @@ def test_freeu_v2_patch_against_a_numpy_fft():
     assert same_h.eq(1).all() and same_skip is skip  # other widths pass through
 
 
+def test_freeu_v1_multiplies_half_of_h_by_b_throughout():
+    g = torch.Generator().manual_seed(2)
+    h, skip = torch.randn(1, 128, 4, 6, generator=g), torch.randn(1, 64, 4, 6, generator=g)
+    out_h, out_skip = P.freeu_patch(32, 1.1, 1.2, 0.9, 0.2)(h.clone(), skip)  # 128 = 4 x 32: (b1, s1)
+    want_h = h.clone()
+    want_h[:, :64] *= 1.1
+    assert torch.allclose(out_h, want_h) and torch.equal(out_h[:, 64:], h[:, 64:])
+    spec = np.fft.fftshift(np.fft.fft2(skip.numpy()), axes=(-2, -1))
+    spec[..., 1:3, 2:4] *= 0.9  # the 2x2 square around the centre (2, 3)
+    want_skip = np.fft.ifft2(np.fft.ifftshift(spec, axes=(-2, -1))).real
+    np.testing.assert_allclose(out_skip.numpy(), want_skip, rtol=1e-4, atol=1e-5)
+    same_h, same_skip = P.freeu_patch(32, 1.1, 1.2, 0.9, 0.2)(torch.ones(1, 32, 2, 2), skip)
+    assert same_h.eq(1).all() and same_skip is skip
+
+
 def test_output_block_hooks_split_h_from_the_skip_and_freeu_changes_the_image(env):
     model, pos, neg = env
     unet = model.pipe.model.unet
@@ -182,6 +197,9 @@ def test_output_block_hooks_split_h_from_the_skip_and_freeu_changes_the_image(en
     kw = dict(seed=4, steps=2, cfg=5.0, sampler_name="euler", scheduler="normal")
     (freeu,) = P.freeu_v2(None, model, 1.3, 1.4, 0.9, 0.2)
     assert not torch.allclose(K.sample(freeu, pos, neg, latent, **kw)["samples"],
+                              K.sample(model, pos, neg, latent, **kw)["samples"])
+    (freeu1,) = P.freeu(None, model, 1.1, 1.2, 0.9, 0.2)
+    assert not torch.allclose(K.sample(freeu1, pos, neg, latent, **kw)["samples"],
                               K.sample(model, pos, neg, latent, **kw)["samples"])
     assert not unet.output_blocks[0]._forward_pre_hooks  # the hooks are gone after the run
 

@@ -319,9 +319,11 @@ EXPECTED = {
                                  "advanced/model", "ModelSamplingContinuousV", "comfy_extras.nodes_model_advanced", {}),
     "RescaleCFG": ({"model": ["MODEL"], "multiplier": f(0.7, 0.0, 1.0, 0.01)}, ["MODEL"], "advanced/model",
                    "RescaleCFG", "comfy_extras.nodes_model_advanced", {}),
-    "FreeU_V2": ({"model": ["MODEL"], "b1": f(1.3, 0.0, 10.0, 0.01), "b2": f(1.4, 0.0, 10.0, 0.01),
-                  "s1": f(0.9, 0.0, 10.0, 0.01), "s2": f(0.2, 0.0, 10.0, 0.01)}, ["MODEL"], "model_patches",
-                 "FreeU_V2", "comfy_extras.nodes_freelunch", {}),
+    # today's comfy_extras/nodes_freelunch.py (V3 schema: factors advanced, category model_patches/unet)
+    **{name: ({"model": ["MODEL"], **{k: f(v, 0.0, 10.0, 0.01, advanced=True)
+                                      for k, v in zip(("b1", "b2", "s1", "s2"), factors)}},
+              ["MODEL"], "model_patches/unet", name, "comfy_extras.nodes_freelunch", {})
+       for name, factors in (("FreeU", (1.1, 1.2, 0.9, 0.2)), ("FreeU_V2", (1.3, 1.4, 0.9, 0.2)))},
     "DifferentialDiffusion": ({"model": ["MODEL"]}, ["MODEL"], "_for_testing", "Differential Diffusion",
                               "comfy_extras.nodes_differential_diffusion",
                               {"optional": {"strength": f(1.0, 0.0, 1.0, 0.01)}}),

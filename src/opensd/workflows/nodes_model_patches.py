@@ -1,7 +1,8 @@
 """MODEL patch nodes with ComfyUI's names, inputs and arithmetic: ModelSamplingDiscrete (another
 parameterisation or zero-terminal-SNR schedule), ModelSamplingContinuousEDM / V (continuous
-sigmas), RescaleCFG (Lin et al. 2023), FreeU_V2 (Si et al. 2023), PerpNeg (Armandpour et al. 2023),
-DifferentialDiffusion (Levin and Fried 2023) and PatchModelAddDownscale (Kohya's deep shrink).
+sigmas), RescaleCFG (Lin et al. 2023), FreeU and FreeU_V2 (Si et al. 2023), PerpNeg (Armandpour
+et al. 2023), DifferentialDiffusion (Levin and Fried 2023) and PatchModelAddDownscale (Kohya's deep
+shrink).
 Each returns a new ModelRef; the checkpoint and the other branches of the graph are untouched."""
 from __future__ import annotations
 
@@ -122,20 +123,49 @@ def freeu_v2_patch(model_channels: int, b1: float, b2: float, s1: float, s2: flo
     return patch
 
 
-def freeu_v2(call, model, b1, b2, s1, s2):
-    model.pipe.family.require("freeu", "model")
-    patch = freeu_v2_patch(model.pipe.config.unet.model_channels, b1, b2, s1, s2)
-    return (replace(model, output_block_patches=model.output_block_patches + (patch,)),)
+def freeu_patch(model_channels: int, b1: float, b2: float, s1: float, s2: float):
+    """FreeU (v1) on the same up blocks: the first half of h's channels multiplied by b
+    throughout, the skip connection's low frequencies scaled by s."""
+    scales = {model_channels * 4: (b1, s1), model_channels * 2: (b2, s2)}
+
+    def patch(h: torch.Tensor, skip: torch.Tensor):
+        scale = scales.get(int(h.shape[1]))
+        if scale is None:
+            return h, skip
+        half = h.shape[1] // 2
+        h[:, :half] = h[:, :half] * scale[0]
+        return h, fourier_filter(skip, 1, scale[1])
+
+    return patch
+
+
+def _freeu_node(make_patch):
+    def node(call, model, b1, b2, s1, s2):
+        model.pipe.family.require("freeu", "model")
+        patch = make_patch(model.pipe.config.unet.model_channels, b1, b2, s1, s2)
+        return (replace(model, output_block_patches=model.output_block_patches + (patch,)),)
+    return node
+
+
+freeu = _freeu_node(freeu_patch)
+freeu_v2 = _freeu_node(freeu_v2_patch)
 
 
 def _factor(default: float):
-    return ("FLOAT", {"default": default, "min": 0.0, "max": 10.0, "step": 0.01})
+    # today's comfy_extras/nodes_freelunch.py (V3 schema) marks the factors advanced
+    return ("FLOAT", {"default": default, "min": 0.0, "max": 10.0, "step": 0.01, "advanced": True})
+
+
+register(NodeDef(
+    "FreeU", freeu,
+    {"model": ("MODEL", {}), "b1": _factor(1.1), "b2": _factor(1.2), "s1": _factor(0.9), "s2": _factor(0.2)},
+    ("MODEL",), category="model_patches/unet", module="comfy_extras.nodes_freelunch"))
 
 
 register(NodeDef(
     "FreeU_V2", freeu_v2,
     {"model": ("MODEL", {}), "b1": _factor(1.3), "b2": _factor(1.4), "s1": _factor(0.9), "s2": _factor(0.2)},
-    ("MODEL",), category="model_patches", module="comfy_extras.nodes_freelunch"))
+    ("MODEL",), category="model_patches/unet", module="comfy_extras.nodes_freelunch"))
 
 
 def perp_neg(pos_pred, neg_pred, nocond_pred, neg_scale: float, cond_scale: float) -> torch.Tensor:
