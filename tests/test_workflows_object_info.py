@@ -324,6 +324,9 @@ EXPECTED = {
                                       for k, v in zip(("b1", "b2", "s1", "s2"), factors)}},
               ["MODEL"], "model_patches/unet", name, "comfy_extras.nodes_freelunch", {})
        for name, factors in (("FreeU", (1.1, 1.2, 0.9, 0.2)), ("FreeU_V2", (1.3, 1.4, 0.9, 0.2)))},
+    "HyperTile": ({"model": ["MODEL"], "tile_size": i(256, 1, 2048), "swap_size": i(2, 1, 128),
+                   "max_depth": i(0, 0, 10), "scale_depth": ["BOOLEAN", {"default": False}]}, ["MODEL"],
+                  "model_patches/unet", "HyperTile", "comfy_extras.nodes_hypertile", {}),
     "DifferentialDiffusion": ({"model": ["MODEL"]}, ["MODEL"], "_for_testing", "Differential Diffusion",
                               "comfy_extras.nodes_differential_diffusion",
                               {"optional": {"strength": f(1.0, 0.0, 1.0, 0.01)}}),

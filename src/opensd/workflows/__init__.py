@@ -27,6 +27,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_output,
     nodes_sampler_options,
     nodes_sampling_custom,
+    nodes_unet_attention,
     nodes_upscale,
 )
 from .executor import OutputCache, execute, validate_prompt

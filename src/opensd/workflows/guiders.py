@@ -88,7 +88,7 @@ class ModelRun:
             return net(x, t, context, y, residuals).float()
 
         with ExitStack() as patched:
-            if self.patches and control is not None:
+            if control is not None and any(getattr(p, "resizes_skips", False) for p in self.patches):
                 raise InvalidArgument("model: PatchModelAddDownscale resizes the UNet's skips, which a "
                                       "ControlNet's residuals cannot follow")
             for patch in self.patches:

@@ -233,6 +233,7 @@ def patch_model_add_downscale(call, model, block_number, downscale_factor, start
         return deep_shrink(unet, block_number, downscale_factor, downscale_after_skip,
                            lambda x, w, h: upscale(x, w, h, downscale_method, "disabled"),
                            lambda x, w, h: upscale(x, w, h, upscale_method, "disabled"))
+    patch.resizes_skips = True  # a ControlNet's residuals cannot follow (guiders.ModelRun refuses)
     return (replace(model, network_patches=model.network_patches + (patch,)),)
 
 

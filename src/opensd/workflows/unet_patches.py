@@ -1,12 +1,16 @@
 """ComfyUI's "output block patches" (FreeU's hook) on our UNet, without touching models/: for the
 duration of a sampling run, each up block gets a forward pre-hook that splits its input back into
 the hidden state h and the skip connection concatenated to it, lets the patches change both, and
-concatenates them again."""
+concatenates them again. The other patches here (PAG's and SAG's attention, deep shrink,
+HyperTile) hook or replace the network's modules for one network call."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import torch
+
+from ..models.attention import attention
 
 
 @contextmanager
@@ -92,4 +96,82 @@ def deep_shrink(unet, block: int, factor: float, after_skip: bool, down, up):
     handles.append(unet.middle_block.register_forward_hook(fit(blocks - 1)))
     handles += [b.register_forward_hook(fit(blocks - 2 - k)) for k, b in enumerate(unet.output_blocks[:-1])]
     with removed_after(handles):
+        yield
+
+
+@contextmanager
+def forward_replaced(modules: list, make_forward):
+    """Each module's forward replaced by make_forward(module, its own forward) while the block
+    runs (an instance attribute over the class's method), put back however it ends."""
+    saved = [(m, m.__dict__.get("forward")) for m in modules]
+    for m, _ in saved:
+        m.forward = make_forward(m, m.forward)
+    try:
+        yield
+    finally:
+        for m, before in saved:
+            if before is None:
+                del m.forward
+            else:
+                m.forward = before
+
+
+def random_divisor(value: int, min_value: int, max_options: int, draw) -> int:
+    """HyperTile's number of tiles along a side: value // d for one of the `max_options` smallest
+    divisors d >= min_value of value, picked by draw(n) in [0, n) as ComfyUI's randint(0, n - 1)
+    does (so the last option is never picked)."""
+    min_value = min(min_value, value)
+    counts = [value // d for d in range(min_value, value + 1) if value % d == 0][:max_options]
+    return counts[draw(len(counts) - 1)] if len(counts) > 1 else counts[0]
+
+
+def _tiles(x: torch.Tensor, nh: int, nw: int, h: int, w: int) -> torch.Tensor:
+    """(b, nh*h*nw*w, c) read as nh x nw tiles of h x w tokens -> (b*nh*nw, h*w, c)."""
+    b, _, c = x.shape
+    return x.reshape(b, nh, h, nw, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b * nh * nw, h * w, c)
+
+
+def _untiled(x: torch.Tensor, nh: int, nw: int, h: int, w: int) -> torch.Tensor:
+    c = x.shape[-1]
+    return x.reshape(-1, nh, nw, h, w, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, nh * h * nw * w, c)
+
+
+@contextmanager
+def hypertile(unet, tile_size: int, swap_size: int, max_depth: int, scale_depth: bool, draw):
+    """ComfyUI's HyperTile (attn1 patch and output patch) for one network call: a self-attention
+    whose token count is the latent's (h/2^i)(w/2^i), i <= max_depth, splits its queries into
+    tiles. As in ComfyUI only the queries are tiled: keys and values stay whole, and the attention
+    reads them per tile batch row, i.e. tile t attends to the t-th run of tokens in raster order.
+    The grid is ComfyUI's too: h = round(sqrt(n * w/h)), w = round(sqrt(n * h/w)) for n tokens."""
+    latent_tile = max(32, tile_size) // 8
+    shape: list = []
+
+    def remember(module, args):  # ComfyUI's original_shape: the latent the network was given
+        shape[:] = args[0].shape[-2:]
+    handle = unet.input_blocks[0].register_forward_pre_hook(remember)
+
+    def make_forward(attn, plain):
+        def forward(x, context=None):
+            if context is not None or not shape:
+                return plain(x, context)
+            lh, lw = int(shape[0]), int(shape[1])
+            sizes = [(lh / 2 ** i) * (lw / 2 ** i) for i in range(max_depth + 1)]
+            n = x.shape[1]
+            if n not in sizes:
+                return plain(x)
+            aspect = lw / lh
+            h, w = round(math.sqrt(n * aspect)), round(math.sqrt(n / aspect))
+            factor = 2 ** sizes.index(n) if scale_depth else 1
+            nh = random_divisor(h, latent_tile * factor, swap_size, draw)
+            nw = random_divisor(w, latent_tile * factor, swap_size, draw)
+            if nh * nw <= 1 or h * w != n:
+                return plain(x)
+            th, tw = h // nh, w // nw
+            q = attn.to_q(_tiles(x, nh, nw, th, tw))
+            out = attn.to_out(attention(q, attn.to_k(x), attn.to_v(x), attn.heads))
+            return _untiled(out, nh, nw, th, tw)
+        return forward
+
+    attns = [block.attn1 for block in unet.modules() if hasattr(block, "attn1")]
+    with removed_after([handle]), forward_replaced(attns, make_forward):
         yield
