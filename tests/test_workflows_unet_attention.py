@@ -2,8 +2,10 @@
 tiny UNet: the patched attention against the same arithmetic written out here, whole samplings,
 and nothing left behind."""
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from workflow_fixtures import sampling_env
@@ -110,3 +112,101 @@ def test_unet_attention_patches_are_refused_without_a_unet():
     flux = ModelRef(SimpleNamespace(family=FLUX), "flux")
     with pytest.raises(InvalidArgument, match="^model: HyperTile patches a UNet's self-attention; .* Flux"):
         A.hyper_tile(None, flux, 256, 2, 0, False)
+    with pytest.raises(InvalidArgument, match="^model: SelfAttentionGuidance patches a UNet's self-attention"):
+        A.self_attention_guidance(None, flux, 0.5, 2.0)
+
+
+# --- SelfAttentionGuidance ----------------------------------------------------------------------
+
+def _blur_by_hand(x: np.ndarray, sigma: float) -> np.ndarray:
+    t = np.arange(9) - 4.0
+    k = np.exp(-0.5 * (t / sigma) ** 2)
+    k2 = np.outer(k, k) / k.sum() ** 2
+    padded = np.pad(x, ((0, 0), (0, 0), (4, 4), (4, 4)), mode="reflect")
+    out = np.zeros_like(x)
+    for i in range(x.shape[2]):
+        for j in range(x.shape[3]):
+            out[:, :, i, j] = (padded[:, :, i:i + 9, j:j + 9] * k2).sum(axis=(2, 3))
+    return out
+
+
+def test_sag_blurs_where_the_keys_receive_more_than_one_query_in_total():
+    x0 = torch.randn(1, 2, 8, 12, generator=torch.Generator().manual_seed(4))
+    # 2 heads over a 2 x 3 middle grid (the 8 x 12 latent halved twice: ComfyUI's ratio 4)
+    p = torch.full((2, 6, 6), 0.1)
+    p[:, :, 1] += 0.25  # key 1 receives 6 x 0.35 = 2.1 from the queries
+    p[0, :, 4] += 0.15  # key 4: 1.5 in head 0, 0.6 in head 1, 1.05 on average
+    p[1, :, 5] += 0.12  # key 5: 0.6 and 1.32, 0.96 on average: not blurred
+    out = A.sag_blurred(x0, p, 1.5).numpy()
+    blurred = _blur_by_hand(x0.numpy(), 1.5)
+    want = x0.numpy().copy()
+    for key in (1, 4):
+        r, c = divmod(key, 3)
+        want[:, :, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4] = blurred[:, :, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4]
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    assert torch.equal(A.sag_blurred(x0, p, 0.0), x0)  # sigma 0: no blur
+    with pytest.raises(InvalidArgument, match="cannot place the middle block's 5 tokens on the 8x12 latent"):
+        A.sag_blurred(x0, p[:, :5, :5], 1.0)
+
+
+def _middle_probabilities_by_hand(unet, run):
+    """The middle block's first self-attention's probabilities, per head, written out here."""
+    attn = next(b.attn1 for b in unet.middle_block.modules() if hasattr(b, "attn1"))
+    seen = []
+
+    def hook(m, args, out):
+        x = args[0][0]
+        d = m.to_q.weight.shape[0] // m.heads
+        q, k = m.to_q(x), m.to_k(x)
+        seen.append(torch.stack([torch.softmax(q[:, h * d:(h + 1) * d] @ k[:, h * d:(h + 1) * d].T / math.sqrt(d), -1)
+                                 for h in range(m.heads)]))
+    handle = attn.register_forward_hook(hook)
+    try:
+        return run(), seen
+    finally:
+        handle.remove()
+
+
+def test_sag_guides_each_step_as_written_out_here(env):
+    _, model, pos, neg = env
+    unet = model.pipe.model.unet
+    checked = []
+    state = {}
+
+    def before(args):
+        state["cfg"] = args.denoised
+        return args.denoised
+
+    def check(args):
+        uncond, probs = _middle_probabilities_by_hand(unet, lambda: args.predict(neg))
+        assert torch.allclose(uncond, args.uncond_denoised, rtol=1e-5, atol=1e-4)  # batched alone here
+        x0 = uncond.numpy()
+        taken = (probs[0].mean(0).sum(0) > 1.0).reshape(6, 8).float()
+        mask = taken.repeat_interleave(2, 0).repeat_interleave(2, 1).numpy()
+        degraded = torch.from_numpy(_blur_by_hand(x0, 2.0) * mask + x0 * (1 - mask)).float()
+        sag = args.predict(neg, degraded + args.input - uncond)
+        assert torch.allclose(args.denoised, state["cfg"] + (degraded - sag) * 0.7, rtol=1e-5, atol=1e-4)
+        checked.append(float(mask.mean()))
+        return args.denoised
+
+    (sag_model,) = A.self_attention_guidance(None, model, 0.7, 2.0)
+    patched = replace(sag_model, post_cfg_functions=(before, *sag_model.post_cfg_functions, check))
+    latent = {"samples": torch.zeros(1, 4, 12, 16)}
+    kw = dict(seed=6, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal")
+    out = K.sample(patched, pos, neg, latent, **kw)["samples"]
+    assert len(checked) == 3 and all(0 < m < 1 for m in checked)  # part of the latent blurred
+    assert not torch.allclose(out, K.sample(model, pos, neg, latent, **kw)["samples"])
+    (none,) = A.self_attention_guidance(None, model, 0.0, 2.0)
+    assert torch.allclose(K.sample(none, pos, neg, latent, **kw)["samples"],
+                          K.sample(model, pos, neg, latent, **kw)["samples"], atol=1e-6)
+
+
+def test_sag_needs_a_negative_and_skips_tiny_latents(env):
+    call, model, pos, _ = env
+    (sag_model,) = A.self_attention_guidance(None, model, 0.5, 2.0)
+    kw = dict(seed=1, steps=1, cfg=5.0, sampler_name="euler", scheduler="normal")
+    tiny = {"samples": torch.zeros(1, 4, 4, 8)}
+    assert torch.equal(K.sample(sag_model, pos, pos, tiny, **kw)["samples"],
+                       K.sample(model, pos, pos, tiny, **kw)["samples"])
+    with pytest.raises(InvalidArgument, match="^model: SelfAttentionGuidance needs a negative conditioning"):
+        A.sag_function(0.5, 2.0)(SimpleNamespace(denoised=torch.zeros(1, 4, 8, 8), uncond=None))

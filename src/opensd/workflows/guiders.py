@@ -48,7 +48,8 @@ class CfgArgs:
     sigma: torch.Tensor
     cond_denoised: torch.Tensor
     uncond_denoised: torch.Tensor
-    predict: Callable[[list], torch.Tensor]  # a CONDITIONING's prediction at this step (negative-type)
+    # a CONDITIONING's prediction at this step (negative-type), at x or at another input (SAG's)
+    predict: Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -61,8 +62,9 @@ class PostCfgArgs:
     input: torch.Tensor
     sigma: torch.Tensor
     cond: list                     # the CONDITIONING the CFG's positive side came from
-    predict: Callable[[list], torch.Tensor]  # as CfgArgs.predict; a list the guider holds is taken as prepared
+    predict: Callable[..., torch.Tensor]  # as CfgArgs.predict; a list the guider holds is taken as prepared
     network: torch.nn.Module       # the model's network, for patches around one more prediction
+    uncond: list | None = None     # the CONDITIONING of the negative side (None: there is none)
 
 
 class ModelRun:
@@ -160,11 +162,11 @@ class Guider:
         for name, conditioning in self.lists().items():  # the guider's own lists come prepared
             extra[id(conditioning)] = prepared[name]
 
-        def predict(conditioning: list) -> torch.Tensor:
+        def predict(conditioning: list, x: torch.Tensor | None = None) -> torch.Tensor:
             if id(conditioning) not in extra:
                 extra[id(conditioning)] = prepare({"negative": conditioning}, shape, self.model.pipe,
                                                   sampling)["negative"]
-            return calc_cond_batch(run, [extra[id(conditioning)]], step.x, step.sigma, image)[0]
+            return calc_cond_batch(run, [extra[id(conditioning)]], step.x if x is None else x, step.sigma, image)[0]
 
         def both(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             nonlocal step
@@ -178,9 +180,10 @@ class Guider:
 
 
 def cfg_combine(model: ModelRef, cond: torch.Tensor, uncond: torch.Tensor, scale: float, step: Step,
-                cond_list: list) -> torch.Tensor:
+                cond_list: list, uncond_list: list | None) -> torch.Tensor:
     """ComfyUI's cfg_function: the model's sampler_cfg_function patch, else plain CFG, then its
-    post-CFG functions in order. `cond_list`: the CONDITIONING `cond` is the prediction of."""
+    post-CFG functions in order. `cond_list`, `uncond_list`: the CONDITIONINGs `cond` and `uncond`
+    are the predictions of."""
     x = step.x
     if model.cfg_function is not None:
         out = x - model.cfg_function(CfgArgs(x - cond, x - uncond, scale, x, step.sigma, cond, uncond, step.predict))
@@ -188,7 +191,7 @@ def cfg_combine(model: ModelRef, cond: torch.Tensor, uncond: torch.Tensor, scale
         out = uncond + (cond - uncond) * scale
     for fn in model.post_cfg_functions:
         out = fn(PostCfgArgs(out, cond, uncond, scale, x, step.sigma, cond_list, step.predict,
-                             model.pipe.family.network(model.pipe.model)))
+                             model.pipe.family.network(model.pipe.model), uncond_list))
     return out
 
 
@@ -209,7 +212,7 @@ class CFGGuider(Guider):
 
     def combine(self, preds, step):
         uncond = preds.get("negative", torch.zeros_like(step.x))
-        return cfg_combine(self.model, preds["positive"], uncond, self.cfg, step, self.positive)
+        return cfg_combine(self.model, preds["positive"], uncond, self.cfg, step, self.positive, self.negative)
 
     def own_guidance(self, image, shape, sigmas, image_cond):
         pipe, m = self.model.pipe, self.model
@@ -259,5 +262,6 @@ class DualCFGGuider(Guider):
 
     def combine(self, preds, step):
         middle = preds["middle"]
-        return cfg_combine(self.model, middle, preds["negative"], self.cfg2, step, self.conds["middle"]) + \
+        return cfg_combine(self.model, middle, preds["negative"], self.cfg2, step, self.conds["middle"],
+                           self.conds["negative"]) + \
             (preds["positive"] - middle) * self.cfg1

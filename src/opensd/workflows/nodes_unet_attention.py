@@ -3,17 +3,23 @@
 * HyperTile (tfernd's HyperTile, comfy_extras.nodes_hypertile): the self-attentions at the
   latent's resolution (and max_depth halvings below it) attend within tiles of about tile_size
   pixels, chosen at random among the swap_size largest tilings.
+* SelfAttentionGuidance (Hong et al. 2023, comfy_extras.nodes_sag): a post-CFG function that
+  blurs the negative's prediction where the middle block's self-attention looks most, predicts
+  the negative again from that, and pushes the result away from it.
 """
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import InvalidArgument
+from .guiders import PostCfgArgs
 from .types import ModelRef, NodeDef, register
-from .unet_patches import hypertile
+from .unet_patches import hypertile, middle_attention_recorded
 
 
 def require_unet(model: ModelRef, node: str) -> None:
@@ -46,3 +52,66 @@ register(NodeDef(
      "max_depth": ("INT", {"default": 0, "min": 0, "max": 10}),
      "scale_depth": ("BOOLEAN", {"default": False})},
     ("MODEL",), category="model_patches/unet", module="comfy_extras.nodes_hypertile"))
+
+
+# --- SelfAttentionGuidance ----------------------------------------------------------------------
+
+def gaussian_blur(x: torch.Tensor, sigma: float, size: int = 9) -> torch.Tensor:
+    """Each channel blurred by a size x size Gaussian, edges reflected (SAG's). Sigma 0 is no blur
+    (ComfyUI's kernel would be 0/0 there)."""
+    if sigma <= 0:
+        return x
+    t = torch.linspace(-(size - 1) / 2, (size - 1) / 2, size)
+    k1 = torch.exp(-0.5 * (t / sigma) ** 2)
+    k1 = (k1 / k1.sum()).to(x)
+    kernel = (k1[:, None] @ k1[None, :]).expand(x.shape[1], 1, size, size)
+    pad = size // 2
+    return F.conv2d(F.pad(x, [pad] * 4, mode="reflect"), kernel, groups=x.shape[1])
+
+
+def sag_blurred(x0: torch.Tensor, scores: torch.Tensor, sigma: float, threshold: float = 1.0) -> torch.Tensor:
+    """x0 blurred where the middle block's self-attention (scores: (b * heads, n, n)) gives a key
+    more than `threshold` of attention summed over the queries, averaged over the heads; the
+    middle block's grid is found as ComfyUI finds it (the latent halved a power of two times)."""
+    b, _, lh, lw = x0.shape
+    n = scores.shape[1]
+    received = scores.reshape(b, -1, n, n).mean(1).sum(1) > threshold
+    ratio = 2 ** (math.ceil(math.sqrt(lh * lw / n)) - 1).bit_length()
+    mid = (math.ceil(lh / ratio), math.ceil(lw / ratio))
+    if mid[0] * mid[1] != n:
+        raise InvalidArgument(f"model: SelfAttentionGuidance cannot place the middle block's {n} tokens on the "
+                              f"{lh}x{lw} latent")
+    mask = F.interpolate(received.reshape(b, 1, *mid).to(x0.dtype), (lh, lw))
+    return gaussian_blur(x0, sigma) * mask + x0 * (1 - mask)
+
+
+def sag_function(scale: float, blur_sigma: float):
+    """The negative predicted again (recording its attention), blurred where it attended most,
+    noised back and predicted once more; the result pushed away from that by `scale`."""
+    def fn(args: PostCfgArgs) -> torch.Tensor:
+        if min(args.denoised.shape[2:]) <= 4:  # too small for the blur's padding (ComfyUI's skip)
+            return args.denoised
+        if args.uncond is None:
+            raise InvalidArgument("model: SelfAttentionGuidance needs a negative conditioning to guide with")
+        with middle_attention_recorded(args.network) as scores:
+            uncond = args.predict(args.uncond)
+        if not scores:
+            return args.denoised  # no entry of the negative was active at this step
+        heads = scores[0].shape[0] // args.input.shape[0]
+        degraded = sag_blurred(uncond, scores[0][:heads * args.input.shape[0]], blur_sigma)
+        sag = args.predict(args.uncond, degraded + args.input - uncond)
+        return args.denoised + (degraded - sag) * scale
+    return fn
+
+
+def self_attention_guidance(call, model, scale, blur_sigma):
+    require_unet(model, "SelfAttentionGuidance")
+    return (replace(model, post_cfg_functions=model.post_cfg_functions + (sag_function(scale, blur_sigma),)),)
+
+
+register(NodeDef(
+    "SelfAttentionGuidance", self_attention_guidance,
+    {"model": ("MODEL", {}), "scale": ("FLOAT", {"default": 0.5, "min": -2.0, "max": 5.0, "step": 0.01}),
+     "blur_sigma": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 10.0, "step": 0.1})},
+    ("MODEL",), category="_for_testing", display_name="Self-Attention Guidance", module="comfy_extras.nodes_sag",
+    experimental=True))

@@ -64,6 +64,25 @@ def middle_self_attention_as_values(unet):
 
 
 @contextmanager
+def middle_attention_recorded(unet):
+    """Records, per network call, the attention probabilities (b * heads, n, n), rows batch-major,
+    of the middle block's first self-attention (ComfyUI's attn1 replacement at ("middle", 0, 0)
+    that SAG uses); the attention's output is not changed."""
+    attn = next(block.attn1 for block in unet.middle_block.modules() if hasattr(block, "attn1"))
+    seen: list[torch.Tensor] = []
+
+    def record(module, args, out):
+        x = args[0]
+        b, n, inner = x.shape
+        heads = module.heads
+        d = inner // heads
+        q, k = (t.float().reshape(b, n, heads, d).transpose(1, 2) for t in (module.to_q(x), module.to_k(x)))
+        seen.append(torch.softmax(q @ k.transpose(-1, -2) * d ** -0.5, dim=-1).reshape(b * heads, n, n))
+    with removed_after([attn.register_forward_hook(record)]):
+        yield seen
+
+
+@contextmanager
 def deep_shrink(unet, block: int, factor: float, after_skip: bool, down, up):
     """Kohya's deep shrink for one network call (ComfyUI's input/output block patches of
     PatchModelAddDownscale): h leaving input block `block` is shrunk by `factor` with
