@@ -8,6 +8,7 @@ A face over the pipeline: nothing below this package imports it.
 from __future__ import annotations
 
 from . import (  # noqa: F401  (registers the nodes)
+    nodes_alpha,
     nodes_canny,
     nodes_checkpoint_save,
     nodes_conditioning,
@@ -16,6 +17,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_dit,
     nodes_guidance,
     nodes_image,
+    nodes_image_filters,
     nodes_image_ops,
     nodes_image_transform,
     nodes_latent,
