@@ -22,6 +22,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_image_transform,
     nodes_latent,
     nodes_latent_files,
+    nodes_latent_ops,
     nodes_loaders,
     nodes_mask,
     nodes_model_merging,
