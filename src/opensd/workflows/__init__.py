@@ -30,6 +30,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_output,
     nodes_sampler_options,
     nodes_sampling_custom,
+    nodes_sigmas,
     nodes_unet_attention,
     nodes_upscale,
 )

@@ -1,0 +1,113 @@
+"""More of ComfyUI's custom sampling nodes (comfy_extras.nodes_custom_sampler), with its names,
+inputs and arithmetic: SplitSigmasDenoise, SetFirstSigma, ExtendIntermediateSigmas,
+SamplingPercentToSigma and AddNoise. SIGMAS are 1-D float tensors on the CPU."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import ksampler
+from .types import NodeDef, register
+
+_MODULE = "comfy_extras.nodes_custom_sampler"
+_SIGMAS = "sampling/custom_sampling/sigmas"
+
+
+def split_sigmas_denoise(call, sigmas, denoise):
+    """The last round(steps * denoise) steps apart from those before them (ComfyUI's slices: with
+    no step in the low part, the high part is empty and the low part the last sigma)."""
+    steps = max(sigmas.shape[-1] - 1, 0)
+    low = round(steps * denoise)
+    return sigmas[:-low], sigmas[-(low + 1):]
+
+
+register(NodeDef(
+    "SplitSigmasDenoise", split_sigmas_denoise,
+    {"sigmas": ("SIGMAS", {}), "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})},
+    ("SIGMAS", "SIGMAS"), output_names=("high_sigmas", "low_sigmas"), category=_SIGMAS, module=_MODULE))
+
+
+def set_first_sigma(call, sigmas, sigma):
+    sigmas = sigmas.clone()
+    if len(sigmas):  # ComfyUI's index 0 fails on an empty schedule
+        sigmas[0] = sigma
+    return (sigmas,)
+
+
+register(NodeDef(
+    "SetFirstSigma", set_first_sigma,
+    {"sigmas": ("SIGMAS", {}),
+     "sigma": ("FLOAT", {"default": 136.0, "min": 0.0, "max": 20000.0, "step": 0.001, "round": False})},
+    ("SIGMAS",), category=_SIGMAS, module=_MODULE))
+
+SPACINGS = {"linear": lambda x: x, "cosine": lambda x: torch.sin(x * math.pi / 2),
+            "sine": lambda x: 1 - torch.cos(x * math.pi / 2)}
+
+
+def extend_intermediate_sigmas(call, sigmas, steps, start_at_sigma, end_at_sigma, spacing):
+    """steps - 1 extra sigmas inside each step whose first sigma lies in [end_at_sigma,
+    start_at_sigma] (a negative start: no upper bound), spaced by `spacing` between its ends."""
+    start = math.inf if start_at_sigma < 0 else start_at_sigma
+    fractions = SPACINGS[spacing](torch.linspace(0, 1, steps + 1)[1:-1])
+    out: list[float] = []
+    for current, nxt in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+        out.append(current)
+        if end_at_sigma <= current <= start:
+            out.extend((fractions * (nxt - current) + current).tolist())
+    if len(sigmas):
+        out.append(float(sigmas[-1]))
+    return (torch.tensor(out, dtype=torch.float32),)
+
+
+register(NodeDef(
+    "ExtendIntermediateSigmas", extend_intermediate_sigmas,
+    {"sigmas": ("SIGMAS", {}), "steps": ("INT", {"default": 2, "min": 1, "max": 100}),
+     "start_at_sigma": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 20000.0, "step": 0.01, "round": False}),
+     "end_at_sigma": ("FLOAT", {"default": 12.0, "min": 0.0, "max": 20000.0, "step": 0.01, "round": False}),
+     "spacing": (list(SPACINGS), {})},
+    ("SIGMAS",), category=_SIGMAS, module=_MODULE))
+
+
+def sampling_percent_to_sigma(call, model, sampling_percent, return_actual_sigma):
+    """The sigma ComfyUI's start/end percents mean; at 0 and 1 its interval bounds (a huge value,
+    0) unless return_actual_sigma asks for the schedule's own largest and smallest."""
+    ms = ksampler.sampling_of(model)
+    if return_actual_sigma and sampling_percent in (0.0, 1.0):
+        return (float(ms.sigma_max if sampling_percent == 0.0 else ms.sigma_min),)
+    return (float(ms.percent_to_sigma(sampling_percent)),)
+
+
+register(NodeDef(
+    "SamplingPercentToSigma", sampling_percent_to_sigma,
+    {"model": ("MODEL", {}),
+     "sampling_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.0001}),
+     "return_actual_sigma": ("BOOLEAN", {"default": False, "tooltip": (
+         "Return the actual sigma value instead of the value used for interval checks.\n"
+         "This only affects results at 0.0 and 1.0.")})},
+    ("FLOAT",), output_names=("sigma_value",), category=_SIGMAS, module=_MODULE))
+
+
+def add_noise(call, model, noise, sigmas, latent_image):
+    """The latent noised as the model noises it at |first - last sigma| (or the only sigma); an
+    all-zero latent is not shifted into the model's latent space first, as in ComfyUI."""
+    if len(sigmas) == 0:
+        return (latent_image,)
+    samples = ksampler.fix_empty_latent(model, latent_image)
+    fresh = (torch.zeros_like(samples) if noise.seed is None
+             else ksampler.prepare_noise(samples, noise.seed, latent_image.get("batch_index")))
+    scale = float(abs(sigmas[0] - sigmas[-1]) if len(sigmas) > 1 else sigmas[0])
+    fmt = ksampler.latent_format(model)
+    if torch.count_nonzero(samples) > 0:
+        samples = fmt.scaled(samples)
+    noisy = fmt.unscaled(ksampler.sampling_of(model).noise_scaling(scale, fresh, samples))
+    out = dict(latent_image, samples=torch.nan_to_num(noisy, nan=0.0, posinf=0.0, neginf=0.0))
+    if out["samples"].shape[2:] != latent_image["samples"].shape[2:]:
+        out.pop("pixel_size", None)
+    return (out,)
+
+
+register(NodeDef(
+    "AddNoise", add_noise,
+    {"model": ("MODEL", {}), "noise": ("NOISE", {}), "sigmas": ("SIGMAS", {}), "latent_image": ("LATENT", {})},
+    ("LATENT",), category="_for_testing/custom_sampling/noise", module=_MODULE, experimental=True))
