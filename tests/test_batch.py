@@ -1,6 +1,8 @@
 """`opensd batch`: JSONL lines of A1111 requests -> images and manifest.jsonl; a run killed halfway and
 run again makes only the rest; the manifest matches the files; a line's key is its normalised request;
-mistakes are one line naming the line and field; --ray makes the same files on Ray workers."""
+mistakes are one line naming the line and field, the other lines still run; lines with A1111 scripts
+(X/Y/Z plot, prompt matrix, prompts from file) save their grid and every cell, each the pixels of the
+single generation it stands for; --ray makes the same files on Ray workers."""
 from __future__ import annotations
 
 import hashlib
@@ -11,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from ray_cluster import local_ray
-from server_live import free_port
+from server_live import free_port, models_dir
 
 from opensd.cli import main
 from opensd.distributed import batch
@@ -79,18 +83,18 @@ def test_a_lines_key_is_its_normalised_request(tmp_path):
                                           '{"prompt": "a dog", "steps": 2}\n')
         (tmp_path / "b.jsonl").write_text('# the same request, spelled out\n'
                                           '{"steps": 2, "cfg_scale": 7.0, "prompt": "a cat", "seed": -1}\n')
-        a, b = batch.read_lines(state, tmp_path / "a.jsonl"), batch.read_lines(state, tmp_path / "b.jsonl")
+        (a, _), (b, _) = batch.read_lines(state, tmp_path / "a.jsonl"), batch.read_lines(state, tmp_path / "b.jsonl")
         assert [line.number for line in a] == [1, 3, 4] and b[0].number == 2
         assert b[0].key == a[0].key                       # defaults and key order do not matter
         assert len({line.key for line in a}) == 3         # a repeated request is a second job
         state.set_model(state.cache.resolve("opensd-emoji"))
-        assert batch.read_lines(state, tmp_path / "b.jsonl")[0].key == b[0].key
+        assert batch.read_lines(state, tmp_path / "b.jsonl")[0][0].key == b[0].key
     finally:
         state.store.close()
 
 
 @pytest.mark.parametrize("text, message", [
-    ('{"prompt": "x"}\nnot json\n', "jobs.jsonl:2: not a JSON object"),
+    ('\nnot json\n', "jobs.jsonl:2: not a JSON object"),
     ('[1, 2]\n', "jobs.jsonl:1: not a JSON object"),
     ('{"prompt": "x", "steps": 0}\n', "jobs.jsonl:1: steps: Input should be greater than or equal to 1"),
     ('{"prompt": "x", "sampler_name": "nope"}\n', "jobs.jsonl:1: sampler_name/scheduler:"),
@@ -130,16 +134,125 @@ def test_batch_on_ray_without_ray_installed_says_how_to_install_it(tmp_path, cap
 
 def test_batch_on_ray_makes_the_files_one_machine_makes(tmp_path):
     jobs = write_jobs(tmp_path / "jobs.jsonl", 6, batch_size=2)
+    with jobs.open("a") as f:  # a grid line: it runs on the front door's own worker
+        grid = dict(LINE, prompt="emoji 1", seed=3, script_name=XYZ, script_args=xyz_args(4, "1-2"))
+        f.write(json.dumps(grid) + "\n")
     threads = torch.get_num_threads()
     try:
         assert main(["batch", str(jobs), "-o", str(tmp_path / "here"), "--threads", "1"]) == 0  # as the worker
+        with local_ray(num_cpus=1):
+            assert main(["batch", str(jobs), "-o", str(tmp_path / "ray"), "--ray", "auto", "--ray-workers", "1",
+                         "--ray-threads", "1", "--threads", "1"]) == 0
     finally:
         torch.set_num_threads(threads)
-    with local_ray(num_cpus=1):
-        assert main(["batch", str(jobs), "-o", str(tmp_path / "ray"), "--ray", "auto", "--ray-workers", "1",
-                     "--ray-threads", "1"]) == 0
     here, there = manifest(tmp_path / "here"), manifest(tmp_path / "ray")
-    assert len(here) == 12
+    assert len(here) == 12 + 3 and sum(e["grid"] for e in there) == 1
     assert sorted((e["key"], e["file"], e["sha256"]) for e in here) == sorted((e["key"], e["file"], e["sha256"])
                                                                             for e in there)
     check_manifest_matches_files(tmp_path / "ray")
+
+
+XYZ = "X/Y/Z plot"
+TINY = {"prompt": "a cat", "seed": 5, "width": 64, "height": 64}
+
+
+def xyz_args(x_type, x_values, y_type=0, y_values="", y_dropdown=(), z_type=0, z_values="", lone=False,
+             sub_grids=False):
+    # A1111 1.10: x_type, x_values, x_values_dropdown, (y...), (z...), draw_legend, include_lone_images,
+    # include_sub_grids, no_fixed_seeds, vary_seeds_x/y/z, margin_size, csv_mode
+    return [x_type, x_values, [], y_type, y_values, list(y_dropdown), z_type, z_values, [], True, lone, sub_grids,
+            False, False, False, False, 0, False]
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_script_lines_save_their_grid_and_every_cell_as_single_generations(tmp_path, capsys):
+    singles = [dict(TINY, steps=n, sampler_name=s) for s in ("Euler", "DPM++ 2M") for n in (1, 2)]  # X fastest
+    lines = [
+        dict(TINY, script_name=XYZ, script_args=xyz_args(4, "1-2", 9, "", ["Euler", "DPM++ 2M"])),  # 1
+        *singles,                                                                                     # 2-5
+        dict(TINY, steps=1, script_name="x/y/z plots", script_args=[]),                               # 6
+        dict(TINY, steps=1, script_name=XYZ, script_args=xyz_args(999, "1")),                         # 7
+        dict(TINY, prompt="a cat|red", steps=1, script_name="Prompt matrix",                         # 8
+             script_args=[False, True, "positive", "comma", 0]),  # different seeds: 5, 6
+        dict(TINY, prompt="a cat, red", steps=1, seed=6),                                             # 9
+        dict(TINY, prompt="photo", steps=1, script_name="Prompts from file or textbox",               # 10
+             script_args=[False, False, "end", '--prompt "a dog" --seed 9\nplain\n']),
+        dict(TINY, prompt="photo a dog", steps=1, seed=9),                                            # 11
+        dict(TINY, prompt="photo plain", steps=1),                                                    # 12
+        dict(TINY, steps=1, script_name=XYZ,                                                          # 13
+             script_args=xyz_args(4, "1", z_type="CFG Scale", z_values="5, 9", sub_grids=True)),
+    ]
+    jobs, out = tmp_path / "jobs.jsonl", tmp_path / "out"
+    jobs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cmd = ["batch", str(jobs), "-o", str(out), "--models-dir", str(models_dir(tmp_path)), "--model", "tiny"]
+    assert main(cmd) == 1  # the two refused lines
+    err = capsys.readouterr().err
+    assert err.count("opensd batch: jobs.jsonl:6: Script 'x/y/z plots' not found\n") == 1, err
+    assert err.count("opensd batch: jobs.jsonl:7: X type: 999 is not an axis index") == 1, err
+    assert "11 requests, 0 done before, 11 to run (2 refused)" in err and "Traceback" not in err
+    assert "22/22" in err  # the progress bar counts every grid and cell: 5 + 4 + 3 + 1 + 2 + 2 + 5
+    by_line: dict[int, list[dict]] = {}
+    for e in manifest(out):
+        by_line.setdefault(e["line"], []).append(e)
+    assert sorted(by_line) == [1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13]
+    file = {n: [out / e["file"] for e in sorted(entries, key=lambda e: e["index"])] for n, entries in by_line.items()}
+
+    grid_line = sorted(by_line[1], key=lambda e: e["index"])
+    assert [e["grid"] for e in grid_line] == [True, False, False, False, False]
+    assert [e["images"] for e in grid_line] == [5] * 5 and [e["seed"] for e in grid_line] == [5] * 5
+    assert grid_line[0]["infotext"].startswith("a cat\nSteps: 1, Sampler: Euler,")  # the first cell's
+    assert "Script: X/Y/Z plot, X Type: Steps, X Values: 1-2, Y Type: Sampler" in grid_line[0]["infotext"]
+    grid = pixels(file[1][0])
+    pad_left, pad_top = 64 * 3 // 4, grid.shape[0] - 2 * 64
+    for k in range(4):  # each cell is the single generation of its settings and seed, in its file and the grid
+        single = pixels(file[2 + k][0])
+        assert (pixels(file[1][1 + k]) == single).all(), singles[k]
+        assert grid_line[1 + k]["infotext"] == by_line[2 + k][0]["infotext"]
+        x, y = pad_left + 64 * (k % 2), pad_top + 64 * (k // 2)
+        assert (grid[y:y + 64, x:x + 64] == single).all()
+
+    matrix = sorted(by_line[8], key=lambda e: e["index"])
+    assert [e["grid"] for e in matrix] == [True, False, False] and [e["seed"] for e in matrix] == [5, 5, 6]
+    assert (pixels(file[8][1]) == pixels(file[2][0])).all() and (pixels(file[8][2]) == pixels(file[9][0])).all()
+    prompts = sorted(by_line[10], key=lambda e: e["index"])
+    assert [e["grid"] for e in prompts] == [False, False] and [e["seed"] for e in prompts] == [9, 5]
+    assert (pixels(file[10][0]) == pixels(file[11][0])).all() and (pixels(file[10][1]) == pixels(file[12][0])).all()
+    sub_grids = sorted(by_line[13], key=lambda e: e["index"])  # the grid, one per CFG (Z) value, both cells
+    assert [e["grid"] for e in sub_grids] == [True, True, True, False, False]
+    assert "CFG scale: 9" in sub_grids[4]["infotext"]
+    check_manifest_matches_files(out)
+
+    made = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    assert main(cmd) == 1
+    err = capsys.readouterr().err
+    assert "11 requests, 11 done before, 0 to run (2 refused)" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == made  # the grids were not made again
+
+
+def test_a_script_lines_image_count_is_every_grid_and_cell(tmp_path):
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "gray").save(buf, "PNG")
+    init = base64.b64encode(buf.getvalue()).decode()
+    lines = [
+        dict(TINY, script_name=XYZ, script_args=xyz_args(4, "1-2", z_type="CFG Scale", z_values="5, 7, 9",
+                                                         sub_grids=True)),  # 1 + 3 grids, 6 cells
+        dict(TINY, batch_size=2, script_name=XYZ, script_args=xyz_args(4, "1-3", lone=True)),  # 1 + 3 x 2
+        dict(TINY, prompt="a|b|c", script_name="Prompt matrix", script_args=[False, False, "positive"]),  # 1 + 4
+        dict(TINY, script_name="Prompts from file or textbox",
+             script_args=[False, False, "end", "one\n--batch_size 2"]),  # 1 + 2
+        dict(TINY, init_images=[init], n_iter=2, script_name="SD upscale", script_args=[None, 16, 1, 2]),
+        dict(TINY, batch_size=2, n_iter=3),
+    ]
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    state = ServerState(Settings(outputs_dir=tmp_path / "out"))
+    try:
+        read, refused = batch.read_lines(state, tmp_path / "jobs.jsonl")
+        assert refused == [] and [line.images for line in read] == [10, 7, 5, 3, 2, 6]
+    finally:
+        state.store.close()

@@ -13,9 +13,12 @@ def register(sub) -> None:
     p = sub.add_parser("batch", help="run many generations from a JSONL file (resumable; on Ray with --ray)",
                        description="Each line of JOBS.jsonl is an AUTOMATIC1111 /sdapi/v1/txt2img request body "
                                    "(img2img when it has init_images), e.g. {\"prompt\": \"a cat\", \"seed\": 1, "
-                                   "\"steps\": 20}. Images go to OUTDIR/txt2img-images (or img2img-images) and one "
-                                   "line per image to OUTDIR/manifest.jsonl (seed, infotext, SHA-256). Run the same "
-                                   "command again to finish what an interrupted run left.")
+                                   "\"steps\": 20}, scripts included: with \"script_name\": \"X/Y/Z plot\" (or "
+                                   "\"Prompt matrix\", \"Prompts from file or textbox\") and A1111's script_args a "
+                                   "line saves its grid and every cell. Images go to OUTDIR/txt2img-images (or "
+                                   "img2img-images) and one line per image, grids included, to OUTDIR/manifest.jsonl "
+                                   "(seed, infotext, SHA-256). A line that cannot run is reported by its number and "
+                                   "the others run. Run the same command again to finish what an interrupted run left.")
     p.add_argument("jobs", type=Path, metavar="JOBS.jsonl")
     p.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUTDIR")
     add_models_dir_flag(p)
@@ -58,15 +61,19 @@ def cmd_batch(args: argparse.Namespace) -> int:
         try:
             if args.model:
                 state.set_model(state.cache.resolve(args.model, "model"))
-            lines = batch.read_lines(state, args.jobs)
+            lines, refused = batch.read_lines(state, args.jobs)
+            for why in refused:  # the other lines still run
+                print(f"{prog}: {why}", file=sys.stderr)
+            if not lines:
+                return 2
             manifest = Manifest(args.output_dir)
             todo = [line for line in lines if line.key not in manifest.done]
             for line in lines:
                 if line.ignored:
                     print(f"{prog}: {args.jobs.name}:{line.number}: not A1111 request fields, ignored: "
                           f"{', '.join(line.ignored)}", file=sys.stderr)
-            print(f"{prog}: {len(lines)} requests, {len(lines) - len(todo)} done before, {len(todo)} to run",
-                  file=sys.stderr)
+            print(f"{prog}: {len(lines)} requests, {len(lines) - len(todo)} done before, {len(todo)} to run"
+                  + (f" ({len(refused)} refused)" if refused else ""), file=sys.stderr)
             done = sum(len(manifest.done[line.key]) for line in lines if line.key in manifest.done)
             with tqdm(total=done + sum(line.images for line in todo), initial=done, unit="img", desc="batch",
                       file=sys.stderr, dynamic_ncols=True) as bar:
@@ -83,6 +90,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
             state.store.close()
     for line, why in failed:
         print(f"{prog}: {args.jobs.name}:{line.number}: failed: {why}", file=sys.stderr)
-    print(f"{prog}: {len(lines) - len(failed)} of {len(lines)} requests done; manifest: {manifest.path}",
-          file=sys.stderr)
-    return 1 if failed else 0
+    print(f"{prog}: {len(lines) - len(failed)} of {len(lines) + len(refused)} requests done; manifest: "
+          f"{manifest.path}", file=sys.stderr)
+    return 1 if failed or refused else 0

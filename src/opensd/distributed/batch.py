@@ -4,6 +4,11 @@ planning (a1111_api.prepare), so a line means what the same body means to /sdapi
 jobs on the server's job queue, on this machine's worker or on Ray workers, which brings retries of a
 lost worker's job for free; the images and manifest.jsonl (manifest.py) go to OUTDIR.
 
+A line with a selectable script (X/Y/Z plot, prompt matrix, prompts from file, SD upscale) is one job
+that saves every image the script makes: its grids first, then every cell, even those A1111's answer
+would leave out (as A1111 saves them when it saves to disk). A line that cannot run (bad JSON, field,
+script or script argument) is refused alone, in one line naming it; the others run.
+
 Each line's key is a hash of its normalised request (the request model's full field set with every
 default, the checkpoint and VAE names, and which occurrence of that same request it is), which names
 its image files; a rerun skips the keys the manifest holds complete."""
@@ -36,46 +41,56 @@ class Line:
 
     @property
     def images(self) -> int:
-        """How many images it asks for (a script may make more, e.g. a grid)."""
-        return self.payload["kwargs"]["batch_size"] * self.payload["request"]["n_iter"]
+        """How many images its job saves (with a script: the grids and every cell)."""
+        return self.payload["images"]
 
 
-def read_lines(state, path: Path) -> list[Line]:
-    """Every line of `path` validated and planned; the first bad line is one error naming it."""
+def read_lines(state, path: Path) -> tuple[list[Line], list[str]]:
+    """Every line of `path` validated and planned: (the lines that can run, one message per line that
+    cannot, naming it). A file that cannot be read, or holds no lines at all, is one error."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise InvalidArgument(f"jobs: {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"jobs: cannot read {path} ({e})") from None
-    lines, seen = [], Counter()
+    lines, refused, seen = [], [], Counter()
     for number, raw in enumerate(text.splitlines(), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
-        where = f"{path.name}:{number}"
         try:
-            body = json.loads(raw)
-        except ValueError as e:
-            raise InvalidArgument(f"{where}: not a JSON object ({e})") from None
-        if not isinstance(body, dict):
-            raise InvalidArgument(f"{where}: not a JSON object (one A1111 txt2img/img2img request per line)")
-        mode = "img2img" if body.get("init_images") else "txt2img"
-        try:
-            req = (Img2ImgRequest if mode == "img2img" else Txt2ImgRequest).model_validate(body)
-            payload = a1111_api.prepare(state, req, mode)
-            names = wire.models_of(state.folders, payload)[:2]
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise InvalidArgument(f"{where}: {'.'.join(str(x) for x in err['loc']) or 'line'}: {err['msg']}") from None
-        except OpenSDError as e:
-            raise InvalidArgument(f"{where}: {e}") from None
-        normal = json.dumps({"mode": mode, "request": req.model_dump(mode="json"), "models": names}, sort_keys=True)
+            line, normal = _plan(state, number, raw)
+        except InvalidArgument as e:
+            refused.append(f"{path.name}:{number}: {e}")
+            continue
         seen[normal] += 1
-        key = hashlib.sha256(f"{normal}\n{seen[normal]}".encode()).hexdigest()[:20]
-        lines.append(Line(number, key, payload, sorted(req.model_extra or {})))
-    if not lines:
+        line.key = hashlib.sha256(f"{normal}\n{seen[normal]}".encode()).hexdigest()[:20]
+        lines.append(line)
+    if not lines and not refused:
         raise InvalidArgument(f"jobs: {path} holds no requests (one JSON object per line)")
-    return lines
+    return lines, refused
+
+
+def _plan(state, number: int, raw: str) -> tuple[Line, str]:
+    """One JSONL line as a Line (its key still to be set) and its normalised request."""
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        raise InvalidArgument(f"not a JSON object ({e})") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("not a JSON object (one A1111 txt2img/img2img request per line)")
+    mode = "img2img" if body.get("init_images") else "txt2img"
+    try:
+        req = (Img2ImgRequest if mode == "img2img" else Txt2ImgRequest).model_validate(body)
+        payload = a1111_api.prepare(state, req, mode, every_image=True)
+        names = wire.models_of(state.folders, payload)[:2]
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InvalidArgument(f"{'.'.join(str(x) for x in err['loc']) or 'line'}: {err['msg']}") from None
+    except OpenSDError as e:
+        raise InvalidArgument(str(e)) from None
+    normal = json.dumps({"mode": mode, "request": req.model_dump(mode="json"), "models": names}, sort_keys=True)
+    return Line(number, "", payload, sorted(req.model_extra or {})), normal
 
 
 def run(state, todo: list[Line], manifest: Manifest, on_done: Callable[[Line, int], None],

@@ -1,6 +1,6 @@
-"""A batch's manifest.jsonl: one line per image made (its job key, JOBS line, file, seeds, infotext,
-file SHA-256 and how many images its job made). It is how a rerun knows what is done: a job is done
-when every image its lines announce is listed and its file is there.
+"""A batch's manifest.jsonl: one line per image made (its job key, JOBS line, file, whether it is a
+script's grid, seeds, infotext, file SHA-256 and how many images its job made). It is how a rerun
+knows what is done: a job is done when every image its lines announce is listed and its file is there.
 
 Lines are appended (and fsynced) as each job ends, all of a job's images in one write, so a kill
 loses at most the job that was ending. At the start of a run the manifest is rewritten with only the
@@ -46,9 +46,14 @@ class Manifest:
         """Record job `key` (JOBS line `line`) as done with its image `files` (relative to the folder)."""
         seeds, subseeds = info.get("all_seeds") or [], info.get("all_subseeds") or []
         texts = info.get("infotexts") or []
-        entries = [{"key": key, "line": line, "file": name, "index": k, "images": len(files),
-                    "seed": seeds[k] if k < len(seeds) else None,
-                    "subseed": subseeds[k] if k < len(subseeds) else None,
+        grids = info.get("index_of_first_image") or 0  # a script's grids come first; seeds list the rest
+
+        def at(values: list, k: int):
+            k = max(k - grids, 0)  # a grid has its first image's seed, as its infotext says
+            return values[k] if k < len(values) else None
+
+        entries = [{"key": key, "line": line, "file": name, "index": k, "images": len(files), "grid": k < grids,
+                    "seed": at(seeds, k), "subseed": at(subseeds, k),
                     "infotext": texts[k] if k < len(texts) else None,
                     "sha256": hashlib.sha256((self.outdir / name).read_bytes()).hexdigest()}
                    for k, name in enumerate(files)]

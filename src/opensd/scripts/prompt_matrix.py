@@ -72,6 +72,11 @@ def cells(base: Spec, options: MatrixOptions) -> list[Spec]:
     return out
 
 
+def image_count(specs: list[Spec]) -> int:
+    """How many images `run` returns for these cells when not interrupted: the grid and every image."""
+    return 1 + len(specs)
+
+
 def run(base: Spec, options: MatrixOptions, face: Face, progress: Progress | None = None) -> ScriptResult:
     parts = parts_of(base, options)
     results, interrupted = run_specs(face, cells(base, options), progress)

@@ -136,6 +136,12 @@ def run(base: Spec, axes: tuple[Axis, Axis, Axis], options: GridOptions, face: F
     return compose(base, axes, options, results, interrupted)
 
 
+def image_count(axes: tuple[Axis, Axis, Axis], options: GridOptions, specs: list[Spec]) -> int:
+    """How many images `run` returns for these cells when not interrupted (as `compose` lays them out)."""
+    grids = 1 + (len(axes[2].values) if options.include_sub_grids else 0)
+    return grids + (sum(s.images for s in specs) if options.include_lone_images else 0)
+
+
 def _picture(g: Generated | None) -> Image.Image | None:
     if g is None or not g.made:
         return None

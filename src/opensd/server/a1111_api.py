@@ -76,9 +76,11 @@ def failure(job, live) -> JSONResponse | None:
     return None
 
 
-def prepare(state, req, mode: str) -> dict:
+def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     """Everything that can be refused before queueing (422), as the job's stored payload (also used by
-    the UI's queued txt2img, opensd_api.py)."""
+    the UI's queued txt2img, opensd_api.py, and opensd batch). The payload's "images" is how many
+    images the job saves. `every_image`: a script saves every image it makes, as A1111 does when it
+    saves to disk, not only those its answer holds (opensd batch: the X/Y/Z plot's cells beside the grid)."""
     s = state.settings
     img2img = mode == "img2img"
     script = a1111_scripts.selected(req, mode)  # first, as in A1111: an unknown script is a 422
@@ -113,7 +115,10 @@ def prepare(state, req, mode: str) -> dict:
     payload = {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path),
                "vae_path": str(vae) if vae else None, "prompt": prompt, "negative_prompt": negative,
                "controlnet": controlnet, "output": a1111_apply.output(opts, mode), "gaps": gaps,
-               "script": script.name if script else None, "refiner": refiner}
+               "script": script.name if script else None, "refiner": refiner,
+               "images": kwargs["batch_size"] * req.n_iter}
+    if every_image:
+        payload["every_image"] = True
     if script is not None and script.prepare:
         payload = script.prepare(state, req, payload)
     if not req.override_settings_restore_afterwards and req.override_settings:

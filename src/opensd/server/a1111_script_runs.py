@@ -118,12 +118,15 @@ def _finish(state, job, p: dict, req, result: ScriptResult):
     return {"files": files, "info": info}, {"pngs": pngs, "info": info}
 
 
-def _runner(plan, execute):
-    """A script's prepare (plan and check the work) and run (plan again on the worker, then execute)."""
+def _runner(plan, execute, count):
+    """A script's prepare (plan and check the work, count the images it will save) and run (plan again
+    on the worker, then execute). count(base, options, specs): the images execute returns."""
     def prepare(state, req, payload: dict) -> dict:
         face = ServerFace(state, payload, req)
-        specs = plan(face, _base(payload, req))[1]
+        base = _base(payload, req)
+        options, specs = plan(face, base)
         _check_work(state, specs, req.script_name)
+        payload["images"] = count(base, options, specs)
         return payload
 
     def run(state, job, ctl):
@@ -138,6 +141,8 @@ def _runner(plan, execute):
 
 def _xyz_plan(face: ServerFace, base: Spec):
     axes, options = xyz.from_script_args(face.req.script_args, base, face.img2img)
+    if face.p.get("every_image"):  # A1111 saves every cell when it saves, whatever its answer holds
+        options.include_lone_images = True
     return (axes, options), xyz.cells(base, axes, options, face)
 
 
@@ -175,15 +180,19 @@ def _register() -> None:
     def upscale_run(face, base, options, progress):
         return sd_upscale.run(base, _init(face), options, face, progress)
 
-    for title, modes, args, plan, execute in (
-        (xyz.TITLE, ("txt2img", "img2img"), _args(xyz.ARG_NAMES, xyz.ARG_DEFAULTS), _xyz_plan, xyz_run),
+    for title, modes, args, plan, execute, count in (
+        (xyz.TITLE, ("txt2img", "img2img"), _args(xyz.ARG_NAMES, xyz.ARG_DEFAULTS), _xyz_plan, xyz_run,
+         lambda base, options, specs: xyz.image_count(options[0], options[1], specs)),
         (prompt_matrix.TITLE, ("txt2img", "img2img"), _args(prompt_matrix.ARG_NAMES, (False, False, "positive", "comma", 0)),
-         _matrix_plan, lambda face, base, o, progress: prompt_matrix.run(base, o, face, progress)),
+         _matrix_plan, lambda face, base, o, progress: prompt_matrix.run(base, o, face, progress),
+         lambda base, options, specs: prompt_matrix.image_count(specs)),
         (prompts_file.TITLE, ("txt2img", "img2img"), _args(prompts_file.ARG_NAMES, (False, False, "start", "")),
-         _file_plan, lambda face, base, o, progress: prompts_file.run(base, o, face, progress)),
-        (sd_upscale.TITLE, ("img2img",), _args(sd_upscale.ARG_NAMES, (None, 64, 1, 2.0)), _upscale_plan, upscale_run),
+         _file_plan, lambda face, base, o, progress: prompts_file.run(base, o, face, progress),
+         lambda base, options, specs: sum(s.images for s in specs)),
+        (sd_upscale.TITLE, ("img2img",), _args(sd_upscale.ARG_NAMES, (None, 64, 1, 2.0)), _upscale_plan, upscale_run,
+         lambda base, options, specs: base.n_iter),  # one upscaled image per iteration
     ):
-        prepare, run = _runner(plan, execute)
+        prepare, run = _runner(plan, execute, count)
         register(Script(title, alwayson=False, modes=modes, args=args, run=run, prepare=prepare))
 
 

@@ -32,8 +32,8 @@ class Script:
     args: tuple[dict, ...] = ()                   # /script-info's ScriptArg entries
     run: Callable | None = field(default=None, compare=False)  # selectable scripts only
     # prepare(state, req, payload) -> payload: checks the script's arguments before the job is queued
-    # (422 naming the bad one) and the work its generations add up to (work_budget); None: the
-    # request's own work is checked
+    # (422 naming the bad one) and the work its generations add up to (work_budget), and sets
+    # payload["images"] to how many images the job saves; None: the request's own work is checked
     prepare: Callable | None = field(default=None, compare=False)
 
     @property
