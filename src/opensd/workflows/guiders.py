@@ -6,6 +6,7 @@ predictions of those lists combine (ComfyUI's CFGGuider family).
 * BasicGuider: the positive alone (a CFGGuider without negative at cfg 1).
 * DualCFGGuider: CFG(cond2 over the negative, cfg_cond2_negative) + cfg_conds * (cond1 - cond2);
   cond2 counts as a negative-type list (SDXL refiner's aesthetic default).
+* PerpNegGuider: Perp-Neg over an empty prompt's prediction (comfy_extras.nodes_perpneg).
 
 A model's sampler_cfg_function patch (RescaleCFG, PerpNeg) replaces the CFG formula: it gets
 :class:`CfgArgs` and returns x - denoised, as in ComfyUI. Its post-CFG functions (CFGZeroStar,
@@ -189,8 +190,14 @@ def cfg_combine(model: ModelRef, cond: torch.Tensor, uncond: torch.Tensor, scale
         out = x - model.cfg_function(CfgArgs(x - cond, x - uncond, scale, x, step.sigma, cond, uncond, step.predict))
     else:
         out = uncond + (cond - uncond) * scale
+    return post_cfg(model, out, cond, uncond, scale, step, cond_list, uncond_list)
+
+
+def post_cfg(model: ModelRef, out: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, scale: float, step: Step,
+             cond_list: list, uncond_list: list | None) -> torch.Tensor:
+    """The model's post-CFG functions, in order, on a guided prediction `out`."""
     for fn in model.post_cfg_functions:
-        out = fn(PostCfgArgs(out, cond, uncond, scale, x, step.sigma, cond_list, step.predict,
+        out = fn(PostCfgArgs(out, cond, uncond, scale, step.x, step.sigma, cond_list, step.predict,
                              model.pipe.family.network(model.pipe.model), uncond_list))
     return out
 
@@ -265,3 +272,42 @@ class DualCFGGuider(Guider):
         return cfg_combine(self.model, middle, preds["negative"], self.cfg2, step, self.conds["middle"],
                            self.conds["negative"]) + \
             (preds["positive"] - middle) * self.cfg1
+
+
+def perp_neg(pos_pred, neg_pred, nocond_pred, neg_scale: float, cond_scale: float) -> torch.Tensor:
+    """CFG away from only the part of the negative direction perpendicular to the positive one
+    (Armandpour et al. 2023). A positive equal to the empty prompt has no direction: the
+    projection is then dropped (ComfyUI's nan_to_num) and this is plain CFG."""
+    pos, neg = pos_pred - nocond_pred, neg_pred - nocond_pred
+    along = torch.nan_to_num((neg * pos).sum() / torch.norm(pos) ** 2, nan=0.0, posinf=0.0, neginf=0.0)
+    return nocond_pred + cond_scale * (pos - (neg - along * pos) * neg_scale)
+
+
+class PerpNegGuider(Guider):
+    """Perp-Neg as a guider (ComfyUI's Guider_PerpNeg): the empty prompt is the unconditional
+    prediction, the negative only pushes away perpendicular to the positive. At neg_scale 0 the
+    negative is not evaluated (nor the empty prompt when cfg is also 1); the model's
+    sampler_cfg_function is not used, its post-CFG functions are."""
+    negative_kinds = ("negative", "empty_negative_prompt")
+
+    def __init__(self, model: ModelRef, positive: list, negative: list, empty: list, cfg: float, neg_scale: float):
+        super().__init__(model)
+        self.conds = {"positive": positive, "negative": negative, "empty_negative_prompt": empty}
+        self.cfg, self.neg_scale = float(cfg), float(neg_scale)
+
+    def lists(self):
+        return self.conds
+
+    def evaluated(self):
+        names = list(self.conds)
+        if math.isclose(self.neg_scale, 0.0) and not self.needs_uncond:
+            names.remove("negative")
+            if math.isclose(self.cfg, 1.0):
+                names.remove("empty_negative_prompt")
+        return names
+
+    def combine(self, preds, step):
+        zeros = torch.zeros_like(step.x)
+        pos, neg = preds["positive"], preds.get("negative", zeros)
+        out = perp_neg(pos, neg, preds.get("empty_negative_prompt", zeros), self.neg_scale, self.cfg)
+        return post_cfg(self.model, out, pos, neg, self.cfg, step, self.conds["positive"], self.conds["negative"])

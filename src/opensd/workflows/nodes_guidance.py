@@ -2,6 +2,8 @@
 
 * CFGZeroStar (Fan et al. 2025, comfy_extras.nodes_cfg): the negative's prediction scaled by the
   least-squares factor that best matches it to the positive's (in x - denoised), per image.
+* CFGNorm (nodes_cfg): the guided prediction's per-pixel channel length capped at the positive's.
+* PerpNegGuider (nodes_perpneg): a GUIDER with Perp-Neg's combination (guiders.PerpNegGuider).
 * PerturbedAttentionGuidance (Ahn et al. 2024, comfy_extras.nodes_pag): the positive predicted once
   more with the middle block's self-attention replaced by identity, and the result pushed away
   from that prediction by `scale`.
@@ -17,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from .dit_patches import skip_blocks
-from .guiders import PostCfgArgs
+from .guiders import PerpNegGuider, PostCfgArgs
 from .ksampler import sampling_of
 from .types import NodeDef, register
 from .unet_patches import middle_self_attention_as_values
@@ -44,6 +46,40 @@ def cfg_zero_star(call, model):
 register(NodeDef(
     "CFGZeroStar", cfg_zero_star, {"model": ("MODEL", {})}, ("MODEL",), output_names=("patched_model",),
     category="advanced/guidance", module="comfy_extras.nodes_cfg"))
+
+
+def cfg_norm_function(strength: float):
+    """The guided prediction scaled per pixel down to the positive's channel-vector length (never
+    up), times strength."""
+    def fn(args: PostCfgArgs) -> torch.Tensor:
+        cond_len = torch.norm(args.cond_denoised, dim=1, keepdim=True)
+        guided_len = torch.norm(args.denoised, dim=1, keepdim=True)
+        return args.denoised * (cond_len / (guided_len + 1e-8)).clamp(0.0, 1.0) * strength
+    return fn
+
+
+def cfg_norm(call, model, strength):
+    return (replace(model, post_cfg_functions=model.post_cfg_functions + (cfg_norm_function(strength),)),)
+
+
+register(NodeDef(
+    "CFGNorm", cfg_norm,
+    {"model": ("MODEL", {}), "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01})},
+    ("MODEL",), output_names=("patched_model",), category="advanced/guidance", module="comfy_extras.nodes_cfg",
+    experimental=True))
+
+
+def perp_neg_guider(call, model, positive, negative, empty_conditioning, cfg, neg_scale):
+    return (PerpNegGuider(model, positive, negative, empty_conditioning, cfg, neg_scale),)
+
+
+register(NodeDef(
+    "PerpNegGuider", perp_neg_guider,
+    {"model": ("MODEL", {}), "positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}),
+     "empty_conditioning": ("CONDITIONING", {}),
+     "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+     "neg_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01})},
+    ("GUIDER",), category="_for_testing", module="comfy_extras.nodes_perpneg", experimental=True))
 
 
 def pag_function(scale: float):

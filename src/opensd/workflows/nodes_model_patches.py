@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import torch
 
-from .guiders import CfgArgs
+from .guiders import CfgArgs, perp_neg
 from .ksampler import sampling_of
 from .model_sampling import PlaygroundLatents, continuous_sampling, model_sampling
 from .nodes_image import upscale
@@ -166,13 +166,6 @@ register(NodeDef(
     "FreeU_V2", freeu_v2,
     {"model": ("MODEL", {}), "b1": _factor(1.3), "b2": _factor(1.4), "s1": _factor(0.9), "s2": _factor(0.2)},
     ("MODEL",), category="model_patches/unet", module="comfy_extras.nodes_freelunch"))
-
-
-def perp_neg(pos_pred, neg_pred, nocond_pred, neg_scale: float, cond_scale: float) -> torch.Tensor:
-    """CFG away from only the part of the negative direction perpendicular to the positive one."""
-    pos, neg = pos_pred - nocond_pred, neg_pred - nocond_pred
-    perp = neg - ((neg * pos).sum() / torch.norm(pos) ** 2) * pos
-    return nocond_pred + cond_scale * (pos - perp * neg_scale)
 
 
 def perp_neg_node(call, model, empty_conditioning, neg_scale):
