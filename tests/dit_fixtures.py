@@ -83,19 +83,22 @@ def sd3_parts(variant: str = "sd3", seed: int = 0) -> dict:
 
 
 def flux_parts(variant: str = "dev", seed: int = 0) -> dict:
+    """variant "dev", "schnell" or "fill" (dev with Fill's 384 input features)."""
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=FLUX_HEAD,
+        patch_size=1, in_channels=384 if variant == "fill" else 64, out_channels=64, num_layers=2, num_single_layers=2,
+        attention_head_dim=FLUX_HEAD,
         num_attention_heads=2, joint_attention_dim=128, pooled_projection_dim=32,
-        guidance_embeds=variant == "dev", axes_dims_rope=FLUX_AXES)
+        guidance_embeds=variant != "schnell", axes_dims_rope=FLUX_AXES)
     transformer = randomize_(transformer, seed=seed, std=0.1).eval()
     return {"transformer": transformer, "vae": _vae("flux", seed + 1),
             "text_encoder": _clip(32, "quick_gelu", None, seed + 2), "text_encoder_2": _t5(seed + 4)}
 
 
-def write_diffusers_folder(root: Path, family: str, parts: dict) -> Path:
-    """The folder as diffusers lays it out (model_index.json, one folder per component, the tokenizers)."""
+def write_diffusers_folder(root: Path, family: str, parts: dict, pipeline: str | None = None) -> Path:
+    """The folder as diffusers lays it out (model_index.json naming `pipeline`, by default the
+    family's text-to-image one; one folder per component; the tokenizers)."""
     root.mkdir(parents=True, exist_ok=True)
-    name = "StableDiffusion3Pipeline" if family == "sd3" else "FluxPipeline"
+    name = pipeline or ("StableDiffusion3Pipeline" if family == "sd3" else "FluxPipeline")
     (root / "model_index.json").write_text(json.dumps({"_class_name": name}), encoding="utf-8")
     for component, module in parts.items():
         module.save_pretrained(root / component)

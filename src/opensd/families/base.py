@@ -133,6 +133,17 @@ class Family:
         family's LoRA files use (families with "lora" in `adapters`)."""
         raise NotImplementedError
 
+    def inpaint_mask_scale(self, cfg) -> int:
+        """How much finer than the latent an inpainting network's mask channels are: callers fit the
+        mask to the latent's size times this before `inpainting_channels`."""
+        return 1
+
+    def inpainting_channels(self, mask: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """An inpainting network's extra input channels from `mask` (B, 1, h * scale, w * scale;
+        1 = repaint) and the masked image's `latent` (B, C, h, w): 9-channel UNets take the mask,
+        then the latent."""
+        return torch.cat([mask, latent], dim=1)
+
     def running(self, model: nn.Module):
         """A context manager around one sampling run of the network."""
         return nullcontext()

@@ -1,21 +1,25 @@
-"""Flux.1 (dev, schnell): double- then single-stream DiT on rectified flow, conditioned on T5-XXL
+"""Flux.1 (dev, schnell, Fill): double- then single-stream DiT on rectified flow, conditioned on T5-XXL
 (context) and CLIP-L's pooled output; dev takes a distilled guidance scale (3.5 by default,
 distinct from CFG, which stays at 1) and shifts its schedule with the image size; schnell takes
-neither. Black Forest Labs' key layout and diffusers'."""
+neither. Fill is dev with 320 more input features (384 = 64 + 320: the masked image's latent and
+the pixel mask, packed), an inpainting model. Black Forest Labs' key layout and diffusers'."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import FLUX_PARTS
 from ..checkpoints.families import unsupported_family
 from ..checkpoints.keymap_flux import flux_from_diffusers, flux_rows
+from ..errors import CheckpointError
 from ..models.config_dit import FLUX_DEV, FLUX_VAE, FluxModelConfig
 from ..models.dit_models import FluxModel
 from ..sampling.flow import FlowSampling, flux_mu
 from .dit import DiTFamily, compute_dtype
 
 COMFY_SHIFT = 1.15  # ComfyUI's Flux dev default: the largest shift, whatever the size
+FILL_INPUTS = 6  # Fill's input features per output feature: the latent, the masked image's, 4 for the mask
 
 
 class FluxFamily(DiTFamily):
@@ -28,7 +32,7 @@ class FluxFamily(DiTFamily):
     telltale = "double_blocks.0.img_attn.norm.key_norm.scale"
     diffusers_telltales = ("single_transformer_blocks.0.attn.to_q.weight", "x_embedder.weight")
     folder_parts = FLUX_PARTS
-    pipeline_prefix = "FluxPipeline"
+    pipeline_prefix = ("FluxPipeline", "FluxFillPipeline")
     default_vae = FLUX_VAE
     released_network = FLUX_DEV
     default_scheduler = "simple"  # BFL's and diffusers' 1, 1 - 1/n, ... (shifted)
@@ -41,7 +45,13 @@ class FluxFamily(DiTFamily):
     def detect(self, shapes, metadata, path, prediction=None):
         if unsupported_family(shapes):  # Flux.2, Chroma: Flux-like keys, other models
             return None
-        return super().detect(shapes, metadata, path, prediction)
+        cfg = super().detect(shapes, metadata, path, prediction)
+        if cfg is not None and cfg.flux.in_channels not in (cfg.flux.out_channels, FILL_INPUTS * cfg.flux.out_channels):
+            # Canny/Depth take a control image's latent in the extra features, which nothing here makes
+            what = "Flux.1 Canny/Depth" if cfg.flux.in_channels == 2 * cfg.flux.out_channels else "an unknown Flux.1"
+            raise CheckpointError(path, f"{what} network ({cfg.flux.in_channels} input features): not supported; "
+                                        "Flux.1 dev, schnell and Fill are")
+        return cfg
 
     def from_diffusers(self, net, cfg):
         return flux_from_diffusers(net, cfg.flux, lazy=True)
@@ -65,6 +75,14 @@ class FluxFamily(DiTFamily):
             return flux(x.to(dtype), t, context.to(dtype), y.to(dtype), g)
 
         return call
+
+    def inpaint_mask_scale(self, cfg: FluxModelConfig) -> int:
+        return cfg.vae.downscale  # Fill sees the mask in pixels
+
+    def inpainting_channels(self, mask, latent):
+        """Flux.1 Fill: the masked image's latent, then each latent cell's 8x8 pixel mask as 64
+        channels (row by row), which the 2x2 packing turns into img_in's 64 + 256 extra features."""
+        return torch.cat([latent, F.pixel_unshuffle(mask, mask.shape[-1] // latent.shape[-1]).to(latent)], dim=1)
 
     def sampling(self, pipe, width, height, shift=None) -> FlowSampling:
         """dev: mu from the image size (BFL, diffusers), ComfyUI's 1.15 without one; schnell: no

@@ -134,6 +134,11 @@ class FluxModelConfig(_DiTModel):
         return self.flux.guidance_embed
 
     @property
+    def inpainting(self) -> bool:
+        """Flux.1 Fill: inputs beyond the packed latent (the masked image and the mask)."""
+        return self.flux.in_channels > self.flux.out_channels
+
+    @property
     def t5_length(self) -> int:
         """BFL's: 512 tokens for dev, 256 for schnell."""
         return 512 if self.flux.guidance_embed else 256

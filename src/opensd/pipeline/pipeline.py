@@ -469,8 +469,9 @@ class Pipeline:
     @torch.no_grad()
     def inpainting_cond(self, source: Image.Image | None, mask: Image.Image | None,
                         width: int | None = None, height: int | None = None) -> torch.Tensor:
-        """The 5 extra input channels of 9-channel inpainting models: the binary mask at latent size
-        and the latent of the image with the masked area blanked (all masked without an image)."""
+        """The extra input channels of inpainting models (9-channel UNets, Flux Fill; the family
+        arranges them): the binary mask and the latent of the image with the masked area blanked
+        (all masked without an image)."""
         if source is None:
             pixels = torch.zeros(1, 3, height, width)
             binary = torch.ones(1, 1, height, width)
@@ -478,8 +479,9 @@ class Pipeline:
             pixels = I.to_tensor(source)
             binary = (I.mask_to_tensor(mask) > 0.5).float() if mask is not None else torch.ones(1, 1, *pixels.shape[-2:])
         latent = self.encode_tensor(pixels * (1 - binary))
-        m = F.interpolate(binary, size=latent.shape[-2:]).to(latent)
-        return torch.cat([m, latent], dim=1)
+        scale = self.family.inpaint_mask_scale(self.config)
+        m = F.interpolate(binary, size=(latent.shape[-2] * scale, latent.shape[-1] * scale)).to(latent)
+        return self.family.inpainting_channels(m, latent)
 
     @torch.no_grad()
     def encode(self, image: Image.Image) -> torch.Tensor:

@@ -103,21 +103,24 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
 
 def _concat(extra: dict, shape, pipe) -> torch.Tensor | None:
     """InpaintModelConditioning's mask and greyed-image latent as an inpainting model's extra input
-    channels, fitted to the latent (bilinear; the mask then rounded), as ComfyUI's concat_cond.
-    Other models have no such channels and ignore them."""
+    channels, fitted to the latent (bilinear), as ComfyUI's concat_cond: a latent-size mask (the
+    UNets') rounded, a pixel-size one (Flux Fill's) as it is. Other models have no such channels
+    and ignore them."""
     latent, mask = extra.get("concat_latent_image"), extra.get("concat_mask")
     if latent is None or mask is None or not pipe.config.inpainting:
         return None
     h, w = shape[2:]
+    scale = pipe.family.inpaint_mask_scale(pipe.config)
     latent = pipe.config.vae.scaled(latent.float())
     mask = mask.float().reshape(-1, 1, mask.shape[-2], mask.shape[-1])
     if tuple(latent.shape[2:]) != (h, w):
         latent = F.interpolate(latent, size=(h, w), mode="bilinear")
-    if tuple(mask.shape[2:]) != (h, w):
-        mask = F.interpolate(mask, size=(h, w), mode="bilinear")
+    if tuple(mask.shape[2:]) != (h * scale, w * scale):
+        mask = F.interpolate(mask, size=(h * scale, w * scale), mode="bilinear")
     n = max(len(latent), len(mask))
     pick = torch.arange(n)
-    return torch.cat([mask.round()[pick % len(mask)], latent[pick % len(latent)]], dim=1).to(pipe.device)
+    mask = mask.round() if scale == 1 else mask
+    return pipe.family.inpainting_channels(mask[pick % len(mask)], latent[pick % len(latent)]).to(pipe.device)
 
 
 def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:

@@ -151,7 +151,14 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
     x = ms.noise_scaling(s0, noise, x0, max_denoise)
     mask = None if noise_mask is None else _prepare_mask(noise_mask, x.shape).to(device)
     image_cond = None
-    if pipe.config.inpainting:
+    scale = pipe.family.inpaint_mask_scale(pipe.config)
+    if pipe.config.inpainting and scale > 1:
+        # Flux Fill without InpaintModelConditioning, as ComfyUI's Flux concat_cond: a blank latent
+        # (zeros in the model's latent format) and the noise mask (or all masked) at the pixels' size
+        m = torch.ones_like(x0[:, :1]) if mask is None else mask.mean(dim=1, keepdim=True)
+        image_cond = pipe.family.inpainting_channels(F.interpolate(m, scale_factor=scale, mode="bilinear"),
+                                                     fmt.scaled(torch.zeros_like(x0)))
+    elif pipe.config.inpainting:
         if mask is not None:
             image_cond = torch.cat([mask.mean(dim=1, keepdim=True).round(), x0], dim=1)
         else:
