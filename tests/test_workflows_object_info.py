@@ -391,6 +391,10 @@ EXPECTED = {
     "SelfAttentionGuidance": ({"model": ["MODEL"], "scale": f(0.5, -2.0, 5.0, 0.01),
                                "blur_sigma": f(2.0, 0.0, 10.0, 0.1)}, ["MODEL"], "_for_testing", "Self-Attention Guidance", "comfy_extras.nodes_sag",
                               {"experimental": True}),
+    **{name: ({"model": ["MODEL"], **{k: f(1.0, 0.0, 10.0, 0.01) for k in ("q", "k", "v", "out")}}, ["MODEL"],
+              "_for_testing/attention_experiments", name, "comfy_extras.nodes_attention_multiply",
+              {"experimental": True})
+       for name in ("UNetSelfAttentionMultiply", "UNetCrossAttentionMultiply")},
     "DifferentialDiffusion": ({"model": ["MODEL"]}, ["MODEL"], "_for_testing", "Differential Diffusion",
                               "comfy_extras.nodes_differential_diffusion",
                               {"optional": {"strength": f(1.0, 0.0, 1.0, 0.01)}}),

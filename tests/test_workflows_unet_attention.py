@@ -210,3 +210,45 @@ def test_sag_needs_a_negative_and_skips_tiny_latents(env):
                        K.sample(model, pos, pos, tiny, **kw)["samples"])
     with pytest.raises(InvalidArgument, match="^model: SelfAttentionGuidance needs a negative conditioning"):
         A.sag_function(0.5, 2.0)(SimpleNamespace(denoised=torch.zeros(1, 4, 8, 8), uncond=None))
+
+
+# --- UNetSelfAttentionMultiply / UNetCrossAttentionMultiply ------------------------------------
+
+@pytest.mark.parametrize("which", ["attn1", "attn2"])
+def test_attention_multiply_equals_scaled_weights(env, which):
+    import copy
+
+    from opensd.workflows.unet_patches import attention_scaled
+    _, model, pos, _ = env
+    unet = model.pipe.model.unet
+    scaled = copy.deepcopy(unet)
+    factors = {"to_q": 1.3, "to_k": 0.7, "to_v": 1.0, "to_out": 0.5}
+    for block in scaled.modules():
+        if hasattr(block, "attn1"):
+            attn = getattr(block, which)
+            with torch.no_grad():
+                attn.to_q.weight.mul_(1.3)
+                attn.to_k.weight.mul_(0.7)
+                attn.to_out[0].weight.mul_(0.5)
+                attn.to_out[0].bias.mul_(0.5)
+    x, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(8)), torch.tensor([300.0])
+    with torch.no_grad():
+        want = scaled(x, t, pos[0][0])
+        with attention_scaled(unet, which, factors):
+            got = unet(x, t, pos[0][0])
+        plain = unet(x, t, pos[0][0])
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(got, plain, atol=1e-4)
+    assert not unet.input_blocks[1][1].transformer_blocks[0].attn1.to_q._forward_hooks
+
+
+def test_attention_multiply_nodes(env):
+    _, model, pos, neg = env
+    (same,) = A.unet_self_attention_multiply(None, model, 1.0, 1.0, 1.0, 1.0)
+    assert same is model
+    flux = ModelRef(SimpleNamespace(family=FLUX), "flux")
+    assert A.unet_cross_attention_multiply(None, flux, 2.0, 1.0, 1.0, 1.0)[0] is flux  # no attn1/attn2 keys
+    (patched,) = A.unet_cross_attention_multiply(None, model, 1.0, 1.0, 2.0, 1.0)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    kw = dict(seed=2, steps=2, cfg=4.0, sampler_name="euler", scheduler="normal")
+    assert not torch.allclose(K.sample(patched, pos, neg, latent, **kw)["samples"],
+                              K.sample(model, pos, neg, latent, **kw)["samples"])

@@ -6,6 +6,8 @@
 * SelfAttentionGuidance (Hong et al. 2023, comfy_extras.nodes_sag): a post-CFG function that
   blurs the negative's prediction where the middle block's self-attention looks most, predicts
   the negative again from that, and pushes the result away from it.
+* UNetSelfAttentionMultiply / UNetCrossAttentionMultiply (nodes_attention_multiply): the q, k, v
+  and output projections of every self- or cross-attention scaled.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from ..errors import InvalidArgument
 from .guiders import PostCfgArgs
 from .types import ModelRef, NodeDef, register
-from .unet_patches import hypertile, middle_attention_recorded
+from .unet_patches import attention_scaled, hypertile, middle_attention_recorded
 
 
 def require_unet(model: ModelRef, node: str) -> None:
@@ -115,3 +117,29 @@ register(NodeDef(
      "blur_sigma": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 10.0, "step": 0.1})},
     ("MODEL",), category="_for_testing", display_name="Self-Attention Guidance", module="comfy_extras.nodes_sag",
     experimental=True))
+
+
+# --- attention multiply --------------------------------------------------------------------------
+
+def _attention_multiply(which: str):
+    def node(call, model, q, k, v, out):
+        """Scaled projections; on networks without a UNet's attn1/attn2 (SD3, Flux) ComfyUI's key
+        match finds nothing and so the model is returned as it is."""
+        if "pag" not in model.pipe.family.adapters or (q, k, v, out) == (1.0, 1.0, 1.0, 1.0):
+            return (model,)
+        factors = {"to_q": q, "to_k": k, "to_v": v, "to_out": out}
+
+        def patch(unet, sigma: float):
+            return attention_scaled(unet, which, factors)
+        return (replace(model, network_patches=model.network_patches + (patch,)),)
+    return node
+
+
+unet_self_attention_multiply = _attention_multiply("attn1")
+unet_cross_attention_multiply = _attention_multiply("attn2")
+_FACTORS = {name: ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}) for name in ("q", "k", "v", "out")}
+for _name, _fn in (("UNetSelfAttentionMultiply", unet_self_attention_multiply),
+                   ("UNetCrossAttentionMultiply", unet_cross_attention_multiply)):
+    register(NodeDef(
+        _name, _fn, {"model": ("MODEL", {}), **_FACTORS}, ("MODEL",), category="_for_testing/attention_experiments",
+        module="comfy_extras.nodes_attention_multiply", experimental=True))

@@ -194,3 +194,21 @@ def hypertile(unet, tile_size: int, swap_size: int, max_depth: int, scale_depth:
     attns = [block.attn1 for block in unet.modules() if hasattr(block, "attn1")]
     with removed_after([handle]), forward_replaced(attns, make_forward):
         yield
+
+
+@contextmanager
+def attention_scaled(unet, which: str, factors: dict[str, float]):
+    """ComfyUI's attention_multiply for one network call: the outputs of every `which` ("attn1" or
+    "attn2") projection named in factors ("to_q", "to_k", "to_v", "to_out") multiplied by its
+    factor, as scaling the projection's weight and bias would."""
+    handles = []
+    for block in unet.modules():
+        attn = getattr(block, which, None) if hasattr(block, "attn1") else None
+        if attn is None:
+            continue
+        for name, factor in factors.items():
+            if factor != 1.0:
+                layer = attn.to_out[0] if name == "to_out" else getattr(attn, name)
+                handles.append(layer.register_forward_hook(lambda m, args, out, f=factor: out * f))
+    with removed_after(handles):
+        yield
