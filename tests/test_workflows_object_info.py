@@ -193,6 +193,18 @@ EXPECTED = {
                     {"optional": {"image2": IMAGE}, "description": (
                         "Stitches image2 to image1 in the specified direction.\nIf image2 is not provided, returns "
                         "image1 unchanged.\nOptional spacing can be added between images.")}),
+    "ImageAddNoise": ({"image": IMAGE,
+                       "seed": ["INT", {**SEED[1], "tooltip": "The random seed used for creating the noise."}],
+                       "strength": f(0.5, 0.0, 1.0, 0.01)}, ["IMAGE"], "image/filters", "Add Noise to Image", IMAGES, {}),
+    "ResizeAndPadImage": ({"image": IMAGE, "target_width": i(512, 1, step=1), "target_height": i(512, 1, step=1),
+                           "padding_color": [["white", "black"], {"advanced": True}],
+                           "interpolation": [["area", "bicubic", "nearest-exact", "bilinear", "lanczos"],
+                                             {"advanced": True}]},
+                          ["IMAGE"], "image/transform", "Resize And Pad Image", IMAGES, {}),
+    "ImageScaleToMaxDimension": ({"image": IMAGE,
+                                  "upscale_method": [["area", "lanczos", "bilinear", "nearest-exact", "bilinear",
+                                                      "bicubic"]], "largest_size": i(512, 0, step=1)},
+                                 ["IMAGE"], "image/upscaling", "Scale Image to Max Dimension", IMAGES, {}),
     "Canny": ({"image": IMAGE, "low_threshold": f(0.4, 0.01, 0.99, 0.01), "high_threshold": f(0.8, 0.01, 0.99, 0.01)},
               ["IMAGE"], "image/preprocessors", "Canny", "comfy_extras.nodes_canny", {}),
     "Morphology": ({"image": IMAGE, "operation": [["erode", "dilate", "open", "close", "gradient", "bottom_hat",

@@ -18,6 +18,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_guidance,
     nodes_image,
     nodes_image_filters,
+    nodes_image_resize,
     nodes_image_ops,
     nodes_image_transform,
     nodes_latent,
