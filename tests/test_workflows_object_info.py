@@ -466,6 +466,14 @@ EXPECTED = {
     "SkipLayerGuidanceSD3": ({"model": ["MODEL"], "layers": LAYERS, **SLG}, ["MODEL"], "advanced/guidance",
                              "SkipLayerGuidanceSD3", "comfy_extras.nodes_sd3",
                              {"experimental": True, "description": SLG_DESCRIPTION}),
+    # comfy_extras/nodes_primitive.py
+    **{name: ({"value": spec}, [spec[0]], "utils/primitive", display, "comfy_extras.nodes_primitive", {})
+       for name, display, spec in (
+           ("PrimitiveString", "String", ["STRING", {"multiline": False}]),
+           ("PrimitiveStringMultiline", "String (Multiline)", ["STRING", {"multiline": True}]),
+           ("PrimitiveInt", "Int", ["INT", {"min": -(2 ** 63 - 1), "max": 2 ** 63 - 1, "control_after_generate": True}]),
+           ("PrimitiveFloat", "Float", ["FLOAT", {"min": -(2 ** 63 - 1), "max": 2 ** 63 - 1}]),
+           ("PrimitiveBoolean", "Boolean", ["BOOLEAN"]))},
     # city96's ComfyUI-GGUF (nodes.py): the .gguf files of unet/ and diffusion_models/
     "UnetLoaderGGUF": ({"unet_name": [[]]}, ["MODEL"], "bootleg", "Unet Loader (GGUF)", "custom_nodes.ComfyUI-GGUF", {}),
 }

@@ -29,6 +29,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_model_merging,
     nodes_model_patches,
     nodes_output,
+    nodes_primitive,
     nodes_sampler_options,
     nodes_sampling_custom,
     nodes_sigmas,
