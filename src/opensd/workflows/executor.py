@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import InvalidArgument
 from ..pipeline.pipeline import Interrupted
-from .graph import check_prompt, links, signatures, walk
+from .graph import check_prompt, linked_number_problem, links, signatures, walk
 from .loras import release_all
 from .types import NODES, ExecutionContext, GraphError, NodeCall, NodeError
 
@@ -108,6 +109,7 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
             emit("executing", {"node": node_id})
             call = NodeCall(ctx, node_id, original, emit)
             try:
+                _check_linked_numbers(node_def, node["inputs"], kwargs)
                 ret = node_def.fn(call, **kwargs)
             except Interrupted as e:
                 e.node_id = node_id
@@ -115,7 +117,7 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
             except GraphError:
                 raise
             except Exception as e:
-                raise NodeError(node_id, node["class_type"], e, list(executed),
+                raise NodeError(node_id, node["class_type"], _readable(e), list(executed),
                                 traceback.format_tb(e.__traceback__)) from e
             outs, ui = (ret.get("result", ()), ret.get("ui")) if isinstance(ret, dict) else (tuple(ret), None)
             results[node_id] = tuple(outs)
@@ -126,6 +128,27 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
                 emit("executed", {"node": node_id, "output": ui})
     cache.keep_only(sigs.values())  # the whole graph's outputs stay, as in ComfyUI
     return {n: ui_out[n] for n in outputs if n in ui_out}
+
+
+def _check_linked_numbers(node_def, inputs: dict, kwargs: dict) -> None:
+    """The bounds validation checked on literals, for the numbers that came through links."""
+    specs = {**node_def.required, **node_def.optional}
+    for name, value in inputs.items():
+        if isinstance(value, list) and name in specs:
+            spec = specs[name]
+            problem = linked_number_problem(name, kwargs[name], spec[0], spec[1] if len(spec) > 1 else {}, value[0])
+            if problem:
+                raise InvalidArgument(problem)
+
+
+def _readable(e: Exception) -> Exception:
+    """An allocator's failure (a page of C++ context) as one line; other errors as they are."""
+    text = str(e)
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("can't allocate memory" in text
+                                                                       or "out of memory" in text.lower())):
+        return MemoryError("out of memory: this node needs more memory than is free; ask for fewer or "
+                           "smaller images")
+    return e
 
 
 def _interrupted(node_id: str) -> Interrupted:

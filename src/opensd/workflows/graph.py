@@ -173,17 +173,19 @@ class _Validator:
                 if isinstance(value, (dict, list)) or (kind in ("INT", "FLOAT") and isinstance(value, str)
                                                        and not value.strip()):
                     raise ValueError(f"not a {kind} value")
-                value = _CONVERT[kind](value)
-                if kind == "FLOAT" and not math.isfinite(value):
+                converted = _CONVERT[kind](value)
+                if kind == "FLOAT" and not math.isfinite(converted):  # "nan" and "inf" convert
                     raise ValueError("not a finite number")
+                value = converted  # the error keeps what was sent: a NaN is no JSON
             except (TypeError, ValueError, OverflowError) as e:
                 return _err("invalid_input_type", f"Failed to convert an input value to a {kind} value",
                             f"{name}, {value}, {e}", input_name=name, input_config=info, received_value=value,
                             exception_message=str(e)), value
-            if "min" in opts and value < opts["min"]:
+            problem = bound_problem(value, opts)
+            if problem == "min":
                 return _err("value_smaller_than_min", f"Value {value} smaller than min of {opts['min']}",
                             name, input_name=name, input_config=info, received_value=value), value
-            if "max" in opts and value > opts["max"]:
+            if problem == "max":
                 return _err("value_bigger_than_max", f"Value {value} bigger than max of {opts['max']}",
                             name, input_name=name, input_config=info, received_value=value), value
             return None, value
@@ -196,6 +198,31 @@ class _Validator:
                         input_name=name, input_config=None if len(allowed) > 20 else info,
                         received_value=value), value
         return None, value
+
+
+def bound_problem(value, opts: dict) -> str | None:
+    """"min" or "max" when a number lies outside an input's declared bounds."""
+    if "min" in opts and value < opts["min"]:
+        return "min"
+    if "max" in opts and value > opts["max"]:
+        return "max"
+    return None
+
+
+def linked_number_problem(name: str, value, kind, opts: dict, source: str) -> str | None:
+    """What is wrong with a number another node handed an INT/FLOAT input at run time, as one line.
+    ComfyUI checks bounds on literals only; a linked value (GetImageSize's width into a batch size)
+    must keep them too, or it reaches the node unchecked."""
+    if kind not in ("INT", "FLOAT") or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value):
+        return f"{name}: {value} from node {source} is not a finite number"
+    problem = bound_problem(value, opts)
+    if problem == "min":
+        return f"{name}: {value} from node {source} is below the input's minimum of {opts['min']}"
+    if problem == "max":
+        return f"{name}: {value} from node {source} is above the input's maximum of {opts['max']}"
+    return None
 
 
 def check_prompt(prompt: Any, ctx: ExecutionContext | None = None) -> tuple[list[str], dict, dict]:
