@@ -407,6 +407,8 @@ EXPECTED = {
               "_for_testing/attention_experiments", name, "comfy_extras.nodes_attention_multiply",
               {"experimental": True})
        for name in ("UNetSelfAttentionMultiply", "UNetCrossAttentionMultiply")},
+    "TomePatchModel": ({"model": ["MODEL"], "ratio": f(0.3, 0.0, 1.0, 0.01)}, ["MODEL"], "_for_testing",
+                       "TomePatchModel", "comfy_extras.nodes_tomesd", {}),
     "DifferentialDiffusion": ({"model": ["MODEL"]}, ["MODEL"], "_for_testing", "Differential Diffusion",
                               "comfy_extras.nodes_differential_diffusion",
                               {"optional": {"strength": f(1.0, 0.0, 1.0, 0.01)}}),

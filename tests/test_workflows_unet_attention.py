@@ -252,3 +252,65 @@ def test_attention_multiply_nodes(env):
     kw = dict(seed=2, steps=2, cfg=4.0, sampler_name="euler", scheduler="normal")
     assert not torch.allclose(K.sample(patched, pos, neg, latent, **kw)["samples"],
                               K.sample(model, pos, neg, latent, **kw)["samples"])
+
+
+# --- TomePatchModel -------------------------------------------------------------------------------
+
+def _tome_by_hand(attn, x, h, w, r, pick):
+    """ToMe on one self-attention, written per token: destinations (one per 2x2 cell, `pick`
+    raster within the cell), each source matched to its most similar destination, the r best
+    matches averaged into their destination, attention for the remaining queries, merged tokens
+    given their destination's output."""
+    (n, c), out_dim = x.shape[1:], attn.to_out[0].weight.shape[0]
+    dst = [(2 * i + p // 2) * w + 2 * j + p % 2 for i in range(h // 2) for j in range(w // 2)
+           for p in [int(pick[i, j])]]
+    src = [t for t in range(n) if t not in dst]
+    unit = x[0] / x[0].norm(dim=-1, keepdim=True)
+    match = {s: max(dst, key=lambda d: float(unit[s] @ unit[d])) for s in src}
+    best = {s: float(unit[s] @ unit[match[s]]) for s in src}
+    merged = sorted(src, key=lambda s: -best[s])[:r]
+    kept = [s for s in src if s not in merged]
+    tokens = {t: x[0, t] for t in kept}
+    for d in dst:
+        group = [x[0, d]] + [x[0, s] for s in merged if match[s] == d]
+        tokens[d] = torch.stack(group).mean(0)
+    order = kept + dst
+    q = attn.to_q(torch.stack([tokens[t] for t in order]))[None]
+    from opensd.models.attention import attention
+    o = attn.to_out(attention(q, attn.to_k(x), attn.to_v(x), attn.heads))[0]
+    result = {t: o[i] for i, t in enumerate(order)}
+    return torch.stack([result[t] if t in result else result[match[t]] for t in range(n)]).reshape(1, n, out_dim)
+
+
+def test_tome_merges_full_resolution_queries_as_written_out(env):
+    from opensd.workflows.unet_patches import tome
+    _, model, pos, _ = env
+    unet = model.pipe.model.unet
+    x = torch.randn(1, 4, 6, 8, generator=torch.Generator().manual_seed(9))
+    t = torch.tensor([400.0])
+    pick = torch.randint(4, (3, 4), generator=torch.Generator().manual_seed(1))
+    plain = _attn1_calls(unet, lambda: unet(x, t, pos[0][0]))
+    with tome(unet, 0.4, lambda hs, ws: pick):
+        merged = _attn1_calls(unet, lambda: unet(x, t, pos[0][0]))
+    full = [i for i, (_, inp, _) in enumerate(merged) if inp.shape[1] == 48]
+    assert full and all(merged[i][1].shape[1] != 48 for i in range(len(merged)) if i not in full)
+    for i in full:
+        attn, inp, out = merged[i]
+        assert torch.allclose(out, _tome_by_hand(attn, inp, 6, 8, int(48 * 0.4), pick), atol=1e-5)
+    assert not torch.allclose(merged[full[0]][2], plain[full[0]][2], atol=1e-4)
+    with tome(unet, 0.0, lambda hs, ws: pick):  # nothing to merge
+        same = _attn1_calls(unet, lambda: unet(x, t, pos[0][0]))
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(same, plain))
+    assert "forward" not in unet.input_blocks[1][1].transformer_blocks[0].attn1.__dict__
+
+
+def test_tome_node_samples_repeatably(env):
+    _, model, pos, neg = env
+    (merged,) = A.tome_patch_model(None, model, 0.5)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    kw = dict(seed=3, steps=2, cfg=4.0, sampler_name="euler", scheduler="normal")
+    a = K.sample(merged, pos, neg, latent, **kw)["samples"]
+    assert torch.equal(a, K.sample(merged, pos, neg, latent, **kw)["samples"])
+    assert not torch.allclose(a, K.sample(model, pos, neg, latent, **kw)["samples"])
+    with pytest.raises(InvalidArgument, match="^model: TomePatchModel patches a UNet's self-attention"):
+        A.tome_patch_model(None, ModelRef(SimpleNamespace(family=FLUX), "f"), 0.3)

@@ -8,6 +8,8 @@
   the negative again from that, and pushes the result away from it.
 * UNetSelfAttentionMultiply / UNetCrossAttentionMultiply (nodes_attention_multiply): the q, k, v
   and output projections of every self- or cross-attention scaled.
+* TomePatchModel (Bolya and Hoffman's ToMe for SD, comfy_extras.nodes_tomesd): the full-resolution
+  self-attentions merge `ratio` of their query tokens into similar ones.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from ..errors import InvalidArgument
 from .guiders import PostCfgArgs
 from .types import ModelRef, NodeDef, register
-from .unet_patches import attention_scaled, hypertile, middle_attention_recorded
+from .unet_patches import attention_scaled, hypertile, middle_attention_recorded, tome
 
 
 def require_unet(model: ModelRef, node: str) -> None:
@@ -32,11 +34,31 @@ def require_unet(model: ModelRef, node: str) -> None:
                               f"{family.label} models")
 
 
+def step_generator(sigma: float) -> torch.Generator:
+    """A generator seeded by the step's sigma, so a run repeats itself (ComfyUI draws from torch's
+    global generator, which its noise seeding resets)."""
+    return torch.Generator().manual_seed(struct.unpack("<q", struct.pack("<d", float(sigma)))[0] & (2 ** 63 - 1))
+
+
 def step_draws(sigma: float):
-    """draw(n) -> an int in [0, n) from a generator seeded by the step's sigma, so a run repeats
-    itself (ComfyUI draws from torch's global generator, which its noise seeding resets)."""
-    g = torch.Generator().manual_seed(struct.unpack("<q", struct.pack("<d", float(sigma)))[0] & (2 ** 63 - 1))
+    """draw(n) -> an int in [0, n) from step_generator(sigma)."""
+    g = step_generator(sigma)
     return lambda n: int(torch.randint(0, n, (1,), generator=g))
+
+
+def tome_patch_model(call, model, ratio):
+    require_unet(model, "TomePatchModel")
+
+    def patch(unet, sigma: float):
+        draw = step_generator(sigma)
+        return tome(unet, ratio, lambda hs, ws: torch.randint(4, (hs, ws), generator=draw))
+    return (replace(model, network_patches=model.network_patches + (patch,)),)
+
+
+register(NodeDef(
+    "TomePatchModel", tome_patch_model,
+    {"model": ("MODEL", {}), "ratio": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01})},
+    ("MODEL",), category="_for_testing", module="comfy_extras.nodes_tomesd"))
 
 
 def hyper_tile(call, model, tile_size, swap_size, max_depth, scale_depth):

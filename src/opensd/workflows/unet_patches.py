@@ -135,6 +135,19 @@ def forward_replaced(modules: list, make_forward):
                 m.forward = before
 
 
+def self_attentions(unet) -> list:
+    return [block.attn1 for block in unet.modules() if hasattr(block, "attn1")]
+
+
+@contextmanager
+def latent_size_seen(unet, shape: list):
+    """`shape` holds the (h, w) of the latent each network call is given (ComfyUI's original_shape)."""
+    def remember(module, args):
+        shape[:] = args[0].shape[-2:]
+    with removed_after([unet.input_blocks[0].register_forward_pre_hook(remember)]):
+        yield
+
+
 def random_divisor(value: int, min_value: int, max_options: int, draw) -> int:
     """HyperTile's number of tiles along a side: value // d for one of the `max_options` smallest
     divisors d >= min_value of value, picked by draw(n) in [0, n) as ComfyUI's randint(0, n - 1)
@@ -165,10 +178,6 @@ def hypertile(unet, tile_size: int, swap_size: int, max_depth: int, scale_depth:
     latent_tile = max(32, tile_size) // 8
     shape: list = []
 
-    def remember(module, args):  # ComfyUI's original_shape: the latent the network was given
-        shape[:] = args[0].shape[-2:]
-    handle = unet.input_blocks[0].register_forward_pre_hook(remember)
-
     def make_forward(attn, plain):
         def forward(x, context=None):
             if context is not None or not shape:
@@ -191,8 +200,7 @@ def hypertile(unet, tile_size: int, swap_size: int, max_depth: int, scale_depth:
             return _untiled(out, nh, nw, th, tw)
         return forward
 
-    attns = [block.attn1 for block in unet.modules() if hasattr(block, "attn1")]
-    with removed_after([handle]), forward_replaced(attns, make_forward):
+    with latent_size_seen(unet, shape), forward_replaced(self_attentions(unet), make_forward):
         yield
 
 
@@ -211,4 +219,68 @@ def attention_scaled(unet, which: str, factors: dict[str, float]):
                 layer = attn.to_out[0] if name == "to_out" else getattr(attn, name)
                 handles.append(layer.register_forward_hook(lambda m, args, out, f=factor: out * f))
     with removed_after(handles):
+        yield
+
+
+def token_merging(x: torch.Tensor, w: int, h: int, r: int, dst_pick: torch.Tensor):
+    """ToMe's bipartite soft matching on (B, h*w, C) tokens: one token of each 2x2 cell (dst_pick
+    (h//2, w//2) in 0..3, raster within the cell) is a destination, the rest sources; the r sources
+    most similar (cosine) to their best destination are averaged into it. Returns merge(x) and
+    unmerge(y) (a merged source takes its destination's value)."""
+    b, n, _ = x.shape
+    hs, ws = h // 2, w // 2
+    marks = torch.zeros(h, w, dtype=torch.int64)
+    cells = marks[:hs * 2, :ws * 2].view(hs, 2, ws, 2).permute(0, 2, 1, 3).reshape(hs, ws, 4)
+    cells.scatter_(2, dst_pick[..., None], -1)
+    marks[:hs * 2, :ws * 2] = cells.view(hs, ws, 2, 2).permute(0, 2, 1, 3).reshape(hs * 2, ws * 2)
+    order = marks.flatten().argsort(stable=True)  # destinations (-1) first
+    dst_idx, src_idx = order[:hs * ws], order[hs * ws:]
+    metric = x / x.norm(dim=-1, keepdim=True)
+    best, target = (metric[:, src_idx] @ metric[:, dst_idx].transpose(-1, -2)).max(dim=-1)
+    r = min(r, len(src_idx))
+    ranked = best.argsort(dim=-1, descending=True)
+    merged, kept = ranked[:, :r], ranked[:, r:]
+    into = target.gather(1, merged)
+
+    def merge(t: torch.Tensor) -> torch.Tensor:
+        c = t.shape[-1]
+        src, dst = t[:, src_idx], t[:, dst_idx]
+        moving = src.gather(1, merged[..., None].expand(-1, -1, c))
+        dst = dst.scatter_reduce(1, into[..., None].expand(-1, -1, c), moving, reduce="mean")
+        return torch.cat([src.gather(1, kept[..., None].expand(-1, -1, c)), dst], dim=1)
+
+    def unmerge(t: torch.Tensor) -> torch.Tensor:
+        c, k = t.shape[-1], kept.shape[1]
+        unm, dst = t[:, :k], t[:, k:]
+        out = t.new_zeros(b, n, c)
+        out[:, dst_idx] = dst
+        out.scatter_(1, src_idx[kept][..., None].expand(-1, -1, c), unm)
+        out.scatter_(1, src_idx[merged][..., None].expand(-1, -1, c), dst.gather(1, into[..., None].expand(-1, -1, c)))
+        return out
+
+    return merge, unmerge
+
+
+@contextmanager
+def tome(unet, ratio: float, draw_cells):
+    """ComfyUI's TomePatchModel for one network call: the self-attentions at the latent's full
+    resolution take their queries from the tokens merged by token_merging (r = ratio of them;
+    keys and values stay whole) and give each merged token its destination's output.
+    draw_cells(hs, ws) picks each 2x2 cell's destination."""
+    shape: list = []
+
+    def make_forward(attn, plain):
+        def forward(x, context=None):
+            if context is not None or not shape or x.shape[1] != shape[0] * shape[1]:
+                return plain(x, context)
+            h, w = int(shape[0]), int(shape[1])
+            r = int(x.shape[1] * ratio)
+            if r <= 0 or w == 1 or h == 1:
+                return plain(x)
+            merge, unmerge = token_merging(x, w, h, r, draw_cells(h // 2, w // 2))
+            q = attn.to_q(merge(x))
+            return unmerge(attn.to_out(attention(q, attn.to_k(x), attn.to_v(x), attn.heads)))
+        return forward
+
+    with latent_size_seen(unet, shape), forward_replaced(self_attentions(unet), make_forward):
         yield
