@@ -73,7 +73,9 @@ def test_sd3_from_separate_files_equals_the_checkpoint(env):
     split["12"] = {"class_type": "TripleCLIPLoader", "inputs": {
         "clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors", "clip_name3": "t5xxl_fp16.safetensors"}}
     split["13"] = {"class_type": "VAELoader", "inputs": {"vae_name": "sd3_vae.safetensors"}}
-    assert np.array_equal(_run(ctx, split), _run(ctx, whole))
+    got, want = _run(ctx, split).astype(int), _run(ctx, whole).astype(int)
+    # the same weights and arithmetic; CPUs may round a handful of pixels differently (AVX2 does: 3 of 12288)
+    assert np.abs(got - want).max() <= 1 and (got != want).mean() < 0.005 and want.std() > 1
 
 
 def _flux_graph(positive: dict, shift=True) -> dict:
