@@ -7,6 +7,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidArgument
 from ..pipeline import vae_codec
 from ..sampling.names import SAMPLER_LABELS
 from . import ksampler
@@ -20,6 +21,7 @@ from .types import (
     ModelRef,
     NodeDef,
     VaeRef,
+    check_size,
     register,
 )
 
@@ -157,6 +159,7 @@ def vae_decode_tensor(pipe, latents: torch.Tensor, tiles: tuple[int, int] | None
     the pipeline's size threshold (pipeline/vae_codec.py), or always in `tiles` ((tile, overlap)
     in latent pixels)."""
     vae, images, down = pipe.model.vae, [], pipe.config.vae.downscale
+    check_size("VAEDecode", latents.shape[0], 3, latents.shape[-2] * down, latents.shape[-1] * down)
     tiling = True if tiles else pipe.vae_tiling
     for z in latents:
         z = z[None].to(pipe.device)
@@ -181,6 +184,9 @@ def vae_encode_tensor(pipe, pixels: torch.Tensor, tiles: tuple[int, int] | None 
 
 def _crop_to_multiple(pixels: torch.Tensor, down: int, mask: torch.Tensor | None = None):
     h, w = (pixels.shape[1] // down) * down, (pixels.shape[2] // down) * down
+    if h == 0 or w == 0:  # ComfyUI's crop leaves nothing for the VAE to encode
+        raise InvalidArgument(f"pixels: a {pixels.shape[2]}x{pixels.shape[1]} image is smaller than the VAE's "
+                              f"{down}x{down}-pixel cell")
     if (h, w) != tuple(pixels.shape[1:3]):
         top, left = (pixels.shape[1] % down) // 2, (pixels.shape[2] % down) // 2
         pixels = pixels[:, top:top + h, left:left + w, :]
@@ -230,6 +236,8 @@ def _greyed(pixels: torch.Tensor, mask: torch.Tensor, down: int) -> tuple[torch.
     pixels, both cropped to the VAE's multiple."""
     mask = F.interpolate(mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float(),
                          size=tuple(pixels.shape[1:3]), mode="bilinear")
+    if mask.shape[0] not in (1, pixels.shape[0]):
+        raise InvalidArgument(f"mask: {mask.shape[0]} masks for {pixels.shape[0]} images (give one, or one per image)")
     pixels, mask = _crop_to_multiple(pixels, down, mask)
     keep = (1.0 - mask.round())[:, 0, :, :, None]
     return (pixels[..., :3] - 0.5) * keep + 0.5, mask

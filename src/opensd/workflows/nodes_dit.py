@@ -18,13 +18,14 @@ import torch
 
 from ..sampling.flow import FlowSampling, flux_mu
 from .loras import activate
-from .types import MAX_RESOLUTION, NodeDef, register
+from .types import MAX_RESOLUTION, NodeDef, check_size, register
 
 _TEXT = ("STRING", {"multiline": True, "dynamicPrompts": True})
 _GUIDANCE = ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1})
 
 
 def empty_sd3_latent(call, width, height, batch_size=1):
+    check_size("EmptySD3LatentImage", batch_size, 16, height // 8, width // 8)
     return ({"samples": torch.zeros(batch_size, 16, height // 8, width // 8), "pixel_size": (width, height)},)
 
 

@@ -20,7 +20,7 @@ from PIL.PngImagePlugin import PngInfo
 from .. import safe_paths
 from ..checkpoints.files import save_safetensors
 from .bislerp import bislerp
-from .types import MAX_RESOLUTION, Choices, NodeDef, register
+from .types import MAX_RESOLUTION, Choices, NodeDef, check_size, register
 
 LATENT_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
 IMAGE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
@@ -36,6 +36,7 @@ def _size(default: int, lo: int, step: int):
 def empty_latent(call, width, height, batch_size=1):
     # ComfyUI assumes the /8 VAE of the SD family; the pixel size lets KSampler give models with
     # another downscale (the built-in model's /4 VAE) the latent that decodes to width x height.
+    check_size("EmptyLatentImage", batch_size, 4, height // 8, width // 8)
     return ({"samples": torch.zeros(batch_size, 4, height // 8, width // 8), "pixel_size": (width, height)},)
 
 
@@ -59,6 +60,7 @@ register(NodeDef(
 
 def upscale(x: torch.Tensor, width: int, height: int, method: str, crop: str) -> torch.Tensor:
     """(B, C, H, W) resized to (height, width), optionally centre-cropped to the target aspect first."""
+    check_size("resize", *x.shape[:2], height, width)
     if crop == "center":
         old_w, old_h = x.shape[-1], x.shape[-2]
         old_aspect, new_aspect = old_w / old_h, width / height

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .nodes_image import IMAGE_METHODS, upscale
-from .types import MAX_RESOLUTION, NodeDef, register
+from .types import MAX_RESOLUTION, NodeDef, check_size, register
 
 _POST = "comfy_extras.nodes_post_processing"
 
@@ -60,6 +60,7 @@ register(NodeDef("ImageBatch", image_batch, {"image1": ("IMAGE", {}), "image2": 
 
 
 def empty_image(call, width, height, batch_size=1, color=0):
+    check_size("EmptyImage", batch_size, height, width, 3)
     rgb = torch.tensor([(color >> 16) & 0xFF, (color >> 8) & 0xFF, color & 0xFF], dtype=torch.float32) / 255.0
     return (rgb.expand(batch_size, height, width, 3).clone(),)
 

@@ -8,12 +8,13 @@ import torch.nn.functional as F
 
 from .nodes_image import upscale
 from .nodes_latent import FLIPS, ROTATIONS
-from .types import MAX_RESOLUTION, NodeDef, register
+from .types import MAX_RESOLUTION, NodeDef, check_size, register
 
 _IMAGES = "comfy_extras.nodes_images"
 
 
 def repeat_image_batch(call, image, amount):
+    check_size("RepeatImageBatch", amount * image.shape[0], *image.shape[1:])
     return (image.repeat(amount, 1, 1, 1),)
 
 
@@ -85,19 +86,33 @@ def _with_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
     return torch.cat([image, image.new_ones(*image.shape[:-1], missing)], dim=-1) if missing > 0 else image
 
 
+def _gap(spacing_width: int) -> int:
+    return spacing_width + spacing_width % 2 if spacing_width > 0 else 0  # even
+
+
+def _check_stitched_size(image1: torch.Tensor, image2: torch.Tensor, sideways: bool, spacing_width: int) -> None:
+    """The stitched image's size, refused before any of its parts is repeated, padded or made."""
+    across, along = (1, 2) if sideways else (2, 1)
+    shape = [max(image1.shape[0], image2.shape[0]), 0, 0, max(image1.shape[3], image2.shape[3])]
+    shape[across] = max(image1.shape[across], image2.shape[across])
+    shape[along] = image1.shape[along] + image2.shape[along] + _gap(spacing_width)
+    check_size("ImageStitch", *shape)
+
+
 def image_stitch(call, image1, direction, match_image_size, spacing_width, spacing_color, image2=None):
     if image2 is None:
         return (image1,)
-    batch = max(image1.shape[0], image2.shape[0])
-    image1, image2 = _to_batch(image1, batch), _to_batch(image2, batch)
     sideways = direction in ("left", "right")
     colour = SPACING_COLOURS[spacing_color]
     if match_image_size:  # image2 scaled to image1's height (sideways) or width, keeping its aspect
         h1, w1 = image1.shape[1:3]
         aspect = image2.shape[2] / image2.shape[1]
-        width, height = (int(h1 * aspect), h1) if sideways else (w1, int(w1 / aspect))
+        width, height = (max(1, int(h1 * aspect)), h1) if sideways else (w1, max(1, int(w1 / aspect)))
         image2 = upscale(image2.movedim(-1, 1), width, height, "lanczos", "disabled").movedim(1, -1)
-    else:  # the smaller one centred on padding: the spacing colour if white or black, else black
+    _check_stitched_size(image1, image2, sideways, spacing_width)
+    batch = max(image1.shape[0], image2.shape[0])
+    image1, image2 = _to_batch(image1, batch), _to_batch(image2, batch)
+    if not match_image_size:  # the smaller one centred on padding: the spacing colour if white or black, else black
         dim = 1 if sideways else 2
         size = max(image1.shape[dim], image2.shape[dim])
         value = colour[0] if spacing_color in ("white", "black") else 0.0
@@ -106,7 +121,7 @@ def image_stitch(call, image1, direction, match_image_size, spacing_width, spaci
     image1, image2 = _with_channels(image1, channels), _with_channels(image2, channels)
     parts = [image2, image1] if direction in ("left", "up") else [image1, image2]
     if spacing_width > 0:
-        gap = spacing_width + spacing_width % 2  # even
+        gap = _gap(spacing_width)
         shape = ((batch, max(image1.shape[1], image2.shape[1]), gap, channels) if sideways
                  else (batch, gap, max(image1.shape[2], image2.shape[2]), channels))
         spacing = image1.new_zeros(shape)

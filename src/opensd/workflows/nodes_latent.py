@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InvalidArgument
 from .compositing import composite, repeat_to_batch
 from .nodes_image import LATENT_METHODS, upscale
-from .types import MAX_RESOLUTION, NodeDef, register
+from .types import MAX_RESOLUTION, NodeDef, check_size, register
 
 _EXTRAS = "comfy_extras.nodes_latent"
 
@@ -167,6 +168,7 @@ register(NodeDef(
 
 def repeat_latent_batch(call, samples, amount):
     s_in = samples["samples"]
+    check_size("RepeatLatentBatch", amount * s_in.shape[0], *s_in.shape[1:])
     out = dict(samples, samples=s_in.repeat(amount, 1, 1, 1))
     if "noise_mask" in samples and samples["noise_mask"].shape[0] > 1:
         out["noise_mask"] = samples["noise_mask"].repeat(amount, 1, 1, 1)
@@ -184,6 +186,8 @@ register(NodeDef(
 
 def latent_batch(call, samples1, samples2):
     s1, s2 = samples1["samples"], samples2["samples"]
+    if s1.shape[1] != s2.shape[1]:  # resizing cannot make them fit
+        raise InvalidArgument(f"samples2: latents of {s2.shape[1]} channels cannot join latents of {s1.shape[1]}")
     if s1.shape[1:] != s2.shape[1:]:
         s2 = upscale(s2, s1.shape[3], s1.shape[2], "bilinear", "center")
     # each half keeps its images' noise positions, so both sample as they would alone

@@ -16,16 +16,22 @@ Values on the wires follow ComfyUI's conventions so graphs written for it mean t
 """
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import OpenSDError
+from ..errors import InvalidArgument, OpenSDError
 
 MAX_RESOLUTION = 16384
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+# The most values one tensor a node makes from a graph's numbers may hold (4 GiB of float32, a
+# 16384 x 16384 RGB image fits): ComfyUI's per-input maxima multiply out to terabytes (EmptyImage
+# 16384 x 16384 x 4096), which either fail deep in the allocator or, below the machine's memory,
+# take it all. Checked before allocating (check_size).
+MAX_ELEMENTS = 1 << 30
 
 
 class GraphError(OpenSDError):
@@ -35,6 +41,17 @@ class GraphError(OpenSDError):
     def __init__(self, error: dict, node_errors: dict | None = None):
         self.payload = {"error": error, "node_errors": node_errors or {}}
         super().__init__(f"{error.get('message', 'invalid prompt')}: {error.get('details', '')}".rstrip(": "))
+
+
+def check_size(what: str, *shape: int) -> None:
+    """Refuse, in one line naming `what`, a tensor of `shape` over MAX_ELEMENTS values or with a
+    side of 0, before it is made."""
+    count = math.prod(shape)
+    if count > MAX_ELEMENTS:
+        raise InvalidArgument(f"{what}: {' x '.join(map(str, shape))} is {count:,} values, more than the "
+                              f"{MAX_ELEMENTS:,} one node may make; ask for fewer or smaller images")
+    if count == 0:
+        raise InvalidArgument(f"{what}: {' x '.join(map(str, shape))} holds no values")
 
 
 class NodeError(OpenSDError):
