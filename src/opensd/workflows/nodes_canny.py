@@ -40,6 +40,9 @@ def gradients(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def detect_edges(call, image, low_threshold, high_threshold):
     if low_threshold > high_threshold:
         raise InvalidArgument(f"low_threshold: {low_threshold} is above high_threshold {high_threshold}")
+    if min(image.shape[1:3]) < 3:  # the blur's reflected border needs 3 pixels a side
+        raise InvalidArgument(f"image: a {image.shape[2]}x{image.shape[1]} image is too small for Canny "
+                              "(at least 3x3 pixels)")
     import cv2
 
     gx, gy = gradients(image)

@@ -56,8 +56,12 @@ def load_latent(call, latent):
         raise InvalidArgument(f"latent: {latent}: {e.problem}") from None
     if SAMPLES not in tensors:
         raise InvalidArgument(f"latent: {latent} holds no '{SAMPLES}' tensor")
+    samples = tensors[SAMPLES]
+    if samples.dim() != 4 or samples.numel() == 0:  # what every LATENT user expects: (B, C, h, w)
+        raise InvalidArgument(f"latent: {latent} holds a latent of shape {tuple(samples.shape)}, not "
+                              "(batch, channels, height, width)")
     scale = 1.0 if VERSION_0 in tensors else 1.0 / FIRST_FORMAT_SCALE
-    return ({"samples": tensors[SAMPLES].float() * scale},)
+    return ({"samples": samples.float() * scale},)
 
 
 register(NodeDef(
