@@ -30,7 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from .. import safe_paths
 from ..atomic import write_atomic
 from ..errors import InvalidArgument
-from ..workflows import ExecutionContext, GraphError, OutputCache, object_info, validate_prompt
+from ..workflows import ExecutionContext, GraphError, OutputCache, check_prompt, object_info
 from . import comfy_run, images_io, safe_json, work_budget
 from .jobs import QueueFull
 from .store import FINAL
@@ -171,11 +171,11 @@ def router(state, hub: ComfyHub) -> APIRouter:
                                            "details": "prompt: expected an API-format graph object",
                                            "extra_info": {}}, "node_errors": {}}, status_code=400)
         try:
-            node_errors = validate_prompt(prompt, hub.context())
+            _, node_errors, runs = check_prompt(prompt, hub.context())
         except GraphError as e:
             return JSONResponse(e.payload, status_code=400)
-        try:
-            work_budget.check(*work_budget.comfy_cost(prompt), state.settings.work_budget)
+        try:  # counted on what will run, its numbers converted as the nodes get them
+            work_budget.check(*work_budget.comfy_cost(runs), state.settings.work_budget)
         except InvalidArgument as e:
             return JSONResponse({"error": {"type": "work_budget", "message": str(e), "details": "",
                                            "extra_info": {}}, "node_errors": {}}, status_code=400)

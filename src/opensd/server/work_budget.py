@@ -11,7 +11,9 @@ from __future__ import annotations
 from ..errors import InvalidArgument
 
 LATENT_SOURCES = ("EmptyLatentImage", "EmptySD3LatentImage")
-SAMPLERS = ("KSampler", "KSamplerAdvanced")
+# sampler node -> the input linked to the node holding its steps (None: its own "steps"):
+# SamplerCustom's are those of its scheduler node (BasicScheduler, PolyexponentialScheduler...)
+SAMPLERS = {"KSampler": None, "KSamplerAdvanced": None, "SamplerCustom": "sigmas", "SamplerCustomAdvanced": "sigmas"}
 
 
 def check(cost: float, what: str, budget: float) -> None:
@@ -37,22 +39,31 @@ def a1111_cost(kw: dict, n_iter: int) -> tuple[float, str]:
     return cost, f"{kw['batch_size']} x {n_iter} images of {what}"
 
 
+def _linked(graph: dict, inputs: dict, name: str) -> tuple[str | None, dict]:
+    """(class_type, inputs) of the node `inputs[name]` links to; (None, {}) for a literal."""
+    link = inputs.get(name)
+    node = graph.get(link[0]) if isinstance(link, list) else None
+    return (node["class_type"], node["inputs"]) if node else (None, {})
+
+
 def comfy_cost(graph: dict) -> tuple[float, str]:
-    """(megapixel-steps, description) of the samplers of a ComfyUI API graph whose latent comes
-    straight from an empty-latent node (other sources have sizes known only when the graph runs)."""
+    """(megapixel-steps, description) of the samplers of a validated ComfyUI graph (check_prompt's
+    normalized one: numbers converted, so "10000" counts as 10000; links as [str id, slot]) whose
+    latent comes straight from an empty-latent node (other sources have sizes known only when the
+    graph runs)."""
     cost, parts = 0.0, []
     for node_id, node in graph.items():
-        if not isinstance(node, dict) or node.get("class_type") not in SAMPLERS:
+        if node["class_type"] not in SAMPLERS:
             continue
-        inputs = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
-        link = inputs.get("latent_image")
-        source = graph.get(link[0]) if isinstance(link, list) and link and isinstance(link[0], str) else None
-        if not isinstance(source, dict) or source.get("class_type") not in LATENT_SOURCES:
+        inputs = node["inputs"]
+        source, size = _linked(graph, inputs, "latent_image")
+        if source not in LATENT_SOURCES:
             continue
-        size = source.get("inputs") if isinstance(source.get("inputs"), dict) else {}
-        values = [size.get("width"), size.get("height"), size.get("batch_size", 1), inputs.get("steps")]
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-            continue  # links or bad values: the graph's own validation reports those
+        steps_from = SAMPLERS[node["class_type"]]
+        steps = (inputs if steps_from is None else _linked(graph, inputs, steps_from)[1]).get("steps")
+        values = [size.get("width"), size.get("height"), size.get("batch_size", 1), steps]
+        if not all(isinstance(v, int) for v in values):
+            continue  # a size or steps from a link is known only when the graph runs
         w, h, batch, steps = values
         cost += w * h * batch * steps / 1e6
         parts.append(f"node {node_id}: {batch} images of {w}x{h} x {steps} steps")
