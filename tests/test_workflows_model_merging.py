@@ -142,3 +142,31 @@ def test_models_that_do_not_fit_are_one_line(env, tmp_path):
         K.sample(m, *[clip_text_encode(None, t, ClipRef(a, "tiny"))[0] for t in ("x", "y")],
                  {"samples": torch.zeros(1, 4, 8, 8)}, seed=1, steps=1, cfg=1.0, sampler_name="euler",
                  scheduler="normal")
+
+
+def _block_ratio(name: str, ratios: dict) -> float:
+    """ComfyUI's ModelMergeBlocks choice written out: the longest matching input name, else the first."""
+    matches = [p for p in ratios if name.startswith(p)]
+    return ratios[max(matches, key=len)] if matches else next(iter(ratios.values()))
+
+
+def test_block_merges_pick_each_weights_ratio_by_its_longest_prefix(env):
+    _, a, b, _ = env
+    A, B = unet(a), unet(b)
+    ma, mb = ModelRef(a, "tiny"), ModelRef(b, "other")
+    ratios = {"input": 0.2, "middle": 0.6, "out": 0.9}
+    close(weights(M.model_merge_blocks(None, ma, mb, **ratios)[0]),
+          {k: A[k] * _block_ratio(k, ratios) + B[k] * (1 - _block_ratio(k, ratios)) for k in A})
+    assert _block_ratio("time_embed.0.weight", ratios) == 0.2 and _block_ratio("out.2.bias", ratios) == 0.9
+    # ModelMergeSD1's inputs: "input_blocks.1." must not take "input_blocks.10."'s ratio, and the
+    # longest prefix wins ("input_blocks.1" vs "input_blocks.11" in SDXL's dotless names)
+    from opensd.workflows import loras
+    from opensd.workflows.types import NODES
+    names = [n for n in NODES["ModelMergeSD1"].required if n not in ("model1", "model2")]
+    sd1 = {n: round(0.01 * i, 2) for i, n in enumerate(names)}
+    close(weights(NODES["ModelMergeSD1"].fn(None, ma, mb, **dict(reversed(list(sd1.items()))))[0]),
+          {k: A[k] * _block_ratio(k, sd1) + B[k] * (1 - _block_ratio(k, sd1)) for k in A})
+    sdxl = {"input_blocks.1": 0.3, "input_blocks.11": 0.7}
+    assert _block_ratio("input_blocks.11.0.weight", sdxl) == 0.7
+    assert loras._strengths(M.BlockMergeEntry(ma, mb, 1.0, 0.0, tuple(sdxl.items())),
+                              "input_blocks.11.0.weight") == (0.7, pytest.approx(0.3))

@@ -20,6 +20,9 @@ TEXT = ["STRING", {"multiline": True, "dynamicPrompts": True}]
 HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
 
 
+RATIO = ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}]
+
+
 def i(default, lo, hi=MAX, step=None):
     opts = {"default": default, "min": lo, "max": hi}
     if step is not None:
@@ -93,6 +96,25 @@ EXPECTED = {
         ("CLIPMergeSubtract", "clip", {"multiplier": f(1.0, -10.0, 10.0, 0.01)}),
         ("CLIPMergeAdd", "clip", {}),
     ]},
+    "ModelMergeBlocks": ({"model1": ["MODEL"], "model2": ["MODEL"], **{k: RATIO for k in ("input", "middle", "out")}},
+                         ["MODEL"], "advanced/model_merging", "ModelMergeBlocks", "comfy_extras.nodes_model_merging",
+                         {}),
+    # comfy_extras/nodes_model_merging_model_specific.py: one ratio per block prefix
+    **{name: ({"model1": ["MODEL"], "model2": ["MODEL"], **{k: RATIO for k in prefixes}}, ["MODEL"],
+              "advanced/model_merging/model_specific", name, "comfy_extras.nodes_model_merging_model_specific", {})
+       for name, prefixes in [
+        *[(sd1, ["time_embed.", "label_emb."] + [f"input_blocks.{i}." for i in range(12)]
+           + [f"middle_block.{i}." for i in range(3)] + [f"output_blocks.{i}." for i in range(12)] + ["out."])
+          for sd1 in ("ModelMergeSD1", "ModelMergeSD2")],
+        ("ModelMergeSDXL", ["time_embed.", "label_emb."] + [f"input_blocks.{i}" for i in range(9)]
+         + [f"middle_block.{i}" for i in range(3)] + [f"output_blocks.{i}" for i in range(9)] + ["out."]),
+        *[(name, ["pos_embed.", "x_embedder.", "context_embedder.", "y_embedder.", "t_embedder."]
+           + [f"joint_blocks.{i}." for i in range(depth)] + ["final_layer."])
+          for name, depth in (("ModelMergeSD3_2B", 24), ("ModelMergeSD35_Large", 38))],
+        ("ModelMergeFlux1", ["img_in.", "time_in.", "guidance_in", "vector_in.", "txt_in."]
+         + [f"double_blocks.{i}." for i in range(19)] + [f"single_blocks.{i}." for i in range(38)]
+         + ["final_layer."]),
+    ]},
     "CheckpointSave": ({"model": ["MODEL"], "clip": ["CLIP"], "vae": ["VAE"],
                         "filename_prefix": ["STRING", {"default": "checkpoints/ComfyUI"}]}, [],
                        "advanced/model_merging", "Save Checkpoint", "comfy_extras.nodes_model_merging",
@@ -103,7 +125,8 @@ EXPECTED = {
     "LatentConcat": ({"samples1": LATENT, "samples2": LATENT, "dim": [["x", "-x", "y", "-y", "t", "-t"]]}, ["LATENT"],
                      "latent/advanced", "LatentConcat", "comfy_extras.nodes_latent", {}),
     "LatentCut": ({"samples": LATENT, "dim": [["x", "y", "t"]], "index": i(0, -MAX, MAX, 1),
-                   "amount": i(1, 1, MAX, 1)}, ["LATENT"], "latent/advanced", "LatentCut", "comfy_extras.nodes_latent", {}),
+                   "amount": i(1, 1, MAX, 1)}, ["LATENT"], "latent/advanced", "LatentCut",
+                  "comfy_extras.nodes_latent", {}),
     "LatentBatchSeedBehavior": ({"samples": LATENT, "seed_behavior": [["random", "fixed"], {"default": "fixed"}]},
                                 ["LATENT"], "latent/advanced", "LatentBatchSeedBehavior", "comfy_extras.nodes_latent",
                                 {}),
@@ -195,7 +218,8 @@ EXPECTED = {
                         "image1 unchanged.\nOptional spacing can be added between images.")}),
     "ImageAddNoise": ({"image": IMAGE,
                        "seed": ["INT", {**SEED[1], "tooltip": "The random seed used for creating the noise."}],
-                       "strength": f(0.5, 0.0, 1.0, 0.01)}, ["IMAGE"], "image/filters", "Add Noise to Image", IMAGES, {}),
+                       "strength": f(0.5, 0.0, 1.0, 0.01)}, ["IMAGE"], "image/filters", "Add Noise to Image",
+                      IMAGES, {}),
     "ResizeAndPadImage": ({"image": IMAGE, "target_width": i(512, 1, step=1), "target_height": i(512, 1, step=1),
                            "padding_color": [["white", "black"], {"advanced": True}],
                            "interpolation": [["area", "bicubic", "nearest-exact", "bilinear", "lanczos"],
@@ -401,7 +425,8 @@ EXPECTED = {
                    "max_depth": i(0, 0, 10), "scale_depth": ["BOOLEAN", {"default": False}]}, ["MODEL"],
                   "model_patches/unet", "HyperTile", "comfy_extras.nodes_hypertile", {}),
     "SelfAttentionGuidance": ({"model": ["MODEL"], "scale": f(0.5, -2.0, 5.0, 0.01),
-                               "blur_sigma": f(2.0, 0.0, 10.0, 0.1)}, ["MODEL"], "_for_testing", "Self-Attention Guidance", "comfy_extras.nodes_sag",
+                               "blur_sigma": f(2.0, 0.0, 10.0, 0.1)}, ["MODEL"], "_for_testing",
+                              "Self-Attention Guidance", "comfy_extras.nodes_sag",
                               {"experimental": True}),
     **{name: ({"model": ["MODEL"], **{k: f(1.0, 0.0, 10.0, 0.01) for k in ("q", "k", "v", "out")}}, ["MODEL"],
               "_for_testing/attention_experiments", name, "comfy_extras.nodes_attention_multiply",
@@ -473,7 +498,8 @@ EXPECTED = {
        for name, display, spec in (
            ("PrimitiveString", "String", ["STRING", {"multiline": False}]),
            ("PrimitiveStringMultiline", "String (Multiline)", ["STRING", {"multiline": True}]),
-           ("PrimitiveInt", "Int", ["INT", {"min": -(2 ** 63 - 1), "max": 2 ** 63 - 1, "control_after_generate": True}]),
+           ("PrimitiveInt", "Int", ["INT", {"min": -(2 ** 63 - 1), "max": 2 ** 63 - 1,
+                                            "control_after_generate": True}]),
            ("PrimitiveFloat", "Float", ["FLOAT", {"min": -(2 ** 63 - 1), "max": 2 ** 63 - 1}]),
            ("PrimitiveBoolean", "Boolean", ["BOOLEAN"]))},
     # city96's ComfyUI-GGUF (nodes.py): the .gguf files of unet/ and diffusion_models/

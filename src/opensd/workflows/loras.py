@@ -93,6 +93,20 @@ def _snapshot(ref, part: str) -> dict[str, torch.Tensor]:
     return {name: p.detach().to("cpu", copy=True) for name, p in _params(ref.pipe, part).items()}
 
 
+def _strengths(entry: MergeEntry, name: str) -> tuple[float, float]:
+    """(self, other) strengths for weight `name`: the entry's, or for a block merge (an entry with
+    `blocks`, (prefix, ratio) pairs) the ratio of the longest prefix the name starts with (the
+    first pair's when none does) and 1 - ratio, as ComfyUI's ModelMergeBlocks picks them."""
+    blocks = getattr(entry, "blocks", ())
+    if not blocks:
+        return entry.self_strength, entry.other_strength
+    ratio, longest = blocks[0][1], 0
+    for prefix, value in blocks:
+        if name.startswith(prefix) and len(prefix) > longest:
+            ratio, longest = value, len(prefix)
+    return ratio, 1.0 - ratio
+
+
 def _merged(entry: MergeEntry, part: str) -> dict[str, torch.Tensor]:
     """w * self_strength + other's w * other_strength for each weight both branches have (others
     stay as they are), in float32, stored in the weight's dtype."""
@@ -107,7 +121,8 @@ def _merged(entry: MergeEntry, part: str) -> dict[str, torch.Tensor]:
             if other.shape != weight.shape:
                 raise InvalidArgument(f"{what}: {entry.other.name} does not fit {entry.base.name} "
                                       f"({name} is {tuple(other.shape)}, not {tuple(weight.shape)})")
-            mine[name] = (weight.float() * entry.self_strength + other.float() * entry.other_strength).to(weight.dtype)
+            own, theirs_strength = _strengths(entry, name)
+            mine[name] = (weight.float() * own + other.float() * theirs_strength).to(weight.dtype)
         _WEIGHTS[key] = mine
     return _WEIGHTS[key]
 
