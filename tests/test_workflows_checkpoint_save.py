@@ -119,3 +119,20 @@ def test_v_prediction_markers_as_comfyui_writes_them(ctx):
     assert meta == {"modelspec.predict_key": "epsilon"}
     assert extra["edm_vpred.sigma_max"].item() == pytest.approx(120.0)
     assert extra["edm_vpred.sigma_min"].item() == pytest.approx(0.002)
+
+
+def test_model_save_and_vae_save_write_their_parts(ctx, tmp_path):
+    graph = {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+             "m": {"class_type": "ModelSave", "inputs": {"model": ["4", 0],
+                                                         "filename_prefix": "diffusion_models/ComfyUI"}},
+             "v": {"class_type": "VAESave", "inputs": {"vae": ["4", 2], "filename_prefix": "vae/ComfyUI_vae"}}}
+    execute(graph, ctx)
+    original, _ = _read(tmp_path / "models" / "checkpoints" / "tiny.safetensors")
+    model, meta = _read(ctx.outputs_dir / "diffusion_models" / "ComfyUI_00001_.safetensors")
+    want = {k: v for k, v in original.items() if k.startswith("model.")}
+    assert model.keys() == want.keys() and all(torch.equal(model[k], want[k]) for k in want)
+    assert meta["modelspec.predict_key"] == "epsilon" and json.loads(meta["prompt"]) == graph
+    vae, meta = _read(ctx.outputs_dir / "vae" / "ComfyUI_vae_00001_.safetensors")
+    want = {k.removeprefix("first_stage_model."): v for k, v in original.items() if k.startswith("first_stage_model.")}
+    assert vae.keys() == want.keys() and all(torch.equal(vae[k], want[k]) for k in want)
+    assert json.loads(meta["workflow"]) == {"nodes": []} and "modelspec.predict_key" not in meta

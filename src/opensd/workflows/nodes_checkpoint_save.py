@@ -1,4 +1,6 @@
-"""CheckpointSave (ComfyUI comfy_extras.nodes_model_merging): a MODEL, a CLIP and a VAE written as
+"""CheckpointSave, ModelSave and VAESave (ComfyUI comfy_extras.nodes_model_merging).
+
+CheckpointSave: a MODEL, a CLIP and a VAE written as
 one original-layout checkpoint -- model.diffusion_model.*, the text encoders (cond_stage_model.* or
 SDXL's conditioner.*), first_stage_model.* -- each branch's LoRAs baked in, in its weights' dtype.
 Named as SaveImage names its files (checkpoints/ComfyUI_00001_.safetensors), inside the output
@@ -7,7 +9,9 @@ prompt and the workflow; v-prediction models get the "v_pred" marker tensor and 
 (ModelSamplingContinuousEDM/V v_prediction) their sigma bounds, which loaders read back.
 
 The three parts must fit one model: the CLIP's and the VAE's tensors the names and shapes the
-MODEL's checkpoint has for them. Stable Diffusion 1.x/2.x/XL models only."""
+MODEL's checkpoint has for them. Stable Diffusion 1.x/2.x/XL models only. ModelSave writes the
+MODEL's part alone the same way (diffusion_models/ComfyUI_00001_.safetensors); VAESave the VAE's
+tensors under their own names (vae/ComfyUI_vae_00001_.safetensors) with the prompt and workflow."""
 from __future__ import annotations
 
 import json
@@ -54,22 +58,43 @@ def _extra(model, pipe) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     return metadata, extra
 
 
+def _run_metadata(prompt, extra_pnginfo) -> dict[str, str]:
+    """The prompt and the workflow as JSON strings, as ComfyUI's save nodes store them."""
+    return {"prompt": "" if prompt is None else json.dumps(prompt),
+            **{key: json.dumps(value) for key, value in (extra_pnginfo or {}).items()}}
+
+
 def checkpoint_save(call, model, clip, vae, filename_prefix, prompt=None, extra_pnginfo=None):
+    """clip and vae None: the diffusion model alone (ModelSave), as ComfyUI's save_checkpoint."""
     pipe = model.pipe
     pipe.family.require("checkpoint_save", "model")
     target, sub, name, counter = save_path(call.ctx.outputs_dir, filename_prefix, 0, 0)
     activate(model)
     tensors = _copy(model, "unet", "model", _tensors(pipe, "unet"))
-    activate(clip, part="te")
-    tensors |= _copy(clip, "te", "clip", _tensors(pipe, "te"))
-    tensors |= _copy(vae, "vae", "vae", _tensors(pipe, "vae"))
+    if clip is not None:
+        activate(clip, part="te")
+        tensors |= _copy(clip, "te", "clip", _tensors(pipe, "te"))
+    if vae is not None:
+        tensors |= _copy(vae, "vae", "vae", _tensors(pipe, "vae"))
     metadata, extra = _extra(model, pipe)
     if pipe.config.family in ARCHITECTURES:
         metadata |= {"modelspec.architecture": ARCHITECTURES[pipe.config.family], "modelspec.sai_model_spec": "1.0.0",
                      "modelspec.implementation": "sgm", "modelspec.title": f"{name} {counter}"}
-    metadata["prompt"] = "" if prompt is None else json.dumps(prompt)
-    metadata |= {key: json.dumps(value) for key, value in (extra_pnginfo or {}).items()}
-    save_numbered_safetensors(target, name, counter, ".safetensors", tensors | extra, metadata)
+    save_numbered_safetensors(target, name, counter, ".safetensors", tensors | extra,
+                              metadata | _run_metadata(prompt, extra_pnginfo))
+    return {"result": ()}
+
+
+def model_save(call, model, filename_prefix, prompt=None, extra_pnginfo=None):
+    return checkpoint_save(call, model, None, None, filename_prefix, prompt, extra_pnginfo)
+
+
+def vae_save(call, vae, filename_prefix, prompt=None, extra_pnginfo=None):
+    """The VAE's own tensors (first_stage_model.* without the prefix: a separate VAE file's layout)."""
+    target, sub, name, counter = save_path(call.ctx.outputs_dir, filename_prefix, 0, 0)
+    prefix = PARTS["vae"][0]
+    tensors = {k.removeprefix(prefix): t for k, t in _copy(vae, "vae", "vae", _tensors(vae.pipe, "vae")).items()}
+    save_numbered_safetensors(target, name, counter, ".safetensors", tensors, _run_metadata(prompt, extra_pnginfo))
     return {"result": ()}
 
 
@@ -79,3 +104,9 @@ register(NodeDef(
      "filename_prefix": ("STRING", {"default": "checkpoints/ComfyUI"})},
     hidden=SAVE_HIDDEN, category="advanced/model_merging", display_name="Save Checkpoint", output_node=True,
     module="comfy_extras.nodes_model_merging", check=check_prefix))
+for _name, _fn, _kind, _prefix in (("ModelSave", model_save, "MODEL", "diffusion_models/ComfyUI"),
+                                   ("VAESave", vae_save, "VAE", "vae/ComfyUI_vae")):
+    register(NodeDef(
+        _name, _fn, {_kind.lower(): (_kind, {}), "filename_prefix": ("STRING", {"default": _prefix})},
+        hidden=SAVE_HIDDEN, category="advanced/model_merging", output_node=True,
+        module="comfy_extras.nodes_model_merging", check=check_prefix))
