@@ -40,3 +40,12 @@ def test_scale_to_max_dimension(h, w, size, want):
 def test_scale_to_max_dimension_zero_is_one_line():
     with pytest.raises(InvalidArgument, match="^largest_size: must be at least 1 pixel$"):
         R.image_scale_to_max_dimension(None, torch.rand(1, 4, 4, 3), "area", 0)
+
+
+def test_huge_canvases_are_refused_before_allocating():
+    from opensd.workflows import nodes_alpha as AL
+    with pytest.raises(InvalidArgument, match="^ResizeAndPadImage: 64 x 16384 x 16384 x 3 is"):
+        R.resize_and_pad_image(None, torch.rand(64, 2, 2, 3), 16384, 16384, "white", "area")
+    with pytest.raises(InvalidArgument, match="^JoinImageWithAlpha: 4096 x 16384 x 16384 is"):
+        AL.join_image_with_alpha(None, torch.zeros(1, 1, 1, 3).expand(1, 16384, 16384, 3),  # a view: no memory
+                                 torch.zeros(4096, 1, 1))

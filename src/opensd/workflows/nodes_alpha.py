@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidArgument
 from .nodes_image import upscale
-from .types import NodeDef, register
+from .types import NodeDef, check_size, register
 
 
 def _lighter(s, d, sa, da, pick):
@@ -83,6 +83,7 @@ def split_image_with_alpha(call, image):
 
 def join_image_with_alpha(call, image, alpha):
     """The image's RGB with 1 - mask as its alpha, the mask stretched (bilinear) to the image."""
+    check_size("JoinImageWithAlpha", alpha.reshape(-1, *alpha.shape[-2:]).shape[0], *image.shape[1:3])
     alpha = 1.0 - F.interpolate(alpha.reshape(-1, 1, *alpha.shape[-2:]), size=tuple(image.shape[1:3]),
                                 mode="bilinear")[:, 0]
     count = min(len(image), len(alpha))

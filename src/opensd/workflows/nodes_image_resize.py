@@ -8,7 +8,7 @@ import torch
 
 from ..errors import InvalidArgument
 from .nodes_image import upscale
-from .types import MAX_RESOLUTION, MAX_SEED, NodeDef, register
+from .types import MAX_RESOLUTION, MAX_SEED, NodeDef, check_size, register
 
 _IMAGES = "comfy_extras.nodes_images"
 
@@ -35,6 +35,7 @@ def _resized(image: torch.Tensor, width: int, height: int, method: str) -> torch
 def resize_and_pad_image(call, image, target_width, target_height, padding_color, interpolation):
     """Scaled by the smaller of the two ratios (sizes truncated), centred on the target canvas."""
     _, h, w, c = image.shape
+    check_size("ResizeAndPadImage", image.shape[0], target_height, target_width, c)
     scale = min(target_width / w, target_height / h)
     new_w, new_h = max(1, int(w * scale)), max(1, int(h * scale))
     out = torch.full((image.shape[0], target_height, target_width, c), 0.0 if padding_color == "black" else 1.0,
