@@ -40,6 +40,9 @@ def test_latent_concat_and_cut():
     assert torch.equal(tall["samples"], torch.cat([c, a.repeat(2, 1, 1, 1)], -2))  # a repeated to the batch
     with pytest.raises(InvalidArgument, match=r"^samples2: a \(4, 2, 5\) latent cannot be joined along y"):
         LO.latent_concat(None, {"samples": a}, {"samples": b}, "y")
+    big = torch.zeros(1, 1, 1, 1).expand(1, 4, 4096, 4096)  # a view: no memory
+    with pytest.raises(InvalidArgument, match="^LatentConcat: 4096 x 4 x 4096 x 4096 is"):
+        LO.latent_concat(None, {"samples": torch.zeros(4096, 4, 1, 1)}, {"samples": big}, "x")
     with pytest.raises(InvalidArgument, match="^dim: -t is a video latent's time axis"):
         LO.latent_concat(None, {"samples": a}, {"samples": a}, "-t")
     s = rand(1, 4, 5, 7)

@@ -12,7 +12,7 @@ from ..errors import InvalidArgument
 from .compositing import repeat_to_batch
 from .nodes_image_ops import gaussian_kernel
 from .nodes_latent import _fit, _with
-from .types import MAX_RESOLUTION, NodeDef, register
+from .types import MAX_RESOLUTION, NodeDef, check_size, register
 
 _LATENT = "comfy_extras.nodes_latent"
 
@@ -49,6 +49,7 @@ def _spatial_dim(dim: str) -> int:
 def latent_concat(call, samples1, samples2, dim):
     s1 = samples1["samples"]
     axis = _spatial_dim(dim)
+    check_size("LatentConcat", s1.shape[0], *samples2["samples"].shape[1:])  # samples2 repeated to s1's batch
     s2 = repeat_to_batch(samples2["samples"], s1.shape[0])
     across = -2 if axis == -1 else -1
     if s2.shape[1] != s1.shape[1] or s2.shape[across] != s1.shape[across]:
