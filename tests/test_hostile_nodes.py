@@ -210,6 +210,13 @@ CASES = [
     ("ModelMerge of a model that does not fit",
      sampled(W=WIDE, m=node("ModelMergeSimple", model1=["4", 0], model2=["W", 0], ratio=0.5)),
      ("error", "does not fit")),
+    ("fixed: a CLIP of another model conditions the MODEL", sampled(W=WIDE, P=node("CLIPTextEncode", clip=["W", 1],
+                                                                                  text="a")),
+     ("error", "positive: a conditioning 128 wide does not fit the model, which takes 64")),
+    ("CLIPMerge of a CLIP that does not fit", sampled(W=WIDE, c=node("CLIPMergeSimple", clip1=["4", 1], clip2=["W", 1],
+                                                                     ratio=0.5), P=node("CLIPTextEncode", clip=["c", 0],
+                                                                                        text="a")),
+     ("error", "clip2: wide.safetensors does not fit tiny.safetensors")),
     ("ModelSamplingContinuousEDM bounds 0",
      sampled(m=node("ModelSamplingContinuousEDM", model=["4", 0], sampling="eps", sigma_max=0, sigma_min=0)),
      ("error", "sigma_min: must be above 0")),
@@ -301,10 +308,12 @@ CASES = [
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
     """(client, root): a server on a models folder with the tiny checkpoint and a wider one (for
-    merges that do not fit), its input folder holding the .latent files the cases load."""
+    merges and conditionings that do not fit), its input folder holding the .latent files the cases load."""
     root = tmp_path_factory.mktemp("hostile")
     models = models_dir(root)
-    wide = dataclasses.replace(TINY, unet=dataclasses.replace(TINY.unet, model_channels=TINY.unet.model_channels * 2))
+    wide = dataclasses.replace(  # wider UNet and text encoder: neither merges nor conditions the tiny one
+        TINY, unet=dataclasses.replace(TINY.unet, model_channels=64, context_dim=128),
+        text_encoders=(dataclasses.replace(TINY.text_encoders[0], width=128),))
     write_random_checkpoint(models / "Stable-diffusion" / "wide.safetensors", wide)
     with TestClient(create_app(Settings(models_dir=models, outputs_dir=root / "out")), base_url=BASE) as client:
         inputs = client.app.state.opensd.settings.data_dir / "inputs"

@@ -155,3 +155,7 @@ class Family:
 
     def conditioner(self, pipe, clip_skip: int | None) -> Any:
         raise NotImplementedError
+
+    def context_width(self, cfg) -> int:
+        """The width of the text context (CONDITIONING) the network takes."""
+        raise NotImplementedError

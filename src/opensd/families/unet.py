@@ -72,6 +72,9 @@ class UNetFamily(Family):
     def conditioner(self, pipe, clip_skip):
         return PromptConditioner(pipe.model, pipe.tokenizer, pipe.device, pipe.embeddings, clip_skip)
 
+    def context_width(self, cfg) -> int:
+        return cfg.unet.context_dim
+
 
 @torch.no_grad()
 def guess_sd2_prediction(model: StableDiffusion) -> str:

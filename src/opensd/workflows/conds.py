@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidArgument
 from ..pipeline.conditioning import size_vector
 
 FEATHER = 8  # cells over which an area's inner edges fade in
@@ -57,6 +58,17 @@ class Entry:
     def active(self, sigma: float) -> bool:
         return not ((self.sigma_start is not None and sigma > self.sigma_start)
                     or (self.sigma_end is not None and sigma < self.sigma_end))
+
+
+def check_widths(named: dict[str, list], pipe) -> None:
+    """Each conditioning list of a guider as wide as the network's text context: one from another
+    model's CLIP (SDXL's with an SD 1.5 MODEL) is one line here, not a matmul error mid-sampling."""
+    width = pipe.family.context_width(pipe.config)
+    for k, conds in named.items():
+        for context, _ in conds:
+            if context.shape[-1] != width:
+                raise InvalidArgument(f"{k}: a conditioning {context.shape[-1]} wide does not fit the model, which "
+                                      f"takes {width} (is it from another model's CLIP?)")
 
 
 def prepare(named: dict[str, list], shape, pipe, sampling, negative_kinds=("negative",)) -> dict[str, list[Entry]]:

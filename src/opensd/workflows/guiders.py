@@ -30,7 +30,7 @@ from ..errors import InvalidArgument
 from ..pipeline.conditioning import Conditioning, CondSchedule, ScheduledPart
 from ..pipeline.guidance import plan, self_guided_scale
 from ..sampling.cfg_pp import Guided
-from .conds import calc_cond_batch, prepare, region
+from .conds import calc_cond_batch, check_widths, prepare, region
 from .nodes_controlnet import RowControl
 from .types import ModelRef
 
@@ -148,6 +148,7 @@ class Guider:
 
     def denoisers(self, shape, sampling, sigmas: torch.Tensor, image_cond: torch.Tensor | None) -> list:
         """denoise(x, sigma) for each image of a latent batch of `shape`."""
+        check_widths(self.lists(), self.model.pipe)
         prepared = prepare(self.lists(), shape, self.model.pipe, sampling, self.negative_kinds)
         out = []
         for i in range(shape[0]):
