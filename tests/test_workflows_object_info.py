@@ -274,6 +274,12 @@ EXPECTED = {
                           "quality": i(80, 0, 100), "method": [["default", "fastest", "slowest"]]}, [],
                          "image/animation", "SaveAnimatedWEBP", "comfy_extras.nodes_images",
                          {"output_node": True, "hidden": HIDDEN}),
+    "SaveAnimatedPNG": ({"images": IMAGE, "filename_prefix": ["STRING", {"default": "ComfyUI"}],
+                         "fps": f(6.0, 0.01, 1000.0, 0.01), "compress_level": i(4, 0, 9)}, [], "image/animation",
+                        "SaveAnimatedPNG", "comfy_extras.nodes_images", {"output_node": True, "hidden": HIDDEN}),
+    "MaskPreview": ({"mask": MASK}, [], "mask", "Preview Mask", "comfy_extras.nodes_mask",
+                    {"output_node": True, "hidden": HIDDEN,
+                     "description": "Saves the input images to your ComfyUI output directory."}),
     # conditioning
     "ConditioningCombine": ({"conditioning_1": COND, "conditioning_2": COND}, ["CONDITIONING"], "conditioning",
                             "Conditioning (Combine)", "nodes", {}),
