@@ -21,6 +21,7 @@ HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
 
 
 RATIO = ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}]
+TEXT_IN = ["STRING", {"multiline": True}]
 
 
 def i(default, lo, hi=MAX, step=None):
@@ -512,6 +513,24 @@ EXPECTED = {
                                             "control_after_generate": True}]),
            ("PrimitiveFloat", "Float", ["FLOAT", {"min": -(2 ** 63 - 1), "max": 2 ** 63 - 1}]),
            ("PrimitiveBoolean", "Boolean", ["BOOLEAN"]))},
+    # comfy_extras/nodes_string.py of the same era (utils/string; no regular-expression nodes here)
+    **{name: (inputs, [out], "utils/string", display, "comfy_extras.nodes_string",
+              {"output_name": [out_name]} if out_name else {})
+       for name, display, inputs, out, out_name in (
+           ("StringConcatenate", "Concatenate", {"string_a": TEXT_IN, "string_b": TEXT_IN,
+                                                  "delimiter": ["STRING", {"default": "", "multiline": False}]},
+            "STRING", None),
+           ("StringSubstring", "Substring", {"string": TEXT_IN, "start": ["INT"], "end": ["INT"]}, "STRING", None),
+           ("StringLength", "Length", {"string": TEXT_IN}, "INT", "length"),
+           ("CaseConverter", "Case Converter",
+            {"string": TEXT_IN, "mode": [["UPPERCASE", "lowercase", "Capitalize", "Title Case"]]}, "STRING", None),
+           ("StringTrim", "Trim", {"string": TEXT_IN, "mode": [["Both", "Left", "Right"]]}, "STRING", None),
+           ("StringReplace", "Replace", {"string": TEXT_IN, "find": TEXT_IN, "replace": TEXT_IN}, "STRING", None),
+           ("StringContains", "Contains", {"string": TEXT_IN, "substring": TEXT_IN,
+                                            "case_sensitive": ["BOOLEAN", {"default": True}]}, "BOOLEAN", "contains"),
+           ("StringCompare", "Compare", {"string_a": TEXT_IN, "string_b": TEXT_IN,
+                                          "mode": [["Starts With", "Ends With", "Equal"]],
+                                          "case_sensitive": ["BOOLEAN", {"default": True}]}, "BOOLEAN", None))},
     # city96's ComfyUI-GGUF (nodes.py): the .gguf files of unet/ and diffusion_models/
     "UnetLoaderGGUF": ({"unet_name": [[]]}, ["MODEL"], "bootleg", "Unet Loader (GGUF)", "custom_nodes.ComfyUI-GGUF", {}),
 }

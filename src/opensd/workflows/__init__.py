@@ -33,6 +33,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_sampler_options,
     nodes_sampling_custom,
     nodes_sigmas,
+    nodes_string,
     nodes_unet_attention,
     nodes_upscale,
 )
