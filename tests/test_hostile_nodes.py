@@ -280,6 +280,10 @@ CASES = [
      inpaint(image(16, 16, 2), image(8, 8, 3, 0xFFFFFF), "VAEEncodeForInpaint"),
      ("error", "mask: 3 masks for 2 images")),
     ("InpaintModelConditioning mask of another size", inpaint(image(64, 64), image(13, 7, 1, 0xFFFFFF)), ("ok", None)),
+    ("fixed: VAEDecode of an SD3 latent with an SD VAE",
+     {"4": CK, "l": node("EmptySD3LatentImage", width=64, height=64, batch_size=1),
+      "d": node("VAEDecode", samples=["l", 0], vae=["4", 2]), "o": preview(["d", 0])},
+     ("error", "samples: a latent of shape (1, 16, 8, 8) does not fit this VAE, which decodes 4-channel latents")),
     # fixed: .latent files holding something else than a latent
     ("fixed: LoadLatent of a 1-D tensor", load_latent("flat.latent"), ("error", "holds a latent of shape (3,), not")),
     ("fixed: LoadLatent of an empty batch", load_latent("empty.latent"),

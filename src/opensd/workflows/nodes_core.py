@@ -159,6 +159,9 @@ def vae_decode_tensor(pipe, latents: torch.Tensor, tiles: tuple[int, int] | None
     the pipeline's size threshold (pipeline/vae_codec.py), or always in `tiles` ((tile, overlap)
     in latent pixels)."""
     vae, images, down = pipe.model.vae, [], pipe.config.vae.downscale
+    if latents.ndim != 4 or latents.shape[1] != pipe.config.vae.embed_dim:  # an SD3/Flux latent for an SD VAE...
+        raise InvalidArgument(f"samples: a latent of shape {tuple(latents.shape)} does not fit this VAE, which decodes "
+                              f"{pipe.config.vae.embed_dim}-channel latents (is it another model family's?)")
     check_size("VAEDecode", latents.shape[0], 3, latents.shape[-2] * down, latents.shape[-1] * down)
     tiling = True if tiles else pipe.vae_tiling
     for z in latents:
