@@ -72,3 +72,18 @@ def test_add_noise_noises_in_the_models_latent_space(env):
     assert torch.allclose(none["samples"], x, atol=1e-6)
     latent = {"samples": x}
     assert S.add_noise(None, model, NoiseRef(1), torch.tensor([]), latent)[0] is latent
+
+
+def test_optimal_steps_resamples_the_table_log_linearly():
+    (ten,) = S.optimal_steps_scheduler(None, "FLUX", 10, 1.0)  # the table's own 11 levels
+    assert ten.tolist() == pytest.approx(S.OPTIMAL_STEPS["FLUX"][:-1] + [0.0], rel=1e-6)
+    (twenty,) = S.optimal_steps_scheduler(None, "FLUX", 20, 1.0)
+    table = S.OPTIMAL_STEPS["FLUX"]
+    assert len(twenty) == 21 and twenty[-1] == 0 and twenty[0] == pytest.approx(table[0])
+    # every other sigma falls on the table; the ones between are the geometric means of neighbours
+    assert twenty[2:20:2].tolist() == pytest.approx(table[1:10], rel=1e-5)
+    assert float(twenty[1]) == pytest.approx(math.sqrt(table[0] * table[1]), rel=1e-5)
+    (half,) = S.optimal_steps_scheduler(None, "Chroma", 6, 0.5)
+    assert len(half) == 4 and half[-1] == 0
+    assert half[:3].tolist() == pytest.approx(S.loglinear_resampled(S.OPTIMAL_STEPS["Chroma"], 7)[3:6], rel=1e-6)
+    assert S.optimal_steps_scheduler(None, "Wan", 5, 0.0)[0].numel() == 0

@@ -1,10 +1,12 @@
 """More of ComfyUI's custom sampling nodes (comfy_extras.nodes_custom_sampler), with its names,
 inputs and arithmetic: SplitSigmasDenoise, SetFirstSigma, ExtendIntermediateSigmas,
-SamplingPercentToSigma and AddNoise. SIGMAS are 1-D float tensors on the CPU."""
+SamplingPercentToSigma and AddNoise; and OptimalStepsScheduler (comfy_extras.nodes_optimalsteps,
+Pei et al.'s searched noise levels, log-linearly resampled). SIGMAS are 1-D float tensors on the CPU."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from . import ksampler
@@ -111,3 +113,40 @@ register(NodeDef(
     "AddNoise", add_noise,
     {"model": ("MODEL", {}), "noise": ("NOISE", {}), "sigmas": ("SIGMAS", {}), "latent_image": ("LATENT", {})},
     ("LATENT",), category="_for_testing/custom_sampling/noise", module=_MODULE, experimental=True))
+
+
+# OptimalSteps' searched schedules (flow sigmas), as ComfyUI lists them
+OPTIMAL_STEPS = {
+    "FLUX": [0.9968, 0.9886, 0.9819, 0.975, 0.966, 0.9471, 0.9158, 0.8287, 0.5512, 0.2808, 0.001],
+    "Wan": [1.0, 0.997, 0.995, 0.993, 0.991, 0.989, 0.987, 0.985, 0.98, 0.975, 0.973, 0.968, 0.96, 0.946, 0.927,
+            0.902, 0.864, 0.776, 0.539, 0.208, 0.001],
+    "Chroma": [0.992, 0.99, 0.988, 0.985, 0.982, 0.978, 0.973, 0.968, 0.961, 0.953, 0.943, 0.931, 0.917, 0.9, 0.881,
+               0.858, 0.832, 0.802, 0.769, 0.731, 0.69, 0.646, 0.599, 0.55, 0.501, 0.451, 0.402, 0.355, 0.311, 0.27,
+               0.232, 0.199, 0.169, 0.143, 0.12, 0.101, 0.084, 0.07, 0.058, 0.048, 0.001],
+}
+
+
+def loglinear_resampled(levels: list[float], count: int) -> list[float]:
+    """`count` values spaced evenly along the decreasing `levels`, interpolated in log space."""
+    ys = np.log(np.asarray(levels[::-1], dtype=np.float64))
+    return np.exp(np.interp(np.linspace(0, 1, count), np.linspace(0, 1, len(levels)), ys))[::-1].tolist()
+
+
+def optimal_steps_scheduler(call, model_type, steps, denoise):
+    """The table resampled to steps + 1 sigmas (as it is when it has that many), the last
+    round(steps * denoise) steps of it, ending at 0."""
+    if denoise <= 0.0:
+        return (torch.FloatTensor([]),)
+    total = round(steps * denoise) if denoise < 1.0 else steps
+    levels = OPTIMAL_STEPS[model_type]
+    sigmas = levels[:] if steps + 1 == len(levels) else loglinear_resampled(levels, steps + 1)
+    sigmas = sigmas[-(total + 1):]
+    sigmas[-1] = 0.0
+    return (torch.FloatTensor(sigmas),)
+
+
+register(NodeDef(
+    "OptimalStepsScheduler", optimal_steps_scheduler,
+    {"model_type": (list(OPTIMAL_STEPS), {}), "steps": ("INT", {"default": 20, "min": 3, "max": 1000}),
+     "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})},
+    ("SIGMAS",), category="sampling/custom_sampling/schedulers", module="comfy_extras.nodes_optimalsteps"))
