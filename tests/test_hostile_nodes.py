@@ -20,6 +20,7 @@ from opensd.library.synthetic import TINY, write_random_checkpoint
 from opensd.server.app import create_app
 from opensd.server.settings import Settings
 from opensd.workflows import execute
+from opensd.workflows import types
 from opensd.workflows.types import MAX_RESOLUTION, NODES, NodeError
 
 CK = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}}
@@ -398,3 +399,14 @@ def test_an_allocator_failure_is_one_line(tmp_path, monkeypatch):
     assert e.value.exception_type == "MemoryError"
     assert e.value.exception_message == ("out of memory: this node needs more memory than is free; ask for fewer or "
                                          "smaller images")
+
+
+def test_latent_batch_checks_the_joined_size(tmp_path, monkeypatch):
+    """Two latents each within the cap whose batch together is not (the cap lowered: at its real
+    value the inputs alone would take gigabytes)."""
+    monkeypatch.setattr(types, "MAX_ELEMENTS", 3 * 4 * 8 * 8)
+    graph = {"l": latent(64, 64, 2), "r": node("LatentBatch", samples1=["l", 0], samples2=["l", 0]),
+             "o": save_latent(["r", 0])}
+    with pytest.raises(NodeError) as e:
+        execute(graph, make_ctx(None, None, tmp_path))
+    assert e.value.exception_message.startswith("LatentBatch: 4 x 4 x 8 x 8 is 1,024 values, more than the 768")

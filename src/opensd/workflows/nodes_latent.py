@@ -188,6 +188,7 @@ def latent_batch(call, samples1, samples2):
     s1, s2 = samples1["samples"], samples2["samples"]
     if s1.shape[1] != s2.shape[1]:  # resizing cannot make them fit
         raise InvalidArgument(f"samples2: latents of {s2.shape[1]} channels cannot join latents of {s1.shape[1]}")
+    check_size("LatentBatch", s1.shape[0] + s2.shape[0], *s1.shape[1:])
     if s1.shape[1:] != s2.shape[1:]:
         s2 = upscale(s2, s1.shape[3], s1.shape[2], "bilinear", "center")
     # each half keeps its images' noise positions, so both sample as they would alone
