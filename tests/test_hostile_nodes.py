@@ -199,6 +199,16 @@ CASES = [
     ("CheckpointSave prefix a/../../x", checkpoint_save("a/../../x"), ("400", "c", "custom_validation_failed")),
     ("CheckpointSave absolute prefix", checkpoint_save("/tmp/x"), ("400", "c", "custom_validation_failed")),
     ("CheckpointSave drive prefix", checkpoint_save("C:\\x"), ("400", "c", "custom_validation_failed")),
+    # fixed: a prefix linked from a PrimitiveString was refused as empty; it is checked when the node runs
+    ("fixed: SaveLatent prefix from a PrimitiveString", {"p": node("PrimitiveString", value="latents/linked"),
+                                                         "l": latent(), "o": save_latent(["l", 0], ["p", 0])},
+     ("ok", None)),
+    ("SaveLatent prefix ../../x from a PrimitiveString", {"p": node("PrimitiveString", value="../../x"), "l": latent(),
+                                                          "o": save_latent(["l", 0], ["p", 0])},
+     ("error", "Saving image outside the output folder is not allowed.")),
+    ("CheckpointSave absolute prefix from a PrimitiveString",
+     checkpoint_save(["p", 0]) | {"p": node("PrimitiveString", value="/tmp/opensd-hostile-x")},
+     ("error", "Saving image outside the output folder is not allowed.")),
     # runtime: one readable line in the execution_error
     ("ImageFromBatch index past the end", {"i": image(b=2), "n": node("ImageFromBatch", image=["i", 0], batch_index=100,
                                                                       length=5), "o": preview(["n", 0])}, ("ok", None)),

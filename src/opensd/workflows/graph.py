@@ -117,6 +117,7 @@ class _Validator:
         inputs = dict(node.get("inputs", {}))
         errors: list[dict] = []
         valid = True
+        linked = set()
         for name, value, kind, opts, info, required, link in self._inputs(node_id):
             if value is _MISSING:
                 if required:
@@ -129,13 +130,14 @@ class _Validator:
                 elif not self.done[upstream][0]:
                     valid = False
                 inputs[name] = [upstream, value[1]] if link_error is None else value
+                linked.add(name)
                 continue
             error, value = self._literal(name, value, kind, opts, info)
             if error is not None:
                 errors.append(error)
             inputs[name] = value
-        if not errors and node_def.check is not None:
-            problem = node_def.check(self.ctx, inputs)
+        if not errors and node_def.check is not None:  # on the literals: a linked value is known when the node runs
+            problem = node_def.check(self.ctx, {k: v for k, v in inputs.items() if k not in linked})
             if problem:
                 errors.append(_err("custom_validation_failed", "Custom validation failed for node", problem))
         self.normalized[node_id] = {"class_type": node["class_type"], "inputs": inputs}

@@ -187,7 +187,7 @@ def load_image(call, image):
 def input_file_check(field: str):
     """A node's check that its `field` names a file of the input folder (ComfyUI's VALIDATE_INPUTS)."""
     def check(ctx, inputs):
-        if ctx is None:
+        if ctx is None or field not in inputs:  # no folder to look in, or linked (known when the node runs)
             return None
         return None if input_path(ctx, inputs.get(field)) else f"Invalid {field} file: {inputs.get(field)}"
     return check
@@ -226,7 +226,9 @@ def _prefix_problem(prefix) -> str | None:
 
 
 def check_prefix(ctx, inputs):
-    return _prefix_problem(inputs.get("filename_prefix"))
+    if "filename_prefix" not in inputs:  # linked (a PrimitiveString): save_path checks it when the node runs
+        return None
+    return _prefix_problem(inputs["filename_prefix"])
 
 
 def save_path(folder: Path, prefix: str, width: int, height: int) -> tuple[Path, str, str, int]:

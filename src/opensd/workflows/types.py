@@ -189,7 +189,8 @@ class NodeDef:
     description: str = ""
     output_node: bool = False
     experimental: bool = False      # ComfyUI's EXPERIMENTAL: object_info says "experimental": true
-    # check(ctx, inputs) -> None or an error text (ComfyUI's VALIDATE_INPUTS); literal inputs only
+    # check(ctx, inputs) -> None or an error text (ComfyUI's VALIDATE_INPUTS); literal inputs only (a
+    # linked one is absent: the node checks it when it runs)
     check: Callable[[ExecutionContext | None, dict], str | None] | None = None
     # fingerprint(ctx, inputs) -> str that changes when the node's outside world does (IS_CHANGED)
     fingerprint: Callable[[ExecutionContext, dict], str] | None = None
