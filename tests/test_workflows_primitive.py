@@ -18,7 +18,7 @@ def _graph(**values):
                                                          "color": ["c", 0]}},
             "x": {"class_type": "ImageScaleBy", "inputs": {"image": ["i", 0], "upscale_method": "nearest-exact",
                                                            "scale_by": ["f", 0]}},
-            "o": {"class_type": "SaveImage", "inputs": {"images": ["x", 0], "filename_prefix": "shot"}}}
+            "o": {"class_type": "SaveImage", "inputs": {"images": ["x", 0], "filename_prefix": ["s", 0]}}}
 
 
 def test_primitives_drive_other_nodes(tmp_path):
@@ -27,7 +27,7 @@ def test_primitives_drive_other_nodes(tmp_path):
     graph = _graph()
     validate_prompt(graph, ctx)
     saved = execute(graph, ctx, None)["o"]["images"]
-    assert saved[0]["filename"].startswith("shot")
+    assert saved[0]["filename"].startswith("shot")  # the prefix from PrimitiveString
     image = Image.open(tmp_path / "out" / saved[0]["subfolder"] / saved[0]["filename"])
     assert image.size == (36, 12) and image.getpixel((0, 0))[:3] == (0, 255, 0)
     from opensd.workflows.nodes_primitive import primitive
