@@ -2,8 +2,9 @@
 masks, latent blends, upscale-then-refine, grown and feathered inpainting masks, SamplerCustomAdvanced
 chains and split sigmas, SDXL text encoding from a checkpoint and from separate files, model
 patches, LCM / Turbo / AYS schedules, post-processing and the extra outputs, latent batch
-surgery, prompt scheduling), each run end to end on tiny models, with the image sizes they must
-produce and, where two graphs must agree, pixel equality."""
+surgery, prompt scheduling, a block merge under speed and guidance patches), each run end to end
+on tiny models, with the image sizes they must produce and, where two graphs must agree, pixel
+equality."""
 import copy
 import json
 from pathlib import Path
@@ -35,6 +36,7 @@ SIZES = {
     "image_postprocess_and_outputs": {"17": (4, (112, 93)), "15": (1, (112, 93))},
     "latent_batch_ops": {"16": (2, (64, 64))},
     "prompt_scheduling_and_mixing": {"14": (1, (64, 64))},
+    "speed_and_guidance_patches": {"17": (1, (64, 64))},
 }
 
 
