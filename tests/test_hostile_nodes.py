@@ -309,6 +309,9 @@ CASES = [
     ("fixed: VPScheduler 10000 steps of 64 1024 x 1024 images", _with(
         custom(node("VPScheduler", steps=10000, beta_d=19.9, beta_min=0.1, eps_s=0.001)), "L",
         width=1024, height=1024, batch_size=64), ("budget", "x 10000 steps")),
+    ("fixed: SamplerLCMUpscale enlarging 20x counts its size", _with(_lcm_upscale(scale_ratio=20.0), "L", width=1024,
+                                                                     height=1024, batch_size=16),
+     ("budget", "node S: 16 images of 1024x1024 x 2 steps, enlarged up to 20x")),
     ("fixed: KSampler steps and sizes as strings", _with(_with(sampled(), "S", steps="10000"), "L", width="1024",
                                                           height="1024", batch_size="64"),
      ("budget", "node S: 64 images of 1024x1024 x 10000 steps")),

@@ -46,6 +46,14 @@ def _linked(graph: dict, inputs: dict, name: str) -> tuple[str | None, dict]:
     return (node["class_type"], node["inputs"]) if node else (None, {})
 
 
+def _growth(graph: dict, inputs: dict) -> float:
+    """How much a custom sampler enlarges the latent's sides as it goes (SamplerLCMUpscale's
+    scale_ratio; counted as if every step ran at the final size, an upper bound), else 1."""
+    kind, options = _linked(graph, inputs, "sampler")
+    ratio = options.get("scale_ratio") if kind == "SamplerLCMUpscale" else None
+    return max(1.0, ratio) if isinstance(ratio, float) else 1.0
+
+
 def comfy_cost(graph: dict) -> tuple[float, str]:
     """(megapixel-steps, description) of the samplers of a validated ComfyUI graph (check_prompt's
     normalized one: numbers converted, so "10000" counts as 10000; links as [str id, slot]) whose
@@ -65,6 +73,8 @@ def comfy_cost(graph: dict) -> tuple[float, str]:
         if not all(isinstance(v, int) for v in values):
             continue  # a size or steps from a link is known only when the graph runs
         w, h, batch, steps = values
-        cost += w * h * batch * steps / 1e6
-        parts.append(f"node {node_id}: {batch} images of {w}x{h} x {steps} steps")
+        growth = _growth(graph, inputs)
+        cost += w * h * batch * steps * growth ** 2 / 1e6
+        parts.append(f"node {node_id}: {batch} images of {w}x{h} x {steps} steps"
+                     + (f", enlarged up to {growth:g}x" if growth > 1 else ""))
     return cost, "; ".join(parts)
