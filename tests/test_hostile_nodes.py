@@ -302,6 +302,10 @@ CASES = [
     ("fixed: LatentBatch of 4 and 7 channels", load_latent("seven.latent", then="batch"),
      ("error", "samples2: latents of 7 channels cannot join latents of 4")),
     ("LoadLatent of integers runs", load_latent("ints.latent"), ("ok", None)),
+    ("fixed: KSampler of a 7-channel latent", sampled(L=node("LoadLatent", latent="sevens.latent")),
+     ("error", "latent_image: a latent of 7 channels does not fit tiny.safetensors, which samples 4")),
+    ("KSampler of an empty 7-channel latent (ComfyUI's empty-latent fix)",
+     sampled(L=node("LoadLatent", latent="seven.latent")), ("ok", None)),
     # fixed: the work budget counts what will run, however it is spelled
     ("fixed: SamplerCustom 10000 steps of 64 1024 x 1024 images", _with(
         custom(node("BasicScheduler", model=["4", 0], scheduler="normal", steps=10000, denoise=1.0)), "L",
@@ -337,7 +341,7 @@ def probe(tmp_path_factory):
         inputs = client.app.state.opensd.settings.data_dir / "inputs"
         inputs.mkdir(parents=True, exist_ok=True)
         files = {"flat": torch.zeros(3), "empty": torch.zeros(0, 4, 8, 8), "seven": torch.zeros(1, 7, 8, 8),
-                 "ints": torch.zeros(1, 4, 8, 8, dtype=torch.int64)}
+                 "ints": torch.zeros(1, 4, 8, 8, dtype=torch.int64), "sevens": torch.ones(1, 7, 8, 8)}
         for name, samples in files.items():
             save_file({"latent_tensor": samples, "latent_format_version_0": torch.tensor([])},
                       str(inputs / f"{name}.latent"))
@@ -423,3 +427,10 @@ def test_latent_batch_checks_the_joined_size(tmp_path, monkeypatch):
     with pytest.raises(NodeError) as e:
         execute(graph, make_ctx(None, None, tmp_path))
     assert e.value.exception_message.startswith("LatentBatch: 4 x 4 x 8 x 8 is 1,024 values, more than the 768")
+
+
+def test_skip_layer_numbers_too_long_for_an_index_are_ignored():
+    """As indices past the network are; Python would refuse to convert 5000 digits (a ValueError
+    naming sys.set_int_max_str_digits)."""
+    from opensd.workflows.nodes_guidance import _layer_numbers
+    assert _layer_numbers("9" * 5000 + ", 7,x8") == [7, 8]

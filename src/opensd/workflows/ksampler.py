@@ -112,6 +112,9 @@ def fix_empty_latent(model: ModelRef, latent: dict) -> torch.Tensor:
     """The samples to start from: EmptyLatentImage's zeros reshaped for this model's latent channels
     and VAE downscale (ComfyUI's fix_empty_latent_channels; "pixel_size" for other downscales)."""
     pipe, samples = model.pipe, latent["samples"].float()
+    if samples.any() and samples.shape[1] != pipe.config.latent_channels:  # another family's, encoded or sampled
+        raise InvalidArgument(f"latent_image: a latent of {samples.shape[1]} channels does not fit {model.name}, "
+                              f"which samples {pipe.config.latent_channels} (is it another model family's?)")
     if samples.any() or (samples.shape[1] == pipe.config.latent_channels and "pixel_size" not in latent):
         return samples
     h, w = samples.shape[2:]

@@ -120,11 +120,16 @@ def slg_function(double: list[int], single: list[int], scale: float, sigma_start
     return fn
 
 
+def _layer_numbers(text: str) -> list[int]:
+    """Any digit runs, as ComfyUI reads them; runs too long for a block index are ignored as
+    indices past the network are (Python refuses to convert over 4300 digits)."""
+    return [int(n) for n in re.findall(r"\d+", text) if len(n) <= 9]
+
+
 def skip_layer_guidance_dit(call, model, double_layers, single_layers, scale, start_percent, end_percent,
                             rescaling_scale=0.0):
     model.pipe.family.require("skip_layers", "model")
-    double = [int(n) for n in re.findall(r"\d+", double_layers)]  # any digit runs, as ComfyUI reads them
-    single = [int(n) for n in re.findall(r"\d+", single_layers)]
+    double, single = _layer_numbers(double_layers), _layer_numbers(single_layers)
     if not double and not single:
         return (model,)
     ms = sampling_of(model)
