@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..errors import InvalidArgument
 
 LATENT_SOURCES = ("EmptyLatentImage", "EmptySD3LatentImage")
+PRIMITIVES = ("PrimitiveInt",)  # nodes whose output is their literal "value"
 # sampler node -> the input linked to the node holding its steps (None: its own "steps"):
 # SamplerCustom's are those of its scheduler node (BasicScheduler, PolyexponentialScheduler...)
 SAMPLERS = {"KSampler": None, "KSamplerAdvanced": None, "SamplerCustom": "sigmas", "SamplerCustomAdvanced": "sigmas"}
@@ -39,11 +40,22 @@ def a1111_cost(kw: dict, n_iter: int) -> tuple[float, str]:
     return cost, f"{kw['batch_size']} x {n_iter} images of {what}"
 
 
-def _linked(graph: dict, inputs: dict, name: str) -> tuple[str | None, dict]:
-    """(class_type, inputs) of the node `inputs[name]` links to; (None, {}) for a literal."""
-    link = inputs.get(name)
+def _node_at(graph: dict, link) -> tuple[str | None, dict]:
+    """(class_type, inputs) of the node `link` points to; (None, {}) for a literal."""
     node = graph.get(link[0]) if isinstance(link, list) else None
     return (node["class_type"], node["inputs"]) if node else (None, {})
+
+
+def _linked(graph: dict, inputs: dict, name: str) -> tuple[str | None, dict]:
+    return _node_at(graph, inputs.get(name))
+
+
+def _known(graph: dict, value):
+    """A literal, or the value of the primitive node (PrimitiveInt) it is linked to; else None."""
+    if isinstance(value, list):
+        kind, inputs = _node_at(graph, value)
+        return inputs.get("value") if kind in PRIMITIVES else None
+    return value
 
 
 def _growth(graph: dict, inputs: dict) -> float:
@@ -69,9 +81,9 @@ def comfy_cost(graph: dict) -> tuple[float, str]:
             continue
         steps_from = SAMPLERS[node["class_type"]]
         steps = (inputs if steps_from is None else _linked(graph, inputs, steps_from)[1]).get("steps")
-        values = [size.get("width"), size.get("height"), size.get("batch_size", 1), steps]
-        if not all(isinstance(v, int) for v in values):
-            continue  # a size or steps from a link is known only when the graph runs
+        values = [_known(graph, v) for v in (size.get("width"), size.get("height"), size.get("batch_size", 1), steps)]
+        if not all(isinstance(v, int) and v > 0 for v in values):
+            continue  # known only when the graph runs (a link), or refused then (a primitive's -5)
         w, h, batch, steps = values
         growth = _growth(graph, inputs)
         cost += w * h * batch * steps * growth ** 2 / 1e6
