@@ -18,8 +18,20 @@ from ..models.dit_models import FluxModel
 from ..sampling.flow import FlowSampling, flux_mu
 from .dit import DiTFamily, compute_dtype
 
+# the sizes Kontext was trained at (width, height); BFL, diffusers and ComfyUI resize the reference
+# image to the one nearest its aspect ratio
+KONTEXT_SIZES = ((672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184),
+                 (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752),
+                 (1456, 720), (1504, 688), (1568, 672))
 COMFY_SHIFT = 1.15  # ComfyUI's Flux dev default: the largest shift, whatever the size
 FILL_INPUTS = 6  # Fill's input features per output feature: the latent, the masked image's, 4 for the mask
+
+
+def kontext_size(width: int, height: int) -> tuple[int, int]:
+    """The Kontext training size (width, height) whose aspect ratio is nearest width / height (the
+    first of equals, as min over the list in diffusers and ComfyUI)."""
+    _, w, h = min((abs(width / height - w / h), w, h) for w, h in KONTEXT_SIZES)
+    return w, h
 
 
 class FluxFamily(DiTFamily):
@@ -65,14 +77,18 @@ class FluxFamily(DiTFamily):
     def build(self, cfg: FluxModelConfig) -> FluxModel:
         return FluxModel(cfg)
 
-    def net_fn(self, model: FluxModel, guidance=None):
+    reference_latents = True  # Kontext's: the network appends them to its image tokens
+
+    def net_fn(self, model: FluxModel, guidance=None, references=None):
+        """`references`: Kontext's reference latents, model-scaled, each (1 or B, C, H, W)."""
         flux = model.network
         scale = self.default_guidance if guidance is None else guidance
         dtype = compute_dtype(flux)
 
         def call(x, t, context, y, control=None):
             g = torch.full((len(x),), float(scale), device=x.device) if flux.cfg.guidance_embed else None
-            return flux(x.to(dtype), t, context.to(dtype), y.to(dtype), g)
+            refs = [r.to(x.device, dtype).expand(len(x), -1, -1, -1) for r in references or ()]
+            return flux(x.to(dtype), t, context.to(dtype), y.to(dtype), g, refs)
 
         return call
 

@@ -10,6 +10,9 @@ separate weights for text and image tokens and attend jointly (text first); sing
 run one fused attention + MLP over the concatenated sequence. Positions are 3-axis RoPE ids
 (time, row, column): zeros for text, (0, row, column) for image patches. Every sublayer is
 adaLN-modulated by timestep + pooled CLIP-L (+ distilled guidance for dev) embeddings.
+
+Kontext (image editing) is the same network: reference latents are packed the same way and appended
+after the image tokens with ids (1, row, column), the output cut back to the image tokens.
 """
 from __future__ import annotations
 
@@ -137,6 +140,30 @@ def image_ids(h: int, w: int, device: torch.device | None = None) -> torch.Tenso
     return torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(h * w, 3)
 
 
+def pack(x: torch.Tensor) -> torch.Tensor:
+    """Latents (B, C, 2h, 2w) -> tokens (B, h * w, 4C) of 2x2 patches, row by row."""
+    b, c, height, width = x.shape
+    return x.view(b, c, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * 4)
+
+
+def reference_tokens(refs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kontext's reference latents (each (B, C, H, W)) as tokens and ids, ComfyUI's default placement
+    ("offset"; diffusers' for one reference): time id 1, and each further reference moved past the
+    ones before along the side that grows their bounding box least. An odd side is padded
+    (circularly, as ComfyUI) to whole patches."""
+    tokens, ids, h, w = [], [], 0, 0
+    for ref in refs:
+        rh, rw = ref.shape[-2:]
+        if rh % 2 or rw % 2:
+            ref = F.pad(ref, (0, rw % 2, 0, rh % 2), mode="circular")
+        dh, dw = (0, w) if rh + h > rw + w else (h, 0)
+        h, w = max(h, rh + dh), max(w, rw + dw)
+        grid = image_ids(ref.shape[-2] // 2, ref.shape[-1] // 2, ref.device)
+        tokens.append(pack(ref))
+        ids.append(grid + torch.tensor([1, (dh + 1) // 2, (dw + 1) // 2], device=ref.device))
+    return torch.cat(tokens, dim=1), torch.cat(ids)
+
+
 class Flux(nn.Module):
     def __init__(self, cfg: FluxConfig):
         super().__init__()
@@ -175,13 +202,17 @@ class Flux(nn.Module):
         return self.final_layer(x[:, txt.shape[1]:], vec)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor,
-                guidance: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (B, C, H, W) with even H and W -> the flow velocity, same shape."""
+                guidance: torch.Tensor | None = None, ref_latents: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Latents (B, C, H, W) with even H and W -> the flow velocity, same shape. `ref_latents`:
+        Kontext's reference latents (each (B, C, H', W'), any size), seen but not predicted."""
         b, c, height, width = x.shape
         if height % 2 or width % 2:
             raise InvalidArgument(f"size: latent sides must be even, got {height}x{width}")
         h, w = height // 2, width // 2
-        img = x.view(b, c, h, 2, w, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w, c * 4)
+        img, ids = pack(x), image_ids(h, w, x.device)
+        if ref_latents:
+            ref, ref_ids = reference_tokens(ref_latents)
+            img, ids = torch.cat((img, ref.to(img)), dim=1), torch.cat((ids, ref_ids))
         txt_ids = torch.zeros(context.shape[1], 3, device=x.device)
-        out = self.forward_tokens(img, image_ids(h, w, x.device), context, txt_ids, timesteps, y, guidance)
+        out = self.forward_tokens(img, ids, context, txt_ids, timesteps, y, guidance)[:, :h * w]
         return out.view(b, h, w, -1, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, height, width)

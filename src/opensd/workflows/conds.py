@@ -54,6 +54,7 @@ class Entry:
     control_to_uncond: bool = False
     guidance: float | None = None               # distilled guidance (FluxGuidance; None: the model's default)
     concat: torch.Tensor | None = None          # (B, 5, H, W) an inpainting model's [mask, masked image] channels
+    references: tuple | None = None             # ReferenceLatent's latents, model-scaled (Kontext)
 
     def active(self, sigma: float) -> bool:
         return not ((self.sigma_start is not None and sigma > self.sigma_start)
@@ -110,7 +111,22 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
         sigma_start=None if start is None else sampling.percent_to_sigma(start),
         sigma_end=None if end is None else sampling.percent_to_sigma(end),
         control=extra.get("control"), control_to_uncond=bool(extra.get("control_apply_to_uncond")),
-        guidance=extra.get("guidance"), concat=_concat(extra, shape, pipe))
+        guidance=extra.get("guidance"), concat=_concat(extra, shape, pipe), references=_references(extra, pipe))
+
+
+def _references(extra: dict, pipe) -> tuple | None:
+    """ReferenceLatent's latents, scaled as the model's own (ComfyUI's process_latent_in), for a
+    model that takes them (Flux Kontext); others ignore them, as in ComfyUI."""
+    refs = extra.get("reference_latents")
+    if not refs or not getattr(pipe.family, "reference_latents", False):
+        return None
+    channels = pipe.config.latent_channels
+    for r in refs:
+        if not isinstance(r, torch.Tensor) or r.ndim != 4 or r.shape[1] != channels or min(r.shape) < 1:
+            shape = tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__
+            raise InvalidArgument(f"reference_latents: a reference latent must be (batch, {channels}, height, width) "
+                                  f"for this model, got {shape} (is it from another model's VAE?)")
+    return tuple(pipe.config.vae.scaled(r.float()).to(pipe.device) for r in refs)
 
 
 def _concat(extra: dict, shape, pipe) -> torch.Tensor | None:
@@ -241,7 +257,7 @@ def calc_cond_batch(run, sets: list[list[Entry] | None], x: torch.Tensor, sigma:
             area, mult = _area_and_mult(e, x, image)
             shape = tuple(region(x, area).shape)
             # one model call per group: same crop size, ControlNet hint and context shape
-            key = (shape, id(e.control), tuple(e.context.shape), e.y is None, e.guidance)
+            key = (shape, id(e.control), tuple(e.context.shape), e.y is None, e.guidance, id(e.references))
             groups.setdefault(key, []).append((i, e, area, mult))
     for group in groups.values():
         crops = torch.cat([region(x, area) for _, _, area, _ in group])

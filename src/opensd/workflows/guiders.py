@@ -77,7 +77,9 @@ class ModelRun:
         self._controls: dict = {}
 
     def __call__(self, crops: torch.Tensor, sigma: torch.Tensor, entries: list, areas: list) -> torch.Tensor:
-        net = self.pipe.family.net_fn(self.pipe.model, entries[0].guidance)
+        refs = entries[0].references
+        net = self.pipe.family.net_fn(self.pipe.model, entries[0].guidance,
+                                      **({} if refs is None else {"references": self._references(refs)}))
         context = torch.cat([e.context for e in entries])
         y = None if entries[0].y is None else torch.cat([e.y for e in entries])
         concat = None if self.image_cond is None else torch.cat([region(self._image_cond(e), a)
@@ -97,6 +99,10 @@ class ModelRun:
             for patch in self.patches:
                 patched.enter_context(patch(self.pipe.family.network(self.pipe.model), float(sigma.reshape(-1)[0])))
             return self.sampling.denoise(unet_fn, crops, sigma, context=context, y=y)
+
+    def _references(self, refs: tuple) -> list:
+        """This image's latent of each reference batch (the batch repeated over the images, as ComfyUI's)."""
+        return [r[self.image % len(r)][None] for r in refs]
 
     def _image_cond(self, entry) -> torch.Tensor:
         """An inpainting model's extra channels: the entry's own (InpaintModelConditioning), else the run's."""

@@ -1,0 +1,41 @@
+"""ComfyUI's nodes for Flux.1 Kontext, an editing model that sees reference images next to the one
+it makes (comfy_extras.nodes_edit_model and nodes_flux):
+
+* ReferenceLatent: appends a latent to each conditioning entry's "reference_latents" (chained, several
+  references); without a latent the conditioning passes unchanged. The Flux network appends the
+  references' tokens after the image's (models/flux.py); other models ignore them, as in ComfyUI.
+* FluxKontextImageScale: resizes (Lanczos, centre crop) to the Kontext training size whose aspect
+  is nearest the image's.
+"""
+from __future__ import annotations
+
+from ..families.flux import kontext_size
+from .nodes_image import upscale
+from .types import NodeDef, register
+
+
+def reference_latent(call, conditioning, latent=None):
+    if latent is None:
+        return (conditioning,)
+    ref = latent["samples"]
+    return ([[ctx, {**(extra or {}), "reference_latents": [*(extra or {}).get("reference_latents", ()), ref]}]
+             for ctx, extra in conditioning],)
+
+
+register(NodeDef(
+    "ReferenceLatent", reference_latent, {"conditioning": ("CONDITIONING", {})}, ("CONDITIONING",),
+    optional={"latent": ("LATENT", {})}, category="advanced/conditioning/edit_models",
+    module="comfy_extras.nodes_edit_model",
+    description="This node sets the guiding latent for an edit model. If the model supports it you can chain "
+                "multiple to set multiple reference images."))
+
+
+def flux_kontext_image_scale(call, image):
+    width, height = kontext_size(image.shape[2], image.shape[1])
+    return (upscale(image.movedim(-1, 1), width, height, "lanczos", "center").movedim(1, -1),)
+
+
+register(NodeDef(
+    "FluxKontextImageScale", flux_kontext_image_scale, {"image": ("IMAGE", {})}, ("IMAGE",),
+    category="advanced/conditioning/flux", module="comfy_extras.nodes_flux",
+    description="This node resizes the image to one that is more optimal for flux kontext."))
