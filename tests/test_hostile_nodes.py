@@ -437,3 +437,19 @@ def test_skip_layer_numbers_too_long_for_an_index_are_ignored():
     naming sys.set_int_max_str_digits)."""
     from opensd.workflows.nodes_guidance import _layer_numbers
     assert _layer_numbers("9" * 5000 + ", 7,x8") == [7, 8]
+
+
+def test_a_graph_holding_too_much_together_is_one_line(tmp_path, monkeypatch):
+    """Each node within its own cap, their outputs together past the graph's; an output passed on
+    unchanged (ImageStitch without image2) is not counted twice."""
+    monkeypatch.setattr(types, "MAX_GRAPH_ELEMENTS", 2 * 8 * 8 * 3 + 10)
+    ctx = make_ctx(None, None, tmp_path)
+    same = {"a": image(), "s": node("ImageStitch", image1=["a", 0], direction="right", match_image_size=True,
+                                    spacing_width=0, spacing_color="white"), "o": preview(["s", 0])}
+    execute(same, ctx)
+    three = {"a": image(color=1), "b": image(color=2), "c": image(color=3),
+             "s": stitch(["a", 0], ["b", 0], match_image_size=False), "o": preview(["c", 0]), "p": preview(["s", 0])}
+    with pytest.raises(NodeError) as e:
+        execute(three, ctx)
+    assert e.value.exception_message.startswith("the graph's node outputs would hold ")
+    assert "more than the 394 one graph may" in e.value.exception_message

@@ -24,6 +24,7 @@ from ..errors import InvalidArgument
 from ..pipeline.pipeline import Interrupted
 from .graph import check_prompt, linked_number_problem, links, signatures, walk
 from .loras import release_all
+from . import types
 from .types import NODES, ExecutionContext, GraphError, NodeCall, NodeError
 
 Event = Callable[[str, object], None]
@@ -88,8 +89,10 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
     results: dict[str, tuple] = {}
     ui_out: dict[str, dict] = {}
     executed: list[str] = []
+    held = _Held()
     for node_id in cached:
         outs, ui = cache.get(sigs[node_id])
+        held.add(outs)
         results[node_id] = outs
         if ui:
             ui_out[node_id] = ui
@@ -120,6 +123,11 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
                 raise NodeError(node_id, node["class_type"], _readable(e), list(executed),
                                 traceback.format_tb(e.__traceback__)) from e
             outs, ui = (ret.get("result", ()), ret.get("ui")) if isinstance(ret, dict) else (tuple(ret), None)
+            if held.add(outs) > types.MAX_GRAPH_ELEMENTS:
+                problem = InvalidArgument(f"the graph's node outputs would hold {held.count:,} values together, more "
+                                          f"than the {types.MAX_GRAPH_ELEMENTS:,} one graph may; ask for fewer or "
+                                          "smaller images")
+                raise NodeError(node_id, node["class_type"], problem, list(executed), [])
             results[node_id] = tuple(outs)
             cache.put(sigs[node_id], tuple(outs), ui)
             executed.append(node_id)
@@ -128,6 +136,33 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
                 emit("executed", {"node": node_id, "output": ui})
     cache.keep_only(sigs.values())  # the whole graph's outputs stay, as in ComfyUI
     return {n: ui_out[n] for n in outputs if n in ui_out}
+
+
+class _Held:
+    """The tensor values a run's node outputs hold, each storage counted once (views and outputs
+    passed on unchanged share theirs)."""
+
+    def __init__(self):
+        self.count, self._seen, self._walked = 0, set(), set()
+
+    def add(self, outputs) -> int:
+        stack = [outputs]
+        while stack:
+            value = stack.pop()
+            if isinstance(value, (list, tuple, dict)):
+                if id(value) in self._walked:
+                    continue
+                self._walked.add(id(value))
+            if isinstance(value, torch.Tensor):
+                storage = value.untyped_storage()
+                if storage.data_ptr() not in self._seen:
+                    self._seen.add(storage.data_ptr())
+                    self.count += storage.nbytes() // value.element_size()
+            elif isinstance(value, (list, tuple)):
+                stack.extend(value)
+            elif isinstance(value, dict):
+                stack.extend(value.values())
+        return self.count
 
 
 def _check_linked_numbers(node_def, inputs: dict, kwargs: dict) -> None:

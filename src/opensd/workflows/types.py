@@ -32,6 +32,9 @@ MAX_SEED = 0xFFFFFFFFFFFFFFFF
 # 16384 x 16384 x 4096), which either fail deep in the allocator or, below the machine's memory,
 # take it all. Checked before allocating (check_size).
 MAX_ELEMENTS = 1 << 30
+# The most tensor values one graph's node outputs may hold together (16 GiB of float32): each node
+# within MAX_ELEMENTS, ten of them kept for the graph's run would still take the machine.
+MAX_GRAPH_ELEMENTS = 4 * MAX_ELEMENTS
 
 
 class GraphError(OpenSDError):
