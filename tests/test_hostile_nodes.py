@@ -103,10 +103,19 @@ def checkpoint_save(prefix, model=("4", 0)) -> dict:
                                           filename_prefix=prefix)}
 
 
+# two-latent nodes and the names of their (first, second) inputs
+TWO_LATENTS = {"batch": ("LatentBatch", "samples1", "samples2", {}), "add": ("LatentAdd", "samples1", "samples2", {}),
+               "blend": ("LatentBlend", "samples1", "samples2", {"blend_factor": 0.5}),
+               "composite": ("LatentComposite", "samples_to", "samples_from", {"x": 0, "y": 0, "feather": 0}),
+               "masked": ("LatentCompositeMasked", "destination", "source", {"x": 0, "y": 0, "resize_source": False})}
+
+
 def load_latent(name: str, then=None) -> dict:
     g = {"l": node("LoadLatent", latent=name)}
-    if then == "batch":
-        g |= {"L": latent(), "b": node("LatentBatch", samples1=["L", 0], samples2=["l", 0]), "o": save_latent(["b", 0])}
+    if then:
+        kind, first, second, extra = TWO_LATENTS[then]
+        g |= {"L": latent(), "b": node(kind, **{first: ["L", 0], second: ["l", 0]}, **extra),
+              "o": save_latent(["b", 0])}
     else:
         g["o"] = save_latent(["l", 0])
     return g
@@ -299,8 +308,9 @@ CASES = [
     ("fixed: LoadLatent of a 1-D tensor", load_latent("flat.latent"), ("error", "holds a latent of shape (3,), not")),
     ("fixed: LoadLatent of an empty batch", load_latent("empty.latent"),
      ("error", "holds a latent of shape (0, 4, 8, 8)")),
-    ("fixed: LatentBatch of 4 and 7 channels", load_latent("seven.latent", then="batch"),
-     ("error", "samples2: latents of 7 channels cannot join latents of 4")),
+    *((f"fixed: {TWO_LATENTS[k][0]} of 4 and 7 channels", load_latent("seven.latent", then=k),
+       ("error", f"{TWO_LATENTS[k][2]}: latents of shape (1, 7, 8, 8) cannot be combined with latents of shape "
+                 "(1, 4, 8, 8)")) for k in TWO_LATENTS),
     ("LoadLatent of integers runs", load_latent("ints.latent"), ("ok", None)),
     ("fixed: KSampler of a 7-channel latent", sampled(L=node("LoadLatent", latent="sevens.latent")),
      ("error", "latent_image: a latent of 7 channels does not fit tiny.safetensors, which samples 4")),

@@ -23,8 +23,16 @@ def _with(latent: dict, samples: torch.Tensor) -> dict:
     return out
 
 
-def _fit(target: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+def _same_channels(name: str, target: torch.Tensor, other: torch.Tensor) -> None:
+    """Latents of different channel counts (SD's 4 and SD3's/Flux's 16) cannot be resized to fit."""
+    if other.ndim != 4 or target.ndim != 4 or other.shape[1] != target.shape[1]:
+        raise InvalidArgument(f"{name}: latents of shape {tuple(other.shape)} cannot be combined with latents of "
+                              f"shape {tuple(target.shape)} (the channel counts differ: another model's latents?)")
+
+
+def _fit(target: torch.Tensor, other: torch.Tensor, name: str = "samples2") -> torch.Tensor:
     """`other` stretched (bilinear, centre crop) to target's size and repeated to its batch."""
+    _same_channels(name, target, other)
     if other.shape[1:] != target.shape[1:]:
         other = upscale(other, target.shape[3], target.shape[2], "bilinear", "center")
     return repeat_to_batch(other, target.shape[0])
@@ -83,6 +91,9 @@ register(NodeDef(
 def latent_composite(call, samples_to, samples_from, x, y, feather=0):
     x, y, feather = x // 8, y // 8, feather // 8
     to, src = samples_to["samples"], samples_from["samples"]
+    _same_channels("samples_from", to, src)
+    if src.shape[0] not in (1, to.shape[0]):
+        raise InvalidArgument(f"samples_from: a batch of {src.shape[0]} cannot be pasted into a batch of {to.shape[0]}")
     out = to.clone()
     src = src[:, :, :to.shape[2] - y, :to.shape[3] - x]
     h, w = src.shape[2], src.shape[3]
@@ -113,6 +124,7 @@ register(NodeDef(
 
 
 def latent_composite_masked(call, destination, source, x, y, resize_source, mask=None):
+    _same_channels("source", destination["samples"], source["samples"])
     out = composite(destination["samples"].clone(), source["samples"], x, y, mask, 8, resize_source)
     return (_with(destination, out),)
 
@@ -126,6 +138,7 @@ register(NodeDef(
 
 def latent_blend(call, samples1, samples2, blend_factor):
     s1, s2 = samples1["samples"], samples2["samples"]
+    _same_channels("samples2", s1, s2)
     if s1.shape != s2.shape:
         s2 = upscale(s2, s1.shape[3], s1.shape[2], "bicubic", "center")
     return (_with(samples1, s1 * blend_factor + s2 * (1 - blend_factor)),)
@@ -186,8 +199,7 @@ register(NodeDef(
 
 def latent_batch(call, samples1, samples2):
     s1, s2 = samples1["samples"], samples2["samples"]
-    if s1.shape[1] != s2.shape[1]:  # resizing cannot make them fit
-        raise InvalidArgument(f"samples2: latents of {s2.shape[1]} channels cannot join latents of {s1.shape[1]}")
+    _same_channels("samples2", s1, s2)
     check_size("LatentBatch", s1.shape[0] + s2.shape[0], *s1.shape[1:])
     if s1.shape[1:] != s2.shape[1:]:
         s2 = upscale(s2, s1.shape[3], s1.shape[2], "bilinear", "center")
