@@ -233,9 +233,9 @@ def test_a_lora_given_as_the_model_says_to_use_lora(keys):
 def test_unsupported_diffusers_pipeline_folder_is_named(tmp_path):
     from opensd.pipeline.loader import load_model
     (tmp_path / "flux").mkdir()
-    (tmp_path / "flux" / "model_index.json").write_text('{"_class_name": "FluxKontextPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}')
+    (tmp_path / "flux" / "model_index.json").write_text('{"_class_name": "FluxPriorReduxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}')
     (tmp_path / "flux" / "transformer").mkdir()
-    with pytest.raises(CheckpointError, match="this is a Flux.1 Kontext/Redux/Control diffusers folder .*not supported"):
+    with pytest.raises(CheckpointError, match="this is a Flux.1 Redux/Control diffusers folder .*not supported"):
         load_model(tmp_path / "flux")
     (tmp_path / "flux" / "model_index.json").write_text('{"_class_name": "SomeFuturePipeline"}')
     with pytest.raises(CheckpointError, match="no unet/ but a transformer/: a DiT-based model family"):

@@ -5,6 +5,9 @@ samples as diffusers' FluxKontextPipeline does (every network input, the whole r
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RES
 from PIL import Image
 
 from dit_fixtures import flux_parts, hf_tokenizers, write_diffusers_folder
-from opensd.errors import InvalidArgument
+from opensd.errors import CheckpointError, InvalidArgument
 from opensd.families.flux import COMFY_SHIFT, KONTEXT_SIZES, kontext_size
 from opensd.models.flux import reference_tokens
 from opensd.pipeline.pipeline import load
@@ -37,7 +40,8 @@ ids = FluxKontextPipeline._prepare_latent_image_ids
 def kontext(tmp_path_factory):
     root = tmp_path_factory.mktemp("kontext")
     parts = flux_parts("dev")
-    ours = load(write_diffusers_folder(root / "model", "flux", parts), precision="fp32", device="cpu")
+    ours = load(write_diffusers_folder(root / "model", "flux", parts, "FluxKontextPipeline"), precision="fp32",
+                device="cpu")
     tok = hf_tokenizers(root)
     ref = FluxKontextPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=math.exp(COMFY_SHIFT)),  # ComfyUI's constant shift
@@ -175,3 +179,65 @@ def test_a_reference_from_another_vae_is_one_line(kontext):
     with pytest.raises(InvalidArgument, match=r"reference_latents: .*\(batch, 16, height, width\).*\(1, 4, 8, 8\)"):
         K.sample(ModelRef(ours, "tiny"), pos, pos, empty_sd3_latent(None, SIZE, SIZE)[0], seed=SEED, steps=1,
                  cfg=1.0, sampler_name="euler", scheduler="simple")
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(kontext):
+    """Our txt2img with a reference image, and diffusers' FluxKontextPipeline's (auto-resize on, its
+    size-dependent shift) from the same noise, both 8-bit."""
+    ours, ref = kontext
+    dev = FluxKontextPipeline(**{**ref.components, "scheduler": FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
+        shift=3.0)})
+    dev.set_progress_bar_config(disable=True)
+    image = picture()
+    got = ours.txt2img(PROMPT, references=[image], steps=STEPS, seed=SEED, width=SIZE, height=SIZE,
+                       distilled_guidance=GUIDANCE)[0]
+    noise = pack(ours.noise([SEED], SIZE // 8, SIZE // 8), 1, 16, SIZE // 8, SIZE // 8)
+    ins, hook = record(dev.transformer, packed=True)
+    try:
+        with torch.no_grad():
+            want = dev(image=image, prompt=PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS,
+                       guidance_scale=GUIDANCE, latents=noise, max_sequence_length=ours.config.t5_length,
+                       max_area=SIZE * SIZE, output_type="np").images[0]
+    finally:
+        hook.remove()
+    return image, np.asarray(got).astype(int), np.round(want * 255).astype(int), ins
+
+
+def test_pipeline_with_a_reference_image_equals_diffusers_kontext(pipeline_run):
+    """The reference is fitted to 1328x800 (83 x 50 tokens after the image's 16) on both sides."""
+    _, got, want, ins = pipeline_run
+    assert ins[0].shape[1] == 16 + 83 * 50
+    assert np.abs(got - want).max() <= 1 and want.std() > 1
+
+
+def test_cli_reference_image_is_the_pipelines(kontext, pipeline_run, tmp_path):
+    ours, _ = kontext
+    image, got, _, _ = pipeline_run
+    image.save(tmp_path / "ref.png")
+    out = tmp_path / "out.png"
+    r = subprocess.run([sys.executable, "-m", "opensd.cli", "generate", PROMPT, "--model", str(ours.loaded.path),
+                        "--precision", "fp32", "--device", "cpu", "--steps", str(STEPS), "--seed", str(SEED),
+                        "--width", str(SIZE), "--height", str(SIZE), "--guidance", str(GUIDANCE),
+                        "--reference-image", str(tmp_path / "ref.png"), "-o", str(out)], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")).astype(int), got)
+
+
+def test_a_reference_image_too_small_is_one_line(kontext):
+    ours, _ = kontext
+    with pytest.raises(InvalidArgument, match=r"^reference-image: 10x40 is too small \(at least 16x16 pixels\)$"):
+        ours.txt2img(PROMPT, references=[Image.new("RGB", (10, 40))], steps=1, width=SIZE, height=SIZE)
+
+
+def test_a_kontext_folder_loads_as_flux_dev_and_kontext_inpainting_is_named(kontext, tmp_path):
+    ours, _ = kontext
+    cfg = ours.config
+    assert (cfg.family, cfg.flux.in_channels, cfg.flux.guidance_embed) == ("flux", 64, True)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model_index.json").write_text('{"_class_name": "FluxKontextInpaintPipeline"}')
+    (tmp_path / "m" / "transformer").mkdir()
+    with pytest.raises(CheckpointError, match="this is a Flux.1 Kontext inpainting diffusers folder .*not supported"):
+        load(tmp_path / "m", precision="fp32", device="cpu")

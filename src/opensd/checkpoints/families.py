@@ -51,7 +51,8 @@ _FAMILIES: tuple[tuple[str, tuple], ...] = (
 
 # diffusers pipeline class names (model_index.json's _class_name) of families we do not run, by prefix.
 _PIPELINES = {
-    "Flux2": "Flux.2", "Flux": "Flux.1 Kontext/Redux/Control", "Chroma": "Chroma",
+    "Flux2": "Flux.2", "Flux": "Flux.1 Redux/Control", "FluxKontextInpaint": "Flux.1 Kontext inpainting",
+    "Chroma": "Chroma",
     "PixArt": "PixArt", "Sana": "Sana", "StableCascade": "Stable Cascade", "Wuerstchen": "Würstchen",
     "AuraFlow": "AuraFlow", "HunyuanDiT": "Hunyuan-DiT", "HunyuanVideo": "HunyuanVideo", "Kolors": "Kolors",
     "StableVideoDiffusion": "Stable Video Diffusion", "Lumina": "Lumina", "Wan": "Wan", "LTX": "LTX-Video",

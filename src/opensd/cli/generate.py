@@ -73,6 +73,9 @@ def register(sub) -> None:
     i.add_argument("--inpaint-padding", type=int_arg, help="pixels around the mask for --inpaint-full-res")
     i.add_argument("--invert-mask", action="store_true")
     i.add_argument("--outpaint", type=_sides, metavar="L,R,T,B", help="extend the init image by these pixels")
+    i.add_argument("--reference-image", type=Path, action="append", metavar="FILE",
+                   help="Flux.1 Kontext: an image the model edits or draws from (fitted to Kontext's nearest "
+                        "training size); repeat for several")
     h = gen.add_argument_group("hires fix")
     h.add_argument("--hires", action="store_true", help="upscale and repaint in a second pass")
     h.add_argument("--hires-scale", type=float_arg)
@@ -205,6 +208,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         kwargs["refiner"] = refiner
     if args.control:
         kwargs["controls"] = controls_from_args(args, pipe, folders)
+    if args.reference_image:
+        kwargs["references"] = [open_image(f, "reference-image") for f in args.reference_image]
     bars: list = []
 
     def progress(step: int, total: int) -> None:

@@ -44,7 +44,7 @@ class FluxFamily(DiTFamily):
     telltale = "double_blocks.0.img_attn.norm.key_norm.scale"
     diffusers_telltales = ("single_transformer_blocks.0.attn.to_q.weight", "x_embedder.weight")
     folder_parts = FLUX_PARTS
-    pipeline_prefix = ("FluxPipeline", "FluxFillPipeline")
+    pipeline_prefix = ("FluxPipeline", "FluxFillPipeline", "FluxKontextPipeline")  # Kontext: dev's network
     default_vae = FLUX_VAE
     released_network = FLUX_DEV
     default_scheduler = "simple"  # BFL's and diffusers' 1, 1 - 1/n, ... (shifted)

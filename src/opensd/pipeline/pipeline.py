@@ -28,6 +28,7 @@ from ..upscale import Upscalers, latent_mode
 from . import guidance as G
 from . import images as I
 from . import img2img as i2i
+from .kontext import reference_latents
 from . import limits as L
 from . import vae_codec
 from .conditioning import CondSchedule, PromptConditioner, size_vector
@@ -88,6 +89,7 @@ class Pipeline:
         self._lora_specs: list[LoraSpec] = []
         self._lora_set: LoraSet | None = None
         self._controls: list = []  # ControlSpecs of the running generation
+        self._references: list = []  # Kontext's reference latents of the running generation
         self._refiner: Refiner | None = None  # the running generation's refiner
         self._refined = False  # whether the image being made switched to it
         # The hires fix's non-latent upscalers by name: the classic ones only, until a face (the
@@ -152,18 +154,21 @@ class Pipeline:
     # --- modes -----------------------------------------------------------------------------
 
     def txt2img(self, prompt: str, negative_prompt: str = "", *, progress: Progress = None,
-                controls: list | None = None, refiner: Refiner | None = None, **params) -> list[Image.Image]:
+                controls: list | None = None, refiner: Refiner | None = None, references: list | None = None,
+                **params) -> list[Image.Image]:
         """Generate `batch_size` images; image i uses seed + i. Each image's `info["seed"]` is its seed.
         `controls`: ControlSpecs (opensd.adapters.controlnet) applied in every pass; `refiner`: a
-        model to finish sampling on (pipeline/refiner.py; `info["refiner"]` when it did)."""
+        model to finish sampling on (pipeline/refiner.py; `info["refiner"]` when it did);
+        `references`: Flux.1 Kontext's reference images (pipeline/kontext.py), seen in every pass."""
         p = self._params(prompt, negative_prompt, params)
         self._controls = _controls(controls, self.config)
+        self._references = reference_latents(self, references)
         self._refiner = self._checked(refiner)
         return self._generate(p, None, None, progress)
 
     def img2img(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, mask: Image.Image | None = None,
                 progress: Progress = None, controls: list | None = None, refiner: Refiner | None = None,
-                **params) -> list[Image.Image]:
+                references: list | None = None, **params) -> list[Image.Image]:
         """Repaint `image` with denoising `strength`; with `mask` (white = repaint) this is inpainting."""
         if not isinstance(image, Image.Image):
             raise InvalidArgument("image: an init image (PIL image) is required")
@@ -171,6 +176,7 @@ class Pipeline:
         params.setdefault("height", _round8(image.height))
         p = self._params(prompt, negative_prompt, params)
         self._controls = _controls(controls, self.config)
+        self._references = reference_latents(self, references)
         self._refiner = self._checked(refiner)
         if mask is not None:
             mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask)
@@ -453,7 +459,8 @@ class Pipeline:
         channels `image_cond` and the residuals of `control(x, t, context, y, fraction, n_uncond=...)`
         (a ControlApplier, or ComfyUI's per-row hints). `distilled`: the distilled guidance scale of
         networks that take one (Flux dev; None: the family's default)."""
-        net = self.family.net_fn(self.model, distilled)
+        refs = self._references
+        net = self.family.net_fn(self.model, distilled, **({"references": refs} if refs else {}))
 
         def unet_fn(x, t, context, y, fraction):
             residuals = None if control is None else control(x, t, context, y, fraction, n_uncond=g.n_uncond)
