@@ -241,3 +241,15 @@ def test_a_kontext_folder_loads_as_flux_dev_and_kontext_inpainting_is_named(kont
     (tmp_path / "m" / "transformer").mkdir()
     with pytest.raises(CheckpointError, match="this is a Flux.1 Kontext inpainting diffusers folder .*not supported"):
         load(tmp_path / "m", precision="fp32", device="cpu")
+
+
+def test_references_over_16_megapixels_are_one_line(kontext):
+    """Every step attends over the references, which the server's work budget does not count."""
+    ours, _ = kontext
+    clip = ClipRef(ours, "tiny")
+    pos = clip_text_encode(None, PROMPT, clip)[0]
+    for _ in range(2):
+        pos = reference_latent(None, pos, {"samples": torch.zeros(1, 16, 512, 257)})[0]  # 2 x 8.4 MP
+    with pytest.raises(InvalidArgument, match=r"^reference_latents: .* 16.8 megapixels, more than the 16 one"):
+        K.sample(ModelRef(ours, "tiny"), pos, pos, empty_sd3_latent(None, SIZE, SIZE)[0], seed=SEED, steps=1,
+                 cfg=1.0, sampler_name="euler", scheduler="simple")

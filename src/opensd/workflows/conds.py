@@ -38,6 +38,7 @@ from ..errors import InvalidArgument
 from ..pipeline.conditioning import size_vector
 
 FEATHER = 8  # cells over which an area's inner edges fade in
+MAX_REFERENCE_PIXELS = 16_000_000  # ReferenceLatent's images, all together: 16 times Kontext's sizes
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,6 +127,11 @@ def _references(extra: dict, pipe) -> tuple | None:
             shape = tuple(r.shape) if isinstance(r, torch.Tensor) else type(r).__name__
             raise InvalidArgument(f"reference_latents: a reference latent must be (batch, {channels}, height, width) "
                                   f"for this model, got {shape} (is it from another model's VAE?)")
+    pixels = sum(r.shape[-2] * r.shape[-1] for r in refs) * pipe.config.vae.downscale ** 2
+    if pixels > MAX_REFERENCE_PIXELS:  # every step attends over them: the work budget counts only the image
+        raise InvalidArgument(f"reference_latents: the reference latents add up to {pixels / 1e6:.1f} megapixels, "
+                              f"more than the {MAX_REFERENCE_PIXELS / 1e6:.0f} one sampling takes (Kontext's "
+                              f"sizes are about 1; FluxKontextImageScale fits an image to one)")
     return tuple(pipe.config.vae.scaled(r.float()).to(pipe.device) for r in refs)
 
 
