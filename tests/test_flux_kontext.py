@@ -253,3 +253,14 @@ def test_references_over_16_megapixels_are_one_line(kontext):
     with pytest.raises(InvalidArgument, match=r"^reference_latents: .* 16.8 megapixels, more than the 16 one"):
         K.sample(ModelRef(ours, "tiny"), pos, pos, empty_sd3_latent(None, SIZE, SIZE)[0], seed=SEED, steps=1,
                  cfg=1.0, sampler_name="euler", scheduler="simple")
+
+
+def test_reference_images_for_a_model_without_them_are_one_line():
+    from types import SimpleNamespace
+
+    from opensd.families import unet
+    from opensd.pipeline.kontext import reference_latents
+    sd = SimpleNamespace(family=unet.UNET)  # the SD 1/2/XL family
+    with pytest.raises(InvalidArgument, match=r"^reference-image: only Flux.1 \(Kontext\) models take reference "):
+        reference_latents(sd, [picture()])
+    assert reference_latents(sd, []) == []
