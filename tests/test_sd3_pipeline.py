@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
-from dit_fixtures import (META_SD3, hf_tokenizers, sd3_parts, write_diffusers_folder, write_single_file,
-                          write_split_files)
+from dit_fixtures import (META_SD3, assert_same_pixels, hf_tokenizers, sd3_parts, write_diffusers_folder,
+                          write_single_file, write_split_files)
 from opensd.errors import CheckpointError
 from opensd.pipeline.pipeline import load
 from opensd.sampling import samplers as S
@@ -139,13 +139,13 @@ def test_single_file_and_split_files_equal_the_diffusers_folder(sd3, tmp_path):
     want = _pixels(ours)
     whole = load(write_single_file(tmp_path / "one" / "sd3.safetensors", ours.model, META_SD3), precision="fp32",
                  device="cpu")
-    assert np.array_equal(_pixels(whole), want)
+    assert_same_pixels(_pixels(whole), want)
     bare = write_single_file(tmp_path / "two" / "sd3_medium.safetensors", ours.model, META_SD3, encoders=False)
     files = write_split_files(tmp_path / "models", ours.model, "sd3", META_SD3)
     encoders = [files["clip_g"], files["t5xxl_fp16"], files["clip_l"]]  # any order
-    assert np.array_equal(_pixels(load(bare, text_encoders=encoders, precision="fp32", device="cpu")), want)
+    assert_same_pixels(_pixels(load(bare, text_encoders=encoders, precision="fp32", device="cpu")), want)
     split = load(files["unet"], vae=files["vae"], text_encoders=encoders, precision="fp32", device="cpu")
-    assert np.array_equal(_pixels(split), want)
+    assert_same_pixels(_pixels(split), want)
 
 
 def test_a_file_without_its_vae_names_what_is_missing(sd3, tmp_path):
