@@ -108,6 +108,21 @@ def write_diffusers_folder(root: Path, family: str, parts: dict, pipeline: str |
     return root
 
 
+def flux_pair(root: Path, variant: str, pipeline_class, scheduler):
+    """Our fp32 CPU pipeline of tiny random Flux `variant` parts, loaded from a diffusers folder that
+    names `pipeline_class`, and that diffusers pipeline on the same parts: (ours, reference)."""
+    from opensd.pipeline.pipeline import load
+    parts = flux_parts(variant)
+    ours = load(write_diffusers_folder(root / "model", "flux", parts, pipeline_class.__name__), precision="fp32",
+                device="cpu")
+    tok = hf_tokenizers(root)
+    ref = pipeline_class(scheduler=scheduler, vae=parts["vae"], text_encoder=parts["text_encoder"],
+                         tokenizer=tok["clip"], text_encoder_2=parts["text_encoder_2"], tokenizer_2=tok["t5"],
+                         transformer=parts["transformer"])
+    ref.set_progress_bar_config(disable=True)
+    return ours, ref
+
+
 def load_tiny(folder: Path, family: str, parts: dict):
     """Our fp32 CPU pipeline of `parts` written as a diffusers folder at `folder`."""
     from opensd.pipeline.pipeline import load

@@ -25,8 +25,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from server_live import BASE
 
-from dit_fixtures import (META_FLUX, flux_parts, hf_tokenizers, write_diffusers_folder, write_single_file,
-                          write_split_files)
+from dit_fixtures import META_FLUX, flux_pair, write_single_file, write_split_files
 from opensd.checkpoints.files import save_safetensors
 from opensd.errors import CheckpointError
 from opensd.families.flux import COMFY_SHIFT
@@ -46,18 +45,9 @@ pack = FluxFillPipeline._pack_latents
 
 @pytest.fixture(scope="module")
 def fill(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fill")
-    parts = flux_parts("fill")
-    ours = load(write_diffusers_folder(root / "model", "flux", parts, "FluxFillPipeline"), precision="fp32",
-                device="cpu")
-    tok = hf_tokenizers(root)
-    ref = FluxFillPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                                  base_image_seq_len=256, max_image_seq_len=4096, shift=3.0),
-        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=tok["clip"],
-        text_encoder_2=parts["text_encoder_2"], tokenizer_2=tok["t5"], transformer=parts["transformer"])
-    ref.set_progress_bar_config(disable=True)
-    return ours, ref
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096, shift=3.0)
+    return flux_pair(tmp_path_factory.mktemp("fill"), "fill", FluxFillPipeline, scheduler)
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
 from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
 from PIL import Image
 
-from dit_fixtures import flux_parts, hf_tokenizers, write_diffusers_folder
+from dit_fixtures import flux_pair
 from opensd.errors import CheckpointError, InvalidArgument
 from opensd.families.flux import COMFY_SHIFT, KONTEXT_SIZES, kontext_size
 from opensd.models.flux import reference_tokens
@@ -38,17 +38,8 @@ ids = FluxKontextPipeline._prepare_latent_image_ids
 
 @pytest.fixture(scope="module")
 def kontext(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kontext")
-    parts = flux_parts("dev")
-    ours = load(write_diffusers_folder(root / "model", "flux", parts, "FluxKontextPipeline"), precision="fp32",
-                device="cpu")
-    tok = hf_tokenizers(root)
-    ref = FluxKontextPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=math.exp(COMFY_SHIFT)),  # ComfyUI's constant shift
-        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=tok["clip"],
-        text_encoder_2=parts["text_encoder_2"], tokenizer_2=tok["t5"], transformer=parts["transformer"])
-    ref.set_progress_bar_config(disable=True)
-    return ours, ref
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=math.exp(COMFY_SHIFT))  # ComfyUI's constant shift
+    return flux_pair(tmp_path_factory.mktemp("kontext"), "dev", FluxKontextPipeline, scheduler)
 
 
 def picture(width=REF_W, height=REF_H):

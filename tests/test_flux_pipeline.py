@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-from dit_fixtures import META_FLUX, flux_parts, hf_tokenizers, write_diffusers_folder, write_single_file, write_split_files
+from dit_fixtures import META_FLUX, flux_pair, write_single_file, write_split_files
 from opensd.errors import CheckpointError
 from opensd.pipeline.pipeline import load
 from opensd.sampling import samplers as S
@@ -30,15 +30,8 @@ def _scheduler(variant):
 
 @pytest.fixture(scope="module", params=["dev", "schnell"])
 def flux(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(request.param)
-    parts = flux_parts(request.param)
-    folder = write_diffusers_folder(root / "model", "flux", parts)
-    ours = load(folder, precision="fp32", device="cpu")
-    tok = hf_tokenizers(root)
-    ref = FluxPipeline(scheduler=_scheduler(request.param), vae=parts["vae"], text_encoder=parts["text_encoder"],
-                       tokenizer=tok["clip"], text_encoder_2=parts["text_encoder_2"], tokenizer_2=tok["t5"],
-                       transformer=parts["transformer"])
-    ref.set_progress_bar_config(disable=True)
+    ours, ref = flux_pair(tmp_path_factory.mktemp(request.param), request.param, FluxPipeline,
+                          _scheduler(request.param))
     return ours, ref, request.param
 
 
