@@ -116,7 +116,9 @@ class Family:
     def network(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError
 
-    def net_fn(self, model: nn.Module, guidance: float | None = None) -> NetFn:
+    def net_fn(self, model: nn.Module, guidance: float | None = None, references: list | None = None) -> NetFn:
+        """The network as the samplers call it. `references`: reference latents (Flux.1 Kontext);
+        families that take none ignore them, as ComfyUI's models do."""
         raise NotImplementedError
 
     def text_modules(self, model: nn.Module) -> list[nn.Module]:

@@ -40,7 +40,7 @@ class SD3Family(DiTFamily):
     def build(self, cfg: SD3ModelConfig) -> SD3Model:
         return SD3Model(cfg)
 
-    def net_fn(self, model: SD3Model, guidance=None):
+    def net_fn(self, model: SD3Model, guidance=None, references=None):
         mmdit = model.network
         dtype = compute_dtype(mmdit)
 

@@ -47,7 +47,7 @@ class UNetFamily(Family):
     def network(self, model: StableDiffusion) -> nn.Module:
         return model.unet
 
-    def net_fn(self, model: StableDiffusion, guidance: float | None = None):
+    def net_fn(self, model: StableDiffusion, guidance: float | None = None, references=None):
         unet = model.unet
 
         def call(x, t, context, y, control=None):

@@ -459,8 +459,7 @@ class Pipeline:
         channels `image_cond` and the residuals of `control(x, t, context, y, fraction, n_uncond=...)`
         (a ControlApplier, or ComfyUI's per-row hints). `distilled`: the distilled guidance scale of
         networks that take one (Flux dev; None: the family's default)."""
-        refs = self._references
-        net = self.family.net_fn(self.model, distilled, **({"references": refs} if refs else {}))
+        net = self.family.net_fn(self.model, distilled, references=self._references or None)
 
         def unet_fn(x, t, context, y, fraction):
             residuals = None if control is None else control(x, t, context, y, fraction, n_uncond=g.n_uncond)
