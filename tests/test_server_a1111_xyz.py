@@ -235,6 +235,11 @@ def test_sd_upscale_repaints_overlapping_tiles(api):
     assert (pixels(r.image)[:32, :32] == pixels(first)[:32, :32]).all()
     last = api.img2img(images=[big.crop((64, 64, 128, 128))], **dict(common, seed=7 + 8)).image
     assert (pixels(r.image)[80:, 80:] == pixels(last)[16:, 16:]).all()
+    # n_iter 2: upscale n starts at seed 7 + n, and each image is recorded by its own first tile
+    two = api.img2img(images=[init], script_name="SD upscale", script_args=[None, 16, 1, 2], n_iter=2, **common)
+    assert len(two.images) == 2 and two.info["all_seeds"] == [7, 8]
+    assert ["Seed: 7," in t for t in two.info["infotexts"]] == [True, False] and "Seed: 8," in two.info["infotexts"][1]
+    assert (pixels(two.images[0]) == pixels(r.image)).all() and (pixels(two.images[1]) != pixels(r.image)).any()
 
 
 def test_styles_are_listed_and_applied(api, live):

@@ -2,8 +2,8 @@
 (opensd.upscale: Lanczos, Nearest or a model; "None" leaves it as it is), cut
 into tiles of the request's width x height overlapping by `overlap` pixels (opensd.pipeline.tiles),
 each tile repainted by img2img, and the tiles blended back together. Tile t of upscale n (of
-n_iter) uses seed + n + t, as A1111 counts them with batches of one. The result's infotext is the
-first tile's, with "SD upscale overlap" and "SD upscale upscaler".
+n_iter) uses seed + n + t, as A1111 counts them with batches of one. Each upscale is recorded as its
+first tile (seed + n, that tile's infotext with "SD upscale overlap" and "SD upscale upscaler").
 """
 from __future__ import annotations
 
@@ -89,8 +89,7 @@ def run(base: Spec, init: Image.Image, options: UpscaleOptions, face: Face,
     groups = cells(base, tiles)
     flat = [spec for group in groups for spec in group]
     results, interrupted = run_specs(face, flat, progress)
-    made = [g.made[0] for g in results if g is not None and g.made]
-    images, texts = [], []
+    images, texts, made = [], [], []
     extra = {"SD upscale overlap": options.overlap, "SD upscale upscaler": options.upscaler}
     per = len(tiles.images())
     for n in range(len(groups)):
@@ -99,5 +98,9 @@ def run(base: Spec, init: Image.Image, options: UpscaleOptions, face: Face,
             break
         painted = [g.made[0].image if g.made else tile for g, tile in zip(group, tiles.images())]
         images.append(combine(tiles.replaced(painted)))
-        texts.append(add_params(made[0].infotext, extra) if made else "")
+        # Each upscale is recorded as its first tile (seed + n): its seed, prompt and infotext.
+        first = next((g.made[0] for g in group if g is not None and g.made), None)
+        texts.append(add_params(first.infotext, extra) if first else "")
+        if first:
+            made.append(first)
     return ScriptResult(images, texts, made, 0, interrupted)
