@@ -222,6 +222,9 @@ def test_script_lines_save_their_grid_and_every_cell_as_single_generations(tmp_p
     assert (pixels(file[10][0]) == pixels(file[11][0])).all() and (pixels(file[10][1]) == pixels(file[12][0])).all()
     sub_grids = sorted(by_line[13], key=lambda e: e["index"])  # the grid, one per CFG (Z) value, both cells
     assert [e["grid"] for e in sub_grids] == [True, True, True, False, False]
+    # as A1111 saves them: grids in txt2img-grids, cells and single images in txt2img-images
+    assert {e["file"].split("/")[0] for e in manifest(out) if e["grid"]} == {"txt2img-grids"}
+    assert {e["file"].split("/")[0] for e in manifest(out) if not e["grid"]} == {"txt2img-images"}
     assert "CFG scale: 9" in sub_grids[4]["infotext"]
     check_manifest_matches_files(out)
 

@@ -16,7 +16,7 @@ def register(sub) -> None:
                                    "\"steps\": 20}, scripts included: with \"script_name\": \"X/Y/Z plot\" (or "
                                    "\"Prompt matrix\", \"Prompts from file or textbox\") and A1111's script_args a "
                                    "line saves its grid and every cell. Images go to OUTDIR/txt2img-images (or "
-                                   "img2img-images) and one line per image, grids included, to OUTDIR/manifest.jsonl "
+                                   "img2img-images), grids to OUTDIR/txt2img-grids, and one line per image, grids included, to OUTDIR/manifest.jsonl "
                                    "(seed, infotext, SHA-256). A line that cannot run is reported by its number and "
                                    "the others run. Run the same command again to finish what an interrupted run left.")
     p.add_argument("jobs", type=Path, metavar="JOBS.jsonl")

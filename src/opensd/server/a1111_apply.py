@@ -121,13 +121,24 @@ def prompt(req, opts: dict, folders) -> tuple[str, list[tuple[str, str]]]:
     return f"{text}<lora:{name}:{opts['extra_networks_default_multiplier']}>", []
 
 
-def output(opts: dict, mode: str) -> dict:
-    """Where and how the job saves its images; the folder is created now, so a bad one is a 422."""
-    key = "outdir_samples" if opts["outdir_samples"] else f"outdir_{mode}_samples"
+def output(opts: dict, mode: str, grids: bool = False) -> dict:
+    """Where and how the job saves its images; the folder is created now, so a bad one is a 422.
+    With `grids` (a script that makes grids) also where its grids go: A1111's grids folder, in
+    grid_format."""
+    out = {"folder": str(_folder(opts, "outdir_samples", f"outdir_{mode}_samples")),
+           "suffix": FORMATS[opts["samples_format"].lower()]}
+    if grids:
+        out["grids_folder"] = str(_folder(opts, "outdir_grids", f"outdir_{mode}_grids"))
+        out["grids_suffix"] = FORMATS.get(str(opts["grid_format"]).lower(), out["suffix"])
+    return {**out, "quality": opts["jpeg_quality"], "lossless": opts["webp_lossless"]}
+
+
+def _folder(opts: dict, common: str, own: str) -> Path:
+    """The folder A1111 saves into: the common setting when set, else the mode's own; created now."""
+    key = common if opts[common] else own
     folder = Path(opts[key])
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InvalidArgument(f"{key}: cannot create the folder {str(folder)!r} ({e.strerror})") from None
-    return {"folder": str(folder), "suffix": FORMATS[opts["samples_format"].lower()],
-            "quality": opts["jpeg_quality"], "lossless": opts["webp_lossless"]}
+    return folder

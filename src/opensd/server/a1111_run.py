@@ -233,13 +233,17 @@ def _made(image, infotext: str) -> Made:
     return Made(image, infotext, image.info["seed"], image.info["subseed"], p.prompt, p.negative_prompt)
 
 
-def save(state, job_id: str, p: dict, images: list, infotexts: list[str], send: bool) -> tuple[list[str], list[bytes]]:
-    """Save the images (with their infotexts) as the request's settings say; (stored names, bytes to send)."""
+def save(state, job_id: str, p: dict, images: list, infotexts: list[str], send: bool,
+         grids: int = 0) -> tuple[list[str], list[bytes]]:
+    """Save the images (with their infotexts) as the request's settings say, the first `grids` of
+    them (a script's grids) in the grids folder; (stored names, bytes to send)."""
     files, pngs = [], []
     out = p.get("output") or {"folder": str(state.settings.outputs_dir / "api"), "suffix": ".png",
                               "quality": 95, "lossless": False}  # jobs queued by older versions
     for k, (image, text) in enumerate(zip(images, infotexts)):
-        f = save_image(image, Path(out["folder"]) / f"{job_id}-{k}{out['suffix']}", text,
+        grid = k < grids and "grids_folder" in out
+        folder, suffix = (out["grids_folder"], out["grids_suffix"]) if grid else (out["folder"], out["suffix"])
+        f = save_image(image, Path(folder) / f"{job_id}-{k}{suffix}", text,
                        quality=out["quality"], lossless=out["lossless"])
         files.append(_stored_name(f, state.settings.outputs_dir))
         if send:  # A1111 answers in the saved format too (samples_format)

@@ -105,7 +105,8 @@ def _check_work(state, specs: list[Spec], title: str) -> None:
 
 
 def _finish(state, job, p: dict, req, result: ScriptResult):
-    files, pngs = a1111_run.save(state, job.id, p, result.images, result.infotexts, req.send_images)
+    files, pngs = a1111_run.save(state, job.id, p, result.images, result.infotexts, req.send_images,
+                                 result.grids)
     made, path = result.made, Path(p["model_path"])
     info = a1111_run.info_dict(req, p["kwargs"], path.stem if path.is_file() else path.name,
                                state.cache.short_hash(path), [m.seed for m in made], [m.subseed for m in made],
