@@ -145,6 +145,12 @@ def _lcm_upscale(**inputs) -> dict:
     return g
 
 
+def _clip_attention(**factors) -> dict:
+    g = sampled(c=node("CLIPAttentionMultiply", clip=["4", 1], **{"q": 1.0, "k": 1.0, "v": 1.0, "out": 1.0, **factors}))
+    g["P"]["inputs"]["clip"] = ["c", 0]
+    return g
+
+
 # (id, graph, expectation): ("400", node id, error type) -- refused by validation with ComfyUI's
 # node_errors; ("budget", text) -- refused as over the work budget; ("error", text) -- an
 # execution_error whose one-line message contains text; ("ok", None) -- runs.
@@ -192,6 +198,13 @@ CASES = [
     ("LaplaceScheduler mu string", custom(node("LaplaceScheduler", steps=2, sigma_max=14.6, sigma_min=0.03, mu="x",
                                                beta=0.5)), ("400", "s", INVALID)),
     ("SamplerLCMUpscale ratio 100", _lcm_upscale(scale_ratio=100.0), ("400", "k", "value_bigger_than_max")),
+    ("CLIPAttentionMultiply q 11", _clip_attention(q=11.0), ("400", "c", "value_bigger_than_max")),
+    ("CLIPAttentionMultiply out -1", _clip_attention(out=-1.0), ("400", "c", "value_smaller_than_min")),
+    ("CLIPAttentionMultiply k string", _clip_attention(k="big"), ("400", "c", INVALID)),
+    ("CLIPAttentionMultiply v 'nan'", _clip_attention(v="nan"), ("400", "c", INVALID)),
+    ("CLIPAttentionMultiply clip from a MODEL", _with(_clip_attention(), "c", clip=["4", 0]),
+     ("400", "c", "return_type_mismatch")),
+    ("CLIPAttentionMultiply all 0 runs", _clip_attention(q=0.0, k=0.0, v=0.0, out=0.0), ("ok", None)),
     # files: names and prefixes that would leave their folder
     ("SaveLatent prefix ../../x", {"l": latent(), "o": save_latent(["l", 0], "../../x")},
      ("400", "o", "custom_validation_failed")),

@@ -446,6 +446,9 @@ EXPECTED = {
               "_for_testing/attention_experiments", name, "comfy_extras.nodes_attention_multiply",
               {"experimental": True})
        for name in ("UNetSelfAttentionMultiply", "UNetCrossAttentionMultiply")},
+    "CLIPAttentionMultiply": ({"clip": ["CLIP"], **{k: f(1.0, 0.0, 10.0, 0.01) for k in ("q", "k", "v", "out")}},
+                              ["CLIP"], "_for_testing/attention_experiments", "CLIPAttentionMultiply",
+                              "comfy_extras.nodes_attention_multiply", {"experimental": True}),
     "TomePatchModel": ({"model": ["MODEL"], "ratio": f(0.3, 0.0, 1.0, 0.01)}, ["MODEL"], "_for_testing",
                        "TomePatchModel", "comfy_extras.nodes_tomesd", {}),
     "DifferentialDiffusion": ({"model": ["MODEL"]}, ["MODEL"], "_for_testing", "Differential Diffusion",

@@ -185,6 +185,15 @@ class CLIPTextModel(nn.Module):
 # --- OpenCLIP naming -------------------------------------------------------------------------
 
 
+class FusedInProjection(nn.Module):
+    """q, k and v stacked, from the weights its attention passes (they stay on the attention, where
+    nn.MultiheadAttention's keys put them): a module of its own, with no parameters, so that a
+    forward hook can see and scale the three projections as HF-named encoders' q/k/v_proj allow."""
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight, bias)
+
+
 class _OpenCLIPAttention(nn.Module):
     """Same parameters as nn.MultiheadAttention (fused q/k/v), computed through our attention."""
 
@@ -193,12 +202,13 @@ class _OpenCLIPAttention(nn.Module):
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+        self.in_proj = FusedInProjection()
         self.out_proj = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.in_proj_bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = self.in_proj(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         return self.out_proj(attention(q, k, v, self.heads, mask))
 
 

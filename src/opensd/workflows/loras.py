@@ -14,6 +14,9 @@ branch's times another, both branches as a whole (their own merges and LoRAs in,
 nested patches are); the LoRAs stacked after the merge go on top. The merged weights are written
 into the network (or text encoders) with the base kept aside, and put back by the next branch
 that has no merge, or at the end of the run.
+
+A CLIP value may also carry CLIPAttentionMultiply's factors: hooks on the text encoders
+(clip_patches.py), installed by the same activation and removed by the next or at the end of the run.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import weakref
 import torch
 
 from ..errors import InvalidArgument
+from .clip_patches import attention_hooks
 from .types import MergeEntry
 
 _MERGED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipe -> {part: {name: base weight}}
@@ -29,6 +33,7 @@ _WEIGHTS: dict = {}  # (MergeEntry, part) -> its merged weights, for the rest of
 _SKIPPED = (".position_ids", ".logit_scale")  # a CLIP merge leaves these, as ComfyUI's does
 
 _BEFORE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipe -> its LoRA list before the run
+_HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipe -> its text encoders' hook handles
 
 
 def _apply(pipe, specs: list) -> None:
@@ -55,6 +60,15 @@ def activate(ref, part: str = "unet") -> None:
         _changed(pipe, part)
     specs = [LoraSpec(e.path, e.unet if part == "unet" else 0.0, e.te if part == "te" else 0.0) for e in ref.loras]
     _apply(pipe, specs)
+    if part == "te":
+        _unhook(pipe)
+        if getattr(ref, "attention", None) is not None:
+            _HOOKS[pipe] = attention_hooks(pipe.family.text_modules(pipe.model), ref.attention)
+
+
+def _unhook(pipe) -> None:
+    for handle in _HOOKS.pop(pipe, []):
+        handle.remove()
 
 
 def _params(pipe, part: str) -> dict:
@@ -135,6 +149,8 @@ def release_all() -> None:
             _unmerge(pipe, part)
     _MERGED.clear()
     _WEIGHTS.clear()
+    for pipe in list(_HOOKS.keys()):
+        _unhook(pipe)
     for pipe, before in list(_BEFORE.items()):
         _apply(pipe, before)
     _BEFORE.clear()

@@ -7,7 +7,8 @@
   blurs the negative's prediction where the middle block's self-attention looks most, predicts
   the negative again from that, and pushes the result away from it.
 * UNetSelfAttentionMultiply / UNetCrossAttentionMultiply (nodes_attention_multiply): the q, k, v
-  and output projections of every self- or cross-attention scaled.
+  and output projections of every self- or cross-attention scaled; CLIPAttentionMultiply the same
+  for the CLIP text encoders' self-attention (clip_patches.py).
 * TomePatchModel (Bolya and Hoffman's ToMe for SD, comfy_extras.nodes_tomesd): the full-resolution
   self-attentions merge `ratio` of their query tokens into similar ones.
 """
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidArgument
 from .guiders import PostCfgArgs
-from .types import ModelRef, NodeDef, register
+from .types import ClipRef, ModelRef, NodeDef, register
 from .unet_patches import attention_scaled, hypertile, middle_attention_recorded, tome
 
 
@@ -165,3 +166,17 @@ for _name, _fn in (("UNetSelfAttentionMultiply", unet_self_attention_multiply),
     register(NodeDef(
         _name, _fn, {"model": ("MODEL", {}), **_FACTORS}, ("MODEL",), category="_for_testing/attention_experiments",
         module="comfy_extras.nodes_attention_multiply", experimental=True))
+
+
+def clip_attention_multiply(call, clip: ClipRef, q, k, v, out):
+    """A CLIP whose encoders' self-attention projections are scaled when it encodes (after the LoRAs
+    stacked on it: ComfyUI's order when they were loaded before this node, the usual graph)."""
+    if (q, k, v, out) == (1.0, 1.0, 1.0, 1.0):
+        return (clip,)
+    before = clip.attention or (1.0, 1.0, 1.0, 1.0)
+    return (replace(clip, attention=tuple(float(a * b) for a, b in zip(before, (q, k, v, out)))),)
+
+
+register(NodeDef(
+    "CLIPAttentionMultiply", clip_attention_multiply, {"clip": ("CLIP", {}), **_FACTORS}, ("CLIP",),
+    category="_for_testing/attention_experiments", module="comfy_extras.nodes_attention_multiply", experimental=True))

@@ -115,6 +115,8 @@ class ClipRef:
     loras: tuple[LoraEntry, ...] = ()
     clip_skip: int | None = None
     merge: MergeEntry | None = None  # CLIPMergeSimple/Add/Subtract
+    # CLIPAttentionMultiply's q, k, v, out factors (stacked nodes multiply them): clip_patches.py
+    attention: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)
