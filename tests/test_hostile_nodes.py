@@ -145,6 +145,10 @@ def _lcm_upscale(**inputs) -> dict:
     return g
 
 
+def _load_output(name) -> dict:
+    return {"l": node("LoadImageOutput", image=name), "o": preview(["l", 0])}
+
+
 def _clip_attention(**factors) -> dict:
     g = sampled(c=node("CLIPAttentionMultiply", clip=["4", 1], **{"q": 1.0, "k": 1.0, "v": 1.0, "out": 1.0, **factors}))
     g["P"]["inputs"]["clip"] = ["c", 0]
@@ -215,6 +219,12 @@ CASES = [
     ("SaveLatent prefix NUL", {"l": latent(), "o": save_latent(["l", 0], "a\x00b")},
      ("400", "o", "custom_validation_failed")),
     ("LoadLatent ../x.latent", load_latent("../x.latent"), ("400", "l", "custom_validation_failed")),
+    ("LoadImageOutput ../../x.png [output]", _load_output("../../x.png [output]"),
+     ("400", "l", "custom_validation_failed")),
+    ("LoadImageOutput absolute [output]", _load_output("/etc/passwd [output]"), ("400", "l", "custom_validation_failed")),
+    ("LoadImageOutput number", _load_output(7), ("400", "l", "custom_validation_failed")),
+    ("LoadImageOutput object", _load_output({"a": 1}), ("400", "l", INVALID)),
+    ("LoadImageOutput missing file", _load_output("nothing.png [output]"), ("400", "l", "custom_validation_failed")),
     ("LoadLatent absolute", load_latent("/etc/passwd"), ("400", "l", "custom_validation_failed")),
     ("LoadLatent null", load_latent(None), ("400", "l", "custom_validation_failed")),
     ("CheckpointSave prefix /..", checkpoint_save("checkpoints/.."), ("400", "c", "custom_validation_failed")),

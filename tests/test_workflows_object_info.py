@@ -446,6 +446,12 @@ EXPECTED = {
               "_for_testing/attention_experiments", name, "comfy_extras.nodes_attention_multiply",
               {"experimental": True})
        for name in ("UNetSelfAttentionMultiply", "UNetCrossAttentionMultiply")},
+    "LoadImageOutput": ({"image": ["COMBO", {"image_upload": True, "image_folder": "output", "remote": {
+        "route": "/internal/files/output", "refresh_button": True, "control_after_refresh": "first"}}]},
+                        ["IMAGE", "MASK"], "image", "Load Image (from Outputs)", "nodes",
+                        {"experimental": True, "description": "Load an image from the output folder. When the refresh "
+                         "button is clicked, the node will update the image list and automatically select the first "
+                         "image, allowing for easy iteration."}),
     "CLIPAttentionMultiply": ({"clip": ["CLIP"], **{k: f(1.0, 0.0, 10.0, 0.01) for k in ("q", "k", "v", "out")}},
                               ["CLIP"], "_for_testing/attention_experiments", "CLIPAttentionMultiply",
                               "comfy_extras.nodes_attention_multiply", {"experimental": True}),

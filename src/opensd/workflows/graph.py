@@ -18,7 +18,8 @@ from typing import Any
 
 from .types import NODES, Choices, ExecutionContext, GraphError, NodeDef
 
-_CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+# "COMBO" with no list (LoadImageOutput's image, filled by the frontend): taken as sent, for the node's check
+_CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool, "COMBO": lambda value: value}
 _MISSING = object()
 
 

@@ -149,21 +149,37 @@ register(NodeDef(
 
 # --- loading -------------------------------------------------------------------------------------
 
+def _file_inside(folder: Path, name: str) -> Path | None:
+    name = name.replace("\\", "/")
+    if safe_paths.name_problem(name, "image"):
+        return None
+    path = safe_paths.inside(folder, name)
+    return path if path is not None and safe_paths.is_file(path) else None
+
+
 def input_path(ctx, name) -> Path | None:
     """The file for a LoadImage name, only inside inputs_dir; ComfyUI's " [input]" suffix allowed."""
     if not isinstance(name, str) or not name:
         return None
-    name = name.removesuffix(" [input]").replace("\\", "/")
-    if safe_paths.name_problem(name, "image"):
+    return _file_inside(ctx.inputs_dir, name.removesuffix(" [input]"))
+
+
+def annotated_path(ctx, name) -> Path | None:
+    """ComfyUI's annotated file names (get_annotated_filepath), as LoadImageOutput's widget sends
+    them: "x.png [output]" in the output folder, " [temp]" in the temp (preview) folder, " [input]"
+    or no annotation in the input folder; only inside that folder."""
+    if not isinstance(name, str) or not name:
         return None
-    path = safe_paths.inside(ctx.inputs_dir, name)
-    return path if path is not None and safe_paths.is_file(path) else None
+    for suffix, folder in ((" [output]", ctx.outputs_dir), (" [temp]", ctx.temp_folder()),
+                           (" [input]", ctx.inputs_dir)):
+        if name.endswith(suffix):
+            return _file_inside(folder, name.removesuffix(suffix))
+    return _file_inside(ctx.inputs_dir, name)
 
 
-def load_image(call, image):
-    path = input_path(call.ctx, image)
-    if path is None:
-        raise FileNotFoundError(f"Invalid image file: {image}")
+def _decoded(path: Path):
+    """(IMAGE, MASK) of an image file: every frame of the first frame's size, MASK 1 - alpha (zeros
+    64 x 64 for a frame without alpha), as ComfyUI's LoadImage reads them."""
     images, masks = [], []
     with Image.open(path) as img:
         for frame in ImageSequence.Iterator(img):
@@ -184,19 +200,33 @@ def load_image(call, image):
     return torch.from_numpy(np.stack(images)), torch.stack(masks)
 
 
-def input_file_check(field: str):
+def load_image(call, image):
+    path = input_path(call.ctx, image)
+    if path is None:
+        raise FileNotFoundError(f"Invalid image file: {image}")
+    return _decoded(path)
+
+
+def load_image_output(call, image):
+    path = annotated_path(call.ctx, image)
+    if path is None:
+        raise FileNotFoundError(f"Invalid image file: {image}")
+    return _decoded(path)
+
+
+def input_file_check(field: str, find=input_path):
     """A node's check that its `field` names a file of the input folder (ComfyUI's VALIDATE_INPUTS)."""
     def check(ctx, inputs):
         if ctx is None or field not in inputs:  # no folder to look in, or linked (known when the node runs)
             return None
-        return None if input_path(ctx, inputs.get(field)) else f"Invalid {field} file: {inputs.get(field)}"
+        return None if find(ctx, inputs.get(field)) else f"Invalid {field} file: {inputs.get(field)}"
     return check
 
 
-def input_file_fingerprint(field: str):
+def input_file_fingerprint(field: str, find=input_path):
     """The SHA-256 of the input file `field` names (ComfyUI's IS_CHANGED), so a new upload reruns."""
     def fingerprint(ctx, inputs) -> str:
-        path = input_path(ctx, inputs.get(field))
+        path = find(ctx, inputs.get(field))
         return hashlib.sha256(path.read_bytes()).hexdigest() if path else "missing"
     return fingerprint
 
@@ -209,6 +239,16 @@ register(NodeDef(
     ("IMAGE", "MASK"), category="image", display_name="Load Image",
     description="Loads an image from the input folder; MASK is 1 - alpha.",
     check=check_input_image, fingerprint=image_fingerprint))
+register(NodeDef(
+    "LoadImageOutput", load_image_output,
+    {"image": ("COMBO", {"image_upload": True, "image_folder": "output",
+                         "remote": {"route": "/internal/files/output", "refresh_button": True,
+                                    "control_after_refresh": "first"}})},
+    ("IMAGE", "MASK"), category="image", display_name="Load Image (from Outputs)",
+    description="Load an image from the output folder. When the refresh button is clicked, the node will update the "
+                "image list and automatically select the first image, allowing for easy iteration.",
+    experimental=True, check=input_file_check("image", annotated_path),
+    fingerprint=input_file_fingerprint("image", annotated_path)))
 
 
 # --- saving --------------------------------------------------------------------------------------
