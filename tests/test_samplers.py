@@ -631,6 +631,10 @@ SAMPLER_NAMES = [
     ("euler_ancestral_cfg_pp", "Euler a CFG++", []),
     ("dpmpp_2m_cfg_pp", "DPM++ 2M CFG++", []),
     ("tcd", "TCD", []),
+    ("dpmpp_2m_sde_heun", "DPM++ 2M SDE Heun", ["k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu"]),
+    *[(sid, sid, []) for sid in ("heunpp2", "dpmpp_2s_ancestral_cfg_pp", "ddpm", "ipndm", "ipndm_v", "res_multistep",
+                                 "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
+                                 "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "uni_pc_bh2")],
 ]
 SCHEDULE_NAMES = [
     ("normal", "Automatic", ["Uniform", "Normal"]),
@@ -641,6 +645,8 @@ SCHEDULE_NAMES = [
     ("beta", "Beta", []),
     ("ddim_uniform", "DDIM", []),
     ("align_your_steps", "Align Your Steps", []),
+    ("linear_quadratic", "Linear Quadratic", []),
+    ("kl_optimal", "KL Optimal", []),
 ]
 
 
@@ -717,7 +723,7 @@ def test_unknown_names_list_the_valid_ones():
         assert all(name in msg for name in [*SAMPLER_LABELS.values(), *SAMPLER_LABELS])
     with pytest.raises(InvalidArgument, match="^sampler:"):
         get_sampler("DPM faster")
-    for bad in ("Polyexponential", "kl_optimal", "", 3):
+    for bad in ("Polyexponential", "bong_tangent", "", 3):
         with pytest.raises(InvalidArgument) as e:
             resolve("Euler", bad)
         msg = str(e.value)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from .steps import add_noise, ancestral_step, noise_fn
+
 Pair = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -64,6 +66,31 @@ def sample_dpmpp_2m_cfg_pp(denoise, x: torch.Tensor, sigmas: torch.Tensor, callb
                 r = (sigmas[i - 1] / sigmas[i]).log() / h
                 x = x - torch.expm1(-h) / (2 * r) * (denoised - old_uncond)
         old_uncond = uncond
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral_cfg_pp(denoise, x: torch.Tensor, sigmas: torch.Tensor, callback=None, *,
+                                     noise_sampler=None, eta=1.0, s_noise=1.0) -> torch.Tensor:
+    """DPM++ 2S a CFG++ (ComfyUI's dpmpp_2s_ancestral_cfg_pp): DPM++ 2S a run on the unconditional
+    estimates (the midpoint's too), noise added, then this step's guidance (guided - unconditional
+    at sigma) added to x; a step to 0 lands on the guided estimate."""
+    noise = noise_fn(noise_sampler, x)
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        denoised, uncond = with_uncond(denoise, x, sigma)
+        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
+        if sigma_down == 0:
+            x = uncond
+        else:
+            sigma_mid = (sigma * sigma_down) ** 0.5  # the midpoint in log sigma
+            x_2 = uncond + (sigma_mid / sigma) * (x - uncond)
+            uncond_2 = with_uncond(denoise, x_2, sigma_mid)[1]
+            x = uncond_2 + (sigma_down / sigma) * (x - uncond_2)
+        x = add_noise(x, noise, sigma, sigmas[i + 1], sigma_up, s_noise)
+        x = x + (denoised - uncond)
         if callback is not None:
             callback(i, x, denoised)
     return x

@@ -29,8 +29,11 @@ from .samplers import get_sampler
 
 TABLE_SIZE = 1000
 FLUX_TABLE_SIZE = 10000  # ComfyUI's Flux sampling tables its time finer than SD3's
-# The samplers that never add noise (without churn): they integrate the flow's ODE directly.
-DETERMINISTIC = frozenset({"euler", "heun", "dpm_2", "lms", "dpmpp_2m", "uni_pc"})
+# The samplers that never add noise (without churn): they integrate the flow's ODE directly (the
+# second line: ComfyUI runs these on flow latents unchanged too).
+DETERMINISTIC = frozenset({"euler", "heun", "dpm_2", "lms", "dpmpp_2m", "uni_pc",
+                           "uni_pc_bh2", "heunpp2", "ipndm", "ipndm_v", "res_multistep", "res_multistep_cfg_pp",
+                           "gradient_estimation", "gradient_estimation_cfg_pp"})
 FIRST_OFFSET = 1e-4  # a first sigma of 1 becomes the sigma at this fraction of the run
 
 

@@ -13,8 +13,9 @@ regard to case or surrounding spaces:
 * a schedule named at the end of the sampler name ("DPM++ 2M Karras", or any
   "<sampler> <schedule>") wins over the separate scheduler argument, as in A1111;
 * no scheduler, or "Automatic", means the sampler's A1111 default: Karras for DPM++ 2M, DPM++ SDE,
-  DPM++ 2S a, DPM2, DPM2 a and Restart; Exponential for DPM++ 2M SDE and DPM++ 3M SDE; DDIM's uniform
-  timesteps for DDIM and PLMS; the model's own schedule ("normal") for the rest.
+  DPM++ 2S a, DPM2, DPM2 a and Restart; Exponential for DPM++ 2M SDE, DPM++ 2M SDE Heun and
+  DPM++ 3M SDE; DDIM's uniform timesteps for DDIM and PLMS; the model's own schedule ("normal") for
+  the rest.
 
 `resolve` always returns a concrete schedule id, never "automatic".
 """
@@ -42,12 +43,27 @@ _SAMPLERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "dpm_fast": ("DPM fast", "normal", ("k_dpm_fast",)),
     "dpm_adaptive": ("DPM adaptive", "normal", ("k_dpm_ad",)),
     "restart": ("Restart", "karras", ()),
+    "dpmpp_2m_sde_heun": ("DPM++ 2M SDE Heun", "exponential", ("k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu")),
     # Not in A1111: Forge's labels where it has the sampler, else ours.
     "deis": ("DEIS", "normal", ()),
     "euler_cfg_pp": ("Euler CFG++", "normal", ()),
     "euler_ancestral_cfg_pp": ("Euler a CFG++", "normal", ()),
     "dpmpp_2m_cfg_pp": ("DPM++ 2M CFG++", "normal", ()),
     "tcd": ("TCD", "normal", ()),
+    # Not in A1111 or Forge: ComfyUI's name is the label (none is made up).
+    "heunpp2": ("heunpp2", "normal", ()),
+    "dpmpp_2s_ancestral_cfg_pp": ("dpmpp_2s_ancestral_cfg_pp", "normal", ()),
+    "ddpm": ("ddpm", "normal", ()),
+    "ipndm": ("ipndm", "normal", ()),
+    "ipndm_v": ("ipndm_v", "normal", ()),
+    "res_multistep": ("res_multistep", "normal", ()),
+    "res_multistep_cfg_pp": ("res_multistep_cfg_pp", "normal", ()),
+    "res_multistep_ancestral": ("res_multistep_ancestral", "normal", ()),
+    "res_multistep_ancestral_cfg_pp": ("res_multistep_ancestral_cfg_pp", "normal", ()),
+    "gradient_estimation": ("gradient_estimation", "normal", ()),
+    "gradient_estimation_cfg_pp": ("gradient_estimation_cfg_pp", "normal", ()),
+    "er_sde": ("er_sde", "normal", ()),
+    "uni_pc_bh2": ("uni_pc_bh2", "normal", ()),
 }
 
 # id -> (A1111 "Schedule type" label, extra accepted spellings)
@@ -60,7 +76,15 @@ _SCHEDULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "beta": ("Beta", ()),
     "ddim_uniform": ("DDIM", ()),
     "align_your_steps": ("Align Your Steps", ()),
+    "linear_quadratic": ("Linear Quadratic", ()),  # Forge's label; not in A1111
+    "kl_optimal": ("KL Optimal", ()),
 }
+
+# Ours and ComfyUI's, not A1111's: A1111's sampler options (eta and such) do not apply to them.
+_NOT_A1111 = frozenset({"deis", "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "tcd", "heunpp2",
+                        "dpmpp_2s_ancestral_cfg_pp", "ddpm", "ipndm", "ipndm_v", "res_multistep",
+                        "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
+                        "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "uni_pc_bh2"})
 
 # A1111's old combined aliases ("k_dpmpp_2m_ka" = DPM++ 2M Karras).
 _KARRAS_ALIASES = {f"k_{a}_ka": s for a, s in [
@@ -69,12 +93,11 @@ _KARRAS_ALIASES = {f"k_{a}_ka": s for a, s in [
 
 # Samplers that run on steps+1 sigmas with the next-to-last dropped: A1111 does this for DPM2,
 # DPM2 a and DPM++ 3M SDE; ComfyUI for dpm_2, dpm_2_ancestral and uni_pc (for UniPC it lands the
-# steps on the same time grid as A1111's own UniPC). We use the union.
-DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "dpmpp_3m_sde", "uni_pc"})
+# steps on the same time grid as A1111's own UniPC) and uni_pc_bh2. We use the union.
+DISCARD_PENULTIMATE = frozenset({"dpm_2", "dpm_2_ancestral", "dpmpp_3m_sde", "uni_pc", "uni_pc_bh2"})
 
 SAMPLER_LABELS: dict[str, str] = {k: v[0] for k, v in _SAMPLERS.items()}
-A1111_SAMPLERS = frozenset(SAMPLER_LABELS) - {"deis", "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp",
-                                              "tcd"}
+A1111_SAMPLERS = frozenset(SAMPLER_LABELS) - _NOT_A1111
 SCHEDULER_LABELS: dict[str, str] = {k: v[0] for k, v in _SCHEDULES.items()}
 DEFAULT_SCHEDULES: dict[str, str] = {k: v[1] for k, v in _SAMPLERS.items()}
 

@@ -33,6 +33,16 @@ Options, with k-diffusion/A1111 defaults:
   TCD:                             eta=0.3 (tcd.py; takes the model's schedule as `model_schedule`)
   Euler CFG++, DPM++ 2M CFG++:     none; they need the unconditional estimate (cfg_pp.py)
   Euler a CFG++:                   eta=1, s_noise=1; it needs the unconditional estimate too
+  DPM++ 2M SDE Heun:               eta=1, s_noise=1 (DPM++ 2M SDE with solver_type="heun")
+  UniPC BH2 (uni_pc_bh2):          order=3, lower_order_final=True (UniPC with variant="bh2")
+  DDPM:                            none (Euler a with eta=1: the same posterior step)
+  Heun++ 2 (heunpp2):              s_churn=0, s_tmin=0, s_tmax=inf, s_noise=1 (heunpp2.py)
+  iPNDM, iPNDM-v:                  max_order=4 (ipndm.py)
+  RES multistep (+ CFG++):         none; the ancestral ones eta=1, s_noise=1 (res_multistep.py)
+  Gradient estimation (+ CFG++):   ge_gamma=2 (gradient_estimation.py)
+  ER SDE:                          s_noise=1, max_stage=3, solver_type="ER-SDE", eta=1 (er_sde.py)
+  DPM++ 2S a CFG++:                eta=1, s_noise=1 (cfg_pp.py)
+  The *_cfg_pp samplers need the unconditional estimate (cfg_pp.py).
 DDIM and UniPC need nothing from the model's alpha schedule: written in sigma (VE) space their
 updates depend only on sigmas, and the model's own sigmas come in through the schedule.
 """
@@ -45,12 +55,27 @@ from collections.abc import Callable
 import torch
 
 from ..errors import InvalidArgument
-from .cfg_pp import sample_dpmpp_2m_cfg_pp, sample_euler_cfg_pp, with_uncond
+from .cfg_pp import sample_dpmpp_2m_cfg_pp, sample_dpmpp_2s_ancestral_cfg_pp, sample_euler_cfg_pp, with_uncond
 from .deis import sample_deis
 from .dpm_solver import sample_dpm_adaptive, sample_dpm_fast
+from .er_sde import sample_er_sde
+from .gradient_estimation import sample_gradient_estimation, sample_gradient_estimation_cfg_pp
+from .heunpp2 import sample_heunpp2
+from .ipndm import sample_ipndm, sample_ipndm_v
 from .names import sampler_id
 from .plms import sample_plms
+from .res_multistep import (
+    sample_res_multistep,
+    sample_res_multistep_ancestral,
+    sample_res_multistep_ancestral_cfg_pp,
+    sample_res_multistep_cfg_pp,
+)
 from .restart import sample_restart
+from .steps import add_noise as _add_noise
+from .steps import ancestral_step as _ancestral_step
+from .steps import churn as _churn
+from .steps import noise_fn as _noise_fn
+from .steps import to_d as _to_d
 from .tcd import sample_tcd
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -60,39 +85,6 @@ NoiseSampler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
 
 
 # --- shared pieces -------------------------------------------------------------------------
-
-def _noise_fn(noise_sampler: NoiseSampler, x: torch.Tensor):
-    return noise_sampler if noise_sampler is not None else (lambda sigma, sigma_next: torch.randn_like(x))
-
-
-def _to_d(x, sigma, denoised):
-    """The probability-flow ODE's slope dx/dsigma."""
-    return (x - denoised) / sigma
-
-
-def _ancestral_step(sigma, sigma_next, eta):
-    """Split a step sigma -> sigma_next into a deterministic step to sigma_down and fresh noise of
-    std sigma_up (sigma_down**2 + sigma_up**2 = sigma_next**2); eta=1 is the DDPM posterior."""
-    if not eta:
-        return sigma_next, sigma_next * 0
-    sigma_up = torch.minimum(sigma_next, eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5)
-    return (sigma_next ** 2 - sigma_up ** 2) ** 0.5, sigma_up
-
-
-def _add_noise(x, noise, sigma, sigma_next, sigma_up, s_noise):
-    if sigma_next > 0 and sigma_up > 0 and s_noise:
-        x = x + noise(sigma, sigma_next) * s_noise * sigma_up
-    return x
-
-
-def _churn(x, sigma, steps, noise, s_churn, s_tmin, s_tmax, s_noise):
-    """Karras et al. (2022) Alg. 2: raise the noise level to sigma_hat = sigma * (1 + gamma)."""
-    gamma = min(s_churn / steps, 2 ** 0.5 - 1) if s_churn > 0 and s_tmin <= sigma <= s_tmax else 0.0
-    if gamma <= 0:
-        return x, sigma
-    sigma_hat = sigma * (gamma + 1)
-    return x + noise(sigma, sigma_hat) * s_noise * (sigma_hat ** 2 - sigma ** 2) ** 0.5, sigma_hat
-
 
 def _dpm2_step(denoise, x, d, sigma, sigma_to):
     """DPM-Solver-2 (Karras' variant): slope at the log-midpoint; Euler when stepping to 0."""
@@ -250,6 +242,14 @@ def sample_uni_pc(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, callb
     return x
 
 
+@torch.no_grad()
+def sample_uni_pc_bh2(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback = None, *,
+                      noise_sampler: NoiseSampler = None, order: int = 3,
+                      lower_order_final: bool = True) -> torch.Tensor:
+    """UniPC with B(h) = e^h - 1 (ComfyUI's uni_pc_bh2)."""
+    return sample_uni_pc(denoise, x, sigmas, callback, order=order, variant="bh2", lower_order_final=lower_order_final)
+
+
 def _unipc_update(x, ms, lambdas, s, t, order, variant, model_t=None):
     """One UniP (model_t None) or UniC step from step s (where ms[-1] was evaluated) to step t,
     in sigma space: x_t = (sigma_t/sigma_s) x - expm1(-h) m0 - B(h) * sum(rho_k D_k)."""
@@ -309,6 +309,15 @@ def sample_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, callbac
     eta=0 is Euler (as ComfyUI's "ddim" is) and eta=1 is Euler a. Use the ddim_uniform schedule
     for DDIM's own timesteps."""
     return _ancestral_euler(denoise, x, sigmas, callback, noise_sampler, eta, 1.0)
+
+
+@torch.no_grad()
+def sample_ddpm(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback = None, *,
+                noise_sampler: NoiseSampler = None) -> torch.Tensor:
+    """DDPM (Ho et al. 2020) ancestral sampling, ComfyUI's ddpm: each step draws from the posterior
+    q(x_prev | x_t, x0 = denoised). In sigma space that posterior's mean and variance are exactly
+    Euler a's step with eta=1 (see sample_ddim), so that is what runs."""
+    return _ancestral_euler(denoise, x, sigmas, callback, noise_sampler, 1.0, 1.0)
 
 
 @torch.no_grad()
@@ -401,6 +410,15 @@ def sample_dpmpp_3m_sde(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor,
     return _dpmpp_multistep_sde(denoise, x, sigmas, callback, noise_sampler, eta, s_noise, third_order=True)
 
 
+@torch.no_grad()
+def sample_dpmpp_2m_sde_heun(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback = None, *,
+                             noise_sampler: NoiseSampler = None, eta=1.0, s_noise=1.0) -> torch.Tensor:
+    """DPM++ 2M SDE with the heun second-order term (A1111's "DPM++ 2M SDE Heun", ComfyUI's
+    dpmpp_2m_sde_heun)."""
+    return sample_dpmpp_2m_sde(denoise, x, sigmas, callback, noise_sampler=noise_sampler, eta=eta, s_noise=s_noise,
+                               solver_type="heun")
+
+
 def _dpmpp_multistep_sde(denoise, x, sigmas, callback, noise_sampler, eta, s_noise, third_order, heun=False):
     """Shared body of 2M SDE and 3M SDE: exponential-integrator step in lambda = -log sigma with
     eta-scaled noise; the 3M history terms (and 2M's midpoint or heun one) as in k-diffusion."""
@@ -474,10 +492,25 @@ SAMPLERS: dict[str, Callable] = {
     "tcd": sample_tcd,
     "euler_cfg_pp": sample_euler_cfg_pp,
     "dpmpp_2m_cfg_pp": sample_dpmpp_2m_cfg_pp,
+    "heunpp2": sample_heunpp2,
+    "dpmpp_2s_ancestral_cfg_pp": sample_dpmpp_2s_ancestral_cfg_pp,
+    "dpmpp_2m_sde_heun": sample_dpmpp_2m_sde_heun,
+    "ddpm": sample_ddpm,
+    "ipndm": sample_ipndm,
+    "ipndm_v": sample_ipndm_v,
+    "res_multistep": sample_res_multistep,
+    "res_multistep_cfg_pp": sample_res_multistep_cfg_pp,
+    "res_multistep_ancestral": sample_res_multistep_ancestral,
+    "res_multistep_ancestral_cfg_pp": sample_res_multistep_ancestral_cfg_pp,
+    "gradient_estimation": sample_gradient_estimation,
+    "gradient_estimation_cfg_pp": sample_gradient_estimation_cfg_pp,
+    "er_sde": sample_er_sde,
+    "uni_pc_bh2": sample_uni_pc_bh2,
 }
 # Samplers that step with the unconditional estimate too: their guidance must evaluate it even
 # where plain CFG would skip it (CFG scale 1), as ComfyUI's disable_cfg1_optimization does.
-NEEDS_UNCOND = frozenset({"euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp"})
+NEEDS_UNCOND = frozenset({"euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "dpmpp_2s_ancestral_cfg_pp",
+                          "res_multistep_cfg_pp", "res_multistep_ancestral_cfg_pp", "gradient_estimation_cfg_pp"})
 # What the caller supplies rather than the user: per-step noise and the model's discrete schedule.
 _CONTEXT = ("noise_sampler", "model_schedule")
 

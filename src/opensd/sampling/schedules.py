@@ -151,6 +151,36 @@ def beta_sigmas(schedule: DiscreteSchedule, steps: int, alpha: float = 0.6, beta
     return _append_zero(schedule.sigmas[ts])
 
 
+def linear_quadratic_sigmas(schedule: DiscreteSchedule, steps: int, threshold_noise: float = 0.025,
+                            linear_steps: int | None = None) -> torch.Tensor:
+    """ComfyUI's "linear_quadratic" (from Mochi's sampler), as a fraction of the model's sigma_max:
+    the first `linear_steps` (half) of the steps lower it linearly to 1 - threshold_noise, the rest
+    along the quadratic in the step index that continues with the same slope and reaches 0 at the end.
+    One step is sigma_max then 0."""
+    if steps == 1:
+        frac = [1.0, 0.0]
+    else:
+        n_lin = steps // 2 if linear_steps is None else linear_steps
+        n_quad = steps - n_lin
+        excess = n_lin - threshold_noise * steps  # what the quadratic part must still cover, times n_lin
+        a = excess / (n_lin * n_quad ** 2)
+        b = threshold_noise / n_lin - 2 * excess / n_quad ** 2
+        c = a * n_lin ** 2
+        done = [i * threshold_noise / n_lin for i in range(n_lin)]
+        done += [a * i * i + b * i + c for i in range(n_lin, steps)]
+        frac = [1.0 - v for v in [*done, 1.0]]
+    return torch.tensor(frac, dtype=torch.float64).float() * schedule.sigma_max
+
+
+def kl_optimal_sigmas(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
+    """"KL Optimal" (A1111 PR 15608, ComfyUI's kl_optimal): evenly spaced in arctan(sigma) from
+    sigma_max to sigma_min, then 0 (ComfyUI's ending; A1111's stops at sigma_min instead). One step
+    is sigma_max then 0, where ComfyUI divides by zero."""
+    frac = torch.arange(steps, dtype=torch.float32) / max(steps - 1, 1)
+    lo, hi = math.atan(schedule.sigma_min), math.atan(schedule.sigma_max)
+    return _append_zero(torch.tan(frac * lo + (1 - frac) * hi))
+
+
 SCHEDULES = {
     "normal": normal_sigmas,
     "karras": karras_sigmas,
@@ -159,6 +189,8 @@ SCHEDULES = {
     "simple": simple_sigmas,
     "beta": beta_sigmas,
     "ddim_uniform": ddim_uniform_sigmas,
+    "linear_quadratic": linear_quadratic_sigmas,
+    "kl_optimal": kl_optimal_sigmas,
 }
 
 
