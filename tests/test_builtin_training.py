@@ -16,6 +16,7 @@ from opensd.models import config as C
 from opensd.models.stable_diffusion import StableDiffusion
 from opensd.models.unet import GUIDANCE_RANGE
 from opensd.training import builtin as B
+from opensd.training import builtin_vae as V
 from opensd.training.builtin_teacher import transplant
 
 TINY = C.ModelConfig(
@@ -110,7 +111,7 @@ def test_sample_and_psnr_shapes():
     model = StableDiffusion(cfg).eval()
     img = B.sample(model, ["a", "b"], steps=2)
     assert img.shape == (2, 3, 16, 16) and torch.isfinite(img).all()
-    assert np.isfinite(B.psnr(model.vae, _split(2, 3).images))
+    assert np.isfinite(V.psnr(model.vae, _split(2, 3).images))
 
 
 SHIPPED = B.DEFAULT_OUT
@@ -134,18 +135,18 @@ def test_shipped_weights_load_and_generate():
 
 def test_random_crop_window_and_passthrough():
     x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
-    a = B.random_crop(x, 8, torch.Generator().manual_seed(3))
-    b = B.random_crop(x, 8, torch.Generator().manual_seed(3))
+    a = V.random_crop(x, 8, torch.Generator().manual_seed(3))
+    b = V.random_crop(x, 8, torch.Generator().manual_seed(3))
     assert a.shape == (2, 3, 8, 8) and torch.equal(a, b)  # seeded: a resumed run crops the same
     top, left = divmod(int(a[0, 0, 0, 0]), 16)
     assert torch.equal(a, x[..., top:top + 8, left:left + 8])
-    assert B.random_crop(x, 16, torch.Generator()) is x
+    assert V.random_crop(x, 16, torch.Generator()) is x
 
 
 def test_vae_trains_on_crops_with_full_images_every_nth_step(tmp_path, monkeypatch):
     seen = []
-    real = B.vae_loss
-    monkeypatch.setattr(B, "vae_loss", lambda m, x, *rest: seen.append(tuple(x.shape[-2:])) or real(m, x, *rest))
+    real = V.vae_loss
+    monkeypatch.setattr(V, "vae_loss", lambda m, x, *rest: seen.append(tuple(x.shape[-2:])) or real(m, x, *rest))
     B.train_vae(_split(8, 0), _split(4, 1), TINY, tmp_path, steps=6, batch=4, progress=False,
                 save_every=100, crop=8, full_every=3)
     assert seen == [(16, 16), (8, 8), (8, 8)] * 2

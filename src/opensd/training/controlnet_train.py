@@ -34,8 +34,9 @@ from ..checkpoints.controlnet_files import save_controlnet
 from ..errors import InvalidArgument, run_main
 from ..models.controlnet import ControlNet, from_unet
 from ..sampling.schedules import scaled_linear_alphas_cumprod
-from .builtin import MIN_SNR_GAMMA, index_stream, to_pixels
+from .builtin import MIN_SNR_GAMMA
 from .builtin_sampling import tokenize
+from .builtin_vae import index_stream, to_pixels
 from .controlnet_args import add_arguments
 from .controlnet_data import prepare_pairs
 from .trainer import TrainConfig, Trainer
