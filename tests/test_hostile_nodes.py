@@ -149,6 +149,14 @@ def _load_output(name) -> dict:
     return {"l": node("LoadImageOutput", image=name), "o": preview(["l", 0])}
 
 
+def _diff_controlnet(name) -> dict:
+    g = sampled(d=node("DiffControlNetLoader", model=["4", 0], control_net_name=name), I=image(64, 64),
+                a=node("ControlNetApplyAdvanced", positive=["P", 0], negative=["N", 0], control_net=["d", 0],
+                       image=["I", 0], strength=1.0, start_percent=0.0, end_percent=1.0))
+    g["S"]["inputs"]["positive"], g["S"]["inputs"]["negative"] = ["a", 0], ["a", 1]
+    return g
+
+
 def _clip_attention(**factors) -> dict:
     g = sampled(c=node("CLIPAttentionMultiply", clip=["4", 1], **{"q": 1.0, "k": 1.0, "v": 1.0, "out": 1.0, **factors}))
     g["P"]["inputs"]["clip"] = ["c", 0]
@@ -202,6 +210,9 @@ CASES = [
     ("LaplaceScheduler mu string", custom(node("LaplaceScheduler", steps=2, sigma_max=14.6, sigma_min=0.03, mu="x",
                                                beta=0.5)), ("400", "s", INVALID)),
     ("SamplerLCMUpscale ratio 100", _lcm_upscale(scale_ratio=100.0), ("400", "k", "value_bigger_than_max")),
+    ("DiffControlNetLoader unknown file", _diff_controlnet("../../tiny.safetensors"), ("400", "d", "value_not_in_list")),
+    ("DiffControlNetLoader model from a CLIP", _with(_diff_controlnet("x.safetensors"), "d", model=["4", 1]),
+     ("400", "d", "return_type_mismatch")),
     ("CLIPAttentionMultiply q 11", _clip_attention(q=11.0), ("400", "c", "value_bigger_than_max")),
     ("CLIPAttentionMultiply out -1", _clip_attention(out=-1.0), ("400", "c", "value_smaller_than_min")),
     ("CLIPAttentionMultiply k string", _clip_attention(k="big"), ("400", "c", INVALID)),

@@ -446,6 +446,8 @@ EXPECTED = {
               "_for_testing/attention_experiments", name, "comfy_extras.nodes_attention_multiply",
               {"experimental": True})
        for name in ("UNetSelfAttentionMultiply", "UNetCrossAttentionMultiply")},
+    "DiffControlNetLoader": ({"model": ["MODEL"], "control_net_name": [[]]}, ["CONTROL_NET"], "loaders",
+                             "Load ControlNet Model (diff)", "nodes", {}),
     "LoadImageOutput": ({"image": ["COMBO", {"image_upload": True, "image_folder": "output", "remote": {
         "route": "/internal/files/output", "refresh_button": True, "control_after_refresh": "first"}}]},
                         ["IMAGE", "MASK"], "image", "Load Image (from Outputs)", "nodes",

@@ -78,15 +78,19 @@ class ControlSpec:
             compatible_config(self.model.net.config, self.model.family, base, self.model.path)
 
 
-def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None) -> LoadedControlNet:
+def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, diff_base=None) -> LoadedControlNet:
     """Load a ControlNet file/folder for `base` (a Pipeline, or a ModelConfig with device/dtype given);
-    CheckpointError if it was made for another model family."""
+    CheckpointError if it was made for another model family. A diff ControlNet gets the weights of
+    `diff_base`'s network (a Pipeline; default `base` when it is one) added to its own, by name, as
+    ComfyUI's DiffControlNetLoader and A1111's extension add them."""
     config = base.config if hasattr(base, "config") else base
     device = device or getattr(base, "device", "cpu")
     dtype = dtype or getattr(base, "dtype", torch.float32)
     path = Path(path)
     sd, family, cfg = read_controlnet(path)
     cfg = compatible_config(cfg, family, config, path)
+    if cfg.difference:
+        sd = _made_whole(sd, diff_base or (base if hasattr(base, "model") else None), path)
     with torch.device("meta"):
         net = ControlNet(cfg)
     try:
@@ -96,24 +100,38 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None) -
     return LoadedControlNet(net.to(device).eval().requires_grad_(False), family, path)
 
 
+def _made_whole(sd: dict, pipe, path: Path) -> dict:
+    """A diff ControlNet's weights plus those of `pipe`'s network of the same name and shape."""
+    if pipe is None:
+        raise CheckpointError(path, "is a diff ControlNet (its weights are differences from a model's) and no "
+                                    "model was given to add them to")
+    network = pipe.family.network(pipe.model).state_dict()
+    out = {}
+    for name, weight in sd.items():
+        own = network.get(name)
+        fits = own is not None and own.shape == weight.shape
+        out[name] = weight.float() + own.to("cpu", torch.float32) if fits else weight
+    return out
+
+
 # pipe -> its loaded ControlNets; goes with the pipeline
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def cached_controlnet(path, pipe, keep: int = 4) -> LoadedControlNet:
+def cached_controlnet(path, pipe, keep: int = 4, diff_base=None) -> LoadedControlNet:
     """load_controlnet through a small per-pipeline cache (on the pipe's device/dtype), keyed by the
-    file's path, size and mtime; the `keep` most recently used stay loaded."""
+    file's path, size and mtime (and the diff base given); the `keep` most recently used stay loaded."""
     path = Path(path)
     try:
         st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, id(diff_base))
     except OSError as e:
         raise InvalidArgument(f"controlnet: cannot read {path.name} ({e})") from None
     cache = _CACHES.setdefault(pipe, {})
     if key in cache:
         cache[key] = cache.pop(key)  # most recently used last
         return cache[key]
-    loaded = load_controlnet(path, pipe)
+    loaded = load_controlnet(path, pipe, diff_base=diff_base)
     cache[key] = loaded
     while len(cache) > keep:
         cache.pop(next(iter(cache)))

@@ -154,6 +154,9 @@ def read_controlnet(path) -> tuple[dict[str, torch.Tensor], C.Family, ControlNet
     else:
         sd = read_state_dict(path)
         metadata = read_metadata(path)
+    difference = "difference" in sd  # a diff ControlNet: the UNet's weights are added when it is loaded
+    if difference:
+        sd = {k: v for k, v in sd.items() if k != "difference"}
     if any(k.startswith(PREFIX) for k in sd):  # lllyasviel files, some with the whole SD model too
         sd = {k[len(PREFIX):]: v for k, v in sd.items() if k.startswith(PREFIX)}
     if "controlnet_cond_embedding.conv_in.weight" in sd:
@@ -169,6 +172,8 @@ def read_controlnet(path) -> tuple[dict[str, torch.Tensor], C.Family, ControlNet
     # lllyasviel's shuffle model pools its residuals (its yaml says so; the weights cannot).
     if global_pool or "shuffle" in path.name.lower():
         cfg = replace(cfg, global_average_pooling=True)
+    if difference:
+        cfg = replace(cfg, difference=True)
     return sd, family, cfg
 
 

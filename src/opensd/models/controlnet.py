@@ -28,6 +28,8 @@ class ControlNetConfig:
     hint_channels: int = 3          # channels of the control image
     hint_downscale: int = 8         # pixels per latent cell: the VAE's downscale (8 for SD, 4 for small)
     global_average_pooling: bool = False  # "shuffle"-style models pool each residual to 1x1
+    # a "diff" ControlNet's file holds its weights less the base UNet's (lllyasviel's "difference" key)
+    difference: bool = False
 
     def __post_init__(self):
         n = int(round(math.log2(self.hint_downscale)))

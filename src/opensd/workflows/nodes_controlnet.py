@@ -1,5 +1,11 @@
-"""ControlNet nodes with ComfyUI's names, inputs and semantics: ControlNetLoader, ControlNetApply
-and ControlNetApplyAdvanced.
+"""ControlNet nodes with ComfyUI's names, inputs and semantics: ControlNetLoader, DiffControlNetLoader,
+ControlNetApply and ControlNetApplyAdvanced.
+
+A diff ControlNet (a file whose weights are differences from a UNet's, marked by a "difference"
+key) gets the UNet weights of DiffControlNetLoader's MODEL added when it is loaded for sampling, as
+they stand then (the branch's LoRAs in when it is the sampling model); other files load as
+ControlNetLoader loads them. Where ComfyUI's ControlNetLoader loads a diff file as it is (with a
+warning that it will not work), ours adds the sampling model's weights.
 
 As in ComfyUI the hint travels on the conditioning: every entry's extras get a ``"control"`` (a
 :class:`ControlHint`, chained to the entry's previous one, so several ControlNets add up) and a
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +40,7 @@ class ControlNetRef:
     """CONTROL_NET: a ControlNet file, loaded onto the sampling model's device/dtype when used."""
     path: Path
     name: str
+    base: Any = None                 # DiffControlNetLoader's Pipeline: a diff ControlNet's weights add to its UNet's
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +75,17 @@ register(NodeDef(
     "ControlNetLoader", controlnet_loader, {"control_net_name": (Choices("controlnet"), {})},
     ("CONTROL_NET",), category="loaders", display_name="Load ControlNet Model",
     description="Loads a ControlNet from the controlnet folders (ControlNet/ or controlnet/)."))
+
+
+def diff_controlnet_loader(call, model, control_net_name):
+    path = call.ctx.folders.resolve("controlnet", control_net_name)
+    return (ControlNetRef(path, control_net_name, model.pipe),)
+
+
+register(NodeDef(
+    "DiffControlNetLoader", diff_controlnet_loader,
+    {"model": ("MODEL", {}), "control_net_name": (Choices("controlnet"), {})},
+    ("CONTROL_NET",), category="loaders", display_name="Load ControlNet Model (diff)"))
 
 
 def _hinted(conditioning: list, make, to_uncond: bool) -> list:
@@ -161,7 +180,7 @@ class RowControl:
                 if img.shape[1] == 1:
                     img = img.expand(-1, 3, -1, -1)
                 self.hints[id(h)] = center_resize(img[:, :3], width, height).to(pipe.device, pipe.dtype)
-                self.nets[id(h)] = cached_controlnet(h.net.path, pipe)
+                self.nets[id(h)] = cached_controlnet(h.net.path, pipe, diff_base=h.net.base)
 
     @staticmethod
     def _active(h: ControlHint, t: float) -> bool:
