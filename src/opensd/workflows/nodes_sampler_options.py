@@ -7,10 +7,14 @@ samplers draw the step noise from the seed the same way wherever they run, so bo
 same sampler. SamplerTCD is not a core ComfyUI node: it is the comfyui-tcd-scheduler pack's
 (`eta`, as its README names the paper's gamma), run by our TCD sampler on the model's schedule.
 SamplerLCMUpscale: LCM that enlarges the latent between steps (sampling/lcm_upscale.py).
+SamplerER_SDE: er_sde with its solver type (sampling/er_sde.py). SamplerEulerCFGpp: its "regular"
+version is euler_cfg_pp; its "alternative" one (a different Euler CFG++ variant ComfyUI keeps in
+that node only) is refused at validation.
 """
 from __future__ import annotations
 
 from .ksampler import LCM_UPSCALE
+from ..sampling.er_sde import SOLVER_TYPES
 from .types import NodeDef, SamplerRef, register
 
 _CATEGORY = "sampling/custom_sampling/samplers"
@@ -46,6 +50,25 @@ _sampler_node("SamplerDPMAdaptative", "dpm_adaptive",
 _sampler_node("SamplerTCD", "tcd",
               {"eta": ("FLOAT", {"default": 0.3, "min": 0, "max": 1.0, "step": 0.01, "round": False})},
               module="custom_nodes.comfyui-tcd-scheduler")
+
+_sampler_node("SamplerER_SDE", "er_sde",
+              {"solver_type": (list(SOLVER_TYPES), {}), "max_stage": ("INT", {"default": 3, "min": 1, "max": 3}),
+               "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01, "round": False,
+                                 "tooltip": "Stochastic strength of reverse-time SDE.\nWhen eta=0, it reduces to "
+                                            "deterministic ODE. This setting doesn't apply to ER-SDE solver type."}),
+               "s_noise": _float(1.0)})
+
+
+def _euler_cfg_pp_version(ctx, inputs) -> str | None:
+    if inputs.get("version") == "alternative":
+        return "SamplerEulerCFGpp: version 'alternative' is not supported here; 'regular' (euler_cfg_pp) is"
+    return None
+
+
+register(NodeDef(
+    "SamplerEulerCFGpp", lambda call, version: (SamplerRef("euler_cfg_pp"),),
+    {"version": (["regular", "alternative"], {})}, ("SAMPLER",), category="_for_testing", display_name="SamplerEulerCFG++",
+    module="comfy_extras.nodes_advanced_samplers", experimental=True, check=_euler_cfg_pp_version))
 
 
 def _lcm_upscale(call, scale_ratio, scale_steps, upscale_method):
