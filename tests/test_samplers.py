@@ -634,7 +634,8 @@ SAMPLER_NAMES = [
     ("dpmpp_2m_sde_heun", "DPM++ 2M SDE Heun", ["k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu"]),
     *[(sid, sid, []) for sid in ("heunpp2", "dpmpp_2s_ancestral_cfg_pp", "ddpm", "ipndm", "ipndm_v", "res_multistep",
                                  "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
-                                 "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "uni_pc_bh2")],
+                                 "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "uni_pc_bh2", "seeds_2",
+                                 "seeds_3")],
 ]
 SCHEDULE_NAMES = [
     ("normal", "Automatic", ["Uniform", "Normal"]),

@@ -348,6 +348,92 @@ def test_thin_variants_are_their_base_sampler_with_the_option():
     assert not torch.allclose(heun, SAMPLERS["dpmpp_2m_sde"](toy, x, sigmas, noise_sampler=seeded(1)))
 
 
+def ref_seeds(model, x, sigmas, noise, eta, cs, weights):
+    """SEEDS' stages written out (Gonzalez et al. 2023, data prediction, alpha = 1): stage k at
+    c_k of the step h = log(s / s'), lam = -log sigma, H = (1 + eta) h,
+    x_k = (s_k / s) e^(-eta c_k h) x + sum_j a_kj D_j + s_k W_k, W_k the path's noise; `weights(h, H)`
+    gives the a_kj rows (each summing to 1 - e^(-c_k H)), the last row's c being 1."""
+    sg = sigmas.tolist()
+    for i in range(len(sg) - 1):
+        ds = [model(x, sigmas[i])]
+        if sg[i + 1] == 0:
+            x = ds[0]
+            continue
+        s = sg[i]
+        h = math.log(s / sg[i + 1])
+        rows = weights(h, (1 + eta) * h)
+        w, c_prev, s_prev = None, 0.0, s
+        for k, c in enumerate([*cs, 1.0]):
+            s_c = s * math.exp(-c * h)
+            y = s_c / s * math.exp(-eta * c * h) * x + sum(a * d for a, d in zip(rows[k], ds))
+            if eta > 0:
+                z = noise(s_prev, s_c)
+                fresh = math.sqrt(1 - math.exp(-2 * eta * (c - c_prev) * h)) * z
+                w = fresh if w is None else w * math.exp(-eta * (c - c_prev) * h) + fresh
+                y = y + s_c * w
+            c_prev, s_prev = c, s_c
+            if c == 1.0:
+                x = y
+            else:
+                ds.append(model(y, torch.tensor(s_c, dtype=torch.float64)))
+    return x
+
+
+def phi1(z):
+    return math.expm1(z) / z
+
+
+def phi2(z):
+    return (phi1(z) - 1) / z
+
+
+def seeds2_rows(r):  # phi_1: the estimates blended as DPM-Solver++(2S)
+    return lambda h, big: [[1 - math.exp(-r * big)],
+                           [(1 - math.exp(-big)) * (1 - 1 / (2 * r)), (1 - math.exp(-big)) / (2 * r)]]
+
+
+def seeds3_rows(r1, r2):
+    def rows(h, big):
+        a = r2 / r1 * r2 * big * phi2(-r2 * big)
+        b = big * phi2(-big) / r2
+        return [[1 - math.exp(-r1 * big)], [1 - math.exp(-r2 * big) - a, a], [1 - math.exp(-big) - b, 0.0, b]]
+    return rows
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.4])
+def test_seeds_2_and_3_step_by_step(eta):
+    sigmas = sigmas_karras(6)
+    x = X_UNIT * sigmas[0]
+    want = ref_seeds(toy, x, sigmas, seeded(9), eta, [0.5], seeds2_rows(0.5))
+    torch.testing.assert_close(SAMPLERS["seeds_2"](toy, x, sigmas, noise_sampler=seeded(9), eta=eta), want,
+                               rtol=0, atol=1e-10)
+    want = ref_seeds(toy, x, sigmas, seeded(9), eta, [1 / 3, 2 / 3], seeds3_rows(1 / 3, 2 / 3))
+    torch.testing.assert_close(SAMPLERS["seeds_3"](toy, x, sigmas, noise_sampler=seeded(9), eta=eta), want,
+                               rtol=0, atol=1e-10)
+
+
+def test_seeds_2_phi_2_weights():
+    sigmas = sigmas_karras(5)
+    r = 0.7
+
+    def rows(h, big):
+        b = big * phi2(-big) / r
+        return [[1 - math.exp(-r * big)], [1 - math.exp(-big) - b, b]]
+    want = ref_seeds(toy, X_UNIT * sigmas[0], sigmas, seeded(3), 1.0, [r], rows)
+    got = SAMPLERS["seeds_2"](toy, X_UNIT * sigmas[0], sigmas, noise_sampler=seeded(3), r=r, solver_type="phi_2")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    with pytest.raises(InvalidArgument, match="^sampler_options.solver_type"):
+        SAMPLERS["seeds_2"](toy, X_UNIT, sigmas, solver_type="phi_3")
+
+
+def test_seeds_2_without_noise_is_dpmpp_2s():
+    sigmas = sigmas_karras(8)
+    got = SAMPLERS["seeds_2"](toy, X_UNIT * sigmas[0], sigmas, noise_sampler=never, eta=0.0)
+    want = SAMPLERS["dpmpp_sde"](toy, X_UNIT * sigmas[0], sigmas, noise_sampler=never, eta=0.0)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    SAMPLERS["seeds_3"](toy, X_UNIT * sigmas[0], sigmas, noise_sampler=never, s_noise=0.0)
+
+
 # --- orders of convergence on the probability-flow ODE of Gaussian data ----------------------------
 
 @pytest.mark.parametrize("name, options, order", [
@@ -358,6 +444,8 @@ def test_thin_variants_are_their_base_sampler_with_the_option():
     # ER: its stages 2 and 3 lift Euler to second order (its integrals are 200-point sums)
     ("er_sde", {"solver_type": "ODE"}, 2), ("er_sde", {"solver_type": "ODE", "max_stage": 2}, 2),
     ("er_sde", {"solver_type": "ODE", "max_stage": 1}, 1),
+    ("seeds_2", {"eta": 0.0}, 2), ("seeds_2", {"eta": 0.0, "r": 1.0, "solver_type": "phi_2"}, 2),
+    ("seeds_3", {"eta": 0.0}, 3),
 ])
 def test_order_of_convergence(name, options, order):
     assert order_of(name, options) > order - 0.2
@@ -410,7 +498,7 @@ def test_cfg_pp_with_equal_estimates_is_its_base_sampler(pp, base, options):
 
 
 STOCHASTIC = ["res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "er_sde", "ddpm",
-              "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_sde_heun"]
+              "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_sde_heun", "seeds_2", "seeds_3"]
 
 
 @pytest.mark.parametrize("name", STOCHASTIC)
@@ -423,7 +511,7 @@ def test_stochastic_samplers_are_reproducible_from_a_seed(name):
 
 @pytest.mark.parametrize("name, tol", [
     ("res_multistep_ancestral", 0.1), ("ddpm", 0.1), ("dpmpp_2s_ancestral_cfg_pp", 0.03), ("er_sde", 0.03),
-    ("dpmpp_2m_sde_heun", 0.03),
+    ("dpmpp_2m_sde_heun", 0.03), ("seeds_2", 0.03), ("seeds_3", 0.03),
 ])
 def test_stochastic_samplers_sample_the_data_distribution(name, tol):
     """20k draws of N(MU, S2) data, 50 Karras steps: mean and std come out right (first-order

@@ -19,9 +19,9 @@ from opensd.workflows.types import NODES, NoiseRef, SamplerRef
 NEW_SAMPLERS = ["heunpp2", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "ddpm", "ipndm",
                 "ipndm_v", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
                 "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde",
-                "uni_pc_bh2"]
+                "uni_pc_bh2", "seeds_2", "seeds_3"]
 NEW_SCHEDULERS = ["linear_quadratic", "kl_optimal"]
-NOT_YET = ["seeds_2", "seeds_3", "sa_solver", "sa_solver_pece"]  # in ComfyUI's list, not implemented here
+NOT_YET = ["sa_solver", "sa_solver_pece"]  # in ComfyUI's list, not implemented here
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_the_servers_object_info_lists_them(server_info):
     # in ComfyUI's order: ..., heun, heunpp2, dpm_2, ..., deis, res_multistep, ..., er_sde, ddim, uni_pc, uni_pc_bh2
     assert samplers.index("heunpp2") == samplers.index("heun") + 1
     assert samplers[samplers.index("deis") + 1] == "res_multistep"
-    assert samplers[-4:] == ["er_sde", "ddim", "uni_pc", "uni_pc_bh2"]
+    assert samplers[-6:] == ["er_sde", "seeds_2", "seeds_3", "ddim", "uni_pc", "uni_pc_bh2"]
     for node in ("KSamplerAdvanced", "KSamplerSelect"):
         assert server_info[node]["input"]["required"]["sampler_name"][0] == samplers
     assert server_info["BasicScheduler"]["input"]["required"]["scheduler"][0] == schedulers

@@ -64,6 +64,8 @@ _SAMPLERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "gradient_estimation_cfg_pp": ("gradient_estimation_cfg_pp", "normal", ()),
     "er_sde": ("er_sde", "normal", ()),
     "uni_pc_bh2": ("uni_pc_bh2", "normal", ()),
+    "seeds_2": ("seeds_2", "normal", ()),
+    "seeds_3": ("seeds_3", "normal", ()),
 }
 
 # id -> (A1111 "Schedule type" label, extra accepted spellings)
@@ -84,7 +86,8 @@ _SCHEDULES: dict[str, tuple[str, tuple[str, ...]]] = {
 _NOT_A1111 = frozenset({"deis", "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp_2m_cfg_pp", "tcd", "heunpp2",
                         "dpmpp_2s_ancestral_cfg_pp", "ddpm", "ipndm", "ipndm_v", "res_multistep",
                         "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
-                        "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "uni_pc_bh2"})
+                        "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "uni_pc_bh2", "seeds_2",
+                        "seeds_3"})
 
 # A1111's old combined aliases ("k_dpmpp_2m_ka" = DPM++ 2M Karras).
 _KARRAS_ALIASES = {f"k_{a}_ka": s for a, s in [

@@ -42,6 +42,8 @@ Options, with k-diffusion/A1111 defaults:
   Gradient estimation (+ CFG++):   ge_gamma=2 (gradient_estimation.py)
   ER SDE:                          s_noise=1, max_stage=3, solver_type="ER-SDE", eta=1 (er_sde.py)
   DPM++ 2S a CFG++:                eta=1, s_noise=1 (cfg_pp.py)
+  SEEDS-2:                         eta=1, s_noise=1, r=0.5, solver_type="phi_1" (seeds.py)
+  SEEDS-3:                         eta=1, s_noise=1, r_1=1/3, r_2=2/3 (seeds.py)
   The *_cfg_pp samplers need the unconditional estimate (cfg_pp.py).
 DDIM and UniPC need nothing from the model's alpha schedule: written in sigma (VE) space their
 updates depend only on sigmas, and the model's own sigmas come in through the schedule.
@@ -71,6 +73,7 @@ from .res_multistep import (
     sample_res_multistep_cfg_pp,
 )
 from .restart import sample_restart
+from .seeds import sample_seeds_2, sample_seeds_3
 from .steps import add_noise as _add_noise
 from .steps import ancestral_step as _ancestral_step
 from .steps import churn as _churn
@@ -506,6 +509,8 @@ SAMPLERS: dict[str, Callable] = {
     "gradient_estimation_cfg_pp": sample_gradient_estimation_cfg_pp,
     "er_sde": sample_er_sde,
     "uni_pc_bh2": sample_uni_pc_bh2,
+    "seeds_2": sample_seeds_2,
+    "seeds_3": sample_seeds_3,
 }
 # Samplers that step with the unconditional estimate too: their guidance must evaluate it even
 # where plain CFG would skip it (CFG scale 1), as ComfyUI's disable_cfg1_optimization does.
