@@ -60,50 +60,52 @@ class _Stages:
         return x_c + self.path * sigma_c * self.s_noise
 
 
+def _run(denoise, x, sigmas, callback, noise_sampler, eta, s_noise, step):
+    """The loop both share: step(stages, denoised) -> x at the next sigma; a step to 0 is the estimate."""
+    noise = noise_fn(noise_sampler, x)
+    for i in range(len(sigmas) - 1):
+        denoised = denoise(x, sigmas[i])
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            x = step(_Stages(x, sigmas[i], sigmas[i + 1], eta, s_noise, noise), denoised)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
 @torch.no_grad()
 def sample_seeds_2(denoise, x: torch.Tensor, sigmas: torch.Tensor, callback=None, *, noise_sampler=None,
                    eta=1.0, s_noise=1.0, r=0.5, solver_type="phi_1") -> torch.Tensor:
     """SEEDS-2: two evaluations per step; eta=0, phi_1 is DPM-Solver++(2S) with its point at r."""
     if solver_type not in ("phi_1", "phi_2"):
         raise InvalidArgument(f"sampler_options.solver_type: SEEDS-2 takes phi_1 or phi_2, not {solver_type!r}")
-    noise = noise_fn(noise_sampler, x)
-    for i in range(len(sigmas) - 1):
-        denoised = denoise(x, sigmas[i])
-        if sigmas[i + 1] == 0:
-            x = denoised
+
+    def step(st, denoised):
+        x_2 = st.add_noise(st.decayed(r) + st.weight(r) * denoised, r)
+        denoised_2 = denoise(x_2, st.sigma_at(r))
+        if solver_type == "phi_1":
+            x = st.decayed(1.0) + st.weight(1.0) * torch.lerp(denoised, denoised_2, 1 / (2 * r))
         else:
-            st = _Stages(x, sigmas[i], sigmas[i + 1], eta, s_noise, noise)
-            x_2 = st.add_noise(st.decayed(r) + st.weight(r) * denoised, r)
-            denoised_2 = denoise(x_2, st.sigma_at(r))
-            if solver_type == "phi_1":
-                x = st.decayed(1.0) + st.weight(1.0) * torch.lerp(denoised, denoised_2, 1 / (2 * r))
-            else:
-                b2 = -_h_phi_2(-st.h_eta) / r
-                x = st.decayed(1.0) + (st.weight(1.0) - b2) * denoised + b2 * denoised_2
-            x = st.add_noise(x, 1.0)
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+            b2 = -_h_phi_2(-st.h_eta) / r
+            x = st.decayed(1.0) + (st.weight(1.0) - b2) * denoised + b2 * denoised_2
+        return st.add_noise(x, 1.0)
+
+    return _run(denoise, x, sigmas, callback, noise_sampler, eta, s_noise, step)
 
 
 @torch.no_grad()
 def sample_seeds_3(denoise, x: torch.Tensor, sigmas: torch.Tensor, callback=None, *, noise_sampler=None,
                    eta=1.0, s_noise=1.0, r_1=1 / 3, r_2=2 / 3) -> torch.Tensor:
     """SEEDS-3: three evaluations per step, at 0, r_1 and r_2 of it."""
-    noise = noise_fn(noise_sampler, x)
-    for i in range(len(sigmas) - 1):
-        denoised = denoise(x, sigmas[i])
-        if sigmas[i + 1] == 0:
-            x = denoised
-        else:
-            st = _Stages(x, sigmas[i], sigmas[i + 1], eta, s_noise, noise)
-            x_2 = st.add_noise(st.decayed(r_1) + st.weight(r_1) * denoised, r_1)
-            denoised_2 = denoise(x_2, st.sigma_at(r_1))
-            a2 = -(r_2 / r_1) * _h_phi_2(-r_2 * st.h_eta)
-            x_3 = st.add_noise(st.decayed(r_2) + (st.weight(r_2) - a2) * denoised + a2 * denoised_2, r_2)
-            denoised_3 = denoise(x_3, st.sigma_at(r_2))
-            b3 = -_h_phi_2(-st.h_eta) / r_2
-            x = st.add_noise(st.decayed(1.0) + (st.weight(1.0) - b3) * denoised + b3 * denoised_3, 1.0)
-        if callback is not None:
-            callback(i, x, denoised)
-    return x
+
+    def step(st, denoised):
+        x_2 = st.add_noise(st.decayed(r_1) + st.weight(r_1) * denoised, r_1)
+        denoised_2 = denoise(x_2, st.sigma_at(r_1))
+        a2 = -(r_2 / r_1) * _h_phi_2(-r_2 * st.h_eta)
+        x_3 = st.add_noise(st.decayed(r_2) + (st.weight(r_2) - a2) * denoised + a2 * denoised_2, r_2)
+        denoised_3 = denoise(x_3, st.sigma_at(r_2))
+        b3 = -_h_phi_2(-st.h_eta) / r_2
+        return st.add_noise(st.decayed(1.0) + (st.weight(1.0) - b3) * denoised + b3 * denoised_3, 1.0)
+
+    return _run(denoise, x, sigmas, callback, noise_sampler, eta, s_noise, step)
