@@ -446,6 +446,22 @@ EXPECTED = {
               "_for_testing/attention_experiments", name, "comfy_extras.nodes_attention_multiply",
               {"experimental": True})
        for name in ("UNetSelfAttentionMultiply", "UNetCrossAttentionMultiply")},
+    "APG": ({"model": ["MODEL"],
+             "eta": f(1.0, -10.0, 10.0, 0.01, tooltip="Controls the scale of the parallel guidance vector. Default CFG "
+                    "behavior at a setting of 1."),
+             "norm_threshold": f(5.0, 0.0, 50.0, 0.1, tooltip="Normalize guidance vector to this value, normalization "
+                                 "disable at a setting of 0."),
+             "momentum": f(0.0, 0.0, 1.0, 0.01, tooltip="Controls a running average of guidance during diffusion, "
+                           "disabled at a setting of 0.")},
+            ["MODEL"], "sampling/custom_sampling", "Adaptive Projected Guidance", "comfy_extras.nodes_apg", {}),
+    "TCFG": ({"model": ["MODEL"]}, ["MODEL"], "advanced/guidance", "Tangential Damping CFG", "comfy_extras.nodes_tcfg",
+             {"output_name": ["patched_model"], "description": "TCFG \u2013 Tangential Damping CFG (2503.18137)\n\n"
+              "Refine the uncond (negative) to align with the cond (positive) for improving quality."}),
+    "Mahiro": ({"model": ["MODEL"]}, ["MODEL"], "_for_testing",
+               "Mahiro is so cute that she deserves a better guidance function!! (\u3002\u30fb\u03c9\u30fb\u3002)",
+               "comfy_extras.nodes_mahiro",
+               {"output_name": ["patched_model"], "description": "Modify the guidance to scale more on the 'direction' "
+                "of the positive prompt rather than the difference between the negative prompt."}),
     "DiffControlNetLoader": ({"model": ["MODEL"], "control_net_name": [[]]}, ["CONTROL_NET"], "loaders",
                              "Load ControlNet Model (diff)", "nodes", {}),
     "LoadImageOutput": ({"image": ["COMBO", {"image_upload": True, "image_folder": "output", "remote": {

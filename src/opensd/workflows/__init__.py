@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_core,
     nodes_dit,
     nodes_guidance,
+    nodes_guidance_cfg,
     nodes_image,
     nodes_image_filters,
     nodes_image_resize,

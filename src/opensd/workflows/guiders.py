@@ -8,6 +8,8 @@ predictions of those lists combine (ComfyUI's CFGGuider family).
   cond2 counts as a negative-type list (SDXL refiner's aesthetic default).
 * PerpNegGuider: Perp-Neg over an empty prompt's prediction (comfy_extras.nodes_perpneg).
 
+A model's pre-CFG functions (APG, TCFG) first replace CFGGuider's [cond, uncond] predictions
+(:class:`PreCfgArgs`; ComfyUI's sampler_pre_cfg_function, which its other guiders do not call).
 A model's sampler_cfg_function patch (RescaleCFG, PerpNeg) replaces the CFG formula: it gets
 :class:`CfgArgs` and returns x - denoised, as in ComfyUI. Its post-CFG functions (CFGZeroStar,
 PerturbedAttentionGuidance) then each take :class:`PostCfgArgs` and return the new denoised.
@@ -51,6 +53,17 @@ class CfgArgs:
     uncond_denoised: torch.Tensor
     # a CONDITIONING's prediction at this step (negative-type), at x or at another input (SAG's)
     predict: Callable[..., torch.Tensor]
+
+
+@dataclass
+class PreCfgArgs:
+    """What a pre-CFG function gets (ComfyUI's args dict, same names); it returns the new conds_out."""
+    conds_out: list                # [cond_denoised, uncond_denoised]: zeros where the negative is not evaluated
+    conds: list                    # [positive CONDITIONING, negative CONDITIONING or None when not evaluated]
+    cond_scale: float
+    input: torch.Tensor            # x
+    sigma: torch.Tensor
+    image: int                     # the image of the batch (each is guided on its own): for state kept per image
 
 
 @dataclass
@@ -126,6 +139,7 @@ class Step:
     x: torch.Tensor
     sigma: torch.Tensor
     predict: Callable[[list], torch.Tensor]
+    image: int = 0
 
 
 class Guider:
@@ -178,7 +192,7 @@ class Guider:
 
         def both(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             nonlocal step
-            step = Step(x, sigma, predict)
+            step = Step(x, sigma, predict, image)
             preds = dict(zip(names, calc_cond_batch(run, [prepared[n] for n in names], x, sigma, image)))
             guided = self.combine(preds, step)
             return guided, preds.get("negative", guided)
@@ -225,14 +239,17 @@ class CFGGuider(Guider):
         return ["positive"] if self.negative is None or skip else ["positive", "negative"]
 
     def combine(self, preds, step):
-        uncond = preds.get("negative", torch.zeros_like(step.x))
-        return cfg_combine(self.model, preds["positive"], uncond, self.cfg, step, self.positive, self.negative)
+        cond, uncond = preds["positive"], preds.get("negative", torch.zeros_like(step.x))
+        conds = [self.positive, self.negative if "negative" in preds else None]
+        for fn in self.model.pre_cfg_functions:
+            cond, uncond = fn(PreCfgArgs([cond, uncond], conds, self.cfg, step.x, step.sigma, step.image))[:2]
+        return cfg_combine(self.model, cond, uncond, self.cfg, step, self.positive, self.negative)
 
     def own_guidance(self, image, shape, sigmas, image_cond):
         pipe, m = self.model.pipe, self.model
         plain = all(not any(k in (extra or {}) for k in _PLACED) for _, extra in self.positive + (self.negative or []))
         patched = m.sampling is not None or m.latent_format is not None or m.cfg_function or m.output_block_patches \
-            or m.post_cfg_functions or m.network_patches
+            or m.post_cfg_functions or m.network_patches or m.pre_cfg_functions
         text_meta = any(p.is_meta for enc in pipe.family.text_modules(pipe.model) for p in enc.parameters())
         if not pipe.config.cfg_embed_channels or len(self.positive) != 1 or not plain or patched or text_meta \
                 or self.needs_uncond:

@@ -98,6 +98,7 @@ class ModelRef:
     sampling: Any = None           # model_sampling.ModelSampling replacing the checkpoint's own
     # scaled(z)/unscaled(z) in place of the VAE config's (a yaml's scale_factor, Playground v2.5's)
     latent_format: Any = None
+    pre_cfg_functions: tuple = ()  # fn(PreCfgArgs) -> [cond, uncond] before CFG, in CFGGuider (APG, TCFG)
     cfg_function: Any = None       # sampler_cfg_function(CfgArgs) -> x - denoised (RescaleCFG, PerpNeg)
     post_cfg_functions: tuple = ()  # fn(PostCfgArgs) -> denoised, after CFG (CFGZeroStar, PAG)
     # fn(network, sigma) -> a context manager around one network call (PatchModelAddDownscale)

@@ -1,0 +1,118 @@
+"""APG, TCFG and Mahiro (ComfyUI's comfy_extras nodes_apg / nodes_tcfg / nodes_mahiro) against the
+formulas written out here on small tensors, and in KSampler graphs on the tiny model."""
+import math
+
+import pytest
+import torch
+from workflow_fixtures import sampling_env
+
+from opensd.workflows.guiders import PostCfgArgs, PreCfgArgs
+from opensd.workflows.nodes_guidance_cfg import apg_function, mahiro_function, tcfg_function
+from opensd.workflows.types import NODES
+
+
+def _pre(cond, uncond, sigma, image=0, scale=3.0, x=None, negative=True):
+    return PreCfgArgs([cond, uncond], [[], [] if negative else None], scale, x if x is not None else cond * 0,
+                      torch.tensor([sigma]), image)
+
+
+def _apg_batched(conds, unconds, sigmas, scale, eta, threshold, momentum):
+    """ComfyUI's APG over a whole batch at once (its running average a (B, C, H, W) tensor), the
+    guided result uncond + scale * (modified cond - uncond) per step."""
+    avg, out = None, []
+    for cond, uncond, _ in zip(conds, unconds, sigmas):
+        g = cond - uncond
+        if momentum > 0:
+            avg = g if avg is None else momentum * avg + g
+            g = avg
+        if threshold > 0:
+            norms = torch.sqrt((g ** 2).sum(dim=(1, 2, 3), keepdim=True))
+            g = g * torch.clamp(threshold / norms, max=1.0)
+        unit = cond / torch.sqrt((cond ** 2).sum(dim=(1, 2, 3), keepdim=True))
+        along = (g * unit).sum(dim=(1, 2, 3), keepdim=True) * unit
+        modified = (g - along) + eta * along
+        new_cond = uncond + modified + (cond - uncond) / scale
+        out.append(uncond + scale * (new_cond - uncond))
+    return out
+
+
+def test_apg_per_image_equals_comfyuis_batched_running_average():
+    g = torch.Generator().manual_seed(0)
+    steps, sigmas = 3, [5.0, 2.0, 0.5]
+    conds = [torch.randn(2, 4, 3, 3, generator=g) for _ in range(steps)]
+    unconds = [torch.randn(2, 4, 3, 3, generator=g) for _ in range(steps)]
+    for eta, threshold, momentum in ((0.3, 2.0, 0.5), (1.0, 0.0, 0.0), (-2.0, 50.0, 0.9)):
+        fn = apg_function(eta, threshold, momentum)
+        want = _apg_batched(conds, unconds, sigmas, 3.0, eta, threshold, momentum)
+        for step in range(steps):  # the images of a batch in turn, as the sampler calls them
+            for i in range(2):
+                cond, uncond = conds[step][i:i + 1], unconds[step][i:i + 1]
+                new_cond, same_uncond = fn(_pre(cond, uncond, sigmas[step], image=i))
+                assert same_uncond is uncond
+                torch.testing.assert_close(uncond + 3.0 * (new_cond - uncond), want[step][i:i + 1])
+        # a new sampling (sigma up again) starts a new average
+        first = fn(_pre(conds[0][:1], unconds[0][:1], 5.0))[0]
+        torch.testing.assert_close(unconds[0][:1] + 3.0 * (first - unconds[0][:1]), want[0][:1])
+
+
+def test_tcfg_keeps_the_negative_score_along_the_top_singular_direction():
+    g = torch.Generator().manual_seed(1)
+    x, cond, uncond = (torch.randn(2, 4, 3, 3, generator=g) for _ in range(3))
+    new_cond, new_uncond = tcfg_function(_pre(cond, uncond, 1.0, x=x))
+    assert new_cond is cond
+    for b in range(2):  # the top eigenvector of the 2 x 2 Gram matrix gives the singular direction
+        m = torch.stack([(x - uncond)[b].reshape(-1), (x - cond)[b].reshape(-1)]).double()
+        vals, vecs = torch.linalg.eigh(m @ m.T)
+        v1 = m.T @ vecs[:, -1] / math.sqrt(vals[-1])
+        kept = (m[0] @ v1) * v1
+        torch.testing.assert_close((x - new_uncond)[b].reshape(-1).double(), kept, rtol=1e-4, atol=1e-5)
+    assert tcfg_function(_pre(cond, uncond, 1.0, x=x, negative=False)) == [cond, uncond]  # cfg 1: as it is
+
+
+def test_mahiro_by_hand():
+    g = torch.Generator().manual_seed(2)
+    cond, uncond = torch.randn(1, 3, 2, 2, generator=g), torch.randn(1, 3, 2, 2, generator=g)
+    scale = 4.0
+    denoised = uncond + scale * (cond - uncond)
+    got = mahiro_function(PostCfgArgs(denoised, cond, uncond, scale, cond * 0, torch.tensor([1.0]), [], None, None))
+
+    def root(t):
+        return math.copysign(math.sqrt(abs(t)), t)
+    sims = []
+    for i in range(2):
+        for j in range(2):
+            u = [root(float(uncond[0, c, i, j]) * scale) for c in range(3)]
+            m = [root((float(cond[0, c, i, j]) * scale + float(denoised[0, c, i, j])) / 2) for c in range(3)]
+            sims.append(sum(a * b for a, b in zip(u, m)) / math.sqrt(sum(a * a for a in u) * sum(b * b for b in m)))
+    s = 2 * (sum(sims) / 4 + 1)
+    want = (s * denoised + (4 - s) * cond * scale) / 4
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# --- in KSampler ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return sampling_env(tmp_path_factory.mktemp("guidecfg"))
+
+
+def _sample(env, model, cfg: float) -> torch.Tensor:
+    call, _, pos, neg = env
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    return NODES["KSampler"].fn(call, model=model, seed=3, steps=2, cfg=cfg, sampler_name="euler",
+                                scheduler="normal", positive=pos, negative=neg, latent_image=latent,
+                                denoise=1.0)[0]["samples"]
+
+
+def test_apg_without_projection_or_cap_is_cfg_one_higher_and_others_steer(env):
+    """eta 1, no cap, no momentum: the modified positive makes plain CFG at scale s give
+    cond + s (cond - uncond), which is CFG at s + 1."""
+    call, model, _, _ = env
+    (apg,) = NODES["APG"].fn(call, model=model, eta=1.0, norm_threshold=0.0, momentum=0.0)
+    torch.testing.assert_close(_sample(env, apg, 2.0), _sample(env, model, 3.0), rtol=1e-4, atol=1e-4)
+    plain = _sample(env, model, 2.0)
+    assert not torch.allclose(_sample(env, apg, 2.0), plain, atol=1e-3)
+    for name, inputs in (("TCFG", {}), ("Mahiro", {}), ("APG", {"eta": 0.0, "norm_threshold": 5.0, "momentum": 0.5})):
+        (patched,) = NODES[name].fn(call, model=model, **inputs)
+        assert not torch.equal(_sample(env, patched, 2.0), plain), name  # wired in (arithmetic: above)
+    assert model.pre_cfg_functions == () and model.post_cfg_functions == ()  # the input MODEL is untouched
