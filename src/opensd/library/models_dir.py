@@ -24,6 +24,8 @@ LAYOUT = {
     "unet_gguf": ("unet", "diffusion_models"),  # city96's ComfyUI-GGUF lists the .gguf files there apart
     "clip": ("clip", "text_encoders"),
     "configs": ("configs",),
+    "clip_vision": ("clip_vision",),      # image encoders (CLIPVisionLoader)
+    "style_models": ("style_models",),    # Flux Redux (StyleModelLoader)
     # upscaler models (ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, ...): A1111 keeps one folder per family
     "upscale_models": ("ESRGAN", "upscale_models", "RealESRGAN", "SwinIR", "DAT", "HAT"),
     # tiny autoencoders (TAESD family) for live previews and fast decodes
