@@ -232,6 +232,9 @@ HOSTILE = [
      ("error", "strength_type: attn_bias with a strength other than 1")),
     ("StyleModelApply of a Redux for another encoder",
      _hostile(**{"23": {"style_model_name": "redux_wide.safetensors"}}), ("error", "its tokens are 32 wide")),
+    ("CLIPVisionEncode of a 16384 x 1 image (center crop grows it to 524288 x 32)",
+     _hostile(**{"22": {"image": ["i", 0]}}) | {"i": node("EmptyImage", width=1, height=16384, batch_size=64, color=0)},
+     ("error", "image: resized for the CLIP vision model: 64 x 3 x 524288 x 32 is")),
     ("StyleModelApply at attn_bias 1 runs", _hostile(**{"24": {"strength_type": "attn_bias"}}), ("ok", None)),
 ]
 

@@ -167,6 +167,16 @@ class VisionModel(nn.Module):
         return VisionOutput(x, self.visual_projection(pooled), penultimate)
 
 
+def resized_size(h: int, w: int, size: int, crop: bool) -> tuple[int, int]:
+    """The (height, width) preprocess resizes an h x w image to before its center crop: the shorter
+    side to `size` (crop), else `size` x `size`. A thin image grows long: 1 x 1000 pixels become
+    384 x 384000 for SigLIP, so callers check the size first."""
+    if not crop:
+        return size, size
+    scale = size / min(h, w)
+    return max(size, round(scale * h)), max(size, round(scale * w))
+
+
 def preprocess(image: torch.Tensor, cfg: VisionConfig, crop: bool = True) -> torch.Tensor:
     """ComfyUI's clip_preprocess: an IMAGE (B, H, W, C) in 0..1 -> normalised (B, 3, S, S) pixels.
 
@@ -177,13 +187,7 @@ def preprocess(image: torch.Tensor, cfg: VisionConfig, crop: bool = True) -> tor
     size = cfg.image_size
     x = image[..., :3].movedim(-1, 1).float()
     if x.shape[2:] != (size, size):
-        h, w = x.shape[2:]
-        if crop:
-            scale = size / min(h, w)
-            target = (max(size, round(scale * h)), max(size, round(scale * w)))
-        else:
-            target = (size, size)
-        x = F.interpolate(x, size=target, mode="bicubic", antialias=True)
+        x = F.interpolate(x, size=resized_size(*x.shape[2:], size, crop), mode="bicubic", antialias=True)
         top, left = (x.shape[2] - size) // 2, (x.shape[3] - size) // 2
         x = x[:, :, top:top + size, left:left + size]
     x = (255.0 * x).clamp(0, 255).round() / 255.0

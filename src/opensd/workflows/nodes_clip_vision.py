@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from ..checkpoints.clip_vision_files import load_clip_vision, read_style_model
-from ..models.clip_vision import VisionModel, VisionOutput, preprocess
+from ..models.clip_vision import VisionModel, VisionOutput, preprocess, resized_size
 from ..models.redux import ReduxImageEncoder
 from ..pipeline.device import PRECISIONS, resolve_device
-from .types import Choices, NodeDef, register
+from .types import Choices, NodeDef, check_size, register
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ def clip_vision_encode(call, clip_vision, image, crop="center"):
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3 or min(image.shape) < 1:
         raise ValueError("image: expected an RGB IMAGE (batch, height, width, 3)")
     model = clip_vision.model
+    check_size("image: resized for the CLIP vision model", image.shape[0], 3,
+               *resized_size(image.shape[1], image.shape[2], model.config.image_size, crop == "center"))
     weight = _param(model)
     pixels = preprocess(image.to(weight.device), model.config, crop=crop == "center").to(weight.dtype)
     with torch.inference_mode():
