@@ -157,6 +157,12 @@ def _diff_controlnet(name) -> dict:
     return g
 
 
+def _rebatched(size) -> dict:
+    g = sampled(L=latent(b=2), r=node("RebatchLatents", latents=["L", 0], batch_size=size))
+    g["S"]["inputs"]["latent_image"] = ["r", 0]
+    return g
+
+
 def _clip_attention(**factors) -> dict:
     g = sampled(c=node("CLIPAttentionMultiply", clip=["4", 1], **{"q": 1.0, "k": 1.0, "v": 1.0, "out": 1.0, **factors}))
     g["P"]["inputs"]["clip"] = ["c", 0]
@@ -210,6 +216,12 @@ CASES = [
     ("LaplaceScheduler mu string", custom(node("LaplaceScheduler", steps=2, sigma_max=14.6, sigma_min=0.03, mu="x",
                                                beta=0.5)), ("400", "s", INVALID)),
     ("SamplerLCMUpscale ratio 100", _lcm_upscale(scale_ratio=100.0), ("400", "k", "value_bigger_than_max")),
+    ("RebatchLatents batch_size 0", _rebatched(0), ("400", "r", "value_smaller_than_min")),
+    ("RebatchLatents batch_size 5000", _rebatched(5000), ("400", "r", "value_bigger_than_max")),
+    ("RebatchLatents batch_size string", _rebatched("two"), ("400", "r", INVALID)),
+    ("RebatchLatents of 2 into a KSampler batch by batch runs", _rebatched(1), ("ok", None)),
+    ("RebatchImages of 3 in 2s, previewed batch by batch", {"a": image(8, 8, 3), "r": node(
+        "RebatchImages", images=["a", 0], batch_size=2), "o": preview(["r", 0])}, ("ok", None)),
     ("APG eta 11", sampled(m=node("APG", model=["4", 0], eta=11.0, norm_threshold=5.0, momentum=0.0)),
      ("400", "m", "value_bigger_than_max")),
     ("APG momentum -0.1", sampled(m=node("APG", model=["4", 0], eta=1.0, norm_threshold=5.0, momentum=-0.1)),

@@ -33,6 +33,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_model_patches,
     nodes_output,
     nodes_primitive,
+    nodes_rebatch,
     nodes_sampler_options,
     nodes_sampling_custom,
     nodes_sigmas,

@@ -25,7 +25,7 @@ from ..pipeline.pipeline import Interrupted
 from .graph import check_prompt, linked_number_problem, links, signatures, walk
 from .loras import release_all
 from . import types
-from .types import NODES, ExecutionContext, GraphError, NodeCall, NodeError
+from .types import NODES, ExecutionContext, GraphError, ListOutput, NodeCall, NodeError
 
 Event = Callable[[str, object], None]
 
@@ -111,9 +111,11 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
                                 "UNIQUE_ID": node_id}.get(what)
             emit("executing", {"node": node_id})
             call = NodeCall(ctx, node_id, original, emit)
+            rets = []
             try:
-                _check_linked_numbers(node_def, node["inputs"], kwargs)
-                ret = node_def.fn(call, **kwargs)
+                for each in _calls(node_def, kwargs):
+                    _check_linked_numbers(node_def, node["inputs"], each)
+                    rets.append(node_def.fn(call, **each))
             except Interrupted as e:
                 e.node_id = node_id
                 raise
@@ -122,7 +124,7 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
             except Exception as e:
                 raise NodeError(node_id, node["class_type"], _readable(e), list(executed),
                                 traceback.format_tb(e.__traceback__)) from e
-            outs, ui = (ret.get("result", ()), ret.get("ui")) if isinstance(ret, dict) else (tuple(ret), None)
+            outs, ui = _merged(node_def, rets, mapped=len(rets) != 1 or _listed(node_def, kwargs))
             if held.add(outs) > types.MAX_GRAPH_ELEMENTS:
                 problem = InvalidArgument(f"the graph's node outputs would hold {held.count:,} values together, more "
                                           f"than the {types.MAX_GRAPH_ELEMENTS:,} one graph may; ask for fewer or "
@@ -136,6 +138,51 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
                 emit("executed", {"node": node_id, "output": ui})
     cache.keep_only(sigs.values())  # the whole graph's outputs stay, as in ComfyUI
     return {n: ui_out[n] for n in outputs if n in ui_out}
+
+
+def _listed(node_def, kwargs: dict) -> bool:
+    return not node_def.input_is_list and any(isinstance(v, ListOutput) for v in kwargs.values())
+
+
+def _calls(node_def, kwargs: dict) -> list[dict]:
+    """The keyword sets a node is called with (ComfyUI's list mapping): an INPUT_IS_LIST node once
+    with every declared input as a list; a node given lists once per item of the longest (shorter
+    lists repeat their last item, single values stay); otherwise once as given."""
+    declared = {**node_def.required, **node_def.optional}
+    if node_def.input_is_list:
+        return [{k: (list(v) if isinstance(v, ListOutput) else [v]) if k in declared else v
+                 for k, v in kwargs.items()}]
+    lists = {k: v for k, v in kwargs.items() if isinstance(v, ListOutput)}
+    if not lists:
+        return [kwargs]
+    empty = [k for k, v in lists.items() if not v]
+    if empty:
+        raise InvalidArgument(f"{empty[0]}: the list of values it was given is empty")
+    return [{k: (v[min(i, len(v) - 1)] if k in lists else v) for k, v in kwargs.items()}
+            for i in range(max(len(v) for v in lists.values()))]
+
+
+def _merged(node_def, rets: list, mapped: bool) -> tuple[tuple, dict | None]:
+    """(outputs, ui) of a node's calls: a list output's lists joined, and when the node was mapped
+    over a list every output a ListOutput of the calls' values; the UI lists joined."""
+    outs_each, uis = [], []
+    for ret in rets:
+        outs, ui = (ret.get("result", ()), ret.get("ui")) if isinstance(ret, dict) else (tuple(ret), None)
+        outs_each.append(tuple(outs))
+        uis.append(ui)
+    flags = node_def.output_is_list or (False,) * len(node_def.outputs)
+    if not mapped and len(rets) == 1:
+        outs = tuple(ListOutput(o) if flag else o for o, flag in zip(outs_each[0], flags))
+        return outs + outs_each[0][len(flags):], uis[0]
+    merged = []
+    for slot, flag in enumerate(flags):
+        values = [o[slot] for o in outs_each]
+        merged.append(ListOutput(v for value in values for v in value) if flag else ListOutput(values))
+    ui: dict = {}
+    for part in uis:
+        for key, value in (part or {}).items():
+            ui[key] = ui.get(key, []) + list(value) if isinstance(value, (list, tuple)) else value
+    return tuple(merged), ui or None
 
 
 class _Held:

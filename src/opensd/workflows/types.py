@@ -200,9 +200,18 @@ class NodeDef:
     check: Callable[[ExecutionContext | None, dict], str | None] | None = None
     # fingerprint(ctx, inputs) -> str that changes when the node's outside world does (IS_CHANGED)
     fingerprint: Callable[[ExecutionContext, dict], str] | None = None
+    # ComfyUI's INPUT_IS_LIST / OUTPUT_IS_LIST (executor.py): the node gets every input as a list
+    # (called once), and which of its outputs are lists of values (ListOutput)
+    input_is_list: bool = False
+    output_is_list: tuple[bool, ...] = ()
     # where ComfyUI defines the node (object_info's "python_module"): "nodes" for its core file,
     # "comfy_extras.nodes_mask" etc. for the bundled extras
     module: str = "nodes"
+
+
+class ListOutput(list):
+    """An output slot holding several values (ComfyUI's OUTPUT_IS_LIST, or a node run once per item
+    of a list input): a node reading it runs once per item, unless it takes its inputs as lists."""
 
 
 NODES: dict[str, NodeDef] = {}
