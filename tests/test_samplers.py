@@ -635,7 +635,7 @@ SAMPLER_NAMES = [
     *[(sid, sid, []) for sid in ("heunpp2", "dpmpp_2s_ancestral_cfg_pp", "ddpm", "ipndm", "ipndm_v", "res_multistep",
                                  "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
                                  "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "uni_pc_bh2", "seeds_2",
-                                 "seeds_3")],
+                                 "seeds_3", "sa_solver", "sa_solver_pece")],
 ]
 SCHEDULE_NAMES = [
     ("normal", "Automatic", ["Uniform", "Normal"]),

@@ -13,6 +13,7 @@ import torch
 from opensd.errors import InvalidArgument
 from opensd.sampling.cfg_pp import Guided
 from opensd.sampling.ipndm import variable_coefficients
+from opensd.sampling.sa_solver import adams_weights, simple_order_2_weights
 from opensd.sampling.schedules import DiscreteSchedule, make_sigmas, scaled_linear_alphas_cumprod
 from opensd.sampling.samplers import NEEDS_UNCOND, SAMPLERS
 
@@ -434,6 +435,51 @@ def test_seeds_2_without_noise_is_dpmpp_2s():
     SAMPLERS["seeds_3"](toy, X_UNIT * sigmas[0], sigmas, noise_sampler=never, s_noise=0.0)
 
 
+@pytest.mark.parametrize("tau", [0.0, 0.7])
+def test_sa_solver_weights_integrate_polynomials_exactly(tau):
+    """sum_j w_j q(l_j) = k int_s^t e^(k (l - t)) q(l) dl (k = 1 + tau^2) for q of degree < the node
+    count, against a 20001-point Simpson rule."""
+    s, t = 1.3, 1.9
+    nodes = [0.4, 0.8, 1.3, 1.9]
+    k = 1 + tau ** 2
+    grid = torch.linspace(s, t, 20001, dtype=torch.float64)
+    simpson = torch.ones_like(grid)
+    simpson[1:-1:2], simpson[2:-1:2] = 4, 2
+    for q in ([1.0], [0.3, -1.0], [0.2, 0.5, -0.7], [1.0, -2.0, 0.5, 0.25]):
+        n = len(q)
+        poly = lambda v: sum(c * v ** p for p, c in enumerate(q))  # noqa: E731
+        integral = (k * torch.exp(k * (grid - t)) * poly(grid) * simpson).sum().item() * (t - s) / 20000 / 3
+        w = adams_weights(nodes[-n:], s, t, tau)
+        assert sum(wj * poly(lj) for wj, lj in zip(w, nodes[-n:])) == pytest.approx(integral, rel=1e-9)
+    # the simple order-2 weights keep the first-order total 1 - e^(-k h)
+    for corrector in (True, False):
+        assert sum(simple_order_2_weights([0.8, 1.3], s, t, tau, corrector)) == pytest.approx(-math.expm1(-k * 0.6))
+
+
+def test_sa_solver_without_noise_or_corrector_at_order_2_is_res_multistep():
+    sigmas = exp_sigmas(12)
+    got = SAMPLERS["sa_solver"](toy, X_UNIT * 10.0, sigmas, noise_sampler=never, eta=0.0, predictor_order=2,
+                                corrector_order=0)
+    torch.testing.assert_close(got, SAMPLERS["res_multistep"](toy, X_UNIT * 10.0, sigmas), rtol=0, atol=1e-10)
+    with pytest.raises(InvalidArgument, match="^sampler_options"):
+        SAMPLERS["sa_solver"](toy, X_UNIT, sigmas, predictor_order=0)
+
+
+def test_sa_solver_adds_noise_between_the_percents():
+    """tau = eta only where sigma_next lies between the model's sigmas at 20% and 80% of its
+    timesteps (ComfyUI's percent_to_sigma: timestep (1 - p) * 999)."""
+    sigmas = sigmas_karras(12)
+    lo, hi = float(SCHEDULE.t_to_sigma(torch.tensor(0.2 * 999))), float(SCHEDULE.t_to_sigma(torch.tensor(0.8 * 999)))
+    calls = []
+    noise = seeded(1)
+    SAMPLERS["sa_solver"](toy, X_UNIT * sigmas[0], sigmas, noise_sampler=lambda a, b: calls.append(float(b)) or noise(a, b),
+                          model_schedule=SCHEDULE)
+    assert calls == pytest.approx([v for v in sigmas[1:-1].tolist() if lo <= v <= hi])
+    assert 0 < len(calls) < 11
+    for options in ({"eta": 0.0}, {"s_noise": 0.0}, {"sde_start_percent": 0.9}):
+        SAMPLERS["sa_solver_pece"](toy, X_UNIT * sigmas[0], sigmas, noise_sampler=never, **options)
+
+
 # --- orders of convergence on the probability-flow ODE of Gaussian data ----------------------------
 
 @pytest.mark.parametrize("name, options, order", [
@@ -446,6 +492,8 @@ def test_seeds_2_without_noise_is_dpmpp_2s():
     ("er_sde", {"solver_type": "ODE", "max_stage": 1}, 1),
     ("seeds_2", {"eta": 0.0}, 2), ("seeds_2", {"eta": 0.0, "r": 1.0, "solver_type": "phi_2"}, 2),
     ("seeds_3", {"eta": 0.0}, 3),
+    ("sa_solver", {"eta": 0.0}, 3.5), ("sa_solver_pece", {"eta": 0.0}, 3.8),
+    ("sa_solver", {"eta": 0.0, "predictor_order": 2, "corrector_order": 2, "simple_order_2": True}, 2),
 ])
 def test_order_of_convergence(name, options, order):
     assert order_of(name, options) > order - 0.2
@@ -498,7 +546,7 @@ def test_cfg_pp_with_equal_estimates_is_its_base_sampler(pp, base, options):
 
 
 STOCHASTIC = ["res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "er_sde", "ddpm",
-              "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_sde_heun", "seeds_2", "seeds_3"]
+              "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_sde_heun", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece"]
 
 
 @pytest.mark.parametrize("name", STOCHASTIC)
@@ -511,18 +559,25 @@ def test_stochastic_samplers_are_reproducible_from_a_seed(name):
 
 @pytest.mark.parametrize("name, tol", [
     ("res_multistep_ancestral", 0.1), ("ddpm", 0.1), ("dpmpp_2s_ancestral_cfg_pp", 0.03), ("er_sde", 0.03),
-    ("dpmpp_2m_sde_heun", 0.03), ("seeds_2", 0.03), ("seeds_3", 0.03),
+    ("dpmpp_2m_sde_heun", 0.03), ("seeds_2", 0.03), ("seeds_3", 0.03), ("sa_solver", 0.03), ("sa_solver_pece", 0.03),
 ])
-def test_stochastic_samplers_sample_the_data_distribution(name, tol):
+def test_stochastic_samplers_sample_the_data_distribution(name, tol, options=None):
     """20k draws of N(MU, S2) data, 50 Karras steps: mean and std come out right (first-order
     ancestral splitting within 10%). Wrong noise std or a missing term misses by far more."""
     n = 20000
     g = torch.Generator().manual_seed(0)
     sigmas = make_sigmas("karras", SCHEDULE, 50).double()
     x = MU + torch.randn(n, generator=g, dtype=torch.float64) * math.sqrt(S2 + sigmas[0] ** 2)
-    out = SAMPLERS[name](gauss, x, sigmas, noise_sampler=lambda s, sn: torch.randn(n, generator=g, dtype=torch.float64))
+    out = SAMPLERS[name](gauss, x, sigmas, noise_sampler=lambda s, sn: torch.randn(n, generator=g, dtype=torch.float64),
+                         **(options or {}))
     assert abs(out.mean().item() - MU) < 0.02
     assert abs(out.std().item() / math.sqrt(S2) - 1) < tol
+
+
+@pytest.mark.parametrize("name", ["sa_solver", "sa_solver_pece"])
+def test_sa_solver_as_an_sde_over_the_whole_run(name):
+    test_stochastic_samplers_sample_the_data_distribution(name, 0.03, {"sde_start_percent": 0.0,
+                                                                        "sde_end_percent": 1.0})
 
 
 # --- schedules ----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The samplers and schedules added from ComfyUI's KSampler lists, through the workflow faces: the
 server's /object_info lists them for KSampler (and KSamplerSelect / BasicScheduler), KSampler runs each
 on the tiny model, the CFG++ ones evaluate the negative and with a negative equal to the positive are
-their base samplers, and the SamplerER_SDE / SamplerEulerCFGpp nodes build the samplers they name."""
+their base samplers, and the SamplerER_SDE / SamplerSASolver / SamplerEulerCFGpp nodes build the
+samplers they name."""
 import json
 
 import pytest
@@ -19,9 +20,8 @@ from opensd.workflows.types import NODES, NoiseRef, SamplerRef
 NEW_SAMPLERS = ["heunpp2", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "ddpm", "ipndm",
                 "ipndm_v", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
                 "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde",
-                "uni_pc_bh2", "seeds_2", "seeds_3"]
+                "uni_pc_bh2", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece"]
 NEW_SCHEDULERS = ["linear_quadratic", "kl_optimal"]
-NOT_YET = ["sa_solver", "sa_solver_pece"]  # in ComfyUI's list, not implemented here
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +34,13 @@ def server_info(tmp_path_factory):
 def test_the_servers_object_info_lists_them(server_info):
     ks = server_info["KSampler"]["input"]["required"]
     samplers, schedulers = ks["sampler_name"][0], ks["scheduler"][0]
-    assert set(NEW_SAMPLERS) <= set(samplers) and not set(NOT_YET) & set(samplers)
+    assert set(NEW_SAMPLERS) <= set(samplers)
     assert schedulers[-2:] == NEW_SCHEDULERS
     # in ComfyUI's order: ..., heun, heunpp2, dpm_2, ..., deis, res_multistep, ..., er_sde, ddim, uni_pc, uni_pc_bh2
     assert samplers.index("heunpp2") == samplers.index("heun") + 1
     assert samplers[samplers.index("deis") + 1] == "res_multistep"
-    assert samplers[-6:] == ["er_sde", "seeds_2", "seeds_3", "ddim", "uni_pc", "uni_pc_bh2"]
+    assert samplers[-8:] == ["er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc",
+                             "uni_pc_bh2"]
     for node in ("KSamplerAdvanced", "KSamplerSelect"):
         assert server_info[node]["input"]["required"]["sampler_name"][0] == samplers
     assert server_info["BasicScheduler"]["input"]["required"]["scheduler"][0] == schedulers
@@ -109,6 +110,21 @@ def test_sampler_er_sde_node(env):
     torch.testing.assert_close(rt0, ode)
     for changed in ({"solver_type": "Reverse-time SDE"}, {"max_stage": 1}, {"s_noise": 0.5}):
         assert not torch.allclose(_custom(env, _node("SamplerER_SDE", **{**defaults, **changed})), default, atol=1e-5)
+
+
+def test_sampler_sa_solver_node(env):
+    _, model, _, _ = env
+    defaults = {"model": model, "eta": 1.0, "sde_start_percent": 0.2, "sde_end_percent": 0.8, "s_noise": 1.0,
+                "predictor_order": 3, "corrector_order": 4, "use_pece": False, "simple_order_2": False}
+    (select,) = S.ksampler_select(None, "sa_solver")
+    default = _custom(env, _node("SamplerSASolver", **defaults))
+    torch.testing.assert_close(default, _custom(env, select))
+    (pece,) = S.ksampler_select(None, "sa_solver_pece")
+    torch.testing.assert_close(_custom(env, _node("SamplerSASolver", **{**defaults, "use_pece": True})),
+                               _custom(env, pece))
+    for changed in ({"eta": 0.0}, {"predictor_order": 1}, {"corrector_order": 0}, {"simple_order_2": True},
+                    {"sde_end_percent": 0.3}):
+        assert not torch.allclose(_custom(env, _node("SamplerSASolver", **{**defaults, **changed})), default, atol=1e-5)
 
 
 def test_sampler_euler_cfgpp_node(env):

@@ -66,6 +66,8 @@ _SAMPLERS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "uni_pc_bh2": ("uni_pc_bh2", "normal", ()),
     "seeds_2": ("seeds_2", "normal", ()),
     "seeds_3": ("seeds_3", "normal", ()),
+    "sa_solver": ("sa_solver", "normal", ()),
+    "sa_solver_pece": ("sa_solver_pece", "normal", ()),
 }
 
 # id -> (A1111 "Schedule type" label, extra accepted spellings)
@@ -87,7 +89,7 @@ _NOT_A1111 = frozenset({"deis", "euler_cfg_pp", "euler_ancestral_cfg_pp", "dpmpp
                         "dpmpp_2s_ancestral_cfg_pp", "ddpm", "ipndm", "ipndm_v", "res_multistep",
                         "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
                         "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "uni_pc_bh2", "seeds_2",
-                        "seeds_3"})
+                        "seeds_3", "sa_solver", "sa_solver_pece"})
 
 # A1111's old combined aliases ("k_dpmpp_2m_ka" = DPM++ 2M Karras).
 _KARRAS_ALIASES = {f"k_{a}_ka": s for a, s in [

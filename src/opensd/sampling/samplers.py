@@ -44,6 +44,9 @@ Options, with k-diffusion/A1111 defaults:
   DPM++ 2S a CFG++:                eta=1, s_noise=1 (cfg_pp.py)
   SEEDS-2:                         eta=1, s_noise=1, r=0.5, solver_type="phi_1" (seeds.py)
   SEEDS-3:                         eta=1, s_noise=1, r_1=1/3, r_2=2/3 (seeds.py)
+  SA-Solver (+ PECE):              eta=1, sde_start_percent=0.2, sde_end_percent=0.8, s_noise=1,
+                                   predictor_order=3, corrector_order=4, use_pece=False,
+                                   simple_order_2=False (sa_solver.py; takes `model_schedule`)
   The *_cfg_pp samplers need the unconditional estimate (cfg_pp.py).
 DDIM and UniPC need nothing from the model's alpha schedule: written in sigma (VE) space their
 updates depend only on sigmas, and the model's own sigmas come in through the schedule.
@@ -73,6 +76,7 @@ from .res_multistep import (
     sample_res_multistep_cfg_pp,
 )
 from .restart import sample_restart
+from .sa_solver import sample_sa_solver, sample_sa_solver_pece
 from .seeds import sample_seeds_2, sample_seeds_3
 from .steps import add_noise as _add_noise
 from .steps import ancestral_step as _ancestral_step
@@ -511,6 +515,8 @@ SAMPLERS: dict[str, Callable] = {
     "uni_pc_bh2": sample_uni_pc_bh2,
     "seeds_2": sample_seeds_2,
     "seeds_3": sample_seeds_3,
+    "sa_solver": sample_sa_solver,
+    "sa_solver_pece": sample_sa_solver_pece,
 }
 # Samplers that step with the unconditional estimate too: their guidance must evaluate it even
 # where plain CFG would skip it (CFG scale 1), as ComfyUI's disable_cfg1_optimization does.
@@ -534,7 +540,7 @@ def sampler_options(name: str) -> dict[str, object]:
 
 def sampler_context(name: str, noise_sampler: NoiseSampler = None, model_schedule=None) -> dict:
     """The caller's context arguments sampler `name` takes: the noise sampler, and the model's
-    DiscreteSchedule for samplers that work on its timesteps (TCD)."""
+    DiscreteSchedule for samplers that work on its timesteps (TCD) or its percents (SA-Solver)."""
     params = inspect.signature(get_sampler(name)).parameters
     given = {"noise_sampler": noise_sampler, "model_schedule": model_schedule}
     return {k: v for k, v in given.items() if k in params}

@@ -7,7 +7,8 @@ samplers draw the step noise from the seed the same way wherever they run, so bo
 same sampler. SamplerTCD is not a core ComfyUI node: it is the comfyui-tcd-scheduler pack's
 (`eta`, as its README names the paper's gamma), run by our TCD sampler on the model's schedule.
 SamplerLCMUpscale: LCM that enlarges the latent between steps (sampling/lcm_upscale.py).
-SamplerER_SDE: er_sde with its solver type (sampling/er_sde.py). SamplerEulerCFGpp: its "regular"
+SamplerER_SDE: er_sde with its solver type (sampling/er_sde.py). SamplerSASolver: sa_solver with
+its options (sampling/sa_solver.py). SamplerEulerCFGpp: its "regular"
 version is euler_cfg_pp; its "alternative" one (a different Euler CFG++ variant ComfyUI keeps in
 that node only) is refused at validation.
 """
@@ -58,6 +59,24 @@ _sampler_node("SamplerER_SDE", "er_sde",
                                             "deterministic ODE. This setting doesn't apply to ER-SDE solver type."}),
                "s_noise": _float(1.0)})
 
+
+
+def _sa_solver(call, model, **options):
+    # ComfyUI turns the percents into sigmas with this model's sampling; the sampler does so with the
+    # model it samples, which is this one in any graph that wires the node as intended
+    return (SamplerRef("sa_solver", tuple(options.items())),)
+
+
+_PERCENT = {"min": 0.0, "max": 1.0, "step": 0.001}
+register(NodeDef(
+    "SamplerSASolver", _sa_solver,
+    {"model": ("MODEL", {}), "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "round": False}),
+     "sde_start_percent": ("FLOAT", {"default": 0.2, **_PERCENT}),
+     "sde_end_percent": ("FLOAT", {"default": 0.8, **_PERCENT}), "s_noise": _float(1.0),
+     "predictor_order": ("INT", {"default": 3, "min": 1, "max": 6}),
+     "corrector_order": ("INT", {"default": 4, "min": 0, "max": 6}),
+     "use_pece": ("BOOLEAN", {}), "simple_order_2": ("BOOLEAN", {})},
+    ("SAMPLER",), category=_CATEGORY, module="comfy_extras.nodes_custom_sampler"))
 
 def _euler_cfg_pp_version(ctx, inputs) -> str | None:
     if inputs.get("version") == "alternative":
