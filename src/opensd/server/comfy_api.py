@@ -243,6 +243,19 @@ def router(state, hub: ComfyHub) -> APIRouter:
             return JSONResponse({"error": "NotFound", "detail": f"filename: {filename!r} not found"}, status_code=404)
         return FileResponse(path)
 
+    @api.get("/internal/files/{directory_type}")
+    def internal_files(directory_type: str):
+        # the files at the top of output/input/temp, newest first: LoadImageOutput's widget lists them
+        if directory_type not in VIEW_TYPES:
+            return JSONResponse({"error": "Invalid directory type"}, status_code=400)
+        base = hub.dirs[directory_type]
+        files = []
+        for entry in os.scandir(base):
+            path = safe_paths.inside(base, entry.name)
+            if path is not None and safe_paths.is_file(path):
+                files.append((-path.stat().st_mtime, entry.name))
+        return [name for _, name in sorted(files)]
+
     @api.post("/upload/image")
     async def upload_image(image: Annotated[UploadFile, File()], overwrite: Annotated[str, Form()] = "false",
                            subfolder: Annotated[str, Form()] = "", type: Annotated[str, Form()] = "input"):
