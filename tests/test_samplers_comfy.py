@@ -12,6 +12,7 @@ import torch
 
 from opensd.errors import InvalidArgument
 from opensd.sampling.cfg_pp import Guided
+from opensd.sampling.flow import FlowSampling
 from opensd.sampling.ipndm import variable_coefficients
 from opensd.sampling.sa_solver import adams_weights, simple_order_2_weights
 from opensd.sampling.schedules import DiscreteSchedule, make_sigmas, scaled_linear_alphas_cumprod
@@ -543,6 +544,24 @@ def test_cfg_pp_with_equal_estimates_is_its_base_sampler(pp, base, options):
     # and the guidance does change it
     assert not torch.allclose(SAMPLERS[pp](guided(), X_UNIT * sigmas[0], sigmas, noise_sampler=seeded(8)),
                               SAMPLERS[base](guided(), X_UNIT * sigmas[0], sigmas, noise_sampler=seeded(8)))
+
+
+@pytest.mark.parametrize("pp, base", [("euler_cfg_pp", "euler"), ("dpmpp_2s_ancestral_cfg_pp", "dpmpp_2s_ancestral"),
+                                      ("res_multistep_ancestral_cfg_pp", "res_multistep_ancestral"),
+                                      ("res_multistep_cfg_pp", "res_multistep")])
+def test_cfg_pp_keeps_the_unconditional_estimate_on_flow_models(pp, base):
+    """Flow models run the noisy samplers in VE space (flow.py): the wrapped denoiser must still hand
+    CFG++ both estimates, else CFG++ silently becomes its base sampler."""
+    flow = FlowSampling.sd3(3.0)
+    sigmas = make_sigmas("normal", flow.schedule, 6).double()
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = Guided(lambda x, s: (torch.tanh(x) + 0.3, torch.tanh(x) - 0.2))
+    same = equal_guided(lambda x, s: torch.tanh(x) + 0.3)
+    run = lambda name, d: flow.sampler(name)(d, x, sigmas, None, noise_sampler=seeded(1, x.shape))  # noqa: E731
+    assert not torch.allclose(run(pp, g), run(base, g))
+    assert not torch.allclose(run(pp, g), run(pp, same))
+    if pp != "euler_cfg_pp":  # (Euler runs on flow latents directly, Euler CFG++ in VE space, as in ComfyUI)
+        torch.testing.assert_close(run(pp, same), run(base, same), rtol=0, atol=1e-10)
 
 
 STOCHASTIC = ["res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "er_sde", "ddpm",

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidArgument
+from .cfg_pp import Guided
 from .names import sampler_id
 from .samplers import get_sampler
 
@@ -161,9 +162,15 @@ def in_ve_space(sample_fn, first: float, denoise, x, sigmas, callback=None, **op
     alpha = 1 - s
     ve = (s / alpha).float()
 
-    def denoise_ve(y, sigma_ve):
+    def to_flow(y, sigma_ve):
         f = sigma_ve.double() / (1 + sigma_ve.double())
-        return denoise(y * (1 - f).to(y.dtype), f.float())
+        return y * (1 - f).to(y.dtype), f.float()
+
+    def denoise_ve(y, sigma_ve):
+        return denoise(*to_flow(y, sigma_ve))
+
+    if isinstance(denoise, Guided):  # CFG++ samplers need both estimates (clean latents: the same in both spaces)
+        denoise_ve = Guided(lambda y, sigma_ve: denoise.both(*to_flow(y, sigma_ve)))
 
     def on_step(i, y, denoised):
         callback(i, y * alpha[i + 1].item(), denoised)
