@@ -11,7 +11,7 @@ from workflow_fixtures import Loader, make_ctx, make_models
 from opensd.models.clip import OpenCLIPEmbedder
 from opensd.models.config import TextEncoderConfig
 from opensd.workflows import loras
-from opensd.workflows.clip_patches import attention_hooks
+from opensd.workflows.clip_patches import attention_hooks, scaled_tensors
 from opensd.workflows.nodes_core import clip_text_encode
 from opensd.workflows.nodes_unet_attention import clip_attention_multiply
 from opensd.workflows.types import ClipRef
@@ -105,3 +105,35 @@ def test_openclip_fused_projection_scales_its_thirds_apart():
         assert torch.equal(enc(ids).hidden, plain)
     assert not torch.allclose(want, plain, atol=1e-3)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    saved = scaled_tensors(enc.state_dict(), FACTORS)  # CheckpointSave's baking
+    for name, t in ref.state_dict().items():
+        torch.testing.assert_close(saved[name], t, rtol=0, atol=0)
+
+
+def test_checkpoint_save_bakes_the_factors_in(tmp_path):
+    from safetensors.torch import load_file
+    from workflow_fixtures import Loader, make_ctx, make_models
+
+    from opensd.workflows import execute
+    folders = make_models(tmp_path / "models")
+    ctx = make_ctx(folders, Loader(folders), tmp_path)
+    ck = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}}
+    graph = {"4": ck, "c": {"class_type": "CLIPAttentionMultiply",
+                            "inputs": {"clip": ["4", 1], "q": 0.5, "k": 2.0, "v": 1.5, "out": 0.7}},
+             "s": {"class_type": "CheckpointSave", "inputs": {"model": ["4", 0], "clip": ["c", 0], "vae": ["4", 2],
+                                                              "filename_prefix": "checkpoints/mult"}},
+             "p": {"class_type": "CheckpointSave", "inputs": {"model": ["4", 0], "clip": ["4", 1], "vae": ["4", 2],
+                                                              "filename_prefix": "checkpoints/plain"}}}
+    execute(graph, ctx)
+    (mult,), (plain,) = ([load_file(str(f)) for f in (ctx.outputs_dir / "checkpoints").glob(f"{n}_*.safetensors")]
+                         for n in ("mult", "plain"))
+    factors = {"q_proj": 0.5, "k_proj": 2.0, "v_proj": 1.5, "out_proj": 0.7}
+    scaled = 0
+    for name, t in plain.items():
+        proj = name.rsplit(".", 2)[-2]
+        if ".self_attn." in name and proj in factors:
+            torch.testing.assert_close(mult[name], (t.float() * factors[proj]).to(t.dtype))
+            scaled += 1
+        else:
+            assert torch.equal(mult[name], t), name
+    assert scaled == 2 * 4 * 2  # 2 layers x 4 projections x weight and bias

@@ -43,3 +43,22 @@ def _thirds_scaled(q: float, k: float, v: float):
         factors = torch.tensor([q, k, v], dtype=y.dtype, device=y.device).repeat_interleave(width)
         return y * factors
     return hook
+
+
+def scaled_tensors(tensors: dict[str, torch.Tensor], factors: tuple[float, float, float, float]) -> dict:
+    """A checkpoint's text-encoder tensors with the factors in the weights, as ComfyUI saves a
+    multiplied CLIP (CheckpointSave): q/k/v/out_proj weights and biases, OpenCLIP's fused
+    in_proj by thirds."""
+    q, k, v, out = factors
+    by_name = {"self_attn.q_proj": q, "self_attn.k_proj": k, "self_attn.v_proj": v, "attn.out_proj": out}
+    scaled = {}
+    for name, t in tensors.items():
+        stem, _, kind = name.rpartition(".")
+        factor = next((f for key, f in by_name.items() if stem.endswith(key)), None)
+        if factor is not None and kind in ("weight", "bias"):
+            t = (t.float() * factor).to(t.dtype)
+        elif name.endswith(("attn.in_proj_weight", "attn.in_proj_bias")):
+            rows = torch.tensor([q, k, v]).repeat_interleave(t.shape[0] // 3)
+            t = (t.float() * rows.reshape(-1, *[1] * (t.ndim - 1))).to(t.dtype)
+        scaled[name] = t
+    return scaled

@@ -2,7 +2,8 @@
 
 CheckpointSave: a MODEL, a CLIP and a VAE written as
 one original-layout checkpoint -- model.diffusion_model.*, the text encoders (cond_stage_model.* or
-SDXL's conditioner.*), first_stage_model.* -- each branch's LoRAs baked in, in its weights' dtype.
+SDXL's conditioner.*), first_stage_model.* -- each branch's LoRAs (and CLIPAttentionMultiply's
+factors) baked in, in its weights' dtype.
 Named as SaveImage names its files (checkpoints/ComfyUI_00001_.safetensors), inside the output
 folder only, with ComfyUI's metadata: modelspec for SDXL base and refiner, the prediction key, the
 prompt and the workflow; v-prediction models get the "v_pred" marker tensor and continuous ones
@@ -20,6 +21,7 @@ import torch
 
 from ..errors import InvalidArgument
 from ..sampling.model_sampling import ContinuousSampling
+from .clip_patches import scaled_tensors
 from .loras import activate
 from .nodes_image import SAVE_HIDDEN, check_prefix, save_numbered_safetensors, save_path
 from .types import NodeDef, register
@@ -73,7 +75,8 @@ def checkpoint_save(call, model, clip, vae, filename_prefix, prompt=None, extra_
     tensors = _copy(model, "unet", "model", _tensors(pipe, "unet"))
     if clip is not None:
         activate(clip, part="te")
-        tensors |= _copy(clip, "te", "clip", _tensors(pipe, "te"))
+        te = _copy(clip, "te", "clip", _tensors(pipe, "te"))
+        tensors |= te if clip.attention is None else scaled_tensors(te, clip.attention)  # CLIPAttentionMultiply
     if vae is not None:
         tensors |= _copy(vae, "vae", "vae", _tensors(pipe, "vae"))
     metadata, extra = _extra(model, pipe)
