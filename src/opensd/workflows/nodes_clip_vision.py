@@ -22,6 +22,11 @@ from ..pipeline.device import PRECISIONS, resolve_device
 from .types import Choices, NodeDef, check_size, register
 
 
+# Images encoded at once: the encoders' widest activations (SigLIP's MLP, 729 x 4304 values an
+# image; Redux's 729 x 12288) grow with the batch, which a graph may make thousands of images long.
+CHUNK = 8
+
+
 @dataclass(frozen=True)
 class ClipVisionRef:
     model: VisionModel
@@ -61,16 +66,19 @@ def clip_vision_encode(call, clip_vision, image, crop="center"):
         raise ValueError("clip_vision: expected a CLIP_VISION from CLIPVisionLoader")
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3 or min(image.shape) < 1:
         raise ValueError("image: expected an RGB IMAGE (batch, height, width, 3)")
-    model = clip_vision.model
-    check_size("image: resized for the CLIP vision model", image.shape[0], 3,
-               *resized_size(image.shape[1], image.shape[2], model.config.image_size, crop == "center"))
+    model, cfg = clip_vision.model, clip_vision.model.config
+    check_size("image: resized for the CLIP vision model", min(CHUNK, image.shape[0]), 3,
+               *resized_size(image.shape[1], image.shape[2], cfg.image_size, crop == "center"))
+    check_size("clip_vision_output", image.shape[0], cfg.positions, cfg.hidden_size)
     weight = _param(model)
-    pixels = preprocess(image.to(weight.device), model.config, crop=crop == "center").to(weight.dtype)
-    with torch.inference_mode():
-        out = model(pixels)
-    as_float = lambda t: t.float().cpu()  # noqa: E731  (ComfyUI's intermediate device)
-    return (VisionOutput(as_float(out.last_hidden_state), as_float(out.image_embeds),
-                         as_float(out.penultimate_hidden_states)),)
+    parts = []
+    for chunk in image.split(CHUNK):
+        pixels = preprocess(chunk.to(weight.device), cfg, crop=crop == "center").to(weight.dtype)
+        with torch.inference_mode():
+            out = model(pixels)
+        # ComfyUI's intermediate device, in float32
+        parts.append([t.float().cpu() for t in (out.last_hidden_state, out.image_embeds, out.penultimate_hidden_states)])
+    return (VisionOutput(*(torch.cat(column) for column in zip(*parts))),)
 
 
 register(NodeDef(
@@ -101,10 +109,11 @@ def redux_tokens(style_model: StyleModelRef, vision: VisionOutput) -> torch.Tens
     if hidden.ndim != 3 or hidden.shape[-1] != model.vision_width:
         raise ValueError(f"clip_vision_output: its tokens are {hidden.shape[-1]} wide, but {style_model.name} reads "
                          f"{model.vision_width}-wide ones (Flux Redux takes the SigLIP so400m encoder)")
+    check_size("conditioning: the Redux tokens", 1, hidden.shape[0] * hidden.shape[1], model.text_width)
     weight = _param(model)
     with torch.inference_mode():
-        tokens = model(hidden.to(device=weight.device, dtype=weight.dtype)).float().cpu()
-    return tokens.flatten(0, 1).unsqueeze(0)
+        tokens = [model(part.to(device=weight.device, dtype=weight.dtype)).float().cpu() for part in hidden.split(CHUNK)]
+    return torch.cat(tokens).flatten(0, 1).unsqueeze(0)
 
 
 def style_model_apply(call, conditioning, style_model, clip_vision_output, strength, strength_type):
