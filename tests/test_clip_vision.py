@@ -50,6 +50,44 @@ def test_siglip_equals_transformers(tmp_path):
     assert torch.equal(got.image_embeds, got.last_hidden_state) and got.last_hidden_state.shape == (2, 16, 32)
 
 
+def _as_openclip(sd: dict) -> dict:
+    """A transformers CLIP vision state dict written in OpenCLIP's layout (visual.*, fused q/k/v,
+    proj as x @ proj), as a whole OpenCLIP model holds it, with a text tower beside it."""
+    top = {"embeddings.class_embedding": "class_embedding", "embeddings.patch_embedding.weight": "conv1.weight",
+           "embeddings.position_embedding.weight": "positional_embedding", "pre_layrnorm.weight": "ln_pre.weight",
+           "pre_layrnorm.bias": "ln_pre.bias", "post_layernorm.weight": "ln_post.weight",
+           "post_layernorm.bias": "ln_post.bias"}
+    parts = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.out_proj": "attn.out_proj"}
+    out = {"visual.proj": sd["visual_projection.weight"].t().contiguous(), "token_embedding.weight": torch.zeros(9, 4)}
+    for key, value in sd.items():
+        name = key.removeprefix("vision_model.")
+        if name in top:
+            out["visual." + top[name]] = value
+        elif name.startswith("encoder.layers.") and ".self_attn.q_proj." in name:
+            i, kind = name.split(".")[2], name.rsplit(".", 1)[1]
+            out[f"visual.transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(
+                [sd[f"vision_model.encoder.layers.{i}.self_attn.{p}_proj.{kind}"] for p in "qkv"])
+        elif name.startswith("encoder.layers."):
+            i, part = name.split(".", 3)[2:]
+            module, kind = part.rsplit(".", 1)
+            if module in parts:
+                out[f"visual.transformer.resblocks.{i}.{parts[module]}.{kind}"] = value
+    return out
+
+
+def test_an_openclip_layout_file_equals_transformers(tmp_path):
+    ref = clip_vision("gelu", seed=7)
+    path = tmp_path / "open_clip.safetensors"
+    save_file(_as_openclip(ref.state_dict()), str(path), metadata={"num_attention_heads": "4", "hidden_act": "gelu"})
+    ours = load_clip_vision(path)
+    pixels = _pixels()
+    with torch.no_grad():
+        want, got = ref(pixel_values=pixels, output_hidden_states=True), ours(pixels)
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got.image_embeds, want.image_embeds, atol=1e-5, rtol=1e-4)
+
+
 def _meta_shapes(model_class, config) -> dict:
     with torch.device("meta"):
         model = model_class(config)

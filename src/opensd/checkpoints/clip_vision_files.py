@@ -1,7 +1,8 @@
 """Read the image-encoder files of models/clip_vision and the style models of models/style_models.
 
 A CLIP vision file is transformers' layout (``vision_model.*``, CLIP's ``visual_projection.weight``),
-the files ComfyUI's CLIPVisionLoader takes. Which encoder it holds is read from the keys and shapes,
+the files ComfyUI's CLIPVisionLoader takes, or OpenCLIP's (``visual.*``, a whole OpenCLIP model's
+image tower), which is renamed onto transformers' as ComfyUI renames it. Which encoder it holds is read from the keys and shapes,
 as ComfyUI does: a class embedding means CLIP, none SigLIP; the width and layer count name the
 released model (ViT-L/14 24 layers of 1024, ViT-H/14 32 of 1280, ViT-bigG/14 48 of 1664, SigLIP
 so400m 27 of 1152); the position table gives the image size (577 positions: ViT-L/14 at 336). The
@@ -21,6 +22,7 @@ import torch
 from ..errors import CheckpointError
 from ..models.clip_vision import VisionConfig, VisionModel
 from .files import read_metadata, read_state_dict
+from .keymap_clip import _OPENCLIP_LAYER
 
 VISION = "vision_model."
 PROJECTION = "visual_projection.weight"
@@ -47,8 +49,6 @@ def what_it_is(keys) -> str:
         return "a T2I-Adapter style model (SD1), which opensd does not run"
     if has(VISION):
         return "a CLIP vision model (it belongs in models/clip_vision, for CLIPVisionLoader)"
-    if has("visual.transformer.resblocks."):
-        return "an OpenCLIP-layout vision model, which opensd does not read; use its transformers-layout file"
     if has("text_model.", "transformer.resblocks."):
         return "a CLIP text encoder"
     if has("encoder.block.", "shared."):
@@ -57,6 +57,41 @@ def what_it_is(keys) -> str:
         return "a diffusion model or checkpoint"
     shown = ", ".join(repr(k) for k in sorted(keys)[:3])
     return f"an unknown file (keys like {shown})" if keys else "an empty file"
+
+
+OPENCLIP = "visual."
+# OpenCLIP image-tower names (below visual.) -> transformers', for the tensors outside the layers
+_OPENCLIP_TOP = {"class_embedding": "embeddings.class_embedding", "conv1.weight": "embeddings.patch_embedding.weight",
+                 "positional_embedding": "embeddings.position_embedding.weight",
+                 "ln_pre.weight": "pre_layrnorm.weight", "ln_pre.bias": "pre_layrnorm.bias",
+                 "ln_post.weight": "post_layernorm.weight", "ln_post.bias": "post_layernorm.bias"}
+_OPENCLIP_PARTS = {theirs: ours for ours, theirs in _OPENCLIP_LAYER.items()}
+
+
+def from_openclip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An OpenCLIP model's image tower (``visual.*``) in transformers' names: the fused attention
+    projection split into q, k, v (stacked in that order, as nn.MultiheadAttention does), ``proj``
+    (applied as x @ proj) transposed into visual_projection's Linear weight. Other keys (the text
+    tower, a ResNet tower's) are dropped, for detection to judge what is left."""
+    out = {}
+    for key, value in sd.items():
+        if not key.startswith(OPENCLIP):
+            continue
+        name = key[len(OPENCLIP):]
+        if name in _OPENCLIP_TOP:
+            out[VISION + _OPENCLIP_TOP[name]] = value
+        elif name == "proj":
+            out[PROJECTION] = value.t().contiguous()
+        elif name.startswith("transformer.resblocks."):
+            index, part = name[len("transformer.resblocks."):].split(".", 1)
+            layer = f"{VISION}encoder.layers.{index}."
+            if part in _OPENCLIP_PARTS:
+                out[layer + _OPENCLIP_PARTS[part]] = value
+            elif part in ("attn.in_proj_weight", "attn.in_proj_bias") and value.shape[0] % 3 == 0:
+                kind = part.rsplit("_", 1)[1]
+                for qkv, third in zip("qkv", value.chunk(3)):
+                    out[f"{layer}self_attn.{qkv}_proj.{kind}"] = third
+    return out
 
 
 def _count_layers(shapes: dict) -> int:
@@ -114,6 +149,8 @@ def load_clip_vision(path, device: torch.device | str = "cpu", dtype: torch.dtyp
     (a whole CLIP's text_model, SigLIP's pooling head) are ignored, as ComfyUI ignores them."""
     path = Path(path)
     sd = read_state_dict(path)
+    if OPENCLIP + "transformer.resblocks.0.attn.in_proj_weight" in sd:
+        sd = from_openclip(sd)
     cfg = detect_vision({k: tuple(v.shape) for k, v in sd.items()}, read_metadata(path), path)
     wanted = _expected(cfg)
     for key, shape in wanted.items():
