@@ -135,6 +135,15 @@ def test_other_files_are_refused_in_one_line(tmp_path):
     cut = tmp_path / "cut.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(cut), metadata={"num_attention_heads": "4"})
     assert "'visual_projection.weight', which this file lacks" in refused(cut)
+    # a file naming a layer far past any encoder's (the model is not built for it)
+    sd = dict(clip_vision().state_dict())
+    sd["vision_model.encoder.layers.100000.layer_norm1.weight"] = torch.zeros(32)
+    many = tmp_path / "many.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(many), metadata={"num_attention_heads": "4"})
+    assert "lacks 'vision_model.encoder.layers.3.layer_norm1.weight'" in refused(many)
+    sd.update({f"vision_model.encoder.layers.{i}.layer_norm1.weight": torch.zeros(32) for i in range(200)})
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(many), metadata={"num_attention_heads": "4"})
+    assert "names 201 encoder layers" in refused(many)
     # and a style model file that is not Redux
     with pytest.raises(CheckpointError, match="not a Flux Redux style model: it looks like a CLIP vision model"):
         read_style_model(unknown)

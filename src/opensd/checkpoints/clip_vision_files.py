@@ -37,6 +37,7 @@ NAMES = "CLIP ViT-L/14, ViT-H/14, ViT-bigG/14 or SigLIP so400m"
 # (patch, grid side) -> image size, where the image is not a whole number of patches: SigLIP so400m
 # reads 384 x 384 images with 14-pixel patches (27 x 27; the convolution drops the last 6 pixels)
 IMAGE_SIZES = {(14, 27): 384}
+MAX_LAYERS = 100  # bigG has 48; a file naming more layers is not an image encoder we could build
 
 
 def what_it_is(keys) -> str:
@@ -115,9 +116,12 @@ def detect_vision(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str], 
     patch = need(VISION + "embeddings.patch_embedding.weight")
     positions = need(VISION + "embeddings.position_embedding.weight")[0] - (kind == "clip")
     side = math.isqrt(max(positions, 0))
-    if layers < 2 or len(patch) != 4 or side * side != positions or positions < 1:
-        raise CheckpointError(path, f"its {kind} vision encoder has {layers} layers and {positions} patch positions, "
-                                    "not the square grid of a ViT")
+    if not 2 <= layers <= MAX_LAYERS:
+        raise CheckpointError(path, f"names {layers} encoder layers; the image encoders opensd builds have 2 to "
+                                    f"{MAX_LAYERS}")
+    if len(patch) != 4 or side * side != positions or positions < 1:
+        raise CheckpointError(path, f"its {kind} vision encoder has {positions} patch positions and a {len(patch)}-D "
+                                    "patch embedding, not the square grid of patches of a ViT")
     known = KNOWN.get((kind, hidden, layers))
     if known is None:
         try:
