@@ -34,6 +34,7 @@ from ..errors import CheckpointError, InvalidArgument
 Shapes = Mapping[str, tuple[int, ...]]
 # Add-ons written for one kind of network, by the name families list them under.
 ADAPTERS = {"lora": "LoRA", "controlnet": "ControlNet", "freeu": "FreeU", "ldm_config": "an LDM yaml config",
+            "ip_adapter": "IP-Adapter",
             "deep_cache": "DeepCache (it skips a UNet's deep blocks)",
             "pag": "PerturbedAttentionGuidance (it patches a UNet's middle-block self-attention)",
             "deep_shrink": "PatchModelAddDownscale (Kohya deep shrink resizes inside a UNet)",

@@ -22,8 +22,8 @@ class UNetFamily(Family):
     name = "unet"
     label = "Stable Diffusion 1.x/2.x/XL"
     members = ("sd1", "sd2", "sdxl", "sdxl_refiner", "small")
-    adapters = frozenset({"lora", "controlnet", "freeu", "discrete_sampling", "ldm_config", "deep_cache",
-                          "pag", "deep_shrink", "continuous_sampling", "checkpoint_save"})
+    adapters = frozenset({"lora", "controlnet", "ip_adapter", "freeu", "discrete_sampling", "ldm_config",
+                          "deep_cache", "pag", "deep_shrink", "continuous_sampling", "checkpoint_save"})
 
     def detect(self, shapes, metadata, path, prediction=None) -> ModelConfig | None:
         if D.UNET + "input_blocks.0.0.weight" not in shapes:

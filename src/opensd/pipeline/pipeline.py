@@ -6,6 +6,7 @@ import functools
 import logging
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -89,6 +90,7 @@ class Pipeline:
         self._lora_specs: list[LoraSpec] = []
         self._lora_set: LoraSet | None = None
         self._controls: list = []  # ControlSpecs of the running generation
+        self._ip_adapter = None  # the running generation's IPAdapterSpec (adapters/ip_adapter.py)
         self._references: list = []  # Kontext's reference latents of the running generation
         self._refiner: Refiner | None = None  # the running generation's refiner
         self._refined = False  # whether the image being made switched to it
@@ -155,20 +157,22 @@ class Pipeline:
 
     def txt2img(self, prompt: str, negative_prompt: str = "", *, progress: Progress = None,
                 controls: list | None = None, refiner: Refiner | None = None, references: list | None = None,
-                **params) -> list[Image.Image]:
+                ip_adapter=None, **params) -> list[Image.Image]:
         """Generate `batch_size` images; image i uses seed + i. Each image's `info["seed"]` is its seed.
         `controls`: ControlSpecs (opensd.adapters.controlnet) applied in every pass; `refiner`: a
         model to finish sampling on (pipeline/refiner.py; `info["refiner"]` when it did);
-        `references`: Flux.1 Kontext's reference images (pipeline/kontext.py), seen in every pass."""
+        `references`: Flux.1 Kontext's reference images (pipeline/kontext.py), seen in every pass;
+        `ip_adapter`: an image prompt (an IPAdapterSpec, adapters/ip_adapter.py), in every pass."""
         p = self._params(prompt, negative_prompt, params)
         self._controls = _controls(controls, self.config)
         self._references = reference_latents(self, references)
+        self._ip_adapter = _ip_adapter(ip_adapter, self)
         self._refiner = self._checked(refiner)
         return self._generate(p, None, None, progress)
 
     def img2img(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, mask: Image.Image | None = None,
                 progress: Progress = None, controls: list | None = None, refiner: Refiner | None = None,
-                references: list | None = None, **params) -> list[Image.Image]:
+                references: list | None = None, ip_adapter=None, **params) -> list[Image.Image]:
         """Repaint `image` with denoising `strength`; with `mask` (white = repaint) this is inpainting."""
         if not isinstance(image, Image.Image):
             raise InvalidArgument("image: an init image (PIL image) is required")
@@ -177,6 +181,7 @@ class Pipeline:
         p = self._params(prompt, negative_prompt, params)
         self._controls = _controls(controls, self.config)
         self._references = reference_latents(self, references)
+        self._ip_adapter = _ip_adapter(ip_adapter, self)
         self._refiner = self._checked(refiner)
         if mask is not None:
             mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask)
@@ -378,11 +383,18 @@ class Pipeline:
             report(i + 1)
 
         other = refiner.pipe if refiner is not None else self  # the refiner's network runs here too
-        with self.family.running(self.model), other.family.running(other.model):
+        with self.family.running(self.model), other.family.running(other.model), self._image_prompt(guidance):
             x = sample(denoise, x, sigmas, step, **sampler_context(sampler, noise, self.schedule), **options)
         if latent_mask is not None:
             x = init * (1 - latent_mask) + x * latent_mask
         return x
+
+    def _image_prompt(self, g: G.Guidance):
+        """The IP-Adapter's patch of the UNet for one pass (removed after it), or nothing."""
+        if self._ip_adapter is None:
+            return nullcontext()
+        from ..adapters.ip_adapter import applied
+        return applied(self._ip_adapter, self.family.network(self.model), g.n_uncond)
 
     # --- building blocks -------------------------------------------------------------------
 
@@ -577,6 +589,14 @@ def _controls(controls, config) -> list:
     from ..adapters.controlnet import validate_controls
     family_of(config).require("controlnet", "controls")
     return validate_controls(controls, config)
+
+
+def _ip_adapter(spec, pipe):
+    if spec is None:
+        return None
+    from ..adapters.ip_adapter import validated
+    pipe.family.require("ip_adapter", "ip_adapter")
+    return validated(spec)
 
 
 def _round8(v: int) -> int:
