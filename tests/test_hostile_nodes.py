@@ -397,6 +397,9 @@ CASES = [
     ("fixed: KSampler steps and batch from PrimitiveInt nodes", _with(_with(sampled(
         s=node("PrimitiveInt", value=10000), b=node("PrimitiveInt", value=64)), "S", steps=["s", 0]), "L",
         width=1024, height=1024, batch_size=["b", 0]), ("budget", "node S: 64 images of 1024x1024 x 10000 steps")),
+    ("RebatchLatents between an empty latent and KSampler still counts its images", _with(_with(
+        _rebatched(1), "L", width=1024, height=1024, batch_size=64), "S", steps=10000),
+     ("budget", "node S: 64 images of 1024x1024 x 10000 steps")),
     ("fixed: KSampler linked by integer ids", {
         "4": CK, "5": latent(1024, 1024, 64), "6": node("CLIPTextEncode", clip=[4, 1], text="a"),
         "3": node("KSampler", model=[4, 0], positive=[6, 0], negative=[6, 0], latent_image=[5, 0], seed=1, steps=10000,

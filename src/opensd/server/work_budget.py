@@ -77,6 +77,8 @@ def comfy_cost(graph: dict) -> tuple[float, str]:
             continue
         inputs = node["inputs"]
         source, size = _linked(graph, inputs, "latent_image")
+        if source == "RebatchLatents":  # the same images in other batches: the sampler runs on all of them
+            source, size = _linked(graph, size, "latents")
         if source not in LATENT_SOURCES:
             continue
         steps_from = SAMPLERS[node["class_type"]]
