@@ -71,11 +71,11 @@ class IPAdapterSpec:
             raise InvalidArgument("clip-vision: an IP-Adapter needs its CLIP image encoder (--clip-vision FILE; "
                                   "ViT-H/14 for ip-adapter_sd15 and ip-adapter_sdxl_vit-h, ViT-bigG/14 for ip-adapter_sdxl)")
         if not isinstance(self.image, Image.Image):
-            raise InvalidArgument("ip-adapter image: a PIL image is required")
+            raise InvalidArgument("ip_adapter_image: a PIL image is required")
         value = self.scale
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or not 0 <= value <= MAX_SCALE:
-            raise InvalidArgument(f"ip-adapter scale: {value!r} must be a number in 0..{MAX_SCALE:g}")
+            raise InvalidArgument(f"ip_adapter_scale: {value!r} must be a number in 0..{MAX_SCALE:g}")
         dim = self.encoder.config.projection_dim
         if dim != self.model.adapter.image_dim:
             have = self.encoder.config.label or f"an encoder of {dim}-wide embeddings"

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidArgument
-from . import sampling_flags
+from . import ip_adapter_flags, sampling_flags
 from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
 from .control import CONTROL_HELP, controls_from_args
 from .from_image import PARAM_DEST, apply_infotext, missing_lora, report_differences
@@ -92,6 +92,7 @@ def register(sub) -> None:
     c = gen.add_argument_group("controlnet")
     c.add_argument("--control", action="append", metavar="MODEL,IMAGE[,OPTIONS]", help=CONTROL_HELP)
     c.add_argument("--controlnet-dir", type=Path, help="folder where --control looks up ControlNets by name")
+    ip_adapter_flags.add_flags(gen)
     d = gen.add_argument_group("device")
     d.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto (default): fp16 on CUDA, bf16 on CPUs with native bf16 for SD-size models, else fp32")
@@ -170,6 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_output(args.output)
     folders = resolve_generate_models(args, source)
     _check_paths(args, folders)
+    ip_adapter_flags.check(args)
     set_threads(args.threads)
     if args.model is None and not BUILTIN_MODEL.is_file():
         raise InvalidArgument("model: no built-in model is installed; pass --model PATH")
@@ -208,6 +210,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         kwargs["refiner"] = refiner
     if args.control:
         kwargs["controls"] = controls_from_args(args, pipe, folders)
+    if args.ip_adapter:
+        kwargs["ip_adapter"] = ip_adapter_flags.spec_from_args(args, pipe, folders)
     if args.reference_image:
         kwargs["references"] = [open_image(f, "reference-image") for f in args.reference_image]
     bars: list = []

@@ -26,6 +26,7 @@ LAYOUT = {
     "configs": ("configs",),
     "clip_vision": ("clip_vision",),      # image encoders (CLIPVisionLoader)
     "style_models": ("style_models",),    # Flux Redux (StyleModelLoader)
+    "ipadapter": ("ipadapter",),          # IP-Adapters (ComfyUI; A1111's ControlNet extension uses ControlNet/)
     # upscaler models (ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, ...): A1111 keeps one folder per family
     "upscale_models": ("ESRGAN", "upscale_models", "RealESRGAN", "SwinIR", "DAT", "HAT"),
     # tiny autoencoders (TAESD family) for live previews and fast decodes

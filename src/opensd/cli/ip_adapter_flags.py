@@ -1,0 +1,67 @@
+"""`opensd generate --ip-adapter FILE --ip-adapter-image IMG [--ip-adapter-scale S] --clip-vision FILE`:
+an image prompt (IP-Adapter, adapters/ip_adapter.py). Names are looked up in the models folder:
+the adapter in ipadapter/ (ComfyUI) or ControlNet/ (A1111's extension keeps it there), the image
+encoder in clip_vision/."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import InvalidArgument
+from .common import float_arg, open_image
+from .model_flags import resolve_model
+
+ENCODERS = "ViT-H/14 for ip-adapter_sd15 and ip-adapter_sdxl_vit-h, ViT-bigG/14 for ip-adapter_sdxl"
+
+
+def add_flags(gen: argparse.ArgumentParser) -> None:
+    g = gen.add_argument_group("IP-Adapter (image prompt)")
+    g.add_argument("--ip-adapter", metavar="FILE_OR_NAME",
+                   help="a base IP-Adapter .safetensors (ip-adapter_sd15, ip-adapter_sdxl, ip-adapter_sdxl_vit-h)")
+    g.add_argument("--ip-adapter-image", type=Path, metavar="IMAGE", help="the image prompt for --ip-adapter")
+    g.add_argument("--ip-adapter-scale", type=float_arg, metavar="S",
+                   help="how strongly the image prompt acts, 0..2 (default 1)")
+    g.add_argument("--clip-vision", metavar="FILE_OR_NAME", help=f"the IP-Adapter's CLIP image encoder ({ENCODERS})")
+
+
+def check(args: argparse.Namespace) -> None:
+    """Flag combinations, before anything loads."""
+    if args.ip_adapter is None:
+        for flag in ("ip_adapter_image", "ip_adapter_scale", "clip_vision"):
+            if getattr(args, flag) is not None:
+                raise InvalidArgument(f"{flag.replace('_', '-')}: needs --ip-adapter FILE")
+        return
+    if args.ip_adapter_image is None:
+        raise InvalidArgument("ip-adapter-image: --ip-adapter needs an image prompt (--ip-adapter-image IMAGE)")
+    if args.clip_vision is None:
+        raise InvalidArgument(f"clip-vision: --ip-adapter needs its CLIP image encoder (--clip-vision FILE; {ENCODERS})")
+
+
+def spec_from_args(args: argparse.Namespace, pipe, folders):
+    """The IPAdapterSpec the flags ask for, or None."""
+    if args.ip_adapter is None:
+        return None
+    from ..adapters.ip_adapter import IPAdapterSpec, load_ip_adapter_for
+    from ..checkpoints.clip_vision_files import load_clip_vision
+
+    image = open_image(args.ip_adapter_image, "ip-adapter-image")
+    path = _find_adapter(folders, args.ip_adapter)
+    encoder = load_clip_vision(resolve_model(folders, "clip_vision", args.clip_vision, "clip-vision"),
+                               pipe.device, pipe.dtype)
+    scale = 1.0 if args.ip_adapter_scale is None else args.ip_adapter_scale
+    spec = IPAdapterSpec(load_ip_adapter_for(path, pipe), encoder, image, scale)
+    print(f"opensd: ip-adapter {spec.model.name} scale {scale:g}", file=sys.stderr)
+    return spec
+
+
+def _find_adapter(folders, name: str) -> Path:
+    try:
+        return resolve_model(folders, "ipadapter", name, "ip-adapter")
+    except InvalidArgument as first:
+        if Path(name).exists() or folders.root is None:
+            raise
+        try:
+            return resolve_model(folders, "controlnet", name, "ip-adapter")
+        except InvalidArgument:
+            raise first from None
