@@ -43,7 +43,7 @@ CASES = [
     ("generate x -m m.safetensors --lora nothere", "lora: nothere"),
     ("generate x -m m.safetensors --lora garbage.safetensors", "garbage.safetensors"),
     ("generate x_<lora:foo> -m m.safetensors", "--loras-dir"),
-    ("generate x -m m.safetensors --init-image adir", "init-image: adir is not a readable image"),
+    ("generate x -m m.safetensors --init-image adir", "init-image: adir: not a readable image"),
     ("generate x -m m.safetensors --init-image notimage.png", "init-image: notimage.png"),
     ("generate x -m m.safetensors --init-image plain.png --mask notimage.png", "mask: notimage.png"),
     ("generate x -m m.safetensors --control m.safetensors,nothere.png", "control image: nothere.png does not exist"),

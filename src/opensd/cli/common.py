@@ -23,16 +23,16 @@ def float_arg(text: str) -> float:
 
 
 def open_image(path: Path, what: str):
+    """A user's image file read as the APIs read theirs (opensd/image_read.py), within PIL's own
+    decompression-bomb limit."""
     from PIL import Image
 
+    from ..image_read import read
+
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
+        return read(path, f"{what}: {path}", Image.MAX_IMAGE_PIXELS)
     except FileNotFoundError:
         raise InvalidArgument(f"{what}: {path} does not exist") from None
-    except (OSError, Image.DecompressionBombError) as e:
-        raise InvalidArgument(f"{what}: {path} is not a readable image ({e})") from None
 
 
 def read_image_infotext(path: Path, what: str) -> str | None:

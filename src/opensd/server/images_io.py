@@ -1,6 +1,6 @@
-"""Images in and out of the HTTP APIs: base64 (with or without a data: URL prefix) decoded with
-limits on encoded size and on pixels read from the header before any pixel data is decoded, so a
-small file claiming 20000x20000 pixels (a decompression bomb) is refused cheaply."""
+"""Images in and out of the HTTP APIs: base64 (with or without a data: URL prefix) decoded with a
+limit on encoded size, then read as opensd/image_read.py reads every user image (pixel limit from
+the header, EXIF orientation, 16-bit, transparency)."""
 from __future__ import annotations
 
 import base64
@@ -10,24 +10,9 @@ import io
 from PIL import Image
 
 from ..errors import InvalidArgument
+from ..image_read import decode_bytes
 
 MAX_ENCODED_CHARS = 48 << 20
-
-
-def decode_bytes(data: bytes, field: str, max_pixels: int) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w < 1 or h < 1 or w * h > max_pixels:
-                raise InvalidArgument(f"{field}: image too large: {w}x{h} pixels exceeds the {max_pixels}-pixel limit")
-            im.load()
-            return im.copy()
-    except InvalidArgument:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InvalidArgument(f"{field}: image too large ({e})") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise InvalidArgument(f"{field}: not a readable image ({e})") from None
 
 
 def decode_b64(text, field: str, max_pixels: int) -> Image.Image:
