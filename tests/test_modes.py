@@ -91,9 +91,14 @@ def test_inverted_mask_repaints_the_other_side(pipe):
     assert np.array_equal(out[inside], _px(init)[inside])
 
 
-def test_mask_of_another_size_is_refused(pipe):
-    with pytest.raises(InvalidArgument, match="^mask: size 32x32"):
-        pipe.img2img(_picture(), "x", mask=_mask(32, 32, (1, 1, 5, 5)))
+def test_mask_of_another_size_is_stretched_to_the_image_as_a1111(pipe):
+    small = _mask(32, 32, (12, 12, 24, 24))  # A1111 resizes the mask with the image, never refuses it
+    args = dict(mask_blur=0, strength=1.0, steps=2, seed=3)
+    out = _px(pipe.img2img(_picture(), "x", mask=small, **args)[0])
+    same = _px(pipe.img2img(_picture(), "x", mask=small.resize((64, 64), Image.LANCZOS), **args)[0])
+    assert np.array_equal(out, same)
+    keep = np.asarray(small.resize((64, 64), Image.LANCZOS)) == 0
+    assert np.array_equal(out[keep], _px(_picture())[keep])
 
 
 def test_outpainting_grows_the_canvas_and_keeps_the_centre(pipe):

@@ -6,6 +6,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from ..errors import InvalidArgument
+from ..image_read import mask_from
 
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill")
 FILL_MODES = ("fill", "original", "latent noise", "latent nothing")
@@ -62,12 +63,11 @@ def resize(image: Image.Image, width: int, height: int, mode: str = "just resize
 
 
 def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int = 4, invert: bool = False) -> Image.Image:
-    if mask.size != size:
-        raise InvalidArgument(f"mask: size {mask.size[0]}x{mask.size[1]} differs from the image's "
-                              f"{size[0]}x{size[1]}")
     if blur < 0 or blur > 256:
         raise InvalidArgument(f"mask_blur: {blur} is outside 0..256")
-    m = mask.convert("L")
+    m = mask_from(mask)
+    if m.size != size:  # A1111 resizes the mask with the image to the request's size, never refuses it
+        m = m.resize(size, Image.LANCZOS)
     if invert:
         m = ImageOps.invert(m)
     if blur:

@@ -18,6 +18,7 @@ from PIL import Image
 from ..adapters.lora import LoraSet, LoraSpec, prompt_lora_tags, specs_from_tags
 from ..errors import InvalidArgument, OpenSDError
 from ..families import family_of
+from ..image_read import flatten
 from ..models.conv import circular_padding
 from ..sampling.names import resolve
 from ..sampling.cfg_pp import Guided, with_uncond
@@ -185,7 +186,7 @@ class Pipeline:
         self._refiner = self._checked(refiner)
         if mask is not None:
             mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask)
-        return self._generate(p, image.convert("RGB"), mask, progress)
+        return self._generate(p, flatten(image), mask, progress)  # transparent parts white, as A1111
 
     def outpaint(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, left: int = 0,
                  right: int = 0, top: int = 0, bottom: int = 0, progress: Progress = None,
