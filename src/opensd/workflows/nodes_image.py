@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, ImageSequence
+from PIL import Image, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from .. import safe_paths
+from ..image_read import has_alpha, upright
 from ..checkpoints.files import save_safetensors
 from .bislerp import bislerp
 from .types import MAX_RESOLUTION, Choices, NodeDef, check_size, register
@@ -178,23 +179,27 @@ def annotated_path(ctx, name) -> Path | None:
 
 
 def _decoded(path: Path):
-    """(IMAGE, MASK) of an image file: every frame of the first frame's size, MASK 1 - alpha (zeros
-    64 x 64 for a frame without alpha), as ComfyUI's LoadImage reads them."""
+    """(IMAGE, MASK) of an image file as ComfyUI's LoadImage reads it: every frame of the first
+    frame's size (only the first of an MPO, whose second frame is the other eye of a stereo pair),
+    upright and 8-bit (image_read.upright), MASK 1 - alpha (zeros 64 x 64 for a frame without
+    alpha). Frames are counted against check_size as they come: a small GIF of many big frames
+    would otherwise fill the memory."""
     images, masks = [], []
     with Image.open(path) as img:
         for frame in ImageSequence.Iterator(img):
-            frame = ImageOps.exif_transpose(frame)
-            if frame.mode == "I":
-                frame = frame.point(lambda v: v * (1 / 255))
-            rgb = np.asarray(frame.convert("RGB"), dtype=np.float32) / 255.0
-            if images and rgb.shape != images[0].shape:
+            w, h = frame.size
+            if images and (h, w, 3) != images[0].shape:
                 continue
-            images.append(rgb)
-            if "A" in frame.getbands():
-                alpha = np.asarray(frame.getchannel("A"), dtype=np.float32) / 255.0
+            check_size("LoadImage", len(images) + 1, h, w, 3)
+            frame = upright(frame)
+            images.append(np.asarray(frame.convert("RGB"), dtype=np.float32) / 255.0)
+            if has_alpha(frame):
+                alpha = np.asarray(frame.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
                 masks.append(torch.from_numpy(1.0 - alpha))
             else:
                 masks.append(torch.zeros(64, 64))
+            if img.format == "MPO":
+                break
     if len({m.shape for m in masks}) > 1:  # frames with and without alpha: keep the first's mask
         masks = masks[:1]
     return torch.from_numpy(np.stack(images)), torch.stack(masks)

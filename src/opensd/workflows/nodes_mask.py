@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
+from ..image_read import upright
 from .compositing import composite
 from .nodes_image import check_input_image, image_fingerprint, input_path
-from .types import MAX_RESOLUTION, Choices, NodeDef, register
+from .types import MAX_RESOLUTION, Choices, NodeDef, check_size, register
 
 _MODULE = "comfy_extras.nodes_mask"
 
@@ -34,11 +35,8 @@ def load_image_mask(call, image, channel):
     if path is None:
         raise FileNotFoundError(f"Invalid image file: {image}")
     with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.getbands() != ("R", "G", "B", "A"):
-            if img.mode == "I":
-                img = img.point(lambda v: v * (1 / 255))
-            img = img.convert("RGBA")
+        check_size("LoadImageMask", img.height, img.width)
+        img = upright(img).convert("RGBA")
         band = channel[0].upper()
         mask = torch.from_numpy(np.asarray(img.getchannel(band), dtype=np.float32) / 255.0)
     return ((1.0 - mask if band == "A" else mask)[None],)
