@@ -162,8 +162,9 @@ def run(state, job, ctl):
     for k, (name, data) in enumerate(p["images"]):
         ctl.image(k, len(p["images"]))
         image = images_io.decode_b64(data, name, limit)
-        out, info = postprocess(state.cache.upscalers, image, req, opts["ESRGAN_tile"], opts["ESRGAN_tile_overlap"],
-                                progress=ctl.step)
+        # RGB, as A1111's run_postprocessing takes it: a CMYK JPEG's PNG could not be written (a 500)
+        out, info = postprocess(state.cache.upscalers, image.convert("RGB"), req, opts["ESRGAN_tile"],
+                                opts["ESRGAN_tile_overlap"], progress=ctl.step)
         text = info_text(info)
         png = _png(out, image.info.get("parameters") if isinstance(image.info.get("parameters"), str) else None,
                    text)
