@@ -1,0 +1,372 @@
+"""Every place a user hands us an image, fed the images users really have (16-bit, palette with
+transparency, LA/RGBA, CMYK, EXIF-rotated, animated, MPO, TIFF, ICO, odd sizes) and hostile ones
+(decompression bomb, truncated or corrupt data, text named .png, bad base64): each is read as A1111
+(modules/images.py read/flatten/create_binary_mask) or ComfyUI (LoadImage, LoadImageMask) reads it,
+or refused in one line with a 4xx, and a normal request still works afterwards."""
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from reference import randomize_
+from server_live import BASE, models_dir
+
+from opensd.checkpoints.controlnet_files import save_controlnet
+from opensd.cli import main
+from opensd.image_read import flatten, mask_from
+from opensd.library.synthetic import TINY, write_random_checkpoint
+from opensd.models.controlnet import ControlNet, ControlNetConfig
+from opensd.server import images_io
+from opensd.server.app import create_app
+from opensd.server.settings import Settings
+from opensd.workflows import types as wf_types
+from opensd.workflows.nodes_image import _decoded
+from opensd.workflows.nodes_mask import load_image_mask
+
+# --- the inputs, made small -----------------------------------------------------------------------
+
+
+def enc(im, fmt, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def gradient(w=16, h=8) -> Image.Image:
+    a = np.zeros((h, w, 3), np.uint8)
+    a[..., 0] = np.arange(w)[None] * 255 // max(w - 1, 1)
+    a[..., 1] = 100
+    a[..., 2] = np.arange(h)[:, None] * 255 // max(h - 1, 1)
+    return Image.fromarray(a, "RGB")
+
+
+def half_transparent(mode: str) -> bytes:
+    """Left half opaque, right half transparent (red RGBA, grey LA, blue/red palette)."""
+    if mode == "P":
+        im = Image.new("P", (16, 8), 0)
+        im.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+        im.paste(1, (0, 0, 8, 8))  # left: blue; right: index 0, red, the transparent one
+        return enc(im, "PNG", transparency=0)
+    a = np.zeros((8, 16, len(mode)), np.uint8)
+    a[..., 0] = 200
+    a[:, :8, -1] = 255
+    return enc(Image.fromarray(a, mode), "PNG")
+
+
+def exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: view it rotated 90 degrees clockwise
+    return enc(gradient(16, 8), "JPEG", exif=exif, quality=95)
+
+
+def animated(fmt: str, n: int) -> bytes:
+    frames = [Image.new("RGB", (16, 8), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))[:n]]
+    extra = {"lossless": True} if fmt == "WEBP" else {}
+    return enc(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, loop=0, **extra)
+
+
+def bomb(w=20000, h=20000) -> bytes:
+    """A tiny PNG whose header claims w x h pixels."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def corrupt() -> bytes:
+    data = bytearray(enc(gradient(64, 64), "PNG"))
+    data[60:80] = b"\xff" * 20
+    return bytes(data)
+
+
+PNG = enc(gradient(64, 64), "PNG")
+INPUTS = {
+    "16-bit PNG": enc(Image.fromarray(np.full((8, 16), 32768, np.uint16)), "PNG"),
+    "palette + transparency": half_transparent("P"),
+    "LA": half_transparent("LA"),
+    "RGBA": half_transparent("RGBA"),
+    "CMYK JPEG": enc(Image.new("CMYK", (16, 8), (0, 255, 255, 0)), "JPEG"),
+    "grayscale": enc(Image.new("L", (16, 8), 77), "PNG"),
+    "EXIF orientation 6": exif_rotated(),
+    "animated GIF": animated("GIF", 3),
+    "animated WebP": animated("WEBP", 2),
+    "MPO": enc(Image.new("RGB", (16, 8), (255, 0, 0)), "MPO", save_all=True,
+               append_images=[Image.new("RGB", (16, 8), (0, 0, 255))]),
+    "TIFF": enc(gradient(), "TIFF"),
+    "ICO": enc(Image.new("RGBA", (32, 32), (0, 200, 0, 255)), "ICO", sizes=[(16, 16), (32, 32)]),
+    "1x1": enc(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG"),
+    "4097x8": enc(Image.new("RGB", (4097, 8), (9, 9, 9)), "PNG"),
+    "67x45 (not /8)": enc(gradient(67, 45), "PNG"),
+}
+HOSTILE = {  # name: (bytes, words of the one-line refusal)
+    "decompression bomb": (bomb(), "too large"),
+    "bomb under PIL's limit": (bomb(5000, 5000), "too large"),
+    "truncated PNG": (PNG[:-40], "not a readable image"),
+    "corrupt PNG": (corrupt(), "not a readable image"),
+    "text named .png": (b"hello, I am not an image\n", "not a readable image"),
+    "empty file": (b"", "not a readable image"),
+}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# What A1111 makes of each as an init image (images.read then flatten onto img2img_background_color
+# white): (size, {pixel: RGB}).
+A1111_INIT = {
+    "16-bit PNG": ((16, 8), {(0, 0): (128, 128, 128)}),  # PIL's own conversion gave white
+    "palette + transparency": ((16, 8), {(0, 0): (0, 0, 255), (15, 0): (255, 255, 255)}),
+    "LA": ((16, 8), {(0, 0): (200, 200, 200), (15, 0): (255, 255, 255)}),
+    "RGBA": ((16, 8), {(0, 0): (200, 0, 0), (15, 0): (255, 255, 255)}),
+    "CMYK JPEG": ((16, 8), {(8, 4): (255, 0, 0)}),
+    "grayscale": ((16, 8), {(0, 0): (77, 77, 77)}),
+    "EXIF orientation 6": ((8, 16), {}),  # upright: 16x8 stored, 8x16 shown
+    "animated GIF": ((16, 8), {(0, 0): (255, 0, 0)}),  # the first frame
+    "animated WebP": ((16, 8), {(0, 0): (255, 0, 0)}),
+    "MPO": ((16, 8), {}),
+    "TIFF": ((16, 8), {(15, 0): (255, 100, 0)}),
+    "ICO": ((32, 32), {(0, 0): (0, 200, 0)}),  # the largest size
+    "1x1": ((1, 1), {(0, 0): (9, 9, 9)}),
+    "4097x8": ((4097, 8), {}),
+    "67x45 (not /8)": ((67, 45), {}),
+}
+
+
+def close(a, b, tol=3):
+    return all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("name", list(INPUTS))
+def test_api_decoding_matches_a1111(name):
+    size, pixels = A1111_INIT[name]
+    for text in (b64(INPUTS[name]), "data:image/png;base64," + b64(INPUTS[name])):
+        image = flatten(images_io.decode_b64(text, "init_images[0]", 4096 * 4096))
+        assert image.mode == "RGB" and image.size == size
+        for xy, rgb in pixels.items():
+            assert close(image.getpixel(xy), rgb), (xy, image.getpixel(xy), rgb)
+
+
+def test_exif_rotation_is_applied_not_just_the_size():
+    stored = gradient(16, 8)
+    image = images_io.decode_b64(b64(INPUTS["EXIF orientation 6"]), "x", 1 << 20)
+    # orientation 6: the stored top-left corner is shown at the top right
+    assert close(image.getpixel((7, 0)), stored.getpixel((0, 0)), 30)  # JPEG blurs colour
+    assert close(image.getpixel((0, 15)), stored.getpixel((15, 7)), 30)
+
+
+def test_png_text_survives_decoding():
+    from PIL.PngImagePlugin import PngInfo
+    info = PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 3")
+    data = enc(Image.fromarray(np.full((8, 8), 1000, np.uint16)), "PNG", pnginfo=info)
+    assert images_io.decode_b64(b64(data), "image", 1 << 20).info["parameters"] == "a cat\nSteps: 3"
+
+
+def test_masks_read_as_a1111_create_binary_mask():
+    rgba = images_io.decode_b64(b64(INPUTS["RGBA"]), "mask", 1 << 20)
+    m = mask_from(rgba)  # transparent parts: the alpha channel is the mask (opaque = repaint)
+    assert m.mode == "L" and m.getpixel((0, 0)) == 255 and m.getpixel((15, 0)) == 0
+    opaque = Image.new("RGBA", (4, 4), (100, 100, 100, 255))  # fully opaque: its grey, as any other
+    assert mask_from(opaque).getpixel((0, 0)) == 100
+    assert mask_from(Image.new("L", (4, 4), 30)).getpixel((0, 0)) == 30
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "expected a base64-encoded image"),
+    ("not base64!", "invalid base64"),
+    ("data:image/png,iVBOR", "not base64"),
+    (b64(b"hello"), "not a readable image"),
+])
+def test_bad_base64_is_one_line(text, words):
+    with pytest.raises(Exception) as e:
+        images_io.decode_b64(text, "init_images[0]", 1 << 20)
+    assert words in str(e.value) and "\n" not in str(e.value) and "init_images[0]" in str(e.value)
+
+
+def test_base64_with_newlines_and_spaces_is_read():
+    text = b64(PNG)
+    wrapped = "\n".join(text[i:i + 76] for i in range(0, len(text), 76)) + "\n "
+    assert images_io.decode_b64(wrapped, "x", 1 << 20).size == (64, 64)
+
+
+# --- ComfyUI LoadImage / LoadImageMask ------------------------------------------------------------
+
+class _Ctx:
+    def __init__(self, folder):
+        self.inputs_dir = folder
+
+
+class _Call:
+    def __init__(self, folder):
+        self.ctx = _Ctx(folder)
+
+
+COMFY = {  # name: (IMAGE shape, mask mean), as ComfyUI's LoadImage makes them
+    "16-bit PNG": ((1, 8, 16, 3), 0.0),
+    "palette + transparency": ((1, 8, 16, 3), 0.5),  # ComfyUI: P with transparency -> mask
+    "LA": ((1, 8, 16, 3), 0.5),
+    "RGBA": ((1, 8, 16, 3), 0.5),
+    "CMYK JPEG": ((1, 8, 16, 3), 0.0),
+    "grayscale": ((1, 8, 16, 3), 0.0),
+    "EXIF orientation 6": ((1, 16, 8, 3), 0.0),
+    "animated GIF": ((3, 8, 16, 3), 0.0),  # a batch of the frames
+    "animated WebP": ((2, 8, 16, 3), 0.0),
+    "MPO": ((1, 8, 16, 3), 0.0),  # ComfyUI's excluded_formats: only the first
+    "TIFF": ((1, 8, 16, 3), 0.0),
+    "ICO": ((1, 32, 32, 3), 0.0),
+    "1x1": ((1, 1, 1, 3), 0.0),
+    "4097x8": ((1, 8, 4097, 3), 0.0),
+    "67x45 (not /8)": ((1, 45, 67, 3), 0.0),
+}
+
+
+@pytest.mark.parametrize("name", list(INPUTS))
+def test_load_image_matches_comfyui(name, tmp_path):
+    (tmp_path / "in.png").write_bytes(INPUTS[name])
+    image, mask = _decoded(tmp_path / "in.png")
+    shape, mean = COMFY[name]
+    assert tuple(image.shape) == shape and image.dtype == torch.float32
+    assert abs(float(mask.mean()) - mean) < 1e-6 and mask.shape[0] == (shape[0] if mean else mask.shape[0])
+    if name == "16-bit PNG":
+        assert abs(float(image.mean()) - 0.5) < 0.01  # mid grey, not clipped to white
+    if name == "RGBA":  # MASK is 1 - alpha: the transparent right half is selected
+        assert float(mask[0, 0, 0]) == 0.0 and float(mask[0, 0, 15]) == 1.0
+    if name in ("RGBA", "palette + transparency", "16-bit PNG"):
+        (m,) = load_image_mask(_Call(tmp_path), "in.png", "alpha")
+        assert tuple(m.shape) == (1, 8, 16) and abs(float(m.mean()) - mean) < 1e-6
+
+
+def test_load_image_counts_frames_against_the_node_limit(tmp_path, monkeypatch):
+    (tmp_path / "in.gif").write_bytes(INPUTS["animated GIF"])
+    monkeypatch.setattr(wf_types, "MAX_ELEMENTS", 2 * 8 * 16 * 3)  # room for two frames of three
+    with pytest.raises(Exception, match="LoadImage: 3 x 8 x 16 x 3"):
+        _decoded(tmp_path / "in.gif")
+
+
+@pytest.mark.parametrize("name", ["truncated PNG", "corrupt PNG", "text named .png"])
+def test_load_image_of_a_broken_file_fails_not_returns_garbage(name, tmp_path):
+    (tmp_path / "in.png").write_bytes(HOSTILE[name][0])
+    with pytest.raises(OSError):
+        _decoded(tmp_path / "in.png")
+
+
+# --- through the servers --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    models = models_dir(root)
+    (models / "ControlNet").mkdir()
+    net = randomize_(ControlNet(ControlNetConfig(TINY.unet)), seed=1)
+    save_controlnet(net, models / "ControlNet" / "control_tiny_canny.safetensors", "small", dtype=torch.float32)
+    settings = Settings(models_dir=models, outputs_dir=root / "out", max_image_pixels=1 << 20)
+    with TestClient(create_app(settings), base_url=BASE) as c:
+        yield c
+
+
+TINY_REQ = {"prompt": "x", "steps": 1, "width": 64, "height": 64, "denoising_strength": 0.5,
+            "override_settings": {"sd_model_checkpoint": "tiny"}}
+
+
+def unit(image: str) -> dict:
+    return {"alwayson_scripts": {"controlnet": {"args": [
+        {"image": image, "module": "none", "model": "control_tiny_canny"}]}}}
+
+
+PLACES = {  # place: a request body holding the image as base64
+    "init_images": lambda s: ("/sdapi/v1/img2img", {**TINY_REQ, "init_images": [s]}),
+    "mask": lambda s: ("/sdapi/v1/img2img", {**TINY_REQ, "init_images": [b64(PNG)], "mask": s}),
+    "controlnet": lambda s: ("/sdapi/v1/txt2img", {**TINY_REQ, **unit(s)}),
+    "extra-single-image": lambda s: ("/sdapi/v1/extra-single-image", {"image": s, "upscaling_resize": 1}),
+    "extra-batch-images": lambda s: ("/sdapi/v1/extra-batch-images",
+                                     {"imageList": [{"data": s, "name": "a.png"}], "upscaling_resize": 1}),
+    "png-info": lambda s: ("/sdapi/v1/png-info", {"image": s}),
+}
+FIELD = {"init_images": "init_images[0]", "mask": "mask", "controlnet": "args[0].image",
+         "extra-single-image": "image", "extra-batch-images": "imageList", "png-info": "image"}
+
+API_CASES = [(p, n) for p in PLACES for n in INPUTS]
+
+
+@pytest.mark.parametrize("place, name", API_CASES)
+def test_a1111_places_take_what_a1111_takes(client, place, name):
+    path, body = PLACES[place](b64(INPUTS[name]))
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    if place == "init_images":  # A1111 resizes the init image to the request's size
+        out = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+        assert out.size == (64, 64)
+
+
+@pytest.mark.parametrize("place", list(PLACES))
+@pytest.mark.parametrize("name", [n for n in HOSTILE if n != "empty file"] + ["invalid base64", "empty string"])
+def test_a1111_places_refuse_bad_images_in_one_line(client, place, name):
+    text = {"invalid base64": "%%%not base64", "empty string": ""}.get(name) or b64(HOSTILE.get(name, (b"",))[0])
+    if name == "empty string" and place in ("mask", "png-info"):
+        pytest.skip("A1111 reads an empty mask as none and png-info of nothing as empty")
+    path, body = PLACES[place](text)
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    detail = detail if isinstance(detail, str) else str(detail)
+    assert FIELD[place] in detail and "\n" not in detail, detail
+    words = HOSTILE[name][1] if name in HOSTILE else ("base64" if name == "invalid base64" else "")
+    assert words in detail, detail
+
+
+def test_a1111_still_works_after_the_hostile_images(client):
+    r = client.post("/sdapi/v1/img2img", json={**TINY_REQ, "init_images": [b64(PNG)]})
+    assert r.status_code == 200 and len(r.json()["images"]) == 1, r.text
+
+
+def test_comfy_upload_takes_images_and_refuses_the_rest(client):
+    for name, data in INPUTS.items():
+        r = client.post("/upload/image", files={"image": ("in.png", data, "image/png")},
+                        data={"overwrite": "true"})
+        assert r.status_code == 200, (name, r.text)
+    for name, (data, words) in HOSTILE.items():
+        r = client.post("/upload/image", files={"image": ("bad.png", data, "image/png")})
+        assert 400 <= r.status_code < 500 and words in r.text, (name, r.text)
+    r = client.post("/upload/image", files={"image": ("ok.png", PNG, "image/png")})
+    assert r.status_code == 200, r.text
+
+
+# --- the CLI --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_images")
+    write_random_checkpoint(root / "m.safetensors", dtype=torch.float32)
+    for name, (data, _) in HOSTILE.items():
+        (root / f"{name.replace(' ', '_')}.png").write_bytes(data)
+    (root / "ok.png").write_bytes(PNG)
+    return root
+
+
+@pytest.mark.parametrize("flag", ["--init-image", "--mask", "--control"])
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_cli_image_options_refuse_bad_images_in_one_line(cli_files, capsys, monkeypatch, flag, name):
+    monkeypatch.chdir(cli_files)
+    bad = f"{name.replace(' ', '_')}.png"
+    args = {"--init-image": ["--init-image", bad], "--mask": ["--init-image", "ok.png", "--mask", bad],
+            "--control": ["--control", f"m.safetensors,{bad}"]}[flag]
+    rc = main(["generate", "x", "-m", "m.safetensors", "--steps", "1", *args])
+    err = [s for s in capsys.readouterr().err.splitlines() if s.strip()]
+    # the CLI's pixel limit is PIL's own (89M): a local user's big files are theirs to open; a 5000 x
+    # 5000 header over no data is then found unreadable
+    words = "not a readable image" if name == "bomb under PIL's limit" else HOSTILE[name][1]
+    assert rc == 2 and len(err) == 1 and bad in err[0] and words in err[0], err
+
+
+def test_cli_reads_an_exif_rotated_init_image_upright(cli_files):
+    from opensd.cli.common import open_image
+    (cli_files / "rot.jpg").write_bytes(INPUTS["EXIF orientation 6"])
+    assert open_image(cli_files / "rot.jpg", "init-image").size == (8, 16)
