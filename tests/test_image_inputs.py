@@ -370,3 +370,43 @@ def test_cli_reads_an_exif_rotated_init_image_upright(cli_files):
     from opensd.cli.common import open_image
     (cli_files / "rot.jpg").write_bytes(INPUTS["EXIF orientation 6"])
     assert open_image(cli_files / "rot.jpg", "init-image").size == (8, 16)
+
+
+def test_comfy_upload_mask_puts_the_painted_alpha_into_the_original(client, tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+    meta = PngInfo()
+    meta.add_text("prompt", '{"1": {}}')
+    original = enc(gradient(16, 8), "PNG", pnginfo=meta)
+    assert client.post("/upload/image", files={"image": ("orig.png", original, "image/png")},
+                       data={"overwrite": "true"}).status_code == 200
+    ref = '{"filename": "orig.png", "subfolder": "", "type": "input"}'
+    r = client.post("/upload/mask", files={"image": ("clipspace-mask.png", INPUTS["RGBA"], "image/png")},
+                    data={"original_ref": ref, "overwrite": "true"})
+    assert r.status_code == 200 and r.json() == {"name": "clipspace-mask.png", "subfolder": "", "type": "input"}
+    stored = client.get("/view", params={"filename": "clipspace-mask.png", "type": "input"}).content
+    (tmp_path / "m.png").write_bytes(stored)
+    saved = Image.open(tmp_path / "m.png")
+    assert saved.mode == "RGBA" and saved.info.get("prompt") == '{"1": {}}'
+    assert np.array_equal(np.asarray(saved)[..., :3], np.asarray(gradient(16, 8)))
+    image, mask = _decoded(tmp_path / "m.png")  # LoadImage: MASK = 1 - alpha, the painted right half
+    assert float(mask[0, 0, 0]) == 0.0 and float(mask[0, 0, 15]) == 1.0
+
+
+@pytest.mark.parametrize("mask, ref, words", [
+    (INPUTS["RGBA"], '{"filename": "nothere.png", "type": "input"}', "not found"),
+    (INPUTS["RGBA"], "not json", "original_ref"),
+    (INPUTS["RGBA"], '{"filename": "../orig.png", "type": "input"}', "filename"),
+    (INPUTS["RGBA"], '{"filename": "orig.png", "type": "elsewhere"}', "original_ref: type"),
+    (INPUTS["ICO"], '{"filename": "orig.png", "type": "input"}', "differs from the original"),
+    (b"hello", '{"filename": "orig.png", "type": "input"}', "not a readable image"),
+    (bomb(), '{"filename": "orig.png", "type": "input"}', "too large"),
+    (INPUTS["RGBA"], '{"filename": "orig.png [input]"}', ""),  # ComfyUI's annotated name: accepted
+])
+def test_comfy_upload_mask_refuses_in_one_line(client, mask, ref, words):
+    client.post("/upload/image", files={"image": ("orig.png", enc(gradient(16, 8), "PNG"), "image/png")},
+                data={"overwrite": "true"})
+    r = client.post("/upload/mask", files={"image": ("m.png", mask, "image/png")}, data={"original_ref": ref})
+    if not words:
+        assert r.status_code == 200, r.text
+        return
+    assert 400 <= r.status_code < 500 and words in r.text and "\n" not in r.text, r.text

@@ -26,12 +26,13 @@ from fastapi import (
     WebSocketDisconnect,
 )
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.concurrency import run_in_threadpool
 
 from .. import safe_paths
 from ..atomic import write_atomic
 from ..errors import InvalidArgument
 from ..workflows import ExecutionContext, GraphError, OutputCache, check_prompt, object_info
-from . import comfy_run, images_io, safe_json, work_budget
+from . import comfy_mask_upload, comfy_run, images_io, safe_json, work_budget
 from .jobs import QueueFull
 from .store import FINAL
 
@@ -256,14 +257,10 @@ def router(state, hub: ComfyHub) -> APIRouter:
                 files.append((-path.stat().st_mtime, entry.name))
         return [name for _, name in sorted(files)]
 
-    @api.post("/upload/image")
-    async def upload_image(image: Annotated[UploadFile, File()], overwrite: Annotated[str, Form()] = "false",
-                           subfolder: Annotated[str, Form()] = "", type: Annotated[str, Form()] = "input"):
+    def store_upload(data: bytes, filename: str | None, overwrite: str, subfolder: str, type: str) -> dict:
         if type not in VIEW_TYPES:
             raise InvalidArgument(f"type: {type!r} is not one of {', '.join(VIEW_TYPES)}")
-        name = os.path.basename((image.filename or "").replace("\\", "/")) or "upload.png"
-        data = await image.read()
-        images_io.decode_bytes(data, "image", state.settings.max_image_pixels)  # refuse non-images and bombs
+        name = os.path.basename((filename or "").replace("\\", "/")) or "upload.png"
         path = safe_file(hub.dirs[type], subfolder, name)
         if path.exists() and overwrite.lower() not in ("true", "1"):
             stem, suffix, n = path.stem, path.suffix, 1
@@ -276,6 +273,27 @@ def router(state, hub: ComfyHub) -> APIRouter:
         except OSError as e:  # the subfolder names a file, the name is a folder, a full disk...
             raise InvalidArgument(f"subfolder: cannot store {subfolder}/{name} ({e.strerror})") from None
         return {"name": path.name, "subfolder": subfolder, "type": type}
+
+    @api.post("/upload/image")
+    async def upload_image(image: Annotated[UploadFile, File()], overwrite: Annotated[str, Form()] = "false",
+                           subfolder: Annotated[str, Form()] = "", type: Annotated[str, Form()] = "input"):
+        data = await image.read()
+        images_io.decode_bytes(data, "image", state.settings.max_image_pixels)  # refuse non-images and bombs
+        return store_upload(data, image.filename, overwrite, subfolder, type)
+
+    @api.post("/upload/mask")
+    async def upload_mask(image: Annotated[UploadFile, File()], original_ref: Annotated[str, Form()] = "",
+                          overwrite: Annotated[str, Form()] = "false", subfolder: Annotated[str, Form()] = "",
+                          type: Annotated[str, Form()] = "input"):
+        name, ref_subfolder, ref_type = comfy_mask_upload.parse_ref(original_ref)
+        if ref_type not in VIEW_TYPES:
+            raise InvalidArgument(f"original_ref: type {ref_type!r} is not one of {', '.join(VIEW_TYPES)}")
+        original = safe_file(hub.dirs[ref_type], ref_subfolder, name)
+        if not safe_paths.is_file(original):
+            raise InvalidArgument(f"original_ref: {ref_type}/{ref_subfolder}/{name} not found".replace("//", "/"))
+        data = await run_in_threadpool(comfy_mask_upload.masked_png, original, await image.read(),
+                                       state.settings.max_image_pixels)
+        return store_upload(data, image.filename, overwrite, subfolder, type)
 
     @api.post("/interrupt")
     async def interrupt(request: Request):
