@@ -13,7 +13,7 @@ from opensd.checkpoints.clip_vision_files import load_clip_vision
 from opensd.checkpoints.ip_adapter_files import load_ip_adapter
 from opensd.checkpoints.keymap_unet import unet_from_diffusers
 from opensd.errors import CheckpointError, InvalidArgument
-from opensd.library.synthetic import TINY, write_random_checkpoint
+from opensd.library.synthetic import write_random_checkpoint
 from opensd.models.ip_adapter import IPAdapter, cross_attentions, patched
 from opensd.models.unet import UNetModel
 from opensd.pipeline.pipeline import load
@@ -126,12 +126,12 @@ def test_pipeline_scale_zero_equals_no_adapter_and_plain_runs_after_are_unchange
 
 def test_pipeline_input_errors_are_one_line(pipe, ip_file, encoder, tmp_path):
     loaded = load_ip_adapter_for(ip_file, pipe)
-    cases = [(IPAdapterSpec(loaded, None, _picture()), "clip-vision"),
+    cases = [(IPAdapterSpec(loaded, None, _picture()), "clip_vision"),
              (IPAdapterSpec(loaded, encoder, _picture(), 2.5), "scale"),
              (IPAdapterSpec(loaded, encoder, "x.png"), "image")]
     wide = load_clip_vision(save_vision(clip_vision(), tmp_path / "cv.safetensors"))
     object.__setattr__(wide, "config", type(wide.config)(**{**wide.config.__dict__, "projection_dim": 12}))
-    cases.append((IPAdapterSpec(loaded, wide, _picture()), "clip-vision"))
+    cases.append((IPAdapterSpec(loaded, wide, _picture()), "clip_vision"))
     for spec, word in cases:
         with pytest.raises(InvalidArgument) as e:
             pipe.txt2img("a cat", ip_adapter=spec, **FAST)

@@ -13,6 +13,7 @@ as it was after it (models/ip_adapter.patched).
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..checkpoints.clip_vision_files import load_clip_vision
 from ..checkpoints.ip_adapter_files import load_ip_adapter
 from ..errors import CheckpointError, InvalidArgument
 from ..models.clip_vision import VisionModel, preprocess
@@ -56,6 +58,29 @@ def load_ip_adapter_for(path, pipe) -> LoadedIPAdapter:
     return LoadedIPAdapter(adapter.requires_grad_(False), path)
 
 
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached(kind: str, path, pipe, keep: int = 2):
+    """The IP-Adapter (`kind` "adapter") or CLIP vision encoder ("encoder") at `path` for `pipe`, through
+    a small per-pipeline cache keyed by path, size and mtime (the server loads them per request;
+    a ViT-H encoder is 2.5 GB)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise InvalidArgument(f"ip-adapter: cannot read {path.name} ({e})") from None
+    key = (kind, str(path.resolve()), st.st_size, st.st_mtime_ns)
+    cache = _CACHES.setdefault(pipe, {})
+    if key not in cache:
+        cache[key] = (load_ip_adapter_for(path, pipe) if kind == "adapter"
+                      else load_clip_vision(path, pipe.device, pipe.dtype))
+        while sum(k[0] == kind for k in cache) > keep:
+            cache.pop(next(k for k in cache if k[0] == kind))
+    cache[key] = cache.pop(key)  # most recently used last
+    return cache[key]
+
+
 @dataclass
 class IPAdapterSpec:
     model: LoadedIPAdapter
@@ -68,8 +93,8 @@ class IPAdapterSpec:
         if not isinstance(self.model, LoadedIPAdapter):
             raise InvalidArgument("ip-adapter: model must be loaded with load_ip_adapter_for()")
         if self.encoder is None:
-            raise InvalidArgument("clip-vision: an IP-Adapter needs its CLIP image encoder (--clip-vision FILE; "
-                                  "ViT-H/14 for ip-adapter_sd15 and ip-adapter_sdxl_vit-h, ViT-bigG/14 for ip-adapter_sdxl)")
+            raise InvalidArgument("clip_vision: an IP-Adapter needs its CLIP image encoder (ViT-H/14 for "
+                                  "ip-adapter_sd15 and ip-adapter_sdxl_vit-h, ViT-bigG/14 for ip-adapter_sdxl)")
         if not isinstance(self.image, Image.Image):
             raise InvalidArgument("ip_adapter_image: a PIL image is required")
         value = self.scale
@@ -79,7 +104,7 @@ class IPAdapterSpec:
         dim = self.encoder.config.projection_dim
         if dim != self.model.adapter.image_dim:
             have = self.encoder.config.label or f"an encoder of {dim}-wide embeddings"
-            raise InvalidArgument(f"clip-vision: {self.model.name} takes {self.model.adapter.image_dim}-wide image "
+            raise InvalidArgument(f"clip_vision: {self.model.name} takes {self.model.adapter.image_dim}-wide image "
                                   f"embeddings, {have} gives {dim} (ViT-H/14: 1024, ViT-bigG/14: 1280)")
 
     @torch.no_grad()

@@ -35,7 +35,8 @@ def check(args: argparse.Namespace) -> None:
     if args.ip_adapter_image is None:
         raise InvalidArgument("ip-adapter-image: --ip-adapter needs an image prompt (--ip-adapter-image IMAGE)")
     if args.clip_vision is None:
-        raise InvalidArgument(f"clip-vision: --ip-adapter needs its CLIP image encoder (--clip-vision FILE; {ENCODERS})")
+        raise InvalidArgument(f"clip-vision: --ip-adapter needs its CLIP image encoder (--clip-vision FILE; "
+                              f"{ENCODERS})")
 
 
 def spec_from_args(args: argparse.Namespace, pipe, folders):

@@ -25,7 +25,7 @@ from ..atomic import atomic_write
 from ..errors import InvalidArgument
 from ..library.hashes import default_cache, default_cache_dir
 from ..library.models_dir import BUILTIN_DIR, LAYOUT, ModelFolders
-from .wire import model_name
+from .wire import model_name, unit_kind
 
 CHUNK = 4 << 20       # bytes per fetch
 AHEAD = 2             # fetches in flight
@@ -101,7 +101,10 @@ def a1111_files(state, payload: dict) -> list[tuple[str, Path]]:
         files.append(("vae", Path(payload["vae_path"])))
     if payload.get("refiner"):
         files.append(("checkpoints", Path(payload["refiner"]["path"])))
-    files += [("controlnet", Path(u["path"])) for u in payload.get("controlnet") or []]
+    for u in payload.get("controlnet") or []:
+        files.append((unit_kind(folders, u), Path(u["path"])))
+        if u.get("encoder"):  # an IP-Adapter unit's CLIP image encoder
+            files.append(("clip_vision", Path(u["encoder"])))
     hires = payload["kwargs"].get("hires") or {}
     texts = (payload.get("prompt"), payload.get("negative_prompt"), hires.get("prompt"), hires.get("negative_prompt"))
     for tag in (t for text in texts if text for t in prompt_lora_tags(text)):

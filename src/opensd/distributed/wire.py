@@ -48,9 +48,7 @@ def to_wire(folders: ModelFolders, wildcards: Wildcards, payload: dict) -> dict:
     wildcard lines it needs, no output folder."""
     wire = {k: v for k, v in payload.items() if k not in ("model_path", "vae_path", "output")}
     wire["model"], wire["vae"], _ = models_of(folders, payload)
-    wire["controlnet"] = [{k: v for k, v in u.items() if k != "path"}
-                          | {"model": model_name(folders, "controlnet", u["path"])}
-                          for u in payload.get("controlnet") or []]
+    wire["controlnet"] = [_unit_to_wire(folders, u) for u in payload.get("controlnet") or []]
     if payload.get("refiner"):
         wire["refiner"] = {k: v for k, v in payload["refiner"].items() if k != "path"} \
             | {"model": model_name(folders, "checkpoints", payload["refiner"]["path"])}
@@ -69,9 +67,7 @@ def from_wire(folders: ModelFolders, wire: dict) -> tuple[dict, Wildcards]:
     payload = {k: v for k, v in wire.items() if k not in ("model", "vae", "wildcards")}
     payload["model_path"] = str(folders.resolve("checkpoints", wire["model"]))
     payload["vae_path"] = str(folders.resolve("vae", wire["vae"])) if wire.get("vae") else None
-    payload["controlnet"] = [{k: v for k, v in u.items() if k != "model"}
-                             | {"path": str(folders.resolve("controlnet", u["model"]))}
-                             for u in wire.get("controlnet") or []]
+    payload["controlnet"] = [_unit_from_wire(folders, u) for u in wire.get("controlnet") or []]
     if wire.get("refiner"):
         payload["refiner"] = {k: v for k, v in wire["refiner"].items() if k != "model"} \
             | {"path": str(folders.resolve("checkpoints", wire["refiner"]["model"]))}
@@ -101,3 +97,29 @@ class Shipped(Wildcards):
         if name not in self.lines:  # the front door checked every wildcard the prompts use
             raise InvalidArgument(f"{where}: wildcard __{name}__ was not sent to this worker")
         return self.lines[name]
+
+
+def unit_kind(folders: ModelFolders, unit: dict) -> str:
+    """The folder kind a planned ControlNet-extension unit's model is in: an IP-Adapter unit's adapter
+    may be in ipadapter/ (ComfyUI) or ControlNet/ (A1111's extension)."""
+    if unit.get("kind") != "ip_adapter":
+        return "controlnet"
+    path = Path(unit["path"]).resolve()
+    return "ipadapter" if any(path.is_relative_to(f) for f in folders.folders("ipadapter")) else "controlnet"
+
+
+def _unit_to_wire(folders: ModelFolders, unit: dict) -> dict:
+    kind = unit_kind(folders, unit)
+    wire = {k: v for k, v in unit.items() if k not in ("path", "encoder")}
+    wire["model"] = model_name(folders, kind, unit["path"])
+    if unit.get("kind") == "ip_adapter":  # and its CLIP image encoder
+        wire |= {"model_kind": kind, "encoder": model_name(folders, "clip_vision", unit["encoder"])}
+    return wire
+
+
+def _unit_from_wire(folders: ModelFolders, wire: dict) -> dict:
+    unit = {k: v for k, v in wire.items() if k not in ("model", "model_kind", "encoder")}
+    unit["path"] = str(folders.resolve(wire.get("model_kind", "controlnet"), wire["model"]))
+    if wire.get("kind") == "ip_adapter":
+        unit["encoder"] = str(folders.resolve("clip_vision", wire["encoder"]))
+    return unit

@@ -101,7 +101,8 @@ def patched(unet: nn.Module, adapter: IPAdapter, cond: torch.Tensor, uncond: tor
             return out + scale * F.linear(image, attn.to_out[0].weight)
         return hook
 
-    handles = [attn.register_forward_hook(hook_for(k, ip)) for k, (attn, ip) in enumerate(zip(layers, adapter.layers()))]
+    handles = [attn.register_forward_hook(hook_for(k, ip))
+               for k, (attn, ip) in enumerate(zip(layers, adapter.layers()))]
     try:
         yield
     finally:

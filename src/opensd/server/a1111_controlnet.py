@@ -10,6 +10,8 @@ A unit (webuiapi's ``ControlNetUnit.to_dict()`` shape): ``image`` (base64, or ``
 Resize / Inner Fit, 2 Resize and Fill / Outer Fit), ``processor_res``, ``threshold_a``/``_b``
 (canny low/high, binary threshold), ``pixel_perfect``, ``enabled``, ``guessmode``.
 
+IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter.
+
 Accepted but not acted on (listed in info["unsupported_fields"]): ``mask``, ``hr_option`` other
 than "Both", and modules we only approximate (learned lineart/pidinet detectors -> our simple
 ones; depth/openpose/normal/seg estimators -> the image is used as the map as it is)."""
@@ -22,7 +24,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import InvalidArgument, OpenSDError
-from . import images_io
+from . import a1111_ip_adapter, images_io
 
 _HASH = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]\s*$")
 RESIZE = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
@@ -130,6 +132,9 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
             continue
         if not isinstance(model, str):
             raise InvalidArgument(f"{field}.model: expected a ControlNet name, got {model!r}")
+        if a1111_ip_adapter.is_unit(unit):
+            out.append(a1111_ip_adapter.parse_unit(unit, i, field, folders, max_pixels))
+            continue
         try:
             path = folders.resolve("controlnet", _HASH.sub("", model))
         except InvalidArgument as e:
@@ -156,6 +161,7 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
             "threshold_a": _number(unit, "threshold_a", field, -1, -1, 1024),
             "threshold_b": _number(unit, "threshold_b", field, -1, -1, 1024),
         })
+    a1111_ip_adapter.check_count(out)
     return out
 
 
@@ -195,6 +201,8 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
     raw = _units(req)
     specs = []
     for u in units:
+        if u.get("kind") == "ip_adapter":  # a1111_ip_adapter.build makes its spec
+            continue
         field = f"alwayson_scripts.controlnet.args[{u['index']}]"
         b64 = _image_field(raw[u["index"]])
         image = images_io.decode_b64(b64, f"{field}.image", max_pixels) if b64 is not None else init
@@ -221,6 +229,9 @@ def unsupported(req) -> list[tuple[str, str]]:
         if not isinstance(unit, dict):
             continue
         field = f"alwayson_scripts.controlnet.args[{i}]"
+        if a1111_ip_adapter.is_unit(unit):
+            found += a1111_ip_adapter.unsupported(unit, field)
+            continue
         image = unit.get("image")
         if unit.get("mask") or (isinstance(image, dict) and image.get("mask")):
             found.append((f"{field}.mask", "unit masks are not implemented; the hint covers the whole image"))

@@ -20,7 +20,7 @@ from ..upscale import Upscalers, latent_mode
 from ..upscale import label as upscaler_label
 from ..upscale.names import model_name
 from ..scripts.spec import Generated, Made
-from . import a1111_apply, a1111_controlnet, a1111_refiner, a1111_scripts, a1111_unsupported
+from . import a1111_apply, a1111_controlnet, a1111_ip_adapter, a1111_refiner, a1111_scripts, a1111_unsupported
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest
 from .images_io import decode_b64
 from .jobs import Control, Stopped
@@ -185,6 +185,9 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
                                                state.settings.max_image_pixels, kw["width"], kw["height"])
     if controls:
         kw["controls"] = controls
+    image_prompt = a1111_ip_adapter.build(p.get("controlnet") or [], req, pipe, state.settings.max_image_pixels)
+    if image_prompt is not None:
+        kw["ip_adapter"] = image_prompt
     seed = req.seed if req.seed != -1 else random.randint(0, L.MAX_SEED - 10_000)
     subseed = req.subseed if req.subseed != -1 else random.randint(0, L.MAX_SEED - 10_000)
     per, varied = kw["batch_size"], bool(kw.get("subseed_strength"))

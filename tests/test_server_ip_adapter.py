@@ -1,0 +1,121 @@
+"""IP-Adapter units through the A1111 API (alwayson_scripts.controlnet, as sd-webui-controlnet takes
+them): equal to the Python pipeline with the same adapter, encoder and scale; weight 0 equals no
+unit; bad units are one-line 422s."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from safetensors.torch import save_file
+from server_live import LiveServer, models_dir
+from test_server_controlnet import arr, b64png, scene
+from vision_fixtures import clip_vision, save_vision
+
+from reference import randomize_
+from opensd.adapters.ip_adapter import IPAdapterSpec, load_ip_adapter_for
+from opensd.checkpoints.clip_vision_files import load_clip_vision
+from opensd.library.synthetic import TINY
+from opensd.models.ip_adapter import IPAdapter, cross_attentions
+from opensd.models.unet import UNetModel
+from opensd.server import a1111_run
+from opensd.server.a1111_models import Txt2ImgRequest
+from opensd.server.settings import Settings
+from opensd.server.images_io import decode_b64
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve_ip")
+    models = models_dir(root)
+    unet = UNetModel(TINY.unet)
+    inners = [a.to_k.out_features for a in cross_attentions(unet)]
+    adapter = randomize_(IPAdapter(24, TINY.unet.context_dim, inners), seed=4, std=0.3)
+    (models / "ControlNet").mkdir()
+    save_file({k: v.contiguous() for k, v in adapter.state_dict().items()},
+              str(models / "ControlNet" / "ip-adapter_tiny.safetensors"))
+    (models / "ControlNet" / "ip-adapter_sd15.bin").write_bytes(b"\x80\x02}q\x00.")
+    save_vision(clip_vision(), models / "clip_vision" / "tiny_vit.safetensors")
+    with LiveServer(Settings(models_dir=models, outputs_dir=root / "outputs")) as server:
+        yield server
+
+
+def _post(live, units):
+    body = {"prompt": "a box", "width": 64, "height": 64, "seed": 11, "cfg_scale": 5, "steps": 3,
+            "sampler_name": "Euler", "override_settings": {"sd_model_checkpoint": "tiny"},
+            "alwayson_scripts": {"controlnet": {"args": units}}}
+    return requests.post(live.url + "/sdapi/v1/txt2img", json=body, timeout=600)
+
+
+def _unit(**kw):
+    return {"image": b64png(scene()), "module": "ip-adapter-auto", "model": "ip-adapter_tiny [0123abcd]",
+            "weight": 0.9, **kw}
+
+
+def test_unit_equals_the_python_pipeline_and_weight_zero_equals_none(live):
+    r = _post(live, [_unit()])
+    assert r.status_code == 200, r.text
+    got = arr(decode_b64(r.json()["images"][0], "image", 10**7))
+    plain = arr(decode_b64(_post(live, []).json()["images"][0], "image", 10**7))
+    zero = arr(decode_b64(_post(live, [_unit(weight=0)]).json()["images"][0], "image", 10**7))
+    assert np.array_equal(zero, plain) and not np.array_equal(got, plain)
+    path = live.state.cache.resolve("tiny")
+    pipe = live.state.cache.get(path)
+    req = Txt2ImgRequest(prompt="a box", width=64, height=64, seed=11, cfg_scale=5, steps=3, sampler_name="Euler")
+    kw, _ = a1111_run.plan(req, False, 20_000, live.state.options.view())
+    models = live.state.folders.root
+    spec = IPAdapterSpec(load_ip_adapter_for(models / "ControlNet" / "ip-adapter_tiny.safetensors", pipe),
+                         load_clip_vision(models / "clip_vision" / "tiny_vit.safetensors"), scene(), 0.9)
+    direct = pipe.txt2img("a box", "", seed=11, ip_adapter=spec, **kw)[0]
+    assert np.array_equal(arr(direct), got)
+
+
+@pytest.mark.parametrize("unit, words", [
+    (_unit(module="ip-adapter_clip_sdxl"), "ViT-bigG"),           # the tiny adapter takes 24-wide embeddings
+    (_unit(module="ip-adapter_face_id_plus"), "not supported"),
+    (_unit(model="ip-adapter_sd15"), "use the .safetensors"),
+    (_unit(model="ip-adapter_nothere"), "model"),
+    (_unit(image=None), "image prompt"),
+    (_unit(weight=3), "weight"),
+])
+def test_bad_units_are_one_line_422s(live, unit, words):
+    r = _post(live, [unit])
+    assert r.status_code == 422, r.text
+    assert words in r.text and "\\n" not in r.text, r.text
+
+
+def test_two_ip_adapter_units_are_refused(live):
+    r = _post(live, [_unit(), _unit()])
+    assert r.status_code == 422 and "one IP-Adapter unit" in r.text, r.text
+
+
+def test_a_guidance_window_is_reported_as_not_acted_on(live):
+    import json
+    r = _post(live, [_unit(guidance_end=0.5)])
+    assert r.status_code == 200, r.text
+    fields = json.dumps(json.loads(r.json()["info"])["unsupported_fields"])
+    assert "args[0].guidance_start" in fields
+
+
+def test_ray_workers_get_the_unit_by_names_and_are_shipped_both_files(tmp_path):
+    from opensd.distributed import wire
+    from opensd.library.models_dir import ModelFolders
+    from opensd.text.wildcards import Wildcards
+
+    unit = {"index": 0, "kind": "ip_adapter", "weight": 0.5, "start": 0.0, "end": 1.0}
+    for folder in ("ipadapter", "ControlNet"):
+        models = models_dir(tmp_path / folder)
+        for sub, name in ((folder, "ip-adapter_tiny.safetensors"), ("clip_vision", "vit.safetensors")):
+            (models / sub).mkdir(exist_ok=True)
+            (models / sub / name).write_bytes(b"x")
+        here = {**unit, "path": str(models / folder / "ip-adapter_tiny.safetensors"),
+                "encoder": str(models / "clip_vision" / "vit.safetensors")}
+        payload = {"mode": "txt2img", "request": {}, "kwargs": {}, "prompt": "x", "negative_prompt": "",
+                   "model_path": str(models / "Stable-diffusion" / "tiny.safetensors"), "vae_path": None,
+                   "controlnet": [here]}
+        sent = wire.to_wire(ModelFolders(models), Wildcards(None), payload)
+        assert str(tmp_path) not in repr(sent["controlnet"])
+        back, _ = wire.from_wire(ModelFolders(models), sent)
+        assert back["controlnet"] == [{k: str(Path(v).resolve()) if k in ("path", "encoder") else v
+                                       for k, v in here.items()}]
