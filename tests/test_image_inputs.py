@@ -410,3 +410,13 @@ def test_comfy_upload_mask_refuses_in_one_line(client, mask, ref, words):
         assert r.status_code == 200, r.text
         return
     assert 400 <= r.status_code < 500 and words in r.text and "\n" not in r.text, r.text
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp"])
+def test_png_info_reads_parameters_of_png_jpeg_and_webp(client, tmp_path, suffix):
+    from opensd.pipeline.infotext import save_image
+    text = "a cat\nNegative prompt: dog\nSteps: 3, Sampler: Euler, Seed: 7, Size: 16x8"
+    path = save_image(gradient(), tmp_path / f"x{suffix}", text)
+    r = client.post("/sdapi/v1/png-info", json={"image": b64(path.read_bytes())})
+    assert r.status_code == 200 and r.json()["info"] == text, r.text
+    assert r.json()["parameters"]["Seed"] in (7, "7")

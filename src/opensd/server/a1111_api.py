@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from ..adapters.lora import prompt_lora_tags
 from ..errors import InvalidArgument, OpenSDError
 from ..library.model_metadata import api_metadata, file_metadata
 from ..library.models_dir import WEIGHT_SUFFIXES
-from ..pipeline.infotext import parse_infotext
+from ..pipeline.infotext import parse_infotext, read_infotext
 from ..sampling import names as N
 from ..text.dynamic_prompts import check_template
 from ..text.styles import apply_styles
@@ -283,9 +284,11 @@ def router(state) -> APIRouter:
     def png_info(req: PngInfoRequest):
         if not req.image.strip():
             return {"info": "", "items": {}, "parameters": {}}
-        image = images_io.decode_b64(req.image, "image", s.max_image_pixels)
+        data = images_io.b64_bytes(req.image, "image")
+        image = images_io.decode_bytes(data, "image", s.max_image_pixels)
         items = {k: v for k, v in image.info.items() if isinstance(v, str)}
-        text = items.pop("parameters", "")
+        # a JPEG's or WebP's parameters are its EXIF UserComment, as A1111's read_info_from_image reads them
+        text = items.pop("parameters", "") or read_infotext(io.BytesIO(data)) or ""
         params = {}
         if text:
             prompt, negative, parsed = parse_infotext(text)
