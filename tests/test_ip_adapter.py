@@ -154,3 +154,27 @@ def test_files_made_for_another_unet_and_other_variants_are_refused(pipe, tmp_pa
         with pytest.raises(CheckpointError) as e:
             load_ip_adapter_for(path, pipe)
         assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_the_openvino_backend_is_refused_in_one_line(pipe, ip_file, encoder):
+    from opensd.pipeline.openvino_unet import OpenVINOUNet
+
+    unet = pipe.family.network(pipe.model)
+    unet._compiled_call_impl = OpenVINOUNet.__new__(OpenVINOUNet)  # what use_openvino sets
+    try:
+        with pytest.raises(InvalidArgument, match="openvino"):
+            pipe.txt2img("a cat", ip_adapter=IPAdapterSpec(load_ip_adapter_for(ip_file, pipe), encoder, _picture()),
+                         **FAST)
+    finally:
+        unet._compiled_call_impl = None
+
+
+def test_released_unets_have_the_layer_counts_of_the_released_files():
+    """ip-adapter_sd15 holds 16 layer pairs (1..31) of inner width 320/640/1280, the SDXL files 70 (1..139)."""
+    from opensd.models import config as C
+
+    for cfg, count, widths in ((C.SD1_UNET, 16, {320, 640, 1280}), (C.SDXL_UNET, 70, {640, 1280})):
+        with torch.device("meta"):
+            layers = cross_attentions(UNetModel(cfg))
+        assert len(layers) == count and {a.to_k.out_features for a in layers} == widths
+        assert {a.to_k.in_features for a in layers} == {cfg.context_dim}

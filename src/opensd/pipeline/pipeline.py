@@ -596,7 +596,11 @@ def _ip_adapter(spec, pipe):
     if spec is None:
         return None
     from ..adapters.ip_adapter import validated
+    from .openvino_unet import OpenVINOUNet
     pipe.family.require("ip_adapter", "ip_adapter")
+    if isinstance(getattr(pipe.family.network(pipe.model), "_compiled_call_impl", None), OpenVINOUNet):
+        raise InvalidArgument("ip_adapter: an IP-Adapter patches the UNet's PyTorch attention layers, which the "
+                              "openvino backend does not run; use the default backend")
     return validated(spec)
 
 
