@@ -60,20 +60,21 @@ def test_controlnet_residuals_and_bad_settings():
         DeepCache(unet, interval=0)
 
 
-def test_cli_deep_cache(tmp_path):
-    import subprocess
-    import sys
-
+def test_cli_deep_cache(tmp_path, capsys):
+    # in this process: `python -m opensd.cli`'s own exit statuses are tested elsewhere (test_cli_errors),
+    # and a new process costs a torch import (seconds on a busy 2-core machine) for each run
+    from opensd.cli import main
     from opensd.library.synthetic import write_random_checkpoint
 
     ckpt = write_random_checkpoint(tmp_path / "tiny.safetensors")
 
     def run(*extra):
-        return subprocess.run([sys.executable, "-m", "opensd.cli", "generate", "x", "--model", str(ckpt), "--steps",
-                               "4", "-o", str(tmp_path / "a.png"), *extra], capture_output=True, text=True, timeout=300)
+        code = main(["generate", "x", "--model", str(ckpt), "--steps", "4", "-o", str(tmp_path / "a.png"), *extra])
+        return code, capsys.readouterr().err
 
-    assert run("--deep-cache", "3").returncode == 0
-    r = run("--deep-cache", "1")
-    assert r.returncode == 2 and r.stderr.strip() == "opensd: error: deep-cache: 1 must be 2 or more"
-    r = run("--deep-cache", "3", "--compile")
-    assert r.returncode == 2 and "deep-cache: cannot be combined with --compile" in r.stderr
+    code, err = run("--deep-cache", "3")
+    assert code == 0 and (tmp_path / "a.png").is_file(), err
+    code, err = run("--deep-cache", "1")
+    assert code == 2 and err.strip() == "opensd: error: deep-cache: 1 must be 2 or more"
+    code, err = run("--deep-cache", "3", "--compile")
+    assert code == 2 and "deep-cache: cannot be combined with --compile" in err

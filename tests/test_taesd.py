@@ -136,26 +136,27 @@ def test_pipeline_decodes_and_previews_with_the_tiny_decoder(pipe_and_tiny):
         pipe.vae_decoder, pipe.tiny_vae = "full", None
 
 
-def test_cli_vae_decoder_taesd(pipe_and_tiny, tmp_path):
-    import subprocess
-    import sys
+def test_cli_vae_decoder_taesd(pipe_and_tiny, tmp_path, capsys):
+    # in this process: a new one per run costs a torch import (seconds on a busy 2-core machine);
+    # the next test runs the command as its own process
+    from opensd.cli import main
 
     _, _, decoder = pipe_and_tiny
     ckpt = write_random_checkpoint(tmp_path / "tiny.safetensors")
 
     def run(*extra):
-        return subprocess.run([sys.executable, "-m", "opensd.cli", "generate", "x", "--model", str(ckpt), "--steps",
-                               "1", "--seed", "2", "-o", str(tmp_path / "o.png"), *extra],
-                              capture_output=True, text=True, timeout=300)
+        code = main(["generate", "x", "--model", str(ckpt), "--steps", "1", "--seed", "2", "-o",
+                     str(tmp_path / "o.png"), *extra])
+        return code, capsys.readouterr().err
 
-    r = run("--vae-decoder", "taesd")
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+    code, err = run("--vae-decoder", "taesd")
+    assert code == 2 and err.strip().splitlines() == [
         "opensd: error: taesd: --vae-decoder taesd needs --taesd FILE_OR_FOLDER "
-        "(taesd_decoder.safetensors / taesdxl_decoder.safetensors, or their folder)"], r.stderr
-    r = run("--vae-decoder", "taesd", "--taesd", str(tmp_path))  # a folder: the model's family has none
-    assert r.returncode == 2 and "no tiny autoencoder is published for this model's latent space" in r.stderr
-    r = run("--vae-decoder", "taesd", "--taesd", str(decoder))
-    assert r.returncode == 0, r.stderr
+        "(taesd_decoder.safetensors / taesdxl_decoder.safetensors, or their folder)"], err
+    code, err = run("--vae-decoder", "taesd", "--taesd", str(tmp_path))  # a folder: the model's family has none
+    assert code == 2 and "no tiny autoencoder is published for this model's latent space" in err
+    code, err = run("--vae-decoder", "taesd", "--taesd", str(decoder))
+    assert code == 0 and (tmp_path / "o.png").is_file(), err
 
 
 def test_server_model_cache_gives_previews_from_a_vae_approx_folder(tmp_path):
@@ -219,7 +220,7 @@ def test_pipeline_encodes_with_the_tiny_encoder_and_records_it(tmp_path):
     assert "VAE Encoder" not in image_infotext(pipe, pipe.txt2img("x", steps=1, seed=1)[0])
 
 
-def test_cli_records_taesd_and_deep_cache_and_from_reuses_them(tmp_path):
+def test_cli_records_taesd_and_deep_cache_and_from_reuses_them(tmp_path, capsys):
     import subprocess
     import sys
 
@@ -243,10 +244,13 @@ def test_cli_records_taesd_and_deep_cache_and_from_reuses_them(tmp_path):
     assert r.returncode == 0 and "differs" not in r.stderr, r.stderr
     assert read_infotext(again) == read_infotext(first)
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
-    r = run(tmp_path / "c.png", "--from", str(first))
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+    # the mistake in this process (the runs above were processes of their own: a new one costs a torch import)
+    from opensd.cli import main
+    assert main(["generate", "-m", str(ckpt), "-o", str(tmp_path / "c.png"), "--from", str(first)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
         "opensd: error: taesd: --vae-decoder taesd needs --taesd FILE_OR_FOLDER "
-        "(taesd_decoder.safetensors / taesdxl_decoder.safetensors, or their folder)"], r.stderr
+        "(taesd_decoder.safetensors / taesdxl_decoder.safetensors, or their folder)"], err
 
 
 def test_a1111_vae_methods_use_the_tiny_autoencoder_of_the_models_folder(tmp_path, monkeypatch):

@@ -115,20 +115,19 @@ def test_img2img_encodes_in_tiles_when_asked(pipe, monkeypatch):
     assert (tiles - plain).abs().mean() < 0.2 * plain.abs().mean()  # tiny tiles, random-noise image
 
 
-def test_cli_vae_tiling_flag(tmp_path):
-    import subprocess
-    import sys
-
+def test_cli_vae_tiling_flag(tmp_path, capsys):
+    # in this process: a new one per run costs a torch import (seconds on a busy 2-core machine)
     from PIL import Image
+
+    from opensd.cli import main
 
     ckpt = write_random_checkpoint(tmp_path / "tiny.safetensors")
 
     def run(*extra):
         out = tmp_path / f"o{len(extra)}.png"
-        r = subprocess.run([sys.executable, "-m", "opensd.cli", "generate", "x", "--model", str(ckpt), "--steps", "1",
-                            "--seed", "2", "--width", "576", "--height", "64", "-o", str(out), *extra],
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
+        code = main(["generate", "x", "--model", str(ckpt), "--steps", "1", "--seed", "2", "--width", "576",
+                     "--height", "64", "-o", str(out), *extra])
+        assert code == 0, capsys.readouterr().err
         return np.asarray(Image.open(out)).astype(int)
 
     plain, tiles = run(), run("--vae-tiling")  # 72 latent pixels wide: two 64-pixel tiles
