@@ -420,3 +420,36 @@ def test_png_info_reads_parameters_of_png_jpeg_and_webp(client, tmp_path, suffix
     r = client.post("/sdapi/v1/png-info", json={"image": b64(path.read_bytes())})
     assert r.status_code == 200 and r.json()["info"] == text, r.text
     assert r.json()["parameters"]["Seed"] in (7, "7")
+
+
+def _run_graph(client, name: str) -> list[dict]:
+    """LoadImage(name) -> SaveImage through POST /prompt; the run's websocket messages."""
+    import json
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": name}},
+             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "in"}}}
+    with client.websocket_connect("ws://127.0.0.1:7860/ws?clientId=imgs") as ws:
+        ws.receive_json()
+        r = client.post("/prompt", json={"prompt": graph, "client_id": "imgs"})
+        assert r.status_code == 200, r.text
+        pid, messages = r.json()["prompt_id"], []
+        while True:
+            m = ws.receive()
+            if m.get("text"):
+                messages.append(json.loads(m["text"]))
+                done = messages[-1]
+                if done["type"] == "executing" and done["data"]["node"] is None and done["data"]["prompt_id"] == pid:
+                    return messages
+
+
+def test_comfy_graph_loads_an_uploaded_exif_photo_upright_and_a_broken_file_fails_in_one_message(client):
+    client.post("/upload/image", files={"image": ("photo.jpg", INPUTS["EXIF orientation 6"], "image/jpeg")},
+                data={"overwrite": "true"})
+    saved = [m["data"]["output"]["images"][0] for m in _run_graph(client, "photo.jpg") if m["type"] == "executed"]
+    out = Image.open(io.BytesIO(client.get("/view", params=saved[0]).content))
+    assert out.size == (8, 16)  # upright, as ComfyUI's exif_transpose makes it
+    # a broken file put in the input folder by hand (uploads refuse it): the run fails in one message
+    folder = client.app.state.opensd.settings.data_dir / "inputs"
+    (folder / "broken.png").write_bytes(PNG[:-40])
+    errors = [m["data"] for m in _run_graph(client, "broken.png") if m["type"] == "execution_error"]
+    assert errors and "truncated" in errors[0]["exception_message"] and errors[0]["node_id"] == "1", errors
+    assert client.post("/upload/image", files={"image": ("ok.png", PNG, "image/png")}).status_code == 200
