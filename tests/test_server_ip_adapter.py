@@ -3,6 +3,7 @@ them): equal to the Python pipeline with the same adapter, encoder and scale; we
 unit; bad units are one-line 422s."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,15 @@ def test_ray_workers_get_the_unit_by_names_and_are_shipped_both_files(tmp_path):
         back, _ = wire.from_wire(ModelFolders(models), sent)
         assert back["controlnet"] == [{k: str(Path(v).resolve()) if k in ("path", "encoder") else v
                                        for k, v in here.items()}]
+
+
+def test_the_extension_lists_the_adapter_and_its_modules(live):
+    root = live.state.folders.root
+    (root / "ipadapter").mkdir(exist_ok=True)
+    shutil.copy(root / "ControlNet" / "ip-adapter_tiny.safetensors",
+                root / "ipadapter" / "ip-adapter_other.safetensors")
+    models = requests.get(f"{live.url}/controlnet/model_list", timeout=60).json()["model_list"]
+    assert any(m.startswith("ip-adapter_tiny [") for m in models)
+    assert any(m.startswith("ip-adapter_other [") for m in models)
+    modules = requests.get(f"{live.url}/controlnet/module_list", timeout=10).json()["module_list"]
+    assert {"ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter-auto"} <= set(modules)

@@ -62,7 +62,8 @@ def _module(name, field: str) -> tuple[str, bool]:
 
 
 def module_list() -> list[str]:
-    return list(MODULES) + ["depth", "depth_midas", "openpose", "openpose_full", "normal_bae", "seg_ofade20k"]
+    return list(MODULES) + ["depth", "depth_midas", "openpose", "openpose_full", "normal_bae", "seg_ofade20k"] \
+        + list(a1111_ip_adapter.MODULES)
 
 
 def _number(unit: dict, key: str, field: str, default, low, high):
@@ -268,8 +269,8 @@ def router(state) -> APIRouter:
 
     @api.get("/model_list")
     def model_list(update: bool = True):
-        names = []
-        for m in state.folders.list("controlnet"):
+        names = []  # IP-Adapters of ipadapter/ too: units name them as model
+        for m in state.folders.list("controlnet") + state.folders.list("ipadapter"):
             stem = m.name.rsplit(".", 1)[0] if m.path.is_file() else m.name
             full = state.cache.sha256(m.path, compute=True) if m.path.is_file() else None
             names.append(f"{stem} [{full[:8]}]" if full else stem)
