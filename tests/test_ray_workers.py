@@ -410,12 +410,15 @@ def test_a_frozen_worker_is_given_up_and_its_late_result_discarded(served):
     before = set(out.rglob("*.png"))
     jid = queued(served, {**BODY, "steps": 300, "seed": 60})
     worker = running_on(served, jid)
-    worker.answer_s = 3.0  # the others keep their patience: the machine is busy
+    # the others keep their patience (the machine is busy), and so does this one after this test: the
+    # later tests of this module share the workers, and 3 s lost it again there under load
+    patience, worker.answer_s = worker.answer_s, 3.0
     pid, lost = worker.info["pid"], worker.stats.lost
     os.kill(pid, signal.SIGSTOP)
     try:
         job = job_done(served, jid)
     finally:
+        worker.answer_s = patience
         try:
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:  # Ray killed it, as it should
