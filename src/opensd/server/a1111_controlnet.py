@@ -18,15 +18,14 @@ ones; depth/openpose/normal/seg estimators -> the image is used as the map as it
 from __future__ import annotations
 
 import math
-import re
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import InvalidArgument, OpenSDError
 from . import a1111_ip_adapter, images_io
+from .a1111_units import HASH_SUFFIX, image_field, number, unit_list
 
-_HASH = re.compile(r"\s*\[[0-9a-fA-F]{6,64}\]\s*$")
 RESIZE = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
 _RESIZE_NAMES = {"just resize": 0, "crop and resize": 1, "inner fit": 1, "resize and fill": 2, "outer fit": 2,
                  "envelope": 2}
@@ -66,16 +65,6 @@ def module_list() -> list[str]:
         + list(a1111_ip_adapter.MODULES)
 
 
-def _number(unit: dict, key: str, field: str, default, low, high):
-    value = unit.get(key, default)
-    if value is None:
-        value = default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
-        raise InvalidArgument(f"{field}.{key}: {value!r} must be a number in {low:g}..{high:g}")
-    return float(value)
-
-
 def _resize(value, field: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value in RESIZE:
         return RESIZE[value]
@@ -100,29 +89,11 @@ def _control_mode(unit: dict, field: str) -> int:
                           "important or ControlNet is more important")
 
 
-def _units(req) -> list:
-    scripts = req.alwayson_scripts or {}
-    cn = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None)
-    if cn is None:
-        return []
-    args = cn.get("args", []) if isinstance(cn, dict) else cn
-    if not isinstance(args, list):
-        raise InvalidArgument("alwayson_scripts.controlnet.args: expected a list of ControlNet units")
-    return args
-
-
-def _image_field(unit: dict):
-    image = unit.get("image", unit.get("input_image"))
-    if isinstance(image, dict):
-        image = image.get("image")
-    return image or None
-
-
 def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
     """Check every unit (422 naming the field) and return the enabled ones as plain JSON: the
     job's stored plan. Images are decoded here to be checked, and again in the worker."""
     out = []
-    for i, unit in enumerate(_units(req)):
+    for i, unit in enumerate(unit_list(req)):
         field = f"alwayson_scripts.controlnet.args[{i}]"
         if not isinstance(unit, dict):
             raise InvalidArgument(f"{field}: expected a ControlNet unit object")
@@ -137,17 +108,17 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
             out.append(a1111_ip_adapter.parse_unit(unit, i, field, folders, max_pixels))
             continue
         try:
-            path = folders.resolve("controlnet", _HASH.sub("", model))
+            path = folders.resolve("controlnet", HASH_SUFFIX.sub("", model))
         except InvalidArgument as e:
             raise InvalidArgument(f"{field}.model: {str(e).split(': ', 1)[-1]}") from None
         pre, exact = _module(unit.get("module"), f"{field}.module")
-        image = _image_field(unit)
+        image = image_field(unit)
         if image is None and not img2img:
             raise InvalidArgument(f"{field}.image: a control image is required for txt2img")
         if image is not None:
             images_io.decode_b64(image, f"{field}.image", max_pixels)
-        start = _number(unit, "guidance_start", field, 0.0, 0.0, 1.0)
-        end = _number(unit, "guidance_end", field, 1.0, 0.0, 1.0)
+        start = number(unit, "guidance_start", field, 0.0, 0.0, 1.0)
+        end = number(unit, "guidance_end", field, 1.0, 0.0, 1.0)
         if start > end:
             raise InvalidArgument(f"{field}.guidance_start: {start} is after guidance_end {end}")
         res = unit.get("processor_res", 512)
@@ -156,11 +127,11 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
             raise InvalidArgument(f"{field}.processor_res: {res!r} must be -1 or 64..2048")
         out.append({
             "index": i, "path": str(path), "module": pre, "exact": exact,
-            "weight": _number(unit, "weight", field, 1.0, 0.0, 2.0), "start": start, "end": end,
+            "weight": number(unit, "weight", field, 1.0, 0.0, 2.0), "start": start, "end": end,
             "control_mode": _control_mode(unit, field), "resize_mode": _resize(unit.get("resize_mode", 0), field),
             "processor_res": int(res), "pixel_perfect": bool(unit.get("pixel_perfect", False)),
-            "threshold_a": _number(unit, "threshold_a", field, -1, -1, 1024),
-            "threshold_b": _number(unit, "threshold_b", field, -1, -1, 1024),
+            "threshold_a": number(unit, "threshold_a", field, -1, -1, 1024),
+            "threshold_b": number(unit, "threshold_b", field, -1, -1, 1024),
         })
     a1111_ip_adapter.check_count(out)
     return out
@@ -199,13 +170,13 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
     """ControlSpecs for the planned units (on the worker, with the loaded pipeline)."""
     from ..adapters.controlnet import ControlSpec, cached_controlnet
 
-    raw = _units(req)
+    raw = unit_list(req)
     specs = []
     for u in units:
         if u.get("kind") == "ip_adapter":  # a1111_ip_adapter.build makes its spec
             continue
         field = f"alwayson_scripts.controlnet.args[{u['index']}]"
-        b64 = _image_field(raw[u["index"]])
+        b64 = image_field(raw[u["index"]])
         image = images_io.decode_b64(b64, f"{field}.image", max_pixels) if b64 is not None else init
         res = _pixel_perfect_res(image, width, height, u["resize_mode"]) if u["pixel_perfect"] else u["processor_res"]
         try:
@@ -223,7 +194,7 @@ def unsupported(req) -> list[tuple[str, str]]:
     """(field, what happens instead) for unit fields accepted but not acted on (or only approximated)."""
     found: list[tuple[str, str]] = []
     try:
-        units = _units(req)
+        units = unit_list(req)
     except InvalidArgument:
         return found
     for i, unit in enumerate(units):

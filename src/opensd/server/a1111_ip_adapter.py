@@ -17,6 +17,7 @@ from ..checkpoints.files import read_safetensors_header
 from ..checkpoints.ip_adapter_files import variant
 from ..errors import CheckpointError, InvalidArgument, OpenSDError
 from . import images_io
+from .a1111_units import HASH_SUFFIX, image_field, number, unit_list
 
 # module -> the projection width of the CLIP image encoder it runs (None: the adapter's)
 MODULES = {"ip-adapter_clip_sd15": 1024, "ip-adapter_clip_h": 1024, "ip-adapter_clip_sdxl_plus_vith": 1024,
@@ -83,22 +84,20 @@ def parse_unit(unit: dict, index: int, field: str, folders, max_pixels: int) -> 
     model = unit.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidArgument(f"{field}.model: an IP-Adapter file name is required")
-    from .a1111_controlnet import _HASH, _image_field, _number
-
-    path = _adapter_path(folders, _HASH.sub("", model), field)
+    path = _adapter_path(folders, HASH_SUFFIX.sub("", model), field)
     dim = _image_dim(path, field)
     width = MODULES[module] or dim
     if width != dim:
         raise InvalidArgument(f"{field}.module: {module} gives {ENCODER_NAMES[width]} embeddings ({width} wide); "
                               f"{path.stem} takes {dim}-wide ones")
-    image = _image_field(unit)
+    image = image_field(unit)
     if image is None:
         raise InvalidArgument(f"{field}.image: an IP-Adapter unit needs its image prompt")
     images_io.decode_b64(image, f"{field}.image", max_pixels)
     return {"index": index, "kind": "ip_adapter", "path": str(path), "encoder": str(_encoder(folders, width, field)),
-            "weight": _number(unit, "weight", field, 1.0, 0.0, 2.0),
-            "start": _number(unit, "guidance_start", field, 0.0, 0.0, 1.0),
-            "end": _number(unit, "guidance_end", field, 1.0, 0.0, 1.0)}
+            "weight": number(unit, "weight", field, 1.0, 0.0, 2.0),
+            "start": number(unit, "guidance_start", field, 0.0, 0.0, 1.0),
+            "end": number(unit, "guidance_end", field, 1.0, 0.0, 1.0)}
 
 
 def check_count(units: list[dict]) -> None:
@@ -111,13 +110,12 @@ def check_count(units: list[dict]) -> None:
 def build(units: list[dict], req, pipe, max_pixels: int):
     """The IPAdapterSpec of the planned IP-Adapter unit (on the worker), or None."""
     from ..adapters.ip_adapter import IPAdapterSpec, cached
-    from .a1111_controlnet import _image_field, _units
 
     for u in units:
         if u.get("kind") != "ip_adapter":
             continue
         field = f"alwayson_scripts.controlnet.args[{u['index']}]"
-        image = images_io.decode_b64(_image_field(_units(req)[u["index"]]), f"{field}.image", max_pixels)
+        image = images_io.decode_b64(image_field(unit_list(req)[u["index"]]), f"{field}.image", max_pixels)
         try:
             return IPAdapterSpec(cached("adapter", u["path"], pipe), cached("encoder", u["encoder"], pipe), image,
                                  u["weight"])
