@@ -327,6 +327,22 @@ def test_a1111_still_works_after_the_hostile_images(client):
     assert r.status_code == 200 and len(r.json()["images"]) == 1, r.text
 
 
+def test_img2img_background_color_paints_the_transparent_parts(client):
+    def made(init: Image.Image, **settings) -> np.ndarray:
+        over = {"sd_model_checkpoint": "tiny", **settings}
+        r = client.post("/sdapi/v1/img2img", json={**TINY_REQ, "seed": 3, "init_images": [b64(enc(init, "PNG"))],
+                                                   "override_settings": over})
+        assert r.status_code == 200, r.text
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))))
+
+    clear = Image.new("RGBA", (64, 64), (0, 255, 0, 0))  # its hidden colour is green
+    assert (made(clear, img2img_background_color="#ff0000") == made(Image.new("RGB", (64, 64), "red"))).all()
+    assert (made(clear) == made(Image.new("RGB", (64, 64), "white"))).all()  # A1111's default
+    r = client.post("/sdapi/v1/img2img", json={**TINY_REQ, "init_images": [b64(PNG)], "override_settings": {
+        "sd_model_checkpoint": "tiny", "img2img_background_color": "no colour"}})
+    assert r.status_code == 422 and "img2img_background_color: 'no colour' is not a colour" in r.text, r.text
+
+
 def test_comfy_upload_takes_images_and_refuses_the_rest(client):
     for name, data in INPUTS.items():
         r = client.post("/upload/image", files={"image": ("in.png", data, "image/png")},

@@ -67,7 +67,10 @@ def has_alpha(image: Image.Image) -> bool:
     return "A" in image.getbands() or "a" in image.getbands()
 
 
-def flatten(image: Image.Image, background: str = "#ffffff") -> Image.Image:
+WHITE = "#ffffff"  # A1111's img2img_background_color default
+
+
+def flatten(image: Image.Image, background: str = WHITE) -> Image.Image:
     """An RGB image with its transparent parts painted over `background` (A1111's images.flatten
     with img2img_background_color), where a plain convert("RGB") would show whatever colour the
     transparent pixels happen to hold."""

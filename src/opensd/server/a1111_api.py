@@ -116,6 +116,7 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     payload = {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path),
                "vae_path": str(vae) if vae else None, "prompt": prompt, "negative_prompt": negative,
                "controlnet": controlnet, "output": a1111_apply.output(opts, mode, grids=script is not None), "gaps": gaps,
+               "background": a1111_apply.background(opts) if img2img else None,
                "script": script.name if script else None, "refiner": refiner,
                "images": kwargs["batch_size"] * req.n_iter}
     if every_image:

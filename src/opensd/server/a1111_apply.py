@@ -25,6 +25,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+from PIL import ImageColor
+
 from ..errors import InvalidArgument
 from ..sampling.names import A1111_SAMPLERS
 from ..sampling.samplers import sampler_options as options_of
@@ -119,6 +121,17 @@ def prompt(req, opts: dict, folders) -> tuple[str, list[tuple[str, str]]]:
     except InvalidArgument:
         return text, [("sd_lora", f"{name!r} is no longer in the LoRA folder; not applied")]
     return f"{text}<lora:{name}:{opts['extra_networks_default_multiplier']}>", []
+
+
+def background(opts: dict) -> str:
+    """img2img_background_color as '#rrggbb': what an init image's transparent parts are painted
+    over (A1111's images.flatten); a value PIL cannot read is a 422."""
+    value = opts["img2img_background_color"]
+    try:
+        r, g, b = ImageColor.getrgb(value)[:3] if isinstance(value, str) else (None,) * 3
+        return f"#{r:02x}{g:02x}{b:02x}"
+    except (ValueError, TypeError):
+        raise InvalidArgument(f"img2img_background_color: {value!r} is not a colour (e.g. '#ffffff')") from None
 
 
 def output(opts: dict, mode: str, grids: bool = False) -> dict:

@@ -22,6 +22,7 @@ from ..upscale.names import model_name
 from ..scripts.spec import Generated, Made
 from . import a1111_apply, a1111_controlnet, a1111_ip_adapter, a1111_refiner, a1111_scripts, a1111_unsupported
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest
+from ..image_read import WHITE, flatten
 from .images_io import decode_b64
 from .jobs import Control, Stopped
 
@@ -179,7 +180,8 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
     mask = None
     if mode == "img2img":
         limit = state.settings.max_image_pixels
-        init = init if init is not None else decode_b64(req.init_images[0], "init_images[0]", limit)
+        if init is None:  # transparent parts over img2img_background_color, as A1111 flattens them
+            init = flatten(decode_b64(req.init_images[0], "init_images[0]", limit), p.get("background") or WHITE)
         mask = decode_b64(req.mask, "mask", limit) if req.mask else None
     controls = a1111_controlnet.build_controls(p.get("controlnet") or [], req, pipe, init,
                                                state.settings.max_image_pixels, kw["width"], kw["height"])
