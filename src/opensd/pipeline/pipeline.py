@@ -165,10 +165,7 @@ class Pipeline:
         `references`: Flux.1 Kontext's reference images (pipeline/kontext.py), seen in every pass;
         `ip_adapter`: an image prompt (an IPAdapterSpec, adapters/ip_adapter.py), in every pass."""
         p = self._params(prompt, negative_prompt, params)
-        self._controls = _controls(controls, self.config)
-        self._references = reference_latents(self, references)
-        self._ip_adapter = _ip_adapter(ip_adapter, self)
-        self._refiner = self._checked(refiner)
+        self._set_extras(controls, references, ip_adapter, refiner)
         return self._generate(p, None, None, progress)
 
     def img2img(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, mask: Image.Image | None = None,
@@ -180,10 +177,7 @@ class Pipeline:
         params.setdefault("width", _round8(image.width))
         params.setdefault("height", _round8(image.height))
         p = self._params(prompt, negative_prompt, params)
-        self._controls = _controls(controls, self.config)
-        self._references = reference_latents(self, references)
-        self._ip_adapter = _ip_adapter(ip_adapter, self)
-        self._refiner = self._checked(refiner)
+        self._set_extras(controls, references, ip_adapter, refiner)
         if mask is not None:
             mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask)
         return self._generate(p, flatten(image), mask, progress)  # transparent parts white, as A1111
@@ -199,6 +193,14 @@ class Pipeline:
         return self.img2img(canvas, prompt, negative_prompt, mask=mask, progress=progress, **params)
 
     # --- the shared core -------------------------------------------------------------------
+
+    def _set_extras(self, controls, references, ip_adapter, refiner) -> None:
+        """What the coming generation adds to every pass: ControlNets, Kontext references, an image
+        prompt, a refiner (each checked against this model)."""
+        self._controls = _controls(controls, self.config)
+        self._references = reference_latents(self, references)
+        self._ip_adapter = _ip_adapter(ip_adapter, self)
+        self._refiner = self._checked(refiner)
 
     def _checked(self, refiner: Refiner | None) -> Refiner | None:
         if refiner is None:
