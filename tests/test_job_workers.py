@@ -138,3 +138,14 @@ def test_the_default_is_one_local_worker_running_the_registered_runners(tmp_path
     done, live = q.future(job.id).result(10)
     assert done.status == DONE and done.result["worker"] == "local" and live == "live"
     q.stop()
+
+
+def test_a_future_asked_for_after_a_fast_job_ended_still_has_its_live_result(tmp_path):
+    q = JobQueue(Store(tmp_path / "jobs.sqlite3"))
+    q.register("gen", lambda job, ctl: ({"worker": "local"}, "live"))
+    q.start()
+    job = q.submit("gen", {}, "c1")
+    wait_for(lambda: q.store.get(job.id).status == DONE)  # ended before anyone asked
+    done, live = q.future(job.id).result(10)
+    assert done.status == DONE and live == "live"
+    q.stop()

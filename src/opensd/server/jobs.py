@@ -99,6 +99,7 @@ class Control:
         return self.progress.interrupted
 
 
+RECENTLY_RESOLVED = 16  # futures kept for callers that ask just after their job ended
 Runner = Callable[[Job, Control], tuple[dict, Any]]  # -> (result stored in the db, live value for waiters)
 
 
@@ -113,6 +114,10 @@ class JobQueue:
         self.listeners: list[Callable[[str, Job], None]] = []  # ("queued"|"started"|"finished", job)
         self._clients: OrderedDict[str, deque[Job]] = OrderedDict()
         self._futures: dict[str, cf.Future] = {}
+        # Futures resolved in the last moments: a caller that submits and then asks for the future
+        # may come after a fast job ended, and must still get its live result (bounded: live
+        # results hold images).
+        self._resolved: OrderedDict[str, cf.Future] = OrderedDict()
         self._cv = threading.Condition()
         self._durations: deque[float] = deque(maxlen=20)
         self._running: dict[str, Progress] = {}     # job id -> its progress, oldest first
@@ -157,6 +162,8 @@ class JobQueue:
         with self._cv:
             if job_id in self._futures:
                 return self._futures[job_id]
+            if job_id in self._resolved:
+                return self._resolved.pop(job_id)
             job = self.store.get(job_id)
             fut: cf.Future = cf.Future()
             if job is not None and job.status in FINAL:
@@ -383,6 +390,10 @@ class JobQueue:
     def _resolve(self, job: Job, live: Any) -> None:
         with self._cv:
             fut = self._futures.pop(job.id, None)
+            if fut is not None:
+                self._resolved[job.id] = fut
+                while len(self._resolved) > RECENTLY_RESOLVED:
+                    self._resolved.popitem(last=False)
         if fut is not None and not fut.done():
             fut.set_result((job, live))
 
