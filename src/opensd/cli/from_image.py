@@ -22,6 +22,7 @@ _NOT_SETTINGS = ("Version", "Template", "Negative Template")
 _HINTS = {"VAE": "--vae FILE", "VAE hash": "--vae FILE", "TI hashes": "--embeddings-dir FOLDER",
           "Lora hashes": "--loras-dir FOLDER or --lora FILE", "Extra LoRAs": "--loras-dir FOLDER or --lora FILE",
           "Model hash": "--model FILE", "Refiner": "--refiner FILE (or its name, with a models folder)",
+          "Hires checkpoint": "--hires-checkpoint FILE (or its name, with a models folder)",
           "VAE Decoder": "--taesd FILE_OR_FOLDER", "VAE Encoder": "--taesd FILE_OR_FOLDER"}
 
 
@@ -43,6 +44,8 @@ def apply_infotext(args: argparse.Namespace):
     if rec.hires is not None:
         fill["hires"] = True
         fill.update({_HIRES_FLAG.get(k, f"hires_{k}"): v for k, v in rec.hires.items()})
+        if rec.hires_checkpoint is not None:
+            fill["hires_checkpoint"] = rec.hires_checkpoint[0]
     for name, value in fill.items():
         if getattr(args, name) in (None, False) and value not in (None, "", False):
             setattr(args, name, value)

@@ -10,7 +10,7 @@ from . import ip_adapter_flags, sampling_flags
 from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
 from .control import CONTROL_HELP, controls_from_args
 from .from_image import PARAM_DEST, apply_infotext, missing_lora, report_differences
-from .model_flags import add_models_dir_flag, resolve_generate_models, use_folders
+from .model_flags import add_models_dir_flag, resolve_generate_models, resolve_model, use_folders
 from .output_files import DEFAULT_DIR, check_output, numbered_output
 from .scripts import CliFace, add_flags, apply_styles_flag, chosen, run_script
 
@@ -89,6 +89,8 @@ def register(sub) -> None:
     h.add_argument("--hires-scheduler", help="default: same as --scheduler")
     h.add_argument("--hires-prompt", help="default: same prompt")
     h.add_argument("--hires-negative", help="default: same negative prompt")
+    h.add_argument("--hires-checkpoint", metavar="FILE_OR_NAME",
+                   help="the checkpoint the second pass runs on, of the model's family (default: the same)")
     c = gen.add_argument_group("controlnet")
     c.add_argument("--control", action="append", metavar="MODEL,IMAGE[,OPTIONS]", help=CONTROL_HELP)
     c.add_argument("--controlnet-dir", type=Path, help="folder where --control looks up ControlNets by name")
@@ -208,6 +210,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     refiner = sampling_flags.refiner(args, folders, open_pipe)
     if refiner is not None:
         kwargs["refiner"] = refiner
+    if args.hires_checkpoint is not None:
+        if not args.hires or init is not None:
+            raise InvalidArgument("hires-checkpoint: needs --hires (a txt2img hires fix)")
+        kwargs["hires_model"] = open_pipe(resolve_model(folders, "checkpoints", args.hires_checkpoint,
+                                                        "hires-checkpoint"), None)
     if args.control:
         kwargs["controls"] = controls_from_args(args, pipe, folders)
     if args.ip_adapter:

@@ -47,6 +47,8 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     extra: dict[str, Any] = _sampler_params(p, sampler)
     if h is not None:
         extra.update(_hires_params(p, sampler, schedule))
+        if image.info.get("hires_model") is not None:
+            extra["Hires checkpoint"] = checkpoint_title(image.info["hires_model"])
     if img2img and mask:
         extra.update({"Mask blur": p.mask_blur, "Mask mode": "Inpaint not masked" if p.invert_mask else None,
                       "Inpaint area": "Only masked" if p.inpaint_full_res else None,
@@ -100,12 +102,23 @@ def _refiner_params(refiner, hires: bool) -> dict[str, Any]:
     """A1111's keys for a refiner that took over (pipeline/refiner.py): "Refiner: name [hash]"."""
     if refiner is None:
         return {}
+    return {"Refiner": checkpoint_title(refiner.pipe), "Refiner switch at": refiner.switch_at,
+            "Hires refiner": refiner.hires_pass if hires and refiner.hires_pass != "second pass" else None}
+
+
+def checkpoint_title(pipe) -> str:
+    """A checkpoint as A1111 names it in infotext (its short_title): "name [short hash]"; a
+    diffusers folder, which has no file hash, by its name."""
     from ..library.hashes import model_hash as file_hash
 
-    path = refiner.pipe.loaded.path
-    name = f"{refiner.pipe.name} [{file_hash(path)}]" if path.is_file() else refiner.pipe.name
-    return {"Refiner": name, "Refiner switch at": refiner.switch_at,
-            "Hires refiner": refiner.hires_pass if hires and refiner.hires_pass != "second pass" else None}
+    path = pipe.loaded.path
+    return f"{pipe.name} [{file_hash(path)}]" if path.is_file() else pipe.name
+
+
+def split_title(title: str) -> tuple[str, str | None]:
+    """(name, short hash or None) of a "name [hash]" title as checkpoint_title writes it."""
+    name, _, tag = title.rpartition(" [")
+    return (name, tag[:-1]) if name and tag.endswith("]") else (title, None)
 
 
 def _schedule_or_none(sampler: str, schedule: str) -> str | None:
@@ -198,6 +211,7 @@ class Recorded:
     controls: list[str] = field(default_factory=list)   # "ControlNet N" values, in order
     sampler_options: dict[str, Any] = field(default_factory=dict)
     refiner: dict[str, Any] | None = None   # name, hash, switch_at, hires_pass
+    hires_checkpoint: tuple[str, str | None] | None = None  # (name, short hash) of the second pass's model
     vae_decoder: str = "full"                # "taesd" when the tiny autoencoder decoded / encoded
     vae_encoder: str = "full"
     deep_cache: int | None = None            # the step-caching interval
@@ -230,12 +244,14 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
     settings["inpaint_full_res"] = params.get("Inpaint area") == "Only masked"
     settings["invert_mask"] = params.get("Mask mode") == "Inpaint not masked"
     settings["tiling"] = params.get("Tiling") == "True"
-    hires = None
+    hires, hires_checkpoint = None, None
     if "Hires upscale" in params or "Hires resize" in params:
         hires = {name: value(key, kind) for key, (name, kind) in _HIRES.items() if key in params}
         hires["upscaler"] = hires.get("upscaler", "latent").lower()
         if "Denoising strength" in params:  # in a hires image it is the second pass's
             hires["denoise"] = value("Denoising strength", float)
+        if params.get("Hires checkpoint", "Use same checkpoint") != "Use same checkpoint":
+            hires_checkpoint = split_title(params["Hires checkpoint"])
     elif "Denoising strength" in params:
         settings["strength"] = value("Denoising strength", float)
     try:
@@ -246,12 +262,12 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
         options = {}  # a sampler we do not have: generating says so
     refiner = None
     if "Refiner" in params:
-        name, _, tag = params["Refiner"].rpartition(" [")
-        refiner = {"name": name if tag.endswith("]") else params["Refiner"],
-                   "hash": tag[:-1] if name and tag.endswith("]") else None,
+        name, hash_ = split_title(params["Refiner"])
+        refiner = {"name": name, "hash": hash_,
                    "switch_at": value("Refiner switch at", float) if "Refiner switch at" in params else 0.8,
                    "hires_pass": params.get("Hires refiner", "second pass")}
     return Recorded(prompt, negative_prompt, settings, hires, sampler_options=options, refiner=refiner,
+                    hires_checkpoint=hires_checkpoint,
                     vae_decoder=params.get("VAE Decoder", "full").lower(),
                     vae_encoder=params.get("VAE Encoder", "full").lower(),
                     deep_cache=value(DEEP_CACHE, int) if DEEP_CACHE in params else None,

@@ -6,7 +6,7 @@ import functools
 import logging
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -39,7 +39,7 @@ from .loader import LoadedModel, load_model
 from .noise import ImageNoise
 from .params import Hires, Params
 from .peak_memory import PeakMemory
-from .refiner import Refiner, switching
+from .refiner import Refiner, check_same_latents, switching
 from .precision import Precision, choose_precision
 from .previews import latent_preview
 
@@ -95,6 +95,7 @@ class Pipeline:
         self._references: list = []  # Kontext's reference latents of the running generation
         self._refiner: Refiner | None = None  # the running generation's refiner
         self._refined = False  # whether the image being made switched to it
+        self._hires_model: "Pipeline | None" = None  # the running txt2img's second-pass model
         # The hires fix's non-latent upscalers by name: the classic ones only, until a face (the
         # server, the CLI) hands over the models folder's set.
         self.upscalers = Upscalers(None, device)
@@ -158,14 +159,20 @@ class Pipeline:
 
     def txt2img(self, prompt: str, negative_prompt: str = "", *, progress: Progress = None,
                 controls: list | None = None, refiner: Refiner | None = None, references: list | None = None,
-                ip_adapter=None, **params) -> list[Image.Image]:
+                ip_adapter=None, hires_model: "Pipeline | None" = None, **params) -> list[Image.Image]:
         """Generate `batch_size` images; image i uses seed + i. Each image's `info["seed"]` is its seed.
         `controls`: ControlSpecs (opensd.adapters.controlnet) applied in every pass; `refiner`: a
         model to finish sampling on (pipeline/refiner.py; `info["refiner"]` when it did);
         `references`: Flux.1 Kontext's reference images (pipeline/kontext.py), seen in every pass;
-        `ip_adapter`: an image prompt (an IPAdapterSpec, adapters/ip_adapter.py), in every pass."""
+        `ip_adapter`: an image prompt (an IPAdapterSpec, adapters/ip_adapter.py), in every pass;
+        `hires_model`: the model the hires fix's second pass runs on (A1111's hr_checkpoint_name;
+        `info["hires_model"]`), of this model's family."""
         p = self._params(prompt, negative_prompt, params)
         self._set_extras(controls, references, ip_adapter, refiner)
+        self._hires_model = None
+        if hires_model is not None:
+            check_same_latents(hires_model, self, "hires checkpoint")
+            self._hires_model = hires_model
         return self._generate(p, None, None, progress)
 
     def img2img(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, mask: Image.Image | None = None,
@@ -178,6 +185,7 @@ class Pipeline:
         params.setdefault("height", _round8(image.height))
         p = self._params(prompt, negative_prompt, params)
         self._set_extras(controls, references, ip_adapter, refiner)
+        self._hires_model = None
         if mask is not None:
             mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask)
         return self._generate(p, flatten(image), mask, progress)  # transparent parts white, as A1111
@@ -275,6 +283,8 @@ class Pipeline:
                 image = I.paste_back(image, init, mask, crop)
             if self._refined:
                 image.info["refiner"] = self._refiner
+            if p.hires is not None and self._hires_model is not None and init is None:
+                image.info["hires_model"] = self._hires_model
             image.info["seed"] = seed
             image.info["subseed"] = subseed
             image.info["params"] = p  # what made it: the faces' infotext is built from this
@@ -299,6 +309,7 @@ class Pipeline:
                                    hires_pass=None if p.hires is None else 1)
             if p.hires is not None:
                 latents = self._hires(p, p.hires, latents, seed, report)
+                return (self._hires_model or self).decode(latents)[0]  # A1111: the current model's VAE
             return self.decode(latents)[0]
         init = self.encode(I.fill_masked(source, mask) if mask is not None and p.inpainting_fill == "fill"
                            else source)
@@ -320,28 +331,50 @@ class Pipeline:
 
     def _hires(self, p: Params, h: Hires, latents: torch.Tensor, seed: int, report) -> torch.Tensor:
         """Second pass at the target size: upscale (a latent mode, or the decoded image through an
-        upscaler and encoded again, as A1111 does), renoise, denoise."""
+        upscaler and encoded again, as A1111 does), renoise, denoise. With a hires model (A1111's
+        hr_checkpoint_name) this model decodes the first pass and the hires model does the rest."""
         w, h_px = h.target(p.width, p.height)
         down = self.config.vae.downscale
         offset = i2i.steps_run(p.steps, 1.0)
+        second = replace(p, width=w, height=h_px, steps=h.steps or p.steps, strength=h.denoise,
+                         sampler=h.sampler or p.sampler, scheduler=h.scheduler or p.scheduler,
+                         prompt=p.prompt if h.prompt is None else h.prompt,
+                         negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt)
+        hr = self._hires_model or self
         mode = latent_mode(h.upscaler)
         if mode is not None:
             init = F.interpolate(latents, size=(h_px // down, w // down), mode=mode[0], antialias=mode[1])
         else:  # a model upscaler may take a while: the stop check runs after each of its tiles
             image = self.upscalers.resize(self.decode(latents)[0], w, h_px, h.upscaler, "hires upscaler",
                                           progress=lambda i, n: report(offset))
-            init = self.encode(image)
-        second = replace(p, width=w, height=h_px, steps=h.steps or p.steps, strength=h.denoise,
-                         sampler=h.sampler or p.sampler, scheduler=h.scheduler or p.scheduler,
-                         prompt=p.prompt if h.prompt is None else h.prompt,
-                         negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt)
-        # A1111 draws the second pass's noise afresh from the same seed, at the new size.
-        noise = ImageNoise(seed, tuple(init.shape), self.device, seed_delta=p.noise_seed_delta,
-                           on_device=p.device_noise)
-        sigmas = i2i.sigmas_from(self.sigmas(second, second.steps), second.steps, h.denoise)
-        image_cond = self.inpainting_cond(None, None, w, h_px) if self.config.inpainting else None
-        return self._sample(second, self._noised(second, sigmas[0], noise.initial, init), sigmas, noise,
-                            lambda i: report(offset + i), w, h_px, image_cond=image_cond, hires_pass=2)
+            init = hr.encode(image)
+        with self._lent_to(hr, second.prompt, p.tiling):
+            # A1111 draws the second pass's noise afresh from the same seed, at the new size.
+            noise = ImageNoise(seed, tuple(init.shape), hr.device, seed_delta=p.noise_seed_delta,
+                               on_device=p.device_noise)
+            sigmas = i2i.sigmas_from(hr.sigmas(second, second.steps), second.steps, h.denoise)
+            image_cond = hr.inpainting_cond(None, None, w, h_px) if hr.config.inpainting else None
+            return hr._sample(second, hr._noised(second, sigmas[0], noise.initial, init), sigmas, noise,
+                              lambda i: report(offset + i), w, h_px, image_cond=image_cond, hires_pass=2)
+
+    @contextmanager
+    def _lent_to(self, hr: "Pipeline", prompt: str, tiling: bool):
+        """The running generation's extras (ControlNets, references, image prompt, refiner, previews)
+        on the hires model for its pass, with the LoRAs its prompt names (A1111 applies the hires
+        prompt's extra networks to the hires checkpoint); nothing to do when it is this model."""
+        if hr is self:
+            yield
+            return
+        hr._cond_cache = {}
+        hr.apply_loras(prompt)
+        hr._controls, hr._references, hr._ip_adapter = self._controls, self._references, self._ip_adapter
+        hr._refiner, hr._refined, hr.on_latents = hr._checked(self._refiner), False, self.on_latents
+        try:
+            with circular_padding(hr.family.network(hr.model), hr.model.vae, enabled=tiling):
+                yield
+        finally:
+            self._refined = self._refined or hr._refined
+            hr._controls, hr._references, hr._ip_adapter, hr._refiner, hr.on_latents = [], [], None, None, None
 
     def _sample(self, p: Params, x: torch.Tensor, sigmas: torch.Tensor, noise: ImageNoise, report,
                 width: int, height: int, init: torch.Tensor | None = None,

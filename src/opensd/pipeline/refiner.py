@@ -47,20 +47,26 @@ class Refiner:
     def check(self, main) -> None:
         """Refuse what cannot work before any sampling: bad settings, another latent space."""
         self.check_settings()
-        theirs, mine = self.pipe.config, main.config
-        if self.pipe.family is not main.family:  # SD3 and Flux share latent shapes, not latent spaces
-            raise InvalidArgument(f"refiner: {self.pipe.name} is a {self.pipe.family.label} model and {main.name} a "
-                                  f"{main.family.label} model: a refiner must be of the main model's family")
-        if (theirs.latent_channels, theirs.vae.downscale) != (mine.latent_channels, mine.vae.downscale):
-            raise InvalidArgument(f"refiner: {self.pipe.name} works on {theirs.latent_channels}-channel latents "
-                                  f"at 1/{theirs.vae.downscale} size; the model {main.name} on "
-                                  f"{mine.latent_channels} at 1/{mine.vae.downscale}: they cannot share a run")
+        check_same_latents(self.pipe, main, "refiner")
 
     def refines(self, hires_pass: int | None) -> bool:
         """Whether this pass may switch: any pass without hires fix, else as `hires_pass` says."""
         if hires_pass is None or self.hires_pass == "both passes":
             return True
         return (hires_pass == 2) == (self.hires_pass == "second pass")
+
+
+def check_same_latents(other, main, what: str) -> None:
+    """Refuse a second model (`what`: "refiner", "hires checkpoint") that cannot continue `main`'s
+    latents: another family, or another latent shape."""
+    theirs, mine = other.config, main.config
+    if other.family is not main.family:  # SD3 and Flux share latent shapes, not latent spaces
+        raise InvalidArgument(f"{what}: {other.name} is a {other.family.label} model and {main.name} a "
+                              f"{main.family.label} model: a {what} must be of the main model's family")
+    if (theirs.latent_channels, theirs.vae.downscale) != (mine.latent_channels, mine.vae.downscale):
+        raise InvalidArgument(f"{what}: {other.name} works on {theirs.latent_channels}-channel latents "
+                              f"at 1/{theirs.vae.downscale} size; the model {main.name} on "
+                              f"{mine.latent_channels} at 1/{mine.vae.downscale}: they cannot share a run")
 
 
 def completed(sampling, sigma: torch.Tensor) -> float:

@@ -95,9 +95,7 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
         images_io.decode_b64(req.init_images[0], "init_images[0]", s.max_image_pixels)
         if req.mask:
             images_io.decode_b64(req.mask, "mask", s.max_image_pixels)
-    name = getattr(req, "hr_checkpoint_name", None)  # A1111 fails on a checkpoint it lacks
-    if name and name not in a1111_unsupported.REQUEST_FIELDS["hr_checkpoint_name"][0]:
-        state.cache.resolve(name, "hr_checkpoint_name")
+    hires_checkpoint = a1111_refiner.hires_checkpoint(req, img2img, state.cache)
     refiner = a1111_refiner.plan(req, opts, state.cache)
     prompt, prompt_gaps = a1111_apply.prompt(req, opts, state.folders)
     negative = req.negative_prompt
@@ -117,7 +115,7 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
                "vae_path": str(vae) if vae else None, "prompt": prompt, "negative_prompt": negative,
                "controlnet": controlnet, "output": a1111_apply.output(opts, mode, grids=script is not None), "gaps": gaps,
                "background": a1111_apply.background(opts) if img2img else None,
-               "script": script.name if script else None, "refiner": refiner,
+               "script": script.name if script else None, "refiner": refiner, "hires_checkpoint": hires_checkpoint,
                "images": kwargs["batch_size"] * req.n_iter}
     if every_image:
         payload["every_image"] = True

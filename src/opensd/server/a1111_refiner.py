@@ -2,7 +2,9 @@
 its always-on "Refiner" script's args [enabled, checkpoint, switch_at] (A1111's script takes
 precedence, as its setup() sets the fields), with the `hires_fix_refiner_pass` setting. Planned
 before queueing (an unknown checkpoint is a 422, as A1111 fails on it) and loaded by the job, held
-in the model cache beside the main model (pipeline/refiner.py does the switching)."""
+in the model cache beside the main model (pipeline/refiner.py does the switching). The other model
+a job may run beside the main one, the hires fix's own checkpoint (`hr_checkpoint_name`), is
+planned and loaded the same way."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +13,7 @@ from ..errors import InvalidArgument
 from ..pipeline.refiner import Refiner
 
 _OFF = (None, "", "None", "none")
+_SAME_CHECKPOINT = (None, "", "Use same checkpoint")  # A1111's "off" values of hr_checkpoint_name
 DEFAULT_SWITCH = 0.8  # A1111's slider default, what its script passes when the request gives none
 
 
@@ -61,6 +64,21 @@ def for_cell(req, opts: dict, planned: dict | None, checkpoint: str | None, swit
     if planned is None or switch is None:
         return planned
     return dict(planned, switch_at=float(switch))
+
+
+def hires_checkpoint(req, img2img: bool, cache) -> str | None:
+    """The path of the checkpoint a txt2img hires pass runs on (`hr_checkpoint_name`), or None for
+    the main model; planned before queueing, as A1111 fails on a checkpoint it lacks."""
+    name = getattr(req, "hr_checkpoint_name", None)
+    if img2img or not req.enable_hr or name in _SAME_CHECKPOINT:
+        return None
+    return str(cache.resolve(name, "hr_checkpoint_name"))
+
+
+def load_hires(state, path: str | None, main: tuple[Path, Path | None]):
+    """The planned hires checkpoint's pipeline (with the main model's VAE, as A1111's sd_vae setting
+    applies to whichever checkpoint is loaded), the main model kept in the cache beside it."""
+    return None if path is None else state.cache.get(Path(path), main[1], keep=(main,))
 
 
 def load(state, spec: dict | None, main: tuple[Path, Path | None]) -> Refiner | None:

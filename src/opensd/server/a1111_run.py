@@ -172,6 +172,9 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
     refiner = a1111_refiner.load(state, p.get("refiner"), (path, vae))
     if refiner is not None:
         kw["refiner"] = refiner
+    hires_model = a1111_refiner.load_hires(state, p.get("hires_checkpoint"), (path, vae))
+    if hires_model is not None and init is None:
+        kw["hires_model"] = hires_model
     prompt = p.get("prompt", req.prompt)  # with its styles and the sd_lora setting's tag, if any
     negative = p.get("negative_prompt", req.negative_prompt)
     hires = kw.pop("hires", None)

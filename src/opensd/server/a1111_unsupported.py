@@ -15,8 +15,6 @@ REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
     "restore_faces": ((None, False), "no face restoration model here; images are returned as generated"),
     "s_min_uncond": ((None, 0.0), "negative guidance minimum sigma is not implemented; every step uses the "
                                   "negative prompt"),
-    "hr_checkpoint_name": ((None, "", "Use same checkpoint"), "a separate hires checkpoint is not implemented; "
-                                                              "the hires pass uses the main model"),
     "firstphase_width": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
     "firstphase_height": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
     "initial_noise_multiplier": ((None, 1.0), "not implemented; img2img noise is used at full strength"),

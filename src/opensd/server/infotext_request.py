@@ -4,6 +4,7 @@ pixels: seed, size, sampler, schedule, CFG, variation seed, CLIP skip, hires fix
 from __future__ import annotations
 
 from ..pipeline.infotext import parse_infotext
+from ..pipeline.infotext_params import split_title
 
 # infotext key -> (request field, type)
 _FIELDS = {
@@ -15,7 +16,7 @@ _FIELDS = {
     "Hires resize-2": ("hr_resize_y", int), "Denoising strength": ("denoising_strength", float),
 }
 # Keys that need no field: what they record is in the prompt (LoRA/TI tags) or handled below.
-_KNOWN = {"Size", "Hires resize", "Model", "Model hash", "VAE", "VAE hash", "Clip skip", "Version",
+_KNOWN = {"Size", "Hires resize", "Hires checkpoint", "Model", "Model hash", "VAE", "VAE hash", "Clip skip", "Version",
           "Lora hashes", "TI hashes", "VAE Decoder", "VAE Encoder"}
 # infotext key -> the A1111 setting it records (A1111 reads these back as override settings)
 _SETTINGS = {"VAE Decoder": "sd_vae_decode_method", "VAE Encoder": "sd_vae_encode_method"}
@@ -48,6 +49,14 @@ def request_from_infotext(text: str, checkpoints: list[tuple[str, str | None]]) 
     elif "Model" in params or "Model hash" in params:
         notes.append(f"Model: {params.get('Model', '')} [{params.get('Model hash', '')}] is not in the models "
                      "folder; the current model is used")
+    if request["enable_hr"] and params.get("Hires checkpoint", "Use same checkpoint") != "Use same checkpoint":
+        name, hash_ = split_title(params["Hires checkpoint"])
+        found = _find_model(hash_, name, checkpoints)
+        if found is not None:
+            request["hr_checkpoint_name"] = found
+        else:
+            notes.append(f"Hires checkpoint: {params['Hires checkpoint']} is not in the models folder; "
+                         "the hires pass uses the model")
     overrides["sd_vae"] = params.get("VAE", "None")  # no VAE recorded: the checkpoint's own
     overrides.update({setting: params[key] for key, setting in _SETTINGS.items() if key in params})
     request["override_settings"] = overrides
