@@ -42,6 +42,23 @@ def sampler_of(req) -> tuple[str, str]:
         raise InvalidArgument(f"sampler_name/scheduler: {str(e).split(': ', 1)[-1]}") from None
 
 
+def hires_sampler(req, sampler: str, schedule: str | None) -> tuple[str, str | None]:
+    """(sampler, schedule) of the hires pass as A1111 picks them: `hr_sampler_name`, else the first
+    pass's sampler; `hr_scheduler`, else the first pass's schedule (`schedule`; None: "Automatic",
+    which then means the hires sampler's own default). A1111's UI values "Use same sampler" / "Use
+    same scheduler" are the same as none."""
+    name = None if req.hr_sampler_name in (None, "", "Use same sampler") else req.hr_sampler_name
+    chosen = None if req.hr_scheduler in (None, "", "Use same scheduler") else req.hr_scheduler
+    if name is None and chosen is None:
+        return sampler, schedule
+    try:
+        hs, hsched = resolve(name or sampler, chosen if chosen is not None else schedule)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"hr_sampler_name/hr_scheduler: {str(e).split(': ', 1)[-1]}") from None
+    automatic = (chosen or "automatic").strip().lower() == "automatic" and schedule is None
+    return hs, None if automatic and hsched == DEFAULT_SCHEDULES[hs] else hsched
+
+
 def hires_upscaler(name: str | None, upscalers: Upscalers) -> str:
     """A1111's `hr_upscaler` as the pipeline takes it: a latent mode, None/Lanczos/Nearest or an
     installed upscaler model's name; any other name is refused before queueing, as A1111 refuses it."""
@@ -93,12 +110,7 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
                   invert_mask=bool(req.inpainting_mask_invert))
     elif req.enable_hr:
         upscaler = hires_upscaler(req.hr_upscaler, upscalers or Upscalers(None))
-        hs, hsched = sampler, schedule
-        if req.hr_sampler_name:
-            try:
-                hs, hsched = resolve(req.hr_sampler_name, req.hr_scheduler)
-            except InvalidArgument as e:
-                raise InvalidArgument(f"hr_sampler_name/hr_scheduler: {str(e).split(': ', 1)[-1]}") from None
+        hs, hsched = hires_sampler(req, sampler, schedule)
         kw["hires"] = {"scale": req.hr_scale, "upscaler": upscaler, "steps": req.hr_second_pass_steps or None,
                        "denoise": 0.7 if req.denoising_strength is None else req.denoising_strength,
                        "width": req.hr_resize_x or None, "height": req.hr_resize_y or None,

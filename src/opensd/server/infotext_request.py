@@ -1,6 +1,7 @@
 """An image's A1111 parameters (infotext) turned back into the txt2img request that makes the same
-pixels: seed, size, sampler, schedule, CFG, variation seed, CLIP skip, hires fix and the model
-(found by its hash, else by its name). What cannot be applied is listed, never silently dropped."""
+pixels: seed, size, sampler, schedule, CFG, variation seed, CLIP skip, hires fix (with its own
+sampler, schedule, prompts and checkpoint), the refiner and the model (a checkpoint found by its
+hash, else by its name). What cannot be applied is listed, never silently dropped."""
 from __future__ import annotations
 
 from ..pipeline.infotext import parse_infotext
@@ -14,9 +15,12 @@ _FIELDS = {
     "Hires upscale": ("hr_scale", float), "Hires steps": ("hr_second_pass_steps", int),
     "Hires upscaler": ("hr_upscaler", str), "Hires resize-1": ("hr_resize_x", int),
     "Hires resize-2": ("hr_resize_y", int), "Denoising strength": ("denoising_strength", float),
+    "Hires sampler": ("hr_sampler_name", str), "Hires schedule type": ("hr_scheduler", str),
+    "Hires prompt": ("hr_prompt", str), "Hires negative prompt": ("hr_negative_prompt", str),
+    "Refiner switch at": ("refiner_switch_at", float),
 }
 # Keys that need no field: what they record is in the prompt (LoRA/TI tags) or handled below.
-_KNOWN = {"Size", "Hires resize", "Hires checkpoint", "Model", "Model hash", "VAE", "VAE hash", "Clip skip", "Version",
+_KNOWN = {"Size", "Hires resize", "Hires checkpoint", "Refiner", "Model", "Model hash", "VAE", "VAE hash", "Clip skip", "Version",
           "Lora hashes", "TI hashes", "VAE Decoder", "VAE Encoder"}
 # infotext key -> the A1111 setting it records (A1111 reads these back as override settings)
 _SETTINGS = {"VAE Decoder": "sd_vae_decode_method", "VAE Encoder": "sd_vae_encode_method"}
@@ -49,14 +53,17 @@ def request_from_infotext(text: str, checkpoints: list[tuple[str, str | None]]) 
     elif "Model" in params or "Model hash" in params:
         notes.append(f"Model: {params.get('Model', '')} [{params.get('Model hash', '')}] is not in the models "
                      "folder; the current model is used")
-    if request["enable_hr"] and params.get("Hires checkpoint", "Use same checkpoint") != "Use same checkpoint":
-        name, hash_ = split_title(params["Hires checkpoint"])
+    for key, field, instead in (("Hires checkpoint", "hr_checkpoint_name", "the hires pass uses the model"),
+                                ("Refiner", "refiner_checkpoint", "no refiner is used")):
+        if params.get(key, "Use same checkpoint") == "Use same checkpoint" or (key == "Hires checkpoint"
+                                                                              and not request["enable_hr"]):
+            continue
+        name, hash_ = split_title(params[key])
         found = _find_model(hash_, name, checkpoints)
         if found is not None:
-            request["hr_checkpoint_name"] = found
+            request[field] = found
         else:
-            notes.append(f"Hires checkpoint: {params['Hires checkpoint']} is not in the models folder; "
-                         "the hires pass uses the model")
+            notes.append(f"{key}: {params[key]} is not in the models folder; {instead}")
     overrides["sd_vae"] = params.get("VAE", "None")  # no VAE recorded: the checkpoint's own
     overrides.update({setting: params[key] for key, setting in _SETTINGS.items() if key in params})
     request["override_settings"] = overrides
