@@ -108,6 +108,37 @@ def test_png_info_drop_then_reuse_regenerates_identical_pixels(page, live):
     assert np.array_equal(pixels(again), pixels(BytesIO(original)))
 
 
+def test_hires_fields_round_trip_through_png_info_and_regenerate_identical_pixels(page, live):
+    """The hires card's own sampler, schedule, prompts, size and checkpoint: a PNG that used them,
+    sent from PNG info to Generate, fills them and generates the same pixels."""
+    made = httpx.post(live.url + "/sdapi/v1/txt2img", timeout=120, json={
+        "prompt": "red heart, noto emoji style", "steps": 3, "width": 64, "height": 64, "seed": 99,
+        "sampler_name": "Euler", "scheduler": "karras", "cfg_scale": 5, "enable_hr": True, "hr_upscaler": "Latent",
+        "hr_resize_x": 96, "hr_resize_y": 80, "hr_second_pass_steps": 2, "denoising_strength": 0.5,
+        "hr_sampler_name": "DPM++ 2M", "hr_scheduler": "exponential", "hr_prompt": "blue heart, noto emoji style",
+        "hr_negative_prompt": "dark", "hr_checkpoint_name": "opensd-emoji.safetensors"}).json()
+    original = base64.b64decode(made["images"][0])
+    page.click("#tab-pnginfo")
+    page.wait_for_selector("#panel-pnginfo .drop")
+    drop_file(page, "#panel-pnginfo .drop", original, "hires.png")
+    page.wait_for_selector("#panel-pnginfo table.params")
+    page.click("#panel-pnginfo button:text('Send to Generate')")
+    page.wait_for_selector("#panel-generate:not([hidden])")
+    form = "#panel-generate"
+    assert page.is_checked(f"{form} input[name=enable_hr]")
+    for name, value in (("hr_sampler_name", "DPM++ 2M"), ("hr_scheduler", "exponential"),
+                        ("hr_checkpoint_name", "opensd-emoji.safetensors"), ("hr_resize_x", "96"),
+                        ("hr_resize_y", "80"), ("hr_prompt", "blue heart, noto emoji style"),
+                        ("hr_negative_prompt", "dark")):
+        assert page.input_value(f"{form} [name={name}]") == value, name
+    before = job_ids(live)
+    page.click(f"{form} button[type=submit]")
+    (job,) = new_jobs(live, before, 1)
+    assert job.payload["request"]["hr_sampler_name"] == "DPM++ 2M"
+    again = live.state.settings.outputs_dir / job.result["files"][0]
+    assert np.array_equal(pixels(again), pixels(BytesIO(original)))
+
+
 def test_queue_three_cancel_the_second_it_never_runs(page, live):
     """Flow 4: three jobs queued from the UI, the second cancelled in the Queue tab."""
     live.state.queue.stop()  # hold the worker so the jobs wait

@@ -78,6 +78,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   pickers.before(styles.element);
   // the refiner's controls only where the server has A1111's always-on Refiner script
   const advanced = advancedSettings({ refiner: scripts.some((s) => s.is_alwayson && s.name === "refiner") });
+  const checkpointViews = [advanced]; // each has setCheckpoints(names), called again when the list changes
   advanced.setCheckpoints(checkpoints.map((c) => c.name));
   setOptions(model, checkpoints.map((c) => [c.name, c.title]), ckpts.current ?? undefined);
   setOptions(vae, [["Automatic", "Automatic"], ["None", "None (the checkpoint's own)"],
@@ -112,7 +113,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
         api.get("/sdapi/v1/embeddings")]);
       checkpoints = c.items;
       setOptions(model, checkpoints.map((x) => [x.name, x.title]), model.value);
-      advanced.setCheckpoints(checkpoints.map((x) => x.name));
+      for (const view of checkpointViews) view.setCheckpoints(checkpoints.map((x) => x.name));
       showPickers(l, e);
     } catch (err) { toast(err.message, "error"); }
   });
@@ -140,6 +141,9 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   const int = (el) => Math.trunc(Number(el.value));
   return {
     prompt, negative, promptCard, settingsCard, variationCard, advancedCard: advanced.element, width, height, seed,
+    samplers: samplers.map((s) => s.name), schedulers: schedulers.map((s) => [s.name, s.label]),
+    // `view.setCheckpoints(names)` now and whenever the models folder's checkpoints change
+    watchCheckpoints(view) { checkpointViews.push(view); view.setCheckpoints(checkpoints.map((c) => c.name)); },
     // Once the cards are in the tab's `form`: its remembered values (under `key`) come back and are
     // kept as they change; its submit button and Ctrl+Enter anywhere in `panel` run `generate`.
     attach(panel, form, key, generate) {
