@@ -150,6 +150,8 @@ DEFAULTS: dict[str, object] = {
 # Settings A1111 lets only a few values take; a value outside them is refused (422 naming the key).
 CHOICES: dict[str, tuple[str, ...]] = {
     "samples_format": ("png", "jpg", "jpeg", "webp"),
+    "grid_format": ("png", "jpg", "jpeg", "webp"),
+    "hires_fix_refiner_pass": ("first pass", "second pass", "both passes"),
     "randn_source": ("GPU", "CPU", "NV"),
     "uni_pc_variant": ("bh1", "bh2", "vary_coeff"),
     "live_previews_image_format": ("jpeg", "png", "webp"),

@@ -120,6 +120,23 @@ class A1111Options:
         return kept
 
 
+def describe() -> dict[str, dict]:
+    """What a settings form needs to know of each setting: its default, its kind ("bool", "int",
+    "float", "choice", "text", "list") and, where it has them, the choices this server takes and
+    the range of A1111's slider."""
+    out = {}
+    for key, default in DEFAULTS.items():
+        kind = ("text" if default is None or isinstance(default, str) else "bool" if isinstance(default, bool)
+                else "int" if isinstance(default, int) else "float" if isinstance(default, float) else "list")
+        entry: dict = {"default": default, "kind": kind}
+        if key in CHOICES:
+            entry.update(kind="choice", choices=[c for c in CHOICES[key] if _problem(key, c) is None])
+        if key in RANGES:
+            entry.update(min=RANGES[key][0], max=RANGES[key][1])
+        out[key] = entry
+    return out
+
+
 def _problem(key: str, value) -> str | None:
     """What is wrong with `value` for setting `key`, or None."""
     default = DEFAULTS[key]

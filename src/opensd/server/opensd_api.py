@@ -23,6 +23,7 @@ from ..version import __version__
 from . import images_io
 from .a1111_api import client_id, prepare
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest
+from .a1111_options import describe
 from .gallery import graph_text
 from .infotext_request import request_from_infotext
 from .opensd_models import (
@@ -138,6 +139,12 @@ def router(state) -> APIRouter:
         except InvalidArgument:
             current = None
         return Checkpoints(current=current, items=items)
+
+    @api.get("/options-info")
+    def options_info() -> dict:
+        """For a settings form: each A1111 setting's default, kind, the choices this server takes and
+        its slider's range (the values themselves: GET /sdapi/v1/options)."""
+        return describe()
 
     async def queued(req, request: Request, mode: str) -> JobQueued:
         payload = await run_in_threadpool(prepare, state, req, mode)

@@ -61,6 +61,7 @@ const ICONS = {
   layers: "M12 3l9 5-9 5-9-5zM3 13l9 5 9-5",
   image: "M4 4h16v16H4zM4 16l5-5 4 4 3-3 4 4M15 8.5h.01",
   expand: "M14 4h6v6M20 4l-7 7M10 20H4v-6M4 20l7-7",
+  sliders: "M4 6h9M17 6h3M4 12h3M11 12h9M4 18h11M19 18h1M15 4v4M9 10v4M17 16v4",
 };
 
 export function icon(name) {

@@ -11,6 +11,7 @@ export const TABS = [
   { id: "pnginfo", label: "PNG info", icon: "info", load: () => import("./tabs/pnginfo.js") },
   { id: "models", label: "Models", icon: "box", load: () => import("./tabs/models.js") },
   { id: "train", label: "Train", icon: "chart", load: () => import("./tabs/train.js") },
+  { id: "settings", label: "Settings", icon: "sliders", load: () => import("./tabs/settings.js") },
 ];
 
 export const hasTab = (id) => TABS.some((t) => t.id === id);
