@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageOps
 
 from ..errors import InvalidArgument
 from ..image_read import mask_from
@@ -62,17 +62,33 @@ def resize(image: Image.Image, width: int, height: int, mode: str = "just resize
     return canvas
 
 
-def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int = 4, invert: bool = False) -> Image.Image:
-    if blur < 0 or blur > 256:
-        raise InvalidArgument(f"mask_blur: {blur} is outside 0..256")
+def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int = 4, invert: bool = False,
+                 blur_y: int | None = None) -> Image.Image:
+    """The inpainting mask at the init image's `size`, inverted if asked, then blurred as A1111 does:
+    `blur` across, `blur_y` (default: `blur`) down, each a 1-D Gaussian of that sigma whose kernel
+    spans 2 * int(2.5 * sigma + 0.5) + 1 pixels (A1111's mask_blur_x / mask_blur_y)."""
+    for name, value in (("mask_blur", blur), ("mask_blur_y", blur_y)):
+        if value is not None and not 0 <= value <= 256:
+            raise InvalidArgument(f"{name}: {value} is outside 0..256")
     m = mask_from(mask)
     if m.size != size:  # A1111 resizes the mask with the image to the request's size, never refuses it
         m = m.resize(size, Image.LANCZOS)
     if invert:
         m = ImageOps.invert(m)
-    if blur:
-        m = m.filter(ImageFilter.GaussianBlur(blur))
-    return m
+    return _blurred(m, blur, blur if blur_y is None else blur_y)
+
+
+def _blurred(mask: Image.Image, across: int, down: int) -> Image.Image:
+    import cv2
+
+    if not across and not down:
+        return mask
+    a = np.asarray(mask)
+    if across > 0:
+        a = cv2.GaussianBlur(a, (2 * int(2.5 * across + 0.5) + 1, 1), across)
+    if down > 0:
+        a = cv2.GaussianBlur(a, (1, 2 * int(2.5 * down + 0.5) + 1), down)
+    return Image.fromarray(a)
 
 
 def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:

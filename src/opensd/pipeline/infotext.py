@@ -326,9 +326,10 @@ def read_infotext(path: str | os.PathLike) -> str | None:
 
 # ---------------------------------------------------------------------------------------- saving
 
-def save_image(image: Image.Image, path: str | os.PathLike, infotext: str, *, quality: int = 95,
+def save_image(image: Image.Image, path: str | os.PathLike, infotext: str | None, *, quality: int = 95,
                lossless: bool = False) -> Path:
-    """Save ``image`` with ``infotext`` where A1111 puts it; the format follows the extension.
+    """Save ``image`` with ``infotext`` where A1111 puts it (None: with no parameters at all, A1111's
+    enable_pnginfo off); the format follows the extension.
 
     ``.png``: a ``parameters`` text chunk. ``.jpg``/``.jpeg``/``.webp``: the EXIF UserComment
     (``quality`` applies to both, ``lossless`` to WebP). JPEG has no alpha: RGBA and other modes
@@ -343,17 +344,19 @@ def save_image(image: Image.Image, path: str | os.PathLike, infotext: str, *, qu
     return _save(image, path, infotext, fmt, quality=quality, lossless=lossless)
 
 
-def _save(image: Image.Image, path: Path, infotext: str, fmt: str, *, quality: int = 95,
+def _save(image: Image.Image, path: Path, infotext: str | None, fmt: str, *, quality: int = 95,
           lossless: bool = False) -> Path:
     if fmt == "PNG":
         info = PngInfo()
-        info.add_text("parameters", infotext)
+        if infotext is not None:
+            info.add_text("parameters", infotext)
         kwargs: dict[str, Any] = {"pnginfo": info}
     else:
-        exif = usercomment_exif(infotext)
-        kwargs = {"exif": exif, "quality": quality}
+        kwargs = {"quality": quality}
+        if infotext is not None:
+            kwargs["exif"] = usercomment_exif(infotext)
         if fmt == "JPEG":
-            if len(exif) > _JPEG_MAX_EXIF:
+            if len(kwargs.get("exif", b"")) > _JPEG_MAX_EXIF:
                 raise ValueError(f"{path}: the parameters text is too long for a JPEG's EXIF "
                                  f"({len(infotext)} characters); save as PNG or WebP")
             if image.mode not in ("RGB", "L", "CMYK"):

@@ -50,7 +50,8 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
         if image.info.get("hires_model") is not None:
             extra["Hires checkpoint"] = checkpoint_title(image.info["hires_model"])
     if img2img and mask:
-        extra.update({"Mask blur": p.mask_blur, "Mask mode": "Inpaint not masked" if p.invert_mask else None,
+        blur_y = p.mask_blur if p.mask_blur_y is None else p.mask_blur_y  # A1111 writes one blur, or none
+        extra.update({"Mask blur": p.mask_blur if blur_y == p.mask_blur else None, "Mask mode": "Inpaint not masked" if p.invert_mask else None,
                       "Inpaint area": "Only masked" if p.inpaint_full_res else None,
                       "Masked area padding": p.inpaint_full_res_padding if p.inpaint_full_res else None,
                       "Masked content": None if p.inpainting_fill == "original" else p.inpainting_fill})

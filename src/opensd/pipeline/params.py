@@ -62,6 +62,7 @@ class Params:
     strength: float = 0.75
     resize_mode: str = "just resize"
     mask_blur: int = 4
+    mask_blur_y: int | None = None    # A1111's mask_blur_y where it differs from mask_blur (its _x)
     inpainting_fill: str = "original"
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 32

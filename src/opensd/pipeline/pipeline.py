@@ -96,6 +96,7 @@ class Pipeline:
         self._refiner: Refiner | None = None  # the running generation's refiner
         self._refined = False  # whether the image being made switched to it
         self._hires_model: "Pipeline | None" = None  # the running txt2img's second-pass model
+        self._first_pass: Image.Image | None = None  # the running txt2img's given first pass
         # The hires fix's non-latent upscalers by name: the classic ones only, until a face (the
         # server, the CLI) hands over the models folder's set.
         self.upscalers = Upscalers(None, device)
@@ -159,16 +160,20 @@ class Pipeline:
 
     def txt2img(self, prompt: str, negative_prompt: str = "", *, progress: Progress = None,
                 controls: list | None = None, refiner: Refiner | None = None, references: list | None = None,
-                ip_adapter=None, hires_model: "Pipeline | None" = None, **params) -> list[Image.Image]:
+                ip_adapter=None, hires_model: "Pipeline | None" = None, first_pass: Image.Image | None = None,
+                **params) -> list[Image.Image]:
         """Generate `batch_size` images; image i uses seed + i. Each image's `info["seed"]` is its seed.
         `controls`: ControlSpecs (opensd.adapters.controlnet) applied in every pass; `refiner`: a
         model to finish sampling on (pipeline/refiner.py; `info["refiner"]` when it did);
         `references`: Flux.1 Kontext's reference images (pipeline/kontext.py), seen in every pass;
         `ip_adapter`: an image prompt (an IPAdapterSpec, adapters/ip_adapter.py), in every pass;
         `hires_model`: the model the hires fix's second pass runs on (A1111's hr_checkpoint_name;
-        `info["hires_model"]`), of this model's family."""
+        `info["hires_model"]`), of this model's family; `first_pass`: with hires fix, an image that
+        stands for the first pass, which is skipped (A1111's firstpass_image, its "upscale" of an
+        image already made); without hires fix it is not used."""
         p = self._params(prompt, negative_prompt, params)
         self._set_extras(controls, references, ip_adapter, refiner)
+        self._first_pass = None if first_pass is None or p.hires is None else flatten(first_pass)
         self._hires_model = None
         if hires_model is not None:
             check_same_latents(hires_model, self, "hires checkpoint")
@@ -185,9 +190,9 @@ class Pipeline:
         params.setdefault("height", _round8(image.height))
         p = self._params(prompt, negative_prompt, params)
         self._set_extras(controls, references, ip_adapter, refiner)
-        self._hires_model = None
+        self._hires_model = self._first_pass = None
         if mask is not None:
-            mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask)
+            mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask, p.mask_blur_y)
         return self._generate(p, flatten(image), mask, progress)  # transparent parts white, as A1111
 
     def outpaint(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, left: int = 0,
@@ -292,7 +297,7 @@ class Pipeline:
         return images
 
     def _steps_in(self, p: Params, img2img: bool) -> int:
-        first = i2i.steps_run(p.steps, p.strength) if img2img else p.steps
+        first = i2i.steps_run(p.steps, p.strength) if img2img else 0 if self._first_pass is not None else p.steps
         if p.hires is None or img2img:
             return first
         return first + i2i.steps_run(p.hires.steps or p.steps, p.hires.denoise)
@@ -304,9 +309,11 @@ class Pipeline:
         noise = ImageNoise(seed, shape, self.device, subseed, p.subseed_strength,
                            seed_delta=p.noise_seed_delta, on_device=p.device_noise)
         if source is None:
-            sigmas = self.sigmas(p, p.steps)
-            latents = self._sample(p, self._noised(p, sigmas[0], noise.initial), sigmas, noise, report, p.width, p.height,
-                                   hires_pass=None if p.hires is None else 1)
+            latents = None  # a given first pass (with hires fix) stands for the sampled one
+            if self._first_pass is None:
+                sigmas = self.sigmas(p, p.steps)
+                latents = self._sample(p, self._noised(p, sigmas[0], noise.initial), sigmas, noise, report, p.width,
+                                       p.height, hires_pass=None if p.hires is None else 1)
             if p.hires is not None:
                 latents = self._hires(p, p.hires, latents, seed, report)
                 return (self._hires_model or self).decode(latents)[0]  # A1111: the current model's VAE
@@ -329,23 +336,25 @@ class Pipeline:
         latent = torch.zeros_like(noise) if latent is None else latent
         return self.model_sampling(p.width, p.height, p.shift).noise_scaling(sigma, noise, latent)
 
-    def _hires(self, p: Params, h: Hires, latents: torch.Tensor, seed: int, report) -> torch.Tensor:
+    def _hires(self, p: Params, h: Hires, latents: torch.Tensor | None, seed: int, report) -> torch.Tensor:
         """Second pass at the target size: upscale (a latent mode, or the decoded image through an
         upscaler and encoded again, as A1111 does), renoise, denoise. With a hires model (A1111's
         hr_checkpoint_name) this model decodes the first pass and the hires model does the rest."""
         w, h_px = h.target(p.width, p.height)
         down = self.config.vae.downscale
-        offset = i2i.steps_run(p.steps, 1.0)
+        offset = 0 if latents is None else i2i.steps_run(p.steps, 1.0)
         second = replace(p, width=w, height=h_px, steps=h.steps or p.steps, strength=h.denoise,
                          sampler=h.sampler or p.sampler, scheduler=h.scheduler or p.scheduler,
                          prompt=p.prompt if h.prompt is None else h.prompt,
                          negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt)
         hr = self._hires_model or self
         mode = latent_mode(h.upscaler)
-        if mode is not None:
-            init = F.interpolate(latents, size=(h_px // down, w // down), mode=mode[0], antialias=mode[1])
+        if mode is not None:  # a given first pass is encoded at its own size, as A1111 does
+            first = latents if latents is not None else self.encode(self._first_pass)
+            init = F.interpolate(first, size=(h_px // down, w // down), mode=mode[0], antialias=mode[1])
         else:  # a model upscaler may take a while: the stop check runs after each of its tiles
-            image = self.upscalers.resize(self.decode(latents)[0], w, h_px, h.upscaler, "hires upscaler",
+            first = self.decode(latents)[0] if latents is not None else self._first_pass
+            image = self.upscalers.resize(first, w, h_px, h.upscaler, "hires upscaler",
                                           progress=lambda i, n: report(offset))
             init = hr.encode(image)
         with self._lent_to(hr, second.prompt, p.tiling):

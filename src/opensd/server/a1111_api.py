@@ -34,6 +34,7 @@ from . import (
 )
 from .a1111_models import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
 from .a1111_scripts import ScriptError
+from .infotext_request import with_infotext
 from .jobs import QueueFull
 from .store import CANCELLED, FAILED, QUEUED
 
@@ -84,6 +85,10 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     saves to disk, not only those its answer holds (opensd batch: the X/Y/Z plot's cells beside the grid)."""
     s = state.settings
     img2img = mode == "img2img"
+    infotext_notes: list[str] = []
+    if req.infotext:  # A1111 fills the fields the request leaves unset from it, before anything else
+        checkpoints = [(m.name, state.cache.short_hash(m.path)) for m in state.folders.list("checkpoints")]
+        req, infotext_notes = with_infotext(req, checkpoints)
     script = a1111_scripts.selected(req, mode)  # first, as in A1111: an unknown script is a 422
     opts = state.options.effective(req.override_settings)
     kwargs, gaps = a1111_run.plan(req, img2img, s.max_prompt_chars, opts, state.cache.upscalers)
@@ -95,6 +100,8 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
         images_io.decode_b64(req.init_images[0], "init_images[0]", s.max_image_pixels)
         if req.mask:
             images_io.decode_b64(req.mask, "mask", s.max_image_pixels)
+    elif req.enable_hr and req.firstpass_image:
+        images_io.decode_b64(req.firstpass_image, "firstpass_image", s.max_image_pixels)
     hires_checkpoint = a1111_refiner.hires_checkpoint(req, img2img, state.cache)
     refiner = a1111_refiner.plan(req, opts, state.cache)
     prompt, prompt_gaps = a1111_apply.prompt(req, opts, state.folders)
@@ -109,6 +116,7 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     path = state.cache.resolve(override, "override_settings.sd_model_checkpoint") if override \
         else state.current_model()
     vae = a1111_apply.vae_path(state.folders, opts, path)
+    gaps += [("infotext", note) for note in infotext_notes]
     gaps += prompt_gaps + a1111_unsupported.request_gaps(req) + a1111_controlnet.unsupported(req) \
         + a1111_unsupported.setting_gaps(opts, req.override_settings, state.options.defaults)
     payload = {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path),

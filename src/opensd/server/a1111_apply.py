@@ -143,7 +143,8 @@ def output(opts: dict, mode: str, grids: bool = False) -> dict:
     if grids:
         out["grids_folder"] = str(_folder(opts, "outdir_grids", f"outdir_{mode}_grids"))
         out["grids_suffix"] = FORMATS.get(str(opts["grid_format"]).lower(), out["suffix"])
-    return {**out, "quality": opts["jpeg_quality"], "lossless": opts["webp_lossless"]}
+    return {**out, "quality": opts["jpeg_quality"], "lossless": opts["webp_lossless"],
+            "pnginfo": bool(opts["enable_pnginfo"])}  # False: files without their parameters, as A1111
 
 
 def _folder(opts: dict, common: str, own: str) -> Path:

@@ -104,7 +104,8 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
         kw["device_noise"] = True
     if img2img:
         kw.update(strength=req.denoising_strength, resize_mode=RESIZE[req.resize_mode],
-                  mask_blur=req.mask_blur if req.mask_blur is not None else max(req.mask_blur_x, req.mask_blur_y),
+                  mask_blur=req.mask_blur if req.mask_blur is not None else req.mask_blur_x,
+                  mask_blur_y=req.mask_blur if req.mask_blur is not None else req.mask_blur_y,
                   inpainting_fill=FILL[req.inpainting_fill], inpaint_full_res=req.inpaint_full_res,
                   inpaint_full_res_padding=req.inpaint_full_res_padding,
                   invert_mask=bool(req.inpainting_mask_invert))
@@ -198,6 +199,8 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
         if init is None:  # transparent parts over img2img_background_color, as A1111 flattens them
             init = flatten(decode_b64(req.init_images[0], "init_images[0]", limit), p.get("background") or WHITE)
         mask = decode_b64(req.mask, "mask", limit) if req.mask else None
+    elif hires is not None and req.firstpass_image:  # A1111's hires fix of an image already made
+        kw["first_pass"] = decode_b64(req.firstpass_image, "firstpass_image", state.settings.max_image_pixels)
     controls = a1111_controlnet.build_controls(p.get("controlnet") or [], req, pipe, init,
                                                state.settings.max_image_pixels, kw["width"], kw["height"])
     if controls:
@@ -263,7 +266,7 @@ def save(state, job_id: str, p: dict, images: list, infotexts: list[str], send: 
     for k, (image, text) in enumerate(zip(images, infotexts)):
         grid = k < grids and "grids_folder" in out
         folder, suffix = (out["grids_folder"], out["grids_suffix"]) if grid else (out["folder"], out["suffix"])
-        f = save_image(image, Path(folder) / f"{job_id}-{k}{suffix}", text,
+        f = save_image(image, Path(folder) / f"{job_id}-{k}{suffix}", text if out.get("pnginfo", True) else None,
                        quality=out["quality"], lossless=out["lossless"])
         files.append(_stored_name(f, state.settings.outputs_dir))
         if send:  # A1111 answers in the saved format too (samples_format)

@@ -19,8 +19,6 @@ REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
     "firstphase_height": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
     "initial_noise_multiplier": ((None, 1.0), "not implemented; img2img noise is used at full strength"),
     "latent_mask": ((None, ""), "not implemented; the mask is used for the latents too"),
-    "infotext": ((None, ""), "not applied; send its parameters as the request's fields"),
-    "firstpass_image": ((None, ""), "not implemented; the first pass is generated"),
     "force_task_id": ((None, ""), "task ids are not used; every job has its own id (/opensd/v1/jobs)"),
 }
 
@@ -71,7 +69,6 @@ SETTINGS: dict[str, str] = {
     "hypertile_enable_vae": _HYPERTILE,
     "beta_dist_alpha": "not implemented; the Beta schedule uses 0.6",
     "beta_dist_beta": "not implemented; the Beta schedule uses 0.6",
-    "enable_pnginfo": "not implemented; images always carry their infotext",
     "lora_functional": _NOT_IMPLEMENTED,
     "refiner_switch_by_sample_steps": "not implemented; the refiner switches at a noise level (A1111's default)",
 }
@@ -90,8 +87,6 @@ def request_gaps(req) -> list[tuple[str, str]]:
     gaps = [(name, message) for name, (off, message) in REQUEST_FIELDS.items()
             if name in req.model_fields_set and data.get(name) not in off]
     gaps += [(name, "not an AUTOMATIC1111 field; ignored") for name in sorted(req.model_extra or {})]
-    if data.get("mask_blur") is None and data.get("mask_blur_x", 4) != data.get("mask_blur_y", 4):
-        gaps.append(("mask_blur_x", "separate x and y blur is not implemented; the mask is blurred by the larger"))
     if len(data.get("init_images") or []) > 1:
         gaps.append(("init_images[1:]", "every image of the batch starts from the first init image"))
     for name in (req.alwayson_scripts or {}):

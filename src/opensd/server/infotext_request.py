@@ -84,3 +84,29 @@ def _find_model(hash_: str | None, name: str | None, checkpoints: list[tuple[str
             if name in (model, stem):
                 return model
     return None
+
+
+def with_infotext(req, checkpoints: list[tuple[str, str | None]]):
+    """A1111's `infotext` request field (its api.apply_infotext): the parameters it records fill the
+    fields the request leaves unset, and its settings the override_settings the request does not
+    name. (the request, notes on what could not be applied)."""
+    from pydantic import ValidationError
+
+    from ..errors import InvalidArgument
+
+    found, notes = request_from_infotext(req.infotext, checkpoints)
+    _, _, params = parse_infotext(req.infotext)
+    given = req.model_fields_set
+    fields = {k: v for k, v in found.items() if k in type(req).model_fields and k not in given
+              and k not in ("batch_size", "n_iter", "override_settings")}
+    settings = dict(found["override_settings"])
+    if "VAE" not in params:
+        settings.pop("sd_vae", None)  # request_from_infotext's "the checkpoint's own" is for remaking an image
+    merged = {**req.model_dump(exclude_unset=True), **fields}
+    merged["override_settings"] = {**settings, **(req.override_settings or {})}
+    try:
+        return type(req).model_validate(merged), notes
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidArgument(f"infotext: {where}: {first['msg']}") from None

@@ -30,6 +30,7 @@ export const SECTIONS = [
   ["Saving images", [
     ["samples_format", "File format for images"], ["grid_format", "File format for grids"],
     ["jpeg_quality", "Quality for saved JPEG images"], ["webp_lossless", "Lossless WebP"],
+    ["enable_pnginfo", "Save the generation parameters in the image files", "off: images carry no prompt or settings"],
   ]],
   ["Upscaling", [
     ["ESRGAN_tile", "Tile size for model upscalers (0: no tiling)"], ["ESRGAN_tile_overlap", "Tile overlap, in pixels"],
