@@ -139,6 +139,36 @@ def test_hires_fields_round_trip_through_png_info_and_regenerate_identical_pixel
     assert np.array_equal(pixels(again), pixels(BytesIO(original)))
 
 
+def test_upscale_button_hires_fixes_the_shown_image_as_its_first_pass(page, live):
+    """A1111's ✨ upscale: the shown image, with this form's hires settings and its seed, as the first
+    pass; the same pixels as generating with the hires fix on in the first place."""
+    form = "#panel-generate"
+    before = job_ids(live)
+    fill_generate(page, "red heart, noto emoji style", steps=3, seed=21)
+    page.click(f"{form} button[type=submit]")
+    (first,) = new_jobs(live, before, 1)
+    page.wait_for_selector(f"{form} .result-main img[src*='{first.id}']")
+    page.click(f"{form} summary:has-text('Hires fix')")
+    page.select_option(f"{form} select[name=hr_upscaler]", "Lanczos")
+    page.fill(f"{form} input[name=hr_scale]", "1.5")
+    page.fill(f"{form} input[name=hr_second_pass_steps]", "2")
+    page.fill(f"{form} input[name=denoising_strength]", "0.5")
+    page.fill(f"{form} input[name=seed]", "-1")  # the shown image's seed is used, not the form's
+    before = job_ids(live)
+    page.click(f"{form} button:text('Upscale')")
+    (upscaled,) = new_jobs(live, before, 1)
+    request = upscaled.payload["request"]
+    assert request["enable_hr"] and request["seed"] == 21 and request["firstpass_image"].startswith("data:image/png")
+    page.fill(f"{form} input[name=seed]", "21")
+    page.check(f"{form} input[name=enable_hr]")
+    before = job_ids(live)
+    page.click(f"{form} button[type=submit]")
+    (whole,) = new_jobs(live, before, 1)
+    out = live.state.settings.outputs_dir
+    a, b = pixels(out / upscaled.result["files"][0]), pixels(out / whole.result["files"][0])
+    assert a.shape == (96, 96, 3) and np.array_equal(a, b)
+
+
 def test_queue_three_cancel_the_second_it_never_runs(page, live):
     """Flow 4: three jobs queued from the UI, the second cancelled in the Queue tab."""
     live.state.queue.stop()  # hold the worker so the jobs wait

@@ -42,9 +42,9 @@ export function hiresCard(upscalers, settings) {
   const int = (name) => Math.trunc(Number(value(name).value));
   return {
     element,
-    // the request's hires fields (none when the fix is off)
-    request() {
-      if (!value("enable_hr").checked) return {};
+    // the request's hires fields (none when the fix is off, unless `force`d on)
+    request({ force = false } = {}) {
+      if (!force && !value("enable_hr").checked) return {};
       return {
         enable_hr: true, hr_upscaler: value("hr_upscaler").value, hr_scale: Number(value("hr_scale").value),
         hr_second_pass_steps: int("hr_second_pass_steps"), denoising_strength: Number(value("denoising_strength").value),

@@ -8,7 +8,9 @@ import { EVENTS, emit, on, sendTo, shared, TARGETS } from "./shared.js";
 
 const fail = (e) => toast(e.message || String(e), "error");
 
-export function jobView() {
+// `upscale(image, seed, subseed)`: the tab's hires fix of a shown image (Generate's "Upscale"
+// button, A1111's ✨: the image as the first pass); without it the button is not shown.
+export function jobView({ upscale = null } = {}) {
   const status = h("p", { class: "muted", role: "status" }, "Idle");
   const bar = h("div");
   const preview = h("img", { alt: "Live preview of the running job", hidden: true });
@@ -84,9 +86,17 @@ export function jobView() {
     shared.lastImage = { url: imageUrl(job, i), infotext: text, name: `${job.id}-${i}.png` };
     clear(actions,
       h("a", { class: "button", href: imageUrl(job, i), download: `${job.id}-${i}.png` }, icon("download"), "Download"),
+      upscale && i >= gridsOf(job) ? h("button", { type: "button", title: "Hires fix of this image with the hires "
+        + "settings (its seed; the image is the first pass)", onclick: upscaleShown }, icon("expand"), "Upscale") : null,
       Object.entries(TARGETS).filter(([id]) => id !== "generate").map(([id, label]) =>
         h("button", { type: "button", onclick: () => sendImage(id) }, icon("send"), `Send to ${label}`)));
     actions.hidden = false;
+  }
+  async function upscaleShown() {
+    const { job, index } = shown;
+    const subseeds = job.result.info?.all_subseeds || [];
+    const blob = await fetch(imageUrl(job, index)).then((r) => r.blob()).catch(fail);
+    if (blob) upscale(blob, seedOf(job, index), subseeds[index - gridsOf(job)]);
   }
   async function sendImage(target) {
     if (!shown) return;

@@ -2,7 +2,7 @@
 // card (scripts_card.js: X/Y/Z plot, prompt matrix, prompts from file), queued submission
 // (POST /opensd/v1/txt2img), and the progress and results of this page's jobs (job_view.js).
 // Parameters sent here by other tabs (reuse) arrive through take("generate").
-import { api } from "../api.js";
+import { api, fileToDataURL } from "../api.js";
 import { field, h, icon, toast } from "../dom.js";
 import { syncSliders } from "../form.js";
 import { generationSettings } from "../gen_settings.js";
@@ -15,7 +15,7 @@ import { EVENTS, on, take } from "../shared.js";
 const KEY = "opensd.generate";
 
 export async function mount(panel) {
-  const results = jobView();
+  const results = jobView({ upscale });
   // hires upscalers: A1111's latent modes, then None/Lanczos/Nearest and the installed models
   const [settings, modes, upscalers, script] = await Promise.all([generationSettings({ shownSeed: results.shownSeed }),
     api.get("/sdapi/v1/latent-upscale-modes"), api.get("/sdapi/v1/upscalers"), scriptsCard()]);
@@ -38,6 +38,18 @@ export async function mount(panel) {
 
   function generate() {
     if (form.reportValidity()) results.submit("/opensd/v1/txt2img", request());
+  }
+
+  // A1111's ✨ upscale: this form's settings with the hires fix on, one image, the shown image's
+  // seeds, and the image itself as the first pass (firstpass_image).
+  async function upscale(image, seed, subseed) {
+    if (!form.reportValidity()) return;
+    const body = { ...request(), ...hires.request({ force: true }), batch_size: 1, n_iter: 1,
+      firstpass_image: await fileToDataURL(image) };
+    if (seed !== undefined) body.seed = seed;
+    if (subseed !== undefined && body.subseed_strength) body.subseed = subseed;
+    delete body.script_name; delete body.script_args; // the image is one image, not a script's run
+    results.submit("/opensd/v1/txt2img", body);
   }
 
   // Parameters from the gallery or PNG info: fill the form so the same pixels come out again.
