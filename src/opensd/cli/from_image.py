@@ -12,7 +12,8 @@ from .sampling_flags import fill_from
 # Params field -> generate's flag (its argparse dest), where the names differ
 PARAM_DEST = {"negative_prompt": "negative", "batch_size": "batch", "inpaint_full_res_padding": "inpaint_padding",
               "refiner_switch_at": "refiner_switch", "hires_fix_refiner_pass": "refiner_hires_pass",
-              "distilled_guidance": "guidance"}
+              "distilled_guidance": "guidance", "seed_resize_from_w": "seed_resize_from",
+              "seed_resize_from_h": "seed_resize_from"}
 # Recorded hires field -> flag
 _HIRES_FLAG = {"negative_prompt": "hires_negative"}
 # Recorded keys that are not settings: the version, and a dynamic prompt's template (the image's
@@ -37,7 +38,10 @@ def apply_infotext(args: argparse.Namespace):
     prompt, negative, params = parse_infotext(text)
     rec = recorded(prompt, negative, params)
     fill = {"prompt": prompt, "negative": negative}
-    fill.update({PARAM_DEST.get(k, k): v for k, v in rec.settings.items()})
+    settings = dict(rec.settings)
+    resize = settings.pop("seed_resize_from_w", None), settings.pop("seed_resize_from_h", None)
+    fill.update({PARAM_DEST.get(k, k): v for k, v in settings.items()})
+    fill["seed_resize_from"] = resize if None not in resize else None  # one flag, --seed-resize-from WxH
     fill.update(vae_decoder=rec.vae_decoder, vae_encoder=rec.vae_encoder)
     if not args.compile and args.backend == "torch":  # step caching is for the eager PyTorch UNet
         fill["deep_cache"] = rec.deep_cache

@@ -25,6 +25,13 @@ def _sides(text: str) -> tuple[int, int, int, int]:
     return tuple(int_arg(p) for p in parts)  # type: ignore[return-value]
 
 
+def _size(text: str) -> tuple[int, int]:
+    w, sep, h = text.lower().partition("x")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT")
+    return int_arg(w), int_arg(h)
+
+
 def register(sub) -> None:
     gen = sub.add_parser("generate", help="text to image, image to image, inpainting, outpainting")
     gen.add_argument("prompt", nargs="?", help="the prompt (A1111 syntax); optional with --from")
@@ -50,6 +57,9 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int_arg, help="-1 (default) picks a random seed")
     g.add_argument("--subseed", type=int_arg, help="variation seed")
     g.add_argument("--subseed-strength", type=float_arg, help="0..1, how far towards the variation seed")
+    g.add_argument("--seed-resize-from", type=_size, metavar="WxH",
+                   help="draw the seed's noise at this size and centre it in the image (A1111's \"Resize seed "
+                        "from\"): a seed keeps its composition at another size")
     g.add_argument("--width", type=int_arg, help="default: the model's native size (or the init image's)")
     g.add_argument("--height", type=int_arg)
     g.add_argument("--batch", type=int_arg, help="images to generate (seeds seed..seed+N-1)")
@@ -139,6 +149,8 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
               subseed=args.subseed, subseed_strength=args.subseed_strength, tiling=args.tiling or None,
               sampler_options=sampling_flags.sampler_options(args) or None, shift=args.shift,
               distilled_guidance=args.guidance)
+    if args.seed_resize_from is not None:
+        kw.update(seed_resize_from_w=args.seed_resize_from[0], seed_resize_from_h=args.seed_resize_from[1])
     if args.hires:
         hires = dict(scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps,
                      denoise=args.hires_denoise, width=args.hires_width, height=args.hires_height,

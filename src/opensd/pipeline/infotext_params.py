@@ -81,10 +81,14 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
 
 
 def _sampler_params(p: Params, sampler: str) -> dict[str, Any]:
-    """The sampler options this sampler took (when off their defaults) and ENSD, as A1111 writes them."""
+    """The sampler options this sampler took (when off their defaults), ENSD and the seed resize,
+    as A1111 writes them."""
     out = infotext_sampler.written(sampler, p.sampler_options)
     if p.noise_seed_delta:
         out["ENSD"] = p.noise_seed_delta
+    resize = p.seed_resize()
+    if resize is not None:
+        out["Seed resize from"] = f"{resize[0]}x{resize[1]}"
     return out
 
 
@@ -224,7 +228,8 @@ _SETTINGS = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("see
              "Variation seed": ("subseed", int), "Variation seed strength": ("subseed_strength", float),
              "Size-1": ("width", int), "Size-2": ("height", int), "Mask blur": ("mask_blur", int),
              "Masked area padding": ("inpaint_full_res_padding", int), "Masked content": ("inpainting_fill", str),
-             "Distilled CFG Scale": ("distilled_guidance", float), "Shift": ("shift", float)}
+             "Distilled CFG Scale": ("distilled_guidance", float), "Shift": ("shift", float),
+             "Seed resize from-1": ("seed_resize_from_w", int), "Seed resize from-2": ("seed_resize_from_h", int)}
 _HIRES = {"Hires upscale": ("scale", float), "Hires steps": ("steps", int), "Hires upscaler": ("upscaler", str),
           "Hires resize-1": ("width", int), "Hires resize-2": ("height", int), "Hires sampler": ("sampler", str),
           "Hires schedule type": ("scheduler", str), "Hires prompt": ("prompt", str),

@@ -13,25 +13,33 @@ class ImageNoise:
     "Eta noise seed delta", ENSD) the per-step draws come from a generator seeded with
     seed + seed_delta instead. `on_device`: draw on `device` rather than the CPU (A1111's
     randn_source "GPU"; the same seed then gives other noise on another kind of device).
+
+    `seed_shape` (A1111's "Resize seed from width/height", as a latent shape): the initial noise
+    (and the variation seed's) is drawn at that size, and its centre is pasted over the centre of
+    noise drawn at `shape`, so a seed keeps its composition at another image size. The per-step
+    draws continue after one draw at `shape`, as without it.
     """
 
     def __init__(self, seed: int, shape: tuple[int, ...], device: torch.device,
                  subseed: int | None = None, subseed_strength: float = 0.0, *, seed_delta: int = 0,
-                 on_device: bool = False):
+                 on_device: bool = False, seed_shape: tuple[int, ...] | None = None):
         self.shape = shape
         self.device = device
         self.rng_device = torch.device(device) if on_device else torch.device("cpu")
         self.generator = torch.Generator(self.rng_device).manual_seed(seed)
         initial = self._draw(self.generator)
+        resized = seed_shape is not None and tuple(seed_shape) != tuple(shape)
+        drawn = self._draw(torch.Generator(self.rng_device).manual_seed(seed), seed_shape) if resized else initial
         if subseed is not None and subseed_strength > 0:
-            other = self._draw(torch.Generator(self.rng_device).manual_seed(subseed))
-            initial = slerp(subseed_strength, initial, other)
+            other = self._draw(torch.Generator(self.rng_device).manual_seed(subseed), seed_shape if resized else None)
+            drawn = slerp(subseed_strength, drawn, other)
+        initial = paste_centred(drawn, initial) if resized else drawn
         if seed_delta:
             self.generator = torch.Generator(self.rng_device).manual_seed(seed + seed_delta)
         self.initial = initial.to(device)
 
-    def _draw(self, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(self.shape, generator=generator, device=self.rng_device)
+    def _draw(self, generator: torch.Generator, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        return torch.randn(shape or self.shape, generator=generator, device=self.rng_device)
 
     def __call__(self, sigma=None, sigma_next=None) -> torch.Tensor:
         """A fresh standard-normal draw (the samplers' noise_sampler contract)."""
@@ -47,3 +55,18 @@ def slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         return (1 - t) * low + t * high
     so = torch.sin(omega)
     return (torch.sin((1 - t) * omega) / so) * low + (torch.sin(t * omega) / so) * high
+
+
+def paste_centred(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`target` with the overlap of `source` (both (..., H, W)) pasted centred, A1111's seed resize
+    arithmetic: offsets are floor((target - source) / 2); where the source is larger by an odd
+    amount, the pasted part is one row/column short of the target (that edge keeps its own noise)."""
+    out = target.clone()
+    spans = []
+    for big, small in ((target.shape[-2], source.shape[-2]), (target.shape[-1], source.shape[-1])):
+        d = (big - small) // 2
+        n = small if d >= 0 else small + 2 * d
+        spans.append((slice(max(d, 0), max(d, 0) + n), slice(max(-d, 0), max(-d, 0) + n)))
+    (ty, sy), (tx, sx) = spans
+    out[..., ty, tx] = source[..., sy, sx]
+    return out

@@ -58,6 +58,10 @@ class Params:
     sampler_options: dict = field(default_factory=dict)
     noise_seed_delta: int = 0         # A1111's ENSD: per-step noise drawn from seed + this (noise.py)
     device_noise: bool = False        # draw noise on the device, not the CPU (A1111's randn_source "GPU")
+    # A1111's "Resize seed from width/height": the initial noise drawn at this size, centred into the
+    # image's (noise.py); on only when both are above 0.
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
     # img2img / inpainting
     strength: float = 0.75
     resize_mode: str = "just resize"
@@ -76,6 +80,11 @@ class Params:
         if unknown:
             raise InvalidArgument(f"{unknown[0]}: unknown parameter")
         return cls(**kwargs)
+
+    def seed_resize(self) -> tuple[int, int] | None:
+        """(width, height) the seed's noise is drawn at, or None (A1111: both must be above 0)."""
+        w, h = self.seed_resize_from_w, self.seed_resize_from_h
+        return (w, h) if w > 0 and h > 0 else None
 
     def validate(self, limits: L.Limits = L.DEFAULT_LIMITS) -> None:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -101,6 +110,10 @@ class Params:
         if not isinstance(self.device_noise, bool):
             raise InvalidArgument(f"device_noise: {self.device_noise!r} must be true or false")
         L.check_clip_skip(self.clip_skip)
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= limits.max_side:
+                raise InvalidArgument(f"{name}: {value!r} must be a whole number in -1..{limits.max_side}")
         for name in ("shift", "distilled_guidance"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

@@ -306,8 +306,7 @@ class Pipeline:
              mask: Image.Image | None, report) -> Image.Image:
         down = self.config.vae.downscale
         shape = (1, self.config.latent_channels, p.height // down, p.width // down)
-        noise = ImageNoise(seed, shape, self.device, subseed, p.subseed_strength,
-                           seed_delta=p.noise_seed_delta, on_device=p.device_noise)
+        noise = self._image_noise(p, seed, subseed, shape)
         if source is None:
             latents = None  # a given first pass (with hires fix) stands for the sampled one
             if self._first_pass is None:
@@ -315,7 +314,7 @@ class Pipeline:
                 latents = self._sample(p, self._noised(p, sigmas[0], noise.initial), sigmas, noise, report, p.width,
                                        p.height, hires_pass=None if p.hires is None else 1)
             if p.hires is not None:
-                latents = self._hires(p, p.hires, latents, seed, report)
+                latents = self._hires(p, p.hires, latents, seed, subseed, report)
                 return (self._hires_model or self).decode(latents)[0]  # A1111: the current model's VAE
             return self.decode(latents)[0]
         init = self.encode(I.fill_masked(source, mask) if mask is not None and p.inpainting_fill == "fill"
@@ -336,7 +335,17 @@ class Pipeline:
         latent = torch.zeros_like(noise) if latent is None else latent
         return self.model_sampling(p.width, p.height, p.shift).noise_scaling(sigma, noise, latent)
 
-    def _hires(self, p: Params, h: Hires, latents: torch.Tensor | None, seed: int, report) -> torch.Tensor:
+    def _image_noise(self, p: Params, seed: int, subseed: int | None, shape: tuple[int, ...]) -> ImageNoise:
+        """One image's noise at latent `shape`, with its variation seed and seed resize (A1111 uses
+        both in every pass, hires included)."""
+        resize = p.seed_resize()
+        down = self.config.vae.downscale
+        seed_shape = None if resize is None else (*shape[:2], resize[1] // down, resize[0] // down)
+        return ImageNoise(seed, shape, self.device, subseed, p.subseed_strength, seed_delta=p.noise_seed_delta,
+                          on_device=p.device_noise, seed_shape=seed_shape)
+
+    def _hires(self, p: Params, h: Hires, latents: torch.Tensor | None, seed: int, subseed: int | None,
+               report) -> torch.Tensor:
         """Second pass at the target size: upscale (a latent mode, or the decoded image through an
         upscaler and encoded again, as A1111 does), renoise, denoise. With a hires model (A1111's
         hr_checkpoint_name) this model decodes the first pass and the hires model does the rest."""
@@ -358,9 +367,8 @@ class Pipeline:
                                           progress=lambda i, n: report(offset))
             init = hr.encode(image)
         with self._lent_to(hr, second.prompt, p.tiling):
-            # A1111 draws the second pass's noise afresh from the same seed, at the new size.
-            noise = ImageNoise(seed, tuple(init.shape), hr.device, seed_delta=p.noise_seed_delta,
-                               on_device=p.device_noise)
+            # A1111 draws the second pass's noise afresh from the same seeds, at the new size.
+            noise = hr._image_noise(p, seed, subseed, tuple(init.shape))
             sigmas = i2i.sigmas_from(hr.sigmas(second, second.steps), second.steps, h.denoise)
             image_cond = hr.inpainting_cond(None, None, w, h_px) if hr.config.inpainting else None
             return hr._sample(second, hr._noised(second, sigmas[0], noise.initial, init), sigmas, noise,

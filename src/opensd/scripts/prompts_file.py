@@ -5,7 +5,8 @@ or, when it holds "--", options in A1111's command-line form:
 
 `--prompt` and `--negative_prompt` take every word up to the next `--`. The options are A1111's:
 prompt, negative_prompt, styles (comma-separated), seed, subseed, subseed_strength, sampler_name,
-sampler_index, batch_size, n_iter, steps, cfg_scale, width, height, tiling, restore_faces, sd_model;
+sampler_index, batch_size, n_iter, steps, cfg_scale, width, height, seed_resize_from_w,
+seed_resize_from_h, tiling, restore_faces, sd_model;
 outpath_samples, outpath_grids, prompt_for_display, do_not_save_samples and do_not_save_grid are
 accepted and have no effect (images are saved where the request's are). A line's prompt goes after
 the request's prompt (or before it, with prompt position "start"), joined by a space.
@@ -123,9 +124,7 @@ def _apply(spec: Spec, base: Spec, opts: dict, options: FileOptions, face: Face,
             spec.model = face.checkpoint(value)
         elif key == "restore_faces" and value:
             raise InvalidArgument(f"{where}: --restore_faces: no face restoration model here")
-        elif key.startswith("seed_resize_from") and value not in (-1, 0):
-            raise InvalidArgument(f"{where}: --{key}: seed resize is not implemented here")
-        elif key in ("batch_size", "steps", "width", "height", "tiling", "subseed_strength"):
+        elif key in ("batch_size", "seed_resize_from_w", "seed_resize_from_h", "steps", "width", "height", "tiling", "subseed_strength"):
             kw[key] = value
     if "styles" in opts:
         names = [n.strip() for n in opts["styles"].split(",") if n.strip()]

@@ -30,8 +30,9 @@ class GenerationRequest(_Base):
     seed: int = Field(-1, ge=-1, le=L.MAX_SEED)
     subseed: int = Field(-1, ge=-1, le=L.MAX_SEED)
     subseed_strength: float = _finite(0.0, 0, 1)
-    seed_resize_from_h: int = -1
-    seed_resize_from_w: int = -1
+    # A1111's "Resize seed from": 0 or -1 is off; the noise is drawn at this size (pixels)
+    seed_resize_from_h: int = Field(-1, ge=-1, le=_LIM.max_side)
+    seed_resize_from_w: int = Field(-1, ge=-1, le=_LIM.max_side)
     sampler_name: str | None = Field(None, max_length=100)
     sampler_index: str | None = Field("Euler", max_length=100)
     scheduler: str | None = Field(None, max_length=100)

@@ -84,6 +84,8 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     kw = {"steps": req.steps, "cfg": req.cfg_scale, "width": _down8(req.width), "height": _down8(req.height),
           "batch_size": req.batch_size, "sampler": sampler, "scheduler": schedule,
           "subseed_strength": req.subseed_strength}
+    if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
+        kw.update(seed_resize_from_w=req.seed_resize_from_w, seed_resize_from_h=req.seed_resize_from_h)
     L.check_size(kw["width"], kw["height"])
     if req.distilled_cfg_scale is not None:
         kw["distilled_guidance"] = req.distilled_cfg_scale
@@ -286,7 +288,7 @@ def info_dict(req, kw, model, hash_, seeds, subseeds, infotexts, img2img) -> dic
         "scheduler": kw["scheduler"] or "Automatic", "cfg_scale": kw["cfg"], "steps": kw["steps"],
         "batch_size": req.batch_size, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": model, "sd_model_hash": hash_, "sd_vae_name": None, "sd_vae_hash": None,
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "seed_resize_from_w": req.seed_resize_from_w, "seed_resize_from_h": req.seed_resize_from_h,
         "denoising_strength": kw.get("strength") if img2img else (
             kw["hires"]["denoise"] if kw.get("hires") else None),
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts,

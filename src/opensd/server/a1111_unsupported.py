@@ -10,8 +10,6 @@ from __future__ import annotations
 
 # request field -> (values meaning "off", what happens here instead)
 REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
-    "seed_resize_from_h": ((-1, 0), "seed resize is not implemented; the noise is drawn at the image size"),
-    "seed_resize_from_w": ((-1, 0), "seed resize is not implemented; the noise is drawn at the image size"),
     "restore_faces": ((None, False), "no face restoration model here; images are returned as generated"),
     "s_min_uncond": ((None, 0.0), "negative guidance minimum sigma is not implemented; every step uses the "
                                   "negative prompt"),

@@ -12,6 +12,7 @@ _FIELDS = {
     "Steps": ("steps", int), "Sampler": ("sampler_name", str), "Schedule type": ("scheduler", str),
     "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Size-1": ("width", int), "Size-2": ("height", int),
     "Variation seed": ("subseed", int), "Variation seed strength": ("subseed_strength", float),
+    "Seed resize from-1": ("seed_resize_from_w", int), "Seed resize from-2": ("seed_resize_from_h", int),
     "Hires upscale": ("hr_scale", float), "Hires steps": ("hr_second_pass_steps", int),
     "Hires upscaler": ("hr_upscaler", str), "Hires resize-1": ("hr_resize_x", int),
     "Hires resize-2": ("hr_resize_y", int), "Denoising strength": ("denoising_strength", float),
@@ -20,8 +21,8 @@ _FIELDS = {
     "Refiner switch at": ("refiner_switch_at", float),
 }
 # Keys that need no field: what they record is in the prompt (LoRA/TI tags) or handled below.
-_KNOWN = {"Size", "Hires resize", "Hires checkpoint", "Refiner", "Model", "Model hash", "VAE", "VAE hash", "Clip skip", "Version",
-          "Lora hashes", "TI hashes", "VAE Decoder", "VAE Encoder"}
+_KNOWN = {"Size", "Hires resize", "Hires checkpoint", "Refiner", "Seed resize from", "Model", "Model hash", "VAE",
+          "VAE hash", "Clip skip", "Version", "Lora hashes", "TI hashes", "VAE Decoder", "VAE Encoder"}
 # infotext key -> the A1111 setting it records (A1111 reads these back as override settings)
 _SETTINGS = {"VAE Decoder": "sd_vae_decode_method", "VAE Encoder": "sd_vae_encode_method"}
 
