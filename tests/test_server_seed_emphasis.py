@@ -52,3 +52,33 @@ def test_seed_resize_fields(client):
 def test_bad_seed_resize_is_a_422_naming_the_field(client, field, value):
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, field: value, "override_settings": TINY})
     assert r.status_code == 422 and field in r.text
+
+
+def test_emphasis_setting(client):
+    weighted, info = txt2img(client, prompt="a (cat:1.8)")
+    ignored, iinfo = txt2img(client, {"emphasis": "Ignore"}, prompt="a (cat:1.8)")
+    plain, _ = txt2img(client, prompt="a cat")
+    assert (ignored == plain).all() and (weighted != plain).any()
+    assert "Emphasis: Ignore" in iinfo["infotexts"][0] and "Emphasis" not in info["infotexts"][0]
+    no_norm, ninfo = txt2img(client, {"emphasis": "No norm"}, prompt="a (cat:1.8)")
+    assert (no_norm != weighted).any() and ninfo["unsupported_fields"] == []
+
+
+def test_comma_padding_backtrack_and_sdxl_settings_are_acted_on(client):
+    text = " ".join(["a"] * 70) + ", " + " ".join(["b"] * 10)
+    default, _ = txt2img(client, prompt=text)
+    cut, info = txt2img(client, {"comma_padding_backtrack": 0}, prompt=text)
+    assert (default != cut).any() and info["unsupported_fields"] == []
+    # SD1: the SDXL settings change nothing (as in A1111) and are not reported
+    plain, _ = txt2img(client)
+    xl, xinfo = txt2img(client, {"sdxl_crop_top": 64, "sdxl_crop_left": 32, "sdxl_clip_l_skip": True})
+    assert (plain == xl).all() and xinfo["unsupported_fields"] == []
+
+
+@pytest.mark.parametrize("setting,value", [("emphasis", "Loud"), ("comma_padding_backtrack", 75),
+                                           ("sdxl_crop_top", -1), ("sdxl_crop_left", "left"),
+                                           ("sdxl_clip_l_skip", 1)])
+def test_bad_setting_is_a_422_naming_it(client, setting, value):
+    r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1,
+                                               "override_settings": {**TINY, setting: value}})
+    assert r.status_code == 422 and f"override_settings.{setting}" in r.text, r.text

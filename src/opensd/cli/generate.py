@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidArgument
+from ..text.prompt_parser import EMPHASIS_LABELS
 from . import ip_adapter_flags, sampling_flags
 from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
 from .control import CONTROL_HELP, controls_from_args
@@ -72,6 +73,17 @@ def register(sub) -> None:
                                                       "--cfg stays real CFG (default 1 for Flux)")
     g.add_argument("--tiling", action="store_true", help="seamless tiling: the image wraps around its edges")
     sampling_flags.add_flags(gen)
+    t = gen.add_argument_group("prompt encoding (A1111's settings of these names)")
+    t.add_argument("--emphasis", choices=list(EMPHASIS_LABELS),
+                   help="(word:1.2) weights: original (default; weights, then the mean restored), no_norm (weights "
+                        "only), ignore (syntax removed, no weights), none (brackets are plain text)")
+    t.add_argument("--comma-padding-backtrack", type=int_arg, metavar="TOKENS",
+                   help="0..74 (default 20): a 75-token chunk that fills up within this many tokens after a comma "
+                        "ends at the comma")
+    t.add_argument("--sdxl-clip-l-skip", action="store_true",
+                   help="SDXL: --clip-skip (default 1, the last layer) picks CLIP-L's layer too")
+    t.add_argument("--sdxl-crop-top", type=int_arg, help="SDXL's crop-coordinates conditioning (default 0)")
+    t.add_argument("--sdxl-crop-left", type=int_arg)
     i = gen.add_argument_group("img2img / inpainting / outpainting")
     i.add_argument("--init-image", type=Path, help="start from this image (img2img)")
     i.add_argument("--strength", type=float_arg, help="denoising strength 0..1 (default 0.75)")
@@ -148,7 +160,9 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
               batch_size=args.batch, sampler=args.sampler, scheduler=args.scheduler, clip_skip=args.clip_skip,
               subseed=args.subseed, subseed_strength=args.subseed_strength, tiling=args.tiling or None,
               sampler_options=sampling_flags.sampler_options(args) or None, shift=args.shift,
-              distilled_guidance=args.guidance)
+              distilled_guidance=args.guidance, emphasis=args.emphasis,
+              comma_padding_backtrack=args.comma_padding_backtrack, sdxl_clip_l_skip=args.sdxl_clip_l_skip or None,
+              sdxl_crop_top=args.sdxl_crop_top, sdxl_crop_left=args.sdxl_crop_left)
     if args.seed_resize_from is not None:
         kw.update(seed_resize_from_w=args.seed_resize_from[0], seed_resize_from_h=args.seed_resize_from[1])
     if args.hires:

@@ -156,7 +156,8 @@ class Family:
     def sampling(self, pipe, width: int, height: int, shift: float | None = None) -> Any:
         raise NotImplementedError
 
-    def conditioner(self, pipe, clip_skip: int | None) -> Any:
+    def conditioner(self, pipe, clip_skip: int | None, **text) -> Any:
+        """The prompt encoder; `text`: PromptConditioner's emphasis, comma_backtrack, clip_l_skip."""
         raise NotImplementedError
 
     def context_width(self, cfg) -> int:

@@ -159,8 +159,8 @@ class DiTFamily(Family):
     def text_modules(self, model: nn.Module) -> list[nn.Module]:
         return list(model.text_encoders.values())
 
-    def conditioner(self, pipe, clip_skip):
-        return DiTConditioner(pipe, self.clip_names, self.clip_context, clip_skip)
+    def conditioner(self, pipe, clip_skip, **text):
+        return DiTConditioner(pipe, self.clip_names, self.clip_context, clip_skip, **text)
 
     adapters = frozenset({"lora", "skip_layers"})
 

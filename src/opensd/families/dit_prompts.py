@@ -36,8 +36,9 @@ class DiTConditioner(PromptConditioner):
     """`clip_names`: the CLIP encoders of the family in context order; `clip_context`: whether their
     hidden states start the context (SD3) or only their pooled vector is used (Flux)."""
 
-    def __init__(self, pipe, clip_names: tuple[str, ...], clip_context: bool, clip_skip: int | None = None):
-        super().__init__(pipe.model, pipe.tokenizer, pipe.device, None, clip_skip)
+    def __init__(self, pipe, clip_names: tuple[str, ...], clip_context: bool, clip_skip: int | None = None,
+                 **text):
+        super().__init__(pipe.model, pipe.tokenizer, pipe.device, None, clip_skip, **text)
         self.pipe = pipe
         self.clip_names, self.clip_context = clip_names, clip_context
         self.t5_tokenizer = pipe.loaded.tokenizers.get("t5")

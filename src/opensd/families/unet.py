@@ -69,8 +69,8 @@ class UNetFamily(Family):
     def sampling(self, pipe, width, height, shift=None) -> ModelSampling:
         return ModelSampling(pipe.schedule, pipe.config.prediction)
 
-    def conditioner(self, pipe, clip_skip):
-        return PromptConditioner(pipe.model, pipe.tokenizer, pipe.device, pipe.embeddings, clip_skip)
+    def conditioner(self, pipe, clip_skip, **text):
+        return PromptConditioner(pipe.model, pipe.tokenizer, pipe.device, pipe.embeddings, clip_skip, **text)
 
     def context_width(self, cfg) -> int:
         return cfg.unet.context_dim

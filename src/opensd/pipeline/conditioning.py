@@ -31,8 +31,8 @@ How A1111 encodes a prompt, and what we do (written from its wiki and ``sd_hijac
 * CLIP skip (``clip_skip``: 1 = last layer, 2 = penultimate, ...) applies to SD1-style models (one
   CLIP-L encoder, LDM layout) only, where the final LayerNorm is applied after the skipped layer as
   A1111 does. SD2 (23rd of 24 layers) and SDXL (penultimate of both) keep their own layer from the
-  model config and ``clip_skip`` is ignored for them -- A1111's default (its optional "clip skip for
-  SDXL CLIP-L" setting is not offered).
+  model config and ``clip_skip`` is ignored for them -- A1111's default. With A1111's "Clip skip SDXL"
+  (``clip_l_skip``) SDXL's CLIP-L takes the ``clip_skip``-th layer from the end instead (1 = last).
 * Cond and uncond of different lengths: the pipeline batches them, so :meth:`PromptConditioner.pad`
   appends encoded empty prompts to the shorter ones (A1111's "pad prompt/negative prompt to be same
   length" option; by default A1111 instead runs them as separate UNet batches).
@@ -56,6 +56,7 @@ from ..models.stable_diffusion import SGM_FAMILIES, StableDiffusion
 from ..models.unet import timestep_embedding
 from ..text.embeddings import Embedding, EmbeddingDatabase
 from ..text.prompt_parser import (
+    EMPHASIS_LABELS,
     ExtraNetwork,
     Fragment,
     extract_extra_networks,
@@ -81,7 +82,7 @@ __all__ = [
 ]
 
 CHUNK_TOKENS = 75          # prompt tokens per chunk; a chunk is BOS + 75 + EOS = 77 ids
-EMPHASIS_MODES = ("original", "no_norm", "ignore", "none")
+EMPHASIS_MODES = tuple(EMPHASIS_LABELS)
 
 
 @dataclass
@@ -280,6 +281,7 @@ class PromptConditioner:
     module docstring (SD1-style models only; ``None`` keeps the model's default). ``emphasis``: one
     of :data:`EMPHASIS_MODES`. ``comma_backtrack``: how many tokens back from a full chunk's end a
     comma may be to move the rest to the next chunk (0 disables; A1111's default 20).
+    ``clip_l_skip``: SDXL only, A1111's "Clip skip SDXL": ``clip_skip`` (None: 1) picks CLIP-L's layer.
 
     Not thread-safe across threads sharing one model: embeddings are inserted through a forward
     hook on the encoders' token embedding while a batch is encoded.
@@ -287,7 +289,7 @@ class PromptConditioner:
 
     def __init__(self, model: StableDiffusion, tokenizer: CLIPTokenizer, device: torch.device | str,
                  embeddings: EmbeddingDatabase | None = None, clip_skip: int | None = None, *,
-                 emphasis: str = "original", comma_backtrack: int = 20):
+                 emphasis: str = "original", comma_backtrack: int = 20, clip_l_skip: bool = False):
         if emphasis not in EMPHASIS_MODES:
             raise InvalidArgument(f"emphasis: {emphasis!r} is not one of {', '.join(EMPHASIS_MODES)}")
         if comma_backtrack < 0:
@@ -301,19 +303,27 @@ class PromptConditioner:
         self.emphasis = emphasis
         self.comma_backtrack = comma_backtrack
         self.clip_skip = clip_skip
+        self.clip_l_skip = clip_l_skip
         self._skips = self._resolve_skips(clip_skip)
         self._empty: Conditioning | None = None
         self._lock = threading.Lock()
 
     def _resolve_skips(self, clip_skip: int | None) -> list[int | None]:
         cfgs = self.config.text_encoders
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, (int, type(None))):
+            raise InvalidArgument(f"clip_skip: must be a whole number, got {clip_skip!r}")
+        if self.clip_l_skip and self.config.family == "sdxl" and cfgs[0].naming == "hf":
+            # A1111's "Clip skip SDXL": CLIP-L's hidden state counted from its last layer like SD1's
+            # (1 = the last layer, not SDXL's penultimate), without the final LayerNorm as SDXL takes it
+            skip = 1 if clip_skip is None else clip_skip
+            if not 1 <= skip <= cfgs[0].layers:
+                raise InvalidArgument(f"clip_skip: must be between 1 and {cfgs[0].layers} for this model, got {skip}")
+            return [skip] + [None] * (len(cfgs) - 1)
         if clip_skip is None:
             return [None] * len(cfgs)
-        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int):
-            raise InvalidArgument(f"clip_skip: must be a whole number, got {clip_skip!r}")
         sd1_style = (self.config.family not in SGM_FAMILIES and len(cfgs) == 1 and cfgs[0].naming == "hf")
         if not sd1_style:
-            return [None] * len(cfgs)  # SD2 / SDXL: their own layer, as in A1111
+            return [None] * len(cfgs)  # SD2 / SDXL: their own layer, as in A1111 (unless clip_l_skip)
         if not 1 <= clip_skip <= cfgs[0].layers:
             raise InvalidArgument(f"clip_skip: must be between 1 and {cfgs[0].layers} for this model, got {clip_skip}")
         return [clip_skip]

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import InvalidArgument
 from ..sampling import names
+from ..text.prompt_parser import EMPHASIS_LABELS, emphasis_id, extract_extra_networks, prompt_schedule, split_and
 from ..upscale import label as upscaler_label
 from ..upscale import latent_mode
 from . import infotext_sampler
@@ -63,6 +64,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     for i, spec in enumerate(controls):
         extra[f"ControlNet {i}"] = control_unit_text(spec)
     extra.update({"Template": image.info.get("template"), "Negative Template": image.info.get("negative_template")})
+    extra["Emphasis"] = _emphasis(p)
     if extra_loras:
         extra[EXTRA_LORAS] = {s.path.stem: f"{number_text(s.unet)}/{number_text(s.te_strength)}" for s in extra_loras}
     ti = {e.name: embedding_hash(e.path) for e in used_embeddings(pipe, _prompts(p)) if e.path is not None}
@@ -90,6 +92,19 @@ def _sampler_params(p: Params, sampler: str) -> dict[str, Any]:
     if resize is not None:
         out["Seed resize from"] = f"{resize[0]}x{resize[1]}"
     return out
+
+
+def _emphasis(p: Params) -> str | None:
+    """A1111's "Emphasis" key: its setting's name when not "Original" and a text it encoded (the
+    prompts after tag removal, AND and prompt editing) holds "(" or "[", as A1111 writes it."""
+    if p.emphasis == "original":
+        return None
+    steps = p.steps
+    for prompt in _prompts(p):
+        for part, _ in split_and(extract_extra_networks(prompt)[0]):
+            if any("(" in text or "[" in text for _, text in prompt_schedule(part, steps)):
+                return EMPHASIS_LABELS[p.emphasis]
+    return None
 
 
 def _speed_params(pipe, encoded: bool) -> dict[str, Any]:
@@ -229,7 +244,8 @@ _SETTINGS = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("see
              "Size-1": ("width", int), "Size-2": ("height", int), "Mask blur": ("mask_blur", int),
              "Masked area padding": ("inpaint_full_res_padding", int), "Masked content": ("inpainting_fill", str),
              "Distilled CFG Scale": ("distilled_guidance", float), "Shift": ("shift", float),
-             "Seed resize from-1": ("seed_resize_from_w", int), "Seed resize from-2": ("seed_resize_from_h", int)}
+             "Seed resize from-1": ("seed_resize_from_w", int), "Seed resize from-2": ("seed_resize_from_h", int),
+             "Emphasis": ("emphasis", emphasis_id)}
 _HIRES = {"Hires upscale": ("scale", float), "Hires steps": ("steps", int), "Hires upscaler": ("upscaler", str),
           "Hires resize-1": ("width", int), "Hires resize-2": ("height", int), "Hires sampler": ("sampler", str),
           "Hires schedule type": ("scheduler", str), "Hires prompt": ("prompt", str),

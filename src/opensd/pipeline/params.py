@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 
 from ..errors import InvalidArgument
 from ..sampling.samplers import ALL_OPTIONS, OPTION_TYPES
+from ..text.prompt_parser import EMPHASIS_LABELS
 from . import limits as L
 from .images import FILL_MODES, RESIZE_MODES
 
@@ -31,6 +32,9 @@ class Hires:
             h = self.height or round(height * (self.width / width) / 8) * 8
             return w, h
         return round(width * self.scale / 8) * 8, round(height * self.scale / 8) * 8
+
+
+_TEXT_DEFAULTS = {"emphasis": "original", "comma_backtrack": 20, "clip_l_skip": False}
 
 
 @dataclass
@@ -62,6 +66,14 @@ class Params:
     # image's (noise.py); on only when both are above 0.
     seed_resize_from_w: int = 0
     seed_resize_from_h: int = 0
+    # How prompts are encoded, A1111's settings (pipeline/conditioning.py): "emphasis" (one of
+    # EMPHASIS_LABELS' ids), "comma_padding_backtrack" (0..74 tokens), "sdxl_clip_l_skip" (SDXL's
+    # CLIP-L follows clip_skip), and SDXL's crop-coordinates conditioning.
+    emphasis: str = "original"
+    comma_padding_backtrack: int = 20
+    sdxl_clip_l_skip: bool = False
+    sdxl_crop_top: int = 0
+    sdxl_crop_left: int = 0
     # img2img / inpainting
     strength: float = 0.75
     resize_mode: str = "just resize"
@@ -85,6 +97,12 @@ class Params:
         """(width, height) the seed's noise is drawn at, or None (A1111: both must be above 0)."""
         w, h = self.seed_resize_from_w, self.seed_resize_from_h
         return (w, h) if w > 0 and h > 0 else None
+
+    def text_options(self) -> dict:
+        """The prompt encoder's options (PromptConditioner) this asks for, only those off their defaults."""
+        wanted = {"emphasis": self.emphasis, "comma_backtrack": self.comma_padding_backtrack,
+                  "clip_l_skip": self.sdxl_clip_l_skip}
+        return {k: v for k, v in wanted.items() if v != _TEXT_DEFAULTS[k]}
 
     def validate(self, limits: L.Limits = L.DEFAULT_LIMITS) -> None:
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
@@ -110,10 +128,15 @@ class Params:
         if not isinstance(self.device_noise, bool):
             raise InvalidArgument(f"device_noise: {self.device_noise!r} must be true or false")
         L.check_clip_skip(self.clip_skip)
+        if self.emphasis not in EMPHASIS_LABELS:
+            raise InvalidArgument(f"emphasis: {self.emphasis!r} is not one of {', '.join(EMPHASIS_LABELS)}")
+        _whole("comma_padding_backtrack", self.comma_padding_backtrack, 0, 74)
+        _whole("sdxl_crop_top", self.sdxl_crop_top, 0, limits.max_side)
+        _whole("sdxl_crop_left", self.sdxl_crop_left, 0, limits.max_side)
+        if not isinstance(self.sdxl_clip_l_skip, bool):
+            raise InvalidArgument(f"sdxl_clip_l_skip: {self.sdxl_clip_l_skip!r} must be true or false")
         for name in ("seed_resize_from_w", "seed_resize_from_h"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= limits.max_side:
-                raise InvalidArgument(f"{name}: {value!r} must be a whole number in -1..{limits.max_side}")
+            _whole(name, getattr(self, name), -1, limits.max_side)
         for name in ("shift", "distilled_guidance"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -132,6 +155,11 @@ class Params:
             if h.steps is not None:
                 L.check_steps(h.steps, limits)
             L.check_size(*h.target(self.width, self.height), limits)
+
+
+def _whole(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidArgument(f"{name}: {value!r} must be a whole number in {lo}..{hi}")
 
 
 def _sampler_options(options) -> None:

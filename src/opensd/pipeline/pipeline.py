@@ -408,14 +408,15 @@ class Pipeline:
         if self._controls:  # ControlNets see their image at this pass's size (hires: the hires size)
             from ..adapters.controlnet import ControlApplier
             control = ControlApplier(self._controls, width, height, self.device, self.dtype)
-        denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control, p.distilled_guidance)
+        denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control, p.distilled_guidance,
+                                p.text_options())
         refiner = self._refiner
         if refiner is not None and refiner.refines(hires_pass):
             def refined():  # the refiner's own prompt encoding, at this pass's size and steps
                 r = refiner.pipe
                 g = r.guidance(p, steps, width, height, need_uncond)
                 ic = r.inpainting_cond(None, None, width, height) if r.config.inpainting else None
-                return r.denoiser(g, sigmas, ic, p.clip_skip)
+                return r.denoiser(g, sigmas, ic, p.clip_skip, text=p.text_options())
 
             denoise = switching(denoise, refined, self.model_sampling(width, height, p.shift), refiner.switch_at,
                                 lambda: setattr(self, "_refined", True))
@@ -484,18 +485,23 @@ class Pipeline:
         """Drop the cached prompt encodings: the text encoders' weights were changed from outside."""
         self._cond_cache = {}
 
-    def conditioner(self, clip_skip: int | None = None) -> PromptConditioner:
-        if clip_skip not in self._conditioners:
-            self._conditioners[clip_skip] = self.family.conditioner(self, clip_skip)
-        return self._conditioners[clip_skip]
+    def conditioner(self, clip_skip: int | None = None, **text) -> PromptConditioner:
+        """The prompt encoder for this CLIP skip and `text` options (Params.text_options)."""
+        key = (clip_skip, *sorted(text.items())) if text else clip_skip
+        if key not in self._conditioners:
+            self._conditioners[key] = self.family.conditioner(self, clip_skip, **text)
+        return self._conditioners[key]
 
     def cond_schedule(self, prompt: str, clip_skip: int | None, steps: int, width: int, height: int,
-                      negative: bool = False) -> CondSchedule:
+                      negative: bool = False, text: dict | None = None, crop: tuple[int, int] = (0, 0)
+                      ) -> CondSchedule:
         """The prompt encoded for every step (A1111 syntax: weights, AND, editing, alternation),
-        with SDXL's size conditioning folded into each part's pooled vector."""
-        key = (prompt, clip_skip, steps, width, height, negative)
+        with SDXL's size conditioning (crop: A1111's sdxl_crop_top/left) folded into each part's
+        pooled vector. `text`: the encoder's options (Params.text_options)."""
+        text = text or {}
+        key = (prompt, clip_skip, steps, width, height, negative, *sorted(text.items()), crop)
         if key not in self._cond_cache:  # a batch encodes its prompt once, not once per image
-            sched = self.conditioner(clip_skip).schedule(prompt, steps, negative=negative)
+            sched = self.conditioner(clip_skip, **text).schedule(prompt, steps, negative=negative)
             others = [n for n in sched.extra_networks if n.kind not in ("lora", "lyco")]
             if others:  # LoRA tags were applied in _generate; other kinds have no adapter yet
                 log.warning("extra networks in the prompt are not applied: %s",
@@ -504,26 +510,32 @@ class Pipeline:
                 score = 2.5 if negative else 6.0  # refiner's conventional aesthetic scores
                 for part in sched.parts:
                     for c in part.conds:
-                        c.pooled = size_vector(self.config, c.pooled, width, height, score)
+                        c.pooled = size_vector(self.config, c.pooled, width, height, score,
+                                               crop_w=crop[1], crop_h=crop[0])
             self._cond_cache[key] = sched
         return self._cond_cache[key]
 
     def guidance(self, p: Params, steps: int, width: int, height: int, need_uncond: bool = False) -> G.Guidance:
         """How this pass guides (pipeline/guidance.py): the prompt, the negative prompt and the scale;
         `need_uncond` for samplers that step with the unconditional estimate too (CFG++)."""
-        cond = self.cond_schedule(p.prompt, p.clip_skip, steps, width, height)
-        negative = (None if not p.negative_prompt.strip() else
-                    lambda: self.cond_schedule(p.negative_prompt, p.clip_skip, steps, width, height, negative=True))
-        return G.plan(self.config, cond, p.cfg, negative,
-                      lambda: self.cond_schedule("", p.clip_skip, steps, width, height, negative=True),
+        text, crop = p.text_options(), (p.sdxl_crop_top, p.sdxl_crop_left)
+
+        def encoded(prompt, negative=False):
+            return self.cond_schedule(prompt, p.clip_skip, steps, width, height, negative, text, crop)
+
+        cond = encoded(p.prompt)
+        negative = None if not p.negative_prompt.strip() else lambda: encoded(p.negative_prompt, True)
+        return G.plan(self.config, cond, p.cfg, negative, lambda: encoded("", True),
                       need_uncond=need_uncond)
 
     def denoiser(self, g: G.Guidance, sigmas: torch.Tensor, image_cond: torch.Tensor | None = None,
-                 clip_skip: int | None = None, control=None, distilled: float | None = None):
+                 clip_skip: int | None = None, control=None, distilled: float | None = None,
+                 text: dict | None = None):
         """`denoise(x, sigma)` for the samplers: guidance `g` over this model's UNet, with the inpainting
         channels `image_cond` and the residuals of `control(x, t, context, y, fraction, n_uncond=...)`
         (a ControlApplier, or ComfyUI's per-row hints). `distilled`: the distilled guidance scale of
-        networks that take one (Flux dev; None: the family's default)."""
+        networks that take one (Flux dev; None: the family's default). `text`: the prompt encoder's
+        options (Params.text_options), for the empty prompts that pad cond and uncond."""
         net = self.family.net_fn(self.model, distilled, references=self._references or None)
 
         def unet_fn(x, t, context, y, fraction):
@@ -534,7 +546,8 @@ class Pipeline:
                 return net(x, t, context, y, residuals).float()
 
         model = functools.partial(self.model_sampling().denoise, unet_fn)
-        return G.denoiser(g, model, self.conditioner(clip_skip).pad, sigmas, self.config.cfg_embed_channels,
+        return G.denoiser(g, model, self.conditioner(clip_skip, **(text or {})).pad, sigmas,
+                          self.config.cfg_embed_channels,
                           self.device)
 
     @torch.no_grad()

@@ -10,6 +10,8 @@ override_settings) change in its job, as A1111 applies them:
 - eta_noise_seed_delta (ENSD): for samplers A1111 applies it to (Euler a, DPM2 a, DPM++ 2S a, DDIM,
   DPM fast, DPM adaptive, with eta > 0), the noise drawn after the initial noise comes from seed + ENSD;
 - randn_source: "CPU" (our default) draws noise on the CPU, "GPU" on the device;
+- emphasis, comma_padding_backtrack, sdxl_clip_l_skip, sdxl_crop_top / sdxl_crop_left: how prompts
+  are encoded (Params' fields of those names);
 - sd_vae: "Automatic" (a VAE named like the checkpoint, else the checkpoint's own), "None", or a file;
 - sd_lora: appends <lora:name:extra_networks_default_multiplier> unless the prompt names it;
   `disable_extra_networks` removes every <lora:...> tag and adds none;
@@ -30,7 +32,8 @@ from PIL import ImageColor
 from ..errors import InvalidArgument
 from ..sampling.names import A1111_SAMPLERS
 from ..sampling.samplers import sampler_options as options_of
-from ..text.prompt_parser import extract_extra_networks
+from ..text.prompt_parser import emphasis_id, extract_extra_networks
+from .a1111_option_table import DEFAULTS
 
 ENSD_SAMPLERS = ("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddim", "dpm_fast", "dpm_adaptive")
 # The sigma settings A1111 passes to each sampler (its sampler_extra_params; Euler a gets none).
@@ -69,6 +72,18 @@ def noise_seed_delta(sampler: str, options: dict, opts: dict) -> int:
 
 # pipeline attribute -> the A1111 setting that sets it to "taesd"
 TINY_SETTINGS = {"vae_decoder": "sd_vae_decode_method", "vae_encoder": "sd_vae_encode_method"}
+
+
+# A1111's prompt-encoding settings, each a Params field of the same name
+TEXT_SETTINGS = ("emphasis", "comma_padding_backtrack", "sdxl_clip_l_skip", "sdxl_crop_top", "sdxl_crop_left")
+
+
+def text_settings(opts: dict) -> dict:
+    """The job's kwargs for A1111's prompt-encoding settings that are off their defaults."""
+    out = {k: opts[k] for k in TEXT_SETTINGS if opts[k] != DEFAULTS[k]}
+    if "emphasis" in out:
+        out["emphasis"] = emphasis_id(out["emphasis"])
+    return out
 
 
 def vae_methods(opts: dict) -> dict:

@@ -7,6 +7,8 @@ where the default is a float, as in A1111); None defaults take a string or null.
 """
 from __future__ import annotations
 
+from ..text.prompt_parser import EMPHASIS_LABELS
+
 DEFAULTS: dict[str, object] = {
     # saving images
     "samples_save": True, "samples_format": "png", "samples_filename_pattern": "",
@@ -157,6 +159,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "live_previews_image_format": ("jpeg", "png", "webp"),
     "sd_vae_encode_method": ("Full", "TAESD"),
     "sd_vae_decode_method": ("Full", "TAESD"),
+    "emphasis": tuple(EMPHASIS_LABELS.values()),
 }
 
 # Numeric settings with the ranges of A1111's sliders that opensd acts on.
@@ -164,4 +167,5 @@ RANGES: dict[str, tuple[float, float]] = {
     "CLIP_stop_at_last_layers": (1, 12), "jpeg_quality": (1, 100), "eta_ddim": (0, 1), "eta_ancestral": (0, 1),
     "s_churn": (0, 100), "s_tmin": (0, 10), "s_tmax": (0, 999), "s_noise": (0, 1.1), "uni_pc_order": (1, 50),
     "extra_networks_default_multiplier": (0, 2), "eta_noise_seed_delta": (0, 2**32 - 1),
+    "comma_padding_backtrack": (0, 74), "sdxl_crop_top": (0, 4096), "sdxl_crop_left": (0, 4096),
 }

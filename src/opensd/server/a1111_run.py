@@ -96,6 +96,7 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     kw["clip_skip"] = clip if clip > 1 else None
     kw["tiling"] = req.tiling if req.tiling is not None else opts["tiling"]
     kw.update(a1111_apply.vae_methods(opts))
+    kw.update(a1111_apply.text_settings(opts))
     options = a1111_apply.sampler_options(sampler, req, opts)
     if options:
         kw["sampler_options"] = options

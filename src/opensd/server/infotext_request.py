@@ -24,7 +24,7 @@ _FIELDS = {
 _KNOWN = {"Size", "Hires resize", "Hires checkpoint", "Refiner", "Seed resize from", "Model", "Model hash", "VAE",
           "VAE hash", "Clip skip", "Version", "Lora hashes", "TI hashes", "VAE Decoder", "VAE Encoder"}
 # infotext key -> the A1111 setting it records (A1111 reads these back as override settings)
-_SETTINGS = {"VAE Decoder": "sd_vae_decode_method", "VAE Encoder": "sd_vae_encode_method"}
+_SETTINGS = {"VAE Decoder": "sd_vae_decode_method", "VAE Encoder": "sd_vae_encode_method", "Emphasis": "emphasis"}
 
 
 def request_from_infotext(text: str, checkpoints: list[tuple[str, str | None]]) -> tuple[dict, list[str]]:

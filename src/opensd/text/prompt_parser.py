@@ -50,6 +50,18 @@ __all__ = [
 # --- attention / emphasis --------------------------------------------------------------------
 
 ROUND_MULTIPLIER = 1.1
+# How weights are applied (opensd.pipeline.conditioning), our id -> A1111's "emphasis" setting:
+# weights then the mean restored; weights only; syntax parsed but no weights; no syntax at all.
+EMPHASIS_LABELS = {"original": "Original", "no_norm": "No norm", "ignore": "Ignore", "none": "None"}
+
+
+def emphasis_id(label: str) -> str:
+    """Our emphasis id for A1111's setting name (ValueError if it is none of them)."""
+    for key, name in EMPHASIS_LABELS.items():
+        if name == label:
+            return key
+    raise ValueError(label)
+
 SQUARE_MULTIPLIER = 1 / 1.1
 
 
