@@ -114,3 +114,15 @@ def test_cli_seed_resize_flag_and_from(tmp_path):
 def _open(path):
     from PIL import Image
     return Image.open(path).convert("RGB")
+
+
+def test_variation_slerp_is_a1111s_per_column_form():
+    low, high = _randn(1, (1, 2, 3, 4)), _randn(2, (1, 2, 3, 4))
+    out = slerp(0.3, low, high)
+    for c in range(2):
+        for w in range(4):  # each column along the height on its own great circle (A1111 normalises dim 1 of C,H,W)
+            a, b = low[0, c, :, w], high[0, c, :, w]
+            omega = torch.acos(torch.dot(a / a.norm(), b / b.norm()))
+            want = (torch.sin(0.7 * omega) * a + torch.sin(0.3 * omega) * b) / torch.sin(omega)
+            assert torch.allclose(out[0, c, :, w], want, atol=1e-6)
+    assert torch.allclose(slerp(0.3, low, low), low)  # parallel: plain interpolation (no NaN)

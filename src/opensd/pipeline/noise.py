@@ -47,14 +47,16 @@ class ImageNoise:
 
 
 def slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between two noise tensors, keeping a Gaussian's norm statistics."""
-    lo, hi = low.flatten(), high.flatten()
-    cos = torch.dot(lo / lo.norm(), hi / hi.norm()).clamp(-1, 1)
-    omega = torch.acos(cos)
-    if omega.abs() < 1e-6:  # nearly parallel: plain interpolation is exact enough
+    """Spherical interpolation between two (..., H, W) noise tensors as A1111's variation seed does
+    it (modules/rng.py slerp on one image's (C, H, W) noise, normalising over its dim 1): every
+    column of every channel, a vector along the height, on its own great circle."""
+    lo, hi = low / low.norm(dim=-2, keepdim=True), high / high.norm(dim=-2, keepdim=True)
+    cos = (lo * hi).sum(-2)
+    if cos.mean() > 0.9995:  # nearly parallel (A1111's test); A1111 swaps the weights here, we do not
         return (1 - t) * low + t * high
+    omega = torch.acos(cos.clamp(-1, 1))
     so = torch.sin(omega)
-    return (torch.sin((1 - t) * omega) / so) * low + (torch.sin(t * omega) / so) * high
+    return (torch.sin((1 - t) * omega) / so).unsqueeze(-2) * low + (torch.sin(t * omega) / so).unsqueeze(-2) * high
 
 
 def paste_centred(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
