@@ -11,12 +11,12 @@ from test_conditioning import TINY_XL, direct, words
 
 from opensd.errors import InvalidArgument
 from opensd.library.synthetic import write_random_checkpoint
-from opensd.pipeline.conditioning import PromptConditioner
+from opensd.pipeline.conditioning import PromptConditioner, token_embedding
 from opensd.pipeline.infotext import parse_infotext
 from opensd.pipeline.infotext_params import image_infotext, recorded
 from opensd.pipeline.pipeline import load
 from opensd.server.infotext_request import request_from_infotext
-from opensd.text.tokenizer import default_tokenizer
+from opensd.text.tokenizer import BOS, EOS, default_tokenizer
 
 CPU = torch.device("cpu")
 
@@ -153,3 +153,44 @@ def test_cli_flags_and_from(tmp_path):
     assert main(["generate", "a (cat:1.5)", *fast, "-o", str(plain)]) == 0
     assert not np.array_equal(_px(Image.open(plain)), _px(Image.open(first)))
     assert main(["generate", "x", *fast, "--comma-padding-backtrack", "80", "-o", str(plain)]) != 0
+
+
+# --- A1111's old emphasis implementation ---------------------------------------------------------
+
+def test_old_emphasis_weighs_by_bracket_tokens_in_one_cut_chunk(pipe):
+    tok = default_tokenizer()
+    old = PromptConditioner(pipe.model, tok, CPU, old_emphasis=True)
+    a, cat, dog = (tok.encode(w)[0] for w in ("a", "cat", "dog"))
+    (chunk,) = old.chunks("a ((cat)) [dog]")                       # "((", "))", "[", "]" are tokens
+    assert chunk.ids[:5] == [BOS, a, cat, dog, EOS]
+    assert chunk.multipliers[1:4] == pytest.approx([1.0, 1.1 * 1.1, 1 / 1.1])
+    (chunk,) = old.chunks("a (cat:1.5)")                            # no weight syntax: ":1.5" is text
+    assert chunk.multipliers[2:7] == pytest.approx([1.1] * 5) and chunk.multipliers[7] == 1.0
+    (chunk,) = old.chunks(words(100))                               # cut at 75 tokens, not chunked
+    assert chunk.ids[75] == cat and chunk.ids[76] == EOS
+    # where the brackets are their own tokens, old and new emphasis give the same image
+    assert (gen(pipe, "a ((cat)) [dog]", use_old_emphasis_implementation=True) == gen(pipe, "a ((cat)) [dog]")).all()
+    assert (gen(pipe, words(100), use_old_emphasis_implementation=True) == gen(pipe, words(75))).all()
+    old_syntax = gen(pipe, "a (cat:1.5)", use_old_emphasis_implementation=True)
+    assert (old_syntax != gen(pipe, "a (cat:1.5)")).any()
+    text = image_infotext(pipe, pipe.txt2img("a (cat)", steps=1, seed=1, width=64, height=64, emphasis="no_norm",
+                                             use_old_emphasis_implementation=True)[0])
+    assert "Emphasis" not in text  # A1111's old path writes no key
+
+
+def test_old_emphasis_keeps_the_part_of_an_embedding_that_fits(pipe):
+    from opensd.text.embeddings import Embedding, EmbeddingDatabase
+
+    tok, vec = default_tokenizer(), torch.randn(4, pipe.model.config.text_encoders[0].width)
+    old = PromptConditioner(pipe.model, tok, CPU, EmbeddingDatabase([Embedding("mystyle", {"": vec})]),
+                            old_emphasis=True)
+    (chunk,) = old.chunks(words(73) + " mystyle")
+    assert [p for p, _ in chunk.fixes] == [74] and chunk.ids[74:] == [0, 0, EOS]
+    seen = []
+    module = token_embedding(pipe.model.text_encoders[0], "hf")
+    handle = module.register_forward_hook(lambda _m, _a, out: seen.append(out.clone()))
+    try:
+        old.encode(words(73) + " mystyle")
+    finally:
+        handle.remove()
+    assert torch.allclose(seen[-1][0, 74:77], vec[:3])  # the vectors that fit, over the end token too (A1111)

@@ -62,6 +62,8 @@ def test_emphasis_setting(client):
     assert "Emphasis: Ignore" in iinfo["infotexts"][0] and "Emphasis" not in info["infotexts"][0]
     no_norm, ninfo = txt2img(client, {"emphasis": "No norm"}, prompt="a (cat:1.8)")
     assert (no_norm != weighted).any() and ninfo["unsupported_fields"] == []
+    old, oinfo = txt2img(client, {"use_old_emphasis_implementation": True}, prompt="a (cat:1.8)")
+    assert (old != weighted).any() and oinfo["unsupported_fields"] == []
 
 
 def test_comma_padding_backtrack_and_sdxl_settings_are_acted_on(client):
@@ -77,7 +79,7 @@ def test_comma_padding_backtrack_and_sdxl_settings_are_acted_on(client):
 
 @pytest.mark.parametrize("setting,value", [("emphasis", "Loud"), ("comma_padding_backtrack", 75),
                                            ("sdxl_crop_top", -1), ("sdxl_crop_left", "left"),
-                                           ("sdxl_clip_l_skip", 1)])
+                                           ("sdxl_clip_l_skip", 1), ("use_old_emphasis_implementation", "on")])
 def test_bad_setting_is_a_422_naming_it(client, setting, value):
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1,
                                                "override_settings": {**TINY, setting: value}})

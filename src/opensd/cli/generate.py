@@ -82,6 +82,9 @@ def register(sub) -> None:
                         "ends at the comma")
     t.add_argument("--sdxl-clip-l-skip", action="store_true",
                    help="SDXL: --clip-skip (default 1, the last layer) picks CLIP-L's layer too")
+    t.add_argument("--old-emphasis", dest="use_old_emphasis_implementation", action="store_true",
+                   help="A1111's old emphasis: bracket tokens weigh the words after them (no (word:1.2) syntax), "
+                        "the prompt cut at 75 tokens")
     t.add_argument("--sdxl-crop-top", type=int_arg, help="SDXL's crop-coordinates conditioning (default 0)")
     t.add_argument("--sdxl-crop-left", type=int_arg)
     i = gen.add_argument_group("img2img / inpainting / outpainting")
@@ -162,7 +165,8 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
               sampler_options=sampling_flags.sampler_options(args) or None, shift=args.shift,
               distilled_guidance=args.guidance, emphasis=args.emphasis,
               comma_padding_backtrack=args.comma_padding_backtrack, sdxl_clip_l_skip=args.sdxl_clip_l_skip or None,
-              sdxl_crop_top=args.sdxl_crop_top, sdxl_crop_left=args.sdxl_crop_left)
+              sdxl_crop_top=args.sdxl_crop_top, sdxl_crop_left=args.sdxl_crop_left,
+              use_old_emphasis_implementation=args.use_old_emphasis_implementation or None)
     if args.seed_resize_from is not None:
         kw.update(seed_resize_from_w=args.seed_resize_from[0], seed_resize_from_h=args.seed_resize_from[1])
     if args.hires:

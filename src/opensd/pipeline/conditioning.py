@@ -44,6 +44,7 @@ the emphasis rescale is computed in float32; a step past the end of a schedule u
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -274,6 +275,62 @@ def tokenize_prompt(text: str, tokenizer: CLIPTokenizer, embeddings: EmbeddingDa
     return out, count
 
 
+def tokenize_prompt_old(text: str, tokenizer: CLIPTokenizer,
+                        embeddings: EmbeddingDatabase | None = None) -> list[PromptChunk]:
+    """A1111's "use old emphasis implementation" (sd_hijack_clip_old): no ``(text:1.2)`` syntax and
+    no BREAK; a vocabulary token holding brackets multiplies the weight of the tokens after it (each
+    "(" by 1.1, "[" by 1/1.1, ")" and "]" back) and is dropped; one chunk, the prompt cut after 75
+    tokens. The emphasis mode then applies the weights or not, as for new-style chunks. (Its switch
+    for the bracket tokens, enable_emphasis, is gone from A1111's settings: taken as on.)"""
+    bracket_weights = _bracket_weights(tokenizer)
+    ids = tokenizer.encode(text)
+    tokens: list[int] = []
+    mults: list[float] = []
+    fixes: list[tuple[int, Embedding]] = []
+    weight, pos = 1.0, 0
+    while pos < len(ids):
+        change = bracket_weights.get(ids[pos])
+        found = None if change is not None or not embeddings else embeddings.find(tokenizer, ids, pos)
+        if change is not None:
+            weight *= change
+            pos += 1
+        elif found is None:
+            tokens.append(ids[pos])
+            mults.append(weight)
+            pos += 1
+        else:
+            emb, covered = found
+            fixes.append((len(tokens), emb))
+            tokens.extend([0] * emb.count)
+            mults.extend([weight] * emb.count)
+            pos += covered
+    tokens, mults = tokens[:CHUNK_TOKENS], mults[:CHUNK_TOKENS]
+    pad = CHUNK_TOKENS - len(tokens)
+    return [PromptChunk([BOS, *tokens, *([EOS] * pad), EOS], [1.0, *mults, *([1.0] * pad), 1.0],
+                        [(offset + 1, emb) for offset, emb in fixes if offset < CHUNK_TOKENS])]
+
+
+_BRACKET_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per tokenizer
+
+
+def _bracket_weights(tokenizer: CLIPTokenizer) -> dict[int, float]:
+    """Token id -> weight change, for the vocabulary's tokens whose brackets do not cancel out."""
+    key = tokenizer
+    if key not in _BRACKET_WEIGHTS:
+        table = {}
+        for piece, ident in tokenizer.encoder.items():
+            change = 1.0
+            for ch in piece:
+                if ch in "(]":
+                    change *= 1.1
+                elif ch in ")[":
+                    change /= 1.1
+            if change != 1.0:
+                table[ident] = change
+        _BRACKET_WEIGHTS[key] = table
+    return _BRACKET_WEIGHTS[key]
+
+
 class PromptConditioner:
     """Encodes A1111-syntax prompts with a loaded model's text encoders.
 
@@ -282,6 +339,7 @@ class PromptConditioner:
     of :data:`EMPHASIS_MODES`. ``comma_backtrack``: how many tokens back from a full chunk's end a
     comma may be to move the rest to the next chunk (0 disables; A1111's default 20).
     ``clip_l_skip``: SDXL only, A1111's "Clip skip SDXL": ``clip_skip`` (None: 1) picks CLIP-L's layer.
+    ``old_emphasis``: A1111's "use old emphasis implementation" (:func:`tokenize_prompt_old`).
 
     Not thread-safe across threads sharing one model: embeddings are inserted through a forward
     hook on the encoders' token embedding while a batch is encoded.
@@ -289,7 +347,8 @@ class PromptConditioner:
 
     def __init__(self, model: StableDiffusion, tokenizer: CLIPTokenizer, device: torch.device | str,
                  embeddings: EmbeddingDatabase | None = None, clip_skip: int | None = None, *,
-                 emphasis: str = "original", comma_backtrack: int = 20, clip_l_skip: bool = False):
+                 emphasis: str = "original", comma_backtrack: int = 20, clip_l_skip: bool = False,
+                 old_emphasis: bool = False):
         if emphasis not in EMPHASIS_MODES:
             raise InvalidArgument(f"emphasis: {emphasis!r} is not one of {', '.join(EMPHASIS_MODES)}")
         if comma_backtrack < 0:
@@ -304,6 +363,7 @@ class PromptConditioner:
         self.comma_backtrack = comma_backtrack
         self.clip_skip = clip_skip
         self.clip_l_skip = clip_l_skip
+        self.old_emphasis = old_emphasis
         self._skips = self._resolve_skips(clip_skip)
         self._empty: Conditioning | None = None
         self._lock = threading.Lock()
@@ -332,6 +392,8 @@ class PromptConditioner:
 
     def chunks(self, text: str) -> list[PromptChunk]:
         """Tokenize one prompt text (no AND, no editing left in it) into 77-token chunks."""
+        if self.old_emphasis:
+            return tokenize_prompt_old(text, self.tokenizer, self.embeddings)
         return tokenize_prompt(text, self.tokenizer, self.embeddings, self.emphasis, self.comma_backtrack)[0]
 
     # -- chunks -> tensors ------------------------------------------------------------------
@@ -447,8 +509,9 @@ def _inserted(module: torch.nn.Module, fixes: list[list[tuple[int, torch.Tensor]
             raise RuntimeError(f"embedding hook got a batch of {output.shape[0]}, expected {len(fixes)}")
         output = output.clone()
         for b, row in enumerate(fixes):
-            for pos, vec in row:
-                output[b, pos:pos + vec.shape[0]] = vec.to(output.device, output.dtype)
+            for pos, vec in row:  # cut at the end (A1111's old emphasis keeps part of a cut-off embedding)
+                n = min(vec.shape[0], output.shape[1] - pos)
+                output[b, pos:pos + n] = vec[:n].to(output.device, output.dtype)
         return output
 
     handle = module.register_forward_hook(hook, prepend=True)  # before anyone else's hooks

@@ -97,7 +97,7 @@ def _sampler_params(p: Params, sampler: str) -> dict[str, Any]:
 def _emphasis(p: Params) -> str | None:
     """A1111's "Emphasis" key: its setting's name when not "Original" and a text it encoded (the
     prompts after tag removal, AND and prompt editing) holds "(" or "[", as A1111 writes it."""
-    if p.emphasis == "original":
+    if p.emphasis == "original" or p.use_old_emphasis_implementation:  # A1111's old path writes no key
         return None
     steps = p.steps
     for prompt in _prompts(p):

@@ -34,7 +34,7 @@ class Hires:
         return round(width * self.scale / 8) * 8, round(height * self.scale / 8) * 8
 
 
-_TEXT_DEFAULTS = {"emphasis": "original", "comma_backtrack": 20, "clip_l_skip": False}
+_TEXT_DEFAULTS = {"emphasis": "original", "comma_backtrack": 20, "clip_l_skip": False, "old_emphasis": False}
 
 
 @dataclass
@@ -68,10 +68,12 @@ class Params:
     seed_resize_from_h: int = 0
     # How prompts are encoded, A1111's settings (pipeline/conditioning.py): "emphasis" (one of
     # EMPHASIS_LABELS' ids), "comma_padding_backtrack" (0..74 tokens), "sdxl_clip_l_skip" (SDXL's
-    # CLIP-L follows clip_skip), and SDXL's crop-coordinates conditioning.
+    # CLIP-L follows clip_skip), "use_old_emphasis_implementation" (bracket tokens, one chunk), and
+    # SDXL's crop-coordinates conditioning.
     emphasis: str = "original"
     comma_padding_backtrack: int = 20
     sdxl_clip_l_skip: bool = False
+    use_old_emphasis_implementation: bool = False
     sdxl_crop_top: int = 0
     sdxl_crop_left: int = 0
     # img2img / inpainting
@@ -101,7 +103,7 @@ class Params:
     def text_options(self) -> dict:
         """The prompt encoder's options (PromptConditioner) this asks for, only those off their defaults."""
         wanted = {"emphasis": self.emphasis, "comma_backtrack": self.comma_padding_backtrack,
-                  "clip_l_skip": self.sdxl_clip_l_skip}
+                  "clip_l_skip": self.sdxl_clip_l_skip, "old_emphasis": self.use_old_emphasis_implementation}
         return {k: v for k, v in wanted.items() if v != _TEXT_DEFAULTS[k]}
 
     def validate(self, limits: L.Limits = L.DEFAULT_LIMITS) -> None:
@@ -133,8 +135,9 @@ class Params:
         _whole("comma_padding_backtrack", self.comma_padding_backtrack, 0, 74)
         _whole("sdxl_crop_top", self.sdxl_crop_top, 0, limits.max_side)
         _whole("sdxl_crop_left", self.sdxl_crop_left, 0, limits.max_side)
-        if not isinstance(self.sdxl_clip_l_skip, bool):
-            raise InvalidArgument(f"sdxl_clip_l_skip: {self.sdxl_clip_l_skip!r} must be true or false")
+        for name in ("sdxl_clip_l_skip", "use_old_emphasis_implementation"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgument(f"{name}: {getattr(self, name)!r} must be true or false")
         for name in ("seed_resize_from_w", "seed_resize_from_h"):
             _whole(name, getattr(self, name), -1, limits.max_side)
         for name in ("shift", "distilled_guidance"):

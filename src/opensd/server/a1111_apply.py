@@ -10,8 +10,8 @@ override_settings) change in its job, as A1111 applies them:
 - eta_noise_seed_delta (ENSD): for samplers A1111 applies it to (Euler a, DPM2 a, DPM++ 2S a, DDIM,
   DPM fast, DPM adaptive, with eta > 0), the noise drawn after the initial noise comes from seed + ENSD;
 - randn_source: "CPU" (our default) draws noise on the CPU, "GPU" on the device;
-- emphasis, comma_padding_backtrack, sdxl_clip_l_skip, sdxl_crop_top / sdxl_crop_left: how prompts
-  are encoded (Params' fields of those names);
+- emphasis, comma_padding_backtrack, sdxl_clip_l_skip, sdxl_crop_top / sdxl_crop_left,
+  use_old_emphasis_implementation: how prompts are encoded (Params' fields of those names);
 - sd_vae: "Automatic" (a VAE named like the checkpoint, else the checkpoint's own), "None", or a file;
 - sd_lora: appends <lora:name:extra_networks_default_multiplier> unless the prompt names it;
   `disable_extra_networks` removes every <lora:...> tag and adds none;
@@ -75,7 +75,8 @@ TINY_SETTINGS = {"vae_decoder": "sd_vae_decode_method", "vae_encoder": "sd_vae_e
 
 
 # A1111's prompt-encoding settings, each a Params field of the same name
-TEXT_SETTINGS = ("emphasis", "comma_padding_backtrack", "sdxl_clip_l_skip", "sdxl_crop_top", "sdxl_crop_left")
+TEXT_SETTINGS = ("emphasis", "comma_padding_backtrack", "sdxl_clip_l_skip", "sdxl_crop_top", "sdxl_crop_left",
+                 "use_old_emphasis_implementation")
 
 
 def text_settings(opts: dict) -> dict:

@@ -40,7 +40,6 @@ SETTINGS: dict[str, str] = {
     "token_merging_ratio_hr": _TOKEN_MERGING,
     "pad_cond_uncond": _NOT_IMPLEMENTED,
     "pad_cond_uncond_v0": _NOT_IMPLEMENTED,
-    "use_old_emphasis_implementation": _NOT_IMPLEMENTED,
     "use_old_karras_scheduler_sigmas": _NOT_IMPLEMENTED,
     "no_dpmpp_sde_batch_determinism": _NOT_IMPLEMENTED,
     "use_old_hires_fix_width_height": _NOT_IMPLEMENTED,
