@@ -135,7 +135,8 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
     kw = dict(steps=args.steps, cfg=args.cfg, seed=args.seed, width=args.width, height=args.height,
               batch_size=args.batch, sampler=args.sampler, scheduler=args.scheduler, clip_skip=args.clip_skip,
               subseed=args.subseed, subseed_strength=args.subseed_strength, tiling=args.tiling or None,
-              sampler_options=sampling_flags.sampler_options(args) or None, shift=args.shift,
+              sampler_options=sampling_flags.sampler_options(args) or None,
+              schedule_options=sampling_flags.schedule_options(args) or None, shift=args.shift,
               distilled_guidance=args.guidance)
     if args.hires:
         hires = dict(scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps,
