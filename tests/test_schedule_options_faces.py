@@ -101,3 +101,17 @@ def test_api_refuses_downcast_with_zero_terminal_snr(api):
         "prompt": "x", "steps": 1, "width": 64, "height": 64,
         "override_settings": {"use_downcasted_alpha_bar": True, "sd_noise_schedule": "Zero Terminal SNR"}})
     assert r.status_code == 422 and "use_downcasted_alpha_bar" in r.json()["detail"], r.text
+
+
+def test_xyz_axes_set_the_schedule_settings_as_a1111s_overrides(api):
+    # A1111 1.10 script_args: x_type, x_values, x_values_dropdown, (y...), (z...), draw_legend,
+    # include_lone_images, include_sub_grids, no_fixed_seeds, vary_seeds_x/y/z, margin_size, csv_mode
+    args = ["Schedule max sigma", "6, 9.5", [], "SGM noise multiplier", "", ["True", "False"], 0, "", [],
+            True, True, False, False, False, False, False, 0, False]
+    r = _gen(api, script_name="X/Y/Z plot", script_args=args)
+    assert len(r.images) == 1 + 4
+    for iy, sgm in enumerate([True, False]):
+        for ix, top in enumerate([6.0, 9.5]):
+            single = _gen(api, {"sigma_max": top, "sgm_noise_multiplier": sgm})
+            assert (np.asarray(r.images[1 + ix + 2 * iy]) == np.asarray(single.image)).all()
+            assert r.info["infotexts"][1 + ix + 2 * iy] == single.info["infotexts"][0]
