@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import InvalidArgument
 from ..sampling import names, schedule_options
+from ..sampling.schedules import DiscreteSchedule
 from ..upscale import label as upscaler_label
 from ..upscale import latent_mode
 from . import infotext_sampler
@@ -92,13 +93,16 @@ def _schedule_params(pipe, p: Params, sampler: str, schedule: str, txt2img: bool
     if not p.schedule_options:
         return {}
     ms = pipe.model_sampling(p.width, p.height, p.shift)
+    options = p.schedule_options
+    if not isinstance(ms.schedule, DiscreteSchedule):  # flow models have no alphas_cumprod to rescale
+        options = {k: v for k, v in options.items() if k not in schedule_options.MODEL_SETTINGS}
     runs = [(sampler, schedule, txt2img)]
     if p.hires is not None and txt2img:
         runs.append((*names.resolve(p.hires.sampler or p.sampler, p.hires.scheduler or p.scheduler), False))
     out: dict[str, Any] = {}
     for s, sched, first in runs:  # A1111's UniPC has no discard of its own; its "always" is written
         own = s in names.DISCARD_PENULTIMATE and s != "uni_pc"
-        out.update(schedule_options.written(s, sched, p.schedule_options, first, own, ms.sigma_min, ms.sigma_max))
+        out.update(schedule_options.written(s, sched, options, first, own, ms.sigma_min, ms.sigma_max))
     return out
 
 

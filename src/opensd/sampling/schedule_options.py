@@ -12,7 +12,8 @@ sd_schedulers, sd_samplers_timesteps, sd_models.apply_alpha_schedule_override):
 - sd_noise_schedule "Zero Terminal SNR": alphas_cumprod rescaled so the last timestep has zero SNR
   (Lin et al. 2023), its last value set to 4.8973451890853435e-08 so sigma_max stays finite (~4500);
 - use_downcasted_alpha_bar: alphas_cumprod rounded to fp16, sigmas computed from it in fp16 (as
-  k-diffusion does from an fp16 buffer), before any rescale;
+  k-diffusion does from an fp16 buffer), before any rescale (these two do nothing for flow models,
+  which have no alphas_cumprod, as in Forge);
 - sgm_noise_multiplier: txt2img's first-pass noise is scaled by sqrt(1 + sigma_max^2), not sigma_max
   (k-diffusion samplers only);
 - beta_dist_alpha / beta_dist_beta: the Beta schedule's distribution;
@@ -120,8 +121,11 @@ def model_alphas(alphas_cumprod: torch.Tensor, options: Mapping | None) -> tuple
     return ac, half
 
 
+MODEL_SETTINGS = ("use_downcasted_alpha_bar", "sd_noise_schedule")  # they change alphas_cumprod
+
+
 def changes_model(options: Mapping | None) -> bool:
-    return bool(get(options, "use_downcasted_alpha_bar")) or get(options, "sd_noise_schedule") != "Default"
+    return any(get(options, name) != SETTINGS[name][0] for name in MODEL_SETTINGS)
 
 
 # --- the sigma sequence ---------------------------------------------------------------------------
