@@ -115,3 +115,10 @@ def test_xyz_axes_set_the_schedule_settings_as_a1111s_overrides(api):
             single = _gen(api, {"sigma_max": top, "sgm_noise_multiplier": sgm})
             assert (np.asarray(r.images[1 + ix + 2 * iy]) == np.asarray(single.image)).all()
             assert r.info["infotexts"][1 + ix + 2 * iy] == single.info["infotexts"][0]
+
+
+def test_schedulers_say_which_takes_rho(api):
+    import requests
+
+    rho = {s["label"]: s["default_rho"] for s in requests.get(f"{api.baseurl}/schedulers", timeout=30).json()}
+    assert rho["Karras"] == 7.0 and rho["Exponential"] == -1 and rho["Automatic"] == -1
