@@ -16,6 +16,7 @@ from opensd.pipeline.params import Params
 from opensd.sampling import schedule_options as SO
 from opensd.sampling.schedules import (DiscreteSchedule, beta_sigmas, exponential, make_sigmas, normal_sigmas,
                                        scaled_linear_alphas_cumprod)
+from test_refiner import models  # noqa: F401 (an SDXL base and refiner)
 from test_sampler_faces import ckpt, pipe  # noqa: F401 (the tiny checkpoint and its pipeline)
 
 MODEL = DiscreteSchedule(scaled_linear_alphas_cumprod())
@@ -168,3 +169,18 @@ def test_infotext_keys_are_a1111s_and_read_back():
     assert recorded("p", "", {"Schedule rho": "4", "Steps": "3"}).schedule_options == {"rho": 4.0}
     with pytest.raises(InvalidArgument, match="Schedule rho"):
         SO.read({"Schedule rho": "steep"})
+
+
+def test_zero_terminal_snr_reaches_the_refiner_too(models):
+    from opensd.pipeline.refiner import Refiner
+
+    _, base, ref = models
+    seen = []
+    hook = ref.model.unet.register_forward_pre_hook(lambda module, args: seen.append(ref.schedule.sigma_max))
+    try:
+        base.txt2img("a cat", refiner=Refiner(ref, 0.0), steps=2, seed=1, width=64, height=64,
+                     schedule_options={"sd_noise_schedule": "Zero Terminal SNR"})
+    finally:
+        hook.remove()
+    assert seen and all(math.isclose(s, 4518.76, rel_tol=1e-4) for s in seen)  # A1111 rescales the refiner too
+    assert math.isclose(ref.schedule.sigma_max, MODEL.sigma_max, rel_tol=1e-6)

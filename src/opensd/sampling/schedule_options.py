@@ -4,7 +4,8 @@ sd_schedulers, sd_samplers_timesteps, sd_models.apply_alpha_schedule_override):
 
 - sigma_min / sigma_max (0: the model's): the range of the schedules that take one (Karras,
   Exponential, KL Optimal, SGM Uniform); "Automatic" on a sampler without a schedule of its own
-  (the model's own sigmas), Simple, DDIM, Beta and Align Your Steps do not take one;
+  (the model's own sigmas), Simple, DDIM, Beta and Align Your Steps do not take one (A1111's
+  "Normal", picked by name, does; here it is the same schedule as "Uniform" and does not);
 - rho (0: the schedule's own): Karras's (7);
 - use_old_karras_scheduler_sigmas: the range is 0.1..10 (A1111 before 1.0) before those two;
 - always_discard_next_to_last_sigma: every sampler runs on steps+1 sigmas with the next-to-last
