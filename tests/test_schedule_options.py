@@ -69,6 +69,7 @@ def test_always_discard_next_to_last_sigma():
     # A1111's DDIM is a timestep sampler: "discard" runs its grid for one more step
     assert torch.equal(make_sigmas("ddim_uniform", MODEL, 4, "ddim", options=on),
                        make_sigmas("ddim_uniform", MODEL, 5, "ddim"))
+    assert torch.equal(make_sigmas("normal", MODEL, 4, "uni_pc", options=on), make_sigmas("normal", MODEL, 5, "uni_pc"))
 
 
 def test_unipc_skip_types_in_txt2img_only():

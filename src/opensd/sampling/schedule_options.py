@@ -132,12 +132,15 @@ def changes_model(options: Mapping | None) -> bool:
 # --- the sigma sequence ---------------------------------------------------------------------------
 
 def discards(sampler: str, own: bool, options: Mapping | None) -> tuple[int, bool]:
-    """(extra steps, drop the next-to-last sigma) for `sampler`, whose own rule is `own`."""
-    if own:
-        return 1, True
-    if not get(options, "always_discard_next_to_last_sigma"):
-        return 0, False
-    return (1, False) if sampler in ("ddim", "plms") else (1, True)
+    """(extra steps, drop the next-to-last sigma) for `sampler`, whose own rule is `own`. Under
+    "always", A1111's timestep samplers run their grid for one more step: DDIM and PLMS as they are,
+    UniPC (whose own rule lands it on A1111's grid) with its discard on top."""
+    always = get(options, "always_discard_next_to_last_sigma")
+    if always and sampler in ("ddim", "plms"):
+        return 1, False
+    if always and sampler == "uni_pc":
+        return 2, True
+    return (1, True) if own or always else (0, False)
 
 
 def sigma_range(model_min: float, model_max: float, options: Mapping | None) -> tuple[float, float] | None:
