@@ -1,6 +1,7 @@
 """`opensd generate`'s sampler options (--eta, --s-noise, --s-churn, --s-tmin, --s-tmax and
---sampler-option NAME=VALUE for the rest) and the refiner (--refiner, --refiner-switch,
---refiner-hires-pass), and how --from fills them from an image."""
+--sampler-option NAME=VALUE for the rest), A1111's schedule settings (--sigma-min, --sigma-max, --rho,
+--zero-terminal-snr and --schedule-option NAME=VALUE for the rest), the refiner (--refiner,
+--refiner-switch, --refiner-hires-pass), and how --from fills them from an image."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ from .common import float_arg
 
 # flag dest -> sampler option; the options without a flag of their own go through --sampler-option
 _OPTION_FLAGS = {"eta": "eta", "s_noise": "s_noise", "s_churn": "s_churn", "s_tmin": "s_tmin", "s_tmax": "s_tmax"}
+_SCHEDULE_FLAGS = ("sigma_min", "sigma_max", "rho")  # schedule settings with a flag of their own
 
 
 def add_flags(gen: argparse.ArgumentParser) -> None:
@@ -23,6 +25,17 @@ def add_flags(gen: argparse.ArgumentParser) -> None:
     g.add_argument("--sampler-option", action="append", default=[], metavar="NAME=VALUE",
                    help="any other sampler option, e.g. order=2 (UniPC, DPM adaptive), max_order=2 (DEIS), "
                         "rtol=0.01 (DPM adaptive); repeatable")
+    n = gen.add_argument_group("noise schedule (A1111's settings of the same names)")
+    n.add_argument("--sigma-min", type=float_arg, help="the schedule's smallest sigma (Karras, Exponential, KL Optimal, "
+                                                       "SGM Uniform; default: the model's)")
+    n.add_argument("--sigma-max", type=float_arg, help="the schedule's largest sigma (default: the model's)")
+    n.add_argument("--rho", type=float_arg, help="Karras's rho (default 7)")
+    n.add_argument("--zero-terminal-snr", action="store_true",
+                   help="rescale the model's noise schedule to zero terminal SNR (for models trained so)")
+    n.add_argument("--schedule-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other A1111 schedule setting, e.g. always_discard_next_to_last_sigma=true, "
+                        "sgm_noise_multiplier=true, beta_dist_alpha=0.5, uni_pc_skip_type=logSNR, "
+                        "use_downcasted_alpha_bar=true, use_old_karras_scheduler_sigmas=true; repeatable")
     r = gen.add_argument_group("refiner (A1111's refiner: sampling switches models part way)")
     r.add_argument("--refiner", metavar="FILE_OR_NAME", help="the checkpoint to finish sampling with")
     r.add_argument("--refiner-switch", type=float_arg, metavar="FRACTION",
@@ -34,10 +47,24 @@ def add_flags(gen: argparse.ArgumentParser) -> None:
 def sampler_options(args: argparse.Namespace) -> dict:
     """The sampler options the flags give."""
     out = {name: getattr(args, dest) for dest, name in _OPTION_FLAGS.items() if getattr(args, dest) is not None}
-    for item in args.sampler_option:
+    return {**out, **_pairs(args.sampler_option, "sampler-option")}
+
+
+def schedule_options(args: argparse.Namespace) -> dict:
+    """A1111's schedule settings the flags give (checked when the generation starts)."""
+    out = {name: getattr(args, name) for name in _SCHEDULE_FLAGS if getattr(args, name) is not None}
+    if args.zero_terminal_snr:
+        out["sd_noise_schedule"] = "Zero Terminal SNR"
+    return {**out, **_pairs(args.schedule_option, "schedule-option")}
+
+
+def _pairs(items: list[str], flag: str) -> dict:
+    """NAME=VALUE items as {name: value} (numbers and true/false as such)."""
+    out = {}
+    for item in items:
         name, sep, text = item.partition("=")
         if not sep or not name.strip():
-            raise InvalidArgument(f"sampler-option: {item!r} is not NAME=VALUE")
+            raise InvalidArgument(f"{flag}: {item!r} is not NAME=VALUE")
         out[name.strip()] = _value(text.strip())
     return out
 
@@ -81,6 +108,19 @@ def fill_from(args: argparse.Namespace, rec) -> None:
             setattr(args, name, value)
         else:
             args.sampler_option.append(f"{name}={value}")
+    given = {*(n for n in _SCHEDULE_FLAGS if getattr(args, n) is not None),
+             *(item.partition("=")[0].strip() for item in args.schedule_option)}
+    if args.zero_terminal_snr:
+        given.add("sd_noise_schedule")
+    for name, value in rec.schedule_options.items():
+        if name in given:
+            continue
+        if name in _SCHEDULE_FLAGS:
+            setattr(args, name, value)
+        elif name == "sd_noise_schedule":
+            args.zero_terminal_snr = value == "Zero Terminal SNR"
+        else:
+            args.schedule_option.append(f"{name}={value}")
     if rec.refiner is not None and args.refiner is None:
         args.refiner = rec.refiner["name"]
         if args.refiner_switch is None:

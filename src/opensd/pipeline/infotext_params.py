@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgument
-from ..sampling import names
+from ..sampling import names, schedule_options
+from ..sampling.schedules import DiscreteSchedule
 from ..text.prompt_parser import EMPHASIS_LABELS, emphasis_id, extract_extra_networks, prompt_schedule, split_and
 from ..upscale import label as upscaler_label
 from ..upscale import latent_mode
@@ -46,6 +47,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     h = p.hires if not img2img else None
     sampler, schedule = pipe.sampler_and_schedule(p)
     extra: dict[str, Any] = _sampler_params(p, sampler)
+    extra.update(_schedule_params(pipe, p, sampler, schedule, not img2img))
     if h is not None:
         extra.update(_hires_params(p, sampler, schedule))
         if image.info.get("hires_model") is not None:
@@ -105,6 +107,25 @@ def _emphasis(p: Params) -> str | None:
             if any("(" in text or "[" in text for _, text in prompt_schedule(part, steps)):
                 return EMPHASIS_LABELS[p.emphasis]
     return None
+
+
+def _schedule_params(pipe, p: Params, sampler: str, schedule: str, txt2img: bool) -> dict[str, Any]:
+    """A1111's schedule settings this run took (schedule_options.py), under A1111's keys, for the
+    first pass and a hires pass's own sampler and schedule."""
+    if not p.schedule_options:
+        return {}
+    ms = pipe.model_sampling(p.width, p.height, p.shift)
+    options = p.schedule_options
+    if not isinstance(ms.schedule, DiscreteSchedule):  # flow models have no alphas_cumprod to rescale
+        options = {k: v for k, v in options.items() if k not in schedule_options.MODEL_SETTINGS}
+    runs = [(sampler, schedule, txt2img)]
+    if p.hires is not None and txt2img:
+        runs.append((*names.resolve(p.hires.sampler or p.sampler, p.hires.scheduler or p.scheduler), False))
+    out: dict[str, Any] = {}
+    for s, sched, first in runs:  # A1111's UniPC has no discard of its own; its "always" is written
+        own = s in names.DISCARD_PENULTIMATE and s != "uni_pc"
+        out.update(schedule_options.written(s, sched, options, first, own, ms.sigma_min, ms.sigma_max))
+    return out
 
 
 def _speed_params(pipe, encoded: bool) -> dict[str, Any]:
@@ -230,6 +251,7 @@ class Recorded:
     ti_hashes: dict[str, str] = field(default_factory=dict)
     controls: list[str] = field(default_factory=list)   # "ControlNet N" values, in order
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    schedule_options: dict[str, Any] = field(default_factory=dict)   # A1111's schedule settings
     refiner: dict[str, Any] | None = None   # name, hash, switch_at, hires_pass
     hires_checkpoint: tuple[str, str | None] | None = None  # (name, short hash) of the second pass's model
     vae_decoder: str = "full"                # "taesd" when the tiny autoencoder decoded / encoded
@@ -288,7 +310,8 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
         refiner = {"name": name, "hash": hash_,
                    "switch_at": value("Refiner switch at", float) if "Refiner switch at" in params else 0.8,
                    "hires_pass": params.get("Hires refiner", "second pass")}
-    return Recorded(prompt, negative_prompt, settings, hires, sampler_options=options, refiner=refiner,
+    return Recorded(prompt, negative_prompt, settings, hires, sampler_options=options,
+                    schedule_options=schedule_options.read(params, where), refiner=refiner,
                     hires_checkpoint=hires_checkpoint,
                     vae_decoder=params.get("VAE Decoder", "full").lower(),
                     vae_encoder=params.get("VAE Encoder", "full").lower(),

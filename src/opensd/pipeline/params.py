@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from ..errors import InvalidArgument
+from ..sampling import schedule_options
 from ..sampling.samplers import ALL_OPTIONS, OPTION_TYPES
 from ..text.prompt_parser import EMPHASIS_LABELS
 from . import limits as L
@@ -60,6 +61,9 @@ class Params:
     # Sampler options by name (eta, s_churn, s_tmin, s_tmax, s_noise, order, ...; opensd.sampling.samplers):
     # each pass's sampler gets the ones it takes, as in A1111.
     sampler_options: dict = field(default_factory=dict)
+    # A1111's noise-schedule settings by its names (sigma_min, rho, sd_noise_schedule, ...;
+    # opensd.sampling.schedule_options), the ones off A1111's defaults.
+    schedule_options: dict = field(default_factory=dict)
     noise_seed_delta: int = 0         # A1111's ENSD: per-step noise drawn from seed + this (noise.py)
     device_noise: bool = False        # draw noise on the device, not the CPU (A1111's randn_source "GPU")
     # A1111's "Resize seed from width/height": the initial noise drawn at this size, centred into the
@@ -125,6 +129,7 @@ class Params:
         if not isinstance(self.tiling, bool):
             raise InvalidArgument(f"tiling: {self.tiling!r} must be true or false")
         _sampler_options(self.sampler_options)
+        schedule_options.check(self.schedule_options)
         if not isinstance(self.noise_seed_delta, int) or not 0 <= self.noise_seed_delta < 2**32:
             raise InvalidArgument(f"noise_seed_delta: {self.noise_seed_delta!r} is outside 0..{2**32 - 1}")
         if not isinstance(self.device_noise, bool):

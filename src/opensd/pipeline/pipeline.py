@@ -23,6 +23,7 @@ from ..models.conv import circular_padding
 from ..sampling.names import resolve
 from ..sampling.cfg_pp import Guided, with_uncond
 from ..sampling.samplers import NEEDS_UNCOND, sampler_context, sampler_options
+from ..sampling import schedule_options as SO
 from ..sampling.schedules import DiscreteSchedule, make_sigmas, scaled_linear_alphas_cumprod
 from ..text.embeddings import EmbeddingDatabase, load_embeddings
 from ..text.tokenizer import default_tokenizer
@@ -72,8 +73,8 @@ class Pipeline:
         self.vae_encoder = "full"  # "taesd": encode (img2img, hires, inpainting) with the tiny encoder
         self._next_preview = 0.0  # monotonic time before which preview() skips the tiny decoder
         self.tokenizer = default_tokenizer()
-        alphas = loaded.alphas_cumprod if loaded.alphas_cumprod is not None else scaled_linear_alphas_cumprod()
-        self.schedule = DiscreteSchedule(alphas)
+        self.alphas_cumprod = loaded.alphas_cumprod if loaded.alphas_cumprod is not None else scaled_linear_alphas_cumprod()
+        self.schedule = DiscreteSchedule(self.alphas_cumprod)
         self._interrupt = False
         self._cond_cache: dict = {}
         self._conditioners: dict = {}
@@ -255,6 +256,23 @@ class Pipeline:
 
     def _images(self, p: Params, init: Image.Image | None, mask: Image.Image | None,
                 progress: Progress) -> list[Image.Image]:
+        if not SO.changes_model(p.schedule_options):
+            return self._images_of(p, init, mask, progress)
+        # A1111's noise-schedule override, for this generation only, of this model, the refiner and the
+        # hires checkpoint
+        others = [self._refiner.pipe if self._refiner is not None else None, self._hires_model]
+        pipes = [self] + [pipe for pipe in dict.fromkeys(others) if pipe is not None and pipe is not self]
+        own = [pipe.schedule for pipe in pipes]
+        for pipe in pipes:
+            pipe.schedule = DiscreteSchedule(*SO.model_alphas(pipe.alphas_cumprod, p.schedule_options))
+        try:
+            return self._images_of(p, init, mask, progress)
+        finally:
+            for pipe, schedule in zip(pipes, own):
+                pipe.schedule = schedule
+
+    def _images_of(self, p: Params, init: Image.Image | None, mask: Image.Image | None,
+                   progress: Progress) -> list[Image.Image]:
         self._interrupt = False
         self._cond_cache: dict = {}
         self.apply_loras(p.prompt)
@@ -310,9 +328,11 @@ class Pipeline:
         if source is None:
             latents = None  # a given first pass (with hires fix) stands for the sampled one
             if self._first_pass is None:
-                sigmas = self.sigmas(p, p.steps)
-                latents = self._sample(p, self._noised(p, sigmas[0], noise.initial), sigmas, noise, report, p.width,
-                                       p.height, hires_pass=None if p.hires is None else 1)
+                sigmas = self.sigmas(p, p.steps, txt2img=True)
+                sgm = SO.sgm_noise(resolve(p.sampler, p.scheduler)[0], p.schedule_options)
+                x = self._noised(p, sigmas[0], noise.initial, max_denoise=sgm)  # sgm: noise * sqrt(1 + sigma^2)
+                latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
+                                       hires_pass=None if p.hires is None else 1)
             if p.hires is not None:
                 latents = self._hires(p, p.hires, latents, seed, subseed, report)
                 return (self._hires_model or self).decode(latents)[0]  # A1111: the current model's VAE
@@ -330,10 +350,11 @@ class Pipeline:
                                init=init, latent_mask=latent_mask, image_cond=image_cond)
         return self.decode(latents)[0]
 
-    def _noised(self, p: Params, sigma, noise: torch.Tensor, latent: torch.Tensor | None = None) -> torch.Tensor:
+    def _noised(self, p: Params, sigma, noise: torch.Tensor, latent: torch.Tensor | None = None,
+                max_denoise: bool = False) -> torch.Tensor:
         """The latent at noise level `sigma` (txt2img: from an empty latent), in this model's way."""
         latent = torch.zeros_like(noise) if latent is None else latent
-        return self.model_sampling(p.width, p.height, p.shift).noise_scaling(sigma, noise, latent)
+        return self.model_sampling(p.width, p.height, p.shift).noise_scaling(sigma, noise, latent, max_denoise)
 
     def _image_noise(self, p: Params, seed: int, subseed: int | None, shape: tuple[int, ...]) -> ImageNoise:
         """One image's noise at latent `shape`, with its variation seed and seed resize (A1111 uses
@@ -452,11 +473,12 @@ class Pipeline:
 
     # --- building blocks -------------------------------------------------------------------
 
-    def sigmas(self, p: Params, steps: int) -> torch.Tensor:
-        """The sampler's sigma sequence: the chosen (or the sampler's default) schedule."""
+    def sigmas(self, p: Params, steps: int, txt2img: bool = False) -> torch.Tensor:
+        """The sampler's sigma sequence: the chosen (or the sampler's default) schedule, under A1111's
+        schedule settings (`txt2img`: the first pass from noise, where UniPC's skip type applies)."""
         sampler, schedule = self.sampler_and_schedule(p)
         return make_sigmas(schedule, self.model_sampling(p.width, p.height, p.shift).schedule, steps, sampler=sampler,
-                           family=self.config.family)
+                           family=self.config.family, options=p.schedule_options, txt2img=txt2img)
 
     def sampler_and_schedule(self, p: Params) -> tuple[str, str]:
         """(sampler id, schedule id) this model runs `p` with: "Automatic" means the family's default

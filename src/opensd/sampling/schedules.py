@@ -8,10 +8,12 @@ timesteps, as ComfyUI does). `make_sigmas` picks one by id (see names.py) and ap
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 
 from ..errors import InvalidArgument
+from . import schedule_options as SO
 from .align_your_steps import a1111_ays_sigmas
 from .names import DISCARD_PENULTIMATE, sampler_id, scheduler_id
 
@@ -30,7 +32,12 @@ class DiscreteSchedule:
     ask for any sigma in range.
     """
 
-    def __init__(self, alphas_cumprod: torch.Tensor):
+    def __init__(self, alphas_cumprod: torch.Tensor, half: bool = False):
+        if half:  # A1111's "downcast alphas_cumprod": k-diffusion computes sigmas and logs in fp16
+            ac = alphas_cumprod.half()
+            sigmas = ((1 - ac) / ac) ** 0.5
+            self.sigmas, self.log_sigmas = sigmas.float(), sigmas.log().float()
+            return
         ac = alphas_cumprod.to(torch.float64)
         self.sigmas = ((1 - ac) / ac).sqrt().float()
         self.log_sigmas = self.sigmas.log()
@@ -176,8 +183,13 @@ def kl_optimal_sigmas(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
     """"KL Optimal" (A1111 PR 15608, ComfyUI's kl_optimal): evenly spaced in arctan(sigma) from
     sigma_max to sigma_min, then 0 (ComfyUI's ending; A1111's stops at sigma_min instead). One step
     is sigma_max then 0, where ComfyUI divides by zero."""
+    return kl_optimal(schedule.sigma_min, schedule.sigma_max, steps)
+
+
+def kl_optimal(sigma_min: float, sigma_max: float, steps: int) -> torch.Tensor:
+    """Evenly spaced in arctan(sigma) from sigma_max to sigma_min, then 0."""
     frac = torch.arange(steps, dtype=torch.float32) / max(steps - 1, 1)
-    lo, hi = math.atan(schedule.sigma_min), math.atan(schedule.sigma_max)
+    lo, hi = math.atan(sigma_min), math.atan(sigma_max)
     return _append_zero(torch.tan(frac * lo + (1 - frac) * hi))
 
 
@@ -195,23 +207,55 @@ SCHEDULES = {
 
 
 def make_sigmas(schedule_id: str, model_schedule: DiscreteSchedule, steps: int,
-                sampler: str | None = None, family: str | None = None) -> torch.Tensor:
+                sampler: str | None = None, family: str | None = None, options: Mapping | None = None,
+                txt2img: bool = False) -> torch.Tensor:
     """Sigmas (ending in 0) for `steps` steps of a schedule (id or any name names.py accepts).
 
     Pass the sampler (id or name) to apply A1111/ComfyUI's "discard penultimate sigma": DPM2,
     DPM2 a, DPM++ 3M SDE and UniPC run on the schedule for steps+1 with the next-to-last sigma
     dropped (still `steps` steps). `family` (models.config) picks Align Your Steps' table: SDXL's
-    for the SDXL families, SD1's otherwise (as A1111 does).
+    for the SDXL families, SD1's otherwise (as A1111 does). `options`: A1111's schedule settings
+    (schedule_options.py); `txt2img`: a first pass from noise (UniPC's skip type applies there only).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InvalidArgument(f"steps: must be a whole number of at least 1, not {steps!r}")
     sched = scheduler_id(schedule_id, sampler)
-    discard = sampler is not None and sampler_id(sampler) in DISCARD_PENULTIMATE
+    sid = None if sampler is None else sampler_id(sampler)
+    extra, discard = SO.discards(sid, sid in DISCARD_PENULTIMATE, options)
+    n = steps + extra
     if sched == "align_your_steps":
-        sigmas = a1111_ays_sigmas(family in ("sdxl", "sdxl_refiner"), steps + discard)
+        sigmas = a1111_ays_sigmas(family in ("sdxl", "sdxl_refiner"), n)
+    elif options:
+        sigmas = _with_options(sched, model_schedule, n, sid, options, txt2img)
     else:
-        sigmas = SCHEDULES[sched](model_schedule, steps + discard)
+        sigmas = SCHEDULES[sched](model_schedule, n)
     return torch.cat([sigmas[:-2], sigmas[-1:]]) if discard else sigmas
+
+
+def _with_options(sched: str, model: DiscreteSchedule, n: int, sampler: str | None, options: Mapping,
+                  txt2img: bool) -> torch.Tensor:
+    """`n` steps of `sched` under A1111's schedule settings (each falls back to the plain schedule)."""
+    skip = SO.get(options, "uni_pc_skip_type")
+    if sampler == "uni_pc" and sched == "normal" and txt2img and skip != "time_uniform":
+        if skip == "logSNR":  # even in log SNR = even in log sigma over the model's range
+            return exponential(model.sigma_min, model.sigma_max, n)
+        return _append_zero(model.t_to_sigma(SO.unipc_timesteps(skip, n)))
+    if sched == "beta":
+        return beta_sigmas(model, n, SO.get(options, "beta_dist_alpha"), SO.get(options, "beta_dist_beta"))
+    span = SO.sigma_range(model.sigma_min, model.sigma_max, options) if sched in SO.RANGED else None
+    rho = SO.rho(sched, options)
+    if span is None and rho is None:
+        return SCHEDULES[sched](model, n)
+    lo, hi = span or (model.sigma_min, model.sigma_max)
+    if sched == "karras":
+        return karras(lo, hi, n, SO.KARRAS_RHO if rho is None else rho)
+    if sched == "exponential":
+        return exponential(lo, hi, n)
+    if sched == "kl_optimal":
+        return kl_optimal(lo, hi, n)
+    t = torch.linspace(float(model.sigma_to_t(torch.tensor(hi))), float(model.sigma_to_t(torch.tensor(lo))),
+                       n + 1)[:-1]  # sgm_uniform between the range's timesteps, as A1111's
+    return _append_zero(model.t_to_sigma(t))
 
 
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,14 @@ def _option(name: str):
     return apply
 
 
+def _schedule_setting(name: str, boolean: bool = False):
+    """An A1111 schedule setting (sampling/schedule_options.py; A1111's axis overrides it): a
+    number, or for the boolean axes "True"/"False" in any case (any other text is False, as A1111 reads it)."""
+    def apply(spec: Spec, value, values, face):
+        spec.kwargs.setdefault("schedule_options", {})[name] = value.strip().lower() == "true" if boolean else value
+    return apply
+
+
 def _hires(name: str):
     def apply(spec: Spec, value, values, face):
         if spec.kwargs.get("hires"):
@@ -170,7 +178,6 @@ def _size(spec: Spec, value, values, face):
 
 
 _T, _I = ("txt2img",), ("img2img",)
-_NO_SIGMA_RANGE = "schedules use the model's own sigma range here"
 AXES: tuple[AxisType, ...] = (
     AxisType("Nothing", apply=lambda *a: None),
     AxisType("Seed", INT, _seed),
@@ -193,12 +200,12 @@ AXES: tuple[AxisType, ...] = (
     AxisType("Sigma max", FLOAT, _option("s_tmax")),
     AxisType("Sigma noise", FLOAT, _option("s_noise")),
     AxisType("Schedule type", TEXT, _schedule, choices=True),
-    AxisType("Schedule min sigma", FLOAT, missing=_NO_SIGMA_RANGE),
-    AxisType("Schedule max sigma", FLOAT, missing=_NO_SIGMA_RANGE),
-    AxisType("Schedule rho", FLOAT, missing="the Karras schedule uses rho 7 here"),
+    AxisType("Schedule min sigma", FLOAT, _schedule_setting("sigma_min")),
+    AxisType("Schedule max sigma", FLOAT, _schedule_setting("sigma_max")),
+    AxisType("Schedule rho", FLOAT, _schedule_setting("rho")),
     AxisType("Skip Early CFG", FLOAT, missing="every step uses the negative prompt here"),
-    AxisType("Beta schedule alpha", FLOAT, missing="the Beta schedule uses 0.6 here"),
-    AxisType("Beta schedule beta", FLOAT, missing="the Beta schedule uses 0.6 here"),
+    AxisType("Beta schedule alpha", FLOAT, _schedule_setting("beta_dist_alpha")),
+    AxisType("Beta schedule beta", FLOAT, _schedule_setting("beta_dist_beta")),
     AxisType("Eta", FLOAT, _option("eta")),
     AxisType("Clip skip", INT, _clip_skip),
     AxisType("Denoising", FLOAT, _denoising),
@@ -212,8 +219,9 @@ AXES: tuple[AxisType, ...] = (
     AxisType("Face restore", TEXT, _face_restore, named=False),
     AxisType("Token merging ratio", FLOAT, missing="token merging is not implemented here"),
     AxisType("Token merging ratio high-res", FLOAT, missing="token merging is not implemented here"),
-    AxisType("Always discard next-to-last sigma", TEXT, choices=True, missing="not implemented here"),
-    AxisType("SGM noise multiplier", TEXT, choices=True, missing="not implemented here"),
+    AxisType("Always discard next-to-last sigma", TEXT, _schedule_setting("always_discard_next_to_last_sigma", True),
+             choices=True),
+    AxisType("SGM noise multiplier", TEXT, _schedule_setting("sgm_noise_multiplier", True), choices=True),
     AxisType("Refiner checkpoint", TEXT, _refiner, named=False, cost=1.0, choices=True),
     AxisType("Refiner switch at", FLOAT, _refiner_switch),
     AxisType("RNG source", TEXT, _rng, choices=True),

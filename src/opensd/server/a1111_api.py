@@ -20,6 +20,7 @@ from ..library.model_metadata import api_metadata, file_metadata
 from ..library.models_dir import WEIGHT_SUFFIXES
 from ..pipeline.infotext import parse_infotext, read_infotext
 from ..sampling import names as N
+from ..sampling import schedule_options as SO
 from ..text.dynamic_prompts import check_template
 from ..text.styles import apply_styles
 from . import (
@@ -200,7 +201,9 @@ def router(state) -> APIRouter:
 
     @api.get("/schedulers")
     def schedulers():
-        return [{"name": sid, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+        # default_rho: the rho the "rho" setting replaces (A1111: Karras's 7, -1 where none applies)
+        return [{"name": sid, "label": label, "aliases": None,
+                 "default_rho": SO.KARRAS_RHO if sid == "karras" else -1, "need_inner_model": False}
                 for sid, label in N.SCHEDULER_LABELS.items()]
 
     @api.get("/loras")

@@ -9,6 +9,9 @@ override_settings) change in its job, as A1111 applies them:
   (what clients such as webuiapi send by default) wins over the setting;
 - eta_noise_seed_delta (ENSD): for samplers A1111 applies it to (Euler a, DPM2 a, DPM++ 2S a, DDIM,
   DPM fast, DPM adaptive, with eta > 0), the noise drawn after the initial noise comes from seed + ENSD;
+- sigma_min, sigma_max, rho, use_old_karras_scheduler_sigmas, always_discard_next_to_last_sigma,
+  sd_noise_schedule, use_downcasted_alpha_bar, sgm_noise_multiplier, beta_dist_alpha / _beta,
+  uni_pc_skip_type: the generation's schedule_options (sampling/schedule_options.py);
 - randn_source: "CPU" (our default) draws noise on the CPU, "GPU" on the device;
 - emphasis, comma_padding_backtrack, sdxl_clip_l_skip, sdxl_crop_top / sdxl_crop_left,
   use_old_emphasis_implementation: how prompts are encoded (Params' fields of those names);
@@ -30,6 +33,7 @@ from pathlib import Path
 from PIL import ImageColor
 
 from ..errors import InvalidArgument
+from ..sampling import schedule_options as SO
 from ..sampling.names import A1111_SAMPLERS
 from ..sampling.samplers import sampler_options as options_of
 from ..text.prompt_parser import emphasis_id, extract_extra_networks
@@ -60,6 +64,19 @@ def sampler_options(sampler: str, req, opts: dict) -> dict:
         wanted.update(order=opts["uni_pc_order"], variant=opts["uni_pc_variant"],
                       lower_order_final=opts["uni_pc_lower_order_final"])
     return {k: v for k, v in wanted.items() if k in taken and v != taken[k]}
+
+
+def schedule_options(opts: dict) -> dict:
+    """A1111's noise-schedule settings in effect (sampling.schedule_options), those off its defaults;
+    a combination that cannot run is a 422 naming the setting."""
+    wanted = {}
+    for name, (default, _) in SO.SETTINGS.items():
+        value = opts[name]
+        if name in SO.CHOICES:  # A1111's choices, whatever case the client sent
+            value = next((c for c in SO.CHOICES[name] if c.lower() == str(value).lower()), value)
+        if value != default:
+            wanted[name] = value
+    return SO.check(wanted, "")
 
 
 def noise_seed_delta(sampler: str, options: dict, opts: dict) -> int:

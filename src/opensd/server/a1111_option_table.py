@@ -160,6 +160,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sd_vae_encode_method": ("Full", "TAESD"),
     "sd_vae_decode_method": ("Full", "TAESD"),
     "emphasis": tuple(EMPHASIS_LABELS.values()),
+    "sd_noise_schedule": ("Default", "Zero Terminal SNR"),
+    "uni_pc_skip_type": ("time_uniform", "time_quadratic", "logSNR"),
 }
 
 # Numeric settings with the ranges of A1111's sliders that opensd acts on.
@@ -168,4 +170,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "s_churn": (0, 100), "s_tmin": (0, 10), "s_tmax": (0, 999), "s_noise": (0, 1.1), "uni_pc_order": (1, 50),
     "extra_networks_default_multiplier": (0, 2), "eta_noise_seed_delta": (0, 2**32 - 1),
     "comma_padding_backtrack": (0, 74), "sdxl_crop_top": (0, 4096), "sdxl_crop_left": (0, 4096),
+    # A1111 takes any number for these three (0: the model's / the schedule's own); a negative one cannot run
+    "sigma_min": (0, float("inf")), "sigma_max": (0, float("inf")), "rho": (0, float("inf")),
+    "beta_dist_alpha": (0.01, 2), "beta_dist_beta": (0.01, 2),  # A1111's slider goes to 1, Forge's to 2
 }

@@ -100,6 +100,9 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     options = a1111_apply.sampler_options(sampler, req, opts)
     if options:
         kw["sampler_options"] = options
+    schedule_options = a1111_apply.schedule_options(opts)
+    if schedule_options:
+        kw["schedule_options"] = schedule_options
     delta = a1111_apply.noise_seed_delta(sampler, options, opts)
     if delta:
         kw["noise_seed_delta"] = delta

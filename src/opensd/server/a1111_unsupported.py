@@ -21,11 +21,11 @@ REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
 }
 
 # A1111 setting -> what happens here when it is not A1111's default (settings that change A1111's
-# images and that opensd does not act on; the ones it acts on are read in a1111_run).
+# images and that opensd does not act on; the ones it acts on are read in a1111_run). ddim_discretize
+# is not here: A1111 1.6+ accepts it and does nothing with it (its DDIM is a timestep sampler).
 _NOT_IMPLEMENTED = "not implemented"
 _TOKEN_MERGING = "token merging is not implemented"
 _HYPERTILE = "Hypertile is not implemented"
-_SIGMA_RANGE = "not implemented; schedules use the model's own sigma range"
 SETTINGS: dict[str, str] = {
     "face_restoration": REQUEST_FIELDS["restore_faces"][1],
     "s_min_uncond": REQUEST_FIELDS["s_min_uncond"][1],
@@ -40,27 +40,15 @@ SETTINGS: dict[str, str] = {
     "token_merging_ratio_hr": _TOKEN_MERGING,
     "pad_cond_uncond": _NOT_IMPLEMENTED,
     "pad_cond_uncond_v0": _NOT_IMPLEMENTED,
-    "use_old_karras_scheduler_sigmas": _NOT_IMPLEMENTED,
     "no_dpmpp_sde_batch_determinism": _NOT_IMPLEMENTED,
     "use_old_hires_fix_width_height": _NOT_IMPLEMENTED,
     "hires_fix_use_firstpass_conds": _NOT_IMPLEMENTED,
     "use_old_scheduling": "not implemented; prompt editing uses A1111's current timelines",
-    "use_downcasted_alpha_bar": _NOT_IMPLEMENTED,
-    "sd_noise_schedule": "only the model's own noise schedule is implemented",
-    "always_discard_next_to_last_sigma": _NOT_IMPLEMENTED,
-    "sgm_noise_multiplier": _NOT_IMPLEMENTED,
     "skip_early_cond": "not implemented; every step uses the negative prompt",
-    "sigma_min": _SIGMA_RANGE,
-    "sigma_max": _SIGMA_RANGE,
-    "rho": "not implemented; the Karras schedule uses rho 7",
     "enable_quantization": _NOT_IMPLEMENTED,
-    "uni_pc_skip_type": "only 'time_uniform' is implemented",
-    "ddim_discretize": "only 'uniform' is implemented",
     "hypertile_enable_unet": _HYPERTILE,
     "hypertile_enable_unet_secondpass": _HYPERTILE,
     "hypertile_enable_vae": _HYPERTILE,
-    "beta_dist_alpha": "not implemented; the Beta schedule uses 0.6",
-    "beta_dist_beta": "not implemented; the Beta schedule uses 0.6",
     "lora_functional": _NOT_IMPLEMENTED,
     "refiner_switch_by_sample_steps": "not implemented; the refiner switches at a noise level (A1111's default)",
 }

@@ -53,6 +53,8 @@ def choice_lists(state) -> dict[str, Callable[[], list[str]]]:
         "Hires upscaler": lambda: [*LATENT_MODES, *state.cache.upscalers.names()],
         "VAE": lambda: ["Automatic", "None", *(m.name for m in state.folders.list("vae"))],
         "Styles": styles, "RNG source": lambda: list(RNG_SOURCES),
+        "Always discard next-to-last sigma": lambda: ["True", "False"],  # A1111's boolean_choice(reverse=True)
+        "SGM noise multiplier": lambda: ["True", "False"],
     }
 
 

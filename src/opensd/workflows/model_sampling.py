@@ -15,6 +15,7 @@ import torch
 
 from ..errors import InvalidArgument
 from ..sampling.model_sampling import ContinuousSampling, ContinuousSchedule, ModelSampling
+from ..sampling.schedule_options import rescale_zero_terminal_snr
 from ..sampling.schedules import DiscreteSchedule
 
 PREDICTIONS = ("eps", "v", "x0", "lcm")
@@ -27,11 +28,7 @@ def default_sampling(pipe):
 
 
 def zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
-    ab_sqrt = (1 / (sigmas.double() ** 2 + 1)).sqrt()
-    first, last = ab_sqrt[0].clone(), ab_sqrt[-1].clone()
-    ab_sqrt = (ab_sqrt - last) * first / (first - last)
-    ab = ab_sqrt ** 2
-    ab[-1] = 4.8973451890853435e-08
+    ab = rescale_zero_terminal_snr(1 / (sigmas.double() ** 2 + 1))
     return ((1 - ab) / ab).sqrt()
 
 
