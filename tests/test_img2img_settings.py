@@ -1,0 +1,142 @@
+"""A1111's img2img settings: initial_noise_multiplier, img2img_extra_noise, inpainting_mask_weight and
+img2img_color_correction, in the pipeline (against hand-computed references)."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from opensd.errors import InvalidArgument
+from opensd.pipeline import color_correction as cc
+from opensd.pipeline import images as I
+from opensd.pipeline import img2img as i2i
+from opensd.pipeline.noise import ImageNoise
+from opensd.pipeline.params import Hires, Params
+from test_modes import _mask, _picture, inpaint_pipe, pipe  # noqa: F401  (the same tiny models and pictures)
+
+def _passes(pipe, monkeypatch) -> list:
+    """(start latent, inpainting channels) of every sampling pass from now on."""
+    seen, inner = [], pipe._sample
+
+    def recording(p, x, sigmas, noise, report, width, height, **kw):
+        seen.append((x.clone(), kw.get("image_cond")))
+        return inner(p, x, sigmas, noise, report, width, height, **kw)
+
+    monkeypatch.setattr(pipe, "_sample", recording)
+    return seen
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+def test_noise_multiplier_and_extra_noise_add_exactly_that_much_noise(pipe, monkeypatch):
+    seen = _passes(pipe, monkeypatch)
+    init = _picture()
+    for kw in ({}, {"noise_multiplier": 0.0}, {"noise_multiplier": 0.5, "extra_noise": 0.25}):
+        pipe.img2img(init, "x", strength=0.5, steps=4, seed=7, **kw)
+    plain, silent, both = (x for x, _ in seen)
+    latent = pipe.encode(init)
+    noise = ImageNoise(7, tuple(latent.shape), pipe.device).initial
+    sigma = i2i.sigmas_from(pipe.sigmas(Params.of(steps=4, width=64, height=64), 4), 4, 0.5)[0]
+    assert torch.equal(silent, latent)  # multiplier 0: the init latent, no noise
+    assert torch.allclose(plain, latent + noise * sigma, atol=1e-5)
+    # A1111: x = latent + (noise * m) * sigma, then + (noise * m) * extra
+    assert torch.allclose(both, latent + noise * 0.5 * sigma + noise * 0.5 * 0.25, atol=1e-5)
+
+
+def test_extra_noise_reaches_the_hires_pass_but_the_noise_multiplier_does_not(pipe, monkeypatch):
+    seen = _passes(pipe, monkeypatch)
+    hires = Hires(scale=1.5, upscaler="latent", denoise=0.5)
+    for kw in ({}, {"extra_noise": 0.3}, {"noise_multiplier": 0.5}):
+        pipe.txt2img("x", steps=3, seed=4, width=64, height=64, hires=hires, **kw)
+    (first, _), (second, _), (first_x, _), (second_x, _), (first_m, _), (second_m, _) = seen
+    assert torch.equal(first, first_x) and torch.equal(first, first_m)  # txt2img's pass has neither
+    noise = ImageNoise(4, tuple(second.shape), pipe.device).initial  # the hires pass draws afresh
+    assert torch.allclose(second_x - second, noise * 0.3, atol=1e-5)
+    assert torch.equal(second_m, second)
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.0, 0.5])
+def test_mask_weight_blanks_that_much_of_the_masked_area_in_the_conditioning(inpaint_pipe, monkeypatch, weight):
+    seen = _passes(inpaint_pipe, monkeypatch)
+    init, mask = _picture(), _mask()
+    inpaint_pipe.img2img(init, "x", mask=mask, mask_blur=0, inpainting_fill="original", strength=0.5, steps=2,
+                         seed=1, mask_weight=weight)
+    cond = seen[0][1]
+    binary = (I.mask_to_tensor(mask) > 0.5).float()
+    want = inpaint_pipe.encode_tensor(I.to_tensor(init) * (1 - weight * binary))  # 0: the whole image
+    assert torch.allclose(cond[:, 1:], want, atol=1e-5)
+    assert torch.equal(cond[:, :1], torch.nn.functional.interpolate(binary, size=cond.shape[-2:]))
+
+
+def test_mask_weight_in_the_hires_pass_conditions_on_the_upscaled_image(inpaint_pipe, monkeypatch):
+    seen = _passes(inpaint_pipe, monkeypatch)
+    hires = Hires(scale=1.5, upscaler="latent", denoise=0.5)
+    for weight in (1.0, 0.0):
+        inpaint_pipe.txt2img("x", steps=2, seed=4, width=64, height=64, hires=hires, mask_weight=weight)
+    (_, empty), (upscaled_x, shown) = seen[1], seen[3]
+    assert torch.equal(empty, inpaint_pipe.inpainting_cond(None, None, 96, 96))  # weight 1: as txt2img
+    # weight 0: A1111 decodes the upscaled latents and conditions on them, unblanked
+    noise = ImageNoise(4, tuple(upscaled_x.shape), inpaint_pipe.device).initial
+    sigma = i2i.sigmas_from(inpaint_pipe.sigmas(Params.of(steps=2, width=96, height=96), 2), 2, 0.5)[0]
+    upscaled = upscaled_x - noise * sigma
+    want = inpaint_pipe.encode_tensor(inpaint_pipe.decode_tensor(upscaled))
+    assert torch.allclose(shown[:, 1:], want, atol=1e-3)
+
+
+def test_histogram_matching_is_scikit_images_by_hand():
+    source = np.array([[0, 0, 10, 20]], np.uint8)
+    template = np.array([[100, 100, 100, 200]], np.uint8)
+    # source quantiles 0.5, 0.75, 1.0; template's 0.75 at 100, 1.0 at 200: np.interp clamps below
+    assert cc.match_channel(source, template).tolist() == [[100.0, 100.0, 100.0, 200.0]]
+    halves = cc.match_channel(np.array([[0, 1]], np.uint8), np.array([[0, 255]], np.uint8))
+    assert halves.tolist() == [[0.0, 255.0]]
+
+
+def test_luminosity_blend_keeps_the_generated_luminosity_by_hand():
+    red = np.full((1, 1, 3), (255, 0, 0), np.uint8)
+    grey = np.full((1, 1, 3), 128, np.uint8)
+    # SetLum(red, 128/255): (1.20296, .20296, .20296) clipped above: l + (c - l)(1 - l)/(max - l)
+    l = 128 / 255
+    d = l - 0.299  # red's luminosity is 0.299: every channel moves up by d, red past 1
+    g = l + (d - l) * (1 - l) / (1 + d - l)
+    assert cc._luminosity_blend(red, grey)[0, 0].tolist() == [255, round(g * 255), round(g * 255)] == [255, 74, 74]
+
+
+def test_color_correction_matches_the_results_to_the_init_image(pipe):
+    init = _picture()
+    plain = pipe.img2img(init, "x", strength=0.8, steps=3, seed=2)[0]
+    corrected = pipe.img2img(init, "x", strength=0.8, steps=3, seed=2, color_correction=True)[0]
+    assert np.array_equal(np.asarray(corrected), np.asarray(cc.correct(cc.correction_target(init), plain)))
+    # a result with red and blue swapped gets the init's hues back, at its own luminosity
+    swapped = Image.fromarray(np.ascontiguousarray(np.asarray(init)[..., ::-1]))
+    fixed = np.asarray(cc.correct(cc.correction_target(init), swapped))
+    assert fixed[0, 0].tolist() == [171, 10, 10] and fixed[20, 20].tolist() == [27, 188, 68]  # (200,40,40), (20,180,60)
+    # an image corrected to its own colours comes back within LAB's rounding
+    same = np.asarray(cc.correct(cc.correction_target(init), init)).astype(int)
+    assert np.abs(same - np.asarray(init).astype(int)).max() <= 3
+
+
+def test_color_correction_when_inpainting_targets_the_filled_image_before_pasting_back(pipe):
+    init, mask = _picture(), _mask()
+    kw = dict(mask=mask, mask_blur=0, inpainting_fill="fill", strength=0.8, steps=2, seed=2)
+    corrected = np.asarray(pipe.img2img(init, "x", color_correction=True, **kw)[0])
+    keep = np.asarray(mask) == 0
+    assert np.array_equal(corrected[keep], np.asarray(init)[keep])  # pasted back over the original
+    plain = np.asarray(pipe.img2img(init, "x", **kw)[0])
+    assert not np.array_equal(corrected[~keep], plain[~keep])
+
+
+def test_defaults_leave_the_images_as_they_were(pipe, inpaint_pipe):
+    init, mask = _picture(), _mask()
+    off = dict(noise_multiplier=1.0, extra_noise=0.0, mask_weight=1.0, color_correction=False)
+    for p in (pipe, inpaint_pipe):
+        a = p.img2img(init, "x", mask=mask, strength=0.6, steps=2, seed=3)[0]
+        b = p.img2img(init, "x", mask=mask, strength=0.6, steps=2, seed=3, **off)[0]
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("name,value", [("noise_multiplier", -0.1), ("noise_multiplier", 2.0),
+                                        ("extra_noise", float("nan")), ("mask_weight", 1.5),
+                                        ("color_correction", "yes"), ("extra_noise", True)])
+def test_bad_values_are_refused_naming_them(pipe, name, value):
+    with pytest.raises(InvalidArgument, match=f"^{name}: "):
+        pipe.img2img(_picture(), "x", steps=1, **{name: value})
