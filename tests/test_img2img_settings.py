@@ -1,17 +1,25 @@
 """A1111's img2img settings: initial_noise_multiplier, img2img_extra_noise, inpainting_mask_weight and
-img2img_color_correction, in the pipeline (against hand-computed references)."""
+img2img_color_correction, in the pipeline (against hand-computed references), the infotext and the
+CLI's flags and --from."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from opensd.cli import build_parser
+from opensd.cli.generate import generation_kwargs
 from opensd.errors import InvalidArgument
 from opensd.pipeline import color_correction as cc
 from opensd.pipeline import images as I
 from opensd.pipeline import img2img as i2i
+from opensd.pipeline.infotext import parse_infotext
+from opensd.pipeline.infotext_params import image_infotext, recorded
 from opensd.pipeline.noise import ImageNoise
 from opensd.pipeline.params import Hires, Params
 from test_modes import _mask, _picture, inpaint_pipe, pipe  # noqa: F401  (the same tiny models and pictures)
+
+FIELDS = ("noise_multiplier", "extra_noise", "mask_weight", "color_correction")
+
 
 def _passes(pipe, monkeypatch) -> list:
     """(start latent, inpainting channels) of every sampling pass from now on."""
@@ -140,3 +148,52 @@ def test_defaults_leave_the_images_as_they_were(pipe, inpaint_pipe):
 def test_bad_values_are_refused_naming_them(pipe, name, value):
     with pytest.raises(InvalidArgument, match=f"^{name}: "):
         pipe.img2img(_picture(), "x", steps=1, **{name: value})
+
+
+# --- infotext, --from, CLI ----------------------------------------------------------------------
+
+def test_infotext_writes_a1111s_keys_and_reads_them_back(pipe, inpaint_pipe):
+    image = pipe.img2img(_picture(), "x", strength=0.5, steps=2, seed=1, noise_multiplier=0.5, extra_noise=0.25)[0]
+    text = image_infotext(pipe, image, img2img=True)
+    assert "Noise multiplier: 0.5, Extra noise: 0.25" in text and "Conditional mask weight" not in text
+    settings = recorded(*parse_infotext(text)).settings
+    assert settings["noise_multiplier"] == 0.5 and settings["extra_noise"] == 0.25
+    plain = image_infotext(pipe, pipe.img2img(_picture(), "x", strength=0.5, steps=1, seed=1)[0], img2img=True)
+    assert "Noise multiplier" not in plain and "Extra noise" not in plain
+    hires = pipe.txt2img("x", steps=1, seed=1, width=64, height=64, extra_noise=0.25, noise_multiplier=0.5,
+                         hires=Hires(scale=1.5, denoise=0.5))[0]
+    text = image_infotext(pipe, hires)
+    assert "Extra noise: 0.25" in text and "Noise multiplier" not in text  # A1111: img2img's only
+    inpainted = inpaint_pipe.img2img(_picture(), "x", mask=_mask(), steps=1, seed=1, mask_weight=0.5)[0]
+    text = image_infotext(inpaint_pipe, inpainted, img2img=True, mask=True)
+    assert ", Conditional mask weight: 0.5, " in text
+    assert recorded(*parse_infotext(text)).settings["mask_weight"] == 0.5
+    default = inpaint_pipe.txt2img("x", steps=1, seed=1, width=64, height=64)[0]
+    assert ", Conditional mask weight: 1, " in image_infotext(inpaint_pipe, default)  # A1111 writes it always
+
+
+def test_cli_flags():
+    args = build_parser().parse_args(["generate", "x", "--init-image", "a.png", "--noise-multiplier", "0.5",
+                                      "--extra-noise", "0.1", "--mask-weight", "0.3", "--color-correction"])
+    kw = generation_kwargs(args)
+    assert [kw[name] for name in FIELDS] == [0.5, 0.1, 0.3, True]
+    plain = generation_kwargs(build_parser().parse_args(["generate", "x", "--init-image", "a.png"]))
+    assert not set(FIELDS) & set(plain)
+
+
+def test_cli_generate_from_an_image_repeats_its_noise_settings(tmp_path):
+    from opensd.cli import main
+    from opensd.library.synthetic import write_random_checkpoint
+    from opensd.pipeline.infotext import read_infotext
+
+    ckpt = write_random_checkpoint(tmp_path / "m.safetensors")
+    _picture().save(tmp_path / "init.png")
+    first, again, plain = tmp_path / "first.png", tmp_path / "again.png", tmp_path / "plain.png"
+    image = ["-m", str(ckpt), "--init-image", str(tmp_path / "init.png"), "--steps", "2", "--seed", "3"]
+    assert main(["generate", "x", *image, "--noise-multiplier", "0.5", "--extra-noise", "0.25", "-o", str(first)]) == 0
+    assert "Noise multiplier: 0.5, Extra noise: 0.25" in read_infotext(first)
+    assert main(["generate", "--from", str(first), *image, "-o", str(again)]) == 0
+    assert main(["generate", "x", *image, "-o", str(plain)]) == 0
+    made = [np.asarray(Image.open(f)) for f in (first, again, plain)]
+    assert np.array_equal(made[0], made[1]) and not np.array_equal(made[0], made[2])
+    assert read_infotext(again) == read_infotext(first)
