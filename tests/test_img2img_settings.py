@@ -1,21 +1,34 @@
 """A1111's img2img settings: initial_noise_multiplier, img2img_extra_noise, inpainting_mask_weight and
-img2img_color_correction, in the pipeline (against hand-computed references), the infotext and the
-CLI's flags and --from."""
+img2img_color_correction, in the pipeline (against hand-computed references), the A1111 API, the
+infotext and the CLI's flags and --from."""
+import base64
+import io
+import json
+
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
+from server_live import BASE, models_dir
 
-from opensd.cli import build_parser
+from opensd.cli import build_parser, main
 from opensd.cli.generate import generation_kwargs
 from opensd.errors import InvalidArgument
 from opensd.pipeline import color_correction as cc
 from opensd.pipeline import images as I
 from opensd.pipeline import img2img as i2i
-from opensd.pipeline.infotext import parse_infotext
+from opensd.library.synthetic import write_random_checkpoint
+from opensd.pipeline.infotext import parse_infotext, read_infotext
 from opensd.pipeline.infotext_params import image_infotext, recorded
 from opensd.pipeline.noise import ImageNoise
 from opensd.pipeline.params import Hires, Params
+from opensd.pipeline.pipeline import load
+from opensd.server import a1111_run, a1111_unsupported
+from opensd.server.a1111_models import Img2ImgRequest, Txt2ImgRequest
+from opensd.server.a1111_option_table import DEFAULTS
+from opensd.server.app import create_app
+from opensd.server.settings import Settings
 from test_modes import _mask, _picture, inpaint_pipe, pipe  # noqa: F401  (the same tiny models and pictures)
 
 FIELDS = ("noise_multiplier", "extra_noise", "mask_weight", "color_correction")
@@ -182,10 +195,6 @@ def test_cli_flags():
 
 
 def test_cli_generate_from_an_image_repeats_its_noise_settings(tmp_path):
-    from opensd.cli import main
-    from opensd.library.synthetic import write_random_checkpoint
-    from opensd.pipeline.infotext import read_infotext
-
     ckpt = write_random_checkpoint(tmp_path / "m.safetensors")
     _picture().save(tmp_path / "init.png")
     first, again, plain = tmp_path / "first.png", tmp_path / "again.png", tmp_path / "plain.png"
@@ -197,3 +206,54 @@ def test_cli_generate_from_an_image_repeats_its_noise_settings(tmp_path):
     made = [np.asarray(Image.open(f)) for f in (first, again, plain)]
     assert np.array_equal(made[0], made[1]) and not np.array_equal(made[0], made[2])
     assert read_infotext(again) == read_infotext(first)
+
+
+# --- the A1111 API ------------------------------------------------------------------------------
+
+def _plan(req, img2img=True, **settings):
+    return a1111_run.plan(req, img2img, 10_000, {**DEFAULTS, "randn_source": "CPU", **settings})
+
+
+def test_a1111_settings_and_the_request_field_reach_the_job():
+    i2i_req = Img2ImgRequest(prompt="x", init_images=["x"])
+    kw, gaps = _plan(i2i_req)
+    assert not set(FIELDS) & set(kw)  # the defaults: the job is as before
+    settings = dict(initial_noise_multiplier=0.8, img2img_extra_noise=0.2, inpainting_mask_weight=0.5,
+                    img2img_color_correction=True)
+    kw, _ = _plan(i2i_req, **settings)
+    assert [kw[name] for name in FIELDS] == [0.8, 0.2, 0.5, True]
+    kw, _ = _plan(Img2ImgRequest(prompt="x", init_images=["x"], initial_noise_multiplier=0.6), **settings)
+    assert kw["noise_multiplier"] == 0.6  # the request's field wins, as in A1111
+    kw, _ = _plan(Txt2ImgRequest(prompt="x", enable_hr=True), img2img=False, **settings)
+    assert kw["extra_noise"] == 0.2 and kw["mask_weight"] == 0.5  # the hires pass's
+    assert "noise_multiplier" not in kw and "color_correction" not in kw
+    with pytest.raises(InvalidArgument, match="^initial_noise_multiplier: "):
+        _plan(Img2ImgRequest(prompt="x", init_images=["x"], initial_noise_multiplier=-1))
+    assert not a1111_unsupported.setting_gaps({**DEFAULTS, **settings}, settings, DEFAULTS)
+    assert not a1111_unsupported.request_gaps(Img2ImgRequest(prompt="x", initial_noise_multiplier=0.5))
+
+
+def test_a1111_api_img2img_with_the_settings(tmp_path):
+    models = models_dir(tmp_path)
+    buf = io.BytesIO()
+    _picture().save(buf, "PNG")
+    settings = {"sd_model_checkpoint": "tiny", "img2img_extra_noise": 0.1, "initial_noise_multiplier": 0.9,
+                "img2img_color_correction": True}
+    request = {"prompt": "x", "steps": 2, "seed": 3, "width": 64, "height": 64, "sampler_name": "Euler",
+               "denoising_strength": 0.6, "init_images": [base64.b64encode(buf.getvalue()).decode()],
+               "override_settings": settings}
+    with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp_path / "out")), base_url=BASE) as client:
+        r = client.post("/sdapi/v1/img2img", json=request)
+        bad = client.post("/sdapi/v1/img2img", json={**request, "override_settings": {
+            **settings, "inpainting_mask_weight": 1.5}})
+        worse = client.post("/sdapi/v1/img2img", json={**request, "initial_noise_multiplier": 9})
+    assert r.status_code == 200, r.text
+    assert bad.status_code == 422 and "override_settings.inpainting_mask_weight" in bad.text
+    assert worse.status_code == 422 and "initial_noise_multiplier" in worse.text
+    info = json.loads(r.json()["info"])
+    assert "Noise multiplier: 0.9, Extra noise: 0.1" in info["infotexts"][0] and not info["unsupported_fields"]
+    got = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB"))
+    tiny = load(models / "Stable-diffusion" / "tiny.safetensors")
+    want = tiny.img2img(_picture(), "x", steps=2, seed=3, strength=0.6, noise_multiplier=0.9, extra_noise=0.1,
+                        color_correction=True)[0]
+    assert np.array_equal(got, np.asarray(want))
