@@ -257,3 +257,23 @@ def test_a1111_api_img2img_with_the_settings(tmp_path):
     want = tiny.img2img(_picture(), "x", steps=2, seed=3, strength=0.6, noise_multiplier=0.9, extra_noise=0.1,
                         color_correction=True)[0]
     assert np.array_equal(got, np.asarray(want))
+
+
+def test_xyz_axes_set_the_settings_and_refuse_bad_values():
+    from opensd.scripts import xyz
+    from opensd.scripts.spec import Spec
+
+    base = Spec("x", "", {"steps": 2, "width": 64, "height": 64, "batch_size": 1}, seed=1)
+
+    class Face:
+        img2img = True
+
+    for label, name in (("Initial noise multiplier", "noise_multiplier"), ("Extra noise", "extra_noise"),
+                        ("Cond. Image Mask Weight", "mask_weight")):
+        axis = xyz.read_axis(label, "0, 0.5", None, False, base, True, "X")
+        cells = xyz.cells(base, (axis, xyz.NOTHING, xyz.NOTHING), xyz.GridOptions(), Face())
+        assert [c.kwargs[name] for c in cells] == [0.0, 0.5]
+        bad = xyz.read_axis(label, "2", None, False, base, True, "X")
+        refused = f"^X/Y/Z cell {label}: 2.0 / - / -: {name}: 2.0 must be a number in 0..1"
+        with pytest.raises(InvalidArgument, match=refused):
+            xyz.cells(base, (bad, xyz.NOTHING, xyz.NOTHING), xyz.GridOptions(), Face())
