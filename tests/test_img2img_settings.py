@@ -119,7 +119,8 @@ def test_luminosity_blend_keeps_the_generated_luminosity_by_hand():
     l = 128 / 255
     d = l - 0.299  # red's luminosity is 0.299: every channel moves up by d, red past 1
     g = l + (d - l) * (1 - l) / (1 + d - l)
-    assert cc._luminosity_blend(red, grey)[0, 0].tolist() == [255, round(g * 255), round(g * 255)] == [255, 74, 74]
+    # blendmodes 2022 truncates when it goes back to uint8 (73.83 -> 73)
+    assert cc._luminosity_blend(red, grey)[0, 0].tolist() == [255, int(g * 255), int(g * 255)] == [255, 73, 73]
 
 
 def test_color_correction_matches_the_results_to_the_init_image(pipe):
@@ -130,7 +131,7 @@ def test_color_correction_matches_the_results_to_the_init_image(pipe):
     # a result with red and blue swapped gets the init's hues back, at its own luminosity
     swapped = Image.fromarray(np.ascontiguousarray(np.asarray(init)[..., ::-1]))
     fixed = np.asarray(cc.correct(cc.correction_target(init), swapped))
-    assert fixed[0, 0].tolist() == [171, 10, 10] and fixed[20, 20].tolist() == [27, 188, 68]  # (200,40,40), (20,180,60)
+    assert fixed[0, 0].tolist() == [171, 10, 10] and fixed[20, 20].tolist() == [26, 187, 67]  # (200,40,40), (20,180,60)
     # an image corrected to its own colours comes back within LAB's rounding
     same = np.asarray(cc.correct(cc.correction_target(init), init)).astype(int)
     assert np.abs(same - np.asarray(init).astype(int)).max() <= 3

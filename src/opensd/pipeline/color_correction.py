@@ -50,7 +50,8 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 def _luminosity_blend(background: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     """uint8 RGB: `background`'s colour at `foreground`'s luminosity (W3C SetLum with its ClipColor,
-    as blendmodes computes it for two opaque layers, then rounded to uint8)."""
+    as blendmodes 2022, A1111's pinned version, computes it for two opaque layers: / 255 in, * 255
+    truncated out; its 2024 releases round instead)."""
     colours = background / 255
     colours = colours + (_luma(foreground / 255) - _luma(colours))[..., None]
     lum = _luma(colours)[..., None]
@@ -60,4 +61,4 @@ def _luminosity_blend(background: np.ndarray, foreground: np.ndarray) -> np.ndar
         colours = np.where(low < 0, lum + (colours - lum) * lum / (lum - low), colours)
         # the upper clip sees the lower one's result but the max from before it, as blendmodes does
         colours = np.where(high > 1, lum + (colours - lum) * (1 - lum) / (high - lum), colours)
-    return np.clip(np.round(np.clip(colours, 0, 1) * 255), 0, 255).astype(np.uint8)
+    return (np.clip(colours, 0, 1) * 255).astype(np.uint8)
