@@ -356,8 +356,9 @@ class Pipeline:
                            on_device=p.device_noise)
         sigmas = i2i.sigmas_from(self.sigmas(second, second.steps), second.steps, h.denoise)
         image_cond = self._hires_image_cond(p, init, image, w, h_px)
-        return self._sample(second, self._noised(second, sigmas[0], noise.initial, init, p.extra_noise), sigmas, noise,
-                            lambda i: report(offset + i), w, h_px, image_cond=image_cond, hires_pass=2)
+        x = self._noised(second, sigmas[0], noise.initial, init, p.extra_noise)
+        return self._sample(second, x, sigmas, noise, lambda i: report(offset + i), w, h_px, image_cond=image_cond,
+                            hires_pass=2)
 
     def _hires_image_cond(self, p: Params, latents: torch.Tensor, image: Image.Image | None, width: int,
                           height: int) -> torch.Tensor | None:
@@ -597,14 +598,15 @@ class Pipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Scaled latents -> images, through the VAE (or the tiny one with vae_decoder "taesd")."""
-        if self.vae_decoder == "taesd":
-            return [I.to_pil(self._tiny_decode(z[None])[0]) for z in latents]
         # one at a time: VAE decoding at full size dominates peak memory
         return [I.to_pil(self.decode_tensor(z[None])[0]) for z in latents]
 
     @torch.no_grad()
     def decode_tensor(self, latent: torch.Tensor) -> torch.Tensor:
-        """One scaled latent (1, C, h, w) -> the VAE's pixels (1, 3, H, W), about [-1, 1], unclamped."""
+        """One scaled latent (1, C, h, w) -> the VAE's pixels (1, 3, H, W), about [-1, 1], unclamped
+        (the tiny decoder's with vae_decoder "taesd")."""
+        if self.vae_decoder == "taesd":
+            return self._tiny_decode(latent)
         vae = self.model.vae
         f = self.config.vae.downscale
         z = self.config.vae.unscaled(latent)
