@@ -103,6 +103,21 @@ def test_mask_weight_in_the_hires_pass_conditions_on_the_upscaled_image(inpaint_
     assert torch.allclose(shown[:, 1:], want, atol=1e-3)
 
 
+def test_mask_weight_after_an_image_upscaler_conditions_on_its_image_in_0_to_1_as_a1111(inpaint_pipe, monkeypatch):
+    seen, upscaled, resize = _passes(inpaint_pipe, monkeypatch), [], inpaint_pipe.upscalers.resize
+
+    def recording(*args, **kw):
+        upscaled.append(resize(*args, **kw))
+        return upscaled[-1]
+
+    monkeypatch.setattr(inpaint_pipe.upscalers, "resize", recording)
+    inpaint_pipe.txt2img("x", steps=2, seed=4, width=64, height=64, mask_weight=0.25,
+                         hires=Hires(scale=1.5, upscaler="lanczos", denoise=0.5))
+    pixels01 = (I.to_tensor(upscaled[0]) + 1) / 2  # A1111 hands the upscaled image over unscaled
+    want = inpaint_pipe.encode_tensor(pixels01 * (1 - 0.25))
+    assert torch.allclose(seen[1][1][:, 1:], want, atol=1e-5)
+
+
 def test_histogram_matching_is_scikit_images_by_hand():
     source = np.array([[0, 0, 10, 20]], np.uint8)
     template = np.array([[100, 100, 100, 200]], np.uint8)
