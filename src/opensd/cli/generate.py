@@ -97,6 +97,14 @@ def register(sub) -> None:
     i.add_argument("--inpaint-full-res", action="store_true", help='inpaint "only masked" at full resolution')
     i.add_argument("--inpaint-padding", type=int_arg, help="pixels around the mask for --inpaint-full-res")
     i.add_argument("--invert-mask", action="store_true")
+    i.add_argument("--noise-multiplier", type=float_arg, help="scale img2img's initial noise (A1111's "
+                   "initial_noise_multiplier, default 1)")
+    i.add_argument("--extra-noise", type=float_arg, help="add the noise again, times this, after noising: img2img "
+                   "and the hires pass (A1111's img2img_extra_noise, default 0; keep it below the denoising strength)")
+    i.add_argument("--mask-weight", type=float_arg, help="inpainting models: how much of the masked area their "
+                   "conditioning image blanks, 0..1 (A1111's inpainting_mask_weight, default 1)")
+    i.add_argument("--color-correction", action="store_true",
+                   help="match the results' colours to the init image's (A1111's img2img_color_correction)")
     i.add_argument("--outpaint", type=_sides, metavar="L,R,T,B", help="extend the init image by these pixels")
     i.add_argument("--reference-image", type=Path, action="append", metavar="FILE",
                    help="Flux.1 Kontext: an image the model edits or draws from (fitted to Kontext's nearest "
@@ -167,7 +175,8 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
               distilled_guidance=args.guidance, emphasis=args.emphasis,
               comma_padding_backtrack=args.comma_padding_backtrack, sdxl_clip_l_skip=args.sdxl_clip_l_skip or None,
               sdxl_crop_top=args.sdxl_crop_top, sdxl_crop_left=args.sdxl_crop_left,
-              use_old_emphasis_implementation=args.use_old_emphasis_implementation or None)
+              use_old_emphasis_implementation=args.use_old_emphasis_implementation or None,
+              extra_noise=args.extra_noise, mask_weight=args.mask_weight)
     if args.seed_resize_from is not None:
         kw.update(seed_resize_from_w=args.seed_resize_from[0], seed_resize_from_h=args.seed_resize_from[1])
     if args.hires:
@@ -179,7 +188,8 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
     if args.init_image is not None:
         kw.update(strength=args.strength, resize_mode=args.resize_mode, mask_blur=args.mask_blur,
                   inpainting_fill=args.inpainting_fill, inpaint_full_res=args.inpaint_full_res or None,
-                  inpaint_full_res_padding=args.inpaint_padding, invert_mask=args.invert_mask or None)
+                  inpaint_full_res_padding=args.inpaint_padding, invert_mask=args.invert_mask or None,
+                  noise_multiplier=args.noise_multiplier, color_correction=args.color_correction or None)
     return {k: v for k, v in kw.items() if v is not None}
 
 

@@ -22,6 +22,12 @@ def sigmas_from(sigmas: torch.Tensor, steps: int, strength: float) -> torch.Tens
     return sigmas[steps - t_enc - 1:]
 
 
+def filled(source: Image.Image, mask: Image.Image | None, fill: str) -> Image.Image:
+    """The init image as A1111 holds it after masking.fill, which it runs for every masked-content
+    mode but "original": what colour correction matches and inpainting models are conditioned on."""
+    return source if mask is None or fill == "original" else I.fill_masked(source, mask)
+
+
 def latent_mask(mask: Image.Image, size: tuple[int, int], device) -> torch.Tensor:
     """Mask at latent resolution, rounded to 0/1 as A1111 does for the denoising blend."""
     m = F.interpolate(I.mask_to_tensor(mask), size=size, mode="area")

@@ -48,7 +48,7 @@ _FIXED_KEYS = (
 # are encoded). Keys nobody here knows follow these, in the caller's order.
 _EXTRA_KEYS = (
     "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Lora hashes", "TI hashes",
-    "Emphasis",
+    "Emphasis", "Noise multiplier", "Extra noise",
 )
 _LAST_KEYS = ("Version", "User")
 _RANK = {k: i for i, k in enumerate(_FIXED_KEYS + _EXTRA_KEYS)}

@@ -58,6 +58,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
                       "Inpaint area": "Only masked" if p.inpaint_full_res else None,
                       "Masked area padding": p.inpaint_full_res_padding if p.inpaint_full_res else None,
                       "Masked content": None if p.inpainting_fill == "original" else p.inpainting_fill})
+    extra.update(_img2img_params(pipe, p, img2img, h is not None))
     extra.update(_refiner_params(image.info.get("refiner"), h is not None))
     if pipe.config.distilled_guidance:  # Forge's key; the shift only when set (the model's own otherwise)
         extra["Distilled CFG Scale"] = pipe.family.default_guidance if p.distilled_guidance is None else p.distilled_guidance
@@ -126,6 +127,15 @@ def _schedule_params(pipe, p: Params, sampler: str, schedule: str, txt2img: bool
         own = s in names.DISCARD_PENULTIMATE and s != "uni_pc"
         out.update(schedule_options.written(s, sched, options, first, own, ms.sigma_min, ms.sigma_max))
     return out
+
+
+def _img2img_params(pipe, p: Params, img2img: bool, hires: bool) -> dict[str, Any]:
+    """A1111's img2img settings where it writes them: the noise multiplier in img2img, the extra
+    noise wherever an img2img-style pass ran (img2img, the hires pass), and the conditional mask
+    weight whenever an inpainting model made the image (default included, as A1111)."""
+    return {"Conditional mask weight": p.mask_weight if pipe.config.inpainting else None,
+            "Noise multiplier": p.noise_multiplier if img2img and p.noise_multiplier != 1 else None,
+            "Extra noise": p.extra_noise if (img2img or hires) and p.extra_noise > 0 else None}
 
 
 def _speed_params(pipe, encoded: bool) -> dict[str, Any]:
@@ -267,7 +277,9 @@ _SETTINGS = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("see
              "Masked area padding": ("inpaint_full_res_padding", int), "Masked content": ("inpainting_fill", str),
              "Distilled CFG Scale": ("distilled_guidance", float), "Shift": ("shift", float),
              "Seed resize from-1": ("seed_resize_from_w", int), "Seed resize from-2": ("seed_resize_from_h", int),
-             "Emphasis": ("emphasis", emphasis_id)}
+             "Emphasis": ("emphasis", emphasis_id),
+             "Noise multiplier": ("noise_multiplier", float), "Extra noise": ("extra_noise", float),
+             "Conditional mask weight": ("mask_weight", float)}
 _HIRES = {"Hires upscale": ("scale", float), "Hires steps": ("steps", int), "Hires upscaler": ("upscaler", str),
           "Hires resize-1": ("width", int), "Hires resize-2": ("height", int), "Hires sampler": ("sampler", str),
           "Hires schedule type": ("scheduler", str), "Hires prompt": ("prompt", str),

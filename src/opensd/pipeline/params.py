@@ -89,6 +89,15 @@ class Params:
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 32
     invert_mask: bool = False
+    # A1111's img2img settings: initial_noise_multiplier scales img2img's initial noise;
+    # img2img_extra_noise adds that noise again, times this, after noising (img2img and the hires
+    # pass); inpainting_mask_weight: how much of the masked area inpainting models' conditioning
+    # image blanks (0: none, the whole image); img2img_color_correction matches the results'
+    # colours to the init image's (color_correction.py).
+    noise_multiplier: float = 1.0
+    extra_noise: float = 0.0
+    mask_weight: float = 1.0
+    color_correction: bool = False
     hires: Hires | None = field(default=None)
 
     @classmethod
@@ -150,6 +159,8 @@ class Params:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value) or not 0 <= value <= 100):
                 raise InvalidArgument(f"{name}: {value!r} must be a number in 0..100")
+        for name in IMG2IMG_SETTINGS:
+            check_img2img_setting(name, getattr(self, name))
         if not 0 <= self.inpaint_full_res_padding <= 1024:
             raise InvalidArgument(f"inpaint_full_res_padding: {self.inpaint_full_res_padding} is outside 0..1024")
         if self.hires is not None:
@@ -194,6 +205,23 @@ _KINDS = {bool: "true or false", str: "a name", int: "a whole number", float: "a
 _NON_NEGATIVE = {"eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "r", "rtol", "atol", "h_init", "accept_safety"}
 
 
+# A1111's img2img settings (Params field -> the most it may be; None: true or false)
+IMG2IMG_SETTINGS = {"noise_multiplier": 1.5, "extra_noise": 1, "mask_weight": 1, "color_correction": None}
+
+
+def check_img2img_setting(name: str, value) -> None:
+    most = IMG2IMG_SETTINGS[name]
+    if most is not None:
+        _number(name, value, most)
+    elif not isinstance(value, bool):
+        raise InvalidArgument(f"{name}: {value!r} must be true or false")
+
+
+def _number(name: str, value, most: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= most:
+        raise InvalidArgument(f"{name}: {value!r} must be a number in 0..{most}")
+
+
 def _fraction(name: str, value) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
-        raise InvalidArgument(f"{name}: {value!r} must be a number in 0..1")
+    _number(name, value, 1)

@@ -31,6 +31,7 @@ from ..upscale import Upscalers, latent_mode
 from . import guidance as G
 from . import images as I
 from . import img2img as i2i
+from .color_correction import correct, correction_target
 from .kontext import reference_latents
 from . import limits as L
 from . import vae_codec
@@ -287,6 +288,9 @@ class Pipeline:
             mask = None if mask is None else I.resize(mask, p.width, p.height, "just resize")
         steps_per_image = self._steps_in(p, init is not None)
         total = steps_per_image * p.batch_size
+        target = None  # A1111 matches the results' colours to its (filled) init image
+        if init is not None and p.color_correction:
+            target = correction_target(i2i.filled(source, mask, p.inpainting_fill))
         images = []
         for n in range(p.batch_size):
             seed = (p.seed + n) % (L.MAX_SEED + 1)
@@ -302,6 +306,8 @@ class Pipeline:
             self._refined = False
             with circular_padding(self.family.network(self.model), self.model.vae, enabled=p.tiling):
                 image = self._one(p, seed, subseed, source, mask, report)
+            if target is not None:
+                image = correct(target, image)
             if init is not None and mask is not None:
                 image = I.paste_back(image, init, mask, crop)
             if self._refined:
@@ -344,17 +350,26 @@ class Pipeline:
             filler = noise() if p.inpainting_fill == "latent noise" else torch.zeros_like(init)
             init = init * (1 - latent_mask) + filler * latent_mask
         sigmas = i2i.sigmas_from(self.sigmas(p, p.steps), p.steps, p.strength)
-        x = self._noised(p, sigmas[0], noise.initial, init)
-        image_cond = self.inpainting_cond(source, mask) if self.config.inpainting else None
+        first = noise.initial if p.noise_multiplier == 1 else noise.initial * p.noise_multiplier
+        x = self._noised(p, sigmas[0], first, init, p.extra_noise)
+        image_cond = None
+        if self.config.inpainting:  # (the filled image blanked under the mask: the same as `source` at weight 1)
+            shown = source if p.mask_weight == 1 else i2i.filled(source, mask, p.inpainting_fill)
+            image_cond = self.inpainting_cond(shown, mask, weight=p.mask_weight)
         latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
                                init=init, latent_mask=latent_mask, image_cond=image_cond)
         return self.decode(latents)[0]
 
     def _noised(self, p: Params, sigma, noise: torch.Tensor, latent: torch.Tensor | None = None,
-                max_denoise: bool = False) -> torch.Tensor:
-        """The latent at noise level `sigma` (txt2img: from an empty latent), in this model's way."""
+                extra: float = 0.0, max_denoise: bool = False) -> torch.Tensor:
+        """The latent at noise level `sigma` (txt2img: from an empty latent), in this model's way;
+        `extra`: A1111's img2img_extra_noise, that much of the noise added on top as the sampler sees
+        it (k-diffusion's x + noise * extra; flow models' latent scale (1 - sigma) applied to it);
+        `max_denoise`: the first pass's noise scaled as from pure noise (A1111's sgm_noise_multiplier)."""
         latent = torch.zeros_like(noise) if latent is None else latent
-        return self.model_sampling(p.width, p.height, p.shift).noise_scaling(sigma, noise, latent, max_denoise)
+        sampling = self.model_sampling(p.width, p.height, p.shift)
+        x = sampling.noise_scaling(sigma, noise, latent, max_denoise)
+        return x if not extra else x + sampling.noise_scaling(sigma, torch.zeros_like(noise), noise * extra)
 
     def _image_noise(self, p: Params, seed: int, subseed: int | None, shape: tuple[int, ...]) -> ImageNoise:
         """One image's noise at latent `shape`, with its variation seed and seed resize (A1111 uses
@@ -379,6 +394,7 @@ class Pipeline:
                          negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt)
         hr = self._hires_model or self
         mode = latent_mode(h.upscaler)
+        image = None
         if mode is not None:  # a given first pass is encoded at its own size, as A1111 does
             first = latents if latents is not None else self.encode(self._first_pass)
             init = F.interpolate(first, size=(h_px // down, w // down), mode=mode[0], antialias=mode[1])
@@ -391,9 +407,10 @@ class Pipeline:
             # A1111 draws the second pass's noise afresh from the same seeds, at the new size.
             noise = hr._image_noise(p, seed, subseed, tuple(init.shape))
             sigmas = i2i.sigmas_from(hr.sigmas(second, second.steps), second.steps, h.denoise)
-            image_cond = hr.inpainting_cond(None, None, w, h_px) if hr.config.inpainting else None
-            return hr._sample(second, hr._noised(second, sigmas[0], noise.initial, init), sigmas, noise,
-                              lambda i: report(offset + i), w, h_px, image_cond=image_cond, hires_pass=2)
+            image_cond = hr._hires_image_cond(p, init, image, w, h_px)
+            x = hr._noised(second, sigmas[0], noise.initial, init, p.extra_noise)
+            return hr._sample(second, x, sigmas, noise, lambda i: report(offset + i), w, h_px, image_cond=image_cond,
+                              hires_pass=2)
 
     @contextmanager
     def _lent_to(self, hr: "Pipeline", prompt: str, tiling: bool):
@@ -413,6 +430,19 @@ class Pipeline:
         finally:
             self._refined = self._refined or hr._refined
             hr._controls, hr._references, hr._ip_adapter, hr._refiner, hr.on_latents = [], [], None, None, None
+
+    def _hires_image_cond(self, p: Params, latents: torch.Tensor, image: Image.Image | None, width: int,
+                          height: int) -> torch.Tensor | None:
+        """Inpainting models' channels for the hires pass: an empty image, as in txt2img, unless
+        inpainting_mask_weight < 1 leaves part of the upscaled image in them. As A1111 does, the
+        image is the decoded upscaled latents in [-1, 1] after a latent upscale, but the upscaler's
+        image in [0, 1] after an image upscaler (A1111 passes it unscaled)."""
+        if not self.config.inpainting:
+            return None
+        if p.mask_weight == 1:
+            return self.inpainting_cond(None, None, width, height)
+        pixels = self.decode_tensor(latents) if image is None else (I.to_tensor(image) + 1) / 2
+        return self.inpainting_cond(pixels, None, weight=p.mask_weight)
 
     def _sample(self, p: Params, x: torch.Tensor, sigmas: torch.Tensor, noise: ImageNoise, report,
                 width: int, height: int, init: torch.Tensor | None = None,
@@ -573,18 +603,19 @@ class Pipeline:
                           self.device)
 
     @torch.no_grad()
-    def inpainting_cond(self, source: Image.Image | None, mask: Image.Image | None,
-                        width: int | None = None, height: int | None = None) -> torch.Tensor:
+    def inpainting_cond(self, source: Image.Image | torch.Tensor | None, mask: Image.Image | None,
+                        width: int | None = None, height: int | None = None, weight: float = 1.0) -> torch.Tensor:
         """The extra input channels of inpainting models (9-channel UNets, Flux Fill; the family
         arranges them): the binary mask and the latent of the image with the masked area blanked
-        (all masked without an image)."""
+        (all masked without an image). `source`: an image, or pixels (1, 3, H, W); `weight`: A1111's
+        inpainting_mask_weight, how far the masked area is blanked (torch.lerp, as A1111)."""
         if source is None:
             pixels = torch.zeros(1, 3, height, width)
             binary = torch.ones(1, 1, height, width)
         else:
-            pixels = I.to_tensor(source)
+            pixels = source.float().cpu() if isinstance(source, torch.Tensor) else I.to_tensor(source)
             binary = (I.mask_to_tensor(mask) > 0.5).float() if mask is not None else torch.ones(1, 1, *pixels.shape[-2:])
-        latent = self.encode_tensor(pixels * (1 - binary))
+        latent = self.encode_tensor(torch.lerp(pixels, pixels * (1 - binary), weight))
         scale = self.family.inpaint_mask_scale(self.config)
         m = F.interpolate(binary, size=(latent.shape[-2] * scale, latent.shape[-1] * scale)).to(latent)
         return self.family.inpainting_channels(m, latent)
@@ -652,23 +683,27 @@ class Pipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Scaled latents -> images, through the VAE (or the tiny one with vae_decoder "taesd")."""
+        # one at a time: VAE decoding at full size dominates peak memory
+        return [I.to_pil(self.decode_tensor(z[None])[0]) for z in latents]
+
+    @torch.no_grad()
+    def decode_tensor(self, latent: torch.Tensor) -> torch.Tensor:
+        """One scaled latent (1, C, h, w) -> the VAE's pixels (1, 3, H, W), about [-1, 1], unclamped
+        (the tiny decoder's with vae_decoder "taesd")."""
         if self.vae_decoder == "taesd":
-            return [I.to_pil(self._tiny_decode(z[None])[0]) for z in latents]
+            return self._tiny_decode(latent)
         vae = self.model.vae
         f = self.config.vae.downscale
-        images = []
-        for z in latents:  # one at a time: VAE decoding at full size dominates peak memory
-            z = self.config.vae.unscaled(z[None])
-            x = vae_codec.decode(vae.decode, z.to(next(vae.parameters()).dtype), f, self.vae_tiling)
-            if not torch.isfinite(x).all():
-                if next(vae.parameters()).dtype == torch.float32:
-                    raise FloatingPointError("VAE decode produced NaN/inf even in fp32; the model is broken")
-                # fp16 VAEs (SD1/SDXL) overflow; decode in fp32 from now on rather than save a black image.
-                log.warning("VAE produced NaN in %s; switching the VAE to fp32", x.dtype)
-                vae.float()
-                x = vae_codec.decode(vae.decode, z.float(), f, self.vae_tiling)
-            images.append(I.to_pil(x[0]))
-        return images
+        z = self.config.vae.unscaled(latent)
+        x = vae_codec.decode(vae.decode, z.to(next(vae.parameters()).dtype), f, self.vae_tiling)
+        if not torch.isfinite(x).all():
+            if next(vae.parameters()).dtype == torch.float32:
+                raise FloatingPointError("VAE decode produced NaN/inf even in fp32; the model is broken")
+            # fp16 VAEs (SD1/SDXL) overflow; decode in fp32 from now on rather than save a black image.
+            log.warning("VAE produced NaN in %s; switching the VAE to fp32", x.dtype)
+            vae.float()
+            x = vae_codec.decode(vae.decode, z.float(), f, self.vae_tiling)
+        return x
 
 
 def _controls(controls, config) -> list:

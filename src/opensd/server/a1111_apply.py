@@ -22,6 +22,9 @@ override_settings) change in its job, as A1111 applies them:
 - sd_vae_decode_method / sd_vae_encode_method "TAESD": the model's tiny autoencoder (its files in
   the models folder's VAE-approx or vae_approx) decodes / encodes instead of the VAE; without the
   file the request is refused in one line naming the setting;
+- initial_noise_multiplier (unless the request's), img2img_extra_noise, inpainting_mask_weight,
+  img2img_color_correction: img2img's noise, inpainting models' conditioning and colour matching
+  (pipeline/params.py); in txt2img the hires pass takes the extra noise and the mask weight;
 - samples_format, jpeg_quality, webp_lossless, outdir_samples / outdir_txt2img_samples /
   outdir_img2img_samples: how and where the images are saved (and the format they are returned in).
 """
@@ -34,6 +37,7 @@ from PIL import ImageColor
 
 from ..errors import InvalidArgument
 from ..sampling import schedule_options as SO
+from ..pipeline.params import Params, check_img2img_setting
 from ..sampling.names import A1111_SAMPLERS
 from ..sampling.samplers import sampler_options as options_of
 from ..text.prompt_parser import emphasis_id, extract_extra_networks
@@ -165,6 +169,30 @@ def background(opts: dict) -> str:
         return f"#{r:02x}{g:02x}{b:02x}"
     except (ValueError, TypeError):
         raise InvalidArgument(f"img2img_background_color: {value!r} is not a colour (e.g. '#ffffff')") from None
+
+
+# Params field -> the A1111 setting that sets it
+IMG2IMG_SETTINGS = {"noise_multiplier": "initial_noise_multiplier", "extra_noise": "img2img_extra_noise",
+                    "mask_weight": "inpainting_mask_weight", "color_correction": "img2img_color_correction"}
+_TXT2IMG = ("extra_noise", "mask_weight")  # what txt2img uses: the hires pass, and the infotext's mask weight
+
+
+def img2img_settings(req, opts: dict, img2img: bool) -> dict:
+    """The job's kwargs for A1111's img2img settings that are off their defaults (the settings are
+    checked as options are; the request's initial_noise_multiplier, checked here, wins over its
+    setting, as in A1111)."""
+    out = {}
+    for name, key in IMG2IMG_SETTINGS.items():
+        value = opts[key]
+        if name == "noise_multiplier" and getattr(req, key, None) is not None:
+            value = req.initial_noise_multiplier
+            try:
+                check_img2img_setting(name, value)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"{key}: {str(e).split(': ', 1)[1]}") from None
+        if (img2img or name in _TXT2IMG) and value != getattr(Params, name):
+            out[name] = value
+    return out
 
 
 def output(opts: dict, mode: str, grids: bool = False) -> dict:

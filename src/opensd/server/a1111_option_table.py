@@ -173,4 +173,5 @@ RANGES: dict[str, tuple[float, float]] = {
     # A1111 takes any number for these three (0: the model's / the schedule's own); a negative one cannot run
     "sigma_min": (0, float("inf")), "sigma_max": (0, float("inf")), "rho": (0, float("inf")),
     "beta_dist_alpha": (0.01, 2), "beta_dist_beta": (0.01, 2),  # A1111's slider goes to 1, Forge's to 2
+    "inpainting_mask_weight": (0, 1), "initial_noise_multiplier": (0, 1.5), "img2img_extra_noise": (0, 1),
 }
