@@ -8,6 +8,7 @@ from ..errors import InvalidArgument
 from ..sampling.samplers import ALL_OPTIONS, OPTION_TYPES
 from . import limits as L
 from .images import FILL_MODES, RESIZE_MODES
+from .soft_inpaint import SoftInpainting
 
 
 
@@ -66,6 +67,7 @@ class Params:
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 32
     invert_mask: bool = False
+    soft_inpainting: SoftInpainting | None = None  # A1111's Soft Inpainting (soft_inpaint.py); None: off
     hires: Hires | None = field(default=None)
 
     @classmethod
@@ -74,6 +76,8 @@ class Params:
         unknown = sorted(set(kwargs) - names)
         if unknown:
             raise InvalidArgument(f"{unknown[0]}: unknown parameter")
+        if kwargs.get("soft_inpainting") is not None:  # stored jobs keep it as a plain dict
+            kwargs["soft_inpainting"] = SoftInpainting.of(kwargs["soft_inpainting"])
         return cls(**kwargs)
 
     def validate(self, limits: L.Limits = L.DEFAULT_LIMITS) -> None:
@@ -107,6 +111,8 @@ class Params:
                 raise InvalidArgument(f"{name}: {value!r} must be a number in 0..100")
         if not 0 <= self.inpaint_full_res_padding <= 1024:
             raise InvalidArgument(f"inpaint_full_res_padding: {self.inpaint_full_res_padding} is outside 0..1024")
+        if self.soft_inpainting is not None:
+            self.soft_inpainting.validate()
         if self.hires is not None:
             h = self.hires
             if not isinstance(h.upscaler, str) or not h.upscaler.strip() or len(h.upscaler) > 255:

@@ -30,6 +30,7 @@ from ..upscale import Upscalers, latent_mode
 from . import guidance as G
 from . import images as I
 from . import img2img as i2i
+from . import soft_inpaint as SI
 from .kontext import reference_latents
 from . import limits as L
 from . import vae_codec
@@ -272,7 +273,9 @@ class Pipeline:
             with circular_padding(self.family.network(self.model), self.model.vae, enabled=p.tiling):
                 image = self._one(p, seed, subseed, source, mask, report)
             if init is not None and mask is not None:
-                image = I.paste_back(image, init, mask, crop)
+                soft_mask = image.info.pop("soft_mask", None)  # soft inpainting's own (pipeline/soft_inpaint.py)
+                image = I.paste_back(image, init, mask, crop) if soft_mask is None else \
+                    SI.composite(image, init, soft_mask, crop)
             if self._refined:
                 image.info["refiner"] = self._refiner
             image.info["seed"] = seed
@@ -302,16 +305,21 @@ class Pipeline:
             return self.decode(latents)[0]
         init = self.encode(I.fill_masked(source, mask) if mask is not None and p.inpainting_fill == "fill"
                            else source)
-        latent_mask = None if mask is None else i2i.latent_mask(mask, shape[2:], self.device)
+        soft = p.soft_inpainting if mask is not None else None
+        latent_mask = None if mask is None else (SI.latent_mask if soft else i2i.latent_mask)(mask, shape[2:],
+                                                                                             self.device)
         if latent_mask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
             filler = noise() if p.inpainting_fill == "latent noise" else torch.zeros_like(init)
             init = init * (1 - latent_mask) + filler * latent_mask
         sigmas = i2i.sigmas_from(self.sigmas(p, p.steps), p.steps, p.strength)
         x = self._noised(p, sigmas[0], noise.initial, init)
-        image_cond = self.inpainting_cond(source, mask) if self.config.inpainting else None
+        image_cond = self.inpainting_cond(source, mask, soft=soft is not None) if self.config.inpainting else None
         latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
                                init=init, latent_mask=latent_mask, image_cond=image_cond)
-        return self.decode(latents)[0]
+        image = self.decode(latents)[0]
+        if soft is not None:  # where the result barely moved from the original, the original shows
+            image.info["soft_mask"] = SI.adaptive_masks(soft, latent_mask, init, latents, p.width, p.height)[0]
+        return image
 
     def _noised(self, p: Params, sigma, noise: torch.Tensor, latent: torch.Tensor | None = None) -> torch.Tensor:
         """The latent at noise level `sigma` (txt2img: from an empty latent), in this model's way."""
@@ -373,7 +381,10 @@ class Pipeline:
             inner = denoise
 
             def masked(x, sigma):  # keep the unmasked area on the original image's path
-                return tuple(init * (1 - latent_mask) + e * latent_mask for e in with_uncond(inner, x, sigma))
+                both = with_uncond(inner, x, sigma)
+                if p.soft_inpainting is not None:
+                    return tuple(SI.blend(p.soft_inpainting, init, e, latent_mask, sigma) for e in both)
+                return tuple(init * (1 - latent_mask) + e * latent_mask for e in both)
 
             denoise = Guided(masked)
 
@@ -388,7 +399,7 @@ class Pipeline:
         other = refiner.pipe if refiner is not None else self  # the refiner's network runs here too
         with self.family.running(self.model), other.family.running(other.model), self._image_prompt(guidance):
             x = sample(denoise, x, sigmas, step, **sampler_context(sampler, noise, self.schedule), **options)
-        if latent_mask is not None:
+        if latent_mask is not None and p.soft_inpainting is None:  # soft inpainting composites after decoding
             x = init * (1 - latent_mask) + x * latent_mask
         return x
 
@@ -489,16 +500,17 @@ class Pipeline:
 
     @torch.no_grad()
     def inpainting_cond(self, source: Image.Image | None, mask: Image.Image | None,
-                        width: int | None = None, height: int | None = None) -> torch.Tensor:
+                        width: int | None = None, height: int | None = None, soft: bool = False) -> torch.Tensor:
         """The extra input channels of inpainting models (9-channel UNets, Flux Fill; the family
         arranges them): the binary mask and the latent of the image with the masked area blanked
-        (all masked without an image)."""
+        (all masked without an image). `soft`: the mask's grey levels kept (soft inpainting)."""
         if source is None:
             pixels = torch.zeros(1, 3, height, width)
             binary = torch.ones(1, 1, height, width)
         else:
             pixels = I.to_tensor(source)
-            binary = (I.mask_to_tensor(mask) > 0.5).float() if mask is not None else torch.ones(1, 1, *pixels.shape[-2:])
+            binary = torch.ones(1, 1, *pixels.shape[-2:]) if mask is None else I.mask_to_tensor(mask)
+            binary = binary if soft else (binary > 0.5).float()
         latent = self.encode_tensor(pixels * (1 - binary))
         scale = self.family.inpaint_mask_scale(self.config)
         m = F.interpolate(binary, size=(latent.shape[-2] * scale, latent.shape[-1] * scale)).to(latent)
