@@ -24,6 +24,7 @@ from ..upscale import latent_mode
 from . import infotext_sampler
 from .infotext import format_infotext, generation_params
 from .params import Params
+from .soft_inpaint import SoftInpainting
 
 EXTRA_LORAS = "Extra LoRAs"
 DEEP_CACHE = "DeepCache interval"  # ours: step caching (models/deep_cache.py) has no A1111 key
@@ -52,6 +53,8 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
                       "Inpaint area": "Only masked" if p.inpaint_full_res else None,
                       "Masked area padding": p.inpaint_full_res_padding if p.inpaint_full_res else None,
                       "Masked content": None if p.inpainting_fill == "original" else p.inpainting_fill})
+        if p.soft_inpainting is not None:
+            extra.update(p.soft_inpainting.infotext())
     extra.update(_refiner_params(image.info.get("refiner"), h is not None))
     if pipe.config.distilled_guidance:  # Forge's key; the shift only when set (the model's own otherwise)
         extra["Distilled CFG Scale"] = pipe.family.default_guidance if p.distilled_guidance is None else p.distilled_guidance
@@ -201,6 +204,7 @@ class Recorded:
     vae_decoder: str = "full"                # "taesd" when the tiny autoencoder decoded / encoded
     vae_encoder: str = "full"
     deep_cache: int | None = None            # the step-caching interval
+    soft_inpainting: SoftInpainting | None = None
 
 
 # infotext key -> (Params field, type) for the plain settings
@@ -255,6 +259,7 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
                     vae_decoder=params.get("VAE Decoder", "full").lower(),
                     vae_encoder=params.get("VAE Encoder", "full").lower(),
                     deep_cache=value(DEEP_CACHE, int) if DEEP_CACHE in params else None,
+                    soft_inpainting=SoftInpainting.from_infotext(params, where),
                     model=(params.get("Model"), params.get("Model hash")),
                     vae=(params.get("VAE"), params.get("VAE hash")),
                     lora_hashes=_pairs(params.get("Lora hashes", "")),
