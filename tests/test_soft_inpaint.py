@@ -230,3 +230,12 @@ def test_soft_inpainting_conditions_inpainting_models_with_the_grey_mask(pipe):
     hard = pipe.inpainting_cond(_picture(), grey)
     soft = pipe.inpainting_cond(_picture(), grey, soft=True)
     assert not torch.equal(hard, soft)
+
+
+def test_a_masks_partial_transparency_is_kept_not_rounded(pipe, spy):
+    """A1111's soft inpainting turns the alpha mask's rounding off: a half-transparent mask is a
+    half mask (rounded, it would be all 'keep', and sampling would not touch the latents)."""
+    mask = Image.new("RGBA", (64, 64), (0, 0, 0, 100))
+    pipe.img2img(_picture(), "x", mask=mask, mask_blur=0, strength=1.0, steps=3, seed=2,
+                 soft_inpainting=SoftInpainting())
+    assert (spy["latents"] - spy["init"]).abs().mean() > 0.1

@@ -62,10 +62,11 @@ def resize(image: Image.Image, width: int, height: int, mode: str = "just resize
     return canvas
 
 
-def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int = 4, invert: bool = False) -> Image.Image:
+def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int = 4, invert: bool = False,
+                 round_alpha: bool = True) -> Image.Image:
     if blur < 0 or blur > 256:
         raise InvalidArgument(f"mask_blur: {blur} is outside 0..256")
-    m = mask_from(mask)
+    m = mask_from(mask, round_alpha)
     if m.size != size:  # A1111 resizes the mask with the image to the request's size, never refuses it
         m = m.resize(size, Image.LANCZOS)
     if invert:

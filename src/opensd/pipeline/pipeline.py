@@ -180,7 +180,7 @@ class Pipeline:
         p = self._params(prompt, negative_prompt, params)
         self._set_extras(controls, references, ip_adapter, refiner)
         if mask is not None:
-            mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask)
+            mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask, p.soft_inpainting is None)
         return self._generate(p, flatten(image), mask, progress)  # transparent parts white, as A1111
 
     def outpaint(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, left: int = 0,
