@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from opensd.errors import InvalidArgument
 from opensd.library.synthetic import write_random_checkpoint
+from opensd.pipeline import images as I
 from opensd.pipeline import soft_inpaint as SI
 from opensd.pipeline.params import Params
 from opensd.pipeline.pipeline import load
@@ -239,3 +240,15 @@ def test_a_masks_partial_transparency_is_kept_not_rounded(pipe, spy):
     pipe.img2img(_picture(), "x", mask=mask, mask_blur=0, strength=1.0, steps=3, seed=2,
                  soft_inpainting=SoftInpainting())
     assert (spy["latents"] - spy["init"]).abs().mean() > 0.1
+
+
+def test_the_original_laid_back_is_resized_by_the_resize_mode(pipe):
+    """A1111 rebuilds the overlay from the init image resized as the generation's (here cropped)."""
+    init = Image.new("RGB", (192, 128), (10, 200, 30))
+    ImageDraw.Draw(init).rectangle((0, 0, 30, 127), fill=(250, 250, 0))  # cropped away, or stretched in
+    mask = Image.new("L", (192, 128), 0)
+    mask.paste(255, (88, 48, 104, 80))
+    out = _px(pipe.img2img(init, "x", mask=mask, mask_blur=0, strength=0.8, steps=2, seed=1, width=128,
+                           height=128, resize_mode="crop and resize", soft_inpainting=SoftInpainting())[0])
+    fitted = _px(I.resize(init, 128, 128, "crop and resize"))
+    assert np.array_equal(out[:, :8], fitted[:, :8])  # far from the mask: the cropped original

@@ -275,7 +275,7 @@ class Pipeline:
             if init is not None and mask is not None:
                 soft_mask = image.info.pop("soft_mask", None)  # soft inpainting's own (pipeline/soft_inpaint.py)
                 image = I.paste_back(image, init, mask, crop) if soft_mask is None else \
-                    SI.composite(image, init, soft_mask, crop)
+                    SI.composite(image, init if crop else source, soft_mask, crop)  # A1111: resized by its mode
             if self._refined:
                 image.info["refiner"] = self._refiner
             image.info["seed"] = seed
