@@ -15,7 +15,7 @@ from opensd.pipeline import images as I
 from opensd.pipeline import soft_inpaint as SI
 from opensd.pipeline.params import Params
 from opensd.pipeline.pipeline import load
-from opensd.pipeline.soft_inpaint import SoftInpainting
+from opensd.pipeline.soft_inpaint_settings import SoftInpainting
 
 
 def test_defaults_are_a1111s_ui_defaults():

@@ -111,3 +111,12 @@ def test_cli_writes_a1111s_keys_and_from_reads_them_back(tmp_path):
     assert main(["generate", "x", *common, "-o", str(plain)]) == 0
     assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(first)))
     assert main(["generate", "x", *common, "--soft-difference-threshold", "1", "-o", str(plain)]) != 0
+
+
+def test_the_generate_flags_load_without_torch():
+    """The --soft-* flags come from the settings table, which does not pull in torch (CLI start-up)."""
+    import subprocess
+    import sys
+
+    code = "import sys, opensd.cli.generate; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

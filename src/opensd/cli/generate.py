@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgument
 from . import ip_adapter_flags, sampling_flags
-from ..pipeline.soft_inpaint import SETTINGS as SOFT_SETTINGS, SoftInpainting
+from ..pipeline.soft_inpaint_settings import SETTINGS as SOFT_SETTINGS, SoftInpainting
 from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
 from .control import CONTROL_HELP, controls_from_args
 from .from_image import PARAM_DEST, apply_infotext, missing_lora, report_differences

@@ -24,7 +24,7 @@ from ..upscale import latent_mode
 from . import infotext_sampler
 from .infotext import format_infotext, generation_params
 from .params import Params
-from .soft_inpaint import SoftInpainting
+from .soft_inpaint_settings import SoftInpainting
 
 EXTRA_LORAS = "Extra LoRAs"
 DEEP_CACHE = "DeepCache interval"  # ours: step caching (models/deep_cache.py) has no A1111 key

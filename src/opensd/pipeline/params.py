@@ -8,7 +8,7 @@ from ..errors import InvalidArgument
 from ..sampling.samplers import ALL_OPTIONS, OPTION_TYPES
 from . import limits as L
 from .images import FILL_MODES, RESIZE_MODES
-from .soft_inpaint import SoftInpainting
+from .soft_inpaint_settings import SoftInpainting
 
 
 

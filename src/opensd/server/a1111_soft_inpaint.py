@@ -6,7 +6,7 @@ given is checked against its slider's range (422 naming it). pipeline/soft_inpai
 from __future__ import annotations
 
 from ..errors import InvalidArgument
-from ..pipeline.soft_inpaint import SETTINGS, SoftInpainting, check
+from ..pipeline.soft_inpaint_settings import SETTINGS, SoftInpainting, check
 
 NAME = "soft inpainting"
 _STEPS = {"schedule_bias": 0.1, "preservation_strength": 0.05, "transition_contrast_boost": 0.5,
