@@ -34,11 +34,18 @@ def small(**kw):
 
 def test_scripts_lists_what_exists(api, live):
     both = ["controlnet", "refiner", "x/y/z plot", "prompt matrix", "prompts from file or textbox"]
-    assert api.get_scripts() == {"txt2img": both, "img2img": both + ["sd upscale"]}
+    img2img = both[:2] + ["soft inpainting"] + both[2:] + ["sd upscale"]  # A1111 shows it on img2img only
+    assert api.get_scripts() == {"txt2img": both, "img2img": img2img}
     info = requests.get(f"{live.url}/sdapi/v1/script-info", timeout=10).json()
+    alwayson = ("controlnet", "refiner", "soft inpainting")
     assert {(i["name"], i["is_alwayson"], i["is_img2img"]) for i in info} == {
-        *((name, name in ("controlnet", "refiner"), False) for name in both),
-        *((name, name in ("controlnet", "refiner"), True) for name in both + ["sd upscale"])}
+        *((name, name in alwayson, False) for name in both),
+        *((name, name in alwayson, True) for name in img2img)}
+    soft = next(i for i in info if i["name"] == "soft inpainting")
+    assert [(a["label"], a["value"]) for a in soft["args"]] == [
+        ("Soft inpainting", False), ("Schedule bias", 1), ("Preservation strength", 0.5),
+        ("Transition contrast boost", 4), ("Mask influence", 0), ("Difference threshold", 0.5),
+        ("Difference contrast", 2)]
     xyz = next(i for i in info if i["name"] == "x/y/z plot")
     assert [a["label"] for a in xyz["args"]][:3] == ["x_type", "x_values", "x_values_dropdown"]
 

@@ -82,11 +82,12 @@ def flatten(image: Image.Image, background: str = WHITE) -> Image.Image:
     return canvas.convert("RGB")
 
 
-def mask_from(mask: Image.Image) -> Image.Image:
+def mask_from(mask: Image.Image, round_alpha: bool = True) -> Image.Image:
     """An "L" inpainting mask (white = repaint): A1111's create_binary_mask takes a mask with
-    transparent parts as its alpha channel (opaque = repaint, cut at 128), any other as its grey."""
+    transparent parts as its alpha channel (opaque = repaint, cut at 128 unless `round_alpha` is
+    off, as soft inpainting turns it off), any other as its grey."""
     if has_alpha(mask):
         alpha = mask.convert("RGBA").getchannel("A")
         if alpha.getextrema() != (255, 255):
-            return alpha.point(lambda v: 255 if v > 128 else 0)
+            return alpha.point(lambda v: 255 if v > 128 else 0) if round_alpha else alpha
     return mask.convert("L")

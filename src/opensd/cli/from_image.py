@@ -54,6 +54,11 @@ def apply_infotext(args: argparse.Namespace):
         if getattr(args, name) in (None, False) and value not in (None, "", False):
             setattr(args, name, value)
     fill_from(args, rec)
+    if rec.soft_inpainting is not None:  # the --soft-* flags given now win, one by one
+        args.soft_inpainting = True
+        for name, value in vars(rec.soft_inpainting).items():
+            if getattr(args, f"soft_{name}") is None:
+                setattr(args, f"soft_{name}", value)
     if not args.lora and rec.extra_loras:  # --lora given now wins over the recorded ones
         args.lora = [f"{name}:{number_text(unet)}:{number_text(te)}" for name, unet, te in rec.extra_loras]
     return params

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import InvalidArgument
 from ..text.prompt_parser import EMPHASIS_LABELS
 from . import ip_adapter_flags, sampling_flags
+from ..pipeline.soft_inpaint_settings import SETTINGS as SOFT_SETTINGS, SoftInpainting
 from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
 from .control import CONTROL_HELP, controls_from_args
 from .from_image import PARAM_DEST, apply_infotext, missing_lora, report_differences
@@ -105,6 +106,13 @@ def register(sub) -> None:
                    "conditioning image blanks, 0..1 (A1111's inpainting_mask_weight, default 1)")
     i.add_argument("--color-correction", action="store_true",
                    help="match the results' colours to the init image's (A1111's img2img_color_correction)")
+    i.add_argument("--soft-inpainting", action="store_true",
+                   help="A1111's soft inpainting: the mask's grey levels blend the original with the new content "
+                        "(use a large --mask-blur); settings: the --soft-* flags")
+    for name, (label, _, low, high) in SOFT_SETTINGS.items():
+        i.add_argument(f"--soft-{name.replace('_', '-')}", type=float_arg, metavar="X",
+                       help=f"soft inpainting's {label.lower()}, {low:g}..{high:g} (default "
+                            f"{getattr(SoftInpainting(), name):g})")
     i.add_argument("--outpaint", type=_sides, metavar="L,R,T,B", help="extend the init image by these pixels")
     i.add_argument("--reference-image", type=Path, action="append", metavar="FILE",
                    help="Flux.1 Kontext: an image the model edits or draws from (fitted to Kontext's nearest "
@@ -189,8 +197,19 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
         kw.update(strength=args.strength, resize_mode=args.resize_mode, mask_blur=args.mask_blur,
                   inpainting_fill=args.inpainting_fill, inpaint_full_res=args.inpaint_full_res or None,
                   inpaint_full_res_padding=args.inpaint_padding, invert_mask=args.invert_mask or None,
-                  noise_multiplier=args.noise_multiplier, color_correction=args.color_correction or None)
+                  noise_multiplier=args.noise_multiplier, color_correction=args.color_correction or None,
+                  soft_inpainting=_soft_inpainting(args))
     return {k: v for k, v in kw.items() if v is not None}
+
+
+def _soft_inpainting(args: argparse.Namespace) -> SoftInpainting | None:
+    given = {name: getattr(args, f"soft_{name}") for name in SOFT_SETTINGS if getattr(args, f"soft_{name}") is not None}
+    if not args.soft_inpainting:
+        if given:
+            raise InvalidArgument(f"soft-{next(iter(given)).replace('_', '-')}: a soft inpainting setting needs "
+                                  "--soft-inpainting")
+        return None
+    return SoftInpainting(**given)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

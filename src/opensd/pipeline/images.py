@@ -63,14 +63,15 @@ def resize(image: Image.Image, width: int, height: int, mode: str = "just resize
 
 
 def prepare_mask(mask: Image.Image, size: tuple[int, int], blur: int = 4, invert: bool = False,
-                 blur_y: int | None = None) -> Image.Image:
+                 blur_y: int | None = None, round_alpha: bool = True) -> Image.Image:
     """The inpainting mask at the init image's `size`, inverted if asked, then blurred as A1111 does:
     `blur` across, `blur_y` (default: `blur`) down, each a 1-D Gaussian of that sigma whose kernel
-    spans 2 * int(2.5 * sigma + 0.5) + 1 pixels (A1111's mask_blur_x / mask_blur_y)."""
+    spans 2 * int(2.5 * sigma + 0.5) + 1 pixels (A1111's mask_blur_x / mask_blur_y). `round_alpha`:
+    an RGBA mask's alpha cut at 128 (off for soft inpainting, which keeps its partial transparency)."""
     for name, value in (("mask_blur", blur), ("mask_blur_y", blur_y)):
         if value is not None and not 0 <= value <= 256:
             raise InvalidArgument(f"{name}: {value} is outside 0..256")
-    m = mask_from(mask)
+    m = mask_from(mask, round_alpha)
     if m.size != size:  # A1111 resizes the mask with the image to the request's size, never refuses it
         m = m.resize(size, Image.LANCZOS)
     if invert:

@@ -26,6 +26,7 @@ from ..upscale import latent_mode
 from . import infotext_sampler
 from .infotext import format_infotext, generation_params
 from .params import Params
+from .soft_inpaint_settings import SoftInpainting
 
 EXTRA_LORAS = "Extra LoRAs"
 DEEP_CACHE = "DeepCache interval"  # ours: step caching (models/deep_cache.py) has no A1111 key
@@ -54,10 +55,13 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
             extra["Hires checkpoint"] = checkpoint_title(image.info["hires_model"])
     if img2img and mask:
         blur_y = p.mask_blur if p.mask_blur_y is None else p.mask_blur_y  # A1111 writes one blur, or none
-        extra.update({"Mask blur": p.mask_blur if blur_y == p.mask_blur else None, "Mask mode": "Inpaint not masked" if p.invert_mask else None,
+        extra.update({"Mask blur": p.mask_blur if blur_y == p.mask_blur else None,
+                      "Mask mode": "Inpaint not masked" if p.invert_mask else None,
                       "Inpaint area": "Only masked" if p.inpaint_full_res else None,
                       "Masked area padding": p.inpaint_full_res_padding if p.inpaint_full_res else None,
                       "Masked content": None if p.inpainting_fill == "original" else p.inpainting_fill})
+        if p.soft_inpainting is not None:
+            extra.update(p.soft_inpainting.infotext())
     extra.update(_img2img_params(pipe, p, img2img, h is not None))
     extra.update(_refiner_params(image.info.get("refiner"), h is not None))
     if pipe.config.distilled_guidance:  # Forge's key; the shift only when set (the model's own otherwise)
@@ -267,6 +271,7 @@ class Recorded:
     vae_decoder: str = "full"                # "taesd" when the tiny autoencoder decoded / encoded
     vae_encoder: str = "full"
     deep_cache: int | None = None            # the step-caching interval
+    soft_inpainting: SoftInpainting | None = None
 
 
 # infotext key -> (Params field, type) for the plain settings
@@ -328,6 +333,7 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
                     vae_decoder=params.get("VAE Decoder", "full").lower(),
                     vae_encoder=params.get("VAE Encoder", "full").lower(),
                     deep_cache=value(DEEP_CACHE, int) if DEEP_CACHE in params else None,
+                    soft_inpainting=SoftInpainting.from_infotext(params, where),
                     model=(params.get("Model"), params.get("Model hash")),
                     vae=(params.get("VAE"), params.get("VAE hash")),
                     lora_hashes=_pairs(params.get("Lora hashes", "")),

@@ -10,6 +10,7 @@ from ..sampling.samplers import ALL_OPTIONS, OPTION_TYPES
 from ..text.prompt_parser import EMPHASIS_LABELS
 from . import limits as L
 from .images import FILL_MODES, RESIZE_MODES
+from .soft_inpaint_settings import SoftInpainting
 
 
 
@@ -98,6 +99,7 @@ class Params:
     extra_noise: float = 0.0
     mask_weight: float = 1.0
     color_correction: bool = False
+    soft_inpainting: SoftInpainting | None = None  # A1111's Soft Inpainting (soft_inpaint.py); None: off
     hires: Hires | None = field(default=None)
 
     @classmethod
@@ -106,6 +108,8 @@ class Params:
         unknown = sorted(set(kwargs) - names)
         if unknown:
             raise InvalidArgument(f"{unknown[0]}: unknown parameter")
+        if kwargs.get("soft_inpainting") is not None:  # stored jobs keep it as a plain dict
+            kwargs["soft_inpainting"] = SoftInpainting.of(kwargs["soft_inpainting"])
         return cls(**kwargs)
 
     def seed_resize(self) -> tuple[int, int] | None:
@@ -163,6 +167,8 @@ class Params:
             check_img2img_setting(name, getattr(self, name))
         if not 0 <= self.inpaint_full_res_padding <= 1024:
             raise InvalidArgument(f"inpaint_full_res_padding: {self.inpaint_full_res_padding} is outside 0..1024")
+        if self.soft_inpainting is not None:
+            self.soft_inpainting.validate()
         if self.hires is not None:
             h = self.hires
             if not isinstance(h.upscaler, str) or not h.upscaler.strip() or len(h.upscaler) > 255:

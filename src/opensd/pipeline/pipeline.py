@@ -32,6 +32,7 @@ from . import guidance as G
 from . import images as I
 from . import img2img as i2i
 from .color_correction import correct, correction_target
+from . import soft_inpaint as SI
 from .kontext import reference_latents
 from . import limits as L
 from . import vae_codec
@@ -194,7 +195,8 @@ class Pipeline:
         self._set_extras(controls, references, ip_adapter, refiner)
         self._hires_model = self._first_pass = None
         if mask is not None:
-            mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask, p.mask_blur_y)
+            mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask, p.mask_blur_y,
+                                  round_alpha=p.soft_inpainting is None)
         return self._generate(p, flatten(image), mask, progress)  # transparent parts white, as A1111
 
     def outpaint(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, left: int = 0,
@@ -306,10 +308,12 @@ class Pipeline:
             self._refined = False
             with circular_padding(self.family.network(self.model), self.model.vae, enabled=p.tiling):
                 image = self._one(p, seed, subseed, source, mask, report)
+            soft_mask = image.info.pop("soft_mask", None)  # soft inpainting's own (pipeline/soft_inpaint.py)
             if target is not None:
                 image = correct(target, image)
             if init is not None and mask is not None:
-                image = I.paste_back(image, init, mask, crop)
+                image = I.paste_back(image, init, mask, crop) if soft_mask is None else \
+                    SI.composite(image, init if crop else source, soft_mask, crop)  # A1111: resized by its mode
             if self._refined:
                 image.info["refiner"] = self._refiner
             if p.hires is not None and self._hires_model is not None and init is None:
@@ -345,7 +349,9 @@ class Pipeline:
             return self.decode(latents)[0]
         init = self.encode(I.fill_masked(source, mask) if mask is not None and p.inpainting_fill == "fill"
                            else source)
-        latent_mask = None if mask is None else i2i.latent_mask(mask, shape[2:], self.device)
+        soft = p.soft_inpainting if mask is not None else None
+        latent_mask = None if mask is None else (SI.latent_mask if soft else i2i.latent_mask)(mask, shape[2:],
+                                                                                             self.device)
         if latent_mask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
             filler = noise() if p.inpainting_fill == "latent noise" else torch.zeros_like(init)
             init = init * (1 - latent_mask) + filler * latent_mask
@@ -355,10 +361,13 @@ class Pipeline:
         image_cond = None
         if self.config.inpainting:  # (the filled image blanked under the mask: the same as `source` at weight 1)
             shown = source if p.mask_weight == 1 else i2i.filled(source, mask, p.inpainting_fill)
-            image_cond = self.inpainting_cond(shown, mask, weight=p.mask_weight)
+            image_cond = self.inpainting_cond(shown, mask, weight=p.mask_weight, soft=soft is not None)
         latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
                                init=init, latent_mask=latent_mask, image_cond=image_cond)
-        return self.decode(latents)[0]
+        image = self.decode(latents)[0]
+        if soft is not None:  # where the result barely moved from the original, the original shows
+            image.info["soft_mask"] = SI.adaptive_masks(soft, latent_mask, init, latents, p.width, p.height)[0]
+        return image
 
     def _noised(self, p: Params, sigma, noise: torch.Tensor, latent: torch.Tensor | None = None,
                 extra: float = 0.0, max_denoise: bool = False) -> torch.Tensor:
@@ -475,7 +484,10 @@ class Pipeline:
             inner = denoise
 
             def masked(x, sigma):  # keep the unmasked area on the original image's path
-                return tuple(init * (1 - latent_mask) + e * latent_mask for e in with_uncond(inner, x, sigma))
+                both = with_uncond(inner, x, sigma)
+                if p.soft_inpainting is not None:
+                    return tuple(SI.blend(p.soft_inpainting, init, e, latent_mask, sigma) for e in both)
+                return tuple(init * (1 - latent_mask) + e * latent_mask for e in both)
 
             denoise = Guided(masked)
 
@@ -490,7 +502,7 @@ class Pipeline:
         other = refiner.pipe if refiner is not None else self  # the refiner's network runs here too
         with self.family.running(self.model), other.family.running(other.model), self._image_prompt(guidance):
             x = sample(denoise, x, sigmas, step, **sampler_context(sampler, noise, self.schedule), **options)
-        if latent_mask is not None:
+        if latent_mask is not None and p.soft_inpainting is None:  # soft inpainting composites after decoding
             x = init * (1 - latent_mask) + x * latent_mask
         return x
 
@@ -604,17 +616,20 @@ class Pipeline:
 
     @torch.no_grad()
     def inpainting_cond(self, source: Image.Image | torch.Tensor | None, mask: Image.Image | None,
-                        width: int | None = None, height: int | None = None, weight: float = 1.0) -> torch.Tensor:
+                        width: int | None = None, height: int | None = None, weight: float = 1.0,
+                        soft: bool = False) -> torch.Tensor:
         """The extra input channels of inpainting models (9-channel UNets, Flux Fill; the family
         arranges them): the binary mask and the latent of the image with the masked area blanked
         (all masked without an image). `source`: an image, or pixels (1, 3, H, W); `weight`: A1111's
-        inpainting_mask_weight, how far the masked area is blanked (torch.lerp, as A1111)."""
+        inpainting_mask_weight, how far the masked area is blanked (torch.lerp, as A1111); `soft`:
+        the mask's grey levels kept (soft inpainting)."""
         if source is None:
             pixels = torch.zeros(1, 3, height, width)
             binary = torch.ones(1, 1, height, width)
         else:
             pixels = source.float().cpu() if isinstance(source, torch.Tensor) else I.to_tensor(source)
-            binary = (I.mask_to_tensor(mask) > 0.5).float() if mask is not None else torch.ones(1, 1, *pixels.shape[-2:])
+            binary = I.mask_to_tensor(mask) if mask is not None else torch.ones(1, 1, *pixels.shape[-2:])
+            binary = binary if soft else (binary > 0.5).float()
         latent = self.encode_tensor(torch.lerp(pixels, pixels * (1 - binary), weight))
         scale = self.family.inpaint_mask_scale(self.config)
         m = F.interpolate(binary, size=(latent.shape[-2] * scale, latent.shape[-1] * scale)).to(latent)

@@ -21,6 +21,7 @@ from ..upscale import label as upscaler_label
 from ..upscale.names import model_name
 from ..scripts.spec import Generated, Made
 from . import a1111_apply, a1111_controlnet, a1111_ip_adapter, a1111_refiner, a1111_scripts, a1111_unsupported
+from . import a1111_soft_inpaint
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest
 from ..image_read import WHITE, flatten
 from .images_io import decode_b64
@@ -116,6 +117,7 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
                   inpainting_fill=FILL[req.inpainting_fill], inpaint_full_res=req.inpaint_full_res,
                   inpaint_full_res_padding=req.inpaint_full_res_padding,
                   invert_mask=bool(req.inpainting_mask_invert))
+        kw.update(a1111_soft_inpaint.kwargs(req))
     elif req.enable_hr:
         upscaler = hires_upscaler(req.hr_upscaler, upscalers or Upscalers(None))
         hs, hsched = hires_sampler(req, sampler, schedule)

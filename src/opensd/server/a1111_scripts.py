@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from fastapi.responses import JSONResponse
 
 from ..errors import OpenSDError
+from .a1111_soft_inpaint import SCRIPT_ARGS as _SOFT_INPAINTING_ARGS
 from .a1111_unsupported import A1111_ALWAYSON
 
 
@@ -58,7 +59,8 @@ class ScriptError(OpenSDError):
 _REFINER_ARGS = ({"label": "Refiner", "value": False, "minimum": None, "maximum": None, "step": None, "choices": None},
                  {"label": "Checkpoint", "value": "", "minimum": None, "maximum": None, "step": None, "choices": None},
                  {"label": "Switch at", "value": 0.8, "minimum": 0.01, "maximum": 1.0, "step": 0.01, "choices": None})
-SCRIPTS: list[Script] = [Script("ControlNet", alwayson=True), Script("Refiner", alwayson=True, args=_REFINER_ARGS)]
+SCRIPTS: list[Script] = [Script("ControlNet", alwayson=True), Script("Refiner", alwayson=True, args=_REFINER_ARGS),
+                         Script("Soft Inpainting", alwayson=True, modes=("img2img",), args=_SOFT_INPAINTING_ARGS)]
 
 
 def register(script: Script) -> None:

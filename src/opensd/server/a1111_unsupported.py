@@ -52,8 +52,7 @@ SETTINGS: dict[str, str] = {
 # A1111 would run them, so naming one is reported, not refused.
 A1111_ALWAYSON = {"seed": "use the request's seed fields",
                   "sampler": "use the request's sampler fields", "comments": "comments are not used",
-                  "hypertile": "Hypertile is not implemented", "soft inpainting": "soft inpainting is not "
-                  "implemented", "extra options": "use override_settings"}
+                  "hypertile": "Hypertile is not implemented", "extra options": "use override_settings"}
 
 
 def request_gaps(req) -> list[tuple[str, str]]:
