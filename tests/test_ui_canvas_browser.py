@@ -252,3 +252,27 @@ def test_a_pen_paints_with_its_pressure(browser, live):
     assert 0 < light < firm * 0.5
     page.context.close()
     assert log.console_errors == [] and log.failures == []
+
+
+def test_soft_inpainting_card_sends_a1111s_script_args_and_the_image_records_them(browser, live):
+    page, log, panel = inpaint_page(browser, live)
+    page.mouse.move(*to_screen(page, panel, 20, 30))
+    page.mouse.down()
+    page.mouse.move(*to_screen(page, panel, 44, 30), steps=8)
+    page.mouse.up()
+    page.fill(f"{panel} textarea[name=prompt]", "red heart")
+    page.fill(f"{panel} input[name=steps]", "3")
+    page.fill(f"{panel} input[name=mask_blur]", "8")
+    page.click(f"{panel} summary:text('Soft inpainting')")
+    page.check(f"{panel} input[name=soft_inpainting]")
+    page.fill(f"{panel} input[name=soft_preservation_strength]", "1.5")
+    before = job_ids(live)
+    page.click(f"{panel} button[type=submit]")
+    job = finished_job(live, before)
+    assert job.status == DONE
+    assert job.payload["request"]["alwayson_scripts"]["soft inpainting"]["args"] == [True, 1, 1.5, 4, 0, 0.5, 2]
+    text = job.result["info"]["infotexts"][0]
+    assert "Soft inpainting enabled: True" in text and "Soft inpainting preservation strength: 1.5" in text
+    assert "soft inpainting" not in " ".join(job.result["info"]["unsupported_fields"])
+    page.context.close()
+    assert log.console_errors == [] and log.failures == []

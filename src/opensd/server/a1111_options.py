@@ -131,8 +131,8 @@ def describe() -> dict[str, dict]:
         entry: dict = {"default": default, "kind": kind}
         if key in CHOICES:
             entry.update(kind="choice", choices=[c for c in CHOICES[key] if _problem(key, c) is None])
-        if key in RANGES:
-            entry.update(min=RANGES[key][0], max=RANGES[key][1])
+        if key in RANGES:  # an open end (inf) is left out: JSON has no infinity
+            entry.update({k: v for k, v in zip(("min", "max"), RANGES[key]) if math.isfinite(v)})
         out[key] = entry
     return out
 

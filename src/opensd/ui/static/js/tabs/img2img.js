@@ -18,6 +18,10 @@ const RESIZE = [["0", "Just resize"], ["1", "Crop and resize"], ["2", "Resize an
 const FILL = [["0", "Fill"], ["1", "Original"], ["2", "Latent noise"], ["3", "Latent nothing"]];
 const SIDES = [["left", "←", "Left"], ["right", "→", "Right"], ["top", "↑", "Top"], ["bottom", "↓", "Bottom"]];
 const round8 = (v) => Math.max(8, Math.round(v / 8) * 8);
+// Soft inpainting's settings in A1111's argument order: name, label, slider min, max, step, default
+const SOFT = [["schedule_bias", "Schedule bias", 0, 8, 0.1, 1], ["preservation_strength", "Preservation strength", 0, 8, 0.05, 0.5],
+  ["transition_contrast_boost", "Transition contrast boost", 1, 32, 0.5, 4], ["mask_influence", "Mask influence", 0, 1, 0.05, 0],
+  ["difference_threshold", "Difference threshold", 0, 8, 0.25, 0.5], ["difference_contrast", "Difference contrast", 0, 8, 0.25, 2]];
 
 export async function mount(panel, ctx) {
   const inpaint = ctx.id === "inpaint";
@@ -42,12 +46,18 @@ export async function mount(panel, ctx) {
       field("Masked content", select("inpainting_fill", FILL, "1")),
       field("Inpaint area", select("inpaint_full_res", [["0", "Whole picture"], ["1", "Only masked"]], "0")),
       field("Only masked padding (pixels)", number("inpaint_full_res_padding", { min: 0, max: 256, value: 32 })))] : null;
+  const soft = inpaint ? h("details", { class: "card" }, h("summary", {}, "Soft inpainting"),
+    h("div", { class: "stack" },
+      h("label", { class: "check" }, h("input", { type: "checkbox", name: "soft_inpainting" }), "Soft inpainting"),
+      h("p", { class: "muted" }, "The mask's grey levels blend the original with the new content: use a large mask blur."),
+      h("div", { class: "grid2" }, SOFT.map(([name, label, min, max, step, value]) =>
+        slider(label, `soft_${name}`, { min, max, step, value }))))) : null;
   const generateButton = h("button", { type: "submit", class: "primary", title: "Ctrl+Enter" }, icon("sparkle"), "Generate");
   const form = h("form", { class: "gen-side", "aria-label": inpaint ? "Inpainting settings" : "Image to image settings" },
     h("div", { class: "card" }, editor.element), outpaint, settings.promptCard,
     h("div", { class: "card stack" },
       slider("Denoising strength", "denoising_strength", { min: 0, max: 1, step: 0.01, value: 0.75 }),
-      field("Resize mode", select("resize_mode", RESIZE, "0")), inpaintSettings),
+      field("Resize mode", select("resize_mode", RESIZE, "0")), inpaintSettings), soft,
     settings.settingsCard, settings.variationCard, settings.advancedCard, script.element,
     h("div", { class: "gen-actions" }, generateButton));
   panel.append(h("div", { class: "gen-layout" }, form, results.element));
@@ -78,11 +88,16 @@ export async function mount(panel, ctx) {
     if (!inpaint) return body;
     const mask = editor.maskDataURL();
     if (!mask) return null;
-    return Object.assign(body, {
+    Object.assign(body, {
       mask, mask_blur: Math.trunc(Number(v.mask_blur.value)), inpainting_fill: Number(v.inpainting_fill.value),
       inpaint_full_res: v.inpaint_full_res.value === "1", inpainting_mask_invert: Number(v.inpainting_mask_invert.value),
       inpaint_full_res_padding: Math.trunc(Number(v.inpaint_full_res_padding.value)),
     });
+    if (v.soft_inpainting.checked) { // A1111's always-on script: [enabled, the six settings in its order]
+      const args = [true, ...SOFT.map(([name]) => Number(v[`soft_${name}`].value))];
+      body.alwayson_scripts = { ...(body.alwayson_scripts || {}), "soft inpainting": { args } };
+    }
+    return body;
   }
   function generate() {
     if (!form.reportValidity()) return;
