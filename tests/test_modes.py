@@ -63,6 +63,18 @@ def test_inpainting_keeps_unmasked_pixels_exactly(pipe):
     assert not np.array_equal(out[~keep], _px(init)[~keep])
 
 
+@pytest.mark.parametrize("mode", ["crop and resize", "resize and fill"])
+def test_inpainting_resizes_the_mask_and_the_kept_pixels_by_the_resize_mode(pipe, mode):
+    """As A1111: the mask is resized with the image by the resize mode, and the pixels outside it are
+    the init image resized by that mode (they were the mask stretched and the init image stretched)."""
+    init, mask = _picture(96, 64), _mask(96, 64, (40, 20, 56, 44))
+    out = _px(pipe.img2img(init, "x", mask=mask, mask_blur=0, resize_mode=mode, width=64, height=64, strength=1.0,
+                           steps=2, seed=2)[0])
+    keep = np.asarray(I.resize(mask, 64, 64, mode)) == 0
+    assert np.array_equal(out[keep], _px(I.resize(init, 64, 64, mode))[keep])
+    assert not np.array_equal(out[~keep], _px(I.resize(init, 64, 64, mode))[~keep])
+
+
 @pytest.mark.parametrize("fill", ["fill", "original", "latent noise", "latent nothing"])
 def test_masked_content_modes_run_and_differ(pipe, fill):
     out = pipe.img2img(_picture(), "x", mask=_mask(), inpainting_fill=fill, strength=0.6, steps=3, seed=3)[0]

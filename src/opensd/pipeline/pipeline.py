@@ -286,8 +286,9 @@ class Pipeline:
                 if crop is not None:
                     crop = I.expand_to_ratio(crop, p.width / p.height, init.size)
                     source, mask = init.crop(crop), mask.crop(crop)
-            source = I.resize(source, p.width, p.height, p.resize_mode if crop is None else "just resize")
-            mask = None if mask is None else I.resize(mask, p.width, p.height, "just resize")
+            mode = p.resize_mode if crop is None else "just resize"  # the mask follows the image, as A1111
+            source = I.resize(source, p.width, p.height, mode)
+            mask = None if mask is None else I.resize(mask, p.width, p.height, mode)
         steps_per_image = self._steps_in(p, init is not None)
         total = steps_per_image * p.batch_size
         target = None  # A1111 matches the results' colours to its (filled) init image
@@ -312,8 +313,9 @@ class Pipeline:
             if target is not None:
                 image = correct(target, image)
             if init is not None and mask is not None:
-                image = I.paste_back(image, init, mask, crop) if soft_mask is None else \
-                    SI.composite(image, init if crop else source, soft_mask, crop)  # A1111: resized by its mode
+                kept = init if crop else source  # A1111 lays back the init image resized by its mode
+                image = I.paste_back(image, kept, mask, crop) if soft_mask is None else \
+                    SI.composite(image, kept, soft_mask, crop)
             if self._refined:
                 image.info["refiner"] = self._refiner
             if p.hires is not None and self._hires_model is not None and init is None:
