@@ -56,7 +56,7 @@ def test_noise_multiplier_and_extra_noise_add_exactly_that_much_noise(pipe, monk
     plain, silent, both = (x for x, _ in seen)
     latent = pipe.encode(init)
     noise = ImageNoise(7, tuple(latent.shape), pipe.device).initial
-    sigma = i2i.sigmas_from(pipe.sigmas(Params.of(steps=4, width=64, height=64), 4), 4, 0.5)[0]
+    sigma = i2i.tail(pipe.sigmas(Params.of(steps=4, width=64, height=64), 4), i2i.steps_run(4, 0.5))[0]
     assert torch.equal(silent, latent)  # multiplier 0: the init latent, no noise
     assert torch.allclose(plain, latent + noise * sigma, atol=1e-5)
     # A1111: x = latent + (noise * m) * sigma, then + (noise * m) * extra
@@ -97,7 +97,7 @@ def test_mask_weight_in_the_hires_pass_conditions_on_the_upscaled_image(inpaint_
     assert torch.equal(empty, inpaint_pipe.inpainting_cond(None, None, 96, 96))  # weight 1: as txt2img
     # weight 0: A1111 decodes the upscaled latents and conditions on them, unblanked
     noise = ImageNoise(4, tuple(upscaled_x.shape), inpaint_pipe.device).initial
-    sigma = i2i.sigmas_from(inpaint_pipe.sigmas(Params.of(steps=2, width=96, height=96), 2), 2, 0.5)[0]
+    sigma = i2i.tail(inpaint_pipe.sigmas(Params.of(steps=2, width=96, height=96), 4), 2)[0]  # A1111: 2 of 2 / 0.5
     upscaled = upscaled_x - noise * sigma
     want = inpaint_pipe.encode_tensor(inpaint_pipe.decode_tensor(upscaled))
     assert torch.allclose(shown[:, 1:], want, atol=1e-3)

@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from opensd.errors import InvalidArgument
@@ -136,7 +137,31 @@ def test_hires_fix_doubles_the_size_and_runs_both_passes(pipe, upscaler):
     (out,) = pipe.txt2img("x", steps=4, seed=1, hires=Hires(scale=2, upscaler=upscaler, steps=4, denoise=0.5),
                           progress=lambda i, n: seen.append((i, n)))
     assert out.size == (128, 128)
-    assert seen[-1] == (4 + 3, 4 + 3)  # 4 first-pass steps + int(0.5 * 4) + 1 second-pass steps
+    assert seen[-1] == (4 + 4, 4 + 4)  # A1111 runs the hires pass's steps exactly (of a 4 / 0.5 schedule)
+
+
+@pytest.mark.parametrize("steps, hires_steps, denoise, total, run", [(10, 0, 0.5, 20, 10), (6, 4, 0.7, 5, 4),
+                                                                      (6, 3, 1.0, 3, 3)])
+def test_the_hires_pass_samples_a1111s_schedule_tail(pipe, monkeypatch, steps, hires_steps, denoise, total, run):
+    """A1111's setup_img2img_steps with the steps it hands the hires pass: exactly that many steps,
+    the tail of a schedule int(steps / denoise) long (it was int(denoise * steps) + 1 of `steps`)."""
+    seen = []
+    sample = pipe._sample
+    monkeypatch.setattr(pipe, "_sample", lambda p, x, sigmas, *a, **k: (seen.append(sigmas), sample(p, x, sigmas, *a, **k))[1])
+    pipe.txt2img("x", steps=steps, seed=1, hires=Hires(scale=1.5, steps=hires_steps or None, denoise=denoise))
+    full = pipe.sigmas(pipe._params("x", "", dict(steps=steps, width=96, height=96)), total)
+    assert len(seen[1]) == run + 1 and torch.equal(seen[1], full[total - run:])
+
+
+def test_img2img_fix_steps_runs_exactly_the_steps(pipe, monkeypatch):
+    seen = []
+    sample = pipe._sample
+    monkeypatch.setattr(pipe, "_sample", lambda p, x, sigmas, *a, **k: (seen.append(sigmas), sample(p, x, sigmas, *a, **k))[1])
+    for fix in (False, True):
+        pipe.img2img(_picture(), "x", strength=0.4, steps=5, seed=2, fix_steps=fix)
+    plain, fixed = seen
+    assert torch.equal(plain, pipe.sigmas(pipe._params("x", "", dict(steps=5)), 5)[5 - 3:])  # int(0.4 * 5) + 1
+    assert torch.equal(fixed, pipe.sigmas(pipe._params("x", "", dict(steps=5)), 12)[12 - 5:])  # 5 of int(5 / 0.4)
 
 
 def test_variation_seed_at_full_strength_is_the_variation_seeds_image(pipe):

@@ -9,17 +9,25 @@ from PIL import Image
 from . import images as I
 
 
-def steps_run(steps: int, strength: float) -> int:
-    """img2img runs int(strength * steps) + 1 of a `steps`-long schedule (all of it at strength 1)."""
-    return int(min(strength, 0.999) * steps) + 1 if strength < 1 else steps
+def schedule_steps(steps: int, strength: float, fixed: bool = False) -> tuple[int, int]:
+    """(the schedule's length, the steps run) of a pass from an image at denoising `strength`, as
+    A1111's setup_img2img_steps: int(strength * steps) + 1 steps of a `steps`-step schedule (all of
+    it at strength 1); `fixed` (its img2img_fix_steps setting, and always the hires pass, which it
+    hands its steps): exactly `steps` steps, the tail of a schedule int(steps / strength) long."""
+    s = min(strength, 0.999)
+    if fixed and strength > 0:
+        return int(steps / s), steps
+    return steps, int(s * steps) + 1 if strength < 1 else steps
 
 
-def sigmas_from(sigmas: torch.Tensor, steps: int, strength: float) -> torch.Tensor:
-    """The tail of a `steps`-step schedule that img2img at `strength` samples."""
-    if strength >= 1:
-        return sigmas
-    t_enc = int(min(strength, 0.999) * steps)
-    return sigmas[steps - t_enc - 1:]
+def steps_run(steps: int, strength: float, fixed: bool = False) -> int:
+    """How many steps such a pass samples (progress and work counts)."""
+    return schedule_steps(steps, strength, fixed)[1]
+
+
+def tail(sigmas: torch.Tensor, run: int) -> torch.Tensor:
+    """The last `run` steps of a schedule: what a pass from an image samples."""
+    return sigmas[len(sigmas) - 1 - run:]
 
 
 def filled(source: Image.Image, mask: Image.Image | None, fill: str) -> Image.Image:

@@ -83,6 +83,7 @@ class Params:
     sdxl_crop_left: int = 0
     # img2img / inpainting
     strength: float = 0.75
+    fix_steps: bool = False           # A1111's img2img_fix_steps: run exactly `steps` steps (img2img.py)
     resize_mode: str = "just resize"
     mask_blur: int = 4
     mask_blur_y: int | None = None    # A1111's mask_blur_y where it differs from mask_blur (its _x)

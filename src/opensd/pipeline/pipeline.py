@@ -327,10 +327,11 @@ class Pipeline:
         return images
 
     def _steps_in(self, p: Params, img2img: bool) -> int:
-        first = i2i.steps_run(p.steps, p.strength) if img2img else 0 if self._first_pass is not None else p.steps
+        first = i2i.steps_run(p.steps, p.strength, p.fix_steps) if img2img else 0 if self._first_pass is not None \
+            else p.steps
         if p.hires is None or img2img:
             return first
-        return first + i2i.steps_run(p.hires.steps or p.steps, p.hires.denoise)
+        return first + i2i.steps_run(p.hires.steps or p.steps, p.hires.denoise, fixed=True)
 
     def _one(self, p: Params, seed: int, subseed: int | None, source: Image.Image | None,
              mask: Image.Image | None, report) -> Image.Image:
@@ -357,7 +358,8 @@ class Pipeline:
         if latent_mask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
             filler = noise() if p.inpainting_fill == "latent noise" else torch.zeros_like(init)
             init = init * (1 - latent_mask) + filler * latent_mask
-        sigmas = i2i.sigmas_from(self.sigmas(p, p.steps), p.steps, p.strength)
+        total, run = i2i.schedule_steps(p.steps, p.strength, p.fix_steps)
+        sigmas = i2i.tail(self.sigmas(p, total), run)
         first = noise.initial if p.noise_multiplier == 1 else noise.initial * p.noise_multiplier
         x = self._noised(p, sigmas[0], first, init, p.extra_noise)
         image_cond = None
@@ -417,7 +419,9 @@ class Pipeline:
         with self._lent_to(hr, second.prompt, p.tiling):
             # A1111 draws the second pass's noise afresh from the same seeds, at the new size.
             noise = hr._image_noise(p, seed, subseed, tuple(init.shape))
-            sigmas = i2i.sigmas_from(hr.sigmas(second, second.steps), second.steps, h.denoise)
+            # A1111 hands the hires pass its steps: exactly that many, of a longer schedule
+            total, run = i2i.schedule_steps(second.steps, h.denoise, fixed=True)
+            sigmas = i2i.tail(hr.sigmas(second, total), run)
             image_cond = hr._hires_image_cond(p, init, image, w, h_px)
             x = hr._noised(second, sigmas[0], noise.initial, init, p.extra_noise)
             return hr._sample(second, x, sigmas, noise, lambda i: report(offset + i), w, h_px, image_cond=image_cond,

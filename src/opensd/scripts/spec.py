@@ -52,11 +52,11 @@ def planned_steps(spec: Spec, img2img: bool) -> int:
     kw = spec.kwargs
     steps = kw.get("steps", 20)
     if img2img:
-        return steps_run(steps, kw.get("strength", 0.75))
+        return steps_run(steps, kw.get("strength", 0.75), kw.get("fix_steps", False))
     hires = kw.get("hires")
     if not hires:
         return steps
-    return steps + steps_run(hires.get("steps") or steps, hires.get("denoise", 0.7))
+    return steps + steps_run(hires.get("steps") or steps, hires.get("denoise", 0.7), fixed=True)
 
 
 @dataclass

@@ -111,6 +111,8 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
         kw["device_noise"] = True
     kw.update(a1111_apply.img2img_settings(req, opts, img2img))
     if img2img:
+        if opts["img2img_fix_steps"]:
+            kw["fix_steps"] = True
         kw.update(strength=req.denoising_strength, resize_mode=RESIZE[req.resize_mode],
                   mask_blur=req.mask_blur if req.mask_blur is not None else req.mask_blur_x,
                   mask_blur_y=req.mask_blur if req.mask_blur is not None else req.mask_blur_y,

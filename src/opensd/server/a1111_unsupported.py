@@ -29,7 +29,6 @@ SETTINGS: dict[str, str] = {
     "face_restoration": REQUEST_FIELDS["restore_faces"][1],
     "s_min_uncond": REQUEST_FIELDS["s_min_uncond"][1],
     "s_min_uncond_all": REQUEST_FIELDS["s_min_uncond"][1],
-    "img2img_fix_steps": "not implemented; img2img runs steps x denoising strength steps (A1111's default)",
     "token_merging_ratio": _TOKEN_MERGING,
     "token_merging_ratio_img2img": _TOKEN_MERGING,
     "token_merging_ratio_hr": _TOKEN_MERGING,

@@ -39,6 +39,7 @@ export const SECTIONS = [
   ]],
   ["img2img", [
     ["img2img_color_correction", "Color correction", "match the results' colours to the init image's"],
+    ["img2img_fix_steps", "Run exactly the steps set", "off: steps x denoising strength, as A1111's default"],
     ["initial_noise_multiplier", "Noise multiplier for img2img"],
     ["img2img_extra_noise", "Extra noise multiplier for img2img and hires fix"],
     ["inpainting_mask_weight", "Inpainting conditioning mask strength", "inpainting models; 0: the whole image kept"],
