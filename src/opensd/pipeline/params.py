@@ -8,6 +8,7 @@ from ..errors import InvalidArgument
 from ..sampling.samplers import ALL_OPTIONS, OPTION_TYPES
 from . import limits as L
 from .images import FILL_MODES, RESIZE_MODES
+from .speedups import HyperTile, check_ratio
 
 
 
@@ -24,6 +25,7 @@ class Hires:
     scheduler: str | None = None
     prompt: str | None = None         # None: same prompt
     negative_prompt: str | None = None
+    token_merging: float | None = None  # None or 0: the first pass's (A1111's token_merging_ratio_hr)
 
     def target(self, width: int, height: int) -> tuple[int, int]:
         if self.width or self.height:
@@ -58,6 +60,10 @@ class Params:
     sampler_options: dict = field(default_factory=dict)
     noise_seed_delta: int = 0         # A1111's ENSD: per-step noise drawn from seed + this (noise.py)
     device_noise: bool = False        # draw noise on the device, not the CPU (A1111's randn_source "GPU")
+    # Speed for a little quality (pipeline/speedups.py): the ratio of tokens ToMe merges (A1111's
+    # token_merging_ratio; 0: off) and A1111's Hypertile settings (None: off).
+    token_merging: float = 0.0
+    hypertile: HyperTile | None = None
     # img2img / inpainting
     strength: float = 0.75
     resize_mode: str = "just resize"
@@ -100,6 +106,11 @@ class Params:
         if not isinstance(self.device_noise, bool):
             raise InvalidArgument(f"device_noise: {self.device_noise!r} must be true or false")
         L.check_clip_skip(self.clip_skip)
+        check_ratio("token_merging", self.token_merging)
+        if self.hypertile is not None:
+            if not isinstance(self.hypertile, HyperTile):
+                raise InvalidArgument(f"hypertile: {self.hypertile!r} is not a HyperTile")
+            self.hypertile.validate()
         for name in ("shift", "distilled_guidance"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -115,6 +126,8 @@ class Params:
             if not isinstance(h.scale, (int, float)) or not math.isfinite(h.scale) or not 1 <= h.scale <= 8:
                 raise InvalidArgument(f"hires scale: {h.scale!r} is outside 1..8")
             _fraction("hires denoise", h.denoise)
+            if h.token_merging is not None:
+                check_ratio("hires token_merging", h.token_merging)
             if h.steps is not None:
                 L.check_steps(h.steps, limits)
             L.check_size(*h.target(self.width, self.height), limits)

@@ -40,6 +40,7 @@ from .noise import ImageNoise
 from .params import Hires, Params
 from .peak_memory import PeakMemory
 from .refiner import Refiner, switching
+from .speedups import Speedups
 from .precision import Precision, choose_precision
 from .previews import latent_preview
 
@@ -95,6 +96,7 @@ class Pipeline:
         self._references: list = []  # Kontext's reference latents of the running generation
         self._refiner: Refiner | None = None  # the running generation's refiner
         self._refined = False  # whether the image being made switched to it
+        self._speedups = Speedups(None, 0, 0, 0, False)  # the running generation's ToMe/Hypertile
         # The hires fix's non-latent upscalers by name: the classic ones only, until a face (the
         # server, the CLI) hands over the models folder's set.
         self.upscalers = Upscalers(None, device)
@@ -223,6 +225,7 @@ class Pipeline:
             resolve(p.hires.sampler or p.sampler, p.hires.scheduler or p.scheduler)
             if latent_mode(p.hires.upscaler) is None:
                 self.upscalers.find(p.hires.upscaler, "hires upscaler")  # an unknown name fails before any work
+        _speedups_allowed(p, self)
         down = self.config.vae.downscale
         if p.width % down or p.height % down:
             raise InvalidArgument(f"width/height: must be multiples of {down} for this model")
@@ -257,6 +260,8 @@ class Pipeline:
         steps_per_image = self._steps_in(p, init is not None)
         total = steps_per_image * p.batch_size
         images = []
+        sdxl = self.config.family in ("sdxl", "sdxl_refiner")
+        self._speedups = Speedups(p.hypertile, p.seed, p.width, p.height, sdxl)
         for n in range(p.batch_size):
             seed = (p.seed + n) % (L.MAX_SEED + 1)
             subseed = None if p.subseed is None else (p.subseed + n) % (L.MAX_SEED + 1)
@@ -269,6 +274,7 @@ class Pipeline:
                     progress(offset + i, total)
 
             self._refined = False
+            self._speedups.size = (p.width, p.height)
             with circular_padding(self.family.network(self.model), self.model.vae, enabled=p.tiling):
                 image = self._one(p, seed, subseed, source, mask, report)
             if init is not None and mask is not None:
@@ -299,7 +305,7 @@ class Pipeline:
                                    hires_pass=None if p.hires is None else 1)
             if p.hires is not None:
                 latents = self._hires(p, p.hires, latents, seed, report)
-            return self.decode(latents)[0]
+            return self._decoded(latents)
         init = self.encode(I.fill_masked(source, mask) if mask is not None and p.inpainting_fill == "fill"
                            else source)
         latent_mask = None if mask is None else i2i.latent_mask(mask, shape[2:], self.device)
@@ -311,7 +317,7 @@ class Pipeline:
         image_cond = self.inpainting_cond(source, mask) if self.config.inpainting else None
         latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
                                init=init, latent_mask=latent_mask, image_cond=image_cond)
-        return self.decode(latents)[0]
+        return self._decoded(latents)
 
     def _noised(self, p: Params, sigma, noise: torch.Tensor, latent: torch.Tensor | None = None) -> torch.Tensor:
         """The latent at noise level `sigma` (txt2img: from an empty latent), in this model's way."""
@@ -328,13 +334,15 @@ class Pipeline:
         if mode is not None:
             init = F.interpolate(latents, size=(h_px // down, w // down), mode=mode[0], antialias=mode[1])
         else:  # a model upscaler may take a while: the stop check runs after each of its tiles
-            image = self.upscalers.resize(self.decode(latents)[0], w, h_px, h.upscaler, "hires upscaler",
+            image = self.upscalers.resize(self._decoded(latents), w, h_px, h.upscaler, "hires upscaler",
                                           progress=lambda i, n: report(offset))
             init = self.encode(image)
         second = replace(p, width=w, height=h_px, steps=h.steps or p.steps, strength=h.denoise,
                          sampler=h.sampler or p.sampler, scheduler=h.scheduler or p.scheduler,
                          prompt=p.prompt if h.prompt is None else h.prompt,
-                         negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt)
+                         negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt,
+                         token_merging=h.token_merging or p.token_merging)  # A1111's `or`: 0 is "the same"
+        self._speedups.before_hires(w, h_px)
         # A1111 draws the second pass's noise afresh from the same seed, at the new size.
         noise = ImageNoise(seed, tuple(init.shape), self.device, seed_delta=p.noise_seed_delta,
                            on_device=p.device_noise)
@@ -386,7 +394,8 @@ class Pipeline:
             report(i + 1)
 
         other = refiner.pipe if refiner is not None else self  # the refiner's network runs here too
-        with self.family.running(self.model), other.family.running(other.model), self._image_prompt(guidance):
+        with self.family.running(self.model), other.family.running(other.model), self._image_prompt(guidance), \
+                self._speedups.unet(self.family.network(self.model), p.token_merging, hires_pass == 2):
             x = sample(denoise, x, sigmas, step, **sampler_context(sampler, noise, self.schedule), **options)
         if latent_mask is not None:
             x = init * (1 - latent_mask) + x * latent_mask
@@ -398,6 +407,11 @@ class Pipeline:
             return nullcontext()
         from ..adapters.ip_adapter import applied
         return applied(self._ip_adapter, self.family.network(self.model), g.n_uncond)
+
+    def _decoded(self, latents: torch.Tensor) -> Image.Image:
+        """The first image of `latents` through the VAE, with the generation's Hypertile VAE setting."""
+        with self._speedups.vae(self.model.vae):
+            return self.decode(latents)[0]
 
     # --- building blocks -------------------------------------------------------------------
 
@@ -604,6 +618,20 @@ def _ip_adapter(spec, pipe):
         raise InvalidArgument("ip_adapter: an IP-Adapter patches the UNet's PyTorch attention layers, which the "
                               "openvino backend does not run; use the default backend")
     return validated(spec)
+
+
+def _speedups_allowed(p: Params, pipe) -> None:
+    """Token merging and Hypertile patch a UNet's PyTorch attention: other networks, or the
+    OpenVINO backend (which does not run those layers), are refused in one line."""
+    from .openvino_unet import OpenVINOUNet
+    h = p.hypertile
+    for name, on in (("token_merging", p.token_merging > 0 or bool(p.hires and p.hires.token_merging)),
+                     ("hypertile", h is not None and (h.unet or h.unet_hires or h.vae))):
+        if on:
+            pipe.family.require("attention_speedups", name)
+            if isinstance(getattr(pipe.family.network(pipe.model), "_compiled_call_impl", None), OpenVINOUNet):
+                raise InvalidArgument(f"{name}: it patches the UNet's PyTorch attention layers, which the openvino "
+                                      "backend does not run; use the default backend")
 
 
 def _round8(v: int) -> int:
