@@ -6,6 +6,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from workflow_fixtures import module_calls
 
@@ -190,3 +191,43 @@ def test_bad_values_are_refused_naming_them(pipe, kw, named):
     from opensd.errors import InvalidArgument
     with pytest.raises(InvalidArgument, match=f"^{named}: "):
         pipe.txt2img("x", steps=1, **kw)
+
+
+def test_token_merging_infotext_round_trip_through_the_cli(pipe, tmp_path):
+    from opensd.cli import main
+    from opensd.pipeline.infotext import parse_infotext, read_infotext
+
+    ckpt = pipe.loaded.path
+    first, again, plain = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    fast = ["-m", str(ckpt), "--steps", "2", "--seed", "3", "--hires", "--hires-scale", "1.5", "--hires-steps", "2"]
+    assert main(["generate", "a red apple", *fast, "--token-merging", "0.5", "-o", str(first)]) == 0
+    params = parse_infotext(read_infotext(first))[2]
+    # A1111 writes the hires pass's ratio too: its own, or else the first pass's
+    assert params["Token merging ratio"] == "0.5" and params["Token merging ratio hr"] == "0.5"
+    assert main(["generate", "--from", str(first), "-m", str(ckpt), "-o", str(again)]) == 0
+    assert np.array_equal(_px(Image.open(first)), _px(Image.open(again)))
+    assert main(["generate", "a red apple", *fast, "--hires-token-merging", "0.3", "-o", str(plain)]) == 0
+    params = parse_infotext(read_infotext(plain))[2]
+    assert "Token merging ratio" not in params and params["Token merging ratio hr"] == "0.3"
+    assert not np.array_equal(_px(Image.open(first)), _px(Image.open(plain)))
+
+
+def test_a1111_token_merging_keys_read_back():
+    from opensd.pipeline.infotext import parse_infotext
+    from opensd.pipeline.infotext_params import recorded
+
+    text = ("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Denoising strength: 0.7, "
+            "Token merging ratio: 0.3, Token merging ratio hr: 0.6, Hires upscale: 2, Hires upscaler: Latent")
+    rec = recorded(*parse_infotext(text))
+    assert rec.settings["token_merging"] == 0.3 and rec.hires["token_merging"] == 0.6
+
+
+def test_cli_flags_make_the_settings():
+    from opensd.cli import build_parser
+    from opensd.cli.generate import generation_kwargs
+    args = build_parser().parse_args(["generate", "x", "--token-merging", "0.4", "--hypertile", "--hypertile-vae",
+                                      "--hires", "--hires-hypertile", "--hires-token-merging", "0.2"])
+    kw = generation_kwargs(args)
+    assert kw["token_merging"] == 0.4 and kw["hires"].token_merging == 0.2
+    assert kw["hypertile"] == HyperTile(unet=True, unet_hires=True, vae=True)
+    assert "hypertile" not in generation_kwargs(build_parser().parse_args(["generate", "x"]))

@@ -61,6 +61,12 @@ def register(sub) -> None:
     g.add_argument("--guidance", type=float_arg, help="Flux dev: the distilled guidance the model takes (default 3.5); "
                                                       "--cfg stays real CFG (default 1 for Flux)")
     g.add_argument("--tiling", action="store_true", help="seamless tiling: the image wraps around its edges")
+    g.add_argument("--token-merging", type=float_arg, metavar="RATIO",
+                   help="merge this ratio (0..0.9) of similar tokens in the UNet's full-resolution self-attention "
+                        "(ToMe, A1111's token merging ratio): faster, a little less detail")
+    g.add_argument("--hypertile", action="store_true",
+                   help="the UNet's self-attention works in tiles (A1111's Hypertile): faster at large sizes")
+    g.add_argument("--hypertile-vae", action="store_true", help="the VAE decoder's attention works in tiles too")
     sampling_flags.add_flags(gen)
     i = gen.add_argument_group("img2img / inpainting / outpainting")
     i.add_argument("--init-image", type=Path, help="start from this image (img2img)")
@@ -89,6 +95,8 @@ def register(sub) -> None:
     h.add_argument("--hires-scheduler", help="default: same as --scheduler")
     h.add_argument("--hires-prompt", help="default: same prompt")
     h.add_argument("--hires-negative", help="default: same negative prompt")
+    h.add_argument("--hires-token-merging", type=float_arg, metavar="RATIO", help="default: same as --token-merging")
+    h.add_argument("--hires-hypertile", action="store_true", help="Hypertile in the second pass")
     c = gen.add_argument_group("controlnet")
     c.add_argument("--control", action="append", metavar="MODEL,IMAGE[,OPTIONS]", help=CONTROL_HELP)
     c.add_argument("--controlnet-dir", type=Path, help="folder where --control looks up ControlNets by name")
@@ -131,17 +139,20 @@ def register(sub) -> None:
 
 def generation_kwargs(args: argparse.Namespace) -> dict:
     from ..pipeline.params import Hires
+    from ..pipeline.speedups import HyperTile
 
     kw = dict(steps=args.steps, cfg=args.cfg, seed=args.seed, width=args.width, height=args.height,
               batch_size=args.batch, sampler=args.sampler, scheduler=args.scheduler, clip_skip=args.clip_skip,
               subseed=args.subseed, subseed_strength=args.subseed_strength, tiling=args.tiling or None,
               sampler_options=sampling_flags.sampler_options(args) or None, shift=args.shift,
-              distilled_guidance=args.guidance)
+              distilled_guidance=args.guidance, token_merging=args.token_merging)
+    if args.hypertile or args.hypertile_vae or args.hires_hypertile:
+        kw["hypertile"] = HyperTile(unet=args.hypertile, unet_hires=args.hires_hypertile, vae=args.hypertile_vae)
     if args.hires:
         hires = dict(scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps,
                      denoise=args.hires_denoise, width=args.hires_width, height=args.hires_height,
                      sampler=args.hires_sampler, scheduler=args.hires_scheduler, prompt=args.hires_prompt,
-                     negative_prompt=args.hires_negative)
+                     negative_prompt=args.hires_negative, token_merging=args.hires_token_merging)
         kw["hires"] = Hires(**{k: v for k, v in hires.items() if v is not None})
     if args.init_image is not None:
         kw.update(strength=args.strength, resize_mode=args.resize_mode, mask_blur=args.mask_blur,

@@ -45,6 +45,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     h = p.hires if not img2img else None
     sampler, schedule = pipe.sampler_and_schedule(p)
     extra: dict[str, Any] = _sampler_params(p, sampler)
+    extra.update(_token_merging_params(p, h))
     if h is not None:
         extra.update(_hires_params(p, sampler, schedule))
     if img2img and mask:
@@ -83,6 +84,13 @@ def _sampler_params(p: Params, sampler: str) -> dict[str, Any]:
     if p.noise_seed_delta:
         out["ENSD"] = p.noise_seed_delta
     return out
+
+
+def _token_merging_params(p: Params, h) -> dict[str, Any]:
+    """A1111's keys for the token merging ratio of each pass, when not 0 (the hires pass's is the
+    first pass's unless set, and written only for a hires run, as A1111 does)."""
+    hires = None if h is None else (h.token_merging or p.token_merging)
+    return {"Token merging ratio": p.token_merging or None, "Token merging ratio hr": hires or None}
 
 
 def _speed_params(pipe, encoded: bool) -> dict[str, Any]:
@@ -209,11 +217,12 @@ _SETTINGS = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("see
              "Variation seed": ("subseed", int), "Variation seed strength": ("subseed_strength", float),
              "Size-1": ("width", int), "Size-2": ("height", int), "Mask blur": ("mask_blur", int),
              "Masked area padding": ("inpaint_full_res_padding", int), "Masked content": ("inpainting_fill", str),
-             "Distilled CFG Scale": ("distilled_guidance", float), "Shift": ("shift", float)}
+             "Distilled CFG Scale": ("distilled_guidance", float), "Shift": ("shift", float),
+             "Token merging ratio": ("token_merging", float)}
 _HIRES = {"Hires upscale": ("scale", float), "Hires steps": ("steps", int), "Hires upscaler": ("upscaler", str),
           "Hires resize-1": ("width", int), "Hires resize-2": ("height", int), "Hires sampler": ("sampler", str),
           "Hires schedule type": ("scheduler", str), "Hires prompt": ("prompt", str),
-          "Hires negative prompt": ("negative_prompt", str)}
+          "Hires negative prompt": ("negative_prompt", str), "Token merging ratio hr": ("token_merging", float)}
 
 
 def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where: str = "from") -> Recorded:
