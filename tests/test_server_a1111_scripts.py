@@ -33,12 +33,13 @@ def small(**kw):
 
 
 def test_scripts_lists_what_exists(api, live):
-    both = ["controlnet", "refiner", "x/y/z plot", "prompt matrix", "prompts from file or textbox"]
+    both = ["controlnet", "refiner", "hypertile", "x/y/z plot", "prompt matrix", "prompts from file or textbox"]
+    always = ("controlnet", "refiner", "hypertile")
     assert api.get_scripts() == {"txt2img": both, "img2img": both + ["sd upscale"]}
     info = requests.get(f"{live.url}/sdapi/v1/script-info", timeout=10).json()
     assert {(i["name"], i["is_alwayson"], i["is_img2img"]) for i in info} == {
-        *((name, name in ("controlnet", "refiner"), False) for name in both),
-        *((name, name in ("controlnet", "refiner"), True) for name in both + ["sd upscale"])}
+        *((name, name in always, False) for name in both),
+        *((name, name in always, True) for name in both + ["sd upscale"])}
     xyz = next(i for i in info if i["name"] == "x/y/z plot")
     assert [a["label"] for a in xyz["args"]][:3] == ["x_type", "x_values", "x_values_dropdown"]
 
@@ -59,8 +60,8 @@ def test_an_unknown_script_gets_a1111s_422(api, fields, detail):
 
 
 def test_a1111_builtin_alwayson_script_is_reported_not_refused(api):
-    r = api.txt2img(**small(alwayson_scripts={"Hypertile": {"args": [False]}}))
-    assert r.info["unsupported_fields"] == ["alwayson_scripts.Hypertile"]
+    r = api.txt2img(**small(alwayson_scripts={"Comments": {"args": []}}))
+    assert r.info["unsupported_fields"] == ["alwayson_scripts.Comments"]
     r = api.txt2img(**small(alwayson_scripts={"Refiner": {"args": [False, "", 0.8]}}))  # implemented (issue 22)
     assert r.info["unsupported_fields"] == []
 

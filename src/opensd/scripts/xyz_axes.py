@@ -210,8 +210,8 @@ AXES: tuple[AxisType, ...] = (
     AxisType("Styles", TEXT, _styles, choices=True),
     AxisType("UniPC Order", INT, _unipc_order, cost=0.5),
     AxisType("Face restore", TEXT, _face_restore, named=False),
-    AxisType("Token merging ratio", FLOAT, missing="token merging is not implemented here"),
-    AxisType("Token merging ratio high-res", FLOAT, missing="token merging is not implemented here"),
+    AxisType("Token merging ratio", FLOAT, _field("token_merging")),  # A1111: override token_merging_ratio
+    AxisType("Token merging ratio high-res", FLOAT, _hires("token_merging")),
     AxisType("Always discard next-to-last sigma", TEXT, choices=True, missing="not implemented here"),
     AxisType("SGM noise multiplier", TEXT, choices=True, missing="not implemented here"),
     AxisType("Refiner checkpoint", TEXT, _refiner, named=False, cost=1.0, choices=True),

@@ -162,4 +162,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "CLIP_stop_at_last_layers": (1, 12), "jpeg_quality": (1, 100), "eta_ddim": (0, 1), "eta_ancestral": (0, 1),
     "s_churn": (0, 100), "s_tmin": (0, 10), "s_tmax": (0, 999), "s_noise": (0, 1.1), "uni_pc_order": (1, 50),
     "extra_networks_default_multiplier": (0, 2), "eta_noise_seed_delta": (0, 2**32 - 1),
+    "token_merging_ratio": (0, 0.9), "token_merging_ratio_img2img": (0, 0.9), "token_merging_ratio_hr": (0, 0.9),
+    "hypertile_max_depth_unet": (0, 3), "hypertile_max_tile_unet": (0, 512), "hypertile_max_depth_vae": (0, 3),
+    "hypertile_max_tile_vae": (0, 512),
+    # A1111's slider starts at 0, where its random_divisor has no choice to draw from and fails
+    "hypertile_swap_size_unet": (1, 64), "hypertile_swap_size_vae": (1, 64),
 }

@@ -29,8 +29,6 @@ REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
 # A1111 setting -> what happens here when it is not A1111's default (settings that change A1111's
 # images and that opensd does not act on; the ones it acts on are read in a1111_run).
 _NOT_IMPLEMENTED = "not implemented"
-_TOKEN_MERGING = "token merging is not implemented"
-_HYPERTILE = "Hypertile is not implemented"
 _SIGMA_RANGE = "not implemented; schedules use the model's own sigma range"
 SETTINGS: dict[str, str] = {
     "face_restoration": REQUEST_FIELDS["restore_faces"][1],
@@ -41,9 +39,6 @@ SETTINGS: dict[str, str] = {
     "img2img_color_correction": "img2img color correction is not implemented",
     "img2img_fix_steps": "not implemented; img2img runs steps x denoising strength steps (A1111's default)",
     "inpainting_mask_weight": "not implemented; inpainting models get the full mask",
-    "token_merging_ratio": _TOKEN_MERGING,
-    "token_merging_ratio_img2img": _TOKEN_MERGING,
-    "token_merging_ratio_hr": _TOKEN_MERGING,
     "pad_cond_uncond": _NOT_IMPLEMENTED,
     "pad_cond_uncond_v0": _NOT_IMPLEMENTED,
     "emphasis": "only A1111's 'Original' emphasis is implemented",
@@ -68,9 +63,6 @@ SETTINGS: dict[str, str] = {
     "uni_pc_skip_type": "only 'time_uniform' is implemented",
     "ddim_discretize": "only 'uniform' is implemented",
     "comma_padding_backtrack": _NOT_IMPLEMENTED,
-    "hypertile_enable_unet": _HYPERTILE,
-    "hypertile_enable_unet_secondpass": _HYPERTILE,
-    "hypertile_enable_vae": _HYPERTILE,
     "beta_dist_alpha": "not implemented; the Beta schedule uses 0.6",
     "beta_dist_beta": "not implemented; the Beta schedule uses 0.6",
     "enable_pnginfo": "not implemented; images always carry their infotext",
@@ -82,7 +74,7 @@ SETTINGS: dict[str, str] = {
 # A1111 would run them, so naming one is reported, not refused.
 A1111_ALWAYSON = {"seed": "use the request's seed fields",
                   "sampler": "use the request's sampler fields", "comments": "comments are not used",
-                  "hypertile": "Hypertile is not implemented", "soft inpainting": "soft inpainting is not "
+                  "soft inpainting": "soft inpainting is not "
                   "implemented", "extra options": "use override_settings"}
 
 
