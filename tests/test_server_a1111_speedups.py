@@ -116,3 +116,14 @@ def test_xyz_token_merging_axis_cells_are_the_single_generations(api):
     assert np.array_equal(cells[0], pixels(gen(api)))
     assert np.array_equal(cells[1], pixels(gen(api, {"token_merging_ratio": 0.5})))
     assert "Token merging ratio: 0.5" in r.info["infotexts"][2]
+
+
+def test_an_images_token_merging_ratios_become_its_settings_again():
+    from opensd.server.infotext_request import request_from_infotext
+    request, notes = request_from_infotext(
+        "a cat\nSteps: 2, Seed: 1, Size: 64x64, Token merging ratio: 0.3, Token merging ratio hr: 0.5, "
+        "Hires upscale: 2", [])
+    assert request["override_settings"]["token_merging_ratio"] == 0.3
+    assert request["override_settings"]["token_merging_ratio_hr"] == 0.5 and notes == []
+    _, notes = request_from_infotext("a cat\nSteps: 2, Seed: 1, Token merging ratio: half", [])
+    assert notes == ["Token merging ratio: 'half' is not a number; not applied"]
