@@ -231,3 +231,15 @@ def test_cli_flags_make_the_settings():
     assert kw["token_merging"] == 0.4 and kw["hires"].token_merging == 0.2
     assert kw["hypertile"] == HyperTile(unet=True, unet_hires=True, vae=True)
     assert "hypertile" not in generation_kwargs(build_parser().parse_args(["generate", "x"]))
+
+
+def test_a_compiled_unet_is_refused_naming_the_setting(pipe):
+    from opensd.errors import InvalidArgument
+    unet = pipe.model.unet
+    unet._compiled_call_impl = lambda *a, **k: pytest.fail("not run")
+    try:
+        for kw, named in (({"token_merging": 0.5}, "token_merging"), ({"hypertile": HyperTile(vae=True)}, "hypertile")):
+            with pytest.raises(InvalidArgument, match=f"^{named}: it patches the UNet's PyTorch attention"):
+                pipe.txt2img("x", steps=1, **kw)
+    finally:
+        unet._compiled_call_impl = None

@@ -621,17 +621,17 @@ def _ip_adapter(spec, pipe):
 
 
 def _speedups_allowed(p: Params, pipe) -> None:
-    """Token merging and Hypertile patch a UNet's PyTorch attention: other networks, or the
-    OpenVINO backend (which does not run those layers), are refused in one line."""
-    from .openvino_unet import OpenVINOUNet
+    """Token merging and Hypertile patch a UNet's PyTorch attention: other networks, or a compiled
+    UNet (--compile, the openvino backend: the layers run as traced, the patch and its random
+    tiling would be ignored or frozen), are refused in one line."""
     h = p.hypertile
     for name, on in (("token_merging", p.token_merging > 0 or bool(p.hires and p.hires.token_merging)),
                      ("hypertile", h is not None and (h.unet or h.unet_hires or h.vae))):
         if on:
             pipe.family.require("attention_speedups", name)
-            if isinstance(getattr(pipe.family.network(pipe.model), "_compiled_call_impl", None), OpenVINOUNet):
-                raise InvalidArgument(f"{name}: it patches the UNet's PyTorch attention layers, which the openvino "
-                                      "backend does not run; use the default backend")
+            if getattr(pipe.family.network(pipe.model), "_compiled_call_impl", None) is not None:
+                raise InvalidArgument(f"{name}: it patches the UNet's PyTorch attention layers, which a compiled "
+                                      "UNet (--compile, the openvino backend) does not run; use neither")
 
 
 def _round8(v: int) -> int:
