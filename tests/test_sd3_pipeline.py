@@ -195,6 +195,11 @@ def test_unet_only_add_ons_are_refused_in_one_line(sd3):
     ours, _, _, _ = sd3
     with pytest.raises(InvalidArgument, match="^controls: ControlNet is not available for Stable Diffusion 3"):
         ours.txt2img(PROMPT, steps=1, width=SIZE, height=SIZE, controls=[object()])
+    from opensd.pipeline.speedups import HyperTile
+    for kw, name in (({"token_merging": 0.5}, "token_merging"), ({"hypertile": HyperTile(unet=True)}, "hypertile")):
+        with pytest.raises(InvalidArgument, match=f"^{name}: token merging / Hypertile .* not available for Stable "
+                                                  "Diffusion 3"):
+            ours.txt2img(PROMPT, steps=1, width=SIZE, height=SIZE, **kw)
 
 
 def test_a_network_alone_takes_its_parts_from_the_models_folder(sd3, tmp_path):

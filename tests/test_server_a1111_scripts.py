@@ -33,11 +33,11 @@ def small(**kw):
 
 
 def test_scripts_lists_what_exists(api, live):
-    both = ["controlnet", "refiner", "x/y/z plot", "prompt matrix", "prompts from file or textbox"]
-    img2img = both[:2] + ["soft inpainting"] + both[2:] + ["sd upscale"]  # A1111 shows it on img2img only
+    both = ["controlnet", "refiner", "hypertile", "x/y/z plot", "prompt matrix", "prompts from file or textbox"]
+    img2img = both[:3] + ["soft inpainting"] + both[3:] + ["sd upscale"]  # A1111 shows it on img2img only
     assert api.get_scripts() == {"txt2img": both, "img2img": img2img}
     info = requests.get(f"{live.url}/sdapi/v1/script-info", timeout=10).json()
-    alwayson = ("controlnet", "refiner", "soft inpainting")
+    alwayson = ("controlnet", "refiner", "hypertile", "soft inpainting")
     assert {(i["name"], i["is_alwayson"], i["is_img2img"]) for i in info} == {
         *((name, name in alwayson, False) for name in both),
         *((name, name in alwayson, True) for name in img2img)}
@@ -66,8 +66,8 @@ def test_an_unknown_script_gets_a1111s_422(api, fields, detail):
 
 
 def test_a1111_builtin_alwayson_script_is_reported_not_refused(api):
-    r = api.txt2img(**small(alwayson_scripts={"Hypertile": {"args": [False]}}))
-    assert r.info["unsupported_fields"] == ["alwayson_scripts.Hypertile"]
+    r = api.txt2img(**small(alwayson_scripts={"Comments": {"args": []}}))
+    assert r.info["unsupported_fields"] == ["alwayson_scripts.Comments"]
     r = api.txt2img(**small(alwayson_scripts={"Refiner": {"args": [False, "", 0.8]}}))  # implemented (issue 22)
     assert r.info["unsupported_fields"] == []
 

@@ -151,7 +151,7 @@ def test_xyz_without_legend_or_cells(api):
     (xyz_args(4, "1", 9, "", ["Euler", "Nope"]), "Y values: sampler: unknown sampler 'Nope'"),
     (xyz_args(11, "tiny, missing"), "X values: Checkpoint name: no model named 'missing'"),
     (xyz_args(999, "1"), "X type: 999 is not an axis index (0..42)"),
-    (xyz_args("Token merging ratio", "0.5"), "X type: the 'Token merging ratio' axis is not available"),
+    (xyz_args("FP8 mode", "Disable"), "X type: the 'FP8 mode' axis is not available"),
     (xyz_args(7, "dog, fox"), "X values: Prompt S/R did not find 'dog' in the prompt"),
     (xyz_args(4, "1-x"), "X values: '1-x' is not a whole number or a range"),
     (xyz_args(4, "0, 1"), "X/Y/Z cell Steps: 0 / - / -: steps"),

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from workflow_fixtures import sampling_env
+from workflow_fixtures import module_calls, sampling_env
 
 from opensd.errors import InvalidArgument
 from opensd.families import FLUX
@@ -25,18 +25,7 @@ def env(tmp_path_factory):
 
 def _attn1_calls(unet, run):
     """(module, input, output) of every self-attention call while run() runs."""
-    seen, handles = [], []
-    for block in unet.modules():
-        if hasattr(block, "attn1"):
-            handles.append(block.attn1.register_forward_hook(
-                lambda m, args, out: seen.append((m, args[0].clone(), out.clone()))))
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
+    return module_calls([block.attn1 for block in unet.modules() if hasattr(block, "attn1")], run)
 
 
 def _tiled_by_hand(attn, x, nh, nw, h, w):

@@ -3,6 +3,8 @@ factory and ComfyUI's default text-to-image graph in API format."""
 import copy
 from pathlib import Path
 
+import torch
+
 from opensd.library.models_dir import ModelFolders
 from opensd.library.synthetic import write_random_checkpoint
 from opensd.pipeline.pipeline import load
@@ -64,3 +66,17 @@ def sampling_env(tmp: Path):
     clip = ClipRef(pipe, "tiny")
     pos, neg = clip_text_encode(None, "a lighthouse", clip)[0], clip_text_encode(None, "fog", clip)[0]
     return NodeCall(ctx, "1", {}, lambda kind, data: None), ModelRef(pipe, "tiny"), pos, neg
+
+
+def module_calls(modules, run) -> list:
+    """(module, input, output) of every call of `modules` while run() runs (no grad)."""
+    seen = []
+    handles = [m.register_forward_hook(lambda m, args, out: seen.append((m, args[0].clone(), out.clone())))
+               for m in modules]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen

@@ -73,6 +73,12 @@ def register(sub) -> None:
     g.add_argument("--guidance", type=float_arg, help="Flux dev: the distilled guidance the model takes (default 3.5); "
                                                       "--cfg stays real CFG (default 1 for Flux)")
     g.add_argument("--tiling", action="store_true", help="seamless tiling: the image wraps around its edges")
+    g.add_argument("--token-merging", type=float_arg, metavar="RATIO",
+                   help="merge this ratio (0..0.9) of similar tokens in the UNet's full-resolution self-attention "
+                        "(ToMe, A1111's token merging ratio): faster, a little less detail")
+    g.add_argument("--hypertile", action="store_true",
+                   help="the UNet's self-attention works in tiles (A1111's Hypertile): faster at large sizes")
+    g.add_argument("--hypertile-vae", action="store_true", help="the VAE decoder's attention works in tiles too")
     sampling_flags.add_flags(gen)
     t = gen.add_argument_group("prompt encoding (A1111's settings of these names)")
     t.add_argument("--emphasis", choices=list(EMPHASIS_LABELS),
@@ -132,6 +138,8 @@ def register(sub) -> None:
     h.add_argument("--hires-negative", help="default: same negative prompt")
     h.add_argument("--hires-checkpoint", metavar="FILE_OR_NAME",
                    help="the checkpoint the second pass runs on, of the model's family (default: the same)")
+    h.add_argument("--hires-token-merging", type=float_arg, metavar="RATIO", help="default: same as --token-merging")
+    h.add_argument("--hires-hypertile", action="store_true", help="Hypertile in the second pass")
     c = gen.add_argument_group("controlnet")
     c.add_argument("--control", action="append", metavar="MODEL,IMAGE[,OPTIONS]", help=CONTROL_HELP)
     c.add_argument("--controlnet-dir", type=Path, help="folder where --control looks up ControlNets by name")
@@ -174,6 +182,7 @@ def register(sub) -> None:
 
 def generation_kwargs(args: argparse.Namespace) -> dict:
     from ..pipeline.params import Hires
+    from ..pipeline.speedups import HyperTile
 
     kw = dict(steps=args.steps, cfg=args.cfg, seed=args.seed, width=args.width, height=args.height,
               batch_size=args.batch, sampler=args.sampler, scheduler=args.scheduler, clip_skip=args.clip_skip,
@@ -184,14 +193,16 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
               comma_padding_backtrack=args.comma_padding_backtrack, sdxl_clip_l_skip=args.sdxl_clip_l_skip or None,
               sdxl_crop_top=args.sdxl_crop_top, sdxl_crop_left=args.sdxl_crop_left,
               use_old_emphasis_implementation=args.use_old_emphasis_implementation or None,
-              extra_noise=args.extra_noise, mask_weight=args.mask_weight)
+              extra_noise=args.extra_noise, mask_weight=args.mask_weight, token_merging=args.token_merging)
     if args.seed_resize_from is not None:
         kw.update(seed_resize_from_w=args.seed_resize_from[0], seed_resize_from_h=args.seed_resize_from[1])
+    if args.hypertile or args.hypertile_vae or args.hires_hypertile:
+        kw["hypertile"] = HyperTile(unet=args.hypertile, unet_hires=args.hires_hypertile, vae=args.hypertile_vae)
     if args.hires:
         hires = dict(scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps,
                      denoise=args.hires_denoise, width=args.hires_width, height=args.hires_height,
                      sampler=args.hires_sampler, scheduler=args.hires_scheduler, prompt=args.hires_prompt,
-                     negative_prompt=args.hires_negative)
+                     negative_prompt=args.hires_negative, token_merging=args.hires_token_merging)
         kw["hires"] = Hires(**{k: v for k, v in hires.items() if v is not None})
     if args.init_image is not None:
         kw.update(strength=args.strength, resize_mode=args.resize_mode, mask_blur=args.mask_blur,

@@ -36,6 +36,7 @@ Shapes = Mapping[str, tuple[int, ...]]
 ADAPTERS = {"lora": "LoRA", "controlnet": "ControlNet", "freeu": "FreeU", "ldm_config": "an LDM yaml config",
             "ip_adapter": "IP-Adapter",
             "deep_cache": "DeepCache (it skips a UNet's deep blocks)",
+            "attention_speedups": "token merging / Hypertile (they patch a UNet's self-attention)",
             "pag": "PerturbedAttentionGuidance (it patches a UNet's middle-block self-attention)",
             "deep_shrink": "PatchModelAddDownscale (Kohya deep shrink resizes inside a UNet)",
             "skip_layers": "SkipLayerGuidance (it skips blocks of an SD3/Flux DiT)",

@@ -49,6 +49,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     sampler, schedule = pipe.sampler_and_schedule(p)
     extra: dict[str, Any] = _sampler_params(p, sampler)
     extra.update(_schedule_params(pipe, p, sampler, schedule, not img2img))
+    extra.update(_token_merging_params(p, h))
     if h is not None:
         extra.update(_hires_params(p, sampler, schedule))
         if image.info.get("hires_model") is not None:
@@ -140,6 +141,13 @@ def _img2img_params(pipe, p: Params, img2img: bool, hires: bool) -> dict[str, An
     return {"Conditional mask weight": p.mask_weight if pipe.config.inpainting else None,
             "Noise multiplier": p.noise_multiplier if img2img and p.noise_multiplier != 1 else None,
             "Extra noise": p.extra_noise if (img2img or hires) and p.extra_noise > 0 else None}
+
+
+def _token_merging_params(p: Params, h) -> dict[str, Any]:
+    """A1111's keys for the token merging ratio of each pass, when not 0 (the hires pass's is the
+    first pass's unless set, and written only for a hires run, as A1111 does)."""
+    hires = None if h is None else (h.token_merging or p.token_merging)
+    return {"Token merging ratio": p.token_merging or None, "Token merging ratio hr": hires or None}
 
 
 def _speed_params(pipe, encoded: bool) -> dict[str, Any]:
@@ -284,11 +292,11 @@ _SETTINGS = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("see
              "Seed resize from-1": ("seed_resize_from_w", int), "Seed resize from-2": ("seed_resize_from_h", int),
              "Emphasis": ("emphasis", emphasis_id),
              "Noise multiplier": ("noise_multiplier", float), "Extra noise": ("extra_noise", float),
-             "Conditional mask weight": ("mask_weight", float)}
+             "Conditional mask weight": ("mask_weight", float), "Token merging ratio": ("token_merging", float)}
 _HIRES = {"Hires upscale": ("scale", float), "Hires steps": ("steps", int), "Hires upscaler": ("upscaler", str),
           "Hires resize-1": ("width", int), "Hires resize-2": ("height", int), "Hires sampler": ("sampler", str),
           "Hires schedule type": ("scheduler", str), "Hires prompt": ("prompt", str),
-          "Hires negative prompt": ("negative_prompt", str)}
+          "Hires negative prompt": ("negative_prompt", str), "Token merging ratio hr": ("token_merging", float)}
 
 
 def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where: str = "from") -> Recorded:

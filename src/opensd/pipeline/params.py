@@ -11,6 +11,7 @@ from ..text.prompt_parser import EMPHASIS_LABELS
 from . import limits as L
 from .images import FILL_MODES, RESIZE_MODES
 from .soft_inpaint_settings import SoftInpainting
+from .speedups import HyperTile, check_ratio
 
 
 
@@ -27,6 +28,7 @@ class Hires:
     scheduler: str | None = None
     prompt: str | None = None         # None: same prompt
     negative_prompt: str | None = None
+    token_merging: float | None = None  # None or 0: the first pass's (A1111's token_merging_ratio_hr)
 
     def target(self, width: int, height: int) -> tuple[int, int]:
         if self.width or self.height:
@@ -81,6 +83,10 @@ class Params:
     use_old_emphasis_implementation: bool = False
     sdxl_crop_top: int = 0
     sdxl_crop_left: int = 0
+    # Speed for a little quality (pipeline/speedups.py): the ratio of tokens ToMe merges (A1111's
+    # token_merging_ratio; 0: off) and A1111's Hypertile settings (None: off).
+    token_merging: float = 0.0
+    hypertile: HyperTile | None = None
     # img2img / inpainting
     strength: float = 0.75
     fix_steps: bool = False           # A1111's img2img_fix_steps: run exactly `steps` steps (img2img.py)
@@ -159,6 +165,11 @@ class Params:
                 raise InvalidArgument(f"{name}: {getattr(self, name)!r} must be true or false")
         for name in ("seed_resize_from_w", "seed_resize_from_h"):
             _whole(name, getattr(self, name), -1, limits.max_side)
+        check_ratio("token_merging", self.token_merging)
+        if self.hypertile is not None:
+            if not isinstance(self.hypertile, HyperTile):
+                raise InvalidArgument(f"hypertile: {self.hypertile!r} is not a HyperTile")
+            self.hypertile.validate()
         for name in ("shift", "distilled_guidance"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -178,6 +189,8 @@ class Params:
             if not isinstance(h.scale, (int, float)) or not math.isfinite(h.scale) or not 1 <= h.scale <= 8:
                 raise InvalidArgument(f"hires scale: {h.scale!r} is outside 1..8")
             _fraction("hires denoise", h.denoise)
+            if h.token_merging is not None:
+                check_ratio("hires token_merging", h.token_merging)
             if h.steps is not None:
                 L.check_steps(h.steps, limits)
             L.check_size(*h.target(self.width, self.height), limits)

@@ -43,6 +43,7 @@ from .noise import ImageNoise
 from .params import Hires, Params
 from .peak_memory import PeakMemory
 from .refiner import Refiner, check_same_latents, switching
+from .speedups import Speedups
 from .precision import Precision, choose_precision
 from .previews import latent_preview
 
@@ -100,6 +101,7 @@ class Pipeline:
         self._refined = False  # whether the image being made switched to it
         self._hires_model: "Pipeline | None" = None  # the running txt2img's second-pass model
         self._first_pass: Image.Image | None = None  # the running txt2img's given first pass
+        self._speedups = Speedups(None, 0, 0, 0, False)  # the running generation's ToMe/Hypertile
         # The hires fix's non-latent upscalers by name: the classic ones only, until a face (the
         # server, the CLI) hands over the models folder's set.
         self.upscalers = Upscalers(None, device)
@@ -240,6 +242,7 @@ class Pipeline:
             resolve(p.hires.sampler or p.sampler, p.hires.scheduler or p.scheduler)
             if latent_mode(p.hires.upscaler) is None:
                 self.upscalers.find(p.hires.upscaler, "hires upscaler")  # an unknown name fails before any work
+        _speedups_allowed(p, self)
         down = self.config.vae.downscale
         if p.width % down or p.height % down:
             raise InvalidArgument(f"width/height: must be multiples of {down} for this model")
@@ -295,6 +298,8 @@ class Pipeline:
         if init is not None and p.color_correction:
             target = correction_target(i2i.filled(source, mask, p.inpainting_fill))
         images = []
+        sdxl = self.config.family in ("sdxl", "sdxl_refiner")
+        self._speedups = Speedups(p.hypertile, p.seed, p.width, p.height, sdxl)
         for n in range(p.batch_size):
             seed = (p.seed + n) % (L.MAX_SEED + 1)
             subseed = None if p.subseed is None else (p.subseed + n) % (L.MAX_SEED + 1)
@@ -307,6 +312,7 @@ class Pipeline:
                     progress(offset + i, total)
 
             self._refined = False
+            self._speedups.size = (p.width, p.height)
             with circular_padding(self.family.network(self.model), self.model.vae, enabled=p.tiling):
                 image = self._one(p, seed, subseed, source, mask, report)
             soft_mask = image.info.pop("soft_mask", None)  # soft inpainting's own (pipeline/soft_inpaint.py)
@@ -348,8 +354,8 @@ class Pipeline:
                                        hires_pass=None if p.hires is None else 1)
             if p.hires is not None:
                 latents = self._hires(p, p.hires, latents, seed, subseed, report)
-                return (self._hires_model or self).decode(latents)[0]  # A1111: the current model's VAE
-            return self.decode(latents)[0]
+                return (self._hires_model or self)._decoded(latents)  # A1111: the current model's VAE
+            return self._decoded(latents)
         init = self.encode(I.fill_masked(source, mask) if mask is not None and p.inpainting_fill == "fill"
                            else source)
         soft = p.soft_inpainting if mask is not None else None
@@ -368,7 +374,7 @@ class Pipeline:
             image_cond = self.inpainting_cond(shown, mask, weight=p.mask_weight, soft=soft is not None)
         latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
                                init=init, latent_mask=latent_mask, image_cond=image_cond)
-        image = self.decode(latents)[0]
+        image = self._decoded(latents)
         if soft is not None:  # where the result barely moved from the original, the original shows
             image.info["soft_mask"] = SI.adaptive_masks(soft, latent_mask, init, latents, p.width, p.height)[0]
         return image
@@ -404,7 +410,8 @@ class Pipeline:
         second = replace(p, width=w, height=h_px, steps=h.steps or p.steps, strength=h.denoise,
                          sampler=h.sampler or p.sampler, scheduler=h.scheduler or p.scheduler,
                          prompt=p.prompt if h.prompt is None else h.prompt,
-                         negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt)
+                         negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt,
+                         token_merging=h.token_merging or p.token_merging)  # A1111's `or`: 0 is "the same"
         hr = self._hires_model or self
         mode = latent_mode(h.upscaler)
         image = None
@@ -412,10 +419,11 @@ class Pipeline:
             first = latents if latents is not None else self.encode(self._first_pass)
             init = F.interpolate(first, size=(h_px // down, w // down), mode=mode[0], antialias=mode[1])
         else:  # a model upscaler may take a while: the stop check runs after each of its tiles
-            first = self.decode(latents)[0] if latents is not None else self._first_pass
+            first = self._decoded(latents) if latents is not None else self._first_pass
             image = self.upscalers.resize(first, w, h_px, h.upscaler, "hires upscaler",
                                           progress=lambda i, n: report(offset))
             init = hr.encode(image)
+        self._speedups.before_hires(w, h_px)
         with self._lent_to(hr, second.prompt, p.tiling):
             # A1111 draws the second pass's noise afresh from the same seeds, at the new size.
             noise = hr._image_noise(p, seed, subseed, tuple(init.shape))
@@ -439,6 +447,7 @@ class Pipeline:
         hr.apply_loras(prompt)
         hr._controls, hr._references, hr._ip_adapter = self._controls, self._references, self._ip_adapter
         hr._refiner, hr._refined, hr.on_latents = hr._checked(self._refiner), False, self.on_latents
+        hr._speedups = self._speedups  # one Hypertile draw sequence for the run, decode included
         try:
             with circular_padding(hr.family.network(hr.model), hr.model.vae, enabled=tiling):
                 yield
@@ -506,7 +515,8 @@ class Pipeline:
             report(i + 1)
 
         other = refiner.pipe if refiner is not None else self  # the refiner's network runs here too
-        with self.family.running(self.model), other.family.running(other.model), self._image_prompt(guidance):
+        with self.family.running(self.model), other.family.running(other.model), self._image_prompt(guidance), \
+                self._speedups.unet(self.family.network(self.model), p.token_merging, hires_pass == 2):
             x = sample(denoise, x, sigmas, step, **sampler_context(sampler, noise, self.schedule), **options)
         if latent_mask is not None and p.soft_inpainting is None:  # soft inpainting composites after decoding
             x = init * (1 - latent_mask) + x * latent_mask
@@ -518,6 +528,11 @@ class Pipeline:
             return nullcontext()
         from ..adapters.ip_adapter import applied
         return applied(self._ip_adapter, self.family.network(self.model), g.n_uncond)
+
+    def _decoded(self, latents: torch.Tensor) -> Image.Image:
+        """The first image of `latents` through the VAE, with the generation's Hypertile VAE setting."""
+        with self._speedups.vae(self.model.vae):
+            return self.decode(latents)[0]
 
     # --- building blocks -------------------------------------------------------------------
 
@@ -745,6 +760,20 @@ def _ip_adapter(spec, pipe):
         raise InvalidArgument("ip_adapter: an IP-Adapter patches the UNet's PyTorch attention layers, which the "
                               "openvino backend does not run; use the default backend")
     return validated(spec)
+
+
+def _speedups_allowed(p: Params, pipe) -> None:
+    """Token merging and Hypertile patch a UNet's PyTorch attention: other networks, or a compiled
+    UNet (--compile, the openvino backend: the layers run as traced, the patch and its random
+    tiling would be ignored or frozen), are refused in one line."""
+    h = p.hypertile
+    for name, on in (("token_merging", p.token_merging > 0 or bool(p.hires and p.hires.token_merging)),
+                     ("hypertile", h is not None and (h.unet or h.unet_hires or h.vae))):
+        if on:
+            pipe.family.require("attention_speedups", name)
+            if getattr(pipe.family.network(pipe.model), "_compiled_call_impl", None) is not None:
+                raise InvalidArgument(f"{name}: it patches the UNet's PyTorch attention layers, which a compiled "
+                                      "UNet (--compile, the openvino backend) does not run; use neither")
 
 
 def _round8(v: int) -> int:

@@ -217,8 +217,8 @@ AXES: tuple[AxisType, ...] = (
     AxisType("Styles", TEXT, _styles, choices=True),
     AxisType("UniPC Order", INT, _unipc_order, cost=0.5),
     AxisType("Face restore", TEXT, _face_restore, named=False),
-    AxisType("Token merging ratio", FLOAT, missing="token merging is not implemented here"),
-    AxisType("Token merging ratio high-res", FLOAT, missing="token merging is not implemented here"),
+    AxisType("Token merging ratio", FLOAT, _field("token_merging")),  # A1111: override token_merging_ratio
+    AxisType("Token merging ratio high-res", FLOAT, _hires("token_merging")),
     AxisType("Always discard next-to-last sigma", TEXT, _schedule_setting("always_discard_next_to_last_sigma", True),
              choices=True),
     AxisType("SGM noise multiplier", TEXT, _schedule_setting("sgm_noise_multiplier", True), choices=True),

@@ -19,6 +19,11 @@ override_settings) change in its job, as A1111 applies them:
 - sd_lora: appends <lora:name:extra_networks_default_multiplier> unless the prompt names it;
   `disable_extra_networks` removes every <lora:...> tag and adds none;
 - tiling (unless the request's `tiling`);
+- token_merging_ratio (txt2img), token_merging_ratio_img2img (img2img, where not 0, unless the
+  request's override_settings set token_merging_ratio), token_merging_ratio_hr (the hires pass,
+  where not 0): tomesd's token merging at that ratio (pipeline/speedups.py);
+- hypertile_* (A1111's built-in Hypertile extension): tiled self-attention in the UNet's first
+  pass (hypertile_enable_unet), its hires pass (…_secondpass) and the VAE decoder (…_vae);
 - sd_vae_decode_method / sd_vae_encode_method "TAESD": the model's tiny autoencoder (its files in
   the models folder's VAE-approx or vae_approx) decodes / encodes instead of the VAE; without the
   file the request is refused in one line naming the setting;
@@ -143,6 +148,26 @@ def vae_path(folders, opts: dict, model_path: Path, where: str = "sd_vae") -> Pa
         return folders.resolve("vae", choice)
     except InvalidArgument as e:
         raise InvalidArgument(f"{where}: {str(e).split(': ', 1)[-1]}") from None
+
+
+def token_merging(req, opts: dict, img2img: bool) -> float:
+    """The first pass's ratio, as A1111's get_token_merging_ratio picks it."""
+    if not img2img:
+        return opts["token_merging_ratio"]
+    overridden = "token_merging_ratio" in (req.override_settings or {})
+    return (overridden and opts["token_merging_ratio"]) or opts["token_merging_ratio_img2img"] \
+        or opts["token_merging_ratio"]
+
+
+def hypertile(opts: dict) -> dict | None:
+    """The hypertile_* settings as the pipeline's HyperTile fields (JSON), None when all are off."""
+    on = {"unet": opts["hypertile_enable_unet"], "unet_hires": opts["hypertile_enable_unet_secondpass"],
+          "vae": opts["hypertile_enable_vae"]}
+    if not any(on.values()):
+        return None
+    return {**on, "unet_max_depth": opts["hypertile_max_depth_unet"], "unet_max_tile": opts["hypertile_max_tile_unet"],
+            "unet_swap_size": opts["hypertile_swap_size_unet"], "vae_max_tile": opts["hypertile_max_tile_vae"],
+            "vae_swap_size": opts["hypertile_swap_size_vae"]}
 
 
 def prompt(req, opts: dict, folders) -> tuple[str, list[tuple[str, str]]]:

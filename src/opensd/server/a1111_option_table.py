@@ -174,4 +174,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "sigma_min": (0, float("inf")), "sigma_max": (0, float("inf")), "rho": (0, float("inf")),
     "beta_dist_alpha": (0.01, 2), "beta_dist_beta": (0.01, 2),  # A1111's slider goes to 1, Forge's to 2
     "inpainting_mask_weight": (0, 1), "initial_noise_multiplier": (0, 1.5), "img2img_extra_noise": (0, 1),
+    "token_merging_ratio": (0, 0.9), "token_merging_ratio_img2img": (0, 0.9), "token_merging_ratio_hr": (0, 0.9),
+    "hypertile_max_depth_unet": (0, 3), "hypertile_max_tile_unet": (0, 512), "hypertile_max_depth_vae": (0, 3),
+    "hypertile_max_tile_vae": (0, 512),
+    # A1111's slider starts at 0, where its random_divisor has no choice to draw from and fails
+    "hypertile_swap_size_unet": (1, 64), "hypertile_swap_size_vae": (1, 64),
 }

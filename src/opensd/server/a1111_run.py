@@ -15,6 +15,7 @@ from ..pipeline import limits as L
 from ..pipeline.infotext import save_image
 from ..pipeline.infotext_params import image_infotext
 from ..pipeline.params import Hires
+from ..pipeline.speedups import HyperTile
 from ..sampling.names import DEFAULT_SCHEDULES, SAMPLER_LABELS, resolve
 from ..upscale import Upscalers, latent_mode
 from ..upscale import label as upscaler_label
@@ -96,6 +97,12 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     clip = opts["CLIP_stop_at_last_layers"]
     kw["clip_skip"] = clip if clip > 1 else None
     kw["tiling"] = req.tiling if req.tiling is not None else opts["tiling"]
+    ratio = a1111_apply.token_merging(req, opts, img2img)
+    if ratio:
+        kw["token_merging"] = ratio
+    tiles = a1111_apply.hypertile(opts)
+    if tiles:
+        kw["hypertile"] = tiles
     kw.update(a1111_apply.vae_methods(opts))
     kw.update(a1111_apply.text_settings(opts))
     options = a1111_apply.sampler_options(sampler, req, opts)
@@ -127,7 +134,8 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
                        "denoise": 0.7 if req.denoising_strength is None else req.denoising_strength,
                        "width": req.hr_resize_x or None, "height": req.hr_resize_y or None,
                        "sampler": hs, "scheduler": hsched, "prompt": req.hr_prompt or None,
-                       "negative_prompt": req.hr_negative_prompt or None}
+                       "negative_prompt": req.hr_negative_prompt or None,
+                       "token_merging": opts["token_merging_ratio_hr"] or None}
     return kw, gaps
 
 
@@ -202,8 +210,14 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
     prompt = p.get("prompt", req.prompt)  # with its styles and the sd_lora setting's tag, if any
     negative = p.get("negative_prompt", req.negative_prompt)
     hires = kw.pop("hires", None)
+    if "attention_speedups" not in pipe.family.adapters:  # the settings are global; they patch UNets only
+        kw.pop("token_merging", None)
+        kw.pop("hypertile", None)
+        hires = None if hires is None else {**hires, "token_merging": None}
     if hires is not None:
         kw["hires"] = Hires(**hires)
+    if kw.get("hypertile"):
+        kw["hypertile"] = HyperTile(**kw["hypertile"])
     mask = None
     if mode == "img2img":
         limit = state.settings.max_image_pixels

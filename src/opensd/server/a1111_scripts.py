@@ -59,7 +59,9 @@ class ScriptError(OpenSDError):
 _REFINER_ARGS = ({"label": "Refiner", "value": False, "minimum": None, "maximum": None, "step": None, "choices": None},
                  {"label": "Checkpoint", "value": "", "minimum": None, "maximum": None, "step": None, "choices": None},
                  {"label": "Switch at", "value": 0.8, "minimum": 0.01, "maximum": 1.0, "step": 0.01, "choices": None})
+# Hypertile (built-in extension) takes no arguments: its settings (hypertile_*) drive it, a1111_apply.
 SCRIPTS: list[Script] = [Script("ControlNet", alwayson=True), Script("Refiner", alwayson=True, args=_REFINER_ARGS),
+                         Script("Hypertile", alwayson=True),
                          Script("Soft Inpainting", alwayson=True, modes=("img2img",), args=_SOFT_INPAINTING_ARGS)]
 
 

@@ -23,15 +23,10 @@ REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
 # images and that opensd does not act on; the ones it acts on are read in a1111_run). ddim_discretize
 # is not here: A1111 1.6+ accepts it and does nothing with it (its DDIM is a timestep sampler).
 _NOT_IMPLEMENTED = "not implemented"
-_TOKEN_MERGING = "token merging is not implemented"
-_HYPERTILE = "Hypertile is not implemented"
 SETTINGS: dict[str, str] = {
     "face_restoration": REQUEST_FIELDS["restore_faces"][1],
     "s_min_uncond": REQUEST_FIELDS["s_min_uncond"][1],
     "s_min_uncond_all": REQUEST_FIELDS["s_min_uncond"][1],
-    "token_merging_ratio": _TOKEN_MERGING,
-    "token_merging_ratio_img2img": _TOKEN_MERGING,
-    "token_merging_ratio_hr": _TOKEN_MERGING,
     "pad_cond_uncond": _NOT_IMPLEMENTED,
     "pad_cond_uncond_v0": _NOT_IMPLEMENTED,
     "no_dpmpp_sde_batch_determinism": _NOT_IMPLEMENTED,
@@ -40,9 +35,6 @@ SETTINGS: dict[str, str] = {
     "use_old_scheduling": "not implemented; prompt editing uses A1111's current timelines",
     "skip_early_cond": "not implemented; every step uses the negative prompt",
     "enable_quantization": _NOT_IMPLEMENTED,
-    "hypertile_enable_unet": _HYPERTILE,
-    "hypertile_enable_unet_secondpass": _HYPERTILE,
-    "hypertile_enable_vae": _HYPERTILE,
     "lora_functional": _NOT_IMPLEMENTED,
     "refiner_switch_by_sample_steps": "not implemented; the refiner switches at a noise level (A1111's default)",
 }
@@ -51,7 +43,7 @@ SETTINGS: dict[str, str] = {
 # A1111 would run them, so naming one is reported, not refused.
 A1111_ALWAYSON = {"seed": "use the request's seed fields",
                   "sampler": "use the request's sampler fields", "comments": "comments are not used",
-                  "hypertile": "Hypertile is not implemented", "extra options": "use override_settings"}
+                  "extra options": "use override_settings"}
 
 
 def request_gaps(req) -> list[tuple[str, str]]:

@@ -25,6 +25,7 @@ _KNOWN = {"Size", "Hires resize", "Hires checkpoint", "Refiner", "Seed resize fr
           "VAE hash", "Clip skip", "Version", "Lora hashes", "TI hashes", "VAE Decoder", "VAE Encoder"}
 # infotext key -> the A1111 setting it records (A1111 reads these back as override settings)
 _SETTINGS = {"VAE Decoder": "sd_vae_decode_method", "VAE Encoder": "sd_vae_encode_method", "Emphasis": "emphasis"}
+_NUMBER_SETTINGS = {"Token merging ratio": "token_merging_ratio", "Token merging ratio hr": "token_merging_ratio_hr"}
 
 
 def request_from_infotext(text: str, checkpoints: list[tuple[str, str | None]]) -> tuple[dict, list[str]]:
@@ -67,8 +68,14 @@ def request_from_infotext(text: str, checkpoints: list[tuple[str, str | None]]) 
             notes.append(f"{key}: {params[key]} is not in the models folder; {instead}")
     overrides["sd_vae"] = params.get("VAE", "None")  # no VAE recorded: the checkpoint's own
     overrides.update({setting: params[key] for key, setting in _SETTINGS.items() if key in params})
+    for key, setting in _NUMBER_SETTINGS.items():
+        if key in params:
+            try:
+                overrides[setting] = float(params[key])
+            except ValueError:
+                notes.append(f"{key}: {params[key]!r} is not a number; not applied")
     request["override_settings"] = overrides
-    unknown = sorted(k for k in params if k not in _FIELDS and k not in _KNOWN)
+    unknown = sorted(k for k in params if k not in _FIELDS and k not in _KNOWN and k not in _NUMBER_SETTINGS)
     if unknown:
         notes.append("not applied: " + ", ".join(unknown))
     return request, notes

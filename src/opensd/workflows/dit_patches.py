@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from .unet_patches import removed_after
+from ..models.module_patches import removed_after
 
 
 def _pass_streams(module, args, out):  # (context, x) -> (context, x); Flux: (img, txt) -> (img, txt)

@@ -11,16 +11,9 @@ from contextlib import contextmanager
 import torch
 
 from ..models.attention import attention
-
-
-@contextmanager
-def removed_after(handles: list):
-    """Removes the hook handles when the block ends, however it ends."""
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+from ..models.module_patches import forward_replaced, latent_size_seen, removed_after
+from ..models.hypertile import tiles, untiled
+from ..models.token_merging import token_merging
 
 
 def hidden_channels(cfg) -> list[int]:
@@ -118,34 +111,8 @@ def deep_shrink(unet, block: int, factor: float, after_skip: bool, down, up):
         yield
 
 
-@contextmanager
-def forward_replaced(modules: list, make_forward):
-    """Each module's forward replaced by make_forward(module, its own forward) while the block
-    runs (an instance attribute over the class's method), put back however it ends."""
-    saved = [(m, m.__dict__.get("forward")) for m in modules]
-    for m, _ in saved:
-        m.forward = make_forward(m, m.forward)
-    try:
-        yield
-    finally:
-        for m, before in saved:
-            if before is None:
-                del m.forward
-            else:
-                m.forward = before
-
-
 def self_attentions(unet) -> list:
     return [block.attn1 for block in unet.modules() if hasattr(block, "attn1")]
-
-
-@contextmanager
-def latent_size_seen(unet, shape: list):
-    """`shape` holds the (h, w) of the latent each network call is given (ComfyUI's original_shape)."""
-    def remember(module, args):
-        shape[:] = args[0].shape[-2:]
-    with removed_after([unet.input_blocks[0].register_forward_pre_hook(remember)]):
-        yield
 
 
 def random_divisor(value: int, min_value: int, max_options: int, draw) -> int:
@@ -155,17 +122,6 @@ def random_divisor(value: int, min_value: int, max_options: int, draw) -> int:
     min_value = min(min_value, value)
     counts = [value // d for d in range(min_value, value + 1) if value % d == 0][:max_options]
     return counts[draw(len(counts) - 1)] if len(counts) > 1 else counts[0]
-
-
-def _tiles(x: torch.Tensor, nh: int, nw: int, h: int, w: int) -> torch.Tensor:
-    """(b, nh*h*nw*w, c) read as nh x nw tiles of h x w tokens -> (b*nh*nw, h*w, c)."""
-    b, _, c = x.shape
-    return x.reshape(b, nh, h, nw, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b * nh * nw, h * w, c)
-
-
-def _untiled(x: torch.Tensor, nh: int, nw: int, h: int, w: int) -> torch.Tensor:
-    c = x.shape[-1]
-    return x.reshape(-1, nh, nw, h, w, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, nh * h * nw * w, c)
 
 
 @contextmanager
@@ -195,9 +151,9 @@ def hypertile(unet, tile_size: int, swap_size: int, max_depth: int, scale_depth:
             if nh * nw <= 1 or h * w != n:
                 return plain(x)
             th, tw = h // nh, w // nw
-            q = attn.to_q(_tiles(x, nh, nw, th, tw))
+            q = attn.to_q(tiles(x, nh, nw, th, tw))
             out = attn.to_out(attention(q, attn.to_k(x), attn.to_v(x), attn.heads))
-            return _untiled(out, nh, nw, th, tw)
+            return untiled(out, nh, nw, th, tw)
         return forward
 
     with latent_size_seen(unet, shape), forward_replaced(self_attentions(unet), make_forward):
@@ -220,45 +176,6 @@ def attention_scaled(unet, which: str, factors: dict[str, float]):
                 handles.append(layer.register_forward_hook(lambda m, args, out, f=factor: out * f))
     with removed_after(handles):
         yield
-
-
-def token_merging(x: torch.Tensor, w: int, h: int, r: int, dst_pick: torch.Tensor):
-    """ToMe's bipartite soft matching on (B, h*w, C) tokens: one token of each 2x2 cell (dst_pick
-    (h//2, w//2) in 0..3, raster within the cell) is a destination, the rest sources; the r sources
-    most similar (cosine) to their best destination are averaged into it. Returns merge(x) and
-    unmerge(y) (a merged source takes its destination's value)."""
-    b, n, _ = x.shape
-    hs, ws = h // 2, w // 2
-    marks = torch.zeros(h, w, dtype=torch.int64)
-    cells = marks[:hs * 2, :ws * 2].view(hs, 2, ws, 2).permute(0, 2, 1, 3).reshape(hs, ws, 4)
-    cells.scatter_(2, dst_pick[..., None], -1)
-    marks[:hs * 2, :ws * 2] = cells.view(hs, ws, 2, 2).permute(0, 2, 1, 3).reshape(hs * 2, ws * 2)
-    order = marks.flatten().argsort(stable=True)  # destinations (-1) first
-    dst_idx, src_idx = order[:hs * ws], order[hs * ws:]
-    metric = x / x.norm(dim=-1, keepdim=True)
-    best, target = (metric[:, src_idx] @ metric[:, dst_idx].transpose(-1, -2)).max(dim=-1)
-    r = min(r, len(src_idx))
-    ranked = best.argsort(dim=-1, descending=True)
-    merged, kept = ranked[:, :r], ranked[:, r:]
-    into = target.gather(1, merged)
-
-    def merge(t: torch.Tensor) -> torch.Tensor:
-        c = t.shape[-1]
-        src, dst = t[:, src_idx], t[:, dst_idx]
-        moving = src.gather(1, merged[..., None].expand(-1, -1, c))
-        dst = dst.scatter_reduce(1, into[..., None].expand(-1, -1, c), moving, reduce="mean")
-        return torch.cat([src.gather(1, kept[..., None].expand(-1, -1, c)), dst], dim=1)
-
-    def unmerge(t: torch.Tensor) -> torch.Tensor:
-        c, k = t.shape[-1], kept.shape[1]
-        unm, dst = t[:, :k], t[:, k:]
-        out = t.new_zeros(b, n, c)
-        out[:, dst_idx] = dst
-        out.scatter_(1, src_idx[kept][..., None].expand(-1, -1, c), unm)
-        out.scatter_(1, src_idx[merged][..., None].expand(-1, -1, c), dst.gather(1, into[..., None].expand(-1, -1, c)))
-        return out
-
-    return merge, unmerge
 
 
 @contextmanager
