@@ -26,6 +26,17 @@ export const SECTIONS = [
     ["uni_pc_skip_type", "UniPC skip type"],
     ["uni_pc_lower_order_final", "UniPC: lower order at the final steps"],
   ]],
+  ["Optimizations", [
+    ["token_merging_ratio", "Token merging ratio", "faster for a little quality; 0: off (A1111's ToMe)"],
+    ["token_merging_ratio_img2img", "Token merging ratio for img2img", "0: the ratio above"],
+    ["token_merging_ratio_hr", "Token merging ratio for the hires pass", "0: the first pass's"],
+    ["hypertile_enable_unet", "Hypertile: tile the UNet's self-attention"],
+    ["hypertile_enable_unet_secondpass", "Hypertile: also in the hires pass"],
+    ["hypertile_max_depth_unet", "Hypertile UNet max depth"], ["hypertile_max_tile_unet", "Hypertile UNet max tile size"],
+    ["hypertile_swap_size_unet", "Hypertile UNet swap size"],
+    ["hypertile_enable_vae", "Hypertile: tile the VAE decoder's attention"],
+    ["hypertile_max_tile_vae", "Hypertile VAE max tile size"], ["hypertile_swap_size_vae", "Hypertile VAE swap size"],
+  ]],
   ["Stable Diffusion", [
     ["sd_noise_schedule", "Noise schedule for sampling", "Zero Terminal SNR: for models trained with it"],
     ["use_downcasted_alpha_bar", "Downcast alphas_cumprod to fp16", "for reproducing images made that way"],
