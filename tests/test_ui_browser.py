@@ -199,11 +199,14 @@ def test_queue_three_cancel_the_second_it_never_runs(page, live):
         for name in ("fourth", "fifth"):
             fill_generate(page, name, steps=3)
             page.click("#panel-generate button[type=submit]")
-        new_jobs(live, before, 2, final=False)
+        waiting = new_jobs(live, before, 2, final=False)
         page.click("#tab-queue")
         wait_for(lambda: rows.count() == 2, what="two waiting jobs")
         page.click("#panel-queue button:text('Clear queue')")
         page.click("dialog[open] button[data-answer=yes]")
+        # the clear is a request of its own: the worker starts again only once it has landed
+        wait_for(lambda: all(live.state.store.get(j.id).status == CANCELLED for j in waiting) or None,
+                 what="the clear to cancel both")
     finally:
         live.state.queue.start()
     assert {j.status for j in new_jobs(live, before, 2)} == {CANCELLED}
