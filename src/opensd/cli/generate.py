@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidArgument
-from . import ip_adapter_flags, sampling_flags
+from . import cfg_skip_flags, ip_adapter_flags, sampling_flags
 from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
 from .control import CONTROL_HELP, controls_from_args
 from .from_image import PARAM_DEST, apply_infotext, missing_lora, report_differences
@@ -62,6 +62,7 @@ def register(sub) -> None:
                                                       "--cfg stays real CFG (default 1 for Flux)")
     g.add_argument("--tiling", action="store_true", help="seamless tiling: the image wraps around its edges")
     sampling_flags.add_flags(gen)
+    cfg_skip_flags.add_flags(gen)
     i = gen.add_argument_group("img2img / inpainting / outpainting")
     i.add_argument("--init-image", type=Path, help="start from this image (img2img)")
     i.add_argument("--strength", type=float_arg, help="denoising strength 0..1 (default 0.75)")
@@ -136,7 +137,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
               batch_size=args.batch, sampler=args.sampler, scheduler=args.scheduler, clip_skip=args.clip_skip,
               subseed=args.subseed, subseed_strength=args.subseed_strength, tiling=args.tiling or None,
               sampler_options=sampling_flags.sampler_options(args) or None, shift=args.shift,
-              distilled_guidance=args.guidance)
+              distilled_guidance=args.guidance, **cfg_skip_flags.kwargs(args))
     if args.hires:
         hires = dict(scale=args.hires_scale, upscaler=args.hires_upscaler, steps=args.hires_steps,
                      denoise=args.hires_denoise, width=args.hires_width, height=args.hires_height,

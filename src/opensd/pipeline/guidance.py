@@ -68,6 +68,15 @@ class Guidance:
             result += self.cfg * weight * (o[None] if n == 0 else o[None] - out[:1])
         return result
 
+    def without_negative(self, out: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+        """The prediction from the prompt's rows alone: A1111 puts the first part's prediction where
+        the negative's would be and combines at scale 1 (one part: its own prediction)."""
+        first = out[:1]
+        result = first.clone()
+        for weight, o in zip(weights, out):
+            result += weight * (o[None] - first)
+        return result
+
 
 def self_guided_scale(config: ModelConfig, cond: CondSchedule, cfg: float) -> float | None:
     """The scale a guidance-distilled model guides itself at for this prompt, or None (plain CFG)."""
@@ -102,10 +111,13 @@ def _encodes_as(a: CondSchedule, b: CondSchedule) -> bool:
 
 
 def denoiser(g: Guidance, model: Denoiser, pad: Callable[[list[Conditioning]], list[Conditioning]],
-             sigmas: torch.Tensor, adm_channels: int, device) -> Guided:
-    """`denoise(x, sigma)` for the samplers: `model` (a Denoiser whose UNet function takes context, y
-    and the pass's progress `fraction`) on the guidance's rows, padded to one length by `pad`. Its
-    unconditional estimate is the negative row's under plain CFG, else the guided one."""
+             sigmas: torch.Tensor, adm_channels: int, device,
+             skip: Callable[[float], bool] | None = None) -> Guided:
+    """`denoise(x, sigma)` for the samplers: `model` (a Denoiser whose UNet function takes context, y,
+    the pass's progress `fraction` and `n_uncond`, how many leading rows are negative ones) on the
+    guidance's rows, padded to one length by `pad`. Its unconditional estimate is the negative row's
+    under plain CFG, else the guided one. `skip(sigma)`, called once per evaluation, says when to
+    leave the negative rows out (pipeline/cfg_skips.py): the prediction is then the prompt's own."""
     levels = sigmas[:-1]
     built: dict = {}
 
@@ -113,15 +125,25 @@ def denoiser(g: Guidance, model: Denoiser, pad: Callable[[list[Conditioning]], l
         # The step whose sigma this evaluation is at (or just below, for 2nd-order samplers).
         step = int((levels > sigma.item() * (1 + 1e-6)).sum().clamp(max=len(levels) - 1))
         weights, conds = g.rows(step)
+        n = g.n_uncond
+        if skip is not None and skip(sigma.item()) and n:
+            conds, n = conds[n:], 0
         key = tuple(map(id, conds))  # the schedules keep these alive, so ids stay unique
-        if built.get("key") != key:  # same tensor each step: the UNet reuses its context K/V
+        if key not in built:  # same tensor each step: the UNet reuses its context K/V
+            if len(built) > 4:  # prompt editing moved on: older rows are not coming back
+                built.clear()
             batch = pad(conds)
             y = None if batch[0].pooled is None else torch.cat([c.pooled for c in batch])
             if g.scale is not None:
                 y = guidance_embedding(torch.full((len(conds),), g.scale, device=device), adm_channels)
-            built.update(key=key, context=torch.cat([c.context for c in batch]), y=y)
-        out = model(x.expand(len(conds), -1, -1, -1), sigma, context=built["context"], y=built["y"],
-                    fraction=step / len(levels))
+            built[key] = (torch.cat([c.context for c in batch]), y)
+        context, y = built[key]
+        out = model(x.expand(len(conds), -1, -1, -1), sigma, context=context, y=y,
+                    fraction=step / len(levels), n_uncond=n)
+        if n < g.n_uncond:  # the negative rows were skipped
+            if g.scale is not None:
+                return out[-1:], out[-1:]
+            return g.without_negative(out, weights), out[:1]
         guided = g.combine(out, weights)
         return guided, (out[:1] if g.n_uncond and g.scale is None else guided)
 

@@ -56,6 +56,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     if pipe.config.distilled_guidance:  # Forge's key; the shift only when set (the model's own otherwise)
         extra["Distilled CFG Scale"] = pipe.family.default_guidance if p.distilled_guidance is None else p.distilled_guidance
     extra["Shift"] = p.shift
+    extra.update(image.info.get("cfg_skips") or {})  # "NGMS", "Skip Early CFG": only when applied (cfg_skips.py)
     extra.update(_speed_params(pipe, img2img or (h is not None and latent_mode(h.upscaler) is None)))
     for i, spec in enumerate(controls):
         extra[f"ControlNet {i}"] = control_unit_text(spec)
@@ -209,7 +210,8 @@ _SETTINGS = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("see
              "Variation seed": ("subseed", int), "Variation seed strength": ("subseed_strength", float),
              "Size-1": ("width", int), "Size-2": ("height", int), "Mask blur": ("mask_blur", int),
              "Masked area padding": ("inpaint_full_res_padding", int), "Masked content": ("inpainting_fill", str),
-             "Distilled CFG Scale": ("distilled_guidance", float), "Shift": ("shift", float)}
+             "Distilled CFG Scale": ("distilled_guidance", float), "Shift": ("shift", float),
+             "NGMS": ("s_min_uncond", float), "Skip Early CFG": ("skip_early_cond", float)}
 _HIRES = {"Hires upscale": ("scale", float), "Hires steps": ("steps", int), "Hires upscaler": ("upscaler", str),
           "Hires resize-1": ("width", int), "Hires resize-2": ("height", int), "Hires sampler": ("sampler", str),
           "Hires schedule type": ("scheduler", str), "Hires prompt": ("prompt", str),
@@ -230,6 +232,7 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
     settings["inpaint_full_res"] = params.get("Inpaint area") == "Only masked"
     settings["invert_mask"] = params.get("Mask mode") == "Inpaint not masked"
     settings["tiling"] = params.get("Tiling") == "True"
+    settings["s_min_uncond_all"] = params.get("NGMS all steps") == "True"
     hires = None
     if "Hires upscale" in params or "Hires resize" in params:
         hires = {name: value(key, kind) for key, (name, kind) in _HIRES.items() if key in params}

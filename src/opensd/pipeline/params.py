@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from ..errors import InvalidArgument
 from ..sampling.samplers import ALL_OPTIONS, OPTION_TYPES
 from . import limits as L
+from .cfg_skips import CfgSkips
 from .images import FILL_MODES, RESIZE_MODES
 
 
@@ -58,6 +59,12 @@ class Params:
     sampler_options: dict = field(default_factory=dict)
     noise_seed_delta: int = 0         # A1111's ENSD: per-step noise drawn from seed + this (noise.py)
     device_noise: bool = False        # draw noise on the device, not the CPU (A1111's randn_source "GPU")
+    # Evaluations without the negative prompt (A1111's CFG denoiser; pipeline/cfg_skips.py): NGMS
+    # below this sigma on every other evaluation (every one with s_min_uncond_all), and the first
+    # skip_early_cond fraction of each pass's evaluations. 0: off.
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+    skip_early_cond: float = 0.0
     # img2img / inpainting
     strength: float = 0.75
     resize_mode: str = "just resize"
@@ -67,6 +74,10 @@ class Params:
     inpaint_full_res_padding: int = 32
     invert_mask: bool = False
     hires: Hires | None = field(default=None)
+
+    @property
+    def cfg_skips(self) -> CfgSkips:
+        return CfgSkips(self.s_min_uncond, self.s_min_uncond_all, self.skip_early_cond)
 
     @classmethod
     def of(cls, **kwargs) -> "Params":
@@ -100,6 +111,7 @@ class Params:
         if not isinstance(self.device_noise, bool):
             raise InvalidArgument(f"device_noise: {self.device_noise!r} must be true or false")
         L.check_clip_skip(self.clip_skip)
+        self.cfg_skips.validate()
         for name in ("shift", "distilled_guidance"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

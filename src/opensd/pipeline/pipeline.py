@@ -37,6 +37,7 @@ from .conditioning import CondSchedule, PromptConditioner, size_vector
 from .device import resolve_device, resolve_dtype
 from .loader import LoadedModel, load_model
 from .noise import ImageNoise
+from .cfg_skips import SkipCounter
 from .params import Hires, Params
 from .peak_memory import PeakMemory
 from .refiner import Refiner, switching
@@ -95,6 +96,8 @@ class Pipeline:
         self._references: list = []  # Kontext's reference latents of the running generation
         self._refiner: Refiner | None = None  # the running generation's refiner
         self._refined = False  # whether the image being made switched to it
+        self._cfg_skips: list[SkipCounter] = []  # the image being made's passes' skip counts (cfg_skips.py)
+        self._n_uncond = 0  # negative rows in the UNet call running now (the IP-Adapter's patch reads it)
         # The hires fix's non-latent upscalers by name: the classic ones only, until a face (the
         # server, the CLI) hands over the models folder's set.
         self.upscalers = Upscalers(None, device)
@@ -268,7 +271,7 @@ class Pipeline:
                 if progress:
                     progress(offset + i, total)
 
-            self._refined = False
+            self._refined, self._cfg_skips = False, []
             with circular_padding(self.family.network(self.model), self.model.vae, enabled=p.tiling):
                 image = self._one(p, seed, subseed, source, mask, report)
             if init is not None and mask is not None:
@@ -278,6 +281,7 @@ class Pipeline:
             image.info["seed"] = seed
             image.info["subseed"] = subseed
             image.info["params"] = p  # what made it: the faces' infotext is built from this
+            image.info["cfg_skips"] = {k: v for c in self._cfg_skips for k, v in c.applied.items()}
             images.append(image)
         return images
 
@@ -358,14 +362,15 @@ class Pipeline:
         if self._controls:  # ControlNets see their image at this pass's size (hires: the hires size)
             from ..adapters.controlnet import ControlApplier
             control = ControlApplier(self._controls, width, height, self.device, self.dtype)
-        denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control, p.distilled_guidance)
+        skip = self._skip_counter(p, sampler, steps, width, height)
+        denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control, p.distilled_guidance, skip)
         refiner = self._refiner
         if refiner is not None and refiner.refines(hires_pass):
             def refined():  # the refiner's own prompt encoding, at this pass's size and steps
                 r = refiner.pipe
                 g = r.guidance(p, steps, width, height, need_uncond)
                 ic = r.inpainting_cond(None, None, width, height) if r.config.inpainting else None
-                return r.denoiser(g, sigmas, ic, p.clip_skip)
+                return r.denoiser(g, sigmas, ic, p.clip_skip, skip=skip)  # A1111's count carries on
 
             denoise = switching(denoise, refined, self.model_sampling(width, height, p.shift), refiner.switch_at,
                                 lambda: setattr(self, "_refined", True))
@@ -392,12 +397,22 @@ class Pipeline:
             x = init * (1 - latent_mask) + x * latent_mask
         return x
 
+    def _skip_counter(self, p: Params, sampler: str, steps: int, width: int, height: int) -> SkipCounter | None:
+        """This pass's count of A1111's negative-prompt skips (pipeline/cfg_skips.py), or None when off;
+        what it applied goes into the image's info["cfg_skips"] for the infotext."""
+        if p.cfg_skips.off:
+            return None
+        sampling = self.model_sampling(width, height, p.shift)
+        counter = SkipCounter(p.cfg_skips, sampler, steps, lambda sigma: float(sampling.timestep(torch.tensor(sigma))))
+        self._cfg_skips.append(counter)
+        return counter
+
     def _image_prompt(self, g: G.Guidance):
         """The IP-Adapter's patch of the UNet for one pass (removed after it), or nothing."""
         if self._ip_adapter is None:
             return nullcontext()
         from ..adapters.ip_adapter import applied
-        return applied(self._ip_adapter, self.family.network(self.model), g.n_uncond)
+        return applied(self._ip_adapter, self.family.network(self.model), lambda: self._n_uncond)
 
     # --- building blocks -------------------------------------------------------------------
 
@@ -469,15 +484,18 @@ class Pipeline:
                       need_uncond=need_uncond)
 
     def denoiser(self, g: G.Guidance, sigmas: torch.Tensor, image_cond: torch.Tensor | None = None,
-                 clip_skip: int | None = None, control=None, distilled: float | None = None):
+                 clip_skip: int | None = None, control=None, distilled: float | None = None,
+                 skip: SkipCounter | None = None):
         """`denoise(x, sigma)` for the samplers: guidance `g` over this model's UNet, with the inpainting
         channels `image_cond` and the residuals of `control(x, t, context, y, fraction, n_uncond=...)`
         (a ControlApplier, or ComfyUI's per-row hints). `distilled`: the distilled guidance scale of
-        networks that take one (Flux dev; None: the family's default)."""
+        networks that take one (Flux dev; None: the family's default). `skip`: the pass's count of
+        A1111's negative-prompt skips (pipeline/cfg_skips.py)."""
         net = self.family.net_fn(self.model, distilled, references=self._references or None)
 
-        def unet_fn(x, t, context, y, fraction):
-            residuals = None if control is None else control(x, t, context, y, fraction, n_uncond=g.n_uncond)
+        def unet_fn(x, t, context, y, fraction, n_uncond):
+            self._n_uncond = n_uncond  # the IP-Adapter's patch reads it (_image_prompt)
+            residuals = None if control is None else control(x, t, context, y, fraction, n_uncond=n_uncond)
             if image_cond is not None:  # inpainting models see [x, mask, masked image] channels
                 x = torch.cat([x, image_cond.expand(len(x), -1, -1, -1).to(x)], dim=1)
             with torch.no_grad():
@@ -485,7 +503,7 @@ class Pipeline:
 
         model = functools.partial(self.model_sampling().denoise, unet_fn)
         return G.denoiser(g, model, self.conditioner(clip_skip).pad, sigmas, self.config.cfg_embed_channels,
-                          self.device)
+                          self.device, skip)
 
     @torch.no_grad()
     def inpainting_cond(self, source: Image.Image | None, mask: Image.Image | None,

@@ -10,6 +10,8 @@ override_settings) change in its job, as A1111 applies them:
 - eta_noise_seed_delta (ENSD): for samplers A1111 applies it to (Euler a, DPM2 a, DPM++ 2S a, DDIM,
   DPM fast, DPM adaptive, with eta > 0), the noise drawn after the initial noise comes from seed + ENSD;
 - randn_source: "CPU" (our default) draws noise on the CPU, "GPU" on the device;
+- s_min_uncond (unless the request's), s_min_uncond_all, skip_early_cond: evaluations without the
+  negative prompt (pipeline/cfg_skips.py); a value out of range is a 422 naming it;
 - sd_vae: "Automatic" (a VAE named like the checkpoint, else the checkpoint's own), "None", or a file;
 - sd_lora: appends <lora:name:extra_networks_default_multiplier> unless the prompt names it;
   `disable_extra_networks` removes every <lora:...> tag and adds none;
@@ -28,6 +30,7 @@ from pathlib import Path
 from PIL import ImageColor
 
 from ..errors import InvalidArgument
+from ..pipeline.cfg_skips import check
 from ..sampling.names import A1111_SAMPLERS
 from ..sampling.samplers import sampler_options as options_of
 from ..text.prompt_parser import extract_extra_networks
@@ -57,6 +60,16 @@ def sampler_options(sampler: str, req, opts: dict) -> dict:
         wanted.update(order=opts["uni_pc_order"], variant=opts["uni_pc_variant"],
                       lower_order_final=opts["uni_pc_lower_order_final"])
     return {k: v for k, v in wanted.items() if k in taken and v != taken[k]}
+
+
+def cfg_skips(req, opts: dict) -> dict:
+    """The job's kwargs for A1111's negative-prompt skips that are on (A1111 takes the request's
+    s_min_uncond when given, else the setting)."""
+    ngms = req.s_min_uncond if req.s_min_uncond is not None else opts["s_min_uncond"]
+    check(ngms, opts["s_min_uncond_all"], opts["skip_early_cond"])
+    wanted = {"s_min_uncond": ngms, "s_min_uncond_all": opts["s_min_uncond_all"],
+              "skip_early_cond": opts["skip_early_cond"]}
+    return {k: v for k, v in wanted.items() if v}
 
 
 def noise_seed_delta(sampler: str, options: dict, opts: dict) -> int:

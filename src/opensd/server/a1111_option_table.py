@@ -162,4 +162,5 @@ RANGES: dict[str, tuple[float, float]] = {
     "CLIP_stop_at_last_layers": (1, 12), "jpeg_quality": (1, 100), "eta_ddim": (0, 1), "eta_ancestral": (0, 1),
     "s_churn": (0, 100), "s_tmin": (0, 10), "s_tmax": (0, 999), "s_noise": (0, 1.1), "uni_pc_order": (1, 50),
     "extra_networks_default_multiplier": (0, 2), "eta_noise_seed_delta": (0, 2**32 - 1),
+    "s_min_uncond": (0, 15), "skip_early_cond": (0, 1),
 }

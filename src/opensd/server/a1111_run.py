@@ -85,6 +85,7 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
         kw["noise_seed_delta"] = delta
     if opts["randn_source"].upper() == "GPU":
         kw["device_noise"] = True
+    kw.update(a1111_apply.cfg_skips(req, opts))
     if img2img:
         kw.update(strength=req.denoising_strength, resize_mode=RESIZE[req.resize_mode],
                   mask_blur=req.mask_blur if req.mask_blur is not None else max(req.mask_blur_x, req.mask_blur_y),

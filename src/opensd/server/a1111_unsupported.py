@@ -13,8 +13,6 @@ REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
     "seed_resize_from_h": ((-1, 0), "seed resize is not implemented; the noise is drawn at the image size"),
     "seed_resize_from_w": ((-1, 0), "seed resize is not implemented; the noise is drawn at the image size"),
     "restore_faces": ((None, False), "no face restoration model here; images are returned as generated"),
-    "s_min_uncond": ((None, 0.0), "negative guidance minimum sigma is not implemented; every step uses the "
-                                  "negative prompt"),
     "hr_checkpoint_name": ((None, "", "Use same checkpoint"), "a separate hires checkpoint is not implemented; "
                                                               "the hires pass uses the main model"),
     "firstphase_width": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
@@ -34,8 +32,6 @@ _HYPERTILE = "Hypertile is not implemented"
 _SIGMA_RANGE = "not implemented; schedules use the model's own sigma range"
 SETTINGS: dict[str, str] = {
     "face_restoration": REQUEST_FIELDS["restore_faces"][1],
-    "s_min_uncond": REQUEST_FIELDS["s_min_uncond"][1],
-    "s_min_uncond_all": REQUEST_FIELDS["s_min_uncond"][1],
     "initial_noise_multiplier": REQUEST_FIELDS["initial_noise_multiplier"][1],
     "img2img_extra_noise": "extra img2img noise is not implemented",
     "img2img_color_correction": "img2img color correction is not implemented",
@@ -57,7 +53,6 @@ SETTINGS: dict[str, str] = {
     "sd_noise_schedule": "only the model's own noise schedule is implemented",
     "always_discard_next_to_last_sigma": _NOT_IMPLEMENTED,
     "sgm_noise_multiplier": _NOT_IMPLEMENTED,
-    "skip_early_cond": "not implemented; every step uses the negative prompt",
     "sigma_min": _SIGMA_RANGE,
     "sigma_max": _SIGMA_RANGE,
     "rho": "not implemented; the Karras schedule uses rho 7",
