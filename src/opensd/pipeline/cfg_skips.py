@@ -59,15 +59,25 @@ def check(s_min_uncond, s_min_uncond_all, skip_early_cond) -> None:
 
 class SkipCounter:
     """One pass's evaluations: `__call__(sigma)` counts one and says whether it leaves the negative
-    rows out. `level` turns sigma into what NGMS compares (the timestep for TIMESTEP_SAMPLERS)."""
+    rows out. `level` turns sigma into what NGMS compares (the timestep for TIMESTEP_SAMPLERS). The
+    denoiser also sets `padded`, whether the last evaluation padded the rows (pipeline/cond_padding.py),
+    which A1111 records under `pad_key`."""
 
-    def __init__(self, skips: CfgSkips, sampler: str, steps: int, level: Callable[[float], float]):
+    def __init__(self, skips: CfgSkips, sampler: str, steps: int, level: Callable[[float], float],
+                 pad_key: str | None = None):
         self.skips = skips
         self.total = steps * 2 if sampler in SECOND_ORDER else steps
         self.level = level if sampler in TIMESTEP_SAMPLERS else (lambda sigma: sigma)
         self.calls = 0
         self.skipped = 0
         self.applied: dict = {}  # A1111's infotext keys for what was applied
+        self.padded = False
+        self.pad_key = pad_key
+
+    @property
+    def infotext(self) -> dict:
+        """A1111's infotext keys for what this pass did."""
+        return {**self.applied, **({self.pad_key: True} if self.padded and self.pad_key else {})}
 
     def __call__(self, sigma: float) -> bool:
         call, s = self.calls, self.skips

@@ -233,6 +233,8 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
     settings["invert_mask"] = params.get("Mask mode") == "Inpaint not masked"
     settings["tiling"] = params.get("Tiling") == "True"
     settings["s_min_uncond_all"] = params.get("NGMS all steps") == "True"
+    settings["pad_cond_uncond"] = params.get("Pad conds") == "True"
+    settings["pad_cond_uncond_v0"] = params.get("Pad conds v0") == "True"
     hires = None
     if "Hires upscale" in params or "Hires resize" in params:
         hires = {name: value(key, kind) for key, (name, kind) in _HIRES.items() if key in params}

@@ -65,6 +65,10 @@ class Params:
     s_min_uncond: float = 0.0
     s_min_uncond_all: bool = False
     skip_early_cond: float = 0.0
+    # A prompt and negative prompt of different lengths (pipeline/cond_padding.py): by default two UNet
+    # calls, as A1111; A1111's settings pad them into one (empty prompts; v0: the negative's last token).
+    pad_cond_uncond: bool = False
+    pad_cond_uncond_v0: bool = False
     # img2img / inpainting
     strength: float = 0.75
     resize_mode: str = "just resize"
@@ -112,6 +116,9 @@ class Params:
             raise InvalidArgument(f"device_noise: {self.device_noise!r} must be true or false")
         L.check_clip_skip(self.clip_skip)
         self.cfg_skips.validate()
+        for name in ("pad_cond_uncond", "pad_cond_uncond_v0"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgument(f"{name}: {getattr(self, name)!r} must be true or false")
         for name in ("shift", "distilled_guidance"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

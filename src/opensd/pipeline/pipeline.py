@@ -37,6 +37,7 @@ from .conditioning import CondSchedule, PromptConditioner, size_vector
 from .device import resolve_device, resolve_dtype
 from .loader import LoadedModel, load_model
 from .noise import ImageNoise
+from . import cond_padding as P
 from .cfg_skips import SkipCounter
 from .params import Hires, Params
 from .peak_memory import PeakMemory
@@ -281,7 +282,7 @@ class Pipeline:
             image.info["seed"] = seed
             image.info["subseed"] = subseed
             image.info["params"] = p  # what made it: the faces' infotext is built from this
-            image.info["cfg_skips"] = {k: v for c in self._cfg_skips for k, v in c.applied.items()}
+            image.info["cfg_skips"] = {k: v for c in self._cfg_skips for k, v in c.infotext.items()}
             images.append(image)
         return images
 
@@ -363,14 +364,15 @@ class Pipeline:
             from ..adapters.controlnet import ControlApplier
             control = ControlApplier(self._controls, width, height, self.device, self.dtype)
         skip = self._skip_counter(p, sampler, steps, width, height)
-        denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control, p.distilled_guidance, skip)
+        pads = P.mode_of(p.pad_cond_uncond, p.pad_cond_uncond_v0)
+        denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control, p.distilled_guidance, skip, pads)
         refiner = self._refiner
         if refiner is not None and refiner.refines(hires_pass):
             def refined():  # the refiner's own prompt encoding, at this pass's size and steps
                 r = refiner.pipe
                 g = r.guidance(p, steps, width, height, need_uncond)
                 ic = r.inpainting_cond(None, None, width, height) if r.config.inpainting else None
-                return r.denoiser(g, sigmas, ic, p.clip_skip, skip=skip)  # A1111's count carries on
+                return r.denoiser(g, sigmas, ic, p.clip_skip, skip=skip, pads=pads)  # A1111's count carries on
 
             denoise = switching(denoise, refined, self.model_sampling(width, height, p.shift), refiner.switch_at,
                                 lambda: setattr(self, "_refined", True))
@@ -398,12 +400,15 @@ class Pipeline:
         return x
 
     def _skip_counter(self, p: Params, sampler: str, steps: int, width: int, height: int) -> SkipCounter | None:
-        """This pass's count of A1111's negative-prompt skips (pipeline/cfg_skips.py), or None when off;
-        what it applied goes into the image's info["cfg_skips"] for the infotext."""
-        if p.cfg_skips.off:
+        """This pass's count of A1111's negative-prompt skips (pipeline/cfg_skips.py) and its padding
+        (cond_padding.py), or None when neither can happen; what it did goes into the image's
+        info["cfg_skips"] for the infotext."""
+        pad_key = P.INFOTEXT_KEYS.get(P.mode_of(p.pad_cond_uncond, p.pad_cond_uncond_v0))
+        if p.cfg_skips.off and pad_key is None:
             return None
         sampling = self.model_sampling(width, height, p.shift)
-        counter = SkipCounter(p.cfg_skips, sampler, steps, lambda sigma: float(sampling.timestep(torch.tensor(sigma))))
+        counter = SkipCounter(p.cfg_skips, sampler, steps, lambda sigma: float(sampling.timestep(torch.tensor(sigma))),
+                              pad_key)
         self._cfg_skips.append(counter)
         return counter
 
@@ -485,12 +490,13 @@ class Pipeline:
 
     def denoiser(self, g: G.Guidance, sigmas: torch.Tensor, image_cond: torch.Tensor | None = None,
                  clip_skip: int | None = None, control=None, distilled: float | None = None,
-                 skip: SkipCounter | None = None):
+                 skip: SkipCounter | None = None, pads: str = P.EMPTY_PADDING):
         """`denoise(x, sigma)` for the samplers: guidance `g` over this model's UNet, with the inpainting
         channels `image_cond` and the residuals of `control(x, t, context, y, fraction, n_uncond=...)`
         (a ControlApplier, or ComfyUI's per-row hints). `distilled`: the distilled guidance scale of
         networks that take one (Flux dev; None: the family's default). `skip`: the pass's count of
-        A1111's negative-prompt skips (pipeline/cfg_skips.py)."""
+        A1111's negative-prompt skips (pipeline/cfg_skips.py); `pads`: how rows of different lengths
+        are padded and batched (pipeline/cond_padding.py; ComfyUI's nodes keep opensd's own)."""
         net = self.family.net_fn(self.model, distilled, references=self._references or None)
 
         def unet_fn(x, t, context, y, fraction, n_uncond):
@@ -502,8 +508,8 @@ class Pipeline:
                 return net(x, t, context, y, residuals).float()
 
         model = functools.partial(self.model_sampling().denoise, unet_fn)
-        return G.denoiser(g, model, self.conditioner(clip_skip).pad, sigmas, self.config.cfg_embed_channels,
-                          self.device, skip)
+        layout = P.layout(pads, self.conditioner(clip_skip).empty())
+        return G.denoiser(g, model, layout, sigmas, self.config.cfg_embed_channels, self.device, skip)
 
     @torch.no_grad()
     def inpainting_cond(self, source: Image.Image | None, mask: Image.Image | None,

@@ -12,6 +12,8 @@ override_settings) change in its job, as A1111 applies them:
 - randn_source: "CPU" (our default) draws noise on the CPU, "GPU" on the device;
 - s_min_uncond (unless the request's), s_min_uncond_all, skip_early_cond: evaluations without the
   negative prompt (pipeline/cfg_skips.py); a value out of range is a 422 naming it;
+- pad_cond_uncond, pad_cond_uncond_v0: how a prompt and negative prompt of different lengths are
+  batched (pipeline/cond_padding.py);
 - sd_vae: "Automatic" (a VAE named like the checkpoint, else the checkpoint's own), "None", or a file;
 - sd_lora: appends <lora:name:extra_networks_default_multiplier> unless the prompt names it;
   `disable_extra_networks` removes every <lora:...> tag and adds none;
@@ -63,12 +65,13 @@ def sampler_options(sampler: str, req, opts: dict) -> dict:
 
 
 def cfg_skips(req, opts: dict) -> dict:
-    """The job's kwargs for A1111's negative-prompt skips that are on (A1111 takes the request's
-    s_min_uncond when given, else the setting)."""
+    """The job's kwargs for A1111's negative-prompt skips and cond padding that are on (A1111 takes
+    the request's s_min_uncond when given, else the setting)."""
     ngms = req.s_min_uncond if req.s_min_uncond is not None else opts["s_min_uncond"]
     check(ngms, opts["s_min_uncond_all"], opts["skip_early_cond"])
     wanted = {"s_min_uncond": ngms, "s_min_uncond_all": opts["s_min_uncond_all"],
-              "skip_early_cond": opts["skip_early_cond"]}
+              "skip_early_cond": opts["skip_early_cond"], "pad_cond_uncond": opts["pad_cond_uncond"],
+              "pad_cond_uncond_v0": opts["pad_cond_uncond_v0"]}
     return {k: v for k, v in wanted.items() if v}
 
 

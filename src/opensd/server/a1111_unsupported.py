@@ -40,8 +40,6 @@ SETTINGS: dict[str, str] = {
     "token_merging_ratio": _TOKEN_MERGING,
     "token_merging_ratio_img2img": _TOKEN_MERGING,
     "token_merging_ratio_hr": _TOKEN_MERGING,
-    "pad_cond_uncond": _NOT_IMPLEMENTED,
-    "pad_cond_uncond_v0": _NOT_IMPLEMENTED,
     "emphasis": "only A1111's 'Original' emphasis is implemented",
     "use_old_emphasis_implementation": _NOT_IMPLEMENTED,
     "use_old_karras_scheduler_sigmas": _NOT_IMPLEMENTED,
