@@ -131,3 +131,34 @@ def test_a1111_settings(tmp_path):
         assert "Pad conds" not in plain["infotexts"][0]
         assert "Pad conds: True" in padded["infotexts"][0] and "Pad conds v0: True" in v0["infotexts"][0]
         assert padded["unsupported_fields"] == v0["unsupported_fields"] == []
+
+
+def test_each_unet_call_is_told_its_negative_rows():
+    # ControlNet's guess mode and the IP-Adapter treat the leading negative rows apart: a call of the
+    # negative alone has 1, a call of the prompt's parts 0, a skipped evaluation's call 0
+    from opensd.pipeline import cond_padding as P
+    from opensd.pipeline import guidance as G
+    from opensd.pipeline.cfg_skips import CfgSkips, SkipCounter
+    from opensd.pipeline.conditioning import Conditioning, CondSchedule, ScheduledPart
+
+    def schedule(length):
+        part = ScheduledPart(1.0, "x", [(10, "x")], [Conditioning(torch.randn(1, length, 8))])
+        return CondSchedule("x", 2, [part], [])
+
+    seen = []
+
+    def model(x, sigma, context, y, fraction, n_uncond):
+        seen.append((len(x), context.shape[1], n_uncond))
+        return torch.zeros_like(x)
+
+    g = G.Guidance(schedule(154), (schedule(77),), 7.0)
+    empty = Conditioning(torch.zeros(1, 77, 8))
+    sigmas = torch.tensor([2.0, 1.0, 0.0])
+    record = SkipCounter(CfgSkips(s_min_uncond=5.0), "euler", 2, float)
+    denoise = G.denoiser(g, model, P.layout(P.SEPARATE, empty), sigmas, 0, "cpu", record)
+    for sigma in sigmas[:-1]:
+        denoise(torch.zeros(1, 4, 8, 8), sigma)
+    assert seen == [(1, 77, 1), (1, 154, 0), (1, 154, 0)]
+    seen.clear()
+    G.denoiser(g, model, P.layout(P.PAD, empty), sigmas, 0, "cpu")(torch.zeros(1, 4, 8, 8), sigmas[0])
+    assert seen == [(2, 154, 1)]
