@@ -124,6 +124,16 @@ def test_pipeline_scale_zero_equals_no_adapter_and_plain_runs_after_are_unchange
     assert all(not a._forward_hooks for a in cross_attentions(pipe.family.network(pipe.model)))
 
 
+def test_evaluations_without_the_negative_give_the_prompt_row_the_image_tokens(pipe, ip_file, encoder):
+    # NGMS on every evaluation runs the prompt's row alone, as CFG 1 does: both must see the image's
+    # tokens (the adapter is told each call's negative rows), so the two images are the same
+    spec = IPAdapterSpec(load_ip_adapter_for(ip_file, pipe), encoder, _picture(), 2.0)
+    alone = _pixels(pipe.txt2img("a cat", "dull", ip_adapter=spec, **{**FAST, "cfg": 1.0})[0])
+    skipped = _pixels(pipe.txt2img("a cat", "dull", s_min_uncond=100.0, s_min_uncond_all=True, ip_adapter=spec,
+                                   **FAST)[0])
+    assert np.array_equal(alone, skipped)
+
+
 def test_pipeline_input_errors_are_one_line(pipe, ip_file, encoder, tmp_path):
     loaded = load_ip_adapter_for(ip_file, pipe)
     cases = [(IPAdapterSpec(loaded, None, _picture()), "clip_vision"),

@@ -136,9 +136,10 @@ def validated(spec: IPAdapterSpec | None) -> IPAdapterSpec | None:
     return spec
 
 
-def applied(spec: IPAdapterSpec | None, unet, n_uncond: int):
+def applied(spec: IPAdapterSpec | None, unet, n_uncond):
     """A context manager patching `unet` with the spec's adapter for one sampling pass whose batches
-    put `n_uncond` negative rows first (nothing without a spec)."""
+    put `n_uncond` negative rows first (an int, or a callable asked at each UNet call; nothing
+    without a spec)."""
     if spec is None:
         return nullcontext()
     cond, uncond = spec.tokens()

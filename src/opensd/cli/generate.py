@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgument
 from ..text.prompt_parser import EMPHASIS_LABELS
-from . import ip_adapter_flags, sampling_flags
+from . import cfg_skip_flags, ip_adapter_flags, sampling_flags
 from ..pipeline.soft_inpaint_settings import SETTINGS as SOFT_SETTINGS, SoftInpainting
 from .common import BUILTIN_MODEL, float_arg, int_arg, open_image, set_threads
 from .control import CONTROL_HELP, controls_from_args
@@ -94,6 +94,7 @@ def register(sub) -> None:
                         "the prompt cut at 75 tokens")
     t.add_argument("--sdxl-crop-top", type=int_arg, help="SDXL's crop-coordinates conditioning (default 0)")
     t.add_argument("--sdxl-crop-left", type=int_arg)
+    cfg_skip_flags.add_flags(gen)
     i = gen.add_argument_group("img2img / inpainting / outpainting")
     i.add_argument("--init-image", type=Path, help="start from this image (img2img)")
     i.add_argument("--strength", type=float_arg, help="denoising strength 0..1 (default 0.75)")
@@ -193,7 +194,8 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
               comma_padding_backtrack=args.comma_padding_backtrack, sdxl_clip_l_skip=args.sdxl_clip_l_skip or None,
               sdxl_crop_top=args.sdxl_crop_top, sdxl_crop_left=args.sdxl_crop_left,
               use_old_emphasis_implementation=args.use_old_emphasis_implementation or None,
-              extra_noise=args.extra_noise, mask_weight=args.mask_weight, token_merging=args.token_merging)
+              extra_noise=args.extra_noise, mask_weight=args.mask_weight, token_merging=args.token_merging,
+              **cfg_skip_flags.kwargs(args))
     if args.seed_resize_from is not None:
         kw.update(seed_resize_from_w=args.seed_resize_from[0], seed_resize_from_h=args.seed_resize_from[1])
     if args.hypertile or args.hypertile_vae or args.hires_hypertile:

@@ -16,6 +16,7 @@ removes them after: the loaded UNet's weights are never touched.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
@@ -73,10 +74,11 @@ def cross_attentions(unet: nn.Module) -> list[CrossAttention]:
 
 @contextmanager
 def patched(unet: nn.Module, adapter: IPAdapter, cond: torch.Tensor, uncond: torch.Tensor, scale: float,
-            n_uncond: int):
+            n_uncond: int | Callable[[], int]):
     """Within the block, each cross-attention of `unet` also attends to the image tokens. Rows of a
-    UNet batch before `n_uncond` (the negative ones) see the `uncond` tokens, the rest `cond`
-    (each (1, tokens, width)). Scale 0 adds nothing (no hooks)."""
+    UNet batch before `n_uncond` (the negative ones; a callable: asked at each call, for passes whose
+    calls leave the negative rows out) see the `uncond` tokens, the rest `cond` (each (1, tokens,
+    width)). Scale 0 adds nothing (no hooks)."""
     layers = cross_attentions(unet)
     if len(layers) != len(adapter.ip_adapter):
         raise ValueError(f"the IP-Adapter has {len(adapter.ip_adapter)} cross-attention layers, the UNet {len(layers)}")
@@ -88,7 +90,7 @@ def patched(unet: nn.Module, adapter: IPAdapter, cond: torch.Tensor, uncond: tor
     def hook_for(k: int, ip: IPLayer):
         def hook(attn: CrossAttention, args, out):
             x = args[0]
-            rows, n = len(x), min(n_uncond, len(x))
+            rows, n = len(x), min(n_uncond() if callable(n_uncond) else n_uncond, len(x))
             key = (k, rows, n)
             if key not in kv_cache or torch.is_grad_enabled():
                 tokens = torch.cat([uncond.expand(n, -1, -1), cond.expand(rows - n, -1, -1)]).to(x.dtype)

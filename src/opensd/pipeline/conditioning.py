@@ -33,9 +33,9 @@ How A1111 encodes a prompt, and what we do (written from its wiki and ``sd_hijac
   A1111 does. SD2 (23rd of 24 layers) and SDXL (penultimate of both) keep their own layer from the
   model config and ``clip_skip`` is ignored for them -- A1111's default. With A1111's "Clip skip SDXL"
   (``clip_l_skip``) SDXL's CLIP-L takes the ``clip_skip``-th layer from the end instead (1 = last).
-* Cond and uncond of different lengths: the pipeline batches them, so :meth:`PromptConditioner.pad`
-  appends encoded empty prompts to the shorter ones (A1111's "pad prompt/negative prompt to be same
-  length" option; by default A1111 instead runs them as separate UNet batches).
+* Cond and uncond of different lengths: pipeline/cond_padding.py runs them as A1111 does (by default
+  in separate UNet calls; its padding settings pad them into one). :meth:`PromptConditioner.pad`
+  appends encoded empty prompts to the shorter ones (ComfyUI's nodes batch that way).
 
 Deviations from A1111 that are fixes of its accidents: when the comma rule moves tokens to the next
 chunk, an embedding among them moves with them (A1111 leaves its vectors behind in the old chunk);

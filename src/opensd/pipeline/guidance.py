@@ -35,6 +35,8 @@ from ..models.config import ModelConfig
 from ..models.unet import GUIDANCE_RANGE, guidance_embedding
 from ..sampling.cfg_pp import Guided
 from ..sampling.denoiser import Denoiser
+from .cfg_skips import SkipCounter
+from .cond_padding import Layout
 from .conditioning import Conditioning, CondSchedule
 
 Schedule = Callable[[], CondSchedule]
@@ -66,6 +68,15 @@ class Guidance:
         result = torch.zeros_like(out[:1]) if n == 0 else out[:1].clone()
         for weight, o in zip(weights, out[n:]):
             result += self.cfg * weight * (o[None] if n == 0 else o[None] - out[:1])
+        return result
+
+    def without_negative(self, out: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+        """The prediction from the prompt's rows alone: A1111 puts the first part's prediction where
+        the negative's would be and combines at scale 1 (one part: its own prediction)."""
+        first = out[:1]
+        result = first.clone()
+        for weight, o in zip(weights, out):
+            result += weight * (o[None] - first)
         return result
 
 
@@ -101,11 +112,14 @@ def _encodes_as(a: CondSchedule, b: CondSchedule) -> bool:
     return theirs.shape == mine.shape and torch.allclose(theirs.float(), mine.float(), atol=1e-4)
 
 
-def denoiser(g: Guidance, model: Denoiser, pad: Callable[[list[Conditioning]], list[Conditioning]],
-             sigmas: torch.Tensor, adm_channels: int, device) -> Guided:
-    """`denoise(x, sigma)` for the samplers: `model` (a Denoiser whose UNet function takes context, y
-    and the pass's progress `fraction`) on the guidance's rows, padded to one length by `pad`. Its
-    unconditional estimate is the negative row's under plain CFG, else the guided one."""
+def denoiser(g: Guidance, model: Denoiser, layout: Layout, sigmas: torch.Tensor, adm_channels: int, device,
+             record: SkipCounter | None = None) -> Guided:
+    """`denoise(x, sigma)` for the samplers: `model` (a Denoiser whose UNet function takes context, y,
+    the pass's progress `fraction` and `n_uncond`, how many leading rows are negative ones) on the
+    guidance's rows, padded and split into UNet calls by `layout` (pipeline/cond_padding.py). Its
+    unconditional estimate is the negative row's under plain CFG, else the guided one. `record`, told
+    of each evaluation, says when to leave the negative rows out (pipeline/cfg_skips.py): the
+    prediction is then the prompt's own."""
     levels = sigmas[:-1]
     built: dict = {}
 
@@ -113,16 +127,40 @@ def denoiser(g: Guidance, model: Denoiser, pad: Callable[[list[Conditioning]], l
         # The step whose sigma this evaluation is at (or just below, for 2nd-order samplers).
         step = int((levels > sigma.item() * (1 + 1e-6)).sum().clamp(max=len(levels) - 1))
         weights, conds = g.rows(step)
-        key = tuple(map(id, conds))  # the schedules keep these alive, so ids stay unique
-        if built.get("key") != key:  # same tensor each step: the UNet reuses its context K/V
-            batch = pad(conds)
-            y = None if batch[0].pooled is None else torch.cat([c.pooled for c in batch])
+        skipped = record is not None and record(sigma.item()) and g.n_uncond > 0
+        key = (*map(id, conds), skipped)  # the schedules keep these alive, so ids stay unique
+        if key not in built:  # same tensors each step: the UNet reuses its context K/V
+            if len(built) > 4:  # prompt editing moved on: older rows are not coming back
+                built.clear()
+            built[key] = _calls(g, layout(conds, g.n_uncond, skipped), adm_channels, device)
+        calls, padded = built[key]
+        if record is not None:
+            record.padded = padded
+        n = 0 if skipped else g.n_uncond
+        outs, done = [], 0
+        for context, y in calls:
+            rows = len(context)
+            outs.append(model(x.expand(rows, -1, -1, -1), sigma, context=context, y=y,
+                              fraction=step / len(levels), n_uncond=max(0, min(n - done, rows))))
+            done += rows
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        if skipped:
             if g.scale is not None:
-                y = guidance_embedding(torch.full((len(conds),), g.scale, device=device), adm_channels)
-            built.update(key=key, context=torch.cat([c.context for c in batch]), y=y)
-        out = model(x.expand(len(conds), -1, -1, -1), sigma, context=built["context"], y=built["y"],
-                    fraction=step / len(levels))
+                return out[-1:], out[-1:]
+            return g.without_negative(out, weights), out[:1]
         guided = g.combine(out, weights)
         return guided, (out[:1] if g.n_uncond and g.scale is None else guided)
 
     return Guided(both)
+
+
+def _calls(g: Guidance, laid: tuple[list[list[Conditioning]], bool], adm_channels: int, device):
+    """((context, y) per UNet call, padded) for a layout's calls."""
+    groups, padded = laid
+    calls = []
+    for batch in groups:
+        y = None if batch[0].pooled is None else torch.cat([c.pooled for c in batch])
+        if g.scale is not None:
+            y = guidance_embedding(torch.full((len(batch),), g.scale, device=device), adm_channels)
+        calls.append((torch.cat([c.context for c in batch]), y))
+    return calls, padded

@@ -68,6 +68,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     if pipe.config.distilled_guidance:  # Forge's key; the shift only when set (the model's own otherwise)
         extra["Distilled CFG Scale"] = pipe.family.default_guidance if p.distilled_guidance is None else p.distilled_guidance
     extra["Shift"] = p.shift
+    extra.update(image.info.get("cfg_skips") or {})  # "NGMS", "Skip Early CFG": only when applied (cfg_skips.py)
     extra.update(_speed_params(pipe, img2img or (h is not None and latent_mode(h.upscaler) is None)))
     for i, spec in enumerate(controls):
         extra[f"ControlNet {i}"] = control_unit_text(spec)
@@ -292,7 +293,8 @@ _SETTINGS = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("see
              "Seed resize from-1": ("seed_resize_from_w", int), "Seed resize from-2": ("seed_resize_from_h", int),
              "Emphasis": ("emphasis", emphasis_id),
              "Noise multiplier": ("noise_multiplier", float), "Extra noise": ("extra_noise", float),
-             "Conditional mask weight": ("mask_weight", float), "Token merging ratio": ("token_merging", float)}
+             "Conditional mask weight": ("mask_weight", float), "Token merging ratio": ("token_merging", float),
+             "NGMS": ("s_min_uncond", float), "Skip Early CFG": ("skip_early_cond", float)}
 _HIRES = {"Hires upscale": ("scale", float), "Hires steps": ("steps", int), "Hires upscaler": ("upscaler", str),
           "Hires resize-1": ("width", int), "Hires resize-2": ("height", int), "Hires sampler": ("sampler", str),
           "Hires schedule type": ("scheduler", str), "Hires prompt": ("prompt", str),
@@ -313,6 +315,9 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
     settings["inpaint_full_res"] = params.get("Inpaint area") == "Only masked"
     settings["invert_mask"] = params.get("Mask mode") == "Inpaint not masked"
     settings["tiling"] = params.get("Tiling") == "True"
+    settings["s_min_uncond_all"] = params.get("NGMS all steps") == "True"
+    settings["pad_cond_uncond"] = params.get("Pad conds") == "True"
+    settings["pad_cond_uncond_v0"] = params.get("Pad conds v0") == "True"
     hires, hires_checkpoint = None, None
     if "Hires upscale" in params or "Hires resize" in params:
         hires = {name: value(key, kind) for key, (name, kind) in _HIRES.items() if key in params}

@@ -9,6 +9,7 @@ from ..sampling import schedule_options
 from ..sampling.samplers import ALL_OPTIONS, OPTION_TYPES
 from ..text.prompt_parser import EMPHASIS_LABELS
 from . import limits as L
+from .cfg_skips import CfgSkips
 from .images import FILL_MODES, RESIZE_MODES
 from .soft_inpaint_settings import SoftInpainting
 from .speedups import HyperTile, check_ratio
@@ -87,6 +88,16 @@ class Params:
     # token_merging_ratio; 0: off) and A1111's Hypertile settings (None: off).
     token_merging: float = 0.0
     hypertile: HyperTile | None = None
+    # Evaluations without the negative prompt (A1111's CFG denoiser; pipeline/cfg_skips.py): NGMS
+    # below this sigma on every other evaluation (every one with s_min_uncond_all), and the first
+    # skip_early_cond fraction of each pass's evaluations. 0: off.
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+    skip_early_cond: float = 0.0
+    # A prompt and negative prompt of different lengths (pipeline/cond_padding.py): by default two UNet
+    # calls, as A1111; A1111's settings pad them into one (empty prompts; v0: the negative's last token).
+    pad_cond_uncond: bool = False
+    pad_cond_uncond_v0: bool = False
     # img2img / inpainting
     strength: float = 0.75
     fix_steps: bool = False           # A1111's img2img_fix_steps: run exactly `steps` steps (img2img.py)
@@ -108,6 +119,10 @@ class Params:
     color_correction: bool = False
     soft_inpainting: SoftInpainting | None = None  # A1111's Soft Inpainting (soft_inpaint.py); None: off
     hires: Hires | None = field(default=None)
+
+    @property
+    def cfg_skips(self) -> CfgSkips:
+        return CfgSkips(self.s_min_uncond, self.s_min_uncond_all, self.skip_early_cond)
 
     @classmethod
     def of(cls, **kwargs) -> "Params":
@@ -170,6 +185,10 @@ class Params:
             if not isinstance(self.hypertile, HyperTile):
                 raise InvalidArgument(f"hypertile: {self.hypertile!r} is not a HyperTile")
             self.hypertile.validate()
+        self.cfg_skips.validate()
+        for name in ("pad_cond_uncond", "pad_cond_uncond_v0"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgument(f"{name}: {getattr(self, name)!r} must be true or false")
         for name in ("shift", "distilled_guidance"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

@@ -40,6 +40,8 @@ from .conditioning import CondSchedule, PromptConditioner, size_vector
 from .device import resolve_device, resolve_dtype
 from .loader import LoadedModel, load_model
 from .noise import ImageNoise
+from . import cond_padding as P
+from .cfg_skips import SkipCounter
 from .params import Hires, Params
 from .peak_memory import PeakMemory
 from .refiner import Refiner, check_same_latents, switching
@@ -102,6 +104,8 @@ class Pipeline:
         self._hires_model: "Pipeline | None" = None  # the running txt2img's second-pass model
         self._first_pass: Image.Image | None = None  # the running txt2img's given first pass
         self._speedups = Speedups(None, 0, 0, 0, False)  # the running generation's ToMe/Hypertile
+        self._cfg_skips: list[SkipCounter] = []  # the image being made's passes' skip counts (cfg_skips.py)
+        self._n_uncond = 0  # negative rows in the UNet call running now (the IP-Adapter's patch reads it)
         # The hires fix's non-latent upscalers by name: the classic ones only, until a face (the
         # server, the CLI) hands over the models folder's set.
         self.upscalers = Upscalers(None, device)
@@ -311,7 +315,7 @@ class Pipeline:
                 if progress:
                     progress(offset + i, total)
 
-            self._refined = False
+            self._refined, self._cfg_skips = False, []
             self._speedups.size = (p.width, p.height)
             with circular_padding(self.family.network(self.model), self.model.vae, enabled=p.tiling):
                 image = self._one(p, seed, subseed, source, mask, report)
@@ -329,6 +333,7 @@ class Pipeline:
             image.info["seed"] = seed
             image.info["subseed"] = subseed
             image.info["params"] = p  # what made it: the faces' infotext is built from this
+            image.info["cfg_skips"] = {k: v for c in self._cfg_skips for k, v in c.infotext.items()}
             images.append(image)
         return images
 
@@ -448,6 +453,7 @@ class Pipeline:
         hr._controls, hr._references, hr._ip_adapter = self._controls, self._references, self._ip_adapter
         hr._refiner, hr._refined, hr.on_latents = hr._checked(self._refiner), False, self.on_latents
         hr._speedups = self._speedups  # one Hypertile draw sequence for the run, decode included
+        hr._cfg_skips = self._cfg_skips  # its pass's negative-prompt skips count for the image too
         try:
             with circular_padding(hr.family.network(hr.model), hr.model.vae, enabled=tiling):
                 yield
@@ -483,15 +489,18 @@ class Pipeline:
         if self._controls:  # ControlNets see their image at this pass's size (hires: the hires size)
             from ..adapters.controlnet import ControlApplier
             control = ControlApplier(self._controls, width, height, self.device, self.dtype)
+        skip = self._skip_counter(p, sampler, steps, width, height)
+        pads = P.mode_of(p.pad_cond_uncond, p.pad_cond_uncond_v0)
         denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control, p.distilled_guidance,
-                                p.text_options())
+                                p.text_options(), skip, pads)
         refiner = self._refiner
         if refiner is not None and refiner.refines(hires_pass):
             def refined():  # the refiner's own prompt encoding, at this pass's size and steps
                 r = refiner.pipe
                 g = r.guidance(p, steps, width, height, need_uncond)
                 ic = r.inpainting_cond(None, None, width, height) if r.config.inpainting else None
-                return r.denoiser(g, sigmas, ic, p.clip_skip, text=p.text_options())
+                return r.denoiser(g, sigmas, ic, p.clip_skip, text=p.text_options(), skip=skip,
+                                  pads=pads)  # A1111's count carries on
 
             denoise = switching(denoise, refined, self.model_sampling(width, height, p.shift), refiner.switch_at,
                                 lambda: setattr(self, "_refined", True))
@@ -522,12 +531,25 @@ class Pipeline:
             x = init * (1 - latent_mask) + x * latent_mask
         return x
 
+    def _skip_counter(self, p: Params, sampler: str, steps: int, width: int, height: int) -> SkipCounter | None:
+        """This pass's count of A1111's negative-prompt skips (pipeline/cfg_skips.py) and its padding
+        (cond_padding.py), or None when neither can happen; what it did goes into the image's
+        info["cfg_skips"] for the infotext."""
+        pad_key = P.INFOTEXT_KEYS.get(P.mode_of(p.pad_cond_uncond, p.pad_cond_uncond_v0))
+        if p.cfg_skips.off and pad_key is None:
+            return None
+        sampling = self.model_sampling(width, height, p.shift)
+        counter = SkipCounter(p.cfg_skips, sampler, steps, lambda sigma: float(sampling.timestep(torch.tensor(sigma))),
+                              pad_key)
+        self._cfg_skips.append(counter)
+        return counter
+
     def _image_prompt(self, g: G.Guidance):
         """The IP-Adapter's patch of the UNet for one pass (removed after it), or nothing."""
         if self._ip_adapter is None:
             return nullcontext()
         from ..adapters.ip_adapter import applied
-        return applied(self._ip_adapter, self.family.network(self.model), g.n_uncond)
+        return applied(self._ip_adapter, self.family.network(self.model), lambda: self._n_uncond)
 
     def _decoded(self, latents: torch.Tensor) -> Image.Image:
         """The first image of `latents` through the VAE, with the generation's Hypertile VAE setting."""
@@ -615,25 +637,29 @@ class Pipeline:
 
     def denoiser(self, g: G.Guidance, sigmas: torch.Tensor, image_cond: torch.Tensor | None = None,
                  clip_skip: int | None = None, control=None, distilled: float | None = None,
-                 text: dict | None = None):
+                 text: dict | None = None, skip: SkipCounter | None = None,
+                 pads: str = P.EMPTY_PADDING):
         """`denoise(x, sigma)` for the samplers: guidance `g` over this model's UNet, with the inpainting
         channels `image_cond` and the residuals of `control(x, t, context, y, fraction, n_uncond=...)`
         (a ControlApplier, or ComfyUI's per-row hints). `distilled`: the distilled guidance scale of
         networks that take one (Flux dev; None: the family's default). `text`: the prompt encoder's
-        options (Params.text_options), for the empty prompts that pad cond and uncond."""
+        options (Params.text_options), for the empty prompts that pad cond and uncond. `skip`: the
+        pass's count of A1111's negative-prompt skips (pipeline/cfg_skips.py); `pads`: how rows of
+        different lengths are padded and batched (pipeline/cond_padding.py; ComfyUI's nodes keep
+        opensd's own)."""
         net = self.family.net_fn(self.model, distilled, references=self._references or None)
 
-        def unet_fn(x, t, context, y, fraction):
-            residuals = None if control is None else control(x, t, context, y, fraction, n_uncond=g.n_uncond)
+        def unet_fn(x, t, context, y, fraction, n_uncond):
+            self._n_uncond = n_uncond  # the IP-Adapter's patch reads it (_image_prompt)
+            residuals = None if control is None else control(x, t, context, y, fraction, n_uncond=n_uncond)
             if image_cond is not None:  # inpainting models see [x, mask, masked image] channels
                 x = torch.cat([x, image_cond.expand(len(x), -1, -1, -1).to(x)], dim=1)
             with torch.no_grad():
                 return net(x, t, context, y, residuals).float()
 
         model = functools.partial(self.model_sampling().denoise, unet_fn)
-        return G.denoiser(g, model, self.conditioner(clip_skip, **(text or {})).pad, sigmas,
-                          self.config.cfg_embed_channels,
-                          self.device)
+        layout = P.layout(pads, self.conditioner(clip_skip, **(text or {})).empty())
+        return G.denoiser(g, model, layout, sigmas, self.config.cfg_embed_channels, self.device, skip)
 
     @torch.no_grad()
     def inpainting_cond(self, source: Image.Image | torch.Tensor | None, mask: Image.Image | None,

@@ -15,6 +15,10 @@ override_settings) change in its job, as A1111 applies them:
 - randn_source: "CPU" (our default) draws noise on the CPU, "GPU" on the device;
 - emphasis, comma_padding_backtrack, sdxl_clip_l_skip, sdxl_crop_top / sdxl_crop_left,
   use_old_emphasis_implementation: how prompts are encoded (Params' fields of those names);
+- s_min_uncond (unless the request's), s_min_uncond_all, skip_early_cond: evaluations without the
+  negative prompt (pipeline/cfg_skips.py); a value out of range is a 422 naming it;
+- pad_cond_uncond, pad_cond_uncond_v0: how a prompt and negative prompt of different lengths are
+  batched (pipeline/cond_padding.py);
 - sd_vae: "Automatic" (a VAE named like the checkpoint, else the checkpoint's own), "None", or a file;
 - sd_lora: appends <lora:name:extra_networks_default_multiplier> unless the prompt names it;
   `disable_extra_networks` removes every <lora:...> tag and adds none;
@@ -43,6 +47,7 @@ from PIL import ImageColor
 from ..errors import InvalidArgument
 from ..sampling import schedule_options as SO
 from ..pipeline.params import Params, check_img2img_setting
+from ..pipeline.cfg_skips import check
 from ..sampling.names import A1111_SAMPLERS
 from ..sampling.samplers import sampler_options as options_of
 from ..text.prompt_parser import emphasis_id, extract_extra_networks
@@ -86,6 +91,15 @@ def schedule_options(opts: dict) -> dict:
         if value != default:
             wanted[name] = value
     return SO.check(wanted, "")
+def cfg_skips(req, opts: dict) -> dict:
+    """The job's kwargs for A1111's negative-prompt skips and cond padding that are on (A1111 takes
+    the request's s_min_uncond when given, else the setting)."""
+    ngms = req.s_min_uncond if req.s_min_uncond is not None else opts["s_min_uncond"]
+    check(ngms, opts["s_min_uncond_all"], opts["skip_early_cond"])
+    wanted = {"s_min_uncond": ngms, "s_min_uncond_all": opts["s_min_uncond_all"],
+              "skip_early_cond": opts["skip_early_cond"], "pad_cond_uncond": opts["pad_cond_uncond"],
+              "pad_cond_uncond_v0": opts["pad_cond_uncond_v0"]}
+    return {k: v for k, v in wanted.items() if v}
 
 
 def noise_seed_delta(sampler: str, options: dict, opts: dict) -> int:

@@ -179,4 +179,5 @@ RANGES: dict[str, tuple[float, float]] = {
     "hypertile_max_tile_vae": (0, 512),
     # A1111's slider starts at 0, where its random_divisor has no choice to draw from and fails
     "hypertile_swap_size_unet": (1, 64), "hypertile_swap_size_vae": (1, 64),
+    "s_min_uncond": (0, 15), "skip_early_cond": (0, 1),
 }

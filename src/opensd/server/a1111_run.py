@@ -117,6 +117,7 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     if opts["randn_source"].upper() == "GPU":
         kw["device_noise"] = True
     kw.update(a1111_apply.img2img_settings(req, opts, img2img))
+    kw.update(a1111_apply.cfg_skips(req, opts))
     if img2img:
         if opts["img2img_fix_steps"]:
             kw["fix_steps"] = True

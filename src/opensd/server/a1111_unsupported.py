@@ -11,8 +11,6 @@ from __future__ import annotations
 # request field -> (values meaning "off", what happens here instead)
 REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
     "restore_faces": ((None, False), "no face restoration model here; images are returned as generated"),
-    "s_min_uncond": ((None, 0.0), "negative guidance minimum sigma is not implemented; every step uses the "
-                                  "negative prompt"),
     "firstphase_width": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
     "firstphase_height": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
     "latent_mask": ((None, ""), "not implemented; the mask is used for the latents too"),
@@ -25,15 +23,10 @@ REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
 _NOT_IMPLEMENTED = "not implemented"
 SETTINGS: dict[str, str] = {
     "face_restoration": REQUEST_FIELDS["restore_faces"][1],
-    "s_min_uncond": REQUEST_FIELDS["s_min_uncond"][1],
-    "s_min_uncond_all": REQUEST_FIELDS["s_min_uncond"][1],
-    "pad_cond_uncond": _NOT_IMPLEMENTED,
-    "pad_cond_uncond_v0": _NOT_IMPLEMENTED,
     "no_dpmpp_sde_batch_determinism": _NOT_IMPLEMENTED,
     "use_old_hires_fix_width_height": _NOT_IMPLEMENTED,
     "hires_fix_use_firstpass_conds": _NOT_IMPLEMENTED,
     "use_old_scheduling": "not implemented; prompt editing uses A1111's current timelines",
-    "skip_early_cond": "not implemented; every step uses the negative prompt",
     "enable_quantization": _NOT_IMPLEMENTED,
     "lora_functional": _NOT_IMPLEMENTED,
     "refiner_switch_by_sample_steps": "not implemented; the refiner switches at a noise level (A1111's default)",
