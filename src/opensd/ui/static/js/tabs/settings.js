@@ -36,6 +36,11 @@ export const SECTIONS = [
     ["hypertile_swap_size_unet", "Hypertile UNet swap size"],
     ["hypertile_enable_vae", "Hypertile: tile the VAE decoder's attention"],
     ["hypertile_max_tile_vae", "Hypertile VAE max tile size"], ["hypertile_swap_size_vae", "Hypertile VAE swap size"],
+    ["s_min_uncond", "Negative Guidance minimum sigma (NGMS)", "skip the negative prompt below this noise level, every other step; 0: off"],
+    ["s_min_uncond_all", "NGMS on every step"],
+    ["skip_early_cond", "Skip early CFG", "fraction of the first steps without the negative prompt; 0: off"],
+    ["pad_cond_uncond", "Pad prompt and negative prompt to the same length", "one UNet call instead of two"],
+    ["pad_cond_uncond_v0", "Pad conds (v0 method)"],
   ]],
   ["Stable Diffusion", [
     ["sd_noise_schedule", "Noise schedule for sampling", "Zero Terminal SNR: for models trained with it"],
