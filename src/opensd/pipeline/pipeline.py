@@ -1,21 +1,20 @@
 """The generation pipeline: a loaded model plus tokenizer, device and precision, and the modes
-(txt2img, img2img, inpainting, outpainting, hires fix) over one shared sampling core."""
+(txt2img, img2img, inpainting, outpainting, hires fix) over one shared sampling core. Parts of the
+Pipeline class live in their own files: its LoRAs (lora_methods.py), the hires pass (hires_pass.py)
+and the VAE side (image_codec.py)."""
 from __future__ import annotations
 
 import functools
 import logging
 import random
-import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import replace
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from ..adapters.lora import LoraSet, LoraSpec, prompt_lora_tags, specs_from_tags
+from ..adapters.lora import LoraSet, LoraSpec
 from ..errors import InvalidArgument, OpenSDError
 from ..families import family_of
 from ..image_read import flatten
@@ -35,19 +34,20 @@ from .color_correction import correct, correction_target
 from . import soft_inpaint as SI
 from .kontext import reference_latents
 from . import limits as L
-from . import vae_codec
 from .conditioning import CondSchedule, PromptConditioner, size_vector
 from .device import resolve_device, resolve_dtype
 from .loader import LoadedModel, load_model
 from .noise import ImageNoise
 from . import cond_padding as P
 from .cfg_skips import SkipCounter
-from .params import Hires, Params
+from .params import Params
 from .peak_memory import PeakMemory
 from .refiner import Refiner, check_same_latents, switching
 from .speedups import Speedups
 from .precision import Precision, choose_precision
-from .previews import latent_preview
+from .hires_pass import HiresPass
+from .image_codec import ImageCodec
+from .lora_methods import LoraMethods
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Interrupted(OpenSDError):
     """Generation was stopped by Pipeline.interrupt()."""
 
 
-class Pipeline:
+class Pipeline(LoraMethods, HiresPass, ImageCodec):
     def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
                  limits: L.Limits = L.DEFAULT_LIMITS, embeddings: EmbeddingDatabase | None = None):
         self.loaded = loaded
@@ -113,53 +113,6 @@ class Pipeline:
     @property
     def name(self) -> str:
         return self.loaded.path.stem if self.loaded.path.is_file() else self.loaded.path.name
-
-    def set_loras(self, specs: list[LoraSpec]) -> None:
-        """LoRAs applied to every generation from now on, before the prompt's own <lora:…> tags."""
-        self._lora_specs = [s if isinstance(s, LoraSpec) else LoraSpec(s) for s in specs]
-
-    @property
-    def lora_specs(self) -> list[LoraSpec]:
-        """The LoRAs set_loras gave (the prompt's tags not included)."""
-        return list(self._lora_specs)
-
-    @property
-    def lora_reports(self) -> list:
-        """What the last generation applied (LoraReport per file: strengths, unmatched keys)."""
-        return [] if self._lora_set is None else self._lora_set.reports
-
-    def lora_hashes(self) -> dict[str, str]:
-        """A1111's "Lora hashes" of the LoRAs the last generation applied: name -> short hash."""
-        from ..library.hashes import lora_hash
-        return {r.name: lora_hash(r.path) for r in self.lora_reports}
-
-    def resolve_lora(self, name: str) -> Path:
-        """A LoRA by prompt name, through lora_folders (a ModelFolders or a list of folders)."""
-        from ..library.models_dir import ModelFolders
-        folders = self.lora_folders
-        if folders is None:
-            raise InvalidArgument(f"prompt: <lora:{name}> needs a LoRA folder (loras_dir) to look it up in")
-        if not isinstance(folders, ModelFolders):
-            dirs = [folders] if isinstance(folders, (str, Path)) else list(folders)
-            folders = ModelFolders(None, include_builtin=False, extra={"loras": [Path(d) for d in dirs]})
-        try:
-            return folders.resolve("loras", name)
-        except InvalidArgument as e:
-            raise InvalidArgument(f"prompt: {e}") from None
-
-    def apply_loras(self, prompt: str = "") -> None:
-        """Patch in exactly the explicit + prompt LoRAs (restoring the base weights first when the
-        set changed); encoded prompts depend on the text encoder, so the cache goes with it.
-        Generation calls this itself; callers that use the modules directly call it first."""
-        specs = self._lora_specs + specs_from_tags(prompt_lora_tags(prompt), self.resolve_lora)
-        if not specs and self._lora_set is None:
-            return
-        if self._lora_set is None:
-            self.family.require("lora", "lora")
-            self._lora_set = LoraSet(self.model)
-        self._lora_set.apply(specs)
-        if self._lora_set.changed:
-            self._cond_cache = {}
 
     def interrupt(self) -> None:
         """Stop the running generation at the end of its current sampling step."""
@@ -404,76 +357,6 @@ class Pipeline:
         return ImageNoise(seed, shape, self.device, subseed, p.subseed_strength, seed_delta=p.noise_seed_delta,
                           on_device=p.device_noise, seed_shape=seed_shape)
 
-    def _hires(self, p: Params, h: Hires, latents: torch.Tensor | None, seed: int, subseed: int | None,
-               report) -> torch.Tensor:
-        """Second pass at the target size: upscale (a latent mode, or the decoded image through an
-        upscaler and encoded again, as A1111 does), renoise, denoise. With a hires model (A1111's
-        hr_checkpoint_name) this model decodes the first pass and the hires model does the rest."""
-        w, h_px = h.target(p.width, p.height)
-        down = self.config.vae.downscale
-        offset = 0 if latents is None else i2i.steps_run(p.steps, 1.0)
-        second = replace(p, width=w, height=h_px, steps=h.steps or p.steps, strength=h.denoise,
-                         sampler=h.sampler or p.sampler, scheduler=h.scheduler or p.scheduler,
-                         prompt=p.prompt if h.prompt is None else h.prompt,
-                         negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt,
-                         token_merging=h.token_merging or p.token_merging)  # A1111's `or`: 0 is "the same"
-        hr = self._hires_model or self
-        mode = latent_mode(h.upscaler)
-        image = None
-        if mode is not None:  # a given first pass is encoded at its own size, as A1111 does
-            first = latents if latents is not None else self.encode(self._first_pass)
-            init = F.interpolate(first, size=(h_px // down, w // down), mode=mode[0], antialias=mode[1])
-        else:  # a model upscaler may take a while: the stop check runs after each of its tiles
-            first = self._decoded(latents) if latents is not None else self._first_pass
-            image = self.upscalers.resize(first, w, h_px, h.upscaler, "hires upscaler",
-                                          progress=lambda i, n: report(offset))
-            init = hr.encode(image)
-        self._speedups.before_hires(w, h_px)
-        with self._lent_to(hr, second.prompt, p.tiling):
-            # A1111 draws the second pass's noise afresh from the same seeds, at the new size.
-            noise = hr._image_noise(p, seed, subseed, tuple(init.shape))
-            # A1111 hands the hires pass its steps: exactly that many, of a longer schedule
-            total, run = i2i.schedule_steps(second.steps, h.denoise, fixed=True)
-            sigmas = i2i.tail(hr.sigmas(second, total), run)
-            image_cond = hr._hires_image_cond(p, init, image, w, h_px)
-            x = hr._noised(second, sigmas[0], noise.initial, init, p.extra_noise)
-            return hr._sample(second, x, sigmas, noise, lambda i: report(offset + i), w, h_px, image_cond=image_cond,
-                              hires_pass=2)
-
-    @contextmanager
-    def _lent_to(self, hr: "Pipeline", prompt: str, tiling: bool):
-        """The running generation's extras (ControlNets, references, image prompt, refiner, previews)
-        on the hires model for its pass, with the LoRAs its prompt names (A1111 applies the hires
-        prompt's extra networks to the hires checkpoint); nothing to do when it is this model."""
-        if hr is self:
-            yield
-            return
-        hr._cond_cache = {}
-        hr.apply_loras(prompt)
-        hr._controls, hr._references, hr._ip_adapter = self._controls, self._references, self._ip_adapter
-        hr._refiner, hr._refined, hr.on_latents = hr._checked(self._refiner), False, self.on_latents
-        hr._speedups = self._speedups  # one Hypertile draw sequence for the run, decode included
-        hr._cfg_skips = self._cfg_skips  # its pass's negative-prompt skips count for the image too
-        try:
-            with circular_padding(hr.family.network(hr.model), hr.model.vae, enabled=tiling):
-                yield
-        finally:
-            self._refined = self._refined or hr._refined
-            hr._controls, hr._references, hr._ip_adapter, hr._refiner, hr.on_latents = [], [], None, None, None
-
-    def _hires_image_cond(self, p: Params, latents: torch.Tensor, image: Image.Image | None, width: int,
-                          height: int) -> torch.Tensor | None:
-        """Inpainting models' channels for the hires pass: an empty image, as in txt2img, unless
-        inpainting_mask_weight < 1 leaves part of the upscaled image in them. As A1111 does, the
-        image is the decoded upscaled latents in [-1, 1] after a latent upscale, but the upscaler's
-        image in [0, 1] after an image upscaler (A1111 passes it unscaled)."""
-        if not self.config.inpainting:
-            return None
-        if p.mask_weight == 1:
-            return self.inpainting_cond(None, None, width, height)
-        pixels = self.decode_tensor(latents) if image is None else (I.to_tensor(image) + 1) / 2
-        return self.inpainting_cond(pixels, None, weight=p.mask_weight)
-
     def _sample(self, p: Params, x: torch.Tensor, sigmas: torch.Tensor, noise: ImageNoise, report,
                 width: int, height: int, init: torch.Tensor | None = None,
                 latent_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
@@ -550,11 +433,6 @@ class Pipeline:
             return nullcontext()
         from ..adapters.ip_adapter import applied
         return applied(self._ip_adapter, self.family.network(self.model), lambda: self._n_uncond)
-
-    def _decoded(self, latents: torch.Tensor) -> Image.Image:
-        """The first image of `latents` through the VAE, with the generation's Hypertile VAE setting."""
-        with self._speedups.vae(self.model.vae):
-            return self.decode(latents)[0]
 
     # --- building blocks -------------------------------------------------------------------
 
@@ -660,113 +538,6 @@ class Pipeline:
         model = functools.partial(self.model_sampling().denoise, unet_fn)
         layout = P.layout(pads, self.conditioner(clip_skip, **(text or {})).empty())
         return G.denoiser(g, model, layout, sigmas, self.config.cfg_embed_channels, self.device, skip)
-
-    @torch.no_grad()
-    def inpainting_cond(self, source: Image.Image | torch.Tensor | None, mask: Image.Image | None,
-                        width: int | None = None, height: int | None = None, weight: float = 1.0,
-                        soft: bool = False) -> torch.Tensor:
-        """The extra input channels of inpainting models (9-channel UNets, Flux Fill; the family
-        arranges them): the binary mask and the latent of the image with the masked area blanked
-        (all masked without an image). `source`: an image, or pixels (1, 3, H, W); `weight`: A1111's
-        inpainting_mask_weight, how far the masked area is blanked (torch.lerp, as A1111); `soft`:
-        the mask's grey levels kept (soft inpainting)."""
-        if source is None:
-            pixels = torch.zeros(1, 3, height, width)
-            binary = torch.ones(1, 1, height, width)
-        else:
-            pixels = source.float().cpu() if isinstance(source, torch.Tensor) else I.to_tensor(source)
-            binary = I.mask_to_tensor(mask) if mask is not None else torch.ones(1, 1, *pixels.shape[-2:])
-            binary = binary if soft else (binary > 0.5).float()
-        latent = self.encode_tensor(torch.lerp(pixels, pixels * (1 - binary), weight))
-        scale = self.family.inpaint_mask_scale(self.config)
-        m = F.interpolate(binary, size=(latent.shape[-2] * scale, latent.shape[-1] * scale)).to(latent)
-        return self.family.inpainting_channels(m, latent)
-
-    @torch.no_grad()
-    def encode(self, image: Image.Image) -> torch.Tensor:
-        return self.encode_tensor(I.to_tensor(image))
-
-    @torch.no_grad()
-    def encode_tensor(self, pixels: torch.Tensor, tiles: tuple[int, int] | None = None) -> torch.Tensor:
-        """(1, 3, H, W) in [-1, 1] -> scaled latent (posterior mean: deterministic for a seed).
-        `tiles`: (tile, overlap) in pixels: encode in such tiles whatever the size."""
-        vae = self.model.vae
-        f = self.config.vae.downscale
-        tiling = True if tiles else self.vae_tiling
-        if self.vae_encoder == "taesd":
-            return self._tiny_encode(pixels, tiling, tiles)
-
-        def posterior_mean(x):
-            return vae.encode(x)[0]
-
-        mean = vae_codec.encode(posterior_mean, pixels.to(self.device, next(vae.parameters()).dtype), f, tiling, tiles)
-        if not torch.isfinite(mean).all() and next(vae.parameters()).dtype != torch.float32:
-            log.warning("VAE encode produced NaN in %s; switching the VAE to fp32", mean.dtype)
-            vae.float()
-            mean = vae_codec.encode(posterior_mean, pixels.to(self.device, torch.float32), f, tiling, tiles)
-        return self.config.vae.scaled(mean.float())
-
-    def use_tiny_vae(self, paths) -> None:
-        """Load the tiny autoencoder from these files (find_tiny_vae finds them in model folders)."""
-        from .tiny_vae import load_tiny_vae
-        self.tiny_vae = load_tiny_vae(paths, self.config, self.device, self.dtype)
-
-    @torch.no_grad()
-    def _tiny_encode(self, pixels: torch.Tensor, tiling: bool | None, tiles) -> torch.Tensor:
-        if self.tiny_vae is None or self.tiny_vae.encoder is None:
-            raise InvalidArgument("vae_encoder: taesd needs a tiny autoencoder encoder file (taesd_encoder, "
-                                  "taesdxl_encoder, ...); none is loaded for this model")
-        return vae_codec.encode(self.tiny_vae.encode, pixels.to(self.device, self.dtype), 8, tiling, tiles).float()
-
-    @torch.no_grad()
-    def _tiny_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        if self.tiny_vae is None or self.tiny_vae.decoder is None:
-            raise InvalidArgument("vae_decoder: taesd needs a tiny autoencoder decoder file (taesd_decoder, "
-                                  "taesdxl_decoder, ...); none is loaded for this model")
-        return vae_codec.decode(self.tiny_vae.decode, latents.to(self.device, self.dtype), 8, self.vae_tiling)
-
-    @torch.no_grad()
-    def preview(self, denoised: torch.Tensor, max_side: int = 512) -> Image.Image | None:
-        """A live preview of the first image of a denoised estimate: the tiny decoder when one is
-        loaded, else the cheap linear latent-to-RGB map. The tiny decoder takes at most a quarter of
-        the time (on a CPU it can cost a third of an SD step): until 3x its last cost has passed,
-        None (keep showing the last preview)."""
-        if self.tiny_vae is None or self.tiny_vae.decoder is None:
-            return latent_preview(denoised, self.config, max_side)
-        start = time.monotonic()
-        if start < self._next_preview:
-            return None
-        image = I.to_pil(self.tiny_vae.decode(denoised[:1].to(self.device, self.dtype))[0])
-        image.thumbnail((max_side, max_side))
-        end = time.monotonic()
-        self._next_preview = end + 3 * (end - start)
-        return image
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        """Scaled latents -> images, through the VAE (or the tiny one with vae_decoder "taesd")."""
-        # one at a time: VAE decoding at full size dominates peak memory
-        return [I.to_pil(self.decode_tensor(z[None])[0]) for z in latents]
-
-    @torch.no_grad()
-    def decode_tensor(self, latent: torch.Tensor) -> torch.Tensor:
-        """One scaled latent (1, C, h, w) -> the VAE's pixels (1, 3, H, W), about [-1, 1], unclamped
-        (the tiny decoder's with vae_decoder "taesd")."""
-        if self.vae_decoder == "taesd":
-            return self._tiny_decode(latent)
-        vae = self.model.vae
-        f = self.config.vae.downscale
-        z = self.config.vae.unscaled(latent)
-        x = vae_codec.decode(vae.decode, z.to(next(vae.parameters()).dtype), f, self.vae_tiling)
-        if not torch.isfinite(x).all():
-            if next(vae.parameters()).dtype == torch.float32:
-                raise FloatingPointError("VAE decode produced NaN/inf even in fp32; the model is broken")
-            # fp16 VAEs (SD1/SDXL) overflow; decode in fp32 from now on rather than save a black image.
-            log.warning("VAE produced NaN in %s; switching the VAE to fp32", x.dtype)
-            vae.float()
-            x = vae_codec.decode(vae.decode, z.float(), f, self.vae_tiling)
-        return x
-
 
 def _controls(controls, config) -> list:
     if not controls:

@@ -1,0 +1,90 @@
+"""The hires fix's second pass: upscale the first pass (a latent mode, or the decoded image through
+an upscaler), renoise and denoise at the target size, on this model or A1111's hires checkpoint."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..models.conv import circular_padding
+from ..upscale import latent_mode
+from . import images as I
+from . import img2img as i2i
+from .params import Hires, Params
+
+
+class HiresPass:
+    """A Pipeline's hires pass (a part of Pipeline, kept in its own file)."""
+
+    def _hires(self, p: Params, h: Hires, latents: torch.Tensor | None, seed: int, subseed: int | None,
+               report) -> torch.Tensor:
+        """Second pass at the target size: upscale (a latent mode, or the decoded image through an
+        upscaler and encoded again, as A1111 does), renoise, denoise. With a hires model (A1111's
+        hr_checkpoint_name) this model decodes the first pass and the hires model does the rest."""
+        w, h_px = h.target(p.width, p.height)
+        down = self.config.vae.downscale
+        offset = 0 if latents is None else i2i.steps_run(p.steps, 1.0)
+        second = replace(p, width=w, height=h_px, steps=h.steps or p.steps, strength=h.denoise,
+                         sampler=h.sampler or p.sampler, scheduler=h.scheduler or p.scheduler,
+                         prompt=p.prompt if h.prompt is None else h.prompt,
+                         negative_prompt=p.negative_prompt if h.negative_prompt is None else h.negative_prompt,
+                         token_merging=h.token_merging or p.token_merging)  # A1111's `or`: 0 is "the same"
+        hr = self._hires_model or self
+        mode = latent_mode(h.upscaler)
+        image = None
+        if mode is not None:  # a given first pass is encoded at its own size, as A1111 does
+            first = latents if latents is not None else self.encode(self._first_pass)
+            init = F.interpolate(first, size=(h_px // down, w // down), mode=mode[0], antialias=mode[1])
+        else:  # a model upscaler may take a while: the stop check runs after each of its tiles
+            first = self._decoded(latents) if latents is not None else self._first_pass
+            image = self.upscalers.resize(first, w, h_px, h.upscaler, "hires upscaler",
+                                          progress=lambda i, n: report(offset))
+            init = hr.encode(image)
+        self._speedups.before_hires(w, h_px)
+        with self._lent_to(hr, second.prompt, p.tiling):
+            # A1111 draws the second pass's noise afresh from the same seeds, at the new size.
+            noise = hr._image_noise(p, seed, subseed, tuple(init.shape))
+            # A1111 hands the hires pass its steps: exactly that many, of a longer schedule
+            total, run = i2i.schedule_steps(second.steps, h.denoise, fixed=True)
+            sigmas = i2i.tail(hr.sigmas(second, total), run)
+            image_cond = hr._hires_image_cond(p, init, image, w, h_px)
+            x = hr._noised(second, sigmas[0], noise.initial, init, p.extra_noise)
+            return hr._sample(second, x, sigmas, noise, lambda i: report(offset + i), w, h_px, image_cond=image_cond,
+                              hires_pass=2)
+
+    @contextmanager
+    def _lent_to(self, hr: "HiresPass", prompt: str, tiling: bool):
+        """The running generation's extras (ControlNets, references, image prompt, refiner, previews)
+        on the hires model for its pass, with the LoRAs its prompt names (A1111 applies the hires
+        prompt's extra networks to the hires checkpoint); nothing to do when it is this model."""
+        if hr is self:
+            yield
+            return
+        hr._cond_cache = {}
+        hr.apply_loras(prompt)
+        hr._controls, hr._references, hr._ip_adapter = self._controls, self._references, self._ip_adapter
+        hr._refiner, hr._refined, hr.on_latents = hr._checked(self._refiner), False, self.on_latents
+        hr._speedups = self._speedups  # one Hypertile draw sequence for the run, decode included
+        hr._cfg_skips = self._cfg_skips  # its pass's negative-prompt skips count for the image too
+        try:
+            with circular_padding(hr.family.network(hr.model), hr.model.vae, enabled=tiling):
+                yield
+        finally:
+            self._refined = self._refined or hr._refined
+            hr._controls, hr._references, hr._ip_adapter, hr._refiner, hr.on_latents = [], [], None, None, None
+
+    def _hires_image_cond(self, p: Params, latents: torch.Tensor, image: Image.Image | None, width: int,
+                          height: int) -> torch.Tensor | None:
+        """Inpainting models' channels for the hires pass: an empty image, as in txt2img, unless
+        inpainting_mask_weight < 1 leaves part of the upscaled image in them. As A1111 does, the
+        image is the decoded upscaled latents in [-1, 1] after a latent upscale, but the upscaler's
+        image in [0, 1] after an image upscaler (A1111 passes it unscaled)."""
+        if not self.config.inpainting:
+            return None
+        if p.mask_weight == 1:
+            return self.inpainting_cond(None, None, width, height)
+        pixels = self.decode_tensor(latents) if image is None else (I.to_tensor(image) + 1) / 2
+        return self.inpainting_cond(pixels, None, weight=p.mask_weight)
