@@ -126,6 +126,26 @@ def test_the_switch_is_a_noise_level_as_in_a1111(models):
     assert calls.counts == [expected, 12 - expected]
 
 
+@pytest.mark.parametrize("sampler, steps, main", [("Euler", 12, 8), ("Heun", 6, 8)])
+def test_switching_by_sampling_steps(models, sampler, steps, main):
+    """A1111's refiner_switch_by_sample_steps: the evaluations before it / the pass's expected ones
+    (twice the steps for a second-order sampler) reach the switch point; by noise level, Karras at 0.6
+    switches elsewhere. The infotext records the setting, and --from's reading gives it back."""
+    _, base, ref = models
+    calls = Calls(base, ref)
+    try:
+        image, _ = run(base, Refiner(ref, 0.6), steps=steps, scheduler="karras", sampler=sampler,
+                       refiner_switch_by_sample_steps=True)
+    finally:
+        calls.close()
+    total = steps * (2 if sampler == "Heun" else 1)
+    assert calls.counts == [main, total - main - (1 if sampler == "Heun" else 0)]  # ceil(0.6 * total) on the main
+    text = image_infotext(base, image)
+    assert parse_infotext(text)[2]["Refiner switch by sampling steps"] == "True"
+    from opensd.pipeline.infotext_params import recorded
+    assert recorded(*parse_infotext(text)).settings["refiner_switch_by_sample_steps"] is True
+
+
 def test_the_refiner_encodes_the_prompts_its_own_way(models):
     """OpenCLIP-G only (context width 64 here), and y = pooled text + embeddings of the original
     size, crop (0, 0) and the aesthetic score: 6 for the prompt, 2.5 for the negative (A1111's)."""

@@ -191,6 +191,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
               sampler_options=sampling_flags.sampler_options(args) or None,
               schedule_options=sampling_flags.schedule_options(args) or None, shift=args.shift,
               distilled_guidance=args.guidance, emphasis=args.emphasis,
+              refiner_switch_by_sample_steps=args.refiner_switch_by_sample_steps or None,
               comma_padding_backtrack=args.comma_padding_backtrack, sdxl_clip_l_skip=args.sdxl_clip_l_skip or None,
               sdxl_crop_top=args.sdxl_crop_top, sdxl_crop_left=args.sdxl_crop_left,
               use_old_emphasis_implementation=args.use_old_emphasis_implementation or None,

@@ -40,6 +40,9 @@ def add_flags(gen: argparse.ArgumentParser) -> None:
     r.add_argument("--refiner", metavar="FILE_OR_NAME", help="the checkpoint to finish sampling with")
     r.add_argument("--refiner-switch", type=float_arg, metavar="FRACTION",
                    help="switch when this fraction of the noise is removed (timestep 999..0; default 0.8)")
+    r.add_argument("--refiner-switch-by-steps", dest="refiner_switch_by_sample_steps", action="store_true",
+                   help="switch after that fraction of the pass's evaluations, not at a noise level (A1111's old "
+                        "behaviour, its refiner_switch_by_sample_steps)")
     r.add_argument("--refiner-hires-pass", choices=["first pass", "second pass", "both passes"],
                    help="with --hires: which pass the refiner finishes (default: second pass)")
 

@@ -65,6 +65,8 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
             extra.update(p.soft_inpainting.infotext())
     extra.update(_img2img_params(pipe, p, img2img, h is not None))
     extra.update(_refiner_params(image.info.get("refiner"), h is not None))
+    # A1111 records its old refiner switch whenever the setting is on, with a refiner or not
+    extra["Refiner switch by sampling steps"] = True if p.refiner_switch_by_sample_steps else None
     if pipe.config.distilled_guidance:  # Forge's key; the shift only when set (the model's own otherwise)
         extra["Distilled CFG Scale"] = pipe.family.default_guidance if p.distilled_guidance is None else p.distilled_guidance
     extra["Shift"] = p.shift
@@ -318,6 +320,7 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
     settings["s_min_uncond_all"] = params.get("NGMS all steps") == "True"
     settings["pad_cond_uncond"] = params.get("Pad conds") == "True"
     settings["pad_cond_uncond_v0"] = params.get("Pad conds v0") == "True"
+    settings["refiner_switch_by_sample_steps"] = params.get("Refiner switch by sampling steps") == "True"
     hires, hires_checkpoint = None, None
     if "Hires upscale" in params or "Hires resize" in params:
         hires = {name: value(key, kind) for key, (name, kind) in _HIRES.items() if key in params}

@@ -39,7 +39,7 @@ from .device import resolve_device, resolve_dtype
 from .loader import LoadedModel, load_model
 from .noise import ImageNoise
 from . import cond_padding as P
-from .cfg_skips import SkipCounter
+from .cfg_skips import SECOND_ORDER, SkipCounter
 from .params import Params
 from .peak_memory import PeakMemory
 from .refiner import Refiner, check_same_latents, switching
@@ -385,8 +385,9 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
                 return r.denoiser(g, sigmas, ic, p.clip_skip, text=p.text_options(), skip=skip,
                                   pads=pads)  # A1111's count carries on
 
+            by_steps = (steps * 2 if sampler in SECOND_ORDER else steps) if p.refiner_switch_by_sample_steps else None
             denoise = switching(denoise, refined, self.model_sampling(width, height, p.shift), refiner.switch_at,
-                                lambda: setattr(self, "_refined", True))
+                                lambda: setattr(self, "_refined", True), by_steps)
         if latent_mask is not None:
             inner = denoise
 

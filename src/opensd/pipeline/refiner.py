@@ -80,12 +80,22 @@ def completed(sampling, sigma: torch.Tensor) -> float:
 
 
 def switching(main: Callable, refiner: Callable[[], Callable], sampling, switch_at: float,
-              on_switch: Callable[[], None]) -> Guided:
-    """`main`'s estimates until the switch, then those of the denoiser `refiner()` builds (once)."""
+              on_switch: Callable[[], None], evaluations: int | None = None) -> Guided:
+    """`main`'s estimates until the switch, then those of the denoiser `refiner()` builds (once).
+    `evaluations`: switch by count instead (A1111's refiner_switch_by_sample_steps): an evaluation
+    counts as the evaluations before it / this many (the pass's steps, twice for its second-order
+    samplers) of the way."""
     current: list = [main]
+    calls = [0]
+
+    def done(sigma) -> float:
+        if evaluations is None:
+            return completed(sampling, sigma)
+        calls[0] += 1
+        return (calls[0] - 1) / evaluations
 
     def both(x, sigma):
-        if current[0] is main and completed(sampling, sigma) >= switch_at:
+        if current[0] is main and done(sigma) >= switch_at:
             current[0] = refiner()
             on_switch()
         return with_uncond(current[0], x, sigma)

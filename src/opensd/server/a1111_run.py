@@ -96,6 +96,8 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     gaps: list[tuple[str, str]] = []
     clip = opts["CLIP_stop_at_last_layers"]
     kw["clip_skip"] = clip if clip > 1 else None
+    if opts["refiner_switch_by_sample_steps"]:
+        kw["refiner_switch_by_sample_steps"] = True
     kw["tiling"] = req.tiling if req.tiling is not None else opts["tiling"]
     ratio = a1111_apply.token_merging(req, opts, img2img)
     if ratio:

@@ -29,7 +29,6 @@ SETTINGS: dict[str, str] = {
     "use_old_scheduling": "not implemented; prompt editing uses A1111's current timelines",
     "enable_quantization": _NOT_IMPLEMENTED,
     "lora_functional": _NOT_IMPLEMENTED,
-    "refiner_switch_by_sample_steps": "not implemented; the refiner switches at a noise level (A1111's default)",
 }
 
 # Always-on scripts of a stock A1111 (core and built-in extensions) that opensd does not have:

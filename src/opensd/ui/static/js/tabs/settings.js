@@ -52,6 +52,7 @@ export const SECTIONS = [
     ["sdxl_crop_top", "SDXL crop top coordinate"], ["sdxl_crop_left", "SDXL crop left coordinate"],
     ["extra_networks_default_multiplier", "Default LoRA weight", "used for <lora:name> without a weight"],
     ["hires_fix_refiner_pass", "Hires fix: which pass the refiner finishes"],
+    ["refiner_switch_by_sample_steps", "Switch to the refiner by sampling steps", "A1111's old behaviour: not at a noise level"],
   ]],
   ["img2img", [
     ["img2img_color_correction", "Color correction", "match the results' colours to the init image's"],
