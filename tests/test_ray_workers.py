@@ -210,6 +210,10 @@ def test_a_graph_on_a_worker_reports_on_the_front_doors_websocket(served):
                 frames.append(m)
             elif json.loads(m)["data"].get("prompt_id") == pid:
                 messages.append(json.loads(m))
+    # the worker's stats are recorded as its answer is taken in, which may come after the last message
+    deadline = time.monotonic() + 10
+    while not any(pid in w.stats.recent for w in served.state.pool.workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert any(pid in w.stats.recent for w in served.state.pool.workers)
     kinds = [m["type"] for m in messages]
     assert kinds[0] == "execution_start" and kinds[-2] == "execution_success"
