@@ -96,28 +96,17 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     gaps: list[tuple[str, str]] = []
     clip = opts["CLIP_stop_at_last_layers"]
     kw["clip_skip"] = clip if clip > 1 else None
-    if opts["refiner_switch_by_sample_steps"]:
-        kw["refiner_switch_by_sample_steps"] = True
     kw["tiling"] = req.tiling if req.tiling is not None else opts["tiling"]
-    ratio = a1111_apply.token_merging(req, opts, img2img)
-    if ratio:
-        kw["token_merging"] = ratio
-    tiles = a1111_apply.hypertile(opts)
-    if tiles:
-        kw["hypertile"] = tiles
     kw.update(a1111_apply.vae_methods(opts))
     kw.update(a1111_apply.text_settings(opts))
     options = a1111_apply.sampler_options(sampler, req, opts)
-    if options:
-        kw["sampler_options"] = options
-    schedule_options = a1111_apply.schedule_options(opts)
-    if schedule_options:
-        kw["schedule_options"] = schedule_options
-    delta = a1111_apply.noise_seed_delta(sampler, options, opts)
-    if delta:
-        kw["noise_seed_delta"] = delta
-    if opts["randn_source"].upper() == "GPU":
-        kw["device_noise"] = True
+    settings = {"refiner_switch_by_sample_steps": opts["refiner_switch_by_sample_steps"],
+                "token_merging": a1111_apply.token_merging(req, opts, img2img),
+                "hypertile": a1111_apply.hypertile(opts), "sampler_options": options,
+                "schedule_options": a1111_apply.schedule_options(opts),
+                "noise_seed_delta": a1111_apply.noise_seed_delta(sampler, options, opts),
+                "device_noise": opts["randn_source"].upper() == "GPU"}
+    kw.update({k: v for k, v in settings.items() if v})  # what is off stays out of the stored job
     kw.update(a1111_apply.img2img_settings(req, opts, img2img))
     kw.update(a1111_apply.cfg_skips(req, opts))
     if img2img:
