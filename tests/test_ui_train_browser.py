@@ -78,7 +78,10 @@ def test_a_lora_trained_in_the_train_tab_is_picked_in_generate_and_changes_the_i
     assert lora.is_file()
     page.wait_for_selector("#panel-train .train-progress svg.chart[aria-label*='4 points']")
     page.wait_for_selector("#panel-train .samples img >> nth=1")
-    assert page.locator("#panel-train .samples img").evaluate_all("(imgs) => imgs.every((i) => i.complete && i.naturalWidth === 64)")
+    # the <img> elements appear before their pictures have loaded: wait for every one to decode at 64 px
+    page.wait_for_function(
+        "() => { const imgs = [...document.querySelectorAll('#panel-train .samples img')];"
+        " return imgs.length >= 2 && imgs.every((i) => i.complete && i.naturalWidth === 64); }", timeout=30_000)
     # the file is written before the job's end reaches the page's next poll: wait for it, do not race it
     expect(page.locator("#panel-train .train-progress [role=status]")).to_contain_text(
         "saved as zq-square.safetensors", timeout=30_000)
