@@ -163,3 +163,55 @@ def test_full_size_sdxl_union_keys_on_meta(types):
     assert {k: tuple(v.shape) for k, v in mapped.items()} == expected
     family, cfg = detect_controlnet(expected)
     assert family == "sdxl" and cfg.union_types == types and cfg.union_type_dim == 256 and cfg.union_width == 320
+
+
+# --- type names, shared by the faces -----------------------------------------------------------
+
+@pytest.mark.parametrize("value, index", [
+    ("openpose", 0), ("depth", 1), ("hed/pidi/scribble/ted", 2), ("canny/lineart/anime_lineart/mlsd", 3),
+    ("normal", 4), ("segment", 5), ("tile", 6), ("repaint", 7),          # ComfyUI's names
+    ("OpenPose", 0), ("Soft Edge", 2), ("Hard Edge", 3), ("Normal Map", 4), ("Segmentation", 5),
+    ("Inpaint", 7),                                                       # sd-webui-controlnet's
+    ("canny", 3), ("scribble", 2), ("lineart", 3), ("softedge", 2), (5, 5),
+    ("auto", None), ("Unknown", None), (None, None), ("", None),
+])
+def test_control_type_names(value, index):
+    from opensd.adapters.union_types import control_type_index
+
+    assert control_type_index(value) == index
+
+
+@pytest.mark.parametrize("value", ["sketch", 8, -1, True, 2.0])
+def test_unknown_control_type_is_a_clear_error(value):
+    from opensd.adapters.union_types import control_type_index
+    from opensd.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match=r"unknown control type .*use auto or one of openpose, depth"):
+        control_type_index(value)
+
+
+def test_control_spec_and_cli_check_the_type_against_the_controlnet():
+    from pathlib import Path
+
+    from PIL import Image
+
+    from opensd.adapters.controlnet import ControlSpec, LoadedControlNet
+    from opensd.cli.control import parse_control
+    from opensd.errors import InvalidArgument
+
+    assert parse_control("u.safetensors,edges.png,type=canny,weight=0.5") == {
+        "model": "u.safetensors", "image": "edges.png", "control_type": 3, "weight": 0.5}
+    assert parse_control("u,e.png,type=Soft Edge")["control_type"] == 2
+    with pytest.raises(InvalidArgument, match="unknown control type 'pencil'"):
+        parse_control("u,e.png,type=pencil")
+    cfg = CONFIGS["sd1"]
+    image = Image.new("RGB", (64, 64))
+    union = LoadedControlNet(ControlNet(ControlNetConfig(cfg, union_types=6, union_width=32, union_type_dim=16)),
+                             "small", Path("union.safetensors"))
+    plain = LoadedControlNet(ControlNet(ControlNetConfig(cfg)), "small", Path("canny.safetensors"))
+    ControlSpec(union, image, control_type="depth").validate()
+    ControlSpec(plain, image).validate()
+    with pytest.raises(InvalidArgument, match="canny.safetensors is not a Union ControlNet"):
+        ControlSpec(plain, image, control_type="depth").validate()
+    with pytest.raises(InvalidArgument, match=r"repaint \(7\) is out of range for union.safetensors, which has 6 control types"):
+        ControlSpec(union, image, control_type="repaint").validate()
