@@ -215,3 +215,21 @@ def test_control_spec_and_cli_check_the_type_against_the_controlnet():
         ControlSpec(plain, image, control_type="depth").validate()
     with pytest.raises(InvalidArgument, match=r"repaint \(7\) is out of range for union.safetensors, which has 6 control types"):
         ControlSpec(union, image, control_type="repaint").validate()
+
+
+def test_broken_union_files_are_clear_errors(tmp_path):
+    import json
+
+    from opensd.errors import CheckpointError
+
+    ref = _reference("sd1")
+    folder = tmp_path / "union"
+    ref.save_pretrained(folder, safe_serialization=True)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"num_trans_head": 3}))
+    with pytest.raises(CheckpointError, match="num_trans_head 3 does not divide the type transformer's width 32"):
+        read_controlnet(folder)
+    partial = tmp_path / "partial.safetensors"
+    save_safetensors({k: v for k, v in ref.state_dict().items() if k != "task_embedding"}, partial)
+    with pytest.raises(CheckpointError, match="a Union ControlNet without its task_embedding"):
+        read_controlnet(partial)

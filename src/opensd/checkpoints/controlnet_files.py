@@ -212,6 +212,9 @@ def read_controlnet(path) -> tuple[dict[str, torch.Tensor], C.Family, ControlNet
     if difference:
         cfg = replace(cfg, difference=True)
     if union_heads and cfg.union_types:
+        if union_heads < 1 or cfg.union_width % union_heads:
+            raise CheckpointError(path, f"num_trans_head {union_heads} does not divide the type transformer's "
+                                        f"width {cfg.union_width}")
         cfg = replace(cfg, union_heads=union_heads)
     return sd, family, cfg
 

@@ -3,8 +3,9 @@
 
 Attribute names equal the original (lllyasviel) checkpoint keys after `control_model.`:
 `time_embed`, `label_emb`, `input_blocks`, `middle_block` as in the UNet, plus `input_hint_block`
-(the control image encoder), `zero_convs.N.0` (one 1x1 conv per skip) and `middle_block_out.0`. A Union ControlNet (xinsir's
-ControlNet++) has the extra modules of controlnet_union.py and takes a control type.
+(the control image encoder), `zero_convs.N.0` (one 1x1 conv per skip) and `middle_block_out.0`.
+A Union ControlNet (xinsir's ControlNet++) has the extra modules of controlnet_union.py and takes a
+control type.
 """
 from __future__ import annotations
 
