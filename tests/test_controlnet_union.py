@@ -151,13 +151,13 @@ def test_type_out_of_range_or_on_a_plain_controlnet_is_refused():
 @pytest.mark.parametrize("types", [6, 8])
 def test_full_size_sdxl_union_keys_on_meta(types):
     """xinsir's SDXL union files (6 types; promax 8) map onto our full-size model key for key."""
-    from opensd.checkpoints.controlnet_files import _split_union, controlnet_from_diffusers, detect_controlnet
+    from opensd.checkpoints.controlnet_files import controlnet_from_diffusers, detect_controlnet, split_union
 
     base = C.SDXL_UNET
     with torch.device("meta"):
         ref = ControlNetUnionModel(**union_kwargs(base, types, 256))
         ours = ControlNet(ControlNetConfig(base, union_types=types))
-    plain, union = _split_union(ref.state_dict())
+    plain, union = split_union(ref.state_dict())
     mapped = {**controlnet_from_diffusers(plain, base), **union}
     expected = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in mapped.items()} == expected

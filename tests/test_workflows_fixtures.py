@@ -64,13 +64,13 @@ def write_union_controlnet(path: Path) -> None:
     """A random 8-type Union ControlNet for TINY_SDXL, diffusers-keyed in one file as xinsir ships it."""
     from reference import randomize_
 
-    from opensd.checkpoints.controlnet_files import _split_union, controlnet_to_diffusers
+    from opensd.checkpoints.controlnet_files import controlnet_to_diffusers, split_union
     from opensd.checkpoints.files import save_safetensors
     from opensd.models.controlnet import ControlNet, ControlNetConfig
 
     u = TINY_SDXL.unet
     net = randomize_(ControlNet(ControlNetConfig(u, union_types=8, union_width=u.model_channels)), seed=4)
-    plain, union = _split_union(net.state_dict())
+    plain, union = split_union(net.state_dict())
     path.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors({**controlnet_to_diffusers(plain, u), **union}, path)
 

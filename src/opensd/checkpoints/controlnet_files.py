@@ -68,7 +68,7 @@ def controlnet_to_diffusers(sd: Mapping[str, torch.Tensor], cfg: C.UNetConfig) -
     return _convert(sd, cfg, to_original=False)
 
 
-def _split_union(sd: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+def split_union(sd: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
     """(the plain ControlNet's weights, the union modules' weights under torch's attention names)."""
     plain, union = {}, {}
     for k, v in sd.items():
@@ -194,7 +194,7 @@ def read_controlnet(path) -> tuple[dict[str, torch.Tensor], C.Family, ControlNet
         sd = {k: v for k, v in sd.items() if k != "difference"}
     if any(k.startswith(PREFIX) for k in sd):  # lllyasviel files, some with the whole SD model too
         sd = {k[len(PREFIX):]: v for k, v in sd.items() if k.startswith(PREFIX)}
-    sd, union = _split_union(sd)
+    sd, union = split_union(sd)
     if "controlnet_cond_embedding.conv_in.weight" in sd:
         u = unet_config_from_diffusers_keys({k: tuple(v.shape) for k, v in sd.items()})
         try:
