@@ -48,6 +48,7 @@ CASES = [
     ("generate x -m m.safetensors --init-image plain.png --mask notimage.png", "mask: notimage.png"),
     ("generate x -m m.safetensors --control m.safetensors,nothere.png", "control image: nothere.png does not exist"),
     ("generate x -m m.safetensors --control canny", "needs a model and an image"),
+    ("generate x -m m.safetensors --control m.safetensors,plain.png,type=pencil", "unknown control type 'pencil'"),
     ("generate x -m m.safetensors --width 12", "width: 12 is not a multiple of 8"),
     ("generate x -m m.safetensors --clip-skip 13", "clip-skip: 13 is outside 1..12"),
     ("generate x -m m.safetensors --subseed-strength 5", "subseed-strength: 5.0 must be a number in 0..1"),

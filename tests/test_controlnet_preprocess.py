@@ -115,6 +115,21 @@ def test_cli_preprocess_and_generate_with_control(tmp_path, capsys):
     assert main(["generate", "a box", "--model", str(model), "--steps", "2", "-o", str(out),
                  "--control", f"{cn_dir}/tiny_canny.safetensors,{tmp_path}/nope.png"]) == 2
     assert "control image" in capsys.readouterr().err
+    # a Union ControlNet's type: steers (differs from unset); on a plain ControlNet it is an error
+    union = randomize_(ControlNet(ControlNetConfig(TINY.unet, union_types=6, union_width=TINY.unet.model_channels,
+                                                   union_type_dim=16)), seed=2)
+    save_controlnet(union, cn_dir / "tiny_union.safetensors", "small", dtype=torch.float32)
+    images = {}
+    for kind in ("auto", "depth"):
+        images[kind] = tmp_path / f"{kind}.png"
+        assert main(["generate", "a box", "--model", str(model), "--steps", "2", "--seed", "1", "-o", str(images[kind]),
+                     "--controlnet-dir", str(cn_dir), "--control", f"tiny_union,{src},type={kind}"]) == 0
+    pixels = [np.asarray(Image.open(p), dtype=np.float32) for p in images.values()]
+    assert np.abs(pixels[0] - pixels[1]).mean() > 0.1
+    capsys.readouterr()
+    assert main(["generate", "a box", "--model", str(model), "--steps", "2", "-o", str(out),
+                 "--controlnet-dir", str(cn_dir), "--control", f"tiny_canny,{src},type=depth"]) == 2
+    assert "tiny_canny is not a Union ControlNet" in capsys.readouterr().err
 
 
 def test_shipped_canny_controlnet_resolves_loads_and_steers_the_builtin_model():

@@ -53,6 +53,9 @@ def live(tmp_path_factory):
     cn.mkdir()
     net = randomize_(ControlNet(ControlNetConfig(TINY.unet)), seed=1)
     save_controlnet(net, cn / "control_tiny_canny.safetensors", "small", dtype=torch.float32)
+    union = randomize_(ControlNet(ControlNetConfig(TINY.unet, union_types=6, union_width=TINY.unet.model_channels,
+                                                   union_type_dim=16)), seed=2)
+    save_controlnet(union, cn / "control_tiny_union.safetensors", "small", dtype=torch.float32)
     with LiveServer(Settings(models_dir=models, outputs_dir=root / "outputs")) as server:
         yield server
 
@@ -142,6 +145,9 @@ def cn(**kw):
     ({"image": "not base64!"}, "args[0].image"),
     ({"image": ""}, "args[0].image"),  # txt2img needs an image
     ({"model": "opensd-emoji-canny"}, "args[0]"),  # made for the built-in model's family, not tiny's
+    ({"model": "control_tiny_union", "union_control_type": "Sketch"}, "args[0].union_control_type"),
+    ({"model": "control_tiny_union", "union_control_type": "Tile"}, "union_control_type: tile (6) is out of range"),
+    ({"union_control_type": "Depth"}, "not a Union ControlNet"),
 ])
 def test_bad_unit_fields_answer_4xx_naming_the_field(live, fields, named):
     r = post(live, cn(**fields))
@@ -160,6 +166,24 @@ def test_unsupported_unit_fields_are_reported(live):
     body["alwayson_scripts"]["ADetailer"] = {"args": [1]}  # an extension this server lacks: A1111's 422
     r = post(live, body)
     assert r.status_code == 422 and r.json()["detail"] == "Script 'ADetailer' not found", r.text
+
+
+def test_union_control_type_selects_the_union_controlnets_type(live):
+    """The extension's union_control_type ("Hard Edge" = type 3) reaches the network: the image equals
+    the Python pipeline's with control_type=3 and differs from the unset ("Unknown") one."""
+    def run(kind):
+        r = post(live, cn(model="control_tiny_union", union_control_type=kind) | {"seed": 5, "sampler_name": "Euler"})
+        assert r.status_code == 200, r.text
+        return arr(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))))
+
+    hard, unset = run("Hard Edge"), run("Unknown")
+    assert np.abs(hard - unset).mean() > 0.1
+    pipe = live.state.cache.get(live.state.cache.resolve("tiny"))
+    req = Txt2ImgRequest(prompt="x", width=64, height=64, seed=5, steps=2, sampler_name="Euler")
+    kw, _ = a1111_run.plan(req, False, 20_000, live.state.options.view())
+    net = load_controlnet(live.state.folders.resolve("controlnet", "control_tiny_union"), pipe)
+    direct = pipe.txt2img("x", "", seed=5, controls=[ControlSpec(net, scene(), control_type=3)], **kw)[0]
+    assert np.array_equal(arr(direct), hard)
 
 
 def test_extension_routes(live):

@@ -191,6 +191,7 @@ def test_controlnet_unit_previews_its_map_and_its_generation_records_the_unit(br
     assert edges.shape == (512, 512, 3) and 0.001 < (edges > 127).mean() < 0.1  # thin edges at 512 px: a Canny map
     assert page.input_value(f"{unit} select[name=module]") == "canny"
     assert page.input_value(f"{unit} select[name=model]").startswith("opensd-emoji-canny")
+    assert page.input_value(f"{unit} select[name=union_control_type]") == "Unknown"  # not a union model: unset
 
     page.click("#tab-generate")
     page.wait_for_selector("#panel-generate .controlnet-note:text('unit 1 (canny)')")
@@ -203,6 +204,7 @@ def test_controlnet_unit_previews_its_map_and_its_generation_records_the_unit(br
     assert job.status == DONE
     info = job.result["info"]["infotexts"][0]
     assert 'ControlNet 0: "Module: canny, Model: opensd-emoji-canny' in info
+    assert job.payload["request"]["alwayson_scripts"]["controlnet"]["args"][0]["union_control_type"] == "Unknown"
     request = {k: v for k, v in job.payload["request"].items() if k != "alwayson_scripts"}
     plain = httpx.post(live.url + "/sdapi/v1/txt2img", json={**request, "send_images": True}, timeout=120).json()
     out = rgb(live.state.settings.outputs_dir / job.result["files"][0])

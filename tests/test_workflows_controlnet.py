@@ -29,6 +29,9 @@ def env(tmp_path_factory):
     (tmp / "models" / "controlnet").mkdir()
     net = randomize_(ControlNet(ControlNetConfig(TINY.unet)), seed=1)
     save_controlnet(net, tmp / "models" / "controlnet" / "tiny_canny.safetensors", "small", dtype=torch.float32)
+    union = randomize_(ControlNet(ControlNetConfig(TINY.unet, union_types=6, union_width=TINY.unet.model_channels,
+                                                   union_type_dim=16)), seed=2)
+    save_controlnet(union, tmp / "models" / "controlnet" / "tiny_union.safetensors", "small", dtype=torch.float32)
     return tmp, folders, Loader(folders)
 
 
@@ -147,7 +150,8 @@ def test_bad_control_net_names_are_node_errors(ctx):
 
 def test_object_info_lists_the_nodes(ctx):
     info = object_info(ctx)
-    assert info["ControlNetLoader"]["input"]["required"]["control_net_name"][0] == ["tiny_canny.safetensors"]
+    assert info["ControlNetLoader"]["input"]["required"]["control_net_name"][0] == ["tiny_canny.safetensors",
+                                                                                  "tiny_union.safetensors"]
     assert info["ControlNetLoader"]["output"] == ["CONTROL_NET"]
     adv = info["ControlNetApplyAdvanced"]
     assert adv["output_name"] == ["positive", "negative"] and "vae" in adv["input"]["optional"]
@@ -218,3 +222,65 @@ def test_deep_shrink_beside_a_controlnet_is_one_error_line(ctx):
         execute(g, ctx)
     assert e.value.exception_message == ("model: PatchModelAddDownscale resizes the UNet's skips, which a "
                                          "ControlNet's residuals cannot follow")
+
+
+# --- SetUnionControlNetType ----------------------------------------------------------------------
+
+# ComfyUI's list, in its order (comfy/cldm/control_types.py), after "auto"
+COMFY_UNION_TYPES = ["auto", "openpose", "depth", "hed/pidi/scribble/ted", "canny/lineart/anime_lineart/mlsd",
+                     "normal", "segment", "tile", "repaint"]
+
+
+def union_graph(kind, name="tiny_union.safetensors"):
+    g = cn_graph(1.0, name=name)
+    g["13"] = {"class_type": "SetUnionControlNetType", "inputs": {"control_net": ["10", 0], "type": kind}}
+    g["12"]["inputs"]["control_net"] = ["13", 0]
+    return g
+
+
+def test_set_union_type_node_lists_comfyuis_types_and_picks_the_index(ctx):
+    from opensd.workflows.nodes_controlnet import set_union_controlnet_type
+
+    info = object_info(ctx)["SetUnionControlNetType"]
+    assert info["input"]["required"]["type"][0] == COMFY_UNION_TYPES
+    assert info["output"] == ["CONTROL_NET"] and info["category"] == "conditioning/controlnet"
+    ref = ControlNetRef(ctx.folders.resolve("controlnet", "tiny_union"), "tiny_union")
+    for index, kind in enumerate(COMFY_UNION_TYPES):
+        (out,) = set_union_controlnet_type(None, ref, kind)
+        assert out.control_type == (None if kind == "auto" else index - 1) and out.path == ref.path
+    assert ref.control_type is None  # the input is left as it was (ComfyUI copies it)
+    with pytest.raises(GraphError) as e:
+        validate_prompt(union_graph("sketch"), ctx)
+    (err,) = e.value.payload["node_errors"]["13"]["errors"]
+    assert err["type"] == "value_not_in_list" and "type" in err["details"]
+
+
+def test_union_type_reaches_the_network_and_equals_the_pipeline_applier(env, ctx):
+    auto, canny = pixels(union_graph("auto"), ctx), pixels(union_graph("canny/lineart/anime_lineart/mlsd"), ctx)
+    assert np.array_equal(auto, pixels(cn_graph(1.0, name="tiny_union.safetensors"), ctx))  # auto = no node
+    assert np.abs(auto - canny).mean() > 0.1
+    _, folders, loader = env
+    pipe = loader("tiny.safetensors")
+    path = folders.resolve("controlnet", "tiny_union")
+    edges = Image.open(ctx.inputs_dir / "edges.png").convert("RGB")
+    image = torch.from_numpy(np.asarray(edges, dtype=np.float32) / 255.0)[None].movedim(-1, 1)
+    hint = ControlHint(ControlNetRef(path, "tiny_union", control_type=3), image, 0.7)
+    ours = RowControl(pipe, [hint, hint], 0, 64, 64)
+    spec = ControlSpec(load_controlnet(path, pipe), edges, weight=0.7, control_type="canny")
+    theirs = ControlApplier([spec], 64, 64, pipe.device, pipe.dtype)
+    g = torch.Generator().manual_seed(0)
+    x, ctx_ = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 64, generator=g)
+    t = torch.tensor([500.0])
+    for a, b in zip(ours(x, t, ctx_, None, 0.0), theirs(x, t, ctx_, None, 0.0), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_union_type_on_a_plain_controlnet_is_ignored_and_a_missing_type_fails(ctx):
+    """As ComfyUI: a plain ControlNet takes no type and ignores it; "tile" needs the 8-type ProMax file."""
+    from opensd.workflows import NodeError
+
+    assert np.array_equal(pixels(union_graph("depth", name="tiny_canny.safetensors"), ctx), pixels(cn_graph(1.0), ctx))
+    with pytest.raises(NodeError) as e:
+        execute(union_graph("tile"), ctx)
+    assert "tile (6) is out of range for tiny_union.safetensors, which has 6 control types; use the ProMax" \
+        in e.value.exception_message

@@ -2,7 +2,8 @@
 masks, latent blends, upscale-then-refine, grown and feathered inpainting masks, SamplerCustomAdvanced
 chains and split sigmas, SDXL text encoding from a checkpoint and from separate files, model
 patches, LCM / Turbo / AYS schedules, post-processing and the extra outputs, latent batch
-surgery, prompt scheduling, a block merge under speed and guidance patches), each run end to end
+surgery, prompt scheduling, a block merge under speed and guidance patches, an SDXL Union ControlNet
+with its control type), each run end to end
 on tiny models, with the image sizes they must produce and, where two graphs must agree, pixel
 equality."""
 import copy
@@ -37,6 +38,7 @@ SIZES = {
     "latent_batch_ops": {"16": (2, (64, 64))},
     "prompt_scheduling_and_mixing": {"14": (1, (64, 64))},
     "speed_and_guidance_patches": {"17": (1, (64, 64))},
+    "sdxl_union_controlnet": {"11": (1, (64, 64))},
 }
 
 
@@ -54,7 +56,23 @@ def env(tmp_path_factory):
     alpha = np.full((64, 64), 255, dtype=np.uint8)
     alpha[20:40, 24:44] = 0  # transparent = masked
     Image.fromarray(np.dstack([photo, alpha]), "RGBA").save(inputs / "mask.png")
+    write_union_controlnet(tmp / "models" / "controlnet" / "controlnet-union-sdxl-promax.safetensors")
     return tmp, folders, Loader(folders)
+
+
+def write_union_controlnet(path: Path) -> None:
+    """A random 8-type Union ControlNet for TINY_SDXL, diffusers-keyed in one file as xinsir ships it."""
+    from reference import randomize_
+
+    from opensd.checkpoints.controlnet_files import controlnet_to_diffusers, split_union
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.models.controlnet import ControlNet, ControlNetConfig
+
+    u = TINY_SDXL.unet
+    net = randomize_(ControlNet(ControlNetConfig(u, union_types=8, union_width=u.model_channels)), seed=4)
+    plain, union = split_union(net.state_dict())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors({**controlnet_to_diffusers(plain, u), **union}, path)
 
 
 def run(env, name_or_graph, tmp_path):
@@ -125,6 +143,17 @@ def test_sdxl_from_separate_files_equals_the_checkpoint(env, tmp_path):
         del g[n]
     assert TINY_SDXL.family == "sdxl"
     assert np.array_equal(_pixels(env, g, tmp_path / "b", "10"), parts)
+
+
+def test_the_union_controlnets_type_steers_and_auto_is_no_type_node(env, tmp_path):
+    depth = _pixels(env, "sdxl_union_controlnet", tmp_path / "a", "11")
+    auto = load("sdxl_union_controlnet")
+    auto["5"]["inputs"]["type"] = "auto"
+    unset = load("sdxl_union_controlnet")
+    unset["7"]["inputs"]["control_net"] = ["4", 0]
+    del unset["5"]
+    assert np.array_equal(_pixels(env, auto, tmp_path / "b", "11"), _pixels(env, unset, tmp_path / "c", "11"))
+    assert np.abs(_pixels(env, auto, tmp_path / "d", "11").astype(float) - depth).mean() > 0.1
 
 
 def test_an_image_picked_from_a_batch_keeps_its_noise(env, tmp_path):

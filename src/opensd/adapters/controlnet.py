@@ -12,7 +12,9 @@ Semantics follow A1111's ControlNet extension and diffusers:
 - `guess_mode` ("ControlNet is more important"): the ControlNet acts on the conditional half only
   (the unconditional rows get no residuals) and residual i of n is scaled by 0.825 ** (n - 1 - i)
   (the deepest, middle one by 1), as in lllyasviel's reference code;
-- several ControlNets at once: their residuals are summed.
+- several ControlNets at once: their residuals are summed;
+- a Union ControlNet (ControlNet++) takes `control_type`, an index of union_types.py (None: unset,
+  ComfyUI's "auto").
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from ..errors import CheckpointError, InvalidArgument
 from ..models.config import Family, ModelConfig
 from ..models.controlnet import ControlNet
 from .preprocessors import RESIZE_MODES, fit_image
+from .union_types import check_control_type, control_type_index
 
 MAX_WEIGHT = 2.0
 GUESS_MODE_DECAY = 0.825
@@ -58,6 +61,10 @@ class ControlSpec:
     soft_injection: bool = False  # the 0.825 decay without dropping the unconditional rows (A1111 ControlNet
     # extension's "My prompt is more important"; guess_mode implies it)
     preprocessor: str = "none"  # what made `image` from the user's picture; recorded in the infotext
+    control_type: int | str | None = None  # a Union ControlNet's type: a name or index (union_types.py)
+
+    def __post_init__(self):
+        self.control_type = control_type_index(self.control_type)
 
     def validate(self, base: ModelConfig | None = None) -> None:
         if not isinstance(self.model, LoadedControlNet):
@@ -74,6 +81,7 @@ class ControlSpec:
             raise InvalidArgument(f"control start: {self.start} is after control end {self.end}")
         if self.resize_mode not in RESIZE_MODES:
             raise InvalidArgument(f"control resize_mode: {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+        check_control_type(self.control_type, self.model.net.config.union_types, self.model.name)
         if base is not None:
             compatible_config(self.model.net.config, self.model.family, base, self.model.path)
 
@@ -177,7 +185,7 @@ class ControlApplier:
                 continue
             with torch.no_grad():
                 res = spec.model.net(xs[:, :4], hint.expand(len(xs), -1, -1, -1), t.expand(len(x))[rows],
-                                     ctx, None if y is None else y[rows])
+                                     ctx, None if y is None else y[rows], control_type=spec.control_type)
             res = [r.float() * s for r, s in zip(res, scales(spec, len(res)))]
             if spec.guess_mode:  # the unconditional rows get nothing
                 res = [torch.cat([torch.zeros_like(r[:1]).expand(n_uncond, *r.shape[1:]), r]) for r in res]

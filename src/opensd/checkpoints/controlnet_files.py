@@ -27,6 +27,8 @@ PREFIX = "control_model."
 META_FAMILY = "opensd.controlnet_family"
 META_DOWNSCALE = "opensd.controlnet_hint_downscale"
 FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner", "small": "small"}
+META_UNION_HEADS = "opensd.controlnet_union_heads"
+UNION_KEYS = ("task_embedding", "transformer_layes.", "spatial_ch_projs.", "control_add_embedding.")
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
             "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
 
@@ -64,6 +66,17 @@ def controlnet_from_diffusers(sd: Mapping[str, torch.Tensor], cfg: C.UNetConfig)
 
 def controlnet_to_diffusers(sd: Mapping[str, torch.Tensor], cfg: C.UNetConfig) -> dict[str, torch.Tensor]:
     return _convert(sd, cfg, to_original=False)
+
+
+def split_union(sd: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+    """(the plain ControlNet's weights, the union modules' weights under torch's attention names)."""
+    plain, union = {}, {}
+    for k, v in sd.items():
+        if k.startswith(UNION_KEYS):
+            union[k.replace(".attn.in_proj.", ".attn.in_proj_")] = v
+        else:
+            plain[k] = v
+    return plain, union
 
 
 # --- detection ---------------------------------------------------------------------------------
@@ -107,6 +120,20 @@ def _with_family_heads(u: C.UNetConfig, family: C.Family) -> C.UNetConfig:
     return replace(u, num_heads=-1, num_head_channels=64)
 
 
+def _union_fields(shapes: Mapping[str, tuple[int, ...]], path) -> dict:
+    """ControlNetConfig's union_* fields from key shapes ({} for a plain ControlNet)."""
+    if not any(k.startswith(UNION_KEYS) for k in shapes):
+        return {}
+    try:
+        types, width = shapes["task_embedding"]
+        type_dim = shapes["control_add_embedding.linear_1.weight"][1] // types
+    except (KeyError, ValueError):
+        raise CheckpointError(path, "a Union ControlNet without its task_embedding / control_add_embedding "
+                                    "weights") from None
+    return dict(union_types=types, union_width=width, union_type_dim=type_dim,
+                union_layers=_count(shapes, r"transformer_layes\.(\d+)\."))
+
+
 def detect_controlnet(shapes: Mapping[str, tuple[int, ...]], path="<state dict>",
                       metadata: Mapping[str, str] | None = None) -> tuple[C.Family, ControlNetConfig]:
     """Family and config of an original-layout ControlNet state dict (no `control_model.` prefix)."""
@@ -122,7 +149,11 @@ def detect_controlnet(shapes: Mapping[str, tuple[int, ...]], path="<state dict>"
         u = replace(u, num_heads=int(metadata.get(D.META_HEADS, -1)),
                     num_head_channels=int(metadata.get(D.META_HEAD_CHANNELS, -1)))
     downscale = int(metadata.get(META_DOWNSCALE, 8))
-    cfg = ControlNetConfig(u, hint_channels=shapes["input_hint_block.0.weight"][1], hint_downscale=downscale)
+    union = _union_fields(shapes, path)
+    if union and META_UNION_HEADS in metadata:
+        union["union_heads"] = int(metadata[META_UNION_HEADS])
+    cfg = ControlNetConfig(u, hint_channels=shapes["input_hint_block.0.weight"][1], hint_downscale=downscale,
+                           **union)
     return family, cfg
 
 
@@ -135,6 +166,7 @@ def read_controlnet(path) -> tuple[dict[str, torch.Tensor], C.Family, ControlNet
         raise CheckpointError(path, "does not exist")
     metadata: dict[str, str] = {}
     heads = None
+    union_heads = None
     global_pool = False
     if path.is_dir():
         cfg_file = path / "config.json"
@@ -146,8 +178,11 @@ def read_controlnet(path) -> tuple[dict[str, torch.Tensor], C.Family, ControlNet
         try:
             j = json.loads(cfg_file.read_text())
             j.setdefault("out_channels", 4)
+            if not j.get("addition_embed_type"):  # then unused by the UNet part (a union net's type width)
+                j.pop("addition_time_embed_dim", None)
             heads = unet_config(j)
             global_pool = bool(j.get("global_pool_conditions", False))
+            union_heads = int(j["num_trans_head"]) if "num_trans_head" in j else None
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(cfg_file, f"unsupported ControlNet config: {e}") from None
         sd = read_state_dict(weights)
@@ -159,12 +194,14 @@ def read_controlnet(path) -> tuple[dict[str, torch.Tensor], C.Family, ControlNet
         sd = {k: v for k, v in sd.items() if k != "difference"}
     if any(k.startswith(PREFIX) for k in sd):  # lllyasviel files, some with the whole SD model too
         sd = {k[len(PREFIX):]: v for k, v in sd.items() if k.startswith(PREFIX)}
+    sd, union = split_union(sd)
     if "controlnet_cond_embedding.conv_in.weight" in sd:
         u = unet_config_from_diffusers_keys({k: tuple(v.shape) for k, v in sd.items()})
         try:
             sd = controlnet_from_diffusers(sd, u)
         except KeyError as e:
             raise CheckpointError(path, f"unexpected diffusers ControlNet keys: {e}") from None
+    sd.update(union)
     family, cfg = detect_controlnet({k: tuple(v.shape) for k, v in sd.items()}, path, metadata)
     if heads is not None:
         cfg = replace(cfg, unet=replace(cfg.unet, num_heads=heads.num_heads,
@@ -174,6 +211,11 @@ def read_controlnet(path) -> tuple[dict[str, torch.Tensor], C.Family, ControlNet
         cfg = replace(cfg, global_average_pooling=True)
     if difference:
         cfg = replace(cfg, difference=True)
+    if union_heads and cfg.union_types:
+        if union_heads < 1 or cfg.union_width % union_heads:
+            raise CheckpointError(path, f"num_trans_head {union_heads} does not divide the type transformer's "
+                                        f"width {cfg.union_width}")
+        cfg = replace(cfg, union_heads=union_heads)
     return sd, family, cfg
 
 
@@ -209,4 +251,6 @@ def save_controlnet(net, path, family: C.Family, dtype: torch.dtype = torch.floa
     sd = {(PREFIX if prefix else "") + k: v.detach().to(dtype).contiguous() for k, v in net.state_dict().items()}
     meta = {META_FAMILY: family, META_DOWNSCALE: str(cfg.hint_downscale),
             D.META_HEADS: str(cfg.unet.num_heads), D.META_HEAD_CHANNELS: str(cfg.unet.num_head_channels)}
+    if cfg.union_types:
+        meta[META_UNION_HEADS] = str(cfg.union_heads)
     save_safetensors(sd, path, metadata=meta)

@@ -6,14 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..adapters.union_types import control_type_index
 from ..errors import InvalidArgument
 from ..training.controlnet_args import add_arguments
 from .common import open_image
 from .model_flags import add_models_dir_flag, model_folders, resolve_model
 
-CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,resize=MODE]: a ControlNet "
+CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,resize=MODE][,type=TYPE]: a ControlNet "
                 "(path, or name in --controlnet-dir or the models folder) and its control image; pre runs a preprocessor "
-                "(canny, softedge, scribble, lineart, invert, ...) on the image first. Repeatable.")
+                "(canny, softedge, scribble, lineart, invert, ...) on the image first; type picks a Union ControlNet's "
+                "control type (openpose, depth, softedge, canny, normal, segment, tile, repaint; default auto). "
+                "Repeatable.")
 _RESIZE = {"just": "just resize", "crop": "crop and resize", "fill": "resize and fill"}
 
 
@@ -99,12 +102,14 @@ def parse_control(text: str) -> dict:
             spec["resize_mode"] = _RESIZE.get(value.lower(), value.lower())
         elif key in ("guess", "guess_mode"):
             spec["guess_mode"] = value.lower() in ("1", "true", "yes", "on")
+        elif key in ("type", "control_type"):
+            spec["control_type"] = control_type_index(value, "control type")
         elif key in ("model", "image"):
             spec[key] = value
             if key in positional:
                 positional.remove(key)
         else:
-            raise InvalidArgument(f"control: unknown option {key!r} (weight, start, end, pre, guess, resize)")
+            raise InvalidArgument(f"control: unknown option {key!r} (weight, start, end, pre, guess, resize, type)")
     if "model" not in spec or "image" not in spec:
         raise InvalidArgument(f"control: {text!r} needs a model and an image (MODEL,IMAGE[,options])")
     return spec
@@ -150,5 +155,6 @@ def controls_from_args(args: argparse.Namespace, pipe, models=None) -> list:
         if pre:
             image = preprocess(pre, image)
         specs.append(ControlSpec(cache[path], image, preprocessor=pre or "none", **s))
+        specs[-1].validate()  # a type for a plain ControlNet, or beyond this union file's types
         print(f"opensd: control {cache[path].name} weight {specs[-1].weight}", file=sys.stderr)
     return specs

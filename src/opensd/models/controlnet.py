@@ -4,6 +4,8 @@
 Attribute names equal the original (lllyasviel) checkpoint keys after `control_model.`:
 `time_embed`, `label_emb`, `input_blocks`, `middle_block` as in the UNet, plus `input_hint_block`
 (the control image encoder), `zero_convs.N.0` (one 1x1 conv per skip) and `middle_block_out.0`.
+A Union ControlNet (xinsir's ControlNet++) has the extra modules of controlnet_union.py and takes a
+control type.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from .config import UNetConfig
+from .controlnet_union import add_union, fuse
 from .conv import Conv2d
 from .unet import UNetModel, add_embeddings, build_encoder, embed
 
@@ -30,6 +33,13 @@ class ControlNetConfig:
     global_average_pooling: bool = False  # "shuffle"-style models pool each residual to 1x1
     # a "diff" ControlNet's file holds its weights less the base UNet's (lllyasviel's "difference" key)
     difference: bool = False
+    # Union ControlNet (ControlNet++): number of control types (0: a plain ControlNet), the width,
+    # heads and depth of its type transformer, and the embedding width of each one-hot entry
+    union_types: int = 0
+    union_width: int = 320
+    union_heads: int = 8
+    union_layers: int = 1
+    union_type_dim: int = 256
 
     def __post_init__(self):
         n = int(round(math.log2(self.hint_downscale)))
@@ -68,18 +78,30 @@ class ControlNet(nn.Module):
         self.input_blocks, self.middle_block, skips = build_encoder(u)
         self.zero_convs = nn.ModuleList(nn.Sequential(zero_conv(c)) for c in skips)
         self.middle_block_out = nn.Sequential(zero_conv(skips[-1]))
+        if cfg.union_types:
+            add_union(self, cfg.union_types, cfg.union_width, cfg.union_heads, cfg.union_layers,
+                      cfg.union_type_dim, mc, 4 * mc)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.time_embed[0].weight.dtype
 
     def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """x: noisy latent (B, 4, h, w); hint: control image (B, hint_channels, h*d, w*d) in [0, 1].
-        Returns the residuals: one per UNet skip, then the middle one (unscaled)."""
+                y: torch.Tensor | None = None, control_type: int | None = None) -> list[torch.Tensor]:
+        """x: noisy latent (B, 4, h, w); hint: control image (B, hint_channels, h*d, w*d) in [0, 1];
+        control_type: a Union ControlNet's type index (None: unset). Returns the residuals: one per
+        UNet skip, then the middle one (unscaled)."""
         dtype = self.dtype
-        emb = embed(self, self.config.unet, timesteps, y, dtype)
+        cfg = self.config
+        if control_type is not None and not 0 <= control_type < cfg.union_types:
+            raise ValueError(f"control type {control_type} is out of range: this ControlNet has "
+                             + (f"{cfg.union_types} control types" if cfg.union_types else "none (not a Union ControlNet)"))
+        emb = embed(self, cfg.unet, timesteps, y, dtype)
         guided = self.input_hint_block(hint.to(dtype))
+        if cfg.union_types:
+            emb = emb + self.control_add_embedding(control_type, len(emb), dtype)
+            if control_type is not None:
+                guided = fuse(self, guided, control_type)
         h = x.to(dtype)
         context = context.to(dtype)
         outs = []

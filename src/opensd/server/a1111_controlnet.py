@@ -8,7 +8,10 @@ A unit (webuiapi's ``ControlNetUnit.to_dict()`` shape): ``image`` (base64, or ``
 ``control_mode`` (0 Balanced, 1 "My prompt is more important" = the 0.825 decay of the residuals,
 2 "ControlNet is more important" = guess mode), ``resize_mode`` (0 Just Resize, 1 Crop and
 Resize / Inner Fit, 2 Resize and Fill / Outer Fit), ``processor_res``, ``threshold_a``/``_b``
-(canny low/high, binary threshold), ``pixel_perfect``, ``enabled``, ``guessmode``.
+(canny low/high, binary threshold), ``pixel_perfect``, ``enabled``, ``guessmode``, and
+``union_control_type`` for Union ControlNets (the extension's names "OpenPose", "Depth", "Soft
+Edge", "Hard Edge", "Normal Map", "Segmentation", "Tile", "Inpaint"; "Unknown" or absent: no type,
+as ComfyUI's "auto"; see adapters/union_types.py).
 
 IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter.
 
@@ -22,6 +25,7 @@ import math
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
+from ..adapters.union_types import check_control_type, control_type_index
 from ..errors import InvalidArgument, OpenSDError
 from . import a1111_ip_adapter, images_io
 from .a1111_units import HASH_SUFFIX, image_field, number, unit_list
@@ -132,6 +136,7 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
             "processor_res": int(res), "pixel_perfect": bool(unit.get("pixel_perfect", False)),
             "threshold_a": number(unit, "threshold_a", field, -1, -1, 1024),
             "threshold_b": number(unit, "threshold_b", field, -1, -1, 1024),
+            "control_type": control_type_index(unit.get("union_control_type"), f"{field}.union_control_type"),
         })
     a1111_ip_adapter.check_count(out)
     return out
@@ -181,12 +186,14 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
         res = _pixel_perfect_res(image, width, height, u["resize_mode"]) if u["pixel_perfect"] else u["processor_res"]
         try:
             net = cached_controlnet(u["path"], pipe)
+            check_control_type(u.get("control_type"), net.net.config.union_types, net.name, "union_control_type")
             hint = preprocess_image(image, u["module"], res, u["threshold_a"], u["threshold_b"])
         except (InvalidArgument, OpenSDError) as e:
             raise InvalidArgument(f"{field}: {e}") from None
         specs.append(ControlSpec(net, hint, weight=u["weight"], start=u["start"], end=u["end"],
                                  guess_mode=u["control_mode"] == 2, soft_injection=u["control_mode"] == 1,
-                                 resize_mode=u["resize_mode"], preprocessor=u["module"]))
+                                 resize_mode=u["resize_mode"], preprocessor=u["module"],
+                                 control_type=u.get("control_type")))
     return specs
 
 

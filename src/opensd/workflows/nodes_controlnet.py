@@ -1,5 +1,10 @@
 """ControlNet nodes with ComfyUI's names, inputs and semantics: ControlNetLoader, DiffControlNetLoader,
-ControlNetApply and ControlNetApplyAdvanced.
+ControlNetApply, ControlNetApplyAdvanced and SetUnionControlNetType.
+
+SetUnionControlNetType picks a Union ControlNet's control type ("auto" or one of ComfyUI's type
+names, in its order: adapters/union_types.py). As in ComfyUI the type rides on the CONTROL_NET and
+is ignored for a ControlNet that is not a union one; a type the file lacks ("tile", "repaint"
+on a 6-type file) fails when sampling, naming the ProMax file.
 
 A diff ControlNet (a file whose weights are differences from a UNet's, marked by a "difference"
 key) gets the UNet weights of DiffControlNetLoader's MODEL added when it is loaded for sampling, as
@@ -25,13 +30,14 @@ not needed by the ControlNets we load.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..adapters.union_types import COMFY_NAMES, check_control_type, control_type_index
 from .types import Choices, NodeDef, register
 
 
@@ -41,6 +47,7 @@ class ControlNetRef:
     path: Path
     name: str
     base: Any = None                 # DiffControlNetLoader's Pipeline: a diff ControlNet's weights add to its UNet's
+    control_type: int | None = None  # SetUnionControlNetType's type index (None: auto)
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +93,17 @@ register(NodeDef(
     "DiffControlNetLoader", diff_controlnet_loader,
     {"model": ("MODEL", {}), "control_net_name": (Choices("controlnet"), {})},
     ("CONTROL_NET",), category="loaders", display_name="Load ControlNet Model (diff)"))
+
+
+def set_union_controlnet_type(call, control_net, type):
+    return (replace(control_net, control_type=control_type_index(type, "type")),)
+
+
+register(NodeDef(
+    "SetUnionControlNetType", set_union_controlnet_type,
+    {"control_net": ("CONTROL_NET", {}), "type": (["auto", *COMFY_NAMES], {})},
+    ("CONTROL_NET",), category="conditioning/controlnet",
+    description="Sets the control type of a Union ControlNet (ControlNet++); auto leaves it unset."))
 
 
 def _hinted(conditioning: list, make, to_uncond: bool) -> list:
@@ -180,7 +198,10 @@ class RowControl:
                 if img.shape[1] == 1:
                     img = img.expand(-1, 3, -1, -1)
                 self.hints[id(h)] = center_resize(img[:, :3], width, height).to(pipe.device, pipe.dtype)
-                self.nets[id(h)] = cached_controlnet(h.net.path, pipe, diff_base=h.net.base)
+                self.nets[id(h)] = net = cached_controlnet(h.net.path, pipe, diff_base=h.net.base)
+                union_types = net.net.config.union_types
+                if union_types:  # ComfyUI ignores a type set on a plain ControlNet
+                    check_control_type(h.net.control_type, union_types, h.net.name)
 
     @staticmethod
     def _active(h: ControlHint, t: float) -> bool:
@@ -209,8 +230,10 @@ class RowControl:
                 if not self._active(h, now) or h.strength == 0:
                     continue
                 with torch.no_grad():
-                    out = self.nets[id(h)].net(xs[:, :4], self.hints[id(h)].expand(len(xs), -1, -1, -1), tt[idx],
-                                               ctx, ys)
+                    net = self.nets[id(h)].net
+                    kind = h.net.control_type if net.config.union_types else None
+                    out = net(xs[:, :4], self.hints[id(h)].expand(len(xs), -1, -1, -1), tt[idx], ctx, ys,
+                              control_type=kind)
                 out = [o.float() * h.strength for o in out]
                 res = out if res is None else [a + b for a, b in zip(res, out)]
             if res is None:

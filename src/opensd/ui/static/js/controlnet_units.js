@@ -9,6 +9,7 @@ const KEY = "opensd.controlnet";
 export const DEFAULTS = {
   enabled: false, module: "canny", model: "None", weight: 1, guidance_start: 0, guidance_end: 1, control_mode: 0,
   resize_mode: 1, pixel_perfect: false, processor_res: 512, threshold_a: 100, threshold_b: 200,
+  union_control_type: "Unknown", // a Union ControlNet's control type; "Unknown": unset
 };
 
 function restore() {

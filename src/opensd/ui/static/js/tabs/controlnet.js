@@ -1,7 +1,8 @@
 // ControlNet: the units (controlnet_units.js, up to 3) that every Generate and img2img/inpaint request
 // carries. Each has an image (upload, drop, paste, or "send to ControlNet"), a preprocessor with a live
 // preview of its map (POST /controlnet/detect, the extension's route), a model (/controlnet/model_list),
-// weight, start/end, control mode, resize mode, and pixel perfect or the preprocessor resolution.
+// weight, start/end, control mode, resize mode, pixel perfect or the preprocessor resolution, and a
+// Union ControlNet's control type (the extension's union_control_type names).
 import { api, fileToDataURL } from "../api.js";
 import { clear, debounce, field, h, icon, toast } from "../dom.js";
 import { changed, units } from "../controlnet_units.js";
@@ -10,6 +11,8 @@ import { filePicker, pastedImage, pickerButton } from "../image_input.js";
 import { EVENTS, on, take } from "../shared.js";
 
 const CONTROL_MODES = [["0", "Balanced"], ["1", "My prompt is more important"], ["2", "ControlNet is more important"]];
+const UNION_TYPES = [["Unknown", "Auto (or not a union model)"], ...["OpenPose", "Depth", "Soft Edge", "Hard Edge",
+  "Normal Map", "Segmentation", "Tile", "Inpaint"].map((t) => [t, t])];
 const RESIZE = [["0", "Just resize"], ["1", "Crop and resize"], ["2", "Resize and fill"]];
 // module -> the thresholds it reads: [unit field, label, default, max]
 const THRESHOLDS = {
@@ -57,6 +60,7 @@ function unitCard(unit, i, models, modules) {
   const end = slider("Ending control step", "guidance_end", { min: 0, max: 1, step: 0.01, value: unit.guidance_end });
   const mode = select("control_mode", CONTROL_MODES, String(unit.control_mode));
   const resize = select("resize_mode", RESIZE, String(unit.resize_mode));
+  const union = select("union_control_type", UNION_TYPES, unit.union_control_type);
   const perfect = h("input", { type: "checkbox", name: "pixel_perfect", checked: unit.pixel_perfect });
   const res = number("processor_res", { min: 64, max: 2048, step: 8, value: unit.processor_res });
   const thresholds = h("div", { class: "grid2" });
@@ -69,6 +73,7 @@ function unitCard(unit, i, models, modules) {
     h("div", { class: "grid2" }, field("Preprocessor", module), field("Model", model)),
     thresholds, weight, start, end,
     h("div", { class: "grid2" }, field("Control mode", mode), field("Resize mode", resize)),
+    field("Union control type", union),
     h("div", { class: "row" }, h("label", { class: "check" }, perfect, "Pixel perfect"),
       field("Preprocessor resolution", res)));
   form.addEventListener("submit", (e) => e.preventDefault());
@@ -117,6 +122,7 @@ function unitCard(unit, i, models, modules) {
       weight: Number(form.elements.weight.value), guidance_start: Number(form.elements.guidance_start.value),
       guidance_end: Number(form.elements.guidance_end.value), control_mode: Number(mode.value),
       resize_mode: Number(resize.value), pixel_perfect: perfect.checked, processor_res: Math.trunc(Number(res.value)),
+      union_control_type: union.value,
     });
     for (const [key] of THRESHOLDS[unit.module] || []) {
       if (form.elements[key]) unit[key] = Number(form.elements[key].value);
