@@ -1,0 +1,97 @@
+"""Small ComfyUI API clients against opensd, as they call it:
+
+- ComfyUI's own script_examples/websockets_api_example.py: websocket first (?clientId=), POST /prompt
+  {prompt, client_id} through urllib (which labels the body application/x-www-form-urlencoded), read
+  messages until "executing" with node None for its prompt_id, then at once GET /history/{prompt_id}
+  and every output's images through GET /view?filename&subfolder&type.
+- comfy_api_simplified (ComfyApiWrapper): POST /prompt with requests' data= (no Content-Type), only
+  then the websocket; done on a "status" whose exec_info.queue_remaining is 0 or on "executing" None;
+  then /history/{prompt_id}[prompt_id]["outputs"][node]["images"] and /view. Its upload_image POSTs
+  /upload/image with a `subfolder` ("default_upload_folder" by default); the workflow then names the
+  image "subfolder/name", as ComfyUI's LoadImage takes it."""
+from __future__ import annotations
+
+import copy
+import io
+import json
+from urllib.parse import urlencode
+
+import pytest
+from client_replay import WS, app_client, slow_records, until_done
+from PIL import Image
+from server_live import COMFY_GRAPH
+
+URLLIB = {"User-Agent": "Python-urllib/3.11", "Content-Type": "application/x-www-form-urlencoded"}
+REQUESTS = {"User-Agent": "python-requests/2.32"}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    with app_client(tmp_path_factory.mktemp("scripts")) as c:
+        yield c
+
+
+def graph(seed: int) -> dict:
+    g = copy.deepcopy(COMFY_GRAPH)
+    g["3"]["inputs"]["seed"] = seed
+    g["4"]["inputs"]["ckpt_name"] = "tiny.safetensors"
+    return g
+
+
+def images_of(client, history: dict) -> list[Image.Image]:
+    found = []
+    for output in history["outputs"].values():
+        for image in output.get("images", []):
+            query = urlencode({"filename": image["filename"], "subfolder": image["subfolder"], "type": image["type"]})
+            r = client.get(f"/view?{query}")
+            assert r.status_code == 200, r.text
+            found.append(Image.open(io.BytesIO(r.content)))
+    return found
+
+
+def test_websockets_api_example(client):
+    with slow_records(client), client.websocket_connect(f"{WS}?clientId=example") as ws:
+        data = json.dumps({"prompt": graph(5), "client_id": "example"}).encode("utf-8")
+        r = client.post("/prompt", content=data, headers=URLLIB)
+        assert r.status_code == 200, r.text
+        prompt_id = r.json()["prompt_id"]
+        until_done(ws, prompt_id)
+        history = client.get(f"/history/{prompt_id}", headers=URLLIB).json()[prompt_id]
+    assert [im.size for im in images_of(client, history)] == [(64, 64)]
+
+
+def queue_prompt_and_wait(client, prompt: dict) -> str:
+    client_id = "simplified"
+    r = client.post("/prompt", content=json.dumps({"prompt": prompt, "client_id": client_id}).encode(),
+                    headers=REQUESTS)
+    assert r.status_code == 200, r.text
+    prompt_id = r.json()["prompt_id"]
+    with client.websocket_connect(f"{WS}?clientId={client_id}") as ws:  # connected after queueing
+        while True:
+            message = ws.receive()
+            if not message.get("text"):
+                continue
+            message = json.loads(message["text"])
+            data = message["data"]
+            assert message["type"] != "execution_error", data
+            if message["type"] == "status" and data["status"]["exec_info"]["queue_remaining"] == 0:
+                return prompt_id
+            if message["type"] == "executing" and data["node"] is None and data["prompt_id"] == prompt_id:
+                return prompt_id
+
+
+def test_comfy_api_simplified(client):
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (30, 90, 200)).save(picture, "PNG")
+    r = client.post("/upload/image", files={"image": ("input.png", picture.getvalue())},
+                    data={"subfolder": "default_upload_folder"}, headers=REQUESTS)
+    assert r.status_code == 200 and r.json()["subfolder"] == "default_upload_folder", r.text
+    prompt = graph(6)
+    prompt["10"] = {"class_type": "LoadImage", "inputs": {"image": "default_upload_folder/" + r.json()["name"]}}
+    prompt["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    prompt["3"]["inputs"].update(latent_image=["11", 0], denoise=0.5)
+    with slow_records(client):
+        prompt_id = queue_prompt_and_wait(client, prompt)
+        history = client.get(f"/history/{prompt_id}", headers=REQUESTS).json()
+    images = history[prompt_id]["outputs"]["9"]["images"]  # queue_and_wait_images: the output node's
+    assert len(images) == 1 and [im.size for im in images_of(client, history[prompt_id])] == [(64, 64)]
