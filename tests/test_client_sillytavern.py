@@ -62,6 +62,22 @@ def test_auto_lists(client):
     assert any(m["value"].startswith("tiny.safetensors") for m in models)
 
 
+def test_auto_every_listed_schedule_runs_and_automatic_is_the_samplers_own(client):
+    """SillyTavern offers /schedulers' names and sends the one picked as `scheduler`."""
+    listed = {x["label"]: x["name"] for x in get(client, "/sdapi/v1/schedulers")}
+
+    def pixels(scheduler):
+        body = {"prompt": "a fox", "sampler_name": "DPM++ 2M", "steps": 2, "width": 64, "height": 64, "seed": 3,
+                **({"scheduler": scheduler} if scheduler else {})}
+        r = post_json(client, "/sdapi/v1/txt2img", body)
+        assert r.status_code == 200, f"{scheduler}: {r.text}"
+        return Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).tobytes()
+
+    runs = {name: pixels(name) for name in listed.values()}
+    assert runs[listed["Automatic"]] == pixels(None) == runs["karras"]  # A1111: DPM++ 2M's default is Karras
+    assert runs[listed["Uniform"]] != runs["karras"]
+
+
 def test_auto_set_model_then_generate(client):
     tiny = next(x["title"] for x in get(client, "/sdapi/v1/sd-models") if x["model_name"] == "tiny")
     assert post_json(client, "/sdapi/v1/options", {"sd_model_checkpoint": tiny}).status_code == 200

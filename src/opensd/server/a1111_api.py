@@ -201,10 +201,14 @@ def router(state) -> APIRouter:
 
     @api.get("/schedulers")
     def schedulers():
-        # default_rho: the rho the "rho" setting replaces (A1111: Karras's 7, -1 where none applies)
+        # As A1111's list: "automatic" (each sampler's own default, e.g. Karras for DPM++ 2M) first, for
+        # clients that offer the names (SillyTavern); our "normal", the model's own schedule, is what
+        # A1111 calls Uniform. default_rho: the rho the "rho" setting replaces (Karras's 7, else -1).
+        rows = [("automatic", "Automatic")] + [(sid, "Uniform" if sid == "normal" else label)
+                                               for sid, label in N.SCHEDULER_LABELS.items()]
         return [{"name": sid, "label": label, "aliases": None,
                  "default_rho": SO.KARRAS_RHO if sid == "karras" else -1, "need_inner_model": False}
-                for sid, label in N.SCHEDULER_LABELS.items()]
+                for sid, label in rows]
 
     @api.get("/loras")
     def loras():
