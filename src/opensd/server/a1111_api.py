@@ -108,7 +108,10 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     prompt, prompt_gaps = a1111_apply.prompt(req, opts, state.folders)
     negative = req.negative_prompt
     if req.styles:  # a damaged styles file only fails the requests that name styles
-        prompt, negative = apply_styles(prompt, negative, req.styles, state.styles())
+        known = state.styles()
+        # "None" is how clients (AIYA) say no style; A1111 passes over names it does not know
+        names = [name for name in req.styles if name != "None" or name in known]
+        prompt, negative = apply_styles(prompt, negative, names, known)
     check_lora_names(state.folders, prompt)
     check_template(prompt, state.wildcards)
     check_template(negative, state.wildcards, "negative_prompt")
@@ -263,8 +266,10 @@ def router(state) -> APIRouter:
 
     @api.get("/cmd-flags")
     def cmd_flags():
+        # gradio_auth: A1111's Gradio login, which clients (AIYA) read to decide whether to log in first
         return {"api": True, "listen": s.host not in ("127.0.0.1", "localhost", "::1"), "port": s.port,
-                "api_auth": bool(s.api_token), "ckpt_dir": str(s.models_dir) if s.models_dir else None}
+                "api_auth": bool(s.api_token), "gradio_auth": None, "nowebui": False,
+                "ckpt_dir": str(s.models_dir) if s.models_dir else None}
 
     @api.get("/progress")
     def progress(skip_current_image: bool = False):
