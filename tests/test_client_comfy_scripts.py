@@ -1,9 +1,10 @@
 """Small ComfyUI API clients against opensd, as they call it:
 
 - ComfyUI's own script_examples/websockets_api_example.py: websocket first (?clientId=), POST /prompt
-  {prompt, client_id} through urllib (which labels the body application/x-www-form-urlencoded), read
-  messages until "executing" with node None for its prompt_id, then at once GET /history/{prompt_id}
-  and every output's images through GET /view?filename&subfolder&type.
+  {prompt, client_id, prompt_id: a uuid4 it makes itself} through urllib (which labels the body
+  application/x-www-form-urlencoded; the answer is not read), read messages until "executing" with
+  node None for that prompt_id, then at once GET /history/{prompt_id} and every output's images
+  through GET /view?filename&subfolder&type.
 - comfy_api_simplified (ComfyApiWrapper): POST /prompt with requests' data= (no Content-Type), only
   then the websocket; done on a "status" whose exec_info.queue_remaining is 0 or on "executing" None;
   then /history/{prompt_id}[prompt_id]["outputs"][node]["images"] and /view. Its upload_image POSTs
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import uuid
 from urllib.parse import urlencode
 
 import pytest
@@ -51,10 +53,9 @@ def images_of(client, history: dict) -> list[Image.Image]:
 
 def test_websockets_api_example(client):
     with slow_records(client), client.websocket_connect(f"{WS}?clientId=example") as ws:
-        data = json.dumps({"prompt": graph(5), "client_id": "example"}).encode("utf-8")
-        r = client.post("/prompt", content=data, headers=URLLIB)
-        assert r.status_code == 200, r.text
-        prompt_id = r.json()["prompt_id"]
+        prompt_id = str(uuid.uuid4())
+        data = json.dumps({"prompt": graph(5), "client_id": "example", "prompt_id": prompt_id}).encode("utf-8")
+        assert client.post("/prompt", content=data, headers=URLLIB).status_code == 200
         until_done(ws, prompt_id)
         history = client.get(f"/history/{prompt_id}", headers=URLLIB).json()[prompt_id]
     assert [im.size for im in images_of(client, history)] == [(64, 64)]
