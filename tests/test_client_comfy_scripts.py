@@ -52,7 +52,8 @@ def images_of(client, history: dict) -> list[Image.Image]:
 
 
 def test_websockets_api_example(client):
-    with slow_records(client), client.websocket_connect(f"{WS}?clientId=example") as ws:
+    origin = {"Origin": "http://127.0.0.1:7860"}  # websocket-client sends its own http://host:port
+    with slow_records(client), client.websocket_connect(f"{WS}?clientId=example", headers=origin) as ws:
         prompt_id = str(uuid.uuid4())
         data = json.dumps({"prompt": graph(5), "client_id": "example", "prompt_id": prompt_id}).encode("utf-8")
         assert client.post("/prompt", content=data, headers=URLLIB).status_code == 200
