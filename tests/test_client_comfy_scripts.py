@@ -9,7 +9,12 @@
   then the websocket; done on a "status" whose exec_info.queue_remaining is 0 or on "executing" None;
   then /history/{prompt_id}[prompt_id]["outputs"][node]["images"] and /view. Its upload_image POSTs
   /upload/image with a `subfolder` ("default_upload_folder" by default); the workflow then names the
-  image "subfolder/name", as ComfyUI's LoadImage takes it."""
+  image "subfolder/name", as ComfyUI's LoadImage takes it.
+- @saintno/comfyui-sdk (comfy-addons/comfyui-sdk) under Node's own fetch (undici): fetchApi replaces
+  the headers it is given, so POST /prompt {client_id, prompt} goes out as text/plain, with the
+  `Sec-Fetch-Mode: cors` undici adds and no Origin; GET /prompt polls exec_info; the websocket's
+  "executing" (prompt_id) and "executed" (node, output) events give the outputs; on a "status" it
+  looks for the job in GET /queue and, once gone, reads GET /history/{prompt_id} (status.completed)."""
 from __future__ import annotations
 
 import copy
@@ -25,6 +30,7 @@ from server_live import COMFY_GRAPH
 
 URLLIB = {"User-Agent": "Python-urllib/3.11", "Content-Type": "application/x-www-form-urlencoded"}
 REQUESTS = {"User-Agent": "python-requests/2.32"}
+UNDICI = {"User-Agent": "node", "Accept": "*/*", "Accept-Language": "*", "Sec-Fetch-Mode": "cors"}
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +103,21 @@ def test_comfy_api_simplified(client):
         history = client.get(f"/history/{prompt_id}", headers=REQUESTS).json()
     images = history[prompt_id]["outputs"]["9"]["images"]  # queue_and_wait_images: the output node's
     assert len(images) == 1 and [im.size for im in images_of(client, history[prompt_id])] == [(64, 64)]
+
+
+def test_comfyui_sdk_on_node_fetch(client):
+    r = client.get("/prompt", headers=UNDICI)  # pollStatus
+    assert r.status_code == 200 and "queue_remaining" in r.json()["exec_info"]
+    with client.websocket_connect(f"{WS}?clientId=sdk") as ws:
+        body = json.dumps({"client_id": "sdk", "prompt": graph(8)})
+        r = client.post("/prompt", content=body, headers={**UNDICI, "Content-Type": "text/plain;charset=UTF-8"})
+        assert r.status_code == 200, r.text  # was 415: taken for a browser's form post
+        prompt_id = r.json()["prompt_id"]
+        messages = until_done(ws, prompt_id)
+    assert any(m["type"] == "executing" and m["data"]["prompt_id"] == prompt_id for m in messages)
+    executed = {m["data"]["node"]: m["data"]["output"] for m in messages if m["type"] == "executed"}
+    queue = client.get("/queue", headers=UNDICI).json()
+    assert prompt_id not in [item[1] for item in queue["queue_pending"] + queue["queue_running"]]
+    entry = client.get(f"/history/{prompt_id}", headers=UNDICI).json()[prompt_id]
+    assert entry["status"]["completed"] and entry["outputs"] == executed
+    assert [im.size for im in images_of(client, entry)] == [(64, 64)]
