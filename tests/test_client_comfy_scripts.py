@@ -5,6 +5,9 @@
   application/x-www-form-urlencoded; the answer is not read), read messages until "executing" with
   node None for that prompt_id, then at once GET /history/{prompt_id} and every output's images
   through GET /view?filename&subfolder&type.
+- and its websockets_api_example_ws_images.py: the graph's SaveImageWebsocket node has the id
+  "save_image_websocket_node"; every binary frame that comes while the last "executing" named that
+  node is one of its images (the first 8 bytes cut off), until "executing" None.
 - comfy_api_simplified (ComfyApiWrapper): POST /prompt with requests' data= (no Content-Type), only
   then the websocket; done on a "status" whose exec_info.queue_remaining is 0 or on "executing" None;
   then /history/{prompt_id}[prompt_id]["outputs"][node]["images"] and /view. Its upload_image POSTs
@@ -66,6 +69,31 @@ def test_websockets_api_example(client):
         until_done(ws, prompt_id)
         history = client.get(f"/history/{prompt_id}", headers=URLLIB).json()[prompt_id]
     assert [im.size for im in images_of(client, history)] == [(64, 64)]
+
+
+def test_websockets_api_example_ws_images(client):
+    prompt = graph(9)
+    prompt["5"]["inputs"]["batch_size"] = 2
+    del prompt["9"]
+    prompt["save_image_websocket_node"] = {"class_type": "SaveImageWebsocket", "inputs": {"images": ["8", 0]}}
+    output_images, current_node = {}, ""
+    with client.websocket_connect(f"{WS}?clientId=ws-images") as ws:
+        data = json.dumps({"prompt": prompt, "client_id": "ws-images"}).encode("utf-8")
+        r = client.post("/prompt", content=data, headers=URLLIB)
+        assert r.status_code == 200, r.text
+        prompt_id = r.json()["prompt_id"]
+        while True:
+            out = ws.receive()
+            if out.get("text"):
+                message = json.loads(out["text"])
+                if message["type"] == "executing" and message["data"]["prompt_id"] == prompt_id:
+                    if message["data"]["node"] is None:
+                        break
+                    current_node = message["data"]["node"]
+            elif current_node == "save_image_websocket_node":
+                output_images.setdefault(current_node, []).append(out["bytes"][8:])
+    images = [Image.open(io.BytesIO(b)) for b in output_images["save_image_websocket_node"]]
+    assert [(im.format, im.size) for im in images] == [("PNG", (64, 64))] * 2  # no step preview among them
 
 
 def queue_prompt_and_wait(client, prompt: dict) -> str:
