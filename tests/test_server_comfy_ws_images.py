@@ -39,4 +39,5 @@ def test_save_image_websocket_sends_png_frames(client):
     progress = [m["data"] for m in messages if m["type"] == "progress" and m["data"]["node"] == "9"]
     assert [p["value"] for p in progress] == [0, 1] and progress[0]["max"] == 2
     assert not any(settings.outputs_dir.rglob("*.png"))
-    assert messages[-2]["type"] == "execution_success"
+    # ComfyUI's order: execution_success, the queue status (result stored), then "executing" None
+    assert [m["type"] for m in messages][-3:] == ["execution_success", "status", "executing"]

@@ -108,7 +108,10 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     prompt, prompt_gaps = a1111_apply.prompt(req, opts, state.folders)
     negative = req.negative_prompt
     if req.styles:  # a damaged styles file only fails the requests that name styles
-        prompt, negative = apply_styles(prompt, negative, req.styles, state.styles())
+        known = state.styles()
+        # "None" is how clients (AIYA) say no style; A1111 passes over names it does not know
+        names = [name for name in req.styles if name != "None" or name in known]
+        prompt, negative = apply_styles(prompt, negative, names, known)
     check_lora_names(state.folders, prompt)
     check_template(prompt, state.wildcards)
     check_template(negative, state.wildcards, "negative_prompt")
@@ -201,10 +204,14 @@ def router(state) -> APIRouter:
 
     @api.get("/schedulers")
     def schedulers():
-        # default_rho: the rho the "rho" setting replaces (A1111: Karras's 7, -1 where none applies)
+        # As A1111's list: "automatic" (each sampler's own default, e.g. Karras for DPM++ 2M) first, for
+        # clients that offer the names (SillyTavern); our "normal", the model's own schedule, is what
+        # A1111 calls Uniform. default_rho: the rho the "rho" setting replaces (Karras's 7, else -1).
+        rows = [("automatic", "Automatic")] + [(sid, "Uniform" if sid == "normal" else label)
+                                               for sid, label in N.SCHEDULER_LABELS.items()]
         return [{"name": sid, "label": label, "aliases": None,
                  "default_rho": SO.KARRAS_RHO if sid == "karras" else -1, "need_inner_model": False}
-                for sid, label in N.SCHEDULER_LABELS.items()]
+                for sid, label in rows]
 
     @api.get("/loras")
     def loras():
@@ -259,8 +266,10 @@ def router(state) -> APIRouter:
 
     @api.get("/cmd-flags")
     def cmd_flags():
+        # gradio_auth: A1111's Gradio login, which clients (AIYA) read to decide whether to log in first
         return {"api": True, "listen": s.host not in ("127.0.0.1", "localhost", "::1"), "port": s.port,
-                "api_auth": bool(s.api_token), "ckpt_dir": str(s.models_dir) if s.models_dir else None}
+                "api_auth": bool(s.api_token), "gradio_auth": None, "nowebui": False,
+                "ckpt_dir": str(s.models_dir) if s.models_dir else None}
 
     @api.get("/progress")
     def progress(skip_current_image: bool = False):

@@ -2,17 +2,27 @@
 
 Every model allows extra fields (clients send many we do not implement); they are accepted and
 reported in the response's info (a1111_unsupported), never an error. Values are range-checked
-here (422 naming the field); NaN/inf are refused for every float."""
+here (422 naming the field); NaN/inf are refused for every float. A whole-number field takes a
+number with a fraction and drops the fraction, as A1111 does (its pydantic 1 models do): clients
+send such (AIYA: hr_second_pass_steps = steps / 2)."""
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..pipeline import limits as L
 
 _LIM = L.DEFAULT_LIMITS
 MAX_PROMPT = 20_000
+
+
+def _whole(value):
+    return int(value) if isinstance(value, float) and math.isfinite(value) else value
+
+
+Int = Annotated[int, BeforeValidator(_whole)]
 
 
 def _finite(default, lo, hi):
@@ -27,25 +37,25 @@ class GenerationRequest(_Base):
     prompt: str = Field("", max_length=MAX_PROMPT)
     negative_prompt: str = Field("", max_length=MAX_PROMPT)
     styles: list[str] | None = None
-    seed: int = Field(-1, ge=-1, le=L.MAX_SEED)
-    subseed: int = Field(-1, ge=-1, le=L.MAX_SEED)
+    seed: Int = Field(-1, ge=-1, le=L.MAX_SEED)
+    subseed: Int = Field(-1, ge=-1, le=L.MAX_SEED)
     subseed_strength: float = _finite(0.0, 0, 1)
     # A1111's "Resize seed from": 0 or -1 is off; the noise is drawn at this size (pixels)
-    seed_resize_from_h: int = Field(-1, ge=-1, le=_LIM.max_side)
-    seed_resize_from_w: int = Field(-1, ge=-1, le=_LIM.max_side)
+    seed_resize_from_h: Int = Field(-1, ge=-1, le=_LIM.max_side)
+    seed_resize_from_w: Int = Field(-1, ge=-1, le=_LIM.max_side)
     sampler_name: str | None = Field(None, max_length=100)
     sampler_index: str | None = Field("Euler", max_length=100)
     scheduler: str | None = Field(None, max_length=100)
-    batch_size: int = Field(1, ge=1, le=_LIM.max_batch)
-    n_iter: int = Field(1, ge=1, le=100)
-    steps: int = Field(50, ge=1, le=_LIM.max_steps)
+    batch_size: Int = Field(1, ge=1, le=_LIM.max_batch)
+    n_iter: Int = Field(1, ge=1, le=100)
+    steps: Int = Field(50, ge=1, le=_LIM.max_steps)
     cfg_scale: float = _finite(7.0, 0, _LIM.max_cfg)
     # Flux dev's distilled guidance (Forge's field; None: the model's 3.5) and the flow schedule's
     # shift of SD3/Flux (opensd's; None: the model's own)
     distilled_cfg_scale: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
     shift: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
-    width: int = Field(512, ge=8, le=_LIM.max_side)
-    height: int = Field(512, ge=8, le=_LIM.max_side)
+    width: Int = Field(512, ge=8, le=_LIM.max_side)
+    height: Int = Field(512, ge=8, le=_LIM.max_side)
     restore_faces: bool | None = None
     tiling: bool | None = None
     do_not_save_samples: bool = False
@@ -75,13 +85,13 @@ class GenerationRequest(_Base):
 class Txt2ImgRequest(GenerationRequest):
     enable_hr: bool = False
     firstpass_image: str | None = None
-    firstphase_width: int = 0
-    firstphase_height: int = 0
+    firstphase_width: Int = 0
+    firstphase_height: Int = 0
     hr_scale: float = _finite(2.0, 1, 8)
     hr_upscaler: str | None = Field(None, max_length=100)
-    hr_second_pass_steps: int = Field(0, ge=0, le=_LIM.max_steps)
-    hr_resize_x: int = Field(0, ge=0, le=_LIM.max_side)
-    hr_resize_y: int = Field(0, ge=0, le=_LIM.max_side)
+    hr_second_pass_steps: Int = Field(0, ge=0, le=_LIM.max_steps)
+    hr_resize_x: Int = Field(0, ge=0, le=_LIM.max_side)
+    hr_resize_y: Int = Field(0, ge=0, le=_LIM.max_side)
     hr_checkpoint_name: str | None = None
     hr_sampler_name: str | None = Field(None, max_length=100)
     hr_scheduler: str | None = Field(None, max_length=100)
@@ -91,16 +101,16 @@ class Txt2ImgRequest(GenerationRequest):
 
 class Img2ImgRequest(GenerationRequest):
     init_images: list[str] = Field(default_factory=list, max_length=64)
-    resize_mode: int = Field(0, ge=0, le=3)
+    resize_mode: Int = Field(0, ge=0, le=3)
     image_cfg_scale: float | None = Field(None, allow_inf_nan=False)
     mask: str | None = None
-    mask_blur_x: int = Field(4, ge=0, le=256)
-    mask_blur_y: int = Field(4, ge=0, le=256)
-    mask_blur: int | None = Field(None, ge=0, le=256)
-    inpainting_fill: int = Field(0, ge=0, le=3)
+    mask_blur_x: Int = Field(4, ge=0, le=256)
+    mask_blur_y: Int = Field(4, ge=0, le=256)
+    mask_blur: Int | None = Field(None, ge=0, le=256)
+    inpainting_fill: Int = Field(0, ge=0, le=3)
     inpaint_full_res: bool = True
-    inpaint_full_res_padding: int = Field(0, ge=0, le=1024)
-    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    inpaint_full_res_padding: Int = Field(0, ge=0, le=1024)
+    inpainting_mask_invert: Int = Field(0, ge=0, le=1)
     initial_noise_multiplier: float | None = Field(None, allow_inf_nan=False)
     latent_mask: str | None = None
     include_init_images: bool = False

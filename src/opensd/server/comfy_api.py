@@ -59,6 +59,7 @@ class ComfyHub:
         state.cache.on_evict.append(lambda path: self.output_cache.clear())  # it holds pipelines too
         state.queue.register(KIND, self.run)
         state.queue.listeners.append(lambda event, job: self.broadcast_status())
+        state.queue.listeners.append(self.finished)  # after the status: ComfyUI's order
 
     def bind_loop(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -90,6 +91,13 @@ class ComfyHub:
 
     def broadcast_status(self) -> None:
         self.send(None, self.status_message())
+
+    def finished(self, event: str, job) -> None:
+        """A graph's last message, "executing" with node None, once /history holds its result: ComfyUI
+        sends it after storing the result, and clients (its script examples, Open WebUI) then read
+        /history/{prompt_id} at once. A job queued again (a server stopping) has not finished."""
+        if event == "finished" and job.kind == KIND and job.status in FINAL:
+            self.send(job.payload.get("client_id"), {"type": "executing", "data": {"node": None, "prompt_id": job.id}})
 
     # --- the runner (worker thread) --------------------------------------------------------------
 

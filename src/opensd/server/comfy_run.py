@@ -79,8 +79,8 @@ def run_graph(job_id: str, payload: dict, ctx: ExecutionContext, ctl, send: Call
             "exception_type": getattr(e, "exception_type", type(e).__name__),
             "traceback": getattr(e, "traceback", []), "current_inputs": {}, "current_outputs": {},
             "timestamp": now_ms()})
-    finally:
-        send({"type": "executing", "data": {"node": None, "prompt_id": job_id}})
+    # The closing "executing" (node None) is not sent here: clients read /history as soon as it comes,
+    # so the front door sends it once the job's result is stored (comfy_api.ComfyHub.finished).
     return {"outputs": outputs, "status": {"status_str": status, "completed": status == "success",
                                            "messages": messages}}
 

@@ -20,6 +20,9 @@
 - Scripts (no Origin, Sec-Fetch-* or Referer: every current browser sends Origin on a cross-site POST
   and Sec-Fetch-Site on every request) may post JSON under any of those types, as ComfyUI's own
   `urllib` examples and `requests.post(data=...)` do: such a body is relabelled application/json.
+  So may Node's fetch (undici), which marks its requests `Sec-Fetch-Mode: cors` and nothing else: a
+  browser sends Origin with every request in that mode (Fetch standard), and a cors-mode request
+  cannot carry a forged body across sites without it.
 - JSON bodies are read here once for every route and refused (422) when nested too deep or holding
   text that is not Unicode (see safe_json). Routes parse only bodies declared JSON (FastAPI's strict
   Content-Type, and the same rule in the routes that read the body themselves).
@@ -46,8 +49,11 @@ NO_PREFLIGHT_TYPES = ("text/plain", "application/x-www-form-urlencoded")  # mult
 
 
 def _scripted(headers) -> bool:
-    """A request no browser sent: browsers mark every request with Sec-Fetch-* or Origin/Referer."""
-    return not any(h in headers for h in ("origin", "sec-fetch-site", "sec-fetch-mode", "referer"))
+    """A request no browser sent: browsers mark every request with Sec-Fetch-* or Origin/Referer, and
+    one in "cors" mode always with Origin; Node's fetch sends Sec-Fetch-Mode: cors alone."""
+    if any(h in headers for h in ("origin", "sec-fetch-site", "referer")):
+        return False
+    return headers.get("sec-fetch-mode", "cors").strip().lower() == "cors"
 
 
 def _host_name(host: str) -> str:

@@ -39,7 +39,7 @@ def _file(path: Path):
 def router() -> APIRouter:
     api = APIRouter(include_in_schema=False)
 
-    @api.get("/")
+    @api.api_route("/", methods=["GET", "HEAD"])  # HEAD: clients check the server is up with it (A1111's answers)
     def index():
         return _file(STATIC_DIR / "index.html")
 

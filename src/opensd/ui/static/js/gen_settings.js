@@ -68,12 +68,13 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       field("Variation seed (-1: random)", subseed), strengthField));
 
   // --- data from the server ---
-  const [ckpts, vaes, samplers, schedulers, loras, embeddings, styleList, options, scripts] = await Promise.all([
+  let [ckpts, vaes, samplers, schedulers, loras, embeddings, styleList, options, scripts] = await Promise.all([
     api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/sd-vae"), api.get("/sdapi/v1/samplers"),
     api.get("/sdapi/v1/schedulers"), api.get("/sdapi/v1/loras"), api.get("/sdapi/v1/embeddings"),
     api.get("/sdapi/v1/prompt-styles"), api.get("/sdapi/v1/options"), api.get("/sdapi/v1/script-info"),
   ]).catch((e) => { toast(e.message, "error"); return [{ items: [] }, [], [], [], [], { loaded: {} }, [], {}, []]; });
   let checkpoints = ckpts.items;
+  schedulers = schedulers.filter((s) => s.name !== "automatic"); // the pickers' own first entry is Automatic
   const styles = stylesPicker(styleList, prompt, negative);
   pickers.before(styles.element);
   // the refiner's controls only where the server has A1111's always-on Refiner script
