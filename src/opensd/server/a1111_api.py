@@ -98,7 +98,8 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     if img2img:
         if not req.init_images:
             raise InvalidArgument("init_images: at least one init image is required")
-        images_io.decode_b64(req.init_images[0], "init_images[0]", s.max_image_pixels)
+        for i, image in enumerate(req.init_images):  # each of them starts images of the batch
+            images_io.decode_b64(image, f"init_images[{i}]", s.max_image_pixels)
         if req.mask:
             images_io.decode_b64(req.mask, "mask", s.max_image_pixels)
     elif req.enable_hr and req.firstpass_image:

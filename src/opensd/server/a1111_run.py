@@ -119,6 +119,12 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
                   inpaint_full_res_padding=req.inpaint_full_res_padding,
                   invert_mask=bool(req.inpainting_mask_invert))
         kw.update(a1111_soft_inpaint.kwargs(req))
+        count = len(req.init_images)
+        if count > req.batch_size:  # A1111's own RuntimeError (a 500 there), refused before queueing here
+            raise InvalidArgument(f"init_images: bad number of images passed: {count}; expecting "
+                                  f"{req.batch_size} or less (batch_size)")
+        if count > 1:  # A1111 makes one image per init image: its batch shrinks to their count
+            kw["batch_size"] = count
     elif req.enable_hr:
         upscaler = hires_upscaler(req.hr_upscaler, upscalers or Upscalers(None))
         hs, hsched = hires_sampler(req, sampler, schedule)
@@ -210,11 +216,12 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
         kw["hires"] = Hires(**hires)
     if kw.get("hypertile"):
         kw["hypertile"] = HyperTile(**kw["hypertile"])
-    mask = None
+    mask, inits = None, [init]
     if mode == "img2img":
         limit = state.settings.max_image_pixels
-        if init is None:  # transparent parts over img2img_background_color, as A1111 flattens them
-            init = flatten(decode_b64(req.init_images[0], "init_images[0]", limit), p.get("background") or WHITE)
+        if init is None:
+            inits = [init_image(req, p, limit, i) for i in range(len(req.init_images))]
+            init = inits[0]
         mask = decode_b64(req.mask, "mask", limit) if req.mask else None
     elif hires is not None and req.firstpass_image:  # A1111's hires fix of an image already made
         kw["first_pass"] = decode_b64(req.firstpass_image, "firstpass_image", state.settings.max_image_pixels)
@@ -240,7 +247,10 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
             args = {**kw, "seed": s, "subseed": ss if varied else None, **changes}
             if init is None:
                 return pipe.txt2img(text, negative_text, progress=report, **args)
-            return pipe.img2img(init, text, negative_text, mask=mask, progress=report, **args)
+            # several init images: batch item k starts from image k (A1111's batch of them); each
+            # item is then made alone, so its offset in the batch is its seed's
+            start = inits[(args["seed"] - s) % (L.MAX_SEED + 1) % len(inits)]
+            return pipe.img2img(start, text, negative_text, mask=mask, progress=report, **args)
 
         def on_latents(denoised):  # for /progress
             image = pipe.preview(denoised)
@@ -250,7 +260,8 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
         pipe.on_latents = on_latents
         try:
             out = dynamic_batch.generate(call, prompt, negative, seed=s, subseed=ss if varied else None,
-                                         batch_size=per, wildcards=state.wildcards, progress=progress)
+                                         batch_size=per, wildcards=state.wildcards, progress=progress,
+                                         one_by_one=len(inits) > 1)
         except Stopped as e:
             if e.skip:
                 continue
@@ -266,6 +277,12 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
                                         model_hash=hash_, controls=controls, vae=vae))
             for image in images]
     return Batch(made, interrupted, pipe.name, hash_, vae)
+
+
+def init_image(req, p: dict, limit: int, i: int = 0):
+    """The request's init image `i`, its transparent parts over img2img_background_color, as A1111
+    flattens them."""
+    return flatten(decode_b64(req.init_images[i], f"init_images[{i}]", limit), p.get("background") or WHITE)
 
 
 def _made(image, infotext: str) -> Made:
@@ -301,7 +318,7 @@ def info_dict(req, kw, model, hash_, seeds, subseeds, infotexts, img2img) -> dic
         "subseed_strength": req.subseed_strength, "width": kw["width"], "height": kw["height"],
         "sampler_name": SAMPLER_LABELS.get(kw["sampler"], kw["sampler"]),
         "scheduler": kw["scheduler"] or "Automatic", "cfg_scale": kw["cfg"], "steps": kw["steps"],
-        "batch_size": req.batch_size, "restore_faces": False, "face_restoration_model": None,
+        "batch_size": kw["batch_size"], "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": model, "sd_model_hash": hash_, "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": req.seed_resize_from_w, "seed_resize_from_h": req.seed_resize_from_h,
         "denoising_strength": kw.get("strength") if img2img else (

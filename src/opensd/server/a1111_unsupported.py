@@ -44,8 +44,6 @@ def request_gaps(req) -> list[tuple[str, str]]:
     gaps = [(name, message) for name, (off, message) in REQUEST_FIELDS.items()
             if name in req.model_fields_set and data.get(name) not in off]
     gaps += [(name, "not an AUTOMATIC1111 field; ignored") for name in sorted(req.model_extra or {})]
-    if len(data.get("init_images") or []) > 1:
-        gaps.append(("init_images[1:]", "every image of the batch starts from the first init image"))
     for name in (req.alwayson_scripts or {}):
         if name.lower() in A1111_ALWAYSON:
             gaps.append((f"alwayson_scripts.{name}", f"not available here: {A1111_ALWAYSON[name.lower()]}"))
