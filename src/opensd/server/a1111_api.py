@@ -100,8 +100,9 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
             raise InvalidArgument("init_images: at least one init image is required")
         for i, image in enumerate(req.init_images):  # each of them starts images of the batch
             images_io.decode_b64(image, f"init_images[{i}]", s.max_image_pixels)
-        if req.mask:
-            images_io.decode_b64(req.mask, "mask", s.max_image_pixels)
+        for name in ("mask", "latent_mask"):
+            if getattr(req, name):
+                images_io.decode_b64(getattr(req, name), name, s.max_image_pixels)
     elif req.enable_hr and req.firstpass_image:
         images_io.decode_b64(req.firstpass_image, "firstpass_image", s.max_image_pixels)
     hires_checkpoint = a1111_refiner.hires_checkpoint(req, img2img, state.cache)

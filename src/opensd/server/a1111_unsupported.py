@@ -13,7 +13,6 @@ REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
     "restore_faces": ((None, False), "no face restoration model here; images are returned as generated"),
     "firstphase_width": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
     "firstphase_height": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
-    "latent_mask": ((None, ""), "not implemented; the mask is used for the latents too"),
     "force_task_id": ((None, ""), "task ids are not used; every job has its own id (/opensd/v1/jobs)"),
 }
 
@@ -44,6 +43,8 @@ def request_gaps(req) -> list[tuple[str, str]]:
     gaps = [(name, message) for name, (off, message) in REQUEST_FIELDS.items()
             if name in req.model_fields_set and data.get(name) not in off]
     gaps += [(name, "not an AUTOMATIC1111 field; ignored") for name in sorted(req.model_extra or {})]
+    if data.get("latent_mask") and not data.get("mask"):
+        gaps.append(("latent_mask", "used with a mask only, as in A1111; ignored"))
     for name in (req.alwayson_scripts or {}):
         if name.lower() in A1111_ALWAYSON:
             gaps.append((f"alwayson_scripts.{name}", f"not available here: {A1111_ALWAYSON[name.lower()]}"))

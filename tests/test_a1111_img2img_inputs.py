@@ -1,6 +1,7 @@
-"""Several init images in one A1111 img2img request: batch item k starts from init image k (A1111's
-batch of them), the batch shrinks to their count, each batch count repeats them with the next seeds,
-and more images than batch_size is refused as A1111 refuses it."""
+"""A1111 img2img inputs beyond one init image and a mask. Several `init_images`: batch item k starts
+from init image k (A1111's batch of them), the batch shrinks to their count, each batch count
+repeats them with the next seeds, and more images than batch_size is refused as A1111 refuses it.
+`latent_mask`: what is repainted (the latent blend) while `mask` decides what is laid back."""
 from __future__ import annotations
 
 import base64
@@ -83,3 +84,36 @@ def test_more_init_images_than_the_batch_or_a_bad_one_is_refused(live):
     assert r.status_code == 422 and "init_images: bad number of images passed: 3; expecting 2 or less" in r.text
     r = img2img(live, init_images=[RED, "bm90IGFuIGltYWdl"], batch_size=2)
     assert r.status_code == 422 and "init_images[1]" in r.text
+
+
+def halves() -> tuple[str, str]:
+    """(a mask over the whole image, one over its left half)"""
+    left = Image.new("L", (64, 64), 0)
+    left.paste(255, (0, 0, 32, 64))
+    return b64(Image.new("L", (64, 64), 255)), b64(left)
+
+
+INPAINT = {"mask_blur": 0, "inpainting_fill": 1, "inpaint_full_res": False, "denoising_strength": 0.8}
+
+
+def test_latent_mask_decides_the_repaint_and_mask_the_composite(live):
+    whole, left = halves()
+    init = [RED]
+    both, info = ok(img2img(live, init_images=init, mask=whole, latent_mask=left, **INPAINT))
+    # the same sampling (the left half repainted), laid back over the left half only
+    half, _ = ok(img2img(live, init_images=init, mask=left, **INPAINT))
+    free, _ = ok(img2img(live, init_images=init, mask=whole, **INPAINT))
+    assert np.array_equal(both[0][:, :32], half[0][:, :32])
+    assert (half[0][:, 32:] == [220, 30, 30]).all()  # laid back: the init image
+    assert not np.array_equal(both[0][:, 32:], half[0][:, 32:])  # not laid back: the decoded latents kept
+    assert not np.array_equal(both[0][:, 32:], free[0][:, 32:])  # kept at the init image's, not repainted
+    assert "latent_mask" not in info["unsupported_fields"] and info["opensd_warnings"] == []
+
+
+def test_latent_mask_without_a_mask_is_ignored_and_a_bad_one_refused(live):
+    whole, left = halves()
+    plain, _ = ok(img2img(live, init_images=[RED]))
+    alone, info = ok(img2img(live, init_images=[RED], latent_mask=left))
+    assert np.array_equal(plain[0], alone[0]) and "latent_mask" in info["unsupported_fields"]
+    r = img2img(live, init_images=[RED], mask=whole, latent_mask="bm90IGFuIGltYWdl")
+    assert r.status_code == 422 and "latent_mask" in r.text
