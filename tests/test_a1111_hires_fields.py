@@ -57,3 +57,12 @@ def test_hires_and_refiner_keys_come_back_as_request_fields():
         "refiner_switch_at": 0.6}
     _, notes = request_from_infotext(text, checkpoints[:1])
     assert [n.split(":")[0] for n in notes] == ["Hires checkpoint", "Refiner"]
+
+
+def test_hires_fix_use_firstpass_conds_reaches_the_hires_pass():
+    req = Txt2ImgRequest(prompt="a cat", enable_hr=True, hr_scale=1.5)
+    on = plan(req, False, 10_000, {**DEFAULTS, "hires_fix_use_firstpass_conds": True})[0]["hires"]
+    assert on["firstpass_conds"] is True
+    assert "firstpass_conds" not in plan(req, False, 10_000, dict(DEFAULTS))[0]["hires"]  # off: as stored before
+    from opensd.server.a1111_unsupported import SETTINGS
+    assert "hires_fix_use_firstpass_conds" not in SETTINGS

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..models.conv import circular_padding
+from ..sampling.names import resolve
+from ..sampling.samplers import NEEDS_UNCOND
 from ..upscale import latent_mode
 from . import images as I
 from . import img2img as i2i
@@ -44,11 +46,11 @@ class HiresPass:
                                           progress=lambda i, n: report(offset))
             init = hr.encode(image)
         self._speedups.before_hires(w, h_px)
-        with self._lent_to(hr, second.prompt, p.tiling):
+        # A1111 hands the hires pass its steps: exactly that many, of a longer schedule
+        total, run = i2i.schedule_steps(second.steps, h.denoise, fixed=True)
+        with self._lent_to(hr, second.prompt, p.tiling), self._own_networks(hr, p, second, run, w, h_px):
             # A1111 draws the second pass's noise afresh from the same seeds, at the new size.
             noise = hr._image_noise(p, seed, subseed, tuple(init.shape))
-            # A1111 hands the hires pass its steps: exactly that many, of a longer schedule
-            total, run = i2i.schedule_steps(second.steps, h.denoise, fixed=True)
             sigmas = i2i.tail(hr.sigmas(second, total), run)
             image_cond = hr._hires_image_cond(p, init, image, w, h_px)
             x = hr._noised(second, sigmas[0], noise.initial, init, p.extra_noise)
@@ -75,6 +77,30 @@ class HiresPass:
         finally:
             self._refined = self._refined or hr._refined
             hr._controls, hr._references, hr._ip_adapter, hr._refiner, hr.on_latents = [], [], None, None, None
+
+    @contextmanager
+    def _own_networks(self, hr: "HiresPass", p: Params, second: Params, steps: int, width: int, height: int):
+        """The hires pass on this model: with the LoRAs its prompt names, as A1111 activates the hires
+        prompt's extra networks for it, and the first pass's again after (the next image's). With
+        `p.hires.firstpass_conds` (A1111's hires_fix_use_firstpass_conds) the pass's prompts are encoded
+        before the switch, under the first pass's LoRAs, as A1111 encodes them beside the first
+        pass's; the UNet still runs with the hires prompt's."""
+        if hr is not self:
+            yield  # the hires checkpoint (_lent_to), where A1111 does not use the setting
+            return
+        if p.hires.firstpass_conds:  # the encodings the pass asks for (Pipeline._sample), made now
+            self.guidance(second, steps, width, height, resolve(second.sampler, second.scheduler)[0] in NEEDS_UNCOND)
+        first = self._cond_cache  # encoded under the first pass's LoRAs
+        self.apply_loras(second.prompt)  # a changed set starts a new cache
+        if p.hires.firstpass_conds:
+            self._cond_cache = first
+        try:
+            yield
+        finally:
+            hires = self._cond_cache
+            self.apply_loras(p.prompt)
+            if self._cond_cache is not hires:  # switched back: the first pass's encodings hold again
+                self._cond_cache = first
 
     def _hires_image_cond(self, p: Params, latents: torch.Tensor, image: Image.Image | None, width: int,
                           height: int) -> torch.Tensor | None:

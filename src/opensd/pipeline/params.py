@@ -30,6 +30,8 @@ class Hires:
     prompt: str | None = None         # None: same prompt
     negative_prompt: str | None = None
     token_merging: float | None = None  # None or 0: the first pass's (A1111's token_merging_ratio_hr)
+    # A1111's hires_fix_use_firstpass_conds: the pass's prompts encoded under the first pass's LoRAs
+    firstpass_conds: bool = False
 
     def target(self, width: int, height: int) -> tuple[int, int]:
         if self.width or self.height:

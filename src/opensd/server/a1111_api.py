@@ -51,13 +51,13 @@ def client_id(request: Request) -> str:
     return "addr:" + (request.client.host if request.client else "unknown")
 
 
-def check_lora_names(folders, prompt: str) -> None:
+def check_lora_names(folders, prompt: str, field: str = "prompt") -> None:
     """Every <lora:name:w> of the prompt names a file inside the LoRA folders (422 otherwise)."""
     for tag in prompt_lora_tags(prompt):
         try:
             folders.resolve("loras", tag.name)
         except InvalidArgument as e:
-            raise InvalidArgument(f"prompt: <lora:{tag.name}>: {e}") from None
+            raise InvalidArgument(f"{field}: <lora:{tag.name}>: {e}") from None
 
 
 def queue_full(e: QueueFull) -> JSONResponse:
@@ -112,6 +112,8 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     if req.styles:  # a damaged styles file only fails the requests that name styles
         prompt, negative = apply_styles(prompt, negative, req.styles, state.styles())
     check_lora_names(state.folders, prompt)
+    if not img2img and req.enable_hr:  # the hires pass applies its prompt's LoRAs
+        check_lora_names(state.folders, req.hr_prompt, "hr_prompt")
     check_template(prompt, state.wildcards)
     check_template(negative, state.wildcards, "negative_prompt")
     controlnet = a1111_controlnet.parse_units(req, state.folders, s.max_image_pixels, img2img)

@@ -134,6 +134,8 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
                        "sampler": hs, "scheduler": hsched, "prompt": req.hr_prompt or None,
                        "negative_prompt": req.hr_negative_prompt or None,
                        "token_merging": opts["token_merging_ratio_hr"] or None}
+        if opts["hires_fix_use_firstpass_conds"]:
+            kw["hires"]["firstpass_conds"] = True
     return kw, gaps
 
 
