@@ -66,3 +66,15 @@ def test_hires_fix_use_firstpass_conds_reaches_the_hires_pass():
     assert "firstpass_conds" not in plan(req, False, 10_000, dict(DEFAULTS))[0]["hires"]  # off: as stored before
     from opensd.server.a1111_unsupported import SETTINGS
     assert "hires_fix_use_firstpass_conds" not in SETTINGS
+
+
+def test_firstphase_size_replaces_width_and_height_as_in_a1111():
+    from opensd.server.a1111_unsupported import request_gaps
+
+    req = Txt2ImgRequest(prompt="a cat", width=512, height=512, firstphase_width=64, firstphase_height=96,
+                         enable_hr=True, hr_scale=2)
+    kw = plan(req, False, 10_000, dict(DEFAULTS))[0]
+    assert (kw["width"], kw["height"]) == (64, 96) and kw["hires"]["scale"] == 2 and kw["hires"]["width"] is None
+    assert request_gaps(req) == []
+    with pytest.raises(InvalidArgument, match="^firstphase_width/firstphase_height: .*give both"):
+        plan(Txt2ImgRequest(prompt="a cat", firstphase_width=64), False, 10_000, dict(DEFAULTS))

@@ -83,7 +83,8 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     sampler, schedule = sampler_of(req)
     if (req.scheduler or "automatic").strip().lower() == "automatic" and schedule == DEFAULT_SCHEDULES[sampler]:
         schedule = None  # "Automatic": the model's family chooses (Flux: simple), else the sampler's default
-    kw = {"steps": req.steps, "cfg": req.cfg_scale, "width": _down8(req.width), "height": _down8(req.height),
+    width, height = first_phase_size(req)
+    kw = {"steps": req.steps, "cfg": req.cfg_scale, "width": _down8(width), "height": _down8(height),
           "batch_size": req.batch_size, "sampler": sampler, "scheduler": schedule,
           "subseed_strength": req.subseed_strength}
     if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
@@ -137,6 +138,19 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
         if opts["hires_fix_use_firstpass_conds"]:
             kw["hires"]["firstpass_conds"] = True
     return kw, gaps
+
+
+def first_phase_size(req) -> tuple[int, int]:
+    """The size of the image (of a hires fix's first pass): width and height, or A1111 1.x's
+    firstphase_width and firstphase_height, which replace them when set (its txt2img __post_init__;
+    the hires fix then scales that size)."""
+    first = (getattr(req, "firstphase_width", 0), getattr(req, "firstphase_height", 0))
+    if not any(first):
+        return req.width, req.height
+    if not all(first):  # A1111 would then sample a 0-pixel side and fail
+        raise InvalidArgument("firstphase_width/firstphase_height: A1111 makes them the image's size "
+                              "in place of width/height; give both, or neither")
+    return first
 
 
 def request_of(p: dict):

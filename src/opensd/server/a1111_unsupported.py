@@ -11,8 +11,6 @@ from __future__ import annotations
 # request field -> (values meaning "off", what happens here instead)
 REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
     "restore_faces": ((None, False), "no face restoration model here; images are returned as generated"),
-    "firstphase_width": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
-    "firstphase_height": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
     "force_task_id": ((None, ""), "task ids are not used; every job has its own id (/opensd/v1/jobs)"),
 }
 
