@@ -233,7 +233,8 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         pipes = [self] + [pipe for pipe in dict.fromkeys(others) if pipe is not None and pipe is not self]
         own = [pipe.schedule for pipe in pipes]
         for pipe in pipes:
-            pipe.schedule = DiscreteSchedule(*SO.model_alphas(pipe.alphas_cumprod, p.schedule_options))
+            pipe.schedule = DiscreteSchedule(*SO.model_alphas(pipe.alphas_cumprod, p.schedule_options),
+                                             quantize=SO.get(p.schedule_options, "enable_quantization"))
         try:
             return self._images_of(p, init, mask, progress)
         finally:

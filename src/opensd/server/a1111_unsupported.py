@@ -23,7 +23,6 @@ SETTINGS: dict[str, str] = {
     "no_dpmpp_sde_batch_determinism": _NOT_IMPLEMENTED,
     "use_old_hires_fix_width_height": _NOT_IMPLEMENTED,
     "use_old_scheduling": "not implemented; prompt editing uses A1111's current timelines",
-    "enable_quantization": _NOT_IMPLEMENTED,
     "lora_functional": _NOT_IMPLEMENTED,
 }
 
