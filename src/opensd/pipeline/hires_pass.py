@@ -26,8 +26,9 @@ class HiresPass:
         """Second pass at the target size: upscale (a latent mode, or the decoded image through an
         upscaler and encoded again, as A1111 does), renoise, denoise. With a hires model (A1111's
         hr_checkpoint_name) this model decodes the first pass and the hires model does the rest."""
-        w, h_px = h.target(p.width, p.height)
         down = self.config.vae.downscale
+        up_w, up_h, cut_x, cut_y = h.upscaled(p.width, p.height, down)
+        w, h_px = h.target(p.width, p.height, down)
         offset = 0 if latents is None else i2i.steps_run(p.steps, 1.0)
         second = replace(p, width=w, height=h_px, steps=h.steps or p.steps, strength=h.denoise,
                          sampler=h.sampler or p.sampler, scheduler=h.scheduler or p.scheduler,
@@ -39,12 +40,17 @@ class HiresPass:
         image = None
         if mode is not None:  # a given first pass is encoded at its own size, as A1111 does
             first = latents if latents is not None else self.encode(self._first_pass)
-            init = F.interpolate(first, size=(h_px // down, w // down), mode=mode[0], antialias=mode[1])
+            init = F.interpolate(first, size=(up_h // down, up_w // down), mode=mode[0], antialias=mode[1])
         else:  # a model upscaler may take a while: the stop check runs after each of its tiles
             first = self._decoded(latents) if latents is not None else self._first_pass
-            image = self.upscalers.resize(first, w, h_px, h.upscaler, "hires upscaler",
+            image = self.upscalers.resize(first, up_w, up_h, h.upscaler, "hires upscaler",
                                           progress=lambda i, n: report(offset))
             init = hr.encode(image)
+        if cut_x or cut_y:  # A1111 cuts the excess of a covering upscale off the latents, centred
+            top, left = cut_y // 2, cut_x // 2
+            init = init[:, :, top:top + h_px // down, left:left + w // down]
+            if image is not None:  # (inpainting models' channels: the same part of the image)
+                image = image.crop((left * down, top * down, left * down + w, top * down + h_px))
         self._speedups.before_hires(w, h_px)
         # A1111 hands the hires pass its steps: exactly that many, of a longer schedule
         total, run = i2i.schedule_steps(second.steps, h.denoise, fixed=True)

@@ -33,12 +33,27 @@ class Hires:
     # A1111's hires_fix_use_firstpass_conds: the pass's prompts encoded under the first pass's LoRAs
     firstpass_conds: bool = False
 
-    def target(self, width: int, height: int) -> tuple[int, int]:
-        if self.width or self.height:
-            w = self.width or round(width * (self.height / height) / 8) * 8
-            h = self.height or round(height * (self.width / width) / 8) * 8
-            return w, h
-        return round(width * self.scale / 8) * 8, round(height * self.scale / 8) * 8
+    def upscaled(self, width: int, height: int, down: int = 8) -> tuple[int, int, int, int]:
+        """A1111's calculate_target_resolution for a `width` x `height` first pass: (the width and
+        height it upscales to, the latent columns and rows it then cuts off, half on each side). A
+        scale or one side keeps the aspect (sizes rounded down); both sides cover that size and the
+        excess is cut off, centred."""
+        if not (self.width or self.height):
+            return int(width * self.scale), int(height * self.scale), 0, 0
+        if not self.height:
+            return self.width, self.width * height // width, 0, 0
+        if not self.width:
+            return self.height * width // height, self.height, 0, 0
+        if width / height < self.width / self.height:
+            up_w, up_h = self.width, self.width * height // width
+        else:
+            up_w, up_h = self.height * width // height, self.height
+        return up_w, up_h, (up_w - self.width) // down, (up_h - self.height) // down
+
+    def target(self, width: int, height: int, down: int = 8) -> tuple[int, int]:
+        """The size the hires pass samples and the image has: what upscaled() leaves, in whole latents."""
+        up_w, up_h, cut_x, cut_y = self.upscaled(width, height, down)
+        return (up_w // down - cut_x) * down, (up_h // down - cut_y) * down
 
 
 _TEXT_DEFAULTS = {"emphasis": "original", "comma_backtrack": 20, "clip_l_skip": False, "old_emphasis": False}

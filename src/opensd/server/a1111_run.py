@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -137,7 +138,17 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
                        "token_merging": opts["token_merging_ratio_hr"] or None}
         if opts["hires_fix_use_firstpass_conds"]:
             kw["hires"]["firstpass_conds"] = True
+        if opts["use_old_hires_fix_width_height"]:  # width x height is the final size (A1111 before 1.0)
+            kw["hires"].update(width=kw["width"], height=kw["height"])
+            kw["width"], kw["height"] = old_first_pass(kw["width"], kw["height"])
     return kw, gaps
+
+
+def old_first_pass(width: int, height: int) -> tuple[int, int]:
+    """A1111's first pass under use_old_hires_fix_width_height: about 512x512 pixels of the final
+    size's aspect, each side rounded up to 64 (its old_hires_fix_first_pass_dimensions)."""
+    scale = math.sqrt(512 * 512 / (width * height))
+    return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
 
 
 def first_phase_size(req) -> tuple[int, int]:
