@@ -87,3 +87,10 @@ def test_use_old_hires_fix_width_height_makes_width_and_height_the_final_size():
     assert (kw["hires"]["width"], kw["hires"]["height"]) == (1024, 768)
     assert Hires(width=1024, height=768).target(640, 448) == (1024, 768)  # 1097 x 768 cut to 1024 wide
     assert "use_old_hires_fix_width_height" not in SETTINGS
+
+
+def test_use_old_scheduling_reaches_the_generation():
+    req = Txt2ImgRequest(prompt="a [cat:dog:0.5]")
+    assert plan(req, False, 10_000, {**DEFAULTS, "use_old_scheduling": True})[0]["old_scheduling"] is True
+    assert "old_scheduling" not in plan(req, False, 10_000, dict(DEFAULTS))[0]  # off: as stored before
+    assert "use_old_scheduling" not in SETTINGS

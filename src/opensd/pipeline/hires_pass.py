@@ -61,7 +61,7 @@ class HiresPass:
             image_cond = hr._hires_image_cond(p, init, image, w, h_px)
             x = hr._noised(second, sigmas[0], noise.initial, init, p.extra_noise)
             return hr._sample(second, x, sigmas, noise, lambda i: report(offset + i), w, h_px, image_cond=image_cond,
-                              hires_pass=2)
+                              hires_pass=2, first_steps=p.steps)
 
     @contextmanager
     def _lent_to(self, hr: "HiresPass", prompt: str, tiling: bool):
@@ -95,7 +95,8 @@ class HiresPass:
             yield  # the hires checkpoint (_lent_to), where A1111 does not use the setting
             return
         if p.hires.firstpass_conds:  # the encodings the pass asks for (Pipeline._sample), made now
-            self.guidance(second, steps, width, height, resolve(second.sampler, second.scheduler)[0] in NEEDS_UNCOND)
+            self.guidance(second, steps, width, height, resolve(second.sampler, second.scheduler)[0] in NEEDS_UNCOND,
+                          p.steps)
         first = self._cond_cache  # encoded under the first pass's LoRAs
         self.apply_loras(second.prompt)  # a changed set starts a new cache
         if p.hires.firstpass_conds:

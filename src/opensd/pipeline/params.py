@@ -119,6 +119,7 @@ class Params:
     strength: float = 0.75
     fix_steps: bool = False           # A1111's img2img_fix_steps: run exactly `steps` steps (img2img.py)
     refiner_switch_by_sample_steps: bool = False  # A1111's old refiner switch: by evaluations (refiner.py)
+    old_scheduling: bool = False      # A1111's use_old_scheduling: prompt editing's old timelines
     resize_mode: str = "just resize"
     mask_blur: int = 4
     mask_blur_y: int | None = None    # A1111's mask_blur_y where it differs from mask_blur (its _x)
@@ -204,7 +205,8 @@ class Params:
                 raise InvalidArgument(f"hypertile: {self.hypertile!r} is not a HyperTile")
             self.hypertile.validate()
         self.cfg_skips.validate()
-        for name in ("pad_cond_uncond", "pad_cond_uncond_v0", "fix_steps", "refiner_switch_by_sample_steps"):
+        for name in ("pad_cond_uncond", "pad_cond_uncond_v0", "fix_steps", "refiner_switch_by_sample_steps",
+                     "old_scheduling"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidArgument(f"{name}: {getattr(self, name)!r} must be true or false")
         for name in ("shift", "distilled_guidance"):

@@ -371,12 +371,13 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
     def _sample(self, p: Params, x: torch.Tensor, sigmas: torch.Tensor, noise: ImageNoise, report,
                 width: int, height: int, init: torch.Tensor | None = None,
                 latent_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
-                hires_pass: int | None = None) -> torch.Tensor:
-        """One sampling pass; `hires_pass` 1 or 2 in a hires-fix run (which passes refine)."""
+                hires_pass: int | None = None, first_steps: int | None = None) -> torch.Tensor:
+        """One sampling pass; `hires_pass` 1 or 2 in a hires-fix run (which passes refine);
+        `first_steps`: the first pass's steps, in a hires pass (its prompt editing's timeline)."""
         steps = len(sigmas) - 1
         sampler = resolve(p.sampler, p.scheduler)[0]
         need_uncond = sampler in NEEDS_UNCOND
-        guidance = self.guidance(p, steps, width, height, need_uncond)
+        guidance = self.guidance(p, steps, width, height, need_uncond, first_steps)
         if image_cond is None and self.config.inpainting:
             image_cond = self.inpainting_cond(None, None, width, height)
         control = None
@@ -391,7 +392,7 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         if refiner is not None and refiner.refines(hires_pass):
             def refined():  # the refiner's own prompt encoding, at this pass's size and steps
                 r = refiner.pipe
-                g = r.guidance(p, steps, width, height, need_uncond)
+                g = r.guidance(p, steps, width, height, need_uncond, first_steps)
                 ic = r.inpainting_cond(None, None, width, height) if r.config.inpainting else None
                 return r.denoiser(g, sigmas, ic, p.clip_skip, text=p.text_options(), skip=skip,
                                   pads=pads)  # A1111's count carries on
@@ -490,15 +491,19 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         return self._conditioners[key]
 
     def cond_schedule(self, prompt: str, clip_skip: int | None, steps: int, width: int, height: int,
-                      negative: bool = False, text: dict | None = None, crop: tuple[int, int] = (0, 0)
-                      ) -> CondSchedule:
+                      negative: bool = False, text: dict | None = None, crop: tuple[int, int] = (0, 0),
+                      hires_steps: int | None = None, old_scheduling: bool = False) -> CondSchedule:
         """The prompt encoded for every step (A1111 syntax: weights, AND, editing, alternation),
         with SDXL's size conditioning (crop: A1111's sdxl_crop_top/left) folded into each part's
-        pooled vector. `text`: the encoder's options (Params.text_options)."""
+        pooled vector. `text`: the encoder's options (Params.text_options); `hires_steps`: for a hires
+        pass of that many steps after a first pass of `steps`; `old_scheduling`: A1111's old prompt
+        editing timelines (text.prompt_parser.prompt_schedule)."""
         text = text or {}
-        key = (prompt, clip_skip, steps, width, height, negative, *sorted(text.items()), crop)
+        key = (prompt, clip_skip, steps, width, height, negative, *sorted(text.items()), crop, hires_steps,
+               old_scheduling)
         if key not in self._cond_cache:  # a batch encodes its prompt once, not once per image
-            sched = self.conditioner(clip_skip, **text).schedule(prompt, steps, negative=negative)
+            sched = self.conditioner(clip_skip, **text).schedule(prompt, steps, negative=negative,
+                                                                 hires_steps=hires_steps, old_scheduling=old_scheduling)
             others = [n for n in sched.extra_networks if n.kind not in ("lora", "lyco")]
             if others:  # LoRA tags were applied in _generate; other kinds have no adapter yet
                 log.warning("extra networks in the prompt are not applied: %s",
@@ -512,13 +517,18 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
             self._cond_cache[key] = sched
         return self._cond_cache[key]
 
-    def guidance(self, p: Params, steps: int, width: int, height: int, need_uncond: bool = False) -> G.Guidance:
+    def guidance(self, p: Params, steps: int, width: int, height: int, need_uncond: bool = False,
+                 first_steps: int | None = None) -> G.Guidance:
         """How this pass guides (pipeline/guidance.py): the prompt, the negative prompt and the scale;
-        `need_uncond` for samplers that step with the unconditional estimate too (CFG++)."""
+        `need_uncond` for samplers that step with the unconditional estimate too (CFG++);
+        `first_steps`: in a hires pass, the first pass's steps (A1111's hires timeline for prompt
+        editing: steps count on from the first pass's, fractions 1 to 2 span the hires pass)."""
         text, crop = p.text_options(), (p.sdxl_crop_top, p.sdxl_crop_left)
+        base, hires = (steps, None) if first_steps is None else (first_steps, steps)
 
         def encoded(prompt, negative=False):
-            return self.cond_schedule(prompt, p.clip_skip, steps, width, height, negative, text, crop)
+            return self.cond_schedule(prompt, p.clip_skip, base, width, height, negative, text, crop, hires,
+                                      p.old_scheduling)
 
         cond = encoded(p.prompt)
         negative = None if not p.negative_prompt.strip() else lambda: encoded(p.negative_prompt, True)

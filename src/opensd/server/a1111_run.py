@@ -103,6 +103,7 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     kw.update(a1111_apply.text_settings(opts))
     options = a1111_apply.sampler_options(sampler, req, opts)
     settings = {"refiner_switch_by_sample_steps": opts["refiner_switch_by_sample_steps"],
+                "old_scheduling": opts["use_old_scheduling"],
                 "token_merging": a1111_apply.token_merging(req, opts, img2img),
                 "hypertile": a1111_apply.hypertile(opts), "sampler_options": options,
                 "schedule_options": a1111_apply.schedule_options(opts),

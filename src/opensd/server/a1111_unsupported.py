@@ -21,7 +21,6 @@ _NOT_IMPLEMENTED = "not implemented"
 SETTINGS: dict[str, str] = {
     "face_restoration": REQUEST_FIELDS["restore_faces"][1],
     "no_dpmpp_sde_batch_determinism": _NOT_IMPLEMENTED,
-    "use_old_scheduling": "not implemented; prompt editing uses A1111's current timelines",
     "lora_functional": _NOT_IMPLEMENTED,
 }
 
