@@ -17,11 +17,13 @@ REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
 # A1111 setting -> what happens here when it is not A1111's default (settings that change A1111's
 # images and that opensd does not act on; the ones it acts on are read in a1111_run). ddim_discretize
 # is not here: A1111 1.6+ accepts it and does nothing with it (its DDIM is a timestep sampler).
-_NOT_IMPLEMENTED = "not implemented"
 SETTINGS: dict[str, str] = {
     "face_restoration": REQUEST_FIELDS["restore_faces"][1],
-    "no_dpmpp_sde_batch_determinism": _NOT_IMPLEMENTED,
-    "lora_functional": _NOT_IMPLEMENTED,
+    # A1111 then seeds one noise tree per batch from torch's global generator: batch-dependent noise
+    "no_dpmpp_sde_batch_determinism": "not done; DPM++ SDE's noise stays tied to each image's seed, so an "
+                                      "image does not depend on its batch",
+    "lora_functional": "not done; LoRAs are merged into the weights, which gives the same images up to "
+                       "rounding",
 }
 
 # Always-on scripts of a stock A1111 (core and built-in extensions) that opensd does not have:
