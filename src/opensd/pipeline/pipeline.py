@@ -342,7 +342,7 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
             shown = source if p.mask_weight == 1 else i2i.filled(source, blend, p.inpainting_fill)
             image_cond = self.inpainting_cond(shown, mask, weight=p.mask_weight, soft=soft is not None)
         latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
-                               init=init, latent_mask=latent_mask, image_cond=image_cond)
+                               init=init, latent_mask=latent_mask, image_cond=image_cond, cond_steps=p.steps)
         image = self._decoded(latents)
         if soft is not None:  # where the result barely moved from the original, the original shows
             image.info["soft_mask"] = SI.adaptive_masks(soft, latent_mask, init, latents, p.width, p.height)[0]
@@ -371,13 +371,16 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
     def _sample(self, p: Params, x: torch.Tensor, sigmas: torch.Tensor, noise: ImageNoise, report,
                 width: int, height: int, init: torch.Tensor | None = None,
                 latent_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
-                hires_pass: int | None = None, first_steps: int | None = None) -> torch.Tensor:
+                hires_pass: int | None = None, first_steps: int | None = None,
+                cond_steps: int | None = None) -> torch.Tensor:
         """One sampling pass; `hires_pass` 1 or 2 in a hires-fix run (which passes refine);
-        `first_steps`: the first pass's steps, in a hires pass (its prompt editing's timeline)."""
+        `first_steps`: the first pass's steps, in a hires pass (its prompt editing's timeline);
+        `cond_steps`: the steps prompt editing counts over (default: the pass's; an img2img pass:
+        the requested steps, of which it samples the last ones, counting from 0 as A1111 does)."""
         steps = len(sigmas) - 1
         sampler = resolve(p.sampler, p.scheduler)[0]
         need_uncond = sampler in NEEDS_UNCOND
-        guidance = self.guidance(p, steps, width, height, need_uncond, first_steps)
+        guidance = self.guidance(p, cond_steps or steps, width, height, need_uncond, first_steps)
         if image_cond is None and self.config.inpainting:
             image_cond = self.inpainting_cond(None, None, width, height)
         control = None
@@ -392,7 +395,7 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         if refiner is not None and refiner.refines(hires_pass):
             def refined():  # the refiner's own prompt encoding, at this pass's size and steps
                 r = refiner.pipe
-                g = r.guidance(p, steps, width, height, need_uncond, first_steps)
+                g = r.guidance(p, cond_steps or steps, width, height, need_uncond, first_steps)
                 ic = r.inpainting_cond(None, None, width, height) if r.config.inpainting else None
                 return r.denoiser(g, sigmas, ic, p.clip_skip, text=p.text_options(), skip=skip,
                                   pads=pads)  # A1111's count carries on
