@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 
 from opensd.errors import InvalidArgument
+from opensd.pipeline.params import Hires
 from opensd.server.a1111_models import Txt2ImgRequest
 from opensd.server.a1111_option_table import DEFAULTS
 from opensd.server.a1111_run import plan
+from opensd.server.a1111_unsupported import SETTINGS, request_gaps
 from opensd.server.infotext_request import request_from_infotext
 
 
@@ -57,3 +59,38 @@ def test_hires_and_refiner_keys_come_back_as_request_fields():
         "refiner_switch_at": 0.6}
     _, notes = request_from_infotext(text, checkpoints[:1])
     assert [n.split(":")[0] for n in notes] == ["Hires checkpoint", "Refiner"]
+
+
+def test_hires_fix_use_firstpass_conds_reaches_the_hires_pass():
+    req = Txt2ImgRequest(prompt="a cat", enable_hr=True, hr_scale=1.5)
+    on = plan(req, False, 10_000, {**DEFAULTS, "hires_fix_use_firstpass_conds": True})[0]["hires"]
+    assert on["firstpass_conds"] is True
+    assert "firstpass_conds" not in plan(req, False, 10_000, dict(DEFAULTS))[0]["hires"]  # off: as stored before
+    assert "hires_fix_use_firstpass_conds" not in SETTINGS
+
+
+def test_firstphase_size_replaces_width_and_height_as_in_a1111():
+    req = Txt2ImgRequest(prompt="a cat", width=512, height=512, firstphase_width=64, firstphase_height=96,
+                         enable_hr=True, hr_scale=2)
+    kw = plan(req, False, 10_000, dict(DEFAULTS))[0]
+    assert (kw["width"], kw["height"]) == (64, 96) and kw["hires"]["scale"] == 2 and kw["hires"]["width"] is None
+    assert request_gaps(req) == []
+    with pytest.raises(InvalidArgument, match="^firstphase_width/firstphase_height: .*give both"):
+        plan(Txt2ImgRequest(prompt="a cat", firstphase_width=64), False, 10_000, dict(DEFAULTS))
+
+
+def test_use_old_hires_fix_width_height_makes_width_and_height_the_final_size():
+    req = Txt2ImgRequest(prompt="a cat", width=1024, height=768, enable_hr=True, hr_scale=2, hr_resize_x=5)
+    kw = plan(req, False, 10_000, {**DEFAULTS, "use_old_hires_fix_width_height": True})[0]
+    # A1111: sqrt(512 * 512 / (1024 * 768)) = 0.577..; 591.2 -> 640, 443.4 -> 448; hr_resize_x/y replaced
+    assert (kw["width"], kw["height"]) == (640, 448)
+    assert (kw["hires"]["width"], kw["hires"]["height"]) == (1024, 768)
+    assert Hires(width=1024, height=768).target(640, 448) == (1024, 768)  # 1097 x 768 cut to 1024 wide
+    assert "use_old_hires_fix_width_height" not in SETTINGS
+
+
+def test_use_old_scheduling_reaches_the_generation():
+    req = Txt2ImgRequest(prompt="a [cat:dog:0.5]")
+    assert plan(req, False, 10_000, {**DEFAULTS, "use_old_scheduling": True})[0]["old_scheduling"] is True
+    assert "old_scheduling" not in plan(req, False, 10_000, dict(DEFAULTS))[0]  # off: as stored before
+    assert "use_old_scheduling" not in SETTINGS

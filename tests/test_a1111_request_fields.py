@@ -129,3 +129,14 @@ def test_enable_pnginfo_off_leaves_the_parameters_out_of_the_files(live):
     assert read_infotext(io.BytesIO(base64.b64decode(with_info.json()["images"][0]))).startswith(BODY["prompt"])
     none = post(live, **BODY, override_settings={"samples_format": "jpg", "enable_pnginfo": False})
     assert read_infotext(io.BytesIO(base64.b64decode(none.json()["images"][0]))) is None
+
+
+def test_a_hires_prompt_naming_a_lora_that_is_not_there_is_refused(live):
+    r = post(live, **BODY, enable_hr=True, hr_scale=1.5, hr_prompt="a heart <lora:nowhere:1>")
+    assert r.status_code == 422 and "hr_prompt: <lora:nowhere>" in r.text
+
+
+def test_firstphase_size_is_the_images_size(live):
+    images, info = ok(post(live, **dict(BODY, width=128, height=128), firstphase_width=64, firstphase_height=72))
+    assert images[0].shape == (72, 64, 3) and (info["width"], info["height"]) == (64, 72)
+    assert "Size: 64x72" in info["infotexts"][0] and info["unsupported_fields"] == []

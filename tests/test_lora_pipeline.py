@@ -101,3 +101,29 @@ def test_cli_lora_flags_write_lora_hashes(files, tmp_path):
     bad = main(["generate", "x", "--model", str(ckpt), "--steps", "1", "--lora", str(tmp_path / "none.safetensors"),
                 "-o", str(tmp_path / "b.png")])
     assert bad == 2
+
+
+def test_hires_pass_takes_its_prompts_loras_and_firstpass_conds_encodes_before_them(files):
+    """A1111 activates the hires prompt's LoRAs for the hires pass (and the first prompt's again for
+    the next image); with hires_fix_use_firstpass_conds the hires prompts are encoded under the first
+    pass's LoRAs while the UNet still takes the hires prompt's."""
+    from opensd.pipeline.params import Hires
+
+    root, ckpt = files
+    pipe = load(ckpt, loras_dir=root / "Lora")
+
+    def run(hr_prompt, firstpass_conds=False, **kw):
+        hires = Hires(scale=1.5, upscaler="Latent", denoise=0.6, prompt=hr_prompt, firstpass_conds=firstpass_conds)
+        return [_px(i) for i in pipe.txt2img("a cat", hires=hires, **{**GEN, **kw})]
+
+    plain = run(None)[0]
+    te_only = "a cat <lora:style:1:0>"  # A1111's order: text encoder 1, UNet 0
+    assert np.abs(run(te_only)[0] - plain).max() > 0  # the hires prompt's LoRA acts in its pass
+    # encoded under the first pass's LoRAs (none), and this LoRA has no UNet part: as if not named
+    assert np.array_equal(run(te_only, firstpass_conds=True)[0], plain)
+    unet_only = "a cat <lora:style:0:1>"
+    with_unet = run(unet_only, firstpass_conds=True)[0]
+    assert np.abs(with_unet - plain).max() > 0 and np.array_equal(with_unet, run(unet_only)[0])
+    # the next image of the batch starts again without the hires prompt's LoRA
+    batch = run("a cat <lora:style:1>", batch_size=2)
+    assert np.array_equal(batch[1], run("a cat <lora:style:1>", seed=GEN["seed"] + 1)[0])

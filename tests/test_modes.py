@@ -202,3 +202,34 @@ def test_fill_takes_colours_from_the_surroundings():
     image.paste((0, 0, 0), (20, 20, 44, 44))
     filled = np.asarray(I.fill_masked(image, _mask(64, 64, (20, 20, 43, 43))))
     assert filled[32, 32, 0] > 200 and filled[32, 32, 1] < 50  # red, not the black that was there
+
+
+@pytest.mark.parametrize("hires, size, upscaled", [
+    (Hires(scale=1.9), (512, 512), (972, 972, 0, 0)),      # int(512 * 1.9) = 972: 121 latents, 968 pixels
+    (Hires(width=100), (64, 72), (100, 112, 0, 0)),         # the other side rounded down (100 * 72 // 64)
+    (Hires(width=768, height=512), (512, 512), (768, 768, 0, 32)),  # cover, then cut the excess rows
+    (Hires(width=512, height=768), (512, 512), (768, 768, 32, 0)),
+    (Hires(width=96, height=96), (64, 80), (96, 120, 0, 3)),
+])
+def test_hires_sizes_are_a1111s(hires, size, upscaled):
+    up_w, up_h, cut_x, cut_y = hires.upscaled(*size)
+    assert (up_w, up_h, cut_x, cut_y) == upscaled
+    assert hires.target(*size) == ((up_w // 8 - cut_x) * 8, (up_h // 8 - cut_y) * 8)
+    assert Hires(scale=1.9).target(512, 512) == (968, 968)
+
+
+def test_a_covering_hires_resize_cuts_the_upscaled_latents_centred(pipe, monkeypatch):
+    """Both sides of another aspect: A1111 upscales to cover them and cuts the excess off the
+    latents, half each side (the image is not stretched)."""
+    import torch.nn.functional as F
+
+    seen = []
+    noised = pipe._noised
+    monkeypatch.setattr(pipe, "_noised", lambda p, sigma, noise, latent=None, *a, **k:
+                        (seen.append(latent), noised(p, sigma, noise, latent, *a, **k))[1])
+    first = _picture().resize((64, 64))
+    (image,) = pipe.txt2img("x", steps=2, seed=1, width=64, height=64, first_pass=first,
+                            hires=Hires(upscaler="Latent", width=96, height=64, denoise=0.5))
+    assert image.size == (96, 64)
+    covered = F.interpolate(pipe.encode(first), size=(12, 12), mode="bilinear")  # 96 x 96, then rows cut
+    assert torch.equal(seen[-1], covered[:, :, 2:10, :])

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_conditioning import TINY_XL, direct, words
 
 from opensd.errors import InvalidArgument
@@ -194,3 +195,54 @@ def test_old_emphasis_keeps_the_part_of_an_embedding_that_fits(pipe):
     finally:
         handle.remove()
     assert torch.allclose(seen[-1][0, 74:77], vec[:3])  # the vectors that fit, over the end token too (A1111)
+
+
+def test_hires_pass_prompt_editing_runs_on_a1111s_timelines(pipe, monkeypatch):
+    """[cat:dog:0.5] over 4 steps, then a 2-step hires pass: A1111 1.8+ puts the hires pass after
+    the first pass on one timeline (0.5 is long past: all dog); its old timelines read 0.5 of the
+    first pass's 4 steps again (step 2: all cat); the first pass switches at step 2 either way."""
+    from opensd.pipeline.params import Hires
+
+    used = _edited_schedules(pipe, monkeypatch)
+    run = dict(steps=4, seed=3, width=64, height=64, hires=Hires(scale=1.5, steps=2, denoise=0.6))
+    (new,) = pipe.txt2img("a [cat:dog:0.5]", **run)
+    assert used == [[(2, "a cat"), (4, "a dog")], [(2, "a dog")]]
+    used.clear()
+    (old,) = pipe.txt2img("a [cat:dog:0.5]", old_scheduling=True, **run)
+    assert used == [[(2, "a cat"), (4, "a dog")]] * 2  # the hires pass's 2 steps end before step 2
+    assert (np.asarray(new) != np.asarray(old)).any()
+    text = image_infotext(pipe, old)
+    assert parse_infotext(text)[2]["Old prompt editing timelines"] == "True"
+    assert recorded(*parse_infotext(text)).settings["old_scheduling"] is True
+    assert "Old prompt editing timelines" not in image_infotext(pipe, new)
+    # A1111 writes the key when the timelines differ: nothing to edit in one pass, no key; a hires
+    # pass of other steps puts even a plain prompt on another timeline (its schedules differ)
+    (plain,) = pipe.txt2img("a cat", old_scheduling=True, **{**run, "hires": None})
+    assert "Old prompt editing timelines" not in image_infotext(pipe, plain)
+    (plain_hires,) = pipe.txt2img("a cat", old_scheduling=True, **run)
+    assert "Old prompt editing timelines: True" in image_infotext(pipe, plain_hires)
+
+
+def _edited_schedules(pipe, monkeypatch) -> list:
+    """The (end step, text) entries of every "a [..." prompt the pipeline encodes, as they come."""
+    used = []
+    schedule = pipe.cond_schedule
+
+    def recording(prompt, *a, **k):
+        sched = schedule(prompt, *a, **k)
+        if prompt.startswith("a ["):
+            used.append(sched.parts[0].entries)
+        return sched
+
+    monkeypatch.setattr(pipe, "cond_schedule", recording)
+    return used
+
+
+def test_img2img_prompt_editing_counts_over_the_requested_steps(pipe, monkeypatch):
+    """A1111 encodes an img2img pass's prompts over its requested steps and counts the steps it
+    samples (the last int(strength * steps) + 1) from 0: [cat:dog:0.5] of 8 steps at strength 0.5
+    samples 5 steps, all before step 4 ends, so all cat."""
+    used = _edited_schedules(pipe, monkeypatch)
+    image = Image.new("RGB", (64, 64), (200, 40, 40))
+    pipe.img2img(image, "a [cat:dog:0.5]", steps=8, strength=0.5, seed=3)
+    assert used == [[(4, "a cat"), (8, "a dog")]]

@@ -185,3 +185,28 @@ def test_zero_terminal_snr_reaches_the_refiner_too(models):
         hook.remove()
     assert seen and all(math.isclose(s, 4518.76, rel_tol=1e-4) for s in seen)  # A1111 rescales the refiner too
     assert math.isclose(ref.schedule.sigma_max, MODEL.sigma_max, rel_tol=1e-6)
+
+
+def test_quantization_takes_the_nearest_timestep():
+    quantized = DiscreteSchedule(scaled_linear_alphas_cumprod(), quantize=True)
+    lo, hi = MODEL.log_sigmas[10].item(), MODEL.log_sigmas[11].item()
+    sigmas = torch.tensor([math.exp(lo + 0.3 * (hi - lo)), math.exp(lo + 0.7 * (hi - lo)), MODEL.sigmas[500].item()])
+    assert MODEL.sigma_to_t(sigmas).tolist() == pytest.approx([10.3, 10.7, 500], abs=1e-3)
+    assert quantized.sigma_to_t(sigmas).tolist() == [10.0, 11.0, 500.0]  # k-diffusion's nearest, in log sigma
+
+
+def test_enable_quantization_gives_the_unet_whole_timesteps(pipe):
+    seen = []
+    hook = pipe.model.unet.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    kw = dict(steps=4, seed=2, width=64, height=64, sampler="Euler", scheduler="karras")
+    try:
+        plain = np.asarray(pipe.txt2img("a cat", **kw)[0])
+        loose, seen[:] = list(seen), []
+        quantized = np.asarray(pipe.txt2img("a cat", schedule_options={"enable_quantization": True}, **kw)[0])
+    finally:
+        hook.remove()
+    assert any((t != t.round()).any() for t in loose)  # Karras's sigmas fall between the model's
+    assert seen and all((t == t.round()).all() for t in seen)
+    assert (plain != quantized).any() and not pipe.schedule.quantize  # the model's own schedule is back
+    # A1111 writes no infotext key for it
+    assert SO.written("euler", "karras", {"enable_quantization": True}, True, False, 0.03, 14.6) == {}

@@ -176,9 +176,9 @@ def test_tiling_setting(api):
 
 
 def test_unsupported_settings_and_fields_are_reported(api):
-    r = gen(api, {"face_restoration": True, "enable_quantization": True}, restore_faces=True)
+    r = gen(api, {"face_restoration": True, "lora_functional": True}, restore_faces=True)
     assert {"restore_faces", "override_settings.face_restoration",
-            "override_settings.enable_quantization"} <= set(r.info["unsupported_fields"])
+            "override_settings.lora_functional"} <= set(r.info["unsupported_fields"])
     body = {"prompt": "x", "steps": 1, "width": 64, "height": 64, "force_task_id": "task(1)", "override_settings": TINY}
     info = json.loads(requests.post(f"{api.baseurl}/txt2img", json=body, timeout=60).json()["info"])
     assert {"force_task_id"} == set(info["unsupported_fields"])

@@ -89,6 +89,9 @@ def register(sub) -> None:
                         "ends at the comma")
     t.add_argument("--sdxl-clip-l-skip", action="store_true",
                    help="SDXL: --clip-skip (default 1, the last layer) picks CLIP-L's layer too")
+    t.add_argument("--old-prompt-timelines", dest="old_scheduling", action="store_true",
+                   help="A1111's old prompt editing timelines: [a:b:N] below 1 is a fraction, else a step, and a "
+                        "hires pass runs on the first pass's timeline")
     t.add_argument("--old-emphasis", dest="use_old_emphasis_implementation", action="store_true",
                    help="A1111's old emphasis: bracket tokens weigh the words after them (no (word:1.2) syntax), "
                         "the prompt cut at 75 tokens")
@@ -192,6 +195,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
               schedule_options=sampling_flags.schedule_options(args) or None, shift=args.shift,
               distilled_guidance=args.guidance, emphasis=args.emphasis,
               refiner_switch_by_sample_steps=args.refiner_switch_by_sample_steps or None,
+              old_scheduling=args.old_scheduling or None,
               comma_padding_backtrack=args.comma_padding_backtrack, sdxl_clip_l_skip=args.sdxl_clip_l_skip or None,
               sdxl_crop_top=args.sdxl_crop_top, sdxl_crop_left=args.sdxl_crop_left,
               use_old_emphasis_implementation=args.use_old_emphasis_implementation or None,

@@ -35,7 +35,8 @@ def add_flags(gen: argparse.ArgumentParser) -> None:
     n.add_argument("--schedule-option", action="append", default=[], metavar="NAME=VALUE",
                    help="any other A1111 schedule setting, e.g. always_discard_next_to_last_sigma=true, "
                         "sgm_noise_multiplier=true, beta_dist_alpha=0.5, uni_pc_skip_type=logSNR, "
-                        "use_downcasted_alpha_bar=true, use_old_karras_scheduler_sigmas=true; repeatable")
+                        "use_downcasted_alpha_bar=true, use_old_karras_scheduler_sigmas=true, "
+                        "enable_quantization=true; repeatable")
     r = gen.add_argument_group("refiner (A1111's refiner: sampling switches models part way)")
     r.add_argument("--refiner", metavar="FILE_OR_NAME", help="the checkpoint to finish sampling with")
     r.add_argument("--refiner-switch", type=float_arg, metavar="FRACTION",

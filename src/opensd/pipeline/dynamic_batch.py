@@ -20,9 +20,12 @@ Call = Callable[..., list[Image.Image]]
 
 
 def generate(call: Call, prompt: str, negative_prompt: str, *, seed: int | None, subseed: int | None = None,
-             batch_size: int = 1, wildcards: Wildcards | None = None, progress=None) -> list[Image.Image]:
-    """The batch's images; `call` runs the pipeline with the seeds and batch size it is given."""
-    if not (is_dynamic(prompt) or is_dynamic(negative_prompt)):
+             batch_size: int = 1, wildcards: Wildcards | None = None, progress=None,
+             one_by_one: bool = False) -> list[Image.Image]:
+    """The batch's images; `call` runs the pipeline with the seeds and batch size it is given.
+    `one_by_one`: each image in its own call even when the prompts are plain (a caller whose batch
+    items differ in more than the seed: A1111's several img2img init images)."""
+    if not (one_by_one or is_dynamic(prompt) or is_dynamic(negative_prompt)):
         return call(prompt, negative_prompt, progress)
     if seed in (None, -1):  # choices need the seed before the pipeline would pick one
         seed = random.randint(0, L.MAX_SEED - batch_size)

@@ -40,3 +40,15 @@ def latent_mask(mask: Image.Image, size: tuple[int, int], device) -> torch.Tenso
     """Mask at latent resolution, rounded to 0/1 as A1111 does for the denoising blend."""
     m = F.interpolate(I.mask_to_tensor(mask), size=size, mode="area")
     return m.round().to(device)
+
+
+def blend_mask(latent_mask: Image.Image, size: tuple[int, int], crop: tuple[int, int, int, int] | None,
+               width: int, height: int) -> Image.Image:
+    """A1111's latent_mask as the pass uses it: taken as given (its red channel; not blurred,
+    inverted or fitted by the resize mode as the mask is) and stretched to the pass's size. With
+    only-masked inpainting (`crop`, in the init image's `size`) it is cut to the same region first,
+    so it stays over the image (A1111 stretches the whole of it over the crop)."""
+    m = latent_mask.convert("RGB").getchannel("R")
+    if crop is not None:
+        m = m.resize(size, Image.BICUBIC).crop(crop)
+    return m.resize((width, height), Image.BICUBIC)  # PIL's default resampling, which A1111 uses

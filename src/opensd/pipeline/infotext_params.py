@@ -67,6 +67,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     extra.update(_refiner_params(image.info.get("refiner"), h is not None))
     # A1111 records its old refiner switch whenever the setting is on, with a refiner or not
     extra["Refiner switch by sampling steps"] = True if p.refiner_switch_by_sample_steps else None
+    extra["Old prompt editing timelines"] = True if p.old_scheduling and _old_timelines_differ(p, h) else None
     if pipe.config.distilled_guidance:  # Forge's key; the shift only when set (the model's own otherwise)
         extra["Distilled CFG Scale"] = pipe.family.default_guidance if p.distilled_guidance is None else p.distilled_guidance
     extra["Shift"] = p.shift
@@ -210,6 +211,16 @@ def _hires_params(p: Params, sampler: str, schedule: str) -> dict[str, Any]:
     return out
 
 
+def _old_timelines_differ(p: Params, h) -> bool:
+    """Whether A1111's old prompt editing timelines change any prompt of the run (it records the
+    setting only then)."""
+    runs = [(t, None) for t in (p.prompt, p.negative_prompt)]
+    if h is not None:
+        runs += [(t, h.steps or p.steps) for t in (h.prompt or p.prompt, h.negative_prompt or p.negative_prompt)]
+    return any(prompt_schedule(t, p.steps, hires, False) != prompt_schedule(t, p.steps, hires, True)
+               for t, hires in runs)
+
+
 def _prompts(p: Params) -> list[str]:
     texts = [p.prompt, p.negative_prompt]
     if p.hires is not None:
@@ -321,6 +332,7 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
     settings["pad_cond_uncond"] = params.get("Pad conds") == "True"
     settings["pad_cond_uncond_v0"] = params.get("Pad conds v0") == "True"
     settings["refiner_switch_by_sample_steps"] = params.get("Refiner switch by sampling steps") == "True"
+    settings["old_scheduling"] = params.get("Old prompt editing timelines") == "True"
     hires, hires_checkpoint = None, None
     if "Hires upscale" in params or "Hires resize" in params:
         hires = {name: value(key, kind) for key, (name, kind) in _HIRES.items() if key in params}

@@ -30,13 +30,30 @@ class Hires:
     prompt: str | None = None         # None: same prompt
     negative_prompt: str | None = None
     token_merging: float | None = None  # None or 0: the first pass's (A1111's token_merging_ratio_hr)
+    # A1111's hires_fix_use_firstpass_conds: the pass's prompts encoded under the first pass's LoRAs
+    firstpass_conds: bool = False
 
-    def target(self, width: int, height: int) -> tuple[int, int]:
-        if self.width or self.height:
-            w = self.width or round(width * (self.height / height) / 8) * 8
-            h = self.height or round(height * (self.width / width) / 8) * 8
-            return w, h
-        return round(width * self.scale / 8) * 8, round(height * self.scale / 8) * 8
+    def upscaled(self, width: int, height: int, down: int = 8) -> tuple[int, int, int, int]:
+        """A1111's calculate_target_resolution for a `width` x `height` first pass: (the width and
+        height it upscales to, the latent columns and rows it then cuts off, half on each side). A
+        scale or one side keeps the aspect (sizes rounded down); both sides cover that size and the
+        excess is cut off, centred."""
+        if not (self.width or self.height):
+            return int(width * self.scale), int(height * self.scale), 0, 0
+        if not self.height:
+            return self.width, self.width * height // width, 0, 0
+        if not self.width:
+            return self.height * width // height, self.height, 0, 0
+        if width / height < self.width / self.height:
+            up_w, up_h = self.width, self.width * height // width
+        else:
+            up_w, up_h = self.height * width // height, self.height
+        return up_w, up_h, (up_w - self.width) // down, (up_h - self.height) // down
+
+    def target(self, width: int, height: int, down: int = 8) -> tuple[int, int]:
+        """The size the hires pass samples and the image has: what upscaled() leaves, in whole latents."""
+        up_w, up_h, cut_x, cut_y = self.upscaled(width, height, down)
+        return (up_w // down - cut_x) * down, (up_h // down - cut_y) * down
 
 
 _TEXT_DEFAULTS = {"emphasis": "original", "comma_backtrack": 20, "clip_l_skip": False, "old_emphasis": False}
@@ -102,6 +119,7 @@ class Params:
     strength: float = 0.75
     fix_steps: bool = False           # A1111's img2img_fix_steps: run exactly `steps` steps (img2img.py)
     refiner_switch_by_sample_steps: bool = False  # A1111's old refiner switch: by evaluations (refiner.py)
+    old_scheduling: bool = False      # A1111's use_old_scheduling: prompt editing's old timelines
     resize_mode: str = "just resize"
     mask_blur: int = 4
     mask_blur_y: int | None = None    # A1111's mask_blur_y where it differs from mask_blur (its _x)
@@ -187,7 +205,8 @@ class Params:
                 raise InvalidArgument(f"hypertile: {self.hypertile!r} is not a HyperTile")
             self.hypertile.validate()
         self.cfg_skips.validate()
-        for name in ("pad_cond_uncond", "pad_cond_uncond_v0", "fix_steps", "refiner_switch_by_sample_steps"):
+        for name in ("pad_cond_uncond", "pad_cond_uncond_v0", "fix_steps", "refiner_switch_by_sample_steps",
+                     "old_scheduling"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidArgument(f"{name}: {getattr(self, name)!r} must be true or false")
         for name in ("shift", "distilled_guidance"):

@@ -103,6 +103,7 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         self._refined = False  # whether the image being made switched to it
         self._hires_model: "Pipeline | None" = None  # the running txt2img's second-pass model
         self._first_pass: Image.Image | None = None  # the running txt2img's given first pass
+        self._latent_mask: Image.Image | None = None  # the running img2img's A1111 latent_mask, as given
         self._speedups = Speedups(None, 0, 0, 0, False)  # the running generation's ToMe/Hypertile
         self._cfg_skips: list[SkipCounter] = []  # the image being made's passes' skip counts (cfg_skips.py)
         self._n_uncond = 0  # negative rows in the UNet call running now (the IP-Adapter's patch reads it)
@@ -144,8 +145,12 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
 
     def img2img(self, image: Image.Image, prompt: str, negative_prompt: str = "", *, mask: Image.Image | None = None,
                 progress: Progress = None, controls: list | None = None, refiner: Refiner | None = None,
-                references: list | None = None, ip_adapter=None, **params) -> list[Image.Image]:
-        """Repaint `image` with denoising `strength`; with `mask` (white = repaint) this is inpainting."""
+                references: list | None = None, ip_adapter=None, latent_mask: Image.Image | None = None,
+                **params) -> list[Image.Image]:
+        """Repaint `image` with denoising `strength`; with `mask` (white = repaint) this is inpainting.
+        `latent_mask` (with `mask` only): A1111's, what is repainted (masked content, the latent
+        blend) while `mask` still decides what is laid back and what inpainting models see
+        (img2img.blend_mask)."""
         if not isinstance(image, Image.Image):
             raise InvalidArgument("image: an init image (PIL image) is required")
         params.setdefault("width", _round8(image.width))
@@ -153,6 +158,7 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         p = self._params(prompt, negative_prompt, params)
         self._set_extras(controls, references, ip_adapter, refiner)
         self._hires_model = self._first_pass = None
+        self._latent_mask = latent_mask
         if mask is not None:
             mask = I.prepare_mask(mask, image.size, p.mask_blur, p.invert_mask, p.mask_blur_y,
                                   round_alpha=p.soft_inpainting is None)
@@ -227,7 +233,8 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         pipes = [self] + [pipe for pipe in dict.fromkeys(others) if pipe is not None and pipe is not self]
         own = [pipe.schedule for pipe in pipes]
         for pipe in pipes:
-            pipe.schedule = DiscreteSchedule(*SO.model_alphas(pipe.alphas_cumprod, p.schedule_options))
+            pipe.schedule = DiscreteSchedule(*SO.model_alphas(pipe.alphas_cumprod, p.schedule_options),
+                                             quantize=SO.get(p.schedule_options, "enable_quantization"))
         try:
             return self._images_of(p, init, mask, progress)
         finally:
@@ -249,11 +256,13 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
             mode = p.resize_mode if crop is None else "just resize"  # the mask follows the image, as A1111
             source = I.resize(source, p.width, p.height, mode)
             mask = None if mask is None else I.resize(mask, p.width, p.height, mode)
+        blend = mask if mask is None or self._latent_mask is None else \
+            i2i.blend_mask(self._latent_mask, init.size, crop, p.width, p.height)
         steps_per_image = self._steps_in(p, init is not None)
         total = steps_per_image * p.batch_size
         target = None  # A1111 matches the results' colours to its (filled) init image
         if init is not None and p.color_correction:
-            target = correction_target(i2i.filled(source, mask, p.inpainting_fill))
+            target = correction_target(i2i.filled(source, blend, p.inpainting_fill))
         images = []
         sdxl = self.config.family in ("sdxl", "sdxl_refiner")
         self._speedups = Speedups(p.hypertile, p.seed, p.width, p.height, sdxl)
@@ -271,7 +280,7 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
             self._refined, self._cfg_skips = False, []
             self._speedups.size = (p.width, p.height)
             with circular_padding(self.family.network(self.model), self.model.vae, enabled=p.tiling):
-                image = self._one(p, seed, subseed, source, mask, report)
+                image = self._one(p, seed, subseed, source, mask, report, blend)
             soft_mask = image.info.pop("soft_mask", None)  # soft inpainting's own (pipeline/soft_inpaint.py)
             if target is not None:
                 image = correct(target, image)
@@ -298,7 +307,8 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         return first + i2i.steps_run(p.hires.steps or p.steps, p.hires.denoise, fixed=True)
 
     def _one(self, p: Params, seed: int, subseed: int | None, source: Image.Image | None,
-             mask: Image.Image | None, report) -> Image.Image:
+             mask: Image.Image | None, report, blend: Image.Image | None = None) -> Image.Image:
+        """One image; `blend`: the mask of what is repainted (default `mask`, the composite's)."""
         down = self.config.vae.downscale
         shape = (1, self.config.latent_channels, p.height // down, p.width // down)
         noise = self._image_noise(p, seed, subseed, shape)
@@ -314,11 +324,12 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
                 latents = self._hires(p, p.hires, latents, seed, subseed, report)
                 return (self._hires_model or self)._decoded(latents)  # A1111: the current model's VAE
             return self._decoded(latents)
-        init = self.encode(I.fill_masked(source, mask) if mask is not None and p.inpainting_fill == "fill"
+        blend = mask if blend is None else blend
+        init = self.encode(I.fill_masked(source, blend) if mask is not None and p.inpainting_fill == "fill"
                            else source)
         soft = p.soft_inpainting if mask is not None else None
-        latent_mask = None if mask is None else (SI.latent_mask if soft else i2i.latent_mask)(mask, shape[2:],
-                                                                                             self.device)
+        latent_mask = None if mask is None else (SI.latent_mask if soft else i2i.latent_mask)(blend, shape[2:],
+                                                                                              self.device)
         if latent_mask is not None and p.inpainting_fill in ("latent noise", "latent nothing"):
             filler = noise() if p.inpainting_fill == "latent noise" else torch.zeros_like(init)
             init = init * (1 - latent_mask) + filler * latent_mask
@@ -328,10 +339,10 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         x = self._noised(p, sigmas[0], first, init, p.extra_noise)
         image_cond = None
         if self.config.inpainting:  # (the filled image blanked under the mask: the same as `source` at weight 1)
-            shown = source if p.mask_weight == 1 else i2i.filled(source, mask, p.inpainting_fill)
+            shown = source if p.mask_weight == 1 else i2i.filled(source, blend, p.inpainting_fill)
             image_cond = self.inpainting_cond(shown, mask, weight=p.mask_weight, soft=soft is not None)
         latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
-                               init=init, latent_mask=latent_mask, image_cond=image_cond)
+                               init=init, latent_mask=latent_mask, image_cond=image_cond, cond_steps=p.steps)
         image = self._decoded(latents)
         if soft is not None:  # where the result barely moved from the original, the original shows
             image.info["soft_mask"] = SI.adaptive_masks(soft, latent_mask, init, latents, p.width, p.height)[0]
@@ -360,12 +371,16 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
     def _sample(self, p: Params, x: torch.Tensor, sigmas: torch.Tensor, noise: ImageNoise, report,
                 width: int, height: int, init: torch.Tensor | None = None,
                 latent_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
-                hires_pass: int | None = None) -> torch.Tensor:
-        """One sampling pass; `hires_pass` 1 or 2 in a hires-fix run (which passes refine)."""
+                hires_pass: int | None = None, first_steps: int | None = None,
+                cond_steps: int | None = None) -> torch.Tensor:
+        """One sampling pass; `hires_pass` 1 or 2 in a hires-fix run (which passes refine);
+        `first_steps`: the first pass's steps, in a hires pass (its prompt editing's timeline);
+        `cond_steps`: the steps prompt editing counts over (default: the pass's; an img2img pass:
+        the requested steps, of which it samples the last ones, counting from 0 as A1111 does)."""
         steps = len(sigmas) - 1
         sampler = resolve(p.sampler, p.scheduler)[0]
         need_uncond = sampler in NEEDS_UNCOND
-        guidance = self.guidance(p, steps, width, height, need_uncond)
+        guidance = self.guidance(p, cond_steps or steps, width, height, need_uncond, first_steps)
         if image_cond is None and self.config.inpainting:
             image_cond = self.inpainting_cond(None, None, width, height)
         control = None
@@ -380,7 +395,7 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         if refiner is not None and refiner.refines(hires_pass):
             def refined():  # the refiner's own prompt encoding, at this pass's size and steps
                 r = refiner.pipe
-                g = r.guidance(p, steps, width, height, need_uncond)
+                g = r.guidance(p, cond_steps or steps, width, height, need_uncond, first_steps)
                 ic = r.inpainting_cond(None, None, width, height) if r.config.inpainting else None
                 return r.denoiser(g, sigmas, ic, p.clip_skip, text=p.text_options(), skip=skip,
                                   pads=pads)  # A1111's count carries on
@@ -479,15 +494,19 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         return self._conditioners[key]
 
     def cond_schedule(self, prompt: str, clip_skip: int | None, steps: int, width: int, height: int,
-                      negative: bool = False, text: dict | None = None, crop: tuple[int, int] = (0, 0)
-                      ) -> CondSchedule:
+                      negative: bool = False, text: dict | None = None, crop: tuple[int, int] = (0, 0),
+                      hires_steps: int | None = None, old_scheduling: bool = False) -> CondSchedule:
         """The prompt encoded for every step (A1111 syntax: weights, AND, editing, alternation),
         with SDXL's size conditioning (crop: A1111's sdxl_crop_top/left) folded into each part's
-        pooled vector. `text`: the encoder's options (Params.text_options)."""
+        pooled vector. `text`: the encoder's options (Params.text_options); `hires_steps`: for a hires
+        pass of that many steps after a first pass of `steps`; `old_scheduling`: A1111's old prompt
+        editing timelines (text.prompt_parser.prompt_schedule)."""
         text = text or {}
-        key = (prompt, clip_skip, steps, width, height, negative, *sorted(text.items()), crop)
+        key = (prompt, clip_skip, steps, width, height, negative, *sorted(text.items()), crop, hires_steps,
+               old_scheduling)
         if key not in self._cond_cache:  # a batch encodes its prompt once, not once per image
-            sched = self.conditioner(clip_skip, **text).schedule(prompt, steps, negative=negative)
+            sched = self.conditioner(clip_skip, **text).schedule(prompt, steps, negative=negative,
+                                                                 hires_steps=hires_steps, old_scheduling=old_scheduling)
             others = [n for n in sched.extra_networks if n.kind not in ("lora", "lyco")]
             if others:  # LoRA tags were applied in _generate; other kinds have no adapter yet
                 log.warning("extra networks in the prompt are not applied: %s",
@@ -501,13 +520,18 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
             self._cond_cache[key] = sched
         return self._cond_cache[key]
 
-    def guidance(self, p: Params, steps: int, width: int, height: int, need_uncond: bool = False) -> G.Guidance:
+    def guidance(self, p: Params, steps: int, width: int, height: int, need_uncond: bool = False,
+                 first_steps: int | None = None) -> G.Guidance:
         """How this pass guides (pipeline/guidance.py): the prompt, the negative prompt and the scale;
-        `need_uncond` for samplers that step with the unconditional estimate too (CFG++)."""
+        `need_uncond` for samplers that step with the unconditional estimate too (CFG++);
+        `first_steps`: in a hires pass, the first pass's steps (A1111's hires timeline for prompt
+        editing: steps count on from the first pass's, fractions 1 to 2 span the hires pass)."""
         text, crop = p.text_options(), (p.sdxl_crop_top, p.sdxl_crop_left)
+        base, hires = (steps, None) if first_steps is None else (first_steps, steps)
 
         def encoded(prompt, negative=False):
-            return self.cond_schedule(prompt, p.clip_skip, steps, width, height, negative, text, crop)
+            return self.cond_schedule(prompt, p.clip_skip, base, width, height, negative, text, crop, hires,
+                                      p.old_scheduling)
 
         cond = encoded(p.prompt)
         negative = None if not p.negative_prompt.strip() else lambda: encoded(p.negative_prompt, True)

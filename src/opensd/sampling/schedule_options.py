@@ -18,6 +18,9 @@ sd_schedulers, sd_samplers_timesteps, sd_models.apply_alpha_schedule_override):
 - sgm_noise_multiplier: txt2img's first-pass noise is scaled by sqrt(1 + sigma_max^2), not sigma_max
   (k-diffusion samplers only);
 - beta_dist_alpha / beta_dist_beta: the Beta schedule's distribution;
+- enable_quantization: the network sees the timestep nearest each sigma, not one interpolated
+  between two (k-diffusion's `quantize`, which A1111's samplers, its schedules' sigma-to-timestep
+  included, use with it on);
 - uni_pc_skip_type: UniPC's time grid in txt2img (A1111 keeps time_uniform for img2img): uniform
   in time, in sqrt(time) ("time_quadratic") or in log-SNR ("logSNR").
 
@@ -46,6 +49,7 @@ SETTINGS: dict[str, tuple[object, str | None]] = {
     "beta_dist_beta": (0.6, "Beta schedule beta"),
     "uni_pc_skip_type": ("time_uniform", "UniPC skip type"),
     "use_old_karras_scheduler_sigmas": (False, None),
+    "enable_quantization": (False, None),
 }
 CHOICES = {"sd_noise_schedule": ("Default", "Zero Terminal SNR"),
            "uni_pc_skip_type": ("time_uniform", "time_quadratic", "logSNR")}
@@ -122,7 +126,8 @@ def model_alphas(alphas_cumprod: torch.Tensor, options: Mapping | None) -> tuple
     return ac, half
 
 
-MODEL_SETTINGS = ("use_downcasted_alpha_bar", "sd_noise_schedule")  # they change alphas_cumprod
+# they change the model's schedule (alphas_cumprod, or how it maps sigmas to timesteps)
+MODEL_SETTINGS = ("use_downcasted_alpha_bar", "sd_noise_schedule", "enable_quantization")
 
 
 def changes_model(options: Mapping | None) -> bool:

@@ -29,10 +29,12 @@ class DiscreteSchedule:
     """Maps between continuous sigma and the discrete timestep the UNet was trained on.
 
     Interpolation is linear in log-sigma, as k-diffusion's CompVis wrapper does, so samplers may
-    ask for any sigma in range.
+    ask for any sigma in range; `quantize` (A1111's enable_quantization, k-diffusion's `quantize`):
+    the nearest timestep instead, in log-sigma.
     """
 
-    def __init__(self, alphas_cumprod: torch.Tensor, half: bool = False):
+    def __init__(self, alphas_cumprod: torch.Tensor, half: bool = False, quantize: bool = False):
+        self.quantize = quantize
         if half:  # A1111's "downcast alphas_cumprod": k-diffusion computes sigmas and logs in fp16
             ac = alphas_cumprod.half()
             sigmas = ((1 - ac) / ac) ** 0.5
@@ -52,6 +54,9 @@ class DiscreteSchedule:
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         log_sigma = sigma.float().log().to(self.log_sigmas.device)
+        if self.quantize:
+            nearest = (log_sigma.reshape(1, -1) - self.log_sigmas[:, None]).abs().argmin(dim=0)
+            return nearest.reshape(sigma.shape).float().to(sigma.device)
         high = torch.searchsorted(self.log_sigmas, log_sigma).clamp(1, len(self.log_sigmas) - 1)
         low = high - 1
         w = (log_sigma - self.log_sigmas[low]) / (self.log_sigmas[high] - self.log_sigmas[low])

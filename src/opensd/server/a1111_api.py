@@ -51,13 +51,13 @@ def client_id(request: Request) -> str:
     return "addr:" + (request.client.host if request.client else "unknown")
 
 
-def check_lora_names(folders, prompt: str) -> None:
+def check_lora_names(folders, prompt: str, field: str = "prompt") -> None:
     """Every <lora:name:w> of the prompt names a file inside the LoRA folders (422 otherwise)."""
     for tag in prompt_lora_tags(prompt):
         try:
             folders.resolve("loras", tag.name)
         except InvalidArgument as e:
-            raise InvalidArgument(f"prompt: <lora:{tag.name}>: {e}") from None
+            raise InvalidArgument(f"{field}: <lora:{tag.name}>: {e}") from None
 
 
 def queue_full(e: QueueFull) -> JSONResponse:
@@ -98,9 +98,11 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     if img2img:
         if not req.init_images:
             raise InvalidArgument("init_images: at least one init image is required")
-        images_io.decode_b64(req.init_images[0], "init_images[0]", s.max_image_pixels)
-        if req.mask:
-            images_io.decode_b64(req.mask, "mask", s.max_image_pixels)
+        for i, image in enumerate(req.init_images):  # each of them starts images of the batch
+            images_io.decode_b64(image, f"init_images[{i}]", s.max_image_pixels)
+        for name in ("mask", "latent_mask"):
+            if getattr(req, name):
+                images_io.decode_b64(getattr(req, name), name, s.max_image_pixels)
     elif req.enable_hr and req.firstpass_image:
         images_io.decode_b64(req.firstpass_image, "firstpass_image", s.max_image_pixels)
     hires_checkpoint = a1111_refiner.hires_checkpoint(req, img2img, state.cache)
@@ -113,6 +115,8 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
         names = [name for name in req.styles if name != "None" or name in known]
         prompt, negative = apply_styles(prompt, negative, names, known)
     check_lora_names(state.folders, prompt)
+    if not img2img and req.enable_hr:  # the hires pass applies its prompt's LoRAs
+        check_lora_names(state.folders, req.hr_prompt, "hr_prompt")
     check_template(prompt, state.wildcards)
     check_template(negative, state.wildcards, "negative_prompt")
     controlnet = a1111_controlnet.parse_units(req, state.folders, s.max_image_pixels, img2img)

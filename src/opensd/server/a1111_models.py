@@ -85,8 +85,8 @@ class GenerationRequest(_Base):
 class Txt2ImgRequest(GenerationRequest):
     enable_hr: bool = False
     firstpass_image: str | None = None
-    firstphase_width: Int = 0
-    firstphase_height: Int = 0
+    firstphase_width: Int = Field(0, ge=0, le=_LIM.max_side)  # A1111 1.x: the image's size when set
+    firstphase_height: Int = Field(0, ge=0, le=_LIM.max_side)
     hr_scale: float = _finite(2.0, 1, 8)
     hr_upscaler: str | None = Field(None, max_length=100)
     hr_second_pass_steps: Int = Field(0, ge=0, le=_LIM.max_steps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -83,7 +84,8 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     sampler, schedule = sampler_of(req)
     if (req.scheduler or "automatic").strip().lower() == "automatic" and schedule == DEFAULT_SCHEDULES[sampler]:
         schedule = None  # "Automatic": the model's family chooses (Flux: simple), else the sampler's default
-    kw = {"steps": req.steps, "cfg": req.cfg_scale, "width": _down8(req.width), "height": _down8(req.height),
+    width, height = first_phase_size(req)
+    kw = {"steps": req.steps, "cfg": req.cfg_scale, "width": _down8(width), "height": _down8(height),
           "batch_size": req.batch_size, "sampler": sampler, "scheduler": schedule,
           "subseed_strength": req.subseed_strength}
     if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
@@ -101,6 +103,7 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
     kw.update(a1111_apply.text_settings(opts))
     options = a1111_apply.sampler_options(sampler, req, opts)
     settings = {"refiner_switch_by_sample_steps": opts["refiner_switch_by_sample_steps"],
+                "old_scheduling": opts["use_old_scheduling"],
                 "token_merging": a1111_apply.token_merging(req, opts, img2img),
                 "hypertile": a1111_apply.hypertile(opts), "sampler_options": options,
                 "schedule_options": a1111_apply.schedule_options(opts),
@@ -119,6 +122,12 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
                   inpaint_full_res_padding=req.inpaint_full_res_padding,
                   invert_mask=bool(req.inpainting_mask_invert))
         kw.update(a1111_soft_inpaint.kwargs(req))
+        count = len(req.init_images)
+        if count > req.batch_size:  # A1111's own RuntimeError (a 500 there), refused before queueing here
+            raise InvalidArgument(f"init_images: bad number of images passed: {count}; expecting "
+                                  f"{req.batch_size} or less (batch_size)")
+        if count > 1:  # A1111 makes one image per init image: its batch shrinks to their count
+            kw["batch_size"] = count
     elif req.enable_hr:
         upscaler = hires_upscaler(req.hr_upscaler, upscalers or Upscalers(None))
         hs, hsched = hires_sampler(req, sampler, schedule)
@@ -128,7 +137,32 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
                        "sampler": hs, "scheduler": hsched, "prompt": req.hr_prompt or None,
                        "negative_prompt": req.hr_negative_prompt or None,
                        "token_merging": opts["token_merging_ratio_hr"] or None}
+        if opts["hires_fix_use_firstpass_conds"]:
+            kw["hires"]["firstpass_conds"] = True
+        if opts["use_old_hires_fix_width_height"]:  # width x height is the final size (A1111 before 1.0)
+            kw["hires"].update(width=kw["width"], height=kw["height"])
+            kw["width"], kw["height"] = old_first_pass(kw["width"], kw["height"])
     return kw, gaps
+
+
+def old_first_pass(width: int, height: int) -> tuple[int, int]:
+    """A1111's first pass under use_old_hires_fix_width_height: about 512x512 pixels of the final
+    size's aspect, each side rounded up to 64 (its old_hires_fix_first_pass_dimensions)."""
+    scale = math.sqrt(512 * 512 / (width * height))
+    return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
+
+
+def first_phase_size(req) -> tuple[int, int]:
+    """The size of the image (of a hires fix's first pass): width and height, or A1111 1.x's
+    firstphase_width and firstphase_height, which replace them when set (its txt2img __post_init__;
+    the hires fix then scales that size)."""
+    first = (getattr(req, "firstphase_width", 0), getattr(req, "firstphase_height", 0))
+    if not any(first):
+        return req.width, req.height
+    if not all(first):  # A1111 would then sample a 0-pixel side and fail
+        raise InvalidArgument("firstphase_width/firstphase_height: A1111 makes them the image's size "
+                              "in place of width/height; give both, or neither")
+    return first
 
 
 def request_of(p: dict):
@@ -210,12 +244,17 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
         kw["hires"] = Hires(**hires)
     if kw.get("hypertile"):
         kw["hypertile"] = HyperTile(**kw["hypertile"])
-    mask = None
+    mask, inits = None, [init]
     if mode == "img2img":
         limit = state.settings.max_image_pixels
-        if init is None:  # transparent parts over img2img_background_color, as A1111 flattens them
-            init = flatten(decode_b64(req.init_images[0], "init_images[0]", limit), p.get("background") or WHITE)
+        if init is None:
+            inits = [init_image(req, p, limit, i) for i in range(len(req.init_images))]
+            init = inits[0]
         mask = decode_b64(req.mask, "mask", limit) if req.mask else None
+        # A1111's processing uses a latent mask with a mask only; its API hands the field on
+        # undecoded (an error there), so it is read here as the image the processing takes
+        if mask is not None and req.latent_mask:
+            kw["latent_mask"] = decode_b64(req.latent_mask, "latent_mask", limit)
     elif hires is not None and req.firstpass_image:  # A1111's hires fix of an image already made
         kw["first_pass"] = decode_b64(req.firstpass_image, "firstpass_image", state.settings.max_image_pixels)
     controls = a1111_controlnet.build_controls(p.get("controlnet") or [], req, pipe, init,
@@ -240,7 +279,10 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
             args = {**kw, "seed": s, "subseed": ss if varied else None, **changes}
             if init is None:
                 return pipe.txt2img(text, negative_text, progress=report, **args)
-            return pipe.img2img(init, text, negative_text, mask=mask, progress=report, **args)
+            # several init images: batch item k starts from image k (A1111's batch of them); each
+            # item is then made alone, so its offset in the batch is its seed's
+            start = inits[(args["seed"] - s) % (L.MAX_SEED + 1) % len(inits)]
+            return pipe.img2img(start, text, negative_text, mask=mask, progress=report, **args)
 
         def on_latents(denoised):  # for /progress
             image = pipe.preview(denoised)
@@ -250,7 +292,8 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
         pipe.on_latents = on_latents
         try:
             out = dynamic_batch.generate(call, prompt, negative, seed=s, subseed=ss if varied else None,
-                                         batch_size=per, wildcards=state.wildcards, progress=progress)
+                                         batch_size=per, wildcards=state.wildcards, progress=progress,
+                                         one_by_one=len(inits) > 1)
         except Stopped as e:
             if e.skip:
                 continue
@@ -266,6 +309,12 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
                                         model_hash=hash_, controls=controls, vae=vae))
             for image in images]
     return Batch(made, interrupted, pipe.name, hash_, vae)
+
+
+def init_image(req, p: dict, limit: int, i: int = 0):
+    """The request's init image `i`, its transparent parts over img2img_background_color, as A1111
+    flattens them."""
+    return flatten(decode_b64(req.init_images[i], f"init_images[{i}]", limit), p.get("background") or WHITE)
 
 
 def _made(image, infotext: str) -> Made:
@@ -301,7 +350,7 @@ def info_dict(req, kw, model, hash_, seeds, subseeds, infotexts, img2img) -> dic
         "subseed_strength": req.subseed_strength, "width": kw["width"], "height": kw["height"],
         "sampler_name": SAMPLER_LABELS.get(kw["sampler"], kw["sampler"]),
         "scheduler": kw["scheduler"] or "Automatic", "cfg_scale": kw["cfg"], "steps": kw["steps"],
-        "batch_size": req.batch_size, "restore_faces": False, "face_restoration_model": None,
+        "batch_size": kw["batch_size"], "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": model, "sd_model_hash": hash_, "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": req.seed_resize_from_w, "seed_resize_from_h": req.seed_resize_from_h,
         "denoising_strength": kw.get("strength") if img2img else (

@@ -21,8 +21,6 @@ from ..scripts.spec import Generated, Progress, ScriptResult, Spec
 from ..text.styles import Style
 from . import a1111_apply, a1111_refiner, a1111_run, a1111_unsupported, work_budget
 from .a1111_scripts import Script, register
-from ..image_read import WHITE, flatten
-from .images_io import decode_b64
 
 
 class _CellControl:
@@ -159,8 +157,7 @@ def _file_plan(face: ServerFace, base: Spec):
 
 
 def _init(face: ServerFace) -> Image.Image:
-    limit = face.state.settings.max_image_pixels
-    return flatten(decode_b64(face.req.init_images[0], "init_images[0]", limit), face.p.get("background") or WHITE)
+    return a1111_run.init_image(face.req, face.p, face.state.settings.max_image_pixels)
 
 
 def _upscale_plan(face: ServerFace, base: Spec):

@@ -11,24 +11,19 @@ from __future__ import annotations
 # request field -> (values meaning "off", what happens here instead)
 REQUEST_FIELDS: dict[str, tuple[tuple, str]] = {
     "restore_faces": ((None, False), "no face restoration model here; images are returned as generated"),
-    "firstphase_width": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
-    "firstphase_height": ((0,), "ignored (A1111 before 1.0); the first pass uses width and height"),
-    "latent_mask": ((None, ""), "not implemented; the mask is used for the latents too"),
     "force_task_id": ((None, ""), "task ids are not used; every job has its own id (/opensd/v1/jobs)"),
 }
 
 # A1111 setting -> what happens here when it is not A1111's default (settings that change A1111's
 # images and that opensd does not act on; the ones it acts on are read in a1111_run). ddim_discretize
 # is not here: A1111 1.6+ accepts it and does nothing with it (its DDIM is a timestep sampler).
-_NOT_IMPLEMENTED = "not implemented"
 SETTINGS: dict[str, str] = {
     "face_restoration": REQUEST_FIELDS["restore_faces"][1],
-    "no_dpmpp_sde_batch_determinism": _NOT_IMPLEMENTED,
-    "use_old_hires_fix_width_height": _NOT_IMPLEMENTED,
-    "hires_fix_use_firstpass_conds": _NOT_IMPLEMENTED,
-    "use_old_scheduling": "not implemented; prompt editing uses A1111's current timelines",
-    "enable_quantization": _NOT_IMPLEMENTED,
-    "lora_functional": _NOT_IMPLEMENTED,
+    # A1111 then seeds one noise tree per batch from torch's global generator: batch-dependent noise
+    "no_dpmpp_sde_batch_determinism": "not done; DPM++ SDE's noise stays tied to each image's seed, so an "
+                                      "image does not depend on its batch",
+    "lora_functional": "not done; LoRAs are merged into the weights, which gives the same images up to "
+                       "rounding",
 }
 
 # Always-on scripts of a stock A1111 (core and built-in extensions) that opensd does not have:
@@ -44,8 +39,8 @@ def request_gaps(req) -> list[tuple[str, str]]:
     gaps = [(name, message) for name, (off, message) in REQUEST_FIELDS.items()
             if name in req.model_fields_set and data.get(name) not in off]
     gaps += [(name, "not an AUTOMATIC1111 field; ignored") for name in sorted(req.model_extra or {})]
-    if len(data.get("init_images") or []) > 1:
-        gaps.append(("init_images[1:]", "every image of the batch starts from the first init image"))
+    if data.get("latent_mask") and not data.get("mask"):
+        gaps.append(("latent_mask", "used with a mask only, as in A1111; ignored"))
     for name in (req.alwayson_scripts or {}):
         if name.lower() in A1111_ALWAYSON:
             gaps.append((f"alwayson_scripts.{name}", f"not available here: {A1111_ALWAYSON[name.lower()]}"))

@@ -9,6 +9,7 @@ the cost and the flag that raises it.
 from __future__ import annotations
 
 from ..errors import InvalidArgument
+from ..pipeline.params import Hires
 
 LATENT_SOURCES = ("EmptyLatentImage", "EmptySD3LatentImage")
 PRIMITIVES = ("PrimitiveInt",)  # nodes whose output is their literal "value"
@@ -31,9 +32,7 @@ def a1111_cost(kw: dict, n_iter: int) -> tuple[float, str]:
     passes = [(kw["width"], kw["height"], kw["steps"])]
     hires = kw.get("hires")
     if hires:
-        scale = hires["scale"]
-        w = hires["width"] or round(kw["width"] * scale / 8) * 8
-        h = hires["height"] or round(kw["height"] * scale / 8) * 8
+        w, h = Hires(scale=hires["scale"], width=hires["width"], height=hires["height"]).target(kw["width"], kw["height"])
         passes.append((w, h, hires["steps"] or kw["steps"]))
     cost = images * sum(w * h * s for w, h, s in passes) / 1e6
     what = " + ".join(f"{w}x{h} x {s} steps" for w, h, s in passes)
