@@ -14,7 +14,7 @@ from browser_live import other_site
 from ui_browser import PHONE, browser, drop_file, live, no_horizontal_scroll, open_page, wait_for  # noqa: F401 (fixtures)
 
 from opensd.pipeline.infotext import read_infotext
-from opensd.server.store import CANCELLED, DONE, FINAL, INTERRUPTED
+from opensd.server.store import CANCELLED, DONE, FAILED, FINAL, INTERRUPTED, Job
 
 pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency")
 
@@ -289,6 +289,20 @@ def test_phone_layout_has_no_horizontal_scroll_on_any_tab(browser, live):
     assert no_horizontal_scroll(page)
     page.context.close()
     assert log.console_errors == [] and log.failures == []
+
+
+def test_queue_says_why_a_finished_job_failed(page, live):
+    """A job that failed (here one from another client, recorded as failed) shows its reason in the Queue
+    tab's finished list, not only the word 'failed'."""
+    store = live.state.store
+    job = store.add(Job(id="failedjob1", client="api", kind="a1111", payload={"request": {"prompt": "broken"}}))
+    store.finish(job, FAILED, error="sd_model_checkpoint: no model named 'gone.safetensors'")
+    listed = httpx.get(live.url + "/opensd/v1/queue").json()["recent"]
+    assert [j["error"] for j in listed if j["id"] == job.id] == [job.error]
+    page.click("#tab-queue")
+    shown = page.locator(f"#panel-queue li[data-job={job.id}][data-status=failed] .job-error")
+    shown.wait_for()
+    assert shown.inner_text() == job.error
 
 
 def test_progress_shows_steps_and_the_latent_preview_then_interrupt_stops_the_job(page, live):
