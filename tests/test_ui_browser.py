@@ -305,6 +305,30 @@ def test_queue_says_why_a_finished_job_failed(page, live):
     assert shown.inner_text() == job.error
 
 
+def test_a_refused_request_says_why_until_the_next_one_and_its_error_stays_until_dismissed(browser, live):
+    page, log = open_page(browser, live.url + "/#generate")
+    page.wait_for_selector("#panel-generate form select[name=model] option", state="attached")
+    before = job_ids(live)
+    fill_generate(page, "too much work", width=4096, height=4096, steps=150, batch_size=8)
+    page.click("#panel-generate button[type=submit]")
+    status = page.locator("#panel-generate .progress-card [role=status].error")
+    status.wait_for()
+    assert status.inner_text().startswith("Not queued: ") and "megapixel-steps" in status.inner_text()
+    alert = page.locator("#toasts .toast.error[role=alert]")
+    alert.wait_for()
+    page.wait_for_timeout(5500)  # past the 5 s an info toast lasts
+    assert "megapixel-steps" in alert.inner_text() and "megapixel-steps" in status.inner_text()
+    alert.get_by_role("button", name="Dismiss").click()
+    alert.wait_for(state="detached")
+    assert job_ids(live) == before
+    fill_generate(page, "small heart", width=64, height=64, steps=2, batch_size=1)
+    page.click("#panel-generate button[type=submit]")
+    status.wait_for(state="detached")  # the next request clears it
+    new_jobs(live, before, 1)
+    page.context.close()
+    assert [status for status, _ in log.failures] == [422]  # the refusal, and nothing else went wrong
+
+
 def test_progress_shows_steps_and_the_latent_preview_then_interrupt_stops_the_job(page, live):
     before = job_ids(live)
     fill_generate(page, "slow heart", steps=150, seed=2, width=256, height=256)
