@@ -281,7 +281,9 @@ def test_phone_layout_has_no_horizontal_scroll_on_any_tab(browser, live):
     assert tabs.count() >= 4
     for i in range(tabs.count()):
         tabs.nth(i).click()
-        page.wait_for_timeout(300)
+        panel = tabs.nth(i).get_attribute("aria-controls")
+        page.wait_for_selector(f"#{panel}:not([hidden]) > *", state="attached")
+        page.wait_for_load_state("networkidle")  # what the tab asked the server for is shown
         assert no_horizontal_scroll(page), tabs.nth(i).get_attribute("id")
     page.click("#tab-gallery")
     page.locator("#panel-gallery .thumbs button").first.click()
