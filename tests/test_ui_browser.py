@@ -14,7 +14,7 @@ from browser_live import other_site
 from ui_browser import PHONE, browser, drop_file, live, no_horizontal_scroll, open_page, wait_for  # noqa: F401 (fixtures)
 
 from opensd.pipeline.infotext import read_infotext
-from opensd.server.store import CANCELLED, DONE, FINAL, INTERRUPTED
+from opensd.server.store import CANCELLED, DONE, FAILED, FINAL, INTERRUPTED, Job
 
 pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency")
 
@@ -281,7 +281,9 @@ def test_phone_layout_has_no_horizontal_scroll_on_any_tab(browser, live):
     assert tabs.count() >= 4
     for i in range(tabs.count()):
         tabs.nth(i).click()
-        page.wait_for_timeout(300)
+        panel = tabs.nth(i).get_attribute("aria-controls")
+        page.wait_for_selector(f"#{panel}:not([hidden]) > *", state="attached")
+        page.wait_for_load_state("networkidle")  # what the tab asked the server for is shown
         assert no_horizontal_scroll(page), tabs.nth(i).get_attribute("id")
     page.click("#tab-gallery")
     page.locator("#panel-gallery .thumbs button").first.click()
@@ -289,6 +291,44 @@ def test_phone_layout_has_no_horizontal_scroll_on_any_tab(browser, live):
     assert no_horizontal_scroll(page)
     page.context.close()
     assert log.console_errors == [] and log.failures == []
+
+
+def test_queue_says_why_a_finished_job_failed(page, live):
+    """A job that failed (here one from another client, recorded as failed) shows its reason in the Queue
+    tab's finished list, not only the word 'failed'."""
+    store = live.state.store
+    job = store.add(Job(id="failedjob1", client="api", kind="a1111", payload={"request": {"prompt": "broken"}}))
+    store.finish(job, FAILED, error="sd_model_checkpoint: no model named 'gone.safetensors'")
+    listed = httpx.get(live.url + "/opensd/v1/queue").json()["recent"]
+    assert [j["error"] for j in listed if j["id"] == job.id] == [job.error]
+    page.click("#tab-queue")
+    shown = page.locator(f"#panel-queue li[data-job={job.id}][data-status=failed] .job-error")
+    shown.wait_for()
+    assert shown.inner_text() == job.error
+
+
+def test_a_refused_request_says_why_until_the_next_one_and_its_error_stays_until_dismissed(browser, live):
+    page, log = open_page(browser, live.url + "/#generate")
+    page.wait_for_selector("#panel-generate form select[name=model] option", state="attached")
+    before = job_ids(live)
+    fill_generate(page, "too much work", width=4096, height=4096, steps=150, batch_size=8)
+    page.click("#panel-generate button[type=submit]")
+    status = page.locator("#panel-generate .progress-card [role=status].error")
+    status.wait_for()
+    assert status.inner_text().startswith("Not queued: ") and "megapixel-steps" in status.inner_text()
+    alert = page.locator("#toasts .toast.error[role=alert]")
+    alert.wait_for()
+    page.wait_for_timeout(5500)  # past the 5 s an info toast lasts
+    assert "megapixel-steps" in alert.inner_text() and "megapixel-steps" in status.inner_text()
+    alert.get_by_role("button", name="Dismiss").click()
+    alert.wait_for(state="detached")
+    assert job_ids(live) == before
+    fill_generate(page, "small heart", width=64, height=64, steps=2, batch_size=1)
+    page.click("#panel-generate button[type=submit]")
+    status.wait_for(state="detached")  # the next request clears it
+    new_jobs(live, before, 1)
+    page.context.close()
+    assert [status for status, _ in log.failures] == [422]  # the refusal, and nothing else went wrong
 
 
 def test_progress_shows_steps_and_the_latent_preview_then_interrupt_stops_the_job(page, live):

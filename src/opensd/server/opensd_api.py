@@ -175,7 +175,7 @@ def router(state) -> APIRouter:
             pending=[QueueItem(id=j.id, kind=j.kind, client=j.client, status=j.status, label=job_label(j),
                                position=i + 1, created=j.created) for i, j in enumerate(state.queue.pending())],
             recent=[QueueItem(id=j.id, kind=j.kind, client=j.client, status=j.status, label=job_label(j),
-                              position=-1, created=j.created) for j in state.store.history(limit=10)])
+                              position=-1, created=j.created, error=j.error) for j in state.store.history(limit=10)])
 
     @api.post("/queue/clear")
     def clear() -> Cleared:

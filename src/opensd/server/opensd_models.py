@@ -61,6 +61,7 @@ class QueueItem(BaseModel):
     created: float
     step: int | None = None
     steps: int | None = None
+    error: str | None = Field(None, description="why a finished job failed (recent jobs only)")
 
 
 class QueueView(BaseModel):

@@ -76,12 +76,22 @@ export function icon(name) {
   return svg;
 }
 
+// A short message at the bottom right. Errors stay until dismissed (a user who looked away still
+// reads why nothing happened); others go after `ms`. At most the newest MAX_TOASTS are kept.
+const MAX_TOASTS = 4;
 export function toast(message, kind = "info", ms = 5000) {
   const box = document.getElementById("toasts");
   if (!box) return;
-  const el = h("div", { class: `toast ${kind}` }, message);
+  const el = h("div", { class: `toast ${kind}` }, h("span", {}, message));
+  if (kind === "error") {
+    el.setAttribute("role", "alert");
+    el.append(h("button", { type: "button", class: "toast-close", "aria-label": "Dismiss", title: "Dismiss",
+      onclick: () => el.remove() }, icon("close")));
+  } else {
+    setTimeout(() => el.remove(), ms);
+  }
   box.append(el);
-  setTimeout(() => el.remove(), ms);
+  while (box.children.length > MAX_TOASTS) box.firstElementChild.remove();
 }
 
 // A modal yes/no question; resolves true when confirmed.

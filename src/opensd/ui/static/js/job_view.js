@@ -31,11 +31,19 @@ export function jobView({ upscale = null } = {}) {
 
   const mine = new Set();
   let runningMine = false;
+  // why the last request was refused or its job failed: kept in the status line until the next one
+  let failure = "";
+  const say = (text, problem = "") => {
+    failure = problem;
+    status.textContent = problem ? `${text}: ${problem}` : text;
+    status.className = problem ? "error" : "muted";
+  };
   on(EVENTS.QUEUE, (q) => {
     runningMine = Boolean(q.running && mine.has(q.running.id));
     if (runningMine) return;
     const waiting = q.pending.filter((j) => mine.has(j.id)).length;
-    status.textContent = waiting ? `${waiting} waiting` : "Idle";
+    if (waiting) say(`${waiting} waiting`);
+    else if (!failure) say("Idle");
     bar.style.width = "0";
     preview.hidden = true;
   });
@@ -43,7 +51,7 @@ export function jobView({ upscale = null } = {}) {
     if (!runningMine) return;
     const s = p.state || {};
     const eta = p.eta_relative > 0 ? ` · ETA ${p.eta_relative.toFixed(1)} s` : "";
-    status.textContent = s.sampling_steps ? `Step ${s.sampling_step}/${s.sampling_steps}${eta}` : "Starting";
+    say(s.sampling_steps ? `Step ${s.sampling_step}/${s.sampling_steps}${eta}` : "Starting");
     bar.style.width = `${Math.round((p.progress || 0) * 100)}%`;
     if (p.current_image) { preview.src = `data:image/png;base64,${p.current_image}`; preview.hidden = false; }
   });
@@ -52,7 +60,10 @@ export function jobView({ upscale = null } = {}) {
     mine.delete(id);
     try {
       const job = await api.get(`/opensd/v1/jobs/${encodeURIComponent(id)}`);
-      if (job.status === "failed") toast(`Generation failed: ${job.error || "unknown error"}`, "error");
+      if (job.status === "failed") {
+        say("Generation failed", job.error || "unknown error");
+        toast(`Generation failed: ${job.error || "unknown error"}`, "error");
+      }
       else if (job.status === "cancelled") toast("The job was cancelled before it ran.");
       const files = job.result?.files || [];
       if (files.length) showResults(job);
@@ -113,8 +124,11 @@ export function jobView({ upscale = null } = {}) {
         const queued = await api.post(path, body);
         mine.add(queued.job_id);
         emit(EVENTS.JOB_QUEUED, { id: queued.job_id });
-        status.textContent = queued.position > 0 ? `Queued: position ${queued.position}` : "Starting";
-      } catch (e) { fail(e); }
+        say(queued.position > 0 ? `Queued: position ${queued.position}` : "Starting");
+      } catch (e) {
+        say("Not queued", e.message || String(e));
+        fail(e);
+      }
     },
     shownSeed: () => shown && seedOf(shown.job, shown.index),
   };

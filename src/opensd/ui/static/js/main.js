@@ -14,7 +14,7 @@ const tabs = new Map(); // id -> {button, panel, mounted: Promise|null}
 for (const tab of TABS) {
   const button = h("button", {
     type: "button", role: "tab", id: `tab-${tab.id}`, "aria-controls": `panel-${tab.id}`,
-    "aria-selected": "false", tabindex: "-1", onclick: () => show(tab.id),
+    "aria-selected": "false", tabindex: "-1", title: tab.label, onclick: () => show(tab.id),
   }, icon(tab.icon), h("span", { class: "tab-label" }, tab.label));
   const panel = h("section", {
     role: "tabpanel", id: `panel-${tab.id}`, "aria-labelledby": `tab-${tab.id}`, hidden: true, tabindex: "-1",
@@ -24,17 +24,17 @@ for (const tab of TABS) {
   tabs.set(tab.id, { ...tab, button, panel, mounted: null });
 }
 
+// ARIA tablist keys: arrows move to the previous/next tab (wrapping round), Home/End to the first/last.
 nav.addEventListener("keydown", (e) => {
   const ids = [...tabs.keys()];
   const at = ids.indexOf(document.activeElement?.id?.replace("tab-", ""));
   if (at < 0) return;
-  const step = { ArrowRight: 1, ArrowLeft: -1 }[e.key];
-  if (step) {
-    e.preventDefault();
-    const id = ids[(at + step + ids.length) % ids.length];
-    show(id);
-    tabs.get(id).button.focus();
-  }
+  const to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: ids.length - 1 }[e.key];
+  if (to === undefined) return;
+  e.preventDefault();
+  const id = ids[(to + ids.length) % ids.length];
+  show(id);
+  tabs.get(id).button.focus();
 });
 
 async function show(id) {

@@ -12,7 +12,8 @@ function row(job, ...controls) {
     h("span", { class: "pos", "aria-label": job.position > 0 ? `position ${job.position}` : job.status }, pos),
     h("div", { class: "label" },
       h("span", { class: `pill ${job.status}` }, job.status), " ",
-      h("span", { class: "muted" }, KINDS[job.kind] || job.kind), " ", job.label),
+      h("span", { class: "muted" }, KINDS[job.kind] || job.kind), " ", job.label,
+      job.error ? h("span", { class: "error job-error" }, job.error) : null),
     h("div", { class: "toolbar" }, controls));
 }
 
@@ -21,7 +22,8 @@ export async function mount(panel) {
   const progress = h("span", { class: "muted" });
   const pending = h("ul", { class: "queue-list", "aria-label": "Waiting jobs" });
   const recent = h("ul", { class: "queue-list", "aria-label": "Finished jobs" });
-  const clearAll = h("button", { type: "button", class: "danger", onclick: clearQueue }, icon("trash"), "Clear queue");
+  const clearAll = h("button", { type: "button", class: "danger", onclick: clearQueue, disabled: true },
+    icon("trash"), "Clear queue");
   panel.append(h("div", { class: "stack" },
     h("section", { class: "card stack", "aria-label": "Running" }, h("h2", {}, "Running ", progress), running),
     h("section", { class: "card stack", "aria-label": "Waiting" },
@@ -43,7 +45,7 @@ export async function mount(panel) {
   }
   const post = (path) => () => api.post(path).catch((e) => toast(e.message, "error"));
 
-  on(EVENTS.QUEUE, (q) => {
+  function render(q) {
     // the oldest running job first (skip and interrupt act on it); with Ray workers others run beside it
     clear(running, q.running ? [row(q.running,
       h("button", { type: "button", onclick: post("/sdapi/v1/skip") }, icon("skip"), "Skip"),
@@ -56,8 +58,12 @@ export async function mount(panel) {
       h("button", { type: "button", "aria-label": `Cancel job ${j.position}`, onclick: () => cancel(j) }, icon("close"), "Cancel")))
       : h("li", { class: "muted" }, "No job is waiting."));
     clearAll.disabled = q.pending.length === 0;
-    clear(recent, q.recent.map((j) => row(j)));
-  });
+    clear(recent, q.recent.length ? q.recent.map((j) => row(j)) : h("li", { class: "muted" }, "No finished jobs yet."));
+  }
+  // filled now, not at the poller's next round (up to 3 s when idle, with empty lists until then)
+  let polled = false;
+  on(EVENTS.QUEUE, (q) => { polled = true; render(q); });
+  api.get("/opensd/v1/queue").then((q) => polled || render(q)).catch((e) => toast(e.message, "error"));
   on(EVENTS.PROGRESS, (p) => {
     const s = p.state || {};
     progress.textContent = s.sampling_steps ? `· step ${s.sampling_step}/${s.sampling_steps}` : "";
