@@ -1,13 +1,12 @@
 """The generation pipeline: a loaded model plus tokenizer, device and precision, and the modes
 (txt2img, img2img, inpainting, outpainting, hires fix) over one shared sampling core. Parts of the
-Pipeline class live in their own files: its LoRAs (lora_methods.py), the hires pass (hires_pass.py)
-and the VAE side (image_codec.py)."""
+Pipeline class live in their own files: its LoRAs (lora_methods.py), the hires pass (hires_pass.py),
+the VAE side (image_codec.py), prompt encoding (prompt_encoding.py) and the extras a generation adds
+to every pass (generation_extras.py)."""
 from __future__ import annotations
 
 import functools
-import logging
 import random
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -32,9 +31,7 @@ from . import images as I
 from . import img2img as i2i
 from .color_correction import correct, correction_target
 from . import soft_inpaint as SI
-from .kontext import reference_latents
 from . import limits as L
-from .conditioning import CondSchedule, PromptConditioner, size_vector
 from .device import resolve_device, resolve_dtype
 from .loader import LoadedModel, load_model
 from .noise import ImageNoise
@@ -48,8 +45,8 @@ from .precision import Precision, choose_precision
 from .hires_pass import HiresPass
 from .image_codec import ImageCodec
 from .lora_methods import LoraMethods
-
-log = logging.getLogger(__name__)
+from .generation_extras import GenerationExtras
+from .prompt_encoding import PromptEncoding
 
 # progress(step, total), called after every sampling step of every pass and image.
 Progress = Callable[[int, int], None] | None
@@ -59,7 +56,7 @@ class Interrupted(OpenSDError):
     """Generation was stopped by Pipeline.interrupt()."""
 
 
-class Pipeline(LoraMethods, HiresPass, ImageCodec):
+class Pipeline(LoraMethods, HiresPass, ImageCodec, PromptEncoding, GenerationExtras):
     def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
                  limits: L.Limits = L.DEFAULT_LIMITS, embeddings: EmbeddingDatabase | None = None):
         self.loaded = loaded
@@ -175,23 +172,6 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         return self.img2img(canvas, prompt, negative_prompt, mask=mask, progress=progress, **params)
 
     # --- the shared core -------------------------------------------------------------------
-
-    def _set_extras(self, controls, references, ip_adapter, refiner) -> None:
-        """What the coming generation adds to every pass: ControlNets, Kontext references, an image
-        prompt, a refiner (each checked against this model)."""
-        self._controls = _controls(controls, self.config)
-        self._references = reference_latents(self, references)
-        self._ip_adapter = _ip_adapter(ip_adapter, self)
-        self._refiner = self._checked(refiner)
-
-    def _checked(self, refiner: Refiner | None) -> Refiner | None:
-        if refiner is None:
-            return None
-        refiner.check(self)
-        if refiner.pipe is self or refiner.pipe.loaded.path == self.loaded.path:
-            return None  # A1111 does not switch to the checkpoint already running
-        refiner.pipe.apply_loras("")  # its own weights (LoRAs are for the main model)
-        return refiner
 
     def _params(self, prompt, negative_prompt, params) -> Params:
         if self.family.default_cfg is not None:
@@ -443,13 +423,6 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         self._cfg_skips.append(counter)
         return counter
 
-    def _image_prompt(self, g: G.Guidance):
-        """The IP-Adapter's patch of the UNet for one pass (removed after it), or nothing."""
-        if self._ip_adapter is None:
-            return nullcontext()
-        from ..adapters.ip_adapter import applied
-        return applied(self._ip_adapter, self.family.network(self.model), lambda: self._n_uncond)
-
     # --- building blocks -------------------------------------------------------------------
 
     def sigmas(self, p: Params, steps: int, txt2img: bool = False) -> torch.Tensor:
@@ -476,68 +449,6 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         shape = (1, self.config.latent_channels, h, w)
         return torch.cat([ImageNoise(s, shape, self.device).initial for s in seeds])
 
-    def set_embeddings(self, embeddings: EmbeddingDatabase | None) -> None:
-        """Use these textual-inversion embeddings from the next encoding on."""
-        self.embeddings = embeddings
-        self._conditioners.clear()
-        self._cond_cache = {}
-
-    def forget_encodings(self) -> None:
-        """Drop the cached prompt encodings: the text encoders' weights were changed from outside."""
-        self._cond_cache = {}
-
-    def conditioner(self, clip_skip: int | None = None, **text) -> PromptConditioner:
-        """The prompt encoder for this CLIP skip and `text` options (Params.text_options)."""
-        key = (clip_skip, *sorted(text.items())) if text else clip_skip
-        if key not in self._conditioners:
-            self._conditioners[key] = self.family.conditioner(self, clip_skip, **text)
-        return self._conditioners[key]
-
-    def cond_schedule(self, prompt: str, clip_skip: int | None, steps: int, width: int, height: int,
-                      negative: bool = False, text: dict | None = None, crop: tuple[int, int] = (0, 0),
-                      hires_steps: int | None = None, old_scheduling: bool = False) -> CondSchedule:
-        """The prompt encoded for every step (A1111 syntax: weights, AND, editing, alternation),
-        with SDXL's size conditioning (crop: A1111's sdxl_crop_top/left) folded into each part's
-        pooled vector. `text`: the encoder's options (Params.text_options); `hires_steps`: for a hires
-        pass of that many steps after a first pass of `steps`; `old_scheduling`: A1111's old prompt
-        editing timelines (text.prompt_parser.prompt_schedule)."""
-        text = text or {}
-        key = (prompt, clip_skip, steps, width, height, negative, *sorted(text.items()), crop, hires_steps,
-               old_scheduling)
-        if key not in self._cond_cache:  # a batch encodes its prompt once, not once per image
-            sched = self.conditioner(clip_skip, **text).schedule(prompt, steps, negative=negative,
-                                                                 hires_steps=hires_steps, old_scheduling=old_scheduling)
-            others = [n for n in sched.extra_networks if n.kind not in ("lora", "lyco")]
-            if others:  # LoRA tags were applied in _generate; other kinds have no adapter yet
-                log.warning("extra networks in the prompt are not applied: %s",
-                            ", ".join(f"<{n.kind}:{n.name}>" for n in others))
-            if self.config.size_conditioned:
-                score = 2.5 if negative else 6.0  # refiner's conventional aesthetic scores
-                for part in sched.parts:
-                    for c in part.conds:
-                        c.pooled = size_vector(self.config, c.pooled, width, height, score,
-                                               crop_w=crop[1], crop_h=crop[0])
-            self._cond_cache[key] = sched
-        return self._cond_cache[key]
-
-    def guidance(self, p: Params, steps: int, width: int, height: int, need_uncond: bool = False,
-                 first_steps: int | None = None) -> G.Guidance:
-        """How this pass guides (pipeline/guidance.py): the prompt, the negative prompt and the scale;
-        `need_uncond` for samplers that step with the unconditional estimate too (CFG++);
-        `first_steps`: in a hires pass, the first pass's steps (A1111's hires timeline for prompt
-        editing: steps count on from the first pass's, fractions 1 to 2 span the hires pass)."""
-        text, crop = p.text_options(), (p.sdxl_crop_top, p.sdxl_crop_left)
-        base, hires = (steps, None) if first_steps is None else (first_steps, steps)
-
-        def encoded(prompt, negative=False):
-            return self.cond_schedule(prompt, p.clip_skip, base, width, height, negative, text, crop, hires,
-                                      p.old_scheduling)
-
-        cond = encoded(p.prompt)
-        negative = None if not p.negative_prompt.strip() else lambda: encoded(p.negative_prompt, True)
-        return G.plan(self.config, cond, p.cfg, negative, lambda: encoded("", True),
-                      need_uncond=need_uncond)
-
     def denoiser(self, g: G.Guidance, sigmas: torch.Tensor, image_cond: torch.Tensor | None = None,
                  clip_skip: int | None = None, control=None, distilled: float | None = None,
                  text: dict | None = None, skip: SkipCounter | None = None,
@@ -563,26 +474,6 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         model = functools.partial(self.model_sampling().denoise, unet_fn)
         layout = P.layout(pads, self.conditioner(clip_skip, **(text or {})).empty())
         return G.denoiser(g, model, layout, sigmas, self.config.cfg_embed_channels, self.device, skip)
-
-def _controls(controls, config) -> list:
-    if not controls:
-        return []
-    from ..adapters.controlnet import validate_controls
-    family_of(config).require("controlnet", "controls")
-    return validate_controls(controls, config)
-
-
-def _ip_adapter(spec, pipe):
-    if spec is None:
-        return None
-    from ..adapters.ip_adapter import validated
-    from .openvino_unet import OpenVINOUNet
-    pipe.family.require("ip_adapter", "ip_adapter")
-    if isinstance(getattr(pipe.family.network(pipe.model), "_compiled_call_impl", None), OpenVINOUNet):
-        raise InvalidArgument("ip_adapter: an IP-Adapter patches the UNet's PyTorch attention layers, which the "
-                              "openvino backend does not run; use the default backend")
-    return validated(spec)
-
 
 def _speedups_allowed(p: Params, pipe) -> None:
     """Token merging and Hypertile patch a UNet's PyTorch attention: other networks, or a compiled
