@@ -349,8 +349,10 @@ def router(state, hub: ComfyHub) -> APIRouter:
             hub.loop = asyncio.get_running_loop()
         try:
             await websocket.send_json(hub.status_message(sid))
-            while True:
-                await websocket.receive_text()
+            # Messages from the client are read and dropped; receive() rather than receive_text(),
+            # which fails on a binary frame and would drop this client's progress messages.
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
         except WebSocketDisconnect:
             pass
         finally:

@@ -1,0 +1,70 @@
+"""Findings of a hostile-input sweep over every HTTP route (bodies with each field of the wrong type
+or size, odd images, junk websocket frames): each case failed (a 500, a hang, a dropped socket)
+before its fix and is now a 4xx naming the field, refused before any work."""
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from server_live import BASE, models_dir
+
+from opensd.server.app import create_app
+from opensd.server.settings import Settings
+
+
+def png(size) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    settings = Settings(models_dir=models_dir(root), outputs_dir=root / "out")
+    with TestClient(create_app(settings), base_url=BASE) as c:
+        yield c
+
+
+T2I = {"prompt": "x", "steps": 1, "width": 64, "height": 64}
+HIRES = {**T2I, "enable_hr": True, "hr_upscaler": "Latent"}
+
+CASES = [  # (id, path, body, text the 422 must contain)
+    # was a 500 from the VAE's GroupNorm: a latent upscaler encodes the given first pass at its own size
+    ("1x1 firstpass_image", "/sdapi/v1/txt2img", {**HIRES, "firstpass_image": png((1, 1))}, "firstpass_image"),
+    # was a 500 from a convolution (padded input 4001 x 2 smaller than its kernel)
+    ("1x4000 firstpass_image", "/sdapi/v1/txt2img", {**HIRES, "firstpass_image": png((1, 4000))}, "firstpass_image"),
+    # hung for minutes: the short side scaled to 512 px made a 512 x 2,048,000 picture for canny
+    ("thin image to detect", "/controlnet/detect",
+     {"controlnet_module": "canny", "controlnet_input_images": [png((1, 4000))]}, "controlnet_input_images[0]"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_hostile_body_is_refused_naming_the_field(client, case):
+    _, path, body, needle = case
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"], r.text
+
+
+def test_a_square_image_to_detect_still_works(client):
+    r = client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_input_images": [png((64, 64))],
+                                                "controlnet_processor_res": 64})
+    assert r.status_code == 200 and len(r.json()["images"]) == 1, r.text
+
+
+def test_a_binary_websocket_frame_keeps_the_socket(client):
+    """ComfyUI ignores what a client sends on /ws; a binary frame raised KeyError in receive_text and
+    closed the socket, so the client lost its progress messages."""
+    with client.websocket_connect("ws://127.0.0.1:7860/ws?clientId=bin") as ws:
+        assert ws.receive_json()["type"] == "status"
+        ws.send_bytes(b"\xff" * 100)
+        ws.send_text("{not json")
+        ws.send_text('{"type": "feature_flags", "data": {}}')
+        # the socket is still registered for progress messages after the junk
+        assert client.post("/interrupt").status_code == 200
+    assert client.get("/queue").status_code == 200
