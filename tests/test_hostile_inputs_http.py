@@ -68,3 +68,16 @@ def test_a_binary_websocket_frame_keeps_the_socket(client):
         # the socket is still registered for progress messages after the junk
         assert client.post("/interrupt").status_code == 200
     assert client.get("/queue").status_code == 200
+
+
+def test_png_info_of_a_huge_parameters_chunk_answers_at_once(client):
+    """A PNG whose 'parameters' text is 1,000,000 characters with no colon held the server for hours
+    (the infotext key search rescanned the line from every start)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", "a" * 1_000_000)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG", pnginfo=info)
+    r = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(buf.getvalue()).decode()})
+    assert r.status_code == 200 and r.json()["info"] == "a" * 1_000_000
