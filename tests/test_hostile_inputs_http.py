@@ -39,6 +39,9 @@ CASES = [  # (id, path, body, text the 422 must contain)
     ("1x4000 firstpass_image", "/sdapi/v1/txt2img", {**HIRES, "firstpass_image": png((1, 4000))}, "firstpass_image"),
     # was a plain-text 500 (RecursionError in the dynamic-prompt parser)
     ("nested choices", "/sdapi/v1/txt2img", {**T2I, "prompt": "{a|" * 6000}, "prompt: the '{'"),
+    # was a 500 'VAE decode produced NaN/inf even in fp32; the model is broken': 6,000 unclosed '('
+    ("emphasis past any float", "/sdapi/v1/txt2img", {**T2I, "prompt": "(a:" * 6000}, "emphasis"),
+    ("a 400-digit weight", "/sdapi/v1/txt2img", {**T2I, "negative_prompt": "(a:" + "9" * 400 + ")"}, "emphasis"),
     # hung for minutes: the short side scaled to 512 px made a 512 x 2,048,000 picture for canny
     ("thin image to detect", "/controlnet/detect",
      {"controlnet_module": "canny", "controlnet_input_images": [png((1, 4000))]}, "controlnet_input_images[0]"),

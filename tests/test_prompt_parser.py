@@ -244,3 +244,14 @@ def test_lora_tags_and_multipliers():
     assert tag.multipliers() == (0.5, 0.2)
     assert extract_extra_networks("<lora:x:te=0.3>")[1][0].multipliers() == (0.3, 0.3)
     assert extract_extra_networks("a <not a tag> <:x> b") == ("a <not a tag> <:x> b", [])
+
+
+@pytest.mark.parametrize("prompt", ["(a:" * 6000, "(a:" + "9" * 400 + ")", "(a:99999)", "(" * 97 + "a"])
+def test_emphasis_past_the_cap_is_refused(prompt):
+    """1.1^6000 or a 400-digit weight overflowed to inf and every image came out NaN (reported as
+    a broken model, HTTP 500); 1.1^96 still parses."""
+    from opensd.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="prompt: the emphasis of 'a' comes to"):
+        parse_prompt_attention(prompt)
+    assert parse_prompt_attention("(" * 96 + "a")[0].weight == pytest.approx(1.1 ** 96)

@@ -63,6 +63,10 @@ def emphasis_id(label: str) -> str:
     raise ValueError(label)
 
 SQUARE_MULTIPLIER = 1 / 1.1
+# The largest emphasis a fragment may reach: far past any prompt's (1.1^96), short of the
+# float overflow that 6,000 unclosed '(' (or a 400-digit weight) make, which turned the whole
+# conditioning, and so the image, into NaN.
+MAX_EMPHASIS = 10_000.0
 
 
 class Fragment(NamedTuple):
@@ -115,6 +119,9 @@ def parse_prompt_attention(text: str) -> list[Fragment]:
         for item in out[start:]:
             if not item[2]:
                 item[1] *= factor
+                if not abs(item[1]) <= MAX_EMPHASIS:  # also NaN; checked here, 6,000 '(' stop early
+                    raise InvalidArgument(f"prompt: the emphasis of {item[0][:40]!r} comes to {item[1]:g}, past "
+                                          f"{MAX_EMPHASIS:g}; check the prompt's brackets and (text:weight) numbers")
 
     def add_text(piece: str) -> None:
         for i, part in enumerate(_BREAK_SPLIT.split(piece)):
