@@ -42,6 +42,11 @@ CASES = [  # (id, path, body, text the 422 must contain)
     # was a 500 'VAE decode produced NaN/inf even in fp32; the model is broken': 6,000 unclosed '('
     ("emphasis past any float", "/sdapi/v1/txt2img", {**T2I, "prompt": "(a:" * 6000}, "emphasis"),
     ("a 400-digit weight", "/sdapi/v1/txt2img", {**T2I, "negative_prompt": "(a:" + "9" * 400 + ")"}, "emphasis"),
+    # held the server for hours: 5,000 sub-prompts, one network evaluation each per step
+    ("5000 ANDs", "/sdapi/v1/txt2img", {**T2I, "prompt": "AND " * 5000}, "sub-prompts joined by AND"),
+    ("5000 ANDs counted", "/opensd/v1/tokens", {"prompt": "AND " * 5000}, "sub-prompts joined by AND"),
+    # 78 s on the tiny model: 3,000 chunks, a 231,000-token context
+    ("3000 BREAKs", "/sdapi/v1/txt2img", {**T2I, "prompt": "BREAK " * 3000}, "chunks of 75 tokens"),
     # hung for minutes: the short side scaled to 512 px made a 512 x 2,048,000 picture for canny
     ("thin image to detect", "/controlnet/detect",
      {"controlnet_module": "canny", "controlnet_input_images": [png((1, 4000))]}, "controlnet_input_images[0]"),

@@ -255,3 +255,12 @@ def test_emphasis_past_the_cap_is_refused(prompt):
     with pytest.raises(InvalidArgument, match="prompt: the emphasis of 'a' comes to"):
         parse_prompt_attention(prompt)
     assert parse_prompt_attention("(" * 96 + "a")[0].weight == pytest.approx(1.1 ** 96)
+
+
+def test_more_and_parts_than_the_cap_are_refused():
+    from opensd.errors import InvalidArgument
+    from opensd.text.prompt_parser import MAX_AND_PARTS, split_and
+
+    assert len(split_and(" AND ".join("x" * MAX_AND_PARTS))) == MAX_AND_PARTS
+    with pytest.raises(InvalidArgument, match="more than 100 sub-prompts joined by AND"):
+        split_and(" AND ".join("x" * (MAX_AND_PARTS + 1)))

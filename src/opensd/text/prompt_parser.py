@@ -430,6 +430,7 @@ def prompt_schedules(prompts: list[str], steps: int, hires_steps: int | None = N
 # --- composable diffusion (AND) --------------------------------------------------------------
 
 _AND = re.compile(r"\bAND\b")
+MAX_AND_PARTS = 100  # each part is one more network evaluation per step: 5,000 held the server for hours
 # Lazy text, then an optional ':weight' at the very end; trailing whitespace is not part of the text.
 _PART_WEIGHT = re.compile(r"(.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*", re.DOTALL)
 
@@ -439,7 +440,10 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
     get_multicond_prompt_list for one prompt). ``AND`` must be upper case and a whole word; each
     part may end in ``:weight``; leading whitespace of a part is kept, trailing whitespace is not."""
     parts = []
-    for sub in _AND.split(prompt):
+    subs = _AND.split(prompt, maxsplit=MAX_AND_PARTS)
+    if len(subs) > MAX_AND_PARTS:
+        raise InvalidArgument(f"prompt: more than {MAX_AND_PARTS} sub-prompts joined by AND")
+    for sub in subs:
         m = _PART_WEIGHT.fullmatch(sub)
         text, weight = m.group(1), m.group(2)
         parts.append((text, float(weight) if weight is not None else 1.0))
