@@ -40,7 +40,8 @@ CASES = [  # (id, path, body, text the 422 must contain)
     # was a plain-text 500 (RecursionError in the dynamic-prompt parser)
     ("nested choices", "/sdapi/v1/txt2img", {**T2I, "prompt": "{a|" * 6000}, "prompt: the '{'"),
     # was a 500 'VAE decode produced NaN/inf even in fp32; the model is broken': 6,000 unclosed '('
-    ("emphasis past any float", "/sdapi/v1/txt2img", {**T2I, "prompt": "(a:" * 6000}, "emphasis"),
+    ("emphasis past any float", "/sdapi/v1/txt2img", {**T2I, "prompt": "(a:" * 6000}, "prompt: brackets nested"),
+    ("emphasis past the cap", "/sdapi/v1/txt2img", {**T2I, "prompt": "(a:" * 99}, "emphasis"),
     ("a 400-digit weight", "/sdapi/v1/txt2img", {**T2I, "negative_prompt": "(a:" + "9" * 400 + ")"}, "emphasis"),
     # held the server for hours: 5,000 sub-prompts, one network evaluation each per step
     ("5000 ANDs", "/sdapi/v1/txt2img", {**T2I, "prompt": "AND " * 5000}, "sub-prompts joined by AND"),
