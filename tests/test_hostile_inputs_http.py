@@ -48,6 +48,11 @@ CASES = [  # (id, path, body, text the 422 must contain)
     ("5000 ANDs counted", "/opensd/v1/tokens", {"prompt": "AND " * 5000}, "sub-prompts joined by AND"),
     # 78 s on the tiny model: 3,000 chunks, a 231,000-token context
     ("3000 BREAKs", "/sdapi/v1/txt2img", {**T2I, "prompt": "BREAK " * 3000}, "chunks of 75 tokens"),
+    # an empty name was taken for "no model": the merge was queued and failed with an IndexError
+    ("merge with an empty b", "/opensd/v1/models/merge", {"a": "tiny.safetensors", "b": "", "output": "m"}, "b"),
+    # were TypeErrors, plain-text 500s
+    ("queue delete a number", "/queue", {"delete": 1}, "delete: expected a list"),
+    ("history delete an object", "/history", {"delete": {"a": 1}}, "delete: expected a list"),
     # hung for minutes: the short side scaled to 512 px made a 512 x 2,048,000 picture for canny
     ("thin image to detect", "/controlnet/detect",
      {"controlnet_module": "canny", "controlnet_input_images": [png((1, 4000))]}, "controlnet_input_images[0]"),
@@ -59,7 +64,7 @@ def test_hostile_body_is_refused_naming_the_field(client, case):
     _, path, body, needle = case
     r = client.post(path, json=body)
     assert r.status_code == 422, r.text
-    assert needle in r.json()["detail"], r.text
+    assert needle in str(r.json()["detail"]), r.text
 
 
 def test_a_square_image_to_detect_still_works(client):
