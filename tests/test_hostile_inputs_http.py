@@ -30,6 +30,12 @@ def client(tmp_path_factory):
 
 
 T2I = {"prompt": "x", "steps": 1, "width": 64, "height": 64}
+
+
+def xyz(x_type, x_values, y_type=0, y_values="", z_type=0, z_values="") -> dict:
+    return {**T2I, "script_name": "x/y/z plot", "script_args": [x_type, x_values, [], y_type, y_values, [], z_type,
+                                                               z_values, [], True, False, False, False, False,
+                                                               False, False, 0, False]}
 HIRES = {**T2I, "enable_hr": True, "hr_upscaler": "Latent"}
 
 CASES = [  # (id, path, body, text the 422 must contain)
@@ -53,6 +59,15 @@ CASES = [  # (id, path, body, text the 422 must contain)
     # were TypeErrors, plain-text 500s
     ("queue delete a number", "/queue", {"delete": 1}, "delete: expected a list"),
     ("history delete an object", "/history", {"delete": {"a": 1}}, "delete: expected a list"),
+    # X/Y/Z plot: every cell was built before the work budget was counted (8,000,000: the server's
+    # memory and hours); a 12-item Prompt order was 479,001,600 permutations; text axes had no count cap
+    ("X/Y/Z 200 x 200 x 200", "/sdapi/v1/txt2img", xyz(1, "1-200", 4, "1-200", 1, "1-200"), "8,000,000 cells"),
+    ("X/Y/Z prompt order of 12", "/sdapi/v1/txt2img", xyz("Prompt order", ",".join("abcdefghijkl")), "479,001,600"),
+    ("X/Y/Z 5000 S/R values", "/sdapi/v1/txt2img", xyz("Prompt S/R", ",".join(["x"] * 5000)), "more than 1000"),
+    # were plain-text 500s: a count past Python's int digits limit, a range past a float
+    ("X/Y/Z 5000-digit count", "/sdapi/v1/txt2img", xyz(1, "1-2 [" + "9" * 5000 + "]"), "a number out of range"),
+    ("X/Y/Z 400-digit range", "/sdapi/v1/txt2img", xyz(6, "1-" + "9" * 400 + " [3]"), "out of range"),
+    ("X/Y/Z range past a C long", "/sdapi/v1/txt2img", xyz(1, "0-" + "9" * 30), "a number out of range"),
     # hung for minutes: the short side scaled to 512 px made a 512 x 2,048,000 picture for canny
     ("thin image to detect", "/controlnet/detect",
      {"controlnet_module": "canny", "controlnet_input_images": [png((1, 4000))]}, "controlnet_input_images[0]"),
