@@ -80,6 +80,9 @@ def test_wildcards_with_subfolders_nesting_and_counts(wildcards):
     ("__nothere__", "no file nothere.txt in"),
     ("{a|b", "the '{' at character 1 is never closed"),
     ("{x|__nothere__}", "no file nothere.txt"),
+    # found by the hostile-input sweep: Python's RecursionError (an HTTP 500) before
+    ("{a|" * 6000, "the '{' at character 61 nests choices more than 20 deep"),
+    ("{" * 20000, "the '{' at character 21 nests choices more than 20 deep"),
 ])
 def test_bad_templates_are_refused_before_any_image(wildcards, template, message):
     with pytest.raises(InvalidArgument, match=message.replace("{", "\\{").replace("(", "\\(")):
@@ -97,3 +100,14 @@ def test_a_wildcard_that_names_itself_stops(wildcards):
         expand("__loop__", 1, wildcards)
     with pytest.raises(InvalidArgument, match="needs a wildcards folder"):
         expand("__colour__", 1, Wildcards(None))
+
+
+def test_a_brace_followed_by_many_blanks_is_read_at_once():
+    """The count pattern's blank runs backtracked every way: '{' and 400 spaces took 12 s,
+    20,000 (within the prompt limit) forever. Counts with blanks still read."""
+    import time
+
+    start = time.perf_counter()
+    assert expand("{" + " " * 20000 + "}", 1) == " " * 20000
+    assert time.perf_counter() - start < 5
+    assert expand("{ 2 - 2 $$ + $$a|a}", 1) == "a + a"

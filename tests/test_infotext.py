@@ -394,3 +394,39 @@ def test_sd_parsers_reads_our_files(tmp_path, name):
     assert sampler.model.name == "v1-5-pruned-emaonly" and sampler.model.hash == "6ce0161689"
     assert info.metadata["Size"] == "512x768"
     assert info.metadata["Clip skip"] == "2"
+
+
+def test_parameter_keys_are_found_as_a1111s_pattern_finds_them():
+    """_next_key walks colons instead of searching with A1111's key pattern (which rescans the rest
+    of the line from every start); on random lines both find the same pairs."""
+    import random
+    import re
+
+    pattern = re.compile(r"\s*(\w[\w \-/]+):\s*")
+
+    def by_pattern(line):
+        pairs, pos = [], 0
+        while pos < len(line) and (m := pattern.search(line, pos)):
+            value, pos = it._read_value(line, m.end())
+            pairs.append((m.group(1).strip(), value))
+        return pairs
+
+    rng = random.Random(0)
+    for _ in range(20000):
+        line = "".join(rng.choice('ab :,\t-/"é_1[]{}\u3000.') for _ in range(rng.randint(0, 24)))
+        assert it._split_params(line) == by_pattern(line), repr(line)
+
+
+@pytest.mark.parametrize("line", ["a" * 1_000_000, "a b" * 300_000, "a:" * 300_000])
+def test_a_huge_parameters_line_parses_in_linear_time(line):
+    """A 100,000-character infotext (an API field, a PNG's text chunk) held the server for minutes."""
+    import time
+
+    start = time.perf_counter()
+    parse_infotext("prompt\n" + line)
+    assert time.perf_counter() - start < 10  # the old search needed hours for these
+
+
+def test_deeply_nested_json_value_is_kept_as_text():
+    params = parse_infotext("x\nSteps: " + "[" * 100_000 + ", Seed: 1, Size: 64x64")[2]
+    assert params["Seed"] == "1" and params["Size-1"] == "64" and params["Steps"].startswith("[[[")

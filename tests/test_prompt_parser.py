@@ -244,3 +244,36 @@ def test_lora_tags_and_multipliers():
     assert tag.multipliers() == (0.5, 0.2)
     assert extract_extra_networks("<lora:x:te=0.3>")[1][0].multipliers() == (0.3, 0.3)
     assert extract_extra_networks("a <not a tag> <:x> b") == ("a <not a tag> <:x> b", [])
+
+
+@pytest.mark.parametrize("prompt", ["(a:" * 99, "(a:" + "9" * 400 + ")", "(a:99999)", "(" * 97 + "a"])
+def test_emphasis_past_the_cap_is_refused(prompt):
+    """1.1^6000 (6,000 unclosed '(') or a 400-digit weight overflowed to inf and every image came out NaN (reported as
+    a broken model, HTTP 500); 1.1^96 still parses."""
+    from opensd.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="prompt: the emphasis of 'a' comes to"):
+        parse_prompt_attention(prompt)
+    assert parse_prompt_attention("(" * 96 + "a")[0].weight == pytest.approx(1.1 ** 96)
+
+
+def test_more_and_parts_than_the_cap_are_refused():
+    from opensd.errors import InvalidArgument
+    from opensd.text.prompt_parser import MAX_AND_PARTS, split_and
+
+    assert len(split_and(" AND ".join("x" * MAX_AND_PARTS))) == MAX_AND_PARTS
+    with pytest.raises(InvalidArgument, match="more than 100 sub-prompts joined by AND"):
+        split_and(" AND ".join("x" * (MAX_AND_PARTS + 1)))
+
+
+def test_brackets_nested_past_the_cap_are_refused_at_once():
+    """Each closing bracket rescales everything since its opening one: '[a' 20,000 times (40,000
+    characters, fine in a ComfyUI text box) took 41 s to parse."""
+    from opensd.errors import InvalidArgument
+    from opensd.text.prompt_parser import MAX_BRACKET_DEPTH
+
+    with pytest.raises(InvalidArgument, match="brackets nested more than 100 deep at character 201"):
+        parse_prompt_attention("[a" * 20000)
+    deep = parse_prompt_attention("[" * MAX_BRACKET_DEPTH + "a")
+    assert deep[0].weight == pytest.approx(1.1 ** -MAX_BRACKET_DEPTH)
+    assert len(parse_prompt_attention("[a] " * 20000)) == 40000  # many brackets, none deep

@@ -55,7 +55,8 @@ _RANK = {k: i for i, k in enumerate(_FIXED_KEYS + _EXTRA_KEYS)}
 
 # A key A1111's reader accepts: a word character, then word characters, spaces, '-' or '/'.
 _KEY_RE = re.compile(r"\w[\w \-/]+")
-_PARAM_KEY = re.compile(r"\s*(\w[\w \-/]+):\s*")
+_KEY_CHAR = re.compile(r"[\w \-/]")  # a parameter key is \w[\w \-/]+ followed by ':'
+_WORD = re.compile(r"\w")
 _SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
 _SIZE_KEYS = {"Size", "Seed resize from", "Hires resize"}
 
@@ -203,7 +204,7 @@ def _read_value(line: str, start: int) -> tuple[str, int]:
     if start < n and line[start] in "{[":  # a JSON object/array written bare, e.g. "Hashes: {...}"
         try:
             _, end = json.JSONDecoder().raw_decode(line, start)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: '[' nested past Python's limit
             pass
         else:
             after = end
@@ -223,15 +224,35 @@ def _read_value(line: str, start: int) -> tuple[str, int]:
     return value, comma + 1
 
 
+def _next_key(line: str, pos: int) -> tuple[str, int] | None:
+    """(key, index past its ':' and the blanks after) of the first ``Key:`` at or after ``pos``: what
+    searching for \\s*(\\w[\\w \\-/]+):\\s* finds, in linear time (that search rescans the rest of
+    the line from every start, minutes for a 100,000-character line with no colon). A key cannot
+    hold ':', so it is the run of key characters just before some colon, from its first word character."""
+    while (colon := line.find(":", pos)) != -1:
+        start = colon
+        while start > pos and _KEY_CHAR.match(line, start - 1):
+            start -= 1
+        while start < colon - 1 and not _WORD.match(line, start):
+            start += 1
+        if start < colon - 1:
+            end = colon + 1
+            while end < len(line) and line[end].isspace():
+                end += 1
+            return line[start:colon].strip(), end
+        pos = colon + 1
+    return None
+
+
 def _split_params(line: str) -> list[tuple[str, str]]:
     pairs = []
     pos = 0
     while pos < len(line):
-        m = _PARAM_KEY.search(line, pos)
-        if m is None:
+        found = _next_key(line, pos)
+        if found is None:
             break
-        value, pos = _read_value(line, m.end())
-        pairs.append((m.group(1).strip(), value))
+        value, pos = _read_value(line, found[1])
+        pairs.append((found[0], value))
     return pairs
 
 

@@ -6,11 +6,16 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, field
 
+from ..errors import InvalidArgument
 from ..text.embeddings import Embedding, EmbeddingDatabase
 from ..text.prompt_parser import Fragment, is_break, parse_prompt_attention
 from ..text.tokenizer import BOS, EOS, CLIPTokenizer
 
 CHUNK_TOKENS = 75          # prompt tokens per chunk; a chunk is BOS + 75 + EOS = 77 ids
+# Chunks one prompt text may fill: past what the server's 20,000-character prompt can make of plain
+# text (about 365 with commas moving tokens on), short of what BREAK or a long embedding repeated
+# make of it (3,000 BREAKs: a 231,000-token context, over a minute per step on the tiny model).
+MAX_CHUNKS = 400
 
 
 @dataclass
@@ -45,6 +50,9 @@ def tokenize_prompt(text: str, tokenizer: CLIPTokenizer, embeddings: EmbeddingDa
 
     def close(last: bool = False) -> None:
         nonlocal tokens, mults, fixes, last_comma, count
+        if len(out) == MAX_CHUNKS:
+            raise InvalidArgument(f"prompt: more than {MAX_CHUNKS} chunks of {CHUNK_TOKENS} tokens (each BREAK "
+                                  "starts one); make the prompt shorter")
         count += len(tokens) if last else CHUNK_TOKENS
         pad = CHUNK_TOKENS - len(tokens)
         out.append(PromptChunk([BOS, *tokens, *([EOS] * pad), EOS], [1.0, *mults, *([1.0] * pad), 1.0],

@@ -37,7 +37,21 @@ def split_values(text: str, lines: bool = False) -> list[str]:
 
 
 def _num(text: str) -> float:
-    return float(text.replace(" ", ""))
+    value = float(text.replace(" ", ""))
+    if not math.isfinite(value):  # 400 digits: inf, which no range can start or end at
+        raise InvalidArgument(f"{text!r} is out of range")
+    return value
+
+
+def _read(item: str, read) -> list:
+    """read(item)'s values; a number too long for Python (a 5,000-digit count) or a range too long
+    to count is the item's error, not an HTTP 500."""
+    try:
+        return read(item)
+    except InvalidArgument:
+        raise
+    except (ValueError, OverflowError):
+        raise InvalidArgument(f"{item[:80]!r}: a number out of range") from None
 
 
 def _check_count(n: int) -> int:
@@ -55,47 +69,53 @@ def _spread(start: float, end: float, count: int) -> list[float]:
 def int_values(items: list[str]) -> list[int]:
     out: list[int] = []
     for item in items:
-        step, count = _INT_STEP.fullmatch(item), _INT_COUNT.fullmatch(item)
-        if step:
-            a, b = int(_num(step.group(1))), int(_num(step.group(2)))
-            by = int(step.group(3)) if step.group(3) else 1
-            if by == 0:
-                raise InvalidArgument(f"{item!r}: the step must not be 0")
-            _check_count(len(range(a, b + 1, by)))
-            out += range(a, b + 1, by)
-        elif count:
-            n = _check_count(int(count.group(3)) if count.group(3) else 1)
-            out += [math.floor(v) for v in _spread(_num(count.group(1)), _num(count.group(2)), n)]
-        else:
-            try:
-                out.append(int(item))
-            except ValueError:
-                raise InvalidArgument(f"{item!r} is not a whole number or a range such as 1-5") from None
+        out += _read(item, _int_item)
     _check_count(len(out))
     return out
+
+
+def _int_item(item: str) -> list[int]:
+    step, count = _INT_STEP.fullmatch(item), _INT_COUNT.fullmatch(item)
+    if step:
+        a, b = int(_num(step.group(1))), int(_num(step.group(2)))
+        by = int(step.group(3)) if step.group(3) else 1
+        if by == 0:
+            raise InvalidArgument(f"{item!r}: the step must not be 0")
+        _check_count(len(range(a, b + 1, by)))
+        return list(range(a, b + 1, by))
+    if count:
+        n = _check_count(int(count.group(3)) if count.group(3) else 1)
+        return [math.floor(v) for v in _spread(_num(count.group(1)), _num(count.group(2)), n)]
+    try:
+        return [int(item)]
+    except ValueError:
+        raise InvalidArgument(f"{item!r} is not a whole number or a range such as 1-5") from None
 
 
 def float_values(items: list[str]) -> list[float]:
     out: list[float] = []
     for item in items:
-        step, count = _FLOAT_STEP.fullmatch(item), _FLOAT_COUNT.fullmatch(item)
-        if step:
-            a, b = _num(step.group(1)), _num(step.group(2))
-            by = float(step.group(3)) if step.group(3) else 1.0
-            if by == 0 or (b - a) / by < 0:
-                raise InvalidArgument(f"{item!r}: the step does not lead from {a:g} to {b:g}")
-            n = _check_count(math.floor((b - a) / by + 1e-9) + 1)
-            out += [a + by * i for i in range(n)]
-        elif count:
-            n = _check_count(int(count.group(3)) if count.group(3) else 1)
-            out += _spread(_num(count.group(1)), _num(count.group(2)), n)
-        else:
-            try:
-                value = float(item)
-            except ValueError:
-                raise InvalidArgument(f"{item!r} is not a number or a range such as 0.5-1.5 [3]") from None
-            if not math.isfinite(value):
-                raise InvalidArgument(f"{item!r} is not a finite number")
-            out.append(value)
+        out += _read(item, _float_item)
     _check_count(len(out))
     return out
+
+
+def _float_item(item: str) -> list[float]:
+    step, count = _FLOAT_STEP.fullmatch(item), _FLOAT_COUNT.fullmatch(item)
+    if step:
+        a, b = _num(step.group(1)), _num(step.group(2))
+        by = float(step.group(3)) if step.group(3) else 1.0
+        if by == 0 or (b - a) / by < 0:
+            raise InvalidArgument(f"{item!r}: the step does not lead from {a:g} to {b:g}")
+        n = _check_count(math.floor((b - a) / by + 1e-9) + 1)
+        return [a + by * i for i in range(n)]
+    if count:
+        n = _check_count(int(count.group(3)) if count.group(3) else 1)
+        return _spread(_num(count.group(1)), _num(count.group(2)), n)
+    try:
+        value = float(item)
+    except ValueError:
+        raise InvalidArgument(f"{item!r} is not a number or a range such as 0.5-1.5 [3]") from None
+    if not math.isfinite(value):
+        raise InvalidArgument(f"{item!r} is not a finite number")
+    return [value]

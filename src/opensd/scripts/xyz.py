@@ -23,10 +23,11 @@ from ..pipeline.grid_images import Label, annotate, image_grid
 from .infotexts import add_params
 from .script_args import flag, number
 from .spec import Face, Generated, Progress, ScriptResult, Spec, check, fixed_seed, run_specs
-from .value_lists import float_values, int_values, split_values
+from .value_lists import MAX_VALUES, float_values, int_values, split_values
 from .xyz_axes import AXES, FLOAT, INT, ORDER, AxisType, find_axis, permutations
 
 TITLE = "X/Y/Z plot"
+MAX_CELLS = 10_000  # X x Y x Z images; each axis alone takes up to value_lists.MAX_VALUES
 
 
 @dataclass
@@ -71,6 +72,8 @@ def read_axis(key, text: str | None, dropdown, csv_mode: bool, base: Spec, img2i
         if not isinstance(text, str):
             raise InvalidArgument(f"{where}: expected text, got {text!r}")
         items = split_values(text)
+    if len(items) > MAX_VALUES:  # number axes count their ranges' values too (value_lists)
+        raise InvalidArgument(f"{where}: more than {MAX_VALUES} values")
     try:
         values = (int_values(items) if kind.kind == INT else float_values(items) if kind.kind == FLOAT
                   else permutations(items) if kind.kind == ORDER else items)
@@ -86,6 +89,10 @@ def read_axis(key, text: str | None, dropdown, csv_mode: bool, base: Spec, img2i
 def cells(base: Spec, axes: tuple[Axis, Axis, Axis], options: GridOptions, face: Face) -> list[Spec]:
     """Every cell's Spec, X fastest, then Y, then Z; each checked as the pipeline would."""
     x, y, z = axes
+    count = len(x.values) * len(y.values) * len(z.values)
+    if count > MAX_CELLS:  # checked before any cell is built: 1000 x 1000 x 1000 held the server and its memory
+        raise InvalidArgument(f"script_args: {len(x.values)} x {len(y.values)} x {len(z.values)} = {count:,} cells; "
+                              f"the X/Y/Z plot takes at most {MAX_CELLS:,}")
     if not options.no_fixed_seeds:
         base = base.but(seed=fixed_seed(base.seed))
         for axis in axes:

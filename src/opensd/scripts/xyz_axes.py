@@ -6,6 +6,7 @@ in a Spec; the ones whose setting does nothing here are listed with the reason a
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from ..errors import InvalidArgument
 from ..sampling.names import resolve, scheduler_id
 from ..text.styles import apply_styles
 from .spec import Spec
+from .value_lists import MAX_VALUES
 
 INT, FLOAT, TEXT, ORDER = "int", "float", "text", "order"
 
@@ -257,4 +259,7 @@ def find_axis(key, img2img: bool, where: str) -> AxisType:
 
 
 def permutations(values: list[str]) -> list[tuple[str, ...]]:
+    if math.factorial(len(values)) > MAX_VALUES:  # 12 items: 479,001,600 orders, built before any check
+        raise InvalidArgument(f"{len(values)} items have {math.factorial(len(values)):,} orders, more than "
+                              f"{MAX_VALUES} values")
     return list(itertools.permutations(values))

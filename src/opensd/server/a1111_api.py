@@ -104,7 +104,9 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
             if getattr(req, name):
                 images_io.decode_b64(getattr(req, name), name, s.max_image_pixels)
     elif req.enable_hr and req.firstpass_image:
-        images_io.decode_b64(req.firstpass_image, "firstpass_image", s.max_image_pixels)
+        first = images_io.decode_b64(req.firstpass_image, "firstpass_image", s.max_image_pixels)
+        if min(first.size) < 8:  # a latent upscaler VAE-encodes it at its own size: 8 px make one latent cell
+            raise InvalidArgument(f"firstpass_image: {first.width}x{first.height} pixels; at least 8 x 8 are needed")
     hires_checkpoint = a1111_refiner.hires_checkpoint(req, img2img, state.cache)
     refiner = a1111_refiner.plan(req, opts, state.cache)
     prompt, prompt_gaps = a1111_apply.prompt(req, opts, state.folders)

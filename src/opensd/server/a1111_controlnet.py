@@ -142,9 +142,10 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
     return out
 
 
-def preprocess_image(image, module: str, res: int, threshold_a: float = -1, threshold_b: float = -1):
+def preprocess_image(image, module: str, res: int, threshold_a: float, threshold_b: float, max_pixels: int):
     """Run one of our preprocessors as the extension would: on the image scaled so that its short
-    side is `res` (modules other than none/passthrough)."""
+    side is `res` (modules other than none/passthrough). The scaled size is checked against
+    `max_pixels` first: a thin image (1 x 4000) would grow to 512 x 2,048,000 pixels."""
     from ..adapters.preprocessors import preprocess
 
     if module in ("none", "passthrough"):
@@ -153,7 +154,11 @@ def preprocess_image(image, module: str, res: int, threshold_a: float = -1, thre
     k = res / min(w, h)
     if abs(k - 1) > 1e-6:
         from ..adapters.preprocessors import fit_image
-        image = fit_image(image, max(1, round(w * k)), max(1, round(h * k)))
+        sw, sh = max(1, round(w * k)), max(1, round(h * k))
+        if sw * sh > max_pixels:
+            raise InvalidArgument(f"image of {w}x{h} pixels scaled to a {res}-pixel short side would be "
+                                  f"{sw}x{sh}, more than the {max_pixels}-pixel limit")
+        image = fit_image(image, sw, sh)
     options = {}
     if module == "canny":
         low = 100 if threshold_a < 0 else threshold_a
@@ -187,7 +192,7 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
         try:
             net = cached_controlnet(u["path"], pipe)
             check_control_type(u.get("control_type"), net.net.config.union_types, net.name, "union_control_type")
-            hint = preprocess_image(image, u["module"], res, u["threshold_a"], u["threshold_b"])
+            hint = preprocess_image(image, u["module"], res, u["threshold_a"], u["threshold_b"], max_pixels)
         except (InvalidArgument, OpenSDError) as e:
             raise InvalidArgument(f"{field}: {e}") from None
         specs.append(ControlSpec(net, hint, weight=u["weight"], start=u["start"], end=u["end"],
@@ -275,8 +280,12 @@ def router(state) -> APIRouter:
                 raise InvalidArgument(f"{name}: {v!r} must be a number in -1..1024")
         out = []
         for k, b64 in enumerate(controlnet_input_images):
-            image = images_io.decode_b64(b64, f"controlnet_input_images[{k}]", state.settings.max_image_pixels)
-            result = preprocess_image(image, pre, res, controlnet_threshold_a, controlnet_threshold_b)
+            field, max_pixels = f"controlnet_input_images[{k}]", state.settings.max_image_pixels
+            image = images_io.decode_b64(b64, field, max_pixels)
+            try:
+                result = preprocess_image(image, pre, res, controlnet_threshold_a, controlnet_threshold_b, max_pixels)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"{field}: {e}") from None
             out.append(images_io.b64(images_io.png_bytes(result)))
         return {"images": out, "info": "Success"}
 

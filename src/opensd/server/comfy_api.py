@@ -158,6 +158,15 @@ def safe_file(base: Path, subfolder: str, filename: str) -> Path:
     return path
 
 
+
+def _delete_ids(body: dict) -> list[str]:
+    """POST /queue's and /history's "delete": a list of prompt ids (others in it are skipped, as
+    before); a number or an object there was a TypeError, an HTTP 500."""
+    ids = body.get("delete") or []
+    if not isinstance(ids, list):
+        raise InvalidArgument(f"delete: expected a list of prompt ids, got {type(ids).__name__}")
+    return [i for i in ids if isinstance(i, str)]
+
 def router(state, hub: ComfyHub) -> APIRouter:
     api = APIRouter(tags=["ComfyUI"])
     q = state.queue
@@ -217,9 +226,8 @@ def router(state, hub: ComfyHub) -> APIRouter:
     def post_queue(body: dict):
         if body.get("clear"):
             q.clear(KIND)
-        for pid in body.get("delete") or []:
-            if isinstance(pid, str):
-                q.cancel(pid)
+        for pid in _delete_ids(body):
+            q.cancel(pid)
         return {}
 
     @api.get("/history")
@@ -238,7 +246,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
     def post_history(body: dict):
         if body.get("clear"):
             state.store.delete(kind=KIND)
-        ids = [i for i in body.get("delete") or [] if isinstance(i, str)]
+        ids = _delete_ids(body)
         if ids:
             state.store.delete(ids)
         return {}
@@ -357,8 +365,10 @@ def router(state, hub: ComfyHub) -> APIRouter:
             hub.loop = asyncio.get_running_loop()
         try:
             await websocket.send_json(hub.status_message(sid))
-            while True:
-                await websocket.receive_text()
+            # Messages from the client are read and dropped; receive() rather than receive_text(),
+            # which fails on a binary frame and would drop this client's progress messages.
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
         except WebSocketDisconnect:
             pass
         finally:

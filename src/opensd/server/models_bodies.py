@@ -50,9 +50,10 @@ class HashResult(BaseModel):
 
 
 class MergeRequest(_Strict):
-    a: str = Field(..., max_length=NAME, description="checkpoint A (a name from the checkpoints list)")
-    b: str = Field(..., max_length=NAME)
-    c: str | None = Field(None, max_length=NAME, description="checkpoint C, for add_difference only")
+    # min_length: an empty name was taken for "no model" and the merge job failed with an IndexError
+    a: str = Field(..., min_length=1, max_length=NAME, description="checkpoint A (a name from the checkpoints list)")
+    b: str = Field(..., min_length=1, max_length=NAME)
+    c: str | None = Field(None, min_length=1, max_length=NAME, description="checkpoint C, for add_difference only")
     mode: Literal["weighted_sum", "add_difference"] = "weighted_sum"
     multiplier: float = Field(0.5, ge=-10, le=10, allow_inf_nan=False,
                               description="weighted_sum: A*(1-m)+B*m; add_difference: A+(B-C)*m")

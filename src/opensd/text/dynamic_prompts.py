@@ -23,7 +23,10 @@ from .wildcards import Wildcards
 
 MAX_DEPTH = 16  # wildcards within wildcards; deeper is a file that names itself
 _WILDCARD = re.compile(r"__([^\s{}|\[\]()<>:,]+?)__")
-_COUNT = re.compile(r"\s*(\d+)?\s*(-)?\s*(\d+)?\s*\$\$(?:([^|{}$]*)\$\$)?")
+MAX_NESTING = 20  # braces within braces in one template; deeper is no prompt (and Python's recursion limit)
+# possessive (*+, ?+): the four blank runs could otherwise share out a run of blanks every way
+# before failing ("{" and 400 spaces took 12 s, 20,000 forever); a match is the same either way.
+_COUNT = re.compile(r"\s*+(\d+)?+\s*+(-)?+\s*+(\d+)?+\s*+\$\$(?:([^|{}$]*)\$\$)?")
 _WEIGHT = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*::")
 
 
@@ -70,7 +73,7 @@ def _check(nodes: list, wildcards: Wildcards, where: str, seen: set[str]) -> Non
 
 class _Parser:
     def __init__(self, text: str, where: str):
-        self.text, self.where, self.i = text, where, 0
+        self.text, self.where, self.i, self.nesting = text, where, 0, 0
 
     def parse(self) -> list:
         return self._sequence(inside=False)
@@ -109,6 +112,16 @@ class _Parser:
         return nodes
 
     def _variant(self, start: int) -> _Variant:
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise InvalidArgument(f"{self.where}: the '{{' at character {start + 1} nests choices more than "
+                                  f"{MAX_NESTING} deep (write \\{{ for a literal brace)")
+        try:
+            return self._options(start)
+        finally:
+            self.nesting -= 1
+
+    def _options(self, start: int) -> _Variant:
         t = self.text
         low, high, separator = 1, 1, ", "
         m = _COUNT.match(t, self.i)

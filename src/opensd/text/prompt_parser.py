@@ -63,6 +63,13 @@ def emphasis_id(label: str) -> str:
     raise ValueError(label)
 
 SQUARE_MULTIPLIER = 1 / 1.1
+# The largest emphasis a fragment may reach: far past any prompt's (1.1^96), short of the
+# float overflow that 6,000 unclosed '(' (or a 400-digit weight) make, which turned the whole
+# conditioning, and so the image, into NaN.
+MAX_EMPHASIS = 10_000.0
+# Brackets open at once. Each closing bracket rescales every fragment since its opening one, so the
+# parse costs fragments x depth: '[a' 20,000 times (an unclosed '[' per word) took 41 s.
+MAX_BRACKET_DEPTH = 100
 
 
 class Fragment(NamedTuple):
@@ -115,6 +122,9 @@ def parse_prompt_attention(text: str) -> list[Fragment]:
         for item in out[start:]:
             if not item[2]:
                 item[1] *= factor
+                if not abs(item[1]) <= MAX_EMPHASIS:  # also NaN; checked here, 6,000 '(' stop early
+                    raise InvalidArgument(f"prompt: the emphasis of {item[0][:40]!r} comes to {item[1]:g}, past "
+                                          f"{MAX_EMPHASIS:g}; check the prompt's brackets and (text:weight) numbers")
 
     def add_text(piece: str) -> None:
         for i, part in enumerate(_BREAK_SPLIT.split(piece)):
@@ -126,6 +136,9 @@ def parse_prompt_attention(text: str) -> list[Fragment]:
         tok, weight = m.group(0), m.group("weight")
         if tok[0] == "\\":
             out.append([tok[1:], 1.0, False])
+        elif tok in "([" and len(round_open) + len(square_open) == MAX_BRACKET_DEPTH:
+            raise InvalidArgument(f"prompt: brackets nested more than {MAX_BRACKET_DEPTH} deep at character "
+                                  f"{m.start() + 1} (write \\{tok} for a literal bracket)")
         elif tok == "(":
             round_open.append(len(out))
         elif tok == "[":
@@ -423,6 +436,7 @@ def prompt_schedules(prompts: list[str], steps: int, hires_steps: int | None = N
 # --- composable diffusion (AND) --------------------------------------------------------------
 
 _AND = re.compile(r"\bAND\b")
+MAX_AND_PARTS = 100  # each part is one more network evaluation per step: 5,000 held the server for hours
 # Lazy text, then an optional ':weight' at the very end; trailing whitespace is not part of the text.
 _PART_WEIGHT = re.compile(r"(.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*", re.DOTALL)
 
@@ -432,7 +446,10 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
     get_multicond_prompt_list for one prompt). ``AND`` must be upper case and a whole word; each
     part may end in ``:weight``; leading whitespace of a part is kept, trailing whitespace is not."""
     parts = []
-    for sub in _AND.split(prompt):
+    subs = _AND.split(prompt, maxsplit=MAX_AND_PARTS)
+    if len(subs) > MAX_AND_PARTS:
+        raise InvalidArgument(f"prompt: more than {MAX_AND_PARTS} sub-prompts joined by AND")
+    for sub in subs:
         m = _PART_WEIGHT.fullmatch(sub)
         text, weight = m.group(1), m.group(2)
         parts.append((text, float(weight) if weight is not None else 1.0))

@@ -1,0 +1,114 @@
+"""Findings of a hostile-input sweep over every HTTP route (bodies with each field of the wrong type
+or size, odd images, junk websocket frames): each case failed (a 500, a hang, a dropped socket)
+before its fix and is now a 4xx naming the field, refused before any work."""
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from server_live import BASE, models_dir
+
+from opensd.server.app import create_app
+from opensd.server.settings import Settings
+
+
+def png(size) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    settings = Settings(models_dir=models_dir(root), outputs_dir=root / "out")
+    with TestClient(create_app(settings), base_url=BASE) as c:
+        yield c
+
+
+T2I = {"prompt": "x", "steps": 1, "width": 64, "height": 64}
+
+
+def xyz(x_type, x_values, y_type=0, y_values="", z_type=0, z_values="") -> dict:
+    return {**T2I, "script_name": "x/y/z plot", "script_args": [x_type, x_values, [], y_type, y_values, [], z_type,
+                                                               z_values, [], True, False, False, False, False,
+                                                               False, False, 0, False]}
+HIRES = {**T2I, "enable_hr": True, "hr_upscaler": "Latent"}
+
+CASES = [  # (id, path, body, text the 422 must contain)
+    # was a 500 from the VAE's GroupNorm: a latent upscaler encodes the given first pass at its own size
+    ("1x1 firstpass_image", "/sdapi/v1/txt2img", {**HIRES, "firstpass_image": png((1, 1))}, "firstpass_image"),
+    # was a 500 from a convolution (padded input 4001 x 2 smaller than its kernel)
+    ("1x4000 firstpass_image", "/sdapi/v1/txt2img", {**HIRES, "firstpass_image": png((1, 4000))}, "firstpass_image"),
+    # was a plain-text 500 (RecursionError in the dynamic-prompt parser)
+    ("nested choices", "/sdapi/v1/txt2img", {**T2I, "prompt": "{a|" * 6000}, "prompt: the '{'"),
+    # was a 500 'VAE decode produced NaN/inf even in fp32; the model is broken': 6,000 unclosed '('
+    ("emphasis past any float", "/sdapi/v1/txt2img", {**T2I, "prompt": "(a:" * 6000}, "prompt: brackets nested"),
+    ("emphasis past the cap", "/sdapi/v1/txt2img", {**T2I, "prompt": "(a:" * 99}, "emphasis"),
+    ("a 400-digit weight", "/sdapi/v1/txt2img", {**T2I, "negative_prompt": "(a:" + "9" * 400 + ")"}, "emphasis"),
+    # held the server for hours: 5,000 sub-prompts, one network evaluation each per step
+    ("5000 ANDs", "/sdapi/v1/txt2img", {**T2I, "prompt": "AND " * 5000}, "sub-prompts joined by AND"),
+    ("5000 ANDs counted", "/opensd/v1/tokens", {"prompt": "AND " * 5000}, "sub-prompts joined by AND"),
+    # 78 s on the tiny model: 3,000 chunks, a 231,000-token context
+    ("3000 BREAKs", "/sdapi/v1/txt2img", {**T2I, "prompt": "BREAK " * 3000}, "chunks of 75 tokens"),
+    # an empty name was taken for "no model": the merge was queued and failed with an IndexError
+    ("merge with an empty b", "/opensd/v1/models/merge", {"a": "tiny.safetensors", "b": "", "output": "m"}, "b"),
+    # were TypeErrors, plain-text 500s
+    ("queue delete a number", "/queue", {"delete": 1}, "delete: expected a list"),
+    ("history delete an object", "/history", {"delete": {"a": 1}}, "delete: expected a list"),
+    # X/Y/Z plot: every cell was built before the work budget was counted (8,000,000: the server's
+    # memory and hours); a 12-item Prompt order was 479,001,600 permutations; text axes had no count cap
+    ("X/Y/Z 200 x 200 x 200", "/sdapi/v1/txt2img", xyz(1, "1-200", 4, "1-200", 1, "1-200"), "8,000,000 cells"),
+    ("X/Y/Z prompt order of 12", "/sdapi/v1/txt2img", xyz("Prompt order", ",".join("abcdefghijkl")), "479,001,600"),
+    ("X/Y/Z 5000 S/R values", "/sdapi/v1/txt2img", xyz("Prompt S/R", ",".join(["x"] * 5000)), "more than 1000"),
+    # were plain-text 500s: a count past Python's int digits limit, a range past a float
+    ("X/Y/Z 5000-digit count", "/sdapi/v1/txt2img", xyz(1, "1-2 [" + "9" * 5000 + "]"), "a number out of range"),
+    ("X/Y/Z 400-digit range", "/sdapi/v1/txt2img", xyz(6, "1-" + "9" * 400 + " [3]"), "out of range"),
+    ("X/Y/Z range past a C long", "/sdapi/v1/txt2img", xyz(1, "0-" + "9" * 30), "a number out of range"),
+    # hung for minutes: the short side scaled to 512 px made a 512 x 2,048,000 picture for canny
+    ("thin image to detect", "/controlnet/detect",
+     {"controlnet_module": "canny", "controlnet_input_images": [png((1, 4000))]}, "controlnet_input_images[0]"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_hostile_body_is_refused_naming_the_field(client, case):
+    _, path, body, needle = case
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert needle in str(r.json()["detail"]), r.text
+
+
+def test_a_square_image_to_detect_still_works(client):
+    r = client.post("/controlnet/detect", json={"controlnet_module": "canny", "controlnet_input_images": [png((64, 64))],
+                                                "controlnet_processor_res": 64})
+    assert r.status_code == 200 and len(r.json()["images"]) == 1, r.text
+
+
+def test_a_binary_websocket_frame_keeps_the_socket(client):
+    """ComfyUI ignores what a client sends on /ws; a binary frame raised KeyError in receive_text and
+    closed the socket, so the client lost its progress messages."""
+    with client.websocket_connect("ws://127.0.0.1:7860/ws?clientId=bin") as ws:
+        assert ws.receive_json()["type"] == "status"
+        ws.send_bytes(b"\xff" * 100)
+        ws.send_text("{not json")
+        ws.send_text('{"type": "feature_flags", "data": {}}')
+        # the socket is still registered for progress messages after the junk
+        assert client.post("/interrupt").status_code == 200
+    assert client.get("/queue").status_code == 200
+
+
+def test_png_info_of_a_huge_parameters_chunk_answers_at_once(client):
+    """A PNG whose 'parameters' text is 1,000,000 characters with no colon held the server for hours
+    (the infotext key search rescanned the line from every start)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", "a" * 1_000_000)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG", pnginfo=info)
+    r = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(buf.getvalue()).decode()})
+    assert r.status_code == 200 and r.json()["info"] == "a" * 1_000_000
