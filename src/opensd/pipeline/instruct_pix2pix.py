@@ -1,0 +1,63 @@
+"""InstructPix2Pix ("edit") models: UNets with 8 input channels, the noisy latent followed by the
+latent of the image being edited (timbrooks' instruct-pix2pix, SDXL edit models of the same shape).
+
+* The image channels are the VAE's posterior mode, unscaled (the model was trained on
+  `encode(x).mode()`, as diffusers' pipeline and ComfyUI's SD1 edit model feed it); without an image
+  (txt2img) they are zeros, as ComfyUI does.
+* Guidance is three-way (diffusers, A1111's edit path): with u0 = negative prompt without the image,
+  ui = negative prompt with the image, c = prompt with the image,
+  u0 + cfg * (c - ui) + image_cfg * (ui - u0). This module computes it as plain CFG with the image in
+  every row, plus (image_cfg - 1) * (ui - u0): one more row, the negative prompt on zero image
+  channels. Image CFG scale None or 1 needs no such row (A1111 then runs plain CFG, the same result).
+* Denoising strength is used as for any img2img (A1111 does not change it for edit models).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from PIL import Image
+
+from ..errors import InvalidArgument
+from ..sampling.cfg_pp import Guided, with_uncond
+from . import guidance as G
+from . import images as I
+
+DEFAULT_IMAGE_CFG = 1.5  # A1111's UI default and diffusers' image_guidance_scale default
+
+
+def is_edit(config) -> bool:
+    return getattr(config, "edit", False)
+
+
+def image_guided(pipe, p) -> bool:
+    """Whether this generation runs the third (image-unconditional) row."""
+    s = p.image_cfg_scale
+    return is_edit(pipe.config) and s is not None and not math.isclose(s, 1.0)
+
+
+@torch.no_grad()
+def image_channels(pipe, source: Image.Image | None, width: int, height: int) -> torch.Tensor:
+    """The edit model's extra input channels: the unscaled latent of `source` (zeros without one)."""
+    down = pipe.config.vae.downscale
+    if source is None:
+        return torch.zeros(1, pipe.config.latent_channels, height // down, width // down, device=pipe.device)
+    return pipe.config.vae.unscaled(pipe.encode_tensor(I.to_tensor(source)))
+
+
+def with_image_guidance(pipe, p, denoise: Guided, g: G.Guidance, sigmas: torch.Tensor, image: torch.Tensor,
+                        clip_skip, text: dict | None, pads) -> Guided:
+    """`denoise` (plain CFG, its negative row always run, every row with the image) turned into
+    the three-way edit guidance (module doc)."""
+    if g.scale is not None or not g.negatives:
+        raise InvalidArgument("image_cfg_scale: the edit guidance needs plain CFG with a negative row")
+    extra = p.image_cfg_scale - 1.0
+    bare = pipe.denoiser(G.Guidance(g.negatives[-1], (), 1.0), sigmas, torch.zeros_like(image), clip_skip,
+                         text=text, pads=pads)
+
+    def both(x, sigma):
+        guided, with_image = with_uncond(denoise, x, sigma)
+        uncond = bare(x, sigma)
+        return guided + extra * (with_image - uncond), uncond
+
+    return Guided(both)
