@@ -3,28 +3,20 @@ conditionings carry the image's raw latent, an empty latent to sample) and what 
 channels receive: that latent for the conditionings that carry it, zeros for a negative without
 it, as DualCFGGuider's image guidance in ComfyUI runs it (cond1 = positive, cond2 = the node's
 negative, negative = the plain one)."""
-from dataclasses import replace
-
 import pytest
 import torch
-from workflow_fixtures import sampling_env
+from workflow_fixtures import concat_model_refs, sampling_env
 
-from opensd.library.synthetic import TINY, write_random_checkpoint
-from opensd.pipeline.pipeline import load
 from opensd.workflows import ksampler as K
 from opensd.workflows import nodes_sampling_custom as S
-from opensd.workflows.nodes_core import clip_text_encode, instruct_pix2pix_conditioning, vae_encode
-from opensd.workflows.types import ClipRef, ModelRef, NoiseRef, SamplerRef, VaeRef
+from opensd.workflows.nodes_core import instruct_pix2pix_conditioning, vae_encode
+from opensd.workflows.types import NoiseRef, SamplerRef
 
 
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory):
-    cfg = replace(TINY, unet=replace(TINY.unet, in_channels=8))
-    pipe = load(write_random_checkpoint(tmp_path_factory.mktemp("ip2p") / "tiny-edit.safetensors", cfg))
-    clip = ClipRef(pipe, "tiny")
-    pos, neg = clip_text_encode(None, "make it snow", clip)[0], clip_text_encode(None, "fog", clip)[0]
     call = sampling_env(tmp_path_factory.mktemp("env"))[0]  # a NodeCall for the custom sampling nodes
-    return pipe, ModelRef(pipe, "tiny"), VaeRef(pipe, "tiny"), pos, neg, call
+    return (*concat_model_refs(tmp_path_factory.mktemp("ip2p") / "tiny-edit.safetensors", 8, "make it snow"), call)
 
 
 def _pixels():
