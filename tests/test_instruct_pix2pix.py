@@ -49,6 +49,23 @@ def test_an_8_channel_unet_is_an_edit_model(edit, tiny_edit, tmp_path):
     assert "instruct-pix2pix" not in _checkpoint(plain)[1]
 
 
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_full_size_edit_checkpoints_are_detected_and_load(name):
+    """timbrooks' instruct-pix2pix (SD1.5 shapes) and an SDXL edit model: an 8-channel conv_in."""
+    from opensd.checkpoints import detect as D
+    from opensd.pipeline.loader import build
+    from test_detect import full_size
+    sd, expected = full_size(name)
+    key = D.UNET + "input_blocks.0.0.weight"
+    with torch.device("meta"):
+        sd[key] = torch.empty(sd[key].shape[0], 8, *sd[key].shape[2:])
+    cfg = D.detect({k: tuple(v.shape) for k, v in sd.items()}, name)
+    assert cfg.edit and cfg.family == expected.family and cfg == replace(
+        expected, unet=replace(expected.unet, in_channels=8))
+    model, unknown = build(cfg, sd, name, torch.float16, "meta")
+    assert unknown == []
+
+
 def _captured_denoiser(pipe, monkeypatch, **params):
     seen = {}
 

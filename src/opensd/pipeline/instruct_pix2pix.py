@@ -46,14 +46,14 @@ def image_channels(pipe, source: Image.Image | None, width: int, height: int) ->
 
 
 def with_image_guidance(pipe, p, denoise: Guided, g: G.Guidance, sigmas: torch.Tensor, image: torch.Tensor,
-                        clip_skip, text: dict | None, pads) -> Guided:
+                        clip_skip, text: dict | None, pads, control=None) -> Guided:
     """`denoise` (plain CFG, its negative row always run, every row with the image) turned into
-    the three-way edit guidance (module doc)."""
+    the three-way edit guidance (module doc); `control`: the pass's ControlNets, in the new row too."""
     if g.scale is not None or not g.negatives:
         raise InvalidArgument("image_cfg_scale: the edit guidance needs plain CFG with a negative row")
     extra = p.image_cfg_scale - 1.0
     bare = pipe.denoiser(G.Guidance(g.negatives[-1], (), 1.0), sigmas, torch.zeros_like(image), clip_skip,
-                         text=text, pads=pads)
+                         control, text=text, pads=pads)
 
     def both(x, sigma):
         guided, with_image = with_uncond(denoise, x, sigma)

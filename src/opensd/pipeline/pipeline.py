@@ -400,7 +400,7 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
                                 p.text_options(), skip, pads)
         if ip2p.image_guided(self, p):
             denoise = ip2p.with_image_guidance(self, p, denoise, guidance, sigmas, image_cond, p.clip_skip,
-                                               p.text_options(), pads)
+                                               p.text_options(), pads, control)
         refiner = self._refiner
         if refiner is not None and refiner.refines(hires_pass):
             def refined():  # the refiner's own prompt encoding, at this pass's size and steps
