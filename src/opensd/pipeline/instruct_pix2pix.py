@@ -1,9 +1,11 @@
 """InstructPix2Pix ("edit") models: UNets with 8 input channels, the noisy latent followed by the
 latent of the image being edited (timbrooks' instruct-pix2pix, SDXL edit models of the same shape).
 
-* The image channels are the VAE's posterior mode, unscaled (the model was trained on
-  `encode(x).mode()`, as diffusers' pipeline and ComfyUI's SD1 edit model feed it); without an image
-  (txt2img) they are zeros, as ComfyUI does.
+* The image channels are the init image's VAE posterior mode, unscaled: what the model was trained
+  on (`encode(x).mode()`), what diffusers' pipeline, ComfyUI's SD1 edit model and A1111 up to 1.5
+  feed it (A1111 1.6+ passes it through its scaled encode; not followed). Without an image
+  (txt2img) they are zeros, as ComfyUI does (A1111's txt2img builds inpainting channels, which an
+  8-channel UNet cannot take).
 * Guidance is three-way (diffusers, A1111's edit path): with u0 = negative prompt without the image,
   ui = negative prompt with the image, c = prompt with the image,
   u0 + cfg * (c - ui) + image_cfg * (ui - u0). This module computes it as plain CFG with the image in
@@ -16,12 +18,9 @@ from __future__ import annotations
 import math
 
 import torch
-from PIL import Image
-
 from ..errors import InvalidArgument
 from ..sampling.cfg_pp import Guided, with_uncond
 from . import guidance as G
-from . import images as I
 
 DEFAULT_IMAGE_CFG = 1.5  # A1111's UI default and diffusers' image_guidance_scale default
 
@@ -36,13 +35,14 @@ def image_guided(pipe, p) -> bool:
     return is_edit(pipe.config) and s is not None and not math.isclose(s, 1.0)
 
 
-@torch.no_grad()
-def image_channels(pipe, source: Image.Image | None, width: int, height: int) -> torch.Tensor:
-    """The edit model's extra input channels: the unscaled latent of `source` (zeros without one)."""
+def image_channels(pipe, latent: torch.Tensor | None, width: int = 0, height: int = 0) -> torch.Tensor:
+    """The edit model's extra input channels: the init image's `latent` (as the pipeline encodes
+    it, scaled) unscaled, as A1111 encodes the same (filled) init image; without one, zeros of the
+    image's `width` x `height`."""
+    if latent is not None:
+        return pipe.config.vae.unscaled(latent)
     down = pipe.config.vae.downscale
-    if source is None:
-        return torch.zeros(1, pipe.config.latent_channels, height // down, width // down, device=pipe.device)
-    return pipe.config.vae.unscaled(pipe.encode_tensor(I.to_tensor(source)))
+    return torch.zeros(1, pipe.config.latent_channels, height // down, width // down, device=pipe.device)
 
 
 def with_image_guidance(pipe, p, denoise: Guided, g: G.Guidance, sigmas: torch.Tensor, image: torch.Tensor,

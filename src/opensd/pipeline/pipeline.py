@@ -330,6 +330,7 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         blend = mask if blend is None else blend
         init = self.encode(I.fill_masked(source, blend) if mask is not None and p.inpainting_fill == "fill"
                            else source)
+        image_cond = ip2p.image_channels(self, init) if ip2p.is_edit(self.config) else None  # (before latent fills)
         soft = p.soft_inpainting if mask is not None else None
         latent_mask = None if mask is None else (SI.latent_mask if soft else i2i.latent_mask)(blend, shape[2:],
                                                                                               self.device)
@@ -340,12 +341,9 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         sigmas = i2i.tail(self.sigmas(p, total), run)
         first = noise.initial if p.noise_multiplier == 1 else noise.initial * p.noise_multiplier
         x = self._noised(p, sigmas[0], first, init, p.extra_noise)
-        image_cond = None
         if self.config.inpainting:  # (the filled image blanked under the mask: the same as `source` at weight 1)
             shown = source if p.mask_weight == 1 else i2i.filled(source, blend, p.inpainting_fill)
             image_cond = self.inpainting_cond(shown, mask, weight=p.mask_weight, soft=soft is not None)
-        elif ip2p.is_edit(self.config):
-            image_cond = ip2p.image_channels(self, source, p.width, p.height)
         latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
                                init=init, latent_mask=latent_mask, image_cond=image_cond, cond_steps=p.steps)
         image = self._decoded(latents)
@@ -389,7 +387,7 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec):
         if image_cond is None and self.config.inpainting:
             image_cond = self.inpainting_cond(None, None, width, height)
         elif image_cond is None and ip2p.is_edit(self.config):
-            image_cond = ip2p.image_channels(self, None, width, height)
+            image_cond = ip2p.image_channels(self, None, width, height)  # txt2img: zeros
         control = None
         if self._controls:  # ControlNets see their image at this pass's size (hires: the hires size)
             from ..adapters.controlnet import ControlApplier
