@@ -145,3 +145,35 @@ def test_image_cfg_scale_out_of_range_is_refused(tiny_edit):
 def test_image_cfg_scale_reads_back_from_infotext():
     rec = recorded(PROMPT, "", {"Steps": "4", "Image CFG scale": "1.25"})
     assert rec.settings["image_cfg_scale"] == 1.25
+
+
+def test_whole_edit_equals_diffusers_pipeline_from_the_same_start(edit, monkeypatch):
+    """Four Euler steps at strength 1 (all of the schedule, as A1111) end where diffusers'
+    StableDiffusionInstructPix2PixPipeline ends from the same starting latent (diffusers starts
+    from noise alone; ours, as A1111's img2img, from the init latent plus noise: it is handed ours)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+    from reference import assert_close_scaled
+    pipe, parts, tokenizer = edit
+    seen = {}
+    euler = S.SAMPLERS["euler"]
+
+    def spy(denoise, x, sigmas, *args, **kwargs):
+        seen["x"] = x.clone()
+        seen["out"] = euler(denoise, x, sigmas, *args, **kwargs)
+        return seen["out"]
+
+    monkeypatch.setitem(S.SAMPLERS, "euler", spy)
+    pipe.img2img(_picture(), PROMPT, NEGATIVE, steps=4, cfg=7.0, seed=3, sampler="Euler", strength=1.0,
+                 image_cfg_scale=1.5)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="linspace", prediction_type="epsilon")
+    ref = StableDiffusionInstructPix2PixPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"],
+                                                 tokenizer=tokenizer, unet=parts["unet"], scheduler=scheduler,
+                                                 safety_checker=None, feature_extractor=None,
+                                                 requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    scheduler.set_timesteps(4)
+    with torch.no_grad():
+        out = ref(PROMPT, image=_picture(), negative_prompt=NEGATIVE, num_inference_steps=4, guidance_scale=7.0,
+                  image_guidance_scale=1.5, latents=seen["x"] / scheduler.init_noise_sigma, output_type="latent")
+    assert_close_scaled(seen["out"], out.images, rel=2e-3)
