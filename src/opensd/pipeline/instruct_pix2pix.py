@@ -26,7 +26,7 @@ DEFAULT_IMAGE_CFG = 1.5  # A1111's UI default and diffusers' image_guidance_scal
 
 
 def is_edit(config) -> bool:
-    return getattr(config, "edit", False)
+    return config.edit
 
 
 def image_guided(pipe, p) -> bool:
