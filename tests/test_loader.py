@@ -24,15 +24,15 @@ def _text_config(width=64, act="quick_gelu", proj=0, **extra):
     return CLIPTextConfig(**{**kw, **extra})
 
 
-def make_diffusers_folder(root, family="sd1", text=None):
+def make_diffusers_folder(root, family="sd1", text=None, unet=None):
     """A tiny diffusers pipeline folder, saved by diffusers/transformers themselves; `text` overrides
-    fields of the (sd1/sd2) text encoder's config."""
+    fields of the (sd1/sd2) text encoder's config, `unet` the UNet's (in_channels=8: an edit model)."""
     context = {"sd1": 64, "sd2": 64, "sdxl": 64 + 32}[family]
     unet_kw = dict(sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=context,
                    attention_head_dim=2 if family == "sd1" else (1, 2), norm_num_groups=32,
-                   use_linear_projection=family != "sd1")
+                   use_linear_projection=family != "sd1", **(unet or {}))
     if family == "sdxl":
         unet_kw.update(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),

@@ -41,8 +41,9 @@ def test_the_axis_list_has_a1111s_indices():
     assert (img[6], img[9], img[10], img[25], img[28], img[30]) == (
         "Image CFG Scale", "Sampler", "Checkpoint name", "Denoising", "Cond. Image Mask Weight", "Styles")
     assert find_axis("steps", False, "X type").label == "Steps" and find_axis("4", False, "X type").label == "Steps"
-    with pytest.raises(InvalidArgument, match="X type: the 'Image CFG Scale' axis is not available"):
-        find_axis(6, True, "X type")
+    assert find_axis(6, True, "X type").label == "Image CFG Scale"  # instruct-pix2pix models' (img2img)
+    with pytest.raises(InvalidArgument, match="X type: the 'FP8 mode' axis is not available"):
+        find_axis("FP8 mode", True, "X type")
     with pytest.raises(InvalidArgument, match="Y type: 43 is not an axis index"):
         find_axis(43, False, "Y type")
 
@@ -104,6 +105,12 @@ def test_what_each_axis_changes(axis, value, changed):
     kind = xyz.read_axis(axis, value, None, True, base(), False, "X")
     cell = xyz.cells(base(), (kind, xyz.NOTHING, xyz.NOTHING), xyz.GridOptions(), NoModels())[0]
     assert changed(cell)
+
+
+def test_image_cfg_axis_sets_the_image_cfg_scale_in_img2img():
+    kind = xyz.read_axis("Image CFG Scale", "1.25, 2", None, True, base(), True, "X")
+    cells = xyz.cells(base(), (kind, xyz.NOTHING, xyz.NOTHING), xyz.GridOptions(), NoModels())
+    assert [c.kwargs["image_cfg_scale"] for c in cells] == [1.25, 2.0]
 
 
 def test_refiner_axis_labels_as_a1111_formats_them():

@@ -3,26 +3,18 @@ image's latent, the mask as noise mask, the greyed image's latent and the mask o
 conditionings) and what the model's extra input channels receive while sampling: that mask
 (latent size, rounded) and that latent (scaled), for the positive and the negative alike,
 whether or not the latent carries the noise mask."""
-from dataclasses import replace
-
 import pytest
 import torch
 import torch.nn.functional as F
+from workflow_fixtures import concat_model_refs
 
-from opensd.library.synthetic import TINY, write_random_checkpoint
-from opensd.pipeline.pipeline import load
 from opensd.workflows import ksampler as K
-from opensd.workflows.nodes_core import clip_text_encode, inpaint_model_conditioning, vae_encode, vae_encode_for_inpaint
-from opensd.workflows.types import ClipRef, ModelRef, VaeRef
+from opensd.workflows.nodes_core import inpaint_model_conditioning, vae_encode, vae_encode_for_inpaint
 
 
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory):
-    cfg = replace(TINY, unet=replace(TINY.unet, in_channels=9))
-    pipe = load(write_random_checkpoint(tmp_path_factory.mktemp("inp") / "tiny-inpainting.safetensors", cfg))
-    clip = ClipRef(pipe, "tiny")
-    pos, neg = clip_text_encode(None, "a red door", clip)[0], clip_text_encode(None, "fog", clip)[0]
-    return pipe, ModelRef(pipe, "tiny"), VaeRef(pipe, "tiny"), pos, neg
+    return concat_model_refs(tmp_path_factory.mktemp("inp") / "tiny-inpainting.safetensors", 9, "a red door")
 
 
 def picture():

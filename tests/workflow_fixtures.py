@@ -1,16 +1,17 @@
 """Shared pieces of the workflow tests: a models folder with a tiny random checkpoint, a context
 factory and ComfyUI's default text-to-image graph in API format."""
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from opensd.library.models_dir import ModelFolders
-from opensd.library.synthetic import write_random_checkpoint
+from opensd.library.synthetic import TINY, write_random_checkpoint
 from opensd.pipeline.pipeline import load
 from opensd.workflows import ExecutionContext, OutputCache
 from opensd.workflows.nodes_core import clip_text_encode
-from opensd.workflows.types import ClipRef, ModelRef, NodeCall
+from opensd.workflows.types import ClipRef, ModelRef, NodeCall, VaeRef
 
 # The graph ComfyUI's basic API example script submits, at test size.
 DEFAULT_GRAPH = {
@@ -80,3 +81,13 @@ def module_calls(modules, run) -> list:
         for h in handles:
             h.remove()
     return seen
+
+
+def concat_model_refs(path: Path, in_channels: int, prompt: str):
+    """(pipe, MODEL, VAE, positive, negative "fog") of a tiny model with `in_channels` UNet inputs
+    (9: inpainting, 8: InstructPix2Pix edit), written to `path`."""
+    cfg = replace(TINY, unet=replace(TINY.unet, in_channels=in_channels))
+    pipe = load(write_random_checkpoint(path, cfg))
+    clip = ClipRef(pipe, "tiny")
+    pos, neg = clip_text_encode(None, prompt, clip)[0], clip_text_encode(None, "fog", clip)[0]
+    return pipe, ModelRef(pipe, "tiny"), VaeRef(pipe, "tiny"), pos, neg

@@ -114,6 +114,8 @@ def register(sub) -> None:
                    "and the hires pass (A1111's img2img_extra_noise, default 0; keep it below the denoising strength)")
     i.add_argument("--mask-weight", type=float_arg, help="inpainting models: how much of the masked area their "
                    "conditioning image blanks, 0..1 (A1111's inpainting_mask_weight, default 1)")
+    i.add_argument("--image-cfg-scale", type=float_arg, help="InstructPix2Pix (edit) models: how closely the "
+                   "result follows the init image, 0..30 (A1111's Image CFG scale, default 1.5; 1: off)")
     i.add_argument("--color-correction", action="store_true",
                    help="match the results' colours to the init image's (A1111's img2img_color_correction)")
     i.add_argument("--soft-inpainting", action="store_true",
@@ -216,7 +218,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
                   inpainting_fill=args.inpainting_fill, inpaint_full_res=args.inpaint_full_res or None,
                   inpaint_full_res_padding=args.inpaint_padding, invert_mask=args.invert_mask or None,
                   noise_multiplier=args.noise_multiplier, color_correction=args.color_correction or None,
-                  soft_inpainting=_soft_inpainting(args))
+                  soft_inpainting=_soft_inpainting(args), image_cfg_scale=args.image_cfg_scale)
     return {k: v for k, v in kw.items() if v is not None}
 
 

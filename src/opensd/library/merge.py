@@ -35,7 +35,7 @@ def same_architecture(a: C.ModelConfig, b: C.ModelConfig) -> bool:
 
 
 def _describe(cfg: C.ModelConfig) -> str:
-    extra = " inpainting" if cfg.inpainting else ""
+    extra = " inpainting" if cfg.inpainting else " instruct-pix2pix" if cfg.edit else ""
     return f"{cfg.family}{extra} (UNet {cfg.unet.model_channels} channels, context {cfg.unet.context_dim})"
 
 

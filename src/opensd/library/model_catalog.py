@@ -63,7 +63,7 @@ def _checkpoint(path: Path) -> tuple[str | None, str]:
     cfg = checkpoint_config(path)
     if cfg is None:
         return None, "diffusers folder" if path.is_dir() else ""
-    extra = ", inpainting" if cfg.inpainting else ""
+    extra = ", inpainting" if cfg.inpainting else ", instruct-pix2pix (edit)" if cfg.edit else ""
     return cfg.family, f"{cfg.resolution} px, {cfg.prediction}{extra}"
 
 

@@ -116,6 +116,11 @@ class ModelConfig:
         return self.unet.in_channels == 9
 
     @property
+    def edit(self) -> bool:
+        """An InstructPix2Pix-style edit model: 4 more input channels, the latent of the image to edit."""
+        return self.unet.in_channels == 8
+
+    @property
     def latent_channels(self) -> int:
         return self.vae.embed_dim
 

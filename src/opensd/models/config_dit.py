@@ -85,6 +85,7 @@ class _DiTModel:
     """What the pipeline asks of every model config, answered for the rectified-flow DiTs."""
     prediction = "flow"
     inpainting = False
+    edit = False  # InstructPix2Pix-style image channels: UNets only
     size_conditioned = False
     pooled_y = True  # the network's "y" is the pooled text as it is
     cfg_embed_channels = 0

@@ -141,8 +141,10 @@ def _schedule_params(pipe, p: Params, sampler: str, schedule: str, txt2img: bool
 def _img2img_params(pipe, p: Params, img2img: bool, hires: bool) -> dict[str, Any]:
     """A1111's img2img settings where it writes them: the noise multiplier in img2img, the extra
     noise wherever an img2img-style pass ran (img2img, the hires pass), and the conditional mask
-    weight whenever an inpainting model made the image (default included, as A1111)."""
+    weight whenever an inpainting model made the image (default included, as A1111), the image CFG
+    scale whenever an edit (InstructPix2Pix) model made one from an image with one set."""
     return {"Conditional mask weight": p.mask_weight if pipe.config.inpainting else None,
+            "Image CFG scale": p.image_cfg_scale if img2img and pipe.config.edit else None,
             "Noise multiplier": p.noise_multiplier if img2img and p.noise_multiplier != 1 else None,
             "Extra noise": p.extra_noise if (img2img or hires) and p.extra_noise > 0 else None}
 
@@ -298,6 +300,7 @@ class Recorded:
 
 # infotext key -> (Params field, type) for the plain settings
 _SETTINGS = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("seed", int),
+             "Image CFG scale": ("image_cfg_scale", float),
              "Sampler": ("sampler", str), "Schedule type": ("scheduler", str), "Clip skip": ("clip_skip", int),
              "Variation seed": ("subseed", int), "Variation seed strength": ("subseed_strength", float),
              "Size-1": ("width", int), "Size-2": ("height", int), "Mask blur": ("mask_blur", int),

@@ -136,6 +136,7 @@ class Params:
     extra_noise: float = 0.0
     mask_weight: float = 1.0
     color_correction: bool = False
+    image_cfg_scale: float | None = None  # InstructPix2Pix models' image guidance (instruct_pix2pix.py); None: off
     soft_inpainting: SoftInpainting | None = None  # A1111's Soft Inpainting (soft_inpaint.py); None: off
     hires: Hires | None = field(default=None)
 
@@ -220,6 +221,9 @@ class Params:
             raise InvalidArgument(f"inpaint_full_res_padding: {self.inpaint_full_res_padding} is outside 0..1024")
         if self.soft_inpainting is not None:
             self.soft_inpainting.validate()
+        s = self.image_cfg_scale
+        if s is not None and not (isinstance(s, (int, float)) and math.isfinite(s) and 0 <= s <= 30):
+            raise InvalidArgument(f"image_cfg_scale: {s!r} is outside 0..30")
         if self.hires is not None:
             h = self.hires
             if not isinstance(h.upscaler, str) or not h.upscaler.strip() or len(h.upscaler) > 255:

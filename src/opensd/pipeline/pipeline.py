@@ -31,6 +31,7 @@ from . import images as I
 from . import img2img as i2i
 from .color_correction import correct, correction_target
 from . import soft_inpaint as SI
+from . import instruct_pix2pix as ip2p
 from . import limits as L
 from .device import resolve_device, resolve_dtype
 from .loader import LoadedModel, load_model
@@ -152,6 +153,8 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec, PromptEncoding, GenerationExt
             raise InvalidArgument("image: an init image (PIL image) is required")
         params.setdefault("width", _round8(image.width))
         params.setdefault("height", _round8(image.height))
+        if ip2p.is_edit(self.config):  # InstructPix2Pix: guided by the image too (instruct_pix2pix.py)
+            params.setdefault("image_cfg_scale", ip2p.DEFAULT_IMAGE_CFG)
         p = self._params(prompt, negative_prompt, params)
         self._set_extras(controls, references, ip_adapter, refiner)
         self._hires_model = self._first_pass = None
@@ -307,6 +310,7 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec, PromptEncoding, GenerationExt
         blend = mask if blend is None else blend
         init = self.encode(I.fill_masked(source, blend) if mask is not None and p.inpainting_fill == "fill"
                            else source)
+        image_cond = ip2p.image_channels(self, init) if ip2p.is_edit(self.config) else None  # (before latent fills)
         soft = p.soft_inpainting if mask is not None else None
         latent_mask = None if mask is None else (SI.latent_mask if soft else i2i.latent_mask)(blend, shape[2:],
                                                                                               self.device)
@@ -317,7 +321,6 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec, PromptEncoding, GenerationExt
         sigmas = i2i.tail(self.sigmas(p, total), run)
         first = noise.initial if p.noise_multiplier == 1 else noise.initial * p.noise_multiplier
         x = self._noised(p, sigmas[0], first, init, p.extra_noise)
-        image_cond = None
         if self.config.inpainting:  # (the filled image blanked under the mask: the same as `source` at weight 1)
             shown = source if p.mask_weight == 1 else i2i.filled(source, blend, p.inpainting_fill)
             image_cond = self.inpainting_cond(shown, mask, weight=p.mask_weight, soft=soft is not None)
@@ -359,10 +362,12 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec, PromptEncoding, GenerationExt
         the requested steps, of which it samples the last ones, counting from 0 as A1111 does)."""
         steps = len(sigmas) - 1
         sampler = resolve(p.sampler, p.scheduler)[0]
-        need_uncond = sampler in NEEDS_UNCOND
+        need_uncond = sampler in NEEDS_UNCOND or ip2p.image_guided(self, p)
         guidance = self.guidance(p, cond_steps or steps, width, height, need_uncond, first_steps)
         if image_cond is None and self.config.inpainting:
             image_cond = self.inpainting_cond(None, None, width, height)
+        elif image_cond is None and ip2p.is_edit(self.config):
+            image_cond = ip2p.image_channels(self, None, width, height)  # txt2img: zeros
         control = None
         if self._controls:  # ControlNets see their image at this pass's size (hires: the hires size)
             from ..adapters.controlnet import ControlApplier
@@ -371,6 +376,9 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec, PromptEncoding, GenerationExt
         pads = P.mode_of(p.pad_cond_uncond, p.pad_cond_uncond_v0)
         denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control, p.distilled_guidance,
                                 p.text_options(), skip, pads)
+        if ip2p.image_guided(self, p):
+            denoise = ip2p.with_image_guidance(self, p, denoise, guidance, sigmas, image_cond, p.clip_skip,
+                                               p.text_options(), pads, control)
         refiner = self._refiner
         if refiner is not None and refiner.refines(hires_pass):
             def refined():  # the refiner's own prompt encoding, at this pass's size and steps

@@ -188,7 +188,7 @@ AXES: tuple[AxisType, ...] = (
     AxisType("Steps", INT, _field("steps")),
     AxisType("Hires steps", INT, _hires("steps"), modes=_T),
     AxisType("CFG Scale", FLOAT, _field("cfg")),
-    AxisType("Image CFG Scale", FLOAT, modes=_I, missing="instruct-pix2pix models are not supported here"),
+    AxisType("Image CFG Scale", FLOAT, _field("image_cfg_scale"), modes=_I),
     AxisType("Prompt S/R", TEXT, _prompt_sr, named=False),
     AxisType("Prompt order", ORDER, _prompt_order, named=False),
     AxisType("Sampler", TEXT, _sampler, modes=_T, named=False, choices=True),

@@ -122,6 +122,7 @@ def plan(req, img2img: bool, max_prompt: int, opts: dict, upscalers: Upscalers |
                   inpaint_full_res_padding=req.inpaint_full_res_padding,
                   invert_mask=bool(req.inpainting_mask_invert))
         kw.update(a1111_soft_inpaint.kwargs(req))
+        kw["image_cfg_scale"] = req.image_cfg_scale  # None: plain CFG, as A1111's API (edit models only)
         count = len(req.init_images)
         if count > req.batch_size:  # A1111's own RuntimeError (a 500 there), refused before queueing here
             raise InvalidArgument(f"init_images: bad number of images passed: {count}; expecting "

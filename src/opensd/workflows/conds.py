@@ -15,7 +15,8 @@ Preparation, once per sampling run (:func:`prepare`):
   there whose area holds it supplies the text), unless one with exactly that area exists;
 * ControlNetApply's hints ("control_apply_to_uncond") go to the negative entries without area
   when none of those has a hint of its own;
-* for inpainting models, "concat_latent_image" and "concat_mask" (InpaintModelConditioning) are the
+* for inpainting models, "concat_latent_image" and "concat_mask" (InpaintModelConditioning), for edit
+  models "concat_latent_image" alone (InstructPixToPixConditioning), are the
   entry's own extra input channels, in place of those the sampler derives from the latent.
 
 Per step (:func:`calc_cond_batch`), for each list: every active entry runs the model on its crop of
@@ -141,6 +142,10 @@ def _concat(extra: dict, shape, pipe) -> torch.Tensor | None:
     UNets') rounded, a pixel-size one (Flux Fill's) as it is. Other models have no such channels
     and ignore them."""
     latent, mask = extra.get("concat_latent_image"), extra.get("concat_mask")
+    if latent is not None and pipe.config.edit:  # InstructPixToPixConditioning: the raw latent, as ComfyUI's SD1
+        fitted = F.interpolate(latent.float(), size=shape[2:], mode="bilinear") \
+            if tuple(latent.shape[2:]) != tuple(shape[2:]) else latent.float()
+        return fitted.to(pipe.device)
     if latent is None or mask is None or not pipe.config.inpainting:
         return None
     h, w = shape[2:]

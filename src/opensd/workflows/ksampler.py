@@ -161,6 +161,8 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
         m = torch.ones_like(x0[:, :1]) if mask is None else mask.mean(dim=1, keepdim=True)
         image_cond = pipe.family.inpainting_channels(F.interpolate(m, scale_factor=scale, mode="bilinear"),
                                                      fmt.scaled(torch.zeros_like(x0)))
+    elif pipe.config.edit:  # an edit model's image channels without InstructPixToPixConditioning: zeros
+        image_cond = torch.zeros_like(x0[:1])
     elif pipe.config.inpainting:
         if mask is not None:
             image_cond = torch.cat([mask.mean(dim=1, keepdim=True).round(), x0], dim=1)

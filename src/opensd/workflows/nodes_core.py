@@ -273,6 +273,17 @@ def inpaint_model_conditioning(call, positive, negative, vae, pixels, mask, nois
     return set_values(positive, **extras), set_values(negative, **extras), latent
 
 
+def instruct_pix2pix_conditioning(call, positive, negative, vae, pixels):
+    """For InstructPix2Pix (edit) models: both conditionings carry the image's raw latent, which the
+    model's extra input channels see (conds.py); the latent to sample is an empty one of its size.
+    Image guidance as ComfyUI: DualCFGGuider(cond1 = positive, cond2 = this negative, negative =
+    the negative without the image)."""
+    (latent,) = vae_encode(call, pixels, vae)
+    image = latent["samples"]
+    return (set_values(positive, concat_latent_image=image), set_values(negative, concat_latent_image=image),
+            {"samples": torch.zeros_like(image)})
+
+
 register(NodeDef("VAEDecode", vae_decode, {"samples": ("LATENT", {}), "vae": ("VAE", {})}, ("IMAGE",),
                  category="latent", display_name="VAE Decode", description="Latents to images."))
 register(NodeDef("VAEEncode", vae_encode, {"pixels": ("IMAGE", {}), "vae": ("VAE", {})}, ("LATENT",),
@@ -296,3 +307,8 @@ register(NodeDef(
                                 "depending on the model."})},
     ("CONDITIONING", "CONDITIONING", "LATENT"), output_names=("positive", "negative", "latent"),
     category="conditioning/inpaint"))
+register(NodeDef(
+    "InstructPixToPixConditioning", instruct_pix2pix_conditioning,
+    {"positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "vae": ("VAE", {}), "pixels": ("IMAGE", {})},
+    ("CONDITIONING", "CONDITIONING", "LATENT"), output_names=("positive", "negative", "latent"),
+    category="conditioning/instructpix2pix"))
