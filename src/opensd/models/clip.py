@@ -194,8 +194,9 @@ class FusedInProjection(nn.Module):
         return F.linear(x, weight, bias)
 
 
-class _OpenCLIPAttention(nn.Module):
-    """Same parameters as nn.MultiheadAttention (fused q/k/v), computed through our attention."""
+class PackedQKVAttention(nn.Module):
+    """Same parameters as nn.MultiheadAttention (fused q/k/v), computed through our attention; OpenCLIP's
+    text encoder and the union ControlNet's type transformer store their attention this way."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -207,7 +208,7 @@ class _OpenCLIPAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.in_proj_bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = self.in_proj(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         return self.out_proj(attention(q, k, v, self.heads, mask))
 
@@ -227,7 +228,7 @@ class _ResBlock(nn.Module):
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.width, eps=LN_EPS)
-        self.attn = _OpenCLIPAttention(cfg.width, cfg.heads)
+        self.attn = PackedQKVAttention(cfg.width, cfg.heads)
         self.ln_2 = nn.LayerNorm(cfg.width, eps=LN_EPS)
         self.mlp = _OpenCLIPMLP(cfg)
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .clip import PackedQKVAttention
 from .unet import timestep_embedding
 
 
@@ -29,29 +30,10 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-class TaskAttention(nn.Module):
-    """Multi-head self-attention with torch's packed q/k/v parameter names (in_proj_weight/bias)."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        q, k, v = (t.reshape(b, n, self.heads, c // self.heads).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
-        return self.out_proj(out)
-
-
 class TaskBlock(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
-        self.attn = TaskAttention(width, heads)
+        self.attn = PackedQKVAttention(width, heads)
         self.ln_1 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict(c_fc=nn.Linear(width, 4 * width), gelu=QuickGELU(),
                                              c_proj=nn.Linear(4 * width, width)))

@@ -158,7 +158,6 @@ def safe_file(base: Path, subfolder: str, filename: str) -> Path:
     return path
 
 
-
 def _delete_ids(body: dict) -> list[str]:
     """POST /queue's and /history's "delete": a list of prompt ids (others in it are skipped, as
     before); a number or an object there was a TypeError, an HTTP 500."""
@@ -166,6 +165,7 @@ def _delete_ids(body: dict) -> list[str]:
     if not isinstance(ids, list):
         raise InvalidArgument(f"delete: expected a list of prompt ids, got {type(ids).__name__}")
     return [i for i in ids if isinstance(i, str)]
+
 
 def router(state, hub: ComfyHub) -> APIRouter:
     api = APIRouter(tags=["ComfyUI"])
