@@ -277,3 +277,49 @@ def test_brackets_nested_past_the_cap_are_refused_at_once():
     deep = parse_prompt_attention("[" * MAX_BRACKET_DEPTH + "a")
     assert deep[0].weight == pytest.approx(1.1 ** -MAX_BRACKET_DEPTH)
     assert len(parse_prompt_attention("[a] " * 20000)) == 40000  # many brackets, none deep
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_a_text_past_the_character_cap_is_refused_before_parsing(old):
+    """A ComfyUI CLIPTextEncode text has no length limit but the 64 MB body: 5 MB was parsed and
+    tokenized for seconds before the chunk cap refused it. Now the length is checked first."""
+    import time
+
+    from opensd.errors import InvalidArgument
+    from opensd.pipeline.prompt_chunks import tokenize_prompt, tokenize_prompt_old
+    from opensd.text.prompt_parser import MAX_PROMPT_CHARS
+    from opensd.text.tokenizer import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer()
+    tokenize = (lambda t: tokenize_prompt_old(t, tokenizer)) if old else (lambda t: tokenize_prompt(t, tokenizer))
+    start = time.perf_counter()
+    with pytest.raises(InvalidArgument, match="5,000,000 characters, more than the 250,000"):
+        tokenize("(a:1.1) " * 625_000)
+    assert time.perf_counter() - start < 0.5
+    assert tokenize(" " * (MAX_PROMPT_CHARS - 1) + "a")  # at the cap: whitespace tokenizes to nothing
+
+
+@pytest.mark.parametrize("text", [" " * 20_000, "\t\n" * 10_000, "BREAK" + " " * 20_000 + "a"])
+def test_whitespace_runs_parse_in_linear_time(text):
+    """BREAK was found by splitting at '\\s*BREAK\\s*', which retried every space of a run: 20,000
+    spaces (the A1111 route's whole prompt allowance) took 20 s."""
+    import time
+
+    start = time.perf_counter()
+    parse_prompt_attention(text)
+    assert time.perf_counter() - start < 0.5
+
+
+def test_break_takes_the_whitespace_around_it():
+    assert attn("a \n BREAK\t b BREAK") == [["a", 1.0], ["BREAK", -1], ["b", 1.0], ["BREAK", -1], ["", 1.0]]
+    assert attn("  a  BREAKb BREAK_") == [["  a  BREAKb BREAK_", 1.0]]
+
+
+def test_unclosed_extra_network_tags_are_found_in_linear_time():
+    import time
+
+    start = time.perf_counter()
+    assert extract_extra_networks("<a:" * 16_000) == ("<a:" * 16_000, [])
+    assert time.perf_counter() - start < 0.2
+    text, found = extract_extra_networks("x <lora:a:0.5> y <b:c")
+    assert text == "x  y <b:c" and [(n.kind, n.name) for n in found] == [("lora", "a")]

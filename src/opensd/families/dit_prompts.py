@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..pipeline.conditioning import CHUNK_TOKENS, Conditioning, PromptChunk, PromptConditioner, emphasize
-from ..text.prompt_parser import Fragment, is_break, parse_prompt_attention
+from ..text.prompt_parser import Fragment, check_prompt_length, is_break, parse_prompt_attention
 from ..text.t5_tokenizer import EOS_ID, PAD_ID
 from ..text.tokenizer import EOS
 
@@ -145,6 +145,7 @@ class DiTConditioner(PromptConditioner):
 
     def _t5_tokens(self, text: str, length: int) -> tuple[list[int], list[float]]:
         """T5 ids (pieces, end of text, padding) and each position's emphasis weight."""
+        check_prompt_length(text)
         fragments = [Fragment(text, 1.0)] if self.emphasis == "none" else parse_prompt_attention(text)
         pieces: list[int] = []
         weights: list[float] = []

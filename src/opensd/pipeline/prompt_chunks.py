@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..errors import InvalidArgument
 from ..text.embeddings import Embedding, EmbeddingDatabase
-from ..text.prompt_parser import Fragment, is_break, parse_prompt_attention
+from ..text.prompt_parser import Fragment, check_prompt_length, is_break, parse_prompt_attention
 from ..text.tokenizer import BOS, EOS, CLIPTokenizer
 
 CHUNK_TOKENS = 75          # prompt tokens per chunk; a chunk is BOS + 75 + EOS = 77 ids
@@ -36,6 +36,7 @@ def tokenize_prompt(text: str, tokenizer: CLIPTokenizer, embeddings: EmbeddingDa
                     emphasis: str = "original", comma_backtrack: int = 20) -> tuple[list[PromptChunk], int]:
     """One prompt text (no AND, no editing left in it) as 77-token chunks, and A1111's token count
     for it (75 for every chunk but the last, which counts its own tokens), the number its UI shows."""
+    check_prompt_length(text)
     comma = tokenizer.encoder[",</w>"]
     if emphasis == "none":
         fragments = [Fragment(text, 1.0)]
@@ -103,6 +104,7 @@ def tokenize_prompt_old(text: str, tokenizer: CLIPTokenizer,
     "(" by 1.1, "[" by 1/1.1, ")" and "]" back) and is dropped; one chunk, the prompt cut after 75
     tokens. The emphasis mode then applies the weights or not, as for new-style chunks. (Its switch
     for the bracket tokens, enable_emphasis, is gone from A1111's settings: taken as on.)"""
+    check_prompt_length(text)
     bracket_weights = _bracket_weights(tokenizer)
     ids = tokenizer.encode(text)
     tokens: list[int] = []
