@@ -543,6 +543,9 @@ EXPECTED = {
                                             "control_after_generate": True}]),
            ("PrimitiveFloat", "Float", ["FLOAT", {"min": -(2 ** 63 - 1), "max": 2 ** 63 - 1}]),
            ("PrimitiveBoolean", "Boolean", ["BOOLEAN"]))},
+    # comfy_extras/nodes_preview_any.py
+    "PreviewAny": ({"source": ["*"]}, ["STRING"], "utilities", "Preview as Text",
+                   "comfy_extras.nodes_preview_any", {"output_node": True}),
     # comfy_extras/nodes_string.py of the same era (utils/string; no regular-expression nodes here)
     **{name: (inputs, [out], "utils/string", display, "comfy_extras.nodes_string",
               {"output_name": [out_name]} if out_name else {})

@@ -40,3 +40,30 @@ def test_primitive_widgets_are_validated():
     assert "w" in e.value.payload["node_errors"]
     with pytest.raises(GraphError):
         validate_prompt(_graph(w=2 ** 70))  # past ComfyUI's sys.maxsize bound
+
+
+def test_preview_any_shows_each_kind_of_value_as_text(tmp_path):
+    """PreviewAny ("Preview as Text"): strings as they are, numbers and booleans by str, JSON-able
+    values indented, anything else by its repr; the text is the node's ui and its output."""
+    ctx = ExecutionContext(ModelFolders(None, include_builtin=False), None, tmp_path / "out", tmp_path / "in",
+                           temp_dir=tmp_path / "temp")
+    graph = {"t": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a\nb"}},
+             "b": {"class_type": "PrimitiveBoolean", "inputs": {"value": False}},
+             "n": {"class_type": "StringLength", "inputs": {"string": ["t", 0]}},
+             "i": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+             "p1": {"class_type": "PreviewAny", "inputs": {"source": ["t", 0]}},
+             "p2": {"class_type": "PreviewAny", "inputs": {"source": ["b", 0]}},
+             "p3": {"class_type": "PreviewAny", "inputs": {"source": ["n", 0]}},
+             "p4": {"class_type": "PreviewAny", "inputs": {"source": ["i", 0]}},
+             "len": {"class_type": "StringLength", "inputs": {"string": ["p1", 0]}},
+             "p5": {"class_type": "PreviewAny", "inputs": {"source": ["len", 0]}}}
+    validate_prompt(graph, ctx)
+    ui = execute(graph, ctx, None)
+    assert [ui[k]["text"] for k in ("p1", "p2", "p3", "p5")] == [("a\nb",), ("False",), ("3",), ("3",)]
+    assert ui["p4"]["text"][0].startswith("tensor([[[[0.")  # a tensor is not JSON: its repr
+
+    from opensd.workflows.nodes_primitive import PREVIEW_TEXT_CHARS, preview_any
+    assert preview_any(None, {"a": [1, 2]})["result"] == ('{\n    "a": [\n        1,\n        2\n    ]\n}',)
+    assert preview_any(None, None)["ui"] == {"text": ("None",)}
+    cut = preview_any(None, "x" * (PREVIEW_TEXT_CHARS + 5))["result"][0]
+    assert cut == "x" * PREVIEW_TEXT_CHARS + "\n... (5 more characters)"
