@@ -154,3 +154,44 @@ def test_gguf_network_in_the_models_folder(env):
     a = load(models / "unet" / "flux1-Q8_0.gguf", precision="fp32", device="cpu").txt2img(PROMPT, **kw)[0]
     b = load(models / "diffusion_models" / "flux1_dequantised.safetensors", precision="fp32", device="cpu")
     assert np.abs(np.asarray(a, int) - np.asarray(b.txt2img(PROMPT, **kw)[0], int)).max() <= 1
+
+
+def test_flux_disable_guidance_leaves_the_guidance_embedding_out(env, monkeypatch):
+    """FluxDisableGuidance: whatever guidance came before, the network gets none (ComfyUI's None), which
+    is the guided network with its guidance_in giving zeros."""
+    import torch
+
+    from opensd.models.flux import Flux
+
+    ctx, _, _ = env
+
+    def disabled(scale):
+        return _flux_graph({
+            "6": {"class_type": "FluxDisableGuidance", "inputs": {"conditioning": ["15", 0]}},
+            "15": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["14", 0], "guidance": scale}},
+            "14": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["12", 0], "text": PROMPT}}})
+
+    off = _run(ctx, disabled(3.5))
+    assert off.std() > 1 and np.array_equal(_run(ctx, disabled(1.0)), off)
+    guided = disabled(3.5)
+    guided["6"] = guided.pop("15")
+    assert not np.array_equal(_run(ctx, guided), off)
+
+    real = Flux.forward_tokens
+
+    def zero_guidance(self, *args):
+        if args[-1] is None:
+            raise AssertionError("the reference run must get a guidance tensor")
+        with torch.no_grad():
+            saved = [p.clone() for p in self.guidance_in.out_layer.parameters()]
+            for p in self.guidance_in.out_layer.parameters():
+                p.zero_()
+            try:
+                return real(self, *args)
+            finally:
+                for p, s in zip(self.guidance_in.out_layer.parameters(), saved):
+                    p.copy_(s)
+
+    monkeypatch.setattr(Flux, "forward_tokens", zero_guidance)
+    ctx.cache = None
+    assert np.array_equal(_run(ctx, guided), off)

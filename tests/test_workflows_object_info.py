@@ -521,6 +521,10 @@ EXPECTED = {
                            COND, "advanced/conditioning/flux", "CLIPTextEncodeFlux", "comfy_extras.nodes_flux", {}),
     "FluxGuidance": ({"conditioning": COND, "guidance": f(3.5, 0.0, 100.0, 0.1)}, COND, "advanced/conditioning/flux",
                      "FluxGuidance", "comfy_extras.nodes_flux", {}),
+    "FluxDisableGuidance": ({"conditioning": COND}, COND, "advanced/conditioning/flux", "FluxDisableGuidance",
+                            "comfy_extras.nodes_flux",
+                            {"description": "This node completely disables the guidance embed on Flux and Flux like "
+                                            "models"}),
     "ModelSamplingSD3": ({"model": ["MODEL"], "shift": f(3.0, 0.0, 100.0, 0.01)}, ["MODEL"], "advanced/model",
                          "ModelSamplingSD3", "comfy_extras.nodes_model_advanced", {}),
     "ModelSamplingFlux": ({"model": ["MODEL"], "max_shift": f(1.15, 0.0, 100.0, 0.01),

@@ -24,6 +24,9 @@ KONTEXT_SIZES = ((672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328)
                  (944, 1104), (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752),
                  (1456, 720), (1504, 688), (1568, 672))
 COMFY_SHIFT = 1.15  # ComfyUI's Flux dev default: the largest shift, whatever the size
+# A conditioning's guidance that leaves the guidance embedding out (ComfyUI's FluxDisableGuidance; for
+# Flux-like models trained without it); None stays "the family's default".
+GUIDANCE_OFF = float("-inf")
 FILL_INPUTS = 6  # Fill's input features per output feature: the latent, the masked image's, 4 for the mask
 
 
@@ -84,9 +87,10 @@ class FluxFamily(DiTFamily):
         flux = model.network
         scale = self.default_guidance if guidance is None else guidance
         dtype = compute_dtype(flux)
+        embed = flux.cfg.guidance_embed and scale != GUIDANCE_OFF
 
         def call(x, t, context, y, control=None):
-            g = torch.full((len(x),), float(scale), device=x.device) if flux.cfg.guidance_embed else None
+            g = torch.full((len(x),), float(scale), device=x.device) if embed else None
             refs = [r.to(x.device, dtype).expand(len(x), -1, -1, -1) for r in references or ()]
             return flux(x.to(dtype), t, context.to(dtype), y.to(dtype), g, refs)
 

@@ -187,9 +187,7 @@ class Flux(nn.Module):
         distilled guidance scale (B,) for dev. Returns (B, N, out_channels)."""
         img = self.img_in(img)
         vec = self.time_in(timestep_embedding(timesteps * TIME_FACTOR, FREQ_DIM).to(img.dtype))
-        if self.guidance_in is not None:
-            if guidance is None:
-                raise InvalidArgument("guidance: this Flux model is guidance-distilled and needs a guidance value")
+        if self.guidance_in is not None and guidance is not None:  # None: left out (FluxDisableGuidance)
             vec = vec + self.guidance_in(timestep_embedding(guidance * TIME_FACTOR, FREQ_DIM).to(img.dtype))
         vec = vec + self.vector_in(y)
         txt = self.txt_in(txt)

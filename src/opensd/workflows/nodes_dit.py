@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import torch
 
+from ..families.flux import GUIDANCE_OFF
 from ..sampling.flow import FlowSampling, flux_mu
 from .loras import activate
 from .types import MAX_RESOLUTION, NodeDef, check_size, register
@@ -82,6 +83,16 @@ def flux_guidance(call, conditioning, guidance):
 register(NodeDef(
     "FluxGuidance", flux_guidance, {"conditioning": ("CONDITIONING", {}), "guidance": _GUIDANCE},
     ("CONDITIONING",), category="advanced/conditioning/flux", module="comfy_extras.nodes_flux"))
+
+
+def flux_disable_guidance(call, conditioning):
+    return ([[ctx, {**(extra or {}), "guidance": GUIDANCE_OFF}] for ctx, extra in conditioning],)
+
+
+register(NodeDef(
+    "FluxDisableGuidance", flux_disable_guidance, {"conditioning": ("CONDITIONING", {})},
+    ("CONDITIONING",), category="advanced/conditioning/flux", module="comfy_extras.nodes_flux",
+    description="This node completely disables the guidance embed on Flux and Flux like models"))
 
 
 def _flow_model(model, family: str):
