@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from opensd.adapters import depth_anything as DA
 from opensd.adapters import depth_anything_files as DAF
@@ -174,3 +175,192 @@ def test_wrong_files_are_named():
     del sd["depth_head.scratch.output_conv1.weight"]
     with pytest.raises(CheckpointError, match="missing depth_head.scratch.output_conv1.weight"):
         DAF.build(sd)
+
+
+# --- the faces: preprocess(), the ComfyUI node, the A1111 module ---------------------------------
+
+def test_input_size_follows_the_authors_lower_bound_resize():
+    assert DA.input_size(518, 518) == (518, 518)
+    assert DA.input_size(1000, 1000) == (518, 518)
+    assert DA.input_size(400, 600) == (518, 784)     # 777 -> 55.5 patches rounds to 56
+    assert DA.input_size(600, 400) == (784, 518)
+    assert DA.input_size(300, 301) == (518, 518)     # 519.7 rounds to 518, not below
+    assert DA.input_size(100, 7) == (7406, 518)
+    from opensd.errors import InvalidArgument
+    with pytest.raises(InvalidArgument, match="7x100 is too long and thin .* at most 12 times"):
+        DA.estimate_depth(DA.DepthAnythingV2(TINY), np.zeros((100, 7, 3), np.uint8))
+
+
+@pytest.fixture
+def tiny_file(tiny_variant, tmp_path):
+    """A models folder holding a tiny random model under controlnet_aux's vitl name."""
+    folder = tmp_path / "models" / "ControlNetPreprocessor" / "depth-anything"
+    folder.mkdir(parents=True)
+    sd = DAF.to_authors_layout(_hf_tiny(3).state_dict())
+    # a map above the final ReLU everywhere, not zeros where the random weights' large values go negative
+    sd["depth_head.scratch.output_conv2.2.weight"] *= 1e-3
+    sd["depth_head.scratch.output_conv2.2.bias"] += 5.0
+    torch.save(sd, folder / "depth_anything_v2_vitl.pth")
+    DAF._cache.clear()
+    return tmp_path / "models"
+
+
+def _photo(w=90, h=60):
+    g = np.random.default_rng(0)
+    return Image.fromarray(g.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_preprocess_gives_the_normalised_depth_near_bright(tiny_file):
+    from opensd.adapters.preprocessors import preprocess
+    from opensd.library.models_dir import ModelFolders
+
+    image = _photo()
+    out = preprocess("depth_anything_v2", image, folders=ModelFolders(tiny_file))
+    assert out.size == image.size and out.mode == "RGB"
+    grey = np.asarray(out)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    # the network's own output, resized back: largest (nearest) is white, smallest black
+    net = DAF.load_depth_anything(tiny_file / "ControlNetPreprocessor" / "depth-anything" / "depth_anything_v2_vitl.pth")
+    import cv2
+    # 90x60 -> short side 518; the long side's 777 is 55.5 patches, rounded to 56
+    x = cv2.resize(np.asarray(image, np.float32) / 255.0, (784, 518), interpolation=cv2.INTER_CUBIC)
+    x = (x - np.array(DA.MEAN, np.float32)) / np.array(DA.STD, np.float32)
+    with torch.no_grad():
+        raw = net(torch.from_numpy(x.transpose(2, 0, 1).copy())[None])[:, None]
+    raw = torch.nn.functional.interpolate(raw, (60, 90), mode="bilinear", align_corners=True)[0, 0].numpy()
+    want = np.round((raw - raw.min()) / (raw.max() - raw.min()) * 255)
+    assert np.abs(grey[..., 0].astype(float) - want).max() <= 1
+    assert grey.max() == 255 and grey.min() == 0
+
+
+def test_missing_weights_name_the_folder_and_file(tmp_path):
+    from opensd.adapters.preprocessors import preprocess
+    from opensd.errors import InvalidArgument
+    from opensd.library.models_dir import ModelFolders
+
+    (tmp_path / "models").mkdir()
+    with pytest.raises(InvalidArgument, match=r"depth_anything_v2_vitl\.pth is not installed: put it in "
+                                              r"models/ControlNetPreprocessor/.*Depth-Anything-V2-Large"):
+        preprocess("depth_anything_v2", _photo(), folders=ModelFolders(tmp_path / "models"))
+    with pytest.raises(InvalidArgument, match=r"depth_anything_v2_vits\.pth is not installed.*V2-Small"):
+        DAF.find_weights(ModelFolders(tmp_path / "models"), "depth_anything_v2_vits.pth")
+
+
+def _graph(ckpt="depth_anything_v2_vitl.pth", resolution=64):
+    return {"1": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+            "2": {"class_type": "DepthAnythingV2Preprocessor",
+                  "inputs": {"image": ["1", 0], "ckpt_name": ckpt, "resolution": resolution}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "depth"}}}
+
+
+def _ctx(models, tmp_path):
+    from opensd.library.models_dir import ModelFolders
+    from opensd.workflows import ExecutionContext
+
+    inputs = tmp_path / "input"
+    inputs.mkdir(exist_ok=True)
+    _photo().save(inputs / "photo.png")
+    return ExecutionContext(folders=ModelFolders(models), load_pipeline=None, outputs_dir=tmp_path / "out",
+                            inputs_dir=inputs, device="cpu")
+
+
+def test_comfyui_node_has_controlnet_aux_inputs_and_makes_the_requested_size(tiny_file, tmp_path):
+    from opensd.workflows import execute, object_info
+
+    info = object_info(None, "DepthAnythingV2Preprocessor")["DepthAnythingV2Preprocessor"]
+    assert list(info["input"]["required"]) == ["image"]
+    names, opts = info["input"]["optional"]["ckpt_name"]
+    assert names == ["depth_anything_v2_vitg.pth", "depth_anything_v2_vitl.pth", "depth_anything_v2_vitb.pth",
+                     "depth_anything_v2_vits.pth"] and opts["default"] == "depth_anything_v2_vitl.pth"
+    assert list(info["input"]["optional"]["resolution"]) == ["INT", {"default": 512, "min": 64, "max": 16384, "step": 64}]
+    execute(_graph(resolution=128), _ctx(tiny_file, tmp_path))
+    saved = list((tmp_path / "out").rglob("depth*.png"))
+    assert len(saved) == 1
+    out = Image.open(saved[0])
+    assert out.size == (192, 128)  # 90x60 with its short side at 128
+    grey = np.asarray(out.convert("RGB"))
+    assert grey.max() >= 250 and grey.min() <= 5
+
+
+def test_comfyui_node_without_the_file_says_where_to_put_it(tmp_path):
+    from opensd.workflows import execute
+
+    (tmp_path / "models").mkdir()
+    with pytest.raises(Exception, match=r"depth_anything_v2_vitb\.pth is not installed: put it in models/ControlNetPreprocessor/"):
+        execute(_graph("depth_anything_v2_vitb.pth"), _ctx(tmp_path / "models", tmp_path))
+
+
+def test_a1111_module_depth_anything_v2(tiny_file):
+    from opensd.errors import InvalidArgument
+    from opensd.library.models_dir import ModelFolders
+    from opensd.server import a1111_controlnet as AC
+
+    (tiny_file / "ControlNet").mkdir()
+    assert "depth_anything_v2" in AC.module_list()
+    assert AC._module("depth_anything_v2", "module") == ("depth_anything_v2", True)
+    weights = AC._weights("depth_anything_v2", ModelFolders(tiny_file), "module")
+    assert weights.endswith("depth_anything_v2_vitl.pth")
+    out = AC.preprocess_image(_photo(), "depth_anything_v2", 96, -1, -1, 1 << 24, weights)
+    assert out.size == (144, 96)  # the short side at processor_res
+    assert np.asarray(out).max() == 255
+    with pytest.raises(InvalidArgument, match="args.module: depth_anything_v2: depth_anything_v2_vitl.pth is not "
+                                              "installed: put it in models/ControlNetPreprocessor/"):
+        AC._weights("depth_anything_v2", ModelFolders(tiny_file / "ControlNet"), "args.module")
+
+
+def test_a1111_detect_route(tiny_file, tmp_path):
+    """/controlnet/detect with module depth_anything_v2: the map at processor_res; without the file a
+    422 naming where to put it."""
+    import base64
+    import io
+
+    import requests
+    from server_live import LiveServer
+
+    from opensd.server.settings import Settings
+
+    buf = io.BytesIO()
+    _photo().save(buf, "PNG")
+    body = {"controlnet_module": "depth_anything_v2", "controlnet_input_images": [base64.b64encode(buf.getvalue()).decode()],
+            "controlnet_processor_res": 64}
+    with LiveServer(Settings(models_dir=tiny_file, outputs_dir=tmp_path / "outputs")) as live:
+        r = requests.post(f"{live.url}/controlnet/detect", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        out = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+        assert out.size == (96, 64)
+    (tmp_path / "bare").mkdir()
+    with LiveServer(Settings(models_dir=tmp_path / "bare", outputs_dir=tmp_path / "outputs2")) as live:
+        r = requests.post(f"{live.url}/controlnet/detect", json=body, timeout=60)
+        assert r.status_code == 422 and "models/ControlNetPreprocessor/" in r.text, r.text
+
+
+def test_cli_preprocess_depth_anything_v2(tiny_file, tmp_path, capsys):
+    from opensd.cli import main
+
+    src, out = tmp_path / "in.png", tmp_path / "depth.png"
+    _photo().save(src)
+    assert main(["preprocess", "depth_anything_v2", str(src), "-o", str(out), "--models-dir", str(tiny_file)]) == 0
+    assert Image.open(out).size == (90, 60)
+    weights = tiny_file / "ControlNetPreprocessor" / "depth-anything" / "depth_anything_v2_vitl.pth"
+    assert main(["preprocess", "depth_anything_v2", str(src), "-o", str(out), "--weights", str(weights)]) == 0
+    (tmp_path / "bare").mkdir()
+    assert main(["preprocess", "depth_anything_v2", str(src), "-o", str(out), "--models-dir", str(tmp_path / "bare")]) == 2
+    assert "models/ControlNetPreprocessor/" in capsys.readouterr().err
+
+
+def test_a1111_unit_weights_cross_the_wire_by_name(tiny_file):
+    """A planned unit's preprocessor file travels to a remote worker as its name in the preprocessor
+    folders, and is shipped with the job's files."""
+    from opensd.distributed import wire
+    from opensd.library.models_dir import ModelFolders
+
+    folders = ModelFolders(tiny_file)
+    cn = tiny_file / "ControlNet"
+    cn.mkdir()
+    (cn / "control_depth.safetensors").write_bytes(b"")
+    weights = tiny_file / "ControlNetPreprocessor" / "depth-anything" / "depth_anything_v2_vitl.pth"
+    unit = {"index": 0, "path": str(cn / "control_depth.safetensors"), "module": "depth_anything_v2",
+            "weights": str(weights)}
+    sent = wire._unit_to_wire(folders, unit)
+    assert sent["weights"] == "depth-anything/depth_anything_v2_vitl.pth" and "path" not in sent
+    assert wire._unit_from_wire(folders, sent)["weights"] == str(weights.resolve())

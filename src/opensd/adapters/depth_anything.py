@@ -26,7 +26,7 @@ INPUT_SIZE = 518                 # the short side the models were trained at (37
 MEAN = (0.485, 0.456, 0.406)     # ImageNet normalisation, on 0..1 RGB
 STD = (0.229, 0.224, 0.225)
 POS_OFFSET = 0.1                 # DINOv2's offset in the position-embedding interpolation
-MAX_TOKENS = 37 * 37 * 12        # the most patches one image may make (a 518 x 6216 strip)
+MAX_TOKENS = 37 * 37 * 12        # the most patches one image may make (518 x 6216 at the default size)
 
 
 @dataclass(frozen=True)
@@ -248,8 +248,8 @@ def estimate_depth(net: DepthAnythingV2, rgb: np.ndarray, size: int = INPUT_SIZE
     h, w = rgb.shape[:2]
     th, tw = input_size(h, w, size)
     if (th // PATCH) * (tw // PATCH) > MAX_TOKENS:
-        raise InvalidArgument(f"image: {w}x{h} is too long and thin for depth estimation (at most "
-                              f"{MAX_TOKENS // (size // PATCH)} / {size // PATCH} aspect ratio)")
+        raise InvalidArgument(f"image: {w}x{h} is too long and thin for depth estimation (the long side may be "
+                              f"at most {MAX_TOKENS // 37 ** 2} times the short side)")
     x = cv2.resize(rgb.astype(np.float32) / 255.0, (tw, th), interpolation=cv2.INTER_CUBIC)
     x = (x - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
     param = next(net.parameters())
