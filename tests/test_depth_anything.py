@@ -288,6 +288,10 @@ def test_comfyui_node_without_the_file_says_where_to_put_it(tmp_path):
     (tmp_path / "models").mkdir()
     with pytest.raises(Exception, match=r"depth_anything_v2_vitb\.pth is not installed: put it in models/ControlNetPreprocessor/"):
         execute(_graph("depth_anything_v2_vitb.pth"), _ctx(tmp_path / "models", tmp_path))
+    (tmp_path / "models" / "depthanything").mkdir()
+    (tmp_path / "models" / "depthanything" / "depth_anything_v2_vits_fp16.safetensors").write_bytes(b"")
+    with pytest.raises(Exception, match=r"vitb\.pth is not installed \(installed: depth_anything_v2_vits_fp16"):
+        execute(_graph("depth_anything_v2_vitb.pth"), _ctx(tmp_path / "models", tmp_path))
 
 
 def test_a1111_module_depth_anything_v2(tiny_file):
@@ -364,3 +368,20 @@ def test_a1111_unit_weights_cross_the_wire_by_name(tiny_file):
     sent = wire._unit_to_wire(folders, unit)
     assert sent["weights"] == "depth-anything/depth_anything_v2_vitl.pth" and "path" not in sent
     assert wire._unit_from_wire(folders, sent)["weights"] == str(weights.resolve())
+
+
+def test_weights_are_found_by_controlnet_aux_names(tmp_path):
+    from opensd.library.models_dir import ModelFolders
+
+    root = tmp_path / "models"
+    for rel in ("controlnet_aux/depth-anything/Depth-Anything-V2-Small/depth_anything_v2_vits.pth",
+                "depthanything/depth_anything_v2_vitl_fp16.safetensors",
+                "depthanything/depth_anything_v2_vitl_fp32.safetensors",
+                "ControlNetPreprocessor/depth_anything_v2_vitb.safetensors"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    folders = ModelFolders(root)
+    assert DAF.find_weights(folders, "depth_anything_v2_vits.pth").name == "depth_anything_v2_vits.pth"
+    assert DAF.find_weights(folders, "depth_anything_v2_vitb.pth").name == "depth_anything_v2_vitb.safetensors"
+    assert DAF.find_weights(folders, "depth_anything_v2_vitl.pth").name == "depth_anything_v2_vitl_fp32.safetensors"
+    assert DAF.installed_weights(folders).name == "depth_anything_v2_vitl_fp32.safetensors"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InvalidArgument
-from ..library.models_dir import LAYOUT, AmbiguousName
+from ..library.models_dir import LAYOUT
 from .depth_anything import VARIANTS, DepthAnythingV2, DepthConfig
 
 # the names ComfyUI's controlnet_aux offers (its DepthAnythingV2Preprocessor), and where they are published
@@ -128,19 +128,23 @@ def load_depth_anything(path, device: str | torch.device | None = None) -> Depth
 
 def find_weights(folders, name: str = DEFAULT_CKPT) -> Path:
     """The file for `name` in the models folder's preprocessor folders, as controlnet_aux names it
-    ("depth_anything_v2_vitl.pth"; any subfolder, and .safetensors copies with the same stem, e.g.
-    "depth_anything_v2_vitl_fp16.safetensors"); a clear error naming where to put it when absent."""
-    if folders is not None:
-        for wanted in (name, Path(name).stem):
-            try:
-                return folders.resolve("preprocessors", wanted)
-            except AmbiguousName:
-                raise
-            except InvalidArgument:
-                continue
+    ("depth_anything_v2_vitl.pth", in any subfolder), else one with its stem in another format, else a
+    copy with a suffix ("depth_anything_v2_vitl_fp16.safetensors"; fp32 ones first); a clear error
+    naming where to put it when there is none."""
+    files = folders.list("preprocessors") if folders is not None else []
+    stem = Path(name).stem.lower()
+    exact = [m for m in files if Path(m.name).name.lower() == name.lower()]
+    same = [m for m in files if Path(m.name).stem.lower() == stem]
+    copies = sorted((m for m in files if Path(m.name).stem.lower().startswith(stem + "_")),
+                    key=lambda m: ("fp16" in m.name.lower() or "bf16" in m.name.lower(), m.name))
+    for found in (exact, same, copies):
+        if found:
+            return found[0].path
     size = next((k for k in _REPOS if k in name), "vitl")
     where = " or ".join(f"models/{d}/" for d in LAYOUT["preprocessors"])
-    raise InvalidArgument(f"ckpt_name: {name} is not installed: put it in {where} (any subfolder); it is "
+    others = [m.name for m in files if "depth_anything" in m.name.lower()]
+    have = f" (installed: {', '.join(others[:4])})" if others else ""
+    raise InvalidArgument(f"ckpt_name: {name} is not installed{have}: put it in {where} (any subfolder); it is "
                           f"published at huggingface.co/depth-anything/Depth-Anything-V2-{_REPOS[size]}")
 
 
@@ -149,8 +153,6 @@ def installed_weights(folders) -> Path:
     for name in CKPT_NAMES[1:]:
         try:
             return find_weights(folders, name)
-        except AmbiguousName:
-            raise
         except InvalidArgument:
             continue
     return find_weights(folders, DEFAULT_CKPT)  # the error naming the folders
