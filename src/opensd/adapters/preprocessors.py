@@ -7,6 +7,9 @@ structure on black (the convention of lllyasviel's ControlNet 1.0/1.1 models):
     softedge   HED soft edges (real BSDS500 HED weights, adapters/hed.py)
     scribble   HED edges, smoothed and thresholded into bold binary strokes
     lineart    simple line drawing from the grey image's gradient (no learned model)
+    depth_anything_v2
+               Depth Anything V2 relative depth, near = bright (adapters/depth_anything.py; the
+               user's depth_anything_v2_vit{s,b,l}.pth, found in the models folder or given as `weights`)
     depth/pose/normal/seg/passthrough
                the user's own map (from an external estimator), used as it is
     invert     255 - image: a black-on-white sketch becomes white-on-black
@@ -81,6 +84,18 @@ def lineart(image: Image.Image, sigma: float = 1.0, threshold: float = 0.08) -> 
     return _rgb(lines * 255.0)
 
 
+def depth_anything_v2(image: Image.Image, weights=None, device=None) -> Image.Image:
+    """Depth Anything V2 relative depth, near = bright; `weights` the model file, `device` None: CUDA
+    if there is one."""
+    from .depth_anything import estimate_depth
+    from .depth_anything_files import load_depth_anything
+
+    if weights is None:
+        raise InvalidArgument("depth_anything_v2: no weights file (depth_anything_v2_vitl.pth, vitb or vits)")
+    depth = estimate_depth(load_depth_anything(weights, device), np.asarray(image.convert("RGB")))
+    return _rgb(np.round(depth * 255.0))
+
+
 def passthrough(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
@@ -96,18 +111,36 @@ def binary(image: Image.Image, threshold: int = 127) -> Image.Image:
 
 PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
     "canny": canny, "softedge": softedge, "hed": softedge, "scribble": scribble, "lineart": lineart,
+    "depthanythingv2": depth_anything_v2,
     "depth": passthrough, "pose": passthrough, "normal": passthrough, "seg": passthrough,
     "passthrough": passthrough, "none": passthrough, "invert": invert, "binary": binary,
 }
 
 
-def preprocess(name: str, image: Image.Image, **options) -> Image.Image:
-    """Run preprocessor `name` with its keyword options (e.g. low=/high= for canny)."""
-    key = name.lower().replace("_", "").replace("-", "")
+# preprocessors that run a user's model file: key -> its default file in a models folder
+NEEDS_WEIGHTS = {"depthanythingv2"}
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def needs_weights(name: str) -> bool:
+    return _key(name) in NEEDS_WEIGHTS
+
+
+def preprocess(name: str, image: Image.Image, folders=None, **options) -> Image.Image:
+    """Run preprocessor `name` with its keyword options (e.g. low=/high= for canny). Those that run a
+    model file (depth_anything_v2) take it as `weights`, else find the installed one in `folders`
+    (a library.models_dir.ModelFolders)."""
+    key = _key(name)
     if key not in PREPROCESSORS:
         raise InvalidArgument(f"preprocessor: {name!r} is not one of {', '.join(sorted(PREPROCESSORS))}")
     if not isinstance(image, Image.Image):
         raise InvalidArgument("image: a PIL image is required")
+    if key in NEEDS_WEIGHTS and options.get("weights") is None:
+        from .depth_anything_files import installed_weights
+        options["weights"] = installed_weights(folders)
     try:
         return PREPROCESSORS[key](image, **options)
     except TypeError as e:

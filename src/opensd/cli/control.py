@@ -14,15 +14,16 @@ from .model_flags import add_models_dir_flag, model_folders, resolve_model
 
 CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,resize=MODE][,type=TYPE]: a ControlNet "
                 "(path, or name in --controlnet-dir or the models folder) and its control image; pre runs a preprocessor "
-                "(canny, softedge, scribble, lineart, invert, ...) on the image first; type picks a Union ControlNet's "
-                "control type (openpose, depth, softedge, canny, normal, segment, tile, repaint; default auto). "
-                "Repeatable.")
+                "(canny, softedge, scribble, lineart, depth_anything_v2, invert, ...) on the image first; type picks a "
+                "Union ControlNet's control type (openpose, depth, softedge, canny, normal, segment, tile, repaint; "
+                "default auto). Repeatable.")
 _RESIZE = {"just": "just resize", "crop": "crop and resize", "fill": "resize and fill"}
 
 
 def register(sub) -> None:
     pre = sub.add_parser("preprocess", help="make a ControlNet control image (canny, softedge, scribble, ...)")
-    pre.add_argument("kind", help="canny, softedge (HED), scribble, lineart, invert, binary, depth/pose (passthrough)")
+    pre.add_argument("kind", help="canny, softedge (HED), scribble, lineart, invert, binary, depth_anything_v2 "
+                                  "(Depth Anything V2 depth), depth/pose (passthrough)")
     pre.add_argument("image", type=Path)
     pre.add_argument("-o", "--output", type=Path, required=True)
     pre.add_argument("--low", type=int, help="canny: low threshold (default 100)")
@@ -31,6 +32,9 @@ def register(sub) -> None:
     pre.add_argument("--width", type=int, help="resize the result to this width (with --height)")
     pre.add_argument("--height", type=int)
     pre.add_argument("--resize-mode", choices=list(_RESIZE.values()), default="just resize")
+    pre.add_argument("--weights", help="depth_anything_v2: the model file, a path or a name in the models folder's "
+                                       "ControlNetPreprocessor/ (default: the installed vitl, vitb or vits)")
+    add_models_dir_flag(pre)
     pre.set_defaults(func=cmd_preprocess)
 
     tr = sub.add_parser("train-controlnet", help="train a ControlNet (Canny) for a model on an image dataset")
@@ -49,7 +53,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         options["high"] = args.high
     if args.threshold is not None:
         options["threshold"] = args.threshold
-    out = preprocess(args.kind, open_image(args.image, "image"), **options)
+    folders = model_folders(args)
+    if args.weights is not None:
+        options["weights"] = resolve_model(folders, "preprocessors", args.weights, "weights")
+    out = preprocess(args.kind, open_image(args.image, "image"), folders=folders, **options)
     if args.width or args.height:
         if not (args.width and args.height) or args.width < 1 or args.height < 1:
             raise InvalidArgument("width/height: give both, as positive integers")
@@ -153,7 +160,7 @@ def controls_from_args(args: argparse.Namespace, pipe, models=None) -> list:
             cache[path] = load_controlnet(path, pipe)
         pre = s.pop("pre", None)
         if pre:
-            image = preprocess(pre, image)
+            image = preprocess(pre, image, folders=models)
         specs.append(ControlSpec(cache[path], image, preprocessor=pre or "none", **s))
         specs[-1].validate()  # a type for a plain ControlNet, or beyond this union file's types
         print(f"opensd: control {cache[path].name} weight {specs[-1].weight}", file=sys.stderr)

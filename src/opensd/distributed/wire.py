@@ -114,6 +114,8 @@ def _unit_to_wire(folders: ModelFolders, unit: dict) -> dict:
     wire["model"] = model_name(folders, kind, unit["path"])
     if unit.get("kind") == "ip_adapter":  # and its CLIP image encoder
         wire |= {"model_kind": kind, "encoder": model_name(folders, "clip_vision", unit["encoder"])}
+    if unit.get("weights"):  # the preprocessor's model (Depth Anything V2)
+        wire["weights"] = model_name(folders, "preprocessors", unit["weights"])
     return wire
 
 
@@ -122,4 +124,6 @@ def _unit_from_wire(folders: ModelFolders, wire: dict) -> dict:
     unit["path"] = str(folders.resolve(wire.get("model_kind", "controlnet"), wire["model"]))
     if wire.get("kind") == "ip_adapter":
         unit["encoder"] = str(folders.resolve("clip_vision", wire["encoder"]))
+    if wire.get("weights"):
+        unit["weights"] = str(folders.resolve("preprocessors", wire["weights"]))
     return unit

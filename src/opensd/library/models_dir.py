@@ -31,6 +31,8 @@ LAYOUT = {
     "upscale_models": ("ESRGAN", "upscale_models", "RealESRGAN", "SwinIR", "DAT", "HAT"),
     # tiny autoencoders (TAESD family) for live previews and fast decodes
     "vae_approx": ("VAE-approx", "vae_approx"),
+    # ControlNet preprocessor models (Depth Anything V2): Forge's folder, then ComfyUI-style ones
+    "preprocessors": ("ControlNetPreprocessor", "controlnet_aux", "depthanything"),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 SUFFIXES = {"configs": (".yaml",), "unet_gguf": (".gguf",)}  # kinds whose files are not those above

@@ -17,7 +17,8 @@ IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip
 
 Accepted but not acted on (listed in info["unsupported_fields"]): ``mask``, ``hr_option`` other
 than "Both", and modules we only approximate (learned lineart/pidinet detectors -> our simple
-ones; depth/openpose/normal/seg estimators -> the image is used as the map as it is)."""
+ones; depth/openpose/normal/seg estimators other than depth_anything_v2 -> the image is used as the
+map as it is)."""
 from __future__ import annotations
 
 import math
@@ -45,6 +46,7 @@ MODULES: dict[str, tuple[str, bool]] = {
     "lineart_standard": ("lineart", False), "lineart": ("lineart", False), "lineart_realistic": ("lineart", False),
     "lineart_coarse": ("lineart", False), "lineart_anime": ("lineart", False),
     "lineart_anime_denoise": ("lineart", False),
+    "depth_anything_v2": ("depth_anything_v2", True),
 }
 _PASSTHROUGH = ("depth", "openpose", "dw_openpose", "normal", "seg", "segmentation")
 
@@ -116,6 +118,7 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
         except InvalidArgument as e:
             raise InvalidArgument(f"{field}.model: {str(e).split(': ', 1)[-1]}") from None
         pre, exact = _module(unit.get("module"), f"{field}.module")
+        weights = _weights(pre, folders, f"{field}.module")
         image = image_field(unit)
         if image is None and not img2img:
             raise InvalidArgument(f"{field}.image: a control image is required for txt2img")
@@ -137,15 +140,32 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
             "threshold_a": number(unit, "threshold_a", field, -1, -1, 1024),
             "threshold_b": number(unit, "threshold_b", field, -1, -1, 1024),
             "control_type": control_type_index(unit.get("union_control_type"), f"{field}.union_control_type"),
+            "weights": weights,
         })
     a1111_ip_adapter.check_count(out)
     return out
 
 
-def preprocess_image(image, module: str, res: int, threshold_a: float, threshold_b: float, max_pixels: int):
+def _weights(module: str, folders, field: str) -> str | None:
+    """The model file a module runs (Depth Anything V2's), found when the request comes: a missing
+    file is the client's 422 naming where to put it, not a failed job."""
+    from ..adapters.depth_anything_files import installed_weights
+    from ..adapters.preprocessors import needs_weights
+
+    if not needs_weights(module):
+        return None
+    try:
+        return str(installed_weights(folders))
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{field}: {module}: {str(e).split(': ', 1)[-1]}") from None
+
+
+def preprocess_image(image, module: str, res: int, threshold_a: float, threshold_b: float, max_pixels: int,
+                     weights: str | None = None):
     """Run one of our preprocessors as the extension would: on the image scaled so that its short
     side is `res` (modules other than none/passthrough). The scaled size is checked against
-    `max_pixels` first: a thin image (1 x 4000) would grow to 512 x 2,048,000 pixels."""
+    `max_pixels` first: a thin image (1 x 4000) would grow to 512 x 2,048,000 pixels. `weights`:
+    the model file of a module that runs one (_weights)."""
     from ..adapters.preprocessors import preprocess
 
     if module in ("none", "passthrough"):
@@ -166,6 +186,8 @@ def preprocess_image(image, module: str, res: int, threshold_a: float, threshold
         options = {"low": int(min(low, 255)), "high": int(min(high, 255))}
     elif module == "binary" and threshold_a >= 0:
         options = {"threshold": int(min(threshold_a, 255))}
+    elif weights is not None:
+        options = {"weights": weights}
     return preprocess(module, image, **options)
 
 
@@ -192,7 +214,8 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
         try:
             net = cached_controlnet(u["path"], pipe)
             check_control_type(u.get("control_type"), net.net.config.union_types, net.name, "union_control_type")
-            hint = preprocess_image(image, u["module"], res, u["threshold_a"], u["threshold_b"], max_pixels)
+            hint = preprocess_image(image, u["module"], res, u["threshold_a"], u["threshold_b"], max_pixels,
+                                    u.get("weights"))
         except (InvalidArgument, OpenSDError) as e:
             raise InvalidArgument(f"{field}: {e}") from None
         specs.append(ControlSpec(net, hint, weight=u["weight"], start=u["start"], end=u["end"],
@@ -269,6 +292,7 @@ def router(state) -> APIRouter:
         controlnet_processor_res = body.controlnet_processor_res
         controlnet_threshold_a, controlnet_threshold_b = body.controlnet_threshold_a, body.controlnet_threshold_b
         pre, _ = _module(controlnet_module, "controlnet_module")
+        weights = _weights(pre, state.folders, "controlnet_module")
         if not controlnet_input_images or len(controlnet_input_images) > 16:
             raise InvalidArgument("controlnet_input_images: give 1 to 16 base64 images")
         res = 512 if controlnet_processor_res == -1 else controlnet_processor_res
@@ -283,7 +307,8 @@ def router(state) -> APIRouter:
             field, max_pixels = f"controlnet_input_images[{k}]", state.settings.max_image_pixels
             image = images_io.decode_b64(b64, field, max_pixels)
             try:
-                result = preprocess_image(image, pre, res, controlnet_threshold_a, controlnet_threshold_b, max_pixels)
+                result = preprocess_image(image, pre, res, controlnet_threshold_a, controlnet_threshold_b, max_pixels,
+                                          weights)
             except InvalidArgument as e:
                 raise InvalidArgument(f"{field}: {e}") from None
             out.append(images_io.b64(images_io.png_bytes(result)))

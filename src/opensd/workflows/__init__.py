@@ -29,6 +29,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_latent_ops,
     nodes_loaders,
     nodes_mask,
+    nodes_preprocessors,
     nodes_model_merging,
     nodes_model_patches,
     nodes_output,
