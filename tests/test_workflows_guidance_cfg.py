@@ -1,4 +1,4 @@
-"""APG, TCFG and Mahiro (ComfyUI's comfy_extras nodes_apg / nodes_tcfg / nodes_mahiro) against the
+"""APG, TCFG, Mahiro and FreSca (ComfyUI's comfy_extras nodes_apg / nodes_tcfg / nodes_mahiro / nodes_fresca) against the
 formulas written out here on small tensors, and in KSampler graphs on the tiny model."""
 import math
 
@@ -7,7 +7,7 @@ import torch
 from workflow_fixtures import sampling_env
 
 from opensd.workflows.guiders import PostCfgArgs, PreCfgArgs
-from opensd.workflows.nodes_guidance_cfg import apg_function, mahiro_function, tcfg_function
+from opensd.workflows.nodes_guidance_cfg import apg_function, fresca_function, mahiro_function, tcfg_function
 from opensd.workflows.types import NODES
 
 
@@ -116,3 +116,40 @@ def test_apg_without_projection_or_cap_is_cfg_one_higher_and_others_steer(env):
         (patched,) = NODES[name].fn(call, model=model, **inputs)
         assert not torch.equal(_sample(env, patched, 2.0), plain), name  # wired in (arithmetic: above)
     assert model.pre_cfg_functions == () and model.post_cfg_functions == ()  # the input MODEL is untouched
+
+
+def _low_band(n: int, cutoff: int) -> set[int]:
+    """Rows (or columns) ComfyUI's [n//2 - cutoff : n//2 + cutoff] covers, Python's slice rule written out."""
+    start, stop = n // 2 - cutoff, n // 2 + cutoff
+    start = max(start + n, 0) if start < 0 else start
+    return set(range(start, min(stop, n)))
+
+
+@pytest.mark.parametrize("shape,cutoff", [((1, 4, 16, 12), 3), ((2, 4, 8, 8), 20), ((1, 4, 16, 16), 10)])
+def test_fresca_scales_the_guidance_spectrum_by_band(shape, cutoff):
+    """By hand with numpy: the shifted spectrum times 0.5 in the low band, 1.5 outside. (16, 10) is
+    ComfyUI's slice quirk: start -2 keeps only the last two rows/columns low."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(2)
+    cond, uncond = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+    new_cond, same = fresca_function(0.5, 1.5, cutoff)(_pre(cond, uncond, 1.0))
+    assert same is uncond
+    h, w = shape[-2:]
+    rows, cols = _low_band(h, cutoff), _low_band(w, cutoff)
+    scale = np.array([[0.5 if r in rows and c in cols else 1.5 for c in range(w)] for r in range(h)])
+    spectrum = np.fft.fftshift(np.fft.fft2((cond - uncond).numpy()), axes=(-2, -1)) * scale
+    want = uncond.numpy() + np.fft.ifft2(np.fft.ifftshift(spectrum, axes=(-2, -1))).real
+    np.testing.assert_allclose(new_cond.numpy(), want, atol=1e-5)
+    assert _low_band(16, 10) == {14, 15}
+
+
+def test_fresca_with_one_scale_everywhere_is_cfg_times_that_scale(env):
+    call, model, _, _ = env
+    (same,) = NODES["FreSca"].fn(call, model=model, scale_low=1.0, scale_high=1.0, freq_cutoff=20)
+    torch.testing.assert_close(_sample(env, same, 2.0), _sample(env, model, 2.0), rtol=1e-5, atol=1e-5)
+    (double,) = NODES["FreSca"].fn(call, model=model, scale_low=2.0, scale_high=2.0, freq_cutoff=2)
+    torch.testing.assert_close(_sample(env, double, 2.0), _sample(env, model, 4.0), rtol=1e-4, atol=1e-4)
+    (banded,) = NODES["FreSca"].fn(call, model=model, scale_low=1.0, scale_high=2.0, freq_cutoff=2)
+    assert not torch.allclose(_sample(env, banded, 2.0), _sample(env, model, 2.0), atol=1e-3)
+    assert model.pre_cfg_functions == ()

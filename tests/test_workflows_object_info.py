@@ -457,6 +457,15 @@ EXPECTED = {
     "TCFG": ({"model": ["MODEL"]}, ["MODEL"], "advanced/guidance", "Tangential Damping CFG", "comfy_extras.nodes_tcfg",
              {"output_name": ["patched_model"], "description": "TCFG \u2013 Tangential Damping CFG (2503.18137)\n\n"
               "Refine the uncond (negative) to align with the cond (positive) for improving quality."}),
+    "FreSca": ({"model": ["MODEL"],
+                "scale_low": ["FLOAT", {"default": 1.0, "min": 0, "max": 10, "step": 0.01,
+                                        "tooltip": "Scaling factor for low-frequency components"}],
+                "scale_high": ["FLOAT", {"default": 1.25, "min": 0, "max": 10, "step": 0.01,
+                                         "tooltip": "Scaling factor for high-frequency components"}],
+                "freq_cutoff": ["INT", {"default": 20, "min": 1, "max": 100, "step": 1, "tooltip":
+                                        "Number of frequency indices around center to consider as low-frequency"}]},
+               ["MODEL"], "_for_testing", "FreSca", "comfy_extras.nodes_fresca",
+               {"description": "Applies frequency-dependent scaling to the guidance"}),
     "Mahiro": ({"model": ["MODEL"]}, ["MODEL"], "_for_testing",
                "Mahiro is so cute that she deserves a better guidance function!! (\u3002\u30fb\u03c9\u30fb\u3002)",
                "comfy_extras.nodes_mahiro",

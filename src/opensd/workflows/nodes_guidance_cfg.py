@@ -10,6 +10,9 @@
 * Mahiro (comfy_extras.nodes_mahiro), a post-CFG function: the CFG result blended with the
   positive prediction times the scale, by how alike the signed square roots of the negative's
   leap and of the mean of the two are.
+* FreSca (frequency-selective guidance scaling, comfy_extras.nodes_fresca), a pre-CFG function: the
+  guidance cond - uncond scaled by one factor in a centred square of its shifted 2-D spectrum (the
+  low frequencies, ``freq_cutoff`` bins each side of the centre) and by another outside it.
 
 Pre-CFG functions run in CFGGuider (KSampler's) only, as ComfyUI's do.
 """
@@ -127,3 +130,43 @@ register(NodeDef(
     module="comfy_extras.nodes_mahiro",
     description="Modify the guidance to scale more on the 'direction' of the positive prompt rather than the "
                 "difference between the negative prompt."))
+
+
+def frequency_scaled(x: torch.Tensor, scale_low: float, scale_high: float, cutoff: int) -> torch.Tensor:
+    """x (B, C, H, W) with its centred spectrum scaled: `scale_low` inside rows/columns [H//2 - cutoff,
+    H//2 + cutoff), `scale_high` elsewhere. The bounds are used as Python slices, as ComfyUI uses them:
+    a start below 0 counts from the end (a cutoff past the centre but short of the side leaves only the
+    last rows/columns low)."""
+    spectrum = torch.fft.fftshift(torch.fft.fft2(x.float()), dim=(-2, -1))
+    h, w = x.shape[-2:]
+    scale = torch.full(x.shape[-2:], float(scale_high), device=x.device)
+    scale[h // 2 - cutoff:h // 2 + cutoff, w // 2 - cutoff:w // 2 + cutoff] = scale_low
+    return torch.fft.ifft2(torch.fft.ifftshift(spectrum * scale, dim=(-2, -1))).real.to(x.dtype)
+
+
+def fresca_function(scale_low: float, scale_high: float, cutoff: int):
+    def fn(args: PreCfgArgs) -> list:
+        if len(args.conds_out) <= 1 or None in args.conds[:2]:  # no negative evaluated (cfg 1)
+            return args.conds_out
+        cond, uncond = args.conds_out[0], args.conds_out[1]
+        return [uncond + frequency_scaled(cond - uncond, scale_low, scale_high, cutoff), uncond] \
+            + list(args.conds_out[2:])
+    return fn
+
+
+def fresca(call, model, scale_low, scale_high, freq_cutoff):
+    patch = fresca_function(scale_low, scale_high, freq_cutoff)
+    return (replace(model, pre_cfg_functions=model.pre_cfg_functions + (patch,)),)
+
+
+register(NodeDef(
+    "FreSca", fresca,
+    {"model": ("MODEL", {}),
+     "scale_low": ("FLOAT", {"default": 1.0, "min": 0, "max": 10, "step": 0.01,
+                             "tooltip": "Scaling factor for low-frequency components"}),
+     "scale_high": ("FLOAT", {"default": 1.25, "min": 0, "max": 10, "step": 0.01,
+                              "tooltip": "Scaling factor for high-frequency components"}),
+     "freq_cutoff": ("INT", {"default": 20, "min": 1, "max": 100, "step": 1,
+                             "tooltip": "Number of frequency indices around center to consider as low-frequency"})},
+    ("MODEL",), category="_for_testing", module="comfy_extras.nodes_fresca",
+    description="Applies frequency-dependent scaling to the guidance"))
