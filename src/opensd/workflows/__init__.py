@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_controlnet,
     nodes_core,
     nodes_dit,
+    nodes_fooocus_inpaint,
     nodes_guidance,
     nodes_guidance_cfg,
     nodes_image,
