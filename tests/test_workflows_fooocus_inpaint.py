@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from workflow_fixtures import Loader, make_ctx, make_models, module_calls, sampling_env
+from workflow_fixtures import Loader, make_ctx, make_models, sampling_env
 
 from opensd.errors import CheckpointError, InvalidArgument
 from opensd.workflows import execute

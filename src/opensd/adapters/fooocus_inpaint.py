@@ -75,7 +75,7 @@ class HeadPatch:
     feature: torch.Tensor  # (B, channels, h, w)
     per_image = True  # guiders.ModelRun passes the image this call is for
 
-    def __call__(self, network, sigma: float, image: int = 0):
+    def __call__(self, network, sigma: float, image: int = 0, negative: tuple = ()):
         return self._added(network, self.feature[image % self.feature.shape[0]][None])
 
     @contextmanager
