@@ -151,6 +151,33 @@ def test_the_head_alone_is_what_the_first_block_gets(env):
         torch.testing.assert_close(h, F.conv2d(x, w, b, padding=1) + feature, rtol=1e-5, atol=1e-5)
 
 
+def test_a_batch_of_inpaint_latents_gives_each_image_its_own_feature(env):
+    call, model, pos, neg, head, patch = env
+    pipe = model.pipe
+    network = pipe.family.network(pipe.model)
+    latents = []
+    for seed in (2, 3):
+        pixels, mask = picture(seed)
+        latents.append(vae_encode_for_inpaint(call, pixels, VaeRef(pipe, "tiny"), mask, 0)[0])
+    latents[1]["noise_mask"] = 1.0 - latents[1]["noise_mask"]
+    latent = {k: torch.cat([lat[k] for lat in latents]) for k in ("samples", "noise_mask")}
+    (loaded,) = load_fooocus_inpaint(call, "fooocus_inpaint_head.pth", "inpaint_v26.fooocus.patch")
+    (patched,) = apply_fooocus_inpaint(call, model, loaded, latent)
+    (one,) = apply_fooocus_inpaint(call, model, loaded, latents[1])
+    added = []  # what the first block's output gains, per call
+    for m in (patched, one):
+        hook = network.input_blocks[1].register_forward_pre_hook(lambda mod, args: added.append(args[0].clone()))
+        try:
+            K.sample(m, pos, neg, {"samples": latent["samples"]}, seed=3, steps=1, cfg=5.0, sampler_name="euler",
+                     scheduler="normal")
+        finally:
+            hook.remove()
+            release_all()
+    # image 1 of the batch gets latents[1]'s feature, as the one-image patch gives every image
+    torch.testing.assert_close(added[1], added[3], rtol=1e-5, atol=1e-5)
+    assert (added[0] - added[2]).abs().max() > 1e-3
+
+
 def _png(path, pixels, mask):
     rgba = np.concatenate([pixels[0].numpy(), 1.0 - mask[0, ..., None].numpy()], axis=-1)
     Image.fromarray((rgba * 255).round().astype(np.uint8), "RGBA").save(path)

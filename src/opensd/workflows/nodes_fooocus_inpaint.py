@@ -18,7 +18,7 @@ from ..checkpoints.fooocus_inpaint_files import read_head, read_patch
 from ..errors import InvalidArgument
 from .ksampler import latent_format
 from .nodes_core import inpaint_model_conditioning
-from .types import Choices, ModelRef, NodeDef, register
+from .types import Choices, ModelRef, NodeDef, check_size, register
 
 _MODULE = "custom_nodes.comfyui-inpaint-nodes"
 
@@ -62,6 +62,8 @@ def apply_fooocus_inpaint(call, model, patch, latent):
                               f"{patch.head.shape[0]}, but the latent has {samples.shape[1]} channels and "
                               f"{model.name}'s first block {channels} (the Fooocus inpaint head is for SDXL)")
     patch.diffs.check(dict(network.named_parameters()))
+    b, _, h, w = samples.shape
+    check_size("latent: its noise mask at 8 x the latent's size", b, 1, 8 * h, 8 * w)
     feature = head_feature(patch.head, latent_format(model).scaled(samples.float()), mask)
     return (replace(model, network_patches=model.network_patches + (HeadPatch(feature),),
                     weight_patches=model.weight_patches + (patch.diffs,)),)
