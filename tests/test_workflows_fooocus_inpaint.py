@@ -34,7 +34,8 @@ PATCHED = ("input_blocks.0.0.weight", "input_blocks.0.0.bias", "input_blocks.1.1
 def write_files(folder, network, seed=0):
     """A head and a patch for `network` in Fooocus' layout: {"head": (C, 5, 3, 3)} and
     {"diffusion_model.<key>": (uint8 q, min, max)} (per-row bounds for one weight, scalars for the
-    rest), plus a key the model lacks (skipped, as ComfyUI's loader does). Returns (head, patch dict)."""
+    rest), plus a key the model lacks and one of another shape (both skipped, as ComfyUI's loader
+    skips them). Returns (head, patch dict)."""
     g = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     head = torch.randn(network.config.model_channels, 5, 3, 3, generator=g) * 0.1
@@ -49,6 +50,8 @@ def write_files(folder, network, seed=0):
         patch[f"diffusion_model.{name}"] = (q, lo.half(), (lo + 0.05).half())
     patch["diffusion_model.not_in_this_model.weight"] = (torch.zeros(3, dtype=torch.uint8), torch.tensor(0.0),
                                                          torch.tensor(1.0))
+    patch["diffusion_model.out.2.bias"] = (torch.full((7,), 255, dtype=torch.uint8), torch.tensor(0.0),
+                                           torch.tensor(1.0))  # another shape than the model's: skipped
     torch.save(patch, folder / "inpaint_v26.fooocus.patch")
     return head, patch
 
@@ -60,7 +63,7 @@ def reference_network(network, patch, head, latent, fmt):
     with torch.no_grad():
         for key, (q, lo, hi) in patch.items():
             name = key.removeprefix("diffusion_model.")
-            if name in params:
+            if name in params and params[name].shape == q.shape:
                 params[name] += q.float() / 255.0 * (hi.float() - lo.float()) + lo.float()
     conv = torch.nn.Conv2d(5, head.shape[0], 3, padding=1, padding_mode="replicate", bias=False)
     conv.weight.data.copy_(head)
@@ -278,7 +281,7 @@ def test_what_does_not_fit_is_refused_in_one_line(env, tmp_path):
     torch.save({"diffusion_model.out.2.weight": (torch.zeros(7, dtype=torch.uint8), torch.tensor(0.), torch.tensor(1.))},
                folder / "other.patch")
     (other,) = load_fooocus_inpaint(call, "fooocus_inpaint_head.pth", "other.patch")
-    with pytest.raises(InvalidArgument, match="out.2.weight is \\(7,\\)"):
+    with pytest.raises(InvalidArgument, match="none of the 1 weights of other.patch fits"):
         apply_fooocus_inpaint(call, model, other, latent)
     # a latent of another size than the one sampled
     (patched,) = apply_fooocus_inpaint(call, model, loaded, latent)

@@ -49,23 +49,23 @@ class WeightDiffs:
     diffs: dict  # network parameter name -> (q uint8, min, max)
     name: str
 
-    def check(self, params: dict) -> None:
-        """InvalidArgument unless the patch fits these parameters (some name matches, shapes agree)."""
-        found = [k for k in self.diffs if k in params]
+    def fitting(self, params: dict) -> list[str]:
+        """The patch's weights `params` has in the same shape. Others are skipped, as ComfyUI's
+        loader skips them (an SDXL inpainting model's 9-channel first conv); none at all is an error."""
+        found = [k for k in self.diffs if k in params and tuple(self.diffs[k][0].shape) == tuple(params[k].shape)]
         if not found:
-            raise InvalidArgument(f"patch: none of the {len(self.diffs)} weights of {self.name} is in this model "
+            raise InvalidArgument(f"patch: none of the {len(self.diffs)} weights of {self.name} fits this model "
                                   "(the Fooocus inpaint patch is for SDXL models)")
-        for k in found:
-            if tuple(self.diffs[k][0].shape) != tuple(params[k].shape):
-                raise InvalidArgument(f"patch: {self.name}'s {k} is {tuple(self.diffs[k][0].shape)}, the model's "
-                                      f"{tuple(params[k].shape)} (the Fooocus inpaint patch is for SDXL models)")
+        return found
+
+    def check(self, params: dict) -> None:
+        self.fitting(params)
 
     def deltas(self, params: dict) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, float32 difference) for each weight of `params` the patch has, one at a time
+        """(name, float32 difference) for each weight of `params` the patch fits, one at a time
         (a whole SDXL patch in float32 would be 10 GB)."""
-        for k, (q, lo, hi) in self.diffs.items():
-            if k in params:
-                yield k, dequantized(q, lo, hi)
+        for k in self.fitting(params):
+            yield k, dequantized(*self.diffs[k])
 
 
 @dataclass(eq=False)
