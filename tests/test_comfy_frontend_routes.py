@@ -92,7 +92,7 @@ def test_startup_routes(client):
     assert client.get("/api/features").json()["supports_preview_metadata"] is False
     assert client.get("/comfy/api/workflow_templates").json() == {}
     assert client.get("/comfy/api/global_subgraphs").json() == {}
-    assert "checkpoints" in client.get("/models").json()
+    assert {"checkpoints", "clip_vision", "ipadapter", "inpaint"} <= set(client.get("/models").json())
     folders = {f["name"] for f in client.get("/comfy/api/experiment/models").json()}
     assert {"checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models"} <= folders
     ckpts = client.get("/comfy/api/experiment/models/checkpoints").json()

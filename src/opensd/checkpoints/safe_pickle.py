@@ -29,7 +29,7 @@ from opensd.errors import CheckpointError
 
 from .tensor_checks import check_tensor
 
-__all__ = ["TorchFormat", "first_line", "load_torch"]
+__all__ = ["TorchFormat", "first_line", "load_torch", "load_torch_object"]
 
 # The two pickle containers opensd.checkpoints.files can sniff.
 TorchFormat = Literal["torch-zip", "torch-legacy"]
@@ -313,6 +313,13 @@ def _flatten(path: Path, obj: Mapping) -> dict[str, torch.Tensor]:
 
     walk(obj, "", 0)
     return out
+
+
+def load_torch_object(path: Path, fmt: TorchFormat):
+    """The object a pickle holds, read as safely as :func:`load_torch` reads it (plain containers,
+    tensors and the inert stand-ins only), for files whose layout is not a flat state dict (Fooocus'
+    inpaint patch: name -> (quantised diff, min, max)). The caller checks its structure."""
+    return _torch_load(Path(path), fmt)
 
 
 def load_torch(path: Path, fmt: TorchFormat, device: torch.device) -> dict[str, torch.Tensor]:

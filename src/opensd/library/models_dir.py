@@ -27,6 +27,7 @@ LAYOUT = {
     "clip_vision": ("clip_vision",),      # image encoders (CLIPVisionLoader)
     "style_models": ("style_models",),    # Flux Redux (StyleModelLoader)
     "ipadapter": ("ipadapter",),          # IP-Adapters (ComfyUI; A1111's ControlNet extension uses ControlNet/)
+    "inpaint": ("inpaint",),              # Fooocus inpaint head + patch, LaMa/MAT (comfyui-inpaint-nodes)
     # upscaler models (ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, ...): A1111 keeps one folder per family
     "upscale_models": ("ESRGAN", "upscale_models", "RealESRGAN", "SwinIR", "DAT", "HAT"),
     # tiny autoencoders (TAESD family) for live previews and fast decodes
@@ -35,7 +36,8 @@ LAYOUT = {
     "preprocessors": ("ControlNetPreprocessor", "controlnet_aux", "depthanything"),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-SUFFIXES = {"configs": (".yaml",), "unet_gguf": (".gguf",)}  # kinds whose files are not those above
+# kinds whose files are not those above (Fooocus names its inpaint patch inpaint_v26.fooocus.patch)
+SUFFIXES = {"configs": (".yaml",), "unet_gguf": (".gguf",), "inpaint": WEIGHT_SUFFIXES + (".patch",)}
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "builtin"
 BUILTIN_CHECKPOINT = BUILTIN_DIR / "opensd-emoji.safetensors"
 BUILTIN_FOLDERS = {"controlnet": BUILTIN_DIR / "controlnet"}  # the built-in model's Canny ControlNet

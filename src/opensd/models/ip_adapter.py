@@ -16,7 +16,7 @@ removes them after: the loaded UNet's weights are never touched.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -73,38 +73,48 @@ def cross_attentions(unet: nn.Module) -> list[CrossAttention]:
 
 
 @contextmanager
-def patched(unet: nn.Module, adapter: IPAdapter, cond: torch.Tensor, uncond: torch.Tensor, scale: float,
-            n_uncond: int | Callable[[], int]):
+def patched(unet: nn.Module, adapter: IPAdapter, cond: torch.Tensor, uncond: torch.Tensor,
+            scale: float | Sequence[float], n_uncond: int | Callable[[], int] = 0,
+            negative_rows: Sequence[bool] | None = None):
     """Within the block, each cross-attention of `unet` also attends to the image tokens. Rows of a
     UNet batch before `n_uncond` (the negative ones; a callable: asked at each call, for passes whose
     calls leave the negative rows out) see the `uncond` tokens, the rest `cond` (each (1, tokens,
-    width)). Scale 0 adds nothing (no hooks)."""
+    width)); `negative_rows` instead names each row's side (for batches that put them elsewhere).
+    `scale` is one for all layers or one per layer (cross_attentions' order); a layer of scale 0
+    adds nothing (no hook)."""
     layers = cross_attentions(unet)
     if len(layers) != len(adapter.ip_adapter):
         raise ValueError(f"the IP-Adapter has {len(adapter.ip_adapter)} cross-attention layers, the UNet {len(layers)}")
-    if scale == 0:
-        yield
-        return
-    kv_cache: dict = {}  # (layer, rows, n_uncond) -> keys and values: the tokens stay the same all run
+    scales = [float(scale)] * len(layers) if isinstance(scale, (int, float)) else [float(s) for s in scale]
+    if len(scales) != len(layers):
+        raise ValueError(f"{len(scales)} IP-Adapter scales for {len(layers)} cross-attention layers")
+    kv_cache: dict = {}  # (layer, which rows are negative) -> keys and values: the tokens stay the same all run
 
-    def hook_for(k: int, ip: IPLayer):
+    def sides(rows: int) -> tuple[bool, ...]:
+        if negative_rows is not None:
+            if len(negative_rows) != rows:
+                raise ValueError(f"{len(negative_rows)} rows named negative or not for a batch of {rows}")
+            return tuple(bool(r) for r in negative_rows)
+        n = min(n_uncond() if callable(n_uncond) else n_uncond, rows)
+        return (True,) * n + (False,) * (rows - n)
+
+    def hook_for(k: int, ip: IPLayer, layer_scale: float):
         def hook(attn: CrossAttention, args, out):
             x = args[0]
-            rows, n = len(x), min(n_uncond() if callable(n_uncond) else n_uncond, len(x))
-            key = (k, rows, n)
+            key = (k, sides(len(x)))
             if key not in kv_cache or torch.is_grad_enabled():
-                tokens = torch.cat([uncond.expand(n, -1, -1), cond.expand(rows - n, -1, -1)]).to(x.dtype)
+                tokens = torch.cat([uncond if negative else cond for negative in key[1]]).to(x.dtype)
                 kv_cache[key] = (ip.to_k_ip(tokens), ip.to_v_ip(tokens))
             ip_k, ip_v = kv_cache[key]
             # The query is computed again rather than threaded out of the layer: one linear per layer,
             # and the UNet's code stays unaware of adapters. to_out is linear, so adding its weight
             # times the image attention equals diffusers' to_out(text + scale * image).
             image = attention(attn.to_q(x), ip_k, ip_v, attn.heads)
-            return out + scale * F.linear(image, attn.to_out[0].weight)
+            return out + layer_scale * F.linear(image, attn.to_out[0].weight)
         return hook
 
-    handles = [attn.register_forward_hook(hook_for(k, ip))
-               for k, (attn, ip) in enumerate(zip(layers, adapter.layers()))]
+    handles = [attn.register_forward_hook(hook_for(k, ip, s))
+               for k, (attn, ip, s) in enumerate(zip(layers, adapter.layers(), scales)) if s != 0]
     try:
         yield
     finally:

@@ -57,6 +57,7 @@ class Entry:
     guidance: float | None = None               # distilled guidance (FluxGuidance; None: the model's default)
     concat: torch.Tensor | None = None          # (B, 5, H, W) an inpainting model's [mask, masked image] channels
     references: tuple | None = None             # ReferenceLatent's latents, model-scaled (Kontext)
+    negative: bool = False                      # from a negative list (an IP-Adapter gives it the uncond tokens)
 
     def active(self, sigma: float) -> bool:
         return not ((self.sigma_start is not None and sigma > self.sigma_start)
@@ -113,7 +114,8 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
         sigma_start=None if start is None else sampling.percent_to_sigma(start),
         sigma_end=None if end is None else sampling.percent_to_sigma(end),
         control=extra.get("control"), control_to_uncond=bool(extra.get("control_apply_to_uncond")),
-        guidance=extra.get("guidance"), concat=_concat(extra, shape, pipe), references=_references(extra, pipe))
+        guidance=extra.get("guidance"), concat=_concat(extra, shape, pipe), references=_references(extra, pipe),
+        negative=negative)
 
 
 def _references(extra: dict, pipe) -> tuple | None:
@@ -204,7 +206,7 @@ def _add_same_area(entries: list[Entry], e: Entry) -> None:
             smallest = x
     if smallest is None or smallest.area == e.area:
         return
-    entries.append(replace(e, context=smallest.context, y=smallest.y))
+    entries.append(replace(e, context=smallest.context, y=smallest.y, negative=smallest.negative))
 
 
 def _hints_to(positive: list[Entry], other: list[Entry]) -> None:

@@ -120,6 +120,8 @@ class _Validator:
         valid = True
         linked = set()
         for name, value, kind, opts, info, required, link in self._inputs(node_id):
+            if value is None and not required and isinstance(kind, str) and kind not in _CONVERT:
+                continue  # an optional link sent as null (Krita does), passed on as None: ComfyUI accepts it
             if value is _MISSING:
                 if required:
                     errors.append(_err("required_input_missing", "Required input is missing", name, input_name=name))

@@ -110,7 +110,11 @@ class ModelRun:
                 raise InvalidArgument("model: PatchModelAddDownscale resizes the UNet's skips, which a "
                                       "ControlNet's residuals cannot follow")
             for patch in self.patches:
-                patched.enter_context(patch(self.pipe.family.network(self.pipe.model), float(sigma.reshape(-1)[0])))
+                args = (self.pipe.family.network(self.pipe.model), float(sigma.reshape(-1)[0]))
+                # a patch holding one value per image of the batch (Fooocus inpaint's head) is told
+                # which, and which rows come from a negative list (IP-Adapter's uncond tokens)
+                patched.enter_context(patch(*args, image=self.image, negative=tuple(e.negative for e in entries))
+                                      if getattr(patch, "per_image", False) else patch(*args))
             return self.sampling.denoise(unet_fn, crops, sigma, context=context, y=y)
 
     def _references(self, refs: tuple) -> list:

@@ -15,6 +15,9 @@ nested patches are); the LoRAs stacked after the merge go on top. The merged wei
 into the network (or text encoders) with the base kept aside, and put back by the next branch
 that has no merge, or at the end of the run.
 
+A MODEL may also carry weight patches (Fooocus inpaint's differences): added after its merge,
+before its LoRAs, with the base weights kept aside and put back as a merge's are.
+
 A CLIP value may also carry CLIPAttentionMultiply's factors: hooks on the text encoders
 (clip_patches.py), installed by the same activation and removed by the next or at the end of the run.
 """
@@ -58,12 +61,42 @@ def activate(ref, part: str = "unet") -> None:
             for name, weight in merged.items():
                 params[name].copy_(weight)
         _changed(pipe, part)
+    if part == "unet" and getattr(ref, "weight_patches", ()):
+        _add_weight_patches(ref)
     specs = [LoraSpec(e.path, e.unet if part == "unet" else 0.0, e.te if part == "te" else 0.0) for e in ref.loras]
     _apply(pipe, specs)
     if part == "te":
         _unhook(pipe)
         if getattr(ref, "attention", None) is not None:
             _HOOKS[pipe] = attention_hooks(pipe.family.text_modules(pipe.model), ref.attention)
+
+
+def _add_weight_patches(ref) -> None:
+    """Add a MODEL's weight patches (ModelRef.weight_patches) to its network, LoRAs off, keeping
+    each changed weight's base aside with the merge's (put back by _unmerge)."""
+    pipe = ref.pipe
+    _apply(pipe, [])
+    _refuse_stored(ref, "unet", "patched")
+    params = _params(pipe, "unet")
+    kept = _MERGED.setdefault(pipe, {}).setdefault("unet", {})
+    for patch in ref.weight_patches:
+        patch.check(params)
+    with torch.no_grad():
+        for patch in ref.weight_patches:
+            for name, delta in patch.deltas(params):
+                param = params[name]
+                if name not in kept:
+                    kept[name] = param.detach().to("cpu", copy=True)
+                param.copy_((param.detach().float() + delta.to(param.device)).to(param.dtype))
+
+
+def _refuse_stored(ref, part: str, verb: str) -> None:
+    from ..models.stored_weights import StoredLinear
+    family, model = ref.pipe.family, ref.pipe.model
+    modules = [family.network(model)] if part == "unet" else family.text_modules(model)
+    if any(isinstance(m, StoredLinear) for module in modules for m in module.modules()):
+        raise InvalidArgument(f"{'model' if part == 'unet' else 'clip'}: {ref.name} keeps float8/GGUF-stored "
+                              f"weights, which cannot be {verb}")
 
 
 def _unhook(pipe) -> None:
@@ -97,13 +130,8 @@ def _unmerge(pipe, part: str) -> None:
 
 
 def _snapshot(ref, part: str) -> dict[str, torch.Tensor]:
-    from ..models.stored_weights import StoredLinear
     activate(ref, part)
-    family, model = ref.pipe.family, ref.pipe.model
-    modules = [family.network(model)] if part == "unet" else family.text_modules(model)
-    if any(isinstance(m, StoredLinear) for module in modules for m in module.modules()):
-        raise InvalidArgument(f"{'model' if part == 'unet' else 'clip'}: {ref.name} keeps float8/GGUF-stored "
-                              "weights, which cannot be merged")
+    _refuse_stored(ref, part, "merged")
     return {name: p.detach().to("cpu", copy=True) for name, p in _params(ref.pipe, part).items()}
 
 

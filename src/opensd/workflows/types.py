@@ -107,6 +107,9 @@ class ModelRef:
     # fn(sigma, mask, sampling, sigmas) -> this step's noise mask (DifferentialDiffusion)
     denoise_mask_function: Any = None
     merge: MergeEntry | None = None  # ModelMergeSimple/Add/Subtract
+    # differences added to the network's weights after the merge, before the LoRAs (loras.py):
+    # objects with check(params) and deltas(params) -> (name, float32 diff) (Fooocus inpaint's patch)
+    weight_patches: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,227 @@
+"""IP-Adapter nodes of ComfyUI_IPAdapter_plus (cubiq), with its names and inputs, over opensd's
+IP-Adapter engine (adapters/ip_adapter.py, the base variant): IPAdapterModelLoader, IPAdapter,
+IPAdapterAdvanced, IPAdapterEncoder, IPAdapterCombineEmbeds and IPAdapterEmbeds (what Krita AI
+Diffusion sends).
+
+EMBEDS are CLIP vision's projected pooled image embeddings (images, dim); the adapter projects
+them to tokens, several images' tokens side by side ("concat"). The MODEL gets a network patch
+that adds the image attention to each cross-attention for the steps whose sigma lies between
+start_at's and end_at's, with the weight spread over the layers by weight_type
+(adapters/ip_adapter_weights.py); rows from the negative conditioning see the tokens of an all-zero
+embedding (or neg_embed). Not available here: the Plus / FaceID variants (refused by the loader),
+embeds_scaling other than "V only", attention masks, and IPAdapter (simple) without a CLIP vision
+model (cubiq's needs IPAdapterUnifiedLoader's; ours also takes an optional clip_vision).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..adapters.ip_adapter import cached, image_embeds
+from ..adapters.ip_adapter_weights import WEIGHT_TYPES, layer_places, layer_weights
+from ..checkpoints.files import read_safetensors_header
+from ..checkpoints.ip_adapter_files import variant
+from ..errors import CheckpointError, InvalidArgument
+from ..models.ip_adapter import patched
+from .ksampler import sampling_of
+from .nodes_clip_vision import CHUNK, ClipVisionRef
+from .types import Choices, ModelRef, NodeDef, check_size, register
+
+_MODULE = "custom_nodes.ComfyUI_IPAdapter_plus"
+COMBINE = ["concat", "add", "subtract", "average", "norm average"]
+SCALING = ["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"]
+
+
+@dataclass(frozen=True)
+class IPAdapterRef:
+    """IPADAPTER: an IP-Adapter file (loaded for a model when applied, through the engine's cache)."""
+    path: Path
+    name: str
+
+
+def ipadapter_model_loader(call, ipadapter_file):
+    path = call.ctx.folders.resolve("ipadapter", ipadapter_file)
+    if path.suffix.lower() != ".safetensors":
+        raise CheckpointError(path, "IP-Adapter files are read as .safetensors only (the .bin releases are "
+                                    "pickles); use the .safetensors file of the same name")
+    other = variant(read_safetensors_header(path)[0])
+    if other is not None:
+        raise CheckpointError(path, f"{other} is not supported; only the base IP-Adapter (ip-adapter_sd15, "
+                                    "ip-adapter_sdxl, ip-adapter_sdxl_vit-h) is")
+    return (IPAdapterRef(path, ipadapter_file),)
+
+
+register(NodeDef(
+    "IPAdapterModelLoader", ipadapter_model_loader, {"ipadapter_file": (Choices("ipadapter"), {})},
+    ("IPADAPTER",), category="ipadapter/loaders", display_name="IPAdapter Model Loader", module=_MODULE))
+
+
+def _encode(clip_vision, image) -> torch.Tensor:
+    if not isinstance(clip_vision, ClipVisionRef):
+        raise InvalidArgument("clip_vision: this IP-Adapter node needs a CLIP_VISION from CLIPVisionLoader (the "
+                              "image encoder the adapter was trained with)")
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3 or min(image.shape) < 1:
+        raise InvalidArgument("image: expected an RGB IMAGE (batch, height, width, 3)")
+    encoder = clip_vision.model
+    size = encoder.config.image_size
+    check_size("image: resized for the CLIP vision model", min(CHUNK, image.shape[0]), 3, size, size)
+    device = next(encoder.parameters()).device
+    with torch.inference_mode():
+        parts = [image_embeds(encoder, chunk[..., :3].float().to(device)).float().cpu() for chunk in image.split(CHUNK)]
+    return torch.cat(parts)
+
+
+def combined(embeds: torch.Tensor, method: str) -> torch.Tensor:
+    """Several images' embeddings as cubiq combines them (concat keeps them all)."""
+    if method == "concat" or len(embeds) == 1:
+        return embeds
+    if method == "add":
+        return embeds.sum(0, keepdim=True)
+    if method == "subtract":
+        return (embeds[0] - embeds[1:].mean(0))[None]
+    if method == "average":
+        return embeds.mean(0, keepdim=True)
+    if method == "norm average":
+        return (embeds / embeds.norm(dim=0, keepdim=True)).mean(0, keepdim=True)
+    if method == "max":
+        return embeds.max(0).values[None]
+    if method == "min":
+        return embeds.min(0).values[None]
+    raise InvalidArgument(f"method: {method!r} is not one of {', '.join(COMBINE + ['max', 'min'])}")
+
+
+def _patched_model(model, ipadapter, pos, neg, weight, weight_type, start_at, end_at, embeds_scaling, attn_mask):
+    if not isinstance(model, ModelRef):
+        raise InvalidArgument("model: expected a MODEL")
+    if not isinstance(ipadapter, IPAdapterRef):
+        raise InvalidArgument("ipadapter: expected an IPADAPTER from IPAdapterModelLoader")
+    if embeds_scaling != "V only":
+        raise InvalidArgument(f"embeds_scaling: {embeds_scaling!r} is not available in opensd; use 'V only' (the "
+                              "IP-Adapter's own: the image attention times the weight)")
+    if attn_mask is not None:
+        raise InvalidArgument("attn_mask: attention masks for IP-Adapters are not available in opensd yet; "
+                              "leave attn_mask unconnected")
+    if weight_type not in WEIGHT_TYPES:
+        raise InvalidArgument(f"weight_type: {weight_type!r} is not one of {', '.join(WEIGHT_TYPES)}")
+    pipe = model.pipe
+    pipe.family.require("ip_adapter", "model")
+    loaded = cached("adapter", ipadapter.path, pipe)
+    adapter = loaded.adapter
+    if not isinstance(pos, torch.Tensor) or pos.ndim != 2 or pos.shape[-1] != adapter.image_dim:
+        have = "nothing" if not isinstance(pos, torch.Tensor) else f"{tuple(pos.shape)}"
+        raise InvalidArgument(f"clip_vision: {ipadapter.name} takes {adapter.image_dim}-wide image embeddings, the "
+                              f"image encoder gave {have} (ViT-H/14: 1024, ViT-bigG/14: 1280)")
+    neg = torch.zeros_like(pos) if neg is None else neg
+    if not isinstance(neg, torch.Tensor) or neg.shape[-1] != pos.shape[-1]:
+        raise InvalidArgument("neg_embed: expected EMBEDS as wide as pos_embed")
+    neg = neg.repeat(-(-len(pos) // len(neg)), 1)[:len(pos)]
+    proj = adapter.image_proj
+    param = proj.proj.weight
+    with torch.no_grad():
+        cond, uncond = (proj(e.to(param)).reshape(1, -1, adapter.width) for e in (pos, neg))
+    unet = pipe.family.network(pipe.model)
+    scales = layer_weights(weight_type, float(weight), layer_places(unet), adapter.width == 2048)
+    ms = sampling_of(model)
+    sigma_start, sigma_end = ms.percent_to_sigma(start_at), ms.percent_to_sigma(end_at)
+
+    def patch(network, sigma: float, image: int = 0, negative: tuple = ()):
+        if not sigma_end <= sigma <= sigma_start or not any(scales):
+            return nullcontext()
+        return patched(network, adapter, cond, uncond, scales, negative_rows=negative)
+    patch.per_image = True  # guiders.ModelRun names the negative rows
+    return replace(model, network_patches=model.network_patches + (patch,))
+
+
+_WEIGHT = ("FLOAT", {"default": 1.0, "min": -1, "max": 5, "step": 0.05})
+_START = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001})
+_END = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001})
+
+
+def ipadapter_advanced(call, model, ipadapter, image, weight, weight_type, combine_embeds, start_at, end_at,
+                       embeds_scaling, image_negative=None, attn_mask=None, clip_vision=None):
+    pos = combined(_encode(clip_vision, image), combine_embeds)
+    neg = None if image_negative is None else _encode(clip_vision, image_negative)
+    return (_patched_model(model, ipadapter, pos, neg, weight, weight_type, start_at, end_at, embeds_scaling,
+                           attn_mask),)
+
+
+register(NodeDef(
+    "IPAdapterAdvanced", ipadapter_advanced,
+    {"model": ("MODEL", {}), "ipadapter": ("IPADAPTER", {}), "image": ("IMAGE", {}), "weight": _WEIGHT,
+     "weight_type": (WEIGHT_TYPES, {}), "combine_embeds": (COMBINE, {}), "start_at": _START, "end_at": _END,
+     "embeds_scaling": (SCALING, {})},
+    ("MODEL",), optional={"image_negative": ("IMAGE", {}), "attn_mask": ("MASK", {}), "clip_vision": ("CLIP_VISION", {})},
+    category="ipadapter", display_name="IPAdapter Advanced", module=_MODULE))
+
+# IPAdapter (simple)'s three weight types, as cubiq maps them
+_SIMPLE_TYPES = {"standard": "linear", "prompt is more important": "ease out", "style transfer": "style transfer"}
+
+
+def ipadapter_simple(call, model, ipadapter, image, weight, start_at, end_at, weight_type, attn_mask=None,
+                     clip_vision=None):
+    if clip_vision is None:
+        raise InvalidArgument("clip_vision: IPAdapter needs the image encoder, which cubiq's IPAdapterUnifiedLoader "
+                              "supplies and opensd does not have; connect a CLIPVisionLoader to this node's "
+                              "clip_vision input, or use IPAdapterAdvanced")
+    (out,) = ipadapter_advanced(call, model, ipadapter, image, weight, _SIMPLE_TYPES[weight_type], "concat",
+                                start_at, end_at, "V only", attn_mask=attn_mask, clip_vision=clip_vision)
+    return (out,)
+
+
+register(NodeDef(
+    "IPAdapter", ipadapter_simple,
+    {"model": ("MODEL", {}), "ipadapter": ("IPADAPTER", {}), "image": ("IMAGE", {}),
+     "weight": ("FLOAT", {"default": 1.0, "min": -1, "max": 3, "step": 0.05}), "start_at": _START, "end_at": _END,
+     "weight_type": (list(_SIMPLE_TYPES), {})},
+    ("MODEL",), optional={"attn_mask": ("MASK", {}), "clip_vision": ("CLIP_VISION", {})},
+    category="ipadapter", display_name="IPAdapter", module=_MODULE))
+
+
+def ipadapter_encoder(call, ipadapter, image, weight, mask=None, clip_vision=None):
+    if not isinstance(ipadapter, IPAdapterRef):
+        raise InvalidArgument("ipadapter: expected an IPADAPTER from IPAdapterModelLoader")
+    if mask is not None:
+        raise InvalidArgument("mask: masked image encoding is not available in opensd yet; leave mask unconnected")
+    pos = _encode(clip_vision, image)
+    return pos * weight if weight != 1 else pos, torch.zeros_like(pos)
+
+
+register(NodeDef(
+    "IPAdapterEncoder", ipadapter_encoder,
+    {"ipadapter": ("IPADAPTER", {}), "image": ("IMAGE", {}),
+     "weight": ("FLOAT", {"default": 1.0, "min": -1.0, "max": 3.0, "step": 0.01})},
+    ("EMBEDS", "EMBEDS"), output_names=("pos_embed", "neg_embed"),
+    optional={"mask": ("MASK", {}), "clip_vision": ("CLIP_VISION", {})},
+    category="ipadapter/embeds", display_name="IPAdapter Encoder", module=_MODULE))
+
+
+def ipadapter_combine_embeds(call, embed1, method, embed2=None, embed3=None, embed4=None, embed5=None):
+    embeds = [e for e in (embed1, embed2, embed3, embed4, embed5) if e is not None]
+    if any(not isinstance(e, torch.Tensor) or e.ndim != 2 or e.shape[-1] != embed1.shape[-1] for e in embeds):
+        raise InvalidArgument("embed: expected EMBEDS of one width (from IPAdapterEncoder)")
+    return (combined(torch.cat(embeds), method),)
+
+
+register(NodeDef(
+    "IPAdapterCombineEmbeds", ipadapter_combine_embeds,
+    {"embed1": ("EMBEDS", {}), "method": (COMBINE + ["max", "min"], {})},
+    ("EMBEDS",), optional={f"embed{i}": ("EMBEDS", {}) for i in range(2, 6)},
+    category="ipadapter/embeds", display_name="IPAdapter Combine Embeds", module=_MODULE))
+
+
+def ipadapter_embeds(call, model, ipadapter, pos_embed, weight, weight_type, start_at, end_at, embeds_scaling,
+                     neg_embed=None, attn_mask=None, clip_vision=None):
+    return (_patched_model(model, ipadapter, pos_embed, neg_embed, weight, weight_type, start_at, end_at,
+                           embeds_scaling, attn_mask),)
+
+
+register(NodeDef(
+    "IPAdapterEmbeds", ipadapter_embeds,
+    {"model": ("MODEL", {}), "ipadapter": ("IPADAPTER", {}), "pos_embed": ("EMBEDS", {}),
+     "weight": ("FLOAT", {"default": 1.0, "min": -1, "max": 3, "step": 0.05}), "weight_type": (WEIGHT_TYPES, {}),
+     "start_at": _START, "end_at": _END, "embeds_scaling": (SCALING, {})},
+    ("MODEL",), optional={"neg_embed": ("EMBEDS", {}), "attn_mask": ("MASK", {}), "clip_vision": ("CLIP_VISION", {})},
+    category="ipadapter/embeds", display_name="IPAdapter Embeds", module=_MODULE))
