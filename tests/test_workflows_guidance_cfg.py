@@ -153,3 +153,25 @@ def test_fresca_with_one_scale_everywhere_is_cfg_times_that_scale(env):
     (banded,) = NODES["FreSca"].fn(call, model=model, scale_low=1.0, scale_high=2.0, freq_cutoff=2)
     assert not torch.allclose(_sample(env, banded, 2.0), _sample(env, model, 2.0), atol=1e-3)
     assert model.pre_cfg_functions == ()
+
+
+def test_latent_apply_operation_cfg_runs_the_operation_on_the_guidance(env):
+    """LatentApplyOperationCFG: op(cond - uncond) + uncond with two predictions, op(cond) with more;
+    doubling the guidance at CFG 2 is CFG 4, and a real operation (Reinhard) reaches the sampler."""
+    from opensd.workflows.nodes_latent_ops import operation_cfg_function, tonemap_reinhard
+
+    g = torch.Generator().manual_seed(4)
+    cond, uncond, third = (torch.randn(1, 4, 3, 3, generator=g) for _ in range(3))
+    op = tonemap_reinhard(0.5)
+    out = operation_cfg_function(op)(_pre(cond, uncond, 1.0))
+    torch.testing.assert_close(out[0], op(cond - uncond) + uncond)
+    assert out[1] is uncond
+    three = PreCfgArgs([cond, uncond, third], [[], [], []], 3.0, cond * 0, torch.tensor([1.0]), 0)
+    torch.testing.assert_close(operation_cfg_function(op)(three)[0], op(cond))
+
+    call, model, _, _ = env
+    (double,) = NODES["LatentApplyOperationCFG"].fn(call, model=model, operation=lambda latent: latent * 2)
+    torch.testing.assert_close(_sample(env, double, 2.0), _sample(env, model, 4.0), rtol=1e-4, atol=1e-4)
+    (reinhard,) = NODES["LatentApplyOperationCFG"].fn(call, model=model, operation=op)
+    assert not torch.allclose(_sample(env, reinhard, 2.0), _sample(env, model, 2.0), atol=1e-3)
+    assert model.pre_cfg_functions == ()

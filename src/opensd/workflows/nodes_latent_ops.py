@@ -2,8 +2,11 @@
 LatentInterpolate (directions and lengths of each pixel's channel vector blended apart),
 LatentConcat / LatentCut along x or y, LatentBatchSeedBehavior (which noise each image of a batch
 draws), and LatentApplyOperation with the LATENT_OPERATION makers LatentOperationTonemapReinhard
-and LatentOperationSharpen. Video ("t") dimensions are refused: our latents are images."""
+and LatentOperationSharpen; LatentApplyOperationCFG runs an operation on each step's guidance (the
+positive prediction minus the negative's, the negative added back) before CFG. Video ("t") dimensions are refused: our latents are images."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +144,29 @@ register(NodeDef(
     "LatentApplyOperation", latent_apply_operation,
     {"samples": ("LATENT", {}), "operation": ("LATENT_OPERATION", {})},
     ("LATENT",), category="latent/advanced/operations", module=_LATENT, experimental=True))
+
+
+def operation_cfg_function(operation):
+    """ComfyUI's pre-CFG function: with exactly two predictions (a zero negative where none was
+    evaluated) the operation gets cond - uncond; with more (PerpNeg's), the positive alone."""
+    def fn(args) -> list:
+        out = list(args.conds_out)
+        if len(out) == 2:
+            out[0] = operation(out[0] - out[1]) + out[1]
+        else:
+            out[0] = operation(out[0])
+        return out
+    return fn
+
+
+def latent_apply_operation_cfg(call, model, operation):
+    return (replace(model, pre_cfg_functions=model.pre_cfg_functions + (operation_cfg_function(operation),)),)
+
+
+register(NodeDef(
+    "LatentApplyOperationCFG", latent_apply_operation_cfg,
+    {"model": ("MODEL", {}), "operation": ("LATENT_OPERATION", {})},
+    ("MODEL",), category="latent/advanced/operations", module=_LATENT, experimental=True))
 register(NodeDef(
     "LatentOperationTonemapReinhard", lambda call, multiplier: (tonemap_reinhard(multiplier),),
     {"multiplier": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01})},
