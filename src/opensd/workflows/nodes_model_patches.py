@@ -11,9 +11,10 @@ from dataclasses import replace
 
 import torch
 
+from ..sampling.model_sampling import continuous_sampling
 from .guiders import CfgArgs, perp_neg
 from .ksampler import sampling_of
-from .model_sampling import PlaygroundLatents, continuous_sampling, model_sampling
+from .model_sampling import PlaygroundLatents, model_sampling
 from .nodes_image import upscale
 from .types import NodeDef, register
 from .unet_patches import deep_shrink
