@@ -77,6 +77,8 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec, PromptEncoding, GenerationExt
         self._next_preview = 0.0  # monotonic time before which preview() skips the tiny decoder
         self.tokenizer = default_tokenizer()
         self.alphas_cumprod = loaded.alphas_cumprod if loaded.alphas_cumprod is not None else scaled_linear_alphas_cumprod()
+        if getattr(loaded.config, "zsnr", False):  # trained on the zero-terminal-SNR schedule (its "ztsnr" marker)
+            self.alphas_cumprod = SO.rescale_zero_terminal_snr(self.alphas_cumprod)
         self.schedule = DiscreteSchedule(self.alphas_cumprod)
         self._interrupt = False
         self._cond_cache: dict = {}

@@ -1,0 +1,195 @@
+"""Checkpoints whose prediction and noise schedule are marked by tensors in the state dict (the keys
+ComfyUI reads): "v_pred" (+ "ztsnr") for NoobAI/Illustrious v-pred SDXL, "edm_vpred.sigma_max/min"
+for CosXL's continuous EDM v-prediction, and CosXL Edit (the same with an 8-channel UNet). They load
+and sample without flags; the EDM step is checked against EDM's formulas written out here."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from opensd.checkpoints import detect as D
+from opensd.checkpoints import markers as M
+from opensd.checkpoints.files import save_safetensors
+from opensd.errors import CheckpointError
+from opensd.library.model_catalog import _checkpoint
+from opensd.library.model_info import checkpoint_config
+from opensd.library.synthetic import random_state_dict
+from opensd.pipeline.pipeline import load
+from opensd.sampling import samplers as S
+from opensd.sampling.schedule_options import ZTSNR_LAST
+from test_detect import full_size
+from workflow_models import TINY_SDXL
+
+V_PRED = {"v_pred": torch.tensor([])}
+ZTSNR = {"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}
+COSXL = {"edm_vpred.sigma_max": torch.tensor(80.0), "edm_vpred.sigma_min": torch.tensor(0.03)}
+
+
+def _shapes(sd):
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def _write(path, markers, cfg=TINY_SDXL, metadata=None):
+    """A single-file SDXL-layout checkpoint (random weights) with the marker tensors added."""
+    save_safetensors(random_state_dict(cfg) | markers, path, metadata=metadata or {})
+    return path
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+def test_full_size_sdxl_markers_set_prediction_and_schedule():
+    sd, expected = full_size("sdxl")
+    assert D.detect(_shapes(sd)) == expected and expected.prediction == "eps" and not expected.zsnr
+    with torch.device("meta"):
+        v = D.detect(_shapes(sd | V_PRED))
+        z = D.detect(_shapes(sd | ZTSNR))
+        edm = D.detect(_shapes(sd | COSXL), metadata=M.marker_metadata(COSXL))
+        header_only = D.detect(_shapes(sd | COSXL))  # a listing reads no tensor values
+    assert (v.prediction, v.zsnr, v.edm) == ("v", False, None)
+    assert (z.prediction, z.zsnr, z.edm) == ("v", True, None)
+    assert edm.prediction == "v" and (edm.edm.sigma_min, edm.edm.sigma_max, edm.edm.sigma_data) == (
+        pytest.approx(0.03), 80.0, 1.0)
+    assert header_only.edm == M.C.ContinuousEDM()  # ComfyUI's defaults: 0.002 .. 120
+    assert replace(edm, prediction="eps", edm=None) == expected  # the architecture is untouched
+
+
+def test_markers_beat_metadata_and_an_explicit_prediction_beats_markers():
+    sd, _ = full_size("sdxl")
+    shapes = _shapes(sd | V_PRED)
+    assert D.detect(shapes, metadata={D.META_PREDICTION: "epsilon"}).prediction == "v"
+    assert D.detect(shapes, prediction="eps").prediction == "eps"
+
+
+def test_bad_markers_are_clear_errors():
+    sd, _ = full_size("sdxl")
+    with pytest.raises(CheckpointError, match="Playground v2.5"):
+        D.detect(_shapes(sd | {"edm_mean": torch.zeros(4), "edm_std": torch.ones(4)}))
+    with pytest.raises(CheckpointError, match="sigma_min < sigma_max"):
+        D.detect(_shapes(sd | COSXL), metadata={M.META_EDM_MIN: "5", M.META_EDM_MAX: "1"})
+
+
+def test_our_metadata_round_trips_the_schedule():
+    sd, expected = full_size("sdxl")
+    cfg = replace(expected, prediction="v", edm=M.C.ContinuousEDM(0.01, 90.0))
+    assert D.detect(_shapes(sd), metadata=D.metadata_for(cfg)) == cfg
+    cfg = replace(expected, prediction="v", zsnr=True)
+    assert D.detect(_shapes(sd), metadata=D.metadata_for(cfg)) == cfg
+
+
+# --- single files: listing, loading, sampling ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("markers")
+    edit = replace(TINY_SDXL, unet=replace(TINY_SDXL.unet, in_channels=8))
+    return {"ztsnr": _write(root / "noob-vpred.safetensors", ZTSNR),
+            "cosxl": _write(root / "cosxl.safetensors", COSXL),
+            "edit": _write(root / "cosxl-edit.safetensors", COSXL, edit)}
+
+
+def test_listings_show_what_the_markers_say(files):
+    assert _checkpoint(files["ztsnr"])[1] == "1024 px, v, zero terminal SNR"
+    assert _checkpoint(files["cosxl"])[1] == "1024 px, v, EDM"
+    assert _checkpoint(files["edit"])[1] == "1024 px, v, EDM, instruct-pix2pix (edit)"
+    assert checkpoint_config(files["edit"]).edit
+
+
+def test_ztsnr_model_samples_on_the_rescaled_schedule(files, caplog):
+    pipe = load(files["ztsnr"], precision="fp32")
+    assert (pipe.config.prediction, pipe.config.zsnr) == ("v", True)
+    assert pipe.loaded.unknown_keys == [] and "not used" not in caplog.text  # markers are no stray weights
+    assert float(pipe.alphas_cumprod[-1]) == pytest.approx(ZTSNR_LAST, rel=1e-3)
+    ms = pipe.model_sampling()
+    assert ms.prediction == "v" and ms.sigma_max == pytest.approx(math.sqrt((1 - ZTSNR_LAST) / ZTSNR_LAST), rel=1e-3)
+    image = pipe.txt2img("a cat", steps=3, width=64, height=64, seed=1, sampler="Euler")[0]
+    assert image.size == (64, 64)
+    seen = _sampled(pipe, lambda: pipe.txt2img("a cat", steps=3, width=64, height=64, seed=1, sampler="Euler"))
+    assert float(seen["sigmas"][0]) == pytest.approx(ms.sigma_max, rel=1e-3) and torch.isfinite(seen["out"]).all()
+
+
+def _sampled(pipe, run):
+    """Run `run` with Euler recording its sigmas, first input and result."""
+    seen = {}
+    euler = S.SAMPLERS["euler"]
+
+    def spy(denoise, x, sigmas, *args, **kwargs):
+        seen.update(sigmas=sigmas.clone(), x=x.clone())
+        seen["out"] = euler(denoise, x, sigmas, *args, **kwargs)
+        return seen["out"]
+
+    S.SAMPLERS["euler"] = spy
+    try:
+        run()
+    finally:
+        S.SAMPLERS["euler"] = euler
+    return seen
+
+
+def test_edm_vpred_step_matches_the_formula(files):
+    pipe = load(files["cosxl"], precision="fp32")
+    assert pipe.config.edm.sigma_max == 80.0 and pipe.config.edm.sigma_min == pytest.approx(0.03)
+    ms = pipe.model_sampling()
+    assert (ms.sigma_max, ms.sigma_min) == (pytest.approx(80.0), pytest.approx(0.03))
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 5
+    calls = []
+
+    def net(x_in, t, **cond):
+        calls.append((x_in, t))
+        return torch.tanh(x_in) * 0.7  # any function of the input: the scalings are what is checked
+
+    for sigma in (0.05, 1.0, 14.6, 80.0):
+        s = torch.tensor([sigma])
+        out = ms.denoise(net, x, s)
+        c_in, c_skip = 1 / math.sqrt(sigma ** 2 + 1), 1 / (sigma ** 2 + 1)
+        c_out = -sigma / math.sqrt(sigma ** 2 + 1)  # v-prediction, sigma_data 1
+        x_in, t = calls[-1]
+        torch.testing.assert_close(x_in, x * c_in)
+        assert float(t) == pytest.approx(0.25 * math.log(sigma), abs=1e-6)
+        torch.testing.assert_close(out, c_skip * x + c_out * torch.tanh(x * c_in) * 0.7)
+    seen = _sampled(pipe, lambda: pipe.txt2img("a cat", steps=4, width=64, height=64, seed=2, sampler="Euler",
+                                               scheduler="karras"))
+    assert float(seen["sigmas"][0]) == pytest.approx(80.0, rel=1e-4) and float(seen["sigmas"][-2]) == pytest.approx(0.03, rel=1e-4)
+    assert torch.isfinite(seen["out"]).all()
+
+
+def _picture():
+    image = Image.new("RGB", (64, 64), (200, 40, 40))
+    ImageDraw.Draw(image).rectangle((10, 10, 40, 50), fill=(20, 180, 60))
+    return image
+
+
+def test_cosxl_edit_model_edits_an_image_end_to_end(files, monkeypatch):
+    pipe = load(files["edit"], precision="fp32")
+    assert pipe.config.edit and pipe.config.edm is not None and pipe.config.prediction == "v"
+    net = pipe.model.unet
+    inputs = []
+    forward = net.forward
+
+    def spy(x, *args, **kwargs):
+        inputs.append(x.detach().clone())
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(net, "forward", spy)
+    out = pipe.img2img(_picture(), "make it blue", "blurry", steps=3, cfg=5.0, strength=1.0, seed=4,
+                       sampler="Euler", image_cfg_scale=1.5, width=64, height=64)
+    assert out[0].size == (64, 64)
+    assert len(inputs) == 6 and torch.isfinite(torch.cat(inputs)).all()  # 3 steps x (CFG rows, image-free row)
+    with_image, without = inputs[0][:, 4:], inputs[1][:, 4:]
+    assert with_image.shape[0] == 2 and without.shape[0] == 1 and not without.any()
+    # CosXL Edit takes the scaled latent (ComfyUI's cosxl ip2p rule), not the unscaled one SD1's take
+    torch.testing.assert_close(with_image, pipe.encode(_picture()).expand(2, -1, -1, -1), rtol=1e-4, atol=1e-4)
+
+
+def test_a_diffusers_folder_with_zero_snr_betas_loads_on_that_schedule(tmp_path):
+    """diffusers' scheduler flag rescale_betas_zero_snr is the same fact as the "ztsnr" marker."""
+    from test_loader import _edit_json, make_diffusers_folder
+    from opensd.pipeline.loader import load_model
+    make_diffusers_folder(tmp_path / "model")
+    _edit_json(tmp_path / "model" / "scheduler" / "scheduler_config.json", rescale_betas_zero_snr=True,
+               prediction_type="v_prediction")
+    cfg = load_model(tmp_path / "model").config
+    assert (cfg.zsnr, cfg.prediction) == (True, "v")
