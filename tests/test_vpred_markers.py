@@ -193,3 +193,24 @@ def test_a_diffusers_folder_with_zero_snr_betas_loads_on_that_schedule(tmp_path)
                prediction_type="v_prediction")
     cfg = load_model(tmp_path / "model").config
     assert (cfg.zsnr, cfg.prediction) == (True, "v")
+
+
+def test_comfyui_save_writes_the_markers_back_and_discrete_sampling_starts_from_the_files_schedule(files):
+    from opensd.workflows import nodes_checkpoint_save as CS
+    from opensd.workflows.nodes_model_patches import model_sampling_discrete
+    from opensd.workflows.types import ModelRef
+    z = load(files["ztsnr"], precision="fp32")
+    meta, extra = CS._extra(ModelRef(z, "noob"), z)
+    assert meta == {"modelspec.predict_key": "v"} and set(extra) == {"v_pred", "ztsnr"}
+    cos = load(files["cosxl"], precision="fp32")
+    meta, extra = CS._extra(ModelRef(cos, "cosxl"), cos)
+    assert meta == {} and set(extra) == {"edm_vpred.sigma_max", "edm_vpred.sigma_min"}  # ComfyUI: EDM v type
+    assert extra["edm_vpred.sigma_max"].item() == 80.0
+    assert M.with_sampling(cos.config, extra, M.marker_metadata(extra), "x").edm == cos.config.edm
+    # ComfyUI's ModelSamplingDiscrete builds from the file's schedule: zsnr off undoes the rescale
+    plain = model_sampling_discrete(None, ModelRef(z, "noob"), "v_prediction", False)[0].sampling
+    again = model_sampling_discrete(None, ModelRef(z, "noob"), "v_prediction", True)[0].sampling
+    assert plain.sigma_max == pytest.approx(14.6146, rel=1e-3) and not plain.zsnr
+    assert again.sigma_max == pytest.approx(z.model_sampling().sigma_max, rel=1e-4) and again.zsnr
+    meta, extra = CS._extra(ModelRef(z, "noob", sampling=plain), z)
+    assert set(extra) == {"v_pred"}

@@ -71,7 +71,7 @@ class UNetFamily(Family):
         cfg = pipe.config
         if cfg.edm is not None:  # CosXL: continuous sigmas in EDM's time, as ModelSamplingContinuousEDM
             return continuous_sampling("edm", cfg.prediction, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.edm.sigma_data)
-        return ModelSampling(pipe.schedule, cfg.prediction)  # a zsnr model's schedule is rescaled (Pipeline)
+        return ModelSampling(pipe.schedule, cfg.prediction, zsnr=cfg.zsnr)  # Pipeline rescaled a zsnr schedule
 
     def conditioner(self, pipe, clip_skip, **text):
         return PromptConditioner(pipe.model, pipe.tokenizer, pipe.device, pipe.embeddings, clip_skip, **text)

@@ -28,6 +28,7 @@ class ModelSampling:
     schedule: DiscreteSchedule   # the sigmas the schedulers (KSampler, BasicScheduler...) are built from
     prediction: str = "eps"      # "eps", "v", "x0" or "lcm"
     skip: int = 1                # the distilled schedule's stride over the model's timesteps (LCM: 20)
+    zsnr: bool = False           # the schedule was rescaled to zero terminal SNR (saved checkpoints say so)
 
     @property
     def sigma_max(self) -> float:

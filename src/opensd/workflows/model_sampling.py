@@ -35,7 +35,7 @@ def model_sampling(base: DiscreteSchedule, sampling: str, zsnr: bool) -> ModelSa
     if prediction == "lcm":
         skip = len(sigmas) // LCM_STEPS
         sigmas = torch.stack([sigmas[len(sigmas) - 1 - i * skip] for i in range(LCM_STEPS)]).flip(0)
-    return ModelSampling(DiscreteSchedule(1 / (sigmas ** 2 + 1)), prediction, skip)
+    return ModelSampling(DiscreteSchedule(1 / (sigmas ** 2 + 1)), prediction, skip, zsnr)
 
 
 
