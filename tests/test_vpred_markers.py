@@ -214,3 +214,12 @@ def test_comfyui_save_writes_the_markers_back_and_discrete_sampling_starts_from_
     assert again.sigma_max == pytest.approx(z.model_sampling().sigma_max, rel=1e-4) and again.zsnr
     meta, extra = CS._extra(ModelRef(z, "noob", sampling=plain), z)
     assert set(extra) == {"v_pred"}
+
+
+def test_training_uses_the_ztsnr_schedule_and_refuses_an_edm_model(files):
+    from opensd.errors import InvalidArgument
+    from opensd.training import finetune as FT
+    z = FT.load_base(files["ztsnr"])
+    assert float(FT.alphas_of(z)[-1]) == pytest.approx(ZTSNR_LAST, rel=1e-3)
+    with pytest.raises(InvalidArgument, match="continuous-time EDM model"):
+        FT.load_base(files["cosxl"])
