@@ -195,6 +195,18 @@ def test_a_diffusers_folder_with_zero_snr_betas_loads_on_that_schedule(tmp_path)
     assert (cfg.zsnr, cfg.prediction) == (True, "v")
 
 
+def test_comfyui_instructpix2pix_conditioning_feeds_cosxl_edit_the_scaled_latent(files):
+    """ComfyUI's rule for an SDXL edit model of EDM v type: the VAE's raw latent through the SDXL
+    latent format (process_in); an SD1 InstructPix2Pix model gets the raw latent."""
+    from opensd.workflows.conds import _concat
+    pipe = load(files["edit"], precision="fp32")
+    raw = torch.randn(1, 4, 8, 8)
+    got = _concat({"concat_latent_image": raw}, (1, 4, 8, 8), pipe)
+    torch.testing.assert_close(got, raw * 0.13025)
+    plain = load(_write(files["edit"].with_name("ip2p-xl.safetensors"), {}, pipe.config), precision="fp32")
+    torch.testing.assert_close(_concat({"concat_latent_image": raw}, (1, 4, 8, 8), plain), raw)
+
+
 def test_comfyui_save_writes_the_markers_back_and_discrete_sampling_starts_from_the_files_schedule(files):
     from opensd.workflows import nodes_checkpoint_save as CS
     from opensd.workflows.nodes_model_patches import model_sampling_discrete

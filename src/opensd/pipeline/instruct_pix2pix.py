@@ -30,6 +30,12 @@ def is_edit(config) -> bool:
     return config.edit
 
 
+def takes_scaled_image(config) -> bool:
+    """Whether the edit model's image channels take the scaled latent: CosXL Edit (a continuous EDM
+    model) was trained so, as ComfyUI feeds it; InstructPix2Pix models take the raw one."""
+    return getattr(config, "edm", None) is not None
+
+
 def image_guided(pipe, p) -> bool:
     """Whether this generation runs the third (image-unconditional) row."""
     s = p.image_cfg_scale
@@ -40,8 +46,8 @@ def image_channels(pipe, latent: torch.Tensor | None, width: int = 0, height: in
     """The edit model's extra input channels: the init image's `latent` (as the pipeline encodes
     it, scaled) unscaled, as A1111 encodes the same (filled) init image; without one, zeros of the
     image's `width` x `height`."""
-    if latent is not None:  # CosXL Edit (an EDM model) was trained on the scaled latent, as ComfyUI feeds it
-        return latent if getattr(pipe.config, "edm", None) is not None else pipe.config.vae.unscaled(latent)
+    if latent is not None:
+        return latent if takes_scaled_image(pipe.config) else pipe.config.vae.unscaled(latent)
     down = pipe.config.vae.downscale
     return torch.zeros(1, pipe.config.latent_channels, height // down, width // down, device=pipe.device)
 
