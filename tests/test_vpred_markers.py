@@ -235,3 +235,15 @@ def test_training_uses_the_ztsnr_schedule_and_refuses_an_edm_model(files):
     assert float(FT.alphas_of(z)[-1]) == pytest.approx(ZTSNR_LAST, rel=1e-3)
     with pytest.raises(InvalidArgument, match="continuous-time EDM model"):
         FT.load_base(files["cosxl"])
+
+
+def test_a_unet_only_file_with_markers_loads_as_its_kind(tmp_path):
+    """ComfyUI's diffusion_models files (the UNet alone, no prefix) keep the marker tensors."""
+    from opensd.pipeline.parts import load_unet
+    unet = {k[len(D.UNET):]: v for k, v in random_state_dict(TINY_SDXL).items() if k.startswith(D.UNET)}
+    save_safetensors(unet | COSXL, tmp_path / "cosxl-unet.safetensors")
+    save_safetensors(unet | ZTSNR, tmp_path / "noob-unet.safetensors")
+    cos, noob = load_unet(tmp_path / "cosxl-unet.safetensors"), load_unet(tmp_path / "noob-unet.safetensors")
+    assert (cos.config.prediction, cos.config.edm.sigma_max) == ("v", 80.0)
+    assert (noob.config.prediction, noob.config.zsnr, noob.config.edm) == ("v", True, None)
+    assert float(noob.alphas_cumprod[-1]) == pytest.approx(ZTSNR_LAST, rel=1e-3)

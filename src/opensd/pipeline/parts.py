@@ -93,7 +93,7 @@ def load_unet(path, device: str | None = None, precision: str = "fp32") -> Pipel
             raise CheckpointError(path, "a diffusers-layout UNet file needs its config.json beside it")
         sd = unet_from_diffusers(sd, unet_config(json.loads(config.read_text(encoding="utf-8"))))
     if "input_blocks.0.0.weight" in sd:  # ComfyUI's diffusion_models files: the UNet without prefix
-        sd = {D.UNET + k: v for k, v in sd.items()}
+        sd = {k if k in markers.KEYS else D.UNET + k: v for k, v in sd.items()}
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     if D.UNET + "input_blocks.0.0.weight" not in shapes:
         raise CheckpointError(path, "not a diffusion model (UNet): " + D.what_else(shapes, D.UNET))
