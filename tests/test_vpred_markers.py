@@ -247,3 +247,16 @@ def test_a_unet_only_file_with_markers_loads_as_its_kind(tmp_path):
     assert (cos.config.prediction, cos.config.edm.sigma_max) == ("v", 80.0)
     assert (noob.config.prediction, noob.config.zsnr, noob.config.edm) == ("v", True, None)
     assert float(noob.alphas_cumprod[-1]) == pytest.approx(ZTSNR_LAST, rel=1e-3)
+
+
+def test_conversions_keep_the_kind(files, tmp_path):
+    from opensd.errors import InvalidArgument
+    from opensd.library.convert import convert_to_diffusers, convert_to_safetensors
+    from opensd.pipeline.loader import load_model
+    half = convert_to_safetensors(files["cosxl"], tmp_path / "cosxl-fp16.safetensors", half=True)
+    assert load_model(half).config.edm == load_model(files["cosxl"]).config.edm  # bounds kept exact (fp32)
+    folder = convert_to_diffusers(files["ztsnr"], tmp_path / "noob")
+    cfg = load_model(folder).config
+    assert (cfg.prediction, cfg.zsnr) == ("v", True)
+    with pytest.raises(InvalidArgument, match="continuous-time EDM"):
+        convert_to_diffusers(files["cosxl"], tmp_path / "cosxl")
