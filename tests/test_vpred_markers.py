@@ -107,11 +107,11 @@ def test_ztsnr_model_samples_on_the_rescaled_schedule(files, caplog):
     assert ms.prediction == "v" and ms.sigma_max == pytest.approx(math.sqrt((1 - ZTSNR_LAST) / ZTSNR_LAST), rel=1e-3)
     image = pipe.txt2img("a cat", steps=3, width=64, height=64, seed=1, sampler="Euler")[0]
     assert image.size == (64, 64)
-    seen = _sampled(pipe, lambda: pipe.txt2img("a cat", steps=3, width=64, height=64, seed=1, sampler="Euler"))
+    seen = _sampled(lambda: pipe.txt2img("a cat", steps=3, width=64, height=64, seed=1, sampler="Euler"))
     assert float(seen["sigmas"][0]) == pytest.approx(ms.sigma_max, rel=1e-3) and torch.isfinite(seen["out"]).all()
 
 
-def _sampled(pipe, run):
+def _sampled(run):
     """Run `run` with Euler recording its sigmas, first input and result."""
     seen = {}
     euler = S.SAMPLERS["euler"]
@@ -150,7 +150,7 @@ def test_edm_vpred_step_matches_the_formula(files):
         torch.testing.assert_close(x_in, x * c_in)
         assert float(t) == pytest.approx(0.25 * math.log(sigma), abs=1e-6)
         torch.testing.assert_close(out, c_skip * x + c_out * torch.tanh(x * c_in) * 0.7)
-    seen = _sampled(pipe, lambda: pipe.txt2img("a cat", steps=4, width=64, height=64, seed=2, sampler="Euler",
+    seen = _sampled(lambda: pipe.txt2img("a cat", steps=4, width=64, height=64, seed=2, sampler="Euler",
                                                scheduler="karras"))
     assert float(seen["sigmas"][0]) == pytest.approx(80.0, rel=1e-4) and float(seen["sigmas"][-2]) == pytest.approx(0.03, rel=1e-4)
     assert torch.isfinite(seen["out"]).all()
@@ -260,3 +260,32 @@ def test_conversions_keep_the_kind(files, tmp_path):
     assert (cfg.prediction, cfg.zsnr) == ("v", True)
     with pytest.raises(InvalidArgument, match="continuous-time EDM"):
         convert_to_diffusers(files["cosxl"], tmp_path / "cosxl")
+
+
+def test_comfyui_graph_samples_cosxl_edit_on_its_own_edm_schedule(files, tmp_path):
+    """CheckpointLoaderSimple alone gives the CosXL Edit MODEL its EDM v sampling (no
+    ModelSamplingContinuousEDM node), as ComfyUI's loader does from the markers."""
+    import shutil
+    from opensd.library.models_dir import ModelFolders
+    from opensd.workflows import execute
+    from workflow_fixtures import Loader, make_ctx
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    shutil.copy(files["edit"], tmp_path / "models" / "checkpoints" / "cosxl-edit.safetensors")
+    folders = ModelFolders(tmp_path / "models", include_builtin=False)
+    ctx = make_ctx(folders, Loader(folders), tmp_path)
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "cosxl-edit.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "make it blue", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0xC82828}},
+        "5": {"class_type": "InstructPixToPixConditioning", "inputs": {
+            "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "pixels": ["4", 0]}},
+        "6": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "karras",
+            "positive": ["5", 0], "negative": ["5", 1], "latent_image": ["5", 2], "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "cosxl"}},
+    }
+    seen = _sampled(lambda: execute(graph, ctx))
+    assert float(seen["sigmas"][0]) == pytest.approx(80.0, rel=1e-4) and torch.isfinite(seen["out"]).all()
+    assert list((tmp_path / "output").glob("cosxl_*.png"))
