@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 # the text encoder's position-id buffer that older transformers versions saved, and the marker
 # tensors that say what the model predicts (checkpoints/markers.py).
 _IGNORED = re.compile(
-    r"^(" + "|".join(re.escape(k) for k in markers.KEYS) + r"|betas|alphas_cumprod|alphas_cumprod_prev|sqrt_\w+|log_one_minus_alphas_cumprod|posterior_\w+"
-    r"|logvar|lvlb_weights|model_ema\..*|first_stage_model\.loss\..*|.*\.position_ids)$")
+    r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_\w+|log_one_minus_alphas_cumprod|posterior_\w+"
+    r"|logvar|lvlb_weights|model_ema\..*|first_stage_model\.loss\..*|.*\.position_ids"
+    + "".join("|" + re.escape(k) for k in markers.KEYS) + ")$")
 
 
 @dataclass

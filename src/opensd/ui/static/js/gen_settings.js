@@ -44,6 +44,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   const controlnet = h("p", { class: "muted controlnet-note", role: "status" });
   // how strongly an edit model keeps to the given image (A1111's image_cfg_scale; 1 = not at all)
   const imageCfgField = slider("Image CFG scale", "image_cfg_scale", { min: 0, max: 3, step: 0.05, value: 1.5 });
+  const imageCfg = imageCfgField.querySelector("input[name=image_cfg_scale]");
   imageCfgField.hidden = true;
 
   const promptCard = h("div", { class: "card stack" }, prompt.element, negative.element, pickers);
@@ -181,7 +182,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
         width: int(width), height: int(height), seed: int(seed), n_iter: int(nIter), batch_size: int(batchSize),
         send_images: false,
         override_settings: { sd_model_checkpoint: model.value, sd_vae: vae.value, CLIP_stop_at_last_layers: int(clipSkip) },
-        ...(isEdit() ? { image_cfg_scale: Number(imageCfgField.querySelector("input[name=image_cfg_scale]").value) } : {}),
+        ...(isEdit() ? { image_cfg_scale: Number(imageCfg.value) } : {}),
         ...advanced.request(),
         ...controlnetFields(img2img),
       };
@@ -201,7 +202,8 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
         const el = [promptCard, settingsCard, variationCard].map((c) => c.querySelector(`[name=${name}]`)).find(Boolean);
         if (value !== undefined && value !== null) el.value = value;
       };
-      set("steps", req.steps); set("cfg_scale", req.cfg_scale); set("image_cfg_scale", req.image_cfg_scale); set("width", req.width); set("height", req.height);
+      set("steps", req.steps); set("cfg_scale", req.cfg_scale); set("width", req.width); set("height", req.height);
+      set("image_cfg_scale", req.image_cfg_scale);
       set("seed", req.seed);
       nIter.value = 1; batchSize.value = 1;
       if (req.sampler_name && !choose(sampler, req.sampler_name)) toast(`Sampler ${req.sampler_name} is not available`, "error");
