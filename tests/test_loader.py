@@ -230,7 +230,6 @@ def _edit_json(path, **fields):
     ("vae/config.json", {"use_post_quant_conv": False}, "use_quant_conv and use_post_quant_conv differ"),
     ("scheduler/scheduler_config.json", {"beta_schedule": "linear"}, "beta_schedule = 'linear'"),
     ("scheduler/scheduler_config.json", {"beta_end": 0.02}, "beta_end"),
-    ("scheduler/scheduler_config.json", {"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr"),
     ("scheduler/scheduler_config.json", {"prediction_type": "sample"}, "prediction_type"),
     ("scheduler/scheduler_config.json", {"_class_name": "EDMDPMSolverMultistepScheduler"}, "EDM"),
 ])

@@ -19,7 +19,7 @@ from opensd.workflows import GraphError, execute, validate_prompt
 from opensd.workflows import ksampler as K
 from opensd.workflows import nodes_checkpoint_save as CS
 from opensd.workflows.loras import release_all
-from opensd.workflows.model_sampling import continuous_sampling
+from opensd.sampling.model_sampling import continuous_sampling
 from opensd.workflows.nodes_core import clip_text_encode
 from opensd.workflows.types import ClipRef, LoraEntry, ModelRef, NodeCall, VaeRef
 

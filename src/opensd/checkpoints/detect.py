@@ -12,6 +12,7 @@ from typing import Mapping
 
 from ..errors import CheckpointError
 from ..models import config as C
+from . import markers as M
 from .families import family_message, unsupported_family, what_else
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -58,11 +59,11 @@ def detect(shapes: Shapes, path: str = "<state dict>", metadata: Mapping[str, st
         vae = replace(vae, scaling_factor=C.SDXL_VAE.scaling_factor)
     # SD2 defaults to v (the 768 models); its 9-channel inpainting model is eps.
     default = "v" if family == "sd2" and unet.in_channels == 4 else "eps"
-    pred = prediction or prediction_from_metadata(metadata) or default
+    pred = prediction or declared_prediction(shapes, metadata) or default
     resolution = {"sd1": 512, "sd2": 768 if pred == "v" else 512, "sdxl": 1024, "sdxl_refiner": 1024}.get(family, 512)
     if META_RESOLUTION in metadata:
         resolution = int(str(metadata[META_RESOLUTION]).lower().split("x")[0])
-    return C.ModelConfig(family, unet, vae, encoders, pred, resolution)
+    return M.with_sampling(C.ModelConfig(family, unet, vae, encoders, pred, resolution), shapes, metadata, path)
 
 
 def metadata_for(cfg: C.ModelConfig) -> dict[str, str]:
@@ -70,7 +71,8 @@ def metadata_for(cfg: C.ModelConfig) -> dict[str, str]:
     return {META_RESOLUTION: f"{cfg.resolution}x{cfg.resolution}",
             META_SCALING: str(cfg.vae.scaling_factor),
             META_PREDICTION: "v" if cfg.prediction == "v" else "epsilon",
-            META_HEADS: str(cfg.unet.num_heads), META_HEAD_CHANNELS: str(cfg.unet.num_head_channels)}
+            META_HEADS: str(cfg.unet.num_heads), META_HEAD_CHANNELS: str(cfg.unet.num_head_channels)
+            } | M.metadata_of(cfg)
 
 
 def _family(shapes: Shapes, encoders: tuple[C.TextEncoderConfig, ...]) -> C.Family:
@@ -186,6 +188,12 @@ def infer_vae(shapes: Shapes, p: str, path: str = "<state dict>") -> C.VAEConfig
         embed_dim=shapes[p + "quant_conv.weight"][0] // 2 if p + "quant_conv.weight" in shapes
         else shapes[p + "encoder.conv_out.weight"][0] // 2,
         use_quant_conv=p + "quant_conv.weight" in shapes)
+
+
+def declared_prediction(shapes: Shapes, metadata: Mapping[str, str]) -> C.Prediction | None:
+    """What the file says it predicts: its marker tensors first (checkpoints/markers.py), then its
+    ModelSpec metadata; None when it says nothing."""
+    return M.marker_prediction(shapes) or prediction_from_metadata(metadata)
 
 
 def prediction_from_metadata(metadata: Mapping[str, str]) -> C.Prediction | None:

@@ -43,7 +43,8 @@ _CLIP_FIXED = {
 # offsets, Karras sigmas) are the sampler's business and not checked.
 _SCHEDULER_FIXED = {
     "beta_schedule": ("scaled_linear",), "beta_start": (0.00085,), "beta_end": (0.012,),
-    "num_train_timesteps": (1000,), "trained_betas": (None,), "rescale_betas_zero_snr": (False,),
+    "num_train_timesteps": (1000,), "trained_betas": (None,),
+    "rescale_betas_zero_snr": (False, True),  # True: the zero-terminal-SNR rescale (markers.META_ZSNR)
     "prediction_type": (None, "epsilon", "v_prediction"),
 }
 

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import CheckpointError
 from . import detect as D
+from .markers import META_ZSNR
 from .diffusers_config import check_scheduler, text_encoder_config, unet_config, vae_config
 from .families import SUPPORTED, family_message, unsupported_pipeline
 from .files import read_state_dict
@@ -101,6 +102,8 @@ def read_diffusers_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str
         pred = sched.get("prediction_type")
         if pred:
             metadata[D.META_PREDICTION] = "v" if pred == "v_prediction" else pred
+        if sched.get("rescale_betas_zero_snr"):
+            metadata[META_ZSNR] = "true"
     if unet_json.get("sample_size"):
         side = int(unet_json["sample_size"]) * vae_cfg.downscale
         metadata[D.META_RESOLUTION] = f"{side}x{side}"

@@ -13,6 +13,7 @@ from . import detect as D
 from .diffusers_folder import is_diffusers_folder, read_diffusers_folder
 from .files import read_metadata, read_state_dict
 from .keymap_vae import fix_ldm_vae_shapes
+from .markers import marker_metadata
 
 
 def read_checkpoint(path, prediction: C.Prediction | None = None
@@ -25,6 +26,7 @@ def read_checkpoint(path, prediction: C.Prediction | None = None
             raise CheckpointError(path, str(e)) from None
     else:
         sd, metadata = read_state_dict(path), read_metadata(path)
+        metadata = {**metadata, **marker_metadata(sd)}  # the EDM bounds its marker tensors hold
     sd = fix_vae(sd)
     cfg = D.detect({k: tuple(v.shape) for k, v in sd.items()}, str(path), metadata, prediction)
     return sd, metadata, cfg

@@ -14,7 +14,7 @@ from ..models.config import ModelConfig
 from ..models.stable_diffusion import StableDiffusion
 from ..models.unet import reuse_context_kv
 from ..pipeline.conditioning import PromptConditioner
-from ..sampling.model_sampling import ModelSampling
+from ..sampling.model_sampling import ModelSampling, continuous_sampling
 from .base import Family
 
 
@@ -39,7 +39,7 @@ class UNetFamily(Family):
 
     def finish(self, loaded, explicit_prediction) -> None:
         cfg = loaded.config
-        if cfg.family == "sd2" and not cfg.inpainting and explicit_prediction is None:
+        if cfg.family == "sd2" and not cfg.inpainting and explicit_prediction is None and cfg.edm is None:
             guessed = guess_sd2_prediction(loaded.model)
             if guessed != cfg.prediction:
                 loaded.config = loaded.model.config = replace(cfg, prediction=guessed,
@@ -68,7 +68,10 @@ class UNetFamily(Family):
         return reuse_context_kv(model.unet)
 
     def sampling(self, pipe, width, height, shift=None) -> ModelSampling:
-        return ModelSampling(pipe.schedule, pipe.config.prediction)
+        cfg = pipe.config
+        if cfg.edm is not None:  # CosXL: continuous sigmas in EDM's time, as ModelSamplingContinuousEDM
+            return continuous_sampling("edm", cfg.prediction, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.edm.sigma_data)
+        return ModelSampling(pipe.schedule, cfg.prediction, zsnr=cfg.zsnr)  # Pipeline rescaled a zsnr schedule
 
     def conditioner(self, pipe, clip_skip, **text):
         return PromptConditioner(pipe.model, pipe.tokenizer, pipe.device, pipe.embeddings, clip_skip, **text)

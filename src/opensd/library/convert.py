@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import detect as D
-from ..checkpoints import reader
+from ..checkpoints import markers, reader
 from ..checkpoints.diffusers_folder import is_diffusers_folder
 from ..checkpoints.files import save_safetensors
 from ..checkpoints.keymap_clip import clip_to_transformers
@@ -30,7 +30,8 @@ from ..models.stable_diffusion import SGM_FAMILIES
 EMA = "model_ema."
 Progress = Callable[[int, int], None]  # (done, total); may raise to stop (nothing is written then)
 # Keys that are not part of the model proper: kept in fp32 when halving (the noise schedule).
-_SCHEDULE_KEYS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_", "log_one_minus", "posterior_")
+_SCHEDULE_KEYS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_", "log_one_minus", "posterior_",
+                  *markers.KEYS)  # the markers' EDM sigma bounds stay exact too
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -120,6 +121,9 @@ def convert_to_diffusers(src, output, *, half: bool = False, ema_only: bool = Fa
     out = check_output(output, [src], overwrite)
     report(0, 3)
     sd, _, cfg = read_checkpoint(src)
+    if getattr(cfg, "edm", None) is not None:  # diffusers' EDM schedulers are not a folder form we read back
+        raise InvalidArgument(f"model: {Path(src).name} is a continuous-time EDM model (CosXL); convert it to "
+                              ".safetensors, which keeps its sigma bounds")
     report(1, 3)
     sd = prune(sd, half=half, ema_only=ema_only)
     report(2, 3)
@@ -181,7 +185,7 @@ def _write_diffusers(sd, cfg: C.ModelConfig, root: Path) -> None:
         "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
         "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "steps_offset": 1,
         "prediction_type": "v_prediction" if cfg.prediction == "v" else "epsilon",
-        "timestep_spacing": "leading"})
+        "rescale_betas_zero_snr": cfg.zsnr, "timestep_spacing": "leading"})
     te_classes = {"text_encoder": ["transformers", "CLIPTextModel"],
                   "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}
     index = {"unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],

@@ -22,7 +22,7 @@ from ..models import config as C
 from ..text.embeddings import load_embedding
 from ..training.lora_train import BASE_VERSION
 from .hashes import default_cache, embedding_hash, lora_hash, model_hash, shorthash
-from .model_info import checkpoint_config
+from .model_info import checkpoint_config, schedule_name
 from .models_dir import ModelFile
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def _checkpoint(path: Path) -> tuple[str | None, str]:
     if cfg is None:
         return None, "diffusers folder" if path.is_dir() else ""
     extra = ", inpainting" if cfg.inpainting else ", instruct-pix2pix (edit)" if cfg.edit else ""
-    return cfg.family, f"{cfg.resolution} px, {cfg.prediction}{extra}"
+    schedule = {"zero_terminal_snr": ", zero terminal SNR", "edm": ", EDM"}.get(schedule_name(cfg), "")
+    return cfg.family, f"{cfg.resolution} px, {cfg.prediction}{schedule}{extra}"
 
 
 def _lora(entries: dict, metadata: dict[str, str]) -> tuple[str | None, str]:

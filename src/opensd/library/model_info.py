@@ -39,3 +39,13 @@ def checkpoint_config(path: Path) -> ModelConfig | None:
     with _lock:
         _cache[key] = cfg
     return cfg
+
+
+def schedule_name(cfg) -> str | None:
+    """How a detected checkpoint's noise levels run: "discrete" (1000 timesteps), "zero_terminal_snr"
+    (those rescaled) or "edm" (continuous sigmas); None for an unknown model."""
+    if cfg is None:
+        return None
+    if getattr(cfg, "edm", None) is not None:
+        return "edm"
+    return "zero_terminal_snr" if getattr(cfg, "zsnr", False) else "discrete"

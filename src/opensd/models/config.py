@@ -103,6 +103,15 @@ class TextEncoderConfig:
 
 
 @dataclass(frozen=True)
+class ContinuousEDM:
+    """A network trained on continuous sigmas in EDM's time (0.25 ln sigma), such as CosXL: the
+    bounds its sigma schedules span and the data deviation its input/output scalings use."""
+    sigma_min: float = 0.002
+    sigma_max: float = 120.0
+    sigma_data: float = 1.0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     family: Family
     unet: UNetConfig
@@ -110,6 +119,10 @@ class ModelConfig:
     text_encoders: tuple[TextEncoderConfig, ...]
     prediction: Prediction = "eps"
     resolution: int = 512  # native image side in pixels, the default width/height
+    # The training schedule rescaled to zero terminal SNR (Lin et al. 2023; NoobAI/Illustrious v-pred).
+    zsnr: bool = False
+    # Set for continuous-time EDM models (CosXL, CosXL Edit); None: 1000 discrete timesteps.
+    edm: ContinuousEDM | None = None
 
     @property
     def inpainting(self) -> bool:

@@ -3,7 +3,8 @@ latent of the image being edited (timbrooks' instruct-pix2pix, SDXL edit models 
 
 * The image channels are the init image's VAE posterior mode, unscaled: what the model was trained
   on (`encode(x).mode()`), what diffusers' pipeline, ComfyUI's SD1 edit model and A1111 up to 1.5
-  feed it (A1111 1.6+ passes it through its scaled encode; not followed). Without an image
+  feed it (A1111 1.6+ passes it through its scaled encode; not followed). CosXL Edit (an SDXL
+  edit model with continuous EDM v-prediction) takes it scaled instead. Without an image
   (txt2img) they are zeros, as ComfyUI does (A1111's txt2img builds inpainting channels, which an
   8-channel UNet cannot take).
 * Guidance is three-way (diffusers, A1111's edit path): with u0 = negative prompt without the image,
@@ -29,6 +30,12 @@ def is_edit(config) -> bool:
     return config.edit
 
 
+def takes_scaled_image(config) -> bool:
+    """Whether the edit model's image channels take the scaled latent: CosXL Edit (a continuous EDM
+    model) was trained so, as ComfyUI feeds it; InstructPix2Pix models take the raw one."""
+    return getattr(config, "edm", None) is not None
+
+
 def image_guided(pipe, p) -> bool:
     """Whether this generation runs the third (image-unconditional) row."""
     s = p.image_cfg_scale
@@ -40,7 +47,7 @@ def image_channels(pipe, latent: torch.Tensor | None, width: int = 0, height: in
     it, scaled) unscaled, as A1111 encodes the same (filled) init image; without one, zeros of the
     image's `width` x `height`."""
     if latent is not None:
-        return pipe.config.vae.unscaled(latent)
+        return latent if takes_scaled_image(pipe.config) else pipe.config.vae.unscaled(latent)
     down = pipe.config.vae.downscale
     return torch.zeros(1, pipe.config.latent_channels, height // down, width // down, device=pipe.device)
 

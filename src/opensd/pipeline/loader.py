@@ -18,6 +18,7 @@ from torch import nn
 
 from .. import families
 from ..checkpoints import detect as D
+from ..checkpoints import markers
 from ..checkpoints.diffusers_folder import is_diffusers_folder, read_index
 from ..checkpoints.files import read_metadata, read_state_dict
 from ..checkpoints.keymap_vae import vae_from_diffusers
@@ -32,10 +33,12 @@ log = logging.getLogger(__name__)
 
 # Keys real checkpoints carry that no module consumes: the training-time diffusion buffers
 # (alphas_cumprod is read separately as the noise schedule), EMA copies, the VAE's training loss,
-# and the text encoder's position-id buffer that older transformers versions saved.
+# the text encoder's position-id buffer that older transformers versions saved, and the marker
+# tensors that say what the model predicts (checkpoints/markers.py).
 _IGNORED = re.compile(
     r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_\w+|log_one_minus_alphas_cumprod|posterior_\w+"
-    r"|logvar|lvlb_weights|model_ema\..*|first_stage_model\.loss\..*|.*\.position_ids)$")
+    r"|logvar|lvlb_weights|model_ema\..*|first_stage_model\.loss\..*|.*\.position_ids"
+    + "".join("|" + re.escape(k) for k in markers.KEYS) + ")$")
 
 
 @dataclass
@@ -65,6 +68,7 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     path = Path(path)
     prediction = prediction or _sidecar_prediction(path)
     family, sd, metadata, cfg = read_model(path, prediction)
+    declared = prediction or D.declared_prediction(sd, metadata)  # before building takes tensors out of sd
     text_encoders, vae = _with_found_parts(family, sd, path, list(text_encoders), vae)
     parts = [Path(p) for p in text_encoders]
     if parts:
@@ -88,7 +92,7 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     if alphas is not None and alphas.ndim != 1:
         alphas = None
     loaded = LoadedModel(path, cfg, model, alphas.float() if alphas is not None else None, unknown, part_paths=parts)
-    family.finish(loaded, prediction or D.prediction_from_metadata(metadata))
+    family.finish(loaded, declared)
     return loaded
 
 
@@ -114,6 +118,7 @@ def read_model(path: Path, prediction: C.Prediction | None = None
             raise CheckpointError(path, str(e)) from None
     else:
         sd, metadata = read_state_dict(path, keep_quantized=True), read_metadata(path)
+    metadata = {**metadata, **markers.marker_metadata(sd)}  # the EDM bounds its marker tensors hold
     sd = fix_vae(sd)
     found, cfg = families.detect({k: tuple(v.shape) for k, v in sd.items()}, metadata, str(path), prediction)
     return found, found.canonical(sd, cfg), metadata, cfg

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import detect as D
+from ..checkpoints import markers
 from ..checkpoints.diffusers_config import unet_config
 from ..checkpoints.files import read_metadata, read_state_dict
 from ..checkpoints.keymap_clip import clip_from_transformers
@@ -92,7 +93,7 @@ def load_unet(path, device: str | None = None, precision: str = "fp32") -> Pipel
             raise CheckpointError(path, "a diffusers-layout UNet file needs its config.json beside it")
         sd = unet_from_diffusers(sd, unet_config(json.loads(config.read_text(encoding="utf-8"))))
     if "input_blocks.0.0.weight" in sd:  # ComfyUI's diffusion_models files: the UNet without prefix
-        sd = {D.UNET + k: v for k, v in sd.items()}
+        sd = {k if k in markers.KEYS else D.UNET + k: v for k, v in sd.items()}
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     if D.UNET + "input_blocks.0.0.weight" not in shapes:
         raise CheckpointError(path, "not a diffusion model (UNet): " + D.what_else(shapes, D.UNET))
@@ -116,8 +117,10 @@ def load_unet(path, device: str | None = None, precision: str = "fp32") -> Pipel
     vae = base.vae
     if D.META_SCALING in metadata:
         vae = replace(vae, scaling_factor=float(metadata[D.META_SCALING]))
-    declared = D.prediction_from_metadata(metadata)
+    metadata = {**metadata, **markers.marker_metadata(sd)}
+    declared = D.declared_prediction(shapes, metadata)
     cfg = replace(base, unet=ucfg, vae=vae, prediction=declared or ("v" if base.family == "sd2" else "eps"))
+    cfg = markers.with_sampling(cfg, shapes, metadata, str(path))
     pipe = _pipeline(path, cfg, sd, (D.UNET,), *_where(device, precision, cfg), None if alphas is None else alphas.float())
     if base.family == "sd2" and declared is None:
         guessed = guess_sd2_prediction(pipe.model)

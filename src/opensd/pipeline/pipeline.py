@@ -76,7 +76,13 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec, PromptEncoding, GenerationExt
         self.vae_encoder = "full"  # "taesd": encode (img2img, hires, inpainting) with the tiny encoder
         self._next_preview = 0.0  # monotonic time before which preview() skips the tiny decoder
         self.tokenizer = default_tokenizer()
-        self.alphas_cumprod = loaded.alphas_cumprod if loaded.alphas_cumprod is not None else scaled_linear_alphas_cumprod()
+        # The 1000-step schedule as the file gives it (ComfyUI's ModelSamplingDiscrete starts from it),
+        # and the one the model samples on: rescaled to zero terminal SNR where its "ztsnr" marker says.
+        self.trained_alphas_cumprod = loaded.alphas_cumprod if loaded.alphas_cumprod is not None \
+            else scaled_linear_alphas_cumprod()
+        self.alphas_cumprod = self.trained_alphas_cumprod
+        if getattr(loaded.config, "zsnr", False):
+            self.alphas_cumprod = SO.rescale_zero_terminal_snr(self.trained_alphas_cumprod)
         self.schedule = DiscreteSchedule(self.alphas_cumprod)
         self._interrupt = False
         self._cond_cache: dict = {}

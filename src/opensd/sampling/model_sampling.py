@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InvalidArgument
 from .denoiser import Denoiser
 from .samplers import get_sampler
+from .schedule_options import rescale_zero_terminal_snr
 from .schedules import DiscreteSchedule
 
 
@@ -26,6 +28,7 @@ class ModelSampling:
     schedule: DiscreteSchedule   # the sigmas the schedulers (KSampler, BasicScheduler...) are built from
     prediction: str = "eps"      # "eps", "v", "x0" or "lcm"
     skip: int = 1                # the distilled schedule's stride over the model's timesteps (LCM: 20)
+    zsnr: bool = False           # the schedule was rescaled to zero terminal SNR (saved checkpoints say so)
 
     @property
     def sigma_max(self) -> float:
@@ -151,3 +154,19 @@ class ContinuousSampling(ModelSampling):
         skip = x * sd2 / (s * s + sd2)
         scaled = out * s * self.sigma_data / (s * s + sd2).sqrt()
         return skip - scaled if self.prediction == "v" else skip + scaled  # "edm": F added
+
+
+def zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
+    """Sigmas of a schedule rescaled to zero terminal SNR (the last one large but finite)."""
+    ab = rescale_zero_terminal_snr(1 / (sigmas.double() ** 2 + 1))
+    return ((1 - ab) / ab).sqrt()
+
+
+def continuous_sampling(time: str, prediction: str, sigma_min: float, sigma_max: float,
+                        sigma_data: float = 1.0) -> ContinuousSampling:
+    """time "edm" (0.25 log sigma) or "v" (atan(sigma) 2 / pi); prediction "eps", "v" or "edm"."""
+    if sigma_min <= 0:
+        raise InvalidArgument(f"sigma_min: must be above 0, not {sigma_min}")
+    if sigma_min >= sigma_max:
+        raise InvalidArgument(f"sigma_min: {sigma_min} must be below sigma_max {sigma_max}")
+    return ContinuousSampling(ContinuousSchedule(sigma_min, sigma_max, time), prediction, sigma_data=sigma_data)

@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from ..errors import InvalidArgument
-from ..library.model_info import checkpoint_config
+from ..library.model_info import checkpoint_config, schedule_name
 from ..pipeline.infotext import parse_infotext, read_infotext
 from ..pipeline.token_count import count_tokens
 from ..text.embeddings import EmbeddingDatabase, load_embeddings
@@ -54,7 +54,8 @@ def checkpoint_list(state) -> list[Checkpoint]:
         cfg = checkpoint_config(m.path)
         out.append(Checkpoint(name=m.name, title=state.cache.title(m.path), hash=state.cache.short_hash(m.path),
                               family=cfg.family if cfg else None, resolution=cfg.resolution if cfg else None,
-                              prediction=cfg.prediction if cfg else None))
+                              prediction=cfg.prediction if cfg else None, schedule=schedule_name(cfg),
+                              edit=bool(cfg and cfg.edit)))
     return out
 
 

@@ -38,7 +38,9 @@ class Checkpoint(BaseModel):
     family: str | None = Field(None, description="sd1, sd2, sdxl, sdxl_refiner or small; null if unknown "
                                                  "before loading")
     resolution: int | None = Field(None, description="native image side in pixels (64, 512, 768, 1024)")
-    prediction: str | None = None
+    prediction: str | None = Field(None, description="eps or v (what the file's markers or metadata say)")
+    schedule: str | None = Field(None, description="discrete, zero_terminal_snr or edm (continuous sigmas)")
+    edit: bool = Field(False, description="an InstructPix2Pix-style edit model: takes image_cfg_scale")
 
 
 class Checkpoints(BaseModel):

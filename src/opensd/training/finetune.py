@@ -30,7 +30,6 @@ from ..atomic import write_atomic
 from ..errors import InvalidArgument
 from ..models.unet import GUIDANCE_RANGE, guidance_embedding
 from ..pipeline.conditioning import PromptConditioner, size_vector
-from ..sampling.schedules import scaled_linear_alphas_cumprod
 from .captions import CaptionOptions, process_caption
 from .finetune_data import Dataset, load_dataset, stack
 from .lr_schedules import SCHEDULERS
@@ -137,13 +136,16 @@ def load_base(path, device: str = "cpu"):
     """The frozen base model as a Pipeline (fp32: training needs full-precision master weights)."""
     from ..pipeline.pipeline import load
     pipe = load(path, device=device, precision="fp32")
+    if getattr(pipe.config, "edm", None) is not None:  # the losses here draw discrete timesteps
+        raise InvalidArgument(f"model: {Path(path).name} is a continuous-time EDM model (CosXL); training "
+                              "one is not supported")
     pipe.model.requires_grad_(False).eval()
     return pipe
 
 
 def alphas_of(pipe) -> torch.Tensor:
-    a = pipe.loaded.alphas_cumprod
-    return (a if a is not None else scaled_linear_alphas_cumprod()).float().to(pipe.device)
+    """The schedule the model samples on (a "ztsnr" model's rescaled one): the one it was trained on."""
+    return pipe.alphas_cumprod.float().to(pipe.device)
 
 
 def open_dataset(opts: CommonOptions, pipe, default_caption: str | None = None, root=None) -> Dataset:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidArgument
 from ..pipeline.conditioning import size_vector
+from ..pipeline.instruct_pix2pix import takes_scaled_image
 
 FEATHER = 8  # cells over which an area's inner edges fade in
 MAX_REFERENCE_PIXELS = 16_000_000  # ReferenceLatent's images, all together: 16 times Kontext's sizes
@@ -144,10 +145,10 @@ def _concat(extra: dict, shape, pipe) -> torch.Tensor | None:
     UNets') rounded, a pixel-size one (Flux Fill's) as it is. Other models have no such channels
     and ignore them."""
     latent, mask = extra.get("concat_latent_image"), extra.get("concat_mask")
-    if latent is not None and pipe.config.edit:  # InstructPixToPixConditioning: the raw latent, as ComfyUI's SD1
+    if latent is not None and pipe.config.edit:  # InstructPixToPixConditioning: the raw latent (CosXL Edit: scaled)
         fitted = F.interpolate(latent.float(), size=shape[2:], mode="bilinear") \
             if tuple(latent.shape[2:]) != tuple(shape[2:]) else latent.float()
-        return fitted.to(pipe.device)
+        return (pipe.config.vae.scaled(fitted) if takes_scaled_image(pipe.config) else fitted).to(pipe.device)
     if latent is None or mask is None or not pipe.config.inpainting:
         return None
     h, w = shape[2:]

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import InvalidArgument
-from ..sampling.model_sampling import ContinuousSampling, ContinuousSchedule, ModelSampling
-from ..sampling.schedule_options import rescale_zero_terminal_snr
+from ..sampling.model_sampling import ModelSampling, zero_terminal_snr
 from ..sampling.schedules import DiscreteSchedule
 
 PREDICTIONS = ("eps", "v", "x0", "lcm")
@@ -25,11 +23,6 @@ LCM_STEPS = 50
 def default_sampling(pipe):
     """The checkpoint's own (a ModelSampling, or a FlowSampling at the family's size-free default)."""
     return pipe.model_sampling()
-
-
-def zero_terminal_snr(sigmas: torch.Tensor) -> torch.Tensor:
-    ab = rescale_zero_terminal_snr(1 / (sigmas.double() ** 2 + 1))
-    return ((1 - ab) / ab).sqrt()
 
 
 def model_sampling(base: DiscreteSchedule, sampling: str, zsnr: bool) -> ModelSampling:
@@ -42,18 +35,8 @@ def model_sampling(base: DiscreteSchedule, sampling: str, zsnr: bool) -> ModelSa
     if prediction == "lcm":
         skip = len(sigmas) // LCM_STEPS
         sigmas = torch.stack([sigmas[len(sigmas) - 1 - i * skip] for i in range(LCM_STEPS)]).flip(0)
-    return ModelSampling(DiscreteSchedule(1 / (sigmas ** 2 + 1)), prediction, skip)
+    return ModelSampling(DiscreteSchedule(1 / (sigmas ** 2 + 1)), prediction, skip, zsnr)
 
-
-
-def continuous_sampling(time: str, prediction: str, sigma_min: float, sigma_max: float,
-                        sigma_data: float = 1.0) -> ContinuousSampling:
-    """time "edm" (0.25 log sigma) or "v" (atan(sigma) 2 / pi); prediction "eps", "v" or "edm"."""
-    if sigma_min <= 0:
-        raise InvalidArgument(f"sigma_min: must be above 0, not {sigma_min}")
-    if sigma_min >= sigma_max:
-        raise InvalidArgument(f"sigma_min: {sigma_min} must be below sigma_max {sigma_max}")
-    return ContinuousSampling(ContinuousSchedule(sigma_min, sigma_max, time), prediction, sigma_data=sigma_data)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ SDXL's conditioner.*), first_stage_model.* -- each branch's LoRAs (and CLIPAtten
 factors) baked in, in its weights' dtype.
 Named as SaveImage names its files (checkpoints/ComfyUI_00001_.safetensors), inside the output
 folder only, with ComfyUI's metadata: modelspec for SDXL base and refiner, the prediction key, the
-prompt and the workflow; v-prediction models get the "v_pred" marker tensor and continuous ones
-(ModelSamplingContinuousEDM/V v_prediction) their sigma bounds, which loaders read back.
+prompt and the workflow; v-prediction models get the "v_pred" marker tensor (and "ztsnr" on a
+zero-terminal-SNR schedule) and continuous ones (ModelSamplingContinuousEDM/V v_prediction, a
+CosXL checkpoint's own) their sigma bounds, which loaders read back (checkpoints/markers.py).
 
 The three parts must fit one model: the CLIP's and the VAE's tensors the names and shapes the
 MODEL's checkpoint has for them. Stable Diffusion 1.x/2.x/XL models only. ModelSave writes the
@@ -49,14 +50,26 @@ def _copy(ref, part: str, param: str, expected: dict[str, torch.Tensor]) -> dict
 def _extra(model, pipe) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """ComfyUI's prediction metadata and marker tensors."""
     metadata, extra = {}, {}
-    if isinstance(model.sampling, ContinuousSampling) and model.sampling.prediction == "v":
-        extra["edm_vpred.sigma_max"] = torch.tensor(model.sampling.sigma_max).float()
-        extra["edm_vpred.sigma_min"] = torch.tensor(model.sampling.sigma_min).float()
-    if pipe.config.prediction == "eps":
+    cfg, sampling = pipe.config, model.sampling
+    own_edm = getattr(cfg, "edm", None)  # a CosXL checkpoint as loaded: its own continuous sampling
+    if isinstance(sampling, ContinuousSampling) and sampling.prediction == "v":
+        bounds = (sampling.sigma_max, sampling.sigma_min)
+    elif sampling is None and own_edm is not None and cfg.prediction == "v":
+        bounds = (own_edm.sigma_max, own_edm.sigma_min)
+    else:
+        bounds = None
+    if bounds is not None:
+        extra["edm_vpred.sigma_max"] = torch.tensor(bounds[0]).float()
+        extra["edm_vpred.sigma_min"] = torch.tensor(bounds[1]).float()
+    if own_edm is not None:  # ComfyUI's type for it is EDM v-prediction: neither key below
+        return metadata, extra
+    if cfg.prediction == "eps":
         metadata["modelspec.predict_key"] = "epsilon"
-    elif pipe.config.prediction == "v":
+    elif cfg.prediction == "v":
         metadata["modelspec.predict_key"] = "v"
         extra["v_pred"] = torch.tensor([])
+        if getattr(sampling, "zsnr", False) if sampling is not None else getattr(cfg, "zsnr", False):
+            extra["ztsnr"] = torch.tensor([])
     return metadata, extra
 
 

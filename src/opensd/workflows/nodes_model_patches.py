@@ -11,9 +11,11 @@ from dataclasses import replace
 
 import torch
 
+from ..sampling.model_sampling import continuous_sampling
+from ..sampling.schedules import DiscreteSchedule
 from .guiders import CfgArgs, perp_neg
 from .ksampler import sampling_of
-from .model_sampling import PlaygroundLatents, continuous_sampling, model_sampling
+from .model_sampling import PlaygroundLatents, model_sampling
 from .nodes_image import upscale
 from .types import NodeDef, register
 from .unet_patches import deep_shrink
@@ -21,7 +23,9 @@ from .unet_patches import deep_shrink
 
 def model_sampling_discrete(call, model, sampling, zsnr):
     model.pipe.family.require("discrete_sampling", "model")
-    return (replace(model, sampling=model_sampling(model.pipe.schedule, sampling, zsnr)),)
+    # from the file's own schedule, as ComfyUI: zsnr False undoes a "ztsnr" checkpoint's rescale
+    trained = DiscreteSchedule(model.pipe.trained_alphas_cumprod)
+    return (replace(model, sampling=model_sampling(trained, sampling, zsnr)),)
 
 
 register(NodeDef(

@@ -1,7 +1,8 @@
 // The generation settings that Generate and img2img/inpaint share: prompt and negative prompt (token
 // counter; LoRA and embedding pickers, styles), model, VAE, sampler, schedule, steps, CFG, size with the
 // model family's presets, seed (random, reuse), batch, CLIP skip, the variation seed, the Advanced card
-// (sampler knobs, refiner) and the active ControlNet units. A tab puts the cards in its own <form>
+// (sampler knobs, refiner) and the active ControlNet units; the image CFG scale only while the model
+// is an edit model (InstructPix2Pix, CosXL Edit). A tab puts the cards in its own <form>
 // (which remembers the named controls), adds its own fields and builds its request from request().
 import { advancedSettings } from "./advanced_settings.js";
 import { api } from "./api.js";
@@ -41,6 +42,10 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   const presets = h("div", { class: "presets", role: "group", "aria-label": "Size presets" });
   const pickers = h("div", { class: "stack" });
   const controlnet = h("p", { class: "muted controlnet-note", role: "status" });
+  // how strongly an edit model keeps to the given image (A1111's image_cfg_scale; 1 = not at all)
+  const imageCfgField = slider("Image CFG scale", "image_cfg_scale", { min: 0, max: 3, step: 0.05, value: 1.5 });
+  const imageCfg = imageCfgField.querySelector("input[name=image_cfg_scale]");
+  imageCfgField.hidden = true;
 
   const promptCard = h("div", { class: "card stack" }, prompt.element, negative.element, pickers);
   const settingsCard = h("div", { class: "card stack" },
@@ -48,6 +53,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       field("Sampler", sampler), field("Schedule type", scheduler)),
     stepsField,
     slider("CFG scale", "cfg_scale", { min: 1, max: 30, step: 0.5, value: 7 }),
+    imageCfgField,
     h("div", { class: "row" }, field("Width", width),
       h("button", { type: "button", class: "icon-button", "aria-label": "Swap width and height",
         onclick: () => { [width.value, height.value] = [height.value, width.value]; touch(width); } }, icon("swap")),
@@ -99,9 +105,12 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       return h("button", { type: "button", title: `${a}:${b}`, onclick: () => setSize(w, hh) }, `${w}×${hh}`);
     }));
   }
+  const isEdit = () => Boolean(familyOf(model.value)?.edit);
+  function showImageCfg() { imageCfgField.hidden = !isEdit(); }
   model.addEventListener("change", () => {
     if (sizeFollowsModel) setSize(nativeSize());
     showPresets();
+    showImageCfg();
   });
   function showPickers(loras, embeddings) {
     clear(pickers,
@@ -114,6 +123,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
         api.get("/sdapi/v1/embeddings")]);
       checkpoints = c.items;
       setOptions(model, checkpoints.map((x) => [x.name, x.title]), model.value);
+      showImageCfg();
       for (const view of checkpointViews) view.setCheckpoints(checkpoints.map((x) => x.name));
       showPickers(l, e);
     } catch (err) { toast(err.message, "error"); }
@@ -151,6 +161,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       const remembered = loadForm(form, key);
       if (!("width" in remembered) && sizeFollowsModel) setSize(nativeSize());
       showPresets();
+      showImageCfg();
       prompt.refresh();
       negative.refresh();
       styles.refresh();
@@ -171,6 +182,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
         width: int(width), height: int(height), seed: int(seed), n_iter: int(nIter), batch_size: int(batchSize),
         send_images: false,
         override_settings: { sd_model_checkpoint: model.value, sd_vae: vae.value, CLIP_stop_at_last_layers: int(clipSkip) },
+        ...(isEdit() ? { image_cfg_scale: Number(imageCfg.value) } : {}),
         ...advanced.request(),
         ...controlnetFields(img2img),
       };
@@ -191,6 +203,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
         if (value !== undefined && value !== null) el.value = value;
       };
       set("steps", req.steps); set("cfg_scale", req.cfg_scale); set("width", req.width); set("height", req.height);
+      set("image_cfg_scale", req.image_cfg_scale);
       set("seed", req.seed);
       nIter.value = 1; batchSize.value = 1;
       if (req.sampler_name && !choose(sampler, req.sampler_name)) toast(`Sampler ${req.sampler_name} is not available`, "error");
@@ -200,7 +213,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       set("subseed", req.subseed ?? -1); set("subseed_strength", req.subseed_strength ?? 0);
       const o = req.override_settings || {};
       clipSkip.value = o.CLIP_stop_at_last_layers ?? 1;
-      if (o.sd_model_checkpoint) { choose(model, o.sd_model_checkpoint); showPresets(); }
+      if (o.sd_model_checkpoint) { choose(model, o.sd_model_checkpoint); showPresets(); showImageCfg(); }
       vae.value = o.sd_vae && choose(vae, o.sd_vae) ? vae.value : "Automatic";
       styles.set(req.styles || []); // an image's infotext has its styles in its prompt already
       advanced.apply(req);
