@@ -29,7 +29,7 @@ from opensd.errors import CheckpointError
 
 from .tensor_checks import check_tensor
 
-__all__ = ["TorchFormat", "first_line", "load_torch"]
+__all__ = ["TorchFormat", "first_line", "load_torch", "load_torch_tree"]
 
 # The two pickle containers opensd.checkpoints.files can sniff.
 TorchFormat = Literal["torch-zip", "torch-legacy"]
@@ -313,6 +313,13 @@ def _flatten(path: Path, obj: Mapping) -> dict[str, torch.Tensor]:
 
     walk(obj, "", 0)
     return out
+
+
+def load_torch_tree(path: Path, fmt: TorchFormat):
+    """The whole object the pickle holds (dicts, tuples, lists, numbers, strings, tensors on the
+    CPU), read with the same refusals as :func:`load_torch`, for files that are not a flat state
+    dict (A1111 hypernetworks keep a pair of state dicts per width). The caller checks its tensors."""
+    return _torch_load(Path(path), fmt)
 
 
 def load_torch(path: Path, fmt: TorchFormat, device: torch.device) -> dict[str, torch.Tensor]:
