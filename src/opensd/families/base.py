@@ -35,6 +35,7 @@ Shapes = Mapping[str, tuple[int, ...]]
 # Add-ons written for one kind of network, by the name families list them under.
 ADAPTERS = {"lora": "LoRA", "controlnet": "ControlNet", "freeu": "FreeU", "ldm_config": "an LDM yaml config",
             "ip_adapter": "IP-Adapter",
+            "hypernetwork": "a hypernetwork (it transforms a UNet's attention keys and values)",
             "deep_cache": "DeepCache (it skips a UNet's deep blocks)",
             "attention_speedups": "token merging / Hypertile (they patch a UNet's self-attention)",
             "pag": "PerturbedAttentionGuidance (it patches a UNet's middle-block self-attention)",
