@@ -151,3 +151,16 @@ def test_cli_hypernet_flag_and_prompt_tag(root, tmp_path):
     assert np.array_equal(outs["flag"], outs["tag"]) and np.array_equal(outs["flag"], outs["path"])
     assert "<hypernet:anime:0.8>" in read_infotext(tmp_path / "tag.png")
     assert main(["generate", "a cat", "--hypernet", "nowhere", *fast, "-o", str(tmp_path / "x.png")]) == 2
+
+
+def test_ray_shipping_includes_the_prompts_hypernetworks(root):
+    from types import SimpleNamespace
+
+    from opensd.distributed.shipping import a1111_files
+    models = root / "models"
+    state = SimpleNamespace(folders=ModelFolders(models, include_builtin=False))
+    payload = {"model_path": str(models / "Stable-diffusion" / "tiny.safetensors"), "kwargs": {},
+               "prompt": "a cat <hypernet:soft:0.5>"}
+    files = a1111_files(state, payload)
+    assert ("hypernetworks", (models / "hypernetworks" / "sub" / "soft.pt").resolve()) in \
+        [(k, p.resolve()) for k, p in files]
