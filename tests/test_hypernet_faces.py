@@ -164,3 +164,11 @@ def test_ray_shipping_includes_the_prompts_hypernetworks(root):
     files = a1111_files(state, payload)
     assert ("hypernetworks", (models / "hypernetworks" / "sub" / "soft.pt").resolve()) in \
         [(k, p.resolve()) for k, p in files]
+
+
+def test_old_infotexts_hypernet_setting_reads_back_as_a_prompt_tag():
+    from opensd.pipeline.infotext import parse_infotext
+    from opensd.pipeline.infotext_params import recorded
+    text = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Hypernet: anime, Hypernet strength: 0.5"
+    assert recorded(*parse_infotext(text)).prompt == "a cat<hypernet:anime:0.5>"
+    assert recorded(*parse_infotext(text.replace(", Hypernet strength: 0.5", ""))).prompt == "a cat<hypernet:anime:1.0>"

@@ -326,6 +326,8 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
             raise InvalidArgument(f"{where}: {key}: {params[key]!r} is not a valid value") from None
 
     settings = {name: value(key, kind) for key, (name, kind) in _SETTINGS.items() if key in params}
+    if "Hypernet" in params:  # A1111 before 1.0 kept it as a setting; it reads that back as a prompt tag
+        prompt += f"<hypernet:{params['Hypernet']}:{params.get('Hypernet strength', '1.0')}>"
     if settings.get("scheduler") == "Automatic":
         del settings["scheduler"]
     settings["inpaint_full_res"] = params.get("Inpaint area") == "Only masked"
