@@ -21,6 +21,11 @@ class HypernetMethods:
         """(path, strength) pairs applied to every generation from now on, before the prompt's tags."""
         self._hypernet_specs = tuple((Path(p), float(s)) for p, s in specs)
 
+    @property
+    def hypernet_specs(self) -> list[tuple[Path, float]]:
+        """The hypernetworks set_hypernets gave (the prompt's tags not included)."""
+        return list(self._hypernet_specs)
+
     def resolve_hypernet(self, name: str) -> Path:
         """A hypernetwork by prompt name, in the hypernetworks folder of hypernet_folders."""
         return find_in_folders(self.hypernet_folders, "hypernetworks", name,
