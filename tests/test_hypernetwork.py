@@ -44,6 +44,11 @@ def _kv_calls(unet, run):
     return seen
 
 
+def _part(unet, proj) -> int:
+    """0 for a to_k (the file's first MLP of the pair), 1 for a to_v."""
+    return 0 if any(proj is a.to_k for a in unet.modules() if isinstance(a, CrossAttention)) else 1
+
+
 CASES = [
     dict(act="linear"),
     dict(act="relu"),
@@ -67,7 +72,7 @@ def test_k_and_v_inputs_go_through_the_mlp_written_out(unet, tmp_path, case):
     assert len({int(p.in_features) for p, _, _ in calls}) == 2  # both widths met, self- and cross-attention
     for proj, inp, out in calls:
         (pair, steps) = ref[proj.in_features]
-        part = 0 if any(proj is a.to_k for a in unet.modules() if isinstance(a, CrossAttention)) else 1
+        part = _part(unet, proj)
         want = torch.nn.functional.linear(reference(inp, pair[part], steps, case["act"], 0.7), proj.weight)
         torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(out, proj(inp), atol=1e-3)
@@ -199,3 +204,19 @@ def test_prompt_tags_and_command_line_form():
     assert parse_hypernet_arg("anime:0.5") == ("anime", 0.5)
     assert parse_hypernet_arg("C:/h/anime.pt:-1") == ("C:/h/anime.pt", -1.0)
     assert parse_hypernet_arg("C:/h/anime.pt") == ("C:/h/anime.pt", 1.0)
+
+
+def test_a_half_precision_network_gets_float32_mlps_cast_back(tmp_path):
+    model = StableDiffusion(TINY)
+    model.load_state_dict(random_state_dict(TINY, seed=1))
+    unet = model.unet.to(torch.bfloat16).eval()
+    ref = write_hypernet(tmp_path / "h.pt", DIMS, act="tanh", layer_norm=True, seed=7)
+    hn = read_hypernetwork(tmp_path / "h.pt")
+    x, t, ctx = _inputs(3)
+    with hypernetworks_applied(unet, [(hn, 0.9)]):
+        calls = _kv_calls(unet, lambda: unet(x.bfloat16(), t, ctx.bfloat16()))
+    for proj, inp, out in calls[:4]:
+        pair, steps = ref[proj.in_features]
+        part = _part(unet, proj)
+        want = torch.nn.functional.linear(reference(inp, pair[part], steps, "tanh", 0.9).bfloat16(), proj.weight)
+        assert out.dtype == torch.bfloat16 and torch.equal(out, want)

@@ -45,7 +45,7 @@ PROMPT_KIND = "hypernet"
 _NAMED = {"linear": nn.Identity, "relu": nn.ReLU, "leakyrelu": nn.LeakyReLU, "elu": nn.ELU,
           "swish": nn.Hardswish, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "softsign": nn.Softsign, "mish": nn.Mish}
 MAX_LAYERS = 16
-MAX_WIDTH = 8192   # widest layer, in features: far past SDXL's 2048-wide context times 2
+MAX_WIDTH = 1 << 16  # widest layer, in features (layers are built on the meta device, checked against the file)
 MAX_STRENGTH = 100.0
 
 
@@ -85,6 +85,8 @@ class HypernetMLP(nn.Module):
         self.linear = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        if self.linear[0].weight.device != x.device:  # follows the network (offloading moves it per call)
+            self.to(x.device)
         x32 = x.float()
         return (x32 + self.linear(x32) * strength).to(x.dtype)
 
@@ -99,12 +101,6 @@ class Hypernetwork:
     @property
     def name(self) -> str:
         return self.path.stem
-
-    def to(self, device) -> "Hypernetwork":
-        for pair in self.layers.values():
-            for mlp in pair:
-                mlp.to(device)
-        return self
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -263,9 +259,6 @@ def hypernetworks_applied(network: nn.Module, nets: Sequence[tuple[Hypernetwork,
     if not nets:
         yield
         return
-    device = next(network.parameters()).device
-    for hn, _ in nets:
-        hn.to(device)
     hooked = hooked_projections(network, nets)
     if not hooked and any(s != 0 for _, s in nets):
         widths = sorted({m.to_k.in_features for m in network.modules() if isinstance(m, CrossAttention)})
