@@ -101,6 +101,14 @@ def test_a1111_lists_hypernetworks_and_applies_prompt_tags(client, root):
     assert np.array_equal(by_setting, _txt2img(client, "noise<hypernet:anime:1.0>")[0])
 
 
+def test_comfyui_routes_list_the_hypernetworks_folder(client):
+    assert client.get("/models/hypernetworks").json() == ["anime.pt", "sub/soft.pt"]
+    assert "hypernetworks" in [f["name"] for f in client.get("/api/experiment/models").json()]
+    info = client.get("/object_info/HypernetworkLoader").json()["HypernetworkLoader"]
+    assert info["input"]["required"]["hypernetwork_name"][0] == ["anime.pt", "sub/soft.pt"]
+    assert info["python_module"] == "comfy_extras.nodes_hypernetwork" and info["category"] == "loaders"
+
+
 def test_a1111_refuses_unknown_names_and_bad_multipliers(client):
     base = {"steps": 1, "width": 64, "height": 64, "override_settings": {"sd_model_checkpoint": "tiny.safetensors"}}
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x <hypernet:nowhere:1>", **base})
