@@ -180,3 +180,14 @@ def test_old_infotexts_hypernet_setting_reads_back_as_a_prompt_tag():
     text = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Hypernet: anime, Hypernet strength: 0.5"
     assert recorded(*parse_infotext(text)).prompt == "a cat<hypernet:anime:0.5>"
     assert recorded(*parse_infotext(text.replace(", Hypernet strength: 0.5", ""))).prompt == "a cat<hypernet:anime:1.0>"
+
+
+def test_cli_from_an_image_reapplies_its_hypernet_flags(root, tmp_path):
+    models = root / "models"
+    fast = ["--steps", "2", "--seed", "5", "--width", "64", "--height", "64", "--models-dir", str(models), "-m", "tiny"]
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    assert main(["generate", "a cat", "--hypernet", "anime:0.8", "--hypernet", "soft", *fast, "-o", str(first)]) == 0
+    assert 'Extra hypernets: "anime: 0.8, soft: 1"' in read_infotext(first)
+    assert main(["generate", "--from", str(first), "--models-dir", str(models), "-o", str(again)]) == 0
+    assert np.array_equal(_px(Image.open(first)), _px(Image.open(again)))
+    assert "Extra hypernets" in read_infotext(again)

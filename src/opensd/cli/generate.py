@@ -465,7 +465,8 @@ def _infotexts(pipe, images, args: argparse.Namespace, controls, loras, vae) -> 
     hash_ = model_hash(path) if path.is_file() else None
     return [image_infotext(pipe, image, img2img=args.init_image is not None,
                            mask=args.mask is not None or bool(args.outpaint), model_hash=hash_, vae=vae,
-                           controls=controls, extra_loras=loras) for image in images]
+                           controls=controls, extra_loras=loras, extra_hypernets=pipe.hypernet_specs)
+            for image in images]
 
 
 def _save(image, out: Path, text: str) -> None:
