@@ -59,7 +59,7 @@ def activation(name) -> nn.Module:
     if cls is not None:
         try:
             return cls()
-        except TypeError:  # needs arguments a file cannot give (Threshold, Softmax's dim is optional)
+        except TypeError:  # needs arguments a file cannot give (Threshold)
             pass
     raise ValueError(f"unsupported activation_func {name!r} (supported: {', '.join(_NAMED)}, "
                      "or a torch.nn activation without arguments)")
