@@ -191,3 +191,15 @@ def test_cli_from_an_image_reapplies_its_hypernet_flags(root, tmp_path):
     assert main(["generate", "--from", str(first), "--models-dir", str(models), "-o", str(again)]) == 0
     assert np.array_equal(_px(Image.open(first)), _px(Image.open(again)))
     assert "Extra hypernets" in read_infotext(again)
+
+
+def test_models_add_list_and_info_know_hypernetworks(tmp_path, capsys):
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    write_hypernet(tmp_path / "src" / "anime.pt", (768, 320), act="relu", layer_norm=True)
+    assert main(["models", "add", str(tmp_path / "src" / "anime.pt"), "--models-dir", str(models)]) == 0
+    assert (models / "hypernetworks" / "anime.pt").is_file() and "convert" not in capsys.readouterr().err
+    assert main(["models", "list", "--json", "--models-dir", str(models)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["kind"], row["family"]) == ("hypernetworks", "sd1")
+    assert row["detail"] == "widths 320, 768; layers [1, 2, 1], relu, layer norm"
