@@ -68,12 +68,16 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       field("Variation seed (-1: random)", subseed), strengthField));
 
   // --- data from the server ---
-  let [ckpts, vaes, samplers, schedulers, loras, embeddings, styleList, options, scripts, hypernets] = await Promise.all([
-    api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/sd-vae"), api.get("/sdapi/v1/samplers"),
-    api.get("/sdapi/v1/schedulers"), api.get("/sdapi/v1/loras"), api.get("/sdapi/v1/embeddings"),
-    api.get("/sdapi/v1/prompt-styles"), api.get("/sdapi/v1/options"), api.get("/sdapi/v1/script-info"),
-    api.get("/sdapi/v1/hypernetworks"),
-  ]).catch((e) => { toast(e.message, "error"); return [{ items: [] }, [], [], [], [], { loaded: {} }, [], {}, [], []]; });
+  let [ckpts, vaes, samplers, schedulers, loras, embeddings, styleList, options, scripts, hypernets] =
+    await Promise.all([
+      api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/sd-vae"), api.get("/sdapi/v1/samplers"),
+      api.get("/sdapi/v1/schedulers"), api.get("/sdapi/v1/loras"), api.get("/sdapi/v1/embeddings"),
+      api.get("/sdapi/v1/prompt-styles"), api.get("/sdapi/v1/options"), api.get("/sdapi/v1/script-info"),
+      api.get("/sdapi/v1/hypernetworks"),
+    ]).catch((e) => {
+      toast(e.message, "error");
+      return [{ items: [] }, [], [], [], [], { loaded: {} }, [], {}, [], []];
+    });
   let checkpoints = ckpts.items;
   schedulers = schedulers.filter((s) => s.name !== "automatic"); // the pickers' own first entry is Automatic
   const styles = stylesPicker(styleList, prompt, negative);
@@ -108,8 +112,9 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     clear(pickers,
       picker("LoRA", loras.map((l) => [l.alias || l.name, () => prompt.insert(`<lora:${l.alias || l.name}:1>`)])),
       picker("Embeddings", Object.keys(embeddings.loaded || {}).map((n) => [n, () => prompt.insert(n)])),
-      ...(hypernets.length  // an A1111-era add-on: shown only where the folder has some
-        ? [picker("Hypernetworks", hypernets.map((n) => [n.name, () => prompt.insert(`<hypernet:${n.name}:1>`)]))] : []));
+      ...(hypernets.length // an A1111-era add-on: shown only where the folder has some
+        ? [picker("Hypernetworks", hypernets.map((n) => [n.name, () => prompt.insert(`<hypernet:${n.name}:1>`)]))]
+        : []));
   }
   on(EVENTS.MODELS_CHANGED, async () => { // a model was saved (merge, training) or the folders rescanned
     try {
