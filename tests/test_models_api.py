@@ -91,7 +91,7 @@ def test_names_resolve_only_inside_the_folders(tmp_path, models):
         for name in ("../outside.safetensors", str(tmp_path / "outside.safetensors"), "tiny1", "TINY1.safetensors"):
             r = c.post("/opensd/v1/models/hash", json={"kind": "checkpoints", "name": name})
             assert r.status_code == 422 and r.json()["detail"].startswith("name: no checkpoints model named"), name
-        r = c.get("/opensd/v1/models/hypernetworks/info", params={"name": "x"})
+        r = c.get("/opensd/v1/models/gligen/info", params={"name": "x"})
         assert r.status_code == 422
         bad = {"../escape.safetensors": "not a name inside the folder", "sub/x.safetensors": "must be a plain name",
                "x.ckpt": "must end in .safetensors", ".hidden": "letters, digits",

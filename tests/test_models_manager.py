@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from http_files import FileServer
+from hypernet_fixtures import write_hypernet
 from opensd.checkpoints.controlnet_files import save_controlnet
 from opensd.checkpoints.files import save_safetensors
 from opensd.cli import main
@@ -43,6 +44,7 @@ def sources(tmp_path_factory):
     torch.save({"string_to_param": {"*": torch.randn(1, 64)}, "name": "old"}, src / "oldemb.pt")
     net = randomize_(ControlNet(ControlNetConfig(TINY.unet, hint_downscale=8)), seed=1, std=0.1)
     save_controlnet(net, src / "control_tiny_canny.safetensors", "small")
+    write_hypernet(src / "anime.pt", (64, 32), act="relu")
     return src
 
 
@@ -71,7 +73,8 @@ def _leftovers(root):
 
 @pytest.mark.parametrize("file,folder", [("tiny-model.safetensors", "Stable-diffusion"), ("ink.safetensors", "Lora"),
                                          ("soft-vae.safetensors", "VAE"), ("shiny.safetensors", "embeddings"),
-                                         ("oldemb.pt", "embeddings"), ("control_tiny_canny.safetensors", "ControlNet")])
+                                         ("oldemb.pt", "embeddings"), ("control_tiny_canny.safetensors", "ControlNet"),
+                                         ("anime.pt", "hypernetworks")])
 def test_local_files_land_by_their_kind(sources, models, file, folder, capsys):
     assert run("models", "add", str(sources / file), "--models-dir", str(models)) == 0
     dest = models / folder / file

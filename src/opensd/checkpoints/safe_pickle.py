@@ -318,7 +318,8 @@ def _flatten(path: Path, obj: Mapping) -> dict[str, torch.Tensor]:
 def load_torch_object(path: Path, fmt: TorchFormat):
     """The object a pickle holds, read as safely as :func:`load_torch` reads it (plain containers,
     tensors and the inert stand-ins only), for files whose layout is not a flat state dict (Fooocus'
-    inpaint patch: name -> (quantised diff, min, max)). The caller checks its structure."""
+    inpaint patch: name -> (quantised diff, min, max); A1111 hypernetworks: a pair of
+    state dicts per width). The caller checks its structure."""
     return _torch_load(Path(path), fmt)
 
 

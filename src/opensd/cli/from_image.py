@@ -61,6 +61,8 @@ def apply_infotext(args: argparse.Namespace):
                 setattr(args, f"soft_{name}", value)
     if not args.lora and rec.extra_loras:  # --lora given now wins over the recorded ones
         args.lora = [f"{name}:{number_text(unet)}:{number_text(te)}" for name, unet, te in rec.extra_loras]
+    if not args.hypernet and rec.extra_hypernets:
+        args.hypernet = [f"{name}:{number_text(s)}" for name, s in rec.extra_hypernets]
     return params
 
 

@@ -50,6 +50,9 @@ def register(sub) -> None:
     gen.add_argument("--lora", action="append", default=[], metavar="NAME_OR_PATH[:UNET[:TE]]",
                      help="apply a LoRA (repeatable); strengths default to 1, TE to the UNet one")
     gen.add_argument("--loras-dir", type=Path, help="folder of LoRAs for --lora NAME and <lora:name:w> in prompts")
+    gen.add_argument("--hypernet", action="append", default=[], metavar="NAME_OR_PATH[:STRENGTH]",
+                     help="apply an A1111 hypernetwork (repeatable, chained in order; a NAME and the prompt's "
+                          "<hypernet:name:m> are looked up in the models folder's hypernetworks/)")
     gen.add_argument("--from", dest="from_image", type=Path,
                      help="reuse the generation parameters stored in this image (flags you give win)")
     g = gen.add_argument_group("sampling")
@@ -286,6 +289,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = open_pipe(args.model or BUILTIN_MODEL, args.vae)
     loras = _loras(args, pipe, from_image=source is not None and not user_loras)
     pipe.set_loras(loras)
+    pipe.set_hypernets(_hypernets(args, pipe))
     kwargs = generation_kwargs(args)
     refiner = sampling_flags.refiner(args, folders, open_pipe)
     if refiner is not None:
@@ -436,6 +440,23 @@ def _loras(args: argparse.Namespace, pipe, from_image: bool) -> list:
     return [parse_lora_arg(text, find) for text in args.lora]
 
 
+def _hypernets(args: argparse.Namespace, pipe) -> list:
+    """--hypernet NAME_OR_PATH[:STRENGTH] as (path, strength) pairs."""
+    from ..adapters.hypernetwork import parse_hypernet_arg
+
+    out = []
+    for text in args.hypernet:
+        name, strength = parse_hypernet_arg(text)
+        path = Path(name)
+        if not path.is_file():
+            try:
+                path = pipe.resolve_hypernet(name)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"hypernet: {name} is not a file ({str(e).removeprefix('prompt: ')})") from None
+        out.append((path, strength))
+    return out
+
+
 def _infotexts(pipe, images, args: argparse.Namespace, controls, loras, vae) -> list[str]:
     from ..library.hashes import model_hash
     from ..pipeline.infotext_params import image_infotext
@@ -444,7 +465,8 @@ def _infotexts(pipe, images, args: argparse.Namespace, controls, loras, vae) -> 
     hash_ = model_hash(path) if path.is_file() else None
     return [image_infotext(pipe, image, img2img=args.init_image is not None,
                            mask=args.mask is not None or bool(args.outpaint), model_hash=hash_, vae=vae,
-                           controls=controls, extra_loras=loras) for image in images]
+                           controls=controls, extra_loras=loras, extra_hypernets=pipe.hypernet_specs)
+            for image in images]
 
 
 def _save(image, out: Path, text: str) -> None:

@@ -74,4 +74,5 @@ def use_folders(pipe, folders: ModelFolders, loras_dir) -> None:
         return
     if loras_dir is None:
         pipe.lora_folders = folders
+    pipe.hypernet_folders = folders
     pipe.upscalers = Upscalers(folders, pipe.device, allow_paths=True)

@@ -150,7 +150,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     what = "already there, recorded" if done.already else "added"
     print(f"opensd: {what}: {LABELS[done.kind]} {done.path.relative_to(root)} (sha256 {done.sha256})",
           file=sys.stderr)
-    if done.path.suffix.lower() != ".safetensors":
+    if done.path.suffix.lower() != ".safetensors" and done.kind != "hypernetworks":  # A1111 reads only .pt ones
         print(f"opensd: note: {done.path.name} is a pickle (read safely here); `opensd convert` makes a "
               ".safetensors copy that every tool can load without unpickling", file=sys.stderr)
     print(done.path)

@@ -93,6 +93,7 @@ class CliFace:
             base = self.pipes[(None, None)]
             pipe = self.open_pipe(Path(model) if model else base.loaded.path, self._vae_file(vae))
             pipe.set_loras(base.lora_specs)
+            pipe.set_hypernets(base.hypernet_specs)
             self.pipes[key] = pipe
         return self.pipes[key]
 

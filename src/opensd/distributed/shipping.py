@@ -93,6 +93,7 @@ class Shipper:
 
 def a1111_files(state, payload: dict) -> list[tuple[str, Path]]:
     """(kind, path) of every model file an A1111 generation job reads."""
+    from ..adapters.hypernetwork import prompt_hypernet_tags
     from ..adapters.lora import prompt_lora_tags
 
     folders = state.folders
@@ -111,6 +112,8 @@ def a1111_files(state, payload: dict) -> list[tuple[str, Path]]:
     texts = (payload.get("prompt"), payload.get("negative_prompt"), hires.get("prompt"), hires.get("negative_prompt"))
     for tag in (t for text in texts if text for t in prompt_lora_tags(text)):
         files += _found(folders, "loras", tag.name)
+    for tag in (t for text in texts if text for t in prompt_hypernet_tags(text)):
+        files += _found(folders, "hypernetworks", tag.name)
     if hires.get("upscaler"):
         upscaler = state.cache.upscalers.find(hires["upscaler"], "hr_upscaler")
         if isinstance(upscaler, Path):

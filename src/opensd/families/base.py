@@ -36,6 +36,7 @@ Shapes = Mapping[str, tuple[int, ...]]
 ADAPTERS = {"lora": "LoRA", "controlnet": "ControlNet", "freeu": "FreeU", "ldm_config": "an LDM yaml config",
             "ip_adapter": "IP-Adapter",
             "fooocus_inpaint": "Fooocus inpaint (it patches an SDXL UNet's first block and weights)",
+            "hypernetwork": "a hypernetwork (it transforms a UNet's attention keys and values)",
             "deep_cache": "DeepCache (it skips a UNet's deep blocks)",
             "attention_speedups": "token merging / Hypertile (they patch a UNet's self-attention)",
             "pag": "PerturbedAttentionGuidance (it patches a UNet's middle-block self-attention)",

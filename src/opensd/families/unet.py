@@ -24,7 +24,8 @@ class UNetFamily(Family):
     members = ("sd1", "sd2", "sdxl", "sdxl_refiner", "small")
     adapters = frozenset({"lora", "controlnet", "ip_adapter", "freeu", "discrete_sampling", "ldm_config",
                           "deep_cache", "pag", "deep_shrink", "continuous_sampling", "checkpoint_save",
-                          "attention_speedups", "fooocus_inpaint"})
+                          "attention_speedups", "fooocus_inpaint",
+                          "hypernetwork"})
 
     def detect(self, shapes, metadata, path, prediction=None) -> ModelConfig | None:
         if D.UNET + "input_blocks.0.0.weight" not in shapes:

@@ -121,10 +121,23 @@ def describe(m: ModelFile) -> ModelEntry:
             entry.family, entry.detail = _controlnet(entries, entry.metadata, m.path)
         elif m.kind == "vae" and header is not None:
             entry.detail = _vae(entries)
+        elif m.kind == "hypernetworks":
+            entry.family, entry.detail = _hypernetwork(m.path)
     except (OpenSDError, OSError, ValueError) as e:
         log.info("%s: not described: %s", m.path, e)
         entry.detail = entry.detail or f"unreadable: {e}"
     return entry
+
+
+def _hypernetwork(path) -> tuple[str | None, str]:
+    """The family its context width says (1280 is also SD1's self-attention width, so not the
+    refiner), and its widths and layers."""
+    from ..adapters.hypernetwork import read_hypernetwork
+    hn = read_hypernetwork(path)
+    s = hn.settings
+    family = next((f for w, f in _CONTEXT_FAMILY.items() if w in hn.layers and f != "sdxl_refiner"), None)
+    return family, (f"widths {', '.join(map(str, sorted(hn.layers)))}; layers {s.get('layer_structure', [1, 2, 1])}, "
+                    f"{s.get('activation_func') or 'linear'}{', layer norm' if s.get('is_layer_norm') else ''}")
 
 
 def file_hash(m: ModelFile) -> str:

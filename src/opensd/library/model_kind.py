@@ -1,5 +1,6 @@
 """Which models-folder kind a weight file belongs to (checkpoints, loras, vae, embeddings,
-controlnet, upscale_models, or a UNet / text encoder alone), from its tensor names and shapes.
+controlnet, upscale_models, hypernetworks, or a UNet / text encoder alone), from its tensor names
+and shapes (an A1111 hypernetwork pickle, whose tensors sit in per-width pairs, from its layout).
 
 A safetensors file is judged from its header alone; a pickle is read through the restricted
 unpickler (checkpoints.safe_pickle), so a file that would run code is refused here, before it
@@ -7,6 +8,7 @@ is ever placed in a models folder.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..checkpoints.detect import UNET, detect
@@ -17,23 +19,45 @@ from ..errors import CheckpointError
 # models-folder kind -> what people call it
 LABELS = {"checkpoints": "checkpoint", "loras": "LoRA", "vae": "VAE", "embeddings": "embedding",
           "controlnet": "ControlNet", "upscale_models": "upscaler", "unet": "UNet alone",
-          "clip": "text encoder alone"}
+          "clip": "text encoder alone", "hypernetworks": "hypernetwork"}
 _PART_KIND = {"lora": "loras", "embedding": "embeddings", "controlnet": "controlnet", "vae": "vae",
               "diffusers_unet": "unet", "text_encoder": "clip", "t5": "clip"}
 
 
+_HYPERNET_KEY = re.compile(r"^\d+\.[01]\.linear")
+
+
+def _hypernetwork(path: Path):
+    """The file read as an A1111 hypernetwork, or None when it is not one."""
+    from ..adapters.hypernetwork import read_hypernetwork
+    try:
+        return read_hypernetwork(path)
+    except CheckpointError:
+        return None
+
+
 def tensor_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """({name: shape}, safetensors metadata) of a weight file; pickles go through the safe unpickler."""
+    """({name: shape}, safetensors metadata) of a weight file; pickles go through the safe unpickler
+    (a hypernetwork pickle's pairs named as its safetensors layout: "<width>.<0|1>.linear...")."""
     if sniff_format(path) == "safetensors":
         entries, metadata = read_safetensors_header(path)
         return {k: tuple(v["shape"]) for k, v in entries.items()}, metadata
-    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}, {}
+    try:
+        return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}, {}
+    except CheckpointError:
+        hn = _hypernetwork(path)
+        if hn is None:
+            raise
+    return {f"{width}.{i}.{k}": tuple(v.shape) for width, pair in hn.layers.items()
+            for i, mlp in enumerate(pair) for k, v in mlp.state_dict().items()}, {}
 
 
 def model_kind(path: Path) -> str:
     """The kind of the weight file at `path`, or a CheckpointError saying what it looks like."""
     path = Path(path)
     shapes, metadata = tensor_shapes(path)
+    if shapes and all(_HYPERNET_KEY.match(k) for k in shapes) and _hypernetwork(path) is not None:
+        return "hypernetworks"
     if UNET + "input_blocks.0.0.weight" in shapes:
         detect(shapes, str(path), metadata)  # a whole checkpoint we run; else the error says what it is
         return "checkpoints"

@@ -18,6 +18,7 @@ LAYOUT = {
     "loras": ("Lora", "loras", "LyCORIS"),
     "vae": ("VAE", "vae"),
     "embeddings": ("embeddings",),
+    "hypernetworks": ("hypernetworks",),  # A1111's and ComfyUI's name alike
     "controlnet": ("ControlNet", "controlnet"),
     # ComfyUI's folders for model parts and LDM configs (its loaders' "unet", "clip", "configs")
     "unet": ("unet", "diffusion_models"),

@@ -106,7 +106,9 @@ class CrossAttention(nn.Module):
         if self.kv_cache is None or torch.is_grad_enabled():
             return self.to_k(context), self.to_v(context)
         wk, wv = self.to_k.weight, self.to_v.weight
-        stamp = (wk, wk._version, wv, wv._version, context._version)
+        # hook ids too: a hook on to_k / to_v (a hypernetwork) changes what they compute
+        stamp = (wk, wk._version, wv, wv._version, context._version,
+                 tuple(self.to_k._forward_pre_hooks), tuple(self.to_v._forward_pre_hooks))
         if self.kv_cache and self.kv_cache[0] is context and self.kv_cache[1] == stamp:
             return self.kv_cache[2]
         kv = (self.to_k(context), self.to_v(context))

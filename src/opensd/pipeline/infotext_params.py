@@ -29,6 +29,7 @@ from .params import Params
 from .soft_inpaint_settings import SoftInpainting
 
 EXTRA_LORAS = "Extra LoRAs"
+EXTRA_HYPERNETS = "Extra hypernets"  # ours: --hypernet's, which no prompt tag records (name: strength)
 DEEP_CACHE = "DeepCache interval"  # ours: step caching (models/deep_cache.py) has no A1111 key
 # The ControlNet extension's labels (ours -> its).
 CONTROL_RESIZE = {"just resize": "Just Resize", "crop and resize": "Crop and Resize",
@@ -37,11 +38,13 @@ CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more 
 
 
 def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, model_hash: str | None = None,
-                   vae: Path | None = None, controls: Sequence = (), extra_loras: Sequence = ()) -> str:
+                   vae: Path | None = None, controls: Sequence = (), extra_loras: Sequence = (),
+                   extra_hypernets: Sequence = ()) -> str:
     """The infotext of ``image``, one result of ``pipe`` (its ``info`` holds the Params it was made
     with and its seed). ``img2img``/``mask``: the mode it ran in; ``model_hash``: the checkpoint's
     short hash if known; ``vae``: a standalone VAE file used; ``controls``: the ControlSpecs applied;
-    ``extra_loras``: the LoraSpecs set apart from the prompt (Pipeline.set_loras)."""
+    ``extra_loras``: the LoraSpecs set apart from the prompt (Pipeline.set_loras); ``extra_hypernets``
+    the (path, strength) pairs of Pipeline.set_hypernets."""
     from ..library.hashes import embedding_hash, model_hash as file_hash
 
     p: Params = image.info["params"]
@@ -79,6 +82,8 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     extra["Emphasis"] = _emphasis(p)
     if extra_loras:
         extra[EXTRA_LORAS] = {s.path.stem: f"{number_text(s.unet)}/{number_text(s.te_strength)}" for s in extra_loras}
+    if extra_hypernets:
+        extra[EXTRA_HYPERNETS] = {Path(path).stem: number_text(s) for path, s in extra_hypernets}
     ti = {e.name: embedding_hash(e.path) for e in used_embeddings(pipe, _prompts(p)) if e.path is not None}
     params = generation_params(
         steps=p.steps, sampler=sampler, cfg=p.cfg, seed=image.info["seed"], width=p.width, height=p.height,
@@ -286,6 +291,7 @@ class Recorded:
     vae: tuple[str | None, str | None] = (None, None)
     lora_hashes: dict[str, str] = field(default_factory=dict)
     extra_loras: list[tuple[str, float, float]] = field(default_factory=list)  # (name, unet, te)
+    extra_hypernets: list[tuple[str, float]] = field(default_factory=list)  # (name, strength)
     ti_hashes: dict[str, str] = field(default_factory=dict)
     controls: list[str] = field(default_factory=list)   # "ControlNet N" values, in order
     sampler_options: dict[str, Any] = field(default_factory=dict)
@@ -326,6 +332,8 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
             raise InvalidArgument(f"{where}: {key}: {params[key]!r} is not a valid value") from None
 
     settings = {name: value(key, kind) for key, (name, kind) in _SETTINGS.items() if key in params}
+    if "Hypernet" in params:  # A1111 before 1.0 kept it as a setting; it reads that back as a prompt tag
+        prompt += f"<hypernet:{params['Hypernet']}:{params.get('Hypernet strength', '1.0')}>"
     if settings.get("scheduler") == "Automatic":
         del settings["scheduler"]
     settings["inpaint_full_res"] = params.get("Inpaint area") == "Only masked"
@@ -369,6 +377,7 @@ def recorded(prompt: str, negative_prompt: str, params: Mapping[str, str], where
                     vae=(params.get("VAE"), params.get("VAE hash")),
                     lora_hashes=_pairs(params.get("Lora hashes", "")),
                     extra_loras=_extra_loras(params.get(EXTRA_LORAS, ""), where),
+                    extra_hypernets=_extra_hypernets(params.get(EXTRA_HYPERNETS, ""), where),
                     ti_hashes=_pairs(params.get("TI hashes", "")),
                     controls=[params[k] for k in sorted((k for k in params if _is_unit(k)), key=_unit_index)])
 
@@ -391,6 +400,13 @@ def _extra_loras(text: str, where: str) -> list[tuple[str, float, float]]:
         except ValueError:
             raise InvalidArgument(f"{where}: {EXTRA_LORAS}: {name}: {strengths!r} is not UNET/TE") from None
     return out
+
+
+def _extra_hypernets(text: str, where: str) -> list[tuple[str, float]]:
+    try:
+        return [(name, float(strength)) for name, strength in _pairs(text).items()]
+    except ValueError:
+        raise InvalidArgument(f"{where}: {EXTRA_HYPERNETS}: {text!r} is not 'name: strength, ...'") from None
 
 
 def _is_unit(key: str) -> bool:

@@ -32,22 +32,15 @@ class LoraMethods:
 
     def resolve_lora(self, name: str) -> Path:
         """A LoRA by prompt name, through lora_folders (a ModelFolders or a list of folders)."""
-        from ..library.models_dir import ModelFolders
-        folders = self.lora_folders
-        if folders is None:
-            raise InvalidArgument(f"prompt: <lora:{name}> needs a LoRA folder (loras_dir) to look it up in")
-        if not isinstance(folders, ModelFolders):
-            dirs = [folders] if isinstance(folders, (str, Path)) else list(folders)
-            folders = ModelFolders(None, include_builtin=False, extra={"loras": [Path(d) for d in dirs]})
-        try:
-            return folders.resolve("loras", name)
-        except InvalidArgument as e:
-            raise InvalidArgument(f"prompt: {e}") from None
+        return find_in_folders(self.lora_folders, "loras", name,
+                               f"prompt: <lora:{name}> needs a LoRA folder (loras_dir) to look it up in")
 
     def apply_loras(self, prompt: str = "") -> None:
         """Patch in exactly the explicit + prompt LoRAs (restoring the base weights first when the
         set changed); encoded prompts depend on the text encoder, so the cache goes with it.
-        Generation calls this itself; callers that use the modules directly call it first."""
+        Generation calls this itself; callers that use the modules directly call it first.
+        The prompt's hypernetworks are read here too (they act while the network samples)."""
+        self.apply_hypernets(prompt)
         specs = self._lora_specs + specs_from_tags(prompt_lora_tags(prompt), self.resolve_lora)
         if not specs and self._lora_set is None:
             return
@@ -57,3 +50,18 @@ class LoraMethods:
         self._lora_set.apply(specs)
         if self._lora_set.changed:
             self._cond_cache = {}
+
+
+def find_in_folders(folders, kind: str, name: str, missing: str) -> Path:
+    """A model of `kind` by prompt name in `folders` (a ModelFolders, or plain folders holding that
+    kind directly); InvalidArgument(`missing`) when there are none."""
+    from ..library.models_dir import ModelFolders
+    if folders is None:
+        raise InvalidArgument(missing)
+    if not isinstance(folders, ModelFolders):
+        dirs = [folders] if isinstance(folders, (str, Path)) else list(folders)
+        folders = ModelFolders(None, include_builtin=False, extra={kind: [Path(d) for d in dirs]})
+    try:
+        return folders.resolve(kind, name)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"prompt: {e}") from None

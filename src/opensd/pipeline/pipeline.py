@@ -46,6 +46,7 @@ from .precision import Precision, choose_precision
 from .hires_pass import HiresPass
 from .image_codec import ImageCodec
 from .lora_methods import LoraMethods
+from .hypernet_methods import HypernetMethods
 from .generation_extras import GenerationExtras
 from .prompt_encoding import PromptEncoding
 
@@ -57,7 +58,7 @@ class Interrupted(OpenSDError):
     """Generation was stopped by Pipeline.interrupt()."""
 
 
-class Pipeline(LoraMethods, HiresPass, ImageCodec, PromptEncoding, GenerationExtras):
+class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncoding, GenerationExtras):
     def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
                  limits: L.Limits = L.DEFAULT_LIMITS, embeddings: EmbeddingDatabase | None = None):
         self.loaded = loaded
@@ -418,7 +419,8 @@ class Pipeline(LoraMethods, HiresPass, ImageCodec, PromptEncoding, GenerationExt
 
         other = refiner.pipe if refiner is not None else self  # the refiner's network runs here too
         with self.family.running(self.model), other.family.running(other.model), self._image_prompt(guidance), \
-                self._speedups.unet(self.family.network(self.model), p.token_merging, hires_pass == 2):
+                self._speedups.unet(self.family.network(self.model), p.token_merging, hires_pass == 2), \
+                self.hypernets_hooked():
             x = sample(denoise, x, sigmas, step, **sampler_context(sampler, noise, self.schedule), **options)
         if latent_mask is not None and p.soft_inpainting is None:  # soft inpainting composites after decoding
             x = init * (1 - latent_mask) + x * latent_mask

@@ -46,8 +46,8 @@ class PromptEncoding:
         if key not in self._cond_cache:  # a batch encodes its prompt once, not once per image
             sched = self.conditioner(clip_skip, **text).schedule(prompt, steps, negative=negative,
                                                                  hires_steps=hires_steps, old_scheduling=old_scheduling)
-            others = [n for n in sched.extra_networks if n.kind not in ("lora", "lyco")]
-            if others:  # LoRA tags were applied in _generate; other kinds have no adapter yet
+            others = [n for n in sched.extra_networks if n.kind not in ("lora", "lyco", "hypernet")]
+            if others:  # LoRA and hypernet tags were applied in apply_loras; other kinds have no adapter yet
                 log.warning("extra networks in the prompt are not applied: %s",
                             ", ".join(f"<{n.kind}:{n.name}>" for n in others))
             if self.config.size_conditioned:

@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from .. import safe_paths
+from ..adapters.hypernetwork import prompt_hypernet_tags, tag_strength
 from ..adapters.lora import prompt_lora_tags
 from ..errors import InvalidArgument, OpenSDError
 from ..library.model_metadata import api_metadata, file_metadata
@@ -51,13 +52,18 @@ def client_id(request: Request) -> str:
     return "addr:" + (request.client.host if request.client else "unknown")
 
 
-def check_lora_names(folders, prompt: str, field: str = "prompt") -> None:
-    """Every <lora:name:w> of the prompt names a file inside the LoRA folders (422 otherwise)."""
-    for tag in prompt_lora_tags(prompt):
+def check_network_names(folders, prompt: str, field: str = "prompt") -> None:
+    """Every <lora:name:w> and <hypernet:name:m> of the prompt names a file inside its folders
+    (422 otherwise), and a hypernet's multiplier is a number."""
+    tags = [(t, "loras") for t in prompt_lora_tags(prompt)]
+    tags += [(t, "hypernetworks") for t in prompt_hypernet_tags(prompt)]
+    for tag, kind in tags:
         try:
-            folders.resolve("loras", tag.name)
+            folders.resolve(kind, tag.name)
+            if kind == "hypernetworks":
+                tag_strength(tag)
         except InvalidArgument as e:
-            raise InvalidArgument(f"{field}: <lora:{tag.name}>: {e}") from None
+            raise InvalidArgument(f"{field}: <{tag.kind}:{tag.name}>: {str(e).removeprefix('prompt: ')}") from None
 
 
 def queue_full(e: QueueFull) -> JSONResponse:
@@ -116,9 +122,9 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
         # "None" is how clients (AIYA) say no style; A1111 passes over names it does not know
         names = [name for name in req.styles if name != "None" or name in known]
         prompt, negative = apply_styles(prompt, negative, names, known)
-    check_lora_names(state.folders, prompt)
+    check_network_names(state.folders, prompt)
     if not img2img and req.enable_hr:  # the hires pass applies its prompt's LoRAs
-        check_lora_names(state.folders, req.hr_prompt, "hr_prompt")
+        check_network_names(state.folders, req.hr_prompt, "hr_prompt")
     check_template(prompt, state.wildcards)
     check_template(negative, state.wildcards, "negative_prompt")
     controlnet = a1111_controlnet.parse_units(req, state.folders, s.max_image_pixels, img2img)
@@ -254,8 +260,12 @@ def router(state) -> APIRouter:
     def refresh_vae():
         return None
 
-    for path, value in (("/hypernetworks", []),
-                        ("/realesrgan-models", []), ("/extensions", [])):
+    @api.get("/hypernetworks")
+    def hypernetworks():
+        # A1111's entry: the file's name without folder and extension, and its path
+        return [{"name": _stem(Path(m.name).name), "path": str(m.path)} for m in state.folders.list("hypernetworks")]
+
+    for path, value in (("/realesrgan-models", []), ("/extensions", [])):
         api.add_api_route(path, _const(value), methods=["GET"])
 
     @api.get("/prompt-styles")

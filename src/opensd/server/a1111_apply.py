@@ -20,8 +20,8 @@ override_settings) change in its job, as A1111 applies them:
 - pad_cond_uncond, pad_cond_uncond_v0: how a prompt and negative prompt of different lengths are
   batched (pipeline/cond_padding.py);
 - sd_vae: "Automatic" (a VAE named like the checkpoint, else the checkpoint's own), "None", or a file;
-- sd_lora: appends <lora:name:extra_networks_default_multiplier> unless the prompt names it;
-  `disable_extra_networks` removes every <lora:...> tag and adds none;
+- sd_lora / sd_hypernetwork: appends <lora:name:extra_networks_default_multiplier> / <hypernet:…>
+  unless the prompt names it; `disable_extra_networks` removes every tag and adds none;
 - tiling (unless the request's `tiling`);
 - token_merging_ratio (txt2img), token_merging_ratio_img2img (img2img, where not 0, unless the
   request's override_settings set token_merging_ratio), token_merging_ratio_hr (the hires pass,
@@ -184,19 +184,29 @@ def hypertile(opts: dict) -> dict | None:
             "vae_swap_size": opts["hypertile_swap_size_vae"]}
 
 
+# Settings that add an extra network to every prompt: setting -> (tag kinds, folder kind, what)
+PROMPT_NETWORK_SETTINGS = {"sd_lora": (("lora", "lyco"), "loras", "LoRA"),
+                           "sd_hypernetwork": (("hypernet",), "hypernetworks", "hypernetworks")}
+
+
 def prompt(req, opts: dict, folders) -> tuple[str, list[tuple[str, str]]]:
     """The prompt to run and what could not be applied ((setting, message) pairs)."""
     text = req.prompt
     if req.disable_extra_networks:
         return extract_extra_networks(text)[0], []
-    name = opts["sd_lora"]
-    if name == "None" or any(n.name == name for n in extract_extra_networks(text)[1] if n.kind in ("lora", "lyco")):
-        return text, []
-    try:
-        folders.resolve("loras", name)
-    except InvalidArgument:
-        return text, [("sd_lora", f"{name!r} is no longer in the LoRA folder; not applied")]
-    return f"{text}<lora:{name}:{opts['extra_networks_default_multiplier']}>", []
+    gaps = []
+    tags = extract_extra_networks(text)[1]
+    for setting, (kinds, kind, what) in PROMPT_NETWORK_SETTINGS.items():
+        name = opts[setting]
+        if name == "None" or any(n.name == name for n in tags if n.kind in kinds):
+            continue
+        try:
+            folders.resolve(kind, name)
+        except InvalidArgument:
+            gaps.append((setting, f"{name!r} is no longer in the {what} folder; not applied"))
+            continue
+        text = f"{text}<{kinds[0]}:{name}:{opts['extra_networks_default_multiplier']}>"
+    return text, gaps
 
 
 def background(opts: dict) -> str:

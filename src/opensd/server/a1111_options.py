@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 # Recomputed for every view, never stored: the server decides them.
 COMPUTED = ("sd_model_checkpoint", "sd_checkpoint_hash")
 # Settings naming a file of the models folder, with the values that name none.
-FILE_SETTINGS = {"sd_vae": ("vae", ("Automatic", "None")), "sd_lora": ("loras", ("None",))}
+FILE_SETTINGS = {"sd_vae": ("vae", ("Automatic", "None")), "sd_lora": ("loras", ("None",)),
+                 "sd_hypernetwork": ("hypernetworks", ("None",))}
 OUTDIRS = {"outdir_txt2img_samples": "txt2img-images", "outdir_img2img_samples": "img2img-images",
            "outdir_extras_samples": "extras-images", "outdir_txt2img_grids": "txt2img-grids",
            "outdir_img2img_grids": "img2img-grids", "outdir_init_images": "init-images", "outdir_save": "log/images"}
@@ -37,7 +38,7 @@ class A1111Options:
     def __init__(self, path: Path, outputs_dir: Path, folders):
         self._path = path
         self._outputs = outputs_dir.resolve()
-        self._folders = folders  # ModelFolders: sd_vae and sd_lora name files in it
+        self._folders = folders  # ModelFolders: sd_vae, sd_lora, sd_hypernetwork name files in it
         self.defaults = {**DEFAULTS, "randn_source": "CPU",
                          **{k: str(outputs_dir / sub) for k, sub in OUTDIRS.items()}}
         self._lock = threading.Lock()

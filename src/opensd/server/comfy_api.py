@@ -337,7 +337,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
     @api.get("/models/{folder}")
     def models(folder: str):
         kind = {"loras": "loras", "checkpoints": "checkpoints", "vae": "vae", "embeddings": "embeddings",
-                "controlnet": "controlnet"}.get(folder)
+                "controlnet": "controlnet", "hypernetworks": "hypernetworks"}.get(folder)
         if kind is None:
             return JSONResponse({"error": "NotFound", "detail": f"folder: {folder!r} unknown"}, status_code=404)
         return [m.name for m in state.folders.list(kind)]

@@ -100,6 +100,7 @@ class ModelCache:
                     log.warning("cannot hash %s: %s", path, e)
             if hasattr(pipe, "lora_folders"):  # prompts' <lora:name:w> resolve inside the LoRA folders
                 pipe.lora_folders = self.folders
+                pipe.hypernet_folders = self.folders  # and <hypernet:name:m> in its hypernetworks folder
                 self._tiny_vae(pipe)
                 pipe.upscalers = self.upscalers  # hires fix upscalers by name
                 if self.backend == "openvino":

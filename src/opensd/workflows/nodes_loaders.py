@@ -154,3 +154,24 @@ register(NodeDef(
     {"model": ("MODEL", {}), "lora_name": (Choices("loras"), {}),
      "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01})},
     ("MODEL",), category="loaders"))
+
+
+def hypernetwork_loader(call, model, hypernetwork_name, strength):
+    """ComfyUI's HypernetworkLoader: the model's attention k/v inputs (self- and cross-attention)
+    go through an A1111 hypernetwork while it samples; loaders stacked later act on the output of
+    earlier ones. The file is read (and checked) here, once per value of the node."""
+    from ..adapters.hypernetwork import hypernetworks_applied, read_hypernetwork
+    model.pipe.family.require("hypernetwork", "hypernetwork_name")
+    hn = read_hypernetwork(call.ctx.folders.resolve("hypernetworks", hypernetwork_name))
+    nets = [(hn, float(strength))]
+
+    def patch(network, sigma: float):
+        return hypernetworks_applied(network, nets)
+    return (replace(model, network_patches=model.network_patches + (patch,)),)
+
+
+register(NodeDef(
+    "HypernetworkLoader", hypernetwork_loader,
+    {"model": ("MODEL", {}), "hypernetwork_name": (Choices("hypernetworks"), {}),
+     "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01})},
+    ("MODEL",), category="loaders", module="comfy_extras.nodes_hypernetwork"))

@@ -74,11 +74,16 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       field("Variation seed (-1: random)", subseed), strengthField));
 
   // --- data from the server ---
-  let [ckpts, vaes, samplers, schedulers, loras, embeddings, styleList, options, scripts] = await Promise.all([
-    api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/sd-vae"), api.get("/sdapi/v1/samplers"),
-    api.get("/sdapi/v1/schedulers"), api.get("/sdapi/v1/loras"), api.get("/sdapi/v1/embeddings"),
-    api.get("/sdapi/v1/prompt-styles"), api.get("/sdapi/v1/options"), api.get("/sdapi/v1/script-info"),
-  ]).catch((e) => { toast(e.message, "error"); return [{ items: [] }, [], [], [], [], { loaded: {} }, [], {}, []]; });
+  let [ckpts, vaes, samplers, schedulers, loras, embeddings, styleList, options, scripts, hypernets] =
+    await Promise.all([
+      api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/sd-vae"), api.get("/sdapi/v1/samplers"),
+      api.get("/sdapi/v1/schedulers"), api.get("/sdapi/v1/loras"), api.get("/sdapi/v1/embeddings"),
+      api.get("/sdapi/v1/prompt-styles"), api.get("/sdapi/v1/options"), api.get("/sdapi/v1/script-info"),
+      api.get("/sdapi/v1/hypernetworks"),
+    ]).catch((e) => {
+      toast(e.message, "error");
+      return [{ items: [] }, [], [], [], [], { loaded: {} }, [], {}, [], []];
+    });
   let checkpoints = ckpts.items;
   schedulers = schedulers.filter((s) => s.name !== "automatic"); // the pickers' own first entry is Automatic
   const styles = stylesPicker(styleList, prompt, negative);
@@ -92,7 +97,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     ...vaes.map((v) => [v.model_name, v.model_name])], options.sd_vae);
   setOptions(sampler, samplers.map((s) => [s.name, s.name]), "Euler");
   setOptions(scheduler, [["", "Automatic"], ...schedulers.map((s) => [s.name, s.label])]);
-  showPickers(loras, embeddings);
+  showPickers(loras, embeddings, hypernets);
 
   // --- behaviour ---
   const familyOf = (name) => checkpoints.find((c) => c.name === name);
@@ -112,20 +117,23 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     showPresets();
     showImageCfg();
   });
-  function showPickers(loras, embeddings) {
+  function showPickers(loras, embeddings, hypernets) {
     clear(pickers,
       picker("LoRA", loras.map((l) => [l.alias || l.name, () => prompt.insert(`<lora:${l.alias || l.name}:1>`)])),
-      picker("Embeddings", Object.keys(embeddings.loaded || {}).map((n) => [n, () => prompt.insert(n)])));
+      picker("Embeddings", Object.keys(embeddings.loaded || {}).map((n) => [n, () => prompt.insert(n)])),
+      ...(hypernets.length // an A1111-era add-on: shown only where the folder has some
+        ? [picker("Hypernetworks", hypernets.map((n) => [n.name, () => prompt.insert(`<hypernet:${n.name}:1>`)]))]
+        : []));
   }
   on(EVENTS.MODELS_CHANGED, async () => { // a model was saved (merge, training) or the folders rescanned
     try {
-      const [c, l, e] = await Promise.all([api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/loras"),
-        api.get("/sdapi/v1/embeddings")]);
+      const [c, l, e, hn] = await Promise.all([api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/loras"),
+        api.get("/sdapi/v1/embeddings"), api.get("/sdapi/v1/hypernetworks")]);
       checkpoints = c.items;
       setOptions(model, checkpoints.map((x) => [x.name, x.title]), model.value);
       showImageCfg();
       for (const view of checkpointViews) view.setCheckpoints(checkpoints.map((x) => x.name));
-      showPickers(l, e);
+      showPickers(l, e, hn);
     } catch (err) { toast(err.message, "error"); }
   });
   function picker(title, entries) {
