@@ -31,6 +31,7 @@ LAYOUT = {
     "upscale_models": ("ESRGAN", "upscale_models", "RealESRGAN", "SwinIR", "DAT", "HAT"),
     # tiny autoencoders (TAESD family) for live previews and fast decodes
     "vae_approx": ("VAE-approx", "vae_approx"),
+    "inpaint": ("inpaint",),              # comfyui-inpaint-nodes' folder: Fooocus inpaint patches, MAT, LaMa
 }
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 SUFFIXES = {"configs": (".yaml",), "unet_gguf": (".gguf",)}  # kinds whose files are not those above

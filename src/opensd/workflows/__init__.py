@@ -23,6 +23,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_image_resize,
     nodes_image_ops,
     nodes_image_transform,
+    nodes_inpaint_ops,
     nodes_kontext,
     nodes_latent,
     nodes_latent_files,
@@ -38,6 +39,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_sampling_custom,
     nodes_sigmas,
     nodes_string,
+    nodes_tooling,
     nodes_unet_attention,
     nodes_upscale,
 )
