@@ -1,0 +1,224 @@
+"""The nodes Krita AI Diffusion needs beyond ComfyUI's own (nodes_tooling.py, nodes_inpaint_ops.py,
+mask_filters.py, image_cache.py), each against an independent computation: OpenCV's morphology
+and filters (BORDER_REFLECT_101 is torch's "reflect", kornia's default border) and numpy."""
+from __future__ import annotations
+
+import base64
+import io
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from opensd.errors import InvalidArgument
+from opensd.workflows import nodes_inpaint_ops as ops
+from opensd.workflows import nodes_tooling as tooling
+from opensd.workflows.image_cache import ImageCache
+
+
+def _mask(seed=0, h=48, w=40) -> np.ndarray:
+    m = np.zeros((h, w), np.float32)
+    rng = np.random.default_rng(seed)
+    for _ in range(3):
+        y, x = rng.integers(4, h - 8), rng.integers(4, w - 8)
+        m[y:y + rng.integers(2, 8), x:x + rng.integers(2, 8)] = 1.0
+    return m
+
+
+def _t(m: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(m)[None]
+
+
+def _gauss_cv(a: np.ndarray, size: int) -> np.ndarray:
+    return cv2.GaussianBlur(a, (size, size), 0.3 * (size - 1) + 0.8, borderType=cv2.BORDER_REFLECT_101)
+
+
+def _dilate_cv(m, r):
+    return cv2.dilate(m, np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _erode_cv(m, r):
+    return cv2.erode(m, np.ones((2 * r + 1, 2 * r + 1), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1)
+
+
+def test_expand_mask_is_dilation_then_gaussian_blur():
+    m = _mask()
+    (out,) = ops.expand_mask(None, _t(m), grow=3, blur=6, blur_type="gaussian")  # blur 6 -> 7
+    want = _gauss_cv(_dilate_cv(m, 3), 7)
+    assert out.shape == (1, 48, 40)
+    assert np.allclose(out[0].numpy(), want, atol=1e-5)
+
+
+def test_expand_mask_linear_and_box_kernels():
+    m = _mask(1)
+    h = 4  # size 9: a tent of h steps from 1/h to (h-1)/h, 1, and back
+    ramp = np.linspace(1 / h, (h - 1) / h, h)
+    tent = np.concatenate([ramp, [1.0], ramp[::-1]]).astype(np.float32)
+    tent /= tent.sum()
+    (lin,) = ops.expand_mask(None, _t(m), grow=2, blur=8, blur_type="linear")
+    want = cv2.sepFilter2D(_dilate_cv(m, 2), -1, tent, tent, borderType=cv2.BORDER_REFLECT_101)
+    assert np.allclose(lin[0].numpy(), want, atol=1e-5)
+    (box,) = ops.expand_mask(None, _t(m), grow=0, blur=5, blur_type="box")
+    assert np.allclose(box[0].numpy(), cv2.blur(m, (5, 5), borderType=cv2.BORDER_REFLECT_101), atol=1e-5)
+    (same,) = ops.expand_mask(None, _t(m), grow=0, blur=1, blur_type="gaussian")  # a size under 3: no blur
+    assert torch.equal(same[0], torch.from_numpy(m))
+
+
+def test_shrink_mask_erodes_with_the_outside_set():
+    m = _mask(2)
+    m[:, :6] = 1.0  # touching the border: stays set there (outside counts as 1)
+    (out,) = ops.shrink_mask(None, _t(m), shrink=2, blur=0, blur_type="gaussian")
+    assert np.array_equal(out[0].numpy(), _erode_cv(m, 2))
+    assert out[0, 20, 0] == 1.0
+
+
+def test_stabilize_and_compositing_masks():
+    m = torch.tensor([[[0.0, 0.5, 0.985, 0.995, 1.0]]])
+    assert torch.equal(ops.stabilize_mask(None, m, 0.01)[0], torch.tensor([[[0.0, 0.5, 0.985, 1.0, 1.0]]]))
+    (c,) = ops.denoise_to_compositing_mask(None, m, 0.1, 0.2)
+    assert torch.allclose(c, ((m - 0.1) / 0.1).clamp(0, 1))
+    with pytest.raises(InvalidArgument, match="above offset"):
+        ops.denoise_to_compositing_mask(None, m, 0.5, 0.2)
+
+
+def test_masked_fill_neutral_and_opencv():
+    rng = np.random.default_rng(5)
+    img = rng.random((1, 40, 40, 3), dtype=np.float32)
+    m = np.zeros((40, 40), np.float32)
+    m[5:35, 8:36] = 1.0
+    (out,) = ops.masked_fill(None, torch.from_numpy(img), _t(m), "neutral", 0)
+    alpha = _erode_cv(m, 10)[..., None]
+    assert np.allclose(out[0].numpy(), (img[0] - 0.5) * (1 - alpha) + 0.5, atol=1e-6)
+    assert np.allclose(out[0].numpy()[alpha[..., 0] > 0], 0.5)  # fully grey inside the eroded area
+    (tel,) = ops.masked_fill(None, torch.from_numpy(img), _t(m), "telea", 0)
+    want = cv2.inpaint((255 * img[0]).astype(np.uint8), (255 * alpha[..., 0]).astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    want = img[0] * (1 - alpha) + want.astype(np.float32) / 255 * alpha
+    assert np.allclose(tel[0].numpy(), want, atol=1e-6)
+
+
+def test_masked_blur_replaces_only_the_masked_area():
+    rng = np.random.default_rng(6)
+    img = rng.random((1, 32, 36, 3), dtype=np.float32)
+    m = np.zeros((32, 36), np.float32)
+    m[10:20, 12:30] = 1.0
+    (out,) = ops.masked_blur(None, torch.from_numpy(img), _t(m), 10, 0)  # blur 10 -> 11
+    blurred = _gauss_cv(img[0], 11)
+    want = img[0] + (blurred - img[0]) * m[..., None]
+    assert np.allclose(out[0].numpy(), want, atol=1e-5)
+
+
+def test_inpaint_preprocessor_marks_masked_pixels():
+    img = torch.rand(2, 16, 16, 3)
+    m = torch.zeros(1, 8, 8)
+    m[0, 2:6, 2:6] = 1.0
+    (out,) = ops.inpaint_preprocessor(None, img, m)
+    marked = torch.nn.functional.interpolate(m[:, None], size=(16, 16), mode="bilinear")[0, 0] > 0.5
+    assert torch.all(out[:, marked] == -1.0) and torch.equal(out[:, ~marked], img[:, ~marked])
+    (black,) = ops.inpaint_preprocessor(None, img, m, black_pixel_for_xinsir_cn=True)
+    assert torch.all(black[:, marked] == 0.0)
+
+
+def test_color_match_moves_mean_and_spread_outside_the_excluded_area():
+    rng = np.random.default_rng(7)
+    target = torch.from_numpy(rng.random((1, 20, 20, 3), dtype=np.float32) * 0.4)
+    reference = torch.from_numpy(0.3 + rng.random((1, 24, 24, 3), dtype=np.float32) * 0.5)
+    (out,) = ops.color_match(None, target, reference, 1.0)
+    for a, b in ((out, reference),):
+        assert torch.allclose(a.mean(dim=(1, 2)), b.mean(dim=(1, 2)), atol=1e-4)
+        assert torch.allclose(a.std(dim=(1, 2), unbiased=False), b.std(dim=(1, 2), unbiased=False), atol=1e-4)
+    assert torch.equal(ops.color_match(None, target, reference, 0.0)[0], target)
+    excl = torch.zeros(1, 20, 20)
+    excl[0, :10] = 1.0
+    spoiled = target.clone()
+    spoiled[:, :10] = 1.0  # what the excluded area holds does not count
+    a = ops.color_match(None, spoiled, reference, 1.0, excl)[0][:, 10:]
+    b = ops.color_match(None, target, reference, 1.0, excl)[0][:, 10:]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def _b64(image: Image.Image, fmt="PNG") -> str:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_load_image_base64_alpha_is_the_mask():
+    rgba = np.zeros((6, 5, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 51
+    image, mask = tooling.load_image_base64(None, _b64(Image.fromarray(rgba)))
+    assert image.shape == (1, 6, 5, 3) and torch.allclose(image[..., 0], torch.tensor(200 / 255))
+    assert torch.allclose(mask, torch.full((1, 6, 5), 0.2))
+    _, opaque = tooling.load_image_base64(None, "data:image/png;base64," + _b64(Image.new("RGB", (3, 2))))
+    assert torch.equal(opaque, torch.ones(1, 2, 3))
+
+
+def test_load_mask_base64_grey_or_red():
+    grey = Image.fromarray(np.array([[0, 255], [128, 64]], np.uint8))
+    (m,) = tooling.load_mask_base64(None, _b64(grey))
+    assert torch.allclose(m, torch.tensor([[[0, 1], [128 / 255, 64 / 255]]]))
+    (red,) = tooling.load_mask_base64(None, _b64(Image.new("RGB", (2, 2), (255, 9, 9)), "WEBP"))
+    assert red.shape == (1, 2, 2) and torch.all(red > 0.95)
+
+
+@pytest.mark.parametrize("data, match", [("", "expected a base64"), ("%%%", "invalid base64"),
+                                         (base64.b64encode(b"not an image").decode(), "not a readable image")])
+def test_bad_base64_images_are_refused_in_words(data, match):
+    with pytest.raises(InvalidArgument, match=match):
+        tooling.load_image_base64(None, data)
+
+
+def test_oversized_base64_image_is_refused(monkeypatch):
+    monkeypatch.setattr(tooling, "MAX_PIXELS", 100)
+    with pytest.raises(InvalidArgument, match="too large: 20x10 pixels"):
+        tooling.load_mask_base64(None, _b64(Image.new("L", (20, 10))))
+
+
+def test_load_image_cache_channels(monkeypatch):
+    cache = ImageCache()
+    monkeypatch.setattr(tooling, "IMAGES", cache)
+    for key, img in {"g": Image.new("L", (3, 2), 100), "rgb": Image.new("RGB", (3, 2), (10, 20, 30)),
+                     "rgba": Image.new("RGBA", (3, 2), (10, 20, 30, 40))}.items():
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        cache.put(key, buf.getvalue(), "image/png")
+    image, mask = tooling.load_image_cache(None, "g")
+    assert image.shape == (1, 2, 3, 3) and torch.allclose(mask, torch.full((1, 2, 3), 100 / 255))
+    assert torch.allclose(tooling.load_image_cache(None, "rgb")[1], torch.full((1, 2, 3), 10 / 255))
+    assert torch.allclose(tooling.load_image_cache(None, "rgba")[1], torch.full((1, 2, 3), 40 / 255))
+    with pytest.raises(InvalidArgument, match="no image 'nope'"):
+        tooling.load_image_cache(None, "nope")
+
+
+def test_apply_mask_to_image():
+    img = torch.rand(2, 4, 5, 3)
+    m = torch.rand(1, 4, 5)
+    (out,) = tooling.apply_mask_to_image(None, img, m)
+    assert out.shape == (2, 4, 5, 4) and torch.equal(out[..., :3], img) and torch.equal(out[1, ..., 3], m[0])
+    with pytest.raises(InvalidArgument, match="does not match"):
+        tooling.apply_mask_to_image(None, img, torch.rand(1, 5, 4))
+
+
+def test_translate_passes_english_and_refuses_the_rest():
+    assert tooling.translate_text("a cat,  lang:en  a dog ") == "a cat, a dog"
+    assert tooling.translate_text("lang:en") == ""
+    with pytest.raises(InvalidArgument, match="cannot translate from 'de'"):
+        tooling.translate_text("a cat lang:de ein Hund")
+
+
+def test_image_cache_bounds():
+    cache = ImageCache(max_bytes=10, max_entry=8, keep_s=0.0)
+    cache.put("a", b"12345", "x")
+    cache.put("b", b"12345", "x")
+    assert cache.get("a") is not None  # a is now the most recently used
+    cache.put("c", b"123", "x")
+    assert "b" not in cache and "a" in cache and "c" in cache
+    with pytest.raises(InvalidArgument, match="more than the 8"):
+        cache.put("d", b"123456789", "x")
+    with pytest.raises(InvalidArgument, match="not an image id"):
+        cache.put("../x", b"1", "x")
+    kept = ImageCache(max_bytes=4, keep_s=60.0)
+    kept.put("a", b"12345", "x")
+    kept.put("b", b"12345", "x")
+    assert "a" in kept and "b" in kept  # fresh results wait for their client
