@@ -20,6 +20,13 @@ REQUIRED_NODES = {
     "Inpaint Nodes": ["INPAINT_LoadFooocusInpaint", "INPAINT_ShrinkMask", "INPAINT_StabilizeMask",
                       "INPAINT_ColorMatch"],
 }
+# the same list in plugin versions before the image cache (1.38: images in as base64, out over the websocket)
+REQUIRED_NODES_1_38 = {
+    "ControlNet Preprocessors": ["InpaintPreprocessor", "DepthAnythingV2Preprocessor"],
+    "IP-Adapter": ["IPAdapterModelLoader", "IPAdapter"],
+    "External Tooling Nodes": ["ETN_LoadImageBase64", "ETN_LoadMaskBase64", "ETN_SendImageWebSocket", "ETN_Translate"],
+    "Inpaint Nodes": ["INPAINT_LoadFooocusInpaint", "INPAINT_ApplyFooocusInpaint", "INPAINT_ExpandMask"],
+}
 # nodes the plugin's own workflows emit for SD 1.5 beyond the required ones (and older plugins' transfer nodes)
 EMITTED_NODES = ["ETN_ApplyMaskToImage", "INPAINT_ExpandMask", "INPAINT_MaskedBlur", "INPAINT_MaskedFill",
                  "INPAINT_LoadInpaintModel", "ETN_LoadImageBase64", "ETN_LoadMaskBase64", "ETN_SendImageWebSocket"]

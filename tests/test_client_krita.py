@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 from client_replay import WS, app_client
-from krita_graphs import (EMITTED_NODES, MODEL_LISTS, REQUIRED_NODES, SD15_REQUIRED, Bounds, find_model, generate,
-                          inpaint, options, refine)
+from krita_graphs import (EMITTED_NODES, MODEL_LISTS, REQUIRED_NODES, REQUIRED_NODES_1_38, SD15_REQUIRED, Bounds,
+                          find_model, generate, inpaint, options, refine)
 from PIL import Image
 from reference import randomize_
 
@@ -69,8 +69,9 @@ def connect(client) -> dict:
     with client.websocket_connect(f"{WS}?clientId=krita-probe"):
         pass
     info = client.get("/object_info").json()
-    missing = {n for nodes in REQUIRED_NODES.values() for n in nodes if n not in info}
-    assert missing <= PENDING_ELSEWHERE, missing - PENDING_ELSEWHERE
+    for required in (REQUIRED_NODES, REQUIRED_NODES_1_38):
+        missing = {n for nodes in required.values() for n in nodes if n not in info}
+        assert missing <= PENDING_ELSEWHERE, missing - PENDING_ELSEWHERE
     assert isinstance(client.get("/api/etn/languages").json(), list)
     lists = {kind: options(info, node, name) for kind, (node, name) in MODEL_LISTS.items()}
     checkpoints = {}
