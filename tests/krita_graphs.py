@@ -43,8 +43,8 @@ SD15_REQUIRED = [
     ("controlnet", "inpaint", ["control_v11p_sd15_inpaint"]),
     ("controlnet", "blur", ["control_v11f1e_sd15_tile", "control_lora_rank128_v11f1e_sd15_tile"]),
     ("ip_adapter", "reference", ["ip-adapter_sd15"]),
-    ("clip_vision", "ip_adapter", ["sd1.5/pytorch_model.bin", "sd1.5/model.safetensors", "clip-vision_vit-h.safetensors",
-                                   "clip-vit-h-14-laion2b-s32b-b79k"]),
+    ("clip_vision", "ip_adapter", ["sd1.5/pytorch_model.bin", "sd1.5/model.safetensors",
+                                   "clip-vision_vit-h.safetensors", "clip-vit-h-14-laion2b-s32b-b79k"]),
     ("lora", "hyper", ["Hyper-SD15-8steps-CFG-lora"]),
     ("upscaler", "default", ["4x_NMKD-Superscale-SP_178000_G.pth"]),
     ("upscaler", "fast_2x", ["OmniSR_X2_DIV2K.safetensors"]),
@@ -119,7 +119,8 @@ class Workflow:
         return self.add_cached("CheckpointLoaderSimple", 3, ckpt_name=name)
 
     def encode(self, clip, positive: str, negative: str):
-        return self.add("CLIPTextEncode", clip=clip, text=positive), self.add("CLIPTextEncode", clip=clip, text=negative)
+        return (self.add("CLIPTextEncode", clip=clip, text=positive),
+                self.add("CLIPTextEncode", clip=clip, text=negative))
 
     def sample(self, model, cond, latent, sampler="dpmpp_2m", scheduler="karras", steps=4, start_at_step=0,
                cfg=7.0, seed=1234):
@@ -137,6 +138,14 @@ class Workflow:
 
     def load_mask(self, image_id: str):
         return self.add("ETN_LoadImageCache", 2, id=image_id)[1]
+
+    def masked_result(self, image, mask, blend: int) -> dict:
+        """denoise_to_compositing_mask, apply_mask and send_image: the result with its mask as alpha."""
+        mask = self.add("ThresholdMask", mask=mask, value=0.0)
+        if blend > 0:
+            mask = self.add("INPAINT_ShrinkMask", mask=mask, shrink=blend // 2, blur=blend, blur_type="gaussian")
+        self.send_image(self.add("ETN_ApplyMaskToImage", image=image, mask=mask))
+        return self.root
 
     def send_image(self, image, websocket=False):
         return self.add("ETN_SendImageWebSocket" if websocket else "ETN_SaveImageCache", images=image, format="PNG")
@@ -193,8 +202,29 @@ def inpaint(info, ckpt, controlnet, image_id, mask_id, target: Bounds, positive,
         image = w.add("INPAINT_ColorMatch", target=image, reference=filled, exclude_mask=inpaint_mask,
                       strength=color_match)
     image = w.add("ImageCrop", image=image, x=target.x, y=target.y, width=target.width, height=target.height)
-    mask = w.add("ThresholdMask", mask=cropped_mask, value=0.0)
-    if blend > 0:
-        mask = w.add("INPAINT_ShrinkMask", mask=mask, shrink=blend // 2, blur=blend, blur_type="gaussian")
-    w.send_image(w.add("ETN_ApplyMaskToImage", image=image, mask=mask))
-    return w.root
+    return w.masked_result(image, cropped_mask, blend)
+
+
+def refine_region(info, ckpt, controlnet, image_id, mask_id, target: Bounds, positive, negative, steps=8,
+                  start_at_step=3, grow=4, feather=4, blend=4, color_match=1.0, seed=1234) -> dict:
+    """workflow.refine_region for SD 1.5 (Refine with a selection, strength over 0.5: with the inpaint
+    ControlNet): the selection re-sampled from the canvas, cropped to `target`, its mask as alpha."""
+    w = Workflow(info)
+    model, clip, vae = w.checkpoint(ckpt)
+    model = w.add("DifferentialDiffusion", model=model)
+    in_image = w.load_image(image_id)
+    in_mask = w.add("INPAINT_ExpandMask", mask=w.load_mask(mask_id), grow=grow, blur=feather, blur_type="linear")
+    cond = w.encode(clip, positive, negative)
+    hint = w.add("InpaintPreprocessor", image=in_image, mask=in_mask, black_pixel_for_xinsir_cn=False)
+    cn = w.add_cached("ControlNetLoader", control_net_name=controlnet)
+    cond = w.add("ControlNetApplyAdvanced", 2, positive=cond[0], negative=cond[1], control_net=cn, image=hint,
+                 vae=vae, strength=1.0, start_percent=0.0, end_percent=1.0)
+    latent = w.add("SetLatentNoiseMask", samples=w.add("VAEEncode", vae=vae, pixels=in_image), mask=in_mask)
+    out = w.sample(model, cond, latent, steps=steps, start_at_step=start_at_step, seed=seed)
+    image = w.add("VAEDecode", vae=vae, samples=out)
+    if color_match > 0:
+        image = w.add("INPAINT_ColorMatch", target=image, reference=in_image, exclude_mask=in_mask,
+                      strength=color_match)
+    image = w.add("ImageCrop", image=image, x=target.x, y=target.y, width=target.width, height=target.height)
+    mask = w.add("CropMask", mask=in_mask, x=target.x, y=target.y, width=target.width, height=target.height)
+    return w.masked_result(image, mask, blend)

@@ -23,7 +23,7 @@ import pytest
 import torch
 from client_replay import WS, app_client
 from krita_graphs import (EMITTED_NODES, MODEL_LISTS, REQUIRED_NODES, REQUIRED_NODES_1_38, SD15_REQUIRED, Bounds,
-                          find_model, generate, inpaint, options, refine)
+                          find_model, generate, inpaint, options, refine, refine_region)
 from PIL import Image
 from reference import randomize_
 
@@ -129,7 +129,8 @@ def run_job(client, graph: dict, images: dict[str, bytes] = None) -> tuple[list[
 def test_connects_with_every_required_node_and_model(client):
     info = connect(client)
     assert set(EMITTED_NODES) <= set(info)
-    assert find_model(options(info, "ControlNetLoader", "control_net_name"), ["control_v11p_sd15_inpaint"]) == CONTROLNET
+    controlnets = options(info, "ControlNetLoader", "control_net_name")
+    assert find_model(controlnets, ["control_v11p_sd15_inpaint"]) == CONTROLNET
 
 
 def test_generate(client):
@@ -160,31 +161,45 @@ def test_refine(client):
     assert np.array_equal(np.asarray(again[0]), np.asarray(images[0]))  # same image either way in, same result
 
 
-def test_inpaint_fill_keeps_unmasked_pixels(client):
-    info = client.get("/object_info").json()
+def _selection_job(client, build, margin: int):
+    """A canvas, a 16 x 16 selection and its context (the target bounds); -> (result RGBA, the canvas
+    under it, the selection in it, the pixels more than `margin` from the selection)."""
     rng = np.random.default_rng(4)
     canvas = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[24:40, 24:40] = 255  # the selection; Krita sends a grey mask image
     target = Bounds(0, 8, 64, 48)  # the selection with context around it
-    graph = inpaint(info, "tiny.safetensors", CONTROLNET, "c0ffee01", "c0ffee02", target, "a window", "")
+    graph = build(client.get("/object_info").json(), "tiny.safetensors", CONTROLNET, "c0ffee01", "c0ffee02", target,
+                  "a window", "")
     _, images = run_job(client, graph, {"c0ffee01": png(canvas), "c0ffee02": png(mask)})
     assert [(im.size, im.mode) for im in images] == [((64, 48), "RGBA")]
-    result = np.asarray(images[0]).astype(np.float64)
-    alpha = result[..., 3] / 255.0
     crop = mask[target.y:target.y + target.height, target.x:target.x + target.width]
-    # grown by 8 and feathered by a 9-px tent (reach 12), thresholded, shrunk by 4 and blurred by a 9-px
-    # Gaussian (reach 12 again): nothing reaches 13 px beyond the selection
     far = np.ones_like(crop, dtype=bool)
     ys, xs = np.nonzero(crop)
-    far[max(ys.min() - 12, 0):ys.max() + 13, max(xs.min() - 12, 0):xs.max() + 13] = False
-    assert far.any() and np.all(alpha[far] == 0)
-    assert np.all(alpha[crop > 0] > 0.99)  # the selection is replaced, fully
-    # laid over the canvas as Krita does, pixels away from the selection are the canvas's
+    far[max(ys.min() - margin, 0):ys.max() + margin + 1, max(xs.min() - margin, 0):xs.max() + margin + 1] = False
     under = canvas[target.y:target.y + target.height, target.x:target.x + target.width].astype(np.float64)
+    return np.asarray(images[0]).astype(np.float64), under, crop > 0, far
+
+
+def _keeps_unmasked_pixels(result, under, selected, far):
+    alpha = result[..., 3] / 255.0
+    assert far.any() and np.all(alpha[far] == 0)
+    assert np.all(alpha[selected] > 0.99)  # the selection is replaced, fully
+    # laid over the canvas as Krita does, pixels away from the selection are the canvas's
     laid = result[..., :3] * alpha[..., None] + under * (1 - alpha[..., None])
     assert np.array_equal(laid[far], under[far])
-    assert not np.allclose(laid[crop > 0], under[crop > 0], atol=2)
+    assert not np.allclose(laid[selected], under[selected], atol=2)
+
+
+def test_inpaint_fill_keeps_unmasked_pixels(client):
+    # grown by 8 and feathered by a 9-px tent (reach 12), thresholded, shrunk by 4 and blurred by a 9-px
+    # Gaussian (reach 12 again): nothing reaches 13 px beyond the selection
+    _keeps_unmasked_pixels(*_selection_job(client, inpaint, margin=12))
+
+
+def test_refine_selection_keeps_unmasked_pixels(client):
+    # grown by 4 and a 5-px tent (reach 6), shrunk by 2 and a 5-px Gaussian: nothing beyond 6 px
+    _keeps_unmasked_pixels(*_selection_job(client, refine_region, margin=6))
 
 
 def test_missing_cache_image_and_bad_uploads_are_clear(client):
