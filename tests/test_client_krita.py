@@ -133,6 +133,29 @@ def test_connects_with_every_required_node_and_model(client):
     assert find_model(controlnets, ["control_v11p_sd15_inpaint"]) == CONTROLNET
 
 
+def test_model_info_of_dit_networks_and_checkpoints(client, tmp_path):
+    """SD3 and Flux files (a whole checkpoint, a network alone in diffusion_models/) are named as ComfyUI's
+    model detection names them, so Krita offers those architectures; files it cannot read say "unknown"."""
+    from dit_fixtures import META_FLUX, META_SD3, flux_parts, load_tiny, sd3_parts, write_single_file, write_split_files
+
+    models = client.app.state.opensd.settings.models_dir
+    flux = load_tiny(tmp_path / "flux", "flux", flux_parts("schnell"))
+    write_split_files(models, flux.model, "flux1-schnell", META_FLUX, file_prefix="flux_")
+    sd3 = load_tiny(tmp_path / "sd3", "sd3", sd3_parts())
+    write_single_file(models / "Stable-diffusion" / "sd3_medium.safetensors", sd3.model, META_SD3)
+    (models / "Stable-diffusion" / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    nets = client.get("/api/etn/model_info/diffusion_models").json()
+    assert nets["flux1-schnell.safetensors"] == {"base_model": "flux-schnell", "is_inpaint": False}
+    ckpts = client.get("/api/etn/model_info/checkpoints?offset=1&limit=2").json()
+    assert ckpts.pop("_meta")["total"] == 4 and len(ckpts) == 2
+    ckpts = client.get("/api/etn/model_info").json()
+    assert ckpts["sd3_medium.safetensors"] == {"base_model": "sd3", "is_inpaint": False}
+    assert ckpts["tiny.safetensors"] == {"base_model": "sd15", "is_inpaint": False}
+    assert ckpts["broken.safetensors"]["base_model"] == "unknown"
+    for name in ("Stable-diffusion/sd3_medium.safetensors", "Stable-diffusion/broken.safetensors"):
+        (models / name).unlink()
+
+
 def test_generate(client):
     info = connect(client)
     graph = generate(info, "tiny.safetensors", 64, 48, "a red house", "blurry", batch=2)

@@ -13,9 +13,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..errors import InvalidArgument
+from .. import families
+from ..checkpoints.files import read_safetensors_header, sniff_format
+from ..errors import InvalidArgument, OpenSDError
 from ..image_read import decode_bytes
-from ..library.model_info import checkpoint_config
 from ..workflows.image_cache import IMAGES
 from ..workflows.nodes_tooling import MAX_PIXELS, translate_text
 from . import safe_json
@@ -24,14 +25,27 @@ from . import safe_json
 FOLDERS = {"checkpoints": "checkpoints", "diffusion_models": "unet", "unet": "unet", "unet_gguf": "unet_gguf"}
 # our family -> the base_model names of ComfyUI's model detection (opensd's own "small" test models are
 # SD1-shaped UNets run as SD 1.5)
-BASE_MODELS = {"sd1": "sd15", "small": "sd15", "sd2": "sd20", "sdxl": "sdxl", "sdxl_refiner": "sdxl-refiner"}
+BASE_MODELS = {"sd1": "sd15", "small": "sd15", "sd2": "sd20", "sdxl": "sdxl", "sdxl_refiner": "sdxl-refiner",
+               "sd3": "sd3", "flux": "flux"}
 
 
 def model_info(path) -> dict:
-    cfg = checkpoint_config(path) if path.suffix == ".safetensors" else None
-    if cfg is None:
-        return {"base_model": "unknown"}
+    """What comfyui-tooling-nodes says of a model file, from its safetensors header (no weights read):
+    the base model, inpaint (a 9-channel UNet, Flux Fill) and SDXL's prediction type."""
+    try:
+        if path.suffix != ".safetensors" or sniff_format(path) != "safetensors":
+            return {"base_model": "unknown"}
+        entries, metadata = read_safetensors_header(path)
+        _, cfg = families.detect({k: tuple(v["shape"]) for k, v in entries.items()}, metadata, str(path))
+    except (OpenSDError, OSError) as e:
+        return {"base_model": "unknown", "error": f"Failed to detect base model: {e}"}
     base = BASE_MODELS.get(cfg.family, "unknown")
+    if base == "sd3":
+        return {"base_model": base, "is_inpaint": False}
+    if base == "flux":
+        if not cfg.flux.guidance_embed:
+            base = "flux-schnell"
+        return {"base_model": base, "is_inpaint": cfg.inpainting}
     info = {"base_model": base, "is_inpaint": base in ("sd15", "sdxl") and cfg.unet.in_channels > 4}
     if base == "sdxl":
         info["type"] = "v-prediction" if cfg.prediction == "v" else "eps"
