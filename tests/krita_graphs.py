@@ -228,3 +228,34 @@ def refine_region(info, ckpt, controlnet, image_id, mask_id, target: Bounds, pos
     image = w.add("ImageCrop", image=image, x=target.x, y=target.y, width=target.width, height=target.height)
     mask = w.add("CropMask", mask=in_mask, x=target.x, y=target.y, width=target.width, height=target.height)
     return w.masked_result(image, mask, blend)
+
+
+def client_tiles(width: int, height: int, min_size: int, padding: int) -> tuple[int, int]:
+    """resolution.TileLayout on the client: (blending, tile count), from which it numbers the tiles."""
+    blending = max(1, padding // 16) * 8 if padding > 0 else 0
+    count_w, count_h = max(1, width // (min_size - 2 * padding)), max(1, height // (min_size - 2 * padding))
+    return blending, count_w * count_h
+
+
+def upscale_tiled(info, ckpt, image_id, width, height, positive, negative, min_size=64, padding=16, steps=6,
+                  start_at_step=3, seed=1234) -> dict:
+    """workflow.upscale_tiled for SD 1.5 without an upscale model: the image resized to width x height,
+    then every tile re-sampled and merged back."""
+    w = Workflow(info)
+    model, clip, vae = w.checkpoint(ckpt)
+    upscaled = w.add("ImageScale", image=w.load_image(image_id), width=width, height=height,
+                     upscale_method="lanczos", crop="disabled")
+    blending, total = client_tiles(width, height, min_size, padding)
+    layout = w.add("ETN_TileLayout", image=upscaled, min_tile_size=min_size, padding=padding, blending=blending,
+                   multiple=8)
+    out, cond = upscaled, None
+    for i in range(total):
+        tile = w.add("ETN_ExtractImageTile", image=upscaled, layout=layout, index=i)
+        mask = w.add("ETN_GenerateTileMask", layout=layout, index=i)
+        cond = cond or w.encode(clip, positive, negative)  # the prompt is encoded once, for the first tile
+        latent = w.add("SetLatentNoiseMask", samples=w.add("VAEEncode", vae=vae, pixels=tile), mask=mask)
+        sampled = w.sample(model, cond, latent, steps=steps, start_at_step=start_at_step, seed=seed)
+        out = w.add("ETN_MergeImageTile", image=out, layout=layout, index=i,
+                    tile=w.add("VAEDecode", vae=vae, samples=sampled))
+    w.send_image(out)
+    return w.root

@@ -23,7 +23,7 @@ import pytest
 import torch
 from client_replay import WS, app_client
 from krita_graphs import (EMITTED_NODES, MODEL_LISTS, REQUIRED_NODES, REQUIRED_NODES_1_38, SD15_REQUIRED, Bounds,
-                          find_model, generate, inpaint, options, refine, refine_region)
+                          find_model, generate, inpaint, options, refine, refine_region, upscale_tiled)
 from PIL import Image
 from reference import randomize_
 
@@ -182,6 +182,19 @@ def test_refine(client):
     b64 = base64.b64encode(png(start)).decode()
     _, again = run_job(client, refine(info, "tiny.safetensors", None, "a cat", "ugly", image_b64=b64))
     assert np.array_equal(np.asarray(again[0]), np.asarray(images[0]))  # same image either way in, same result
+
+
+def test_upscale_with_refine_in_tiles(client):
+    """The Upscale tab with "refine": 64 x 48 to 128 x 96 in 12 tiles that the client and the server
+    number alike (a tile the server's layout lacks would fail the job)."""
+    rng = np.random.default_rng(5)
+    start = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    graph = upscale_tiled(client.get("/object_info").json(), "tiny.safetensors", "5ca1ed00", 128, 96, "detailed", "")
+    assert sum(n["class_type"] == "ETN_MergeImageTile" for n in graph.values()) == 12
+    _, images = run_job(client, graph, {"5ca1ed00": png(start)})
+    assert [im.size for im in images] == [(128, 96)]
+    resized = np.asarray(Image.fromarray(start).resize((128, 96), Image.LANCZOS), dtype=np.float64)
+    assert not np.allclose(np.asarray(images[0], dtype=np.float64), resized, atol=2)  # re-sampled
 
 
 def _selection_job(client, build, margin: int):

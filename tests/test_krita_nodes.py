@@ -222,3 +222,48 @@ def test_image_cache_bounds():
     kept.put("a", b"12345", "x")
     kept.put("b", b"12345", "x")
     assert "a" in kept and "b" in kept  # fresh results wait for their client
+
+
+def test_tile_layout_grid_extract_and_merge():
+    from opensd.workflows import nodes_tiles as tiles
+
+    image = torch.rand(1, 96, 128, 3)
+    (layout,) = tiles.create_layout(None, image, 64, 16, 8, 8)
+    # per axis: count = size // (64 - 32); tile = ceil((size + (count - 1) 32) / count) up to a multiple of 8
+    assert layout.count == (3, 4) and layout.tile == (56, 56) and layout.total == 12
+    covered = torch.zeros(96, 128)
+    for i in range(layout.total):
+        (tile,) = tiles.extract_image_tile(None, image, layout, i)
+        ys, xs = layout.rect(i)
+        assert torch.equal(tile, image[:, ys, xs])
+        covered[ys, xs] += 1
+        (same,) = tiles.merge_image_tile(None, image, layout, i, tile)
+        assert torch.allclose(same, image)  # a tile merged back over itself changes nothing
+    assert covered.min() >= 1
+    assert layout.rect(1) == (slice(24, 80), slice(0, 56))  # index runs down the rows first
+    (mask_tile,) = tiles.extract_mask_tile(None, image[..., 0], layout, 5)
+    assert torch.equal(mask_tile, image[:, 48:96, 24:80, 0])  # row 5 % 3, column 5 // 3
+    with pytest.raises(InvalidArgument, match="index: 12 is not a tile"):
+        tiles.extract_image_tile(None, image, layout, 12)
+    with pytest.raises(InvalidArgument, match="must exceed twice the padding"):
+        tiles.create_layout(None, image, 64, 32, 8, 8)
+    with pytest.raises(InvalidArgument, match="multiples of 8"):
+        tiles.create_layout(None, torch.rand(1, 90, 128, 3), 64, 16, 8, 8)
+
+
+def test_tile_masks_own_the_inside_and_blend_the_edges():
+    from opensd.workflows import nodes_tiles as tiles
+
+    (layout,) = tiles.create_layout(None, torch.rand(1, 96, 128, 3), 64, 16, 8, 8)
+    (hard,) = tiles.generate_tile_mask(None, layout, 4)  # row 1, column 1: neighbours on every side
+    want = np.zeros((56, 56), np.float32)
+    want[8:48, 8:48] = 1.0  # padding 16 less blending 8 toward each neighbour
+    assert torch.equal(hard[0], torch.from_numpy(want))
+    (corner,) = tiles.generate_tile_mask(None, layout, 0)  # the image's corner: owned up to its edges
+    assert corner[0, 0, 0] == 1.0 and corner[0, -1, -1] == 0.0
+    (soft,) = tiles.generate_tile_mask(None, layout, 4, blend=True)
+    inner = np.zeros((56, 56), np.float32)
+    inner[16:40, 16:40] = 1.0
+    # kornia's box blur: an even window reaches one pixel further after the centre (anchor 3 of 8)
+    blurred = cv2.blur(inner, (8, 8), anchor=(3, 3), borderType=cv2.BORDER_REFLECT_101)
+    assert np.allclose(soft[0].numpy(), blurred, atol=1e-6)

@@ -39,6 +39,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_sampling_custom,
     nodes_sigmas,
     nodes_string,
+    nodes_tiles,
     nodes_tooling,
     nodes_unet_attention,
     nodes_upscale,
