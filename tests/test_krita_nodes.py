@@ -267,3 +267,20 @@ def test_tile_masks_own_the_inside_and_blend_the_edges():
     # kornia's box blur: an even window reaches one pixel further after the centre (anchor 3 of 8)
     blurred = cv2.blur(inner, (8, 8), anchor=(3, 3), borderType=cv2.BORDER_REFLECT_101)
     assert np.allclose(soft[0].numpy(), blurred, atol=1e-6)
+
+
+def test_wide_kernels_and_radii_cost_the_same_and_stay_exact():
+    """A blur over 64 pixels goes through the FFT, a dilation or erosion through window sums: same
+    values as OpenCV's direct filters, and a radius of thousands on a small mask takes no time."""
+    m = _mask(3, 120, 110)
+    (wide,) = ops.expand_mask(None, _t(m), grow=0, blur=101, blur_type="gaussian")
+    assert np.allclose(wide[0].numpy(), _gauss_cv(m, 101), atol=1e-5)
+    (grown,) = ops.expand_mask(None, _t(m), grow=8000, blur=0)
+    assert torch.equal(grown, torch.ones(1, 120, 110))
+    (shrunk,) = ops.shrink_mask(None, _t(m), shrink=8000, blur=0)
+    assert torch.equal(shrunk, torch.zeros(1, 120, 110))
+    assert np.array_equal(ops.shrink_mask(None, _t(m), 7, 0)[0][0].numpy(), _erode_cv(m, 7))
+    with pytest.raises(InvalidArgument, match="too wide for a 110x120 image"):
+        ops.expand_mask(None, _t(m), grow=0, blur=8001)
+    with pytest.raises(InvalidArgument, match="too wide"):
+        ops.masked_blur(None, torch.rand(1, 120, 110, 3), _t(m), 8191, 0)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidArgument
+
 BLUR_KINDS = ["gaussian", "box", "linear"]
 
 
@@ -18,18 +20,34 @@ def floor(mask: torch.Tensor, threshold: float = 0.99) -> torch.Tensor:
     return (mask >= threshold).to(mask.dtype)
 
 
+FFT_FROM = 64  # longer kernels go through the FFT: O(n log n) per line whatever their length
+
+
+def _filter_axis(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
+    """The valid part of `x` (padded along `dim` by the kernel's radius) filtered by a symmetric 1-D kernel."""
+    k, n = kernel.numel(), x.shape[dim]
+    if k <= FFT_FROM:
+        c = x.shape[1]
+        shape = (c, 1, 1, k) if dim == -1 else (c, 1, k, 1)
+        return F.conv2d(x, kernel.to(x).reshape(1, 1, *shape[2:]).expand(shape), groups=c)
+    size = n + k - 1
+    spectrum = torch.fft.rfft(x.double(), n=size, dim=dim) * torch.fft.rfft(kernel.double(), n=size).reshape(
+        (-1, 1) if dim == -2 else (-1,))
+    return torch.fft.irfft(spectrum, n=size, dim=dim).narrow(dim, k - 1, n - k + 1).to(x.dtype)
+
+
 def separable(x: torch.Tensor, kernel: torch.Tensor, border: str) -> torch.Tensor:
-    """`x` filtered along both axes with the 1-D `kernel` (odd length), borders "reflect" (mirror
-    without repeating the edge; "replicate" where the image is too small to mirror) or "constant" (0)."""
-    r = kernel.numel() // 2
-    mode = border
-    if border == "reflect" and (r >= x.shape[-1] or r >= x.shape[-2]):
-        mode = "replicate"
-    padded = F.pad(x, (r, r, r, r), mode=mode) if mode != "constant" else F.pad(x, (r, r, r, r), value=0.0)
-    c = x.shape[1]
-    k = kernel.to(x).flatten()
-    out = F.conv2d(padded, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    """`x` (B, C, H, W) filtered along both axes with the symmetric 1-D `kernel` (odd length), borders
+    "reflect" (mirrored without repeating the edge, kornia's default: a radius of a side or more is
+    refused, as kornia refuses it) or "constant" (0)."""
+    k = kernel.numel()
+    r = k // 2
+    h, w = x.shape[-2:]
+    if border == "reflect" and (r >= h or r >= w):
+        raise InvalidArgument(f"blur: a {k}-pixel kernel is too wide for a {w}x{h} image (its radius {r} must be "
+                              "less than both sides)")
+    padded = F.pad(x, (r, r, r, r), mode=border) if border != "constant" else F.pad(x, (r, r, r, r), value=0.0)
+    return _filter_axis(_filter_axis(padded, kernel.flatten(), -1), kernel.flatten(), -2)
 
 
 def gaussian_kernel(size: int, sigma: float = 0.0) -> torch.Tensor:
@@ -44,18 +62,28 @@ def gaussian_blur(x: torch.Tensor, size: int) -> torch.Tensor:
     return separable(x, gaussian_kernel(size), "reflect")
 
 
+def _any_within(set_: torch.Tensor, radius: int) -> torch.Tensor:
+    """True where any pixel within the (2r+1)^2 square is set, outside the image unset. Window counts
+    from cumulative sums, so any radius costs the same; one past the image's sides covers it all."""
+    r = min(radius, max(set_.shape[-2:]))
+    counts = F.pad(set_.double(), (r, r, r, r))
+    for dim in (-1, -2):
+        n = counts.shape[dim] - 2 * r
+        cum = torch.cumsum(counts, dim)
+        cum = torch.cat([torch.zeros_like(cum.narrow(dim, 0, 1)), cum], dim)
+        counts = cum.narrow(dim, 2 * r + 1, n) - cum.narrow(dim, 0, n)
+    return counts > 0.5
+
+
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """Binary dilation with a (2r+1)^2 square: 1 wherever any pixel within it is above 0."""
-    return (separable(mask, torch.ones(2 * radius + 1), "constant") > 0).to(mask.dtype)
+    return _any_within(mask > 0, radius).to(mask.dtype)
 
 
 def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """Binary erosion with a (2r+1)^2 square, outside the image counting as set: 1 where every pixel
     within it is exactly 1."""
-    n = 2 * radius + 1
-    padded = F.pad(mask, (radius, radius, radius, radius), value=1.0)
-    total = F.conv2d(padded, torch.ones(1, 1, n, n, dtype=mask.dtype, device=mask.device))
-    return (total == n * n).to(mask.dtype)
+    return (~_any_within(mask != 1, radius)).to(mask.dtype)
 
 
 def blur(mask: torch.Tensor, size: int, kind: str = "gaussian") -> torch.Tensor:

@@ -81,14 +81,12 @@ def _ceil_div(a: int, b: int) -> int:
 
 def _box_blur(x: torch.Tensor, n: int) -> torch.Tensor:
     """Mean over n x n windows, borders mirrored; an even window reaches one pixel further after
-    the centre than before it (kornia's box_blur)."""
+    the centre than before it (kornia's box_blur). One axis at a time."""
     before, after = (n - 1) // 2, n - 1 - (n - 1) // 2
-    padded = x
-    for dim, size in ((-1, x.shape[-1]), (-2, x.shape[-2])):
-        mode = "reflect" if max(before, after) < size else "replicate"
-        pads = (before, after, 0, 0) if dim == -1 else (0, 0, before, after)
-        padded = F.pad(padded, pads, mode=mode)
-    return F.avg_pool2d(padded, n, stride=1)
+    for pads, kernel in (((before, after, 0, 0), (1, n)), ((0, 0, before, after), (n, 1))):
+        mode = "reflect" if max(before, after) < min(x.shape[-2:]) else "replicate"
+        x = F.avg_pool2d(F.pad(x, pads, mode=mode), kernel, stride=1)
+    return x
 
 
 def _layout(value) -> TileLayout:

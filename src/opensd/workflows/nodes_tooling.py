@@ -28,7 +28,7 @@ from ..image_read import b64_bytes, decode_bytes
 from .image_cache import IMAGES
 from .types import NodeDef, check_size, register
 
-MAX_PIXELS = 8192 * 8192  # per decoded image: the size Krita's canvases reach, not more
+MAX_PIXELS = 4096 * 4096  # per decoded image, as the server's default max_image_pixels
 _MODULE = "custom_nodes.comfyui-tooling-nodes"
 _CATEGORY = "external_tooling"
 _FORMATS = ["PNG", "JPEG"]
