@@ -29,7 +29,10 @@ REQUIRED_NODES_1_38 = {
 }
 # nodes the plugin's own workflows emit for SD 1.5 beyond the required ones (and older plugins' transfer nodes)
 EMITTED_NODES = ["ETN_ApplyMaskToImage", "INPAINT_ExpandMask", "INPAINT_MaskedBlur", "INPAINT_MaskedFill",
-                 "INPAINT_LoadInpaintModel", "ETN_LoadImageBase64", "ETN_LoadMaskBase64", "ETN_SendImageWebSocket"]
+                 "INPAINT_LoadInpaintModel", "ETN_LoadImageBase64", "ETN_LoadMaskBase64", "ETN_SendImageWebSocket",
+                 "ETN_BackgroundRegion", "ETN_DefineRegion", "ETN_ListRegionMasks", "ETN_AttentionMask",
+                 "ETN_TileLayout", "ETN_ExtractImageTile", "ETN_ExtractMaskTile", "ETN_GenerateTileMask",
+                 "ETN_MergeImageTile"]
 # (node, input) whose option list connect() searches for models
 MODEL_LISTS = {
     "text_encoder": ("DualCLIPLoader", "clip_name1"), "vae": ("VAELoader", "vae_name"),
@@ -258,4 +261,20 @@ def upscale_tiled(info, ckpt, image_id, width, height, positive, negative, min_s
         out = w.add("ETN_MergeImageTile", image=out, layout=layout, index=i,
                     tile=w.add("VAEDecode", vae=vae, samples=sampled))
     w.send_image(out)
+    return w.root
+
+
+def generate_regions(info, ckpt, width, height, root, background, region, mask_id, negative, seed=1234) -> dict:
+    """workflow.generate with two regions (apply_attention_mask): the background's and one region's
+    prompts in an ETN_AttentionMask over the model; the root prompt is the sampler's positive."""
+    w = Workflow(info)
+    model, clip, vae = w.checkpoint(ckpt)
+    regions = w.add("ETN_BackgroundRegion", conditioning=w.add("CLIPTextEncode", clip=clip, text=background))
+    mask = w.load_mask(mask_id)
+    regions = w.add("ETN_DefineRegion", regions=regions, mask=mask,
+                    conditioning=w.add("CLIPTextEncode", clip=clip, text=region))
+    model = w.add("ETN_AttentionMask", model=model, regions=regions)
+    latent = w.add("EmptyLatentImage", width=width, height=height, batch_size=1)
+    out = w.sample(model, w.encode(clip, root, negative), latent, seed=seed)
+    w.send_image(w.add("VAEDecode", vae=vae, samples=out))
     return w.root

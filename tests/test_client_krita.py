@@ -23,7 +23,8 @@ import pytest
 import torch
 from client_replay import WS, app_client
 from krita_graphs import (EMITTED_NODES, MODEL_LISTS, REQUIRED_NODES, REQUIRED_NODES_1_38, SD15_REQUIRED, Bounds,
-                          find_model, generate, inpaint, options, refine, refine_region, upscale_tiled)
+                          find_model, generate, generate_regions, inpaint, options, refine, refine_region,
+                          upscale_tiled)
 from PIL import Image
 from reference import randomize_
 
@@ -161,6 +162,18 @@ def test_generate(client):
     graph = generate(info, "tiny.safetensors", 64, 48, "a red house", "blurry", batch=2)
     _, images = run_job(client, graph)
     assert [(im.size, im.mode) for im in images] == [((64, 48), "RGB")] * 2
+
+
+def test_generate_with_regions(client):
+    info = client.get("/object_info").json()
+    mask = np.zeros((48, 64), np.uint8)
+    mask[:, :32] = 255  # the left half is the region
+    graph = generate_regions(info, "tiny.safetensors", 64, 48, "a landscape", "a meadow", "a red house", "0e610e01",
+                             "")
+    _, images = run_job(client, graph, {"0e610e01": png(mask)})
+    plain = run_job(client, generate(info, "tiny.safetensors", 64, 48, "a landscape", ""))[1]
+    assert [im.size for im in images] == [(64, 48)]
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(plain[0]))
 
 
 def test_generate_over_the_websocket(client):

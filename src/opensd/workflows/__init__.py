@@ -35,6 +35,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_output,
     nodes_primitive,
     nodes_rebatch,
+    nodes_regions,
     nodes_sampler_options,
     nodes_sampling_custom,
     nodes_sigmas,

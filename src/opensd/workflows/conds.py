@@ -29,6 +29,8 @@ repeating the shorter context, which leaves attention's result unchanged).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,6 +42,20 @@ from ..pipeline.conditioning import size_vector
 
 FEATHER = 8  # cells over which an area's inner edges fade in
 MAX_REFERENCE_PIXELS = 16_000_000  # ReferenceLatent's images, all together: 16 times Kontext's sizes
+
+
+# Which rows of the network call under way come from negative-kind lists (ComfyUI's cond_or_uncond),
+# for model patches that treat the two sides apart (ETN_AttentionMask); None outside a call.
+NEGATIVE_ROWS: ContextVar[tuple[bool, ...] | None] = ContextVar("negative_rows", default=None)
+
+
+@contextmanager
+def negative_rows(flags):
+    token = NEGATIVE_ROWS.set(tuple(flags))
+    try:
+        yield
+    finally:
+        NEGATIVE_ROWS.reset(token)
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +73,7 @@ class Entry:
     guidance: float | None = None               # distilled guidance (FluxGuidance; None: the model's default)
     concat: torch.Tensor | None = None          # (B, 5, H, W) an inpainting model's [mask, masked image] channels
     references: tuple | None = None             # ReferenceLatent's latents, model-scaled (Kontext)
+    negative: bool = False                      # from a negative-kind list (ComfyUI's cond_or_uncond)
 
     def active(self, sigma: float) -> bool:
         return not ((self.sigma_start is not None and sigma > self.sigma_start)
@@ -113,7 +130,8 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
         sigma_start=None if start is None else sampling.percent_to_sigma(start),
         sigma_end=None if end is None else sampling.percent_to_sigma(end),
         control=extra.get("control"), control_to_uncond=bool(extra.get("control_apply_to_uncond")),
-        guidance=extra.get("guidance"), concat=_concat(extra, shape, pipe), references=_references(extra, pipe))
+        guidance=extra.get("guidance"), concat=_concat(extra, shape, pipe), references=_references(extra, pipe),
+        negative=negative)
 
 
 def _references(extra: dict, pipe) -> tuple | None:

@@ -32,7 +32,7 @@ from ..errors import InvalidArgument
 from ..pipeline.conditioning import Conditioning, CondSchedule, ScheduledPart
 from ..pipeline.guidance import plan, self_guided_scale
 from ..sampling.cfg_pp import Guided
-from .conds import calc_cond_batch, check_widths, prepare, region
+from .conds import calc_cond_batch, check_widths, negative_rows, prepare, region
 from .nodes_controlnet import RowControl
 from .types import ModelRef
 
@@ -106,6 +106,7 @@ class ModelRun:
             return net(x, t, context, y, residuals).float()
 
         with ExitStack() as patched:
+            patched.enter_context(negative_rows([e.negative for e in entries]))
             if control is not None and any(getattr(p, "resizes_skips", False) for p in self.patches):
                 raise InvalidArgument("model: PatchModelAddDownscale resizes the UNet's skips, which a "
                                       "ControlNet's residuals cannot follow")
