@@ -133,6 +133,8 @@ def test_color_match_moves_mean_and_spread_outside_the_excluded_area():
     excl[0, :10] = 1.0
     spoiled = target.clone()
     spoiled[:, :10] = 1.0  # what the excluded area holds does not count
+    with pytest.raises(InvalidArgument, match="3 channels for 1 target image"):
+        ops.color_match(None, torch.rand(1, 4, 4, 4), reference, 1.0)
     a = ops.color_match(None, spoiled, reference, 1.0, excl)[0][:, 10:]
     b = ops.color_match(None, target, reference, 1.0, excl)[0][:, 10:]
     assert torch.allclose(a, b, atol=1e-6)

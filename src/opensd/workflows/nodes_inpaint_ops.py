@@ -124,6 +124,9 @@ def _stats(pixels: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torc
 
 def color_match(call, target, reference, strength, exclude_mask=None):
     t, r = _image4(target).float(), _image4(reference).float()
+    if t.shape[1] != r.shape[1] or r.shape[0] not in (1, t.shape[0]):
+        raise InvalidArgument(f"reference: {r.shape[0]} image(s) of {r.shape[1]} channels for {t.shape[0]} target "
+                              f"image(s) of {t.shape[1]}")
 
     def keep(image):
         if exclude_mask is None:
