@@ -7,6 +7,8 @@ fix_png_transparency; ComfyUI's LoadImage makes its mask from it). What to do wi
 the caller's: flatten() for an init image, mask_from() for a mask."""
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 
 import numpy as np
@@ -14,7 +16,25 @@ from PIL import Image, ImageOps
 
 from .errors import InvalidArgument
 
+MAX_ENCODED_CHARS = 48 << 20  # base64 characters of one image sent in a request
+
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def b64_bytes(text, field: str) -> bytes:
+    """The bytes of a base64 text (or data: URL), within the encoded-size limit."""
+    if not isinstance(text, str) or not text:
+        raise InvalidArgument(f"{field}: expected a base64-encoded image")
+    if len(text) > MAX_ENCODED_CHARS:
+        raise InvalidArgument(f"{field}: encoded image longer than {MAX_ENCODED_CHARS} characters")
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if ";base64" not in head:
+            raise InvalidArgument(f"{field}: data URL is not base64")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"{field}: invalid base64") from None
 
 
 def decode_bytes(data: bytes, field: str, max_pixels: int) -> Image.Image:

@@ -22,7 +22,8 @@ from ..text.wildcards import Wildcards
 from ..version import __version__
 from . import a1111_script_runs  # noqa: F401  (registers A1111's scripts)
 from . import (a1111_api, a1111_controlnet, a1111_extras, a1111_run, comfy_api, comfy_frontend, datasets_api,
-               docs_pages, gallery_api, models_api, opensd_api, train_api, ui_routes, workers_api, xyz_axes_api)
+               docs_pages, etn_api, gallery_api, models_api, opensd_api, train_api, ui_routes, workers_api,
+               xyz_axes_api)
 from .a1111_options import A1111Options
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
@@ -153,6 +154,7 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     app.include_router(comfy_api.router(state, state.comfy))
     # newer ComfyUI frontends and clients call the same routes under /api
     app.include_router(comfy_api.router(state, state.comfy), prefix="/api", include_in_schema=False)
+    app.include_router(etn_api.router(state))  # comfyui-tooling-nodes' /api/etn routes (Krita AI Diffusion)
     comfy_frontend.install(app, state, lambda: comfy_api.router(state, state.comfy))
 
     @app.exception_handler(RequestValidationError)

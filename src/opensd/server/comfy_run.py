@@ -52,6 +52,9 @@ def run_graph(job_id: str, payload: dict, ctx: ExecutionContext, ctl, send: Call
         if kind == "image_png":  # SaveImageWebsocket: the whole image, in a PNG preview frame
             send(struct.pack(">II", PREVIEW_IMAGE, PNG) + images_io.png_bytes(data))
             return
+        if kind == "image_jpeg":  # ETN_SendImageWebSocket's JPEG format
+            send(struct.pack(">II", PREVIEW_IMAGE, JPEG) + images_io.jpeg_bytes(data, quality=95))
+            return
         data = dict(data)
         if kind == "progress":
             ctl.progress.step, ctl.progress.steps = data.get("value", 0), data.get("max", 0)

@@ -4,35 +4,16 @@ the header, EXIF orientation, 16-bit, transparency)."""
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 
 from PIL import Image
 
 from ..errors import InvalidArgument
-from ..image_read import decode_bytes
-
-MAX_ENCODED_CHARS = 48 << 20
+from ..image_read import b64_bytes, decode_bytes
 
 
 def decode_b64(text, field: str, max_pixels: int) -> Image.Image:
     return decode_bytes(b64_bytes(text, field), field, max_pixels)
-
-
-def b64_bytes(text, field: str) -> bytes:
-    """The bytes of a base64 text (or data: URL), within the encoded-size limit."""
-    if not isinstance(text, str) or not text:
-        raise InvalidArgument(f"{field}: expected a base64-encoded image")
-    if len(text) > MAX_ENCODED_CHARS:
-        raise InvalidArgument(f"{field}: encoded image longer than {MAX_ENCODED_CHARS} characters")
-    if text.startswith("data:"):
-        head, _, text = text.partition(",")
-        if ";base64" not in head:
-            raise InvalidArgument(f"{field}: data URL is not base64")
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidArgument(f"{field}: invalid base64") from None
 
 
 def png_bytes(image: Image.Image, infotext: str | None = None) -> bytes:

@@ -58,7 +58,8 @@ class Entry:
     guidance: float | None = None               # distilled guidance (FluxGuidance; None: the model's default)
     concat: torch.Tensor | None = None          # (B, 5, H, W) an inpainting model's [mask, masked image] channels
     references: tuple | None = None             # ReferenceLatent's latents, model-scaled (Kontext)
-    negative: bool = False                      # from a negative list (an IP-Adapter gives it the uncond tokens)
+    negative: bool = False                      # from a negative-kind list (ComfyUI's cond_or_uncond): IP-Adapter
+                                                # gives it the uncond tokens, regions skip it
 
     def active(self, sigma: float) -> bool:
         return not ((self.sigma_start is not None and sigma > self.sigma_start)

@@ -112,7 +112,8 @@ class ModelRun:
             for patch in self.patches:
                 args = (self.pipe.family.network(self.pipe.model), float(sigma.reshape(-1)[0]))
                 # a patch holding one value per image of the batch (Fooocus inpaint's head) is told
-                # which, and which rows come from a negative list (IP-Adapter's uncond tokens)
+                # which, and which rows come from a negative list (IP-Adapter's uncond tokens, the
+                # regions' attention couple)
                 patched.enter_context(patch(*args, image=self.image, negative=tuple(e.negative for e in entries))
                                       if getattr(patch, "per_image", False) else patch(*args))
             return self.sampling.denoise(unet_fn, crops, sigma, context=context, y=y)
