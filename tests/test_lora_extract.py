@@ -221,3 +221,30 @@ def test_sdxl_two_text_encoders(tmp_path):
     assert any(n.startswith("lora_unet_input_blocks_") for n in names)
     model, _ = _apply(base, save_lora(ext, tmp_path / "xl.safetensors"))
     _assert_same_weights(model, tuned)
+
+
+def test_cli_extracts_from_files(tmp_path, capsys):
+    """`opensd models lora-extract` (and the top-level spelling): files in, a file our loader reads
+    out with the base model's hash recorded; an existing output or a bad rank is one error line."""
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.cli import main
+    from opensd.library.hashes import file_sha256
+
+    base = tiny()
+    tuned, changed = add_lora(base, _attn_conv_te, rank=2)
+    a, b = tmp_path / "base.safetensors", tmp_path / "tuned.safetensors"
+    for model, path in ((base, a), (tuned, b)):
+        save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    out = tmp_path / "x.safetensors"
+    args = ["--base", str(a), "--tuned", str(b), "--rank", "2", "--conv-rank", "2", "--precision", "fp32",
+            "--clamp-quantile", "1", "-o", str(out)]
+    assert main(["models", "lora-extract", *args]) == 0
+    assert f"{len(changed)} layers extracted" in capsys.readouterr().err
+    model, _ = _apply(base, out)
+    _assert_same_weights(model, tuned)
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["ss_new_sd_model_hash"] == file_sha256(a)
+    assert main(["lora-extract", *args]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["lora-extract", *args[:-2], "--rank", "0", "-o", str(tmp_path / "y.safetensors")]) == 2
+    assert "rank: 0 must be" in capsys.readouterr().err
