@@ -47,6 +47,18 @@ def add_lora(model, pick, rank=3, seed=1):
     return tuned, changed
 
 
+@torch.no_grad()
+def add_bias(model, pick, seed=2):
+    """Changes the bias of every module `pick` chooses that has one (in place); returns their names."""
+    g = torch.Generator().manual_seed(seed)
+    changed = []
+    for m in lora_modules(model):
+        if pick(m) and getattr(m.module, "bias", None) is not None:
+            m.module.bias.add_(torch.randn(m.module.bias.shape, generator=g) * 0.1)  # a view for fused q/k/v
+            changed.append(m.kohya)
+    return changed
+
+
 def _weights(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -212,7 +224,9 @@ def test_sdxl_two_text_encoders(tmp_path):
     base = load_model(tmp_path / "xl").model
     tuned, changed = add_lora(base, lambda m: m.component == "te" and ".layers.0." in m.peft
                               or m.peft.endswith("attn2.to_k"), rank=2)
-    ext = extract_lora(base, tuned, rank=2, **EXACT)
+    biased = add_bias(tuned, lambda m: m.kohya.startswith("lora_te2_") and m.peft.endswith(("k_proj", "v_proj")))
+    assert len(biased) == 2 * 2  # fused in_proj_bias rows of bigG's layers
+    ext = extract_lora(base, tuned, rank=2, bias_diff=True, **EXACT)
     assert ext.metadata["ss_base_model_version"] == "sdxl_base_v1-0"
     names = {k.rsplit(".", 2)[0] for k in ext.tensors if k.endswith("lora_down.weight")}
     assert names == set(changed)
@@ -248,3 +262,22 @@ def test_cli_extracts_from_files(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err
     assert main(["lora-extract", *args[:-2], "--rank", "0", "-o", str(tmp_path / "y.safetensors")]) == 2
     assert "rank: 0 must be" in capsys.readouterr().err
+
+
+def test_bias_diffs_round_trip_through_our_loader_and_baking(tmp_path):
+    """bias_diff writes .diff_b; our loader adds it (on its own or beside up/down), live and baked."""
+    from opensd.adapters.lora import bake_into_state_dict
+
+    base = tiny()
+    tuned, _ = add_lora(base, _attn_conv_te)
+    biased = add_bias(tuned, lambda m: m.peft.endswith(("to_out.0", "self_attn.q_proj", "ff.net.2", "proj_out")))
+    assert len(biased) >= 4
+    ext = extract_lora(base, tuned, rank=3, conv_rank=3, bias_diff=True, **EXACT)
+    assert {k.rsplit(".", 1)[0] for k in ext.tensors if k.endswith(".diff_b")} == set(biased)
+    path = save_lora(ext, tmp_path / "b.safetensors")
+    model, _ = _apply(base, path)
+    _assert_same_weights(model, tuned)
+    sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    bake_into_state_dict(sd, base.config, [LoraSpec(path)])
+    want = tuned.state_dict()
+    assert max((sd[k] - want[k]).abs().max().item() for k in want) < 1e-4

@@ -158,11 +158,14 @@ def extract_lora(base: StableDiffusion | None, tuned: StableDiffusion, *, rank: 
         if weight.is_meta:
             raise InvalidArgument(f"models: {m.kohya} has no weights in the {'tuned ' if base is not None else ''}model")
         weight = weight.detach().float()
-        if weight.abs().max().item() <= min_diff:  # unchanged (kohya: different when > min_diff)
+        changed = weight.abs().max().item() > min_diff  # kohya: different when > min_diff
+        bias_changed = bias_diff and bias is not None and bias.abs().max().item() > min_diff
+        if not (changed or bias_changed):
             out.skipped.append(m.kohya)
             continue
-        _add_layer(out.tensors, m.kohya, weight, r, lora_type, clamp_quantile, dtype)
-        if bias_diff and bias is not None and bias.abs().max().item() > 0:
+        if changed:
+            _add_layer(out.tensors, m.kohya, weight, r, lora_type, clamp_quantile, dtype)
+        if bias_changed:
             out.tensors[f"{m.kohya}.diff_b"] = bias.detach().to("cpu", dtype).contiguous()
         out.layers += 1
     report(len(plan), len(plan))
