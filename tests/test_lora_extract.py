@@ -14,7 +14,7 @@ from test_loader import make_diffusers_folder
 from opensd.adapters.lora import LoraSet, LoraSpec
 from opensd.adapters.lora_keys import lora_modules
 from opensd.errors import InvalidArgument
-from opensd.library.lora_extract import extract_lora, layer_rank, low_rank, save_lora
+from opensd.library.lora_extract import extract_lora, layer_plan, layer_rank, low_rank, save_lora
 from opensd.library.synthetic import TINY, random_state_dict
 from opensd.models import config as C
 from opensd.models.stable_diffusion import StableDiffusion
@@ -151,6 +151,20 @@ def test_conv_rank_and_layer_sets():
         [None, 32, None, 32, None, None]  # kohya without conv_dim: attention blocks and text encoder
     assert [layer_rank(m, 32, 8) for m in (conv3, attn, shortcut, te, conv_in, time)] == [8, 32, 32, 32, None, None]
     assert [layer_rank(m, 32, 8, "all") for m in (conv3, conv_in, time)] == [8, 8, 32]
+
+
+@pytest.mark.parametrize("cfg,conv,counts", [
+    (C.sd1(), None, {"unet": 192, "te": 72}), (C.sd1(), 8, {"unet": 278, "te": 72}),
+    (C.sd2(), None, {"unet": 192, "te": 138}), (C.sdxl(), None, {"unet": 722, "te1": 72, "te2": 192}),
+], ids=["sd1", "sd1-conv", "sd2", "sdxl"])
+def test_full_size_layer_counts_are_kohyas(cfg, conv, counts):
+    """The modules sd-scripts' LoRA network creates (its "create LoRA for U-Net: 192 modules" etc.)."""
+    with torch.device("meta"):
+        model = StableDiffusion(cfg)
+    found = {}
+    for m, _ in layer_plan(model, ("unet", "te"), 32, conv, "kohya"):
+        found[m.kohya.split("_")[1]] = found.get(m.kohya.split("_")[1], 0) + 1
+    assert found == counts
 
 
 def test_unchanged_and_mismatched_models_are_refused_clearly(tmp_path):

@@ -113,9 +113,22 @@ def _check_options(rank, conv_rank, min_diff, clamp_quantile, lora_type, layers)
         raise InvalidArgument(f"layers: {layers!r} is not one of {', '.join(LAYER_SETS)}")
 
 
-def _plan(model: StableDiffusion, parts, rank, conv_rank, layers) -> list[tuple[LoraModule, int]]:
+def _unused_layer(model: StableDiffusion) -> str | None:
+    """SD2 reads its text encoder's penultimate layer, so the last one never matters; sd-scripts
+    loads that encoder without it (138 modules, not 144)."""
+    if model.config.family != "sd2":
+        return None
+    return f".encoder.layers.{model.config.text_encoders[0].layers - 1}."
+
+
+def layer_plan(model: StableDiffusion, parts, rank: int, conv_rank: int | None, layers: str = "kohya"
+               ) -> list[tuple[LoraModule, int]]:
+    """(module, rank) for every layer extracted from `model` (parts: "unet" and/or "te")."""
     out = []
+    unused = _unused_layer(model)
     for m in lora_modules(model, text_encoder="te" in parts):
+        if unused and m.component == "te" and unused in m.peft:
+            continue
         r = layer_rank(m, rank, conv_rank, layers) if m.component in parts else None
         if r is not None:
             out.append((m, r))
@@ -133,7 +146,7 @@ def extract_lora(base: StableDiffusion | None, tuned: StableDiffusion, *, rank: 
     ``bias_diff`` adds bias changes (``.diff_b``). Tensors are stored as ``dtype``."""
     _check_options(rank, conv_rank, min_diff, clamp_quantile, lora_type, layers)
     _check_family(tuned, "tuned" if base is not None else "model")
-    plan = _plan(tuned, parts, rank, conv_rank, layers)
+    plan = layer_plan(tuned, parts, rank, conv_rank, layers)
     base_of: dict[str, LoraModule] = {}
     if base is not None:
         _check_family(base, "base")
