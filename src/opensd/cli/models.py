@@ -53,6 +53,8 @@ def add_lora_extract(sub) -> None:
                     help="clamp the factors to this quantile of their values (default: kohya's 0.99; 1: exact SVD)")
     le.add_argument("--no-text-encoder", action="store_true", help="UNet layers only")
     le.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16", help="stored dtype (default fp16)")
+    le.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where the SVDs run (auto, the default: CUDA if there is one, else the CPU)")
     le.add_argument("-o", "--output", type=Path, required=True, help="the .safetensors file to write")
     le.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     le.set_defaults(func=cmd_lora_extract)
@@ -110,7 +112,11 @@ def cmd_lora_extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..library.lora_extract import extract_lora_to_file
+    from ..pipeline.device import resolve_device
 
+    device = resolve_device(args.device)
+    if device.type == "mps":  # torch.linalg.svd has no MPS kernel
+        device = torch.device("cpu")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.precision]
     with tqdm(desc="extracting", unit="layer", file=sys.stderr, disable=None) as bar:
         def progress(done: int, total: int) -> None:
@@ -123,7 +129,7 @@ def cmd_lora_extract(args: argparse.Namespace) -> int:
         out, ext = extract_lora_to_file(
             args.output, args.base, args.tuned, overwrite=args.overwrite, progress=progress, rank=args.rank,
             conv_rank=args.conv_rank, parts=("unet",) if args.no_text_encoder else ("unet", "te"), dtype=dtype,
-            **given)
+            device=device, **given)
     print(f"opensd: {ext.layers} layers extracted, {len(ext.skipped)} unchanged ones left out", file=sys.stderr)
     print(out)
     return 0

@@ -139,11 +139,12 @@ def extract_lora(base: StableDiffusion | None, tuned: StableDiffusion, *, rank: 
                  conv_rank: int | None = None, min_diff: float = DEFAULT_MIN_DIFF,
                  clamp_quantile: float | None = DEFAULT_CLAMP, parts=("unet", "te"), lora_type: str = "standard",
                  bias_diff: bool = False, layers: str = "kohya", dtype: torch.dtype = torch.float16,
-                 progress: Progress | None = None) -> Extraction:
+                 device: str | torch.device | None = None, progress: Progress | None = None) -> Extraction:
     """The LoRA taking ``base`` to ``tuned``. ``base=None``: ``tuned`` already holds the differences
     (ComfyUI's ModelMergeSubtract / CLIPMergeSubtract output). ``parts``: "unet" and/or "te".
     ``lora_type="full_diff"`` stores each layer's whole change (``.diff``) instead of up/down;
-    ``bias_diff`` adds bias changes (``.diff_b``). Tensors are stored as ``dtype``."""
+    ``bias_diff`` adds bias changes (``.diff_b``). Tensors are stored as ``dtype``. The SVDs run on
+    ``device`` (default: where the weights are), one layer at a time."""
     _check_options(rank, conv_rank, min_diff, clamp_quantile, lora_type, layers)
     _check_family(tuned, "tuned" if base is not None else "model")
     plan = layer_plan(tuned, parts, rank, conv_rank, layers)
@@ -166,11 +167,12 @@ def extract_lora(base: StableDiffusion | None, tuned: StableDiffusion, *, rank: 
             if b.weight.shape != weight.shape:
                 raise InvalidArgument(f"models: layer {m.kohya} is {tuple(weight.shape)} in the tuned model but "
                                       f"{tuple(b.weight.shape)} in the base")
-            weight = weight.detach().float() - b.weight.detach().float()
-            bias = None if bias is None or b.bias is None else bias.detach().float() - b.bias.detach().float()
+            weight = weight.detach().to(device, torch.float32) - b.weight.detach().to(device, torch.float32)
+            bias = None if bias is None or b.bias is None else \
+                bias.detach().to(device, torch.float32) - b.bias.detach().to(device, torch.float32)
         if weight.is_meta:
             raise InvalidArgument(f"models: {m.kohya} has no weights in the {'tuned ' if base is not None else ''}model")
-        weight = weight.detach().float()
+        weight = weight.detach().to(device, torch.float32)
         changed = weight.abs().max().item() > min_diff  # kohya: different when > min_diff
         bias_changed = bias_diff and bias is not None and bias.abs().max().item() > min_diff
         if not (changed or bias_changed):
