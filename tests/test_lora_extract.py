@@ -179,7 +179,7 @@ def test_unchanged_and_mismatched_models_are_refused_clearly(tmp_path):
     with pytest.raises(InvalidArgument, match="^models: the tuned model is sdxl .* but the base is small"):
         extract_lora(base, xl, rank=4)
     wider = C.ModelConfig(**{**TINY.__dict__, "unet": C.UNetConfig(**{**TINY.unet.__dict__, "model_channels": 64})})
-    with pytest.raises(InvalidArgument, match="one architecture"):
+    with pytest.raises(InvalidArgument, match=r"layers differ, e.g. lora_unet_\w+ is \(64, .* in the tuned model, \(32, "):
         extract_lora(base, tiny(cfg=wider), rank=4)
     for bad, match in ((dict(rank=0), "^rank:"), (dict(rank=4, conv_rank=-1), "^conv_rank:"),
                        (dict(rank=4, clamp_quantile=1.5), "^clamp_quantile:"), (dict(rank=4, lora_type="x"), "^lora_type")):
@@ -248,6 +248,17 @@ def test_sdxl_two_text_encoders(tmp_path):
     assert "lora_te2_text_model_encoder_layers_0_self_attn_k_proj" in names  # a part of the fused in_proj
     assert any(n.startswith("lora_unet_input_blocks_") for n in names)
     model, _ = _apply(base, save_lora(ext, tmp_path / "xl.safetensors"))
+    _assert_same_weights(model, tuned)
+    # from files: the base as its diffusers folder, the tuned model as one original-layout file
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.library.lora_extract import extract_lora_to_file
+    save_safetensors({k: v.contiguous() for k, v in tuned.state_dict().items()}, tmp_path / "tuned.safetensors")
+    out, again = extract_lora_to_file(tmp_path / "files.safetensors", tmp_path / "xl", tmp_path / "tuned.safetensors",
+                                      rank=2, bias_diff=True, **EXACT)
+    assert again.tensors.keys() == ext.tensors.keys()
+    assert all(torch.allclose((again.tensors[k] - ext.tensors[k]).abs().max(), torch.tensor(0.0), atol=1e-4)
+               for k in ext.tensors if k.endswith("diff_b"))
+    model, _ = _apply(base, out)
     _assert_same_weights(model, tuned)
 
 

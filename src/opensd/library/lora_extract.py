@@ -34,7 +34,7 @@ from ..adapters.lora_keys import LoraModule, lora_modules
 from ..checkpoints.files import save_safetensors
 from ..errors import InvalidArgument
 from ..models.stable_diffusion import StableDiffusion
-from .merge import describe, same_architecture
+from .merge import describe
 
 FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner", "small")
 LORA_TYPES = ("standard", "full_diff")
@@ -121,6 +121,21 @@ def _unused_layer(model: StableDiffusion) -> str | None:
     return f".encoder.layers.{model.config.text_encoders[0].layers - 1}."
 
 
+def _check_pair(base: StableDiffusion, tuned: StableDiffusion, base_of: dict, plan) -> None:
+    """One family and every extracted layer the same shape in both, checked before any SVD. Configs
+    may differ where weights cannot tell (a diffusers folder's head size or VAE scale vs a file's)."""
+    misfit = []
+    for m, _ in plan:
+        other = base_of.get(m.kohya)
+        if other is None or other.module.weight.shape != m.module.weight.shape:
+            there = "absent" if other is None else f"{tuple(other.module.weight.shape)}"
+            misfit.append(f"{m.kohya} is {tuple(m.module.weight.shape)} in the tuned model, {there} in the base")
+    if base.config.family != tuned.config.family or misfit:
+        detail = f": {len(misfit)} layers differ, e.g. {misfit[0]}" if misfit else ""
+        raise InvalidArgument(f"models: the tuned model is {describe(tuned.config)} but the base is "
+                              f"{describe(base.config)}{detail}; a LoRA is extracted from a model and its own base")
+
+
 def layer_plan(model: StableDiffusion, parts, rank: int, conv_rank: int | None, layers: str = "kohya"
                ) -> list[tuple[LoraModule, int]]:
     """(module, rank) for every layer extracted from `model` (parts: "unet" and/or "te")."""
@@ -133,6 +148,22 @@ def layer_plan(model: StableDiffusion, parts, rank: int, conv_rank: int | None, 
         if r is not None:
             out.append((m, r))
     return out
+
+
+def _difference(name: str, module, base_module, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight change, bias change or None) in float32 on `device`; without a base module, the
+    module's own weights (a model holding differences)."""
+    def f32(t):
+        return None if t is None else t.detach().to(device, torch.float32)
+
+    for what, mod in (("tuned model", module), ("base model", base_module)):
+        if mod is not None and mod.weight.is_meta:
+            raise InvalidArgument(f"models: the {what} has no weights for {name} (a partial file?)")
+    weight, bias = f32(module.weight), f32(getattr(module, "bias", None))
+    if base_module is None:
+        return weight, bias
+    base_bias = f32(getattr(base_module, "bias", None))
+    return weight - f32(base_module.weight), None if bias is None or base_bias is None else bias - base_bias
 
 
 def extract_lora(base: StableDiffusion | None, tuned: StableDiffusion, *, rank: int = 32,
@@ -151,28 +182,13 @@ def extract_lora(base: StableDiffusion | None, tuned: StableDiffusion, *, rank: 
     base_of: dict[str, LoraModule] = {}
     if base is not None:
         _check_family(base, "base")
-        if not same_architecture(base.config, tuned.config):
-            raise InvalidArgument(f"models: the tuned model is {describe(tuned.config)} but the base is "
-                                  f"{describe(base.config)}; a LoRA is extracted from two models of one architecture")
         base_of = {m.kohya: m for m in lora_modules(base, text_encoder="te" in parts)}
+        _check_pair(base, tuned, base_of, plan)
     out = Extraction({}, {})
     report = progress or (lambda done, total: None)
     for i, (m, r) in enumerate(plan):
         report(i, len(plan))
-        weight, bias = m.module.weight, getattr(m.module, "bias", None)
-        if base is not None:
-            b = base_of[m.kohya].module
-            if b.weight.is_meta:
-                raise InvalidArgument(f"models: {m.kohya} has no weights in the base model")
-            if b.weight.shape != weight.shape:
-                raise InvalidArgument(f"models: layer {m.kohya} is {tuple(weight.shape)} in the tuned model but "
-                                      f"{tuple(b.weight.shape)} in the base")
-            weight = weight.detach().to(device, torch.float32) - b.weight.detach().to(device, torch.float32)
-            bias = None if bias is None or b.bias is None else \
-                bias.detach().to(device, torch.float32) - b.bias.detach().to(device, torch.float32)
-        if weight.is_meta:
-            raise InvalidArgument(f"models: {m.kohya} has no weights in the {'tuned ' if base is not None else ''}model")
-        weight = weight.detach().to(device, torch.float32)
+        weight, bias = _difference(m.kohya, m.module, base_of[m.kohya].module if base is not None else None, device)
         changed = weight.abs().max().item() > min_diff  # kohya: different when > min_diff
         bias_changed = bias_diff and bias is not None and bias.abs().max().item() > min_diff
         if not (changed or bias_changed):
