@@ -77,7 +77,10 @@ def low_rank(delta: torch.Tensor, rank: int, clamp_quantile: float | None = DEFA
     (a Linear's or a Conv2d's weight change), clamped as the module docstring says."""
     mat = delta.detach().float().flatten(1)
     rank = min(rank, *mat.shape)
-    u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+    try:
+        u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+    except torch.linalg.LinAlgError:  # rare non-convergence in float32: float64 converges
+        u, s, vh = (t.float() for t in torch.linalg.svd(mat.double(), full_matrices=False))
     up, down = u[:, :rank] * s[:rank], vh[:rank]
     if clamp_quantile is not None and clamp_quantile < 1:
         both = torch.cat([up.flatten(), down.flatten()])
