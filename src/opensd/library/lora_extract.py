@@ -4,8 +4,8 @@ For every layer a LoRA can patch, ``delta = W_tuned - W_base`` is approximated b
 ``delta ~= up @ down`` of rank r: ``up = U[:, :r] * S[:r]`` (the singular values go into ``up``, as
 kohya's sd-scripts and ComfyUI put them), ``down = Vh[:r]``; a conv kernel is flattened to
 ``(out, in*kh*kw)`` first, so a 3x3 conv gets a 3x3 ``down`` and a 1x1 ``up`` (LoCon). Both factors
-are then clamped to the ``clamp_quantile`` quantile of their absolute values (0.99, as both tools
-do; ``None`` keeps the exact SVD). ``alpha = rank``, so the file's scale is 1.
+are then clamped to +-q, q the ``clamp_quantile`` quantile of their values taken together (0.99,
+as both tools do; ``None`` or 1 keeps the exact SVD). ``alpha = rank``, so the file's scale is 1.
 
 Which layers (``layers="kohya"``, sd-scripts' LoRA targets): the linears and 1x1 convs of the
 UNet's attention blocks at ``rank``; with a ``conv_rank`` also the resnet / down- / upsample blocks
@@ -87,7 +87,8 @@ def low_rank(delta: torch.Tensor, rank: int, clamp_quantile: float | None = DEFA
         # the q-quantile by rank order (torch.quantile refuses tensors over 16M values)
         k = min(both.numel(), max(1, math.ceil(clamp_quantile * both.numel())))
         hi = both.kthvalue(k).values
-        up, down = up.clamp(-hi, hi), down.clamp(-hi, hi)
+        if hi > 0:
+            up, down = up.clamp(-hi, hi), down.clamp(-hi, hi)
     if delta.ndim == 4:
         up = up.reshape(delta.shape[0], rank, 1, 1)
         down = down.reshape(rank, *delta.shape[1:])
@@ -221,7 +222,7 @@ def lora_metadata(family: str, rank: int, conv_rank: int | None, lora_type: str 
     """sd-scripts' ``ss_`` keys that A1111 and the LoRA browsers show (alpha = rank)."""
     meta = {"ss_network_module": "networks.lora" if lora_type == "standard" else "lycoris.kohya",
             "ss_network_dim": str(rank), "ss_network_alpha": str(rank), "ss_v2": str(family == "sd2"),
-            "ss_training_comment": "extracted by opensd models lora-extract"}
+            "ss_training_comment": "extracted from a fine-tune and its base by opensd"}
     if family in _BASE_VERSION:
         meta["ss_base_model_version"] = _BASE_VERSION[family]
     if conv_rank:
