@@ -38,7 +38,8 @@ def lora_save(call, filename_prefix, rank, lora_type, bias_diff, model_diff=None
             tensors |= ext.tensors
             metadata = ext.metadata
     if not tensors:
-        raise InvalidArgument("model_diff: no layer differs (connect ModelMergeSubtract / CLIPMergeSubtract outputs)")
+        param = "model_diff" if model_diff is not None else "text_encoder_diff"
+        raise InvalidArgument(f"{param}: no layer differs (connect ModelMergeSubtract / CLIPMergeSubtract outputs)")
     target, _, name, counter = save_path(call.ctx.outputs_dir, filename_prefix, 0, 0)
     save_numbered_safetensors(target, name, counter, ".safetensors", tensors, metadata)
     return {"result": ()}
