@@ -1,7 +1,8 @@
 """Applying LoRAs by patching weights in place, and taking them off again bit-exactly.
 
 ``W += strength * scale * up @ down`` (scale = alpha / rank) for every module a file names, with
-the UNet and text-encoder strengths separate (A1111's ``<lora:name:te:unet>``). Before a weight is
+the UNet and text-encoder strengths separate (A1111's ``<lora:name:te:unet>``), and
+``b += strength * diff_b`` where a file changes a bias. Before a weight is
 first touched an exact copy is kept (on the CPU), so :meth:`LoraSet.restore` gives back the base
 weights bit for bit, and switching from one LoRA set to another is "restore, then apply" -- the
 same weights a fresh load plus the new set would give.
@@ -91,9 +92,31 @@ def _slot(module: nn.Module) -> tuple[nn.Parameter, slice | None]:
     return param, rows
 
 
-def _target_shape(module: nn.Module) -> torch.Size:
-    param, rows = _slot(module)
+def _bias_slot(module: nn.Module) -> tuple[nn.Parameter | None, slice | None]:
+    """The bias a ``diff_b`` changes (None: the module has none), and its rows in a fused one."""
+    if isinstance(module, FusedQKVPart):
+        return module.attn.in_proj_bias, module.rows
+    if isinstance(module, RowSlice):
+        return module.linear.bias, module.rows
+    return getattr(module, "bias", None), None
+
+
+def _target_shape(module: nn.Module, bias: bool = False) -> torch.Size | None:
+    param, rows = _bias_slot(module) if bias else _slot(module)
+    if param is None:
+        return None
     return param[rows].shape if rows is not None else param.shape
+
+
+def _updates(mod: LoraModule, w: LoraWeights, device=None):
+    """(parameter, rows or None, its float32 update before strength, on `device` or the parameter's)
+    for the weight and the bias a patch changes."""
+    if w.kind != "bias":
+        param, rows = _slot(mod.module)
+        yield param, rows, w.delta(_target_shape(mod.module), device or param.device)
+    if w.diff_b is not None:
+        param, rows = _bias_slot(mod.module)
+        yield param, rows, w.diff_b.to(device or param.device, torch.float32).reshape(_target_shape(mod.module, True))
 
 
 def match_lora(lf: LoraFile, model: StableDiffusion, table: dict[str, LoraModule] | None = None) -> LoraMatch:
@@ -108,6 +131,9 @@ def match_lora(lf: LoraFile, model: StableDiffusion, table: dict[str, LoraModule
             unmatched.append(name)
         elif not w.fits(_target_shape(mod.module)):
             misfit.append(f"{name}: {w.shape_text()} vs weight {tuple(_target_shape(mod.module))}")
+        elif not w.bias_fits(_target_shape(mod.module, bias=True)):
+            misfit.append(f"{name}: bias update {tuple(w.diff_b.shape)} vs bias "
+                          f"{tuple(_target_shape(mod.module, bias=True) or ())}")
         else:
             patches.append((mod, w))
     family = _FAMILY_NAMES.get(model.config.family, model.config.family)
@@ -180,12 +206,12 @@ class LoraSet:
         self.restore()
         deltas: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
         for mod, w, strength in _weighted_patches(specs, matches):
-            param, rows = _slot(mod.module)
-            if id(param) not in deltas:
-                deltas[id(param)] = (param, torch.zeros(param.shape, dtype=torch.float32, device=param.device))
-            d = deltas[id(param)][1]
-            target = d[rows] if rows is not None else d
-            target += w.delta(target.shape, param.device) * strength
+            for param, rows, update in _updates(mod, w):
+                if id(param) not in deltas:
+                    deltas[id(param)] = (param, torch.zeros(param.shape, dtype=torch.float32, device=param.device))
+                d = deltas[id(param)][1]
+                target = d[rows] if rows is not None else d
+                target += update * strength
         reports = _reports(specs, matches)
         with torch.no_grad():
             for pid, (param, d) in deltas.items():
@@ -210,19 +236,17 @@ def bake_into_state_dict(sd: dict[str, torch.Tensor], cfg, specs: Sequence[LoraS
     their dtype, the sum is computed in float32). Used to save a model with LoRAs merged in."""
     with torch.device("meta"):
         model = StableDiffusion(cfg)
-    names = {id(m): n for n, m in model.named_modules()}
+    names = {id(p): n for n, p in model.named_parameters()}
     table = lookup_table(model)
     matches = [match_lora(read_lora(s.path), model, table) for s in specs]
     deltas: dict[str, torch.Tensor] = {}
     for mod, w, strength in _weighted_patches(specs, matches):
-        if isinstance(mod.module, FusedQKVPart):
-            key, rows = names[id(mod.module.attn)] + ".in_proj_weight", mod.module.rows
-        else:
-            key, rows = names[id(mod.module)] + ".weight", None
-        if key not in deltas:
-            deltas[key] = torch.zeros(sd[key].shape, dtype=torch.float32)
-        target = deltas[key][rows] if rows is not None else deltas[key]
-        target += w.delta(target.shape) * strength
+        for param, rows, update in _updates(mod, w, "cpu"):
+            key = names[id(param)]
+            if key not in deltas:
+                deltas[key] = torch.zeros(sd[key].shape, dtype=torch.float32)
+            target = deltas[key][rows] if rows is not None else deltas[key]
+            target += update * strength
     for key, d in deltas.items():
         sd[key] = (sd[key].float() + d).to(sd[key].dtype)
     return _reports(specs, matches)

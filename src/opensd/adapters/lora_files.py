@@ -11,13 +11,15 @@ Formats understood:
   without either, scale 1 (PEFT's alpha = rank).
 * older diffusers attention processors: ``….attn1.processor.to_q_lora.down.weight``,
   ``….self_attn.to_q_lora.down.weight``, ``….lora_linear_layer.down.weight``.
+* bias changes (``<name>.diff_b``: LyCORIS full / ComfyUI's LoraSave), with or without a weight
+  update for the same module.
 * LyCORIS LoHa (``hada_w1_a/b``, ``hada_w2_a/b``: (w1a @ w1b) * (w2a @ w2b) * alpha / rank) and LoKr
   (``lokr_w1`` or ``lokr_w1_a/b``, ``lokr_w2`` or ``lokr_w2_a/b``: kron(w1, w2) * alpha / rank of
   the decomposed factor, 1 when neither is), without Tucker cores.
 
 Not supported, and reported rather than guessed at: DoRA (``dora_scale`` / ``lora_magnitude_vector``;
-refused), Tucker-decomposed convs (``lora_mid``, ``hada_t1/t2``, ``lokr_t2``), bias patches,
-(IA)^3; the modules using them are left out and their keys returned as unsupported.
+refused), Tucker-decomposed convs (``lora_mid``, ``hada_t1/t2``, ``lokr_t2``), sparse bias patches
+(``bias_indices``), (IA)^3; the modules using them are left out and their keys returned as unsupported.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ _SUFFIXES = {
     "lora_linear_layer.down.weight": "down", "lora_linear_layer.up.weight": "up",
     "lora.down.weight": "down", "lora.up.weight": "up",
     "down.weight": "down", "up.weight": "up",
-    "alpha": "alpha", "diff": "diff",
+    "alpha": "alpha", "diff": "diff", "diff_b": "diff_b",
     "dora_scale": "dora", "lora_magnitude_vector": "dora", "lora_magnitude_vector.weight": "dora",
 }
 # LyCORIS LoHa / LoKr factors (kept by name in LoraWeights.factors).
@@ -47,7 +49,7 @@ _FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b",
             "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 _SUFFIXES.update({f: "factor" for f in _FACTORS})
 # Tucker cores, bias patches, (IA)^3, norms: a module carrying any of these is not applied.
-_UNSUPPORTED = re.compile(r"\.(hada_t[12]|lokr_t[12]|lora_mid\.weight|diff_b|bias_indices|bias_values|bias_size"
+_UNSUPPORTED = re.compile(r"\.(hada_t[12]|lokr_t[12]|lora_mid\.weight|bias_indices|bias_values|bias_size"
                           r"|lora_B\.bias|on_input|w_norm|b_norm)$")
 _PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.", "transformer.", "diffusion_model.")
 _OLD_ATTN = re.compile(r"\.processor\.to_(q|k|v|out)_lora$")
@@ -62,11 +64,14 @@ class LoraWeights:
     diff: torch.Tensor | None = None
     scale: float | None = None  # set by PEFT metadata; else alpha / rank
     factors: dict[str, torch.Tensor] = field(default_factory=dict)  # LoHa / LoKr
+    diff_b: torch.Tensor | None = None  # a bias change, added as it is (like diff)
 
     @property
     def kind(self) -> str:
         if self.diff is not None:
             return "diff"
+        if self.diff_b is not None and self.down is None and self.up is None and not self.factors:
+            return "bias"  # a bias change alone
         if "hada_w1_a" in self.factors:
             return "loha"
         if self.factors:
@@ -76,7 +81,7 @@ class LoraWeights:
     @property
     def complete(self) -> bool:
         f = self.factors
-        return {"diff": True, "lora": self.down is not None and self.up is not None,
+        return {"diff": True, "bias": True, "lora": self.down is not None and self.up is not None,
                 "loha": all(k in f for k in _FACTORS[:4]),
                 "lokr": ("lokr_w1" in f or {"lokr_w1_a", "lokr_w1_b"} <= f.keys())
                 and ("lokr_w2" in f or {"lokr_w2_a", "lokr_w2_b"} <= f.keys())}[self.kind]
@@ -126,11 +131,18 @@ class LoraWeights:
         return self._full(device).reshape(shape) * scale
 
     def fits(self, shape: torch.Size) -> bool:
+        if self.kind == "bias":
+            return True  # no weight update (the bias is checked by bias_fits)
         with torch.device("meta"):
             full = self._full("meta")
         return full.numel() == shape.numel() and full.shape[0] == shape[0]
 
+    def bias_fits(self, bias_shape: torch.Size | None) -> bool:
+        return self.diff_b is None or (bias_shape is not None and self.diff_b.numel() == bias_shape.numel())
+
     def shape_text(self) -> str:
+        if self.kind == "bias":
+            return f"bias update {tuple(self.diff_b.shape)}"
         if self.kind == "lora":
             return f"up {tuple(self.up.shape)} down {tuple(self.down.shape)}"
         with torch.device("meta"):
@@ -252,7 +264,7 @@ _CONTEXT_FAMILY = {768: "SD1", 1024: "SD2", 2048: "SDXL", 1280: "SDXL refiner"}
 def guess_family(lf: LoraFile) -> str | None:
     """"SD1" / "SD2" / "SDXL" / … from the cross-attention width a LoRA's attn2 to_k expects."""
     for name, w in lf.modules.items():
-        if "attn2" in name and name.endswith(("to_k", "to_v")):
+        if "attn2" in name and name.endswith(("to_k", "to_v")) and w.kind != "bias":
             with torch.device("meta"):
                 width = w._full("meta").shape[1]
             return _CONTEXT_FAMILY.get(width, f"a model with {width}-wide cross-attention")

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import InvalidArgument
 from .common import int_arg
 from .model_flags import add_models_dir_flag
+from .models import add_lora_extract
 
 KIND_HELP = "checkpoints, loras, vae, embeddings, controlnet, upscale_models, unet or clip"
 
@@ -56,6 +57,8 @@ def register(sub) -> None:
     ver.add_argument("names", nargs="*", help="models to check (default: every recorded one)")
     ver.add_argument("--record-new", action="store_true", help="record the files that have no record yet, as they are")
     ver.set_defaults(func=cmd_verify)
+
+    add_lora_extract(cmds)
 
     rm = cmds.add_parser("remove", help="delete a model file and its record (asks first)")
     rm.add_argument("name")

@@ -1,11 +1,12 @@
-"""`opensd merge`, `opensd convert`, `opensd lora-merge`: model tools on the command line."""
+"""`opensd merge`, `opensd convert`, `opensd lora-merge`, `opensd lora-extract` (also `opensd models
+lora-extract`): model tools on the command line."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from .common import float_arg
+from .common import float_arg, int_arg
 
 
 def register(sub) -> None:
@@ -33,6 +34,30 @@ def register(sub) -> None:
                     help="LoRA file and strengths (repeatable; TE defaults to the UNet strength)")
     _output_flags(lm)
     lm.set_defaults(func=cmd_lora_merge)
+    add_lora_extract(sub)
+
+
+def add_lora_extract(sub) -> None:
+    """`lora-extract`: a top-level command and one of `opensd models`."""
+    le = sub.add_parser("lora-extract", help="make a LoRA from the difference between a fine-tuned model and its base",
+                        description="Truncated SVD of every layer's change (kohya sd-scripts' extract_lora_from_models),"
+                                    " saved in the kohya layout A1111, ComfyUI and diffusers read. SD1/SD2/SDXL.")
+    le.add_argument("--base", type=Path, required=True, help="the base model (file or diffusers folder)")
+    le.add_argument("--tuned", type=Path, required=True, help="the fine-tuned model made from it")
+    le.add_argument("--rank", type=int_arg, default=32, help="LoRA rank (dim) of linear and 1x1 conv layers (default 32)")
+    le.add_argument("--conv-rank", type=int_arg, help="rank of 3x3 conv layers; also takes the resnet blocks "
+                                                      "(default: attention and text encoder layers only)")
+    le.add_argument("--min-diff", type=float_arg,
+                    help="leave out layers whose largest change is at most this (default: kohya's 0.01)")
+    le.add_argument("--clamp-quantile", type=float_arg,
+                    help="clamp the factors to this quantile of their values (default: kohya's 0.99; 1: exact SVD)")
+    le.add_argument("--no-text-encoder", action="store_true", help="UNet layers only")
+    le.add_argument("--precision", choices=["fp16", "bf16", "fp32"], default="fp16", help="stored dtype (default fp16)")
+    le.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where the SVDs run (auto, the default: CUDA if there is one, else the CPU)")
+    le.add_argument("-o", "--output", type=Path, required=True, help="the .safetensors file to write")
+    le.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
+    le.set_defaults(func=cmd_lora_extract)
 
 
 def _output_flags(p: argparse.ArgumentParser) -> None:
@@ -78,5 +103,33 @@ def cmd_lora_merge(args: argparse.Namespace) -> int:
         note = f", {len(r.unmatched)} key(s) matched nothing" if r.unmatched else ""
         print(f"opensd: merged {r.name} (unet {r.unet:g}, te {r.te:g}): {r.patched} modules{note}",
               file=sys.stderr)
+    print(out)
+    return 0
+
+
+def cmd_lora_extract(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..library.lora_extract import extract_lora_to_file
+    from ..pipeline.device import resolve_device
+
+    device = resolve_device(args.device)
+    if device.type == "mps":  # torch.linalg.svd has no MPS kernel
+        device = torch.device("cpu")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.precision]
+    with tqdm(desc="extracting", unit="layer", file=sys.stderr, disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        given = {k: v for k, v in (("min_diff", args.min_diff), ("clamp_quantile", args.clamp_quantile))
+                 if v is not None}
+        out, ext = extract_lora_to_file(
+            args.output, args.base, args.tuned, overwrite=args.overwrite, progress=progress, rank=args.rank,
+            conv_rank=args.conv_rank, parts=("unet",) if args.no_text_encoder else ("unet", "te"), dtype=dtype,
+            device=device, **given)
+    print(f"opensd: {ext.layers} layers extracted, {len(ext.skipped)} unchanged ones left out", file=sys.stderr)
     print(out)
     return 0

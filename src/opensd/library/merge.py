@@ -34,7 +34,7 @@ def same_architecture(a: C.ModelConfig, b: C.ModelConfig) -> bool:
         and a.text_encoders == b.text_encoders and a.vae == b.vae
 
 
-def _describe(cfg: C.ModelConfig) -> str:
+def describe(cfg: C.ModelConfig) -> str:
     extra = " inpainting" if cfg.inpainting else " instruct-pix2pix" if cfg.edit else ""
     return f"{cfg.family}{extra} (UNet {cfg.unet.model_channels} channels, context {cfg.unet.context_dim})"
 
@@ -85,8 +85,8 @@ def merge_checkpoints(a, b, c=None, *, multiplier: float = 0.5, mode: str = "wei
     cfg_a = loaded[0][2]
     for p, (_, _, cfg) in zip(paths[1:], loaded[1:]):
         if not same_architecture(cfg_a, cfg):
-            raise InvalidArgument(f"models: {p.name} is {_describe(cfg)} but {paths[0].name} is "
-                                  f"{_describe(cfg_a)}; only models of the same architecture can be merged")
+            raise InvalidArgument(f"models: {p.name} is {describe(cfg)} but {paths[0].name} is "
+                                  f"{describe(cfg_a)}; only models of the same architecture can be merged")
     sd_a, sd_b = loaded[0][0], loaded[1][0]
     sd_c = loaded[2][0] if c is not None else None
     out = {}
