@@ -220,10 +220,13 @@ def test_image_cache_bounds():
         cache.put("d", b"123456789", "x")
     with pytest.raises(InvalidArgument, match="not an image id"):
         cache.put("../x", b"1", "x")
-    kept = ImageCache(max_bytes=4, keep_s=60.0)
+    kept = ImageCache(max_bytes=6, keep_s=60.0)
     kept.put("a", b"12345", "x")
     kept.put("b", b"12345", "x")
-    assert "a" in kept and "b" in kept  # fresh results wait for their client
+    assert "a" in kept and "b" in kept  # fresh results wait for their client, up to twice the bound
+    with pytest.raises(InvalidArgument, match="the image store is full"):
+        kept.put("c", b"12345", "x")  # a flood of fresh entries is refused, not held
+    assert "c" not in kept and kept.get("b") is not None
 
 
 def test_tile_layout_grid_extract_and_merge():

@@ -4,8 +4,8 @@ ETN_SaveImageCache node stores each result here and the client GETs /api/etn/ima
 
 One store per process (the nodes and the routes share it), bounded by total size: the least
 recently used entries go first. An entry just stored is kept for at least `keep_s` seconds even
-over the bound, so a result is not dropped before its client fetched it; a single entry over
-`max_entry` bytes is refused."""
+over the bound, so a result is not dropped before its client fetched it, up to a hard bound (twice
+the soft one) past which a new entry is refused; a single entry over `max_entry` bytes is refused."""
 from __future__ import annotations
 
 import re
@@ -43,6 +43,10 @@ class ImageCache:
             self._entries[key] = (data, content_type, time.monotonic())
             self._size += len(data)
             self._prune()
+            if self._size > 2 * self.max_bytes:  # all recent: a flood, not a client's working set
+                self._size -= len(self._entries.pop(key)[0])
+                raise InvalidArgument(f"image: the image store is full ({self._size >> 20} MB stored in the last "
+                                      f"{self.keep_s:g} s); try again shortly")
 
     def add(self, data: bytes, content_type: str) -> str:
         key = uuid.uuid4().hex
