@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checkpoints.controlnet_files import compatible_config, read_controlnet
+from ..checkpoints.controlnet_files import compatible_config, is_control_lora, read_controlnet
 from ..checkpoints.files import read_state_dict
 from ..checkpoints.t2i_adapter_files import (compatible_slots, is_t2i_adapter, is_t2i_adapter_folder,
                                              read_t2i_adapter)
@@ -43,6 +43,7 @@ from ..models.config import Family, ModelConfig
 from ..models.controlnet import ControlNet
 from ..models.t2i_adapter import T2IAdapter
 from ..models.unet import Control
+from .control_lora import control_lora_config, control_lora_state_dict
 from .preprocessors import RESIZE_MODES, fit_image
 from .union_types import check_control_type, control_type_index
 
@@ -142,7 +143,8 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
     """Load a ControlNet file/folder for `base` (a Pipeline, or a ModelConfig with device/dtype given);
     CheckpointError if it was made for another model family. A diff ControlNet gets the weights of
     `diff_base`'s network (a Pipeline; default `base` when it is one) added to its own, by name, as
-    ComfyUI's DiffControlNetLoader and A1111's extension add them."""
+    ComfyUI's DiffControlNetLoader and A1111's extension add them. A Control-LoRA is built from the same
+    network's weights (control_lora.py); a T2I-Adapter loads as itself."""
     config = base.config if hasattr(base, "config") else base
     device = device or getattr(base, "device", "cpu")
     dtype = dtype or getattr(base, "dtype", torch.float32)
@@ -152,6 +154,9 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
     sd = None if path.is_dir() else read_state_dict(path)
     if is_t2i_adapter_folder(path) if sd is None else is_t2i_adapter(sd):
         return _load_adapter(path, sd, config, device, dtype)
+    if sd is not None and is_control_lora(sd):
+        pipe = diff_base or (base if hasattr(base, "model") else None)
+        return _load_control_lora(path, sd, pipe, config, device, dtype)
     sd, family, cfg = read_controlnet(path, sd)
     cfg = compatible_config(cfg, family, config, path)
     if cfg.difference:
@@ -176,6 +181,14 @@ def _load_adapter(path: Path, sd, base: ModelConfig, device, dtype) -> LoadedCon
     where = compatible_slots(cfg, base, path)
     n_slots = len(base.unet.channel_mult) * (base.unet.num_res_blocks + 1) + 1
     return LoadedControlNet(_built(T2IAdapter, cfg, sd, path, device, dtype), family, path, where, n_slots)
+
+
+def _load_control_lora(path: Path, sd, pipe, base: ModelConfig, device, dtype) -> LoadedControlNet:
+    cfg = control_lora_config(sd, base, path)
+    with torch.device("meta"):
+        wanted = {k: tuple(v.shape) for k, v in ControlNet(cfg).state_dict().items()}
+    sd = control_lora_state_dict(path, sd, pipe, wanted)
+    return LoadedControlNet(_built(ControlNet, cfg, sd, path, device, dtype), base.family, path)
 
 
 def _made_whole(sd: dict, pipe, path: Path) -> dict:

@@ -27,6 +27,7 @@ META_FAMILY = "opensd.controlnet_family"
 META_DOWNSCALE = "opensd.controlnet_hint_downscale"
 FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner", "small": "small"}
 META_UNION_HEADS = "opensd.controlnet_union_heads"
+CONTROL_LORA_MARKER = "lora_controlnet"  # Stability AI's Control-LoRA files (adapters/control_lora.py)
 UNION_KEYS = ("task_embedding", "transformer_layes.", "spatial_ch_projs.", "control_add_embedding.")
 
 
@@ -103,6 +104,19 @@ def unet_config_from_diffusers_keys(shapes: Mapping[str, tuple[int, ...]]) -> C.
                         adm_in_channels=adm[1] if adm else 0)
 
 
+def is_control_lora(keys) -> bool:
+    return CONTROL_LORA_MARKER in keys
+
+
+def describe_control_lora(shapes: Mapping[str, tuple[int, ...]]) -> tuple[C.Family | None, str]:
+    """(family from the text context width, or None; a line for listings) of a Control-LoRA's shapes."""
+    widths = [s[1] for k, s in shapes.items() if k.endswith("attn2.to_k.down") and len(s) == 2]
+    family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(widths[0]) if widths else None
+    ranks = [s[0] for k, s in shapes.items() if k.endswith(".down")]
+    hint = shapes.get("input_hint_block.0.weight", (0, 0))[1]
+    return family, f"Control-LoRA (rank {max(ranks, default=0)}), {hint}-channel hint"
+
+
 def family_of(u: C.UNetConfig) -> C.Family:
     if u.adm_in_channels == 2816 and u.model_channels == 320:
         return "sdxl"
@@ -137,7 +151,7 @@ def detect_controlnet(shapes: Mapping[str, tuple[int, ...]], path="<state dict>"
     metadata = metadata or {}
     if "input_hint_block.0.weight" not in shapes or "input_blocks.0.0.weight" not in shapes:
         raise CheckpointError(path, "not a ControlNet: no input_hint_block / input_blocks keys"
-                              + (" (a Control-LoRA is not supported)" if shapes else ""))
+                              + (" (nor a T2I-Adapter or a Control-LoRA)" if shapes else ""))
     fake = {**shapes, "out.2.weight": (4, shapes["input_blocks.0.0.weight"][0], 3, 3)}
     u = D.infer_unet(fake, "")
     family = metadata.get(META_FAMILY) or family_of(u)
