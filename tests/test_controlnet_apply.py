@@ -73,18 +73,18 @@ def test_applier_guess_mode_sum_and_scales(cns):
     b = ControlApplier([ControlSpec(cns[1], _edges(), weight=0.4)], 64, 64, "cpu", torch.float32)
     both = ControlApplier([ControlSpec(cns[0], _edges(), weight=0.7), ControlSpec(cns[1], _edges(), weight=0.4)],
                           64, 64, "cpu", torch.float32)
-    ra, rb, rab = a(x, t, ctx, None, 0.0), b(x, t, ctx, None, 0.0), both(x, t, ctx, None, 0.0)
+    ra, rb, rab = (f(x, t, ctx, None, 0.0).outputs for f in (a, b, both))
     for p, q, s in zip(ra, rb, rab):
         torch.testing.assert_close(p + q, s)
     guess = ControlApplier([ControlSpec(cns[0], _edges(), weight=0.7, guess_mode=True)], 64, 64, "cpu",
-                           torch.float32)(x, t, ctx, None, 0.0)
+                           torch.float32)(x, t, ctx, None, 0.0).outputs
     n = len(guess)
     for i, (gr, r) in enumerate(zip(guess, ra)):
         assert gr[:1].abs().max() == 0  # the unconditional row gets no control
         torch.testing.assert_close(gr[1:], r[1:] * 0.825 ** (n - 1 - i), rtol=1e-4, atol=3e-5)
         assert r[1:].abs().max() > 1e-2  # so the tolerance is small against the residuals
     assert scales(ControlSpec(cns[0], _edges(), weight=2.0, guess_mode=True), 13)[0] == pytest.approx(2 * 0.825 ** 12)
-    for mid, first in zip(a(x, t, ctx, None, 0.5), ra):  # the default window [0, 1]: full strength mid-run
+    for mid, first in zip(a(x, t, ctx, None, 0.5).outputs, ra):  # the default window [0, 1]: full strength mid-run
         torch.testing.assert_close(mid, first)
     assert ControlApplier([ControlSpec(cns[0], _edges(), end=0.4)], 64, 64, "cpu", torch.float32)(
         x, t, ctx, None, 0.5) is None

@@ -15,6 +15,13 @@ Semantics follow A1111's ControlNet extension and diffusers:
 - several ControlNets at once: their residuals are summed;
 - a Union ControlNet (ControlNet++) takes `control_type`, an index of union_types.py (None: unset,
   ComfyUI's "auto").
+
+A T2I-Adapter loads through the same calls and is applied the same way, through the UNet's Control:
+its features (computed once per image, as they depend on nothing else) are scaled by `weight` and
+added inside the UNet's encoder (models/t2i_adapter.py says where); its hint is the control image at
+the output size rounded up to a multiple of its pixel unshuffle (ComfyUI's rule), averaged to grey
+for one-channel adapters; soft injection scales its four features by 0.25, 0.62, 0.825, 1 (A1111's
+extension), guess mode also drops them from the unconditional rows.
 """
 from __future__ import annotations
 
@@ -27,22 +34,66 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checkpoints.controlnet_files import compatible_config, read_controlnet
+from ..checkpoints.controlnet_files import compatible_config, is_control_lora, read_controlnet
+from ..checkpoints.files import read_state_dict
+from ..checkpoints.t2i_adapter_files import (compatible_slots, is_t2i_adapter, is_t2i_adapter_folder,
+                                             read_t2i_adapter)
 from ..errors import CheckpointError, InvalidArgument
 from ..models.config import Family, ModelConfig
 from ..models.controlnet import ControlNet
+from ..models.t2i_adapter import T2IAdapter
+from ..models.unet import Control
+from .control_lora import control_lora_config, control_lora_state_dict
 from .preprocessors import RESIZE_MODES, fit_image
 from .union_types import check_control_type, control_type_index
 
 MAX_WEIGHT = 2.0
 GUESS_MODE_DECAY = 0.825
+ADAPTER_SOFT_SCALES = (0.25, 0.62, 0.825, 1.0)
 
 
 @dataclass
 class LoadedControlNet:
-    net: ControlNet
+    """A loaded ControlNet or T2I-Adapter (`slots`: where the adapter's features go in the UNet)."""
+    net: ControlNet | T2IAdapter
     family: Family
     path: Path
+    slots: tuple[int, ...] | None = None
+    n_slots: int = 0  # the UNet's input blocks + 1 (the middle)
+
+    @property
+    def is_adapter(self) -> bool:
+        return isinstance(self.net, T2IAdapter)
+
+    @property
+    def union_types(self) -> int:
+        return 0 if self.is_adapter else self.net.config.union_types
+
+    def hint_size(self, width: int, height: int) -> tuple[int, int]:
+        """The control image's size for an output of width x height pixels."""
+        if not self.is_adapter:
+            return width, height
+        u = self.net.config.unshuffle
+        return -(-width // u) * u, -(-height // u) * u
+
+    def residuals(self, x, hint, t, context, y, control_type=None, scales=None, cache=None) -> Control:
+        """What this network adds to the UNet call on x (scaled by `scales`, one per residual/feature);
+        an adapter's features come from `cache` (keyed by the hint) when computed before."""
+        if not self.is_adapter:
+            out = self.net(x[:, :4], hint.expand(len(x), -1, -1, -1), t, context, y, control_type=control_type)
+            return Control(outputs=[r.float() * s for r, s in zip(out, scales or [1.0] * len(out))])
+        key = id(hint)
+        feats = None if cache is None else cache.get(key)
+        if feats is None:
+            if self.net.config.in_channels == 1 and hint.shape[1] != 1:
+                hint = hint.mean(1, keepdim=True)
+            feats = [f.float() for f in self.net(hint)]
+            if cache is not None:
+                cache[key] = feats
+        inner: list = [None] * self.n_slots
+        for f, slot, s in zip(feats, self.slots, scales or [1.0] * len(feats)):
+            inner[slot] = f.expand(len(x), -1, -1, -1) * s
+        return Control(inner=inner)
 
     @property
     def name(self) -> str:
@@ -81,8 +132,10 @@ class ControlSpec:
             raise InvalidArgument(f"control start: {self.start} is after control end {self.end}")
         if self.resize_mode not in RESIZE_MODES:
             raise InvalidArgument(f"control resize_mode: {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
-        check_control_type(self.control_type, self.model.net.config.union_types, self.model.name)
-        if base is not None:
+        check_control_type(self.control_type, self.model.union_types, self.model.name)
+        if base is not None and self.model.is_adapter:
+            compatible_slots(self.model.net.config, base, self.model.path)
+        elif base is not None:
             compatible_config(self.model.net.config, self.model.family, base, self.model.path)
 
 
@@ -90,22 +143,52 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
     """Load a ControlNet file/folder for `base` (a Pipeline, or a ModelConfig with device/dtype given);
     CheckpointError if it was made for another model family. A diff ControlNet gets the weights of
     `diff_base`'s network (a Pipeline; default `base` when it is one) added to its own, by name, as
-    ComfyUI's DiffControlNetLoader and A1111's extension add them."""
+    ComfyUI's DiffControlNetLoader and A1111's extension add them. A Control-LoRA is built from the same
+    network's weights (control_lora.py); a T2I-Adapter loads as itself."""
     config = base.config if hasattr(base, "config") else base
     device = device or getattr(base, "device", "cpu")
     dtype = dtype or getattr(base, "dtype", torch.float32)
     path = Path(path)
-    sd, family, cfg = read_controlnet(path)
+    if not path.exists():
+        raise CheckpointError(path, "does not exist")
+    sd = None if path.is_dir() else read_state_dict(path)
+    if is_t2i_adapter_folder(path) if sd is None else is_t2i_adapter(sd):
+        return _load_adapter(path, sd, config, device, dtype)
+    if sd is not None and is_control_lora(sd):
+        pipe = diff_base or (base if hasattr(base, "model") else None)
+        return _load_control_lora(path, sd, pipe, config, device, dtype)
+    sd, family, cfg = read_controlnet(path, sd)
     cfg = compatible_config(cfg, family, config, path)
     if cfg.difference:
         sd = _made_whole(sd, diff_base or (base if hasattr(base, "model") else None), path)
+    return LoadedControlNet(_built(ControlNet, cfg, sd, path, device, dtype), family, path)
+
+
+def _built(cls, cfg, sd: dict, path: Path, device, dtype):
+    """cls(cfg) holding `sd` (every key, right shapes), on device/dtype, frozen."""
     with torch.device("meta"):
-        net = ControlNet(cfg)
+        net = cls(cfg)
     try:
         net.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
     except RuntimeError as e:
-        raise CheckpointError(path, f"ControlNet weights do not fit the detected layout: {str(e)[:300]}") from None
-    return LoadedControlNet(net.to(device).eval().requires_grad_(False), family, path)
+        what = "T2I-Adapter" if cls is T2IAdapter else "ControlNet"
+        raise CheckpointError(path, f"{what} weights do not fit the detected layout: {str(e)[:300]}") from None
+    return net.to(device).eval().requires_grad_(False)
+
+
+def _load_adapter(path: Path, sd, base: ModelConfig, device, dtype) -> LoadedControlNet:
+    sd, family, cfg = read_t2i_adapter(path, sd)
+    where = compatible_slots(cfg, base, path)
+    n_slots = len(base.unet.channel_mult) * (base.unet.num_res_blocks + 1) + 1
+    return LoadedControlNet(_built(T2IAdapter, cfg, sd, path, device, dtype), family, path, where, n_slots)
+
+
+def _load_control_lora(path: Path, sd, pipe, base: ModelConfig, device, dtype) -> LoadedControlNet:
+    cfg = control_lora_config(sd, base, path)
+    with torch.device("meta"):
+        wanted = {k: tuple(v.shape) for k, v in ControlNet(cfg).state_dict().items()}
+    sd = control_lora_state_dict(path, sd, pipe, wanted)
+    return LoadedControlNet(_built(ControlNet, cfg, sd, path, device, dtype), base.family, path)
 
 
 def _made_whole(sd: dict, pipe, path: Path) -> dict:
@@ -158,6 +241,8 @@ def control_image(image: Image.Image, width: int, height: int, mode: str = "just
 
 
 def scales(spec: ControlSpec, n: int) -> list[float]:
+    if (spec.guess_mode or spec.soft_injection) and spec.model.is_adapter:
+        return [spec.weight * s for s in ADAPTER_SOFT_SCALES[-n:]]
     if spec.guess_mode or spec.soft_injection:
         return [spec.weight * GUESS_MODE_DECAY ** (n - 1 - i) for i in range(n)]
     return [spec.weight] * n
@@ -168,12 +253,13 @@ class ControlApplier:
 
     def __init__(self, specs: list[ControlSpec], width: int, height: int, device, dtype: torch.dtype):
         self.items = []
+        self.features: dict = {}  # the adapters' features, computed once
         for spec in specs:
-            hint = control_image(spec.image, width, height, spec.resize_mode)
+            hint = control_image(spec.image, *spec.model.hint_size(width, height), spec.resize_mode)
             self.items.append((spec, hint.to(device, dtype)))
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None,
-                 fraction: float, n_uncond: int = 1) -> list[torch.Tensor] | None:
+                 fraction: float, n_uncond: int = 1) -> Control | None:
         """Summed residuals for the batch (rows [:n_uncond] are the unconditional ones), or None."""
         total = None
         for spec, hint in self.items:
@@ -183,13 +269,13 @@ class ControlApplier:
             xs, ctx = x[rows], context[rows]
             if len(xs) == 0:
                 continue
+            n = len(spec.model.slots) if spec.model.is_adapter else len(spec.model.net.zero_convs) + 1
             with torch.no_grad():
-                res = spec.model.net(xs[:, :4], hint.expand(len(xs), -1, -1, -1), t.expand(len(x))[rows],
-                                     ctx, None if y is None else y[rows], control_type=spec.control_type)
-            res = [r.float() * s for r, s in zip(res, scales(spec, len(res)))]
+                res = spec.model.residuals(xs, hint, t.expand(len(x))[rows], ctx, None if y is None else y[rows],
+                                           spec.control_type, scales(spec, n), self.features)
             if spec.guess_mode:  # the unconditional rows get nothing
-                res = [torch.cat([torch.zeros_like(r[:1]).expand(n_uncond, *r.shape[1:]), r]) for r in res]
-            total = res if total is None else [a + b for a, b in zip(total, res)]
+                res = res.map(lambda r: torch.cat([torch.zeros_like(r[:1]).expand(n_uncond, *r.shape[1:]), r]))
+            total = res if total is None else total + res
         return total
 
 

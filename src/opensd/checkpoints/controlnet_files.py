@@ -6,7 +6,6 @@ from config.json, metadata, or the base model it is applied to).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from ..models import config as C
 from ..models.controlnet import HINT_CHANNELS, ControlNetConfig
 from . import detect as D
 from .diffusers_config import unet_config
-from .diffusers_folder import refuse_links_out
+from .diffusers_folder import model_folder
 from .files import read_metadata, read_state_dict, save_safetensors
 from .keymap_unet import block_table, rename_keys
 
@@ -28,9 +27,8 @@ META_FAMILY = "opensd.controlnet_family"
 META_DOWNSCALE = "opensd.controlnet_hint_downscale"
 FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner", "small": "small"}
 META_UNION_HEADS = "opensd.controlnet_union_heads"
+CONTROL_LORA_MARKER = "lora_controlnet"  # Stability AI's Control-LoRA files (adapters/control_lora.py)
 UNION_KEYS = ("task_embedding", "transformer_layes.", "spatial_ch_projs.", "control_add_embedding.")
-_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-            "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
 
 
 # --- key map -----------------------------------------------------------------------------------
@@ -106,6 +104,19 @@ def unet_config_from_diffusers_keys(shapes: Mapping[str, tuple[int, ...]]) -> C.
                         adm_in_channels=adm[1] if adm else 0)
 
 
+def is_control_lora(keys) -> bool:
+    return CONTROL_LORA_MARKER in keys
+
+
+def describe_control_lora(shapes: Mapping[str, tuple[int, ...]]) -> tuple[C.Family | None, str]:
+    """(family from the text context width, or None; a line for listings) of a Control-LoRA's shapes."""
+    widths = [s[1] for k, s in shapes.items() if k.endswith("attn2.to_k.down") and len(s) == 2]
+    family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(widths[0]) if widths else None
+    ranks = [s[0] for k, s in shapes.items() if k.endswith(".down")]
+    hint = shapes.get("input_hint_block.0.weight", (0, 0))[1]
+    return family, f"Control-LoRA (rank {max(ranks, default=0)}), {hint}-channel hint"
+
+
 def family_of(u: C.UNetConfig) -> C.Family:
     if u.adm_in_channels == 2816 and u.model_channels == 320:
         return "sdxl"
@@ -140,7 +151,7 @@ def detect_controlnet(shapes: Mapping[str, tuple[int, ...]], path="<state dict>"
     metadata = metadata or {}
     if "input_hint_block.0.weight" not in shapes or "input_blocks.0.0.weight" not in shapes:
         raise CheckpointError(path, "not a ControlNet: no input_hint_block / input_blocks keys"
-                              + (" (a T2I-Adapter or Control-LoRA is not supported)" if shapes else ""))
+                              + (" (nor a T2I-Adapter or a Control-LoRA)" if shapes else ""))
     fake = {**shapes, "out.2.weight": (4, shapes["input_blocks.0.0.weight"][0], 3, 3)}
     u = D.infer_unet(fake, "")
     family = metadata.get(META_FAMILY) or family_of(u)
@@ -159,8 +170,10 @@ def detect_controlnet(shapes: Mapping[str, tuple[int, ...]], path="<state dict>"
 
 # --- loading -----------------------------------------------------------------------------------
 
-def read_controlnet(path) -> tuple[dict[str, torch.Tensor], C.Family, ControlNetConfig]:
-    """Original-layout state dict, family and config of a ControlNet file or diffusers folder."""
+def read_controlnet(path, sd: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], C.Family, ControlNetConfig]:
+    """Original-layout state dict, family and config of a ControlNet file or diffusers folder (`sd`:
+    the file's tensors when already read)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, "does not exist")
@@ -169,14 +182,9 @@ def read_controlnet(path) -> tuple[dict[str, torch.Tensor], C.Family, ControlNet
     union_heads = None
     global_pool = False
     if path.is_dir():
+        j, weights = model_folder(path, "ControlNet")
         cfg_file = path / "config.json"
-        weights = next((path / n for n in _WEIGHTS if (path / n).is_file()), None)
-        if not cfg_file.is_file() or weights is None:
-            raise CheckpointError(path, "a diffusers ControlNet folder needs config.json and "
-                                        "diffusion_pytorch_model.safetensors")
-        refuse_links_out(path, [cfg_file, weights])
         try:
-            j = json.loads(cfg_file.read_text())
             j.setdefault("out_channels", 4)
             if not j.get("addition_embed_type"):  # then unused by the UNet part (a union net's type width)
                 j.pop("addition_time_embed_dim", None)
@@ -187,7 +195,7 @@ def read_controlnet(path) -> tuple[dict[str, torch.Tensor], C.Family, ControlNet
             raise CheckpointError(cfg_file, f"unsupported ControlNet config: {e}") from None
         sd = read_state_dict(weights)
     else:
-        sd = read_state_dict(path)
+        sd = read_state_dict(path) if sd is None else sd
         metadata = read_metadata(path)
     difference = "difference" in sd  # a diff ControlNet: the UNet's weights are added when it is loaded
     if difference:

@@ -48,6 +48,28 @@ def refuse_links_out(folder: Path, entries) -> None:
                                          "refusing to read files a model folder points at elsewhere")
 
 
+MODEL_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                 "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin")
+
+
+def model_folder(path: Path, what: str) -> tuple[dict, Path]:
+    """(config.json, weights file) of a one-model diffusers folder (a ControlNet, a T2I-Adapter);
+    CheckpointError naming `what` when either is missing, unreadable or links out of the folder."""
+    cfg_file = path / "config.json"
+    weights = next((path / n for n in MODEL_WEIGHTS if (path / n).is_file()), None)
+    if not cfg_file.is_file() or weights is None:
+        raise CheckpointError(path, f"a diffusers {what} folder needs config.json and "
+                                    "diffusion_pytorch_model.safetensors")
+    refuse_links_out(path, [cfg_file, weights])
+    try:
+        j = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise CheckpointError(cfg_file, f"unsupported {what} config: {e}") from None
+    if not isinstance(j, dict):
+        raise CheckpointError(cfg_file, f"unsupported {what} config: not a JSON object")
+    return j, weights
+
+
 def read_index(path: Path) -> dict:
     """A folder's model_index.json ({} when it has none, as some hand-made UNet folders)."""
     index = path / "model_index.json"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..checkpoints import detect as D
 from ..checkpoints.controlnet_files import PREFIX as CONTROL_PREFIX
-from ..checkpoints.controlnet_files import detect_controlnet
+from ..checkpoints.controlnet_files import describe_control_lora, detect_controlnet, is_control_lora
+from ..checkpoints.t2i_adapter_files import detect_t2i_adapter, from_diffusers, is_t2i_adapter
 from ..checkpoints.files import read_safetensors_header, sniff_format
 from ..errors import OpenSDError
 from ..models import config as C
@@ -91,6 +92,13 @@ def _embedding(path: Path) -> tuple[str | None, str]:
 
 def _controlnet(entries: dict, metadata: dict[str, str], path: Path) -> tuple[str | None, str]:
     shapes = {k.removeprefix(CONTROL_PREFIX): tuple(v["shape"]) for k, v in entries.items()}
+    if is_control_lora(shapes):
+        return describe_control_lora(shapes)
+    if is_t2i_adapter(shapes):
+        if any(k.startswith("adapter.") for k in shapes):
+            shapes = from_diffusers(shapes)
+        family, ad = detect_t2i_adapter(shapes, str(path), metadata)
+        return family, f"T2I-Adapter ({ad.kind}), {ad.in_channels}-channel hint"
     family, cfg = detect_controlnet(shapes, str(path), metadata)
     return family, f"{cfg.hint_channels}-channel hint"
 

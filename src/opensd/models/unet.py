@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -275,6 +276,28 @@ def build_encoder(cfg: UNetConfig) -> tuple[nn.ModuleList, TimestepBlock, list[i
     return input_blocks, TimestepBlock(middle), skip_channels
 
 
+@dataclass
+class Control:
+    """What control networks add to one UNet call. `outputs` (ControlNets): one residual per skip, then
+    the middle's, added to the skips and the middle block's output (LDM's ControlledUnetModel);
+    `inner` (T2I-Adapters): one entry per input block, then the middle block (None: nothing), added
+    to the hidden state right after that block, so the blocks after it see the sum too."""
+    outputs: list[torch.Tensor] | None = None
+    inner: list[torch.Tensor | None] | None = None
+
+    def map(self, fn) -> Control:
+        """fn applied to every tensor (scaling, row selection)."""
+        return Control(None if self.outputs is None else [fn(t) for t in self.outputs],
+                       None if self.inner is None else [None if t is None else fn(t) for t in self.inner])
+
+    def __add__(self, other: Control) -> Control:
+        def add(a, b):
+            if a is None or b is None:
+                return a if b is None else b
+            return [p if q is None else q if p is None else p + q for p, q in zip(a, b)]
+        return Control(add(self.outputs, other.outputs), add(self.inner, other.inner))
+
+
 class UNetModel(nn.Module):
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -300,24 +323,34 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), Conv2d(ch, cfg.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None, control: list[torch.Tensor] | None = None) -> torch.Tensor:
+                y: torch.Tensor | None = None, control: Control | list[torch.Tensor] | None = None) -> torch.Tensor:
         """x: (B, in_channels, h, w); timesteps: (B,) discrete model time; context: (B, T, context_dim);
-        y: (B, adm_in_channels) for SDXL-style models; control: ControlNet residuals, one per skip
-        plus the middle block's last (added as LDM's ControlledUnetModel does)."""
+        y: (B, adm_in_channels) for SDXL-style models; control: what ControlNets and T2I-Adapters add
+        (a Control; a plain list is ControlNet residuals, Control.outputs)."""
+        if isinstance(control, list):
+            control = Control(outputs=control)
         dtype = self.time_embed[0].weight.dtype
         emb = embed(self, self.config, timesteps, y, dtype)
         h = x.to(dtype)
         context = context.to(dtype)
+        inner = control.inner if control is not None else None
+        if inner is not None and len(inner) != len(self.input_blocks) + 1:
+            raise ValueError(f"control: {len(inner)} adapter slots for {len(self.input_blocks) + 1} UNet blocks")
         skips = []
-        for block in self.input_blocks:
+        for i, block in enumerate(self.input_blocks):
             h = block(h, emb, context)
+            if inner is not None and inner[i] is not None:
+                h = h + inner[i].to(h.dtype)
             skips.append(h)
         h = self.middle_block(h, emb, context)
-        if control is not None:
-            if len(control) != len(skips) + 1:
-                raise ValueError(f"control: {len(control)} residuals for {len(skips) + 1} UNet skips")
-            h = h + control[-1].to(h.dtype)
-            skips = [s + c.to(s.dtype) for s, c in zip(skips, control)]
+        if inner is not None and inner[-1] is not None:
+            h = h + inner[-1].to(h.dtype)
+        outputs = control.outputs if control is not None else None
+        if outputs is not None:
+            if len(outputs) != len(skips) + 1:
+                raise ValueError(f"control: {len(outputs)} residuals for {len(skips) + 1} UNet skips")
+            h = h + outputs[-1].to(h.dtype)
+            skips = [s + c.to(s.dtype) for s, c in zip(skips, outputs)]
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             size = skips[-1].shape[-2:] if skips else None

@@ -213,7 +213,7 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
         res = _pixel_perfect_res(image, width, height, u["resize_mode"]) if u["pixel_perfect"] else u["processor_res"]
         try:
             net = cached_controlnet(u["path"], pipe)
-            check_control_type(u.get("control_type"), net.net.config.union_types, net.name, "union_control_type")
+            check_control_type(u.get("control_type"), net.union_types, net.name, "union_control_type")
             hint = preprocess_image(image, u["module"], res, u["threshold_a"], u["threshold_b"], max_pixels,
                                     u.get("weights"))
         except (InvalidArgument, OpenSDError) as e:

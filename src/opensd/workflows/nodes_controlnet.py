@@ -1,5 +1,6 @@
 """ControlNet nodes with ComfyUI's names, inputs and semantics: ControlNetLoader, DiffControlNetLoader,
-ControlNetApply, ControlNetApplyAdvanced and SetUnionControlNetType.
+ControlNetApply, ControlNetApplyAdvanced and SetUnionControlNetType. As in ComfyUI, ControlNetLoader
+loads T2I-Adapters too; they apply with the same strength and percent window.
 
 SetUnionControlNetType picks a Union ControlNet's control type ("auto" or one of ComfyUI's type
 names, in its order: adapters/union_types.py). As in ComfyUI the type rides on the CONTROL_NET and
@@ -189,7 +190,7 @@ class RowControl:
         from ..adapters.controlnet import cached_controlnet
 
         self.rows, self.pipe = rows, pipe
-        self.hints, self.nets = {}, {}
+        self.hints, self.nets, self.features = {}, {}, {}
         for head in {id(h): h for h in rows if h is not None}.values():
             for h in head.chain():
                 if id(h) in self.hints:
@@ -197,9 +198,9 @@ class RowControl:
                 img = h.image[image_index % h.image.shape[0]][None]
                 if img.shape[1] == 1:
                     img = img.expand(-1, 3, -1, -1)
-                self.hints[id(h)] = center_resize(img[:, :3], width, height).to(pipe.device, pipe.dtype)
                 self.nets[id(h)] = net = cached_controlnet(h.net.path, pipe, diff_base=h.net.base)
-                union_types = net.net.config.union_types
+                self.hints[id(h)] = center_resize(img[:, :3], *net.hint_size(width, height)).to(pipe.device, pipe.dtype)
+                union_types = net.union_types
                 if union_types:  # ComfyUI ignores a type set on a plain ControlNet
                     check_control_type(h.net.control_type, union_types, h.net.name)
 
@@ -230,16 +231,21 @@ class RowControl:
                 if not self._active(h, now) or h.strength == 0:
                     continue
                 with torch.no_grad():
-                    net = self.nets[id(h)].net
-                    kind = h.net.control_type if net.config.union_types else None
-                    out = net(xs[:, :4], self.hints[id(h)].expand(len(xs), -1, -1, -1), tt[idx], ctx, ys,
-                              control_type=kind)
-                out = [o.float() * h.strength for o in out]
-                res = out if res is None else [a + b for a, b in zip(res, out)]
+                    net = self.nets[id(h)]
+                    kind = h.net.control_type if net.union_types else None
+                    out = net.residuals(xs, self.hints[id(h)], tt[idx], ctx, ys, kind, cache=self.features)
+                out = out.map(lambda o: o * h.strength)
+                res = out if res is None else res + out
             if res is None:
                 continue
-            if total is None:
-                total = [torch.zeros(len(x), *r.shape[1:], device=r.device) for r in res]
-            for full, r in zip(total, res):
-                full[idx] += r
+            total = _scatter(res, idx, len(x)) if total is None else total + _scatter(res, idx, len(x))
         return total
+
+
+def _scatter(res, idx: torch.Tensor, n: int):
+    """`res` (rows idx of a batch of n) as a Control for the whole batch, zeros elsewhere."""
+    def full(r):
+        out = torch.zeros(n, *r.shape[1:], device=r.device)
+        out[idx] = r
+        return out
+    return res.map(full)
