@@ -115,3 +115,28 @@ def test_no_module_hand_writes_a_temp_file_and_renames_it():
                 if not any(rel == m and first.startswith(arg) for m, arg in moves):
                     found.append(f"{rel}:{node.lineno}: {ast.unparse(node)}")
     assert found == []
+
+
+def test_a_failing_check_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "m.bin"
+    target.write_bytes(b"old")
+    seen = []
+
+    def check(tmp):
+        seen.append(tmp.read_bytes())
+        raise ValueError("not acceptable")
+
+    with pytest.raises(ValueError):
+        with atomic_write(target, check=check) as f:
+            f.write(b"new")
+    assert seen == [b"new"] and target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_exclusive_writes_never_replace_a_file(tmp_path):
+    target = tmp_path / "m.bin"
+    with atomic_write(target, exclusive=True) as f:
+        f.write(b"first")
+    with pytest.raises(FileExistsError):
+        with atomic_write(target, exclusive=True) as f:
+            f.write(b"second")
+    assert target.read_bytes() == b"first" and sorted(tmp_path.iterdir()) == [target]

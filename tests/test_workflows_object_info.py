@@ -332,6 +332,8 @@ EXPECTED = {
     "SDTurboScheduler": ({"model": ["MODEL"], "steps": i(1, 1, 10), "denoise": f(1.0, 0, 1.0, 0.01)}, ["SIGMAS"],
                          "sampling/custom_sampling/schedulers", "SDTurboScheduler",
                          "comfy_extras.nodes_custom_sampler", {}),
+    "GITSScheduler": ({"coeff": f(1.2, 0.8, 1.5, 0.05), "steps": i(10, 2, 1000), "denoise": DENOISE}, ["SIGMAS"],
+                      "sampling/custom_sampling/schedulers", "GITSScheduler", "comfy_extras.nodes_gits", {}),
     "AlignYourStepsScheduler": ({"model_type": [["SD1", "SDXL", "SVD"]], "steps": i(10, 1, 10000),
                                  "denoise": DENOISE}, ["SIGMAS"], "sampling/custom_sampling/schedulers",
                                 "AlignYourStepsScheduler", "comfy_extras.nodes_align_your_steps", {}),

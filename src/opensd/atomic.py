@@ -9,9 +9,10 @@ nothing else in opensd: every layer may use it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -53,11 +54,30 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _claim(tmp: str, path: Path) -> None:
+    """Give `tmp` the name `path` unless a file has it (FileExistsError)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links (FAT, some network shares): check, then rename
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 @contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
+def atomic_write(path: str | os.PathLike, *, check: Callable[[Path], None] | None = None,
+                 exclusive: bool = False) -> Iterator[BinaryIO]:
     """``with atomic_write(path) as f: ...`` writes ``f`` (binary) in place of ``path`` when the block
     ends without an exception; on an exception ``path`` is untouched and the temp file is removed.
-    The folder must exist (a missing one raises FileNotFoundError, for the caller to word)."""
+    The folder must exist (a missing one raises FileNotFoundError, for the caller to word).
+
+    ``check(temp_path)``, when given, reads the finished temp file before it takes the name; whatever
+    it raises leaves ``path`` untouched. ``exclusive``: never replace a file already at ``path`` (a
+    hard link claims the name, so of two racing writers one gets FileExistsError)."""
     path = Path(path)
     mode = _new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -66,8 +86,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        if exclusive:
+            _claim(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -56,6 +56,8 @@ def register(sub) -> None:
                    help="openvino: UNet models run through OpenVINO on the CPU (pip install \"opensd[openvino]\"; "
                         "converted once per model and LoRA set, cached under ~/.cache/opensd/openvino)")
     p.add_argument("--max-body-mb", type=float_arg, default=64.0)
+    p.add_argument("--max-upload-gb", type=float_arg, default=2.0,
+                   help="largest model file a client may upload (Krita's LoRA upload), in GiB")
     p.add_argument("--threads", type=int_arg, help="CPU threads for PyTorch (default: all cores)")
     ray = p.add_argument_group("scale-out on Ray (pip install \"opensd[ray]\"; see docs/scale-out.md)")
     ray.add_argument("--ray", metavar="auto|ADDRESS",
@@ -75,7 +77,8 @@ def settings_from(args: argparse.Namespace):
     from ..library.user_config import models_dir
     from ..server.settings import Settings
 
-    for flag, value in (("model-cache-gb", args.model_cache_gb), ("max-body-mb", args.max_body_mb)):
+    for flag, value in (("model-cache-gb", args.model_cache_gb), ("max-body-mb", args.max_body_mb),
+                        ("max-upload-gb", args.max_upload_gb)):
         if not 0 < value < math.inf:
             raise InvalidArgument(f"{flag}: {value} must be a positive number")
     return Settings(host=args.host, port=args.port, models_dir=models_dir(args.models_dir), outputs_dir=args.outputs_dir,
@@ -86,6 +89,7 @@ def settings_from(args: argparse.Namespace):
                     device=args.device, precision=args.precision, memory=args.memory, backend=args.backend,
                     model_budget_bytes=int(args.model_cache_gb * (1 << 30)),
                     max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                    max_upload_bytes=int(args.max_upload_gb * (1 << 30)),
                     ray=args.ray, ray_workers=args.ray_workers, ray_threads=args.ray_threads,
                     ray_ship_models=args.ray_ship_models)
 

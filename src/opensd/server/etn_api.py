@@ -7,6 +7,7 @@ calls when it connects and for every job:
 * GET /api/etn/languages: [] (no translation models here); GET /api/etn/translate/{lang}/{text};
 * PUT /api/etn/image/{id}: an input image into the store ETN_LoadImageCache reads (201; 200
   "cached" when the id is there); GET /api/etn/image/{id}: an ETN_SaveImageCache result;
+* PUT /api/etn/upload/{folder}/{filename}: a LoRA file Krita uploads (etn_upload.py);
 * POST /api/etn/workflow/subscribe and /unsubscribe: accepted (opensd publishes no workflows)."""
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..image_read import decode_bytes
 from ..workflows.image_cache import IMAGES
 from ..workflows.nodes_tooling import MAX_PIXELS, translate_text
 from . import safe_json
+from .etn_upload import receive_model
 
 # Krita's folder name -> our models-folder kind
 FOLDERS = {"checkpoints": "checkpoints", "diffusion_models": "unet", "unet": "unet", "unet_gguf": "unet_gguf"}
@@ -110,6 +112,10 @@ def router(state) -> APIRouter:
         if entry is None:
             return JSONResponse({"error": "Image not found"}, status_code=404)
         return Response(entry[0], media_type=entry[1])
+
+    @api.put("/upload/{folder}/{filename:path}")
+    async def upload(folder: str, filename: str, request: Request):
+        return await receive_model(state, folder, filename, request)
 
     async def client_id(request: Request):
         try:

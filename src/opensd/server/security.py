@@ -10,7 +10,9 @@
   the web UI's session cookie (session.py) after its login. The UI's static files need no token;
   a browser navigating to a page without either is sent to the login page (login_redirect.py).
 - Body size: Content-Length over the cap, or a chunked body that grows past it, answers 413
-  (uvicorn itself never delivers more than a declared Content-Length).
+  (uvicorn itself never delivers more than a declared Content-Length). Model uploads (PUT
+  /api/etn/upload/...) have their own cap (max_upload_bytes) and reach their route unread, which
+  streams them to disk and counts a chunked body itself.
 - Requests a browser sends cross-site without a CORS preflight (forms, `fetch` in no-cors mode) never
   change state: a state-changing method with `Sec-Fetch-Site: cross-site`/`same-site` is refused like
   a foreign Origin, and `text/plain` / form-encoded bodies (the types that carry a JSON-looking body
@@ -46,6 +48,7 @@ OPEN_PATHS = ("/internal/ping", "/healthz")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 NO_PREFLIGHT_TYPES = ("text/plain", "application/x-www-form-urlencoded")  # multipart: see the docstring
+STREAMED_UPLOADS = "/api/etn/upload/"
 
 
 def _scripted(headers) -> bool:
@@ -96,7 +99,9 @@ class Guard:
         if scope["type"] == "websocket":
             return await self.app(scope, receive, send)
         length = headers.get("content-length")
-        cap = self.s.max_body_bytes
+        # A model upload is streamed to disk by its route (etn_upload.py), under its own cap.
+        streamed = scope.get("method") == "PUT" and scope.get("path", "").startswith(STREAMED_UPLOADS)
+        cap = self.s.max_upload_bytes if streamed else self.s.max_body_bytes
         if length is not None:
             if not length.isdigit():
                 return await _refuse(scope, receive, send, 400, "Content-Length: not a number")
@@ -104,7 +109,8 @@ class Guard:
                 return await _refuse(scope, receive, send, 413, f"body: {length} bytes exceeds the {cap}-byte limit")
         relabel = _scripted(headers) and safe_json.content_type(headers) in NO_PREFLIGHT_TYPES + ("",)
         json_body = (safe_json.declared_json(headers) or relabel) and scope.get("method") not in SAFE_METHODS
-        if (length is None and scope.get("method") in ("POST", "PUT", "PATCH")) or (json_body and length != "0"):
+        if not streamed and ((length is None and scope.get("method") in ("POST", "PUT", "PATCH"))
+                             or (json_body and length != "0")):
             # Read the body (a chunked one up to the cap) before the app sees any of it, then replay.
             chunks, seen = [], 0
             while True:

@@ -30,6 +30,7 @@ class Settings:
     backend: str = "torch"                   # "openvino": UNets through pipeline/openvino_unet.py
     model_budget_bytes: int = 8 << 30        # parameters kept loaded across cached pipelines
     max_body_bytes: int = 64 << 20
+    max_upload_bytes: int = 2 << 30          # one model file sent to PUT /api/etn/upload (streamed to disk)
     max_prompt_chars: int = 20_000
     max_image_pixels: int = 4096 * 4096      # decoded input images
     start_worker: bool = True                # tests set False to keep jobs queued

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..sampling.align_your_steps import NOISE_LEVELS, ays_sigmas
+from ..sampling.gits import MIN_STEPS, gits_sigmas
 from ..sampling.names import scheduler_id
 from ..errors import InvalidArgument
 from ..sampling.schedules import beta_sigmas, exponential, karras, laplace, make_sigmas, polyexponential, vp
@@ -134,19 +135,32 @@ _node("BetaSamplingScheduler", beta_sampling_scheduler,
       {"model": ("MODEL", {}), "steps": _STEPS, "alpha": _BETA_SHAPE, "beta": _BETA_SHAPE}, ("SIGMAS",), "schedulers")
 
 
+def _table_tail(sigmas, steps, denoise):
+    """A table schedule's (AYS, GITS) last round(steps * denoise) steps; no sigmas at denoise 0."""
+    if denoise <= 0.0:
+        return (torch.zeros(0),)
+    total = round(steps * denoise) if denoise < 1.0 else steps
+    return (sigmas()[-(total + 1):],)
+
+
 def align_your_steps_scheduler(call, model_type, steps, denoise):
-    total = steps
-    if denoise < 1.0:
-        if denoise <= 0.0:
-            return (torch.zeros(0),)
-        total = round(steps * denoise)
-    return (ays_sigmas(model_type, steps)[-(total + 1):],)
+    return _table_tail(lambda: ays_sigmas(model_type, steps), steps, denoise)
 
 
 _node("AlignYourStepsScheduler", align_your_steps_scheduler,
       {"model_type": (list(NOISE_LEVELS), {}), "steps": ("INT", {"default": 10, "min": 1, "max": 10000}),
        "denoise": _DENOISE},
       ("SIGMAS",), "schedulers", module="comfy_extras.nodes_align_your_steps")
+
+
+def gits_scheduler(call, coeff, steps, denoise):
+    return _table_tail(lambda: gits_sigmas(coeff, steps), steps, denoise)
+
+
+_node("GITSScheduler", gits_scheduler,
+      {"coeff": ("FLOAT", {"default": 1.20, "min": 0.80, "max": 1.50, "step": 0.05}),
+       "steps": ("INT", {"default": 10, "min": MIN_STEPS, "max": 1000}), "denoise": _DENOISE},
+      ("SIGMAS",), "schedulers", module="comfy_extras.nodes_gits")
 
 
 def split_sigmas(call, sigmas, step):
