@@ -99,11 +99,18 @@ def test_every_attention_goes_through_the_seam(monkeypatch):
     assert calls == [5 + 4] * 4  # 2 double + 2 single blocks over 5 text + 2x2 image tokens
 
 
-def test_dev_without_guidance_and_odd_sizes_are_refused():
+def test_dev_without_guidance_leaves_the_embedding_out_and_odd_sizes_are_refused():
+    """No guidance (ComfyUI's FluxDisableGuidance): the guidance embedding adds nothing, as if its
+    output layer were zero."""
     ours = Flux(DEV).eval()
     t, ctx, y, _ = _conditioning(DEV)
-    with torch.no_grad(), pytest.raises(InvalidArgument, match="guidance: this Flux model is guidance-distilled"):
-        ours(torch.randn(2, 16, 4, 4), t, ctx, y)
+    x = torch.randn(2, 16, 4, 4)
+    with torch.no_grad():
+        without = ours(x, t, ctx, y)
+        assert not torch.allclose(without, ours(x, t, ctx, y, torch.ones(2)))
+        for p in ours.guidance_in.out_layer.parameters():
+            p.zero_()
+        torch.testing.assert_close(ours(x, t, ctx, y, torch.full((2,), 3.5)), without)
     with torch.no_grad(), pytest.raises(InvalidArgument, match="size: latent sides must be even"):
         ours(torch.randn(2, 16, 5, 4), t, ctx, y, torch.ones(2))
 
