@@ -3,10 +3,16 @@
 Every preprocessor takes a PIL image and returns an RGB PIL image of the same size with white
 structure on black (the convention of lllyasviel's ControlNet 1.0/1.1 models):
 
-    canny      OpenCV Canny edges (low/high hysteresis thresholds)
+    canny      OpenCV Canny edges of the colour image (low/high hysteresis thresholds)
     softedge   HED soft edges (real BSDS500 HED weights, adapters/hed.py)
-    scribble   HED edges, smoothed and thresholded into bold binary strokes
+    softedge safe=True: the HED map quantised to 0, 1/2, 1 (controlnet_aux's safe step)
+    scribble   controlnet_aux's fake scribble: HED ridges, blurred and thresholded into bold strokes
+    tile       controlnet_aux's tile blur (shrink by 2**n, n pyrUp doublings)
+    color      controlnet_aux's colour palette: one colour per 64-pixel cell
     lineart    simple line drawing from the grey image's gradient (no learned model)
+    lineart_realistic / lineart_coarse / lineart_anime
+               the learned line-art nets (adapters/lineart.py; the user's sk_model.pth, sk_model2.pth,
+               netG.pth from lllyasviel/Annotators, found in the models folder or given as `weights`)
     depth_anything_v2
                Depth Anything V2 relative depth, near = bright (adapters/depth_anything.py; the
                user's depth_anything_v2_vit{s,b,l}.pth, found in the models folder or given as `weights`)
@@ -48,25 +54,77 @@ def canny(image: Image.Image, low: int = 100, high: int = 200) -> Image.Image:
     _check("high", high, 0, 255)
     if low > high:
         raise InvalidArgument(f"low: {low} is above high {high}")
-    return _rgb(cv2.Canny(_gray(image), int(low), int(high)))
+    # on the colour image, as controlnet_aux and sd-webui-controlnet run it (OpenCV takes the strongest
+    # channel's gradient), not on its grey version: colour-only boundaries stay edges
+    return _rgb(cv2.Canny(np.asarray(image.convert("RGB")), int(low), int(high)))
 
 
-def softedge(image: Image.Image) -> Image.Image:
+def safe_step(edges: np.ndarray, step: int = 2) -> np.ndarray:
+    """controlnet_aux's "safe" soft edges: 0..1 quantised to `step` + 1 levels (0, 1/2, 1 for 2), so a
+    ControlNet cannot read hidden detail from faint gradations."""
+    return np.floor(edges.astype(np.float32) * float(step + 1)).astype(np.float32) / float(step)
+
+
+def _hed_u8(image: Image.Image, safe: bool) -> np.ndarray:
     from .hed import hed_edges
 
-    return _rgb(hed_edges(image) * 255.0)
+    edges = hed_edges(image)
+    return np.clip((safe_step(edges) if safe else edges) * 255.0, 0, 255).astype(np.uint8)
 
 
-def scribble(image: Image.Image, threshold: float = 0.5) -> Image.Image:
+def softedge(image: Image.Image, safe: bool = False) -> Image.Image:
+    return _rgb(_hed_u8(image, bool(safe)))
+
+
+def thin_lines(edges: np.ndarray, threshold: float, sigma: float) -> np.ndarray:
+    """Non-maximum suppression along 4 directions of the blurred map, then a threshold: 1-pixel ridges
+    (255) where the blurred value is a local maximum across the line and above `threshold`."""
     import cv2
 
-    _check("threshold", threshold, 0.0, 1.0)
-    from .hed import hed_edges
+    x = cv2.GaussianBlur(edges.astype(np.float32), (0, 0), sigma)
+    ridge = np.zeros_like(x)
+    for kernel in ([[0, 0, 0], [1, 1, 1], [0, 0, 0]], [[0, 1, 0], [0, 1, 0], [0, 1, 0]],
+                   [[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 0, 1], [0, 1, 0], [1, 0, 0]]):
+        peak = cv2.dilate(x, np.array(kernel, np.uint8)) == x
+        ridge[peak] = x[peak]
+    return np.where(ridge > threshold, 255, 0).astype(np.uint8)
 
-    edges = cv2.GaussianBlur(hed_edges(image), (0, 0), 1.5)
-    peak = max(float(edges.max()), 1e-6)
-    strokes = (edges > threshold * peak).astype(np.uint8) * 255
-    return _rgb(cv2.dilate(strokes, np.ones((3, 3), np.uint8)))
+
+def scribble(image: Image.Image, safe: bool = True) -> Image.Image:
+    """controlnet_aux's fake scribble (scribble_hed): the HED map's ridges (threshold 127, sigma 3),
+    blurred (sigma 3) and every pixel above 4 made a white stroke."""
+    import cv2
+
+    strokes = cv2.GaussianBlur(thin_lines(_hed_u8(image, bool(safe)), 127, 3.0), (0, 0), 3.0)
+    return _rgb(np.where(strokes > 4, 255, 0))
+
+
+def tile(image: Image.Image, pyrup_iters: int = 3) -> Image.Image:
+    """controlnet_aux's tile blur: sides rounded to multiples of 64, shrunk (area) by 2**pyrup_iters
+    and brought back up by as many cv2.pyrUp (Gaussian) doublings."""
+    import cv2
+
+    _check("pyrUp_iters", pyrup_iters, 1, 10)
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = (max(64, int(np.round(n / 64.0)) * 64) for n in rgb.shape[:2])
+    k = 2 ** int(pyrup_iters)
+    small = cv2.resize(rgb, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA)
+    for _ in range(int(pyrup_iters)):
+        small = cv2.pyrUp(small)
+    return Image.fromarray(small)
+
+
+def color(image: Image.Image) -> Image.Image:
+    """controlnet_aux's colour palette (T2I-Adapter color): one colour per 64x64 cell (cubic shrink by 64),
+    blown back up with nearest neighbours."""
+    import cv2
+
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    if min(h, w) < 64:
+        raise InvalidArgument(f"color: the image ({w}x{h}) must be at least 64 pixels on each side")
+    cells = cv2.resize(rgb, (w // 64, h // 64), interpolation=cv2.INTER_CUBIC)
+    return Image.fromarray(cv2.resize(cells, (w, h), interpolation=cv2.INTER_NEAREST))
 
 
 def lineart(image: Image.Image, sigma: float = 1.0, threshold: float = 0.08) -> Image.Image:
@@ -96,6 +154,21 @@ def depth_anything_v2(image: Image.Image, weights=None, device=None) -> Image.Im
     return _rgb(np.round(depth * 255.0))
 
 
+def lineart_realistic(image: Image.Image, weights=None, device=None) -> Image.Image:
+    from .lineart import lineart_model
+    return lineart_model(image, "realistic", weights, device)
+
+
+def lineart_coarse(image: Image.Image, weights=None, device=None) -> Image.Image:
+    from .lineart import lineart_model
+    return lineart_model(image, "coarse", weights, device)
+
+
+def lineart_anime(image: Image.Image, weights=None, device=None) -> Image.Image:
+    from .lineart import lineart_model
+    return lineart_model(image, "anime", weights, device)
+
+
 def passthrough(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
@@ -110,15 +183,19 @@ def binary(image: Image.Image, threshold: int = 127) -> Image.Image:
 
 
 PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
-    "canny": canny, "softedge": softedge, "hed": softedge, "scribble": scribble, "lineart": lineart,
+    "canny": canny, "softedge": softedge, "hed": softedge,
+    "softedgesafe": lambda image: softedge(image, safe=True), "scribble": scribble, "scribblehed": scribble,
+    "fakescribble": scribble, "tile": tile, "color": color, "lineart": lineart,
+    "lineartrealistic": lineart_realistic, "lineartcoarse": lineart_coarse, "lineartanime": lineart_anime,
     "depthanythingv2": depth_anything_v2,
     "depth": passthrough, "pose": passthrough, "normal": passthrough, "seg": passthrough,
     "passthrough": passthrough, "none": passthrough, "invert": invert, "binary": binary,
 }
 
 
-# preprocessors that run a user's model file: key -> its default file in a models folder
-NEEDS_WEIGHTS = {"depthanythingv2"}
+# preprocessors that run a user's model file: key -> the learned lineart kind (None: Depth Anything)
+NEEDS_WEIGHTS = {"depthanythingv2": None, "lineartrealistic": "realistic", "lineartcoarse": "coarse",
+                 "lineartanime": "anime"}
 
 
 def _key(name: str) -> str:
@@ -127,6 +204,17 @@ def _key(name: str) -> str:
 
 def needs_weights(name: str) -> bool:
     return _key(name) in NEEDS_WEIGHTS
+
+
+def installed_weights(name: str, folders):
+    """The model file preprocessor `name` runs, found in the models folder's preprocessor folders (an
+    InvalidArgument naming the file and where to put it when it is not there)."""
+    kind = NEEDS_WEIGHTS[_key(name)]
+    if kind is None:
+        from .depth_anything_files import installed_weights as depth_file
+        return depth_file(folders)
+    from .lineart import find
+    return find(folders, kind)
 
 
 def preprocess(name: str, image: Image.Image, folders=None, **options) -> Image.Image:
@@ -139,12 +227,18 @@ def preprocess(name: str, image: Image.Image, folders=None, **options) -> Image.
     if not isinstance(image, Image.Image):
         raise InvalidArgument("image: a PIL image is required")
     if key in NEEDS_WEIGHTS and options.get("weights") is None:
-        from .depth_anything_files import installed_weights
-        options["weights"] = installed_weights(folders)
+        options["weights"] = installed_weights(key, folders)
     try:
         return PREPROCESSORS[key](image, **options)
     except TypeError as e:
         raise InvalidArgument(f"preprocessor {name}: {e}") from None
+
+
+def pixel_perfect_resolution(w: int, h: int, width: int, height: int, fill: bool) -> int:
+    """sd-webui-controlnet's pixel-perfect resolution: a w x h map's short side at the scale it is fitted
+    to width x height by (the smaller scale for "resize and fill", the larger otherwise)."""
+    k = (min if fill else max)(height / h, width / w)
+    return max(1, round(k * min(w, h)))
 
 
 def fit_image(image: Image.Image, width: int, height: int, mode: str = "just resize") -> Image.Image:
