@@ -92,6 +92,21 @@ def test_color_is_the_64_pixel_grid():
         P.color(_photo(60, 100))
 
 
+@pytest.mark.parametrize("sigma,threshold", [(6.0, 8), (2.0, 0)])
+def test_lineart_standard_is_the_original(sigma, threshold):
+    x = _a(_photo()).astype(np.float32)
+    g = cv2.GaussianBlur(x, (0, 0), sigma)
+    intensity = np.min(g - x, axis=2).clip(0, 255)
+    intensity /= max(16, np.median(intensity[intensity > threshold]))
+    intensity *= 127
+    ref = intensity.clip(0, 255).astype(np.uint8)
+    assert np.array_equal(_a(P.lineart_standard(_photo(), sigma, threshold))[..., 1], ref)
+    flat = Image.new("RGB", (64, 64), (100, 100, 100))  # nothing darker than its surround: all black
+    assert _a(P.lineart_standard(flat)).max() == 0
+    with pytest.raises(InvalidArgument, match="guassian_sigma"):
+        P.lineart_standard(_photo(), 0.0)
+
+
 def _run(tmp_path, node, **inputs):
     return run_node(node_ctx(tmp_path / "models", tmp_path, _photo()), node, **inputs)
 
@@ -114,6 +129,7 @@ def test_canny_node_runs_canny_at_the_detect_resolution(tmp_path):
     pytest.param("FakeScribblePreprocessor", {"safe": "enable"}, (64, 96, 3), marks=needs_hed),
     ("TilePreprocessor", {"pyrUp_iters": 2}, (256, 384, 3)),
     ("ColorPreprocessor", {}, (128, 192, 3)),
+    ("LineartStandardPreprocessor", {"guassian_sigma": 3.0}, (96, 144, 3)),
 ])
 def test_nodes_make_the_requested_size(tmp_path, node, inputs, size):
     res = size[0]

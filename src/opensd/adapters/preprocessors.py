@@ -10,6 +10,8 @@ structure on black (the convention of lllyasviel's ControlNet 1.0/1.1 models):
     tile       controlnet_aux's tile blur (shrink by 2**n, n pyrUp doublings)
     color      controlnet_aux's colour palette: one colour per 64-pixel cell
     lineart    simple line drawing from the grey image's gradient (no learned model)
+    lineart_standard
+               controlnet_aux's standard lineart: darkness against the blurred surround
     lineart_realistic / lineart_coarse / lineart_anime
                the learned line-art nets (adapters/lineart.py; the user's sk_model.pth, sk_model2.pth,
                netG.pth from lllyasviel/Annotators, found in the models folder or given as `weights`)
@@ -142,6 +144,21 @@ def lineart(image: Image.Image, sigma: float = 1.0, threshold: float = 0.08) -> 
     return _rgb(lines * 255.0)
 
 
+def lineart_standard(image: Image.Image, sigma: float = 6.0, threshold: int = 8) -> Image.Image:
+    """controlnet_aux's / the A1111 extension's lineart_standard (no learned model): how much darker each
+    pixel is than its Gaussian surround (the least over R, G, B), scaled so the median of the values
+    above `threshold` is 127 (a median under 16 counts as 16)."""
+    import cv2
+
+    _check("guassian_sigma", sigma, 0.01, 100.0)
+    _check("intensity_threshold", threshold, 0, 255)
+    x = np.asarray(image.convert("RGB"), dtype=np.float32)
+    darker = np.min(cv2.GaussianBlur(x, (0, 0), float(sigma)) - x, axis=2).clip(0, 255)
+    strong = darker[darker > threshold]
+    scale = max(16.0, float(np.median(strong))) if strong.size else 16.0
+    return _rgb(darker / scale * 127.0)
+
+
 def depth_anything_v2(image: Image.Image, weights=None, device=None) -> Image.Image:
     """Depth Anything V2 relative depth, near = bright; `weights` the model file, `device` None: CUDA
     if there is one."""
@@ -186,6 +203,7 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
     "canny": canny, "softedge": softedge, "hed": softedge,
     "softedgesafe": lambda image: softedge(image, safe=True), "scribble": scribble, "scribblehed": scribble,
     "fakescribble": scribble, "tile": tile, "color": color, "lineart": lineart,
+    "lineartstandard": lineart_standard,
     "lineartrealistic": lineart_realistic, "lineartcoarse": lineart_coarse, "lineartanime": lineart_anime,
     "depthanythingv2": depth_anything_v2,
     "depth": passthrough, "pose": passthrough, "normal": passthrough, "seg": passthrough,

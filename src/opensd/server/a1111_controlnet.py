@@ -16,7 +16,7 @@ as ComfyUI's "auto"; see adapters/union_types.py).
 IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter.
 
 Accepted but not acted on (listed in info["unsupported_fields"]): ``mask``, ``hr_option`` other
-than "Both", and modules we only approximate (lineart_standard, lineart_anime_denoise and pidinet
+than "Both", and modules we only approximate (lineart_anime_denoise and pidinet
 detectors -> our nearest ones; depth/openpose/normal/seg estimators other than depth_anything_v2 -> the image is used as the
 map as it is)."""
 from __future__ import annotations
@@ -43,7 +43,7 @@ MODULES: dict[str, tuple[str, bool]] = {
     "softedge_pidisafe": ("softedge", False),
     "scribble_hed": ("scribble", True), "scribble": ("scribble", True), "fake_scribble": ("scribble", True),
     "scribble_pidinet": ("scribble", False), "scribble_xdog": ("scribble", False),
-    "lineart_standard": ("lineart", False), "lineart": ("lineart_realistic", True),
+    "lineart_standard": ("lineart_standard", True), "lineart": ("lineart_realistic", True),
     "lineart_realistic": ("lineart_realistic", True), "lineart_coarse": ("lineart_coarse", True),
     "lineart_anime": ("lineart_anime", True), "lineart_anime_denoise": ("lineart_anime", False),
     "t2ia_color_grid": ("color", True), "color": ("color", True),

@@ -4,7 +4,7 @@ IMAGE whose short side is `resolution` (aspect kept), as controlnet_aux returns 
 
 * CannyEdgePreprocessor (low/high threshold), HEDPreprocessor (safe: the 3-level quantised map),
   FakeScribblePreprocessor (HED ridges made bold strokes), TilePreprocessor (pyrUp_iters blur),
-  ColorPreprocessor (64-pixel colour cells): adapters/preprocessors.py, run on the image scaled to
+  ColorPreprocessor (64-pixel colour cells), LineartStandardPreprocessor: adapters/preprocessors.py, run on the image scaled to
   `resolution` first, as controlnet_aux does. Our HED is the BSDS500 one (assets/hed), not
   controlnet_aux's ControlNetHED.pth, so soft edges differ somewhat in strength.
 * LineArtPreprocessor (coarse: sk_model2.pth, else sk_model.pth) and AnimeLineArtPreprocessor
@@ -84,6 +84,10 @@ def color(call, image, resolution=512):
     return each_image(call, image, resolution, P.color)
 
 
+def lineart_standard(call, image, guassian_sigma=6.0, intensity_threshold=8, resolution=512):
+    return each_image(call, image, resolution, lambda im: P.lineart_standard(im, guassian_sigma, intensity_threshold))
+
+
 def _lineart(call, image, kind: str, resolution: int):
     from ..adapters.lineart import extract, find, load
 
@@ -121,6 +125,10 @@ NODES = {n.name: n for n in (
     _node("TilePreprocessor", tile, {"pyrUp_iters": ("INT", {"default": 3, "min": 1, "max": 10, "step": 1}),
                                      "resolution": RESOLUTION}, CATEGORY + "/tile", "Tile"),
     _node("ColorPreprocessor", color, {"resolution": RESOLUTION}, CATEGORY + "/T2IAdapter-only", "Color Pallete"),
+    _node("LineartStandardPreprocessor", lineart_standard,
+          {"guassian_sigma": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0}),
+           "intensity_threshold": ("INT", {"default": 8, "min": 0, "max": 16}), "resolution": RESOLUTION},
+          LINES, "Standard Lineart"),
     _node("LineArtPreprocessor", lineart, {"coarse": (["disable", "enable"], {"default": "disable"}),
                                            "resolution": RESOLUTION}, LINES, "Realistic Lineart"),
     _node("AnimeLineArtPreprocessor", anime_lineart, {"resolution": RESOLUTION}, LINES, "Anime Lineart"),
