@@ -4,7 +4,8 @@ Every preprocessor takes a PIL image and returns an RGB PIL image of the same si
 structure on black (the convention of lllyasviel's ControlNet 1.0/1.1 models):
 
     canny      OpenCV Canny edges of the colour image (low/high hysteresis thresholds)
-    softedge   HED soft edges (real BSDS500 HED weights, adapters/hed.py)
+    softedge   HED soft edges (real BSDS500 HED weights, adapters/hed.py; controlnet_aux's own HED net
+               when the user's ControlNetHED.pth is in the models folder or given as `weights`)
     softedge safe=True: the HED map quantised to 0, 1/2, 1 (controlnet_aux's safe step)
     scribble   controlnet_aux's fake scribble: HED ridges, blurred and thresholded into bold strokes
     tile       controlnet_aux's tile blur (shrink by 2**n, n pyrUp doublings)
@@ -67,15 +68,25 @@ def safe_step(edges: np.ndarray, step: int = 2) -> np.ndarray:
     return np.floor(edges.astype(np.float32) * float(step + 1)).astype(np.float32) / float(step)
 
 
-def _hed_u8(image: Image.Image, safe: bool) -> np.ndarray:
-    from .hed import hed_edges
+def _hed_u8(image: Image.Image, safe: bool, weights=None, device=None) -> np.ndarray:
+    """The HED map as controlnet_aux quantises it: controlnet_aux's own net when its ControlNetHED.pth is
+    given as `weights` (the map then keeps that net's padding to multiples of 64; callers crop), else
+    the shipped BSDS500 HED."""
+    from . import hed
 
-    edges = hed_edges(image)
+    if weights is not None:
+        edges = hed.controlnet_hed_edges(image, hed.load_controlnet_hed(weights, device))
+    else:
+        edges = hed.hed_edges(image)
     return np.clip((safe_step(edges) if safe else edges) * 255.0, 0, 255).astype(np.uint8)
 
 
-def softedge(image: Image.Image, safe: bool = False) -> Image.Image:
-    return _rgb(_hed_u8(image, bool(safe)))
+def softedge(image: Image.Image, safe: bool = False, weights=None, device=None) -> Image.Image:
+    return _rgb(_hed_u8(image, bool(safe), weights, device)[:image.height, :image.width])
+
+
+def softedge_safe(image: Image.Image, weights=None, device=None) -> Image.Image:
+    return softedge(image, True, weights, device)
 
 
 def thin_lines(edges: np.ndarray, threshold: float, sigma: float) -> np.ndarray:
@@ -92,13 +103,13 @@ def thin_lines(edges: np.ndarray, threshold: float, sigma: float) -> np.ndarray:
     return np.where(ridge > threshold, 255, 0).astype(np.uint8)
 
 
-def scribble(image: Image.Image, safe: bool = True) -> Image.Image:
+def scribble(image: Image.Image, safe: bool = True, weights=None, device=None) -> Image.Image:
     """controlnet_aux's fake scribble (scribble_hed): the HED map's ridges (threshold 127, sigma 3),
     blurred (sigma 3) and every pixel above 4 made a white stroke."""
     import cv2
 
-    strokes = cv2.GaussianBlur(thin_lines(_hed_u8(image, bool(safe)), 127, 3.0), (0, 0), 3.0)
-    return _rgb(np.where(strokes > 4, 255, 0))
+    strokes = cv2.GaussianBlur(thin_lines(_hed_u8(image, bool(safe), weights, device), 127, 3.0), (0, 0), 3.0)
+    return _rgb(np.where(strokes > 4, 255, 0)[:image.height, :image.width])
 
 
 def tile(image: Image.Image, pyrup_iters: int = 3) -> Image.Image:
@@ -201,7 +212,7 @@ def binary(image: Image.Image, threshold: int = 127) -> Image.Image:
 
 PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
     "canny": canny, "softedge": softedge, "hed": softedge,
-    "softedgesafe": lambda image: softedge(image, safe=True), "scribble": scribble, "scribblehed": scribble,
+    "softedgesafe": softedge_safe, "scribble": scribble, "scribblehed": scribble,
     "fakescribble": scribble, "tile": tile, "color": color, "lineart": lineart,
     "lineartstandard": lineart_standard,
     "lineartrealistic": lineart_realistic, "lineartcoarse": lineart_coarse, "lineartanime": lineart_anime,
@@ -222,6 +233,19 @@ def _key(name: str) -> str:
 
 def needs_weights(name: str) -> bool:
     return _key(name) in NEEDS_WEIGHTS
+
+
+# preprocessors that use a model file when the user has it: key -> its name (else a shipped model)
+OPTIONAL_WEIGHTS = {key: "ControlNetHED.pth" for key in
+                    ("softedge", "hed", "softedgesafe", "scribble", "scribblehed", "fakescribble")}
+
+
+def optional_weights(name: str, folders):
+    """The installed model file an OPTIONAL_WEIGHTS preprocessor prefers, or None."""
+    from .depth_anything_files import match_file
+
+    file = OPTIONAL_WEIGHTS.get(_key(name))
+    return match_file(folders, file) if file and folders is not None else None
 
 
 def installed_weights(name: str, folders):
@@ -246,6 +270,8 @@ def preprocess(name: str, image: Image.Image, folders=None, **options) -> Image.
         raise InvalidArgument("image: a PIL image is required")
     if key in NEEDS_WEIGHTS and options.get("weights") is None:
         options["weights"] = installed_weights(key, folders)
+    elif key in OPTIONAL_WEIGHTS and options.get("weights") is None:
+        options["weights"] = optional_weights(key, folders)
     try:
         return PREPROCESSORS[key](image, **options)
     except TypeError as e:

@@ -150,10 +150,11 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
 def _weights(module: str, folders, field: str) -> str | None:
     """The model file a module runs (Depth Anything V2's, the learned lineart nets'), found when the
     request comes: a missing file is the client's 422 naming where to put it, not a failed job."""
-    from ..adapters.preprocessors import installed_weights, needs_weights
+    from ..adapters.preprocessors import installed_weights, needs_weights, optional_weights
 
     if not needs_weights(module):
-        return None
+        found = optional_weights(module, folders)  # controlnet_aux's HED when the user has it
+        return None if found is None else str(found)
     try:
         return str(installed_weights(module, folders))
     except InvalidArgument as e:

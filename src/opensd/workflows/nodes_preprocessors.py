@@ -5,8 +5,9 @@ IMAGE whose short side is `resolution` (aspect kept), as controlnet_aux returns 
 * CannyEdgePreprocessor (low/high threshold), HEDPreprocessor (safe: the 3-level quantised map),
   FakeScribblePreprocessor (HED ridges made bold strokes), TilePreprocessor (pyrUp_iters blur),
   ColorPreprocessor (64-pixel colour cells), LineartStandardPreprocessor: adapters/preprocessors.py, run on the image scaled to
-  `resolution` first, as controlnet_aux does. Our HED is the BSDS500 one (assets/hed), not
-  controlnet_aux's ControlNetHED.pth, so soft edges differ somewhat in strength.
+  `resolution` first, as controlnet_aux does. HED is controlnet_aux's own net when the user's
+  ControlNetHED.pth is in the preprocessor folders, else the shipped BSDS500 HED (assets/hed), whose
+  soft edges differ somewhat in strength.
 * LineArtPreprocessor (coarse: sk_model2.pth, else sk_model.pth) and AnimeLineArtPreprocessor
   (netG.pth): the learned line-art nets of adapters/lineart.py.
 * DepthAnythingV2Preprocessor: Depth Anything V2 relative depth, near = bright, on the full image.
@@ -66,14 +67,18 @@ def canny(call, image, low_threshold=100, high_threshold=200, resolution=512):
     return each_image(call, image, resolution, lambda im: P.canny(im, low_threshold, high_threshold))
 
 
+def _hed_node(call, image, safe, resolution, fn):
+    on, device = _on(safe), resolve_device(call.ctx.device)
+    weights = P.optional_weights("hed", call.ctx.folders)  # controlnet_aux's own HED when installed
+    return each_image(call, image, resolution, lambda im: fn(im, on, weights, device))
+
+
 def hed(call, image, safe="enable", resolution=512):
-    on = _on(safe)
-    return each_image(call, image, resolution, lambda im: P.softedge(im, safe=on))
+    return _hed_node(call, image, safe, resolution, P.softedge)
 
 
 def fake_scribble(call, image, safe="enable", resolution=512):
-    on = _on(safe)
-    return each_image(call, image, resolution, lambda im: P.scribble(im, safe=on))
+    return _hed_node(call, image, safe, resolution, P.scribble)
 
 
 def tile(call, image, pyrUp_iters=3, resolution=512):
