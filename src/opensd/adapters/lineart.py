@@ -7,6 +7,7 @@
   ``sk_model2.pth`` (coarse), both with 3 residual blocks.
 * anime: a pix2pix U-Net generator (8 down/up levels, 64 base channels, instance norm, LeakyReLU 0.2
   down, ReLU up, tanh out), ``netG.pth``.
+* manga (lineart_anime_denoise): the manga line extractor of lineart_manga.py, ``erika.pth``.
 
 The module layout (Sequential indices) follows the published files' key names so they load as they
 are; the files are pickles and are read only by the restricted unpickler (checkpoints/files.py).
@@ -24,7 +25,7 @@ from torch import nn
 from ..errors import CheckpointError, InvalidArgument
 
 # preprocessor -> the file controlnet_aux (and sd-webui-controlnet) load for it
-FILES = {"realistic": "sk_model.pth", "coarse": "sk_model2.pth", "anime": "netG.pth"}
+FILES = {"realistic": "sk_model.pth", "coarse": "sk_model2.pth", "anime": "netG.pth", "manga": "erika.pth"}
 SOURCE = "huggingface.co/lllyasviel/Annotators"
 
 
@@ -108,14 +109,21 @@ class AnimeGenerator(nn.Module):
 
 
 def _build(kind: str) -> nn.Module:
+    if kind == "manga":
+        from .lineart_manga import MangaLineNet
+        return MangaLineNet()
     return AnimeGenerator() if kind == "anime" else SketchGenerator()
 
 
 def build(sd: dict[str, torch.Tensor], kind: str, path="<state dict>") -> nn.Module:
-    """The `kind` net ("realistic", "coarse", "anime") for a state dict, every key and shape checked."""
+    """The `kind` net ("realistic", "coarse", "anime", "manga") for a state dict, every key and shape
+    checked (batch norms' step counters may be absent: files from before PyTorch 0.4.1 lack them)."""
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     net = _build(kind)
     want = net.state_dict()
+    for k in want:
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = want[k]
     missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
     wrong = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)]
     if missing or extra or wrong:
@@ -157,13 +165,29 @@ def _pad_to(arr: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(arr, ((0, -h % multiple), (0, -w % multiple), (0, 0)), mode="edge")
 
 
+def kind_of(net: nn.Module) -> str:
+    return {"MangaLineNet": "manga", "AnimeGenerator": "anime"}.get(type(net).__name__, "sketch")
+
+
+def detect_resolution(kind: str, resolution: int) -> int:
+    """The short side controlnet_aux runs `kind` at for a requested `resolution` (the manga net: the next
+    multiple of 256)."""
+    return -(-resolution // 256) * 256 if kind == "manga" else resolution
+
+
 @torch.no_grad()
 def extract(image: Image.Image, net: nn.Module) -> Image.Image:
     """White-on-black line art of `image` at its own size."""
     rgb = np.asarray(image.convert("RGB"))
     h, w = rgb.shape[:2]
     device = next(net.parameters()).device
-    if isinstance(net, AnimeGenerator):
+    if kind_of(net) == "manga":
+        import cv2
+
+        grey = cv2.cvtColor(_pad_to(rgb, 64), cv2.COLOR_RGB2GRAY)
+        x = torch.from_numpy(grey).float()[None, None].to(device)
+        line = net(x)[0, 0, :h, :w].clamp(0, 255).cpu().numpy().astype(np.uint8)
+    elif isinstance(net, AnimeGenerator):
         import cv2
 
         # the U-Net needs sides in multiples of 256: the image is stretched up to them, and back

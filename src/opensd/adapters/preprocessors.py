@@ -13,9 +13,10 @@ structure on black (the convention of lllyasviel's ControlNet 1.0/1.1 models):
     lineart    simple line drawing from the grey image's gradient (no learned model)
     lineart_standard
                controlnet_aux's standard lineart: darkness against the blurred surround
-    lineart_realistic / lineart_coarse / lineart_anime
+    lineart_realistic / lineart_coarse / lineart_anime / lineart_manga (= lineart_anime_denoise)
                the learned line-art nets (adapters/lineart.py; the user's sk_model.pth, sk_model2.pth,
-               netG.pth from lllyasviel/Annotators, found in the models folder or given as `weights`)
+               netG.pth, erika.pth from lllyasviel/Annotators, found in the models folder or given as
+               `weights`)
     depth_anything_v2
                Depth Anything V2 relative depth, near = bright (adapters/depth_anything.py; the
                user's depth_anything_v2_vit{s,b,l}.pth, found in the models folder or given as `weights`)
@@ -197,6 +198,11 @@ def lineart_anime(image: Image.Image, weights=None, device=None) -> Image.Image:
     return lineart_model(image, "anime", weights, device)
 
 
+def lineart_manga(image: Image.Image, weights=None, device=None) -> Image.Image:
+    from .lineart import lineart_model
+    return lineart_model(image, "manga", weights, device)
+
+
 def passthrough(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
@@ -216,6 +222,7 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
     "fakescribble": scribble, "tile": tile, "color": color, "lineart": lineart,
     "lineartstandard": lineart_standard,
     "lineartrealistic": lineart_realistic, "lineartcoarse": lineart_coarse, "lineartanime": lineart_anime,
+    "lineartmanga": lineart_manga, "lineartanimedenoise": lineart_manga,
     "depthanythingv2": depth_anything_v2,
     "depth": passthrough, "pose": passthrough, "normal": passthrough, "seg": passthrough,
     "passthrough": passthrough, "none": passthrough, "invert": invert, "binary": binary,
@@ -224,7 +231,7 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
 
 # preprocessors that run a user's model file: key -> the learned lineart kind (None: Depth Anything)
 NEEDS_WEIGHTS = {"depthanythingv2": None, "lineartrealistic": "realistic", "lineartcoarse": "coarse",
-                 "lineartanime": "anime"}
+                 "lineartanime": "anime", "lineartmanga": "manga", "lineartanimedenoise": "manga"}
 
 
 def _key(name: str) -> str:

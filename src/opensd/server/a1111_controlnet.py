@@ -16,8 +16,7 @@ as ComfyUI's "auto"; see adapters/union_types.py).
 IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter.
 
 Accepted but not acted on (listed in info["unsupported_fields"]): ``mask``, ``hr_option`` other
-than "Both", and modules we only approximate (lineart_anime_denoise and pidinet
-detectors -> our nearest ones; depth/openpose/normal/seg estimators other than depth_anything_v2 -> the image is used as the
+than "Both", and modules we only approximate (pidinet detectors -> HED; depth/openpose/normal/seg estimators other than depth_anything_v2 -> the image is used as the
 map as it is)."""
 from __future__ import annotations
 
@@ -45,7 +44,7 @@ MODULES: dict[str, tuple[str, bool]] = {
     "scribble_pidinet": ("scribble", False), "scribble_xdog": ("scribble", False),
     "lineart_standard": ("lineart_standard", True), "lineart": ("lineart_realistic", True),
     "lineart_realistic": ("lineart_realistic", True), "lineart_coarse": ("lineart_coarse", True),
-    "lineart_anime": ("lineart_anime", True), "lineart_anime_denoise": ("lineart_anime", False),
+    "lineart_anime": ("lineart_anime", True), "lineart_anime_denoise": ("lineart_manga", True),
     "t2ia_color_grid": ("color", True), "color": ("color", True),
     "depth_anything_v2": ("depth_anything_v2", True),
 }

@@ -8,8 +8,9 @@ IMAGE whose short side is `resolution` (aspect kept), as controlnet_aux returns 
   `resolution` first, as controlnet_aux does. HED is controlnet_aux's own net when the user's
   ControlNetHED.pth is in the preprocessor folders, else the shipped BSDS500 HED (assets/hed), whose
   soft edges differ somewhat in strength.
-* LineArtPreprocessor (coarse: sk_model2.pth, else sk_model.pth) and AnimeLineArtPreprocessor
-  (netG.pth): the learned line-art nets of adapters/lineart.py.
+* LineArtPreprocessor (coarse: sk_model2.pth, else sk_model.pth), AnimeLineArtPreprocessor (netG.pth)
+  and Manga2Anime_LineArt_Preprocessor (erika.pth, run at the next multiple of 256): the learned
+  line-art nets of adapters/lineart.py.
 * DepthAnythingV2Preprocessor: Depth Anything V2 relative depth, near = bright, on the full image.
 * AIO_Preprocessor: one of the above by node name with its defaults.
 * ImageGenResolutionFromImage, PixelPerfectResolution: the image's size; the extension's pixel-perfect
@@ -45,13 +46,15 @@ def short_side(image: Image.Image, resolution: int) -> Image.Image:
     return P.fit_image(image, *size)
 
 
-def each_image(call, image: torch.Tensor, resolution: int, make, before: bool = True) -> tuple[torch.Tensor]:
+def each_image(call, image: torch.Tensor, resolution: int, make, before: bool = True,
+               detect: int | None = None) -> tuple[torch.Tensor]:
     """Run `make(PIL RGB) -> PIL` on every picture of an IMAGE batch; the result has its short side at
-    `resolution`. before: the picture is scaled to it first (controlnet_aux's detect resolution)."""
+    `resolution`. before: the picture is scaled first to `detect` (controlnet_aux's detect resolution;
+    default `resolution`)."""
     maps = []
     for i, picture in enumerate(image):
         rgb = Image.fromarray((picture[..., :3].clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy())
-        out = make(short_side(rgb, resolution) if before else rgb)
+        out = make(short_side(rgb, detect or resolution) if before else rgb)
         maps.append(np.asarray(short_side(out, resolution).convert("RGB")))
         call.progress(i + 1, image.shape[0])
     return (torch.from_numpy(np.stack(maps)).float() / 255.0,)
@@ -94,10 +97,10 @@ def lineart_standard(call, image, guassian_sigma=6.0, intensity_threshold=8, res
 
 
 def _lineart(call, image, kind: str, resolution: int):
-    from ..adapters.lineart import extract, find, load
+    from ..adapters.lineart import detect_resolution, extract, find, load
 
     net = load(find(call.ctx.folders, kind), kind, resolve_device(call.ctx.device))
-    return each_image(call, image, resolution, lambda im: extract(im, net))
+    return each_image(call, image, resolution, lambda im: extract(im, net), detect=detect_resolution(kind, resolution))
 
 
 def lineart(call, image, coarse="disable", resolution=512):
@@ -106,6 +109,10 @@ def lineart(call, image, coarse="disable", resolution=512):
 
 def anime_lineart(call, image, resolution=512):
     return _lineart(call, image, "anime", resolution)
+
+
+def manga_lineart(call, image, resolution=512):
+    return _lineart(call, image, "manga", resolution)
 
 
 def depth_anything(call, image, ckpt_name=DEFAULT_CKPT, resolution=512):
@@ -137,6 +144,8 @@ NODES = {n.name: n for n in (
     _node("LineArtPreprocessor", lineart, {"coarse": (["disable", "enable"], {"default": "disable"}),
                                            "resolution": RESOLUTION}, LINES, "Realistic Lineart"),
     _node("AnimeLineArtPreprocessor", anime_lineart, {"resolution": RESOLUTION}, LINES, "Anime Lineart"),
+    _node("Manga2Anime_LineArt_Preprocessor", manga_lineart, {"resolution": RESOLUTION}, LINES,
+          "Manga Lineart (aka lineart_anime_denoise)"),
     _node("DepthAnythingV2Preprocessor", depth_anything,
           {"ckpt_name": (list(CKPT_NAMES), {"default": DEFAULT_CKPT}), "resolution": RESOLUTION},
           CATEGORY + "/Normal and Depth Estimators", "Depth Anything V2 - Relative"),
