@@ -60,9 +60,9 @@ def each_image(call, image: torch.Tensor, resolution: int, make, before: bool = 
     return (torch.from_numpy(np.stack(maps)).float() / 255.0,)
 
 
-def _on(value) -> bool:
+def _on(name: str, value) -> bool:
     if value not in ("enable", "disable"):
-        raise InvalidArgument(f"{value!r} must be enable or disable")
+        raise InvalidArgument(f"{name}: {value!r} must be enable or disable")
     return value == "enable"
 
 
@@ -71,7 +71,7 @@ def canny(call, image, low_threshold=100, high_threshold=200, resolution=512):
 
 
 def _hed_node(call, image, safe, resolution, fn):
-    on, device = _on(safe), resolve_device(call.ctx.device)
+    on, device = _on("safe", safe), resolve_device(call.ctx.device)
     weights = P.optional_weights("hed", call.ctx.folders)  # controlnet_aux's own HED when installed
     return each_image(call, image, resolution, lambda im: fn(im, on, weights, device))
 
@@ -104,7 +104,7 @@ def _lineart(call, image, kind: str, resolution: int):
 
 
 def lineart(call, image, coarse="disable", resolution=512):
-    return _lineart(call, image, "coarse" if _on(coarse) else "realistic", resolution)
+    return _lineart(call, image, "coarse" if _on("coarse", coarse) else "realistic", resolution)
 
 
 def anime_lineart(call, image, resolution=512):
