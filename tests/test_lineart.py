@@ -205,3 +205,15 @@ def test_comfyui_nodes_make_the_requested_size(models, tmp_path, node, inputs):
 
     out = run_node(node_ctx(models, tmp_path, _photo()), node, resolution=128, **inputs)
     assert out.shape == (128, 192, 3)
+
+
+def test_cli_preprocess_finds_the_file_or_names_it(models, tmp_path, capsys):
+    from opensd.cli import main
+
+    src, out = tmp_path / "in.png", tmp_path / "lines.png"
+    _photo().save(src)
+    assert main(["preprocess", "lineart_coarse", str(src), "-o", str(out), "--models-dir", str(models)]) == 0
+    assert Image.open(out).size == (90, 60)
+    (tmp_path / "bare").mkdir()
+    assert main(["preprocess", "lineart_anime", str(src), "-o", str(out), "--models-dir", str(tmp_path / "bare")]) == 2
+    assert "netG.pth is not installed" in capsys.readouterr().err
