@@ -107,6 +107,27 @@ def test_lineart_standard_is_the_original(sigma, threshold):
         P.lineart_standard(_photo(), 0.0)
 
 
+def test_scribble_xdog_plain_scribble_and_binary_are_the_originals():
+    rgb = _a(_photo())
+    g1 = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), 0.5)
+    g2 = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), 5.0)
+    dog = (255 - np.min(g2 - g1, axis=2)).clip(0, 255).astype(np.uint8)
+    for thr in (32, 8):
+        ref = np.zeros_like(rgb)
+        ref[2 * (255 - dog) > thr] = 255  # uint8 arithmetic, as theirs
+        assert np.array_equal(_a(P.scribble_xdog(_photo(), thr)), ref)
+    ref = np.zeros_like(rgb)
+    ref[np.min(rgb, axis=2) < 127] = 255
+    assert np.array_equal(_a(P.scribble_threshold(_photo())), 255 - ref)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    for thr in (0, 100):
+        if thr == 0:
+            _, inv = cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+        else:
+            _, inv = cv2.threshold(grey, thr, 255, cv2.THRESH_BINARY_INV)
+        assert np.array_equal(_a(P.binary(_photo(), thr))[..., 0], 255 - inv)
+
+
 def _run(tmp_path, node, **inputs):
     return run_node(node_ctx(tmp_path / "models", tmp_path, _photo()), node, **inputs)
 
@@ -130,6 +151,9 @@ def test_canny_node_runs_canny_at_the_detect_resolution(tmp_path):
     ("TilePreprocessor", {"pyrUp_iters": 2}, (256, 384, 3)),
     ("ColorPreprocessor", {}, (128, 192, 3)),
     ("LineartStandardPreprocessor", {"guassian_sigma": 3.0}, (96, 144, 3)),
+    ("ScribblePreprocessor", {}, (64, 96, 3)),
+    ("Scribble_XDoG_Preprocessor", {"threshold": 20}, (64, 96, 3)),
+    ("BinaryPreprocessor", {"bin_threshold": 0}, (64, 96, 3)),
 ])
 def test_nodes_make_the_requested_size(tmp_path, node, inputs, size):
     res = size[0]

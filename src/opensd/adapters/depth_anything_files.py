@@ -156,7 +156,8 @@ def find_weights(folders, name: str = DEFAULT_CKPT) -> Path:
     others = [m.name for m in files if "depth_anything" in m.name.lower()]
     have = f" (installed: {', '.join(others[:4])})" if others else ""
     raise InvalidArgument(f"ckpt_name: {name} is not installed{have}: put it in {preprocessor_dirs()} (any "
-                          f"subfolder); it is published at huggingface.co/depth-anything/Depth-Anything-V2-{_REPOS[size]}")
+                          "subfolder); it is published at "
+                          f"huggingface.co/depth-anything/Depth-Anything-V2-{_REPOS[size]}")
 
 
 def installed_weights(folders) -> Path:

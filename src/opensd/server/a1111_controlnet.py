@@ -8,7 +8,7 @@ A unit (webuiapi's ``ControlNetUnit.to_dict()`` shape): ``image`` (base64, or ``
 ``control_mode`` (0 Balanced, 1 "My prompt is more important" = the 0.825 decay of the residuals,
 2 "ControlNet is more important" = guess mode), ``resize_mode`` (0 Just Resize, 1 Crop and
 Resize / Inner Fit, 2 Resize and Fill / Outer Fit), ``processor_res``, ``threshold_a``/``_b``
-(canny low/high, binary threshold), ``pixel_perfect``, ``enabled``, ``guessmode``, and
+(canny low/high, binary and scribble_xdog threshold), ``pixel_perfect``, ``enabled``, ``guessmode``, and
 ``union_control_type`` for Union ControlNets (the extension's names "OpenPose", "Depth", "Soft
 Edge", "Hard Edge", "Normal Map", "Segmentation", "Tile", "Inpaint"; "Unknown" or absent: no type,
 as ComfyUI's "auto"; see adapters/union_types.py).
@@ -16,8 +16,8 @@ as ComfyUI's "auto"; see adapters/union_types.py).
 IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter.
 
 Accepted but not acted on (listed in info["unsupported_fields"]): ``mask``, ``hr_option`` other
-than "Both", and modules we only approximate (pidinet detectors -> HED; depth/openpose/normal/seg estimators other than depth_anything_v2 -> the image is used as the
-map as it is)."""
+than "Both", and modules we only approximate (pidinet detectors -> HED; depth/openpose/normal/seg
+estimators other than depth_anything_v2 -> the image is used as the map as it is)."""
 from __future__ import annotations
 
 import math
@@ -41,7 +41,7 @@ MODULES: dict[str, tuple[str, bool]] = {
     "hed_safe": ("softedge_safe", True), "softedge_pidinet": ("softedge", False), "pidinet": ("softedge", False),
     "softedge_pidisafe": ("softedge", False),
     "scribble_hed": ("scribble", True), "scribble": ("scribble", True), "fake_scribble": ("scribble", True),
-    "scribble_pidinet": ("scribble", False), "scribble_xdog": ("scribble", False),
+    "scribble_pidinet": ("scribble", False), "scribble_xdog": ("scribble_xdog", True),
     "lineart_standard": ("lineart_standard", True), "lineart": ("lineart_realistic", True),
     "lineart_realistic": ("lineart_realistic", True), "lineart_coarse": ("lineart_coarse", True),
     "lineart_anime": ("lineart_anime", True), "lineart_anime_denoise": ("lineart_manga", True),
@@ -185,6 +185,8 @@ def preprocess_image(image, module: str, res: int, threshold_a: float, threshold
         high = 200 if threshold_b < 0 else threshold_b
         options = {"low": int(min(low, 255)), "high": int(min(high, 255))}
     elif module == "binary" and threshold_a >= 0:
+        options = {"threshold": int(min(threshold_a, 255))}
+    elif module == "scribble_xdog" and threshold_a >= 1:
         options = {"threshold": int(min(threshold_a, 255))}
     elif weights is not None:
         options = {"weights": weights}

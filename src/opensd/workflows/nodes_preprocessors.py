@@ -4,8 +4,9 @@ IMAGE whose short side is `resolution` (aspect kept), as controlnet_aux returns 
 
 * CannyEdgePreprocessor (low/high threshold), HEDPreprocessor (safe: the 3-level quantised map),
   FakeScribblePreprocessor (HED ridges made bold strokes), TilePreprocessor (pyrUp_iters blur),
-  ColorPreprocessor (64-pixel colour cells), LineartStandardPreprocessor: adapters/preprocessors.py, run on the image scaled to
-  `resolution` first, as controlnet_aux does. HED is controlnet_aux's own net when the user's
+  ColorPreprocessor (64-pixel colour cells), LineartStandardPreprocessor, ScribblePreprocessor,
+  Scribble_XDoG_Preprocessor, BinaryPreprocessor (0: Otsu's threshold): adapters/preprocessors.py,
+  run on the image scaled to `resolution` first, as controlnet_aux does. HED is controlnet_aux's own net when the user's
   ControlNetHED.pth is in the preprocessor folders, else the shipped BSDS500 HED (assets/hed), whose
   soft edges differ somewhat in strength.
 * LineArtPreprocessor (coarse: sk_model2.pth, else sk_model.pth), AnimeLineArtPreprocessor (netG.pth)
@@ -84,6 +85,18 @@ def fake_scribble(call, image, safe="enable", resolution=512):
     return _hed_node(call, image, safe, resolution, P.scribble)
 
 
+def scribble_lines(call, image, resolution=512):
+    return each_image(call, image, resolution, P.scribble_threshold)
+
+
+def scribble_xdog(call, image, threshold=32, resolution=512):
+    return each_image(call, image, resolution, lambda im: P.scribble_xdog(im, threshold))
+
+
+def binary(call, image, bin_threshold=100, resolution=512):
+    return each_image(call, image, resolution, lambda im: P.binary(im, bin_threshold))
+
+
 def tile(call, image, pyrUp_iters=3, resolution=512):
     return each_image(call, image, resolution, lambda im: P.tile(im, pyrUp_iters))
 
@@ -134,6 +147,11 @@ NODES = {n.name: n for n in (
     _node("HEDPreprocessor", hed, {"safe": ENABLE, "resolution": RESOLUTION}, LINES, "HED Soft-Edge Lines"),
     _node("FakeScribblePreprocessor", fake_scribble, {"safe": ENABLE, "resolution": RESOLUTION}, LINES,
           "Fake Scribble Lines (aka scribble_hed)"),
+    _node("ScribblePreprocessor", scribble_lines, {"resolution": RESOLUTION}, LINES, "Scribble Lines"),
+    _node("Scribble_XDoG_Preprocessor", scribble_xdog, {"threshold": ("INT", {"default": 32, "min": 1, "max": 64}),
+                                                        "resolution": RESOLUTION}, LINES, "Scribble XDoG Lines"),
+    _node("BinaryPreprocessor", binary, {"bin_threshold": ("INT", {"default": 100, **_threshold}),
+                                         "resolution": RESOLUTION}, LINES, "Binary Lines"),
     _node("TilePreprocessor", tile, {"pyrUp_iters": ("INT", {"default": 3, "min": 1, "max": 10, "step": 1}),
                                      "resolution": RESOLUTION}, CATEGORY + "/tile", "Tile"),
     _node("ColorPreprocessor", color, {"resolution": RESOLUTION}, CATEGORY + "/T2IAdapter-only", "Color Pallete"),
