@@ -126,11 +126,10 @@ def load_depth_anything(path, device: str | torch.device | None = None) -> Depth
     return _cache[key]
 
 
-def find_weights(folders, name: str = DEFAULT_CKPT) -> Path:
+def match_file(folders, name: str) -> Path | None:
     """The file for `name` in the models folder's preprocessor folders, as controlnet_aux names it
     ("depth_anything_v2_vitl.pth", in any subfolder), else one with its stem in another format, else a
-    copy with a suffix ("depth_anything_v2_vitl_fp16.safetensors"; fp32 ones first); a clear error
-    naming where to put it when there is none."""
+    copy with a suffix ("depth_anything_v2_vitl_fp16.safetensors"; fp32 ones first); None if none."""
     files = folders.list("preprocessors") if folders is not None else []
     stem = Path(name).stem.lower()
     exact = [m for m in files if Path(m.name).name.lower() == name.lower()]
@@ -140,12 +139,25 @@ def find_weights(folders, name: str = DEFAULT_CKPT) -> Path:
     for found in (exact, same, copies):
         if found:
             return found[0].path
+    return None
+
+
+def preprocessor_dirs() -> str:
+    return " or ".join(f"models/{d}/" for d in LAYOUT["preprocessors"])
+
+
+def find_weights(folders, name: str = DEFAULT_CKPT) -> Path:
+    """match_file's file for `name`, or a clear error naming where to put it."""
+    found = match_file(folders, name)
+    if found is not None:
+        return found
+    files = folders.list("preprocessors") if folders is not None else []
     size = next((k for k in _REPOS if k in name), "vitl")
-    where = " or ".join(f"models/{d}/" for d in LAYOUT["preprocessors"])
     others = [m.name for m in files if "depth_anything" in m.name.lower()]
     have = f" (installed: {', '.join(others[:4])})" if others else ""
-    raise InvalidArgument(f"ckpt_name: {name} is not installed{have}: put it in {where} (any subfolder); it is "
-                          f"published at huggingface.co/depth-anything/Depth-Anything-V2-{_REPOS[size]}")
+    raise InvalidArgument(f"ckpt_name: {name} is not installed{have}: put it in {preprocessor_dirs()} (any "
+                          "subfolder); it is published at "
+                          f"huggingface.co/depth-anything/Depth-Anything-V2-{_REPOS[size]}")
 
 
 def installed_weights(folders) -> Path:

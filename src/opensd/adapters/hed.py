@@ -71,3 +71,71 @@ def hed_edges(image: Image.Image, net: HED | None = None) -> np.ndarray:
     bgr = rgb[:, :, ::-1] - np.array(BGR_MEAN, dtype=np.float32)
     x = torch.from_numpy(np.ascontiguousarray(bgr)).permute(2, 0, 1)[None]
     return net(x)[0, 0].numpy()
+
+
+# --- controlnet_aux's / the A1111 extension's HED: lllyasviel's ControlNetHED.pth --------------------
+# An RGB VGG-style net of its own training (not the BSDS500 HED above): the input in 0..255 minus a
+# learned per-channel offset ("norm"), 5 conv blocks (2, 2, 3, 3, 3 convs; 2x2 max-pool before blocks
+# 2-5), a 1x1 projection after each; the 5 maps are resized to the input (bilinear) and their mean
+# through a sigmoid is the edge map. Used when the user has the file; else the shipped BSDS500 HED.
+CONTROLNET_HED_FILE = "ControlNetHED.pth"
+
+
+class ControlNetHED(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        for i, (cin, cout, n) in enumerate(BLOCKS, 1):
+            block = nn.Module()
+            block.convs = nn.Sequential(*(nn.Conv2d(cin if j == 0 else cout, cout, 3, padding=1) for j in range(n)))
+            block.projection = nn.Conv2d(cout, 1, 1)
+            self.add_module(f"block{i}", block)
+
+    def forward(self, rgb: torch.Tensor) -> list[torch.Tensor]:
+        """rgb: (B, 3, H, W) in 0..255 -> the 5 side maps (logits) at 1, 1/2, .. 1/16 of the size."""
+        h, sides = rgb - self.norm, []
+        for i in range(1, len(BLOCKS) + 1):
+            block = getattr(self, f"block{i}")
+            if i > 1:
+                h = F.max_pool2d(h, 2, 2)
+            for conv in block.convs:
+                h = F.relu(conv(h))
+            sides.append(block.projection(h))
+        return sides
+
+
+def load_controlnet_hed(path, device=None) -> ControlNetHED:
+    """The net in `path`, every key and shape checked (cached); device None: CUDA if there is one."""
+    from ..checkpoints.files import read_state_dict
+    from ..errors import CheckpointError
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    key = ("controlnet_hed", str(Path(path).resolve()), str(device))
+    if key not in _cache:
+        net = ControlNetHED()
+        sd = read_state_dict(path)
+        want = net.state_dict()
+        if set(sd) != set(want) or any(tuple(sd[k].shape) != tuple(want[k].shape) for k in want):
+            odd = sorted(set(sd) ^ set(want)) or [k for k in want if tuple(sd[k].shape) != tuple(want[k].shape)]
+            raise CheckpointError(path, f"is not controlnet_aux's {CONTROLNET_HED_FILE} (keys or shapes differ: "
+                                        f"{', '.join(odd[:3])})")
+        net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+        _cache[key] = net.to(device).eval().requires_grad_(False)
+    return _cache[key]
+
+
+@torch.no_grad()
+def controlnet_hed_edges(image: Image.Image, net: ControlNetHED) -> np.ndarray:
+    """Soft edge map of `image` as float64 in [0, 1], computed as controlnet_aux does: on the image padded
+    (edge pixels) to multiples of 64, each side map resized with cv2's bilinear. The map keeps the padding
+    (controlnet_aux post-processes it before cropping); the caller crops it to the image."""
+    import cv2
+
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    padded = np.pad(rgb, ((0, -h % 64), (0, -w % 64), (0, 0)), mode="edge")
+    x = torch.from_numpy(padded).float().permute(2, 0, 1)[None].to(next(net.parameters()).device)
+    size = (padded.shape[1], padded.shape[0])
+    sides = [cv2.resize(s[0, 0].float().cpu().numpy(), size, interpolation=cv2.INTER_LINEAR) for s in net(x)]
+    edge = 1.0 / (1.0 + np.exp(-np.mean(np.stack(sides, axis=2), axis=2).astype(np.float64)))
+    return edge

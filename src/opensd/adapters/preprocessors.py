@@ -3,17 +3,29 @@
 Every preprocessor takes a PIL image and returns an RGB PIL image of the same size with white
 structure on black (the convention of lllyasviel's ControlNet 1.0/1.1 models):
 
-    canny      OpenCV Canny edges (low/high hysteresis thresholds)
-    softedge   HED soft edges (real BSDS500 HED weights, adapters/hed.py)
-    scribble   HED edges, smoothed and thresholded into bold binary strokes
+    canny      OpenCV Canny edges of the colour image (low/high hysteresis thresholds)
+    softedge   HED soft edges (real BSDS500 HED weights, adapters/hed.py; controlnet_aux's own HED net
+               when the user's ControlNetHED.pth is in the models folder or given as `weights`)
+    softedge safe=True: the HED map quantised to 0, 1/2, 1 (controlnet_aux's safe step)
+    scribble   controlnet_aux's fake scribble: HED ridges, blurred and thresholded into bold strokes
+    tile       controlnet_aux's tile blur (shrink by 2**n, n pyrUp doublings)
+    color      controlnet_aux's colour palette: one colour per 64-pixel cell
     lineart    simple line drawing from the grey image's gradient (no learned model)
+    lineart_standard
+               controlnet_aux's standard lineart: darkness against the blurred surround
+    lineart_realistic / lineart_coarse / lineart_anime / lineart_manga (= lineart_anime_denoise)
+               the learned line-art nets (adapters/lineart.py; the user's sk_model.pth, sk_model2.pth,
+               netG.pth, erika.pth from lllyasviel/Annotators, found in the models folder or given as
+               `weights`)
     depth_anything_v2
                Depth Anything V2 relative depth, near = bright (adapters/depth_anything.py; the
                user's depth_anything_v2_vit{s,b,l}.pth, found in the models folder or given as `weights`)
     depth/pose/normal/seg/passthrough
                the user's own map (from an external estimator), used as it is
     invert     255 - image: a black-on-white sketch becomes white-on-black
-    binary     threshold the grey image (white where brighter than `threshold`)
+    binary     threshold the grey image (white where brighter than `threshold`; 0: Otsu's)
+    scribble_xdog / scribble_threshold
+               controlnet_aux's XDoG scribble and its plain scribble (dark strokes of a drawing)
 """
 from __future__ import annotations
 
@@ -48,25 +60,87 @@ def canny(image: Image.Image, low: int = 100, high: int = 200) -> Image.Image:
     _check("high", high, 0, 255)
     if low > high:
         raise InvalidArgument(f"low: {low} is above high {high}")
-    return _rgb(cv2.Canny(_gray(image), int(low), int(high)))
+    # on the colour image, as controlnet_aux and sd-webui-controlnet run it (OpenCV takes the strongest
+    # channel's gradient), not on its grey version: colour-only boundaries stay edges
+    return _rgb(cv2.Canny(np.asarray(image.convert("RGB")), int(low), int(high)))
 
 
-def softedge(image: Image.Image) -> Image.Image:
-    from .hed import hed_edges
+def safe_step(edges: np.ndarray, step: int = 2) -> np.ndarray:
+    """controlnet_aux's "safe" soft edges: 0..1 quantised to `step` + 1 levels (0, 1/2, 1 for 2), so a
+    ControlNet cannot read hidden detail from faint gradations."""
+    return np.floor(edges.astype(np.float32) * float(step + 1)).astype(np.float32) / float(step)
 
-    return _rgb(hed_edges(image) * 255.0)
+
+def _hed_u8(image: Image.Image, safe: bool, weights=None, device=None) -> np.ndarray:
+    """The HED map as controlnet_aux quantises it: controlnet_aux's own net when its ControlNetHED.pth is
+    given as `weights` (the map then keeps that net's padding to multiples of 64; callers crop), else
+    the shipped BSDS500 HED."""
+    from . import hed
+
+    if weights is not None:
+        edges = hed.controlnet_hed_edges(image, hed.load_controlnet_hed(weights, device))
+    else:
+        edges = hed.hed_edges(image)
+    return np.clip((safe_step(edges) if safe else edges) * 255.0, 0, 255).astype(np.uint8)
 
 
-def scribble(image: Image.Image, threshold: float = 0.5) -> Image.Image:
+def softedge(image: Image.Image, safe: bool = False, weights=None, device=None) -> Image.Image:
+    return _rgb(_hed_u8(image, bool(safe), weights, device)[:image.height, :image.width])
+
+
+def softedge_safe(image: Image.Image, weights=None, device=None) -> Image.Image:
+    return softedge(image, True, weights, device)
+
+
+def thin_lines(edges: np.ndarray, threshold: float, sigma: float) -> np.ndarray:
+    """Non-maximum suppression along 4 directions of the blurred map, then a threshold: 1-pixel ridges
+    (255) where the blurred value is a local maximum across the line and above `threshold`."""
     import cv2
 
-    _check("threshold", threshold, 0.0, 1.0)
-    from .hed import hed_edges
+    x = cv2.GaussianBlur(edges.astype(np.float32), (0, 0), sigma)
+    ridge = np.zeros_like(x)
+    for kernel in ([[0, 0, 0], [1, 1, 1], [0, 0, 0]], [[0, 1, 0], [0, 1, 0], [0, 1, 0]],
+                   [[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 0, 1], [0, 1, 0], [1, 0, 0]]):
+        peak = cv2.dilate(x, np.array(kernel, np.uint8)) == x
+        ridge[peak] = x[peak]
+    return np.where(ridge > threshold, 255, 0).astype(np.uint8)
 
-    edges = cv2.GaussianBlur(hed_edges(image), (0, 0), 1.5)
-    peak = max(float(edges.max()), 1e-6)
-    strokes = (edges > threshold * peak).astype(np.uint8) * 255
-    return _rgb(cv2.dilate(strokes, np.ones((3, 3), np.uint8)))
+
+def scribble(image: Image.Image, safe: bool = True, weights=None, device=None) -> Image.Image:
+    """controlnet_aux's fake scribble (scribble_hed): the HED map's ridges (threshold 127, sigma 3),
+    blurred (sigma 3) and every pixel above 4 made a white stroke."""
+    import cv2
+
+    strokes = cv2.GaussianBlur(thin_lines(_hed_u8(image, bool(safe), weights, device), 127, 3.0), (0, 0), 3.0)
+    return _rgb(np.where(strokes > 4, 255, 0)[:image.height, :image.width])
+
+
+def tile(image: Image.Image, pyrup_iters: int = 3) -> Image.Image:
+    """controlnet_aux's tile blur: sides rounded to multiples of 64, shrunk (area) by 2**pyrup_iters
+    and brought back up by as many cv2.pyrUp (Gaussian) doublings."""
+    import cv2
+
+    _check("pyrUp_iters", pyrup_iters, 1, 10)
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = (max(64, int(np.round(n / 64.0)) * 64) for n in rgb.shape[:2])
+    k = 2 ** int(pyrup_iters)
+    small = cv2.resize(rgb, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA)
+    for _ in range(int(pyrup_iters)):
+        small = cv2.pyrUp(small)
+    return Image.fromarray(small)
+
+
+def color(image: Image.Image) -> Image.Image:
+    """controlnet_aux's colour palette (T2I-Adapter color): one colour per 64x64 cell (cubic shrink by 64),
+    blown back up with nearest neighbours."""
+    import cv2
+
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    if min(h, w) < 64:
+        raise InvalidArgument(f"color: the image ({w}x{h}) must be at least 64 pixels on each side")
+    cells = cv2.resize(rgb, (w // 64, h // 64), interpolation=cv2.INTER_CUBIC)
+    return Image.fromarray(cv2.resize(cells, (w, h), interpolation=cv2.INTER_NEAREST))
 
 
 def lineart(image: Image.Image, sigma: float = 1.0, threshold: float = 0.08) -> Image.Image:
@@ -84,6 +158,21 @@ def lineart(image: Image.Image, sigma: float = 1.0, threshold: float = 0.08) -> 
     return _rgb(lines * 255.0)
 
 
+def lineart_standard(image: Image.Image, sigma: float = 6.0, threshold: int = 8) -> Image.Image:
+    """controlnet_aux's / the A1111 extension's lineart_standard (no learned model): how much darker each
+    pixel is than its Gaussian surround (the least over R, G, B), scaled so the median of the values
+    above `threshold` is 127 (a median under 16 counts as 16)."""
+    import cv2
+
+    _check("guassian_sigma", sigma, 0.01, 100.0)
+    _check("intensity_threshold", threshold, 0, 255)
+    x = np.asarray(image.convert("RGB"), dtype=np.float32)
+    darker = np.min(cv2.GaussianBlur(x, (0, 0), float(sigma)) - x, axis=2).clip(0, 255)
+    strong = darker[darker > threshold]
+    scale = max(16.0, float(np.median(strong))) if strong.size else 16.0
+    return _rgb(darker / scale * 127.0)
+
+
 def depth_anything_v2(image: Image.Image, weights=None, device=None) -> Image.Image:
     """Depth Anything V2 relative depth, near = bright; `weights` the model file, `device` None: CUDA
     if there is one."""
@@ -96,6 +185,26 @@ def depth_anything_v2(image: Image.Image, weights=None, device=None) -> Image.Im
     return _rgb(np.round(depth * 255.0))
 
 
+def lineart_realistic(image: Image.Image, weights=None, device=None) -> Image.Image:
+    from .lineart import lineart_model
+    return lineart_model(image, "realistic", weights, device)
+
+
+def lineart_coarse(image: Image.Image, weights=None, device=None) -> Image.Image:
+    from .lineart import lineart_model
+    return lineart_model(image, "coarse", weights, device)
+
+
+def lineart_anime(image: Image.Image, weights=None, device=None) -> Image.Image:
+    from .lineart import lineart_model
+    return lineart_model(image, "anime", weights, device)
+
+
+def lineart_manga(image: Image.Image, weights=None, device=None) -> Image.Image:
+    from .lineart import lineart_model
+    return lineart_model(image, "manga", weights, device)
+
+
 def passthrough(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
@@ -105,20 +214,54 @@ def invert(image: Image.Image) -> Image.Image:
 
 
 def binary(image: Image.Image, threshold: int = 127) -> Image.Image:
+    """White where OpenCV's grey of the image is above `threshold`; 0 or 255: Otsu's threshold (as
+    controlnet_aux and the A1111 extension do)."""
+    import cv2
+
     _check("threshold", threshold, 0, 255)
-    return _rgb((_gray(image) > threshold).astype(np.uint8) * 255)
+    grey = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
+    if threshold in (0, 255):
+        return _rgb(cv2.threshold(grey, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1])
+    return _rgb((grey > threshold).astype(np.uint8) * 255)
+
+
+def scribble_threshold(image: Image.Image) -> Image.Image:
+    """controlnet_aux's ScribblePreprocessor: black where the darkest channel is below 127, else white."""
+    rgb = np.asarray(image.convert("RGB"))
+    return _rgb(np.where(rgb.min(axis=2) < 127, 0, 255))
+
+
+def scribble_xdog(image: Image.Image, threshold: int = 32) -> Image.Image:
+    """controlnet_aux's / the A1111 extension's XDoG scribble: white where the difference of Gaussians
+    (sigma 5 minus sigma 0.5, the least over R, G, B) doubled exceeds `threshold`. The doubling is done
+    in 8 bits as theirs is, so it wraps above 127 (a strong edge can drop out, as it does there)."""
+    import cv2
+
+    _check("threshold", threshold, 1, 255)
+    x = np.asarray(image.convert("RGB"), dtype=np.float32)
+    dog = (255 - np.min(cv2.GaussianBlur(x, (0, 0), 5.0) - cv2.GaussianBlur(x, (0, 0), 0.5), axis=2))
+    dog = dog.clip(0, 255).astype(np.uint8)
+    doubled = (2 * (255 - dog.astype(np.int32))) % 256
+    return _rgb(np.where(doubled > threshold, 255, 0))
 
 
 PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
-    "canny": canny, "softedge": softedge, "hed": softedge, "scribble": scribble, "lineart": lineart,
+    "canny": canny, "softedge": softedge, "hed": softedge,
+    "softedgesafe": softedge_safe, "scribble": scribble, "scribblehed": scribble,
+    "fakescribble": scribble, "scribblexdog": scribble_xdog,
+    "scribblethreshold": scribble_threshold, "tile": tile, "color": color, "lineart": lineart,
+    "lineartstandard": lineart_standard,
+    "lineartrealistic": lineart_realistic, "lineartcoarse": lineart_coarse, "lineartanime": lineart_anime,
+    "lineartmanga": lineart_manga, "lineartanimedenoise": lineart_manga,
     "depthanythingv2": depth_anything_v2,
     "depth": passthrough, "pose": passthrough, "normal": passthrough, "seg": passthrough,
     "passthrough": passthrough, "none": passthrough, "invert": invert, "binary": binary,
 }
 
 
-# preprocessors that run a user's model file: key -> its default file in a models folder
-NEEDS_WEIGHTS = {"depthanythingv2"}
+# preprocessors that run a user's model file: key -> the learned lineart kind (None: Depth Anything)
+NEEDS_WEIGHTS = {"depthanythingv2": None, "lineartrealistic": "realistic", "lineartcoarse": "coarse",
+                 "lineartanime": "anime", "lineartmanga": "manga", "lineartanimedenoise": "manga"}
 
 
 def _key(name: str) -> str:
@@ -127,6 +270,30 @@ def _key(name: str) -> str:
 
 def needs_weights(name: str) -> bool:
     return _key(name) in NEEDS_WEIGHTS
+
+
+# preprocessors that use a model file when the user has it: key -> its name (else a shipped model)
+OPTIONAL_WEIGHTS = {key: "ControlNetHED.pth" for key in
+                    ("softedge", "hed", "softedgesafe", "scribble", "scribblehed", "fakescribble")}
+
+
+def optional_weights(name: str, folders):
+    """The installed model file an OPTIONAL_WEIGHTS preprocessor prefers, or None."""
+    from .depth_anything_files import match_file
+
+    file = OPTIONAL_WEIGHTS.get(_key(name))
+    return match_file(folders, file) if file and folders is not None else None
+
+
+def installed_weights(name: str, folders):
+    """The model file preprocessor `name` runs, found in the models folder's preprocessor folders (an
+    InvalidArgument naming the file and where to put it when it is not there)."""
+    kind = NEEDS_WEIGHTS[_key(name)]
+    if kind is None:
+        from .depth_anything_files import installed_weights as depth_file
+        return depth_file(folders)
+    from .lineart import find
+    return find(folders, kind)
 
 
 def preprocess(name: str, image: Image.Image, folders=None, **options) -> Image.Image:
@@ -139,12 +306,20 @@ def preprocess(name: str, image: Image.Image, folders=None, **options) -> Image.
     if not isinstance(image, Image.Image):
         raise InvalidArgument("image: a PIL image is required")
     if key in NEEDS_WEIGHTS and options.get("weights") is None:
-        from .depth_anything_files import installed_weights
-        options["weights"] = installed_weights(folders)
+        options["weights"] = installed_weights(key, folders)
+    elif key in OPTIONAL_WEIGHTS and options.get("weights") is None:
+        options["weights"] = optional_weights(key, folders)
     try:
         return PREPROCESSORS[key](image, **options)
     except TypeError as e:
         raise InvalidArgument(f"preprocessor {name}: {e}") from None
+
+
+def pixel_perfect_resolution(w: int, h: int, width: int, height: int, fill: bool) -> int:
+    """sd-webui-controlnet's pixel-perfect resolution: a w x h map's short side at the scale it is fitted
+    to width x height by (the smaller scale for "resize and fill", the larger otherwise)."""
+    k = (min if fill else max)(height / h, width / w)
+    return max(1, round(k * min(w, h)))
 
 
 def fit_image(image: Image.Image, width: int, height: int, mode: str = "just resize") -> Image.Image:

@@ -22,18 +22,24 @@ _RESIZE = {"just": "just resize", "crop": "crop and resize", "fill": "resize and
 
 def register(sub) -> None:
     pre = sub.add_parser("preprocess", help="make a ControlNet control image (canny, softedge, scribble, ...)")
-    pre.add_argument("kind", help="canny, softedge (HED), scribble, lineart, invert, binary, depth_anything_v2 "
-                                  "(Depth Anything V2 depth), depth/pose (passthrough)")
+    pre.add_argument("kind", help="canny, softedge (HED), softedge_safe, scribble (HED fake scribble), "
+                                  "scribble_xdog, scribble_threshold, tile, color, lineart (simple), "
+                                  "lineart_standard, lineart_realistic / lineart_coarse / lineart_anime / "
+                                  "lineart_manga (learned), invert, binary, depth_anything_v2 (Depth Anything V2 "
+                                  "depth), depth/pose (passthrough)")
     pre.add_argument("image", type=Path)
     pre.add_argument("-o", "--output", type=Path, required=True)
     pre.add_argument("--low", type=int, help="canny: low threshold (default 100)")
     pre.add_argument("--high", type=int, help="canny: high threshold (default 200)")
-    pre.add_argument("--threshold", type=float, help="scribble: 0..1 of the peak (0.5); binary: 0..255 (127)")
+    pre.add_argument("--threshold", type=float,
+                     help="lineart: 0..1 (0.08); binary: 0..255 (127; 0: Otsu); scribble_xdog: 1..255 (32)")
     pre.add_argument("--width", type=int, help="resize the result to this width (with --height)")
     pre.add_argument("--height", type=int)
     pre.add_argument("--resize-mode", choices=list(_RESIZE.values()), default="just resize")
-    pre.add_argument("--weights", help="depth_anything_v2: the model file, a path or a name in the models folder's "
-                                       "ControlNetPreprocessor/ (default: the installed vitl, vitb or vits)")
+    pre.add_argument("--weights", help="depth_anything_v2 / lineart_*: the model file, a path or a name in the models "
+                                       "folder's ControlNetPreprocessor/ (default: the installed vitl, vitb or vits; "
+                                       "sk_model.pth, sk_model2.pth, netG.pth, erika.pth; softedge/scribble: "
+                                       "ControlNetHED.pth if installed)")
     add_models_dir_flag(pre)
     pre.set_defaults(func=cmd_preprocess)
 

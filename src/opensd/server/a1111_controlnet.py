@@ -8,7 +8,7 @@ A unit (webuiapi's ``ControlNetUnit.to_dict()`` shape): ``image`` (base64, or ``
 ``control_mode`` (0 Balanced, 1 "My prompt is more important" = the 0.825 decay of the residuals,
 2 "ControlNet is more important" = guess mode), ``resize_mode`` (0 Just Resize, 1 Crop and
 Resize / Inner Fit, 2 Resize and Fill / Outer Fit), ``processor_res``, ``threshold_a``/``_b``
-(canny low/high, binary threshold), ``pixel_perfect``, ``enabled``, ``guessmode``, and
+(canny low/high, binary and scribble_xdog threshold), ``pixel_perfect``, ``enabled``, ``guessmode``, and
 ``union_control_type`` for Union ControlNets (the extension's names "OpenPose", "Depth", "Soft
 Edge", "Hard Edge", "Normal Map", "Segmentation", "Tile", "Inpaint"; "Unknown" or absent: no type,
 as ComfyUI's "auto"; see adapters/union_types.py).
@@ -16,9 +16,8 @@ as ComfyUI's "auto"; see adapters/union_types.py).
 IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter.
 
 Accepted but not acted on (listed in info["unsupported_fields"]): ``mask``, ``hr_option`` other
-than "Both", and modules we only approximate (learned lineart/pidinet detectors -> our simple
-ones; depth/openpose/normal/seg estimators other than depth_anything_v2 -> the image is used as the
-map as it is)."""
+than "Both", and modules we only approximate (pidinet detectors -> HED; depth/openpose/normal/seg
+estimators other than depth_anything_v2 -> the image is used as the map as it is)."""
 from __future__ import annotations
 
 import math
@@ -38,14 +37,15 @@ CONTROL_MODES = {"balanced": 0, "my prompt is more important": 1, "controlnet is
 # extension module name -> (our preprocessor, exact?)
 MODULES: dict[str, tuple[str, bool]] = {
     "none": ("none", True), "canny": ("canny", True), "invert": ("invert", True), "binary": ("binary", True),
-    "softedge_hed": ("softedge", True), "hed": ("softedge", True), "softedge_hedsafe": ("softedge", False),
-    "hed_safe": ("softedge", False), "softedge_pidinet": ("softedge", False), "pidinet": ("softedge", False),
+    "softedge_hed": ("softedge", True), "hed": ("softedge", True), "softedge_hedsafe": ("softedge_safe", True),
+    "hed_safe": ("softedge_safe", True), "softedge_pidinet": ("softedge", False), "pidinet": ("softedge", False),
     "softedge_pidisafe": ("softedge", False),
     "scribble_hed": ("scribble", True), "scribble": ("scribble", True), "fake_scribble": ("scribble", True),
-    "scribble_pidinet": ("scribble", False), "scribble_xdog": ("scribble", False),
-    "lineart_standard": ("lineart", False), "lineart": ("lineart", False), "lineart_realistic": ("lineart", False),
-    "lineart_coarse": ("lineart", False), "lineart_anime": ("lineart", False),
-    "lineart_anime_denoise": ("lineart", False),
+    "scribble_pidinet": ("scribble", False), "scribble_xdog": ("scribble_xdog", True),
+    "lineart_standard": ("lineart_standard", True), "lineart": ("lineart_realistic", True),
+    "lineart_realistic": ("lineart_realistic", True), "lineart_coarse": ("lineart_coarse", True),
+    "lineart_anime": ("lineart_anime", True), "lineart_anime_denoise": ("lineart_manga", True),
+    "t2ia_color_grid": ("color", True), "color": ("color", True),
     "depth_anything_v2": ("depth_anything_v2", True),
 }
 _PASSTHROUGH = ("depth", "openpose", "dw_openpose", "normal", "seg", "segmentation")
@@ -147,15 +147,15 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
 
 
 def _weights(module: str, folders, field: str) -> str | None:
-    """The model file a module runs (Depth Anything V2's), found when the request comes: a missing
-    file is the client's 422 naming where to put it, not a failed job."""
-    from ..adapters.depth_anything_files import installed_weights
-    from ..adapters.preprocessors import needs_weights
+    """The model file a module runs (Depth Anything V2's, the learned lineart nets'), found when the
+    request comes: a missing file is the client's 422 naming where to put it, not a failed job."""
+    from ..adapters.preprocessors import installed_weights, needs_weights, optional_weights
 
     if not needs_weights(module):
-        return None
+        found = optional_weights(module, folders)  # controlnet_aux's HED when the user has it
+        return None if found is None else str(found)
     try:
-        return str(installed_weights(folders))
+        return str(installed_weights(module, folders))
     except InvalidArgument as e:
         raise InvalidArgument(f"{field}: {module}: {str(e).split(': ', 1)[-1]}") from None
 
@@ -186,6 +186,8 @@ def preprocess_image(image, module: str, res: int, threshold_a: float, threshold
         options = {"low": int(min(low, 255)), "high": int(min(high, 255))}
     elif module == "binary" and threshold_a >= 0:
         options = {"threshold": int(min(threshold_a, 255))}
+    elif module == "scribble_xdog" and threshold_a >= 1:
+        options = {"threshold": int(min(threshold_a, 255))}
     elif weights is not None:
         options = {"weights": weights}
     return preprocess(module, image, **options)
@@ -193,9 +195,9 @@ def preprocess_image(image, module: str, res: int, threshold_a: float, threshold
 
 def _pixel_perfect_res(image, width: int, height: int, resize_mode: str) -> int:
     """The extension's pixel-perfect resolution: the map's short side at the scale it is fitted by."""
-    w, h = image.size
-    k = (min if resize_mode == "resize and fill" else max)(height / h, width / w)
-    return max(1, round(k * min(w, h)))
+    from ..adapters.preprocessors import pixel_perfect_resolution
+
+    return pixel_perfect_resolution(*image.size, width, height, resize_mode == "resize and fill")
 
 
 def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: int, height: int) -> list:
