@@ -262,6 +262,14 @@ def test_missing_cache_image_and_bad_uploads_are_clear(client):
     assert r.status_code == 422 and "not a readable image" in r.text
     assert client.put("/api/etn/image/..%2Fx", content=png(np.zeros((4, 4, 3), np.uint8))).status_code in (404, 422)
     assert client.get("/api/etn/image/nothere").status_code == 404
+    # an image is served back only as an image type: a declared text/html would be a page on our origin
+    data = png(np.zeros((4, 4, 3), np.uint8))
+    for declared, served in (("text/html", "application/octet-stream"), ("image/png; q=1", "image/png")):
+        image_id = "typed" + served.replace("/", "-")
+        assert client.put(f"/api/etn/image/{image_id}", content=data,
+                          headers={"content-type": declared}).status_code == 201
+        r = client.get(f"/api/etn/image/{image_id}")
+        assert r.headers["content-type"] == served and r.headers["x-content-type-options"] == "nosniff"
     assert client.get("/api/etn/model_info/secrets").status_code == 400
     assert client.post("/api/etn/workflow/subscribe", content=b"x").status_code == 422
     assert client.get("/api/etn/translate/en/a%20cat").json() == "a cat"

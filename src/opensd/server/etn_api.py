@@ -25,6 +25,7 @@ from .etn_upload import receive_model
 
 # Krita's folder name -> our models-folder kind
 FOLDERS = {"checkpoints": "checkpoints", "diffusion_models": "unet", "unet": "unet", "unet_gguf": "unet_gguf"}
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp"}
 # our family -> the base_model names of ComfyUI's model detection (opensd's own "small" test models are
 # SD1-shaped UNets run as SD 1.5)
 BASE_MODELS = {"sd1": "sd15", "small": "sd15", "sd2": "sd20", "sdxl": "sdxl", "sdxl_refiner": "sdxl-refiner",
@@ -102,7 +103,9 @@ def router(state) -> APIRouter:
             return JSONResponse({"status": "cached"}, status_code=200)
         data = await _body(request, IMAGES.max_entry)
         decode_bytes(data, "image", min(MAX_PIXELS, state.settings.max_image_pixels))  # a 400 if unreadable
-        IMAGES.put(id, data, request.headers.get("content-type", "application/octet-stream"))
+        # served back as sent, so only image types pass (a text/html "image" would be a page on our origin)
+        declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        IMAGES.put(id, data, declared if declared in IMAGE_TYPES else "application/octet-stream")
         return JSONResponse({"status": "success"}, status_code=201)
 
     @api.get("/image/{id}")
@@ -111,7 +114,7 @@ def router(state) -> APIRouter:
         entry = IMAGES.get(id)
         if entry is None:
             return JSONResponse({"error": "Image not found"}, status_code=404)
-        return Response(entry[0], media_type=entry[1])
+        return Response(entry[0], media_type=entry[1], headers={"X-Content-Type-Options": "nosniff"})
 
     @api.put("/upload/{folder}/{filename:path}")
     async def upload(folder: str, filename: str, request: Request):
