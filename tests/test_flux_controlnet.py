@@ -1,0 +1,96 @@
+"""Flux.1 ControlNets (diffusers' FluxControlNetModel layout): our network's residuals equal
+diffusers' on tiny random weights (plain, Union with a mode, no single blocks as Union-Pro-2.0),
+the Flux transformer with those residuals equals diffusers' FluxTransformer2DModel (the interval
+rule with fewer ControlNet blocks than its own), other DiT ControlNet layouts are refused, and the
+full-size key sets load on meta."""
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import FluxControlNetModel
+
+from dit_fixtures import FLUX_AXES, FLUX_HEAD, META_FLUX, flux_parts
+from opensd.checkpoints.flux_controlnet_files import (compatible_flux_controlnet, flux_controlnet_config,
+                                                     read_flux_controlnet)
+from opensd.checkpoints.keymap_flux import flux_from_diffusers
+from opensd.checkpoints import detect_dit as DD
+from opensd.errors import CheckpointError
+from opensd.models.flux import Flux, image_ids
+from opensd.models.flux_controlnet import FluxControlNet
+from reference import assert_close_scaled, randomize_
+
+
+def tiny_controlnet(double=1, single=1, modes=None, guidance=True, seed=5) -> FluxControlNetModel:
+    net = FluxControlNetModel(in_channels=64, num_layers=double, num_single_layers=single,
+                              attention_head_dim=FLUX_HEAD, num_attention_heads=2, joint_attention_dim=128,
+                              pooled_projection_dim=32, guidance_embeds=guidance, axes_dims_rope=FLUX_AXES,
+                              num_mode=modes)
+    return randomize_(net, seed=seed, std=0.1).eval()
+
+
+def ours_of(ref: FluxControlNetModel) -> FluxControlNet:
+    sd, cfg = read_flux_controlnet("<test>", dict(ref.state_dict()), dict(ref.config))
+    net = FluxControlNet(cfg)
+    net.load_state_dict(sd, strict=True)
+    return net.eval()
+
+
+def _inputs(n_img=16, n_txt=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    img, cond = torch.randn(1, n_img, 64, generator=g), torch.randn(1, n_img, 64, generator=g)
+    txt, y = torch.randn(1, n_txt, 128, generator=g), torch.randn(1, 32, generator=g)
+    return img, cond, txt, y, image_ids(4, n_img // 4), torch.zeros(n_txt, 3)
+
+
+@pytest.mark.parametrize("double,single,modes", [(1, 1, None), (2, 0, None), (1, 2, 4)])
+def test_residuals_equal_diffusers(double, single, modes):
+    ref = tiny_controlnet(double, single, modes)
+    ours = ours_of(ref)
+    img, cond, txt, y, ids, txt_ids = _inputs()
+    t, g = torch.tensor([0.7]), torch.tensor([3.5])
+    with torch.no_grad():
+        want = ref(img, cond, controlnet_mode=None if modes is None else torch.tensor([[2]]),
+                   encoder_hidden_states=txt, pooled_projections=y, timestep=t, img_ids=ids, txt_ids=txt_ids,
+                   guidance=g, return_dict=False)
+        got = ours.forward_tokens(img, ids, txt, txt_ids, t, y, g, cond, 2 if modes else None)
+    for mine, theirs in zip(got, want):
+        assert len(mine) == len(theirs or ())
+        for a, b in zip(mine, theirs or ()):
+            assert_close_scaled(a, b, rel=1e-5)
+    assert got[0][0].abs().max() > 0.01
+
+
+def test_transformer_with_residuals_equals_diffusers():
+    """Two double and two single transformer blocks, one ControlNet block of each: each residual serves
+    two blocks in a row."""
+    transformer = flux_parts("dev")["transformer"]
+    cfg = DD.flux_config_diffusers({k: tuple(v.shape) for k, v in transformer.state_dict().items()}, "",
+                                   META_FLUX)
+    flux = Flux(cfg)
+    flux.load_state_dict(flux_from_diffusers(dict(transformer.state_dict()), cfg), strict=True)
+    img, cond, txt, y, ids, txt_ids = _inputs()
+    t, g = torch.tensor([0.4]), torch.tensor([3.5])
+    ref_cn = tiny_controlnet(1, 1)
+    with torch.no_grad():
+        double, single = ref_cn(img, cond, encoder_hidden_states=txt, pooled_projections=y, timestep=t, img_ids=ids,
+                                txt_ids=txt_ids, guidance=g, return_dict=False)
+        want = transformer(img, txt, y, t, ids, txt_ids, g, controlnet_block_samples=double,
+                           controlnet_single_block_samples=single, return_dict=False)[0]
+        plain = transformer(img, txt, y, t, ids, txt_ids, g, return_dict=False)[0]
+        got = flux.eval().forward_tokens(img, ids, txt, txt_ids, t, y, g, control=(list(double), list(single)))
+    assert_close_scaled(got, want, rel=1e-5)
+    assert (want - plain).abs().max() > 0.01 * plain.abs().max()
+
+
+def test_config_and_base_fit():
+    ref = tiny_controlnet(1, 2, modes=7)
+    cfg = flux_controlnet_config({k: tuple(v.shape) for k, v in ref.state_dict().items()})
+    assert (cfg.flux.depth, cfg.flux.depth_single_blocks, cfg.union_modes, cfg.flux.hidden_size) == (1, 2, 7, 32)
+    assert cfg.flux.guidance_embed and cfg.flux.head_dim == FLUX_HEAD
+
+
+def test_other_layouts_refused():
+    with pytest.raises(CheckpointError, match="XLabs"):
+        read_flux_controlnet("x", {"double_blocks.0.img_attn.qkv.weight": torch.zeros(3, 1),
+                                   "controlnet_blocks.0.weight": torch.zeros(1, 1),
+                                   "input_hint_block.0.weight": torch.zeros(1, 1, 3, 3)})
