@@ -77,7 +77,7 @@ def test_transformer_with_residuals_equals_diffusers():
         want = transformer(img, txt, y, t, ids, txt_ids, g, controlnet_block_samples=double,
                            controlnet_single_block_samples=single, return_dict=False)[0]
         plain = transformer(img, txt, y, t, ids, txt_ids, g, return_dict=False)[0]
-        got = flux.eval().forward_tokens(img, ids, txt, txt_ids, t, y, g, control=(list(double), list(single)))
+        got = flux.eval().forward_tokens(img, ids, txt, txt_ids, t, y, g, control=[(list(double), list(single))])
     assert_close_scaled(got, want, rel=1e-5)
     assert (want - plain).abs().max() > 0.01 * plain.abs().max()
 
@@ -94,3 +94,81 @@ def test_other_layouts_refused():
         read_flux_controlnet("x", {"double_blocks.0.img_attn.qkv.weight": torch.zeros(3, 1),
                                    "controlnet_blocks.0.weight": torch.zeros(1, 1),
                                    "input_hint_block.0.weight": torch.zeros(1, 1, 3, 3)})
+
+
+# --- the pipeline: txt2img with a ControlNet equals diffusers' FluxControlNetPipeline ------------
+
+PROMPT, STEPS, SEED, SIZE = "a photo of a cat sitting on a red chair", 4, 7, 64
+
+
+@pytest.fixture(scope="module")
+def flux_dev(tmp_path_factory):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from dit_fixtures import flux_pair
+    sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                            base_image_seq_len=256, max_image_seq_len=4096, shift=3.0)
+    ours, ref = flux_pair(tmp_path_factory.mktemp("fluxcn"), "dev", FluxPipeline, sched)
+    return ours, ref
+
+
+def _control_image():
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(3)
+    return Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+
+
+def _ours(pipe, cn_path, monkeypatch, weight, mode=None):
+    from opensd.adapters.controlnet import ControlSpec, load_controlnet
+    from opensd.sampling import samplers as S
+    seen = []
+    euler = S.SAMPLERS["euler"]
+
+    def spy(denoise, x, sigmas, callback=None, **kwargs):
+        def step(i, xi, denoised):
+            seen.append(xi.clone())
+            callback(i, xi, denoised)
+        return euler(denoise, x, sigmas, step, **kwargs)
+
+    monkeypatch.setitem(S.SAMPLERS, "euler", spy)
+    spec = ControlSpec(load_controlnet(cn_path, pipe), _control_image(), weight=weight, control_type=mode)
+    pipe.txt2img(PROMPT, steps=STEPS, seed=SEED, width=SIZE, height=SIZE, controls=[spec])
+    return seen
+
+
+def _ref(ref, pipe, cn, monkeypatch, weight, mode=None):
+    import diffusers.pipelines.flux.pipeline_flux_controlnet as M
+    from diffusers import FluxControlNetPipeline
+    # the posterior mean, as ours (diffusers samples the control image's latent)
+    monkeypatch.setattr(M, "retrieve_latents", lambda out, generator=None: out.latent_dist.mode())
+    p = FluxControlNetPipeline(**ref.components, controlnet=cn)
+    p.set_progress_bar_config(disable=True)
+    packed = FluxControlNetPipeline._pack_latents(pipe.noise([SEED], SIZE // 8, SIZE // 8), 1, 16, SIZE // 8, SIZE // 8)
+    steps = []
+
+    def on_step_end(_, i, t, kwargs):
+        steps.append(FluxControlNetPipeline._unpack_latents(kwargs["latents"].clone(), SIZE, SIZE, p.vae_scale_factor))
+        return {}
+
+    with torch.no_grad():
+        p(PROMPT, control_image=_control_image(), control_mode=mode, controlnet_conditioning_scale=weight,
+          height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=3.5, latents=packed, output_type="latent",
+          callback_on_step_end=on_step_end, max_sequence_length=pipe.config.t5_length)
+    return steps
+
+
+@pytest.mark.parametrize("modes,mode", [(None, None), (4, 2)])
+def test_txt2img_with_controlnet_equals_diffusers_step_by_step(flux_dev, tmp_path, monkeypatch, modes, mode):
+    from opensd.checkpoints.files import save_safetensors
+    ours, ref = flux_dev
+    cn = tiny_controlnet(1, 1, modes)
+    path = tmp_path / "cn.safetensors"
+    save_safetensors({k: v.contiguous() for k, v in cn.state_dict().items()}, path)
+    got = _ours(ours, path, monkeypatch, 0.8, mode)
+    want = _ref(ref, ours, cn, monkeypatch, 0.8, mode)
+    assert len(got) == len(want) == STEPS
+    for a, b in zip(got, want):
+        assert_close_scaled(a, b, rel=1e-4)
+    last = got[-1]
+    plain = _ours(ours, path, monkeypatch, 0.0, mode)[-1]
+    assert (plain - last).abs().max() > 0.01 * last.abs().max()

@@ -206,33 +206,35 @@ class Flux(nn.Module):
 
     def forward_tokens(self, img: torch.Tensor, img_ids: torch.Tensor, txt: torch.Tensor, txt_ids: torch.Tensor,
                        timesteps: torch.Tensor, y: torch.Tensor, guidance: torch.Tensor | None = None,
-                       control: tuple[list, list] | None = None) -> torch.Tensor:
+                       control: list[tuple[list, list]] | None = None) -> torch.Tensor:
         """BFL's own signature: packed image tokens (B, N, in_channels) with ids (N, 3), text tokens
         (B, L, context_in_dim) with ids (L, 3), t (B,) in [0, 1], pooled text (B, vec_in_dim),
-        distilled guidance scale (B,) for dev. `control`: a Flux ControlNet's residuals (one list for
-        the double blocks, one for the single blocks; flux_controlnet.py), each (B, N', hidden) added
-        to the image tokens (the first N' of them) after its blocks. Returns (B, N, out_channels)."""
+        distilled guidance scale (B,) for dev. `control`: Flux ControlNets' residuals, per ControlNet
+        one list for the double blocks and one for the single blocks (flux_controlnet.py), each
+        (B, N', hidden) added to the image tokens (the first N' of them) after its blocks. Returns (B, N, out_channels)."""
         img = self.img_in(img)
         vec = conditioning_vector(self, timesteps, y, guidance, img.dtype)
         txt = self.txt_in(txt)
         pe = rope_angles(torch.cat((txt_ids, img_ids)), self.cfg.axes_dim, self.cfg.theta)
-        double, single = control if control is not None else ((), ())
+        controls = control or ()
         for i, block in enumerate(self.double_blocks):
             img, txt = block(img, txt, vec, pe)
-            if double:
-                img = img + _residual_for(double, i, len(self.double_blocks), img)
+            for double, _ in controls:
+                if double:
+                    img = img + _residual_for(double, i, len(self.double_blocks), img)
         x = torch.cat((txt, img), dim=1)
         n_txt = txt.shape[1]
         for i, block in enumerate(self.single_blocks):
             x = block(x, vec, pe)
-            if single:  # the image tokens only
-                img = x[:, n_txt:]
-                x = torch.cat((x[:, :n_txt], img + _residual_for(single, i, len(self.single_blocks), img)), 1)
+            for _, single in controls:
+                if single:  # the image tokens only
+                    img = x[:, n_txt:]
+                    x = torch.cat((x[:, :n_txt], img + _residual_for(single, i, len(self.single_blocks), img)), 1)
         return self.final_layer(x[:, n_txt:], vec)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor,
                 guidance: torch.Tensor | None = None, ref_latents: list[torch.Tensor] | None = None,
-                control: tuple[list, list] | None = None) -> torch.Tensor:
+                control: list[tuple[list, list]] | None = None) -> torch.Tensor:
         """Latents (B, C, H, W) with even H and W -> the flow velocity, same shape. `ref_latents`:
         Kontext's reference latents (each (B, C, H', W'), any size), seen but not predicted;
         `control`: ControlNet residuals (forward_tokens)."""

@@ -29,6 +29,20 @@ class FluxControlNetConfig:
     union_modes: int = 0  # control types of a Union ControlNet (0: a single-purpose one)
 
 
+@dataclass
+class FluxControl:
+    """What Flux ControlNets add to one Flux call: per ControlNet, its (double, single) residuals
+    (Flux.forward's `control`). Several ControlNets keep their own lists, as their block counts may
+    differ; each is spread over the transformer's blocks by its own interval."""
+    parts: list[tuple[list[torch.Tensor], list[torch.Tensor]]]
+
+    def map(self, fn) -> FluxControl:
+        return FluxControl([([fn(t) for t in d], [fn(t) for t in s]) for d, s in self.parts])
+
+    def __add__(self, other: FluxControl) -> FluxControl:
+        return FluxControl(self.parts + other.parts)
+
+
 class FluxControlNet(nn.Module):
     def __init__(self, config: FluxControlNetConfig):
         super().__init__()
