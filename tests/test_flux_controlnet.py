@@ -172,3 +172,50 @@ def test_txt2img_with_controlnet_equals_diffusers_step_by_step(flux_dev, tmp_pat
     last = got[-1]
     plain = _ours(ours, path, monkeypatch, 0.0, mode)[-1]
     assert (plain - last).abs().max() > 0.01 * last.abs().max()
+
+
+# --- full size, on meta -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("double,single,modes", [(5, 10, None), (5, 10, 10), (6, 0, None)])
+def test_released_key_sets_load_on_meta(double, single, modes):
+    """InstantX's Canny (5 + 10 blocks), Union-Pro (10 modes), Union-Pro-2.0 (6 double blocks only)."""
+    with torch.device("meta"):
+        ref = FluxControlNetModel(num_layers=double, num_single_layers=single, guidance_embeds=True, num_mode=modes)
+    sd = dict(ref.state_dict())
+    sd_ours, cfg = read_flux_controlnet("<meta>", sd)
+    assert (cfg.flux.hidden_size, cfg.flux.num_heads, cfg.flux.axes_dim, cfg.union_modes) == (3072, 24, (16, 56, 56),
+                                                                                              modes or 0)
+    from opensd.models.config_dit import FLUX_DEV
+    cfg = compatible_flux_controlnet(cfg, FLUX_DEV)
+    with torch.device("meta"):
+        ours = FluxControlNet(cfg)
+    ours.load_state_dict(sd_ours, strict=True, assign=True)
+    assert sum(t.numel() for t in sd.values()) == sum(p.numel() for p in ours.parameters())
+
+
+def test_listed_as_a_flux_controlnet(tmp_path):
+    from opensd.library.model_catalog import _controlnet
+    shapes = {k: {"shape": list(v.shape)} for k, v in tiny_controlnet(1, 2, modes=7).state_dict().items()}
+    family, detail = _controlnet(shapes, {}, tmp_path / "cn.safetensors")
+    assert family == "flux" and detail == "Flux.1 ControlNet (Union, 7 modes; 1 double, 2 single blocks)"
+
+
+def test_wrong_model_or_mode_refused(flux_dev, tmp_path):
+    from opensd.adapters.controlnet import ControlSpec, load_controlnet
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.errors import InvalidArgument
+    ours, _ = flux_dev
+    path = tmp_path / "cn.safetensors"
+    save_safetensors({k: v.contiguous() for k, v in tiny_controlnet(1, 1, modes=4).state_dict().items()}, path)
+    cn = load_controlnet(path, ours)
+    assert ControlSpec(cn, _control_image(), control_type="depth").control_type == "depth"
+    spec = ControlSpec(cn, _control_image(), control_type="depth")
+    spec.validate(ours.config)
+    assert spec.control_type == 2
+    with pytest.raises(InvalidArgument, match="not a mode"):
+        ControlSpec(cn, _control_image(), control_type="gray").validate(ours.config)
+    bad = dict(tiny_controlnet(1, 1).state_dict())
+    bad["context_embedder.weight"] = torch.zeros(32, 64)
+    save_safetensors({k: v.contiguous() for k, v in bad.items()}, tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match="text width 64"):
+        load_controlnet(tmp_path / "bad.safetensors", ours)
