@@ -93,13 +93,14 @@ class LoadedControlNet:
         return -(-width // u) * u, -(-height // u) * u
 
     def residuals(self, x, hint, t, context, y, control_type=None, scales=None, cache=None,
-                  guidance: float | None = None) -> Control:
+                  guidance: float | None = None, encoder=None) -> Control:
         """What this network adds to the UNet call on x (scaled by `scales`, one per residual/feature);
         an adapter's features come from `cache` (keyed by the hint) when computed before. A Flux
-        ControlNet's (a FluxControl) take the distilled `guidance` and cache the hint's latent."""
+        ControlNet's (a FluxControl) take the distilled `guidance` and cache the hint's latent (encoded by
+        `encoder`, a Pipeline, default the one it was loaded for)."""
         if self.is_flux:
             return flux_residuals(self, x, hint, t, context, y, control_type, scales, cache,
-                                  DEFAULT_GUIDANCE if guidance is None else guidance)
+                                  DEFAULT_GUIDANCE if guidance is None else guidance, encoder)
         if not self.is_adapter:
             out = self.net(x[:, :4], hint.expand(len(x), -1, -1, -1), t, context, y, control_type=control_type)
             return Control(outputs=[r.float() * s for r, s in zip(out, scales or [1.0] * len(out))])

@@ -16,7 +16,7 @@ import torch
 from ..checkpoints.diffusers_folder import model_folder
 from ..checkpoints.files import read_state_dict
 from ..checkpoints.flux_controlnet_files import compatible_flux_controlnet, read_flux_controlnet
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InvalidArgument
 from ..models.flux_controlnet import FluxControl, FluxControlNet
 
 DEFAULT_GUIDANCE = 3.5  # Flux dev's distilled guidance when the generation gives none
@@ -48,18 +48,25 @@ def load_flux_controlnet(path: Path, sd, base, device, dtype, built):
     return built(FluxControlNet, cfg, sd), pipe
 
 
-def flux_residuals(loaded, x, hint, t, context, y, control_type, scales, cache, guidance) -> FluxControl:
+def flux_residuals(loaded, x, hint, t, context, y, control_type, scales, cache, guidance, encoder=None) -> FluxControl:
     """The residuals of a loaded Flux ControlNet for the batch x (the model's latents; Fill's extra
-    channels cut off), `hint` the control image (1, 3, H, W) in [0, 1] at the output size."""
+    channels cut off), `hint` the control image (1, 3, H, W) in [0, 1] at the output size, encoded
+    by `encoder`'s VAE (a Pipeline; default the one the ControlNet was loaded for)."""
     net: FluxControlNet = loaded.net
     key = ("latent", id(hint))
     latent = None if cache is None else cache.get(key)
     if latent is None:
-        pipe = loaded.pipe() if loaded.pipe is not None else None
+        model = loaded.pipe() if loaded.pipe is not None else None
+        pipe = encoder or model
         if pipe is None:
             raise CheckpointError(loaded.path, "a Flux ControlNet needs the pipeline's VAE for its control image; "
                                                "load it with the pipeline (load_controlnet(path, pipe))")
+        if next(pipe.model.vae.parameters()).is_meta:
+            raise InvalidArgument("vae: a Flux ControlNet's image is encoded by a VAE and this model has none "
+                                  "loaded; connect the VAE to Apply ControlNet's vae input")
         latent = pipe.encode_tensor(hint.float() * 2 - 1)
+        if model is not None and pipe is not model:  # another VAE's pipe: scaled as the model's latents
+            latent = model.config.vae.scaled(pipe.config.vae.unscaled(latent))
         if cache is not None:
             cache[key] = latent
     dtype = next(net.parameters()).dtype
