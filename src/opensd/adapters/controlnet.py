@@ -283,6 +283,8 @@ def control_image(image: Image.Image, width: int, height: int, mode: str = "just
 
 
 def scales(spec: ControlSpec, n: int) -> list[float]:
+    if spec.model.is_flux:  # the per-depth decay is a UNet rule; a Flux ControlNet's blocks get the weight
+        return [spec.weight] * n
     if (spec.guess_mode or spec.soft_injection) and spec.model.is_adapter:
         return [spec.weight * s for s in ADAPTER_SOFT_SCALES[-n:]]
     if spec.guess_mode or spec.soft_injection:
