@@ -73,3 +73,21 @@ def test_without_a_vae_a_network_alone_asks_for_one(env):
     del graph["32"]["inputs"]["vae"]
     with pytest.raises(NodeError, match="connect the VAE to Apply ControlNet's vae input"):
         execute(graph, ctx)
+
+
+def test_cli_control_on_a_flux_network_equals_the_graph(env, tmp_path):
+    """`opensd generate -m <Flux network alone> --vae --text-encoder ... --control file,image,weight=0.8`
+    gives the ComfyUI graph's image."""
+    from opensd.cli import main
+    ctx, _, cn = env
+    models = cn.parent.parent
+    out = tmp_path / "cli.png"
+    assert main(["generate", PROMPT, "-m", str(models / "diffusion_models" / "flux1.safetensors"), "--steps", "3",
+                 "--seed", str(SEED), "--width", str(SIZE), "--height", str(SIZE), "--cfg", "1", "--sampler", "euler",
+                 "--scheduler", "simple", "--precision", "fp32", "--device", "cpu",
+                 "--vae", str(models / "vae" / "flux1_vae.safetensors"),
+                 "--text-encoder", str(models / "text_encoders" / "flux_clip_l.safetensors"),
+                 "--text-encoder", str(models / "text_encoders" / "flux_t5xxl_fp16.safetensors"),
+                 "--control", f"{cn},{ctx.inputs_dir / 'hint.png'},weight=0.8", "-o", str(out)]) == 0
+    got = np.asarray(Image.open(out).convert("RGB"))
+    assert np.abs(got.astype(int) - _run(ctx, _graph()).astype(int)).max() <= 1
