@@ -118,7 +118,7 @@ def _control_image():
     return Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
 
 
-def _ours(pipe, cn_path, monkeypatch, weight, mode=None):
+def _ours(pipe, cn_path, monkeypatch, weight, mode=None, more=()):
     from opensd.adapters.controlnet import ControlSpec, load_controlnet
     from opensd.sampling import samplers as S
     seen = []
@@ -131,8 +131,9 @@ def _ours(pipe, cn_path, monkeypatch, weight, mode=None):
         return euler(denoise, x, sigmas, step, **kwargs)
 
     monkeypatch.setitem(S.SAMPLERS, "euler", spy)
-    spec = ControlSpec(load_controlnet(cn_path, pipe), _control_image(), weight=weight, control_type=mode)
-    pipe.txt2img(PROMPT, steps=STEPS, seed=SEED, width=SIZE, height=SIZE, controls=[spec])
+    specs = [ControlSpec(load_controlnet(path, pipe), _control_image(), weight=weight, control_type=mode)
+             for path in (cn_path, *more)]
+    pipe.txt2img(PROMPT, steps=STEPS, seed=SEED, width=SIZE, height=SIZE, controls=specs)
     return seen
 
 
@@ -219,3 +220,26 @@ def test_wrong_model_or_mode_refused(flux_dev, tmp_path):
     save_safetensors({k: v.contiguous() for k, v in bad.items()}, tmp_path / "bad.safetensors")
     with pytest.raises(CheckpointError, match="text width 64"):
         load_controlnet(tmp_path / "bad.safetensors", ours)
+
+
+def test_two_controlnets_equal_diffusers_multi_controlnet(flux_dev, tmp_path, monkeypatch):
+    """Two ControlNets at once (here one saved as a diffusers folder): diffusers' FluxMultiControlNetModel."""
+    from diffusers.models import FluxMultiControlNetModel
+    from opensd.checkpoints.files import save_safetensors
+    ours, ref = flux_dev
+    a, b = tiny_controlnet(1, 1, seed=5), tiny_controlnet(1, 1, seed=6)
+    save_safetensors({k: v.contiguous() for k, v in a.state_dict().items()}, tmp_path / "a.safetensors")
+    b.save_pretrained(tmp_path / "b")
+    got = _ours(ours, tmp_path / "a.safetensors", monkeypatch, 0.8, more=[tmp_path / "b"])
+    import diffusers.pipelines.flux.pipeline_flux_controlnet as M
+    from diffusers import FluxControlNetPipeline
+    monkeypatch.setattr(M, "retrieve_latents", lambda out, generator=None: out.latent_dist.mode())
+    p = FluxControlNetPipeline(**ref.components, controlnet=FluxMultiControlNetModel([a, b]))
+    p.set_progress_bar_config(disable=True)
+    packed = FluxControlNetPipeline._pack_latents(ours.noise([SEED], SIZE // 8, SIZE // 8), 1, 16, SIZE // 8, SIZE // 8)
+    with torch.no_grad():
+        out = p(PROMPT, control_image=[_control_image(), _control_image()], controlnet_conditioning_scale=[0.8, 0.8],
+                height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=3.5, latents=packed,
+                output_type="latent", max_sequence_length=ours.config.t5_length).images
+    want = FluxControlNetPipeline._unpack_latents(out, SIZE, SIZE, p.vae_scale_factor)
+    assert_close_scaled(got[-1], want, rel=1e-4)
