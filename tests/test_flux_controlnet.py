@@ -89,11 +89,17 @@ def test_config_and_base_fit():
     assert cfg.flux.guidance_embed and cfg.flux.head_dim == FLUX_HEAD
 
 
-def test_other_layouts_refused():
+XLABS = {"double_blocks.0.img_attn.qkv.weight": torch.zeros(3, 1), "controlnet_blocks.0.weight": torch.zeros(1, 1),
+         "input_hint_block.0.weight": torch.zeros(1, 1, 3, 3)}
+
+
+def test_other_layouts_refused_and_listed(tmp_path):
+    from opensd.library.model_catalog import _controlnet
     with pytest.raises(CheckpointError, match="XLabs"):
-        read_flux_controlnet("x", {"double_blocks.0.img_attn.qkv.weight": torch.zeros(3, 1),
-                                   "controlnet_blocks.0.weight": torch.zeros(1, 1),
-                                   "input_hint_block.0.weight": torch.zeros(1, 1, 3, 3)})
+        read_flux_controlnet("x", XLABS)
+    shapes = {k: {"shape": list(v.shape)} for k, v in XLABS.items()}
+    assert _controlnet(shapes, {}, tmp_path / "x.safetensors") == ("flux", "An XLabs Flux ControlNet (x-flux layout) "
+                                                                            "(not supported)")
 
 
 # --- the pipeline: txt2img with a ControlNet equals diffusers' FluxControlNetPipeline ------------
@@ -243,3 +249,18 @@ def test_two_controlnets_equal_diffusers_multi_controlnet(flux_dev, tmp_path, mo
                 output_type="latent", max_sequence_length=ours.config.t5_length).images
     want = FluxControlNetPipeline._unpack_latents(out, SIZE, SIZE, p.vae_scale_factor)
     assert_close_scaled(got[-1], want, rel=1e-4)
+
+
+def test_load_controlnet_refuses_xlabs_and_sd_controlnets_on_flux(flux_dev, tmp_path):
+    from opensd.adapters.controlnet import load_controlnet
+    from opensd.checkpoints.controlnet_files import save_controlnet
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.library.synthetic import TINY
+    from opensd.models.controlnet import ControlNet, ControlNetConfig
+    ours, _ = flux_dev
+    save_safetensors(XLABS, tmp_path / "xlabs.safetensors")
+    with pytest.raises(CheckpointError, match="XLabs Flux ControlNet .* not supported"):
+        load_controlnet(tmp_path / "xlabs.safetensors", ours)
+    save_controlnet(ControlNet(ControlNetConfig(TINY.unet)), tmp_path / "sd.safetensors", "small")
+    with pytest.raises(CheckpointError, match="not a Flux.1 ControlNet"):
+        load_controlnet(tmp_path / "sd.safetensors", ours)

@@ -29,16 +29,23 @@ def is_flux_controlnet(keys) -> bool:
     return TELLTALE in keys and ("x_embedder.weight" in keys or "transformer_blocks.0.attn.to_q.weight" in keys)
 
 
-def refuse_other_dit_controlnets(keys, path) -> None:
-    """CheckpointError for the DiT ControlNet layouts not supported yet (XLabs' Flux, SD3's)."""
+def other_dit_controlnet(keys) -> tuple[str, str] | None:
+    """(family, what it is) of a DiT ControlNet layout not supported yet (XLabs' Flux, SD3's), else None."""
     if "double_blocks.0.img_attn.qkv.weight" in keys and any(k in keys for k in XLABS_TELLTALES):
-        raise CheckpointError(path, "an XLabs Flux ControlNet (x-flux layout): not supported; use a Flux ControlNet "
-                                    "in diffusers' layout (InstantX, Shakker-Labs Union-Pro)")
+        return "flux", "an XLabs Flux ControlNet (x-flux layout)"
     if SD3_TELLTALE in keys or (TELLTALE in keys and "pos_embed.proj.weight" in keys):
-        raise CheckpointError(path, "an SD3/SD3.5 ControlNet: not supported yet")
+        return "sd3", "an SD3/SD3.5 ControlNet"
     if TELLTALE in keys and "input_hint_block.0.conv_in.weight" in keys:
-        raise CheckpointError(path, "a Flux ControlNet with a pixel hint block (XLabs-style): not supported; use one "
-                                    "that takes the VAE-encoded control image (InstantX, Shakker-Labs)")
+        return "flux", "a Flux ControlNet with a pixel hint block (XLabs-style)"
+    return None
+
+
+def refuse_other_dit_controlnets(keys, path) -> None:
+    """CheckpointError for the DiT ControlNet layouts not supported yet."""
+    other = other_dit_controlnet(keys)
+    if other is not None:
+        raise CheckpointError(path, f"{other[1]}: not supported; use a Flux.1 ControlNet in diffusers' layout that "
+                                    "takes the VAE-encoded control image (InstantX, Shakker-Labs Union-Pro)")
 
 
 def flux_controlnet_config(shapes: Shapes, path="<controlnet>", axes: tuple[int, ...] | None = None
