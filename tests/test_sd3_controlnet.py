@@ -1,0 +1,53 @@
+"""SD3 ControlNets (diffusers' SD3ControlNetModel layout): our network's residuals equal diffusers' on
+tiny random weights, and the MMDiT with those residuals equals SD3Transformer2DModel's (fewer
+ControlNet blocks than its own: diffusers' floor rule, none after the last block)."""
+from __future__ import annotations
+
+import torch
+from diffusers import SD3ControlNetModel
+
+from dit_fixtures import META_SD3, SD3_HEAD, sd3_parts
+from opensd.checkpoints import detect_dit as DD
+from opensd.checkpoints.keymap_mmdit import mmdit_from_diffusers
+from opensd.checkpoints.sd3_controlnet_files import read_sd3_controlnet
+from opensd.models.mmdit import MMDiT
+from opensd.models.sd3_controlnet import SD3ControlNet
+from reference import assert_close_scaled, randomize_
+
+
+def _controlnet(layers=1):
+    net = SD3ControlNetModel(sample_size=16, patch_size=2, in_channels=16, num_layers=layers,
+                             attention_head_dim=SD3_HEAD, num_attention_heads=2, joint_attention_dim=128,
+                             caption_projection_dim=2 * SD3_HEAD, pooled_projection_dim=96, out_channels=16,
+                             pos_embed_max_size=16)
+    return randomize_(net, seed=4, std=0.1).eval()
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(2)
+    return (torch.randn(1, 16, 8, 8, generator=g), torch.randn(1, 16, 8, 8, generator=g),
+            torch.randn(1, 6, 128, generator=g), torch.randn(1, 96, generator=g), torch.tensor([700.0]))
+
+
+def test_residuals_and_controlled_mmdit_equal_diffusers():
+    ref_cn = _controlnet(1)
+    sd, cfg = read_sd3_controlnet(dict(ref_cn.state_dict()), SD3_HEAD)
+    ours_cn = SD3ControlNet(cfg)
+    ours_cn.load_state_dict(sd, strict=True)
+    x, cond, ctx, y, t = _inputs()
+    with torch.no_grad():
+        want = ref_cn(x, cond, encoder_hidden_states=ctx, pooled_projections=y, timestep=t, return_dict=False)[0]
+        got = ours_cn.eval()(x, t, ctx, y, cond)
+    assert len(got) == len(want) == 1
+    assert_close_scaled(got[0], want[0], rel=1e-5)
+    transformer = sd3_parts()["transformer"]
+    tsd = dict(transformer.state_dict())
+    mcfg = DD.mmdit_config_diffusers({k: tuple(v.shape) for k, v in tsd.items()}, "", META_SD3)
+    mmdit = MMDiT(mcfg)
+    mmdit.load_state_dict(mmdit_from_diffusers(tsd, mcfg), strict=True)
+    with torch.no_grad():
+        ref = transformer(x, ctx, y, t, block_controlnet_hidden_states=want, return_dict=False)[0]
+        plain = transformer(x, ctx, y, t, return_dict=False)[0]
+        out = mmdit.eval()(x, t, ctx, y, control=list(got))
+    assert_close_scaled(out, ref, rel=1e-5)
+    assert (ref - plain).abs().max() > 0.01 * plain.abs().max()
