@@ -124,8 +124,8 @@ def _control_image():
     return Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
 
 
-def _ours(pipe, cn_path, monkeypatch, weight, mode=None, more=()):
-    from opensd.adapters.controlnet import ControlSpec, load_controlnet
+def euler_steps(monkeypatch) -> list:
+    """The latents after each step of the next euler runs, filled in as they run."""
     from opensd.sampling import samplers as S
     seen = []
     euler = S.SAMPLERS["euler"]
@@ -137,6 +137,12 @@ def _ours(pipe, cn_path, monkeypatch, weight, mode=None, more=()):
         return euler(denoise, x, sigmas, step, **kwargs)
 
     monkeypatch.setitem(S.SAMPLERS, "euler", spy)
+    return seen
+
+
+def _ours(pipe, cn_path, monkeypatch, weight, mode=None, more=()):
+    from opensd.adapters.controlnet import ControlSpec, load_controlnet
+    seen = euler_steps(monkeypatch)
     specs = [ControlSpec(load_controlnet(path, pipe), _control_image(), weight=weight, control_type=mode)
              for path in (cn_path, *more)]
     pipe.txt2img(PROMPT, steps=STEPS, seed=SEED, width=SIZE, height=SIZE, controls=specs)

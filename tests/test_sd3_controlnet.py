@@ -48,6 +48,40 @@ def test_residuals_and_controlled_mmdit_equal_diffusers():
     with torch.no_grad():
         ref = transformer(x, ctx, y, t, block_controlnet_hidden_states=want, return_dict=False)[0]
         plain = transformer(x, ctx, y, t, return_dict=False)[0]
-        out = mmdit.eval()(x, t, ctx, y, control=list(got))
+        out = mmdit.eval()(x, t, ctx, y, control=[list(got)])
     assert_close_scaled(out, ref, rel=1e-5)
     assert (ref - plain).abs().max() > 0.01 * plain.abs().max()
+
+
+def test_txt2img_with_controlnet_equals_diffusers_step_by_step(tmp_path, monkeypatch):
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3ControlNetPipeline
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from dit_fixtures import hf_tokenizers, write_diffusers_folder
+    from opensd.adapters.controlnet import ControlSpec, load_controlnet
+    from opensd.pipeline.pipeline import load
+    from test_flux_controlnet import _control_image, euler_steps
+    prompt, negative, steps, cfg, seed, size = "a photo of a cat", "blurry", 3, 5.0, 11, 64
+    parts = sd3_parts()
+    ours = load(write_diffusers_folder(tmp_path / "model", "sd3", parts), precision="fp32", device="cpu")
+    cn = _controlnet(1)
+    cn.save_pretrained(tmp_path / "cn")  # a diffusers folder
+    seen = euler_steps(monkeypatch)
+    spec = ControlSpec(load_controlnet(tmp_path / "cn", ours), _control_image(), weight=0.7)
+    ours.txt2img(prompt, negative, steps=steps, cfg=cfg, seed=seed, width=size, height=size, controls=[spec])
+    # the posterior mean, as ours (diffusers samples the control image's latent)
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+    tok = hf_tokenizers(tmp_path)
+    ref = StableDiffusion3ControlNetPipeline(
+        transformer=parts["transformer"], scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=parts["vae"],
+        text_encoder=parts["text_encoder"], tokenizer=tok["clip"], text_encoder_2=parts["text_encoder_2"],
+        tokenizer_2=tok["clip_g"], text_encoder_3=parts["text_encoder_3"], tokenizer_3=tok["t5"], controlnet=cn)
+    ref.set_progress_bar_config(disable=True)
+    want = []
+    with torch.no_grad():
+        ref(prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=cfg, height=size, width=size,
+            latents=ours.noise([seed], size // 8, size // 8), control_image=_control_image(),
+            controlnet_conditioning_scale=0.7, output_type="latent",
+            callback_on_step_end=lambda p, i, t, kw: want.append(kw["latents"].clone()) or {})
+    assert len(seen) == len(want) == steps
+    for a, b in zip(seen, want):
+        assert_close_scaled(a, b, rel=1e-4)

@@ -36,17 +36,19 @@ from PIL import Image
 
 from ..checkpoints.controlnet_files import compatible_config, is_control_lora, read_controlnet
 from ..checkpoints.files import read_state_dict
-from ..checkpoints.flux_controlnet_files import is_flux_controlnet, refuse_other_dit_controlnets
+from ..checkpoints.flux_controlnet_files import is_flux_controlnet, is_sd3_controlnet, refuse_other_dit_controlnets
 from ..checkpoints.t2i_adapter_files import (compatible_slots, is_t2i_adapter, is_t2i_adapter_folder,
                                              read_t2i_adapter)
 from ..errors import CheckpointError, InvalidArgument
 from ..models.config import Family, ModelConfig
 from ..models.controlnet import ControlNet
 from ..models.flux_controlnet import FluxControlNet
+from ..models.sd3_controlnet import SD3ControlNet
 from ..models.t2i_adapter import T2IAdapter
 from ..models.unet import Control
 from .control_lora import control_lora_config, control_lora_state_dict
-from .flux_controlnet import DEFAULT_GUIDANCE, flux_residuals, is_flux_controlnet_folder, load_flux_controlnet
+from .flux_controlnet import FOLDER_CLASS as FLUX_FOLDER, DEFAULT_GUIDANCE, flux_residuals, load_flux_controlnet
+from .sd3_controlnet import FOLDER_CLASS as SD3_FOLDER, load_sd3_controlnet, sd3_residuals
 from .preprocessors import RESIZE_MODES, fit_image
 from .union_types import check_control_type, control_type_index, flux_mode_index
 
@@ -58,22 +60,27 @@ ADAPTER_SOFT_SCALES = (0.25, 0.62, 0.825, 1.0)
 @dataclass
 class LoadedControlNet:
     """A loaded ControlNet or T2I-Adapter (`slots`: where the adapter's features go in the UNet)."""
-    net: ControlNet | T2IAdapter | FluxControlNet
+    net: ControlNet | T2IAdapter | FluxControlNet | SD3ControlNet
     family: Family
     path: Path
     slots: tuple[int, ...] | None = None
     n_slots: int = 0  # the UNet's input blocks + 1 (the middle)
-    pipe: object = None  # a Flux ControlNet's pipeline (a weakref): its VAE encodes the control image
+    pipe: object = None  # a DiT ControlNet's pipeline (a weakref): its VAE encodes the control image
 
     @property
     def is_flux(self) -> bool:
         return isinstance(self.net, FluxControlNet)
 
     @property
+    def is_dit(self) -> bool:
+        """A Flux or SD3 ControlNet: its control image goes through the VAE."""
+        return isinstance(self.net, (FluxControlNet, SD3ControlNet))
+
+    @property
     def n_residuals(self) -> int:
         if self.is_adapter:
             return len(self.slots)
-        return self.net.n_residuals if self.is_flux else len(self.net.zero_convs) + 1
+        return self.net.n_residuals if self.is_dit else len(self.net.zero_convs) + 1
 
     @property
     def is_adapter(self) -> bool:
@@ -83,7 +90,7 @@ class LoadedControlNet:
     def union_types(self) -> int:
         if self.is_flux:
             return self.net.config.union_modes
-        return 0 if self.is_adapter else self.net.config.union_types
+        return 0 if self.is_adapter or self.is_dit else self.net.config.union_types
 
     def hint_size(self, width: int, height: int) -> tuple[int, int]:
         """The control image's size for an output of width x height pixels."""
@@ -101,6 +108,8 @@ class LoadedControlNet:
         if self.is_flux:
             return flux_residuals(self, x, hint, t, context, y, control_type, scales, cache,
                                   DEFAULT_GUIDANCE if guidance is None else guidance, encoder)
+        if self.is_dit:
+            return sd3_residuals(self, x, hint, t, context, y, scales, cache, encoder)
         if not self.is_adapter:
             out = self.net(x[:, :4], hint.expand(len(x), -1, -1, -1), t, context, y, control_type=control_type)
             return Control(outputs=[r.float() * s for r, s in zip(out, scales or [1.0] * len(out))])
@@ -161,11 +170,14 @@ class ControlSpec:
             self.control_type = flux_mode_index(self.given_type, self.model.union_types, self.model.name)
         else:
             check_control_type(self.control_type, self.model.union_types, self.model.name)
-        if self.model.is_flux:
-            if base is not None and getattr(base, "flux", None) is None:
-                raise InvalidArgument(f"controlnet: {self.model.name} is a Flux.1 ControlNet; the model is not Flux.1")
-        elif base is not None and getattr(base, "flux", None) is not None:
-            raise InvalidArgument(f"controlnet: {self.model.name} is for SD models; a Flux.1 model takes Flux ControlNets")
+        if self.model.is_dit:
+            kind = "flux" if self.model.is_flux else "mmdit"
+            if base is not None and getattr(base, kind, None) is None:
+                raise InvalidArgument(f"controlnet: {self.model.name} is a {'Flux.1' if kind == 'flux' else 'SD3'} "
+                                      "ControlNet; the model is not of that family")
+        elif base is not None and (getattr(base, "flux", None) is not None or getattr(base, "mmdit", None) is not None):
+            raise InvalidArgument(f"controlnet: {self.model.name} is for SD models; this model takes ControlNets "
+                                  "made for its own family")
         elif base is not None and self.model.is_adapter:
             compatible_slots(self.model.net.config, base, self.model.path)
         elif base is not None:
@@ -187,13 +199,20 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
     sd = None if path.is_dir() else read_state_dict(path)
     if sd is not None:
         refuse_other_dit_controlnets(sd, path)
-    if is_flux_controlnet_folder(path) if sd is None else is_flux_controlnet(sd):
+    if _folder_class(path) == FLUX_FOLDER if sd is None else is_flux_controlnet(sd):
         net, pipe = load_flux_controlnet(path, sd, base, device, dtype,
                                          lambda cls, cfg, weights: _built(cls, cfg, weights, path, device, dtype))
         return LoadedControlNet(net, "flux", path, pipe=pipe)
+    if _folder_class(path) == SD3_FOLDER if sd is None else is_sd3_controlnet(sd):
+        net, pipe = load_sd3_controlnet(path, sd, base,
+                                        lambda cls, cfg, weights: _built(cls, cfg, weights, path, device, dtype))
+        return LoadedControlNet(net, "sd3", path, pipe=pipe)
     if getattr(config, "flux", None) is not None:
         raise CheckpointError(path, "is not a Flux.1 ControlNet (an SD one, or another kind); the loaded model is "
                                     "Flux.1: use a Flux ControlNet (InstantX, Shakker-Labs Union-Pro)")
+    if getattr(config, "mmdit", None) is not None:
+        raise CheckpointError(path, "is not an SD3 ControlNet (an SD one, or another kind); the loaded model is "
+                                    "SD3: use an SD3 ControlNet in diffusers' layout (InstantX)")
     if is_t2i_adapter_folder(path) if sd is None else is_t2i_adapter(sd):
         return _load_adapter(path, sd, config, device, dtype)
     if sd is not None and is_control_lora(sd):
@@ -204,6 +223,14 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
     if cfg.difference:
         sd = _made_whole(sd, diff_base or (base if hasattr(base, "model") else None), path)
     return LoadedControlNet(_built(ControlNet, cfg, sd, path, device, dtype), family, path)
+
+
+def _folder_class(path: Path) -> str | None:
+    import json
+    try:
+        return json.loads((path / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _built(cls, cfg, sd: dict, path: Path, device, dtype):
@@ -283,7 +310,7 @@ def control_image(image: Image.Image, width: int, height: int, mode: str = "just
 
 
 def scales(spec: ControlSpec, n: int) -> list[float]:
-    if spec.model.is_flux:  # the per-depth decay is a UNet rule; a Flux ControlNet's blocks get the weight
+    if spec.model.is_dit:  # the per-depth decay is a UNet rule; a DiT ControlNet's blocks get the weight
         return [spec.weight] * n
     if (spec.guess_mode or spec.soft_injection) and spec.model.is_adapter:
         return [spec.weight * s for s in ADAPTER_SOFT_SCALES[-n:]]

@@ -23,14 +23,6 @@ DEFAULT_GUIDANCE = 3.5  # Flux dev's distilled guidance when the generation give
 FOLDER_CLASS = "FluxControlNetModel"
 
 
-def is_flux_controlnet_folder(path: Path) -> bool:
-    import json
-    try:
-        return json.loads((path / "config.json").read_text()).get("_class_name") == FOLDER_CLASS
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def load_flux_controlnet(path: Path, sd, base, device, dtype, built):
     """(network, encoder reference) of a Flux ControlNet file or folder for `base` (a Pipeline or a
     ModelConfig); `built(cls, cfg, sd)` makes the frozen network."""
@@ -48,27 +40,33 @@ def load_flux_controlnet(path: Path, sd, base, device, dtype, built):
     return built(FluxControlNet, cfg, sd), pipe
 
 
-def flux_residuals(loaded, x, hint, t, context, y, control_type, scales, cache, guidance, encoder=None) -> FluxControl:
-    """The residuals of a loaded Flux ControlNet for the batch x (the model's latents; Fill's extra
-    channels cut off), `hint` the control image (1, 3, H, W) in [0, 1] at the output size, encoded
-    by `encoder`'s VAE (a Pipeline; default the one the ControlNet was loaded for)."""
-    net: FluxControlNet = loaded.net
+def encode_hint(loaded, hint, cache, encoder=None) -> torch.Tensor:
+    """The control image (1, 3, H, W) in [0, 1] as a latent scaled as the model's (cached per hint),
+    encoded by `encoder`'s VAE (a Pipeline; default the pipeline the ControlNet was loaded for)."""
     key = ("latent", id(hint))
     latent = None if cache is None else cache.get(key)
     if latent is None:
         model = loaded.pipe() if loaded.pipe is not None else None
         pipe = encoder or model
         if pipe is None:
-            raise CheckpointError(loaded.path, "a Flux ControlNet needs the pipeline's VAE for its control image; "
+            raise CheckpointError(loaded.path, "a DiT ControlNet needs the pipeline's VAE for its control image; "
                                                "load it with the pipeline (load_controlnet(path, pipe))")
         if next(pipe.model.vae.parameters()).is_meta:
-            raise InvalidArgument("vae: a Flux ControlNet's image is encoded by a VAE and this model has none "
+            raise InvalidArgument("vae: this ControlNet's image is encoded by a VAE and the model has none "
                                   "loaded; connect the VAE to Apply ControlNet's vae input")
         latent = pipe.encode_tensor(hint.float() * 2 - 1)
         if model is not None and pipe is not model:  # another VAE's pipe: scaled as the model's latents
             latent = model.config.vae.scaled(pipe.config.vae.unscaled(latent))
         if cache is not None:
             cache[key] = latent
+    return latent
+
+
+def flux_residuals(loaded, x, hint, t, context, y, control_type, scales, cache, guidance, encoder=None) -> FluxControl:
+    """The residuals of a loaded Flux ControlNet for the batch x (the model's latents; Fill's extra
+    channels cut off), `hint` the control image at the output size (encode_hint)."""
+    net: FluxControlNet = loaded.net
+    latent = encode_hint(loaded, hint, cache, encoder)
     dtype = next(net.parameters()).dtype
     c = net.config.flux.out_channels // 4
     g = None if guidance is None or guidance == float("-inf") else torch.full((len(x),), float(guidance), device=x.device)

@@ -25,6 +25,11 @@ XLABS_TELLTALES = ("pos_embed_input.weight", "input_hint_block.0.weight")
 SD3_TELLTALE = "pos_embed_input.proj.weight"
 
 
+def is_sd3_controlnet(keys) -> bool:
+    """InstantX's SD3 ControlNets in diffusers' layout (joint blocks with a text stream)."""
+    return SD3_TELLTALE in keys and "context_embedder.weight" in keys and "transformer_blocks.0.attn.add_q_proj.weight" in keys
+
+
 def is_flux_controlnet(keys) -> bool:
     return TELLTALE in keys and ("x_embedder.weight" in keys or "transformer_blocks.0.attn.to_q.weight" in keys)
 
@@ -33,8 +38,8 @@ def other_dit_controlnet(keys) -> tuple[str, str] | None:
     """(family, what it is) of a DiT ControlNet layout not supported yet (XLabs' Flux, SD3's), else None."""
     if "double_blocks.0.img_attn.qkv.weight" in keys and any(k in keys for k in XLABS_TELLTALES):
         return "flux", "an XLabs Flux ControlNet (x-flux layout)"
-    if SD3_TELLTALE in keys or (TELLTALE in keys and "pos_embed.proj.weight" in keys):
-        return "sd3", "an SD3/SD3.5 ControlNet"
+    if (SD3_TELLTALE in keys and not is_sd3_controlnet(keys)) or (TELLTALE in keys and "pos_embed.proj.weight" in keys):
+        return "sd3", "an SD3.5 ControlNet without a text stream (Stability's sd3.5_large_controlnet_*)"
     if TELLTALE in keys and "input_hint_block.0.conv_in.weight" in keys:
         return "flux", "a Flux ControlNet with a pixel hint block (XLabs-style)"
     return None

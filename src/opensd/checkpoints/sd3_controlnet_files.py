@@ -42,3 +42,14 @@ def read_sd3_controlnet(sd: dict[str, torch.Tensor], head_dim: int = 64, path="<
         return from_diffusers(sd, rows, "SD3 ControlNet"), cfg
     except KeyError as e:
         raise CheckpointError(path, f"unexpected SD3 ControlNet keys: {e.args[0]}") from None
+
+
+def compatible_sd3_controlnet(cfg: MMDiTConfig, base: MMDiTConfig, path="<controlnet>") -> MMDiTConfig:
+    """CheckpointError unless the ControlNet's residuals and inputs fit the base MMDiT."""
+    fields = [("width", cfg.hidden_size, base.hidden_size), ("patch", cfg.patch_size, base.patch_size),
+              ("latent channels", cfg.in_channels, base.in_channels),
+              ("text width", cfg.context_dim, base.context_dim), ("pooled width", cfg.adm_in_channels, base.adm_in_channels)]
+    bad = [f"{what} {a} (the model's: {b})" for what, a, b in fields if a != b]
+    if bad:
+        raise CheckpointError(path, f"this SD3 ControlNet does not fit the loaded model: its {'; its '.join(bad)}")
+    return cfg

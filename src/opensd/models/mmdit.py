@@ -170,10 +170,10 @@ class MMDiT(MMDiTInputs):
         self.final_layer = FinalLayer(cfg.hidden_size, cfg.patch_size ** 2 * cfg.out_channels)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor, control: list[torch.Tensor] | None = None) -> torch.Tensor:
+                y: torch.Tensor, control: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
         """Latents (B, C, H, W), timesteps (B,) on SD3's scale (sigma * 1000), text tokens (B, L,
         context_dim), pooled text (B, adm_in_channels) -> the model output (flow velocity) like x.
-        `control`: an SD3 ControlNet's residuals (sd3_controlnet.py), each added to the image tokens
+        `control`: per SD3 ControlNet its residuals (sd3_controlnet.py), each added to the image tokens
         after a block: block i takes residual floor(i * len / depth) (diffusers' rule), the last
         block (whose text stream stops early) none."""
         p = self.cfg.patch_size
@@ -181,8 +181,9 @@ class MMDiT(MMDiTInputs):
         h, w = x.shape[-2] // p, x.shape[-1] // p
         for i, block in enumerate(self.joint_blocks):
             ctx, tokens = block(ctx, tokens, c)
-            if control and not block.context_block.pre_only:
-                tokens = tokens + control[int(i / (len(self.joint_blocks) / len(control)))].to(tokens.dtype)
+            for res in control or ():
+                if res and not block.context_block.pre_only:
+                    tokens = tokens + res[int(i / (len(self.joint_blocks) / len(res)))].to(tokens.dtype)
         out = self.final_layer(tokens, c)  # (B, h*w, p*p*C), each patch's pixels row by row
         out = out.view(out.shape[0], h, w, p, p, -1).permute(0, 5, 1, 3, 2, 4)
         return out.reshape(out.shape[0], -1, h * p, w * p)

@@ -5,17 +5,30 @@ image tokens, and after each block a zero-initialised Linear (`controlnet_blocks
 residual for the image tokens, which MMDiT.forward adds after its own blocks.
 
 Attribute names: the MMDiT parts as in models/mmdit.py (SD3's original names), the ControlNet's own
-parts as in diffusers' files. Not yet wired into the pipeline (see docs/model-families.md).
+parts as in diffusers' files.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from .config_dit import MMDiTConfig
 from .mmdit import JointBlock, MMDiTInputs, PatchEmbed
+
+
+@dataclass
+class SD3Control:
+    """What SD3 ControlNets add to one MMDiT call: per ControlNet its residuals (MMDiT.forward's
+    `control`), kept apart as their block counts may differ."""
+    parts: list[list[torch.Tensor]]
+
+    def map(self, fn) -> SD3Control:
+        return SD3Control([[fn(t) for t in p] for p in self.parts])
+
+    def __add__(self, other: SD3Control) -> SD3Control:
+        return SD3Control(self.parts + other.parts)
 
 
 class SD3ControlNet(MMDiTInputs):
@@ -25,6 +38,10 @@ class SD3ControlNet(MMDiTInputs):
         self.joint_blocks = nn.ModuleList(JointBlock(whole, i) for i in range(cfg.depth))
         self.controlnet_blocks = nn.ModuleList(nn.Linear(cfg.hidden_size, cfg.hidden_size) for _ in range(cfg.depth))
         self.pos_embed_input = PatchEmbed(cfg)
+
+    @property
+    def n_residuals(self) -> int:
+        return len(self.controlnet_blocks)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor,
                 cond_latent: torch.Tensor) -> list[torch.Tensor]:

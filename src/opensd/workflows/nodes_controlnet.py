@@ -239,7 +239,7 @@ class RowControl:
             res = None
             for h in head.chain():
                 net = self.nets[id(h)]
-                flux = net.is_flux and self.sampling is not None and at is not None
+                flux = net.is_dit and self.sampling is not None and at is not None
                 if not (self._active_at_sigma(h, at) if flux else self._active(h, now)) or h.strength == 0:
                     continue
                 with torch.no_grad():
