@@ -85,3 +85,9 @@ def test_txt2img_with_controlnet_equals_diffusers_step_by_step(tmp_path, monkeyp
     assert len(seen) == len(want) == steps
     for a, b in zip(seen, want):
         assert_close_scaled(a, b, rel=1e-4)
+
+
+def test_listed_as_an_sd3_controlnet(tmp_path):
+    from opensd.library.model_catalog import _controlnet as describe
+    shapes = {k: {"shape": list(v.shape)} for k, v in _controlnet(2).state_dict().items()}
+    assert describe(shapes, {}, tmp_path / "cn.safetensors") == ("sd3", "SD3 ControlNet (2 blocks)")

@@ -91,3 +91,10 @@ def test_cli_control_on_a_flux_network_equals_the_graph(env, tmp_path):
                  "--control", f"{cn},{ctx.inputs_dir / 'hint.png'},weight=0.8", "-o", str(out)]) == 0
     got = np.asarray(Image.open(out).convert("RGB"))
     assert np.abs(got.astype(int) - _run(ctx, _graph()).astype(int)).max() <= 1
+
+
+def test_controlnet_apply_sd3_is_apply_advanced_with_its_vae(env):
+    ctx, _, _ = env
+    graph = _graph()
+    graph["32"]["class_type"] = "ControlNetApplySD3"
+    assert np.array_equal(_run(ctx, graph), _run(ctx, _graph()))

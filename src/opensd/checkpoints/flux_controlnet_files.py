@@ -118,6 +118,11 @@ def compatible_flux_controlnet(cfg: FluxControlNetConfig, base: FluxConfig, path
     return replace(cfg, flux=replace(mine, axes_dim=base.axes_dim, theta=base.theta))
 
 
+def describe_sd3_controlnet(shapes: Shapes) -> str:
+    """A line for model listings."""
+    return f"SD3 ControlNet ({count(shapes, 'transformer_blocks.')} blocks)"
+
+
 def describe_flux_controlnet(shapes: Shapes) -> str:
     """A line for model listings."""
     cfg = flux_controlnet_config(shapes)

@@ -1,5 +1,6 @@
 """ControlNet nodes with ComfyUI's names, inputs and semantics: ControlNetLoader, DiffControlNetLoader,
-ControlNetApply, ControlNetApplyAdvanced and SetUnionControlNetType. As in ComfyUI, ControlNetLoader
+ControlNetApply, ControlNetApplyAdvanced, ControlNetApplySD3 (the same with the vae required) and
+SetUnionControlNetType. As in ComfyUI, ControlNetLoader
 loads T2I-Adapters too; they apply with the same strength and percent window.
 
 SetUnionControlNetType picks a Union ControlNet's control type ("auto" or one of ComfyUI's type
@@ -165,6 +166,23 @@ register(NodeDef(
     category="conditioning/controlnet", display_name="Apply ControlNet",
     description="Attaches a ControlNet hint, active between start_percent and end_percent, to the positive "
                 "and the negative conditioning."))
+
+
+
+
+def controlnet_apply_sd3(call, positive, negative, control_net, vae, image, strength, start_percent, end_percent):
+    return controlnet_apply_advanced(call, positive, negative, control_net, image, strength, start_percent,
+                                     end_percent, vae)
+
+
+register(NodeDef(
+    "ControlNetApplySD3", controlnet_apply_sd3,
+    {"positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "control_net": ("CONTROL_NET", {}),
+     "vae": ("VAE", {}), "image": ("IMAGE", {}), "strength": _STRENGTH,
+     "start_percent": ("FLOAT", {"default": 0.0, **_PERCENT}), "end_percent": ("FLOAT", {"default": 1.0, **_PERCENT})},
+    ("CONDITIONING", "CONDITIONING"), output_names=("positive", "negative"), category="_for_testing/sd3",
+    display_name="Apply Controlnet with VAE",
+    description="ComfyUI's older SD3 node: Apply ControlNet with the vae input required (deprecated there)."))
 
 
 # --- sampling ----------------------------------------------------------------------------------
