@@ -91,3 +91,20 @@ def test_listed_as_an_sd3_controlnet(tmp_path):
     from opensd.library.model_catalog import _controlnet as describe
     shapes = {k: {"shape": list(v.shape)} for k, v in _controlnet(2).state_dict().items()}
     assert describe(shapes, {}, tmp_path / "cn.safetensors") == ("sd3", "SD3 ControlNet (2 blocks)")
+
+
+def test_instantx_size_key_set_loads_on_meta():
+    """InstantX's SD3-Controlnet-Canny shape: 6 blocks of SD3 Medium's width (24 heads of 64)."""
+    from opensd.checkpoints.sd3_controlnet_files import compatible_sd3_controlnet
+    from opensd.models.config_dit import SD3_MEDIUM
+    with torch.device("meta"):
+        ref = SD3ControlNetModel(num_layers=6, num_attention_heads=24, caption_projection_dim=1536,
+                                 pos_embed_max_size=192)
+    sd = dict(ref.state_dict())
+    ours_sd, cfg = read_sd3_controlnet(sd)
+    assert (cfg.depth, cfg.hidden_size, cfg.pos_embed_max_size) == (6, 1536, 192)
+    compatible_sd3_controlnet(cfg, SD3_MEDIUM)
+    with torch.device("meta"):
+        ours = SD3ControlNet(cfg)
+    ours.load_state_dict(ours_sd, strict=True, assign=True)
+    assert sum(t.numel() for t in sd.values()) == sum(t.numel() for t in ours.state_dict().values())
