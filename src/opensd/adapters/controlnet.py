@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +36,21 @@ from PIL import Image
 
 from ..checkpoints.controlnet_files import compatible_config, is_control_lora, read_controlnet
 from ..checkpoints.files import read_state_dict
+from ..checkpoints.flux_controlnet_files import is_flux_controlnet, is_sd3_controlnet, refuse_other_dit_controlnets
 from ..checkpoints.t2i_adapter_files import (compatible_slots, is_t2i_adapter, is_t2i_adapter_folder,
                                              read_t2i_adapter)
 from ..errors import CheckpointError, InvalidArgument
 from ..models.config import Family, ModelConfig
 from ..models.controlnet import ControlNet
+from ..models.flux_controlnet import FluxControlNet
+from ..models.sd3_controlnet import SD3ControlNet
 from ..models.t2i_adapter import T2IAdapter
 from ..models.unet import Control
 from .control_lora import control_lora_config, control_lora_state_dict
+from .flux_controlnet import FOLDER_CLASS as FLUX_FOLDER, DEFAULT_GUIDANCE, flux_residuals, load_flux_controlnet
+from .sd3_controlnet import FOLDER_CLASS as SD3_FOLDER, load_sd3_controlnet, sd3_residuals
 from .preprocessors import RESIZE_MODES, fit_image
-from .union_types import check_control_type, control_type_index
+from .union_types import check_control_type, control_type_index, flux_mode_index
 
 MAX_WEIGHT = 2.0
 GUESS_MODE_DECAY = 0.825
@@ -55,11 +60,27 @@ ADAPTER_SOFT_SCALES = (0.25, 0.62, 0.825, 1.0)
 @dataclass
 class LoadedControlNet:
     """A loaded ControlNet or T2I-Adapter (`slots`: where the adapter's features go in the UNet)."""
-    net: ControlNet | T2IAdapter
+    net: ControlNet | T2IAdapter | FluxControlNet | SD3ControlNet
     family: Family
     path: Path
     slots: tuple[int, ...] | None = None
     n_slots: int = 0  # the UNet's input blocks + 1 (the middle)
+    pipe: object = None  # a DiT ControlNet's pipeline (a weakref): its VAE encodes the control image
+
+    @property
+    def is_flux(self) -> bool:
+        return isinstance(self.net, FluxControlNet)
+
+    @property
+    def is_dit(self) -> bool:
+        """A Flux or SD3 ControlNet: its control image goes through the VAE."""
+        return isinstance(self.net, (FluxControlNet, SD3ControlNet))
+
+    @property
+    def n_residuals(self) -> int:
+        if self.is_adapter:
+            return len(self.slots)
+        return self.net.n_residuals if self.is_dit else len(self.net.zero_convs) + 1
 
     @property
     def is_adapter(self) -> bool:
@@ -67,7 +88,9 @@ class LoadedControlNet:
 
     @property
     def union_types(self) -> int:
-        return 0 if self.is_adapter else self.net.config.union_types
+        if self.is_flux:
+            return self.net.config.union_modes
+        return 0 if self.is_adapter or self.is_dit else self.net.config.union_types
 
     def hint_size(self, width: int, height: int) -> tuple[int, int]:
         """The control image's size for an output of width x height pixels."""
@@ -76,9 +99,17 @@ class LoadedControlNet:
         u = self.net.config.unshuffle
         return -(-width // u) * u, -(-height // u) * u
 
-    def residuals(self, x, hint, t, context, y, control_type=None, scales=None, cache=None) -> Control:
+    def residuals(self, x, hint, t, context, y, control_type=None, scales=None, cache=None,
+                  guidance: float | None = None, encoder=None) -> Control:
         """What this network adds to the UNet call on x (scaled by `scales`, one per residual/feature);
-        an adapter's features come from `cache` (keyed by the hint) when computed before."""
+        an adapter's features come from `cache` (keyed by the hint) when computed before. A Flux
+        ControlNet's (a FluxControl) take the distilled `guidance` and cache the hint's latent (encoded by
+        `encoder`, a Pipeline, default the one it was loaded for)."""
+        if self.is_flux:
+            return flux_residuals(self, x, hint, t, context, y, control_type, scales, cache,
+                                  DEFAULT_GUIDANCE if guidance is None else guidance, encoder)
+        if self.is_dit:
+            return sd3_residuals(self, x, hint, t, context, y, scales, cache, encoder)
         if not self.is_adapter:
             out = self.net(x[:, :4], hint.expand(len(x), -1, -1, -1), t, context, y, control_type=control_type)
             return Control(outputs=[r.float() * s for r, s in zip(out, scales or [1.0] * len(out))])
@@ -113,9 +144,12 @@ class ControlSpec:
     # extension's "My prompt is more important"; guess_mode implies it)
     preprocessor: str = "none"  # what made `image` from the user's picture; recorded in the infotext
     control_type: int | str | None = None  # a Union ControlNet's type: a name or index (union_types.py)
+    given_type: int | str | None = field(default=None, init=False, repr=False)  # as given (Flux's names differ)
 
     def __post_init__(self):
-        self.control_type = control_type_index(self.control_type)
+        self.given_type = self.control_type
+        if not (isinstance(self.model, LoadedControlNet) and self.model.is_flux):
+            self.control_type = control_type_index(self.control_type)
 
     def validate(self, base: ModelConfig | None = None) -> None:
         if not isinstance(self.model, LoadedControlNet):
@@ -132,8 +166,19 @@ class ControlSpec:
             raise InvalidArgument(f"control start: {self.start} is after control end {self.end}")
         if self.resize_mode not in RESIZE_MODES:
             raise InvalidArgument(f"control resize_mode: {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
-        check_control_type(self.control_type, self.model.union_types, self.model.name)
-        if base is not None and self.model.is_adapter:
+        if self.model.is_flux:
+            self.control_type = flux_mode_index(self.given_type, self.model.union_types, self.model.name)
+        else:
+            check_control_type(self.control_type, self.model.union_types, self.model.name)
+        if self.model.is_dit:
+            kind = "flux" if self.model.is_flux else "mmdit"
+            if base is not None and getattr(base, kind, None) is None:
+                raise InvalidArgument(f"controlnet: {self.model.name} is a {'Flux.1' if kind == 'flux' else 'SD3'} "
+                                      "ControlNet; the model is not of that family")
+        elif base is not None and (getattr(base, "flux", None) is not None or getattr(base, "mmdit", None) is not None):
+            raise InvalidArgument(f"controlnet: {self.model.name} is for SD models; this model takes ControlNets "
+                                  "made for its own family")
+        elif base is not None and self.model.is_adapter:
             compatible_slots(self.model.net.config, base, self.model.path)
         elif base is not None:
             compatible_config(self.model.net.config, self.model.family, base, self.model.path)
@@ -152,6 +197,22 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
     if not path.exists():
         raise CheckpointError(path, "does not exist")
     sd = None if path.is_dir() else read_state_dict(path)
+    if sd is not None:
+        refuse_other_dit_controlnets(sd, path)
+    if _folder_class(path) == FLUX_FOLDER if sd is None else is_flux_controlnet(sd):
+        net, pipe = load_flux_controlnet(path, sd, base, device, dtype,
+                                         lambda cls, cfg, weights: _built(cls, cfg, weights, path, device, dtype))
+        return LoadedControlNet(net, "flux", path, pipe=pipe)
+    if _folder_class(path) == SD3_FOLDER if sd is None else is_sd3_controlnet(sd):
+        net, pipe = load_sd3_controlnet(path, sd, base,
+                                        lambda cls, cfg, weights: _built(cls, cfg, weights, path, device, dtype))
+        return LoadedControlNet(net, "sd3", path, pipe=pipe)
+    if getattr(config, "flux", None) is not None:
+        raise CheckpointError(path, "is not a Flux.1 ControlNet (an SD one, or another kind); the loaded model is "
+                                    "Flux.1: use a Flux ControlNet (InstantX, Shakker-Labs Union-Pro)")
+    if getattr(config, "mmdit", None) is not None:
+        raise CheckpointError(path, "is not an SD3 ControlNet (an SD one, or another kind); the loaded model is "
+                                    "SD3: use an SD3 ControlNet in diffusers' layout (InstantX)")
     if is_t2i_adapter_folder(path) if sd is None else is_t2i_adapter(sd):
         return _load_adapter(path, sd, config, device, dtype)
     if sd is not None and is_control_lora(sd):
@@ -162,6 +223,14 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
     if cfg.difference:
         sd = _made_whole(sd, diff_base or (base if hasattr(base, "model") else None), path)
     return LoadedControlNet(_built(ControlNet, cfg, sd, path, device, dtype), family, path)
+
+
+def _folder_class(path: Path) -> str | None:
+    import json
+    try:
+        return json.loads((path / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _built(cls, cfg, sd: dict, path: Path, device, dtype):
@@ -241,6 +310,8 @@ def control_image(image: Image.Image, width: int, height: int, mode: str = "just
 
 
 def scales(spec: ControlSpec, n: int) -> list[float]:
+    if spec.model.is_dit:  # the per-depth decay is a UNet rule; a DiT ControlNet's blocks get the weight
+        return [spec.weight] * n
     if (spec.guess_mode or spec.soft_injection) and spec.model.is_adapter:
         return [spec.weight * s for s in ADAPTER_SOFT_SCALES[-n:]]
     if spec.guess_mode or spec.soft_injection:
@@ -251,7 +322,9 @@ def scales(spec: ControlSpec, n: int) -> list[float]:
 class ControlApplier:
     """The ControlNets of one sampling pass at one output size; called with the UNet's inputs."""
 
-    def __init__(self, specs: list[ControlSpec], width: int, height: int, device, dtype: torch.dtype):
+    def __init__(self, specs: list[ControlSpec], width: int, height: int, device, dtype: torch.dtype,
+                 guidance: float | None = None):
+        self.guidance = guidance  # Flux ControlNets': the generation's distilled guidance (None: default)
         self.items = []
         self.features: dict = {}  # the adapters' features, computed once
         for spec in specs:
@@ -269,10 +342,10 @@ class ControlApplier:
             xs, ctx = x[rows], context[rows]
             if len(xs) == 0:
                 continue
-            n = len(spec.model.slots) if spec.model.is_adapter else len(spec.model.net.zero_convs) + 1
+            n = spec.model.n_residuals
             with torch.no_grad():
                 res = spec.model.residuals(xs, hint, t.expand(len(x))[rows], ctx, None if y is None else y[rows],
-                                           spec.control_type, scales(spec, n), self.features)
+                                           spec.control_type, scales(spec, n), self.features, self.guidance)
             if spec.guess_mode:  # the unconditional rows get nothing
                 res = res.map(lambda r: torch.cat([torch.zeros_like(r[:1]).expand(n_uncond, *r.shape[1:]), r]))
             total = res if total is None else total + res

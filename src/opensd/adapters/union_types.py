@@ -57,3 +57,26 @@ def check_control_type(index: int | None, union_types: int, model_name: str, fie
     if index >= union_types:
         raise InvalidArgument(f"{field}: {COMFY_NAMES[index]} ({index}) is out of range for {model_name}, which has "
                               f"{union_types} control types; use the ProMax Union ControlNet for it")
+
+
+# Flux.1 Union ControlNets' modes (InstantX's Union, Shakker-Labs' Union-Pro), in index order
+FLUX_MODES = ("canny", "tile", "depth", "blur", "pose", "gray", "lq")
+_FLUX_ALIASES = {"openpose": 4, "low quality": 6, "grey": 5, "lineart": 0}
+
+
+def flux_mode_index(value, modes: int, model_name: str, field: str = "control type") -> int | None:
+    """The Flux Union mode of a name or index (None: unset); InvalidArgument for a plain ControlNet
+    (when set) or a mode the file does not have."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in UNSET):
+        return None
+    if not modes:
+        raise InvalidArgument(f"{field}: {model_name} is not a Union ControlNet; a control type only applies "
+                              "to union models (leave it unset)")
+    index = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str):
+        key = value.strip().lower()
+        index = FLUX_MODES.index(key) if key in FLUX_MODES else _FLUX_ALIASES.get(key)
+    if index is None or not 0 <= index < modes:
+        raise InvalidArgument(f"{field}: {value!r} is not a mode of {model_name}; use one of "
+                              f"{', '.join(FLUX_MODES[:modes])} (or 0..{modes - 1})")
+    return index

@@ -80,6 +80,7 @@ class FluxFamily(DiTFamily):
     def build(self, cfg: FluxModelConfig) -> FluxModel:
         return FluxModel(cfg)
 
+    adapters = DiTFamily.adapters | {"controlnet"}  # Flux ControlNets (adapters/flux_controlnet.py)
     reference_latents = True  # Kontext's: the network appends them to its image tokens
 
     def net_fn(self, model: FluxModel, guidance=None, references=None):
@@ -90,9 +91,10 @@ class FluxFamily(DiTFamily):
         embed = flux.cfg.guidance_embed and scale != GUIDANCE_OFF
 
         def call(x, t, context, y, control=None):
+            """`control`: a FluxControl (models/flux_controlnet.py)."""
             g = torch.full((len(x),), float(scale), device=x.device) if embed else None
             refs = [r.to(x.device, dtype).expand(len(x), -1, -1, -1) for r in references or ()]
-            return flux(x.to(dtype), t, context.to(dtype), y.to(dtype), g, refs)
+            return flux(x.to(dtype), t, context.to(dtype), y.to(dtype), g, refs, control and control.parts)
 
         return call
 

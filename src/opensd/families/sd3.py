@@ -40,12 +40,15 @@ class SD3Family(DiTFamily):
     def build(self, cfg: SD3ModelConfig) -> SD3Model:
         return SD3Model(cfg)
 
+    adapters = DiTFamily.adapters | {"controlnet"}  # SD3 ControlNets (adapters/sd3_controlnet.py)
+
     def net_fn(self, model: SD3Model, guidance=None, references=None):
         mmdit = model.network
         dtype = compute_dtype(mmdit)
 
         def call(x, t, context, y, control=None):
-            return mmdit(x.to(dtype), t, context.to(dtype), y.to(dtype))
+            """`control`: an SD3Control (models/sd3_controlnet.py)."""
+            return mmdit(x.to(dtype), t, context.to(dtype), y.to(dtype), control and control.parts)
 
         return call
 

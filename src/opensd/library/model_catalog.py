@@ -16,6 +16,8 @@ from pathlib import Path
 from ..checkpoints import detect as D
 from ..checkpoints.controlnet_files import PREFIX as CONTROL_PREFIX
 from ..checkpoints.controlnet_files import describe_control_lora, detect_controlnet, is_control_lora
+from ..checkpoints.flux_controlnet_files import (describe_flux_controlnet, describe_sd3_controlnet, is_flux_controlnet,
+                                                 is_sd3_controlnet, other_dit_controlnet)
 from ..checkpoints.t2i_adapter_files import detect_t2i_adapter, from_diffusers, is_t2i_adapter
 from ..checkpoints.files import read_safetensors_header, sniff_format
 from ..errors import OpenSDError
@@ -94,6 +96,13 @@ def _controlnet(entries: dict, metadata: dict[str, str], path: Path) -> tuple[st
     shapes = {k.removeprefix(CONTROL_PREFIX): tuple(v["shape"]) for k, v in entries.items()}
     if is_control_lora(shapes):
         return describe_control_lora(shapes)
+    if is_flux_controlnet(shapes):
+        return "flux", describe_flux_controlnet(shapes)
+    if is_sd3_controlnet(shapes):
+        return "sd3", describe_sd3_controlnet(shapes)
+    if other_dit_controlnet(shapes) is not None:
+        family, what = other_dit_controlnet(shapes)
+        return family, f"{what[0].upper()}{what[1:]} (not supported)"
     if is_t2i_adapter(shapes):
         if any(k.startswith("adapter.") for k in shapes):
             shapes = from_diffusers(shapes)

@@ -164,6 +164,36 @@ def reference_tokens(refs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return torch.cat(tokens, dim=1), torch.cat(ids)
 
 
+def add_inputs_and_blocks(net: nn.Module, cfg: FluxConfig) -> None:
+    """The input embedders and the blocks of a Flux network or ControlNet, as attributes of `net`."""
+    dim = cfg.hidden_size
+    net.img_in = nn.Linear(cfg.in_channels, dim)
+    net.time_in = MLPEmbedder(FREQ_DIM, dim)
+    net.vector_in = MLPEmbedder(cfg.vec_in_dim, dim)
+    net.guidance_in = MLPEmbedder(FREQ_DIM, dim) if cfg.guidance_embed else None
+    net.txt_in = nn.Linear(cfg.context_in_dim, dim)
+    net.double_blocks = nn.ModuleList(DoubleStreamBlock(cfg) for _ in range(cfg.depth))
+    net.single_blocks = nn.ModuleList(SingleStreamBlock(cfg) for _ in range(cfg.depth_single_blocks))
+
+
+def conditioning_vector(net: nn.Module, timesteps: torch.Tensor, y: torch.Tensor, guidance: torch.Tensor | None,
+                        dtype: torch.dtype) -> torch.Tensor:
+    """The adaLN vector of a Flux network or ControlNet (its time_in, guidance_in, vector_in)."""
+    vec = net.time_in(timestep_embedding(timesteps * TIME_FACTOR, FREQ_DIM).to(dtype))
+    if net.guidance_in is not None and guidance is not None:  # None: left out (FluxDisableGuidance)
+        vec = vec + net.guidance_in(timestep_embedding(guidance * TIME_FACTOR, FREQ_DIM).to(dtype))
+    return vec + net.vector_in(y)
+
+
+def _residual_for(residuals: list[torch.Tensor], i: int, n_blocks: int, like: torch.Tensor) -> torch.Tensor:
+    """Block i's ControlNet residual: with fewer residuals than blocks each serves ceil(n / len) blocks
+    in a row (diffusers' and ComfyUI's rule). Its tokens cover the image's first ones (Kontext's
+    reference tokens after them get none)."""
+    r = residuals[i // -(-n_blocks // len(residuals))].to(like.dtype)
+    n = like.shape[1] - r.shape[1] if like.shape[1] != r.shape[1] else 0
+    return F.pad(r, (0, 0, 0, n)) if n else r
+
+
 class Flux(nn.Module):
     def __init__(self, cfg: FluxConfig):
         super().__init__()
@@ -171,38 +201,43 @@ class Flux(nn.Module):
             raise ValueError(f"Flux config: axes_dim {cfg.axes_dim} must sum to the head width {cfg.head_dim}")
         self.cfg = cfg
         dim = cfg.hidden_size
-        self.img_in = nn.Linear(cfg.in_channels, dim)
-        self.time_in = MLPEmbedder(FREQ_DIM, dim)
-        self.vector_in = MLPEmbedder(cfg.vec_in_dim, dim)
-        self.guidance_in = MLPEmbedder(FREQ_DIM, dim) if cfg.guidance_embed else None
-        self.txt_in = nn.Linear(cfg.context_in_dim, dim)
-        self.double_blocks = nn.ModuleList(DoubleStreamBlock(cfg) for _ in range(cfg.depth))
-        self.single_blocks = nn.ModuleList(SingleStreamBlock(cfg) for _ in range(cfg.depth_single_blocks))
+        add_inputs_and_blocks(self, cfg)
         self.final_layer = FinalLayer(dim, cfg.out_channels)
 
     def forward_tokens(self, img: torch.Tensor, img_ids: torch.Tensor, txt: torch.Tensor, txt_ids: torch.Tensor,
-                       timesteps: torch.Tensor, y: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
+                       timesteps: torch.Tensor, y: torch.Tensor, guidance: torch.Tensor | None = None,
+                       control: list[tuple[list, list]] | None = None) -> torch.Tensor:
         """BFL's own signature: packed image tokens (B, N, in_channels) with ids (N, 3), text tokens
         (B, L, context_in_dim) with ids (L, 3), t (B,) in [0, 1], pooled text (B, vec_in_dim),
-        distilled guidance scale (B,) for dev. Returns (B, N, out_channels)."""
+        distilled guidance scale (B,) for dev. `control`: Flux ControlNets' residuals, per ControlNet
+        one list for the double blocks and one for the single blocks (flux_controlnet.py), each
+        (B, N', hidden) added to the image tokens (the first N' of them) after its blocks. Returns (B, N, out_channels)."""
         img = self.img_in(img)
-        vec = self.time_in(timestep_embedding(timesteps * TIME_FACTOR, FREQ_DIM).to(img.dtype))
-        if self.guidance_in is not None and guidance is not None:  # None: left out (FluxDisableGuidance)
-            vec = vec + self.guidance_in(timestep_embedding(guidance * TIME_FACTOR, FREQ_DIM).to(img.dtype))
-        vec = vec + self.vector_in(y)
+        vec = conditioning_vector(self, timesteps, y, guidance, img.dtype)
         txt = self.txt_in(txt)
         pe = rope_angles(torch.cat((txt_ids, img_ids)), self.cfg.axes_dim, self.cfg.theta)
-        for block in self.double_blocks:
+        controls = control or ()
+        for i, block in enumerate(self.double_blocks):
             img, txt = block(img, txt, vec, pe)
+            for double, _ in controls:
+                if double:
+                    img = img + _residual_for(double, i, len(self.double_blocks), img)
         x = torch.cat((txt, img), dim=1)
-        for block in self.single_blocks:
+        n_txt = txt.shape[1]
+        for i, block in enumerate(self.single_blocks):
             x = block(x, vec, pe)
-        return self.final_layer(x[:, txt.shape[1]:], vec)
+            for _, single in controls:
+                if single:  # the image tokens only
+                    img = x[:, n_txt:]
+                    x = torch.cat((x[:, :n_txt], img + _residual_for(single, i, len(self.single_blocks), img)), 1)
+        return self.final_layer(x[:, n_txt:], vec)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor,
-                guidance: torch.Tensor | None = None, ref_latents: list[torch.Tensor] | None = None) -> torch.Tensor:
+                guidance: torch.Tensor | None = None, ref_latents: list[torch.Tensor] | None = None,
+                control: list[tuple[list, list]] | None = None) -> torch.Tensor:
         """Latents (B, C, H, W) with even H and W -> the flow velocity, same shape. `ref_latents`:
-        Kontext's reference latents (each (B, C, H', W'), any size), seen but not predicted."""
+        Kontext's reference latents (each (B, C, H', W'), any size), seen but not predicted;
+        `control`: ControlNet residuals (forward_tokens)."""
         b, c, height, width = x.shape
         if height % 2 or width % 2:
             raise InvalidArgument(f"size: latent sides must be even, got {height}x{width}")
@@ -212,5 +247,5 @@ class Flux(nn.Module):
             ref, ref_ids = reference_tokens(ref_latents)
             img, ids = torch.cat((img, ref.to(img)), dim=1), torch.cat((ids, ref_ids))
         txt_ids = torch.zeros(context.shape[1], 3, device=x.device)
-        out = self.forward_tokens(img, ids, context, txt_ids, timesteps, y, guidance)[:, :h * w]
+        out = self.forward_tokens(img, ids, context, txt_ids, timesteps, y, guidance, control)[:, :h * w]
         return out.view(b, h, w, -1, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, height, width)

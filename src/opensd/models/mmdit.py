@@ -129,7 +129,10 @@ class JointBlock(nn.Module):
         return self.context_block.post_attention(out[:, :n_ctx], *c_rest), x
 
 
-class MMDiT(nn.Module):
+class MMDiTInputs(nn.Module):
+    """The input side an MMDiT and its ControlNet share: patch, time, pooled-text and text embedders
+    and the position table."""
+
     def __init__(self, cfg: MMDiTConfig):
         super().__init__()
         self.cfg = cfg
@@ -140,8 +143,6 @@ class MMDiT(nn.Module):
         self.context_embedder = nn.Linear(cfg.context_dim, dim)
         # A fixed 2-D sin-cos table, stored in the files; a smaller image uses its centre.
         self.register_buffer("pos_embed", torch.zeros(1, cfg.pos_embed_max_size ** 2, dim))
-        self.joint_blocks = nn.ModuleList(JointBlock(cfg, i) for i in range(cfg.depth))
-        self.final_layer = FinalLayer(dim, cfg.patch_size ** 2 * cfg.out_channels)
 
     def cropped_pos_embed(self, h: int, w: int) -> torch.Tensor:
         side = self.cfg.pos_embed_max_size
@@ -152,19 +153,37 @@ class MMDiT(nn.Module):
         table = self.pos_embed.view(1, side, side, -1)[:, top:top + h, left:left + w]
         return table.reshape(1, h * w, -1)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor) -> torch.Tensor:
-        """Latents (B, C, H, W), timesteps (B,) on SD3's scale (sigma * 1000), text tokens (B, L,
-        context_dim), pooled text (B, adm_in_channels) -> the model output (flow velocity) like x."""
+    def embed(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor):
+        """(image tokens with positions, adaLN vector, text tokens) of the network's inputs."""
         p = self.cfg.patch_size
         if x.shape[-2] % p or x.shape[-1] % p:
             raise InvalidArgument(f"size: latent sides must be multiples of {p}, got {x.shape[-2]}x{x.shape[-1]}")
-        h, w = x.shape[-2] // p, x.shape[-1] // p
-        tokens = self.x_embedder(x) + self.cropped_pos_embed(h, w).to(x.dtype)
+        tokens = self.x_embedder(x) + self.cropped_pos_embed(x.shape[-2] // p, x.shape[-1] // p).to(x.dtype)
         c = self.t_embedder(timestep_embedding(timesteps, FREQ_DIM).to(x.dtype)) + self.y_embedder(y)
-        ctx = self.context_embedder(context)
-        for block in self.joint_blocks:
+        return tokens, c, self.context_embedder(context)
+
+
+class MMDiT(MMDiTInputs):
+    def __init__(self, cfg: MMDiTConfig):
+        super().__init__(cfg)
+        self.joint_blocks = nn.ModuleList(JointBlock(cfg, i) for i in range(cfg.depth))
+        self.final_layer = FinalLayer(cfg.hidden_size, cfg.patch_size ** 2 * cfg.out_channels)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                y: torch.Tensor, control: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
+        """Latents (B, C, H, W), timesteps (B,) on SD3's scale (sigma * 1000), text tokens (B, L,
+        context_dim), pooled text (B, adm_in_channels) -> the model output (flow velocity) like x.
+        `control`: per SD3 ControlNet its residuals (sd3_controlnet.py), each added to the image tokens
+        after a block: block i takes residual floor(i * len / depth) (diffusers' rule), the last
+        block (whose text stream stops early) none."""
+        p = self.cfg.patch_size
+        tokens, c, ctx = self.embed(x, timesteps, context, y)
+        h, w = x.shape[-2] // p, x.shape[-1] // p
+        for i, block in enumerate(self.joint_blocks):
             ctx, tokens = block(ctx, tokens, c)
+            for res in control or ():
+                if res and not block.context_block.pre_only:
+                    tokens = tokens + res[int(i / (len(self.joint_blocks) / len(res)))].to(tokens.dtype)
         out = self.final_layer(tokens, c)  # (B, h*w, p*p*C), each patch's pixels row by row
         out = out.view(out.shape[0], h, w, p, p, -1).permute(0, 5, 1, 3, 2, 4)
         return out.reshape(out.shape[0], -1, h * p, w * p)

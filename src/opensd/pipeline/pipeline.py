@@ -378,7 +378,7 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
         control = None
         if self._controls:  # ControlNets see their image at this pass's size (hires: the hires size)
             from ..adapters.controlnet import ControlApplier
-            control = ControlApplier(self._controls, width, height, self.device, self.dtype)
+            control = ControlApplier(self._controls, width, height, self.device, self.dtype, p.distilled_guidance)
         skip = self._skip_counter(p, sampler, steps, width, height)
         pads = P.mode_of(p.pad_cond_uncond, p.pad_cond_uncond_v0)
         denoise = self.denoiser(guidance, sigmas, image_cond, p.clip_skip, control, p.distilled_guidance,

@@ -25,7 +25,7 @@ import math
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from ..adapters.union_types import check_control_type, control_type_index
+from ..adapters.union_types import FLUX_MODES, check_control_type, control_type_index
 from ..errors import InvalidArgument, OpenSDError
 from . import a1111_ip_adapter, images_io
 from .a1111_units import HASH_SUFFIX, image_field, number, unit_list
@@ -139,7 +139,8 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
             "processor_res": int(res), "pixel_perfect": bool(unit.get("pixel_perfect", False)),
             "threshold_a": number(unit, "threshold_a", field, -1, -1, 1024),
             "threshold_b": number(unit, "threshold_b", field, -1, -1, 1024),
-            "control_type": control_type_index(unit.get("union_control_type"), f"{field}.union_control_type"),
+            "control_type": _union_type(unit.get("union_control_type"), f"{field}.union_control_type"),
+            "control_type_name": unit.get("union_control_type"),  # a Flux Union's modes have names of their own
             "weights": weights,
         })
     a1111_ip_adapter.check_count(out)
@@ -200,6 +201,17 @@ def _pixel_perfect_res(image, width: int, height: int, resize_mode: str) -> int:
     return pixel_perfect_resolution(*image.size, width, height, resize_mode == "resize and fill")
 
 
+def _union_type(value, field: str):
+    """The ControlNet++ type index of a name, None for a Flux Union mode name (resolved once the file is
+    known to be a Flux ControlNet); InvalidArgument for neither."""
+    try:
+        return control_type_index(value, field)
+    except InvalidArgument:
+        if isinstance(value, str) and value.strip().lower() in FLUX_MODES:
+            return None
+        raise
+
+
 def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: int, height: int) -> list:
     """ControlSpecs for the planned units (on the worker, with the loaded pipeline)."""
     from ..adapters.controlnet import ControlSpec, cached_controlnet
@@ -215,7 +227,9 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
         res = _pixel_perfect_res(image, width, height, u["resize_mode"]) if u["pixel_perfect"] else u["processor_res"]
         try:
             net = cached_controlnet(u["path"], pipe)
-            check_control_type(u.get("control_type"), net.union_types, net.name, "union_control_type")
+            if not net.is_flux:  # a Flux ControlNet's mode is checked by its ControlSpec
+                control_type_index(u.get("control_type_name"), "union_control_type")  # not a Flux-only name
+                check_control_type(u.get("control_type"), net.union_types, net.name, "union_control_type")
             hint = preprocess_image(image, u["module"], res, u["threshold_a"], u["threshold_b"], max_pixels,
                                     u.get("weights"))
         except (InvalidArgument, OpenSDError) as e:
@@ -223,7 +237,12 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
         specs.append(ControlSpec(net, hint, weight=u["weight"], start=u["start"], end=u["end"],
                                  guess_mode=u["control_mode"] == 2, soft_injection=u["control_mode"] == 1,
                                  resize_mode=u["resize_mode"], preprocessor=u["module"],
-                                 control_type=u.get("control_type")))
+                                 control_type=u.get("control_type_name") if net.is_flux else u.get("control_type")))
+        if net.is_flux:
+            try:
+                specs[-1].validate(pipe.config)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"{field}: {e}") from None
     return specs
 
 

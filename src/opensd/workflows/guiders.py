@@ -100,7 +100,8 @@ class ModelRun:
         control = self._control(entries[0].control, crops)
 
         def unet_fn(x, t, context, y):
-            residuals = None if control is None else control(x, t, context, y, n_uncond=1)
+            residuals = None if control is None else control(x, t, context, y, n_uncond=1, sigma=sigma,
+                                                             guidance=entries[0].guidance)
             if concat is not None:  # inpainting models see [x, mask, masked image] channels
                 x = torch.cat([x, concat.to(x)], dim=1)
             return net(x, t, context, y, residuals).float()
@@ -135,7 +136,7 @@ class ModelRun:
         if key not in self._controls:
             down = self.pipe.config.vae.downscale
             self._controls[key] = RowControl(self.pipe, [hint] * crops.shape[0], self.image,
-                                             crops.shape[3] * down, crops.shape[2] * down)
+                                             crops.shape[3] * down, crops.shape[2] * down, self.sampling)
         return self._controls[key]
 
 

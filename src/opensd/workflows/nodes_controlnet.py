@@ -1,5 +1,6 @@
 """ControlNet nodes with ComfyUI's names, inputs and semantics: ControlNetLoader, DiffControlNetLoader,
-ControlNetApply, ControlNetApplyAdvanced and SetUnionControlNetType. As in ComfyUI, ControlNetLoader
+ControlNetApply, ControlNetApplyAdvanced, ControlNetApplySD3 (the same with the vae required) and
+SetUnionControlNetType. As in ComfyUI, ControlNetLoader
 loads T2I-Adapters too; they apply with the same strength and percent window.
 
 SetUnionControlNetType picks a Union ControlNet's control type ("auto" or one of ComfyUI's type
@@ -26,8 +27,9 @@ call (conds.py, guiders.ModelRun):
 A hint runs while the current sigma lies between the sigmas at ``start_percent`` and
 ``end_percent`` of the model's timesteps (ComfyUI's percent-to-sigma rule), its image scaled to
 the latent's pixel size by a centre crop to the aspect ratio and a nearest-exact resize, and its
-residuals multiplied by ``strength``. ``vae`` (for ControlNets that take latents) is accepted and
-not needed by the ControlNets we load.
+residuals multiplied by ``strength``. ``vae`` encodes the image for ControlNets that take latents
+(Flux's; without it the model's own VAE, which a network loaded alone lacks: then an error asks for
+it); the others ignore it. On a flow model (Flux) the window is in the model's flow sigmas.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ class ControlHint:
     start: float = 0.0
     end: float = 1.0
     previous: ControlHint | None = None
+    vae: Any = None                  # ControlNetApplyAdvanced's VAE: encodes the image for Flux ControlNets
 
     def chain(self) -> list[ControlHint]:
         out, h = [], self
@@ -147,7 +150,7 @@ def controlnet_apply_advanced(call, positive, negative, control_net, image, stre
     def make(prev):  # one hint per previous hint, shared by the positive and the negative
         if id(prev) not in made:
             made[id(prev)] = ControlHint(control_net, hint, float(strength), float(start_percent),
-                                         float(end_percent), prev)
+                                         float(end_percent), prev, vae)
         return made[id(prev)]
 
     return _hinted(positive, make, False), _hinted(negative, make, False)
@@ -163,6 +166,23 @@ register(NodeDef(
     category="conditioning/controlnet", display_name="Apply ControlNet",
     description="Attaches a ControlNet hint, active between start_percent and end_percent, to the positive "
                 "and the negative conditioning."))
+
+
+
+
+def controlnet_apply_sd3(call, positive, negative, control_net, vae, image, strength, start_percent, end_percent):
+    return controlnet_apply_advanced(call, positive, negative, control_net, image, strength, start_percent,
+                                     end_percent, vae)
+
+
+register(NodeDef(
+    "ControlNetApplySD3", controlnet_apply_sd3,
+    {"positive": ("CONDITIONING", {}), "negative": ("CONDITIONING", {}), "control_net": ("CONTROL_NET", {}),
+     "vae": ("VAE", {}), "image": ("IMAGE", {}), "strength": _STRENGTH,
+     "start_percent": ("FLOAT", {"default": 0.0, **_PERCENT}), "end_percent": ("FLOAT", {"default": 1.0, **_PERCENT})},
+    ("CONDITIONING", "CONDITIONING"), output_names=("positive", "negative"), category="_for_testing/sd3",
+    display_name="Apply Controlnet with VAE",
+    description="ComfyUI's older SD3 node: Apply ControlNet with the vae input required (deprecated there)."))
 
 
 # --- sampling ----------------------------------------------------------------------------------
@@ -186,10 +206,11 @@ class RowControl:
     """The ``control`` callable for Pipeline.denoiser: residuals for every row of the batch, each row
     with its conditioning entry's hints (zeros for rows without any)."""
 
-    def __init__(self, pipe, rows: list[ControlHint | None], image_index: int, width: int, height: int):
+    def __init__(self, pipe, rows: list[ControlHint | None], image_index: int, width: int, height: int,
+                 sampling=None):
         from ..adapters.controlnet import cached_controlnet
 
-        self.rows, self.pipe = rows, pipe
+        self.rows, self.pipe, self.sampling = rows, pipe, sampling
         self.hints, self.nets, self.features = {}, {}, {}
         for head in {id(h): h for h in rows if h is not None}.values():
             for h in head.chain():
@@ -214,9 +235,16 @@ class RowControl:
             return False
         return (h.start <= 0 or t <= (1 - h.start) * 999 + 1e-4) and (h.end >= 1 or t >= (1 - h.end) * 999 - 1e-4)
 
-    def __call__(self, x, t, context, y, fraction=None, n_uncond=1):
+    def _active_at_sigma(self, h: ControlHint, sigma: float) -> bool:
+        """The same window in sigmas of the model's own percent rule (flow models: a Flux ControlNet)."""
+        ms = self.sampling
+        return ms.percent_to_sigma(h.end) <= sigma <= ms.percent_to_sigma(h.start) and h.start < 1 and h.end > 0
+
+    def __call__(self, x, t, context, y, fraction=None, n_uncond=1, sigma=None, guidance=None):
+        """`sigma` and `guidance` (the entry's distilled guidance): for Flux ControlNets."""
         tt = t.reshape(-1)[:1].expand(len(x))
         now = float(tt[0])
+        at = None if sigma is None else float(sigma.reshape(-1)[0])
         groups: dict = {}
         rows = self.rows if n_uncond else self.rows[1:]  # at cfg 1 the uncond row is not run
         for r, h in enumerate(rows[:len(x)]):
@@ -228,12 +256,14 @@ class RowControl:
             xs, ctx, ys = x[idx], context[idx], None if y is None else y[idx]
             res = None
             for h in head.chain():
-                if not self._active(h, now) or h.strength == 0:
+                net = self.nets[id(h)]
+                flux = net.is_dit and self.sampling is not None and at is not None
+                if not (self._active_at_sigma(h, at) if flux else self._active(h, now)) or h.strength == 0:
                     continue
                 with torch.no_grad():
-                    net = self.nets[id(h)]
                     kind = h.net.control_type if net.union_types else None
-                    out = net.residuals(xs, self.hints[id(h)], tt[idx], ctx, ys, kind, cache=self.features)
+                    out = net.residuals(xs, self.hints[id(h)], tt[idx], ctx, ys, kind, cache=self.features,
+                                        guidance=guidance, encoder=None if h.vae is None else h.vae.pipe)
                 out = out.map(lambda o: o * h.strength)
                 res = out if res is None else res + out
             if res is None:
