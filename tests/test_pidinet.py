@@ -155,7 +155,7 @@ def models(tmp_path):
     """A models folder with a tiny-valued full-size table5_pidinet.pth, nested as the original saves it."""
     root = tmp_path / "models" / "ControlNetPreprocessor" / "pidinet"
     root.mkdir(parents=True)
-    sd = {"module." + k: v * 0.3 for k, v in random_file_sd(seed=5).items()}
+    sd = {"module." + k: v * 0.75 for k, v in random_file_sd(seed=5).items()}  # a map spread over 0..1
     torch.save({"epoch": 14, "state_dict": sd}, root / PD.FILE)
     return tmp_path / "models"
 
@@ -193,6 +193,8 @@ def test_preprocessors_match_the_published_post_processing(models):
     strokes = cv2.GaussianBlur(thin_lines(_want(models, _photo()), 127, 3.0), (0, 0), 3.0)
     got = np.asarray(preprocess("scribble_pidinet", _photo(), folders=folders, device="cpu"))[..., 0]
     assert (got == np.where(strokes > 4, 255, 0)).mean() > 0.99
+    got = np.asarray(preprocess("t2ia_sketch_pidi", _photo(), folders=folders, device="cpu"))[..., 0]
+    assert (got == np.where(_want(models, _photo()) > 127, 255, 0)).mean() > 0.99 and 0 < (got == 255).mean() < 1
 
 
 def test_a_pickle_with_code_is_refused(tmp_path):
@@ -226,13 +228,14 @@ def test_a1111_modules_are_exact_and_sized(models):
 
     for module, pre in (("softedge_pidinet", "softedge_pidinet"), ("pidinet", "softedge_pidinet"),
                         ("softedge_pidisafe", "softedge_pidisafe"), ("pidinet_safe", "softedge_pidisafe"),
-                        ("scribble_pidinet", "scribble_pidinet"), ("pidinet_scribble", "scribble_pidinet")):
+                        ("scribble_pidinet", "scribble_pidinet"), ("pidinet_scribble", "scribble_pidinet"),
+                        ("t2ia_sketch_pidi", "t2ia_sketch_pidi"), ("pidinet_sketch", "t2ia_sketch_pidi")):
         assert AC.MODULES[module] == (pre, True)
         req = SimpleNamespace(alwayson_scripts={"controlnet": {"args": [{"module": module}]}})
         assert AC.unsupported(req) == []  # no longer listed as approximated
     weights = AC._weights("softedge_pidinet", ModelFolders(models), "unit")
     assert weights.endswith(PD.FILE)
-    for pre in ("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet"):
+    for pre in ("softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "t2ia_sketch_pidi"):
         assert AC.preprocess_image(_photo(), pre, 64, -1, -1, 10**7, weights).size == (96, 64)
 
 

@@ -19,7 +19,8 @@ structure on black (the convention of lllyasviel's ControlNet 1.0/1.1 models):
                `weights`)
     softedge_pidinet / softedge_pidisafe / scribble_pidinet
                PiDiNet soft edges (adapters/pidinet.py; the user's table5_pidinet.pth from
-               lllyasviel/Annotators): plain, safe-stepped, or made fake-scribble strokes
+               lllyasviel/Annotators): plain, safe-stepped, or made fake-scribble strokes;
+               t2ia_sketch_pidi: the map thresholded at 0.5 (T2I-Adapter sketch)
     depth_anything_v2
                Depth Anything V2 relative depth, near = bright (adapters/depth_anything.py; the
                user's depth_anything_v2_vit{s,b,l}.pth, found in the models folder or given as `weights`)
@@ -180,12 +181,12 @@ def lineart_standard(image: Image.Image, sigma: float = 6.0, threshold: int = 8)
     return _rgb(darker / scale * 127.0)
 
 
-def _pidinet_u8(image: Image.Image, weights, device, safe: bool = False) -> np.ndarray:
+def _pidinet_u8(image: Image.Image, weights, device, safe: bool = False, threshold: bool = False) -> np.ndarray:
     from .pidinet import edges, load, to_u8
 
     if weights is None:
         raise InvalidArgument("pidinet: no weights file (table5_pidinet.pth)")
-    return to_u8(edges(image, load(weights, device)), safe=safe)
+    return to_u8(edges(image, load(weights, device)), safe=safe, threshold=threshold)
 
 
 def softedge_pidinet(image: Image.Image, safe: bool = False, weights=None, device=None) -> Image.Image:
@@ -199,6 +200,11 @@ def softedge_pidisafe(image: Image.Image, weights=None, device=None) -> Image.Im
 def scribble_pidinet(image: Image.Image, safe: bool = False, weights=None, device=None) -> Image.Image:
     """The A1111 extension's scribble_pidinet: `strokes` of the (plain) PiDiNet map."""
     return _rgb(strokes(_pidinet_u8(image, weights, device, bool(safe))))
+
+
+def t2ia_sketch_pidi(image: Image.Image, weights=None, device=None) -> Image.Image:
+    """The A1111 extension's T2I-Adapter sketch map: white where the PiDiNet edge probability is above 0.5."""
+    return _rgb(_pidinet_u8(image, weights, device, threshold=True))
 
 
 def depth_anything_v2(image: Image.Image, weights=None, device=None) -> Image.Image:
@@ -284,6 +290,7 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
     "depthanythingv2": depth_anything_v2,
     "softedgepidinet": softedge_pidinet, "pidinet": softedge_pidinet, "softedgepidisafe": softedge_pidisafe,
     "pidinetsafe": softedge_pidisafe, "scribblepidinet": scribble_pidinet, "pidinetscribble": scribble_pidinet,
+    "t2iasketchpidi": t2ia_sketch_pidi, "pidinetsketch": t2ia_sketch_pidi,
     "depth": passthrough, "pose": passthrough, "normal": passthrough, "seg": passthrough,
     "passthrough": passthrough, "none": passthrough, "invert": invert, "binary": binary,
 }
@@ -294,7 +301,8 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
 NEEDS_WEIGHTS = {"depthanythingv2": None, "lineartrealistic": "realistic", "lineartcoarse": "coarse",
                  "lineartanime": "anime", "lineartmanga": "manga", "lineartanimedenoise": "manga",
                  **{key: "pidinet" for key in ("softedgepidinet", "pidinet", "softedgepidisafe", "pidinetsafe",
-                                               "scribblepidinet", "pidinetscribble")}}
+                                               "scribblepidinet", "pidinetscribble", "t2iasketchpidi",
+                                               "pidinetsketch")}}
 
 
 def _key(name: str) -> str:

@@ -25,8 +25,8 @@ def register(sub) -> None:
     pre.add_argument("kind", help="canny, softedge (HED), softedge_safe, scribble (HED fake scribble), "
                                   "scribble_xdog, scribble_threshold, tile, color, lineart (simple), "
                                   "lineart_standard, lineart_realistic / lineart_coarse / lineart_anime / "
-                                  "lineart_manga (learned), softedge_pidinet / softedge_pidisafe / scribble_pidinet "
-                                  "(PiDiNet), invert, binary, depth_anything_v2 (Depth Anything V2 depth), "
+                                  "lineart_manga (learned), softedge_pidinet / softedge_pidisafe / scribble_pidinet / "
+                                  "t2ia_sketch_pidi (PiDiNet), invert, binary, depth_anything_v2 (Depth Anything V2 depth), "
                                   "depth/pose (passthrough)")
     pre.add_argument("image", type=Path)
     pre.add_argument("-o", "--output", type=Path, required=True)

@@ -45,6 +45,7 @@ MODULES: dict[str, tuple[str, bool]] = {
     "pidinet_safe": ("softedge_pidisafe", True),
     "scribble_hed": ("scribble", True), "scribble": ("scribble", True), "fake_scribble": ("scribble", True),
     "scribble_pidinet": ("scribble_pidinet", True), "pidinet_scribble": ("scribble_pidinet", True),
+    "t2ia_sketch_pidi": ("t2ia_sketch_pidi", True), "pidinet_sketch": ("t2ia_sketch_pidi", True),
     "scribble_xdog": ("scribble_xdog", True),
     "lineart_standard": ("lineart_standard", True), "lineart": ("lineart_realistic", True),
     "lineart_realistic": ("lineart_realistic", True), "lineart_coarse": ("lineart_coarse", True),
