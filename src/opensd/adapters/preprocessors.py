@@ -17,6 +17,10 @@ structure on black (the convention of lllyasviel's ControlNet 1.0/1.1 models):
                the learned line-art nets (adapters/lineart.py; the user's sk_model.pth, sk_model2.pth,
                netG.pth, erika.pth from lllyasviel/Annotators, found in the models folder or given as
                `weights`)
+    softedge_pidinet / softedge_pidisafe / scribble_pidinet
+               PiDiNet soft edges (adapters/pidinet.py; the user's table5_pidinet.pth from
+               lllyasviel/Annotators): plain, safe-stepped, or made fake-scribble strokes;
+               t2ia_sketch_pidi: the map thresholded at 0.5 (T2I-Adapter sketch)
     depth_anything_v2
                Depth Anything V2 relative depth, near = bright (adapters/depth_anything.py; the
                user's depth_anything_v2_vit{s,b,l}.pth, found in the models folder or given as `weights`)
@@ -106,13 +110,17 @@ def thin_lines(edges: np.ndarray, threshold: float, sigma: float) -> np.ndarray:
     return np.where(ridge > threshold, 255, 0).astype(np.uint8)
 
 
-def scribble(image: Image.Image, safe: bool = True, weights=None, device=None) -> Image.Image:
-    """controlnet_aux's fake scribble (scribble_hed): the HED map's ridges (threshold 127, sigma 3),
-    blurred (sigma 3) and every pixel above 4 made a white stroke."""
+def strokes(edges_u8: np.ndarray) -> np.ndarray:
+    """The fake-scribble rule of controlnet_aux and the A1111 extension: the map's ridges (threshold 127,
+    sigma 3), blurred (sigma 3), every pixel above 4 made a white (255) stroke."""
     import cv2
 
-    strokes = cv2.GaussianBlur(thin_lines(_hed_u8(image, bool(safe), weights, device), 127, 3.0), (0, 0), 3.0)
-    return _rgb(np.where(strokes > 4, 255, 0)[:image.height, :image.width])
+    return np.where(cv2.GaussianBlur(thin_lines(edges_u8, 127, 3.0), (0, 0), 3.0) > 4, 255, 0).astype(np.uint8)
+
+
+def scribble(image: Image.Image, safe: bool = True, weights=None, device=None) -> Image.Image:
+    """controlnet_aux's fake scribble (scribble_hed): `strokes` of the HED map."""
+    return _rgb(strokes(_hed_u8(image, bool(safe), weights, device))[:image.height, :image.width])
 
 
 def tile(image: Image.Image, pyrup_iters: int = 3) -> Image.Image:
@@ -171,6 +179,32 @@ def lineart_standard(image: Image.Image, sigma: float = 6.0, threshold: int = 8)
     strong = darker[darker > threshold]
     scale = max(16.0, float(np.median(strong))) if strong.size else 16.0
     return _rgb(darker / scale * 127.0)
+
+
+def _pidinet_u8(image: Image.Image, weights, device, safe: bool = False, threshold: bool = False) -> np.ndarray:
+    from .pidinet import edges, load, to_u8
+
+    if weights is None:
+        raise InvalidArgument("pidinet: no weights file (table5_pidinet.pth)")
+    return to_u8(edges(image, load(weights, device)), safe=safe, threshold=threshold)
+
+
+def softedge_pidinet(image: Image.Image, safe: bool = False, weights=None, device=None) -> Image.Image:
+    return _rgb(_pidinet_u8(image, weights, device, bool(safe)))
+
+
+def softedge_pidisafe(image: Image.Image, weights=None, device=None) -> Image.Image:
+    return softedge_pidinet(image, True, weights, device)
+
+
+def scribble_pidinet(image: Image.Image, safe: bool = False, weights=None, device=None) -> Image.Image:
+    """The A1111 extension's scribble_pidinet: `strokes` of the (plain) PiDiNet map."""
+    return _rgb(strokes(_pidinet_u8(image, weights, device, bool(safe))))
+
+
+def t2ia_sketch_pidi(image: Image.Image, weights=None, device=None) -> Image.Image:
+    """The A1111 extension's T2I-Adapter sketch map: white where the PiDiNet edge probability is above 0.5."""
+    return _rgb(_pidinet_u8(image, weights, device, threshold=True))
 
 
 def depth_anything_v2(image: Image.Image, weights=None, device=None) -> Image.Image:
@@ -254,14 +288,21 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
     "lineartrealistic": lineart_realistic, "lineartcoarse": lineart_coarse, "lineartanime": lineart_anime,
     "lineartmanga": lineart_manga, "lineartanimedenoise": lineart_manga,
     "depthanythingv2": depth_anything_v2,
+    "softedgepidinet": softedge_pidinet, "pidinet": softedge_pidinet, "softedgepidisafe": softedge_pidisafe,
+    "pidinetsafe": softedge_pidisafe, "scribblepidinet": scribble_pidinet, "pidinetscribble": scribble_pidinet,
+    "t2iasketchpidi": t2ia_sketch_pidi, "pidinetsketch": t2ia_sketch_pidi,
     "depth": passthrough, "pose": passthrough, "normal": passthrough, "seg": passthrough,
     "passthrough": passthrough, "none": passthrough, "invert": invert, "binary": binary,
 }
 
 
-# preprocessors that run a user's model file: key -> the learned lineart kind (None: Depth Anything)
+# preprocessors that run a user's model file: key -> the learned lineart kind (None: Depth Anything;
+# "pidinet": PiDiNet's file)
 NEEDS_WEIGHTS = {"depthanythingv2": None, "lineartrealistic": "realistic", "lineartcoarse": "coarse",
-                 "lineartanime": "anime", "lineartmanga": "manga", "lineartanimedenoise": "manga"}
+                 "lineartanime": "anime", "lineartmanga": "manga", "lineartanimedenoise": "manga",
+                 **{key: "pidinet" for key in ("softedgepidinet", "pidinet", "softedgepidisafe", "pidinetsafe",
+                                               "scribblepidinet", "pidinetscribble", "t2iasketchpidi",
+                                               "pidinetsketch")}}
 
 
 def _key(name: str) -> str:
@@ -292,6 +333,9 @@ def installed_weights(name: str, folders):
     if kind is None:
         from .depth_anything_files import installed_weights as depth_file
         return depth_file(folders)
+    if kind == "pidinet":
+        from .pidinet import find as pidinet_file
+        return pidinet_file(folders)
     from .lineart import find
     return find(folders, kind)
 

@@ -25,8 +25,9 @@ def register(sub) -> None:
     pre.add_argument("kind", help="canny, softedge (HED), softedge_safe, scribble (HED fake scribble), "
                                   "scribble_xdog, scribble_threshold, tile, color, lineart (simple), "
                                   "lineart_standard, lineart_realistic / lineart_coarse / lineart_anime / "
-                                  "lineart_manga (learned), invert, binary, depth_anything_v2 (Depth Anything V2 "
-                                  "depth), depth/pose (passthrough)")
+                                  "lineart_manga (learned), softedge_pidinet / softedge_pidisafe / scribble_pidinet / "
+                                  "t2ia_sketch_pidi (PiDiNet), invert, binary, depth_anything_v2 (Depth Anything V2 depth), "
+                                  "depth/pose (passthrough)")
     pre.add_argument("image", type=Path)
     pre.add_argument("-o", "--output", type=Path, required=True)
     pre.add_argument("--low", type=int, help="canny: low threshold (default 100)")
@@ -38,7 +39,8 @@ def register(sub) -> None:
     pre.add_argument("--resize-mode", choices=list(_RESIZE.values()), default="just resize")
     pre.add_argument("--weights", help="depth_anything_v2 / lineart_*: the model file, a path or a name in the models "
                                        "folder's ControlNetPreprocessor/ (default: the installed vitl, vitb or vits; "
-                                       "sk_model.pth, sk_model2.pth, netG.pth, erika.pth; softedge/scribble: "
+                                       "sk_model.pth, sk_model2.pth, netG.pth, erika.pth; *pidinet*: table5_pidinet.pth; "
+                                       "softedge/scribble: "
                                        "ControlNetHED.pth if installed)")
     add_models_dir_flag(pre)
     pre.set_defaults(func=cmd_preprocess)

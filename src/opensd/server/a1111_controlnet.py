@@ -16,8 +16,10 @@ as ComfyUI's "auto"; see adapters/union_types.py).
 IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter.
 
 Accepted but not acted on (listed in info["unsupported_fields"]): ``mask``, ``hr_option`` other
-than "Both", and modules we only approximate (pidinet detectors -> HED; depth/openpose/normal/seg
-estimators other than depth_anything_v2 -> the image is used as the map as it is)."""
+than "Both", and modules we only approximate (depth/openpose/normal/seg estimators other than
+depth_anything_v2 -> the image is used as the map as it is). Modules that run a model file (the learned
+lineart nets, PiDiNet's table5_pidinet.pth, Depth Anything V2) answer 422 naming the file when it is
+not installed."""
 from __future__ import annotations
 
 import math
@@ -38,10 +40,13 @@ CONTROL_MODES = {"balanced": 0, "my prompt is more important": 1, "controlnet is
 MODULES: dict[str, tuple[str, bool]] = {
     "none": ("none", True), "canny": ("canny", True), "invert": ("invert", True), "binary": ("binary", True),
     "softedge_hed": ("softedge", True), "hed": ("softedge", True), "softedge_hedsafe": ("softedge_safe", True),
-    "hed_safe": ("softedge_safe", True), "softedge_pidinet": ("softedge", False), "pidinet": ("softedge", False),
-    "softedge_pidisafe": ("softedge", False),
+    "hed_safe": ("softedge_safe", True), "softedge_pidinet": ("softedge_pidinet", True),
+    "pidinet": ("softedge_pidinet", True), "softedge_pidisafe": ("softedge_pidisafe", True),
+    "pidinet_safe": ("softedge_pidisafe", True),
     "scribble_hed": ("scribble", True), "scribble": ("scribble", True), "fake_scribble": ("scribble", True),
-    "scribble_pidinet": ("scribble", False), "scribble_xdog": ("scribble_xdog", True),
+    "scribble_pidinet": ("scribble_pidinet", True), "pidinet_scribble": ("scribble_pidinet", True),
+    "t2ia_sketch_pidi": ("t2ia_sketch_pidi", True), "pidinet_sketch": ("t2ia_sketch_pidi", True),
+    "scribble_xdog": ("scribble_xdog", True),
     "lineart_standard": ("lineart_standard", True), "lineart": ("lineart_realistic", True),
     "lineart_realistic": ("lineart_realistic", True), "lineart_coarse": ("lineart_coarse", True),
     "lineart_anime": ("lineart_anime", True), "lineart_anime_denoise": ("lineart_manga", True),

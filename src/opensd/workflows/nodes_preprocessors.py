@@ -9,6 +9,8 @@ IMAGE whose short side is `resolution` (aspect kept), as controlnet_aux returns 
   run on the image scaled to `resolution` first, as controlnet_aux does. HED is controlnet_aux's own net when the user's
   ControlNetHED.pth is in the preprocessor folders, else the shipped BSDS500 HED (assets/hed), whose
   soft edges differ somewhat in strength.
+* PiDiNetPreprocessor (safe) and Scribble_PiDiNet_Preprocessor: PiDiNet soft edges (adapters/pidinet.py,
+  the user's table5_pidinet.pth), plain or safe-stepped, or made fake-scribble strokes.
 * LineArtPreprocessor (coarse: sk_model2.pth, else sk_model.pth), AnimeLineArtPreprocessor (netG.pth)
   and Manga2Anime_LineArt_Preprocessor (erika.pth, run at the next multiple of 256): the learned
   line-art nets of adapters/lineart.py.
@@ -85,6 +87,26 @@ def fake_scribble(call, image, safe="enable", resolution=512):
     return _hed_node(call, image, safe, resolution, P.scribble)
 
 
+def pidinet(call, image, safe="enable", resolution=512):
+    from ..adapters.pidinet import find
+
+    on, path, device = _on("safe", safe), find(call.ctx.folders), resolve_device(call.ctx.device)
+    return each_image(call, image, resolution, lambda im: P.softedge_pidinet(im, on, path, device))
+
+
+def scribble_pidinet(call, image, safe="enable", resolution=512):
+    """controlnet_aux's Scribble_PiDiNet_Preprocessor: its detector makes strokes of the padded map, and
+    the node makes strokes of those again (both as there)."""
+    from ..adapters.pidinet import edges, find, load, to_u8
+
+    on, net = _on("safe", safe), load(find(call.ctx.folders), resolve_device(call.ctx.device))
+
+    def make(im):
+        once = P.strokes(to_u8(edges(im, net, crop=False), safe=on))[:im.height, :im.width]
+        return Image.fromarray(P.strokes(once)).convert("RGB")
+    return each_image(call, image, resolution, make)
+
+
 def scribble_lines(call, image, resolution=512):
     return each_image(call, image, resolution, P.scribble_threshold)
 
@@ -147,6 +169,10 @@ NODES = {n.name: n for n in (
     _node("HEDPreprocessor", hed, {"safe": ENABLE, "resolution": RESOLUTION}, LINES, "HED Soft-Edge Lines"),
     _node("FakeScribblePreprocessor", fake_scribble, {"safe": ENABLE, "resolution": RESOLUTION}, LINES,
           "Fake Scribble Lines (aka scribble_hed)"),
+    _node("PiDiNetPreprocessor", pidinet, {"safe": ENABLE, "resolution": RESOLUTION}, LINES,
+          "PiDiNet Soft-Edge Lines"),
+    _node("Scribble_PiDiNet_Preprocessor", scribble_pidinet, {"safe": ENABLE, "resolution": RESOLUTION}, LINES,
+          "Scribble PiDiNet Lines"),
     _node("ScribblePreprocessor", scribble_lines, {"resolution": RESOLUTION}, LINES, "Scribble Lines"),
     _node("Scribble_XDoG_Preprocessor", scribble_xdog, {"threshold": ("INT", {"default": 32, "min": 1, "max": 64}),
                                                         "resolution": RESOLUTION}, LINES, "Scribble XDoG Lines"),
