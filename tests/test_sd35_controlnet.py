@@ -122,6 +122,22 @@ def test_the_files_tag_prepares_the_control_image(tmp_path, monkeypatch, tag, pi
     assert len(seen) == 1 and torch.allclose(seen[0], pixels(hint))
 
 
+def test_a_diffusers_folder_loads_as_the_file_does(tmp_path):
+    """diffusers' conversion saved as a folder: untagged, the same weights as Stability's file."""
+    from dit_fixtures import write_diffusers_folder
+    from opensd.adapters.controlnet import load_controlnet
+    from opensd.pipeline.pipeline import load
+    ours = load(write_diffusers_folder(tmp_path / "model", "sd3", sd3_parts()), precision="fp32", device="cpu")
+    cn = sd35_controlnet(2)
+    cn.save_pretrained(tmp_path / "cn")
+    file = tmp_path / "cn.safetensors"
+    save_safetensors({k: v.contiguous() for k, v in single_file(dict(cn.state_dict()), 0).items()}, file)
+    folder, single = load_controlnet(tmp_path / "cn", ours), load_controlnet(file, ours)
+    assert isinstance(folder.net, SD35ControlNet) and folder.net.config.control_type == -1
+    a, b = folder.net.state_dict(), single.net.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_listed_and_refused_on_a_model_of_another_width(tmp_path):
     from opensd.errors import CheckpointError
     from opensd.library.model_catalog import _controlnet as describe
