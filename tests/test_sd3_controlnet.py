@@ -53,36 +53,51 @@ def test_residuals_and_controlled_mmdit_equal_diffusers():
     assert (ref - plain).abs().max() > 0.01 * plain.abs().max()
 
 
-def test_txt2img_with_controlnet_equals_diffusers_step_by_step(tmp_path, monkeypatch):
+PROMPT, NEGATIVE, STEPS, CFG, SEED, SIZE, WEIGHT = "a photo of a cat", "blurry", 3, 5.0, 11, 64, 0.7
+
+
+def diffusers_steps(tmp_path, monkeypatch, parts: dict, controlnet, latents) -> list[torch.Tensor]:
+    """StableDiffusion3ControlNetPipeline's latents after each step, the control image's latent the
+    posterior mean as ours (diffusers samples it)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3ControlNetPipeline
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-    from dit_fixtures import hf_tokenizers, write_diffusers_folder
-    from opensd.adapters.controlnet import ControlSpec, load_controlnet
-    from opensd.pipeline.pipeline import load
-    from test_flux_controlnet import _control_image, euler_steps
-    prompt, negative, steps, cfg, seed, size = "a photo of a cat", "blurry", 3, 5.0, 11, 64
-    parts = sd3_parts()
-    ours = load(write_diffusers_folder(tmp_path / "model", "sd3", parts), precision="fp32", device="cpu")
-    cn = _controlnet(1)
-    cn.save_pretrained(tmp_path / "cn")  # a diffusers folder
-    seen = euler_steps(monkeypatch)
-    spec = ControlSpec(load_controlnet(tmp_path / "cn", ours), _control_image(), weight=0.7)
-    ours.txt2img(prompt, negative, steps=steps, cfg=cfg, seed=seed, width=size, height=size, controls=[spec])
-    # the posterior mean, as ours (diffusers samples the control image's latent)
+    from dit_fixtures import hf_tokenizers
+    from test_flux_controlnet import _control_image
     monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
     tok = hf_tokenizers(tmp_path)
     ref = StableDiffusion3ControlNetPipeline(
         transformer=parts["transformer"], scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=parts["vae"],
         text_encoder=parts["text_encoder"], tokenizer=tok["clip"], text_encoder_2=parts["text_encoder_2"],
-        tokenizer_2=tok["clip_g"], text_encoder_3=parts["text_encoder_3"], tokenizer_3=tok["t5"], controlnet=cn)
+        tokenizer_2=tok["clip_g"], text_encoder_3=parts["text_encoder_3"], tokenizer_3=tok["t5"], controlnet=controlnet)
     ref.set_progress_bar_config(disable=True)
     want = []
     with torch.no_grad():
-        ref(prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=cfg, height=size, width=size,
-            latents=ours.noise([seed], size // 8, size // 8), control_image=_control_image(),
-            controlnet_conditioning_scale=0.7, output_type="latent",
-            callback_on_step_end=lambda p, i, t, kw: want.append(kw["latents"].clone()) or {})
-    assert len(seen) == len(want) == steps
+        ref(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=CFG, height=SIZE, width=SIZE,
+            latents=latents, control_image=_control_image(), controlnet_conditioning_scale=WEIGHT,
+            output_type="latent", callback_on_step_end=lambda p, i, t, kw: want.append(kw["latents"].clone()) or {})
+    return want
+
+
+def ours_steps(tmp_path, monkeypatch, parts: dict, controlnet_path) -> tuple[list[torch.Tensor], object]:
+    """(our latents after each step, the pipeline) with the ControlNet at `controlnet_path`."""
+    from dit_fixtures import write_diffusers_folder
+    from opensd.adapters.controlnet import ControlSpec, load_controlnet
+    from opensd.pipeline.pipeline import load
+    from test_flux_controlnet import _control_image, euler_steps
+    ours = load(write_diffusers_folder(tmp_path / "model", "sd3", parts), precision="fp32", device="cpu")
+    seen = euler_steps(monkeypatch)
+    spec = ControlSpec(load_controlnet(controlnet_path, ours), _control_image(), weight=WEIGHT)
+    ours.txt2img(PROMPT, NEGATIVE, steps=STEPS, cfg=CFG, seed=SEED, width=SIZE, height=SIZE, controls=[spec])
+    return seen, ours
+
+
+def test_txt2img_with_controlnet_equals_diffusers_step_by_step(tmp_path, monkeypatch):
+    parts = sd3_parts()
+    cn = _controlnet(1)
+    cn.save_pretrained(tmp_path / "cn")  # a diffusers folder
+    seen, ours = ours_steps(tmp_path, monkeypatch, parts, tmp_path / "cn")
+    want = diffusers_steps(tmp_path, monkeypatch, parts, cn, ours.noise([SEED], SIZE // 8, SIZE // 8))
+    assert len(seen) == len(want) == STEPS
     for a, b in zip(seen, want):
         assert_close_scaled(a, b, rel=1e-4)
 

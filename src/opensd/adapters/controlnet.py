@@ -43,7 +43,7 @@ from ..errors import CheckpointError, InvalidArgument
 from ..models.config import Family, ModelConfig
 from ..models.controlnet import ControlNet
 from ..models.flux_controlnet import FluxControlNet
-from ..models.sd3_controlnet import SD3ControlNet
+from ..models.sd3_controlnet import SD3ControlNet, SD35ControlNet
 from ..models.t2i_adapter import T2IAdapter
 from ..models.unet import Control
 from .control_lora import control_lora_config, control_lora_state_dict
@@ -60,7 +60,7 @@ ADAPTER_SOFT_SCALES = (0.25, 0.62, 0.825, 1.0)
 @dataclass
 class LoadedControlNet:
     """A loaded ControlNet or T2I-Adapter (`slots`: where the adapter's features go in the UNet)."""
-    net: ControlNet | T2IAdapter | FluxControlNet | SD3ControlNet
+    net: ControlNet | T2IAdapter | FluxControlNet | SD3ControlNet | SD35ControlNet
     family: Family
     path: Path
     slots: tuple[int, ...] | None = None
@@ -74,7 +74,7 @@ class LoadedControlNet:
     @property
     def is_dit(self) -> bool:
         """A Flux or SD3 ControlNet: its control image goes through the VAE."""
-        return isinstance(self.net, (FluxControlNet, SD3ControlNet))
+        return isinstance(self.net, (FluxControlNet, SD3ControlNet, SD35ControlNet))
 
     @property
     def n_residuals(self) -> int:
@@ -212,7 +212,7 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
                                     "Flux.1: use a Flux ControlNet (InstantX, Shakker-Labs Union-Pro)")
     if getattr(config, "mmdit", None) is not None:
         raise CheckpointError(path, "is not an SD3 ControlNet (an SD one, or another kind); the loaded model is "
-                                    "SD3: use an SD3 ControlNet in diffusers' layout (InstantX)")
+                                    "SD3: use an SD3 ControlNet (InstantX's, Stability's SD3.5 ones)")
     if is_t2i_adapter_folder(path) if sd is None else is_t2i_adapter(sd):
         return _load_adapter(path, sd, config, device, dtype)
     if sd is not None and is_control_lora(sd):

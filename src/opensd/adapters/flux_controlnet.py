@@ -40,10 +40,12 @@ def load_flux_controlnet(path: Path, sd, base, device, dtype, built):
     return built(FluxControlNet, cfg, sd), pipe
 
 
-def encode_hint(loaded, hint, cache, encoder=None) -> torch.Tensor:
-    """The control image (1, 3, H, W) in [0, 1] as a latent scaled as the model's (cached per hint),
-    encoded by `encoder`'s VAE (a Pipeline; default the pipeline the ControlNet was loaded for)."""
-    key = ("latent", id(hint))
+def encode_hint(loaded, hint, cache, encoder=None, pixels=None) -> torch.Tensor:
+    """The control image (1, 3, H, W) in [0, 1] as a latent scaled as the model's (cached per hint and
+    `pixels`), encoded by `encoder`'s VAE (a Pipeline; default the pipeline the ControlNet was loaded
+    for). `pixels`: (name, hint -> the VAE's input) where a ControlNet wants other than [-1, 1]."""
+    name, to_pixels = pixels or ("", lambda h: h * 2 - 1)
+    key = ("latent", id(hint), name)
     latent = None if cache is None else cache.get(key)
     if latent is None:
         model = loaded.pipe() if loaded.pipe is not None else None
@@ -54,7 +56,7 @@ def encode_hint(loaded, hint, cache, encoder=None) -> torch.Tensor:
         if next(pipe.model.vae.parameters()).is_meta:
             raise InvalidArgument("vae: this ControlNet's image is encoded by a VAE and the model has none "
                                   "loaded; connect the VAE to Apply ControlNet's vae input")
-        latent = pipe.encode_tensor(hint.float() * 2 - 1)
+        latent = pipe.encode_tensor(to_pixels(hint.float()))
         if model is not None and pipe is not model:  # another VAE's pipe: scaled as the model's latents
             latent = model.config.vae.scaled(pipe.config.vae.unscaled(latent))
         if cache is not None:

@@ -1,8 +1,8 @@
 """Flux.1 ControlNet files: diffusers' FluxControlNetModel layout (InstantX's Canny and Union,
 Shakker-Labs' Union-Pro and Union-Pro-2.0; a single .safetensors as ComfyUI's controlnet/ folder
 holds them, or a diffusers folder). The transformer parts are renamed to Black Forest Labs' names
-with the Flux key table; the ControlNet's own parts keep diffusers' names. XLabs' and SD3's
-ControlNets are recognised and refused with a clear message.
+with the Flux key table; the ControlNet's own parts keep diffusers' names. SD3's ControlNets are
+told apart here (read by sd3_controlnet_files.py); XLabs' are recognised and refused with a clear message.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..models.flux_controlnet import FluxControlNetConfig
 from .detect_dit import count
 from .keymap_dit import from_diffusers, linear
 from .keymap_flux import flux_rows
+from .sd3_controlnet_files import is_sd35_layout
 
 Shapes = Mapping[str, tuple[int, ...]]
 TELLTALE = "controlnet_x_embedder.weight"
@@ -26,8 +27,10 @@ SD3_TELLTALE = "pos_embed_input.proj.weight"
 
 
 def is_sd3_controlnet(keys) -> bool:
-    """InstantX's SD3 ControlNets in diffusers' layout (joint blocks with a text stream)."""
-    return SD3_TELLTALE in keys and "context_embedder.weight" in keys and "transformer_blocks.0.attn.add_q_proj.weight" in keys
+    """InstantX's SD3 ControlNets in diffusers' layout (joint blocks with a text stream) and Stability's
+    SD3.5 ones (no text stream)."""
+    instantx = "context_embedder.weight" in keys and "transformer_blocks.0.attn.add_q_proj.weight" in keys
+    return SD3_TELLTALE in keys and (instantx or is_sd35_layout(keys))
 
 
 def is_flux_controlnet(keys) -> bool:
@@ -39,7 +42,7 @@ def other_dit_controlnet(keys) -> tuple[str, str] | None:
     if "double_blocks.0.img_attn.qkv.weight" in keys and any(k in keys for k in XLABS_TELLTALES):
         return "flux", "an XLabs Flux ControlNet (x-flux layout)"
     if (SD3_TELLTALE in keys and not is_sd3_controlnet(keys)) or (TELLTALE in keys and "pos_embed.proj.weight" in keys):
-        return "sd3", "an SD3.5 ControlNet without a text stream (Stability's sd3.5_large_controlnet_*)"
+        return "sd3", "an SD3 ControlNet of an unknown layout"
     if TELLTALE in keys and "input_hint_block.0.conv_in.weight" in keys:
         return "flux", "a Flux ControlNet with a pixel hint block (XLabs-style)"
     return None
@@ -120,7 +123,8 @@ def compatible_flux_controlnet(cfg: FluxControlNetConfig, base: FluxConfig, path
 
 def describe_sd3_controlnet(shapes: Shapes) -> str:
     """A line for model listings."""
-    return f"SD3 ControlNet ({count(shapes, 'transformer_blocks.')} blocks)"
+    kind = "SD3.5 ControlNet" if is_sd35_layout(shapes) else "SD3 ControlNet"
+    return f"{kind} ({count(shapes, 'transformer_blocks.')} blocks)"
 
 
 def describe_flux_controlnet(shapes: Shapes) -> str:

@@ -155,12 +155,16 @@ class MMDiTInputs(nn.Module):
 
     def embed(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor):
         """(image tokens with positions, adaLN vector, text tokens) of the network's inputs."""
+        c = self.t_embedder(timestep_embedding(timesteps, FREQ_DIM).to(x.dtype)) + self.y_embedder(y)
+        return self.image_tokens(x), c, self.context_embedder(context)
+
+    def image_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, H, W) -> patch tokens with positions (B, h*w, hidden); SD3.5's ControlNets
+        use the base model's."""
         p = self.cfg.patch_size
         if x.shape[-2] % p or x.shape[-1] % p:
             raise InvalidArgument(f"size: latent sides must be multiples of {p}, got {x.shape[-2]}x{x.shape[-1]}")
-        tokens = self.x_embedder(x) + self.cropped_pos_embed(x.shape[-2] // p, x.shape[-1] // p).to(x.dtype)
-        c = self.t_embedder(timestep_embedding(timesteps, FREQ_DIM).to(x.dtype)) + self.y_embedder(y)
-        return tokens, c, self.context_embedder(context)
+        return self.x_embedder(x) + self.cropped_pos_embed(x.shape[-2] // p, x.shape[-1] // p).to(x.dtype)
 
 
 class MMDiT(MMDiTInputs):
