@@ -1,0 +1,205 @@
+"""OpenPose body preprocessor: the network against a layer-by-layer reference, the file layout, the
+post-processing on constructed heatmaps/PAFs, the drawing, and the wiring (registry, A1111, ComfyUI, CLI)."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from opensd.adapters import openpose as OP
+from opensd.adapters import openpose_body as B
+from opensd.errors import CheckpointError, InvalidArgument
+
+
+def _file_sd(seed=0, dtype=torch.float32):
+    """A full-size state dict in the file's layout ("conv1_1.weight"), small random values."""
+    g = torch.Generator().manual_seed(seed)
+    net = OP.BodyPoseNet()
+    names = net.file_keys()
+    return {names[k]: (torch.randn(v.shape, generator=g) * (0.5 / max(1, v[0].numel()) ** 0.5)
+                       if k.endswith("weight") else torch.randn(v.shape, generator=g) * 0.01).to(dtype)
+            for k, v in net.state_dict().items()}
+
+
+def reference(sd, x):
+    """The architecture as described: VGG-19 conv1_1..conv4_2 with 3 max pools, conv4_3_CPM,
+    conv4_4_CPM (ReLU after each); stage 1 conv5_{1..5}_CPM_L{1,2}; stages 2-6 Mconv{1..7}_stage{s}_L{1,2}
+    on cat(L1, L2, features); no ReLU after a branch's last conv."""
+    def conv(h, name, relu=True):
+        w = sd[name + ".weight"]
+        h = F.conv2d(h, w, sd[name + ".bias"], padding=w.shape[-1] // 2)
+        return F.relu(h) if relu else h
+
+    h = x
+    for group in (["conv1_1", "conv1_2"], ["conv2_1", "conv2_2"], ["conv3_1", "conv3_2", "conv3_3", "conv3_4"]):
+        for name in group:
+            h = conv(h, name)
+        h = F.max_pool2d(h, 2, 2)
+    for name in ("conv4_1", "conv4_2", "conv4_3_CPM", "conv4_4_CPM"):
+        h = conv(h, name)
+    feats, inp = h, h
+    for s in range(1, 7):
+        outs = []
+        for b in (1, 2):
+            names = [f"conv5_{i}_CPM_L{b}" for i in range(1, 6)] if s == 1 else \
+                [f"Mconv{i}_stage{s}_L{b}" for i in range(1, 8)]
+            y = inp
+            for i, name in enumerate(names):
+                y = conv(y, name, relu=i < len(names) - 1)
+            outs.append(y)
+        inp = torch.cat([outs[0], outs[1], feats], 1)
+    return outs[0], outs[1]
+
+
+def test_network_equals_the_layer_by_layer_reference():
+    sd = _file_sd()
+    net = OP.build(sd)
+    x = torch.randn(1, 3, 48, 40, generator=torch.Generator().manual_seed(1))
+    paf, heat = net(x)
+    rp, rh = reference(sd, x)
+    assert paf.shape == (1, 38, 6, 5) and heat.shape == (1, 19, 6, 5)
+    torch.testing.assert_close(paf, rp, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(heat, rh, rtol=1e-4, atol=1e-5)
+    assert rh.abs().max() > 1e-3  # the test is not comparing zeros
+
+
+def test_full_size_key_names_and_shapes():
+    """The original model definition's keys: 12 front convs + 2 x 5 stage-1 convs + 5 x 2 x 7 later = 92
+    convs, 184 tensors, 52.3M parameters (the published file's 209 MB in float32)."""
+    with torch.device("meta"):
+        net = OP.BodyPoseNet()
+    shapes = {OP.BodyPoseNet.file_keys(net)[k]: tuple(v.shape) for k, v in net.state_dict().items()}
+    assert len(shapes) == 184
+    assert shapes["conv1_1.weight"] == (64, 3, 3, 3)
+    assert shapes["conv4_4_CPM.weight"] == (128, 256, 3, 3)
+    assert shapes["conv5_4_CPM_L1.weight"] == (512, 128, 1, 1)
+    assert shapes["conv5_5_CPM_L1.weight"] == (38, 512, 1, 1)
+    assert shapes["conv5_5_CPM_L2.weight"] == (19, 512, 1, 1)
+    assert shapes["Mconv1_stage2_L1.weight"] == (128, 185, 7, 7)
+    assert shapes["Mconv6_stage4_L2.weight"] == (128, 128, 1, 1)
+    assert shapes["Mconv7_stage6_L1.weight"] == (38, 128, 1, 1)
+    assert shapes["Mconv7_stage6_L2.bias"] == (19,)
+    assert sum(np.prod(s) for s in shapes.values()) == 52_311_446
+
+
+# two people: joint -> (x, y); person B lacks the ears and the left leg
+PEOPLE = [
+    {0: (60, 40), 1: (60, 60), 2: (45, 60), 3: (40, 80), 4: (38, 100), 5: (75, 60), 6: (80, 80), 7: (82, 100),
+     8: (50, 105), 9: (50, 130), 10: (50, 155), 11: (70, 105), 12: (70, 130), 13: (70, 155),
+     14: (56, 36), 15: (64, 36), 16: (52, 38), 17: (68, 38)},
+    {0: (160, 45), 1: (160, 65), 2: (145, 65), 3: (140, 85), 4: (138, 105), 5: (175, 65), 6: (180, 85),
+     7: (182, 105), 8: (150, 110), 9: (150, 135), 10: (150, 160), 14: (156, 41), 15: (164, 41)},
+]
+H, W = 180, 220
+
+
+def synthetic_maps():
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    heat = np.zeros((H, W, 19), np.float32)
+    paf = np.zeros((H, W, 38), np.float32)
+    for person in PEOPLE:
+        for j, (x, y) in person.items():
+            heat[:, :, j] = np.maximum(heat[:, :, j], np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.0 ** 2)))
+        for (ja, jb), (cx, cy) in zip(B.LIMBS, B.PAF_CHANNELS):
+            if ja in person and jb in person:
+                a, b = np.array(person[ja], float), np.array(person[jb], float)
+                u = (b - a) / np.linalg.norm(b - a)
+                t = (xx - a[0]) * u[0] + (yy - a[1]) * u[1]
+                off = np.abs(-(xx - a[0]) * u[1] + (yy - a[1]) * u[0])
+                on = (t >= -1) & (t <= np.linalg.norm(b - a) + 1) & (off <= 2)
+                paf[on, cx], paf[on, cy] = u[0], u[1]
+    return heat, paf
+
+
+def test_post_processing_recovers_the_people_exactly():
+    heat, paf = synthetic_maps()
+    cands = B.peaks(heat)
+    assert [len(c) for c in cands] == [2] * 11 + [1] * 3 + [2, 2, 1, 1]
+    people = B.keypoints(cands, B.assemble(cands, B.limbs(cands, paf)))
+    assert len(people) == 2
+    got = sorted(people, key=lambda p: p[1][0])
+    for person, want in zip(got, PEOPLE):
+        assert person == [tuple(map(float, want[j])) if j in want else None for j in range(18)]
+
+
+def test_assembly_drops_small_fragments_and_unrelated_joints():
+    heat, paf = synthetic_maps()
+    yy, xx = np.mgrid[0:H, 0:W]
+    heat[:, :, 4] += np.exp(-((xx - 200) ** 2 + (yy - 20) ** 2) / 8.0)  # a third wrist, no PAF to any elbow
+    cands = B.peaks(heat)
+    assert (200, 20) in [(int(x), int(y)) for x, y, _, _ in cands[4]]
+    people = B.keypoints(cands, B.assemble(cands, B.limbs(cands, paf)))
+    assert len(people) == 2 and all(p[4] != (200.0, 20.0) for p in people)
+    # a PAF pointing the wrong way links nothing: with all PAFs reversed nobody is found
+    assert len(B.assemble(cands, B.limbs(cands, -paf))) == 0
+
+
+def test_drawing_puts_each_limb_colour_at_its_midpoint():
+    person = [tuple(map(float, PEOPLE[0][j])) for j in range(18)]
+    canvas = B.draw([person], H, W)
+    assert canvas.shape == (H, W, 3) and canvas.dtype == np.uint8
+    assert canvas[0, 0].tolist() == [0, 0, 0]
+    for j, colour in enumerate(B.COLOURS):  # joint dots on top, full colour
+        x, y = PEOPLE[0][j]
+        assert canvas[y, x].tolist() == list(colour)
+    for k in (0, 2, 3, 6, 7, 9, 10):  # long limbs: the midpoint is stick, not a dot
+        (ax, ay), (bx, by) = PEOPLE[0][B.LIMBS[k][0]], PEOPLE[0][B.LIMBS[k][1]]
+        mid = canvas[int((ay + by) / 2), int((ax + bx) / 2)].tolist()
+        assert mid == [int(c * 0.6) for c in B.COLOURS[k]], k
+    # xinsir's scaling: thicker sticks from 500 pixels on
+    assert B.stick_scale(400, 300, True) == 1 and B.stick_scale(600, 400, True) == 2
+    assert B.stick_scale(2100, 900, True) == 4 and B.stick_scale(2100, 900, False) == 1
+    doc = B.as_openpose_json([person], H, W)
+    assert doc["canvas_height"] == H and len(doc["people"][0]["pose_keypoints_2d"]) == 54
+    assert doc["people"][0]["pose_keypoints_2d"][:3] == [60 / W, 40 / H, 1.0]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("m") / "models"
+    (root / "ControlNetPreprocessor" / "openpose").mkdir(parents=True)
+    torch.save(_file_sd(3, torch.float16), root / "ControlNetPreprocessor" / "openpose" / OP.FILE)
+    return root
+
+
+def test_file_loads_through_the_restricted_unpickler_and_runs(models):
+    from opensd.adapters.preprocessors import preprocess
+    from opensd.library.models_dir import ModelFolders
+
+    img = Image.new("RGB", (90, 60), (120, 130, 140))
+    out = preprocess("openpose", img, folders=ModelFolders(models), device="cpu")
+    assert out.size == (90, 60) and out.mode == "RGB"
+    net = OP.load(models / "ControlNetPreprocessor" / "openpose" / OP.FILE, "cpu")
+    heat, paf = B.maps(net, np.asarray(img))
+    assert heat.shape == (60, 90, 19) and paf.shape == (60, 90, 38)
+
+
+def test_a_pickle_with_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / OP.FILE
+    with open(path, "wb") as f:
+        pickle.dump({"conv1_1.weight": Evil()}, f)
+    with pytest.raises(CheckpointError):
+        OP.load(path, "cpu")
+
+
+def test_wrong_and_missing_files_are_named(tmp_path):
+    from opensd.adapters.preprocessors import preprocess
+    from opensd.library.models_dir import ModelFolders
+
+    sd = _file_sd()
+    del sd["Mconv7_stage6_L2.bias"]
+    with pytest.raises(CheckpointError, match=r"not the OpenPose body model .*missing Mconv7_stage6_L2\.bias"):
+        OP.build(sd)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidArgument, match=r"body_pose_model\.pth is not installed: put it in "
+                                              r"models/ControlNetPreprocessor/.*lllyasviel/Annotators"):
+        preprocess("openpose", Image.new("RGB", (8, 8)), folders=ModelFolders(tmp_path / "empty"))
