@@ -203,3 +203,72 @@ def test_wrong_and_missing_files_are_named(tmp_path):
     with pytest.raises(InvalidArgument, match=r"body_pose_model\.pth is not installed: put it in "
                                               r"models/ControlNetPreprocessor/.*lllyasviel/Annotators"):
         preprocess("openpose", Image.new("RGB", (8, 8)), folders=ModelFolders(tmp_path / "empty"))
+
+
+def test_a1111_modules(models):
+    from opensd.library.models_dir import ModelFolders
+    from opensd.server import a1111_controlnet as AC
+
+    assert AC._module("openpose", "u") == ("openpose", True)
+    assert AC._module("openpose_full", "u") == ("openpose", False)
+    assert AC.module_list().count("openpose") == 1
+    with pytest.raises(InvalidArgument, match=r"u: 'openpose_faceonly': face landmarks are not implemented"):
+        AC._module("openpose_faceonly", "u")
+    from types import SimpleNamespace
+
+    req = SimpleNamespace(alwayson_scripts={"controlnet": {"args": [{"module": "openpose_hand"}]}})
+    notes = AC.unsupported(req)
+    assert any("hands and face are not detected" in text for _, text in notes)
+    weights = AC._weights("openpose", ModelFolders(models), "unit")
+    assert weights.endswith(OP.FILE)
+    out = AC.preprocess_image(Image.new("RGB", (90, 60), (90, 100, 110)), "openpose", 64, -1, -1, 10**7, weights)
+    assert out.size == (96, 64)
+    (models.parent / "nothing").mkdir()
+    with pytest.raises(InvalidArgument, match=r"unit: openpose: body_pose_model\.pth is not installed"):
+        AC._weights("openpose", ModelFolders(models.parent / "nothing"), "unit")
+
+
+def test_comfyui_node_returns_the_map_and_pose_keypoints(models, tmp_path, monkeypatch):
+    from preprocessor_graphs import node_ctx, run_node
+
+    from opensd.workflows.types import NODES
+
+    spec = NODES["OpenposePreprocessor"]
+    assert spec.outputs == ("IMAGE", "POSE_KEYPOINT")
+    assert set(spec.optional) == {"detect_hand", "detect_body", "detect_face", "resolution",
+                                  "scale_stick_for_xinsr_cn"}
+    # the detector is replaced by one that finds PEOPLE[0] (scaled to the picture) so the drawing shows
+    person = [tuple(map(float, PEOPLE[0][j])) for j in range(18)]
+    monkeypatch.setattr(B, "detect", lambda net, rgb: [[(x * rgb.shape[1] / W, y * rgb.shape[0] / H)
+                                                        for x, y in person]])
+    picture = Image.new("RGB", (330, 270), (90, 100, 110))
+    out = run_node(node_ctx(models, tmp_path, picture), "OpenposePreprocessor", resolution=128)
+    assert out.shape == (128, 156, 3) and out.max() == 255
+    # called directly: the POSE_KEYPOINT is one OpenPose JSON per picture, on the output canvas
+    from types import SimpleNamespace
+
+    from opensd.library.models_dir import ModelFolders
+
+    call = SimpleNamespace(ctx=SimpleNamespace(folders=ModelFolders(models), device="cpu"),
+                           progress=lambda *a: None)
+    batch = torch.from_numpy(np.array(picture)).float()[None].repeat(2, 1, 1, 1) / 255
+    got = spec.fn(call, batch, detect_body="disable", resolution=128)
+    maps, docs = got["result"]
+    assert maps.shape == (2, 128, 156, 3) and maps.max() == 0  # body off: a black map
+    assert len(docs) == 2 and docs[0]["canvas_width"] == 156 and docs[0]["canvas_height"] == 128
+    kp = docs[0]["people"][0]["pose_keypoints_2d"]
+    assert kp[:3] == pytest.approx([60 / W, 40 / H, 1.0])
+    with pytest.raises(InvalidArgument, match="detect_face"):
+        spec.fn(call, batch, detect_face="yes")
+
+
+def test_cli_preprocess_openpose(models, tmp_path, capsys):
+    from opensd.cli import main
+
+    src, out = tmp_path / "in.png", tmp_path / "pose.png"
+    Image.new("RGB", (90, 60), (10, 20, 30)).save(src)
+    assert main(["preprocess", "openpose", str(src), "-o", str(out), "--models-dir", str(models)]) == 0
+    assert Image.open(out).size == (90, 60)
+    (tmp_path / "bare").mkdir()
+    assert main(["preprocess", "openpose", str(src), "-o", str(out), "--models-dir", str(tmp_path / "bare")]) == 2
+    assert "body_pose_model.pth is not installed" in capsys.readouterr().err
