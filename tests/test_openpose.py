@@ -272,3 +272,28 @@ def test_cli_preprocess_openpose(models, tmp_path, capsys):
     (tmp_path / "bare").mkdir()
     assert main(["preprocess", "openpose", str(src), "-o", str(out), "--models-dir", str(tmp_path / "bare")]) == 2
     assert "body_pose_model.pth is not installed" in capsys.readouterr().err
+
+
+class _SpotNet(torch.nn.Module):
+    """Stands in for the network: the 'heatmap' of joint 0 is the input's channel 0 (blue: the net reads
+    BGR) pooled to stride 8, so a spot in the picture must come back where it was."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        pooled = F.avg_pool2d(x[:, :1] + 0.5, 8)
+        heat = torch.cat([pooled, torch.zeros(1, 18, *pooled.shape[2:])], 1)
+        return torch.zeros(1, 38, *pooled.shape[2:]), heat
+
+
+def test_maps_come_back_at_the_pictures_coordinates():
+    rgb = np.zeros((368, 300, 3), np.uint8)
+    rgb[196:212, 92:108, 2] = 255  # a blue square centred at (100, 204)
+    heat, paf = B.maps(_SpotNet(), rgb)
+    assert heat.shape == (368, 300, 19) and paf.shape == (368, 300, 38)
+    y, x = np.unravel_index(np.argmax(heat[:, :, 0]), heat.shape[:2])
+    assert abs(x - 100) <= 4 and abs(y - 204) <= 4
+    red = rgb[:, :, ::-1].copy()  # the same square in red: nothing there (the net's channel 0 is blue)
+    assert B.maps(_SpotNet(), red)[0][180:230, 80:120, 0].max() < 0.05
