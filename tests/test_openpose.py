@@ -244,6 +244,10 @@ def test_comfyui_node_returns_the_map_and_pose_keypoints(models, tmp_path, monke
     picture = Image.new("RGB", (330, 270), (90, 100, 110))
     out = run_node(node_ctx(models, tmp_path, picture), "OpenposePreprocessor", resolution=128)
     assert out.shape == (128, 156, 3) and out.max() == 255
+    (tmp_path / "aio").mkdir()
+    out = run_node(node_ctx(models, tmp_path / "aio", picture), "AIO_Preprocessor",
+                   preprocessor="OpenposePreprocessor", resolution=128)
+    assert out.shape == (128, 156, 3) and out.max() == 255
     # called directly: the POSE_KEYPOINT is one OpenPose JSON per picture, on the output canvas
     from types import SimpleNamespace
 

@@ -15,7 +15,7 @@ IMAGE whose short side is `resolution` (aspect kept), as controlnet_aux returns 
 * DepthAnythingV2Preprocessor: Depth Anything V2 relative depth, near = bright, on the full image.
 * OpenposePreprocessor: OpenPose body skeletons (body_pose_model.pth; adapters/openpose_body.py) and
   their POSE_KEYPOINT (OpenPose JSON, one dict per picture); hands and face are not detected here.
-* AIO_Preprocessor: one of the above by node name with its defaults.
+* AIO_Preprocessor: one of the above by node name with its defaults (OpenposePreprocessor: its IMAGE).
 * ImageGenResolutionFromImage, PixelPerfectResolution: the image's size; the extension's pixel-perfect
   short side.
 
@@ -174,7 +174,6 @@ NODES = {n.name: n for n in (
           {"ckpt_name": (list(CKPT_NAMES), {"default": DEFAULT_CKPT}), "resolution": RESOLUTION},
           CATEGORY + "/Normal and Depth Estimators", "Depth Anything V2 - Relative"),
 )}
-AIO_NAMES = ["none", *NODES]
 
 
 def openpose(call, image, detect_hand="enable", detect_body="enable", detect_face="enable", resolution=512,
@@ -201,24 +200,27 @@ def openpose(call, image, detect_hand="enable", detect_body="enable", detect_fac
     return {"ui": {"openpose_json": [json.dumps(docs, indent=4)]}, "result": (maps[0], docs)}
 
 
-register(NodeDef(
+OPENPOSE = register(NodeDef(
     "OpenposePreprocessor", openpose, {"image": ("IMAGE", {})}, ("IMAGE", "POSE_KEYPOINT"),
     optional={"detect_hand": ENABLE, "detect_body": ENABLE, "detect_face": ENABLE, "resolution": RESOLUTION,
               "scale_stick_for_xinsr_cn": (["disable", "enable"], {"default": "disable"})},
     category=CATEGORY + "/Faces and Poses Estimators", display_name="OpenPose Pose",
     module="custom_nodes.comfyui_controlnet_aux"))
+AIO_NODES = {**NODES, OPENPOSE.name: OPENPOSE}
+AIO_NAMES = ["none", *AIO_NODES]
 
 
 def aio(call, image, preprocessor="none", resolution=512):
     """controlnet_aux's AIO_Preprocessor: the named node with its defaults at `resolution`."""
     if preprocessor == "none":
         return (image,)
-    node = NODES.get(preprocessor)
+    node = AIO_NODES.get(preprocessor)
     if node is None:
         raise InvalidArgument(f"preprocessor: {preprocessor!r} is not supported here; the supported ones are "
                               f"{', '.join(AIO_NAMES)}")
     defaults = {k: spec[1]["default"] for k, spec in node.optional.items() if k != "resolution"}
-    return node.fn(call, image, resolution=resolution, **defaults)
+    out = node.fn(call, image, resolution=resolution, **defaults)
+    return (out["result"][0],) if isinstance(out, dict) else out  # the IMAGE alone (openpose's JSON dropped)
 
 
 register(NodeDef(
