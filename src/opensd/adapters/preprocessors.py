@@ -272,9 +272,11 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
 }
 
 
-# preprocessors that run a user's model file: key -> the learned lineart kind (None: Depth Anything)
-NEEDS_WEIGHTS = {"depthanythingv2": None, "openpose": "openpose", "lineartrealistic": "realistic", "lineartcoarse": "coarse",
-                 "lineartanime": "anime", "lineartmanga": "manga", "lineartanimedenoise": "manga"}
+# preprocessors that run a user's model file: key -> the learned lineart kind (None: Depth Anything;
+# "openpose": the OpenPose body model)
+NEEDS_WEIGHTS = {"depthanythingv2": None, "openpose": "openpose", "lineartrealistic": "realistic",
+                 "lineartcoarse": "coarse", "lineartanime": "anime", "lineartmanga": "manga",
+                 "lineartanimedenoise": "manga"}
 
 
 def _key(name: str) -> str:
