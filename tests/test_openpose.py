@@ -301,3 +301,15 @@ def test_maps_come_back_at_the_pictures_coordinates():
     assert abs(x - 100) <= 4 and abs(y - 204) <= 4
     red = rgb[:, :, ::-1].copy()  # the same square in red: nothing there (the net's channel 0 is blue)
     assert B.maps(_SpotNet(), red)[0][180:230, 80:120, 0].max() < 0.05
+
+
+def test_limb_table_is_the_published_one():
+    """The original's 1-based limb sequence and its PAF indices into the 57-channel (19 heatmaps first)
+    output, as published with the CMU model."""
+    limb_seq = [[2, 3], [2, 6], [3, 4], [4, 5], [6, 7], [7, 8], [2, 9], [9, 10], [10, 11], [2, 12], [12, 13],
+                [13, 14], [2, 1], [1, 15], [15, 17], [1, 16], [16, 18], [3, 17], [6, 18]]
+    map_idx = [[31, 32], [39, 40], [33, 34], [35, 36], [41, 42], [43, 44], [19, 20], [21, 22], [23, 24], [25, 26],
+               [27, 28], [29, 30], [47, 48], [49, 50], [53, 54], [51, 52], [55, 56], [37, 38], [45, 46]]
+    assert [(a - 1, b - 1) for a, b in limb_seq] == B.LIMBS
+    assert [(a - 19, b - 19) for a, b in map_idx] == B.PAF_CHANNELS
+    assert B.COLOURS[0] == (255, 0, 0) and B.COLOURS[12] == (0, 0, 255) and len(B.COLOURS) == 18
