@@ -174,9 +174,9 @@ def test_aio_routes_by_node_name_and_names_the_supported_ones(tmp_path):
     assert np.array_equal(got[..., 0], cv2.Canny(small, 100, 200))
     image = torch.rand(1, 8, 8, 3)
     assert aio(None, image, "none")[0] is image
-    with pytest.raises(InvalidArgument, match=r"'OpenposePreprocessor' is not supported here; the supported ones "
-                                              r"are none, CannyEdgePreprocessor"):
-        aio(None, image, "OpenposePreprocessor")
+    with pytest.raises(InvalidArgument, match=r"'MiDaS-DepthMapPreprocessor' is not supported here; the supported "
+                                              r"ones are none, CannyEdgePreprocessor"):
+        aio(None, image, "MiDaS-DepthMapPreprocessor")
 
 
 def test_generation_and_pixel_perfect_resolution():

@@ -24,6 +24,8 @@ structure on black (the convention of lllyasviel's ControlNet 1.0/1.1 models):
     depth_anything_v2
                Depth Anything V2 relative depth, near = bright (adapters/depth_anything.py; the
                user's depth_anything_v2_vit{s,b,l}.pth, found in the models folder or given as `weights`)
+    openpose   OpenPose body skeletons in the standard colours on black (adapters/openpose.py and
+               openpose_body.py; the user's body_pose_model.pth from lllyasviel/Annotators)
     depth/pose/normal/seg/passthrough
                the user's own map (from an external estimator), used as it is
     invert     255 - image: a black-on-white sketch becomes white-on-black
@@ -219,6 +221,17 @@ def depth_anything_v2(image: Image.Image, weights=None, device=None) -> Image.Im
     return _rgb(np.round(depth * 255.0))
 
 
+def openpose(image: Image.Image, weights=None, device=None, xinsr: bool = False) -> Image.Image:
+    """OpenPose body skeletons (no hands or face); xinsr: thicker sticks on big pictures."""
+    from .openpose import load
+    from .openpose_body import detect, draw
+
+    if weights is None:
+        raise InvalidArgument("openpose: no weights file (body_pose_model.pth)")
+    rgb = np.asarray(image.convert("RGB"))
+    return Image.fromarray(draw(detect(load(weights, device), rgb), *rgb.shape[:2], xinsr=xinsr))
+
+
 def lineart_realistic(image: Image.Image, weights=None, device=None) -> Image.Image:
     from .lineart import lineart_model
     return lineart_model(image, "realistic", weights, device)
@@ -287,7 +300,7 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
     "lineartstandard": lineart_standard,
     "lineartrealistic": lineart_realistic, "lineartcoarse": lineart_coarse, "lineartanime": lineart_anime,
     "lineartmanga": lineart_manga, "lineartanimedenoise": lineart_manga,
-    "depthanythingv2": depth_anything_v2,
+    "depthanythingv2": depth_anything_v2, "openpose": openpose,
     "softedgepidinet": softedge_pidinet, "pidinet": softedge_pidinet, "softedgepidisafe": softedge_pidisafe,
     "pidinetsafe": softedge_pidisafe, "scribblepidinet": scribble_pidinet, "pidinetscribble": scribble_pidinet,
     "t2iasketchpidi": t2ia_sketch_pidi, "pidinetsketch": t2ia_sketch_pidi,
@@ -297,9 +310,9 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
 
 
 # preprocessors that run a user's model file: key -> the learned lineart kind (None: Depth Anything;
-# "pidinet": PiDiNet's file)
-NEEDS_WEIGHTS = {"depthanythingv2": None, "lineartrealistic": "realistic", "lineartcoarse": "coarse",
-                 "lineartanime": "anime", "lineartmanga": "manga", "lineartanimedenoise": "manga",
+# "pidinet": PiDiNet's file; "openpose": the OpenPose body model)
+NEEDS_WEIGHTS = {"depthanythingv2": None, "openpose": "openpose", "lineartrealistic": "realistic",
+                 "lineartcoarse": "coarse", "lineartanime": "anime", "lineartmanga": "manga", "lineartanimedenoise": "manga",
                  **{key: "pidinet" for key in ("softedgepidinet", "pidinet", "softedgepidisafe", "pidinetsafe",
                                                "scribblepidinet", "pidinetscribble", "t2iasketchpidi",
                                                "pidinetsketch")}}
@@ -336,6 +349,9 @@ def installed_weights(name: str, folders):
     if kind == "pidinet":
         from .pidinet import find as pidinet_file
         return pidinet_file(folders)
+    if kind == "openpose":
+        from .openpose import find as openpose_file
+        return openpose_file(folders)
     from .lineart import find
     return find(folders, kind)
 

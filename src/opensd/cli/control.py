@@ -14,7 +14,7 @@ from .model_flags import add_models_dir_flag, model_folders, resolve_model
 
 CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,resize=MODE][,type=TYPE]: a ControlNet "
                 "(path, or name in --controlnet-dir or the models folder) and its control image; pre runs a preprocessor "
-                "(canny, softedge, scribble, lineart, depth_anything_v2, invert, ...) on the image first; type picks a "
+                "(canny, softedge, scribble, lineart, depth_anything_v2, openpose, invert, ...) on the image first; type picks a "
                 "Union ControlNet's control type (openpose, depth, softedge, canny, normal, segment, tile, repaint; "
                 "default auto). Repeatable.")
 _RESIZE = {"just": "just resize", "crop": "crop and resize", "fill": "resize and fill"}
@@ -27,7 +27,7 @@ def register(sub) -> None:
                                   "lineart_standard, lineart_realistic / lineart_coarse / lineart_anime / "
                                   "lineart_manga (learned), softedge_pidinet / softedge_pidisafe / scribble_pidinet / "
                                   "t2ia_sketch_pidi (PiDiNet), invert, binary, depth_anything_v2 (Depth Anything V2 depth), "
-                                  "depth/pose (passthrough)")
+                                  "openpose (body skeletons; body_pose_model.pth), depth/pose (passthrough)")
     pre.add_argument("image", type=Path)
     pre.add_argument("-o", "--output", type=Path, required=True)
     pre.add_argument("--low", type=int, help="canny: low threshold (default 100)")
@@ -37,9 +37,10 @@ def register(sub) -> None:
     pre.add_argument("--width", type=int, help="resize the result to this width (with --height)")
     pre.add_argument("--height", type=int)
     pre.add_argument("--resize-mode", choices=list(_RESIZE.values()), default="just resize")
-    pre.add_argument("--weights", help="depth_anything_v2 / lineart_*: the model file, a path or a name in the models "
+    pre.add_argument("--weights", help="depth_anything_v2 / lineart_* / openpose: the model file, a path or a name in the models "
                                        "folder's ControlNetPreprocessor/ (default: the installed vitl, vitb or vits; "
                                        "sk_model.pth, sk_model2.pth, netG.pth, erika.pth; *pidinet*: table5_pidinet.pth; "
+                                       "openpose: body_pose_model.pth; "
                                        "softedge/scribble: "
                                        "ControlNetHED.pth if installed)")
     add_models_dir_flag(pre)

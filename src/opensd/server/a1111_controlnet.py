@@ -16,10 +16,11 @@ as ComfyUI's "auto"; see adapters/union_types.py).
 IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter.
 
 Accepted but not acted on (listed in info["unsupported_fields"]): ``mask``, ``hr_option`` other
-than "Both", and modules we only approximate (depth/openpose/normal/seg estimators other than
-depth_anything_v2 -> the image is used as the map as it is). Modules that run a model file (the learned
-lineart nets, PiDiNet's table5_pidinet.pth, Depth Anything V2) answer 422 naming the file when it is
-not installed."""
+than "Both", and modules we only approximate (openpose_hand/_face/_full and dw_openpose_full -> the
+body skeleton of openpose, no hands or face; depth/normal/seg estimators other than depth_anything_v2 ->
+the image is used as the map as it is). openpose_faceonly is refused (no face model). Modules that run a
+model file (the learned lineart nets, PiDiNet's table5_pidinet.pth, OpenPose's body_pose_model.pth, Depth
+Anything V2) answer 422 naming the file when it is not installed."""
 from __future__ import annotations
 
 import math
@@ -52,8 +53,11 @@ MODULES: dict[str, tuple[str, bool]] = {
     "lineart_anime": ("lineart_anime", True), "lineart_anime_denoise": ("lineart_manga", True),
     "t2ia_color_grid": ("color", True), "color": ("color", True),
     "depth_anything_v2": ("depth_anything_v2", True),
+    "openpose": ("openpose", True), "openpose_hand": ("openpose", False), "openpose_face": ("openpose", False),
+    "openpose_full": ("openpose", False), "dw_openpose_full": ("openpose", False),
 }
-_PASSTHROUGH = ("depth", "openpose", "dw_openpose", "normal", "seg", "segmentation")
+_PASSTHROUGH = ("depth", "dw_openpose", "normal", "seg", "segmentation")
+_REFUSED = {"openpose_faceonly": "face landmarks are not implemented here (openpose draws the body skeleton)"}
 
 
 def _module(name, field: str) -> tuple[str, bool]:
@@ -66,13 +70,15 @@ def _module(name, field: str) -> tuple[str, bool]:
         return "none", True
     if key in MODULES:
         return MODULES[key]
+    if key in _REFUSED:
+        raise InvalidArgument(f"{field}: {name!r}: {_REFUSED[key]}")
     if key.startswith(_PASSTHROUGH):
         return "passthrough", False
     raise InvalidArgument(f"{field}: unknown preprocessor {name!r} (supported: {', '.join(module_list())})")
 
 
 def module_list() -> list[str]:
-    return list(MODULES) + ["depth", "depth_midas", "openpose", "openpose_full", "normal_bae", "seg_ofade20k"] \
+    return list(MODULES) + ["depth", "depth_midas", "normal_bae", "seg_ofade20k"] \
         + list(a1111_ip_adapter.MODULES)
 
 
@@ -277,6 +283,9 @@ def unsupported(req) -> list[tuple[str, str]]:
         if module == "passthrough":
             found.append((f"{field}.module", f"no {unit.get('module')!r} estimator here; the image is used "
                                              "as the map as it is"))
+        elif module == "openpose" and not exact:
+            found.append((f"{field}.module", f"{unit.get('module')!r}: hands and face are not detected here; "
+                                             "the body skeleton is drawn (openpose)"))
         elif not exact:
             found.append((f"{field}.module", f"{unit.get('module')!r} is approximated by {module!r}"))
     return found

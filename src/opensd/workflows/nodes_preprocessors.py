@@ -15,7 +15,9 @@ IMAGE whose short side is `resolution` (aspect kept), as controlnet_aux returns 
   and Manga2Anime_LineArt_Preprocessor (erika.pth, run at the next multiple of 256): the learned
   line-art nets of adapters/lineart.py.
 * DepthAnythingV2Preprocessor: Depth Anything V2 relative depth, near = bright, on the full image.
-* AIO_Preprocessor: one of the above by node name with its defaults.
+* OpenposePreprocessor: OpenPose body skeletons (body_pose_model.pth; adapters/openpose_body.py) and
+  their POSE_KEYPOINT (OpenPose JSON, one dict per picture); hands and face are not detected here.
+* AIO_Preprocessor: one of the above by node name with its defaults (OpenposePreprocessor: its IMAGE).
 * ImageGenResolutionFromImage, PixelPerfectResolution: the image's size; the extension's pixel-perfect
   short side.
 
@@ -23,6 +25,9 @@ Model files are looked up in the models folder's preprocessor folders (library.m
 "preprocessors"); nothing is downloaded.
 """
 from __future__ import annotations
+
+import json
+import logging
 
 import numpy as np
 import torch
@@ -34,6 +39,7 @@ from ..errors import InvalidArgument
 from ..pipeline.device import resolve_device
 from .types import MAX_RESOLUTION, NodeDef, check_size, register
 
+log = logging.getLogger(__name__)
 CATEGORY = "ControlNet Preprocessors"
 LINES = CATEGORY + "/Line Extractors"
 RESOLUTION = ("INT", {"default": 512, "min": 64, "max": MAX_RESOLUTION, "step": 64})
@@ -194,19 +200,53 @@ NODES = {n.name: n for n in (
           {"ckpt_name": (list(CKPT_NAMES), {"default": DEFAULT_CKPT}), "resolution": RESOLUTION},
           CATEGORY + "/Normal and Depth Estimators", "Depth Anything V2 - Relative"),
 )}
-AIO_NAMES = ["none", *NODES]
+
+
+def openpose(call, image, detect_hand="enable", detect_body="enable", detect_face="enable", resolution=512,
+             scale_stick_for_xinsr_cn="disable"):
+    """Body skeletons and their OpenPose JSON; hands and face (on by default there) are not detected."""
+    from ..adapters.openpose import find, load
+    from ..adapters.openpose_body import as_openpose_json, detect, draw
+
+    hand, body, face = _on("detect_hand", detect_hand), _on("detect_body", detect_body), _on("detect_face", detect_face)
+    xinsr = _on("scale_stick_for_xinsr_cn", scale_stick_for_xinsr_cn)
+    if hand or face:
+        log.warning("OpenposePreprocessor: hand and face keypoints are not detected here; body only")
+    net = load(find(call.ctx.folders), resolve_device(call.ctx.device))
+    docs = []
+
+    def make(im):
+        rgb = np.asarray(im.convert("RGB"))
+        h, w = rgb.shape[:2]
+        people = detect(net, rgb)
+        docs.append(as_openpose_json(people, h, w))
+        return Image.fromarray(draw(people if body else [], h, w, xinsr))
+
+    maps = each_image(call, image, resolution, make)
+    return {"ui": {"openpose_json": [json.dumps(docs, indent=4)]}, "result": (maps[0], docs)}
+
+
+OPENPOSE = register(NodeDef(
+    "OpenposePreprocessor", openpose, {"image": ("IMAGE", {})}, ("IMAGE", "POSE_KEYPOINT"),
+    optional={"detect_hand": ENABLE, "detect_body": ENABLE, "detect_face": ENABLE, "resolution": RESOLUTION,
+              "scale_stick_for_xinsr_cn": (["disable", "enable"], {"default": "disable"})},
+    category=CATEGORY + "/Faces and Poses Estimators", display_name="OpenPose Pose",
+    module="custom_nodes.comfyui_controlnet_aux"))
+AIO_NODES = {**NODES, OPENPOSE.name: OPENPOSE}
+AIO_NAMES = ["none", *AIO_NODES]
 
 
 def aio(call, image, preprocessor="none", resolution=512):
     """controlnet_aux's AIO_Preprocessor: the named node with its defaults at `resolution`."""
     if preprocessor == "none":
         return (image,)
-    node = NODES.get(preprocessor)
+    node = AIO_NODES.get(preprocessor)
     if node is None:
         raise InvalidArgument(f"preprocessor: {preprocessor!r} is not supported here; the supported ones are "
                               f"{', '.join(AIO_NAMES)}")
     defaults = {k: spec[1]["default"] for k, spec in node.optional.items() if k != "resolution"}
-    return node.fn(call, image, resolution=resolution, **defaults)
+    out = node.fn(call, image, resolution=resolution, **defaults)
+    return (out["result"][0],) if isinstance(out, dict) else out  # the IMAGE alone (openpose's JSON dropped)
 
 
 register(NodeDef(
