@@ -10,6 +10,7 @@ from PIL import Image
 
 from opensd.adapters import depth_anything as DA
 from opensd.adapters import depth_anything_files as DAF
+from opensd.adapters import preprocessor_files as PF
 
 transformers = pytest.importorskip("transformers")
 
@@ -201,7 +202,7 @@ def tiny_file(tiny_variant, tmp_path):
     sd["depth_head.scratch.output_conv2.2.weight"] *= 1e-3
     sd["depth_head.scratch.output_conv2.2.bias"] += 5.0
     torch.save(sd, folder / "depth_anything_v2_vitl.pth")
-    DAF._cache.clear()
+    PF._loaded.clear()
     return tmp_path / "models"
 
 

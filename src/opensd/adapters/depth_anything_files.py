@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, InvalidArgument
-from ..library.models_dir import LAYOUT
 from .depth_anything import VARIANTS, DepthAnythingV2, DepthConfig
+from .preprocessor_files import cached, check_keys, match_file, preprocessor_dirs, shapes, torch_device
 
 # the names ComfyUI's controlnet_aux offers (its DepthAnythingV2Preprocessor), and where they are published
 CKPT_NAMES = ("depth_anything_v2_vitg.pth", "depth_anything_v2_vitl.pth", "depth_anything_v2_vitb.pth",
@@ -100,50 +100,18 @@ def build(sd: dict[str, torch.Tensor], path="<state dict>", device="cpu",
     except CheckpointError as e:
         raise CheckpointError(path, e.problem) from None
     net = DepthAnythingV2(cfg)
-    want = net.state_dict()
-    missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
-    wrong = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)]
-    if missing or extra or wrong:
-        raise CheckpointError(path, "does not fit Depth Anything V2: "
-                                    + "; ".join(f"{what} {', '.join(keys[:3])}" for what, keys in
-                                                (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys))
+    check_keys(path, sd, shapes(net), "does not fit Depth Anything V2")
     net.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True)
     return net.to(device).eval().requires_grad_(False)
-
-
-_cache: dict = {}
 
 
 def load_depth_anything(path, device: str | torch.device | None = None) -> DepthAnythingV2:
     """The model in `path` (cached: one per file and device). device None: CUDA if there is one."""
     from ..checkpoints.files import read_state_dict
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    key = (str(Path(path).resolve()), str(device))
-    if key not in _cache:
-        _cache.clear()  # one estimator at a time: ViT-L is 1.3 GB
-        _cache[key] = build(read_state_dict(path), path, device)
-    return _cache[key]
-
-
-def match_file(folders, name: str) -> Path | None:
-    """The file for `name` in the models folder's preprocessor folders, as controlnet_aux names it
-    ("depth_anything_v2_vitl.pth", in any subfolder), else one with its stem in another format, else a
-    copy with a suffix ("depth_anything_v2_vitl_fp16.safetensors"; fp32 ones first); None if none."""
-    files = folders.list("preprocessors") if folders is not None else []
-    stem = Path(name).stem.lower()
-    exact = [m for m in files if Path(m.name).name.lower() == name.lower()]
-    same = [m for m in files if Path(m.name).stem.lower() == stem]
-    copies = sorted((m for m in files if Path(m.name).stem.lower().startswith(stem + "_")),
-                    key=lambda m: ("fp16" in m.name.lower() or "bf16" in m.name.lower(), m.name))
-    for found in (exact, same, copies):
-        if found:
-            return found[0].path
-    return None
-
-
-def preprocessor_dirs() -> str:
-    return " or ".join(f"models/{d}/" for d in LAYOUT["preprocessors"])
+    device = torch_device(device)
+    return cached(("depth_anything", str(Path(path).resolve()), str(device)),
+                  lambda: build(read_state_dict(path), path, device))
 
 
 def find_weights(folders, name: str = DEFAULT_CKPT) -> Path:

@@ -107,21 +107,17 @@ class ControlNetHED(nn.Module):
 def load_controlnet_hed(path, device=None) -> ControlNetHED:
     """The net in `path`, every key and shape checked (cached); device None: CUDA if there is one."""
     from ..checkpoints.files import read_state_dict
-    from ..errors import CheckpointError
+    from .preprocessor_files import cached, check_keys, shapes, torch_device
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    key = ("controlnet_hed", str(Path(path).resolve()), str(device))
-    if key not in _cache:
+    device = torch_device(device)
+
+    def make():
         net = ControlNetHED()
         sd = read_state_dict(path)
-        want = net.state_dict()
-        if set(sd) != set(want) or any(tuple(sd[k].shape) != tuple(want[k].shape) for k in want):
-            odd = sorted(set(sd) ^ set(want)) or [k for k in want if tuple(sd[k].shape) != tuple(want[k].shape)]
-            raise CheckpointError(path, f"is not controlnet_aux's {CONTROLNET_HED_FILE} (keys or shapes differ: "
-                                        f"{', '.join(odd[:3])})")
+        check_keys(path, sd, shapes(net), f"is not controlnet_aux's {CONTROLNET_HED_FILE}")
         net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-        _cache[key] = net.to(device).eval().requires_grad_(False)
-    return _cache[key]
+        return net.to(device).eval().requires_grad_(False)
+    return cached(("controlnet_hed", str(Path(path).resolve()), str(device)), make)
 
 
 @torch.no_grad()

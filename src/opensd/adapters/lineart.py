@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import CheckpointError, InvalidArgument
+from ..errors import InvalidArgument
+from .preprocessor_files import cached, check_keys, require_file, shapes, torch_device
 
 # preprocessor -> the file controlnet_aux (and sd-webui-controlnet) load for it
 FILES = {"realistic": "sk_model.pth", "coarse": "sk_model2.pth", "anime": "netG.pth", "manga": "erika.pth"}
@@ -124,40 +125,23 @@ def build(sd: dict[str, torch.Tensor], kind: str, path="<state dict>") -> nn.Mod
     for k in want:
         if k.endswith("num_batches_tracked") and k not in sd:
             sd[k] = want[k]
-    missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
-    wrong = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)]
-    if missing or extra or wrong:
-        raise CheckpointError(path, f"is not the {kind} line-art model ({FILES[kind]}): " + "; ".join(
-            f"{what} {', '.join(keys[:3])}" for what, keys in
-            (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys))
+    check_keys(path, sd, shapes(net), f"is not the {kind} line-art model ({FILES[kind]})")
     net.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     return net.eval().requires_grad_(False)
-
-
-_cache: dict = {}
 
 
 def load(path, kind: str, device=None) -> nn.Module:
     """The net in `path` (cached: one per file, kind and device); device None: CUDA if there is one."""
     from ..checkpoints.files import read_state_dict
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    key = (str(Path(path).resolve()), kind, str(device))
-    if key not in _cache:
-        _cache.clear()
-        _cache[key] = build(read_state_dict(path), kind, path).to(device)
-    return _cache[key]
+    device = torch_device(device)
+    return cached(("lineart", str(Path(path).resolve()), kind, str(device)),
+                  lambda: build(read_state_dict(path), kind, path).to(device))
 
 
 def find(folders, kind: str) -> Path:
     """`kind`'s file in the models folder's preprocessor folders, or an error naming it and where to put it."""
-    from .depth_anything_files import match_file, preprocessor_dirs
-
-    found = match_file(folders, FILES[kind])
-    if found is None:
-        raise InvalidArgument(f"lineart_{kind}: {FILES[kind]} is not installed: put it in {preprocessor_dirs()} "
-                              f"(any subfolder); it is published at {SOURCE}")
-    return found
+    return require_file(folders, FILES[kind], f"lineart_{kind}", SOURCE)
 
 
 def _pad_to(arr: np.ndarray, multiple: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, InvalidArgument
+from .preprocessor_files import cached, check_keys, require_file, torch_device
 
 FILE = "body_pose_model.pth"
 SOURCE = "huggingface.co/lllyasviel/Annotators"
@@ -98,38 +98,21 @@ def build(sd: dict[str, torch.Tensor], path="<state dict>") -> BodyPoseNet:
         shapes = BodyPoseNet()
     names = shapes.file_keys()
     want = {names[k]: tuple(v.shape) for k, v in shapes.state_dict().items()}
-    missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
-    wrong = [k for k in want if k in sd and tuple(sd[k].shape) != want[k]]
-    if missing or extra or wrong:
-        raise CheckpointError(path, f"is not the OpenPose body model ({FILE}): " + "; ".join(
-            f"{what} {', '.join(keys[:3])}" for what, keys in
-            (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys))
+    check_keys(path, sd, want, f"is not the OpenPose body model ({FILE})")
     net = BodyPoseNet()
     net.load_state_dict({ours: sd[theirs].float() for ours, theirs in names.items()}, strict=True)
     return net.eval().requires_grad_(False)
-
-
-_cache: dict = {}
 
 
 def load(path, device=None) -> BodyPoseNet:
     """The net in `path` (cached: one per file and device); device None: CUDA if there is one."""
     from ..checkpoints.files import read_state_dict
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    key = (str(Path(path).resolve()), str(device))
-    if key not in _cache:
-        _cache.clear()
-        _cache[key] = build(read_state_dict(path), path).to(device)
-    return _cache[key]
+    device = torch_device(device)
+    return cached(("openpose", str(Path(path).resolve()), str(device)),
+                  lambda: build(read_state_dict(path), path).to(device))
 
 
 def find(folders) -> Path:
     """The installed body_pose_model.pth, or an error naming it and where to put it."""
-    from .depth_anything_files import match_file, preprocessor_dirs
-
-    found = match_file(folders, FILE)
-    if found is None:
-        raise InvalidArgument(f"openpose: {FILE} is not installed: put it in {preprocessor_dirs()} (any "
-                              f"subfolder); it is published at {SOURCE}")
-    return found
+    return require_file(folders, FILE, "openpose", SOURCE)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..errors import CheckpointError, InvalidArgument
+from .preprocessor_files import cached, check_keys, require_file, torch_device
 
 FILE = "table5_pidinet.pth"
 SOURCE = "huggingface.co/lllyasviel/Annotators"
@@ -174,12 +174,7 @@ def build(sd: dict[str, torch.Tensor], path="<state dict>", **config) -> PiDiNet
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     net = PiDiNet(**config)
     want = file_shapes(net)
-    missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
-    wrong = [k for k in want if k in sd and tuple(sd[k].shape) != want[k]]
-    if missing or extra or wrong:
-        raise CheckpointError(path, f"is not the PiDiNet soft-edge model ({FILE}): " + "; ".join(
-            f"{what} {', '.join(keys[:3])}" for what, keys in
-            (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys))
+    check_keys(path, sd, want, f"is not the PiDiNet soft-edge model ({FILE})")
     sd = {k: v.float() for k, v in sd.items()}
     for key, kind in pdc_layers(net).items():
         sd[key] = to_vanilla(sd[key], kind)
@@ -187,30 +182,18 @@ def build(sd: dict[str, torch.Tensor], path="<state dict>", **config) -> PiDiNet
     return net.eval().requires_grad_(False)
 
 
-_cache: dict = {}
-
-
 def load(path, device=None) -> PiDiNet:
     """The net in `path` (cached: one per file and device); device None: CUDA if there is one."""
     from ..checkpoints.files import read_state_dict
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    key = (str(Path(path).resolve()), str(device))
-    if key not in _cache:
-        _cache.clear()
-        _cache[key] = build(read_state_dict(path), path).to(device)
-    return _cache[key]
+    device = torch_device(device)
+    return cached(("pidinet", str(Path(path).resolve()), str(device)),
+                  lambda: build(read_state_dict(path), path).to(device))
 
 
 def find(folders) -> Path:
     """table5_pidinet.pth in the models folder's preprocessor folders, or an error naming it and where."""
-    from .depth_anything_files import match_file, preprocessor_dirs
-
-    found = match_file(folders, FILE) if folders is not None else None
-    if found is None:
-        raise InvalidArgument(f"pidinet: {FILE} is not installed: put it in {preprocessor_dirs()} "
-                              f"(any subfolder); it is published at {SOURCE}")
-    return found
+    return require_file(folders, FILE, "pidinet", SOURCE)
 
 
 @torch.no_grad()

@@ -333,7 +333,7 @@ OPTIONAL_WEIGHTS = {key: "ControlNetHED.pth" for key in
 
 def optional_weights(name: str, folders):
     """The installed model file an OPTIONAL_WEIGHTS preprocessor prefers, or None."""
-    from .depth_anything_files import match_file
+    from .preprocessor_files import match_file
 
     file = OPTIONAL_WEIGHTS.get(_key(name))
     return match_file(folders, file) if file and folders is not None else None
