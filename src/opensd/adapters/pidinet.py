@@ -206,15 +206,3 @@ def edges(image: Image.Image, net: PiDiNet, crop: bool = True) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(bgr)).float().div(255.0).permute(2, 0, 1)[None]
     edge = net(x.to(next(net.parameters()).device))[0, 0].float().cpu().numpy()
     return edge[:h, :w] if crop else edge
-
-
-def to_u8(edge: np.ndarray, safe: bool = False, threshold: bool = False) -> np.ndarray:
-    """The map in 0..255 as the originals make it: `threshold` (T2I sketch) edge > 0.5, `safe` the
-    3-level safe step, then x 255 truncated."""
-    from .preprocessors import safe_step
-
-    if threshold:
-        edge = (edge > 0.5).astype(np.float32)
-    if safe:
-        edge = safe_step(edge)
-    return np.clip(edge * 255.0, 0, 255).astype(np.uint8)

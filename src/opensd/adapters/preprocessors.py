@@ -77,6 +77,16 @@ def safe_step(edges: np.ndarray, step: int = 2) -> np.ndarray:
     return np.floor(edges.astype(np.float32) * float(step + 1)).astype(np.float32) / float(step)
 
 
+def pidinet_u8(edge: np.ndarray, safe: bool = False, threshold: bool = False) -> np.ndarray:
+    """The map in 0..255 as the originals make it: `threshold` (T2I sketch) edge > 0.5, `safe` the
+    3-level safe step, then x 255 truncated."""
+    if threshold:
+        edge = (edge > 0.5).astype(np.float32)
+    if safe:
+        edge = safe_step(edge)
+    return np.clip(edge * 255.0, 0, 255).astype(np.uint8)
+
+
 def _hed_u8(image: Image.Image, safe: bool, weights=None, device=None) -> np.ndarray:
     """The HED map as controlnet_aux quantises it: controlnet_aux's own net when its ControlNetHED.pth is
     given as `weights` (the map then keeps that net's padding to multiples of 64; callers crop), else
@@ -184,11 +194,11 @@ def lineart_standard(image: Image.Image, sigma: float = 6.0, threshold: int = 8)
 
 
 def _pidinet_u8(image: Image.Image, weights, device, safe: bool = False, threshold: bool = False) -> np.ndarray:
-    from .pidinet import edges, load, to_u8
+    from .pidinet import edges, load
 
     if weights is None:
         raise InvalidArgument("pidinet: no weights file (table5_pidinet.pth)")
-    return to_u8(edges(image, load(weights, device)), safe=safe, threshold=threshold)
+    return pidinet_u8(edges(image, load(weights, device)), safe=safe, threshold=threshold)
 
 
 def softedge_pidinet(image: Image.Image, safe: bool = False, weights=None, device=None) -> Image.Image:

@@ -103,12 +103,12 @@ def pidinet(call, image, safe="enable", resolution=512):
 def scribble_pidinet(call, image, safe="enable", resolution=512):
     """controlnet_aux's Scribble_PiDiNet_Preprocessor: its detector makes strokes of the padded map, and
     the node makes strokes of those again (both as there)."""
-    from ..adapters.pidinet import edges, find, load, to_u8
+    from ..adapters.pidinet import edges, find, load
 
     on, net = _on("safe", safe), load(find(call.ctx.folders), resolve_device(call.ctx.device))
 
     def make(im):
-        once = P.strokes(to_u8(edges(im, net, crop=False), safe=on))[:im.height, :im.width]
+        once = P.strokes(P.pidinet_u8(edges(im, net, crop=False), safe=on))[:im.height, :im.width]
         return Image.fromarray(P.strokes(once)).convert("RGB")
     return each_image(call, image, resolution, make)
 
