@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import InvalidArgument
-from .preprocessor_files import cached, check_keys, require_file, shapes, torch_device
+from .preprocessor_files import check_keys, load_network, require_file, shapes
 
 # preprocessor -> the file controlnet_aux (and sd-webui-controlnet) load for it
 FILES = {"realistic": "sk_model.pth", "coarse": "sk_model2.pth", "anime": "netG.pth", "manga": "erika.pth"}
@@ -132,11 +132,7 @@ def build(sd: dict[str, torch.Tensor], kind: str, path="<state dict>") -> nn.Mod
 
 def load(path, kind: str, device=None) -> nn.Module:
     """The net in `path` (cached: one per file, kind and device); device None: CUDA if there is one."""
-    from ..checkpoints.files import read_state_dict
-
-    device = torch_device(device)
-    return cached(("lineart", str(Path(path).resolve()), kind, str(device)),
-                  lambda: build(read_state_dict(path), kind, path).to(device))
+    return load_network("lineart", path, device, lambda sd, p: build(sd, kind, p), kind)
 
 
 def find(folders, kind: str) -> Path:

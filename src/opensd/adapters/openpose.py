@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .preprocessor_files import cached, check_keys, require_file, torch_device
+from .preprocessor_files import check_keys, load_network, require_file
 
 FILE = "body_pose_model.pth"
 SOURCE = "huggingface.co/lllyasviel/Annotators"
@@ -106,11 +106,7 @@ def build(sd: dict[str, torch.Tensor], path="<state dict>") -> BodyPoseNet:
 
 def load(path, device=None) -> BodyPoseNet:
     """The net in `path` (cached: one per file and device); device None: CUDA if there is one."""
-    from ..checkpoints.files import read_state_dict
-
-    device = torch_device(device)
-    return cached(("openpose", str(Path(path).resolve()), str(device)),
-                  lambda: build(read_state_dict(path), path).to(device))
+    return load_network("openpose", path, device, build)
 
 
 def find(folders) -> Path:

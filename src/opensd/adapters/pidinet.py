@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .preprocessor_files import cached, check_keys, require_file, torch_device
+from .preprocessor_files import check_keys, load_network, require_file
 
 FILE = "table5_pidinet.pth"
 SOURCE = "huggingface.co/lllyasviel/Annotators"
@@ -184,11 +184,7 @@ def build(sd: dict[str, torch.Tensor], path="<state dict>", **config) -> PiDiNet
 
 def load(path, device=None) -> PiDiNet:
     """The net in `path` (cached: one per file and device); device None: CUDA if there is one."""
-    from ..checkpoints.files import read_state_dict
-
-    device = torch_device(device)
-    return cached(("pidinet", str(Path(path).resolve()), str(device)),
-                  lambda: build(read_state_dict(path), path).to(device))
+    return load_network("pidinet", path, device, build)
 
 
 def find(folders) -> Path:

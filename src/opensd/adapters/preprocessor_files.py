@@ -73,3 +73,13 @@ def cached(key: tuple, make: Callable[[], nn.Module]) -> nn.Module:
         _loaded.clear()
         _loaded[key] = make()
     return _loaded[key]
+
+
+def load_network(tag: str, path, device, build: Callable[[dict, Path], nn.Module], *key) -> nn.Module:
+    """`build(state dict, path)` of the file at `path`, on `device` (None: CUDA when there is one),
+    through the one-network cache under (tag, file, *key, device)."""
+    from ..checkpoints.files import read_state_dict
+
+    device = torch_device(device)
+    return cached((tag, str(Path(path).resolve()), *key, str(device)),
+                  lambda: build(read_state_dict(path), path).to(device))

@@ -120,8 +120,10 @@ class CrossAttention(nn.Module):
 @contextmanager
 def reuse_context_kv(model: nn.Module):
     """Within the block, cross-attention keys/values are reused while the same context tensor is
-    passed again (and the weights were not changed in place, e.g. by a LoRA). Grad mode never reuses."""
-    layers = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    passed again (and the weights were not changed in place, e.g. by a LoRA). Grad mode never reuses,
+    nor a model whose calls replay CUDA graphs (pipeline/compiled.py), which would overwrite the cache."""
+    reuse = not getattr(model, "no_context_kv_reuse", False)
+    layers = [m for m in model.modules() if isinstance(m, CrossAttention)] if reuse else []
     for m in layers:
         m.kv_cache = []
     try:
