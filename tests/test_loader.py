@@ -226,12 +226,14 @@ def _edit_json(path, **fields):
     ("unet/config.json", {"flip_sin_to_cos": False}, "flip_sin_to_cos"),
     ("unet/config.json", {"up_block_types": ["UpBlock2D", "UpBlock2D"]}, "does not mirror"),
     ("unet/config.json", {"_class_name": "UNetSpatioTemporalConditionModel"}, "only UNet2DConditionModel"),
-    ("vae/config.json", {"latents_mean": [0.1, 0.2, 0.3, 0.4]}, "latents_mean"),
+    ("vae/config.json", {"latents_mean": [0.1, 0.2, 0.3, 0.4]}, "latents_mean / latents_std must be lists of 4"),
     ("vae/config.json", {"use_post_quant_conv": False}, "use_quant_conv and use_post_quant_conv differ"),
     ("scheduler/scheduler_config.json", {"beta_schedule": "linear"}, "beta_schedule = 'linear'"),
     ("scheduler/scheduler_config.json", {"beta_end": 0.02}, "beta_end"),
     ("scheduler/scheduler_config.json", {"prediction_type": "sample"}, "prediction_type"),
-    ("scheduler/scheduler_config.json", {"_class_name": "EDMDPMSolverMultistepScheduler"}, "EDM"),
+    ("scheduler/scheduler_config.json", {"_class_name": "EDMDPMSolverMultistepScheduler", "prediction_type": "sample"},
+     "EDM's continuous noise schedule"),
+    ("scheduler/scheduler_config.json", {"_class_name": "FlowMatchEulerDiscreteScheduler"}, "flow-matching"),
 ])
 def test_diffusers_config_fields_we_do_not_compute_are_refused(tmp_path, component, fields, words):
     make_diffusers_folder(tmp_path / "model")

@@ -1,6 +1,7 @@
 """--device auto / --precision auto: the choice is what the probes say, and it never changes seeds."""
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -43,6 +44,10 @@ def test_cuda_auto_is_fp16_with_sdxl_vae_kept_out_of_fp16(probes, cuda_bf16, sdx
                                                                     "auto: fp16 on CUDA")
     xl = P.choose_precision("auto", CUDA, C.sdxl())
     assert (xl.dtype, xl.vae_dtype) == (torch.float16, sdxl_vae)
+    # Playground v2.5 runs SDXL's VAE under another latent scale (0.5, per-channel statistics)
+    playground = replace(C.sdxl(), vae=replace(C.sdxl().vae, scaling_factor=0.5, latents_mean=(0.0,) * 4,
+                                               latents_std=(1.0,) * 4))
+    assert P.choose_precision("auto", CUDA, playground).vae_dtype == sdxl_vae
 
 
 def test_mps_auto_and_explicit_names(probes):

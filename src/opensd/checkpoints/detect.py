@@ -70,7 +70,7 @@ def metadata_for(cfg: C.ModelConfig) -> dict[str, str]:
     """The metadata a single file needs so `detect` recovers `cfg` exactly (what shapes cannot say)."""
     return {META_RESOLUTION: f"{cfg.resolution}x{cfg.resolution}",
             META_SCALING: str(cfg.vae.scaling_factor),
-            META_PREDICTION: "v" if cfg.prediction == "v" else "epsilon",
+            META_PREDICTION: {"v": "v", "edm": "edm"}.get(cfg.prediction, "epsilon"),
             META_HEADS: str(cfg.unet.num_heads), META_HEAD_CHANNELS: str(cfg.unet.num_head_channels)
             } | M.metadata_of(cfg)
 
@@ -202,4 +202,4 @@ def prediction_from_metadata(metadata: Mapping[str, str]) -> C.Prediction | None
         return "v"
     if value in ("epsilon", "eps"):
         return "eps"
-    return None
+    return "edm" if value == "edm" else None

@@ -30,8 +30,7 @@ _UNET_FIXED = {
     "downsample_padding": (1,), "mid_block_scale_factor": (1,),
 }
 _VAE_FIXED = {
-    "act_fn": ("silu",), "norm_num_groups": (32,), "latents_mean": (None,),
-    "latents_std": (None,), "mid_block_add_attention": (True,),
+    "act_fn": ("silu",), "norm_num_groups": (32,), "mid_block_add_attention": (True,),
 }
 # transformers' CLIPTextConfig. eos_token_id 2 (the original OpenAI configs) and 49407 both pool at
 # the end-of-text token our tokenizer writes, which is what our argmax pooling picks.
@@ -128,7 +127,18 @@ def vae_config(j: dict) -> C.VAEConfig:
         ch_mult=tuple(c // channels[0] for c in channels), num_res_blocks=j.get("layers_per_block", 2),
         z_channels=j.get("latent_channels", 4), embed_dim=j.get("latent_channels", 4),
         scaling_factor=float(j.get("scaling_factor", 0.18215)), shift_factor=float(j.get("shift_factor") or 0.0),
-        use_quant_conv=bool(quant))
+        use_quant_conv=bool(quant), **_latent_stats(j))
+
+
+def _latent_stats(j: dict) -> dict:
+    """latents_mean / latents_std (Playground v2.5's VAE config): both or neither, one per channel."""
+    mean, std = j.get("latents_mean"), j.get("latents_std")
+    if mean is None and std is None:
+        return {}
+    channels = j.get("latent_channels", 4)
+    if not all(isinstance(v, list) and len(v) == channels for v in (mean, std)):
+        raise ValueError(f"latents_mean / latents_std must be lists of {channels} numbers")
+    return {"latents_mean": tuple(float(v) for v in mean), "latents_std": tuple(float(v) for v in std)}
 
 
 def text_encoder_config(j: dict, naming: str) -> C.TextEncoderConfig:
@@ -145,9 +155,20 @@ def text_encoder_config(j: dict, naming: str) -> C.TextEncoderConfig:
         projection_dim=j.get("projection_dim", 0) if "CLIPTextModelWithProjection" in architectures else 0)
 
 
-def check_scheduler(j: dict) -> None:
-    require(j, _SCHEDULER_FIXED, "SD's discrete noise schedule")
+# diffusers' EDM schedulers (Playground v2.5): continuous sigmas; their "epsilon" is EDM's F output.
+_EDM_SCHEDULERS = ("EDMDPMSolverMultistepScheduler", "EDMEulerScheduler")
+_EDM_FIXED = {"prediction_type": (None, "epsilon", "v_prediction"), "sigma_schedule": (None, "karras", "exponential")}
+
+
+def check_scheduler(j: dict) -> C.ContinuousEDM | None:
+    """Checks a scheduler config we can sample like; returns the EDM bounds for an EDM scheduler."""
     name = str(j.get("_class_name", ""))
+    if name in _EDM_SCHEDULERS:
+        require(j, _EDM_FIXED, "EDM's continuous noise schedule")
+        return C.ContinuousEDM(sigma_min=float(j.get("sigma_min", 0.002)), sigma_max=float(j.get("sigma_max", 80.0)),
+                               sigma_data=float(j.get("sigma_data", 0.5)))
+    require(j, _SCHEDULER_FIXED, "SD's discrete noise schedule")
     if name.startswith(("EDM", "FlowMatch")):
         raise ValueError(f"_class_name = {name!r}: an {name[:3] if name.startswith('EDM') else 'flow-matching'} "
                          "schedule, not SD's discrete one; not supported")
+    return None

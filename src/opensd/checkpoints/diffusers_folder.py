@@ -12,6 +12,7 @@ import torch
 
 from ..errors import CheckpointError
 from . import detect as D
+from . import markers
 from .markers import META_ZSNR
 from .diffusers_config import check_scheduler, text_encoder_config, unet_config, vae_config
 from .families import SUPPORTED, family_message, unsupported_pipeline
@@ -113,16 +114,20 @@ def read_diffusers_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str
         out.update(_prefixed(prefix, _map(folder, clip_from_transformers, cfg)))
 
     metadata = {D.META_SCALING: str(vae_cfg.scaling_factor),
-                D.META_HEADS: str(unet_cfg.num_heads), D.META_HEAD_CHANNELS: str(unet_cfg.num_head_channels)}
+                D.META_HEADS: str(unet_cfg.num_heads), D.META_HEAD_CHANNELS: str(unet_cfg.num_head_channels),
+                **markers.latent_stats_metadata(vae_cfg)}
     scheduler = path / "scheduler" / "scheduler_config.json"
     if scheduler.is_file():
         sched = _json(scheduler)
         try:
-            check_scheduler(sched)
+            edm = check_scheduler(sched)
         except ValueError as e:
             raise CheckpointError(scheduler, str(e)) from None
         pred = sched.get("prediction_type")
-        if pred:
+        if edm is not None:  # EDM schedulers' "epsilon" is EDM's F output
+            metadata |= markers.edm_metadata(edm)
+            metadata[D.META_PREDICTION] = "v" if pred == "v_prediction" else "edm"
+        elif pred:
             metadata[D.META_PREDICTION] = "v" if pred == "v_prediction" else pred
         if sched.get("rescale_betas_zero_snr"):
             metadata[META_ZSNR] = "true"

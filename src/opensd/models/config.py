@@ -9,7 +9,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 Family = Literal["sd1", "sd2", "sdxl", "sdxl_refiner", "small"]
-Prediction = Literal["eps", "v"]
+# "edm": EDM's denoiser output F (x0 = c_skip x + c_out F, Karras et al. 2022), Playground v2.5's.
+Prediction = Literal["eps", "v", "edm"]
 
 
 @dataclass(frozen=True)
@@ -59,18 +60,33 @@ class VAEConfig:
     shift_factor: float = 0.0
     # SD1/SD2/SDXL have 1x1 quant_conv/post_quant_conv around the latent; SD3's and Flux's VAEs do not.
     use_quant_conv: bool = True
+    # Per-channel statistics the latent is normalised with before scaling (Playground v2.5); () = none.
+    latents_mean: tuple[float, ...] = ()
+    latents_std: tuple[float, ...] = ()
 
     @property
     def downscale(self) -> int:
         return 2 ** (len(self.ch_mult) - 1)
 
     def scaled(self, z):
-        """A VAE latent as the diffusion network sees it: (z - shift_factor) * scaling_factor."""
+        """A VAE latent as the diffusion network sees it: (z - shift_factor) * scaling_factor, or
+        (z - mean) * scaling_factor / std per channel where the model has latent statistics."""
+        if self.latents_mean:
+            mean, std = self._stats(z)
+            return (z - mean) * self.scaling_factor / std
         return (z - self.shift_factor) * self.scaling_factor if self.shift_factor else z * self.scaling_factor
 
     def unscaled(self, z):
         """The inverse of `scaled`: the latent the VAE decodes."""
+        if self.latents_mean:
+            mean, std = self._stats(z)
+            return z * std / self.scaling_factor + mean
         return z / self.scaling_factor + self.shift_factor if self.shift_factor else z / self.scaling_factor
+
+    def _stats(self, z):
+        """latents_mean and latents_std shaped to broadcast over z's channel dimension (dim 1)."""
+        shape = (-1,) + (1,) * (z.ndim - 2)
+        return z.new_tensor(self.latents_mean).view(shape), z.new_tensor(self.latents_std).view(shape)
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,8 @@ def _with_vae_of(cfg: C.ModelConfig, sd, vae_path, declared: float | None) -> C.
         log.warning("%s: this VAE was made for a latent scaling factor of %s but the model uses %s: its latents "
                     "are another space, so images will likely come out wrong; use a VAE made for this model",
                     vae_path, _named_scaling(declared), _named_scaling(old.scaling_factor))
-    return replace(cfg, vae=replace(new, scaling_factor=old.scaling_factor, shift_factor=old.shift_factor))
+    return replace(cfg, vae=replace(new, scaling_factor=old.scaling_factor, shift_factor=old.shift_factor,
+                                    latents_mean=old.latents_mean, latents_std=old.latents_std))
 
 
 def _sidecar_prediction(path: Path) -> C.Prediction | None:

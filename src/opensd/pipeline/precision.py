@@ -81,7 +81,8 @@ def choose_precision(precision: str, device: torch.device, cfg: ModelConfig) -> 
     if precision != "auto":
         dtype = resolve_dtype(precision)
         return Precision(dtype, dtype, "--precision")
-    return _auto(device, cfg.vae.scaling_factor == SDXL_LATENT_SCALE, network_params(cfg) >= BF16_MIN_PARAMS)
+    sdxl_vae = cfg.vae.scaling_factor == SDXL_LATENT_SCALE or bool(cfg.vae.latents_mean)  # Playground's is SDXL's
+    return _auto(device, sdxl_vae, network_params(cfg) >= BF16_MIN_PARAMS)
 
 
 def summary(precision: str, device: torch.device) -> str:

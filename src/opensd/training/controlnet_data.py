@@ -75,7 +75,7 @@ def prepare_pairs(loaded, data: Path, conditioning: Path, resolution: int | None
     for i in range(0, len(ds.items), batch):
         px = torch.stack([ds.pixels(j) for j in range(i, min(i + batch, len(ds.items)))])
         mean, _ = vae.encode(px.to(next(vae.parameters()).dtype))
-        latents.append(mean.float() * loaded.config.vae.scaling_factor)
+        latents.append(loaded.config.vae.scaled(mean.float()))
     out = {"latents": torch.cat(latents), "sources": sources,
            "hints": torch.from_numpy(np.stack([_control_pixels(p, res) for p in controls])),
            "order": torch.tensor([i for i, it in enumerate(ds.items) for _ in range(it.repeats)])}

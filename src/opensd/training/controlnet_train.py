@@ -74,7 +74,7 @@ def prepare(loaded, images: np.ndarray, path: Path, batch: int = 128) -> dict:
     lat = []
     for i in range(0, len(images), batch):
         mean, _ = vae.encode(to_pixels(images[i:i + batch]))
-        lat.append(mean.float() * loaded.config.vae.scaling_factor)
+        lat.append(loaded.config.vae.scaled(mean.float()))
     out = {"latents": torch.cat(lat), "hints": torch.from_numpy(canny_hints(images))}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:

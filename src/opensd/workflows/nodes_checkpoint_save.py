@@ -61,7 +61,10 @@ def _extra(model, pipe) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     if bounds is not None:
         extra["edm_vpred.sigma_max"] = torch.tensor(bounds[0]).float()
         extra["edm_vpred.sigma_min"] = torch.tensor(bounds[1]).float()
-    if own_edm is not None:  # ComfyUI's type for it is EDM v-prediction: neither key below
+    if cfg.vae.latents_mean:  # Playground v2.5: ComfyUI reads its EDM type and latent format off these two
+        extra["edm_mean"] = torch.tensor(cfg.vae.latents_mean).float().view(1, -1, 1, 1)
+        extra["edm_std"] = torch.tensor(cfg.vae.latents_std).float().view(1, -1, 1, 1)
+    if own_edm is not None:  # ComfyUI's type for it is EDM (v-prediction): neither key below
         return metadata, extra
     if cfg.prediction == "eps":
         metadata["modelspec.predict_key"] = "epsilon"
