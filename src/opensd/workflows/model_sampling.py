@@ -2,14 +2,12 @@
 ModelSamplingDiscrete (and CheckpointLoader's yaml) replace it with (sampling.model_sampling:
 eps, v, x0, LCM's distilled schedule of 50 of the 1000 training timesteps, every 20th from 19),
 or ModelSamplingContinuousEDM / V with (continuous sigmas between two bounds; Playground v2.5's
-EDM sampling comes with its own latent statistics, :class:`PlaygroundLatents`).
+EDM sampling comes with its own latent statistics, checkpoints/markers.py's PLAYGROUND_*).
 
 * zsnr: the schedule rescaled to zero terminal SNR (Lin et al. 2023), its last alpha_bar set to
   ComfyUI's 4.8973451890853435e-08 so the largest sigma stays finite.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -36,24 +34,3 @@ def model_sampling(base: DiscreteSchedule, sampling: str, zsnr: bool) -> ModelSa
         skip = len(sigmas) // LCM_STEPS
         sigmas = torch.stack([sigmas[len(sigmas) - 1 - i * skip] for i in range(LCM_STEPS)]).flip(0)
     return ModelSampling(DiscreteSchedule(1 / (sigmas ** 2 + 1)), prediction, skip, zsnr)
-
-
-
-@dataclass(frozen=True)
-class PlaygroundLatents:
-    """Playground v2.5's latent format: each SDXL VAE channel standardised by its own mean and
-    deviation, then scaled by 0.5."""
-    mean: tuple = (-1.6574, 1.886, -1.383, 2.5155)
-    std: tuple = (8.4927, 5.9022, 6.5498, 5.2299)
-    scale: float = 0.5
-
-    def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.tensor(v, dtype=z.dtype, device=z.device).view(1, -1, 1, 1) for v in (self.mean, self.std))
-
-    def scaled(self, z: torch.Tensor) -> torch.Tensor:
-        mean, std = self._stats(z)
-        return (z - mean) * self.scale / std
-
-    def unscaled(self, z: torch.Tensor) -> torch.Tensor:
-        mean, std = self._stats(z)
-        return z * std / self.scale + mean

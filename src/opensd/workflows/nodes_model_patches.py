@@ -11,11 +11,12 @@ from dataclasses import replace
 
 import torch
 
+from ..checkpoints.markers import PLAYGROUND_EDM, PLAYGROUND_MEAN, PLAYGROUND_SCALING, PLAYGROUND_STD
 from ..sampling.model_sampling import continuous_sampling
 from ..sampling.schedules import DiscreteSchedule
 from .guiders import CfgArgs, perp_neg
 from .ksampler import sampling_of
-from .model_sampling import PlaygroundLatents, model_sampling
+from .model_sampling import model_sampling
 from .nodes_image import upscale
 from .types import NodeDef, register
 from .unet_patches import deep_shrink
@@ -40,8 +41,10 @@ def model_sampling_continuous_edm(call, model, sampling, sigma_max, sigma_min):
     sigma_data 0.5 and its own latent format."""
     model.pipe.family.require("continuous_sampling", "model")
     if sampling == "edm_playground_v2.5":
-        return (replace(model, sampling=continuous_sampling("edm", "edm", sigma_min, sigma_max, 0.5),
-                        latent_format=PlaygroundLatents()),)
+        vae = model.pipe.config.vae  # the VAE config is also the latent format (scaled / unscaled)
+        return (replace(model, sampling=continuous_sampling("edm", "edm", sigma_min, sigma_max, PLAYGROUND_EDM.sigma_data),
+                        latent_format=replace(vae, scaling_factor=PLAYGROUND_SCALING, latents_mean=PLAYGROUND_MEAN,
+                                              latents_std=PLAYGROUND_STD)),)
     prediction = {"eps": "eps", "v_prediction": "v"}[sampling]
     return (replace(model, sampling=continuous_sampling("edm", prediction, sigma_min, sigma_max)),)
 
