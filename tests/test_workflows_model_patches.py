@@ -397,3 +397,29 @@ def test_playground_v25_samples_edm_in_its_own_latent_format_by_hand(env):
             denoised = x * 0.25 / (s * s + 0.25) + f * s * 0.5 / math.sqrt(s * s + 0.25)
             x = x + (x - denoised) / s * (nxt - s)
     torch.testing.assert_close(got, x * std / 0.5 + mean, rtol=1e-4, atol=1e-4)
+
+
+# --- TorchCompileModel ---------------------------------------------------------------------------
+
+def test_torch_compile_model_runs_compiled_only_for_its_model_and_compiles_once(env, monkeypatch):
+    """Traced with dynamo's eager backend (the same capture, no minutes of C++ compilation)."""
+    from opensd.pipeline import compiled
+    from opensd.workflows import nodes_torch_compile as T
+    monkeypatch.setattr(compiled, "BACKEND", "eager")
+    model, pos, neg = env
+    network = model.pipe.family.network(model.pipe.model)
+    compiles = []
+    monkeypatch.setattr(T, "compile_in_place", lambda m: compiles.append(m) or compiled.compile_in_place(m))
+    seen = []
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    kw = dict(seed=2, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal")
+    plain = K.sample(model, pos, neg, latent, **kw)["samples"]
+    (fast,) = T.torch_compile_model(None, model, "inductor")
+    spy = network.forward
+    monkeypatch.setattr(network, "forward", lambda *a, **k: seen.append(network._compiled_call_impl is not None)
+                        or spy(*a, **k))
+    out = K.sample(fast, pos, neg, latent, **kw)["samples"]
+    assert seen and network._compiled_call_impl is None  # compiled during the run, plain after it
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-5)
+    K.sample(fast, pos, neg, latent, **kw)
+    assert compiles == [network]  # the second run reused the compiled call

@@ -120,10 +120,8 @@ class CrossAttention(nn.Module):
 @contextmanager
 def reuse_context_kv(model: nn.Module):
     """Within the block, cross-attention keys/values are reused while the same context tensor is
-    passed again (and the weights were not changed in place, e.g. by a LoRA). Grad mode never reuses,
-    nor a model whose calls replay CUDA graphs (pipeline/compiled.py), which would overwrite the cache."""
-    reuse = not getattr(model, "no_context_kv_reuse", False)
-    layers = [m for m in model.modules() if isinstance(m, CrossAttention)] if reuse else []
+    passed again (and the weights were not changed in place, e.g. by a LoRA). Grad mode never reuses."""
+    layers = [m for m in model.modules() if isinstance(m, CrossAttention)]
     for m in layers:
         m.kv_cache = []
     try:
@@ -131,6 +129,20 @@ def reuse_context_kv(model: nn.Module):
     finally:
         for m in layers:
             m.kv_cache = None
+
+
+@contextmanager
+def kv_reuse_suspended(layers: list):
+    """Within the block the CrossAttention `layers` compute their K/V afresh, and their caches are
+    as before afterwards (a CUDA graph replay would overwrite what a call cached)."""
+    saved = [m.kv_cache for m in layers]
+    for m in layers:
+        m.kv_cache = None
+    try:
+        yield
+    finally:
+        for m, cache in zip(layers, saved):
+            m.kv_cache = cache
 
 
 class GEGLU(nn.Module):

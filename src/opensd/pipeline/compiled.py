@@ -12,7 +12,7 @@ On CUDA the compiled code also runs as CUDA graphs (inductor's cudagraph trees):
 instead of hundreds of kernel launches, which is most of an SD 1.5 step's time on a large GPU; the
 weights are not frozen there (nothing to pre-pack, and frozen graphs skip inductor's cache). A
 replay overwrites the previous call's outputs, so each call returns a copy, and the context K/V reuse
-of models/unet.py is switched off for such a module (its cached K/V would be overwritten too).
+of models/unet.py is suspended during such calls (its cached K/V would be overwritten too).
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..models.unet import CrossAttention, kv_reuse_suspended
 
 BACKEND = "inductor"  # tests use "eager": the same graph capture, without minutes of C++ compilation
 
@@ -62,15 +64,16 @@ def compile_in_place(module: nn.Module, cudagraphs: bool | None = None) -> nn.Mo
                 torch._dynamo.reset()  # the frozen weights are stale: drop the compiled code
             state["fn"] = torch.compile(module._call_impl, backend=BACKEND, dynamic=False, options=options)
             state["stamp"] = stamp
-        out = state["fn"](*args, **kwargs)
-        return _copied(out) if cudagraphs else out
+        if not cudagraphs:
+            return state["fn"](*args, **kwargs)
+        with kv_reuse_suspended(cross_attentions):
+            return _copied(state["fn"](*args, **kwargs))
 
-    module.no_context_kv_reuse = cudagraphs
+    cross_attentions = [m for m in module.modules() if isinstance(m, CrossAttention)] if cudagraphs else []
     module._compiled_call_impl = call  # what nn.Module.compile sets: __call__ goes through it
     return module
 
 
 def uncompile(module: nn.Module) -> nn.Module:
     module._compiled_call_impl = None
-    module.no_context_kv_reuse = False
     return module

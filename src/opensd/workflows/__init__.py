@@ -36,6 +36,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_preprocessors,
     nodes_model_merging,
     nodes_model_patches,
+    nodes_torch_compile,
     nodes_output,
     nodes_primitive,
     nodes_rebatch,
