@@ -6,6 +6,8 @@ hidden state):
 * a tiny Plus file, written in that layout, loads, is detected, and our patched UNet (with the image
   and negative tokens of IPAdapterSpec) equals diffusers' UNet with the file loaded by its loader
   and the hidden states of transformers' CLIP vision model (negative: zero pixel values);
+* our txt2img with a tiny Plus file equals diffusers' StableDiffusionPipeline with the same file
+  loaded by its load_ip_adapter (and the same hidden states as ip_adapter_image_embeds);
 * the pipeline applies Plus and Full Face files (scale 0 = no adapter);
 * the full-size layouts of ip-adapter-plus_sd15, ip-adapter-plus_sdxl_vit-h and
   ip-adapter-full-face_sd15 build (meta device) with exactly their keys and shapes;
@@ -31,6 +33,8 @@ from opensd.models.ip_adapter import HIDDEN, IPAdapter, MLPProjection, Resampler
 from opensd.models.unet import UNetModel
 from opensd.pipeline.pipeline import load
 from reference import assert_close_scaled, diffusers_unet_kwargs, randomize_
+from test_pipeline_equivalence import _check_equal, _run_ref, sd1, vocab_dir  # noqa: F401 (fixtures)
+from test_pipeline_equivalence import _run_ours as _txt2img
 from test_unet import CONFIGS, _inputs, _run_ours
 from vision_fixtures import clip_vision, save_vision
 
@@ -128,17 +132,11 @@ def test_plus_file_matches_diffusers_load_ip_adapter(name, tmp_path, encoder, hf
     assert isinstance(adapter.image_proj, Resampler) and adapter.source == HIDDEN
     assert adapter.image_proj.tokens == 16 and adapter.image_proj.layers[0][0].heads == 2
     ref._load_ip_adapter_weights([_diffusers_halves(adapter.state_dict())])
-    image = _picture()
-    spec = IPAdapterSpec(LoadedIPAdapter(adapter, path), encoder, image, 1.0)
+    spec = IPAdapterSpec(LoadedIPAdapter(adapter, path), encoder, _picture(), 1.0)
     spec.validate()
     cond, uncond = spec.tokens()
-    # diffusers' pipeline: hidden_states[-2] of the image's pixel values and of zeros like them
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None]
-    pixel_values = preprocess(pixels, encoder.config, crop=True)
+    both = _hidden_pair(hf_vision, encoder, _picture())  # as diffusers' pipeline computes them
     with torch.no_grad():
-        states = [hf_vision(p, output_hidden_states=True).hidden_states[-2]
-                  for p in (torch.zeros_like(pixel_values), pixel_values)]
-        both = torch.cat(states)[:, None]  # (2, 1 image, tokens, hidden): row 0 the negative
         x, t, ctx, pooled, time_ids = _inputs(cfg)
         added = {"image_embeds": [both]}
         if cfg.adm_in_channels:
@@ -153,6 +151,36 @@ def test_plus_file_matches_diffusers_load_ip_adapter(name, tmp_path, encoder, hf
     assert torch.equal(zero, plain)
     assert (got - plain).abs().max() > 1e-3 * plain.abs().max()  # the adapter did change the output
     assert not torch.allclose(cond, uncond)
+
+
+def _hidden_pair(hf_vision, encoder, image):
+    """diffusers' pipeline input for a Plus adapter: transformers' hidden_states[-2] of zero pixel
+    values and of the image's, stacked (2, 1 image, tokens, hidden): row 0 the negative."""
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None]
+    pixel_values = preprocess(pixels, encoder.config, crop=True)
+    with torch.no_grad():
+        states = [hf_vision(p, output_hidden_states=True).hidden_states[-2]
+                  for p in (torch.zeros_like(pixel_values), pixel_values)]
+    return torch.cat(states)[:, None]
+
+
+def test_sd1_txt2img_with_a_plus_file_equals_diffusers_load_ip_adapter(sd1, monkeypatch, tmp_path, encoder,
+                                                                       hf_vision):
+    ours, ref = sd1
+    path = write(plus_adapter(ours.family.network(ours.model)), tmp_path / "ip-adapter-plus_tiny.safetensors")
+    spec = IPAdapterSpec(load_ip_adapter_for(path, ours), encoder, _picture(), 0.7)
+    ref.load_ip_adapter(str(tmp_path), subfolder="", weight_name=path.name, image_encoder_folder=None)
+    try:
+        ref.set_ip_adapter_scale(0.7)
+        image, got = _txt2img(ours, monkeypatch, 64, 64, ip_adapter=spec)
+        expected_image, expected = _run_ref(ref, ours, 64, 64,
+                                            ip_adapter_image_embeds=[_hidden_pair(hf_vision, encoder, _picture())])
+    finally:
+        ref.unload_ip_adapter()
+    _check_equal(ours, image, got, expected_image, expected)
+    latents = got["latents"]  # (the next run's spy calls this one's, which then records that run)
+    _, plain = _txt2img(ours, monkeypatch, 64, 64)
+    assert (plain["latents"] - latents).abs().max() > 1e-2 * latents.abs().max()
 
 
 # --- the pipeline ------------------------------------------------------------------------------------
