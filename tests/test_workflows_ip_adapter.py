@@ -10,6 +10,8 @@ vision encoder:
 * a Plus file reads the penultimate hidden states, its negative a black image's (as cubiq's);
 * what opensd does not do is refused in one line.
 """
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,7 @@ from opensd.workflows import ksampler as K
 from opensd.workflows.nodes_clip_vision import clip_vision_loader
 from opensd.workflows.nodes_ip_adapter import (ipadapter_advanced, ipadapter_combine_embeds, ipadapter_embeds,
                                                ipadapter_encoder, ipadapter_model_loader, ipadapter_simple)
+from opensd.workflows.nodes_ip_adapter_presets import ipadapter_unified_loader
 
 IP_FILE = "ip-adapter_tiny.safetensors"
 PLUS_FILE = "ip-adapter-plus_tiny.safetensors"
@@ -45,6 +48,9 @@ def env(tmp_path_factory):
     _write(_adapter(model.pipe.family.network(model.pipe.model)), root / "ipadapter" / IP_FILE)
     _write(plus_adapter(model.pipe.family.network(model.pipe.model)), root / "ipadapter" / PLUS_FILE)
     save_vision(clip_vision(), root / "clip_vision" / "cv.safetensors")
+    # what IPAdapterUnifiedLoader's PLUS preset finds by name: the Plus file and a ViT-H/14 encoder
+    shutil.copy(root / "ipadapter" / PLUS_FILE, root / "ipadapter" / "ip-adapter-plus_sd15.safetensors")
+    shutil.copy(root / "clip_vision" / "cv.safetensors", root / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
     (ipa,) = ipadapter_model_loader(call, IP_FILE)
     (cv,) = clip_vision_loader(call, "cv.safetensors")
     return call, model, pos, neg, ipa, cv
@@ -255,3 +261,18 @@ def test_a_plus_file_through_the_nodes(env):
         ipadapter_embeds(call, model, plus, both, 0.8, "linear", 0.0, 1.0, "V only")
     with pytest.raises(InvalidArgument, match="hidden states"):  # pooled embeddings given to a Plus adapter
         ipadapter_embeds(call, model, plus, torch.zeros(1, 24), 0.8, "linear", 0.0, 1.0, "V only", clip_vision=cv)
+
+
+def test_the_unified_loader_finds_a_preset_by_name_and_brings_its_encoder(env):
+    call, model, pos, neg, _, cv = env
+    same, plus = ipadapter_unified_loader(call, model, "PLUS (high strength)")
+    assert same is model and plus.name == "ip-adapter-plus_sd15.safetensors" and plus.source == HIDDEN
+    assert plus.clip_vision.name == "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+    _, image = picture(6)
+    (simple,) = ipadapter_simple(call, model, plus, image, 0.8, 0.0, 1.0, "standard")  # no clip_vision input
+    (advanced,) = ipadapter_advanced(call, model, ipadapter_model_loader(call, PLUS_FILE)[0], image, 0.8, "linear",
+                                     "concat", 0.0, 1.0, "V only", clip_vision=cv)
+    assert torch.equal(calls(simple, pos, neg)[1], calls(advanced, pos, neg)[1])
+    for preset, words in [("VIT-G (medium strength)", "no IP-Adapter file"), ("FACEID", "InsightFace")]:
+        with pytest.raises(InvalidArgument, match=words):
+            ipadapter_unified_loader(call, model, preset)

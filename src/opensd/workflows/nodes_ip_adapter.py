@@ -11,8 +11,8 @@ whose sigma lies between start_at's and end_at's, with the weight spread over th
 weight_type (adapters/ip_adapter_weights.py); rows from the negative conditioning see the tokens of
 neg_embed / image_negative, else, as cubiq's, of an all-zero embedding (base) or of a black image's
 hidden states (Plus, Full Face). Not available here: the FaceID variants (refused by the loader),
-embeds_scaling other than "V only", attention masks, and IPAdapter (simple) without a CLIP vision
-model (cubiq's needs IPAdapterUnifiedLoader's; ours also takes an optional clip_vision).
+embeds_scaling other than "V only" and attention masks. The nodes take the image encoder from
+their clip_vision input, else from an IPADAPTER of IPAdapterUnifiedLoader (nodes_ip_adapter_presets).
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ class IPAdapterRef:
     name: str
     source: str
     image_dim: int
+    clip_vision: ClipVisionRef | None = None  # the encoder IPAdapterUnifiedLoader found with it
 
 
 def ipadapter_model_loader(call, ipadapter_file):
@@ -65,6 +66,7 @@ def _encode(clip_vision, image, ipadapter) -> torch.Tensor:
     """What `ipadapter` reads from CLIP vision, per image (CHUNK images at a time)."""
     if not isinstance(ipadapter, IPAdapterRef):
         raise InvalidArgument("ipadapter: expected an IPADAPTER from IPAdapterModelLoader")
+    clip_vision = clip_vision if clip_vision is not None else ipadapter.clip_vision
     if not isinstance(clip_vision, ClipVisionRef):
         raise InvalidArgument("clip_vision: this IP-Adapter node needs a CLIP_VISION from CLIPVisionLoader (the "
                               "image encoder the adapter was trained with)")
@@ -86,6 +88,7 @@ def _negative(clip_vision, ipadapter, pos: torch.Tensor) -> torch.Tensor:
     image's hidden states for Plus / Full Face (which then needs the encoder)."""
     if ipadapter.source == POOLED:
         return torch.zeros_like(pos)
+    clip_vision = clip_vision if clip_vision is not None else ipadapter.clip_vision
     if clip_vision is None:
         raise InvalidArgument(f"clip_vision: {ipadapter.name} reads hidden states; its negative is a black image's, "
                               "so connect the CLIP vision model (or a neg_embed from IPAdapterEncoder)")
@@ -183,10 +186,9 @@ _SIMPLE_TYPES = {"standard": "linear", "prompt is more important": "ease out", "
 
 def ipadapter_simple(call, model, ipadapter, image, weight, start_at, end_at, weight_type, attn_mask=None,
                      clip_vision=None):
-    if clip_vision is None:
-        raise InvalidArgument("clip_vision: IPAdapter needs the image encoder, which cubiq's IPAdapterUnifiedLoader "
-                              "supplies and opensd does not have; connect a CLIPVisionLoader to this node's "
-                              "clip_vision input, or use IPAdapterAdvanced")
+    if clip_vision is None and getattr(ipadapter, "clip_vision", None) is None:
+        raise InvalidArgument("clip_vision: IPAdapter needs the image encoder: take the ipadapter from "
+                              "IPAdapterUnifiedLoader, or connect a CLIPVisionLoader to this node's clip_vision input")
     (out,) = ipadapter_advanced(call, model, ipadapter, image, weight, _SIMPLE_TYPES[weight_type], "concat",
                                 start_at, end_at, "V only", attn_mask=attn_mask, clip_vision=clip_vision)
     return (out,)
