@@ -50,7 +50,8 @@ def env(tmp_path_factory):
     save_vision(clip_vision(), root / "clip_vision" / "cv.safetensors")
     # what IPAdapterUnifiedLoader's PLUS preset finds by name: the Plus file and a ViT-H/14 encoder
     shutil.copy(root / "ipadapter" / PLUS_FILE, root / "ipadapter" / "ip-adapter-plus_sd15.safetensors")
-    shutil.copy(root / "clip_vision" / "cv.safetensors", root / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
+    shutil.copy(root / "clip_vision" / "cv.safetensors",
+                root / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
     (ipa,) = ipadapter_model_loader(call, IP_FILE)
     (cv,) = clip_vision_loader(call, "cv.safetensors")
     return call, model, pos, neg, ipa, cv

@@ -9,8 +9,8 @@ As h94's and diffusers' pipelines do, the center-cropped image is encoded by CLI
 adapter's projection reads the output it was trained on: the base variant the projected pooled
 embedding (``image_embeds``), Plus and Full Face the penultimate layer's hidden states. The
 negative (unconditional) rows get the projection of an all-zero embedding (base) or of the hidden
-states of an all-zero (normalised) pixel input (Plus, Full Face). The UNet is patched for one sampling pass at a time and left
-as it was after it (models/ip_adapter.patched).
+states of an all-zero (normalised) pixel input (Plus, Full Face). The UNet is patched for one
+sampling pass at a time and left as it was after it (models/ip_adapter.patched).
 """
 from __future__ import annotations
 

@@ -96,7 +96,8 @@ def parse_unit(unit: dict, index: int, field: str, folders, max_pixels: int) -> 
     if image is None:
         raise InvalidArgument(f"{field}.image: an IP-Adapter unit needs its image prompt")
     images_io.decode_b64(image, f"{field}.image", max_pixels)
-    return {"index": index, "kind": "ip_adapter", "path": str(path), "encoder": str(_encoder(folders, wanted, encoder or f"{dim}-wide", field)),
+    encoder_path = _encoder(folders, wanted, encoder or f"{dim}-wide", field)
+    return {"index": index, "kind": "ip_adapter", "path": str(path), "encoder": str(encoder_path),
             "weight": number(unit, "weight", field, 1.0, 0.0, 2.0),
             "start": number(unit, "guidance_start", field, 0.0, 0.0, 1.0),
             "end": number(unit, "guidance_end", field, 1.0, 0.0, 1.0)}
