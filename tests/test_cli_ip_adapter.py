@@ -14,6 +14,7 @@ from opensd.library.synthetic import TINY, write_random_checkpoint
 from opensd.models.ip_adapter import IPAdapter, cross_attentions
 from opensd.models.unet import UNetModel
 from reference import randomize_
+from test_ip_adapter_plus import plus_adapter
 from vision_fixtures import clip_vision, save_vision
 
 
@@ -28,6 +29,8 @@ def files(tmp_path_factory):
     (root / "models" / "ipadapter").mkdir()
     save_file({k: v.contiguous() for k, v in adapter.state_dict().items()},
               str(root / "models" / "ipadapter" / "ip-adapter_tiny.safetensors"))
+    save_file({k: v.contiguous() for k, v in plus_adapter(unet).state_dict().items()},
+              str(root / "models" / "ipadapter" / "ip-adapter-plus_tiny.safetensors"))
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(root / "face.png")
     return root
@@ -52,6 +55,10 @@ def test_flags_end_to_end(files, tmp_path):
     named = _run(files, tmp_path / "named.png", *by_name, "--ip-adapter-scale", "2")
     assert np.array_equal(zero, plain) and np.array_equal(named, full)
     assert not np.array_equal(full, plain)
+    plus = [*by_name[:3], "ip-adapter-plus_tiny", *by_name[4:]]
+    assert np.array_equal(_run(files, tmp_path / "plus0.png", *plus, "--ip-adapter-scale", "0"), plain)
+    plus_full = _run(files, tmp_path / "plus.png", *plus, "--ip-adapter-scale", "2")
+    assert not np.array_equal(plus_full, plain) and not np.array_equal(plus_full, full)
 
 
 def test_an_adapter_in_the_controlnet_folder_is_found_by_name(files, tmp_path):

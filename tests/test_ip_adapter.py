@@ -1,6 +1,7 @@
 """IP-Adapter (base): our patched UNet equals diffusers' UNet2DConditionModel with the same adapter
 loaded by its own loader, on SD1-like and SDXL-like tiny UNets; the pipeline applies it per pass and
-leaves the UNet as it was; other files are refused in one line."""
+leaves the UNet as it was; other files are refused in one line (Plus and Full Face:
+test_ip_adapter_plus.py)."""
 import numpy as np
 import pytest
 import torch
@@ -8,7 +9,7 @@ from diffusers import UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import save_file
 
-from opensd.adapters.ip_adapter import IPAdapterSpec, image_embeds, load_ip_adapter_for
+from opensd.adapters.ip_adapter import IPAdapterSpec, image_features, load_ip_adapter_for
 from opensd.checkpoints.clip_vision_files import load_clip_vision
 from opensd.checkpoints.ip_adapter_files import load_ip_adapter
 from opensd.checkpoints.keymap_unet import unet_from_diffusers
@@ -59,7 +60,7 @@ def test_matches_diffusers_load_ip_adapter(name, tmp_path, encoder):
                                                   if k.startswith("ip_adapter.")}}])
     pixels = torch.from_numpy(np.asarray(_picture(), dtype=np.float32) / 255)[None]
     with torch.no_grad():
-        embeds = image_embeds(encoder, pixels)  # (1, 24)
+        embeds = image_features(encoder, pixels)  # (1, 24)
         both = torch.cat([torch.zeros_like(embeds), embeds])  # row 0 unconditional, as diffusers' CFG batch
         x, t, ctx, pooled, time_ids = _inputs(cfg)
         added = {"image_embeds": [both[:, None]]}
@@ -154,12 +155,13 @@ def test_files_made_for_another_unet_and_other_variants_are_refused(pipe, tmp_pa
     bin_file = tmp_path / "ip-adapter_sd15.bin"
     bin_file.write_bytes(b"\x80\x02}q\x00.")
     sd = {k: v.contiguous() for k, v in _adapter(other).state_dict().items()}
-    plus = tmp_path / "ip-adapter-plus_sd15.safetensors"
+    plus = tmp_path / "ip-adapter-plus_sd15.safetensors"  # a Resampler's latents and nothing else of it
     save_file({**sd, "image_proj.latents": torch.zeros(1, 16, 48)}, str(plus))
     faceid = tmp_path / "ip-adapter-faceid_sd15.safetensors"
     save_file({"image_proj.proj.0.weight": torch.zeros(4, 4), "image_proj.norm.weight": torch.zeros(4),
                "ip_adapter.1.to_k_lora.down.weight": torch.zeros(4, 4)}, str(faceid))
-    for path, words in [(wrong, "another model"), (bin_file, ".safetensors"), (plus, "Plus"),
+    for path, words in [(wrong, "another model"), (bin_file, ".safetensors"),
+                        (plus, "Plus file lacks 'image_proj.proj_in.weight'"),
                         (faceid, "FaceID")]:
         with pytest.raises(CheckpointError) as e:
             load_ip_adapter_for(path, pipe)

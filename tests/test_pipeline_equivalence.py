@@ -127,9 +127,9 @@ def test_sdxl_size_vector_matches_diffusers_add_time_ids(sdxl, width, height):
 
 # --- full txt2img ------------------------------------------------------------------------------
 
-def _run_ours(pipe, monkeypatch, width, height):
-    """txt2img through the public entry point, catching the sampler's input and output latents
-    and the VAE's output (in [-1, 1], before 8-bit rounding)."""
+def _run_ours(pipe, monkeypatch, width, height, **kw):
+    """txt2img through the public entry point (`kw`: more of its arguments), catching the sampler's
+    input and output latents and the VAE's output (in [-1, 1], before 8-bit rounding)."""
     seen = {}
     euler, vae_decode = S.SAMPLERS["euler"], pipe.model.vae.decode
 
@@ -144,11 +144,11 @@ def _run_ours(pipe, monkeypatch, width, height):
 
     monkeypatch.setitem(S.SAMPLERS, "euler", spy_sampler)
     monkeypatch.setattr(pipe.model.vae, "decode", spy_decode)
-    (image,) = pipe.txt2img(PROMPT, NEGATIVE, steps=STEPS, cfg=CFG, seed=SEED, width=width, height=height)
+    (image,) = pipe.txt2img(PROMPT, NEGATIVE, steps=STEPS, cfg=CFG, seed=SEED, width=width, height=height, **kw)
     return image, seen
 
 
-def _run_ref(ref, ours, width, height):
+def _run_ref(ref, ours, width, height, **kw):
     down = ours.config.vae.downscale
     noise = ours.noise([SEED], height // down, width // down)
     # Same seed, same noise: diffusers' randn_tensor on a CPU generator draws the same numbers.
@@ -166,7 +166,7 @@ def _run_ref(ref, ours, width, height):
     with torch.no_grad():
         out = ref(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=CFG,
                   height=height, width=width, latents=latents, output_type="np",
-                  callback_on_step_end=on_step_end)
+                  callback_on_step_end=on_step_end, **kw)
     seen["sigmas"] = ref.scheduler.sigmas.clone()
     seen["timesteps"] = ref.scheduler.timesteps.clone()
     return out.images[0], seen

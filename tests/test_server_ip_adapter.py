@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import torch
 from safetensors.torch import save_file
 from server_live import LiveServer, models_dir
 from test_server_controlnet import arr, b64png, scene
+from test_ip_adapter_plus import FACEID, plus_adapter
 from vision_fixtures import clip_vision, save_vision
 
 from reference import randomize_
@@ -37,6 +39,10 @@ def live(tmp_path_factory):
     save_file({k: v.contiguous() for k, v in adapter.state_dict().items()},
               str(models / "ControlNet" / "ip-adapter_tiny.safetensors"))
     (models / "ControlNet" / "ip-adapter_sd15.bin").write_bytes(b"\x80\x02}q\x00.")
+    save_file({k: v.contiguous() for k, v in plus_adapter(unet).state_dict().items()},
+              str(models / "ControlNet" / "ip-adapter-plus_tiny.safetensors"))
+    save_file({k: torch.zeros(s) for k, s in FACEID["faceid"].items()},
+              str(models / "ControlNet" / "ip-adapter-faceid_sd15.safetensors"))
     save_vision(clip_vision(), models / "clip_vision" / "tiny_vit.safetensors")
     with LiveServer(Settings(models_dir=models, outputs_dir=root / "outputs")) as server:
         yield server
@@ -54,19 +60,20 @@ def _unit(**kw):
             "weight": 0.9, **kw}
 
 
-def test_unit_equals_the_python_pipeline_and_weight_zero_equals_none(live):
-    r = _post(live, [_unit()])
+@pytest.mark.parametrize("name", ["ip-adapter_tiny", "ip-adapter-plus_tiny"])
+def test_unit_equals_the_python_pipeline_and_weight_zero_equals_none(live, name):
+    r = _post(live, [_unit(model=name)])
     assert r.status_code == 200, r.text
     got = arr(decode_b64(r.json()["images"][0], "image", 10**7))
     plain = arr(decode_b64(_post(live, []).json()["images"][0], "image", 10**7))
-    zero = arr(decode_b64(_post(live, [_unit(weight=0)]).json()["images"][0], "image", 10**7))
+    zero = arr(decode_b64(_post(live, [_unit(model=name, weight=0)]).json()["images"][0], "image", 10**7))
     assert np.array_equal(zero, plain) and not np.array_equal(got, plain)
     path = live.state.cache.resolve("tiny")
     pipe = live.state.cache.get(path)
     req = Txt2ImgRequest(prompt="a box", width=64, height=64, seed=11, cfg_scale=5, steps=3, sampler_name="Euler")
     kw, _ = a1111_run.plan(req, False, 20_000, live.state.options.view())
     models = live.state.folders.root
-    spec = IPAdapterSpec(load_ip_adapter_for(models / "ControlNet" / "ip-adapter_tiny.safetensors", pipe),
+    spec = IPAdapterSpec(load_ip_adapter_for(models / "ControlNet" / f"{name}.safetensors", pipe),
                          load_clip_vision(models / "clip_vision" / "tiny_vit.safetensors"), scene(), 0.9)
     direct = pipe.txt2img("a box", "", seed=11, ip_adapter=spec, **kw)[0]
     assert np.array_equal(arr(direct), got)
@@ -75,6 +82,8 @@ def test_unit_equals_the_python_pipeline_and_weight_zero_equals_none(live):
 @pytest.mark.parametrize("unit, words", [
     (_unit(module="ip-adapter_clip_sdxl"), "ViT-bigG"),           # the tiny adapter takes 24-wide embeddings
     (_unit(module="ip-adapter_face_id_plus"), "not supported"),
+    (_unit(model="ip-adapter-plus_tiny", module="ip-adapter_clip_sd15"), "ViT-H/14 hidden states (1280 wide)"),
+    (_unit(model="ip-adapter-faceid_sd15"), "FaceID"),
     (_unit(model="ip-adapter_sd15"), "use the .safetensors"),
     (_unit(model="ip-adapter_nothere"), "model"),
     (_unit(image=None), "image prompt"),

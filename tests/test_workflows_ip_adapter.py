@@ -7,30 +7,36 @@ vision encoder:
 * weight 0 and steps outside start_at..end_at are the plain UNet;
 * Krita's chain (Encoder -> CombineEmbeds -> Embeds, attn_mask sent as null) samples what
   IPAdapterAdvanced does; weight types spread the weight over the layers cubiq names;
+* a Plus file reads the penultimate hidden states, its negative a black image's (as cubiq's);
 * what opensd does not do is refused in one line.
 """
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 from test_ip_adapter import _adapter, _write
+from test_ip_adapter_plus import FACEID, plus_adapter
 from vision_fixtures import clip_vision, save_vision
 from workflow_fixtures import sampling_env
 
-from opensd.adapters.ip_adapter import IPAdapterSpec, load_ip_adapter_for
+from opensd.adapters.ip_adapter import IPAdapterSpec, image_features, load_ip_adapter_for
 from opensd.adapters.ip_adapter_weights import layer_places, layer_weights
 from opensd.errors import CheckpointError, InvalidArgument
 from opensd.models import config as C
-from opensd.models.ip_adapter import cross_attentions, patched
+from opensd.models.ip_adapter import HIDDEN, cross_attentions, patched
 from opensd.models.unet import UNetModel
 from opensd.workflows import execute
 from opensd.workflows import ksampler as K
 from opensd.workflows.nodes_clip_vision import clip_vision_loader
 from opensd.workflows.nodes_ip_adapter import (ipadapter_advanced, ipadapter_combine_embeds, ipadapter_embeds,
                                                ipadapter_encoder, ipadapter_model_loader, ipadapter_simple)
+from opensd.workflows.nodes_ip_adapter_presets import ipadapter_unified_loader
 
 IP_FILE = "ip-adapter_tiny.safetensors"
+PLUS_FILE = "ip-adapter-plus_tiny.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,12 @@ def env(tmp_path_factory):
     root = call.ctx.folders.root
     (root / "ipadapter").mkdir()
     _write(_adapter(model.pipe.family.network(model.pipe.model)), root / "ipadapter" / IP_FILE)
+    _write(plus_adapter(model.pipe.family.network(model.pipe.model)), root / "ipadapter" / PLUS_FILE)
     save_vision(clip_vision(), root / "clip_vision" / "cv.safetensors")
+    # what IPAdapterUnifiedLoader's PLUS preset finds by name: the Plus file and a ViT-H/14 encoder
+    shutil.copy(root / "ipadapter" / PLUS_FILE, root / "ipadapter" / "ip-adapter-plus_sd15.safetensors")
+    shutil.copy(root / "clip_vision" / "cv.safetensors",
+                root / "clip_vision" / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
     (ipa,) = ipadapter_model_loader(call, IP_FILE)
     (cv,) = clip_vision_loader(call, "cv.safetensors")
     return call, model, pos, neg, ipa, cv
@@ -66,15 +77,20 @@ def calls(model, pos, neg, steps=2, cfg=5.0):
     return seen, out["samples"]
 
 
-def with_spec(env, image, scale):
+def with_spec(env, image, scale, file=IP_FILE):
     """The UNet output of a call's inputs under opensd's own IP-Adapter path (IPAdapterSpec's tokens,
-    negative rows first as the pipeline batches them), in the call's row order."""
+    negative rows first as the pipeline batches them), in the call's row order. A Plus file's
+    negative is cubiq's: the tokens of a black image's hidden states."""
     call, model, *_, cv = env
     pipe = model.pipe
     network = pipe.family.network(pipe.model)
-    loaded = load_ip_adapter_for(call.ctx.folders.root / "ipadapter" / IP_FILE, pipe)
+    loaded = load_ip_adapter_for(call.ctx.folders.root / "ipadapter" / file, pipe)
     spec = IPAdapterSpec(loaded, cv.model, image, scale)
     cond, uncond = spec.tokens()
+    if loaded.adapter.source == HIDDEN:
+        size = cv.model.config.image_size
+        with torch.no_grad():
+            uncond = loaded.adapter.project(image_features(cv.model, torch.zeros(1, size, size, 3), HIDDEN))
 
     def run(args):
         rows = len(args[0])
@@ -215,10 +231,49 @@ def test_what_opensd_does_not_do_is_refused_in_one_line(env, tmp_path):
         with pytest.raises(InvalidArgument, match=needle):
             fn()
     folder = call.ctx.folders.root / "ipadapter"
-    save_file({"image_proj.latents": torch.zeros(1, 4, 8), "ip_adapter.1.to_k_ip.weight": torch.zeros(4, 4)},
-              str(folder / "ip-adapter-plus_tiny.safetensors"))
-    with pytest.raises(CheckpointError, match="Plus"):
-        ipadapter_model_loader(call, "ip-adapter-plus_tiny.safetensors")
+    save_file({k: torch.zeros(s) for k, s in FACEID["faceid-portrait"].items()},
+              str(folder / "ip-adapter-faceid-portrait_sd15.safetensors"))
+    with pytest.raises(CheckpointError, match="FaceID"):
+        ipadapter_model_loader(call, "ip-adapter-faceid-portrait_sd15.safetensors")
     (folder / "ip-adapter_sd15.bin").write_bytes(b"\x80\x02}q\x00.")
     with pytest.raises(CheckpointError, match="safetensors only"):
         ipadapter_model_loader(call, "ip-adapter_sd15.bin")
+
+
+def test_a_plus_file_through_the_nodes(env):
+    call, model, pos, neg, _, cv = env
+    (plus,) = ipadapter_model_loader(call, PLUS_FILE)
+    assert plus.source == HIDDEN and plus.image_dim == cv.model.config.hidden_size
+    pil, image = picture(5)
+    (patched_model,) = ipadapter_advanced(call, model, plus, image, 0.8, "linear", "concat", 0.0, 1.0, "V only",
+                                          clip_vision=cv)
+    seen, want = calls(patched_model, pos, neg)
+    ref = with_spec(env, pil, 0.8, PLUS_FILE)
+    for args, out in seen:
+        torch.testing.assert_close(out, ref(args), rtol=1e-5, atol=1e-5)
+        assert (out - plain(model, args)).abs().max() > 1e-4
+    # Krita's chain: hidden states (images, tokens, width) as EMBEDS, the black image's as neg_embed
+    first, neg_embed = ipadapter_encoder(call, plus, image, 1.0, clip_vision=cv)
+    assert first.shape == (1, 17, 32) and neg_embed.shape == (1, 17, 32)
+    (both,) = ipadapter_combine_embeds(call, first, "concat")
+    (embeds,) = ipadapter_embeds(call, model, plus, both, 0.8, "linear", 0.0, 1.0, "V only", neg_embed=neg_embed)
+    torch.testing.assert_close(calls(embeds, pos, neg)[1], want, rtol=0, atol=1e-5 * want.abs().max().item())
+    with pytest.raises(InvalidArgument, match="black image"):  # no neg_embed and no encoder to make it
+        ipadapter_embeds(call, model, plus, both, 0.8, "linear", 0.0, 1.0, "V only")
+    with pytest.raises(InvalidArgument, match="hidden states"):  # pooled embeddings given to a Plus adapter
+        ipadapter_embeds(call, model, plus, torch.zeros(1, 24), 0.8, "linear", 0.0, 1.0, "V only", clip_vision=cv)
+
+
+def test_the_unified_loader_finds_a_preset_by_name_and_brings_its_encoder(env):
+    call, model, pos, neg, _, cv = env
+    same, plus = ipadapter_unified_loader(call, model, "PLUS (high strength)")
+    assert same is model and plus.name == "ip-adapter-plus_sd15.safetensors" and plus.source == HIDDEN
+    assert plus.clip_vision.name == "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+    _, image = picture(6)
+    (simple,) = ipadapter_simple(call, model, plus, image, 0.8, 0.0, 1.0, "standard")  # no clip_vision input
+    (advanced,) = ipadapter_advanced(call, model, ipadapter_model_loader(call, PLUS_FILE)[0], image, 0.8, "linear",
+                                     "concat", 0.0, 1.0, "V only", clip_vision=cv)
+    assert torch.equal(calls(simple, pos, neg)[1], calls(advanced, pos, neg)[1])
+    for preset, words in [("VIT-G (medium strength)", "no IP-Adapter file"), ("FACEID", "InsightFace")]:
+        with pytest.raises(InvalidArgument, match=words):
+            ipadapter_unified_loader(call, model, preset)

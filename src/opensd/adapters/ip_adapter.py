@@ -5,10 +5,12 @@
                          load_clip_vision("clip_vision_h.safetensors"), image, scale=0.8)
     pipe.txt2img("a cat", ip_adapter=spec)
 
-As diffusers' pipelines do: the image's embedding is CLIP vision's projected pooled output
-(``image_embeds``) of the center-cropped image; the negative (unconditional) rows get the
-projection of an all-zero embedding. The UNet is patched for one sampling pass at a time and left
-as it was after it (models/ip_adapter.patched).
+As h94's and diffusers' pipelines do, the center-cropped image is encoded by CLIP vision and the
+adapter's projection reads the output it was trained on: the base variant the projected pooled
+embedding (``image_embeds``), Plus and Full Face the penultimate layer's hidden states. The
+negative (unconditional) rows get the projection of an all-zero embedding (base) or of the hidden
+states of an all-zero (normalised) pixel input (Plus, Full Face). The UNet is patched for one
+sampling pass at a time and left as it was after it (models/ip_adapter.patched).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from ..checkpoints.clip_vision_files import load_clip_vision
 from ..checkpoints.ip_adapter_files import load_ip_adapter
 from ..errors import CheckpointError, InvalidArgument
 from ..models.clip_vision import VisionModel, preprocess
-from ..models.ip_adapter import IPAdapter, cross_attentions, patched
+from ..models.ip_adapter import POOLED, IPAdapter, cross_attentions, encoder_width, patched
 
 MAX_SCALE = 2.0  # A1111's ControlNet extension's weight slider goes to 2
 
@@ -93,39 +95,55 @@ class IPAdapterSpec:
         if not isinstance(self.model, LoadedIPAdapter):
             raise InvalidArgument("ip-adapter: model must be loaded with load_ip_adapter_for()")
         if self.encoder is None:
-            raise InvalidArgument("clip_vision: an IP-Adapter needs its CLIP image encoder (ViT-H/14 for "
-                                  "ip-adapter_sd15 and ip-adapter_sdxl_vit-h, ViT-bigG/14 for ip-adapter_sdxl)")
+            raise InvalidArgument(f"clip_vision: an IP-Adapter needs its CLIP image encoder ({ENCODERS})")
         if not isinstance(self.image, Image.Image):
             raise InvalidArgument("ip_adapter_image: a PIL image is required")
         value = self.scale
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or not 0 <= value <= MAX_SCALE:
             raise InvalidArgument(f"ip_adapter_scale: {value!r} must be a number in 0..{MAX_SCALE:g}")
-        dim = self.encoder.config.projection_dim
-        if dim != self.model.adapter.image_dim:
-            have = self.encoder.config.label or f"an encoder of {dim}-wide embeddings"
-            raise InvalidArgument(f"clip_vision: {self.model.name} takes {self.model.adapter.image_dim}-wide image "
-                                  f"embeddings, {have} gives {dim} (ViT-H/14: 1024, ViT-bigG/14: 1280)")
+        adapter = self.model.adapter
+        check_encoder(adapter.source, adapter.image_dim, self.encoder.config, self.model.name, "clip_vision")
 
     @torch.no_grad()
     def tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cond, uncond) image tokens, each (1, tokens, width): the image's and an all-zero embedding's."""
+        """(cond, uncond) image tokens, each (1, tokens, width): the image's and the negative's."""
         if self._tokens is None:
             weight = next(self.encoder.parameters())
             pixels = torch.from_numpy(np.asarray(self.image.convert("RGB"), dtype=np.float32) / 255.0)[None]
-            embeds = image_embeds(self.encoder, pixels.to(weight.device))
-            proj = self.model.adapter.image_proj
-            param = proj.proj.weight
-            embeds = embeds.to(device=param.device, dtype=param.dtype)
-            self._tokens = (proj(embeds), proj(torch.zeros_like(embeds)))
+            adapter = self.model.adapter
+            features = image_features(self.encoder, pixels.to(weight.device), adapter.source)
+            if adapter.source == POOLED:
+                negative = torch.zeros_like(features)
+            else:  # h94's get_image_embeds: the encoder run on zero (normalised) pixel values
+                size = self.encoder.config.image_size
+                negative = getattr(self.encoder(weight.new_zeros(1, 3, size, size)), adapter.source)
+            self._tokens = (adapter.project(features), adapter.project(negative))
         return self._tokens
 
 
-def image_embeds(encoder: VisionModel, pixels: torch.Tensor) -> torch.Tensor:
-    """The projected pooled embedding (B, projection_dim) of (B, H, W, 3) pixels in 0..1."""
+ENCODERS = ("ViT-H/14 for ip-adapter_sd15, ip-adapter_sdxl_vit-h and the Plus / Full Face files, ViT-bigG/14 for "
+            "ip-adapter_sdxl")
+
+
+def check_encoder(source: str, width: int, cfg, name: str, field: str) -> None:
+    """InvalidArgument (one line, naming `field`) unless an image encoder of config `cfg` gives what
+    the adapter `name` reads: its `source` output (pooled embedding or hidden states), `width` wide."""
+    have = encoder_width(cfg, source)
+    if have != width:
+        what = "image embeddings" if source == POOLED else "hidden states (penultimate layer)"
+        gives = f"{have}-wide ones" if have else "none"
+        label = cfg.label or f"the {cfg.kind} encoder"
+        raise InvalidArgument(f"{field}: {name} takes {width}-wide CLIP {what}, {label} gives {gives} "
+                              f"({ENCODERS})")
+
+
+def image_features(encoder: VisionModel, pixels: torch.Tensor, source: str = POOLED) -> torch.Tensor:
+    """An IP-Adapter's input from (B, H, W, 3) pixels in 0..1: CLIP vision's `source` output (the
+    projected pooled embedding (B, projection_dim), or the penultimate hidden states (B, N, hidden))."""
     weight = next(encoder.parameters())
     x = preprocess(pixels, encoder.config, crop=True).to(weight)
-    return encoder(x).image_embeds
+    return getattr(encoder(x), source)
 
 
 def validated(spec: IPAdapterSpec | None) -> IPAdapterSpec | None:

@@ -12,13 +12,15 @@ from ..errors import InvalidArgument
 from .common import float_arg, open_image
 from .model_flags import resolve_model
 
-ENCODERS = "ViT-H/14 for ip-adapter_sd15 and ip-adapter_sdxl_vit-h, ViT-bigG/14 for ip-adapter_sdxl"
+ENCODERS = "ViT-H/14, or ViT-bigG/14 for ip-adapter_sdxl"
 
 
 def add_flags(gen: argparse.ArgumentParser) -> None:
     g = gen.add_argument_group("IP-Adapter (image prompt)")
     g.add_argument("--ip-adapter", metavar="FILE_OR_NAME",
-                   help="a base IP-Adapter .safetensors (ip-adapter_sd15, ip-adapter_sdxl, ip-adapter_sdxl_vit-h)")
+                   help="an IP-Adapter .safetensors: base (ip-adapter_sd15, ip-adapter_sdxl, ip-adapter_sdxl_vit-h), "
+                        "Plus (ip-adapter-plus[-face]_sd15, ip-adapter-plus[-face]_sdxl_vit-h) or "
+                        "ip-adapter-full-face_sd15; not FaceID")
     g.add_argument("--ip-adapter-image", type=Path, metavar="IMAGE", help="the image prompt for --ip-adapter")
     g.add_argument("--ip-adapter-scale", type=float_arg, metavar="S",
                    help="how strongly the image prompt acts, 0..2 (default 1)")

@@ -1,11 +1,13 @@
 """IP-Adapter units of the A1111 ControlNet extension (``alwayson_scripts.controlnet.args``), as
 sd-webui-controlnet takes them: ``module`` "ip-adapter_clip_sd15" (a CLIP ViT-H/14 image encoder),
 "ip-adapter_clip_sdxl" (ViT-bigG/14), "ip-adapter_clip_sdxl_plus_vith" (ViT-H/14) or
-"ip-adapter-auto" (the encoder the adapter file takes), ``model`` a base IP-Adapter file in the
-ipadapter or ControlNet folder, ``weight`` its scale and ``image`` the image prompt.
+"ip-adapter-auto" (the encoder the adapter file takes), ``model`` an IP-Adapter file (base, Plus,
+Plus Face or Full Face; not FaceID) in the ipadapter or ControlNet folder, ``weight`` its scale and
+``image`` the image prompt.
 
-The image encoder is the file in models/clip_vision whose projection width the module (or, for
-auto, the adapter) asks for: 1024 for ViT-H/14, 1280 for ViT-bigG/14. One IP-Adapter unit per
+The image encoder is the file in models/clip_vision of the module's encoder (ViT-H/14: 1024-wide
+projection, 1280-wide hidden states; ViT-bigG/14: 1280 and 1664), or for auto the first whose
+output the adapter reads (pooled embedding or hidden states) is as wide as it takes. One IP-Adapter unit per
 request; ``guidance_start``/``guidance_end`` other than the whole run are accepted but not acted
 on (listed in info["unsupported_fields"])."""
 from __future__ import annotations
@@ -14,15 +16,18 @@ from pathlib import Path
 
 from ..checkpoints.clip_vision_files import detect_vision
 from ..checkpoints.files import read_safetensors_header
-from ..checkpoints.ip_adapter_files import variant
+from ..checkpoints.ip_adapter_files import header_ip_adapter
 from ..errors import CheckpointError, InvalidArgument, OpenSDError
+from ..models.ip_adapter import HIDDEN, POOLED, encoder_width
 from . import images_io
 from .a1111_units import HASH_SUFFIX, image_field, number, unit_list
 
-# module -> the projection width of the CLIP image encoder it runs (None: the adapter's)
-MODULES = {"ip-adapter_clip_sd15": 1024, "ip-adapter_clip_h": 1024, "ip-adapter_clip_sdxl_plus_vith": 1024,
-           "ip-adapter_clip_sdxl": 1280, "ip-adapter_clip_g": 1280, "ip-adapter-auto": None}
-ENCODER_NAMES = {1024: "CLIP ViT-H/14", 1280: "CLIP ViT-bigG/14"}
+# the CLIP image encoders of the modules: the widths of their pooled embedding and hidden states
+ENCODERS = {"CLIP ViT-H/14": {POOLED: 1024, HIDDEN: 1280}, "CLIP ViT-bigG/14": {POOLED: 1280, HIDDEN: 1664}}
+# module -> the CLIP image encoder it runs (None: the one the adapter reads)
+MODULES = {"ip-adapter_clip_sd15": "CLIP ViT-H/14", "ip-adapter_clip_h": "CLIP ViT-H/14",
+           "ip-adapter_clip_sdxl_plus_vith": "CLIP ViT-H/14", "ip-adapter_clip_sdxl": "CLIP ViT-bigG/14",
+           "ip-adapter_clip_g": "CLIP ViT-bigG/14", "ip-adapter-auto": None}
 
 
 def is_unit(unit: dict) -> bool:
@@ -41,26 +46,21 @@ def _adapter_path(folders, name: str, field: str) -> Path:
     raise InvalidArgument(f"{field}.model: {problem}")
 
 
-def _image_dim(path: Path, field: str) -> int:
-    """The adapter's image embedding width, from its header (refusing what load_ip_adapter refuses)."""
+def _image_input(path: Path, field: str) -> tuple[str, int]:
+    """What the adapter reads (its CLIP output and that output's width), from its header (refusing
+    what load_ip_adapter refuses)."""
     if path.suffix.lower() != ".safetensors":
         raise InvalidArgument(f"{field}.model: {path.name} is a pickle (.bin/.pt); use the .safetensors IP-Adapter "
                               "file of the same name")
     try:
-        entries, _ = read_safetensors_header(path)
+        adapter = header_ip_adapter(read_safetensors_header(path)[0], path)
     except OpenSDError as e:
         raise InvalidArgument(f"{field}.model: {e}") from None
-    other = variant(entries)
-    if other is not None:
-        raise InvalidArgument(f"{field}.model: {other} is not supported; only the base IP-Adapter is")
-    shape = entries.get("image_proj.proj.weight", {}).get("shape")
-    if not shape or len(shape) != 2:
-        raise InvalidArgument(f"{field}.model: {path.name} is not an IP-Adapter (no image_proj.proj.weight)")
-    return shape[1]
+    return adapter.source, adapter.image_dim
 
 
-def _encoder(folders, width: int, field: str) -> Path:
-    """The first CLIP vision file whose projection is `width` wide."""
+def _encoder(folders, wanted: dict[str, int], name: str, field: str) -> Path:
+    """The first CLIP vision file whose outputs are as wide as `wanted` (output -> width) says."""
     for m in folders.list("clip_vision"):
         if m.path.suffix.lower() != ".safetensors":
             continue
@@ -69,10 +69,10 @@ def _encoder(folders, width: int, field: str) -> Path:
             cfg = detect_vision({k: tuple(v["shape"]) for k, v in entries.items()}, metadata, m.path)
         except (OpenSDError, KeyError, ValueError):
             continue  # an OpenCLIP-layout or damaged file: not picked by its header
-        if cfg.projection_dim == width:
+        if all(encoder_width(cfg, source) == width for source, width in wanted.items()):
             return m.path
-    raise InvalidArgument(f"{field}.module: no {ENCODER_NAMES.get(width, f'{width}-wide')} image encoder in "
-                          "models/clip_vision (this IP-Adapter needs one)")
+    raise InvalidArgument(f"{field}.module: no {name} image encoder in models/clip_vision (this IP-Adapter needs "
+                          "one)")
 
 
 def parse_unit(unit: dict, index: int, field: str, folders, max_pixels: int) -> dict:
@@ -80,21 +80,24 @@ def parse_unit(unit: dict, index: int, field: str, folders, max_pixels: int) -> 
     module = str(unit.get("module") or "ip-adapter-auto").strip().lower()
     if module not in MODULES:
         raise InvalidArgument(f"{field}.module: {unit.get('module')!r} is not supported for IP-Adapter units "
-                              f"(only the base adapter: {', '.join(MODULES)})")
+                              f"(supported: {', '.join(MODULES)}; FaceID modules are not)")
     model = unit.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidArgument(f"{field}.model: an IP-Adapter file name is required")
     path = _adapter_path(folders, HASH_SUFFIX.sub("", model), field)
-    dim = _image_dim(path, field)
-    width = MODULES[module] or dim
-    if width != dim:
-        raise InvalidArgument(f"{field}.module: {module} gives {ENCODER_NAMES[width]} embeddings ({width} wide); "
+    source, dim = _image_input(path, field)
+    encoder = MODULES[module]
+    wanted = ENCODERS[encoder] if encoder else {source: dim}
+    if wanted[source] != dim:
+        what = "embeddings" if source == POOLED else "hidden states"
+        raise InvalidArgument(f"{field}.module: {module} gives {encoder} {what} ({wanted[source]} wide); "
                               f"{path.stem} takes {dim}-wide ones")
     image = image_field(unit)
     if image is None:
         raise InvalidArgument(f"{field}.image: an IP-Adapter unit needs its image prompt")
     images_io.decode_b64(image, f"{field}.image", max_pixels)
-    return {"index": index, "kind": "ip_adapter", "path": str(path), "encoder": str(_encoder(folders, width, field)),
+    encoder_path = _encoder(folders, wanted, encoder or f"{dim}-wide", field)
+    return {"index": index, "kind": "ip_adapter", "path": str(path), "encoder": str(encoder_path),
             "weight": number(unit, "weight", field, 1.0, 0.0, 2.0),
             "start": number(unit, "guidance_start", field, 0.0, 0.0, 1.0),
             "end": number(unit, "guidance_end", field, 1.0, 0.0, 1.0)}

@@ -26,6 +26,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_image_transform,
     nodes_inpaint_ops,
     nodes_ip_adapter,
+    nodes_ip_adapter_presets,
     nodes_kontext,
     nodes_latent,
     nodes_latent_files,

@@ -1,16 +1,18 @@
 """IP-Adapter nodes of ComfyUI_IPAdapter_plus (cubiq), with its names and inputs, over opensd's
-IP-Adapter engine (adapters/ip_adapter.py, the base variant): IPAdapterModelLoader, IPAdapter,
-IPAdapterAdvanced, IPAdapterEncoder, IPAdapterCombineEmbeds and IPAdapterEmbeds (what Krita AI
-Diffusion sends).
+IP-Adapter engine (adapters/ip_adapter.py: the base, Plus and Full Face variants): IPAdapterModelLoader,
+IPAdapter, IPAdapterAdvanced, IPAdapterEncoder, IPAdapterCombineEmbeds and IPAdapterEmbeds (what
+Krita AI Diffusion sends).
 
-EMBEDS are CLIP vision's projected pooled image embeddings (images, dim); the adapter projects
-them to tokens, several images' tokens side by side ("concat"). The MODEL gets a network patch
-that adds the image attention to each cross-attention for the steps whose sigma lies between
-start_at's and end_at's, with the weight spread over the layers by weight_type
-(adapters/ip_adapter_weights.py); rows from the negative conditioning see the tokens of an all-zero
-embedding (or neg_embed). Not available here: the Plus / FaceID variants (refused by the loader),
-embeds_scaling other than "V only", attention masks, and IPAdapter (simple) without a CLIP vision
-model (cubiq's needs IPAdapterUnifiedLoader's; ours also takes an optional clip_vision).
+EMBEDS are what the adapter reads from CLIP vision: the projected pooled image embeddings (images,
+dim) for the base variant, the penultimate layer's hidden states (images, tokens, hidden) for Plus
+and Full Face; the adapter projects them to tokens, several images' tokens side by side ("concat").
+The MODEL gets a network patch that adds the image attention to each cross-attention for the steps
+whose sigma lies between start_at's and end_at's, with the weight spread over the layers by
+weight_type (adapters/ip_adapter_weights.py); rows from the negative conditioning see the tokens of
+neg_embed / image_negative, else, as cubiq's, of an all-zero embedding (base) or of a black image's
+hidden states (Plus, Full Face). Not available here: the FaceID variants (refused by the loader),
+embeds_scaling other than "V only" and attention masks. The nodes take the image encoder from
+their clip_vision input, else from an IPADAPTER of IPAdapterUnifiedLoader (nodes_ip_adapter_presets).
 """
 from __future__ import annotations
 
@@ -20,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from ..adapters.ip_adapter import cached, image_embeds
+from ..adapters.ip_adapter import cached, check_encoder, image_features
 from ..adapters.ip_adapter_weights import WEIGHT_TYPES, layer_places, layer_weights
 from ..checkpoints.files import read_safetensors_header
-from ..checkpoints.ip_adapter_files import variant
+from ..checkpoints.ip_adapter_files import header_ip_adapter
 from ..errors import CheckpointError, InvalidArgument
-from ..models.ip_adapter import patched
+from ..models.ip_adapter import POOLED, patched
 from .ksampler import sampling_of
 from .nodes_clip_vision import CHUNK, ClipVisionRef
 from .types import Choices, ModelRef, NodeDef, check_size, register
@@ -37,9 +39,13 @@ SCALING = ["V only", "K+V", "K+V w/ C penalty", "K+mean(V) w/ C penalty"]
 
 @dataclass(frozen=True)
 class IPAdapterRef:
-    """IPADAPTER: an IP-Adapter file (loaded for a model when applied, through the engine's cache)."""
+    """IPADAPTER: an IP-Adapter file (loaded for a model when applied, through the engine's cache) and
+    what it reads: its CLIP output (`source`, models.ip_adapter.POOLED or HIDDEN) and that output's width."""
     path: Path
     name: str
+    source: str
+    image_dim: int
+    clip_vision: ClipVisionRef | None = None  # the encoder IPAdapterUnifiedLoader found with it
 
 
 def ipadapter_model_loader(call, ipadapter_file):
@@ -47,11 +53,8 @@ def ipadapter_model_loader(call, ipadapter_file):
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(path, "IP-Adapter files are read as .safetensors only (the .bin releases are "
                                     "pickles); use the .safetensors file of the same name")
-    other = variant(read_safetensors_header(path)[0])
-    if other is not None:
-        raise CheckpointError(path, f"{other} is not supported; only the base IP-Adapter (ip-adapter_sd15, "
-                                    "ip-adapter_sdxl, ip-adapter_sdxl_vit-h) is")
-    return (IPAdapterRef(path, ipadapter_file),)
+    adapter = header_ip_adapter(read_safetensors_header(path)[0], path)
+    return (IPAdapterRef(path, ipadapter_file, adapter.source, adapter.image_dim),)
 
 
 register(NodeDef(
@@ -59,19 +62,38 @@ register(NodeDef(
     ("IPADAPTER",), category="ipadapter/loaders", display_name="IPAdapter Model Loader", module=_MODULE))
 
 
-def _encode(clip_vision, image) -> torch.Tensor:
+def _encode(clip_vision, image, ipadapter) -> torch.Tensor:
+    """What `ipadapter` reads from CLIP vision, per image (CHUNK images at a time)."""
+    if not isinstance(ipadapter, IPAdapterRef):
+        raise InvalidArgument("ipadapter: expected an IPADAPTER from IPAdapterModelLoader")
+    clip_vision = clip_vision if clip_vision is not None else ipadapter.clip_vision
     if not isinstance(clip_vision, ClipVisionRef):
         raise InvalidArgument("clip_vision: this IP-Adapter node needs a CLIP_VISION from CLIPVisionLoader (the "
                               "image encoder the adapter was trained with)")
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3 or min(image.shape) < 1:
         raise InvalidArgument("image: expected an RGB IMAGE (batch, height, width, 3)")
     encoder = clip_vision.model
+    check_encoder(ipadapter.source, ipadapter.image_dim, encoder.config, ipadapter.name, "clip_vision")
     size = encoder.config.image_size
     check_size("image: resized for the CLIP vision model", min(CHUNK, image.shape[0]), 3, size, size)
     device = next(encoder.parameters()).device
     with torch.inference_mode():
-        parts = [image_embeds(encoder, chunk[..., :3].float().to(device)).float().cpu() for chunk in image.split(CHUNK)]
+        parts = [image_features(encoder, chunk[..., :3].float().to(device), ipadapter.source).float().cpu()
+                 for chunk in image.split(CHUNK)]
     return torch.cat(parts)
+
+
+def _negative(clip_vision, ipadapter, pos: torch.Tensor) -> torch.Tensor:
+    """cubiq's negative when none is given: zeros for the base variant's pooled embeddings, a black
+    image's hidden states for Plus / Full Face (which then needs the encoder)."""
+    if ipadapter.source == POOLED:
+        return torch.zeros_like(pos)
+    clip_vision = clip_vision if clip_vision is not None else ipadapter.clip_vision
+    if clip_vision is None:
+        raise InvalidArgument(f"clip_vision: {ipadapter.name} reads hidden states; its negative is a black image's, "
+                              "so connect the CLIP vision model (or a neg_embed from IPAdapterEncoder)")
+    size = clip_vision.model.config.image_size if isinstance(clip_vision, ClipVisionRef) else 224
+    return _encode(clip_vision, torch.zeros(1, size, size, 3), ipadapter)
 
 
 def combined(embeds: torch.Tensor, method: str) -> torch.Tensor:
@@ -93,7 +115,8 @@ def combined(embeds: torch.Tensor, method: str) -> torch.Tensor:
     raise InvalidArgument(f"method: {method!r} is not one of {', '.join(COMBINE + ['max', 'min'])}")
 
 
-def _patched_model(model, ipadapter, pos, neg, weight, weight_type, start_at, end_at, embeds_scaling, attn_mask):
+def _patched_model(model, ipadapter, pos, neg, weight, weight_type, start_at, end_at, embeds_scaling, attn_mask,
+                   clip_vision=None):
     if not isinstance(model, ModelRef):
         raise InvalidArgument("model: expected a MODEL")
     if not isinstance(ipadapter, IPAdapterRef):
@@ -110,18 +133,19 @@ def _patched_model(model, ipadapter, pos, neg, weight, weight_type, start_at, en
     pipe.family.require("ip_adapter", "model")
     loaded = cached("adapter", ipadapter.path, pipe)
     adapter = loaded.adapter
-    if not isinstance(pos, torch.Tensor) or pos.ndim != 2 or pos.shape[-1] != adapter.image_dim:
+    ndim = 2 if adapter.source == POOLED else 3
+    if not isinstance(pos, torch.Tensor) or pos.ndim != ndim or pos.shape[-1] != adapter.image_dim:
         have = "nothing" if not isinstance(pos, torch.Tensor) else f"{tuple(pos.shape)}"
-        raise InvalidArgument(f"clip_vision: {ipadapter.name} takes {adapter.image_dim}-wide image embeddings, the "
-                              f"image encoder gave {have} (ViT-H/14: 1024, ViT-bigG/14: 1280)")
-    neg = torch.zeros_like(pos) if neg is None else neg
-    if not isinstance(neg, torch.Tensor) or neg.shape[-1] != pos.shape[-1]:
-        raise InvalidArgument("neg_embed: expected EMBEDS as wide as pos_embed")
-    neg = neg.repeat(-(-len(pos) // len(neg)), 1)[:len(pos)]
-    proj = adapter.image_proj
-    param = proj.proj.weight
+        what = "image embeddings (images, width)" if ndim == 2 else "hidden states (images, tokens, width)"
+        raise InvalidArgument(f"clip_vision: {ipadapter.name} takes {adapter.image_dim}-wide CLIP {what}, the "
+                              f"image encoder gave {have} (ViT-H/14: 1024 pooled, 1280 hidden; ViT-bigG/14: 1280 "
+                              "pooled, 1664 hidden)")
+    neg = _negative(clip_vision, ipadapter, pos) if neg is None else neg
+    if not isinstance(neg, torch.Tensor) or neg.shape[1:] != pos.shape[1:]:
+        raise InvalidArgument("neg_embed: expected EMBEDS of pos_embed's shape")
+    neg = neg.repeat(-(-len(pos) // len(neg)), *(1,) * (ndim - 1))[:len(pos)]
     with torch.no_grad():
-        cond, uncond = (proj(e.to(param)).reshape(1, -1, adapter.width) for e in (pos, neg))
+        cond, uncond = (adapter.project(e).reshape(1, -1, adapter.width) for e in (pos, neg))
     unet = pipe.family.network(pipe.model)
     scales = layer_weights(weight_type, float(weight), layer_places(unet), adapter.width == 2048)
     ms = sampling_of(model)
@@ -142,10 +166,10 @@ _END = ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001})
 
 def ipadapter_advanced(call, model, ipadapter, image, weight, weight_type, combine_embeds, start_at, end_at,
                        embeds_scaling, image_negative=None, attn_mask=None, clip_vision=None):
-    pos = combined(_encode(clip_vision, image), combine_embeds)
-    neg = None if image_negative is None else _encode(clip_vision, image_negative)
+    pos = combined(_encode(clip_vision, image, ipadapter), combine_embeds)
+    neg = None if image_negative is None else _encode(clip_vision, image_negative, ipadapter)
     return (_patched_model(model, ipadapter, pos, neg, weight, weight_type, start_at, end_at, embeds_scaling,
-                           attn_mask),)
+                           attn_mask, clip_vision),)
 
 
 register(NodeDef(
@@ -162,10 +186,9 @@ _SIMPLE_TYPES = {"standard": "linear", "prompt is more important": "ease out", "
 
 def ipadapter_simple(call, model, ipadapter, image, weight, start_at, end_at, weight_type, attn_mask=None,
                      clip_vision=None):
-    if clip_vision is None:
-        raise InvalidArgument("clip_vision: IPAdapter needs the image encoder, which cubiq's IPAdapterUnifiedLoader "
-                              "supplies and opensd does not have; connect a CLIPVisionLoader to this node's "
-                              "clip_vision input, or use IPAdapterAdvanced")
+    if clip_vision is None and getattr(ipadapter, "clip_vision", None) is None:
+        raise InvalidArgument("clip_vision: IPAdapter needs the image encoder: take the ipadapter from "
+                              "IPAdapterUnifiedLoader, or connect a CLIPVisionLoader to this node's clip_vision input")
     (out,) = ipadapter_advanced(call, model, ipadapter, image, weight, _SIMPLE_TYPES[weight_type], "concat",
                                 start_at, end_at, "V only", attn_mask=attn_mask, clip_vision=clip_vision)
     return (out,)
@@ -181,12 +204,10 @@ register(NodeDef(
 
 
 def ipadapter_encoder(call, ipadapter, image, weight, mask=None, clip_vision=None):
-    if not isinstance(ipadapter, IPAdapterRef):
-        raise InvalidArgument("ipadapter: expected an IPADAPTER from IPAdapterModelLoader")
     if mask is not None:
         raise InvalidArgument("mask: masked image encoding is not available in opensd yet; leave mask unconnected")
-    pos = _encode(clip_vision, image)
-    return pos * weight if weight != 1 else pos, torch.zeros_like(pos)
+    pos = _encode(clip_vision, image, ipadapter)
+    return pos * weight if weight != 1 else pos, _negative(clip_vision, ipadapter, pos)
 
 
 register(NodeDef(
@@ -200,8 +221,9 @@ register(NodeDef(
 
 def ipadapter_combine_embeds(call, embed1, method, embed2=None, embed3=None, embed4=None, embed5=None):
     embeds = [e for e in (embed1, embed2, embed3, embed4, embed5) if e is not None]
-    if any(not isinstance(e, torch.Tensor) or e.ndim != 2 or e.shape[-1] != embed1.shape[-1] for e in embeds):
-        raise InvalidArgument("embed: expected EMBEDS of one width (from IPAdapterEncoder)")
+    if any(not isinstance(e, torch.Tensor) or e.ndim not in (2, 3) or e.shape[1:] != embed1.shape[1:]
+           for e in embeds):
+        raise InvalidArgument("embed: expected EMBEDS of one shape (from IPAdapterEncoder)")
     return (combined(torch.cat(embeds), method),)
 
 
@@ -215,7 +237,7 @@ register(NodeDef(
 def ipadapter_embeds(call, model, ipadapter, pos_embed, weight, weight_type, start_at, end_at, embeds_scaling,
                      neg_embed=None, attn_mask=None, clip_vision=None):
     return (_patched_model(model, ipadapter, pos_embed, neg_embed, weight, weight_type, start_at, end_at,
-                           embeds_scaling, attn_mask),)
+                           embeds_scaling, attn_mask, clip_vision),)
 
 
 register(NodeDef(
