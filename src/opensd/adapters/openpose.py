@@ -41,7 +41,7 @@ def _stage_layers(stage: int, branch: int) -> list[tuple[str, int, int, int]]:
     return list(zip(names, ins, [128] * 6 + [out], [7] * 5 + [1, 1]))
 
 
-class _Block(nn.Module):
+class ConvBlock(nn.Module):
     """Named convs (padding keeps the size), each followed by a ReLU unless it is the block's last
     (`last_linear`), and 2x2 max pools where `layers` says "pool"."""
 
@@ -74,9 +74,9 @@ class BodyPoseNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.front = _Block(_FRONT, last_linear=False)
+        self.front = ConvBlock(_FRONT, last_linear=False)
         self.stages = nn.ModuleList(
-            nn.ModuleList(_Block(_stage_layers(s, b), last_linear=True) for b in (1, 2)) for s in range(1, 7))
+            nn.ModuleList(ConvBlock(_stage_layers(s, b), last_linear=True) for b in (1, 2)) for s in range(1, 7))
 
     def forward(self, x):
         features = self.front(x)
