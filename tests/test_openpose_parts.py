@@ -36,11 +36,12 @@ def table(n: int) -> list[tuple[str, int, int, int]]:
     return rows
 
 
-def file_sd(n: int, seed=0, dtype=torch.float32, scale=1.0):
+def file_sd(n: int, seed=0, dtype=torch.float32):
+    """A full-size state dict in the files' layout, He-scaled random weights."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
     for name, cin, cout, k in table(n):
-        sd[name + ".weight"] = (torch.randn(cout, cin, k, k, generator=g) * scale * (2 / (cin * k * k)) ** 0.5).to(dtype)
+        sd[name + ".weight"] = (torch.randn(cout, cin, k, k, generator=g) * (2 / (cin * k * k)) ** 0.5).to(dtype)
         sd[name + ".bias"] = (torch.randn(cout, generator=g) * 0.01).to(dtype)
     return sd
 

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .openpose import FILE as BODY_FILE, SOURCE, ConvBlock
-from .openpose import build as build_body
-from .preprocessor_files import check_keys, load_network, match_file, preprocessor_dirs, require_file
 from ..errors import InvalidArgument
+from .openpose import FILE as BODY_FILE
+from .openpose import SOURCE, ConvBlock, build_checked
+from .openpose import build as build_body
+from .preprocessor_files import load_network, match_file, preprocessor_dirs, require_file
 
 HAND_FILE, FACE_FILE = "hand_pose_model.pth", "facenet.pth"
 HAND_MAPS, FACE_MAPS = 22, 71
@@ -67,15 +68,7 @@ def build(kind: str, sd: dict[str, torch.Tensor], path="<state dict>") -> Keypoi
     """The hand or face network (`kind`) for a state dict in the published layout, every key and shape
     checked."""
     maps, file, what = _KINDS[kind]
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    with torch.device("meta"):
-        shapes = KeypointNet(maps)
-    names = shapes.file_keys()
-    want = {names[k]: tuple(v.shape) for k, v in shapes.state_dict().items()}
-    check_keys(path, sd, want, f"is not the {what} ({file})")
-    net = KeypointNet(maps)
-    net.load_state_dict({ours: sd[theirs].float() for ours, theirs in names.items()}, strict=True)
-    return net.eval().requires_grad_(False)
+    return build_checked(lambda: KeypointNet(maps), sd, path, f"is not the {what} ({file})")
 
 
 class PoseNets(nn.Module):

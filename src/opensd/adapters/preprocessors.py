@@ -363,8 +363,8 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
 # preprocessors that run a user's model file: key -> the learned lineart kind (None: Depth Anything;
 # "pidinet": PiDiNet's file; "openpose": the OpenPose body model; "openpose_*": it and the hand/face models)
 NEEDS_WEIGHTS = {"depthanythingv2": None, "openpose": "openpose", "openposehand": "openpose_hand",
-                 "openposeface": "openpose_face", "openposefaceonly": "openpose_face", "openposefull": "openpose_full",
-                 "lineartrealistic": "realistic",
+                 "openposeface": "openpose_face", "openposefaceonly": "openpose_face",
+                 "openposefull": "openpose_full", "lineartrealistic": "realistic",
                  "lineartcoarse": "coarse", "lineartanime": "anime", "lineartmanga": "manga", "lineartanimedenoise": "manga",
                  **{key: "pidinet" for key in ("softedgepidinet", "pidinet", "softedgepidisafe", "pidinetsafe",
                                                "scribblepidinet", "pidinetscribble", "t2iasketchpidi",
