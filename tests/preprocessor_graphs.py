@@ -30,3 +30,18 @@ def run_node(ctx, node: str, **inputs) -> np.ndarray:
     execute(graph, ctx)
     (saved,) = (Path(ctx.outputs_dir)).rglob(f"{node}*.png")
     return np.asarray(Image.open(saved).convert("RGB"))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo pwned",))
+
+
+def write_code_pickle(path: Path, key: str = "conv1_1.weight") -> Path:
+    """A pickle that would run a shell command when unpickled without restriction (as a weight file)."""
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump({key: _RunsCode()}, f)
+    return path

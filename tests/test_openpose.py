@@ -2,8 +2,6 @@
 post-processing on constructed heatmaps/PAFs, the drawing, and the wiring (registry, A1111, ComfyUI, CLI)."""
 from __future__ import annotations
 
-import os
-import pickle
 
 import numpy as np
 import pytest
@@ -180,15 +178,10 @@ def test_file_loads_through_the_restricted_unpickler_and_runs(models):
 
 
 def test_a_pickle_with_code_is_refused(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
+    from preprocessor_graphs import write_code_pickle
 
-    path = tmp_path / OP.FILE
-    with open(path, "wb") as f:
-        pickle.dump({"conv1_1.weight": Evil()}, f)
     with pytest.raises(CheckpointError):
-        OP.load(path, "cpu")
+        OP.load(write_code_pickle(tmp_path / OP.FILE), "cpu")
 
 
 def test_wrong_and_missing_files_are_named(tmp_path):
@@ -210,15 +203,13 @@ def test_a1111_modules(models):
     from opensd.server import a1111_controlnet as AC
 
     assert AC._module("openpose", "u") == ("openpose", True)
-    assert AC._module("openpose_full", "u") == ("openpose", False)
+    assert AC._module("dw_openpose_full", "u") == ("openpose", False)
     assert AC.module_list().count("openpose") == 1
-    with pytest.raises(InvalidArgument, match=r"u: 'openpose_faceonly': face landmarks are not implemented"):
-        AC._module("openpose_faceonly", "u")
     from types import SimpleNamespace
 
-    req = SimpleNamespace(alwayson_scripts={"controlnet": {"args": [{"module": "openpose_hand"}]}})
+    req = SimpleNamespace(alwayson_scripts={"controlnet": {"args": [{"module": "dw_openpose_full"}]}})
     notes = AC.unsupported(req)
-    assert any("hands and face are not detected" in text for _, text in notes)
+    assert any("DWPose is not implemented" in text for _, text in notes)
     weights = AC._weights("openpose", ModelFolders(models), "unit")
     assert weights.endswith(OP.FILE)
     out = AC.preprocess_image(Image.new("RGB", (90, 60), (90, 100, 110)), "openpose", 64, -1, -1, 10**7, weights)
@@ -242,12 +233,13 @@ def test_comfyui_node_returns_the_map_and_pose_keypoints(models, tmp_path, monke
     monkeypatch.setattr(B, "detect", lambda net, rgb: [[(x * rgb.shape[1] / W, y * rgb.shape[0] / H)
                                                         for x, y in person]])
     picture = Image.new("RGB", (330, 270), (90, 100, 110))
-    out = run_node(node_ctx(models, tmp_path, picture), "OpenposePreprocessor", resolution=128)
+    out = run_node(node_ctx(models, tmp_path, picture), "OpenposePreprocessor", resolution=128,
+                   detect_hand="disable", detect_face="disable")
     assert out.shape == (128, 156, 3) and out.max() == 255
     (tmp_path / "aio").mkdir()
-    out = run_node(node_ctx(models, tmp_path / "aio", picture), "AIO_Preprocessor",
-                   preprocessor="OpenposePreprocessor", resolution=128)
-    assert out.shape == (128, 156, 3) and out.max() == 255
+    with pytest.raises(Exception, match=r"hand_pose_model\.pth is not installed"):  # AIO: hands and face on
+        run_node(node_ctx(models, tmp_path / "aio", picture), "AIO_Preprocessor",
+                 preprocessor="OpenposePreprocessor", resolution=128)
     # called directly: the POSE_KEYPOINT is one OpenPose JSON per picture, on the output canvas
     from types import SimpleNamespace
 
@@ -256,7 +248,7 @@ def test_comfyui_node_returns_the_map_and_pose_keypoints(models, tmp_path, monke
     call = SimpleNamespace(ctx=SimpleNamespace(folders=ModelFolders(models), device="cpu"),
                            progress=lambda *a: None)
     batch = torch.from_numpy(np.array(picture)).float()[None].repeat(2, 1, 1, 1) / 255
-    got = spec.fn(call, batch, detect_body="disable", resolution=128)
+    got = spec.fn(call, batch, detect_body="disable", detect_hand="disable", detect_face="disable", resolution=128)
     maps, docs = got["result"]
     assert maps.shape == (2, 128, 156, 3) and maps.max() == 0  # body off: a black map
     assert len(docs) == 2 and docs[0]["canvas_width"] == 156 and docs[0]["canvas_height"] == 128

@@ -41,7 +41,7 @@ def _stage_layers(stage: int, branch: int) -> list[tuple[str, int, int, int]]:
     return list(zip(names, ins, [128] * 6 + [out], [7] * 5 + [1, 1]))
 
 
-class _Block(nn.Module):
+class ConvBlock(nn.Module):
     """Named convs (padding keeps the size), each followed by a ReLU unless it is the block's last
     (`last_linear`), and 2x2 max pools where `layers` says "pool"."""
 
@@ -74,9 +74,9 @@ class BodyPoseNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.front = _Block(_FRONT, last_linear=False)
+        self.front = ConvBlock(_FRONT, last_linear=False)
         self.stages = nn.ModuleList(
-            nn.ModuleList(_Block(_stage_layers(s, b), last_linear=True) for b in (1, 2)) for s in range(1, 7))
+            nn.ModuleList(ConvBlock(_stage_layers(s, b), last_linear=True) for b in (1, 2)) for s in range(1, 7))
 
     def forward(self, x):
         features = self.front(x)
@@ -91,17 +91,23 @@ class BodyPoseNet(nn.Module):
         return {k: ".".join(k.split(".")[-2:]) for k in self.state_dict()}
 
 
-def build(sd: dict[str, torch.Tensor], path="<state dict>") -> BodyPoseNet:
-    """The body network for a state dict in the published layout, every key and shape checked."""
+def build_checked(make, sd: dict[str, torch.Tensor], path, what: str) -> nn.Module:
+    """`make()`'s network (one with ``file_keys``) loaded from a state dict in the file's layout, every key
+    and shape checked first (a CheckpointError '<path>: <what>: missing ..' otherwise)."""
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     with torch.device("meta"):
-        shapes = BodyPoseNet()
+        shapes = make()
     names = shapes.file_keys()
     want = {names[k]: tuple(v.shape) for k, v in shapes.state_dict().items()}
-    check_keys(path, sd, want, f"is not the OpenPose body model ({FILE})")
-    net = BodyPoseNet()
+    check_keys(path, sd, want, what)
+    net = make()
     net.load_state_dict({ours: sd[theirs].float() for ours, theirs in names.items()}, strict=True)
     return net.eval().requires_grad_(False)
+
+
+def build(sd: dict[str, torch.Tensor], path="<state dict>") -> BodyPoseNet:
+    """The body network for a state dict in the published layout, every key and shape checked."""
+    return build_checked(BodyPoseNet, sd, path, f"is not the OpenPose body model ({FILE})")
 
 
 def load(path, device=None) -> BodyPoseNet:

@@ -61,7 +61,7 @@ def maps(net, rgb: np.ndarray, scales=(0.5,)) -> tuple[np.ndarray, np.ndarray]:
     return heat_sum, paf_sum
 
 
-def _smooth(plane: np.ndarray) -> np.ndarray:
+def smooth(plane: np.ndarray) -> np.ndarray:
     """A sigma-3 Gaussian blur, mirrored at the edges, over 4 sigmas (scipy's gaussian_filter defaults)."""
     import cv2
 
@@ -73,7 +73,7 @@ def peaks(heatmaps: np.ndarray) -> list[np.ndarray]:
     found, next_id = [], 0
     for j in range(JOINTS):
         raw = heatmaps[:, :, j]
-        s = _smooth(raw)
+        s = smooth(raw)
         # at least as high as the four neighbours (outside the map counts as 0) and above the threshold
         p = np.pad(s, 1)
         is_peak = ((s >= p[:-2, 1:-1]) & (s >= p[2:, 1:-1]) & (s >= p[1:-1, :-2]) & (s >= p[1:-1, 2:])
@@ -185,11 +185,11 @@ def stick_scale(h: int, w: int, xinsr: bool) -> int:
     return 1 if not xinsr or side < 500 else min(2 + side // 1000, 7)
 
 
-def draw(people, h: int, w: int, xinsr: bool = False) -> np.ndarray:
-    """The skeletons on a black RGB uint8 canvas of h x w."""
+def draw(people, h: int, w: int, xinsr: bool = False, canvas: np.ndarray | None = None) -> np.ndarray:
+    """The skeletons on a black RGB uint8 canvas of h x w (or drawn into `canvas`)."""
     import cv2
 
-    canvas = np.zeros((h, w, 3), np.uint8)
+    canvas = np.zeros((h, w, 3), np.uint8) if canvas is None else canvas
     width = STICK * stick_scale(h, w, xinsr)
     for person in people:
         for (ja, jb), colour in zip(LIMBS[:DRAWN_LIMBS], COLOURS):
@@ -207,12 +207,17 @@ def draw(people, h: int, w: int, xinsr: bool = False) -> np.ndarray:
     return canvas
 
 
-def as_openpose_json(people, h: int, w: int) -> dict:
+def as_openpose_json(people, h: int, w: int, parts: list[dict] | None = None) -> dict:
     """The OpenPose JSON of controlnet_aux's POSE_KEYPOINT: per person 18 (x, y, confidence) with x and y
-    as fractions of the canvas, (0, 0, 0) for a missing joint."""
-    def flat(person):
-        return [v for j in person for v in ((j[0] / w, j[1] / h, 1.0) if j is not None else (0.0, 0.0, 0.0))]
+    as fractions of the canvas, (0, 0, 0) for a missing joint; with `parts` (openpose_parts.detect_parts)
+    the hands' 21 and the face's points the same way, None for a hand or face not looked for or found."""
+    def flat(points):
+        if not points:
+            return None
+        return [v for j in points for v in ((j[0] / w, j[1] / h, 1.0) if j is not None else (0.0, 0.0, 0.0))]
 
-    return {"people": [{"pose_keypoints_2d": flat(p), "face_keypoints_2d": None, "hand_left_keypoints_2d": None,
-                        "hand_right_keypoints_2d": None} for p in people],
+    parts = parts or [{}] * len(people)
+    return {"people": [{"pose_keypoints_2d": flat(p), "face_keypoints_2d": flat(q.get("face")),
+                        "hand_left_keypoints_2d": flat(q.get("left")), "hand_right_keypoints_2d": flat(q.get("right"))}
+                       for p, q in zip(people, parts)],
             "canvas_height": h, "canvas_width": w}

@@ -26,6 +26,10 @@ structure on black (the convention of lllyasviel's ControlNet 1.0/1.1 models):
                user's depth_anything_v2_vit{s,b,l}.pth, found in the models folder or given as `weights`)
     openpose   OpenPose body skeletons in the standard colours on black (adapters/openpose.py and
                openpose_body.py; the user's body_pose_model.pth from lllyasviel/Annotators)
+    openpose_hand / openpose_face / openpose_full / openpose_faceonly
+               the skeletons with hands and/or face landmarks (faceonly: the face alone) from the
+               OpenPose hand and face nets (adapters/openpose_cpm.py, openpose_parts.py; the user's
+               hand_pose_model.pth and facenet.pth besides body_pose_model.pth)
     depth/pose/normal/seg/passthrough
                the user's own map (from an external estimator), used as it is
     invert     255 - image: a black-on-white sketch becomes white-on-black
@@ -232,7 +236,7 @@ def depth_anything_v2(image: Image.Image, weights=None, device=None) -> Image.Im
 
 
 def openpose(image: Image.Image, weights=None, device=None, xinsr: bool = False) -> Image.Image:
-    """OpenPose body skeletons (no hands or face); xinsr: thicker sticks on big pictures."""
+    """OpenPose body skeletons; xinsr: thicker sticks on big pictures."""
     from .openpose import load
     from .openpose_body import detect, draw
 
@@ -240,6 +244,41 @@ def openpose(image: Image.Image, weights=None, device=None, xinsr: bool = False)
         raise InvalidArgument("openpose: no weights file (body_pose_model.pth)")
     rgb = np.asarray(image.convert("RGB"))
     return Image.fromarray(draw(detect(load(weights, device), rgb), *rgb.shape[:2], xinsr=xinsr))
+
+
+def _openpose_parts(image: Image.Image, weights, device, xinsr: bool, body: bool, hands: bool,
+                    face: bool) -> Image.Image:
+    """OpenPose with hands and/or face: `weights` is openpose_cpm.find's {"body", "hand", "face"} files, or
+    the body file alone (the others then looked for next to it)."""
+    from .openpose_cpm import find, load
+    from .openpose_parts import run
+
+    if weights is None:
+        raise InvalidArgument("openpose: no weights files (body_pose_model.pth, hand_pose_model.pth, facenet.pth)")
+    if not isinstance(weights, dict):
+        weights = find(None, hands, face, body=weights)
+    rgb = np.asarray(image.convert("RGB"))
+    return Image.fromarray(run(load(weights, device), rgb, body, hands, face, xinsr)[0])
+
+
+def openpose_hand(image: Image.Image, weights=None, device=None, xinsr: bool = False) -> Image.Image:
+    """Body skeletons and hands (hand_pose_model.pth besides body_pose_model.pth)."""
+    return _openpose_parts(image, weights, device, xinsr, True, True, False)
+
+
+def openpose_face(image: Image.Image, weights=None, device=None, xinsr: bool = False) -> Image.Image:
+    """Body skeletons and face landmarks (facenet.pth besides body_pose_model.pth)."""
+    return _openpose_parts(image, weights, device, xinsr, True, False, True)
+
+
+def openpose_faceonly(image: Image.Image, weights=None, device=None) -> Image.Image:
+    """Face landmarks alone (the body is found, to place the faces, but not drawn)."""
+    return _openpose_parts(image, weights, device, False, False, False, True)
+
+
+def openpose_full(image: Image.Image, weights=None, device=None, xinsr: bool = False) -> Image.Image:
+    """Body skeletons, hands and face landmarks."""
+    return _openpose_parts(image, weights, device, xinsr, True, True, True)
 
 
 def lineart_realistic(image: Image.Image, weights=None, device=None) -> Image.Image:
@@ -311,6 +350,8 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
     "lineartrealistic": lineart_realistic, "lineartcoarse": lineart_coarse, "lineartanime": lineart_anime,
     "lineartmanga": lineart_manga, "lineartanimedenoise": lineart_manga,
     "depthanythingv2": depth_anything_v2, "openpose": openpose,
+    "openposehand": openpose_hand, "openposeface": openpose_face, "openposefaceonly": openpose_faceonly,
+    "openposefull": openpose_full,
     "softedgepidinet": softedge_pidinet, "pidinet": softedge_pidinet, "softedgepidisafe": softedge_pidisafe,
     "pidinetsafe": softedge_pidisafe, "scribblepidinet": scribble_pidinet, "pidinetscribble": scribble_pidinet,
     "t2iasketchpidi": t2ia_sketch_pidi, "pidinetsketch": t2ia_sketch_pidi,
@@ -320,8 +361,10 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
 
 
 # preprocessors that run a user's model file: key -> the learned lineart kind (None: Depth Anything;
-# "pidinet": PiDiNet's file; "openpose": the OpenPose body model)
-NEEDS_WEIGHTS = {"depthanythingv2": None, "openpose": "openpose", "lineartrealistic": "realistic",
+# "pidinet": PiDiNet's file; "openpose": the OpenPose body model; "openpose_*": it and the hand/face models)
+NEEDS_WEIGHTS = {"depthanythingv2": None, "openpose": "openpose", "openposehand": "openpose_hand",
+                 "openposeface": "openpose_face", "openposefaceonly": "openpose_face",
+                 "openposefull": "openpose_full", "lineartrealistic": "realistic",
                  "lineartcoarse": "coarse", "lineartanime": "anime", "lineartmanga": "manga", "lineartanimedenoise": "manga",
                  **{key: "pidinet" for key in ("softedgepidinet", "pidinet", "softedgepidisafe", "pidinetsafe",
                                                "scribblepidinet", "pidinetscribble", "t2iasketchpidi",
@@ -362,8 +405,17 @@ def installed_weights(name: str, folders):
     if kind == "openpose":
         from .openpose import find as openpose_file
         return openpose_file(folders)
+    if kind.startswith("openpose_"):
+        return _openpose_files(kind, folders)
     from .lineart import find
     return find(folders, kind)
+
+
+def _openpose_files(kind: str, folders, body=None) -> dict[str, str]:
+    """openpose_hand/_face/_full's {"body", "hand", "face"} files (`body`: the user's body file)."""
+    from .openpose_cpm import find
+
+    return find(folders, hand=kind != "openpose_face", face=kind != "openpose_hand", body=body)
 
 
 def preprocess(name: str, image: Image.Image, folders=None, **options) -> Image.Image:
@@ -377,6 +429,8 @@ def preprocess(name: str, image: Image.Image, folders=None, **options) -> Image.
         raise InvalidArgument("image: a PIL image is required")
     if key in NEEDS_WEIGHTS and options.get("weights") is None:
         options["weights"] = installed_weights(key, folders)
+    elif str(NEEDS_WEIGHTS.get(key)).startswith("openpose_") and not isinstance(options["weights"], dict):
+        options["weights"] = _openpose_files(NEEDS_WEIGHTS[key], folders, body=options["weights"])
     elif key in OPTIONAL_WEIGHTS and options.get("weights") is None:
         options["weights"] = optional_weights(key, folders)
     try:

@@ -27,7 +27,9 @@ def register(sub) -> None:
                                   "lineart_standard, lineart_realistic / lineart_coarse / lineart_anime / "
                                   "lineart_manga (learned), softedge_pidinet / softedge_pidisafe / scribble_pidinet / "
                                   "t2ia_sketch_pidi (PiDiNet), invert, binary, depth_anything_v2 (Depth Anything V2 depth), "
-                                  "openpose (body skeletons; body_pose_model.pth), depth/pose (passthrough)")
+                                  "openpose (body skeletons; body_pose_model.pth), openpose_hand / openpose_face / "
+                                  "openpose_faceonly / openpose_full (with hand_pose_model.pth / facenet.pth), "
+                                  "depth/pose (passthrough)")
     pre.add_argument("image", type=Path)
     pre.add_argument("-o", "--output", type=Path, required=True)
     pre.add_argument("--low", type=int, help="canny: low threshold (default 100)")
@@ -40,7 +42,8 @@ def register(sub) -> None:
     pre.add_argument("--weights", help="depth_anything_v2 / lineart_* / openpose: the model file, a path or a name in the models "
                                        "folder's ControlNetPreprocessor/ (default: the installed vitl, vitb or vits; "
                                        "sk_model.pth, sk_model2.pth, netG.pth, erika.pth; *pidinet*: table5_pidinet.pth; "
-                                       "openpose: body_pose_model.pth; "
+                                       "openpose*: body_pose_model.pth (hand_pose_model.pth and facenet.pth "
+                                       "are looked for next to it and in the models folder); "
                                        "softedge/scribble: "
                                        "ControlNetHED.pth if installed)")
     add_models_dir_flag(pre)

@@ -16,11 +16,11 @@ as ComfyUI's "auto"; see adapters/union_types.py).
 IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter.
 
 Accepted but not acted on (listed in info["unsupported_fields"]): ``mask``, ``hr_option`` other
-than "Both", and modules we only approximate (openpose_hand/_face/_full and dw_openpose_full -> the
-body skeleton of openpose, no hands or face; depth/normal/seg estimators other than depth_anything_v2 ->
-the image is used as the map as it is). openpose_faceonly is refused (no face model). Modules that run a
-model file (the learned lineart nets, PiDiNet's table5_pidinet.pth, OpenPose's body_pose_model.pth, Depth
-Anything V2) answer 422 naming the file when it is not installed."""
+than "Both", and modules we only approximate (dw_openpose_full -> OpenPose's body skeleton, no DWPose;
+depth/normal/seg estimators other than depth_anything_v2 -> the image is used as the map as it is).
+openpose_hand/_face/_faceonly/_full run OpenPose's hand and face nets. Modules that run a model file
+(the learned lineart nets, PiDiNet's table5_pidinet.pth, OpenPose's body_pose_model.pth and
+hand_pose_model.pth / facenet.pth, Depth Anything V2) answer 422 naming the file when it is not installed."""
 from __future__ import annotations
 
 import math
@@ -53,11 +53,11 @@ MODULES: dict[str, tuple[str, bool]] = {
     "lineart_anime": ("lineart_anime", True), "lineart_anime_denoise": ("lineart_manga", True),
     "t2ia_color_grid": ("color", True), "color": ("color", True),
     "depth_anything_v2": ("depth_anything_v2", True),
-    "openpose": ("openpose", True), "openpose_hand": ("openpose", False), "openpose_face": ("openpose", False),
-    "openpose_full": ("openpose", False), "dw_openpose_full": ("openpose", False),
+    "openpose": ("openpose", True), "openpose_hand": ("openpose_hand", True), "openpose_face": ("openpose_face", True),
+    "openpose_faceonly": ("openpose_faceonly", True), "openpose_full": ("openpose_full", True),
+    "dw_openpose_full": ("openpose", False),
 }
 _PASSTHROUGH = ("depth", "dw_openpose", "normal", "seg", "segmentation")
-_REFUSED = {"openpose_faceonly": "face landmarks are not implemented here (openpose draws the body skeleton)"}
 
 
 def _module(name, field: str) -> tuple[str, bool]:
@@ -70,8 +70,6 @@ def _module(name, field: str) -> tuple[str, bool]:
         return "none", True
     if key in MODULES:
         return MODULES[key]
-    if key in _REFUSED:
-        raise InvalidArgument(f"{field}: {name!r}: {_REFUSED[key]}")
     if key.startswith(_PASSTHROUGH):
         return "passthrough", False
     raise InvalidArgument(f"{field}: unknown preprocessor {name!r} (supported: {', '.join(module_list())})")
@@ -158,16 +156,18 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
     return out
 
 
-def _weights(module: str, folders, field: str) -> str | None:
-    """The model file a module runs (Depth Anything V2's, the learned lineart nets'), found when the
-    request comes: a missing file is the client's 422 naming where to put it, not a failed job."""
+def _weights(module: str, folders, field: str) -> str | dict | None:
+    """The model file a module runs (Depth Anything V2's, the learned lineart nets'; OpenPose with hands or
+    face: {"body", "hand", "face"} paths), found when the request comes: a missing file is the client's
+    422 naming where to put it, not a failed job."""
     from ..adapters.preprocessors import installed_weights, needs_weights, optional_weights
 
     if not needs_weights(module):
         found = optional_weights(module, folders)  # controlnet_aux's HED when the user has it
         return None if found is None else str(found)
     try:
-        return str(installed_weights(module, folders))
+        found = installed_weights(module, folders)
+        return found if isinstance(found, dict) else str(found)
     except InvalidArgument as e:
         raise InvalidArgument(f"{field}: {module}: {str(e).split(': ', 1)[-1]}") from None
 
@@ -284,8 +284,8 @@ def unsupported(req) -> list[tuple[str, str]]:
             found.append((f"{field}.module", f"no {unit.get('module')!r} estimator here; the image is used "
                                              "as the map as it is"))
         elif module == "openpose" and not exact:
-            found.append((f"{field}.module", f"{unit.get('module')!r}: hands and face are not detected here; "
-                                             "the body skeleton is drawn (openpose)"))
+            found.append((f"{field}.module", f"{unit.get('module')!r}: DWPose is not implemented here; OpenPose's "
+                                             "body skeleton is drawn (openpose)"))
         elif not exact:
             found.append((f"{field}.module", f"{unit.get('module')!r} is approximated by {module!r}"))
     return found

@@ -15,8 +15,9 @@ IMAGE whose short side is `resolution` (aspect kept), as controlnet_aux returns 
   and Manga2Anime_LineArt_Preprocessor (erika.pth, run at the next multiple of 256): the learned
   line-art nets of adapters/lineart.py.
 * DepthAnythingV2Preprocessor: Depth Anything V2 relative depth, near = bright, on the full image.
-* OpenposePreprocessor: OpenPose body skeletons (body_pose_model.pth; adapters/openpose_body.py) and
-  their POSE_KEYPOINT (OpenPose JSON, one dict per picture); hands and face are not detected here.
+* OpenposePreprocessor: OpenPose body skeletons (body_pose_model.pth; adapters/openpose_body.py), hands
+  (hand_pose_model.pth) and face landmarks (facenet.pth; adapters/openpose_parts.py) as detect_* say,
+  and their POSE_KEYPOINT (OpenPose JSON, one dict per picture).
 * AIO_Preprocessor: one of the above by node name with its defaults (OpenposePreprocessor: its IMAGE).
 * ImageGenResolutionFromImage, PixelPerfectResolution: the image's size; the extension's pixel-perfect
   short side.
@@ -27,7 +28,6 @@ Model files are looked up in the models folder's preprocessor folders (library.m
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import torch
@@ -39,7 +39,6 @@ from ..errors import InvalidArgument
 from ..pipeline.device import resolve_device
 from .types import MAX_RESOLUTION, NodeDef, check_size, register
 
-log = logging.getLogger(__name__)
 CATEGORY = "ControlNet Preprocessors"
 LINES = CATEGORY + "/Line Extractors"
 RESOLUTION = ("INT", {"default": 512, "min": 64, "max": MAX_RESOLUTION, "step": 64})
@@ -204,23 +203,24 @@ NODES = {n.name: n for n in (
 
 def openpose(call, image, detect_hand="enable", detect_body="enable", detect_face="enable", resolution=512,
              scale_stick_for_xinsr_cn="disable"):
-    """Body skeletons and their OpenPose JSON; hands and face (on by default there) are not detected."""
-    from ..adapters.openpose import find, load
-    from ..adapters.openpose_body import as_openpose_json, detect, draw
+    """Body skeletons, hands and face as asked, and their OpenPose JSON (the body is always detected: the
+    hands and face are found from it)."""
+    from ..adapters.openpose_cpm import find, load
+    from ..adapters.openpose_parts import run
 
     hand, body, face = _on("detect_hand", detect_hand), _on("detect_body", detect_body), _on("detect_face", detect_face)
     xinsr = _on("scale_stick_for_xinsr_cn", scale_stick_for_xinsr_cn)
-    if hand or face:
-        log.warning("OpenposePreprocessor: hand and face keypoints are not detected here; body only")
-    net = load(find(call.ctx.folders), resolve_device(call.ctx.device))
+    try:
+        files = find(call.ctx.folders, hand, face)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{e} (or set detect_hand / detect_face to disable)") from None
+    nets = load(files, resolve_device(call.ctx.device))
     docs = []
 
     def make(im):
-        rgb = np.asarray(im.convert("RGB"))
-        h, w = rgb.shape[:2]
-        people = detect(net, rgb)
-        docs.append(as_openpose_json(people, h, w))
-        return Image.fromarray(draw(people if body else [], h, w, xinsr))
+        picture, doc = run(nets, np.asarray(im.convert("RGB")), body, hand, face, xinsr)
+        docs.append(doc)
+        return Image.fromarray(picture)
 
     maps = each_image(call, image, resolution, make)
     return {"ui": {"openpose_json": [json.dumps(docs, indent=4)]}, "result": (maps[0], docs)}
