@@ -66,7 +66,8 @@ def test_object_info_is_comfyui_inpaint_nodes(tmp_path):
     info = object_info(_call(tmp_path).ctx)
     load, run = info["INPAINT_LoadInpaintModel"], info["INPAINT_InpaintWithModel"]
     assert load["input"]["required"] == {"model_name": [["big-lama.pt"]]}
-    assert (load["output"], load["output_name"], load["python_module"]) == (["INPAINT_MODEL"], ["inpaint model"], MODULE)
+    assert (load["output"], load["output_name"], load["python_module"]) == (["INPAINT_MODEL"], ["inpaint model"],
+                                                                             MODULE)
     assert run["input"]["required"] == {"inpaint_model": ["INPAINT_MODEL"], "image": ["IMAGE"], "mask": ["MASK"],
                                         "seed": ["INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                                          "step": 1}]}
