@@ -33,7 +33,7 @@ def _call(models_root, events=None):
                     (lambda kind, data: None))
 
 
-def reference_fill(net, image, mask, size=256):
+def reference_fill(net, image, mask, size=256, seed=0):
     """comfyui-inpaint-nodes' InpaintWithModel for one (1, H, W, 3) image and (H, W) mask, written out."""
     x, m = image.permute(0, 3, 1, 2), mask[None, None]
     h, w = x.shape[-2:]
@@ -43,8 +43,9 @@ def reference_fill(net, image, mask, size=256):
     xs, ms = x[..., rows[:, None], cols[None, :]], m[..., rows[:, None], cols[None, :]]
     xs = F.interpolate(xs, size=size, mode="nearest-exact")
     ms = (F.interpolate(ms, size=size, mode="nearest-exact") >= 0.99).float()
+    torch.manual_seed(seed)  # MAT draws dropout masks at inference; LaMa draws nothing
     with torch.no_grad():
-        out = net(xs, ms)
+        out = net(xs, ms).clamp(0, 1)  # as spandrel's descriptor call clamps
     out = F.interpolate(out, size=side, mode="bilinear")[..., :h, :w]
     keep = (m >= 0.99).float()
     return (x + (out - x) * keep).permute(0, 2, 3, 1)
@@ -191,6 +192,24 @@ def test_inpaint_with_model_is_spandrels_lama_with_comfys_steps(lama_files):
     kept = mask < 0.99
     assert torch.equal(out[0][kept], image[0][kept])
     assert (out[0][~kept] - image[0][~kept]).abs().mean() > 0.05  # the fill is the model's, not the input
+
+
+def test_mat_with_the_optional_package(tmp_path):
+    """MAT as Krita downloads it (keys without spandrel's "model." prefix, fp16), when spandrel_extra_arches
+    is installed (opensd[mat]; not in the test extra: its MAT code is non-commercial). A CPU forward of
+    MAT's 512 x 512 takes about a minute."""
+    arches = pytest.importorskip("spandrel_extra_arches.architectures.MAT")
+    sd = {k.removeprefix("model."): (v.half() if v.is_floating_point() else v).contiguous().clone()
+          for k, v in arches.MAT().state_dict().items()}
+    (tmp_path / "inpaint").mkdir()
+    save_file(sd, str(tmp_path / "inpaint" / "MAT_Places512_G_fp16.safetensors"))
+    (model,) = load_model(_call(tmp_path), "MAT_Places512_G_fp16.safetensors")
+    assert model.architecture.id == "MAT"
+    image, mask = _image_and_mask(40, 56)
+    (out,) = inpaint(_call(tmp_path), model, image, mask, 7)
+    assert torch.allclose(out, reference_fill(model.model, image, mask, size=512, seed=7), atol=1e-5, rtol=0)
+    kept = mask < 0.99
+    assert torch.equal(out[0][kept], image[0][kept])
 
 
 # --- the fill's steps, on a small LaMa ------------------------------------------------------------------
