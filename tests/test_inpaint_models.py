@@ -178,6 +178,19 @@ def test_big_lama_loads_from_torchscript_and_safetensors(lama_files):
         assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), name
 
 
+def test_inpaint_files_are_recognised_as_such(lama_files, tmp_path):
+    """opensd models add / the model report put LaMa (either file) and MAT in inpaint/."""
+    from opensd.library.model_kind import LABELS, model_kind
+
+    _, root = lama_files
+    save_file({"synthesis.first_stage.conv_first.conv.resample_filter": torch.zeros(4, 4)},
+              str(tmp_path / "MAT_Places512_G_fp16.safetensors"))
+    for path in (root / "inpaint" / "lama" / "big-lama.pt", root / "inpaint" / "big-lama.safetensors",
+                 tmp_path / "MAT_Places512_G_fp16.safetensors"):
+        assert model_kind(path) == "inpaint", path
+    assert LABELS["inpaint"] == "inpaint model (LaMa / MAT)"
+
+
 def test_inpaint_with_model_is_spandrels_lama_with_comfys_steps(lama_files):
     """The node's output equals the network called directly with the steps written out above, and
     every pixel the mask does not fill (< 0.99) is the input's, bit for bit."""

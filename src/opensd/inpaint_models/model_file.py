@@ -21,6 +21,7 @@ from ..checkpoints.torchscript_weights import is_torchscript, read_torchscript_w
 from ..errors import CheckpointError
 
 MAT_KEY = "synthesis.first_stage.conv_first.conv.resample_filter"
+LAMA_KEYS = ("generator.model.1.bn_l.running_mean", "model.model.1.bn_l.running_mean")  # as spandrel detects
 MAT_EXTRA = ("MAT needs the optional package spandrel_extra_arches (pip install 'opensd[mat]'; MAT's own "
              "code is licensed for non-commercial use only); or use a LaMa file (big-lama.pt)")
 
@@ -32,8 +33,13 @@ def read_inpaint_weights(path) -> dict[str, torch.Tensor]:
     return read_torchscript_weights(path) if is_torchscript(path) else read_state_dict(path)
 
 
-def _is_mat(sd: dict) -> bool:
-    return MAT_KEY in sd or "model." + MAT_KEY in sd
+def _is_mat(names) -> bool:
+    return MAT_KEY in names or "model." + MAT_KEY in names
+
+
+def inpaint_architecture(names) -> str | None:
+    """"LaMa" or "MAT" when tensor `names` (a dict or set) are one's, else None."""
+    return "MAT" if _is_mat(names) else "LaMa" if any(k in names for k in LAMA_KEYS) else None
 
 
 def _load_mat(path: Path, sd: dict):
