@@ -29,7 +29,8 @@ REQUIRED_NODES_1_38 = {
 }
 # nodes the plugin's own workflows emit for SD 1.5 beyond the required ones (and older plugins' transfer nodes)
 EMITTED_NODES = ["ETN_ApplyMaskToImage", "INPAINT_ExpandMask", "INPAINT_MaskedBlur", "INPAINT_MaskedFill",
-                 "INPAINT_LoadInpaintModel", "ETN_LoadImageBase64", "ETN_LoadMaskBase64", "ETN_SendImageWebSocket",
+                 "INPAINT_LoadInpaintModel", "INPAINT_InpaintWithModel", "ETN_LoadImageBase64", "ETN_LoadMaskBase64",
+                 "ETN_SendImageWebSocket",
                  "ETN_BackgroundRegion", "ETN_DefineRegion", "ETN_ListRegionMasks", "ETN_AttentionMask",
                  "ETN_TileLayout", "ETN_ExtractImageTile", "ETN_ExtractMaskTile", "ETN_GenerateTileMask",
                  "ETN_MergeImageTile"]
@@ -176,9 +177,12 @@ def refine(info, ckpt, image_id, positive, negative, steps=8, start_at_step=4, s
 
 
 def inpaint(info, ckpt, controlnet, image_id, mask_id, target: Bounds, positive, negative, grow=8, feather=8,
-            blend=8, color_match=1.0, seed=1234) -> dict:
-    """workflow.inpaint for SD 1.5 in "fill" mode at strength 1: blur fill, the inpaint ControlNet, the
-    result cropped to `target` with its compositing mask as alpha."""
+            blend=8, color_match=1.0, seed=1234, fill_model=None) -> dict:
+    """workflow.inpaint for SD 1.5 at strength 1: in "fill" mode the masked area pre-filled by a blur,
+    in "Remove object" mode (`fill_model`: its inpaint model, models.inpaint["default"]) by that
+    model (FillMode.inpaint: INPAINT_LoadInpaintModel, INPAINT_InpaintWithModel with the plugin's
+    fixed seed); then the inpaint ControlNet, the result cropped to `target` with its compositing
+    mask as alpha."""
     w = Workflow(info)
     model, clip, vae = w.checkpoint(ckpt)
     model = w.add("DifferentialDiffusion", model=model)
@@ -191,7 +195,11 @@ def inpaint(info, ckpt, controlnet, image_id, mask_id, target: Bounds, positive,
     fill_mask = in_mask
     if grow - feather // 2 > 0:
         fill_mask = w.add("INPAINT_ExpandMask", mask=in_mask, grow=grow - feather // 2, blur=0, blur_type="gaussian")
-    filled = w.add("INPAINT_MaskedBlur", image=in_image, mask=fill_mask, blur=65, falloff=9)
+    if fill_model is None:
+        filled = w.add("INPAINT_MaskedBlur", image=in_image, mask=fill_mask, blur=65, falloff=9)
+    else:
+        loaded = w.add("INPAINT_LoadInpaintModel", model_name=fill_model)
+        filled = w.add("INPAINT_InpaintWithModel", inpaint_model=loaded, image=in_image, mask=fill_mask, seed=834729)
     cond = w.encode(clip, positive, negative)
     hint = w.add("InpaintPreprocessor", image=in_image, mask=inpaint_mask, black_pixel_for_xinsir_cn=False)
     cn = w.add_cached("ControlNetLoader", control_net_name=controlnet)

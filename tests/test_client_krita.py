@@ -13,6 +13,7 @@ frames (event 1, format 2 = PNG), until "executing" with node None. The graphs a
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import struct
@@ -242,6 +243,25 @@ def test_inpaint_fill_keeps_unmasked_pixels(client):
     _keeps_unmasked_pixels(*_selection_job(client, inpaint, margin=12))
 
 
+def test_remove_object_fills_with_lama_and_keeps_unmasked_pixels(client):
+    """Fill -> "Remove object": the selection pre-filled by LaMa (the big-lama.pt Krita finds in inpaint/, a
+    TorchScript archive: its weights read without running it) instead of a blur, then sampled as in "fill".
+    The selection Krita sends is grown by 8 and feathered by min(feather, grow / 2) = 4 in this mode."""
+    from lama_files import random_lama, write_lama_torchscript
+
+    models = client.app.state.opensd.settings.models_dir
+    write_lama_torchscript(random_lama(), models / "inpaint" / "big-lama.pt")
+    info = client.get("/object_info").json()
+    assert "big-lama.pt" in options(info, "INPAINT_LoadInpaintModel", "model_name")
+    build = functools.partial(inpaint, fill_model="big-lama.pt", grow=8, feather=4)
+    graph = build(info, "tiny.safetensors", CONTROLNET, "i", "m", Bounds(0, 8, 64, 48), "background scenery", "")
+    assert [n["class_type"] for n in graph.values()].count("INPAINT_InpaintWithModel") == 1
+    removed = _selection_job(client, build, margin=12)
+    _keeps_unmasked_pixels(*removed)
+    blurred = _selection_job(client, functools.partial(inpaint, grow=8, feather=4), margin=12)
+    assert not np.array_equal(removed[0], blurred[0])  # the pre-fill is LaMa's, not the blur's
+
+
 def test_refine_selection_keeps_unmasked_pixels(client):
     # grown by 4 and a 5-px tent (reach 6), shrunk by 2 and a 5-px Gaussian: nothing beyond 6 px
     _keeps_unmasked_pixels(*_selection_job(client, refine_region, margin=6))
@@ -277,16 +297,25 @@ def test_missing_cache_image_and_bad_uploads_are_clear(client):
     assert r.status_code == 422 and "no translation models" in r.text
 
 
-def test_remove_object_fill_is_refused_at_submission(client):
-    """MAT / LaMa (Krita's "remove object" pre-fill) are not implemented: the graph is refused, in words."""
-    info = client.get("/object_info").json()
-    mat = "MAT_Places512_G_fp16.safetensors"
-    graph = {"1": {"class_type": "INPAINT_LoadInpaintModel", "inputs": {"model_name": mat}},
+def test_remove_object_with_mat_names_the_optional_package(client):
+    """MAT (Krita's default "remove object" model) needs spandrel_extra_arches, an opt-in package (its MAT
+    code is non-commercial): without it the job fails saying so, and which extra installs it."""
+    try:
+        import spandrel_extra_arches  # noqa: F401
+        pytest.skip("spandrel_extra_arches is installed here")
+    except ImportError:
+        pass
+    from safetensors.torch import save_file
+
+    models = client.app.state.opensd.settings.models_dir
+    save_file({"synthesis.first_stage.conv_first.conv.resample_filter": torch.zeros(4, 4)},
+              str(models / "inpaint" / "MAT_small.safetensors"))
+    graph = {"1": {"class_type": "INPAINT_LoadInpaintModel", "inputs": {"model_name": "MAT_small.safetensors"}},
              "2": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
              "3": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 8, "height": 8}},
              "4": {"class_type": "INPAINT_InpaintWithModel",
                    "inputs": {"inpaint_model": ["1", 0], "image": ["2", 0], "mask": ["3", 0], "seed": 834729}},
              "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}}
-    assert "INPAINT_LoadInpaintModel" in info
-    r = client.post("/prompt", json={"prompt": graph, "client_id": "k"})
-    assert r.status_code == 400 and "MAT and LaMa" in r.text
+    with pytest.raises(AssertionError, match=r"MAT needs the optional package spandrel_extra_arches \(pip install "
+                                             r"'opensd\[mat\]'"):
+        run_job(client, graph)

@@ -1,10 +1,12 @@
 """Which models-folder kind a weight file belongs to (checkpoints, loras, vae, embeddings,
-controlnet, upscale_models, hypernetworks, or a UNet / text encoder alone), from its tensor names
-and shapes (an A1111 hypernetwork pickle, whose tensors sit in per-width pairs, from its layout).
+controlnet, upscale_models, hypernetworks, inpaint (LaMa / MAT), or a UNet / text encoder alone),
+from its tensor names and shapes (an A1111 hypernetwork pickle, whose tensors sit in per-width
+pairs, from its layout).
 
 A safetensors file is judged from its header alone; a pickle is read through the restricted
-unpickler (checkpoints.safe_pickle), so a file that would run code is refused here, before it
-is ever placed in a models folder.
+unpickler (checkpoints.safe_pickle), a TorchScript archive (LaMa's big-lama.pt) through
+checkpoints.torchscript_weights, so a file that would run code is refused here, before it is
+ever placed in a models folder.
 """
 from __future__ import annotations
 
@@ -14,12 +16,14 @@ from pathlib import Path
 from ..checkpoints.detect import UNET, detect
 from ..checkpoints.families import family_message, part_kind, unsupported_family, what_else
 from ..checkpoints.files import read_safetensors_header, read_state_dict, sniff_format
+from ..checkpoints.torchscript_weights import is_torchscript, read_torchscript_weights
 from ..errors import CheckpointError
+from ..inpaint_models import inpaint_architecture
 
 # models-folder kind -> what people call it
 LABELS = {"checkpoints": "checkpoint", "loras": "LoRA", "vae": "VAE", "embeddings": "embedding",
           "controlnet": "ControlNet", "upscale_models": "upscaler", "unet": "UNet alone",
-          "clip": "text encoder alone", "hypernetworks": "hypernetwork"}
+          "clip": "text encoder alone", "hypernetworks": "hypernetwork", "inpaint": "inpaint model (LaMa / MAT)"}
 _PART_KIND = {"lora": "loras", "embedding": "embeddings", "controlnet": "controlnet", "vae": "vae",
               "diffusers_unet": "unet", "text_encoder": "clip", "t5": "clip"}
 
@@ -42,6 +46,8 @@ def tensor_shapes(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str
     if sniff_format(path) == "safetensors":
         entries, metadata = read_safetensors_header(path)
         return {k: tuple(v["shape"]) for k, v in entries.items()}, metadata
+    if is_torchscript(path):
+        return {k: tuple(v.shape) for k, v in read_torchscript_weights(path).items()}, {}
     try:
         return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}, {}
     except CheckpointError:
@@ -58,6 +64,8 @@ def model_kind(path: Path) -> str:
     shapes, metadata = tensor_shapes(path)
     if shapes and all(_HYPERNET_KEY.match(k) for k in shapes) and _hypernetwork(path) is not None:
         return "hypernetworks"
+    if inpaint_architecture(shapes):
+        return "inpaint"
     if UNET + "input_blocks.0.0.weight" in shapes:
         detect(shapes, str(path), metadata)  # a whole checkpoint we run; else the error says what it is
         return "checkpoints"

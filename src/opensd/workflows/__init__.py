@@ -24,6 +24,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_image_resize,
     nodes_image_ops,
     nodes_image_transform,
+    nodes_inpaint_models,
     nodes_inpaint_ops,
     nodes_ip_adapter,
     nodes_ip_adapter_presets,

@@ -12,9 +12,8 @@ InpaintPreprocessor that Krita AI Diffusion's inpaint graphs use, with their nam
   outside `exclude_mask`, blended by `strength`);
 * InpaintPreprocessor: the image with masked pixels (mask > 0.5 after a bilinear resize) set to -1,
   the ControlNet inpaint model's marker (0 with black_pixel_for_xinsir_cn);
-* INPAINT_LoadInpaintModel lists the inpaint folder (Krita looks for its MAT / LaMa file there);
-  a graph with it or INPAINT_InpaintWithModel is refused, in words: those models are not
-  implemented here."""
+(INPAINT_LoadInpaintModel and INPAINT_InpaintWithModel, which run LaMa / MAT, are
+nodes_inpaint_models.)"""
 from __future__ import annotations
 
 import numpy as np
@@ -153,15 +152,6 @@ def inpaint_preprocessor(call, image, mask, black_pixel_for_xinsir_cn=False):
     return (out,)
 
 
-def _no_inpaint_models(ctx, inputs) -> str:
-    return ("INPAINT_LoadInpaintModel: MAT and LaMa inpaint models are not implemented in opensd; use another "
-            "fill mode (in Krita: any inpaint mode but 'Remove object')")
-
-
-def _refused(call, **inputs):  # never reached: the check refuses the graph
-    raise InvalidArgument(_no_inpaint_models(None, {}))
-
-
 _INT = ("INT", {"default": 16, "min": 0, "max": 8096, "step": 1})
 _BLUR = ("INT", {"default": 7, "min": 0, "max": 8096, "step": 1})
 _KIND = (mf.BLUR_KINDS, {"default": "gaussian"})
@@ -197,13 +187,6 @@ _node("INPAINT_ColorMatch", color_match,
       {"target": _IMAGE, "reference": _IMAGE,
        "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})},
       ("IMAGE",), ("image",), optional={"exclude_mask": _MASK}, display="Color Match")
-_node("INPAINT_LoadInpaintModel", _refused, {"model_name": (Choices("inpaint"), {})},
-      ("INPAINT_MODEL",), ("inpaint model",), display="Load Inpaint Model", check=_no_inpaint_models)
-_node("INPAINT_InpaintWithModel", _refused,
-      {"inpaint_model": ("INPAINT_MODEL", {}), "image": _IMAGE, "mask": _MASK,
-       "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "step": 1})},
-      ("IMAGE",), ("inpainted image",), optional={"optional_upscale_model": ("UPSCALE_MODEL", {})},
-      display="Inpaint (using Model)", check=_no_inpaint_models)
 _node("InpaintPreprocessor", inpaint_preprocessor, {"image": _IMAGE, "mask": _MASK}, ("IMAGE",), ("IMAGE",),
       optional={"black_pixel_for_xinsir_cn": ("BOOLEAN", {"default": False})}, display="Inpaint Preprocessor",
       category="ControlNet Preprocessors/others", module="custom_nodes.comfyui_controlnet_aux")
