@@ -408,8 +408,8 @@ def test_torch_compile_model_runs_compiled_only_for_its_model_and_compiles_once(
     monkeypatch.setattr(compiled, "BACKEND", "eager")
     model, pos, neg = env
     network = model.pipe.family.network(model.pipe.model)
-    compiles = []
-    monkeypatch.setattr(T, "compile_in_place", lambda m: compiles.append(m) or compiled.compile_in_place(m))
+    compiles, real = [], compiled.compile_in_place
+    monkeypatch.setattr(compiled, "compile_in_place", lambda m: compiles.append(m) or real(m))
     seen = []
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     kw = dict(seed=2, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal")

@@ -17,6 +17,8 @@ of models/unet.py is suspended during such calls (its cached K/V would be overwr
 from __future__ import annotations
 
 import os
+import weakref
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -72,6 +74,24 @@ def compile_in_place(module: nn.Module, cudagraphs: bool | None = None) -> nn.Mo
     cross_attentions = [m for m in module.modules() if isinstance(m, CrossAttention)] if cudagraphs else []
     module._compiled_call_impl = call  # what nn.Module.compile sets: __call__ goes through it
     return module
+
+
+_KEPT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> its compiled call, for compiled_during
+
+
+@contextmanager
+def compiled_during(module: nn.Module):
+    """Within the block calls of `module` run compiled; afterwards as before. The compiled call is
+    made on first use and kept for the module's later blocks (ComfyUI's TorchCompileModel: only
+    that MODEL's runs are compiled, and the next run reuses the compilation)."""
+    before = module._compiled_call_impl
+    if module not in _KEPT:
+        _KEPT[module] = compile_in_place(module)._compiled_call_impl
+    module._compiled_call_impl = _KEPT[module]
+    try:
+        yield module
+    finally:
+        module._compiled_call_impl = before
 
 
 def uncompile(module: nn.Module) -> nn.Module:

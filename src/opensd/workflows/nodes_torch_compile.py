@@ -4,35 +4,17 @@ weights are on CUDA). The compiled call is kept per network, so the next run reu
 or changed weights compile again); other MODELs of the same checkpoint keep running eagerly."""
 from __future__ import annotations
 
-import weakref
-from contextlib import contextmanager
 from dataclasses import replace
 
-from ..pipeline.compiled import compile_in_place
+from ..pipeline.compiled import compiled_during
 from .types import NodeDef, register
 
 BACKENDS = ["inductor", "cudagraphs"]  # ComfyUI's choices; both are inductor here, graphs replayed on CUDA
-_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # network -> its compiled call
-
-
-@contextmanager
-def compiled(network):
-    """The network's calls compiled for the duration of the block; afterwards as they were."""
-    call = _CALLS.get(network)
-    before = network._compiled_call_impl
-    if call is None:
-        compile_in_place(network)
-        call = _CALLS[network] = network._compiled_call_impl
-    network._compiled_call_impl = call
-    try:
-        yield
-    finally:
-        network._compiled_call_impl = before
 
 
 def torch_compile_model(call, model, backend):
     def patch(network, sigma: float):
-        return compiled(network)
+        return compiled_during(network)
     return (replace(model, network_patches=model.network_patches + (patch,)),)
 
 
