@@ -112,3 +112,81 @@ def test_png_info_of_a_huge_parameters_chunk_answers_at_once(client):
     Image.new("RGB", (8, 8)).save(buf, "PNG", pnginfo=info)
     r = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(buf.getvalue()).decode()})
     assert r.status_code == 200 and r.json()["info"] == "a" * 1_000_000
+
+
+# --- JSON and graph sizes (hostile sweep 2) ---------------------------------------------------------
+
+def test_a_body_of_millions_of_tiny_values_is_refused_before_parsing(client):
+    """6 MB of '{},' parsed into 2.1 million objects (a 60 MiB body: 21 million, 1.5 GB of memory),
+    then walked value by value on the event loop for seconds (a minute at 60 MiB)."""
+    from opensd.server.safe_json import MAX_VALUES
+
+    body = b"[" + b"{}," * MAX_VALUES + b"{}]"
+    for path in ("/sdapi/v1/txt2img", "/prompt", "/userdata/workflows%2Fbig.json"):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422, (path, r.text[:200])
+        assert f"more than the {MAX_VALUES:,} one request may hold" in r.text, r.text[:200]
+    # an image's base64 holds none of ',', '[' or '{': a large one is a handful of values
+    from opensd.server.safe_json import loads, value_bound
+    assert value_bound(b'{"init_images": ["' + b"A" * 10_000_000 + b'"]}') == 3
+    assert loads(b'{"a": [1, 2, {"b": 3}]}') == ({"a": [1, 2, {"b": 3}]}, None)
+
+
+@pytest.mark.parametrize("value,problem", [
+    ({"a": [[[]]]}, None),
+    ("\ud800", "body: text holds a lone UTF-16 surrogate"),
+    ({"a": [1, {"k\udfff": 2}]}, "body.a.1: a key holds a lone UTF-16 surrogate"),
+    ({"a": ["x", "\ud83d"]}, "body.a.1: text holds a lone UTF-16 surrogate"),
+    ({"a": "\U0001f600"}, None),  # what json.loads makes of a proper pair of escapes
+])
+def test_the_fast_json_check_finds_what_the_walk_finds(value, problem):
+    from opensd.server.safe_json import problem as find
+    found = find(value)
+    assert (found is None) if problem is None else found.startswith(problem), found
+
+
+def test_json_depth_limit_is_exact():
+    from opensd.server.safe_json import MAX_DEPTH, problem
+    deep = inner = []
+    for _ in range(MAX_DEPTH - 1):
+        inner.append([])
+        inner = inner[0]
+    assert problem(deep) is None  # MAX_DEPTH arrays, one in the other
+    inner.append({})
+    assert "nested deeper than 64 levels" in problem(deep)
+    assert "nested deeper" in problem({"a": deep})
+
+
+def test_a_graph_past_the_node_cap_is_refused(client):
+    from opensd.workflows.graph import MAX_NODES
+
+    g = {str(i): {"class_type": "PreviewImage", "inputs": {"images": ["0", 0]}} for i in range(1, MAX_NODES + 1)}
+    g["0"] = {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}
+    r = client.post("/prompt", json={"prompt": g})
+    assert r.status_code == 400, r.text[:300]
+    assert r.json()["error"]["message"] == f"Prompt has {MAX_NODES + 1:,} nodes, more than the {MAX_NODES:,} one prompt may hold."
+
+
+def test_thousands_of_failing_outputs_are_answered_at_once(client):
+    """5,000 outputs each on its own failing node: every failed output was compared with every node
+    checked so far (about 25 s; 8,000 took 65 s, on the event loop). Now one walk, the same answer."""
+    import time
+
+    g = {}
+    for i in range(4998):
+        g[f"e{i}"] = {"class_type": "EmptyImage", "inputs": {"width": -1, "height": 8, "batch_size": 1, "color": 0}}
+        g[f"p{i}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"e{i}", 0]}}
+    g["chain0"] = {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 8, "batch_size": 1, "color": 0}}
+    g["chain1"] = {"class_type": "ImageInvert", "inputs": {"image": ["chain0", 0]}}
+    g["a"] = {"class_type": "PreviewImage", "inputs": {"images": ["chain1", 0]}}
+    g["b"] = {"class_type": "PreviewImage", "inputs": {"images": ["chain1", 0]}}
+    start = time.monotonic()
+    r = client.post("/prompt", json={"prompt": g})
+    assert time.monotonic() - start < 8
+    assert r.status_code == 400, r.text[:300]
+    errors = r.json()["node_errors"]
+    assert errors, r.text[:300]
+    assert len(errors) == 4999 and errors["e17"]["dependent_outputs"] == ["p17"]
+    assert errors["e17"]["errors"][0]["type"] == "value_smaller_than_min"
+    assert errors["chain0"]["dependent_outputs"] == ["a", "b"] and "chain1" not in errors
+    assert list(errors)[:3] == ["chain0", "e0", "e1"]  # in the order the nodes were checked

@@ -8,6 +8,7 @@ execution_interrupted, and binary preview frames: 4-byte big-endian event 1 (PRE
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import platform
@@ -178,8 +179,8 @@ def router(state, hub: ComfyHub) -> APIRouter:
             return JSONResponse({"error": {"type": "invalid_content_type", "message": "the graph must be JSON",
                                            "details": f"Content-Type: {kind}; send application/json",
                                            "extra_info": {}}, "node_errors": {}}, status_code=415)
-        try:
-            body = await request.json()
+        try:  # parsed and checked in a thread: a large graph takes seconds, the event loop serves the rest
+            body = await run_in_threadpool(json.loads, await request.body())
         except ValueError:
             return JSONResponse({"error": {"type": "invalid_json", "message": "body is not JSON", "details": "",
                                            "extra_info": {}}, "node_errors": {}}, status_code=400)
@@ -189,7 +190,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
                                            "details": "prompt: expected an API-format graph object",
                                            "extra_info": {}}, "node_errors": {}}, status_code=400)
         try:
-            _, node_errors, runs = check_prompt(prompt, hub.context())
+            _, node_errors, runs = await run_in_threadpool(check_prompt, prompt, hub.context())
         except GraphError as e:
             return JSONResponse(e.payload, status_code=400)
         try:  # counted on what will run, its numbers converted as the nodes get them
