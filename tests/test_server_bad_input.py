@@ -331,3 +331,27 @@ def test_no_route_answers_500_to_hostile_path_or_query_values(tmp_path):
                     assert r.status_code < 500, (method, path, value[:20], r.text[:200])
                     tried += 1
         assert tried > 200
+
+
+def test_no_route_answers_500_to_one_hostile_parameter(tmp_path):
+    """As above, one parameter at a time (all at once, another parameter's refusal hid the one that
+    failed: GET /opensd/v1/gallery?offset=9223372036854775808 was an OverflowError in SQLite, a 500)."""
+    from urllib.parse import quote
+
+    settings = Settings(models_dir=models_dir(tmp_path), outputs_dir=tmp_path / "out", start_worker=False)
+    values = ["99999999999999999999", "9223372036854775808", "-9223372036854775809", "1e400", "a\x00b", ".."]
+    with TestClient(create_app(settings), base_url=BASE, raise_server_exceptions=False) as c:
+        tried = 0
+        for path, ops in c.app.openapi()["paths"].items():
+            for method, op in ops.items():
+                params = op.get("parameters", [])
+                for p in params:
+                    for value in values:
+                        url = path
+                        for q in (q for q in params if q["in"] == "path"):
+                            url = url.replace("{%s}" % q["name"], quote(value if q is p else "x", safe=""))
+                        query = f"?{p['name']}={quote(value, safe='')}" if p["in"] == "query" else ""
+                        r = c.request(method.upper(), url + query, **({} if method == "get" else {"json": {}}))
+                        assert r.status_code < 500, (method, path, p["name"], value, r.text[:200])
+                        tried += 1
+        assert tried > 200
