@@ -190,3 +190,24 @@ def test_thousands_of_failing_outputs_are_answered_at_once(client):
     assert errors["e17"]["errors"][0]["type"] == "value_smaller_than_min"
     assert errors["chain0"]["dependent_outputs"] == ["a", "b"] and "chain1" not in errors
     assert list(errors)[:3] == ["chain0", "e0", "e1"]  # in the order the nodes were checked
+
+
+def test_an_uploaded_file_is_never_served_as_a_page(client):
+    """A valid PNG carrying a script in a text chunk, uploaded as 'a.html', came back from /view as
+    text/html: a page on this origin, able to drive the API with the user's session."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("x", "<script>fetch('/sdapi/v1/options')</script>")
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG", pnginfo=info)
+    for name in ("page.html", "page.svg", "page.js", "page.xhtml", "page.css", "page"):
+        r = client.post("/upload/image", files={"image": (name, buf.getvalue(), "text/html")})
+        assert r.status_code == 200, r.text
+        r = client.get("/view", params={"filename": name, "type": "input"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream", (name, r.headers)
+        assert r.headers["x-content-type-options"] == "nosniff" and "sandbox" in r.headers["content-security-policy"]
+        assert r.headers["content-disposition"].startswith("attachment")
+    client.post("/upload/image", files={"image": ("shown.png", buf.getvalue(), "image/png")})
+    r = client.get("/view", params={"filename": "shown.png", "type": "input"})
+    assert r.headers["content-type"] == "image/png" and "content-disposition" not in r.headers

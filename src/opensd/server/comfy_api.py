@@ -26,14 +26,14 @@ from fastapi import (
     WebSocket,
     WebSocketDisconnect,
 )
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
 
 from .. import safe_paths
 from ..atomic import write_atomic
 from ..errors import InvalidArgument
 from ..workflows import ExecutionContext, GraphError, OutputCache, check_prompt, object_info
-from . import comfy_mask_upload, comfy_run, images_io, safe_json, work_budget
+from . import comfy_mask_upload, comfy_run, images_io, safe_json, served_files, work_budget
 from .jobs import QueueFull
 from .store import FINAL
 
@@ -259,7 +259,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
         path = safe_file(hub.dirs[type], subfolder, filename)
         if not safe_paths.is_file(path):
             return JSONResponse({"error": "NotFound", "detail": f"filename: {filename!r} not found"}, status_code=404)
-        return FileResponse(path)
+        return served_files.user_file(path)
 
     @api.get("/internal/files/{directory_type}")
     def internal_files(directory_type: str):
