@@ -211,3 +211,47 @@ def test_an_uploaded_file_is_never_served_as_a_page(client):
     client.post("/upload/image", files={"image": ("shown.png", buf.getvalue(), "image/png")})
     r = client.get("/view", params={"filename": "shown.png", "type": "input"})
     assert r.headers["content-type"] == "image/png" and "content-disposition" not in r.headers
+
+
+def _slowed(fn, seconds: float):
+    import time
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)  # stands for a large body's work: it holds whichever thread runs it
+        return fn(*args, **kwargs)
+    return slow
+
+
+@pytest.mark.parametrize("where", ["guard json", "graph check", "upload decode", "etn decode"])
+def test_a_large_request_does_not_stall_the_others(tmp_path, monkeypatch, where):
+    """A request's heavy work (parsing and checking a large JSON body, validating a graph, decoding an
+    uploaded image) ran on the event loop, so every other request (progress, /interrupt, the
+    websockets) waited for it: 65 s for a graph of 8,000 failing outputs."""
+    import threading
+    import time
+
+    import httpx
+
+    from opensd.server import comfy_api, etn_api, images_io, safe_json
+    from server_live import LiveServer
+
+    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+             "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    target, name, request = {
+        "guard json": (safe_json, "loads", lambda url: httpx.post(url + "/sdapi/v1/png-info", json={"image": ""})),
+        "graph check": (comfy_api, "check_prompt", lambda url: httpx.post(url + "/prompt", json={"prompt": graph})),
+        "upload decode": (images_io, "decode_bytes", lambda url: httpx.post(
+            url + "/upload/image", files={"image": ("a.png", base64.b64decode(png((8, 8))), "image/png")})),
+        "etn decode": (etn_api, "decode_bytes", lambda url: httpx.put(url + "/api/etn/image/slow",
+                                                                      content=base64.b64decode(png((8, 8))))),
+    }[where]
+    monkeypatch.setattr(target, name, _slowed(getattr(target, name), 3.0))
+    settings = Settings(models_dir=models_dir(tmp_path), outputs_dir=tmp_path / "out", start_worker=False)
+    with LiveServer(settings) as server:
+        slow = threading.Thread(target=request, args=(server.url,))
+        slow.start()
+        time.sleep(0.5)
+        start = time.monotonic()
+        assert httpx.get(server.url + "/internal/ping", timeout=10).status_code == 200
+        assert time.monotonic() - start < 1.5
+        slow.join()

@@ -295,8 +295,10 @@ def router(state, hub: ComfyHub) -> APIRouter:
     async def upload_image(image: Annotated[UploadFile, File()], overwrite: Annotated[str, Form()] = "false",
                            subfolder: Annotated[str, Form()] = "", type: Annotated[str, Form()] = "input"):
         data = await image.read()
-        images_io.decode_bytes(data, "image", state.settings.max_image_pixels)  # refuse non-images and bombs
-        return store_upload(data, image.filename, overwrite, subfolder, type)
+        # refuse non-images and bombs, decoding in a thread (a large image takes a second; the event loop
+        # serves every other request meanwhile)
+        await run_in_threadpool(images_io.decode_bytes, data, "image", state.settings.max_image_pixels)
+        return store_upload(data, image.filename, overwrite, subfolder, type)  # on the loop: one name each
 
     @api.post("/upload/mask")
     async def upload_mask(image: Annotated[UploadFile, File()], original_ref: Annotated[str, Form()] = "",
@@ -310,7 +312,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
             raise InvalidArgument(f"original_ref: {ref_type}/{ref_subfolder}/{name} not found".replace("//", "/"))
         data = await run_in_threadpool(comfy_mask_upload.masked_png, original, await image.read(),
                                        state.settings.max_image_pixels)
-        return store_upload(data, image.filename, overwrite, subfolder, type)
+        return store_upload(data, image.filename, overwrite, subfolder, type)  # on the loop: one name each
 
     @api.post("/interrupt")
     async def interrupt(request: Request):
