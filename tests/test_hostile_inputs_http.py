@@ -255,3 +255,20 @@ def test_a_large_request_does_not_stall_the_others(tmp_path, monkeypatch, where)
         assert httpx.get(server.url + "/internal/ping", timeout=10).status_code == 200
         assert time.monotonic() - start < 1.5
         slow.join()
+
+
+def test_an_unreadable_image_is_named_without_server_details(client, tmp_path):
+    """PIL's message named the file object ('<_io.BytesIO object at 0x7f02e12225c0>') or, for a file,
+    the server's absolute path."""
+    from opensd.errors import InvalidArgument
+    from opensd.image_read import read
+
+    r = client.post("/upload/image", files={"image": ("a.png", b"not an image", "image/png")})
+    assert r.status_code == 422 and "0x" not in r.text and "BytesIO" not in r.text, r.text
+    assert "image: not a readable image" in r.json()["detail"]
+    bad = tmp_path / "secret-folder" / "x.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"junk")
+    with pytest.raises(InvalidArgument) as e:
+        read(bad, "image", 1 << 20)
+    assert "secret-folder" not in str(e.value)
