@@ -36,6 +36,7 @@ from .a1111_units import HASH_SUFFIX, image_field, number, unit_list
 RESIZE = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
 _RESIZE_NAMES = {"just resize": 0, "crop and resize": 1, "inner fit": 1, "resize and fill": 2, "outer fit": 2,
                  "envelope": 2}
+MAX_UNITS = 10  # enabled units in one request: sd-webui-controlnet's own most (its unit number setting)
 CONTROL_MODES = {"balanced": 0, "my prompt is more important": 1, "controlnet is more important": 2}
 # extension module name -> (our preprocessor, exact?)
 MODULES: dict[str, tuple[str, bool]] = {
@@ -154,6 +155,9 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
             "control_type_name": unit.get("union_control_type"),  # a Flux Union's modes have names of their own
             "weights": weights,
         })
+        if len(out) > MAX_UNITS:
+            raise InvalidArgument(f"{field}: more than {MAX_UNITS} enabled ControlNet units (sd-webui-controlnet's "
+                                  "most); each runs its network at every step")
     a1111_ip_adapter.check_count(out)
     return out
 
