@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -170,7 +171,6 @@ def test_a_graph_past_the_node_cap_is_refused(client):
 def test_thousands_of_failing_outputs_are_answered_at_once(client):
     """5,000 outputs each on its own failing node: every failed output was compared with every node
     checked so far (about 25 s; 8,000 took 65 s, on the event loop). Now one walk, the same answer."""
-    import time
 
     g = {}
     for i in range(4998):
@@ -214,7 +214,6 @@ def test_an_uploaded_file_is_never_served_as_a_page(client):
 
 
 def _slowed(fn, seconds: float):
-    import time
 
     def slow(*args, **kwargs):
         time.sleep(seconds)  # stands for a large body's work: it holds whichever thread runs it
@@ -228,7 +227,6 @@ def test_a_large_request_does_not_stall_the_others(tmp_path, monkeypatch, where)
     uploaded image) ran on the event loop, so every other request (progress, /interrupt, the
     websockets) waited for it: 65 s for a graph of 8,000 failing outputs."""
     import threading
-    import time
 
     import httpx
 
@@ -272,3 +270,42 @@ def test_an_unreadable_image_is_named_without_server_details(client, tmp_path):
     with pytest.raises(InvalidArgument) as e:
         read(bad, "image", 1 << 20)
     assert "secret-folder" not in str(e.value)
+
+
+def test_a_socket_that_stops_reading_holds_a_bounded_backlog(client):
+    """Every preview and progress message for a client that no longer read its socket waited as a
+    coroutine holding its bytes, for as long as its jobs ran. Past MAX_BACKLOG its previews and
+    progress are dropped; other messages (the end of a prompt) still go, and the backlog drains."""
+    import asyncio
+    import threading
+
+    from opensd.server.comfy_api import MAX_BACKLOG
+
+    hub = client.app.state.opensd.comfy
+    gate = threading.Event()
+    sent = []
+
+    class Stuck:
+        async def _wait(self, message):
+            while not gate.is_set():
+                await asyncio.sleep(0.01)
+            sent.append(message)
+
+        send_bytes = send_json = _wait
+
+    stuck = Stuck()
+    hub.sockets["stuck"] = stuck
+    try:
+        for i in range(10 * MAX_BACKLOG):
+            hub.send("stuck", b"preview" + str(i).encode())
+            hub.send("stuck", {"type": "progress", "data": {"value": i}})
+        hub.send("stuck", {"type": "executing", "data": {"node": None, "prompt_id": "p"}})
+        assert hub._backlog[id(stuck)] == MAX_BACKLOG + 1
+        gate.set()
+        deadline = time.time() + 10
+        while hub._backlog.get(id(stuck)) and time.time() < deadline:
+            time.sleep(0.01)
+        assert id(stuck) not in hub._backlog and len(sent) == MAX_BACKLOG + 1
+        assert [m for m in sent if isinstance(m, dict) and m["type"] == "executing"]
+    finally:
+        del hub.sockets["stuck"]

@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -43,6 +44,7 @@ VIEW_TYPES = ("output", "input", "temp")
 # Not the real command line (it may hold --api-token). ComfyUI's flag that says "no API nodes, no
 # comfy.org services": its frontend then skips its release check against api.comfy.org.
 ARGV = ["opensd", "--disable-api-nodes"]
+MAX_BACKLOG = 64  # messages waiting to be written to one socket before its previews are dropped
 
 
 class ComfyHub:
@@ -55,6 +57,8 @@ class ComfyHub:
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         self.sockets: dict[str, WebSocket] = {}
+        self._backlog: dict[int, int] = {}  # id(socket) -> its messages not yet written
+        self._backlog_lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.output_cache = OutputCache()  # node outputs reused across prompts, as in ComfyUI
         state.cache.on_evict.append(lambda path: self.output_cache.clear())  # it holds pipelines too
@@ -72,15 +76,30 @@ class ComfyHub:
     # --- sending (thread-safe: the worker thread calls these) ---------------------------------
 
     def send(self, sid: str | None, message) -> None:
+        """Queue `message` for the socket(s). A client that stops reading keeps its messages waiting
+        here (each a coroutine holding its bytes); past MAX_BACKLOG waiting, its previews and progress
+        are dropped (later ones replace them), its other messages still go."""
         if self.loop is None or self.loop.is_closed():
             return
+        droppable = isinstance(message, bytes) or message.get("type") == "progress"
         targets = list(self.sockets.items()) if sid is None else [(sid, self.sockets.get(sid))]
         for key, ws in targets:
             if ws is None:
                 continue
+            with self._backlog_lock:
+                waiting = self._backlog.get(id(ws), 0)
+                if droppable and waiting >= MAX_BACKLOG:
+                    continue
+                self._backlog[id(ws)] = waiting + 1
             coro = ws.send_bytes(message) if isinstance(message, bytes) else ws.send_json(message)
             fut = asyncio.run_coroutine_threadsafe(_quiet(coro), self.loop)
-            fut.add_done_callback(lambda f: None)
+            fut.add_done_callback(lambda f, key=id(ws): self._sent(key))
+
+    def _sent(self, key: int) -> None:
+        with self._backlog_lock:
+            left = self._backlog.pop(key, 1) - 1
+            if left > 0:
+                self._backlog[key] = left
 
     def status_message(self, sid: str | None = None) -> dict:
         q = self.state.queue
