@@ -309,3 +309,31 @@ def test_a_socket_that_stops_reading_holds_a_bounded_backlog(client):
         assert [m for m in sent if isinstance(m, dict) and m["type"] == "executing"]
     finally:
         del hub.sockets["stuck"]
+
+
+def test_client_writes_stop_short_of_a_full_disk(client, monkeypatch):
+    """Each upload had its own size cap but nothing bounded how many: a loop of uploads filled the
+    disk (then SQLite, the outputs and the OS failed together). Writes a client asks for are refused
+    with a 507 once they would leave less than MIN_FREE_BYTES free; reads and small answers go on."""
+    from opensd.server import disk_room
+
+    free = {"bytes": disk_room.MIN_FREE_BYTES + 100}
+    monkeypatch.setattr(disk_room, "free_bytes", lambda folder: free["bytes"])
+    image = base64.b64decode(png((8, 8)))
+    assert len(image) < 100
+    r = client.post("/upload/image", files={"image": ("fits.png", image, "image/png")})
+    assert r.status_code == 200, r.text
+    free["bytes"] = disk_room.MIN_FREE_BYTES + 10
+    checks = [
+        client.post("/upload/image", files={"image": ("full.png", image, "image/png")}),
+        client.post("/userdata/workflows%2Ffull.json", content=b'{"a": "' + b"x" * 100 + b'"}',
+                    headers={"content-type": "application/json"}),
+        client.put("/api/etn/upload/loras/full.safetensors", content=b"x" * 100),
+    ]
+    client.post("/opensd/v1/datasets", json={"name": "full"})
+    checks.append(client.post("/opensd/v1/datasets/full/images", files={"files": ("a.png", image, "image/png")}))
+    checks.append(client.post("/opensd/v1/models/convert", json={"source": "tiny.safetensors", "output": "copy"}))
+    for r in checks:
+        assert r.status_code == 507, (r.request.url, r.text)
+        assert "MiB free" in r.text, r.text
+    assert client.get("/view", params={"filename": "fits.png", "type": "input"}).status_code == 200

@@ -25,6 +25,7 @@ from . import (a1111_api, a1111_controlnet, a1111_extras, a1111_run, comfy_api, 
                docs_pages, etn_api, gallery_api, models_api, opensd_api, served_files, train_api, ui_routes,
                workers_api, xyz_axes_api)
 from .a1111_options import A1111Options
+from .disk_room import NoRoom
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
 from .safe_json import SafeJSONResponse
@@ -172,6 +173,10 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     @app.exception_handler(QueueFull)
     async def full(request: Request, exc: QueueFull):
         return a1111_api.queue_full(exc)
+
+    @app.exception_handler(NoRoom)
+    async def no_room(request: Request, exc: NoRoom):
+        return JSONResponse({"error": "InsufficientStorage", "detail": str(exc)}, status_code=NoRoom.status)
 
     @app.exception_handler(OpenSDError)
     async def opensd_error(request: Request, exc: OpenSDError):

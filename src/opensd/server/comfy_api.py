@@ -34,7 +34,7 @@ from .. import safe_paths
 from ..atomic import write_atomic
 from ..errors import InvalidArgument
 from ..workflows import ExecutionContext, GraphError, OutputCache, check_prompt, object_info
-from . import comfy_mask_upload, comfy_run, images_io, safe_json, served_files, work_budget
+from . import comfy_mask_upload, comfy_run, disk_room, images_io, safe_json, served_files, work_budget
 from .jobs import QueueFull
 from .store import FINAL
 
@@ -298,6 +298,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
             raise InvalidArgument(f"type: {type!r} is not one of {', '.join(VIEW_TYPES)}")
         name = os.path.basename((filename or "").replace("\\", "/")) or "upload.png"
         path = safe_file(hub.dirs[type], subfolder, name)
+        disk_room.check(hub.dirs[type], len(data), "image")
         if path.exists() and overwrite.lower() not in ("true", "1"):
             stem, suffix, n = path.stem, path.suffix, 1
             while path.exists():
