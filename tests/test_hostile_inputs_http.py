@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from server_live import BASE, models_dir
 
+from opensd.errors import InvalidArgument
 from opensd.server.app import create_app
 from opensd.server.settings import Settings
 
@@ -337,3 +338,23 @@ def test_client_writes_stop_short_of_a_full_disk(client, monkeypatch):
         assert r.status_code == 507, (r.request.url, r.text)
         assert "MiB free" in r.text, r.text
     assert client.get("/view", params={"filename": "fits.png", "type": "input"}).status_code == 200
+
+
+def test_styles_cannot_grow_a_prompt_past_the_encoder_cap(client, tmp_path):
+    """A 3,000-word style given 1,000 times built a 15,000,000-character prompt, copied once per
+    style (90 s) before the encoder's cap refused it; 100,000 names of a small style took 5 s."""
+    from opensd.text.prompt_parser import MAX_PROMPT_CHARS
+    from opensd.text.styles import MAX_STYLES, Style, apply_styles
+
+    styles = {"big": Style("big", "{prompt}, " + "word " * 3000, ""), "small": Style("small", "x", "")}
+    start = time.monotonic()
+    with pytest.raises(InvalidArgument) as e:
+        apply_styles("a", "", ["big"] * MAX_STYLES, styles)
+    assert time.monotonic() - start < 2
+    assert f"with style 'big' applied the prompt holds 255,035 characters, more than the {MAX_PROMPT_CHARS:,}" in str(e.value)
+    with pytest.raises(InvalidArgument) as e:
+        apply_styles("a", "", ["small"] * 100_000, styles)
+    assert str(e.value) == f"styles: 100,000 styles; at most {MAX_STYLES} apply to one prompt"
+    assert apply_styles("a", "n", ["small", "big"], styles)[0].startswith("a, x, word")
+    r = client.post("/sdapi/v1/txt2img", json={**T2I, "styles": ["nope"] * 200})
+    assert r.status_code == 422 and "200 styles; at most 100" in r.text, r.text

@@ -215,3 +215,6 @@ def test_more_units_than_the_extension_allows_are_refused(live):
     assert f"args[{MAX_UNITS}]: more than {MAX_UNITS} enabled ControlNet units" in r.text
     off = {"alwayson_scripts": {"controlnet": {"args": [unit_] * 2 + [{**unit_, "enabled": False}] * 50}}}
     assert post(live, off).status_code == 200
+    listed = {"alwayson_scripts": {"controlnet": {"args": [{"enabled": False}] * 500_000}}}
+    r = post(live, listed)  # went through every one (23 s), then stored them all with the job
+    assert r.status_code == 422 and "controlnet.args: 500,000 units; at most 100" in r.text, r.text[:300]
