@@ -331,3 +331,47 @@ def test_no_route_answers_500_to_hostile_path_or_query_values(tmp_path):
                     assert r.status_code < 500, (method, path, value[:20], r.text[:200])
                     tried += 1
         assert tried > 200
+
+
+def test_no_route_answers_500_to_one_hostile_parameter(tmp_path):
+    """As above, one parameter at a time (all at once, another parameter's refusal hid the one that
+    failed: GET /opensd/v1/gallery?offset=9223372036854775808 was an OverflowError in SQLite, a 500)."""
+    from urllib.parse import quote
+
+    settings = Settings(models_dir=models_dir(tmp_path), outputs_dir=tmp_path / "out", start_worker=False)
+    values = ["99999999999999999999", "9223372036854775808", "-9223372036854775809", "1e400", "a\x00b", ".."]
+    with TestClient(create_app(settings), base_url=BASE, raise_server_exceptions=False) as c:
+        tried = 0
+        for path, ops in c.app.openapi()["paths"].items():
+            for method, op in ops.items():
+                params = op.get("parameters", [])
+                for p in params:
+                    for value in values:
+                        url = path
+                        for q in (q for q in params if q["in"] == "path"):
+                            url = url.replace("{%s}" % q["name"], quote(value if q is p else "x", safe=""))
+                        query = f"?{p['name']}={quote(value, safe='')}" if p["in"] == "query" else ""
+                        r = c.request(method.upper(), url + query, **({} if method == "get" else {"json": {}}))
+                        assert r.status_code < 500, (method, path, p["name"], value, r.text[:200])
+                        tried += 1
+        assert tried > 200
+
+
+@pytest.mark.parametrize("host,listen", [("127.0.0.1", False), ("::1", False), ("[::1]", False), ("127.0.0.2", False),
+                                         ("0.0.0.0", True), ("192.168.1.5", True)])
+def test_cmd_flags_says_whether_the_server_listens_beyond_this_machine(tmp_path, host, listen):
+    """A1111's --listen flag as clients read it; '[::1]' and 127.0.0.2 were said to listen publicly."""
+    settings = Settings(host=host, api_token="t", outputs_dir=tmp_path / "out", start_worker=False)
+    assert (settings.check_exposure() is None) and Settings(host="127.0.0.1").host == "127.0.0.1"
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:7860") as c:
+        flags = c.get("/sdapi/v1/cmd-flags", headers={"Authorization": "Bearer t"}).json()
+    assert flags["listen"] is listen and flags["api_auth"] is True
+
+
+def test_a_public_bind_needs_a_token():
+    from opensd.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="needs --api-token"):
+        Settings(host="0.0.0.0").check_exposure()
+    assert "WARNING" in Settings(host="0.0.0.0", insecure_no_token=True).check_exposure()
+    assert Settings().host == "127.0.0.1" and Settings().check_exposure() is None

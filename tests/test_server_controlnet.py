@@ -201,3 +201,20 @@ def test_extension_routes(live):
     bad = requests.post(f"{live.url}/controlnet/detect", timeout=10,
                         json={"controlnet_module": "nope", "controlnet_input_images": [b64png(scene())]})
     assert bad.status_code == 422 and "controlnet_module" in bad.text
+
+
+def test_more_units_than_the_extension_allows_are_refused(live):
+    """Units were not counted: each runs its ControlNet at every step, outside the work budget, so
+    one request of hundreds of units held the server for as many generations."""
+    from opensd.server.a1111_controlnet import MAX_UNITS
+
+    unit_ = cn()["alwayson_scripts"]["controlnet"]["args"][0]
+    many = {"alwayson_scripts": {"controlnet": {"args": [unit_] * (MAX_UNITS + 1)}}}
+    r = post(live, many)
+    assert r.status_code == 422, r.text
+    assert f"args[{MAX_UNITS}]: more than {MAX_UNITS} enabled ControlNet units" in r.text
+    off = {"alwayson_scripts": {"controlnet": {"args": [unit_] * 2 + [{**unit_, "enabled": False}] * 50}}}
+    assert post(live, off).status_code == 200
+    listed = {"alwayson_scripts": {"controlnet": {"args": [{"enabled": False}] * 500_000}}}
+    r = post(live, listed)  # went through every one (23 s), then stored them all with the job
+    assert r.status_code == 422 and "controlnet.args: 500,000 units; at most 100" in r.text, r.text[:300]

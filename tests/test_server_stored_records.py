@@ -147,3 +147,44 @@ def test_a_finished_jobs_file_names_are_data_not_paths(tmp_path):
     (out / "a.png").write_bytes(b"A")
     (tmp_path / "secret.txt").write_bytes(b"S")
     assert _stored_files(out, ["a.png", "../secret.txt", "gone.png", "x" * 300, None]) == [b"A"]
+
+
+def test_the_history_is_bounded_in_jobs_and_bytes(tmp_path):
+    """Finished jobs were kept forever: a client posting 60 MiB graphs filled the disk, and GET /history
+    read all of them back into memory. Now the newest keep_jobs, within keep_bytes counted from the
+    newest (the newest always stays); queued and running jobs are never dropped."""
+    from opensd.server.store import DONE, FAILED, Job
+
+    store = Store(tmp_path / "jobs.sqlite3", keep_jobs=4, keep_bytes=1_000_000)
+    waiting = store.add(Job(id="waiting", client="c", kind="comfy", payload={"x": "a" * 900_000}))
+    for i in range(6):
+        store.finish(store.add(Job(id=f"small{i}", client="c", kind="comfy", payload={"i": i})), DONE, {"ok": i})
+    assert [j.id for j in store.history()] == ["small5", "small4", "small3", "small2"]
+    store.finish(store.add(Job(id="big1", client="c", kind="comfy", payload={"x": "a" * 600_000})), FAILED)
+    store.finish(store.add(Job(id="big2", client="c", kind="comfy", payload={"x": "a" * 600_000})), DONE,
+                 {"y": "b" * 300_000})
+    assert [j.id for j in store.history()] == ["big2"]  # with big1 over 1,000,000 bytes
+    store.finish(store.add(Job(id="huge", client="c", kind="comfy", payload={"x": "a" * 2_000_000})), DONE)
+    assert [j.id for j in store.history()] == ["huge"]
+    assert store.get("waiting") is not None and [j.id for j in store.queued()] == [waiting.id]
+    store.close()
+
+
+def test_a_store_from_before_the_bound_gets_its_sizes(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, client TEXT NOT "
+                "NULL, kind TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL, created REAL NOT NULL, "
+                "started REAL, finished REAL, run_order INTEGER, result TEXT, error TEXT)")
+    for i in range(3):
+        con.execute("INSERT INTO jobs (id, client, kind, payload, status, created, result) VALUES (?, 'c', 'a1111', ?, "
+                    "'done', 1.0, '{}')", (f"old{i}", json.dumps({"x": "é" * 200_000}, ensure_ascii=False)))
+    con.commit()
+    con.close()
+    store = Store(db, keep_bytes=1_000_000)
+    sizes = [row["size"] for row in store._db.execute("SELECT size FROM jobs ORDER BY seq")]
+    assert sizes == [len(json.dumps({"x": "é" * 200_000}, ensure_ascii=False).encode()) + 2] * 3  # bytes
+    from opensd.server.store import DONE, Job
+    store.finish(store.add(Job(id="new", client="c", kind="a1111", payload={})), DONE, {})
+    assert [j.id for j in store.history()] == ["new", "old2", "old1"]
+    store.close()

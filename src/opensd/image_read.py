@@ -12,7 +12,7 @@ import binascii
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidArgument
 
@@ -53,8 +53,11 @@ def read(source, field: str, max_pixels: int) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InvalidArgument(f"{field}: image too large ({e})") from None
+    except UnidentifiedImageError:  # its message names the file object or the server's path
+        raise InvalidArgument(f"{field}: not a readable image (not an image format this server reads)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise InvalidArgument(f"{field}: not a readable image ({e})") from None
+        reason = e.strerror if isinstance(e, OSError) and e.filename else e  # without the path
+        raise InvalidArgument(f"{field}: not a readable image ({reason})") from None
 
 
 def check_pixels(im: Image.Image, field: str, max_pixels: int) -> None:

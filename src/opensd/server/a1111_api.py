@@ -38,6 +38,7 @@ from .a1111_models import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
 from .a1111_scripts import ScriptError
 from .infotext_request import with_infotext
 from .jobs import QueueFull
+from .settings import is_loopback
 from .store import CANCELLED, FAILED, QUEUED
 
 
@@ -283,7 +284,7 @@ def router(state) -> APIRouter:
     @api.get("/cmd-flags")
     def cmd_flags():
         # gradio_auth: A1111's Gradio login, which clients (AIYA) read to decide whether to log in first
-        return {"api": True, "listen": s.host not in ("127.0.0.1", "localhost", "::1"), "port": s.port,
+        return {"api": True, "listen": not is_loopback(s.host), "port": s.port,
                 "api_auth": bool(s.api_token), "gradio_auth": None, "nowebui": False,
                 "ckpt_dir": str(s.models_dir) if s.models_dir else None}
 

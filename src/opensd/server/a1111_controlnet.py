@@ -36,6 +36,8 @@ from .a1111_units import HASH_SUFFIX, image_field, number, unit_list
 RESIZE = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
 _RESIZE_NAMES = {"just resize": 0, "crop and resize": 1, "inner fit": 1, "resize and fill": 2, "outer fit": 2,
                  "envelope": 2}
+MAX_UNITS = 10  # enabled units in one request: sd-webui-controlnet's own most (its unit number setting)
+MAX_LISTED_UNITS = 100  # units listed, disabled ones too (500,000 disabled units took 23 s to go through)
 CONTROL_MODES = {"balanced": 0, "my prompt is more important": 1, "controlnet is more important": 2}
 # extension module name -> (our preprocessor, exact?)
 MODULES: dict[str, tuple[str, bool]] = {
@@ -107,8 +109,11 @@ def _control_mode(unit: dict, field: str) -> int:
 def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
     """Check every unit (422 naming the field) and return the enabled ones as plain JSON: the
     job's stored plan. Images are decoded here to be checked, and again in the worker."""
-    out = []
-    for i, unit in enumerate(unit_list(req)):
+    out, units = [], unit_list(req)
+    if len(units) > MAX_LISTED_UNITS:
+        raise InvalidArgument(f"alwayson_scripts.controlnet.args: {len(units):,} units; at most {MAX_LISTED_UNITS}, "
+                              f"{MAX_UNITS} of them enabled")
+    for i, unit in enumerate(units):
         field = f"alwayson_scripts.controlnet.args[{i}]"
         if not isinstance(unit, dict):
             raise InvalidArgument(f"{field}: expected a ControlNet unit object")
@@ -152,6 +157,9 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
             "control_type_name": unit.get("union_control_type"),  # a Flux Union's modes have names of their own
             "weights": weights,
         })
+        if len(out) > MAX_UNITS:
+            raise InvalidArgument(f"{field}: more than {MAX_UNITS} enabled ControlNet units (sd-webui-controlnet's "
+                                  "most); each runs its network at every step")
     a1111_ip_adapter.check_count(out)
     return out
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 
 from .. import safe_paths
 from ..errors import InvalidArgument, OpenSDError
@@ -22,9 +22,10 @@ from ..text.wildcards import Wildcards
 from ..version import __version__
 from . import a1111_script_runs  # noqa: F401  (registers A1111's scripts)
 from . import (a1111_api, a1111_controlnet, a1111_extras, a1111_run, comfy_api, comfy_frontend, datasets_api,
-               docs_pages, etn_api, gallery_api, models_api, opensd_api, train_api, ui_routes, workers_api,
-               xyz_axes_api)
+               docs_pages, etn_api, gallery_api, models_api, opensd_api, served_files, train_api, ui_routes,
+               workers_api, xyz_axes_api)
 from .a1111_options import A1111Options
+from .disk_room import NoRoom
 from .jobs import JobQueue, QueueFull
 from .model_cache import ModelCache
 from .safe_json import SafeJSONResponse
@@ -173,6 +174,10 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     async def full(request: Request, exc: QueueFull):
         return a1111_api.queue_full(exc)
 
+    @app.exception_handler(NoRoom)
+    async def no_room(request: Request, exc: NoRoom):
+        return JSONResponse({"error": "InsufficientStorage", "detail": str(exc)}, status_code=NoRoom.status)
+
     @app.exception_handler(OpenSDError)
     async def opensd_error(request: Request, exc: OpenSDError):
         return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=400)
@@ -214,6 +219,6 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
         if path is None or not safe_paths.is_file(path):  # deleted in the gallery, or a damaged record
             return JSONResponse({"error": "NotFound", "detail": f"index: job {job_id!r} has no image {index}"},
                                 status_code=404)
-        return FileResponse(path)  # PNG, JPEG or WebP (A1111's samples_format)
+        return served_files.user_file(path)  # PNG, JPEG or WebP (A1111's samples_format)
 
     return app

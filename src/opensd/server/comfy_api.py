@@ -8,10 +8,12 @@ execution_interrupted, and binary preview frames: 4-byte big-endian event 1 (PRE
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import platform
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -25,14 +27,14 @@ from fastapi import (
     WebSocket,
     WebSocketDisconnect,
 )
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
 
 from .. import safe_paths
 from ..atomic import write_atomic
 from ..errors import InvalidArgument
 from ..workflows import ExecutionContext, GraphError, OutputCache, check_prompt, object_info
-from . import comfy_mask_upload, comfy_run, images_io, safe_json, work_budget
+from . import comfy_mask_upload, comfy_run, disk_room, images_io, safe_json, served_files, work_budget
 from .jobs import QueueFull
 from .store import FINAL
 
@@ -42,6 +44,7 @@ VIEW_TYPES = ("output", "input", "temp")
 # Not the real command line (it may hold --api-token). ComfyUI's flag that says "no API nodes, no
 # comfy.org services": its frontend then skips its release check against api.comfy.org.
 ARGV = ["opensd", "--disable-api-nodes"]
+MAX_BACKLOG = 64  # messages waiting to be written to one socket before its previews are dropped
 
 
 class ComfyHub:
@@ -54,6 +57,8 @@ class ComfyHub:
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         self.sockets: dict[str, WebSocket] = {}
+        self._backlog: dict[int, int] = {}  # id(socket) -> its messages not yet written
+        self._backlog_lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.output_cache = OutputCache()  # node outputs reused across prompts, as in ComfyUI
         state.cache.on_evict.append(lambda path: self.output_cache.clear())  # it holds pipelines too
@@ -71,15 +76,30 @@ class ComfyHub:
     # --- sending (thread-safe: the worker thread calls these) ---------------------------------
 
     def send(self, sid: str | None, message) -> None:
+        """Queue `message` for the socket(s). A client that stops reading keeps its messages waiting
+        here (each a coroutine holding its bytes); past MAX_BACKLOG waiting, its previews and progress
+        are dropped (later ones replace them), its other messages still go."""
         if self.loop is None or self.loop.is_closed():
             return
+        droppable = isinstance(message, bytes) or message.get("type") == "progress"
         targets = list(self.sockets.items()) if sid is None else [(sid, self.sockets.get(sid))]
         for key, ws in targets:
             if ws is None:
                 continue
+            with self._backlog_lock:
+                waiting = self._backlog.get(id(ws), 0)
+                if droppable and waiting >= MAX_BACKLOG:
+                    continue
+                self._backlog[id(ws)] = waiting + 1
             coro = ws.send_bytes(message) if isinstance(message, bytes) else ws.send_json(message)
             fut = asyncio.run_coroutine_threadsafe(_quiet(coro), self.loop)
-            fut.add_done_callback(lambda f: None)
+            fut.add_done_callback(lambda f, key=id(ws): self._sent(key))
+
+    def _sent(self, key: int) -> None:
+        with self._backlog_lock:
+            left = self._backlog.pop(key, 1) - 1
+            if left > 0:
+                self._backlog[key] = left
 
     def status_message(self, sid: str | None = None) -> dict:
         q = self.state.queue
@@ -178,8 +198,8 @@ def router(state, hub: ComfyHub) -> APIRouter:
             return JSONResponse({"error": {"type": "invalid_content_type", "message": "the graph must be JSON",
                                            "details": f"Content-Type: {kind}; send application/json",
                                            "extra_info": {}}, "node_errors": {}}, status_code=415)
-        try:
-            body = await request.json()
+        try:  # parsed and checked in a thread: a large graph takes seconds, the event loop serves the rest
+            body = await run_in_threadpool(json.loads, await request.body())
         except ValueError:
             return JSONResponse({"error": {"type": "invalid_json", "message": "body is not JSON", "details": "",
                                            "extra_info": {}}, "node_errors": {}}, status_code=400)
@@ -189,7 +209,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
                                            "details": "prompt: expected an API-format graph object",
                                            "extra_info": {}}, "node_errors": {}}, status_code=400)
         try:
-            _, node_errors, runs = check_prompt(prompt, hub.context())
+            _, node_errors, runs = await run_in_threadpool(check_prompt, prompt, hub.context())
         except GraphError as e:
             return JSONResponse(e.payload, status_code=400)
         try:  # counted on what will run, its numbers converted as the nodes get them
@@ -258,7 +278,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
         path = safe_file(hub.dirs[type], subfolder, filename)
         if not safe_paths.is_file(path):
             return JSONResponse({"error": "NotFound", "detail": f"filename: {filename!r} not found"}, status_code=404)
-        return FileResponse(path)
+        return served_files.user_file(path)
 
     @api.get("/internal/files/{directory_type}")
     def internal_files(directory_type: str):
@@ -278,6 +298,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
             raise InvalidArgument(f"type: {type!r} is not one of {', '.join(VIEW_TYPES)}")
         name = os.path.basename((filename or "").replace("\\", "/")) or "upload.png"
         path = safe_file(hub.dirs[type], subfolder, name)
+        disk_room.check(hub.dirs[type], len(data), "image")
         if path.exists() and overwrite.lower() not in ("true", "1"):
             stem, suffix, n = path.stem, path.suffix, 1
             while path.exists():
@@ -294,8 +315,10 @@ def router(state, hub: ComfyHub) -> APIRouter:
     async def upload_image(image: Annotated[UploadFile, File()], overwrite: Annotated[str, Form()] = "false",
                            subfolder: Annotated[str, Form()] = "", type: Annotated[str, Form()] = "input"):
         data = await image.read()
-        images_io.decode_bytes(data, "image", state.settings.max_image_pixels)  # refuse non-images and bombs
-        return store_upload(data, image.filename, overwrite, subfolder, type)
+        # refuse non-images and bombs, decoding in a thread (a large image takes a second; the event loop
+        # serves every other request meanwhile)
+        await run_in_threadpool(images_io.decode_bytes, data, "image", state.settings.max_image_pixels)
+        return store_upload(data, image.filename, overwrite, subfolder, type)  # on the loop: one name each
 
     @api.post("/upload/mask")
     async def upload_mask(image: Annotated[UploadFile, File()], original_ref: Annotated[str, Form()] = "",
@@ -309,7 +332,7 @@ def router(state, hub: ComfyHub) -> APIRouter:
             raise InvalidArgument(f"original_ref: {ref_type}/{ref_subfolder}/{name} not found".replace("//", "/"))
         data = await run_in_threadpool(comfy_mask_upload.masked_png, original, await image.read(),
                                        state.settings.max_image_pixels)
-        return store_upload(data, image.filename, overwrite, subfolder, type)
+        return store_upload(data, image.filename, overwrite, subfolder, type)  # on the loop: one name each
 
     @api.post("/interrupt")
     async def interrupt(request: Request):

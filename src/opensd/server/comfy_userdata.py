@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import safe_paths
 from ..atomic import write_atomic
-from . import safe_json
+from . import disk_room, safe_json
 
 USER = "default"
 SETTINGS_FILE = "comfy.settings.json"
@@ -109,6 +109,10 @@ class UserFiles:
                 raise Refused(413, f"userdata: the user folder already holds {MAX_FILES} files")
             if total - old + len(data) > MAX_USER_BYTES:
                 raise Refused(413, f"userdata: the user folder would exceed {MAX_USER_BYTES >> 20} MiB")
+            try:
+                disk_room.check(self.root, len(data) - old, "userdata")
+            except disk_room.NoRoom as e:
+                raise Refused(e.status, str(e)) from None
             self._make_parent(path)
             write_atomic(path, data)
 

@@ -14,7 +14,7 @@ from PIL import Image
 from ..atomic import write_atomic
 from ..errors import InvalidArgument
 from ..training.finetune_data import IMAGE_EXTS
-from . import images_io
+from . import disk_room, images_io
 from .file_names import from_upload, plain_name
 
 MAX_IMAGES = 1000            # per dataset
@@ -88,6 +88,7 @@ class Datasets:
         folder = self.folder(name)
         if len(_images(folder)) + len(files) > MAX_IMAGES:
             raise InvalidArgument(f"files: dataset {name!r} would hold more than {MAX_IMAGES} images, the limit")
+        disk_room.check(folder, sum(len(data) for _, data in files), "files")
         stored = []
         for wanted, data in files:
             path = _free(folder, wanted)

@@ -12,6 +12,7 @@ calls when it connects and for every job:
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from .. import families
@@ -102,7 +103,8 @@ def router(state) -> APIRouter:
         if id in IMAGES:
             return JSONResponse({"status": "cached"}, status_code=200)
         data = await _body(request, IMAGES.max_entry)
-        decode_bytes(data, "image", min(MAX_PIXELS, state.settings.max_image_pixels))  # a 400 if unreadable
+        # a 400 if unreadable; decoded in a thread, as every large piece of work a request brings
+        await run_in_threadpool(decode_bytes, data, "image", min(MAX_PIXELS, state.settings.max_image_pixels))
         # served back as sent, so only image types pass (a text/html "image" would be a page on our origin)
         declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
         IMAGES.put(id, data, declared if declared in IMAGE_TYPES else "application/octet-stream")

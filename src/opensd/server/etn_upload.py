@@ -22,6 +22,7 @@ from ..adapters.lora_files import read_lora
 from ..atomic import atomic_write
 from ..checkpoints.files import sniff_format
 from ..safe_paths import inside, is_file, name_problem
+from . import disk_room
 
 UPLOAD_FOLDERS = {"loras": "loras"}  # the tooling nodes' folder name -> our models-folder kind
 SUFFIX = ".safetensors"
@@ -112,6 +113,11 @@ async def receive_model(state, folder: str, filename: str, request: Request) -> 
         body = Body(request, state.settings.max_upload_bytes)
         if existing is not None:
             return await _same_as(existing, body, name)
+        declared = request.headers.get("content-length", "")
+        try:  # a chunked body is counted as the cap: it may grow that far
+            disk_room.check(target.parent, int(declared) if declared.isdigit() else body.cap, "file")
+        except disk_room.NoRoom as e:
+            raise Refused(e.status, str(e)) from None
         await asyncio.to_thread(_place, target, body, asyncio.get_running_loop())
         return JSONResponse({"status": "success"}, status_code=201)
     except Refused as e:

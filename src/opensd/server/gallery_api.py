@@ -27,6 +27,9 @@ def _missing(image_id: int, what: str = "image") -> JSONResponse:
     return JSONResponse({"error": "NotFound", "detail": f"id: no gallery {what} {image_id}"}, status_code=404)
 
 
+SQLITE_MAX_INT = 2**63 - 1  # a larger offset was an OverflowError binding it, an HTTP 500
+
+
 def router(state) -> APIRouter:
     api = APIRouter(prefix=PREFIX + "/gallery", tags=["opensd gallery"])
     gallery = state.gallery = Gallery(state.settings.db_path, state.settings.outputs_dir)
@@ -34,7 +37,7 @@ def router(state) -> APIRouter:
     state.queue.listeners.append(lambda event, job: gallery.add_job(job) if event == "finished" else None)
 
     @api.get("")
-    def page(offset: int = Query(0, ge=0), limit: int = Query(48, ge=1, le=500),
+    def page(offset: int = Query(0, ge=0, le=SQLITE_MAX_INT), limit: int = Query(48, ge=1, le=500),
              q: str = Query("", max_length=1000, description="text the prompt contains")) -> GalleryPage:
         """Images newest first, `limit` from `offset`, optionally only those whose prompt contains `q`."""
         if offset == 0:  # a job that finished a moment ago may not be indexed by its listener yet

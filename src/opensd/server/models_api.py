@@ -18,6 +18,7 @@ from ..library.merge import merge_to_file, same_architecture
 from ..library.model_catalog import KINDS, describe, file_hash
 from ..library.model_info import checkpoint_config
 from ..library.models_dir import ModelFile
+from . import disk_room
 from .a1111_api import client_id
 from .file_names import plain_name
 from .jobs import Control
@@ -54,6 +55,14 @@ def new_model(state, kind: str, name, suffixes: tuple[str, ...], overwrite: bool
     return name
 
 
+def _bytes(path) -> int:
+    """A model's size on disk (a file, or a diffusers folder's files): about what its merge or conversion writes."""
+    try:
+        return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    except OSError:
+        return 0
+
+
 def check_merge(state, req: MergeRequest) -> dict:
     """The merge job's payload, every name resolved and the architectures compared from the headers."""
     if (req.mode == "add_difference") != (req.c is not None):
@@ -65,6 +74,7 @@ def check_merge(state, req: MergeRequest) -> dict:
             raise InvalidArgument(f"b: {m.name} ({cfg.family}) and {models[0].name} ({configs[0].family}) are not "
                                   "the same architecture; only those merge")
     output = new_model(state, "checkpoints", req.output, (".safetensors",), req.overwrite, [m.path for m in models])
+    disk_room.check(state.folders.save_folder("checkpoints"), _bytes(models[0].path), "output")
     label = f"Merge {' + '.join(m.name for m in models)} ({req.mode}, {req.multiplier:g}) -> {output}"
     return {"op": "merge", **req.model_dump(), "output": output, "label": label}
 
@@ -73,6 +83,7 @@ def check_convert(state, req: ConvertRequest) -> dict:
     source = find(state, "checkpoints", req.source, "source")
     suffixes = (".safetensors",) if req.to == "safetensors" else ()
     output = new_model(state, "checkpoints", req.output, suffixes, req.overwrite, [source.path])
+    disk_room.check(state.folders.save_folder("checkpoints"), _bytes(source.path), "output")
     return {"op": "convert", **req.model_dump(), "output": output,
             "label": f"Convert {source.name} -> {output} ({req.to})"}
 

@@ -1,10 +1,12 @@
 """JSON that is safe to keep and to send back, for every route and every stored record.
 
-Python's `json` accepts two things that break later: nesting deep enough to exhaust the C stack
-(RecursionError while decoding, encoding or walking) and strings holding lone UTF-16 surrogates
-(`"\\ud800"` is valid JSON, but not Unicode text: it cannot be encoded as UTF-8, so every answer
-echoing it fails). `problem()` finds either, without recursion, naming where it is; the request
-layer refuses such bodies, and `readable()` repairs records stored before that check existed.
+Python's `json` accepts three things that break later: more values than any request needs (a
+60 MiB body of `[{},{},...]` parses into 21 million objects, 1.5 GB of memory), nesting deep enough
+to exhaust the C stack (RecursionError while decoding, encoding or walking) and strings holding lone
+UTF-16 surrogates (`"\\ud800"` is valid JSON, but not Unicode text: it cannot be encoded as UTF-8,
+so every answer echoing it fails). `loads()` refuses the first before parsing; `problem()` finds the
+others, without recursion, naming where they are. The request layer refuses such bodies, and
+`readable()` repairs records stored before that check existed.
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 MAX_DEPTH = 64  # no API here nests beyond ~12 (a ComfyUI graph with its UI workflow in extra_data)
+# Arrays, objects and their items in one body. A 1,000-node ComfyUI graph with its UI workflow holds
+# ~100,000; an A1111 request with images a few hundred (base64 has no ',', '[' or '{').
+MAX_VALUES = 2_000_000
 _SURROGATE = re.compile("[\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
 
@@ -24,9 +29,34 @@ def _where(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
+def _fine(value: Any, max_depth: int) -> bool:
+    """Whether `value` is within `max_depth` and all Unicode: one pass level by level, its text
+    searched at once (no path kept per item, so a million values take a fraction of a second)."""
+    level, texts, depth = [value], [], 0
+    while level:
+        depth += 1
+        below = []
+        for item in level:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, dict):
+                if depth > max_depth:
+                    return False
+                texts.extend(k for k in item if isinstance(k, str))
+                below.extend(item.values())
+            elif isinstance(item, list):
+                if depth > max_depth:
+                    return False
+                below.extend(item)
+        level = below
+    return not _SURROGATE.search("".join(texts))
+
+
 def problem(value: Any, root: str = "body", max_depth: int = MAX_DEPTH) -> str | None:
     """One line naming the first place `value` nests deeper than `max_depth` or holds text that is
     not Unicode, or None when it is fine."""
+    if _fine(value, max_depth):
+        return None
     stack = [(value, (root,))]
     while stack:
         item, path = stack.pop()
@@ -59,9 +89,20 @@ def declared_json(headers) -> bool:
     return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
+def value_bound(body: bytes | str) -> int:
+    """At least the number of arrays, objects and items `body` would parse into (each but the first
+    follows a ',', '[' or '{'), counted without parsing."""
+    marks = (",", "[", "{") if isinstance(body, str) else (b",", b"[", b"{")
+    return 1 + sum(body.count(m) for m in marks)
+
+
 def loads(body: bytes | str) -> tuple[Any, str | None]:
-    """(value, None) for a safe JSON body; (None, problem) for one nested too deep or holding
-    non-Unicode text. Raises ValueError for text that is not JSON at all."""
+    """(value, None) for a safe JSON body; (None, problem) for one with more than MAX_VALUES values
+    (refused before parsing), nested too deep or holding non-Unicode text. Raises ValueError for
+    text that is not JSON at all."""
+    if (bound := value_bound(body)) > MAX_VALUES:
+        return None, (f"body: up to {bound:,} JSON values (counting ',', '[' and '{{'), more than the "
+                      f"{MAX_VALUES:,} one request may hold")
     try:
         value = json.loads(body)
     except RecursionError:

@@ -25,8 +25,8 @@
   So may Node's fetch (undici), which marks its requests `Sec-Fetch-Mode: cors` and nothing else: a
   browser sends Origin with every request in that mode (Fetch standard), and a cors-mode request
   cannot carry a forged body across sites without it.
-- JSON bodies are read here once for every route and refused (422) when nested too deep or holding
-  text that is not Unicode (see safe_json). Routes parse only bodies declared JSON (FastAPI's strict
+- JSON bodies are read here once for every route and refused (422) when holding more values than a
+  request needs, nested too deep or holding text that is not Unicode (see safe_json). Routes parse only bodies declared JSON (FastAPI's strict
   Content-Type, and the same rule in the routes that read the body themselves).
 """
 from __future__ import annotations
@@ -37,6 +37,8 @@ import hmac
 import ipaddress
 import json
 from urllib.parse import parse_qs
+
+from starlette.concurrency import run_in_threadpool
 
 from . import safe_json
 from .login_redirect import is_page_navigation, login_location
@@ -126,7 +128,9 @@ class Guard:
             body = b"".join(chunks)
             if json_body and body.strip():
                 try:
-                    _, problem = safe_json.loads(body)
+                    # in a thread: a large body takes seconds to parse and check, and the event loop
+                    # serves every other request (progress, /interrupt, the websockets) meanwhile
+                    _, problem = await run_in_threadpool(safe_json.loads, body)
                 except ValueError:  # not JSON at all: each route says so in its own API's words
                     problem, relabel = None, False
                 if problem is not None:

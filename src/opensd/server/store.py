@@ -1,6 +1,11 @@
 """SQLite persistence for the job queue: every job (queued, running, finished) is a row, so a restart
 keeps the queue and the history. A job found "running" at open was cut off by a crash or stop and is
-queued again. One connection guarded by a lock; WAL journal so readers do not block the worker."""
+queued again. One connection guarded by a lock; WAL journal so readers do not block the worker.
+
+The history is bounded (a client posting 60 MiB graphs over and over filled the disk, and
+GET /history read every one back into memory): each time a job finishes, finished jobs past the
+newest KEEP_JOBS, or past KEEP_BYTES of stored request and result counted from the newest, are
+forgotten (their image files stay). Queued and running jobs are never dropped."""
 from __future__ import annotations
 
 import json
@@ -16,6 +21,8 @@ from . import safe_json
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "done", "failed", "cancelled", "interrupted")
 FINAL = (DONE, FAILED, CANCELLED, INTERRUPTED)
+KEEP_JOBS = 10_000    # ComfyUI's own history holds at most 10,000 prompts
+KEEP_BYTES = 1 << 30  # JSON of requests and results (A1111 img2img requests hold their images)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -34,6 +41,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 """
+# the stored bytes of a row, read for pruning from the index alone (never the rows' large columns)
+_SIZE = """
+ALTER TABLE jobs ADD COLUMN size INTEGER;
+UPDATE jobs SET size = length(CAST(payload AS BLOB)) + COALESCE(length(CAST(result AS BLOB)), 0);
+"""
+_SIZE_INDEX = "CREATE INDEX IF NOT EXISTS jobs_retention ON jobs(status, seq, size)"
 
 
 @dataclass
@@ -58,8 +71,9 @@ class Job:
 
 
 class Store:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keep_jobs: int = KEEP_JOBS, keep_bytes: int = KEEP_BYTES):
         path = Path(path)
+        self.keep_jobs, self.keep_bytes = keep_jobs, keep_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
@@ -70,6 +84,9 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            if "size" not in {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+                self._db.executescript(_SIZE)  # a store made before the history was bounded
+            self._db.execute(_SIZE_INDEX)
             self._db.execute("UPDATE jobs SET status=?, started=NULL WHERE status=?", (QUEUED, RUNNING))
 
     def close(self) -> None:
@@ -77,10 +94,11 @@ class Store:
             self._db.close()
 
     def add(self, job: Job) -> Job:
+        payload = json.dumps(job.payload)
         with self._lock:
             cur = self._db.execute(
-                "INSERT INTO jobs (id, client, kind, payload, status, created) VALUES (?,?,?,?,?,?)",
-                (job.id, job.client, job.kind, json.dumps(job.payload), job.status, job.created))
+                "INSERT INTO jobs (id, client, kind, payload, status, created, size) VALUES (?,?,?,?,?,?,?)",
+                (job.id, job.client, job.kind, payload, job.status, job.created, _bytes(payload)))
             job.seq = cur.lastrowid
         return job
 
@@ -93,9 +111,21 @@ class Store:
 
     def finish(self, job: Job, status: str, result: dict | None = None, error: str | None = None) -> None:
         job.status, job.finished, job.result, job.error = status, time.time(), result, error
+        stored = None if result is None else json.dumps(result)
         with self._lock:
-            self._db.execute("UPDATE jobs SET status=?, finished=?, result=?, error=? WHERE id=?",
-                             (status, job.finished, None if result is None else json.dumps(result), error, job.id))
+            self._db.execute("UPDATE jobs SET status=?, finished=?, result=?, error=?, size=COALESCE(size, 0) + ? "
+                             "WHERE id=?", (status, job.finished, stored, error, _bytes(stored or ""), job.id))
+            self._prune()
+
+    def _prune(self) -> None:
+        """Forget finished jobs past the newest keep_jobs or past keep_bytes counted from the newest
+        (the newest one always stays); with the lock held."""
+        marks = ",".join("?" * len(FINAL))
+        self._db.execute(
+            f"DELETE FROM jobs WHERE seq IN (SELECT seq FROM (SELECT seq, ROW_NUMBER() OVER w AS n, "
+            f"SUM(COALESCE(size, 0)) OVER w AS total FROM jobs WHERE status IN ({marks}) "
+            f"WINDOW w AS (ORDER BY seq DESC)) WHERE n > 1 AND (n > ? OR total > ?))",
+            (*FINAL, self.keep_jobs, self.keep_bytes))
 
     def requeue(self, job: Job) -> None:
         """Back to the queue (a job cut off by a shutdown runs again at the next start)."""
@@ -165,6 +195,10 @@ def _record(text, what: str, problems: list[str]) -> dict | None:
         problems.append(f"stored {problem}")
         return None
     return value
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _text(value) -> str | None:

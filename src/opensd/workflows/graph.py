@@ -21,6 +21,9 @@ from .types import NODES, Choices, ExecutionContext, GraphError, NodeDef
 # "COMBO" with no list (LoadImageOutput's image, filled by the frontend): taken as sent, for the node's check
 _CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool, "COMBO": lambda value: value}
 _MISSING = object()
+# Nodes in one prompt. ComfyUI sets none; its largest shared workflows hold a few thousand. Each node
+# costs validation, signatures and a history record, so a 64 MiB body of 500,000 nodes is refused.
+MAX_NODES = 10_000
 
 
 def _err(kind: str, message: str, details: str, **extra: Any) -> dict:
@@ -35,6 +38,9 @@ def _check_shape(prompt: Any) -> list[str]:
     """The output node ids, or GraphError for a prompt that is not a graph of known nodes."""
     if not isinstance(prompt, dict) or not prompt:
         raise _prompt_error("invalid_prompt", "Prompt must be a non-empty object mapping node ids to nodes.")
+    if len(prompt) > MAX_NODES:
+        raise _prompt_error("invalid_prompt", f"Prompt has {len(prompt):,} nodes, more than the {MAX_NODES:,} "
+                                              "one prompt may hold.")
     outputs = []
     for node_id, node in prompt.items():
         if not isinstance(node, dict) or "class_type" not in node:
@@ -241,15 +247,11 @@ def check_prompt(prompt: Any, ctx: ExecutionContext | None = None) -> tuple[list
         ok, reasons = v.node(out)
         if ok:
             good.append(out)
-            continue
-        failed.append((out, reasons))
-        reach = _reachable(v.prompt, out)
-        for node_id, (node_ok, errs) in v.done.items():
-            if not node_ok and errs:
-                entry = node_errors.setdefault(node_id, {"errors": errs, "dependent_outputs": [],
-                                                         "class_type": v.prompt[node_id]["class_type"]})
-                if out not in entry["dependent_outputs"] and node_id in reach:
-                    entry["dependent_outputs"].append(out)
+        else:
+            failed.append((out, reasons))
+    for node_id, outs in _failing_upstream(v, [out for out, _ in failed]).items():
+        node_errors[node_id] = {"errors": v.done[node_id][1], "dependent_outputs": outs,
+                                "class_type": v.prompt[node_id]["class_type"]}
     if not good:
         details = "\n".join(f"{e['message']}: {e['details']}" for _, errs in failed for e in errs)
         raise GraphError(_err("prompt_outputs_failed_validation", "Prompt outputs failed validation", details),
@@ -260,12 +262,31 @@ def check_prompt(prompt: Any, ctx: ExecutionContext | None = None) -> tuple[list
     return good, node_errors, {k: v.normalized[k] for k in keep}
 
 
-def _reachable(prompt: dict, start: str) -> set[str]:
-    """start and every node upstream of it, following well-formed links of the raw prompt."""
+def _failing_upstream(v: _Validator, failed: list[str]) -> dict[str, list[str]]:
+    """Each checked node with errors -> the failed outputs at or downstream of it (following
+    well-formed links of the raw prompt), nodes in the order they were checked. One walk for all
+    the outputs, each node's set of failing nodes above it built once from its inputs' (walking
+    from every output again took minutes for thousands of failing outputs)."""
+    prompt = v.prompt
+
     def linked(n: str) -> list[str]:
-        return [str(v[0]) for v in prompt[n].get("inputs", {}).values()
-                if isinstance(v, list) and len(v) == 2 and str(v[0]) in prompt]
-    return set(walk([start], linked)[0])
+        return [str(x[0]) for x in prompt[n].get("inputs", {}).values()
+                if isinstance(x, list) and len(x) == 2 and str(x[0]) in prompt]
+
+    above: dict[str, frozenset] = {}
+    for n in walk(failed, linked)[0]:  # each node after those it links to (a cycle's nodes: what is known)
+        ok, errs = v.done.get(n, (True, []))
+        sets = {id(s): s for u in linked(n) if (s := above.get(u))}
+        merged = next(iter(sets.values())) if len(sets) == 1 else frozenset().union(*sets.values())
+        above[n] = merged | {n} if not ok and errs else merged
+    order = {node_id: i for i, node_id in enumerate(v.done)}
+    out: dict[str, list[str]] = {}
+    for node_id in sorted({n for o in failed for n in above[o]}, key=order.__getitem__):
+        out[node_id] = []
+    for o in failed:
+        for node_id in above[o]:
+            out[node_id].append(o)
+    return out
 
 
 def upstream_of(prompt: dict, node_id: str) -> set[str]:
