@@ -589,7 +589,12 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_object_info_matches_comfyui(name):
-    required, outputs, category, display, module, extra = EXPECTED[name]
+    check_object_info(name, EXPECTED[name])
+
+
+def check_object_info(name, spec):
+    """object_info(name) against `spec`, EXPECTED's (required, outputs, category, display, module, extra)."""
+    required, outputs, category, display, module, extra = spec
     info = object_info(None, name)[name]
     inputs = {"required": required}
     order = {"required": list(required)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from . import (  # noqa: F401  (registers the nodes)
     nodes_alpha,
     nodes_canny,
+    nodes_cfg_rescaling,
     nodes_checkpoint_save,
     nodes_clip_vision,
     nodes_conditioning,
