@@ -564,7 +564,7 @@ EXPECTED = {
     # comfy_extras/nodes_preview_any.py
     "PreviewAny": ({"source": ["*"]}, ["STRING"], "utilities", "Preview as Text",
                    "comfy_extras.nodes_preview_any", {"output_node": True}),
-    # comfy_extras/nodes_string.py of the same era (utils/string; no regular-expression nodes here)
+    # comfy_extras/nodes_string.py (utils/string; its regular-expression nodes: test_workflows_object_info_core_nodes)
     **{name: (inputs, [out], "utils/string", display, "comfy_extras.nodes_string",
               {"output_name": [out_name]} if out_name else {})
        for name, display, inputs, out, out_name in (

@@ -14,6 +14,19 @@ TSR_K = ("Controls the rescaling strength.\nLower k produces more detailed resul
          "results in image generation. Setting k = 1 disables rescaling.")
 TSR_SIGMA = "Controls how early rescaling takes effect.\nLarger values take effect earlier."
 
+TEXT_IN = ["STRING", {"multiline": True}]
+FLAGS = {"case_insensitive": ["BOOLEAN", {"default": True}], "multiline": ["BOOLEAN", {"default": False}],
+         "dotall": ["BOOLEAN", {"default": False}]}
+DOTALL_TIP = ("When enabled, the dot (.) character will match any character including newline characters. When "
+              "disabled, dots won't match newlines.")
+COUNT_TIP = ("Maximum number of replacements to make. Set to 0 to replace all occurrences (default). Set to 1 to "
+             "replace only the first match, 2 for the first two matches, etc.")
+
+
+def line(tooltip):
+    return ["STRING", {"default": "", "multiline": False, "tooltip": tooltip}]
+
+
 # name: (required, outputs, category, display name, python module, extra fields)
 EXPECTED = {
     # comfy_extras/nodes_eps.py
@@ -35,6 +48,32 @@ EXPECTED = {
     "ManualSigmas": ({"sigmas": ["STRING", {"default": "1, 0.5", "multiline": False}]}, ["SIGMAS"],
                      "experimental/custom_sampling", "ManualSigmas", "comfy_extras.nodes_custom_sampler",
                      {"experimental": True}),
+    # comfy_extras/nodes_string.py: the regular-expression nodes
+    "RegexMatch": ({"string": TEXT_IN, "regex_pattern": TEXT_IN, **FLAGS}, ["BOOLEAN"], "utils/string", "Regex Match",
+                   "comfy_extras.nodes_string", {"output_name": ["matches"]}),
+    "RegexExtract": ({"string": TEXT_IN, "regex_pattern": TEXT_IN,
+                      "mode": [["First Match", "All Matches", "First Group", "All Groups"]], **FLAGS,
+                      "group_index": ["INT", {"default": 1, "min": 0, "max": 100}]},
+                     ["STRING"], "utils/string", "Regex Extract", "comfy_extras.nodes_string", {}),
+    "RegexReplace": ({"string": TEXT_IN, "regex_pattern": TEXT_IN, "replace": TEXT_IN}, ["STRING"], "utils/string",
+                     "Regex Replace", "comfy_extras.nodes_string",
+                     {"description": "Find and replace text using regex patterns.", "optional": {
+                         **FLAGS, "dotall": ["BOOLEAN", {"default": False, "tooltip": DOTALL_TIP}],
+                         "count": ["INT", {"default": 0, "min": 0, "max": 100, "tooltip": COUNT_TIP}]}}),
+    # comfy_extras/nodes_dataset.py: the text transforms (TextProcessingNode, one text at a time)
+    **{name: ({"texts": ["STRING", {"multiline": False, "tooltip": "Text to process."}], **extra}, ["STRING"],
+              "dataset/text", display, "comfy_extras.nodes_dataset",
+              {"output_name": ["texts"], "description": description, "experimental": True})
+       for name, display, description, extra in (
+           ("TextToLowercase", "Text to Lowercase", "Convert all texts to lowercase.", {}),
+           ("TextToUppercase", "Text to Uppercase", "Convert all texts to uppercase.", {}),
+           ("TruncateText", "Truncate Text", "Truncate all texts to a maximum length.",
+            {"max_length": ["INT", {"default": 77, "min": 1, "max": 10000, "tooltip": "Maximum text length."}]}),
+           ("AddTextPrefix", "Add Text Prefix", "Add a prefix to all texts.", {"prefix": line("Prefix to add.")}),
+           ("AddTextSuffix", "Add Text Suffix", "Add a suffix to all texts.", {"suffix": line("Suffix to add.")}),
+           ("ReplaceText", "Replace Text", "Replace text in all texts.",
+            {"find": line("Text to find."), "replace": line("Text to replace with.")}),
+           ("StripWhitespace", "Strip Whitespace", "Strip leading and trailing whitespace from all texts.", {}))},
 }
 
 
