@@ -23,6 +23,9 @@ COUNT_TIP = ("Maximum number of replacements to make. Set to 0 to replace all oc
              "replace only the first match, 2 for the first two matches, etc.")
 
 
+BRANCH = ["COMFY_MATCHTYPE_V3", {"lazy": True, "template": {"template_id": "switch", "allowed_types": "*"}}]
+
+
 def line(tooltip):
     return ["STRING", {"default": "", "multiline": False, "tooltip": tooltip}]
 
@@ -74,6 +77,22 @@ EXPECTED = {
            ("ReplaceText", "Replace Text", "Replace text in all texts.",
             {"find": line("Text to find."), "replace": line("Text to replace with.")}),
            ("StripWhitespace", "Strip Whitespace", "Strip leading and trailing whitespace from all texts.", {}))},
+    # comfy_extras/nodes_logic.py, nodes_number_convert.py, nodes_images.py
+    "ComfySwitchNode": ({"switch": ["BOOLEAN"]}, ["COMFY_MATCHTYPE_V3"], "utilities/logic", "If/Else Switch",
+                        "comfy_extras.nodes_logic",
+                        {"optional": {"on_false": BRANCH, "on_true": BRANCH}, "output_name": ["output"],
+                         "experimental": True}),
+    "ComfyNotNode": ({"value": ["*"]}, ["BOOLEAN"], "utilities/logic", "Not", "comfy_extras.nodes_logic",
+                     {"description": "Logical NOT operation. Returns true if the value is falsy. Uses Python's rules "
+                      "for truthiness."}),
+    "ComfyNumberConvert": ({"value": ["INT,FLOAT,STRING,BOOLEAN", {"display_name": "value"}]}, ["FLOAT", "INT"],
+                           "math", "Number Convert", "comfy_extras.nodes_number_convert", {}),
+    "GetLatentSize": ({"latent": ["LATENT", {"tooltip": "The image or video latent to inspect."}]},
+                      ["INT", "INT", "INT", "INT"], "latent", "Get Image/Video Latent Size", "comfy_extras.nodes_images",
+                      {"output_name": ["width", "height", "frames", "batch_size"],
+                       "hidden": {"unique_id": "UNIQUE_ID"},
+                       "description": "Returns the width, height, frame count, and batch size of an image or video "
+                       "latent."}),
 }
 
 

@@ -34,6 +34,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_latent_files,
     nodes_latent_ops,
     nodes_loaders,
+    nodes_logic,
     nodes_lora_extract,
     nodes_mask,
     nodes_preprocessors,

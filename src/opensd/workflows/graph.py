@@ -21,6 +21,10 @@ from .types import NODES, Choices, ExecutionContext, GraphError, NodeDef
 # "COMBO" with no list (LoadImageOutput's image, filled by the frontend): taken as sent, for the node's check
 _CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool, "COMBO": lambda value: value}
 _MISSING = object()
+# link types any other type may connect to: ComfyUI's "*" (AnyType) and its V3 MatchType (ComfySwitchNode's
+# inputs and output, whose type follows what is connected). An input may also list its types, "INT,FLOAT"
+# (V3's MultiType).
+WILDCARDS = frozenset(("*", "COMFY_MATCHTYPE_V3"))
 
 
 def _err(kind: str, message: str, details: str, **extra: Any) -> dict:
@@ -163,7 +167,7 @@ class _Validator:
                         input_name=name, input_config=info, linked_node=value), None
         received = outputs[index]
         expected = kind if isinstance(kind, str) else "COMBO"
-        if received != expected and "*" not in (received, expected):
+        if received not in expected.split(",") and not WILDCARDS.intersection((received, expected)):
             return _err("return_type_mismatch", "Return type mismatch between linked nodes",
                         f"{name}, received_type({received}) mismatch input_type({expected})",
                         input_name=name, input_config=info, received_type=received, linked_node=value), None

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidArgument
 from .nodes_image import IMAGE_METHODS, upscale
 from .types import MAX_RESOLUTION, NodeDef, check_size, register
 
@@ -83,6 +84,27 @@ register(NodeDef(
     output_names=("width", "height", "batch_size"), hidden={"unique_id": "UNIQUE_ID"}, category="image",
     display_name="Get Image Size", module="comfy_extras.nodes_images",
     description="Returns the width, height, and batch size of the image."))
+
+
+def get_latent_size(call, latent, unique_id=None):
+    """Width, height, frames (1 for an image latent) and batch size of a LATENT's samples."""
+    samples = latent["samples"]
+    if samples.ndim == 5:
+        batch, _, frames, height, width = samples.shape
+    elif samples.ndim == 4:
+        (batch, _, height, width), frames = samples.shape, 1
+    else:
+        raise InvalidArgument(f"latent: samples of shape {tuple(samples.shape)}, expected (batch, channels, "
+                              "height, width) or (batch, channels, frames, height, width)")
+    return width, height, frames, batch
+
+
+register(NodeDef(
+    "GetLatentSize", get_latent_size,
+    {"latent": ("LATENT", {"tooltip": "The image or video latent to inspect."})}, ("INT", "INT", "INT", "INT"),
+    output_names=("width", "height", "frames", "batch_size"), hidden={"unique_id": "UNIQUE_ID"}, category="latent",
+    display_name="Get Image/Video Latent Size", module="comfy_extras.nodes_images",
+    description="Returns the width, height, frame count, and batch size of an image or video latent."))
 
 
 def _int(default: int, lo: int):
