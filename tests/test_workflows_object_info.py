@@ -609,6 +609,8 @@ def check_object_info(name, spec):
         "description": extra.get("description", ""), "python_module": module, "category": category,
         "output_node": extra.get("output_node", False),
     }
+    if extra.get("deprecated"):
+        want["deprecated"] = True
     if extra.get("experimental"):
         want["experimental"] = True
     assert json.dumps(info) == json.dumps(want)  # exact, down to 0 vs 0.0 and key order

@@ -65,18 +65,22 @@ EXPECTED = {
                          "count": ["INT", {"default": 0, "min": 0, "max": 100, "tooltip": COUNT_TIP}]}}),
     # comfy_extras/nodes_dataset.py: the text transforms (TextProcessingNode, one text at a time)
     **{name: ({"texts": ["STRING", {"multiline": False, "tooltip": "Text to process."}], **extra}, ["STRING"],
-              "dataset/text", display, "comfy_extras.nodes_dataset",
-              {"output_name": ["texts"], "description": description, "experimental": True})
+              "text", display, "comfy_extras.nodes_dataset",
+              {"output_name": ["texts"], "description": description, "experimental": True,
+               **({"deprecated": True} if display.endswith("(DEPRECATED)") else {})})
        for name, display, description, extra in (
-           ("TextToLowercase", "Text to Lowercase", "Convert all texts to lowercase.", {}),
-           ("TextToUppercase", "Text to Uppercase", "Convert all texts to uppercase.", {}),
-           ("TruncateText", "Truncate Text", "Truncate all texts to a maximum length.",
+           ("TextToLowercase", "Convert Text to Lowercase (DEPRECATED)", "Convert text to lowercase.", {}),
+           ("TextToUppercase", "Convert Text to Uppercase (DEPRECATED)", "Convert text to uppercase.", {}),
+           ("TruncateText", "Truncate Text", "Truncate text to a maximum length.",
             {"max_length": ["INT", {"default": 77, "min": 1, "max": 10000, "tooltip": "Maximum text length."}]}),
-           ("AddTextPrefix", "Add Text Prefix", "Add a prefix to all texts.", {"prefix": line("Prefix to add.")}),
-           ("AddTextSuffix", "Add Text Suffix", "Add a suffix to all texts.", {"suffix": line("Suffix to add.")}),
-           ("ReplaceText", "Replace Text", "Replace text in all texts.",
+           ("AddTextPrefix", "Add Text Prefix (DEPRECATED)", "Add a prefix to all texts.",
+            {"prefix": line("Prefix to add.")}),
+           ("AddTextSuffix", "Add Text Suffix (DEPRECATED)", "Add a suffix to all texts.",
+            {"suffix": line("Suffix to add.")}),
+           ("ReplaceText", "Replace Text (DEPRECATED)", "Replace text in all texts.",
             {"find": line("Text to find."), "replace": line("Text to replace with.")}),
-           ("StripWhitespace", "Strip Whitespace", "Strip leading and trailing whitespace from all texts.", {}))},
+           ("StripWhitespace", "Strip Whitespace (DEPRECATED)", "Strip leading and trailing whitespace from all texts.",
+            {}))},
     # comfy_extras/nodes_logic.py, nodes_number_convert.py, nodes_images.py
     "ComfySwitchNode": ({"switch": ["BOOLEAN"]}, ["COMFY_MATCHTYPE_V3"], "utilities/logic", "If/Else Switch",
                         "comfy_extras.nodes_logic",
@@ -88,7 +92,8 @@ EXPECTED = {
     "ComfyNumberConvert": ({"value": ["INT,FLOAT,STRING,BOOLEAN", {"display_name": "value"}]}, ["FLOAT", "INT"],
                            "math", "Number Convert", "comfy_extras.nodes_number_convert", {}),
     "GetLatentSize": ({"latent": ["LATENT", {"tooltip": "The image or video latent to inspect."}]},
-                      ["INT", "INT", "INT", "INT"], "latent", "Get Image/Video Latent Size", "comfy_extras.nodes_images",
+                      ["INT", "INT", "INT", "INT"], "latent", "Get Image/Video Latent Size",
+                      "comfy_extras.nodes_images",
                       {"output_name": ["width", "height", "frames", "batch_size"],
                        "hidden": {"unique_id": "UNIQUE_ID"},
                        "description": "Returns the width, height, frame count, and batch size of an image or video "

@@ -99,6 +99,8 @@ def object_info(ctx: ExecutionContext | None = None, node_class: str | None = No
             "category": node.category,
             "output_node": node.output_node,
         }
+        if node.deprecated:
+            out[name]["deprecated"] = True
         if node.experimental:
             out[name]["experimental"] = True
     return out
