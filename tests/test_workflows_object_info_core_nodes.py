@@ -26,6 +26,10 @@ COUNT_TIP = ("Maximum number of replacements to make. Set to 0 to replace all oc
 BRANCH = ["COMFY_MATCHTYPE_V3", {"lazy": True, "template": {"template_id": "switch", "allowed_types": "*"}}]
 
 
+def tip_int(default, lo, hi, tooltip, **extra):
+    return ["INT", {"default": default, "min": lo, "max": hi, "tooltip": tooltip, **extra}]
+
+
 def line(tooltip):
     return ["STRING", {"default": "", "multiline": False, "tooltip": tooltip}]
 
@@ -98,6 +102,42 @@ EXPECTED = {
                        "hidden": {"unique_id": "UNIQUE_ID"},
                        "description": "Returns the width, height, frame count, and batch size of an image or video "
                        "latent."}),
+    # comfy_extras/nodes_dataset.py: the image transforms (ImageProcessingNode)
+    **{name: ({"images": ["IMAGE", {"tooltip": "Image to process."}], **extra}, ["IMAGE"], category, display,
+              "comfy_extras.nodes_dataset",
+              {"output_name": ["images"], "description": description, "experimental": True,
+               **({"deprecated": True} if display.endswith("(DEPRECATED)") else {})})
+       for name, display, category, description, extra in (
+           ("ResizeImagesByShorterEdge", "Resize Images by Shorter Edge (DEPRECATED)", "image/transform",
+            "Resize images so that the shorter edge matches the specified dimension while preserving aspect ratio.",
+            {"shorter_edge": tip_int(512, 1, 8192, "Target dimension for the shorter edge.")}),
+           ("ResizeImagesByLongerEdge", "Resize Images by Longer Edge (DEPRECATED)", "image/transform",
+            "Resize images so that the longer edge matches the specified dimension while preserving aspect ratio.",
+            {"longer_edge": tip_int(1024, 1, 8192, "Target dimension for the longer edge.")}),
+           ("CenterCropImages", "Crop Image (Center)", "image/transform",
+            "Center crop an image to the specified dimensions.",
+            {"width": tip_int(512, 1, 8192, "Crop width."), "height": tip_int(512, 1, 8192, "Crop height.")}),
+           ("NormalizeImages", "Normalize Image Colors", "image/color",
+            "Normalize images using mean and standard deviation.",
+            {"mean": ["FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "tooltip": "Mean value for normalization.",
+                                "advanced": True}],
+             "std": ["FLOAT", {"default": 0.5, "min": 0.001, "max": 1.0,
+                               "tooltip": "Standard deviation for normalization.", "advanced": True}]}),
+           ("AdjustBrightness", "Adjust Brightness", "image/adjustments", "Adjust the brightness of an image.",
+            {"factor": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "tooltip":
+                                  "Brightness factor. 1.0 = no change, <1.0 = darker, >1.0 = brighter."}]}),
+           ("AdjustContrast", "Adjust Contrast", "image/adjustments", "Adjust the contrast of an image.",
+            {"factor": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "tooltip":
+                                  "Contrast factor. 1.0 = no change, <1.0 = less contrast, >1.0 = more contrast."}]}),
+       )},
+    "ImageGrid": ({"images": ["IMAGE", {"tooltip": "List of images to process."}],
+                   "columns": tip_int(4, 1, 20, "Number of columns in the grid."),
+                   "cell_width": tip_int(256, 32, 2048, "Width of each cell in the grid.", advanced=True),
+                   "cell_height": tip_int(256, 32, 2048, "Height of each cell in the grid.", advanced=True),
+                   "padding": tip_int(4, 0, 50, "Padding between images.", advanced=True)},
+                  ["IMAGE"], "image/batch", "Make Image Grid", "comfy_extras.nodes_dataset",
+                  {"output_name": ["images"], "description": "Arrange multiple images into a grid layout.",
+                   "experimental": True}),
 }
 
 

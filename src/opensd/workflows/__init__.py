@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_conditioning,
     nodes_controlnet,
     nodes_core,
+    nodes_dataset_image,
     nodes_dataset_text,
     nodes_dit,
     nodes_fooocus_inpaint,
