@@ -26,6 +26,10 @@ COUNT_TIP = ("Maximum number of replacements to make. Set to 0 to replace all oc
 BRANCH = ["COMFY_MATCHTYPE_V3", {"lazy": True, "template": {"template_id": "switch", "allowed_types": "*"}}]
 
 
+BYPASS = ("Apply LoRA in bypass mode. Unlike regular LoRA, this doesn't modify model weights - instead it injects "
+          "the LoRA computation during forward pass. Useful for training scenarios.")
+
+
 def tip_int(default, lo, hi, tooltip, **extra):
     return ["INT", {"default": default, "min": lo, "max": hi, "tooltip": tooltip, **extra}]
 
@@ -138,6 +142,20 @@ EXPECTED = {
                   ["IMAGE"], "image/batch", "Make Image Grid", "comfy_extras.nodes_dataset",
                   {"output_name": ["images"], "description": "Arrange multiple images into a grid layout.",
                    "experimental": True}),
+    # comfy_extras/nodes_lora_debug.py
+    "LoraLoaderBypass": ({"model": ["MODEL", {"tooltip": "The diffusion model the LoRA will be applied to."}],
+                          "clip": ["CLIP", {"tooltip": "The CLIP model the LoRA will be applied to."}],
+                          "lora_name": [[], {"tooltip": "The name of the LoRA."}],
+                          "strength_model": f(1.0, -100.0, 100.0, 0.01, tooltip="How strongly to modify the diffusion "
+                                              "model. This value can be negative."),
+                          "strength_clip": f(1.0, -100.0, 100.0, 0.01, tooltip="How strongly to modify the CLIP model. "
+                                             "This value can be negative.")},
+                         ["MODEL", "CLIP"], "loaders", "Load LoRA (Bypass) (For debugging)",
+                         "comfy_extras.nodes_lora_debug", {"description": BYPASS, "experimental": True}),
+    "LoraLoaderBypassModelOnly": ({"model": ["MODEL"], "lora_name": [[]],
+                                   "strength_model": f(1.0, -100.0, 100.0, 0.01)}, ["MODEL"], "loaders",
+                                  "Load LoRA (Bypass, Model Only) (for debugging)", "comfy_extras.nodes_lora_debug",
+                                  {"description": BYPASS, "experimental": True}),
 }
 
 
