@@ -1,6 +1,7 @@
 """ComfySwitchNode, ComfyNotNode and ComfyNumberConvert (comfy_extras.nodes_logic,
-nodes_number_convert) and GetLatentSize (nodes_images): their results as ComfyUI's code gives them,
-their errors, and the switch routing an IMAGE (a MatchType link) through a graph."""
+nodes_number_convert), GetLatentSize and ImageCropV2 (nodes_images): their results as ComfyUI's code
+gives them, their errors (a BOUNDING_BOX widget value checked with the graph), and the switch routing
+an IMAGE (a MatchType link) through a graph."""
 import pytest
 import torch
 from PIL import Image
@@ -77,3 +78,28 @@ def test_number_convert_and_latent_size_in_a_graph(tmp_path):
     g["c"]["inputs"]["value"] = ["l", 0]  # a LATENT is not one of INT, FLOAT, STRING, BOOLEAN
     with pytest.raises(GraphError):
         execute(g, _ctx(tmp_path))
+
+
+def test_image_crop_v2_crops_a_bounding_box_and_previews_it(tmp_path):
+    img = torch.rand(2, 10, 12, 3)
+    g = {"i": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+         "c": {"class_type": "ImageCropV2", "inputs": {"image": ["i", 0],
+                                                        "crop_region": {"x": 3, "y": 2, "width": 5, "height": 4}}},
+         "s": {"class_type": "GetImageSize", "inputs": {"image": ["c", 0]}},
+         "p": {"class_type": "PreviewAny", "inputs": {"source": ["s", 0]}}}
+    ctx = _ctx(tmp_path)
+    call = type("Call", (), {"ctx": ctx})()
+    out = O.image_crop_v2(call, img, {"x": 3, "y": 2, "width": 5, "height": 4})
+    torch.testing.assert_close(out["result"][0], img[:, 2:6, 3:8])
+    assert len(out["ui"]["images"]) == 2 and out["ui"]["images"][0]["type"] == "temp"
+    far = O.image_crop_v2(call, img, {"x": 50, "y": 50, "width": 5, "height": 5})["result"][0]
+    torch.testing.assert_close(far, img[:, 9:, 11:])  # the corner clamped to the last pixel, as ComfyUI
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (12, 10)).save(tmp_path / "in" / "x.png")
+    assert list(execute(g, ctx)["p"]["text"]) == ["5"]
+    for bad in ({"x": -1}, {"width": 0}, {"x": 1.5}, {"x": 1, "depth": 2}, "box"):
+        g["c"]["inputs"]["crop_region"] = bad
+        with pytest.raises(GraphError) as e:
+            execute(g, ctx)
+        error = e.value.payload["node_errors"]["c"]["errors"][0]
+        assert error["message"] == "Failed to convert an input value to a BOUNDING_BOX value", bad

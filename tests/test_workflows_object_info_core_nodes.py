@@ -156,6 +156,10 @@ EXPECTED = {
                                    "strength_model": f(1.0, -100.0, 100.0, 0.01)}, ["MODEL"], "loaders",
                                   "Load LoRA (Bypass, Model Only) (for debugging)", "comfy_extras.nodes_lora_debug",
                                   {"description": BYPASS, "experimental": True}),
+    "ImageCropV2": ({"image": ["IMAGE"], "crop_region": ["BOUNDING_BOX", {
+        "default": {"x": 0, "y": 0, "width": 512, "height": 512}, "socketless": True, "component": "ImageCrop"}]},
+        ["IMAGE"], "image/transform", "Crop Image", "comfy_extras.nodes_images",
+        {"description": "Crop an image to the specified dimensions."}),
 }
 
 

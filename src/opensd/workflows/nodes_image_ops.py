@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidArgument
-from .nodes_image import IMAGE_METHODS, upscale
+from .nodes_image import IMAGE_METHODS, preview_image, upscale
 from .types import MAX_RESOLUTION, NodeDef, check_size, register
 
 _POST = "comfy_extras.nodes_post_processing"
@@ -120,6 +120,22 @@ register(NodeDef(
     "ImageCrop", image_crop,
     {"image": ("IMAGE", {}), "width": _int(512, 1), "height": _int(512, 1), "x": _int(0, 0), "y": _int(0, 0)},
     ("IMAGE",), category="image/transform", module="comfy_extras.nodes_images"))
+
+
+def image_crop_v2(call, image, crop_region):
+    """ImageCrop's slice from a BOUNDING_BOX, and a preview of the crop (ComfyUI shows it on the node)."""
+    x, y = min(crop_region["x"], image.shape[2] - 1), min(crop_region["y"], image.shape[1] - 1)
+    crop = image[:, y:y + crop_region["height"], x:x + crop_region["width"], :]
+    return {"result": (crop,), "ui": preview_image(call, crop)["ui"]}
+
+
+register(NodeDef(
+    "ImageCropV2", image_crop_v2,
+    {"image": ("IMAGE", {}),
+     "crop_region": ("BOUNDING_BOX", {"default": {"x": 0, "y": 0, "width": 512, "height": 512}, "socketless": True,
+                                      "component": "ImageCrop"})},
+    ("IMAGE",), category="image/transform", display_name="Crop Image", module="comfy_extras.nodes_images",
+    description="Crop an image to the specified dimensions."))
 
 
 # --- post-processing -----------------------------------------------------------------------------
