@@ -56,15 +56,15 @@ def test_renorm_cfg_caps_the_guided_norm_and_truncates():
     x = torch.zeros(2, 1, 2)
     cond = torch.tensor([[[3.0, 4.0]], [[30.0, 40.0]]])   # norms 5 and 50
     uncond = torch.tensor([[[0.0, 0.0]], [[30.0, 40.0]]])
-    args = CfgArgs(x - cond, x - uncond, 2.0, x, torch.tensor([1.0]), cond, uncond, None)
-    fn = R.renorm_cfg_function(lambda s: s * 10, cfg_trunc=100.0, renorm=1.5)
+    args = CfgArgs(x - cond, x - uncond, 2.0, x, torch.tensor([10.0]), cond, uncond, None)
+    fn = R.renorm_cfg_function(cfg_trunc=100.0, renorm=1.5)
     denoised = x - fn(args)
     # item 0: guided (6, 8), norm 10 >= 1.5 * 5: scaled to norm 7.5; item 1: guided = cond, 50 < 75
     torch.testing.assert_close(denoised[0], torch.tensor([[4.5, 6.0]]))
     torch.testing.assert_close(denoised[1], cond[1])
-    no_cap = x - R.renorm_cfg_function(lambda s: s * 10, 100.0, 0.0)(args)
+    no_cap = x - R.renorm_cfg_function(100.0, 0.0)(args)
     torch.testing.assert_close(no_cap[0], torch.tensor([[6.0, 8.0]]))
-    truncated = x - R.renorm_cfg_function(lambda s: s * 10, 5.0, 1.5)(args)  # timestep 10 >= 5
+    truncated = x - R.renorm_cfg_function(5.0, 1.5)(args)  # sigma 10 >= 5: the positive alone
     torch.testing.assert_close(truncated, cond)
 
 
@@ -104,3 +104,16 @@ def test_epsilon_scaling_guides_a_whole_sampling(env):
     (tsr,) = R.temporal_score_rescaling(None, model, 0.5, 1.0)
     assert not torch.allclose(K.sample(tsr, pos, neg, latent, **KW)["samples"],
                               K.sample(model, pos, neg, latent, **KW)["samples"], atol=1e-3)
+
+
+def test_renorm_cfg_node_in_a_sampling(env):
+    model, pos, neg = env
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    plain = K.sample(model, pos, neg, latent, **KW)["samples"]
+    # every sigma of SD's schedule is below 100 and renorm 0 caps nothing: plain CFG
+    torch.testing.assert_close(K.sample(R.renorm_cfg(None, model, 100.0, 0.0)[0], pos, neg, latent, **KW)["samples"],
+                               plain, rtol=1e-4, atol=1e-4)
+    # truncated from the start: the positive's prediction alone, CFG 1
+    positive_only = K.sample(model, pos, neg, latent, **{**KW, "cfg": 1.0})["samples"]
+    torch.testing.assert_close(K.sample(R.renorm_cfg(None, model, 0.0, 1.0)[0], pos, neg, latent, **KW)["samples"],
+                               positive_only, rtol=1e-4, atol=1e-4)

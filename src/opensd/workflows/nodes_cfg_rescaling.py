@@ -7,8 +7,8 @@
   signal-to-noise ratio at sigma and v = tsr_sigma^2, r = (snr v + 1) / (snr v / k + 1) (k where
   snr is infinite) and denoised becomes lerp(x / alpha, denoised, r); alpha is 1 for
   variance-exploding models and 1 - sigma for rectified-flow ones.
-* RenormCFG (comfy_extras.nodes_lumina2): a sampler_cfg_function doing CFG while the network's
-  timestep is below `cfg_trunc` (the positive alone after it), the guided prediction's norm per image
+* RenormCFG (comfy_extras.nodes_lumina2): a sampler_cfg_function doing CFG while sigma is below
+  `cfg_trunc` (the positive alone from there on), the guided prediction's norm per image
   capped at renorm_cfg times the positive's. ComfyUI leaves channels past the network's input
   channels unguided; the networks here output no such channels, so the whole prediction is guided.
 """
@@ -98,11 +98,12 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim)), keepdim=True)
 
 
-def renorm_cfg_function(timestep_of, cfg_trunc: float, renorm: float):
-    """`timestep_of(sigma)`: the network's timestep, which `cfg_trunc` is compared with."""
+def renorm_cfg_function(cfg_trunc: float, renorm: float):
+    """CFG while sigma < cfg_trunc (ComfyUI's "timestep" in a sampler_cfg_function's arguments is the
+    sigma), the positive alone from there on."""
     def fn(args: CfgArgs) -> torch.Tensor:
         cond, uncond = args.cond_denoised, args.uncond_denoised
-        if float(timestep_of(args.sigma.reshape(-1)[:1])[0]) < cfg_trunc:
+        if float(args.sigma.reshape(-1)[0]) < cfg_trunc:
             guided = uncond + args.cond_scale * (cond - uncond)
             if renorm > 0.0:
                 cap = _norm(cond) * renorm
@@ -115,8 +116,7 @@ def renorm_cfg_function(timestep_of, cfg_trunc: float, renorm: float):
 
 
 def renorm_cfg(call, model, cfg_trunc, renorm_cfg):
-    fn = renorm_cfg_function(sampling_of(model).timestep, cfg_trunc, renorm_cfg)
-    return (replace(model, cfg_function=fn),)
+    return (replace(model, cfg_function=renorm_cfg_function(cfg_trunc, renorm_cfg)),)
 
 
 register(NodeDef(
