@@ -10,7 +10,7 @@ from workflow_fixtures import Loader, default_graph, make_ctx
 from workflow_models import make_all_models
 
 from opensd.errors import CheckpointError
-from opensd.workflows import NodeError, execute, object_info
+from opensd.workflows import NODES, NodeError, execute, object_info
 from opensd.workflows import ksampler as K
 from opensd.workflows import nodes_conditioning as N
 from opensd.workflows import nodes_loaders as L
@@ -165,3 +165,22 @@ def test_part_loaders_take_the_servers_auto_precision(env, monkeypatch):
     state = create_app(Settings(outputs_dir=call.ctx.outputs_dir / "srv", start_worker=False)).state.opensd
     ctx = state.comfy.context()
     assert (ctx.device, ctx.precision) == (state.cache.device, state.cache.precision) == ("auto", "auto")
+
+
+def test_bypass_lora_loaders_match_lora_loader(env):
+    """ComfyUI's bypass LoRA computes base(x) + lora(x) per layer, (W + delta) x for layers linear in
+    their weights: the merged LoRA's result, so the nodes give LoraLoader's values."""
+    call, _ = env
+    model, clip = _ckpt(call)
+    bypass = NODES["LoraLoaderBypass"].fn(call, model, clip, "style.safetensors", 0.7, 0.4)
+    assert bypass == lora_loader(call, model, clip, "style.safetensors", 0.7, 0.4)
+    assert bypass[0].loras[-1].unet == 0.7 and bypass[1].loras[-1].te == 0.4
+    assert NODES["LoraLoaderBypassModelOnly"].fn(call, model, "style.safetensors", 0.7) == \
+        L.lora_loader_model_only(call, model, "style.safetensors", 0.7)
+    assert NODES["LoraLoaderBypass"].fn(call, model, clip, "style.safetensors", 0.0, 0.0) == (model, clip)
+    with pytest.raises(Exception, match="missing.safetensors"):
+        NODES["LoraLoaderBypass"].fn(call, model, clip, "missing.safetensors", 1.0, 1.0)
+    pos, neg = clip_text_encode(None, "a kite", bypass[1])[0], clip_text_encode(None, "", bypass[1])[0]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    assert not torch.equal(K.sample(bypass[0], pos, neg, latent, **KW)["samples"],
+                           K.sample(model, pos, neg, latent, **KW)["samples"])

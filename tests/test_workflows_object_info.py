@@ -564,7 +564,7 @@ EXPECTED = {
     # comfy_extras/nodes_preview_any.py
     "PreviewAny": ({"source": ["*"]}, ["STRING"], "utilities", "Preview as Text",
                    "comfy_extras.nodes_preview_any", {"output_node": True}),
-    # comfy_extras/nodes_string.py of the same era (utils/string; no regular-expression nodes here)
+    # comfy_extras/nodes_string.py (utils/string; its regular-expression nodes: test_workflows_object_info_core_nodes)
     **{name: (inputs, [out], "utils/string", display, "comfy_extras.nodes_string",
               {"output_name": [out_name]} if out_name else {})
        for name, display, inputs, out, out_name in (
@@ -589,7 +589,12 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_object_info_matches_comfyui(name):
-    required, outputs, category, display, module, extra = EXPECTED[name]
+    check_object_info(name, EXPECTED[name])
+
+
+def check_object_info(name, spec):
+    """object_info(name) against `spec`, EXPECTED's (required, outputs, category, display, module, extra)."""
+    required, outputs, category, display, module, extra = spec
     info = object_info(None, name)[name]
     inputs = {"required": required}
     order = {"required": list(required)}
@@ -604,6 +609,8 @@ def test_object_info_matches_comfyui(name):
         "description": extra.get("description", ""), "python_module": module, "category": category,
         "output_node": extra.get("output_node", False),
     }
+    if extra.get("deprecated"):
+        want["deprecated"] = True
     if extra.get("experimental"):
         want["experimental"] = True
     assert json.dumps(info) == json.dumps(want)  # exact, down to 0 vs 0.0 and key order

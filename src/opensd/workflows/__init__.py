@@ -10,11 +10,14 @@ from __future__ import annotations
 from . import (  # noqa: F401  (registers the nodes)
     nodes_alpha,
     nodes_canny,
+    nodes_cfg_rescaling,
     nodes_checkpoint_save,
     nodes_clip_vision,
     nodes_conditioning,
     nodes_controlnet,
     nodes_core,
+    nodes_dataset_image,
+    nodes_dataset_text,
     nodes_dit,
     nodes_fooocus_inpaint,
     nodes_guidance,
@@ -33,6 +36,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_latent_files,
     nodes_latent_ops,
     nodes_loaders,
+    nodes_logic,
     nodes_lora_extract,
     nodes_mask,
     nodes_preprocessors,
@@ -97,6 +101,8 @@ def object_info(ctx: ExecutionContext | None = None, node_class: str | None = No
             "category": node.category,
             "output_node": node.output_node,
         }
+        if node.deprecated:
+            out[name]["deprecated"] = True
         if node.experimental:
             out[name]["experimental"] = True
     return out

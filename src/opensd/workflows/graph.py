@@ -18,12 +18,29 @@ from typing import Any
 
 from .types import NODES, Choices, ExecutionContext, GraphError, NodeDef
 
+def bounding_box(value) -> dict:
+    """A BOUNDING_BOX widget's value (ComfyUI V3's {"x", "y", "width", "height"}; a key left out takes
+    ComfyUI's default 0, 0, 512, 512): whole numbers, the corner at or right/below 0, the sides 1 or more."""
+    if not isinstance(value, dict) or set(value) - {"x", "y", "width", "height"}:
+        raise ValueError('expected {"x": ..., "y": ..., "width": ..., "height": ...}')
+    box = {"x": 0, "y": 0, "width": 512, "height": 512, **value}
+    for key, least in (("x", 0), ("y", 0), ("width", 1), ("height", 1)):
+        if isinstance(box[key], bool) or not isinstance(box[key], int) or box[key] < least:
+            raise ValueError(f"{key} must be a whole number of at least {least}, not {box[key]!r}")
+    return box
+
+
 # "COMBO" with no list (LoadImageOutput's image, filled by the frontend): taken as sent, for the node's check
-_CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool, "COMBO": lambda value: value}
+_CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool, "COMBO": lambda value: value,
+            "BOUNDING_BOX": bounding_box}
 _MISSING = object()
 # Nodes in one prompt. ComfyUI sets none; its largest shared workflows hold a few thousand. Each node
 # costs validation, signatures and a history record, so a 64 MiB body of 500,000 nodes is refused.
 MAX_NODES = 10_000
+# link types any other type may connect to: ComfyUI's "*" (AnyType) and its V3 MatchType (ComfySwitchNode's
+# inputs and output, whose type follows what is connected). An input may also list its types, "INT,FLOAT"
+# (V3's MultiType).
+WILDCARDS = frozenset(("*", "COMFY_MATCHTYPE_V3"))
 
 
 def _err(kind: str, message: str, details: str, **extra: Any) -> dict:
@@ -169,7 +186,7 @@ class _Validator:
                         input_name=name, input_config=info, linked_node=value), None
         received = outputs[index]
         expected = kind if isinstance(kind, str) else "COMBO"
-        if received != expected and "*" not in (received, expected):
+        if received not in expected.split(",") and not WILDCARDS.intersection((received, expected)):
             return _err("return_type_mismatch", "Return type mismatch between linked nodes",
                         f"{name}, received_type({received}) mismatch input_type({expected})",
                         input_name=name, input_config=info, received_type=received, linked_node=value), None
@@ -181,8 +198,8 @@ class _Validator:
                         name, input_name=name, input_config=info, received_value=value), value
         if isinstance(kind, str):
             try:
-                if isinstance(value, (dict, list)) or (kind in ("INT", "FLOAT") and isinstance(value, str)
-                                                       and not value.strip()):
+                blank = kind in ("INT", "FLOAT") and isinstance(value, str) and not value.strip()
+                if (isinstance(value, (dict, list)) and kind != "BOUNDING_BOX") or blank:
                     raise ValueError(f"not a {kind} value")
                 converted = _CONVERT[kind](value)
                 if kind == "FLOAT" and not math.isfinite(converted):  # "nan" and "inf" convert

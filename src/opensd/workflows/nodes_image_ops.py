@@ -7,7 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .nodes_image import IMAGE_METHODS, upscale
+from ..errors import InvalidArgument
+from .nodes_image import IMAGE_METHODS, preview_image, upscale
 from .types import MAX_RESOLUTION, NodeDef, check_size, register
 
 _POST = "comfy_extras.nodes_post_processing"
@@ -85,6 +86,27 @@ register(NodeDef(
     description="Returns the width, height, and batch size of the image."))
 
 
+def get_latent_size(call, latent, unique_id=None):
+    """Width, height, frames (1 for an image latent) and batch size of a LATENT's samples."""
+    samples = latent["samples"]
+    if samples.ndim == 5:
+        batch, _, frames, height, width = samples.shape
+    elif samples.ndim == 4:
+        (batch, _, height, width), frames = samples.shape, 1
+    else:
+        raise InvalidArgument(f"latent: samples of shape {tuple(samples.shape)}, expected (batch, channels, "
+                              "height, width) or (batch, channels, frames, height, width)")
+    return width, height, frames, batch
+
+
+register(NodeDef(
+    "GetLatentSize", get_latent_size,
+    {"latent": ("LATENT", {"tooltip": "The image or video latent to inspect."})}, ("INT", "INT", "INT", "INT"),
+    output_names=("width", "height", "frames", "batch_size"), hidden={"unique_id": "UNIQUE_ID"}, category="latent",
+    display_name="Get Image/Video Latent Size", module="comfy_extras.nodes_images",
+    description="Returns the width, height, frame count, and batch size of an image or video latent."))
+
+
 def _int(default: int, lo: int):
     return ("INT", {"default": default, "min": lo, "max": MAX_RESOLUTION, "step": 1})
 
@@ -98,6 +120,22 @@ register(NodeDef(
     "ImageCrop", image_crop,
     {"image": ("IMAGE", {}), "width": _int(512, 1), "height": _int(512, 1), "x": _int(0, 0), "y": _int(0, 0)},
     ("IMAGE",), category="image/transform", module="comfy_extras.nodes_images"))
+
+
+def image_crop_v2(call, image, crop_region):
+    """ImageCrop's slice from a BOUNDING_BOX, and a preview of the crop (ComfyUI shows it on the node)."""
+    x, y = min(crop_region["x"], image.shape[2] - 1), min(crop_region["y"], image.shape[1] - 1)
+    crop = image[:, y:y + crop_region["height"], x:x + crop_region["width"], :]
+    return {"result": (crop,), "ui": preview_image(call, crop)["ui"]}
+
+
+register(NodeDef(
+    "ImageCropV2", image_crop_v2,
+    {"image": ("IMAGE", {}),
+     "crop_region": ("BOUNDING_BOX", {"default": {"x": 0, "y": 0, "width": 512, "height": 512}, "socketless": True,
+                                      "component": "ImageCrop"})},
+    ("IMAGE",), category="image/transform", display_name="Crop Image", module="comfy_extras.nodes_images",
+    description="Crop an image to the specified dimensions."))
 
 
 # --- post-processing -----------------------------------------------------------------------------

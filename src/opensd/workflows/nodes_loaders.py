@@ -18,7 +18,7 @@ from ..checkpoints.detect_dit import NET
 from ..models.stored_weights import store_linears
 from ..pipeline import parts
 from .model_sampling import ModelSampling
-from .nodes_core import checkpoint_loader
+from .nodes_core import checkpoint_loader, lora_loader
 from .types import ClipRef, Choices, LoraEntry, ModelRef, NodeDef, VaeRef, register
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,34 @@ register(NodeDef(
     {"model": ("MODEL", {}), "lora_name": (Choices("loras"), {}),
      "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01})},
     ("MODEL",), category="loaders"))
+
+
+# ComfyUI's LoraLoaderBypass / ...ModelOnly (comfy_extras.nodes_lora_debug, "for debugging") add the
+# LoRA's path to each patched layer's output, base(x) + lora(x), instead of merging it into the weights:
+# for a layer linear in its weight that is (W + delta) x, the merged result up to rounding, so they
+# share LoraLoader's path here.
+_BYPASS_STRENGTH = "How strongly to modify the {}. This value can be negative."
+register(NodeDef(
+    "LoraLoaderBypass", lora_loader,
+    {"model": ("MODEL", {"tooltip": "The diffusion model the LoRA will be applied to."}),
+     "clip": ("CLIP", {"tooltip": "The CLIP model the LoRA will be applied to."}),
+     "lora_name": (Choices("loras"), {"tooltip": "The name of the LoRA."}),
+     "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01,
+                                  "tooltip": _BYPASS_STRENGTH.format("diffusion model")}),
+     "strength_clip": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01,
+                                 "tooltip": _BYPASS_STRENGTH.format("CLIP model")})},
+    ("MODEL", "CLIP"), category="loaders", display_name="Load LoRA (Bypass) (For debugging)",
+    description="Apply LoRA in bypass mode. Unlike regular LoRA, this doesn't modify model weights - instead it "
+                "injects the LoRA computation during forward pass. Useful for training scenarios.",
+    module="comfy_extras.nodes_lora_debug", experimental=True))
+register(NodeDef(
+    "LoraLoaderBypassModelOnly", lora_loader_model_only,
+    {"model": ("MODEL", {}), "lora_name": (Choices("loras"), {}),
+     "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01})},
+    ("MODEL",), category="loaders", display_name="Load LoRA (Bypass, Model Only) (for debugging)",
+    description="Apply LoRA in bypass mode. Unlike regular LoRA, this doesn't modify model weights - instead it "
+                "injects the LoRA computation during forward pass. Useful for training scenarios.",
+    module="comfy_extras.nodes_lora_debug", experimental=True))
 
 
 def hypernetwork_loader(call, model, hypernetwork_name, strength):

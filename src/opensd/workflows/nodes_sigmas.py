@@ -5,10 +5,12 @@ Pei et al.'s searched noise levels, log-linearly resampled). SIGMAS are 1-D floa
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import torch
 
+from ..errors import InvalidArgument
 from . import ksampler
 from .types import NodeDef, register
 
@@ -113,6 +115,30 @@ register(NodeDef(
     "AddNoise", add_noise,
     {"model": ("MODEL", {}), "noise": ("NOISE", {}), "sigmas": ("SIGMAS", {}), "latent_image": ("LATENT", {})},
     ("LATENT",), category="_for_testing/custom_sampling/noise", module=_MODULE, experimental=True))
+
+
+# ComfyUI's number pattern for ManualSigmas: an optional sign, digits, dots, digits ("1e-3" reads as
+# 1 and -3, as there). A fixed pattern without nested repetition: linear in the text's length.
+_NUMBER = re.compile(r"[-+]?(?:\d*\.*\d+)")
+MAX_MANUAL_SIGMAS = 100_000
+
+
+def manual_sigmas(call, sigmas):
+    """Every number in the text, in order, as a SIGMAS (nothing checks that they decrease)."""
+    values = []
+    for text in _NUMBER.findall(sigmas):
+        if len(values) == MAX_MANUAL_SIGMAS:
+            raise InvalidArgument(f"sigmas: more than {MAX_MANUAL_SIGMAS:,} numbers")
+        try:
+            values.append(float(text))
+        except ValueError:
+            raise InvalidArgument(f"sigmas: {text!r} is not a number (one dot at most)") from None
+    return (torch.tensor(values, dtype=torch.float32),)
+
+
+register(NodeDef(
+    "ManualSigmas", manual_sigmas, {"sigmas": ("STRING", {"default": "1, 0.5", "multiline": False})},
+    ("SIGMAS",), category="experimental/custom_sampling", module=_MODULE, experimental=True))
 
 
 # OptimalSteps' searched schedules (flow sigmas), as ComfyUI lists them

@@ -1,13 +1,21 @@
 """ComfyUI's text nodes (comfy_extras.nodes_string, category utils/string): concatenate,
-substring, length, case, trim, replace, contains and compare. The regular-expression nodes
-(RegexMatch/Extract/Replace) are not offered: Python's re has no time limit, and a pattern a
-request sends could hold the server for hours."""
+substring, length, case, trim, replace, contains, compare, and the regular-expression nodes
+RegexMatch, RegexExtract and RegexReplace. A pattern comes from the request, so it runs under the
+`regex` package's time limit (Python's re has none: a pattern such as (a|aa)+$ could hold the
+server for hours) and a bounded length; a replacement's result is capped at MAX_TEXT characters.
+Unlike ComfyUI, an invalid pattern is an error naming it (ComfyUI's match and extract quietly give
+False and "").
+"""
 from __future__ import annotations
+
+import regex
 
 from ..errors import InvalidArgument
 from .types import NodeDef, register
 
 MAX_TEXT = 10_000_000  # characters one node may make (StringReplace can multiply its input)
+MAX_PATTERN = 10_000  # characters of one regular expression
+REGEX_TIMEOUT = 2.0  # seconds one regular-expression search, extraction or replacement may take
 _TEXT = ("STRING", {"multiline": True})
 _MODULE = "comfy_extras.nodes_string"
 
@@ -58,6 +66,103 @@ def string_compare(call, string_a, string_b, mode, case_sensitive):
     if not case_sensitive:
         string_a, string_b = string_a.lower(), string_b.lower()
     return (COMPARISONS[mode](string_a, string_b),)
+
+
+def compile_pattern(pattern: str, case_insensitive: bool, multiline: bool, dotall: bool):
+    """`pattern` compiled with ComfyUI's flags, or a one-line error naming what is wrong with it."""
+    if len(pattern) > MAX_PATTERN:
+        raise InvalidArgument(f"regex_pattern: {len(pattern):,} characters, more than {MAX_PATTERN:,}")
+    flags = ((regex.IGNORECASE if case_insensitive else 0) | (regex.MULTILINE if multiline else 0)
+             | (regex.DOTALL if dotall else 0))
+    try:
+        return regex.compile(pattern, flags | regex.VERSION0)
+    except (regex.error, OverflowError, RecursionError) as e:
+        raise InvalidArgument(f"regex_pattern: {pattern[:80]!r} is not a valid regular expression ({e})") from None
+
+
+def run_bounded(fn, *args, **kwargs):
+    """fn(*args, timeout=REGEX_TIMEOUT, **kwargs), its time-out as a one-line error."""
+    try:
+        return fn(*args, timeout=REGEX_TIMEOUT, **kwargs)
+    except TimeoutError:
+        raise InvalidArgument(f"regex_pattern: matching took more than {REGEX_TIMEOUT:g} s (a pattern that "
+                              "backtracks without end, such as (a|aa)+$?); simplify it") from None
+
+
+def regex_match(call, string, regex_pattern, case_insensitive, multiline, dotall):
+    pattern = compile_pattern(regex_pattern, case_insensitive, multiline, dotall)
+    return (run_bounded(pattern.search, string) is not None,)
+
+
+EXTRACT_MODES = ("First Match", "All Matches", "First Group", "All Groups")
+
+
+def _group(match, index: int) -> str | None:
+    """Group `index` of a match when the pattern has that many groups ("" for one that did not take
+    part, where ComfyUI's would hand on None)."""
+    if len(match.groups()) < index:
+        return None
+    return match.group(index) or ""
+
+
+def regex_extract(call, string, regex_pattern, mode, case_insensitive, multiline, dotall, group_index):
+    """ComfyUI's four modes; several results are joined with newlines. "All Matches" gives, per match,
+    the pattern's first group when it has groups (findall's rule), else the whole match."""
+    pattern = compile_pattern(regex_pattern, case_insensitive, multiline, dotall)
+    if mode in ("First Match", "First Group"):
+        match = run_bounded(pattern.search, string)
+        if match is None:
+            return ("",)
+        return (match.group(0) if mode == "First Match" else (_group(match, group_index) or ""),)
+    matches = run_bounded(lambda text, timeout: list(pattern.finditer(text, timeout=timeout)), string)
+    if mode == "All Matches":
+        found = [(m.group(1) or "") if pattern.groups else m.group(0) for m in matches]
+    else:
+        found = [g for g in (_group(m, group_index) for m in matches if m.groups()) if g is not None]
+    return ("\n".join(found),)
+
+
+def regex_replace(call, string, regex_pattern, replace, case_insensitive=True, multiline=False, dotall=False,
+                  count=0):
+    """Every match (or the first `count`) replaced by `replace`, whose \\1 and \\g<name> name groups."""
+    pattern = compile_pattern(regex_pattern, case_insensitive, multiline, dotall)
+    size = len(string)
+
+    def expand(match):
+        nonlocal size
+        try:
+            text = match.expand(replace)
+        except (regex.error, IndexError) as e:
+            raise InvalidArgument(f"replace: {replace[:80]!r} does not fit the pattern ({e})") from None
+        size += len(text) - (match.end() - match.start())
+        if size > MAX_TEXT:
+            raise InvalidArgument(f"regex replace: the result would be more than {MAX_TEXT:,} characters")
+        return text
+    return (run_bounded(pattern.sub, expand, string, count=count),)
+
+
+_FLAGS = {"case_insensitive": ("BOOLEAN", {"default": True}), "multiline": ("BOOLEAN", {"default": False}),
+          "dotall": ("BOOLEAN", {"default": False})}
+
+register(NodeDef(
+    "RegexMatch", regex_match, {"string": _TEXT, "regex_pattern": _TEXT, **_FLAGS}, ("BOOLEAN",),
+    output_names=("matches",), category="utils/string", display_name="Regex Match", module=_MODULE))
+register(NodeDef(
+    "RegexExtract", regex_extract,
+    {"string": _TEXT, "regex_pattern": _TEXT, "mode": (list(EXTRACT_MODES), {}), **_FLAGS,
+     "group_index": ("INT", {"default": 1, "min": 0, "max": 100})},
+    ("STRING",), category="utils/string", display_name="Regex Extract", module=_MODULE))
+register(NodeDef(
+    "RegexReplace", regex_replace, {"string": _TEXT, "regex_pattern": _TEXT, "replace": _TEXT},
+    ("STRING",), optional={
+        **_FLAGS,
+        "dotall": ("BOOLEAN", {"default": False, "tooltip": "When enabled, the dot (.) character will match any "
+                               "character including newline characters. When disabled, dots won't match newlines."}),
+        "count": ("INT", {"default": 0, "min": 0, "max": 100, "tooltip": "Maximum number of replacements to make. "
+                          "Set to 0 to replace all occurrences (default). Set to 1 to replace only the first match, "
+                          "2 for the first two matches, etc."})},
+    category="utils/string", display_name="Regex Replace", module=_MODULE,
+    description="Find and replace text using regex patterns."))
 
 
 for _name, _display, _fn, _inputs, _output, _output_name in (

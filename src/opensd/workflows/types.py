@@ -198,6 +198,7 @@ class NodeDef:
     description: str = ""
     output_node: bool = False
     experimental: bool = False      # ComfyUI's EXPERIMENTAL: object_info says "experimental": true
+    deprecated: bool = False        # ComfyUI's DEPRECATED (V3 is_deprecated): "deprecated": true
     # check(ctx, inputs) -> None or an error text (ComfyUI's VALIDATE_INPUTS); literal inputs only (a
     # linked one is absent: the node checks it when it runs)
     check: Callable[[ExecutionContext | None, dict], str | None] | None = None
