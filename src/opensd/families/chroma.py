@@ -13,6 +13,7 @@ import torch
 
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import CHROMA_PARTS, read_dit_folder
+from ..checkpoints.families import unsupported_family
 from ..checkpoints.keymap_flux import flux_from_diffusers, flux_rows
 from ..models.config_dit import CHROMA, FLUX_VAE, ChromaModelConfig
 from ..models.dit_models import ChromaModel
@@ -48,6 +49,11 @@ class ChromaFamily(DiTFamily):
 
     network_config = staticmethod(DD.chroma_config)
     network_config_diffusers = staticmethod(DD.chroma_config_diffusers)
+
+    def detect(self, shapes, metadata, path, prediction=None):
+        if unsupported_family(shapes):  # Chroma Radiance: the same approximator, a pixel-space network
+            return None
+        return super().detect(shapes, metadata, path, prediction)
 
     def read_folder(self, path: Path, index: dict):
         """ChromaPipeline folders, and any pipeline folder whose transformer/ is a Chroma one."""
