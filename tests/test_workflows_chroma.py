@@ -68,3 +68,20 @@ def test_clip_loader_lists_chroma_and_refuses_families_it_does_not_run(env):
     assert "chroma" in CLIP_TYPES
     with pytest.raises(NodeError, match="stable_cascade"):
         _run(ctx, _graph(clip_type="stable_cascade"))
+
+
+def test_cli_generate_with_a_text_encoder_equals_the_graph(env, tmp_path):
+    """`opensd generate -m <Chroma network alone> --vae ... --text-encoder t5xxl ...` (real CFG, the
+    negative prompt) gives the ComfyUI graph's image."""
+    from opensd.cli import main
+    ctx, chroma = env
+    models = ctx.outputs_dir.parent / "models"
+    args = ["generate", PROMPT, "--negative", NEGATIVE, "-m", str(models / "diffusion_models" / "chroma.safetensors"),
+            "--steps", "3", "--seed", str(SEED), "--width", str(SIZE), "--height", str(SIZE), "--cfg", str(CFG),
+            "--sampler", "euler", "--scheduler", "simple", "--precision", "fp32", "--device", "cpu",
+            "--vae", str(models / "vae" / "chroma_vae.safetensors")]
+    out = tmp_path / "cli.png"
+    t5 = ["--text-encoder", str(models / "text_encoders" / "chroma_t5xxl_fp16.safetensors")]
+    assert main(args + t5 + ["-o", str(out)]) == 0
+    got = np.asarray(Image.open(out).convert("RGB"))
+    assert np.abs(got.astype(int) - _run(ctx, _graph()).astype(int)).max() <= 1
