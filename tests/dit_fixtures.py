@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import sentencepiece
@@ -187,6 +188,18 @@ def write_split_files(models: Path, model, name: str, metadata: dict, file_prefi
     save_safetensors({k[len("first_stage_model."):]: v.contiguous() for k, v in sd.items()
                       if k.startswith("first_stage_model.")}, out["vae"])
     return out
+
+
+def write_forge_folder(models: Path, staging: Path, model, name: str, metadata: dict) -> dict[str, Path]:
+    """The network alone in A1111/Forge's Stable-diffusion/, its VAE in VAE/ and its text encoders with
+    the T5 vocabulary in text_encoder/ (written as ComfyUI's split files under `staging` first)."""
+    split = write_split_files(staging, model, name, metadata)
+    folders = {"unet": "Stable-diffusion", "vae": "VAE", "clip_l": "text_encoder", "t5xxl_fp16": "text_encoder"}
+    for part, path in split.items():
+        (models / folders[part]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, models / folders[part] / path.name)
+    shutil.copy(staging / "text_encoders" / "spiece.model", models / "text_encoder" / "spiece.model")
+    return split
 
 
 META_SD3 = {DD.META_HEAD_DIM: str(SD3_HEAD), "modelspec.resolution": "32x32"}

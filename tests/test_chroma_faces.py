@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from server_live import BASE
 
-from dit_fixtures import META_FLUX, chroma_parts, load_tiny, write_split_files
+from dit_fixtures import META_FLUX, chroma_parts, load_tiny, write_forge_folder
 from opensd.cli import main
 from opensd.pipeline.infotext import read_infotext
 from opensd.server.app import create_app
@@ -30,11 +29,7 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chromafaces")
     models = tmp / "models"
     chroma = load_tiny(tmp / "chroma", "chroma", chroma_parts())
-    split = write_split_files(tmp / "comfy", chroma.model, "chroma", META_FLUX)
-    for part, folder in (("unet", "Stable-diffusion"), ("vae", "VAE"), ("t5xxl_fp16", "text_encoder")):
-        (models / folder).mkdir(parents=True, exist_ok=True)
-        shutil.copy(split[part], models / folder / split[part].name)
-    shutil.copy(tmp / "comfy" / "text_encoders" / "spiece.model", models / "text_encoder" / "spiece.model")
+    write_forge_folder(models, tmp / "comfy", chroma.model, "chroma", META_FLUX)
     return models, chroma
 
 
