@@ -123,3 +123,38 @@ def test_comfyui_split_files_equal_the_diffusers_folder_and_t5_is_required(chrom
     files["t5xxl_fp16"].unlink()
     with pytest.raises(CheckpointError, match=r"Chroma file has no T5-XXL"):
         load(files["unet"], vae=files["vae"], precision="fp32", device="cpu")
+
+
+@torch.no_grad()
+def test_a_diffusers_chroma_lora_patches_our_weights(tmp_path):
+    """A PEFT LoRA on diffusers' ChromaTransformer2DModel (attention, MLPs, the approximator's MLPs),
+    saved by diffusers, patches our fused weights: our network equals diffusers' with it active."""
+    from diffusers import FluxPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from opensd.adapters.lora import LoraSpec
+    from opensd.models.flux import image_ids, pack
+    parts = chroma_parts(seed=6)
+    ours = load(write_diffusers_folder(tmp_path / "model", "chroma", parts), precision="fp32", device="cpu")
+    ref = parts["transformer"]
+    torch.manual_seed(7)
+    ref.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=[
+        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "to_add_out", "ff.net.2", "proj_mlp", "proj_out",
+        "linear_1", "linear_2"]))
+    lora = {k: v.detach().clone() for k, v in get_peft_model_state_dict(ref).items()}
+    FluxPipeline.save_lora_weights(tmp_path / "lora", transformer_lora_layers=lora, safe_serialization=True)
+    ours.set_loras([LoraSpec(tmp_path / "lora" / "pytorch_lora_weights.safetensors")])
+    ours.apply_loras("")
+    assert ours.lora_reports[0].patched == len(lora) // 2 and ours.lora_reports[0].unmatched == []
+    g = torch.Generator().manual_seed(8)
+    x, ctx, t = torch.randn(1, 16, 8, 6, generator=g), torch.randn(1, 5, 128, generator=g), torch.tensor([0.6])
+    want = ref(hidden_states=pack(x), encoder_hidden_states=ctx, timestep=t, img_ids=image_ids(4, 3),
+               txt_ids=torch.zeros(5, 3), return_dict=False)[0]
+    got = ours.model.network(x, t, ctx, None)
+    assert_close_scaled(got, ChromaPipeline._unpack_latents(want, 64, 48, 8), 1e-5)
+    ref.disable_adapters()
+    plain = ChromaPipeline._unpack_latents(ref(hidden_states=pack(x), encoder_hidden_states=ctx, timestep=t,
+                                               img_ids=image_ids(4, 3), txt_ids=torch.zeros(5, 3),
+                                               return_dict=False)[0], 64, 48, 8)
+    assert (got - plain).abs().max() > 0.1 * plain.abs().max()  # the LoRA did change the output
