@@ -13,6 +13,8 @@ from diffusers import ChromaPipeline, FlowMatchEulerDiscreteScheduler
 
 from dit_fixtures import META_FLUX, assert_same_pixels, chroma_parts, hf_tokenizers, write_diffusers_folder, \
     write_split_files
+from dit_fixtures import _clip
+from opensd.checkpoints.files import save_safetensors
 from opensd.errors import CheckpointError
 from opensd.families.chroma import text_mask
 from opensd.pipeline.pipeline import load
@@ -120,6 +122,11 @@ def test_comfyui_split_files_equal_the_diffusers_folder_and_t5_is_required(chrom
     split = load(files["unet"], vae=files["vae"], text_encoders=[files["t5xxl_fp16"]], precision="fp32", device="cpu")
     assert split.config.family == "chroma"
     assert_same_pixels(_pixels(split), want)
+    clip = tmp_path / "clip_l.safetensors"
+    save_safetensors({"text_model." + k: v.contiguous() for k, v in _clip(32, "quick_gelu", None, 0).state_dict().items()},
+                     clip)
+    with pytest.raises(CheckpointError, match=r"1 CLIP text encoders given; a Chroma model takes none \(T5-XXL alone\)"):
+        load(files["unet"], vae=files["vae"], text_encoders=[files["t5xxl_fp16"], clip], precision="fp32", device="cpu")
     files["t5xxl_fp16"].unlink()
     with pytest.raises(CheckpointError, match=r"Chroma file has no T5-XXL"):
         load(files["unet"], vae=files["vae"], precision="fp32", device="cpu")
