@@ -165,3 +165,11 @@ def test_a_diffusers_chroma_lora_patches_our_weights(tmp_path):
                                                img_ids=image_ids(4, 3), txt_ids=torch.zeros(5, 3),
                                                return_dict=False)[0], 64, 48, 8)
     assert (got - plain).abs().max() > 0.1 * plain.abs().max()  # the LoRA did change the output
+
+
+def test_a_folder_is_chroma_by_its_transformer_config_whatever_its_pipeline_class(tmp_path):
+    """A folder whose model_index.json names another pipeline but whose transformer/config.json is a
+    ChromaTransformer2DModel (as hand-assembled folders are) loads as Chroma, not as Flux."""
+    folder = write_diffusers_folder(tmp_path / "model", "chroma", chroma_parts(seed=2), pipeline="FluxPipeline")
+    assert '"ChromaTransformer2DModel"' in (folder / "transformer" / "config.json").read_text()
+    assert load(folder, precision="fp32", device="cpu").config.family == "chroma"
