@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import sentencepiece
 import torch
 import transformers
-from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
+from diffusers import AutoencoderKL, ChromaTransformer2DModel, FluxTransformer2DModel, SD3Transformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from opensd.checkpoints import detect_dit as DD
@@ -94,15 +95,28 @@ def flux_parts(variant: str = "dev", seed: int = 0) -> dict:
             "text_encoder": _clip(32, "quick_gelu", None, seed + 2), "text_encoder_2": _t5(seed + 4)}
 
 
+def chroma_transformer(seed: int = 0) -> ChromaTransformer2DModel:
+    """A tiny random ChromaTransformer2DModel (2 double, 3 single blocks, a 2-layer approximator)."""
+    net = ChromaTransformer2DModel(patch_size=1, in_channels=64, num_layers=2, num_single_layers=3,
+                                   attention_head_dim=FLUX_HEAD, num_attention_heads=2, joint_attention_dim=128,
+                                   axes_dims_rope=FLUX_AXES, approximator_num_channels=16,
+                                   approximator_hidden_dim=48, approximator_layers=2)
+    return randomize_(net, seed=seed, std=0.1).eval()
+
+
+def chroma_parts(seed: int = 0) -> dict:
+    return {"transformer": chroma_transformer(seed), "vae": _vae("flux", seed + 1), "text_encoder": _t5(seed + 4)}
+
+
 def write_diffusers_folder(root: Path, family: str, parts: dict, pipeline: str | None = None) -> Path:
     """The folder as diffusers lays it out (model_index.json naming `pipeline`, by default the
     family's text-to-image one; one folder per component; the tokenizers)."""
     root.mkdir(parents=True, exist_ok=True)
-    name = pipeline or ("StableDiffusion3Pipeline" if family == "sd3" else "FluxPipeline")
+    name = pipeline or {"sd3": "StableDiffusion3Pipeline", "chroma": "ChromaPipeline"}.get(family, "FluxPipeline")
     (root / "model_index.json").write_text(json.dumps({"_class_name": name}), encoding="utf-8")
     for component, module in parts.items():
         module.save_pretrained(root / component)
-    vocab = root / ("tokenizer_3" if family == "sd3" else "tokenizer_2")
+    vocab = root / {"sd3": "tokenizer_3", "chroma": "tokenizer"}.get(family, "tokenizer_2")
     vocab.mkdir(exist_ok=True)
     (vocab / "spiece.model").write_bytes(spiece_model())
     return root
@@ -174,6 +188,18 @@ def write_split_files(models: Path, model, name: str, metadata: dict, file_prefi
     save_safetensors({k[len("first_stage_model."):]: v.contiguous() for k, v in sd.items()
                       if k.startswith("first_stage_model.")}, out["vae"])
     return out
+
+
+def write_forge_folder(models: Path, staging: Path, model, name: str, metadata: dict) -> dict[str, Path]:
+    """The network alone in A1111/Forge's Stable-diffusion/, its VAE in VAE/ and its text encoders with
+    the T5 vocabulary in text_encoder/ (written as ComfyUI's split files under `staging` first)."""
+    split = write_split_files(staging, model, name, metadata)
+    folders = {"unet": "Stable-diffusion", "vae": "VAE", "clip_l": "text_encoder", "t5xxl_fp16": "text_encoder"}
+    for part, path in split.items():
+        (models / folders[part]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, models / folders[part] / path.name)
+    shutil.copy(staging / "text_encoders" / "spiece.model", models / "text_encoder" / "spiece.model")
+    return split
 
 
 META_SD3 = {DD.META_HEAD_DIM: str(SD3_HEAD), "modelspec.resolution": "32x32"}

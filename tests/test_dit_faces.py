@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from server_live import BASE
 
-from dit_fixtures import META_FLUX, META_SD3, flux_parts, load_tiny, sd3_parts, write_single_file, write_split_files
+from dit_fixtures import META_FLUX, META_SD3, flux_parts, load_tiny, sd3_parts, write_forge_folder, write_single_file
 from opensd.cli import main
 from opensd.pipeline.infotext import read_infotext
 from opensd.server.app import create_app
@@ -33,12 +32,7 @@ def env(tmp_path_factory):
     sd3 = load_tiny(tmp / "sd3", "sd3", sd3_parts())
     flux = load_tiny(tmp / "flux", "flux", flux_parts())
     write_single_file(models / "Stable-diffusion" / "sd3.safetensors", sd3.model, META_SD3)
-    split = write_split_files(tmp / "comfy", flux.model, "flux1-dev", META_FLUX)  # then Forge's folder names
-    for part, folder in (("unet", "Stable-diffusion"), ("vae", "VAE"), ("clip_l", "text_encoder"),
-                         ("t5xxl_fp16", "text_encoder")):
-        (models / folder).mkdir(parents=True, exist_ok=True)
-        shutil.copy(split[part], models / folder / split[part].name)
-    shutil.copy(tmp / "comfy" / "text_encoders" / "spiece.model", models / "text_encoder" / "spiece.model")
+    write_forge_folder(models, tmp / "comfy", flux.model, "flux1-dev", META_FLUX)
     return models, sd3, flux
 
 

@@ -1,4 +1,4 @@
-"""Configs of SD3's MMDiT, Flux and the text encoders they use, from key names and tensor shapes.
+"""Configs of SD3's MMDiT, Flux, Chroma and the text encoders they use, from key names and tensor shapes.
 
 Works on `{key: shape}` alone, like detect.py. What no shape shows is read from metadata our own
 files carry (a head width other than the released 64 or 128, Flux's RoPE split), else the
@@ -13,7 +13,7 @@ from typing import Mapping
 
 from ..errors import CheckpointError
 from ..models import config as C
-from ..models.config_dit import FluxConfig, MMDiTConfig, T5Config
+from ..models.config_dit import ChromaConfig, FluxConfig, MMDiTConfig, T5Config
 from . import detect as D
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -61,6 +61,9 @@ _FLUX_KEYS = {
     "double": ("double_blocks.", "transformer_blocks."), "single": ("single_blocks.", "single_transformer_blocks."),
     "bias": ("double_blocks.0.img_attn.qkv.bias", "transformer_blocks.0.attn.to_q.bias"),
     "guidance": ("guidance_in.in_layer.weight", "time_text_embed.guidance_embedder.linear_1.weight"),
+    # Chroma's approximator: the same names in both layouts
+    "approx": ("distilled_guidance_layer.in_proj.weight",) * 2,
+    "approx_layers": ("distilled_guidance_layer.layers.",) * 2,
 }
 
 
@@ -88,8 +91,9 @@ def mmdit_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str 
 
 
 def flux_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str = "<state dict>",
-                diffusers: bool = False) -> FluxConfig:
-    """Flux.1 under prefix `p`, in Black Forest Labs' layout or (`diffusers`) FluxTransformer2DModel's."""
+                diffusers: bool = False, chroma: bool = False) -> FluxConfig:
+    """Flux.1 under prefix `p`, in Black Forest Labs' layout or (`diffusers`) FluxTransformer2DModel's;
+    `chroma`: Chroma's (a ChromaConfig), in its released layout or ChromaTransformer2DModel's."""
     k = {name: p + keys[diffusers] for name, keys in _FLUX_KEYS.items()}
     try:
         width, in_ch = shapes[k["in"]]
@@ -97,14 +101,18 @@ def flux_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str =
         axes = tuple(int(v) for v in metadata.get(META_AXES, "16,56,56").split(","))
         if sum(axes) != head_dim:
             raise CheckpointError(path, f"Flux RoPE axes {axes} do not add up to the head width {head_dim}")
-        return FluxConfig(
-            in_channels=in_ch, out_channels=shapes[k["out"]][0], vec_in_dim=shapes[k["vec"]][1],
-            context_in_dim=shapes[k["txt"]][1], hidden_size=width, mlp_ratio=shapes[k["mlp"]][0] / width,
-            num_heads=width // head_dim, depth=count(shapes, k["double"]),
-            depth_single_blocks=count(shapes, k["single"]), axes_dim=axes, qkv_bias=k["bias"] in shapes,
-            guidance_embed=k["guidance"] in shapes)
+        common = dict(in_channels=in_ch, out_channels=shapes[k["out"]][0], context_in_dim=shapes[k["txt"]][1],
+                      hidden_size=width, mlp_ratio=shapes[k["mlp"]][0] / width, num_heads=width // head_dim,
+                      depth=count(shapes, k["double"]), depth_single_blocks=count(shapes, k["single"]),
+                      axes_dim=axes, qkv_bias=k["bias"] in shapes)
+        if chroma:
+            hidden, in_dim = shapes[k["approx"]]
+            return ChromaConfig(**common, approximator_in_dim=in_dim, approximator_hidden=hidden,
+                                approximator_layers=count(shapes, k["approx_layers"]))
+        return FluxConfig(**common, vec_in_dim=shapes[k["vec"]][1], guidance_embed=k["guidance"] in shapes)
     except KeyError as e:
-        raise CheckpointError(path, f"an incomplete {'diffusers Flux transformer' if diffusers else 'Flux model'}: "
+        what = "Chroma" if chroma else "Flux"
+        raise CheckpointError(path, f"an incomplete {f'diffusers {what} transformer' if diffusers else f'{what} model'}: "
                                     f"no {e.args[0]}") from None
 
 
@@ -142,3 +150,12 @@ def mmdit_config_diffusers(shapes: Shapes, p: str, metadata: Mapping[str, str],
 def flux_config_diffusers(shapes: Shapes, p: str, metadata: Mapping[str, str],
                           path: str = "<state dict>") -> FluxConfig:
     return flux_config(shapes, p, metadata, path, diffusers=True)
+
+
+def chroma_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str = "<state dict>") -> ChromaConfig:
+    return flux_config(shapes, p, metadata, path, chroma=True)
+
+
+def chroma_config_diffusers(shapes: Shapes, p: str, metadata: Mapping[str, str],
+                            path: str = "<state dict>") -> ChromaConfig:
+    return flux_config(shapes, p, metadata, path, diffusers=True, chroma=True)

@@ -1,7 +1,7 @@
-"""diffusers folders of the DiT families (StableDiffusion3Pipeline, FluxPipeline) as ONE state dict
+"""diffusers folders of the DiT families (StableDiffusion3Pipeline, FluxPipeline, ChromaPipeline) as ONE state dict
 in the single files' layout (detect_dit.py's prefixes), plus the metadata no shape shows.
 
-transformer/ is renamed by keymap_mmdit / keymap_flux, vae/ by keymap_vae, the CLIP encoders keep
+transformer/ is renamed by keymap_mmdit / keymap_flux (Flux's and Chroma's), vae/ by keymap_vae, the CLIP encoders keep
 transformers' naming (ours), T5 keeps it too. Sharded weights (`*.safetensors.index.json`, as the
 released SD3.5 Large and T5-XXL folders have) are read shard by shard.
 """
@@ -28,6 +28,8 @@ from .keymap_vae import vae_from_diffusers
 SD3_PARTS = {"transformer": "sd3", "vae": "vae", "text_encoder": "clip_l", "text_encoder_2": "clip_g",
              "text_encoder_3": "t5"}
 FLUX_PARTS = {"transformer": "flux", "vae": "vae", "text_encoder": "clip_l", "text_encoder_2": "t5"}
+CHROMA_PARTS = {"transformer": "chroma", "vae": "vae", "text_encoder": "t5"}
+_NETWORKS = ("sd3", "flux", "chroma")
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -68,7 +70,7 @@ def read_dit_folder(path: Path, parts: dict[str, str]) -> tuple[dict[str, torch.
     for name, kind in parts.items():
         folder = path / name
         if not folder.is_dir():
-            if kind in ("sd3", "flux", "vae"):
+            if kind in (*_NETWORKS, "vae"):
                 raise CheckpointError(path, f"diffusers folder has no {name}/")
             continue  # a text encoder left out (SD3 allows any subset)
         j = _config(folder)
@@ -86,13 +88,14 @@ def read_dit_folder(path: Path, parts: dict[str, str]) -> tuple[dict[str, torch.
 def _component(folder: Path, kind: str, j: dict, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
     sd = weights(folder)
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
-    if kind in ("sd3", "flux"):
+    if kind in _NETWORKS:
         metadata[DD.META_HEAD_DIM] = str(j.get("attention_head_dim", 64 if kind == "sd3" else 128))
         if kind == "sd3":
             cfg = DD.mmdit_config_diffusers(shapes, "", metadata, str(folder))
             return {DD.NET + k: v for k, v in mmdit_from_diffusers(sd, cfg, lazy=True).items()}
         metadata[DD.META_AXES] = ",".join(str(a) for a in j.get("axes_dims_rope", (16, 56, 56)))
-        cfg = DD.flux_config_diffusers(shapes, "", metadata, str(folder))
+        cfg = (DD.chroma_config_diffusers if kind == "chroma" else DD.flux_config_diffusers)(shapes, "", metadata,
+                                                                                            str(folder))
         return {DD.NET + k: v for k, v in flux_from_diffusers(sd, cfg, lazy=True).items()}
     if kind == "vae":
         vae = vae_config(j)

@@ -1,5 +1,6 @@
-"""diffusers FluxTransformer2DModel keys <-> Black Forest Labs' original Flux keys (our attribute
-names), as one table generated from the FluxConfig."""
+"""diffusers FluxTransformer2DModel / ChromaTransformer2DModel keys <-> Black Forest Labs' original
+Flux keys and Chroma's (our attribute names), as one table generated from the FluxConfig or
+ChromaConfig (cfg.modulated False: no per-block modulation, the approximator instead)."""
 from __future__ import annotations
 
 from torch import Tensor
@@ -18,24 +19,37 @@ def _qk_norm(ours: str, theirs: str, added: bool = False) -> list[Row]:
             Row(f"{ours}.key_norm.scale", (f"{theirs}.{k}.weight",))]
 
 
+def _approximator(cfg) -> list[Row]:
+    """Chroma's distilled_guidance_layer: the same names in both layouts but for its MLPs and norms."""
+    p = "distilled_guidance_layer"
+    rows = linear(f"{p}.in_proj", f"{p}.in_proj") + linear(f"{p}.out_proj", f"{p}.out_proj")
+    for i in range(cfg.approximator_layers):
+        rows += _embedder(f"{p}.layers.{i}", f"{p}.layers.{i}")
+        rows.append(Row(f"{p}.norms.{i}.scale", (f"{p}.norms.{i}.weight",)))
+    return rows
+
+
 def flux_rows(cfg: FluxConfig) -> list[Row]:
     dim = cfg.hidden_size
     qkv = (dim, dim, dim)
-    rows = [
-        *linear("img_in", "x_embedder"),
-        *linear("txt_in", "context_embedder"),
-        *_embedder("time_in", "time_text_embed.timestep_embedder"),
-        *_embedder("vector_in", "time_text_embed.text_embedder"),
-        *linear("final_layer.linear", "proj_out"),
-        # diffusers' AdaLayerNormContinuous orders it (scale, shift)
-        *linear("final_layer.adaLN_modulation.1", "norm_out.linear", swap_halves=True),
-    ]
+    rows = [*linear("img_in", "x_embedder"), *linear("txt_in", "context_embedder"),
+            *linear("final_layer.linear", "proj_out")]
+    if cfg.modulated:
+        rows += [
+            *_embedder("time_in", "time_text_embed.timestep_embedder"),
+            *_embedder("vector_in", "time_text_embed.text_embedder"),
+            # diffusers' AdaLayerNormContinuous orders it (scale, shift)
+            *linear("final_layer.adaLN_modulation.1", "norm_out.linear", swap_halves=True),
+        ]
+    else:
+        rows += _approximator(cfg)
     if cfg.guidance_embed:
         rows += _embedder("guidance_in", "time_text_embed.guidance_embedder")
     for i in range(cfg.depth):
         ours, theirs = f"double_blocks.{i}", f"transformer_blocks.{i}"
-        rows += linear(f"{ours}.img_mod.lin", f"{theirs}.norm1.linear")
-        rows += linear(f"{ours}.txt_mod.lin", f"{theirs}.norm1_context.linear")
+        if cfg.modulated:
+            rows += linear(f"{ours}.img_mod.lin", f"{theirs}.norm1.linear")
+            rows += linear(f"{ours}.txt_mod.lin", f"{theirs}.norm1_context.linear")
         rows += linear(f"{ours}.img_attn.qkv", tuple(f"{theirs}.attn.{n}" for n in ("to_q", "to_k", "to_v")), qkv,
                        bias=cfg.qkv_bias)
         rows += linear(f"{ours}.txt_attn.qkv", tuple(f"{theirs}.attn.add_{n}_proj" for n in "qkv"), qkv,
@@ -49,7 +63,8 @@ def flux_rows(cfg: FluxConfig) -> list[Row]:
             rows += linear(f"{ours}.{stream}_mlp.2", f"{theirs}.{ff}.net.2")
     for i in range(cfg.depth_single_blocks):
         ours, theirs = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
-        rows += linear(f"{ours}.modulation.lin", f"{theirs}.norm.linear")
+        if cfg.modulated:
+            rows += linear(f"{ours}.modulation.lin", f"{theirs}.norm.linear")
         rows += linear(f"{ours}.linear1", tuple(f"{theirs}.{n}" for n in ("attn.to_q", "attn.to_k", "attn.to_v",
                                                                             "proj_mlp")), qkv + (cfg.mlp_hidden,))
         rows += _qk_norm(f"{ours}.norm", f"{theirs}.attn")

@@ -1,7 +1,8 @@
 """Find the T5 vocabulary (SentencePiece `spiece.model`) that goes with a model's files.
 
 No T5 vocabulary ships with opensd, and T5 weight files do not carry one, so it is looked for where
-model folders keep it: a diffusers folder's tokenizer_3/ (SD3) or tokenizer_2/ (Flux); beside a
+model folders keep it: a diffusers folder's tokenizer_3/ (SD3), tokenizer_2/ (Flux) or tokenizer/
+(Chroma); beside a
 model or T5 file, as `spiece.model`, `<file name>.spiece.model` or in a `t5_tokenizer/` folder;
 and in the models folder's text_encoders/ or clip/ folder (the layout ComfyUI and Forge use).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 NAME = "spiece.model"
-_SUBFOLDERS = ("tokenizer_3", "tokenizer_2", "t5_tokenizer")
+_SUBFOLDERS = ("tokenizer_3", "tokenizer_2", "t5_tokenizer", "tokenizer")
 _MODEL_FOLDERS = ("text_encoders", "clip", "text_encoder")
 
 

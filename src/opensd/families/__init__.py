@@ -10,11 +10,12 @@ from pathlib import Path
 from ..checkpoints import detect as D
 from ..errors import CheckpointError
 from .base import Family, Shapes
+from .chroma import CHROMA_FAMILY
 from .flux import FLUX
 from .sd3 import SD3
 from .unet import UNET
 
-FAMILIES: tuple[Family, ...] = (SD3, FLUX, UNET)
+FAMILIES: tuple[Family, ...] = (SD3, CHROMA_FAMILY, FLUX, UNET)  # Chroma's keys include Flux's
 
 
 def family_of(cfg) -> Family:

@@ -105,8 +105,8 @@ class DiTFamily(Family):
                 raise CheckpointError(path, "not a CLIP or T5 text encoder: " + what_else(
                     {k: tuple(v.shape) for k, v in sd.items()}, D.UNET))
         if len(clips) > len(self.clip_names):
-            raise CheckpointError(clips[-1][1], f"{len(clips)} CLIP text encoders given; a {self.label} model "
-                                                f"takes {len(self.clip_names)}")
+            takes = f"takes {len(self.clip_names)}" if self.clip_names else "takes none (T5-XXL alone)"
+            raise CheckpointError(clips[-1][1], f"{len(clips)} CLIP text encoders given; a {self.label} model {takes}")
         clips.sort(key=lambda c: c[0])
         names = list(self.clip_names)
         if len(clips) == 1 and len(names) == 2:

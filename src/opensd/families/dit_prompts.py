@@ -1,4 +1,4 @@
-"""Prompts -> context and pooled vector for the T5-conditioned DiTs (SD3/SD3.5, Flux).
+"""Prompts -> context and pooled vector for the T5-conditioned DiTs (SD3/SD3.5, Flux, Chroma).
 
 The A1111 prompt syntax works as for the UNets (PromptConditioner.schedule: AND, prompt editing,
 alternation, emphasis), with these encoders:
@@ -12,6 +12,9 @@ alternation, emphasis), with these encoders:
   SD3's context and are Flux's whole context.
 * Emphasis weights both encoders' hidden states with A1111's "Original" rule (weight, then keep the
   mean); T5 tokenizes each weighted fragment on its own so every piece has one weight.
+* Chroma masks T5's padding but for its first token (`t5_padding_kept`): T5 attends to the prompt's
+  tokens and end of text only, and the context rows past the kept padding are zeros (the network
+  masks all-zero rows). It has no CLIP: its pooled vector is empty.
 * A missing encoder (SD3 allows any subset) contributes zeros of its shape: a T5-less SD3 run has
   `t5_length` zero tokens after CLIP's, as diffusers does.
 
@@ -37,9 +40,10 @@ class DiTConditioner(PromptConditioner):
     hidden states start the context (SD3) or only their pooled vector is used (Flux)."""
 
     def __init__(self, pipe, clip_names: tuple[str, ...], clip_context: bool, clip_skip: int | None = None,
-                 **text):
+                 t5_padding_kept: int | None = None, **text):
         super().__init__(pipe.model, pipe.tokenizer, pipe.device, None, clip_skip, **text)
         self.pipe = pipe
+        self.t5_padding_kept = t5_padding_kept
         self.clip_names, self.clip_context = clip_names, clip_context
         self.t5_tokenizer = pipe.loaded.tokenizers.get("t5")
 
@@ -61,7 +65,7 @@ class DiTConditioner(PromptConditioner):
             clip = torch.cat(hidden, dim=-1)
             clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
             context = torch.cat([clip, t5], dim=1)
-        y = torch.cat(pooled, dim=-1)
+        y = _pooled(pooled, len(distinct), self.device)
         index = {t: k for k, t in enumerate(distinct)}
         return [Conditioning(context[index[t]:index[t] + 1], y[index[t]:index[t] + 1]) for t in texts]
 
@@ -87,7 +91,7 @@ class DiTConditioner(PromptConditioner):
             clip = torch.cat(hidden, dim=-1)
             clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
             context = torch.cat([clip, t5], dim=1)
-        return Conditioning(context, torch.cat(pooled, dim=-1))
+        return Conditioning(context, _pooled(pooled, 1, self.device))
 
     def _t5_width(self) -> int:
         """T5's width, or the network's context width where there is no T5 (SD3: zeros in its place)."""
@@ -137,7 +141,14 @@ class DiTConditioner(PromptConditioner):
         if encoder is None or self.t5_tokenizer is None:
             return torch.zeros(len(texts), length, self._t5_width(), device=self.device)
         ids, mults = zip(*(self._t5_tokens(t, length) for t in texts))
-        z = encoder(torch.tensor(ids, dtype=torch.long, device=self.device)).float()
+        ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        if self.t5_padding_kept is None:
+            z = encoder(ids).float()
+        else:  # T5 sees up to the end of text; the network that much and the kept padding
+            ends = (ids == EOS_ID).int().argmax(dim=1, keepdim=True)
+            positions = torch.arange(length, device=self.device)[None]
+            z = encoder(ids, (positions <= ends).long()).float()
+            z = z * (positions <= ends + self.t5_padding_kept)[..., None]
         if self.emphasis in ("original", "no_norm") and any(w != 1.0 for m in mults for w in m):
             z = emphasize(z, torch.tensor(mults, dtype=torch.float32, device=z.device), counts,
                           self.emphasis == "original")
@@ -158,3 +169,8 @@ class DiTConditioner(PromptConditioner):
         pieces, weights = pieces[:length - 1], weights[:length - 1]  # as T5Tokenizer cuts a plain prompt
         ids = pieces + [EOS_ID] + [PAD_ID] * (length - 1 - len(pieces))
         return ids, weights + [1.0] * (length - len(weights))
+
+
+def _pooled(parts: list[torch.Tensor], n: int, device) -> torch.Tensor:
+    """The CLIP encoders' pooled vectors side by side; (n, 0) for a family without CLIP (Chroma)."""
+    return torch.cat(parts, dim=-1) if parts else torch.zeros(n, 0, device=device)

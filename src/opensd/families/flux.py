@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import FLUX_PARTS
-from ..checkpoints.families import unsupported_family
+from ..checkpoints.families import known_family, unsupported_family
 from ..checkpoints.keymap_flux import flux_from_diffusers, flux_rows
 from ..errors import CheckpointError
 from ..models.config_dit import FLUX_DEV, FLUX_VAE, FluxModelConfig
@@ -28,6 +28,15 @@ COMFY_SHIFT = 1.15  # ComfyUI's Flux dev default: the largest shift, whatever th
 # Flux-like models trained without it); None stays "the family's default".
 GUIDANCE_OFF = float("-inf")
 FILL_INPUTS = 6  # Fill's input features per output feature: the latent, the masked image's, 4 for the mask
+
+
+def size_shifted(pipe, width, height, shift=None) -> FlowSampling:
+    """Flux dev's (and Chroma's) schedule: mu from the image size (BFL, diffusers), ComfyUI's 1.15
+    without one; `shift`: mu itself."""
+    if shift is None:
+        side = pipe.config.size_multiple  # pixels per token
+        shift = COMFY_SHIFT if width is None or height is None else flux_mu((width // side) * (height // side))
+    return FlowSampling.flux(shift)
 
 
 def kontext_size(width: int, height: int) -> tuple[int, int]:
@@ -58,7 +67,7 @@ class FluxFamily(DiTFamily):
     network_config_diffusers = staticmethod(DD.flux_config_diffusers)
 
     def detect(self, shapes, metadata, path, prediction=None):
-        if unsupported_family(shapes):  # Flux.2, Chroma: Flux-like keys, other models
+        if unsupported_family(shapes) or known_family(shapes) == "Chroma":  # Flux-like keys, other models
             return None
         cfg = super().detect(shapes, metadata, path, prediction)
         if cfg is not None and cfg.flux.in_channels not in (cfg.flux.out_channels, FILL_INPUTS * cfg.flux.out_channels):
@@ -109,13 +118,9 @@ class FluxFamily(DiTFamily):
     def sampling(self, pipe, width, height, shift=None) -> FlowSampling:
         """dev: mu from the image size (BFL, diffusers), ComfyUI's 1.15 without one; schnell: no
         shift. `shift` gives mu itself (ModelSamplingFlux's shift, Forge's Flux shift)."""
-        if shift is None:
-            if not pipe.config.flux.guidance_embed:
-                shift = 0.0
-            else:
-                side = pipe.config.size_multiple  # pixels per token
-                shift = COMFY_SHIFT if width is None or height is None else flux_mu((width // side) * (height // side))
-        return FlowSampling.flux(shift)
+        if shift is None and not pipe.config.flux.guidance_embed:
+            shift = 0.0
+        return size_shifted(pipe, width, height, shift)
 
     def pooled_width(self, cfg: FluxModelConfig) -> int:
         return cfg.flux.vec_in_dim

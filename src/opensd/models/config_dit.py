@@ -1,4 +1,4 @@
-"""Frozen architecture configs of the transformer families: SD3/SD3.5 (MMDiT), Flux.1, and the T5
+"""Frozen architecture configs of the transformer families: SD3/SD3.5 (MMDiT), Flux.1, Chroma, and the T5
 text encoder they share. Pure data: no file I/O, no torch.
 
 Field names follow the original code's constructor arguments (SD3's MMDiT, BFL's FluxParams,
@@ -68,6 +68,10 @@ class FluxConfig:
     qkv_bias: bool = True
     guidance_embed: bool = True  # dev: distilled guidance is an input; schnell: no such input
 
+    # Whether each block computes its own adaLN modulation from the conditioning vector (Flux);
+    # Chroma's get theirs from one approximator.
+    modulated = True
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
@@ -79,6 +83,27 @@ class FluxConfig:
     @property
     def latent_channels(self) -> int:
         return self.out_channels // 4
+
+
+@dataclass(frozen=True)
+class ChromaConfig(FluxConfig):
+    """Chroma (lodestones' Flux.1-schnell derivative): Flux's blocks without their modulation
+    linears, time, guidance and pooled-text embedders. One approximator MLP (`distilled_guidance_layer`)
+    makes every modulation vector from the timestep, a guidance input (always 0) and the vector's
+    own index, each sinusoidally embedded (in_dim / 4, in_dim / 4 and in_dim / 2 wide)."""
+    vec_in_dim: int = 0
+    guidance_embed: bool = False
+    approximator_in_dim: int = 64
+    approximator_hidden: int = 5120
+    approximator_layers: int = 5
+
+    modulated = False
+
+    @property
+    def mod_vectors(self) -> int:
+        """The approximator's output vectors: per single block 3, per double block 6 for the image
+        and 6 for the text, 2 for the final layer (344 for the released 19 + 38 blocks)."""
+        return 3 * self.depth_single_blocks + 12 * self.depth + 2
 
 
 class _DiTModel:
@@ -149,6 +174,19 @@ class FluxModelConfig(_DiTModel):
         return () if self.clip_l is None else (self.clip_l,)
 
 
+@dataclass(frozen=True)
+class ChromaModelConfig(_DiTModel):
+    """A whole Chroma model: its DiT, Flux's VAE and T5-XXL (no CLIP). Prompts run with real CFG
+    against a negative prompt; T5's padding is masked but for one token."""
+    chroma: ChromaConfig
+    vae: VAEConfig
+    t5: T5Config | None = None
+    resolution: int = 1024
+    t5_length: int = 512
+    family: str = "chroma"
+    text_encoders = ()
+
+
 # --- The released models ------------------------------------------------------------------
 
 T5_XXL = T5Config()
@@ -160,6 +198,7 @@ SD35_MEDIUM = MMDiTConfig(depth=24, num_heads=24, qk_norm=True, pos_embed_max_si
 
 FLUX_DEV = FluxConfig()
 FLUX_SCHNELL = FluxConfig(guidance_embed=False)
+CHROMA = ChromaConfig()  # Chroma1-HD, chroma-unlocked-v*: 19 double, 38 single blocks, 3072 wide
 
 # 16-channel VAEs: no quant convs, and latents are shifted as well as scaled:
 # model latent = (vae latent - shift_factor) * scaling_factor.

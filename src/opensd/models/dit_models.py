@@ -1,4 +1,4 @@
-"""The whole SD3 and Flux models as modules whose state-dict keys are the single files' keys.
+"""The whole SD3, Flux and Chroma models as modules whose state-dict keys are the single files' keys.
 
 SD3's files (and ComfyUI's whole-model files of both families) store the network under
 `model.diffusion_model.`, the VAE under `first_stage_model.` and the text encoders under
@@ -10,7 +10,8 @@ from __future__ import annotations
 from torch import nn
 
 from .clip import HFEmbedder
-from .config_dit import FluxModelConfig, SD3ModelConfig, T5Config
+from .chroma import Chroma
+from .config_dit import ChromaModelConfig, FluxModelConfig, SD3ModelConfig, T5Config
 from .flux import Flux
 from .mmdit import MMDiT
 from .stable_diffusion import DiffusionWrapper
@@ -26,8 +27,8 @@ class T5Embedder(nn.Module):
         self.cfg = cfg
         self.transformer = T5EncoderModel(cfg)
 
-    def forward(self, input_ids):
-        return self.transformer(input_ids)
+    def forward(self, input_ids, attention_mask=None):
+        return self.transformer(input_ids, attention_mask)
 
 
 class _DiTModel(nn.Module):
@@ -62,3 +63,8 @@ class FluxModel(_DiTModel):
     def __init__(self, cfg: FluxModelConfig):
         super().__init__(cfg, Flux(cfg.flux), {
             "clip_l": cfg.clip_l and HFEmbedder(cfg.clip_l), "t5xxl": cfg.t5 and T5Embedder(cfg.t5)})
+
+
+class ChromaModel(_DiTModel):
+    def __init__(self, cfg: ChromaModelConfig):
+        super().__init__(cfg, Chroma(cfg.chroma), {"t5xxl": cfg.t5 and T5Embedder(cfg.t5)})

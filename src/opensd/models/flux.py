@@ -66,11 +66,12 @@ def split_heads(qkv: torch.Tensor, norm: QKNorm, heads: int):
     return norm.query_norm(q), norm.key_norm(k), v
 
 
-def rope_attention(q, k, v, pe: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """(B, L, H, D) q, k, v with RoPE on q and k -> (B, L, H * D)."""
+def rope_attention(q, k, v, pe: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, L, H, D) q, k, v with RoPE on q and k -> (B, L, H * D). `mask`: (B, 1, 1, L) bool, the
+    keys every query may attend to (Chroma's masked T5 padding)."""
     heads = q.shape[2]
     q, k = apply_rope(q, *pe).flatten(2), apply_rope(k, *pe).flatten(2)
-    return attention(q, k, v.flatten(2), heads)
+    return attention(q, k, v.flatten(2), heads, mask=mask)
 
 
 class SelfAttention(nn.Module):
@@ -88,21 +89,24 @@ def _mlp(cfg: FluxConfig) -> nn.Sequential:
 
 
 class DoubleStreamBlock(nn.Module):
+    """`vec`: the conditioning vector its own modulation linears read, or (Chroma, whose blocks have
+    none: cfg.modulated False) the image's and the text's six modulation vectors, given."""
+
     def __init__(self, cfg: FluxConfig):
         super().__init__()
         for stream in ("img", "txt"):
-            setattr(self, f"{stream}_mod", Modulation(cfg.hidden_size, double=True))
+            setattr(self, f"{stream}_mod", Modulation(cfg.hidden_size, double=True) if cfg.modulated else None)
             setattr(self, f"{stream}_attn", SelfAttention(cfg))
             setattr(self, f"{stream}_mlp", _mlp(cfg))
 
-    def forward(self, img: torch.Tensor, txt: torch.Tensor, vec: torch.Tensor, pe) -> tuple[torch.Tensor, ...]:
-        img_mod, txt_mod = self.img_mod(vec), self.txt_mod(vec)
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, vec, pe, mask=None) -> tuple[torch.Tensor, ...]:
+        img_mod, txt_mod = (self.img_mod(vec), self.txt_mod(vec)) if self.img_mod is not None else vec
         img_q, img_k, img_v = split_heads(self.img_attn.qkv(modulate(layer_norm(img), *img_mod[:2])),
                                           self.img_attn.norm, self.img_attn.heads)
         txt_q, txt_k, txt_v = split_heads(self.txt_attn.qkv(modulate(layer_norm(txt), *txt_mod[:2])),
                                           self.txt_attn.norm, self.txt_attn.heads)
         out = rope_attention(torch.cat((txt_q, img_q), 1), torch.cat((txt_k, img_k), 1),
-                             torch.cat((txt_v, img_v), 1), pe)
+                             torch.cat((txt_v, img_v), 1), pe, mask)
         n_txt = txt.shape[1]
         img = self._residual(img, out[:, n_txt:], img_mod, self.img_attn, self.img_mlp)
         txt = self._residual(txt, out[:, :n_txt], txt_mod, self.txt_attn, self.txt_mlp)
@@ -125,12 +129,13 @@ class SingleStreamBlock(nn.Module):
         self.linear1 = nn.Linear(cfg.hidden_size, sum(self.split))
         self.linear2 = nn.Linear(cfg.hidden_size + cfg.mlp_hidden, cfg.hidden_size)
         self.norm = QKNorm(cfg.head_dim)
-        self.modulation = Modulation(cfg.hidden_size, double=False)
+        self.modulation = Modulation(cfg.hidden_size, double=False) if cfg.modulated else None
 
-    def forward(self, x: torch.Tensor, vec: torch.Tensor, pe) -> torch.Tensor:
-        shift, scale, gate = self.modulation(vec)
+    def forward(self, x: torch.Tensor, vec, pe, mask=None) -> torch.Tensor:
+        """`vec`: as DoubleStreamBlock's (Chroma: its three modulation vectors)."""
+        shift, scale, gate = self.modulation(vec) if self.modulation is not None else vec
         qkv, mlp = self.linear1(modulate(layer_norm(x), shift, scale)).split(self.split, dim=-1)
-        out = rope_attention(*split_heads(qkv, self.norm, self.heads), pe)
+        out = rope_attention(*split_heads(qkv, self.norm, self.heads), pe, mask)
         return x + gate[:, None] * self.linear2(torch.cat((out, F.gelu(mlp, approximate="tanh")), dim=-1))
 
 
@@ -165,12 +170,14 @@ def reference_tokens(refs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
 
 
 def add_inputs_and_blocks(net: nn.Module, cfg: FluxConfig) -> None:
-    """The input embedders and the blocks of a Flux network or ControlNet, as attributes of `net`."""
+    """The input embedders and the blocks of a Flux network or ControlNet, as attributes of `net`
+    (Chroma's: no time, vector or guidance embedders; its approximator is its own)."""
     dim = cfg.hidden_size
     net.img_in = nn.Linear(cfg.in_channels, dim)
-    net.time_in = MLPEmbedder(FREQ_DIM, dim)
-    net.vector_in = MLPEmbedder(cfg.vec_in_dim, dim)
-    net.guidance_in = MLPEmbedder(FREQ_DIM, dim) if cfg.guidance_embed else None
+    if cfg.modulated:
+        net.time_in = MLPEmbedder(FREQ_DIM, dim)
+        net.vector_in = MLPEmbedder(cfg.vec_in_dim, dim)
+        net.guidance_in = MLPEmbedder(FREQ_DIM, dim) if cfg.guidance_embed else None
     net.txt_in = nn.Linear(cfg.context_in_dim, dim)
     net.double_blocks = nn.ModuleList(DoubleStreamBlock(cfg) for _ in range(cfg.depth))
     net.single_blocks = nn.ModuleList(SingleStreamBlock(cfg) for _ in range(cfg.depth_single_blocks))
@@ -202,42 +209,52 @@ class Flux(nn.Module):
         self.cfg = cfg
         dim = cfg.hidden_size
         add_inputs_and_blocks(self, cfg)
-        self.final_layer = FinalLayer(dim, cfg.out_channels)
+        self.final_layer = FinalLayer(dim, cfg.out_channels, adaptive=cfg.modulated)
 
     def forward_tokens(self, img: torch.Tensor, img_ids: torch.Tensor, txt: torch.Tensor, txt_ids: torch.Tensor,
                        timesteps: torch.Tensor, y: torch.Tensor, guidance: torch.Tensor | None = None,
-                       control: list[tuple[list, list]] | None = None) -> torch.Tensor:
+                       control: list[tuple[list, list]] | None = None,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
         """BFL's own signature: packed image tokens (B, N, in_channels) with ids (N, 3), text tokens
         (B, L, context_in_dim) with ids (L, 3), t (B,) in [0, 1], pooled text (B, vec_in_dim),
         distilled guidance scale (B,) for dev. `control`: Flux ControlNets' residuals, per ControlNet
         one list for the double blocks and one for the single blocks (flux_controlnet.py), each
-        (B, N', hidden) added to the image tokens (the first N' of them) after its blocks. Returns (B, N, out_channels)."""
+        (B, N', hidden) added to the image tokens (the first N' of them) after its blocks. `mask`:
+        (B, L) bool, the text tokens attended to (None: all). Returns (B, N, out_channels)."""
         img = self.img_in(img)
         vec = conditioning_vector(self, timesteps, y, guidance, img.dtype)
+        return self.run_blocks(img, img_ids, txt, txt_ids, lambda kind, i: vec, control, mask)
+
+    def run_blocks(self, img: torch.Tensor, img_ids: torch.Tensor, txt: torch.Tensor, txt_ids: torch.Tensor,
+                   mods, control, mask: torch.Tensor | None) -> torch.Tensor:
+        """The blocks and the final layer over embedded image tokens and raw text tokens; `mods(kind,
+        i)` is what block i of kind "double", "single" or "final" is modulated by."""
         txt = self.txt_in(txt)
         pe = rope_angles(torch.cat((txt_ids, img_ids)), self.cfg.axes_dim, self.cfg.theta)
+        if mask is not None:  # keys only: every query attends to the kept text and all image tokens
+            mask = F.pad(mask.bool(), (0, img.shape[1]), value=True)[:, None, None]
         controls = control or ()
         for i, block in enumerate(self.double_blocks):
-            img, txt = block(img, txt, vec, pe)
+            img, txt = block(img, txt, mods("double", i), pe, mask)
             for double, _ in controls:
                 if double:
                     img = img + _residual_for(double, i, len(self.double_blocks), img)
         x = torch.cat((txt, img), dim=1)
         n_txt = txt.shape[1]
         for i, block in enumerate(self.single_blocks):
-            x = block(x, vec, pe)
+            x = block(x, mods("single", i), pe, mask)
             for _, single in controls:
                 if single:  # the image tokens only
                     img = x[:, n_txt:]
                     x = torch.cat((x[:, :n_txt], img + _residual_for(single, i, len(self.single_blocks), img)), 1)
-        return self.final_layer(x[:, n_txt:], vec)
+        return self.final_layer(x[:, n_txt:], mods("final", 0))
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor,
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None,
                 guidance: torch.Tensor | None = None, ref_latents: list[torch.Tensor] | None = None,
-                control: list[tuple[list, list]] | None = None) -> torch.Tensor:
+                control: list[tuple[list, list]] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (B, C, H, W) with even H and W -> the flow velocity, same shape. `ref_latents`:
         Kontext's reference latents (each (B, C, H', W'), any size), seen but not predicted;
-        `control`: ControlNet residuals (forward_tokens)."""
+        `control`, `mask`: as forward_tokens'."""
         b, c, height, width = x.shape
         if height % 2 or width % 2:
             raise InvalidArgument(f"size: latent sides must be even, got {height}x{width}")
@@ -247,5 +264,5 @@ class Flux(nn.Module):
             ref, ref_ids = reference_tokens(ref_latents)
             img, ids = torch.cat((img, ref.to(img)), dim=1), torch.cat((ids, ref_ids))
         txt_ids = torch.zeros(context.shape[1], 3, device=x.device)
-        out = self.forward_tokens(img, ids, context, txt_ids, timesteps, y, guidance, control)[:, :h * w]
+        out = self.forward_tokens(img, ids, context, txt_ids, timesteps, y, guidance, control, mask)[:, :h * w]
         return out.view(b, h, w, -1, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, -1, height, width)

@@ -36,13 +36,14 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class FinalLayer(nn.Module):
-    """The DiTs' output layer (SD3 and Flux name it alike): adaLN (shift, scale), then a linear."""
+    """The DiTs' output layer (SD3 and Flux name it alike): adaLN (shift, scale), then a linear.
+    Not `adaptive` (Chroma): `c` is the (shift, scale) pair itself."""
 
-    def __init__(self, dim: int, out_dim: int):
+    def __init__(self, dim: int, out_dim: int, adaptive: bool = True):
         super().__init__()
         self.linear = nn.Linear(dim, out_dim)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim)) if adaptive else None
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+    def forward(self, x: torch.Tensor, c) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1) if self.adaLN_modulation is not None else c
         return self.linear(modulate(layer_norm(x), shift, scale))

@@ -29,6 +29,7 @@ from .. import families
 from ..checkpoints.detect_dit import NET, TEXT
 from ..errors import CheckpointError
 from ..families import family_of
+from ..families.chroma import CHROMA_FAMILY
 from ..families.flux import FLUX
 from ..families.sd3 import SD3
 from ..families.unet import UNET, guess_sd2_prediction
@@ -164,10 +165,11 @@ def _encoder_config(sd: dict[str, torch.Tensor], naming: str, openclip: bool) ->
 def load_text_encoders(paths: list, device: str | None = None, precision: str = "fp32",
                        family: str | None = None) -> Pipeline:
     """One file (SD1, SD2 or the SDXL refiner's encoder) or two (SDXL's CLIP-L and ViT-bigG); with
-    `family` "sd3" or "flux", that family's CLIP and T5 files (SD3: any of CLIP-L, CLIP-G, T5-XXL)."""
+    `family` "sd3", "flux" or "chroma", that family's CLIP and T5 files (SD3: any of CLIP-L, CLIP-G,
+    T5-XXL; Chroma: T5-XXL)."""
     paths = [Path(p) for p in paths]
-    if family in ("sd3", "flux"):
-        return _dit_encoders(paths, SD3 if family == "sd3" else FLUX, device, precision)
+    if family in _DIT_FAMILIES:
+        return _dit_encoders(paths, _DIT_FAMILIES[family], device, precision)
     read = [(_read_encoder(p), p) for p in paths]
     widths = [sd[k].shape[1] for (sd, _), _ in read for k in sd if k.endswith("token_embedding.weight")]
     if len(widths) != len(read):
@@ -211,8 +213,11 @@ def load_text_encoders(paths: list, device: str | None = None, precision: str = 
     return _pipeline(paths[0], cfg, part, prefixes, *_where(device, precision, cfg))
 
 
+_DIT_FAMILIES = {"sd3": SD3, "flux": FLUX, "chroma": CHROMA_FAMILY}
+
+
 def _dit_encoders(paths: list[Path], family, device, precision) -> Pipeline:
-    """SD3's or Flux's text encoders from their own files, in a model whose network and VAE stay on
+    """SD3's, Flux's or Chroma's text encoders from their own files, in a model whose network and VAE stay on
     the meta device at the released sizes."""
     part = family.encoder_tensors(paths)
     shapes = {k: tuple(v.shape) for k, v in part.items()}

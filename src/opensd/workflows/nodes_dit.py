@@ -95,8 +95,9 @@ register(NodeDef(
     description="This node completely disables the guidance embed on Flux and Flux like models"))
 
 
-def _flow_model(model, family: str):
-    if model.pipe.config.family != family:
+def _flow_model(model, family: str, *others: str):
+    """`model`, when its family is `family` or one of `others` (which take the same schedule)."""
+    if model.pipe.config.family not in (family, *others):
         raise ValueError(f"model: this patch is for {family.upper()} models, not {model.pipe.family.label}")
     return model
 
@@ -113,7 +114,7 @@ register(NodeDef(
 
 def model_sampling_flux(call, model, max_shift, base_shift, width, height):
     mu = flux_mu(width * height / (16 * 16), base_shift, max_shift)
-    return (replace(_flow_model(model, "flux"), sampling=FlowSampling.flux(mu)),)
+    return (replace(_flow_model(model, "flux", "chroma"), sampling=FlowSampling.flux(mu)),)
 
 
 _SHIFT = {"min": 0.0, "max": 100.0, "step": 0.01}

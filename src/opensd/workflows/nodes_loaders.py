@@ -104,7 +104,7 @@ register(NodeDef(
     display_name="Unet Loader (GGUF)", module="custom_nodes.ComfyUI-GGUF"))
 
 
-CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio"]
+CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "chroma"]
 DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux"]
 
 
@@ -113,12 +113,12 @@ def _clip(call, names: list[str], type: str, supported: tuple[str, ...]) -> Clip
         raise ValueError(f"type: {type!r} text encoders are for model families opensd does not run; "
                          f"use one of {', '.join(map(repr, supported))}")
     paths = [call.ctx.folders.resolve("clip", n) for n in names]
-    family = type if type in ("sd3", "flux") else None  # SD1/SD2/SDXL: told apart by the files
+    family = type if type in ("sd3", "flux", "chroma") else None  # SD1/SD2/SDXL: told apart by the files
     return ClipRef(parts.load_text_encoders(paths, **_where(call.ctx), family=family), "+".join(names))
 
 
 def clip_loader(call, clip_name, type="stable_diffusion"):
-    return (_clip(call, [clip_name], type, ("stable_diffusion", "sd3")),)
+    return (_clip(call, [clip_name], type, ("stable_diffusion", "sd3", "chroma")),)
 
 
 def dual_clip_loader(call, clip_name1, clip_name2, type):
