@@ -215,3 +215,36 @@ def assert_same_pixels(got, want) -> None:
     assert got.shape == want.shape and want.std() > 1
     diff = np.abs(got - want)
     assert diff.max() <= 1 and (diff > 0).mean() < 0.005, f"max {diff.max()}, {(diff > 0).mean():.2%} of values differ"
+
+
+def spy_euler(monkeypatch) -> dict:
+    """Our Euler sampler, watched: the returned dict gets its "sigmas" and each step's latent ("steps")."""
+    from opensd.sampling import samplers as S
+    seen, euler = {}, S.SAMPLERS["euler"]
+
+    def spy(denoise, x, sigmas, callback=None, **kwargs):
+        seen["sigmas"] = sigmas.clone()
+
+        def step(i, xi, denoised):
+            seen.setdefault("steps", []).append(xi.clone())
+            callback(i, xi, denoised)
+        return euler(denoise, x, sigmas, step, **kwargs)
+
+    monkeypatch.setitem(S.SAMPLERS, "euler", spy)
+    return seen
+
+
+def packed_reference_run(ref, pipe, size: int, seed: int, **call) -> tuple:
+    """diffusers' Flux-style pipeline `ref` from our seed's noise (packed as it packs latents): its
+    image and each step's latent, unpacked."""
+    noise = pipe.noise([seed], size // 8, size // 8)
+    packed = type(ref)._pack_latents(noise, 1, 16, size // 8, size // 8)
+    steps = []
+
+    def on_step_end(p, i, t, kwargs):
+        steps.append(type(ref)._unpack_latents(kwargs["latents"].clone(), size, size, ref.vae_scale_factor))
+        return {}
+
+    with torch.no_grad():
+        out = ref(height=size, width=size, latents=packed, output_type="np", callback_on_step_end=on_step_end, **call)
+    return out.images[0], steps

@@ -11,14 +11,13 @@ import pytest
 import torch
 from diffusers import ChromaPipeline, FlowMatchEulerDiscreteScheduler
 
-from dit_fixtures import META_FLUX, assert_same_pixels, chroma_parts, hf_tokenizers, write_diffusers_folder, \
-    write_split_files
+from dit_fixtures import META_FLUX, assert_same_pixels, chroma_parts, hf_tokenizers, packed_reference_run, spy_euler, \
+    write_diffusers_folder, write_split_files
 from dit_fixtures import _clip
 from opensd.checkpoints.files import save_safetensors
 from opensd.errors import CheckpointError
 from opensd.families.chroma import text_mask
 from opensd.pipeline.pipeline import load
-from opensd.sampling import samplers as S
 from reference import assert_close_scaled
 
 PROMPT, NEGATIVE = "a photo of a cat sitting on a red chair", "blurry, lowres, bad anatomy"
@@ -61,35 +60,14 @@ def test_prompt_embeddings_equal_chroma_encode_prompt(chroma, text):
 
 
 def _run_ours(pipe, monkeypatch, prompt, negative):
-    seen = {}
-    euler = S.SAMPLERS["euler"]
-
-    def spy(denoise, x, sigmas, callback=None, **kwargs):
-        seen["sigmas"] = sigmas.clone()
-
-        def step(i, xi, denoised):
-            seen.setdefault("steps", []).append(xi.clone())
-            callback(i, xi, denoised)
-        return euler(denoise, x, sigmas, step, **kwargs)
-
-    monkeypatch.setitem(S.SAMPLERS, "euler", spy)
+    seen = spy_euler(monkeypatch)
     (image,) = pipe.txt2img(prompt, negative, steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=CFG)
     return image, seen
 
 
 def _run_ref(ref, pipe, prompt, negative):
-    noise = pipe.noise([SEED], SIZE // 8, SIZE // 8)
-    packed = ChromaPipeline._pack_latents(noise, 1, 16, SIZE // 8, SIZE // 8)
-    steps = []
-
-    def on_step_end(p, i, t, kwargs):
-        steps.append(ChromaPipeline._unpack_latents(kwargs["latents"].clone(), SIZE, SIZE, ref.vae_scale_factor))
-        return {}
-
-    with torch.no_grad():
-        out = ref(prompt, negative_prompt=negative, height=SIZE, width=SIZE, num_inference_steps=STEPS,
-                  guidance_scale=CFG, latents=packed, output_type="np", callback_on_step_end=on_step_end)
-    return out.images[0], steps
+    return packed_reference_run(ref, pipe, SIZE, SEED, prompt=prompt, negative_prompt=negative,
+                                num_inference_steps=STEPS, guidance_scale=CFG)
 
 
 def test_txt2img_with_cfg_equals_chroma_pipeline_step_by_step(chroma, monkeypatch):

@@ -10,10 +10,9 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-from dit_fixtures import META_FLUX, flux_pair, write_single_file, write_split_files
+from dit_fixtures import META_FLUX, flux_pair, packed_reference_run, spy_euler, write_single_file, write_split_files
 from opensd.errors import CheckpointError
 from opensd.pipeline.pipeline import load
-from opensd.sampling import samplers as S
 from opensd.sampling.flow import flux_mu
 from reference import assert_close_scaled
 
@@ -55,35 +54,14 @@ def test_prompt_embeddings_equal_diffusers_encode_prompt(flux):
 
 
 def _run_ours(pipe, monkeypatch, **kw):
-    seen = {}
-    euler = S.SAMPLERS["euler"]
-
-    def spy(denoise, x, sigmas, callback=None, **kwargs):
-        seen["sigmas"] = sigmas.clone()
-
-        def step(i, xi, denoised):
-            seen.setdefault("steps", []).append(xi.clone())
-            callback(i, xi, denoised)
-        return euler(denoise, x, sigmas, step, **kwargs)
-
-    monkeypatch.setitem(S.SAMPLERS, "euler", spy)
+    seen = spy_euler(monkeypatch)
     (image,) = pipe.txt2img(PROMPT, steps=STEPS, seed=SEED, width=SIZE, height=SIZE, **kw)
     return image, seen
 
 
 def _run_ref(ref, pipe, guidance=3.5):
-    noise = pipe.noise([SEED], SIZE // 8, SIZE // 8)
-    packed = FluxPipeline._pack_latents(noise, 1, 16, SIZE // 8, SIZE // 8)
-    steps = []
-
-    def on_step_end(p, i, t, kwargs):
-        steps.append(FluxPipeline._unpack_latents(kwargs["latents"].clone(), SIZE, SIZE, ref.vae_scale_factor))
-        return {}
-
-    with torch.no_grad():
-        out = ref(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=guidance, latents=packed,
-                  output_type="np", callback_on_step_end=on_step_end, max_sequence_length=pipe.config.t5_length)
-    return out.images[0], steps
+    return packed_reference_run(ref, pipe, SIZE, SEED, prompt=PROMPT, num_inference_steps=STEPS, guidance_scale=guidance,
+                                max_sequence_length=pipe.config.t5_length)
 
 
 @pytest.mark.parametrize("guidance", [None, 5.0])
