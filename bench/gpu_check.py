@@ -304,23 +304,26 @@ def main() -> int:
         (args.out / "gpu_check.json").write_text(json.dumps(res, indent=1))
 
     eager_images: dict = {}
+    weights = {}
     with tempfile.TemporaryDirectory() as tmp:
+        # Eager sections of every family first; compiling takes minutes, so the compiled sections come
+        # last and a run cut short keeps the rest.
         for family, cfg, latent in runs:
             r = res["families"][family] = {}
-            weights = _weights(cfg.unet, device)
-            fenced(r, "equivalence", lambda: equivalence(cfg.unet, weights, latent, device))
+            w = weights[family] = _weights(cfg.unet, device)
+            fenced(r, "equivalence", lambda: equivalence(cfg.unet, w, latent, device))
             eager_names = ("ours eager",) + (() if args.no_diffusers else ("diffusers eager",))
-            fenced(r, "speed", lambda: speed(cfg.unet, weights, latent, device, args.rounds, eager_names, dtype))
+            fenced(r, "speed", lambda: speed(cfg.unet, w, latent, device, args.rounds, eager_names, dtype))
             if not args.no_images:
                 fenced(r, "images", lambda: images(cfg, latent * 8, device, Path(tmp), args.steps,
                                                    ("normal", "medvram", "lowvram"), eager_images))
-            if args.compile:  # last: compiling takes minutes, and a run cut short keeps the rest
-                fenced(r, "speed_compiled", lambda: speed(cfg.unet, weights, latent, device, args.rounds,
-                                                          ("ours eager", "ours compiled"), dtype))
-                if not args.no_images:
-                    fenced(r, "images_compiled", lambda: images(cfg, latent * 8, device, Path(tmp), args.steps,
-                                                                ("normal+compile",), eager_images))
-            del weights
+        for family, cfg, latent in runs if args.compile else ():
+            r, w = res["families"][family], weights[family]
+            fenced(r, "speed_compiled", lambda: speed(cfg.unet, w, latent, device, args.rounds,
+                                                      ("ours eager", "ours compiled"), dtype))
+            if not args.no_images:
+                fenced(r, "images_compiled", lambda: images(cfg, latent * 8, device, Path(tmp), args.steps,
+                                                            ("normal+compile",), eager_images))
     E.publish(render(res), BEGIN, END, doc=not args.no_doc)
     return 0
 
