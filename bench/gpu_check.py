@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import gc
 import json
 import statistics
 import sys
@@ -160,19 +161,23 @@ def _random_checkpoint(cfg, path: Path, device) -> Path:
 
 
 def _image(pipe, size: int, steps: int, device) -> tuple[dict, "object"]:
-    """One txt2img; seconds of the whole call and it/s of its sampling loop (progress events)."""
+    """One txt2img; seconds of the whole call and it/s of its sampling loop, timed between the first
+    and the last progress event. Only those two synchronise: a sync every step would stop the CPU
+    from queueing the next step's work while the GPU runs, which the real loop does not."""
     import numpy as np
     stamps = []
 
     def progress(step, total):
-        _sync(device)
-        stamps.append(time.perf_counter())
+        if not stamps or step + 1 >= total:
+            _sync(device)
+            stamps.append((step, time.perf_counter()))
 
     t0 = time.perf_counter()
     image = pipe.txt2img(PROMPT, NEGATIVE, steps=steps, cfg=7, seed=1, width=size, height=size, progress=progress)[0]
     _sync(device)
     seconds = time.perf_counter() - t0
-    it_s = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+    (s0, t0), (s1, t1) = stamps[0], stamps[-1]
+    it_s = (s1 - s0) / (t1 - t0) if s1 > s0 else float("nan")
     return dict(seconds=seconds, sampling_it_s=it_s), np.asarray(image, dtype=np.float32)
 
 
@@ -188,9 +193,12 @@ def images(cfg, size: int, device, folder: Path, steps: int, modes: tuple[str, .
     cuda = device.type == "cuda"
     out = {}
     for mode in modes:
-        if cuda:
+        baseline = 0
+        if cuda:  # the check's own tensors (the fp32 weights it times) are not the pipeline's memory
+            gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
+            baseline = torch.cuda.memory_allocated(device)
         memory = mode.split("+")[0] if cuda else "normal"
         pipe = load(path, device=str(device), precision="auto", memory=memory)
         entry = dict(precision=pipe.precision.line(pipe.device), memory=pipe.memory)
@@ -204,7 +212,7 @@ def images(cfg, size: int, device, folder: Path, steps: int, modes: tuple[str, .
         elif cfg.family in eager:  # offloading and compiling must not change the image (beyond fp16 rounding)
             entry["max_pixel_diff_to_eager"] = float(abs(img - eager[cfg.family]).max())
         if cuda:
-            entry["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+            entry["peak_gib"] = (torch.cuda.max_memory_allocated(device) - baseline) / GIB
         out[mode] = entry
         del pipe
     return out
@@ -215,9 +223,24 @@ def _ok(r: dict, section: str) -> dict | None:
     return v if isinstance(v, dict) and "error" not in v else None
 
 
+def merged(results: list[dict]) -> dict:
+    """Several runs' JSON as one: a section measured by a later run replaces the earlier one's."""
+    out = dict(results[0], families={}, runs=[])
+    for res in results:
+        out["runs"].append(res)
+        for family, sections in res["families"].items():
+            out["families"].setdefault(family, {}).update(sections)
+    return out
+
+
 def render(res: dict) -> str:
-    lines = ["## GPU check", "", f"`python bench/gpu_check.py{res['args']}` on {res['device']} "
-             f"(torch {res['torch']}, {res['date']}). Random weights at full size.", ""]
+    lines = ["## GPU check", ""]
+    for run in res.get("runs", [res]):
+        names = sorted({s for f in run["families"].values() for s in f})
+        lines.append(f"- `python bench/gpu_check.py{run['args']}` on {run['device']} (torch {run['torch']}, "
+                     f"{run['date']}): {', '.join(names)}.")
+    lines += ["", "Random weights at full size. Peak VRAM is the pipeline's own (the check's tensors subtracted)."
+              if all("sections" in run for run in res.get("runs", [res])) else "Random weights at full size.", ""]
     for family, r in res["families"].items():
         lines += [f"### {family}", ""]
         lines += [f"- {k}: failed: `{v['error'].strip().splitlines()[-1]}`" for k, v in r.items() if not _ok(r, k)]
@@ -267,12 +290,14 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("."), help="folder for gpu_check.json")
     ap.add_argument("--no-doc", action="store_true")
-    ap.add_argument("--render", type=Path, help="write the docs section from this JSON; measure nothing")
+    ap.add_argument("--sections", help="comma list of sections to run (default: all that the other flags allow)")
+    ap.add_argument("--render", type=Path, nargs="+",
+                    help="write the docs section from these JSONs (a later run's sections replace an earlier's); measure nothing")
     ap.add_argument("--device", default="cuda", help="cuda (default); cpu only for --tiny smoke runs")
     ap.add_argument("--tiny", action="store_true", help="tiny models of the same layouts: a smoke run, not a measurement")
     args = ap.parse_args()
     if args.render:
-        E.publish(render(json.loads(args.render.read_text())), BEGIN, END, doc=not args.no_doc)
+        E.publish(render(merged([json.loads(p.read_text()) for p in args.render])), BEGIN, END, doc=not args.no_doc)
         return 0
     import torch
     from opensd.models import config as C
@@ -283,7 +308,12 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     res = dict(device=name + (" (tiny models)" if args.tiny else ""), torch=torch.__version__, steps=args.steps,
                date=f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-               args="".join(f" --{k}" for k in ("sdxl", "compile") if getattr(args, k)), families={})
+               args="".join(f" --{k}" for k in ("sdxl", "compile") if getattr(args, k))
+               + (f" --sections {args.sections}" if args.sections else ""), families={})
+    wanted = set(args.sections.split(",")) if args.sections else (
+        {"equivalence", "speed"} | ({"speed_compiled"} if args.compile else set())) | (
+        set() if args.no_images else {"images"} | ({"images_compiled"} if args.compile else set()))
+    res["sections"] = sorted(wanted)
     runs = [("SD 1.5, 512x512", C.sd1(), 64)] + ([("SDXL, 1024x1024", C.sdxl(), 128)] if args.sdxl else [])
     if args.tiny:
         from opensd.pipeline import compiled
@@ -294,6 +324,8 @@ def main() -> int:
     start = time.perf_counter()
 
     def fenced(r: dict, section: str, fn) -> None:
+        if section not in wanted:
+            return
         t0 = time.perf_counter()
         try:
             r[section] = fn()
@@ -310,20 +342,18 @@ def main() -> int:
         # last and a run cut short keeps the rest.
         for family, cfg, latent in runs:
             r = res["families"][family] = {}
-            w = weights[family] = _weights(cfg.unet, device)
+            w = weights[family] = _weights(cfg.unet, device) if wanted & {"equivalence", "speed", "speed_compiled"} else None
             fenced(r, "equivalence", lambda: equivalence(cfg.unet, w, latent, device))
             eager_names = ("ours eager",) + (() if args.no_diffusers else ("diffusers eager",))
             fenced(r, "speed", lambda: speed(cfg.unet, w, latent, device, args.rounds, eager_names, dtype))
-            if not args.no_images:
-                fenced(r, "images", lambda: images(cfg, latent * 8, device, Path(tmp), args.steps,
-                                                   ("normal", "medvram", "lowvram"), eager_images))
-        for family, cfg, latent in runs if args.compile else ():
+            fenced(r, "images", lambda: images(cfg, latent * 8, device, Path(tmp), args.steps,
+                                               ("normal", "medvram", "lowvram"), eager_images))
+        for family, cfg, latent in runs:
             r, w = res["families"][family], weights[family]
             fenced(r, "speed_compiled", lambda: speed(cfg.unet, w, latent, device, args.rounds,
                                                       ("ours eager", "ours compiled"), dtype))
-            if not args.no_images:
-                fenced(r, "images_compiled", lambda: images(cfg, latent * 8, device, Path(tmp), args.steps,
-                                                            ("normal+compile",), eager_images))
+            fenced(r, "images_compiled", lambda: images(cfg, latent * 8, device, Path(tmp), args.steps,
+                                                        ("normal+compile",), eager_images))
     E.publish(render(res), BEGIN, END, doc=not args.no_doc)
     return 0
 
