@@ -225,11 +225,12 @@ def _ok(r: dict, section: str) -> dict | None:
 
 def merged(results: list[dict]) -> dict:
     """Several runs' JSON as one: a section measured by a later run replaces the earlier one's."""
-    out = dict(results[0], families={}, runs=[])
+    out = dict(results[0], families={}, runs=[], source={})
     for res in results:
         out["runs"].append(res)
         for family, sections in res["families"].items():
             out["families"].setdefault(family, {}).update(sections)
+            out["source"].update({(family, s): res for s in sections})
     return out
 
 
@@ -239,8 +240,13 @@ def render(res: dict) -> str:
         names = sorted({s for f in run["families"].values() for s in f})
         lines.append(f"- `python bench/gpu_check.py{run['args']}` on {run['device']} (torch {run['torch']}, "
                      f"{run['date']}): {', '.join(names)}.")
-    lines += ["", "Random weights at full size. Peak VRAM is the pipeline's own (the check's tensors subtracted)."
-              if all("sections" in run for run in res.get("runs", [res])) else "Random weights at full size.", ""]
+    lines += ["", "Random weights at full size." + (" A section measured by a later run replaces the earlier one's."
+                                                     if len(res.get("runs", [])) > 1 else "")]
+    image_runs = [run for (_, s), run in res.get("source", {}).items() if s.startswith("images")] or [res]
+    if all("sections" in run for run in image_runs):  # runs before the baseline was subtracted lack "sections"
+        lines.append("Peak VRAM: the most allocated during the load and the image, less what the check itself "
+                     "held before (its fp32 weights); sampling it/s: between the first and last step.")
+    lines.append("")
     for family, r in res["families"].items():
         lines += [f"### {family}", ""]
         lines += [f"- {k}: failed: `{v['error'].strip().splitlines()[-1]}`" for k, v in r.items() if not _ok(r, k)]
@@ -309,7 +315,8 @@ def main() -> int:
     res = dict(device=name + (" (tiny models)" if args.tiny else ""), torch=torch.__version__, steps=args.steps,
                date=f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
                args="".join(f" --{k}" for k in ("sdxl", "compile") if getattr(args, k))
-               + (f" --sections {args.sections}" if args.sections else ""), families={})
+               + (f" --sections {args.sections}" if args.sections else "")
+               + (f" --steps {args.steps}" if args.steps != 20 else ""), families={})
     wanted = set(args.sections.split(",")) if args.sections else (
         {"equivalence", "speed"} | ({"speed_compiled"} if args.compile else set())) | (
         set() if args.no_images else {"images"} | ({"images_compiled"} if args.compile else set()))

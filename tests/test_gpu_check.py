@@ -28,3 +28,18 @@ def test_gpu_check_smoke_run_on_tiny_models(tmp_path):
     rendered = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--render",
                                str(tmp_path / "gpu_check.json"), "--no-doc"], capture_output=True, text=True)
     assert "| ours compiled |" in rendered.stdout and "| lowvram |" in rendered.stdout
+
+
+def test_a_later_run_replaces_only_the_sections_it_measured(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_check
+    run = {"device": "gpu", "torch": "2", "date": "today", "args": "", "steps": 12}
+    first = dict(run, families={"SD": {"speed": {"error": "boom"}, "images": {"error": "old"}}})
+    second = dict(run, args=" --sections images", sections=["images"], families={"SD": {"images": {
+        "normal": {"precision": "fp16", "seconds": 1.0, "sampling_it_s": 42.0, "peak_gib": 0.5}}}})
+    res = gpu_check.merged([first, second])
+    assert res["families"]["SD"]["speed"] == {"error": "boom"}  # kept from the first run
+    text = gpu_check.render(res)
+    assert "| normal | 0.50 | 1.00 | 42.0 |" in text and "old" not in text
+    assert "Peak VRAM: the most allocated" in text  # the images shown were measured with the baseline
+    assert "Peak VRAM" not in gpu_check.render(gpu_check.merged([dict(run, families={"SD": second["families"]["SD"]})]))
