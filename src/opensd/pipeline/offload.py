@@ -6,7 +6,8 @@
 - lowvram: as medvram, and the UNet itself runs block by block: each block moves in just before it
   runs and back out right after, so only one block's weights are on the device at a time.
 - auto: from the device's free memory (free_memory): normal when the whole model fits with room for
-  activations, medvram when its largest part does, lowvram otherwise. Never offloads on a CPU.
+  the largest part's activations, medvram when each part fits with room for its own, lowvram
+  otherwise (activation_reserve: measured, scaled to the model's native size). Never offloads on a CPU.
 
 Moves happen in forward pre-hooks, so every caller (pipeline, ControlNet, workflows) is covered
 without knowing. `Offload.log` records each move for tests and the GPU check.
@@ -22,9 +23,15 @@ from ..errors import InvalidArgument
 from ..families import family_of
 
 MODES = ("auto", "normal", "medvram", "lowvram")
-# Device memory kept free for activations, besides the weights (SD 1.5 at 512x512 in fp16 needs
-# about 1 GiB; SDXL at 1024x1024 about 3).
-ACTIVATION_RESERVE = 3 << 30
+GIB = 1 << 30
+# Activation memory per 512x512 pixels in a 2-byte dtype, measured on an H200 with
+# bench/gpu_check.py (docs/benchmarks.md): the VAE decode is the peak, 0.66 GiB (SD 1.5 at 512x512
+# peaked at 2.65 GiB with 1.99 of weights; SDXL at 1024x1024 at 8.94 with 6.46); a CFG step of the
+# UNet about 0.15 (medvram's peak, less the UNet's weights). Reserves add a quarter, and 256 MiB for
+# the CUDA workspace and fragmentation.
+VAE_DECODE_PER_512 = 0.66 * GIB
+NETWORK_STEP_PER_512 = 0.15 * GIB
+SLACK = 256 << 20
 
 
 def free_memory(device: torch.device) -> int:
@@ -55,12 +62,22 @@ def choose_mode(mode: str, device: torch.device, model) -> str:
     if device.type != "cuda":
         return "normal"
     free = free_memory(device)
-    if module_bytes(model) + ACTIVATION_RESERVE <= free:
+    reserve = activation_reserve(model)
+    if module_bytes(model) + max(reserve.values()) <= free:
         return "normal"
     family = family_of(model.config)
-    largest = max(module_bytes(family.network(model)), module_bytes(*family.text_modules(model)),
-                  module_bytes(model.vae))
-    return "medvram" if largest + ACTIVATION_RESERVE <= free else "lowvram"
+    weights = {"text": module_bytes(*family.text_modules(model)), "network": module_bytes(family.network(model)),
+               "vae": module_bytes(model.vae)}
+    return "medvram" if all(weights[k] + reserve[k] <= free for k in weights) else "lowvram"
+
+
+def activation_reserve(model) -> dict[str, int]:
+    """Device bytes to keep free for each part's activations at the model's native size (one image,
+    CFG): "text", "network" (the UNet or transformer) and "vae"."""
+    pixels = getattr(model.config, "resolution", 1024) ** 2 / 512 ** 2
+    vae_bytes = next((p.element_size() for p in model.vae.parameters()), 2)
+    return {"text": SLACK, "network": int(1.25 * NETWORK_STEP_PER_512 * pixels) + SLACK,
+            "vae": int(1.25 * VAE_DECODE_PER_512 * pixels * vae_bytes / 2) + SLACK}
 
 
 class Offload:
