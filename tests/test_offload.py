@@ -62,6 +62,35 @@ def test_auto_mode_of_full_size_models_on_common_cards(family, card_gib, want, m
     assert O.choose_mode("auto", CUDA, model) == want
 
 
+def test_moves_keep_the_weights_home_and_copy_back_only_changes(ckpt, normal, monkeypatch):
+    # On a CPU device and storage are one; a clone stands in for the copy to another device, so
+    # the bookkeeping runs: device copies in, home tensors back out, in-place changes kept.
+    monkeypatch.setattr(O, "_to_device", lambda t, device: t.clone())
+    pipe = load(ckpt, precision="fp32", memory="medvram")
+    unet = list(pipe.model.unet.parameters())
+    homes = [p.data_ptr() for p in unet]
+    assert np.array_equal(_image(pipe), _image(normal))
+    assert pipe.offload.resident == "vae"
+    assert [p.data_ptr() for p in unet] == homes  # out again: pointing home, no copies kept
+    pipe.offload._part_in("unet")
+    assert all(p.data_ptr() != h for p, h in zip(unet, homes))  # in: device copies
+    with torch.no_grad():
+        unet[0].add_(1.0)  # a LoRA patched in place while the UNet is in
+    changed = unet[0].detach().clone()
+    pipe.offload._part_in("text")
+    assert [p.data_ptr() for p in unet] == homes and torch.equal(unet[0], changed)
+    assert not any(id(t) in map(id, unet) for t in pipe.offload._home)
+
+
+def test_lowvram_blocks_go_home_after_they_run(ckpt, normal, monkeypatch):
+    monkeypatch.setattr(O, "_to_device", lambda t, device: t.clone())
+    pipe = load(ckpt, precision="fp32", memory="lowvram")
+    homes = [p.data_ptr() for p in pipe.model.unet.parameters()]
+    assert np.array_equal(_image(pipe), _image(normal))
+    blocks = {id(p) for b in O.family_of(pipe.model.config).blocks(pipe.model) for p in b.parameters()}
+    assert blocks and all(p.data_ptr() == h for p, h in zip(pipe.model.unet.parameters(), homes) if id(p) in blocks)
+
+
 def test_medvram_moves_the_parts_in_turns_and_makes_the_same_image(ckpt, normal):
     pipe = load(ckpt, precision="fp32", memory="medvram")
     assert pipe.memory == "medvram" and normal.memory == "normal" and normal.offload is None

@@ -11,6 +11,11 @@
 
 Moves happen in forward pre-hooks, so every caller (pipeline, ControlNet, workflows) is covered
 without knowing. `Offload.log` records each move for tests and the GPU check.
+
+The weights' home stays in storage (pinned on CUDA): a move in copies them to the device without
+waiting (the copies queue on the compute stream), a move out drops the device copy and points the
+tensor home again, copying back only what changed while it was in (a LoRA patched in place). The
+first version copied both ways and waited on every move: lowvram ran SD 1.5 at 2 it/s on an H200.
 """
 from __future__ import annotations
 
@@ -89,7 +94,10 @@ class Offload:
             raise ValueError(f"Offload is for medvram/lowvram, not {mode!r}")
         self.device, self.storage, self.mode = torch.device(device), torch.device(storage), mode
         self.model = model.to(storage)
+        if self.device.type == "cuda" and self.storage.type == "cpu":
+            _pin(self.model)
         self.log: list[tuple[str, str]] = []  # (part or block name, "in" / "out")
+        self._home: dict[torch.Tensor, tuple[torch.Tensor, int]] = {}  # tensor -> (its storage copy, version)
         self.resident: str | None = None
         self._handles = []
         self._parts = parts(model)
@@ -111,8 +119,18 @@ class Offload:
             self._handles.append(module.register_forward_hook(lambda _m, _args, _out: post()))
 
     def _move(self, name: str, modules, where: str) -> None:
-        for m in modules:
-            m.to(self.device if where == "in" else self.storage)
+        for t in {t: None for m in modules for t in _tensors(m)}:  # once each, shared ones too
+            if where == "in":
+                if t not in self._home and (copy := _to_device(home := t.data, self.device)) is not home:
+                    t.data = copy
+                    self._home[t] = (home, t._version)
+            elif (kept := self._home.pop(t, None)) is not None:
+                home, version = kept
+                if t._version != version:  # changed in place while in: keep the change
+                    home.copy_(t.data)
+                t.data = home
+            elif t.device != self.storage:  # made on the device (not moved in by us)
+                t.data = t.data.to(self.storage)
         self.log.append((name, where))
 
     def _part_in(self, name: str) -> None:
@@ -140,8 +158,30 @@ class Offload:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._home.clear()
         self.model.to(self.device)
         self.resident = None
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The device copy of a home tensor (`t` itself where it already is on `device`)."""
+    return t.to(device, non_blocking=True)
+
+
+def _tensors(module: nn.Module):
+    yield from module.parameters()
+    yield from module.buffers()
+
+
+def _pin(model: nn.Module) -> None:
+    """Page-locked storage, so copies to the device run without the CPU waiting; where the system
+    refuses to lock that much memory, the copies still work, only slower."""
+    try:
+        for t in {t: None for t in _tensors(model)}:
+            if not t.is_pinned():
+                t.data = t.data.pin_memory()
+    except RuntimeError:
+        pass
 
 
 def set_memory_mode(pipe, mode: str) -> None:
