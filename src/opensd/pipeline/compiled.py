@@ -11,8 +11,12 @@ the same model and shapes starts in seconds. With gradients enabled (training) t
 On CUDA the compiled code also runs as CUDA graphs (inductor's cudagraph trees): one replay per call
 instead of hundreds of kernel launches, which is most of an SD 1.5 step's time on a large GPU; the
 weights are not frozen there (nothing to pre-pack, and frozen graphs skip inductor's cache). A
-replay overwrites the previous call's outputs, so each call returns a copy, and the context K/V reuse
-of models/unet.py is suspended during such calls (its cached K/V would be overwritten too).
+replay overwrites the previous call's outputs, so each call returns a copy.
+
+The context K/V reuse of models/unet.py is suspended during compiled calls: its cache checks broke
+the graph in two places per cross-attention and recompiled per layer shape (past dynamo's limit of
+8, the rest ran eagerly), and a replay would overwrite the cached K/V. Recomputing the K/V of 77
+tokens each step costs little next to one whole graph.
 """
 from __future__ import annotations
 
@@ -66,12 +70,11 @@ def compile_in_place(module: nn.Module, cudagraphs: bool | None = None) -> nn.Mo
                 torch._dynamo.reset()  # the frozen weights are stale: drop the compiled code
             state["fn"] = torch.compile(module._call_impl, backend=BACKEND, dynamic=False, options=options)
             state["stamp"] = stamp
-        if not cudagraphs:
-            return state["fn"](*args, **kwargs)
         with kv_reuse_suspended(cross_attentions):
-            return _copied(state["fn"](*args, **kwargs))
+            out = state["fn"](*args, **kwargs)
+        return _copied(out) if cudagraphs else out
 
-    cross_attentions = [m for m in module.modules() if isinstance(m, CrossAttention)] if cudagraphs else []
+    cross_attentions = [m for m in module.modules() if isinstance(m, CrossAttention)]
     module._compiled_call_impl = call  # what nn.Module.compile sets: __call__ goes through it
     return module
 
