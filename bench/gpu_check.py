@@ -207,6 +207,8 @@ def images(cfg, size: int, device, folder: Path, steps: int, modes: tuple[str, .
             entry["first_image"], _ = _image(pipe, size, steps, device)  # compiles
         timing, img = _image(pipe, size, steps, device)
         entry.update(timing)
+        if mode == "normal+compile":  # where the loop's time goes besides the UNet replays
+            entry["loop_profile"] = _profile(pipe, size, steps, device)
         if mode == "normal":
             eager[cfg.family] = img
         elif cfg.family in eager:  # offloading and compiling must not change the image (beyond fp16 rounding)
@@ -216,6 +218,19 @@ def images(cfg, size: int, device, folder: Path, steps: int, modes: tuple[str, .
         out[mode] = entry
         del pipe
     return out
+
+
+def _profile(pipe, size: int, steps: int, device, top: int = 25) -> dict:
+    """One more image under torch.profiler: the ops with the most self CPU time, and how often the
+    CPU waited for the device (synchronisations, blocking copies), which stops it queueing ahead."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        _image(pipe, size, steps, device)
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    waits = {e.key: e.count for e in prof.key_averages() if any(w in e.key for w in ("Synchronize", "Memcpy", "item"))}
+    return dict(steps=steps, waits=waits, top_self_cpu=[
+        dict(name=e.key[:80], calls=e.count, self_cpu_ms=e.self_cpu_time_total / 1000) for e in rows[:top]])
 
 
 def _ok(r: dict, section: str) -> dict | None:
@@ -267,6 +282,10 @@ def render(res: dict) -> str:
                       f"| {v.get('max_pixel_diff_to_eager', float('nan')):.0f} | {v['precision']} |" for m, v in runs.items()]
             if comp := runs.get("normal+compile"):
                 lines += ["", f"The compiled run's first image took {comp['first_image']['seconds']:.1f} s (compilation)."]
+                if prof := comp.get("loop_profile"):
+                    lines.append(f"Under the profiler its {prof['steps']}-step image waited on the device: " + (
+                        ", ".join(f"{k} x{n}" for k, n in prof["waits"].items()) or "never") + "; most self CPU time: "
+                        + ", ".join(f"{r['name']} {r['self_cpu_ms']:.0f} ms" for r in prof["top_self_cpu"][:5]) + ".")
         lines.append("")
     return "\n".join(lines).rstrip()
 
