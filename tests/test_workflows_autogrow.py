@@ -339,3 +339,39 @@ def test_hostile_math_in_a_graph_fails_validation_or_the_run_with_a_clear_error(
         execute(g, ctx)
     assert time.perf_counter() - start < 5
     assert e.value.node_id == "m" and "9 ** 387420489 is too large" in e.value.exception_message
+
+
+def test_a_list_sent_to_a_slot_runs_the_node_once_per_item(ctx):
+    # ComfyUI maps a node over list inputs before folding the slots into the group's dict
+    g = {"i0": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 6, "batch_size": 3, "color": 0}},
+         "r": {"class_type": "RebatchImages", "inputs": {"images": ["i0", 0], "batch_size": 1}},
+         "i1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 2, "color": 0}},
+         "b": {"class_type": "BatchImagesNode", "inputs": {"images.image0": ["r", 0], "images.image1": ["i1", 0]}},
+         "s": {"class_type": "GetImageSize", "inputs": {"image": ["b", 0]}},
+         "p": {"class_type": "PreviewAny", "inputs": {"source": ["s", 2]}}}
+    assert execute(g, ctx)["p"]["text"] == ["3", "3", "3"]  # three calls, each 1 + 2 images
+
+
+def test_over_http_object_info_prompt_and_history(tmp_path):
+    from fastapi.testclient import TestClient
+    from server_live import BASE
+
+    from opensd.server.app import create_app
+    from opensd.server.settings import Settings
+
+    settings = Settings(outputs_dir=tmp_path / "out", api_token=None)
+    with TestClient(create_app(settings), base_url=BASE) as c:
+        info = c.get("/object_info/ComfyMathExpression").json()["ComfyMathExpression"]
+        assert info["input"]["required"]["values"] == EXPECTED["ComfyMathExpression"][0]["values"]
+        g = {"m": {"class_type": "ComfyMathExpression", "inputs": {"expression": "a ** b", "values.a": 2,
+                                                                   "values.b": 10}},
+             **previews("m", 2)}
+        pid = c.post("/prompt", json={"prompt": g}).json()["prompt_id"]
+        for _ in range(600):
+            if (history := c.get(f"/history/{pid}").json()):
+                break
+            time.sleep(0.05)
+        assert history[pid]["outputs"]["p1"]["text"] == ["1024"]
+        g["m"]["inputs"]["values.zz"] = 1
+        r = c.post("/prompt", json={"prompt": g})
+        assert r.status_code == 400 and r.json()["node_errors"]["m"]["errors"][0]["message"] == "Unknown input"
