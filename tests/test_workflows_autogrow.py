@@ -117,6 +117,8 @@ def test_the_node_gets_its_values_in_slot_order_whatever_order_they_were_sent_in
          **previews("m", 2)}
     assert shown(ctx, g, "p1") == ["133"]  # values == [a, c], the names present only
     assert M.math_expression(None, "a + b", {"a": 1, "b": 2.5}) == (3.5, 3, True)
+    with pytest.raises(InvalidArgument, match=r"^values.b: a Tensor is not a number or boolean$"):
+        M.math_expression(None, "a * b", {"a": 1, "b": torch.ones(4000, 1)})
 
 
 def test_and_or_in_a_graph(ctx):

@@ -21,6 +21,9 @@ from .types import NodeDef, register
 
 
 def math_expression(call, expression, values):
+    for slot, value in values.items():  # a link from an any-type output may carry anything
+        if not isinstance(value, (int, float)):
+            raise InvalidArgument(f"values.{slot}: a {type(value).__name__} is not a number or boolean")
     names = dict(values)
     names["values"] = list(values.values())
     result = evaluate(expression, names)
