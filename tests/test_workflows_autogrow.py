@@ -261,6 +261,9 @@ def test_grown_slots_keep_their_declared_type(ctx):
          **previews("m", 1)}
     (err,) = _node_errors(g, ctx, "m")
     assert err["type"] == "invalid_input_type" and err["details"] == "values.a, 7, not one of FLOAT,INT,BOOLEAN"
+    g2 = {"n": {"class_type": "ComfyAndNode", "inputs": {"values.value0": {"x": 1}}}, **previews("n", 1)}
+    (err,) = _node_errors(g2, ctx, "n")  # an any-type slot takes JSON scalars only as literals
+    assert err["type"] == "invalid_input_type" and err["extra_info"]["input_name"] == "values.value0"
     g["m"]["inputs"].update({"values.a": 1, "values.aa": 2})
     (err,) = _node_errors(g, ctx, "m")
     assert err["message"] == "Unknown input" and err["details"] == "values.aa: values takes the inputs values.a to values.z"

@@ -7,7 +7,9 @@ their inputs upstream; nodes no output depends on are never looked at, as in Com
 back in ComfyUI's shape (types ``required_input_missing``, ``bad_linked_input``,
 ``return_type_mismatch``, ``invalid_input_type``, ``value_smaller_than_min``,
 ``value_bigger_than_max``, ``value_not_in_list``, ``custom_validation_failed``,
-``exception_during_inner_validation``), so ComfyUI clients show them unchanged.
+``exception_during_inner_validation``), so ComfyUI clients show them unchanged; and
+``invalid_input_name`` for an input sent to an Autogrow group that is none of its slots (ComfyUI
+quietly drops those; a slot past the last is refused here rather than lost).
 """
 from __future__ import annotations
 
