@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import (  # noqa: F401  (registers the nodes)
     nodes_alpha,
+    nodes_batch,
     nodes_canny,
     nodes_cfg_rescaling,
     nodes_checkpoint_save,
@@ -39,6 +40,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_logic,
     nodes_lora_extract,
     nodes_mask,
+    nodes_math,
     nodes_preprocessors,
     nodes_model_merging,
     nodes_model_patches,
@@ -56,6 +58,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_unet_attention,
     nodes_upscale,
 )
+from .autogrow import AUTOGROW, Autogrow
 from .executor import OutputCache, execute, validate_prompt
 from .graph import check_prompt
 from .types import NODES, Choices, ExecutionContext, GraphError, NodeError
@@ -64,13 +67,17 @@ __all__ = ["ExecutionContext", "GraphError", "NodeError", "OutputCache", "check_
            "object_info", "validate_prompt"]
 
 
-def _spec_json(spec: tuple, ctx: ExecutionContext | None) -> list:
+def _spec_json(spec: tuple, ctx: ExecutionContext | None, pair: bool = False) -> list:
+    """An input as object_info shows it: [type, options], options left out when there are none
+    unless `pair` (an Autogrow template's input, which ComfyUI always writes as a pair)."""
     kind, opts = spec[0], (dict(spec[1]) if len(spec) > 1 else {})
+    if isinstance(kind, Autogrow):
+        return [AUTOGROW, {**opts, "template": kind.json(lambda slot: _spec_json(slot, ctx, pair=True))}]
     if isinstance(kind, Choices):
         kind = kind.values(ctx) or []
     elif isinstance(kind, (list, tuple)):
         kind = list(kind)
-    return [kind, opts] if opts else [kind]
+    return [kind, opts] if opts or pair else [kind]
 
 
 def object_info(ctx: ExecutionContext | None = None, node_class: str | None = None) -> dict:

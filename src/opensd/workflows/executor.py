@@ -22,6 +22,7 @@ import torch
 
 from ..errors import InvalidArgument
 from ..pipeline.pipeline import Interrupted
+from .autogrow import input_specs, nest
 from .graph import check_prompt, linked_number_problem, links, signatures, walk
 from .loras import release_all
 from . import types
@@ -103,9 +104,9 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
                 raise _interrupted(node_id)
             node = graph[node_id]
             node_def = NODES[node["class_type"]]
+            declared = _declared(node_def)
             kwargs = {name: results[value[0]][value[1]] if isinstance(value, list) else value
-                      for name, value in node["inputs"].items()
-                      if name in node_def.required or name in node_def.optional}
+                      for name, value in node["inputs"].items() if name in declared}
             for name, what in node_def.hidden.items():
                 kwargs[name] = {"PROMPT": original, "EXTRA_PNGINFO": ctx.extra_pnginfo,
                                 "UNIQUE_ID": node_id}.get(what)
@@ -114,8 +115,8 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
             rets = []
             try:
                 for each in _calls(node_def, kwargs):
-                    _check_linked_numbers(node_def, node["inputs"], each)
-                    rets.append(node_def.fn(call, **each))
+                    _check_linked_numbers(declared, node["inputs"], each)
+                    rets.append(node_def.fn(call, **nest(node_def, each)))
             except Interrupted as e:
                 e.node_id = node_id
                 raise
@@ -148,7 +149,7 @@ def _calls(node_def, kwargs: dict) -> list[dict]:
     """The keyword sets a node is called with (ComfyUI's list mapping): an INPUT_IS_LIST node once
     with every declared input as a list; a node given lists once per item of the longest (shorter
     lists repeat their last item, single values stay); otherwise once as given."""
-    declared = {**node_def.required, **node_def.optional}
+    declared = _declared(node_def)
     if node_def.input_is_list:
         return [{k: (list(v) if isinstance(v, ListOutput) else [v]) if k in declared else v
                  for k, v in kwargs.items()}]
@@ -212,9 +213,13 @@ class _Held:
         return self.count
 
 
-def _check_linked_numbers(node_def, inputs: dict, kwargs: dict) -> None:
+def _declared(node_def) -> dict:
+    """Input name -> spec for every input the node takes, an Autogrow group's slots one by one."""
+    return {name: spec for name, spec, _ in input_specs(node_def)}
+
+
+def _check_linked_numbers(specs: dict, inputs: dict, kwargs: dict) -> None:
     """The bounds validation checked on literals, for the numbers that came through links."""
-    specs = {**node_def.required, **node_def.optional}
     for name, value in inputs.items():
         if isinstance(value, list) and name in specs:
             spec = specs[name]

@@ -7,7 +7,9 @@ their inputs upstream; nodes no output depends on are never looked at, as in Com
 back in ComfyUI's shape (types ``required_input_missing``, ``bad_linked_input``,
 ``return_type_mismatch``, ``invalid_input_type``, ``value_smaller_than_min``,
 ``value_bigger_than_max``, ``value_not_in_list``, ``custom_validation_failed``,
-``exception_during_inner_validation``), so ComfyUI clients show them unchanged.
+``exception_during_inner_validation``), so ComfyUI clients show them unchanged; and
+``invalid_input_name`` for an input sent to an Autogrow group that is none of its slots (ComfyUI
+quietly drops those; a slot past the last is refused here rather than lost).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import json
 import math
 from typing import Any
 
-from .types import NODES, Choices, ExecutionContext, GraphError, NodeDef
+from .autogrow import input_specs, stray_inputs
+from .types import NODES, Choices, ExecutionContext, GraphError
 
 def bounding_box(value) -> dict:
     """A BOUNDING_BOX widget's value (ComfyUI V3's {"x", "y", "width", "height"}; a key left out takes
@@ -34,6 +37,7 @@ def bounding_box(value) -> dict:
 _CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool, "COMBO": lambda value: value,
             "BOUNDING_BOX": bounding_box}
 _MISSING = object()
+_JSON_KINDS = {bool: "BOOLEAN", int: "INT", float: "FLOAT", str: "STRING"}
 # Nodes in one prompt. ComfyUI sets none; its largest shared workflows hold a few thousand. Each node
 # costs validation, signatures and a history record, so a 64 MiB body of 500,000 nodes is refused.
 MAX_NODES = 10_000
@@ -83,13 +87,6 @@ def _id_key(node_id: str):
     return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
 
 
-def _input_specs(node_def: NodeDef):
-    for name, spec in node_def.required.items():
-        yield name, spec, True
-    for name, spec in node_def.optional.items():
-        yield name, spec, False
-
-
 class _Validator:
     def __init__(self, prompt: dict, ctx: ExecutionContext | None):
         self.prompt = {str(k): v for k, v in prompt.items()}
@@ -122,7 +119,7 @@ class _Validator:
         if node_id not in self._specs:
             node = self.prompt[node_id]
             inputs, rows = node.get("inputs", {}), []
-            for name, spec, required in _input_specs(NODES[node["class_type"]]):
+            for name, spec, required in input_specs(NODES[node["class_type"]]):
                 kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
                 info = [kind if not isinstance(kind, Choices) else self.choices(kind), opts]
                 value = inputs.get(name, _MISSING)
@@ -162,6 +159,8 @@ class _Validator:
             if error is not None:
                 errors.append(error)
             inputs[name] = value
+        for name, message, details in stray_inputs(node_def, inputs):
+            errors.append(_err("invalid_input_name", message, details, input_name=name))
         if not errors and node_def.check is not None:  # on the literals: a linked value is known when the node runs
             problem = node_def.check(self.ctx, {k: v for k, v in inputs.items() if k not in linked})
             if problem:
@@ -186,6 +185,8 @@ class _Validator:
                         input_name=name, input_config=info, linked_node=value), None
         received = outputs[index]
         expected = kind if isinstance(kind, str) else "COMBO"
+        if expected == "COMFY_MATCHTYPE_V3":  # a MatchType limited to some types (BatchImagesMasksLatentsNode's)
+            expected = info[1].get("template", {}).get("allowed_types", "*").replace("*", expected)
         if received not in expected.split(",") and not WILDCARDS.intersection((received, expected)):
             return _err("return_type_mismatch", "Return type mismatch between linked nodes",
                         f"{name}, received_type({received}) mismatch input_type({expected})",
@@ -193,6 +194,10 @@ class _Validator:
         return None, upstream
 
     def _literal(self, name: str, value, kind, opts: dict, info) -> tuple[dict | None, Any]:
+        if kind == "*":  # any type: a literal is taken as sent, as ComfyUI does, when it is a JSON scalar
+            return _multi_literal(name, value, ",".join(_JSON_KINDS.values()), info), value
+        if isinstance(kind, str) and "," in kind and set(kind.split(",")) <= set(_JSON_KINDS.values()):
+            return _multi_literal(name, value, kind, info), value
         if isinstance(kind, str) and kind not in _CONVERT:
             return _err("bad_linked_input", f"Input of type {kind} must be a link [node_id, output_index]",
                         name, input_name=name, input_config=info, received_value=value), value
@@ -226,6 +231,19 @@ class _Validator:
                         input_name=name, input_config=None if len(allowed) > 20 else info,
                         received_value=value), value
         return None, value
+
+
+def _multi_literal(name: str, value, kind: str, info) -> dict | None:
+    """A literal sent to an input of several widget types ("FLOAT,INT,BOOLEAN", V3's MultiType): taken
+    as sent when its JSON type is one of them (a whole number counts as a FLOAT), as ComfyUI does."""
+    allowed = kind.split(",")
+    got = _JSON_KINDS.get(type(value))
+    fits = got in allowed or (got == "INT" and "FLOAT" in allowed)
+    if fits and not (got == "FLOAT" and not math.isfinite(value)):
+        return None
+    return _err("invalid_input_type", f"Failed to convert an input value to a {kind} value",
+                f"{name}, {value}, not one of {kind}", input_name=name, input_config=info, received_value=value,
+                exception_message=f"not one of {kind}")
 
 
 def bound_problem(value, opts: dict) -> str | None:

@@ -1,11 +1,11 @@
 """ComfyUI's logic nodes (comfy_extras.nodes_logic, category utilities/logic) that fit a fixed
 input list: ComfySwitchNode (If/Else Switch: on_true when switch is set, else on_false; a branch left
-unconnected gives None) and ComfyNotNode (Python's `not` on any value). ComfyUI evaluates the
-switch's inputs lazily, only the chosen one; here both connected branches run, which gives the same
-output at the cost of the other branch's work. And ComfyNumberConvert (comfy_extras.nodes_number_convert,
-category math): an INT, FLOAT, STRING or BOOLEAN as FLOAT and INT. ComfyAndNode / ComfyOrNode and
-ComfyMathExpression take a growing list of inputs (ComfyUI's Autogrow), which a NodeDef cannot
-declare: they are not offered."""
+unconnected gives None), ComfyNotNode (Python's `not` on any value) and ComfyAndNode / ComfyOrNode
+(Python's all() / any() of the values linked to a growing list of inputs, ComfyUI's Autogrow:
+values.value0 .. values.value9). ComfyUI evaluates the switch's inputs lazily, only the chosen one;
+here both connected branches run, which gives the same output at the cost of the other branch's
+work. And ComfyNumberConvert (comfy_extras.nodes_number_convert, category math): an INT, FLOAT,
+STRING or BOOLEAN as FLOAT and INT. ComfyMathExpression is in nodes_math."""
 from __future__ import annotations
 
 import math
@@ -13,6 +13,7 @@ import math
 import torch
 
 from ..errors import InvalidArgument
+from .autogrow import Autogrow
 from .types import NodeDef, register
 
 _MODULE = "comfy_extras.nodes_logic"
@@ -48,6 +49,22 @@ register(NodeDef(
     "ComfyNotNode", logical_not, {"value": ("*", {})}, ("BOOLEAN",), category=_CATEGORY, display_name="Not",
     description="Logical NOT operation. Returns true if the value is falsy. Uses Python's rules for truthiness.",
     module=_MODULE))
+
+
+def logical_and(call, values):
+    return (all(truthy(v) for v in values.values()),)
+
+
+def logical_or(call, values):
+    return (any(truthy(v) for v in values.values()),)
+
+
+_VALUES = {"values": (Autogrow("value", ("*", {}), prefix="value", min=1),)}
+for _name, _fn, _display, _rule in (("ComfyAndNode", logical_and, "And", "AND operation. Returns true if all"),
+                                    ("ComfyOrNode", logical_or, "Or", "OR operation. Returns true if any")):
+    register(NodeDef(
+        _name, _fn, dict(_VALUES), ("BOOLEAN",), category=_CATEGORY, display_name=_display, module=_MODULE,
+        description=f"Logical {_rule} of the values are truthy. Uses Python's rules for truthiness."))
 
 
 NUMBER_TYPES = "INT,FLOAT,STRING,BOOLEAN"

@@ -4,13 +4,18 @@ RegexMatch, RegexExtract and RegexReplace. A pattern comes from the request, so 
 `regex` package's time limit (Python's re has none: a pattern such as (a|aa)+$ could hold the
 server for hours) and a bounded length; a replacement's result is capped at MAX_TEXT characters.
 Unlike ComfyUI, an invalid pattern is an error naming it (ComfyUI's match and extract quietly give
-False and "").
+False and ""). And StringFormat (Format Text, category text): Python's str.format of f_string with
+the values linked to a growing list of inputs (ComfyUI's Autogrow, values.a .. values.z); here
+without attribute access ({a.__class__}) and with widths bounded.
 """
 from __future__ import annotations
+
+from string import Formatter, ascii_lowercase
 
 import regex
 
 from ..errors import InvalidArgument
+from .autogrow import Autogrow
 from .types import NodeDef, register
 
 MAX_TEXT = 10_000_000  # characters one node may make (StringReplace can multiply its input)
@@ -183,3 +188,55 @@ for _name, _display, _fn, _inputs, _output, _output_name in (
 ):
     register(NodeDef(_name, _fn, _inputs, (_output,), output_names=(_output_name,) if _output_name else None,
                      category="utils/string", display_name=_display, module=_MODULE))
+
+
+# --- StringFormat (Format Text, category text): Python's str.format over a growing list of inputs ---
+
+MAX_FORMAT_WIDTH = 10_000  # a field's width or precision ("{a:>10000}")
+
+
+class _BoundedFormatter(Formatter):
+    """str.format's language without attribute access (``{a.__class__}`` would walk into the server's
+    objects) and with each field's width and precision, and the whole text, bounded."""
+
+    def __init__(self):
+        self.made = 0
+
+    def get_field(self, field_name, args, kwargs):
+        if "." in field_name.split("[", 1)[0] or "]." in field_name:
+            raise InvalidArgument(f"f_string: {{{field_name}}}: attribute access is not supported")
+        return super().get_field(field_name, args, kwargs)
+
+    def get_value(self, key, args, kwargs):
+        if isinstance(key, int) or key not in kwargs:
+            sent = ", ".join(kwargs) or "none"
+            raise InvalidArgument(f"f_string: {{{key}}} names no input sent to values (sent: {sent})")
+        return kwargs[key]
+
+    def format_field(self, value, format_spec):
+        for run in regex.findall(r"\d+", format_spec):
+            if len(run) > 5 or int(run) > MAX_FORMAT_WIDTH:
+                raise InvalidArgument(f"f_string: the format {format_spec!r} asks for more than "
+                                      f"{MAX_FORMAT_WIDTH:,} characters")
+        text = super().format_field(value, format_spec)
+        self.made += len(text)
+        if self.made > MAX_TEXT:
+            raise InvalidArgument(f"f_string: the text would be longer than {MAX_TEXT:,} characters")
+        return text
+
+
+def string_format(call, values, f_string):
+    try:
+        return (_BoundedFormatter().vformat(f_string, (), values),)
+    except InvalidArgument:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError) as e:
+        raise InvalidArgument(f"f_string: {e}") from None
+
+
+register(NodeDef(
+    "StringFormat", string_format,
+    {"values": (Autogrow("value", ("*", {}), names=tuple(ascii_lowercase), min=0),),
+     "f_string": ("STRING", {"default": "{a}", "multiline": True})},
+    ("STRING",), category="text", display_name="Format Text", module=_MODULE,
+    description="Same as Python's string format method. Supports all of Python's format options and features."))
