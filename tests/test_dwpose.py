@@ -315,3 +315,26 @@ def test_comfyui_node(models, tmp_path):
     aio = run_node(node_ctx(models, tmp_path / "aio", picture), "AIO_Preprocessor", preprocessor="DWPreprocessor",
                    resolution=W)
     np.testing.assert_array_equal(aio, drawn)
+
+
+def test_cli_preprocess(models, tmp_path, capsys):
+    from opensd.cli import main
+
+    src, out = tmp_path / "in.png", tmp_path / "pose.png"
+    Image.new("RGB", (W, H)).save(src)
+    assert main(["preprocess", "dw_openpose_full", str(src), "-o", str(out), "--models-dir", str(models)]) == 0
+    want = DW.run(DW.load(DW.find(None, pose_path=next(models.rglob(DW.POSE_FILE))), "cpu"),
+                  np.zeros((H, W, 3), np.uint8))[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), want)
+    # --weights names the pose model; the detector is looked for next to it
+    pose = next(models.rglob(DW.POSE_FILE))
+    (tmp_path / "bare").mkdir()
+    assert main(["preprocess", "dw_openpose_full", str(src), "-o", str(out), "--weights", str(pose),
+                 "--models-dir", str(tmp_path / "bare")]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), want)
+    alone = tmp_path / "alone" / DW.POSE_FILE
+    alone.parent.mkdir()
+    alone.write_bytes(pose.read_bytes())
+    assert main(["preprocess", "dw_openpose_full", str(src), "-o", str(out), "--weights", str(alone),
+                 "--models-dir", str(tmp_path / "bare")]) == 2
+    assert "yolox_l.onnx is not installed" in capsys.readouterr().err

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import InvalidArgument
 from . import dwpose_detect
-from .preprocessor_files import cached, require_file
+from .preprocessor_files import cached, match_file, preprocessor_dirs, require_file
 
 DETECTOR_FILE, POSE_FILE = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
 SOURCE = "huggingface.co/yzd-v/DWPose"
@@ -56,12 +56,21 @@ def onnxruntime():
     return ort
 
 
-def find(folders, detector: str | None = DETECTOR_FILE, pose: str = POSE_FILE) -> dict[str, str | None]:
-    """{"detector": path or None (no detector: the whole picture is one person), "pose": path}, found in
-    the models folder's preprocessor folders; an InvalidArgument naming a missing file."""
-    out = {"detector": None, "pose": str(require_file(folders, pose, "dwpose", SOURCE))}
+def find(folders, detector: str | None = DETECTOR_FILE, pose: str = POSE_FILE,
+         pose_path=None) -> dict[str, str | None]:
+    """{"detector": path or None (no detector: the whole picture is one person), "pose": path}: the pose
+    model `pose_path` when given, else `pose` found in the models folder's preprocessor folders; the
+    detector found there or next to the pose model; an InvalidArgument naming a missing file."""
+    pose_file = Path(pose_path) if pose_path is not None else require_file(folders, pose, "dwpose", SOURCE)
+    out = {"detector": None, "pose": str(pose_file)}
     if detector is not None:
-        out["detector"] = str(require_file(folders, detector, "dwpose", SOURCE))
+        found = match_file(folders, detector) if folders is not None else None
+        if found is None and (pose_file.parent / detector).is_file():
+            found = pose_file.parent / detector
+        if found is None:
+            raise InvalidArgument(f"dwpose: {detector} is not installed: put it in {preprocessor_dirs()} (any "
+                                  f"subfolder, or next to {pose_file.name}); it is published at {SOURCE}")
+        out["detector"] = str(found)
     return out
 
 

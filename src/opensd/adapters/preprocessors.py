@@ -452,6 +452,9 @@ def preprocess(name: str, image: Image.Image, folders=None, **options) -> Image.
         options["weights"] = installed_weights(key, folders)
     elif str(NEEDS_WEIGHTS.get(key)).startswith("openpose_") and not isinstance(options["weights"], dict):
         options["weights"] = _openpose_files(NEEDS_WEIGHTS[key], folders, body=options["weights"])
+    elif NEEDS_WEIGHTS.get(key) == "dwpose" and not isinstance(options["weights"], dict):
+        from .dwpose import find as dwpose_files
+        options["weights"] = dwpose_files(folders, pose_path=options["weights"])  # the pose model's file
     elif key in OPTIONAL_WEIGHTS and options.get("weights") is None:
         options["weights"] = optional_weights(key, folders)
     try:
