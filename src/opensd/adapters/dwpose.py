@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import InvalidArgument
 from . import dwpose_detect
-from .preprocessor_files import cached, match_file, preprocessor_dirs, require_file
+from .preprocessor_files import cached, require_file, require_file_near
 
 DETECTOR_FILE, POSE_FILE = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
 SOURCE = "huggingface.co/yzd-v/DWPose"
@@ -64,13 +64,7 @@ def find(folders, detector: str | None = DETECTOR_FILE, pose: str = POSE_FILE,
     pose_file = Path(pose_path) if pose_path is not None else require_file(folders, pose, "dwpose", SOURCE)
     out = {"detector": None, "pose": str(pose_file)}
     if detector is not None:
-        found = match_file(folders, detector) if folders is not None else None
-        if found is None and (pose_file.parent / detector).is_file():
-            found = pose_file.parent / detector
-        if found is None:
-            raise InvalidArgument(f"dwpose: {detector} is not installed: put it in {preprocessor_dirs()} (any "
-                                  f"subfolder, or next to {pose_file.name}); it is published at {SOURCE}")
-        out["detector"] = str(found)
+        out["detector"] = str(require_file_near(folders, detector, "dwpose", SOURCE, pose_file))
     return out
 
 
