@@ -26,18 +26,21 @@ from opensd.errors import InvalidArgument  # noqa: E402
 W, H = 160, 320  # the picture: letterboxed at r = 2 into the left half of 640 x 640
 
 
-def _const_model(path, input_name: str, input_shape: list[int], outputs: dict[str, np.ndarray]):
-    """An ONNX file whose outputs are the given arrays (plus 0 x the input's maximum, so the input is used)."""
+def _const_model(path, input_name: str, input_shape: list[int], outputs: dict[str, np.ndarray], fp16=False):
+    """An ONNX file whose outputs are the given arrays (plus 0 x the input's maximum, so the input is used);
+    fp16: its input is float16."""
     from onnx import TensorProto, helper, numpy_helper
 
-    nodes = [helper.make_node("ReduceMax", [input_name], ["peak"], keepdims=0),
+    nodes = [helper.make_node("Cast", [input_name], ["x32"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMax", ["x32"], ["peak"], keepdims=0),
              helper.make_node("Mul", ["peak", "zero"], ["nothing"])]
     inits = [numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
     for name, value in outputs.items():
         inits.append(numpy_helper.from_array(value.astype(np.float32), name + "_value"))
         nodes.append(helper.make_node("Add", [name + "_value", "nothing"], [name]))
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, input_shape)],
+        nodes, "tiny", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT,
+                                                      input_shape)],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(v.shape)) for n, v in outputs.items()], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -240,6 +243,16 @@ def test_no_detector_takes_the_whole_picture(models):
     people, _ = DW.detect(DW.load(files, "cpu"), np.zeros((H, W, 3), np.uint8))
     # the box (0, 0, 160, 320): centre (80, 160), size 200 x 400 (padded, already 1:2 -> 300 x 400)
     assert len(people) == 1 and people[0][0] == (80.0, 160.0)
+
+
+def test_a_float16_pose_model_gives_the_same_points(sessions, tmp_path):
+    sx, sy = _simcc()
+    fp16 = _const_model(tmp_path / "dw-ll_ucoco_384_fp16.onnx", "input", [1, 3, 384, 288],
+                        {"simcc_x": sx, "simcc_y": sy}, fp16=True)
+    half = DW.load({"detector": None, "pose": str(fp16)}, "cpu")
+    assert half.input_size == (288, 384)
+    rgb = np.zeros((H, W, 3), np.uint8)
+    assert DW.estimate(half, rgb, [BOX_A])[0] == pytest.approx(DW.estimate(sessions, rgb, [BOX_A])[0])
 
 
 def test_errors_name_the_files_and_the_extra(tmp_path, monkeypatch, models):

@@ -151,10 +151,9 @@ def decode_simcc(simcc_x: np.ndarray, simcc_y: np.ndarray, centre, scale,
 def estimate(sessions: Sessions, rgb: np.ndarray, boxes) -> tuple[np.ndarray, np.ndarray]:
     """(keypoints (n, 133, 2), scores (n, 133)) of the people in `boxes` (one model run per box)."""
     points, scores = [], []
-    name = sessions.pose.get_inputs()[0].name
     for box in boxes:
         centre, scale = box_to_centre_scale(box, sessions.input_size)
-        sx, sy = sessions.pose.run(None, {name: crop(rgb, centre, scale, sessions.input_size)})[:2]
+        sx, sy = dwpose_detect.feed(sessions.pose, crop(rgb, centre, scale, sessions.input_size))[:2]
         if sx.shape[1] != KEYPOINTS:
             raise InvalidArgument(f"dwpose: the pose model gave {sx.shape[1]} keypoints, not the {KEYPOINTS} of "
                                   f"COCO-WholeBody ({POSE_FILE})")

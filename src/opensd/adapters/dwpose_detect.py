@@ -76,10 +76,18 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> list[int
     return keep
 
 
+def feed(session, x: np.ndarray) -> list[np.ndarray]:
+    """The session's outputs (as float32) for the float32 input `x`, cast to float16 for a model that takes
+    float16 (the fp16 copies of these files)."""
+    spec = session.get_inputs()[0]
+    x = x.astype(np.float16) if spec.type == "tensor(float16)" else x
+    return [np.asarray(out, np.float32) for out in session.run(None, {spec.name: x})]
+
+
 def detect_people(session, rgb: np.ndarray) -> np.ndarray:
     """The people in an RGB uint8 picture: boxes (n, 4) x1, y1, x2, y2 in pixels, best first."""
     x, r = letterbox(rgb)
-    raw = session.run(None, {session.get_inputs()[0].name: x})[0]
+    raw = feed(session, x)[0]
     boxes, scores = decode(raw, r)
     candidates = np.nonzero(scores > NMS_SCORE)[0]
     kept = candidates[nms(boxes[candidates], scores[candidates])]
