@@ -203,13 +203,8 @@ def test_a1111_modules(models):
     from opensd.server import a1111_controlnet as AC
 
     assert AC._module("openpose", "u") == ("openpose", True)
-    assert AC._module("dw_openpose_full", "u") == ("openpose", False)
+    assert AC._module("dw_openpose_full", "u") == ("dw_openpose_full", True)  # DWPose: test_dwpose.py
     assert AC.module_list().count("openpose") == 1
-    from types import SimpleNamespace
-
-    req = SimpleNamespace(alwayson_scripts={"controlnet": {"args": [{"module": "dw_openpose_full"}]}})
-    notes = AC.unsupported(req)
-    assert any("DWPose is not implemented" in text for _, text in notes)
     weights = AC._weights("openpose", ModelFolders(models), "unit")
     assert weights.endswith(OP.FILE)
     out = AC.preprocess_image(Image.new("RGB", (90, 60), (90, 100, 110)), "openpose", 64, -1, -1, 10**7, weights)

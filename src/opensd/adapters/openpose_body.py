@@ -207,14 +207,17 @@ def draw(people, h: int, w: int, xinsr: bool = False, canvas: np.ndarray | None 
     return canvas
 
 
-def as_openpose_json(people, h: int, w: int, parts: list[dict] | None = None) -> dict:
+def as_openpose_json(people, h: int, w: int, parts: list[dict] | None = None, pixels: bool = False) -> dict:
     """The OpenPose JSON of controlnet_aux's POSE_KEYPOINT: per person 18 (x, y, confidence) with x and y
-    as fractions of the canvas, (0, 0, 0) for a missing joint; with `parts` (openpose_parts.detect_parts)
-    the hands' 21 and the face's points the same way, None for a hand or face not looked for or found."""
+    as fractions of the canvas (`pixels`: in pixels, as its DWPose writes them), (0, 0, 0) for a missing
+    joint; with `parts` (openpose_parts.detect_parts) the hands' 21 and the face's points the same way,
+    None for a hand or face not looked for or found."""
+    sx, sy = (1.0, 1.0) if pixels else (w, h)
+
     def flat(points):
         if not points:
             return None
-        return [v for j in points for v in ((j[0] / w, j[1] / h, 1.0) if j is not None else (0.0, 0.0, 0.0))]
+        return [v for j in points for v in ((j[0] / sx, j[1] / sy, 1.0) if j is not None else (0.0, 0.0, 0.0))]
 
     parts = parts or [{}] * len(people)
     return {"people": [{"pose_keypoints_2d": flat(p), "face_keypoints_2d": flat(q.get("face")),

@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import InvalidArgument
 from .openpose import FILE as BODY_FILE
 from .openpose import SOURCE, ConvBlock, build_checked
 from .openpose import build as build_body
-from .preprocessor_files import load_network, match_file, preprocessor_dirs, require_file
+from .preprocessor_files import load_network, require_file, require_file_near
 
 HAND_FILE, FACE_FILE = "hand_pose_model.pth", "facenet.pth"
 HAND_MAPS, FACE_MAPS = 22, 71
@@ -104,11 +103,5 @@ def find(folders, hand: bool = False, face: bool = False, body=None) -> dict[str
     for part, name, wanted in (("hand", HAND_FILE, hand), ("face", FACE_FILE, face)):
         if not wanted:
             continue
-        found = match_file(folders, name) if folders is not None else None
-        if found is None and (body.parent / name).is_file():
-            found = body.parent / name
-        if found is None:
-            raise InvalidArgument(f"openpose {part}s: {name} is not installed: put it in {preprocessor_dirs()} "
-                                  f"(any subfolder, or next to {body.name}); it is published at {SOURCE}")
-        files[part] = str(found)
+        files[part] = str(require_file_near(folders, name, f"openpose {part}s", SOURCE, body))
     return files

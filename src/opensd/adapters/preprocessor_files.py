@@ -43,6 +43,18 @@ def require_file(folders, name: str, label: str, source: str) -> Path:
     return found
 
 
+def require_file_near(folders, name: str, label: str, source: str, near: Path) -> Path:
+    """match_file's file for `name`, else the one of that name next to the file `near`, else an error for
+    `label` naming the file, where to put it and where it is published."""
+    found = match_file(folders, name) if folders is not None else None
+    if found is None and (near.parent / name).is_file():
+        found = near.parent / name
+    if found is None:
+        raise InvalidArgument(f"{label}: {name} is not installed: put it in {preprocessor_dirs()} (any subfolder, "
+                              f"or next to {near.name}); it is published at {source}")
+    return found
+
+
 def check_keys(path, sd: Mapping[str, torch.Tensor], want: Mapping[str, tuple], what: str) -> None:
     """A CheckpointError '<what>: missing ..; unexpected ..; wrong shape ..' unless `sd` has exactly the
     keys of `want` (key -> shape) with those shapes."""

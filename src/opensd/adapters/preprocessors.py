@@ -30,6 +30,9 @@ structure on black (the convention of lllyasviel's ControlNet 1.0/1.1 models):
                the skeletons with hands and/or face landmarks (faceonly: the face alone) from the
                OpenPose hand and face nets (adapters/openpose_cpm.py, openpose_parts.py; the user's
                hand_pose_model.pth and facenet.pth besides body_pose_model.pth)
+    dw_openpose_full (= dwpose)
+               DWPose: the same drawing from the user's yolox_l.onnx and dw-ll_ucoco_384.onnx run by
+               onnxruntime (adapters/dwpose.py; pip install "opensd[dwpose]")
     depth/pose/normal/seg/passthrough
                the user's own map (from an external estimator), used as it is
     invert     255 - image: a black-on-white sketch becomes white-on-black
@@ -281,6 +284,19 @@ def openpose_full(image: Image.Image, weights=None, device=None, xinsr: bool = F
     return _openpose_parts(image, weights, device, xinsr, True, True, True)
 
 
+def dw_openpose_full(image: Image.Image, weights=None, device=None, xinsr: bool = False, body: bool = True,
+                     hands: bool = True, face: bool = True) -> Image.Image:
+    """DWPose body, hands and face; `weights` dwpose.find's {"detector", "pose"} ONNX files."""
+    from .dwpose import load, run
+    from .preprocessor_files import torch_device
+
+    if not isinstance(weights, dict) or not weights.get("pose"):
+        raise InvalidArgument('dwpose: weights must be {"detector": yolox_l.onnx path (or None), '
+                              '"pose": dw-ll_ucoco_384.onnx path}')
+    rgb = np.asarray(image.convert("RGB"))
+    return Image.fromarray(run(load(weights, str(torch_device(device))), rgb, body, hands, face, xinsr)[0])
+
+
 def lineart_realistic(image: Image.Image, weights=None, device=None) -> Image.Image:
     from .lineart import lineart_model
     return lineart_model(image, "realistic", weights, device)
@@ -351,7 +367,7 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
     "lineartmanga": lineart_manga, "lineartanimedenoise": lineart_manga,
     "depthanythingv2": depth_anything_v2, "openpose": openpose,
     "openposehand": openpose_hand, "openposeface": openpose_face, "openposefaceonly": openpose_faceonly,
-    "openposefull": openpose_full,
+    "openposefull": openpose_full, "dwopenposefull": dw_openpose_full, "dwpose": dw_openpose_full,
     "softedgepidinet": softedge_pidinet, "pidinet": softedge_pidinet, "softedgepidisafe": softedge_pidisafe,
     "pidinetsafe": softedge_pidisafe, "scribblepidinet": scribble_pidinet, "pidinetscribble": scribble_pidinet,
     "t2iasketchpidi": t2ia_sketch_pidi, "pidinetsketch": t2ia_sketch_pidi,
@@ -361,10 +377,12 @@ PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {
 
 
 # preprocessors that run a user's model file: key -> the learned lineart kind (None: Depth Anything;
-# "pidinet": PiDiNet's file; "openpose": the OpenPose body model; "openpose_*": it and the hand/face models)
+# "pidinet": PiDiNet's file; "openpose": the OpenPose body model; "openpose_*": it and the hand/face models;
+# "dwpose": DWPose's two ONNX files)
 NEEDS_WEIGHTS = {"depthanythingv2": None, "openpose": "openpose", "openposehand": "openpose_hand",
                  "openposeface": "openpose_face", "openposefaceonly": "openpose_face",
-                 "openposefull": "openpose_full", "lineartrealistic": "realistic",
+                 "openposefull": "openpose_full", "dwopenposefull": "dwpose", "dwpose": "dwpose",
+                 "lineartrealistic": "realistic",
                  "lineartcoarse": "coarse", "lineartanime": "anime", "lineartmanga": "manga", "lineartanimedenoise": "manga",
                  **{key: "pidinet" for key in ("softedgepidinet", "pidinet", "softedgepidisafe", "pidinetsafe",
                                                "scribblepidinet", "pidinetscribble", "t2iasketchpidi",
@@ -407,6 +425,9 @@ def installed_weights(name: str, folders):
         return openpose_file(folders)
     if kind.startswith("openpose_"):
         return _openpose_files(kind, folders)
+    if kind == "dwpose":
+        from .dwpose import find as dwpose_files
+        return dwpose_files(folders)
     from .lineart import find
     return find(folders, kind)
 
@@ -431,6 +452,9 @@ def preprocess(name: str, image: Image.Image, folders=None, **options) -> Image.
         options["weights"] = installed_weights(key, folders)
     elif str(NEEDS_WEIGHTS.get(key)).startswith("openpose_") and not isinstance(options["weights"], dict):
         options["weights"] = _openpose_files(NEEDS_WEIGHTS[key], folders, body=options["weights"])
+    elif NEEDS_WEIGHTS.get(key) == "dwpose" and not isinstance(options["weights"], dict):
+        from .dwpose import find as dwpose_files
+        options["weights"] = dwpose_files(folders, pose_path=options["weights"])  # the pose model's file
     elif key in OPTIONAL_WEIGHTS and options.get("weights") is None:
         options["weights"] = optional_weights(key, folders)
     try:

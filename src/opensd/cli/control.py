@@ -29,7 +29,8 @@ def register(sub) -> None:
                                   "t2ia_sketch_pidi (PiDiNet), invert, binary, depth_anything_v2 (Depth Anything V2 depth), "
                                   "openpose (body skeletons; body_pose_model.pth), openpose_hand / openpose_face / "
                                   "openpose_faceonly / openpose_full (with hand_pose_model.pth / facenet.pth), "
-                                  "depth/pose (passthrough)")
+                                  "dw_openpose_full (DWPose: yolox_l.onnx and dw-ll_ucoco_384.onnx; "
+                                  'pip install "opensd[dwpose]"), depth/pose (passthrough)')
     pre.add_argument("image", type=Path)
     pre.add_argument("-o", "--output", type=Path, required=True)
     pre.add_argument("--low", type=int, help="canny: low threshold (default 100)")
@@ -44,6 +45,8 @@ def register(sub) -> None:
                                        "sk_model.pth, sk_model2.pth, netG.pth, erika.pth; *pidinet*: table5_pidinet.pth; "
                                        "openpose*: body_pose_model.pth (hand_pose_model.pth and facenet.pth "
                                        "are looked for next to it and in the models folder); "
+                                       "dw_openpose_full: dw-ll_ucoco_384.onnx (yolox_l.onnx next to it or in the "
+                                       "models folder); "
                                        "softedge/scribble: "
                                        "ControlNetHED.pth if installed)")
     add_models_dir_flag(pre)

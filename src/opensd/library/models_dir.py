@@ -37,8 +37,10 @@ LAYOUT = {
     "preprocessors": ("ControlNetPreprocessor", "controlnet_aux", "depthanything"),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-# kinds whose files are not those above (Fooocus names its inpaint patch inpaint_v26.fooocus.patch)
-SUFFIXES = {"configs": (".yaml",), "unet_gguf": (".gguf",), "inpaint": WEIGHT_SUFFIXES + (".patch",)}
+# kinds whose files are not those above (Fooocus names its inpaint patch inpaint_v26.fooocus.patch;
+# DWPose's preprocessor models are ONNX files)
+SUFFIXES = {"configs": (".yaml",), "unet_gguf": (".gguf",), "inpaint": WEIGHT_SUFFIXES + (".patch",),
+            "preprocessors": WEIGHT_SUFFIXES + (".onnx",)}
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "builtin"
 BUILTIN_CHECKPOINT = BUILTIN_DIR / "opensd-emoji.safetensors"
 BUILTIN_FOLDERS = {"controlnet": BUILTIN_DIR / "controlnet"}  # the built-in model's Canny ControlNet

@@ -16,11 +16,12 @@ as ComfyUI's "auto"; see adapters/union_types.py).
 IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter.
 
 Accepted but not acted on (listed in info["unsupported_fields"]): ``mask``, ``hr_option`` other
-than "Both", and modules we only approximate (dw_openpose_full -> OpenPose's body skeleton, no DWPose;
-depth/normal/seg estimators other than depth_anything_v2 -> the image is used as the map as it is).
-openpose_hand/_face/_faceonly/_full run OpenPose's hand and face nets. Modules that run a model file
-(the learned lineart nets, PiDiNet's table5_pidinet.pth, OpenPose's body_pose_model.pth and
-hand_pose_model.pth / facenet.pth, Depth Anything V2) answer 422 naming the file when it is not installed."""
+than "Both", and modules we only approximate (depth/normal/seg estimators other than depth_anything_v2
+-> the image is used as the map as it is). openpose_hand/_face/_faceonly/_full run OpenPose's hand and
+face nets; dw_openpose_full runs DWPose (adapters/dwpose.py; opensd[dwpose]). Modules that run a model
+file (the learned lineart nets, PiDiNet's table5_pidinet.pth, OpenPose's body_pose_model.pth and
+hand_pose_model.pth / facenet.pth, DWPose's yolox_l.onnx and dw-ll_ucoco_384.onnx, Depth Anything V2)
+answer 422 naming the file when it is not installed."""
 from __future__ import annotations
 
 import math
@@ -57,7 +58,7 @@ MODULES: dict[str, tuple[str, bool]] = {
     "depth_anything_v2": ("depth_anything_v2", True),
     "openpose": ("openpose", True), "openpose_hand": ("openpose_hand", True), "openpose_face": ("openpose_face", True),
     "openpose_faceonly": ("openpose_faceonly", True), "openpose_full": ("openpose_full", True),
-    "dw_openpose_full": ("openpose", False),
+    "dw_openpose_full": ("dw_openpose_full", True),
 }
 _PASSTHROUGH = ("depth", "dw_openpose", "normal", "seg", "segmentation")
 
@@ -291,9 +292,6 @@ def unsupported(req) -> list[tuple[str, str]]:
         if module == "passthrough":
             found.append((f"{field}.module", f"no {unit.get('module')!r} estimator here; the image is used "
                                              "as the map as it is"))
-        elif module == "openpose" and not exact:
-            found.append((f"{field}.module", f"{unit.get('module')!r}: DWPose is not implemented here; OpenPose's "
-                                             "body skeleton is drawn (openpose)"))
         elif not exact:
             found.append((f"{field}.module", f"{unit.get('module')!r} is approximated by {module!r}"))
     return found

@@ -18,7 +18,12 @@ IMAGE whose short side is `resolution` (aspect kept), as controlnet_aux returns 
 * OpenposePreprocessor: OpenPose body skeletons (body_pose_model.pth; adapters/openpose_body.py), hands
   (hand_pose_model.pth) and face landmarks (facenet.pth; adapters/openpose_parts.py) as detect_* say,
   and their POSE_KEYPOINT (OpenPose JSON, one dict per picture).
-* AIO_Preprocessor: one of the above by node name with its defaults (OpenposePreprocessor: its IMAGE).
+* DWPreprocessor: DWPose (adapters/dwpose.py; the user's yolox_l.onnx and dw-ll_ucoco_384.onnx through
+  onnxruntime, opensd[dwpose]): the same drawing and POSE_KEYPOINT (pixel coordinates, as there), found
+  and drawn on the picture as it comes, the map then scaled to `resolution`. bbox_detector "None" takes
+  the whole picture as one person; the TorchScript and YOLO-NAS choices are refused (a TorchScript file
+  is a pickle; YOLO-NAS is not implemented).
+* AIO_Preprocessor: one of the above by node name with its defaults (the pose nodes: their IMAGE).
 * ImageGenResolutionFromImage, PixelPerfectResolution: the image's size; the extension's pixel-perfect
   short side.
 
@@ -232,7 +237,47 @@ OPENPOSE = register(NodeDef(
               "scale_stick_for_xinsr_cn": (["disable", "enable"], {"default": "disable"})},
     category=CATEGORY + "/Faces and Poses Estimators", display_name="OpenPose Pose",
     module="custom_nodes.comfyui_controlnet_aux"))
-AIO_NODES = {**NODES, OPENPOSE.name: OPENPOSE}
+DETECTORS = ["None", "yolox_l.torchscript.pt", "yolox_l.onnx", "yolo_nas_l_fp16.onnx", "yolo_nas_m_fp16.onnx",
+             "yolo_nas_s_fp16.onnx"]
+POSE_MODELS = ["dw-ll_ucoco_384_bs5.torchscript.pt", "dw-ll_ucoco_384.onnx", "dw-ll_ucoco.onnx"]
+
+
+def dwpose(call, image, detect_hand="enable", detect_body="enable", detect_face="enable", resolution=512,
+           bbox_detector="yolox_l.onnx", pose_estimator="dw-ll_ucoco_384.onnx", scale_stick_for_xinsr_cn="disable"):
+    """DWPose's body, hands and face as asked, and their OpenPose JSON."""
+    from ..adapters.dwpose import find, load, run
+
+    hand, body, face = _on("detect_hand", detect_hand), _on("detect_body", detect_body), _on("detect_face", detect_face)
+    xinsr = _on("scale_stick_for_xinsr_cn", scale_stick_for_xinsr_cn)
+    for field, value, choices in (("bbox_detector", bbox_detector, DETECTORS),
+                                  ("pose_estimator", pose_estimator, POSE_MODELS)):
+        if value not in choices:
+            raise InvalidArgument(f"{field}: {value!r} is not one of {', '.join(choices)}")
+        if (value != "None" and not value.endswith(".onnx")) or value.startswith("yolo_nas"):
+            raise InvalidArgument(f"{field}: {value} is not supported here (TorchScript files are pickles, "
+                                  "YOLO-NAS is not implemented); choose yolox_l.onnx / dw-ll_ucoco_384.onnx")
+    files = find(call.ctx.folders, None if bbox_detector == "None" else bbox_detector, pose_estimator)
+    sessions = load(files, str(resolve_device(call.ctx.device)))
+    docs = []
+
+    def make(im):
+        picture, doc = run(sessions, np.asarray(im.convert("RGB")), body, hand, face, xinsr)
+        docs.append(doc)
+        return Image.fromarray(picture)
+
+    maps = each_image(call, image, resolution, make, before=False)
+    return {"ui": {"openpose_json": [json.dumps(docs, indent=4)]}, "result": (maps[0], docs)}
+
+
+DWPOSE = register(NodeDef(
+    "DWPreprocessor", dwpose, {"image": ("IMAGE", {})}, ("IMAGE", "POSE_KEYPOINT"),
+    optional={"detect_hand": ENABLE, "detect_body": ENABLE, "detect_face": ENABLE, "resolution": RESOLUTION,
+              "bbox_detector": (DETECTORS, {"default": "yolox_l.onnx"}),
+              "pose_estimator": (POSE_MODELS, {"default": "dw-ll_ucoco_384.onnx"}),
+              "scale_stick_for_xinsr_cn": (["disable", "enable"], {"default": "disable"})},
+    category=CATEGORY + "/Faces and Poses Estimators", display_name="DWPose Estimator",
+    module="custom_nodes.comfyui_controlnet_aux"))
+AIO_NODES = {**NODES, OPENPOSE.name: OPENPOSE, DWPOSE.name: DWPOSE}
 AIO_NAMES = ["none", *AIO_NODES]
 
 
@@ -246,7 +291,7 @@ def aio(call, image, preprocessor="none", resolution=512):
                               f"{', '.join(AIO_NAMES)}")
     defaults = {k: spec[1]["default"] for k, spec in node.optional.items() if k != "resolution"}
     out = node.fn(call, image, resolution=resolution, **defaults)
-    return (out["result"][0],) if isinstance(out, dict) else out  # the IMAGE alone (openpose's JSON dropped)
+    return (out["result"][0],) if isinstance(out, dict) else out  # the IMAGE alone (the pose JSON dropped)
 
 
 register(NodeDef(
