@@ -106,8 +106,10 @@ def a1111_files(state, payload: dict) -> list[tuple[str, Path]]:
         files.append((unit_kind(folders, u), Path(u["path"])))
         if u.get("encoder"):  # an IP-Adapter unit's CLIP image encoder
             files.append(("clip_vision", Path(u["encoder"])))
-        if u.get("weights"):  # its preprocessor's model (Depth Anything V2)
-            files.append(("preprocessors", Path(u["weights"])))
+        weights = u.get("weights")  # its preprocessor's model file, or files ({"body", "hand", ...})
+        for w in (weights.values() if isinstance(weights, dict) else [weights]):
+            if w:
+                files.append(("preprocessors", Path(w)))
     hires = payload["kwargs"].get("hires") or {}
     texts = (payload.get("prompt"), payload.get("negative_prompt"), hires.get("prompt"), hires.get("negative_prompt"))
     for tag in (t for text in texts if text for t in prompt_lora_tags(text)):

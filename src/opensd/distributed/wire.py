@@ -114,8 +114,8 @@ def _unit_to_wire(folders: ModelFolders, unit: dict) -> dict:
     wire["model"] = model_name(folders, kind, unit["path"])
     if unit.get("kind") == "ip_adapter":  # and its CLIP image encoder
         wire |= {"model_kind": kind, "encoder": model_name(folders, "clip_vision", unit["encoder"])}
-    if unit.get("weights"):  # the preprocessor's model (Depth Anything V2)
-        wire["weights"] = model_name(folders, "preprocessors", unit["weights"])
+    if unit.get("weights"):  # the preprocessor's model file, or files ({"body", "hand", ...})
+        wire["weights"] = _each(unit["weights"], lambda w: model_name(folders, "preprocessors", w))
     return wire
 
 
@@ -125,5 +125,12 @@ def _unit_from_wire(folders: ModelFolders, wire: dict) -> dict:
     if wire.get("kind") == "ip_adapter":
         unit["encoder"] = str(folders.resolve("clip_vision", wire["encoder"]))
     if wire.get("weights"):
-        unit["weights"] = str(folders.resolve("preprocessors", wire["weights"]))
+        unit["weights"] = _each(wire["weights"], lambda w: str(folders.resolve("preprocessors", w)))
     return unit
+
+
+def _each(weights, fn):
+    """`fn` of a preprocessor's one file, or of each file of a {"body", "hand", ...} dict (None kept)."""
+    if isinstance(weights, dict):
+        return {k: None if v is None else fn(v) for k, v in weights.items()}
+    return fn(weights)
