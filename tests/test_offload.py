@@ -39,7 +39,7 @@ def test_auto_mode_follows_free_device_memory(normal, monkeypatch):
         assert O.choose_mode("auto", CUDA, model) == want, free
     assert O.choose_mode("auto", torch.device("cpu"), model) == "normal"  # never offloads on a CPU
     assert O.choose_mode("lowvram", torch.device("cpu"), model) == "lowvram"
-    with pytest.raises(InvalidArgument, match="^memory: 'tiny' is not one of auto, normal, medvram, lowvram"):
+    with pytest.raises(InvalidArgument, match="^memory: 'tiny' is not one of auto, normal, medvram, lowvram, medvram-sdxl"):
         O.choose_mode("tiny", CUDA, model)
 
 
@@ -60,6 +60,17 @@ def test_auto_mode_of_full_size_models_on_common_cards(family, card_gib, want, m
     free = card_gib * O.GIB - (O.GIB * 6) // 10  # the CUDA context and the desktop take some
     monkeypatch.setattr(O, "free_memory", lambda device: free)
     assert O.choose_mode("auto", CUDA, model) == want
+
+
+@pytest.mark.parametrize("family, want", [("sdxl", "medvram"), ("sdxl_refiner", "medvram"), ("sd1", "normal")])
+def test_medvram_sdxl_is_medvram_for_sdxl_models_only(family, want, monkeypatch):
+    from opensd.models import config as C
+    from opensd.models.stable_diffusion import StableDiffusion
+    cfg = C.sdxl_refiner() if family == "sdxl_refiner" else getattr(C, family)()
+    with torch.device("meta"):
+        model = StableDiffusion(cfg).half()
+    monkeypatch.setattr(O, "free_memory", lambda device: 80 * O.GIB)  # auto: all fits
+    assert O.choose_mode("medvram-sdxl", CUDA, model) == want
 
 
 def test_moves_keep_the_weights_home_and_copy_back_only_changes(ckpt, normal, monkeypatch):

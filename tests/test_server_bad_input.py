@@ -375,3 +375,14 @@ def test_a_public_bind_needs_a_token():
         Settings(host="0.0.0.0").check_exposure()
     assert "WARNING" in Settings(host="0.0.0.0", insecure_no_token=True).check_exposure()
     assert Settings().host == "127.0.0.1" and Settings().check_exposure() is None
+
+
+def test_a1111_memory_flags_parse_and_show_in_cmd_flags(tmp_path):
+    from opensd.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--medvram-sdxl"])
+    assert args.memory == "medvram-sdxl"
+    settings = Settings(memory=args.memory, outputs_dir=tmp_path / "out", start_worker=False)
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:7860") as c:
+        flags = c.get("/sdapi/v1/cmd-flags").json()
+    assert (flags["medvram_sdxl"], flags["medvram"], flags["lowvram"]) == (True, False, False)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InvalidArgument
+from ..pipeline.memory_modes import MODES
 from ..text.prompt_parser import EMPHASIS_LABELS
 from . import cfg_skip_flags, ip_adapter_flags, sampling_flags
 from ..pipeline.soft_inpaint_settings import SETTINGS as SOFT_SETTINGS, SoftInpainting
@@ -168,9 +169,10 @@ def register(sub) -> None:
     d.add_argument("--taesd", type=Path, metavar="FILE_OR_FOLDER",
                    help="tiny autoencoder: a taesd/taesdxl decoder or encoder file, or a folder holding them "
                         "(default: the models folder's VAE-approx / vae_approx)")
-    d.add_argument("--memory", choices=["auto", "normal", "medvram", "lowvram"], default="auto",
+    d.add_argument("--memory", choices=MODES, default="auto",
                    help="GPU memory mode: medvram moves text encoders, UNet and VAE to the GPU in turns, lowvram "
-                        "also the UNet block by block; auto (default) chooses from free VRAM (normal on a CPU)")
+                        "also the UNet block by block, medvram-sdxl medvram for SDXL models only; auto (default) "
+                        "chooses from free VRAM (normal on a CPU)")
     d.add_argument("--compile", action="store_true",
                    help="run the UNet through torch.compile (minutes to compile each new size, cached on disk; "
                         "then faster steps)")

@@ -10,6 +10,7 @@ import webbrowser
 from pathlib import Path
 
 from ..errors import InvalidArgument
+from ..pipeline.memory_modes import A1111_FLAGS, MODES
 from .common import float_arg, int_arg, set_threads
 
 
@@ -47,10 +48,11 @@ def register(sub) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto (default): fp16 on CUDA, bf16 on CPUs with native bf16 for SD-size models, else fp32")
     mem = p.add_mutually_exclusive_group()
-    mem.add_argument("--memory", choices=["auto", "normal", "medvram", "lowvram"], default="auto",
+    mem.add_argument("--memory", choices=MODES, default="auto",
                      help="GPU memory mode of every loaded model: medvram moves text encoders, UNet and VAE to the "
-                          "GPU in turns, lowvram also the UNet block by block; auto (default) chooses from free VRAM")
-    for mode in ("medvram", "lowvram"):  # A1111's spellings
+                          "GPU in turns, lowvram also the UNet block by block, medvram-sdxl medvram for SDXL models only; "
+                          "auto (default) chooses from free VRAM")
+    for mode in A1111_FLAGS:
         mem.add_argument(f"--{mode}", dest="memory", action="store_const", const=mode, help=f"--memory {mode}")
     p.add_argument("--backend", choices=["torch", "openvino"], default="torch",
                    help="openvino: UNet models run through OpenVINO on the CPU (pip install \"opensd[openvino]\"; "

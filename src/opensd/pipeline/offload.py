@@ -5,6 +5,7 @@
   is called and the part used before it moves back to the CPU.
 - lowvram: as medvram, and the UNet itself runs block by block: each block moves in just before it
   runs and back out right after, so only one block's weights are on the device at a time.
+- medvram-sdxl (A1111's --medvram-sdxl): medvram for SDXL models, auto for others.
 - auto: from the device's free memory (free_memory): normal when the whole model fits with room for
   the largest part's activations, medvram when each part fits with room for its own, lowvram
   otherwise (activation_reserve: measured, scaled to the model's native size). Never offloads on a CPU.
@@ -24,10 +25,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..errors import InvalidArgument
 from ..families import family_of
+from .memory_modes import check
 
-MODES = ("auto", "normal", "medvram", "lowvram")
 GIB = 1 << 30
 # Activation memory per 512x512 pixels in a 2-byte dtype, measured on an H200 with
 # bench/gpu_check.py (docs/benchmarks.md): the VAE decode is the peak, 0.66 GiB (SD 1.5 at 512x512
@@ -59,9 +59,9 @@ def parts(model) -> dict[str, list[nn.Module]]:
 
 
 def choose_mode(mode: str, device: torch.device, model) -> str:
-    """The memory mode for `mode` ("auto" or one of MODES) on `device` for `model`."""
-    if mode not in MODES:
-        raise InvalidArgument(f"memory: {mode!r} is not one of {', '.join(MODES)}")
+    """The memory mode for `mode` ("auto" or one of memory_modes.MODES) on `device` for `model`."""
+    if check(mode) == "medvram-sdxl":
+        mode = "medvram" if getattr(model.config, "family", None) in ("sdxl", "sdxl_refiner") else "auto"
     if mode != "auto":
         return mode
     if device.type != "cuda":

@@ -518,11 +518,11 @@ def load(path, *, vae=None, device: str | None = None, precision: str = "auto",
     prompts name with <lora:name:weight>. device None/"auto" and precision "auto" choose from
     this machine (pipeline/precision.py); `pipe.precision.line(pipe.device)` says what and why.
     `memory`: auto, normal, medvram or lowvram (pipeline/offload.py; `pipe.memory` says which)."""
-    from .offload import MODES, set_memory_mode
+    from .memory_modes import check as check_memory
+    from .offload import set_memory_mode
 
     dev = resolve_device(device)
-    if memory not in MODES:
-        raise InvalidArgument(f"memory: {memory!r} is not one of {', '.join(MODES)}")
+    check_memory(memory)
     if precision != "auto":
         resolve_dtype(precision)  # a bad name fails before the file is read
     if prediction not in (None, "eps", "v"):

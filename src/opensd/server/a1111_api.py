@@ -17,6 +17,7 @@ from .. import safe_paths
 from ..adapters.hypernetwork import prompt_hypernet_tags, tag_strength
 from ..adapters.lora import prompt_lora_tags
 from ..errors import InvalidArgument, OpenSDError
+from ..pipeline.memory_modes import A1111_FLAGS
 from ..library.model_metadata import api_metadata, file_metadata
 from ..library.models_dir import WEIGHT_SUFFIXES
 from ..pipeline.infotext import parse_infotext, read_infotext
@@ -286,6 +287,7 @@ def router(state) -> APIRouter:
         # gradio_auth: A1111's Gradio login, which clients (AIYA) read to decide whether to log in first
         return {"api": True, "listen": not is_loopback(s.host), "port": s.port,
                 "api_auth": bool(s.api_token), "gradio_auth": None, "nowebui": False,
+                **{flag.replace("-", "_"): s.memory == flag for flag in A1111_FLAGS},
                 "ckpt_dir": str(s.models_dir) if s.models_dir else None}
 
     @api.get("/progress")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidArgument
+from ..pipeline import memory_modes
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
@@ -26,7 +27,7 @@ class Settings:
     work_budget: float = 10_000.0            # megapixel-steps one request may ask for (work_budget.py)
     device: str | None = "auto"             # pipeline/device.py: CUDA, else MPS, else the CPU
     precision: str = "auto"                  # pipeline/precision.py
-    memory: str = "auto"                     # pipeline/offload.py: auto, normal, medvram, lowvram
+    memory: str = "auto"                     # pipeline/memory_modes.py
     backend: str = "torch"                   # "openvino": UNets through pipeline/openvino_unet.py
     model_budget_bytes: int = 8 << 30        # parameters kept loaded across cached pipelines
     max_body_bytes: int = 64 << 20
@@ -63,8 +64,7 @@ class Settings:
                 raise InvalidArgument(f"{flag}: only with --ray (the workers are Ray actors)")
         if self.ray_ship_models and not self.ray:
             raise InvalidArgument("ray-ship-models: only with --ray (it ships model files to the Ray workers)")
-        if self.memory not in ("auto", "normal", "medvram", "lowvram"):
-            raise InvalidArgument(f"memory: {self.memory!r} is not one of auto, normal, medvram, lowvram")
+        memory_modes.check(self.memory)
         if self.backend not in ("torch", "openvino"):
             raise InvalidArgument(f"backend: {self.backend!r} is not one of torch, openvino")
         if not 0 < self.work_budget < float("inf"):
