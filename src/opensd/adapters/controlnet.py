@@ -14,7 +14,9 @@ Semantics follow A1111's ControlNet extension and diffusers:
   (the deepest, middle one by 1), as in lllyasviel's reference code;
 - several ControlNets at once: their residuals are summed;
 - a Union ControlNet (ControlNet++) takes `control_type`, an index of union_types.py (None: unset,
-  ComfyUI's "auto").
+  ComfyUI's "auto");
+- `mask` (white = repaint) marks the hint's masked pixels -1 for ControlNet 1.1's inpaint model, and
+  `inpaint` picks sd-webui-controlnet's handling of the rest of the image (controlnet_inpaint.py).
 
 A T2I-Adapter loads through the same calls and is applied the same way, through the UNet's Control:
 its features (computed once per image, as they depend on nothing else) are scaled by `weight` and
