@@ -32,7 +32,6 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -52,7 +51,7 @@ from .control_lora import control_lora_config, control_lora_state_dict
 from .controlnet_inpaint import check_inpaint, fit_mask, marked_hint
 from .flux_controlnet import FOLDER_CLASS as FLUX_FOLDER, DEFAULT_GUIDANCE, flux_residuals, load_flux_controlnet
 from .sd3_controlnet import FOLDER_CLASS as SD3_FOLDER, load_sd3_controlnet, sd3_residuals
-from .preprocessors import RESIZE_MODES, control_image, fit_image
+from .preprocessors import RESIZE_MODES, control_image
 from .union_types import check_control_type, control_type_index, flux_mode_index
 
 MAX_WEIGHT = 2.0

@@ -64,7 +64,8 @@ def lama_fill(model, image: Image.Image, mask: Image.Image) -> Image.Image:
     import cv2
 
     if mask.size != image.size:
-        raise InvalidArgument(f"mask: {mask.width}x{mask.height} does not match the image's {image.width}x{image.height}")
+        raise InvalidArgument(f"mask: {mask.width}x{mask.height} does not match the image's "
+                              f"{image.width}x{image.height}")
     rgb = np.asarray(image.convert("RGB"))
     alpha = np.asarray(mask.convert("L"))
     h, w = rgb.shape[:2]

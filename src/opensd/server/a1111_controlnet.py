@@ -139,7 +139,8 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
         except InvalidArgument as e:
             raise InvalidArgument(f"{field}.model: {str(e).split(': ', 1)[-1]}") from None
         pre, exact = _module(unit.get("module"), f"{field}.module")
-        inpaint = cn_inpaint.plan(unit, pre, field, max_pixels, img2img, bool(getattr(req, "mask", None)), folders) \
+        has_mask = bool(getattr(req, "mask", None))
+        inpaint = cn_inpaint.plan(unit, pre, field, max_pixels, img2img, has_mask, folders) \
             if cn_inpaint.is_inpaint(pre) else None
         pre = pre if inpaint is None else inpaint["module"]
         weights = _weights(pre, folders, f"{field}.module") if inpaint is None else inpaint["weights"]
