@@ -175,3 +175,25 @@ def test_missing_mask_and_lama_file_are_named(pipe, cn, tmp_path):
     (tmp_path / "ControlNetPreprocessor" / "lama").mkdir(parents=True)
     (tmp_path / "ControlNetPreprocessor" / "lama" / LAMA_FILE).write_bytes(b"x")
     assert lama_file(ModelFolders(tmp_path)).name == LAMA_FILE
+
+
+def test_only_masked_img2img_crops_the_control_image_to_its_region(pipe, cn, monkeypatch):
+    import opensd.adapters.controlnet as C
+
+    seen = []
+    real = C.ControlApplier.__init__
+
+    def spy(self, specs, *args, **kw):
+        seen.append(specs)
+        real(self, specs, *args, **kw)
+
+    monkeypatch.setattr(C.ControlApplier, "__init__", spy)
+    image, mask = scene(), hole(64, (40, 40, 50, 50))
+    spec = ControlSpec(cn, image, mask=mask, inpaint="global")
+    pipe.img2img(image, "a box", mask=mask, inpaint_full_res=True, inpaint_full_res_padding=4, mask_blur=0,
+                 controls=[spec], strength=0.5, **FAST)
+    (used,) = seen[0]
+    box = (36, 36, 55, 55)  # the mask's box (40..50) and 4 px of padding, square as the output
+    assert used.image.size == (19, 19) and np.array_equal(_px(used.image), _px(image.crop(box)))
+    assert np.array_equal(np.asarray(used.mask) > 127, np.asarray(mask.crop(box)) > 127)
+    assert used.resize_mode == "just resize" and spec.image is image  # the caller's spec is left as it was

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -48,10 +48,10 @@ from ..models.sd3_controlnet import SD3ControlNet, SD35ControlNet
 from ..models.t2i_adapter import T2IAdapter
 from ..models.unet import Control
 from .control_lora import control_lora_config, control_lora_state_dict
-from .controlnet_inpaint import check_inpaint, fit_mask, marked_hint
+from .controlnet_inpaint import check_inpaint, fit_mask, fit_mask_image, marked_hint
 from .flux_controlnet import FOLDER_CLASS as FLUX_FOLDER, DEFAULT_GUIDANCE, flux_residuals, load_flux_controlnet
 from .sd3_controlnet import FOLDER_CLASS as SD3_FOLDER, load_sd3_controlnet, sd3_residuals
-from .preprocessors import RESIZE_MODES, control_image
+from .preprocessors import RESIZE_MODES, control_image, fit_image
 from .union_types import check_control_type, control_type_index, flux_mode_index
 
 MAX_WEIGHT = 2.0
@@ -349,6 +349,15 @@ class ControlApplier:
                 res = res.map(lambda r: torch.cat([torch.zeros_like(r[:1]).expand(n_uncond, *r.shape[1:]), r]))
             total = res if total is None else total + res
         return total
+
+
+def cropped(spec: ControlSpec, box: tuple[int, int, int, int], size: tuple[int, int]) -> ControlSpec:
+    """`spec` with its image (and mask) fitted to `size`, the init image's, by its resize mode and cut
+    to `box`: img2img's "only masked" region, whose crop the ControlNets then see as sd-webui-controlnet
+    crops its units' images (the box has the output's aspect ratio, so it is then just resized)."""
+    image = fit_image(spec.image, *size, spec.resize_mode).crop(box)
+    mask = None if spec.mask is None else fit_mask_image(spec.mask, *size, spec.resize_mode).crop(box)
+    return replace(spec, image=image, mask=mask, resize_mode="just resize")
 
 
 def validate_controls(controls, base: ModelConfig) -> list[ControlSpec]:

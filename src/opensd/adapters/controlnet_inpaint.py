@@ -41,6 +41,11 @@ def fit_mask(mask: Image.Image, width: int, height: int, mode: str = "just resiz
     return torch.from_numpy(masked.astype(np.float32))[None, None]
 
 
+def fit_mask_image(mask: Image.Image, width: int, height: int, mode: str = "just resize") -> Image.Image:
+    """fit_mask as a black-and-white picture ("L")."""
+    return Image.fromarray((fit_mask(mask, width, height, mode)[0, 0].numpy() * 255).astype(np.uint8))
+
+
 def marked_hint(hint: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The hint (1, 3, H, W) in 0..1 with the masked pixels (mask > 0.5) set to -1."""
     m = (mask > 0.5).to(hint)

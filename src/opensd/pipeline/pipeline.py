@@ -243,6 +243,9 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
                 if crop is not None:
                     crop = I.expand_to_ratio(crop, p.width / p.height, init.size)
                     source, mask = init.crop(crop), mask.crop(crop)
+                if crop is not None and self._controls:  # the ControlNets see the same region
+                    from ..adapters.controlnet import cropped
+                    self._controls = [cropped(spec, crop, init.size) for spec in self._controls]
             mode = p.resize_mode if crop is None else "just resize"  # the mask follows the image, as A1111
             source = I.resize(source, p.width, p.height, mode)
             mask = None if mask is None else I.resize(mask, p.width, p.height, mode)

@@ -105,10 +105,9 @@ def preprocess(image: Image.Image, mask: Image.Image | None, module: str, weight
     from ..adapters.controlnet_lama import lama_fill, load_lama
 
     if resize_mode == "resize and fill":
-        from ..adapters.controlnet_inpaint import fit_mask
+        from ..adapters.controlnet_inpaint import fit_mask_image
         from ..adapters.preprocessors import fit_image
-        m = fit_mask(mask, width, height, resize_mode)[0, 0].numpy()
-        image, mask = fit_image(image, width, height, resize_mode), Image.fromarray((m * 255).astype(np.uint8))
+        image, mask = fit_image(image, width, height, resize_mode), fit_mask_image(mask, width, height, resize_mode)
         resize_mode = "just resize"
     return lama_fill(load_lama(weights), image, mask), mask, resize_mode
 
