@@ -17,10 +17,13 @@ from reference import randomize_
 from server_live import LiveServer, models_dir
 
 from lama_files import lama_state_dict, random_lama
+from opensd.adapters.controlnet import ControlSpec, load_controlnet
 from opensd.adapters.controlnet_inpaint import fit_mask, paste_mask
 from opensd.checkpoints.controlnet_files import save_controlnet
 from opensd.library.synthetic import TINY
 from opensd.models.controlnet import ControlNet, ControlNetConfig
+from opensd.server import a1111_run
+from opensd.server.a1111_models import Txt2ImgRequest
 from opensd.server.settings import Settings
 from test_controlnet_inpaint import hole, scene
 
@@ -79,6 +82,13 @@ def test_inpaint_only_keeps_the_image_outside_the_unit_mask(live):
     assert g.status_code == 200, g.text
     assert np.abs(px(g.json()["images"][0]) - np.asarray(image, dtype=np.int16))[far].mean() > 5
     assert json.loads(r.json()["info"])["unsupported_fields"] == []
+    # the same generation through the Python API
+    pipe = live.state.cache.get(live.state.cache.resolve("tiny"))
+    req = Txt2ImgRequest(prompt="x", width=64, height=64, seed=9, steps=3, sampler_name="Euler")
+    kw, _ = a1111_run.plan(req, False, 20_000, live.state.options.view())
+    net = load_controlnet(live.state.folders.resolve("controlnet", "control_v11p_sd15_inpaint"), pipe)
+    direct = pipe.txt2img("x", "", seed=9, controls=[ControlSpec(net, image, mask=mask, inpaint="only")], **kw)[0]
+    assert np.array_equal(np.asarray(direct, dtype=np.int16), out)
 
 
 def test_module_list_names_the_inpaint_modules(live):
