@@ -14,7 +14,9 @@ Semantics follow A1111's ControlNet extension and diffusers:
   (the deepest, middle one by 1), as in lllyasviel's reference code;
 - several ControlNets at once: their residuals are summed;
 - a Union ControlNet (ControlNet++) takes `control_type`, an index of union_types.py (None: unset,
-  ComfyUI's "auto").
+  ComfyUI's "auto");
+- `mask` (white = repaint) marks the hint's masked pixels -1 for ControlNet 1.1's inpaint model, and
+  `inpaint` picks sd-webui-controlnet's handling of the rest of the image (controlnet_inpaint.py).
 
 A T2I-Adapter loads through the same calls and is applied the same way, through the UNet's Control:
 its features (computed once per image, as they depend on nothing else) are scaled by `weight` and
@@ -27,10 +29,9 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -47,9 +48,10 @@ from ..models.sd3_controlnet import SD3ControlNet, SD35ControlNet
 from ..models.t2i_adapter import T2IAdapter
 from ..models.unet import Control
 from .control_lora import control_lora_config, control_lora_state_dict
+from .controlnet_inpaint import check_inpaint, fit_mask, fit_mask_image, marked_hint
 from .flux_controlnet import FOLDER_CLASS as FLUX_FOLDER, DEFAULT_GUIDANCE, flux_residuals, load_flux_controlnet
 from .sd3_controlnet import FOLDER_CLASS as SD3_FOLDER, load_sd3_controlnet, sd3_residuals
-from .preprocessors import RESIZE_MODES, fit_image
+from .preprocessors import RESIZE_MODES, control_image, fit_image
 from .union_types import check_control_type, control_type_index, flux_mode_index
 
 MAX_WEIGHT = 2.0
@@ -144,6 +146,8 @@ class ControlSpec:
     # extension's "My prompt is more important"; guess_mode implies it)
     preprocessor: str = "none"  # what made `image` from the user's picture; recorded in the infotext
     control_type: int | str | None = None  # a Union ControlNet's type: a name or index (union_types.py)
+    mask: Image.Image | None = None  # white = repaint: its pixels are -1 in the hint (controlnet_inpaint.py)
+    inpaint: str | None = None  # sd-webui-controlnet's inpaint mode: global, only, only+lama (controlnet_inpaint.py)
     given_type: int | str | None = field(default=None, init=False, repr=False)  # as given (Flux's names differ)
 
     def __post_init__(self):
@@ -166,6 +170,10 @@ class ControlSpec:
             raise InvalidArgument(f"control start: {self.start} is after control end {self.end}")
         if self.resize_mode not in RESIZE_MODES:
             raise InvalidArgument(f"control resize_mode: {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+        check_inpaint(self)
+        if self.mask is not None and (self.model.is_dit or self.model.is_adapter):
+            raise InvalidArgument(f"control mask: {self.model.name} is not an SD ControlNet; masked hints are for "
+                                  "ControlNet 1.1's inpaint model")
         if self.model.is_flux:
             self.control_type = flux_mode_index(self.given_type, self.model.union_types, self.model.name)
         else:
@@ -298,17 +306,6 @@ def cached_controlnet(path, pipe, keep: int = 4, diff_base=None) -> LoadedContro
     return loaded
 
 
-def control_image(image: Image.Image, width: int, height: int, mode: str = "just resize") -> torch.Tensor:
-    """(1, C, height, width) in [0, 1]: RGB for 3-channel ControlNets (other modes converted)."""
-    try:
-        rgb = image.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise InvalidArgument(f"control image: cannot be read as an image ({e})") from None
-    rgb = fit_image(rgb, width, height, mode)
-    arr = np.asarray(rgb, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
-
-
 def scales(spec: ControlSpec, n: int) -> list[float]:
     if spec.model.is_dit:  # the per-depth decay is a UNet rule; a DiT ControlNet's blocks get the weight
         return [spec.weight] * n
@@ -329,6 +326,8 @@ class ControlApplier:
         self.features: dict = {}  # the adapters' features, computed once
         for spec in specs:
             hint = control_image(spec.image, *spec.model.hint_size(width, height), spec.resize_mode)
+            if spec.mask is not None:
+                hint = marked_hint(hint, fit_mask(spec.mask, width, height, spec.resize_mode))
             self.items.append((spec, hint.to(device, dtype)))
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None,
@@ -350,6 +349,15 @@ class ControlApplier:
                 res = res.map(lambda r: torch.cat([torch.zeros_like(r[:1]).expand(n_uncond, *r.shape[1:]), r]))
             total = res if total is None else total + res
         return total
+
+
+def cropped(spec: ControlSpec, box: tuple[int, int, int, int], size: tuple[int, int]) -> ControlSpec:
+    """`spec` with its image (and mask) fitted to `size`, the init image's, by its resize mode and cut
+    to `box`: img2img's "only masked" region, whose crop the ControlNets then see as sd-webui-controlnet
+    crops its units' images (the box has the output's aspect ratio, so it is then just resized)."""
+    image = fit_image(spec.image, *size, spec.resize_mode).crop(box)
+    mask = None if spec.mask is None else fit_mask_image(spec.mask, *size, spec.resize_mode).crop(box)
+    return replace(spec, image=image, mask=mask, resize_mode="just resize")
 
 
 def validate_controls(controls, base: ModelConfig) -> list[ControlSpec]:

@@ -498,3 +498,16 @@ def fit_image(image: Image.Image, width: int, height: int, mode: str = "just res
     left, top = (width - w) // 2, (height - h) // 2
     canvas[top:top + h, left:left + w] = s[:height, :width]
     return Image.fromarray(canvas)
+
+
+def control_image(image: Image.Image, width: int, height: int, mode: str = "just resize") -> "torch.Tensor":
+    """(1, C, height, width) in [0, 1]: RGB for 3-channel ControlNets (other modes converted)."""
+    import torch
+
+    try:
+        rgb = image.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"control image: cannot be read as an image ({e})") from None
+    rgb = fit_image(rgb, width, height, mode)
+    arr = np.asarray(rgb, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()

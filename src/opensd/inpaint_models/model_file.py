@@ -68,6 +68,8 @@ def load_inpaint_model(path, device: str | torch.device = "cpu"):
 
     path = Path(path)
     sd = read_inpaint_weights(path)
+    if LAMA_KEYS[0] in sd:  # a LaMa training checkpoint (ControlNetLama.pth): its generator only
+        sd = {k: v for k, v in sd.items() if k.startswith("generator.")}
     try:
         model = _load_mat(path, sd) if _is_mat(sd) else _load_spandrel(path, sd)
     except CheckpointError:

@@ -243,6 +243,9 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
                 if crop is not None:
                     crop = I.expand_to_ratio(crop, p.width / p.height, init.size)
                     source, mask = init.crop(crop), mask.crop(crop)
+                if crop is not None and self._controls:  # the ControlNets see the same region
+                    from ..adapters.controlnet import cropped
+                    self._controls = [cropped(spec, crop, init.size) for spec in self._controls]
             mode = p.resize_mode if crop is None else "just resize"  # the mask follows the image, as A1111
             source = I.resize(source, p.width, p.height, mode)
             mask = None if mask is None else I.resize(mask, p.width, p.height, mode)
@@ -271,6 +274,9 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
             self._speedups.size = (p.width, p.height)
             with circular_padding(self.family.network(self.model), self.model.vae, enabled=p.tiling):
                 image = self._one(p, seed, subseed, source, mask, report, blend)
+            if self._controls:  # a ControlNet inpaint_only unit lays its image back outside its mask
+                from ..adapters.controlnet_inpaint import pasted
+                image = pasted(image, self._controls)
             soft_mask = image.info.pop("soft_mask", None)  # soft inpainting's own (pipeline/soft_inpaint.py)
             if target is not None:
                 image = correct(target, image)
@@ -307,7 +313,8 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
             if self._first_pass is None:
                 sigmas = self.sigmas(p, p.steps, txt2img=True)
                 sgm = SO.sgm_noise(resolve(p.sampler, p.scheduler)[0], p.schedule_options)
-                x = self._noised(p, sigmas[0], noise.initial, max_denoise=sgm)  # sgm: noise * sqrt(1 + sigma^2)
+                start = self._start_noise(noise.initial, p)
+                x = self._noised(p, sigmas[0], start, max_denoise=sgm)  # sgm: noise * sqrt(1 + sigma^2)
                 latents = self._sample(p, x, sigmas, noise, report, p.width, p.height,
                                        hires_pass=None if p.hires is None else 1)
             if p.hires is not None:
@@ -326,7 +333,8 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
             init = init * (1 - latent_mask) + filler * latent_mask
         total, run = i2i.schedule_steps(p.steps, p.strength, p.fix_steps)
         sigmas = i2i.tail(self.sigmas(p, total), run)
-        first = noise.initial if p.noise_multiplier == 1 else noise.initial * p.noise_multiplier
+        first = self._start_noise(noise.initial, p)
+        first = first if p.noise_multiplier == 1 else first * p.noise_multiplier
         x = self._noised(p, sigmas[0], first, init, p.extra_noise)
         if self.config.inpainting:  # (the filled image blanked under the mask: the same as `source` at weight 1)
             shown = source if p.mask_weight == 1 else i2i.filled(source, blend, p.inpainting_fill)
@@ -337,6 +345,13 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
         if soft is not None:  # where the result barely moved from the original, the original shows
             image.info["soft_mask"] = SI.adaptive_masks(soft, latent_mask, init, latents, p.width, p.height)[0]
         return image
+
+    def _start_noise(self, noise: torch.Tensor, p: Params) -> torch.Tensor:
+        """The first pass's initial noise; a ControlNet inpaint_only+lama unit's starts from its filled image."""
+        if not self._controls:
+            return noise
+        from ..adapters.controlnet_inpaint import start_noise
+        return start_noise(self, self._controls, noise, p.width, p.height)
 
     def _noised(self, p: Params, sigma, noise: torch.Tensor, latent: torch.Tensor | None = None,
                 extra: float = 0.0, max_denoise: bool = False) -> torch.Tensor:
@@ -398,6 +413,9 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
             by_steps = (steps * 2 if sampler in SECOND_ORDER else steps) if p.refiner_switch_by_sample_steps else None
             denoise = switching(denoise, refined, self.model_sampling(width, height, p.shift), refiner.switch_at,
                                 lambda: setattr(self, "_refined", True), by_steps)
+        if self._controls:  # ControlNet inpaint_only units keep the unmasked area on their image's latent
+            from ..adapters.controlnet_inpaint import restoring
+            denoise = restoring(denoise, self._controls, self, width, height)
         if latent_mask is not None:
             inner = denoise
 

@@ -13,15 +13,17 @@ Resize / Inner Fit, 2 Resize and Fill / Outer Fit), ``processor_res``, ``thresho
 Edge", "Hard Edge", "Normal Map", "Segmentation", "Tile", "Inpaint"; "Unknown" or absent: no type,
 as ComfyUI's "auto"; see adapters/union_types.py).
 
-IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter.
+IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter; the inpaint
+modules (inpaint / inpaint_global_harmonious, inpaint_only, inpaint_only+lama, with their ``mask``) by
+a1111_cn_inpaint.
 
-Accepted but not acted on (listed in info["unsupported_fields"]): ``mask``, ``hr_option`` other
-than "Both", and modules we only approximate (depth/normal/seg estimators other than depth_anything_v2
--> the image is used as the map as it is). openpose_hand/_face/_faceonly/_full run OpenPose's hand and
-face nets; dw_openpose_full runs DWPose (adapters/dwpose.py; opensd[dwpose]). Modules that run a model
-file (the learned lineart nets, PiDiNet's table5_pidinet.pth, OpenPose's body_pose_model.pth and
-hand_pose_model.pth / facenet.pth, DWPose's yolox_l.onnx and dw-ll_ucoco_384.onnx, Depth Anything V2)
-answer 422 naming the file when it is not installed."""
+Accepted but not acted on (listed in info["unsupported_fields"]): ``mask`` of other modules, ``hr_option``
+other than "Both", and modules we only approximate (depth/normal/seg estimators other than
+depth_anything_v2 -> the image is used as the map as it is). openpose_hand/_face/_faceonly/_full run
+OpenPose's hand and face nets; dw_openpose_full runs DWPose (adapters/dwpose.py; opensd[dwpose]). Modules
+that run a model file (the learned lineart nets, PiDiNet's table5_pidinet.pth, OpenPose's
+body_pose_model.pth and hand_pose_model.pth / facenet.pth, DWPose's yolox_l.onnx and
+dw-ll_ucoco_384.onnx, Depth Anything V2) answer 422 naming the file when it is not installed."""
 from __future__ import annotations
 
 import math
@@ -31,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..adapters.union_types import FLUX_MODES, check_control_type, control_type_index
 from ..errors import InvalidArgument, OpenSDError
-from . import a1111_ip_adapter, images_io
+from . import a1111_cn_inpaint as cn_inpaint, a1111_ip_adapter, images_io
 from .a1111_units import HASH_SUFFIX, image_field, number, unit_list
 
 RESIZE = {0: "just resize", 1: "crop and resize", 2: "resize and fill"}
@@ -59,7 +61,10 @@ MODULES: dict[str, tuple[str, bool]] = {
     "openpose": ("openpose", True), "openpose_hand": ("openpose_hand", True), "openpose_face": ("openpose_face", True),
     "openpose_faceonly": ("openpose_faceonly", True), "openpose_full": ("openpose_full", True),
     "dw_openpose_full": ("dw_openpose_full", True),
+    "inpaint": ("inpaint", True), "inpaint_global_harmonious": ("inpaint", True),
+    "inpaint_only": ("inpaint_only", True), "inpaint_only+lama": ("inpaint_only+lama", True),
 }
+_LISTED_ALIASES = ("inpaint_global_harmonious",)  # a label of the extension's, not a module name
 _PASSTHROUGH = ("depth", "dw_openpose", "normal", "seg", "segmentation")
 
 
@@ -78,9 +83,11 @@ def _module(name, field: str) -> tuple[str, bool]:
     raise InvalidArgument(f"{field}: unknown preprocessor {name!r} (supported: {', '.join(module_list())})")
 
 
-def module_list() -> list[str]:
-    return list(MODULES) + ["depth", "depth_midas", "normal_bae", "seg_ofade20k"] \
+def module_list(alias_names: bool = False) -> list[str]:
+    """The extension's module names (`alias_names`: its labels, inpaint_global_harmonious for inpaint)."""
+    names = [m for m in MODULES if m not in _LISTED_ALIASES] + ["depth", "depth_midas", "normal_bae", "seg_ofade20k"] \
         + list(a1111_ip_adapter.MODULES)
+    return [cn_inpaint.LABELS.get(m, m) for m in names] if alias_names else names
 
 
 def _resize(value, field: str) -> str:
@@ -133,7 +140,11 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
         except InvalidArgument as e:
             raise InvalidArgument(f"{field}.model: {str(e).split(': ', 1)[-1]}") from None
         pre, exact = _module(unit.get("module"), f"{field}.module")
-        weights = _weights(pre, folders, f"{field}.module")
+        has_mask = bool(getattr(req, "mask", None))
+        inpaint = cn_inpaint.plan(unit, pre, field, max_pixels, img2img, has_mask, folders) \
+            if cn_inpaint.is_inpaint(pre) else None
+        pre = pre if inpaint is None else inpaint["module"]
+        weights = _weights(pre, folders, f"{field}.module") if inpaint is None else inpaint["weights"]
         image = image_field(unit)
         if image is None and not img2img:
             raise InvalidArgument(f"{field}.image: a control image is required for txt2img")
@@ -156,7 +167,7 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
             "threshold_b": number(unit, "threshold_b", field, -1, -1, 1024),
             "control_type": _union_type(unit.get("union_control_type"), f"{field}.union_control_type"),
             "control_type_name": unit.get("union_control_type"),  # a Flux Union's modes have names of their own
-            "weights": weights,
+            "weights": weights, "mask_source": None if inpaint is None else inpaint["mask_source"],
         })
         if len(out) > MAX_UNITS:
             raise InvalidArgument(f"{field}: more than {MAX_UNITS} enabled ControlNet units (sd-webui-controlnet's "
@@ -232,8 +243,10 @@ def _union_type(value, field: str):
         raise
 
 
-def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: int, height: int) -> list:
-    """ControlSpecs for the planned units (on the worker, with the loaded pipeline)."""
+def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: int, height: int,
+                   mask=None) -> list:
+    """ControlSpecs for the planned units (on the worker, with the loaded pipeline); `mask`: an img2img
+    request's inpaint mask, as decoded (inpaint units without an image of their own use it)."""
     from ..adapters.controlnet import ControlSpec, cached_controlnet
 
     raw = unit_list(req)
@@ -250,14 +263,26 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
             if not net.is_flux:  # a Flux ControlNet's mode is checked by its ControlSpec
                 control_type_index(u.get("control_type_name"), "union_control_type")  # not a Flux-only name
                 check_control_type(u.get("control_type"), net.union_types, net.name, "union_control_type")
-            hint = preprocess_image(image, u["module"], res, u["threshold_a"], u["threshold_b"], max_pixels,
-                                    u.get("weights"))
+            unit_mask, resize_mode, inpaint = None, u["resize_mode"], cn_inpaint.MODES.get(u["module"])
+            if inpaint is not None:
+                unit_mask = cn_inpaint.mask_of(raw[u["index"]], u, field, max_pixels, mask, req, image.size)
+                hint, unit_mask, resize_mode = cn_inpaint.preprocess(image, unit_mask, u["module"], u.get("weights"),
+                                                                     resize_mode, width, height)
+            else:
+                hint = preprocess_image(image, u["module"], res, u["threshold_a"], u["threshold_b"], max_pixels,
+                                        u.get("weights"))
         except (InvalidArgument, OpenSDError) as e:
             raise InvalidArgument(f"{field}: {e}") from None
         specs.append(ControlSpec(net, hint, weight=u["weight"], start=u["start"], end=u["end"],
                                  guess_mode=u["control_mode"] == 2, soft_injection=u["control_mode"] == 1,
-                                 resize_mode=u["resize_mode"], preprocessor=u["module"],
-                                 control_type=u.get("control_type_name") if net.is_flux else u.get("control_type")))
+                                 resize_mode=resize_mode, preprocessor=u["module"],
+                                 control_type=u.get("control_type_name") if net.is_flux else u.get("control_type"),
+                                 mask=unit_mask, inpaint=inpaint))
+        if inpaint is not None:
+            try:
+                specs[-1].validate(pipe.config)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"{field}: {e}") from None
         if net.is_flux:
             try:
                 specs[-1].validate(pipe.config)
@@ -281,13 +306,20 @@ def unsupported(req) -> list[tuple[str, str]]:
             found += a1111_ip_adapter.unsupported(unit, field)
             continue
         image = unit.get("image")
-        if unit.get("mask") or (isinstance(image, dict) and image.get("mask")):
-            found.append((f"{field}.mask", "unit masks are not implemented; the hint covers the whole image"))
-        if unit.get("hr_option") not in (None, "Both", "both", 0):
-            found.append((f"{field}.hr_option", "not implemented; the unit applies to both passes"))
         try:
             module, exact = _module(unit.get("module"), "")
         except InvalidArgument:
+            module, exact = None, True
+        if not cn_inpaint.is_inpaint(module) and (unit.get("mask") or unit.get("mask_image") or
+                                                 (isinstance(image, dict) and image.get("mask"))):
+            found.append((f"{field}.mask", "unit masks are not implemented for non-inpaint modules; the hint "
+                                           "covers the whole image"))
+        if module == "inpaint_only" and getattr(req, "mask", None) and getattr(req, "init_images", None):
+            found.append((f"{field}.module", "inpaint_only with img2img's own inpaint mask falls back to "
+                                             "inpaint_global_harmonious (as sd-webui-controlnet does)"))
+        if unit.get("hr_option") not in (None, "Both", "both", 0):
+            found.append((f"{field}.hr_option", "not implemented; the unit applies to both passes"))
+        if module is None:
             continue
         if module == "passthrough":
             found.append((f"{field}.module", f"no {unit.get('module')!r} estimator here; the image is used "
@@ -305,6 +337,7 @@ class DetectRequest(BaseModel):
     controlnet_processor_res: int = 512
     controlnet_threshold_a: float = -1
     controlnet_threshold_b: float = -1
+    controlnet_masks: list[str] = []  # one per image, for the inpaint modules (white = repaint)
 
 
 def router(state) -> APIRouter:
@@ -325,7 +358,7 @@ def router(state) -> APIRouter:
 
     @api.get("/module_list")
     def modules(alias_names: bool = False):
-        return {"module_list": module_list(), "module_detail": {}}
+        return {"module_list": module_list(alias_names), "module_detail": {}}
 
     @api.post("/detect")
     def detect(body: DetectRequest):
@@ -333,9 +366,12 @@ def router(state) -> APIRouter:
         controlnet_processor_res = body.controlnet_processor_res
         controlnet_threshold_a, controlnet_threshold_b = body.controlnet_threshold_a, body.controlnet_threshold_b
         pre, _ = _module(controlnet_module, "controlnet_module")
-        weights = _weights(pre, state.folders, "controlnet_module")
         if not controlnet_input_images or len(controlnet_input_images) > 16:
             raise InvalidArgument("controlnet_input_images: give 1 to 16 base64 images")
+        if cn_inpaint.is_inpaint(pre):
+            return {"images": cn_inpaint.detect(pre, controlnet_input_images, body.controlnet_masks, state.folders,
+                                                state.settings.max_image_pixels), "info": "Success"}
+        weights = _weights(pre, state.folders, "controlnet_module")
         res = 512 if controlnet_processor_res == -1 else controlnet_processor_res
         if not 64 <= res <= 2048:
             raise InvalidArgument(f"controlnet_processor_res: {res} must be -1 or 64..2048")

@@ -259,7 +259,7 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
     elif hires is not None and req.firstpass_image:  # A1111's hires fix of an image already made
         kw["first_pass"] = decode_b64(req.firstpass_image, "firstpass_image", state.settings.max_image_pixels)
     controls = a1111_controlnet.build_controls(p.get("controlnet") or [], req, pipe, init,
-                                               state.settings.max_image_pixels, kw["width"], kw["height"])
+                                               state.settings.max_image_pixels, kw["width"], kw["height"], mask)
     if controls:
         kw["controls"] = controls
     image_prompt = a1111_ip_adapter.build(p.get("controlnet") or [], req, pipe, state.settings.max_image_pixels)

@@ -33,7 +33,11 @@ def unit_list(req) -> list:
 
 
 def image_field(unit: dict):
+    """The unit's image: ``image`` (older clients: ``input_image``), from ``{"image": .., "mask": ..}``
+    or ``[image, mask]`` too."""
     image = unit.get("image", unit.get("input_image"))
     if isinstance(image, dict):
         image = image.get("image")
+    elif isinstance(image, (list, tuple)) and len(image) == 2:
+        image = image[0]
     return image or None
