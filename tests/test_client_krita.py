@@ -154,6 +154,30 @@ def test_model_info_of_dit_networks_and_checkpoints(client, tmp_path):
         (models / name).unlink()
 
 
+def test_model_info_of_chroma_and_gguf_networks(client, tmp_path):
+    """Chroma is "chroma" to the tooling nodes; a GGUF network in unet_gguf is named from its tensors,
+    with "quant" as the tooling nodes give it (a numeric general.file_type reads "gguf")."""
+    import gguf
+    from dit_fixtures import META_FLUX, chroma_parts, load_tiny, write_split_files
+    from test_stored_weights import network, write_gguf
+
+    models = client.app.state.opensd.settings.models_dir
+    chroma = load_tiny(tmp_path / "chroma", "chroma", chroma_parts())
+    written = write_split_files(models, chroma.model, "chroma-hd", META_FLUX)
+    net, metadata = network("flux")
+    gguf_path = models / "unet" / "flux-q8.gguf"
+    gguf_path.parent.mkdir(exist_ok=True)
+    write_gguf(gguf_path, net.state_dict(), gguf.GGMLQuantizationType.Q8_0, metadata, "flux")
+    try:
+        nets = client.get("/api/etn/model_info/diffusion_models").json()
+        assert nets["chroma-hd.safetensors"] == {"base_model": "chroma", "is_inpaint": False}
+        ggufs = client.get("/api/etn/model_info/unet_gguf").json()
+        assert ggufs == {"flux-q8.gguf": {"base_model": "flux", "is_inpaint": False, "quant": "gguf"}}
+    finally:
+        for path in (*written.values(), gguf_path):
+            path.unlink(missing_ok=True)
+
+
 def test_generate(client):
     info = connect(client)
     graph = generate(info, "tiny.safetensors", 64, 48, "a red house", "blurry", batch=2)

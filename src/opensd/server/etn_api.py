@@ -1,9 +1,9 @@
 """The HTTP routes comfyui-tooling-nodes adds to ComfyUI under /api/etn, which Krita AI Diffusion
 calls when it connects and for every job:
 
-* GET /api/etn/model_info/{folder}[?offset&limit]: {file: {"base_model", "is_inpaint", "type"?}}
-  for checkpoints, diffusion_models and unet_gguf, read from each file's header (with limit, a
-  "_meta" {offset, count, total} entry pages the answer);
+* GET /api/etn/model_info/{folder}[?offset&limit]: {file: {"base_model", "is_inpaint", "type"?,
+  "quant"?}} for checkpoints, diffusion_models and unet_gguf, read from each file's header (with
+  limit, a "_meta" {offset, count, total} entry pages the answer);
 * GET /api/etn/languages: [] (no translation models here); GET /api/etn/translate/{lang}/{text};
 * PUT /api/etn/image/{id}: an input image into the store ETN_LoadImageCache reads (201; 200
   "cached" when the id is there); GET /api/etn/image/{id}: an ETN_SaveImageCache result;
@@ -30,21 +30,34 @@ IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp"}
 # our family -> the base_model names of ComfyUI's model detection (opensd's own "small" test models are
 # SD1-shaped UNets run as SD 1.5)
 BASE_MODELS = {"sd1": "sd15", "small": "sd15", "sd2": "sd20", "sdxl": "sdxl", "sdxl_refiner": "sdxl-refiner",
-               "sd3": "sd3", "flux": "flux"}
+               "sd3": "sd3", "flux": "flux", "chroma": "chroma"}
 
 
 def model_info(path) -> dict:
-    """What comfyui-tooling-nodes says of a model file, from its safetensors header (no weights read):
-    the base model, inpaint (a 9-channel UNet, Flux Fill) and SDXL's prediction type."""
+    """What comfyui-tooling-nodes says of a model file, from its safetensors or GGUF header (no weights
+    read): the base model, inpaint (a 9-channel UNet, Flux Fill), SDXL's prediction type and, for GGUF,
+    "quant" (the file's general.file_type where it is a text, else "gguf", as the tooling nodes say)."""
+    quant = None
     try:
-        if path.suffix != ".safetensors" or sniff_format(path) != "safetensors":
+        if path.suffix == ".gguf":
+            from ..checkpoints.gguf_files import read_gguf  # memory-mapped: only the header is read
+            tensors, metadata = read_gguf(path)
+            shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+            quant = metadata.get("general.file_type", "gguf").lower()
+        elif path.suffix != ".safetensors" or sniff_format(path) != "safetensors":
             return {"base_model": "unknown"}
-        entries, metadata = read_safetensors_header(path)
-        _, cfg = families.detect({k: tuple(v["shape"]) for k, v in entries.items()}, metadata, str(path))
+        else:
+            entries, metadata = read_safetensors_header(path)
+            shapes = {k: tuple(v["shape"]) for k, v in entries.items()}
+        _, cfg = families.detect(shapes, metadata, str(path))
     except (OpenSDError, OSError) as e:
         return {"base_model": "unknown", "error": f"Failed to detect base model: {e}"}
+    return _info(cfg) | ({"quant": quant} if quant else {})
+
+
+def _info(cfg) -> dict:
     base = BASE_MODELS.get(cfg.family, "unknown")
-    if base == "sd3":
+    if base in ("sd3", "chroma"):
         return {"base_model": base, "is_inpaint": False}
     if base == "flux":
         if not cfg.flux.guidance_embed:
