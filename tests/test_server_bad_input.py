@@ -386,3 +386,10 @@ def test_a1111_memory_flags_parse_and_show_in_cmd_flags(tmp_path):
     with TestClient(create_app(settings), base_url="http://127.0.0.1:7860") as c:
         flags = c.get("/sdapi/v1/cmd-flags").json()
     assert (flags["medvram_sdxl"], flags["medvram"], flags["lowvram"]) == (True, False, False)
+
+
+def test_memory_reports_this_machines_ram(tmp_path):
+    settings = Settings(outputs_dir=tmp_path / "out", start_worker=False)
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:7860") as c:
+        ram = c.get("/sdapi/v1/memory").json()["ram"]
+    assert 0 < ram["free"] <= ram["total"] and ram["used"] == ram["total"] - ram["free"]

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..families import family_of
 from .memory_modes import check
+from .peak_memory import system_ram
 
 GIB = 1 << 30
 # Activation memory per 512x512 pixels in a 2-byte dtype, measured on an H200 with
@@ -175,7 +176,12 @@ def _tensors(module: nn.Module):
 
 def _pin(model: nn.Module) -> None:
     """Page-locked storage, so copies to the device run without the CPU waiting; where the system
-    refuses to lock that much memory, the copies still work, only slower."""
+    refuses to lock that much memory, the copies still work, only slower. Pinning copies weights that
+    lie memory-mapped in their file into RAM, so only a model under half the available RAM is pinned
+    (4 GiB where that cannot be read)."""
+    found = system_ram()
+    if module_bytes(model) > (found[1] // 2 if found is not None else 4 * GIB):
+        return
     try:
         for t in {t: None for t in _tensors(model)}:
             if not t.is_pinned():

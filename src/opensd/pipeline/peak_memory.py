@@ -14,6 +14,15 @@ import torch
 _STATUS, _CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 
+def system_ram() -> tuple[int, int] | None:
+    """(total, available) bytes of RAM from Linux's /proc/meminfo; None where it cannot be read."""
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        return int(info["MemTotal"].split()[0]) * 1024, int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class Peak:
     bytes: int

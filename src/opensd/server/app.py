@@ -96,14 +96,11 @@ class ServerState:
             self.set_model(path)
 
     def memory(self) -> dict:
+        from ..pipeline.peak_memory import system_ram
         ram = {}
-        try:
-            info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-            total = int(info["MemTotal"].split()[0]) * 1024
-            free = int(info["MemAvailable"].split()[0]) * 1024
+        if (found := system_ram()) is not None:
+            total, free = found
             ram = {"free": free, "used": total - free, "total": total}
-        except (OSError, KeyError, ValueError):
-            pass
         cuda = {"error": "CUDA is not in use"}
         try:
             import torch
