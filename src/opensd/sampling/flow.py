@@ -25,6 +25,7 @@ import torch
 
 from ..errors import InvalidArgument
 from .cfg_pp import Guided
+from .denoiser import moved_like
 from .names import sampler_id
 from .samplers import get_sampler
 
@@ -131,7 +132,7 @@ class FlowSampling:
 
     def denoise(self, net_fn, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
         """denoised = x - sigma * v; net_fn(x, time, **cond) -> v."""
-        sigma = sigma.reshape(-1).expand(x.shape[0]).to(x)
+        sigma = moved_like(sigma.reshape(-1).expand(x.shape[0]), x)
         out = net_fn(x, self.timestep(sigma), **cond).to(x.dtype)
         return x - sigma[:, None, None, None] * out
 

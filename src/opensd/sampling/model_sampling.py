@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidArgument
-from .denoiser import Denoiser
+from .denoiser import Denoiser, moved_like
 from .samplers import get_sampler
 from .schedule_options import rescale_zero_terminal_snr
 from .schedules import DiscreteSchedule
@@ -78,7 +78,7 @@ class ModelSampling:
         """denoised = D(x, sigma) for a batch x at one sigma; unet_fn(x_in, t, **cond) -> output."""
         if self.prediction in ("eps", "v"):
             return Denoiser(unet_fn, _Timesteps(self.timestep), self.prediction)(x, sigma, **cond)
-        s = sigma.reshape(-1)[:1].to(x)
+        s = moved_like(sigma.reshape(-1)[:1], x)
         t = self.timestep(s).expand(x.shape[0])
         out = unet_fn(x / (s ** 2 + 1).sqrt(), t, **cond).to(x.dtype)
         if self.prediction == "x0":
@@ -146,7 +146,7 @@ class ContinuousSampling(ModelSampling):
         return math.exp((math.log(self.sigma_max) - lo) * (1.0 - percent) + lo)
 
     def denoise(self, unet_fn, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
-        s = sigma.reshape(-1)[:1].to(x)
+        s = moved_like(sigma.reshape(-1)[:1], x)
         sd2 = self.sigma_data ** 2
         out = unet_fn(x / (s * s + sd2).sqrt(), self.timestep(s).expand(x.shape[0]).to(x), **cond).to(x.dtype)
         if self.prediction == "eps":
