@@ -42,8 +42,9 @@ class ImageNoise:
         return torch.randn(shape or self.shape, generator=generator, device=self.rng_device)
 
     def __call__(self, sigma=None, sigma_next=None) -> torch.Tensor:
-        """A fresh standard-normal draw (the samplers' noise_sampler contract)."""
-        return self._draw(self.generator).to(self.device)
+        """A fresh standard-normal draw (the samplers' noise_sampler contract). Drawn on the CPU (seeds
+        give the same image everywhere) and copied without waiting for the device, as in denoiser.py."""
+        return self._draw(self.generator).to(self.device, non_blocking=True)
 
 
 def slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
