@@ -63,9 +63,9 @@ class Autogrow:
         span = f"{name}.{slots[0]} to {name}.{slots[-1]}"
         for key in inputs:
             if key == name:
+                second = slots[1 % len(slots)]
                 found.append((key, "Input must be sent slot by slot",
-                              f"{key}: send each input of the group as {name}.{slots[0]}, {name}.{slots[1 % len(slots)]}, "
-                              f"... ({span})"))
+                              f"{key}: send each input of the group as {name}.{slots[0]}, {name}.{second}, ... ({span})"))
             elif key.startswith(name + ".") and key not in allowed:
                 slot = key[len(name) + 1:]
                 number = slot[len(self.prefix):] if self.prefix is not None and slot.startswith(self.prefix) else ""

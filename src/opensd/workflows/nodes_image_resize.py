@@ -179,8 +179,8 @@ register(NodeDef(
          Option("scale height", {
              "height": _size_input(512, "Target height in pixels. Width auto-adjusts to preserve aspect ratio.")}),
          Option("scale total pixels", {
-             "megapixels": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 16.0, "step": 0.01,
-                                      "tooltip": f"Target total megapixels (e.g., 1.0 \u2248 1024\u00d71024). {_KEEPS}"}),
+             "megapixels": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 16.0, "step": 0.01, "tooltip":
+                                      f"Target total megapixels (e.g., 1.0 \u2248 1024\u00d71024). {_KEEPS}"}),
              "multiple": _size_input(1, "Round width and height to the nearest multiple of this number.", least=1)}),
          Option("match size", {
              "match": ("IMAGE,MASK", {"tooltip": "Resize input to match the dimensions of this reference image or "
