@@ -114,6 +114,9 @@ def test_values_reach_the_node_in_comfyuis_nested_shape():
                                                       "images": {"image0": "i0", "image2": "i2"}, "mode": "grown"},
                    "extra": {"k": 3, "extra": "on"}}
     assert list(got["mode"]["images"]) == ["image0", "image2"]
+    # a node taking its inputs as lists (INPUT_IS_LIST) gets every value as a list, the choice too
+    assert nest(NESTED, {"mode": ["sized"], "mode.width": [4, 5], "seed": [1]}) == {
+        "seed": [1], "mode": {"width": [4, 5], "note": None, "mode": ["sized"]}}
 
 
 def test_inputs_the_chosen_option_does_not_bring_are_named():
@@ -289,3 +292,10 @@ def test_over_http_object_info_and_a_prompt(tmp_path):
                 break
             time.sleep(0.05)
         assert history[pid]["outputs"]["w"]["text"] == ["4"] and history[pid]["outputs"]["h"]["text"] == ["3"]
+
+
+def test_a_list_into_the_node_runs_it_once_per_item(ctx):
+    g = _graph("scale by multiplier", source="batches", multiplier=0.5)
+    g["batches"] = {"class_type": "RebatchImages", "inputs": {"images": ["image", 0], "batch_size": 1}}
+    ui = execute(g, ctx)
+    assert ui["w"]["text"] == ["4", "4"] and ui["b"]["text"] == ["1", "1"]  # two calls, one image each

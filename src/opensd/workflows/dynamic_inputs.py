@@ -83,7 +83,8 @@ def _nested(declared: dict, kwargs: dict, prefix: str, top: bool = False) -> dic
         if (group := group_of(spec)) is not None:
             out[name] = {slot: kwargs[f"{path}.{slot}"] for slot in group.slots() if f"{path}.{slot}" in kwargs}
         elif (combo := combo_of(spec)) is not None:
-            option = combo.chosen(kwargs.get(path))
+            choice = kwargs.get(path)  # an INPUT_IS_LIST node gets [choice]: chosen by the prompt's value
+            option = combo.chosen(choice[0] if isinstance(choice, list) and choice else choice)
             if option is not None:
                 inner = _nested({**option.required, **option.optional}, kwargs, path + ".")
                 out[name] = {**inner, name: kwargs[path]}
