@@ -15,6 +15,10 @@ alternation, emphasis), with these encoders:
 * Chroma masks T5's padding but for its first token (`t5_padding_kept`): T5 attends to the prompt's
   tokens and end of text only, and the context rows past the kept padding are zeros (the network
   masks all-zero rows). It has no CLIP: its pooled vector is empty.
+* `t5_padding` (ComfyUI's T5TokenizerOptions: min_padding, min_length) lays T5's tokens out as
+  ComfyUI's tokenizer does instead: the pieces uncut, end of text, min_padding padding tokens, then
+  padding up to min_length; every row reaches the network (Chroma's T5 still attends to the prompt
+  and end of text only). Prompts of one batch then differ in length and are encoded one by one.
 * A missing encoder (SD3 allows any subset) contributes zeros of its shape: a T5-less SD3 run has
   `t5_length` zero tokens after CLIP's, as diffusers does.
 
@@ -40,10 +44,11 @@ class DiTConditioner(PromptConditioner):
     hidden states start the context (SD3) or only their pooled vector is used (Flux)."""
 
     def __init__(self, pipe, clip_names: tuple[str, ...], clip_context: bool, clip_skip: int | None = None,
-                 t5_padding_kept: int | None = None, **text):
+                 t5_padding_kept: int | None = None, t5_padding: tuple[int, int] | None = None, **text):
         super().__init__(pipe.model, pipe.tokenizer, pipe.device, None, clip_skip, **text)
         self.pipe = pipe
         self.t5_padding_kept = t5_padding_kept
+        self.t5_padding = t5_padding
         self.clip_names, self.clip_context = clip_names, clip_context
         self.t5_tokenizer = pipe.loaded.tokenizers.get("t5")
 
@@ -52,6 +57,9 @@ class DiTConditioner(PromptConditioner):
         if not texts:
             return []
         distinct = list(dict.fromkeys(texts))
+        if self.t5_padding is not None and len(distinct) > 1:  # each prompt its own length: one by one
+            each = {t: self.encode_batch([t])[0] for t in distinct}
+            return [each[t] for t in texts]
         counts = [texts.count(t) for t in distinct]
         rows = [self.chunks(t)[0] for t in distinct]
         hidden, pooled = [], []
@@ -144,11 +152,12 @@ class DiTConditioner(PromptConditioner):
         ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         if self.t5_padding_kept is None:
             z = encoder(ids).float()
-        else:  # T5 sees up to the end of text; the network that much and the kept padding
+        else:  # T5 sees up to the end of text; the network that much and the kept padding (or all laid out)
             ends = (ids == EOS_ID).int().argmax(dim=1, keepdim=True)
-            positions = torch.arange(length, device=self.device)[None]
+            positions = torch.arange(ids.shape[1], device=self.device)[None]
             z = encoder(ids, (positions <= ends).long()).float()
-            z = z * (positions <= ends + self.t5_padding_kept)[..., None]
+            if self.t5_padding is None:
+                z = z * (positions <= ends + self.t5_padding_kept)[..., None]
         if self.emphasis in ("original", "no_norm") and any(w != 1.0 for m in mults for w in m):
             z = emphasize(z, torch.tensor(mults, dtype=torch.float32, device=z.device), counts,
                           self.emphasis == "original")
@@ -166,6 +175,11 @@ class DiTConditioner(PromptConditioner):
             ids = self.t5_tokenizer.encode(frag.text)
             pieces += ids
             weights += [frag.weight] * len(ids)
+        if self.t5_padding is not None:  # ComfyUI's layout: uncut, end, min_padding, up to min_length
+            min_padding, min_length = self.t5_padding
+            ids = pieces + [EOS_ID] + [PAD_ID] * min_padding
+            ids += [PAD_ID] * (min_length - len(ids))
+            return ids, weights + [1.0] * (len(ids) - len(weights))
         pieces, weights = pieces[:length - 1], weights[:length - 1]  # as T5Tokenizer cuts a plain prompt
         ids = pieces + [EOS_ID] + [PAD_ID] * (length - 1 - len(pieces))
         return ids, weights + [1.0] * (length - len(weights))

@@ -59,6 +59,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_upscale,
 )
 from .autogrow import AUTOGROW, Autogrow
+from .dynamic_combo import DYNAMIC_COMBO, DynamicCombo
 from .executor import OutputCache, execute, validate_prompt
 from .graph import check_prompt
 from .types import NODES, Choices, ExecutionContext, GraphError, NodeError
@@ -69,10 +70,13 @@ __all__ = ["ExecutionContext", "GraphError", "NodeError", "OutputCache", "check_
 
 def _spec_json(spec: tuple, ctx: ExecutionContext | None, pair: bool = False) -> list:
     """An input as object_info shows it: [type, options], options left out when there are none
-    unless `pair` (an Autogrow template's input, which ComfyUI always writes as a pair)."""
+    unless `pair` (an Autogrow template's or a DynamicCombo option's input, which ComfyUI always
+    writes as a pair)."""
     kind, opts = spec[0], (dict(spec[1]) if len(spec) > 1 else {})
     if isinstance(kind, Autogrow):
         return [AUTOGROW, {**opts, "template": kind.json(lambda slot: _spec_json(slot, ctx, pair=True))}]
+    if isinstance(kind, DynamicCombo):
+        return [DYNAMIC_COMBO, {**opts, "options": kind.json(lambda spec: _spec_json(spec, ctx, pair=True))}]
     if isinstance(kind, Choices):
         kind = kind.values(ctx) or []
     elif isinstance(kind, (list, tuple)):

@@ -14,10 +14,10 @@ has ``"names"`` and ``"min"``, no ``"max"``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from .types import InputSpec, NodeDef
+from .types import InputSpec
 
 AUTOGROW = "COMFY_AUTOGROW_V3"
 # The most slots one group may have: ComfyUI's Autogrow._MaxNames ("max 100 names for sanity").
@@ -53,60 +53,28 @@ class Autogrow:
             return {**out, "names": list(self.names), "min": self.min}
         return {**out, "prefix": self.prefix, "min": self.min, "max": self.max}
 
-
-def group_of(spec: InputSpec) -> Autogrow | None:
-    return spec[0] if isinstance(spec[0], Autogrow) else None
-
-
-def input_specs(node_def: NodeDef) -> Iterator[tuple[str, InputSpec, bool]]:
-    """(name, spec, required) for every input a prompt may send the node, an Autogrow group as its
-    slots ("images.image0", ...), in declaration order."""
-    for declared, is_required in ((node_def.required, True), (node_def.optional, False)):
-        for name, spec in declared.items():
-            group = group_of(spec)
-            if group is None:
-                yield name, spec, is_required
-                continue
-            for i, slot in enumerate(group.slots()):
-                yield f"{name}.{slot}", group.input, i < group.min and not group.optional
-
-
-def groups(node_def: NodeDef) -> dict[str, Autogrow]:
-    return {name: group for name, spec in {**node_def.required, **node_def.optional}.items()
-            if (group := group_of(spec)) is not None}
-
-
-def stray_inputs(node_def: NodeDef, inputs: dict) -> list[tuple[str, str, str]]:
-    """(input name, message, details) for each input sent to an Autogrow group that is not one of its
-    slots: the group's own name, a slot past the last (prefix50 of a 50-slot group) or another name."""
-    found = []
-    for name, group in groups(node_def).items():
-        slots = group.slots()
+    def strays(self, name: str, inputs: dict) -> list[tuple[str, str, str]]:
+        """(input name, message, details) for each input sent to the group `name` (its path) that is
+        not one of its slots: the group's own name, a slot past the last (prefix50 of a 50-slot
+        group) or another name."""
+        found = []
+        slots = self.slots()
         allowed = {f"{name}.{slot}" for slot in slots}
         span = f"{name}.{slots[0]} to {name}.{slots[-1]}"
         for key in inputs:
             if key == name:
+                second = slots[1 % len(slots)]
                 found.append((key, "Input must be sent slot by slot",
-                              f"{key}: send each input of the group as {name}.{slots[0]}, {name}.{slots[1 % len(slots)]}, "
-                              f"... ({span})"))
+                              f"{key}: send each input of the group as {name}.{slots[0]}, {name}.{second}, ... ({span})"))
             elif key.startswith(name + ".") and key not in allowed:
                 slot = key[len(name) + 1:]
-                number = slot[len(group.prefix):] if group.prefix is not None and slot.startswith(group.prefix) else ""
-                if number.isdigit() and int(number) >= group.max:
-                    found.append((key, "Too many inputs",
-                                  f"{key}: {name} takes at most {len(slots)} inputs ({span})"))
+                number = slot[len(self.prefix):] if self.prefix is not None and slot.startswith(self.prefix) else ""
+                if number.isdigit() and int(number) >= self.max:
+                    found.append((key, "Too many inputs", f"{key}: {name} takes at most {len(slots)} inputs ({span})"))
                 else:
                     found.append((key, "Unknown input", f"{key}: {name} takes the inputs {span}"))
-    return found
+        return found
 
 
-def nest(node_def: NodeDef, kwargs: dict) -> dict:
-    """The keyword arguments with each group's slots folded into one dict under the group's name, in
-    slot order; a group with no slot sent gets {}."""
-    found = groups(node_def)
-    if not found:
-        return kwargs
-    out = {k: v for k, v in kwargs.items() if k.split(".", 1)[0] not in found}
-    for name, group in found.items():
-        out[name] = {slot: kwargs[f"{name}.{slot}"] for slot in group.slots() if f"{name}.{slot}" in kwargs}
-    return out
+def group_of(spec: InputSpec) -> Autogrow | None:
+    return spec[0] if isinstance(spec[0], Autogrow) else None

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import InvalidArgument
 from ..pipeline.pipeline import Interrupted
-from .autogrow import input_specs, nest
+from .dynamic_inputs import input_specs, nest
 from .graph import check_prompt, linked_number_problem, links, signatures, walk
 from .loras import release_all
 from . import types
@@ -104,7 +104,7 @@ def _run(graph: dict, outputs: list[str], ctx: ExecutionContext, cache: OutputCa
                 raise _interrupted(node_id)
             node = graph[node_id]
             node_def = NODES[node["class_type"]]
-            declared = _declared(node_def)
+            declared = _declared(node_def, node["inputs"])
             kwargs = {name: results[value[0]][value[1]] if isinstance(value, list) else value
                       for name, value in node["inputs"].items() if name in declared}
             for name, what in node_def.hidden.items():
@@ -149,7 +149,7 @@ def _calls(node_def, kwargs: dict) -> list[dict]:
     """The keyword sets a node is called with (ComfyUI's list mapping): an INPUT_IS_LIST node once
     with every declared input as a list; a node given lists once per item of the longest (shorter
     lists repeat their last item, single values stay); otherwise once as given."""
-    declared = _declared(node_def)
+    declared = _declared(node_def, kwargs)
     if node_def.input_is_list:
         return [{k: (list(v) if isinstance(v, ListOutput) else [v]) if k in declared else v
                  for k, v in kwargs.items()}]
@@ -213,9 +213,10 @@ class _Held:
         return self.count
 
 
-def _declared(node_def) -> dict:
-    """Input name -> spec for every input the node takes, an Autogrow group's slots one by one."""
-    return {name: spec for name, spec, _ in input_specs(node_def)}
+def _declared(node_def, inputs: dict) -> dict:
+    """Input name -> spec for every input the node takes given its `inputs`: an Autogrow group's
+    slots one by one, a DynamicCombo's chosen option's inputs by path."""
+    return {name: spec for name, spec, _ in input_specs(node_def, inputs)}
 
 
 def _check_linked_numbers(specs: dict, inputs: dict, kwargs: dict) -> None:

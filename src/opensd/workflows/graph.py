@@ -8,8 +8,9 @@ back in ComfyUI's shape (types ``required_input_missing``, ``bad_linked_input``,
 ``return_type_mismatch``, ``invalid_input_type``, ``value_smaller_than_min``,
 ``value_bigger_than_max``, ``value_not_in_list``, ``custom_validation_failed``,
 ``exception_during_inner_validation``), so ComfyUI clients show them unchanged; and
-``invalid_input_name`` for an input sent to an Autogrow group that is none of its slots (ComfyUI
-quietly drops those; a slot past the last is refused here rather than lost).
+``invalid_input_name`` for an input sent to an Autogrow group that is none of its slots, or under a
+DynamicCombo that its chosen option does not bring (ComfyUI quietly drops those; a slot past the
+last is refused here rather than lost).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import json
 import math
 from typing import Any
 
-from .autogrow import input_specs, stray_inputs
+from .dynamic_combo import DynamicCombo
+from .dynamic_inputs import input_specs, stray_inputs
 from .types import NODES, Choices, ExecutionContext, GraphError
 
 def bounding_box(value) -> dict:
@@ -119,9 +121,10 @@ class _Validator:
         if node_id not in self._specs:
             node = self.prompt[node_id]
             inputs, rows = node.get("inputs", {}), []
-            for name, spec, required in input_specs(NODES[node["class_type"]]):
+            for name, spec, required in input_specs(NODES[node["class_type"]], inputs):
                 kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
-                info = [kind if not isinstance(kind, Choices) else self.choices(kind), opts]
+                info = [self.choices(kind) if isinstance(kind, Choices) else
+                        kind.keys() if isinstance(kind, DynamicCombo) else kind, opts]
                 value = inputs.get(name, _MISSING)
                 link = self._link(name, value, kind, info) if isinstance(value, list) else None
                 rows.append((name, value, kind, opts, info, required, link))
@@ -169,6 +172,10 @@ class _Validator:
         return (valid and not errors, errors)
 
     def _link(self, name: str, value: list, kind, info) -> tuple[dict | None, str | None]:
+        if isinstance(kind, DynamicCombo):  # its value decides which inputs the node has: known now
+            return _err("bad_linked_input", "A dynamic combo's choice must be sent as a value, not a link",
+                        f"{name}: send one of {', '.join(kind.keys())}", input_name=name, input_config=info,
+                        received_value=value), None
         if len(value) != 2:
             return _err("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
                         name, input_name=name, input_config=info, received_value=value), None
@@ -224,7 +231,8 @@ class _Validator:
             return None, value
         if isinstance(kind, Choices) and not kind.strict:
             return None, value
-        allowed = self.choices(kind) if isinstance(kind, Choices) else list(kind)
+        allowed = self.choices(kind) if isinstance(kind, Choices) else info[0] if isinstance(kind, DynamicCombo) \
+            else list(kind)
         if allowed is not None and value not in allowed:
             listed = f"(list of length {len(allowed)})" if len(allowed) > 20 else str(allowed)
             return _err("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {listed}",

@@ -13,6 +13,7 @@ from ..sampling.names import SAMPLER_LABELS
 from . import ksampler
 from .loras import activate
 from .nodes_conditioning import set_values
+from .nodes_dit import conditioner_for
 from .types import (
     MAX_SEED,
     Choices,
@@ -72,9 +73,8 @@ register(NodeDef(
 # --- conditioning --------------------------------------------------------------------------------
 
 def clip_text_encode(call, text, clip):
-    pipe = clip.pipe
     activate(clip, part="te")
-    c = pipe.conditioner(clip.clip_skip).encode(text)
+    c = conditioner_for(clip).encode(text)
     pooled = None if c.pooled is None else c.pooled.float().cpu()
     return ([[c.context.float().cpu(), {"pooled_output": pooled}]],)
 

@@ -9,6 +9,13 @@ patches of nodes_model_advanced), with ComfyUI's names, inputs and defaults.
   sampler's).
 * ModelSamplingSD3 / ModelSamplingFlux: the flow schedule's shift (Flux: from max_shift and
   base_shift at the image size, ComfyUI's rule for a 8x VAE with 2x2 patches).
+* T5TokenizerOptions (comfy_extras.nodes_cond): the CLIP's T5 prompts laid out as ComfyUI's T5
+  tokenizer lays them out with those options: the prompt's pieces uncut, end of text, `min_padding`
+  padding tokens, then padding up to `min_length` tokens (0, 0: no padding at all); in place of
+  opensd's padding to the model's T5 length (and, for Chroma, of its one kept padding token). The
+  family's T5 masking stays (Chroma's T5 attends to the prompt and end of text only); the network
+  sees every token laid out. ComfyUI's recipe for Chroma, min_padding 1 and min_length 0, gives the
+  context opensd gives Chroma by default, without the masked rows.
 """
 from __future__ import annotations
 
@@ -38,13 +45,21 @@ register(NodeDef(
     ("LATENT",), category="latent/sd3", module="comfy_extras.nodes_sd3"))
 
 
+def conditioner_for(clip):
+    """The prompt encoder of a CLIP: its CLIP skip, and T5TokenizerOptions' padding where it has a T5."""
+    pipe = clip.pipe
+    if clip.t5_padding is not None and getattr(pipe.config, "t5", None) is not None:
+        return pipe.conditioner(clip.clip_skip, t5_padding=clip.t5_padding)
+    return pipe.conditioner(clip.clip_skip)
+
+
 def _conditioner(clip, family: str):
     pipe = clip.pipe
     if pipe.config.family != family:
         raise ValueError(f"clip: this node encodes for {family.upper()} models; this CLIP is for "
                          f"{pipe.family.label} (load its text encoders with type {family!r})")
     activate(clip, part="te")
-    return pipe.conditioner(clip.clip_skip)
+    return conditioner_for(clip)
 
 
 def _conditioning(c, **extra) -> list:
@@ -125,3 +140,15 @@ register(NodeDef(
      "width": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 8}),
      "height": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 8})},
     ("MODEL",), category="advanced/model", module="comfy_extras.nodes_model_advanced"))
+
+
+def t5_tokenizer_options(call, clip, min_padding, min_length):
+    return (replace(clip, t5_padding=(min_padding, min_length)),)
+
+
+register(NodeDef(
+    "T5TokenizerOptions", t5_tokenizer_options,
+    {"clip": ("CLIP", {}), "min_padding": ("INT", {"default": 0, "min": 0, "max": 10000, "step": 1}),
+     "min_length": ("INT", {"default": 0, "min": 0, "max": 10000, "step": 1})},
+    ("CLIP",), category="model/conditioning", display_name="T5 Tokenizer Options", experimental=True,
+    module="comfy_extras.nodes_cond"))

@@ -121,6 +121,7 @@ class ClipRef:
     merge: MergeEntry | None = None  # CLIPMergeSimple/Add/Subtract
     # CLIPAttentionMultiply's q, k, v, out factors (stacked nodes multiply them): clip_patches.py
     attention: tuple[float, float, float, float] | None = None
+    t5_padding: tuple[int, int] | None = None  # T5TokenizerOptions' (min_padding, min_length): nodes_dit.py
 
 
 @dataclass(frozen=True)
