@@ -17,6 +17,9 @@ def _node(name: str):
     return node
 
 
+easy_cache, lazy_cache = _node("EasyCache"), _node("LazyCache")
+
+
 def _percent(default: float, which: str, name: str):
     return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01,
                       "tooltip": f"The relative sampling step to {which} use of {name}.", "advanced": True})
@@ -40,6 +43,6 @@ _DESCRIPTIONS = {
                  "ComfyUI.",
 }
 
-for _name, _description in _DESCRIPTIONS.items():
-    register(NodeDef(_name, _node(_name), _inputs(_name), ("MODEL",), category="advanced/debug",
-                     description=_description, experimental=True, module="comfy_extras.nodes_easycache"))
+for _name, _fn in (("EasyCache", easy_cache), ("LazyCache", lazy_cache)):
+    register(NodeDef(_name, _fn, _inputs(_name), ("MODEL",), category="advanced/debug",
+                     description=_DESCRIPTIONS[_name], experimental=True, module="comfy_extras.nodes_easycache"))
