@@ -162,25 +162,28 @@ def _baseline(models, family):
     return _BASE[family]
 
 
-@pytest.mark.parametrize("node", list(NODES))
-@pytest.mark.parametrize("family", FAMILIES)
-def test_threshold_zero_skips_nothing_and_is_the_unpatched_model(models, family, node):
+def _cached_run(models, family, node, threshold):
+    """(the patched model's latent and network calls, the unpatched latent and calls, another seed's latent)."""
     model, pos, neg = models[family]
-    base, n_base, _ = _baseline(models, family)
     with Calls(model) as calls:
-        got = _sample(_patched(node, model, 0.0), pos, neg)
-    assert len(calls.rows) == n_base
+        got = _sample(_patched(node, model, threshold), pos, neg)
+    return (got, len(calls.rows), *_baseline(models, family))
+
+
+FAMILY_NODE = pytest.mark.parametrize("family, node", [(f, n) for f in FAMILIES for n in NODES])
+
+
+@FAMILY_NODE
+def test_threshold_zero_skips_nothing_and_is_the_unpatched_model(models, family, node):
+    got, n_calls, base, n_base, _ = _cached_run(models, family, node, 0.0)
+    assert n_calls == n_base
     assert torch.equal(got, base)
 
 
-@pytest.mark.parametrize("node", list(NODES))
-@pytest.mark.parametrize("family", FAMILIES)
+@FAMILY_NODE
 def test_a_high_threshold_calls_the_network_less_and_stays_near(models, family, node):
-    model, pos, neg = models[family]
-    base, n_base, other_seed = _baseline(models, family)
-    with Calls(model) as calls:
-        got = _sample(_patched(node, model, 0.5), pos, neg)
-    assert len(calls.rows) <= n_base - 2
+    got, n_calls, base, n_base, other_seed = _cached_run(models, family, node, 0.5)
+    assert n_calls <= n_base - 2
     moved = float((got - base).abs().mean())
     assert 0 < moved < 0.5 * float((other_seed - base).abs().mean())  # far nearer than another image
 
