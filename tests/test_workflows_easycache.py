@@ -16,6 +16,7 @@ from workflow_fixtures import Loader, default_graph, make_ctx, make_models
 from workflow_models import write_sdxl
 
 from dit_fixtures import chroma_parts, flux_parts, load_tiny, sd3_parts
+from opensd.library.models_dir import BUILTIN_DIR
 from opensd.pipeline.pipeline import load
 from opensd.workflows import GraphError, execute, object_info
 from opensd.workflows import ksampler as K
@@ -283,3 +284,18 @@ def test_in_a_comfyui_graph(tmp_path):
     with pytest.raises(GraphError) as err:
         execute(graph, ctx)
     assert "reuse_threshold" in str(err.value.payload)
+
+
+def test_on_a_guidance_distilled_model_lazy_cache_keeps_its_own_guidance():
+    """The built-in model guides itself in one row per step; LazyCache caches that prediction as it
+    is, while EasyCache, a patch of the network's calls, samples with ComfyUI's CFG (two rows)."""
+    pipe = load(BUILTIN_DIR / "opensd-emoji.safetensors")
+    model, clip = ModelRef(pipe, "builtin"), ClipRef(pipe, "builtin")
+    pos, neg = (clip_text_encode(None, t, clip)[0] for t in ("a red heart", ""))
+    runs = {}
+    for name, m in (("plain", model), ("LazyCache", _patched("LazyCache", model, 0.0)),
+                    ("EasyCache", _patched("EasyCache", model, 0.0))):
+        with Calls(m) as calls:
+            runs[name] = (_sample(m, pos, neg, steps=6), calls.rows)
+    assert runs["plain"][1] == runs["LazyCache"][1] == [1] * 6 and runs["EasyCache"][1] == [2] * 6
+    assert torch.equal(runs["LazyCache"][0], runs["plain"][0])

@@ -18,6 +18,10 @@ Each list's prediction is conds.calc_cond_batch's composition of its entries. On
 pipeline's own guidance instead: a guidance-distilled model (the built-in one) guides itself
 (pipeline/guidance.py) when the positive is a single plain entry, the scale lies in its trained
 range and the model carries no patches.
+
+A model's step cache (EasyCache, LazyCache: step_cache.py) is each image's: EasyCache's lives in
+its ModelRun, around the network's calls (a patch: the model then no longer guides itself),
+LazyCache's around its guided prediction, whichever way that is computed.
 """
 from __future__ import annotations
 
