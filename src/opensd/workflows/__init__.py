@@ -20,6 +20,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_dataset_image,
     nodes_dataset_text,
     nodes_dit,
+    nodes_easycache,
     nodes_fooocus_inpaint,
     nodes_guidance,
     nodes_guidance_cfg,

@@ -18,9 +18,14 @@ Each list's prediction is conds.calc_cond_batch's composition of its entries. On
 pipeline's own guidance instead: a guidance-distilled model (the built-in one) guides itself
 (pipeline/guidance.py) when the positive is a single plain entry, the scale lies in its trained
 range and the model carries no patches.
+
+A model's step cache (EasyCache, LazyCache: step_cache.py) is each image's: EasyCache's lives in
+its ModelRun, around the network's calls (a patch: the model then no longer guides itself),
+LazyCache's around its guided prediction, whichever way that is computed.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -34,6 +39,7 @@ from ..pipeline.guidance import plan, self_guided_scale
 from ..sampling.cfg_pp import Guided
 from .conds import calc_cond_batch, check_widths, prepare, region
 from .nodes_controlnet import RowControl
+from .step_cache import cached_denoiser, network_cache
 from .types import ModelRef
 
 # extras that make an entry more than "a prompt for the whole image, all the time"
@@ -88,6 +94,13 @@ class ModelRun:
         self.pipe, self.sampling, self.image_cond, self.image = model.pipe, sampling, image_cond, image
         self.patches = model.network_patches
         self._controls: dict = {}
+        self.cache = network_cache(model.step_cache, sampling)  # EasyCache's, for this image and run
+
+    def uncached(self) -> ModelRun:
+        """This run without its EasyCache: for predictions besides the step's own lists."""
+        plain = copy.copy(self)
+        plain.cache = None
+        return plain
 
     def __call__(self, crops: torch.Tensor, sigma: torch.Tensor, entries: list, areas: list) -> torch.Tensor:
         refs = entries[0].references
@@ -117,6 +130,8 @@ class ModelRun:
                 # regions' attention couple)
                 patched.enter_context(patch(*args, image=self.image, negative=tuple(e.negative for e in entries))
                                       if getattr(patch, "per_image", False) else patch(*args))
+            if self.cache is not None:
+                unet_fn = self.cache.wrap(unet_fn, sigma, entries)
             return self.sampling.denoise(unet_fn, crops, sigma, context=context, y=y)
 
     def _references(self, refs: tuple) -> list:
@@ -180,12 +195,15 @@ class Guider:
         for i in range(shape[0]):
             ic = None if image_cond is None else image_cond[i % image_cond.shape[0]][None]
             own = self.own_guidance(i, shape, sigmas, ic)
-            out.append(own or self._composed(prepared, ModelRun(self.model, sampling, ic, i), i, shape, sampling))
+            run = ModelRun(self.model, sampling, ic, i)
+            out.append(cached_denoiser(self.model.step_cache, own or self._composed(prepared, run, i, shape, sampling),
+                                       run))
         return out
 
     def _composed(self, prepared: dict, run: ModelRun, image: int, shape, sampling):
         names = self.evaluated()
         extra: dict[int, list] = {}
+        plain = run.uncached()
 
         for name, conditioning in self.lists().items():  # the guider's own lists come prepared
             extra[id(conditioning)] = prepared[name]
@@ -194,7 +212,7 @@ class Guider:
             if id(conditioning) not in extra:
                 extra[id(conditioning)] = prepare({"negative": conditioning}, shape, self.model.pipe,
                                                   sampling)["negative"]
-            return calc_cond_batch(run, [extra[id(conditioning)]], step.x if x is None else x, step.sigma, image)[0]
+            return calc_cond_batch(plain, [extra[id(conditioning)]], step.x if x is None else x, step.sigma, image)[0]
 
         def both(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             nonlocal step
@@ -255,7 +273,8 @@ class CFGGuider(Guider):
         pipe, m = self.model.pipe, self.model
         plain = all(not any(k in (extra or {}) for k in _PLACED) for _, extra in self.positive + (self.negative or []))
         patched = m.sampling is not None or m.latent_format is not None or m.cfg_function or m.output_block_patches \
-            or m.post_cfg_functions or m.network_patches or m.pre_cfg_functions
+            or m.post_cfg_functions or m.network_patches or m.pre_cfg_functions \
+            or (m.step_cache is not None and m.step_cache.per_network_call)
         text_meta = any(p.is_meta for enc in pipe.family.text_modules(pipe.model) for p in enc.parameters())
         if not pipe.config.cfg_embed_channels or len(self.positive) != 1 or not plain or patched or text_meta \
                 or self.needs_uncond:

@@ -46,6 +46,7 @@ from .guiders import CFGGuider, Guider
 from .loras import activate
 from .model_sampling import default_sampling
 from .nodes_image import upscale
+from .step_cache import log_summaries
 from .types import ModelRef, SamplerRef
 from .unet_patches import output_block_patches
 
@@ -211,6 +212,7 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
     sample_fn = _sampler_call(sampler, ms, StepNoise(seed, x.shape, device))
     with output_block_patches(pipe.family.network(pipe.model), model.output_block_patches):
         result = sample_fn(denoise_fn, x, sigmas, callback)
+    log_summaries([d for ds in by_shape.values() for d in ds], n)
     out = fmt.unscaled(ms.inverse_noise_scaling(sigmas[-1].item(), result)).float().cpu()
     return out, fmt.unscaled(last["x0"]).float().cpu() if "x0" in last else out
 

@@ -110,6 +110,8 @@ class ModelRef:
     # differences added to the network's weights after the merge, before the LoRAs (loras.py):
     # objects with check(params) and deltas(params) -> (name, float32 diff) (Fooocus inpaint's patch)
     weight_patches: tuple = ()
+    # EasyCache / LazyCache: steps whose prediction is reused from the last (step_cache.StepCache)
+    step_cache: Any = None
 
 
 @dataclass(frozen=True)
