@@ -51,7 +51,8 @@ def xlabs_shapes(d=3072, head=128, txt=4096, vec=768, double=2, guidance=True, m
         s |= linear(f"controlnet_blocks.{i}.linear" if mistoline else f"controlnet_blocks.{i}", d, d)
     for i in range(single):
         b = f"single_blocks.{i}"
-        s |= linear(f"{b}.linear1", 3 * d + 4 * d, d) | linear(f"{b}.linear2", d, d + 4 * d) | linear(f"{b}.modulation.lin", 3 * d, d)
+        s |= linear(f"{b}.linear1", 3 * d + 4 * d, d) | linear(f"{b}.linear2", d, d + 4 * d)
+        s |= linear(f"{b}.modulation.lin", 3 * d, d)
         s |= {f"{b}.norm.query_norm.scale": (head,), f"{b}.norm.key_norm.scale": (head,)}
         s |= linear(f"single_controlnet_blocks.{i}.linear", d, d)
     s |= linear("pos_embed_input", d, 64)
@@ -120,8 +121,8 @@ def reference(sd, base: Flux, x, hint, t, txt, y, g, strength, mistoline=False, 
 
     def vector(net):
         emb = lambda m, v: m.out_layer(F.silu(m.in_layer(v)))  # noqa: E731
-        return emb(net.time_in, timestep_embedding(t * 1000, 256)) + emb(net.guidance_in, timestep_embedding(g * 1000, 256)) \
-            + emb(net.vector_in, y)
+        time, guidance = timestep_embedding(t * 1000, 256), timestep_embedding(g * 1000, 256)
+        return emb(net.time_in, time) + emb(net.guidance_in, guidance) + emb(net.vector_in, y)
 
     img_ids, txt_ids = image_ids(4, 4), torch.zeros(txt.shape[1], 3)
     pe = rope_angles(torch.cat((txt_ids, img_ids)), BASE.axes_dim, BASE.theta)
@@ -189,7 +190,8 @@ def test_detected_loaded_and_listed(tmp_path):
     shapes = {k: {"shape": list(v.shape)} for k, v in sd.items()}
     assert _controlnet(shapes, {}, path) == ("flux", "Flux.1 ControlNet (XLabs, pixel hint; 2 double blocks)")
     shapes = {k: {"shape": list(s)} for k, s in xlabs_shapes(**TINY, mistoline=True, single=1).items()}
-    assert _controlnet(shapes, {}, path) == ("flux", "Flux.1 ControlNet (MistoLine, pixel hint; 2 double, 1 single blocks)")
+    assert _controlnet(shapes, {}, path) == ("flux", "Flux.1 ControlNet (MistoLine, pixel hint; 2 double, 1 single "
+                                                     "blocks)")
 
 
 def test_full_size_key_list_loads_on_meta():

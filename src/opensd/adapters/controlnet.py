@@ -219,7 +219,7 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
         return LoadedControlNet(net, "sd3", path, pipe=pipe)
     if getattr(config, "flux", None) is not None:
         raise CheckpointError(path, "is not a Flux.1 ControlNet (an SD one, or another kind); the loaded model is "
-                                    "Flux.1: use a Flux ControlNet (InstantX, Shakker-Labs Union-Pro)")
+                                    "Flux.1: use a Flux ControlNet (InstantX, Shakker-Labs, XLabs, MistoLine)")
     if getattr(config, "mmdit", None) is not None:
         raise CheckpointError(path, "is not an SD3 ControlNet (an SD one, or another kind); the loaded model is "
                                     "SD3: use an SD3 ControlNet (InstantX's, Stability's SD3.5 ones)")

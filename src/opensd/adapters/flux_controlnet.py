@@ -38,7 +38,10 @@ def load_flux_controlnet(path: Path, sd, base, device, dtype, built):
     if sd is None:
         config_json, weights = model_folder(path, "Flux ControlNet")
         sd = read_state_dict(weights)
-    sd, cfg = read_xlabs_controlnet(path, sd) if is_xlabs_controlnet(sd) else read_flux_controlnet(path, sd, config_json)
+    if is_xlabs_controlnet(sd):
+        sd, cfg = read_xlabs_controlnet(path, sd)
+    else:
+        sd, cfg = read_flux_controlnet(path, sd, config_json)
     cfg = compatible_flux_controlnet(cfg, flux, path)
     pipe = weakref.ref(base) if hasattr(base, "encode_tensor") and not cfg.pixel_hint else None
     return built(FluxControlNet, cfg, sd), pipe
@@ -81,7 +84,8 @@ def flux_residuals(loaded, x, hint, t, context, y, control_type, scales, cache, 
                          g, latent.to(x.device, dtype).expand(len(x), -1, -1, -1), control_type)
     n = len(double) + len(single)
     s = scales or [1.0] * n
-    double, single = [r.float() * w for r, w in zip(double, s)], [r.float() * w for r, w in zip(single, s[len(double):])]
+    double = [r.float() * w for r, w in zip(double, s)]
+    single = [r.float() * w for r, w in zip(single, s[len(double):])]
     if pixels:  # one per block of the model (Flux.forward_tokens' run rule then gives each block its own)
         double, single = tiled(double, net.config.base_blocks[0]), tiled(single, net.config.base_blocks[1])
     return FluxControl([(double, single)])

@@ -55,8 +55,8 @@ def refuse_other_dit_controlnets(keys, path) -> None:
     """CheckpointError for the DiT ControlNet layouts not supported yet."""
     other = other_dit_controlnet(keys)
     if other is not None:
-        raise CheckpointError(path, f"{other[1]}: not supported; use a Flux.1 ControlNet in diffusers' layout that "
-                                    "takes the VAE-encoded control image (InstantX, Shakker-Labs Union-Pro)")
+        raise CheckpointError(path, f"{other[1]}: not supported; use a Flux.1 ControlNet as released (InstantX's, "
+                                    "Shakker-Labs' Union-Pro, XLabs' v3, MistoLine) or an SD3 one in diffusers' layout")
 
 
 def flux_controlnet_config(shapes: Shapes, path="<controlnet>", axes: tuple[int, ...] | None = None

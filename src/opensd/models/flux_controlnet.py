@@ -159,10 +159,10 @@ class FluxControlNet(nn.Module):
         pixel-hint ControlNet's: the image (B, 3, 8H, 8W) in [-1, 1]) -> the residuals for
         Flux.forward(control=...)."""
         h, w = x.shape[-2] // 2, x.shape[-1] // 2
-        if self.config.pixel_hint and tuple(cond.shape[-2:]) != (x.shape[-2] * HINT_DOWNSCALE, x.shape[-1] * HINT_DOWNSCALE):
-            raise InvalidArgument(f"control image: this ControlNet takes it at the output size "
-                                  f"{x.shape[-1] * HINT_DOWNSCALE}x{x.shape[-2] * HINT_DOWNSCALE}, got "
-                                  f"{cond.shape[-1]}x{cond.shape[-2]}")
+        want_h, want_w = x.shape[-2] * HINT_DOWNSCALE, x.shape[-1] * HINT_DOWNSCALE
+        if self.config.pixel_hint and tuple(cond.shape[-2:]) != (want_h, want_w):
+            raise InvalidArgument(f"control image: this ControlNet takes it at the output size {want_w}x{want_h}, "
+                                  f"got {cond.shape[-1]}x{cond.shape[-2]}")
         tokens = self.hint_tokens(cond) if self.config.pixel_hint else pack(cond)
         txt_ids = torch.zeros(context.shape[1], 3, device=x.device)
         return self.forward_tokens(pack(x), image_ids(h, w, x.device), context, txt_ids, timesteps, y, guidance,
