@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from opensd.adapters.controlnet import ControlSpec, load_controlnet
 from test_flux_controlnet_xlabs import tiny_xlabs
-from test_workflows_dit import PROMPT, SEED, SIZE, _flux_graph, _run, flux_encode_inputs
-from test_workflows_flux_controlnet import _graph as controlnet_graph, cli_image, controlnet_env
+from test_workflows_dit import PROMPT, _flux_graph, _run, flux_encode_inputs
+from test_workflows_flux_controlnet import _graph as controlnet_graph
+from test_workflows_flux_controlnet import assert_graph_equals_txt2img, cli_image, controlnet_env
 
 NAME = "flux-canny-controlnet-v3.safetensors"
 
@@ -26,15 +25,9 @@ def _graph(strength=0.8):
 
 
 def test_graph_equals_our_txt2img_and_strength_zero_is_none(env):
-    ctx, flux, cn = env
-    got = _run(ctx, _graph())
-    spec = ControlSpec(load_controlnet(cn, flux), Image.open(ctx.inputs_dir / "hint.png"), weight=0.8)
-    want = np.asarray(flux.txt2img(PROMPT, steps=3, seed=SEED, width=SIZE, height=SIZE, cfg=1.0, sampler="euler",
-                                   scheduler="simple", controls=[spec])[0])
-    plain = _run(ctx, _flux_graph(flux_encode_inputs(PROMPT)))
-    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
-    assert np.abs(got.astype(int) - plain.astype(int)).max() > 8
-    assert np.array_equal(_run(ctx, _graph(strength=0.0)), plain)
+    ctx = env[0]
+    assert_graph_equals_txt2img(*env, _run(ctx, _graph()))
+    assert np.array_equal(_run(ctx, _graph(strength=0.0)), _run(ctx, _flux_graph(flux_encode_inputs(PROMPT))))
 
 
 def test_cli_control_equals_the_graph(env, tmp_path):
