@@ -10,13 +10,14 @@ control type's embedding goes before the text tokens, with a text position id of
 XLabs-AI's ControlNets (x-flux; ComfyUI's ControlNetFlux) take the control image itself, in [-1, 1]
 at the output's pixel size: a stack of 3x3 convolutions (`input_hint_block`, SiLU between, three
 of stride 2) brings it to 16 channels at the latent's size, packed like the latents and embedded by
-`pos_embed_input`. XLabs' have double blocks only; the residuals are tiled over the model's
-blocks (block i gets residual i mod n, x-flux's and ComfyUI's rule), not spread in runs.
+`pos_embed_input`. XLabs' have double blocks only. Both kinds' residuals are tiled over the model's
+blocks (block i gets residual i mod n, x-flux's and ComfyUI's rule), not spread in runs (`tiled`, applied
+by adapters/flux_controlnet.py).
 TheMistoAI's MistoLine Flux is the same with a longer stack (`input_cond_block.encoder`, 1x1
 convolutions among the 3x3) and SiLU after each output linear (`controlnet_blocks.N.linear`).
 
 Attribute names: the transformer parts as in models/flux.py (Black Forest Labs' names), the
-ControlNet's own parts as in diffusers' files.
+ControlNet's own parts as in diffusers' files (XLabs' and MistoLine's: as in theirs).
 """
 from __future__ import annotations
 
