@@ -95,11 +95,11 @@ XLABS = {"double_blocks.0.img_attn.qkv.weight": torch.zeros(3, 1), "controlnet_b
 
 def test_other_layouts_refused_and_listed(tmp_path):
     from opensd.library.model_catalog import _controlnet
-    with pytest.raises(CheckpointError, match="XLabs"):
+    with pytest.raises(CheckpointError, match="XLabs' layout without its hint block or embedder"):
         read_flux_controlnet("x", XLABS)
     shapes = {k: {"shape": list(v.shape)} for k, v in XLABS.items()}
-    assert _controlnet(shapes, {}, tmp_path / "x.safetensors") == ("flux", "An XLabs Flux ControlNet (x-flux layout) "
-                                                                            "(not supported)")
+    assert _controlnet(shapes, {}, tmp_path / "x.safetensors") == (
+        "flux", "A Flux ControlNet in XLabs' layout without its hint block or embedder (not supported)")
 
 
 # --- the pipeline: txt2img with a ControlNet equals diffusers' FluxControlNetPipeline ------------
@@ -257,7 +257,7 @@ def test_two_controlnets_equal_diffusers_multi_controlnet(flux_dev, tmp_path, mo
     assert_close_scaled(got[-1], want, rel=1e-4)
 
 
-def test_load_controlnet_refuses_xlabs_and_sd_controlnets_on_flux(flux_dev, tmp_path):
+def test_load_controlnet_refuses_broken_xlabs_and_sd_controlnets_on_flux(flux_dev, tmp_path):
     from opensd.adapters.controlnet import load_controlnet
     from opensd.checkpoints.controlnet_files import save_controlnet
     from opensd.checkpoints.files import save_safetensors
@@ -265,7 +265,7 @@ def test_load_controlnet_refuses_xlabs_and_sd_controlnets_on_flux(flux_dev, tmp_
     from opensd.models.controlnet import ControlNet, ControlNetConfig
     ours, _ = flux_dev
     save_safetensors(XLABS, tmp_path / "xlabs.safetensors")
-    with pytest.raises(CheckpointError, match="XLabs Flux ControlNet .* not supported"):
+    with pytest.raises(CheckpointError, match="XLabs' layout without its hint block or embedder: not supported"):
         load_controlnet(tmp_path / "xlabs.safetensors", ours)
     save_controlnet(ControlNet(ControlNetConfig(TINY.unet)), tmp_path / "sd.safetensors", "small")
     with pytest.raises(CheckpointError, match="not a Flux.1 ControlNet"):

@@ -20,13 +20,19 @@ from test_workflows_dit import PROMPT, SEED, SIZE, _flux_graph, _run, flux_encod
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fluxcnwf")
+    return controlnet_env(tmp_path_factory.mktemp("fluxcnwf"), "flux_canny.safetensors",
+                          tiny_controlnet(1, 1).state_dict())
+
+
+def controlnet_env(tmp, name: str, weights):
+    """(ctx, our tiny Flux, the ControlNet's path): the Flux split into models/, `weights` saved as
+    controlnet/`name`, a random hint.png in the inputs."""
     models = tmp / "models"
     flux = load_tiny(tmp / "flux", "flux", flux_parts())
     write_split_files(models, flux.model, "flux1", META_FLUX, file_prefix="flux_")
     (models / "controlnet").mkdir()
-    cn = models / "controlnet" / "flux_canny.safetensors"
-    save_safetensors({k: v.contiguous() for k, v in tiny_controlnet(1, 1).state_dict().items()}, cn)
+    cn = models / "controlnet" / name
+    save_safetensors({k: v.contiguous() for k, v in weights.items()}, cn)
     folders = ModelFolders(models, include_builtin=False)
     ctx = make_ctx(folders, Loader(folders), tmp)
     ctx.inputs_dir.mkdir(parents=True, exist_ok=True)
@@ -35,20 +41,26 @@ def env(tmp_path_factory):
     return ctx, flux, cn
 
 
-def _graph(strength=0.8, start=0.0, end=1.0):
+def _graph(strength=0.8, start=0.0, end=1.0, name="flux_canny.safetensors", vae=True):
     g = _flux_graph(flux_encode_inputs(PROMPT))
-    g["30"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "flux_canny.safetensors"}}
+    g["30"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": name}}
     g["31"] = {"class_type": "LoadImage", "inputs": {"image": "hint.png"}}
     g["32"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
         "positive": ["6", 0], "negative": ["7", 0], "control_net": ["30", 0], "image": ["31", 0],
         "strength": strength, "start_percent": start, "end_percent": end, "vae": ["13", 0]}}
+    if not vae:
+        del g["32"]["inputs"]["vae"]
     g["3"]["inputs"]["positive"], g["3"]["inputs"]["negative"] = ["32", 0], ["32", 1]
     return g
 
 
 def test_graph_equals_our_txt2img_with_the_controlnet(env):
-    ctx, flux, cn = env
-    got = _run(ctx, _graph())
+    assert_graph_equals_txt2img(*env, _run(env[0], _graph()))
+
+
+def assert_graph_equals_txt2img(ctx, flux, cn, got: np.ndarray) -> None:
+    """`got` (the graph's image, strength 0.8) is our txt2img's with the ControlNet at weight 0.8, and
+    differs from the image without it."""
     spec = ControlSpec(load_controlnet(cn, flux), Image.open(ctx.inputs_dir / "hint.png"), weight=0.8)
     want = np.asarray(flux.txt2img(PROMPT, steps=3, seed=SEED, width=SIZE, height=SIZE, cfg=1.0, sampler="euler",
                                    scheduler="simple", controls=[spec])[0])
@@ -78,8 +90,13 @@ def test_without_a_vae_a_network_alone_asks_for_one(env):
 def test_cli_control_on_a_flux_network_equals_the_graph(env, tmp_path):
     """`opensd generate -m <Flux network alone> --vae --text-encoder ... --control file,image,weight=0.8`
     gives the ComfyUI graph's image."""
-    from opensd.cli import main
     ctx, _, cn = env
+    assert np.abs(cli_image(ctx, cn, tmp_path).astype(int) - _run(ctx, _graph()).astype(int)).max() <= 1
+
+
+def cli_image(ctx, cn, tmp_path) -> np.ndarray:
+    """`opensd generate` on the env's files with --control cn,hint.png,weight=0.8."""
+    from opensd.cli import main
     models = cn.parent.parent
     out = tmp_path / "cli.png"
     assert main(["generate", PROMPT, "-m", str(models / "diffusion_models" / "flux1.safetensors"), "--steps", "3",
@@ -89,8 +106,7 @@ def test_cli_control_on_a_flux_network_equals_the_graph(env, tmp_path):
                  "--text-encoder", str(models / "text_encoders" / "flux_clip_l.safetensors"),
                  "--text-encoder", str(models / "text_encoders" / "flux_t5xxl_fp16.safetensors"),
                  "--control", f"{cn},{ctx.inputs_dir / 'hint.png'},weight=0.8", "-o", str(out)]) == 0
-    got = np.asarray(Image.open(out).convert("RGB"))
-    assert np.abs(got.astype(int) - _run(ctx, _graph()).astype(int)).max() <= 1
+    return np.asarray(Image.open(out).convert("RGB"))
 
 
 def test_controlnet_apply_sd3_is_apply_advanced_with_its_vae(env):

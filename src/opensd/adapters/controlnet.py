@@ -40,6 +40,7 @@ from ..checkpoints.files import read_state_dict
 from ..checkpoints.flux_controlnet_files import is_flux_controlnet, is_sd3_controlnet, refuse_other_dit_controlnets
 from ..checkpoints.t2i_adapter_files import (compatible_slots, is_t2i_adapter, is_t2i_adapter_folder,
                                              read_t2i_adapter)
+from ..checkpoints.xlabs_controlnet_files import is_xlabs_controlnet
 from ..errors import CheckpointError, InvalidArgument
 from ..models.config import Family, ModelConfig
 from ..models.controlnet import ControlNet
@@ -75,7 +76,8 @@ class LoadedControlNet:
 
     @property
     def is_dit(self) -> bool:
-        """A Flux or SD3 ControlNet: its control image goes through the VAE."""
+        """A Flux or SD3 ControlNet (its control image goes through the VAE, but for XLabs' and
+        MistoLine's Flux ones)."""
         return isinstance(self.net, (FluxControlNet, SD3ControlNet, SD35ControlNet))
 
     @property
@@ -207,7 +209,7 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
     sd = None if path.is_dir() else read_state_dict(path)
     if sd is not None:
         refuse_other_dit_controlnets(sd, path)
-    if _folder_class(path) == FLUX_FOLDER if sd is None else is_flux_controlnet(sd):
+    if _folder_class(path) == FLUX_FOLDER if sd is None else is_flux_controlnet(sd) or is_xlabs_controlnet(sd):
         net, pipe = load_flux_controlnet(path, sd, base, device, dtype,
                                          lambda cls, cfg, weights: _built(cls, cfg, weights, path, device, dtype))
         return LoadedControlNet(net, "flux", path, pipe=pipe)
@@ -217,7 +219,7 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
         return LoadedControlNet(net, "sd3", path, pipe=pipe)
     if getattr(config, "flux", None) is not None:
         raise CheckpointError(path, "is not a Flux.1 ControlNet (an SD one, or another kind); the loaded model is "
-                                    "Flux.1: use a Flux ControlNet (InstantX, Shakker-Labs Union-Pro)")
+                                    "Flux.1: use a Flux ControlNet (InstantX, Shakker-Labs, XLabs, MistoLine)")
     if getattr(config, "mmdit", None) is not None:
         raise CheckpointError(path, "is not an SD3 ControlNet (an SD one, or another kind); the loaded model is "
                                     "SD3: use an SD3 ControlNet (InstantX's, Stability's SD3.5 ones)")

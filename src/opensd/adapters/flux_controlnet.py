@@ -5,6 +5,9 @@ scaled and shifted as the model's latents; once per image and size), the residua
 FluxControl of models/flux_controlnet.py, the ControlNet takes the same distilled guidance as the
 model (diffusers' FluxControlNetPipeline; ignored by ControlNets without a guidance embedding), and
 a Union ControlNet's type is a Flux Union mode (union_types.FLUX_MODES).
+
+XLabs' and MistoLine's ControlNets take the control image itself (in [-1, 1], at the output size;
+ComfyUI's `hint * 2 - 1`), need no VAE, and their residuals are tiled over the model's blocks.
 """
 from __future__ import annotations
 
@@ -16,8 +19,9 @@ import torch
 from ..checkpoints.diffusers_folder import model_folder
 from ..checkpoints.files import read_state_dict
 from ..checkpoints.flux_controlnet_files import compatible_flux_controlnet, read_flux_controlnet
+from ..checkpoints.xlabs_controlnet_files import is_xlabs_controlnet, read_xlabs_controlnet
 from ..errors import CheckpointError, InvalidArgument
-from ..models.flux_controlnet import FluxControl, FluxControlNet
+from ..models.flux_controlnet import FluxControl, FluxControlNet, tiled
 
 DEFAULT_GUIDANCE = 3.5  # Flux dev's distilled guidance when the generation gives none
 FOLDER_CLASS = "FluxControlNetModel"
@@ -34,9 +38,12 @@ def load_flux_controlnet(path: Path, sd, base, device, dtype, built):
     if sd is None:
         config_json, weights = model_folder(path, "Flux ControlNet")
         sd = read_state_dict(weights)
-    sd, cfg = read_flux_controlnet(path, sd, config_json)
+    if is_xlabs_controlnet(sd):
+        sd, cfg = read_xlabs_controlnet(path, sd)
+    else:
+        sd, cfg = read_flux_controlnet(path, sd, config_json)
     cfg = compatible_flux_controlnet(cfg, flux, path)
-    pipe = weakref.ref(base) if hasattr(base, "encode_tensor") else None
+    pipe = weakref.ref(base) if hasattr(base, "encode_tensor") and not cfg.pixel_hint else None
     return built(FluxControlNet, cfg, sd), pipe
 
 
@@ -68,7 +75,8 @@ def flux_residuals(loaded, x, hint, t, context, y, control_type, scales, cache, 
     """The residuals of a loaded Flux ControlNet for the batch x (the model's latents; Fill's extra
     channels cut off), `hint` the control image at the output size (encode_hint)."""
     net: FluxControlNet = loaded.net
-    latent = encode_hint(loaded, hint, cache, encoder)
+    pixels = net.config.pixel_hint
+    latent = hint.float() * 2 - 1 if pixels else encode_hint(loaded, hint, cache, encoder)
     dtype = next(net.parameters()).dtype
     c = net.config.flux.out_channels // 4
     g = None if guidance is None or guidance == float("-inf") else torch.full((len(x),), float(guidance), device=x.device)
@@ -76,5 +84,8 @@ def flux_residuals(loaded, x, hint, t, context, y, control_type, scales, cache, 
                          g, latent.to(x.device, dtype).expand(len(x), -1, -1, -1), control_type)
     n = len(double) + len(single)
     s = scales or [1.0] * n
-    return FluxControl([([r.float() * w for r, w in zip(double, s)],
-                         [r.float() * w for r, w in zip(single, s[len(double):])])])
+    double = [r.float() * w for r, w in zip(double, s)]
+    single = [r.float() * w for r, w in zip(single, s[len(double):])]
+    if pixels:  # one per block of the model (Flux.forward_tokens' run rule then gives each block its own)
+        double, single = tiled(double, net.config.base_blocks[0]), tiled(single, net.config.base_blocks[1])
+    return FluxControl([(double, single)])

@@ -2,7 +2,8 @@
 Shakker-Labs' Union-Pro and Union-Pro-2.0; a single .safetensors as ComfyUI's controlnet/ folder
 holds them, or a diffusers folder). The transformer parts are renamed to Black Forest Labs' names
 with the Flux key table; the ControlNet's own parts keep diffusers' names. SD3's ControlNets are
-told apart here (read by sd3_controlnet_files.py); XLabs' are recognised and refused with a clear message.
+told apart here (read by sd3_controlnet_files.py); XLabs' and MistoLine's pixel-hint ones are read by
+xlabs_controlnet_files.py.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from .sd3_controlnet_files import is_sd35_layout
 
 Shapes = Mapping[str, tuple[int, ...]]
 TELLTALE = "controlnet_x_embedder.weight"
-XLABS_TELLTALES = ("pos_embed_input.weight", "input_hint_block.0.weight")
 SD3_TELLTALE = "pos_embed_input.proj.weight"
+PIXEL_HINT_TELLTALES = ("input_hint_block.0.weight", "input_cond_block.encoder.0.weight")
 
 
 def is_sd3_controlnet(keys) -> bool:
@@ -38,9 +39,11 @@ def is_flux_controlnet(keys) -> bool:
 
 
 def other_dit_controlnet(keys) -> tuple[str, str] | None:
-    """(family, what it is) of a DiT ControlNet layout not supported yet (XLabs' Flux, SD3's), else None."""
-    if "double_blocks.0.img_attn.qkv.weight" in keys and any(k in keys for k in XLABS_TELLTALES):
-        return "flux", "an XLabs Flux ControlNet (x-flux layout)"
+    """(family, what it is) of a DiT ControlNet layout not supported (SD3's unknown ones, a Flux one in
+    Black Forest Labs' names without XLabs' or MistoLine's hint block), else None."""
+    bfl = "double_blocks.0.img_attn.qkv.weight" in keys and "controlnet_x_embedder.weight" not in keys
+    if bfl and ("pos_embed_input.weight" in keys) != any(k in keys for k in PIXEL_HINT_TELLTALES):
+        return "flux", "a Flux ControlNet in XLabs' layout without its hint block or embedder"
     if (SD3_TELLTALE in keys and not is_sd3_controlnet(keys)) or (TELLTALE in keys and "pos_embed.proj.weight" in keys):
         return "sd3", "an SD3 ControlNet of an unknown layout"
     if TELLTALE in keys and "input_hint_block.0.conv_in.weight" in keys:
@@ -52,8 +55,8 @@ def refuse_other_dit_controlnets(keys, path) -> None:
     """CheckpointError for the DiT ControlNet layouts not supported yet."""
     other = other_dit_controlnet(keys)
     if other is not None:
-        raise CheckpointError(path, f"{other[1]}: not supported; use a Flux.1 ControlNet in diffusers' layout that "
-                                    "takes the VAE-encoded control image (InstantX, Shakker-Labs Union-Pro)")
+        raise CheckpointError(path, f"{other[1]}: not supported; use a Flux.1 ControlNet as released (InstantX's, "
+                                    "Shakker-Labs' Union-Pro, XLabs' v3, MistoLine) or an SD3 one in diffusers' layout")
 
 
 def flux_controlnet_config(shapes: Shapes, path="<controlnet>", axes: tuple[int, ...] | None = None
@@ -73,12 +76,17 @@ def flux_controlnet_config(shapes: Shapes, path="<controlnet>", axes: tuple[int,
             context_in_dim=shapes["context_embedder.weight"][1], hidden_size=width, mlp_ratio=mlp[0] / width,
             num_heads=width // head, depth=count(shapes, "transformer_blocks."),
             depth_single_blocks=count(shapes, "single_transformer_blocks."),
-            axes_dim=axes or ((16, 56, 56) if head == 128 else (head // 4, 3 * head // 8, 3 * head // 8)),
+            axes_dim=axes or default_axes(head),
             qkv_bias=f"{blocks}.attn.to_q.bias" in shapes, guidance_embed=guidance)
     except (KeyError, ZeroDivisionError) as e:
         raise CheckpointError(path, f"an incomplete Flux ControlNet: no {e.args[0] if e.args else e}") from None
     modes = shapes.get("controlnet_mode_embedder.weight", (0,))[0]
     return FluxControlNetConfig(flux, union_modes=modes)
+
+
+def default_axes(head: int) -> tuple[int, ...]:
+    """RoPE widths per id axis for a head width: Flux.1's for 128, else in the same proportions."""
+    return (16, 56, 56) if head == 128 else (head // 4, 3 * head // 8, 3 * head // 8)
 
 
 def _rows(cfg: FluxControlNetConfig):
@@ -118,7 +126,8 @@ def compatible_flux_controlnet(cfg: FluxControlNetConfig, base: FluxConfig, path
     bad = [f"{what} {a} (the model's: {b})" for what, a, b in fields if a != b]
     if bad:
         raise CheckpointError(path, f"this Flux ControlNet does not fit the loaded model: its {'; its '.join(bad)}")
-    return replace(cfg, flux=replace(mine, axes_dim=base.axes_dim, theta=base.theta))
+    return replace(cfg, flux=replace(mine, axes_dim=base.axes_dim, theta=base.theta),
+                   base_blocks=(base.depth, base.depth_single_blocks))
 
 
 def describe_sd3_controlnet(shapes: Shapes) -> str:

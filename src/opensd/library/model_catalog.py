@@ -19,6 +19,7 @@ from ..checkpoints.controlnet_files import describe_control_lora, detect_control
 from ..checkpoints.flux_controlnet_files import (describe_flux_controlnet, describe_sd3_controlnet, is_flux_controlnet,
                                                  is_sd3_controlnet, other_dit_controlnet)
 from ..checkpoints.t2i_adapter_files import detect_t2i_adapter, from_diffusers, is_t2i_adapter
+from ..checkpoints.xlabs_controlnet_files import describe_xlabs_controlnet, is_xlabs_controlnet
 from ..checkpoints.files import read_safetensors_header, sniff_format
 from ..errors import OpenSDError
 from ..models import config as C
@@ -98,6 +99,8 @@ def _controlnet(entries: dict, metadata: dict[str, str], path: Path) -> tuple[st
         return describe_control_lora(shapes)
     if is_flux_controlnet(shapes):
         return "flux", describe_flux_controlnet(shapes)
+    if is_xlabs_controlnet(shapes):
+        return "flux", describe_xlabs_controlnet(shapes)
     if is_sd3_controlnet(shapes):
         return "sd3", describe_sd3_controlnet(shapes)
     if other_dit_controlnet(shapes) is not None:
