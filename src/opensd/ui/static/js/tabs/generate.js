@@ -15,7 +15,7 @@ import { EVENTS, on, take } from "../shared.js";
 const KEY = "opensd.generate";
 
 export async function mount(panel) {
-  const results = jobView({ upscale });
+  const results = jobView({ upscale, key: KEY });
   // hires upscalers: A1111's latent modes, then None/Lanczos/Nearest and the installed models
   const [settings, modes, upscalers, script] = await Promise.all([generationSettings({ shownSeed: results.shownSeed }),
     api.get("/sdapi/v1/latent-upscale-modes"), api.get("/sdapi/v1/upscalers"), scriptsCard()]);

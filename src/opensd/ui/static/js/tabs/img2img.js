@@ -28,7 +28,7 @@ export async function mount(panel, ctx) {
   const key = `opensd.${ctx.id}`;
   const editor = canvasEditor({ masking: inpaint, label: inpaint ? "Inpainting canvas" : "img2img image",
     onImage: (w, hh) => settings.setSize(round8(w), round8(hh)) }); // no image can arrive before settings exist
-  const results = jobView();
+  const results = jobView({ key });
   const [settings, script] = await Promise.all([
     generationSettings({ img2img: true, shownSeed: results.shownSeed, sizeFollowsModel: false }),
     scriptsCard({ img2img: true })]);

@@ -1,0 +1,72 @@
+"""Flows a first-time user hits (chromium via Playwright, the built-in model): a reload mid-job keeps
+the job's progress and result, a file that is not a picture is refused with a message on every tab that
+takes one, and on a phone the progress comes into sight after Generate. Each ends on an empty console."""
+from __future__ import annotations
+
+import pytest
+from ui_browser import PHONE, browser, live, open_page, wait_for  # noqa: F401 (fixtures)
+
+from opensd.server.store import FINAL
+
+pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency")
+
+READY = "#panel-generate form select[name=model] option"
+NOT_A_PICTURE = {"name": "holiday.png", "mimeType": "image/png", "buffer": b"this is a text file, renamed" * 20}
+
+
+def clean(log) -> None:
+    assert log.console_errors == [] and log.failures == [] and log.foreign() == []
+
+
+def test_a_reload_mid_job_still_shows_its_result_and_keeps_it_after_another_reload(browser, live):
+    page, log = open_page(browser, live.url + "/#generate")
+    page.wait_for_selector(READY, state="attached")
+    page.fill("#panel-generate textarea[name=prompt]", "red heart, noto emoji style")
+    page.fill("#panel-generate input[name=steps]", "20")
+    before = {j.id for j in live.state.store.all()}
+    page.click("#panel-generate button.primary")
+    job = wait_for(lambda: next((j for j in live.state.store.all() if j.id not in before), None), what="the job")
+    page.reload()  # while it waits or runs (or just after: either way its images come back)
+    page.wait_for_selector(READY, state="attached")
+    assert page.input_value("#panel-generate textarea[name=prompt]") == "red heart, noto emoji style"
+    page.wait_for_selector(f"#panel-generate .result-main img[src*='{job.id}']", timeout=60_000)
+    assert live.state.store.get(job.id).status in FINAL
+    page.reload()
+    page.wait_for_selector(READY, state="attached")
+    page.wait_for_selector(f"#panel-generate .result-main img[src*='{job.id}']")
+    assert "Seed:" in page.inner_text("#panel-generate pre.infotext")
+    page.context.close()
+    clean(log)
+
+
+@pytest.mark.parametrize("tab", ["extras", "controlnet", "pnginfo", "img2img"])
+def test_a_file_that_is_not_a_picture_is_refused_with_a_message(browser, live, tab):
+    page, log = open_page(browser, live.url + f"/#{tab}")
+    page.wait_for_selector(f"#panel-{tab}:not([hidden]) input[type=file]", state="attached")
+    page.locator(f"#panel-{tab} input[type=file]").first.set_input_files(NOT_A_PICTURE)
+    alert = page.locator("#toasts .toast.error")
+    alert.wait_for(timeout=10_000)
+    assert alert.inner_text().strip().startswith(("holiday.png: This file is not an image",
+                                                  "This file is not an image"))
+    # nothing taken: no broken picture shown, no ControlNet unit switched on
+    assert page.locator(f"#panel-{tab} img[src^='blob:'], #panel-{tab} img[src^='data:']").count() == 0
+    assert page.locator(f"#panel-{tab} input[type=checkbox][aria-label^='Enable ControlNet']:checked").count() == 0
+    page.context.close()
+    clean(log)
+
+
+def test_on_a_phone_generate_brings_the_progress_into_sight(browser, live):
+    page, log = open_page(browser, live.url + "/#generate", **PHONE)
+    page.wait_for_selector(READY, state="attached")
+    prompt = page.locator("#panel-generate textarea[name=prompt]")
+    assert prompt.get_attribute("placeholder").startswith("Describe the picture")  # an example, not a value
+    prompt.fill("smiling face, noto emoji style")
+    page.fill("#panel-generate input[name=steps]", "4")
+    card = page.locator("#panel-generate .progress-card")
+    in_sight = "(el) => { const r = el.getBoundingClientRect(); return r.top < innerHeight && r.bottom > 0; }"
+    assert not card.evaluate(in_sight)  # below the form, as on any phone
+    page.tap("#panel-generate button.primary")
+    wait_for(lambda: card.evaluate(in_sight), what="the progress card in sight")
+    page.wait_for_selector("#panel-generate .result-main img")
+    page.context.close()
+    clean(log)
