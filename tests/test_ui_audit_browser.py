@@ -1,6 +1,7 @@
 """Flows a first-time user hits (chromium via Playwright, the built-in model): a reload mid-job keeps
 the job's progress and result, a file that is not a picture is refused with a message on every tab that
-takes one, and on a phone the progress comes into sight after Generate. Each ends on an empty console."""
+takes one, on a phone the progress comes into sight after Generate, and without a models folder the Models
+tab says how to set one. Each ends on an empty console."""
 from __future__ import annotations
 
 import pytest
@@ -68,5 +69,14 @@ def test_on_a_phone_generate_brings_the_progress_into_sight(browser, live):
     page.tap("#panel-generate button.primary")
     wait_for(lambda: card.evaluate(in_sight), what="the progress card in sight")
     page.wait_for_selector("#panel-generate .result-main img")
+    page.context.close()
+    clean(log)
+
+
+def test_without_a_models_folder_the_models_tab_says_how_to_add_one(browser, live):
+    page, log = open_page(browser, live.url + "/#models")
+    note = page.locator("#panel-models .models-folder")
+    wait_for(lambda: "--models-dir" in note.inner_text(), what="the models folder note")
+    assert "only the built-in model" in note.inner_text()
     page.context.close()
     clean(log)
