@@ -80,3 +80,25 @@ def test_without_a_models_folder_the_models_tab_says_how_to_add_one(browser, liv
     assert "only the built-in model" in note.inner_text()
     page.context.close()
     clean(log)
+
+
+def test_interrupt_and_skip_are_usable_only_while_this_tabs_job_runs(browser, live):
+    page, log = open_page(browser, live.url + "/#generate")
+    page.wait_for_selector(READY, state="attached")
+    interrupt = page.locator("#panel-generate .progress-card button:text('Interrupt')")
+    skip = page.locator("#panel-generate .progress-card button:text('Skip')")
+    assert interrupt.is_disabled() and skip.is_disabled()  # nothing to stop: not a silent no-op
+    page.fill("#panel-generate textarea[name=prompt]", "slow heart")
+    for name, value in {"steps": 150, "width": 192, "height": 192}.items():
+        page.fill(f"#panel-generate input[name={name}]", str(value))
+    before = {j.id for j in live.state.store.all()}
+    page.click("#panel-generate button.primary")
+    wait_for(interrupt.is_enabled, what="Interrupt enabled while the job runs")
+    assert skip.is_enabled()
+    interrupt.click()
+    job = wait_for(lambda: next((j for j in live.state.store.all() if j.id not in before and j.status in FINAL), None),
+                   what="the interrupted job")
+    assert job.status == "interrupted"
+    wait_for(interrupt.is_disabled, what="Interrupt disabled again")
+    page.context.close()
+    clean(log)

@@ -16,9 +16,10 @@ export function jobView({ upscale = null, key = null } = {}) {
   const status = h("p", { class: "muted", role: "status" }, "Idle");
   const bar = h("div");
   const preview = h("img", { alt: "Live preview of the running job", hidden: true });
-  const interrupt = h("button", { type: "button", onclick: () => api.post("/sdapi/v1/interrupt").catch(fail) },
+  // usable while one of this tab's jobs runs (they act on the running job)
+  const interrupt = h("button", { type: "button", disabled: true, onclick: () => api.post("/sdapi/v1/interrupt").catch(fail) },
     icon("stop"), "Interrupt");
-  const skip = h("button", { type: "button", onclick: () => api.post("/sdapi/v1/skip").catch(fail) },
+  const skip = h("button", { type: "button", disabled: true, onclick: () => api.post("/sdapi/v1/skip").catch(fail) },
     icon("skip"), "Skip");
   const resultMain = h("div", { class: "result-main" });
   const resultThumbs = h("div", { class: "results", role: "group", "aria-label": "Images of the last job" });
@@ -42,6 +43,7 @@ export function jobView({ upscale = null, key = null } = {}) {
   };
   on(EVENTS.QUEUE, (q) => {
     runningMine = Boolean(q.running && mine.has(q.running.id));
+    interrupt.disabled = skip.disabled = !runningMine;
     if (runningMine) return;
     const waiting = q.pending.filter((j) => mine.has(j.id)).length;
     if (waiting) say(`${waiting} waiting`);
@@ -53,7 +55,9 @@ export function jobView({ upscale = null, key = null } = {}) {
     if (!runningMine) return;
     const s = p.state || {};
     const eta = p.eta_relative > 0 ? ` · ETA ${p.eta_relative.toFixed(1)} s` : "";
-    say(s.sampling_steps ? `Step ${s.sampling_step}/${s.sampling_steps}${eta}` : "Starting");
+    const step = s.sampling_steps ? `Step ${s.sampling_step}/${s.sampling_steps}${eta}` : "Starting";
+    // a big image's step can take long on a CPU: say the click was heard
+    say(s.interrupted ? `${step} · interrupting after this step` : step);
     bar.style.width = `${Math.round((p.progress || 0) * 100)}%`;
     if (p.current_image) { preview.src = `data:image/png;base64,${p.current_image}`; preview.hidden = false; }
   });
