@@ -375,3 +375,14 @@ def test_a_public_bind_needs_a_token():
         Settings(host="0.0.0.0").check_exposure()
     assert "WARNING" in Settings(host="0.0.0.0", insecure_no_token=True).check_exposure()
     assert Settings().host == "127.0.0.1" and Settings().check_exposure() is None
+
+
+def test_a_too_large_body_is_refused_in_megabytes_naming_the_flag_that_raises_the_limit(tmp_path):
+    """What the web UI shows after a 50 MB picture: sizes a person reads, and how to allow it."""
+    settings = Settings(outputs_dir=tmp_path / "out", max_body_bytes=1 << 20, start_worker=False)
+    with TestClient(create_app(settings), base_url=BASE) as c:
+        r = c.post(T2I, content=b"{" + b" " * (3 << 20) + b"}", headers=RAW)
+    assert r.status_code == 413
+    detail = r.json()["detail"]
+    assert detail.startswith("body: 3.0 MB is more than this server's limit of 1.0 MB")
+    assert "--max-body-mb" in detail and "bytes" not in detail
