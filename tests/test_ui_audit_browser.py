@@ -102,3 +102,12 @@ def test_interrupt_and_skip_are_usable_only_while_this_tabs_job_runs(browser, li
     wait_for(interrupt.is_disabled, what="Interrupt disabled again")
     page.context.close()
     clean(log)
+
+
+def test_creating_a_dataset_without_a_name_says_so_before_asking_the_server(browser, live):
+    page, log = open_page(browser, live.url + "/#train")
+    page.click("#panel-train button:text-is('Create')")
+    page.locator("#toasts .toast.error:has-text('Type a name for the new dataset')").wait_for(timeout=10_000)
+    assert page.evaluate("document.activeElement.name") == "new_dataset"
+    page.context.close()
+    clean(log)  # no refused request either
