@@ -111,3 +111,31 @@ def test_creating_a_dataset_without_a_name_says_so_before_asking_the_server(brow
     assert page.evaluate("document.activeElement.name") == "new_dataset"
     page.context.close()
     clean(log)  # no refused request either
+
+
+def test_a_wrong_value_in_a_collapsed_card_is_shown_not_a_silent_generate(browser, live):
+    page, log = open_page(browser, live.url + "/#generate")
+    page.wait_for_selector(READY, state="attached")
+    variation = page.locator("#panel-generate details:has(summary:text('Variation seed'))")
+    variation.locator("summary").click()
+    page.fill("#panel-generate input[name=subseed_strength]", "5")
+    variation.locator("summary").click()  # collapsed again, the wrong value inside
+    before = len(live.state.store.all())
+    page.click("#panel-generate button.primary")
+    wait_for(lambda: variation.evaluate("d => d.open"), what="the card opened on the wrong value")
+    assert page.evaluate("document.activeElement.name") == "subseed_strength"  # the browser points at it
+    assert len(live.state.store.all()) == before
+    page.context.close()
+    clean(log)  # and no "An invalid form control ... is not focusable" in the console
+
+
+def test_extras_points_at_a_wrong_value_in_the_hidden_scale_to_fields(browser, live):
+    page, log = open_page(browser, live.url + "/#extras")
+    page.wait_for_selector("#panel-extras select[name=resize_mode]")
+    page.select_option("#panel-extras select[name=resize_mode]", "1")
+    page.fill("#panel-extras input[name=upscaling_resize_w]", "0")
+    page.select_option("#panel-extras select[name=resize_mode]", "0")  # "Scale to" hidden again
+    page.click("#panel-extras button.primary")
+    page.locator("#toasts .toast.error:has-text('Width: Value must be greater than or equal to 1')").wait_for(timeout=10_000)
+    page.context.close()
+    clean(log)

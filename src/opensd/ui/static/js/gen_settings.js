@@ -174,6 +174,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       negative.refresh();
       styles.refresh();
       keepForm(form, key);
+      form.noValidate = true; // generate() checks it (checkForm), pointing into collapsed cards too
       form.addEventListener("submit", (e) => { e.preventDefault(); generate(); });
       panel.addEventListener("keydown", (e) => {
         if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); generate(); }

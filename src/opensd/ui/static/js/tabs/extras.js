@@ -5,7 +5,7 @@
 // the result can be downloaded or sent to img2img, Inpaint or ControlNet.
 import { api, fileToDataURL } from "../api.js";
 import { clear, field, h, icon, toast } from "../dom.js";
-import { number, select, slider, syncSliders } from "../form.js";
+import { checkForm, number, select, slider, syncSliders } from "../form.js";
 import { filePicker, NOT_AN_IMAGE, pastedImage, pickerButton, readableImage } from "../image_input.js";
 import { keepForm, loadForm } from "../persist.js";
 import { EVENTS, on, sendTo, take, TARGETS } from "../shared.js";
@@ -48,6 +48,7 @@ export async function mount(panel) {
   showMode();
   keepForm(form, KEY);
   form.addEventListener("change", showMode);
+  form.noValidate = true; // upscale() checks it (checkForm), the hidden "Scale to" fields too
   form.addEventListener("submit", (e) => { e.preventDefault(); upscale(); });
   pickerButton(drop, picker, load);
   panel.addEventListener("paste", (e) => {
@@ -72,7 +73,7 @@ export async function mount(panel) {
   clear(drop, icon("upload"), h("p", {}, "Drop an image here, paste it, or click to choose one"));
 
   async function upscale() {
-    if (!form.reportValidity()) return;
+    if (!checkForm(form)) return;
     if (!source) { toast("Choose an image to upscale first (drop, paste or click the box).", "error"); return; }
     const int = (name) => Math.trunc(Number(v[name].value));
     const body = {

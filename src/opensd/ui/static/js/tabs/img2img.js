@@ -6,7 +6,7 @@
 // (scripts_card.js) adds img2img's scripts, SD upscale among them.
 import { canvasEditor } from "../canvas_editor.js";
 import { field, h, icon, toast } from "../dom.js";
-import { number, select, slider, syncSliders } from "../form.js";
+import { checkForm, number, select, slider, syncSliders } from "../form.js";
 import { generationSettings } from "../gen_settings.js";
 import { pastedImage } from "../image_input.js";
 import { jobView } from "../job_view.js";
@@ -100,7 +100,7 @@ export async function mount(panel, ctx) {
     return body;
   }
   function generate() {
-    if (!form.reportValidity()) return;
+    if (!checkForm(form)) return;
     if (!editor.hasImage()) { toast("Load an image onto the canvas first (Upload, paste or drop).", "error"); return; }
     const body = request();
     if (!body) { toast("Paint a mask over the part to repaint first (Brush), or extend the canvas.", "error"); return; }
