@@ -60,7 +60,7 @@ export async function mount(panel) {
     tools.setCheckpoints(data.checkpoints.map((m) => m.name));
     status.textContent = `${KINDS.map(([k]) => data[k].length).reduce((a, b) => a + b)} files`;
     where.textContent = data.models_dir ? `Models folder: ${data.models_dir}`
-      : "No models folder is set, so only the built-in model and models made here are listed. To use your own, "
+      : "No models folder is set, so only the built-in models and models made here are listed. To use your own, "
         + "start the server with: opensd serve --models-dir PATH (an A1111 or ComfyUI models folder).";
     hashSmallFiles(data);
   }
@@ -78,7 +78,7 @@ export async function mount(panel) {
       const shown = data[kind].filter((m) => m.name.toLowerCase().includes(needle));
       count.textContent = `(${data[kind].length})`;
       clear(list, shown.length ? shown.map((m) => row(kind, m))
-        : h("li", { class: "muted" }, data[kind].length ? "None matches the filter." : "None in the models folder."));
+        : h("li", { class: "muted" }, data[kind].length ? "None matches the filter." : data.models_dir ? "None in the models folder." : "None."));
     }
   }
 
