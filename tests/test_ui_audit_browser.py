@@ -139,3 +139,17 @@ def test_extras_points_at_a_wrong_value_in_the_hidden_scale_to_fields(browser, l
     page.locator("#toasts .toast.error:has-text('Width: Value must be greater than or equal to 1')").wait_for(timeout=10_000)
     page.context.close()
     clean(log)
+
+
+def test_a_tab_that_could_not_load_says_why_and_loads_on_try_again(browser, live):
+    page, log = open_page(browser, live.url + "/#generate")
+    page.wait_for_selector(READY, state="attached")
+    page.route("**/ui/js/tabs/gallery.js", lambda route: route.abort())  # as if the server were stopped
+    page.click("#tab-gallery")
+    page.wait_for_selector("#panel-gallery p.error:has-text('the server cannot be reached')")
+    page.unroute("**/ui/js/tabs/gallery.js")
+    page.click("#panel-gallery button:text('Try again')")
+    page.wait_for_selector("#panel-gallery input[type=search]")
+    assert page.locator("#panel-gallery p.error").count() == 0
+    page.context.close()
+    assert not [e for e in log.console_errors if e[0].startswith("uncaught")]  # the failure is handled
