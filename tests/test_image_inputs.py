@@ -20,7 +20,8 @@ from server_live import BASE, models_dir
 
 from opensd.checkpoints.controlnet_files import save_controlnet
 from opensd.cli import main
-from opensd.image_read import flatten, mask_from
+from opensd.errors import InvalidArgument
+from opensd.image_read import MAX_ENCODED_CHARS, b64_bytes, flatten, mask_from
 from opensd.library.synthetic import TINY, write_random_checkpoint
 from opensd.models.controlnet import ControlNet, ControlNetConfig
 from opensd.server import images_io
@@ -469,3 +470,11 @@ def test_comfy_graph_loads_an_uploaded_exif_photo_upright_and_a_broken_file_fail
     errors = [m["data"] for m in _run_graph(client, "broken.png") if m["type"] == "execution_error"]
     assert errors and "truncated" in errors[0]["exception_message"] and errors[0]["node_id"] == "1", errors
     assert client.post("/upload/image", files={"image": ("ok.png", PNG, "image/png")}).status_code == 200
+
+
+def test_an_image_over_the_size_limit_is_refused_in_megabytes():
+    """The web UI shows this line after a too-big picture: its size and the limit in MB, not characters."""
+    with pytest.raises(InvalidArgument) as refused:
+        b64_bytes("A" * (MAX_ENCODED_CHARS + 4), "init_images[0]")
+    assert str(refused.value) == ("init_images[0]: the image file is about 36.0 MB, more than the 36 MB one image may "
+                                  "be: send a smaller file (fewer pixels, or JPEG/WebP)")

@@ -71,6 +71,7 @@ def test_listing_reads_family_size_detail_and_metadata_and_hashes_lazily(tmp_pat
         again = {m["name"]: m for m in c.get("/opensd/v1/models").json()["checkpoints"]}
         assert again[BUILTIN]["hash"] == hashed["hash"]  # cached from now on
 
+        assert listed["models_dir"] == str(models)  # the UI names the folder it reads
         (lora,) = listed["loras"]
         assert (lora["name"], lora["family"], lora["detail"]) == ("style.safetensors", "sd1", "rank 8, 1 modules")
         lora_short = c.post("/opensd/v1/models/hash", json={"kind": "loras", "name": "style.safetensors"}).json()
@@ -189,3 +190,11 @@ def test_the_routes_are_described_in_the_openapi_page(tmp_path, models):
                  "/opensd/v1/train", "/opensd/v1/train/jobs/{job_id}", "/opensd/v1/train/jobs/{job_id}/resume"):
         assert path in paths, path
     assert "multipart/form-data" in paths["/opensd/v1/datasets/{name}/images"]["post"]["requestBody"]["content"]
+
+
+def test_listing_says_when_no_models_folder_is_set(tmp_path):
+    """The Models tab tells a first-time user that only the built-in model is listed, and how to add theirs."""
+    with client(tmp_path, None, start_worker=False) as c:
+        listed = c.get("/opensd/v1/models").json()
+    assert listed["models_dir"] is None
+    assert [m["name"] for m in listed["checkpoints"]] == [BUILTIN]

@@ -393,3 +393,14 @@ def test_memory_reports_this_machines_ram(tmp_path):
     with TestClient(create_app(settings), base_url="http://127.0.0.1:7860") as c:
         ram = c.get("/sdapi/v1/memory").json()["ram"]
     assert 0 < ram["free"] <= ram["total"] and ram["used"] == ram["total"] - ram["free"]
+
+
+def test_a_too_large_body_is_refused_in_megabytes_naming_the_flag_that_raises_the_limit(tmp_path):
+    """What the web UI shows after a 50 MB picture: sizes a person reads, and how to allow it."""
+    settings = Settings(outputs_dir=tmp_path / "out", max_body_bytes=1 << 20, start_worker=False)
+    with TestClient(create_app(settings), base_url=BASE) as c:
+        r = c.post(T2I, content=b"{" + b" " * (3 << 20) + b"}", headers=RAW)
+    assert r.status_code == 413
+    detail = r.json()["detail"]
+    assert detail.startswith("body: 3.0 MB is more than this server's limit of 1.0 MB")
+    assert "--max-body-mb" in detail and "bytes" not in detail

@@ -50,15 +50,17 @@ def test_queued_txt2img_answers_at_once_with_positions_and_clear_cancels_waiting
     with client(tmp_path, start_worker=False) as c:
         first = c.post("/opensd/v1/txt2img", json={"prompt": "first", **FAST})
         second = c.post("/opensd/v1/txt2img", json={"prompt": "second <b>", **FAST})
-        assert first.status_code == second.status_code == 202
+        third = c.post("/opensd/v1/txt2img", json={"prompt": " ", **FAST})
+        assert first.status_code == second.status_code == third.status_code == 202
         assert (first.json()["position"], second.json()["position"]) == (1, 2)
         view = c.get("/opensd/v1/queue").json()
         assert view["running"] is None
         assert [(j["id"], j["position"], j["label"]) for j in view["pending"]] == [
-            (first.json()["job_id"], 1, "first"), (second.json()["job_id"], 2, "second <b>")]
-        assert c.post("/opensd/v1/queue/clear", json={}).json() == {"cancelled": 2}
+            (first.json()["job_id"], 1, "first"), (second.json()["job_id"], 2, "second <b>"),
+            (third.json()["job_id"], 3, "(no prompt)")]  # not "(a1111 job)": the queue is read by people
+        assert c.post("/opensd/v1/queue/clear", json={}).json() == {"cancelled": 3}
         state = c.app.state.opensd
-        assert [state.store.get(j).status for j in (first.json()["job_id"], second.json()["job_id"])] == [CANCELLED] * 2
+        assert [state.store.get(r.json()["job_id"]).status for r in (first, second, third)] == [CANCELLED] * 3
         assert c.get("/opensd/v1/queue").json()["pending"] == []
 
 

@@ -26,7 +26,9 @@ def b64_bytes(text, field: str) -> bytes:
     if not isinstance(text, str) or not text:
         raise InvalidArgument(f"{field}: expected a base64-encoded image")
     if len(text) > MAX_ENCODED_CHARS:
-        raise InvalidArgument(f"{field}: encoded image longer than {MAX_ENCODED_CHARS} characters")
+        raise InvalidArgument(f"{field}: the image file is about {len(text) * 3 / 4 / (1 << 20):.1f} MB, more than the "
+                              f"{MAX_ENCODED_CHARS * 3 / 4 / (1 << 20):.0f} MB one image may be: send a smaller file "
+                              "(fewer pixels, or JPEG/WebP)")
     if text.startswith("data:"):
         head, _, text = text.partition(",")
         if ";base64" not in head:

@@ -114,7 +114,9 @@ def router(state) -> APIRouter:
     def models() -> ModelList:
         """Every model file by kind, read from the folders now (so this is also the refresh): name, size,
         family and detail from the file's header, the hash when already computed."""
-        return ModelList(**{kind: [_item(m) for m in state.folders.list(kind)] for kind in KINDS})
+        folder = state.settings.models_dir
+        return ModelList(**{kind: [_item(m) for m in state.folders.list(kind)] for kind in KINDS},
+                         models_dir=str(folder) if folder else None)
 
     @api.get("/{kind}/info", responses={422: {"description": "no such model"}})
     def info(kind: Kind, name: str = Query(..., max_length=1000)) -> ModelDetail:

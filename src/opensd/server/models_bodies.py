@@ -29,6 +29,8 @@ class ModelList(BaseModel):
     loras: list[ModelItem]
     embeddings: list[ModelItem]
     controlnet: list[ModelItem]
+    models_dir: str | None = Field(None, description="the models folder read (--models-dir); null when none is "
+                                                     "set: only the built-in models and those made here are listed")
 
 
 class ModelDetail(ModelItem):

@@ -45,7 +45,7 @@ def job_label(job) -> str:
         text = (payload.get("request") or {}).get("prompt") or ""
     else:
         text = graph_text(payload)
-    return " ".join(text.split())[:LABEL_CHARS] or f"({job.kind} job)"
+    return " ".join(text.split())[:LABEL_CHARS] or ("(no prompt)" if job.kind == "a1111" else f"({job.kind} job)")
 
 
 def checkpoint_list(state) -> list[Checkpoint]:

@@ -108,7 +108,7 @@ class Guard:
             if not length.isdigit():
                 return await _refuse(scope, receive, send, 400, "Content-Length: not a number")
             if int(length) > cap:
-                return await _refuse(scope, receive, send, 413, f"body: {length} bytes exceeds the {cap}-byte limit")
+                return await _refuse(scope, receive, send, 413, _too_large(cap, streamed, int(length)))
         relabel = _scripted(headers) and safe_json.content_type(headers) in NO_PREFLIGHT_TYPES + ("",)
         json_body = (safe_json.declared_json(headers) or relabel) and scope.get("method") not in SAFE_METHODS
         if not streamed and ((length is None and scope.get("method") in ("POST", "PUT", "PATCH"))
@@ -121,7 +121,7 @@ class Guard:
                     return
                 seen += len(message.get("body", b""))
                 if seen > cap:
-                    return await _json(send, 413, f"body: exceeds the {cap}-byte limit")
+                    return await _json(send, 413, _too_large(cap, streamed))
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     break
@@ -219,6 +219,22 @@ async def _see_other(send, location: str):
 
 _ERROR_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 413: "PayloadTooLarge",
                 415: "UnsupportedMediaType", 422: "InvalidArgument"}
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MB"
+
+
+def _too_large(cap: int, streamed: bool, size: int | None = None) -> str:
+    """The 413 message, for people: sizes in MB and the flag that raises the limit."""
+    sent = f"{_mb(size)} is" if size is not None else "this request is"
+    if streamed:
+        return (f"body: {sent} more than this server's limit of {_mb(cap)} for one upload; start the server "
+                "with a larger `opensd serve --max-upload-gb`")
+    # a picture in a JSON body travels as base64 text, a third larger than its file
+    return (f"body: {sent} more than this server's limit of {_mb(cap)} (an image is sent as text, a third "
+            "larger than its file): send a smaller image, or start the server with a larger "
+            "`opensd serve --max-body-mb`")
 
 
 async def _refuse(scope, receive, send, status: int, message: str):

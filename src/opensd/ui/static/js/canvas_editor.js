@@ -5,7 +5,7 @@
 // image's own resolution and exported white (repaint) on black, as A1111's `mask` field takes it.
 import { field, h, icon, toast } from "./dom.js";
 import { history } from "./canvas_history.js";
-import { dropTarget, filePicker } from "./image_input.js";
+import { dropTarget, filePicker, NOT_AN_IMAGE } from "./image_input.js";
 
 const MASK_COLOUR = "#ff2d95"; // shown at 55% opacity, visible on light and dark images
 const SEAM = 8; // outpainting also repaints this many pixels of the old image, so the seam blends in
@@ -136,7 +136,7 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
 
   async function load(blob) {
     let bitmap;
-    try { bitmap = await createImageBitmap(blob); } catch { toast("This file is not an image the browser can read.", "error"); return false; }
+    try { bitmap = await createImageBitmap(blob); } catch { toast(NOT_AN_IMAGE, "error"); return false; }
     if (source) steps.remember(snapshot());
     const image = canvas(bitmap.width, bitmap.height);
     image.getContext("2d").drawImage(bitmap, 0, 0);

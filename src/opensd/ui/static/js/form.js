@@ -1,5 +1,5 @@
 // Form controls the settings forms share: numbers, range+number sliders and selects.
-import { clear, field, h } from "./dom.js";
+import { clear, field, h, toast } from "./dom.js";
 
 export function number(name, { min, max, step = 1, value }) {
   return h("input", { type: "number", name, min, max, step, value, inputmode: step < 1 ? "decimal" : "numeric" });
@@ -64,4 +64,17 @@ export function chips(name, label, { onChange = () => {}, title = () => null } =
     store.dispatchEvent(new Event("input", { bubbles: true }));
   }
   return { element: h("div", {}, list, store), get, set, render, setChoices(values) { choices = values; render(); } };
+}
+
+// Whether `form` may be sent; if not, its first invalid control is opened up and pointed at with the
+// browser's message. Forms using this set noValidate: the browser's own check cannot point at a
+// control in a collapsed card (<details>) or a hidden section, so the button did nothing at all.
+export function checkForm(form) {
+  const bad = form.querySelector("input:invalid, select:invalid, textarea:invalid");
+  if (!bad) return true;
+  for (let d = bad.closest("details"); d; d = d.parentElement.closest("details")) d.open = true;
+  if (bad.getClientRects().length) return form.reportValidity();
+  const label = bad.labels?.[0]?.textContent || bad.getAttribute("aria-label") || bad.name;
+  toast(`${label}: ${bad.validationMessage}`, "error");
+  return false;
 }

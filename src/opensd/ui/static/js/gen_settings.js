@@ -6,10 +6,10 @@
 // (which remembers the named controls), adds its own fields and builds its request from request().
 import { advancedSettings } from "./advanced_settings.js";
 import { api } from "./api.js";
-import { clear, debounce, field, h, icon, toast } from "./dom.js";
+import { clear, field, h, icon, toast } from "./dom.js";
 import { activeUnits, CHANGED, controlnetFields } from "./controlnet_units.js";
 import { choose, number, setOptions, slider, syncSliders } from "./form.js";
-import { loadForm, saveForm } from "./persist.js";
+import { keepForm, loadForm } from "./persist.js";
 import { promptEditor } from "./prompt_editor.js";
 import { emit, EVENTS, on } from "./shared.js";
 import { stylesPicker } from "./styles_picker.js";
@@ -24,7 +24,7 @@ const touch = (el) => el.dispatchEvent(new Event("input", { bubbles: true })); /
 export async function generationSettings({ img2img = false, shownSeed = () => undefined, sizeFollowsModel = true } = {}) {
   const stepsField = slider("Sampling steps", "steps", { min: 1, max: 150, value: 20 });
   const steps = () => Number(stepsField.querySelector("input[name=steps]").value) || 20;
-  const prompt = promptEditor({ label: "Prompt", name: "prompt", placeholder: "a red heart, noto emoji style", getSteps: steps });
+  const prompt = promptEditor({ label: "Prompt", name: "prompt", placeholder: "Describe the picture, e.g. a red heart, noto emoji style", getSteps: steps });
   const negative = promptEditor({ label: "Negative prompt", name: "negative_prompt", getSteps: steps });
   const model = h("select", { name: "model" });
   const vae = h("select", { name: "vae" });
@@ -173,9 +173,8 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       prompt.refresh();
       negative.refresh();
       styles.refresh();
-      const save = debounce(() => saveForm(form, key), 300);
-      form.addEventListener("input", save);
-      form.addEventListener("change", save);
+      keepForm(form, key);
+      form.noValidate = true; // generate() checks it (checkForm), pointing into collapsed cards too
       form.addEventListener("submit", (e) => { e.preventDefault(); generate(); });
       panel.addEventListener("keydown", (e) => {
         if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); generate(); }

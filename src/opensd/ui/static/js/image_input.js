@@ -29,3 +29,11 @@ export function pickerButton(el, picker, onFile) {
 export function pastedImage(e) {
   return [...(e.clipboardData?.files || [])].find((f) => f.type.startsWith("image/")) || null;
 }
+
+export const NOT_AN_IMAGE = "This file is not an image the browser can read.";
+
+// Whether the browser can decode `blob` as a picture (a renamed text file or a cut-off download
+// cannot): checked before a file is taken, so it is refused with a message, not shown broken.
+export async function readableImage(blob) {
+  try { (await createImageBitmap(blob)).close(); return true; } catch { return false; }
+}

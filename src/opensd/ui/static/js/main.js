@@ -1,7 +1,7 @@
 // The shell: tab bar, one <section role=tabpanel> per tab (mounted the first time it is shown),
 // the URL hash (#gallery) as the current tab, the theme toggle and the queue/progress poller.
 import { api, loginPage } from "./api.js";
-import { append, h, icon, toast } from "./dom.js";
+import { clear, h, icon, toast } from "./dom.js";
 import { startPoller } from "./poller.js";
 import { EVENTS, on } from "./shared.js";
 import { TABS } from "./tabs.js";
@@ -47,14 +47,22 @@ async function show(id) {
   }
   if (location.hash !== `#${tab.id}`) history.replaceState(null, "", `#${tab.id}`);
   if (!tab.mounted) {
+    clear(tab.panel); // empty, or a failed try's message
     tab.mounted = tab.load().then((module) => module.mount(tab.panel, { id: tab.id }));
-    tab.mounted.catch((e) => {
-      console.error(e);
-      append(tab.panel, h("p", { class: "error" }, `This tab failed to load: ${e.message}`));
-    });
+    tab.mounted.catch((e) => failed(tab, e));
   }
-  await tab.mounted;
+  try { await tab.mounted; } catch { return; }
   tab.panel.dispatchEvent(new CustomEvent("opensd:shown"));
+}
+
+// A tab that could not load (most often: the server was stopped) says why and can be tried again.
+function failed(tab, e) {
+  console.error(e);
+  tab.mounted = null;
+  const offline = e.status === 0 || /dynamically imported module|importing a module script/i.test(e.message);
+  const why = offline ? "the server cannot be reached (is opensd serve still running?)" : e.message;
+  clear(tab.panel, h("div", { class: "card stack" }, h("p", { class: "error" }, `This tab could not be loaded: ${why}`),
+    h("button", { type: "button", onclick: () => show(tab.id) }, icon("recycle"), "Try again")));
 }
 
 on(EVENTS.SHOW_TAB, ({ id }) => {

@@ -1,4 +1,6 @@
 // Form values kept between visits (localStorage), by control name.
+import { debounce } from "./dom.js";
+
 export function saveForm(form, key) {
   const data = {};
   for (const el of form.elements) {
@@ -18,4 +20,12 @@ export function loadForm(form, key) {
     else el.value = data[el.name];
   }
   return data;
+}
+
+// Save `form` a moment after each edit (typing stays quick) and at once when the page is left, so a
+// reload right after typing keeps the text.
+export function keepForm(form, key) {
+  form.addEventListener("input", debounce(() => saveForm(form, key), 300));
+  form.addEventListener("change", () => saveForm(form, key));
+  addEventListener("pagehide", () => saveForm(form, key));
 }

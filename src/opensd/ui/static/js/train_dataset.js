@@ -77,6 +77,7 @@ export function datasetEditor(onChange) {
   }
 
   async function create() {
+    if (!newName.value.trim()) { toast("Type a name for the new dataset first.", "error"); newName.focus(); return; }
     try {
       const made = await api.post(BASE, { name: newName.value.trim() });
       newName.value = "";

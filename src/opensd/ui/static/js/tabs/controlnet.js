@@ -7,7 +7,7 @@ import { api, fileToDataURL } from "../api.js";
 import { clear, debounce, field, h, icon, toast } from "../dom.js";
 import { changed, units } from "../controlnet_units.js";
 import { choose, number, select, slider, syncSliders } from "../form.js";
-import { filePicker, pastedImage, pickerButton } from "../image_input.js";
+import { filePicker, NOT_AN_IMAGE, pastedImage, pickerButton, readableImage } from "../image_input.js";
 import { EVENTS, on, take } from "../shared.js";
 
 const CONTROL_MODES = [["0", "Balanced"], ["1", "My prompt is more important"], ["2", "ControlNet is more important"]];
@@ -151,7 +151,7 @@ function unitCard(unit, i, models, modules) {
     preview();
   }
   async function setFile(file, name = file.name || "image") {
-    if (!file.type.startsWith("image/")) { toast(`${name}: not an image`, "error"); return; }
+    if (!file.type.startsWith("image/") || !(await readableImage(file))) { toast(`${name}: ${NOT_AN_IMAGE}`, "error"); return; }
     setImage(await fileToDataURL(file), name);
   }
   pickerButton(picture, fileInput, (file) => setFile(file));

@@ -4,10 +4,10 @@
 // POST /sdapi/v1/extra-single-image, a job on the shared queue (the request answers once it has run);
 // the result can be downloaded or sent to img2img, Inpaint or ControlNet.
 import { api, fileToDataURL } from "../api.js";
-import { clear, debounce, field, h, icon, toast } from "../dom.js";
-import { number, select, slider, syncSliders } from "../form.js";
-import { filePicker, pastedImage, pickerButton } from "../image_input.js";
-import { loadForm, saveForm } from "../persist.js";
+import { clear, field, h, icon, toast } from "../dom.js";
+import { checkForm, number, select, slider, syncSliders } from "../form.js";
+import { filePicker, NOT_AN_IMAGE, pastedImage, pickerButton, readableImage } from "../image_input.js";
+import { keepForm, loadForm } from "../persist.js";
 import { EVENTS, on, sendTo, take, TARGETS } from "../shared.js";
 
 const KEY = "opensd.extras";
@@ -46,9 +46,9 @@ export async function mount(panel) {
   const v = form.elements;
   const showMode = () => { by.hidden = v.resize_mode.value !== "0"; to.hidden = v.resize_mode.value !== "1"; };
   showMode();
-  const save = debounce(() => saveForm(form, KEY), 300);
-  form.addEventListener("input", save);
-  form.addEventListener("change", () => { showMode(); save(); });
+  keepForm(form, KEY);
+  form.addEventListener("change", showMode);
+  form.noValidate = true; // upscale() checks it (checkForm), the hidden "Scale to" fields too
   form.addEventListener("submit", (e) => { e.preventDefault(); upscale(); });
   pickerButton(drop, picker, load);
   panel.addEventListener("paste", (e) => {
@@ -58,7 +58,8 @@ export async function mount(panel) {
 
   let source = null; // {blob, name, url}
   let made = null;   // {blob, url, name}
-  function load(blob, name = blob.name || "image.png") {
+  async function load(blob, name = blob.name || "image.png") {
+    if (!(await readableImage(blob))) { toast(`${name}: ${NOT_AN_IMAGE}`, "error"); return; }
     if (source) URL.revokeObjectURL(source.url);
     source = { blob, name, url: URL.createObjectURL(blob) };
     const caption = h("p", { class: "muted" }, name);
@@ -72,7 +73,7 @@ export async function mount(panel) {
   clear(drop, icon("upload"), h("p", {}, "Drop an image here, paste it, or click to choose one"));
 
   async function upscale() {
-    if (!form.reportValidity()) return;
+    if (!checkForm(form)) return;
     if (!source) { toast("Choose an image to upscale first (drop, paste or click the box).", "error"); return; }
     const int = (name) => Math.trunc(Number(v[name].value));
     const body = {

@@ -4,7 +4,7 @@
 // Parameters sent here by other tabs (reuse) arrive through take("generate").
 import { api, fileToDataURL } from "../api.js";
 import { field, h, icon, toast } from "../dom.js";
-import { syncSliders } from "../form.js";
+import { checkForm, syncSliders } from "../form.js";
 import { generationSettings } from "../gen_settings.js";
 import { hiresCard } from "../hires_card.js";
 import { jobView } from "../job_view.js";
@@ -15,7 +15,7 @@ import { EVENTS, on, take } from "../shared.js";
 const KEY = "opensd.generate";
 
 export async function mount(panel) {
-  const results = jobView({ upscale });
+  const results = jobView({ upscale, key: KEY });
   // hires upscalers: A1111's latent modes, then None/Lanczos/Nearest and the installed models
   const [settings, modes, upscalers, script] = await Promise.all([generationSettings({ shownSeed: results.shownSeed }),
     api.get("/sdapi/v1/latent-upscale-modes"), api.get("/sdapi/v1/upscalers"), scriptsCard()]);
@@ -37,13 +37,13 @@ export async function mount(panel) {
   }
 
   function generate() {
-    if (form.reportValidity()) results.submit("/opensd/v1/txt2img", request());
+    if (checkForm(form)) results.submit("/opensd/v1/txt2img", request());
   }
 
   // A1111's ✨ upscale: this form's settings with the hires fix on, one image, the shown image's
   // seeds, and the image itself as the first pass (firstpass_image).
   async function upscale(image, seed, subseed) {
-    if (!form.reportValidity()) return;
+    if (!checkForm(form)) return;
     const body = { ...request(), ...hires.request({ force: true }), batch_size: 1, n_iter: 1,
       firstpass_image: await fileToDataURL(image) };
     if (seed !== undefined) body.seed = seed;

@@ -6,7 +6,7 @@
 // (scripts_card.js) adds img2img's scripts, SD upscale among them.
 import { canvasEditor } from "../canvas_editor.js";
 import { field, h, icon, toast } from "../dom.js";
-import { number, select, slider, syncSliders } from "../form.js";
+import { checkForm, number, select, slider, syncSliders } from "../form.js";
 import { generationSettings } from "../gen_settings.js";
 import { pastedImage } from "../image_input.js";
 import { jobView } from "../job_view.js";
@@ -28,7 +28,7 @@ export async function mount(panel, ctx) {
   const key = `opensd.${ctx.id}`;
   const editor = canvasEditor({ masking: inpaint, label: inpaint ? "Inpainting canvas" : "img2img image",
     onImage: (w, hh) => settings.setSize(round8(w), round8(hh)) }); // no image can arrive before settings exist
-  const results = jobView();
+  const results = jobView({ key });
   const [settings, script] = await Promise.all([
     generationSettings({ img2img: true, shownSeed: results.shownSeed, sizeFollowsModel: false }),
     scriptsCard({ img2img: true })]);
@@ -100,7 +100,7 @@ export async function mount(panel, ctx) {
     return body;
   }
   function generate() {
-    if (!form.reportValidity()) return;
+    if (!checkForm(form)) return;
     if (!editor.hasImage()) { toast("Load an image onto the canvas first (Upload, paste or drop).", "error"); return; }
     const body = request();
     if (!body) { toast("Paint a mask over the part to repaint first (Brush), or extend the canvas.", "error"); return; }

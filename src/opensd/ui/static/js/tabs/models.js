@@ -33,6 +33,7 @@ function metadataText(meta) {
 export async function mount(panel) {
   const filter = h("input", { type: "search", placeholder: "Filter by name", "aria-label": "Filter models by name" });
   const status = h("span", { class: "muted", role: "status" });
+  const where = h("p", { class: "muted models-folder" }); // which folder is read, or how to set one
   const sections = new Map(KINDS.map(([kind, title]) => {
     const count = h("span", { class: "muted" });
     const list = h("ul", { class: "model-list", "aria-label": title });
@@ -45,7 +46,7 @@ export async function mount(panel) {
       h("div", { class: "toolbar" },
         h("button", { type: "button", onclick: () => emit(EVENTS.MODELS_CHANGED, { kind: null }) }, icon("recycle"), "Refresh"),
         filter, status),
-      [...sections.values()].map((s) => s.section)),
+      where, [...sections.values()].map((s) => s.section)),
     h("div", { class: "stack" }, tools.element)));
 
   let data = null;
@@ -58,6 +59,9 @@ export async function mount(panel) {
     render();
     tools.setCheckpoints(data.checkpoints.map((m) => m.name));
     status.textContent = `${KINDS.map(([k]) => data[k].length).reduce((a, b) => a + b)} files`;
+    where.textContent = data.models_dir ? `Models folder: ${data.models_dir}`
+      : "No models folder is set, so only the built-in models and models made here are listed. To use your own, "
+        + "start the server with: opensd serve --models-dir PATH (an A1111 or ComfyUI models folder).";
     hashSmallFiles(data);
   }
 
@@ -74,7 +78,7 @@ export async function mount(panel) {
       const shown = data[kind].filter((m) => m.name.toLowerCase().includes(needle));
       count.textContent = `(${data[kind].length})`;
       clear(list, shown.length ? shown.map((m) => row(kind, m))
-        : h("li", { class: "muted" }, data[kind].length ? "None matches the filter." : "None in the models folder."));
+        : h("li", { class: "muted" }, data[kind].length ? "None matches the filter." : data.models_dir ? "None in the models folder." : "None."));
     }
   }
 

@@ -3,7 +3,7 @@
 // parameters to Generate.
 import { api, fileToDataURL } from "../api.js";
 import { clear, h, icon, paramsTable, toast } from "../dom.js";
-import { filePicker, pastedImage, pickerButton } from "../image_input.js";
+import { filePicker, NOT_AN_IMAGE, pastedImage, pickerButton, readableImage } from "../image_input.js";
 import { sendTo } from "../shared.js";
 
 function pretty(text) {
@@ -27,6 +27,7 @@ export async function mount(panel) {
 
   let url = null;
   async function read(file) {
+    if (!(await readableImage(file))) { toast(`${file.name}: ${NOT_AN_IMAGE}`, "error"); return; }
     let info;
     try {
       info = await api.post("/opensd/v1/image-info", { image: await fileToDataURL(file) });
