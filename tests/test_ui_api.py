@@ -276,3 +276,22 @@ def test_ui_assets_are_small_and_fetch_nothing_from_elsewhere():
         urls = set(re.findall(r"(?:https?:)?//[\w.-]+\.\w+[^\s\"')]*", text)) - {"http://www.w3.org/2000/svg"}
         assert not urls, (p.name, urls)
         assert "innerHTML" not in text and "insertAdjacentHTML" not in text and "eval(" not in text, p.name
+
+
+def test_progress_says_what_a_job_does_before_its_first_step(tmp_path, monkeypatch):
+    """/sdapi/v1/progress's added state.phase: loading the model, then sampling (prompt encoding and the
+    first step, which for a large image on a CPU takes minutes) while no step has been counted yet."""
+    from opensd.server import jobs
+
+    seen, phase = [], jobs.Control.phase
+
+    def spy(ctl, name):
+        phase(ctl, name)
+        state = c.get("/sdapi/v1/progress").json()["state"]  # asked as the page asks, mid-job
+        seen.append((state["phase"], state["sampling_step"], state["sampling_steps"]))
+
+    monkeypatch.setattr(jobs.Control, "phase", spy)
+    with client(tmp_path) as c:
+        assert c.post("/sdapi/v1/txt2img", json={"prompt": "a heart", **FAST}).status_code == 200
+        assert seen == [("loading", 0, 0), ("sampling", 0, 0)]
+        assert c.get("/sdapi/v1/progress").json()["state"]["phase"] == ""  # idle

@@ -139,7 +139,7 @@ class GenerationActor:
             self._preview = p.preview
             preview = images_io.jpeg_bytes(p.preview)
         return {"step": p.step, "steps": p.steps, "image_index": p.image_index, "images": p.images,
-                "preview": preview, "messages": self._take()}
+                "phase": p.phase, "preview": preview, "messages": self._take()}
 
     def unload(self) -> int:
         """Drop every loaded model and kept node output (the front door's /free, /unload-checkpoint); a

@@ -129,6 +129,7 @@ class RayWorker(Worker):
         snap = ray.get(self.actor.poll.remote(job.id, progress.interrupted, skip), timeout=self.answer_s)
         progress.step, progress.steps = snap["step"], snap["steps"]
         progress.image_index, progress.images = snap["image_index"], snap["images"]
+        progress.phase = snap.get("phase", "")  # an older worker does not tell
         if snap["preview"]:
             progress.preview = Image.open(io.BytesIO(snap["preview"]))
         self._deliver(job, snap["messages"])

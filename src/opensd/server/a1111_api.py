@@ -307,7 +307,8 @@ def router(state) -> APIRouter:
                           "job": f"{p.job.kind}:{p.job.id}" if running else "",
                           "job_count": state.queue.pending_count() + len(state.queue.running()),
                           "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(p.started or 0)),
-                          "job_no": p.image_index, "sampling_step": p.step, "sampling_steps": p.steps},
+                          "job_no": p.image_index, "sampling_step": p.step, "sampling_steps": p.steps,
+                          "phase": p.phase if running else ""},  # opensd's: what runs before step 1
                 "current_image": image, "textinfo": None, "current_task": p.job.id if running else None}
 
     @api.post("/interrupt")

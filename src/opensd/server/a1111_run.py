@@ -27,7 +27,7 @@ from . import a1111_soft_inpaint
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest
 from ..image_read import WHITE, flatten
 from .images_io import decode_b64
-from .jobs import Control, Stopped
+from .jobs import LOADING, SAMPLING, Control, Stopped
 
 RESIZE = {0: "just resize", 1: "crop and resize", 2: "resize and fill", 3: "just resize"}
 FILL = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
@@ -219,6 +219,7 @@ def generate(state, p: dict, req, ctl, init=None) -> Batch:
     """Run the generation the payload `p` and request `req` describe (`init`: an img2img image instead
     of the request's); stops early, keeping what is done, when the job is interrupted."""
     kw = dict(p["kwargs"])
+    ctl.phase(LOADING)
     pipe = state.cache.get(Path(p["model_path"]), Path(p["vae_path"]) if p.get("vae_path") else None)
     with a1111_apply.tiny_autoencoder(pipe, kw):
         return _generate(state, p, req, ctl, init, pipe, kw)
@@ -269,6 +270,7 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
     subseed = req.subseed if req.subseed != -1 else random.randint(0, L.MAX_SEED - 10_000)
     per, varied = kw["batch_size"], bool(kw.get("subseed_strength"))
     images, interrupted = [], False
+    ctl.phase(SAMPLING)
     for it in range(req.n_iter):
         ctl.image(it, req.n_iter)
         s, ss = (seed + it * per) % (L.MAX_SEED + 1), (subseed + it * per) % (L.MAX_SEED + 1)

@@ -32,6 +32,9 @@ class _CellControl:
     def step(self, i: int, n: int) -> None:
         self.progress(i, n)
 
+    def phase(self, phase: str) -> None:
+        self.ctl.phase(phase)
+
     def image(self, index: int, count: int) -> None:
         pass  # /progress counts the script's steps, not each generation's images
 

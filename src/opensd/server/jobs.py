@@ -65,6 +65,12 @@ class Progress:
     preview: Any = None  # PIL image or None
     interrupted: bool = False
     skipped: bool = False
+    # what the job does before its first step: "" (not told), LOADING (its model) or SAMPLING (the pipeline
+    # runs: the prompt is encoded, then steps; a large image's first step can take minutes on a CPU)
+    phase: str = ""
+
+
+LOADING, SAMPLING = "loading", "sampling"
 
 
 class Control:
@@ -78,6 +84,9 @@ class Control:
         p = self.progress
         p.step, p.steps = i, n
         self.check()
+
+    def phase(self, phase: str) -> None:
+        self.progress.phase = phase
 
     def image(self, index: int, count: int) -> None:
         p = self.progress

@@ -72,17 +72,19 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     h("div", { class: "stack" },
       h("label", { class: "check" }, variation, "Use a variation seed"),
       field("Variation seed (-1: random)", subseed), strengthField));
+  // a cleared number is refused (checkForm points at it), not sent as the server's default
+  for (const card of [settingsCard, variationCard]) card.querySelectorAll("input[type=number]").forEach((el) => { el.required = true; });
 
   // --- data from the server ---
-  let [ckpts, vaes, samplers, schedulers, loras, embeddings, styleList, options, scripts, hypernets] =
+  let [ckpts, vaes, samplers, schedulers, loras, embeddings, styleList, options, scripts, hypernets, folders] =
     await Promise.all([
       api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/sd-vae"), api.get("/sdapi/v1/samplers"),
       api.get("/sdapi/v1/schedulers"), api.get("/sdapi/v1/loras"), api.get("/sdapi/v1/embeddings"),
       api.get("/sdapi/v1/prompt-styles"), api.get("/sdapi/v1/options"), api.get("/sdapi/v1/script-info"),
-      api.get("/sdapi/v1/hypernetworks"),
+      api.get("/sdapi/v1/hypernetworks"), api.get("/opensd/v1/models"),
     ]).catch((e) => {
       toast(e.message, "error");
-      return [{ items: [] }, [], [], [], [], { loaded: {} }, [], {}, [], []];
+      return [{ items: [] }, [], [], [], [], { loaded: {} }, [], {}, [], [], {}];
     });
   let checkpoints = ckpts.items;
   schedulers = schedulers.filter((s) => s.name !== "automatic"); // the pickers' own first entry is Automatic
@@ -139,7 +141,8 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   function picker(title, entries) {
     const list = entries.length
       ? entries.map(([label, act]) => h("button", { type: "button", onclick: act }, label))
-      : [h("span", { class: "muted" }, "none found in the models folder")];
+      : [h("span", { class: "muted" }, folders.models_dir === null // the server has no models folder
+        ? "no models folder: start the server with opensd serve --models-dir PATH" : "none found in the models folder")];
     return h("details", {}, h("summary", {}, `${title} (${entries.length})`), h("div", { class: "picker-list" }, list));
   }
   function reuseSeed() {

@@ -8,6 +8,11 @@ import { api } from "./api.js";
 import { clear, h, icon, toast } from "./dom.js";
 import { EVENTS, emit, on, sendTo, shared, TARGETS } from "./shared.js";
 
+// what the server says the job does before its first step (/sdapi/v1/progress state.phase, opensd's own)
+const BEFORE_STEPS = {
+  loading: "Loading the model",
+  sampling: "Encoding the prompt, then the first step (a large image's first step can take minutes on a CPU)",
+};
 const fail = (e) => toast(e.message || String(e), "error");
 
 // `upscale(image, seed, subseed)`: the tab's hires fix of a shown image (Generate's "Upscale"
@@ -55,7 +60,7 @@ export function jobView({ upscale = null, key = null } = {}) {
     if (!runningMine) return;
     const s = p.state || {};
     const eta = p.eta_relative > 0 ? ` · ETA ${p.eta_relative.toFixed(1)} s` : "";
-    const step = s.sampling_steps ? `Step ${s.sampling_step}/${s.sampling_steps}${eta}` : "Starting";
+    const step = s.sampling_steps ? `Step ${s.sampling_step}/${s.sampling_steps}${eta}` : BEFORE_STEPS[s.phase] || "Starting";
     // a big image's step can take long on a CPU: say the click was heard
     say(s.interrupted ? `${step} · interrupting after this step` : step);
     bar.style.width = `${Math.round((p.progress || 0) * 100)}%`;
