@@ -175,7 +175,7 @@ def test_embedding_training_teaches_loaded_models_the_new_word(c, tmp_path):
     state = c.app.state.opensd
     tiny = tmp_path / "models" / "Stable-diffusion" / TINY
     assert [p for p, _ in state.cache.loaded()] == [tiny]
-    assert state.cache.get(tiny).embeddings is None  # no embeddings folder when it loaded
+    assert "zqword" not in state.cache.get(tiny).embeddings  # no embeddings folder when it loaded
     r = c.post("/opensd/v1/train", json={"type": "embedding", "dataset": "reds", "model": TINY, "output": "zqword",
                                          "steps": 2, "init_word": "red"})
     assert wait(c, r.json()["job_id"])["status"] == DONE

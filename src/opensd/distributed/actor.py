@@ -48,7 +48,6 @@ class GenerationActor:
         self._job: str | None = None
         self._preview = None  # the last preview sent
         self._held: OrderedDict[tuple, dict] = OrderedDict()  # (checkpoint, VAE) -> what it has loaded
-        self._embeddings = self._embedding_files()
         self.stage = comfy_wire.Stage(Path(tempfile.mkdtemp(prefix="opensd-worker-")))
         self.outputs = OutputCache()  # a graph's node outputs, reused by the next graph as in ComfyUI
         self.cache.on_evict.append(lambda path: self.outputs.clear())  # they hold pipelines too
@@ -107,9 +106,6 @@ class GenerationActor:
             self.shipped.ensure(job_wire.get("ship") or [], lambda entry: ray_chunks(ray, self.source, entry))
 
     def _begin(self, job_id: str) -> None:
-        if (files := self._embedding_files()) != self._embeddings:  # one trained or copied in meanwhile
-            self.cache.reload_embeddings()
-            self._embeddings = files
         with self._lock:
             self._messages = []
         self.progress, self._job, self._preview = Progress(started=time.time()), job_id, None
@@ -147,10 +143,6 @@ class GenerationActor:
         self.outputs.clear()
         self._held.clear()
         return self.cache.clear()
-
-    def _embedding_files(self) -> list[tuple[str, int]]:
-        return sorted((str(f), f.stat().st_mtime_ns) for d in self.folders.folders("embeddings")
-                      for f in d.iterdir() if f.is_file())
 
     def held(self) -> list[dict]:
         """The (checkpoint, VAE, LoRA set) combinations loaded now, most recently used last."""

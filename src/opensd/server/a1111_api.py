@@ -28,6 +28,7 @@ from ..text.styles import apply_styles
 from . import (
     a1111_apply,
     a1111_controlnet,
+    a1111_embeddings,
     a1111_refiner,
     a1111_run,
     a1111_scripts,
@@ -233,10 +234,12 @@ def router(state) -> APIRouter:
 
     @api.get("/embeddings")
     def embeddings():
-        loaded = {_stem(Path(m.name).name): {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
-                                             "shape": None, "vectors": None}
-                  for m in state.folders.list("embeddings")}
-        return {"loaded": loaded, "skipped": {}}
+        return a1111_embeddings.listing(state)
+
+    @api.post("/refresh-embeddings")
+    def refresh_embeddings():
+        state.cache.reload_embeddings()  # re-read even what looks unchanged, as A1111's button does
+        return None
 
     @api.post("/unload-checkpoint")
     def unload_checkpoint():

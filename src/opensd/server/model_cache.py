@@ -15,6 +15,7 @@ from ..library.hashes import default_cache, model_hash, shorthash
 from ..library.models_dir import ModelFolders
 from ..pipeline.device import resolve_device
 from ..upscale import Upscalers
+from .embedding_files import EmbeddingFiles
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class ModelCache:
         self.on_evict: list = []  # callables(path): drop other references (e.g. workflow output caches)
         # the models folder's upscalers (extras, hires fix, ComfyUI), their last models kept loaded
         self.upscalers = Upscalers(folders, resolve_device(device))
+        self.embeddings = EmbeddingFiles(folders)  # every pipeline uses the folder as it is now
 
     # --- names ------------------------------------------------------------------------------
 
@@ -86,13 +88,11 @@ class ModelCache:
                 for held in keep:  # held ones count as just used too
                     if held in self._pipes:
                         self._pipes.move_to_end(held)
-                return self._pipes[key]
+                return self._with_embeddings(self._pipes[key])
             load = self._loader
             if load is None:
                 from ..pipeline.pipeline import load
-            emb = self.folders.folders("embeddings")
-            pipe = load(path, vae=vae, device=self.device, precision=self.precision, memory=self.memory,
-                        embeddings_dir=emb[0] if emb else None)
+            pipe = load(path, vae=vae, device=self.device, precision=self.precision, memory=self.memory)
             if path.is_file():
                 try:
                     model_hash(path)  # A1111 hashes at load; later titles show it
@@ -108,7 +108,15 @@ class ModelCache:
             self._pipes[key] = pipe
             self._sizes[key] = pipeline_bytes(pipe)
             self._evict(keep=(key, *keep))
-            return pipe
+            return self._with_embeddings(pipe)
+
+    def _with_embeddings(self, pipe):
+        """`pipe`, using the embeddings folder as it is now (a file copied in since the last job counts)."""
+        if hasattr(pipe, "set_embeddings"):
+            db = self.embeddings.get()
+            if getattr(pipe, "embeddings", None) is not db:
+                pipe.set_embeddings(db)
+        return pipe
 
     def _tiny_vae(self, pipe) -> None:
         """Live previews through the model's tiny autoencoder when its files are in a vae_approx folder."""
@@ -129,12 +137,12 @@ class ModelCache:
             log.warning("%s stays on PyTorch: %s", pipe.name, e)
 
     def reload_embeddings(self) -> None:
-        """Give every loaded pipeline the embeddings folder as it is now (a new embedding was saved)."""
-        from ..text.embeddings import load_embeddings
-        folders = self.folders.folders("embeddings")
+        """Give every loaded pipeline the embeddings folder as it is now, even if no file looks changed."""
+        db = self.embeddings.refresh()
         with self._lock:
             for pipe in self._pipes.values():
-                pipe.set_embeddings(load_embeddings(folders[0]) if folders else None)
+                if hasattr(pipe, "set_embeddings"):
+                    pipe.set_embeddings(db)
 
     def _evict(self, keep: tuple) -> None:
         """Unload least recently used pipelines but those in `keep` while over the budget."""
@@ -161,6 +169,11 @@ class ModelCache:
                     fn(key[0])
         gc.collect()
         return len(gone)
+
+    def peek(self, path: Path):
+        """A loaded pipeline of checkpoint `path` (any VAE), or None; loads nothing, keeps the order."""
+        with self._lock:
+            return next((pipe for (p, _), pipe in self._pipes.items() if p == path), None)
 
     def loaded(self) -> list[tuple[Path, int]]:
         with self._lock:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import io
-import threading
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -17,7 +16,6 @@ from ..errors import InvalidArgument
 from ..library.model_info import checkpoint_config, schedule_name
 from ..pipeline.infotext import parse_infotext, read_infotext
 from ..pipeline.token_count import count_tokens
-from ..text.embeddings import EmbeddingDatabase, load_embeddings
 from ..text.tokenizer import default_tokenizer
 from ..version import __version__
 from . import images_io
@@ -73,30 +71,10 @@ def image_info(state, data: bytes) -> ImageInfo:
                      items=items, request=request, notes=notes)
 
 
-class _Embeddings:
-    """The embeddings folder's textual inversions, reloaded when its files change (for token counts)."""
-
-    def __init__(self, folders):
-        self.folders = folders
-        self._key, self._db = None, EmbeddingDatabase()
-        self._lock = threading.Lock()
-
-    def get(self) -> EmbeddingDatabase:
-        files = self.folders.list("embeddings")
-        key = tuple((str(m.path), m.path.stat().st_mtime_ns) for m in files if m.path.exists())
-        with self._lock:
-            if key != self._key:
-                dirs = self.folders.folders("embeddings")
-                self._db = load_embeddings(dirs[0]) if dirs else EmbeddingDatabase()
-                self._key = key
-            return self._db
-
-
 def router(state) -> APIRouter:
     api = APIRouter(prefix=PREFIX, tags=["opensd"])
     s = state.settings
     tokenizer = default_tokenizer()
-    embeddings = _Embeddings(state.folders)
 
     def session_info(authorized: bool) -> dict:
         return SessionInfo(token_required=bool(s.api_token), authorized=authorized, version=__version__).model_dump()
@@ -128,7 +106,7 @@ def router(state) -> APIRouter:
     def tokens(body: TokenCountRequest) -> TokenCountResult:
         """A1111's token counter for a prompt: LoRA tags removed, AND parts and prompt editing at every step
         counted, 75-token chunks as generation makes them."""
-        found = count_tokens(body.prompt, tokenizer, body.steps, embeddings.get())
+        found = count_tokens(body.prompt, tokenizer, body.steps, state.cache.embeddings.get())
         return TokenCountResult(tokens=found.tokens, max_tokens=found.max_tokens, chunks=found.chunks)
 
     @api.get("/checkpoints")
