@@ -75,13 +75,19 @@ def _recogniser(path, output="fc1"):
     return path
 
 
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
+def write_pack(root):
+    """The tiny buffalo_l pack in the models folder `root`, where FaceAnalysis users keep it."""
     pack = root / "insightface" / "models" / "buffalo_l"
     pack.mkdir(parents=True)
     _const_model(pack / "det_10g.onnx", "input.1", [1, 3, "?", "?"], dict(zip(NAMES, _detections())))
     _recogniser(pack / "w600k_r50.onnx")
+    return pack
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    write_pack(root)
     return root
 
 
