@@ -7,8 +7,6 @@ score threshold and NMS, largest face first, the similarity alignment onto the A
 recogniser's (x - 127.5) / 127.5 RGB input; then finding a model pack and the errors."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -20,6 +18,7 @@ from test_dwpose import _const_model  # noqa: E402
 from opensd.adapters import insightface as IF  # noqa: E402
 from opensd.adapters import insightface_detect as SCRFD  # noqa: E402
 from opensd.errors import InvalidArgument  # noqa: E402
+from opensd.library.models_dir import ModelFolders  # noqa: E402
 
 W, H = 320, 160  # the picture: letterboxed at scale 2 into the top half of 640 x 640
 NAMES = ["448", "471", "494", "451", "474", "497", "454", "477", "500"]  # det_10g.onnx's output names
@@ -93,7 +92,7 @@ def models_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def analysis(models_root):
-    return IF.load(IF.find_pack(SimpleNamespace(root=models_root, save_root=models_root), "buffalo_l"))
+    return IF.load(IF.find_pack(ModelFolders(models_root), "buffalo_l"))
 
 
 def _picture() -> np.ndarray:
@@ -194,7 +193,7 @@ def test_no_face_is_a_clear_error(tmp_path):
 
 
 def test_missing_and_wrong_files_are_named(tmp_path, models_root):
-    folders = SimpleNamespace(root=models_root, save_root=models_root)
+    folders = ModelFolders(models_root)
     with pytest.raises(InvalidArgument, match="antelopev2.*not installed.*insightface/models/antelopev2"):
         IF.find_pack(folders, "antelopev2")
     half = tmp_path / "half"

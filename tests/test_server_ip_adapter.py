@@ -175,7 +175,7 @@ def test_the_extension_lists_the_adapter_and_its_modules(live):
     assert {"ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter-auto"} <= set(modules)
 
 
-def test_ray_workers_get_a_faceid_unit_by_names(tmp_path):
+def test_ray_workers_get_a_faceid_unit_and_its_insightface_pack_by_names(tmp_path):
     from opensd.distributed import wire
     from opensd.library.models_dir import ModelFolders
 
@@ -190,6 +190,12 @@ def test_ray_workers_get_a_faceid_unit_by_names(tmp_path):
     folders = ModelFolders(models)
     sent = wire._unit_to_wire(folders, unit)
     assert str(tmp_path) not in repr(sent)
-    assert sent["faces"]["detector"] == "insightface/models/buffalo_l/det_10g.onnx"
+    assert sent["faces"]["detector"] == "models/buffalo_l/det_10g.onnx"  # inside models/insightface
     back = wire._unit_from_wire(folders, sent)
     assert back["encoder"] is None and back["faces"] == {k: str(Path(v).resolve()) for k, v in unit["faces"].items()}
+    from types import SimpleNamespace
+
+    from opensd.distributed import shipping
+    payload = {"model_path": str(models / "m.safetensors"), "controlnet": [unit], "kwargs": {}}
+    shipped = shipping.a1111_files(SimpleNamespace(folders=folders), payload)  # --ray-ship-models sends the pack
+    assert {("insightface", pack / "det_10g.onnx"), ("insightface", pack / "w600k_r50.onnx")} <= set(shipped)

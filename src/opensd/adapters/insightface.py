@@ -57,8 +57,8 @@ def find_pack(folders, name: str = "buffalo_l") -> dict[str, str]:
     if given.is_dir():
         folder = given
     else:
-        roots = [] if folders is None else [r for r in dict.fromkeys((folders.root, folders.save_root)) if r]
-        places = [r / "insightface" / sub / name for r in roots for sub in ("models", "")]
+        roots = [] if folders is None else folders.folders("insightface")
+        places = [r / sub / name for r in roots for sub in ("models", "")]
         folder = next((p for p in places if p.is_dir()), None)
         if folder is None:
             where = " or ".join(str(p) for p in places) or "models/insightface/models/" + name

@@ -116,7 +116,7 @@ def _unit_to_wire(folders: ModelFolders, unit: dict) -> dict:
         wire |= {"model_kind": kind,
                  "encoder": unit["encoder"] and model_name(folders, "clip_vision", unit["encoder"])}
         if unit.get("faces"):
-            wire["faces"] = {k: _in_root(folders, v) for k, v in unit["faces"].items()}
+            wire["faces"] = {k: model_name(folders, "insightface", v) for k, v in unit["faces"].items()}
     if unit.get("weights"):  # the preprocessor's model file, or files ({"body", "hand", ...})
         wire["weights"] = _each(unit["weights"], lambda w: model_name(folders, "preprocessors", w))
     return wire
@@ -128,26 +128,10 @@ def _unit_from_wire(folders: ModelFolders, wire: dict) -> dict:
     if wire.get("kind") == "ip_adapter":
         unit["encoder"] = wire["encoder"] and str(folders.resolve("clip_vision", wire["encoder"]))
         if wire.get("faces"):
-            unit["faces"] = {k: str(_from_root(folders, v)) for k, v in wire["faces"].items()}
+            unit["faces"] = {k: str(folders.resolve("insightface", v)) for k, v in wire["faces"].items()}
     if wire.get("weights"):
         unit["weights"] = _each(wire["weights"], lambda w: str(folders.resolve("preprocessors", w)))
     return unit
-
-
-def _in_root(folders: ModelFolders, path: str) -> str:
-    """A file's name inside the models folder (InsightFace's pack, models/insightface/...)."""
-    path = Path(path).resolve()
-    if folders.root is None or not path.is_relative_to(folders.root):
-        raise InvalidArgument(f"insightface: {path.name} is not inside the models folder, so the Ray workers "
-                              "cannot load it")
-    return path.relative_to(folders.root).as_posix()
-
-
-def _from_root(folders: ModelFolders, name: str) -> Path:
-    path = (folders.root / name).resolve() if folders.root is not None else None
-    if path is None or not path.is_relative_to(folders.root) or not path.is_file():
-        raise InvalidArgument(f"insightface: {name} is not in this worker's models folder")
-    return path
 
 
 def _each(weights, fn):
