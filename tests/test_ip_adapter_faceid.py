@@ -34,6 +34,7 @@ from vision_fixtures import clip_vision, save_vision  # noqa: E402
 
 from opensd.adapters import insightface as IF  # noqa: E402
 from opensd.adapters.ip_adapter import IPAdapterSpec, load_ip_adapter_for  # noqa: E402
+from opensd.adapters.ip_adapter_faceid import crop_size  # noqa: E402
 from opensd.checkpoints.clip_vision_files import load_clip_vision  # noqa: E402
 from opensd.checkpoints.ip_adapter_files import build_ip_adapter, describe_ip_adapter, load_ip_adapter  # noqa: E402
 from opensd.checkpoints.ip_adapter_files import variant  # noqa: E402
@@ -229,6 +230,7 @@ def test_released_faceid_layouts_build_with_exactly_their_keys(unet_cfg, width, 
     proj = adapter.image_proj
     assert adapter.source == FACE and proj.tokens == tokens and proj.clip_dim == (1280 if plus else None)
     assert len(adapter.ip_adapter) == (16 if unet_cfg is C.SD1_UNET else 70)
+    assert crop_size(adapter) == (224 if unet_cfg is C.SD1_UNET else 256)  # cubiq's face crop for CLIP
     with torch.device("meta"):
         if plus:
             ref = IPAdapterFaceIDPlusImageProjection(embed_dims=width, output_dims=width, hidden_dims=1280,

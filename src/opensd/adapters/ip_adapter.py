@@ -11,6 +11,10 @@ embedding (``image_embeds``), Plus and Full Face the penultimate layer's hidden 
 negative (unconditional) rows get the projection of an all-zero embedding (base) or of the hidden
 states of an all-zero (normalised) pixel input (Plus, Full Face). The UNet is patched for one
 sampling pass at a time and left as it was after it (models/ip_adapter.patched).
+
+FaceID adapters (models/ip_adapter_faceid.py) read the largest face's InsightFace embedding instead
+(``IPAdapterSpec(..., faces=insightface.load(...))``, adapters/ip_adapter_faceid.py); FaceID Plus also
+CLIP vision's hidden states of the aligned face, and v2 files add the id tokens back (``faceid_scale``).
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ tensors and plain containers, no code). FaceID Portrait "unnorm" (SDXL) is refus
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -185,8 +186,15 @@ def header_ip_adapter(entries: dict, path) -> IPAdapter:
 
 def describe_ip_adapter(path) -> IPAdapter:
     """The IPAdapter (meta device) of an IP-Adapter file, checked as load_ip_adapter checks it: from its
-    header for a .safetensors file, else from the restricted loader's tensors (the .bin releases)."""
+    header for a .safetensors file, else from the restricted loader's tensors (the .bin releases; their
+    key shapes are remembered per file, size and mtime, as the server asks per request)."""
     path = Path(path)
     if sniff_format(path) == "safetensors":
         return header_ip_adapter(read_safetensors_header(path)[0], path)
-    return build_ip_adapter({k: tuple(v.shape) for k, v in read_state_dict(path).items()}, path)
+    st = path.stat()
+    return build_ip_adapter(dict(_pickle_shapes(str(path.resolve()), st.st_size, st.st_mtime_ns)), path)
+
+
+@lru_cache(maxsize=8)
+def _pickle_shapes(path: str, size: int, mtime: int) -> tuple:
+    return tuple((k, tuple(v.shape)) for k, v in read_state_dict(path).items())
