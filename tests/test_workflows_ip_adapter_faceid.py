@@ -18,7 +18,7 @@ from test_insightface import BIG_KPS, write_pack  # noqa: E402
 from test_ip_adapter_faceid import _face_picture, faceid_adapter, write_faceid  # noqa: E402
 from test_workflows_ip_adapter import calls, plain  # noqa: E402
 from vision_fixtures import clip_vision, save_vision  # noqa: E402
-from workflow_fixtures import sampling_env  # noqa: E402
+from workflow_fixtures import default_graph, sampling_env  # noqa: E402
 
 from opensd.adapters import insightface as IF  # noqa: E402
 from opensd.adapters.ip_adapter import image_features, load_ip_adapter_for  # noqa: E402
@@ -116,3 +116,25 @@ def test_faceid_node_errors_are_one_line(env):
         with pytest.raises(InvalidArgument, match=needle) as e:
             fn()
         assert "\n" not in str(e.value)
+
+
+def test_a_faceid_plus_graph_runs_with_its_face_image_saved(env):
+    from opensd.workflows import execute
+
+    call, *_ = env
+    call.ctx.inputs_dir.mkdir(parents=True, exist_ok=True)
+    _face_picture().save(call.ctx.inputs_dir / "face.png")
+    graph = default_graph(model=["26", 0], steps=2)  # ComfyUI's example graph, its model through IPAdapterFaceID
+    graph.update({
+        "22": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "cv.safetensors"}},
+        "23": {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": PLUS}},
+        "24": {"class_type": "LoadImage", "inputs": {"image": "face.png"}},
+        "25": {"class_type": "IPAdapterInsightFaceLoader", "inputs": {"provider": "CPU", "model_name": "buffalo_l"}},
+        "26": {"class_type": "IPAdapterFaceID", "inputs": {
+            "model": ["4", 0], "ipadapter": ["23", 0], "image": ["24", 0], "clip_vision": ["22", 0],
+            "insightface": ["25", 0], "weight": 0.8, "weight_faceidv2": 1.0, "weight_type": "linear",
+            "combine_embeds": "concat", "start_at": 0.0, "end_at": 1.0, "embeds_scaling": "V only"}},
+        "27": {"class_type": "SaveImage", "inputs": {"filename_prefix": "face", "images": ["26", 1]}},
+    })
+    out = execute(graph, call.ctx)
+    assert len(out["9"]["images"]) == 1 and len(out["27"]["images"]) == 1
