@@ -27,8 +27,7 @@ from ..errors import InvalidArgument
 from ..models.ip_adapter import HIDDEN
 from ..models.ip_adapter_faceid import is_faceid, project_faces
 from .nodes_clip_vision import CHUNK, ClipVisionRef
-from .nodes_ip_adapter import _END, _MODULE, _START, COMBINE, SCALING, IPAdapterRef, check_options, combined, \
-    with_patch
+from .nodes_ip_adapter import _END, _MODULE, _START, COMBINE, SCALING, check_options, combined, with_patch
 from .types import NodeDef, register
 
 PROVIDERS = {"CPU": "cpu", "CUDA": "cuda", "ROCM": None}
