@@ -77,7 +77,9 @@ def test_an_adapter_in_the_controlnet_folder_is_found_by_name(files, tmp_path):
     (["--ip-adapter", "ADAPTER", "--ip-adapter-image", "IMAGE"], "--clip-vision"),
     (["--ip-adapter", "ADAPTER", "--clip-vision", "VISION"], "--ip-adapter-image"),
     (["--ip-adapter-image", "IMAGE"], "needs --ip-adapter"),
-    (["--ip-adapter", "BIN", "--clip-vision", "VISION", "--ip-adapter-image", "IMAGE"], "use the .safetensors"),
+    (["--ip-adapter", "BIN", "--clip-vision", "VISION", "--ip-adapter-image", "IMAGE"], "not a PyTorch checkpoint"),
+    (["--ip-adapter", "ADAPTER", "--clip-vision", "VISION", "--ip-adapter-image", "IMAGE", "--insightface", "x"],
+     "not an IP-Adapter FaceID"),
     (["--ip-adapter", "ADAPTER", "--clip-vision", "VISION", "--ip-adapter-image", "IMAGE",
       "--ip-adapter-scale", "3"], "ip-adapter-scale"),
     (["--ip-adapter", "ADAPTER", "--clip-vision", "missing_vit", "--ip-adapter-image", "IMAGE"], "clip-vision"),
@@ -93,3 +95,25 @@ def test_mistakes_are_one_line(files, tmp_path, capsys, extra, words):
     err = [s for s in capsys.readouterr().err.splitlines() if s.strip() and "opensd: ip-adapter" not in s]
     assert rc == 2 and len(err) == 1 and words in err[0], err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_faceid_adapter_with_the_insightface_pack(files, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from test_insightface import write_pack
+    from test_ip_adapter_faceid import _face_picture, faceid_adapter, write_faceid
+
+    models = tmp_path / "models"
+    (models / "ipadapter").mkdir(parents=True)
+    write_faceid(faceid_adapter(UNetModel(TINY.unet)), models / "ipadapter" / "ip-adapter-faceid_tiny.bin", True)
+    _face_picture().save(tmp_path / "face.png")
+    flags = ["--models-dir", str(models), "--ip-adapter", "ip-adapter-faceid_tiny", "--ip-adapter-image",
+             str(tmp_path / "face.png")]
+    argv = ["generate", "a cat", "-m", str(files / "m.safetensors"), "--steps", "2", "--seed", "3",
+            "-o", str(tmp_path / "x.png"), *flags]
+    assert main(argv) == 2 and "buffalo_l" in capsys.readouterr().err  # the pack is not installed yet
+    write_pack(models)
+    plain = _run(files, tmp_path / "plain.png")
+    face = _run(files, tmp_path / "face_out.png", *flags)  # no --clip-vision: plain FaceID reads no CLIP output
+    zero = _run(files, tmp_path / "zero.png", *flags, "--ip-adapter-scale", "0")
+    assert np.array_equal(zero, plain) and not np.array_equal(face, plain)

@@ -160,7 +160,7 @@ def test_files_made_for_another_unet_and_other_variants_are_refused(pipe, tmp_pa
     faceid = tmp_path / "ip-adapter-faceid_sd15.safetensors"
     save_file({"image_proj.proj.0.weight": torch.zeros(4, 4), "image_proj.norm.weight": torch.zeros(4),
                "ip_adapter.1.to_k_lora.down.weight": torch.zeros(4, 4)}, str(faceid))
-    for path, words in [(wrong, "another model"), (bin_file, ".safetensors"),
+    for path, words in [(wrong, "another model"), (bin_file, "not a PyTorch checkpoint"),
                         (plus, "Plus file lacks 'image_proj.proj_in.weight'"),
                         (faceid, "FaceID")]:
         with pytest.raises(CheckpointError) as e:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgument
-from . import dwpose_detect
+from . import dwpose_detect, onnx_runtime
 from .preprocessor_files import cached, require_file, require_file_near
 
 DETECTOR_FILE, POSE_FILE = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
@@ -49,11 +49,7 @@ Point = tuple[float, float]
 
 def onnxruntime():
     """The onnxruntime module, or an InvalidArgument saying how to install it."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise InvalidArgument('dwpose: onnxruntime is not installed; pip install "opensd[dwpose]"') from None
-    return ort
+    return onnx_runtime.onnxruntime("dwpose", "dwpose")
 
 
 def find(folders, detector: str | None = DETECTOR_FILE, pose: str = POSE_FILE,
@@ -85,13 +81,7 @@ def _input_size(session, path: str) -> tuple[int, int]:
 
 
 def _session(ort, path: str, device: str):
-    providers = ["CPUExecutionProvider"]
-    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        return ort.InferenceSession(str(path), providers=providers)
-    except Exception as e:  # onnxruntime raises its own error kinds for a file that is not a model
-        raise InvalidArgument(f"dwpose: {path} is not an ONNX model onnxruntime can run ({e})") from None
+    return onnx_runtime.session(ort, path, device, "dwpose")
 
 
 def load(files: dict, device: str = "cpu") -> Sessions:

@@ -11,6 +11,10 @@ embedding (``image_embeds``), Plus and Full Face the penultimate layer's hidden 
 negative (unconditional) rows get the projection of an all-zero embedding (base) or of the hidden
 states of an all-zero (normalised) pixel input (Plus, Full Face). The UNet is patched for one
 sampling pass at a time and left as it was after it (models/ip_adapter.patched).
+
+FaceID adapters (models/ip_adapter_faceid.py) read the largest face's InsightFace embedding instead
+(``IPAdapterSpec(..., faces=insightface.load(...))``, adapters/ip_adapter_faceid.py); FaceID Plus also
+CLIP vision's hidden states of the aligned face, and v2 files add the id tokens back (``faceid_scale``).
 """
 from __future__ import annotations
 
@@ -25,10 +29,11 @@ import torch
 from PIL import Image
 
 from ..checkpoints.clip_vision_files import load_clip_vision
-from ..checkpoints.ip_adapter_files import load_ip_adapter
+from ..checkpoints.ip_adapter_files import is_v2, load_ip_adapter
 from ..errors import CheckpointError, InvalidArgument
 from ..models.clip_vision import VisionModel, preprocess
-from ..models.ip_adapter import POOLED, IPAdapter, cross_attentions, encoder_width, patched
+from ..models.ip_adapter import HIDDEN, POOLED, IPAdapter, cross_attentions, encoder_width, patched
+from ..models.ip_adapter_faceid import is_faceid, project_faces
 
 MAX_SCALE = 2.0  # A1111's ControlNet extension's weight slider goes to 2
 
@@ -37,6 +42,11 @@ MAX_SCALE = 2.0  # A1111's ControlNet extension's weight slider goes to 2
 class LoadedIPAdapter:
     adapter: IPAdapter
     path: Path
+
+    @property
+    def v2(self) -> bool:
+        """FaceID Plus v2 (its tokens added back to the perceiver's: the "shortcut")."""
+        return is_faceid(self.adapter) and self.adapter.image_proj.clip_dim is not None and is_v2(self.path)
 
     @property
     def name(self) -> str:
@@ -89,25 +99,65 @@ class IPAdapterSpec:
     encoder: VisionModel | None  # the CLIP vision model the adapter was trained with
     image: Image.Image
     scale: float = 1.0
+    faces: object | None = None  # FaceID: the InsightFace FaceAnalysis (adapters/insightface.load)
+    faceid_scale: float = 1.0    # FaceID Plus v2: how much of the perceiver is added to the id tokens
     _tokens: tuple | None = field(default=None, repr=False)  # (cond, uncond) once computed
 
     def validate(self) -> None:
         if not isinstance(self.model, LoadedIPAdapter):
             raise InvalidArgument("ip-adapter: model must be loaded with load_ip_adapter_for()")
+        if is_faceid(self.model.adapter):
+            self._validate_faceid()
+            return
         if self.encoder is None:
             raise InvalidArgument(f"clip_vision: an IP-Adapter needs its CLIP image encoder ({ENCODERS})")
         if not isinstance(self.image, Image.Image):
             raise InvalidArgument("ip_adapter_image: a PIL image is required")
-        value = self.scale
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not 0 <= value <= MAX_SCALE:
-            raise InvalidArgument(f"ip_adapter_scale: {value!r} must be a number in 0..{MAX_SCALE:g}")
+        _check_number("ip_adapter_scale", self.scale, 0, MAX_SCALE)
         adapter = self.model.adapter
         check_encoder(adapter.source, adapter.image_dim, self.encoder.config, self.model.name, "clip_vision")
+
+    def _validate_faceid(self) -> None:
+        from .insightface import FaceAnalysis
+
+        if not isinstance(self.faces, FaceAnalysis):
+            raise InvalidArgument(f"insightface: {self.model.name} is an IP-Adapter FaceID: it needs InsightFace's face "
+                                  "analysis (the buffalo_l model pack in models/insightface/models)")
+        if not isinstance(self.image, Image.Image):
+            raise InvalidArgument("ip_adapter_image: a PIL image (the face) is required")
+        _check_number("ip_adapter_scale", self.scale, 0, MAX_SCALE)
+        _check_number("faceid_v2_weight", self.faceid_scale, -1, 5)  # cubiq's weight_faceidv2 range
+        clip_dim = self.model.adapter.image_proj.clip_dim
+        if clip_dim is not None:
+            if self.encoder is None:
+                raise InvalidArgument(f"clip_vision: {self.model.name} (FaceID Plus) also reads the face through CLIP "
+                                      "vision: it needs the ViT-H/14 image encoder")
+            check_encoder(HIDDEN, clip_dim, self.encoder.config, self.model.name, "clip_vision")
+
+    @torch.no_grad()
+    def _faceid_tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from .ip_adapter_faceid import crop_size, face_inputs
+
+        adapter = self.model.adapter
+        plus = adapter.image_proj.clip_dim is not None
+        ids, crop = face_inputs(self.faces, np.asarray(self.image.convert("RGB")), crop_size(adapter) if plus else None,
+                                "ip_adapter_image")
+        if not plus:
+            return project_faces(adapter, ids), project_faces(adapter, torch.zeros_like(ids))
+        weight = next(self.encoder.parameters())
+        pixels = torch.from_numpy(crop.astype(np.float32) / 255.0)[None].to(weight.device)
+        hidden = image_features(self.encoder, pixels, HIDDEN)
+        size = self.encoder.config.image_size
+        negative = getattr(self.encoder(weight.new_zeros(1, 3, size, size)), HIDDEN)
+        scale, v2 = float(self.faceid_scale), self.model.v2
+        return (project_faces(adapter, ids, hidden, scale, v2),
+                project_faces(adapter, torch.zeros_like(ids), negative, scale, v2))
 
     @torch.no_grad()
     def tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond, uncond) image tokens, each (1, tokens, width): the image's and the negative's."""
+        if self._tokens is None and is_faceid(self.model.adapter):
+            self._tokens = self._faceid_tokens()
         if self._tokens is None:
             weight = next(self.encoder.parameters())
             pixels = torch.from_numpy(np.asarray(self.image.convert("RGB"), dtype=np.float32) / 255.0)[None]
@@ -120,6 +170,12 @@ class IPAdapterSpec:
                 negative = getattr(self.encoder(weight.new_zeros(1, 3, size, size)), adapter.source)
             self._tokens = (adapter.project(features), adapter.project(negative))
         return self._tokens
+
+
+def _check_number(name: str, value, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise InvalidArgument(f"{name}: {value!r} must be a number in {low:g}..{high:g}")
 
 
 ENCODERS = ("ViT-H/14 for ip-adapter_sd15, ip-adapter_sdxl_vit-h and the Plus / Full Face files, ViT-bigG/14 for "

@@ -1,4 +1,5 @@
-"""Read IP-Adapter files (h94/IP-Adapter's safetensors releases): the base, Plus and Full Face variants.
+"""Read IP-Adapter files (h94/IP-Adapter's and h94/IP-Adapter-FaceID's releases): the base, Plus, Full
+Face, FaceID (and Portrait) and FaceID Plus (v2) variants.
 
 Every file holds ``ip_adapter.N.to_k_ip.weight`` / ``to_v_ip.weight`` per cross-attention layer
 (N = 1, 3, 5, ...) and an image projection whose keys name the variant:
@@ -6,49 +7,69 @@ Every file holds ``ip_adapter.N.to_k_ip.weight`` / ``to_v_ip.weight`` per cross-
 * base: ``image_proj.proj.*`` + ``image_proj.norm.*`` (one linear to 4 tokens);
 * Plus (ip-adapter-plus*, plus-face*): ``image_proj.latents``, ``proj_in``, ``proj_out``, ``norm_out``
   and ``layers.N.0.{norm1,norm2,to_q,to_kv,to_out}`` (attention) + ``layers.N.1.{0,1,3}`` (feed-forward);
-* Full Face: ``image_proj.proj.0`` / ``proj.2`` (linears) + ``proj.3`` (LayerNorm).
+* Full Face: ``image_proj.proj.0`` / ``proj.2`` (linears) + ``proj.3`` (LayerNorm);
+* FaceID, FaceID Portrait: ``image_proj.proj.0`` / ``proj.2`` (linears) + ``image_proj.norm`` (tokens =
+  proj.2's rows / the norm's width: 4, Portrait 16);
+* FaceID Plus (v2): those + ``image_proj.perceiver_resampler.{proj_in,proj_out,norm_out,layers.N...}``
+  (v2 differs by its name only: "v2" in it, as the A1111 extension and cubiq's nodes tell them apart).
+
+FaceID files also carry LoRA weights for the UNet's attention (``ip_adapter.N.to_q_lora.down.weight``,
+...): not read here; the same LoRA ships as the separate ``*_lora.safetensors`` loaded as a LoRA.
 
 The sizes (image width, Resampler width, heads = to_q rows / 64, depth, tokens) are read from the
-shapes; every key of the module they make must be in the file with its shape. FaceID files (their
-``perceiver_resampler``, their LoRA keys, or ``proj.0``/``proj.2`` + ``norm``) need InsightFace face
-embeddings and are refused by name. The .bin releases are pickles: refused, the .safetensors of the
-same name is to be used.
+shapes; every key of the module they make must be in the file with its shape. The FaceID releases are
+pickles (.bin) only: pickles are read through opensd's restricted loader (checkpoints/safe_pickle:
+tensors and plain containers, no code). FaceID Portrait "unnorm" (SDXL) is refused.
 """
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
 from ..models.ip_adapter import DIM_HEAD, ImageProjection, IPAdapter, MLPProjection, Resampler
-from .files import read_state_dict
+from ..models.ip_adapter_faceid import FaceIDPlusProjection, FaceIDProjection
+from .files import read_safetensors_header, read_state_dict, sniff_format
 
 _LAYER = re.compile(r"ip_adapter\.(\d+)\.(to_k_ip|to_v_ip)\.weight")
 _BLOCK = re.compile(r"image_proj\.layers\.(\d+)\.")
-SUPPORTED = "the base IP-Adapter, Plus, Plus Face and Full Face are"
-NAMES = {"base": "IP-Adapter", "plus": "IP-Adapter Plus", "full": "IP-Adapter Full Face"}
+_FACE_BLOCK = re.compile(r"image_proj\.perceiver_resampler\.layers\.(\d+)\.")
+NAMES = {"base": "IP-Adapter", "plus": "IP-Adapter Plus", "full": "IP-Adapter Full Face",
+         "faceid": "IP-Adapter FaceID", "faceid_plus": "IP-Adapter FaceID Plus"}
 
 
 def variant(keys) -> str:
-    """The variant of an IP-Adapter file's keys: "base", "plus" or "full" (FaceID: see refusal)."""
+    """The variant of an IP-Adapter file's keys: "base", "plus", "full", "faceid" or "faceid_plus"."""
     keys = set(keys)
+    if any(k.startswith("image_proj.perceiver_resampler.") for k in keys):
+        return "faceid_plus"
     if any(k.startswith(("image_proj.latents", "image_proj.proj_in.", "image_proj.layers.")) for k in keys):
         return "plus"
     if "image_proj.proj.3.weight" in keys:
         return "full"
+    if "image_proj.proj.0.weight" in keys and "image_proj.norm.weight" in keys:
+        return "faceid"
     return "base"
 
 
-def refusal(keys) -> str | None:
-    """Why a file of these keys is not run (FaceID), or None."""
-    keys = set(keys)
-    has = lambda part: any(part in k for k in keys)  # noqa: E731
-    if has("perceiver_resampler") or has("lora") or \
-            ("image_proj.proj.0.weight" in keys and "image_proj.norm.weight" in keys):
-        return f"IP-Adapter FaceID (it needs InsightFace face embeddings) is not supported; {SUPPORTED}"
+def refusal(shapes) -> str | None:
+    """Why a file of these key shapes is not run as an IP-Adapter, or None."""
+    if not any(k.startswith("image_proj.") for k in shapes) and any("lora" in k for k in shapes):
+        return ("this is a LoRA (the FaceID LoRA ships as ip-adapter-faceid*_lora.safetensors), not an IP-Adapter: "
+                "load it as a LoRA, and the ip-adapter-faceid*.bin file as the IP-Adapter")
+    proj_in = shapes.get("image_proj.proj_in.weight")
+    if "image_proj.latents" in shapes and proj_in is not None and len(proj_in) == 2 and proj_in[1] == 512:
+        return ("IP-Adapter FaceID Portrait unnorm (a Resampler over unnormalised face embeddings) is not supported; "
+                "the base, Plus, Full Face, FaceID, FaceID Portrait and FaceID Plus (v2) adapters are")
     return None
+
+
+def is_v2(path) -> bool:
+    """Whether a FaceID Plus file is v2 (its name says so: ip-adapter-faceid-plusv2_*)."""
+    return "v2" in Path(path).name.lower()
 
 
 def _shape(shapes, key, path, ndim, kind="base") -> tuple:
@@ -79,11 +100,35 @@ def _projection(shapes, path, kind: str):
         image_dim = _shape(shapes, "image_proj.proj.0.weight", path, 2, kind)[1]
         width = _shape(shapes, "image_proj.proj.3.weight", path, 1, kind)[0]
         return MLPProjection(image_dim, width), width
+    if kind.startswith("faceid"):
+        return _faceid_projection(shapes, path, kind)
     proj = _shape(shapes, "image_proj.proj.weight", path, 2)
     width = _shape(shapes, "image_proj.norm.weight", path, 1)[0]
     if proj[0] % width:
         raise CheckpointError(path, f"image_proj.proj.weight {proj} does not fit a norm of ({width},)")
     return ImageProjection(proj[1], width, proj[0] // width), width
+
+
+def _faceid_projection(shapes, path, kind: str):
+    hidden, id_dim = _shape(shapes, "image_proj.proj.0.weight", path, 2, kind)
+    rows = _shape(shapes, "image_proj.proj.2.weight", path, 2, kind)[0]
+    width = _shape(shapes, "image_proj.norm.weight", path, 1, kind)[0]
+    if rows % width:
+        raise CheckpointError(path, f"image_proj.proj.2.weight has {rows} rows, not tokens of the norm's {width}")
+    if kind == "faceid":
+        return FaceIDProjection(id_dim, width, rows // width, hidden), width
+    pre = "image_proj.perceiver_resampler."
+    dim, clip_dim = _shape(shapes, pre + "proj_in.weight", path, 2, kind)
+    inner = _shape(shapes, pre + "layers.0.0.to_q.weight", path, 2, kind)[0]
+    ff_inner = _shape(shapes, pre + "layers.0.1.1.weight", path, 2, kind)[0]
+    if dim != width or inner % DIM_HEAD:
+        raise CheckpointError(path, f"its perceiver is {dim} wide with {inner} attention rows; FaceID Plus's is as "
+                                    f"wide as its tokens ({width}), in heads of {DIM_HEAD}")
+    blocks = sorted({int(m.group(1)) for k in shapes if (m := _FACE_BLOCK.match(k))})
+    if blocks != list(range(len(blocks))):
+        raise CheckpointError(path, f"its perceiver_resampler.layers are numbered {blocks}, not 0, 1, 2, ...")
+    return FaceIDPlusProjection(id_dim, width, rows // width, hidden, clip_dim, len(blocks), inner // DIM_HEAD,
+                                ff_inner), width
 
 
 def _build(shapes: dict[str, tuple], path: Path) -> IPAdapter:
@@ -122,12 +167,9 @@ def build_ip_adapter(shapes: dict[str, tuple], path=Path("<file>")) -> IPAdapter
 
 
 def load_ip_adapter(path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> IPAdapter:
-    """An IP-Adapter file (base, Plus or Full Face) as an eval :class:`IPAdapter`; CheckpointError
-    (one line) otherwise."""
+    """An IP-Adapter file (.safetensors, or a .bin pickle read by the restricted loader) as an eval
+    :class:`IPAdapter`; CheckpointError (one line) otherwise."""
     path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise CheckpointError(path, "IP-Adapter files are read as .safetensors only (the .bin/.pt releases are "
-                                    "pickles); use the .safetensors file of the same name")
     sd = read_state_dict(path)
     adapter = build_ip_adapter({k: tuple(v.shape) for k, v in sd.items()}, path)
     wanted = adapter.state_dict().keys()
@@ -140,3 +182,19 @@ def header_ip_adapter(entries: dict, path) -> IPAdapter:
     checked as load_ip_adapter checks the file: for the faces that look before loading."""
     return build_ip_adapter({k: tuple(v["shape"]) for k, v in entries.items() if isinstance(v, dict)
                              and "shape" in v}, path)
+
+
+def describe_ip_adapter(path) -> IPAdapter:
+    """The IPAdapter (meta device) of an IP-Adapter file, checked as load_ip_adapter checks it: from its
+    header for a .safetensors file, else from the restricted loader's tensors (the .bin releases; their
+    key shapes are remembered per file, size and mtime, as the server asks per request)."""
+    path = Path(path)
+    if sniff_format(path) == "safetensors":
+        return header_ip_adapter(read_safetensors_header(path)[0], path)
+    st = path.stat()
+    return build_ip_adapter(dict(_pickle_shapes(str(path.resolve()), st.st_size, st.st_mtime_ns)), path)
+
+
+@lru_cache(maxsize=8)
+def _pickle_shapes(path: str, size: int, mtime: int) -> tuple:
+    return tuple((k, tuple(v.shape)) for k, v in read_state_dict(path).items())

@@ -106,6 +106,7 @@ def a1111_files(state, payload: dict) -> list[tuple[str, Path]]:
         files.append((unit_kind(folders, u), Path(u["path"])))
         if u.get("encoder"):  # an IP-Adapter unit's CLIP image encoder
             files.append(("clip_vision", Path(u["encoder"])))
+        files += [("insightface", Path(p)) for p in (u.get("faces") or {}).values()]  # FaceID's InsightFace pack
         weights = u.get("weights")  # its preprocessor's model file, or files ({"body", "hand", ...})
         for w in (weights.values() if isinstance(weights, dict) else [weights]):
             if w:

@@ -112,8 +112,11 @@ def _unit_to_wire(folders: ModelFolders, unit: dict) -> dict:
     kind = unit_kind(folders, unit)
     wire = {k: v for k, v in unit.items() if k not in ("path", "encoder")}
     wire["model"] = model_name(folders, kind, unit["path"])
-    if unit.get("kind") == "ip_adapter":  # and its CLIP image encoder
-        wire |= {"model_kind": kind, "encoder": model_name(folders, "clip_vision", unit["encoder"])}
+    if unit.get("kind") == "ip_adapter":  # and its CLIP image encoder (FaceID has none) and InsightFace pack
+        wire |= {"model_kind": kind,
+                 "encoder": unit["encoder"] and model_name(folders, "clip_vision", unit["encoder"])}
+        if unit.get("faces"):
+            wire["faces"] = {k: model_name(folders, "insightface", v) for k, v in unit["faces"].items()}
     if unit.get("weights"):  # the preprocessor's model file, or files ({"body", "hand", ...})
         wire["weights"] = _each(unit["weights"], lambda w: model_name(folders, "preprocessors", w))
     return wire
@@ -123,7 +126,9 @@ def _unit_from_wire(folders: ModelFolders, wire: dict) -> dict:
     unit = {k: v for k, v in wire.items() if k not in ("model", "model_kind", "encoder")}
     unit["path"] = str(folders.resolve(wire.get("model_kind", "controlnet"), wire["model"]))
     if wire.get("kind") == "ip_adapter":
-        unit["encoder"] = str(folders.resolve("clip_vision", wire["encoder"]))
+        unit["encoder"] = wire["encoder"] and str(folders.resolve("clip_vision", wire["encoder"]))
+        if wire.get("faces"):
+            unit["faces"] = {k: str(folders.resolve("insightface", v)) for k, v in wire["faces"].items()}
     if wire.get("weights"):
         unit["weights"] = _each(wire["weights"], lambda w: str(folders.resolve("preprocessors", w)))
     return unit

@@ -77,7 +77,7 @@ class PerceiverAttention(nn.Module):
         return self.to_out(attention(self.to_q(latents), k, v, self.heads))
 
 
-def _feed_forward(dim: int, inner: int) -> nn.Sequential:
+def feed_forward(dim: int, inner: int) -> nn.Sequential:
     # keys .0 (norm), .1 and .3 (the linears; .2 is the GELU), as the files name them
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, inner, bias=False), nn.GELU(),
                          nn.Linear(inner, dim, bias=False))
@@ -96,7 +96,7 @@ class Resampler(nn.Module):
         self.proj_in = nn.Linear(image_dim, dim)
         self.proj_out = nn.Linear(dim, width)
         self.norm_out = nn.LayerNorm(width)
-        self.layers = nn.ModuleList(nn.ModuleList([PerceiverAttention(dim, heads), _feed_forward(dim, ff_inner)])
+        self.layers = nn.ModuleList(nn.ModuleList([PerceiverAttention(dim, heads), feed_forward(dim, ff_inner)])
                                     for _ in range(depth))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,16 @@
 sd-webui-controlnet takes them: ``module`` "ip-adapter_clip_sd15" (a CLIP ViT-H/14 image encoder),
 "ip-adapter_clip_sdxl" (ViT-bigG/14), "ip-adapter_clip_sdxl_plus_vith" (ViT-H/14) or
 "ip-adapter-auto" (the encoder the adapter file takes), ``model`` an IP-Adapter file (base, Plus,
-Plus Face or Full Face; not FaceID) in the ipadapter or ControlNet folder, ``weight`` its scale and
-``image`` the image prompt.
+Plus Face or Full Face) in the ipadapter or ControlNet folder, ``weight`` its scale and ``image`` the
+image prompt.
+
+FaceID: ``module`` "ip-adapter_face_id" takes a FaceID or FaceID Portrait file (ip-adapter-faceid_sd15.bin,
+...), "ip-adapter_face_id_plus" a FaceID Plus (v2) file and also a ViT-H/14 encoder; both need InsightFace's
+buffalo_l model pack in models/insightface/models/buffalo_l (det_10g.onnx, w600k_r50.onnx; the extension
+keeps it in its annotator downloads' insightface/models/buffalo_l). The extension encodes the whole
+picture with CLIP for face_id_plus; opensd encodes the aligned face, as h94's and cubiq's code do. v2's
+shortcut weight is 1 (the extension's). The FaceID LoRA is a LoRA of the prompt
+(``<lora:ip-adapter-faceid_sd15_lora:0.6>``), as in the extension.
 
 The image encoder is the file in models/clip_vision of the module's encoder (ViT-H/14: 1024-wide
 projection, 1280-wide hidden states; ViT-bigG/14: 1280 and 1664), or for auto the first whose
@@ -16,9 +24,10 @@ from pathlib import Path
 
 from ..checkpoints.clip_vision_files import detect_vision
 from ..checkpoints.files import read_safetensors_header
-from ..checkpoints.ip_adapter_files import header_ip_adapter
+from ..checkpoints.ip_adapter_files import describe_ip_adapter
 from ..errors import CheckpointError, InvalidArgument, OpenSDError
 from ..models.ip_adapter import HIDDEN, POOLED, encoder_width
+from ..models.ip_adapter_faceid import is_faceid
 from . import images_io
 from .a1111_units import HASH_SUFFIX, image_field, number, unit_list
 
@@ -27,7 +36,10 @@ ENCODERS = {"CLIP ViT-H/14": {POOLED: 1024, HIDDEN: 1280}, "CLIP ViT-bigG/14": {
 # module -> the CLIP image encoder it runs (None: the one the adapter reads)
 MODULES = {"ip-adapter_clip_sd15": "CLIP ViT-H/14", "ip-adapter_clip_h": "CLIP ViT-H/14",
            "ip-adapter_clip_sdxl_plus_vith": "CLIP ViT-H/14", "ip-adapter_clip_sdxl": "CLIP ViT-bigG/14",
-           "ip-adapter_clip_g": "CLIP ViT-bigG/14", "ip-adapter-auto": None}
+           "ip-adapter_clip_g": "CLIP ViT-bigG/14", "ip-adapter-auto": None,
+           "ip-adapter_face_id": None, "ip-adapter_face_id_plus": "CLIP ViT-H/14"}
+FACE_MODULES = {"ip-adapter_face_id": False, "ip-adapter_face_id_plus": True}  # module -> takes FaceID Plus
+INSIGHTFACE_PACK = "buffalo_l"  # the pack both references run for these modules
 
 
 def is_unit(unit: dict) -> bool:
@@ -46,17 +58,12 @@ def _adapter_path(folders, name: str, field: str) -> Path:
     raise InvalidArgument(f"{field}.model: {problem}")
 
 
-def _image_input(path: Path, field: str) -> tuple[str, int]:
-    """What the adapter reads (its CLIP output and that output's width), from its header (refusing
-    what load_ip_adapter refuses)."""
-    if path.suffix.lower() != ".safetensors":
-        raise InvalidArgument(f"{field}.model: {path.name} is a pickle (.bin/.pt); use the .safetensors IP-Adapter "
-                              "file of the same name")
+def _described(path: Path, field: str):
+    """The adapter file's IPAdapter (meta device), refusing what load_ip_adapter refuses."""
     try:
-        adapter = header_ip_adapter(read_safetensors_header(path)[0], path)
+        return describe_ip_adapter(path)
     except OpenSDError as e:
         raise InvalidArgument(f"{field}.model: {e}") from None
-    return adapter.source, adapter.image_dim
 
 
 def _encoder(folders, wanted: dict[str, int], name: str, field: str) -> Path:
@@ -80,27 +87,59 @@ def parse_unit(unit: dict, index: int, field: str, folders, max_pixels: int) -> 
     module = str(unit.get("module") or "ip-adapter-auto").strip().lower()
     if module not in MODULES:
         raise InvalidArgument(f"{field}.module: {unit.get('module')!r} is not supported for IP-Adapter units "
-                              f"(supported: {', '.join(MODULES)}; FaceID modules are not)")
+                              f"(supported: {', '.join(MODULES)})")
     model = unit.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidArgument(f"{field}.model: an IP-Adapter file name is required")
     path = _adapter_path(folders, HASH_SUFFIX.sub("", model), field)
-    source, dim = _image_input(path, field)
+    adapter = _described(path, field)
+    if module in FACE_MODULES or is_faceid(adapter):
+        return _face_unit(unit, index, field, folders, max_pixels, module, path, adapter)
+    source, dim = adapter.source, adapter.image_dim
     encoder = MODULES[module]
     wanted = ENCODERS[encoder] if encoder else {source: dim}
     if wanted[source] != dim:
         what = "embeddings" if source == POOLED else "hidden states"
         raise InvalidArgument(f"{field}.module: {module} gives {encoder} {what} ({wanted[source]} wide); "
                               f"{path.stem} takes {dim}-wide ones")
+    _check_image(unit, field, max_pixels)
+    encoder_path = _encoder(folders, wanted, encoder or f"{dim}-wide", field)
+    return _plan(unit, index, field, path, str(encoder_path))
+
+
+def _check_image(unit: dict, field: str, max_pixels: int) -> None:
     image = image_field(unit)
     if image is None:
         raise InvalidArgument(f"{field}.image: an IP-Adapter unit needs its image prompt")
     images_io.decode_b64(image, f"{field}.image", max_pixels)
-    encoder_path = _encoder(folders, wanted, encoder or f"{dim}-wide", field)
-    return {"index": index, "kind": "ip_adapter", "path": str(path), "encoder": str(encoder_path),
+
+
+def _plan(unit: dict, index: int, field: str, path: Path, encoder: str | None, **extra) -> dict:
+    return {"index": index, "kind": "ip_adapter", "path": str(path), "encoder": encoder,
             "weight": number(unit, "weight", field, 1.0, 0.0, 2.0),
             "start": number(unit, "guidance_start", field, 0.0, 0.0, 1.0),
-            "end": number(unit, "guidance_end", field, 1.0, 0.0, 1.0)}
+            "end": number(unit, "guidance_end", field, 1.0, 0.0, 1.0), **extra}
+
+
+def _face_unit(unit, index, field, folders, max_pixels, module, path, adapter) -> dict:
+    """The plan of a FaceID unit: the adapter, InsightFace's pack, and for FaceID Plus the ViT-H/14 encoder."""
+    from ..adapters.insightface import find_pack
+
+    if not is_faceid(adapter):
+        raise InvalidArgument(f"{field}.model: {path.stem} is not an IP-Adapter FaceID file; {module} takes "
+                              "ip-adapter-faceid*_sd15 / _sdxl files")
+    plus = adapter.image_proj.clip_dim is not None
+    wanted = "ip-adapter_face_id_plus" if plus else "ip-adapter_face_id"
+    if module != wanted:
+        raise InvalidArgument(f"{field}.module: {path.stem} is an IP-Adapter FaceID{' Plus' if plus else ''} file: "
+                              f"use the module {wanted}")
+    _check_image(unit, field, max_pixels)
+    try:
+        faces = find_pack(folders, INSIGHTFACE_PACK)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{field}.module: {str(e).split(': ', 1)[-1]}") from None
+    encoder = str(_encoder(folders, {HIDDEN: adapter.image_proj.clip_dim}, "CLIP ViT-H/14", field)) if plus else None
+    return _plan(unit, index, field, path, encoder, faces=faces)
 
 
 def check_count(units: list[dict]) -> None:
@@ -120,8 +159,12 @@ def build(units: list[dict], req, pipe, max_pixels: int):
         field = f"alwayson_scripts.controlnet.args[{u['index']}]"
         image = images_io.decode_b64(image_field(unit_list(req)[u["index"]]), f"{field}.image", max_pixels)
         try:
-            return IPAdapterSpec(cached("adapter", u["path"], pipe), cached("encoder", u["encoder"], pipe), image,
-                                 u["weight"])
+            encoder = cached("encoder", u["encoder"], pipe) if u.get("encoder") else None
+            faces = None
+            if u.get("faces"):
+                from ..adapters import insightface
+                faces = insightface.load(u["faces"], str(pipe.device))
+            return IPAdapterSpec(cached("adapter", u["path"], pipe), encoder, image, u["weight"], faces=faces)
         except (InvalidArgument, CheckpointError) as e:
             raise InvalidArgument(f"{field}: {e}") from None
     return None

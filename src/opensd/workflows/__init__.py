@@ -32,6 +32,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_inpaint_models,
     nodes_inpaint_ops,
     nodes_ip_adapter,
+    nodes_ip_adapter_faceid,
     nodes_ip_adapter_presets,
     nodes_kontext,
     nodes_latent,

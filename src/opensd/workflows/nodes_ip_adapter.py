@@ -10,8 +10,8 @@ The MODEL gets a network patch that adds the image attention to each cross-atten
 whose sigma lies between start_at's and end_at's, with the weight spread over the layers by
 weight_type (adapters/ip_adapter_weights.py); rows from the negative conditioning see the tokens of
 neg_embed / image_negative, else, as cubiq's, of an all-zero embedding (base) or of a black image's
-hidden states (Plus, Full Face). Not available here: the FaceID variants (refused by the loader),
-embeds_scaling other than "V only" and attention masks. The nodes take the image encoder from
+hidden states (Plus, Full Face). FaceID files load here and run through IPAdapterFaceID
+(nodes_ip_adapter_faceid). Not available here: embeds_scaling other than "V only" and attention masks. The nodes take the image encoder from
 their clip_vision input, else from an IPADAPTER of IPAdapterUnifiedLoader (nodes_ip_adapter_presets).
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ import torch
 
 from ..adapters.ip_adapter import cached, check_encoder, image_features
 from ..adapters.ip_adapter_weights import WEIGHT_TYPES, layer_places, layer_weights
-from ..checkpoints.files import read_safetensors_header
-from ..checkpoints.ip_adapter_files import header_ip_adapter
-from ..errors import CheckpointError, InvalidArgument
+from ..checkpoints.ip_adapter_files import describe_ip_adapter
+from ..errors import InvalidArgument
 from ..models.ip_adapter import POOLED, patched
+from ..models.ip_adapter_faceid import FACE
 from .ksampler import sampling_of
 from .nodes_clip_vision import CHUNK, ClipVisionRef
 from .types import Choices, ModelRef, NodeDef, check_size, register
@@ -50,11 +50,15 @@ class IPAdapterRef:
 
 def ipadapter_model_loader(call, ipadapter_file):
     path = call.ctx.folders.resolve("ipadapter", ipadapter_file)
-    if path.suffix.lower() != ".safetensors":
-        raise CheckpointError(path, "IP-Adapter files are read as .safetensors only (the .bin releases are "
-                                    "pickles); use the .safetensors file of the same name")
-    adapter = header_ip_adapter(read_safetensors_header(path)[0], path)
+    adapter = describe_ip_adapter(path)  # .safetensors from its header; .bin through the restricted loader
     return (IPAdapterRef(path, ipadapter_file, adapter.source, adapter.image_dim),)
+
+
+def not_faceid(ipadapter) -> None:
+    """FaceID adapters read faces, not CLIP images: they run in IPAdapterFaceID."""
+    if isinstance(ipadapter, IPAdapterRef) and ipadapter.source == FACE:
+        raise InvalidArgument(f"ipadapter: {ipadapter.name} is an IP-Adapter FaceID: use the IPAdapterFaceID node "
+                              "(with IPAdapterInsightFaceLoader)")
 
 
 register(NodeDef(
@@ -66,6 +70,7 @@ def _encode(clip_vision, image, ipadapter) -> torch.Tensor:
     """What `ipadapter` reads from CLIP vision, per image (CHUNK images at a time)."""
     if not isinstance(ipadapter, IPAdapterRef):
         raise InvalidArgument("ipadapter: expected an IPADAPTER from IPAdapterModelLoader")
+    not_faceid(ipadapter)
     clip_vision = clip_vision if clip_vision is not None else ipadapter.clip_vision
     if not isinstance(clip_vision, ClipVisionRef):
         raise InvalidArgument("clip_vision: this IP-Adapter node needs a CLIP_VISION from CLIPVisionLoader (the "
@@ -115,8 +120,8 @@ def combined(embeds: torch.Tensor, method: str) -> torch.Tensor:
     raise InvalidArgument(f"method: {method!r} is not one of {', '.join(COMBINE + ['max', 'min'])}")
 
 
-def _patched_model(model, ipadapter, pos, neg, weight, weight_type, start_at, end_at, embeds_scaling, attn_mask,
-                   clip_vision=None):
+def check_options(model, ipadapter, weight_type, embeds_scaling, attn_mask):
+    """The MODEL's pipeline, after the checks every applying node makes."""
     if not isinstance(model, ModelRef):
         raise InvalidArgument("model: expected a MODEL")
     if not isinstance(ipadapter, IPAdapterRef):
@@ -129,8 +134,14 @@ def _patched_model(model, ipadapter, pos, neg, weight, weight_type, start_at, en
                               "leave attn_mask unconnected")
     if weight_type not in WEIGHT_TYPES:
         raise InvalidArgument(f"weight_type: {weight_type!r} is not one of {', '.join(WEIGHT_TYPES)}")
-    pipe = model.pipe
-    pipe.family.require("ip_adapter", "model")
+    model.pipe.family.require("ip_adapter", "model")
+    return model.pipe
+
+
+def _patched_model(model, ipadapter, pos, neg, weight, weight_type, start_at, end_at, embeds_scaling, attn_mask,
+                   clip_vision=None):
+    pipe = check_options(model, ipadapter, weight_type, embeds_scaling, attn_mask)
+    not_faceid(ipadapter)
     loaded = cached("adapter", ipadapter.path, pipe)
     adapter = loaded.adapter
     ndim = 2 if adapter.source == POOLED else 3
@@ -146,6 +157,13 @@ def _patched_model(model, ipadapter, pos, neg, weight, weight_type, start_at, en
     neg = neg.repeat(-(-len(pos) // len(neg)), *(1,) * (ndim - 1))[:len(pos)]
     with torch.no_grad():
         cond, uncond = (adapter.project(e).reshape(1, -1, adapter.width) for e in (pos, neg))
+    return with_patch(model, adapter, cond, uncond, weight, weight_type, start_at, end_at)
+
+
+def with_patch(model, adapter, cond, uncond, weight, weight_type, start_at, end_at):
+    """The MODEL with a network patch adding `adapter`'s attention over the tokens `cond` / `uncond`
+    (1, tokens, width) for the steps between start_at and end_at, spread over the layers by weight_type."""
+    pipe = model.pipe
     unet = pipe.family.network(pipe.model)
     scales = layer_weights(weight_type, float(weight), layer_places(unet), adapter.width == 2048)
     ms = sampling_of(model)

@@ -4,9 +4,9 @@ models/clip_vision.
 
 The IPADAPTER it returns carries the encoder, so IPAdapter (simple), IPAdapterAdvanced and
 IPAdapterEncoder run without a clip_vision input. The adapter file goes through
-IPAdapterModelLoader's checks (FaceID files are refused there; the FaceID presets belong to
-IPAdapterUnifiedLoaderFaceID, which opensd does not have). .bin files are not read (pickles): a
-preset finds only .safetensors.
+IPAdapterModelLoader's checks. The FaceID presets belong to IPAdapterUnifiedLoaderFaceID, which opensd
+does not have (FaceID runs through IPAdapterModelLoader, IPAdapterInsightFaceLoader and IPAdapterFaceID).
+A preset finds only .safetensors files.
 """
 from __future__ import annotations
 
@@ -46,8 +46,9 @@ def ipadapter_unified_loader(call, model, preset, ipadapter=None):
     if not isinstance(model, ModelRef):
         raise InvalidArgument("model: expected a MODEL")
     if preset not in PRESETS:
-        raise InvalidArgument(f"preset: {preset!r} is not one of {', '.join(PRESETS)} (the FaceID presets need "
-                              "InsightFace, which opensd does not have)")
+        raise InvalidArgument(f"preset: {preset!r} is not one of {', '.join(PRESETS)} (the FaceID presets: load "
+                              "FaceID files with IPAdapterModelLoader, InsightFace with IPAdapterInsightFaceLoader, "
+                              "and apply them with IPAdapterFaceID)")
     if ipadapter is not None and not isinstance(ipadapter, IPAdapterRef):
         raise InvalidArgument("ipadapter: expected an IPADAPTER")
     sdxl = model.pipe.config.family == "sdxl"
