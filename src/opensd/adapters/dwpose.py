@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgument
+from ..onnx_files import onnxruntime, session
 from . import dwpose_detect
 from .preprocessor_files import cached, require_file, require_file_near
 
@@ -45,15 +46,6 @@ OPENPOSE_BODY = [0, 17, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3]
 FEET, FACE, LEFT_HAND, RIGHT_HAND = slice(17, 23), slice(23, 91), slice(91, 112), slice(112, 133)
 
 Point = tuple[float, float]
-
-
-def onnxruntime():
-    """The onnxruntime module, or an InvalidArgument saying how to install it."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise InvalidArgument('dwpose: onnxruntime is not installed; pip install "opensd[dwpose]"') from None
-    return ort
 
 
 def find(folders, detector: str | None = DETECTOR_FILE, pose: str = POSE_FILE,
@@ -84,23 +76,13 @@ def _input_size(session, path: str) -> tuple[int, int]:
     return (288, 384) if "384" in name else (256, 256) if "256" in name else (192, 256)
 
 
-def _session(ort, path: str, device: str):
-    providers = ["CPUExecutionProvider"]
-    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        return ort.InferenceSession(str(path), providers=providers)
-    except Exception as e:  # onnxruntime raises its own error kinds for a file that is not a model
-        raise InvalidArgument(f"dwpose: {path} is not an ONNX model onnxruntime can run ({e})") from None
-
-
 def load(files: dict, device: str = "cpu") -> Sessions:
     """The two sessions of `files` (find's), kept as the one cached preprocessor model."""
-    ort = onnxruntime()
+    ort = onnxruntime("dwpose")
 
     def make():
-        pose = _session(ort, files["pose"], device)
-        detector = _session(ort, files["detector"], device) if files.get("detector") else None
+        pose = session(ort, files["pose"], device, "dwpose")
+        detector = session(ort, files["detector"], device, "dwpose") if files.get("detector") else None
         return Sessions(detector, pose, _input_size(pose, files["pose"]))
 
     key = ("dwpose", files.get("detector"), files["pose"], device)

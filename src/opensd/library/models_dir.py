@@ -35,12 +35,14 @@ LAYOUT = {
     "vae_approx": ("VAE-approx", "vae_approx"),
     # ControlNet preprocessor models (Depth Anything V2): Forge's folder, then ComfyUI-style ones
     "preprocessors": ("ControlNetPreprocessor", "controlnet_aux", "depthanything"),
+    # WD14 image taggers (<name>.onnx + <name>.csv), ComfyUI-WD14-Tagger's registered folder name
+    "wd14_tagger": ("wd14_tagger",),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # kinds whose files are not those above (Fooocus names its inpaint patch inpaint_v26.fooocus.patch;
 # DWPose's preprocessor models are ONNX files)
 SUFFIXES = {"configs": (".yaml",), "unet_gguf": (".gguf",), "inpaint": WEIGHT_SUFFIXES + (".patch",),
-            "preprocessors": WEIGHT_SUFFIXES + (".onnx",)}
+            "preprocessors": WEIGHT_SUFFIXES + (".onnx",), "wd14_tagger": (".onnx",)}
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "builtin"
 BUILTIN_CHECKPOINT = BUILTIN_DIR / "opensd-emoji.safetensors"
 BUILTIN_FOLDERS = {"controlnet": BUILTIN_DIR / "controlnet"}  # the built-in model's Canny ControlNet
