@@ -129,3 +129,36 @@ def test_a_csv_of_another_model_and_bad_inputs_are_refused(tmp_path):
         wd14.tag(folders, "badcat", picture())
     with pytest.raises(InvalidArgument, match="expected an image, got bytes"):
         wd14.preprocess(b"\x89PNG", 4)
+
+
+# --- ComfyUI's WD14Tagger|pysssss (workflows/nodes_tagger.py) ---
+
+def _graph(**inputs):
+    return {"1": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+            "4": {"class_type": "WD14Tagger|pysssss", "inputs": {"image": ["3", 0], **inputs}}}
+
+
+def test_the_comfyui_node_tags_each_picture(folders, tmp_path):
+    from preprocessor_graphs import node_ctx
+
+    from opensd.workflows import execute, object_info
+
+    ctx = node_ctx(tmp_path / "models", tmp_path, picture())
+    defaults = {"model": "wd-v1-4-moat-tagger-v2", "threshold": 0.35, "character_threshold": 0.85,
+                "replace_underscore": False, "trailing_comma": False, "exclude_tags": ""}
+    ui = execute(_graph(**defaults), ctx)
+    # the inverted picture: (204, 153, 51) on top, so its R is high and B low; the padding stays white
+    inverted = DEFAULT_TEXT.replace("blue_first", "red_last")
+    assert ui["4"] == {"tags": [DEFAULT_TEXT, inverted]}
+    ui = execute(_graph(**{**defaults, "model": "wd-vit-tagger-v3", "replace_underscore": True,
+                           "exclude_tags": "1girl"}), ctx)
+    assert ui["4"]["tags"][0].startswith("ganyu \\(genshin impact\\), long hair, :d")
+    info = object_info(ctx, "WD14Tagger|pysssss")["WD14Tagger|pysssss"]
+    assert info["input"]["required"]["model"] == [["wd-v1-4-moat-tagger-v2", "wd-vit-tagger-v3"]]
+    assert list(info["input"]["required"]) == ["image", "model", "threshold", "character_threshold",
+                                               "replace_underscore", "trailing_comma", "exclude_tags"]
+    assert info["output"] == ["STRING"] and info["output_is_list"] == [True] and info["output_node"] is True
+    with pytest.raises(Exception, match="no model named 'wd-v1-4-vit-tagger-v2'.*models/wd14_tagger/"):
+        execute(_graph(**{**defaults, "model": "wd-v1-4-vit-tagger-v2"}), ctx)
