@@ -162,3 +162,19 @@ def test_the_comfyui_node_tags_each_picture(folders, tmp_path):
     assert info["output"] == ["STRING"] and info["output_is_list"] == [True] and info["output_node"] is True
     with pytest.raises(Exception, match="no model named 'wd-v1-4-vit-tagger-v2'.*models/wd14_tagger/"):
         execute(_graph(**{**defaults, "model": "wd-v1-4-vit-tagger-v2"}), ctx)
+
+
+def test_the_cli_prints_tags_per_picture(folders, tmp_path, capsys):
+    from opensd.cli import main
+
+    picture().save(tmp_path / "a.png")
+    assert main(["tag", str(tmp_path / "a.png"), "--models-dir", str(tmp_path / "models")]) == 0
+    # the first installed model; spaces for underscores by default
+    assert capsys.readouterr().out == DEFAULT_TEXT.replace("_", " ") + "\n"
+    args = ["tag", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--models-dir", str(tmp_path / "models"),
+            "--model", "wd-v1-4-moat-tagger-v2", "--underscores", "--exclude", "1girl", "--threshold", "0.7"]
+    assert main(args) == 0
+    line = f"{tmp_path / 'a.png'}: ganyu_\\(genshin_impact\\), long_hair, white_corner, blue_first, bottom_pad\n"
+    assert capsys.readouterr().out == line * 2
+    assert main(["tag", str(tmp_path / "a.png"), "--models-dir", str(tmp_path / "models"), "--model", "nope"]) == 2
+    assert "no model named 'nope'" in capsys.readouterr().err

@@ -47,15 +47,6 @@ def _not_found(folders, model: str, hint: str) -> JSONResponse:
                         status_code=404)
 
 
-def default_tagger(folders) -> str:
-    """The WD14 model that answers "deepdanbooru": the first installed by name."""
-    models = sorted(wd14.installed(folders), key=str.lower)
-    if not models:
-        raise InvalidArgument(f'model "deepdanbooru": no WD14 tagger is installed (opensd tags with WD14, a '
-                              f'DeepDanbooru model is not run); {wd14.where()}')
-    return models[0]
-
-
 def router(state) -> APIRouter:
     api = APIRouter(tags=["AUTOMATIC1111"])
     s = state.settings
@@ -70,7 +61,7 @@ def router(state) -> APIRouter:
             raise InvalidArgument(NO_CLIP)
         if req.model != DEEPDANBOORU and req.model not in wd14.installed(state.folders):
             return _not_found(state.folders, req.model, 'use "deepdanbooru" or an installed WD14 tagger')
-        name = default_tagger(state.folders) if req.model == DEEPDANBOORU else req.model
+        name = wd14.default_name(state.folders, 'model "deepdanbooru"') if req.model == DEEPDANBOORU else req.model
         opts = state.options.effective(None)
         found = await run_in_threadpool(scores, name, req.image)
         return {"caption": a1111_caption(

@@ -77,6 +77,15 @@ def find(folders, name) -> TaggerFiles:
     return hit
 
 
+def default_name(folders, label: str = LABEL) -> str:
+    """The tagger used when none is named: the first installed by name."""
+    models = sorted(installed(folders), key=str.lower)
+    if not models:
+        raise InvalidArgument(f"{label}: no WD14 tagger is installed (opensd tags with WD14 models; a "
+                              f"DeepDanbooru model is not run); {where()}")
+    return models[0]
+
+
 def read_labels(path: Path) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """(names, categories) of a selected_tags.csv, or an InvalidArgument saying what is wrong with it."""
     try:
