@@ -49,6 +49,12 @@ def test_preprocess_flattens_transparency_on_white_and_resizes_to_the_model():
     assert x[0, 1, 0].tolist() == [204.0, 204.0, 224.0]
     flat = wd14.preprocess(Image.new("RGB", (8, 8), (10, 20, 30)), 4)  # bicubic keeps a flat colour
     assert flat.shape == (1, 4, 4, 3) and (flat[0] == [30.0, 20.0, 10.0]).all()
+    # a long strip is shrunk (to 16 x 2) before it is padded, not made a 20000 x 20000 square: white above
+    # and below, the middle rows a blend of white and the strip's colour, in BGR
+    strip = wd14.preprocess(Image.new("RGB", (20000, 2000), (10, 20, 30)), 4)
+    assert strip[0, 0].tolist() == [WHITE] * 4 and strip[0, 3].tolist() == [WHITE] * 4
+    middle = strip[0, 1:3].reshape(-1, 3)
+    assert (middle < 255).all() and (middle[:, 0] > middle[:, 2]).all()
 
 
 def test_the_model_sees_the_picture_as_worked_out(folders):

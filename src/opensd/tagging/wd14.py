@@ -10,7 +10,8 @@ folder are opened.
 The input (SmilingWolf's own preprocessing): transparency flattened onto white, the picture padded to a
 white square (centred, the odd pixel after it) and resized (bicubic) to the model's input size, read
 from its input shape (batch, size, size, 3); pixel values 0..255 as float32 in BGR order, no
-normalisation. The output: one sigmoid score per csv row.
+normalisation (a picture longer than 4 input sizes is first shrunk with a box filter, so its square stays
+small). The output: one sigmoid score per csv row.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from .tag_text import Scores
 KIND = "wd14_tagger"
 LABEL = "wd14 tagger"
 MAX_CSV_BYTES = 16 << 20  # a real one is about 300 KB
+PAD_LIMIT = 4  # pictures longer than this many model sizes are shrunk before the padding
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,10 @@ def preprocess(image, size: int) -> np.ndarray:
         image.alpha_composite(rgba)
     image = image.convert("RGB")
     w, h = image.size
+    if max(w, h) > PAD_LIMIT * size:  # a long strip's square would be huge: shrink it first (box filter)
+        k = PAD_LIMIT * size / max(w, h)
+        image = image.resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BOX)
+        w, h = image.size
     side = max(w, h)
     square = Image.new("RGB", (side, side), (255, 255, 255))
     square.paste(image, ((side - w) // 2, (side - h) // 2))
