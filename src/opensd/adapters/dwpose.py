@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgument
-from . import dwpose_detect, onnx_runtime
+from ..onnx_files import onnxruntime, session
+from . import dwpose_detect
 from .preprocessor_files import cached, require_file, require_file_near
 
 DETECTOR_FILE, POSE_FILE = "yolox_l.onnx", "dw-ll_ucoco_384.onnx"
@@ -45,11 +46,6 @@ OPENPOSE_BODY = [0, 17, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3]
 FEET, FACE, LEFT_HAND, RIGHT_HAND = slice(17, 23), slice(23, 91), slice(91, 112), slice(112, 133)
 
 Point = tuple[float, float]
-
-
-def onnxruntime():
-    """The onnxruntime module, or an InvalidArgument saying how to install it."""
-    return onnx_runtime.onnxruntime("dwpose", "dwpose")
 
 
 def find(folders, detector: str | None = DETECTOR_FILE, pose: str = POSE_FILE,
@@ -80,17 +76,13 @@ def _input_size(session, path: str) -> tuple[int, int]:
     return (288, 384) if "384" in name else (256, 256) if "256" in name else (192, 256)
 
 
-def _session(ort, path: str, device: str):
-    return onnx_runtime.session(ort, path, device, "dwpose")
-
-
 def load(files: dict, device: str = "cpu") -> Sessions:
     """The two sessions of `files` (find's), kept as the one cached preprocessor model."""
-    ort = onnxruntime()
+    ort = onnxruntime("dwpose", "dwpose")
 
     def make():
-        pose = _session(ort, files["pose"], device)
-        detector = _session(ort, files["detector"], device) if files.get("detector") else None
+        pose = session(ort, files["pose"], device, "dwpose")
+        detector = session(ort, files["detector"], device, "dwpose") if files.get("detector") else None
         return Sessions(detector, pose, _input_size(pose, files["pose"]))
 
     key = ("dwpose", files.get("detector"), files["pose"], device)

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgument
-from . import insightface_detect, onnx_runtime
+from ..onnx_files import onnxruntime, session
+from . import insightface_detect
 from .dwpose_detect import feed
 from .preprocessor_files import cached
 
@@ -89,10 +90,10 @@ class Face:
 
 def load(files: dict, device: str = "cpu") -> FaceAnalysis:
     """The two sessions of `files` (find_pack's), checked, kept as the one cached preprocessor model."""
-    ort = onnx_runtime.onnxruntime("insightface", "faceid")
+    ort = onnxruntime("insightface", "faceid")
 
     def make():
-        detector, recogniser = (onnx_runtime.session(ort, files[k], device, "insightface")
+        detector, recogniser = (session(ort, files[k], device, "insightface")
                                 for k in ("detector", "recogniser"))
         if len(detector.get_outputs()) != 9:
             raise InvalidArgument(f"insightface: {Path(files['detector']).name} has {len(detector.get_outputs())} "

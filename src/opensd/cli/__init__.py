@@ -10,7 +10,7 @@ import logging
 from ..errors import run_main
 
 COMMAND_MODULES = ("generate", "info", "train", "serve", "control", "models", "upscale", "model_manager",
-                   "batch", "workers")
+                   "batch", "workers", "tag")
 
 
 class Parser(argparse.ArgumentParser):

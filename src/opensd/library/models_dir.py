@@ -37,12 +37,15 @@ LAYOUT = {
     "preprocessors": ("ControlNetPreprocessor", "controlnet_aux", "depthanything"),
     # InsightFace's model packs (IP-Adapter FaceID): insightface/models/buffalo_l/*.onnx, as FaceAnalysis finds them
     "insightface": ("insightface",),
+    # WD14 image taggers (<name>.onnx + <name>.csv), ComfyUI-WD14-Tagger's registered folder name
+    "wd14_tagger": ("wd14_tagger",),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # kinds whose files are not those above (Fooocus names its inpaint patch inpaint_v26.fooocus.patch;
 # DWPose's preprocessor models are ONNX files)
 SUFFIXES = {"configs": (".yaml",), "unet_gguf": (".gguf",), "inpaint": WEIGHT_SUFFIXES + (".patch",),
-            "preprocessors": WEIGHT_SUFFIXES + (".onnx",), "insightface": (".onnx",)}
+            "preprocessors": WEIGHT_SUFFIXES + (".onnx",), "insightface": (".onnx",),
+            "wd14_tagger": (".onnx",)}
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "builtin"
 BUILTIN_CHECKPOINT = BUILTIN_DIR / "opensd-emoji.safetensors"
 BUILTIN_FOLDERS = {"controlnet": BUILTIN_DIR / "controlnet"}  # the built-in model's Canny ControlNet

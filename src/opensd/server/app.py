@@ -22,8 +22,8 @@ from ..text.wildcards import Wildcards
 from ..version import __version__
 from . import a1111_script_runs  # noqa: F401  (registers A1111's scripts)
 from . import (a1111_api, a1111_controlnet, a1111_extras, a1111_run, comfy_api, comfy_frontend, datasets_api,
-               docs_pages, etn_api, gallery_api, models_api, opensd_api, served_files, train_api, ui_routes,
-               workers_api, xyz_axes_api)
+               docs_pages, etn_api, gallery_api, interrogate_api, models_api, opensd_api, served_files, train_api,
+               ui_routes, workers_api, xyz_axes_api)
 from .a1111_options import A1111Options
 from .disk_room import NoRoom
 from .jobs import JobQueue, QueueFull
@@ -140,6 +140,7 @@ def create_app(settings: Settings, loader=None) -> FastAPI:
     app.include_router(a1111_api.router(state))
     app.include_router(a1111_controlnet.router(state))
     app.include_router(a1111_extras.router(state))  # extras and the upscaler lists
+    app.include_router(interrogate_api.router(state))  # image -> tags (WD14)
     app.include_router(opensd_api.router(state))
     app.include_router(xyz_axes_api.router(state))  # the X/Y/Z axes for the web UI's script form
     app.include_router(gallery_api.router(state))

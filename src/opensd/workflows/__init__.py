@@ -55,6 +55,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_sampling_custom,
     nodes_sigmas,
     nodes_string,
+    nodes_tagger,
     nodes_tiles,
     nodes_tooling,
     nodes_unet_attention,

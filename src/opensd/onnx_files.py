@@ -1,13 +1,13 @@
-"""What the ONNX preprocessors (DWPose, InsightFace) share: onnxruntime, an optional install, and a
-session for a user's .onnx file (CUDA first when asked for and present). An ONNX file is a protobuf
-graph; nothing in it is executed as code."""
+"""User-supplied ONNX files run through onnxruntime (an optional install; the extras ``dwpose``,
+``faceid`` and ``tagger`` each bring it): DWPose's pose models, InsightFace's packs, the WD14 taggers. An ONNX file is a protobuf
+graph; nothing in it is executed as Python code. Depends only on opensd.errors."""
 from __future__ import annotations
 
-from ..errors import InvalidArgument
+from .errors import InvalidArgument
 
 
 def onnxruntime(label: str, extra: str):
-    """The onnxruntime module, or an InvalidArgument for `label` saying how to install it."""
+    """The onnxruntime module, or an InvalidArgument for `label` saying how to install it (opensd[`extra`])."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -16,8 +16,8 @@ def onnxruntime(label: str, extra: str):
 
 
 def session(ort, path, device: str, label: str):
-    """An onnxruntime InferenceSession of the file at `path`; an InvalidArgument for `label` when it is
-    not a model onnxruntime can run."""
+    """An InferenceSession of the file at `path` (CUDA first when `device` is CUDA and onnxruntime has it),
+    or an InvalidArgument for `label` when the file is not a model onnxruntime can run."""
     providers = ["CPUExecutionProvider"]
     if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")

@@ -1,0 +1,83 @@
+"""Image interrogation over HTTP: A1111's POST /sdapi/v1/interrogate and the A1111 tagger extension's
+(toriato/stable-diffusion-webui-wd14-tagger) GET /tagger/v1/interrogators and POST /tagger/v1/interrogate.
+
+opensd tags with SmilingWolf's WD14 taggers (tagging/wd14.py; the files in the models folder's
+wd14_tagger/). A1111's "deepdanbooru" is answered by one of them (the first installed by name; a
+DeepDanbooru .pt is not run), worded as A1111's DeepDanbooru settings say (threshold, order, spaces,
+escaping, filtered tags, ranks). A1111's "clip" (a BLIP caption ranked with CLIP against its flavour
+lists) is not available and is refused in words. Naming an installed WD14 model instead of
+"deepdanbooru" picks that one.
+
+A tagging takes well under a second on a CPU (onnxruntime's CPU provider is used, leaving the GPU to
+the generation queue), so it runs in a worker thread, not through the job queue. Body sizes are
+capped by the server's guard like every request's.
+"""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from ..errors import InvalidArgument
+from ..tagging import wd14
+from ..tagging.tag_text import a1111_caption, tagger_caption
+from . import images_io
+
+DEEPDANBOORU, CLIP = "deepdanbooru", "clip"
+NO_CLIP = ('model "clip": CLIP interrogation (a BLIP caption ranked with CLIP against A1111\'s flavour lists) '
+           'is not available in opensd: there is no BLIP captioning model or CLIP interrogator here; use '
+           '"deepdanbooru", answered by a WD14 tagger from the models folder\'s wd14_tagger/')
+
+
+class InterrogateRequest(BaseModel):
+    image: str = ""
+    model: str = Field(CLIP, max_length=1024)
+
+
+class TaggerInterrogateRequest(InterrogateRequest):
+    model: str = Field(max_length=1024)
+    threshold: float = Field(0.35, ge=0, le=1, allow_inf_nan=False)
+
+
+def _not_found(folders, model: str, hint: str) -> JSONResponse:
+    """A1111's and the extension's 404 "Model not found", saying what is installed."""
+    names = ", ".join(sorted(wd14.installed(folders))) or "none"
+    return JSONResponse({"error": "Not Found", "detail": f"Model not found: {model!r} ({hint}: {names})"},
+                        status_code=404)
+
+
+def router(state) -> APIRouter:
+    api = APIRouter(tags=["AUTOMATIC1111"])
+    s = state.settings
+
+    def scores(name: str, image_b64: str):
+        image = images_io.decode_b64(image_b64, "image", s.max_image_pixels)
+        return wd14.tag(state.folders, name, image)
+
+    @api.post("/sdapi/v1/interrogate")
+    async def interrogate(req: InterrogateRequest):
+        if req.model == CLIP:
+            raise InvalidArgument(NO_CLIP)
+        if req.model != DEEPDANBOORU and req.model not in wd14.installed(state.folders):
+            return _not_found(state.folders, req.model, 'use "deepdanbooru" or an installed WD14 tagger')
+        name = wd14.default_name(state.folders, 'model "deepdanbooru"') if req.model == DEEPDANBOORU else req.model
+        opts = state.options.effective(None)
+        found = await run_in_threadpool(scores, name, req.image)
+        return {"caption": a1111_caption(
+            found, threshold=opts["interrogate_deepbooru_score_threshold"], sort_alpha=opts["deepbooru_sort_alpha"],
+            use_spaces=opts["deepbooru_use_spaces"], escape=opts["deepbooru_escape"],
+            filter_tags=opts["deepbooru_filter_tags"], ranks=opts["interrogate_return_ranks"])}
+
+    @api.get("/tagger/v1/interrogators", tags=["tagger"])
+    def interrogators():
+        return {"models": sorted(wd14.installed(state.folders))}
+
+    @api.post("/tagger/v1/interrogate", tags=["tagger"])
+    async def tagger_interrogate(req: TaggerInterrogateRequest):
+        if req.model not in wd14.installed(state.folders):
+            return _not_found(state.folders, req.model, f"{wd14.where()}; installed")
+        found = await run_in_threadpool(scores, req.model, req.image)
+        return {"caption": tagger_caption(found, req.threshold)}
+
+    return api

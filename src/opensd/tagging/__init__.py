@@ -1,0 +1,3 @@
+"""Image interrogation: a picture in, prompt tags out. wd14.py finds and runs SmilingWolf's WD14 taggers
+(ONNX, through onnxruntime); tag_text.py turns their scores into the text each face answers with
+(ComfyUI's WD14Tagger|pysssss, A1111's /sdapi/v1/interrogate, the tagger extension's API)."""
