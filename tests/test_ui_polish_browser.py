@@ -56,3 +56,32 @@ def test_the_queue_says_what_each_job_does(browser, live):
         cancelled = live.state.queue.clear()
         live.state.queue.start()
     assert cancelled == 4 and {j.status for j in live.state.store.history(limit=4)} == {CANCELLED}
+
+
+def test_a_cleared_hires_number_blocks_generate_only_while_hires_fix_is_on(browser, live):
+    page, log = open_page(browser, live.url + "/#generate")
+    page.wait_for_selector(READY, state="attached")
+    page.fill("#panel-generate textarea[name=prompt]", "hires heart")
+    for name, value in FAST.items():
+        page.fill(f"#panel-generate input[name={name}]", str(value))
+    hires = page.locator("#panel-generate details:has(summary:text('Hires fix'))")
+    hires.locator("summary").click()
+    page.fill("#panel-generate input[name=hr_scale]", "")  # off: the card is not sent, so no matter
+    before = {j.id for j in live.state.store.all()}
+    page.click("#panel-generate button.primary")
+    job = wait_for(lambda: next((j for j in live.state.store.all() if j.id not in before), None), what="the job")
+    assert not job.payload["request"]["enable_hr"]
+
+    page.check("#panel-generate input[name=enable_hr]")  # on: refused at the field, nothing queued
+    for attempt in ("now", "after a reload"):
+        before = {j.id for j in live.state.store.all()}
+        page.click("#panel-generate button.primary")
+        wait_for(lambda: page.evaluate("document.activeElement.name") == "hr_scale", what=f"hr_scale pointed at {attempt}")
+        assert page.eval_on_selector("#panel-generate input[name=hr_scale]", "el => el.validationMessage")
+        page.wait_for_timeout(300)
+        assert {j.id for j in live.state.store.all()} == before, attempt
+        page.reload()  # the form comes back as it was left: the fix on, the field empty
+        page.wait_for_selector(READY, state="attached")
+        assert page.input_value("#panel-generate input[name=hr_scale]") == ""
+    page.context.close()
+    clean(log)
