@@ -85,3 +85,76 @@ def test_a_cleared_hires_number_blocks_generate_only_while_hires_fix_is_on(brows
         assert page.input_value("#panel-generate input[name=hr_scale]") == ""
     page.context.close()
     clean(log)
+
+
+MASK_ALPHA_AT = """([x, y]) => document.querySelector('#panel-inpaint canvas.canvas-mask')
+  .getContext('2d').getImageData(x, y, 1, 1).data[3]"""
+
+
+def test_the_inpaint_mask_can_be_drawn_with_the_keyboard_alone(browser, live):
+    page, log = open_page(browser, live.url + "/#inpaint")
+    panel = "#panel-inpaint"
+    page.wait_for_selector(f"{panel} form select[name=model] option", state="attached")
+    page.set_input_files(f"{panel} .canvas-editor input[type=file]",
+                         files=[{"name": "source.png", "mimeType": "image/png", "buffer": png_bytes((64, 64))}])
+    wait_for(lambda: page.evaluate(f"document.querySelector('{panel} canvas.canvas-image').width") == 64,
+             what="the image on the canvas")
+    alpha = lambda x, y: page.evaluate(MASK_ALPHA_AT, [x, y])  # noqa: E731
+    view = page.locator(f"{panel} .canvas-view")
+    assert view.get_attribute("role") == "application" and view.get_attribute("aria-label") == "Inpainting canvas"
+    help_id = view.get_attribute("aria-describedby")
+    assert "arrow keys move the brush" in page.inner_text(f"#{help_id}")  # what a screen reader reads out
+
+    page.focus(f"{panel} input[name=pen_pressure]")
+    page.keyboard.press("Tab")  # the canvas is next in the tab order
+    assert page.evaluate("document.activeElement.classList.contains('canvas-view')")
+    status = page.locator(f"{panel} .canvas-key-status")
+    assert status.inner_text() == "Brush at x 32, y 32, size 8"  # the middle; the brush is 1/8 of the image
+    assert page.locator(f"{panel} .canvas-key-cursor").is_visible()
+    for _ in range(6):
+        page.keyboard.press("ArrowLeft")  # a quarter brush a step: 2 pixels
+    page.keyboard.down(" ")  # held: paints along the brush's path
+    for _ in range(8):
+        page.keyboard.press("ArrowRight")
+    page.keyboard.up(" ")
+    assert status.inner_text() == "Brush at x 36, y 32, size 8"
+    assert alpha(17, 32) and alpha(28, 32) and alpha(39, 32)  # the stroke from x 20 to 36, 8 wide
+    assert not alpha(14, 32) and not alpha(43, 32) and not alpha(28, 40) and not alpha(28, 24)
+    page.keyboard.press("e")  # the eraser, as the Eraser button
+    assert page.get_attribute(f"{panel} button[aria-label=Eraser]", "aria-pressed") == "true"
+    page.keyboard.press("Enter")
+    assert not alpha(36, 32) and alpha(28, 32)
+    page.keyboard.press("Control+z")
+    assert alpha(36, 32)
+    page.keyboard.press("b")
+
+    page.locator(f"{panel} summary:text('Mask a rectangle')").click()
+    boxes = {name: page.get_by_label(name, exact=True).and_(page.locator(f"{panel} .mask-rect input"))
+             for name in ("X (from the left)", "Y (from the top)", "Width", "Height")}
+    assert [b.input_value() for b in boxes.values()] == ["16", "16", "32", "32"]  # the middle half
+    mask_it = page.locator(f"{panel} button:text('Mask the rectangle')")
+    boxes["X (from the left)"].fill("")
+    mask_it.click()
+    problem = page.locator(f"{panel} .mask-rect [role=alert]")
+    assert problem.inner_text().startswith("X: give a whole number from 0 to 63")
+    assert page.evaluate("document.activeElement.getAttribute('aria-invalid')") == "true"
+    boxes["X (from the left)"].fill("40")
+    assert problem.is_hidden()
+    mask_it.click()
+    assert problem.inner_text().startswith("Width: give a whole number from 1 to 24")  # past the right edge
+    for name, value in {"Y (from the top)": 0, "Width": 20, "Height": 10}.items():
+        boxes[name].fill(str(value))
+    mask_it.click()
+    assert problem.is_hidden() and status.inner_text() == "Masked 20 × 10 pixels at x 40, y 0"
+    assert alpha(40, 0) and alpha(59, 9) and not alpha(60, 5) and not alpha(50, 10)
+
+    page.fill(f"{panel} input[name=steps]", "2")
+    before = {j.id for j in live.state.store.all()}
+    page.focus(f"{panel} button.primary")
+    page.keyboard.press("Enter")
+    job = wait_for(lambda: next((j for j in live.state.store.all() if j.id not in before), None), what="the job")
+    data = job.payload["request"]["mask"].split(",", 1)[1]
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("L")) > 127
+    assert mask[32, 28] and mask[5, 50] and not mask[50, 10] and not mask[5, 62]
+    page.context.close()
+    clean(log)
