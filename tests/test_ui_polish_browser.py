@@ -158,3 +158,52 @@ def test_the_inpaint_mask_can_be_drawn_with_the_keyboard_alone(browser, live):
     assert mask[32, 28] and mask[5, 50] and not mask[50, 10] and not mask[5, 62]
     page.context.close()
     clean(log)
+
+
+@pytest.mark.parametrize("tab, name", [("img2img", "denoising_strength"), ("inpaint", "mask_blur"), ("extras", "upscaling_resize")])
+def test_a_cleared_number_on_img2img_inpaint_and_extras_is_refused_at_the_field_not_sent_as_0(browser, live, tab, name):
+    page, log = open_page(browser, live.url + f"/#{tab}")
+    panel = f"#panel-{tab}"
+    page.wait_for_selector(f"{panel} button.primary")
+    page.set_input_files(f"{panel} input[type=file]",
+                         files=[{"name": "source.png", "mimeType": "image/png", "buffer": png_bytes((64, 64))}])
+    page.wait_for_selector(f"{panel} canvas.canvas-image[width='64'], {panel} .drop img")
+    if tab == "inpaint":  # a mask, so that only the cleared field stands in the way
+        page.locator(f"{panel} summary:text('Mask a rectangle')").click()
+        page.click(f"{panel} button:text('Mask the rectangle')")
+    page.fill(f"{panel} input[name={name}]", "")
+    before = {j.id for j in live.state.store.all()}
+    page.click(f"{panel} button.primary")
+    wait_for(lambda: page.evaluate("document.activeElement.name") == name, what="the cleared field pointed at")
+    assert page.eval_on_selector(f"{panel} input[name={name}]", "el => el.validationMessage")
+    page.wait_for_timeout(300)
+    assert {j.id for j in live.state.store.all()} == before  # nothing queued with a 0 in its place
+    page.context.close()
+    clean(log)
+
+
+def test_a_controlnet_number_cleared_keeps_the_units_value_and_says_why(browser, live):
+    page, log = open_page(browser, live.url + "/#controlnet")
+    weight = page.locator("#panel-controlnet form >> nth=0").locator("input[name=weight]")
+    weight.fill("1.5")
+    weight.press("Tab")
+    weight.fill("")
+    weight.press("Tab")  # leaving it: the browser says what is missing; the unit keeps 1.5, not 0
+    assert weight.evaluate("el => el.validationMessage")
+    assert page.evaluate("JSON.parse(localStorage.getItem('opensd.controlnet'))[0].weight") == 1.5
+    page.context.close()
+    clean(log)
+
+
+def test_the_train_form_checks_only_the_fields_of_the_chosen_type(browser, live):
+    page, log = open_page(browser, live.url + "/#train")
+    form = page.locator("#panel-train form[aria-label='Training settings']")
+    page.fill("#panel-train input[name=rank]", "")  # a LoRA's: cleared, so a LoRA cannot start
+    assert not form.evaluate("f => f.checkValidity()")
+    page.select_option("#panel-train select[name=type]", "embedding")  # the rank is hidden now
+    assert page.locator("#panel-train input[name=rank]").is_disabled()
+    assert form.evaluate("f => f.checkValidity()")  # before, the browser blocked Start without a word
+    page.fill("#panel-train input[name=lr]", "")
+    assert not form.evaluate("f => f.checkValidity()")  # not sent as a learning rate of 0
+    page.context.close()
+    clean(log)

@@ -115,17 +115,19 @@ function unitCard(unit, i, models, modules) {
     }
   }, 200);
 
+  // a cleared or wrong number keeps the unit's value; leaving the field says what is wrong (change)
+  const num = (el, old) => (el.checkValidity() ? Number(el.value) : old);
   function read() {
     const before = JSON.stringify([unit.module, unit.processor_res, unit.pixel_perfect, unit.threshold_a, unit.threshold_b]);
     Object.assign(unit, {
       enabled: enabled.checked, module: module.value, model: model.value,
-      weight: Number(form.elements.weight.value), guidance_start: Number(form.elements.guidance_start.value),
-      guidance_end: Number(form.elements.guidance_end.value), control_mode: Number(mode.value),
-      resize_mode: Number(resize.value), pixel_perfect: perfect.checked, processor_res: Math.trunc(Number(res.value)),
+      weight: num(form.elements.weight, unit.weight), guidance_start: num(form.elements.guidance_start, unit.guidance_start),
+      guidance_end: num(form.elements.guidance_end, unit.guidance_end), control_mode: Number(mode.value),
+      resize_mode: Number(resize.value), pixel_perfect: perfect.checked, processor_res: Math.trunc(num(res, unit.processor_res)),
       union_control_type: union.value,
     });
     for (const [key] of THRESHOLDS[unit.module] || []) {
-      if (form.elements[key]) unit[key] = Number(form.elements[key].value);
+      if (form.elements[key]) unit[key] = num(form.elements[key], unit[key]);
     }
     const after = JSON.stringify([unit.module, unit.processor_res, unit.pixel_perfect, unit.threshold_a, unit.threshold_b]);
     if (before !== after) preview();
@@ -140,7 +142,7 @@ function unitCard(unit, i, models, modules) {
     read();
   });
   form.addEventListener("input", read);
-  form.addEventListener("change", read);
+  form.addEventListener("change", (e) => { if (e.target.type === "number") e.target.reportValidity(); read(); });
 
   function setImage(image, name) {
     unit.image = image;

@@ -32,7 +32,7 @@ export async function mount(panel) {
       field("Save as", text("output", { required: true, maxlength: 120, value: "my-lora", spellcheck: "false" }))),
     h("div", { class: "grid2" },
       field("Steps", number("steps", { min: 1, max: 1000000, value: 200 })),
-      field("Learning rate", h("input", { type: "number", name: "lr", min: 0, step: "any", value: LR.lora, inputmode: "decimal" })),
+      field("Learning rate", h("input", { type: "number", name: "lr", min: 0, step: "any", value: LR.lora, inputmode: "decimal", required: true })),
       field("Batch size", number("batch_size", { min: 1, max: 64, value: 1 })),
       field("Resolution", h("input", { type: "number", name: "resolution", min: 8, max: 4096, step: 8, placeholder: "model's own", inputmode: "numeric" })),
       field("Seed", number("seed", { min: 0, max: 4294967295, value: 0 }))),
@@ -73,8 +73,11 @@ export async function mount(panel) {
       h("section", { class: "card stack", "aria-label": "Runs" }, h("h2", {}, "Runs"), runs))));
 
   // --- the form ---
+  // another type's fields are hidden and disabled: not sent, and a wrong or cleared value there
+  // cannot block the browser's check of the form (which cannot point at a hidden field)
   const showType = () => form.querySelectorAll("[data-only]").forEach((el) => {
     el.hidden = !el.dataset.only.split(" ").includes(type.value);
+    el.querySelectorAll("input, select, textarea").forEach((control) => { control.disabled = el.hidden; });
   });
   type.addEventListener("change", () => {
     form.elements.lr.value = LR[type.value];
