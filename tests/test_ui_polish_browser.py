@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from ui_browser import browser, live, open_page, wait_for  # noqa: F401 (fixtures)
+from ui_browser import PHONE, browser, live, open_page, wait_for  # noqa: F401 (fixtures)
 
 from opensd.server.store import CANCELLED
 
@@ -19,6 +19,7 @@ pytest.importorskip("playwright.sync_api", reason="playwright is a test dependen
 
 READY = "#panel-generate form select[name=model] option"
 FAST = {"steps": 2, "width": 64, "height": 64, "seed": 1}
+PHONE_390 = {**PHONE, "viewport": {"width": 390, "height": 844}}
 
 
 def clean(log) -> None:
@@ -205,5 +206,39 @@ def test_the_train_form_checks_only_the_fields_of_the_chosen_type(browser, live)
     assert form.evaluate("f => f.checkValidity()")  # before, the browser blocked Start without a word
     page.fill("#panel-train input[name=lr]", "")
     assert not form.evaluate("f => f.checkValidity()")  # not sent as a learning rate of 0
+    page.context.close()
+    clean(log)
+
+
+def test_on_a_phone_every_fold_out_title_is_big_enough_for_a_finger(browser, live):
+    page, log = open_page(browser, live.url + "/#generate", **PHONE_390)
+    page.wait_for_selector(READY, state="attached")
+    heights = page.eval_on_selector_all("#panel-generate summary", "els => els.filter((el) => el.checkVisibility())"
+                                        ".map((el) => el.getBoundingClientRect().height)")
+    assert len(heights) >= 5 and min(heights) >= 24, heights  # WCAG's smallest target: 24 px (they were 20)
+    page.context.close()
+    clean(log)
+
+
+def test_a_cleared_setting_is_refused_at_the_field_not_saved_as_0(browser, live):
+    page, log = open_page(browser, live.url + "/#settings")
+    field = page.get_by_label("Sigma noise", exact=True)
+    before = httpx.get(live.url + "/sdapi/v1/options").json()["s_noise"]
+    field.fill("")
+    page.click("#panel-settings button:text('Apply settings')")
+    wait_for(lambda: page.evaluate("document.activeElement.name") == "s_noise", what="the cleared setting pointed at")
+    assert field.evaluate("el => el.validationMessage")
+    page.wait_for_timeout(300)
+    assert httpx.get(live.url + "/sdapi/v1/options").json()["s_noise"] == before == 1.0
+    page.context.close()
+    clean(log)
+
+
+def test_train_says_why_start_is_not_available_yet(browser, live):
+    page, log = open_page(browser, live.url + "/#train")
+    start = page.locator("#panel-train button:text('Start training')")
+    wait_for(start.is_disabled, what="Start disabled without images")
+    note = page.locator(f"#{start.get_attribute('aria-describedby')}")  # what a screen reader adds to the button
+    assert note.inner_text() == "Add images to a dataset first (Dataset, above)." and note.is_visible()
     page.context.close()
     clean(log)
