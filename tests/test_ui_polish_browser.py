@@ -242,3 +242,20 @@ def test_train_says_why_start_is_not_available_yet(browser, live):
     assert note.inner_text() == "Add images to a dataset first (Dataset, above)." and note.is_visible()
     page.context.close()
     clean(log)
+
+
+def test_an_enabled_controlnet_unit_that_requests_leave_out_says_why(browser, live):
+    page, log = open_page(browser, live.url + "/#controlnet")
+    unit = page.locator("#panel-controlnet form >> nth=0")
+    note = unit.locator(".cn-unused")
+    unit.get_by_label("Enable ControlNet unit 1").check()
+    assert note.inner_text() == "Not used yet: choose a model below."  # was: enabled, and silently left out
+    model = page.eval_on_selector("#panel-controlnet form select[name=model]", "s => s.options[1].value")
+    unit.locator("select[name=model]").select_option(model)
+    assert note.inner_text().startswith("Generate leaves it out until it has an image")
+    unit.locator("input[type=file]").set_input_files(
+        files=[{"name": "edges.png", "mimeType": "image/png", "buffer": png_bytes((64, 64))}])
+    note.wait_for(state="hidden")  # used by every request now
+    unit.get_by_label("Enable ControlNet unit 1").uncheck()
+    page.context.close()
+    clean(log)

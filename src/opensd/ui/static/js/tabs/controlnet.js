@@ -64,8 +64,9 @@ function unitCard(unit, i, models, modules) {
   const perfect = h("input", { type: "checkbox", name: "pixel_perfect", checked: unit.pixel_perfect });
   const res = number("processor_res", { min: 64, max: 2048, step: 8, value: unit.processor_res });
   const thresholds = h("div", { class: "grid2" });
+  const unused = h("p", { class: "muted cn-unused", role: "status" }); // why an enabled unit is left out
   const form = h("form", { class: "card stack", "aria-label": title },
-    h("div", { class: "cn-head" }, h("h2", {}, title), h("label", { class: "check" }, enabled, "Enable")),
+    h("div", { class: "cn-head" }, h("h2", {}, title), h("label", { class: "check" }, enabled, "Enable")), unused,
     h("div", { class: "cn-images" },
       h("figure", {}, picture, h("figcaption", { class: "toolbar" }, "Control image", remove)),
       h("figure", {}, map, h("figcaption", {}, "Preprocessor preview"))),
@@ -132,7 +133,16 @@ function unitCard(unit, i, models, modules) {
     const after = JSON.stringify([unit.module, unit.processor_res, unit.pixel_perfect, unit.threshold_a, unit.threshold_b]);
     if (before !== after) preview();
     res.disabled = perfect.checked;
+    explain();
     changed();
+  }
+  // an enabled unit that a request would leave out says so (activeUnits: a model, and an image in Generate)
+  function explain() {
+    unused.textContent = !unit.enabled ? ""
+      : unit.model === "None" ? (models.length ? "Not used yet: choose a model below."
+        : "Not used: no ControlNet model is installed (put one in the models folder's ControlNet folder).")
+        : !unit.image ? "Generate leaves it out until it has an image; img2img and Inpaint use their canvas image." : "";
+    unused.hidden = !unused.textContent;
   }
   module.addEventListener("change", () => {
     for (const [key, , value] of THRESHOLDS[module.value] || []) unit[key] = value;
@@ -162,6 +172,7 @@ function unitCard(unit, i, models, modules) {
   unit.model = model.value;
   showThresholds();
   showImage();
+  explain();
   syncSliders(form);
   preview();
   return { element: form, setFile };
