@@ -84,6 +84,16 @@ def test_a_cleared_hires_number_blocks_generate_only_while_hires_fix_is_on(brows
         page.reload()  # the form comes back as it was left: the fix on, the field empty
         page.wait_for_selector(READY, state="attached")
         assert page.input_value("#panel-generate input[name=hr_scale]") == ""
+
+    hires.locator("summary").click()
+    page.uncheck("#panel-generate input[name=enable_hr]")  # the Upscale button forces the fix on: refused too
+    page.wait_for_selector(f"#panel-generate .result-main img[src*='{job.id}']")
+    before = {j.id for j in live.state.store.all()}
+    page.click("#panel-generate button:text('Upscale')")
+    wait_for(lambda: page.evaluate("document.activeElement.name") == "hr_scale", what="hr_scale pointed at by Upscale")
+    page.wait_for_timeout(300)
+    assert {j.id for j in live.state.store.all()} == before
+    assert not page.eval_on_selector("#panel-generate input[name=hr_scale]", "el => el.required")  # off again after
     page.context.close()
     clean(log)
 
