@@ -269,3 +269,24 @@ def test_an_enabled_controlnet_unit_that_requests_leave_out_says_why(browser, li
     unit.get_by_label("Enable ControlNet unit 1").uncheck()
     page.context.close()
     clean(log)
+
+
+COVERED = """() => { const a = document.activeElement, r = a.getBoundingClientRect();
+  const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  return a === document.body || (hit && a.contains(hit)) ? null : `${a.name || a.textContent.trim()} under ${hit?.className}`; }"""
+
+
+@pytest.mark.parametrize("context", [{"viewport": {"width": 1280, "height": 700}}, {"viewport": {"width": 900, "height": 700}},
+                                     PHONE_390], ids=["desktop", "narrow window (tab bar on two lines)", "phone"])
+@pytest.mark.parametrize("tab", ["generate", "inpaint"])
+def test_a_field_reached_with_tab_is_not_hidden_under_the_sticky_bars(browser, live, context, tab):
+    page, log = open_page(browser, live.url + f"/#{tab}", **context)
+    page.wait_for_selector(f"#panel-{tab} form select[name=model] option", state="attached")
+    page.focus(f"#tab-{tab}")
+    covered = []
+    for key in ["Tab"] * 70 + ["Shift+Tab"] * 70:  # down to Generate and the results, then back up
+        page.keyboard.press(key)
+        covered.append(page.evaluate(COVERED))
+    assert [c for c in covered if c] == []  # was: sizes, CFG, Script... under Generate; Model... under the tab bar
+    page.context.close()
+    clean(log)
