@@ -290,3 +290,21 @@ def test_a_field_reached_with_tab_is_not_hidden_under_the_sticky_bars(browser, l
     assert [c for c in covered if c] == []  # was: sizes, CFG, Script... under Generate; Model... under the tab bar
     page.context.close()
     clean(log)
+
+
+def test_a_delete_question_has_the_focus_on_cancel_so_enter_deletes_nothing(browser, live):
+    r = httpx.post(live.url + "/sdapi/v1/txt2img", json={"prompt": "keep me", **FAST}, timeout=120)
+    assert r.status_code == 200
+    page, log = open_page(browser, live.url + "/#gallery")
+    thumb = page.locator("#panel-gallery .thumbs button[aria-label*='keep me']").first
+    thumb.focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("button", name="Delete", exact=True).focus()
+    page.keyboard.press("Enter")  # asks first
+    page.wait_for_selector("dialog.small[open]")
+    assert page.evaluate("document.activeElement.textContent") == "Cancel"  # was: the Delete button
+    page.keyboard.press("Enter")
+    page.wait_for_selector("dialog.small", state="detached")
+    assert "keep me" in httpx.get(live.url + "/opensd/v1/gallery", params={"q": "keep me"}).text  # still there
+    page.context.close()
+    clean(log)
