@@ -125,8 +125,9 @@ def test_merge_and_convert_run_as_jobs_and_their_results_join_the_list(tmp_path,
         assert torch.allclose(m[key].float(), (a[key].float() * 0.75 + b[key].float() * 0.25).half().float())
         names = [x["name"] for x in c.get("/opensd/v1/models").json()["checkpoints"]]
         assert "mix.safetensors" in names
-        label = c.get("/opensd/v1/queue").json()["recent"][0]["label"]
-        assert label == "Merge tiny1.safetensors + tiny2.safetensors (weighted_sum, 0.25) -> mix.safetensors"
+        recent = c.get("/opensd/v1/queue").json()["recent"][0]
+        assert recent["label"] == "Merge tiny1.safetensors + tiny2.safetensors (weighted_sum, 0.25) -> mix.safetensors"
+        assert recent["task"] == "merge"  # what the Queue tab shows beside it
 
         r = c.post("/opensd/v1/models/merge", json={"a": "tiny1.safetensors", "b": "tiny2.safetensors",
                                                     "output": "mix.safetensors"})

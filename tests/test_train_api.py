@@ -116,7 +116,8 @@ def test_lora_training_job_saves_a_kohya_lora_the_pickers_list(c, tmp_path):
     assert [x["name"] for x in c.get("/sdapi/v1/loras").json()] == ["zq-red"]
     (listed,) = c.get("/opensd/v1/models").json()["loras"]
     assert (listed["name"], listed["family"]) == ("zq-red.safetensors", "small")
-    assert c.get("/opensd/v1/queue").json()["recent"][0]["label"] == "Train lora zq-red.safetensors on reds (4 steps)"
+    recent = c.get("/opensd/v1/queue").json()["recent"][0]
+    assert (recent["label"], recent["task"]) == ("Train lora zq-red.safetensors on reds (4 steps)", "training")
     assert c.get("/opensd/v1/train/jobs").json()["items"][0]["job_id"] == job_id
     again = c.post("/opensd/v1/train", json={"dataset": "reds", "model": TINY, "output": "zq-red.safetensors"})
     assert again.status_code == 422 and "exists in the loras folder" in again.json()["detail"]

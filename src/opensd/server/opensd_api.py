@@ -46,6 +46,20 @@ def job_label(job) -> str:
     return " ".join(text.split())[:LABEL_CHARS] or ("(no prompt)" if job.kind == "a1111" else f"({job.kind} job)")
 
 
+TASKS = {"comfy": "ComfyUI", "train": "training"}
+
+
+def job_task(job) -> str:
+    """What a job does, in the words of the web UI's tabs (a1111 jobs are txt2img, img2img or inpaint)."""
+    payload = job.payload if isinstance(job.payload, dict) else {}
+    if job.kind == "a1111":
+        mode = payload.get("mode") if payload.get("mode") in ("txt2img", "img2img") else "txt2img"
+        return "inpaint" if mode == "img2img" and (payload.get("request") or {}).get("mask") else mode
+    if job.kind == "models" and payload.get("op") in ("merge", "convert"):
+        return payload["op"]
+    return TASKS.get(job.kind, job.kind)
+
+
 def checkpoint_list(state) -> list[Checkpoint]:
     out = []
     for m in state.folders.list("checkpoints"):
@@ -146,15 +160,15 @@ def router(state) -> APIRouter:
     @api.get("/queue")
     def queue() -> QueueView:
         """The running job, the waiting ones in the order they will run, and the last finished."""
-        running = [QueueItem(id=p.job.id, kind=p.job.kind, client=p.job.client, status="running",
-                             label=job_label(p.job), position=0, created=p.job.created, step=p.step, steps=p.steps)
-                   for p in state.queue.running()]
+        def item(job, status: str | None = None, **extra) -> QueueItem:
+            return QueueItem(id=job.id, kind=job.kind, task=job_task(job), client=job.client,
+                             status=status or job.status, label=job_label(job), created=job.created, **extra)
+
+        running = [item(p.job, "running", position=0, step=p.step, steps=p.steps) for p in state.queue.running()]
         return QueueView(
             running=running[0] if running else None, running_jobs=running,
-            pending=[QueueItem(id=j.id, kind=j.kind, client=j.client, status=j.status, label=job_label(j),
-                               position=i + 1, created=j.created) for i, j in enumerate(state.queue.pending())],
-            recent=[QueueItem(id=j.id, kind=j.kind, client=j.client, status=j.status, label=job_label(j),
-                              position=-1, created=j.created, error=j.error) for j in state.store.history(limit=10)])
+            pending=[item(j, position=i + 1) for i, j in enumerate(state.queue.pending())],
+            recent=[item(j, position=-1, error=j.error) for j in state.store.history(limit=10)])
 
     @api.post("/queue/clear")
     def clear() -> Cleared:

@@ -56,6 +56,8 @@ class JobQueued(BaseModel):
 class QueueItem(BaseModel):
     id: str
     kind: str
+    task: str = Field(description="what the job does, for people: txt2img, img2img, inpaint, extras, ComfyUI, "
+                                  "training, merge, convert (kind is the runner: a1111 for the first three)")
     client: str
     status: str
     label: str = Field(description="the job's prompt, or a short description")

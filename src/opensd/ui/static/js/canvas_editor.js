@@ -1,11 +1,12 @@
 // The img2img/inpaint canvas: an image (uploaded, pasted, dropped or sent from another tab) with a
 // mask painted over it. Brush and eraser work with mouse, pen (pressure scales the brush) and touch
 // through Pointer Events; two fingers, the middle button, Space+drag or the hand tool pan; Ctrl+wheel,
-// a pinch or the +/- buttons zoom. Every change of image or mask is undoable. The mask is kept at the
+// a pinch or the +/- buttons zoom; the keyboard alone can mask too (mask_keys.js). Every change of image or mask is undoable. The mask is kept at the
 // image's own resolution and exported white (repaint) on black, as A1111's `mask` field takes it.
 import { field, h, icon, toast } from "./dom.js";
 import { history } from "./canvas_history.js";
 import { dropTarget, filePicker, NOT_AN_IMAGE } from "./image_input.js";
+import { maskKeys } from "./mask_keys.js";
 
 const MASK_COLOUR = "#ff2d95"; // shown at 55% opacity, visible on light and dark images
 const SEAM = 8; // outpainting also repaints this many pixels of the old image, so the seam blends in
@@ -37,7 +38,9 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
   const stage = h("div", { class: "canvas-stage" }, imageLayer, maskLayer);
   const cursor = h("div", { class: "canvas-cursor", hidden: true });
   const empty = h("p", { class: "canvas-empty muted" }, "Drop an image here, paste it, or press Upload");
-  const view = h("div", { class: "canvas-view", tabindex: "0", role: "img", "aria-label": label }, stage, cursor, empty);
+  // masking, the canvas takes keys of its own (a screen reader passes them on to an "application")
+  const view = h("div", { class: "canvas-view", tabindex: "0", role: masking ? "application" : "img", "aria-label": label },
+    stage, cursor, empty);
   const fileInput = filePicker("Choose an image", (file) => load(file));
   const size = h("input", { type: "range", name: "brush_size", min: 1, max: 256, value: 16, "data-persist": "no" });
   const pressure = h("input", { type: "checkbox", name: "pen_pressure", checked: true, "data-persist": "no" });
@@ -61,7 +64,23 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
       button("Clear mask", "trash", () => clearMask())] : null);
   const brushRow = masking ? h("div", { class: "row canvas-brush" }, field("Brush size", size),
     h("label", { class: "check" }, pressure, "Pen pressure")) : null;
-  const element = h("div", { class: "canvas-editor stack" }, tools, brushRow, view, fileInput);
+  const keys = masking ? maskKeys(view, {
+    image: () => source && { width: source.width, height: source.height },
+    brush: () => Number(size.value),
+    begin: () => steps.remember(snapshot()),
+    end: () => buttons(),
+    line: (from, to, width) => paint(from, to, width),
+    rect(x, y, w, hh, erase) {
+      ctx.save();
+      ctx.globalCompositeOperation = erase ? "destination-out" : "source-over";
+      ctx.fillStyle = MASK_COLOUR;
+      ctx.fillRect(x, y, w, hh);
+      ctx.restore();
+    },
+    toView: (p) => ({ x: panX + p.x * zoom, y: panY + p.y * zoom, zoom }),
+    setTool: (name) => setTool(name),
+  }) : null;
+  const element = h("div", { class: "canvas-editor stack" }, tools, brushRow, view, keys?.element, fileInput);
 
   let source = null; // the current image: a canvas that is never drawn on (history keeps references)
   let zoom = 1, panX = 0, panY = 0;
@@ -71,6 +90,7 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
   function place() {
     stage.style.transform = `translate(${panX}px, ${panY}px) scale(${zoom})`;
     stage.classList.toggle("pixelated", zoom >= 2);
+    keys?.place();
   }
   function fit() {
     if (!source) return;
@@ -113,7 +133,7 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
     stage.style.width = `${image.width}px`;
     stage.style.height = `${image.height}px`;
     empty.hidden = true;
-    if (resized) fit();
+    if (resized) { keys?.resized(image.width, image.height); fit(); }
     if (resized || fresh) onImage(image.width, image.height);
   }
   const snapshot = () => ({ source, mask: source ? copy(maskLayer) : null });
@@ -299,11 +319,12 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
   }
 
   view.addEventListener("keydown", (e) => {
+    if (keys?.keydown(e)) return;
     const key = e.key.toLowerCase();
     if (e.key === " ") { spaceHeld = true; e.preventDefault(); }
     else if ((e.ctrlKey || e.metaKey) && key === "z") { e.preventDefault(); e.shiftKey ? redo() : undo(); }
     else if ((e.ctrlKey || e.metaKey) && key === "y") { e.preventDefault(); redo(); }
-    else if (e.key === "[" || e.key === "]") size.value = Number(size.value) + (e.key === "]" ? 2 : -2);
+    else if (e.key === "[" || e.key === "]") { size.value = Number(size.value) + (e.key === "]" ? 2 : -2); keys?.place(); }
     else if (e.key === "+" || e.key === "=") zoomBy(1.25);
     else if (e.key === "-") zoomBy(1 / 1.25);
   });

@@ -94,7 +94,7 @@ export function toast(message, kind = "info", ms = 5000) {
   while (box.children.length > MAX_TOASTS) box.firstElementChild.remove();
 }
 
-// A modal yes/no question; resolves true when confirmed.
+// A modal yes/no question; resolves true when confirmed (Cancel has the focus).
 export function confirmDialog(question, yes = "Delete") {
   return new Promise((resolve) => {
     const dlg = h("dialog", { class: "small", "aria-label": "Confirm" },
@@ -102,7 +102,8 @@ export function confirmDialog(question, yes = "Delete") {
         h("p", {}, question),
         h("div", { class: "toolbar" },
           h("button", { type: "button", class: "danger", "data-answer": "yes", onclick: () => done(true) }, yes),
-          h("button", { type: "button", onclick: () => done(false) }, "Cancel"))));
+          // the safe answer has the focus: Enter or Space pressed at once deletes nothing
+          h("button", { type: "button", autofocus: true, onclick: () => done(false) }, "Cancel"))));
     function done(answer) { dlg.close(); dlg.remove(); resolve(answer); }
     dlg.addEventListener("cancel", () => done(false));
     document.body.append(dlg);

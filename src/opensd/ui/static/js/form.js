@@ -1,8 +1,10 @@
 // Form controls the settings forms share: numbers, range+number sliders and selects.
 import { clear, field, h, toast } from "./dom.js";
 
-export function number(name, { min, max, step = 1, value }) {
-  return h("input", { type: "number", name, min, max, step, value, inputmode: step < 1 ? "decimal" : "numeric" });
+// Required unless said otherwise: a cleared number is refused at its field (checkForm, or the browser's
+// own check), not sent as 0 (Number("")).
+export function number(name, { min, max, step = 1, value, required = true }) {
+  return h("input", { type: "number", name, min, max, step, value, required, inputmode: step < 1 ? "decimal" : "numeric" });
 }
 
 // A range and a number input kept equal; only the number has a name (submitted and remembered).

@@ -72,8 +72,6 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     h("div", { class: "stack" },
       h("label", { class: "check" }, variation, "Use a variation seed"),
       field("Variation seed (-1: random)", subseed), strengthField));
-  // a cleared number is refused (checkForm points at it), not sent as the server's default
-  for (const card of [settingsCard, variationCard]) card.querySelectorAll("input[type=number]").forEach((el) => { el.required = true; });
 
   // --- data from the server ---
   let [ckpts, vaes, samplers, schedulers, loras, embeddings, styleList, options, scripts, hypernets, folders] =

@@ -40,8 +40,16 @@ export function hiresCard(upscalers, settings) {
 
   const value = (name) => element.querySelector(`[name=${name}]`);
   const int = (name) => Math.trunc(Number(value(name).value));
+  // A cleared number is refused at the field (checkForm) while the fix is on (or `force`d on, as the
+  // upscale button does), and never blocks Generate while it is off (nothing of the card is sent then).
+  const refresh = (force = false) => element.querySelectorAll("input[type=number]")
+    .forEach((el) => { el.required = force || value("enable_hr").checked; });
+  value("enable_hr").addEventListener("change", () => refresh());
+  refresh();
   return {
     element,
+    // call after the form's remembered values came back (they are set without events)
+    refresh,
     // the request's hires fields (none when the fix is off, unless `force`d on)
     request({ force = false } = {}) {
       if (!force && !value("enable_hr").checked) return {};
@@ -60,6 +68,7 @@ export function hiresCard(upscalers, settings) {
     apply(req) {
       const missing = [];
       value("enable_hr").checked = Boolean(req.enable_hr);
+      refresh();
       const set = (name, v, otherwise) => { value(name).value = v ?? otherwise; };
       set("hr_scale", req.hr_scale, 2); set("hr_second_pass_steps", req.hr_second_pass_steps, 0);
       set("denoising_strength", req.denoising_strength, 0.7);

@@ -70,6 +70,13 @@ on(EVENTS.SHOW_TAB, ({ id }) => {
   else toast(`The ${id} tab is not part of this version; the image is kept for it.`);
 });
 window.addEventListener("hashchange", () => show(location.hash.slice(1)));
+// A field reached with Tab scrolls clear of the tab bar while it stays on screen (it wraps onto more
+// lines in narrower windows; on a phone it scrolls away).
+const topbar = document.querySelector(".topbar");
+new ResizeObserver(() => {
+  const sticky = getComputedStyle(topbar).position === "sticky";
+  document.documentElement.style.scrollPaddingTop = `${sticky ? topbar.offsetHeight + 8 : 8}px`;
+}).observe(topbar);
 initTheme(document.getElementById("theme-toggle"));
 const session = await api.get("/opensd/v1/session").catch(() => ({ authorized: true }));
 if (!session.authorized) {

@@ -64,8 +64,9 @@ function unitCard(unit, i, models, modules) {
   const perfect = h("input", { type: "checkbox", name: "pixel_perfect", checked: unit.pixel_perfect });
   const res = number("processor_res", { min: 64, max: 2048, step: 8, value: unit.processor_res });
   const thresholds = h("div", { class: "grid2" });
+  const unused = h("p", { class: "muted cn-unused", role: "status" }); // why an enabled unit is left out
   const form = h("form", { class: "card stack", "aria-label": title },
-    h("div", { class: "cn-head" }, h("h2", {}, title), h("label", { class: "check" }, enabled, "Enable")),
+    h("div", { class: "cn-head" }, h("h2", {}, title), h("label", { class: "check" }, enabled, "Enable")), unused,
     h("div", { class: "cn-images" },
       h("figure", {}, picture, h("figcaption", { class: "toolbar" }, "Control image", remove)),
       h("figure", {}, map, h("figcaption", {}, "Preprocessor preview"))),
@@ -115,22 +116,33 @@ function unitCard(unit, i, models, modules) {
     }
   }, 200);
 
+  // a cleared or wrong number keeps the unit's value; leaving the field says what is wrong (change)
+  const num = (el, old) => (el.checkValidity() ? Number(el.value) : old);
   function read() {
     const before = JSON.stringify([unit.module, unit.processor_res, unit.pixel_perfect, unit.threshold_a, unit.threshold_b]);
     Object.assign(unit, {
       enabled: enabled.checked, module: module.value, model: model.value,
-      weight: Number(form.elements.weight.value), guidance_start: Number(form.elements.guidance_start.value),
-      guidance_end: Number(form.elements.guidance_end.value), control_mode: Number(mode.value),
-      resize_mode: Number(resize.value), pixel_perfect: perfect.checked, processor_res: Math.trunc(Number(res.value)),
+      weight: num(form.elements.weight, unit.weight), guidance_start: num(form.elements.guidance_start, unit.guidance_start),
+      guidance_end: num(form.elements.guidance_end, unit.guidance_end), control_mode: Number(mode.value),
+      resize_mode: Number(resize.value), pixel_perfect: perfect.checked, processor_res: Math.trunc(num(res, unit.processor_res)),
       union_control_type: union.value,
     });
     for (const [key] of THRESHOLDS[unit.module] || []) {
-      if (form.elements[key]) unit[key] = Number(form.elements[key].value);
+      if (form.elements[key]) unit[key] = num(form.elements[key], unit[key]);
     }
     const after = JSON.stringify([unit.module, unit.processor_res, unit.pixel_perfect, unit.threshold_a, unit.threshold_b]);
     if (before !== after) preview();
     res.disabled = perfect.checked;
+    explain();
     changed();
+  }
+  // an enabled unit that a request would leave out says so (activeUnits: a model, and an image in Generate)
+  function explain() {
+    unused.textContent = !unit.enabled ? ""
+      : unit.model === "None" ? (models.length ? "Not used yet: choose a model below."
+        : "Not used: no ControlNet model is installed (put one in the models folder's ControlNet folder).")
+        : !unit.image ? "Generate leaves it out until it has an image; img2img and Inpaint use their canvas image." : "";
+    unused.hidden = !unused.textContent;
   }
   module.addEventListener("change", () => {
     for (const [key, , value] of THRESHOLDS[module.value] || []) unit[key] = value;
@@ -140,7 +152,7 @@ function unitCard(unit, i, models, modules) {
     read();
   });
   form.addEventListener("input", read);
-  form.addEventListener("change", read);
+  form.addEventListener("change", (e) => { if (e.target.type === "number") e.target.reportValidity(); read(); });
 
   function setImage(image, name) {
     unit.image = image;
@@ -160,6 +172,7 @@ function unitCard(unit, i, models, modules) {
   unit.model = model.value;
   showThresholds();
   showImage();
+  explain();
   syncSliders(form);
   preview();
   return { element: form, setFile };

@@ -30,6 +30,7 @@ export async function mount(panel) {
 
   panel.append(h("div", { class: "gen-layout" }, form, results.element));
   settings.attach(panel, form, KEY, generate);
+  hires.refresh();
   script.refresh();
 
   function request() {
@@ -43,7 +44,10 @@ export async function mount(panel) {
   // A1111's ✨ upscale: this form's settings with the hires fix on, one image, the shown image's
   // seeds, and the image itself as the first pass (firstpass_image).
   async function upscale(image, seed, subseed) {
-    if (!checkForm(form)) return;
+    hires.refresh(true);
+    const ok = checkForm(form);
+    hires.refresh();
+    if (!ok) return;
     const body = { ...request(), ...hires.request({ force: true }), batch_size: 1, n_iter: 1,
       firstpass_image: await fileToDataURL(image) };
     if (seed !== undefined) body.seed = seed;

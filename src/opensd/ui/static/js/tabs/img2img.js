@@ -32,7 +32,7 @@ export async function mount(panel, ctx) {
   const [settings, script] = await Promise.all([
     generationSettings({ img2img: true, shownSeed: results.shownSeed, sizeFollowsModel: false }),
     scriptsCard({ img2img: true })]);
-  const extendBy = number("extend_by", { min: 8, max: 1024, step: 8, value: 64 });
+  const extendBy = number("extend_by", { min: 8, max: 1024, step: 8, value: 64, required: false }) // grow() checks it;
   const outpaint = inpaint ? h("div", { class: "card stack", role: "group", "aria-label": "Outpainting" },
     h("h2", {}, "Outpaint"),
     h("div", { class: "row" }, field("Extend by (pixels)", extendBy),

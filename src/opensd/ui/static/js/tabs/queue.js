@@ -1,10 +1,8 @@
 // Queue: every job of both APIs and this UI (GET /opensd/v1/queue, refreshed by the poller), in run
-// order; cancel one (DELETE /opensd/v1/jobs/{id}), clear all waiting, interrupt or skip the running one.
+// order, each with what it does (its task: txt2img, inpaint, extras, ...); cancel one (DELETE /opensd/v1/jobs/{id}), clear all waiting, interrupt or skip the running one.
 import { api } from "../api.js";
 import { clear, confirmDialog, h, icon, toast } from "../dom.js";
 import { EVENTS, emit, on } from "../shared.js";
-
-const KINDS = { a1111: "txt2img/img2img", comfy: "ComfyUI", train: "Training", models: "Merge/convert" };
 
 function row(job, ...controls) {
   const pos = job.position > 0 ? `#${job.position}` : job.position === 0 ? "▶" : "";
@@ -12,7 +10,7 @@ function row(job, ...controls) {
     h("span", { class: "pos", "aria-label": job.position > 0 ? `position ${job.position}` : job.status }, pos),
     h("div", { class: "label" },
       h("span", { class: `pill ${job.status}` }, job.status), " ",
-      h("span", { class: "muted" }, KINDS[job.kind] || job.kind), " ", job.label,
+      h("span", { class: "muted job-task" }, job.task || job.kind), " ", job.label,
       job.error ? h("span", { class: "error job-error" }, job.error) : null),
     h("div", { class: "toolbar" }, controls));
 }

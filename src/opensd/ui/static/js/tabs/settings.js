@@ -89,7 +89,7 @@ function control(key, info, value) {
   }
   if (info.kind === "int" || info.kind === "float") {
     return h("input", { ...attrs, type: "number", step: info.kind === "int" ? 1 : "any", min: info.min, max: info.max,
-      value, inputmode: info.kind === "int" ? "numeric" : "decimal" });
+      value, required: true, inputmode: info.kind === "int" ? "numeric" : "decimal" }); // cleared: refused, not 0
   }
   if (COLOR.test(String(info.default))) return h("input", { ...attrs, type: "color", value });
   return h("input", { ...attrs, type: "text", value: value ?? "" });

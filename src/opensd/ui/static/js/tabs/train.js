@@ -4,7 +4,7 @@
 // result lands in the LoRA / embeddings / checkpoints folder and Generate's pickers list it.
 import { api } from "../api.js";
 import { lineChart } from "../chart.js";
-import { clear, field, h, icon, toast } from "../dom.js";
+import { clear, field, h, icon, nextId, toast } from "../dom.js";
 import { number, select, setOptions } from "../form.js";
 import { loadForm, saveForm } from "../persist.js";
 import { EVENTS, emit, on } from "../shared.js";
@@ -23,16 +23,18 @@ function check(label, name) {
 const text = (name, attrs = {}) => h("input", { name, autocomplete: "off", ...attrs });
 
 export async function mount(panel) {
-  const dataset = datasetEditor(() => { start.disabled = !dataset.count(); });
+  const dataset = datasetEditor(() => ready());
   const type = select("type", TYPES, "lora");
   const model = select("model", []);
+  const why = h("span", { class: "muted start-why", id: nextId("start-why") });
+  const start = h("button", { type: "submit", class: "primary", "aria-describedby": why.id }, icon("sparkle"), "Start training");
   const only = (kind, ...children) => h("div", { class: "grid2", "data-only": kind }, children);
   const form = h("form", { class: "stack", "aria-label": "Training settings" },
     h("div", { class: "grid2" }, field("Train", type), field("Base model", model),
       field("Save as", text("output", { required: true, maxlength: 120, value: "my-lora", spellcheck: "false" }))),
     h("div", { class: "grid2" },
       field("Steps", number("steps", { min: 1, max: 1000000, value: 200 })),
-      field("Learning rate", h("input", { type: "number", name: "lr", min: 0, step: "any", value: LR.lora, inputmode: "decimal" })),
+      field("Learning rate", h("input", { type: "number", name: "lr", min: 0, step: "any", value: LR.lora, inputmode: "decimal", required: true })),
       field("Batch size", number("batch_size", { min: 1, max: 64, value: 1 })),
       field("Resolution", h("input", { type: "number", name: "resolution", min: 8, max: 4096, step: 8, placeholder: "model's own", inputmode: "numeric" })),
       field("Seed", number("seed", { min: 0, max: 4294967295, value: 0 }))),
@@ -52,8 +54,12 @@ export async function mount(panel) {
     field("Sample prompt", text("sample_prompt", { placeholder: "default: the first caption" })),
     h("div", { class: "toolbar" }, h("span", { "data-only": "lora dreambooth" }, check("Train the text encoder too", "train_text_encoder")),
       check("Random horizontal flips", "flip"), check("Replace an existing file", "overwrite")),
-    h("button", { type: "submit", class: "primary" }, icon("sparkle"), "Start training"));
-  const start = form.querySelector("button[type=submit]");
+    h("div", { class: "toolbar" }, start, why));
+  // Start waits for images; a disabled button says nothing by itself, so the note beside it does
+  function ready() {
+    start.disabled = !dataset.count();
+    why.textContent = start.disabled ? "Add images to a dataset first (Dataset, above)." : "";
+  }
 
   const title = h("h2", {}, "No training run selected");
   const line = h("p", { class: "muted", role: "status" }, "Start a run, or pick one below.");
@@ -73,8 +79,11 @@ export async function mount(panel) {
       h("section", { class: "card stack", "aria-label": "Runs" }, h("h2", {}, "Runs"), runs))));
 
   // --- the form ---
+  // another type's fields are hidden and disabled: not sent, and a wrong or cleared value there
+  // cannot block the browser's check of the form (which cannot point at a hidden field)
   const showType = () => form.querySelectorAll("[data-only]").forEach((el) => {
     el.hidden = !el.dataset.only.split(" ").includes(type.value);
+    el.querySelectorAll("input, select, textarea").forEach((control) => { control.disabled = el.hidden; });
   });
   type.addEventListener("change", () => {
     form.elements.lr.value = LR[type.value];
@@ -111,7 +120,7 @@ export async function mount(panel) {
       emit(EVENTS.JOB_QUEUED, { id: queued.job_id });
       await follow(queued.job_id);
       listRuns();
-    } catch (e) { toast(e.message, "error"); } finally { start.disabled = !dataset.count(); }
+    } catch (e) { toast(e.message, "error"); } finally { ready(); }
   }
 
   // --- the selected run ---
