@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_cfg_rescaling,
     nodes_checkpoint_save,
     nodes_clip_vision,
+    nodes_color_transfer,
     nodes_conditioning,
     nodes_controlnet,
     nodes_core,
