@@ -58,6 +58,8 @@ def embed(model: nn.Module, cfg: UNetConfig, timesteps: torch.Tensor, y: torch.T
     if cfg.adm_in_channels:
         if y is None and cfg.guidance_embed:
             y = guidance_embedding(torch.ones(len(emb), device=emb.device), cfg.adm_in_channels)
+        if y is None and cfg.unclip:  # no image: zeros (ComfyUI's SD21UNCLIP)
+            y = torch.zeros(len(emb), cfg.adm_in_channels, device=emb.device)
         if y is None:
             raise ValueError(f"this {type(model).__name__} needs the SDXL 'y' vector "
                              "(pooled text + size conditioning)")

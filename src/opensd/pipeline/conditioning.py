@@ -77,6 +77,7 @@ __all__ = [
     "ScheduledPart",
     "encode_prompts",
     "pad_conditionings",
+    "pooled_width",
     "size_vector",
     "tokenize_prompt",
 ]
@@ -138,6 +139,12 @@ def encode_prompts(model: StableDiffusion, tokenizer: CLIPTokenizer, prompts: li
         if cfg.pooled:
             pooled = out.pooled
     return Conditioning(torch.cat(hidden, dim=-1), pooled)
+
+
+def pooled_width(cfg: ModelConfig) -> int:
+    """The width of the pooled text that starts an SDXL-type "y" (1280 for SDXL and its refiner):
+    the rest is 256-wide embeddings of 6 size ids (5 for the refiner)."""
+    return cfg.unet.adm_in_channels - 256 * (5 if cfg.family == "sdxl_refiner" else 6)
 
 
 def size_vector(cfg: ModelConfig, pooled: torch.Tensor, width: int, height: int,

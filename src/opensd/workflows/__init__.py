@@ -47,6 +47,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_model_merging,
     nodes_model_patches,
     nodes_torch_compile,
+    nodes_unclip,
     nodes_output,
     nodes_primitive,
     nodes_rebatch,

@@ -187,20 +187,21 @@ class Guider:
         """A denoise function that bypasses ComfyUI's composition, or None."""
         return None
 
-    def denoisers(self, shape, sampling, sigmas: torch.Tensor, image_cond: torch.Tensor | None) -> list:
-        """denoise(x, sigma) for each image of a latent batch of `shape`."""
+    def denoisers(self, shape, sampling, sigmas: torch.Tensor, image_cond: torch.Tensor | None,
+                  seed: int = 0) -> list:
+        """denoise(x, sigma) for each image of a latent batch of `shape` (`seed`: the sampler's)."""
         check_widths(self.lists(), self.model.pipe)
-        prepared = prepare(self.lists(), shape, self.model.pipe, sampling, self.negative_kinds)
+        prepared = prepare(self.lists(), shape, self.model.pipe, sampling, self.negative_kinds, seed)
         out = []
         for i in range(shape[0]):
             ic = None if image_cond is None else image_cond[i % image_cond.shape[0]][None]
             own = self.own_guidance(i, shape, sigmas, ic)
             run = ModelRun(self.model, sampling, ic, i)
-            out.append(cached_denoiser(self.model.step_cache, own or self._composed(prepared, run, i, shape, sampling),
-                                       run))
+            denoise = own or self._composed(prepared, run, i, shape, sampling, seed)
+            out.append(cached_denoiser(self.model.step_cache, denoise, run))
         return out
 
-    def _composed(self, prepared: dict, run: ModelRun, image: int, shape, sampling):
+    def _composed(self, prepared: dict, run: ModelRun, image: int, shape, sampling, seed: int = 0):
         names = self.evaluated()
         extra: dict[int, list] = {}
         plain = run.uncached()
@@ -211,7 +212,7 @@ class Guider:
         def predict(conditioning: list, x: torch.Tensor | None = None) -> torch.Tensor:
             if id(conditioning) not in extra:
                 extra[id(conditioning)] = prepare({"negative": conditioning}, shape, self.model.pipe,
-                                                  sampling)["negative"]
+                                                  sampling, seed=seed)["negative"]
             return calc_cond_batch(plain, [extra[id(conditioning)]], step.x if x is None else x, step.sigma, image)[0]
 
         def both(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
