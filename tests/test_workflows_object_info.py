@@ -129,6 +129,8 @@ EXPECTED = {
                           "latent/advanced", "LatentInterpolate", "comfy_extras.nodes_latent", {}),
     "LatentConcat": ({"samples1": LATENT, "samples2": LATENT, "dim": [["x", "-x", "y", "-y", "t", "-t"]]}, ["LATENT"],
                      "latent/advanced", "LatentConcat", "comfy_extras.nodes_latent", {}),
+    "LatentCutToBatch": ({"samples": LATENT, "dim": [["t", "x", "y"]], "slice_size": i(1, 1, MAX, 1)}, ["LATENT"],
+                         "latent/advanced", "LatentCutToBatch", "comfy_extras.nodes_latent", {}),
     "LatentCut": ({"samples": LATENT, "dim": [["x", "y", "t"]], "index": i(0, -MAX, MAX, 1),
                    "amount": i(1, 1, MAX, 1)}, ["LATENT"], "latent/advanced", "LatentCut",
                   "comfy_extras.nodes_latent", {}),
