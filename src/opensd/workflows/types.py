@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import InvalidArgument, OpenSDError
@@ -173,6 +174,9 @@ class Choices:
 # link type ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "CONTROL_NET"),
 # a list of allowed values, or a Choices resolved per context.
 InputSpec = tuple
+# The options of an input ComfyUI declares as (TYPE, {}) rather than (TYPE,): object_info shows the
+# empty options (["WEBCAM", {}]) where an input written ("X", {}) here shows ["X"]
+SHOWN_EMPTY: Any = MappingProxyType({})
 
 
 @dataclass
