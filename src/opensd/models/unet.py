@@ -6,6 +6,7 @@ original-layout state dict loads with no renaming.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -168,6 +169,9 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
+    # set for a run (a GLIGEN fuser): x -> x between the self- and the cross-attention (ComfyUI's middle_patch)
+    between: Callable[[torch.Tensor], torch.Tensor] | None = None
+
     def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
         super().__init__()
         self.attn1 = CrossAttention(dim, heads, dim_head)
@@ -179,6 +183,8 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
+        if self.between is not None:
+            x = self.between(x)
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 

@@ -324,6 +324,19 @@ class PromptConditioner:
                 pooled = out.pooled
         return torch.cat(hidden_parts, dim=-1), pooled
 
+    @torch.no_grad()
+    def last_layer_pooled(self, text: str) -> torch.Tensor:
+        """The first text encoder's pooled output of `text`'s first chunk from its last layer, whatever
+        the CLIP skip (ComfyUI's pooled output; unprojected for an encoder without a projection), (1, width)."""
+        row = self.chunks(text)[0]
+        enc, cfg = self.encoders[0], self.config.text_encoders[0]
+        ids = torch.tensor([row.ids], dtype=torch.long)
+        if cfg.pad_token != EOS:
+            ids[0, row.ids.index(EOS) + 1:] = cfg.pad_token
+        fixes = [[(pos, emb.for_encoder(cfg.naming, cfg.width, len(self.encoders))) for pos, emb in row.fixes]]
+        with self._lock, _inserted(token_embedding(enc, cfg.naming), fixes):
+            return enc(ids.to(self.device), 1).pooled
+
     def empty(self) -> Conditioning:
         """The encoded empty prompt (one chunk), the filler :meth:`pad` uses."""
         if self._empty is None:

@@ -23,6 +23,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_dit,
     nodes_easycache,
     nodes_fooocus_inpaint,
+    nodes_gligen,
     nodes_guidance,
     nodes_guidance_cfg,
     nodes_image,

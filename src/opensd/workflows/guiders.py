@@ -38,6 +38,7 @@ from ..pipeline.conditioning import Conditioning, CondSchedule, ScheduledPart
 from ..pipeline.guidance import plan, self_guided_scale
 from ..sampling.cfg_pp import Guided
 from .conds import calc_cond_batch, check_widths, prepare, region
+from .gligen_patch import grounded
 from .nodes_controlnet import RowControl
 from .step_cache import cached_denoiser, network_cache
 from .types import ModelRef
@@ -123,6 +124,9 @@ class ModelRun:
             if control is not None and any(getattr(p, "resizes_skips", False) for p in self.patches):
                 raise InvalidArgument("model: PatchModelAddDownscale resizes the UNet's skips, which a "
                                       "ControlNet's residuals cannot follow")
+            if entries[0].gligen is not None:
+                patched.enter_context(grounded(self.pipe.family.network(self.pipe.model), *entries[0].gligen,
+                                               crops.shape))
             for patch in self.patches:
                 args = (self.pipe.family.network(self.pipe.model), float(sigma.reshape(-1)[0]))
                 # a patch holding one value per image of the batch (Fooocus inpaint's head) is told
