@@ -551,6 +551,11 @@ EXPECTED = {
                               "rescaling_scale": f(0.0, 0.0, 10.0, 0.01)}, ["MODEL"], "advanced/guidance",
                              "SkipLayerGuidanceDiT", "comfy_extras.nodes_slg",
                              {"experimental": True, "description": SLG_DESCRIPTION}),
+    "SkipLayerGuidanceDiTSimple": ({"model": ["MODEL"], "double_layers": LAYERS, "single_layers": LAYERS,
+                                    "start_percent": f(0.0, 0.0, 1.0, 0.001), "end_percent": f(1.0, 0.0, 1.0, 0.001)},
+                                   ["MODEL"], "advanced/guidance", "SkipLayerGuidanceDiTSimple", "comfy_extras.nodes_slg",
+                                   {"experimental": True, "description": "Simple version of the SkipLayerGuidanceDiT "
+                                                                         "node that only modifies the uncond pass."}),
     "SkipLayerGuidanceSD3": ({"model": ["MODEL"], "layers": LAYERS, **SLG}, ["MODEL"], "advanced/guidance",
                              "SkipLayerGuidanceSD3", "comfy_extras.nodes_sd3",
                              {"experimental": True, "description": SLG_DESCRIPTION}),

@@ -88,6 +88,16 @@ class PostCfgArgs:
     uncond: list | None = None     # the CONDITIONING of the negative side (None: there is none)
 
 
+@dataclass
+class CalcCondArgs:
+    """What a calc_cond_batch function gets (ComfyUI's args dict, same names)."""
+    conds: list                    # [positive entries, negative entries or None when not evaluated]
+    input: torch.Tensor            # x
+    sigma: torch.Tensor
+    calc: Callable[[list], list]   # the plain batch: [entries or None, ...] -> their predictions
+    network: torch.nn.Module       # the model's network, for patches around a prediction
+
+
 class ModelRun:
     """The model on one image's crops: conds.calc_cond_batch's `run`."""
 
@@ -205,6 +215,10 @@ class Guider:
             out.append(cached_denoiser(self.model.step_cache, denoise, run))
         return out
 
+    def calc(self, run: ModelRun, sets: list, x: torch.Tensor, sigma: torch.Tensor, image: int) -> list:
+        """The predictions of the evaluated lists' entries at one step."""
+        return calc_cond_batch(run, sets, x, sigma, image)
+
     def _composed(self, prepared: dict, run: ModelRun, image: int, shape, sampling, seed: int = 0):
         names = self.evaluated()
         extra: dict[int, list] = {}
@@ -222,7 +236,7 @@ class Guider:
         def both(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             nonlocal step
             step = Step(x, sigma, predict, image)
-            preds = dict(zip(names, calc_cond_batch(run, [prepared[n] for n in names], x, sigma, image)))
+            preds = dict(zip(names, self.calc(run, [prepared[n] for n in names], x, sigma, image)))
             guided = self.combine(preds, step)
             return guided, preds.get("negative", guided)
 
@@ -267,6 +281,16 @@ class CFGGuider(Guider):
         skip = math.isclose(self.cfg, 1.0) and not self.needs_uncond  # ComfyUI's cfg1 optimization
         return ["positive"] if self.negative is None or skip else ["positive", "negative"]
 
+    def calc(self, run, sets, x, sigma, image):
+        fn = self.model.calc_cond_batch_function
+        if fn is None:
+            return super().calc(run, sets, x, sigma, image)
+        pipe = self.model.pipe
+        out = fn(CalcCondArgs([sets[0], sets[1] if len(sets) > 1 else None], x, sigma,
+                              lambda conds: calc_cond_batch(run, conds, x, sigma, image),
+                              pipe.family.network(pipe.model)))
+        return out[:len(sets)]
+
     def combine(self, preds, step):
         cond, uncond = preds["positive"], preds.get("negative", torch.zeros_like(step.x))
         conds = [self.positive, self.negative if "negative" in preds else None]
@@ -278,7 +302,7 @@ class CFGGuider(Guider):
         pipe, m = self.model.pipe, self.model
         plain = all(not any(k in (extra or {}) for k in _PLACED) for _, extra in self.positive + (self.negative or []))
         patched = m.sampling is not None or m.latent_format is not None or m.cfg_function or m.output_block_patches \
-            or m.post_cfg_functions or m.network_patches or m.pre_cfg_functions \
+            or m.post_cfg_functions or m.network_patches or m.pre_cfg_functions or m.calc_cond_batch_function \
             or (m.step_cache is not None and m.step_cache.per_network_call)
         text_meta = any(p.is_meta for enc in pipe.family.text_modules(pipe.model) for p in enc.parameters())
         if not pipe.config.cfg_embed_channels or len(self.positive) != 1 or not plain or patched or text_meta \

@@ -102,6 +102,8 @@ class ModelRef:
     pre_cfg_functions: tuple = ()  # fn(PreCfgArgs) -> [cond, uncond] before CFG, in CFGGuider (APG, TCFG)
     cfg_function: Any = None       # sampler_cfg_function(CfgArgs) -> x - denoised (RescaleCFG, PerpNeg)
     post_cfg_functions: tuple = ()  # fn(PostCfgArgs) -> denoised, after CFG (CFGZeroStar, PAG)
+    # fn(CalcCondArgs) -> [cond, uncond] predictions of a CFGGuider's step (SkipLayerGuidanceDiTSimple)
+    calc_cond_batch_function: Any = None
     # fn(network, sigma) -> a context manager around one network call (PatchModelAddDownscale)
     network_patches: tuple = ()
     output_block_patches: tuple = ()  # fn(h, skip) -> (h, skip) before each up block's concat (FreeU)
