@@ -99,7 +99,7 @@ EXPECTED = {
     ]},
     **{name: ({kind.lower(): [kind], "filename_prefix": ["STRING", {"default": prefix}]}, [], "advanced/model_merging",
               name, "comfy_extras.nodes_model_merging", {"output_node": True, "hidden": HIDDEN})
-       for name, kind, prefix in (("ModelSave", "MODEL", "diffusion_models/ComfyUI"),
+       for name, kind, prefix in (("CLIPSave", "CLIP", "clip/ComfyUI"), ("ModelSave", "MODEL", "diffusion_models/ComfyUI"),
                                   ("VAESave", "VAE", "vae/ComfyUI_vae"))},
     "ModelMergeBlocks": ({"model1": ["MODEL"], "model2": ["MODEL"], **{k: RATIO for k in ("input", "middle", "out")}},
                          ["MODEL"], "advanced/model_merging", "ModelMergeBlocks", "comfy_extras.nodes_model_merging",
