@@ -95,7 +95,7 @@ def test_bad_root_and_kind(tmp_path):
     with pytest.raises(InvalidArgument):
         ModelFolders(tmp_path / "nope")
     with pytest.raises(InvalidArgument):
-        ModelFolders(tmp_path).list("gligen")
+        ModelFolders(tmp_path).list("photomaker")  # a ComfyUI folder opensd does not read
     assert [m.path for m in ModelFolders(None).list("checkpoints")] == [BUILTIN_CHECKPOINT]
 
 

@@ -1,4 +1,4 @@
-"""ComfyUI's CheckpointSave on the tiny model: the file (read back with the safetensors library)
+"""ComfyUI's CheckpointSave (and CLIPSave, ModelSave, VAESave) on the tiny model: the file (read back with the safetensors library)
 holds the loaded checkpoint's tensors under its own names with ComfyUI's metadata, numbered inside
 the output folder; a branch's LoRAs are baked in (the saved checkpoint samples as the LoRA'd one);
 parts that do not fit, or a family it cannot write, are one error line."""
@@ -12,12 +12,14 @@ import torch
 from safetensors import safe_open
 from server_live import write_lora
 from workflow_fixtures import Loader, make_ctx, make_models
+from workflow_models import make_all_models
 
 from opensd.errors import InvalidArgument
 from opensd.families import FLUX
 from opensd.workflows import GraphError, execute, validate_prompt
 from opensd.workflows import ksampler as K
 from opensd.workflows import nodes_checkpoint_save as CS
+from opensd.workflows import nodes_loaders as L
 from opensd.workflows.loras import release_all
 from opensd.sampling.model_sampling import continuous_sampling
 from opensd.workflows.nodes_core import clip_text_encode
@@ -136,3 +138,33 @@ def test_model_save_and_vae_save_write_their_parts(ctx, tmp_path):
     want = {k.removeprefix("first_stage_model."): v for k, v in original.items() if k.startswith("first_stage_model.")}
     assert vae.keys() == want.keys() and all(torch.equal(vae[k], want[k]) for k in want)
     assert json.loads(meta["workflow"]) == {"nodes": []} and "modelspec.predict_key" not in meta
+
+
+def test_clip_save_writes_each_text_encoder_as_clip_loader_reads_it(tmp_path):
+    folders, names = make_all_models(tmp_path / "models", {})
+    write_lora(tmp_path / "models" / "loras" / "style.safetensors")
+    ctx = make_ctx(folders, Loader(folders), tmp_path)
+    graph = {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_xl.safetensors"}},
+             "s": {"class_type": "CLIPSave", "inputs": {"clip": ["4", 1], "filename_prefix": "clip/ComfyUI"}}}
+    execute(graph, ctx)
+    for tag in ("l", "g"):  # SDXL's two encoders, each as the separate download ComfyUI users keep
+        saved, meta = _read(ctx.outputs_dir / "clip" / f"ComfyUI_clip_{tag}_00001_.safetensors")
+        want, _ = _read(tmp_path / "models" / "clip" / names[f"xl_clip_{tag}"])
+        assert saved.keys() == want.keys() and all(torch.equal(saved[k], want[k]) for k in want)
+        assert meta["format"] == "pt" and json.loads(meta["prompt"]) == graph
+    # an SD 1.x CLIP with a LoRA baked in: CLIPLoader reads the file back as that CLIP
+    pipe = ctx.load_pipeline("tiny.safetensors")
+    lora = LoraEntry(tmp_path / "models" / "loras" / "style.safetensors", 1.0, 0.7)
+    call = NodeCall(ctx, "9", {}, lambda kind, data: None)
+    CS.clip_save(call, ClipRef(pipe, "tiny", (lora,)), "clip/baked")
+    release_all()
+    baked = ctx.outputs_dir / "clip" / "baked_clip_l_00001_.safetensors"
+    shutil.copy(baked, tmp_path / "models" / "clip" / "baked_clip_l.safetensors")
+    (loaded,) = L.clip_loader(call, "baked_clip_l.safetensors", "stable_diffusion")
+    want = clip_text_encode(None, "a red boat", ClipRef(pipe, "tiny", (lora,)))[0][0][0]
+    torch.testing.assert_close(clip_text_encode(None, "a red boat", loaded)[0][0][0], want)
+    assert not torch.allclose(clip_text_encode(None, "a red boat", ClipRef(pipe, "tiny"))[0][0][0], want)
+    release_all()
+    flux = ClipRef(SimpleNamespace(config=SimpleNamespace(family="flux"), family=FLUX), "flux")
+    with pytest.raises(InvalidArgument, match="^clip: CLIPSave writes the text encoders of SD 1.x/2.x/XL models"):
+        CS.clip_save(call, flux, "clip/x")

@@ -56,6 +56,20 @@ def test_latent_concat_and_cut():
     assert kept["pixel_size"] == (32, 40)
 
 
+def test_latent_cut_to_batch_stacks_slices_image_by_image():
+    s = torch.arange(2 * 1 * 2 * 5, dtype=torch.float32).reshape(2, 1, 2, 5)
+    (out,) = LO.latent_cut_to_batch(None, {"samples": s, "pixel_size": (40, 16)}, "x", 2)
+    # the fifth column is dropped; image 0's two slices, then image 1's
+    want = torch.stack([s[0, :, :, 0:2], s[0, :, :, 2:4], s[1, :, :, 0:2], s[1, :, :, 2:4]])
+    assert torch.equal(out["samples"], want) and out["pixel_size"] == (16, 16)
+    (rows,) = LO.latent_cut_to_batch(None, {"samples": s}, "y", 1)
+    assert torch.equal(rows["samples"], torch.stack([s[0, :, 0:1], s[0, :, 1:2], s[1, :, 0:1], s[1, :, 1:2]]))
+    (whole,) = LO.latent_cut_to_batch(None, {"samples": s}, "x", 9)  # a slice wider than the latent: one slice
+    assert torch.equal(whole["samples"], s)
+    latent = {"samples": s}
+    assert LO.latent_cut_to_batch(None, latent, "t", 2)[0] is latent  # an image latent has no time axis
+
+
 def test_latent_batch_seed_behavior_picks_the_noise():
     s = torch.zeros(3, 4, 2, 2)
     (fixed,) = LO.latent_batch_seed_behavior(None, {"samples": s, "batch_index": [4, 5, 6]}, "fixed")

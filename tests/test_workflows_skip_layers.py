@@ -81,12 +81,17 @@ def _slg_by_hand(pipe, pos, double, single, scale, rescale, window):
     return fn
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
-def test_skip_layer_guidance_dit_guides_the_steps_in_its_window(pipes, family):
+def _plain_run(pipes, family):
+    """(pipe, MODEL, positive, negative, latent, the plain sampling's result) of a family's tiny network."""
     pipe = pipes[family]
     model, (pos, neg) = ModelRef(pipe, family), _conds(pipe)
     latent = {"samples": torch.zeros(1, 16, 8, 8)}
-    plain = K.sample(model, pos, neg, latent, **KW)["samples"]
+    return pipe, model, pos, neg, latent, K.sample(model, pos, neg, latent, **KW)["samples"]
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_skip_layer_guidance_dit_guides_the_steps_in_its_window(pipes, family):
+    pipe, model, pos, neg, latent, plain = _plain_run(pipes, family)
     single = "1" if family == "flux" else ""
     (slg,) = G.skip_layer_guidance_dit(None, model, "layer 0;", single, 2.0, 0.0, 0.6, 0.5)
     got = K.sample(slg, pos, neg, latent, **KW)["samples"]
@@ -105,6 +110,30 @@ def test_skip_layer_guidance_dit_guides_the_steps_in_its_window(pipes, family):
     assert G.skip_layer_guidance_dit(None, model, "", "none", 2.0, 0.0, 1.0)[0] is model
     (zero,) = G.skip_layer_guidance_sd3(None, model, "0, 1", 0.0, 0.0, 1.0)
     assert torch.equal(K.sample(zero, pos, neg, latent, **KW)["samples"], plain)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_the_simple_variant_predicts_the_negative_with_blocks_skipped(pipes, family):
+    pipe, model, pos, neg, latent, plain = _plain_run(pipes, family)
+    single = [1] if family == "flux" else []
+    (simple,) = G.skip_layer_guidance_dit_simple(None, model, "0", ",".join(map(str, single)), 0.0, 0.6)
+    got = K.sample(simple, pos, neg, latent, **KW)["samples"]
+    end = K.sampling_of(model).percent_to_sigma(0.6)
+    net = pipe.family.network(pipe.model)
+
+    def hand(args):  # plain CFG on the negative predicted again with the blocks skipped, in the window
+        uncond = args.uncond_denoised
+        if end <= float(args.sigma.reshape(-1)[0]):
+            with skip_blocks(net, [0], single):
+                uncond = args.predict(neg)
+        return args.input - (uncond + (args.cond_denoised - uncond) * args.cond_scale)
+    want = K.sample(replace(model, cfg_function=hand), pos, neg, latent, **KW)["samples"]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-4)
+    assert G.skip_layer_guidance_dit_simple(None, model, "", "", 0.0, 1.0)[0] is model
+    one = dict(KW, cfg=1.0)  # no negative evaluated: nothing to skip
+    assert torch.equal(K.sample(simple, pos, neg, latent, **one)["samples"], K.sample(model, pos, neg, latent,
+                                                                                      **one)["samples"])
 
 
 def test_skip_layer_guidance_sd3_skips_double_blocks_only(pipes):

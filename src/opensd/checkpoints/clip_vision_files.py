@@ -152,10 +152,31 @@ def load_clip_vision(path, device: torch.device | str = "cpu", dtype: torch.dtyp
     """A CLIP vision or SigLIP file as a ready (eval) :class:`VisionModel`. Keys it does not use
     (a whole CLIP's text_model, SigLIP's pooling head) are ignored, as ComfyUI ignores them."""
     path = Path(path)
+    return vision_model(read_state_dict(path), read_metadata(path), path, device, dtype)
+
+
+# Where a Stable unCLIP checkpoint keeps the image encoder its embeddings were trained on: OpenCLIP's
+# ViT-H image tower (unclip-h, under embedder.model.visual.) or transformers' CLIP ViT-L (unclip-l)
+CHECKPOINT_ENCODER = "embedder.model."
+
+
+def checkpoint_image_encoder(path, device: torch.device | str = "cpu",
+                             dtype: torch.dtype = torch.float32) -> VisionModel | None:
+    """The image encoder inside a checkpoint (Stable unCLIP's ``embedder.model.*``), or None when it has none."""
+    path = Path(path)
     sd = read_state_dict(path)
+    inner = {k[len(CHECKPOINT_ENCODER):]: v for k, v in sd.items() if k.startswith(CHECKPOINT_ENCODER)}
+    if not any(k.startswith((VISION, OPENCLIP)) for k in inner):
+        return None
+    return vision_model(inner, read_metadata(path), path, device, dtype)
+
+
+def vision_model(sd: dict[str, torch.Tensor], metadata: dict[str, str], path,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> VisionModel:
+    """The encoder of a state dict in transformers' or OpenCLIP's layout (load_clip_vision's rules)."""
     if OPENCLIP + "transformer.resblocks.0.attn.in_proj_weight" in sd:
         sd = from_openclip(sd)
-    cfg = detect_vision({k: tuple(v.shape) for k, v in sd.items()}, read_metadata(path), path)
+    cfg = detect_vision({k: tuple(v.shape) for k, v in sd.items()}, metadata, path)
     wanted = _expected(cfg)
     for key, shape in wanted.items():
         if key not in sd:

@@ -48,6 +48,8 @@ def detect(shapes: Shapes, path: str = "<state dict>", metadata: Mapping[str, st
     unet = infer_unet(shapes, UNET, sd1_heads=family == "sd1")
     if family == "small" and unet.adm_in_channels:  # our small models' only "y" is the CFG scale
         unet = replace(unet, guidance_embed=True)
+    if family == "sd2" and unet.adm_in_channels:  # Stable unCLIP 2.1: "y" is the image embedding
+        unet = replace(unet, unclip=True)
     if META_HEADS in metadata or META_HEAD_CHANNELS in metadata:
         unet = replace(unet, num_heads=int(metadata.get(META_HEADS, -1)),
                        num_head_channels=int(metadata.get(META_HEAD_CHANNELS, -1)))

@@ -34,11 +34,14 @@ class UNetConfig:
     # scale (adm_in_channels wide), so one UNet call on the prompt gives the guided prediction; with
     # no "y" the UNet embeds scale 1, the plain conditional prediction.
     guidance_embed: bool = False
+    # Stable unCLIP (SD 2.1 unclip-l/-h): "y" is a noise-augmented CLIP image embedding and its noise
+    # level's embedding (pipeline.unclip); with no image, zeros, as ComfyUI gives it.
+    unclip: bool = False
 
     @property
     def size_conditioned(self) -> bool:
         """Whether "y" is SDXL's pooled text + size/crop vector (built by conditioning.size_vector)."""
-        return bool(self.adm_in_channels) and not self.guidance_embed
+        return bool(self.adm_in_channels) and not self.guidance_embed and not self.unclip
 
     def heads_for(self, channels: int) -> int:
         if self.num_heads > 0:

@@ -6,6 +6,7 @@ original-layout state dict loads with no renaming.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -58,6 +59,8 @@ def embed(model: nn.Module, cfg: UNetConfig, timesteps: torch.Tensor, y: torch.T
     if cfg.adm_in_channels:
         if y is None and cfg.guidance_embed:
             y = guidance_embedding(torch.ones(len(emb), device=emb.device), cfg.adm_in_channels)
+        if y is None and cfg.unclip:  # no image: zeros (ComfyUI's SD21UNCLIP)
+            y = torch.zeros(len(emb), cfg.adm_in_channels, device=emb.device)
         if y is None:
             raise ValueError(f"this {type(model).__name__} needs the SDXL 'y' vector "
                              "(pooled text + size conditioning)")
@@ -166,6 +169,9 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
+    # set for a run (a GLIGEN fuser): x -> x between the self- and the cross-attention (ComfyUI's middle_patch)
+    between: Callable[[torch.Tensor], torch.Tensor] | None = None
+
     def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
         super().__init__()
         self.attn1 = CrossAttention(dim, heads, dim_head)
@@ -177,6 +183,8 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
+        if self.between is not None:
+            x = self.between(x)
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 

@@ -77,6 +77,7 @@ __all__ = [
     "ScheduledPart",
     "encode_prompts",
     "pad_conditionings",
+    "pooled_width",
     "size_vector",
     "tokenize_prompt",
 ]
@@ -138,6 +139,12 @@ def encode_prompts(model: StableDiffusion, tokenizer: CLIPTokenizer, prompts: li
         if cfg.pooled:
             pooled = out.pooled
     return Conditioning(torch.cat(hidden, dim=-1), pooled)
+
+
+def pooled_width(cfg: ModelConfig) -> int:
+    """The width of the pooled text that starts an SDXL-type "y" (1280 for SDXL and its refiner):
+    the rest is 256-wide embeddings of 6 size ids (5 for the refiner)."""
+    return cfg.unet.adm_in_channels - 256 * (5 if cfg.family == "sdxl_refiner" else 6)
 
 
 def size_vector(cfg: ModelConfig, pooled: torch.Tensor, width: int, height: int,
@@ -316,6 +323,19 @@ class PromptConditioner:
             if want_pooled and cfg.pooled:
                 pooled = out.pooled
         return torch.cat(hidden_parts, dim=-1), pooled
+
+    @torch.no_grad()
+    def last_layer_pooled(self, text: str) -> torch.Tensor:
+        """The first text encoder's pooled output of `text`'s first chunk from its last layer, whatever
+        the CLIP skip (ComfyUI's pooled output; unprojected for an encoder without a projection), (1, width)."""
+        row = self.chunks(text)[0]
+        enc, cfg = self.encoders[0], self.config.text_encoders[0]
+        ids = torch.tensor([row.ids], dtype=torch.long)
+        if cfg.pad_token != EOS:
+            ids[0, row.ids.index(EOS) + 1:] = cfg.pad_token
+        fixes = [[(pos, emb.for_encoder(cfg.naming, cfg.width, len(self.encoders))) for pos, emb in row.fixes]]
+        with self._lock, _inserted(token_embedding(enc, cfg.naming), fixes):
+            return enc(ids.to(self.device), 1).pooled
 
     def empty(self) -> Conditioning:
         """The encoded empty prompt (one chunk), the filler :meth:`pad` uses."""

@@ -11,7 +11,7 @@ from ..library.hashes import safetensors_metadata
 
 # ComfyUI's model folder names; ours are spelled the same (library.models_dir.LAYOUT)
 MODEL_FOLDERS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models", "unet", "clip",
-                 "configs", "clip_vision", "style_models", "ipadapter", "inpaint",
+                 "configs", "clip_vision", "style_models", "ipadapter", "inpaint", "gligen",
                  "hypernetworks")
 
 

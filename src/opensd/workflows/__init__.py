@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_cfg_rescaling,
     nodes_checkpoint_save,
     nodes_clip_vision,
+    nodes_color_transfer,
     nodes_conditioning,
     nodes_controlnet,
     nodes_core,
@@ -22,6 +23,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_dit,
     nodes_easycache,
     nodes_fooocus_inpaint,
+    nodes_gligen,
     nodes_guidance,
     nodes_guidance_cfg,
     nodes_image,
@@ -47,6 +49,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_model_merging,
     nodes_model_patches,
     nodes_torch_compile,
+    nodes_unclip,
     nodes_output,
     nodes_primitive,
     nodes_rebatch,
@@ -60,12 +63,13 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_tooling,
     nodes_unet_attention,
     nodes_upscale,
+    nodes_webcam,
 )
 from .autogrow import AUTOGROW, Autogrow
 from .dynamic_combo import DYNAMIC_COMBO, DynamicCombo
 from .executor import OutputCache, execute, validate_prompt
 from .graph import check_prompt
-from .types import NODES, Choices, ExecutionContext, GraphError, NodeError
+from .types import NODES, SHOWN_EMPTY, Choices, ExecutionContext, GraphError, NodeError
 
 __all__ = ["ExecutionContext", "GraphError", "NodeError", "OutputCache", "check_prompt", "execute",
            "object_info", "validate_prompt"]
@@ -84,7 +88,7 @@ def _spec_json(spec: tuple, ctx: ExecutionContext | None, pair: bool = False) ->
         kind = kind.values(ctx) or []
     elif isinstance(kind, (list, tuple)):
         kind = list(kind)
-    return [kind, opts] if opts or pair else [kind]
+    return [kind, opts] if opts or pair or (len(spec) > 1 and spec[1] is SHOWN_EMPTY) else [kind]
 
 
 def object_info(ctx: ExecutionContext | None = None, node_class: str | None = None) -> dict:

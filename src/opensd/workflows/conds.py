@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidArgument
-from ..pipeline.conditioning import size_vector
+from ..pipeline.conditioning import pooled_width, size_vector
 from ..pipeline.instruct_pix2pix import takes_scaled_image
+from ..pipeline.unclip import unclip_vector
 
 FEATHER = 8  # cells over which an area's inner edges fade in
 MAX_REFERENCE_PIXELS = 16_000_000  # ReferenceLatent's images, all together: 16 times Kontext's sizes
@@ -58,6 +59,7 @@ class Entry:
     guidance: float | None = None               # distilled guidance (FluxGuidance; None: the model's default)
     concat: torch.Tensor | None = None          # (B, 5, H, W) an inpainting model's [mask, masked image] channels
     references: tuple | None = None             # ReferenceLatent's latents, model-scaled (Kontext)
+    gligen: tuple | None = None                 # (Gligen, boxes): GLIGENTextBoxApply's grounding (gligen_patch.py)
     negative: bool = False                      # from a negative-kind list (ComfyUI's cond_or_uncond): IP-Adapter
                                                 # gives it the uncond tokens, regions skip it
 
@@ -77,10 +79,11 @@ def check_widths(named: dict[str, list], pipe) -> None:
                                       f"takes {width} (is it from another model's CLIP?)")
 
 
-def prepare(named: dict[str, list], shape, pipe, sampling, negative_kinds=("negative",)) -> dict[str, list[Entry]]:
+def prepare(named: dict[str, list], shape, pipe, sampling, negative_kinds=("negative",),
+            seed: int = 0) -> dict[str, list[Entry]]:
     """Each conditioning list of a guider (by name: "positive", "negative", ...) as Entries for a
-    latent batch of `shape` (B, C, H, W)."""
-    out = {k: [_entry(ctx, extra or {}, k in negative_kinds, shape, pipe, sampling) for ctx, extra in conds]
+    latent batch of `shape` (B, C, H, W); `seed`: the sampler's (unCLIP's embedding noise)."""
+    out = {k: [_entry(ctx, extra or {}, k in negative_kinds, shape, pipe, sampling, seed) for ctx, extra in conds]
            for k, conds in named.items()}
     for k in out:
         for e in out[k]:
@@ -94,7 +97,7 @@ def prepare(named: dict[str, list], shape, pipe, sampling, negative_kinds=("nega
     return out
 
 
-def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, sampling) -> Entry:
+def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, sampling, seed: int = 0) -> Entry:
     h, w = shape[2:]
     area = extra.get("area")
     if area is not None and area[0] == "percentage":
@@ -110,14 +113,20 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
             area = _bounds(mask)
     start, end = extra.get("start_percent"), extra.get("end_percent")
     return Entry(
-        context=context.to(pipe.device, torch.float32), y=_adm(extra, negative, shape, pipe),
+        context=context.to(pipe.device, torch.float32), y=_adm(extra, negative, shape, pipe, seed),
         area=None if area is None else tuple(int(v) for v in area), mask=mask,
         strength=float(extra.get("strength", 1.0)), mask_strength=float(extra.get("mask_strength", 1.0)),
         sigma_start=None if start is None else sampling.percent_to_sigma(start),
         sigma_end=None if end is None else sampling.percent_to_sigma(end),
         control=extra.get("control"), control_to_uncond=bool(extra.get("control_apply_to_uncond")),
         guidance=extra.get("guidance"), concat=_concat(extra, shape, pipe), references=_references(extra, pipe),
-        negative=negative)
+        gligen=_gligen(extra), negative=negative)
+
+
+def _gligen(extra: dict) -> tuple | None:
+    """GLIGENTextBoxApply's ("position", GLIGEN, boxes) as (the model, the boxes)."""
+    value = extra.get("gligen")
+    return None if value is None else (value[1].model, list(value[2]))
 
 
 def _references(extra: dict, pipe) -> tuple | None:
@@ -174,12 +183,21 @@ def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return (max(8, y1 - y0 + 1), max(8, x1 - x0 + 1), y0, x0)
 
 
-def _adm(extra: dict, negative: bool, shape, pipe) -> torch.Tensor | None:
+def _adm(extra: dict, negative: bool, shape, pipe, seed: int = 0) -> torch.Tensor | None:
     cfg = pipe.config
-    if not cfg.size_conditioned:  # DiT families take the pooled text as it is
+    unet = getattr(cfg, "unet", None)  # the DiT families have none
+    if unet is not None and unet.unclip:  # Stable unCLIP: the image embedding (zeros without one)
+        if "unclip_conditioning" not in extra:
+            return torch.zeros(1, unet.adm_in_channels, device=pipe.device)
+        merge = extra.get("unclip_noise_augment_merge", 0.05)
+        return _unclip(extra, unet.adm_in_channels // 2, seed, merge, "this Stable unCLIP model").to(pipe.device)
+    if not cfg.size_conditioned:  # DiT families take the pooled text as it is (unCLIP images: ignored, as ComfyUI)
         pooled = extra.get("pooled_output")
         return pooled.float().to(pipe.device) if cfg.pooled_y and pooled is not None else None
     pooled = extra.get("pooled_output")
+    if "unclip_conditioning" in extra:  # SDXL "ReVision": the image embedding in place of the pooled text
+        width = pooled_width(cfg)  # 1280, ComfyUI's sdxl_pooled
+        pooled = _unclip(extra, width, seed, 0.0, "SDXL")[:, :width]
     if pooled is None:
         raise ValueError("conditioning: this SDXL-type model needs the pooled text vector; encode the "
                          "prompt with this model's CLIP")
@@ -189,6 +207,18 @@ def _adm(extra: dict, negative: bool, shape, pipe) -> torch.Tensor | None:
                     extra.get("aesthetic_score", 2.5 if negative else 6.0), extra.get("crop_w", 0),
                     extra.get("crop_h", 0), extra.get("target_width"), extra.get("target_height"))
     return y.to(pipe.device)
+
+
+def _unclip(extra: dict, width: int, seed: int, merge: float, model: str) -> torch.Tensor:
+    """unCLIPConditioning's entries as the (1, 2 x width) vector of pipeline.unclip (noise from seed - 10)."""
+    units = []
+    for unit in extra["unclip_conditioning"]:
+        embeds = unit["clip_vision_output"].image_embeds
+        if embeds.ndim != 2 or embeds.shape[1] != width:
+            raise InvalidArgument(f"unCLIPConditioning: {model} takes CLIP image embeddings {width} wide; the "
+                                  f"clip_vision_output has {tuple(embeds.shape)} (from another CLIP vision model?)")
+        units.append((embeds, float(unit["strength"]), float(unit["noise_augmentation"])))
+    return unclip_vector(units, seed - 10, merge)
 
 
 def _inside(a: tuple, b: tuple) -> bool:
@@ -271,8 +301,9 @@ def calc_cond_batch(run, sets: list[list[Entry] | None], x: torch.Tensor, sigma:
                 continue
             area, mult = _area_and_mult(e, x, image)
             shape = tuple(region(x, area).shape)
-            # one model call per group: same crop size, ControlNet hint and context shape
-            key = (shape, id(e.control), tuple(e.context.shape), e.y is None, e.guidance, id(e.references))
+            # one model call per group: same crop size, ControlNet hint and context shape, no GLIGEN
+            key = (shape, id(e.control), tuple(e.context.shape), e.y is None, e.guidance, id(e.references),
+                   None if e.gligen is None else id(e))  # a grounded entry runs alone, as in ComfyUI
             groups.setdefault(key, []).append((i, e, area, mult))
     for group in groups.values():
         crops = torch.cat([region(x, area) for _, _, area, _ in group])

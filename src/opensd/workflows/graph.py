@@ -36,8 +36,9 @@ def bounding_box(value) -> dict:
 
 
 # "COMBO" with no list (LoadImageOutput's image, filled by the frontend): taken as sent, for the node's check
+# widget kinds a literal may be sent for, and how it is read (WEBCAM: WebcamCapture's uploaded file name)
 _CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool, "COMBO": lambda value: value,
-            "BOUNDING_BOX": bounding_box}
+            "BOUNDING_BOX": bounding_box, "WEBCAM": lambda value: value}
 _MISSING = object()
 _JSON_KINDS = {bool: "BOOLEAN", int: "INT", float: "FLOAT", str: "STRING"}
 # Nodes in one prompt. ComfyUI sets none; its largest shared workflows hold a few thousand. Each node

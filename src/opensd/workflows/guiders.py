@@ -38,6 +38,7 @@ from ..pipeline.conditioning import Conditioning, CondSchedule, ScheduledPart
 from ..pipeline.guidance import plan, self_guided_scale
 from ..sampling.cfg_pp import Guided
 from .conds import calc_cond_batch, check_widths, prepare, region
+from .gligen_patch import grounded
 from .nodes_controlnet import RowControl
 from .step_cache import cached_denoiser, network_cache
 from .types import ModelRef
@@ -87,6 +88,16 @@ class PostCfgArgs:
     uncond: list | None = None     # the CONDITIONING of the negative side (None: there is none)
 
 
+@dataclass
+class CalcCondArgs:
+    """What a calc_cond_batch function gets (ComfyUI's args dict, same names)."""
+    conds: list                    # [positive entries, negative entries or None when not evaluated]
+    input: torch.Tensor            # x
+    sigma: torch.Tensor
+    calc: Callable[[list], list]   # the plain batch: [entries or None, ...] -> their predictions
+    network: torch.nn.Module       # the model's network, for patches around a prediction
+
+
 class ModelRun:
     """The model on one image's crops: conds.calc_cond_batch's `run`."""
 
@@ -123,6 +134,9 @@ class ModelRun:
             if control is not None and any(getattr(p, "resizes_skips", False) for p in self.patches):
                 raise InvalidArgument("model: PatchModelAddDownscale resizes the UNet's skips, which a "
                                       "ControlNet's residuals cannot follow")
+            if entries[0].gligen is not None:
+                patched.enter_context(grounded(self.pipe.family.network(self.pipe.model), *entries[0].gligen,
+                                               crops.shape))
             for patch in self.patches:
                 args = (self.pipe.family.network(self.pipe.model), float(sigma.reshape(-1)[0]))
                 # a patch holding one value per image of the batch (Fooocus inpaint's head) is told
@@ -187,20 +201,25 @@ class Guider:
         """A denoise function that bypasses ComfyUI's composition, or None."""
         return None
 
-    def denoisers(self, shape, sampling, sigmas: torch.Tensor, image_cond: torch.Tensor | None) -> list:
-        """denoise(x, sigma) for each image of a latent batch of `shape`."""
+    def denoisers(self, shape, sampling, sigmas: torch.Tensor, image_cond: torch.Tensor | None,
+                  seed: int = 0) -> list:
+        """denoise(x, sigma) for each image of a latent batch of `shape` (`seed`: the sampler's)."""
         check_widths(self.lists(), self.model.pipe)
-        prepared = prepare(self.lists(), shape, self.model.pipe, sampling, self.negative_kinds)
+        prepared = prepare(self.lists(), shape, self.model.pipe, sampling, self.negative_kinds, seed)
         out = []
         for i in range(shape[0]):
             ic = None if image_cond is None else image_cond[i % image_cond.shape[0]][None]
             own = self.own_guidance(i, shape, sigmas, ic)
             run = ModelRun(self.model, sampling, ic, i)
-            out.append(cached_denoiser(self.model.step_cache, own or self._composed(prepared, run, i, shape, sampling),
-                                       run))
+            denoise = own or self._composed(prepared, run, i, shape, sampling, seed)
+            out.append(cached_denoiser(self.model.step_cache, denoise, run))
         return out
 
-    def _composed(self, prepared: dict, run: ModelRun, image: int, shape, sampling):
+    def calc(self, run: ModelRun, sets: list, x: torch.Tensor, sigma: torch.Tensor, image: int) -> list:
+        """The predictions of the evaluated lists' entries at one step."""
+        return calc_cond_batch(run, sets, x, sigma, image)
+
+    def _composed(self, prepared: dict, run: ModelRun, image: int, shape, sampling, seed: int = 0):
         names = self.evaluated()
         extra: dict[int, list] = {}
         plain = run.uncached()
@@ -211,13 +230,13 @@ class Guider:
         def predict(conditioning: list, x: torch.Tensor | None = None) -> torch.Tensor:
             if id(conditioning) not in extra:
                 extra[id(conditioning)] = prepare({"negative": conditioning}, shape, self.model.pipe,
-                                                  sampling)["negative"]
+                                                  sampling, seed=seed)["negative"]
             return calc_cond_batch(plain, [extra[id(conditioning)]], step.x if x is None else x, step.sigma, image)[0]
 
         def both(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             nonlocal step
             step = Step(x, sigma, predict, image)
-            preds = dict(zip(names, calc_cond_batch(run, [prepared[n] for n in names], x, sigma, image)))
+            preds = dict(zip(names, self.calc(run, [prepared[n] for n in names], x, sigma, image)))
             guided = self.combine(preds, step)
             return guided, preds.get("negative", guided)
 
@@ -262,6 +281,16 @@ class CFGGuider(Guider):
         skip = math.isclose(self.cfg, 1.0) and not self.needs_uncond  # ComfyUI's cfg1 optimization
         return ["positive"] if self.negative is None or skip else ["positive", "negative"]
 
+    def calc(self, run, sets, x, sigma, image):
+        fn = self.model.calc_cond_batch_function
+        if fn is None:
+            return super().calc(run, sets, x, sigma, image)
+        pipe = self.model.pipe
+        out = fn(CalcCondArgs([sets[0], sets[1] if len(sets) > 1 else None], x, sigma,
+                              lambda conds: calc_cond_batch(run, conds, x, sigma, image),
+                              pipe.family.network(pipe.model)))
+        return out[:len(sets)]
+
     def combine(self, preds, step):
         cond, uncond = preds["positive"], preds.get("negative", torch.zeros_like(step.x))
         conds = [self.positive, self.negative if "negative" in preds else None]
@@ -273,7 +302,7 @@ class CFGGuider(Guider):
         pipe, m = self.model.pipe, self.model
         plain = all(not any(k in (extra or {}) for k in _PLACED) for _, extra in self.positive + (self.negative or []))
         patched = m.sampling is not None or m.latent_format is not None or m.cfg_function or m.output_block_patches \
-            or m.post_cfg_functions or m.network_patches or m.pre_cfg_functions \
+            or m.post_cfg_functions or m.network_patches or m.pre_cfg_functions or m.calc_cond_batch_function \
             or (m.step_cache is not None and m.step_cache.per_network_call)
         text_meta = any(p.is_meta for enc in pipe.family.text_modules(pipe.model) for p in enc.parameters())
         if not pipe.config.cfg_embed_channels or len(self.positive) != 1 or not plain or patched or text_meta \

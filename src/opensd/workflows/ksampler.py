@@ -178,7 +178,7 @@ def run(guider: Guider, noise: torch.Tensor, samples: torch.Tensor, sampler: Sam
             raise InvalidArgument(f"sampler: {sampler.name} changes the latent's size, which a noise mask "
                                   "or an inpainting model's masked image cannot follow")
         if shape not in by_shape:
-            by_shape[shape] = guider.denoisers(shape, ms, sigmas, image_cond)
+            by_shape[shape] = guider.denoisers(shape, ms, sigmas, image_cond, seed)
         return by_shape[shape]
 
     def both(xb: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""CheckpointSave, ModelSave and VAESave (ComfyUI comfy_extras.nodes_model_merging).
+"""CheckpointSave, CLIPSave, ModelSave and VAESave (ComfyUI comfy_extras.nodes_model_merging).
 
 CheckpointSave: a MODEL, a CLIP and a VAE written as
 one original-layout checkpoint -- model.diffusion_model.*, the text encoders (cond_stage_model.* or
@@ -13,13 +13,16 @@ CosXL checkpoint's own) their sigma bounds, which loaders read back (checkpoints
 The three parts must fit one model: the CLIP's and the VAE's tensors the names and shapes the
 MODEL's checkpoint has for them. Stable Diffusion 1.x/2.x/XL models only. ModelSave writes the
 MODEL's part alone the same way (diffusion_models/ComfyUI_00001_.safetensors); VAESave the VAE's
-tensors under their own names (vae/ComfyUI_vae_00001_.safetensors) with the prompt and workflow."""
+tensors under their own names (vae/ComfyUI_vae_00001_.safetensors) with the prompt and workflow;
+CLIPSave each text encoder in transformers' layout (clip/ComfyUI_clip_l_00001_.safetensors, _clip_g,
+_clip_h), as CLIPLoader and DualCLIPLoader read them."""
 from __future__ import annotations
 
 import json
 
 import torch
 
+from ..checkpoints.keymap_clip import clip_to_transformers
 from ..errors import InvalidArgument
 from ..sampling.model_sampling import ContinuousSampling
 from .clip_patches import scaled_tensors
@@ -117,13 +120,41 @@ def vae_save(call, vae, filename_prefix, prompt=None, extra_pnginfo=None):
     return {"result": ()}
 
 
+# the text encoders of each family's checkpoint: (ComfyUI's name for it, where its tensors start)
+_ENCODERS = {"sd1": (("clip_l", "cond_stage_model."),), "small": (("clip_l", "cond_stage_model."),),
+             "sd2": (("clip_h", "cond_stage_model."),),
+             "sdxl": (("clip_l", "conditioner.embedders.0."), ("clip_g", "conditioner.embedders.1.")),
+             "sdxl_refiner": (("clip_g", "conditioner.embedders.0."),)}
+
+
+def clip_save(call, clip, filename_prefix, prompt=None, extra_pnginfo=None):
+    """Each text encoder of the CLIP, LoRAs and merges baked in, as a file of its own in transformers'
+    layout (what CLIPLoader reads), named ``<prefix>_<clip_l|clip_g|clip_h>_00001_.safetensors``."""
+    pipe = clip.pipe
+    encoders = _ENCODERS.get(pipe.config.family)
+    if encoders is None:
+        raise InvalidArgument(f"clip: CLIPSave writes the text encoders of SD 1.x/2.x/XL models; this CLIP is "
+                              f"{pipe.family.label}'s")
+    activate(clip, part="te")
+    te = _copy(clip, "te", "clip", _tensors(pipe, "te"))
+    te = te if clip.attention is None else scaled_tensors(te, clip.attention)
+    metadata = {"format": "pt"} | _run_metadata(prompt, extra_pnginfo)
+    for (label, start), cfg in zip(encoders, pipe.config.text_encoders):
+        inner = start + ("transformer." if cfg.naming == "hf" else "model.")
+        tensors = clip_to_transformers({k[len(inner):]: v for k, v in te.items() if k.startswith(inner)}, cfg)
+        target, sub, name, counter = save_path(call.ctx.outputs_dir, f"{filename_prefix}_{label}", 0, 0)
+        save_numbered_safetensors(target, name, counter, ".safetensors", tensors, metadata)
+    return {"result": ()}
+
+
 register(NodeDef(
     "CheckpointSave", checkpoint_save,
     {"model": ("MODEL", {}), "clip": ("CLIP", {}), "vae": ("VAE", {}),
      "filename_prefix": ("STRING", {"default": "checkpoints/ComfyUI"})},
     hidden=SAVE_HIDDEN, category="advanced/model_merging", display_name="Save Checkpoint", output_node=True,
     module="comfy_extras.nodes_model_merging", check=check_prefix))
-for _name, _fn, _kind, _prefix in (("ModelSave", model_save, "MODEL", "diffusion_models/ComfyUI"),
+for _name, _fn, _kind, _prefix in (("CLIPSave", clip_save, "CLIP", "clip/ComfyUI"),
+                                   ("ModelSave", model_save, "MODEL", "diffusion_models/ComfyUI"),
                                    ("VAESave", vae_save, "VAE", "vae/ComfyUI_vae")):
     register(NodeDef(
         _name, _fn, {_kind.lower(): (_kind, {}), "filename_prefix": ("STRING", {"default": _prefix})},

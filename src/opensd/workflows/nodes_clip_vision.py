@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..checkpoints.clip_vision_files import load_clip_vision, read_style_model
+from ..errors import InvalidArgument
 from ..models.clip_vision import VisionModel, VisionOutput, preprocess, resized_size
 from ..models.redux import ReduxImageEncoder
 from ..pipeline.device import PRECISIONS, resolve_device
@@ -39,7 +40,7 @@ class StyleModelRef:
     name: str
 
 
-def _where(ctx) -> tuple[torch.device, torch.dtype]:
+def device_and_dtype(ctx) -> tuple[torch.device, torch.dtype]:
     device = resolve_device(ctx.device)
     if ctx.precision in PRECISIONS:
         return device, PRECISIONS[ctx.precision]
@@ -52,7 +53,7 @@ def _param(module: torch.nn.Module) -> torch.Tensor:
 
 def clip_vision_loader(call, clip_name):
     path = call.ctx.folders.resolve("clip_vision", clip_name)
-    device, dtype = _where(call.ctx)
+    device, dtype = device_and_dtype(call.ctx)
     return (ClipVisionRef(load_clip_vision(path, device, dtype), clip_name),)
 
 
@@ -62,6 +63,9 @@ register(NodeDef(
 
 
 def clip_vision_encode(call, clip_vision, image, crop="center"):
+    if clip_vision is None:
+        raise InvalidArgument("clip_vision: none given (unCLIPCheckpointLoader gives one only for a checkpoint "
+                              "that holds an image encoder, such as Stable unCLIP's)")
     if not isinstance(clip_vision, ClipVisionRef):
         raise ValueError("clip_vision: expected a CLIP_VISION from CLIPVisionLoader")
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] < 3 or min(image.shape) < 1:
@@ -90,7 +94,7 @@ register(NodeDef(
 def style_model_loader(call, style_model_name):
     path = call.ctx.folders.resolve("style_models", style_model_name)
     sd, vision_width, text_width = read_style_model(path)
-    device, dtype = _where(call.ctx)
+    device, dtype = device_and_dtype(call.ctx)
     with torch.device("meta"):
         model = ReduxImageEncoder(vision_width, text_width)
     model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, assign=True)

@@ -9,7 +9,8 @@
   from that prediction by `scale`.
 * SkipLayerGuidanceDiT / SkipLayerGuidanceSD3 (comfy_extras.nodes_slg, nodes_sd3): the same with
   some of an SD3/Flux network's blocks skipped, within a window of sigmas, optionally rescaled
-  towards the positive's standard deviation.
+  towards the positive's standard deviation. SkipLayerGuidanceDiTSimple instead predicts the
+  negative with those blocks skipped, within its window, before CFG (a calc_cond_batch function).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from .dit_patches import skip_blocks
-from .guiders import PerpNegGuider, PostCfgArgs
+from .guiders import CalcCondArgs, PerpNegGuider, PostCfgArgs
 from .ksampler import sampling_of
 from .types import NodeDef, register
 from .unet_patches import middle_self_attention_as_values
@@ -152,6 +153,38 @@ register(NodeDef(
      "rescaling_scale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01})},
     ("MODEL",), category="advanced/guidance", module="comfy_extras.nodes_slg", experimental=True,
     description=_SLG_DESCRIPTION))
+
+
+def slg_simple_function(double: list[int], single: list[int], sigma_start: float, sigma_end: float):
+    """In the window, the negative predicted with the blocks skipped (the positive as it is), before CFG."""
+    def fn(args: CalcCondArgs) -> list:
+        cond, uncond = args.conds
+        sigma = float(args.sigma.reshape(-1)[0])
+        if uncond is None or not sigma_end <= sigma <= sigma_start:
+            return args.calc(args.conds)
+        with skip_blocks(args.network, double, single):
+            skipped = args.calc([None, uncond])[1]
+        return [args.calc([cond, None])[0], skipped]
+    return fn
+
+
+def skip_layer_guidance_dit_simple(call, model, double_layers, single_layers, start_percent, end_percent):
+    model.pipe.family.require("skip_layers", "model")
+    double, single = _layer_numbers(double_layers), _layer_numbers(single_layers)
+    if not double and not single:
+        return (model,)
+    ms = sampling_of(model)
+    fn = slg_simple_function(double, single, ms.percent_to_sigma(start_percent), ms.percent_to_sigma(end_percent))
+    return (replace(model, calc_cond_batch_function=fn),)
+
+
+register(NodeDef(
+    "SkipLayerGuidanceDiTSimple", skip_layer_guidance_dit_simple,
+    {"model": ("MODEL", {}), "double_layers": _layers(), "single_layers": _layers(),
+     "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+     "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001})},
+    ("MODEL",), category="advanced/guidance", module="comfy_extras.nodes_slg", experimental=True,
+    description="Simple version of the SkipLayerGuidanceDiT node that only modifies the uncond pass."))
 
 
 def skip_layer_guidance_sd3(call, model, layers, scale, start_percent, end_percent):

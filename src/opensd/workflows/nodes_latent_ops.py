@@ -1,7 +1,7 @@
 """More latent nodes of ComfyUI's comfy_extras.nodes_latent, with its names, inputs and arithmetic:
 LatentInterpolate (directions and lengths of each pixel's channel vector blended apart),
-LatentConcat / LatentCut along x or y, LatentBatchSeedBehavior (which noise each image of a batch
-draws), and LatentApplyOperation with the LATENT_OPERATION makers LatentOperationTonemapReinhard
+LatentConcat / LatentCut along x or y, LatentCutToBatch (slices along x or y into the batch),
+LatentBatchSeedBehavior (which noise each image of a batch draws), and LatentApplyOperation with the LATENT_OPERATION makers LatentOperationTonemapReinhard
 and LatentOperationSharpen; LatentApplyOperationCFG runs an operation on each step's guidance (the
 positive prediction minus the negative's, the negative added back) before CFG. Video ("t") dimensions are refused: our latents are images."""
 from __future__ import annotations
@@ -87,6 +87,27 @@ register(NodeDef(
     {"samples": ("LATENT", {}), "dim": (["x", "y", "t"], {}),
      "index": ("INT", {"default": 0, "min": -MAX_RESOLUTION, "max": MAX_RESOLUTION, "step": 1}),
      "amount": ("INT", {"default": 1, "min": 1, "max": MAX_RESOLUTION, "step": 1})},
+    ("LATENT",), category="latent/advanced", module=_LATENT))
+
+
+def latent_cut_to_batch(call, samples, dim, slice_size):
+    """The latent cut along x or y into slices of `slice_size` (the remainder dropped; a side shorter
+    than a slice is one slice), stacked into the batch image by image, slice by slice. "t" leaves an
+    image latent as it is, as in ComfyUI."""
+    s = samples["samples"]
+    if "t" in dim:
+        return (samples,)
+    axis = s.ndim + _spatial_dim(dim)
+    moved = s.movedim(axis, 1)
+    size = min(slice_size, moved.shape[1])
+    moved = moved[:, :moved.shape[1] // size * size]
+    return (_with(samples, moved.reshape(-1, size, *moved.shape[2:]).movedim(1, axis)),)
+
+
+register(NodeDef(
+    "LatentCutToBatch", latent_cut_to_batch,
+    {"samples": ("LATENT", {}), "dim": (["t", "x", "y"], {}),
+     "slice_size": ("INT", {"default": 1, "min": 1, "max": MAX_RESOLUTION, "step": 1})},
     ("LATENT",), category="latent/advanced", module=_LATENT))
 
 

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import InvalidArgument, OpenSDError
@@ -101,6 +102,8 @@ class ModelRef:
     pre_cfg_functions: tuple = ()  # fn(PreCfgArgs) -> [cond, uncond] before CFG, in CFGGuider (APG, TCFG)
     cfg_function: Any = None       # sampler_cfg_function(CfgArgs) -> x - denoised (RescaleCFG, PerpNeg)
     post_cfg_functions: tuple = ()  # fn(PostCfgArgs) -> denoised, after CFG (CFGZeroStar, PAG)
+    # fn(CalcCondArgs) -> [cond, uncond] predictions of a CFGGuider's step (SkipLayerGuidanceDiTSimple)
+    calc_cond_batch_function: Any = None
     # fn(network, sigma) -> a context manager around one network call (PatchModelAddDownscale)
     network_patches: tuple = ()
     output_block_patches: tuple = ()  # fn(h, skip) -> (h, skip) before each up block's concat (FreeU)
@@ -173,6 +176,9 @@ class Choices:
 # link type ("MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK", "CONTROL_NET"),
 # a list of allowed values, or a Choices resolved per context.
 InputSpec = tuple
+# The options of an input ComfyUI declares as (TYPE, {}) rather than (TYPE,): object_info shows the
+# empty options (["WEBCAM", {}]) where an input written ("X", {}) here shows ["X"]
+SHOWN_EMPTY: Any = MappingProxyType({})
 
 
 @dataclass
