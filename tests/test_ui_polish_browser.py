@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from ui_browser import PHONE, browser, live, open_page, wait_for  # noqa: F401 (fixtures)
 
 from opensd.server.store import CANCELLED
@@ -297,9 +298,16 @@ def test_a_delete_question_has_the_focus_on_cancel_so_enter_deletes_nothing(brow
     assert r.status_code == 200
     page, log = open_page(browser, live.url + "/#gallery")
     thumb = page.locator("#panel-gallery .thumbs button[aria-label*='keep me']").first
-    thumb.focus()
-    page.keyboard.press("Enter")
-    page.get_by_role("button", name="Delete", exact=True).focus()
+    delete = page.get_by_role("button", name="Delete", exact=True)
+    for _ in range(3):  # the gallery may redraw its thumbnails just after it opens (a loaded machine)
+        thumb.focus()
+        page.keyboard.press("Enter")
+        try:
+            delete.wait_for(timeout=5000)
+            break
+        except PlaywrightTimeout:
+            continue
+    delete.focus()
     page.keyboard.press("Enter")  # asks first
     page.wait_for_selector("dialog.small[open]")
     assert page.evaluate("document.activeElement.textContent") == "Cancel"  # was: the Delete button
