@@ -32,16 +32,24 @@ from opensd.workflows.nodes_ip_adapter_faceid import insightface_loader, ipadapt
 FACEID, PLUS = "ip-adapter-faceid_tiny.bin", "ip-adapter-faceid-plusv2_tiny.bin"
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    call, model, pos, neg = sampling_env(tmp_path_factory.mktemp("faceid"))
+def faceid_env(tmp, files: dict, encoder: str):
+    """sampling_env's (call, model, pos, neg) with tiny FaceID files {name: kind} (.bin, h94's layout) in
+    models/ipadapter, the tiny image encoder named `encoder` and the tiny buffalo_l pack."""
+    call, model, pos, neg = sampling_env(tmp)
     root = call.ctx.folders.root
     (root / "ipadapter").mkdir()
     unet = model.pipe.family.network(model.pipe.model)
-    write_faceid(faceid_adapter(unet), root / "ipadapter" / FACEID, pickle=True)
-    write_faceid(faceid_adapter(unet, "faceid_plus"), root / "ipadapter" / PLUS, pickle=True)
-    save_vision(clip_vision(), root / "clip_vision" / "cv.safetensors")
+    for name, kind in files.items():
+        write_faceid(faceid_adapter(unet, kind), root / "ipadapter" / name, pickle=True)
+    save_vision(clip_vision(), root / "clip_vision" / encoder)
     write_pack(root)
+    return call, model, pos, neg
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    call, model, pos, neg = faceid_env(tmp_path_factory.mktemp("faceid"), {FACEID: "faceid", PLUS: "faceid_plus"},
+                                       "cv.safetensors")
     (faces,) = insightface_loader(call, "CPU", "buffalo_l")
     (cv,) = clip_vision_loader(call, "cv.safetensors")
     return call, model, pos, neg, faces, cv

@@ -92,8 +92,9 @@ class FluxFamily(DiTFamily):
     adapters = DiTFamily.adapters | {"controlnet"}  # Flux ControlNets (adapters/flux_controlnet.py)
     reference_latents = True  # Kontext's: the network appends them to its image tokens
 
-    def net_fn(self, model: FluxModel, guidance=None, references=None):
-        """`references`: Kontext's reference latents, model-scaled, each (1 or B, C, H, W)."""
+    def net_fn(self, model: FluxModel, guidance=None, references=None, reference_method: str = "offset"):
+        """`references`: Kontext's reference latents, model-scaled, each (1 or B, C, H, W), placed by
+        `reference_method` (models.flux.REFERENCE_METHODS)."""
         flux = model.network
         scale = self.default_guidance if guidance is None else guidance
         dtype = compute_dtype(flux)
@@ -103,7 +104,8 @@ class FluxFamily(DiTFamily):
             """`control`: a FluxControl (models/flux_controlnet.py)."""
             g = torch.full((len(x),), float(scale), device=x.device) if embed else None
             refs = [r.to(x.device, dtype).expand(len(x), -1, -1, -1) for r in references or ()]
-            return flux(x.to(dtype), t, context.to(dtype), y.to(dtype), g, refs, control and control.parts)
+            return flux(x.to(dtype), t, context.to(dtype), y.to(dtype), g, refs, control and control.parts,
+                        ref_method=reference_method)
 
         return call
 

@@ -12,7 +12,8 @@ run one fused attention + MLP over the concatenated sequence. Positions are 3-ax
 adaLN-modulated by timestep + pooled CLIP-L (+ distilled guidance for dev) embeddings.
 
 Kontext (image editing) is the same network: reference latents are packed the same way and appended
-after the image tokens with ids (1, row, column), the output cut back to the image tokens.
+after the image tokens with ids placed by the reference method (reference_offsets: by default
+(1, row, column), moved past each other), the output cut back to the image tokens.
 """
 from __future__ import annotations
 
@@ -151,21 +152,50 @@ def pack(x: torch.Tensor) -> torch.Tensor:
     return x.view(b, c, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * 4)
 
 
-def reference_tokens(refs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kontext's reference latents (each (B, C, H, W)) as tokens and ids, ComfyUI's default placement
-    ("offset"; diffusers' for one reference): time id 1, and each further reference moved past the
-    ones before along the side that grows their bounding box least. An odd side is padded
+# how Kontext's reference latents are placed in RoPE space (ComfyUI's reference_latents_method, set by
+# FluxKontextMultiReferenceLatentMethod; "offset" without one)
+REFERENCE_METHODS = ("offset", "index", "uxo")
+
+
+def reference_offsets(sizes: list[tuple[int, int]], method: str = "offset",
+                      image: tuple[int, int] = (0, 0)) -> list[tuple[int, int, int]]:
+    """(time id, row offset, column offset) of each reference latent of `sizes` ((H, W) latent cells),
+    the offsets in patches, for an image of `image` (h, w) patches, as ComfyUI places them:
+    * offset: time id 1, each reference moved past the ones before along the side that grows their
+      bounding box least (diffusers' placement for one reference);
+    * index: time ids 1, 2, ..., no offsets;
+    * uxo (UXO/UNO): time id 0, each reference diagonally past the image and the references before.
+    Offsets in cells round to patches half up, as ComfyUI's."""
+    if method not in REFERENCE_METHODS:
+        raise InvalidArgument(f"reference_latents_method: {method!r} is not one of {', '.join(REFERENCE_METHODS)} "
+                              "for Flux")
+    out, h, w = [], 0, 0
+    for i, (rh, rw) in enumerate(sizes):
+        if method == "index":
+            index, dh, dw = i + 1, 0, 0
+        elif method == "uxo":
+            index, dh, dw = 0, 2 * image[0] + h, 2 * image[1] + w
+            h, w = h + rh, w + rw
+        else:
+            index, (dh, dw) = 1, ((0, w) if rh + h > rw + w else (h, 0))
+            h, w = max(h, rh + dh), max(w, rw + dw)
+        out.append((index, (dh + 1) // 2, (dw + 1) // 2))
+    return out
+
+
+def reference_tokens(refs: list[torch.Tensor], method: str = "offset",
+                     image: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kontext's reference latents (each (B, C, H, W)) as tokens and ids, placed by `method`
+    (reference_offsets) next to an image of `image` (h, w) patches. An odd side is padded
     (circularly, as ComfyUI) to whole patches."""
-    tokens, ids, h, w = [], [], 0, 0
-    for ref in refs:
+    tokens, ids = [], []
+    for ref, shift in zip(refs, reference_offsets([tuple(r.shape[-2:]) for r in refs], method, image)):
         rh, rw = ref.shape[-2:]
         if rh % 2 or rw % 2:
             ref = F.pad(ref, (0, rw % 2, 0, rh % 2), mode="circular")
-        dh, dw = (0, w) if rh + h > rw + w else (h, 0)
-        h, w = max(h, rh + dh), max(w, rw + dw)
         grid = image_ids(ref.shape[-2] // 2, ref.shape[-1] // 2, ref.device)
         tokens.append(pack(ref))
-        ids.append(grid + torch.tensor([1, (dh + 1) // 2, (dw + 1) // 2], device=ref.device))
+        ids.append(grid + torch.tensor(shift, device=ref.device))
     return torch.cat(tokens, dim=1), torch.cat(ids)
 
 
@@ -251,17 +281,18 @@ class Flux(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None,
                 guidance: torch.Tensor | None = None, ref_latents: list[torch.Tensor] | None = None,
-                control: list[tuple[list, list]] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                control: list[tuple[list, list]] | None = None, mask: torch.Tensor | None = None,
+                ref_method: str = "offset") -> torch.Tensor:
         """Latents (B, C, H, W) with even H and W -> the flow velocity, same shape. `ref_latents`:
         Kontext's reference latents (each (B, C, H', W'), any size), seen but not predicted;
-        `control`, `mask`: as forward_tokens'."""
+        `control`, `mask`: as forward_tokens'; `ref_method`: where the references sit (REFERENCE_METHODS)."""
         b, c, height, width = x.shape
         if height % 2 or width % 2:
             raise InvalidArgument(f"size: latent sides must be even, got {height}x{width}")
         h, w = height // 2, width // 2
         img, ids = pack(x), image_ids(h, w, x.device)
         if ref_latents:
-            ref, ref_ids = reference_tokens(ref_latents)
+            ref, ref_ids = reference_tokens(ref_latents, ref_method, (h, w))
             img, ids = torch.cat((img, ref.to(img)), dim=1), torch.cat((ids, ref_ids))
         txt_ids = torch.zeros(context.shape[1], 3, device=x.device)
         out = self.forward_tokens(img, ids, context, txt_ids, timesteps, y, guidance, control, mask)[:, :h * w]

@@ -35,6 +35,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_inpaint_ops,
     nodes_ip_adapter,
     nodes_ip_adapter_faceid,
+    nodes_ip_adapter_faceid_presets,
     nodes_ip_adapter_presets,
     nodes_kontext,
     nodes_latent,

@@ -59,6 +59,7 @@ class Entry:
     guidance: float | None = None               # distilled guidance (FluxGuidance; None: the model's default)
     concat: torch.Tensor | None = None          # (B, 5, H, W) an inpainting model's [mask, masked image] channels
     references: tuple | None = None             # ReferenceLatent's latents, model-scaled (Kontext)
+    reference_method: str = "offset"            # where the model places them (FluxKontextMultiReferenceLatentMethod)
     gligen: tuple | None = None                 # (Gligen, boxes): GLIGENTextBoxApply's grounding (gligen_patch.py)
     negative: bool = False                      # from a negative-kind list (ComfyUI's cond_or_uncond): IP-Adapter
                                                 # gives it the uncond tokens, regions skip it
@@ -120,7 +121,7 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
         sigma_end=None if end is None else sampling.percent_to_sigma(end),
         control=extra.get("control"), control_to_uncond=bool(extra.get("control_apply_to_uncond")),
         guidance=extra.get("guidance"), concat=_concat(extra, shape, pipe), references=_references(extra, pipe),
-        gligen=_gligen(extra), negative=negative)
+        reference_method=extra.get("reference_latents_method") or "offset", gligen=_gligen(extra), negative=negative)
 
 
 def _gligen(extra: dict) -> tuple | None:
@@ -303,6 +304,7 @@ def calc_cond_batch(run, sets: list[list[Entry] | None], x: torch.Tensor, sigma:
             shape = tuple(region(x, area).shape)
             # one model call per group: same crop size, ControlNet hint and context shape, no GLIGEN
             key = (shape, id(e.control), tuple(e.context.shape), e.y is None, e.guidance, id(e.references),
+                   e.reference_method,
                    None if e.gligen is None else id(e))  # a grounded entry runs alone, as in ComfyUI
             groups.setdefault(key, []).append((i, e, area, mult))
     for group in groups.values():

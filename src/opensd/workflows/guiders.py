@@ -115,8 +115,9 @@ class ModelRun:
 
     def __call__(self, crops: torch.Tensor, sigma: torch.Tensor, entries: list, areas: list) -> torch.Tensor:
         refs = entries[0].references
-        net = self.pipe.family.net_fn(self.pipe.model, entries[0].guidance,
-                                      references=None if refs is None else self._references(refs))
+        placed = {} if refs is None else {"references": self._references(refs),
+                                          "reference_method": entries[0].reference_method}
+        net = self.pipe.family.net_fn(self.pipe.model, entries[0].guidance, **placed)
         context = torch.cat([e.context for e in entries])
         y = None if entries[0].y is None else torch.cat([e.y for e in entries])
         concat = None if self.image_cond is None else torch.cat([region(self._image_cond(e), a)

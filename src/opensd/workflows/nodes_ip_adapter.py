@@ -46,6 +46,7 @@ class IPAdapterRef:
     source: str
     image_dim: int
     clip_vision: ClipVisionRef | None = None  # the encoder IPAdapterUnifiedLoader found with it
+    insightface: object = None  # the INSIGHTFACE IPAdapterUnifiedLoaderFaceID loaded with it (for IPAdapterFaceID)
 
 
 def ipadapter_model_loader(call, ipadapter_file):

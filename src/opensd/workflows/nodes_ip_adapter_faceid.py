@@ -9,8 +9,9 @@ adapters), which is the face_image output and, for FaceID Plus, what CLIP vision
 negative is a zero embedding (Plus: with image_negative's hidden states, else a black image's). v2 files
 ("v2" in the name) add the id tokens back with weight_faceidv2. combine_embeds combines the pictures'
 embeddings (and hidden states) as the other nodes do. The FaceID LoRA is loaded with LoraLoaderModelOnly,
-as in ComfyUI. Not available: embeds_scaling other than "V only" and attention masks (as elsewhere), the
-ROCM provider, and IPAdapterUnifiedLoaderFaceID.
+as in ComfyUI; IPAdapterUnifiedLoaderFaceID (nodes_ip_adapter_faceid_presets) finds and loads all four, and
+its IPADAPTER brings the encoder and the InsightFace. Not available: embeds_scaling other than "V only" and
+attention masks (as elsewhere), and the ROCM provider.
 """
 from __future__ import annotations
 
@@ -81,8 +82,10 @@ def _hidden(clip_vision, pixels: torch.Tensor) -> torch.Tensor:
 def ipadapter_faceid(call, model, ipadapter, image, weight, weight_faceidv2, weight_type, combine_embeds, start_at,
                      end_at, embeds_scaling, image_negative=None, attn_mask=None, clip_vision=None, insightface=None):
     pipe = check_options(model, ipadapter, weight_type, embeds_scaling, attn_mask)
+    insightface = insightface if insightface is not None else ipadapter.insightface
     if not isinstance(insightface, InsightFaceRef):
-        raise InvalidArgument("insightface: IPAdapterFaceID needs the INSIGHTFACE of IPAdapterInsightFaceLoader")
+        raise InvalidArgument("insightface: IPAdapterFaceID needs the INSIGHTFACE of IPAdapterInsightFaceLoader "
+                              "(or an IPADAPTER from IPAdapterUnifiedLoaderFaceID)")
     loaded = cached("adapter", ipadapter.path, pipe)
     adapter = loaded.adapter
     if not is_faceid(adapter):

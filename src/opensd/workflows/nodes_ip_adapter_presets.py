@@ -4,8 +4,8 @@ models/clip_vision.
 
 The IPADAPTER it returns carries the encoder, so IPAdapter (simple), IPAdapterAdvanced and
 IPAdapterEncoder run without a clip_vision input. The adapter file goes through
-IPAdapterModelLoader's checks. The FaceID presets belong to IPAdapterUnifiedLoaderFaceID, which opensd
-does not have (FaceID runs through IPAdapterModelLoader, IPAdapterInsightFaceLoader and IPAdapterFaceID).
+IPAdapterModelLoader's checks. The FaceID presets belong to IPAdapterUnifiedLoaderFaceID
+(nodes_ip_adapter_faceid_presets).
 A preset finds only .safetensors files.
 """
 from __future__ import annotations
@@ -46,9 +46,8 @@ def ipadapter_unified_loader(call, model, preset, ipadapter=None):
     if not isinstance(model, ModelRef):
         raise InvalidArgument("model: expected a MODEL")
     if preset not in PRESETS:
-        raise InvalidArgument(f"preset: {preset!r} is not one of {', '.join(PRESETS)} (the FaceID presets: load "
-                              "FaceID files with IPAdapterModelLoader, InsightFace with IPAdapterInsightFaceLoader, "
-                              "and apply them with IPAdapterFaceID)")
+        raise InvalidArgument(f"preset: {preset!r} is not one of {', '.join(PRESETS)} (the FaceID presets are "
+                              "IPAdapterUnifiedLoaderFaceID's, which also loads the InsightFace and the LoRA)")
     if ipadapter is not None and not isinstance(ipadapter, IPAdapterRef):
         raise InvalidArgument("ipadapter: expected an IPADAPTER")
     sdxl = model.pipe.config.family == "sdxl"

@@ -6,10 +6,15 @@ it makes (comfy_extras.nodes_edit_model and nodes_flux):
   references' tokens after the image's (models/flux.py); other models ignore them, as in ComfyUI.
 * FluxKontextImageScale: resizes (Lanczos, centre crop) to the Kontext training size whose aspect
   is nearest the image's.
+* FluxKontextMultiReferenceLatentMethod (experimental): sets each entry's "reference_latents_method",
+  where the network places the references in RoPE space (models.flux.reference_offsets): "offset"
+  (the default), "index" or "uxo/uno" (stored as "uxo").
 """
 from __future__ import annotations
 
 from ..families.flux import kontext_size
+from ..errors import InvalidArgument
+from .nodes_conditioning import set_values
 from .nodes_image import upscale
 from .types import NodeDef, register
 
@@ -39,3 +44,22 @@ register(NodeDef(
     "FluxKontextImageScale", flux_kontext_image_scale, {"image": ("IMAGE", {})}, ("IMAGE",),
     category="advanced/conditioning/flux", module="comfy_extras.nodes_flux",
     description="This node resizes the image to one that is more optimal for flux kontext."))
+
+
+METHOD_CHOICES = ("offset", "index", "uxo/uno")  # ComfyUI's combo; "uxo/uno" (or any "uso") is stored as "uxo"
+
+
+def flux_kontext_multi_reference_latent_method(call, conditioning, reference_latents_method):
+    if reference_latents_method not in METHOD_CHOICES:
+        raise InvalidArgument(f"reference_latents_method: {reference_latents_method!r} is not one of "
+                              f"{', '.join(METHOD_CHOICES)}")
+    method = "uxo" if "uxo" in reference_latents_method or "uso" in reference_latents_method \
+        else reference_latents_method
+    return (set_values(conditioning, reference_latents_method=method),)
+
+
+register(NodeDef(
+    "FluxKontextMultiReferenceLatentMethod", flux_kontext_multi_reference_latent_method,
+    {"conditioning": ("CONDITIONING", {}), "reference_latents_method": (list(METHOD_CHOICES), {})},
+    ("CONDITIONING",), category="advanced/conditioning/flux", module="comfy_extras.nodes_flux",
+    experimental=True))
