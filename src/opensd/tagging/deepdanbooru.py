@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..checkpoints.files import sniff_format
-from ..checkpoints.safe_pickle import load_torch_object
+from ..checkpoints.safe_pickle import first_line, load_torch_object
 from ..errors import CheckpointError, InvalidArgument
 from ..pipeline.images import resize
 from .tag_text import GENERAL, RATING, Scores
@@ -219,8 +219,11 @@ def from_state_dict(obj, name: str, device="cpu", repeats: tuple[int, ...] = REP
     layout = plan({k: tuple(v.shape) for k, v in weights.items()}, repeats, name)
     if layout.tags != len(tags):
         raise wrong(f"its head scores {layout.tags} tags but its tag list names {len(tags)}")
-    dev = torch.device(device)
-    weights = {k: v.to(dev, torch.float32) for k, v in weights.items()}
+    try:
+        dev = torch.device(device)
+        weights = {k: v.to(dev, torch.float32) for k, v in weights.items()}
+    except (RuntimeError, AssertionError) as e:  # an unknown device, or one this torch build lacks
+        raise InvalidArgument(f"{LABEL}: cannot run on device {str(device)!r} ({first_line(e)})") from None
     categories = tuple(RATING if t.startswith("rating:") else GENERAL for t in tags)
     return Tagger(name, Network(weights, layout), tuple(tags), categories, dev)
 
@@ -246,7 +249,7 @@ def read(path: Path, device="cpu") -> Tagger:
             raise CheckpointError(path, f"is a {fmt} file; DeepDanbooru's is a PyTorch pickle holding its tag list")
         obj = load_torch_object(path, fmt)
     except CheckpointError as e:
-        raise InvalidArgument(f"{LABEL}: {e}") from None
+        raise InvalidArgument(f"{LABEL}: {path.name}: {e.problem}") from None  # the name only: answered over HTTP
     return from_state_dict(obj, path.name, device)
 
 
