@@ -123,6 +123,11 @@ def test_preprocessing_is_a1111s_resize_and_fill_rgb_over_255():
     # centred at rows 128..383; the rows above stretched from its top edge, below from its bottom edge
     np.testing.assert_array_equal(x[0, :256], np.broadcast_to([1.0, 0.0, 0.0], (256, 512, 3)))
     np.testing.assert_array_equal(x[0, 256:], np.broadcast_to(np.float32([0, 0, 51]) / 255, (256, 512, 3)))
+    # 341 rows (odd): placed at row 512 // 2 - 341 // 2 = 86 as A1111 places it (not 85, half the border)
+    banded = Image.new("RGB", (512, 341), (0, 0, 255))
+    banded.paste((255, 0, 0), (0, 0, 512, 4))  # its top 4 rows red
+    red = dd.preprocess(banded)[0, :, :, 0].min(axis=1) == 1.0
+    assert red[:90].all() and not red[90:].any()  # 86 rows of border stretched from the red edge, then 4
     # a small, tall, transparent picture: scaled up, alpha dropped (RGB as stored, not flattened on white)
     tall = Image.new("RGBA", (50, 100), (102, 51, 0, 0))
     np.testing.assert_allclose(dd.preprocess(tall)[0], np.broadcast_to([0.4, 0.2, 0.0], (512, 512, 3)), atol=1e-6)

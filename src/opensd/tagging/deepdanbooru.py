@@ -16,9 +16,9 @@ the picture, then a sigmoid. Padding is TensorFlow's "same" (the odd pixel after
 the weights' shapes; the one thing the shapes must decide is where the export numbered each projection
 shortcut (before its block's three convolutions, or after them, as in the fourth stage).
 
-The input (A1111's deepbooru.py): the picture made RGB, fitted into 512x512 keeping its aspect and
-the borders filled by stretching its edge pixels (A1111's "resize and fill", Lanczos), values /255,
-shape (1, 512, 512, 3). The scores: one per tag; tags named "rating:..." are the ratings.
+The input (A1111's deepbooru.py): the picture made RGB (an alpha channel dropped, not flattened),
+fitted into 512x512 keeping its aspect with the borders filled by stretching its edge pixels (A1111's
+"resize and fill" with no upscaler, pipeline/images.py), values /255, shape (1, 512, 512, 3). The scores: one per tag; tags named "rating:..." are the ratings.
 """
 from __future__ import annotations
 
