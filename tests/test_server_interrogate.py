@@ -41,7 +41,7 @@ def client(tmp_path_factory):
         yield c
 
 
-def test_deepdanbooru_is_answered_by_the_first_wd14_tagger(client):
+def test_deepdanbooru_without_its_model_is_answered_by_the_first_wd14_tagger(client):
     r = client.post("/sdapi/v1/interrogate", json={"image": b64(picture()), "model": "deepdanbooru"})
     assert r.status_code == 200 and r.json() == {"caption": CAPTION}
     # an installed WD14 model by name: the v3 one sees a resized picture, its corners still white padding
@@ -80,7 +80,8 @@ def test_no_tagger_installed_says_where_to_put_one(tmp_path):
     with _client(tmp_path, taggers=False) as c:
         r = c.post("/sdapi/v1/interrogate", json={"image": b64(picture()), "model": "deepdanbooru"})
         assert r.status_code == 422
-        assert "no WD14 tagger is installed" in r.json()["detail"] and "models/wd14_tagger/" in r.json()["detail"]
+        assert "neither DeepDanbooru nor a WD14 tagger is installed" in r.json()["detail"]
+        assert "models/wd14_tagger/" in r.json()["detail"] and "torch_deepdanbooru/" in r.json()["detail"]
         assert c.get("/tagger/v1/interrogators").json() == {"models": []}
 
 

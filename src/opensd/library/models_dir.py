@@ -40,13 +40,15 @@ LAYOUT = {
     "insightface": ("insightface",),
     # WD14 image taggers (<name>.onnx + <name>.csv), ComfyUI-WD14-Tagger's registered folder name
     "wd14_tagger": ("wd14_tagger",),
+    # DeepDanbooru's PyTorch port (model-resnet_custom_v3.pt), where A1111 keeps it
+    "deepbooru": ("torch_deepdanbooru",),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 # kinds whose files are not those above (Fooocus names its inpaint patch inpaint_v26.fooocus.patch;
 # DWPose's preprocessor models are ONNX files)
 SUFFIXES = {"configs": (".yaml",), "unet_gguf": (".gguf",), "inpaint": WEIGHT_SUFFIXES + (".patch",),
             "preprocessors": WEIGHT_SUFFIXES + (".onnx",), "insightface": (".onnx",),
-            "wd14_tagger": (".onnx",)}
+            "wd14_tagger": (".onnx",), "deepbooru": (".pt", ".pth")}
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "builtin"
 BUILTIN_CHECKPOINT = BUILTIN_DIR / "opensd-emoji.safetensors"
 BUILTIN_FOLDERS = {"controlnet": BUILTIN_DIR / "controlnet"}  # the built-in model's Canny ControlNet

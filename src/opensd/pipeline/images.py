@@ -39,26 +39,37 @@ def resize(image: Image.Image, width: int, height: int, mode: str = "just resize
         return image
     if mode == "just resize":
         return image.resize((width, height), Image.LANCZOS)
+    if mode == "resize and fill":
+        return _fit_and_fill(image, width, height)
     ratio = width / height
     src_ratio = image.width / image.height
-    cover = (mode == "crop and resize") == (ratio > src_ratio)
+    cover = ratio > src_ratio
     w = width if cover else round(height * src_ratio)
     h = round(width / src_ratio) if cover else height
     w, h = max(w, 1), max(h, 1)
     scaled = image.resize((w, h), Image.LANCZOS)
-    if mode == "crop and resize":
-        left, top = (w - width) // 2, (h - height) // 2
-        return scaled.crop((left, top, left + width, top + height))
+    left, top = (w - width) // 2, (h - height) // 2
+    return scaled.crop((left, top, left + width, top + height))
+
+
+def _fit_and_fill(image: Image.Image, width: int, height: int) -> Image.Image:
+    """A1111's "resize and fill" to the pixel: scaled (Lanczos) to fit, the other side rounded down;
+    placed at (width // 2 - w // 2, height // 2 - h // 2); the two empty borders (each as wide as the
+    first) filled by stretching the picture's outermost rows or columns, which A1111 does by resizing
+    a zero-height (zero-width) box at the edge (PIL's bicubic then weighs the rows next to it a little)."""
+    wide = image.width * height > width * image.height  # the picture is wider than the target
+    w = width if wide else max(1, image.width * height // image.height)
+    h = max(1, image.height * width // image.width) if wide else height
+    scaled = image.resize((w, h), Image.LANCZOS)
     canvas = Image.new(image.mode, (width, height))
-    left, top = (width - w) // 2, (height - h) // 2
+    left, top = width // 2 - w // 2, height // 2 - h // 2
     canvas.paste(scaled, (left, top))
-    # Stretch the outermost rows/columns into the empty borders so they carry plausible colour.
-    if left > 0:
-        canvas.paste(scaled.crop((0, 0, 1, h)).resize((left, h)), (0, top))
-        canvas.paste(scaled.crop((w - 1, 0, w, h)).resize((width - w - left, h)), (left + w, top))
-    if top > 0:
-        canvas.paste(scaled.crop((0, 0, w, 1)).resize((w, top)), (left, 0))
-        canvas.paste(scaled.crop((0, h - 1, w, h)).resize((w, height - h - top)), (left, top + h))
+    if wide and top > 0:
+        canvas.paste(scaled.resize((w, top), box=(0, 0, w, 0)), (0, 0))
+        canvas.paste(scaled.resize((w, top), box=(0, h, w, h)), (0, top + h))
+    elif left > 0:
+        canvas.paste(scaled.resize((left, h), box=(0, 0, 0, h)), (0, 0))
+        canvas.paste(scaled.resize((left, h), box=(w, 0, w, h)), (left + w, 0))
     return canvas
 
 

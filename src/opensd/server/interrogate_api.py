@@ -1,16 +1,16 @@
 """Image interrogation over HTTP: A1111's POST /sdapi/v1/interrogate and the A1111 tagger extension's
 (toriato/stable-diffusion-webui-wd14-tagger) GET /tagger/v1/interrogators and POST /tagger/v1/interrogate.
 
-opensd tags with SmilingWolf's WD14 taggers (tagging/wd14.py; the files in the models folder's
-wd14_tagger/). A1111's "deepdanbooru" is answered by one of them (the first installed by name; a
-DeepDanbooru .pt is not run), worded as A1111's DeepDanbooru settings say (threshold, order, spaces,
-escaping, filtered tags, ranks). A1111's "clip" (a BLIP caption ranked with CLIP against its flavour
-lists) is not available and is refused in words. Naming an installed WD14 model instead of
-"deepdanbooru" picks that one.
+A1111's "deepdanbooru" runs DeepDanbooru (tagging/deepdanbooru.py) when its model is in the models
+folder's torch_deepdanbooru/ (model-resnet_custom_v3.pt, as in A1111), else one of SmilingWolf's WD14
+taggers (tagging/wd14.py; the files in wd14_tagger/, the first installed by name); either is worded as
+A1111's DeepDanbooru settings say (threshold, order, spaces, escaping, filtered tags, ranks). A1111's
+"clip" (a BLIP caption ranked with CLIP against its flavour lists) is not available and is refused in
+words. Naming an installed WD14 model instead of "deepdanbooru" picks that one.
 
-A tagging takes well under a second on a CPU (onnxruntime's CPU provider is used, leaving the GPU to
-the generation queue), so it runs in a worker thread, not through the job queue. Body sizes are
-capped by the server's guard like every request's.
+Both run on the CPU (onnxruntime's CPU provider, torch on the CPU), leaving the GPU to the generation
+queue: a WD14 tagging takes well under a second, a DeepDanbooru one a few seconds; they run in a worker
+thread, not through the job queue. Body sizes are capped by the server's guard like every request's.
 """
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ..errors import InvalidArgument
-from ..tagging import wd14
+from ..tagging import deepdanbooru, wd14
 from ..tagging.tag_text import a1111_caption, tagger_caption
 from . import images_io
 
 DEEPDANBOORU, CLIP = "deepdanbooru", "clip"
 NO_CLIP = ('model "clip": CLIP interrogation (a BLIP caption ranked with CLIP against A1111\'s flavour lists) '
            'is not available in opensd: there is no BLIP captioning model or CLIP interrogator here; use '
-           '"deepdanbooru", answered by a WD14 tagger from the models folder\'s wd14_tagger/')
+           '"deepdanbooru" (DeepDanbooru from the models folder\'s torch_deepdanbooru/, else a WD14 tagger '
+           'from its wd14_tagger/)')
 
 
 class InterrogateRequest(BaseModel):
@@ -55,15 +56,28 @@ def router(state) -> APIRouter:
         image = images_io.decode_b64(image_b64, "image", s.max_image_pixels)
         return wd14.tag(state.folders, name, image)
 
+    def deepdanbooru_scores(image_b64: str):
+        """DeepDanbooru's scores when its model is installed, else the first WD14 tagger's."""
+        path = deepdanbooru.default_path(state.folders)
+        if path is None:
+            if not wd14.installed(state.folders):
+                raise InvalidArgument(f'model "deepdanbooru": neither DeepDanbooru nor a WD14 tagger is installed; '
+                                      f"{deepdanbooru.WHERE}, or {wd14.where()}")
+            return scores(wd14.default_name(state.folders), image_b64)
+        image = images_io.decode_b64(image_b64, "image", s.max_image_pixels)
+        return deepdanbooru.score(deepdanbooru.load(path), image)
+
     @api.post("/sdapi/v1/interrogate")
     async def interrogate(req: InterrogateRequest):
         if req.model == CLIP:
             raise InvalidArgument(NO_CLIP)
         if req.model != DEEPDANBOORU and req.model not in wd14.installed(state.folders):
             return _not_found(state.folders, req.model, 'use "deepdanbooru" or an installed WD14 tagger')
-        name = wd14.default_name(state.folders, 'model "deepdanbooru"') if req.model == DEEPDANBOORU else req.model
         opts = state.options.effective(None)
-        found = await run_in_threadpool(scores, name, req.image)
+        if req.model == DEEPDANBOORU:
+            found = await run_in_threadpool(deepdanbooru_scores, req.image)
+        else:
+            found = await run_in_threadpool(scores, req.model, req.image)
         return {"caption": a1111_caption(
             found, threshold=opts["interrogate_deepbooru_score_threshold"], sort_alpha=opts["deepbooru_sort_alpha"],
             use_spaces=opts["deepbooru_use_spaces"], escape=opts["deepbooru_escape"],

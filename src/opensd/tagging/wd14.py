@@ -83,8 +83,7 @@ def default_name(folders, label: str = LABEL) -> str:
     """The tagger used when none is named: the first installed by name."""
     models = sorted(installed(folders), key=str.lower)
     if not models:
-        raise InvalidArgument(f"{label}: no WD14 tagger is installed (opensd tags with WD14 models; a "
-                              f"DeepDanbooru model is not run); {where()}")
+        raise InvalidArgument(f"{label}: no WD14 tagger is installed; {where()}")
     return models[0]
 
 
