@@ -164,7 +164,7 @@ def router(state) -> APIRouter:
             return QueueItem(id=job.id, kind=job.kind, task=job_task(job), client=job.client,
                              status=status or job.status, label=job_label(job), created=job.created, **extra)
 
-        running = [item(p.job, "running", position=0, step=p.step, steps=p.steps) for p in state.queue.running()]
+        running = [item(p.job, "running", position=0, step=p.step, steps=p.steps, worker=p.worker) for p in state.queue.running()]
         return QueueView(
             running=running[0] if running else None, running_jobs=running,
             pending=[item(j, position=i + 1) for i, j in enumerate(state.queue.pending())],
