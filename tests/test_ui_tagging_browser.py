@@ -64,6 +64,14 @@ def load_picture(page, tab):
              what="the picture on the canvas")
 
 
+def api_tags(live) -> str:
+    """The API's answer for picture(): the oracle for what the UI puts in."""
+    r = httpx.post(f"{live.url}/sdapi/v1/interrogate",
+                   json={"image": base64.b64encode(png(picture())).decode(), "model": "deepdanbooru"})
+    assert r.status_code == 200 and "blue first" in r.json()["caption"] and "white corner" in r.json()["caption"]
+    return r.json()["caption"]
+
+
 def test_without_a_tagger_describe_image_says_where_the_model_files_go(browser, live):
     shutil.rmtree(taggers(live), ignore_errors=True)
     page, log = open_canvas_tab(browser, live, "inpaint")
@@ -90,10 +98,7 @@ def test_without_a_tagger_describe_image_says_where_the_model_files_go(browser, 
 @pytest.mark.parametrize("tab", ["img2img", "inpaint"])
 def test_describe_image_puts_the_tags_into_the_prompt_and_says_how(browser, live, tab):
     write_tagger(taggers(live), TAGGER)
-    r = httpx.post(f"{live.url}/sdapi/v1/interrogate",
-                   json={"image": base64.b64encode(png(picture())).decode(), "model": "deepdanbooru"})
-    tags = r.json()["caption"]  # the API's answer for the same picture is the oracle
-    assert r.status_code == 200 and "blue first" in tags and "white corner" in tags
+    tags = api_tags(live)
     page, log = open_canvas_tab(browser, live, tab)
     load_picture(page, tab)
     prompt, status = f"#panel-{tab} textarea[name=prompt]", page.locator(f"#panel-{tab} .describe-status")
@@ -118,6 +123,24 @@ def test_describe_image_puts_the_tags_into_the_prompt_and_says_how(browser, live
     page.reload()  # kept as if typed
     page.wait_for_selector(f"#panel-{tab} form select[name=model] option", state="attached")
     assert page.input_value(prompt) == f"a cat, {tags}"
+    page.context.close()
+    clean(log)
+
+
+def test_png_info_describes_the_picture_into_a_tags_box(browser, live):
+    write_tagger(taggers(live), TAGGER)
+    tags = api_tags(live)
+    page, log = open_page(browser, live.url + "/#pnginfo")
+    page.wait_for_selector("#panel-pnginfo input[type=file]", state="attached")
+    box = "#panel-pnginfo textarea[name=tags]"
+    for n in range(2):  # a second picture starts an empty box again
+        page.set_input_files("#panel-pnginfo input[type=file]",
+                             files=[{"name": f"p{n}.png", "mimeType": "image/png", "buffer": png(picture())}])
+        page.wait_for_selector(f"#panel-pnginfo img[alt='p{n}.png']")
+        assert page.input_value(box) == ""
+        page.click(f"#panel-pnginfo {DESCRIBE}")
+        wait_for(lambda: page.input_value(box) == tags, what="the tags in the box")
+        assert "Tags put into the Tags box (it was empty)" in page.inner_text("#panel-pnginfo .describe-status")
     page.context.close()
     clean(log)
 

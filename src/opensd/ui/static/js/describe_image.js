@@ -8,8 +8,9 @@ import { h, icon, toast } from "./dom.js";
 
 const LABEL = "Describe image (tags)";
 
-// `image()`: the picture as a data URL, or null when there is none; `prompt`: a promptEditor.
-export function describeButton({ image, prompt }) {
+// `image()`: the picture as a data URL, or null when there is none; `prompt`: a promptEditor (or any
+// { textarea }); `what`: that box, as the status line names it.
+export function describeButton({ image, prompt, what = "the prompt" }) {
   const status = h("span", { class: "muted describe-status", role: "status" });
   const button = h("button", { type: "button", class: "describe-image", onclick: describe,
     title: "Tags for the picture (a WD14 tagger from the models folder's wd14_tagger/), put into the prompt" },
@@ -40,11 +41,11 @@ export function describeButton({ image, prompt }) {
     prompt.textarea.dispatchEvent(new Event("input", { bubbles: true }));
   }
   function put(tags) {
-    if (!tags) return "The tagger found no tag sure enough for this image; the prompt is unchanged.";
+    if (!tags) return `The tagger found no tag sure enough for this image; ${what} is unchanged.`;
     const text = prompt.textarea.value.trimEnd();
-    if (!text) { set(tags); return "Tags put into the prompt (it was empty)."; }
+    if (!text) { set(tags); return `Tags put into ${what} (it was empty).`; }
     set(`${text}${/,$/.test(text) ? " " : ", "}${tags}`);
-    return "Tags added at the end of the prompt (its text is kept).";
+    return `Tags added at the end of ${what} (its text is kept).`;
   }
-  return { element, button, status };
+  return { element, button, status, reset() { status.textContent = ""; } };
 }
