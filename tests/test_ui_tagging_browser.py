@@ -188,10 +188,15 @@ def test_on_a_phone_a_long_queued_prompt_can_be_read_whole(browser, live):
         text.tap()
         assert text.get_attribute("aria-expanded") == "true" and not cut()
         assert text.bounding_box()["height"] > 2 * one_line
-        page.wait_for_timeout(3500)  # the poller's refresh keeps it open
-        assert text.get_attribute("aria-expanded") == "true" and not cut()
-        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         text.focus()
+        r = httpx.post(f"{live.url}/opensd/v1/txt2img", json={"prompt": "another", "steps": 2, "width": 64,
+                                                                 "height": 64})
+        rows = page.locator("#panel-queue ul[aria-label='Waiting jobs'] li[data-job]")
+        wait_for(lambda: rows.count() == 2, what="the list redrawn with a second job")
+        # the redrawn list keeps it open, and the keyboard focus on it
+        assert text.get_attribute("aria-expanded") == "true" and not cut()
+        assert page.evaluate("document.activeElement.dataset.key") == f"{job}:text"
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         page.keyboard.press("Enter")  # and the keyboard folds it again
         assert text.get_attribute("aria-expanded") == "false" and cut()
         page.context.close()

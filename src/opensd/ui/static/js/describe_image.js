@@ -17,8 +17,9 @@ export function describeButton({ image, prompt, what = "the prompt" }) {
   icon("search"), h("span", {}, LABEL));
   const element = h("div", { class: "row describe" }, button, status);
 
+  let round = 0; // reset() (another picture) makes a reply still on its way stale
   async function describe() {
-    const picture = image();
+    const picture = image(), mine = ++round;
     if (!picture) { toast("Load an image first (Upload, paste or drop): then it can be described.", "error"); return; }
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
@@ -26,7 +27,7 @@ export function describeButton({ image, prompt, what = "the prompt" }) {
     status.textContent = "The tagger is looking at the image…";
     try {
       const { caption } = await api.post("/sdapi/v1/interrogate", { image: picture, model: "deepdanbooru" });
-      status.textContent = put(caption.trim());
+      if (mine === round) status.textContent = put(caption.trim());
     } catch (e) {
       status.textContent = "";
       toast(`${LABEL}: ${e.message}`, "error");
@@ -47,5 +48,5 @@ export function describeButton({ image, prompt, what = "the prompt" }) {
     set(`${text}${/,$/.test(text) ? " " : ", "}${tags}`);
     return `Tags added at the end of ${what} (its text is kept).`;
   }
-  return { element, button, status, reset() { status.textContent = ""; } };
+  return { element, button, status, reset() { round++; status.textContent = ""; } };
 }
