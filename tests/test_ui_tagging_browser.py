@@ -170,7 +170,7 @@ def test_enter_or_space_on_an_empty_canvas_opens_the_file_picker(browser, live, 
 
 
 def test_on_a_phone_a_long_queued_prompt_can_be_read_whole(browser, live):
-    long_prompt = "a very detailed watercolour of a lighthouse on a cliff at dawn, " * 3
+    long_prompt = "a very detailed watercolour of a lighthouse on a cliff at dawn, " * 6  # 390 characters
     live.state.queue.stop()  # hold the worker so the job waits
     try:
         r = httpx.post(f"{live.url}/opensd/v1/txt2img", json={"prompt": long_prompt, "steps": 2, "width": 64,
@@ -181,6 +181,7 @@ def test_on_a_phone_a_long_queued_prompt_can_be_read_whole(browser, live):
         text = page.locator(f"#panel-queue li[data-job='{job}'] .job-text")
         text.wait_for()
         whole = " ".join(long_prompt.split())
+        assert len(whole) > 300
         assert text.get_attribute("title") == whole and text.get_attribute("aria-expanded") == "false"
         cut = lambda: page.evaluate("(el) => el.scrollWidth > el.clientWidth", text.element_handle())  # noqa: E731
         assert cut()  # one line with "…"
