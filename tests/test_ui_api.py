@@ -64,6 +64,16 @@ def test_queued_txt2img_answers_at_once_with_positions_and_clear_cancels_waiting
         assert c.get("/opensd/v1/queue").json()["pending"] == []
 
 
+def test_a_queue_label_is_the_whole_prompt_up_to_1000_characters_then_marked_cut(tmp_path):
+    words = " ".join(f"word{n}" for n in range(300))  # 2089 characters
+    with client(tmp_path, start_worker=False) as c:
+        for prompt in (words[:990], words):
+            assert c.post("/opensd/v1/txt2img", json={"prompt": prompt, **FAST}).status_code == 202
+        whole, cut = [j["label"] for j in c.get("/opensd/v1/queue").json()["pending"]]
+        assert whole == words[:990] and cut == words[:999] + "…" and len(cut) == 1000
+        c.post("/opensd/v1/queue/clear", json={})
+
+
 def test_queued_txt2img_refuses_bad_input_before_queueing(tmp_path):
     with client(tmp_path, start_worker=False) as c:
         r = c.post("/opensd/v1/txt2img", json={"prompt": "x", "sampler_name": "Nope", **FAST})

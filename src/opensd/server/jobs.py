@@ -68,6 +68,7 @@ class Progress:
     # what the job does before its first step: "" (not told), LOADING (its model) or SAMPLING (the pipeline
     # runs: the prompt is encoded, then steps; a large image's first step can take minutes on a CPU)
     phase: str = ""
+    worker: str = ""  # the name of the worker running it
 
 
 LOADING, SAMPLING = "loading", "sampling"
@@ -307,7 +308,7 @@ class JobQueue:
             finally:
                 self._idle.remove(worker)
             self.store.started(job)
-            self._running[job.id] = Progress(job=job, started=time.time())
+            self._running[job.id] = Progress(job=job, started=time.time(), worker=worker.name)
             worker.stats.job = job.id
             self._cv.notify_all()  # the other free workers look again: this one is busy now
             return job

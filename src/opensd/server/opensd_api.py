@@ -32,7 +32,7 @@ from .session import clear_cookie_header, cookie_ok, set_cookie_header
 from .ui_routes import LOGIN_API, SESSION_API
 
 PREFIX = "/opensd/v1"
-LABEL_CHARS = 200
+LABEL_CHARS = 1000  # a queue item's label: the whole prompt of all but the longest (the UI shows it on a tap)
 
 
 def job_label(job) -> str:
@@ -43,7 +43,9 @@ def job_label(job) -> str:
         text = (payload.get("request") or {}).get("prompt") or ""
     else:
         text = graph_text(payload)
-    return " ".join(text.split())[:LABEL_CHARS] or ("(no prompt)" if job.kind == "a1111" else f"({job.kind} job)")
+    text = " ".join(text.split())
+    text = text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 1] + "…"
+    return text or ("(no prompt)" if job.kind == "a1111" else f"({job.kind} job)")
 
 
 TASKS = {"comfy": "ComfyUI", "train": "training"}
@@ -164,7 +166,7 @@ def router(state) -> APIRouter:
             return QueueItem(id=job.id, kind=job.kind, task=job_task(job), client=job.client,
                              status=status or job.status, label=job_label(job), created=job.created, **extra)
 
-        running = [item(p.job, "running", position=0, step=p.step, steps=p.steps) for p in state.queue.running()]
+        running = [item(p.job, "running", position=0, step=p.step, steps=p.steps, worker=p.worker) for p in state.queue.running()]
         return QueueView(
             running=running[0] if running else None, running_jobs=running,
             pending=[item(j, position=i + 1) for i, j in enumerate(state.queue.pending())],

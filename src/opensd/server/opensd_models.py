@@ -66,6 +66,7 @@ class QueueItem(BaseModel):
     step: int | None = None
     steps: int | None = None
     error: str | None = Field(None, description="why a finished job failed (recent jobs only)")
+    worker: str | None = Field(None, description="the name of the worker running it (running jobs only)")
 
 
 class QueueView(BaseModel):

@@ -37,10 +37,11 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
   maskLayer.hidden = !masking;
   const stage = h("div", { class: "canvas-stage" }, imageLayer, maskLayer);
   const cursor = h("div", { class: "canvas-cursor", hidden: true });
-  const empty = h("p", { class: "canvas-empty muted" }, "Drop an image here, paste it, or press Upload");
+  const empty = h("p", { class: "canvas-empty muted" }, "Drop an image here, paste it, or click here (or press Enter) to choose one");
   // masking, the canvas takes keys of its own (a screen reader passes them on to an "application")
-  const view = h("div", { class: "canvas-view", tabindex: "0", role: masking ? "application" : "img", "aria-label": label },
-    stage, cursor, empty);
+  // empty, a click, Enter or Space opens the file picker (the label says so until an image is in)
+  const view = h("div", { class: "canvas-view", tabindex: "0", role: masking ? "application" : "img",
+    "aria-label": `${label}: empty, press Enter to choose an image` }, stage, cursor, empty);
   const fileInput = filePicker("Choose an image", (file) => load(file));
   const size = h("input", { type: "range", name: "brush_size", min: 1, max: 256, value: 16, "data-persist": "no" });
   const pressure = h("input", { type: "checkbox", name: "pen_pressure", checked: true, "data-persist": "no" });
@@ -133,6 +134,7 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
     stage.style.width = `${image.width}px`;
     stage.style.height = `${image.height}px`;
     empty.hidden = true;
+    view.setAttribute("aria-label", label);
     if (resized) { keys?.resized(image.width, image.height); fit(); }
     if (resized || fresh) onImage(image.width, image.height);
   }
@@ -319,6 +321,11 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
   }
 
   view.addEventListener("keydown", (e) => {
+    if (!source && (e.key === "Enter" || e.key === " ")) { // empty: the canvas is the way to an image
+      e.preventDefault();
+      if (!e.repeat) fileInput.click();
+      return;
+    }
     if (keys?.keydown(e)) return;
     const key = e.key.toLowerCase();
     if (e.key === " ") { spaceHeld = true; e.preventDefault(); }
@@ -331,6 +338,7 @@ export function canvasEditor({ masking, label, onImage = () => {} }) {
   view.addEventListener("keyup", (e) => { if (e.key === " ") spaceHeld = false; });
 
   // --- getting images in ---
+  view.addEventListener("click", () => { if (!source) fileInput.click(); });
   dropTarget(view, load);
   new ResizeObserver(() => { if (source) fit(); }).observe(view);
   setTool(tool);

@@ -3,8 +3,10 @@
 // outpainting (extend the canvas on any side). The rest of the form is Generate's (gen_settings.js);
 // requests are queued on POST /opensd/v1/img2img. Images sent here (gallery, results, PNG files)
 // arrive through take(ctx.id); a result sent to this tab goes back onto the canvas. The Script card
-// (scripts_card.js) adds img2img's scripts, SD upscale among them.
+// (scripts_card.js) adds img2img's scripts, SD upscale among them. "Describe image (tags)" under the
+// canvas puts the picture's tags into the prompt (describe_image.js).
 import { canvasEditor } from "../canvas_editor.js";
+import { describeButton } from "../describe_image.js";
 import { field, h, icon, toast } from "../dom.js";
 import { checkForm, number, select, slider, syncSliders } from "../form.js";
 import { generationSettings } from "../gen_settings.js";
@@ -52,9 +54,10 @@ export async function mount(panel, ctx) {
       h("p", { class: "muted" }, "The mask's grey levels blend the original with the new content: use a large mask blur."),
       h("div", { class: "grid2" }, SOFT.map(([name, label, min, max, step, value]) =>
         slider(label, `soft_${name}`, { min, max, step, value }))))) : null;
+  const describe = describeButton({ image: () => (editor.hasImage() ? editor.imageDataURL() : null), prompt: settings.prompt });
   const generateButton = h("button", { type: "submit", class: "primary", title: "Ctrl+Enter" }, icon("sparkle"), "Generate");
   const form = h("form", { class: "gen-side", "aria-label": inpaint ? "Inpainting settings" : "Image to image settings" },
-    h("div", { class: "card" }, editor.element), outpaint, settings.promptCard,
+    h("div", { class: "card stack" }, editor.element, describe.element), outpaint, settings.promptCard,
     h("div", { class: "card stack" },
       slider("Denoising strength", "denoising_strength", { min: 0, max: 1, step: 0.01, value: 0.75 }),
       field("Resize mode", select("resize_mode", RESIZE, "0")), inpaintSettings), soft,

@@ -1,8 +1,10 @@
 // PNG info: drop, paste or pick any image (ours, A1111's PNG/JPEG/WebP, ComfyUI's with its embedded
 // prompt and workflow); the server reads it (POST /opensd/v1/image-info); one click sends the
-// parameters to Generate.
+// parameters to Generate. "Describe image (tags)" fills a Tags box with the picture's tags
+// (describe_image.js), to copy into a prompt.
 import { api, fileToDataURL } from "../api.js";
-import { clear, h, icon, paramsTable, toast } from "../dom.js";
+import { describeButton } from "../describe_image.js";
+import { clear, field, h, icon, paramsTable, toast } from "../dom.js";
 import { filePicker, NOT_AN_IMAGE, pastedImage, pickerButton, readableImage } from "../image_input.js";
 import { sendTo } from "../shared.js";
 
@@ -18,6 +20,11 @@ export async function mount(panel) {
   const details = h("div", { class: "card stack" });
   panel.append(input, drop, h("div", { class: "info-layout" }, picture, details));
   picture.hidden = details.hidden = true;
+  let dataURL = null; // the picture shown, for the tagger
+  const tagsBox = h("textarea", { name: "tags", rows: 3, spellcheck: "false", "data-persist": "no" });
+  const describe = describeButton({ image: () => dataURL, prompt: { textarea: tagsBox }, what: "the Tags box" });
+  const tags = h("section", { class: "stack", "aria-label": "Tags" }, h("h2", {}, "Tags"), describe.element,
+    field("Tags (copy them into a prompt)", tagsBox));
 
   pickerButton(drop, input, read);
   panel.addEventListener("paste", (e) => {
@@ -28,10 +35,14 @@ export async function mount(panel) {
   let url = null;
   async function read(file) {
     if (!(await readableImage(file))) { toast(`${file.name}: ${NOT_AN_IMAGE}`, "error"); return; }
-    let info;
+    let info, image;
     try {
-      info = await api.post("/opensd/v1/image-info", { image: await fileToDataURL(file) });
+      image = await fileToDataURL(file);
+      info = await api.post("/opensd/v1/image-info", { image });
     } catch (e) { toast(e.message, "error"); return; }
+    dataURL = image;
+    tagsBox.value = "";
+    describe.reset();
     if (url) URL.revokeObjectURL(url);
     url = URL.createObjectURL(file);
     clear(picture, h("img", { src: url, alt: file.name, class: "full" }), h("p", { class: "muted" }, file.name));
@@ -45,7 +56,7 @@ export async function mount(panel) {
         h("pre", { class: "infotext", "aria-label": "Parameters text" }, info.infotext)]
         : h("p", { class: "muted" }, "This image carries no A1111 parameters."),
       comfy.map(([key, value]) => h("details", { class: "card" }, h("summary", {}, key === "workflow" ? "ComfyUI workflow" : key === "prompt" ? "ComfyUI prompt (API graph)" : key),
-        h("pre", { class: "infotext" }, pretty(value)))));
+        h("pre", { class: "infotext" }, pretty(value)))), tags);
     picture.hidden = details.hidden = false;
   }
 }

@@ -4,15 +4,29 @@ import { api } from "../api.js";
 import { clear, confirmDialog, h, icon, toast } from "../dom.js";
 import { EVENTS, emit, on } from "../shared.js";
 
-function row(job, ...controls) {
+const short = (text, n = 40) => (text.length > n ? `${text.slice(0, n - 1)}…` : text);
+// "txt2img job "a red heart…" on worker gpu-2": which job a button acts on, for a screen reader and a tooltip
+const named = (job) => `${job.task || job.kind} job "${short(job.label)}"${job.worker ? ` on worker ${job.worker}` : ""}`;
+
+// One job. Its prompt is cut to one line with "…"; the prompt is a button (click, tap, Enter or Space)
+// that shows it whole, and its tooltip is the whole prompt. `expanded`: the ids shown whole.
+function row(job, expanded, ...controls) {
   const pos = job.position > 0 ? `#${job.position}` : job.position === 0 ? "▶" : "";
-  return h("li", { "data-job": job.id, "data-status": job.status },
+  const open = expanded.has(job.id);
+  const text = h("button", { type: "button", class: "job-text", title: job.label, "aria-expanded": String(open),
+    "data-key": `${job.id}:text`, onclick: () => {
+      if (expanded.has(job.id)) expanded.delete(job.id); else expanded.add(job.id);
+      li.classList.toggle("open", expanded.has(job.id));
+      text.setAttribute("aria-expanded", String(expanded.has(job.id)));
+    } }, job.label);
+  const li = h("li", { "data-job": job.id, "data-status": job.status, class: open ? "open" : null },
     h("span", { class: "pos", "aria-label": job.position > 0 ? `position ${job.position}` : job.status }, pos),
     h("div", { class: "label" },
-      h("span", { class: `pill ${job.status}` }, job.status), " ",
-      h("span", { class: "muted job-task" }, job.task || job.kind), " ", job.label,
+      h("span", { class: `pill ${job.status}` }, job.status),
+      h("span", { class: "muted job-task" }, job.task || job.kind), text,
       job.error ? h("span", { class: "error job-error" }, job.error) : null),
     h("div", { class: "toolbar" }, controls));
+  return li;
 }
 
 export async function mount(panel) {
@@ -43,20 +57,31 @@ export async function mount(panel) {
   }
   const post = (path) => () => api.post(path).catch((e) => toast(e.message, "error"));
 
+  const expanded = new Set(); // jobs whose whole prompt is shown, kept across the poller's renders
+  let shown = "";
+  const button = (job, action, ico, text, onclick) => h("button", { type: "button", onclick,
+    "aria-label": `${text} ${named(job)}`, title: `${text} ${named(job)}`, "data-key": `${job.id}:${action}` }, icon(ico), text);
   function render(q) {
+    const now = JSON.stringify([q.running_jobs, q.pending, q.recent].map((list) =>
+      (list || []).map(({ step, steps, ...rest }) => rest))); // progress alone changes nothing here
+    if (now === shown) return;
+    shown = now;
+    const focused = panel.contains(document.activeElement) ? document.activeElement.dataset.key : null;
     // the oldest running job first (skip and interrupt act on it); with Ray workers others run beside it
-    clear(running, q.running ? [row(q.running,
-      h("button", { type: "button", onclick: post("/sdapi/v1/skip") }, icon("skip"), "Skip"),
-      h("button", { type: "button", onclick: post("/sdapi/v1/interrupt") }, icon("stop"), "Interrupt")),
-      ...q.running_jobs.slice(1).map((j) => row(j,
-        h("button", { type: "button", onclick: () => cancel(j) }, icon("stop"), "Interrupt")))]
+    clear(running, q.running ? [row(q.running, expanded,
+      button(q.running, "skip", "skip", "Skip", post("/sdapi/v1/skip")),
+      button(q.running, "interrupt", "stop", "Interrupt", post("/sdapi/v1/interrupt"))),
+      ...q.running_jobs.slice(1).map((j) => row(j, expanded, button(j, "interrupt", "stop", "Interrupt", () => cancel(j))))]
       : h("li", { class: "muted" }, "Nothing is running."));
     if (!q.running) progress.textContent = "";
-    clear(pending, q.pending.length ? q.pending.map((j) => row(j,
-      h("button", { type: "button", "aria-label": `Cancel job ${j.position}`, onclick: () => cancel(j) }, icon("close"), "Cancel")))
+    clear(pending, q.pending.length ? q.pending.map((j) => row(j, expanded,
+      h("button", { type: "button", "aria-label": `Cancel job ${j.position}`, title: `Cancel ${named(j)}`,
+        "data-key": `${j.id}:cancel`, onclick: () => cancel(j) }, icon("close"), "Cancel")))
       : h("li", { class: "muted" }, "No job is waiting."));
     clearAll.disabled = q.pending.length === 0;
-    clear(recent, q.recent.length ? q.recent.map((j) => row(j)) : h("li", { class: "muted" }, "No finished jobs yet."));
+    clear(recent, q.recent.length ? q.recent.map((j) => row(j, expanded)) : h("li", { class: "muted" }, "No finished jobs yet."));
+    // a keyboard user's place survives the refresh (the same control of the same job, if still there)
+    if (focused) panel.querySelector(`[data-key="${CSS.escape(focused)}"]`)?.focus();
   }
   // filled now, not at the poller's next round (up to 3 s when idle, with empty lists until then)
   let polled = false;

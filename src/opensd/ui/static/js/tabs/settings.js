@@ -110,7 +110,7 @@ function write(el, info, value) {
 export async function mount(panel) {
   const body = h("div", { class: "stack" });
   const apply = h("button", { type: "submit", class: "primary" }, icon("send"), "Apply settings");
-  const form = h("form", { class: "stack", "aria-label": "Settings" }, body, h("div", { class: "toolbar" }, apply));
+  const form = h("form", { class: "stack", "aria-label": "Settings" }, body, h("div", { class: "gen-actions" }, apply)); // sticky: in reach from any section
   panel.append(form);
   let info = {}, saved = {};
   const fields = []; // { key, el, info }
