@@ -83,7 +83,7 @@ def test_without_a_tagger_describe_image_says_where_the_model_files_go(browser, 
     load_picture(page, "inpaint")
     page.fill("#panel-inpaint textarea[name=prompt]", "a cat")
     button.click()
-    wait_for(lambda: "no WD14 tagger is installed" in page.locator("#toasts .toast.error").last.inner_text(),
+    wait_for(lambda: "nor a WD14 tagger is installed" in page.locator("#toasts .toast.error").last.inner_text(),
              what="the server's reason")
     said = page.locator("#toasts .toast.error").last.inner_text()
     assert said.startswith("Describe image (tags):") and "models/wd14_tagger/" in said and ".onnx" in said
