@@ -99,3 +99,36 @@ def test_tagger_extension_routes(client):
     r = client.post("/tagger/v1/interrogate", json={"image": b64(picture()), "model": "wd-vit-tagger-v3",
                                                     "threshold": 2})
     assert r.status_code == 422
+
+
+def test_interrogations_run_one_at_a_time(client, monkeypatch):
+    """A burst of requests waits its turn (as behind A1111's queue lock) instead of taking every core."""
+    import threading
+    import time
+
+    from opensd.tagging import wd14
+
+    real, active, most = wd14.tag, [0], [0]
+    lock = threading.Lock()
+
+    def counted(*args):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.2)
+        try:
+            return real(*args)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(wd14, "tag", counted)
+    body = {"image": b64(picture()), "model": "wd-v1-4-moat-tagger-v2"}
+    codes = []
+    threads = [threading.Thread(target=lambda: codes.append(client.post("/sdapi/v1/interrogate", json=body)
+                                                            .status_code)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200] * 4 and most[0] == 1

@@ -10,9 +10,11 @@ words. Naming an installed WD14 model instead of "deepdanbooru" picks that one.
 
 Both run on the CPU (onnxruntime's CPU provider, torch on the CPU), leaving the GPU to the generation
 queue: a WD14 tagging takes well under a second, a DeepDanbooru one a few seconds; they run in a worker
-thread, not through the job queue. Body sizes are capped by the server's guard like every request's.
+thread, one at a time, not through the job queue. Body sizes are capped by the server's guard like every request's.
 """
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
@@ -51,6 +53,11 @@ def _not_found(folders, model: str, hint: str) -> JSONResponse:
 def router(state) -> APIRouter:
     api = APIRouter(tags=["AUTOMATIC1111"])
     s = state.settings
+    one_at_a_time = asyncio.Lock()  # as A1111's queue lock: a burst of requests waits, not every core at once
+
+    async def run(fn, *args):
+        async with one_at_a_time:
+            return await run_in_threadpool(fn, *args)
 
     def scores(name: str, image_b64: str):
         image = images_io.decode_b64(image_b64, "image", s.max_image_pixels)
@@ -75,9 +82,9 @@ def router(state) -> APIRouter:
             return _not_found(state.folders, req.model, 'use "deepdanbooru" or an installed WD14 tagger')
         opts = state.options.effective(None)
         if req.model == DEEPDANBOORU:
-            found = await run_in_threadpool(deepdanbooru_scores, req.image)
+            found = await run(deepdanbooru_scores, req.image)
         else:
-            found = await run_in_threadpool(scores, req.model, req.image)
+            found = await run(scores, req.model, req.image)
         return {"caption": a1111_caption(
             found, threshold=opts["interrogate_deepbooru_score_threshold"], sort_alpha=opts["deepbooru_sort_alpha"],
             use_spaces=opts["deepbooru_use_spaces"], escape=opts["deepbooru_escape"],
@@ -91,7 +98,7 @@ def router(state) -> APIRouter:
     async def tagger_interrogate(req: TaggerInterrogateRequest):
         if req.model not in wd14.installed(state.folders):
             return _not_found(state.folders, req.model, f"{wd14.where()}; installed")
-        found = await run_in_threadpool(scores, req.model, req.image)
+        found = await run(scores, req.model, req.image)
         return {"caption": tagger_caption(found, req.threshold)}
 
     return api
