@@ -191,7 +191,9 @@ class Payload:  # a pickled object of a class outside the restricted unpickler's
 
 def test_a_pickle_asking_for_code_is_refused_not_run(tmp_path, capsys):
     path = install(tmp_path, {**controlled_model(), "x": Payload()}, "evil.pt")
-    with pytest.raises(InvalidArgument, match="deepdanbooru: evil.pt: refusing to load: the pickle asks for 'print'"):
+    # print, or the print another library in the process put in its place (Ray's tqdm_ray does)
+    refused = r"deepdanbooru: evil.pt: refusing to load: the pickle asks for '[\w.]*print'"
+    with pytest.raises(InvalidArgument, match=refused):
         dd.read(path)
     assert "ran" not in capsys.readouterr().out
 
