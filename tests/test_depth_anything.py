@@ -202,7 +202,7 @@ def tiny_file(tiny_variant, tmp_path):
     sd["depth_head.scratch.output_conv2.2.weight"] *= 1e-3
     sd["depth_head.scratch.output_conv2.2.bias"] += 5.0
     torch.save(sd, folder / "depth_anything_v2_vitl.pth")
-    PF._loaded.clear()
+    PF._network.clear()
     return tmp_path / "models"
 
 

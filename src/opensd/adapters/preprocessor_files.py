@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidArgument
 from ..library.models_dir import LAYOUT
+from ..one_loaded import OneLoaded
 
 
 def match_file(folders, name: str) -> Path | None:
@@ -75,16 +76,13 @@ def torch_device(device) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-_loaded: dict = {}
+_network = OneLoaded()
 
 
 def cached(key: tuple, make: Callable[[], nn.Module]) -> nn.Module:
     """The network for `key` (file, device, ...), made once; one preprocessor network is kept at a time
     (Depth Anything's ViT-L alone is 1.3 GB), the previous one dropped."""
-    if key not in _loaded:
-        _loaded.clear()
-        _loaded[key] = make()
-    return _loaded[key]
+    return _network.get(key, make)
 
 
 def load_network(tag: str, path, device, build: Callable[[dict, Path], nn.Module], *key) -> nn.Module:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 
+from ..one_loaded import file_stamp
 from ..text.embeddings import EmbeddingDatabase, load_embeddings
 
 
@@ -21,10 +22,9 @@ class EmbeddingFiles:
         found = []
         for m in self.folders.list("embeddings"):
             try:
-                st = m.path.stat()
+                found.append(file_stamp(m.path))
             except OSError:  # removed while listing
                 continue
-            found.append((str(m.path), st.st_size, st.st_mtime_ns))
         return tuple(found)
 
     def get(self) -> EmbeddingDatabase:

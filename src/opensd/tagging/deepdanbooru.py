@@ -22,7 +22,6 @@ fitted into 512x512 keeping its aspect with the borders filled by stretching its
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from PIL import Image
 from ..checkpoints.files import sniff_format
 from ..checkpoints.safe_pickle import first_line, load_torch_object
 from ..errors import CheckpointError, InvalidArgument
+from ..one_loaded import OneLoaded, file_stamp
 from ..pipeline.images import resize
 from .tag_text import GENERAL, RATING, Scores
 
@@ -253,23 +253,16 @@ def read(path: Path, device="cpu") -> Tagger:
     return from_state_dict(obj, path.name, device)
 
 
-_loaded: dict = {}
-_lock = threading.Lock()  # the server tags from several threads
+_tagger = OneLoaded()
 
 
 def load(path: Path, device="cpu") -> Tagger:
     """`read`, kept loaded until another file is asked for (or this one changes)."""
     try:
-        st = Path(path).stat()
+        key = (file_stamp(path), str(device))
     except OSError as e:
         raise InvalidArgument(f"{LABEL}: cannot read {Path(path).name} ({e.strerror})") from None
-    key = (str(path), st.st_mtime_ns, st.st_size, str(device))
-    with _lock:
-        if key not in _loaded:
-            tagger = read(path, device)
-            _loaded.clear()
-            _loaded[key] = tagger
-        return _loaded[key]
+    return _tagger.get(key, lambda: read(path, device))
 
 
 def preprocess(image) -> np.ndarray:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InvalidArgument
+from ..one_loaded import OneLoaded, file_stamp
 from ..onnx_files import onnxruntime, session
 from ..safe_paths import inside, is_file, name_problem
 from .tag_text import Scores
@@ -139,27 +139,22 @@ def _shape_checked(files: TaggerFiles, sess, count: int) -> tuple[str, str, int]
     return inp.name, out.name, int(shape[1])
 
 
-_loaded: dict = {}
-_lock = threading.Lock()  # the server tags from several threads
+_tagger = OneLoaded()
 
 
 def load(files: TaggerFiles, device: str = "cpu") -> Tagger:
     """The tagger of `files` (find's), kept loaded until another one is asked for (or the files change)."""
-    def stamp(p: Path):
-        return (str(p), p.stat().st_mtime_ns, p.stat().st_size)
-
     try:
-        key = (stamp(files.model), stamp(files.labels), device)
+        key = (file_stamp(files.model), file_stamp(files.labels), device)
     except OSError as e:
         raise InvalidArgument(f"{LABEL}: {files.name}: cannot read its files ({e.strerror})") from None
-    with _lock:
-        if key not in _loaded:
-            names, categories = read_labels(files.labels)
-            sess = session(onnxruntime(LABEL, "tagger"), files.model, device, LABEL)
-            checked = _shape_checked(files, sess, len(names))
-            _loaded.clear()
-            _loaded[key] = Tagger(files.name, sess, *checked, names, categories)
-        return _loaded[key]
+
+    def make() -> Tagger:
+        names, categories = read_labels(files.labels)
+        sess = session(onnxruntime(LABEL, "tagger"), files.model, device, LABEL)
+        return Tagger(files.name, sess, *_shape_checked(files, sess, len(names)), names, categories)
+
+    return _tagger.get(key, make)
 
 
 def preprocess(image, size: int) -> np.ndarray:
