@@ -68,11 +68,16 @@ export function chips(name, label, { onChange = () => {}, title = () => null } =
   return { element: h("div", {}, list, store), get, set, render, setChoices(values) { choices = values; render(); } };
 }
 
+// Marks a part of a form whose fields are not sent now (the hires card while the fix is off): its
+// controls, empty or out of range, do not stop the form (checkForm skips them).
+export const UNSENT = "data-unsent";
+
 // Whether `form` may be sent; if not, its first invalid control is opened up and pointed at with the
 // browser's message. Forms using this set noValidate: the browser's own check cannot point at a
 // control in a collapsed card (<details>) or a hidden section, so the button did nothing at all.
 export function checkForm(form) {
-  const bad = form.querySelector("input:invalid, select:invalid, textarea:invalid");
+  const bad = [...form.querySelectorAll("input:invalid, select:invalid, textarea:invalid")]
+    .find((el) => !el.closest(`[${UNSENT}]`));
   if (!bad) return true;
   for (let d = bad.closest("details"); d; d = d.parentElement.closest("details")) d.open = true;
   if (bad.getClientRects().length) return form.reportValidity();

@@ -2,7 +2,7 @@
 // scale or a target size (0: use the scale), and the second pass's own checkpoint, sampler, schedule
 // and prompts ("Use same ..." and empty prompts: the first pass's).
 import { field, h } from "./dom.js";
-import { choose, number, select, setOptions, slider } from "./form.js";
+import { UNSENT, choose, number, select, setOptions, slider } from "./form.js";
 
 const SAME_CHECKPOINT = "Use same checkpoint";
 const SAME_SAMPLER = "Use same sampler";
@@ -40,10 +40,10 @@ export function hiresCard(upscalers, settings) {
 
   const value = (name) => element.querySelector(`[name=${name}]`);
   const int = (name) => Math.trunc(Number(value(name).value));
-  // A cleared number is refused at the field (checkForm) while the fix is on (or `force`d on, as the
-  // upscale button does), and never blocks Generate while it is off (nothing of the card is sent then).
-  const refresh = (force = false) => element.querySelectorAll("input[type=number]")
-    .forEach((el) => { el.required = force || value("enable_hr").checked; });
+  // A cleared or out-of-range number is refused at the field (checkForm) while the fix is on (or
+  // `force`d on, as the upscale button does), and never blocks Generate while it is off (nothing of
+  // the card is sent then).
+  const refresh = (force = false) => element.toggleAttribute(UNSENT, !(force || value("enable_hr").checked));
   value("enable_hr").addEventListener("change", () => refresh());
   refresh();
   return {
