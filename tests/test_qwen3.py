@@ -5,37 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen3Config as HFQwen3Config
-from transformers import Qwen3ForCausalLM, Qwen3Model
+from transformers import Qwen3Model
 
 from opensd.checkpoints.keymap_qwen3 import is_qwen3, qwen3_config, qwen3_state_dict
 from opensd.errors import CheckpointError
 from opensd.models.qwen3 import Qwen3Config, Qwen3TextEncoder
+from qwen_fixtures import hf_config, hf_qwen3
 from reference import assert_close_scaled
 
 # Grouped-query attention (2 query heads per key/value head), a head width other than hidden/heads.
 TINY = Qwen3Config(vocab_size=120, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
                    num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 LENGTH = 20
-
-
-def hf_config(cfg: Qwen3Config, **kw) -> HFQwen3Config:
-    return HFQwen3Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
-        rope_theta=cfg.rope_theta, max_position_embeddings=4096, tie_word_embeddings=True, **kw)
-
-
-def hf_qwen3(cfg: Qwen3Config = TINY, seed: int = 0, attn: str = "sdpa") -> Qwen3ForCausalLM:
-    """transformers' model with random weights, the norms' scales away from 1 so that they matter."""
-    torch.manual_seed(seed)
-    ref = Qwen3ForCausalLM(hf_config(cfg, attn_implementation=attn))
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-    return ref.eval()
 
 
 def ours_from(sd: dict, cfg: Qwen3Config = TINY, prefix: str = "") -> Qwen3TextEncoder:
@@ -60,7 +41,7 @@ def _batch(left: bool) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
 @torch.no_grad()
 def test_every_hidden_state_matches_transformers(left, attn):
-    ref = hf_qwen3(seed=2, attn=attn)
+    ref = hf_qwen3(TINY, seed=2, attn=attn)
     ours = ours_from(ref.state_dict())
     ids, mask = _batch(left)
     want = ref.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
@@ -77,7 +58,7 @@ def test_every_hidden_state_matches_transformers(left, attn):
 
 @torch.no_grad()
 def test_without_a_mask_it_is_causal():
-    ref = hf_qwen3(seed=3)
+    ref = hf_qwen3(TINY, seed=3)
     ours = ours_from(ref.state_dict())
     ids, _ = _batch(False)
     want = ref.model(input_ids=ids).last_hidden_state
@@ -89,7 +70,7 @@ def test_without_a_mask_it_is_causal():
 
 @torch.no_grad()
 def test_padding_changes_nothing_for_the_real_tokens():
-    ours = ours_from(hf_qwen3(seed=4).state_dict())
+    ours = ours_from(hf_qwen3(TINY, seed=4).state_dict())
     ids, mask = _batch(False)
     alone = ours(ids[1:2, :13])
     for pad_ids in (ids[1:2], torch.zeros_like(ids[1:2])):
@@ -99,7 +80,7 @@ def test_padding_changes_nothing_for_the_real_tokens():
 
 @torch.no_grad()
 def test_a_model_save_without_the_prefix_or_head_loads():
-    ref = hf_qwen3(seed=5)
+    ref = hf_qwen3(TINY, seed=5)
     sd = ref.state_dict()
     assert "lm_head.weight" in sd and "model.embed_tokens.weight" in sd
     bare = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
@@ -111,7 +92,7 @@ def test_a_model_save_without_the_prefix_or_head_loads():
 
 
 def test_config_from_shapes():
-    sd = hf_qwen3().state_dict()
+    sd = hf_qwen3(TINY).state_dict()
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     assert qwen3_config(shapes) == TINY
     assert is_qwen3(shapes)
