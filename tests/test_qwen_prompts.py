@@ -13,7 +13,7 @@ from transformers import Qwen2TokenizerFast
 
 from opensd.checkpoints.keymap_qwen3 import qwen3_state_dict
 from opensd.models.qwen3 import Qwen3Config, Qwen3TextEncoder
-from opensd.text.qwen_prompts import chat_prompt, encode_prompts
+from opensd.text.qwen_prompts import chat_prompt, encode_padded, encode_prompts
 from opensd.text.qwen_tokenizer import QwenTokenizer
 from qwen_fixtures import QWEN3_TEMPLATE_PARTS, build_tokenizer, hf_qwen3, write_folder
 from reference import assert_close_scaled
@@ -80,3 +80,30 @@ def test_a_prompt_comes_out_the_same_alone_or_in_a_batch(folder):
     batch = encode_prompts(ours, tokenizer, PROMPTS)
     for p, b in zip(PROMPTS, batch):
         assert_close_scaled(encode_prompts(ours, tokenizer, p)[0], b, 1e-5)
+
+
+@torch.no_grad()
+def test_padded_form_for_any_wrapper(folder):
+    """encode_padded: the batch padded on the right to its longest prompt, for an encoder wrapped
+    in another module (as a model bundle keeps it), on the device it is given."""
+    tokenizer = QwenTokenizer.from_folder(folder)
+    cfg = Qwen3Config(vocab_size=420, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    inner = Qwen3TextEncoder(cfg).eval()
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = inner
+
+        def forward(self, ids, mask=None, layer=-2):
+            return self.transformer(ids, mask, layer)
+
+    hidden, mask = encode_padded(Wrapper(), tokenizer, PROMPTS[:3], device=torch.device("cpu"))
+    listed = encode_prompts(inner, tokenizer, PROMPTS[:3])
+    assert hidden.shape == (3, max(len(x) for x in listed), cfg.hidden_size) and mask.dtype == torch.bool
+    for h, m, x in zip(hidden, mask, listed):
+        n = len(x)
+        assert m[:n].all() and not m[n:].any()
+        assert torch.equal(h[:n], x)
+    assert mask.sum(1).tolist() == [len(tokenizer.encode(chat_prompt(p))) for p in PROMPTS[:3]]

@@ -15,15 +15,15 @@ As diffusers' ZImagePipeline (and ComfyUI's Z-Image text encoder) do it:
 diffusers pads every prompt to 512 tokens; here the batch is padded to its longest prompt only.
 The real tokens come out the same: with a causal mask they never see what follows them.
 
-The prompt is plain text handed to a language model: A1111's emphasis syntax, (word:1.2) and
-[from:to:when], is not parsed (its brackets and numbers reach the model as written), and there is
-no 75-token chunking.
+Prompts are plain text handed to a language model: no A1111 prompt weighting. Emphasis, (word:1.2),
+has no meaning for an LLM's hidden states (there is no per-token weight to apply; ComfyUI encodes
+Z-Image prompts unweighted too), and there is no 75-token chunking or BREAK. Nothing is parsed
+here; a caller that accepts A1111 syntax removes its brackets first.
 """
 from __future__ import annotations
 
 import torch
 
-from ..models.qwen3 import Qwen3TextEncoder
 from .qwen_tokenizer import IM_END, IM_START, QwenTokenizer
 
 MAX_LENGTH = 512
@@ -38,15 +38,27 @@ def chat_prompt(prompt: str, enable_thinking: bool = True) -> str:
 
 
 @torch.no_grad()
-def encode_prompts(encoder: Qwen3TextEncoder, tokenizer: QwenTokenizer, prompts: list[str],
-                   max_length: int = MAX_LENGTH, layer: int = LAYER,
-                   enable_thinking: bool = True) -> list[torch.Tensor]:
-    """One (tokens, hidden_size) tensor per prompt, on the encoder's device and in its dtype."""
+def encode_padded(encoder, tokenizer: QwenTokenizer, prompts: list[str], max_length: int = MAX_LENGTH,
+                  layer: int = LAYER, enable_thinking: bool = True,
+                  device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states (n, L, hidden_size) in the encoder's dtype, mask (n, L) bool) of `prompts`,
+    templated here; L is the longest prompt's token count, its padding on the right (mask False).
+
+    `encoder`: a Qwen3TextEncoder, or any module called as encoder(ids, mask, layer=...);
+    `device`: where it runs (default: where its first parameter is)."""
     if isinstance(prompts, str):
         prompts = [prompts]
     ids, mask = tokenizer.batch([chat_prompt(p, enable_thinking) for p in prompts], max_length)
-    device = encoder.model.embed_tokens.weight.device
+    device = device if device is not None else next(encoder.parameters()).device
     ids = torch.tensor(ids, dtype=torch.long, device=device)
     mask = torch.tensor(mask, dtype=torch.bool, device=device)
-    hidden = encoder(ids, mask, layer=layer)
+    return encoder(ids, mask, layer=layer), mask
+
+
+def encode_prompts(encoder, tokenizer: QwenTokenizer, prompts: list[str], max_length: int = MAX_LENGTH,
+                   layer: int = LAYER, enable_thinking: bool = True,
+                   device: torch.device | None = None) -> list[torch.Tensor]:
+    """One (tokens, hidden_size) tensor per prompt, its real tokens only: ZImagePipeline's
+    prompt_embeds, the `cap_feats` list ZImageTransformer2DModel takes."""
+    hidden, mask = encode_padded(encoder, tokenizer, prompts, max_length, layer, enable_thinking, device)
     return [h[m] for h, m in zip(hidden, mask)]
