@@ -109,3 +109,36 @@ def hf_qwen3(cfg: Qwen3Config, seed: int = 0, attn: str = "sdpa") -> Qwen3ForCau
             if "norm" in name:
                 p.copy_(1 + 0.3 * torch.randn_like(p))
     return ref.eval()
+
+
+def write_gguf(path: Path, ref: Qwen3ForCausalLM, quantize: bool = True) -> Path:
+    """`ref`'s weights as a llama.cpp GGUF file (names from the gguf package's own Qwen3 table), its
+    projection weights in Q8_0 blocks when `quantize`."""
+    import gguf
+
+    cfg = ref.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, cfg.num_hidden_layers)
+    w = gguf.GGUFWriter(str(path), "qwen3")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    for key, tensor in ref.state_dict().items():
+        name = names.get_name(key, try_suffixes=(".weight",))
+        data = tensor.float().numpy()
+        if quantize and key.endswith("proj.weight"):
+            blocks = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+            w.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

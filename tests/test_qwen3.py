@@ -1,16 +1,20 @@
 """Our Qwen3 equals transformers' Qwen3 on the same random weights (tiny configs): every hidden state,
 with right or left padding; the config is read back from the shapes; files with and without the
-`model.` prefix or a language-model head load; the full Qwen3-4B builds on meta."""
+`model.` prefix or a language-model head load, and so do llama.cpp GGUF files (quantised
+projections kept as stored); the full Qwen3-4B builds on meta."""
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen3Model
+from transformers import Qwen3ForCausalLM, Qwen3Model
 
+from opensd.checkpoints.files import read_state_dict
 from opensd.checkpoints.keymap_qwen3 import is_qwen3, qwen3_config, qwen3_state_dict
 from opensd.errors import CheckpointError
 from opensd.models.qwen3 import Qwen3Config, Qwen3TextEncoder
-from qwen_fixtures import hf_config, hf_qwen3
+from opensd.models.stored_weights import StoredLinear
+from opensd.pipeline.weights import assign
+from qwen_fixtures import hf_config, hf_qwen3, write_gguf
 from reference import assert_close_scaled
 
 # Grouped-query attention (2 query heads per key/value head), a head width other than hidden/heads.
@@ -122,3 +126,29 @@ def test_qwen3_4b_on_meta():
     assert qwen3_config(got) == full
     n = sum(p.numel() for p in ours.parameters())
     assert 4.0e9 < n < 4.1e9, n  # Qwen3-4B without its (tied) head: 4.02 B parameters
+
+
+@torch.no_grad()
+def test_a_llama_cpp_gguf_file_loads_as_transformers_reads_it(tmp_path):
+    """A GGUF text encoder (llama.cpp's names, Q8_0 projections, as ComfyUI-GGUF users have them):
+    renamed, its blocks kept and unpacked per call, equal to transformers' own GGUF reading."""
+    cfg = Qwen3Config(vocab_size=130, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    path = write_gguf(tmp_path / "qwen3.gguf", hf_qwen3(cfg, seed=6))
+    ref = Qwen3ForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, config=hf_config(cfg)).eval()
+
+    sd = read_state_dict(path, keep_quantized=True)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    assert "blk.0.attn_q_norm.weight" in shapes and is_qwen3(shapes) and qwen3_config(shapes) == cfg
+    with torch.device("meta"):
+        ours = Qwen3TextEncoder(cfg).eval()
+    sd = qwen3_state_dict(sd)
+    assert sd.keys() == ours.state_dict().keys()
+    assign(ours, sd, list(sd), lambda key: torch.float32, "cpu", keeps_stored=lambda key: True)
+    assert isinstance(ours.model.layers[0].self_attn.q_proj, StoredLinear)
+
+    ids, mask = _batch(False)
+    ids = ids % cfg.vocab_size
+    want = ref.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    for g, w in zip(ours.hidden_states(ids, mask), want):
+        assert_close_scaled(g, w, 1e-5)
