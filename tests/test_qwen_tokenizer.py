@@ -4,6 +4,7 @@ users keep it, or taken from a GGUF text encoder's header; a missing or wrong on
 from __future__ import annotations
 
 import pytest
+from tokenizers import Tokenizer
 from transformers import Qwen2TokenizerFast
 
 from opensd.checkpoints.qwen_vocab import find_qwen_tokenizer, load_qwen_tokenizer
@@ -74,7 +75,6 @@ def test_bad_arguments(tmp_path, tok):
 
 
 def test_not_a_qwen_tokenizer(tmp_path):
-    from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     (tmp_path / "tokenizer.json").write_text(Tokenizer(WordLevel({"a": 0}, unk_token="a")).to_str())
     with pytest.raises(CheckpointError, match="not a Qwen tokenizer: no <|endoftext|>"):
@@ -132,3 +132,13 @@ def test_from_a_gguf_text_encoder(tmp_path, tok):
         QwenTokenizer.from_gguf(bare)
     with pytest.raises(CheckpointError, match="no Qwen tokenizer found"):
         load_qwen_tokenizer(bare)
+
+
+def test_presets_in_tokenizer_json_do_not_apply(tmp_path, tok):
+    """A tokenizer.json saved with truncation or padding enabled still encodes whole texts."""
+    preset = Tokenizer.from_str(tok.to_str())
+    preset.enable_truncation(4)
+    preset.enable_padding(length=40, pad_id=0)
+    ours = QwenTokenizer.from_folder(write_folder(tmp_path, preset))
+    assert ours.encode(TEXTS[0]) == tok.encode(TEXTS[0]).ids and len(ours.encode(TEXTS[0])) > 4
+    assert ours.batch([TEXTS[0], "a"])[0][0] == tok.encode(TEXTS[0]).ids

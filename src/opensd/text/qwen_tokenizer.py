@@ -76,6 +76,8 @@ class QwenTokenizer:
     def __init__(self, tokenizer: Tokenizer, source: str = "Qwen tokenizer"):
         """`tokenizer`: the whole pipeline; `source` names it in errors."""
         self._tok = tokenizer
+        tokenizer.no_truncation()  # a tokenizer.json may carry presets; batch() does both itself
+        tokenizer.no_padding()
         missing = [t for t in _SPECIALS if tokenizer.token_to_id(t) is None]
         if missing:
             raise CheckpointError(source, "not a Qwen tokenizer: no " + ", ".join(missing))
