@@ -12,9 +12,9 @@ from tokenizers.models import BPE
 import torch
 from transformers import Qwen3Config as HFQwen3Config
 from transformers import Qwen3ForCausalLM
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX  # the oracle's, not ours
 
 from opensd.models.qwen3 import Qwen3Config
-from opensd.text.qwen_tokenizer import _PATTERN
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 CORPUS = [
@@ -32,7 +32,7 @@ def build_tokenizer(vocab_size: int = 400) -> Tokenizer:
                         byte_fallback=False))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
