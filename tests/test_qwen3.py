@@ -197,3 +197,16 @@ def test_scaled_float8_files_are_refused_by_name():
     plain = {k: v.to(torch.float8_e4m3fn) if k.endswith("proj.weight") else v
              for k, v in hf_qwen3(TINY).state_dict().items()}
     assert qwen3_state_dict(plain)["model.layers.0.mlp.up_proj.weight"].dtype == torch.float8_e4m3fn
+
+
+@torch.no_grad()
+def test_a_full_512_token_sequence_matches_transformers():
+    """Positions up to Z-Image's 512 tokens: the rotary angles at the far end agree too."""
+    ref = hf_qwen3(TINY, seed=10)
+    ours = ours_from(ref.state_dict())
+    ids = torch.randint(0, TINY.vocab_size, (2, 512), generator=torch.Generator().manual_seed(11))
+    mask = torch.ones_like(ids)
+    mask[1, 300:] = 0
+    want = ref.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2]
+    real = mask.bool()
+    assert_close_scaled(ours(ids, mask)[real], want[real], 1e-5)
