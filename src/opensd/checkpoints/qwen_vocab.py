@@ -1,0 +1,50 @@
+"""Find the Qwen tokenizer folder that goes with a Z-Image model's files.
+
+No Qwen vocabulary ships with opensd, and the text-encoder file (qwen_3_4b.safetensors) does not
+carry one, so it is looked for where model folders keep it: a diffusers folder's tokenizer/; a
+`qwen_tokenizer/` folder beside a model or text-encoder file; and in the models folder's
+text_encoders/ or clip/ folder (the layout ComfyUI and Forge use). A tokenizer folder holds
+tokenizer.json, or vocab.json and merges.txt (see opensd.text.qwen_tokenizer).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import CheckpointError
+from ..text.qwen_tokenizer import QwenTokenizer, is_tokenizer_folder
+
+FOLDER = "qwen_tokenizer"
+_MODEL_FOLDERS = ("text_encoders", "clip", "text_encoder")
+
+
+def candidates(anchor: Path) -> list[Path]:
+    """Folders that may hold the tokenizer of the model file or folder `anchor`, best first."""
+    if anchor.is_dir():  # a diffusers folder, or the tokenizer folder itself
+        places = [anchor / "tokenizer", anchor / FOLDER, anchor]
+        folder = anchor
+    else:
+        folder = anchor.parent
+        places = [folder / FOLDER]
+    # models/diffusion_models/x.safetensors -> models/text_encoders/qwen_tokenizer/
+    return places + [folder.parent / kind / FOLDER for kind in _MODEL_FOLDERS]
+
+
+def find_qwen_tokenizer(*anchors: Path) -> Path | None:
+    """The first tokenizer folder found for any of `anchors` (model files or folders), or None."""
+    for anchor in anchors:
+        for folder in candidates(Path(anchor)):
+            if is_tokenizer_folder(folder):
+                return folder
+    return None
+
+
+def load_qwen_tokenizer(*anchors: Path) -> QwenTokenizer:
+    """The tokenizer found for `anchors` (the first names the model in the error), or a
+    CheckpointError that says where to put one."""
+    folder = find_qwen_tokenizer(*anchors)
+    if folder is None:
+        raise CheckpointError(anchors[0], "no Qwen tokenizer found (tokenizer.json, or vocab.json and "
+                              "merges.txt): put the files of Qwen3's tokenizer (a Z-Image diffusers folder's "
+                              f"tokenizer/) in a {FOLDER}/ folder beside the model or text-encoder file, "
+                              f"or in models/text_encoders/{FOLDER}/")
+    return QwenTokenizer.from_folder(folder)

@@ -1,0 +1,177 @@
+"""Qwen3, the decoder-only language model whose hidden states condition Z-Image (Qwen3-4B).
+
+Only the part conditioning needs: token ids in, hidden states out; no language-model head, no
+generation, no key/value cache. Attribute names equal the keys of transformers' Qwen3 files
+(`model.embed_tokens.weight`, `model.layers.N.self_attn.q_proj.weight`, ..., `model.norm.weight`),
+which is also how the single text-encoder file ComfyUI users download (qwen_3_4b.safetensors) is
+stored, so it loads without renaming.
+
+The architecture, as transformers' Qwen3Model runs it:
+
+* pre-norm blocks: x + attn(rms(x)), then x + mlp(rms(x)); a final RMS norm after the last block;
+* grouped-query attention: `num_key_value_heads` key/value heads, each shared by
+  num_attention_heads / num_key_value_heads query heads; no biases;
+* an RMS norm over each head's channels of the queries and of the keys (q_norm, k_norm), before
+  the rotary embedding;
+* rotary embedding in the "rotate half" layout (channel i pairs with channel i + head_dim / 2),
+  angle position * theta ** (-2i / head_dim), computed in fp32 and applied in the activations' dtype;
+  positions count from 0 at the first token of the padded sequence, pads included;
+* a causal mask, and a padding mask: no token attends to a padding token;
+* SwiGLU feed-forward: down(silu(gate(x)) * up(x)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention
+from .norms import RMSNorm
+
+
+@dataclass(frozen=True)
+class Qwen3Config:
+    """Field names as in transformers' Qwen3Config; the defaults are Qwen3-4B's."""
+    vocab_size: int = 151936
+    hidden_size: int = 2560
+    intermediate_size: int = 9728
+    num_hidden_layers: int = 36
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    head_dim: int = 128
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+
+
+def rope_cos_sin(length: int, head_dim: int, theta: float, device: torch.device,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (length, head_dim), for positions 0..length-1: the angles of the first half
+    of the channels repeated for the second half. Angles in fp32 (as the model was trained), then
+    cast to `dtype`."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq[None]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, L, heads, head_dim) turned by the rotary angles, cos and sin (L, head_dim)."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos[:, None] + torch.cat([-second, first], dim=-1) * sin[:, None]
+
+
+def attention_bias(attention_mask: torch.Tensor | None, batch: int, length: int, device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """The additive (B, 1, L, L) logits bias: causal, and padding keys (mask 0) hidden from every
+    query. A padding query that sees no key at all (left padding) gets a uniform average; its
+    output is padding anyway."""
+    allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+    allowed = allowed.expand(batch, 1, length, length)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class Qwen3Attention(nn.Module):
+    def __init__(self, cfg: Qwen3Config):
+        super().__init__()
+        self.cfg = cfg
+        d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        self.q_proj = nn.Linear(cfg.hidden_size, hq * d, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, hkv * d, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, hkv * d, bias=False)
+        self.o_proj = nn.Linear(hq * d, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        d = self.cfg.head_dim
+        groups = self.cfg.num_attention_heads // self.cfg.num_key_value_heads
+        q = rotate(self.q_norm(self.q_proj(x).view(b, n, -1, d)), cos, sin)
+        k = rotate(self.k_norm(self.k_proj(x).view(b, n, -1, d)), cos, sin)
+        v = self.v_proj(x).view(b, n, -1, d)
+        # each key/value head serves `groups` consecutive query heads
+        k, v = (t.repeat_interleave(groups, dim=2).flatten(2) for t in (k, v))
+        out = attention(q.flatten(2), k, v, self.cfg.num_attention_heads, mask=bias)
+        return self.o_proj(out)
+
+
+class Qwen3MLP(nn.Module):
+    def __init__(self, cfg: Qwen3Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen3DecoderLayer(nn.Module):
+    def __init__(self, cfg: Qwen3Config):
+        super().__init__()
+        self.self_attn = Qwen3Attention(cfg)
+        self.mlp = Qwen3MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen3Model(nn.Module):
+    """transformers' Qwen3Model: embedding, decoder layers, final norm."""
+
+    def __init__(self, cfg: Qwen3Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Qwen3DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Qwen3TextEncoder(nn.Module):
+    """Keys `model.…`, as in the files. Hidden states are numbered as transformers'
+    `output_hidden_states` numbers them: 0 is the token embedding, i (1..N) the output of layer
+    i - 1, the last one (N) after the final norm; negative indices count from the end (Z-Image
+    takes -2, the output of the next-to-last layer, so the last layer never runs)."""
+
+    def __init__(self, cfg: Qwen3Config):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Qwen3Model(cfg)
+
+    def _index(self, layer: int) -> int:
+        n = self.cfg.num_hidden_layers + 1
+        if not -n <= layer < n:
+            raise IndexError(f"hidden state {layer} of a {self.cfg.num_hidden_layers}-layer model (0..{n - 1})")
+        return layer % n
+
+    def _states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, upto: int):
+        """Yields hidden states 0..`upto` (inclusive) one at a time."""
+        last = self._index(upto)
+        x = self.model.embed_tokens(input_ids)
+        b, n = input_ids.shape
+        cos, sin = rope_cos_sin(n, self.cfg.head_dim, self.cfg.rope_theta, x.device, x.dtype)
+        bias = attention_bias(attention_mask, b, n, x.device, x.dtype)
+        yield x
+        for i, layer in enumerate(self.model.layers[:last], start=1):
+            x = layer(x, cos, sin, bias)
+            yield self.model.norm(x) if i == self.cfg.num_hidden_layers else x
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      upto: int = -1) -> list[torch.Tensor]:
+        """Hidden states 0..`upto` (inclusive), each (B, L, hidden_size).
+
+        attention_mask (B, L): 1/True = a real token, 0/False = padding (either side)."""
+        return list(self._states(input_ids, attention_mask, upto))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                layer: int = -2) -> torch.Tensor:
+        """The hidden state `layer` (see the class), (B, L, hidden_size); later layers do not run."""
+        for x in self._states(input_ids, attention_mask, layer):
+            pass
+        return x

@@ -1,0 +1,143 @@
+"""Our Qwen3 equals transformers' Qwen3 on the same random weights (tiny configs): every hidden state,
+with right or left padding; the config is read back from the shapes; files with and without the
+`model.` prefix or a language-model head load; the full Qwen3-4B builds on meta."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Qwen3Config as HFQwen3Config
+from transformers import Qwen3ForCausalLM, Qwen3Model
+
+from opensd.checkpoints.keymap_qwen3 import is_qwen3, qwen3_config, qwen3_state_dict
+from opensd.errors import CheckpointError
+from opensd.models.qwen3 import Qwen3Config, Qwen3TextEncoder
+from reference import assert_close_scaled
+
+# Grouped-query attention (2 query heads per key/value head), a head width other than hidden/heads.
+TINY = Qwen3Config(vocab_size=120, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+LENGTH = 20
+
+
+def hf_config(cfg: Qwen3Config, **kw) -> HFQwen3Config:
+    return HFQwen3Config(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta, max_position_embeddings=4096, tie_word_embeddings=True, **kw)
+
+
+def hf_qwen3(cfg: Qwen3Config = TINY, seed: int = 0, attn: str = "sdpa") -> Qwen3ForCausalLM:
+    """transformers' model with random weights, the norms' scales away from 1 so that they matter."""
+    torch.manual_seed(seed)
+    ref = Qwen3ForCausalLM(hf_config(cfg, attn_implementation=attn))
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+    return ref.eval()
+
+
+def ours_from(sd: dict, cfg: Qwen3Config = TINY, prefix: str = "") -> Qwen3TextEncoder:
+    ours = Qwen3TextEncoder(cfg).eval()
+    ours.load_state_dict(qwen3_state_dict(sd, prefix), strict=True)
+    return ours
+
+
+def _batch(left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three sequences of 20, 13 and 5 real tokens, padded on the left or the right."""
+    ids = torch.randint(0, TINY.vocab_size, (3, LENGTH), generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate((LENGTH, 13, 5)):
+        if left:
+            mask[row, LENGTH - n:] = 1
+        else:
+            mask[row, :n] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
+@torch.no_grad()
+def test_every_hidden_state_matches_transformers(left, attn):
+    ref = hf_qwen3(seed=2, attn=attn)
+    ours = ours_from(ref.state_dict())
+    ids, mask = _batch(left)
+    want = ref.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    got = ours.hidden_states(ids, mask)
+    assert len(got) == len(want) == TINY.num_hidden_layers + 1
+    real = mask.bool()  # a left-padded pad token sees no token at all: its state is padding in both
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert_close_scaled(g[real], w[real], 1e-5)
+        if not left:
+            assert_close_scaled(g, w, 1e-5)
+    # the default: the next-to-last hidden state, as Z-Image takes it
+    assert_close_scaled(ours(ids, mask)[real], want[-2][real], 1e-5)
+
+
+@torch.no_grad()
+def test_without_a_mask_it_is_causal():
+    ref = hf_qwen3(seed=3)
+    ours = ours_from(ref.state_dict())
+    ids, _ = _batch(False)
+    want = ref.model(input_ids=ids).last_hidden_state
+    assert_close_scaled(ours(ids, layer=-1), want, 1e-5)
+    # a token's state does not depend on what follows it
+    cut = ours(ids[:, :7], layer=-1)
+    assert_close_scaled(cut, want[:, :7], 1e-5)
+
+
+@torch.no_grad()
+def test_padding_changes_nothing_for_the_real_tokens():
+    ours = ours_from(hf_qwen3(seed=4).state_dict())
+    ids, mask = _batch(False)
+    alone = ours(ids[1:2, :13])
+    for pad_ids in (ids[1:2], torch.zeros_like(ids[1:2])):
+        padded = ours(torch.cat([ids[1:2, :13], pad_ids[:, 13:]], dim=1), mask[1:2])
+        assert_close_scaled(padded[:, :13], alone, 1e-5)
+
+
+@torch.no_grad()
+def test_a_model_save_without_the_prefix_or_head_loads():
+    ref = hf_qwen3(seed=5)
+    sd = ref.state_dict()
+    assert "lm_head.weight" in sd and "model.embed_tokens.weight" in sd
+    bare = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+    ids, mask = _batch(True)
+    want = ours_from(sd)(ids, mask)
+    assert_close_scaled(ours_from(bare)(ids, mask), want, 0)
+    prefixed = {"text_encoders.qwen3_4b.transformer." + k: v for k, v in sd.items()}
+    assert_close_scaled(ours_from(prefixed, prefix="text_encoders.qwen3_4b.transformer.")(ids, mask), want, 0)
+
+
+def test_config_from_shapes():
+    sd = hf_qwen3().state_dict()
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    assert qwen3_config(shapes) == TINY
+    assert is_qwen3(shapes)
+    bare = {k[len("model."):]: s for k, s in shapes.items() if k.startswith("model.")}
+    assert qwen3_config(bare) == TINY and is_qwen3(bare)
+    assert not is_qwen3({"encoder.block.0.layer.0.SelfAttention.q.weight": (4, 4)})
+    with pytest.raises(CheckpointError, match="incomplete Qwen3 .*q_norm"):
+        qwen3_config({k: s for k, s in shapes.items() if "q_norm" not in k}, path="te.safetensors")
+
+
+def test_layer_index_out_of_range():
+    ours = Qwen3TextEncoder(TINY)
+    ids = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(IndexError):
+        ours(ids, layer=TINY.num_hidden_layers + 1)
+    assert ours(ids, layer=-(TINY.num_hidden_layers + 1)).shape == (1, 3, TINY.hidden_size)
+
+
+def test_qwen3_4b_on_meta():
+    full = Qwen3Config()
+    with torch.device("meta"):
+        ours = Qwen3TextEncoder(full)
+        ref = Qwen3Model(hf_config(full))
+    got = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in qwen3_state_dict(ref.state_dict()).items()}
+    assert got == want
+    assert qwen3_config(got) == full
+    n = sum(p.numel() for p in ours.parameters())
+    assert 4.0e9 < n < 4.1e9, n  # Qwen3-4B without its (tied) head: 4.02 B parameters

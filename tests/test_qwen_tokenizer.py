@@ -1,0 +1,112 @@
+"""Our Qwen tokenizer gives transformers' Qwen2Tokenizer's ids on a synthetic byte-level BPE vocabulary,
+read from tokenizer.json or from vocab.json + merges.txt; the tokenizer folder is found where
+users keep it, and a missing or wrong one is a clear error."""
+from __future__ import annotations
+
+import pytest
+from transformers import Qwen2TokenizerFast
+
+from opensd.checkpoints.qwen_vocab import find_qwen_tokenizer, load_qwen_tokenizer
+from opensd.errors import CheckpointError, InvalidArgument
+from opensd.text.qwen_tokenizer import QwenTokenizer
+from qwen_fixtures import SPECIALS, build_tokenizer, write_folder
+
+TEXTS = [
+    "A photograph of an astronaut riding a horse",
+    "a cat, 12345 cats; UPPER lower MiXeD... it's 'quoted' \"double\"",
+    "Cafe\u0301 au lait \u2014 cr\u00e8me br\u00fbl\u00e9e",  # e + combining accent: NFC makes it é
+    "一只可爱的猫 🐈 emoji and 中文 mixed",
+    "  leading spaces, trailing spaces   \n\n new\tlines\r\n",
+    "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+    "<think>\n\n</think>\n\nafter<|endoftext|>",
+    "",
+    "never-seen-words: zyxwvut qqqq ✓",
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.mark.parametrize("files", ["tokenizer.json", "vocab+merges"])
+def test_ids_equal_transformers(tmp_path, tok, files):
+    both = write_folder(tmp_path / "ref", tok)
+    ref = Qwen2TokenizerFast.from_pretrained(str(both))
+    ours_dir = write_folder(tmp_path / "ours", tok, json_file=files == "tokenizer.json",
+                            vocab_files=files != "tokenizer.json")
+    ours = QwenTokenizer.from_folder(ours_dir)
+    for text in TEXTS:
+        assert ours.encode(text) == ref(text).input_ids, text
+    im_start = ours.encode("<|im_start|>")
+    assert im_start == [tok.token_to_id("<|im_start|>")] and im_start[0] >= tok.get_vocab_size() - len(SPECIALS)
+    assert ours.decode(ours.encode(TEXTS[3])) == TEXTS[3]
+
+
+def test_vocab_and_merges_without_a_config_take_qwens_special_ids(tmp_path, tok):
+    ours = QwenTokenizer.from_folder(write_folder(tmp_path, tok, json_file=False, config=False))
+    first = tok.get_vocab_size() - len(SPECIALS)  # the specials follow the vocabulary, in Qwen's order
+    assert ours.encode("<|endoftext|><|im_start|><|im_end|>") == [first, first + 1, first + 2]
+    assert ours.pad_id == first
+    ref = QwenTokenizer.from_folder(write_folder(tmp_path / "ref", tok, vocab_files=False))
+    assert ours.encode(TEXTS[5]) == ref.encode(TEXTS[5])
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_batch_padding_equals_transformers(tmp_path, tok, side):
+    folder = write_folder(tmp_path, tok)
+    ref = Qwen2TokenizerFast.from_pretrained(str(folder), padding_side=side)
+    ours = QwenTokenizer.from_folder(folder)
+    texts = TEXTS[:3] + [TEXTS[5]]
+    want = ref(texts, padding="longest", max_length=12, truncation=True)
+    ids, mask = ours.batch(texts, max_length=12, padding_side=side)
+    assert ids == want.input_ids and mask == want.attention_mask
+    assert len(ids[0]) == 12 and ids[-1][0 if side == "right" else -1] != ours.pad_id
+
+
+def test_bad_arguments(tmp_path, tok):
+    ours = QwenTokenizer.from_folder(write_folder(tmp_path, tok))
+    with pytest.raises(InvalidArgument, match="max_length"):
+        ours.batch(["a"], max_length=0)
+    with pytest.raises(InvalidArgument, match="padding_side"):
+        ours.batch(["a"], padding_side="middle")
+
+
+def test_not_a_qwen_tokenizer(tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    (tmp_path / "tokenizer.json").write_text(Tokenizer(WordLevel({"a": 0}, unk_token="a")).to_str())
+    with pytest.raises(CheckpointError, match="not a Qwen tokenizer: no <|endoftext|>"):
+        QwenTokenizer.from_folder(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a readable tokenizer"):
+        QwenTokenizer.from_folder(tmp_path)
+
+
+def test_config_ids_that_disagree_with_the_vocabulary(tmp_path, tok):
+    folder = write_folder(tmp_path, tok, json_file=False)
+    cfg = (folder / "tokenizer_config.json").read_text().replace(f'"{tok.token_to_id("<|im_end|>")}"', '"3"')
+    (folder / "tokenizer_config.json").write_text(cfg)
+    with pytest.raises(CheckpointError, match="<\\|im_end\\|> should have id 3"):
+        QwenTokenizer.from_folder(folder)
+
+
+def test_found_where_users_keep_it(tmp_path, tok):
+    models = tmp_path / "models"
+    te = models / "text_encoders" / "qwen_3_4b.safetensors"
+    dm = models / "diffusion_models" / "z_image_turbo.safetensors"
+    for f in (te, dm):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"")
+    assert find_qwen_tokenizer(dm, te) is None
+    with pytest.raises(CheckpointError, match="qwen_tokenizer/"):
+        load_qwen_tokenizer(dm, te)
+    shared = write_folder(models / "text_encoders" / "qwen_tokenizer", tok)
+    assert find_qwen_tokenizer(dm) == shared and find_qwen_tokenizer(te) == shared
+    beside = write_folder(dm.parent / "qwen_tokenizer", tok, json_file=False)  # vocab + merges count too
+    assert find_qwen_tokenizer(dm, te) == beside
+    diffusers = models / "Z-Image-Turbo"
+    write_folder(diffusers / "tokenizer", tok)
+    assert find_qwen_tokenizer(diffusers) == diffusers / "tokenizer"
+    assert find_qwen_tokenizer(diffusers / "tokenizer") == diffusers / "tokenizer"
+    assert load_qwen_tokenizer(diffusers).encode("<|im_end|>") == [tok.token_to_id("<|im_end|>")]
