@@ -21,6 +21,7 @@ from .files import read_state_dict
 from .keymap_clip import clip_from_transformers
 from .keymap_flux import flux_from_diffusers
 from .keymap_mmdit import mmdit_from_diffusers
+from .keymap_qwen3 import qwen3_state_dict
 from .keymap_t5 import t5_state_dict
 from .keymap_vae import vae_from_diffusers
 from .keymap_z_image import z_image_from_diffusers
@@ -95,7 +96,7 @@ def _component(folder: Path, kind: str, j: dict, metadata: dict[str, str]) -> di
         cfg = DD.z_image_config_diffusers(shapes, "", metadata, str(folder))
         return {DD.NET + k: v for k, v in z_image_from_diffusers(sd, cfg, lazy=True).items()}
     if kind == "qwen3":  # transformers' Qwen3 naming is the single file's
-        return {DD.QWEN3 + k: v for k, v in sd.items() if k != "lm_head.weight"}
+        return {DD.QWEN3 + k: v for k, v in qwen3_state_dict(sd).items()}
     if kind in _NETWORKS:
         metadata[DD.META_HEAD_DIM] = str(j.get("attention_head_dim", 64 if kind == "sd3" else 128))
         if kind == "sd3":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from .files import read_safetensors_header
+from .keymap_qwen3 import is_qwen3
 
 ENCODER_FOLDERS = ("text_encoders", "clip", "text_encoder")
 VAE_FOLDERS = ("vae", "VAE")
@@ -39,7 +40,7 @@ def _kind(path: Path) -> tuple[str, int] | None:
     shapes = {k: v["shape"] for k, v in entries.items()}
     if any(k.startswith(("encoder.block.", "shared.")) for k in shapes):
         return "t5xxl", 0
-    if "model.embed_tokens.weight" in shapes and "model.layers.0.self_attn.q_norm.weight" in shapes:
+    if is_qwen3(shapes):
         return "qwen3", 0
     emb = shapes.get("text_model.embeddings.token_embedding.weight")
     if emb is not None:

@@ -23,13 +23,16 @@ from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import Z_IMAGE_PARTS
 from ..checkpoints.families import what_else
 from ..checkpoints.files import read_state_dict
+from ..checkpoints.keymap_qwen3 import is_qwen3, qwen3_config, qwen3_state_dict
 from ..checkpoints.keymap_z_image import UNUSED_KEYS, z_image_from_diffusers
+from ..checkpoints.qwen_vocab import load_qwen_tokenizer
 from ..errors import CheckpointError
 from ..models.config_dit import FLUX_VAE, Z_IMAGE, ZImageModelConfig
 from ..models.dit_models import ZImageModel
 from ..sampling.flow import FlowSampling
 from .chroma import text_mask
 from .dit import DiTFamily, compute_dtype
+from .z_image_prompts import ZImageConditioner
 
 ENCODER = "Qwen3-4B text encoder (text_encoders/qwen_3_4b.safetensors)"
 
@@ -76,7 +79,6 @@ class ZImageFamily(DiTFamily):
         return ZImageModelConfig(net, vae, resolution=resolution)
 
     def encoder_config(self, name, shapes, path):
-        from ..models.qwen3 import qwen3_config  # the text encoder (its own module)
         return qwen3_config(shapes, DD.QWEN3, path)
 
     def canonical(self, sd, cfg):
@@ -98,10 +100,11 @@ class ZImageFamily(DiTFamily):
             raise CheckpointError(files[1], f"{len(files)} text encoders given; a Z-Image model takes one, "
                                             "the Qwen3-4B text encoder")
         sd = read_state_dict(files[0])
-        if "model.embed_tokens.weight" not in sd or "model.layers.0.self_attn.q_norm.weight" not in sd:
+        shapes = {k: tuple(v.shape) for k, v in sd.items()}
+        if not is_qwen3(shapes):
             raise CheckpointError(files[0], f"not a Qwen3 text encoder (a Z-Image model takes the {ENCODER}): "
-                                  + what_else({k: tuple(v.shape) for k, v in sd.items()}, D.UNET))
-        return {DD.QWEN3 + k: v for k, v in sd.items() if k.startswith("model.")}
+                                  + what_else(shapes, D.UNET))
+        return {DD.QWEN3 + k: v for k, v in qwen3_state_dict(sd).items()}
 
     def missing_parts(self, shapes):
         vae = [] if D.VAE + "encoder.conv_in.weight" in shapes else ["vae"]
@@ -123,8 +126,8 @@ class ZImageFamily(DiTFamily):
                                         f"{cfg.z_image.cap_feat_dim}-wide features (Qwen3-4B: 2560)")
 
     def finish(self, loaded, explicit_prediction) -> None:
-        from ..text.qwen_tokenizer import find_qwen_tokenizer  # the text encoder's tokenizer
-        loaded.tokenizers["qwen"] = find_qwen_tokenizer(loaded.path, *loaded.part_paths)
+        if loaded.config.qwen3 is not None:
+            loaded.tokenizers["qwen"] = load_qwen_tokenizer(loaded.path, *loaded.part_paths)
 
     def build(self, cfg: ZImageModelConfig) -> ZImageModel:
         return ZImageModel(cfg)
@@ -145,8 +148,7 @@ class ZImageFamily(DiTFamily):
         return FlowSampling.aura_flow(pipe.config.shift if shift is None else shift)
 
     def conditioner(self, pipe, clip_skip, **text):
-        from .z_image_prompts import ZImageConditioner
-        return ZImageConditioner(pipe, **text)
+        return ZImageConditioner(pipe, clip_skip, **text)
 
     def lora_modules(self, model: nn.Module) -> list:
         raise NotImplementedError("LoRAs are not available for Z-Image models yet")

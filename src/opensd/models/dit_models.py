@@ -14,6 +14,7 @@ from .chroma import Chroma
 from .config_dit import ChromaModelConfig, FluxModelConfig, SD3ModelConfig, T5Config, ZImageModelConfig
 from .flux import Flux
 from .mmdit import MMDiT
+from .qwen3 import Qwen3Config, Qwen3TextEncoder
 from .stable_diffusion import DiffusionWrapper
 from .t5 import T5EncoderModel
 from .vae import AutoencoderKL
@@ -76,9 +77,16 @@ class ZImageModel(_DiTModel):
     keys under `transformer.` are its own file's (`model.layers.N...`)."""
 
     def __init__(self, cfg: ZImageModelConfig):
-        super().__init__(cfg, ZImage(cfg.z_image), {"qwen3_4b": cfg.qwen3 and _qwen3_embedder(cfg.qwen3)})
+        super().__init__(cfg, ZImage(cfg.z_image), {"qwen3_4b": cfg.qwen3 and Qwen3Embedder(cfg.qwen3)})
 
 
-def _qwen3_embedder(cfg) -> nn.Module:
-    from .qwen3 import Qwen3Embedder  # the text encoder (its own module)
-    return Qwen3Embedder(cfg)
+class Qwen3Embedder(nn.Module):
+    """`text_encoders.qwen3_4b`: keys `transformer.model.…` (the file's `model.…`)."""
+
+    def __init__(self, cfg: Qwen3Config):
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = Qwen3TextEncoder(cfg)
+
+    def forward(self, input_ids, attention_mask=None, layer: int = -2):
+        return self.transformer(input_ids, attention_mask, layer)

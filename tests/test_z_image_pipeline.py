@@ -1,0 +1,112 @@
+"""Z-Image end to end on tiny random weights built by diffusers and transformers: detected from a
+ZImagePipeline folder; our prompt encoding equals ZImagePipeline.encode_prompt (Qwen3's hidden
+state -2 of the chat-templated prompt, the prompt's tokens only); txt2img equals ZImagePipeline step
+by step, without CFG (Z-Image-Turbo's default) and with CFG against a negative prompt (their
+guidance_scale g is our CFG g + 1), on its shift-3 schedule; ComfyUI's split files (network alone,
+qwen_3_4b, ae) found in the models folder give the same image, and a missing part is named."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+from transformers import AutoTokenizer
+
+from dit_fixtures import assert_same_pixels, spy_euler
+from opensd.errors import CheckpointError
+from opensd.families.chroma import text_mask
+from opensd.pipeline.pipeline import load
+from reference import assert_close_scaled
+from z_image_fixtures import write_z_image_folder, write_z_image_split_files, z_image_parts
+
+PROMPT, NEGATIVE = "A photograph of an astronaut riding a horse on the moon", "blurry, lowres"
+STEPS, SEED, SIZE = 4, 99, 64
+
+
+@pytest.fixture(scope="module")
+def z_image(tmp_path_factory):
+    root = tmp_path_factory.mktemp("z_image")
+    parts = z_image_parts()
+    folder = write_z_image_folder(root / "model", parts)
+    ours = load(folder, precision="fp32", device="cpu")
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+    ref = ZImagePipeline(scheduler=scheduler, vae=parts["vae"], text_encoder=parts["text_encoder"],
+                         tokenizer=AutoTokenizer.from_pretrained(str(folder / "tokenizer")),
+                         transformer=parts["transformer"])
+    ref.set_progress_bar_config(disable=True)
+    return ours, ref, parts
+
+
+def test_detected_as_z_image(z_image):
+    ours, _, _ = z_image
+    cfg = ours.config
+    assert (cfg.family, cfg.prediction, cfg.shift, cfg.text_length) == ("z_image", "flow", 3.0, 512)
+    assert cfg.z_image.n_layers == 2 and cfg.z_image.cap_feat_dim == cfg.qwen3.hidden_size == 32
+    assert ours.family.default_cfg == 1.0 and ours.family.default_scheduler == "simple"
+
+
+@pytest.mark.parametrize("text", [PROMPT, NEGATIVE, "", "a (cat:1.3) on a [red] chair"])
+def test_prompt_embeddings_equal_z_image_encode_prompt(z_image, text):
+    ours, ref, _ = z_image
+    with torch.no_grad():
+        (want,), _ = ref.encode_prompt(text.replace("(", "").replace(":1.3)", "").replace("[", "").replace("]", ""),
+                                       device=torch.device("cpu"), do_classifier_free_guidance=False)
+    c = ours.conditioner().encode(text)
+    n = len(want)
+    assert c.context.shape == (1, 512, 32) and c.pooled.shape == (1, 0)
+    assert int(text_mask(c.context).sum()) == n and bool(text_mask(c.context)[0, :n].all())
+    assert_close_scaled(c.context[0, :n], want, rel=1e-5)
+
+
+def _run_ref(ref, pipe, negative, guidance_scale):
+    noise = pipe.noise([SEED], SIZE // 8, SIZE // 8)
+    steps = []
+
+    def on_step_end(p, i, t, kwargs):
+        steps.append(kwargs["latents"].clone())
+        return {}
+
+    with torch.no_grad():
+        out = ref(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=guidance_scale,
+                  negative_prompt=negative, latents=noise, output_type="np", callback_on_step_end=on_step_end)
+    return out.images[0], steps
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_txt2img_equals_z_image_pipeline_step_by_step(z_image, monkeypatch, cfg):
+    """cfg 1: the family's default (no CFG, the pipeline's guidance_scale 0); 3: CFG against the
+    negative prompt, the pipeline's guidance_scale 2. Sigmas are 3 t / (1 + 2 t) of 1, 3/4, 1/2,
+    1/4, then 0."""
+    ours, ref, _ = z_image
+    seen = spy_euler(monkeypatch)
+    negative = NEGATIVE if cfg > 1 else None
+    (image,) = ours.txt2img(PROMPT, negative or "", steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=cfg)
+    want, steps = _run_ref(ref, ours, negative, cfg - 1)
+    t = torch.tensor([1.0, 0.75, 0.5, 0.25])
+    torch.testing.assert_close(seen["sigmas"], torch.cat([3 * t / (1 + 2 * t), torch.zeros(1)]), rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(seen["sigmas"], ref.scheduler.sigmas, rtol=2e-6, atol=1e-6)
+    assert len(seen["steps"]) == len(steps) == STEPS
+    for got, expected in zip(seen["steps"], steps):
+        assert_close_scaled(got, expected, rel=1e-4)
+    ours_8bit, ref_8bit = np.asarray(image).astype(int), np.round(want * 255).astype(int)
+    assert np.abs(ours_8bit - ref_8bit).max() <= 1 and ref_8bit.std() > 1
+
+
+def _pixels(pipe):
+    return pipe.txt2img(PROMPT, "", steps=2, seed=SEED, width=SIZE, height=SIZE)[0]
+
+
+def test_comfyui_split_files_found_in_the_models_folder(z_image, tmp_path):
+    ours, _, parts = z_image
+    want = _pixels(ours)
+    files = write_z_image_split_files(tmp_path / "models", ours.model, parts["tokenizer"])
+    split = load(files["unet"], precision="fp32", device="cpu")  # qwen_3_4b and ae found beside it
+    assert split.config.family == "z_image" and sorted(p.name for p in split.loaded.part_paths) == [
+        "ae.safetensors", "qwen_3_4b.safetensors"]
+    assert_same_pixels(_pixels(split), want)
+    files["qwen3"].unlink()
+    with pytest.raises(CheckpointError, match=r"this Z-Image file has no Qwen3-4B text encoder"):
+        load(files["unet"], precision="fp32", device="cpu")
+    files["vae"].unlink()
+    with pytest.raises(CheckpointError, match=r"no VAE .* and no Qwen3-4B text encoder"):
+        load(files["unet"], precision="fp32", device="cpu")
