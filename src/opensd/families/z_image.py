@@ -76,7 +76,7 @@ class ZImageFamily(DiTFamily):
         return replace(cfg, qwen3=self.encoder_config("qwen3", shapes, path))
 
     def make_config(self, net, vae, encoders, resolution) -> ZImageModelConfig:
-        return ZImageModelConfig(net, vae, resolution=resolution)
+        return ZImageModelConfig(net, vae, encoders.get("qwen3"), resolution=resolution)
 
     def encoder_config(self, name, shapes, path):
         return qwen3_config(shapes, DD.QWEN3, path)
