@@ -110,3 +110,28 @@ def test_comfyui_split_files_found_in_the_models_folder(z_image, tmp_path):
     files["vae"].unlink()
     with pytest.raises(CheckpointError, match=r"no VAE .* and no Qwen3-4B text encoder"):
         load(files["unet"], precision="fp32", device="cpu")
+
+
+def test_a_float8_network_file_keeps_its_linears_stored(z_image, tmp_path):
+    """A network file with its Linear weights in float8_e4m3fn (as the fp8 releases are) loads with
+    them stored (cast per call) and computes what the fp32 network with those rounded weights does."""
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.models.stored_weights import StoredLinear
+    from opensd.models.z_image import ZImage
+    ours, _, parts = z_image
+    files = write_z_image_split_files(tmp_path / "models", ours.model, parts["tokenizer"])
+    net = ours.model.network
+    linears = {name + ".weight" for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)}
+    fp8 = {k: (v.to(torch.float8_e4m3fn) if k in linears else v).contiguous() for k, v in net.state_dict().items()}
+    save_safetensors(fp8, files["unet"])
+    pipe = load(files["unet"], precision="fp32", device="cpu")
+    stored = pipe.model.network
+    assert isinstance(stored.t_embedder.mlp[0], StoredLinear) and isinstance(stored.layers[1].attention.qkv,
+                                                                              StoredLinear)
+    rounded = ZImage(net.cfg).eval()
+    rounded.load_state_dict({k: v.float() for k, v in fp8.items()})
+    g = torch.Generator().manual_seed(5)
+    x, ctx = torch.randn(2, 16, 8, 6, generator=g), torch.randn(2, 9, 32, generator=g)
+    t = torch.tensor([0.2, 0.7])
+    with torch.no_grad():
+        assert_close_scaled(stored(x, t, ctx), rounded(x, t, ctx), rel=1e-5)

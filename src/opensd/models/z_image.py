@@ -101,7 +101,8 @@ class TimeEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(FREQ_DIM, cfg.t_hidden), nn.SiLU(), nn.Linear(cfg.t_hidden, cfg.adaln_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, FREQ_DIM).to(self.mlp[0].weight.dtype))
+        # the bias's dtype is the compute dtype: a float8 or GGUF weight stays stored (stored_weights.py)
+        return self.mlp(timestep_embedding(t, FREQ_DIM).to(self.mlp[0].bias.dtype))
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
