@@ -135,3 +135,38 @@ def test_a_float8_network_file_keeps_its_linears_stored(z_image, tmp_path):
     t = torch.tensor([0.2, 0.7])
     with torch.no_grad():
         assert_close_scaled(stored(x, t, ctx), rounded(x, t, ctx), rel=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("prefix", ["transformer.", "diffusion_model."])
+def test_a_diffusers_z_image_lora_patches_our_weights(tmp_path, prefix):
+    """A PEFT LoRA on diffusers' ZImageTransformer2DModel (q, k, v, out, the MLPs, the modulation and
+    the embedders), saved by ZImagePipeline (transformer.) or with diffusers' paths under
+    diffusion_model. as ai-toolkit writes them, patches our fused weights: our network equals
+    diffusers' with the LoRA active."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    from opensd.adapters.lora import LoraSpec
+    parts = z_image_parts(seed=6)
+    ours = load(write_z_image_folder(tmp_path / "model", parts), precision="fp32", device="cpu")
+    ref = parts["transformer"]
+    torch.manual_seed(7)
+    ref.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=(
+        r".*(to_q|to_k|to_v|to_out\.0|w1|w2|w3|(layers|refiner)\.\d+\.adaLN_modulation\.0|adaLN_modulation\.1"
+        r"|cap_embedder\.1|all_x_embedder\.2-1|t_embedder\.mlp\.0|linear)$")))
+    lora = {k: v.detach().clone() for k, v in get_peft_model_state_dict(ref).items()}
+    ZImagePipeline.save_lora_weights(tmp_path / "lora", transformer_lora_layers=lora, safe_serialization=True)
+    path = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    if prefix != "transformer.":
+        saved = load_file(path)
+        assert all(k.startswith("transformer.") for k in saved)
+        save_file({prefix + k[len("transformer."):]: v for k, v in saved.items()}, path)
+    ours.set_loras([LoraSpec(path)])
+    ours.apply_loras("")
+    assert ours.lora_reports[0].patched == len(lora) // 2 and ours.lora_reports[0].unmatched == []
+    g = torch.Generator().manual_seed(8)
+    x, ctx, t = torch.randn(1, 16, 8, 6, generator=g), torch.randn(1, 9, 32, generator=g), torch.tensor([0.6])
+    want = ref(list(x.unsqueeze(2).unbind(0)), t, [ctx[0]], return_dict=False)[0][0].squeeze(1)
+    assert_close_scaled(ours.model.network(x, t, ctx)[0], want, 1e-5)

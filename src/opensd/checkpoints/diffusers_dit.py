@@ -2,8 +2,8 @@
 as ONE state dict in the single files' layout (detect_dit.py's prefixes), plus the metadata no shape shows.
 
 transformer/ is renamed by keymap_mmdit / keymap_flux (Flux's and Chroma's) / keymap_z_image, vae/ by keymap_vae, the
-CLIP encoders keep transformers' naming (ours), T5 and Qwen3 keep it too. Sharded weights (`*.safetensors.index.json`, as the
-released SD3.5 Large and T5-XXL folders have) are read shard by shard.
+CLIP encoders keep transformers' naming (ours), T5 and Qwen3 keep it too. Sharded weights
+(`*.safetensors.index.json`, as the released SD3.5 Large and T5-XXL folders have) are read shard by shard.
 """
 from __future__ import annotations
 

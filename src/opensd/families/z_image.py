@@ -24,7 +24,7 @@ from ..checkpoints.diffusers_dit import Z_IMAGE_PARTS
 from ..checkpoints.families import what_else
 from ..checkpoints.files import read_state_dict
 from ..checkpoints.keymap_qwen3 import is_qwen3, qwen3_config, qwen3_state_dict
-from ..checkpoints.keymap_z_image import UNUSED_KEYS, z_image_from_diffusers
+from ..checkpoints.keymap_z_image import UNUSED_KEYS, z_image_from_diffusers, z_image_rows
 from ..checkpoints.qwen_vocab import load_qwen_tokenizer
 from ..errors import CheckpointError
 from ..models.config_dit import FLUX_VAE, Z_IMAGE, ZImageModelConfig
@@ -54,7 +54,7 @@ class ZImageFamily(DiTFamily):
     released_network = Z_IMAGE
     default_scheduler = "simple"  # diffusers' 1, 1 - 1/n, ... (shifted)
     default_cfg = 1.0  # Z-Image-Turbo: no CFG (ZImagePipeline's guidance_scale 0)
-    adapters = frozenset()
+    adapters = frozenset({"lora"})
 
     network_config = staticmethod(DD.z_image_config)
     network_config_diffusers = staticmethod(DD.z_image_config_diffusers)
@@ -150,8 +150,21 @@ class ZImageFamily(DiTFamily):
     def conditioner(self, pipe, clip_skip, **text):
         return ZImageConditioner(pipe, clip_skip, **text)
 
+    def key_rows(self, cfg: ZImageModelConfig):
+        return z_image_rows(cfg.z_image)
+
     def lora_modules(self, model: nn.Module) -> list:
-        raise NotImplementedError("LoRAs are not available for Z-Image models yet")
+        """The network's Linears under kohya's, ComfyUI's (diffusion_model. + the released path) and
+        PEFT's (transformer. + diffusers' path; to_q/to_k/to_v as rows of the fused qkv) names, and
+        diffusers' paths under diffusion_model. as ai-toolkit writes them. No text-encoder LoRAs."""
+        modules = super().lora_modules(model)
+        names = {n for m in modules for n in (m.kohya, m.peft, *m.aliases)}
+        for m in modules:
+            alias = "diffusion_model." + m.peft[len("transformer."):]
+            if m.peft.startswith("transformer.") and alias not in names:
+                m.aliases.append(alias)
+                names.add(alias)
+        return modules
 
     def pooled_width(self, cfg: ZImageModelConfig) -> int:
         return 0

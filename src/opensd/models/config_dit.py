@@ -241,8 +241,8 @@ SD35_MEDIUM = MMDiTConfig(depth=24, num_heads=24, qk_norm=True, pos_embed_max_si
 
 FLUX_DEV = FluxConfig()
 FLUX_SCHNELL = FluxConfig(guidance_embed=False)
-CHROMA = ChromaConfig()
-Z_IMAGE = ZImageConfig()  # Z-Image-Turbo: 30 blocks 3840 wide, 30 heads of 128  # Chroma1-HD, chroma-unlocked-v*: 19 double, 38 single blocks, 3072 wide
+CHROMA = ChromaConfig()  # Chroma1-HD, chroma-unlocked-v*: 19 double, 38 single blocks, 3072 wide
+Z_IMAGE = ZImageConfig()  # Z-Image-Turbo: 30 blocks 3840 wide, 30 heads of 128
 
 # 16-channel VAEs: no quant convs, and latents are shifted as well as scaled:
 # model latent = (vae latent - shift_factor) * scaling_factor.
