@@ -1,4 +1,4 @@
-"""A tiny Qwen-style tokenizer folder for tests: byte-level BPE trained here on a few sentences,
+"""transformers' Qwen3 with random weights, and a tiny Qwen-style tokenizer folder for tests: byte-level BPE trained here on a few sentences,
 with Qwen's pre-tokenizer and the special tokens after the vocabulary (Qwen's layout), written
 both as tokenizer.json and as vocab.json + merges.txt + tokenizer_config.json."""
 from __future__ import annotations
@@ -9,6 +9,11 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
 from tokenizers.models import BPE
 
+import torch
+from transformers import Qwen3Config as HFQwen3Config
+from transformers import Qwen3ForCausalLM
+
+from opensd.models.qwen3 import Qwen3Config
 from opensd.text.qwen_tokenizer import _PATTERN
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
@@ -61,3 +66,79 @@ def write_folder(folder: Path, tok: Tokenizer, json_file: bool = True, vocab_fil
     if config:
         (folder / "tokenizer_config.json").write_text(json.dumps(_config(tok, template)), encoding="utf-8")
     return folder
+
+
+# The statements of Qwen3's published chat template (tokenizer_config.json of the Qwen3 models and of
+# Z-Image's tokenizer/) that one user message without tools or system prompt goes through: the
+# system header (absent here), the user turn, the generation prompt and its thinking switch. The
+# tool and assistant-history branches, which such a conversation never enters, are left out.
+QWEN3_TEMPLATE_PARTS = (
+    "{%- if messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.content is string %}{%- set content = message.content %}"
+    "{%- else %}{%- set content = '' %}{%- endif %}"
+    "{%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def hf_config(cfg: Qwen3Config, **kw) -> HFQwen3Config:
+    return HFQwen3Config(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta, max_position_embeddings=4096, tie_word_embeddings=True, **kw)
+
+
+def hf_qwen3(cfg: Qwen3Config, seed: int = 0, attn: str = "sdpa") -> Qwen3ForCausalLM:
+    """transformers' model with random weights, the norms' scales away from 1 so that they matter."""
+    torch.manual_seed(seed)
+    ref = Qwen3ForCausalLM(hf_config(cfg, attn_implementation=attn))
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+    return ref.eval()
+
+
+def write_gguf(path: Path, ref: Qwen3ForCausalLM, quantize: bool = True) -> Path:
+    """`ref`'s weights as a llama.cpp GGUF file (names from the gguf package's own Qwen3 table), its
+    projection weights in Q8_0 blocks when `quantize`."""
+    import gguf
+
+    cfg = ref.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, cfg.num_hidden_layers)
+    w = gguf.GGUFWriter(str(path), "qwen3")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    for key, tensor in ref.state_dict().items():
+        name = names.get_name(key, try_suffixes=(".weight",))
+        data = tensor.float().numpy()
+        if quantize and key.endswith("proj.weight"):
+            blocks = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+            w.add_tensor(name, blocks, raw_shape=blocks.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -1,41 +1,26 @@
 """Our Qwen3 equals transformers' Qwen3 on the same random weights (tiny configs): every hidden state,
 with right or left padding; the config is read back from the shapes; files with and without the
-`model.` prefix or a language-model head load; the full Qwen3-4B builds on meta."""
+`model.` prefix or a language-model head load, and so do llama.cpp GGUF files (quantised
+projections kept as stored); the full Qwen3-4B builds on meta."""
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen3Config as HFQwen3Config
 from transformers import Qwen3ForCausalLM, Qwen3Model
 
+from opensd.checkpoints.files import read_state_dict
 from opensd.checkpoints.keymap_qwen3 import is_qwen3, qwen3_config, qwen3_state_dict
 from opensd.errors import CheckpointError
 from opensd.models.qwen3 import Qwen3Config, Qwen3TextEncoder
+from opensd.models.stored_weights import StoredLinear
+from opensd.pipeline.weights import assign
+from qwen_fixtures import hf_config, hf_qwen3, write_gguf
 from reference import assert_close_scaled
 
 # Grouped-query attention (2 query heads per key/value head), a head width other than hidden/heads.
 TINY = Qwen3Config(vocab_size=120, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
                    num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 LENGTH = 20
-
-
-def hf_config(cfg: Qwen3Config, **kw) -> HFQwen3Config:
-    return HFQwen3Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-        num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
-        rope_theta=cfg.rope_theta, max_position_embeddings=4096, tie_word_embeddings=True, **kw)
-
-
-def hf_qwen3(cfg: Qwen3Config = TINY, seed: int = 0, attn: str = "sdpa") -> Qwen3ForCausalLM:
-    """transformers' model with random weights, the norms' scales away from 1 so that they matter."""
-    torch.manual_seed(seed)
-    ref = Qwen3ForCausalLM(hf_config(cfg, attn_implementation=attn))
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.3 * torch.randn_like(p))
-    return ref.eval()
 
 
 def ours_from(sd: dict, cfg: Qwen3Config = TINY, prefix: str = "") -> Qwen3TextEncoder:
@@ -60,7 +45,7 @@ def _batch(left: bool) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("left", [False, True], ids=["right", "left"])
 @torch.no_grad()
 def test_every_hidden_state_matches_transformers(left, attn):
-    ref = hf_qwen3(seed=2, attn=attn)
+    ref = hf_qwen3(TINY, seed=2, attn=attn)
     ours = ours_from(ref.state_dict())
     ids, mask = _batch(left)
     want = ref.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
@@ -77,7 +62,7 @@ def test_every_hidden_state_matches_transformers(left, attn):
 
 @torch.no_grad()
 def test_without_a_mask_it_is_causal():
-    ref = hf_qwen3(seed=3)
+    ref = hf_qwen3(TINY, seed=3)
     ours = ours_from(ref.state_dict())
     ids, _ = _batch(False)
     want = ref.model(input_ids=ids).last_hidden_state
@@ -89,7 +74,7 @@ def test_without_a_mask_it_is_causal():
 
 @torch.no_grad()
 def test_padding_changes_nothing_for_the_real_tokens():
-    ours = ours_from(hf_qwen3(seed=4).state_dict())
+    ours = ours_from(hf_qwen3(TINY, seed=4).state_dict())
     ids, mask = _batch(False)
     alone = ours(ids[1:2, :13])
     for pad_ids in (ids[1:2], torch.zeros_like(ids[1:2])):
@@ -99,7 +84,7 @@ def test_padding_changes_nothing_for_the_real_tokens():
 
 @torch.no_grad()
 def test_a_model_save_without_the_prefix_or_head_loads():
-    ref = hf_qwen3(seed=5)
+    ref = hf_qwen3(TINY, seed=5)
     sd = ref.state_dict()
     assert "lm_head.weight" in sd and "model.embed_tokens.weight" in sd
     bare = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
@@ -111,7 +96,7 @@ def test_a_model_save_without_the_prefix_or_head_loads():
 
 
 def test_config_from_shapes():
-    sd = hf_qwen3().state_dict()
+    sd = hf_qwen3(TINY).state_dict()
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     assert qwen3_config(shapes) == TINY
     assert is_qwen3(shapes)
@@ -141,3 +126,29 @@ def test_qwen3_4b_on_meta():
     assert qwen3_config(got) == full
     n = sum(p.numel() for p in ours.parameters())
     assert 4.0e9 < n < 4.1e9, n  # Qwen3-4B without its (tied) head: 4.02 B parameters
+
+
+@torch.no_grad()
+def test_a_llama_cpp_gguf_file_loads_as_transformers_reads_it(tmp_path):
+    """A GGUF text encoder (llama.cpp's names, Q8_0 projections, as ComfyUI-GGUF users have them):
+    renamed, its blocks kept and unpacked per call, equal to transformers' own GGUF reading."""
+    cfg = Qwen3Config(vocab_size=130, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    path = write_gguf(tmp_path / "qwen3.gguf", hf_qwen3(cfg, seed=6))
+    ref = Qwen3ForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, config=hf_config(cfg)).eval()
+
+    sd = read_state_dict(path, keep_quantized=True)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    assert "blk.0.attn_q_norm.weight" in shapes and is_qwen3(shapes) and qwen3_config(shapes) == cfg
+    with torch.device("meta"):
+        ours = Qwen3TextEncoder(cfg).eval()
+    sd = qwen3_state_dict(sd)
+    assert sd.keys() == ours.state_dict().keys()
+    assign(ours, sd, list(sd), lambda key: torch.float32, "cpu", keeps_stored=lambda key: True)
+    assert isinstance(ours.model.layers[0].self_attn.q_proj, StoredLinear)
+
+    ids, mask = _batch(False)
+    ids = ids % cfg.vocab_size
+    want = ref.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    for g, w in zip(ours.hidden_states(ids, mask), want):
+        assert_close_scaled(g, w, 1e-5)
