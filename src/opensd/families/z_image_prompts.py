@@ -1,11 +1,9 @@
-"""Prompts -> Z-Image's context: Qwen3's second-to-last hidden states of the chat-templated prompt.
+"""Prompts -> Z-Image's context: Qwen3's second-to-last hidden states of the chat-templated prompt
+(text/qwen_prompts.py encodes them as diffusers' ZImagePipeline and ComfyUI do).
 
-As diffusers' ZImagePipeline and ComfyUI encode it: the prompt is the user turn of Qwen's chat
-template followed by the assistant's opening (no thinking block), cut to `text_length` (512) tokens
-and padded on the right; the encoder attends to the prompt's tokens only and its hidden state -2
-(the output of the next-to-last layer) is the context. The rows past each prompt's tokens are zeros
-up to `text_length`, so every conditioning has one length and the network masks them (its caption
-is the prompt's tokens alone, as diffusers hands it over).
+The rows past each prompt's tokens are zeros up to `text_length` (512), so every conditioning has
+one length and the network masks them (its caption is the prompt's tokens alone, as diffusers hands
+it over).
 
 A1111's prompt syntax: AND, prompt editing and alternation work as for every family; emphasis
 brackets are removed and their weights not applied (an LLM's hidden states have no per-token
@@ -21,9 +19,8 @@ import torch.nn.functional as F
 from ..errors import CheckpointError
 from ..pipeline.conditioning import Conditioning, PromptConditioner
 from ..text.prompt_parser import check_prompt_length, is_break, parse_prompt_attention
+from ..text.qwen_prompts import encode_padded
 
-TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
-HIDDEN_STATE = -2  # the output of the next-to-last layer
 ENCODER = "qwen3_4b"
 
 
@@ -44,14 +41,12 @@ class ZImageConditioner(PromptConditioner):
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden states (n, L, width) float32, mask (n, L) bool) of `texts` as written (templated
-        here), L the longest one's tokens."""
+        there), L the longest one's tokens."""
         encoder = self.model.encoder(ENCODER)
         if encoder is None or self.qwen_tokenizer is None:
             raise CheckpointError(self.pipe.loaded.path, "this Z-Image model has no Qwen3 text encoder or tokenizer")
-        ids, mask = self.qwen_tokenizer.batch([TEMPLATE.format(t) for t in texts], self.config.text_length)
-        ids = torch.tensor(ids, dtype=torch.long, device=self.device)
-        mask = torch.tensor(mask, dtype=torch.bool, device=self.device)
-        return encoder(ids, mask, HIDDEN_STATE).float(), mask
+        hidden, mask = encode_padded(encoder, self.qwen_tokenizer, texts, self.config.text_length, device=self.device)
+        return hidden.float(), mask
 
     @torch.no_grad()
     def encode_batch(self, texts: Sequence[str]) -> list[Conditioning]:
