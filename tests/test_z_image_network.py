@@ -132,3 +132,20 @@ def test_lumina2_is_named_not_run():
     shapes["layers.0.attention.qkv.weight"] = (64 + 2 * 16, 64)
     with pytest.raises(CheckpointError, match="Lumina Image 2.0.*not supported"):
         families.detect(shapes, {}, "lumina_2.safetensors")
+
+
+def test_whole_released_model_on_the_meta_device_is_detected_with_every_key_consumed():
+    """Z-Image-Turbo with Qwen3-4B and Flux's VAE as one file (the network under
+    model.diffusion_model., the encoder under text_encoders.qwen3_4b.transformer.): detected from its
+    shapes alone as the config it was built from, and its canonical layout is the module's key set."""
+    from opensd.models.config_dit import FLUX_VAE, ZImageModelConfig
+    from opensd.models.dit_models import ZImageModel
+    from opensd.models.qwen3 import Qwen3Config
+    cfg = ZImageModelConfig(C.Z_IMAGE, FLUX_VAE, Qwen3Config())
+    with torch.device("meta"):
+        sd = ZImageModel(cfg).state_dict()
+    family, found = families.detect({k: tuple(v.shape) for k, v in sd.items()}, {}, "z_image_aio.safetensors")
+    assert family.name == "z_image" and found == cfg
+    assert family.missing_parts({k: tuple(v.shape) for k, v in sd.items()}) == []
+    assert set(family.canonical(dict(sd), found)) == set(sd)
+    assert sum(v.numel() for k, v in sd.items() if k.startswith("text_encoders.")) > 4.0e9  # Qwen3-4B
