@@ -37,12 +37,15 @@ def z_image(tmp_path_factory):
     return ours, ref, parts
 
 
-def test_detected_as_z_image(z_image):
-    ours, _, _ = z_image
+def test_detected_as_z_image(z_image, tmp_path):
+    ours, _, parts = z_image
     cfg = ours.config
     assert (cfg.family, cfg.prediction, cfg.shift, cfg.text_length) == ("z_image", "flow", 3.0, 512)
     assert cfg.z_image.n_layers == 2 and cfg.z_image.cap_feat_dim == cfg.qwen3.hidden_size == 32
     assert ours.family.default_cfg == 1.0 and ours.family.default_scheduler == "simple"
+    folder = write_z_image_folder(tmp_path / "shifted", parts)  # a folder's scheduler config sets the shift
+    FlowMatchEulerDiscreteScheduler(shift=6.0, use_dynamic_shifting=False).save_pretrained(folder / "scheduler")
+    assert load(folder, precision="fp32", device="cpu").config.shift == 6.0
 
 
 @pytest.mark.parametrize("text", [PROMPT, NEGATIVE, "", "a (cat:1.3) on a [red] chair"])

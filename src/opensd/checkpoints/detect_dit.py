@@ -28,6 +28,7 @@ NET_PREFIXES = (NET, "diffusion_model.", "model.", "transformer.", "")
 META_HEAD_DIM = "opensd.head_dim"       # MMDiT/Flux attention head width (released: 64 / 128)
 META_AXES = "opensd.flux_axes_dim"      # Flux RoPE widths per id axis, "16,56,56"
 META_Z_AXES = "opensd.z_image_axes_dim"  # Z-Image RoPE widths per id axis, "32,48,48"
+META_SHIFT = "opensd.flow_shift"        # a flow model's schedule shift (a diffusers folder's scheduler config)
 
 
 def prefix_of(shapes: Shapes, key: str) -> str | None:

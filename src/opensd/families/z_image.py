@@ -13,6 +13,7 @@ g + 1); the caption's padding is masked (the conditioner leaves the context rows
 prompt's tokens zero, and net_fn masks all-zero rows, as Chroma's)."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import torch
@@ -71,9 +72,24 @@ class ZImageFamily(DiTFamily):
 
     def detect(self, shapes, metadata, path, prediction=None):
         cfg = super().detect(shapes, metadata, path, prediction)
-        if cfg is None or not _has_qwen3(shapes):
-            return cfg
-        return replace(cfg, qwen3=self.encoder_config("qwen3", shapes, path))
+        if cfg is None:
+            return None
+        if DD.META_SHIFT in metadata:
+            cfg = replace(cfg, shift=float(metadata[DD.META_SHIFT]))
+        return replace(cfg, qwen3=self.encoder_config("qwen3", shapes, path)) if _has_qwen3(shapes) else cfg
+
+    def read_folder(self, path, index):
+        """A ZImagePipeline folder; its scheduler config's shift (Turbo's 3.0) becomes the model's."""
+        found = super().read_folder(path, index)
+        if found is None:
+            return None
+        sd, metadata = found
+        try:
+            shift = json.loads((path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))["shift"]
+            metadata[DD.META_SHIFT] = str(float(shift))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no scheduler config: the released 3.0
+        return sd, metadata
 
     def make_config(self, net, vae, encoders, resolution) -> ZImageModelConfig:
         return ZImageModelConfig(net, vae, encoders.get("qwen3"), resolution=resolution)
