@@ -53,7 +53,7 @@ def test_config_read_from_diffusers_shapes(pair):
     assert (cfg.ffn_hidden, cfg.adaln_dim, cfg.t_hidden, cfg.axes_dims) == (170, 64, 1024, Z_AXES)
 
 
-@pytest.mark.parametrize("lengths", [(7, 40), (33, 33), (5,)])
+@pytest.mark.parametrize("lengths", [(7, 40), (33, 33), (5,), (0, 7)])
 def test_equals_diffusers_loaded_from_diffusers_names(pair, lengths):
     ours, theirs = pair
     x, t, context, mask = _inputs(lengths=lengths)
@@ -70,6 +70,18 @@ def test_padding_beyond_the_mask_is_ignored_and_no_mask_means_all(pair):
         a = ours(x, t, context, None)
         b = ours(x, t, longer, torch.nn.functional.pad(mask, (0, 30)))
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_caption_of_no_tokens_alone_is_as_in_a_batch(pair):
+    """A zeroed conditioning (ComfyUI's ConditioningZeroOut) has no caption tokens: alone in its batch
+    it gives what it gives beside a real caption (checked against diffusers above), not NaN."""
+    ours, _ = pair
+    x, t, context, mask = _inputs(seed=3, lengths=(0, 7))
+    with torch.no_grad():
+        alone = ours(x[:1], t[:1], context[:1], mask[:1])
+        batched = ours(x, t, context, mask)[:1]
+    assert not alone.isnan().any()
+    torch.testing.assert_close(alone, batched, rtol=0, atol=1e-5)
 
 
 def test_a_mask_with_holes_is_refused(pair):

@@ -188,6 +188,8 @@ class ZImage(nn.Module):
         for block in self.context_refiner:
             cap = block(cap, cap_pe, cap_keys, None)
 
+        if cap_mask is not None:  # rows past a caption (all of an empty one's) are keys no query sees: keep
+            cap = torch.where(cap_mask[..., None], cap, 0.0)  # them finite (a fully masked row may be NaN)
         seq = torch.cat([img, cap], dim=1)
         pe = tuple(torch.cat([a, c.expand(b, -1, -1)], dim=1) for a, c in zip(img_pe, cap_pe))
         keys = None if cap_mask is None else F.pad(cap_mask, (n_x, 0), value=True)[:, None, None]
