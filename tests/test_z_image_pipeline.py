@@ -173,3 +173,20 @@ def test_a_diffusers_z_image_lora_patches_our_weights(tmp_path, prefix):
     x, ctx, t = torch.randn(1, 16, 8, 6, generator=g), torch.randn(1, 9, 32, generator=g), torch.tensor([0.6])
     want = ref(list(x.unsqueeze(2).unbind(0)), t, [ctx[0]], return_dict=False)[0][0].squeeze(1)
     assert_close_scaled(ours.model.network(x, t, ctx)[0], want, 1e-5)
+
+
+def test_a_gguf_text_encoder_file(z_image, tmp_path):
+    """Qwen3 as a llama.cpp GGUF (Q8_0 projections, as ComfyUI-GGUF users keep it) given as the text
+    encoder: its blocks stay stored and the prompt's features are those of the float encoder within
+    Q8_0's error."""
+    from opensd.models.stored_weights import StoredLinear
+    from qwen_fixtures import write_gguf
+    ours, _, parts = z_image
+    files = write_z_image_split_files(tmp_path / "models", ours.model, parts["tokenizer"])
+    gguf_path = write_gguf(tmp_path / "models" / "text_encoders" / "Qwen3-4B-Q8_0.gguf", parts["text_encoder"])
+    files["qwen3"].unlink()
+    pipe = load(files["unet"], text_encoders=[gguf_path], precision="fp32", device="cpu")
+    assert isinstance(pipe.model.encoder("qwen3_4b").transformer.model.layers[0].self_attn.q_proj, StoredLinear)
+    got, want = pipe.conditioner().encode(PROMPT).context, ours.conditioner().encode(PROMPT).context
+    assert torch.equal(text_mask(got), text_mask(want))
+    assert float((got - want).norm() / want.norm()) < 0.02

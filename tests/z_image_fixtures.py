@@ -15,9 +15,8 @@ from dit_fixtures import _vae
 from opensd.checkpoints import detect_dit as DD
 from opensd.checkpoints.files import save_safetensors
 from opensd.models.qwen3 import Qwen3Config
-from qwen_fixtures import build_tokenizer, write_folder
+from qwen_fixtures import build_tokenizer, hf_qwen3, write_folder
 from reference import randomize_
-from test_qwen3 import hf_qwen3
 
 Z_DIM, Z_HEADS, Z_CAP, Z_AXES = 64, 2, 24, (8, 12, 12)
 QWEN_WIDTH = 32
@@ -37,7 +36,7 @@ def z_image_transformer(seed: int = 0, cap: int = Z_CAP) -> ZImageTransformer2DM
 
 def z_image_parts(seed: int = 0) -> dict:
     tok = build_tokenizer()
-    qwen = Qwen3Config(vocab_size=tok.get_vocab_size(), hidden_size=QWEN_WIDTH, intermediate_size=48,
+    qwen = Qwen3Config(vocab_size=tok.get_vocab_size(), hidden_size=QWEN_WIDTH, intermediate_size=64,
                        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
     return {"transformer": z_image_transformer(seed, QWEN_WIDTH), "vae": _vae("flux", seed + 1),
             "text_encoder": hf_qwen3(qwen, seed + 2), "tokenizer": tok}

@@ -111,11 +111,12 @@ class ZImageFamily(DiTFamily):
 
     def encoder_tensors(self, files):
         """The Qwen3-4B text encoder from its own file (ComfyUI's text_encoders/qwen_3_4b.safetensors,
-        or transformers' Qwen3 weights: the same `model.*` keys; an unused lm_head is left out)."""
+        transformers' Qwen3 weights: the same `model.*` keys, an unused lm_head left out; or a llama.cpp
+        GGUF, renamed by keymap_qwen3)."""
         if len(files) > 1:
             raise CheckpointError(files[1], f"{len(files)} text encoders given; a Z-Image model takes one, "
                                             "the Qwen3-4B text encoder")
-        sd = read_state_dict(files[0])
+        sd = read_state_dict(files[0], keep_quantized=True)  # a GGUF's blocks stay stored (keeps_stored)
         shapes = {k: tuple(v.shape) for k, v in sd.items()}
         if not is_qwen3(shapes):
             raise CheckpointError(files[0], f"not a Qwen3 text encoder (a Z-Image model takes the {ENCODER}): "
