@@ -111,9 +111,10 @@ def hf_qwen3(cfg: Qwen3Config, seed: int = 0, attn: str = "sdpa") -> Qwen3ForCau
     return ref.eval()
 
 
-def write_gguf(path: Path, ref: Qwen3ForCausalLM, quantize: bool = True) -> Path:
+def write_gguf(path: Path, ref: Qwen3ForCausalLM, quantize: bool = True, tokenizer: Tokenizer | None = None) -> Path:
     """`ref`'s weights as a llama.cpp GGUF file (names from the gguf package's own Qwen3 table), its
-    projection weights in Q8_0 blocks when `quantize`."""
+    projection weights in Q8_0 blocks when `quantize`, with `tokenizer` in its header as llama.cpp
+    writes a Qwen tokenizer (tokens by id, merges, token types) when given."""
     import gguf
 
     cfg = ref.config
@@ -129,6 +130,14 @@ def write_gguf(path: Path, ref: Qwen3ForCausalLM, quantize: bool = True) -> Path
     w.add_value_length(cfg.head_dim)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    if tokenizer is not None:
+        tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
+        merges = json.loads(tokenizer.to_str())["model"]["merges"]
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        w.add_token_list(tokens)
+        w.add_token_types([3 if t in SPECIALS[:3] else 4 if t in SPECIALS else 1 for t in tokens])
+        w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
     for key, tensor in ref.state_dict().items():
         name = names.get_name(key, try_suffixes=(".weight",))
         data = tensor.float().numpy()

@@ -11,7 +11,7 @@ from transformers import Qwen3ForCausalLM, Qwen3Model
 from opensd.checkpoints.files import read_state_dict
 from opensd.checkpoints.keymap_qwen3 import is_qwen3, qwen3_config, qwen3_state_dict
 from opensd.errors import CheckpointError
-from opensd.models.qwen3 import Qwen3Config, Qwen3TextEncoder
+from opensd.models.qwen3 import Qwen3Config, Qwen3TextEncoder, attention_bias
 from opensd.models.stored_weights import StoredLinear
 from opensd.pipeline.weights import assign
 from qwen_fixtures import hf_config, hf_qwen3, write_gguf
@@ -152,3 +152,48 @@ def test_a_llama_cpp_gguf_file_loads_as_transformers_reads_it(tmp_path):
     want = ref.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
     for g, w in zip(ours.hidden_states(ids, mask), want):
         assert_close_scaled(g, w, 1e-5)
+
+
+@torch.no_grad()
+def test_runs_in_bf16_as_transformers_does():
+    """Stored and run in bf16 (the released file's dtype): as close to transformers' bf16 run as
+    both are to the fp32 result, and no farther from fp32 than transformers is."""
+    ref = hf_qwen3(TINY, seed=8)
+    ours = ours_from(ref.state_dict()).to(torch.bfloat16)
+    ids, mask = _batch(True)
+    real = mask.bool()
+    exact = ref.model(input_ids=ids, attention_mask=mask).last_hidden_state[real]
+    want = ref.to(torch.bfloat16).model(input_ids=ids, attention_mask=mask).last_hidden_state[real]
+    got = ours(ids, mask, layer=-1)[real]
+    assert got.dtype == torch.bfloat16
+    ref_error = (want.float() - exact).abs().max()
+    assert (got.float() - exact).abs().max() <= 1.5 * ref_error
+    assert (got.float() - want.float()).abs().max() <= 2 * ref_error
+
+
+@torch.no_grad()
+def test_left_padding_in_fp16_makes_no_nans():
+    ref = hf_qwen3(TINY, seed=9)
+    ours = ours_from(ref.state_dict())
+    ids, mask = _batch(True)
+    real = mask.bool()
+    want = ours(ids, mask)[real]
+    got = ours.to(torch.float16)(ids, mask)
+    assert torch.isfinite(got).all()
+    assert_close_scaled(got[real], want, 1e-2)
+    # every query sees at least one key (a left-padded pad token: itself), so that no row of logits
+    # is all at the dtype's minimum, which fused fp16 kernels may turn into -inf and NaNs
+    bias = attention_bias(mask, *ids.shape, ids.device, torch.float16)
+    assert ((bias == 0).sum(-1) >= 1).all()
+    assert bias[2, 0, 0, 0] == 0 and bias[2, 0, 0, 1] < 0  # the first pad sees only itself
+    assert (bias[2, 0, -1] == 0).sum() == 5  # the last real token sees the 5 real ones
+
+
+def test_scaled_float8_files_are_refused_by_name():
+    sd = dict(hf_qwen3(TINY).state_dict())
+    sd["model.layers.0.self_attn.q_proj.weight_scale"] = torch.ones(())
+    with pytest.raises(CheckpointError, match="te.safetensors: a scaled float8 .*q_proj.weight_scale"):
+        qwen3_state_dict(sd, path="te.safetensors")
+    plain = {k: v.to(torch.float8_e4m3fn) if k.endswith("proj.weight") else v
+             for k, v in hf_qwen3(TINY).state_dict().items()}
+    assert qwen3_state_dict(plain)["model.layers.0.mlp.up_proj.weight"].dtype == torch.float8_e4m3fn

@@ -12,6 +12,7 @@ from diffusers import ZImagePipeline
 from transformers import Qwen2TokenizerFast
 
 from opensd.checkpoints.keymap_qwen3 import qwen3_state_dict
+from opensd.errors import InvalidArgument
 from opensd.models.qwen3 import Qwen3Config, Qwen3TextEncoder
 from opensd.text.qwen_prompts import chat_prompt, encode_padded, encode_prompts
 from opensd.text.qwen_tokenizer import QwenTokenizer
@@ -107,3 +108,5 @@ def test_padded_form_for_any_wrapper(folder):
         assert m[:n].all() and not m[n:].any()
         assert torch.equal(h[:n], x)
     assert mask.sum(1).tolist() == [len(tokenizer.encode(chat_prompt(p))) for p in PROMPTS[:3]]
+    with pytest.raises(InvalidArgument, match="no prompts"):
+        encode_padded(inner, tokenizer, [])

@@ -1,15 +1,17 @@
 """Our Qwen tokenizer gives transformers' Qwen2Tokenizer's ids on a synthetic byte-level BPE vocabulary,
 read from tokenizer.json or from vocab.json + merges.txt; the tokenizer folder is found where
-users keep it, and a missing or wrong one is a clear error."""
+users keep it, or taken from a GGUF text encoder's header; a missing or wrong one is a clear error."""
 from __future__ import annotations
 
 import pytest
+from tokenizers import Tokenizer
 from transformers import Qwen2TokenizerFast
 
 from opensd.checkpoints.qwen_vocab import find_qwen_tokenizer, load_qwen_tokenizer
 from opensd.errors import CheckpointError, InvalidArgument
 from opensd.text.qwen_tokenizer import QwenTokenizer
-from qwen_fixtures import SPECIALS, build_tokenizer, write_folder
+from opensd.models.qwen3 import Qwen3Config
+from qwen_fixtures import SPECIALS, build_tokenizer, hf_qwen3, write_folder, write_gguf
 
 TEXTS = [
     "A photograph of an astronaut riding a horse",
@@ -73,7 +75,6 @@ def test_bad_arguments(tmp_path, tok):
 
 
 def test_not_a_qwen_tokenizer(tmp_path):
-    from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     (tmp_path / "tokenizer.json").write_text(Tokenizer(WordLevel({"a": 0}, unk_token="a")).to_str())
     with pytest.raises(CheckpointError, match="not a Qwen tokenizer: no <|endoftext|>"):
@@ -110,3 +111,34 @@ def test_found_where_users_keep_it(tmp_path, tok):
     assert find_qwen_tokenizer(diffusers) == diffusers / "tokenizer"
     assert find_qwen_tokenizer(diffusers / "tokenizer") == diffusers / "tokenizer"
     assert load_qwen_tokenizer(diffusers).encode("<|im_end|>") == [tok.token_to_id("<|im_end|>")]
+
+
+def test_from_a_gguf_text_encoder(tmp_path, tok):
+    """A llama.cpp GGUF file carries the vocabulary (tokens by id, merges, control and user-defined
+    tokens): the tokenizer built from it gives transformers' ids for Qwen's own files."""
+    cfg = Qwen3Config(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    te = tmp_path / "text_encoders" / "Qwen3-4B-Q8_0.gguf"
+    te.parent.mkdir()
+    write_gguf(te, hf_qwen3(cfg), tokenizer=tok)
+    ref = Qwen2TokenizerFast.from_pretrained(str(write_folder(tmp_path / "ref", tok)))
+    ours = QwenTokenizer.from_gguf(te)
+    for text in TEXTS:
+        assert ours.encode(text) == ref(text).input_ids, text
+    # no tokenizer folder anywhere: the GGUF's own is used
+    assert load_qwen_tokenizer(te).encode(TEXTS[5]) == ref(TEXTS[5]).input_ids
+    bare = write_gguf(tmp_path / "no_vocab.gguf", hf_qwen3(cfg))
+    with pytest.raises(CheckpointError, match="carries no byte-level BPE tokenizer"):
+        QwenTokenizer.from_gguf(bare)
+    with pytest.raises(CheckpointError, match="no Qwen tokenizer found"):
+        load_qwen_tokenizer(bare)
+
+
+def test_presets_in_tokenizer_json_do_not_apply(tmp_path, tok):
+    """A tokenizer.json saved with truncation or padding enabled still encodes whole texts."""
+    preset = Tokenizer.from_str(tok.to_str())
+    preset.enable_truncation(4)
+    preset.enable_padding(length=40, pad_id=0)
+    ours = QwenTokenizer.from_folder(write_folder(tmp_path, preset))
+    assert ours.encode(TEXTS[0]) == tok.encode(TEXTS[0]).ids and len(ours.encode(TEXTS[0])) > 4
+    assert ours.batch([TEXTS[0], "a"])[0][0] == tok.encode(TEXTS[0]).ids

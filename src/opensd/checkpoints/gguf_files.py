@@ -77,3 +77,10 @@ def read_gguf(path) -> tuple[dict, dict[str, str]]:
         except (RuntimeError, ValueError) as e:
             raise CheckpointError(path, f"tensor {t.name!r}: its data does not fit shape {shape}: {e}") from None
     return sd, _strings(reader)
+
+
+def read_gguf_fields(path, names: tuple[str, ...]) -> dict:
+    """Those of the header entries `names` that a GGUF file has (arrays as lists, strings as str);
+    no tensor is read. A llama.cpp language model keeps its tokenizer so (tokenizer.ggml.*)."""
+    reader = _reader(Path(path))
+    return {name: reader.fields[name].contents() for name in names if name in reader.fields}

@@ -4,7 +4,8 @@ No Qwen vocabulary ships with opensd, and the text-encoder file (qwen_3_4b.safet
 carry one, so it is looked for where model folders keep it: a diffusers folder's tokenizer/; a
 `qwen_tokenizer/` folder beside a model or text-encoder file; and in the models folder's
 text_encoders/ or clip/ folder (the layout ComfyUI and Forge use). A tokenizer folder holds
-tokenizer.json, or vocab.json and merges.txt (see opensd.text.qwen_tokenizer).
+tokenizer.json, or vocab.json and merges.txt (see opensd.text.qwen_tokenizer). Failing those, a
+llama.cpp GGUF text encoder carries its own tokenizer, which is used.
 """
 from __future__ import annotations
 
@@ -39,10 +40,16 @@ def find_qwen_tokenizer(*anchors: Path) -> Path | None:
 
 
 def load_qwen_tokenizer(*anchors: Path) -> QwenTokenizer:
-    """The tokenizer found for `anchors` (the first names the model in the error), or a
-    CheckpointError that says where to put one."""
+    """The tokenizer found for `anchors` (the first names the model in the error), else the one a
+    GGUF text-encoder file among them carries, or a CheckpointError that says where to put one."""
     folder = find_qwen_tokenizer(*anchors)
     if folder is None:
+        for anchor in map(Path, anchors):
+            if anchor.suffix.lower() == ".gguf" and anchor.is_file():
+                try:
+                    return QwenTokenizer.from_gguf(anchor)
+                except CheckpointError:  # a GGUF without a Qwen tokenizer (a diffusion model's)
+                    continue
         raise CheckpointError(anchors[0], "no Qwen tokenizer found (tokenizer.json, or vocab.json and "
                               "merges.txt): put the files of Qwen3's tokenizer (a Z-Image diffusers folder's "
                               f"tokenizer/) in a {FOLDER}/ folder beside the model or text-encoder file, "

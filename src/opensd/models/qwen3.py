@@ -65,12 +65,15 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 def attention_bias(attention_mask: torch.Tensor | None, batch: int, length: int, device: torch.device,
                    dtype: torch.dtype) -> torch.Tensor:
     """The additive (B, 1, L, L) logits bias: causal, and padding keys (mask 0) hidden from every
-    query. A padding query that sees no key at all (left padding) gets a uniform average; its
-    output is padding anyway."""
-    allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
+    query. A padding query that would see no key at all (left padding) sees itself: its output is
+    padding anyway, and a row with every logit at the dtype's minimum could overflow to -inf in
+    fp16 and make NaNs that would reach the real tokens through their (zero) attention weights."""
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    allowed = causal[None, None].expand(batch, 1, length, length)
     if attention_mask is not None:
         allowed = allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
-    allowed = allowed.expand(batch, 1, length, length)
+        alone = ~allowed.any(-1, keepdim=True)
+        allowed = allowed | (alone & torch.eye(length, dtype=torch.bool, device=device))
     return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InvalidArgument
 from .qwen_tokenizer import IM_END, IM_START, QwenTokenizer
 
 MAX_LENGTH = 512
@@ -48,6 +49,8 @@ def encode_padded(encoder, tokenizer: QwenTokenizer, prompts: list[str], max_len
     `device`: where it runs (default: where its first parameter is)."""
     if isinstance(prompts, str):
         prompts = [prompts]
+    if not prompts:
+        raise InvalidArgument("no prompts to encode")
     ids, mask = tokenizer.batch([chat_prompt(p, enable_thinking) for p in prompts], max_length)
     device = device if device is not None else next(encoder.parameters()).device
     ids = torch.tensor(ids, dtype=torch.long, device=device)

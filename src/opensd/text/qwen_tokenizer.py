@@ -10,6 +10,8 @@ tokenizer folder works:
   The pipeline built around them is Qwen2Tokenizer's: NFC, Qwen's pre-tokenizer pattern, bytes
   mapped to printable characters, BPE.
 
+A llama.cpp GGUF file of a Qwen model carries the same vocabulary in its header (from_gguf).
+
 Special tokens written in the text (`<|im_start|>`) become their one id, as transformers does.
 Padding uses <|endoftext|>, Qwen's pad token.
 """
@@ -21,11 +23,15 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
+from ..checkpoints.gguf_files import read_gguf_fields
 from ..errors import CheckpointError, InvalidArgument
 
 PAD = "<|endoftext|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 _SPECIALS = (PAD, IM_START, IM_END)
+GGUF_MODEL, GGUF_TOKENS = "tokenizer.ggml.model", "tokenizer.ggml.tokens"
+GGUF_MERGES, GGUF_TYPES = "tokenizer.ggml.merges", "tokenizer.ggml.token_type"
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types
 TOKENIZER_JSON, VOCAB, MERGES, CONFIG = "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"
 
 # Qwen2's pre-tokenizer: contractions, letter runs (with one leading non-letter), single digits,
@@ -39,9 +45,12 @@ def is_tokenizer_folder(folder: Path) -> bool:
     return (folder / TOKENIZER_JSON).is_file() or ((folder / VOCAB).is_file() and (folder / MERGES).is_file())
 
 
-def _bpe_pipeline(vocab: Path, merges: Path) -> Tokenizer:
-    tok = Tokenizer(BPE.from_file(str(vocab), str(merges), continuing_subword_prefix="", end_of_word_suffix="",
-                                  fuse_unk=False, byte_fallback=False))
+_BPE_OPTIONS = dict(continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False, byte_fallback=False)
+
+
+def _bpe_pipeline(bpe: BPE) -> Tokenizer:
+    """Qwen2Tokenizer's pipeline around a byte-level BPE model."""
+    tok = Tokenizer(bpe)
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_PATTERN), behavior="isolated", invert=False),
@@ -67,6 +76,8 @@ class QwenTokenizer:
     def __init__(self, tokenizer: Tokenizer, source: str = "Qwen tokenizer"):
         """`tokenizer`: the whole pipeline; `source` names it in errors."""
         self._tok = tokenizer
+        tokenizer.no_truncation()  # a tokenizer.json may carry presets; batch() does both itself
+        tokenizer.no_padding()
         missing = [t for t in _SPECIALS if tokenizer.token_to_id(t) is None]
         if missing:
             raise CheckpointError(source, "not a Qwen tokenizer: no " + ", ".join(missing))
@@ -79,7 +90,7 @@ class QwenTokenizer:
         try:
             if (folder / TOKENIZER_JSON).is_file():
                 return cls(Tokenizer.from_file(str(folder / TOKENIZER_JSON)), str(folder / TOKENIZER_JSON))
-            tok = _bpe_pipeline(folder / VOCAB, folder / MERGES)
+            tok = _bpe_pipeline(BPE.from_file(str(folder / VOCAB), str(folder / MERGES), **_BPE_OPTIONS))
         except Exception as e:  # the Rust library's errors are plain Exceptions
             raise CheckpointError(folder, f"not a readable tokenizer ({e})") from None
         for wanted, content in _added_tokens(folder / CONFIG, tok.get_vocab_size()):
@@ -89,6 +100,27 @@ class QwenTokenizer:
                 raise CheckpointError(folder / CONFIG, f"special token {content} should have id {wanted}, "
                                       f"but the vocabulary gives it {tok.token_to_id(content)}")
         return cls(tok, str(folder))
+
+    @classmethod
+    def from_gguf(cls, path: str | Path) -> QwenTokenizer:
+        """The tokenizer a llama.cpp GGUF file of a Qwen model carries (tokenizer.ggml.*: the tokens
+        by id, the merges, and which tokens are control or user-defined, kept whole in the text)."""
+        fields = read_gguf_fields(path, (GGUF_MODEL, GGUF_TOKENS, GGUF_MERGES, GGUF_TYPES))
+        if fields.get(GGUF_MODEL) != "gpt2" or GGUF_TOKENS not in fields or GGUF_MERGES not in fields:
+            raise CheckpointError(path, "carries no byte-level BPE tokenizer (tokenizer.ggml.model gpt2, with tokens "
+                                        "and merges)")
+        tokens = fields[GGUF_TOKENS]
+        merges = [tuple(m.split(" ", 1)) for m in fields[GGUF_MERGES]]
+        try:
+            tok = _bpe_pipeline(BPE({t: i for i, t in enumerate(tokens)}, merges, **_BPE_OPTIONS))
+        except Exception as e:  # the Rust library's errors are plain Exceptions
+            raise CheckpointError(path, f"its tokenizer cannot be built ({e})") from None
+        kinds = fields.get(GGUF_TYPES) or []
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t, kind in zip(tokens, kinds) if kind == _CONTROL])
+        tok.add_tokens([AddedToken(t, special=False, normalized=False)
+                        for t, kind in zip(tokens, kinds) if kind == _USER_DEFINED])
+        return cls(tok, str(path))
 
     def encode(self, text: str) -> list[int]:
         """The ids of `text`; special tokens written in it are one id each."""
