@@ -11,9 +11,10 @@ import torch
 from opensd.checkpoints import detect_dit as DD
 from opensd.checkpoints.files import read_state_dict, save_safetensors
 from opensd.errors import CheckpointError
-from opensd.models.config_dit import FluxConfig, MMDiTConfig
+from opensd.models.config_dit import FluxConfig, MMDiTConfig, ZImageConfig
 from opensd.models.flux import Flux
 from opensd.models.mmdit import MMDiT
+from opensd.models.z_image import ZImage
 from opensd.models.stored_weights import StoredLinear
 from opensd.pipeline import parts
 from opensd.pipeline.offload import module_bytes
@@ -30,6 +31,8 @@ NETWORKS = {
     "sd3": (lambda: MMDiT(MMDiTConfig(depth=2, num_heads=4, head_dim=64, adm_in_channels=64, context_dim=64,
                                       pos_embed_max_size=16, qk_norm=True, x_block_self_attn_layers=(0,))),
             {DD.META_HEAD_DIM: "64"}),
+    "z_image": (lambda: ZImage(ZImageConfig(dim=256, n_layers=2, n_heads=8, ffn_hidden=512, cap_feat_dim=64,
+                                            axes_dims=(8, 12, 12), t_hidden=256)), {}),
 }
 
 
@@ -67,7 +70,7 @@ def write_gguf(path, sd: dict[str, torch.Tensor], qtype, metadata: dict, arch: s
 def inputs(family: str):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 16, 8, 8, generator=g)
-    t = torch.tensor([0.6 if family == "flux" else 600.0])
+    t = torch.tensor([600.0 if family == "sd3" else 0.6])
     return x, t, torch.randn(1, 5, 64, generator=g), torch.randn(1, 32 if family == "flux" else 64, generator=g)
 
 
@@ -84,7 +87,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).detach().norm() / b.detach().norm())
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "z_image"])
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_K])
 def test_gguf_network_equals_its_dequantised_weights(tmp_path, family, qtype):
     net, metadata = network(family)
@@ -106,7 +109,7 @@ def test_gguf_network_equals_its_dequantised_weights(tmp_path, family, qtype):
                             family)) < 0.02
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "z_image"])
 def test_fp8_network_is_cast_per_layer(tmp_path, family):
     net, metadata = network(family)
     sd = {k: v.contiguous() for k, v in net.state_dict().items()}

@@ -13,7 +13,7 @@ from typing import Mapping
 
 from ..errors import CheckpointError
 from ..models import config as C
-from ..models.config_dit import ChromaConfig, FluxConfig, MMDiTConfig, T5Config
+from ..models.config_dit import ChromaConfig, FluxConfig, MMDiTConfig, T5Config, ZImageConfig
 from . import detect as D
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -21,11 +21,14 @@ Shapes = Mapping[str, tuple[int, ...]]
 NET = "model.diffusion_model."
 TEXT = "text_encoders."
 CLIP_L, CLIP_G, T5 = (f"{TEXT}{name}.transformer." for name in ("clip_l", "clip_g", "t5xxl"))
+QWEN3 = f"{TEXT}qwen3_4b.transformer."  # Z-Image's text encoder, its keys as its own file's (model.layers.N...)
 # Where whole-model files of various tools keep the network: ours/SD3's/ComfyUI's first.
 NET_PREFIXES = (NET, "diffusion_model.", "model.", "transformer.", "")
 
 META_HEAD_DIM = "opensd.head_dim"       # MMDiT/Flux attention head width (released: 64 / 128)
 META_AXES = "opensd.flux_axes_dim"      # Flux RoPE widths per id axis, "16,56,56"
+META_Z_AXES = "opensd.z_image_axes_dim"  # Z-Image RoPE widths per id axis, "32,48,48"
+META_SHIFT = "opensd.flow_shift"        # a flow model's schedule shift (a diffusers folder's scheduler config)
 
 
 def prefix_of(shapes: Shapes, key: str) -> str | None:
@@ -159,3 +162,46 @@ def chroma_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str
 def chroma_config_diffusers(shapes: Shapes, p: str, metadata: Mapping[str, str],
                             path: str = "<state dict>") -> ChromaConfig:
     return flux_config(shapes, p, metadata, path, diffusers=True, chroma=True)
+
+
+# Z-Image: (released single file / ComfyUI, diffusers' ZImageTransformer2DModel)
+_Z_IMAGE_KEYS = {
+    "in": ("x_embedder.weight", "all_x_embedder.2-1.weight"),
+    "cap": ("cap_embedder.1.weight",) * 2, "layers": ("layers.",) * 2, "refiner": ("noise_refiner.",) * 2,
+    "head": ("layers.0.attention.q_norm.weight", "layers.0.attention.norm_q.weight"),
+    "k": ("layers.0.attention.qkv.weight", "layers.0.attention.to_k.weight"),
+    "ffn": ("layers.0.feed_forward.w1.weight",) * 2,
+    "t_in": ("t_embedder.mlp.0.weight",) * 2, "t_out": ("t_embedder.mlp.2.weight",) * 2,
+}
+
+
+def z_image_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str = "<state dict>",
+                   diffusers: bool = False) -> ZImageConfig:
+    """Z-Image under prefix `p`, in the released layout or (`diffusers`) ZImageTransformer2DModel's.
+    The head width is q_norm's; the RoPE split is the released one scaled to it (32, 48, 48 of 128)
+    unless metadata says otherwise. Lumina Image 2.0 (the same layout with fewer key/value heads)
+    is refused."""
+    k = {name: p + keys[diffusers] for name, keys in _Z_IMAGE_KEYS.items()}
+    try:
+        dim, patch_features = shapes[k["in"]]
+        head_dim = shapes[k["head"]][0]
+        kv = shapes[k["k"]][0] if diffusers else shapes[k["k"]][0] - dim
+        if (kv != dim) if diffusers else (kv != 2 * dim):
+            raise CheckpointError(path, "a Lumina Image 2.0 network (grouped key/value heads): not supported; "
+                                        "Z-Image is")
+        default_axes = f"{head_dim // 4},{3 * head_dim // 8},{head_dim - head_dim // 4 - 3 * head_dim // 8}"
+        axes = tuple(int(v) for v in metadata.get(META_Z_AXES, default_axes).split(","))
+        if sum(axes) != head_dim:
+            raise CheckpointError(path, f"Z-Image RoPE axes {axes} do not add up to the head width {head_dim}")
+        return ZImageConfig(in_channels=patch_features // 4, dim=dim, n_layers=count(shapes, k["layers"]),
+                            n_refiner_layers=count(shapes, k["refiner"]), n_heads=dim // head_dim,
+                            ffn_hidden=shapes[k["ffn"]][0], cap_feat_dim=shapes[k["cap"]][1], axes_dims=axes,
+                            adaln_dim=shapes[k["t_out"]][0], t_hidden=shapes[k["t_in"]][0])
+    except KeyError as e:
+        what = "diffusers Z-Image transformer" if diffusers else "Z-Image network"
+        raise CheckpointError(path, f"an incomplete {what}: no {e.args[0]}") from None
+
+
+def z_image_config_diffusers(shapes: Shapes, p: str, metadata: Mapping[str, str],
+                             path: str = "<state dict>") -> ZImageConfig:
+    return z_image_config(shapes, p, metadata, path, diffusers=True)

@@ -1,9 +1,9 @@
-"""diffusers folders of the DiT families (StableDiffusion3Pipeline, FluxPipeline, ChromaPipeline) as ONE state dict
-in the single files' layout (detect_dit.py's prefixes), plus the metadata no shape shows.
+"""diffusers folders of the DiT families (StableDiffusion3Pipeline, FluxPipeline, ChromaPipeline, ZImagePipeline)
+as ONE state dict in the single files' layout (detect_dit.py's prefixes), plus the metadata no shape shows.
 
-transformer/ is renamed by keymap_mmdit / keymap_flux (Flux's and Chroma's), vae/ by keymap_vae, the CLIP encoders keep
-transformers' naming (ours), T5 keeps it too. Sharded weights (`*.safetensors.index.json`, as the
-released SD3.5 Large and T5-XXL folders have) are read shard by shard.
+transformer/ is renamed by keymap_mmdit / keymap_flux (Flux's and Chroma's) / keymap_z_image, vae/ by keymap_vae, the
+CLIP encoders keep transformers' naming (ours), T5 and Qwen3 keep it too. Sharded weights
+(`*.safetensors.index.json`, as the released SD3.5 Large and T5-XXL folders have) are read shard by shard.
 """
 from __future__ import annotations
 
@@ -21,15 +21,18 @@ from .files import read_state_dict
 from .keymap_clip import clip_from_transformers
 from .keymap_flux import flux_from_diffusers
 from .keymap_mmdit import mmdit_from_diffusers
+from .keymap_qwen3 import qwen3_state_dict
 from .keymap_t5 import t5_state_dict
 from .keymap_vae import vae_from_diffusers
+from .keymap_z_image import z_image_from_diffusers
 
 # component folder -> what it holds, per family
 SD3_PARTS = {"transformer": "sd3", "vae": "vae", "text_encoder": "clip_l", "text_encoder_2": "clip_g",
              "text_encoder_3": "t5"}
 FLUX_PARTS = {"transformer": "flux", "vae": "vae", "text_encoder": "clip_l", "text_encoder_2": "t5"}
 CHROMA_PARTS = {"transformer": "chroma", "vae": "vae", "text_encoder": "t5"}
-_NETWORKS = ("sd3", "flux", "chroma")
+Z_IMAGE_PARTS = {"transformer": "z_image", "vae": "vae", "text_encoder": "qwen3"}
+_NETWORKS = ("sd3", "flux", "chroma", "z_image")
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -88,6 +91,12 @@ def read_dit_folder(path: Path, parts: dict[str, str]) -> tuple[dict[str, torch.
 def _component(folder: Path, kind: str, j: dict, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
     sd = weights(folder)
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    if kind == "z_image":
+        metadata[DD.META_Z_AXES] = ",".join(str(a) for a in j.get("axes_dims", (32, 48, 48)))
+        cfg = DD.z_image_config_diffusers(shapes, "", metadata, str(folder))
+        return {DD.NET + k: v for k, v in z_image_from_diffusers(sd, cfg, lazy=True).items()}
+    if kind == "qwen3":  # transformers' Qwen3 naming is the single file's
+        return {DD.QWEN3 + k: v for k, v in qwen3_state_dict(sd).items()}
     if kind in _NETWORKS:
         metadata[DD.META_HEAD_DIM] = str(j.get("attention_head_dim", 64 if kind == "sd3" else 128))
         if kind == "sd3":

@@ -10,10 +10,11 @@ from typing import Mapping
 
 Shapes = Mapping[str, tuple[int, ...]]
 
-SUPPORTED = "opensd runs Stable Diffusion 1.x, 2.x, SDXL, SD3/SD3.5, Flux.1 and Chroma models and its own small ones"
+SUPPORTED = ("opensd runs Stable Diffusion 1.x, 2.x, SDXL, SD3/SD3.5, Flux.1, Chroma and Z-Image models and its own "
+             "small ones")
 # Families of _FAMILIES that opensd runs (families/ detects their files first): named when a file of
 # theirs reaches code for the UNet families only.
-DIT_FAMILIES = ("Stable Diffusion 3", "Flux.1", "Chroma")
+DIT_FAMILIES = ("Stable Diffusion 3", "Flux.1", "Chroma", "Z-Image")
 
 # Prefixes the same network's keys carry in different files (original release, ComfyUI's full
 # checkpoints, diffusers' transformer files, training wrappers).
@@ -39,6 +40,7 @@ _FAMILIES: tuple[tuple[str, tuple], ...] = (
     ("LTX-Video", ("adaln_single.emb.timestep_embedder.linear_1.bias",)),
     ("PixArt", ("t_block.1.weight",)),
     ("Mochi", ("t5_yproj.weight",)),
+    ("Z-Image", ("cap_embedder.1.weight", "layers.0.adaLN_modulation.0.weight")),
     ("Lumina 2", ("cap_embedder.1.weight",)),
     ("Wan", ("head.modulation",)),
     ("HiDream", ("caption_projection.0.linear.weight",)),

@@ -1,6 +1,6 @@
-"""Find the parts a model file comes without (SD3's and Flux's text encoders and VAE) in the models
-folder it sits in, the way ComfyUI and Forge users keep them: text_encoders/ (or clip/,
-text_encoder/) holding clip_l, clip_g and t5xxl files, vae/ (or VAE/) holding the VAE.
+"""Find the parts a model file comes without (SD3's, Flux's and Z-Image's text encoders and VAE) in the
+models folder it sits in, the way ComfyUI and Forge users keep them: text_encoders/ (or clip/,
+text_encoder/) holding clip_l, clip_g, t5xxl and qwen_3_4b files, vae/ (or VAE/) holding the VAE.
 
 Files are told apart by their safetensors headers (no weights read): a T5 encoder by its blocks, a
 CLIP by its width (768: CLIP-L, 1280: CLIP-G), a 16-channel VAE by its latent convolution. Where a
@@ -13,10 +13,12 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from .files import read_safetensors_header
+from .keymap_qwen3 import is_qwen3
 
 ENCODER_FOLDERS = ("text_encoders", "clip", "text_encoder")
 VAE_FOLDERS = ("vae", "VAE")
 _PREFERRED = {"clip_l": ("clip_l",), "clip_g": ("clip_g",), "t5xxl": ("t5xxl_fp16", "t5xxl"),
+              "qwen3": ("qwen_3_4b", "qwen3_4b", "qwen"),
               "vae": ("ae", "sd3", "flux")}
 
 
@@ -29,7 +31,8 @@ def _folders(model: Path, names: tuple[str, ...]) -> list[Path]:
 
 
 def _kind(path: Path) -> tuple[str, int] | None:
-    """("t5xxl", 0), ("clip", width) or ("vae", 0) (16 latent channels) from a safetensors header."""
+    """("t5xxl", 0), ("clip", width), ("qwen3", 0) (a Qwen3 decoder: q/k norms, Z-Image's encoder) or
+    ("vae", 0) (16 latent channels) from a safetensors header."""
     try:
         entries, _ = read_safetensors_header(path)
     except (CheckpointError, OSError):
@@ -37,6 +40,8 @@ def _kind(path: Path) -> tuple[str, int] | None:
     shapes = {k: v["shape"] for k, v in entries.items()}
     if any(k.startswith(("encoder.block.", "shared.")) for k in shapes):
         return "t5xxl", 0
+    if is_qwen3(shapes):
+        return "qwen3", 0
     emb = shapes.get("text_model.embeddings.token_embedding.weight")
     if emb is not None:
         return "clip", emb[1]

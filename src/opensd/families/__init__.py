@@ -14,8 +14,9 @@ from .chroma import CHROMA_FAMILY
 from .flux import FLUX
 from .sd3 import SD3
 from .unet import UNET
+from .z_image import Z_IMAGE_FAMILY
 
-FAMILIES: tuple[Family, ...] = (SD3, CHROMA_FAMILY, FLUX, UNET)  # Chroma's keys include Flux's
+FAMILIES: tuple[Family, ...] = (SD3, CHROMA_FAMILY, FLUX, Z_IMAGE_FAMILY, UNET)  # Chroma's keys include Flux's
 
 
 def family_of(cfg) -> Family:

@@ -106,6 +106,35 @@ class ChromaConfig(FluxConfig):
         return 3 * self.depth_single_blocks + 12 * self.depth + 2
 
 
+@dataclass(frozen=True)
+class ZImageConfig:
+    """Z-Image (Tongyi-MAI's Z-Image, Z-Image-Turbo): a single-stream DiT. Two refiner blocks run over
+    the image tokens (time-modulated) and two over the caption (unmodulated) before the main blocks
+    see both as one sequence. Field names follow diffusers' ZImageTransformer2DModel."""
+    in_channels: int = 16
+    patch_size: int = 2
+    dim: int = 3840
+    n_layers: int = 30
+    n_refiner_layers: int = 2
+    n_heads: int = 30
+    ffn_hidden: int = 10240  # int(dim / 3 * 8)
+    cap_feat_dim: int = 2560  # Qwen3-4B's width
+    axes_dims: tuple[int, ...] = (32, 48, 48)  # RoPE widths per id axis (caption/time, row, column)
+    rope_theta: float = 256.0
+    t_scale: float = 1000.0
+    norm_eps: float = 1e-5
+    adaln_dim: int = 256  # min(dim, 256): the time embedding's width
+    t_hidden: int = 1024  # the time MLP's inner width
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels
+
+
 class _DiTModel:
     """What the pipeline asks of every model config, answered for the rectified-flow DiTs."""
     prediction = "flow"
@@ -187,6 +216,20 @@ class ChromaModelConfig(_DiTModel):
     text_encoders = ()
 
 
+@dataclass(frozen=True)
+class ZImageModelConfig(_DiTModel):
+    """A whole Z-Image model: its DiT, Flux's VAE and the Qwen3 text encoder (`qwen3`: its config,
+    None when the model comes without one). The network takes no pooled text."""
+    z_image: ZImageConfig
+    vae: VAEConfig
+    qwen3: object | None = None
+    resolution: int = 1024
+    shift: float = 3.0  # the scheduler's (Z-Image-Turbo's scheduler_config, ComfyUI's ModelSamplingAuraFlow)
+    text_length: int = 512  # Qwen tokens per prompt (diffusers' max_sequence_length)
+    family: str = "z_image"
+    text_encoders = ()
+
+
 # --- The released models ------------------------------------------------------------------
 
 T5_XXL = T5Config()
@@ -199,6 +242,7 @@ SD35_MEDIUM = MMDiTConfig(depth=24, num_heads=24, qk_norm=True, pos_embed_max_si
 FLUX_DEV = FluxConfig()
 FLUX_SCHNELL = FluxConfig(guidance_embed=False)
 CHROMA = ChromaConfig()  # Chroma1-HD, chroma-unlocked-v*: 19 double, 38 single blocks, 3072 wide
+Z_IMAGE = ZImageConfig()  # Z-Image-Turbo: 30 blocks 3840 wide, 30 heads of 128
 
 # 16-channel VAEs: no quant convs, and latents are shifted as well as scaled:
 # model latent = (vae latent - shift_factor) * scaling_factor.

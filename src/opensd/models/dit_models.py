@@ -1,4 +1,4 @@
-"""The whole SD3, Flux and Chroma models as modules whose state-dict keys are the single files' keys.
+"""The whole SD3, Flux, Chroma and Z-Image models as modules whose state-dict keys are the single files' keys.
 
 SD3's files (and ComfyUI's whole-model files of both families) store the network under
 `model.diffusion_model.`, the VAE under `first_stage_model.` and the text encoders under
@@ -11,12 +11,14 @@ from torch import nn
 
 from .clip import HFEmbedder
 from .chroma import Chroma
-from .config_dit import ChromaModelConfig, FluxModelConfig, SD3ModelConfig, T5Config
+from .config_dit import ChromaModelConfig, FluxModelConfig, SD3ModelConfig, T5Config, ZImageModelConfig
 from .flux import Flux
 from .mmdit import MMDiT
+from .qwen3 import Qwen3Config, Qwen3TextEncoder
 from .stable_diffusion import DiffusionWrapper
 from .t5 import T5EncoderModel
 from .vae import AutoencoderKL
+from .z_image import ZImage
 
 
 class T5Embedder(nn.Module):
@@ -68,3 +70,23 @@ class FluxModel(_DiTModel):
 class ChromaModel(_DiTModel):
     def __init__(self, cfg: ChromaModelConfig):
         super().__init__(cfg, Chroma(cfg.chroma), {"t5xxl": cfg.t5 and T5Embedder(cfg.t5)})
+
+
+class ZImageModel(_DiTModel):
+    """Z-Image: the network, Flux's VAE and (`text_encoders.qwen3_4b`) the Qwen3 text encoder, whose
+    keys under `transformer.` are its own file's (`model.layers.N...`)."""
+
+    def __init__(self, cfg: ZImageModelConfig):
+        super().__init__(cfg, ZImage(cfg.z_image), {"qwen3_4b": cfg.qwen3 and Qwen3Embedder(cfg.qwen3)})
+
+
+class Qwen3Embedder(nn.Module):
+    """`text_encoders.qwen3_4b`: keys `transformer.model.…` (the file's `model.…`)."""
+
+    def __init__(self, cfg: Qwen3Config):
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = Qwen3TextEncoder(cfg)
+
+    def forward(self, input_ids, attention_mask=None, layer: int = -2):
+        return self.transformer(input_ids, attention_mask, layer)

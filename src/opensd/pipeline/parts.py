@@ -33,6 +33,7 @@ from ..families.chroma import CHROMA_FAMILY
 from ..families.flux import FLUX
 from ..families.sd3 import SD3
 from ..families.unet import UNET, guess_sd2_prediction
+from ..families.z_image import Z_IMAGE_FAMILY
 from ..models import config as C
 from .device import resolve_device
 from .precision import choose_precision
@@ -165,8 +166,8 @@ def _encoder_config(sd: dict[str, torch.Tensor], naming: str, openclip: bool) ->
 def load_text_encoders(paths: list, device: str | None = None, precision: str = "fp32",
                        family: str | None = None) -> Pipeline:
     """One file (SD1, SD2 or the SDXL refiner's encoder) or two (SDXL's CLIP-L and ViT-bigG); with
-    `family` "sd3", "flux" or "chroma", that family's CLIP and T5 files (SD3: any of CLIP-L, CLIP-G,
-    T5-XXL; Chroma: T5-XXL)."""
+    `family` "sd3", "flux", "chroma" or "z_image", that family's CLIP and T5 files (SD3: any of CLIP-L,
+    CLIP-G, T5-XXL; Chroma: T5-XXL) or Z-Image's Qwen3-4B."""
     paths = [Path(p) for p in paths]
     if family in _DIT_FAMILIES:
         return _dit_encoders(paths, _DIT_FAMILIES[family], device, precision)
@@ -213,15 +214,14 @@ def load_text_encoders(paths: list, device: str | None = None, precision: str = 
     return _pipeline(paths[0], cfg, part, prefixes, *_where(device, precision, cfg))
 
 
-_DIT_FAMILIES = {"sd3": SD3, "flux": FLUX, "chroma": CHROMA_FAMILY}
+_DIT_FAMILIES = {"sd3": SD3, "flux": FLUX, "chroma": CHROMA_FAMILY, "z_image": Z_IMAGE_FAMILY}
 
 
 def _dit_encoders(paths: list[Path], family, device, precision) -> Pipeline:
-    """SD3's, Flux's or Chroma's text encoders from their own files, in a model whose network and VAE stay on
-    the meta device at the released sizes."""
+    """SD3's, Flux's, Chroma's or Z-Image's text encoders from their own files, in a model whose network and
+    VAE stay on the meta device at the released sizes."""
     part = family.encoder_tensors(paths)
     shapes = {k: tuple(v.shape) for k, v in part.items()}
-    encoders = {name: family.encoder_config(name, shapes, str(paths[0]))
-                for name in (*family.clip_names, "t5xxl") if name in family.present_encoders(shapes)}
+    encoders = {name: family.encoder_config(name, shapes, str(paths[0])) for name in family.present_encoders(shapes)}
     cfg = family.make_config(family.released_network, family.default_vae, encoders, 1024)
     return _pipeline(paths[0], cfg, part, (TEXT,), *_where(device, precision, cfg), paths=tuple(paths))

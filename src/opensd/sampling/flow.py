@@ -100,6 +100,12 @@ class FlowSampling:
         return cls(FlowSchedule(lambda t: sd3_shift(shift, t)), 1000.0)
 
     @classmethod
+    def aura_flow(cls, shift: float) -> FlowSampling:
+        """SD3's shifted schedule with the network's time in [0, 1] (ComfyUI's ModelSamplingAuraFlow;
+        Z-Image)."""
+        return cls(FlowSchedule(lambda t: sd3_shift(shift, t)), 1.0)
+
+    @classmethod
     def flux(cls, mu: float) -> FlowSampling:
         return cls(FlowSchedule(lambda t: flux_shift(mu, t), FLUX_TABLE_SIZE), 1.0)
 

@@ -7,8 +7,9 @@ patches of nodes_model_advanced), with ComfyUI's names, inputs and defaults.
   prompt gives its encoder no tokens (zeros for a CLIP, no T5 tokens).
 * FluxGuidance: the distilled guidance of every entry (Flux dev's `guidance` input; CFG stays the
   sampler's).
-* ModelSamplingSD3 / ModelSamplingFlux: the flow schedule's shift (Flux: from max_shift and
-  base_shift at the image size, ComfyUI's rule for a 8x VAE with 2x2 patches).
+* ModelSamplingSD3 / ModelSamplingFlux / ModelSamplingAuraFlow: the flow schedule's shift (Flux: from
+  max_shift and base_shift at the image size, ComfyUI's rule for a 8x VAE with 2x2 patches;
+  AuraFlow: SD3's shift with the network's time in [0, 1], Z-Image's).
 * T5TokenizerOptions (comfy_extras.nodes_cond): the CLIP's T5 prompts laid out as ComfyUI's T5
   tokenizer lays them out with those options: the prompt's pieces uncut, end of text, `min_padding`
   padding tokens, then padding up to `min_length` tokens (0, 0: no padding at all); in place of
@@ -124,6 +125,18 @@ def model_sampling_sd3(call, model, shift):
 register(NodeDef(
     "ModelSamplingSD3", model_sampling_sd3,
     {"model": ("MODEL", {}), "shift": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.01})},
+    ("MODEL",), category="advanced/model", module="comfy_extras.nodes_model_advanced"))
+
+
+def model_sampling_aura_flow(call, model, shift):
+    """SD3's shift with the network's time in [0, 1]: Z-Image's schedule (ComfyUI also runs AuraFlow and
+    Lumina 2 with it, families opensd does not run)."""
+    return (replace(_flow_model(model, "z_image"), sampling=FlowSampling.aura_flow(float(shift))),)
+
+
+register(NodeDef(
+    "ModelSamplingAuraFlow", model_sampling_aura_flow,
+    {"model": ("MODEL", {}), "shift": ("FLOAT", {"default": 1.73, "min": 0.0, "max": 100.0, "step": 0.01})},
     ("MODEL",), category="advanced/model", module="comfy_extras.nodes_model_advanced"))
 
 

@@ -104,7 +104,9 @@ register(NodeDef(
     display_name="Unet Loader (GGUF)", module="custom_nodes.ComfyUI-GGUF"))
 
 
-CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "chroma"]
+CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "chroma", "lumina2"]
+# ComfyUI's CLIPLoader types that name a DiT family's text encoders: the family (lumina2: Z-Image's Qwen3-4B)
+_DIT_CLIP_TYPES = {"sd3": "sd3", "flux": "flux", "chroma": "chroma", "lumina2": "z_image"}
 DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux"]
 
 
@@ -113,12 +115,12 @@ def _clip(call, names: list[str], type: str, supported: tuple[str, ...]) -> Clip
         raise ValueError(f"type: {type!r} text encoders are for model families opensd does not run; "
                          f"use one of {', '.join(map(repr, supported))}")
     paths = [call.ctx.folders.resolve("clip", n) for n in names]
-    family = type if type in ("sd3", "flux", "chroma") else None  # SD1/SD2/SDXL: told apart by the files
+    family = _DIT_CLIP_TYPES.get(type)  # SD1/SD2/SDXL: told apart by the files
     return ClipRef(parts.load_text_encoders(paths, **_where(call.ctx), family=family), "+".join(names))
 
 
 def clip_loader(call, clip_name, type="stable_diffusion"):
-    return (_clip(call, [clip_name], type, ("stable_diffusion", "sd3", "chroma")),)
+    return (_clip(call, [clip_name], type, ("stable_diffusion", "sd3", "chroma", "lumina2")),)
 
 
 def dual_clip_loader(call, clip_name1, clip_name2, type):
