@@ -1,6 +1,7 @@
 """Model flags by name: `-m NAME`, `--vae NAME`, `--lora NAME`, `--control NAME,...` and upscaler
 names are looked up in the models folder (library/user_config: --models-dir, $OPENSD_MODELS_DIR or
-the config file) by the same code the server uses (ModelFolders.resolve). A path that exists is
+the config file) by the same code the server uses (ModelFolders.resolve; -m also finds the DiT networks
+in diffusion_models/ that the folder completes, library/network_models.py). A path that exists is
 taken as it is; the built-in model and its ControlNet are found by name with no folder set."""
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgument
 from ..library.models_dir import ModelFolders
+from ..library.network_models import resolve_model as whole_model
 from ..library.user_config import MODELS_DIR_ENV, config_path, models_dir
 
 MODELS_DIR_HELP = (f"an A1111 or ComfyUI models/ folder where -m, --vae, --lora, --control and upscalers "
@@ -31,8 +33,8 @@ def resolve_model(folders: ModelFolders, kind: str, value, flag: str) -> Path:
         return path
     if path.expanduser().is_absolute():
         raise InvalidArgument(f"{flag}: {value} does not exist")
-    try:
-        return folders.resolve(kind, str(value))
+    try:  # a checkpoint's name may also be a network's the models folder completes (network_models)
+        return whole_model(folders, str(value)) if kind == "checkpoints" else folders.resolve(kind, str(value))
     except InvalidArgument as e:
         problem = str(e).split(": ", 1)[-1]
     if folders.root is None:
@@ -50,7 +52,7 @@ def resolve_generate_models(args: argparse.Namespace, source: dict | None = None
     if args.model is None and source and folders.root is not None and source.get("Model hash"):
         for name in (source["Model hash"], f"{source.get('Model', '')} [{source['Model hash']}]"):
             try:
-                args.model = folders.resolve("checkpoints", name)
+                args.model = whole_model(folders, name)
                 break
             except InvalidArgument:
                 continue  # not here: the built-in model, and --from reports the difference
