@@ -89,6 +89,9 @@ def test_a_network_without_its_vae_is_listed_once_the_vae_is_there(env, tmp_path
         shutil.copytree(models / sub, other / sub)
     folders = ModelFolders(other, include_builtin=False)
     assert whole_models(folders) == []
+    with pytest.raises(InvalidArgument, match=r"is the network diffusion_models/z_image_turbo_bf16.safetensors, "
+                                              r"but the models folder has no vae for it"):
+        resolve_model(folders, "z_image_turbo_bf16")
     shutil.copytree(models / "vae", other / "vae")
     assert [m.name for m in whole_models(folders)] == [NET]
 

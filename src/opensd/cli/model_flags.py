@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ..errors import InvalidArgument
 from ..library.models_dir import ModelFolders
-from ..library.network_models import resolve_model as whole_model
 from ..library.user_config import MODELS_DIR_ENV, config_path, models_dir
 
 MODELS_DIR_HELP = (f"an A1111 or ComfyUI models/ folder where -m, --vae, --lora, --control and upscalers "
@@ -24,6 +23,12 @@ def add_models_dir_flag(p: argparse.ArgumentParser) -> None:
 def model_folders(args: argparse.Namespace) -> ModelFolders:
     """The models folder the flags, environment or config file set (only the built-in models without)."""
     return ModelFolders(models_dir(getattr(args, "models_dir", None)))
+
+
+def whole_model(folders: ModelFolders, name: str) -> Path:
+    """A checkpoint, or a network in diffusion_models/ the folder completes, by name (network_models)."""
+    from ..library.network_models import resolve_model as whole  # reads headers with torch: only when named
+    return whole(folders, name)
 
 
 def resolve_model(folders: ModelFolders, kind: str, value, flag: str) -> Path:

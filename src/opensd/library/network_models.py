@@ -25,10 +25,10 @@ from ..checkpoints.files import read_safetensors_header, sniff_format
 from ..checkpoints.gguf_files import gguf_shapes
 from ..checkpoints.part_files import find_parts
 from ..checkpoints.reader import fix_vae
-from ..errors import OpenSDError
+from ..errors import InvalidArgument, OpenSDError
 from ..families.dit import DiTFamily
 from ..stamp_cache import by_stamp
-from .models_dir import ModelFile, ModelFolders
+from .models_dir import AmbiguousName, ModelFile, ModelFolders
 
 log = logging.getLogger(__name__)
 NETWORK_KINDS = ("unet", "unet_gguf")  # diffusion_models/ and unet/: weight files, then .gguf ones
@@ -50,8 +50,25 @@ def whole_models(folders: ModelFolders) -> list[ModelFile]:
 
 def resolve_model(folders: ModelFolders, name: str) -> Path:
     """The whole model `name` names, found as ModelFolders.resolve finds a checkpoint (name, title,
-    hash, part of the name), among `whole_models`."""
-    return folders.resolve("checkpoints", name, whole_models(folders))
+    hash, part of the name), among `whole_models`. A name only a network lacking parts has is
+    refused naming the parts."""
+    try:
+        return folders.resolve("checkpoints", name, whole_models(folders))
+    except AmbiguousName:
+        raise
+    except InvalidArgument:
+        for kind in NETWORK_KINDS:
+            try:
+                path = folders.resolve(kind, name)
+            except InvalidArgument:
+                continue
+            needed = needed_parts(path)
+            missing = sorted(set(needed or ()) - set(find_parts(path, needed or [])))
+            if missing:
+                raise InvalidArgument(
+                    f"checkpoints: {name!r} is the network {path.parent.name}/{path.name}, but the models folder "
+                    f"has no {', '.join(missing)} for it (put them in text_encoders/ or clip/, and vae/)") from None
+        raise
 
 
 def completable(path: Path) -> bool:
