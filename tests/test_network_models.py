@@ -171,3 +171,15 @@ def test_flux_is_listed_only_with_every_part_it_cannot_run_without(tmp_path):
     assert [m.name for m in whole_models(folders)] == ["flux1.safetensors"]
     files["t5xxl_fp16"].unlink()
     assert whole_models(folders) == []
+
+
+def test_ray_workers_are_sent_the_network_by_name(env):
+    from opensd.distributed.wire import from_wire, models_of
+
+    models, _ = env
+    folders = ModelFolders(models, include_builtin=False)
+    path = (models / "diffusion_models" / NET).resolve()
+    name, vae, _ = models_of(folders, {"model_path": str(path), "prompt": PROMPT})
+    assert (name, vae) == (NET, None)
+    payload, _ = from_wire(folders, {"model": name})
+    assert payload["model_path"] == str(path)
