@@ -2,7 +2,7 @@
 released files are kept (diffusion_models/z_image_turbo_bf16.safetensors, text_encoders/
 qwen_3_4b.safetensors with its tokenizer in text_encoders/qwen_tokenizer/, vae/ae.safetensors):
 `opensd generate -m <the network's file>`, the A1111 API's txt2img (sd_model_checkpoint naming the
-network placed in checkpoints/: the API lists checkpoints/, not diffusion_models/) and ComfyUI's Z-Image
+network placed in checkpoints/; by name from diffusion_models/: test_network_models.py) and ComfyUI's Z-Image
 graph (UNETLoader + CLIPLoader type "lumina2" + VAELoader + ModelSamplingAuraFlow + KSampler) all give
 the pipeline's image of the same weights, the VAE and text encoder found in the models folder; the
 CLI's default CFG is the family's (1: no CFG)."""
@@ -23,11 +23,10 @@ from workflow_fixtures import Loader, make_ctx
 from opensd.cli import main
 from opensd.library.models_dir import ModelFolders
 from opensd.pipeline.infotext import read_infotext
-from opensd.pipeline.pipeline import load
 from opensd.server.app import create_app
 from opensd.server.settings import Settings
 from opensd.workflows import NodeError, execute
-from z_image_fixtures import write_z_image_folder, write_z_image_split_files, z_image_parts
+from z_image_fixtures import z_image_models
 
 SIZE, SEED, STEPS, PROMPT, NEGATIVE = 64, 3, 3, "a photo of a cat", "blurry"
 UNET = "z_image_turbo_bf16.safetensors"
@@ -36,10 +35,7 @@ UNET = "z_image_turbo_bf16.safetensors"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("zimagefaces")
-    parts = z_image_parts(seed=4)
-    pipe = load(write_z_image_folder(tmp / "folder", parts), precision="fp32", device="cpu")
-    models = tmp / "models"
-    write_z_image_split_files(models, pipe.model, parts["tokenizer"])
+    models, pipe = z_image_models(tmp, seed=4)
     return models, pipe, tmp
 
 

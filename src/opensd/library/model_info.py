@@ -5,40 +5,30 @@ path, size and modification time."""
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 from ..checkpoints.detect import detect
 from ..checkpoints.files import read_safetensors_header, sniff_format
 from ..errors import OpenSDError
 from ..models.config import ModelConfig
+from ..stamp_cache import by_stamp
 
 log = logging.getLogger(__name__)
-_cache: dict[tuple[str, int, int], ModelConfig | None] = {}
-_lock = threading.Lock()
 
 
-def checkpoint_config(path: Path) -> ModelConfig | None:
+def _checkpoint_config(path: Path) -> ModelConfig | None:
     """The config `detect` finds in a safetensors checkpoint's header, or None if it cannot tell."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    with _lock:
-        if key in _cache:
-            return _cache[key]
-    cfg = None
     if path.is_file():
         try:
             if sniff_format(path) == "safetensors":
                 entries, metadata = read_safetensors_header(path)
-                cfg = detect({k: tuple(v["shape"]) for k, v in entries.items()}, str(path), metadata)
+                return detect({k: tuple(v["shape"]) for k, v in entries.items()}, str(path), metadata)
         except OpenSDError as e:
             log.info("%s: family not detected from its header: %s", path, e)
-    with _lock:
-        _cache[key] = cfg
-    return cfg
+    return None
+
+
+checkpoint_config = by_stamp(_checkpoint_config)
 
 
 def schedule_name(cfg) -> str | None:

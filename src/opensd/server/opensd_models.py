@@ -32,7 +32,8 @@ class TokenCountResult(BaseModel):
 
 
 class Checkpoint(BaseModel):
-    name: str = Field(description="file name inside the checkpoints folder; what sd_model_checkpoint takes")
+    name: str = Field(description="file name inside the checkpoints folder (or diffusion_models/ for a network "
+                                  "the models folder completes); what sd_model_checkpoint takes")
     title: str
     hash: str | None = None
     family: str | None = Field(None, description="sd1, sd2, sdxl, sdxl_refiner or small; null if unknown "
