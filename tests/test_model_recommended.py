@@ -78,3 +78,20 @@ def test_unset_steps_and_cfg_take_the_family_defaults(env):
     assert (image.info["params"].steps, image.info["params"].cfg) == (8, 1.0)
     image = pipe.txt2img("a cat", width=64, height=64, seed=1, steps=2, cfg=3.0)[0]
     assert (image.info["params"].steps, image.info["params"].cfg) == (2, 3.0)
+
+
+def test_a1111_requests_leaving_cfg_and_steps_unset_get_the_family_defaults(env):
+    import json
+
+    models, _, tmp = env
+    with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp / "out")), base_url=BASE) as client:
+        def info(model, **given):
+            r = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "width": 64, "height": 64, "seed": 1,
+                                                       "override_settings": {"sd_model_checkpoint": model}, **given})
+            assert r.status_code == 200, r.text
+            out = json.loads(r.json()["info"])
+            return out["cfg_scale"], out["steps"], "CFG scale: {:g}, ".format(out["cfg_scale"]) in out["infotexts"][0]
+
+        assert info(NET) == (1.0, 8, True)
+        assert info(NET, cfg_scale=2.5, steps=3) == (2.5, 3, True)
+        assert info("tiny_sd.safetensors", steps=2) == (7.0, 2, True)  # A1111's defaults where the family sets none

@@ -57,6 +57,13 @@ def checkpoint_config(path: Path):
     return found[1] if found and found[0] is families.UNET else None
 
 
+def family_defaults(path: Path) -> dict[str, float | int]:
+    """What the family of the model at `path` sets for a generation's unset settings ("cfg",
+    "steps", "distilled_guidance": Family.defaults); {} where it sets none or the header does not tell."""
+    found = header_model(path)
+    return found[0].defaults(found[1]) if found else {}
+
+
 def recommended(path: Path) -> dict | None:
     """What the family of the model at `path` recommends generating it with (its unset defaults,
     A1111's where it sets none): cfg_scale, steps, distilled_guidance where the network takes one,
@@ -66,8 +73,7 @@ def recommended(path: Path) -> dict | None:
     found = header_model(path)
     if found is None:
         return None
-    family, cfg, _ = found
-    given = family.defaults(cfg)
+    family, given = found[0], family_defaults(path)
     out = {"label": family.label, "cfg_scale": given.get("cfg", Params.cfg), "steps": given.get("steps", Params.steps)}
     if "distilled_guidance" in given:
         out["distilled_guidance"] = given["distilled_guidance"]
