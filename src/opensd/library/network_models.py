@@ -18,16 +18,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
-from .. import families
-from ..checkpoints.files import read_safetensors_header, sniff_format
-from ..checkpoints.gguf_files import gguf_shapes
 from ..checkpoints.part_files import find_parts
-from ..checkpoints.reader import fix_vae
 from ..errors import InvalidArgument, OpenSDError
 from ..families.dit import DiTFamily
 from ..stamp_cache import by_stamp
+from .model_info import header_model
 from .models_dir import AmbiguousName, ModelFile, ModelFolders
 
 log = logging.getLogger(__name__)
@@ -80,29 +75,15 @@ def completable(path: Path) -> bool:
 def _needed_parts(path: Path) -> list[str] | None:
     """The parts ("vae", "clip_l", "t5xxl", "qwen3", ...) the network file at `path` must be given,
     or None when it is not a DiT network of a family we run; from its header."""
+    found = header_model(path)  # the file's header, detected as the loader detects it
+    if found is None or not isinstance(found[0], DiTFamily):
+        return None
+    family, cfg, sd = found
     try:
-        return _read_needed(path)
-    except (OpenSDError, OSError, ValueError, RuntimeError) as e:
+        return family.needed_parts({k: tuple(v.shape) for k, v in family.canonical(sd, cfg).items()})
+    except (OpenSDError, ValueError, RuntimeError) as e:
         log.debug("%s: not listed as a whole model: %s", path, e)
         return None
 
 
 needed_parts = by_stamp(_needed_parts)
-
-
-def _read_needed(path: Path) -> list[str] | None:
-    if not path.is_file():
-        return None
-    if path.suffix.lower() == ".gguf":
-        shapes, metadata = gguf_shapes(path)
-    elif sniff_format(path) == "safetensors":
-        entries, metadata = read_safetensors_header(path)
-        shapes = {k: tuple(v["shape"]) for k, v in entries.items()}
-    else:
-        return None  # a pickle is only read by loading it
-    # as the loader reads a file (pipeline/loader.py read_model), on tensors without data
-    sd = fix_vae({k: torch.empty(s, device="meta") for k, s in shapes.items()})
-    family, cfg = families.detect({k: tuple(v.shape) for k, v in sd.items()}, metadata, str(path))
-    if not isinstance(family, DiTFamily):
-        return None
-    return family.needed_parts({k: tuple(v.shape) for k, v in family.canonical(sd, cfg).items()})

@@ -18,6 +18,7 @@ from ..adapters.hypernetwork import prompt_hypernet_tags, tag_strength
 from ..adapters.lora import prompt_lora_tags
 from ..errors import InvalidArgument, OpenSDError
 from ..pipeline.memory_modes import A1111_FLAGS
+from ..library.model_info import family_defaults
 from ..library.model_metadata import api_metadata, file_metadata
 from ..library.models_dir import WEIGHT_SUFFIXES
 from ..library.network_models import whole_models
@@ -136,6 +137,9 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     path = state.cache.resolve(override, "override_settings.sd_model_checkpoint") if override \
         else state.current_model()
     vae = a1111_apply.vae_path(state.folders, opts, path)
+    defaults = family_defaults(path)  # the model family's CFG and steps where the request leaves them unset
+    kwargs.update({name: defaults[name] for field, name in (("cfg_scale", "cfg"), ("steps", "steps"))
+                   if field not in req.model_fields_set and name in defaults})
     gaps += [("infotext", note) for note in infotext_notes]
     gaps += prompt_gaps + a1111_unsupported.request_gaps(req) + a1111_controlnet.unsupported(req) \
         + a1111_unsupported.setting_gaps(opts, req.override_settings, state.options.defaults)
