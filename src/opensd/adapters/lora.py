@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidArgument
 from ..models.stable_diffusion import StableDiffusion
+from ..models.stored_weights import StoredLinear
 from ..text.prompt_parser import ExtraNetwork, extract_extra_networks
 from .lora_files import LoraFile, LoraWeights, guess_family, read_lora
 from ..families import family_of
@@ -89,6 +90,9 @@ def _slot(module: nn.Module) -> tuple[nn.Parameter, slice | None]:
     if not param.is_floating_point():  # GGUF blocks (models.stored_weights.StoredLinear)
         raise InvalidArgument("lora: this model's weights are GGUF-quantised; LoRAs patch float and fp8 weights "
                               "only (use a safetensors copy of the model)")
+    if isinstance(module, StoredLinear) and module.scale is not None:
+        raise InvalidArgument("lora: this model's weights are scaled float8 (ComfyUI's fp8_scaled/fp8mixed); "
+                              "LoRAs patch float and plain fp8 weights only (use a bf16 or plain fp8 copy)")
     return param, rows
 
 
