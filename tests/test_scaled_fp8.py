@@ -196,3 +196,16 @@ def test_scaled_files_are_listed_and_detected_from_headers(tmp_path):
     got = _generate("z_image_turbo_bf16_fp8_scaled", scaled, tmp_path / "a.png")
     want = _generate("z_image_turbo_bf16", plain, tmp_path / "b.png")
     assert abs(got - want).max() <= 1
+
+
+def test_a_scale_per_row_multiplies_each_row():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(6, 8, generator=g)
+    scale = torch.linspace(0.01, 0.2, 6)
+    data = (w / scale[:, None]).to(F8)
+    layer = StoredLinear(nn.Linear(8, 6), Scaled(data, scale), "cpu")
+    want = data.float() * scale[:, None]
+    x = torch.randn(3, 8, generator=g)
+    torch.testing.assert_close(layer(x), nn.functional.linear(x, want, layer.bias), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="with 4 scales"):
+        StoredLinear(nn.Linear(8, 6), Scaled(data, torch.ones(4)), "cpu")

@@ -56,7 +56,7 @@ def _renamed(d: Mapping, prefix: str) -> tuple[dict, str]:
     return {_from_llama_cpp(k[len(prefix):]): v for k, v in d.items() if k.startswith(prefix)}, ""
 
 
-def qwen3_state_dict(sd: Mapping[str, Tensor], prefix: str = "", path: str = "<state dict>") -> dict[str, Tensor]:
+def qwen3_state_dict(sd: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
     """The keys under `prefix`, without it, under `model.` (added where a file lacks it), without
     the language-model head. Keys outside `prefix` are ignored; missing or unknown keys are left to
     the strict load that follows. Float8 weights pass as they are (plain casts, or the scaled ones
