@@ -207,5 +207,6 @@ def test_a_scale_per_row_multiplies_each_row():
     want = data.float() * scale[:, None]
     x = torch.randn(3, 8, generator=g)
     torch.testing.assert_close(layer(x), nn.functional.linear(x, want, layer.bias), rtol=1e-6, atol=1e-6)
+    assert torch.equal(layer.state_dict()["weight"], want) and layer.state_dict().keys() == {"weight", "bias"}
     with pytest.raises(ValueError, match="with 4 scales"):
         StoredLinear(nn.Linear(8, 6), Scaled(data, torch.ones(4)), "cpu")

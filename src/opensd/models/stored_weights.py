@@ -111,6 +111,13 @@ class StoredLinear(nn.Module):
             return self.weight.to(dtype)
         return dequantize(self.weight, self.qtype, (self.out_features, self.in_features), dtype)
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """A scaled weight is given as its value (float8 * scale, in the bias's dtype), so that the
+        state dict (saved checkpoints, ControlNets copied from the network) is the weights the layer uses."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.scale is not None:
+            destination[prefix + "weight"] = self.unpacked(torch.float32 if self.bias is None else self.bias.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.unpacked(x.dtype), bias)
