@@ -18,6 +18,7 @@ from torch import nn
 from opensd.checkpoints.files import read_state_dict, save_safetensors
 from opensd.checkpoints.keymap_qwen3 import qwen3_state_dict
 from opensd.checkpoints.keymap_t5 import t5_state_dict
+from opensd.checkpoints.part_files import _read_kind
 from opensd.errors import CheckpointError, InvalidArgument
 from opensd.models.qwen3 import Qwen3TextEncoder
 from opensd.models.stored_weights import Scaled, StoredLinear
@@ -73,11 +74,16 @@ def network(family: str):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("family", ["flux", "z_image"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "z_image"])
 def test_a_scaled_network_equals_its_dequantised_weights(tmp_path, family, layout):
+    from opensd import families
+    from opensd.checkpoints.files import read_safetensors_header
     from test_stored_weights import run, stored
     net, metadata = network(family)
     held = write_scaled(tmp_path / "scaled.safetensors", net.state_dict(), linear_weights(net), layout, metadata)
+    entries, meta = read_safetensors_header(tmp_path / "scaled.safetensors")  # as listings judge files
+    found, _ = families.detect({k: tuple(v["shape"]) for k, v in entries.items()}, meta, "scaled.safetensors")
+    assert found.name == {"flux": "flux", "sd3": "sd3", "z_image": "z_image"}[family]
     save_safetensors(held, tmp_path / "dequantised.safetensors", metadata)
     ours = parts.load_unet(tmp_path / "scaled.safetensors", device="cpu", precision="fp32")
     kinds = set(stored(ours).values())
@@ -124,6 +130,7 @@ def test_a_scaled_t5_equals_its_dequantised_weights(tmp_path, layout):
     ref = _hf(TINY, seed=5)
     held = write_scaled(tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors", ref.state_dict(), linear_weights(ref),
                         layout)
+    assert _read_kind(tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors") == ("t5xxl", 0)  # from its header
     tensors = FLUX.encoder_tensors([tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors"])  # as load_model reads it
     sd = {k[len(DD.T5):]: v for k, v in tensors.items()}
     assert any(isinstance(v, Scaled) for v in sd.values())
