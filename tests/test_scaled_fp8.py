@@ -19,7 +19,7 @@ from opensd.checkpoints.files import read_state_dict, save_safetensors
 from opensd.checkpoints.keymap_qwen3 import qwen3_state_dict
 from opensd.checkpoints.keymap_t5 import t5_state_dict
 from opensd.checkpoints.part_files import _read_kind
-from opensd.errors import CheckpointError, InvalidArgument
+from opensd.errors import CheckpointError
 from opensd.models.qwen3 import Qwen3TextEncoder
 from opensd.models.stored_weights import Scaled, StoredLinear
 from opensd.models.t5 import T5EncoderModel
@@ -166,16 +166,36 @@ def test_a_block_format_is_refused_naming_it(tmp_path, fmt):
         parts.load_unet(tmp_path / "net.safetensors", device="cpu", precision="fp32")
 
 
-def test_loras_refuse_scaled_weights(tmp_path):
+def test_loras_patch_scaled_weights(tmp_path):
+    """A LoRA on a scaled network: the weight it gives (float8 * scale) is base + LoRA put back in float8
+    at the layer's scale, the output near the dequantised network's with the LoRA."""
     from opensd.adapters.lora import LoraSet, LoraSpec
+    from test_stored_weights import rel, run
     net, metadata = network("flux")
-    write_scaled(tmp_path / "scaled.safetensors", net.state_dict(), linear_weights(net), "marker", metadata)
+    held = write_scaled(tmp_path / "scaled.safetensors", net.state_dict(), linear_weights(net), "marker", metadata)
+    save_safetensors(held, tmp_path / "dequantised.safetensors", metadata)
+    g = torch.Generator().manual_seed(1)
     name = "lora_unet_double_blocks_0_img_attn_qkv"
-    save_safetensors({f"{name}.lora_down.weight": torch.zeros(4, 256), f"{name}.lora_up.weight": torch.zeros(768, 4),
+    save_safetensors({f"{name}.lora_down.weight": torch.randn(4, 256, generator=g),
+                      f"{name}.lora_up.weight": 0.05 * torch.randn(768, 4, generator=g),
                       f"{name}.alpha": torch.tensor(4.0)}, tmp_path / "lora.safetensors")
     pipe = parts.load_unet(tmp_path / "scaled.safetensors", device="cpu", precision="fp32")
-    with pytest.raises(InvalidArgument, match="^lora: this model's weights are scaled float8"):
-        LoraSet(pipe.model).apply([LoraSpec(tmp_path / "lora.safetensors")])
+    plain = parts.load_unet(tmp_path / "dequantised.safetensors", device="cpu", precision="fp32")
+    base = run(pipe, "flux")
+    qkv = pipe.family.network(pipe.model).double_blocks[0].img_attn.qkv
+    before = qkv.unpacked(torch.float32)
+    sets = [LoraSet(p.model) for p in (pipe, plain)]
+    for loras in sets:
+        assert loras.apply([LoraSpec(tmp_path / "lora.safetensors")])[0].patched == 1
+    want = plain.family.network(plain.model).double_blocks[0].img_attn.qkv.weight
+    after = qkv.unpacked(torch.float32)
+    assert rel(want, before) > 0.01
+    # base + LoRA (the float network's weight) put back in float8 at the layer's scale
+    torch.testing.assert_close(after, (want.detach() / qkv.scale).to(F8).float() * qkv.scale, rtol=1e-6, atol=1e-7)
+    out = run(pipe, "flux")
+    assert rel(out, base) > 0.01 and rel(out, run(plain, "flux")) < 0.1  # e4m3 keeps 3 mantissa bits
+    sets[0].restore()
+    assert torch.equal(run(pipe, "flux"), base)
 
 
 def test_scaled_files_are_listed_and_detected_from_headers(tmp_path):

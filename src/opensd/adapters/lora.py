@@ -90,10 +90,22 @@ def _slot(module: nn.Module) -> tuple[nn.Parameter, slice | None]:
     if not param.is_floating_point():  # GGUF blocks (models.stored_weights.StoredLinear)
         raise InvalidArgument("lora: this model's weights are GGUF-quantised; LoRAs patch float and fp8 weights "
                               "only (use a safetensors copy of the model)")
-    if isinstance(module, StoredLinear) and module.scale is not None:
-        raise InvalidArgument("lora: this model's weights are scaled float8 (ComfyUI's fp8_scaled/fp8mixed); "
-                              "LoRAs patch float and plain fp8 weights only (use a bf16 or plain fp8 copy)")
     return param, rows
+
+
+def _scales(model: nn.Module) -> dict[int, torch.Tensor]:
+    """The scale of each scaled float8 weight (StoredLinear), by the weight's id."""
+    return {id(m.weight): m.scale for m in model.modules() if isinstance(m, StoredLinear) and m.scale is not None}
+
+
+def _patched(param: torch.Tensor, delta: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """param + delta in param's dtype; a scaled float8 weight's value is param * scale, so the sum is
+    divided by the scale again (and kept within float8's range)."""
+    if scale is None:
+        return (param.detach().float() + delta).to(param.dtype)
+    s = scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float()
+    limit = torch.finfo(param.dtype).max
+    return ((param.detach().float() * s + delta) / s).clamp(-limit, limit).to(param.dtype)
 
 
 def _bias_slot(module: nn.Module) -> tuple[nn.Parameter | None, slice | None]:
@@ -217,10 +229,11 @@ class LoraSet:
                 target = d[rows] if rows is not None else d
                 target += update * strength
         reports = _reports(specs, matches)
+        scales = _scales(self.model) if deltas else {}
         with torch.no_grad():
             for pid, (param, d) in deltas.items():
                 self._backup[pid] = (param, param.detach().to("cpu", copy=True))
-                param.copy_((param.detach().float() + d).to(param.dtype))
+                param.copy_(_patched(param, d, scales.get(pid)))
         self._active = key
         self.reports = reports
         return reports
