@@ -189,11 +189,7 @@ def test_left_padding_in_fp16_makes_no_nans():
     assert (bias[2, 0, -1] == 0).sum() == 5  # the last real token sees the 5 real ones
 
 
-def test_scaled_float8_files_are_refused_by_name():
-    sd = dict(hf_qwen3(TINY).state_dict())
-    sd["model.layers.0.self_attn.q_proj.weight_scale"] = torch.ones(())
-    with pytest.raises(CheckpointError, match="te.safetensors: a scaled float8 .*q_proj.weight_scale"):
-        qwen3_state_dict(sd, path="te.safetensors")
+def test_plain_float8_weights_pass_as_they_are():  # scaled ones: test_scaled_fp8.py
     plain = {k: v.to(torch.float8_e4m3fn) if k.endswith("proj.weight") else v
              for k, v in hf_qwen3(TINY).state_dict().items()}
     assert qwen3_state_dict(plain)["model.layers.0.mlp.up_proj.weight"].dtype == torch.float8_e4m3fn

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidArgument
 from ..models.stable_diffusion import StableDiffusion
+from ..models.stored_weights import StoredLinear
 from ..text.prompt_parser import ExtraNetwork, extract_extra_networks
 from .lora_files import LoraFile, LoraWeights, guess_family, read_lora
 from ..families import family_of
@@ -90,6 +91,21 @@ def _slot(module: nn.Module) -> tuple[nn.Parameter, slice | None]:
         raise InvalidArgument("lora: this model's weights are GGUF-quantised; LoRAs patch float and fp8 weights "
                               "only (use a safetensors copy of the model)")
     return param, rows
+
+
+def _scales(model: nn.Module) -> dict[int, torch.Tensor]:
+    """The scale of each scaled float8 weight (StoredLinear), by the weight's id."""
+    return {id(m.weight): m.scale for m in model.modules() if isinstance(m, StoredLinear) and m.scale is not None}
+
+
+def _patched(param: torch.Tensor, delta: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """param + delta in param's dtype; a scaled float8 weight's value is param * scale, so the sum is
+    divided by the scale again (and kept within float8's range)."""
+    if scale is None:
+        return (param.detach().float() + delta).to(param.dtype)
+    s = scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float()
+    limit = torch.finfo(param.dtype).max
+    return ((param.detach().float() * s + delta) / s).clamp(-limit, limit).to(param.dtype)
 
 
 def _bias_slot(module: nn.Module) -> tuple[nn.Parameter | None, slice | None]:
@@ -213,10 +229,11 @@ class LoraSet:
                 target = d[rows] if rows is not None else d
                 target += update * strength
         reports = _reports(specs, matches)
+        scales = _scales(self.model) if deltas else {}
         with torch.no_grad():
             for pid, (param, d) in deltas.items():
                 self._backup[pid] = (param, param.detach().to("cpu", copy=True))
-                param.copy_((param.detach().float() + d).to(param.dtype))
+                param.copy_(_patched(param, d, scales.get(pid)))
         self._active = key
         self.reports = reports
         return reports

@@ -34,6 +34,7 @@ from opensd.errors import CheckpointError, InvalidArgument
 
 from .gguf_files import MAGIC as GGUF_MAGIC, read_gguf
 from .safe_pickle import first_line, load_torch
+from .scaled_fp8 import unscale
 from .tensor_checks import check_tensor
 
 __all__ = [
@@ -359,12 +360,14 @@ def read_state_dict(path, device="cpu", keep_quantized: bool = False) -> dict[st
     """Read any supported weight file into a flat ``{name: tensor}`` dict on ``device``.
 
     A GGUF file's quantised tensors come as their blocks (``Quantized``, unpacked per layer when the
-    model runs) for the model loaders, which say `keep_quantized`; any other reader refuses them."""
+    model runs) for the model loaders, which say `keep_quantized`; any other reader refuses them.
+    A scaled float8 file's weights (scaled_fp8.py) come as ``Scaled`` with `keep_quantized`, else
+    dequantised to float32; its scales and markers are taken out."""
     path = Path(path)
     dev = _as_device(device)
     fmt = sniff_format(path)
     if fmt == "safetensors":
-        return _load_safetensors(path, dev)
+        return unscale(_load_safetensors(path, dev), read_safetensors_header(path)[1], path, keep_quantized)
     if fmt == "gguf":
         sd = read_gguf(path)[0]
         kinds = sorted({v.kind for v in sd.values() if not isinstance(v, torch.Tensor)})

@@ -24,8 +24,6 @@ from .detect_dit import count
 MODEL = "model."
 _EMBED = "embed_tokens.weight"
 _HEAD = "lm_head.weight"
-# the per-weight scales of ComfyUI's scaled float8 files, old and new layouts
-_SCALED_FP8 = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale", ".comfy_quant")
 
 
 # llama.cpp's per-block tensor names -> transformers' (under model.layers.N.)
@@ -58,17 +56,13 @@ def _renamed(d: Mapping, prefix: str) -> tuple[dict, str]:
     return {_from_llama_cpp(k[len(prefix):]): v for k, v in d.items() if k.startswith(prefix)}, ""
 
 
-def qwen3_state_dict(sd: Mapping[str, Tensor], prefix: str = "", path: str = "<state dict>") -> dict[str, Tensor]:
+def qwen3_state_dict(sd: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
     """The keys under `prefix`, without it, under `model.` (added where a file lacks it), without
     the language-model head. Keys outside `prefix` are ignored; missing or unknown keys are left to
-    the strict load that follows. Float8 weights pass as they are (plain e4m3fn/e5m2 casts);
-    ComfyUI's *scaled* float8 files (a scale per weight) are refused by name."""
+    the strict load that follows. Float8 weights pass as they are (plain casts, or the scaled ones
+    files.read_state_dict made Scaled)."""
     sd, prefix = _renamed(sd, prefix)
     out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    scaled = next((k for k in out if k == "scaled_fp8" or k.endswith(_SCALED_FP8)), None)
-    if scaled is not None:
-        raise CheckpointError(path, f"a scaled float8 text encoder ({scaled}), which opensd does not read: use the "
-                                    "bf16 file (qwen_3_4b.safetensors), a plain float8 one, or a GGUF")
     out.pop(_HEAD, None)
     if MODEL + _EMBED in out:
         return out

@@ -96,7 +96,7 @@ class DiTFamily(Family):
         two is CLIP-L; a lone one is CLIP-G when 1280 wide and the family has CLIP-G."""
         out, clips = {}, []
         for path in files:
-            sd = _bare(read_state_dict(path))
+            sd = _bare(read_state_dict(path, keep_quantized=True))  # float8 weights stay stored
             if any(k.startswith("encoder.block.") for k in sd):
                 out.update({DD.T5 + k: v for k, v in t5_state_dict(sd).items()})
             elif "text_model.embeddings.token_embedding.weight" in sd:

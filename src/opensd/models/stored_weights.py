@@ -37,38 +37,86 @@ class Quantized:
         return type_name(self.qtype)
 
 
+@dataclass(frozen=True, eq=False)
+class Scaled:
+    """A float8 weight with its scale (ComfyUI's "scaled" float8 files): the weight is data * scale,
+    the scale one number per tensor or one per output row (checkpoints/scaled_fp8.py reads them)."""
+    data: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.data.dtype
+
+    def is_floating_point(self) -> bool:
+        return True
+
+    def dequantize(self, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+        if device is None:
+            return scaled(self.data, self.scale, dtype)
+        return scaled(self.data.to(device), self.scale.to(device), dtype)
+
+
+def scaled(data: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """data * scale in `dtype`, multiplied in float32 (the scale: one number, or one per row)."""
+    scale = scale.float().reshape(-1, *([1] * (data.ndim - 1))) if scale.numel() > 1 else scale.float().reshape(())
+    return (data.float() * scale).to(dtype)
+
+
 def is_stored(t) -> bool:
-    """Whether `t` holds weights that are unpacked before use (GGML blocks, float8)."""
-    return isinstance(t, Quantized) or (isinstance(t, torch.Tensor) and t.dtype in FLOAT8)
+    """Whether `t` holds weights that are unpacked before use (GGML blocks, float8, scaled float8)."""
+    return isinstance(t, (Quantized, Scaled)) or (isinstance(t, torch.Tensor) and t.dtype in FLOAT8)
 
 
 def unpack(t, dtype: torch.dtype, device) -> torch.Tensor:
     """A stored tensor in `dtype` on `device`, for a module that keeps plain weights."""
-    if isinstance(t, Quantized):
+    if isinstance(t, (Quantized, Scaled)):
         return t.dequantize(dtype, device)
     return t.to(device=device, dtype=dtype)
 
 
 class StoredLinear(nn.Module):
     """nn.Linear's computation with the weight kept as stored: `weight` is a buffer holding the
-    float8 tensor or the GGML blocks (so the state-dict keys stay `weight` and `bias`)."""
+    float8 tensor or the GGML blocks (so the state-dict keys stay `weight` and `bias`); a scaled
+    float8 weight's scale is a buffer outside the state dict (`scale`, None for the others)."""
 
     def __init__(self, linear: nn.Linear, stored, device):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.qtype = stored.qtype if isinstance(stored, Quantized) else None
-        self.register_buffer("weight", (stored.data if isinstance(stored, Quantized) else stored).to(device))
+        packed = isinstance(stored, (Quantized, Scaled))
+        self.register_buffer("weight", (stored.data if packed else stored).to(device))
+        scale = stored.scale.float().to(device) if isinstance(stored, Scaled) else None
+        if scale is not None and scale.numel() not in (1, self.out_features):
+            raise ValueError(f"a float8 weight {tuple(stored.shape)} with {scale.numel()} scales (one, or one "
+                             "per output row, expected)")
+        self.register_buffer("scale", scale, persistent=False)
         self.bias = linear.bias
 
     @property
     def kind(self) -> str:
-        """What the weight is stored as: "float8_e4m3fn", "Q4_K", ..."""
-        return str(self.weight.dtype).removeprefix("torch.") if self.qtype is None else type_name(self.qtype)
+        """What the weight is stored as: "float8_e4m3fn", "scaled float8_e4m3fn", "Q4_K", ..."""
+        if self.qtype is not None:
+            return type_name(self.qtype)
+        return ("scaled " if self.scale is not None else "") + str(self.weight.dtype).removeprefix("torch.")
 
     def unpacked(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.scale is not None:
+            return scaled(self.weight, self.scale, dtype)
         if self.qtype is None:
             return self.weight.to(dtype)
         return dequantize(self.weight, self.qtype, (self.out_features, self.in_features), dtype)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """A scaled weight is given as its value (float8 * scale, in the bias's dtype), so that the
+        state dict (saved checkpoints, ControlNets copied from the network) is the weights the layer uses."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.scale is not None:
+            destination[prefix + "weight"] = self.unpacked(torch.float32 if self.bias is None else self.bias.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
