@@ -52,8 +52,20 @@ class MMDiTConfig:
         return self.num_heads * self.head_dim
 
 
+class _Widths:
+    """Head and MLP widths of the Flux-like configs (hidden_size, num_heads, mlp_ratio)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+
 @dataclass(frozen=True)
-class FluxConfig:
+class FluxConfig(_Widths):
     in_channels: int = 64  # 16 latent channels packed as 2x2 patches
     out_channels: int = 64
     vec_in_dim: int = 768  # pooled CLIP-L
@@ -71,14 +83,6 @@ class FluxConfig:
     # Whether each block computes its own adaLN modulation from the conditioning vector (Flux);
     # Chroma's get theirs from one approximator.
     modulated = True
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def mlp_hidden(self) -> int:
-        return int(self.hidden_size * self.mlp_ratio)
 
     @property
     def latent_channels(self) -> int:
@@ -129,6 +133,28 @@ class ZImageConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels
+
+
+@dataclass(frozen=True)
+class Flux2Config(_Widths):
+    """FLUX.2 ([klein] 4B/9B, [dev]): Flux.1's double- then single-stream layout with no biases,
+    SwiGLU MLPs, one modulation per block kind shared by all blocks, and 4-axis RoPE (time, row,
+    column, sequence). The latent arrives already patchified (128 = 32 VAE channels x 2x2), so a
+    token is one latent cell. Field names follow BFL's/ComfyUI's."""
+    in_channels: int = 128
+    hidden_size: int = 3072
+    num_heads: int = 24
+    depth: int = 5  # double-stream blocks
+    depth_single_blocks: int = 20
+    mlp_ratio: float = 3.0
+    context_in_dim: int = 7680  # three hidden states of the text encoder, side by side
+    axes_dim: tuple[int, ...] = (32, 32, 32, 32)
+    theta: int = 2000
+    guidance_embed: bool = False  # [dev]: a distilled guidance input; [klein]: none
 
     @property
     def out_channels(self) -> int:
@@ -243,6 +269,11 @@ FLUX_DEV = FluxConfig()
 FLUX_SCHNELL = FluxConfig(guidance_embed=False)
 CHROMA = ChromaConfig()  # Chroma1-HD, chroma-unlocked-v*: 19 double, 38 single blocks, 3072 wide
 Z_IMAGE = ZImageConfig()  # Z-Image-Turbo: 30 blocks 3840 wide, 30 heads of 128
+FLUX2_KLEIN_4B = Flux2Config()  # Qwen3-4B: 3 x 2560 context features
+FLUX2_KLEIN_9B = Flux2Config(hidden_size=4096, num_heads=32, depth=8, depth_single_blocks=24,
+                             context_in_dim=12288)  # Qwen3-8B: 3 x 4096
+FLUX2_DEV = Flux2Config(hidden_size=6144, num_heads=48, depth=8, depth_single_blocks=48,
+                        context_in_dim=15360, guidance_embed=True)  # Mistral Small 3.1: 3 x 5120
 
 # 16-channel VAEs: no quant convs, and latents are shifted as well as scaled:
 # model latent = (vae latent - shift_factor) * scaling_factor.
