@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from .files import read_safetensors_header
-from .keymap_qwen3 import is_qwen3
+from .keymap_qwen3 import is_qwen3, qwen3_config
 
 ENCODER_FOLDERS = ("text_encoders", "clip", "text_encoder")
 VAE_FOLDERS = ("vae", "VAE")
@@ -41,7 +41,10 @@ def _kind(path: Path) -> tuple[str, int] | None:
     if any(k.startswith(("encoder.block.", "shared.")) for k in shapes):
         return "t5xxl", 0
     if is_qwen3(shapes):
-        return "qwen3", 0
+        try:
+            return "qwen3", qwen3_config(shapes).hidden_size
+        except CheckpointError:
+            return "qwen3", 0
     emb = shapes.get("text_model.embeddings.token_embedding.weight")
     if emb is not None:
         return "clip", emb[1]
@@ -62,6 +65,8 @@ def find_parts(model: Path, wanted: list[str]) -> dict[str, Path]:
             if name == "clip":
                 name = _CLIP_WIDTHS.get(width) or next((n for n in ("clip_l", "clip_g")
                                                         if path.stem.lower().startswith(n)), None)
+            if name == "qwen3" and f"qwen3:{width}" in wanted:  # a Qwen3 of the width asked for (FLUX.2)
+                name = f"qwen3:{width}"
             if name in wanted:
                 found.setdefault(name, []).append(path)
     return {name: _best(name, paths) for name, paths in found.items()}
@@ -71,7 +76,7 @@ _CLIP_WIDTHS = {768: "clip_l", 1280: "clip_g"}
 
 
 def _best(kind: str, paths: list[Path]) -> Path:
-    for name in _PREFERRED[kind]:
+    for name in _PREFERRED.get(kind, ()):
         match = [p for p in paths if p.stem.lower().startswith(name)]
         if match:
             return match[0]

@@ -156,7 +156,12 @@ class Family:
 
     # --- sampling and text --------------------------------------------------------------------
 
-    def sampling(self, pipe, width: int, height: int, shift: float | None = None) -> Any:
+    def cfg_for(self, cfg) -> float | None:
+        """What an unset CFG scale means for this model (default_cfg; FLUX.2's base models differ
+        from its distilled ones)."""
+        return self.default_cfg
+
+    def sampling(self, pipe, width: int, height: int, shift: float | None = None, steps: int | None = None) -> Any:
         raise NotImplementedError
 
     def conditioner(self, pipe, clip_skip: int | None, **text) -> Any:

@@ -256,6 +256,55 @@ class ZImageModelConfig(_DiTModel):
     text_encoders = ()
 
 
+@dataclass(frozen=True)
+class PatchedLatentConfig:
+    """FLUX.2's latent as the pipeline sees it: the VAE's (`file`, 32 channels at 1/8) folded into
+    2x2 patches and normalised by the statistics in the VAE's weights, 128 channels at 1/16. The
+    whole model's `vae` (dit_models.Flux2Model) encodes to and decodes from this latent itself, so
+    scaling here is the identity."""
+    file: VAEConfig
+    scaling_factor = 1.0
+    shift_factor = 0.0
+    latents_mean = ()
+
+    @property
+    def downscale(self) -> int:
+        return 2 * self.file.downscale
+
+    @property
+    def embed_dim(self) -> int:
+        return 4 * self.file.embed_dim
+
+    def scaled(self, z):
+        return z
+
+    def unscaled(self, z):
+        return z
+
+
+@dataclass(frozen=True)
+class Flux2ModelConfig(_DiTModel):
+    """A whole FLUX.2 model: its DiT, the 32-channel VAE (`vae`: the patched latent it gives) and
+    the Qwen3 text encoder of [klein] (`qwen3`: its config, None when the model comes without one).
+    The network takes no pooled text; each latent cell is one token."""
+    flux2: Flux2Config
+    vae: PatchedLatentConfig
+    qwen3: object | None = None
+    resolution: int = 1024
+    text_length: int = 512  # Qwen tokens per prompt (diffusers' max_sequence_length)
+    distilled: bool = True  # step-distilled (klein 4B/9B); False: the base models, run with CFG
+    family: str = "flux2"
+    text_encoders = ()
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae.downscale
+
+    @property
+    def distilled_guidance(self) -> bool:
+        return self.flux2.guidance_embed
+
+
 # --- The released models ------------------------------------------------------------------
 
 T5_XXL = T5Config()
