@@ -330,3 +330,7 @@ SD3_VAE = VAEConfig(z_channels=16, embed_dim=16, scaling_factor=1.5305, shift_fa
                     use_quant_conv=False)
 FLUX_VAE = VAEConfig(z_channels=16, embed_dim=16, scaling_factor=0.3611, shift_factor=0.1159,
                      use_quant_conv=False)
+# FLUX.2's VAE: 32 channels with quant convs, no scale or shift: its latent is normalised by the
+# statistics in the file instead (models/flux2_latents.py).
+FLUX2_VAE = VAEConfig(z_channels=32, embed_dim=32, scaling_factor=1.0, shift_factor=0.0,
+                      use_quant_conv=True, latent_batch_norm=True)

@@ -180,7 +180,8 @@ def _diffusers_vae_config(sd: dict[str, torch.Tensor]) -> C.VAEConfig:
     return C.VAEConfig(
         ch=ch, ch_mult=tuple(sd[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0] // ch for i in levels),
         num_res_blocks=len(res), z_channels=sd["encoder.conv_out.weight"].shape[0] // 2,
-        embed_dim=sd["encoder.conv_out.weight"].shape[0] // 2, use_quant_conv="quant_conv.weight" in sd)
+        embed_dim=sd["encoder.conv_out.weight"].shape[0] // 2, use_quant_conv="quant_conv.weight" in sd,
+        latent_batch_norm="bn.running_mean" in sd)
 
 
 # Latent scaling factors of the released VAE families, to name them in a warning.
