@@ -18,6 +18,7 @@ from .keymap_qwen3 import is_qwen3, qwen3_config
 
 ENCODER_FOLDERS = ("text_encoders", "clip", "text_encoder")
 VAE_FOLDERS = ("vae", "VAE")
+VAE_PARTS = ("vae", "flux2_vae")  # the part kinds that are a model's VAE
 _PREFERRED = {"clip_l": ("clip_l",), "clip_g": ("clip_g",), "t5xxl": ("t5xxl_fp16", "t5xxl"),
               "qwen3": ("qwen_3_4b", "qwen3_4b", "qwen"),
               "vae": ("ae", "sd3", "flux"), "flux2_vae": ("flux2", "ae")}

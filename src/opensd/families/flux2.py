@@ -22,11 +22,11 @@ from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import FLUX2_PARTS
 from ..checkpoints.keymap_flux2 import flux2_from_diffusers, flux2_rows
 from ..errors import CheckpointError
-from ..models.config import VAEConfig
-from ..models.config_dit import FLUX2_KLEIN_4B, Flux2ModelConfig, PatchedLatentConfig
+from ..models.config_dit import FLUX2_KLEIN_4B, FLUX2_VAE, Flux2ModelConfig, PatchedLatentConfig
 from ..models.dit_models import Flux2Model
 from ..sampling.flow import FlowSampling, flux2_mu
 from .dit import compute_dtype, resolution_of
+from .flux2_prompts import Flux2Conditioner
 from .qwen_dit import QwenDiTFamily, has_qwen3, has_vae
 
 COMFY_SHIFT = 2.02  # ComfyUI's FLUX.2 mu when no size and step count are known (its sampling settings)
@@ -34,14 +34,12 @@ BASE_CFG = 4.0  # Flux2KleinPipeline's guidance_scale default, used by the base 
 META_DISTILLED = "opensd.flux2_distilled"  # "1"/"0": a Flux2KleinPipeline folder's is_distilled
 DEV_REFUSAL = ("a FLUX.2 [dev] network: it takes the Mistral Small 3.1 text encoder, which opensd does not "
                "have; FLUX.2 [klein] 4B and 9B (Qwen3 text encoders) are supported")
-# the VAE a network-alone file is built with until its VAE file says otherwise
-FLUX2_FILE_VAE = VAEConfig(z_channels=32, embed_dim=32, scaling_factor=1.0, use_quant_conv=True)
-QWEN_NAMES = {2560: "Qwen3-4B (text_encoders/qwen_3_4b.safetensors)",
-              4096: "Qwen3-8B (text_encoders/qwen_3_8b.safetensors)"}
+QWEN_NAMES = {2560: "Qwen3-4B text encoder (text_encoders/qwen_3_4b.safetensors)",
+              4096: "Qwen3-8B text encoder (text_encoders/qwen_3_8b.safetensors)"}
 
 
 def encoder_name(width: int) -> str:
-    return QWEN_NAMES.get(width, f"a Qwen3 text encoder {width} wide")
+    return QWEN_NAMES.get(width, f"Qwen3 text encoder {width} wide")
 
 
 class Flux2Family(QwenDiTFamily):
@@ -74,7 +72,7 @@ class Flux2Family(QwenDiTFamily):
             return None
         if net.guidance_embed:
             raise CheckpointError(path, DEV_REFUSAL)
-        vae = D.infer_vae(shapes, D.VAE, path) if has_vae(shapes) else FLUX2_FILE_VAE
+        vae = D.infer_vae(shapes, D.VAE, path) if has_vae(shapes) else FLUX2_VAE
         qwen3 = self.encoder_config("qwen3", shapes, path) if has_qwen3(shapes) else None
         distilled = metadata.get(META_DISTILLED, "0" if "base" in str(path).lower() else "1") == "1"
         return Flux2ModelConfig(net, PatchedLatentConfig(vae), qwen3, resolution=resolution_of(metadata),
@@ -96,25 +94,25 @@ class Flux2Family(QwenDiTFamily):
         return flux2_from_diffusers(net, cfg.flux2, lazy=True)
 
     def missing_parts(self, shapes):
-        vae = [] if has_vae(shapes) else ["vae"]
+        vae = [] if has_vae(shapes) else ["flux2_vae"]  # part_files' kind: 32 channels with statistics
         net = None if has_qwen3(shapes) else self.network_of(shapes, {})
         return vae + ([] if net is None else [f"qwen3:{net.context_in_dim // 3}"])
 
     def check_complete(self, cfg, shapes, path):
         width = cfg.flux2.context_in_dim // 3
         missing = [what for what, here in (("VAE (--vae; flux2-vae.safetensors in vae/)", has_vae(shapes)),
-                                           (f"{encoder_name(width)} text encoder (--text-encoder)",
+                                           (f"{encoder_name(width)} (--text-encoder)",
                                             has_qwen3(shapes))) if not here]
         if missing:
             raise CheckpointError(path, f"this FLUX.2 file has no {' and no '.join(missing)}; pass the separate "
                                         "files or keep them in the models folder's vae/ and text_encoders/")
         have = shapes[DD.QWEN3 + "model.embed_tokens.weight"][1]
         if have != width:
-            raise CheckpointError(path, f"the text encoder is {encoder_name(have)}; this FLUX.2 [klein] network "
-                                        f"takes {encoder_name(width)}")
-        if cfg.vae.file.embed_dim != 32:
-            raise CheckpointError(path, f"the VAE has {cfg.vae.file.embed_dim} latent channels; FLUX.2 takes its "
-                                        "own 32-channel VAE (flux2-vae.safetensors)")
+            raise CheckpointError(path, f"the text encoder is a {encoder_name(have)}; this FLUX.2 [klein] "
+                                        f"network takes the {encoder_name(width)}")
+        if not cfg.vae.file.latent_batch_norm:
+            raise CheckpointError(path, f"the VAE is not FLUX.2's ({cfg.vae.file.embed_dim} latent channels, no latent "
+                                        "statistics); FLUX.2 takes its own (flux2-vae.safetensors)")
 
     def build(self, cfg: Flux2ModelConfig) -> Flux2Model:
         return Flux2Model(cfg)
@@ -145,7 +143,6 @@ class Flux2Family(QwenDiTFamily):
         return FlowSampling.flux(shift)
 
     def conditioner(self, pipe, clip_skip, **text):
-        from .flux2_prompts import Flux2Conditioner
         return Flux2Conditioner(pipe, clip_skip, **text)
 
     def key_rows(self, cfg: Flux2ModelConfig):

@@ -2,7 +2,7 @@
 chat-templated prompt (thinking off), side by side, padded to 512 tokens, every row a token, as
 diffusers' Flux2KleinPipeline encodes them.
 
-The encoding itself lives with the Qwen3 prompt code (text/qwen_prompts.py); this conditioner
+The encoding itself is text/klein_prompts.encode_klein; this conditioner
 applies A1111's prompt syntax as Z-Image's does (emphasis removed, BREAK dropped) and hands each
 prompt's rows over whole."""
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..pipeline.conditioning import Conditioning
+from ..text.klein_prompts import encode_klein
 from .z_image_prompts import ENCODER, ZImageConditioner
 
 
@@ -21,17 +22,12 @@ class Flux2Conditioner(ZImageConditioner):
     def encode_batch(self, texts: Sequence[str]) -> list[Conditioning]:
         if not texts:
             return []
-        try:
-            from ..text.qwen_prompts import klein_prompt_embeds
-        except ImportError:
-            raise CheckpointError(self.pipe.loaded.path, "FLUX.2 [klein] prompt encoding is not in this build "
-                                                         "(text/qwen_prompts.klein_prompt_embeds)") from None
         encoder = self.model.encoder(ENCODER)
         if encoder is None or self.qwen_tokenizer is None:
             raise CheckpointError(self.pipe.loaded.path, "this FLUX.2 model has no Qwen3 text encoder or tokenizer")
         distinct = list(dict.fromkeys(texts))
-        context = klein_prompt_embeds(encoder, self.qwen_tokenizer, [self.plain(t) for t in distinct],
-                                      self.config.text_length, device=self.device).float()
+        context = encode_klein(encoder, self.qwen_tokenizer, [self.plain(t) for t in distinct],
+                               self.config.text_length, device=self.device).float()
         index = {t: k for k, t in enumerate(distinct)}
         empty = torch.zeros(1, 0, device=self.device)
         return [Conditioning(context[index[t]:index[t] + 1], empty) for t in texts]
