@@ -27,7 +27,9 @@ def flux2_transformer(seed: int = 0, guidance: bool = False, ctx: int = F2_CTX) 
 QWEN_WIDTH = 32
 
 
-def flux2_parts(seed: int = 0) -> dict:
+def flux2_parts(seed: int = 0, levels: int = 2) -> dict:
+    """`levels`: the VAE's resolutions (2: images halved; 4: the released 1/8, so ComfyUI's 1/16
+    latent nodes fit)."""
     from diffusers import AutoencoderKLFlux2
 
     from opensd.models.qwen3 import Qwen3Config
@@ -35,8 +37,9 @@ def flux2_parts(seed: int = 0) -> dict:
     tok = build_tokenizer()
     qwen = Qwen3Config(vocab_size=tok.get_vocab_size(), hidden_size=QWEN_WIDTH, intermediate_size=48,
                        num_hidden_layers=28, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
-    vae = AutoencoderKLFlux2(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                             block_out_channels=(32, 64), layers_per_block=1, latent_channels=32)
+    vae = AutoencoderKLFlux2(down_block_types=("DownEncoderBlock2D",) * levels,
+                             up_block_types=("UpDecoderBlock2D",) * levels,
+                             block_out_channels=(32, 64, 32, 32)[:levels], layers_per_block=1, latent_channels=32)
     randomize_(vae, seed=seed + 1)
     g = torch.Generator().manual_seed(seed + 2)
     vae.bn.running_mean.copy_(torch.randn(vae.bn.running_mean.shape, generator=g) * 0.3)

@@ -15,7 +15,8 @@ from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2
 from flux2_fixtures import F2_CTX, flux2_transformer
 from opensd.checkpoints import detect_dit as DD
 from opensd.checkpoints.keymap_flux2 import flux2_from_diffusers
-from opensd.families.flux2 import COMFY_SHIFT, FLUX2_FAMILY, FLUX2_FILE_VAE
+from opensd.families.flux2 import COMFY_SHIFT, FLUX2_FAMILY
+from opensd.models.config_dit import FLUX2_VAE
 from opensd.models.config_dit import Flux2ModelConfig, PatchedLatentConfig
 from opensd.models.flux2 import Flux2
 from opensd.sampling.flow import flux2_mu
@@ -67,7 +68,7 @@ def _ours(net, cfg, latents, context, negative, scale, steps=STEPS):
 
 
 def _config(net_cfg, distilled):
-    return Flux2ModelConfig(net_cfg, PatchedLatentConfig(FLUX2_FILE_VAE), distilled=distilled)
+    return Flux2ModelConfig(net_cfg, PatchedLatentConfig(FLUX2_VAE), distilled=distilled)
 
 
 @pytest.mark.parametrize("distilled", [True, False], ids=["distilled", "base"])

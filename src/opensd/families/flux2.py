@@ -17,12 +17,14 @@ features, an encoder opensd does not have: refused in one line.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..checkpoints import detect as D
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import FLUX2_PARTS
 from ..checkpoints.keymap_flux2 import flux2_from_diffusers, flux2_rows
 from ..errors import CheckpointError
-from ..models.config_dit import FLUX2_KLEIN_4B, FLUX2_VAE, Flux2ModelConfig, PatchedLatentConfig
+from ..models.config_dit import FLUX2_KLEIN_4B, FLUX2_KLEIN_9B, FLUX2_VAE, Flux2ModelConfig, PatchedLatentConfig
 from ..models.dit_models import Flux2Model
 from ..sampling.flow import FlowSampling, flux2_mu
 from .dit import compute_dtype, resolution_of
@@ -50,6 +52,7 @@ class Flux2Family(QwenDiTFamily):
     folder_parts = FLUX2_PARTS
     pipeline_prefix = ("Flux2KleinPipeline",)
     released_network = FLUX2_KLEIN_4B
+    default_vae = FLUX2_VAE
     default_scheduler = "simple"  # 1, 1 - 1/n, ... (shifted), as the pipeline's sigmas
     default_cfg = 1.0  # the distilled models; cfg_for gives the base models theirs
     adapters = frozenset({"lora"})
@@ -89,6 +92,15 @@ class Flux2Family(QwenDiTFamily):
         sd, metadata = found
         metadata[META_DISTILLED] = "1" if index.get("is_distilled", False) else "0"
         return sd, metadata
+
+    def make_config(self, net, vae, encoders, resolution) -> Flux2ModelConfig:
+        """A text encoder alone (ComfyUI's CLIPLoader): the klein network its width takes (9B for
+        Qwen3-8B, else 4B's blocks), its context as wide as the encoder's three states."""
+        qwen3 = encoders.get("qwen3")
+        if qwen3 is not None:
+            net = FLUX2_KLEIN_9B if qwen3.hidden_size == FLUX2_KLEIN_9B.context_in_dim // 3 else net
+            net = replace(net, context_in_dim=3 * qwen3.hidden_size)
+        return Flux2ModelConfig(net, PatchedLatentConfig(vae), qwen3, resolution=resolution)
 
     def from_diffusers(self, net, cfg):
         return flux2_from_diffusers(net, cfg.flux2, lazy=True)
@@ -140,7 +152,7 @@ class Flux2Family(QwenDiTFamily):
             side = pipe.config.size_multiple
             known = width is not None and height is not None and steps
             shift = flux2_mu(round(width * height / side ** 2), steps) if known else COMFY_SHIFT
-        return FlowSampling.flux(shift)
+        return FlowSampling.flux(shift, steps)
 
     def conditioner(self, pipe, clip_skip, **text):
         return Flux2Conditioner(pipe, clip_skip, **text)

@@ -118,8 +118,11 @@ class FlowSampling:
         return cls(FlowSchedule(lambda t: sd3_shift(shift, t)), 1.0)
 
     @classmethod
-    def flux(cls, mu: float) -> FlowSampling:
-        return cls(FlowSchedule(lambda t: flux_shift(mu, t), FLUX_TABLE_SIZE), 1.0)
+    def flux(cls, mu: float, steps: int | None = None) -> FlowSampling:
+        """`steps`: the table made a multiple of them, so the simple schedule's times are exactly
+        1, 1 - 1/steps, ... (FLUX.2's pipelines take them so; Flux.1's tables as ComfyUI's)."""
+        size = FLUX_TABLE_SIZE if not steps else steps * -(-FLUX_TABLE_SIZE // steps)
+        return cls(FlowSchedule(lambda t: flux_shift(mu, t), size), 1.0)
 
     @property
     def sigma_max(self) -> float:
