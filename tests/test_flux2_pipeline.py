@@ -148,3 +148,41 @@ def test_flux2_dev_is_refused_naming_its_encoder(tmp_path):
     dev.save_pretrained(folder / "transformer")
     with pytest.raises(CheckpointError, match=r"FLUX.2 \[dev\] network: it takes the Mistral Small 3.1"):
         load(folder, precision="fp32", device="cpu")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("prefix", ["transformer.", "diffusion_model."])
+def test_a_diffusers_flux2_lora_patches_our_weights(tmp_path, parts, prefix):
+    """A PEFT LoRA on diffusers' Flux2Transformer2DModel (q, k, v and the added projections, outputs,
+    the SwiGLU MLPs, the fused single-block projections, the shared modulations and the embedders),
+    saved by Flux2KleinPipeline (transformer.) or under diffusion_model. as ai-toolkit writes it,
+    patches our fused weights: our network equals diffusers' with the LoRA active."""
+    import copy
+
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    from opensd.adapters.lora import LoraSpec
+    ours = load(write_flux2_folder(tmp_path / "model", parts), precision="fp32", device="cpu")
+    ref = copy.deepcopy(parts["transformer"])
+    torch.manual_seed(7)
+    ref.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=(
+        r".*(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|to_out\.0|to_add_out|linear_in|linear_out"
+        r"|to_qkv_mlp_proj|single_transformer_blocks\.\d+\.attn\.to_out|modulation_img\.linear|single_stream_modulation\.linear|x_embedder"
+        r"|context_embedder|linear_1|linear_2|proj_out)$")))
+    lora = {k: v.detach().clone() for k, v in get_peft_model_state_dict(ref).items()}
+    Flux2KleinPipeline.save_lora_weights(tmp_path / "lora", transformer_lora_layers=lora, safe_serialization=True)
+    path = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    if prefix != "transformer.":
+        saved = load_file(path)
+        save_file({prefix + k[len("transformer."):]: v for k, v in saved.items()}, path)
+    ours.set_loras([LoraSpec(path)])
+    ours.apply_loras("")
+    assert ours.lora_reports[0].patched == len(lora) // 2 and ours.lora_reports[0].unmatched == []
+    g = torch.Generator().manual_seed(8)
+    x, ctx, t = torch.randn(1, 128, 3, 2, generator=g), torch.randn(1, 5, 96, generator=g), torch.tensor([0.6])
+    img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(3), torch.arange(2), torch.arange(1))[None]
+    txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(5))[None]
+    want = ref(x.flatten(2).transpose(1, 2), ctx, t, img_ids, txt_ids, return_dict=False)[0]
+    assert_close_scaled(ours.model.network(x, t, ctx).flatten(2).transpose(1, 2), want, 1e-5)

@@ -1,8 +1,11 @@
 """What the DiTs conditioned on one Qwen3 text encoder share (Z-Image, FLUX.2 [klein]): the encoder
 under `text_encoders.qwen3_4b.transformer.` (its own file's `model.*` keys, whatever its size), read
 from a file of its own (ComfyUI's text_encoders/qwen_3_*.safetensors or a llama.cpp GGUF), its
-config from its shapes, the Qwen tokenizer found beside the files, and the network's layouts."""
+config from its shapes, the Qwen tokenizer found beside the files, the network's layouts and its
+LoRA names."""
 from __future__ import annotations
+
+from torch import nn
 
 from ..checkpoints import detect as D
 from ..checkpoints import detect_dit as DD
@@ -65,6 +68,19 @@ class QwenDiTFamily(DiTFamily):
     def finish(self, loaded, explicit_prediction) -> None:
         if loaded.config.qwen3 is not None:
             loaded.tokenizers["qwen"] = load_qwen_tokenizer(loaded.path, *loaded.part_paths)
+
+    def lora_modules(self, model: nn.Module) -> list:
+        """The network's Linears under kohya's, ComfyUI's (diffusion_model. + the released path) and
+        PEFT's (transformer. + diffusers' path; to_q/to_k/to_v as rows of the fused qkv) names, and
+        diffusers' paths under diffusion_model. as ai-toolkit writes them. No text-encoder LoRAs."""
+        modules = super().lora_modules(model)
+        names = {n for m in modules for n in (m.kohya, m.peft, *m.aliases)}
+        for m in modules:
+            alias = "diffusion_model." + m.peft[len("transformer."):]
+            if m.peft.startswith("transformer.") and alias not in names:
+                m.aliases.append(alias)
+                names.add(alias)
+        return modules
 
     def pooled_width(self, cfg) -> int:
         return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from torch import nn
 
 from ..checkpoints import detect as D
 from ..checkpoints import detect_dit as DD
@@ -128,19 +127,6 @@ class ZImageFamily(QwenDiTFamily):
 
     def key_rows(self, cfg: ZImageModelConfig):
         return z_image_rows(cfg.z_image)
-
-    def lora_modules(self, model: nn.Module) -> list:
-        """The network's Linears under kohya's, ComfyUI's (diffusion_model. + the released path) and
-        PEFT's (transformer. + diffusers' path; to_q/to_k/to_v as rows of the fused qkv) names, and
-        diffusers' paths under diffusion_model. as ai-toolkit writes them. No text-encoder LoRAs."""
-        modules = super().lora_modules(model)
-        names = {n for m in modules for n in (m.kohya, m.peft, *m.aliases)}
-        for m in modules:
-            alias = "diffusion_model." + m.peft[len("transformer."):]
-            if m.peft.startswith("transformer.") and alias not in names:
-                m.aliases.append(alias)
-                names.add(alias)
-        return modules
 
     def context_width(self, cfg: ZImageModelConfig) -> int:
         return cfg.z_image.cap_feat_dim
