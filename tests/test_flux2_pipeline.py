@@ -186,3 +186,21 @@ def test_a_diffusers_flux2_lora_patches_our_weights(tmp_path, parts, prefix):
     txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(5))[None]
     want = ref(x.flatten(2).transpose(1, 2), ctx, t, img_ids, txt_ids, return_dict=False)[0]
     assert_close_scaled(ours.model.network(x, t, ctx).flatten(2).transpose(1, 2), want, 1e-5)
+
+
+def test_img2img_runs_through_the_patched_vae(klein):
+    """img2img encodes the image into the patched, normalised latent (the VAE's statistics applied)
+    and back: the latent is the VAE's mean patched and normalised, and the image keeps its size."""
+    from PIL import Image
+    ours, _ = klein
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8))
+    latent = ours.encode(image)
+    assert latent.shape == (1, 128, SIZE // 4, SIZE // 4)
+    vae = ours.model.first_stage_model
+    with torch.no_grad():
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        want = vae.bn.normalize(vae.encode(x)[0])
+    assert_close_scaled(latent, want, rel=1e-5)
+    (out,) = ours.img2img(image, PROMPT, "", steps=STEPS, seed=SEED, strength=0.5)
+    assert out.size == (SIZE, SIZE)
