@@ -116,3 +116,26 @@ def test_released_sizes_on_meta_are_detected_from_their_shapes(name, params):
     assert DD.flux2_config({DD.NET + k: v for k, v in shapes.items()}, DD.NET, {}) == cfg
     theirs = {k: tuple(v.shape) for k, v in flux2_to_diffusers(net.state_dict(), cfg).items()}
     assert DD.flux2_config_diffusers(theirs, "", {}) == cfg
+
+
+@pytest.mark.parametrize("net_name, qwen_name", [("FLUX2_KLEIN_4B", "QWEN3_4B"), ("FLUX2_KLEIN_9B", "QWEN3_8B")])
+def test_released_whole_models_on_meta_are_detected_with_every_key(net_name, qwen_name):
+    """klein 4B with Qwen3-4B and 9B with Qwen3-8B, with FLUX.2's VAE, built whole on the meta device:
+    the family detects the config back from the shapes, every key is the canonical layout's, and the
+    part finder would ask for a Qwen3 of the network's width when the encoder is left out."""
+    from opensd import families
+    from opensd.checkpoints import detect_dit as DD
+    from opensd.models import config_dit as C
+    from opensd.models import qwen3 as Q
+    from opensd.models.dit_models import Flux2Model
+    cfg = C.Flux2ModelConfig(getattr(C, net_name), C.PatchedLatentConfig(C.FLUX2_VAE), getattr(Q, qwen_name))
+    with torch.device("meta"):
+        model = Flux2Model(cfg)
+    sd = model.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    family, found = families.detect(shapes, {}, f"flux-2-klein-{net_name[-2:].lower()}.safetensors")
+    assert family.name == "flux2" and found == cfg
+    assert set(family.canonical(dict(sd), found)) == set(sd)
+    family.check_complete(found, shapes, "x")
+    network_only = {k: v for k, v in shapes.items() if k.startswith(DD.NET)}
+    assert family.missing_parts(network_only) == ["flux2_vae", f"qwen3:{cfg.qwen3.hidden_size}"]
