@@ -49,7 +49,7 @@ def test_detected_as_flux2_klein(klein):
     assert (cfg.family, cfg.prediction, cfg.distilled, cfg.text_length) == ("flux2", "flow", True, 512)
     assert (cfg.latent_channels, cfg.size_multiple, cfg.vae.file.latent_batch_norm) == (128, 4, True)
     assert cfg.flux2.context_in_dim == 3 * cfg.qwen3.hidden_size == 96
-    assert ours.family.cfg_for(cfg) == 1.0 and ours.family.default_scheduler == "simple"
+    assert ours.family.defaults(cfg) == {"cfg": 1.0, "steps": 4} and ours.family.default_scheduler == "simple"
 
 
 @pytest.mark.parametrize("text", [PROMPT, ""])
@@ -85,12 +85,12 @@ def _check(ours, ref, monkeypatch, cfg):
 
 def test_distilled_txt2img_equals_the_pipeline(klein, monkeypatch):
     ours, ref = klein
-    _check(ours, ref, monkeypatch, ours.family.cfg_for(ours.config))
+    _check(ours, ref, monkeypatch, ours.family.defaults(ours.config)["cfg"])
 
 
 def test_base_txt2img_with_cfg_equals_the_pipeline(tmp_path, parts, monkeypatch):
     ours, ref = _pair(tmp_path / "base", parts, False)
-    assert not ours.config.distilled and ours.family.cfg_for(ours.config) == 4.0
+    assert not ours.config.distilled and ours.family.defaults(ours.config) == {"cfg": 4.0, "steps": 50}
     _check(ours, ref, monkeypatch, 4.0)
 
 

@@ -2,21 +2,31 @@
 released files are kept (diffusion_models/z_image_turbo_bf16.safetensors, text_encoders/
 qwen_3_4b.safetensors with its tokenizer in text_encoders/qwen_tokenizer/, vae/ae.safetensors):
 `opensd generate -m <the network's file>`, the A1111 API's txt2img (sd_model_checkpoint naming the
-network placed in checkpoints/: the API lists checkpoints/, not diffusion_models/) and ComfyUI's Z-Image
+network placed in checkpoints/; by name from diffusion_models/: test_network_models.py) and ComfyUI's Z-Image
 graph (UNETLoader + CLIPLoader type "lumina2" + VAELoader + ModelSamplingAuraFlow + KSampler) all give
 the pipeline's image of the same weights, the VAE and text encoder found in the models folder; the
 CLI's default CFG is the family's (1: no CFG)."""
 from __future__ import annotations
 
+import base64
+import io
+import json
+import shutil
+
 import numpy as np
 import pytest
-from split_faces import a1111_txt2img, cli_image, graph_image, pixels, split_env, want
+from fastapi.testclient import TestClient
+from PIL import Image
+from server_live import BASE
 from workflow_fixtures import Loader, make_ctx
 
+from opensd.cli import main
 from opensd.library.models_dir import ModelFolders
 from opensd.pipeline.infotext import read_infotext
+from opensd.server.app import create_app
+from opensd.server.settings import Settings
 from opensd.workflows import NodeError, execute
-from z_image_fixtures import write_z_image_folder, write_z_image_split_files, z_image_parts
+from z_image_fixtures import z_image_models
 
 SIZE, SEED, STEPS, PROMPT, NEGATIVE = 64, 3, 3, "a photo of a cat", "blurry"
 UNET = "z_image_turbo_bf16.safetensors"
@@ -25,31 +35,45 @@ UNET = "z_image_turbo_bf16.safetensors"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("zimagefaces")
-    parts = z_image_parts(seed=4)
-    return split_env(tmp, parts, write_z_image_folder, write_z_image_split_files)
+    models, pipe = z_image_models(tmp, seed=4)
+    return models, pipe, tmp
+
+
+def _pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB")).astype(int)
 
 
 def _want(pipe, cfg=1.0, negative=""):
-    return want(pipe, PROMPT, STEPS, SEED, SIZE, cfg, negative)
+    return pipe.txt2img(PROMPT, negative, steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=cfg,
+                        sampler="euler", scheduler="simple")[0]
 
 
 def test_cli_generates_from_the_models_folder_with_the_family_defaults(env, tmp_path):
     models, pipe, _ = env
     out = tmp_path / "z.png"
-    image = cli_image(models / "diffusion_models" / UNET, out, PROMPT, STEPS, SEED, SIZE)
-    assert np.abs(pixels(image) - pixels(_want(pipe))).max() <= 1
+    assert main(["generate", PROMPT, "-m", str(models / "diffusion_models" / UNET), "--steps", str(STEPS),
+                 "--seed", str(SEED), "--width", str(SIZE), "--height", str(SIZE), "--sampler", "euler",
+                 "--precision", "fp32", "--device", "cpu", "-o", str(out)]) == 0
+    assert np.abs(_pixels(Image.open(out)) - _pixels(_want(pipe))).max() <= 1
     text = read_infotext(out)
     assert "CFG scale: 1" in text and "Schedule type: Simple" in text and "Distilled CFG" not in text
 
 
 def test_a1111_api_txt2img_with_cfg(env, tmp_path):
     models, pipe, _ = env
-    image, info = a1111_txt2img(models, UNET, tmp_path / "out", prompt=PROMPT, negative_prompt=NEGATIVE, steps=STEPS,
-                                seed=SEED, cfg_scale=3, width=SIZE, height=SIZE)
+    (models / "checkpoints").mkdir(exist_ok=True)
+    shutil.copyfile(models / "diffusion_models" / UNET, models / "checkpoints" / UNET)
+    request = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "steps": STEPS, "seed": SEED, "cfg_scale": 3,
+               "width": SIZE, "height": SIZE, "sampler_name": "Euler", "scheduler": "Simple",
+               "override_settings": {"sd_model_checkpoint": UNET}}
+    with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp_path / "out")), base_url=BASE) as client:
+        r = client.post("/sdapi/v1/txt2img", json=request)
+    assert r.status_code == 200, r.text
+    image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
     want = _want(pipe, 3.0, NEGATIVE)
-    assert np.abs(pixels(image) - pixels(want)).max() <= 1
-    assert not np.array_equal(pixels(want), pixels(_want(pipe)))  # CFG against the negative changes it
-    assert "CFG scale: 3" in info
+    assert np.abs(_pixels(image) - _pixels(want)).max() <= 1
+    assert not np.array_equal(_pixels(want), _pixels(_want(pipe)))  # CFG against the negative changes it
+    assert "CFG scale: 3" in json.loads(r.json()["info"])["infotexts"][0]
 
 
 def _graph(clip_type="lumina2", shift=3.0) -> dict:
@@ -72,7 +96,9 @@ def _graph(clip_type="lumina2", shift=3.0) -> dict:
 
 
 def _run(ctx, graph) -> np.ndarray:
-    return graph_image(ctx, graph, execute)
+    out = execute(graph, ctx)
+    image = out["9"]["images"][0]
+    return np.asarray(Image.open(ctx.outputs_dir / image["subfolder"] / image["filename"])).astype(int)
 
 
 def test_comfyui_z_image_graph_equals_our_txt2img(env):
@@ -80,7 +106,7 @@ def test_comfyui_z_image_graph_equals_our_txt2img(env):
     folders = ModelFolders(models, include_builtin=False)
     ctx = make_ctx(folders, Loader(folders), tmp)
     got = _run(ctx, _graph())
-    assert np.abs(got - pixels(_want(pipe))).max() <= 1  # SaveImage truncates where ours round
+    assert np.abs(got - _pixels(_want(pipe))).max() <= 1  # SaveImage truncates where ours round
     assert not np.array_equal(_run(ctx, _graph(shift=1.0)), got)  # the shift is the node's
     with pytest.raises(NodeError, match="lumina2"):
         _run(ctx, _graph(clip_type="stable_cascade"))

@@ -15,6 +15,7 @@ from dit_fixtures import _vae
 from opensd.checkpoints import detect_dit as DD
 from opensd.checkpoints.files import save_safetensors
 from opensd.models.qwen3 import Qwen3Config
+from opensd.pipeline.pipeline import load
 from qwen_fixtures import build_tokenizer, hf_qwen3, write_folder
 from reference import randomize_
 
@@ -64,3 +65,13 @@ def write_z_image_split_files(models: Path, model, tokenizer) -> dict[str, Path]
         save_safetensors({k[len(prefix):]: v.contiguous() for k, v in sd.items() if k.startswith(prefix)}, path)
     write_folder(models / "text_encoders" / "qwen_tokenizer", tokenizer, template=CHAT_TEMPLATE)
     return files
+
+
+def z_image_models(tmp: Path, seed: int):
+    """(models folder, pipeline): a tiny Z-Image loaded from its diffusers folder, and ComfyUI's models
+    folder of its split files (write_z_image_split_files)."""
+    parts = z_image_parts(seed=seed)
+    pipe = load(write_z_image_folder(tmp / "folder", parts), precision="fp32", device="cpu")
+    models = tmp / "models"
+    write_z_image_split_files(models, pipe.model, parts["tokenizer"])
+    return models, pipe

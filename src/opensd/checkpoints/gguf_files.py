@@ -52,6 +52,16 @@ def _orig_shape(reader: gguf.GGUFReader, name: str) -> tuple[int, ...] | None:
     return tuple(int(field.parts[i][0]) for i in field.data)
 
 
+def _shape(reader: gguf.GGUFReader, t) -> tuple[int, ...]:
+    return _orig_shape(reader, t.name) or tuple(int(d) for d in reversed(t.shape.tolist()))
+
+
+def gguf_shapes(path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """({name: shape}, string metadata) of a GGUF file, from its header alone (no tensor data read)."""
+    reader = _reader(Path(path))
+    return {t.name: _shape(reader, t) for t in reader.tensors}, _strings(reader)
+
+
 def _tensor(t, shape: tuple[int, ...]):
     with warnings.catch_warnings():  # numpy's memmap views; torch shares them
         warnings.simplefilter("ignore", UserWarning)
@@ -71,7 +81,7 @@ def read_gguf(path) -> tuple[dict, dict[str, str]]:
         raise CheckpointError(path, "contains no tensors")
     sd = {}
     for t in reader.tensors:
-        shape = _orig_shape(reader, t.name) or tuple(int(d) for d in reversed(t.shape.tolist()))
+        shape = _shape(reader, t)
         try:
             sd[t.name] = _tensor(t, shape)
         except (RuntimeError, ValueError) as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..stamp_cache import by_stamp
 from .files import read_safetensors_header
 from .keymap_qwen3 import is_qwen3, qwen3_config
 
@@ -32,7 +33,7 @@ def _folders(model: Path, names: tuple[str, ...]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def _kind(path: Path) -> tuple[str, int] | None:
+def _read_kind(path: Path) -> tuple[str, int] | None:
     """("t5xxl", 0), ("clip", width), ("qwen3", 0) (a Qwen3 decoder: q/k norms, Z-Image's encoder) or
     ("vae", 0) (16 latent channels) or ("flux2_vae", 0) (FLUX.2's: 32 channels and latent statistics)
     from a safetensors header."""
@@ -77,6 +78,7 @@ def find_parts(model: Path, wanted: list[str]) -> dict[str, Path]:
     return {name: _best(name, paths) for name, paths in found.items()}
 
 
+_kind = by_stamp(_read_kind)  # model listings ask again for every network they list
 _CLIP_WIDTHS = {768: "clip_l", 1280: "clip_g"}
 
 

@@ -1,6 +1,7 @@
 """Model flags by name: `-m NAME`, `--vae NAME`, `--lora NAME`, `--control NAME,...` and upscaler
 names are looked up in the models folder (library/user_config: --models-dir, $OPENSD_MODELS_DIR or
-the config file) by the same code the server uses (ModelFolders.resolve). A path that exists is
+the config file) by the same code the server uses (ModelFolders.resolve; -m also finds the DiT networks
+in diffusion_models/ that the folder completes, library/network_models.py). A path that exists is
 taken as it is; the built-in model and its ControlNet are found by name with no folder set."""
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ def model_folders(args: argparse.Namespace) -> ModelFolders:
     return ModelFolders(models_dir(getattr(args, "models_dir", None)))
 
 
+def whole_model(folders: ModelFolders, name: str) -> Path:
+    """A checkpoint, or a network in diffusion_models/ the folder completes, by name (network_models)."""
+    from ..library.network_models import resolve_model as whole  # reads headers with torch: only when named
+    return whole(folders, name)
+
+
 def resolve_model(folders: ModelFolders, kind: str, value, flag: str) -> Path:
     """`value` as a path when it exists, else a model of `kind` by name; errors name `flag`."""
     path = Path(value)
@@ -31,8 +38,8 @@ def resolve_model(folders: ModelFolders, kind: str, value, flag: str) -> Path:
         return path
     if path.expanduser().is_absolute():
         raise InvalidArgument(f"{flag}: {value} does not exist")
-    try:
-        return folders.resolve(kind, str(value))
+    try:  # a checkpoint's name may also be a network's the models folder completes (network_models)
+        return whole_model(folders, str(value)) if kind == "checkpoints" else folders.resolve(kind, str(value))
     except InvalidArgument as e:
         problem = str(e).split(": ", 1)[-1]
     if folders.root is None:
@@ -50,7 +57,7 @@ def resolve_generate_models(args: argparse.Namespace, source: dict | None = None
     if args.model is None and source and folders.root is not None and source.get("Model hash"):
         for name in (source["Model hash"], f"{source.get('Model', '')} [{source['Model hash']}]"):
             try:
-                args.model = folders.resolve("checkpoints", name)
+                args.model = whole_model(folders, name)
                 break
             except InvalidArgument:
                 continue  # not here: the built-in model, and --from reports the difference

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..library.models_dir import ModelFolders
+from ..library.network_models import resolve_model
 from ..library.user_config import MODELS_DIR_ENV
 from ..server import a1111_run, comfy_run, images_io
 from ..server.jobs import Control, Progress, Stopped
@@ -148,6 +149,6 @@ class GenerationActor:
         """The (checkpoint, VAE, LoRA set) combinations loaded now, most recently used last."""
         loaded = {path for path, _ in self.cache.loaded()}
         for key in list(self._held):
-            if self.folders.resolve("checkpoints", key[0]) not in loaded:
+            if resolve_model(self.folders, key[0]) not in loaded:
                 del self._held[key]
         return list(self._held.values())

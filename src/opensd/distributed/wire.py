@@ -11,6 +11,7 @@ from pathlib import Path
 from ..adapters.lora import prompt_lora_tags
 from ..errors import InvalidArgument
 from ..library.models_dir import BUILTIN_CHECKPOINT, ModelFolders
+from ..library.network_models import resolve_model
 from ..text.dynamic_prompts import check_template
 from ..text.wildcards import Wildcards
 
@@ -28,7 +29,8 @@ def model_name(folders: ModelFolders, kind: str, path: str | Path) -> str:
     path = Path(path).resolve()
     if kind == "checkpoints" and path == BUILTIN_CHECKPOINT.resolve():
         return path.name
-    for folder in folders.folders(kind):
+    # a whole model may be a network in diffusion_models/ (library/network_models.py), named inside it
+    for folder in folders.folders(kind) + (folders.folders("unet") if kind == "checkpoints" else []):
         if path.is_relative_to(folder):
             return path.relative_to(folder).as_posix()
     raise InvalidArgument(f"{kind}: {path.name} is not inside the models folder, so the Ray workers cannot "
@@ -65,12 +67,12 @@ def to_wire(folders: ModelFolders, wildcards: Wildcards, payload: dict) -> dict:
 def from_wire(folders: ModelFolders, wire: dict) -> tuple[dict, Wildcards]:
     """On the worker: the payload with this worker's own paths for the models named, and the wildcards."""
     payload = {k: v for k, v in wire.items() if k not in ("model", "vae", "wildcards")}
-    payload["model_path"] = str(folders.resolve("checkpoints", wire["model"]))
+    payload["model_path"] = str(resolve_model(folders, wire["model"]))
     payload["vae_path"] = str(folders.resolve("vae", wire["vae"])) if wire.get("vae") else None
     payload["controlnet"] = [_unit_from_wire(folders, u) for u in wire.get("controlnet") or []]
     if wire.get("refiner"):
         payload["refiner"] = {k: v for k, v in wire["refiner"].items() if k != "model"} \
-            | {"path": str(folders.resolve("checkpoints", wire["refiner"]["model"]))}
+            | {"path": str(resolve_model(folders, wire["refiner"]["model"]))}
     return payload, Shipped(wire.get("wildcards") or {})
 
 

@@ -58,10 +58,18 @@ class Family:
     default_scheduler: str | None = None   # the schedule "Automatic" means here; None: the sampler's own
     default_cfg: float | None = None       # None: A1111's CFG default
     default_guidance: float | None = None  # distilled guidance fed to the network (Flux dev)
+    default_steps: int | None = None       # None: A1111's steps default
     adapters: frozenset[str] = frozenset()  # the add-ons written for its network (ADAPTERS)
 
     def owns(self, cfg) -> bool:
         return cfg.family in self.members
+
+    def defaults(self, cfg) -> dict[str, float | int]:
+        """The settings a generation of the model `cfg` takes where it leaves them unset, those this
+        family sets ("cfg", "steps", "distilled_guidance"): the pipeline's defaults and the
+        recommendation our model list gives the web UI."""
+        out = {"cfg": self.default_cfg, "steps": self.default_steps, "distilled_guidance": self.default_guidance}
+        return {k: v for k, v in out.items() if v is not None}
 
     def require(self, adapter: str, param: str) -> None:
         """InvalidArgument naming `param` unless this family's networks take `adapter`."""
@@ -155,11 +163,6 @@ class Family:
         return nullcontext()
 
     # --- sampling and text --------------------------------------------------------------------
-
-    def cfg_for(self, cfg) -> float | None:
-        """What an unset CFG scale means for this model (default_cfg; FLUX.2's base models differ
-        from its distilled ones)."""
-        return self.default_cfg
 
     def sampling(self, pipe, width: int, height: int, shift: float | None = None, steps: int | None = None) -> Any:
         raise NotImplementedError

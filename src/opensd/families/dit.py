@@ -127,6 +127,11 @@ class DiTFamily(Family):
     def present_encoders(self, shapes) -> list[str]:
         return [n for n in (*self.clip_names, "t5xxl") if _has_encoder(shapes, n)]
 
+    def needed_parts(self, shapes) -> list[str]:
+        """Those of `missing_parts` it cannot run without (`required`): what the models folder must
+        hold for the network to be listed as a whole model (library/network_models.py)."""
+        return [p for p in self.missing_parts(shapes) if p in self.required]
+
     def check_complete(self, cfg, shapes, path) -> None:
         missing = [n for n in self.required if not (_has_encoder(shapes, n) if n != "vae"
                                                     else D.VAE + "encoder.conv_in.weight" in shapes)]

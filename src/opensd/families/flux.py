@@ -46,6 +46,9 @@ def kontext_size(width: int, height: int) -> tuple[int, int]:
     return w, h
 
 
+SCHNELL_STEPS = 4  # timestep-distilled: BFL's and diffusers' schnell examples
+
+
 class FluxFamily(DiTFamily):
     name = "flux"
     label = "Flux.1"
@@ -91,6 +94,12 @@ class FluxFamily(DiTFamily):
 
     adapters = DiTFamily.adapters | {"controlnet"}  # Flux ControlNets (adapters/flux_controlnet.py)
     reference_latents = True  # Kontext's: the network appends them to its image tokens
+
+    def defaults(self, cfg: FluxModelConfig) -> dict[str, float | int]:
+        """schnell (no guidance input): 4 steps, as BFL and diffusers run it; dev: CFG 1 and guidance 3.5."""
+        if cfg.flux.guidance_embed:
+            return super().defaults(cfg)
+        return {"cfg": self.default_cfg, "steps": SCHNELL_STEPS}
 
     def net_fn(self, model: FluxModel, guidance=None, references=None, reference_method: str = "offset"):
         """`references`: Kontext's reference latents, model-scaled, each (1 or B, C, H, W), placed by

@@ -33,6 +33,7 @@ from .qwen_dit import QwenDiTFamily, has_qwen3, has_vae
 
 COMFY_SHIFT = 2.02  # ComfyUI's FLUX.2 mu when no size and step count are known (its sampling settings)
 BASE_CFG = 4.0  # Flux2KleinPipeline's guidance_scale default, used by the base (undistilled) models
+BASE_STEPS = 50  # Flux2KleinPipeline's num_inference_steps default
 META_DISTILLED = "opensd.flux2_distilled"  # "1"/"0": a Flux2KleinPipeline folder's is_distilled
 DEV_REFUSAL = ("a FLUX.2 [dev] network: it takes the Mistral Small 3.1 text encoder, which opensd does not "
                "have; FLUX.2 [klein] 4B and 9B (Qwen3 text encoders) are supported")
@@ -54,7 +55,8 @@ class Flux2Family(QwenDiTFamily):
     released_network = FLUX2_KLEIN_4B
     default_vae = FLUX2_VAE
     default_scheduler = "simple"  # 1, 1 - 1/n, ... (shifted), as the pipeline's sigmas
-    default_cfg = 1.0  # the distilled models; cfg_for gives the base models theirs
+    default_cfg = 1.0  # the distilled models (defaults gives the base models theirs)
+    default_steps = 4  # the distilled models: klein is distilled to 4 steps
     adapters = frozenset({"lora"})
 
     network_config = staticmethod(DD.flux2_config)
@@ -131,8 +133,10 @@ class Flux2Family(QwenDiTFamily):
 
     # --- the network and prompts --------------------------------------------------------------
 
-    def cfg_for(self, cfg: Flux2ModelConfig) -> float:
-        return self.default_cfg if cfg.distilled else BASE_CFG
+    def defaults(self, cfg: Flux2ModelConfig) -> dict[str, float | int]:
+        """Distilled klein: CFG 1, 4 steps (BFL's); base klein: CFG 4 and 50 steps (Flux2KleinPipeline's
+        defaults)."""
+        return super().defaults(cfg) if cfg.distilled else {"cfg": BASE_CFG, "steps": BASE_STEPS}
 
     def net_fn(self, model: Flux2Model, guidance=None, references=None):
         net = model.network

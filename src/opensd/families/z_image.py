@@ -46,6 +46,7 @@ class ZImageFamily(QwenDiTFamily):
     released_network = Z_IMAGE
     default_scheduler = "simple"  # diffusers' 1, 1 - 1/n, ... (shifted)
     default_cfg = 1.0  # Z-Image-Turbo: no CFG (ZImagePipeline's guidance_scale 0)
+    default_steps = 8  # Z-Image-Turbo is distilled to 8 network evaluations
     adapters = frozenset({"lora"})
 
     network_config = staticmethod(DD.z_image_config)

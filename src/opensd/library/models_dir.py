@@ -122,18 +122,19 @@ class ModelFolders:
                     seen.setdefault(name, ModelFile(kind, name, path))
         return sorted(seen.values(), key=lambda m: m.name.lower())
 
-    def resolve(self, kind: str, name: str) -> Path:
+    def resolve(self, kind: str, name: str, files: list[ModelFile] | None = None) -> Path:
         """The file for `name`, as A1111 and ComfyUI users write it: an exact relative name, a name
         without extension / folder (A1111 prompt tags say `<lora:foo:1>` for `Lora/sub/foo.safetensors`),
         an A1111 title "name [hash]", a short or full SHA-256 (or A1111's legacy 8-digit hash) of a
         file already hashed (see by_hash), a LoRA's alias (the name its trainer gave it), else the
-        one model whose name contains it. A name that fits several models is refused, listing them."""
+        one model whose name contains it. A name that fits several models is refused, listing them.
+        `files`: the models to pick from, when not the kind's folders (network_models.whole_models)."""
         if not isinstance(name, str) or not name.strip():
             raise InvalidArgument(f"{kind}: a model name is required")
         if "\x00" in name or Path(name).is_absolute() or ".." in Path(name.replace("\\", "/")).parts:
             raise InvalidArgument(f"{kind}: {name!r} is not a name inside the {kind} folder")
         name = name.replace("\\", "/").strip()
-        files = self.list(kind)
+        files = self.list(kind) if files is None else files
         title = _TITLE.match(name)
         if title and not _pick(kind, name, _by_name(files, name)):
             name, wanted = title.group(1), title.group(2)  # "name [hash]": the name, else the hash

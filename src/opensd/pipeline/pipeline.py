@@ -184,8 +184,9 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
     # --- the shared core -------------------------------------------------------------------
 
     def _params(self, prompt, negative_prompt, params) -> Params:
-        if self.family.cfg_for(self.config) is not None:
-            params.setdefault("cfg", self.family.cfg_for(self.config))
+        for name, value in self.family.defaults(self.config).items():
+            if name != "distilled_guidance":  # the network's own default (net_fn) when unset
+                params.setdefault(name, value)
         p = Params.of(prompt=prompt, negative_prompt=negative_prompt, **params)
         p.width = self.config.resolution if p.width is None else p.width
         p.height = self.config.resolution if p.height is None else p.height

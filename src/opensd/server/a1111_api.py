@@ -18,8 +18,10 @@ from ..adapters.hypernetwork import prompt_hypernet_tags, tag_strength
 from ..adapters.lora import prompt_lora_tags
 from ..errors import InvalidArgument, OpenSDError
 from ..pipeline.memory_modes import A1111_FLAGS
+from ..library.model_info import family_defaults
 from ..library.model_metadata import api_metadata, file_metadata
 from ..library.models_dir import WEIGHT_SUFFIXES
+from ..library.network_models import whole_models
 from ..pipeline.infotext import parse_infotext, read_infotext
 from ..sampling import names as N
 from ..sampling import schedule_options as SO
@@ -97,7 +99,7 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     img2img = mode == "img2img"
     infotext_notes: list[str] = []
     if req.infotext:  # A1111 fills the fields the request leaves unset from it, before anything else
-        checkpoints = [(m.name, state.cache.short_hash(m.path)) for m in state.folders.list("checkpoints")]
+        checkpoints = [(m.name, state.cache.short_hash(m.path)) for m in whole_models(state.folders)]
         req, infotext_notes = with_infotext(req, checkpoints)
     script = a1111_scripts.selected(req, mode)  # first, as in A1111: an unknown script is a 422
     opts = state.options.effective(req.override_settings)
@@ -135,6 +137,9 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     path = state.cache.resolve(override, "override_settings.sd_model_checkpoint") if override \
         else state.current_model()
     vae = a1111_apply.vae_path(state.folders, opts, path)
+    defaults = family_defaults(path)  # the model family's CFG and steps where the request leaves them unset
+    kwargs.update({name: defaults[name] for field, name in (("cfg_scale", "cfg"), ("steps", "steps"))
+                   if field not in req.model_fields_set and name in defaults})
     gaps += [("infotext", note) for note in infotext_notes]
     gaps += prompt_gaps + a1111_unsupported.request_gaps(req) + a1111_controlnet.unsupported(req) \
         + a1111_unsupported.setting_gaps(opts, req.override_settings, state.options.defaults)
@@ -202,9 +207,9 @@ def router(state) -> APIRouter:
     @api.get("/sd-models")
     def sd_models():
         out = []
-        for m in state.folders.list("checkpoints"):
+        for m in whole_models(state.folders):  # checkpoints, then networks the models folder completes
             full = state.cache.sha256(m.path)
-            out.append({"title": state.cache.title(m.path), "model_name": _model_name(m.name),
+            out.append({"title": state.cache.title(m.path, m.name), "model_name": _model_name(m.name),
                         "hash": full[:10] if full else None, "sha256": full,
                         "filename": str(m.path), "config": None})
         return out

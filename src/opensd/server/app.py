@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from .. import safe_paths
 from ..errors import InvalidArgument, OpenSDError
 from ..library.models_dir import ModelFolders
+from ..library.network_models import whole_models
 from ..text.styles import Style, load_styles
 from ..text.wildcards import Wildcards
 from ..version import __version__
@@ -72,7 +73,7 @@ class ServerState:
     def current_model(self) -> Path:
         with self._lock:
             if self._model is None:
-                models = self.folders.list("checkpoints")
+                models = whole_models(self.folders)
                 if not models:
                     raise InvalidArgument("sd_model_checkpoint: no checkpoint found in the models folder")
                 self._model = models[0].path

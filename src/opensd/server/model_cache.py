@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import CheckpointError, InvalidArgument
 from ..library.hashes import default_cache, model_hash, shorthash
 from ..library.models_dir import ModelFolders
+from ..library.network_models import resolve_model, whole_models
 from ..pipeline.device import resolve_device
 from ..upscale import Upscalers
 from .embedding_files import EmbeddingFiles
@@ -42,23 +43,25 @@ class ModelCache:
     # --- names ------------------------------------------------------------------------------
 
     def resolve(self, title: str, field: str = "sd_model_checkpoint") -> Path:
-        """A checkpoint path for an A1111 title ("name [hash]"), a file name or a stem; errors name `field`."""
+        """A whole model's path (a checkpoint, or a network the models folder completes: network_models)
+        for an A1111 title ("name [hash]"), a file name or a stem; errors name `field`."""
         if not isinstance(title, str):
             raise InvalidArgument(f"{field}: expected a model name, got {title!r}")
         try:
-            return self.folders.resolve("checkpoints", title)
+            return resolve_model(self.folders, title)
         except InvalidArgument as e:
             raise InvalidArgument(f"{field}: {str(e).split(': ', 1)[-1]}") from None
 
     def name_of(self, path: Path) -> str:
-        for m in self.folders.list("checkpoints"):
+        for m in whole_models(self.folders):
             if m.path == path:
                 return m.name
         return path.name
 
-    def title(self, path: Path) -> str:
+    def title(self, path: Path, name: str | None = None) -> str:
+        """A1111's "name [short hash]" (`name`: the model's name when the caller knows it)."""
         short = self.short_hash(path)
-        name = self.name_of(path)
+        name = name or self.name_of(path)
         return f"{name} [{short}]" if short else name
 
     @staticmethod

@@ -13,7 +13,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from ..errors import InvalidArgument
-from ..library.model_info import checkpoint_config, schedule_name
+from ..library.model_info import model_config, recommended, schedule_name
+from ..library.network_models import whole_models
 from ..pipeline.infotext import parse_infotext, read_infotext
 from ..pipeline.token_count import count_tokens
 from ..text.tokenizer import default_tokenizer
@@ -64,12 +65,12 @@ def job_task(job) -> str:
 
 def checkpoint_list(state) -> list[Checkpoint]:
     out = []
-    for m in state.folders.list("checkpoints"):
-        cfg = checkpoint_config(m.path)
-        out.append(Checkpoint(name=m.name, title=state.cache.title(m.path), hash=state.cache.short_hash(m.path),
+    for m in whole_models(state.folders):
+        cfg = model_config(m.path)
+        out.append(Checkpoint(name=m.name, title=state.cache.title(m.path, m.name), hash=state.cache.short_hash(m.path),
                               family=cfg.family if cfg else None, resolution=cfg.resolution if cfg else None,
                               prediction=cfg.prediction if cfg else None, schedule=schedule_name(cfg),
-                              edit=bool(cfg and cfg.edit)))
+                              edit=bool(cfg and cfg.edit), recommended=recommended(m.path)))
     return out
 
 

@@ -31,16 +31,29 @@ class TokenCountResult(BaseModel):
     chunks: int
 
 
+class Recommended(BaseModel):
+    label: str = Field(description="the model family, for people: Flux.1, Z-Image, ...")
+    cfg_scale: float
+    steps: int
+    distilled_guidance: float | None = Field(None, description="the guidance a distilled network takes (Flux.1 "
+                                                               "dev; A1111's distilled_cfg_scale)")
+    scheduler: str | None = Field(None, description="the schedule the family runs for Automatic")
+
+
 class Checkpoint(BaseModel):
-    name: str = Field(description="file name inside the checkpoints folder; what sd_model_checkpoint takes")
+    name: str = Field(description="file name inside the checkpoints folder (or diffusion_models/ for a network "
+                                  "the models folder completes); what sd_model_checkpoint takes")
     title: str
     hash: str | None = None
-    family: str | None = Field(None, description="sd1, sd2, sdxl, sdxl_refiner or small; null if unknown "
-                                                 "before loading")
+    family: str | None = Field(None, description="sd1, sd2, sdxl, sdxl_refiner or small (Stable Diffusion), "
+                                                 "flux, chroma, sd3 or z_image; null if unknown before loading")
     resolution: int | None = Field(None, description="native image side in pixels (64, 512, 768, 1024)")
-    prediction: str | None = Field(None, description="eps or v (what the file's markers or metadata say)")
-    schedule: str | None = Field(None, description="discrete, zero_terminal_snr or edm (continuous sigmas)")
+    prediction: str | None = Field(None, description="eps or v (what the file's markers or metadata say), flow "
+                                                     "for the DiT models")
+    schedule: str | None = Field(None, description="discrete, zero_terminal_snr, edm (continuous sigmas) or flow")
     edit: bool = Field(False, description="an InstructPix2Pix-style edit model: takes image_cfg_scale")
+    recommended: Recommended | None = Field(None, description="the settings the model's family recommends (what "
+                                                              "a request leaving them unset gets); null if unknown")
 
 
 class Checkpoints(BaseModel):

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from ..errors import InvalidArgument
+from ..library.network_models import whole_models
 from ..sampling.names import SAMPLER_LABELS, SCHEDULER_LABELS
 from ..scripts.xyz_axes import RNG_SOURCES, AxisType, axis_types
 from ..upscale.names import LATENT_MODES
@@ -35,7 +36,7 @@ class XyzAxes(BaseModel):
 def choice_lists(state) -> dict[str, Callable[[], list[str]]]:
     """Axis label -> the names its dropdown offers (what the axis accepts here)."""
     def checkpoints():
-        return [m.name for m in state.folders.list("checkpoints")]
+        return [m.name for m in whole_models(state.folders)]
 
     def samplers():
         return list(SAMPLER_LABELS.values())

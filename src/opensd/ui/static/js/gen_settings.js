@@ -112,10 +112,28 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   }
   const isEdit = () => Boolean(familyOf(model.value)?.edit);
   function showImageCfg() { imageCfgField.hidden = !isEdit(); }
+  // what the shown model's family recommends (CFG, steps): a change to a model whose family
+  // recommends otherwise sets them, as Forge's UI presets do; values restored or reused are kept
+  const advice = () => familyOf(model.value)?.recommended ?? null;
+  const cfgInput = settingsCard.querySelector("input[name=cfg_scale]");
+  let advised = null;
+  function followAdvice() {
+    const next = advice();
+    if (next && (next.cfg_scale !== advised?.cfg_scale || next.steps !== advised?.steps)) {
+      const stepsInput = stepsField.querySelector("input[name=steps]");
+      stepsInput.value = next.steps;
+      cfgInput.value = next.cfg_scale;
+      syncSliders(settingsCard);
+      touch(stepsInput);
+      toast(`${next.label}: CFG ${next.cfg_scale}, ${next.steps} steps`);
+    }
+    advised = next;
+  }
   model.addEventListener("change", () => {
     if (sizeFollowsModel) setSize(nativeSize());
     showPresets();
     showImageCfg();
+    followAdvice();
   });
   function showPickers(loras, embeddings, hypernets) {
     clear(pickers,
@@ -168,9 +186,12 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     // kept as they change; its submit button and Ctrl+Enter anywhere in `panel` run `generate`.
     attach(panel, form, key, generate) {
       const remembered = loadForm(form, key);
+      // a fresh form takes the model's advice; remembered values stay
+      advised = "steps" in remembered || "cfg_scale" in remembered ? advice() : { cfg_scale: Number(cfgInput.value), steps: steps() };
       if (!("width" in remembered) && sizeFollowsModel) setSize(nativeSize());
       showPresets();
       showImageCfg();
+      followAdvice();
       prompt.refresh();
       negative.refresh();
       styles.refresh();
@@ -186,7 +207,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       const body = {
         prompt: prompt.textarea.value, negative_prompt: negative.textarea.value,
         sampler_name: sampler.value, scheduler: scheduler.value || null,
-        steps: steps(), cfg_scale: Number(settingsCard.querySelector("input[name=cfg_scale]").value),
+        steps: steps(), cfg_scale: Number(cfgInput.value),
         width: int(width), height: int(height), seed: int(seed), n_iter: int(nIter), batch_size: int(batchSize),
         send_images: false,
         override_settings: { sd_model_checkpoint: model.value, sd_vae: vae.value, CLIP_stop_at_last_layers: int(clipSkip) },
@@ -221,7 +242,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       set("subseed", req.subseed ?? -1); set("subseed_strength", req.subseed_strength ?? 0);
       const o = req.override_settings || {};
       clipSkip.value = o.CLIP_stop_at_last_layers ?? 1;
-      if (o.sd_model_checkpoint) { choose(model, o.sd_model_checkpoint); showPresets(); showImageCfg(); }
+      if (o.sd_model_checkpoint) { choose(model, o.sd_model_checkpoint); showPresets(); showImageCfg(); advised = advice(); }
       vae.value = o.sd_vae && choose(vae, o.sd_vae) ? vae.value : "Automatic";
       styles.set(req.styles || []); // an image's infotext has its styles in its prompt already
       advanced.apply(req);
