@@ -112,3 +112,20 @@ def test_comfyui_klein_graph_equals_our_txt2img(env):
     assert np.abs(got - pixels(_want(pipe))).max() <= 1  # SaveImage truncates where ours round
     with pytest.raises(NodeError, match="flux2"):
         _run(ctx, _graph(clip_type="stable_cascade"))
+
+
+def test_the_network_is_a_model_by_name_and_a_missing_part_is_named(env, tmp_path):
+    """diffusion_models/'s klein network, completed by the models folder, is a model by name; in a
+    folder without its VAE the name is refused naming the part."""
+    import shutil as sh
+
+    from opensd.errors import InvalidArgument
+    from opensd.library.network_models import resolve_model, whole_models
+    models, _, _ = env
+    assert any(m.path.name == UNET for m in whole_models(ModelFolders(models, include_builtin=False)))
+    bare = tmp_path / "models"
+    sh.copytree(models / "diffusion_models", bare / "diffusion_models")
+    sh.copytree(models / "text_encoders", bare / "text_encoders")
+    assert not any(m.path.name == UNET for m in whole_models(ModelFolders(bare, include_builtin=False)))
+    with pytest.raises(InvalidArgument, match="has no flux2_vae"):
+        resolve_model(ModelFolders(bare, include_builtin=False), "flux-2-klein-4b")

@@ -112,6 +112,10 @@ class Flux2Family(QwenDiTFamily):
         net = None if has_qwen3(shapes) else self.network_of(shapes, {})
         return vae + ([] if net is None else [f"qwen3:{net.context_in_dim // 3}"])
 
+    def needed_parts(self, shapes):
+        """Every missing part: the VAE and the Qwen3 of the network's width are both required."""
+        return self.missing_parts(shapes)
+
     def check_complete(self, cfg, shapes, path):
         width = cfg.flux2.context_in_dim // 3
         missing = [what for what, here in (("VAE (--vae; flux2-vae.safetensors in vae/)", has_vae(shapes)),
