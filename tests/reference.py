@@ -65,3 +65,19 @@ def assert_close_scaled(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e-4
     scale = ref.abs().max().item()
     diff = (ours.float() - ref.float()).abs().max().item()
     assert diff <= rel * max(scale, 1e-6), f"max abs diff {diff:.3e} vs output scale {scale:.3e}"
+
+
+@torch.no_grad()
+def assert_vae_matches(ours, ref, size: int, rel: float = 1e-5) -> None:
+    """Our AutoencoderKL against a diffusers VAE: posterior mean and log-variance of random images,
+    and the decode of a random latent, each within `rel` of the reference's output scale."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, size, size, generator=g) * 2 - 1
+    side = size // ours.cfg.downscale
+    z = torch.randn(2, ours.cfg.embed_dim, side, side, generator=g)
+    post = ref.encode(x).latent_dist
+    mean, logvar = ours.encode(x)
+    assert mean.shape == (2, ours.cfg.embed_dim, side, side)
+    assert_close_scaled(mean, post.mean, rel)
+    assert_close_scaled(logvar, post.logvar, rel)
+    assert_close_scaled(ours.decode(z), ref.decode(z).sample, rel)

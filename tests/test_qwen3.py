@@ -1,7 +1,7 @@
 """Our Qwen3 equals transformers' Qwen3 on the same random weights (tiny configs): every hidden state,
 with right or left padding; the config is read back from the shapes; files with and without the
 `model.` prefix or a language-model head load, and so do llama.cpp GGUF files (quantised
-projections kept as stored); the full Qwen3-4B builds on meta."""
+projections kept as stored); the full Qwen3-4B and Qwen3-8B build on meta."""
 from __future__ import annotations
 
 import pytest
@@ -11,7 +11,7 @@ from transformers import Qwen3ForCausalLM, Qwen3Model
 from opensd.checkpoints.files import read_state_dict
 from opensd.checkpoints.keymap_qwen3 import is_qwen3, qwen3_config, qwen3_state_dict
 from opensd.errors import CheckpointError
-from opensd.models.qwen3 import Qwen3Config, Qwen3TextEncoder, attention_bias
+from opensd.models.qwen3 import QWEN3_4B, QWEN3_8B, Qwen3Config, Qwen3TextEncoder, attention_bias
 from opensd.models.stored_weights import StoredLinear
 from opensd.pipeline.weights import assign
 from qwen_fixtures import hf_config, hf_qwen3, write_gguf
@@ -115,8 +115,10 @@ def test_layer_index_out_of_range():
     assert ours(ids, layer=-(TINY.num_hidden_layers + 1)).shape == (1, 3, TINY.hidden_size)
 
 
-def test_qwen3_4b_on_meta():
-    full = Qwen3Config()
+# Qwen3-4B (Z-Image, klein 4B) without its tied head: 4.02 B parameters; Qwen3-8B (klein 9B):
+# 8.19 B with its untied 151936 x 4096 head (0.62 B), not kept here
+@pytest.mark.parametrize("full,low,high", [(QWEN3_4B, 4.0e9, 4.1e9), (QWEN3_8B, 7.5e9, 7.6e9)], ids=["4b", "8b"])
+def test_full_size_on_meta(full, low, high):
     with torch.device("meta"):
         ours = Qwen3TextEncoder(full)
         ref = Qwen3Model(hf_config(full))
@@ -125,7 +127,7 @@ def test_qwen3_4b_on_meta():
     assert got == want
     assert qwen3_config(got) == full
     n = sum(p.numel() for p in ours.parameters())
-    assert 4.0e9 < n < 4.1e9, n  # Qwen3-4B without its (tied) head: 4.02 B parameters
+    assert low < n < high, n
 
 
 @torch.no_grad()

@@ -182,14 +182,17 @@ def infer_vae(shapes: Shapes, p: str, path: str = "<state dict>") -> C.VAEConfig
                                     "with --vae")
     ch = shapes[p + "encoder.conv_in.weight"][0]
     levels = _indices(shapes, p + "encoder.down.")
+    # top-level quant convs, or inside the encoder (Black Forest Labs' FLUX.2 file)
+    quant = next((shapes[k] for k in (p + "quant_conv.weight", p + "encoder.quant_conv.weight") if k in shapes), None)
     return C.VAEConfig(
         in_channels=shapes[p + "encoder.conv_in.weight"][1], out_ch=shapes[p + "decoder.conv_out.weight"][0],
         ch=ch, ch_mult=tuple(shapes[p + f"encoder.down.{i}.block.0.conv2.weight"][0] // ch for i in levels),
         num_res_blocks=len(_indices(shapes, p + "encoder.down.0.block.")),
         z_channels=shapes[p + "encoder.conv_out.weight"][0] // 2,
-        embed_dim=shapes[p + "quant_conv.weight"][0] // 2 if p + "quant_conv.weight" in shapes
-        else shapes[p + "encoder.conv_out.weight"][0] // 2,
-        use_quant_conv=p + "quant_conv.weight" in shapes)
+        embed_dim=(quant or shapes[p + "encoder.conv_out.weight"])[0] // 2,
+        use_quant_conv=quant is not None,
+        # FLUX.2: latent statistics, and no scale (it normalises by them instead)
+        **(dict(latent_batch_norm=True, scaling_factor=1.0) if p + "bn.running_mean" in shapes else {}))
 
 
 def declared_prediction(shapes: Shapes, metadata: Mapping[str, str]) -> C.Prediction | None:

@@ -7,13 +7,14 @@ released models' values are assumed.
 from __future__ import annotations
 
 import math
+from functools import partial
 import re
 from dataclasses import replace
 from typing import Mapping
 
 from ..errors import CheckpointError
 from ..models import config as C
-from ..models.config_dit import ChromaConfig, FluxConfig, MMDiTConfig, T5Config, ZImageConfig
+from ..models.config_dit import ChromaConfig, Flux2Config, FluxConfig, MMDiTConfig, T5Config, ZImageConfig
 from . import detect as D
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -28,6 +29,7 @@ NET_PREFIXES = (NET, "diffusion_model.", "model.", "transformer.", "")
 META_HEAD_DIM = "opensd.head_dim"       # MMDiT/Flux attention head width (released: 64 / 128)
 META_AXES = "opensd.flux_axes_dim"      # Flux RoPE widths per id axis, "16,56,56"
 META_Z_AXES = "opensd.z_image_axes_dim"  # Z-Image RoPE widths per id axis, "32,48,48"
+META_F2_AXES = "opensd.flux2_axes_dim"  # FLUX.2 RoPE widths per id axis, "32,32,32,32"
 META_SHIFT = "opensd.flow_shift"        # a flow model's schedule shift (a diffusers folder's scheduler config)
 
 
@@ -205,3 +207,38 @@ def z_image_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: st
 def z_image_config_diffusers(shapes: Shapes, p: str, metadata: Mapping[str, str],
                              path: str = "<state dict>") -> ZImageConfig:
     return z_image_config(shapes, p, metadata, path, diffusers=True)
+
+
+# FLUX.2: (BFL's single file / ComfyUI, diffusers' Flux2Transformer2DModel)
+_FLUX2_KEYS = {
+    "in": ("img_in.weight", "x_embedder.weight"), "txt": ("txt_in.weight", "context_embedder.weight"),
+    "head": ("double_blocks.0.img_attn.norm.query_norm.scale", "transformer_blocks.0.attn.norm_q.weight"),
+    "mlp": ("double_blocks.0.img_mlp.2.weight", "transformer_blocks.0.ff.linear_out.weight"),
+    "double": ("double_blocks.", "transformer_blocks."), "single": ("single_blocks.", "single_transformer_blocks."),
+    "guidance": ("guidance_in.in_layer.weight", "time_guidance_embed.guidance_embedder.linear_1.weight"),
+}
+# the key only FLUX.2 has (ComfyUI's and diffusers' telltale), per layout
+FLUX2_MARK = ("double_stream_modulation_img.lin.weight", "double_stream_modulation_img.linear.weight")
+
+
+def flux2_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str = "<state dict>",
+                 diffusers: bool = False) -> Flux2Config:
+    """FLUX.2 under prefix `p`, in BFL's layout or (`diffusers`) Flux2Transformer2DModel's. The head
+    width is the q norm's; the RoPE split is four equal axes unless metadata says otherwise."""
+    k = {name: p + keys[diffusers] for name, keys in _FLUX2_KEYS.items()}
+    try:
+        width, in_ch = shapes[k["in"]]
+        head_dim = shapes[k["head"]][0]
+        axes = tuple(int(v) for v in metadata.get(META_F2_AXES, ",".join([str(head_dim // 4)] * 4)).split(","))
+        if sum(axes) != head_dim:
+            raise CheckpointError(path, f"FLUX.2 RoPE axes {axes} do not add up to the head width {head_dim}")
+        return Flux2Config(in_channels=in_ch, hidden_size=width, num_heads=width // head_dim,
+                           depth=count(shapes, k["double"]), depth_single_blocks=count(shapes, k["single"]),
+                           mlp_ratio=shapes[k["mlp"]][1] / width, context_in_dim=shapes[k["txt"]][1],
+                           axes_dim=axes, guidance_embed=k["guidance"] in shapes)
+    except KeyError as e:
+        what = "diffusers FLUX.2 transformer" if diffusers else "FLUX.2 network"
+        raise CheckpointError(path, f"an incomplete {what}: no {e.args[0]}") from None
+
+
+flux2_config_diffusers = partial(flux2_config, diffusers=True)

@@ -122,12 +122,24 @@ def vae_config(j: dict) -> C.VAEConfig:
     quant = j.get("use_quant_conv", True)  # SD3's and Flux's 16-channel VAEs have none
     if j.get("use_post_quant_conv", True) != quant:
         raise ValueError("use_quant_conv and use_post_quant_conv differ: not supported")
+    if j.get("decoder_block_out_channels") not in (None, channels):
+        raise ValueError("decoder_block_out_channels differ from block_out_channels: not supported")
     return C.VAEConfig(
         in_channels=j.get("in_channels", 3), out_ch=j.get("out_channels", 3), ch=channels[0],
         ch_mult=tuple(c // channels[0] for c in channels), num_res_blocks=j.get("layers_per_block", 2),
         z_channels=j.get("latent_channels", 4), embed_dim=j.get("latent_channels", 4),
-        scaling_factor=float(j.get("scaling_factor", 0.18215)), shift_factor=float(j.get("shift_factor") or 0.0),
-        use_quant_conv=bool(quant), **_latent_stats(j))
+        # AutoencoderKLFlux2 has no scaling_factor: its latent is normalised by its statistics
+        scaling_factor=float(j.get("scaling_factor", 1.0 if _flux2_batch_norm(j) else 0.18215)), shift_factor=float(j.get("shift_factor") or 0.0),
+        use_quant_conv=bool(quant), **_latent_stats(j), **_flux2_batch_norm(j))
+
+
+def _flux2_batch_norm(j: dict) -> dict:
+    """AutoencoderKLFlux2's latent statistics over 2x2 patches (FLUX.2); {} for other VAEs."""
+    if j.get("_class_name") != "AutoencoderKLFlux2" and "batch_norm_eps" not in j:
+        return {}
+    if list(j.get("patch_size", (2, 2))) != [2, 2]:
+        raise ValueError(f"patch_size = {j['patch_size']!r}: only (2, 2) is supported (as in FLUX.2)")
+    return dict(latent_batch_norm=True, batch_norm_eps=float(j.get("batch_norm_eps", 1e-4)))
 
 
 def _latent_stats(j: dict) -> dict:

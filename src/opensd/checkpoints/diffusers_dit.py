@@ -1,4 +1,5 @@
-"""diffusers folders of the DiT families (StableDiffusion3Pipeline, FluxPipeline, ChromaPipeline, ZImagePipeline)
+"""diffusers folders of the DiT families (StableDiffusion3Pipeline, FluxPipeline, ChromaPipeline, ZImagePipeline,
+Flux2KleinPipeline)
 as ONE state dict in the single files' layout (detect_dit.py's prefixes), plus the metadata no shape shows.
 
 transformer/ is renamed by keymap_mmdit / keymap_flux (Flux's and Chroma's) / keymap_z_image, vae/ by keymap_vae, the
@@ -20,6 +21,7 @@ from .diffusers_folder import _WEIGHT_NAMES, refuse_links_out
 from .files import read_state_dict
 from .keymap_clip import clip_from_transformers
 from .keymap_flux import flux_from_diffusers
+from .keymap_flux2 import flux2_from_diffusers
 from .keymap_mmdit import mmdit_from_diffusers
 from .keymap_qwen3 import qwen3_state_dict
 from .keymap_t5 import t5_state_dict
@@ -32,7 +34,8 @@ SD3_PARTS = {"transformer": "sd3", "vae": "vae", "text_encoder": "clip_l", "text
 FLUX_PARTS = {"transformer": "flux", "vae": "vae", "text_encoder": "clip_l", "text_encoder_2": "t5"}
 CHROMA_PARTS = {"transformer": "chroma", "vae": "vae", "text_encoder": "t5"}
 Z_IMAGE_PARTS = {"transformer": "z_image", "vae": "vae", "text_encoder": "qwen3"}
-_NETWORKS = ("sd3", "flux", "chroma", "z_image")
+FLUX2_PARTS = {"transformer": "flux2", "vae": "vae", "text_encoder": "qwen3"}
+_NETWORKS = ("sd3", "flux", "chroma", "z_image", "flux2")
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -95,6 +98,10 @@ def _component(folder: Path, kind: str, j: dict, metadata: dict[str, str]) -> di
         metadata[DD.META_Z_AXES] = ",".join(str(a) for a in j.get("axes_dims", (32, 48, 48)))
         cfg = DD.z_image_config_diffusers(shapes, "", metadata, str(folder))
         return {DD.NET + k: v for k, v in z_image_from_diffusers(sd, cfg, lazy=True).items()}
+    if kind == "flux2":
+        metadata[DD.META_F2_AXES] = ",".join(str(a) for a in j.get("axes_dims_rope", (32, 32, 32, 32)))
+        cfg = DD.flux2_config_diffusers(shapes, "", metadata, str(folder))
+        return {DD.NET + k: v for k, v in flux2_from_diffusers(sd, cfg, lazy=True).items()}
     if kind == "qwen3":  # transformers' Qwen3 naming is the single file's
         return {DD.QWEN3 + k: v for k, v in qwen3_state_dict(sd).items()}
     if kind in _NETWORKS:

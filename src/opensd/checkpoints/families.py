@@ -10,11 +10,11 @@ from typing import Mapping
 
 Shapes = Mapping[str, tuple[int, ...]]
 
-SUPPORTED = ("opensd runs Stable Diffusion 1.x, 2.x, SDXL, SD3/SD3.5, Flux.1, Chroma and Z-Image models and its own "
-             "small ones")
+SUPPORTED = ("opensd runs Stable Diffusion 1.x, 2.x, SDXL, SD3/SD3.5, Flux.1, FLUX.2 [klein], Chroma and Z-Image models "
+             "and its own small ones")
 # Families of _FAMILIES that opensd runs (families/ detects their files first): named when a file of
 # theirs reaches code for the UNet families only.
-DIT_FAMILIES = ("Stable Diffusion 3", "Flux.1", "Chroma", "Z-Image")
+DIT_FAMILIES = ("Stable Diffusion 3", "Flux.1", "Flux.2", "Chroma", "Z-Image")
 
 # Prefixes the same network's keys carry in different files (original release, ComfyUI's full
 # checkpoints, diffusers' transformer files, training wrappers).
@@ -27,6 +27,7 @@ _FAMILIES: tuple[tuple[str, tuple], ...] = (
     ("Stable Diffusion 3", ("joint_blocks.0.context_block.attn.qkv.weight",)),
     ("Stable Diffusion 3", ("transformer_blocks.0.attn.add_q_proj.weight", "pos_embed.proj.weight")),
     ("Flux.2", ("double_stream_modulation_img.lin.weight",)),
+    ("Flux.2", ("double_stream_modulation_img.linear.weight",)),
     ("Chroma Radiance", ("*distilled_guidance_layer.", "*nerf_")),  # pixel space, no VAE
     ("Chroma", ("*distilled_guidance_layer.",)),
     ("Flux.1", ("double_blocks.0.img_attn.norm.key_norm.scale", "img_in.weight")),
@@ -54,7 +55,7 @@ _FAMILIES: tuple[tuple[str, tuple], ...] = (
 
 # diffusers pipeline class names (model_index.json's _class_name) of families we do not run, by prefix.
 _PIPELINES = {
-    "Flux2": "Flux.2", "Flux": "Flux.1 Redux/Control", "FluxKontextInpaint": "Flux.1 Kontext inpainting",
+    "Flux2Pipeline": "FLUX.2 [dev]", "Flux": "Flux.1 Redux/Control", "FluxKontextInpaint": "Flux.1 Kontext inpainting",
     "ChromaRadiance": "Chroma Radiance",
     "PixArt": "PixArt", "Sana": "Sana", "StableCascade": "Stable Cascade", "Wuerstchen": "Würstchen",
     "AuraFlow": "AuraFlow", "HunyuanDiT": "Hunyuan-DiT", "HunyuanVideo": "HunyuanVideo", "Kolors": "Kolors",

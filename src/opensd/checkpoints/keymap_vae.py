@@ -9,11 +9,17 @@ hand-listed per key. Differences between the two layouts:
   * diffusers' attention projections are Linear [C, C], LDM's are 1x1 Conv2d [C, C, 1, 1].
 Assumes ch_mult[0] == 1 (true for every SD VAE): diffusers ties conv_in's width to the first
 level's, LDM to `ch`.
+
+FLUX.2's VAE adds `bn.running_mean` / `bn.running_var` (same names in both layouts; BatchNorm2d's
+`bn.num_batches_tracked` counter is dropped on reading). Black Forest Labs' single file keeps the
+quant convs inside the encoder and decoder (`encoder.quant_conv.*`, `decoder.post_quant_conv.*`);
+`fix_ldm_vae_keys` moves them to the top level, where ComfyUI-saved files and ours have them.
 """
 from __future__ import annotations
 
 import re
 
+import torch
 from torch import Tensor
 
 from opensd.models.config import VAEConfig
@@ -78,7 +84,13 @@ def _key_pairs(cfg: VAEConfig) -> list[tuple[str, str, bool]]:
         is_attn_proj = ".mid.attn_1." in ours and ours.rsplit(".", 1)[1] in _ATTN_LINEAR
         out.append((f"{ours}.weight", f"{theirs}.weight", is_attn_proj))
         out.append((f"{ours}.bias", f"{theirs}.bias", False))
+    out += [(k, k, False) for k in _BN_STATS] if cfg.latent_batch_norm else []
     return out
+
+
+_BN_STATS = ("bn.running_mean", "bn.running_var")
+_BN_COUNTER = "bn.num_batches_tracked"  # BatchNorm2d's training counter: not used, not kept
+_BFL_QUANT = {"encoder.quant_conv.": "quant_conv.", "decoder.post_quant_conv.": "post_quant_conv."}
 
 
 def _raise_unknown(unknown: list[str], source: str) -> None:
@@ -103,7 +115,8 @@ def vae_from_diffusers(sd: dict[str, Tensor], cfg: VAEConfig) -> dict[str, Tenso
     out, unknown = {}, []
     for k, v in sd.items():
         if k not in table:
-            unknown.append(k)
+            if k != _BN_COUNTER or not cfg.latent_batch_norm:
+                unknown.append(k)
             continue
         ours, attn = table[k]
         out[ours] = v[:, :, None, None] if attn and v.ndim == 2 else v  # views, no copies
@@ -122,6 +135,8 @@ def vae_to_diffusers(sd: dict[str, Tensor], cfg: VAEConfig) -> dict[str, Tensor]
         theirs, attn = table[k]
         out[theirs] = v[:, :, 0, 0] if attn and v.ndim == 4 else v
     _raise_unknown(unknown, "LDM")
+    if cfg.latent_batch_norm:  # diffusers' BatchNorm2d expects its counter
+        out[_BN_COUNTER] = torch.zeros((), dtype=torch.long)
     return out
 
 
@@ -139,4 +154,17 @@ def fix_ldm_vae_shapes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     for k, v in sd.items():
         if v.ndim in (2, 3) and _LDM_ATTN_WEIGHT.search(k):
             out[k] = v.reshape(v.shape[0], v.shape[1], 1, 1)
+    return out
+
+
+def fix_ldm_vae_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A VAE state dict (no `first_stage_model.` prefix) with FLUX.2's single-file names made ours:
+    the quant convs Black Forest Labs' file keeps inside the encoder/decoder moved to the top level,
+    BatchNorm2d's `bn.num_batches_tracked` dropped. Other keys pass untouched; returns a new dict."""
+    out = {}
+    for k, v in sd.items():
+        if k == _BN_COUNTER:
+            continue
+        old = next((o for o in _BFL_QUANT if k.startswith(o)), None)
+        out[_BFL_QUANT[old] + k[len(old):] if old else k] = v
     return out

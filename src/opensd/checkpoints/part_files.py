@@ -3,7 +3,8 @@ models folder it sits in, the way ComfyUI and Forge users keep them: text_encode
 text_encoder/) holding clip_l, clip_g, t5xxl and qwen_3_4b files, vae/ (or VAE/) holding the VAE.
 
 Files are told apart by their safetensors headers (no weights read): a T5 encoder by its blocks, a
-CLIP by its width (768: CLIP-L, 1280: CLIP-G), a 16-channel VAE by its latent convolution. Where a
+CLIP by its width (768: CLIP-L, 1280: CLIP-G), a 16-channel VAE by its latent convolution (FLUX.2's
+32-channel VAE, with its latent statistics, is a part of its own: "flux2_vae"). Where a
 folder holds several candidates, the usual file names win (clip_l, clip_g, t5xxl_fp16 before
 t5xxl_fp8, ae for Flux's VAE), then the first by name.
 """
@@ -14,13 +15,14 @@ from pathlib import Path
 from ..errors import CheckpointError
 from ..stamp_cache import by_stamp
 from .files import read_safetensors_header
-from .keymap_qwen3 import is_qwen3
+from .keymap_qwen3 import is_qwen3, qwen3_config
 
 ENCODER_FOLDERS = ("text_encoders", "clip", "text_encoder")
 VAE_FOLDERS = ("vae", "VAE")
+VAE_PARTS = ("vae", "flux2_vae")  # the part kinds that are a model's VAE
 _PREFERRED = {"clip_l": ("clip_l",), "clip_g": ("clip_g",), "t5xxl": ("t5xxl_fp16", "t5xxl"),
               "qwen3": ("qwen_3_4b", "qwen3_4b", "qwen"),
-              "vae": ("ae", "sd3", "flux")}
+              "vae": ("ae", "sd3", "flux"), "flux2_vae": ("flux2", "ae")}
 
 
 def _folders(model: Path, names: tuple[str, ...]) -> list[Path]:
@@ -33,7 +35,8 @@ def _folders(model: Path, names: tuple[str, ...]) -> list[Path]:
 
 def _read_kind(path: Path) -> tuple[str, int] | None:
     """("t5xxl", 0), ("clip", width), ("qwen3", 0) (a Qwen3 decoder: q/k norms, Z-Image's encoder) or
-    ("vae", 0) (16 latent channels) from a safetensors header."""
+    ("vae", 0) (16 latent channels) or ("flux2_vae", 0) (FLUX.2's: 32 channels and latent statistics)
+    from a safetensors header."""
     try:
         entries, _ = read_safetensors_header(path)
     except (CheckpointError, OSError):
@@ -42,11 +45,16 @@ def _read_kind(path: Path) -> tuple[str, int] | None:
     if any(k.startswith(("encoder.block.", "shared.")) for k in shapes):
         return "t5xxl", 0
     if is_qwen3(shapes):
-        return "qwen3", 0
+        try:
+            return "qwen3", qwen3_config(shapes).hidden_size
+        except CheckpointError:
+            return "qwen3", 0
     emb = shapes.get("text_model.embeddings.token_embedding.weight")
     if emb is not None:
         return "clip", emb[1]
     conv = shapes.get("encoder.conv_out.weight") or shapes.get("first_stage_model.encoder.conv_out.weight")
+    if conv is not None and conv[0] == 64 and any(k.endswith("bn.running_mean") for k in shapes):
+        return "flux2_vae", 0
     return ("vae", 0) if conv is not None and conv[0] == 32 else None
 
 
@@ -63,6 +71,8 @@ def find_parts(model: Path, wanted: list[str]) -> dict[str, Path]:
             if name == "clip":
                 name = _CLIP_WIDTHS.get(width) or next((n for n in ("clip_l", "clip_g")
                                                         if path.stem.lower().startswith(n)), None)
+            if name == "qwen3" and f"qwen3:{width}" in wanted:  # a Qwen3 of the width asked for (FLUX.2)
+                name = f"qwen3:{width}"
             if name in wanted:
                 found.setdefault(name, []).append(path)
     return {name: _best(name, paths) for name, paths in found.items()}
@@ -73,7 +83,7 @@ _CLIP_WIDTHS = {768: "clip_l", 1280: "clip_g"}
 
 
 def _best(kind: str, paths: list[Path]) -> Path:
-    for name in _PREFERRED[kind]:
+    for name in _PREFERRED.get(kind, ()):
         match = [p for p in paths if p.stem.lower().startswith(name)]
         if match:
             return match[0]

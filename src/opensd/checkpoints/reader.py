@@ -12,7 +12,7 @@ from ..models import config as C
 from . import detect as D
 from .diffusers_folder import is_diffusers_folder, read_diffusers_folder
 from .files import read_metadata, read_state_dict
-from .keymap_vae import fix_ldm_vae_shapes
+from .keymap_vae import fix_ldm_vae_keys, fix_ldm_vae_shapes
 from .markers import marker_metadata
 
 
@@ -33,8 +33,9 @@ def read_checkpoint(path, prediction: C.Prediction | None = None
 
 
 def fix_vae(sd: dict[str, torch.Tensor], strip: bool = False) -> dict[str, torch.Tensor]:
-    """Old LDM VAE attention weights as 1x1 convs; with `strip`, only the VAE without its prefix."""
-    vae = fix_ldm_vae_shapes({k[len(D.VAE):]: v for k, v in sd.items() if k.startswith(D.VAE)})
+    """Old LDM VAE attention weights as 1x1 convs, FLUX.2's single-file names as ours; with `strip`,
+    only the VAE without its prefix."""
+    vae = fix_ldm_vae_shapes(fix_ldm_vae_keys({k[len(D.VAE):]: v for k, v in sd.items() if k.startswith(D.VAE)}))
     if strip:
         return vae
     rest = {k: v for k, v in sd.items() if not k.startswith(D.VAE)}

@@ -164,7 +164,7 @@ class Family:
 
     # --- sampling and text --------------------------------------------------------------------
 
-    def sampling(self, pipe, width: int, height: int, shift: float | None = None) -> Any:
+    def sampling(self, pipe, width: int, height: int, shift: float | None = None, steps: int | None = None) -> Any:
         raise NotImplementedError
 
     def conditioner(self, pipe, clip_skip: int | None, **text) -> Any:

@@ -83,7 +83,7 @@ class ChromaFamily(DiTFamily):
 
         return call
 
-    def sampling(self, pipe, width, height, shift=None) -> FlowSampling:
+    def sampling(self, pipe, width, height, shift=None, steps=None) -> FlowSampling:
         return size_shifted(pipe, width, height, shift)
 
     def conditioner(self, pipe, clip_skip, **text):

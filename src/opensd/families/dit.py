@@ -52,12 +52,18 @@ class DiTFamily(Family):
             return "diffusers", p
         return None
 
-    def detect(self, shapes, metadata, path, prediction=None):
+    def network_of(self, shapes, metadata, path: str = "<state dict>"):
+        """The network config of a state dict in one of this family's layouts, or None."""
         found = self.layout(shapes)
         if found is None:
             return None
         kind, p = found
-        net = (self.network_config if kind == "original" else self.network_config_diffusers)(shapes, p, metadata, path)
+        return (self.network_config if kind == "original" else self.network_config_diffusers)(shapes, p, metadata, path)
+
+    def detect(self, shapes, metadata, path, prediction=None):
+        net = self.network_of(shapes, metadata, path)
+        if net is None:
+            return None
         vae = self.default_vae
         if D.VAE + "encoder.conv_in.weight" in shapes:
             shape = D.infer_vae(shapes, D.VAE, path)
@@ -66,8 +72,7 @@ class DiTFamily(Family):
             vae = replace(vae, scaling_factor=float(metadata[D.META_SCALING]))
         encoders = {name: self.encoder_config(name, shapes, path) for name in (*self.clip_names, "t5xxl")
                     if _has_encoder(shapes, name)}
-        resolution = int(str(metadata.get(D.META_RESOLUTION, "1024")).lower().split("x")[0])
-        return self.make_config(net, vae, encoders, resolution)
+        return self.make_config(net, vae, encoders, resolution_of(metadata))
 
     def canonical(self, sd: dict[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
         kind, p = self.layout({k: tuple(v.shape) for k, v in sd.items()})
@@ -179,6 +184,11 @@ class DiTFamily(Family):
 
     # family specifics: network_config(_diffusers), from_diffusers, make_config, build, net_fn,
     # sampling, pooled_width, context_width
+
+
+def resolution_of(metadata) -> int:
+    """The training side a file's metadata states (1024 without one)."""
+    return int(str(metadata.get(D.META_RESOLUTION, "1024")).lower().split("x")[0])
 
 
 def compute_dtype(network: nn.Module) -> torch.dtype:

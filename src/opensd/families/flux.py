@@ -70,7 +70,7 @@ class FluxFamily(DiTFamily):
     network_config_diffusers = staticmethod(DD.flux_config_diffusers)
 
     def detect(self, shapes, metadata, path, prediction=None):
-        if unsupported_family(shapes) or known_family(shapes) == "Chroma":  # Flux-like keys, other models
+        if unsupported_family(shapes) or known_family(shapes) in ("Chroma", "Flux.2"):  # Flux-like keys, other models
             return None
         cfg = super().detect(shapes, metadata, path, prediction)
         if cfg is not None and cfg.flux.in_channels not in (cfg.flux.out_channels, FILL_INPUTS * cfg.flux.out_channels):
@@ -126,7 +126,7 @@ class FluxFamily(DiTFamily):
         channels (row by row), which the 2x2 packing turns into img_in's 64 + 256 extra features."""
         return torch.cat([latent, F.pixel_unshuffle(mask, mask.shape[-1] // latent.shape[-1]).to(latent)], dim=1)
 
-    def sampling(self, pipe, width, height, shift=None) -> FlowSampling:
+    def sampling(self, pipe, width, height, shift=None, steps=None) -> FlowSampling:
         """dev: mu from the image size (BFL, diffusers), ComfyUI's 1.15 without one; schnell: no
         shift. `shift` gives mu itself (ModelSamplingFlux's shift, Forge's Flux shift)."""
         if shift is None and not pipe.config.flux.guidance_embed:

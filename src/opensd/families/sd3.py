@@ -52,7 +52,7 @@ class SD3Family(DiTFamily):
 
         return call
 
-    def sampling(self, pipe, width, height, shift=None) -> FlowSampling:
+    def sampling(self, pipe, width, height, shift=None, steps=None) -> FlowSampling:
         return FlowSampling.sd3(pipe.config.shift if shift is None else shift)
 
     def pooled_width(self, cfg: SD3ModelConfig) -> int:

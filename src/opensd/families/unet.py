@@ -68,7 +68,7 @@ class UNetFamily(Family):
     def running(self, model: StableDiffusion):
         return reuse_context_kv(model.unet)
 
-    def sampling(self, pipe, width, height, shift=None) -> ModelSampling:
+    def sampling(self, pipe, width, height, shift=None, steps=None) -> ModelSampling:
         cfg = pipe.config
         if cfg.edm is not None:  # CosXL: continuous sigmas in EDM's time, as ModelSamplingContinuousEDM
             return continuous_sampling("edm", cfg.prediction, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.edm.sigma_data)

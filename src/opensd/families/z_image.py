@@ -16,38 +16,29 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-import torch
-from torch import nn
 
 from ..checkpoints import detect as D
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import Z_IMAGE_PARTS
-from ..checkpoints.families import what_else
-from ..checkpoints.files import read_state_dict
-from ..checkpoints.keymap_qwen3 import is_qwen3, qwen3_config, qwen3_state_dict
 from ..checkpoints.keymap_z_image import UNUSED_KEYS, z_image_from_diffusers, z_image_rows
-from ..checkpoints.qwen_vocab import load_qwen_tokenizer
 from ..errors import CheckpointError
 from ..models.config_dit import FLUX_VAE, Z_IMAGE, ZImageModelConfig
 from ..models.dit_models import ZImageModel
 from ..sampling.flow import FlowSampling
 from .chroma import text_mask
-from .dit import DiTFamily, compute_dtype
+from .dit import compute_dtype
+from .qwen_dit import QwenDiTFamily, has_qwen3
 from .z_image_prompts import ZImageConditioner
 
 ENCODER = "Qwen3-4B text encoder (text_encoders/qwen_3_4b.safetensors)"
 
 
-def _has_qwen3(shapes) -> bool:
-    return DD.QWEN3 + "model.embed_tokens.weight" in shapes
-
-
-class ZImageFamily(DiTFamily):
+class ZImageFamily(QwenDiTFamily):
     name = "z_image"
     label = "Z-Image"
     members = ("z_image",)
-    clip_names = ()
-    required = ("vae", "qwen3")
+    encoder_label = "the " + ENCODER
+    unused_keys = UNUSED_KEYS
     telltale = "layers.0.adaLN_modulation.0.weight"  # both layouts; Lumina 2's first adaLN layer is a SiLU
     folder_parts = Z_IMAGE_PARTS
     pipeline_prefix = ("ZImagePipeline", "ZImageImg2ImgPipeline")
@@ -77,7 +68,7 @@ class ZImageFamily(DiTFamily):
             return None
         if DD.META_SHIFT in metadata:
             cfg = replace(cfg, shift=float(metadata[DD.META_SHIFT]))
-        return replace(cfg, qwen3=self.encoder_config("qwen3", shapes, path)) if _has_qwen3(shapes) else cfg
+        return replace(cfg, qwen3=self.encoder_config("qwen3", shapes, path)) if has_qwen3(shapes) else cfg
 
     def read_folder(self, path, index):
         """A ZImagePipeline folder; its scheduler config's shift (Turbo's 3.0) becomes the model's."""
@@ -92,49 +83,20 @@ class ZImageFamily(DiTFamily):
             pass  # no scheduler config: the released 3.0
         return sd, metadata
 
+    def from_diffusers(self, net, cfg):
+        return z_image_from_diffusers(net, cfg.z_image, lazy=True)
+
     def make_config(self, net, vae, encoders, resolution) -> ZImageModelConfig:
         return ZImageModelConfig(net, vae, encoders.get("qwen3"), resolution=resolution)
 
-    def encoder_config(self, name, shapes, path):
-        return qwen3_config(shapes, DD.QWEN3, path)
-
-    def canonical(self, sd, cfg):
-        kind, p = self.layout({k: tuple(v.shape) for k, v in sd.items()})
-        outside = (D.VAE, DD.TEXT)
-        net = {k[len(p):]: v for k, v in sd.items() if k.startswith(p) and not k.startswith(outside)}
-        for key in UNUSED_KEYS:
-            net.pop(key, None)
-        if kind == "diffusers":
-            net = z_image_from_diffusers(net, cfg.z_image, lazy=True)
-        out = {k: v for k, v in sd.items() if k.startswith(outside)}
-        out.update({DD.NET + k: v for k, v in net.items()})
-        return out
-
-    def encoder_tensors(self, files):
-        """The Qwen3-4B text encoder from its own file (ComfyUI's text_encoders/qwen_3_4b.safetensors,
-        transformers' Qwen3 weights: the same `model.*` keys, an unused lm_head left out; or a llama.cpp
-        GGUF, renamed by keymap_qwen3)."""
-        if len(files) > 1:
-            raise CheckpointError(files[1], f"{len(files)} text encoders given; a Z-Image model takes one, "
-                                            "the Qwen3-4B text encoder")
-        sd = read_state_dict(files[0], keep_quantized=True)  # a GGUF's blocks stay stored (keeps_stored)
-        shapes = {k: tuple(v.shape) for k, v in sd.items()}
-        if not is_qwen3(shapes):
-            raise CheckpointError(files[0], f"not a Qwen3 text encoder (a Z-Image model takes the {ENCODER}): "
-                                  + what_else(shapes, D.UNET))
-        return {DD.QWEN3 + k: v for k, v in qwen3_state_dict(sd).items()}
-
     def missing_parts(self, shapes):
         vae = [] if D.VAE + "encoder.conv_in.weight" in shapes else ["vae"]
-        return vae + ([] if _has_qwen3(shapes) else ["qwen3"])
-
-    def present_encoders(self, shapes):
-        return ["qwen3"] if _has_qwen3(shapes) else []
+        return vae + ([] if has_qwen3(shapes) else ["qwen3"])
 
     def check_complete(self, cfg, shapes, path):
         missing = [what for what, here in (("VAE (--vae; Flux's ae.safetensors in vae/)",
                                             D.VAE + "encoder.conv_in.weight" in shapes),
-                                           (ENCODER + " (--text-encoder)", _has_qwen3(shapes))) if not here]
+                                           (ENCODER + " (--text-encoder)", has_qwen3(shapes))) if not here]
         if missing:
             raise CheckpointError(path, f"this Z-Image file has no {' and no '.join(missing)}; pass the separate "
                                         "files or keep them in the models folder's vae/ and text_encoders/")
@@ -142,10 +104,6 @@ class ZImageFamily(DiTFamily):
         if width != cfg.z_image.cap_feat_dim:
             raise CheckpointError(path, f"the text encoder is {width} wide; this Z-Image network takes "
                                         f"{cfg.z_image.cap_feat_dim}-wide features (Qwen3-4B: 2560)")
-
-    def finish(self, loaded, explicit_prediction) -> None:
-        if loaded.config.qwen3 is not None:
-            loaded.tokenizers["qwen"] = load_qwen_tokenizer(loaded.path, *loaded.part_paths)
 
     def build(self, cfg: ZImageModelConfig) -> ZImageModel:
         return ZImageModel(cfg)
@@ -162,7 +120,7 @@ class ZImageFamily(DiTFamily):
 
         return call
 
-    def sampling(self, pipe, width, height, shift=None) -> FlowSampling:
+    def sampling(self, pipe, width, height, shift=None, steps=None) -> FlowSampling:
         return FlowSampling.aura_flow(pipe.config.shift if shift is None else shift)
 
     def conditioner(self, pipe, clip_skip, **text):
@@ -170,22 +128,6 @@ class ZImageFamily(DiTFamily):
 
     def key_rows(self, cfg: ZImageModelConfig):
         return z_image_rows(cfg.z_image)
-
-    def lora_modules(self, model: nn.Module) -> list:
-        """The network's Linears under kohya's, ComfyUI's (diffusion_model. + the released path) and
-        PEFT's (transformer. + diffusers' path; to_q/to_k/to_v as rows of the fused qkv) names, and
-        diffusers' paths under diffusion_model. as ai-toolkit writes them. No text-encoder LoRAs."""
-        modules = super().lora_modules(model)
-        names = {n for m in modules for n in (m.kohya, m.peft, *m.aliases)}
-        for m in modules:
-            alias = "diffusion_model." + m.peft[len("transformer."):]
-            if m.peft.startswith("transformer.") and alias not in names:
-                m.aliases.append(alias)
-                names.add(alias)
-        return modules
-
-    def pooled_width(self, cfg: ZImageModelConfig) -> int:
-        return 0
 
     def context_width(self, cfg: ZImageModelConfig) -> int:
         return cfg.z_image.cap_feat_dim

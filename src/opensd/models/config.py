@@ -66,6 +66,10 @@ class VAEConfig:
     # Per-channel statistics the latent is normalised with before scaling (Playground v2.5); () = none.
     latents_mean: tuple[float, ...] = ()
     latents_std: tuple[float, ...] = ()
+    # FLUX.2's VAE: a `bn` of running statistics over the 2x2-patchified latent (4 * z_channels
+    # channels), which the family applies (models/flux2_latents.py); batch_norm_eps is its eps.
+    latent_batch_norm: bool = False
+    batch_norm_eps: float = 1e-4
 
     @property
     def downscale(self) -> int:

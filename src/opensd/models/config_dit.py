@@ -52,8 +52,20 @@ class MMDiTConfig:
         return self.num_heads * self.head_dim
 
 
+class _Widths:
+    """Head and MLP widths of the Flux-like configs (hidden_size, num_heads, mlp_ratio)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+
 @dataclass(frozen=True)
-class FluxConfig:
+class FluxConfig(_Widths):
     in_channels: int = 64  # 16 latent channels packed as 2x2 patches
     out_channels: int = 64
     vec_in_dim: int = 768  # pooled CLIP-L
@@ -71,14 +83,6 @@ class FluxConfig:
     # Whether each block computes its own adaLN modulation from the conditioning vector (Flux);
     # Chroma's get theirs from one approximator.
     modulated = True
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def mlp_hidden(self) -> int:
-        return int(self.hidden_size * self.mlp_ratio)
 
     @property
     def latent_channels(self) -> int:
@@ -129,6 +133,28 @@ class ZImageConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels
+
+
+@dataclass(frozen=True)
+class Flux2Config(_Widths):
+    """FLUX.2 ([klein] 4B/9B, [dev]): Flux.1's double- then single-stream layout with no biases,
+    SwiGLU MLPs, one modulation per block kind shared by all blocks, and 4-axis RoPE (time, row,
+    column, sequence). The latent arrives already patchified (128 = 32 VAE channels x 2x2), so a
+    token is one latent cell. Field names follow BFL's/ComfyUI's."""
+    in_channels: int = 128
+    hidden_size: int = 3072
+    num_heads: int = 24
+    depth: int = 5  # double-stream blocks
+    depth_single_blocks: int = 20
+    mlp_ratio: float = 3.0
+    context_in_dim: int = 7680  # three hidden states of the text encoder, side by side
+    axes_dim: tuple[int, ...] = (32, 32, 32, 32)
+    theta: int = 2000
+    guidance_embed: bool = False  # [dev]: a distilled guidance input; [klein]: none
 
     @property
     def out_channels(self) -> int:
@@ -230,6 +256,55 @@ class ZImageModelConfig(_DiTModel):
     text_encoders = ()
 
 
+@dataclass(frozen=True)
+class PatchedLatentConfig:
+    """FLUX.2's latent as the pipeline sees it: the VAE's (`file`, 32 channels at 1/8) folded into
+    2x2 patches and normalised by the statistics in the VAE's weights, 128 channels at 1/16. The
+    whole model's `vae` (dit_models.Flux2Model) encodes to and decodes from this latent itself, so
+    scaling here is the identity."""
+    file: VAEConfig
+    scaling_factor = 1.0
+    shift_factor = 0.0
+    latents_mean = ()
+
+    @property
+    def downscale(self) -> int:
+        return 2 * self.file.downscale
+
+    @property
+    def embed_dim(self) -> int:
+        return 4 * self.file.embed_dim
+
+    def scaled(self, z):
+        return z
+
+    def unscaled(self, z):
+        return z
+
+
+@dataclass(frozen=True)
+class Flux2ModelConfig(_DiTModel):
+    """A whole FLUX.2 model: its DiT, the 32-channel VAE (`vae`: the patched latent it gives) and
+    the Qwen3 text encoder of [klein] (`qwen3`: its config, None when the model comes without one).
+    The network takes no pooled text; each latent cell is one token."""
+    flux2: Flux2Config
+    vae: PatchedLatentConfig
+    qwen3: object | None = None
+    resolution: int = 1024
+    text_length: int = 512  # Qwen tokens per prompt (diffusers' max_sequence_length)
+    distilled: bool = True  # step-distilled (klein 4B/9B); False: the base models, run with CFG
+    family: str = "flux2"
+    text_encoders = ()
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae.downscale
+
+    @property
+    def distilled_guidance(self) -> bool:
+        return self.flux2.guidance_embed
+
+
 # --- The released models ------------------------------------------------------------------
 
 T5_XXL = T5Config()
@@ -243,6 +318,11 @@ FLUX_DEV = FluxConfig()
 FLUX_SCHNELL = FluxConfig(guidance_embed=False)
 CHROMA = ChromaConfig()  # Chroma1-HD, chroma-unlocked-v*: 19 double, 38 single blocks, 3072 wide
 Z_IMAGE = ZImageConfig()  # Z-Image-Turbo: 30 blocks 3840 wide, 30 heads of 128
+FLUX2_KLEIN_4B = Flux2Config()  # Qwen3-4B: 3 x 2560 context features
+FLUX2_KLEIN_9B = Flux2Config(hidden_size=4096, num_heads=32, depth=8, depth_single_blocks=24,
+                             context_in_dim=12288)  # Qwen3-8B: 3 x 4096
+FLUX2_DEV = Flux2Config(hidden_size=6144, num_heads=48, depth=8, depth_single_blocks=48,
+                        context_in_dim=15360, guidance_embed=True)  # Mistral Small 3.1: 3 x 5120
 
 # 16-channel VAEs: no quant convs, and latents are shifted as well as scaled:
 # model latent = (vae latent - shift_factor) * scaling_factor.
@@ -250,3 +330,7 @@ SD3_VAE = VAEConfig(z_channels=16, embed_dim=16, scaling_factor=1.5305, shift_fa
                     use_quant_conv=False)
 FLUX_VAE = VAEConfig(z_channels=16, embed_dim=16, scaling_factor=0.3611, shift_factor=0.1159,
                      use_quant_conv=False)
+# FLUX.2's VAE: 32 channels with quant convs, no scale or shift: its latent is normalised by the
+# statistics in the file instead (models/flux2_latents.py).
+FLUX2_VAE = VAEConfig(z_channels=32, embed_dim=32, scaling_factor=1.0, shift_factor=0.0,
+                      use_quant_conv=True, latent_batch_norm=True)

@@ -11,12 +11,14 @@ from torch import nn
 
 from .clip import HFEmbedder
 from .chroma import Chroma
-from .config_dit import ChromaModelConfig, FluxModelConfig, SD3ModelConfig, T5Config, ZImageModelConfig
+from .config_dit import ChromaModelConfig, Flux2ModelConfig, FluxModelConfig, SD3ModelConfig, T5Config, ZImageModelConfig
 from .flux import Flux
+from .flux2 import Flux2
 from .mmdit import MMDiT
 from .qwen3 import Qwen3Config, Qwen3TextEncoder
 from .stable_diffusion import DiffusionWrapper
 from .t5 import T5EncoderModel
+from .config import VAEConfig
 from .vae import AutoencoderKL
 from .z_image import ZImage
 
@@ -34,11 +36,11 @@ class T5Embedder(nn.Module):
 
 
 class _DiTModel(nn.Module):
-    def __init__(self, cfg, network: nn.Module, encoders: dict):
+    def __init__(self, cfg, network: nn.Module, encoders: dict, vae: VAEConfig | None = None):
         super().__init__()
         self.config = cfg
         self.model = DiffusionWrapper(network)
-        self.first_stage_model = AutoencoderKL(cfg.vae)
+        self.first_stage_model = AutoencoderKL(vae or cfg.vae)
         self.text_encoders = nn.ModuleDict({k: v for k, v in encoders.items() if v is not None})
 
     @property
@@ -78,6 +80,35 @@ class ZImageModel(_DiTModel):
 
     def __init__(self, cfg: ZImageModelConfig):
         super().__init__(cfg, ZImage(cfg.z_image), {"qwen3_4b": cfg.qwen3 and Qwen3Embedder(cfg.qwen3)})
+
+
+class PatchedVAE(nn.Module):
+    """FLUX.2's VAE as the pipeline uses it: encode gives, and decode takes, the patched and
+    normalised 128-channel latent (config_dit.PatchedLatentConfig), by the statistics in the VAE's
+    `bn` (models/flux2_latents.py)."""
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.inner = vae
+
+    def encode(self, x):
+        mean, logvar = self.inner.encode(x)
+        return self.inner.bn.normalize(mean), logvar
+
+    def decode(self, z):
+        return self.inner.decode(self.inner.bn.denormalize(z))
+
+
+class Flux2Model(_DiTModel):
+    """FLUX.2: the network, its 32-channel VAE and (klein) the Qwen3 text encoder under
+    `text_encoders.qwen3_4b` (our own prefix for Qwen3-4B and -8B alike; keys as the file's)."""
+
+    def __init__(self, cfg: Flux2ModelConfig):
+        super().__init__(cfg, Flux2(cfg.flux2), {"qwen3_4b": cfg.qwen3 and Qwen3Embedder(cfg.qwen3)}, cfg.vae.file)
+
+    @property
+    def vae(self) -> PatchedVAE:
+        return PatchedVAE(self.first_stage_model)
 
 
 class Qwen3Embedder(nn.Module):

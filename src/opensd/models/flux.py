@@ -25,7 +25,7 @@ from ..errors import InvalidArgument
 from .attention import attention
 from .config_dit import FluxConfig
 from .norms import FinalLayer, RMSNorm, layer_norm, modulate
-from .rope import apply_rope, rope_angles
+from .rope import apply_rope, check_axes, rope_angles
 from .unet import timestep_embedding
 
 FREQ_DIM = 256  # width of the sinusoidal time and guidance features
@@ -75,6 +75,17 @@ def rope_attention(q, k, v, pe: tuple[torch.Tensor, torch.Tensor], mask: torch.T
     return attention(q, k, v.flatten(2), heads, mask=mask)
 
 
+def joint_attention(img_attn, txt_attn, img: torch.Tensor, txt: torch.Tensor, pe, mask=None):
+    """A double-stream block's attention over normed image and text tokens, each projected by its own
+    attention's fused qkv and q/k norms, attending jointly (text first): (image out, text out),
+    before the output projections."""
+    img_q, img_k, img_v = split_heads(img_attn.qkv(img), img_attn.norm, img_attn.heads)
+    txt_q, txt_k, txt_v = split_heads(txt_attn.qkv(txt), txt_attn.norm, txt_attn.heads)
+    out = rope_attention(torch.cat((txt_q, img_q), 1), torch.cat((txt_k, img_k), 1),
+                         torch.cat((txt_v, img_v), 1), pe, mask)
+    return out[:, txt.shape[1]:], out[:, :txt.shape[1]]
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: FluxConfig):
         super().__init__()
@@ -102,15 +113,10 @@ class DoubleStreamBlock(nn.Module):
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor, vec, pe, mask=None) -> tuple[torch.Tensor, ...]:
         img_mod, txt_mod = (self.img_mod(vec), self.txt_mod(vec)) if self.img_mod is not None else vec
-        img_q, img_k, img_v = split_heads(self.img_attn.qkv(modulate(layer_norm(img), *img_mod[:2])),
-                                          self.img_attn.norm, self.img_attn.heads)
-        txt_q, txt_k, txt_v = split_heads(self.txt_attn.qkv(modulate(layer_norm(txt), *txt_mod[:2])),
-                                          self.txt_attn.norm, self.txt_attn.heads)
-        out = rope_attention(torch.cat((txt_q, img_q), 1), torch.cat((txt_k, img_k), 1),
-                             torch.cat((txt_v, img_v), 1), pe, mask)
-        n_txt = txt.shape[1]
-        img = self._residual(img, out[:, n_txt:], img_mod, self.img_attn, self.img_mlp)
-        txt = self._residual(txt, out[:, :n_txt], txt_mod, self.txt_attn, self.txt_mlp)
+        img_out, txt_out = joint_attention(self.img_attn, self.txt_attn, modulate(layer_norm(img), *img_mod[:2]),
+                                           modulate(layer_norm(txt), *txt_mod[:2]), pe, mask)
+        img = self._residual(img, img_out, img_mod, self.img_attn, self.img_mlp)
+        txt = self._residual(txt, txt_out, txt_mod, self.txt_attn, self.txt_mlp)
         return img, txt
 
     @staticmethod
@@ -234,8 +240,7 @@ def _residual_for(residuals: list[torch.Tensor], i: int, n_blocks: int, like: to
 class Flux(nn.Module):
     def __init__(self, cfg: FluxConfig):
         super().__init__()
-        if sum(cfg.axes_dim) != cfg.head_dim:
-            raise ValueError(f"Flux config: axes_dim {cfg.axes_dim} must sum to the head width {cfg.head_dim}")
+        check_axes(cfg.axes_dim, cfg.head_dim, "Flux")
         self.cfg = cfg
         dim = cfg.hidden_size
         add_inputs_and_blocks(self, cfg)

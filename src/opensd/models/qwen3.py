@@ -1,4 +1,5 @@
-"""Qwen3, the decoder-only language model whose hidden states condition Z-Image (Qwen3-4B).
+"""Qwen3, the decoder-only language model whose hidden states condition Z-Image (Qwen3-4B) and
+FLUX.2 [klein] (Qwen3-4B for klein 4B, Qwen3-8B for klein 9B).
 
 Only the part conditioning needs: token ids in, hidden states out; no language-model head, no
 generation, no key/value cache. Attribute names equal the keys of transformers' Qwen3 files
@@ -21,6 +22,7 @@ The architecture, as transformers' Qwen3Model runs it:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +45,12 @@ class Qwen3Config:
     head_dim: int = 128
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
+
+
+QWEN3_4B = Qwen3Config()
+# transformers' Qwen/Qwen3-8B config: 36 layers 4096 wide, 32 query and 8 key/value heads of 128,
+# feed-forward 12288, an untied language-model head (not kept here)
+QWEN3_8B = Qwen3Config(hidden_size=4096, intermediate_size=12288)
 
 
 def rope_cos_sin(length: int, head_dim: int, theta: float, device: torch.device,
@@ -173,8 +181,19 @@ class Qwen3TextEncoder(nn.Module):
         return list(self._states(input_ids, attention_mask, upto))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                layer: int = -2) -> torch.Tensor:
-        """The hidden state `layer` (see the class), (B, L, hidden_size); later layers do not run."""
-        for x in self._states(input_ids, attention_mask, layer):
-            pass
-        return x
+                layer: int | Sequence[int] = -2) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The hidden state `layer` (see the class), (B, L, hidden_size); or, for a sequence of
+        indices (FLUX.2 [klein] takes (9, 18, 27)), a tuple of those states in the order asked.
+        Layers past the last one asked for do not run."""
+        if isinstance(layer, int):
+            for x in self._states(input_ids, attention_mask, layer):
+                pass
+            return x
+        wanted = [self._index(i) for i in layer]
+        if not wanted:
+            raise IndexError("no hidden states asked for")
+        kept = {}
+        for i, x in enumerate(self._states(input_ids, attention_mask, max(wanted))):
+            if i in wanted:
+                kept[i] = x
+        return tuple(kept[i] for i in wanted)

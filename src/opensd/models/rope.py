@@ -27,3 +27,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     c, s = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
     return torch.stack([c * x0 - s * x1, s * x0 + c * x1], dim=-1).flatten(-2).to(x.dtype)
+
+
+def check_axes(axes_dim: tuple[int, ...], head_dim: int, what: str) -> None:
+    """A config's RoPE split must cover the head exactly."""
+    if sum(axes_dim) != head_dim:
+        raise ValueError(f"{what} config: axes_dim {axes_dim} must sum to the head width {head_dim}")

@@ -12,6 +12,7 @@ from torch import nn
 from opensd.models.attention import attention
 from opensd.models.config import VAEConfig
 from opensd.models.conv import Conv2d
+from opensd.models.flux2_latents import PATCH, LatentBatchNorm
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -191,6 +192,9 @@ class AutoencoderKL(nn.Module):
         # None (not a module) when the config has none, so the state dict has no key for them.
         self.quant_conv = Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1) if cfg.use_quant_conv else None
         self.post_quant_conv = Conv2d(cfg.embed_dim, cfg.z_channels, 1) if cfg.use_quant_conv else None
+        # FLUX.2's latent statistics; not applied by encode/decode (the family applies them).
+        self.bn = (LatentBatchNorm(PATCH * PATCH * cfg.embed_dim, cfg.batch_norm_eps)
+                   if cfg.latent_batch_norm else None)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image in [-1, 1] -> posterior (mean, logvar), each (B, embed_dim, H/f, W/f)."""

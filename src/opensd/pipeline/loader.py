@@ -22,7 +22,7 @@ from ..checkpoints import markers
 from ..checkpoints.diffusers_folder import is_diffusers_folder, read_index
 from ..checkpoints.files import read_metadata, read_state_dict
 from ..checkpoints.keymap_vae import vae_from_diffusers
-from ..checkpoints.part_files import find_parts
+from ..checkpoints.part_files import VAE_PARTS, find_parts
 from ..checkpoints.reader import declared_vae_scaling, fix_vae
 from ..errors import CheckpointError
 from ..families.base import Family
@@ -100,12 +100,12 @@ def _with_found_parts(family: Family, sd, path: Path, text_encoders: list, vae):
     """A model without parts it needs (SD3's and Flux's text encoders and VAE kept apart) takes them
     from the models folder it sits in, unless the caller gave them."""
     wanted = [p for p in family.missing_parts({k: tuple(v.shape) for k, v in sd.items()})
-              if (p == "vae" and vae is None) or (p != "vae" and not text_encoders)]
+              if (p in VAE_PARTS and vae is None) or (p not in VAE_PARTS and not text_encoders)]
     found = find_parts(path, wanted) if wanted and path.is_file() else {}
     for part, file in found.items():
         log.info("%s: using %s as its %s", path.name, file, part)
-    encoders = [file for part, file in found.items() if part != "vae"]
-    return text_encoders + encoders, found.get("vae", vae)
+    encoders = [file for part, file in found.items() if part not in VAE_PARTS]
+    return text_encoders + encoders, next((file for part, file in found.items() if part in VAE_PARTS), vae)
 
 
 def read_model(path: Path, prediction: C.Prediction | None = None
@@ -180,7 +180,8 @@ def _diffusers_vae_config(sd: dict[str, torch.Tensor]) -> C.VAEConfig:
     return C.VAEConfig(
         ch=ch, ch_mult=tuple(sd[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"].shape[0] // ch for i in levels),
         num_res_blocks=len(res), z_channels=sd["encoder.conv_out.weight"].shape[0] // 2,
-        embed_dim=sd["encoder.conv_out.weight"].shape[0] // 2, use_quant_conv="quant_conv.weight" in sd)
+        embed_dim=sd["encoder.conv_out.weight"].shape[0] // 2, use_quant_conv="quant_conv.weight" in sd,
+        latent_batch_norm="bn.running_mean" in sd)
 
 
 # Latent scaling factors of the released VAE families, to name them in a warning.

@@ -31,6 +31,7 @@ from ..errors import CheckpointError
 from ..families import family_of
 from ..families.chroma import CHROMA_FAMILY
 from ..families.flux import FLUX
+from ..families.flux2 import FLUX2_FAMILY
 from ..families.sd3 import SD3
 from ..families.unet import UNET, guess_sd2_prediction
 from ..families.z_image import Z_IMAGE_FAMILY
@@ -75,7 +76,10 @@ def _where(device: str | None, precision: str, cfg: C.ModelConfig, vae: bool = F
 def load_vae(path, device: str | None = None, precision: str = "fp32") -> Pipeline:
     path = Path(path)
     sd, _ = read_vae(path)
-    cfg = replace(C.sd1(), family="sd1", vae=D.infer_vae({k: tuple(v.shape) for k, v in sd.items()}, "", str(path)))
+    vae = D.infer_vae({k: tuple(v.shape) for k, v in sd.items()}, "", str(path))
+    # FLUX.2's VAE encodes to and decodes from its patched, normalised latent: a FLUX.2 model's VAE
+    cfg = (FLUX2_FAMILY.make_config(FLUX2_FAMILY.released_network, vae, {}, 1024) if vae.latent_batch_norm
+           else replace(C.sd1(), family="sd1", vae=vae))
     return _pipeline(path, cfg, {D.VAE + k: v for k, v in sd.items()}, (D.VAE,), *_where(device, precision, cfg, vae=True))
 
 
@@ -166,8 +170,8 @@ def _encoder_config(sd: dict[str, torch.Tensor], naming: str, openclip: bool) ->
 def load_text_encoders(paths: list, device: str | None = None, precision: str = "fp32",
                        family: str | None = None) -> Pipeline:
     """One file (SD1, SD2 or the SDXL refiner's encoder) or two (SDXL's CLIP-L and ViT-bigG); with
-    `family` "sd3", "flux", "chroma" or "z_image", that family's CLIP and T5 files (SD3: any of CLIP-L,
-    CLIP-G, T5-XXL; Chroma: T5-XXL) or Z-Image's Qwen3-4B."""
+    `family` "sd3", "flux", "chroma", "z_image" or "flux2", that family's CLIP and T5 files (SD3: any of
+    CLIP-L, CLIP-G, T5-XXL; Chroma: T5-XXL) or Z-Image's Qwen3-4B, FLUX.2 [klein]'s Qwen3-4B or -8B."""
     paths = [Path(p) for p in paths]
     if family in _DIT_FAMILIES:
         return _dit_encoders(paths, _DIT_FAMILIES[family], device, precision)
@@ -214,7 +218,7 @@ def load_text_encoders(paths: list, device: str | None = None, precision: str = 
     return _pipeline(paths[0], cfg, part, prefixes, *_where(device, precision, cfg))
 
 
-_DIT_FAMILIES = {"sd3": SD3, "flux": FLUX, "chroma": CHROMA_FAMILY, "z_image": Z_IMAGE_FAMILY}
+_DIT_FAMILIES = {"sd3": SD3, "flux": FLUX, "chroma": CHROMA_FAMILY, "z_image": Z_IMAGE_FAMILY, "flux2": FLUX2_FAMILY}
 
 
 def _dit_encoders(paths: list[Path], family, device, precision) -> Pipeline:

@@ -464,7 +464,7 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
         """The sampler's sigma sequence: the chosen (or the sampler's default) schedule, under A1111's
         schedule settings (`txt2img`: the first pass from noise, where UniPC's skip type applies)."""
         sampler, schedule = self.sampler_and_schedule(p)
-        return make_sigmas(schedule, self.model_sampling(p.width, p.height, p.shift).schedule, steps, sampler=sampler,
+        return make_sigmas(schedule, self.model_sampling(p.width, p.height, p.shift, steps).schedule, steps, sampler=sampler,
                            family=self.config.family, options=p.schedule_options, txt2img=txt2img)
 
     def sampler_and_schedule(self, p: Params) -> tuple[str, str]:
@@ -473,11 +473,12 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
         automatic = p.scheduler is None or p.scheduler.strip().lower() == "automatic"
         return resolve(p.sampler, self.family.default_scheduler if automatic else p.scheduler)
 
-    def model_sampling(self, width: int | None = None, height: int | None = None, shift: float | None = None):
+    def model_sampling(self, width: int | None = None, height: int | None = None, shift: float | None = None,
+                       steps: int | None = None):
         """How this model is sampled at this image size (a ModelSampling for eps/v networks, a
-        FlowSampling for rectified flow, whose schedule can depend on the size and on `shift`;
-        no size: the family's size-free default)."""
-        return self.family.sampling(self, width, height, shift)
+        FlowSampling for rectified flow, whose schedule can depend on the size, the step count
+        (FLUX.2) and on `shift`; no size: the family's size-free default)."""
+        return self.family.sampling(self, width, height, shift, steps)
 
     def noise(self, seeds: list[int], h: int, w: int) -> torch.Tensor:
         """Initial noise per image (see ImageNoise), stacked."""

@@ -59,6 +59,18 @@ def flux_mu(tokens: float, base: float = 0.5, top: float = 1.15) -> float:
     return tokens * slope + base - slope * 256
 
 
+
+def flux2_mu(tokens: int, steps: int) -> float:
+    """FLUX.2's shift (BFL's empirical fit, used by diffusers' Flux2 pipelines and ComfyUI's
+    Flux2Scheduler) for `tokens` latent cells (16x16 pixels each) sampled in `steps` steps: linear in
+    the tokens on two lines fitted at 10 and 200 steps, interpolated linearly in the steps; above
+    4300 tokens the 200-step line alone."""
+    at_200 = 1.6927e-4 * tokens + 0.45666666
+    if tokens > 4300:
+        return at_200
+    at_10 = 8.73809524e-05 * tokens + 1.89833333
+    return at_200 + (at_200 - at_10) / 190.0 * (steps - 200)
+
 class FlowSchedule:
     """DiscreteSchedule's interface (schedules.py) over a shifted flow time `shift_fn(t)`, t in (0, 1].
 
@@ -106,8 +118,11 @@ class FlowSampling:
         return cls(FlowSchedule(lambda t: sd3_shift(shift, t)), 1.0)
 
     @classmethod
-    def flux(cls, mu: float) -> FlowSampling:
-        return cls(FlowSchedule(lambda t: flux_shift(mu, t), FLUX_TABLE_SIZE), 1.0)
+    def flux(cls, mu: float, steps: int | None = None) -> FlowSampling:
+        """`steps`: the table made a multiple of them, so the simple schedule's times are exactly
+        1, 1 - 1/steps, ... (FLUX.2's pipelines take them so; Flux.1's tables as ComfyUI's)."""
+        size = FLUX_TABLE_SIZE if not steps else steps * -(-FLUX_TABLE_SIZE // steps)
+        return cls(FlowSchedule(lambda t: flux_shift(mu, t), size), 1.0)
 
     @property
     def sigma_max(self) -> float:

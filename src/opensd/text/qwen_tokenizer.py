@@ -129,16 +129,17 @@ class QwenTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False)
 
-    def batch(self, texts: list[str], max_length: int = 512,
-              padding_side: str = "right") -> tuple[list[list[int]], list[list[int]]]:
+    def batch(self, texts: list[str], max_length: int = 512, padding_side: str = "right",
+              pad_to: int = 0) -> tuple[list[list[int]], list[list[int]]]:
         """(ids, mask) of `texts`, each cut to `max_length` ids (the end dropped) and padded with
-        <|endoftext|> to the longest: mask 1 for a text's own ids, 0 for padding."""
+        <|endoftext|> to the longest, or to `pad_to` ids if longer (transformers' "max_length"
+        padding): mask 1 for a text's own ids, 0 for padding."""
         if max_length < 1:
             raise InvalidArgument(f"max_length must be at least 1 (got {max_length})")
         if padding_side not in ("right", "left"):
             raise InvalidArgument(f"padding_side must be 'right' or 'left' (got {padding_side!r})")
         rows = [self.encode(t)[:max_length] for t in texts]
-        width = max((len(r) for r in rows), default=0)
+        width = max(max((len(r) for r in rows), default=0), pad_to)
         ids, mask = [], []
         for r in rows:
             pad = width - len(r)

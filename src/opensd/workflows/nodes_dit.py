@@ -25,7 +25,7 @@ from dataclasses import replace
 import torch
 
 from ..families.flux import GUIDANCE_OFF
-from ..sampling.flow import FlowSampling, flux_mu
+from ..sampling.flow import FlowSampling, flux2_mu, flux_mu, flux_shift
 from .loras import activate
 from .types import MAX_RESOLUTION, NodeDef, check_size, register
 
@@ -33,17 +33,42 @@ _TEXT = ("STRING", {"multiline": True, "dynamicPrompts": True})
 _GUIDANCE = ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1})
 
 
-def empty_sd3_latent(call, width, height, batch_size=1):
-    check_size("EmptySD3LatentImage", batch_size, 16, height // 8, width // 8)
-    return ({"samples": torch.zeros(batch_size, 16, height // 8, width // 8), "pixel_size": (width, height)},)
+def _empty_latent(name: str, channels: int, down: int, category: str, module: str, display: str | None = None):
+    """ComfyUI's empty-latent node `name`: zeros of `channels` at 1/`down` of the image."""
+    def empty(call, width, height, batch_size=1):
+        check_size(name, batch_size, channels, height // down, width // down)
+        return ({"samples": torch.zeros(batch_size, channels, height // down, width // down),
+                 "pixel_size": (width, height)},)
+
+    register(NodeDef(
+        name, empty,
+        {"width": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16}),
+         "height": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16}),
+         "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})},
+        ("LATENT",), category=category, module=module, display_name=display))
+    return empty
+
+
+empty_sd3_latent = _empty_latent("EmptySD3LatentImage", 16, 8, "latent/sd3", "comfy_extras.nodes_sd3")
+# FLUX.2's: 128 channels (the VAE's 32, patched 2x2) at 1/16
+empty_flux2_latent = _empty_latent("EmptyFlux2LatentImage", 128, 16, "latent", "comfy_extras.nodes_flux",
+                                   "Empty Flux 2 Latent")
+
+
+def flux2_scheduler(call, steps, width, height):
+    """FLUX.2's sigmas for `steps` steps of a width x height image: the times 1, 1 - 1/n, ..., 0
+    shifted by mu from the image's 16x16-pixel tokens and the step count (flow.flux2_mu)."""
+    mu = flux2_mu(round(width * height / 256), steps)
+    t = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    return (flux_shift(mu, t).float(),)
 
 
 register(NodeDef(
-    "EmptySD3LatentImage", empty_sd3_latent,
-    {"width": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16}),
-     "height": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 16}),
-     "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})},
-    ("LATENT",), category="latent/sd3", module="comfy_extras.nodes_sd3"))
+    "Flux2Scheduler", flux2_scheduler,
+    {"steps": ("INT", {"default": 20, "min": 1, "max": 4096}),
+     "width": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 1}),
+     "height": ("INT", {"default": 1024, "min": 16, "max": MAX_RESOLUTION, "step": 1})},
+    ("SIGMAS",), category="sampling/custom_sampling/schedulers", module="comfy_extras.nodes_flux"))
 
 
 def conditioner_for(clip):

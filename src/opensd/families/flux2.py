@@ -1,0 +1,175 @@
+"""FLUX.2 [klein] (4B and 9B, distilled and base): a double- then single-stream DiT on rectified flow,
+conditioned on three hidden states of Qwen3 (4B for klein 4B, 8B for klein 9B) side by side, with
+FLUX.2's 32-channel VAE whose latent the model sees patched 2x2 and normalised (128 channels).
+
+Files: the network alone as ComfyUI keeps it (diffusion_models/flux-2-klein-4b.safetensors, BFL's
+naming, with or without `model.diffusion_model.`), diffusers' transformer file, or a
+Flux2KleinPipeline folder; the text encoder from text_encoders/ (qwen_3_4b / qwen_3_8b, told apart
+by width) and the VAE from vae/ (flux2-vae.safetensors).
+
+Sampling is diffusers' Flux2KleinPipeline's and ComfyUI's Flux2Scheduler's: times 1, 1 - 1/n, ...
+shifted exponentially by mu from the image's token count and the step count (flow.flux2_mu); the
+network takes sigma itself. The distilled models run without CFG (CFG 1), the base models with
+CFG 4 against an empty negative prompt (the pipeline's guidance_scale, the same number here).
+
+FLUX.2 [dev] has the same network with a distilled guidance input and takes Mistral Small 3.1's
+features, an encoder opensd does not have: refused in one line.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..checkpoints import detect as D
+from ..checkpoints import detect_dit as DD
+from ..checkpoints.diffusers_dit import FLUX2_PARTS
+from ..checkpoints.keymap_flux2 import flux2_from_diffusers, flux2_rows
+from ..errors import CheckpointError
+from ..models.config_dit import FLUX2_KLEIN_4B, FLUX2_KLEIN_9B, FLUX2_VAE, Flux2ModelConfig, PatchedLatentConfig
+from ..models.dit_models import Flux2Model
+from ..sampling.flow import FlowSampling, flux2_mu
+from .dit import compute_dtype, resolution_of
+from .flux2_prompts import Flux2Conditioner
+from .qwen_dit import QwenDiTFamily, has_qwen3, has_vae
+
+COMFY_SHIFT = 2.02  # ComfyUI's FLUX.2 mu when no size and step count are known (its sampling settings)
+BASE_CFG = 4.0  # Flux2KleinPipeline's guidance_scale default, used by the base (undistilled) models
+BASE_STEPS = 50  # Flux2KleinPipeline's num_inference_steps default
+META_DISTILLED = "opensd.flux2_distilled"  # "1"/"0": a Flux2KleinPipeline folder's is_distilled
+DEV_REFUSAL = ("a FLUX.2 [dev] network: it takes the Mistral Small 3.1 text encoder, which opensd does not "
+               "have; FLUX.2 [klein] 4B and 9B (Qwen3 text encoders) are supported")
+QWEN_NAMES = {2560: "Qwen3-4B text encoder (text_encoders/qwen_3_4b.safetensors)",
+              4096: "Qwen3-8B text encoder (text_encoders/qwen_3_8b.safetensors)"}
+
+
+def encoder_name(width: int) -> str:
+    return QWEN_NAMES.get(width, f"Qwen3 text encoder {width} wide")
+
+
+class Flux2Family(QwenDiTFamily):
+    name = "flux2"
+    label = "FLUX.2 [klein]"
+    members = ("flux2",)
+    encoder_label = "Qwen3-4B (klein 4B) or Qwen3-8B (klein 9B)"
+    folder_parts = FLUX2_PARTS
+    pipeline_prefix = ("Flux2KleinPipeline",)
+    released_network = FLUX2_KLEIN_4B
+    default_vae = FLUX2_VAE
+    default_scheduler = "simple"  # 1, 1 - 1/n, ... (shifted), as the pipeline's sigmas
+    default_cfg = 1.0  # the distilled models (defaults gives the base models theirs)
+    default_steps = 4  # the distilled models: klein is distilled to 4 steps
+    adapters = frozenset({"lora"})
+
+    network_config = staticmethod(DD.flux2_config)
+    network_config_diffusers = staticmethod(DD.flux2_config_diffusers)
+
+    # --- files --------------------------------------------------------------------------------
+
+    def layout(self, shapes):
+        for kind, mark in zip(("original", "diffusers"), DD.FLUX2_MARK):
+            p = DD.prefix_of(shapes, mark)
+            if p is not None:
+                return kind, p
+        return None
+
+    def detect(self, shapes, metadata, path, prediction=None):
+        net = self.network_of(shapes, metadata, path)
+        if net is None:
+            return None
+        if net.guidance_embed:
+            raise CheckpointError(path, DEV_REFUSAL)
+        vae = D.infer_vae(shapes, D.VAE, path) if has_vae(shapes) else FLUX2_VAE
+        qwen3 = self.encoder_config("qwen3", shapes, path) if has_qwen3(shapes) else None
+        distilled = metadata.get(META_DISTILLED, "0" if "base" in str(path).lower() else "1") == "1"
+        return Flux2ModelConfig(net, PatchedLatentConfig(vae), qwen3, resolution=resolution_of(metadata),
+                                distilled=distilled)
+
+    def read_folder(self, path, index):
+        """A Flux2KleinPipeline folder (its model_index.json's is_distilled kept); FLUX.2 [dev]'s
+        Flux2Pipeline is refused."""
+        if str(index.get("_class_name", "")) == "Flux2Pipeline":
+            raise CheckpointError(path, DEV_REFUSAL)
+        found = super().read_folder(path, index)
+        if found is None:
+            return None
+        sd, metadata = found
+        metadata[META_DISTILLED] = "1" if index.get("is_distilled", False) else "0"
+        return sd, metadata
+
+    def make_config(self, net, vae, encoders, resolution) -> Flux2ModelConfig:
+        """A text encoder alone (ComfyUI's CLIPLoader): the klein network its width takes (9B for
+        Qwen3-8B, else 4B's blocks), its context as wide as the encoder's three states."""
+        qwen3 = encoders.get("qwen3")
+        if qwen3 is not None:
+            net = FLUX2_KLEIN_9B if qwen3.hidden_size == FLUX2_KLEIN_9B.context_in_dim // 3 else net
+            net = replace(net, context_in_dim=3 * qwen3.hidden_size)
+        return Flux2ModelConfig(net, PatchedLatentConfig(vae), qwen3, resolution=resolution)
+
+    def from_diffusers(self, net, cfg):
+        return flux2_from_diffusers(net, cfg.flux2, lazy=True)
+
+    def missing_parts(self, shapes):
+        vae = [] if has_vae(shapes) else ["flux2_vae"]  # part_files' kind: 32 channels with statistics
+        net = None if has_qwen3(shapes) else self.network_of(shapes, {})
+        return vae + ([] if net is None else [f"qwen3:{net.context_in_dim // 3}"])
+
+    def needed_parts(self, shapes):
+        """Every missing part: the VAE and the Qwen3 of the network's width are both required."""
+        return self.missing_parts(shapes)
+
+    def check_complete(self, cfg, shapes, path):
+        width = cfg.flux2.context_in_dim // 3
+        missing = [what for what, here in (("VAE (--vae; flux2-vae.safetensors in vae/)", has_vae(shapes)),
+                                           (f"{encoder_name(width)} (--text-encoder)",
+                                            has_qwen3(shapes))) if not here]
+        if missing:
+            raise CheckpointError(path, f"this FLUX.2 file has no {' and no '.join(missing)}; pass the separate "
+                                        "files or keep them in the models folder's vae/ and text_encoders/")
+        have = shapes[DD.QWEN3 + "model.embed_tokens.weight"][1]
+        if have != width:
+            raise CheckpointError(path, f"the text encoder is a {encoder_name(have)}; this FLUX.2 [klein] "
+                                        f"network takes the {encoder_name(width)}")
+        if not cfg.vae.file.latent_batch_norm:
+            raise CheckpointError(path, f"the VAE is not FLUX.2's ({cfg.vae.file.embed_dim} latent channels, no latent "
+                                        "statistics); FLUX.2 takes its own (flux2-vae.safetensors)")
+
+    def build(self, cfg: Flux2ModelConfig) -> Flux2Model:
+        return Flux2Model(cfg)
+
+    # --- the network and prompts --------------------------------------------------------------
+
+    def defaults(self, cfg: Flux2ModelConfig) -> dict[str, float | int]:
+        """Distilled klein: CFG 1, 4 steps (BFL's); base klein: CFG 4 and 50 steps (Flux2KleinPipeline's
+        defaults)."""
+        return super().defaults(cfg) if cfg.distilled else {"cfg": BASE_CFG, "steps": BASE_STEPS}
+
+    def net_fn(self, model: Flux2Model, guidance=None, references=None):
+        net = model.network
+        dtype = compute_dtype(net)
+
+        def call(x, t, context, y, control=None):
+            """t: sigma (multiplier 1), the network's own time; every context row is a token (the
+            pipeline's padded 512, unmasked)."""
+            return net(x.to(dtype), t, context.to(dtype))
+
+        return call
+
+    def sampling(self, pipe, width, height, shift=None, steps=None) -> FlowSampling:
+        """mu from the image's tokens and the step count (the pipeline's, Flux2Scheduler's); ComfyUI's
+        2.02 when either is unknown; `shift`: mu itself."""
+        if shift is None:
+            side = pipe.config.size_multiple
+            known = width is not None and height is not None and steps
+            shift = flux2_mu(round(width * height / side ** 2), steps) if known else COMFY_SHIFT
+        return FlowSampling.flux(shift, steps)
+
+    def conditioner(self, pipe, clip_skip, **text):
+        return Flux2Conditioner(pipe, clip_skip, **text)
+
+    def key_rows(self, cfg: Flux2ModelConfig):
+        return flux2_rows(cfg.flux2)
+
+    def context_width(self, cfg: Flux2ModelConfig) -> int:
+        return cfg.flux2.context_in_dim
+
+
+FLUX2_FAMILY = Flux2Family()
