@@ -102,7 +102,8 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     script = a1111_scripts.selected(req, mode)  # first, as in A1111: an unknown script is a 422
     opts = state.options.effective(req.override_settings)
     kwargs, gaps = a1111_run.plan(req, img2img, s.max_prompt_chars, opts, state.cache.upscalers)
-    if script is None or script.prepare is None:  # a script counts the work of all its generations
+    budgeted = script is None or script.prepare is None  # a script counts the work of all its generations
+    if budgeted:
         work_budget.check(*work_budget.a1111_cost(kwargs, req.n_iter), s.work_budget)
     if img2img:
         if not req.init_images:
@@ -116,6 +117,8 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
         first = images_io.decode_b64(req.firstpass_image, "firstpass_image", s.max_image_pixels)
         if min(first.size) < 8:  # a latent upscaler VAE-encodes it at its own size: 8 px make one latent cell
             raise InvalidArgument(f"firstpass_image: {first.width}x{first.height} pixels; at least 8 x 8 are needed")
+        if budgeted:  # a latent upscaler encodes it at its own size, for every image
+            work_budget.check(*work_budget.a1111_cost(kwargs, req.n_iter, first.size), s.work_budget)
     hires_checkpoint = a1111_refiner.hires_checkpoint(req, img2img, state.cache)
     refiner = a1111_refiner.plan(req, opts, state.cache)
     prompt, prompt_gaps = a1111_apply.prompt(req, opts, state.folders)
