@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from .. import safe_paths
 from ..adapters.hypernetwork import prompt_hypernet_tags, tag_strength
 from ..adapters.lora import prompt_lora_tags
-from ..errors import InvalidArgument, OpenSDError
+from ..errors import CheckpointError, InvalidArgument, OpenSDError
 from ..pipeline.memory_modes import A1111_FLAGS
 from ..library.model_metadata import api_metadata, file_metadata
 from ..library.models_dir import WEIGHT_SUFFIXES
@@ -83,6 +83,8 @@ def failure(job, live) -> JSONResponse | None:
     if job.status == FAILED:
         if isinstance(live, InvalidArgument):
             return JSONResponse({"error": "InvalidArgument", "detail": str(live)}, status_code=422)
+        if isinstance(live, CheckpointError):  # a model the request named that cannot be used with it
+            return JSONResponse({"error": "CheckpointError", "detail": str(live)}, status_code=400)
         return JSONResponse({"error": type(live).__name__ if live else "JobFailed",
                              "detail": job.error or "generation failed"}, status_code=500)
     return None
