@@ -70,6 +70,9 @@ CASES = [  # (id, path, body, text the 422 must contain)
     ("X/Y/Z 5000-digit count", "/sdapi/v1/txt2img", xyz(1, "1-2 [" + "9" * 5000 + "]"), "a number out of range"),
     ("X/Y/Z 400-digit range", "/sdapi/v1/txt2img", xyz(6, "1-" + "9" * 400 + " [3]"), "out of range"),
     ("X/Y/Z range past a C long", "/sdapi/v1/txt2img", xyz(1, "0-" + "9" * 30), "a number out of range"),
+    # were 500s 'VAE decode produced NaN/inf even in fp32; the model is broken' (eta 1e30 overflows float32)
+    ("eta past any use", "/sdapi/v1/txt2img", {**T2I, "eta": 1e30, "sampler_name": "Euler a"}, "eta: 1e+30 must be at most"),
+    ("s_noise past any use", "/sdapi/v1/txt2img", {**T2I, "s_noise": 1e30, "sampler_name": "Euler"}, "s_noise: 1e+30"),
     # hung for minutes: the short side scaled to 512 px made a 512 x 2,048,000 picture for canny
     ("thin image to detect", "/controlnet/detect",
      {"controlnet_module": "canny", "controlnet_input_images": [png((1, 4000))]}, "controlnet_input_images[0]"),
@@ -358,3 +361,52 @@ def test_styles_cannot_grow_a_prompt_past_the_encoder_cap(client, tmp_path):
     assert apply_styles("a", "n", ["small", "big"], styles)[0].startswith("a, x, word")
     r = client.post("/sdapi/v1/txt2img", json={**T2I, "styles": ["nope"] * 200})
     assert r.status_code == 422 and "200 styles; at most 100" in r.text, r.text
+
+
+# --- discovery sweep 3 (schemathesis and hand-written hostile inputs) --------------------------------
+
+def test_nan_and_infinity_a_request_brings_are_answered_not_500(client):
+    """Python's json reads NaN, Infinity and 1e999 (and Python clients write them): a ComfyUI graph
+    with a NaN widget value was a plain-text 500 (its node errors echo the value), and a queued
+    graph with an infinity in extra_data made every GET /queue a 500 until it ran, /history after."""
+    import json
+
+    from server_live import COMFY_GRAPH
+
+    graph = json.loads(json.dumps(COMFY_GRAPH))
+    graph["3"]["inputs"]["model"] = ["10", 0]
+    graph["10"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": "x",
+                                                          "strength_model": float("nan"), "strength_clip": 1.0}}
+    raw = {"content-type": "application/json"}
+    r = client.post("/prompt", content=json.dumps({"prompt": graph}), headers=raw)
+    assert r.status_code == 400, r.text
+    errors = r.json()["node_errors"]["10"]["errors"]
+    assert any(e["extra_info"].get("input_name") == "strength_model" and e["extra_info"]["received_value"] is None
+               for e in errors), errors
+    body = {"prompt": COMFY_GRAPH, "extra_data": {"extra_pnginfo": {"workflow": {"a": float("inf"), "b": 1e999}}}}
+    r = client.post("/prompt", content=json.dumps(body), headers=raw)
+    assert r.status_code == 200, r.text
+    pid = r.json()["prompt_id"]
+    queue = client.get("/queue")
+    assert queue.status_code == 200, queue.text
+    deadline = time.time() + 60
+    while pid not in client.get("/history").json() and time.time() < deadline:
+        time.sleep(0.1)
+    done = client.get(f"/history/{pid}")
+    assert done.status_code == 200 and done.json()[pid]["status"]["completed"], done.text[:300]
+    assert done.json()[pid]["prompt"][3]["extra_pnginfo"]["workflow"] == {"a": None, "b": None}
+    assert client.get("/history").status_code == 200 and client.get("/opensd/v1/jobs").status_code == 200
+
+
+def test_a_lora_for_another_model_is_a_client_error(client):
+    """A LoRA that does not fit the chosen model (a CheckpointError raised while the job loads it) was
+    answered 500, as if the server had failed; the request chose it, so it is a 400 naming the file."""
+    from server_live import write_lora
+
+    write_lora(client.app.state.opensd.settings.models_dir / "Lora" / "other.safetensors")  # the tiny model's
+    client.post("/sdapi/v1/refresh-loras")
+    r = client.post("/sdapi/v1/txt2img", json={**T2I, "prompt": "x <lora:other:1>"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "CheckpointError" and "LoRA does not fit" in r.json()["detail"], r.text
+    tiny = {**T2I, "prompt": "x <lora:other:1>", "override_settings": {"sd_model_checkpoint": "tiny.safetensors"}}
+    assert client.post("/sdapi/v1/txt2img", json=tiny).status_code == 200

@@ -12,7 +12,7 @@ from test_loader import make_diffusers_folder
 
 from opensd.adapters.lora import LoraSet, LoraSpec, parse_lora_arg
 from opensd.checkpoints.files import save_safetensors
-from opensd.errors import CheckpointError
+from opensd.errors import CheckpointError, InvalidArgument
 from opensd.pipeline.loader import load_model
 
 UNET_MODULES = [
@@ -227,6 +227,11 @@ def test_cli_lora_argument_forms(tmp_path):
     assert parse_lora_arg("x:0.5", resolve) == LoraSpec(tmp_path / "x", 0.5, None)
     assert parse_lora_arg("x:0.5:0.25", resolve) == LoraSpec(tmp_path / "x", 0.5, 0.25)
     assert parse_lora_arg("C:/l/x.safetensors:0.5", resolve).path == tmp_path / "C:/l/x.safetensors"
+    # ComfyUI's LoraLoader range: <lora:x:99999999> made every value of the image NaN (a 500 blaming the model)
+    assert parse_lora_arg("x:-100:100", resolve) == LoraSpec(tmp_path / "x", -100.0, 100.0)
+    for text, what in (("x:99999999", "unet strength: 99999999.0"), ("x:1:-100.5", "te strength: -100.5")):
+        with pytest.raises(InvalidArgument, match=f"^lora {what} is outside -100..100$"):
+            parse_lora_arg(text, resolve)
 
 
 def test_kohya_alpha_is_per_module(sd1):

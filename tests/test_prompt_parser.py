@@ -188,6 +188,18 @@ def test_when_with_and_without_decimal_point():
     assert g("a [b:0.5] c", 10, old=True) == [[5, "a  c"], [10, "a b c"]]
 
 
+
+@pytest.mark.parametrize("when,expected", [
+    ("1e309", [[10, "a"]]), ("9" * 400, [[10, "a"]]), ("1e308", [[10, "a"]]),  # past every step: never switches
+    ("-1e309", [[10, "b"]]), ("-1e308", [[10, "b"]]), ("-1.5e309", [[10, "b"]]),  # before the first: from the start
+])
+def test_a_when_past_any_float_switches_like_a_huge_finite_one(when, expected):
+    """'[a:b:1e309]' (a number read as an infinity) was an OverflowError in int(), an HTTP 500 from
+    txt2img; it now means what 1e308 means, hires pass and old scheduling alike."""
+    assert g(f"[a:b:{when}]", 10) == expected
+    assert g(f"[a:b:{when}]", 10, 10)[-1][0] == 10
+    assert g(f"[a:b:{when}]", 10, old=True) == expected
+
 def test_ambiguous_stray_bracket_after_an_edit_takes_the_edit():
     # Deviation: A1111's result here depends on Python's hash seed (two parses); ours is fixed.
     assert g("[a:b:2]]", 4) == [[2, "a]"], [4, "b]"]]

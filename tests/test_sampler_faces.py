@@ -79,6 +79,9 @@ def test_an_a1111_dpm_fast_image_without_eta_means_eta_one():
     ({"order": 2.5}, "sampler_options.order: 2.5 must be a whole number"),
     ({"lower_order_final": 1}, "sampler_options.lower_order_final: 1 must be true or false"),
     ({"rtol": True}, "sampler_options.rtol: True must be a number"),
+    # were NaN images (a 500 blaming the model) or DPM adaptive's ZeroDivisionError: 1e30 overflows float32
+    ({"eta": 1e30}, "sampler_options.eta: 1e+30 must be at most 100.0"),
+    ({"s_noise": 100.5}, "sampler_options.s_noise: 100.5 must be at most 100.0"),
 ])
 def test_bad_option_values_are_refused_by_name(options, message):
     with pytest.raises(InvalidArgument) as e:

@@ -179,6 +179,29 @@ def test_dpm_adaptive_error_follows_the_tolerance():
     assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-5, errs
 
 
+
+@pytest.mark.parametrize("options, words", [
+    ({"rtol": 0.0, "atol": 0.0}, " took 500 tries"),  # these three looped for ever (as in k-diffusion)
+    ({"accept_safety": 5.0}, " took 500 tries"),
+    ({"eta": 100.0}, " took 500 tries"),
+    ({"h_init": 1e-30}, " made no progress"),  # was a ZeroDivisionError (a step of 0)
+    ({"icoeff": -5.0}, " made no progress"),  # the step shrank to 0, then the same
+    ({"pcoeff": 1000.0}, "'s step controller overflowed"),  # was an OverflowError
+])
+def test_dpm_adaptive_options_it_cannot_meet_are_refused_in_bounded_time(options, words):
+    sigmas = make_sigmas("karras", SCHEDULE, 10).double()
+    calls = []
+
+    def counted(x, sigma):
+        calls.append(1)
+        return toy(x, sigma)
+
+    with pytest.raises(InvalidArgument, match=f"^sampler_options: DPM adaptive{words}"):
+        SAMPLERS["dpm_adaptive"](counted, X_UNIT * sigmas[0], sigmas, **options)
+    assert len(calls) <= 3 * 500 + 3
+    # the strictest options that can be met still run
+    SAMPLERS["dpm_adaptive"](toy, X_UNIT * sigmas[0], sigmas, rtol=1e-6, atol=1e-8)
+
 # --- Restart (Xu et al. 2023) as A1111 schedules it --------------------------------------------
 
 def ref_restart_pairs(sigmas):

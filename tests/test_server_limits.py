@@ -107,3 +107,28 @@ def test_serve_flags():
     for flags, named in ((["--work-budget", "0"], "work-budget"), (["--max-waiting", "-1"], "max-waiting")):
         with pytest.raises(InvalidArgument, match=named):
             settings_from(cli.build_parser().parse_args(["serve", *flags]))
+
+
+def test_a_large_firstpass_image_counts_its_encoding(client):
+    """A latent hires upscaler VAE-encodes a given firstpass_image at its own size, for every image
+    (as A1111 does): a 3000 x 3000 one behind a 64 x 64 request held the server 283 s under a budget
+    of 5 megapixel-steps. Its encoding now counts as one step at its size."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    def png(side: int) -> str:
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side), (90, 20, 20)).save(buf, "PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    hires = {**BODY, "enable_hr": True, "hr_scale": 1, "hr_upscaler": "Latent", "denoising_strength": 0.5}
+    r = client.post("/sdapi/v1/txt2img", json={**hires, "firstpass_image": png(1200)})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "images of 64x64 x 1 steps + 64x64 x 1 steps + a 1200x1200 firstpass_image encoded" in detail, detail
+    # an upscaler that resizes it to the target first encodes only the target's size
+    assert client.post("/sdapi/v1/txt2img", json={**hires, "hr_upscaler": "Lanczos",
+                                                  "firstpass_image": png(1200)}).status_code == 200
+    assert client.post("/sdapi/v1/txt2img", json={**hires, "firstpass_image": png(64)}).status_code == 200

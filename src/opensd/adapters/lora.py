@@ -31,6 +31,9 @@ from .lora_keys import FusedQKVPart, LoraModule
 log = logging.getLogger(__name__)
 
 PROMPT_KINDS = ("lora", "lyco")
+# ComfyUI's LoraLoader range (and our hypernetworks'): far past any use; <lora:x:99999999> made
+# every value of the image NaN, reported as a broken model
+MAX_STRENGTH = 100.0
 _FAMILY_NAMES = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "sdxl_refiner": "SDXL refiner", "small": "small",
                  "sd3": "SD3", "flux": "Flux.1"}
 
@@ -47,6 +50,8 @@ class LoraSpec:
         for what, v in (("unet", self.unet), ("te", self.te)):
             if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v)):
                 raise InvalidArgument(f"lora {what} strength: {v!r} is not a finite number")
+            if v is not None and abs(v) > MAX_STRENGTH:
+                raise InvalidArgument(f"lora {what} strength: {v!r} is outside -{MAX_STRENGTH:g}..{MAX_STRENGTH:g}")
 
     @property
     def te_strength(self) -> float:

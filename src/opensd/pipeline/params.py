@@ -262,10 +262,15 @@ def _sampler_options(options) -> None:
             raise InvalidArgument(f"sampler_options.{name}: {value!r} must be {_KINDS[kind]}")
         if name in _NON_NEGATIVE and value < 0:
             raise InvalidArgument(f"sampler_options.{name}: {value!r} must be 0 or more")
+        if name in _NOISE_SCALES and value > _NOISE_SCALES[name]:
+            raise InvalidArgument(f"sampler_options.{name}: {value!r} must be at most {_NOISE_SCALES[name]}")
 
 
 _KINDS = {bool: "true or false", str: "a name", int: "a whole number", float: "a number"}
 _NON_NEGATIVE = {"eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "r", "rtol", "atol", "h_init", "accept_safety"}
+# Noise scales, at most ComfyUI's own maximum for them (its sampler nodes' eta and s_noise): far
+# past any use, short of the float32 overflow (1e30: NaN images, DPM adaptive's division by zero).
+_NOISE_SCALES = {"eta": 100.0, "s_noise": 100.0}
 
 
 # A1111's img2img settings (Params field -> the most it may be; None: true or false)

@@ -126,6 +126,12 @@ def sample_dpm_fast(denoise, x: torch.Tensor, sigmas: torch.Tensor, callback=Non
     return x
 
 
+# Tries (accepted and rejected steps) DPM adaptive may take (3 model evaluations each, 3 x the 500
+# steps a request may ask for): its defaults take ~10-100, rtol 1e-6 ~110; options that
+# ask for a precision it cannot reach (rtol = atol = 0, accept_safety > 1, a large eta) never end.
+MAX_TRIES = 500
+
+
 class _PID:
     """Step-size controller of k-diffusion's DPM adaptive (PID on the inverse error, arctan limiter)."""
 
@@ -161,10 +167,17 @@ def sample_dpm_adaptive(denoise, x: torch.Tensor, sigmas: torch.Tensor, callback
     solver = _Solver(denoise)
     noise = _noise_fn(noise_sampler, x)
     pid = _PID(abs(h_init), pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
-    s, x_prev, reported = t_start, x, 0
+    s, x_prev, reported, tries = t_start, x, 0, 0
     cached = None  # eps at s, kept across rejected tries (k-diffusion evaluates it again: same value)
+    options = (f"rtol {rtol}, atol {atol}, h_init {h_init}, pcoeff {pcoeff}, icoeff {icoeff}, dcoeff {dcoeff}, "
+               f"accept_safety {accept_safety}, eta {eta}")
     while s < t_end - 1e-5:
+        tries += 1
         t = min(t_end, s + pid.h)
+        if tries > MAX_TRIES or not t > s:  # k-diffusion loops on for ever (or divides by a zero step)
+            why = f"took {MAX_TRIES} tries" if tries > MAX_TRIES else "made no progress"
+            raise InvalidArgument(f"sampler_options: DPM adaptive {why} short of the last sigma with {options}; "
+                                  "relax them (its defaults take ~20-100 tries)")
         target, up = _down(s, t, t_end, eta)
         eps, denoised = cached if cached is not None else solver.eps(x, s)
         cached = (eps, denoised)
@@ -177,7 +190,11 @@ def sample_dpm_adaptive(denoise, x: torch.Tensor, sigmas: torch.Tensor, callback
             x_high = solver.third(x, s, target, eps, eps_r1)
         delta = torch.maximum(torch.full_like(x, atol), rtol * torch.maximum(x_low.abs(), x_prev.abs()))
         error = float(torch.linalg.norm((x_low - x_high) / delta)) / x.numel() ** 0.5
-        if pid.propose(error):
+        try:
+            accepted = pid.propose(error)
+        except (OverflowError, ZeroDivisionError):  # the controller's coefficients past any float
+            raise InvalidArgument(f"sampler_options: DPM adaptive's step controller overflowed with {options}") from None
+        if accepted:
             x_prev = x_low
             x = x_high
             if up and s_noise:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from .. import safe_paths
 from ..adapters.hypernetwork import prompt_hypernet_tags, tag_strength
 from ..adapters.lora import prompt_lora_tags
-from ..errors import InvalidArgument, OpenSDError
+from ..errors import CheckpointError, InvalidArgument, OpenSDError
 from ..pipeline.memory_modes import A1111_FLAGS
 from ..library.model_info import family_defaults
 from ..library.model_metadata import api_metadata, file_metadata
@@ -85,6 +85,8 @@ def failure(job, live) -> JSONResponse | None:
     if job.status == FAILED:
         if isinstance(live, InvalidArgument):
             return JSONResponse({"error": "InvalidArgument", "detail": str(live)}, status_code=422)
+        if isinstance(live, CheckpointError):  # a model the request named that cannot be used with it
+            return JSONResponse({"error": "CheckpointError", "detail": str(live)}, status_code=400)
         return JSONResponse({"error": type(live).__name__ if live else "JobFailed",
                              "detail": job.error or "generation failed"}, status_code=500)
     return None
@@ -104,7 +106,8 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     script = a1111_scripts.selected(req, mode)  # first, as in A1111: an unknown script is a 422
     opts = state.options.effective(req.override_settings)
     kwargs, gaps = a1111_run.plan(req, img2img, s.max_prompt_chars, opts, state.cache.upscalers)
-    if script is None or script.prepare is None:  # a script counts the work of all its generations
+    budgeted = script is None or script.prepare is None  # a script counts the work of all its generations
+    if budgeted:
         work_budget.check(*work_budget.a1111_cost(kwargs, req.n_iter), s.work_budget)
     if img2img:
         if not req.init_images:
@@ -118,6 +121,8 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
         first = images_io.decode_b64(req.firstpass_image, "firstpass_image", s.max_image_pixels)
         if min(first.size) < 8:  # a latent upscaler VAE-encodes it at its own size: 8 px make one latent cell
             raise InvalidArgument(f"firstpass_image: {first.width}x{first.height} pixels; at least 8 x 8 are needed")
+        if budgeted:  # a latent upscaler encodes it at its own size, for every image
+            work_budget.check(*work_budget.a1111_cost(kwargs, req.n_iter, first.size), s.work_budget)
     hires_checkpoint = a1111_refiner.hires_checkpoint(req, img2img, state.cache)
     refiner = a1111_refiner.plan(req, opts, state.cache)
     prompt, prompt_gaps = a1111_apply.prompt(req, opts, state.folders)

@@ -210,8 +210,8 @@ def router(state, hub: ComfyHub) -> APIRouter:
                                            "extra_info": {}}, "node_errors": {}}, status_code=400)
         try:
             _, node_errors, runs = await run_in_threadpool(check_prompt, prompt, hub.context())
-        except GraphError as e:
-            return JSONResponse(e.payload, status_code=400)
+        except GraphError as e:  # its node errors echo the values given, NaN included
+            return safe_json.SafeJSONResponse(e.payload, status_code=400)
         try:  # counted on what will run, its numbers converted as the nodes get them
             work_budget.check(*work_budget.comfy_cost(runs), state.settings.work_budget)
         except InvalidArgument as e:

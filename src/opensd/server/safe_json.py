@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from typing import Any
 
@@ -110,10 +111,14 @@ def loads(body: bytes | str) -> tuple[Any, str | None]:
     return value, problem(value)
 
 
-def readable(value: Any) -> Any:
-    """`value` with every lone surrogate replaced by U+FFFD (keys too), so it can be sent as UTF-8."""
+def readable(value: Any, numbers: bool = False) -> Any:
+    """`value` with every lone surrogate replaced by U+FFFD (keys too), so it can be sent as UTF-8;
+    with `numbers`, NaN and the infinities (which Python's json reads from `NaN`, `Infinity` or
+    `1e999` but cannot write as JSON) as null too."""
     if isinstance(value, str):
         return _SURROGATE.sub(REPLACEMENT, value)
+    if isinstance(value, float) and numbers and not math.isfinite(value):
+        return None
     if not isinstance(value, (dict, list)):
         return value
     top = [value]
@@ -123,6 +128,8 @@ def readable(value: Any) -> Any:
         item = holder[key]
         if isinstance(item, str):
             holder[key] = _SURROGATE.sub(REPLACEMENT, item)
+        elif isinstance(item, float) and numbers and not math.isfinite(item):
+            holder[key] = None
         elif isinstance(item, list):
             stack.extend((item, i) for i in range(len(item)))
         elif isinstance(item, dict):
@@ -136,10 +143,16 @@ def readable(value: Any) -> Any:
 
 class SafeJSONResponse(JSONResponse):
     """The app's JSON answers: text that is not Unicode (a file name in another encoding, a model's
-    metadata, an old record) is sent with U+FFFD rather than failing the whole answer with a 500."""
+    metadata, an old record) is sent with U+FFFD, and a NaN or infinity a request brought (a ComfyUI
+    graph's widget value echoed in its node errors, a queued job's payload) as null, rather than
+    failing the whole answer with a 500."""
 
     def render(self, content: Any) -> bytes:
         try:
             return super().render(content)
         except UnicodeEncodeError:
-            return super().render(readable(copy.deepcopy(content)))
+            pass
+        except ValueError as e:  # "Out of range float values are not JSON compliant"
+            if "float" not in str(e):
+                raise
+        return super().render(readable(copy.deepcopy(content), numbers=True))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..errors import InvalidArgument
 from ..pipeline.params import Hires
+from ..upscale.names import latent_mode
 
 LATENT_SOURCES = ("EmptyLatentImage", "EmptySD3LatentImage")
 PRIMITIVES = ("PrimitiveInt",)  # nodes whose output is their literal "value"
@@ -26,17 +27,22 @@ def check(cost: float, what: str, budget: float) -> None:
             f"with a larger `opensd serve --work-budget`")
 
 
-def a1111_cost(kw: dict, n_iter: int) -> tuple[float, str]:
-    """(megapixel-steps, description) of an A1111 request from its planned pipeline kwargs."""
+def a1111_cost(kw: dict, n_iter: int, first_pass: tuple[int, int] | None = None) -> tuple[float, str]:
+    """(megapixel-steps, description) of an A1111 request from its planned pipeline kwargs.
+    `first_pass`: the size of a given firstpass_image, which a latent hires upscaler VAE-encodes at
+    its own size for every image (as A1111 does), counted as one step at that size."""
     images = kw["batch_size"] * n_iter
     passes = [(kw["width"], kw["height"], kw["steps"])]
     hires = kw.get("hires")
     if hires:
         w, h = Hires(scale=hires["scale"], width=hires["width"], height=hires["height"]).target(kw["width"], kw["height"])
         passes.append((w, h, hires["steps"] or kw["steps"]))
+    words = [f"{w}x{h} x {s} steps" for w, h, s in passes]
+    if hires and first_pass is not None and latent_mode(hires["upscaler"]) is not None:
+        passes.append((*first_pass, 1))
+        words.append("a {}x{} firstpass_image encoded".format(*first_pass))
     cost = images * sum(w * h * s for w, h, s in passes) / 1e6
-    what = " + ".join(f"{w}x{h} x {s} steps" for w, h, s in passes)
-    return cost, f"{kw['batch_size']} x {n_iter} images of {what}"
+    return cost, f"{kw['batch_size']} x {n_iter} images of {' + '.join(words)}"
 
 
 def _node_at(graph: dict, link) -> tuple[str | None, dict]:

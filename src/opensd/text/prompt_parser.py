@@ -29,6 +29,7 @@ Deviations from A1111, all on inputs where A1111 errors or behaves by accident:
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -386,7 +387,8 @@ def _collect_steps(tree: list, steps: int, int_offset: int, float_offset: float,
             v = (v - float_offset) * steps   # a fraction of the steps (1.x: of the hires pass)
         else:
             v = v - int_offset               # a step number
-        node.at = min(steps, int(v))
+        # 1e309 or a 400-digit number reads as an infinity: past every step (or before the first)
+        node.at = min(steps, int(v)) if math.isfinite(v) else (steps if v > 0 else 0)
         if node.at >= 1:
             ends.add(node.at)
     return sorted(ends)
