@@ -174,11 +174,11 @@ DIT = {
                            "text_encoders.clip_l.transformer.text_model.final_layer_norm.weight": (768,)},
     "Flux.1": {"double_blocks.0.img_attn.norm.key_norm.scale": (128,), "img_in.weight": (3072, 64),
                "single_blocks.0.linear1.weight": (21504, 3072), "guidance_in.in_layer.weight": (3072, 256)},
-}
-FOREIGN = {
     "Flux.2": {"model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale": (128,),
                "model.diffusion_model.img_in.weight": (6144, 128),
                "model.diffusion_model.double_stream_modulation_img.lin.weight": (36864, 6144)},
+}
+FOREIGN = {
     "Stable Cascade": {"clf.1.weight": (16, 2048, 1, 1), "clip_txt_mapper.weight": (8192, 1280)},
     "AuraFlow": {"model.double_layers.0.attn.w1q.weight": (3072, 3072), "model.cond_seq_linear.weight": (3072, 2048)},
     "PixArt": {"t_block.1.weight": (6912, 1152), "y_embedder.y_embedding": (300, 4096)},
