@@ -27,6 +27,7 @@ from ..checkpoints.reader import declared_vae_scaling, fix_vae
 from ..errors import CheckpointError
 from ..families.base import Family
 from ..models import config as C
+from .ram_fit import check_fits
 from .weights import assign
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def build(cfg, sd: dict[str, torch.Tensor], path, dtype, device,
         log.warning("%s: %d keys not used by a %s model, e.g. %s", path, len(unknown), cfg.family,
                     ", ".join(unknown[:3]))
     vae_dtype = vae_dtype or dtype
+    check_fits((sd[k] for k in expected), path, device)
     assign(model, sd, list(expected), lambda k: family.weight_dtype(k, dtype, vae_dtype), device, family.keeps_stored)
     leftover = [n for n, b in model.named_buffers() if b.is_meta]
     if leftover:  # a model registered a buffer that is not in the file: a bug in models/, not the file

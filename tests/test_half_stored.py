@@ -1,0 +1,95 @@
+"""A bf16 DiT model computed in fp32 (a CPU without native bf16) keeps its network's and text
+encoder's Linear weights in bf16, upcast per call: the outputs are exactly those of the fp32 load of
+the same weights (bf16 -> fp32 is exact), the weights take about half the memory, and the precision
+line says so. A model whose files exceed the available RAM plus swap is refused with its sizes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from opensd.errors import CheckpointError
+from opensd.models.stored_weights import StoredLinear
+from opensd.pipeline import peak_memory
+from opensd.pipeline.offload import module_bytes
+from opensd.pipeline.pipeline import load
+from z_image_fixtures import write_z_image_folder, write_z_image_split_files, z_image_parts
+
+PROMPT = "A photograph of an astronaut riding a horse on the moon"
+
+
+class _Weights:
+    """A stand-in model whose state dict is the given one (for write_z_image_split_files)."""
+
+    def __init__(self, sd):
+        self.sd = sd
+
+    def state_dict(self):
+        return self.sd
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    """(bf16 files, the same weights upcast to fp32 in files) of one tiny Z-Image, ComfyUI's layout."""
+    root = tmp_path_factory.mktemp("half")
+    parts = z_image_parts(seed=11)
+    model = load(write_z_image_folder(root / "folder", parts), precision="fp32", device="cpu").model
+    bf16 = {k: v.bfloat16() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    half = write_z_image_split_files(root / "bf16", _Weights(bf16), parts["tokenizer"])
+    full = write_z_image_split_files(root / "fp32", _Weights({k: v.float() if v.is_floating_point() else v
+                                                              for k, v in bf16.items()}), parts["tokenizer"])
+    return half, full
+
+
+def _linears(module) -> list:
+    return [m for m in module.modules() if isinstance(m, (torch.nn.Linear, StoredLinear))]
+
+
+def test_bf16_linears_stay_bf16_and_compute_what_fp32_does(split):
+    half, full = split
+    ours, plain = load(half["unet"], precision="fp32", device="cpu"), load(full["unet"], precision="fp32",
+                                                                          device="cpu")
+    for part in (lambda p: p.model.network, lambda p: p.model.encoder("qwen3_4b")):
+        kept = _linears(part(ours))
+        assert kept and all(isinstance(m, StoredLinear) and m.weight.dtype == torch.bfloat16 for m in kept)
+        assert not any(isinstance(m, StoredLinear) for m in _linears(part(plain)))
+        saved = sum(m.weight.numel() * 2 for m in kept)  # 4 bytes a weight -> 2
+        assert module_bytes(part(ours)) == module_bytes(part(plain)) - saved
+    assert module_bytes(ours.model.network) < 0.55 * module_bytes(plain.model.network)  # Linears: nearly all
+    assert all(p.dtype == torch.float32 for p in ours.model.parameters())  # norms, biases, VAE: upcast
+    assert "Linear weights kept in bf16" in ours.precision.line(ours.device)
+    assert "kept" not in plain.precision.line(plain.device)
+    g = torch.Generator().manual_seed(5)
+    x, ctx, t = torch.randn(2, 16, 8, 6, generator=g), torch.randn(2, 9, 32, generator=g), torch.tensor([0.2, 0.7])
+    with torch.no_grad():
+        assert torch.equal(ours.model.network(x, t, ctx), plain.model.network(x, t, ctx))
+    assert torch.equal(ours.conditioner().encode(PROMPT).context, plain.conditioner().encode(PROMPT).context)
+    a, b = (p.txt2img(PROMPT, width=64, height=64, steps=2, seed=3)[0] for p in (ours, plain))
+    assert list(a.getdata()) == list(b.getdata())
+
+
+def test_bf16_computed_in_bf16_is_not_wrapped(split):
+    half, _ = split
+    pipe = load(half["unet"], precision="bf16", device="cpu")
+    assert not any(isinstance(m, StoredLinear) for m in pipe.model.modules())
+    assert pipe.precision.kept is None
+
+
+def test_a_model_larger_than_ram_and_swap_is_refused_with_its_sizes(split, monkeypatch):
+    half, _ = split
+    stored = sum(p.stat().st_size for p in half.values())
+    monkeypatch.setattr(peak_memory, "free_memory", lambda: (stored // 4, stored // 4))
+    with pytest.raises(CheckpointError, match=r"weights take .* GiB as stored, more than this machine's .* GiB "
+                                              r"of available RAM and .* GiB of free swap; use a smaller file"):
+        load(half["unet"], precision="fp32", device="cpu")
+    monkeypatch.setattr(peak_memory, "free_memory", lambda: (stored // 2, stored // 2 + 1))
+    load(half["unet"], precision="fp32", device="cpu")  # fits with the swap: loads
+
+
+def test_meminfo_is_read_as_available_ram_and_free_swap(monkeypatch, tmp_path):
+    info = tmp_path / "meminfo"
+    info.write_text("MemTotal:  16000000 kB\nMemFree: 1000 kB\nMemAvailable:  8000000 kB\nSwapTotal: 4 kB\n"
+                    "SwapFree:  2000000 kB\n")
+    real = peak_memory.Path
+    monkeypatch.setattr(peak_memory, "Path", lambda p: info if p == "/proc/meminfo" else real(p))
+    assert peak_memory.free_memory() == (8000000 * 1024, 2000000 * 1024)
+    assert peak_memory.system_ram() == (16000000 * 1024, 8000000 * 1024)
