@@ -93,3 +93,26 @@ def test_meminfo_is_read_as_available_ram_and_free_swap(monkeypatch, tmp_path):
     monkeypatch.setattr(peak_memory, "Path", lambda p: info if p == "/proc/meminfo" else real(p))
     assert peak_memory.free_memory() == (8000000 * 1024, 2000000 * 1024)
     assert peak_memory.system_ram() == (16000000 * 1024, 8000000 * 1024)
+
+
+def test_a_workflow_merges_bf16_kept_weights_in_place(split, tmp_path):
+    """ComfyUI's ModelMergeSimple on two such models merges the bf16-kept Linears too (in fp32,
+    stored in bf16), where float8/GGUF-stored ones are refused."""
+    from opensd.workflows import nodes_model_merging as M
+    from opensd.workflows.loras import activate, release_all
+    from opensd.workflows.types import ModelRef
+    half, _ = split
+    parts = z_image_parts(seed=12)
+    other = load(write_z_image_folder(tmp_path / "folder", parts), precision="fp32", device="cpu").model
+    files = write_z_image_split_files(tmp_path / "other", _Weights(
+        {k: v.bfloat16() if v.is_floating_point() else v for k, v in other.state_dict().items()}), parts["tokenizer"])
+    a, b = load(half["unet"], precision="fp32", device="cpu"), load(files["unet"], precision="fp32", device="cpu")
+    wa, wb = (p.model.network.layers[0].attention.qkv.weight.clone() for p in (a, b))
+    try:
+        activate(M.model_merge_simple(None, ModelRef(a, "a"), ModelRef(b, "b"), 0.3)[0])
+        got = a.model.network.layers[0].attention.qkv.weight
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got, (wa.float() * 0.3 + wb.float() * 0.7).bfloat16())
+    finally:
+        release_all()
+    assert torch.equal(a.model.network.layers[0].attention.qkv.weight, wa)  # the base weights back

@@ -128,6 +128,15 @@ class StoredLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, stored as {self.kind}"
 
 
+def float_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s parameters by name and, among them, its Linear weights kept in 16 bits (buffers of
+    StoredLinears): the float weights a model merge may change in place."""
+    found = dict(module.named_parameters())
+    found.update({f"{name}.weight": m.weight for name, m in module.named_modules()
+                  if isinstance(m, StoredLinear) and m.weight.dtype in HALF})
+    return found
+
+
 def kept_16bit(module: nn.Module) -> str | None:
     """The 16-bit dtype(s) ("bf16", "fp16") in which Linear weights under `module` are kept as stored
     and computed in a wider dtype; None where there are none."""
