@@ -58,6 +58,8 @@ def test_bf16_linears_stay_bf16_and_compute_what_fp32_does(split):
     assert all(p.dtype == torch.float32 for p in ours.model.parameters())  # norms, biases, VAE: upcast
     assert "Linear weights kept in bf16" in ours.precision.line(ours.device)
     assert "kept" not in plain.precision.line(plain.device)
+    for param in plain.model.parameters():  # in fresh, aligned memory (see the test below)
+        param.data = param.data.clone()
     g = torch.Generator().manual_seed(5)
     x, ctx, t = torch.randn(2, 16, 8, 6, generator=g), torch.randn(2, 9, 32, generator=g), torch.tensor([0.2, 0.7])
     with torch.no_grad():
@@ -116,3 +118,25 @@ def test_a_workflow_merges_bf16_kept_weights_in_place(split, tmp_path):
     finally:
         release_all()
     assert torch.equal(a.model.network.layers[0].attention.qkv.weight, wa)  # the base weights back
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3", "z_image"])
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_16bit_networks_of_each_dit_family_equal_their_fp32_load(tmp_path, family, half):
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.pipeline import parts
+    from test_stored_weights import network, run, stored
+    net, metadata = network(family)
+    sd = {k: v.to(half).contiguous() for k, v in net.state_dict().items()}
+    save_safetensors(sd, tmp_path / "half.safetensors", metadata)
+    save_safetensors({k: v.float() for k, v in sd.items()}, tmp_path / "fp32.safetensors", metadata)
+    ours = parts.load_unet(tmp_path / "half.safetensors", device="cpu", precision="fp32")
+    plain = parts.load_unet(tmp_path / "fp32.safetensors", device="cpu", precision="fp32")
+    assert set(stored(ours).values()) == {str(half).removeprefix("torch.")} and not stored(plain)
+    unaligned = run(plain, family)
+    torch.testing.assert_close(run(ours, family), unaligned, rtol=1e-6, atol=1e-6)
+    # A file's fp32 tensors lie where the file puts them (not 64-byte aligned), which can change a
+    # matrix product's summation order; the same weights in fresh memory give our output bit for bit.
+    for param in plain.model.parameters():
+        param.data = param.data.clone()
+    assert torch.equal(run(ours, family), run(plain, family))
