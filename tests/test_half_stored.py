@@ -140,3 +140,32 @@ def test_16bit_networks_of_each_dit_family_equal_their_fp32_load(tmp_path, famil
     for param in plain.model.parameters():
         param.data = param.data.clone()
     assert torch.equal(run(ours, family), run(plain, family))
+
+
+def test_loras_and_float8_storage_apply_to_bf16_kept_linears(tmp_path):
+    """A LoRA patches a bf16-kept weight (the sum rounded to bf16) and restores it exactly; UNETLoader's
+    float8 weight_dtype (store_linears) turns the bf16-kept Linears into float8 ones too."""
+    from opensd.adapters.lora import LoraSet, LoraSpec
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.models.stored_weights import store_linears
+    from opensd.pipeline import parts
+    from test_stored_weights import network, rel, run, stored
+    net, metadata = network("flux")
+    save_safetensors({k: v.bfloat16().contiguous() for k, v in net.state_dict().items()},
+                     tmp_path / "bf16.safetensors", metadata)
+    g = torch.Generator().manual_seed(1)
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    save_safetensors({f"{name}.lora_down.weight": torch.randn(4, 256, generator=g),
+                      f"{name}.lora_up.weight": 0.05 * torch.randn(768, 4, generator=g),
+                      f"{name}.alpha": torch.tensor(4.0)}, tmp_path / "lora.safetensors")
+    pipe = parts.load_unet(tmp_path / "bf16.safetensors", device="cpu", precision="fp32")
+    base = run(pipe, "flux")
+    loras = LoraSet(pipe.model)
+    assert loras.apply([LoraSpec(tmp_path / "lora.safetensors")])[0].patched == 1
+    assert rel(run(pipe, "flux"), base) > 0.01
+    assert pipe.model.network.double_blocks[0].img_attn.qkv.weight.dtype == torch.bfloat16
+    loras.restore()
+    assert torch.equal(run(pipe, "flux"), base)
+    store_linears(pipe.family.network(pipe.model), torch.float8_e4m3fn)
+    assert set(stored(pipe).values()) == {"float8_e4m3fn"}
+    assert rel(run(pipe, "flux"), base) < 0.1  # e4m3 keeps 3 mantissa bits

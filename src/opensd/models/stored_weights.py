@@ -149,7 +149,8 @@ def kept_16bit(module: nn.Module) -> str | None:
 def store_linears(module: nn.Module, dtype: torch.dtype) -> int:
     """Every nn.Linear under `module` keeps its weight in `dtype` (float8) from now on, cast per call
     (ComfyUI's UNETLoader weight_dtype); returns how many."""
-    linears = [(name, m) for name, m in module.named_modules() if type(m) is nn.Linear]
+    linears = [(name, m) for name, m in module.named_modules()
+               if type(m) is nn.Linear or (isinstance(m, StoredLinear) and m.weight.dtype in HALF)]
     for name, linear in linears:
         parent, _, leaf = name.rpartition(".")
         weight = linear.weight.detach()
