@@ -149,15 +149,11 @@ def test_loras_and_float8_storage_apply_to_bf16_kept_linears(tmp_path):
     from opensd.checkpoints.files import save_safetensors
     from opensd.models.stored_weights import store_linears
     from opensd.pipeline import parts
-    from test_stored_weights import network, rel, run, stored
+    from test_stored_weights import network, rel, run, stored, write_qkv_lora
     net, metadata = network("flux")
     save_safetensors({k: v.bfloat16().contiguous() for k, v in net.state_dict().items()},
                      tmp_path / "bf16.safetensors", metadata)
-    g = torch.Generator().manual_seed(1)
-    name = "lora_unet_double_blocks_0_img_attn_qkv"
-    save_safetensors({f"{name}.lora_down.weight": torch.randn(4, 256, generator=g),
-                      f"{name}.lora_up.weight": 0.05 * torch.randn(768, 4, generator=g),
-                      f"{name}.alpha": torch.tensor(4.0)}, tmp_path / "lora.safetensors")
+    write_qkv_lora(tmp_path / "lora.safetensors")
     pipe = parts.load_unet(tmp_path / "bf16.safetensors", device="cpu", precision="fp32")
     base = run(pipe, "flux")
     loras = LoraSet(pipe.model)
