@@ -10,6 +10,7 @@ import torch
 from opensd.errors import CheckpointError
 from opensd.models.stored_weights import StoredLinear
 from opensd.pipeline import peak_memory
+from opensd.pipeline.loader import load_model
 from opensd.pipeline.offload import module_bytes
 from opensd.pipeline.pipeline import load
 from z_image_fixtures import write_z_image_folder, write_z_image_split_files, z_image_parts
@@ -85,6 +86,8 @@ def test_a_model_larger_than_ram_and_swap_is_refused_with_its_sizes(split, monke
         load(half["unet"], precision="fp32", device="cpu")
     monkeypatch.setattr(peak_memory, "free_memory", lambda: (stored // 2, stored // 2 + 1))
     load(half["unet"], precision="fp32", device="cpu")  # fits with the swap: loads
+    monkeypatch.setattr(peak_memory, "free_memory", lambda: (0, 0))
+    load_model(half["unet"], device="cpu", runs_on="cuda")  # staged in RAM for a GPU: not checked
 
 
 def test_meminfo_is_read_as_available_ram_and_free_swap(monkeypatch, tmp_path):

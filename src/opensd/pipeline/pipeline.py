@@ -558,7 +558,7 @@ def load(path, *, vae=None, device: str | None = None, precision: str = "auto",
     # Weights that may be offloaded load to the CPU first; set_memory_mode moves what fits.
     staged = torch.device("cpu") if dev.type == "cuda" and memory != "normal" else dev
     loaded = load_model(Path(path), vae=vae, prediction=prediction, device=staged, dtypes=dtypes,
-                        text_encoders=text_encoders)
+                        text_encoders=text_encoders, runs_on=dev)
     embeddings = load_embeddings(embeddings_dir) if embeddings_dir is not None else None
     pipe = Pipeline(loaded, dev, chosen[0].dtype, embeddings=embeddings)
     pipe.precision = replace(chosen[0], kept=kept_16bit(loaded.model))

@@ -32,10 +32,11 @@ def stored_bytes(tensors: Iterable) -> int:
 
 
 def check_fits(tensors: Iterable, path, device) -> None:
-    """CheckpointError when the tensors (every part of one model), loaded to `device`'s memory, exceed
-    the available RAM plus swap (a GPU's weights go from the file to the GPU: not checked here)."""
+    """CheckpointError when the tensors (every part of one model), for a model that runs on `device`,
+    exceed the available RAM plus swap. A model run on a GPU is not checked: its weights go to the GPU
+    or wait in RAM as its memory mode decides (pipeline/offload.py)."""
     found = peak_memory.free_memory() if torch.device(device).type == "cpu" else None
-    if found is None:  # not Linux: nothing to compare with
+    if found is None:  # a GPU's, or no /proc/meminfo (not Linux): nothing to compare with
         return
     need = stored_bytes(tensors)
     ram, swap = found
