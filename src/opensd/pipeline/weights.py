@@ -29,10 +29,13 @@ def _to(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
     return t.to(device=device)
 
 
-def _kept(src, dtype: torch.dtype) -> bool:
+def _kept(src, dtype: torch.dtype, device) -> bool:
     """Whether a Linear weight `src`, to be computed in `dtype`, stays as stored: float8/GGUF always,
-    16-bit when computed in fp32 (the per-call upcast is exact)."""
-    return is_stored(src) or (dtype == torch.float32 and isinstance(src, torch.Tensor) and src.dtype in HALF)
+    16-bit when computed in fp32 (the per-call upcast is exact) in RAM or on CUDA (older MPS has no bf16)."""
+    if is_stored(src):
+        return True
+    return (dtype == torch.float32 and isinstance(src, torch.Tensor) and src.dtype in HALF
+            and torch.device(device).type in ("cpu", "cuda"))
 
 
 def assign(model: nn.Module, sd: dict, keys: Iterable[str], dtype_of: Callable[[str], torch.dtype], device,
@@ -46,7 +49,7 @@ def assign(model: nn.Module, sd: dict, keys: Iterable[str], dtype_of: Callable[[
             src = src.make()
         path, _, name = key.rpartition(".")
         module = model.get_submodule(path)
-        if name == "weight" and type(module) is nn.Linear and keeps_stored(key) and _kept(src, dtype_of(key)):
+        if name == "weight" and type(module) is nn.Linear and keeps_stored(key) and _kept(src, dtype_of(key), device):
             parent, _, child = path.rpartition(".")
             model.get_submodule(parent).register_module(child, StoredLinear(module, src, device))
             continue
