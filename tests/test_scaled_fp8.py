@@ -170,15 +170,11 @@ def test_loras_patch_scaled_weights(tmp_path):
     """A LoRA on a scaled network: the weight it gives (float8 * scale) is base + LoRA put back in float8
     at the layer's scale, the output near the dequantised network's with the LoRA."""
     from opensd.adapters.lora import LoraSet, LoraSpec
-    from test_stored_weights import rel, run
+    from test_stored_weights import rel, run, write_qkv_lora
     net, metadata = network("flux")
     held = write_scaled(tmp_path / "scaled.safetensors", net.state_dict(), linear_weights(net), "marker", metadata)
     save_safetensors(held, tmp_path / "dequantised.safetensors", metadata)
-    g = torch.Generator().manual_seed(1)
-    name = "lora_unet_double_blocks_0_img_attn_qkv"
-    save_safetensors({f"{name}.lora_down.weight": torch.randn(4, 256, generator=g),
-                      f"{name}.lora_up.weight": 0.05 * torch.randn(768, 4, generator=g),
-                      f"{name}.alpha": torch.tensor(4.0)}, tmp_path / "lora.safetensors")
+    write_qkv_lora(tmp_path / "lora.safetensors")
     pipe = parts.load_unet(tmp_path / "scaled.safetensors", device="cpu", precision="fp32")
     plain = parts.load_unet(tmp_path / "dequantised.safetensors", device="cpu", precision="fp32")
     base = run(pipe, "flux")

@@ -83,6 +83,15 @@ def stored(pipe) -> dict[str, str]:
     return {n: m.kind for n, m in pipe.family.network(pipe.model).named_modules() if isinstance(m, StoredLinear)}
 
 
+def write_qkv_lora(path) -> None:
+    """A kohya LoRA of rank 4 on the tiny Flux network's first double block's image q/k/v."""
+    g = torch.Generator().manual_seed(1)
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    save_safetensors({f"{name}.lora_down.weight": torch.randn(4, 256, generator=g),
+                      f"{name}.lora_up.weight": 0.05 * torch.randn(768, 4, generator=g),
+                      f"{name}.alpha": torch.tensor(4.0)}, path)
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).detach().norm() / b.detach().norm())
 
@@ -172,11 +181,7 @@ def test_loras_patch_fp8_weights_and_refuse_gguf_blocks(tmp_path):
     save_safetensors({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in sd.items()},
                      tmp_path / "fp8.safetensors", metadata)
     write_gguf(tmp_path / "net.gguf", sd, Q.Q8_0, metadata, "flux")
-    g = torch.Generator().manual_seed(1)
-    name = "lora_unet_double_blocks_0_img_attn_qkv"
-    save_safetensors({f"{name}.lora_down.weight": torch.randn(4, 256, generator=g),
-                      f"{name}.lora_up.weight": 0.05 * torch.randn(768, 4, generator=g),
-                      f"{name}.alpha": torch.tensor(4.0)}, tmp_path / "lora.safetensors")
+    write_qkv_lora(tmp_path / "lora.safetensors")
     pipe = parts.load_unet(tmp_path / "fp8.safetensors", device="cpu", precision="fp32")
     base = run(pipe, "flux")
     loras = LoraSet(pipe.model)

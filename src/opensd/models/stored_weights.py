@@ -6,7 +6,8 @@ float8 (e4m3fn, e5m2) or GGML blocks (GGUF) becomes a StoredLinear, which casts 
 weight into the input's dtype on each call. The cost is one layer's weight in the compute dtype at
 a time, and the cast at every call (small next to the matrix product on a GPU; on a CPU an fp8
 cast runs at memory speed). Other tensors (biases, norms, convolutions, embeddings) are few and
-small and are upcast when loaded.
+small and are upcast when loaded. A bf16/fp16 Linear weight of a model computed in fp32 (a CPU
+without native bf16) is kept so too (pipeline/weights.py): the upcast is exact, the memory half.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch import nn
 from .ggml_quants import dequantize, type_name
 
 FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+HALF = (torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,10 +128,29 @@ class StoredLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, stored as {self.kind}"
 
 
+def float_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s parameters by name and, among them, its Linear weights kept in 16 bits (buffers of
+    StoredLinears): the float weights a model merge may change in place."""
+    found = dict(module.named_parameters())
+    found.update({f"{name}.weight": m.weight for name, m in module.named_modules()
+                  if isinstance(m, StoredLinear) and m.weight.dtype in HALF})
+    return found
+
+
+def kept_16bit(module: nn.Module) -> str | None:
+    """The 16-bit dtype(s) ("bf16", "fp16") in which Linear weights under `module` are kept as stored
+    and computed in a wider dtype; None where there are none."""
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+    found = sorted({names[m.weight.dtype] for m in module.modules()
+                    if isinstance(m, StoredLinear) and m.weight.dtype in HALF})
+    return "/".join(found) or None
+
+
 def store_linears(module: nn.Module, dtype: torch.dtype) -> int:
     """Every nn.Linear under `module` keeps its weight in `dtype` (float8) from now on, cast per call
     (ComfyUI's UNETLoader weight_dtype); returns how many."""
-    linears = [(name, m) for name, m in module.named_modules() if type(m) is nn.Linear]
+    linears = [(name, m) for name, m in module.named_modules()
+               if type(m) is nn.Linear or (isinstance(m, StoredLinear) and m.weight.dtype in HALF)]
     for name, linear in linears:
         parent, _, leaf = name.rpartition(".")
         weight = linear.weight.detach()

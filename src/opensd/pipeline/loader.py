@@ -27,6 +27,7 @@ from ..checkpoints.reader import declared_vae_scaling, fix_vae
 from ..errors import CheckpointError
 from ..families.base import Family
 from ..models import config as C
+from .ram_fit import check_fits
 from .weights import assign
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                vae_dtype: torch.dtype | None = None,
                dtypes: Callable[[C.ModelConfig], tuple[torch.dtype, torch.dtype]] | None = None,
-               text_encoders=()) -> LoadedModel:
+               text_encoders=(), runs_on: str | torch.device | None = None) -> LoadedModel:
     """Load a checkpoint file or diffusers folder; `vae` optionally replaces its VAE and
     `text_encoders` (files) add or replace text encoders, for families whose models come in parts
     (SD3, Flux: a network file, text_encoders/clip_l, clip_g, t5xxl, a VAE).
@@ -64,6 +65,8 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     `prediction` overrides eps/v where the file cannot tell (SD2 768-v vs 512-base).
     The VAE is cast to `vae_dtype` (default: `dtype`); `dtypes`, if given, picks (dtype, vae_dtype)
     from the file's config before any tensor is cast (--precision auto depends on the model's size).
+    `runs_on`: the device the model will run on, where it is not `device` (CUDA, the weights staged in
+    RAM first): a model to run on the CPU must fit its RAM (ram_fit.py).
     """
     path = Path(path)
     prediction = prediction or _sidecar_prediction(path)
@@ -87,7 +90,7 @@ def load_model(path, *, vae=None, prediction: C.Prediction | None = None,
     family.check_complete(cfg, {k: tuple(v.shape) for k, v in sd.items()}, path)
     if dtypes is not None:
         dtype, vae_dtype = dtypes(cfg)
-    model, unknown = build(cfg, sd, path, dtype, device, vae_dtype)
+    model, unknown = build(cfg, sd, path, dtype, device, vae_dtype, runs_on)
     alphas = sd.get("alphas_cumprod")
     if alphas is not None and alphas.ndim != 1:
         alphas = None
@@ -124,8 +127,8 @@ def read_model(path: Path, prediction: C.Prediction | None = None
     return found, found.canonical(sd, cfg), metadata, cfg
 
 
-def build(cfg, sd: dict[str, torch.Tensor], path, dtype, device,
-          vae_dtype: torch.dtype | None = None) -> tuple[nn.Module, list[str]]:
+def build(cfg, sd: dict[str, torch.Tensor], path, dtype, device, vae_dtype: torch.dtype | None = None,
+          runs_on=None) -> tuple[nn.Module, list[str]]:
     """Instantiate on the meta device and move the file's tensors in one at a time (weights.assign,
     which takes them out of `sd`): no random init, no double copy."""
     family = families.family_of(cfg)
@@ -146,6 +149,7 @@ def build(cfg, sd: dict[str, torch.Tensor], path, dtype, device,
         log.warning("%s: %d keys not used by a %s model, e.g. %s", path, len(unknown), cfg.family,
                     ", ".join(unknown[:3]))
     vae_dtype = vae_dtype or dtype
+    check_fits((sd[k] for k in expected), path, device if runs_on is None else runs_on)
     assign(model, sd, list(expected), lambda k: family.weight_dtype(k, dtype, vae_dtype), device, family.keeps_stored)
     leftover = [n for n, b in model.named_buffers() if b.is_meta]
     if leftover:  # a model registered a buffer that is not in the file: a bug in models/, not the file

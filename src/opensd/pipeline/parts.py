@@ -40,6 +40,7 @@ from .device import resolve_device
 from .precision import choose_precision
 from .loader import LoadedModel, read_vae
 from .pipeline import Pipeline
+from .ram_fit import check_fits
 from .weights import assign
 
 
@@ -59,6 +60,7 @@ def _pipeline(path: Path, cfg: C.ModelConfig, part: dict[str, torch.Tensor], pre
              if tuple(part[k].shape) != tuple(v.shape)]
     if wrong:
         raise CheckpointError(path, f"{len(wrong)} weights have unexpected shapes, e.g. {wrong[0]}")
+    check_fits((part[k] for k in wanted), path, device)
     assign(model, part, list(wanted), lambda k: family.weight_dtype(k, dtype, dtype), device, family.keeps_stored)
     loaded = LoadedModel(path, cfg, model.eval().requires_grad_(False), alphas, part_paths=list(paths))
     if paths:

@@ -14,13 +14,25 @@ import torch
 _STATUS, _CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 
-def system_ram() -> tuple[int, int] | None:
-    """(total, available) bytes of RAM from Linux's /proc/meminfo; None where it cannot be read."""
+def _meminfo(*fields: str) -> list[int] | None:
+    """Bytes of the named /proc/meminfo fields (Linux); None where they cannot be read."""
     try:
         info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        return int(info["MemTotal"].split()[0]) * 1024, int(info["MemAvailable"].split()[0]) * 1024
+        return [int(info[f].split()[0]) * 1024 for f in fields]
     except (OSError, KeyError, ValueError):
         return None
+
+
+def system_ram() -> tuple[int, int] | None:
+    """(total, available) bytes of RAM from Linux's /proc/meminfo; None where it cannot be read."""
+    found = _meminfo("MemTotal", "MemAvailable")
+    return None if found is None else (found[0], found[1])
+
+
+def free_memory() -> tuple[int, int] | None:
+    """(available RAM, free swap) in bytes from Linux's /proc/meminfo; None where it cannot be read."""
+    found = _meminfo("MemAvailable", "SwapFree")
+    return None if found is None else (found[0], found[1])
 
 
 @dataclass(frozen=True)

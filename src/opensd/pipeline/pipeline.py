@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +19,7 @@ from ..errors import InvalidArgument, OpenSDError
 from ..families import family_of
 from ..image_read import flatten
 from ..models.conv import circular_padding
+from ..models.stored_weights import kept_16bit
 from ..sampling.names import resolve
 from ..sampling.cfg_pp import Guided, with_uncond
 from ..sampling.samplers import NEEDS_UNCOND, sampler_context, sampler_options
@@ -556,10 +558,10 @@ def load(path, *, vae=None, device: str | None = None, precision: str = "auto",
     # Weights that may be offloaded load to the CPU first; set_memory_mode moves what fits.
     staged = torch.device("cpu") if dev.type == "cuda" and memory != "normal" else dev
     loaded = load_model(Path(path), vae=vae, prediction=prediction, device=staged, dtypes=dtypes,
-                        text_encoders=text_encoders)
+                        text_encoders=text_encoders, runs_on=dev)
     embeddings = load_embeddings(embeddings_dir) if embeddings_dir is not None else None
     pipe = Pipeline(loaded, dev, chosen[0].dtype, embeddings=embeddings)
-    pipe.precision = chosen[0]
+    pipe.precision = replace(chosen[0], kept=kept_16bit(loaded.model))
     set_memory_mode(pipe, memory)
     if loras_dir is not None:
         if not Path(loras_dir).is_dir():

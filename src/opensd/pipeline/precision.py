@@ -69,11 +69,14 @@ class Precision:
     dtype: torch.dtype      # UNet and text encoders
     vae_dtype: torch.dtype
     why: str
+    kept: str | None = None  # "bf16": the file's 16-bit Linear weights kept so, upcast per call
 
     def line(self, device: torch.device) -> str:
         name = {v: k for k, v in PRECISIONS.items()}
         vae = "" if self.vae_dtype == self.dtype else f", VAE {name[self.vae_dtype]}"
-        return f"running on {device} in {name[self.dtype]}{vae} ({self.why})"
+        kept = "" if self.kept is None else (f"; Linear weights kept in {self.kept} as the file stores them "
+                                             f"(half the memory), upcast to {name[self.dtype]} per call")
+        return f"running on {device} in {name[self.dtype]}{vae} ({self.why}{kept})"
 
 
 def choose_precision(precision: str, device: torch.device, cfg: ModelConfig) -> Precision:

@@ -91,10 +91,11 @@ def _add_weight_patches(ref) -> None:
 
 
 def _refuse_stored(ref, part: str, verb: str) -> None:
-    from ..models.stored_weights import StoredLinear
+    from ..models.stored_weights import HALF, StoredLinear
     family, model = ref.pipe.family, ref.pipe.model
     modules = [family.network(model)] if part == "unet" else family.text_modules(model)
-    if any(isinstance(m, StoredLinear) for module in modules for m in module.modules()):
+    packed = (m for module in modules for m in module.modules() if isinstance(m, StoredLinear))
+    if any(m.weight.dtype not in HALF for m in packed):  # 16-bit ones are float weights: merged in place
         raise InvalidArgument(f"{'model' if part == 'unet' else 'clip'}: {ref.name} keeps float8/GGUF-stored "
                               f"weights, which cannot be {verb}")
 
@@ -105,10 +106,11 @@ def _unhook(pipe) -> None:
 
 
 def _params(pipe, part: str) -> dict:
+    from ..models.stored_weights import float_weights
     if part == "unet":
-        return dict(pipe.family.network(pipe.model).named_parameters())
+        return float_weights(pipe.family.network(pipe.model))
     return {f"{i}.{name}": p for i, module in enumerate(pipe.family.text_modules(pipe.model))
-            for name, p in module.named_parameters()}
+            for name, p in float_weights(module).items()}
 
 
 def _changed(pipe, part: str) -> None:
