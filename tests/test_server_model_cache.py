@@ -36,3 +36,35 @@ def test_lru_within_budget(tmp_path):
     small = ModelCache(ModelFolders(root), budget_bytes=1, loader=loader)
     small.get(a)
     assert len(small.loaded()) == 1                   # the one in use stays even over budget
+
+
+def test_a_model_too_big_for_the_free_ram_unloads_the_held_ones_and_loads(tmp_path):
+    """The RAM check (pipeline/ram_fit.py) counts what the cache itself holds as used: switching
+    between two big models must not be refused while the first one is what fills the memory."""
+    from opensd.errors import OutOfMemoryForModel
+    root = models_dir(tmp_path)
+    (root / "Stable-diffusion" / "b.safetensors").write_bytes(b"x")
+    loads = []
+
+    def loader(path, **kw):
+        loads.append(path.name)
+        if path.name == "b.safetensors" and len(cache.loaded()) > 0:  # "fits" only once a is gone
+            raise OutOfMemoryForModel(path, "this model's weights take 12.0 GiB as stored, more than ...")
+        return FakePipe(path)
+
+    cache = ModelCache(ModelFolders(root), budget_bytes=10 ** 12, loader=loader)
+    a, b = cache.resolve("opensd-emoji.safetensors"), cache.resolve("b")
+    cache.get(a)
+    assert cache.get(b).path == b and [p.name for p, _ in cache.loaded()] == ["b.safetensors"]
+    assert loads == ["opensd-emoji.safetensors", "b.safetensors", "b.safetensors"]
+    # with nothing else to unload, the refusal reaches the caller as it was
+    with_a_kept = ModelCache(ModelFolders(root), budget_bytes=10 ** 12, loader=loader)
+    cache = with_a_kept
+    cache.get(a)
+    try:
+        cache.get(b, keep=((a, None),))
+    except OutOfMemoryForModel as e:
+        assert "12.0 GiB" in str(e)
+    else:
+        raise AssertionError("a model that does not fit beside a kept one must be refused")
+    assert [p.name for p, _ in cache.loaded()] == ["opensd-emoji.safetensors"]

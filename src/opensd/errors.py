@@ -14,6 +14,10 @@ class CheckpointError(OpenSDError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class OutOfMemoryForModel(CheckpointError):
+    """A model whose weights would not fit the memory that is free now (pipeline/ram_fit.py)."""
+
+
 class InvalidArgument(OpenSDError, ValueError):
     """A user-supplied parameter outside its allowed range; the message names the parameter."""
 

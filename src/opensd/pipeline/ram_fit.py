@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from ..checkpoints.keymap_dit import Deferred
-from ..errors import CheckpointError
+from ..errors import OutOfMemoryForModel
 from . import peak_memory
 
 GIB = 2 ** 30
@@ -32,16 +32,16 @@ def stored_bytes(tensors: Iterable) -> int:
 
 
 def check_fits(tensors: Iterable, path, device) -> None:
-    """CheckpointError when the tensors (every part of one model), for a model that runs on `device`,
-    exceed the available RAM plus swap. A model run on a GPU is not checked: its weights go to the GPU
-    or wait in RAM as its memory mode decides (pipeline/offload.py)."""
+    """OutOfMemoryForModel (a CheckpointError) when the tensors (every part of one model), for a model
+    that runs on `device`, exceed the available RAM plus swap. A model run on a GPU is not checked:
+    its weights go to the GPU or wait in RAM as its memory mode decides (pipeline/offload.py)."""
     found = peak_memory.free_memory() if torch.device(device).type == "cpu" else None
     if found is None:  # a GPU's, or no /proc/meminfo (not Linux): nothing to compare with
         return
     need = stored_bytes(tensors)
     ram, swap = found
     if need > ram + swap:
-        raise CheckpointError(path, f"this model's weights take {need / GIB:.1f} GiB as stored, more than this "
+        raise OutOfMemoryForModel(path, f"this model's weights take {need / GIB:.1f} GiB as stored, more than this "
                                     f"machine's {ram / GIB:.1f} GiB of available RAM and {swap / GIB:.1f} GiB of "
                                     "free swap; use a smaller file of it (GGUF Q8_0/Q4_K or float8), close other "
                                     "programs, or add swap")

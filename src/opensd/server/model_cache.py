@@ -10,7 +10,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from ..errors import CheckpointError, InvalidArgument
+from ..errors import CheckpointError, InvalidArgument, OutOfMemoryForModel
 from ..library.hashes import default_cache, model_hash, shorthash
 from ..library.models_dir import ModelFolders
 from ..library.network_models import resolve_model, whole_models
@@ -95,7 +95,13 @@ class ModelCache:
             load = self._loader
             if load is None:
                 from ..pipeline.pipeline import load
-            pipe = load(path, vae=vae, device=self.device, precision=self.precision, memory=self.memory)
+            try:
+                pipe = load(path, vae=vae, device=self.device, precision=self.precision, memory=self.memory)
+            except OutOfMemoryForModel:
+                # the models held here may be what fills the RAM: unload those not in use, then try once more
+                if not self._evict(keep=keep, everything=True):
+                    raise
+                pipe = load(path, vae=vae, device=self.device, precision=self.precision, memory=self.memory)
             if path.is_file():
                 try:
                     model_hash(path)  # A1111 hashes at load; later titles show it
@@ -147,18 +153,22 @@ class ModelCache:
                 if hasattr(pipe, "set_embeddings"):
                     pipe.set_embeddings(db)
 
-    def _evict(self, keep: tuple) -> None:
-        """Unload least recently used pipelines but those in `keep` while over the budget."""
-        while sum(self._sizes.values()) > self.budget:
+    def _evict(self, keep: tuple, everything: bool = False) -> int:
+        """Unload least recently used pipelines but those in `keep` while over the budget (or all of
+        them, `everything`). Returns how many were unloaded."""
+        gone = 0
+        while everything or sum(self._sizes.values()) > self.budget:
             old = next((k for k in self._pipes if k not in keep), None)
             if old is None:
                 break
+            gone += 1
             del self._pipes[old]
             log.info("unloading %s (model cache budget %d bytes)", old[0], self.budget)
             self._sizes.pop(old, None)
             for fn in self.on_evict:
                 fn(old[0])
         gc.collect()
+        return gone
 
     def clear(self) -> int:
         """Unload every pipeline (ComfyUI's /free, A1111's /unload-checkpoint); a running job keeps
