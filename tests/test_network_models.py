@@ -90,7 +90,7 @@ def test_a_network_without_its_vae_is_listed_once_the_vae_is_there(env, tmp_path
     folders = ModelFolders(other, include_builtin=False)
     assert whole_models(folders) == []
     with pytest.raises(InvalidArgument, match=r"is the network diffusion_models/z_image_turbo_bf16.safetensors, "
-                                              r"but the models folder has no vae for it"):
+                                              r"but the models folder has no VAE for it"):
         resolve_model(folders, "z_image_turbo_bf16")
     shutil.copytree(models / "vae", other / "vae")
     assert [m.name for m in whole_models(folders)] == [NET]
@@ -183,3 +183,10 @@ def test_ray_workers_are_sent_the_network_by_name(env):
     assert (name, vae) == (NET, None)
     payload, _ = from_wire(folders, {"model": name})
     assert payload["model_path"] == str(path)
+
+
+def test_missing_parts_are_named_in_words():
+    from opensd.checkpoints.part_files import label
+    assert [label(p) for p in ("qwen3:2560", "qwen3:4096", "qwen3:1024", "flux2_vae", "t5xxl", "vae")] == [
+        "Qwen3-4B text encoder", "Qwen3-8B text encoder", "Qwen3 (1024 wide) text encoder", "FLUX.2 VAE",
+        "T5-XXL text encoder", "VAE"]

@@ -25,6 +25,19 @@ _PREFERRED = {"clip_l": ("clip_l",), "clip_g": ("clip_g",), "t5xxl": ("t5xxl_fp1
               "vae": ("ae", "sd3", "flux"), "flux2_vae": ("flux2", "ae")}
 
 
+_LABELS = {"clip_l": "CLIP-L text encoder", "clip_g": "CLIP-G text encoder", "t5xxl": "T5-XXL text encoder",
+           "qwen3": "Qwen3 text encoder", "vae": "VAE", "flux2_vae": "FLUX.2 VAE"}
+_QWEN3_SIZES = {2560: "Qwen3-4B", 4096: "Qwen3-8B"}
+
+
+def label(part: str) -> str:
+    """A part kind in words: "qwen3:2560" -> "Qwen3-4B text encoder", "flux2_vae" -> "FLUX.2 VAE"."""
+    kind, _, width = part.partition(":")
+    if kind == "qwen3" and width:
+        return f"{_QWEN3_SIZES.get(int(width), f'Qwen3 ({width} wide)')} text encoder"
+    return _LABELS.get(kind, part)
+
+
 def _folders(model: Path, names: tuple[str, ...]) -> list[Path]:
     """Part folders beside the model's folder (models/checkpoints/x -> models/text_encoders/, ...)."""
     out = []

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..checkpoints.part_files import find_parts
+from ..checkpoints.part_files import find_parts, label
 from ..errors import InvalidArgument, OpenSDError
 from ..families.dit import DiTFamily
 from ..stamp_cache import by_stamp
@@ -62,7 +62,7 @@ def resolve_model(folders: ModelFolders, name: str) -> Path:
             if missing:
                 raise InvalidArgument(
                     f"checkpoints: {name!r} is the network {path.parent.name}/{path.name}, but the models folder "
-                    f"has no {', '.join(missing)} for it (put them in text_encoders/ or clip/, and vae/)") from None
+                    f"has no {', '.join(map(label, missing))} for it (put them in text_encoders/ or clip/, and vae/)") from None
         raise
 
 
