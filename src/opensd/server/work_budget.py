@@ -1,7 +1,8 @@
 """The most work one request may ask for, so one request cannot hold the server for days.
 
 Work is counted in megapixel-steps: for every image, its pixels times its sampling steps, for
-each pass (a hires fix's second pass counts at its own size and steps). The limit (--work-budget,
+each pass (a hires fix's second pass counts at its own size and steps); a VAE decode or encode
+counts as one step at its image's size. The limit (--work-budget,
 default 10,000) lets a local user run e.g. 8 x 4 images of 1024x1024 at 50 steps (1,678) with room
 to spare, and refuses 64 x 100 images (at 1024x1024 and 20 steps: 134,218) before any work, with
 the cost and the flag that raises it.
