@@ -2,9 +2,11 @@
 one request's total work is capped by a budget (--work-budget) on both APIs."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -132,3 +134,75 @@ def test_a_large_firstpass_image_counts_its_encoding(client):
     assert client.post("/sdapi/v1/txt2img", json={**hires, "hr_upscaler": "Lanczos",
                                                   "firstpass_image": png(1200)}).status_code == 200
     assert client.post("/sdapi/v1/txt2img", json={**hires, "firstpass_image": png(64)}).status_code == 200
+
+
+def _node(class_type: str, **inputs) -> dict:
+    return {"class_type": class_type, "inputs": inputs}
+
+
+def _graph(**changes) -> dict:
+    graph = {k: {"class_type": v["class_type"], "inputs": dict(v["inputs"])} for k, v in COMFY_GRAPH.items()}
+    graph["5"]["inputs"].update(width=512, height=512, batch_size=2)
+    graph["3"]["inputs"]["steps"] = 20
+    return graph | changes
+
+
+def _upscaled_8192(decoder: str = "VAEDecode") -> dict:
+    """A 64x64 empty latent enlarged 8x, 4x and 4x and decoded: an 8192x8192 image, no sampler."""
+    graph = {"4": COMFY_GRAPH["4"], "5": _node("EmptyLatentImage", width=64, height=64, batch_size=1),
+             "u1": _node("LatentUpscaleBy", samples=["5", 0], upscale_method="nearest-exact", scale_by=8.0),
+             "u2": _node("LatentUpscaleBy", samples=["u1", 0], upscale_method="nearest-exact", scale_by=4.0),
+             "u3": _node("LatentUpscaleBy", samples=["u2", 0], upscale_method="nearest-exact", scale_by=4.0),
+             "8": _node(decoder, samples=["u3", 0], vae=["4", 2]), "9": COMFY_GRAPH["9"]}
+    if decoder == "VAEDecodeTiled":
+        graph["8"]["inputs"].update(tile_size=512, overlap=64, temporal_size=64, temporal_overlap=8)
+    return graph
+
+
+def test_a_vae_decode_counts_one_step_at_its_image_size():
+    base, _ = work_budget.comfy_cost(_graph(**{"8": _node("PreviewAny", source=["3", 0])}))
+    decoded, words = work_budget.comfy_cost(_graph())
+    assert base == pytest.approx(2 * 512 * 512 * 20 / 1e6)
+    assert decoded - base == pytest.approx(2 * 512 * 512 / 1e6)
+    assert "node 8: 2 images of 512x512 decoded" in words
+    plain, words = work_budget.comfy_cost(_upscaled_8192())
+    tiled, _ = work_budget.comfy_cost(_upscaled_8192("VAEDecodeTiled"))
+    assert plain == tiled == pytest.approx(8192 * 8192 / 1e6) and "node 8: 1 images of 8192x8192 decoded" in words
+
+
+def test_an_encode_counts_its_image_and_a_sampler_its_enlarged_latent():
+    image = _node("ImageScale", image=["l", 0], upscale_method="nearest-exact", width=4096, height=2048, crop="disabled")
+    graph = {"l": _node("LoadImage", image="x.png"), "s": image, "e": _node("VAEEncodeTiled", pixels=["s", 0]),
+             "u": _node("LatentUpscale", samples=["e", 0], upscale_method="nearest-exact", width=0, height=1024,
+                        crop="disabled"),
+             "k": _node("KSampler", latent_image=["u", 0], steps=10), "b": _node("ImageScaleBy", image=["l", 0])}
+    cost, words = work_budget.comfy_cost(graph)
+    assert cost == pytest.approx((4096 * 2048 + 2048 * 1024 * 10) / 1e6)
+    assert "node e: 1 images of 4096x2048 encoded" in words and "node k: 1 images of 2048x1024 x 10 steps" in words
+    graph["r"] = _node("RepeatImageBatch", image=["s", 0], amount=3)
+    graph["e"]["inputs"]["pixels"] = ["r", 0]
+    assert "node e: 3 images of 4096x2048 encoded" in work_budget.comfy_cost(graph)[1]
+    # a loaded image's size is known only when the graph runs: not counted, not refused
+    graph["e"]["inputs"]["pixels"] = ["l", 0]
+    assert work_budget.comfy_cost(graph) == (0.0, "")
+
+
+def test_every_shipped_and_example_comfy_graph_fits_the_default_budget():
+    budget, graphs = Settings().work_budget, [COMFY_GRAPH]
+    for path in (Path(__file__).parent / "comfy_workflows").glob("*.json"):
+        graph = json.loads(path.read_text())
+        if all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
+            graphs.append(graph)
+    assert len(graphs) > 1
+    for graph in graphs:
+        assert work_budget.comfy_cost(graph)[0] < budget / 10
+
+
+def test_a_decode_of_an_8192_image_is_refused_before_any_work(client):
+    r = client.post("/prompt", json={"prompt": _upscaled_8192()})
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert "work: this request asks for 67 megapixel-steps (node 8: 1 images of 8192x8192 decoded)" in message
+    queue = client.get("/queue").json()
+    assert "--work-budget" in message
+    assert not any("u3" in item[2] for item in queue["queue_running"] + queue["queue_pending"])

@@ -1,7 +1,8 @@
 """The most work one request may ask for, so one request cannot hold the server for days.
 
 Work is counted in megapixel-steps: for every image, its pixels times its sampling steps, for
-each pass (a hires fix's second pass counts at its own size and steps). The limit (--work-budget,
+each pass (a hires fix's second pass counts at its own size and steps); a VAE decode or encode
+counts as one step at its image's size. The limit (--work-budget,
 default 10,000) lets a local user run e.g. 8 x 4 images of 1024x1024 at 50 steps (1,678) with room
 to spare, and refuses 64 x 100 images (at 1024x1024 and 20 steps: 134,218) before any work, with
 the cost and the flag that raises it.
@@ -71,29 +72,105 @@ def _growth(graph: dict, inputs: dict) -> float:
     return max(1.0, ratio) if isinstance(ratio, float) else 1.0
 
 
+# VAE nodes -> their input, whose size their output has (counted as work in comfy_cost)
+_CODECS = {"VAEDecode": "samples", "VAEDecodeTiled": "samples", "VAEEncode": "pixels",
+           "VAEEncodeTiled": "pixels", "VAEEncodeForInpaint": "pixels"}
+# nodes whose output image or latent has the size of one input's (followed to find a size)
+_SAME_SIZE = {**_CODECS, "RebatchLatents": "latents", "SetLatentNoiseMask": "samples", "LatentMultiply": "samples",
+              "LatentAdd": "samples1", "LatentSubtract": "samples1", "LatentBlend": "samples1",
+              "LatentComposite": "samples_to", "ImageInvert": "image"}
+_REPEATS = {"RepeatLatentBatch": "samples", "RepeatImageBatch": "image"}  # batch times their "amount"
+_MAX_HOPS = 200  # a longer chain of resizes counts as unknown (as a size only known when it runs)
+
+Size = tuple[float, float, int]  # pixel width, height, batch
+
+
+def _number(graph: dict, value) -> float | None:
+    value = _known(graph, value)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _resized(graph: dict, inner: Size | None, inputs: dict, least: int) -> Size | None:
+    """LatentUpscale's / ImageScale's size: its width and height, 0 keeping the inner aspect ratio.
+    With an inner size unknown (a loaded image) both sides given count as one image."""
+    w, h = _number(graph, inputs.get("width")), _number(graph, inputs.get("height"))
+    if w is None or h is None:
+        return None
+    if w == 0 and h == 0:
+        return inner
+    if w and h:
+        return (max(least, w), max(least, h), inner[2] if inner else 1)
+    if inner is None:
+        return None
+    if w == 0:
+        h = max(least, h)
+        return (max(least, inner[0] * h / inner[1]), h, inner[2])
+    w = max(least, w)
+    return (w, max(least, inner[1] * w / inner[0]), inner[2])
+
+
+def _size(graph: dict, link, hops: int = 0) -> Size | None:
+    """The pixel size of the latent or image `link` carries, where the graph alone tells it (empty
+    latents and images, resizes by a size or factor, samplers' enlargement, VAE codecs); else None."""
+    kind, inputs = _node_at(graph, link)
+    if kind is None or hops > _MAX_HOPS:
+        return None
+
+    def inner(name: str) -> Size | None:
+        return _size(graph, inputs.get(name), hops + 1)
+
+    if kind in LATENT_SOURCES or kind == "EmptyImage":
+        values = [_known(graph, inputs.get(k, 1)) for k in ("width", "height", "batch_size")]
+        return tuple(values) if all(isinstance(v, int) and v > 0 for v in values) else None
+    if kind in _SAME_SIZE:
+        return inner(_SAME_SIZE[kind])
+    if kind in _REPEATS:
+        size, amount = inner(_REPEATS[kind]), _known(graph, inputs.get("amount"))
+        return size and isinstance(amount, int) and amount > 0 and (size[0], size[1], size[2] * amount) or None
+    if kind in SAMPLERS:
+        size, growth = inner("latent_image"), _growth(graph, inputs)
+        return size and (size[0] * growth, size[1] * growth, size[2])
+    if kind in ("LatentUpscaleBy", "ImageScaleBy"):
+        size, scale = inner("samples" if kind == "LatentUpscaleBy" else "image"), _number(graph, inputs.get("scale_by"))
+        return size and scale and (size[0] * scale, size[1] * scale, size[2])
+    if kind == "LatentUpscale":
+        return _resized(graph, inner("samples"), inputs, 64)
+    if kind == "ImageScale":
+        return _resized(graph, inner("image"), inputs, 1)
+    if kind == "ImageScaleToTotalPixels":
+        size, mp = inner("image"), _number(graph, inputs.get("megapixels"))
+        side = mp ** 0.5 * 1024 if mp else None
+        return side and (side, side, size[2] if size else 1)
+    return None
+
+
 def comfy_cost(graph: dict) -> tuple[float, str]:
-    """(megapixel-steps, description) of the samplers of a validated ComfyUI graph (check_prompt's
-    normalized one: numbers converted, so "10000" counts as 10000; links as [str id, slot]) whose
-    latent comes straight from an empty-latent node (other sources have sizes known only when the
-    graph runs)."""
+    """(megapixel-steps, description) of a validated ComfyUI graph (check_prompt's normalized one:
+    numbers converted, so "10000" counts as 10000; links as [str id, slot]): its samplers' steps at
+    their latents' sizes, and every VAE decode or encode as one step at its image's size (as
+    a1111_cost counts a firstpass_image's encode), where the graph alone tells those sizes (_size:
+    a loaded image's is known only when the graph runs, and is not counted)."""
     cost, parts = 0.0, []
     for node_id, node in graph.items():
-        if node["class_type"] not in SAMPLERS:
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind in _CODECS:
+            size = _size(graph, inputs.get(_CODECS[kind]))
+            if size:
+                w, h, batch = size
+                cost += w * h * batch / 1e6
+                what = "decoded" if kind.startswith("VAEDecode") else "encoded"
+                parts.append(f"node {node_id}: {batch} images of {w:.0f}x{h:.0f} {what}")
             continue
-        inputs = node["inputs"]
-        source, size = _linked(graph, inputs, "latent_image")
-        if source == "RebatchLatents":  # the same images in other batches: the sampler runs on all of them
-            source, size = _linked(graph, size, "latents")
-        if source not in LATENT_SOURCES:
+        if kind not in SAMPLERS:
             continue
-        steps_from = SAMPLERS[node["class_type"]]
-        steps = (inputs if steps_from is None else _linked(graph, inputs, steps_from)[1]).get("steps")
-        values = [_known(graph, v) for v in (size.get("width"), size.get("height"), size.get("batch_size", 1), steps)]
-        if not all(isinstance(v, int) and v > 0 for v in values):
+        size = _size(graph, inputs.get("latent_image"))
+        steps_from = SAMPLERS[kind]
+        steps = _known(graph, (inputs if steps_from is None else _linked(graph, inputs, steps_from)[1]).get("steps"))
+        if not size or not (isinstance(steps, int) and steps > 0):
             continue  # known only when the graph runs (a link), or refused then (a primitive's -5)
-        w, h, batch, steps = values
+        w, h, batch = size
         growth = _growth(graph, inputs)
         cost += w * h * batch * steps * growth ** 2 / 1e6
-        parts.append(f"node {node_id}: {batch} images of {w}x{h} x {steps} steps"
+        parts.append(f"node {node_id}: {batch} images of {w:.0f}x{h:.0f} x {steps} steps"
                      + (f", enlarged up to {growth:g}x" if growth > 1 else ""))
     return cost, "; ".join(parts)
