@@ -127,5 +127,5 @@ def test_the_network_is_a_model_by_name_and_a_missing_part_is_named(env, tmp_pat
     sh.copytree(models / "diffusion_models", bare / "diffusion_models")
     sh.copytree(models / "text_encoders", bare / "text_encoders")
     assert not any(m.path.name == UNET for m in whole_models(ModelFolders(bare, include_builtin=False)))
-    with pytest.raises(InvalidArgument, match="has no flux2_vae"):
+    with pytest.raises(InvalidArgument, match="has no FLUX.2 VAE for it"):
         resolve_model(ModelFolders(bare, include_builtin=False), "flux-2-klein-4b")
