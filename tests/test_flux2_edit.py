@@ -72,3 +72,23 @@ def test_txt2img_with_references_equals_the_pipeline(klein, sizes, monkeypatch):
     assert np.abs(got_8bit - want_8bit).max() <= 1 and want_8bit.std() > 1
     (plain,) = ours.txt2img(PROMPT, "", steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=1.0)
     assert np.abs(np.asarray(plain).astype(int) - got_8bit).max() > 8  # the references change the image
+
+
+@pytest.mark.parametrize("size", [(1100, 1000), (1030, 770)])
+def test_a_reference_is_fitted_as_the_pipeline_fits_it(size):
+    """Above 1 MP scaled down to 1 MP (Lanczos), then centre-cropped to whole 16-pixel tokens: the
+    pixels Flux2KleinPipeline's image processor gives (klein's released VAE: 16 pixels a token)."""
+    from types import SimpleNamespace
+
+    from diffusers.pipelines.flux2.image_processor import Flux2ImageProcessor
+
+    from opensd.families.flux2 import FLUX2_FAMILY
+    image = picture(*size, seed=3)
+    got = FLUX2_FAMILY.fit_reference(SimpleNamespace(config=SimpleNamespace(size_multiple=16)), image)
+    proc = Flux2ImageProcessor(vae_scale_factor=8, vae_latent_channels=32)
+    fitted = proc._resize_to_target_area(image, 1024 * 1024) if size[0] * size[1] > 1024 * 1024 else image
+    w, h = fitted.width // 16 * 16, fitted.height // 16 * 16
+    want = proc.preprocess(fitted, height=h, width=w, resize_mode="crop")
+    assert got.size == (w, h)
+    torch.testing.assert_close(torch.from_numpy(np.asarray(got, np.float32) / 127.5 - 1).permute(2, 0, 1)[None],
+                               want.float(), atol=1e-6, rtol=0)
