@@ -34,8 +34,10 @@ def test_reference_ids_are_the_pipelines():
     tokens, ids = reference_tokens(refs, "index", (5, 5))
     assert tokens.shape == (1, 14, 128)
     assert torch.equal(ids, Flux2KleinPipeline._prepare_image_ids(refs)[0])
-    _, offset = reference_tokens(refs, "offset", (5, 5))  # ComfyUI's Kontext placement, time ids scaled
-    assert offset[:, 0].unique().tolist() == [10] and offset[6:, 1:3].min(0).values.tolist() == [3, 0]
+    _, offset = reference_tokens(refs, "offset", (5, 5))  # ComfyUI's Kontext placement: time id 1, unscaled
+    assert offset[:, 0].unique().tolist() == [1] and offset[6:, 1:3].min(0).values.tolist() == [3, 0]
+    _, uxo = reference_tokens(refs, "uxo", (5, 5))  # diagonally past the 5x5 image and the first reference
+    assert uxo[:, 0].unique().tolist() == [0] and uxo[6:, 1:3].min(0).values.tolist() == [8, 7]
     with pytest.raises(InvalidArgument, match="reference_latents_method"):
         reference_tokens(refs, "sideways")
 

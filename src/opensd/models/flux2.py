@@ -156,11 +156,12 @@ def reference_tokens(refs: list[torch.Tensor], method: str = "index",
     """Reference latents (each (B, C, h', w')) as tokens and RoPE ids after an image of `image` (h, w)
     cells. "index" (klein's own, diffusers' and ComfyUI's default): reference i at time id 10 (i + 1),
     its own rows and columns from 0; "offset" and "uxo" place them as for Flux.1 Kontext
-    (models.flux.reference_offsets, one cell a patch), their time ids scaled by 10 as ComfyUI's."""
+    (models.flux.reference_offsets, one cell a patch, time ids 1 and 0 unscaled, as ComfyUI's)."""
     sizes = [tuple(r.shape[-2:]) for r in refs]
     tokens, ids = [], []
     for ref, (index, dh, dw) in zip(refs, reference_offsets(sizes, method, image, patch=1)):
-        shift = torch.tensor((REFERENCE_TIME * index, dh, dw, 0), device=ref.device)
+        time = REFERENCE_TIME * index if method == "index" else index
+        shift = torch.tensor((time, dh, dw, 0), device=ref.device)
         tokens.append(ref.flatten(2).transpose(1, 2))
         ids.append(image_ids(*ref.shape[-2:], ref.device) + shift)
     return torch.cat(tokens, dim=1), torch.cat(ids)
