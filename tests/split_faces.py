@@ -28,10 +28,11 @@ def want(pipe, prompt, steps, seed, size, cfg=1.0, negative=""):
                         sampler="euler", scheduler="simple")[0]
 
 
-def cli_image(model_file, out, prompt, steps, seed, size) -> Image.Image:
+def cli_image(model_file, out, prompt, steps, seed, size, *extra: str) -> Image.Image:
+    """`extra`: more command-line arguments."""
     assert main(["generate", prompt, "-m", str(model_file), "--steps", str(steps), "--seed", str(seed),
                  "--width", str(size), "--height", str(size), "--sampler", "euler", "--precision", "fp32",
-                 "--device", "cpu", "-o", str(out)]) == 0
+                 "--device", "cpu", "-o", str(out), *extra]) == 0
     return Image.open(out)
 
 

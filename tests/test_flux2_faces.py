@@ -129,3 +129,46 @@ def test_the_network_is_a_model_by_name_and_a_missing_part_is_named(env, tmp_pat
     assert not any(m.path.name == UNET for m in whole_models(ModelFolders(bare, include_builtin=False)))
     with pytest.raises(InvalidArgument, match="has no FLUX.2 VAE for it"):
         resolve_model(ModelFolders(bare, include_builtin=False), "flux-2-klein-4b")
+
+
+def _reference(path) -> "Image.Image":
+    """A 48x64 reference (whole 16-pixel tokens: nothing cropped on either path), saved at `path`."""
+    from PIL import Image
+    rng = np.random.default_rng(11)
+    image = Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return image
+
+
+def test_comfyui_klein_edit_graph_equals_our_txt2img_with_the_reference(env):
+    """ComfyUI's klein edit template: LoadImage -> VAEEncode -> ReferenceLatent on the positive and
+    the negative conditioning -> CFGGuider: the image of our txt2img with the same reference, which
+    differs from the one without it."""
+    models, pipe, tmp = env
+    image = _reference(tmp / "input" / "ref.png")
+    graph = _graph()
+    graph.update({
+        "40": {"class_type": "LoadImage", "inputs": {"image": "ref.png"}},
+        "41": {"class_type": "VAEEncode", "inputs": {"pixels": ["40", 0], "vae": ["13", 0]}},
+        "42": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["6", 0], "latent": ["41", 0]}},
+        "43": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["7", 0], "latent": ["41", 0]}},
+    })
+    graph["28"]["inputs"].update(positive=["42", 0], negative=["43", 0])
+    folders = ModelFolders(models, include_builtin=False)
+    got = _run(make_ctx(folders, Loader(folders), tmp), graph)
+    want = pixels(pipe.txt2img(PROMPT, "", references=[image], steps=STEPS, seed=SEED, width=SIZE, height=SIZE,
+                               cfg=1.0, sampler="euler", scheduler="simple")[0])
+    assert np.abs(got - want).max() <= 1
+    assert np.abs(want - pixels(_want(pipe))).max() > 8  # the reference changes the image
+
+
+def test_cli_reference_image_edits_with_klein(env, tmp_path):
+    """`opensd generate --reference-image` (as for Flux.1 Kontext) on the klein network's file."""
+    models, pipe, _ = env
+    image = _reference(tmp_path / "ref.png")
+    got = cli_image(models / "diffusion_models" / UNET, tmp_path / "k.png", PROMPT, STEPS, SEED, SIZE,
+                    "--reference-image", str(tmp_path / "ref.png"))
+    want = pipe.txt2img(PROMPT, "", references=[image], steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=1.0,
+                        sampler="euler", scheduler="simple")[0]
+    assert np.abs(pixels(got) - pixels(want)).max() <= 1

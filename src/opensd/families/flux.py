@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import FLUX_PARTS
@@ -18,6 +19,7 @@ from ..models.dit_models import FluxModel
 from ..sampling.flow import FlowSampling, flux_mu
 from .dit import DiTFamily, compute_dtype
 
+KONTEXT_SIDE = 16  # a Kontext reference's sides are first cut down to multiples of this (pixels per token)
 # the sizes Kontext was trained at (width, height); BFL, diffusers and ComfyUI resize the reference
 # image to the one nearest its aspect ratio
 KONTEXT_SIZES = ((672, 1568), (688, 1504), (720, 1456), (752, 1392), (800, 1328), (832, 1248), (880, 1184),
@@ -94,6 +96,13 @@ class FluxFamily(DiTFamily):
 
     adapters = DiTFamily.adapters | {"controlnet"}  # Flux ControlNets (adapters/flux_controlnet.py)
     reference_latents = True  # Kontext's: the network appends them to its image tokens
+    reference_method = "offset"  # ComfyUI's placement without FluxKontextMultiReferenceLatentMethod
+
+    def fit_reference(self, pipe, image):
+        """A reference image as FluxKontextPipeline fits it: sides cut down to multiples of 16, then
+        resized (Lanczos) to the Kontext training size nearest that aspect ratio."""
+        w, h = image.width - image.width % KONTEXT_SIDE, image.height - image.height % KONTEXT_SIDE
+        return image.resize(kontext_size(w, h), Image.LANCZOS)
 
     def defaults(self, cfg: FluxModelConfig) -> dict[str, float | int]:
         """schnell (no guidance input): 4 steps, as BFL and diffusers run it; dev: CFG 1 and guidance 3.5."""
@@ -101,7 +110,7 @@ class FluxFamily(DiTFamily):
             return super().defaults(cfg)
         return {"cfg": self.default_cfg, "steps": SCHNELL_STEPS}
 
-    def net_fn(self, model: FluxModel, guidance=None, references=None, reference_method: str = "offset"):
+    def net_fn(self, model: FluxModel, guidance=None, references=None, reference_method: str | None = None):
         """`references`: Kontext's reference latents, model-scaled, each (1 or B, C, H, W), placed by
         `reference_method` (models.flux.REFERENCE_METHODS)."""
         flux = model.network
@@ -114,7 +123,7 @@ class FluxFamily(DiTFamily):
             g = torch.full((len(x),), float(scale), device=x.device) if embed else None
             refs = [r.to(x.device, dtype).expand(len(x), -1, -1, -1) for r in references or ()]
             return flux(x.to(dtype), t, context.to(dtype), y.to(dtype), g, refs, control and control.parts,
-                        ref_method=reference_method)
+                        ref_method=reference_method or self.reference_method)
 
         return call
 

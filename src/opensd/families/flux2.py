@@ -17,7 +17,10 @@ features, an encoder opensd does not have: refused in one line.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+
+from PIL import Image
 
 from ..checkpoints import detect as D
 from ..checkpoints import detect_dit as DD
@@ -33,6 +36,7 @@ from .qwen_dit import QwenDiTFamily, has_qwen3, has_vae
 
 COMFY_SHIFT = 2.02  # ComfyUI's FLUX.2 mu when no size and step count are known (its sampling settings)
 BASE_CFG = 4.0  # Flux2KleinPipeline's guidance_scale default, used by the base (undistilled) models
+REFERENCE_AREA = 1024 * 1024  # Flux2KleinPipeline's largest reference image, in pixels
 BASE_STEPS = 50  # Flux2KleinPipeline's num_inference_steps default
 META_DISTILLED = "opensd.flux2_distilled"  # "1"/"0": a Flux2KleinPipeline folder's is_distilled
 DEV_REFUSAL = ("a FLUX.2 [dev] network: it takes the Mistral Small 3.1 text encoder, which opensd does not "
@@ -142,14 +146,33 @@ class Flux2Family(QwenDiTFamily):
         defaults)."""
         return super().defaults(cfg) if cfg.distilled else {"cfg": BASE_CFG, "steps": BASE_STEPS}
 
-    def net_fn(self, model: Flux2Model, guidance=None, references=None):
+    reference_latents = True  # klein edits: reference images' latents appended to the image tokens
+    reference_method = "index"  # each reference at its own time id (ComfyUI's default_ref_method)
+
+    def fit_reference(self, pipe, image):
+        """A reference image as Flux2KleinPipeline fits it: above 1 MP scaled to 1 MP (Lanczos), then
+        centre-cropped to multiples of the model's size step."""
+        w, h = image.size
+        if w * h > REFERENCE_AREA:
+            scale = math.sqrt(REFERENCE_AREA / (w * h))
+            image = image.resize((int(w * scale), int(h * scale)), Image.LANCZOS)
+        step = pipe.config.size_multiple
+        w, h = image.width - image.width % step, image.height - image.height % step
+        left, top = (image.width - w) // 2, (image.height - h) // 2
+        return image.crop((left, top, left + w, top + h))
+
+    def net_fn(self, model: Flux2Model, guidance=None, references=None, reference_method: str | None = None):
+        """`references`: reference images' latents (model latents, each (1 or B, 128, h, w)), placed by
+        `reference_method` (models.flux2.reference_tokens; klein's "index" without one)."""
         net = model.network
         dtype = compute_dtype(net)
+        method = reference_method or self.reference_method
 
         def call(x, t, context, y, control=None):
             """t: sigma (multiplier 1), the network's own time; every context row is a token (the
             pipeline's padded 512, unmasked)."""
-            return net(x.to(dtype), t, context.to(dtype))
+            refs = [r.to(x.device, dtype).expand(len(x), -1, -1, -1) for r in references or ()]
+            return net(x.to(dtype), t, context.to(dtype), ref_latents=refs, ref_method=method)
 
         return call
 

@@ -164,14 +164,15 @@ REFERENCE_METHODS = ("offset", "index", "uxo")
 
 
 def reference_offsets(sizes: list[tuple[int, int]], method: str = "offset",
-                      image: tuple[int, int] = (0, 0)) -> list[tuple[int, int, int]]:
+                      image: tuple[int, int] = (0, 0), patch: int = 2) -> list[tuple[int, int, int]]:
     """(time id, row offset, column offset) of each reference latent of `sizes` ((H, W) latent cells),
     the offsets in patches, for an image of `image` (h, w) patches, as ComfyUI places them:
     * offset: time id 1, each reference moved past the ones before along the side that grows their
       bounding box least (diffusers' placement for one reference);
     * index: time ids 1, 2, ..., no offsets;
     * uxo (UXO/UNO): time id 0, each reference diagonally past the image and the references before.
-    Offsets in cells round to patches half up, as ComfyUI's."""
+    Offsets in cells round to patches (`patch` cells a side: 2 for Flux.1, 1 for FLUX.2) half up, as
+    ComfyUI's."""
     if method not in REFERENCE_METHODS:
         raise InvalidArgument(f"reference_latents_method: {method!r} is not one of {', '.join(REFERENCE_METHODS)} "
                               "for Flux")
@@ -180,12 +181,12 @@ def reference_offsets(sizes: list[tuple[int, int]], method: str = "offset",
         if method == "index":
             index, dh, dw = i + 1, 0, 0
         elif method == "uxo":
-            index, dh, dw = 0, 2 * image[0] + h, 2 * image[1] + w
+            index, dh, dw = 0, patch * image[0] + h, patch * image[1] + w
             h, w = h + rh, w + rw
         else:
             index, (dh, dw) = 1, ((0, w) if rh + h > rw + w else (h, 0))
             h, w = max(h, rh + dh), max(w, rw + dw)
-        out.append((index, (dh + 1) // 2, (dw + 1) // 2))
+        out.append((index, (dh + patch // 2) // patch, (dw + patch // 2) // patch))
     return out
 
 

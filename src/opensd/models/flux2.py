@@ -20,12 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config_dit import Flux2Config
-from .flux import FREQ_DIM, TIME_FACTOR, QKNorm, joint_attention, rope_attention, split_heads
+from .flux import FREQ_DIM, TIME_FACTOR, QKNorm, joint_attention, reference_offsets, rope_attention, split_heads
 from .norms import layer_norm
 from .rope import check_axes, rope_angles
 from .unet import timestep_embedding
 
 FP16_MAX = 65504.0
+REFERENCE_TIME = 10  # the time id step between reference images (diffusers' scale, ComfyUI's ref_index_scale)
 
 
 def swiglu(x: torch.Tensor) -> torch.Tensor:
@@ -150,6 +151,22 @@ def text_ids(n: int, device: torch.device | None = None) -> torch.Tensor:
     return F.pad(torch.arange(n, device=device)[:, None], (3, 0))
 
 
+def reference_tokens(refs: list[torch.Tensor], method: str = "index",
+                     image: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference latents (each (B, C, h', w')) as tokens and RoPE ids after an image of `image` (h, w)
+    cells. "index" (klein's own, diffusers' and ComfyUI's default): reference i at time id 10 (i + 1),
+    its own rows and columns from 0; "offset" and "uxo" place them as for Flux.1 Kontext
+    (models.flux.reference_offsets, one cell a patch, time ids 1 and 0 unscaled, as ComfyUI's)."""
+    sizes = [tuple(r.shape[-2:]) for r in refs]
+    tokens, ids = [], []
+    for ref, (index, dh, dw) in zip(refs, reference_offsets(sizes, method, image, patch=1)):
+        time = REFERENCE_TIME * index if method == "index" else index
+        shift = torch.tensor((time, dh, dw, 0), device=ref.device)
+        tokens.append(ref.flatten(2).transpose(1, 2))
+        ids.append(image_ids(*ref.shape[-2:], ref.device) + shift)
+    return torch.cat(tokens, dim=1), torch.cat(ids)
+
+
 class Flux2(nn.Module):
     def __init__(self, cfg: Flux2Config):
         super().__init__()
@@ -191,10 +208,16 @@ class Flux2(nn.Module):
         return self.final_layer(x[:, txt.shape[1]:], vec)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                guidance: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Patchified latents (B, in_channels, h, w) -> the flow velocity, same shape."""
+                guidance: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                ref_latents: list[torch.Tensor] | None = None, ref_method: str = "index") -> torch.Tensor:
+        """Patchified latents (B, in_channels, h, w) -> the flow velocity, same shape. `ref_latents`:
+        reference images' latents (each (B, in_channels, h', w'), any size), seen but not predicted,
+        placed by `ref_method` (reference_tokens)."""
         b, c, h, w = x.shape
-        img = x.flatten(2).transpose(1, 2)
-        out = self.forward_tokens(img, image_ids(h, w, x.device), context, text_ids(context.shape[1], x.device),
-                                  timesteps, guidance, mask)
+        img, ids = x.flatten(2).transpose(1, 2), image_ids(h, w, x.device)
+        if ref_latents:
+            ref, ref_ids = reference_tokens(ref_latents, ref_method, (h, w))
+            img, ids = torch.cat((img, ref.to(img)), dim=1), torch.cat((ids, ref_ids))
+        out = self.forward_tokens(img, ids, context, text_ids(context.shape[1], x.device), timesteps, guidance,
+                                  mask)[:, :h * w]
         return out.transpose(1, 2).reshape(b, -1, h, w)

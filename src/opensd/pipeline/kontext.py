@@ -1,34 +1,32 @@
-"""Flux.1 Kontext's reference images in the pipeline (txt2img/img2img `references`): each image is
-fitted as diffusers' FluxKontextPipeline fits it (sides cut down to multiples of 16, the Kontext
-training size nearest that aspect ratio, Lanczos) and VAE-encoded (posterior mean, model-scaled);
-the Flux network appends the latents' tokens after the image's (models/flux.py)."""
+"""Reference images in the pipeline (txt2img/img2img `references`) for the models that edit with them,
+Flux.1 Kontext and FLUX.2 [klein]: each image is fitted as the model's diffusers pipeline fits it
+(the family's fit_reference: Kontext's training size nearest its aspect ratio; klein's at most 1 MP,
+centre-cropped to whole tokens) and VAE-encoded (posterior mean, the model's latent); the network
+appends the latents' tokens after the image's (models/flux.py, models/flux2.py)."""
 from __future__ import annotations
 
 import torch
 from PIL import Image
 
 from ..errors import InvalidArgument
-from ..families.flux import kontext_size
-
-SIDE = 16  # pixels per packed token (8x VAE, 2x2 patches)
 
 
 def reference_latents(pipe, images: list) -> list[torch.Tensor]:
     if not images:
         return []
     if not getattr(pipe.family, "reference_latents", False):
-        raise InvalidArgument(f"reference-image: only Flux.1 (Kontext) models take reference images, "
-                              f"not {pipe.family.label}")
+        raise InvalidArgument(f"reference-image: only Flux.1 Kontext and FLUX.2 [klein] models take reference "
+                              f"images, not {pipe.family.label}")
     fitted = []
     for image in images:
         if not isinstance(image, Image.Image):
             raise InvalidArgument("reference-image: a reference must be an image")
-        w, h = image.width - image.width % SIDE, image.height - image.height % SIDE
-        if not w or not h:
+        side = pipe.config.size_multiple
+        if image.width < side or image.height < side:
             raise InvalidArgument(f"reference-image: {image.width}x{image.height} is too small "
-                                  f"(at least {SIDE}x{SIDE} pixels)")
-        fitted.append(image.convert("RGB").resize(kontext_size(w, h), Image.LANCZOS))
-    # Kontext's sizes are about 1 MP, most just above the automatic tiling's threshold: encoding them
+                                  f"(at least {side}x{side} pixels)")
+        fitted.append(pipe.family.fit_reference(pipe, image.convert("RGB")))
+    # the fitted sizes are about 1 MP, most just above the automatic tiling's threshold: encoding them
     # whole costs what a 1024x1024 image does and keeps the latent exact (tiles only when asked for)
     tiling, pipe.vae_tiling = pipe.vae_tiling, bool(pipe.vae_tiling)
     try:

@@ -121,7 +121,8 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
         sigma_end=None if end is None else sampling.percent_to_sigma(end),
         control=extra.get("control"), control_to_uncond=bool(extra.get("control_apply_to_uncond")),
         guidance=extra.get("guidance"), concat=_concat(extra, shape, pipe), references=_references(extra, pipe),
-        reference_method=extra.get("reference_latents_method") or "offset", gligen=_gligen(extra), negative=negative)
+        reference_method=extra.get("reference_latents_method") or getattr(pipe.family, "reference_method", "offset"),
+        gligen=_gligen(extra), negative=negative)
 
 
 def _gligen(extra: dict) -> tuple | None:
@@ -132,7 +133,7 @@ def _gligen(extra: dict) -> tuple | None:
 
 def _references(extra: dict, pipe) -> tuple | None:
     """ReferenceLatent's latents, scaled as the model's own (ComfyUI's process_latent_in), for a
-    model that takes them (Flux Kontext); others ignore them, as in ComfyUI."""
+    model that takes them (Flux Kontext, FLUX.2 [klein]); others ignore them, as in ComfyUI."""
     refs = extra.get("reference_latents")
     if not refs or not getattr(pipe.family, "reference_latents", False):
         return None
