@@ -113,6 +113,9 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
         if extra.get("set_area_to_bounds"):
             area = _bounds(mask)
     start, end = extra.get("start_percent"), extra.get("end_percent")
+    references = _references(extra, pipe)
+    method = extra.get("reference_latents_method") or (  # the model family's own placement by default
+        getattr(pipe.family, "reference_method", "offset") if references else "offset")
     return Entry(
         context=context.to(pipe.device, torch.float32), y=_adm(extra, negative, shape, pipe, seed),
         area=None if area is None else tuple(int(v) for v in area), mask=mask,
@@ -120,8 +123,8 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
         sigma_start=None if start is None else sampling.percent_to_sigma(start),
         sigma_end=None if end is None else sampling.percent_to_sigma(end),
         control=extra.get("control"), control_to_uncond=bool(extra.get("control_apply_to_uncond")),
-        guidance=extra.get("guidance"), concat=_concat(extra, shape, pipe), references=_references(extra, pipe),
-        reference_method=extra.get("reference_latents_method") or getattr(pipe.family, "reference_method", "offset"),
+        guidance=extra.get("guidance"), concat=_concat(extra, shape, pipe), references=references,
+        reference_method=method,
         gligen=_gligen(extra), negative=negative)
 
 
