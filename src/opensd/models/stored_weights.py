@@ -140,10 +140,13 @@ class StoredLinear(nn.Module):
         """The unpacked weight plus its patches' changes, summed in float32 (as a LoRA merged into a
         float32 weight is), in `dtype`."""
         weight = self.unpacked(torch.float32)
-        total = torch.zeros_like(weight)
-        for p in self.patches:
-            (total if p.rows is None else total[p.rows]).add_(p.change(weight.device))
-        return (weight + total).to(dtype)
+        if len(self.patches) == 1 and self.patches[0].rows is None:  # the sum below, without the zeros
+            total = self.patches[0].change(weight.device)
+        else:
+            total = torch.zeros_like(weight)
+            for p in self.patches:
+                (total if p.rows is None else total[p.rows]).add_(p.change(weight.device))
+        return weight.add_(total).to(dtype)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         """A scaled weight is given as its value (float8 * scale, in the bias's dtype), so that the
