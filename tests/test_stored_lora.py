@@ -170,3 +170,30 @@ def test_a_lora_on_float8_keeps_the_change_rounding_into_float8_loses(tmp_path, 
     assert rel(former, want) > 0.5
     print(f"{storage}: LoRA effect vs float reference: on-the-fly {rel(got, want):.2e}, "
           f"rounded into float8 {rel(former, want):.3f}")
+
+
+def test_a_clip_lora_on_a_float8_text_encoder(tmp_path):
+    """The text-encoder part of a Flux LoRA (kohya's lora_te1_) finds CLIP-L's Linears when they are
+    kept in float8 and rides on them as on the network's."""
+    from dit_fixtures import flux_parts, load_tiny
+    from opensd.models.stored_weights import store_linears
+    pipe = load_tiny(tmp_path / "flux", "flux", flux_parts("dev", seed=3))
+    clip = pipe.model.encoder("clip_l").transformer
+    store_linears(clip, F8)
+    q = clip.text_model.encoder.layers[0].self_attn.q_proj
+    assert isinstance(q, StoredLinear)
+    g = torch.Generator().manual_seed(0)
+    down, up = torch.randn(2, q.in_features, generator=g), 0.01 * torch.randn(q.out_features, 2, generator=g)
+    name = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    save_safetensors({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up}, tmp_path / "te.safetensors")
+    tokens = torch.arange(1, 9)[None]
+    with torch.no_grad():
+        base = clip(tokens).hidden
+        pipe.set_loras([LoraSpec(tmp_path / "te.safetensors", 1.0, 0.5)])
+        pipe.apply_loras("")
+        assert pipe.lora_reports[0].patched == 1 and pipe.lora_reports[0].unmatched == []
+        assert torch.equal(q.patched(torch.float32), q.weight.float() + 0.5 * (up @ down))
+        assert rel(clip(tokens).hidden, base) > 1e-4
+        pipe.set_loras([])
+        pipe.apply_loras("")
+        assert torch.equal(clip(tokens).hidden, base) and not q.patches
