@@ -197,3 +197,20 @@ def test_a_clip_lora_on_a_float8_text_encoder(tmp_path):
         pipe.set_loras([])
         pipe.apply_loras("")
         assert torch.equal(clip(tokens).hidden, base) and not q.patches
+
+
+def test_a_patch_follows_its_layer_to_another_device_once():
+    """A memory mode may run the layer on another device than the one it was patched on: the LoRA's
+    factors move there once and stay (here "meta" stands in for a GPU)."""
+    from opensd.adapters.lora_files import LoraWeights
+    from opensd.models.stored_weights import WeightPatch
+    w = LoraWeights(down=torch.ones(2, 8), up=torch.ones(6, 2), alpha=1.0)
+    patch = WeightPatch(w, torch.Size((6, 8)), 0.5, None, torch.device("cpu"))
+    torch.testing.assert_close(patch.change(torch.device("cpu")), torch.full((6, 8), 0.5))  # alpha / rank = 1/2
+    assert patch.source is w
+    moved = patch.change(torch.device("meta"))
+    assert moved.device.type == "meta" and moved.shape == (6, 8)
+    assert patch.source.up.device.type == "meta" and patch.device == torch.device("meta")
+    kept = patch.source
+    patch.change(torch.device("meta"))
+    assert patch.source is kept  # not moved again

@@ -144,8 +144,9 @@ def _stored_patch(mod: LoraModule, w: LoraWeights, strength: float) -> tuple[Sto
     owner = _stored(mod.module)
     if owner is None or w.kind == "bias":
         return None
-    return owner, WeightPatch(w.weight_update_on(owner.weight.device), _target_shape(mod.module), strength,
-                              getattr(mod.module, "rows", None))
+    device = owner.weight.device
+    return owner, WeightPatch(w.weight_update_on(device), _target_shape(mod.module), strength,
+                              getattr(mod.module, "rows", None), device)
 
 
 def match_lora(lf: LoraFile, model: StableDiffusion, table: dict[str, LoraModule] | None = None) -> LoraMatch:

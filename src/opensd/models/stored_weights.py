@@ -87,17 +87,22 @@ def unpack(t, dtype: torch.dtype, device) -> torch.Tensor:
     return t.to(device=device, dtype=dtype)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class WeightPatch:
     """A change to a stored Linear weight, added when the layer runs: `source.delta(shape, device)`
     gives it in float32 (before `strength`) from what `source` keeps (adapters.lora_files.LoraWeights:
-    a LoRA's factors), for the weight's rows `rows` (None: all of them)."""
+    a LoRA's factors, on `device`), for the weight's rows `rows` (None: all of them). When the layer
+    runs on another device (a memory mode moved it), the source follows it once
+    (`source.weight_update_on(device)`), not at every call."""
     source: object
     shape: torch.Size
     strength: float
-    rows: slice | None = None
+    rows: slice | None
+    device: torch.device
 
-    def change(self, device) -> torch.Tensor:
+    def change(self, device: torch.device) -> torch.Tensor:
+        if device != self.device:
+            self.source, self.device = self.source.weight_update_on(device), device
         return self.source.delta(self.shape, device) * self.strength
 
 
