@@ -46,10 +46,10 @@ def load_pair(tmp_path, family: str, storage: str):
     return ours, plain
 
 
-def write_lora(path, pipe, kinds=KINDS, size: float = 0.02, seed: int = 1) -> list[str]:
+def write_lora(path, pipe, kinds=KINDS, size: float = 0.02, seed: int = 1, dtype=torch.float32) -> list[str]:
     """A LoRA file with one module of each of `kinds` in turn on every network Linear (kohya names),
     plus, on Flux, diffusers' to_k (rows of the fused q/k/v); each change about `size` of the weight
-    in norm. Returns the modules' names."""
+    in norm, saved in `dtype`. Returns the modules' names."""
     g = torch.Generator().manual_seed(seed)
     table = lookup_table(pipe.model)
     out = {}
@@ -59,7 +59,7 @@ def write_lora(path, pipe, kinds=KINDS, size: float = 0.02, seed: int = 1) -> li
     for i, (name, mod) in enumerate(targets):
         weight = mod.module.weight.detach()
         rows, cols = weight.shape
-        kind = KINDS[i % len(KINDS)] if name.startswith("lora_") else "peft"
+        kind = kinds[i % len(kinds)] if name.startswith("lora_") else "peft"
         if kind == "lokr" and (rows % 4 or cols % 4):
             kind = "lora"
         r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
@@ -84,7 +84,7 @@ def write_lora(path, pipe, kinds=KINDS, size: float = 0.02, seed: int = 1) -> li
         if kind == "lora+bias" and getattr(mod.module, "bias", None) is not None:
             factors["diff_b"] = 0.01 * r(rows)
         out.update({f"{name}.{k}": v for k, v in factors.items()})
-    save_safetensors(out, path)
+    save_safetensors({k: v.to(dtype) for k, v in out.items()}, path)
     return [name for name, _ in targets]
 
 
@@ -138,7 +138,8 @@ def test_a_lora_on_stored_weights_equals_it_merged_into_the_dequantised_network(
 def test_two_loras_on_one_stored_weight_add_up_as_merged(tmp_path):
     ours, plain = load_pair(tmp_path, "flux", "Q8_0")
     write_lora(tmp_path / "a.safetensors", plain, seed=1)
-    write_lora(tmp_path / "b.safetensors", plain, kinds=("loha", "lora", "diff", "lokr", "lora+bias"), seed=2)
+    write_lora(tmp_path / "b.safetensors", plain, kinds=("loha", "lora", "diff", "lokr", "lora+bias"), seed=2,
+               dtype=torch.bfloat16)  # as most LoRA files are
     specs = [LoraSpec(tmp_path / "a.safetensors", 0.7), LoraSpec(tmp_path / "b.safetensors", -1.3)]
     for loras in (LoraSet(ours.model), LoraSet(plain.model)):
         loras.apply(specs)
@@ -147,7 +148,7 @@ def test_two_loras_on_one_stored_weight_add_up_as_merged(tmp_path):
 
 @pytest.mark.parametrize("storage", ["fp8", "scaled"])
 def test_a_lora_on_float8_keeps_the_change_rounding_into_float8_loses(tmp_path, storage):
-    """A LoRA changing each weight by about 1% of its norm: the change it makes to the output is the
+    """A LoRA changing each weight by 1% of its norm: the change it makes to the output is the
     float reference's, where the same LoRA added into the float8 weights (rounded back to float8, as
     it was done before) leaves most of its change out."""
     ours, plain = load_pair(tmp_path, "flux", storage)
@@ -167,7 +168,7 @@ def test_a_lora_on_float8_keeps_the_change_rounding_into_float8_loses(tmp_path, 
         layer.weight, layer.scale, layer.patches = weight, None, ()
     former = run(ours, "flux") - base
     assert rel(got, want) < 1e-4
-    assert rel(former, want) > 0.5
+    assert rel(former, want) > 0.8  # measured: 0.998 (float8), 0.895 (scaled float8)
     print(f"{storage}: LoRA effect vs float reference: on-the-fly {rel(got, want):.2e}, "
           f"rounded into float8 {rel(former, want):.3f}")
 

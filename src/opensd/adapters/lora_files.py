@@ -131,10 +131,11 @@ class LoraWeights:
         return self._full(device).reshape(shape) * scale
 
     def weight_update_on(self, device) -> LoraWeights:
-        """The weight update alone (no bias change), its tensors in float32 on `device`: what a
-        stored weight keeps to add at each call (models.stored_weights.WeightPatch)."""
+        """The weight update alone (no bias change), its tensors on `device` in the file's dtype (a
+        full diff stays as compact as the file has it; delta() computes in float32): what a stored
+        weight keeps to add at each call (models.stored_weights.WeightPatch)."""
         def moved(t):
-            return None if t is None else t.to(device, torch.float32)
+            return None if t is None else t.to(device)
         return replace(self, down=moved(self.down), up=moved(self.up), diff=moved(self.diff), diff_b=None,
                        factors={k: moved(v) for k, v in self.factors.items()})
 
