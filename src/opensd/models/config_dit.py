@@ -161,6 +161,32 @@ class Flux2Config(_Widths):
         return self.in_channels
 
 
+@dataclass(frozen=True)
+class QwenImageConfig:
+    """Qwen-Image (Alibaba Qwen's 20B MMDiT): double-stream blocks only, each stream with its own
+    6-way modulation, q/k RMS norms and GELU MLP; RoPE over (frame, row, column) with the image's
+    rows and columns centred on 0. The latent enters as 2x2 patches (64 = 16 VAE channels x 4).
+    Field names follow diffusers' QwenImageTransformer2DModel."""
+    in_channels: int = 64
+    out_channels: int = 16
+    patch_size: int = 2
+    num_layers: int = 60
+    attention_head_dim: int = 128
+    num_attention_heads: int = 24
+    joint_attention_dim: int = 3584  # Qwen2.5-VL-7B's width
+    axes_dims_rope: tuple[int, ...] = (16, 56, 56)
+    theta: int = 10000
+    mlp_ratio: float = 4.0
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+
 class _DiTModel:
     """What the pipeline asks of every model config, answered for the rectified-flow DiTs."""
     prediction = "flow"
@@ -318,6 +344,7 @@ FLUX_DEV = FluxConfig()
 FLUX_SCHNELL = FluxConfig(guidance_embed=False)
 CHROMA = ChromaConfig()  # Chroma1-HD, chroma-unlocked-v*: 19 double, 38 single blocks, 3072 wide
 Z_IMAGE = ZImageConfig()  # Z-Image-Turbo: 30 blocks 3840 wide, 30 heads of 128
+QWEN_IMAGE = QwenImageConfig()  # Qwen-Image: 60 blocks 3072 wide, 24 heads of 128
 FLUX2_KLEIN_4B = Flux2Config()  # Qwen3-4B: 3 x 2560 context features
 FLUX2_KLEIN_9B = Flux2Config(hidden_size=4096, num_heads=32, depth=8, depth_single_blocks=24,
                              context_in_dim=12288)  # Qwen3-8B: 3 x 4096
