@@ -90,3 +90,12 @@ def test_released_size_on_meta_is_detected_from_its_shapes():
     assert shapes["txt_in.weight"] == (3072, 3584) and shapes["img_in.weight"] == (3072, 64)
     assert DD.qwen_image_config(shapes, "", {}) == QWEN_IMAGE
     assert DD.qwen_image_config({DD.NET + k: v for k, v in shapes.items()}, DD.NET, {}) == QWEN_IMAGE
+
+
+def test_key_table_covers_every_key_once(pair):
+    """The key table (LoRA names) names each of the network's tensors once, as itself."""
+    from opensd.checkpoints.keymap_qwen_image import qwen_image_rows
+    ours, _ = pair
+    rows = qwen_image_rows(CFG)
+    assert sorted(r.original for r in rows) == sorted(ours.state_dict())
+    assert all(r.diffusers == (r.original,) for r in rows)

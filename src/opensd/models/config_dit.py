@@ -331,6 +331,35 @@ class Flux2ModelConfig(_DiTModel):
         return self.flux2.guidance_embed
 
 
+@dataclass(frozen=True)
+class FlowShiftConfig:
+    """A dynamically shifted flow schedule as diffusers' FlowMatchEulerDiscreteScheduler configures it
+    (scheduler_config.json): mu linear in the image's tokens, base_shift at base_image_seq_len and
+    max_shift at max_image_seq_len, the times shifted exponentially by mu, then (shift_terminal)
+    stretched so that the last step's sigma is shift_terminal. Defaults: Qwen-Image's."""
+    base_shift: float = 0.5
+    max_shift: float = 0.9
+    base_image_seq_len: int = 256
+    max_image_seq_len: int = 8192
+    shift_terminal: float = 0.02
+
+
+@dataclass(frozen=True)
+class QwenImageModelConfig(_DiTModel):
+    """A whole Qwen-Image model: its DiT, the Qwen-Image VAE (`vae`: the Wan 2.1 VAE for single
+    frames, its latent normalised per channel) and the Qwen2.5-VL-7B text encoder (`qwen25vl`: its
+    config, None when the model comes without one). The network takes no pooled text."""
+    qwen_image: QwenImageConfig
+    vae: object
+    qwen25vl: object | None = None
+    resolution: int = 1328  # the model card's and ComfyUI template's 1:1 size (QwenImagePipeline alone: 1024)
+    schedule: FlowShiftConfig = FlowShiftConfig()
+    text_length: int = 512  # prompt tokens kept after the template (the pipeline's max_sequence_length)
+    family: str = "qwen_image"
+    text_encoders = ()
+    cfg_renorm = 2  # true CFG rescaled to the prompt's norm per 2x2 latent patch (QwenImagePipeline)
+
+
 # --- The released models ------------------------------------------------------------------
 
 T5_XXL = T5Config()

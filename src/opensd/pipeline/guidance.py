@@ -49,6 +49,7 @@ class Guidance:
     negatives: tuple[CondSchedule, ...]  # rows before the prompt's: (), (negative,) or (empty, negative)
     cfg: float
     scale: float | None = None           # the scale a guidance-distilled model guides itself at; None: plain CFG
+    renorm: int = 0                      # plain CFG rescaled to the prompt's norm per renorm x renorm patch
 
     @property
     def n_uncond(self) -> int:
@@ -68,6 +69,8 @@ class Guidance:
         result = torch.zeros_like(out[:1]) if n == 0 else out[:1].clone()
         for weight, o in zip(weights, out[n:]):
             result += self.cfg * weight * (o[None] if n == 0 else o[None] - out[:1])
+        if self.renorm and n:
+            return renormed(result, self.without_negative(out[n:], weights), self.renorm)
         return result
 
     def without_negative(self, out: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
@@ -80,6 +83,19 @@ class Guidance:
         return result
 
 
+def renormed(x: torch.Tensor, like: torch.Tensor, patch: int) -> torch.Tensor:
+    """`x` (B, C, H, W) scaled so that each patch x patch cell's norm over its channels and pixels is
+    `like`'s (QwenImagePipeline's true CFG: the combined prediction keeps the prompt's norm per
+    packed token)."""
+    b, c, h, w = x.shape
+
+    def norms(t):
+        cells = t.view(b, c, h // patch, patch, w // patch, patch)
+        return torch.linalg.vector_norm(cells, dim=(1, 3, 5), keepdim=True)
+
+    return (x.view(b, c, h // patch, patch, w // patch, patch) * (norms(like) / norms(x))).view_as(x)
+
+
 def self_guided_scale(config: ModelConfig, cond: CondSchedule, cfg: float) -> float | None:
     """The scale a guidance-distilled model guides itself at for this prompt, or None (plain CFG)."""
     if not config.cfg_embed_channels or len(cond.parts) != 1:
@@ -89,11 +105,12 @@ def self_guided_scale(config: ModelConfig, cond: CondSchedule, cfg: float) -> fl
 
 
 def plan(config: ModelConfig, cond: CondSchedule, cfg: float, negative: Schedule | None, empty: Schedule,
-         self_guidance: bool = True, need_uncond: bool = False) -> Guidance:
+         self_guidance: bool = True, need_uncond: bool = False, renorm: int = 0) -> Guidance:
     """The guidance for one pass. `negative` gives the negative prompt's schedule (None: there is no
     negative prompt), `empty` the empty prompt's, each called only when its rows are needed.
     `self_guidance` False keeps a guidance-distilled model on plain CFG; `need_uncond` asks for
-    plain CFG with its negative row at every scale."""
+    plain CFG with its negative row at every scale; `renorm`: the model's CFG renormalisation patch
+    (config.cfg_renorm: Qwen-Image's pipeline; ComfyUI's graphs run plain CFG and leave it 0)."""
     scale = self_guided_scale(config, cond, cfg) if self_guidance and not need_uncond else None
     if scale is not None:
         if negative is None or scale == 1:
@@ -102,7 +119,7 @@ def plan(config: ModelConfig, cond: CondSchedule, cfg: float, negative: Schedule
         return Guidance(cond, () if _encodes_as(theirs, mine) else (mine, theirs), cfg, scale)
     if not need_uncond and math.isclose(cfg * sum(p.weight for p in cond.parts), 1.0, rel_tol=1e-9):
         return Guidance(cond, (), cfg)
-    return Guidance(cond, ((negative or empty)(),), cfg)
+    return Guidance(cond, ((negative or empty)(),), cfg, renorm=renorm)
 
 
 def _encodes_as(a: CondSchedule, b: CondSchedule) -> bool:

@@ -1,0 +1,180 @@
+"""Qwen-Image (Alibaba Qwen's 20B text-to-image MMDiT): double-stream blocks on rectified flow,
+conditioned on Qwen2.5-VL-7B's last hidden states of the chat-templated prompt (the template's
+first 34 tokens dropped, the padding masked), with its own VAE (Wan 2.1's for single frames, the
+latent normalised per channel) seen as 2x2 patches.
+
+Files: the network alone as ComfyUI keeps it (diffusion_models/qwen_image_fp8_e4m3fn.safetensors or
+_bf16, diffusers' own key names, with or without `model.diffusion_model.`; a GGUF), or a
+QwenImagePipeline folder; the text encoder from text_encoders/ (qwen_2.5_vl_7b*.safetensors) and the
+VAE from vae/ (qwen_image_vae.safetensors).
+
+Sampling is QwenImagePipeline's: times 1, 1 - 1/n, ..., 1/n shifted exponentially by mu, linear in
+the image's 2x2-patch tokens (base_shift 0.5 at 256 tokens, max_shift 0.9 at 8192: its scheduler
+config), then stretched so the last step's sigma is shift_terminal (0.02); the network takes sigma
+and answers the velocity. True CFG (CFG 4 against the negative prompt, the empty one by default)
+is renormalised as the pipeline does: the combined prediction rescaled, per 2x2 latent patch, to
+the prompt's own prediction's norm. ComfyUI runs plain CFG (no renormalisation) on the shift its
+graph sets (ModelSamplingAuraFlow; 1.15 without one), and its graphs here do the same.
+
+Qwen-Image-Edit (its image prompt goes through Qwen2.5-VL's vision tower, which opensd does not
+have) and Qwen-Image-Layered are refused in one line where they can be told apart: their diffusers
+folders by pipeline class, Layered's network by its extra time input, Edit's single files by name
+(the network's shapes are Qwen-Image's own).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+from ..checkpoints import detect_dit as DD
+from ..errors import CheckpointError
+from ..models.config_dit import QWEN_IMAGE, FlowShiftConfig
+from ..sampling.flow import FlowSampling, flux_mu
+from .dit import compute_dtype
+from .chroma import text_mask
+from .qwen_dit import QwenDiTFamily
+
+PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline")
+COMFY_SHIFT = 1.15  # ComfyUI's Qwen-Image sampling shift when its graph sets none (an SD3-style shift)
+TRUE_CFG = 4.0  # QwenImagePipeline's true_cfg_scale default
+STEPS = 50  # QwenImagePipeline's num_inference_steps default
+LAYERED_KEY = "time_text_embed.addition_t_embedding.weight"
+META_SCHEDULE = "opensd.qwen_image_schedule"  # a QwenImagePipeline folder's scheduler config (JSON)
+EDIT_REFUSAL = ("Qwen-Image-Edit: its image prompt needs Qwen2.5-VL's vision tower, which opensd does not have; "
+                "Qwen-Image (text to image) is supported")
+LAYERED_REFUSAL = "Qwen-Image-Layered (layer decomposition): not supported; Qwen-Image (text to image) is"
+
+
+def schedule_of(metadata) -> FlowShiftConfig:
+    """The scheduler settings a folder's metadata carries (the released ones without)."""
+    if META_SCHEDULE not in metadata:
+        return FlowShiftConfig()
+    given = json.loads(metadata[META_SCHEDULE])
+    return FlowShiftConfig(**{f.name: type(getattr(FlowShiftConfig(), f.name))(given[f.name])
+                              for f in fields(FlowShiftConfig) if given.get(f.name) is not None})
+
+
+def _schedule_metadata(path: Path) -> dict[str, str]:
+    """A folder's scheduler/scheduler_config.json as metadata; a missing or unreadable one: none
+    (the released settings)."""
+    try:
+        j = json.loads((path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(j, dict):
+        return {}
+    if j.get("use_dynamic_shifting") is False:
+        raise CheckpointError(path, "scheduler_config.json: a fixed shift (use_dynamic_shifting false) is not "
+                                    "Qwen-Image's schedule; pass --shift instead")
+    keys = asdict(FlowShiftConfig())
+    return {META_SCHEDULE: json.dumps({k: j[k] for k in keys if isinstance(j.get(k), (int, float))})}
+
+
+class QwenImageNetworkFamily(QwenDiTFamily):
+    """The network's side of the family: files, schedule, CFG and the network call (the text
+    encoder and VAE are the model's parts, in QwenImageFamily)."""
+    name = "qwen_image"
+    label = "Qwen-Image"
+    members = ("qwen_image",)
+    pipeline_prefix = PIPELINES
+    released_network = QWEN_IMAGE
+    default_scheduler = "simple"  # 1, 1 - 1/n, ... (shifted), as the pipeline's sigmas
+    default_cfg = TRUE_CFG
+    default_steps = STEPS
+    adapters = frozenset({"lora"})
+
+    network_config = staticmethod(DD.qwen_image_config)
+    network_config_diffusers = staticmethod(DD.qwen_image_config)
+
+    # --- files --------------------------------------------------------------------------------
+
+    def layout(self, shapes):
+        """The released single file's names are diffusers' own: one layout."""
+        p = DD.prefix_of(shapes, DD.QWEN_IMAGE_MARK[0])
+        return ("original", p) if p is not None and p + DD.QWEN_IMAGE_MARK[1] in shapes else None
+
+    def network_of(self, shapes, metadata, path: str = "<state dict>"):
+        found = self.layout(shapes)
+        if found is None:
+            return None
+        if found[1] + LAYERED_KEY in shapes:
+            raise CheckpointError(path, LAYERED_REFUSAL)
+        if "edit" in Path(str(path)).name.lower():
+            raise CheckpointError(path, EDIT_REFUSAL)
+        return DD.qwen_image_config(shapes, found[1], metadata, path)
+
+    def read_folder(self, path, index):
+        """A QwenImagePipeline folder, its scheduler config's shift settings kept; the Edit and
+        Layered pipelines' folders are refused."""
+        name = str(index.get("_class_name", ""))
+        if name.startswith("QwenImageEdit"):
+            raise CheckpointError(path, EDIT_REFUSAL)
+        if name.startswith("QwenImageLayered"):
+            raise CheckpointError(path, LAYERED_REFUSAL)
+        if name not in PIPELINES:
+            return None
+        found = super().read_folder(path, index)
+        if found is None:
+            return None
+        sd, metadata = found
+        metadata.update(_schedule_metadata(Path(path)))
+        return sd, metadata
+
+    def from_diffusers(self, net, cfg):
+        return net  # the same names
+
+    # --- sampling and the network ---------------------------------------------------------------
+
+    def sampling(self, pipe, width, height, shift=None, steps=None) -> FlowSampling:
+        """The pipeline's schedule when the size and step count are known; `shift` (--shift,
+        ComfyUI's ModelSamplingAuraFlow): an SD3-style shift instead, as ComfyUI runs Qwen-Image,
+        whose own default (1.15) serves where the size or steps are unknown."""
+        if shift is not None or width is None or height is None or not steps:
+            return FlowSampling.aura_flow(COMFY_SHIFT if shift is None else shift)
+        s = pipe.config.schedule
+        side = pipe.config.size_multiple
+        mu = flux_mu((width // side) * (height // side), s.base_shift, s.max_shift, s.base_image_seq_len,
+                     s.max_image_seq_len)
+        if not s.shift_terminal:
+            return FlowSampling.flux(mu, steps)
+        return FlowSampling.flux_terminal(mu, steps, s.shift_terminal)
+
+    def net_fn(self, model, guidance=None, references=None):
+        net = model.network
+        dtype = compute_dtype(net)
+
+        def call(x, t, context, y, control=None):
+            """t: sigma (multiplier 1), the network's own time; the context's all-zero rows (past
+            each prompt's tokens) are masked."""
+            mask = text_mask(context)
+            return net(x.to(dtype), t, context.to(dtype), None if bool(mask.all()) else mask)
+
+        return call
+
+    def lora_modules(self, model):
+        """As the other Qwen-encoder DiTs, and the bare diffusers path (`transformer_blocks.N.attn.to_q`,
+        as Qwen-Image-Lightning's LoRAs are written)."""
+        modules = super().lora_modules(model)
+        names = {n for m in modules for n in (m.kohya, m.peft, *m.aliases)}
+        for m in modules:
+            bare = m.peft[len("transformer."):] if m.peft.startswith("transformer.") else None
+            if bare and bare not in names:
+                m.aliases.append(bare)
+                names.add(bare)
+        return modules
+
+    def key_rows(self, cfg):
+        from ..checkpoints.keymap_qwen_image import qwen_image_rows
+        return qwen_image_rows(cfg.qwen_image)
+
+    def context_width(self, cfg) -> int:
+        return cfg.qwen_image.joint_attention_dim
+
+
+def with_schedule(cfg, metadata):
+    """`cfg` with the scheduler settings its folder's metadata carries."""
+    return replace(cfg, schedule=schedule_of(metadata))
+
+
+QWEN_IMAGE_FAMILY = QwenImageNetworkFamily()
