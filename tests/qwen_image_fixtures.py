@@ -16,3 +16,41 @@ def qwen_image_transformer(seed: int = 0, ctx: int = QI_CTX, layers: int = 2) ->
                                       attention_head_dim=QI_DIM // QI_HEADS, num_attention_heads=QI_HEADS,
                                       joint_attention_dim=ctx, axes_dims_rope=QI_AXES)
     return randomize_(net, seed=seed, std=0.1).eval()
+
+
+def qwen_image_vae(seed: int = 0):
+    """diffusers' AutoencoderKLQwenImage, tiny (8 base channels, 1/8 latents of the released 16
+    channels, one residual block per level), its norms and biases randomised."""
+    from diffusers import AutoencoderKLQwenImage
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=QI_LATENT, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True, True],
+                                 latents_mean=(torch.randn(QI_LATENT, generator=g) * 0.3).tolist(),
+                                 latents_std=(torch.rand(QI_LATENT, generator=g) + 0.5).tolist())
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1 + 0.2 * noise if name.endswith("gamma") else p + 0.05 * noise if name.endswith("bias") else p)
+    return vae.eval()
+
+
+def wan_layout(vae) -> dict:
+    """A diffusers AutoencoderKLQwenImage's weights under the Wan / ComfyUI names (5-D kernels kept),
+    as split_files/vae/qwen_image_vae.safetensors holds them."""
+    from opensd.checkpoints.keymap_qwen_vae import wan_key
+    per_level = vae.config.num_res_blocks + 2
+    return {wan_key(k, per_level): v.contiguous() for k, v in vae.state_dict().items()}
+
+
+def write_qwen_image_split_files(models, net, vae, net_name: str = "qwen_image_bf16.safetensors",
+                                 prefix: str = "") -> dict:
+    """ComfyUI's layout: diffusion_models/<net_name> (diffusers' names, under `prefix`) and
+    vae/qwen_image_vae.safetensors (Wan names)."""
+    from opensd.checkpoints.files import save_safetensors
+    files = {"unet": models / "diffusion_models" / net_name, "vae": models / "vae" / "qwen_image_vae.safetensors"}
+    for path in files.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors({prefix + k: v.contiguous() for k, v in net.state_dict().items()}, files["unet"])
+    save_safetensors(wan_layout(vae), files["vae"])
+    return files

@@ -27,11 +27,16 @@ import json
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+from ..checkpoints import detect as D
 from ..checkpoints import detect_dit as DD
+from ..checkpoints.diffusers_dit import META_QWEN_VAE_STATS, QWEN_IMAGE_PARTS
+from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_config, qwen_vae_state_dict
 from ..errors import CheckpointError
-from ..models.config_dit import QWEN_IMAGE, FlowShiftConfig
+from ..models.config_dit import QWEN_IMAGE, FlowShiftConfig, QwenImageModelConfig
+from ..models.dit_models import QwenImageModel
+from ..models.qwen_vae import QWEN_IMAGE_VAE
 from ..sampling.flow import FlowSampling, flux_mu
-from .dit import compute_dtype
+from .dit import compute_dtype, resolution_of
 from .chroma import text_mask
 from .qwen_dit import QwenDiTFamily
 
@@ -41,9 +46,20 @@ TRUE_CFG = 4.0  # QwenImagePipeline's true_cfg_scale default
 STEPS = 50  # QwenImagePipeline's num_inference_steps default
 LAYERED_KEY = "time_text_embed.addition_t_embedding.weight"
 META_SCHEDULE = "opensd.qwen_image_schedule"  # a QwenImagePipeline folder's scheduler config (JSON)
+RESOLUTION = 1328
 EDIT_REFUSAL = ("Qwen-Image-Edit: its image prompt needs Qwen2.5-VL's vision tower, which opensd does not have; "
                 "Qwen-Image (text to image) is supported")
 LAYERED_REFUSAL = "Qwen-Image-Layered (layer decomposition): not supported; Qwen-Image (text to image) is"
+
+
+def has_vae(shapes) -> bool:
+    return is_qwen_vae(shapes, D.VAE)
+
+
+def _vae_stats(metadata) -> dict:
+    if META_QWEN_VAE_STATS not in metadata:
+        return {}
+    return {k: tuple(float(x) for x in v) for k, v in json.loads(metadata[META_QWEN_VAE_STATS]).items()}
 
 
 def schedule_of(metadata) -> FlowShiftConfig:
@@ -71,13 +87,13 @@ def _schedule_metadata(path: Path) -> dict[str, str]:
     return {META_SCHEDULE: json.dumps({k: j[k] for k in keys if isinstance(j.get(k), (int, float))})}
 
 
-class QwenImageNetworkFamily(QwenDiTFamily):
-    """The network's side of the family: files, schedule, CFG and the network call (the text
-    encoder and VAE are the model's parts, in QwenImageFamily)."""
+class QwenImageFamily(QwenDiTFamily):
     name = "qwen_image"
     label = "Qwen-Image"
     members = ("qwen_image",)
     pipeline_prefix = PIPELINES
+    folder_parts = QWEN_IMAGE_PARTS
+    resolution = RESOLUTION
     released_network = QWEN_IMAGE
     default_scheduler = "simple"  # 1, 1 - 1/n, ... (shifted), as the pipeline's sigmas
     default_cfg = TRUE_CFG
@@ -121,8 +137,55 @@ class QwenImageNetworkFamily(QwenDiTFamily):
         metadata.update(_schedule_metadata(Path(path)))
         return sd, metadata
 
+    def detect(self, shapes, metadata, path, prediction=None):
+        net = self.network_of(shapes, metadata, path)
+        if net is None:
+            return None
+        vae = qwen_vae_config(shapes, D.VAE, path, **_vae_stats(metadata)) if has_vae(shapes) else QWEN_IMAGE_VAE
+        cfg = QwenImageModelConfig(net, vae, resolution=resolution_of(metadata, RESOLUTION),
+                                   schedule=schedule_of(metadata))
+        return cfg
+
     def from_diffusers(self, net, cfg):
         return net  # the same names
+
+    def canonical(self, sd, cfg):
+        """The network under our prefix; the VAE (either layout) as QwenImageVAE's keys."""
+        out = super().canonical(sd, cfg)
+        vae = qwen_vae_state_dict(out, D.VAE) if has_vae(out) else {}
+        out = {k: v for k, v in out.items() if not k.startswith(D.VAE)}
+        out.update({D.VAE + k: v for k, v in vae.items()})
+        return out
+
+    def make_config(self, net, vae, encoders, resolution) -> QwenImageModelConfig:
+        return QwenImageModelConfig(net, vae, encoders.get("qwen25vl"), resolution=resolution)
+
+    def missing_parts(self, shapes):
+        return [] if has_vae(shapes) else ["qwen_vae"]
+
+    def needed_parts(self, shapes):
+        return self.missing_parts(shapes)
+
+    def check_complete(self, cfg, shapes, path):
+        if D.VAE + "encoder.conv_in.weight" in shapes:
+            raise CheckpointError(path, "the VAE is an SD/Flux-style VAE; Qwen-Image takes its own "
+                                        "(qwen_image_vae.safetensors, the Wan 2.1 VAE)")
+        if not has_vae(shapes):
+            raise CheckpointError(path, "this Qwen-Image file has no VAE (--vae; qwen_image_vae.safetensors in "
+                                        "vae/); pass the separate files or keep them in the models folder's vae/ "
+                                        "and text_encoders/")
+
+    def present_encoders(self, shapes):
+        return []
+
+    def encoder_tensors(self, files):
+        raise CheckpointError(files[0], "the Qwen2.5-VL-7B text encoder is not wired into opensd's Qwen-Image yet")
+
+    def finish(self, loaded, explicit_prediction) -> None:
+        pass
+
+    def build(self, cfg: QwenImageModelConfig) -> QwenImageModel:
+        return QwenImageModel(cfg)
 
     # --- sampling and the network ---------------------------------------------------------------
 
@@ -172,9 +235,4 @@ class QwenImageNetworkFamily(QwenDiTFamily):
         return cfg.qwen_image.joint_attention_dim
 
 
-def with_schedule(cfg, metadata):
-    """`cfg` with the scheduler settings its folder's metadata carries."""
-    return replace(cfg, schedule=schedule_of(metadata))
-
-
-QWEN_IMAGE_FAMILY = QwenImageNetworkFamily()
+QWEN_IMAGE_FAMILY = QwenImageFamily()

@@ -21,6 +21,7 @@ from ..checkpoints import detect as D
 from ..checkpoints import markers
 from ..checkpoints.diffusers_folder import is_diffusers_folder, read_index
 from ..checkpoints.files import read_metadata, read_state_dict
+from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_state_dict
 from ..checkpoints.keymap_vae import vae_from_diffusers
 from ..checkpoints.part_files import VAE_PARTS, find_parts
 from ..checkpoints.reader import declared_vae_scaling, fix_vae
@@ -166,6 +167,8 @@ def read_vae(path) -> tuple[dict[str, torch.Tensor], float | None]:
     if any(k.startswith(D.VAE) for k in sd):
         sd = {k[len(D.VAE):]: v for k, v in sd.items() if k.startswith(D.VAE)}
     sd = {k: v for k, v in sd.items() if not k.startswith(("loss.", "model_ema."))}
+    if is_qwen_vae(sd):  # Qwen-Image's (Wan 2.1's) VAE, either layout: our names and 2-D shapes
+        return qwen_vae_state_dict(sd), declared
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in sd:  # diffusers naming
         try:
             sd = vae_from_diffusers(sd, _diffusers_vae_config(sd))

@@ -24,6 +24,7 @@ from ..checkpoints import markers
 from ..checkpoints.diffusers_config import unet_config
 from ..checkpoints.files import read_metadata, read_state_dict
 from ..checkpoints.keymap_clip import clip_from_transformers
+from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_config
 from ..checkpoints.keymap_unet import unet_from_diffusers
 from .. import families
 from ..checkpoints.detect_dit import NET, TEXT
@@ -32,6 +33,7 @@ from ..families import family_of
 from ..families.chroma import CHROMA_FAMILY
 from ..families.flux import FLUX
 from ..families.flux2 import FLUX2_FAMILY
+from ..families.qwen_image import QWEN_IMAGE_FAMILY
 from ..families.sd3 import SD3
 from ..families.unet import UNET, guess_sd2_prediction
 from ..families.z_image import Z_IMAGE_FAMILY
@@ -78,7 +80,13 @@ def _where(device: str | None, precision: str, cfg: C.ModelConfig, vae: bool = F
 def load_vae(path, device: str | None = None, precision: str = "fp32") -> Pipeline:
     path = Path(path)
     sd, _ = read_vae(path)
-    vae = D.infer_vae({k: tuple(v.shape) for k, v in sd.items()}, "", str(path))
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    if is_qwen_vae(shapes):  # Qwen-Image's VAE, its latent normalised per channel: a Qwen-Image model's VAE
+        cfg = QWEN_IMAGE_FAMILY.make_config(QWEN_IMAGE_FAMILY.released_network, qwen_vae_config(shapes, "", str(path)),
+                                            {}, QWEN_IMAGE_FAMILY.resolution)
+        return _pipeline(path, cfg, {D.VAE + k: v for k, v in sd.items()}, (D.VAE,),
+                         *_where(device, precision, cfg, vae=True))
+    vae = D.infer_vae(shapes, "", str(path))
     # FLUX.2's VAE encodes to and decodes from its patched, normalised latent: a FLUX.2 model's VAE
     cfg = (FLUX2_FAMILY.make_config(FLUX2_FAMILY.released_network, vae, {}, 1024) if vae.latent_batch_norm
            else replace(C.sd1(), family="sd1", vae=vae))

@@ -1,0 +1,161 @@
+"""Qwen-Image's files: the released network and VAE on the meta device detected from their shapes
+(not taken for SD3, Flux, Z-Image or FLUX.2, nor those for Qwen-Image); ComfyUI's split files (the
+network bare or under ComfyUI's prefix, its VAE found in vae/), float8 and GGUF networks kept stored;
+a QwenImagePipeline folder with its scheduler settings; Edit and Layered refused in one line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from opensd import families
+from opensd.checkpoints import detect as D
+from opensd.checkpoints import detect_dit as DD
+from opensd.errors import CheckpointError
+from opensd.families.qwen_image import QWEN_IMAGE_FAMILY
+from opensd.models.config_dit import QWEN_IMAGE, FlowShiftConfig, QwenImageModelConfig
+from opensd.models.dit_models import QwenImageModel
+from opensd.models.qwen_vae import QWEN_IMAGE_VAE
+from qwen_image_fixtures import qwen_image_transformer, qwen_image_vae, write_qwen_image_split_files
+from reference import assert_close_scaled
+
+
+def _shapes(sd):
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+@pytest.fixture(scope="module")
+def released():
+    with torch.device("meta"):
+        model = QwenImageModel(QwenImageModelConfig(QWEN_IMAGE, QWEN_IMAGE_VAE))
+    return model.state_dict()
+
+
+def test_released_whole_model_on_meta_is_detected_with_every_key(released):
+    shapes = _shapes(released)
+    family, found = families.detect(shapes, {}, "qwen_image.safetensors")
+    assert family is QWEN_IMAGE_FAMILY and found == QwenImageModelConfig(QWEN_IMAGE, QWEN_IMAGE_VAE)
+    assert found.resolution == 1328 and found.schedule == FlowShiftConfig() and found.size_multiple == 16
+    assert set(family.canonical(dict(released), found)) == set(released)
+    family.check_complete(found, shapes, "x")
+    network_only = {k: v for k, v in shapes.items() if k.startswith(DD.NET)}
+    assert family.missing_parts(network_only) == ["qwen_vae"]
+    with pytest.raises(CheckpointError, match="no VAE"):
+        family.check_complete(found, network_only, "x")
+
+
+def test_other_families_released_networks_are_not_qwen_image_and_the_reverse(released):
+    from opensd.models import config_dit as C
+    from opensd.models.flux import Flux
+    from opensd.models.flux2 import Flux2
+    from opensd.models.mmdit import MMDiT
+    from opensd.models.z_image import ZImage
+    qwen = {k[len(DD.NET):]: v for k, v in _shapes(released).items() if k.startswith(DD.NET)}
+    for fam in families.FAMILIES:
+        if fam is not QWEN_IMAGE_FAMILY and fam.name != "unet":
+            assert fam.detect(qwen, {}, "x") is None, fam.name
+    with torch.device("meta"):
+        others = [Flux(C.FLUX_DEV), Flux2(C.FLUX2_KLEIN_4B), ZImage(C.Z_IMAGE), MMDiT(C.SD35_LARGE)]
+    for net in others:
+        assert QWEN_IMAGE_FAMILY.detect(_shapes(net.state_dict()), {}, "x") is None
+
+
+def test_edit_and_layered_are_refused_in_one_line(released):
+    shapes = {k[len(DD.NET):]: v for k, v in _shapes(released).items() if k.startswith(DD.NET)}
+    with pytest.raises(CheckpointError, match="Qwen-Image-Edit: its image prompt needs Qwen2.5-VL's vision tower"):
+        QWEN_IMAGE_FAMILY.detect(shapes, {}, "qwen_image_edit_2509_fp8_e4m3fn.safetensors")
+    layered = {**shapes, "time_text_embed.addition_t_embedding.weight": (2, 3072)}
+    with pytest.raises(CheckpointError, match="Qwen-Image-Layered"):
+        QWEN_IMAGE_FAMILY.detect(layered, {}, "qwen_image_layered.safetensors")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return qwen_image_transformer(seed=7), qwen_image_vae(seed=8)
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
+def test_split_files_load_with_the_vae_found_in_vae_folder(tiny, tmp_path, prefix):
+    from opensd.pipeline.pipeline import load
+    net, vae = tiny
+    files = write_qwen_image_split_files(tmp_path / "models", net, vae, prefix=prefix)
+    pipe = load(files["unet"], precision="fp32", device="cpu")
+    assert pipe.config.family == "qwen_image" and pipe.family is QWEN_IMAGE_FAMILY
+    assert pipe.config.vae.latents_mean == QWEN_IMAGE_VAE.latents_mean  # a bare VAE file: the released statistics
+    got = pipe.model.network.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in net.state_dict().items())
+    image = torch.rand(1, 3, 32, 48) * 2 - 1
+    with torch.no_grad():
+        want = vae.encode(image[:, :, None]).latent_dist.mean[:, :, 0]
+        assert_close_scaled(pipe.model.vae.encode(image)[0], want, rel=1e-5)
+
+
+def test_float8_and_gguf_networks_stay_stored(tiny, tmp_path):
+    """ComfyUI's qwen_image_fp8_e4m3fn (Linear weights in float8) and a city96 GGUF (Q8_0) through the
+    UNETLoader path: their Linears stay stored and compute what the rounded weights do."""
+    import gguf
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.models.qwen_image import QwenImage
+    from opensd.models.stored_weights import StoredLinear
+    from opensd.pipeline import parts
+    net, _ = tiny
+    sd = {k: v.contiguous() for k, v in net.state_dict().items()}
+    linears = {n + ".weight" for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)}
+    fp8 = {k: v.to(torch.float8_e4m3fn) if k in linears else v for k, v in sd.items()}
+    save_safetensors(fp8, tmp_path / "qwen_image_fp8_e4m3fn.safetensors")
+    writer = gguf.GGUFWriter(str(tmp_path / "qwen-image-Q8_0.gguf"), "qwen_image")
+    held = {}
+    for k, v in sd.items():
+        a = v.float().numpy()
+        quantise = k in linears and a.shape[1] % 32 == 0
+        writer.add_tensor(k, gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0) if quantise else a,
+                          raw_dtype=gguf.GGMLQuantizationType.Q8_0 if quantise else None)
+        held[k] = (torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0),
+                                                           gguf.GGMLQuantizationType.Q8_0).reshape(a.shape).copy())
+                   if quantise else v.float())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    g = torch.Generator().manual_seed(5)
+    x, ctx, t = torch.randn(1, 16, 6, 4, generator=g), torch.randn(1, 5, 24, generator=g), torch.tensor([0.4])
+    for name, weights in (("qwen_image_fp8_e4m3fn.safetensors", {k: v.float() for k, v in fp8.items()}),
+                          ("qwen-image-Q8_0.gguf", held)):
+        pipe = parts.load_unet(tmp_path / name, device="cpu", precision="fp32")
+        stored = pipe.model.network
+        assert isinstance(stored.transformer_blocks[1].attn.to_q, StoredLinear), name
+        rounded = QwenImage(stored.cfg).eval()
+        rounded.load_state_dict(weights)
+        with torch.no_grad():
+            assert_close_scaled(stored(x, t, ctx), rounded(x, t, ctx), rel=1e-5)
+
+
+def _folder(root, tiny, class_name="QwenImagePipeline", scheduler=None):
+    net, vae = tiny
+    root.mkdir(parents=True)
+    (root / "model_index.json").write_text(json.dumps({"_class_name": class_name}), encoding="utf-8")
+    net.save_pretrained(root / "transformer")
+    vae.save_pretrained(root / "vae")
+    if scheduler is not None:
+        (root / "scheduler").mkdir()
+        (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler), encoding="utf-8")
+    return root
+
+
+def test_pipeline_folder_keeps_its_scheduler_settings(tiny, tmp_path):
+    from opensd.pipeline.loader import read_model
+    scheduler = {"_class_name": "FlowMatchEulerDiscreteScheduler", "base_shift": 0.6, "max_shift": 1.1,
+                 "base_image_seq_len": 256, "max_image_seq_len": 4096, "shift_terminal": None,
+                 "use_dynamic_shifting": True}
+    family, sd, _, cfg = read_model(_folder(tmp_path / "qi", tiny, scheduler=scheduler))
+    assert family is QWEN_IMAGE_FAMILY
+    assert cfg.schedule == FlowShiftConfig(base_shift=0.6, max_shift=1.1, max_image_seq_len=4096, shift_terminal=0.02)
+    assert cfg.vae.latents_std == pytest.approx(tiny[1].config.latents_std)
+    assert set(sd) >= {D.VAE + "encoder.conv1.weight", DD.NET + "txt_norm.weight"}
+
+
+def test_edit_pipeline_folder_is_refused(tiny, tmp_path):
+    from opensd.pipeline.loader import read_model
+    with pytest.raises(CheckpointError, match="Qwen-Image-Edit"):
+        read_model(_folder(tmp_path / "edit", tiny, class_name="QwenImageEditPlusPipeline"))
