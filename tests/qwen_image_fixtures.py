@@ -18,16 +18,17 @@ def qwen_image_transformer(seed: int = 0, ctx: int = QI_CTX, layers: int = 2) ->
     return randomize_(net, seed=seed, std=0.1).eval()
 
 
-def qwen_image_vae(seed: int = 0):
+def qwen_image_vae(seed: int = 0, own_statistics: bool = True):
     """diffusers' AutoencoderKLQwenImage, tiny (8 base channels, 1/8 latents of the released 16
-    channels, one residual block per level), its norms and biases randomised."""
+    channels, one residual block per level), its norms and biases randomised; `own_statistics`:
+    random latent statistics, else the released ones (which ComfyUI's VAE files, holding none, get)."""
     from diffusers import AutoencoderKLQwenImage
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
+    stats = dict(latents_mean=(torch.randn(QI_LATENT, generator=g) * 0.3).tolist(),
+                 latents_std=(torch.rand(QI_LATENT, generator=g) + 0.5).tolist()) if own_statistics else {}
     vae = AutoencoderKLQwenImage(base_dim=8, z_dim=QI_LATENT, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                                 temperal_downsample=[False, True, True],
-                                 latents_mean=(torch.randn(QI_LATENT, generator=g) * 0.3).tolist(),
-                                 latents_std=(torch.rand(QI_LATENT, generator=g) + 0.5).tolist())
+                                 temperal_downsample=[False, True, True], **stats)
     with torch.no_grad():
         for name, p in vae.named_parameters():
             noise = torch.randn(p.shape, generator=g)
@@ -54,3 +55,45 @@ def write_qwen_image_split_files(models, net, vae, net_name: str = "qwen_image_b
     save_safetensors({prefix + k: v.contiguous() for k, v in net.state_dict().items()}, files["unet"])
     save_safetensors(wan_layout(vae), files["vae"])
     return files
+
+
+# --- a whole tiny Qwen-Image: network, VAE, Qwen2.5-VL (64 wide), tokenizer ----------------------
+
+def qwen_image_parts(seed: int = 0) -> dict:
+    """The encoder has one head of the released width 128 (ComfyUI's files hold no head width; every
+    Qwen2.5 has 128), so its split files load as the released ones do."""
+    from dataclasses import replace
+    from functools import partial
+    from unittest import mock
+
+    import test_qwen25vl as Q
+    from qwen_fixtures import build_tokenizer
+    tok = build_tokenizer()
+    encoder = replace(Q.TINY, vocab_size=tok.get_vocab_size(), hidden_size=128, num_attention_heads=1,
+                      num_key_value_heads=1, head_dim=128, num_hidden_layers=2)
+    with mock.patch.object(Q, "hf_config", partial(Q.hf_config, mrope=(16, 24, 24))):  # the released split
+        text_encoder = Q.hf_qwen25vl(encoder, seed + 2)
+    return {"transformer": qwen_image_transformer(seed, ctx=encoder.hidden_size), "vae": qwen_image_vae(seed + 1, False),
+            "text_encoder": text_encoder, "tokenizer": tok}
+
+
+SCHEDULER = dict(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9,
+                 num_train_timesteps=1000, shift=1.0, shift_terminal=0.02, time_shift_type="exponential",
+                 use_dynamic_shifting=True)  # Qwen/Qwen-Image's scheduler/scheduler_config.json
+
+
+def write_qwen_image_folder(root, parts: dict):
+    """A QwenImagePipeline folder (model_index.json, scheduler/, transformer/, vae/, text_encoder/,
+    tokenizer/)."""
+    import json
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from qwen_fixtures import write_folder
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}), encoding="utf-8")
+    FlowMatchEulerDiscreteScheduler(**SCHEDULER).save_pretrained(root / "scheduler")
+    for name in ("transformer", "vae", "text_encoder"):
+        parts[name].save_pretrained(root / name)
+    write_folder(root / "tokenizer", parts["tokenizer"])
+    return root

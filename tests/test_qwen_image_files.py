@@ -16,6 +16,7 @@ from opensd.errors import CheckpointError
 from opensd.families.qwen_image import QWEN_IMAGE_FAMILY
 from opensd.models.config_dit import QWEN_IMAGE, FlowShiftConfig, QwenImageModelConfig
 from opensd.models.dit_models import QwenImageModel
+from opensd.models.qwen3 import QWEN25_VL_7B
 from opensd.models.qwen_vae import QWEN_IMAGE_VAE
 from qwen_image_fixtures import qwen_image_transformer, qwen_image_vae, write_qwen_image_split_files
 from reference import assert_close_scaled
@@ -28,20 +29,21 @@ def _shapes(sd):
 @pytest.fixture(scope="module")
 def released():
     with torch.device("meta"):
-        model = QwenImageModel(QwenImageModelConfig(QWEN_IMAGE, QWEN_IMAGE_VAE))
+        model = QwenImageModel(QwenImageModelConfig(QWEN_IMAGE, QWEN_IMAGE_VAE, QWEN25_VL_7B))
     return model.state_dict()
 
 
 def test_released_whole_model_on_meta_is_detected_with_every_key(released):
     shapes = _shapes(released)
     family, found = families.detect(shapes, {}, "qwen_image.safetensors")
-    assert family is QWEN_IMAGE_FAMILY and found == QwenImageModelConfig(QWEN_IMAGE, QWEN_IMAGE_VAE)
+    assert family is QWEN_IMAGE_FAMILY and found == QwenImageModelConfig(QWEN_IMAGE, QWEN_IMAGE_VAE, QWEN25_VL_7B)
+    assert sum(v.numel() for k, v in released.items() if k.startswith(DD.QWEN25)) == pytest.approx(7.07e9, rel=0.01)
     assert found.resolution == 1328 and found.schedule == FlowShiftConfig() and found.size_multiple == 16
     assert set(family.canonical(dict(released), found)) == set(released)
     family.check_complete(found, shapes, "x")
     network_only = {k: v for k, v in shapes.items() if k.startswith(DD.NET)}
-    assert family.missing_parts(network_only) == ["qwen_vae"]
-    with pytest.raises(CheckpointError, match="no VAE"):
+    assert family.missing_parts(network_only) == ["qwen_vae", "qwen25vl"]
+    with pytest.raises(CheckpointError, match="no VAE .* and no Qwen2.5-VL-7B text encoder"):
         family.check_complete(found, network_only, "x")
 
 
@@ -76,19 +78,25 @@ def tiny():
 
 
 @pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
-def test_split_files_load_with_the_vae_found_in_vae_folder(tiny, tmp_path, prefix):
+def test_comfyui_loaders_take_the_split_network_and_vae(tiny, tmp_path, prefix):
+    """UNETLoader's and VAELoader's paths: the network (bare or under ComfyUI's prefix) and the VAE in
+    Wan's names, which encodes as diffusers' does; a network alone is refused with what it lacks."""
+    from opensd.pipeline import parts
     from opensd.pipeline.pipeline import load
     net, vae = tiny
     files = write_qwen_image_split_files(tmp_path / "models", net, vae, prefix=prefix)
-    pipe = load(files["unet"], precision="fp32", device="cpu")
-    assert pipe.config.family == "qwen_image" and pipe.family is QWEN_IMAGE_FAMILY
-    assert pipe.config.vae.latents_mean == QWEN_IMAGE_VAE.latents_mean  # a bare VAE file: the released statistics
-    got = pipe.model.network.state_dict()
+    unet = parts.load_unet(files["unet"], device="cpu", precision="fp32")
+    assert unet.config.family == "qwen_image"
+    got = unet.model.network.state_dict()
     assert all(torch.equal(got[k], v) for k, v in net.state_dict().items())
+    decoder = parts.load_vae(files["vae"], device="cpu", precision="fp32")
+    assert decoder.config.family == "qwen_image" and decoder.config.vae.latents_mean == QWEN_IMAGE_VAE.latents_mean
     image = torch.rand(1, 3, 32, 48) * 2 - 1
     with torch.no_grad():
         want = vae.encode(image[:, :, None]).latent_dist.mean[:, :, 0]
-        assert_close_scaled(pipe.model.vae.encode(image)[0], want, rel=1e-5)
+        assert_close_scaled(decoder.model.vae.encode(image)[0], want, rel=1e-5)
+    with pytest.raises(CheckpointError, match="no Qwen2.5-VL-7B text encoder"):
+        load(files["unet"], precision="fp32", device="cpu")
 
 
 def test_float8_and_gguf_networks_stay_stored(tiny, tmp_path):

@@ -80,13 +80,13 @@ def _ours(net, cfg, latents, context, negative, scale):
     rows = torch.cat([torch.nn.functional.pad(c, (0, 0, 0, length - c.shape[1])) for c in (negative, context)])
     g = Guidance(None, (None,), scale, renorm=cfg.cfg_renorm)
 
-    def velocity(x, t):
-        return g.combine(fn(x.expand(2, -1, -1, -1), t.expand(2), rows, None), [1.0])
+    def denoised(x, s):
+        both = sampling.denoise(lambda xx, tt: fn(xx, tt, rows, None), x.expand(2, -1, -1, -1), s)
+        return g.combine_flow(both, [1.0], x, s)
 
     seen = []
     with torch.no_grad():
-        sampling.sampler("euler")(lambda x, s: sampling.denoise(velocity, x, s), latents, sigmas,
-                                  lambda i, x, d: seen.append(x.clone()))
+        sampling.sampler("euler")(denoised, latents, sigmas, lambda i, x, d: seen.append(x.clone()))
     return sigmas, seen
 
 
@@ -120,14 +120,16 @@ def test_txt2img_equals_qwen_image_pipeline_step_by_step(pair):
 
 
 def test_renormalisation_is_the_pipelines_and_off_in_plain_guidance():
-    """guidance.renormed keeps the prompt's norm per 2x2 patch (the pipeline's per-token norm over the
-    packed 64 features); a Guidance without renorm is plain CFG."""
+    """combine_flow renormalises the velocities, keeping the prompt's norm per 2x2 patch (the
+    pipeline's per-token norm over the packed 64 features); a Guidance without renorm (ComfyUI's
+    graphs) is plain CFG."""
     g = torch.Generator().manual_seed(3)
-    out = torch.randn(2, 16, 4, 6, generator=g)
+    out, x, sigma = torch.randn(2, 16, 4, 6, generator=g), torch.randn(1, 16, 4, 6, generator=g), torch.tensor(0.7)
     neg, pos = out[:1], out[1:]
-    plain = Guidance(None, (None,), 4.0).combine(out, [1.0])
-    torch.testing.assert_close(plain, neg + 4.0 * (pos - neg))
-    got = Guidance(None, (None,), 4.0, renorm=2).combine(out, [1.0])
+    plain = Guidance(None, (None,), 4.0).combine_flow(x - sigma * out, [1.0], x, sigma)
+    torch.testing.assert_close(plain, x - sigma * (neg + 4.0 * (pos - neg)))
+    plain = (x - plain) / sigma
+    got = (x - Guidance(None, (None,), 4.0, renorm=2).combine_flow(x - sigma * out, [1.0], x, sigma)) / sigma
     comb, cond = pack(plain), pack(pos)
     want = comb * (cond.norm(dim=-1, keepdim=True) / comb.norm(dim=-1, keepdim=True))
     torch.testing.assert_close(pack(got), want)

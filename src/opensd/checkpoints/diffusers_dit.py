@@ -23,6 +23,7 @@ from .keymap_clip import clip_from_transformers
 from .keymap_flux import flux_from_diffusers
 from .keymap_flux2 import flux2_from_diffusers
 from .keymap_mmdit import mmdit_from_diffusers
+from .keymap_qwen25vl import qwen25vl_state_dict
 from .keymap_qwen3 import qwen3_state_dict
 from .keymap_t5 import t5_state_dict
 from .keymap_vae import vae_from_diffusers
@@ -35,7 +36,7 @@ FLUX_PARTS = {"transformer": "flux", "vae": "vae", "text_encoder": "clip_l", "te
 CHROMA_PARTS = {"transformer": "chroma", "vae": "vae", "text_encoder": "t5"}
 Z_IMAGE_PARTS = {"transformer": "z_image", "vae": "vae", "text_encoder": "qwen3"}
 FLUX2_PARTS = {"transformer": "flux2", "vae": "vae", "text_encoder": "qwen3"}
-QWEN_IMAGE_PARTS = {"transformer": "qwen_image", "vae": "qwen_vae"}  # the text encoder: not yet
+QWEN_IMAGE_PARTS = {"transformer": "qwen_image", "vae": "qwen_vae", "text_encoder": "qwen25vl"}
 _NETWORKS = ("sd3", "flux", "chroma", "z_image", "flux2", "qwen_image")
 META_QWEN_VAE_STATS = "opensd.qwen_vae_stats"  # a Qwen-Image VAE's latents_mean / latents_std (JSON)
 
@@ -112,6 +113,8 @@ def _component(folder: Path, kind: str, j: dict, metadata: dict[str, str]) -> di
         stats = {k: j[k] for k in ("latents_mean", "latents_std") if isinstance(j.get(k), list)}
         metadata[META_QWEN_VAE_STATS] = json.dumps(stats)
         return {D.VAE + k: v for k, v in sd.items()}
+    if kind == "qwen25vl":  # the language model alone (the vision tower is not loaded)
+        return {DD.QWEN25 + k: v for k, v in qwen25vl_state_dict(sd)[0].items()}
     if kind == "qwen3":  # transformers' Qwen3 naming is the single file's
         return {DD.QWEN3 + k: v for k, v in qwen3_state_dict(sd).items()}
     if kind in _NETWORKS:

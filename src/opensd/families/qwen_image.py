@@ -24,12 +24,17 @@ folders by pipeline class, Layered's network by its extra time input, Edit's sin
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields, replace
+import logging
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from ..checkpoints import detect as D
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import META_QWEN_VAE_STATS, QWEN_IMAGE_PARTS
+from ..checkpoints.families import what_else
+from ..checkpoints.files import read_state_dict
+from ..checkpoints.keymap_qwen25vl import is_qwen25vl, qwen25vl_config, qwen25vl_state_dict
+from ..checkpoints.qwen_vocab import load_qwen_tokenizer
 from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_config, qwen_vae_state_dict
 from ..errors import CheckpointError
 from ..models.config_dit import QWEN_IMAGE, FlowShiftConfig, QwenImageModelConfig
@@ -39,6 +44,9 @@ from ..sampling.flow import FlowSampling, flux_mu
 from .dit import compute_dtype, resolution_of
 from .chroma import text_mask
 from .qwen_dit import QwenDiTFamily
+from .qwen_image_prompts import QwenImageConditioner
+
+log = logging.getLogger(__name__)
 
 PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline")
 COMFY_SHIFT = 1.15  # ComfyUI's Qwen-Image sampling shift when its graph sets none (an SD3-style shift)
@@ -47,6 +55,8 @@ STEPS = 50  # QwenImagePipeline's num_inference_steps default
 LAYERED_KEY = "time_text_embed.addition_t_embedding.weight"
 META_SCHEDULE = "opensd.qwen_image_schedule"  # a QwenImagePipeline folder's scheduler config (JSON)
 RESOLUTION = 1328
+ENCODER_FILE = "Qwen2.5-VL-7B text encoder (text_encoders/qwen_2.5_vl_7b.safetensors)"
+ENCODER = "the " + ENCODER_FILE
 EDIT_REFUSAL = ("Qwen-Image-Edit: its image prompt needs Qwen2.5-VL's vision tower, which opensd does not have; "
                 "Qwen-Image (text to image) is supported")
 LAYERED_REFUSAL = "Qwen-Image-Layered (layer decomposition): not supported; Qwen-Image (text to image) is"
@@ -54,6 +64,10 @@ LAYERED_REFUSAL = "Qwen-Image-Layered (layer decomposition): not supported; Qwen
 
 def has_vae(shapes) -> bool:
     return is_qwen_vae(shapes, D.VAE)
+
+
+def has_encoder(shapes) -> bool:
+    return DD.QWEN25 + "model.embed_tokens.weight" in shapes
 
 
 def _vae_stats(metadata) -> dict:
@@ -93,6 +107,9 @@ class QwenImageFamily(QwenDiTFamily):
     members = ("qwen_image",)
     pipeline_prefix = PIPELINES
     folder_parts = QWEN_IMAGE_PARTS
+    required = ("qwen_vae", "qwen25vl")
+    default_vae = QWEN_IMAGE_VAE
+    encoder_label = ENCODER
     resolution = RESOLUTION
     released_network = QWEN_IMAGE
     default_scheduler = "simple"  # 1, 1 - 1/n, ... (shifted), as the pipeline's sigmas
@@ -142,9 +159,9 @@ class QwenImageFamily(QwenDiTFamily):
         if net is None:
             return None
         vae = qwen_vae_config(shapes, D.VAE, path, **_vae_stats(metadata)) if has_vae(shapes) else QWEN_IMAGE_VAE
-        cfg = QwenImageModelConfig(net, vae, resolution=resolution_of(metadata, RESOLUTION),
-                                   schedule=schedule_of(metadata))
-        return cfg
+        encoder = self.encoder_config("qwen25vl", shapes, path) if has_encoder(shapes) else None
+        return QwenImageModelConfig(net, vae, encoder, resolution=resolution_of(metadata, RESOLUTION),
+                                    schedule=schedule_of(metadata))
 
     def from_diffusers(self, net, cfg):
         return net  # the same names
@@ -161,7 +178,7 @@ class QwenImageFamily(QwenDiTFamily):
         return QwenImageModelConfig(net, vae, encoders.get("qwen25vl"), resolution=resolution)
 
     def missing_parts(self, shapes):
-        return [] if has_vae(shapes) else ["qwen_vae"]
+        return ([] if has_vae(shapes) else ["qwen_vae"]) + ([] if has_encoder(shapes) else ["qwen25vl"])
 
     def needed_parts(self, shapes):
         return self.missing_parts(shapes)
@@ -170,19 +187,46 @@ class QwenImageFamily(QwenDiTFamily):
         if D.VAE + "encoder.conv_in.weight" in shapes:
             raise CheckpointError(path, "the VAE is an SD/Flux-style VAE; Qwen-Image takes its own "
                                         "(qwen_image_vae.safetensors, the Wan 2.1 VAE)")
-        if not has_vae(shapes):
-            raise CheckpointError(path, "this Qwen-Image file has no VAE (--vae; qwen_image_vae.safetensors in "
-                                        "vae/); pass the separate files or keep them in the models folder's vae/ "
-                                        "and text_encoders/")
+        missing = [what for what, here in (("VAE (--vae; qwen_image_vae.safetensors in vae/)", has_vae(shapes)),
+                                           (ENCODER_FILE + " (--text-encoder)", has_encoder(shapes))) if not here]
+        if missing:
+            raise CheckpointError(path, f"this Qwen-Image file has no {' and no '.join(missing)}; pass the separate "
+                                        "files or keep them in the models folder's vae/ and text_encoders/")
+        width = shapes[DD.QWEN25 + "model.embed_tokens.weight"][1]
+        if width != cfg.qwen_image.joint_attention_dim:
+            raise CheckpointError(path, f"the text encoder is {width} wide; this Qwen-Image network takes "
+                                        f"{cfg.qwen_image.joint_attention_dim}-wide features (Qwen2.5-VL-7B: 3584)")
+
+    def encoder_config(self, name, shapes, path):
+        return qwen25vl_config(shapes, DD.QWEN25, path)
 
     def present_encoders(self, shapes):
-        return []
+        return ["qwen25vl"] if has_encoder(shapes) else []
 
     def encoder_tensors(self, files):
-        raise CheckpointError(files[0], "the Qwen2.5-VL-7B text encoder is not wired into opensd's Qwen-Image yet")
+        """Qwen2.5-VL-7B from its own file (ComfyUI's text_encoders/qwen_2.5_vl_7b*.safetensors,
+        Qwen's or transformers' names, a llama.cpp GGUF): the language model; the vision tower is
+        left out (it serves Qwen-Image-Edit's image prompts)."""
+        if len(files) > 1:
+            raise CheckpointError(files[1], f"{len(files)} text encoders given; a Qwen-Image model takes one, "
+                                            "" + ENCODER)
+        sd = read_state_dict(files[0], keep_quantized=True)
+        shapes = {k: tuple(v.shape) for k, v in sd.items()}
+        if not is_qwen25vl(shapes):
+            raise CheckpointError(files[0], f"not a Qwen2.5-VL text encoder (a Qwen-Image model takes {ENCODER}): "
+                                            + what_else(shapes, D.UNET))
+        language, visual = qwen25vl_state_dict(sd)
+        if visual:
+            log.info("%s: its vision tower (%d tensors) is not loaded: Qwen-Image's prompts are text",
+                     files[0], len(visual))
+        return {DD.QWEN25 + k: v for k, v in language.items()}
 
     def finish(self, loaded, explicit_prediction) -> None:
-        pass
+        if loaded.config.qwen25vl is not None:
+            loaded.tokenizers["qwen"] = load_qwen_tokenizer(loaded.path, *loaded.part_paths)
+
+    def conditioner(self, pipe, clip_skip, **text):
+        return QwenImageConditioner(pipe, clip_skip, **text)
 
     def build(self, cfg: QwenImageModelConfig) -> QwenImageModel:
         return QwenImageModel(cfg)

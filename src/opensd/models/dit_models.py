@@ -136,5 +136,6 @@ class Qwen3Embedder(nn.Module):
 
 
 def qwen25vl_encoders(cfg: QwenImageModelConfig) -> dict:
-    """Qwen-Image's text encoder modules by name (none until the Qwen2.5-VL encoder is wired)."""
-    return {}
+    """Qwen-Image's text encoder by name: `text_encoders.qwen25_7b` (ComfyUI's name), Qwen2.5-VL-7B's
+    language model as a Qwen3TextEncoder with Qwen2's switches, keys under `transformer.model.`."""
+    return {"qwen25_7b": cfg.qwen25vl and Qwen3Embedder(cfg.qwen25vl)}

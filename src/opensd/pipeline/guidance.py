@@ -49,7 +49,8 @@ class Guidance:
     negatives: tuple[CondSchedule, ...]  # rows before the prompt's: (), (negative,) or (empty, negative)
     cfg: float
     scale: float | None = None           # the scale a guidance-distilled model guides itself at; None: plain CFG
-    renorm: int = 0                      # plain CFG rescaled to the prompt's norm per renorm x renorm patch
+    renorm: int = 0                      # plain CFG of flow velocities rescaled to the prompt's norm per
+    #                                      renorm x renorm patch (combine_flow)
 
     @property
     def n_uncond(self) -> int:
@@ -69,9 +70,18 @@ class Guidance:
         result = torch.zeros_like(out[:1]) if n == 0 else out[:1].clone()
         for weight, o in zip(weights, out[n:]):
             result += self.cfg * weight * (o[None] if n == 0 else o[None] - out[:1])
-        if self.renorm and n:
-            return renormed(result, self.without_negative(out[n:], weights), self.renorm)
         return result
+
+    def combine_flow(self, out: torch.Tensor, weights: Sequence[float], x: torch.Tensor,
+                     sigma: torch.Tensor) -> torch.Tensor:
+        """`combine` of a flow model's denoised rows `out` at (x, sigma), renormalised (renorm) as
+        QwenImagePipeline does it: on the velocities (x - denoised) / sigma, the combined one
+        rescaled per patch to the prompt's own velocity's norm."""
+        if not self.renorm or not self.n_uncond or self.scale is not None:
+            return self.combine(out, weights)
+        v = (x - out) / sigma
+        guided = renormed(self.combine(v, weights), self.without_negative(v[self.n_uncond:], weights), self.renorm)
+        return x - sigma * guided
 
     def without_negative(self, out: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
         """The prediction from the prompt's rows alone: A1111 puts the first part's prediction where
@@ -165,7 +175,7 @@ def denoiser(g: Guidance, model: Denoiser, layout: Layout, sigmas: torch.Tensor,
             if g.scale is not None:
                 return out[-1:], out[-1:]
             return g.without_negative(out, weights), out[:1]
-        guided = g.combine(out, weights)
+        guided = g.combine_flow(out, weights, x, sigma)
         return guided, (out[:1] if g.n_uncond and g.scale is None else guided)
 
     return Guided(both)

@@ -180,8 +180,9 @@ def _encoder_config(sd: dict[str, torch.Tensor], naming: str, openclip: bool) ->
 def load_text_encoders(paths: list, device: str | None = None, precision: str = "fp32",
                        family: str | None = None) -> Pipeline:
     """One file (SD1, SD2 or the SDXL refiner's encoder) or two (SDXL's CLIP-L and ViT-bigG); with
-    `family` "sd3", "flux", "chroma", "z_image" or "flux2", that family's CLIP and T5 files (SD3: any of
-    CLIP-L, CLIP-G, T5-XXL; Chroma: T5-XXL) or Z-Image's Qwen3-4B, FLUX.2 [klein]'s Qwen3-4B or -8B."""
+    `family` "sd3", "flux", "chroma", "z_image", "flux2" or "qwen_image", that family's CLIP and T5 files (SD3:
+    any of CLIP-L, CLIP-G, T5-XXL; Chroma: T5-XXL) or Z-Image's Qwen3-4B, FLUX.2 [klein]'s Qwen3-4B or -8B,
+    Qwen-Image's Qwen2.5-VL-7B."""
     paths = [Path(p) for p in paths]
     if family in _DIT_FAMILIES:
         return _dit_encoders(paths, _DIT_FAMILIES[family], device, precision)
@@ -228,7 +229,8 @@ def load_text_encoders(paths: list, device: str | None = None, precision: str = 
     return _pipeline(paths[0], cfg, part, prefixes, *_where(device, precision, cfg))
 
 
-_DIT_FAMILIES = {"sd3": SD3, "flux": FLUX, "chroma": CHROMA_FAMILY, "z_image": Z_IMAGE_FAMILY, "flux2": FLUX2_FAMILY}
+_DIT_FAMILIES = {"sd3": SD3, "flux": FLUX, "chroma": CHROMA_FAMILY, "z_image": Z_IMAGE_FAMILY, "flux2": FLUX2_FAMILY,
+                 "qwen_image": QWEN_IMAGE_FAMILY}
 
 
 def _dit_encoders(paths: list[Path], family, device, precision) -> Pipeline:
