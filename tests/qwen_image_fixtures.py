@@ -97,3 +97,20 @@ def write_qwen_image_folder(root, parts: dict):
         parts[name].save_pretrained(root / name)
     write_folder(root / "tokenizer", parts["tokenizer"])
     return root
+
+
+def write_qwen_image_split_files_of(models, parts: dict) -> dict:
+    """ComfyUI's split files of a whole tiny Qwen-Image (qwen_image_parts): diffusion_models/
+    qwen_image_bf16.safetensors, text_encoders/qwen_2.5_vl_7b.safetensors (ComfyUI's/Qwen's older
+    `model.` / `visual.` names, vision tower included) with the tokenizer in text_encoders/qwen_tokenizer/,
+    vae/qwen_image_vae.safetensors."""
+    from opensd.checkpoints.files import save_safetensors
+    from qwen_fixtures import write_folder
+    files = write_qwen_image_split_files(models, parts["transformer"], parts["vae"])
+    files["te"] = models / "text_encoders" / "qwen_2.5_vl_7b.safetensors"
+    files["te"].parent.mkdir(parents=True, exist_ok=True)
+    te = {k.replace("model.language_model.", "model.").replace("model.visual.", "visual."): v.contiguous()
+          for k, v in parts["text_encoder"].state_dict().items()}
+    save_safetensors(te, files["te"])
+    write_folder(models / "text_encoders" / "qwen_tokenizer", parts["tokenizer"])
+    return files

@@ -15,7 +15,7 @@ from dit_fixtures import assert_same_pixels, spy_euler
 from opensd.errors import CheckpointError
 from opensd.families.chroma import text_mask
 from opensd.pipeline.pipeline import load
-from qwen_image_fixtures import SCHEDULER, qwen_image_parts, wan_layout, write_qwen_image_folder
+from qwen_image_fixtures import SCHEDULER, qwen_image_parts, write_qwen_image_folder, write_qwen_image_split_files_of
 from reference import assert_close_scaled
 
 PROMPT, NEGATIVE = "A photograph of an astronaut riding a horse on the moon", "blurry, lowres"
@@ -88,22 +88,9 @@ def test_txt2img_equals_qwen_image_pipeline_step_by_step(qwen_image, monkeypatch
 
 
 def test_comfyui_split_files_found_in_the_models_folder(qwen_image, tmp_path):
-    from opensd.checkpoints.files import save_safetensors
-    from qwen_fixtures import write_folder
     ours, _, parts = qwen_image
     want = ours.txt2img(PROMPT, "", steps=2, seed=SEED, width=SIZE, height=SIZE)[0]
-    models = tmp_path / "models"
-    files = {"unet": models / "diffusion_models" / "qwen_image_fp16.safetensors",
-             "te": models / "text_encoders" / "qwen_2.5_vl_7b.safetensors",
-             "vae": models / "vae" / "qwen_image_vae.safetensors"}
-    for f in files.values():
-        f.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors({k: v.contiguous() for k, v in parts["transformer"].state_dict().items()}, files["unet"])
-    te = {k.replace("model.language_model.", "model.").replace("model.visual.", "visual."): v.contiguous()
-          for k, v in parts["text_encoder"].state_dict().items()}  # ComfyUI's/Qwen's older names
-    save_safetensors(te, files["te"])
-    save_safetensors(wan_layout(parts["vae"]), files["vae"])
-    write_folder(models / "text_encoders" / "qwen_tokenizer", parts["tokenizer"])
+    files = write_qwen_image_split_files_of(tmp_path / "models", parts)
     split = load(files["unet"], precision="fp32", device="cpu")
     assert split.config.family == "qwen_image" and sorted(p.name for p in split.loaded.part_paths) == [
         "qwen_2.5_vl_7b.safetensors", "qwen_image_vae.safetensors"]
