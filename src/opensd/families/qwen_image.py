@@ -261,11 +261,11 @@ class QwenImageFamily(QwenDiTFamily):
 
     def lora_modules(self, model):
         """As the other Qwen-encoder DiTs, and the bare diffusers path (`transformer_blocks.N.attn.to_q`,
-        as Qwen-Image-Lightning's LoRAs are written)."""
+        as Qwen-Image-Lightning's LoRAs are written), which the LoRA reader files under `unet.`."""
         modules = super().lora_modules(model)
         names = {n for m in modules for n in (m.kohya, m.peft, *m.aliases)}
         for m in modules:
-            bare = m.peft[len("transformer."):] if m.peft.startswith("transformer.") else None
+            bare = "unet." + m.peft[len("transformer."):] if m.peft.startswith("transformer.") else None
             if bare and bare not in names:
                 m.aliases.append(bare)
                 names.add(bare)
