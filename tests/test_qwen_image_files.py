@@ -167,3 +167,14 @@ def test_edit_pipeline_folder_is_refused(tiny, tmp_path):
     from opensd.pipeline.loader import read_model
     with pytest.raises(CheckpointError, match="Qwen-Image-Edit"):
         read_model(_folder(tmp_path / "edit", tiny, class_name="QwenImageEditPlusPipeline"))
+
+
+def test_a_model_too_big_for_the_ram_is_refused_naming_the_smaller_files(tiny, tmp_path, monkeypatch):
+    from opensd.errors import OutOfMemoryForModel
+    from opensd.pipeline import parts, peak_memory
+    net, vae = tiny
+    files = write_qwen_image_split_files(tmp_path / "models", net, vae)
+    monkeypatch.setattr(peak_memory, "free_memory", lambda: (1000, 0))
+    with pytest.raises(OutOfMemoryForModel, match=r"GGUF Q8_0/Q4_K or float8; for Qwen-Image .*"
+                                                  r"qwen_image_fp8_e4m3fn\.safetensors .*qwen_2\.5_vl_7b_fp8_scaled"):
+        parts.load_unet(files["unet"], device="cpu", precision="fp32")

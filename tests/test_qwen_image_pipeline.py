@@ -98,3 +98,14 @@ def test_comfyui_split_files_found_in_the_models_folder(qwen_image, tmp_path):
     files["te"].unlink()
     with pytest.raises(CheckpointError, match=r"this Qwen-Image file has no Qwen2.5-VL-7B text encoder"):
         load(files["unet"], precision="fp32", device="cpu")
+
+
+def test_img2img_samples_the_tail_of_the_pipelines_schedule(qwen_image, monkeypatch):
+    """img2img through the family's schedule: at strength 0.5 of 4 steps it samples the last 3 steps
+    (A1111's int(strength * steps) + 1) of the txt2img schedule, from the encoded image."""
+    ours, _, _ = qwen_image
+    seen = spy_euler(monkeypatch)
+    init = ours.txt2img(PROMPT, "", steps=STEPS, seed=SEED, width=SIZE, height=SIZE)[0]
+    full = seen.pop("sigmas")
+    ours.img2img(init, "a red chair", steps=STEPS, seed=SEED + 1, strength=0.5)
+    torch.testing.assert_close(seen["sigmas"], full[1:])

@@ -110,6 +110,9 @@ class QwenImageFamily(QwenDiTFamily):
     required = ("qwen_vae", "qwen25vl")
     default_vae = QWEN_IMAGE_VAE
     encoder_label = ENCODER
+    smaller_files = ("for Qwen-Image (20B: 41 GB in bf16) ComfyUI's diffusion_models/qwen_image_fp8_e4m3fn.safetensors "
+                     "(20 GB) or a GGUF of it (Q4_K: about 13 GB), and text_encoders/"
+                     "qwen_2.5_vl_7b_fp8_scaled.safetensors (9 GB)")
     resolution = RESOLUTION
     released_network = QWEN_IMAGE
     default_scheduler = "simple"  # 1, 1 - 1/n, ... (shifted), as the pipeline's sigmas

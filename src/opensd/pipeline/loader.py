@@ -150,7 +150,7 @@ def build(cfg, sd: dict[str, torch.Tensor], path, dtype, device, vae_dtype: torc
         log.warning("%s: %d keys not used by a %s model, e.g. %s", path, len(unknown), cfg.family,
                     ", ".join(unknown[:3]))
     vae_dtype = vae_dtype or dtype
-    check_fits((sd[k] for k in expected), path, device if runs_on is None else runs_on)
+    check_fits((sd[k] for k in expected), path, device if runs_on is None else runs_on, family.smaller_files)
     assign(model, sd, list(expected), lambda k: family.weight_dtype(k, dtype, vae_dtype), device, family.keeps_stored)
     leftover = [n for n, b in model.named_buffers() if b.is_meta]
     if leftover:  # a model registered a buffer that is not in the file: a bug in models/, not the file

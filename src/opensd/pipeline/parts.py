@@ -62,7 +62,7 @@ def _pipeline(path: Path, cfg: C.ModelConfig, part: dict[str, torch.Tensor], pre
              if tuple(part[k].shape) != tuple(v.shape)]
     if wrong:
         raise CheckpointError(path, f"{len(wrong)} weights have unexpected shapes, e.g. {wrong[0]}")
-    check_fits((part[k] for k in wanted), path, device)
+    check_fits((part[k] for k in wanted), path, device, family.smaller_files)
     assign(model, part, list(wanted), lambda k: family.weight_dtype(k, dtype, dtype), device, family.keeps_stored)
     loaded = LoadedModel(path, cfg, model.eval().requires_grad_(False), alphas, part_paths=list(paths))
     if paths:
