@@ -43,10 +43,14 @@ def _want(pipe, cfg=4.0, negative="", **kw):
                         sampler="euler", scheduler="simple", **kw)[0]
 
 
-def test_cli_generates_from_the_models_folder_with_the_family_defaults(env, tmp_path):
+def test_cli_generates_by_name_from_the_models_folder_with_the_family_defaults(env, tmp_path):
+    """The network is listed as a whole model (its VAE and text encoder in the folder) and `-m` takes
+    its name."""
+    from opensd.library.network_models import whole_models
     models, pipe, _ = env
+    assert [(m.kind, m.name) for m in whole_models(ModelFolders(models, include_builtin=False))] == [("unet", UNET)]
     out = tmp_path / "q.png"
-    assert main(["generate", PROMPT, "-m", str(models / "diffusion_models" / UNET), "--steps", str(STEPS),
+    assert main(["generate", PROMPT, "-m", "qwen_image_bf16", "--models-dir", str(models), "--steps", str(STEPS),
                  "--seed", str(SEED), "--width", str(SIZE), "--height", str(SIZE), "--sampler", "euler",
                  "--precision", "fp32", "--device", "cpu", "-o", str(out)]) == 0
     assert np.abs(_pixels(Image.open(out)) - _pixels(_want(pipe))).max() <= 1
