@@ -51,7 +51,7 @@ def load_qwen_tokenizer(*anchors: Path) -> QwenTokenizer:
                 except CheckpointError:  # a GGUF without a Qwen tokenizer (a diffusion model's)
                     continue
         raise CheckpointError(anchors[0], "no Qwen tokenizer found (tokenizer.json, or vocab.json and "
-                              "merges.txt): put the files of Qwen3's tokenizer (a Z-Image diffusers folder's "
-                              f"tokenizer/) in a {FOLDER}/ folder beside the model or text-encoder file, "
+                              "merges.txt): put the files of Qwen3's or Qwen2.5's tokenizer (a Z-Image or "
+                              f"Qwen-Image diffusers folder's tokenizer/) in a {FOLDER}/ folder beside the model or text-encoder file, "
                               f"or in models/text_encoders/{FOLDER}/")
     return QwenTokenizer.from_folder(folder)
