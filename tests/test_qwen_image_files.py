@@ -178,3 +178,25 @@ def test_a_model_too_big_for_the_ram_is_refused_naming_the_smaller_files(tiny, t
     with pytest.raises(OutOfMemoryForModel, match=r"GGUF Q8_0/Q4_K or float8; for Qwen-Image .*"
                                                   r"qwen_image_fp8_e4m3fn\.safetensors .*qwen_2\.5_vl_7b_fp8_scaled"):
         parts.load_unet(files["unet"], device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("layout", ["marker", "comfy_quant"])
+@torch.no_grad()
+def test_a_scaled_float8_text_encoder_as_comfyui_ships_it(tmp_path, layout):
+    """text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors (ComfyUI's names, the vision tower in the file):
+    its language model's Linears stay float8 with their scales and compute what the dequantised weights do."""
+    from opensd.checkpoints.keymap_qwen25vl import qwen25vl_state_dict
+    from opensd.models.qwen3 import Qwen3TextEncoder
+    from test_qwen25vl import TINY, _comfy, hf_qwen25vl
+    from test_scaled_fp8 import linear_weights, stored_and_plain, write_scaled
+    ref = hf_qwen25vl(TINY, seed=4)
+    sd = _comfy(ref.state_dict())
+    linears = [k for k in _comfy({k: None for k in linear_weights(ref)}) if not k.startswith("visual.")]
+    path = tmp_path / "qwen_2.5_vl_7b_fp8_scaled.safetensors"
+    held = write_scaled(path, sd, linears, layout)
+    tensors = QWEN_IMAGE_FAMILY.encoder_tensors([path])
+    ours, plain = stored_and_plain(Qwen3TextEncoder, TINY, {k[len(DD.QWEN25):]: v for k, v in tensors.items()},
+                                   qwen25vl_state_dict(held)[0])
+    ids = torch.randint(0, TINY.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    assert_close_scaled(ours(ids, mask, -1), plain(ids, mask, -1), 1e-6)
