@@ -151,16 +151,40 @@ def _folder(root, tiny, class_name="QwenImagePipeline", scheduler=None):
     return root
 
 
-def test_pipeline_folder_keeps_its_scheduler_settings(tiny, tmp_path):
+@pytest.mark.parametrize("scheduler", [
+    {"base_shift": 0.6, "max_shift": 1.1, "max_image_seq_len": 4096, "shift_terminal": None, "use_dynamic_shifting": True},
+    {"use_dynamic_shifting": True, "shift_terminal": 0.05},  # the rest at the scheduler's defaults
+    {"use_dynamic_shifting": False, "shift": 3.0, "shift_terminal": 0.02},
+], ids=["no-terminal", "defaults", "fixed"])
+def test_pipeline_folder_keeps_its_scheduler_settings(tiny, tmp_path, scheduler):
+    """A folder's scheduler config is the schedule: ours equals FlowMatchEulerDiscreteScheduler's made from
+    the same config, as QwenImagePipeline drives it (mu from the image's tokens)."""
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     from opensd.pipeline.loader import read_model
-    scheduler = {"_class_name": "FlowMatchEulerDiscreteScheduler", "base_shift": 0.6, "max_shift": 1.1,
-                 "base_image_seq_len": 256, "max_image_seq_len": 4096, "shift_terminal": None,
-                 "use_dynamic_shifting": True}
-    family, sd, _, cfg = read_model(_folder(tmp_path / "qi", tiny, scheduler=scheduler))
+    from opensd.sampling.schedules import make_sigmas
+    config = {"_class_name": "FlowMatchEulerDiscreteScheduler", **scheduler}
+    family, sd, _, cfg = read_model(_folder(tmp_path / "qi", tiny, scheduler=config))
     assert family is QWEN_IMAGE_FAMILY
-    assert cfg.schedule == FlowShiftConfig(base_shift=0.6, max_shift=1.1, max_image_seq_len=4096, shift_terminal=0.02)
     assert cfg.vae.latents_std == pytest.approx(tiny[1].config.latents_std)
     assert set(sd) >= {D.VAE + "encoder.conv1.weight", DD.NET + "txt_norm.weight"}
+    ref = FlowMatchEulerDiscreteScheduler.from_config(config)
+    steps, side = 12, 768
+    c = ref.config
+    slope = (c.max_shift - c.base_shift) / (c.max_image_seq_len - c.base_image_seq_len)
+    tokens = (side // 16) ** 2
+    ref.set_timesteps(sigmas=[1 - i / steps for i in range(steps)], mu=tokens * slope + c.base_shift - slope * c.base_image_seq_len)
+    sampling = family.sampling(SimpleNamespace(config=cfg), side, side, None, steps)
+    sigmas = make_sigmas("simple", sampling.schedule, steps, sampler="euler", family="qwen_image")
+    torch.testing.assert_close(sigmas, ref.sigmas.float(), rtol=2e-6, atol=2e-6)
+
+
+def test_a_linear_time_shift_is_refused(tiny, tmp_path):
+    from opensd.pipeline.loader import read_model
+    with pytest.raises(CheckpointError, match="time_shift_type 'linear'"):
+        read_model(_folder(tmp_path / "qi", tiny, scheduler={"use_dynamic_shifting": True, "time_shift_type": "linear"}))
 
 
 def test_edit_pipeline_folder_is_refused(tiny, tmp_path):

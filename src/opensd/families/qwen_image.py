@@ -40,7 +40,7 @@ from ..errors import CheckpointError
 from ..models.config_dit import QWEN_IMAGE, FlowShiftConfig, QwenImageModelConfig
 from ..models.dit_models import QwenImageModel
 from ..models.qwen_vae import QWEN_IMAGE_VAE
-from ..sampling.flow import FlowSampling, flux_mu
+from ..sampling.flow import FlowSampling, flux_mu, flux_shift, sd3_shift
 from .dit import compute_dtype, resolution_of
 from .chroma import text_mask
 from .qwen_dit import QwenDiTFamily
@@ -53,6 +53,8 @@ COMFY_SHIFT = 1.15  # ComfyUI's Qwen-Image sampling shift when its graph sets no
 TRUE_CFG = 4.0  # QwenImagePipeline's true_cfg_scale default
 STEPS = 50  # QwenImagePipeline's num_inference_steps default
 LAYERED_KEY = "time_text_embed.addition_t_embedding.weight"
+# FlowMatchEulerDiscreteScheduler's defaults: what a scheduler_config.json leaves out
+SCHEDULER_DEFAULTS = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
 META_SCHEDULE = "opensd.qwen_image_schedule"  # a QwenImagePipeline folder's scheduler config (JSON)
 RESOLUTION = 1328
 ENCODER_FILE = "Qwen2.5-VL-7B text encoder (text_encoders/qwen_2.5_vl_7b.safetensors)"
@@ -82,23 +84,29 @@ def schedule_of(metadata) -> FlowShiftConfig:
         return FlowShiftConfig()
     given = json.loads(metadata[META_SCHEDULE])
     return FlowShiftConfig(**{f.name: type(getattr(FlowShiftConfig(), f.name))(given[f.name])
-                              for f in fields(FlowShiftConfig) if given.get(f.name) is not None})
+                              for f in fields(FlowShiftConfig)})
 
 
 def _schedule_metadata(path: Path) -> dict[str, str]:
-    """A folder's scheduler/scheduler_config.json as metadata; a missing or unreadable one: none
-    (the released settings)."""
+    """A folder's scheduler/scheduler_config.json as metadata, what it leaves out at diffusers'
+    FlowMatchEulerDiscreteScheduler defaults (as the pipeline reads it); a missing or unreadable one:
+    none (the released settings)."""
     try:
         j = json.loads((path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(j, dict):
         return {}
-    if j.get("use_dynamic_shifting") is False:
-        raise CheckpointError(path, "scheduler_config.json: a fixed shift (use_dynamic_shifting false) is not "
-                                    "Qwen-Image's schedule; pass --shift instead")
-    keys = asdict(FlowShiftConfig())
-    return {META_SCHEDULE: json.dumps({k: j[k] for k in keys if isinstance(j.get(k), (int, float))})}
+    if j.get("time_shift_type", "exponential") != "exponential":
+        raise CheckpointError(path, f"scheduler_config.json: time_shift_type {j['time_shift_type']!r} is not supported "
+                                    "(Qwen-Image's is exponential)")
+    given = {**SCHEDULER_DEFAULTS,
+             **{k: v for k, v in j.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+    dynamic = j.get("use_dynamic_shifting", False) is not False
+    out = {k: given[k] for k in asdict(FlowShiftConfig()) if k in given}
+    out["shift_terminal"] = given.get("shift_terminal") or 0.0
+    out["fixed_shift"] = 0.0 if dynamic else float(given.get("shift", 1.0))
+    return {META_SCHEDULE: json.dumps(out)}
 
 
 class QwenImageFamily(QwenDiTFamily):
@@ -243,12 +251,12 @@ class QwenImageFamily(QwenDiTFamily):
         if shift is not None or width is None or height is None or not steps:
             return FlowSampling.aura_flow(COMFY_SHIFT if shift is None else shift)
         s = pipe.config.schedule
+        if s.fixed_shift:
+            return FlowSampling.shifted(lambda t: sd3_shift(s.fixed_shift, t), steps, s.shift_terminal)
         side = pipe.config.size_multiple
         mu = flux_mu((width // side) * (height // side), s.base_shift, s.max_shift, s.base_image_seq_len,
                      s.max_image_seq_len)
-        if not s.shift_terminal:
-            return FlowSampling.flux(mu, steps)
-        return FlowSampling.flux_terminal(mu, steps, s.shift_terminal)
+        return FlowSampling.shifted(lambda t: flux_shift(mu, t), steps, s.shift_terminal)
 
     def net_fn(self, model, guidance=None, references=None):
         net = model.network

@@ -333,15 +333,17 @@ class Flux2ModelConfig(_DiTModel):
 
 @dataclass(frozen=True)
 class FlowShiftConfig:
-    """A dynamically shifted flow schedule as diffusers' FlowMatchEulerDiscreteScheduler configures it
+    """A shifted flow schedule as diffusers' FlowMatchEulerDiscreteScheduler configures it
     (scheduler_config.json): mu linear in the image's tokens, base_shift at base_image_seq_len and
-    max_shift at max_image_seq_len, the times shifted exponentially by mu, then (shift_terminal)
-    stretched so that the last step's sigma is shift_terminal. Defaults: Qwen-Image's."""
+    max_shift at max_image_seq_len, the times shifted exponentially by mu (`fixed_shift` instead: its
+    use_dynamic_shifting false, SD3's shift by `shift`), then (shift_terminal, 0: none) stretched so
+    that the last step's sigma is shift_terminal. Defaults: Qwen-Image's."""
     base_shift: float = 0.5
     max_shift: float = 0.9
     base_image_seq_len: int = 256
     max_image_seq_len: int = 8192
     shift_terminal: float = 0.02
+    fixed_shift: float = 0.0
 
 
 @dataclass(frozen=True)

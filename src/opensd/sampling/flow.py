@@ -140,11 +140,13 @@ class FlowSampling:
         return cls(FlowSchedule(lambda t: flux_shift(mu, t), size), 1.0)
 
     @classmethod
-    def flux_terminal(cls, mu: float, steps: int, terminal: float) -> FlowSampling:
-        """`flux` stretched to end at `terminal` after `steps` steps (stretched_to_terminal;
-        Qwen-Image's scheduler)."""
+    def shifted(cls, shift_fn: Callable[[torch.Tensor], torch.Tensor], steps: int, terminal: float = 0.0) -> FlowSampling:
+        """A run of `steps` steps on the shifted times `shift_fn(t)`, the network's time in [0, 1], the
+        table a multiple of the steps (the simple schedule's times exactly 1, 1 - 1/steps, ...);
+        `terminal`: stretched to end there (stretched_to_terminal; Qwen-Image's scheduler)."""
         size = steps * -(-FLUX_TABLE_SIZE // steps)
-        return cls(FlowSchedule(stretched_to_terminal(lambda t: flux_shift(mu, t), terminal, steps), size), 1.0)
+        fn = stretched_to_terminal(shift_fn, terminal, steps) if terminal else shift_fn
+        return cls(FlowSchedule(fn, size), 1.0)
 
     @property
     def sigma_max(self) -> float:
