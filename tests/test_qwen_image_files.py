@@ -67,6 +67,10 @@ def test_edit_and_layered_are_refused_in_one_line(released):
     shapes = {k[len(DD.NET):]: v for k, v in _shapes(released).items() if k.startswith(DD.NET)}
     with pytest.raises(CheckpointError, match="Qwen-Image-Edit: its image prompt needs Qwen2.5-VL's vision tower"):
         QWEN_IMAGE_FAMILY.detect(shapes, {}, "qwen_image_edit_2509_fp8_e4m3fn.safetensors")
+    for name in ("Qwen-Image-Edit-2509-Q4_K_M.gguf", "QwenImageEdit_bf16.safetensors"):
+        with pytest.raises(CheckpointError, match="Qwen-Image-Edit"):
+            QWEN_IMAGE_FAMILY.detect(shapes, {}, name)
+    assert QWEN_IMAGE_FAMILY.detect(shapes, {}, "qwen_image_reddit_style.safetensors") is not None
     layered = {**shapes, "time_text_embed.addition_t_embedding.weight": (2, 3072)}
     with pytest.raises(CheckpointError, match="Qwen-Image-Layered"):
         QWEN_IMAGE_FAMILY.detect(layered, {}, "qwen_image_layered.safetensors")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import META_QWEN_VAE_STATS, QWEN_IMAGE_PARTS
 from ..checkpoints.families import what_else
 from ..checkpoints.files import read_state_dict
+from ..checkpoints.keymap_qwen_image import qwen_image_rows
 from ..checkpoints.keymap_qwen25vl import is_qwen25vl, qwen25vl_config, qwen25vl_state_dict
 from ..checkpoints.qwen_vocab import load_qwen_tokenizer
 from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_config, qwen_vae_state_dict
@@ -62,6 +64,13 @@ ENCODER = "the " + ENCODER_FILE
 EDIT_REFUSAL = ("Qwen-Image-Edit: its image prompt needs Qwen2.5-VL's vision tower, which opensd does not have; "
                 "Qwen-Image (text to image) is supported")
 LAYERED_REFUSAL = "Qwen-Image-Layered (layer decomposition): not supported; Qwen-Image (text to image) is"
+
+
+def is_edit_file(path) -> bool:
+    """Whether a single file's name says Qwen-Image-Edit (qwen_image_edit_*, Qwen-Image-Edit-2509*,
+    QwenImageEdit*): its network's shapes are Qwen-Image's own. Folders are told by their pipeline class."""
+    path = Path(str(path))
+    return not path.is_dir() and re.search(r"(?<![a-z])edit|imageedit", path.name.lower()) is not None
 
 
 def has_vae(shapes) -> bool:
@@ -144,7 +153,7 @@ class QwenImageFamily(QwenDiTFamily):
             return None
         if found[1] + LAYERED_KEY in shapes:
             raise CheckpointError(path, LAYERED_REFUSAL)
-        if "edit" in Path(str(path)).name.lower():
+        if is_edit_file(path):
             raise CheckpointError(path, EDIT_REFUSAL)
         return DD.qwen_image_config(shapes, found[1], metadata, path)
 
@@ -220,7 +229,7 @@ class QwenImageFamily(QwenDiTFamily):
         left out (it serves Qwen-Image-Edit's image prompts)."""
         if len(files) > 1:
             raise CheckpointError(files[1], f"{len(files)} text encoders given; a Qwen-Image model takes one, "
-                                            "" + ENCODER)
+                                            f"{ENCODER}")
         sd = read_state_dict(files[0], keep_quantized=True)
         shapes = {k: tuple(v.shape) for k, v in sd.items()}
         if not is_qwen25vl(shapes):
@@ -283,7 +292,6 @@ class QwenImageFamily(QwenDiTFamily):
         return modules
 
     def key_rows(self, cfg):
-        from ..checkpoints.keymap_qwen_image import qwen_image_rows
         return qwen_image_rows(cfg.qwen_image)
 
     def context_width(self, cfg) -> int:
