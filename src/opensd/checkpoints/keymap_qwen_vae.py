@@ -125,6 +125,9 @@ def qwen_vae_shapes(shapes: Mapping, prefix: str = "") -> dict[str, tuple]:
 def qwen_vae_config(shapes: Mapping, prefix: str = "", path: str = "<state dict>", **stats) -> QwenVAEConfig:
     """The config of the Qwen-Image VAE under `prefix` from its shapes (either layout). `stats`:
     latents_mean / latents_std where a diffusers config gives them."""
+    if not is_qwen_vae(shapes, prefix):
+        raise CheckpointError(path, "not a Qwen-Image (Wan 2.1) VAE: no RMS-normed mid block "
+                                    f"({WAN_MARK} or {DIFFUSERS_MARK})")
     if prefix + _WAN22_MARK in shapes:
         raise CheckpointError(path, "a Wan 2.2 VAE (48 latent channels); Qwen-Image takes the Wan 2.1 / "
                                     "Qwen-Image VAE (16 channels, qwen_image_vae.safetensors)")
