@@ -235,3 +235,22 @@ def test_a_llama_cpp_gguf_file_loads(ref, tmp_path):
     got = ours(ids, mask, layer=-1)
     real = mask.bool()
     assert ((got[real] - want[real]).abs().max() / want[real].abs().max()) < 0.02
+
+
+@pytest.mark.parametrize("layout", ["marker", "comfy_quant"])
+@torch.no_grad()
+def test_a_scaled_fp8_file_equals_its_dequantised_weights(ref, tmp_path, layout):
+    """ComfyUI's qwen_2.5_vl_7b_fp8_scaled layout (float8 Linear weights with scales; biases and norms
+    in float): read as the other scaled text encoders are, equal to the dequantised weights."""
+    from opensd.checkpoints.files import read_state_dict
+    from opensd.checkpoints.scaled_fp8 import Scaled
+    from test_scaled_fp8 import linear_weights, stored_and_plain, write_scaled
+    path = tmp_path / "qwen_2.5_vl_7b_fp8_scaled.safetensors"
+    sd = _comfy(ref.state_dict())
+    linears = [k for k in _comfy({k: None for k in linear_weights(ref)})]
+    held = write_scaled(path, sd, linears, layout)
+    kept, visual = qwen25vl_state_dict(read_state_dict(path, keep_quantized=True))
+    assert visual and any(isinstance(v, Scaled) for v in kept.values())
+    ours, plain = stored_and_plain(Qwen3TextEncoder, TINY, kept, qwen25vl_state_dict(held)[0])
+    ids, mask = _batch(False)
+    assert_close_scaled(ours(ids, mask, layer=-1), plain(ids, mask, layer=-1), 1e-6)
