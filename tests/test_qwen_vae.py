@@ -171,6 +171,8 @@ def test_part_kind_and_other_vaes_refuse(ref, layout, tmp_path):
     path = tmp_path / "qwen_image_vae.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     assert _kind(path) == ("qwen_vae", 0) and label("qwen_vae") == "Qwen-Image VAE"
+    from opensd.library.model_catalog import ModelFile, describe
+    assert describe(ModelFile("vae", path.name, path)).detail == "Qwen-Image VAE, 4 latent channels"
     with pytest.raises(CheckpointError, match="Qwen-Image .*VAE"):
         infer_vae(_shapes(sd), "", str(path))
 
