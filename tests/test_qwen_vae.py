@@ -194,3 +194,18 @@ def test_tiled_decode_and_encode(ref):
     enc = vae_codec.encode(lambda t: ours.encode(t)[0], x, 8, tiling=True, tiles=(128, 64))
     assert enc.shape == (1, 4, 24, 24)
     assert torch.corrcoef(torch.stack([enc.flatten(), ours.encode(x)[0].flatten()]))[0, 1] > 0.95
+
+
+@torch.no_grad()
+def test_written_in_the_wan_layout_diffusers_reads_it_back(ref):
+    """qwen_vae_to_wan gives the Wan file's shapes: diffusers' Wan converter and a fresh
+    AutoencoderKLQwenImage take it (only the temporal resamplers missing) and decode a frame as the
+    original does."""
+    wan = K.qwen_vae_to_wan(_ours(ref).state_dict())
+    want_shapes = {k: s for k, s in _shapes(_wan(ref)).items() if ".time_conv." not in k}
+    assert _shapes(wan) == want_shapes
+    back = AutoencoderKLQwenImage(**TINY, latents_mean=ref.config.latents_mean, latents_std=ref.config.latents_std)
+    missing, unexpected = back.load_state_dict(convert_wan_vae_to_diffusers(wan), strict=False)
+    assert not unexpected and missing and all(".time_conv." in k for k in missing)
+    z = torch.randn(1, 4, 1, 4, 4, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(back.eval().decode(z).sample, ref.decode(z).sample, rtol=1e-5, atol=1e-5)
