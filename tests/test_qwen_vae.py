@@ -209,3 +209,13 @@ def test_written_in_the_wan_layout_diffusers_reads_it_back(ref):
     assert not unexpected and missing and all(".time_conv." in k for k in missing)
     z = torch.randn(1, 4, 1, 4, 4, generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(back.eval().decode(z).sample, ref.decode(z).sample, rtol=1e-5, atol=1e-5)
+
+
+def test_diffusers_config_statistics(ref):
+    """A diffusers vae/config.json's statistics (checked against its z_dim) feed qwen_vae_config."""
+    from opensd.checkpoints.diffusers_config import latent_stats
+    stats = latent_stats(dict(ref.config))
+    cfg = K.qwen_vae_config(_shapes(ref.state_dict()), **stats)
+    assert cfg.latents_mean == tuple(ref.config.latents_mean) and cfg.latents_std == tuple(ref.config.latents_std)
+    with pytest.raises(ValueError, match="lists of 4 numbers"):
+        latent_stats({**ref.config, "latents_std": [1.0, 2.0]})
