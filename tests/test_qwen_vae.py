@@ -64,6 +64,10 @@ def test_config_from_shapes(ref):
     assert (cfg.base_dim, cfg.z_dim, cfg.dim_mult, cfg.num_res_blocks, cfg.input_channels) == (8, 4, (1, 2, 4, 4), 2, 3)
     assert K.qwen_vae_config(_shapes(_wan(ref))) == cfg
     assert cfg.downscale == 8 and cfg.embed_dim == 4
+    # inside a whole-model file: under a prefix, other parts' keys ignored
+    whole = {**{"first_stage_model." + k: v for k, v in _wan(ref).items()}, "model.diffusion_model.x": torch.zeros(1)}
+    assert K.qwen_vae_config(_shapes(whole), "first_stage_model.") == cfg
+    assert K.qwen_vae_state_dict(whole, "first_stage_model.").keys() == K.qwen_vae_state_dict(ref.state_dict()).keys()
     other = _reference(dim_mult=[1, 2, 2], temperal_downsample=[False, True], num_res_blocks=1, z_dim=6)
     c2 = K.qwen_vae_config(_shapes(other.state_dict()))
     assert (c2.dim_mult, c2.num_res_blocks, c2.z_dim) == ((1, 2, 2), 1, 6)
