@@ -209,3 +209,48 @@ def test_part_kind(ref, tmp_path):
     path = tmp_path / "qwen_2.5_vl_7b.safetensors"
     save_file({k: v.contiguous() for k, v in _comfy(ref.state_dict()).items() if k != "lm_head.weight"}, str(path))
     assert _kind(path) == ("qwen25vl", 0) and label("qwen25vl") == "Qwen2.5-VL-7B text encoder"
+
+
+@torch.no_grad()
+def test_a_llama_cpp_gguf_file_loads(ref, tmp_path):
+    """llama.cpp's GGUF of the language model (arch qwen2vl, its names from the gguf package's table,
+    q/k/v biases, Q8_0 projections): renamed by keymap_qwen3 and equal to transformers within Q8_0's
+    error; its vision tower lives in a separate mmproj file, so none is reported here."""
+    from opensd.checkpoints.files import read_state_dict
+    from opensd.pipeline.weights import assign
+    from qwen_fixtures import write_gguf
+    language = {k: v for k, v in _comfy(ref.state_dict()).items() if not k.startswith("visual.")}
+    path = write_gguf(tmp_path / "qwen2.5-vl-7b.gguf", ref, arch="qwen2vl", state_dict=language)
+    sd = read_state_dict(path, keep_quantized=True)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    assert "blk.0.attn_k.bias" in shapes and is_qwen25vl(shapes) and qwen25vl_config(shapes, head_dim=16) == TINY
+    kept, visual = qwen25vl_state_dict(sd)
+    assert visual == []
+    with torch.device("meta"):
+        ours = Qwen3TextEncoder(TINY).eval()
+    assert kept.keys() == ours.state_dict().keys()
+    assign(ours, kept, list(kept), lambda key: torch.float32, "cpu", keeps_stored=lambda key: True)
+    ids, mask = _batch(False)
+    want = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    got = ours(ids, mask, layer=-1)
+    real = mask.bool()
+    assert ((got[real] - want[real]).abs().max() / want[real].abs().max()) < 0.02
+
+
+@pytest.mark.parametrize("layout", ["marker", "comfy_quant"])
+@torch.no_grad()
+def test_a_scaled_fp8_file_equals_its_dequantised_weights(ref, tmp_path, layout):
+    """ComfyUI's qwen_2.5_vl_7b_fp8_scaled layout (float8 Linear weights with scales; biases and norms
+    in float): read as the other scaled text encoders are, equal to the dequantised weights."""
+    from opensd.checkpoints.files import read_state_dict
+    from opensd.checkpoints.scaled_fp8 import Scaled
+    from test_scaled_fp8 import linear_weights, stored_and_plain, write_scaled
+    path = tmp_path / "qwen_2.5_vl_7b_fp8_scaled.safetensors"
+    sd = _comfy(ref.state_dict())
+    linears = [k for k in _comfy({k: None for k in linear_weights(ref)})]
+    held = write_scaled(path, sd, linears, layout)
+    kept, visual = qwen25vl_state_dict(read_state_dict(path, keep_quantized=True))
+    assert visual and any(isinstance(v, Scaled) for v in kept.values())
+    ours, plain = stored_and_plain(Qwen3TextEncoder, TINY, kept, qwen25vl_state_dict(held)[0])
+    ids, mask = _batch(False)
+    assert_close_scaled(ours(ids, mask, layer=-1), plain(ids, mask, layer=-1), 1e-6)

@@ -64,6 +64,10 @@ def test_config_from_shapes(ref):
     assert (cfg.base_dim, cfg.z_dim, cfg.dim_mult, cfg.num_res_blocks, cfg.input_channels) == (8, 4, (1, 2, 4, 4), 2, 3)
     assert K.qwen_vae_config(_shapes(_wan(ref))) == cfg
     assert cfg.downscale == 8 and cfg.embed_dim == 4
+    # inside a whole-model file: under a prefix, other parts' keys ignored
+    whole = {**{"first_stage_model." + k: v for k, v in _wan(ref).items()}, "model.diffusion_model.x": torch.zeros(1)}
+    assert K.qwen_vae_config(_shapes(whole), "first_stage_model.") == cfg
+    assert K.qwen_vae_state_dict(whole, "first_stage_model.").keys() == K.qwen_vae_state_dict(ref.state_dict()).keys()
     other = _reference(dim_mult=[1, 2, 2], temperal_downsample=[False, True], num_res_blocks=1, z_dim=6)
     c2 = K.qwen_vae_config(_shapes(other.state_dict()))
     assert (c2.dim_mult, c2.num_res_blocks, c2.z_dim) == ((1, 2, 2), 1, 6)
@@ -144,6 +148,8 @@ def test_detection(ref):
                   AutoencoderKLFlux2(block_out_channels=(32,), down_block_types=("DownEncoderBlock2D",),
                                      up_block_types=("UpDecoderBlock2D",), norm_num_groups=8)):
         assert not K.is_qwen_vae(_shapes(other.state_dict()))
+        with pytest.raises(CheckpointError, match="not a Qwen-Image .*VAE"):
+            K.qwen_vae_config(_shapes(other.state_dict()), path="ae.safetensors")
     wan22 = {**_shapes(_wan(ref)), K._WAN22_MARK: (8, 8, 3, 3, 3)}
     with pytest.raises(CheckpointError, match="Wan 2.2"):
         K.qwen_vae_config(wan22, path="wan2.2_vae.safetensors")
@@ -169,5 +175,51 @@ def test_part_kind_and_other_vaes_refuse(ref, layout, tmp_path):
     path = tmp_path / "qwen_image_vae.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     assert _kind(path) == ("qwen_vae", 0) and label("qwen_vae") == "Qwen-Image VAE"
+    from opensd.library.model_catalog import ModelFile, describe
+    assert describe(ModelFile("vae", path.name, path)).detail == "Qwen-Image VAE, 4 latent channels"
     with pytest.raises(CheckpointError, match="Qwen-Image .*VAE"):
         infer_vae(_shapes(sd), "", str(path))
+
+
+@torch.no_grad()
+def test_tiled_decode_and_encode(ref):
+    """The 2-D module runs through our tiled VAE path as is (pipeline/vae_codec): tiles blend to the
+    whole image's result within the usual tiling error (the mid-block attention sees its tile only)."""
+    from opensd.pipeline import vae_codec
+    ours = _ours(ref)
+    z = torch.randn(1, 4, 24, 24, generator=torch.Generator().manual_seed(8))
+    whole = ours.decode(z)
+    tiled = vae_codec.decode(ours.decode, z, 8, tiling=True, tiles=(16, 8))
+    assert tiled.shape == whole.shape == (1, 3, 192, 192)
+    # random weights reach far (a real VAE's tiles agree much better); a misplaced tile would not correlate
+    assert (tiled - whole).abs().mean() < 0.2 * whole.abs().mean()
+    assert torch.corrcoef(torch.stack([tiled.flatten(), whole.flatten()]))[0, 1] > 0.95
+    x = whole.clamp(-1, 1)
+    enc = vae_codec.encode(lambda t: ours.encode(t)[0], x, 8, tiling=True, tiles=(128, 64))
+    assert enc.shape == (1, 4, 24, 24)
+    assert torch.corrcoef(torch.stack([enc.flatten(), ours.encode(x)[0].flatten()]))[0, 1] > 0.95
+
+
+@torch.no_grad()
+def test_written_in_the_wan_layout_diffusers_reads_it_back(ref):
+    """qwen_vae_to_wan gives the Wan file's shapes: diffusers' Wan converter and a fresh
+    AutoencoderKLQwenImage take it (only the temporal resamplers missing) and decode a frame as the
+    original does."""
+    wan = K.qwen_vae_to_wan(_ours(ref).state_dict())
+    want_shapes = {k: s for k, s in _shapes(_wan(ref)).items() if ".time_conv." not in k}
+    assert _shapes(wan) == want_shapes
+    back = AutoencoderKLQwenImage(**TINY, latents_mean=ref.config.latents_mean, latents_std=ref.config.latents_std)
+    missing, unexpected = back.load_state_dict(convert_wan_vae_to_diffusers(wan), strict=False)
+    assert not unexpected and missing and all(".time_conv." in k for k in missing)
+    z = torch.randn(1, 4, 1, 4, 4, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(back.eval().decode(z).sample, ref.decode(z).sample, rtol=1e-5, atol=1e-5)
+
+
+def test_diffusers_config_statistics(ref):
+    """A diffusers vae/config.json's statistics (checked against its z_dim) feed qwen_vae_config."""
+    from opensd.checkpoints.diffusers_config import latent_stats
+    stats = latent_stats(dict(ref.config))
+    cfg = K.qwen_vae_config(_shapes(ref.state_dict()), **stats)
+    assert cfg.latents_mean == tuple(ref.config.latents_mean) and cfg.latents_std == tuple(ref.config.latents_std)
+    with pytest.raises(ValueError, match="lists of 4 numbers"):
+        latent_stats({**ref.config, "latents_std": [1.0, 2.0]})

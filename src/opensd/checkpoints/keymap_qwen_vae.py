@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
+import torch
+
 from ..errors import CheckpointError
 from ..models.qwen_vae import QwenVAEConfig
 
@@ -125,6 +127,9 @@ def qwen_vae_shapes(shapes: Mapping, prefix: str = "") -> dict[str, tuple]:
 def qwen_vae_config(shapes: Mapping, prefix: str = "", path: str = "<state dict>", **stats) -> QwenVAEConfig:
     """The config of the Qwen-Image VAE under `prefix` from its shapes (either layout). `stats`:
     latents_mean / latents_std where a diffusers config gives them."""
+    if not is_qwen_vae(shapes, prefix):
+        raise CheckpointError(path, "not a Qwen-Image (Wan 2.1) VAE: no RMS-normed mid block "
+                                    f"({WAN_MARK} or {DIFFUSERS_MARK})")
     if prefix + _WAN22_MARK in shapes:
         raise CheckpointError(path, "a Wan 2.2 VAE (48 latent channels); Qwen-Image takes the Wan 2.1 / "
                                     "Qwen-Image VAE (16 channels, qwen_image_vae.safetensors)")
@@ -145,3 +150,25 @@ def qwen_vae_config(shapes: Mapping, prefix: str = "", path: str = "<state dict>
                              num_res_blocks=per_level, input_channels=channels, **stats)
     except KeyError as e:
         raise CheckpointError(path, f"an incomplete Qwen-Image VAE: no {e.args[0]}") from None
+
+
+def _causal(key: str) -> bool:
+    """Whether our 2-D weight `key` is one of the original's causal 3-D convolutions (the resamplers'
+    `resample.1` and the attention's 1x1 convolutions are 2-D there too)."""
+    return key.endswith(".weight") and ".resample." not in key and ".to_qkv." not in key and ".proj." not in key
+
+
+def qwen_vae_to_wan(sd: Mapping) -> dict:
+    """QwenImageVAE's state dict in the Wan layout's shapes, for a file ComfyUI reads: each causal
+    convolution's kernel as the last of 3 time taps (1 for the 1x1 ones) after zero taps, the residual
+    and head norms' gammas (C, 1, 1, 1). Exact for still images; the temporal resamplers (`time_conv`)
+    are not written, so the file is no video VAE."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(".gamma") and ".middle.1." not in k:  # the attention's norm stays (C, 1, 1)
+            v = v.reshape(v.shape[0], 1, 1, 1)
+        elif v.ndim == 4 and _causal(k):
+            taps = 3 if v.shape[-1] == 3 else 1
+            v = torch.cat([v.new_zeros((v.shape[0], v.shape[1], taps - 1) + v.shape[2:]), v[:, :, None]], dim=2)
+        out[k] = v
+    return out
