@@ -19,6 +19,11 @@ per evaluation on the rows the form needs:
   parts, scales outside the range, ControlNet hints in ComfyUI) run plain CFG on its scale-1
   predictions.
 
+* Renormalised CFG (`renorm`, a model config's cfg_renorm: Qwen-Image's pipeline): plain CFG taken on a
+  flow model's velocities, then rescaled per renorm x renorm latent patch to the norm of the prompt's
+  own velocity (`combine_flow`), as QwenImagePipeline does. `plan` sets it only when asked (the
+  pipeline's prompt encoding); ComfyUI's graphs run plain CFG, as ComfyUI does.
+
 Samplers that also step with the unconditional estimate (CFG++) plan with `need_uncond`: plain CFG
 whose negative row always runs (ComfyUI's disable_cfg1_optimization); `denoiser` returns a
 sampling.cfg_pp.Guided, giving that row's estimate beside the guided one.
