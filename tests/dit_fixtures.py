@@ -248,3 +248,24 @@ def packed_reference_run(ref, pipe, size: int, seed: int, **call) -> tuple:
     with torch.no_grad():
         out = ref(height=size, width=size, latents=packed, output_type="np", callback_on_step_end=on_step_end, **call)
     return out.images[0], steps
+
+
+def a1111_txt2img_from_checkpoints(models: Path, network_file: str, request: dict, outputs: Path):
+    """The A1111 API's txt2img with `request` on the network `models`/diffusion_models/`network_file`
+    copied into checkpoints/ (sd_model_checkpoint naming it): (the image, its infotext)."""
+    import base64
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+    from server_live import BASE
+
+    from opensd.server.app import create_app
+    from opensd.server.settings import Settings
+    (models / "checkpoints").mkdir(exist_ok=True)
+    shutil.copyfile(models / "diffusion_models" / network_file, models / "checkpoints" / network_file)
+    request = {**request, "override_settings": {"sd_model_checkpoint": network_file}}
+    with TestClient(create_app(Settings(models_dir=models, outputs_dir=outputs)), base_url=BASE) as client:
+        r = client.post("/sdapi/v1/txt2img", json=request)
+    assert r.status_code == 200, r.text
+    image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+    return image, json.loads(r.json()["info"])["infotexts"][0]

@@ -111,23 +111,26 @@ def hf_qwen3(cfg: Qwen3Config, seed: int = 0, attn: str = "sdpa") -> Qwen3ForCau
     return ref.eval()
 
 
-def write_gguf(path: Path, ref: Qwen3ForCausalLM, quantize: bool = True, tokenizer: Tokenizer | None = None) -> Path:
-    """`ref`'s weights as a llama.cpp GGUF file (names from the gguf package's own Qwen3 table), its
-    projection weights in Q8_0 blocks when `quantize`, with `tokenizer` in its header as llama.cpp
-    writes a Qwen tokenizer (tokens by id, merges, token types) when given."""
+def write_gguf(path: Path, ref: Qwen3ForCausalLM, quantize: bool = True, tokenizer: Tokenizer | None = None,
+               arch: str = "qwen3", state_dict: dict | None = None) -> Path:
+    """`ref`'s weights (or `state_dict`, in transformers' `model.layers...` names) as a llama.cpp GGUF
+    file (names from the gguf package's own table for `arch`: "qwen3", or "qwen2vl" for Qwen2.5-VL's
+    language model), its projection weights in Q8_0 blocks when `quantize`, with `tokenizer` in its
+    header as llama.cpp writes a Qwen tokenizer (tokens by id, merges, token types) when given."""
     import gguf
 
-    cfg = ref.config
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, cfg.num_hidden_layers)
-    w = gguf.GGUFWriter(str(path), "qwen3")
+    cfg = getattr(ref.config, "text_config", ref.config)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], cfg.num_hidden_layers)
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
     w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     if tokenizer is not None:
@@ -138,8 +141,8 @@ def write_gguf(path: Path, ref: Qwen3ForCausalLM, quantize: bool = True, tokeniz
         w.add_token_list(tokens)
         w.add_token_types([3 if t in SPECIALS[:3] else 4 if t in SPECIALS else 1 for t in tokens])
         w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    for key, tensor in ref.state_dict().items():
-        name = names.get_name(key, try_suffixes=(".weight",))
+    for key, tensor in (ref.state_dict() if state_dict is None else state_dict).items():
+        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         data = tensor.float().numpy()
         if quantize and key.endswith("proj.weight"):
             blocks = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)

@@ -177,6 +177,7 @@ DIT = {
     "Flux.2": {"model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale": (128,),
                "model.diffusion_model.img_in.weight": (6144, 128),
                "model.diffusion_model.double_stream_modulation_img.lin.weight": (36864, 6144)},
+    "Qwen-Image": {"txt_norm.weight": (3584,), "img_in.weight": (3072, 64)},
 }
 FOREIGN = {
     "Stable Cascade": {"clf.1.weight": (16, 2048, 1, 1), "clip_txt_mapper.weight": (8192, 1280)},
@@ -190,7 +191,7 @@ FOREIGN = {
     "Kolors": {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
                "model.diffusion_model.label_emb.0.0.weight": (1280, 5632)},
     "Wan": {"head.modulation": (1, 2, 5120), "patch_embedding.weight": (5120, 16, 1, 2, 2)},
-    "Qwen-Image": {"txt_norm.weight": (3584,), "img_in.weight": (3072, 64)},
+    "HiDream": {"caption_projection.0.linear.weight": (2560, 4096)},
 }
 
 

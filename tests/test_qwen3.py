@@ -103,8 +103,11 @@ def test_config_from_shapes():
     bare = {k[len("model."):]: s for k, s in shapes.items() if k.startswith("model.")}
     assert qwen3_config(bare) == TINY and is_qwen3(bare)
     assert not is_qwen3({"encoder.block.0.layer.0.SelfAttention.q.weight": (4, 4)})
-    with pytest.raises(CheckpointError, match="incomplete Qwen3 .*q_norm"):
-        qwen3_config({k: s for k, s in shapes.items() if "q_norm" not in k}, path="te.safetensors")
+    with pytest.raises(CheckpointError, match="incomplete Qwen text encoder: no model.layers.0.mlp.gate_proj"):
+        qwen3_config({k: s for k, s in shapes.items() if "gate_proj" not in k}, path="te.safetensors")
+    # without q/k norms it is read as Qwen2 (Qwen2.5-VL's language model), heads of 128 unless told
+    with pytest.raises(CheckpointError, match="not heads of 128"):
+        qwen3_config({k: s for k, s in shapes.items() if "_norm.weight" not in k or "layernorm" in k})
 
 
 def test_layer_index_out_of_range():

@@ -519,7 +519,7 @@ EXPECTED = {
     "UNETLoader": ({"unet_name": [[]], "weight_dtype": [["default", "fp8_e4m3fn", "fp8_e5m2"]]}, ["MODEL"],
                    "advanced/loaders", "Load Diffusion Model", "nodes", {}),
     "CLIPLoader": ({"clip_name": [[]], "type": [["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "chroma",
-                                                 "lumina2", "flux2"]]},
+                                                 "lumina2", "flux2", "qwen_image"]]},
                    ["CLIP"], "advanced/loaders", "Load CLIP", "nodes", {}),
     "DualCLIPLoader": ({"clip_name1": [[]], "clip_name2": [[]], "type": [["sdxl", "sd3", "flux"]]}, ["CLIP"],
                        "advanced/loaders", "DualCLIPLoader", "nodes", {}),

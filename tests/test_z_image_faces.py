@@ -8,23 +8,16 @@ the pipeline's image of the same weights, the VAE and text encoder found in the 
 CLI's default CFG is the family's (1: no CFG)."""
 from __future__ import annotations
 
-import base64
-import io
-import json
-import shutil
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
-from server_live import BASE
 from workflow_fixtures import Loader, make_ctx
 
+from dit_fixtures import a1111_txt2img_from_checkpoints
 from opensd.cli import main
 from opensd.library.models_dir import ModelFolders
 from opensd.pipeline.infotext import read_infotext
-from opensd.server.app import create_app
-from opensd.server.settings import Settings
 from opensd.workflows import NodeError, execute
 from z_image_fixtures import z_image_models
 
@@ -61,19 +54,13 @@ def test_cli_generates_from_the_models_folder_with_the_family_defaults(env, tmp_
 
 def test_a1111_api_txt2img_with_cfg(env, tmp_path):
     models, pipe, _ = env
-    (models / "checkpoints").mkdir(exist_ok=True)
-    shutil.copyfile(models / "diffusion_models" / UNET, models / "checkpoints" / UNET)
     request = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "steps": STEPS, "seed": SEED, "cfg_scale": 3,
-               "width": SIZE, "height": SIZE, "sampler_name": "Euler", "scheduler": "Simple",
-               "override_settings": {"sd_model_checkpoint": UNET}}
-    with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp_path / "out")), base_url=BASE) as client:
-        r = client.post("/sdapi/v1/txt2img", json=request)
-    assert r.status_code == 200, r.text
-    image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+               "width": SIZE, "height": SIZE, "sampler_name": "Euler", "scheduler": "Simple"}
+    image, info = a1111_txt2img_from_checkpoints(models, UNET, request, tmp_path / "out")
     want = _want(pipe, 3.0, NEGATIVE)
     assert np.abs(_pixels(image) - _pixels(want)).max() <= 1
     assert not np.array_equal(_pixels(want), _pixels(_want(pipe)))  # CFG against the negative changes it
-    assert "CFG scale: 3" in json.loads(r.json()["info"])["infotexts"][0]
+    assert "CFG scale: 3" in info
 
 
 def _graph(clip_type="lumina2", shift=3.0) -> dict:

@@ -14,6 +14,7 @@ from ..errors import CheckpointError
 from ..models import config as C
 from . import markers as M
 from .families import family_message, unsupported_family, what_else
+from .keymap_qwen_vae import is_qwen_vae
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -177,6 +178,9 @@ def infer_unet(shapes: Shapes, p: str, sd1_heads: bool = False) -> C.UNetConfig:
 
 
 def infer_vae(shapes: Shapes, p: str, path: str = "<state dict>") -> C.VAEConfig:
+    if is_qwen_vae(shapes, p):  # its diffusers layout has conv_in / conv_out too: refused before being misread
+        raise CheckpointError(path, "a Qwen-Image (Wan 2.1) VAE: 3-D causal convolutions and RMS norms, "
+                                    "for Qwen-Image only, not an SD/SDXL/SD3/Flux VAE")
     if p + "encoder.conv_in.weight" not in shapes or p + "decoder.conv_in.weight" not in shapes:
         raise CheckpointError(path, "has no VAE (first_stage_model.encoder/decoder); pass a VAE file "
                                     "with --vae")

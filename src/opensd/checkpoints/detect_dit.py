@@ -14,7 +14,8 @@ from typing import Mapping
 
 from ..errors import CheckpointError
 from ..models import config as C
-from ..models.config_dit import ChromaConfig, Flux2Config, FluxConfig, MMDiTConfig, T5Config, ZImageConfig
+from ..models.config_dit import (ChromaConfig, Flux2Config, FluxConfig, MMDiTConfig, QwenImageConfig, T5Config,
+                                 ZImageConfig)
 from . import detect as D
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -22,7 +23,8 @@ Shapes = Mapping[str, tuple[int, ...]]
 NET = "model.diffusion_model."
 TEXT = "text_encoders."
 CLIP_L, CLIP_G, T5 = (f"{TEXT}{name}.transformer." for name in ("clip_l", "clip_g", "t5xxl"))
-QWEN3 = f"{TEXT}qwen3_4b.transformer."  # Z-Image's text encoder, its keys as its own file's (model.layers.N...)
+QWEN3 = f"{TEXT}qwen3_4b.transformer."
+QWEN25 = f"{TEXT}qwen25_7b.transformer."  # Qwen-Image's Qwen2.5-VL-7B language model (ComfyUI's name), as QWEN3  # Z-Image's text encoder, its keys as its own file's (model.layers.N...)
 # Where whole-model files of various tools keep the network: ours/SD3's/ComfyUI's first.
 NET_PREFIXES = (NET, "diffusion_model.", "model.", "transformer.", "")
 
@@ -30,6 +32,7 @@ META_HEAD_DIM = "opensd.head_dim"       # MMDiT/Flux attention head width (relea
 META_AXES = "opensd.flux_axes_dim"      # Flux RoPE widths per id axis, "16,56,56"
 META_Z_AXES = "opensd.z_image_axes_dim"  # Z-Image RoPE widths per id axis, "32,48,48"
 META_F2_AXES = "opensd.flux2_axes_dim"  # FLUX.2 RoPE widths per id axis, "32,32,32,32"
+META_QI_AXES = "opensd.qwen_image_axes_dim"  # Qwen-Image RoPE widths per id axis, "16,56,56"
 META_SHIFT = "opensd.flow_shift"        # a flow model's schedule shift (a diffusers folder's scheduler config)
 
 
@@ -242,3 +245,32 @@ def flux2_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str 
 
 
 flux2_config_diffusers = partial(flux2_config, diffusers=True)
+
+
+# Qwen-Image: one layout (the released single file, ComfyUI's and diffusers' names are the same)
+QWEN_IMAGE_MARK = ("txt_norm.weight", "transformer_blocks.0.img_mod.1.weight")
+
+
+def qwen_image_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path: str = "<state dict>") -> QwenImageConfig:
+    """Qwen-Image under prefix `p`. The head width is the q norm's; the RoPE split is the released
+    one (16, 56, 56 of 128) scaled to it unless metadata says otherwise."""
+    b = p + "transformer_blocks.0."
+    try:
+        dim, in_ch = shapes[p + "img_in.weight"]
+        head_dim = shapes[b + "attn.norm_q.weight"][0]
+        first = head_dim // 8
+        default_axes = f"{first},{(head_dim - first) // 2},{head_dim - first - (head_dim - first) // 2}"
+        axes = tuple(int(v) for v in metadata.get(META_QI_AXES, default_axes).split(","))
+        if sum(axes) != head_dim or any(a % 2 for a in axes):
+            raise CheckpointError(path, f"Qwen-Image RoPE axes {axes} must be even and add up to the head width "
+                                        f"{head_dim}")
+        out = shapes[p + "proj_out.weight"][0]
+        if out % 4 or in_ch != out:
+            raise CheckpointError(path, f"a Qwen-Image network of {in_ch} input and {out} output features: not the "
+                                        "2x2 patches of a latent")
+        return QwenImageConfig(in_channels=in_ch, out_channels=out // 4, num_layers=count(shapes, p + "transformer_blocks."),
+                               attention_head_dim=head_dim, num_attention_heads=dim // head_dim,
+                               joint_attention_dim=shapes[p + "txt_in.weight"][1], axes_dims_rope=axes,
+                               mlp_ratio=shapes[b + "img_mlp.net.0.proj.weight"][0] / dim)
+    except KeyError as e:
+        raise CheckpointError(path, f"an incomplete Qwen-Image network: no {e.args[0]}") from None

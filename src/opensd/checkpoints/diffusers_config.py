@@ -130,7 +130,7 @@ def vae_config(j: dict) -> C.VAEConfig:
         z_channels=j.get("latent_channels", 4), embed_dim=j.get("latent_channels", 4),
         # AutoencoderKLFlux2 has no scaling_factor: its latent is normalised by its statistics
         scaling_factor=float(j.get("scaling_factor", 1.0 if _flux2_batch_norm(j) else 0.18215)), shift_factor=float(j.get("shift_factor") or 0.0),
-        use_quant_conv=bool(quant), **_latent_stats(j), **_flux2_batch_norm(j))
+        use_quant_conv=bool(quant), **latent_stats(j), **_flux2_batch_norm(j))
 
 
 def _flux2_batch_norm(j: dict) -> dict:
@@ -142,12 +142,13 @@ def _flux2_batch_norm(j: dict) -> dict:
     return dict(latent_batch_norm=True, batch_norm_eps=float(j.get("batch_norm_eps", 1e-4)))
 
 
-def _latent_stats(j: dict) -> dict:
-    """latents_mean / latents_std (Playground v2.5's VAE config): both or neither, one per channel."""
+def latent_stats(j: dict) -> dict:
+    """latents_mean / latents_std (Playground v2.5's VAE config, Qwen-Image's AutoencoderKLQwenImage
+    config, whose channel count is `z_dim`): both or neither, one per channel."""
     mean, std = j.get("latents_mean"), j.get("latents_std")
     if mean is None and std is None:
         return {}
-    channels = j.get("latent_channels", 4)
+    channels = j.get("latent_channels", j.get("z_dim", 4))
     if not all(isinstance(v, list) and len(v) == channels for v in (mean, std)):
         raise ValueError(f"latents_mean / latents_std must be lists of {channels} numbers")
     return {"latents_mean": tuple(float(v) for v in mean), "latents_std": tuple(float(v) for v in std)}

@@ -23,6 +23,7 @@ from .keymap_clip import clip_from_transformers
 from .keymap_flux import flux_from_diffusers
 from .keymap_flux2 import flux2_from_diffusers
 from .keymap_mmdit import mmdit_from_diffusers
+from .keymap_qwen25vl import qwen25vl_state_dict
 from .keymap_qwen3 import qwen3_state_dict
 from .keymap_t5 import t5_state_dict
 from .keymap_vae import vae_from_diffusers
@@ -35,7 +36,9 @@ FLUX_PARTS = {"transformer": "flux", "vae": "vae", "text_encoder": "clip_l", "te
 CHROMA_PARTS = {"transformer": "chroma", "vae": "vae", "text_encoder": "t5"}
 Z_IMAGE_PARTS = {"transformer": "z_image", "vae": "vae", "text_encoder": "qwen3"}
 FLUX2_PARTS = {"transformer": "flux2", "vae": "vae", "text_encoder": "qwen3"}
-_NETWORKS = ("sd3", "flux", "chroma", "z_image", "flux2")
+QWEN_IMAGE_PARTS = {"transformer": "qwen_image", "vae": "qwen_vae", "text_encoder": "qwen25vl"}
+_NETWORKS = ("sd3", "flux", "chroma", "z_image", "flux2", "qwen_image")
+META_QWEN_VAE_STATS = "opensd.qwen_vae_stats"  # a Qwen-Image VAE's latents_mean / latents_std (JSON)
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -76,7 +79,7 @@ def read_dit_folder(path: Path, parts: dict[str, str]) -> tuple[dict[str, torch.
     for name, kind in parts.items():
         folder = path / name
         if not folder.is_dir():
-            if kind in (*_NETWORKS, "vae"):
+            if kind in (*_NETWORKS, "vae", "qwen_vae"):
                 raise CheckpointError(path, f"diffusers folder has no {name}/")
             continue  # a text encoder left out (SD3 allows any subset)
         j = _config(folder)
@@ -102,6 +105,16 @@ def _component(folder: Path, kind: str, j: dict, metadata: dict[str, str]) -> di
         metadata[DD.META_F2_AXES] = ",".join(str(a) for a in j.get("axes_dims_rope", (32, 32, 32, 32)))
         cfg = DD.flux2_config_diffusers(shapes, "", metadata, str(folder))
         return {DD.NET + k: v for k, v in flux2_from_diffusers(sd, cfg, lazy=True).items()}
+    if kind == "qwen_image":  # diffusers' names are the single file's
+        metadata[DD.META_QI_AXES] = ",".join(str(a) for a in j.get("axes_dims_rope", (16, 56, 56)))
+        DD.qwen_image_config(shapes, "", metadata, str(folder))  # refuses what is not Qwen-Image
+        return {DD.NET + k: v for k, v in sd.items()}
+    if kind == "qwen_vae":  # kept in diffusers' layout: the family renames it (keymap_qwen_vae)
+        stats = {k: j[k] for k in ("latents_mean", "latents_std") if isinstance(j.get(k), list)}
+        metadata[META_QWEN_VAE_STATS] = json.dumps(stats)
+        return {D.VAE + k: v for k, v in sd.items()}
+    if kind == "qwen25vl":  # the language model alone (the vision tower is not loaded)
+        return {DD.QWEN25 + k: v for k, v in qwen25vl_state_dict(sd)[0].items()}
     if kind == "qwen3":  # transformers' Qwen3 naming is the single file's
         return {DD.QWEN3 + k: v for k, v in qwen3_state_dict(sd).items()}
     if kind in _NETWORKS:

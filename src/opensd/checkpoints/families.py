@@ -10,11 +10,11 @@ from typing import Mapping
 
 Shapes = Mapping[str, tuple[int, ...]]
 
-SUPPORTED = ("opensd runs Stable Diffusion 1.x, 2.x, SDXL, SD3/SD3.5, Flux.1, FLUX.2 [klein], Chroma and Z-Image models "
-             "and its own small ones")
+SUPPORTED = ("opensd runs Stable Diffusion 1.x, 2.x, SDXL, SD3/SD3.5, Flux.1, FLUX.2 [klein], Chroma, Z-Image and "
+             "Qwen-Image models and its own small ones")
 # Families of _FAMILIES that opensd runs (families/ detects their files first): named when a file of
 # theirs reaches code for the UNet families only.
-DIT_FAMILIES = ("Stable Diffusion 3", "Flux.1", "Flux.2", "Chroma", "Z-Image")
+DIT_FAMILIES = ("Stable Diffusion 3", "Flux.1", "Flux.2", "Chroma", "Z-Image", "Qwen-Image")
 
 # Prefixes the same network's keys carry in different files (original release, ComfyUI's full
 # checkpoints, diffusers' transformer files, training wrappers).
@@ -60,7 +60,8 @@ _PIPELINES = {
     "PixArt": "PixArt", "Sana": "Sana", "StableCascade": "Stable Cascade", "Wuerstchen": "Würstchen",
     "AuraFlow": "AuraFlow", "HunyuanDiT": "Hunyuan-DiT", "HunyuanVideo": "HunyuanVideo", "Kolors": "Kolors",
     "StableVideoDiffusion": "Stable Video Diffusion", "Lumina": "Lumina", "Wan": "Wan", "LTX": "LTX-Video",
-    "Mochi": "Mochi", "CogVideoX": "CogVideoX", "QwenImage": "Qwen-Image", "HiDream": "HiDream",
+    "Mochi": "Mochi", "CogVideoX": "CogVideoX", "QwenImageEdit": "Qwen-Image-Edit",
+    "QwenImageLayered": "Qwen-Image-Layered", "HiDream": "HiDream",
     "Kandinsky": "Kandinsky", "IF": "DeepFloyd IF", "StableDiffusionUpscale": "the SD x4 upscaler",
     "StableDiffusionLatentUpscale": "the SD latent upscaler", "StableUnCLIP": "Stable unCLIP",
     "TextToVideoSD": "ModelScope text-to-video", "AnimateDiff": "AnimateDiff",

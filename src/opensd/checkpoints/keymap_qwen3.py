@@ -77,19 +77,24 @@ def is_qwen3(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> bool:
 
 
 def qwen3_config(shapes: Mapping[str, tuple[int, ...]], prefix: str = "",
-                 path: str = "<state dict>") -> Qwen3Config:
+                 path: str = "<state dict>", head_dim: int = 128) -> Qwen3Config:
     """The config of the Qwen3 model under `prefix` (+ `model.` or not, or llama.cpp's names) from
-    its shapes."""
+    its shapes; also of a Qwen2 model (Qwen2.5-VL's language model: q/k/v biases, no q/k norms),
+    whose head width no shape holds: `head_dim` (128 in every Qwen2.5) is taken for it."""
     shapes, prefix = _renamed(shapes, prefix)
     p = prefix + MODEL if prefix + MODEL + _EMBED in shapes else prefix
     try:
         vocab, hidden = shapes[p + _EMBED]
         attn = p + "layers.0.self_attn."
-        head_dim = shapes[attn + "q_norm.weight"][0]
+        qk_norm = attn + "q_norm.weight" in shapes
+        head_dim = shapes[attn + "q_norm.weight"][0] if qk_norm else head_dim
+        q, k = shapes[attn + "q_proj.weight"][0], shapes[attn + "k_proj.weight"][0]
+        if q % head_dim or k % head_dim:
+            raise CheckpointError(path, f"a Qwen text encoder whose projections ({q}, {k}) are not heads of {head_dim}")
         return Qwen3Config(vocab_size=vocab, hidden_size=hidden, head_dim=head_dim,
                            intermediate_size=shapes[p + "layers.0.mlp.gate_proj.weight"][0],
                            num_hidden_layers=count(shapes, p + "layers."),
-                           num_attention_heads=shapes[attn + "q_proj.weight"][0] // head_dim,
-                           num_key_value_heads=shapes[attn + "k_proj.weight"][0] // head_dim)
+                           num_attention_heads=q // head_dim, num_key_value_heads=k // head_dim,
+                           qkv_bias=attn + "k_proj.bias" in shapes, qk_norm=qk_norm)
     except KeyError as e:
-        raise CheckpointError(path, f"an incomplete Qwen3 text encoder: no {e.args[0]}") from None
+        raise CheckpointError(path, f"an incomplete Qwen text encoder: no {e.args[0]}") from None

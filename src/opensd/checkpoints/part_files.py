@@ -15,18 +15,22 @@ from pathlib import Path
 from ..errors import CheckpointError
 from ..stamp_cache import by_stamp
 from .files import read_safetensors_header
+from .keymap_qwen25vl import is_qwen25vl
 from .keymap_qwen3 import is_qwen3, qwen3_config
+from .keymap_qwen_vae import is_qwen_vae
 
 ENCODER_FOLDERS = ("text_encoders", "clip", "text_encoder")
 VAE_FOLDERS = ("vae", "VAE")
-VAE_PARTS = ("vae", "flux2_vae")  # the part kinds that are a model's VAE
+VAE_PARTS = ("vae", "flux2_vae", "qwen_vae")  # the part kinds that are a model's VAE
 _PREFERRED = {"clip_l": ("clip_l",), "clip_g": ("clip_g",), "t5xxl": ("t5xxl_fp16", "t5xxl"),
-              "qwen3": ("qwen_3_4b", "qwen3_4b", "qwen"),
-              "vae": ("ae", "sd3", "flux"), "flux2_vae": ("flux2", "ae")}
+              "qwen3": ("qwen_3_4b", "qwen3_4b", "qwen"), "qwen25vl": ("qwen_2.5_vl_7b", "qwen_2.5_vl", "qwen"),
+              "vae": ("ae", "sd3", "flux"), "flux2_vae": ("flux2", "ae"),
+              "qwen_vae": ("qwen_image_vae", "qwen")}
 
 
 _LABELS = {"clip_l": "CLIP-L text encoder", "clip_g": "CLIP-G text encoder", "t5xxl": "T5-XXL text encoder",
-           "qwen3": "Qwen3 text encoder", "vae": "VAE", "flux2_vae": "FLUX.2 VAE"}
+           "qwen3": "Qwen3 text encoder", "qwen25vl": "Qwen2.5-VL-7B text encoder", "vae": "VAE", "flux2_vae": "FLUX.2 VAE",
+           "qwen_vae": "Qwen-Image VAE"}
 _QWEN3_SIZES = {2560: "Qwen3-4B", 4096: "Qwen3-8B"}
 
 
@@ -48,7 +52,9 @@ def _folders(model: Path, names: tuple[str, ...]) -> list[Path]:
 
 def _read_kind(path: Path) -> tuple[str, int] | None:
     """("t5xxl", 0), ("clip", width), ("qwen3", 0) (a Qwen3 decoder: q/k norms, Z-Image's encoder) or
-    ("vae", 0) (16 latent channels) or ("flux2_vae", 0) (FLUX.2's: 32 channels and latent statistics)
+    ("vae", 0) (16 latent channels) or ("flux2_vae", 0) (FLUX.2's: 32 channels and latent statistics) or
+    ("qwen_vae", 0) (Qwen-Image's, the Wan 2.1 VAE, either layout) or ("qwen25vl", 0) (Qwen2.5-VL's language
+    model, Qwen-Image's text encoder)
     from a safetensors header."""
     try:
         entries, _ = read_safetensors_header(path)
@@ -57,6 +63,8 @@ def _read_kind(path: Path) -> tuple[str, int] | None:
     shapes = {k: v["shape"] for k, v in entries.items()}
     if any(k.startswith(("encoder.block.", "shared.")) for k in shapes):
         return "t5xxl", 0
+    if is_qwen25vl(shapes):  # Qwen-Image's: q/k/v biases, no q/k norms
+        return "qwen25vl", 0
     if is_qwen3(shapes):
         try:
             return "qwen3", qwen3_config(shapes).hidden_size
@@ -65,6 +73,8 @@ def _read_kind(path: Path) -> tuple[str, int] | None:
     emb = shapes.get("text_model.embeddings.token_embedding.weight")
     if emb is not None:
         return "clip", emb[1]
+    if is_qwen_vae(shapes):  # before the conv_out test: its diffusers layout has one of 32 channels too
+        return "qwen_vae", 0
     conv = shapes.get("encoder.conv_out.weight") or shapes.get("first_stage_model.encoder.conv_out.weight")
     if conv is not None and conv[0] == 64 and any(k.endswith("bn.running_mean") for k in shapes):
         return "flux2_vae", 0

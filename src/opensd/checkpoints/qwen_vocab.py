@@ -1,4 +1,5 @@
-"""Find the Qwen tokenizer folder that goes with a Z-Image model's files.
+"""Find the Qwen tokenizer folder that goes with a Z-Image, FLUX.2 [klein] or Qwen-Image model's files
+(Qwen3 and Qwen2.5-VL share the vocabulary and the chat tokens these templates use).
 
 No Qwen vocabulary ships with opensd, and the text-encoder file (qwen_3_4b.safetensors) does not
 carry one, so it is looked for where model folders keep it: a diffusers folder's tokenizer/; a
@@ -51,7 +52,8 @@ def load_qwen_tokenizer(*anchors: Path) -> QwenTokenizer:
                 except CheckpointError:  # a GGUF without a Qwen tokenizer (a diffusion model's)
                     continue
         raise CheckpointError(anchors[0], "no Qwen tokenizer found (tokenizer.json, or vocab.json and "
-                              "merges.txt): put the files of Qwen3's tokenizer (a Z-Image diffusers folder's "
-                              f"tokenizer/) in a {FOLDER}/ folder beside the model or text-encoder file, "
-                              f"or in models/text_encoders/{FOLDER}/")
+                              "merges.txt): put the files of a Qwen tokenizer (Qwen3's or Qwen2.5-VL's, one "
+                              "vocabulary: a Z-Image or Qwen-Image diffusers folder's tokenizer/) in a "
+                              f"{FOLDER}/ folder beside the model or text-encoder file, or in "
+                              f"models/text_encoders/{FOLDER}/")
     return QwenTokenizer.from_folder(folder)

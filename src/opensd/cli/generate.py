@@ -59,9 +59,9 @@ def register(sub) -> None:
     g = gen.add_argument_group("sampling")
     g.add_argument("--negative", help="negative prompt")
     g.add_argument("--steps", type=int_arg, help="sampling steps (default: the model family's, 20 but Z-Image "
-                                                 "Turbo 8, Flux.1 schnell 4)")
+                                                 "Turbo 8, Flux.1 schnell 4, Qwen-Image 50)")
     g.add_argument("--cfg", type=float_arg, help="classifier-free guidance scale (default: the model family's, 7 "
-                                                 "but Flux.1 and Z-Image 1, Chroma 5)")
+                                                 "but Flux.1 and Z-Image 1, Chroma 5, Qwen-Image 4)")
     g.add_argument("--seed", type=int_arg, help="-1 (default) picks a random seed")
     g.add_argument("--subseed", type=int_arg, help="variation seed")
     g.add_argument("--subseed-strength", type=float_arg, help="0..1, how far towards the variation seed")

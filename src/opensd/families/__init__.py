@@ -13,12 +13,13 @@ from .base import Family, Shapes
 from .chroma import CHROMA_FAMILY
 from .flux import FLUX
 from .flux2 import FLUX2_FAMILY
+from .qwen_image import QWEN_IMAGE_FAMILY
 from .sd3 import SD3
 from .unet import UNET
 from .z_image import Z_IMAGE_FAMILY
 
 # Chroma's keys include Flux's, and FLUX.2's Flux's telltale
-FAMILIES: tuple[Family, ...] = (SD3, CHROMA_FAMILY, FLUX2_FAMILY, FLUX, Z_IMAGE_FAMILY, UNET)
+FAMILIES: tuple[Family, ...] = (SD3, CHROMA_FAMILY, FLUX2_FAMILY, QWEN_IMAGE_FAMILY, FLUX, Z_IMAGE_FAMILY, UNET)
 
 
 def family_of(cfg) -> Family:

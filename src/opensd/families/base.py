@@ -60,6 +60,7 @@ class Family:
     default_guidance: float | None = None  # distilled guidance fed to the network (Flux dev)
     default_steps: int | None = None       # None: A1111's steps default
     adapters: frozenset[str] = frozenset()  # the add-ons written for its network (ADAPTERS)
+    smaller_files: str = ""                # its smaller releases, for the not-enough-memory advice (ram_fit.py)
 
     def owns(self, cfg) -> bool:
         return cfg.family in self.members

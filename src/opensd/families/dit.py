@@ -186,9 +186,9 @@ class DiTFamily(Family):
     # sampling, pooled_width, context_width
 
 
-def resolution_of(metadata) -> int:
-    """The training side a file's metadata states (1024 without one)."""
-    return int(str(metadata.get(D.META_RESOLUTION, "1024")).lower().split("x")[0])
+def resolution_of(metadata, default: int = 1024) -> int:
+    """The training side a file's metadata states (`default` without one)."""
+    return int(str(metadata.get(D.META_RESOLUTION, default)).lower().split("x")[0])
 
 
 def compute_dtype(network: nn.Module) -> torch.dtype:

@@ -21,6 +21,7 @@ from ..checkpoints.flux_controlnet_files import (describe_flux_controlnet, descr
 from ..checkpoints.t2i_adapter_files import detect_t2i_adapter, from_diffusers, is_t2i_adapter
 from ..checkpoints.xlabs_controlnet_files import describe_xlabs_controlnet, is_xlabs_controlnet
 from ..checkpoints.files import read_safetensors_header, sniff_format
+from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_config
 from ..errors import OpenSDError
 from ..models import config as C
 from ..text.embeddings import load_embedding
@@ -117,6 +118,11 @@ def _controlnet(entries: dict, metadata: dict[str, str], path: Path) -> tuple[st
 
 def _vae(entries: dict) -> str:
     shapes = {k.removeprefix(D.VAE): tuple(v["shape"]) for k, v in entries.items()}
+    if is_qwen_vae(shapes):
+        try:
+            return f"Qwen-Image VAE, {qwen_vae_config(shapes).z_dim} latent channels"
+        except OpenSDError:
+            return ""
     try:
         vae = D.infer_vae(shapes, "")
     except OpenSDError:

@@ -161,6 +161,32 @@ class Flux2Config(_Widths):
         return self.in_channels
 
 
+@dataclass(frozen=True)
+class QwenImageConfig:
+    """Qwen-Image (Alibaba Qwen's 20B MMDiT): double-stream blocks only, each stream with its own
+    6-way modulation, q/k RMS norms and GELU MLP; RoPE over (frame, row, column) with the image's
+    rows and columns centred on 0. The latent enters as 2x2 patches (64 = 16 VAE channels x 4).
+    Field names follow diffusers' QwenImageTransformer2DModel."""
+    in_channels: int = 64
+    out_channels: int = 16
+    patch_size: int = 2
+    num_layers: int = 60
+    attention_head_dim: int = 128
+    num_attention_heads: int = 24
+    joint_attention_dim: int = 3584  # Qwen2.5-VL-7B's width
+    axes_dims_rope: tuple[int, ...] = (16, 56, 56)
+    theta: int = 10000
+    mlp_ratio: float = 4.0
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.hidden_size * self.mlp_ratio)
+
+
 class _DiTModel:
     """What the pipeline asks of every model config, answered for the rectified-flow DiTs."""
     prediction = "flow"
@@ -305,6 +331,37 @@ class Flux2ModelConfig(_DiTModel):
         return self.flux2.guidance_embed
 
 
+@dataclass(frozen=True)
+class FlowShiftConfig:
+    """A shifted flow schedule as diffusers' FlowMatchEulerDiscreteScheduler configures it
+    (scheduler_config.json): mu linear in the image's tokens, base_shift at base_image_seq_len and
+    max_shift at max_image_seq_len, the times shifted exponentially by mu (`fixed_shift` instead: its
+    use_dynamic_shifting false, SD3's shift by `shift`), then (shift_terminal, 0: none) stretched so
+    that the last step's sigma is shift_terminal. Defaults: Qwen-Image's."""
+    base_shift: float = 0.5
+    max_shift: float = 0.9
+    base_image_seq_len: int = 256
+    max_image_seq_len: int = 8192
+    shift_terminal: float = 0.02
+    fixed_shift: float = 0.0
+
+
+@dataclass(frozen=True)
+class QwenImageModelConfig(_DiTModel):
+    """A whole Qwen-Image model: its DiT, the Qwen-Image VAE (`vae`: the Wan 2.1 VAE for single
+    frames, its latent normalised per channel) and the Qwen2.5-VL-7B text encoder (`qwen25vl`: its
+    config, None when the model comes without one). The network takes no pooled text."""
+    qwen_image: QwenImageConfig
+    vae: object
+    qwen25vl: object | None = None
+    resolution: int = 1328  # the model card's and ComfyUI template's 1:1 size (QwenImagePipeline alone: 1024)
+    schedule: FlowShiftConfig = FlowShiftConfig()
+    text_length: int = 512  # prompt tokens kept after the template (the pipeline's max_sequence_length)
+    family: str = "qwen_image"
+    text_encoders = ()
+    cfg_renorm = 2  # true CFG rescaled to the prompt's norm per 2x2 latent patch (QwenImagePipeline)
+
+
 # --- The released models ------------------------------------------------------------------
 
 T5_XXL = T5Config()
@@ -318,6 +375,7 @@ FLUX_DEV = FluxConfig()
 FLUX_SCHNELL = FluxConfig(guidance_embed=False)
 CHROMA = ChromaConfig()  # Chroma1-HD, chroma-unlocked-v*: 19 double, 38 single blocks, 3072 wide
 Z_IMAGE = ZImageConfig()  # Z-Image-Turbo: 30 blocks 3840 wide, 30 heads of 128
+QWEN_IMAGE = QwenImageConfig()  # Qwen-Image: 60 blocks 3072 wide, 24 heads of 128
 FLUX2_KLEIN_4B = Flux2Config()  # Qwen3-4B: 3 x 2560 context features
 FLUX2_KLEIN_9B = Flux2Config(hidden_size=4096, num_heads=32, depth=8, depth_single_blocks=24,
                              context_in_dim=12288)  # Qwen3-8B: 3 x 4096

@@ -11,11 +11,14 @@ from torch import nn
 
 from .clip import HFEmbedder
 from .chroma import Chroma
-from .config_dit import ChromaModelConfig, Flux2ModelConfig, FluxModelConfig, SD3ModelConfig, T5Config, ZImageModelConfig
+from .config_dit import (ChromaModelConfig, Flux2ModelConfig, FluxModelConfig, QwenImageModelConfig, SD3ModelConfig,
+                         T5Config, ZImageModelConfig)
 from .flux import Flux
 from .flux2 import Flux2
 from .mmdit import MMDiT
 from .qwen3 import Qwen3Config, Qwen3TextEncoder
+from .qwen_image import QwenImage
+from .qwen_vae import QwenImageVAE
 from .stable_diffusion import DiffusionWrapper
 from .t5 import T5EncoderModel
 from .config import VAEConfig
@@ -36,11 +39,12 @@ class T5Embedder(nn.Module):
 
 
 class _DiTModel(nn.Module):
-    def __init__(self, cfg, network: nn.Module, encoders: dict, vae: VAEConfig | None = None):
+    def __init__(self, cfg, network: nn.Module, encoders: dict, vae: VAEConfig | None = None,
+                 vae_module: nn.Module | None = None):
         super().__init__()
         self.config = cfg
         self.model = DiffusionWrapper(network)
-        self.first_stage_model = AutoencoderKL(vae or cfg.vae)
+        self.first_stage_model = vae_module if vae_module is not None else AutoencoderKL(vae or cfg.vae)
         self.text_encoders = nn.ModuleDict({k: v for k, v in encoders.items() if v is not None})
 
     @property
@@ -111,6 +115,14 @@ class Flux2Model(_DiTModel):
         return PatchedVAE(self.first_stage_model)
 
 
+class QwenImageModel(_DiTModel):
+    """Qwen-Image: the network, its VAE (the Wan 2.1 VAE for single frames, Wan's key names) and
+    the Qwen2.5-VL-7B text encoder (its config `qwen25vl`, None when the model comes without one)."""
+
+    def __init__(self, cfg: QwenImageModelConfig):
+        super().__init__(cfg, QwenImage(cfg.qwen_image), qwen25vl_encoders(cfg), vae_module=QwenImageVAE(cfg.vae))
+
+
 class Qwen3Embedder(nn.Module):
     """`text_encoders.qwen3_4b`: keys `transformer.model.…` (the file's `model.…`)."""
 
@@ -121,3 +133,9 @@ class Qwen3Embedder(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, layer: int = -2):
         return self.transformer(input_ids, attention_mask, layer)
+
+
+def qwen25vl_encoders(cfg: QwenImageModelConfig) -> dict:
+    """Qwen-Image's text encoder by name: `text_encoders.qwen25_7b` (ComfyUI's name), Qwen2.5-VL-7B's
+    language model as a Qwen3TextEncoder with Qwen2's switches, keys under `transformer.model.`."""
+    return {"qwen25_7b": cfg.qwen25vl and Qwen3Embedder(cfg.qwen25vl)}

@@ -1,5 +1,6 @@
 """Qwen3, the decoder-only language model whose hidden states condition Z-Image (Qwen3-4B) and
-FLUX.2 [klein] (Qwen3-4B for klein 4B, Qwen3-8B for klein 9B).
+FLUX.2 [klein] (Qwen3-4B for klein 4B, Qwen3-8B for klein 9B); with two switches also Qwen2, the
+language model of Qwen2.5-VL-7B that conditions Qwen-Image (`qkv_bias` on, `qk_norm` off).
 
 Only the part conditioning needs: token ids in, hidden states out; no language-model head, no
 generation, no key/value cache. Attribute names equal the keys of transformers' Qwen3 files
@@ -11,9 +12,10 @@ The architecture, as transformers' Qwen3Model runs it:
 
 * pre-norm blocks: x + attn(rms(x)), then x + mlp(rms(x)); a final RMS norm after the last block;
 * grouped-query attention: `num_key_value_heads` key/value heads, each shared by
-  num_attention_heads / num_key_value_heads query heads; no biases;
+  num_attention_heads / num_key_value_heads query heads; no biases (Qwen2: q/k/v biases, none on
+  the output projection);
 * an RMS norm over each head's channels of the queries and of the keys (q_norm, k_norm), before
-  the rotary embedding;
+  the rotary embedding (Qwen3 only; Qwen2 has none);
 * rotary embedding in the "rotate half" layout (channel i pairs with channel i + head_dim / 2),
   angle position * theta ** (-2i / head_dim), computed in fp32 and applied in the activations' dtype;
   positions count from 0 at the first token of the padded sequence, pads included;
@@ -45,12 +47,21 @@ class Qwen3Config:
     head_dim: int = 128
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
+    qkv_bias: bool = False  # Qwen2 (Qwen2.5-VL's language model): biases on q/k/v
+    qk_norm: bool = True  # Qwen3's per-head q/k RMS norms; Qwen2 has none
 
 
 QWEN3_4B = Qwen3Config()
 # transformers' Qwen/Qwen3-8B config: 36 layers 4096 wide, 32 query and 8 key/value heads of 128,
 # feed-forward 12288, an untied language-model head (not kept here)
 QWEN3_8B = Qwen3Config(hidden_size=4096, intermediate_size=12288)
+# transformers' Qwen/Qwen2.5-VL-7B-Instruct text config (Qwen-Image's text encoder): 28 layers 3584
+# wide, 28 query and 4 key/value heads of 128, feed-forward 18944, q/k/v biases, no q/k norms. Its
+# multimodal rotary embedding (mrope_section 16/24/24) gives every section the same position on
+# text alone, so it is the plain 1-D one here.
+QWEN25_VL_7B = Qwen3Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                           num_attention_heads=28, num_key_value_heads=4, head_dim=128, qkv_bias=True,
+                           qk_norm=False)
 
 
 def rope_cos_sin(length: int, head_dim: int, theta: float, device: torch.device,
@@ -90,19 +101,22 @@ class Qwen3Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, hq, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
-        self.q_proj = nn.Linear(cfg.hidden_size, hq * d, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden_size, hkv * d, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden_size, hkv * d, bias=False)
+        self.q_proj = nn.Linear(cfg.hidden_size, hq * d, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, hkv * d, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, hkv * d, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(hq * d, cfg.hidden_size, bias=False)
-        self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
-        self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
+        # None (no keys) without q/k norms
+        self.q_norm = RMSNorm(d, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(d, cfg.rms_norm_eps) if cfg.qk_norm else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         d = self.cfg.head_dim
         groups = self.cfg.num_attention_heads // self.cfg.num_key_value_heads
-        q = rotate(self.q_norm(self.q_proj(x).view(b, n, -1, d)), cos, sin)
-        k = rotate(self.k_norm(self.k_proj(x).view(b, n, -1, d)), cos, sin)
+        q, k = self.q_proj(x).view(b, n, -1, d), self.k_proj(x).view(b, n, -1, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         v = self.v_proj(x).view(b, n, -1, d)
         # each key/value head serves `groups` consecutive query heads
         k, v = (t.repeat_interleave(groups, dim=2).flatten(2) for t in (k, v))

@@ -19,6 +19,11 @@ per evaluation on the rows the form needs:
   parts, scales outside the range, ControlNet hints in ComfyUI) run plain CFG on its scale-1
   predictions.
 
+* Renormalised CFG (`renorm`, a model config's cfg_renorm: Qwen-Image's pipeline): plain CFG taken on a
+  flow model's velocities, then rescaled per renorm x renorm latent patch to the norm of the prompt's
+  own velocity (`combine_flow`), as QwenImagePipeline does. `plan` sets it only when asked (the
+  pipeline's prompt encoding); ComfyUI's graphs run plain CFG, as ComfyUI does.
+
 Samplers that also step with the unconditional estimate (CFG++) plan with `need_uncond`: plain CFG
 whose negative row always runs (ComfyUI's disable_cfg1_optimization); `denoiser` returns a
 sampling.cfg_pp.Guided, giving that row's estimate beside the guided one.
@@ -49,6 +54,8 @@ class Guidance:
     negatives: tuple[CondSchedule, ...]  # rows before the prompt's: (), (negative,) or (empty, negative)
     cfg: float
     scale: float | None = None           # the scale a guidance-distilled model guides itself at; None: plain CFG
+    renorm: int = 0                      # plain CFG of flow velocities rescaled to the prompt's norm per
+    #                                      renorm x renorm patch (combine_flow)
 
     @property
     def n_uncond(self) -> int:
@@ -70,6 +77,17 @@ class Guidance:
             result += self.cfg * weight * (o[None] if n == 0 else o[None] - out[:1])
         return result
 
+    def combine_flow(self, out: torch.Tensor, weights: Sequence[float], x: torch.Tensor,
+                     sigma: torch.Tensor) -> torch.Tensor:
+        """`combine` of a flow model's denoised rows `out` at (x, sigma), renormalised (renorm) as
+        QwenImagePipeline does it: on the velocities (x - denoised) / sigma, the combined one
+        rescaled per patch to the prompt's own velocity's norm."""
+        if not self.renorm or not self.n_uncond or self.scale is not None:
+            return self.combine(out, weights)
+        v = (x - out) / sigma
+        guided = renormed(self.combine(v, weights), self.without_negative(v[self.n_uncond:], weights), self.renorm)
+        return x - sigma * guided
+
     def without_negative(self, out: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
         """The prediction from the prompt's rows alone: A1111 puts the first part's prediction where
         the negative's would be and combines at scale 1 (one part: its own prediction)."""
@@ -78,6 +96,19 @@ class Guidance:
         for weight, o in zip(weights, out):
             result += weight * (o[None] - first)
         return result
+
+
+def renormed(x: torch.Tensor, like: torch.Tensor, patch: int) -> torch.Tensor:
+    """`x` (B, C, H, W) scaled so that each patch x patch cell's norm over its channels and pixels is
+    `like`'s (QwenImagePipeline's true CFG: the combined prediction keeps the prompt's norm per
+    packed token)."""
+    b, c, h, w = x.shape
+
+    def norms(t):
+        cells = t.view(b, c, h // patch, patch, w // patch, patch)
+        return torch.linalg.vector_norm(cells, dim=(1, 3, 5), keepdim=True)
+
+    return (x.view(b, c, h // patch, patch, w // patch, patch) * (norms(like) / norms(x))).view_as(x)
 
 
 def self_guided_scale(config: ModelConfig, cond: CondSchedule, cfg: float) -> float | None:
@@ -89,11 +120,12 @@ def self_guided_scale(config: ModelConfig, cond: CondSchedule, cfg: float) -> fl
 
 
 def plan(config: ModelConfig, cond: CondSchedule, cfg: float, negative: Schedule | None, empty: Schedule,
-         self_guidance: bool = True, need_uncond: bool = False) -> Guidance:
+         self_guidance: bool = True, need_uncond: bool = False, renorm: int = 0) -> Guidance:
     """The guidance for one pass. `negative` gives the negative prompt's schedule (None: there is no
     negative prompt), `empty` the empty prompt's, each called only when its rows are needed.
     `self_guidance` False keeps a guidance-distilled model on plain CFG; `need_uncond` asks for
-    plain CFG with its negative row at every scale."""
+    plain CFG with its negative row at every scale; `renorm`: the model's CFG renormalisation patch
+    (config.cfg_renorm: Qwen-Image's pipeline; ComfyUI's graphs run plain CFG and leave it 0)."""
     scale = self_guided_scale(config, cond, cfg) if self_guidance and not need_uncond else None
     if scale is not None:
         if negative is None or scale == 1:
@@ -102,7 +134,7 @@ def plan(config: ModelConfig, cond: CondSchedule, cfg: float, negative: Schedule
         return Guidance(cond, () if _encodes_as(theirs, mine) else (mine, theirs), cfg, scale)
     if not need_uncond and math.isclose(cfg * sum(p.weight for p in cond.parts), 1.0, rel_tol=1e-9):
         return Guidance(cond, (), cfg)
-    return Guidance(cond, ((negative or empty)(),), cfg)
+    return Guidance(cond, ((negative or empty)(),), cfg, renorm=renorm)
 
 
 def _encodes_as(a: CondSchedule, b: CondSchedule) -> bool:
@@ -148,7 +180,7 @@ def denoiser(g: Guidance, model: Denoiser, layout: Layout, sigmas: torch.Tensor,
             if g.scale is not None:
                 return out[-1:], out[-1:]
             return g.without_negative(out, weights), out[:1]
-        guided = g.combine(out, weights)
+        guided = g.combine_flow(out, weights, x, sigma)
         return guided, (out[:1] if g.n_uncond and g.scale is None else guided)
 
     return Guided(both)

@@ -21,6 +21,7 @@ from ..checkpoints import detect as D
 from ..checkpoints import markers
 from ..checkpoints.diffusers_folder import is_diffusers_folder, read_index
 from ..checkpoints.files import read_metadata, read_state_dict
+from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_state_dict
 from ..checkpoints.keymap_vae import vae_from_diffusers
 from ..checkpoints.part_files import VAE_PARTS, find_parts
 from ..checkpoints.reader import declared_vae_scaling, fix_vae
@@ -149,7 +150,7 @@ def build(cfg, sd: dict[str, torch.Tensor], path, dtype, device, vae_dtype: torc
         log.warning("%s: %d keys not used by a %s model, e.g. %s", path, len(unknown), cfg.family,
                     ", ".join(unknown[:3]))
     vae_dtype = vae_dtype or dtype
-    check_fits((sd[k] for k in expected), path, device if runs_on is None else runs_on)
+    check_fits((sd[k] for k in expected), path, device if runs_on is None else runs_on, family.smaller_files)
     assign(model, sd, list(expected), lambda k: family.weight_dtype(k, dtype, vae_dtype), device, family.keeps_stored)
     leftover = [n for n, b in model.named_buffers() if b.is_meta]
     if leftover:  # a model registered a buffer that is not in the file: a bug in models/, not the file
@@ -166,6 +167,8 @@ def read_vae(path) -> tuple[dict[str, torch.Tensor], float | None]:
     if any(k.startswith(D.VAE) for k in sd):
         sd = {k[len(D.VAE):]: v for k, v in sd.items() if k.startswith(D.VAE)}
     sd = {k: v for k, v in sd.items() if not k.startswith(("loss.", "model_ema."))}
+    if is_qwen_vae(sd):  # Qwen-Image's (Wan 2.1's) VAE, either layout: our names and 2-D shapes
+        return qwen_vae_state_dict(sd), declared
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in sd:  # diffusers naming
         try:
             sd = vae_from_diffusers(sd, _diffusers_vae_config(sd))

@@ -24,6 +24,7 @@ from ..checkpoints import markers
 from ..checkpoints.diffusers_config import unet_config
 from ..checkpoints.files import read_metadata, read_state_dict
 from ..checkpoints.keymap_clip import clip_from_transformers
+from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_config
 from ..checkpoints.keymap_unet import unet_from_diffusers
 from .. import families
 from ..checkpoints.detect_dit import NET, TEXT
@@ -32,6 +33,7 @@ from ..families import family_of
 from ..families.chroma import CHROMA_FAMILY
 from ..families.flux import FLUX
 from ..families.flux2 import FLUX2_FAMILY
+from ..families.qwen_image import QWEN_IMAGE_FAMILY
 from ..families.sd3 import SD3
 from ..families.unet import UNET, guess_sd2_prediction
 from ..families.z_image import Z_IMAGE_FAMILY
@@ -60,7 +62,7 @@ def _pipeline(path: Path, cfg: C.ModelConfig, part: dict[str, torch.Tensor], pre
              if tuple(part[k].shape) != tuple(v.shape)]
     if wrong:
         raise CheckpointError(path, f"{len(wrong)} weights have unexpected shapes, e.g. {wrong[0]}")
-    check_fits((part[k] for k in wanted), path, device)
+    check_fits((part[k] for k in wanted), path, device, family.smaller_files)
     assign(model, part, list(wanted), lambda k: family.weight_dtype(k, dtype, dtype), device, family.keeps_stored)
     loaded = LoadedModel(path, cfg, model.eval().requires_grad_(False), alphas, part_paths=list(paths))
     if paths:
@@ -78,7 +80,13 @@ def _where(device: str | None, precision: str, cfg: C.ModelConfig, vae: bool = F
 def load_vae(path, device: str | None = None, precision: str = "fp32") -> Pipeline:
     path = Path(path)
     sd, _ = read_vae(path)
-    vae = D.infer_vae({k: tuple(v.shape) for k, v in sd.items()}, "", str(path))
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    if is_qwen_vae(shapes):  # Qwen-Image's VAE, its latent normalised per channel: a Qwen-Image model's VAE
+        cfg = QWEN_IMAGE_FAMILY.make_config(QWEN_IMAGE_FAMILY.released_network, qwen_vae_config(shapes, "", str(path)),
+                                            {}, QWEN_IMAGE_FAMILY.resolution)
+        return _pipeline(path, cfg, {D.VAE + k: v for k, v in sd.items()}, (D.VAE,),
+                         *_where(device, precision, cfg, vae=True))
+    vae = D.infer_vae(shapes, "", str(path))
     # FLUX.2's VAE encodes to and decodes from its patched, normalised latent: a FLUX.2 model's VAE
     cfg = (FLUX2_FAMILY.make_config(FLUX2_FAMILY.released_network, vae, {}, 1024) if vae.latent_batch_norm
            else replace(C.sd1(), family="sd1", vae=vae))
@@ -172,8 +180,9 @@ def _encoder_config(sd: dict[str, torch.Tensor], naming: str, openclip: bool) ->
 def load_text_encoders(paths: list, device: str | None = None, precision: str = "fp32",
                        family: str | None = None) -> Pipeline:
     """One file (SD1, SD2 or the SDXL refiner's encoder) or two (SDXL's CLIP-L and ViT-bigG); with
-    `family` "sd3", "flux", "chroma", "z_image" or "flux2", that family's CLIP and T5 files (SD3: any of
-    CLIP-L, CLIP-G, T5-XXL; Chroma: T5-XXL) or Z-Image's Qwen3-4B, FLUX.2 [klein]'s Qwen3-4B or -8B."""
+    `family` "sd3", "flux", "chroma", "z_image", "flux2" or "qwen_image", that family's CLIP and T5 files (SD3:
+    any of CLIP-L, CLIP-G, T5-XXL; Chroma: T5-XXL) or Z-Image's Qwen3-4B, FLUX.2 [klein]'s Qwen3-4B or -8B,
+    Qwen-Image's Qwen2.5-VL-7B."""
     paths = [Path(p) for p in paths]
     if family in _DIT_FAMILIES:
         return _dit_encoders(paths, _DIT_FAMILIES[family], device, precision)
@@ -220,7 +229,8 @@ def load_text_encoders(paths: list, device: str | None = None, precision: str = 
     return _pipeline(paths[0], cfg, part, prefixes, *_where(device, precision, cfg))
 
 
-_DIT_FAMILIES = {"sd3": SD3, "flux": FLUX, "chroma": CHROMA_FAMILY, "z_image": Z_IMAGE_FAMILY, "flux2": FLUX2_FAMILY}
+_DIT_FAMILIES = {"sd3": SD3, "flux": FLUX, "chroma": CHROMA_FAMILY, "z_image": Z_IMAGE_FAMILY, "flux2": FLUX2_FAMILY,
+                 "qwen_image": QWEN_IMAGE_FAMILY}
 
 
 def _dit_encoders(paths: list[Path], family, device, precision) -> Pipeline:

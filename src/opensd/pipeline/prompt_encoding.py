@@ -75,4 +75,4 @@ class PromptEncoding:
         cond = encoded(p.prompt)
         negative = None if not p.negative_prompt.strip() else lambda: encoded(p.negative_prompt, True)
         return G.plan(self.config, cond, p.cfg, negative, lambda: encoded("", True),
-                      need_uncond=need_uncond)
+                      need_uncond=need_uncond, renorm=getattr(self.config, "cfg_renorm", 0))

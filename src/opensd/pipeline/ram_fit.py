@@ -31,10 +31,11 @@ def stored_bytes(tensors: Iterable) -> int:
     return total
 
 
-def check_fits(tensors: Iterable, path, device) -> None:
+def check_fits(tensors: Iterable, path, device, smaller: str = "") -> None:
     """OutOfMemoryForModel (a CheckpointError) when the tensors (every part of one model), for a model
     that runs on `device`, exceed the available RAM plus swap. A model run on a GPU is not checked:
-    its weights go to the GPU or wait in RAM as its memory mode decides (pipeline/offload.py)."""
+    its weights go to the GPU or wait in RAM as its memory mode decides (pipeline/offload.py). `smaller`:
+    the family's own smaller files, named in the advice (Family.smaller_files)."""
     found = peak_memory.free_memory() if torch.device(device).type == "cpu" else None
     if found is None:  # a GPU's, or no /proc/meminfo (not Linux): nothing to compare with
         return
@@ -43,5 +44,5 @@ def check_fits(tensors: Iterable, path, device) -> None:
     if need > ram + swap:
         raise OutOfMemoryForModel(path, f"this model's weights take {need / GIB:.1f} GiB as stored, more than this "
                                     f"machine's {ram / GIB:.1f} GiB of available RAM and {swap / GIB:.1f} GiB of "
-                                    "free swap; use a smaller file of it (GGUF Q8_0/Q4_K or float8), close other "
-                                    "programs, or add swap")
+                                    "free swap; use a smaller file of it (GGUF Q8_0/Q4_K or float8"
+                                    + (f"; {smaller}" if smaller else "") + "), close other programs, or add swap")

@@ -51,12 +51,27 @@ def flux_shift(mu: float, t: torch.Tensor) -> torch.Tensor:
     return torch.where(t > 0, e / (e + (1 / t.clamp(min=1e-12) - 1)), torch.zeros_like(t))
 
 
-def flux_mu(tokens: float, base: float = 0.5, top: float = 1.15) -> float:
+def flux_mu(tokens: float, base: float = 0.5, top: float = 1.15, base_len: int = 256, top_len: int = 4096) -> float:
     """Flux dev's shift for an image of `tokens` 2x2-latent patches (16x16 pixels with its VAE):
-    linear, `base` at 256 tokens and `top` at 4096 (ComfyUI's ModelSamplingFlux, diffusers'
-    calculate_shift)."""
-    slope = (top - base) / (4096 - 256)
-    return tokens * slope + base - slope * 256
+    linear, `base` at `base_len` tokens and `top` at `top_len` (ComfyUI's ModelSamplingFlux,
+    diffusers' calculate_shift with the scheduler config's base/max shift and image_seq_len)."""
+    slope = (top - base) / (top_len - base_len)
+    return tokens * slope + base - slope * base_len
+
+
+def stretched_to_terminal(shift_fn: Callable[[torch.Tensor], torch.Tensor], terminal: float,
+                          steps: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """diffusers' shift_terminal: a run of `steps` steps' shifted times stretched (1 - sigma scaled)
+    so that the last, at time 1 / steps, is `terminal` and the first stays 1; below that time the
+    schedule falls linearly to 0."""
+    last = float(shift_fn(torch.tensor(1.0 / steps, dtype=torch.float64)))
+    factor = (1 - terminal) / (1 - last)
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return torch.where(t * steps >= 1 - 1e-9, 1 - (1 - shift_fn(t)) * factor, terminal * t * steps)
+
+    return fn
 
 
 
@@ -123,6 +138,15 @@ class FlowSampling:
         1, 1 - 1/steps, ... (FLUX.2's pipelines take them so; Flux.1's tables as ComfyUI's)."""
         size = FLUX_TABLE_SIZE if not steps else steps * -(-FLUX_TABLE_SIZE // steps)
         return cls(FlowSchedule(lambda t: flux_shift(mu, t), size), 1.0)
+
+    @classmethod
+    def shifted(cls, shift_fn: Callable[[torch.Tensor], torch.Tensor], steps: int, terminal: float = 0.0) -> FlowSampling:
+        """A run of `steps` steps on the shifted times `shift_fn(t)`, the network's time in [0, 1], the
+        table a multiple of the steps (the simple schedule's times exactly 1, 1 - 1/steps, ...);
+        `terminal`: stretched to end there (stretched_to_terminal; Qwen-Image's scheduler)."""
+        size = steps * -(-FLUX_TABLE_SIZE // steps)
+        fn = stretched_to_terminal(shift_fn, terminal, steps) if terminal else shift_fn
+        return cls(FlowSchedule(fn, size), 1.0)
 
     @property
     def sigma_max(self) -> float:

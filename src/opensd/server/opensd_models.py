@@ -46,7 +46,8 @@ class Checkpoint(BaseModel):
     title: str
     hash: str | None = None
     family: str | None = Field(None, description="sd1, sd2, sdxl, sdxl_refiner or small (Stable Diffusion), "
-                                                 "flux, chroma, sd3 or z_image; null if unknown before loading")
+                                                 "flux, chroma, sd3, z_image, flux2 or qwen_image; null if unknown "
+                                                 "before loading")
     resolution: int | None = Field(None, description="native image side in pixels (64, 512, 768, 1024)")
     prediction: str | None = Field(None, description="eps or v (what the file's markers or metadata say), flow "
                                                      "for the DiT models")

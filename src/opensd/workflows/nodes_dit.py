@@ -154,9 +154,9 @@ register(NodeDef(
 
 
 def model_sampling_aura_flow(call, model, shift):
-    """SD3's shift with the network's time in [0, 1]: Z-Image's schedule (ComfyUI also runs AuraFlow and
-    Lumina 2 with it, families opensd does not run)."""
-    return (replace(_flow_model(model, "z_image"), sampling=FlowSampling.aura_flow(float(shift))),)
+    """SD3's shift with the network's time in [0, 1]: Z-Image's and Qwen-Image's schedule in ComfyUI (which
+    also runs AuraFlow and Lumina 2 with it, families opensd does not run)."""
+    return (replace(_flow_model(model, "z_image", "qwen_image"), sampling=FlowSampling.aura_flow(float(shift))),)
 
 
 register(NodeDef(

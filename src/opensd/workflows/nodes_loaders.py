@@ -104,10 +104,11 @@ register(NodeDef(
     display_name="Unet Loader (GGUF)", module="custom_nodes.ComfyUI-GGUF"))
 
 
-CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "chroma", "lumina2", "flux2"]
+CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "chroma", "lumina2", "flux2", "qwen_image"]
 # ComfyUI's CLIPLoader types that name a DiT family's text encoders: the family (lumina2: Z-Image's Qwen3-4B;
-# flux2: FLUX.2 [klein]'s Qwen3-4B or -8B)
-_DIT_CLIP_TYPES = {"sd3": "sd3", "flux": "flux", "chroma": "chroma", "lumina2": "z_image", "flux2": "flux2"}
+# flux2: FLUX.2 [klein]'s Qwen3-4B or -8B; qwen_image: Qwen-Image's Qwen2.5-VL-7B)
+_DIT_CLIP_TYPES = {"sd3": "sd3", "flux": "flux", "chroma": "chroma", "lumina2": "z_image", "flux2": "flux2",
+                   "qwen_image": "qwen_image"}
 DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux"]
 
 
@@ -121,7 +122,7 @@ def _clip(call, names: list[str], type: str, supported: tuple[str, ...]) -> Clip
 
 
 def clip_loader(call, clip_name, type="stable_diffusion"):
-    return (_clip(call, [clip_name], type, ("stable_diffusion", "sd3", "chroma", "lumina2", "flux2")),)
+    return (_clip(call, [clip_name], type, ("stable_diffusion", "sd3", "chroma", "lumina2", "flux2", "qwen_image")),)
 
 
 def dual_clip_loader(call, clip_name1, clip_name2, type):

@@ -1,0 +1,301 @@
+"""Qwen-Image (Alibaba Qwen's 20B text-to-image MMDiT): double-stream blocks on rectified flow,
+conditioned on Qwen2.5-VL-7B's last hidden states of the chat-templated prompt (the template's
+first 34 tokens dropped, the padding masked), with its own VAE (Wan 2.1's for single frames, the
+latent normalised per channel) seen as 2x2 patches.
+
+Files: the network alone as ComfyUI keeps it (diffusion_models/qwen_image_fp8_e4m3fn.safetensors or
+_bf16, diffusers' own key names, with or without `model.diffusion_model.`; a GGUF), or a
+QwenImagePipeline folder; the text encoder from text_encoders/ (qwen_2.5_vl_7b*.safetensors) and the
+VAE from vae/ (qwen_image_vae.safetensors).
+
+Sampling is QwenImagePipeline's: times 1, 1 - 1/n, ..., 1/n shifted exponentially by mu, linear in
+the image's 2x2-patch tokens (base_shift 0.5 at 256 tokens, max_shift 0.9 at 8192: its scheduler
+config), then stretched so the last step's sigma is shift_terminal (0.02); the network takes sigma
+and answers the velocity. True CFG (CFG 4 against the negative prompt, the empty one by default)
+is renormalised as the pipeline does: the combined prediction rescaled, per 2x2 latent patch, to
+the prompt's own prediction's norm. ComfyUI runs plain CFG (no renormalisation) on the shift its
+graph sets (ModelSamplingAuraFlow; 1.15 without one), and its graphs here do the same.
+
+Qwen-Image-Edit (its image prompt goes through Qwen2.5-VL's vision tower, which opensd does not
+have) and Qwen-Image-Layered are refused in one line where they can be told apart: their diffusers
+folders by pipeline class, Layered's network by its extra time input, Edit's single files by name
+(the network's shapes are Qwen-Image's own).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from ..checkpoints import detect as D
+from ..checkpoints import detect_dit as DD
+from ..checkpoints.diffusers_dit import META_QWEN_VAE_STATS, QWEN_IMAGE_PARTS
+from ..checkpoints.families import what_else
+from ..checkpoints.files import read_state_dict
+from ..checkpoints.keymap_qwen_image import qwen_image_rows
+from ..checkpoints.keymap_qwen25vl import is_qwen25vl, qwen25vl_config, qwen25vl_state_dict
+from ..checkpoints.qwen_vocab import load_qwen_tokenizer
+from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_config, qwen_vae_state_dict
+from ..errors import CheckpointError
+from ..models.config_dit import QWEN_IMAGE, FlowShiftConfig, QwenImageModelConfig
+from ..models.dit_models import QwenImageModel
+from ..models.qwen_vae import QWEN_IMAGE_VAE
+from ..sampling.flow import FlowSampling, flux_mu, flux_shift, sd3_shift
+from .dit import compute_dtype, resolution_of
+from .chroma import text_mask
+from .qwen_dit import QwenDiTFamily
+from .qwen_image_prompts import QwenImageConditioner
+
+log = logging.getLogger(__name__)
+
+PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline")
+COMFY_SHIFT = 1.15  # ComfyUI's Qwen-Image sampling shift when its graph sets none (an SD3-style shift)
+TRUE_CFG = 4.0  # QwenImagePipeline's true_cfg_scale default
+STEPS = 50  # QwenImagePipeline's num_inference_steps default
+LAYERED_KEY = "time_text_embed.addition_t_embedding.weight"
+# FlowMatchEulerDiscreteScheduler's defaults: what a scheduler_config.json leaves out
+SCHEDULER_DEFAULTS = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
+META_SCHEDULE = "opensd.qwen_image_schedule"  # a QwenImagePipeline folder's scheduler config (JSON)
+RESOLUTION = 1328
+ENCODER_FILE = "Qwen2.5-VL-7B text encoder (text_encoders/qwen_2.5_vl_7b.safetensors)"
+ENCODER = "the " + ENCODER_FILE
+EDIT_REFUSAL = ("Qwen-Image-Edit: its image prompt needs Qwen2.5-VL's vision tower, which opensd does not have; "
+                "Qwen-Image (text to image) is supported")
+LAYERED_REFUSAL = "Qwen-Image-Layered (layer decomposition): not supported; Qwen-Image (text to image) is"
+
+
+def is_edit_file(path) -> bool:
+    """Whether a single file's name says Qwen-Image-Edit (qwen_image_edit_*, Qwen-Image-Edit-2509*,
+    QwenImageEdit*): its network's shapes are Qwen-Image's own. Folders are told by their pipeline class."""
+    path = Path(str(path))
+    return not path.is_dir() and re.search(r"(?<![a-z])edit|imageedit", path.name.lower()) is not None
+
+
+def has_vae(shapes) -> bool:
+    return is_qwen_vae(shapes, D.VAE)
+
+
+def has_encoder(shapes) -> bool:
+    return DD.QWEN25 + "model.embed_tokens.weight" in shapes
+
+
+def _vae_stats(metadata) -> dict:
+    if META_QWEN_VAE_STATS not in metadata:
+        return {}
+    return {k: tuple(float(x) for x in v) for k, v in json.loads(metadata[META_QWEN_VAE_STATS]).items()}
+
+
+def schedule_of(metadata) -> FlowShiftConfig:
+    """The scheduler settings a folder's metadata carries (the released ones without)."""
+    if META_SCHEDULE not in metadata:
+        return FlowShiftConfig()
+    given = json.loads(metadata[META_SCHEDULE])
+    return FlowShiftConfig(**{f.name: type(getattr(FlowShiftConfig(), f.name))(given[f.name])
+                              for f in fields(FlowShiftConfig)})
+
+
+def _schedule_metadata(path: Path) -> dict[str, str]:
+    """A folder's scheduler/scheduler_config.json as metadata, what it leaves out at diffusers'
+    FlowMatchEulerDiscreteScheduler defaults (as the pipeline reads it); a missing or unreadable one:
+    none (the released settings)."""
+    try:
+        j = json.loads((path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(j, dict):
+        return {}
+    if j.get("time_shift_type", "exponential") != "exponential":
+        raise CheckpointError(path, f"scheduler_config.json: time_shift_type {j['time_shift_type']!r} is not supported "
+                                    "(Qwen-Image's is exponential)")
+    given = {**SCHEDULER_DEFAULTS,
+             **{k: v for k, v in j.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+    dynamic = j.get("use_dynamic_shifting", False) is not False
+    out = {k: given[k] for k in asdict(FlowShiftConfig()) if k in given}
+    out["shift_terminal"] = given.get("shift_terminal") or 0.0
+    out["fixed_shift"] = 0.0 if dynamic else float(given.get("shift", 1.0))
+    return {META_SCHEDULE: json.dumps(out)}
+
+
+class QwenImageFamily(QwenDiTFamily):
+    name = "qwen_image"
+    label = "Qwen-Image"
+    members = ("qwen_image",)
+    pipeline_prefix = PIPELINES
+    folder_parts = QWEN_IMAGE_PARTS
+    required = ("qwen_vae", "qwen25vl")
+    default_vae = QWEN_IMAGE_VAE
+    encoder_label = ENCODER
+    smaller_files = ("for Qwen-Image (20B: 41 GB in bf16) ComfyUI's diffusion_models/qwen_image_fp8_e4m3fn.safetensors "
+                     "(20 GB) or a GGUF of it (Q4_K: about 13 GB), and text_encoders/"
+                     "qwen_2.5_vl_7b_fp8_scaled.safetensors (9 GB)")
+    resolution = RESOLUTION
+    released_network = QWEN_IMAGE
+    default_scheduler = "simple"  # 1, 1 - 1/n, ... (shifted), as the pipeline's sigmas
+    default_cfg = TRUE_CFG
+    default_steps = STEPS
+    adapters = frozenset({"lora"})
+
+    network_config = staticmethod(DD.qwen_image_config)
+    network_config_diffusers = staticmethod(DD.qwen_image_config)
+
+    # --- files --------------------------------------------------------------------------------
+
+    def layout(self, shapes):
+        """The released single file's names are diffusers' own: one layout."""
+        p = DD.prefix_of(shapes, DD.QWEN_IMAGE_MARK[0])
+        return ("original", p) if p is not None and p + DD.QWEN_IMAGE_MARK[1] in shapes else None
+
+    def network_of(self, shapes, metadata, path: str = "<state dict>"):
+        found = self.layout(shapes)
+        if found is None:
+            return None
+        if found[1] + LAYERED_KEY in shapes:
+            raise CheckpointError(path, LAYERED_REFUSAL)
+        if is_edit_file(path):
+            raise CheckpointError(path, EDIT_REFUSAL)
+        return DD.qwen_image_config(shapes, found[1], metadata, path)
+
+    def read_folder(self, path, index):
+        """A QwenImagePipeline folder, its scheduler config's shift settings kept; the Edit and
+        Layered pipelines' folders are refused."""
+        name = str(index.get("_class_name", ""))
+        if name.startswith("QwenImageEdit"):
+            raise CheckpointError(path, EDIT_REFUSAL)
+        if name.startswith("QwenImageLayered"):
+            raise CheckpointError(path, LAYERED_REFUSAL)
+        if name not in PIPELINES:
+            return None
+        found = super().read_folder(path, index)
+        if found is None:
+            return None
+        sd, metadata = found
+        metadata.update(_schedule_metadata(Path(path)))
+        return sd, metadata
+
+    def detect(self, shapes, metadata, path, prediction=None):
+        net = self.network_of(shapes, metadata, path)
+        if net is None:
+            return None
+        vae = qwen_vae_config(shapes, D.VAE, path, **_vae_stats(metadata)) if has_vae(shapes) else QWEN_IMAGE_VAE
+        encoder = self.encoder_config("qwen25vl", shapes, path) if has_encoder(shapes) else None
+        return QwenImageModelConfig(net, vae, encoder, resolution=resolution_of(metadata, RESOLUTION),
+                                    schedule=schedule_of(metadata))
+
+    def from_diffusers(self, net, cfg):
+        return net  # the same names
+
+    def canonical(self, sd, cfg):
+        """The network under our prefix; the VAE (either layout) as QwenImageVAE's keys."""
+        out = super().canonical(sd, cfg)
+        vae = qwen_vae_state_dict(out, D.VAE) if has_vae(out) else {}
+        out = {k: v for k, v in out.items() if not k.startswith(D.VAE)}
+        out.update({D.VAE + k: v for k, v in vae.items()})
+        return out
+
+    def make_config(self, net, vae, encoders, resolution) -> QwenImageModelConfig:
+        return QwenImageModelConfig(net, vae, encoders.get("qwen25vl"), resolution=resolution)
+
+    def missing_parts(self, shapes):
+        return ([] if has_vae(shapes) else ["qwen_vae"]) + ([] if has_encoder(shapes) else ["qwen25vl"])
+
+    def needed_parts(self, shapes):
+        return self.missing_parts(shapes)
+
+    def check_complete(self, cfg, shapes, path):
+        if D.VAE + "encoder.conv_in.weight" in shapes:
+            raise CheckpointError(path, "the VAE is an SD/Flux-style VAE; Qwen-Image takes its own "
+                                        "(qwen_image_vae.safetensors, the Wan 2.1 VAE)")
+        missing = [what for what, here in (("VAE (--vae; qwen_image_vae.safetensors in vae/)", has_vae(shapes)),
+                                           (ENCODER_FILE + " (--text-encoder)", has_encoder(shapes))) if not here]
+        if missing:
+            raise CheckpointError(path, f"this Qwen-Image file has no {' and no '.join(missing)}; pass the separate "
+                                        "files or keep them in the models folder's vae/ and text_encoders/")
+        width = shapes[DD.QWEN25 + "model.embed_tokens.weight"][1]
+        if width != cfg.qwen_image.joint_attention_dim:
+            raise CheckpointError(path, f"the text encoder is {width} wide; this Qwen-Image network takes "
+                                        f"{cfg.qwen_image.joint_attention_dim}-wide features (Qwen2.5-VL-7B: 3584)")
+
+    def encoder_config(self, name, shapes, path):
+        return qwen25vl_config(shapes, DD.QWEN25, path)
+
+    def present_encoders(self, shapes):
+        return ["qwen25vl"] if has_encoder(shapes) else []
+
+    def encoder_tensors(self, files):
+        """Qwen2.5-VL-7B from its own file (ComfyUI's text_encoders/qwen_2.5_vl_7b*.safetensors,
+        Qwen's or transformers' names, a llama.cpp GGUF): the language model; the vision tower is
+        left out (it serves Qwen-Image-Edit's image prompts)."""
+        if len(files) > 1:
+            raise CheckpointError(files[1], f"{len(files)} text encoders given; a Qwen-Image model takes one, "
+                                            f"{ENCODER}")
+        sd = read_state_dict(files[0], keep_quantized=True)
+        shapes = {k: tuple(v.shape) for k, v in sd.items()}
+        if not is_qwen25vl(shapes):
+            raise CheckpointError(files[0], f"not a Qwen2.5-VL text encoder (a Qwen-Image model takes {ENCODER}): "
+                                            + what_else(shapes, D.UNET))
+        language, visual = qwen25vl_state_dict(sd)
+        if visual:
+            log.info("%s: its vision tower (%d tensors) is not loaded: Qwen-Image's prompts are text",
+                     files[0], len(visual))
+        return {DD.QWEN25 + k: v for k, v in language.items()}
+
+    def finish(self, loaded, explicit_prediction) -> None:
+        if loaded.config.qwen25vl is not None:
+            loaded.tokenizers["qwen"] = load_qwen_tokenizer(loaded.path, *loaded.part_paths)
+
+    def conditioner(self, pipe, clip_skip, **text):
+        return QwenImageConditioner(pipe, clip_skip, **text)
+
+    def build(self, cfg: QwenImageModelConfig) -> QwenImageModel:
+        return QwenImageModel(cfg)
+
+    # --- sampling and the network ---------------------------------------------------------------
+
+    def sampling(self, pipe, width, height, shift=None, steps=None) -> FlowSampling:
+        """The pipeline's schedule when the size and step count are known; `shift` (--shift,
+        ComfyUI's ModelSamplingAuraFlow): an SD3-style shift instead, as ComfyUI runs Qwen-Image,
+        whose own default (1.15) serves where the size or steps are unknown."""
+        if shift is not None or width is None or height is None or not steps:
+            return FlowSampling.aura_flow(COMFY_SHIFT if shift is None else shift)
+        s = pipe.config.schedule
+        if s.fixed_shift:
+            return FlowSampling.shifted(lambda t: sd3_shift(s.fixed_shift, t), steps, s.shift_terminal)
+        side = pipe.config.size_multiple
+        mu = flux_mu((width // side) * (height // side), s.base_shift, s.max_shift, s.base_image_seq_len,
+                     s.max_image_seq_len)
+        return FlowSampling.shifted(lambda t: flux_shift(mu, t), steps, s.shift_terminal)
+
+    def net_fn(self, model, guidance=None, references=None):
+        net = model.network
+        dtype = compute_dtype(net)
+
+        def call(x, t, context, y, control=None):
+            """t: sigma (multiplier 1), the network's own time; the context's all-zero rows (past
+            each prompt's tokens) are masked."""
+            mask = text_mask(context)
+            return net(x.to(dtype), t, context.to(dtype), None if bool(mask.all()) else mask)
+
+        return call
+
+    def lora_modules(self, model):
+        """As the other Qwen-encoder DiTs, and the bare diffusers path (`transformer_blocks.N.attn.to_q`,
+        as Qwen-Image-Lightning's LoRAs are written), which the LoRA reader files under `unet.`."""
+        modules = super().lora_modules(model)
+        names = {n for m in modules for n in (m.kohya, m.peft, *m.aliases)}
+        for m in modules:
+            bare = "unet." + m.peft[len("transformer."):] if m.peft.startswith("transformer.") else None
+            if bare and bare not in names:
+                m.aliases.append(bare)
+                names.add(bare)
+        return modules
+
+    def key_rows(self, cfg):
+        return qwen_image_rows(cfg.qwen_image)
+
+    def context_width(self, cfg) -> int:
+        return cfg.qwen_image.joint_attention_dim
+
+
+QWEN_IMAGE_FAMILY = QwenImageFamily()

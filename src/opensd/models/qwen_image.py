@@ -1,0 +1,191 @@
+"""Qwen-Image (Alibaba Qwen's 20B text-to-image MMDiT): a rectified-flow DiT of double-stream blocks.
+
+Attribute names equal the released single file's keys, which are diffusers' own (ComfyUI's
+diffusion_models/qwen_image_*.safetensors, with or without `model.diffusion_model.`): `img_in`,
+`txt_in`, `txt_norm`, `time_text_embed.timestep_embedder.linear_{1,2}`,
+`transformer_blocks.N.{img,txt}_mod.1`, `transformer_blocks.N.attn.{to_q,to_k,to_v,to_out.0,
+add_q_proj,add_k_proj,add_v_proj,to_add_out,norm_q,norm_k,norm_added_q,norm_added_k}`,
+`transformer_blocks.N.{img,txt}_mlp.net.{0.proj,2}`, `norm_out.linear`, `proj_out`.
+
+Each block modulates both streams by (shift, scale, gate) twice from the time embedding, runs
+joint attention (text tokens first; padding text keys masked) and a GELU (tanh) MLP per stream.
+RoPE ids are (frame, row, column), pairs of adjacent channels rotated: the image's cells sit at
+(0, row - ceil(h/2), column - ceil(w/2)) (centred on 0), text token j at (m + j, m + j, m + j)
+with m = max(h // 2, w // 2). The network takes sigma itself and answers the flow velocity.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InvalidArgument
+from .attention import attention
+from .config_dit import QwenImageConfig
+from .flux import pack
+from .norms import RMSNorm, layer_norm
+from .rope import apply_rope, check_axes, rope_angles
+from .unet import timestep_embedding
+
+FREQ_DIM = 256  # width of the sinusoidal time features
+TIME_SCALE = 1000.0  # sigma in [0, 1] is embedded as 1000 sigma
+EPS = 1e-6
+FP16_MAX = 65504.0
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(FREQ_DIM, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(timestep_embedding(t * TIME_SCALE, FREQ_DIM).to(dtype))))
+
+
+class TimeTextEmbed(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.timestep_embedder = TimestepEmbedder(dim)
+
+
+class GeluProj(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.proj(x), approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    """`net.0.proj` (GELU tanh), `net.2` (net.1 is a parameterless dropout in the original)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.ModuleList([GeluProj(dim, hidden), nn.Identity(), nn.Linear(hidden, dim)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net[2](self.net[0](x))
+
+
+class JointAttention(nn.Module):
+    def __init__(self, cfg: QwenImageConfig):
+        super().__init__()
+        dim, head = cfg.hidden_size, cfg.attention_head_dim
+        self.heads = cfg.num_attention_heads
+        for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"):
+            setattr(self, name, nn.Linear(dim, dim))
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
+            setattr(self, name, RMSNorm(head, eps=EPS))
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, -1))
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor, pe, mask: torch.Tensor | None):
+        q = torch.cat((self.norm_added_q(self._heads(self.add_q_proj(txt))), self.norm_q(self._heads(self.to_q(img)))), 1)
+        k = torch.cat((self.norm_added_k(self._heads(self.add_k_proj(txt))), self.norm_k(self._heads(self.to_k(img)))), 1)
+        v = torch.cat((self.add_v_proj(txt), self.to_v(img)), 1)
+        q, k = apply_rope(q, *pe).flatten(2), apply_rope(k, *pe).flatten(2)
+        out = attention(q, k, v, self.heads, mask=mask)
+        n_txt = txt.shape[1]
+        return self.to_out[0](out[:, n_txt:]), self.to_add_out(out[:, :n_txt])
+
+
+def _modulated(x: torch.Tensor, mod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LayerNorm, then (shift, scale) from `mod` (B, 3 dim); returns it and the gate."""
+    shift, scale, gate = mod[:, None].chunk(3, dim=-1)
+    return layer_norm(x, EPS) * (1 + scale) + shift, gate
+
+
+def _fp16_safe(x: torch.Tensor) -> torch.Tensor:
+    return x.clip(-FP16_MAX, FP16_MAX) if x.dtype == torch.float16 else x
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: QwenImageConfig):
+        super().__init__()
+        dim = cfg.hidden_size
+        self.img_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.txt_mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.attn = JointAttention(cfg)
+        self.img_mlp = FeedForward(dim, cfg.mlp_hidden)
+        self.txt_mlp = FeedForward(dim, cfg.mlp_hidden)
+
+    def forward(self, img, txt, temb, pe, mask):
+        img_mod1, img_mod2 = self.img_mod(temb).chunk(2, dim=-1)
+        txt_mod1, txt_mod2 = self.txt_mod(temb).chunk(2, dim=-1)
+        img_in, img_gate = _modulated(img, img_mod1)
+        txt_in, txt_gate = _modulated(txt, txt_mod1)
+        img_attn, txt_attn = self.attn(img_in, txt_in, pe, mask)
+        img, txt = img + img_gate * img_attn, txt + txt_gate * txt_attn
+        img_in, img_gate = _modulated(img, img_mod2)
+        img = img + img_gate * self.img_mlp(img_in)
+        txt_in, txt_gate = _modulated(txt, txt_mod2)
+        txt = txt + txt_gate * self.txt_mlp(txt_in)
+        return _fp16_safe(img), _fp16_safe(txt)
+
+
+class NormOut(nn.Module):
+    """diffusers' AdaLayerNormContinuous: (scale, shift) from the time embedding, in that order."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, 2 * dim)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.linear(F.silu(temb))[:, None].chunk(2, dim=-1)
+        return layer_norm(x, EPS) * (1 + scale) + shift
+
+
+def rope_ids(h: int, w: int, n_txt: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image ids (h * w, 3), text ids (n_txt, 3)) of an h x w grid of patches and n_txt text tokens."""
+    rows = torch.arange(h, device=device) - (h - h // 2)
+    cols = torch.arange(w, device=device) - (w - w // 2)
+    r, c = torch.meshgrid(rows, cols, indexing="ij")
+    img = torch.stack([torch.zeros_like(r), r, c], dim=-1).reshape(h * w, 3)
+    txt = (torch.arange(n_txt, device=device) + max(h // 2, w // 2))[:, None].expand(n_txt, 3)
+    return img, txt
+
+
+class QwenImage(nn.Module):
+    def __init__(self, cfg: QwenImageConfig):
+        super().__init__()
+        check_axes(cfg.axes_dims_rope, cfg.attention_head_dim, "Qwen-Image")
+        self.cfg = cfg
+        dim = cfg.hidden_size
+        self.img_in = nn.Linear(cfg.in_channels, dim)
+        self.txt_norm = RMSNorm(cfg.joint_attention_dim, eps=EPS)
+        self.txt_in = nn.Linear(cfg.joint_attention_dim, dim)
+        self.time_text_embed = TimeTextEmbed(dim)
+        self.transformer_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm_out = NormOut(dim)
+        self.proj_out = nn.Linear(dim, cfg.patch_size ** 2 * cfg.out_channels)
+
+    def forward_tokens(self, img: torch.Tensor, txt: torch.Tensor, t: torch.Tensor, h: int, w: int,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Packed latents (B, h * w, in_channels), text features (B, L, joint_attention_dim), sigma
+        (B,), `mask` (B, L) bool: the text tokens attended to (None: all). Returns (B, h * w,
+        4 out_channels), each token's features ordered (channel, row, column) as the input's."""
+        img = self.img_in(img)
+        temb = self.time_text_embed.timestep_embedder(t, img.dtype)
+        txt = self.txt_in(self.txt_norm(txt))
+        img_ids, txt_ids = rope_ids(h, w, txt.shape[1], img.device)
+        pe = rope_angles(torch.cat((txt_ids, img_ids)), self.cfg.axes_dims_rope, self.cfg.theta)
+        if mask is not None:  # keys only: every query sees the kept text and all image tokens
+            mask = F.pad(mask.bool(), (0, img.shape[1]), value=True)[:, None, None]
+        for block in self.transformer_blocks:
+            img, txt = block(img, txt, temb, pe, mask)
+        return self.proj_out(self.norm_out(img, temb))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, out_channels, 2h, 2w) -> the flow velocity, same shape."""
+        b, c, height, width = x.shape
+        if height % 2 or width % 2:
+            raise InvalidArgument(f"a latent of {height}x{width} cannot be cut into 2x2 patches (both must be even: "
+                                  "the image side a multiple of 16)")
+        h, w = height // 2, width // 2
+        out = self.forward_tokens(pack(x), context, t, h, w, mask)
+        return out.view(b, h, w, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)
