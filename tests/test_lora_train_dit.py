@@ -1,0 +1,132 @@
+"""LoRA training on the flow-matching DiTs (Flux.1, SD3.5, Z-Image, FLUX.2 [klein]), on tiny random
+models: a few steps lower the flow loss on a fixed batch; the saved file, read by our own LoRA
+loader onto the same network, gives the trained adapters' outputs (equal to the hooked model with
+the saved fp16 weights); a resumed run equals an uninterrupted one; the caption encoders are freed."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from dit_fixtures import flux_parts, sd3_parts, write_diffusers_folder
+from flux2_fixtures import flux2_parts, write_flux2_folder
+from opensd.adapters.lora import LoraSet, LoraSpec
+from opensd.errors import InvalidArgument
+from opensd.training import finetune as FT
+from opensd.training.flow_loss import flow_loss
+from opensd.training.lora_train import LoraOptions, build, train_lora
+from reference import assert_close_scaled
+from test_finetune_lora import make_data
+from z_image_fixtures import write_z_image_folder, z_image_parts
+
+FOLDERS = {
+    "flux": lambda root: write_diffusers_folder(root, "flux", flux_parts("dev", seed=1)),
+    "sd3": lambda root: write_diffusers_folder(root, "sd3", sd3_parts("sd35", seed=1)),
+    "z_image": lambda root: write_z_image_folder(root, z_image_parts(seed=1)),
+    "flux2": lambda root: write_flux2_folder(root, flux2_parts(seed=1)),
+}
+
+
+LR = {"z_image": 1e-1}  # its tiny main layers move the output least
+
+
+def options(tmp_path, family: str, **kw) -> LoraOptions:
+    model = tmp_path / f"model-{family}"
+    if not model.exists():
+        FOLDERS[family](model)
+    data = tmp_path / "data" if (tmp_path / "data").exists() else make_data(tmp_path, n=3, size=(32, 32))
+    base = {"data": data, "model": model, "output": tmp_path / "out.safetensors", "run_dir": tmp_path / "run",
+            "steps": 16, "batch_size": 2, "resolution": 32, "bucket_step": 16, "lr": LR.get(family, 3e-2), "rank": 4,
+            "alpha": 2,
+            "progress": False, "save_every": 4}
+    return LoraOptions(**(base | kw))
+
+
+def fixed_batch(trainer):
+    return trainer.batches.make(0, [(0, False), (1, False), (2, False)])
+
+
+def net_output(pipe, batch, guidance=None):
+    net = pipe.family.net_fn(pipe.model, guidance)
+    mult = pipe.model_sampling().multiplier
+    with torch.no_grad():
+        return net(batch["x0"] + 0.5 * batch["noise"], batch["sigma"] * mult, batch["context"], batch["y"]).float()
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3", "z_image", "flux2"])
+def test_training_lowers_the_loss_and_the_file_loads_as_trained(tmp_path, family):
+    opts = options(tmp_path, family)
+    pipe = FT.load_base(opts.model)  # given, so kept whole (a run loading its own frees the text encoders)
+    trainer, network, pipe, ds, steps = build(opts, pipe)
+    batch = fixed_batch(trainer)
+    net_fn = pipe.family.net_fn(pipe.model, 1.0 if family == "flux" else None)
+    mult = pipe.model_sampling().multiplier
+    with torch.no_grad():
+        before = flow_loss(net_fn, mult, batch).item()
+    trainer.run(progress=False)
+    with torch.no_grad():
+        after = flow_loss(net_fn, mult, batch).item()
+    assert after < 0.98 * before, (before, after)
+
+    out = train_lora(options(tmp_path, family), pipe=pipe)  # the finished run: just writes the file
+    with safe_open(out, "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+        tensors = {k: f.get_tensor(k) for k in keys}
+    assert meta["ss_network_dim"] == "4" and meta["modelspec.architecture"].endswith("/lora")
+    assert all(t.dtype == torch.float16 for t in tensors.values())
+    if family == "flux":
+        assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in keys
+        assert "lora_unet_single_blocks_1_linear1.lora_up.weight" in keys
+        assert meta["ss_guidance_scale"] == "1.0" and meta["modelspec.architecture"] == "flux-1-dev/lora"
+    else:
+        assert all(k.startswith("diffusion_model.") and k.rsplit(".", 2)[-2:][0] in ("lora_A", "lora_B", "alpha")
+                   or k.endswith(".alpha") for k in keys)
+    assert len(keys) == 3 * len(network.layers)
+
+    # the hooked model with the saved (fp16) weights == the base patched by our loader from the file
+    with torch.no_grad():
+        for name, layer in network.layers.items():
+            for part in ("lora_down", "lora_up"):
+                w = getattr(layer, part).weight
+                w.copy_(w.half().float())
+    hooked = net_output(pipe, batch)
+    network.detach()
+    base = net_output(pipe, batch)
+    loras = LoraSet(pipe.model)
+    report = loras.apply([LoraSpec(out)])
+    assert report[0].patched == len(network.layers) and not report[0].unmatched
+    patched = net_output(pipe, batch)
+    loras.restore()
+    assert (hooked - base).abs().max() > 1e-3  # the adapters changed the output
+    assert_close_scaled(patched, hooked, rel=1e-4)
+
+
+def test_resume_continues_at_the_same_step_with_the_same_result(tmp_path):
+    whole = train_lora(options(tmp_path, "flux", output=tmp_path / "a.safetensors", run_dir=tmp_path / "ra"))
+    stopped = options(tmp_path, "flux", output=tmp_path / "b.safetensors", run_dir=tmp_path / "rb")
+    assert train_lora(stopped, until=5) is None and not stopped.output.exists()
+    trainer, *_ = build(options(tmp_path, "flux", output=tmp_path / "b.safetensors", run_dir=tmp_path / "rb"))
+    assert trainer.try_resume() and trainer.step == 5
+    again = train_lora(options(tmp_path, "flux", output=tmp_path / "b.safetensors", run_dir=tmp_path / "rb"))
+    with safe_open(whole, "pt") as a, safe_open(again, "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        for k in a.keys():
+            assert torch.equal(a.get_tensor(k), b.get_tensor(k)), k
+
+
+def test_the_text_encoders_are_freed_after_the_captions_are_cached(tmp_path):
+    trainer, network, pipe, ds, steps = build(options(tmp_path, "flux"))
+    encoders = [m for m in pipe.family.text_modules(pipe.model) if m is not None]
+    assert encoders and all(p.is_meta for m in encoders for p in m.parameters())
+    trainer.run(progress=False, until=1)  # trains from the cached captions
+    assert trainer.step == 1
+
+
+@pytest.mark.parametrize("change, flag", [({"train_text_encoder": True}, "train-text-encoder"),
+                                          ({"network_type": "loha"}, "network-type"),
+                                          ({"min_snr_gamma": 5.0}, "min-snr-gamma"),
+                                          ({"shuffle_caption": True}, "shuffle-caption"),
+                                          ({"resolution": 40, "bucket_step": 8}, "resolution")])
+def test_options_a_dit_lora_does_not_take_are_refused(tmp_path, change, flag):
+    with pytest.raises(InvalidArgument, match=flag):
+        build(options(tmp_path, "flux", **change))
