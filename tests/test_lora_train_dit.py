@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from dit_fixtures import flux_parts, sd3_parts, write_diffusers_folder
+from dit_fixtures import chroma_parts, flux_parts, sd3_parts, write_diffusers_folder
 from flux2_fixtures import flux2_parts, write_flux2_folder
 from opensd.adapters.lora import LoraSet, LoraSpec
 from opensd.errors import InvalidArgument
@@ -24,6 +24,7 @@ FOLDERS = {
     "sd3": lambda root: write_diffusers_folder(root, "sd3", sd3_parts("sd35", seed=1)),
     "z_image": lambda root: write_z_image_folder(root, z_image_parts(seed=1)),
     "flux2": lambda root: write_flux2_folder(root, flux2_parts(seed=1)),
+    "chroma": lambda root: write_diffusers_folder(root, "chroma", chroma_parts(seed=1)),
 }
 
 
@@ -130,3 +131,63 @@ def test_the_text_encoders_are_freed_after_the_captions_are_cached(tmp_path):
 def test_options_a_dit_lora_does_not_take_are_refused(tmp_path, change, flag):
     with pytest.raises(InvalidArgument, match=flag):
         build(options(tmp_path, "flux", **change))
+
+
+def test_a_family_without_dit_lora_training_is_refused(tmp_path):
+    with pytest.raises(InvalidArgument, match="Chroma is not supported yet"):
+        build(options(tmp_path, "chroma"))
+
+
+def test_a_trained_flux_file_loads_into_diffusers_through_its_kohya_converter(tmp_path):
+    """Oracle: diffusers' FluxPipeline.lora_state_dict (its sd-scripts converter) + PEFT on the very
+    FluxTransformer2DModel our tiny model was written from give our trained model's output. The
+    converter cuts single blocks' linear1 at the released widths (3072 x 3 + 12288), so those
+    adapters are left out of the file given to it, and of our model for the comparison."""
+    from diffusers import FluxPipeline
+
+    from opensd.checkpoints.files import save_safetensors
+    parts = flux_parts("dev", seed=1)
+    model = write_diffusers_folder(tmp_path / "model-flux", "flux", parts)
+    opts = options(tmp_path, "flux", model=model)
+    out = train_lora(opts)
+    pipe = FT.load_base(opts.model)  # a fresh copy of the base
+    with safe_open(out, "pt") as f:
+        kept = {k: f.get_tensor(k) for k in f.keys() if "_linear1." not in k}
+    save_safetensors(kept, tmp_path / "kept.safetensors")
+    state, alphas = FluxPipeline.lora_state_dict(str(tmp_path / "kept.safetensors"), return_alphas=True)
+    ref = parts["transformer"]
+    FluxPipeline.load_lora_into_transformer(state, network_alphas=alphas, transformer=ref)
+
+    g = torch.Generator().manual_seed(11)
+    x, t = torch.randn(1, 16, 8, 6, generator=g), torch.tensor([0.7])
+    ctx, y = torch.randn(1, 5, pipe.config.flux.context_in_dim, generator=g), torch.randn(1, 32, generator=g)
+    packed = FluxPipeline._pack_latents(x, 1, 16, 8, 6)
+    ids = FluxPipeline._prepare_latent_image_ids(1, 4, 3, "cpu", torch.float32)
+    with torch.no_grad():
+        want = ref(hidden_states=packed, encoder_hidden_states=ctx, pooled_projections=y, timestep=t, img_ids=ids,
+                   txt_ids=torch.zeros(5, 3), guidance=torch.tensor([1.0])).sample
+        want = FluxPipeline._unpack_latents(want, 64, 48, 8)
+        base = pipe.model.network(x, t, ctx, y, torch.tensor([1.0]))
+        loras = LoraSet(pipe.model)
+        loras.apply([LoraSpec(tmp_path / "kept.safetensors")])
+        got = pipe.model.network(x, t, ctx, y, torch.tensor([1.0]))
+    assert (got - base).abs().max() > 1e-3
+    assert_close_scaled(got, want, 1e-4)
+
+
+def test_the_cli_picks_the_family_from_the_checkpoint(tmp_path, capsys):
+    from opensd.cli import main
+    opts = options(tmp_path, "z_image")
+    argv = ["train", "lora", "--data", str(opts.data), "-m", str(opts.model), "--resolution", "32",
+            "--bucket-step", "16", "--steps", "2", "--rank", "2", "--no-progress"]
+    out = tmp_path / "z.safetensors"
+    assert main([*argv, "-o", str(out), "--run-dir", str(tmp_path / "r1"), "--caption-dropout-rate", "0.5"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    with safe_open(out, "pt") as f:
+        assert f.metadata()["modelspec.architecture"] == "z-image/lora"
+        assert "diffusion_model.layers.0.attention.qkv.lora_A.weight" in f.keys()
+        assert not any("refiner" in k or "adaLN" in k for k in f.keys())
+    assert main([*argv, "-o", str(tmp_path / "t.safetensors"), "--run-dir", str(tmp_path / "r2"),
+                 "--train-text-encoder"]) == 2
+    err = capsys.readouterr().err
+    assert "train-text-encoder" in err and "Z-Image" in err and len(err.strip().splitlines()) == 1
