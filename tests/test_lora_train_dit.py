@@ -79,6 +79,7 @@ def test_training_lowers_the_loss_and_the_file_loads_as_trained(tmp_path, family
         assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in keys
         assert "lora_unet_single_blocks_1_linear1.lora_up.weight" in keys
         assert meta["ss_guidance_scale"] == "1.0" and meta["modelspec.architecture"] == "flux-1-dev/lora"
+        assert meta["ss_network_module"] == "networks.lora_flux" and meta["ss_timestep_sampling"] == "shift"
     else:
         assert all(k.startswith("diffusion_model.") and k.rsplit(".", 2)[-2:][0] in ("lora_A", "lora_B", "alpha")
                    or k.endswith(".alpha") for k in keys)
@@ -181,8 +182,10 @@ def test_the_cli_picks_the_family_from_the_checkpoint(tmp_path, capsys):
     argv = ["train", "lora", "--data", str(opts.data), "-m", str(opts.model), "--resolution", "32",
             "--bucket-step", "16", "--steps", "2", "--rank", "2", "--no-progress"]
     out = tmp_path / "z.safetensors"
-    assert main([*argv, "-o", str(out), "--run-dir", str(tmp_path / "r1"), "--caption-dropout-rate", "0.5"]) == 0
+    assert main([*argv, "-o", str(out), "--run-dir", str(tmp_path / "r1"), "--caption-dropout-rate", "0.5",
+                 "--sample-every", "2", "--sample-prompt", "a sks thing", "--sample-steps", "2"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
+    assert (tmp_path / "r1" / "samples" / "step000002-0.png").is_file()  # sampled: the text encoders were kept
     with safe_open(out, "pt") as f:
         assert f.metadata()["modelspec.architecture"] == "z-image/lora"
         assert "diffusion_model.layers.0.attention.qkv.lora_A.weight" in f.keys()

@@ -122,8 +122,9 @@ def model_spec(pipe) -> dict[str, str]:
     meta = {"ss_base_model_version": base, "modelspec.architecture": f"{arch}/lora", "modelspec.implementation": impl,
             "ss_v2": "False", "ss_prediction_type": "flow", "ss_model_prediction_type": "raw",
             "ss_timestep_sampling": SAMPLING_NAMES[fam], "ss_weighting_scheme": "none"}
-    if fam == "flux":
-        meta |= {"ss_discrete_flow_shift": str(KOHYA_FLUX_SHIFT), "ss_guidance_scale": str(FLUX_TRAIN_GUIDANCE)}
+    if fam == "flux":  # the file is sd-scripts' own: its Flux network module
+        meta |= {"ss_discrete_flow_shift": str(KOHYA_FLUX_SHIFT), "ss_guidance_scale": str(FLUX_TRAIN_GUIDANCE),
+                 "ss_network_module": "networks.lora_flux"}
     elif fam in ("sd3", "z_image"):
         meta["ss_discrete_flow_shift"] = str(float(pipe.config.shift))
     return meta
