@@ -183,7 +183,8 @@ def test_the_cli_picks_the_family_from_the_checkpoint(tmp_path, capsys):
             "--bucket-step", "16", "--steps", "2", "--rank", "2", "--no-progress"]
     out = tmp_path / "z.safetensors"
     assert main([*argv, "-o", str(out), "--run-dir", str(tmp_path / "r1"), "--caption-dropout-rate", "0.5",
-                 "--sample-every", "2", "--sample-prompt", "a sks thing", "--sample-steps", "2"]) == 0
+                 "--noise-offset", "0.05", "--flip", "--sample-every", "2", "--sample-prompt", "a sks thing",
+                 "--sample-steps", "2"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     assert (tmp_path / "r1" / "samples" / "step000002-0.png").is_file()  # sampled: the text encoders were kept
     with safe_open(out, "pt") as f:
@@ -194,3 +195,22 @@ def test_the_cli_picks_the_family_from_the_checkpoint(tmp_path, capsys):
                  "--train-text-encoder"]) == 2
     err = capsys.readouterr().err
     assert "train-text-encoder" in err and "Z-Image" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_float8_network_trains_with_its_linears_kept_stored(tmp_path):
+    """An fp8 network file (as the fp8 releases are): the adapters sit on the stored Linears (the base
+    stays float8, the adapters train in fp32) and the file names the same modules."""
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.models.stored_weights import StoredLinear
+    from z_image_fixtures import z_image_models
+    models, pipe = z_image_models(tmp_path / "z", seed=1)
+    net = pipe.model.network
+    linears = {name + ".weight" for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)}
+    fp8 = {k: (v.to(torch.float8_e4m3fn) if k in linears else v).contiguous() for k, v in net.state_dict().items()}
+    unet = models / "diffusion_models" / "z_image_turbo_bf16.safetensors"
+    save_safetensors(fp8, unet)
+    trainer, network, stored, ds, steps = build(options(tmp_path, "z_image", model=unet, steps=2))
+    assert all(isinstance(t, StoredLinear) for t in network.targets.values())
+    trainer.run(progress=False)
+    assert all(layer.lora_up.weight.abs().max() > 0 for layer in network.layers.values())
+    assert stored.model.network.layers[0].attention.qkv.weight.dtype == torch.float8_e4m3fn
