@@ -214,3 +214,19 @@ def test_a_float8_network_trains_with_its_linears_kept_stored(tmp_path):
     trainer.run(progress=False)
     assert all(layer.lora_up.weight.abs().max() > 0 for layer in network.layers.values())
     assert stored.model.network.layers[0].attention.qkv.weight.dtype == torch.float8_e4m3fn
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_gradient_checkpointing_trains_the_same_adapters(tmp_path, family):
+    plain = train_lora(options(tmp_path, family, steps=3, output=tmp_path / "a.safetensors", run_dir=tmp_path / "ra"))
+    opts = options(tmp_path, family, steps=3, output=tmp_path / "b.safetensors", run_dir=tmp_path / "rb",
+                   gradient_checkpointing=True)
+    pipe = FT.load_base(opts.model)
+    ckpt = train_lora(opts, pipe=pipe)
+    blocks = [b for name in ("double_blocks", "single_blocks", "joint_blocks")
+              for b in getattr(pipe.model.network, name, [])]
+    assert blocks and all(b._opensd_checkpointed for b in blocks)
+    with safe_open(plain, "pt") as a, safe_open(ckpt, "pt") as b:
+        assert a.metadata()["ss_gradient_checkpointing"] == "False" and b.metadata()["ss_gradient_checkpointing"] == "True"
+        for k in a.keys():
+            torch.testing.assert_close(a.get_tensor(k), b.get_tensor(k), rtol=1e-3, atol=1e-5)
