@@ -64,6 +64,12 @@ def test_training_lowers_the_loss_and_the_file_loads_as_trained(tmp_path, family
     mult = pipe.model_sampling().multiplier
     with torch.no_grad():
         before = flow_loss(net_fn, mult, batch).item()
+        if family == "flux":  # dev trains at distilled guidance 1.0 (sd-scripts' --guidance_scale 1.0)
+            seen, network_forward = [], pipe.model.network.forward
+            pipe.model.network.forward = lambda *a, **k: (seen.append(a[4]), network_forward(*a, **k))[1]
+            trainer.loss_fn(network, batch, 0)
+            del pipe.model.network.forward
+            assert torch.equal(seen[0], torch.ones(3))
     trainer.run(progress=False)
     with torch.no_grad():
         after = flow_loss(net_fn, mult, batch).item()
