@@ -236,3 +236,23 @@ def test_gradient_checkpointing_trains_the_same_adapters(tmp_path, family):
         assert a.metadata()["ss_gradient_checkpointing"] == "False" and b.metadata()["ss_gradient_checkpointing"] == "True"
         for k in a.keys():
             torch.testing.assert_close(a.get_tensor(k), b.get_tensor(k), rtol=1e-3, atol=1e-5)
+
+
+def test_two_processes_train_the_flux_lora_one_process_trains_with_the_whole_batch(tmp_path):
+    """Data-parallel under torchrun (2 gloo processes): each rank keeps its rows of the whole batch's
+    draws (5 images, batch 4: the second step's single row lands on one rank)."""
+    from safetensors.torch import load_file
+
+    from test_ddp_training import assert_close, run_cmd
+    model = tmp_path / "model-flux"
+    FOLDERS["flux"](model)
+    data = make_data(tmp_path, n=5, folder="1_sks thing", size=(32, 32))
+    outs = {}
+    for procs in (1, 2):
+        out = tmp_path / f"out{procs}.safetensors"
+        run_cmd(["-m", "opensd.cli", "train", "lora", "--data", str(data), "--model", str(model), "--output", str(out),
+                 "--run-dir", str(tmp_path / f"run{procs}"), "--steps", "2", "--batch-size", "4", "--resolution", "32",
+                 "--bucket-step", "16", "--lr", "1e-3", "--lr-scheduler", "constant", "--rank", "4", "--save-fp32",
+                 "--threads", "1", "--no-progress"], procs)
+        outs[procs] = load_file(out)
+    assert_close(outs[1], outs[2], "flux lora")
