@@ -162,7 +162,8 @@ def test_loras_and_float8_storage_apply_to_bf16_kept_linears(tmp_path):
     loras = LoraSet(pipe.model)
     assert loras.apply([LoraSpec(tmp_path / "lora.safetensors")])[0].patched == 1
     assert rel(run(pipe, "flux"), base) > 0.01
-    assert pipe.model.network.double_blocks[0].img_attn.qkv.weight.dtype == torch.bfloat16
+    qkv = pipe.model.network.double_blocks[0].img_attn.qkv
+    assert qkv.weight.dtype == torch.bfloat16 and not qkv.patches  # a 16-bit weight is patched in place
     loras.restore()
     assert torch.equal(run(pipe, "flux"), base)
     store_linears(pipe.family.network(pipe.model), torch.float8_e4m3fn)

@@ -166,34 +166,6 @@ def test_a_block_format_is_refused_naming_it(tmp_path, fmt):
         parts.load_unet(tmp_path / "net.safetensors", device="cpu", precision="fp32")
 
 
-def test_loras_patch_scaled_weights(tmp_path):
-    """A LoRA on a scaled network: the weight it gives (float8 * scale) is base + LoRA put back in float8
-    at the layer's scale, the output near the dequantised network's with the LoRA."""
-    from opensd.adapters.lora import LoraSet, LoraSpec
-    from test_stored_weights import rel, run, write_qkv_lora
-    net, metadata = network("flux")
-    held = write_scaled(tmp_path / "scaled.safetensors", net.state_dict(), linear_weights(net), "marker", metadata)
-    save_safetensors(held, tmp_path / "dequantised.safetensors", metadata)
-    write_qkv_lora(tmp_path / "lora.safetensors")
-    pipe = parts.load_unet(tmp_path / "scaled.safetensors", device="cpu", precision="fp32")
-    plain = parts.load_unet(tmp_path / "dequantised.safetensors", device="cpu", precision="fp32")
-    base = run(pipe, "flux")
-    qkv = pipe.family.network(pipe.model).double_blocks[0].img_attn.qkv
-    before = qkv.unpacked(torch.float32)
-    sets = [LoraSet(p.model) for p in (pipe, plain)]
-    for loras in sets:
-        assert loras.apply([LoraSpec(tmp_path / "lora.safetensors")])[0].patched == 1
-    want = plain.family.network(plain.model).double_blocks[0].img_attn.qkv.weight
-    after = qkv.unpacked(torch.float32)
-    assert rel(want, before) > 0.01
-    # base + LoRA (the float network's weight) put back in float8 at the layer's scale
-    torch.testing.assert_close(after, (want.detach() / qkv.scale).to(F8).float() * qkv.scale, rtol=1e-6, atol=1e-7)
-    out = run(pipe, "flux")
-    assert rel(out, base) > 0.01 and rel(out, run(plain, "flux")) < 0.1  # e4m3 keeps 3 mantissa bits
-    sets[0].restore()
-    assert torch.equal(run(pipe, "flux"), base)
-
-
 def test_scaled_files_are_listed_and_detected_from_headers(tmp_path):
     """A Z-Image network and its Qwen3 in ComfyUI's folders, both scaled: the listing finds the network
     whole from headers alone, and the model generates the image of its dequantised twin."""

@@ -79,3 +79,53 @@ def test_styles_file_and_wildcards_folder(tmp_path):
     s = settings_from(cli.build_parser().parse_args(["serve", "--styles-file", str(tmp_path / "s.csv"),
                                                      "--wildcards-dir", str(tmp_path / "w")]))
     assert (s.styles_file, s.wildcards_dir) == (tmp_path / "s.csv", tmp_path / "w")
+
+
+def test_ctrl_c_stops_the_server_while_a_request_waits_on_a_job(tmp_path):
+    """SIGINT during a long A1111 txt2img: the server exits within seconds (it used to wait for the job
+    to finish, i.e. minutes), without a C++ abort message."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import httpx
+    from server_live import free_port
+
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "opensd.cli", "serve", "--port", str(port),
+                             "--outputs-dir", str(tmp_path / "out")], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    body = {"prompt": "red heart", "steps": 150, "width": 512, "height": 512, "batch_size": 4}
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/internal/ping").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        waiting = threading.Thread(target=lambda: _post_ignoring_errors(url + "/sdapi/v1/txt2img", body), daemon=True)
+        waiting.start()
+        deadline = time.time() + 60
+        while time.time() < deadline and httpx.get(url + "/sdapi/v1/progress").json()["state"]["sampling_step"] < 1:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stopped = time.time()
+        proc.wait(30)
+        assert time.time() - stopped < 20
+        assert "terminate called" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _post_ignoring_errors(url, body):
+    import httpx
+    try:
+        httpx.post(url, json=body, timeout=120)
+    except httpx.TransportError:
+        pass

@@ -173,27 +173,6 @@ def test_city96_flattened_shapes_and_sd_cpp_prefix(tmp_path):
     assert rel(conv, net.x_embedder.proj.weight) < 0.01
 
 
-def test_loras_patch_fp8_weights_and_refuse_gguf_blocks(tmp_path):
-    from opensd.adapters.lora import LoraSet, LoraSpec
-    from opensd.errors import InvalidArgument
-    net, metadata = network("flux")
-    sd = {k: v.contiguous() for k, v in net.state_dict().items()}
-    save_safetensors({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in sd.items()},
-                     tmp_path / "fp8.safetensors", metadata)
-    write_gguf(tmp_path / "net.gguf", sd, Q.Q8_0, metadata, "flux")
-    write_qkv_lora(tmp_path / "lora.safetensors")
-    pipe = parts.load_unet(tmp_path / "fp8.safetensors", device="cpu", precision="fp32")
-    base = run(pipe, "flux")
-    loras = LoraSet(pipe.model)
-    assert loras.apply([LoraSpec(tmp_path / "lora.safetensors")])[0].patched == 1
-    assert rel(run(pipe, "flux"), base) > 0.01
-    loras.restore()
-    assert torch.equal(run(pipe, "flux"), base)
-    quantised = parts.load_unet(tmp_path / "net.gguf", device="cpu", precision="fp32")
-    with pytest.raises(InvalidArgument, match="^lora: this model's weights are GGUF-quantised"):
-        LoraSet(quantised.model).apply([LoraSpec(tmp_path / "lora.safetensors")])
-
-
 def test_a_damaged_gguf_file_is_one_line(tmp_path):
     net, metadata = network("flux")
     write_gguf(tmp_path / "net.gguf", net.state_dict(), Q.Q8_0, metadata, "flux")

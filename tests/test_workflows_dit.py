@@ -124,22 +124,27 @@ def test_sd3_nodes_refuse_a_flux_clip_in_one_line(env):
         execute(graph, ctx)
 
 
+def _write_gguf_flux(models):
+    """The tiny Flux network as unet/flux1-Q8_0.gguf and, dequantised, diffusion_models/flux1_dequantised.safetensors."""
+    import gguf
+    from opensd.checkpoints.files import read_state_dict, save_safetensors
+    from test_stored_weights import write_gguf
+    (models / "unet").mkdir(exist_ok=True)
+    sd = read_state_dict(models / "diffusion_models" / "flux1.safetensors")
+    held = write_gguf(models / "unet" / "flux1-Q8_0.gguf", sd, gguf.GGMLQuantizationType.Q8_0, META_FLUX, "flux")
+    save_safetensors(held, models / "diffusion_models" / "flux1_dequantised.safetensors", META_FLUX)
+    return models
+
+
 def test_gguf_network_in_the_models_folder(env):
     """city96's UnetLoaderGGUF lists unet/ and diffusion_models/ .gguf files and runs a Q8_0 network as
     UNETLoader runs the same weights dequantised (and, with weight_dtype fp8_e4m3fn, nearly so);
     `opensd generate -m x.gguf` finds its text encoders and VAE in the models folder as for a
     safetensors network."""
-    import gguf
-    from opensd.checkpoints.files import read_state_dict, save_safetensors
     from opensd.pipeline.pipeline import load
     from opensd.workflows import object_info
-    from test_stored_weights import write_gguf
     ctx, _, tmp = env
-    models = tmp / "models"
-    (models / "unet").mkdir(exist_ok=True)
-    sd = read_state_dict(models / "diffusion_models" / "flux1.safetensors")
-    held = write_gguf(models / "unet" / "flux1-Q8_0.gguf", sd, gguf.GGMLQuantizationType.Q8_0, META_FLUX, "flux")
-    save_safetensors(held, models / "diffusion_models" / "flux1_dequantised.safetensors", META_FLUX)
+    models = _write_gguf_flux(tmp / "models")
     info = object_info(ctx, "UnetLoaderGGUF")["UnetLoaderGGUF"]
     assert info["input"]["required"]["unet_name"] == [["flux1-Q8_0.gguf"]]
     graph = _flux_graph(flux_encode_inputs(PROMPT))
@@ -195,3 +200,58 @@ def test_flux_disable_guidance_leaves_the_guidance_embedding_out(env, monkeypatc
     monkeypatch.setattr(Flux, "forward_tokens", zero_guidance)
     ctx.cache = None
     assert np.array_equal(_run(ctx, guided), off)
+
+
+def test_loras_on_gguf_and_fp8_networks(env):
+    """LoraLoaderModelOnly on UnetLoaderGGUF's network, and on UNETLoader's with weight_dtype fp8, changes
+    the image as on the same weights loaded dequantised, and leaves no patch after the run; the same
+    LoRA as a prompt's <lora:name:w> on `opensd generate -m x.gguf` does too. A merge of the GGUF
+    network is refused, saying why."""
+    from opensd.models.stored_weights import StoredLinear
+    from opensd.pipeline import parts
+    from opensd.pipeline.pipeline import load
+    from test_stored_lora import write_lora
+    ctx, _, tmp = env
+    models = _write_gguf_flux(tmp / "models")
+    plain_pipe = parts.load_unet(models / "diffusion_models" / "flux1_dequantised.safetensors", device="cpu")
+    (models / "loras").mkdir(exist_ok=True)
+    write_lora(models / "loras" / "style.safetensors", plain_pipe, size=0.2)
+    gguf_loader = {"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": "flux1-Q8_0.gguf"}}
+    float_loader = {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1_dequantised.safetensors",
+                                                           "weight_dtype": "default"}}
+    fp8_loader = {**float_loader, "inputs": {**float_loader["inputs"], "weight_dtype": "fp8_e4m3fn"}}
+
+    def image(loader, strength=None):
+        graph = {**_flux_graph(flux_encode_inputs(PROMPT)), "11": loader}
+        if strength is not None:
+            graph["30"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+                "model": ["11", 0], "lora_name": "style.safetensors", "strength_model": strength}}
+            graph["20"]["inputs"]["model"] = ["30", 0]
+        return _run(ctx, graph).astype(int)
+
+    plain, plain_lora = image(float_loader), image(float_loader, 0.8)
+    quantised, quantised_lora = image(gguf_loader), image(gguf_loader, 0.8)
+    change = np.abs(plain_lora - plain).mean()
+    assert change > 2  # the LoRA shows in the image
+    assert np.abs(quantised_lora - plain_lora).max() <= 1 and np.abs(quantised - plain).max() <= 1
+    assert np.array_equal(image(gguf_loader, 0.0), quantised)  # strength 0: no LoRA
+    assert np.array_equal(image(gguf_loader), quantised)  # and after a LoRA run: no patch left behind
+    fp8, fp8_lora = image(fp8_loader), image(fp8_loader, 0.8)
+    assert 0.5 * change < np.abs(fp8_lora - fp8).mean() < 2 * change
+    assert np.abs(fp8_lora - plain_lora).mean() < 8  # as near the float image as without the LoRA
+    merge = {**_flux_graph(flux_encode_inputs(PROMPT)), "11": gguf_loader,
+             "31": {"class_type": "ModelMergeSimple", "inputs": {"model1": ["11", 0], "model2": ["11", 0], "ratio": 0.5}}}
+    merge["20"]["inputs"]["model"] = ["31", 0]
+    with pytest.raises(NodeError, match="keeps its weights stored as float8/GGUF blocks.*cannot be merged: a merge"):
+        execute(merge, ctx)
+    kw = dict(steps=2, seed=SEED, width=SIZE, height=SIZE)
+    prompt = f"{PROMPT} <lora:style:0.8>"
+    pipes = [load(models / "unet" / "flux1-Q8_0.gguf", precision="fp32", device="cpu", loras_dir=models / "loras"),
+             load(models / "diffusion_models" / "flux1_dequantised.safetensors", precision="fp32", device="cpu",
+                  loras_dir=models / "loras")]
+    network = pipes[0].family.network(pipes[0].model)
+    a, b = (np.asarray(p.txt2img(prompt, **kw)[0], int) for p in pipes)
+    assert any(m.patches for m in network.modules() if isinstance(m, StoredLinear))
+    a0, b0 = (np.asarray(p.txt2img(PROMPT, **kw)[0], int) for p in pipes)
+    assert not any(m.patches for m in network.modules() if isinstance(m, StoredLinear))
+    assert np.abs(a - b).max() <= 1 and np.abs(a - a0).mean() > 2 and np.abs(a0 - b0).max() <= 1

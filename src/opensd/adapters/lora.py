@@ -6,6 +6,10 @@ the UNet and text-encoder strengths separate (A1111's ``<lora:name:te:unet>``), 
 first touched an exact copy is kept (on the CPU), so :meth:`LoraSet.restore` gives back the base
 weights bit for bit, and switching from one LoRA set to another is "restore, then apply" -- the
 same weights a fresh load plus the new set would give.
+
+A Linear weight kept as its file stores it (float8, scaled float8, GGUF blocks: a StoredLinear
+not in 16 bits) is not written to: the layer gets the LoRA's weights (factors, or a diff) as a
+WeightPatch, added to the unpacked weight at each call, and restore() takes the patches off.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidArgument
 from ..models.stable_diffusion import StableDiffusion
-from ..models.stored_weights import StoredLinear
+from ..models.stored_weights import HALF, StoredLinear, WeightPatch
 from ..text.prompt_parser import ExtraNetwork, extract_extra_networks
 from .lora_files import LoraFile, LoraWeights, guess_family, read_lora
 from ..families import family_of
@@ -91,26 +95,19 @@ def _slot(module: nn.Module) -> tuple[nn.Parameter, slice | None]:
     """The parameter a patch changes, and its rows when the module is a part of a fused one."""
     if isinstance(module, FusedQKVPart):
         return module.attn.in_proj_weight, module.rows
-    param, rows = (module.fused_weight, module.rows) if isinstance(module, RowSlice) else (module.weight, None)
-    if not param.is_floating_point():  # GGUF blocks (models.stored_weights.StoredLinear)
-        raise InvalidArgument("lora: this model's weights are GGUF-quantised; LoRAs patch float and fp8 weights "
-                              "only (use a safetensors copy of the model)")
-    return param, rows
+    return (module.fused_weight, module.rows) if isinstance(module, RowSlice) else (module.weight, None)
 
 
-def _scales(model: nn.Module) -> dict[int, torch.Tensor]:
-    """The scale of each scaled float8 weight (StoredLinear), by the weight's id."""
-    return {id(m.weight): m.scale for m in model.modules() if isinstance(m, StoredLinear) and m.scale is not None}
+def _stored(module: nn.Module) -> StoredLinear | None:
+    """The StoredLinear whose weight, kept packed (float8, scaled float8, GGUF blocks), a patch of
+    `module` changes: such a weight takes the patch at each call instead of into itself."""
+    owner = module.linear if isinstance(module, RowSlice) else module
+    return owner if isinstance(owner, StoredLinear) and owner.weight.dtype not in HALF else None
 
 
-def _patched(param: torch.Tensor, delta: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """param + delta in param's dtype; a scaled float8 weight's value is param * scale, so the sum is
-    divided by the scale again (and kept within float8's range)."""
-    if scale is None:
-        return (param.detach().float() + delta).to(param.dtype)
-    s = scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float()
-    limit = torch.finfo(param.dtype).max
-    return ((param.detach().float() * s + delta) / s).clamp(-limit, limit).to(param.dtype)
+def _patched(param: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """param + delta, summed in float32, in param's dtype."""
+    return (param.detach().float() + delta).to(param.dtype)
 
 
 def _bias_slot(module: nn.Module) -> tuple[nn.Parameter | None, slice | None]:
@@ -123,6 +120,8 @@ def _bias_slot(module: nn.Module) -> tuple[nn.Parameter | None, slice | None]:
 
 
 def _target_shape(module: nn.Module, bias: bool = False) -> torch.Size | None:
+    if not bias and _stored(module) is not None:
+        return torch.Size((module.out_features, module.in_features))
     param, rows = _bias_slot(module) if bias else _slot(module)
     if param is None:
         return None
@@ -131,13 +130,23 @@ def _target_shape(module: nn.Module, bias: bool = False) -> torch.Size | None:
 
 def _updates(mod: LoraModule, w: LoraWeights, device=None):
     """(parameter, rows or None, its float32 update before strength, on `device` or the parameter's)
-    for the weight and the bias a patch changes."""
-    if w.kind != "bias":
+    for the weight and the bias a patch changes (not a stored weight's: see _stored_patch)."""
+    if w.kind != "bias" and _stored(mod.module) is None:
         param, rows = _slot(mod.module)
         yield param, rows, w.delta(_target_shape(mod.module), device or param.device)
     if w.diff_b is not None:
         param, rows = _bias_slot(mod.module)
         yield param, rows, w.diff_b.to(device or param.device, torch.float32).reshape(_target_shape(mod.module, True))
+
+
+def _stored_patch(mod: LoraModule, w: LoraWeights, strength: float) -> tuple[StoredLinear, WeightPatch] | None:
+    """The layer and the patch a stored weight takes for `w` (its weight update only), if it is one."""
+    owner = _stored(mod.module)
+    if owner is None or w.kind == "bias":
+        return None
+    device = owner.weight.device
+    return owner, WeightPatch(w.weight_update_on(device), _target_shape(mod.module), strength,
+                              getattr(mod.module, "rows", None), device)
 
 
 def match_lora(lf: LoraFile, model: StableDiffusion, table: dict[str, LoraModule] | None = None) -> LoraMatch:
@@ -198,6 +207,7 @@ class LoraSet:
         self._table: dict[str, LoraModule] | None = None
         self._files: dict[str, tuple[tuple, LoraMatch]] = {}
         self._backup: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
+        self._carrying: dict[int, StoredLinear] = {}  # stored layers given WeightPatches
         self._active: tuple = ()
         self.reports: list[LoraReport] = []
         self.changed = False  # whether the last apply() changed any weight
@@ -223,10 +233,15 @@ class LoraSet:
         if key == self._active:
             return self.reports
         matches = [self.match(s.path) for s in specs]
-        self.changed = bool(self._backup) or bool(specs)
+        self.changed = bool(self._backup or self._carrying) or bool(specs)
         self.restore()
         deltas: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
         for mod, w, strength in _weighted_patches(specs, matches):
+            carried = _stored_patch(mod, w, strength)
+            if carried is not None:
+                owner, patch = carried
+                owner.patches += (patch,)
+                self._carrying[id(owner)] = owner
             for param, rows, update in _updates(mod, w):
                 if id(param) not in deltas:
                     deltas[id(param)] = (param, torch.zeros(param.shape, dtype=torch.float32, device=param.device))
@@ -234,21 +249,23 @@ class LoraSet:
                 target = d[rows] if rows is not None else d
                 target += update * strength
         reports = _reports(specs, matches)
-        scales = _scales(self.model) if deltas else {}
         with torch.no_grad():
             for pid, (param, d) in deltas.items():
                 self._backup[pid] = (param, param.detach().to("cpu", copy=True))
-                param.copy_(_patched(param, d, scales.get(pid)))
+                param.copy_(_patched(param, d))
         self._active = key
         self.reports = reports
         return reports
 
     def restore(self) -> None:
-        """Put back the exact base weights."""
+        """Put back the exact base weights (and take the stored layers' patches off)."""
         with torch.no_grad():
             for param, saved in self._backup.values():
                 param.copy_(saved)
+        for layer in self._carrying.values():
+            layer.patches = ()
         self._backup.clear()
+        self._carrying.clear()
         self._active = ()
         self.reports = []
 

@@ -79,7 +79,8 @@ def clip_modules(encoders: list[tuple[str, str, nn.Module]]) -> list[LoraModule]
     out = []
     for kprefix, pprefix, enc in encoders:
         root = enc.transformer
-        names = [n for n, m in root.named_modules() if isinstance(m, nn.Linear) and n.startswith("text_model.encoder.")]
+        names = [n for n, m in root.named_modules()
+                 if isinstance(m, (nn.Linear, StoredLinear)) and n.startswith("text_model.encoder.")]
         for key, n in clip_to_transformers({f"{n}.weight": n for n in names}, enc.cfg).items():
             path = key[: -len(".weight")]
             out.append(LoraModule(kprefix + path.replace(".", "_"), pprefix + path, root.get_submodule(n), "te"))

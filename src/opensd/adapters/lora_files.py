@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -129,6 +129,15 @@ class LoraWeights:
         """The float32 weight update (before strength) reshaped to the target weight's shape."""
         scale = 1.0 if self.kind == "diff" else self.effective_scale()
         return self._full(device).reshape(shape) * scale
+
+    def weight_update_on(self, device) -> LoraWeights:
+        """The weight update alone (no bias change), its tensors on `device` in the file's dtype (a
+        full diff stays as compact as the file has it; delta() computes in float32): what a stored
+        weight keeps to add at each call (models.stored_weights.WeightPatch)."""
+        def moved(t):
+            return None if t is None else t.to(device)
+        return replace(self, down=moved(self.down), up=moved(self.up), diff=moved(self.diff), diff_b=None,
+                       factors={k: moved(v) for k, v in self.factors.items()})
 
     def fits(self, shape: torch.Size) -> bool:
         if self.kind == "bias":

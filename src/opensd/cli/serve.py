@@ -96,6 +96,9 @@ def settings_from(args: argparse.Namespace):
                     ray_ship_models=args.ray_ship_models)
 
 
+SHUTDOWN_GRACE_S = 3
+
+
 def ui_url(host: str, port: int) -> str:
     """The address a browser on this machine uses for the server bound to host:port."""
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)  # wildcards
@@ -127,5 +130,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"opensd: {summary(settings.precision, resolve_device(settings.device))}{memory}", file=sys.stderr)
     if args.open:  # the socket already listens, so the browser's request waits for the server
         threading.Thread(target=webbrowser.open, args=(ui_url(args.host, args.port),), daemon=True).start()
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    # Ctrl-C: a request still waiting on a job (an A1111 txt2img) would keep uvicorn waiting until the job
+    # ends; after SHUTDOWN_GRACE_S it is dropped, and the app's shutdown interrupts the job (kept queued).
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -8,6 +8,12 @@ a time, and the cast at every call (small next to the matrix product on a GPU; o
 cast runs at memory speed). Other tensors (biases, norms, convolutions, embeddings) are few and
 small and are upcast when loaded. A bf16/fp16 Linear weight of a model computed in fp32 (a CPU
 without native bf16) is kept so too (pipeline/weights.py): the upcast is exact, the memory half.
+
+A LoRA on such a weight is not written into it (GGML blocks cannot take a sum; float8's 3 mantissa
+bits would round most of a LoRA's change away): the layer keeps it as WeightPatches (below) in the
+compact form the file gives (a LoRA's two factors) and adds their change to the unpacked weight at
+each call, in float32, as a LoRA merged into a float weight is added. Taking them off leaves the
+stored weight untouched.
 """
 from __future__ import annotations
 
@@ -81,10 +87,32 @@ def unpack(t, dtype: torch.dtype, device) -> torch.Tensor:
     return t.to(device=device, dtype=dtype)
 
 
+@dataclass(eq=False)
+class WeightPatch:
+    """A change to a stored Linear weight, added when the layer runs: `source.delta(shape, device)`
+    gives it in float32 (before `strength`) from what `source` keeps (adapters.lora_files.LoraWeights:
+    a LoRA's factors, on `device`), for the weight's rows `rows` (None: all of them). When the layer
+    runs on another device (a memory mode moved it), the source follows it once
+    (`source.weight_update_on(device)`), not at every call."""
+    source: object
+    shape: torch.Size
+    strength: float
+    rows: slice | None
+    device: torch.device
+
+    def change(self, device: torch.device) -> torch.Tensor:
+        if device != self.device:
+            self.source, self.device = self.source.weight_update_on(device), device
+        return self.source.delta(self.shape, device) * self.strength
+
+
 class StoredLinear(nn.Module):
     """nn.Linear's computation with the weight kept as stored: `weight` is a buffer holding the
     float8 tensor or the GGML blocks (so the state-dict keys stay `weight` and `bias`); a scaled
-    float8 weight's scale is a buffer outside the state dict (`scale`, None for the others)."""
+    float8 weight's scale is a buffer outside the state dict (`scale`, None for the others).
+    `patches`: the WeightPatches (LoRAs) added to the unpacked weight at each call."""
+
+    patches: tuple[WeightPatch, ...] = ()
 
     def __init__(self, linear: nn.Linear, stored, device):
         super().__init__()
@@ -113,6 +141,18 @@ class StoredLinear(nn.Module):
             return self.weight.to(dtype)
         return dequantize(self.weight, self.qtype, (self.out_features, self.in_features), dtype)
 
+    def patched(self, dtype: torch.dtype) -> torch.Tensor:
+        """The unpacked weight plus its patches' changes, summed in float32 (as a LoRA merged into a
+        float32 weight is), in `dtype`."""
+        weight = self.unpacked(torch.float32)
+        if len(self.patches) == 1 and self.patches[0].rows is None:  # the sum below, without the zeros
+            total = self.patches[0].change(weight.device)
+        else:
+            total = torch.zeros_like(weight)
+            for p in self.patches:
+                (total if p.rows is None else total[p.rows]).add_(p.change(weight.device))
+        return weight.add_(total).to(dtype)
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         """A scaled weight is given as its value (float8 * scale, in the bias's dtype), so that the
         state dict (saved checkpoints, ControlNets copied from the network) is the weights the layer uses."""
@@ -122,7 +162,7 @@ class StoredLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.unpacked(x.dtype), bias)
+        return F.linear(x, self.patched(x.dtype) if self.patches else self.unpacked(x.dtype), bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, stored as {self.kind}"

@@ -90,14 +90,23 @@ def _add_weight_patches(ref) -> None:
                 param.copy_((param.detach().float() + delta.to(param.device)).to(param.dtype))
 
 
+_WHY = {"merged": "a merge gives every layer a new weight, which would have to be kept in full precision",
+        "patched": "this patch's weight differences would have to be added into every layer in full precision"}
+
+
 def _refuse_stored(ref, part: str, verb: str) -> None:
+    """InvalidArgument where the network ("unet") or text encoders ("te") of `ref` keep Linear
+    weights packed (float8 or GGUF blocks): a merge or a whole-weight patch would unpack them all
+    for good. LoRAs are not refused: they ride along as patches (models.stored_weights.WeightPatch)."""
     from ..models.stored_weights import HALF, StoredLinear
     family, model = ref.pipe.family, ref.pipe.model
     modules = [family.network(model)] if part == "unet" else family.text_modules(model)
     packed = (m for module in modules for m in module.modules() if isinstance(m, StoredLinear))
     if any(m.weight.dtype not in HALF for m in packed):  # 16-bit ones are float weights: merged in place
-        raise InvalidArgument(f"{'model' if part == 'unet' else 'clip'}: {ref.name} keeps float8/GGUF-stored "
-                              f"weights, which cannot be {verb}")
+        raise InvalidArgument(f"{'model' if part == 'unet' else 'clip'}: {ref.name} keeps its weights stored as "
+                              f"float8/GGUF blocks, unpacked one layer at a time, so it cannot be {verb}: "
+                              f"{_WHY[verb]}, taking back the memory the stored format saves (use a float "
+                              "safetensors copy of the model; LoRAs do work on it as it is)")
 
 
 def _unhook(pipe) -> None:
