@@ -12,9 +12,10 @@ from dit_fixtures import chroma_parts, flux_parts, sd3_parts, write_diffusers_fo
 from flux2_fixtures import flux2_parts, write_flux2_folder
 from opensd.adapters.lora import LoraSet, LoraSpec
 from opensd.errors import InvalidArgument
+from opensd.training import dit_lora
 from opensd.training import finetune as FT
 from opensd.training.flow_loss import flow_loss
-from opensd.training.lora_train import LoraOptions, build, train_lora
+from opensd.training.lora_train import LoraOptions, build, metadata, train_lora
 from reference import assert_close_scaled
 from test_finetune_lora import make_data
 from z_image_fixtures import write_z_image_folder, z_image_parts
@@ -47,6 +48,12 @@ def fixed_batch(trainer):
     return trainer.batches.make(0, [(0, False), (1, False), (2, False)])
 
 
+def saved(opts, trainer, network, pipe, ds):
+    """The file train_lora writes at the end of this run (its network, not a second one on the pipe)."""
+    meta = metadata(opts, pipe, ds, trainer.cfg.steps, 0.0, trainer.step, dit_lora.model_spec(pipe))
+    return dit_lora.save(network, opts.output, pipe.config.family, meta)
+
+
 def net_output(pipe, batch, guidance=None):
     net = pipe.family.net_fn(pipe.model, guidance)
     mult = pipe.model_sampling().multiplier
@@ -75,7 +82,7 @@ def test_training_lowers_the_loss_and_the_file_loads_as_trained(tmp_path, family
         after = flow_loss(net_fn, mult, batch).item()
     assert after < 0.98 * before, (before, after)
 
-    out = train_lora(options(tmp_path, family), pipe=pipe)  # the finished run: just writes the file
+    out = saved(opts, trainer, network, pipe, ds)
     with safe_open(out, "pt") as f:
         keys, meta = set(f.keys()), f.metadata()
         tensors = {k: f.get_tensor(k) for k in keys}
@@ -91,9 +98,13 @@ def test_training_lowers_the_loss_and_the_file_loads_as_trained(tmp_path, family
                    or k.endswith(".alpha") for k in keys)
     assert len(keys) == 3 * len(network.layers)
 
-    # the hooked model with the saved (fp16) weights == the base patched by our loader from the file
+    assert_file_loads_as_trained(pipe, network, out, batch)
+
+
+def assert_file_loads_as_trained(pipe, network, out, batch) -> None:
+    """The hooked model with the saved (fp16) weights == the base patched by our loader from the file."""
     with torch.no_grad():
-        for name, layer in network.layers.items():
+        for layer in network.layers.values():
             for part in ("lora_down", "lora_up"):
                 w = getattr(layer, part).weight
                 w.copy_(w.half().float())
@@ -192,6 +203,10 @@ def test_the_cli_picks_the_family_from_the_checkpoint(tmp_path, capsys):
                  "--noise-offset", "0.05", "--flip", "--sample-every", "2", "--sample-prompt", "a sks thing",
                  "--sample-steps", "2"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
+    from opensd.library.model_catalog import describe
+    from opensd.library.models_dir import ModelFile
+    entry = describe(ModelFile("loras", out.name, out))
+    assert entry.family == "z_image" and entry.detail.startswith("rank 2, 10 modules")  # the model lists' line
     assert (tmp_path / "r1" / "samples" / "step000002-0.png").is_file()  # sampled: the text encoders were kept
     with safe_open(out, "pt") as f:
         assert f.metadata()["modelspec.architecture"] == "z-image/lora"
@@ -215,11 +230,14 @@ def test_a_float8_network_trains_with_its_linears_kept_stored(tmp_path):
     fp8 = {k: (v.to(torch.float8_e4m3fn) if k in linears else v).contiguous() for k, v in net.state_dict().items()}
     unet = models / "diffusion_models" / "z_image_turbo_bf16.safetensors"
     save_safetensors(fp8, unet)
-    trainer, network, stored, ds, steps = build(options(tmp_path, "z_image", model=unet, steps=2))
+    opts = options(tmp_path, "z_image", model=unet)
+    stored = FT.load_base(unet)
+    trainer, network, stored, ds, steps = build(opts, stored)
     assert all(isinstance(t, StoredLinear) for t in network.targets.values())
     trainer.run(progress=False)
-    assert all(layer.lora_up.weight.abs().max() > 0 for layer in network.layers.values())
     assert stored.model.network.layers[0].attention.qkv.weight.dtype == torch.float8_e4m3fn
+    out = saved(opts, trainer, network, stored, ds)
+    assert_file_loads_as_trained(stored, network, out, fixed_batch(trainer))  # onto the float8 network too
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])

@@ -105,10 +105,12 @@ def file_state_dict(network, paths: dict[str, str], family: str, dtype: torch.dt
     return out
 
 
-# family -> (ss_base_model_version, modelspec.architecture, modelspec.implementation)
-_SPEC = {"sd3": ("sd3", "stable-diffusion-3", "https://github.com/Stability-AI/sd3.5"),
-         "z_image": ("z_image", "z-image", "https://github.com/Tongyi-MAI/Z-Image"),
-         "flux2": ("flux2", "flux-2-klein", "https://github.com/black-forest-labs/flux2")}
+# family -> ss_base_model_version (Flux.1: sd-scripts' "flux1"), which model lists read back
+BASE_VERSION = {"flux": "flux1", "sd3": "sd3", "z_image": "z_image", "flux2": "flux2"}
+# family -> (modelspec.architecture, modelspec.implementation); Flux.1's depends on dev/schnell
+_SPEC = {"sd3": ("stable-diffusion-3", "https://github.com/Stability-AI/sd3.5"),
+         "z_image": ("z-image", "https://github.com/Tongyi-MAI/Z-Image"),
+         "flux2": ("flux-2-klein", "https://github.com/black-forest-labs/flux2")}
 
 
 def model_spec(pipe) -> dict[str, str]:
@@ -116,10 +118,10 @@ def model_spec(pipe) -> dict[str, str]:
     fam = pipe.config.family
     if fam == "flux":
         dev = pipe.config.flux.guidance_embed
-        base, arch, impl = "flux1", "flux-1-dev" if dev else "flux-1-schnell", "https://github.com/black-forest-labs/flux"
+        arch, impl = "flux-1-dev" if dev else "flux-1-schnell", "https://github.com/black-forest-labs/flux"
     else:
-        base, arch, impl = _SPEC[fam]
-    meta = {"ss_base_model_version": base, "modelspec.architecture": f"{arch}/lora", "modelspec.implementation": impl,
+        arch, impl = _SPEC[fam]
+    meta = {"ss_base_model_version": BASE_VERSION[fam], "modelspec.architecture": f"{arch}/lora", "modelspec.implementation": impl,
             "ss_v2": "False", "ss_prediction_type": "flow", "ss_model_prediction_type": "raw",
             "ss_timestep_sampling": SAMPLING_NAMES[fam], "ss_weighting_scheme": "none"}
     if fam == "flux":  # the file is sd-scripts' own: its Flux network module
