@@ -251,7 +251,7 @@ def test_gradient_checkpointing_trains_the_same_adapters(tmp_path, family):
               for b in getattr(pipe.model.network, name, [])]
     assert blocks and all(b._opensd_checkpointed for b in blocks)
     with safe_open(plain, "pt") as a, safe_open(ckpt, "pt") as b:
-        assert a.metadata()["ss_gradient_checkpointing"] == "False" and b.metadata()["ss_gradient_checkpointing"] == "True"
+        assert (a.metadata()["ss_gradient_checkpointing"], b.metadata()["ss_gradient_checkpointing"]) == ("False", "True")
         for k in a.keys():
             torch.testing.assert_close(a.get_tensor(k), b.get_tensor(k), rtol=1e-3, atol=1e-5)
 

@@ -55,9 +55,8 @@ def check_supported(opts, pipe) -> None:
     """InvalidArgument for a family or an option DiT LoRA training does not do."""
     fam = pipe.config.family
     if fam not in TARGETS:
-        label = getattr(pipe.family, "label", fam)
         raise InvalidArgument(f"model: LoRA training supports SD1/SD2/SDXL, Flux.1, FLUX.2 [klein], SD3/3.5 and "
-                              f"Z-Image models; {label} is not supported yet")
+                              f"Z-Image models; {pipe.family.label} is not supported yet")
     if fam == "flux" and pipe.config.flux.in_channels != pipe.config.flux.out_channels:
         raise InvalidArgument("model: Flux.1 Fill (an inpainting network) cannot be LoRA-trained here; train on "
                               "Flux.1 dev and apply the LoRA to Fill")
@@ -121,8 +120,9 @@ def model_spec(pipe) -> dict[str, str]:
         arch, impl = "flux-1-dev" if dev else "flux-1-schnell", "https://github.com/black-forest-labs/flux"
     else:
         arch, impl = _SPEC[fam]
-    meta = {"ss_base_model_version": BASE_VERSION[fam], "modelspec.architecture": f"{arch}/lora", "modelspec.implementation": impl,
-            "ss_v2": "False", "ss_prediction_type": "flow", "ss_model_prediction_type": "raw",
+    meta = {"ss_base_model_version": BASE_VERSION[fam], "modelspec.architecture": f"{arch}/lora",
+            "modelspec.implementation": impl, "ss_v2": "False", "ss_prediction_type": "flow",
+            "ss_model_prediction_type": "raw",
             "ss_timestep_sampling": SAMPLING_NAMES[fam], "ss_weighting_scheme": "none"}
     if fam == "flux":  # the file is sd-scripts' own: its Flux network module
         meta |= {"ss_discrete_flow_shift": str(KOHYA_FLUX_SHIFT), "ss_guidance_scale": str(FLUX_TRAIN_GUIDANCE),
