@@ -24,16 +24,17 @@ def register(sub) -> None:
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = train.add_subparsers(dest="train_kind", required=True)
 
-    lora = kinds.add_parser("lora", help="train a LoRA (kohya-format .safetensors)")
+    lora = kinds.add_parser("lora", help="train a LoRA (.safetensors) for SD1/SD2/SDXL, Flux.1, FLUX.2 [klein], "
+                                         "SD3/3.5 or Z-Image (the family is read from --model)")
     _common(lora, lr=1e-4)
     lora.add_argument("--rank", type=int, default=8, help="LoRA rank / network dim (default 8)")
     lora.add_argument("--alpha", type=float, default=4.0, help="LoRA alpha; scale = alpha / rank (default 4)")
-    lora.add_argument("--train-text-encoder", action="store_true", help="also put LoRA on the text encoder(s)")
+    lora.add_argument("--train-text-encoder", action="store_true", help="also put LoRA on the text encoder(s) (SD1/SD2/SDXL only)")
     lora.add_argument("--te-lr", type=float, help="text-encoder learning rate (default: --lr)")
     lora.add_argument("--save-fp32", action="store_true", help="save fp32 weights (default fp16)")
     lora.add_argument("--network-type", choices=["lora", "locon", "loha"], default="lora",
                       help="lora (attention layers), locon (also the ResBlock and resampling convs, kohya's "
-                           "conv_dim) or loha (LyCORIS LoHa); default lora")
+                           "conv_dim) or loha (LyCORIS LoHa; locon and loha: UNet models only); default lora")
     lora.add_argument("--conv-dim", type=int, help="rank of the 3x3 conv adapters (locon default: --rank)")
     lora.add_argument("--conv-alpha", type=float, help="alpha of the conv adapters (default: --alpha)")
     lora.set_defaults(func=cmd_lora)

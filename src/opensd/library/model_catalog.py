@@ -25,6 +25,7 @@ from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_config
 from ..errors import OpenSDError
 from ..models import config as C
 from ..text.embeddings import load_embedding
+from ..training.dit_lora import BASE_VERSION as DIT_BASE_VERSION
 from ..training.lora_train import BASE_VERSION
 from .hashes import default_cache, embedding_hash, lora_hash, model_hash, shorthash
 from .model_info import checkpoint_config, schedule_name
@@ -37,7 +38,7 @@ KINDS = ("checkpoints", "vae", "loras", "embeddings", "controlnet")
 _CONTEXT_FAMILY = {C.SD1_UNET.context_dim: "sd1", C.SD2_UNET.context_dim: "sd2",
                    C.SDXL_UNET.context_dim: "sdxl", C.SDXL_REFINER_UNET.context_dim: "sdxl_refiner"}
 _TOKEN_FAMILY = {C.CLIP_L.width: "sd1", C.OPENCLIP_H.width: "sd2"}
-_KOHYA_FAMILY = {v: k for k, v in BASE_VERSION.items()}  # ss_base_model_version -> family
+_KOHYA_FAMILY = {v: k for k, v in (BASE_VERSION | DIT_BASE_VERSION).items()}  # ss_base_model_version -> family
 
 
 @dataclass

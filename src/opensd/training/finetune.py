@@ -267,10 +267,30 @@ def guided_target(pipe, zt: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
     return u + scales.view(-1, 1, 1, 1) * (target - u)
 
 
+def make_trainer(opts: CommonOptions, pipe, ds: Dataset, steps: int, network, batches, loss_fn, params):
+    """The Trainer of an adapter run (LoRA) on `params` of `network`, sample images of opts.sample_prompts
+    or the first caption."""
+    from .trainer import TrainConfig, Trainer
+
+    def sample_fn(_net, step, run_dir):
+        save_samples(pipe, opts.sample_prompts or [ds.items[0].caption], step, run_dir, opts.seed,
+                        opts.sample_steps, ds.resolution)
+
+    cfg = TrainConfig(steps=steps, lr=opts.lr, warmup=opts.warmup, grad_clip=1.0, save_every=opts.save_every,
+                      sample_every=opts.sample_every, seed=opts.seed, bf16=opts.bf16, **opts.schedule())
+    return Trainer(network, batches, loss_fn, cfg, Path(opts.run_dir), sample_fn, params=params,
+                   parallel=opts.parallel)
+
+
 def enable_gradient_checkpointing(unet) -> None:
-    """Recompute each UNet block's activations in the backward pass instead of storing them.
-    Done by wrapping the blocks' forward on the instances, so the model code is untouched."""
-    for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
+    """Recompute each UNet block's activations in the backward pass instead of storing them."""
+    checkpoint_blocks([*unet.input_blocks, unet.middle_block, *unet.output_blocks])
+
+
+def checkpoint_blocks(blocks) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them. Done by
+    wrapping the blocks' forward on the instances, so the model code is untouched."""
+    for block in blocks:
         if getattr(block, "_opensd_checkpointed", False):
             continue
         inner = block.forward

@@ -1,10 +1,9 @@
 """LoRA training: low-rank adapters on a frozen model, saved as a kohya-format safetensors file.
 
-Each target layer W (nn.Linear, or nn.Conv2d inside the UNet's attention blocks) gets a trainable
-`down` (rank x in, same kernel as W) and `up` (out x rank, 1x1, zero-initialised), so the output
-becomes W x + (alpha / rank) * up(down(x)); with `up` at zero, training starts from the base model
-exactly. The adapters sit on forward hooks, so the model code is untouched and sampling through
-the ordinary Pipeline sees them.
+The adapters (lora_network.py: `up(down(x)) * alpha / rank` on forward hooks, `up` zero-initialised)
+train on the shared Trainer. This module does the UNet models (SD1/SD2/SDXL); a flow-matching DiT
+(Flux.1, FLUX.2 [klein], SD3/3.5, Z-Image) goes to dit_lora.py from `build`, the same options and
+run folder, the family picked from the checkpoint.
 
 Targets are kohya's default "networks.lora" set: every Linear/Conv2d inside the UNet's
 transformer blocks (proj_in, attn1/attn2 q/k/v/out, ff, proj_out) and, with the text encoder,
@@ -35,91 +34,9 @@ from ..atomic import write_atomic
 from ..errors import InvalidArgument
 from ..models.unet import SpatialTransformer
 from . import finetune as FT
-from .loha import LohaLayer
+from .lora_network import ALGOS, LoraNetwork
 
 log = logging.getLogger(__name__)
-
-
-class LoraLayer(nn.Module):
-    def __init__(self, target: nn.Module, rank: int, alpha: float):
-        super().__init__()
-        if isinstance(target, nn.Linear):
-            self.lora_down = nn.Linear(target.in_features, rank, bias=False)
-            self.lora_up = nn.Linear(rank, target.out_features, bias=False)
-        elif isinstance(target, nn.Conv2d):
-            self.lora_down = nn.Conv2d(target.in_channels, rank, target.kernel_size, target.stride,
-                                       target.padding, bias=False)
-            self.lora_up = nn.Conv2d(rank, target.out_channels, 1, bias=False)
-        else:
-            raise TypeError(f"cannot put a LoRA on {type(target).__name__}")
-        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_up.weight)
-        dev = target.weight.device
-        self.to(dev)
-        self.register_buffer("alpha", torch.tensor(float(alpha), device=dev))
-        self.rank = rank
-
-    @property
-    def scale(self) -> float:
-        return float(self.alpha) / self.rank
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lora_up(self.lora_down(x.to(self.lora_down.weight.dtype))) * self.scale
-
-    def saved(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        return {"lora_down.weight": self.lora_down.weight.detach().to("cpu", dtype).contiguous(),
-                "lora_up.weight": self.lora_up.weight.detach().to("cpu", dtype).contiguous(),
-                "alpha": self.alpha.detach().to("cpu", dtype)}
-
-
-ALGOS = ("lora", "locon", "loha")  # LoCon: LoRA on the ResBlocks' and resamplers' convs too
-
-
-def _is_spatial_conv(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and tuple(m.kernel_size) != (1, 1)
-
-
-class LoraNetwork(nn.Module):
-    """The trainable adapters, by kohya name; `attach()` hooks them onto their target layers. Convs
-    with a kernel wider than 1x1 get `conv_rank`/`conv_alpha` (kohya's conv_dim/conv_alpha);
-    `algo` "loha" makes LoHa adapters instead of LoRA ones."""
-
-    def __init__(self, targets: dict[str, nn.Module], rank: int, alpha: float, *, conv_rank: int | None = None,
-                 conv_alpha: float | None = None, algo: str = "lora"):
-        super().__init__()
-        self.targets = targets
-        layer = LohaLayer if algo == "loha" else LoraLayer
-        self.layers = nn.ModuleDict({
-            name: layer(m, conv_rank, conv_alpha) if _is_spatial_conv(m) and conv_rank else layer(m, rank, alpha)
-            for name, m in targets.items()})
-        self._handles: list = []
-        self.enabled = True
-
-    def attach(self) -> LoraNetwork:
-        self.detach()
-        for name, target in self.targets.items():
-            layer = self.layers[name]
-
-            def hook(_m, args, out, _layer=layer):
-                return out + _layer(args[0]).to(out.dtype) if self.enabled else out
-
-            self._handles.append(target.register_forward_hook(hook))
-        return self
-
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def param_groups(self, unet_lr_scale: float = 1.0, te_lr_scale: float = 1.0) -> list[dict]:
-        unet = [p for n, layer in self.layers.items() if n.startswith("lora_unet_") for p in layer.parameters()]
-        te = [p for n, layer in self.layers.items() if not n.startswith("lora_unet_") for p in layer.parameters()]
-        return [g for g in ({"params": unet, "lr_scale": unet_lr_scale},
-                            {"params": te, "lr_scale": te_lr_scale}) if g["params"]]
-
-    def kohya_state_dict(self, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-        """kohya (LoRA, LoCon) or LyCORIS (LoHa) keys: `<name>.<lora_down.weight|hada_w1_a|...|alpha>`."""
-        return {f"{name}.{key}": t for name, layer in self.layers.items() for key, t in layer.saved(dtype).items()}
 
 
 _CONV_BLOCKS = re.compile(r"\.(resnets|downsamplers|upsamplers)\.")  # diffusers' ResnetBlock2D, Down/Upsample2D
@@ -185,10 +102,18 @@ ARCH = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": 
         "sdxl_refiner": "stable-diffusion-xl-v1-refiner", "small": "opensd-small"}
 
 
-def metadata(opts: LoraOptions, pipe, ds, steps: int, started: float, step_done: int) -> dict[str, str]:
-    cfg = pipe.config
-    res = ds.resolution
+def unet_spec(cfg) -> dict[str, str]:
+    """The UNet family's lines of the metadata."""
     arch = ARCH[cfg.family] + ("-768-v" if cfg.family == "sd2" and cfg.prediction == "v" else "")
+    return {"ss_base_model_version": BASE_VERSION[cfg.family], "ss_v2": str(cfg.family == "sd2"),
+                "modelspec.architecture": f"{arch}/lora",
+            "modelspec.implementation": "sgm" if cfg.family.startswith("sdxl") else "diffusers"}
+
+
+def metadata(opts: LoraOptions, pipe, ds, steps: int, started: float, step_done: int,
+             spec: dict[str, str] | None = None) -> dict[str, str]:
+    """sd-scripts' ss_* and modelspec.* lines; `spec`: the model family's (default: unet_spec)."""
+    res = ds.resolution
     name = Path(opts.output).stem
     conv_dim, conv_alpha = opts.conv_rank()
     args = {"conv_dim": str(conv_dim), "conv_alpha": str(float(conv_alpha))} if conv_dim else {}
@@ -198,7 +123,6 @@ def metadata(opts: LoraOptions, pipe, ds, steps: int, started: float, step_done:
         "ss_network_module": "lycoris.kohya" if opts.network_type == "loha" else "networks.lora",
         "ss_network_dim": str(opts.rank), "ss_network_alpha": str(float(opts.alpha)),
         "ss_network_args": json.dumps(args) if args else "null",
-        "ss_base_model_version": BASE_VERSION[cfg.family], "ss_v2": str(cfg.family == "sd2"),
         "ss_sd_model_name": Path(opts.model).name, "ss_resolution": f"({res}, {res})",
         "ss_num_train_images": str(ds.num_repeated), "ss_steps": str(step_done), "ss_max_train_steps": str(steps),
         "ss_epoch": str(math.ceil(step_done / max(1, ds.steps_per_epoch(opts.batch_size)))),
@@ -215,14 +139,11 @@ def metadata(opts: LoraOptions, pipe, ds, steps: int, started: float, step_done:
         "ss_caption_tag_dropout_rate": str(opts.caption_tag_dropout_rate),
         "ss_training_started_at": str(started), "ss_training_finished_at": str(time.time()),
         "ss_output_name": name, "ss_tag_frequency": json.dumps(ds.tag_frequency()),
-        "ss_prediction_type": "v_prediction" if cfg.prediction == "v" else "epsilon",
         "ss_training_comment": "trained with opensd",
-        "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": f"{arch}/lora",
-        "modelspec.implementation": "sgm" if cfg.family.startswith("sdxl") else "diffusers",
-        "modelspec.title": name, "modelspec.resolution": f"{res}x{res}",
+        "modelspec.sai_model_spec": "1.0.0", "modelspec.title": name, "modelspec.resolution": f"{res}x{res}",
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)),
     }
-    return meta
+    return meta | (spec if spec is not None else unet_spec(pipe.config))
 
 
 def save_lora(network: LoraNetwork, path: Path, meta: dict[str, str], fp32: bool = False) -> Path:
@@ -246,9 +167,12 @@ def started_at(run_dir: Path) -> float:
 
 def build(opts: LoraOptions, pipe=None):
     """Everything of a LoRA run short of running it: (trainer, network, pipe, dataset, steps)."""
-    from .trainer import TrainConfig, Trainer
+    from . import dit_lora
     opts.validate()
+    own_pipe = pipe is None
     pipe = pipe or FT.load_base(opts.model, opts.device)
+    if dit_lora.is_dit(pipe):  # the flow-matching DiTs: their targets, loss and cached captions
+        return dit_lora.build(opts, pipe, own_pipe)
     ds = FT.open_dataset(opts, pipe)
     steps = FT.total_steps(opts, ds)
     FT.check_job(opts.run_dir, FT.job_record(opts, steps=steps, kind="lora"))
@@ -267,14 +191,7 @@ def build(opts: LoraOptions, pipe=None):
     def loss_fn(_net, batch, _step):
         return FT.diffusion_loss(pipe, batch, alphas, min_snr_gamma=opts.min_snr_gamma)
 
-    def sample_fn(_net, step, run_dir):
-        FT.save_samples(pipe, opts.sample_prompts or [ds.items[0].caption], step, run_dir, opts.seed,
-                        opts.sample_steps, ds.resolution)
-
-    cfg = TrainConfig(steps=steps, lr=opts.lr, warmup=opts.warmup, grad_clip=1.0, save_every=opts.save_every,
-                      sample_every=opts.sample_every, seed=opts.seed, bf16=opts.bf16, **opts.schedule())
-    trainer = Trainer(network, batches, loss_fn, cfg, Path(opts.run_dir), sample_fn,
-                      params=network.param_groups(1.0, te_scale), parallel=opts.parallel)
+    trainer = FT.make_trainer(opts, pipe, ds, steps, network, batches, loss_fn, network.param_groups(1.0, te_scale))
     return trainer, network, pipe, ds, steps
 
 
@@ -289,4 +206,8 @@ def train_lora(opts: LoraOptions, pipe=None, until: int | None = None, on_step=N
     trainer.run(progress=opts.progress, until=until, on_step=on_step)
     if trainer.step < steps or not trainer.main:
         return None
+    from . import dit_lora
+    if dit_lora.is_dit(pipe):
+        meta = metadata(opts, pipe, ds, steps, started, trainer.step, dit_lora.model_spec(pipe))
+        return dit_lora.save(network, opts.output, pipe.config.family, meta, opts.save_fp32)
     return save_lora(network, opts.output, metadata(opts, pipe, ds, steps, started, trainer.step), opts.save_fp32)
