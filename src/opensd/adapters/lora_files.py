@@ -32,6 +32,7 @@ import torch
 
 from ..checkpoints.files import read_metadata, read_state_dict
 from ..errors import CheckpointError
+from .lora_family import LABELS, dit_family
 
 # suffix -> role; the longest matching suffix wins.
 _SUFFIXES = {
@@ -277,10 +278,9 @@ def guess_family(lf: LoraFile) -> str | None:
             with torch.device("meta"):
                 width = w._full("meta").shape[1]
             return _CONTEXT_FAMILY.get(width, f"a model with {width}-wide cross-attention")
-    if any(part in n for n in lf.modules for part in ("double_blocks", "single_blocks", "single_transformer_blocks")):
-        return "Flux.1"
-    if any("joint_blocks" in n or n.startswith("transformer.transformer_blocks.") for n in lf.modules):
-        return "SD3"
+    dit = dit_family(lf.modules)
+    if dit is not None:
+        return LABELS[dit]
     if any(n.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for n in lf.modules):
         return "SDXL"
     return None

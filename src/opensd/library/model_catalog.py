@@ -22,6 +22,7 @@ from ..checkpoints.t2i_adapter_files import detect_t2i_adapter, from_diffusers, 
 from ..checkpoints.xlabs_controlnet_files import describe_xlabs_controlnet, is_xlabs_controlnet
 from ..checkpoints.files import read_safetensors_header, sniff_format
 from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_config
+from ..adapters.lora_family import dit_family
 from ..errors import OpenSDError
 from ..models import config as C
 from ..text.embeddings import load_embedding
@@ -84,7 +85,7 @@ def _lora(entries: dict, metadata: dict[str, str]) -> tuple[str | None, str]:
         family = _CONTEXT_FAMILY.get(widths[0]) if widths else None
     if family is None and any(k.startswith(("lora_te1_", "lora_te2_")) for k in entries):
         family = "sdxl"
-    return family, detail
+    return family or dit_family(entries), detail
 
 
 def _embedding(path: Path) -> tuple[str | None, str]:

@@ -9,7 +9,8 @@ import { EVENTS, emit, on } from "../shared.js";
 
 export const KINDS = [["checkpoints", "Checkpoints"], ["vae", "VAEs"], ["loras", "LoRAs"], ["embeddings", "Embeddings"],
   ["controlnet", "ControlNets"]];
-export const FAMILIES = { sd1: "SD 1.x", sd2: "SD 2.x", sdxl: "SDXL", sdxl_refiner: "SDXL refiner", small: "small" };
+export const FAMILIES = { sd1: "SD 1.x", sd2: "SD 2.x", sdxl: "SDXL", sdxl_refiner: "SDXL refiner", small: "small",
+  sd3: "SD3", flux: "Flux.1", chroma: "Chroma", flux2: "FLUX.2", z_image: "Z-Image", qwen_image: "Qwen-Image" };
 const AUTO_HASH_BYTES = 1 << 30;
 
 export function bytes(n) {
