@@ -54,6 +54,9 @@ def test_each_family_samples_sigmoid_normal_times_at_its_documented_shift():
     # FLUX.2: musubi-tuner's flux2_shift, mu linear in the latent cells: 0.5 at 256, 1.15 at 4096
     assert training_shift("flux2", None, (16, 16)) == pytest.approx(math.exp(0.5))
     assert training_shift("flux2", None, (64, 64)) == pytest.approx(math.exp(1.15))
+    # Qwen-Image: musubi-tuner's qwen_shift, mu linear in the 2x2 tokens: 0.5 at 256, 0.9 at 8192
+    assert training_shift("qwen_image", None, (32, 32)) == pytest.approx(math.exp(0.5))
+    assert training_shift("qwen_image", None, (256, 128)) == pytest.approx(math.exp(0.9))
     with pytest.raises(InvalidArgument, match="chroma"):
         training_shift("chroma", None, (8, 8))
     t = draw_sigmas(4, 3.0, torch.Generator().manual_seed(5))

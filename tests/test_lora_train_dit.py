@@ -18,6 +18,7 @@ from opensd.training.flow_loss import flow_loss
 from opensd.training.lora_train import LoraOptions, build, metadata, train_lora
 from reference import assert_close_scaled
 from test_finetune_lora import make_data
+from qwen_image_fixtures import qwen_image_parts, write_qwen_image_folder
 from z_image_fixtures import write_z_image_folder, z_image_parts
 
 FOLDERS = {
@@ -25,6 +26,7 @@ FOLDERS = {
     "sd3": lambda root: write_diffusers_folder(root, "sd3", sd3_parts("sd35", seed=1)),
     "z_image": lambda root: write_z_image_folder(root, z_image_parts(seed=1)),
     "flux2": lambda root: write_flux2_folder(root, flux2_parts(seed=1)),
+    "qwen_image": lambda root: write_qwen_image_folder(root, qwen_image_parts(seed=1)),
     "chroma": lambda root: write_diffusers_folder(root, "chroma", chroma_parts(seed=1)),
 }
 
@@ -61,7 +63,7 @@ def net_output(pipe, batch, guidance=None):
         return net(batch["x0"] + 0.5 * batch["noise"], batch["sigma"] * mult, batch["context"], batch["y"]).float()
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3", "z_image", "flux2"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "z_image", "flux2", "qwen_image"])
 def test_training_lowers_the_loss_and_the_file_loads_as_trained(tmp_path, family):
     opts = options(tmp_path, family)
     pipe = FT.load_base(opts.model)  # given, so kept whole (a run loading its own frees the text encoders)

@@ -1,5 +1,5 @@
-"""LoRA training for the flow-matching DiTs: Flux.1 (dev, schnell, Kontext), FLUX.2 [klein], SD3/3.5 and
-Z-Image(-Turbo). The same LoraNetwork (hooks on frozen Linears, `up` zero-initialised), Trainer,
+"""LoRA training for the flow-matching DiTs: Flux.1 (dev, schnell, Kontext), FLUX.2 [klein], SD3/3.5,
+Z-Image(-Turbo) and Qwen-Image. The same LoraNetwork (hooks on frozen Linears, `up` zero-initialised), Trainer,
 dataset and options as the UNet LoRAs; the loss is flow_loss.py's, the batches flow_batches.py's
 (captions and latents cached once, the text encoders then freed).
 
@@ -13,7 +13,9 @@ Targets, by each family's module path (our networks keep the original single-fil
   networks/lora_sd3.py: SingleDiTBlock);
 * Z-Image: the main layers' attention and feed-forward Linears, not their adaLN modulation nor the
   refiner blocks (musubi-tuner networks/lora_zimage.py: ZImageTransformerBlock minus
-  `_modulation|_refiner`).
+  `_modulation|_refiner`);
+* Qwen-Image: every Linear of the transformer blocks but their modulation (`img_mod`, `txt_mod`)
+  (musubi-tuner networks/lora_qwen_image.py: QwenImageTransformerBlock minus `_mod_`).
 
 The file: Flux.1 in kohya's names (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight``,
 ``.lora_up.weight``, ``.alpha``: what sd-scripts writes and ComfyUI, Forge and diffusers' kohya
@@ -43,8 +45,10 @@ TARGETS = {
     "flux2": (re.compile(r"^(double|single)_blocks\.\d+\."), re.compile(r"norm")),
     "sd3": (re.compile(r"^joint_blocks\.\d+\.(context|x)_block\."), None),
     "z_image": (re.compile(r"^layers\.\d+\."), re.compile(r"adaLN_modulation")),
+    "qwen_image": (re.compile(r"^transformer_blocks\.\d+\."), re.compile(r"_mod\.")),
 }
-BLOCK_LISTS = ("double_blocks", "single_blocks", "joint_blocks", "layers")  # gradient checkpointing's units
+# gradient checkpointing's units
+BLOCK_LISTS = ("double_blocks", "single_blocks", "joint_blocks", "layers", "transformer_blocks")
 
 
 def is_dit(pipe) -> bool:
@@ -55,8 +59,8 @@ def check_supported(opts, pipe) -> None:
     """InvalidArgument for a family or an option DiT LoRA training does not do."""
     fam = pipe.config.family
     if fam not in TARGETS:
-        raise InvalidArgument(f"model: LoRA training supports SD1/SD2/SDXL, Flux.1, FLUX.2 [klein], SD3/3.5 and "
-                              f"Z-Image models; {pipe.family.label} is not supported yet")
+        raise InvalidArgument(f"model: LoRA training supports SD1/SD2/SDXL, Flux.1, FLUX.2 [klein], SD3/3.5, "
+                              f"Z-Image and Qwen-Image models; {pipe.family.label} is not supported yet")
     if fam == "flux" and pipe.config.flux.in_channels != pipe.config.flux.out_channels:
         raise InvalidArgument("model: Flux.1 Fill (an inpainting network) cannot be LoRA-trained here; train on "
                               "Flux.1 dev and apply the LoRA to Fill")
@@ -105,11 +109,12 @@ def file_state_dict(network, paths: dict[str, str], family: str, dtype: torch.dt
 
 
 # family -> ss_base_model_version (Flux.1: sd-scripts' "flux1"), which model lists read back
-BASE_VERSION = {"flux": "flux1", "sd3": "sd3", "z_image": "z_image", "flux2": "flux2"}
+BASE_VERSION = {"flux": "flux1", "sd3": "sd3", "z_image": "z_image", "flux2": "flux2", "qwen_image": "qwen_image"}
 # family -> (modelspec.architecture, modelspec.implementation); Flux.1's depends on dev/schnell
 _SPEC = {"sd3": ("stable-diffusion-3", "https://github.com/Stability-AI/sd3.5"),
          "z_image": ("z-image", "https://github.com/Tongyi-MAI/Z-Image"),
-         "flux2": ("flux-2-klein", "https://github.com/black-forest-labs/flux2")}
+         "flux2": ("flux-2-klein", "https://github.com/black-forest-labs/flux2"),
+         "qwen_image": ("qwen-image", "https://github.com/QwenLM/Qwen-Image")}
 
 
 def model_spec(pipe) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The rectified-flow training loss of the DiT families (Flux.1, FLUX.2, SD3/3.5, Z-Image), as kohya's
+"""The rectified-flow training loss of the DiT families (Flux.1, FLUX.2, SD3/3.5, Z-Image, Qwen-Image), as kohya's
 sd-scripts/musubi-tuner and diffusers' flow-matching trainers compute it:
 
     x_t = (1 - t) x0 + t noise,   target = noise - x0 (the velocity),   loss = MSE(prediction, target)
@@ -16,7 +16,9 @@ Time t: u ~ N(0, 1), t = sigmoid(u) shifted by s (t' = s t / (1 + (s - 1) t)), o
   (0.5 at 256, 1.15 at 4096: our `flux_mu`);
 * SD3/3.5: diffusers' train_dreambooth_lora_sd3 default (`--weighting_scheme logit_normal`, mean 0,
   std 1, on its scheduler's shift-3.0 sigmas): s = the model's shift;
-* Z-Image: musubi-tuner's `shift` sampling at the model's own shift (Turbo's scheduler: 3.0).
+* Z-Image: musubi-tuner's `shift` sampling at the model's own shift (Turbo's scheduler: 3.0);
+* Qwen-Image: musubi-tuner's `qwen_shift` (its documented choice), s = exp(mu), mu linear in the
+  image's tokens (0.5 at 256, 0.9 at 8192: the pipeline's own dynamic shift).
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from ..sampling.flow import flux_mu, sd3_shift
 
 KOHYA_FLUX_SHIFT = 3.1582  # sd-scripts' README command for Flux.1 LoRAs: --discrete_flow_shift 3.1582
 FLUX_TRAIN_GUIDANCE = 1.0  # sd-scripts' --guidance_scale for training Flux.1 [dev]
-SAMPLING_NAMES = {"flux": "shift", "flux2": "flux2_shift", "sd3": "logit_normal", "z_image": "shift"}
+SAMPLING_NAMES = {"flux": "shift", "flux2": "flux2_shift", "sd3": "logit_normal", "z_image": "shift",
+                  "qwen_image": "qwen_shift"}
 
 
 def training_shift(family: str, model_shift: float | None, latent_hw: tuple[int, int]) -> float:
@@ -42,6 +45,9 @@ def training_shift(family: str, model_shift: float | None, latent_hw: tuple[int,
         return math.exp(flux_mu(h * w))
     if family in ("sd3", "z_image"):
         return float(model_shift)
+    if family == "qwen_image":  # its 16-channel latent's 2x2 patches are the tokens
+        h, w = latent_hw
+        return math.exp(flux_mu((h // 2) * (w // 2), 0.5, 0.9, 256, 8192))
     raise InvalidArgument(f"model: LoRA training has no time sampling for {family!r} models")
 
 
