@@ -17,6 +17,8 @@ network's own (diffusers' pipeline gives 1 - sigma) and the output is minus the 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -127,6 +129,20 @@ def caption_lengths(context: torch.Tensor, mask: torch.Tensor | None) -> torch.T
     return lengths
 
 
+@dataclass
+class Embedded:
+    """ZImage.embed's result: the joint sequence (image tokens, padded, then the caption's) entering
+    the main blocks, its RoPE angles and key mask, the time embedding, the image tokens' angles, the
+    image token count and its padded length."""
+    seq: torch.Tensor
+    pe: tuple
+    keys: torch.Tensor | None
+    t_emb: torch.Tensor
+    img_pe: tuple
+    n_img: int
+    n_x: int
+
+
 class ZImage(nn.Module):
     def __init__(self, cfg: ZImageConfig):
         super().__init__()
@@ -148,10 +164,30 @@ class ZImage(nn.Module):
         return rope_angles(ids, self.cfg.axes_dims, self.cfg.rope_theta)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, control=None) -> torch.Tensor:
         """Latents (B, C, H, W), the network's time t (B,) in [0, 1] (1 - sigma), caption features
         (B, L, cap_feat_dim), `mask` (B, L) bool: each sample's caption tokens (a leading run; None:
-        all L). Returns the network's output (minus the flow velocity), shaped as x."""
+        all L). `control`: callables taking (self, the Embedded of these inputs) and giving
+        {main block index: residual} (Fun ControlNets, z_image_controlnet.py), each added after
+        its block. Returns the network's output (minus the flow velocity), shaped as x."""
+        e = self.embed(x, t, context, mask)
+        hints: dict[int, torch.Tensor] = {}
+        for fn in control or ():
+            for i, h in fn(self, e).items():
+                hints[i] = h if i not in hints else hints[i] + h
+        seq = e.seq
+        for i, block in enumerate(self.layers):
+            seq = block(seq, e.pe, e.keys, e.t_emb)
+            if i in hints:
+                seq = seq + hints[i].to(seq.dtype)
+        p = self.cfg.patch_size
+        return unpatchify(self.final_layer(seq[:, :e.n_img], e.t_emb), p, *x.shape[-2:])
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None,
+              refiner_hints=None) -> Embedded:
+        """Everything before the main blocks: the joint sequence after the refiners, its RoPE angles,
+        key mask and time embedding. `refiner_hints(image tokens, angles, t_emb)` -> {refiner index:
+        residual added to the image tokens after that refiner block} (a Fun ControlNet 2.x's own pass)."""
         b, _, height, width = x.shape
         p, dim = self.cfg.patch_size, self.cfg.dim
         if height % p or width % p:
@@ -173,17 +209,19 @@ class ZImage(nn.Module):
         cap_ids = F.pad(positions[:, None] + 1, (0, 2))
 
         # image tokens, padded with their pad token to a multiple of 32
-        n_x = padded(n_img)
-        img = self.x_embedder(patchify(x, p))
-        img = torch.cat([img, self.x_pad_token.to(img).expand(b, n_x - n_img, dim)], dim=1)
+        img = self.pad_image(self.x_embedder(patchify(x, p)))
+        n_x = img.shape[1]
         rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
         grid = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(1, n_img, 3)
         img_ids = grid + F.pad(cap_lens_t[:, None, None] + 1, (0, 2))  # (B, n_img, 3)
         img_ids = F.pad(img_ids, (0, 0, 0, n_x - n_img))  # pad tokens at (0, 0, 0)
 
         img_pe, cap_pe = self._angles(img_ids), self._angles(cap_ids)
-        for block in self.noise_refiner:
+        extra = refiner_hints(img, img_pe, t_emb) if refiner_hints is not None else {}
+        for i, block in enumerate(self.noise_refiner):
             img = block(img, img_pe, None, t_emb)
+            if i in extra:
+                img = img + extra[i].to(img.dtype)
         cap_keys = None if cap_mask is None else cap_mask[:, None, None]
         for block in self.context_refiner:
             cap = block(cap, cap_pe, cap_keys, None)
@@ -193,6 +231,9 @@ class ZImage(nn.Module):
         seq = torch.cat([img, cap], dim=1)
         pe = tuple(torch.cat([a, c.expand(b, -1, -1)], dim=1) for a, c in zip(img_pe, cap_pe))
         keys = None if cap_mask is None else F.pad(cap_mask, (n_x, 0), value=True)[:, None, None]
-        for block in self.layers:
-            seq = block(seq, pe, keys, t_emb)
-        return unpatchify(self.final_layer(seq[:, :n_img], t_emb), p, height, width)
+        return Embedded(seq, pe, keys, t_emb, img_pe, n_img, n_x)
+
+    def pad_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens (B, n, dim) padded with the pad token to a multiple of 32."""
+        b, n, dim = tokens.shape
+        return torch.cat([tokens, self.x_pad_token.to(tokens).expand(b, padded(n) - n, dim)], dim=1)
