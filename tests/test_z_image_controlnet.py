@@ -75,7 +75,7 @@ def test_equals_diffusers(version, lengths):
         samples = cn(xs, t, caps, list(latent.expand(len(x), -1, -1, -1).unsqueeze(2).unbind(0)),
                      conditioning_scale=0.7)
         theirs = torch.stack(base(xs, t, caps, controlnet_block_samples=samples, return_dict=False)[0]).squeeze(2)
-        got = net(x, t, context, mask, control=ZImageControl([(ours, latent, 0.7)]).fns(x, t, context, mask))
+        got = net(x, t, context, mask, control=ZImageControl([(ours, latent, torch.full((len(x),), 0.7))]).fns(x, t, context, mask))
         plain = net(x, t, context, mask)
     assert_close_scaled(got, theirs, rel=1e-5)
     assert (got - plain).abs().max() > 1e-3  # the ControlNet did something
@@ -87,9 +87,9 @@ def test_two_controlnets_add_and_scale_zero_is_none():
     x, t, context, mask, latent = _inputs(16)
     with torch.no_grad():
         plain = net(x, t, context, mask)
-        zero = net(x, t, context, mask, control=ZImageControl([(ours, latent, 0.0)]).fns(x, t, context, mask))
+        zero = net(x, t, context, mask, control=ZImageControl([(ours, latent, torch.zeros(2))]).fns(x, t, context, mask))
         one = ours.hints(net, x, t, context, mask, latent.expand(2, -1, -1, -1), 0.5)
-        two = (ZImageControl([(ours, latent, 0.5)]) + ZImageControl([(ours, latent, 0.5)])).fns(x, t, context, mask)
+        two = (ZImageControl([(ours, latent, torch.full((2,), 0.5))]) + ZImageControl([(ours, latent, torch.full((2,), 0.5))])).fns(x, t, context, mask)
         both = net(x, t, context, mask, control=two)
         once = net(x, t, context, mask, control=[lambda b, e: {i: 2 * h for i, h in one.items()}])
     torch.testing.assert_close(zero, plain, rtol=0, atol=1e-6)

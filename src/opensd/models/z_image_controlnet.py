@@ -99,7 +99,7 @@ class ZImageControlNet(nn.Module):
         embed = self.control_all_x_embedder[f"{p}-1"]
         return base.pad_image(embed(patchify(latent.to(embed.weight.dtype), p)))
 
-    def hints(self, base: ZImage, x, t, context, mask, latent, scale: float = 1.0,
+    def hints(self, base: ZImage, x, t, context, mask, latent, scale: float | torch.Tensor = 1.0,
               e: Embedded | None = None) -> dict[int, torch.Tensor]:
         """{main block index: residual} for the base network's call on (x, t, context, mask) with the
         control latent; `e`: the base network's own Embedded of that call (reused where this
@@ -128,19 +128,22 @@ class ZImageControlNet(nn.Module):
 
 @dataclass
 class ZImageControl:
-    """Z-Image ControlNets for one base network call: per ControlNet (network, control latent
-    (B or 1, C, H, W), scale). Called by ZImage.forward(control=[...]) through `fns`."""
-    parts: list[tuple[ZImageControlNet, torch.Tensor, float]]
+    """Z-Image ControlNets for one base network call: per ControlNet (network, control latent (1, C,
+    H, W), gate): the gate (B,) scales each row's residuals (its conditioning scale; 0: a row without
+    this ControlNet). `map` applies to the gates, as the ControlNet plumbing maps residuals (scaled,
+    scattered to rows). The residuals are computed inside ZImage.forward(control=fns(...))."""
+    parts: list[tuple[ZImageControlNet, torch.Tensor, torch.Tensor]]
 
     def fns(self, x, t, context, mask) -> list:
-        def one(net, latent, scale):
+        def one(net, latent, gate):
             def fn(base, e):
+                scale = gate.to(x.device, x.dtype)[:, None, None]
                 return net.hints(base, x, t, context, mask, latent.expand(len(x), -1, -1, -1), scale, e)
             return fn
         return [one(*p) for p in self.parts]
 
     def map(self, fn) -> ZImageControl:
-        return ZImageControl([(n, fn(lat), s) for n, lat, s in self.parts])
+        return ZImageControl([(n, lat, fn(g)) for n, lat, g in self.parts])
 
     def __add__(self, other: ZImageControl) -> ZImageControl:
         return ZImageControl(self.parts + other.parts)
