@@ -71,6 +71,13 @@ class ControlHint:
         return out
 
 
+def chained(head: ControlHint, tail: ControlHint | None) -> ControlHint:
+    """`head`'s chain followed by `tail`'s (a new chain; the hints keep their images and windows)."""
+    if tail is None:
+        return head
+    return replace(head, previous=chained(head.previous, tail) if head.previous is not None else tail)
+
+
 def _image(image) -> torch.Tensor:
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         raise ValueError("image: expected an IMAGE (B, H, W, C)")

@@ -1,0 +1,69 @@
+"""ComfyUI's model-patch route for Z-Image Fun ControlNets (alibaba-pai's Z-Image-Turbo-Fun-Controlnet-Union
+1.0/2.0/2.1), with its names, inputs and defaults (comfy_extras.nodes_model_patch):
+
+* ModelPatchLoader (`name` from model_patches/) gives a MODEL_PATCH; only Z-Image Fun ControlNet files
+  are supported here (ComfyUI's other patches, Qwen-Image's blockwise ControlNets, USO, MultiTalk,
+  belong to models opensd does not run), others are refused when loaded.
+* ZImageFunControlnet (and QwenImageDiffsynthControlnet, which ComfyUI routes the same file through)
+  patches the MODEL: the control image acts on every conditioning entry, after the entries' own
+  ControlNet hints, at `strength` over the whole sampling (ComfyUI's patch has no percent window),
+  the image VAE-encoded by the node's `vae` and fitted to the latent as ControlNetApply's hints are.
+
+The network and its residuals are adapters/z_image_controlnet.py's (diffusers' ZImageControlNetModel
+semantics: a 2.x file's inpaint channels zero). `inpaint_image` and `mask` (2.x's inpainting) are not
+supported yet and are refused.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..checkpoints.files import read_safetensors_header
+from ..checkpoints.z_image_controlnet_files import is_z_image_controlnet
+from ..errors import CheckpointError, InvalidArgument
+from .nodes_controlnet import ControlHint, ControlNetRef, _image
+from .types import Choices, NodeDef, register
+
+MODULE = "comfy_extras.nodes_model_patch"
+
+
+def model_patch_loader(call, name):
+    path = call.ctx.folders.resolve("model_patches", name)
+    try:
+        header, _ = read_safetensors_header(path)
+    except (CheckpointError, OSError) as e:
+        raise InvalidArgument(f"model patch {name}: cannot read it as a safetensors file ({e})") from None
+    if not is_z_image_controlnet(header):
+        raise InvalidArgument(f"model patch {name}: not a Z-Image Fun ControlNet (Z-Image-Turbo-Fun-Controlnet-Union), "
+                              "the only model patch opensd runs")
+    return (ControlNetRef(path, name),)
+
+
+register(NodeDef(
+    "ModelPatchLoader", model_patch_loader, {"name": (Choices("model_patches"), {})}, ("MODEL_PATCH",),
+    category="advanced/loaders", experimental=True, module=MODULE,
+    description="Loads a model patch from model_patches/ (here: Z-Image Fun ControlNets)."))
+
+
+def fun_controlnet(call, model, model_patch, vae, strength, image=None, inpaint_image=None, mask=None):
+    if inpaint_image is not None or mask is not None:
+        raise InvalidArgument("inpaint_image/mask: a Z-Image Fun ControlNet's inpainting is not supported yet; "
+                              "give the control image only")
+    if image is None:
+        raise InvalidArgument("image: a control image is required (inpainting without one is not supported yet)")
+    hint = ControlHint(model_patch, _image(image)[:, :3], float(strength), vae=vae)
+    return (replace(model, model_controls=model.model_controls + (hint,)),)
+
+
+_STRENGTH = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01})
+_BASE = {"model": ("MODEL", {}), "model_patch": ("MODEL_PATCH", {}), "vae": ("VAE", {})}
+
+register(NodeDef(
+    "ZImageFunControlnet", fun_controlnet, {**_BASE, "strength": _STRENGTH}, ("MODEL",),
+    optional={"image": ("IMAGE", {}), "inpaint_image": ("IMAGE", {}), "mask": ("MASK", {})},
+    category="advanced/loaders/zimage", experimental=True, module=MODULE,
+    description="Applies a Z-Image Fun ControlNet (a MODEL_PATCH) with its control image to the model."))
+
+register(NodeDef(
+    "QwenImageDiffsynthControlnet", fun_controlnet, {**_BASE, "image": ("IMAGE", {}), "strength": _STRENGTH},
+    ("MODEL",), optional={"mask": ("MASK", {})}, category="advanced/loaders/qwen", experimental=True, module=MODULE,
+    description="ComfyUI's Qwen-Image node, which applies Z-Image Fun ControlNets as ZImageFunControlnet does."))

@@ -1,0 +1,131 @@
+"""Z-Image Fun ControlNets from the faces people use, on a tiny random Z-Image in a ComfyUI models folder
+(test_z_image_faces.py's) and a tiny Fun ControlNet 2.1 in the released naming: `opensd generate
+--control FILE,IMAGE,weight=W`, the A1111 API's alwayson_scripts controlnet unit and ComfyUI's
+ModelPatchLoader + ZImageFunControlnet graph each give our txt2img's image with the ControlNet at that
+weight/strength (and not the plain image); ModelPatchLoader refuses other files, the node refuses
+inpainting inputs; object_info lists the nodes with ComfyUI's inputs."""
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from server_live import BASE
+from workflow_fixtures import Loader, make_ctx
+
+from opensd.adapters.controlnet import ControlSpec, load_controlnet
+from opensd.checkpoints.files import save_safetensors
+from opensd.cli import main
+from opensd.library.models_dir import ModelFolders
+from opensd.server.app import create_app
+from opensd.server.settings import Settings
+from opensd.workflows import NodeError
+from opensd.workflows.types import NODES
+from test_z_image_controlnet_pipeline import _controlnet
+from test_z_image_faces import PROMPT, SEED, SIZE, STEPS, UNET, _graph, _pixels, _run
+from z_image_fixtures import z_image_models
+
+NAME, WEIGHT = "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors", 0.8
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("zimagecnfaces")
+    models, pipe = z_image_models(tmp, seed=4)
+    for folder in ("model_patches", "ControlNet"):
+        (models / folder).mkdir()
+        _controlnet("2.1", models / folder / NAME)
+    rng = np.random.default_rng(5)
+    hint = tmp / "hint.png"
+    Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(hint)
+    return models, pipe, tmp, hint
+
+
+def _want(pipe, models, hint, weight=WEIGHT):
+    spec = ControlSpec(load_controlnet(models / "ControlNet" / NAME, pipe), Image.open(hint), weight=weight)
+    return _pixels(pipe.txt2img(PROMPT, "", steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=1.0,
+                                sampler="euler", scheduler="simple", controls=[spec])[0])
+
+
+def _plain(pipe):
+    return _pixels(pipe.txt2img(PROMPT, "", steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=1.0,
+                                sampler="euler", scheduler="simple")[0])
+
+
+def test_cli_control(env, tmp_path):
+    models, pipe, _, hint = env
+    out = tmp_path / "z.png"
+    assert main(["generate", PROMPT, "-m", str(models / "diffusion_models" / UNET), "--steps", str(STEPS),
+                 "--seed", str(SEED), "--width", str(SIZE), "--height", str(SIZE), "--sampler", "euler",
+                 "--precision", "fp32", "--device", "cpu", "-o", str(out),
+                 "--control", f"{models / 'ControlNet' / NAME},{hint},weight={WEIGHT}"]) == 0
+    want = _want(pipe, models, hint)
+    assert np.abs(_pixels(Image.open(out)) - want).max() <= 1
+    assert np.abs(want - _plain(pipe)).max() > 8
+
+
+def test_a1111_api_controlnet_unit(env, tmp_path):
+    models, pipe, _, hint = env
+    (models / "checkpoints").mkdir(exist_ok=True)
+    shutil.copyfile(models / "diffusion_models" / UNET, models / "checkpoints" / UNET)
+    unit = {"enabled": True, "model": NAME.removesuffix(".safetensors"), "module": "none", "weight": WEIGHT,
+            "image": base64.b64encode(hint.read_bytes()).decode(), "resize_mode": "Just Resize"}
+    request = {"prompt": PROMPT, "steps": STEPS, "seed": SEED, "cfg_scale": 1, "width": SIZE, "height": SIZE,
+               "sampler_name": "Euler", "scheduler": "Simple", "override_settings": {"sd_model_checkpoint": UNET},
+               "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp_path / "out")), base_url=BASE) as client:
+        r = client.post("/sdapi/v1/txt2img", json=request)
+    assert r.status_code == 200, r.text
+    image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+    assert np.abs(_pixels(image) - _want(pipe, models, hint)).max() <= 1
+
+
+def _patched_graph(strength=WEIGHT, name=NAME, **more) -> dict:
+    g = _graph()
+    g["40"] = {"class_type": "ModelPatchLoader", "inputs": {"name": name}}
+    g["41"] = {"class_type": "LoadImage", "inputs": {"image": "hint.png"}}
+    g["42"] = {"class_type": "ZImageFunControlnet", "inputs": {
+        "model": ["20", 0], "model_patch": ["40", 0], "vae": ["13", 0], "strength": strength, "image": ["41", 0],
+        **more}}
+    g["3"]["inputs"]["model"] = ["42", 0]
+    return g
+
+
+@pytest.fixture(scope="module")
+def ctx(env):
+    models, _, tmp, hint = env
+    folders = ModelFolders(models, include_builtin=False)
+    c = make_ctx(folders, Loader(folders), tmp)
+    c.inputs_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(hint, c.inputs_dir / "hint.png")
+    return c
+
+
+def test_comfyui_model_patch_graph_equals_our_txt2img(env, ctx):
+    models, pipe, _, hint = env
+    assert np.abs(_run(ctx, _patched_graph()) - _want(pipe, models, hint)).max() <= 1
+    assert np.abs(_run(ctx, _patched_graph(strength=0.0)) - _plain(pipe)).max() <= 1
+
+
+def test_comfyui_refusals(env, ctx):
+    models, *_ = env
+    save_safetensors({"img_in.weight": torch.zeros(2, 2)}, models / "model_patches" / "other.safetensors")
+    with pytest.raises(NodeError, match="not a Z-Image Fun ControlNet"):
+        _run(ctx, _patched_graph(name="other.safetensors"))
+    with pytest.raises(NodeError, match="inpainting is not supported yet"):
+        _run(ctx, _patched_graph(inpaint_image=["41", 0]))
+
+
+def test_object_info_entries():
+    z = NODES["ZImageFunControlnet"]
+    assert list(z.required) == ["model", "model_patch", "vae", "strength"]
+    assert z.required["strength"][1] == {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}
+    assert list(z.optional) == ["image", "inpaint_image", "mask"] and z.outputs == ("MODEL",)
+    assert z.category == "advanced/loaders/zimage" and z.module == "comfy_extras.nodes_model_patch"
+    loader = NODES["ModelPatchLoader"]
+    assert list(loader.required) == ["name"] and loader.outputs == ("MODEL_PATCH",) and loader.experimental
