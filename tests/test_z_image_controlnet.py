@@ -133,3 +133,19 @@ def test_a_controlnet_of_another_width_is_refused():
     with pytest.raises(CheckpointError, match="width 3840 .the model's: 64"):
         compatible_z_image_controlnet(z_image_controlnet_config(shapes),
                                       C.ZImageConfig(dim=64, n_heads=2, ffn_hidden=170, adaln_dim=64, axes_dims=Z_AXES))
+
+
+def test_a_zero_gate_leaves_its_row_alone():
+    """Per-row gates (the plumbing's scattering and guess mode): a row gated 0 is the plain model's."""
+    base, _, released = _pair("2.1")
+    net, ours, _ = _ours(base, released)
+    x, t, context, mask, latent = _inputs(33)
+    with torch.no_grad():
+        plain = net(x, t, context, mask)
+        full = net(x, t, context, mask, control=ZImageControl([(ours, latent, torch.full((2,), 0.7))]).fns(
+            x, t, context, mask))
+        gated = net(x, t, context, mask, control=ZImageControl([(ours, latent, torch.tensor([0.0, 0.7]))]).fns(
+            x, t, context, mask))
+    torch.testing.assert_close(gated[0], plain[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(gated[1], full[1], rtol=1e-5, atol=1e-6)
+    assert (gated[1] - plain[1]).abs().max() > 1e-3
