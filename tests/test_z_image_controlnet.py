@@ -81,13 +81,17 @@ def test_equals_diffusers(version, lengths):
     assert (got - plain).abs().max() > 1e-3  # the ControlNet did something
 
 
+def _controlled(net, ours, x, t, context, mask, latent, gate):
+    return net(x, t, context, mask, control=ZImageControl([(ours, latent, gate)]).fns(x, t, context, mask))
+
+
 def test_two_controlnets_add_and_scale_zero_is_none():
     base, _, released = _pair("1.0")
     net, ours, _ = _ours(base, released)
     x, t, context, mask, latent = _inputs(16)
     with torch.no_grad():
         plain = net(x, t, context, mask)
-        zero = net(x, t, context, mask, control=ZImageControl([(ours, latent, torch.zeros(2))]).fns(x, t, context, mask))
+        zero = _controlled(net, ours, x, t, context, mask, latent, torch.zeros(2))
         one = ours.hints(net, x, t, context, mask, latent.expand(2, -1, -1, -1), 0.5)
         two = (ZImageControl([(ours, latent, torch.full((2,), 0.5))]) + ZImageControl([(ours, latent, torch.full((2,), 0.5))])).fns(x, t, context, mask)
         both = net(x, t, context, mask, control=two)
@@ -142,10 +146,8 @@ def test_a_zero_gate_leaves_its_row_alone():
     x, t, context, mask, latent = _inputs(33)
     with torch.no_grad():
         plain = net(x, t, context, mask)
-        full = net(x, t, context, mask, control=ZImageControl([(ours, latent, torch.full((2,), 0.7))]).fns(
-            x, t, context, mask))
-        gated = net(x, t, context, mask, control=ZImageControl([(ours, latent, torch.tensor([0.0, 0.7]))]).fns(
-            x, t, context, mask))
+        full = _controlled(net, ours, x, t, context, mask, latent, torch.full((2,), 0.7))
+        gated = _controlled(net, ours, x, t, context, mask, latent, torch.tensor([0.0, 0.7]))
     torch.testing.assert_close(gated[0], plain[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(gated[1], full[1], rtol=1e-5, atol=1e-6)
     assert (gated[1] - plain[1]).abs().max() > 1e-3
