@@ -2,8 +2,8 @@
 (test_z_image_faces.py's) and a tiny Fun ControlNet 2.1 in the released naming: `opensd generate
 --control FILE,IMAGE,weight=W`, the A1111 API's alwayson_scripts controlnet unit and ComfyUI's
 ModelPatchLoader + ZImageFunControlnet graph each give our txt2img's image with the ControlNet at that
-weight/strength (and not the plain image); ModelPatchLoader refuses other files, the node refuses
-inpainting inputs; object_info lists the nodes with ComfyUI's inputs."""
+weight/strength (and not the plain image); a 2.x file inpaints with the node's mask and inpaint_image as with
+the ControlSpec's; ModelPatchLoader refuses other files; object_info lists the nodes with ComfyUI's inputs."""
 from __future__ import annotations
 
 import base64
@@ -112,12 +112,31 @@ def test_comfyui_model_patch_graph_equals_our_txt2img(env, ctx):
     assert np.abs(_run(ctx, _patched_graph(strength=0.0)) - _plain(pipe)).max() <= 1
 
 
+def test_comfyui_inpainting_equals_our_txt2img(env, ctx):
+    """ZImageFunControlnet's mask (LoadImageMask's red channel, 1 = repaint) and inpaint_image give the
+    ControlSpec's mask and inpaint_image."""
+    models, pipe, _, hint = env
+    from test_z_image_controlnet_pipeline import _mask
+    _mask().save(ctx.inputs_dir / "mask.png")
+    image = Image.fromarray(np.random.default_rng(6).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    image.save(ctx.inputs_dir / "photo.png")
+    g = _patched_graph(inpaint_image=["43", 0], mask=["44", 0])
+    g["43"] = {"class_type": "LoadImage", "inputs": {"image": "photo.png"}}
+    g["44"] = {"class_type": "LoadImageMask", "inputs": {"image": "mask.png", "channel": "red"}}
+    spec = ControlSpec(load_controlnet(models / "ControlNet" / NAME, pipe), Image.open(hint), weight=WEIGHT,
+                       mask=_mask(), inpaint_image=image)
+    want = _pixels(pipe.txt2img(PROMPT, "", steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=1.0,
+                                sampler="euler", scheduler="simple", controls=[spec])[0])
+    assert np.abs(_run(ctx, g) - want).max() <= 1
+    assert np.abs(want - _want(pipe, models, hint)).max() > 8
+
+
 def test_comfyui_refusals(env, ctx):
     models, *_ = env
     save_safetensors({"img_in.weight": torch.zeros(2, 2)}, models / "model_patches" / "other.safetensors")
     with pytest.raises(NodeError, match="not a Z-Image Fun ControlNet"):
         _run(ctx, _patched_graph(name="other.safetensors"))
-    with pytest.raises(NodeError, match="inpainting is not supported yet"):
+    with pytest.raises(NodeError, match="connect one with inpaint_image"):
         _run(ctx, _patched_graph(inpaint_image=["41", 0]))
 
 

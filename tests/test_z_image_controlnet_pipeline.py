@@ -40,29 +40,35 @@ def _controlnet(version: str, path):
     return cn
 
 
+def _assert_equals_reference(z_image, cls, cn, seen, **call):
+    """`seen` (our latents after each step) equal to those of diffusers' `cls` pipeline called with
+    `call` on the same parts, noise, control image and scale."""
+    ours, parts, folder, _ = z_image
+    ref = cls(scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False),
+              vae=parts["vae"], text_encoder=parts["text_encoder"], transformer=parts["transformer"], controlnet=cn,
+              tokenizer=AutoTokenizer.from_pretrained(str(folder / "tokenizer")))
+    ref.set_progress_bar_config(disable=True)
+    want = []
+    with torch.no_grad():
+        ref(PROMPT, height=SIZE, width=SIZE, num_inference_steps=STEPS, latents=ours.noise([SEED], SIZE // 8, SIZE // 8),
+            control_image=_control_image(), controlnet_conditioning_scale=WEIGHT, output_type="latent",
+            callback_on_step_end=lambda p, i, t, kw: want.append(kw["latents"].clone()) or {}, **call)
+    assert len(seen) == len(want) == STEPS
+    for a, b in zip(seen, want):
+        assert_close_scaled(a, b, rel=1e-4)
+
+
 @pytest.mark.parametrize("version,cfg", [("1.0", 1.0), ("2.1", 1.0), ("2.1", 3.0)])
 def test_txt2img_equals_z_image_controlnet_pipeline_step_by_step(z_image, monkeypatch, version, cfg):
-    ours, parts, folder, root = z_image
+    ours, _, _, root = z_image
     path = root / f"cn_{version}.safetensors"
     cn = _controlnet(version, path)
     seen = euler_steps(monkeypatch)
     spec = ControlSpec(load_controlnet(path, ours), _control_image(), weight=WEIGHT)
     negative = NEGATIVE if cfg > 1 else ""
     ours.txt2img(PROMPT, negative, steps=STEPS, cfg=cfg, seed=SEED, width=SIZE, height=SIZE, controls=[spec])
-    ref = ZImageControlNetPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False),
-        vae=parts["vae"], text_encoder=parts["text_encoder"], transformer=parts["transformer"], controlnet=cn,
-        tokenizer=AutoTokenizer.from_pretrained(str(folder / "tokenizer")))
-    ref.set_progress_bar_config(disable=True)
-    want = []
-    with torch.no_grad():
-        ref(PROMPT, negative_prompt=negative or None, height=SIZE, width=SIZE, num_inference_steps=STEPS,
-            guidance_scale=cfg - 1, latents=ours.noise([SEED], SIZE // 8, SIZE // 8), control_image=_control_image(),
-            controlnet_conditioning_scale=WEIGHT, output_type="latent",
-            callback_on_step_end=lambda p, i, t, kw: want.append(kw["latents"].clone()) or {})
-    assert len(seen) == len(want) == STEPS
-    for a, b in zip(seen, want):
-        assert_close_scaled(a, b, rel=1e-4)
+    _assert_equals_reference(z_image, ZImageControlNetPipeline, cn, seen, negative_prompt=negative or None,
+                             guidance_scale=cfg - 1)
     controlled = seen[-1]
     ours.txt2img(PROMPT, negative, steps=STEPS, cfg=cfg, seed=SEED, width=SIZE, height=SIZE)
     assert (seen[-1] - controlled).abs().max() > 1e-3  # the ControlNet changed the image
@@ -98,3 +104,44 @@ def test_listed_as_a_z_image_controlnet(tmp_path):
     shapes = {k: {"shape": list(v.shape)} for k, v in cn.state_dict().items()}
     assert describe(shapes, {}, tmp_path / "cn.safetensors") == (
         "z_image", "Z-Image Fun ControlNet Union 2.x (2 control blocks, 33 input channels)")
+
+
+def _mask():
+    from PIL import Image
+    m = torch.zeros(SIZE, SIZE, dtype=torch.uint8)
+    m[8:40, 16:56] = 255
+    return Image.fromarray(m.numpy()).convert("RGB")
+
+
+def test_inpainting_equals_z_image_controlnet_inpaint_pipeline_step_by_step(z_image, monkeypatch):
+    """A 2.1 ControlNet with a mask (white = repaint) and the image to inpaint: the 17 channels are
+    1 - the mask at the latent's size and the latent of the image with its masked pixels grey."""
+    from diffusers import ZImageControlNetInpaintPipeline
+    from PIL import Image
+    ours, _, _, root = z_image
+    path = root / "cn_inpaint.safetensors"
+    cn = _controlnet("2.1", path)
+    image = Image.fromarray(torch.randint(0, 256, (SIZE, SIZE, 3), generator=torch.Generator().manual_seed(5),
+                                          dtype=torch.uint8).numpy())
+    seen = euler_steps(monkeypatch)
+    spec = ControlSpec(load_controlnet(path, ours), _control_image(), weight=WEIGHT, mask=_mask(), inpaint_image=image)
+    ours.txt2img(PROMPT, "", steps=STEPS, cfg=1.0, seed=SEED, width=SIZE, height=SIZE, controls=[spec])
+    _assert_equals_reference(z_image, ZImageControlNetInpaintPipeline, cn, seen, image=image, mask_image=_mask(),
+                             guidance_scale=0.0)
+    controlled = seen[-1]
+    ours.txt2img(PROMPT, "", steps=STEPS, cfg=1.0, seed=SEED, width=SIZE, height=SIZE,
+                 controls=[ControlSpec(spec.model, _control_image(), weight=WEIGHT)])
+    assert (seen[-1] - controlled).abs().max() > 1e-3  # the mask and image changed it
+
+
+def test_inpainting_inputs_are_checked(z_image):
+    ours, _, _, root = z_image
+    _controlnet("1.0", root / "cn_v1.safetensors")
+    v1 = load_controlnet(root / "cn_v1.safetensors", ours)
+    with pytest.raises(InvalidArgument, match="1.0, which has no inpainting channels"):
+        ControlSpec(v1, _control_image(), mask=_mask()).validate(ours.config)
+    _controlnet("2.1", root / "cn_v2.safetensors")
+    v2 = load_controlnet(root / "cn_v2.safetensors", ours)
+    with pytest.raises(InvalidArgument, match="a mask is required"):
+        ControlSpec(v2, _control_image(), inpaint_image=_control_image()).validate(ours.config)
+    ControlSpec(v2, _control_image(), mask=_mask()).validate(ours.config)  # the image to inpaint defaults to grey

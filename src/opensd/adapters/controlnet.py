@@ -56,7 +56,7 @@ from .flux_controlnet import FOLDER_CLASS as FLUX_FOLDER, DEFAULT_GUIDANCE, flux
 from .sd3_controlnet import FOLDER_CLASS as SD3_FOLDER, load_sd3_controlnet, sd3_residuals
 from .preprocessors import RESIZE_MODES, control_image, fit_image
 from .union_types import check_control_type, control_type_index, flux_mode_index
-from .z_image_controlnet import load_z_image_controlnet, z_image_residuals
+from .z_image_controlnet import check_z_image_inpaint, load_z_image_controlnet, z_image_inpaint_hint, z_image_residuals
 
 MAX_WEIGHT = 2.0
 DIT_NAMES = {"flux": "Flux.1", "mmdit": "SD3", "z_image": "Z-Image"}  # model config field -> family
@@ -160,6 +160,8 @@ class ControlSpec:
     control_type: int | str | None = None  # a Union ControlNet's type: a name or index (union_types.py)
     mask: Image.Image | None = None  # white = repaint: its pixels are -1 in the hint (controlnet_inpaint.py)
     inpaint: str | None = None  # sd-webui-controlnet's inpaint mode: global, only, only+lama (controlnet_inpaint.py)
+    # a Z-Image Fun ControlNet 2.x's image to inpaint (with `mask`; None: grey), as ZImageControlNetInpaintPipeline
+    inpaint_image: Image.Image | None = None
     given_type: int | str | None = field(default=None, init=False, repr=False)  # as given (Flux's names differ)
 
     def __post_init__(self):
@@ -183,7 +185,12 @@ class ControlSpec:
         if self.resize_mode not in RESIZE_MODES:
             raise InvalidArgument(f"control resize_mode: {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
         check_inpaint(self)
-        if self.mask is not None and (self.model.is_dit or self.model.is_adapter):
+        if self.model.is_z_image and (self.mask is not None or self.inpaint_image is not None):
+            check_z_image_inpaint(self)
+        elif self.inpaint_image is not None:
+            raise InvalidArgument(f"control inpaint_image: {self.model.name} is not a Z-Image Fun ControlNet 2.x; "
+                                  "give SD inpaint ControlNets the mask alone")
+        elif self.mask is not None and (self.model.is_dit or self.model.is_adapter):
             raise InvalidArgument(f"control mask: {self.model.name} is not an SD ControlNet; masked hints are for "
                                   "ControlNet 1.1's inpaint model")
         if self.model.is_flux:
@@ -345,7 +352,9 @@ class ControlApplier:
         self.features: dict = {}  # the adapters' features, computed once
         for spec in specs:
             hint = control_image(spec.image, *spec.model.hint_size(width, height), spec.resize_mode)
-            if spec.mask is not None:
+            if spec.mask is not None and spec.model.is_z_image:
+                hint = z_image_inpaint_hint(spec, hint, width, height)
+            elif spec.mask is not None:
                 hint = marked_hint(hint, fit_mask(spec.mask, width, height, spec.resize_mode))
             self.items.append((spec, hint.to(device, dtype)))
 
@@ -376,7 +385,8 @@ def cropped(spec: ControlSpec, box: tuple[int, int, int, int], size: tuple[int, 
     crops its units' images (the box has the output's aspect ratio, so it is then just resized)."""
     image = fit_image(spec.image, *size, spec.resize_mode).crop(box)
     mask = None if spec.mask is None else fit_mask_image(spec.mask, *size, spec.resize_mode).crop(box)
-    return replace(spec, image=image, mask=mask, resize_mode="just resize")
+    inpaint = None if spec.inpaint_image is None else fit_image(spec.inpaint_image, *size, spec.resize_mode).crop(box)
+    return replace(spec, image=image, mask=mask, inpaint_image=inpaint, resize_mode="just resize")
 
 
 def validate_controls(controls, base: ModelConfig) -> list[ControlSpec]:

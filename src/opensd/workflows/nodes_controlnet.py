@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapters.union_types import COMFY_NAMES, check_control_type, control_type_index
+from ..adapters.z_image_controlnet import INPAINT_HINT_CHANNELS
 from .types import Choices, NodeDef, register
 
 
@@ -227,7 +228,8 @@ class RowControl:
                 if img.shape[1] == 1:
                     img = img.expand(-1, 3, -1, -1)
                 self.nets[id(h)] = net = cached_controlnet(h.net.path, pipe, diff_base=h.net.base)
-                self.hints[id(h)] = center_resize(img[:, :3], *net.hint_size(width, height)).to(pipe.device, pipe.dtype)
+                img = img if img.shape[1] == INPAINT_HINT_CHANNELS else img[:, :3]  # a Z-Image inpainting hint: all
+                self.hints[id(h)] = center_resize(img, *net.hint_size(width, height)).to(pipe.device, pipe.dtype)
                 union_types = net.union_types
                 if union_types:  # ComfyUI ignores a type set on a plain ControlNet
                     check_control_type(h.net.control_type, union_types, h.net.name)

@@ -10,13 +10,20 @@
   the image VAE-encoded by the node's `vae` and fitted to the latent as ControlNetApply's hints are.
 
 The network and its residuals are adapters/z_image_controlnet.py's (diffusers' ZImageControlNetModel
-semantics: a 2.x file's inpaint channels zero). `inpaint_image` and `mask` (2.x's inpainting) are not
-supported yet and are refused.
+semantics: without a mask a 2.x file's inpaint channels are zero). A 2.x file inpaints given `mask` (1 =
+repaint) and `inpaint_image` (grey when not given; so is a missing control image), as diffusers'
+ZImageControlNetInpaintPipeline makes its channels (ComfyUI's the same): 1 - the mask at the latent's
+size and the latent of the image with its masked pixels grey. An inpaint_image without a mask is refused
+(ComfyUI then feeds a zero mask channel).
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
+import torch.nn.functional as F
+
+from ..adapters.z_image_controlnet import inpaint_hint
 from ..checkpoints.files import read_safetensors_header
 from ..checkpoints.z_image_controlnet_files import is_z_image_controlnet
 from ..errors import CheckpointError, InvalidArgument
@@ -44,14 +51,35 @@ register(NodeDef(
     description="Loads a model patch from model_patches/ (here: Z-Image Fun ControlNets)."))
 
 
+def _fitted(x: torch.Tensor, size) -> torch.Tensor:
+    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _inpaint_hint(image, inpaint_image, mask) -> torch.Tensor:
+    """The 7-channel hint (adapters/z_image_controlnet.py) at the control image's size (else the inpaint
+    image's): a missing image grey, the mask (1 = repaint) resized bilinearly (cut at 0.5 when used)."""
+    if mask is None:
+        raise InvalidArgument("mask: a Z-Image Fun ControlNet inpaints where a mask says (1 = repaint); "
+                              "connect one with inpaint_image")
+    image = None if image is None else _image(image)[:, :3]
+    inpaint = None if inpaint_image is None else _image(inpaint_image)[:, :3]
+    size = (image if image is not None else inpaint if inpaint is not None else mask[..., None, :, :]).shape[-2:]
+    grey = torch.full((1, 3, *size), 0.5)
+    m = mask.float().cpu().reshape(-1, 1, *mask.shape[-2:])
+    image, inpaint = [grey if x is None else _fitted(x, size) for x in (image, inpaint)]
+    n = max(len(image), len(inpaint), len(m))
+    return inpaint_hint(*(x.expand(n, -1, -1, -1) if len(x) == 1 else x for x in (image, inpaint, _fitted(m, size))))
+
+
 def fun_controlnet(call, model, model_patch, vae, strength, image=None, inpaint_image=None, mask=None):
     if inpaint_image is not None or mask is not None:
-        raise InvalidArgument("inpaint_image/mask: a Z-Image Fun ControlNet's inpainting is not supported yet; "
-                              "give the control image only")
-    if image is None:
-        raise InvalidArgument("image: a control image is required (inpainting without one is not supported yet)")
-    hint = ControlHint(model_patch, _image(image)[:, :3], float(strength), vae=vae)
-    return (replace(model, model_controls=model.model_controls + (hint,)),)
+        hint = _inpaint_hint(image, inpaint_image, mask)
+    elif image is None:
+        raise InvalidArgument("image: a control image is required (or inpaint_image and mask)")
+    else:
+        hint = _image(image)[:, :3]
+    control = ControlHint(model_patch, hint, float(strength), vae=vae)
+    return (replace(model, model_controls=model.model_controls + (control,)),)
 
 
 _STRENGTH = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01})
