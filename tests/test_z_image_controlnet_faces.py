@@ -1,9 +1,10 @@
 """Z-Image Fun ControlNets from the faces people use, on a tiny random Z-Image in a ComfyUI models folder
 (test_z_image_faces.py's) and a tiny Fun ControlNet 2.1 in the released naming: `opensd generate
---control FILE,IMAGE,weight=W`, the A1111 API's alwayson_scripts controlnet unit and ComfyUI's
-ModelPatchLoader + ZImageFunControlnet graph each give our txt2img's image with the ControlNet at that
-weight/strength (and not the plain image); a 2.x file inpaints with the node's mask and inpaint_image as with
-the ControlSpec's; ModelPatchLoader refuses other files; object_info lists the nodes with ComfyUI's inputs."""
+--control FILE,IMAGE,weight=W` (with mask=, inpaint_image=: a 2.x file's inpainting), the A1111 API's
+alwayson_scripts controlnet unit and ComfyUI's ModelPatchLoader + ZImageFunControlnet graph each give
+our txt2img's image with the ControlNet at that weight/strength (and not the plain image); a 2.x file
+inpaints with the node's mask and inpaint_image as with the ControlSpec's; ModelPatchLoader refuses
+other files; object_info lists the nodes with ComfyUI's inputs."""
 from __future__ import annotations
 
 import base64
@@ -67,6 +68,25 @@ def test_cli_control(env, tmp_path):
     want = _want(pipe, models, hint)
     assert np.abs(_pixels(Image.open(out)) - want).max() <= 1
     assert np.abs(want - _plain(pipe)).max() > 8
+
+
+def test_cli_control_inpainting(env, tmp_path):
+    from test_z_image_controlnet_pipeline import _mask
+    models, pipe, _, hint = env
+    _mask().save(tmp_path / "mask.png")
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    out = tmp_path / "z.png"
+    assert main(["generate", PROMPT, "-m", str(models / "diffusion_models" / UNET), "--steps", str(STEPS),
+                 "--seed", str(SEED), "--width", str(SIZE), "--height", str(SIZE), "--sampler", "euler",
+                 "--precision", "fp32", "--device", "cpu", "-o", str(out), "--control",
+                 f"{models / 'ControlNet' / NAME},{hint},weight={WEIGHT},mask={tmp_path / 'mask.png'},"
+                 f"inpaint_image={tmp_path / 'p.png'}"]) == 0
+    spec = ControlSpec(load_controlnet(models / "ControlNet" / NAME, pipe), Image.open(hint), weight=WEIGHT,
+                       mask=Image.open(tmp_path / "mask.png"), inpaint_image=Image.open(tmp_path / "p.png"))
+    want = _pixels(pipe.txt2img(PROMPT, "", steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=1.0,
+                                sampler="euler", scheduler="simple", controls=[spec])[0])
+    assert np.abs(_pixels(Image.open(out)) - want).max() <= 1
+    assert np.abs(want - _want(pipe, models, hint)).max() > 8
 
 
 def test_a1111_api_controlnet_unit(env, tmp_path):
