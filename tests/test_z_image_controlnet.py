@@ -62,6 +62,10 @@ def _inputs(in_dim, lengths=(7, 40), seed=0):
     return x, torch.tensor([0.3, 0.85][:len(lengths)]), context, mask, latent
 
 
+def _controlled(net, ours, x, t, context, mask, latent, gate, in_model=False):
+    return net(x, t, context, mask, control=ZImageControl([(ours, latent, gate, in_model)]).fns(x, t, context, mask))
+
+
 @pytest.mark.parametrize("version", list(LAYOUTS))
 @pytest.mark.parametrize("lengths", [(7, 40), (33, 33)])
 def test_equals_diffusers(version, lengths):
@@ -75,14 +79,10 @@ def test_equals_diffusers(version, lengths):
         samples = cn(xs, t, caps, list(latent.expand(len(x), -1, -1, -1).unsqueeze(2).unbind(0)),
                      conditioning_scale=0.7)
         theirs = torch.stack(base(xs, t, caps, controlnet_block_samples=samples, return_dict=False)[0]).squeeze(2)
-        got = net(x, t, context, mask, control=ZImageControl([(ours, latent, torch.full((len(x),), 0.7))]).fns(x, t, context, mask))
+        got = _controlled(net, ours, x, t, context, mask, latent, torch.full((len(x),), 0.7))
         plain = net(x, t, context, mask)
     assert_close_scaled(got, theirs, rel=1e-5)
     assert (got - plain).abs().max() > 1e-3  # the ControlNet did something
-
-
-def _controlled(net, ours, x, t, context, mask, latent, gate):
-    return net(x, t, context, mask, control=ZImageControl([(ours, latent, gate)]).fns(x, t, context, mask))
 
 
 def test_two_controlnets_add_and_scale_zero_is_none():
@@ -93,7 +93,8 @@ def test_two_controlnets_add_and_scale_zero_is_none():
         plain = net(x, t, context, mask)
         zero = _controlled(net, ours, x, t, context, mask, latent, torch.zeros(2))
         one = ours.hints(net, x, t, context, mask, latent.expand(2, -1, -1, -1), 0.5)
-        two = (ZImageControl([(ours, latent, torch.full((2,), 0.5))]) + ZImageControl([(ours, latent, torch.full((2,), 0.5))])).fns(x, t, context, mask)
+        half = ZImageControl([(ours, latent, torch.full((2,), 0.5), False)])
+        two = (half + half).fns(x, t, context, mask)
         both = net(x, t, context, mask, control=two)
         once = net(x, t, context, mask, control=[lambda b, e: {i: 2 * h for i, h in one.items()}])
     torch.testing.assert_close(zero, plain, rtol=0, atol=1e-6)
@@ -151,3 +152,33 @@ def test_a_zero_gate_leaves_its_row_alone():
     torch.testing.assert_close(gated[0], plain[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(gated[1], full[1], rtol=1e-5, atol=1e-6)
     assert (gated[1] - plain[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.0"])
+def test_in_model_order_equals_videox_fun(version):
+    """alibaba-pai's VideoX-Fun order (ComfyUI's too): the refiner residuals (the after_proj outputs of
+    the refiner-stage control blocks, scaled) added after the model's own refiner blocks; built here
+    from diffusers' parts with hooks."""
+    base, cn, released = _pair(version)
+    net, ours, _ = _ours(base, released)
+    x, t, context, mask, latent = _inputs(33)
+    caps = [c[m] for c, m in zip(context, mask)]
+    xs = list(x.unsqueeze(2).unbind(0))
+    stage = cn.control_noise_refiner if version == "2.1" else cn.control_layers
+    seen = []
+    hooks = [stage[i].after_proj.register_forward_hook(lambda m, a, out: seen.append(out)) for i in range(2)]
+    with torch.no_grad():
+        samples = cn(xs, t, caps, list(latent.expand(2, -1, -1, -1).unsqueeze(2).unbind(0)), conditioning_scale=0.7)
+    for h in hooks:
+        h.remove()
+    refiner = seen[:2]  # the refiner stage runs first
+    hooks = [base.noise_refiner[i].register_forward_hook(lambda m, a, out, i=i: out + 0.7 * refiner[i])
+             for i in range(2)]
+    with torch.no_grad():
+        theirs = torch.stack(base(xs, t, caps, controlnet_block_samples=samples, return_dict=False)[0]).squeeze(2)
+        got = _controlled(net, ours, x, t, context, mask, latent, torch.full((2,), 0.7), in_model=True)
+        diffusers_order = _controlled(net, ours, x, t, context, mask, latent, torch.full((2,), 0.7))
+    for h in hooks:
+        h.remove()
+    assert_close_scaled(got, theirs, rel=1e-5)
+    assert (got - diffusers_order).abs().max() > 1e-3  # the two orders differ

@@ -47,8 +47,9 @@ def env(tmp_path_factory):
     return models, pipe, tmp, hint
 
 
-def _want(pipe, models, hint, weight=WEIGHT):
-    spec = ControlSpec(load_controlnet(models / "ControlNet" / NAME, pipe), Image.open(hint), weight=weight)
+def _want(pipe, models, hint, weight=WEIGHT, in_model=False):
+    spec = ControlSpec(load_controlnet(models / "ControlNet" / NAME, pipe), Image.open(hint), weight=weight,
+                       refiner_in_model=in_model)
     return _pixels(pipe.txt2img(PROMPT, "", steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=1.0,
                                 sampler="euler", scheduler="simple", controls=[spec])[0])
 
@@ -128,7 +129,9 @@ def ctx(env):
 
 def test_comfyui_model_patch_graph_equals_our_txt2img(env, ctx):
     models, pipe, _, hint = env
-    assert np.abs(_run(ctx, _patched_graph()) - _want(pipe, models, hint)).max() <= 1
+    got = _run(ctx, _patched_graph())
+    assert np.abs(got - _want(pipe, models, hint, in_model=True)).max() <= 1  # ComfyUI's order
+    assert np.abs(got - _want(pipe, models, hint)).max() > 1  # not diffusers' (a 2.1 file)
     assert np.abs(_run(ctx, _patched_graph(strength=0.0)) - _plain(pipe)).max() <= 1
 
 
@@ -144,11 +147,11 @@ def test_comfyui_inpainting_equals_our_txt2img(env, ctx):
     g["43"] = {"class_type": "LoadImage", "inputs": {"image": "photo.png"}}
     g["44"] = {"class_type": "LoadImageMask", "inputs": {"image": "mask.png", "channel": "red"}}
     spec = ControlSpec(load_controlnet(models / "ControlNet" / NAME, pipe), Image.open(hint), weight=WEIGHT,
-                       mask=_mask(), inpaint_image=image)
+                       mask=_mask(), inpaint_image=image, refiner_in_model=True)
     want = _pixels(pipe.txt2img(PROMPT, "", steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=1.0,
                                 sampler="euler", scheduler="simple", controls=[spec])[0])
     assert np.abs(_run(ctx, g) - want).max() <= 1
-    assert np.abs(want - _want(pipe, models, hint)).max() > 8
+    assert np.abs(want - _want(pipe, models, hint, in_model=True)).max() > 8
 
 
 def test_comfyui_refusals(env, ctx):
@@ -168,3 +171,10 @@ def test_object_info_entries():
     assert z.category == "advanced/loaders/zimage" and z.module == "comfy_extras.nodes_model_patch"
     loader = NODES["ModelPatchLoader"]
     assert list(loader.required) == ["name"] and loader.outputs == ("MODEL_PATCH",) and loader.experimental
+
+
+def test_cli_control_options():
+    from opensd.cli.control import parse_control
+    spec = parse_control("cn.safetensors,hint.png,weight=0.5,refiner_in_model,mask=m.png,inpaint_image=p.png")
+    assert spec == {"model": "cn.safetensors", "image": "hint.png", "weight": 0.5, "refiner_in_model": True,
+                    "mask": "m.png", "inpaint_image": "p.png"}

@@ -112,7 +112,7 @@ class LoadedControlNet:
         return -(-width // u) * u, -(-height // u) * u
 
     def residuals(self, x, hint, t, context, y, control_type=None, scales=None, cache=None,
-                  guidance: float | None = None, encoder=None) -> Control:
+                  guidance: float | None = None, encoder=None, in_model: bool = False) -> Control:
         """What this network adds to the UNet call on x (scaled by `scales`, one per residual/feature);
         an adapter's features come from `cache` (keyed by the hint) when computed before. A Flux
         ControlNet's (a FluxControl) take the distilled `guidance` and cache the hint's latent (encoded by
@@ -121,7 +121,7 @@ class LoadedControlNet:
             return flux_residuals(self, x, hint, t, context, y, control_type, scales, cache,
                                   DEFAULT_GUIDANCE if guidance is None else guidance, encoder)
         if self.is_z_image:
-            return z_image_residuals(self, x, hint, scales, cache, encoder)
+            return z_image_residuals(self, x, hint, scales, cache, encoder, in_model)
         if self.is_dit:
             return sd3_residuals(self, x, hint, t, context, y, scales, cache, encoder)
         if not self.is_adapter:
@@ -162,6 +162,9 @@ class ControlSpec:
     inpaint: str | None = None  # sd-webui-controlnet's inpaint mode: global, only, only+lama (controlnet_inpaint.py)
     # a Z-Image Fun ControlNet 2.x's image to inpaint (with `mask`; None: grey), as ZImageControlNetInpaintPipeline
     inpaint_image: Image.Image | None = None
+    # a Z-Image Fun ControlNet 2.x's refiner residuals added to the model's refiner (alibaba-pai's and
+    # ComfyUI's order) instead of the ControlNet's own pass (diffusers')
+    refiner_in_model: bool = False
     given_type: int | str | None = field(default=None, init=False, repr=False)  # as given (Flux's names differ)
 
     def __post_init__(self):
@@ -372,7 +375,8 @@ class ControlApplier:
             n = spec.model.n_residuals
             with torch.no_grad():
                 res = spec.model.residuals(xs, hint, t.expand(len(x))[rows], ctx, None if y is None else y[rows],
-                                           spec.control_type, scales(spec, n), self.features, self.guidance)
+                                           spec.control_type, scales(spec, n), self.features, self.guidance,
+                                           in_model=spec.refiner_in_model)
             if spec.guess_mode:  # the unconditional rows get nothing
                 res = res.map(lambda r: torch.cat([torch.zeros_like(r[:1]).expand(n_uncond, *r.shape[1:]), r]))
             total = res if total is None else total + res

@@ -94,7 +94,9 @@ def _inpaint_latent(loaded, hint, cache, encoder) -> torch.Tensor:
     return torch.cat([control, keep.to(control), image], dim=1)
 
 
-def z_image_residuals(loaded, x, hint, scales, cache, encoder=None) -> ZImageControl:
+def z_image_residuals(loaded, x, hint, scales, cache, encoder=None, in_model: bool = False) -> ZImageControl:
+    """`in_model`: alibaba-pai's and ComfyUI's order (a 2.x file's refiner residuals to the model's
+    refiner), else diffusers' (models/z_image_controlnet.py)."""
     net: ZImageControlNet = loaded.net
     if hint.shape[1] == INPAINT_HINT_CHANNELS:
         check_inpainting(net, loaded.name)
@@ -103,4 +105,4 @@ def z_image_residuals(loaded, x, hint, scales, cache, encoder=None) -> ZImageCon
         latent = control_latent(net, encode_hint(loaded, hint, cache, encoder))
     dtype = next(net.parameters()).dtype
     gate = torch.full((len(x),), (scales or [1.0])[0], device=x.device)
-    return ZImageControl([(net, latent.to(x.device, dtype), gate)])
+    return ZImageControl([(net, latent.to(x.device, dtype), gate, in_model)])

@@ -119,6 +119,15 @@ def unpatchify(tokens: torch.Tensor, p: int, height: int, width: int) -> torch.T
     return tokens.view(b, h, w, p, p, -1).permute(0, 5, 1, 3, 2, 4).reshape(b, -1, height, width)
 
 
+def summed(dicts) -> dict[int, torch.Tensor]:
+    """{index: residual} dicts added up by index."""
+    out: dict[int, torch.Tensor] = {}
+    for d in dicts:
+        for i, h in d.items():
+            out[i] = h if i not in out else out[i] + h
+    return out
+
+
 def caption_lengths(context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """(B,) the caption tokens each sample has: `mask`'s leading True run (all of context's without one)."""
     if mask is None:
@@ -169,12 +178,16 @@ class ZImage(nn.Module):
         (B, L, cap_feat_dim), `mask` (B, L) bool: each sample's caption tokens (a leading run; None:
         all L). `control`: callables taking (self, the Embedded of these inputs) and giving
         {main block index: residual} (Fun ControlNets, z_image_controlnet.py), each added after
-        its block. Returns the network's output (minus the flow velocity), shaped as x."""
-        e = self.embed(x, t, context, mask)
-        hints: dict[int, torch.Tensor] = {}
-        for fn in control or ():
-            for i, h in fn(self, e).items():
-                hints[i] = h if i not in hints else hints[i] + h
+        its block; those with a `refiner_hints(self, image tokens, angles, t_emb)` also give
+        {refiner block index: residual} for the image refiner. Returns the network's output (minus the flow velocity), shaped as x."""
+        control = list(control or ())
+        refiners = [fn for fn in control if hasattr(fn, "refiner_hints")]
+
+        def refiner_hints(img, img_pe, t_emb):
+            return summed(fn.refiner_hints(self, img, img_pe, t_emb) for fn in refiners)
+
+        e = self.embed(x, t, context, mask, refiner_hints if refiners else None)
+        hints = summed(fn(self, e) for fn in control)
         seq = e.seq
         for i, block in enumerate(self.layers):
             seq = block(seq, e.pe, e.keys, e.t_emb)

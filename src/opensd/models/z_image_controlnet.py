@@ -16,7 +16,8 @@ Before the main blocks the stream is refined over the image tokens alone:
   their first two residuals to that own refiner pass.
 Then it is joined with the base network's refined caption and runs through the control blocks
 against the joint sequence. This is diffusers' ZImageControlNetModel; its residuals are added by
-ZImage.forward(control=...). The base network's own refiner is not touched (diffusers' order).
+ZImage.forward(control=...). In diffusers' order the base network's own refiner is not touched; in
+alibaba-pai's (VideoX-Fun's, ComfyUI's: InModel) the 2.x refiner residuals are added to it.
 
 Attribute names are the released file's after the base network's renames (fused qkv, `out`,
 `q_norm`/`k_norm`): checkpoints/z_image_controlnet_files.py.
@@ -99,51 +100,80 @@ class ZImageControlNet(nn.Module):
         embed = self.control_all_x_embedder[f"{p}-1"]
         return base.pad_image(embed(patchify(latent.to(embed.weight.dtype), p)))
 
-    def hints(self, base: ZImage, x, t, context, mask, latent, scale: float | torch.Tensor = 1.0,
-              e: Embedded | None = None) -> dict[int, torch.Tensor]:
-        """{main block index: residual} for the base network's call on (x, t, context, mask) with the
-        control latent; `e`: the base network's own Embedded of that call (reused where this
-        ControlNet's pass of the refiners would equal it)."""
+    def refine(self, base: ZImage, latent, img, img_pe, t_emb, scale) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """The control stream refined over the image tokens `img` (as they enter the base network's
+        refiner) -> ({refiner block index: residual}, the stream)."""
         c = self.stream(base, latent)
-        state = {}
-
-        def refiner_hints(img, img_pe, t_emb):
-            blocks = self.control_layers if self.config.refiner == "layers" else self.control_noise_refiner
-            skips, state["c"] = run_blocks(blocks, c, img, img_pe, None, t_emb)
-            return {i: s * scale for i, s in enumerate(skips[:base.cfg.n_refiner_layers])}
-
         if self.config.refiner == "plain":
-            if e is None:
-                e = base.embed(x, t, context, mask)
-            stream = c
             for block in self.control_noise_refiner:
-                stream = block(stream, e.img_pe, None, e.t_emb)
-        else:
-            e = base.embed(x, t, context, mask, refiner_hints)
-            stream = state["c"]
+                c = block(c, img_pe, None, t_emb)
+            return {}, c
+        blocks = self.control_layers if self.config.refiner == "layers" else self.control_noise_refiner
+        skips, c = run_blocks(blocks, c, img, img_pe, None, t_emb)
+        return {i: s * scale for i, s in enumerate(skips[:base.cfg.n_refiner_layers])}, c
+
+    def layer_hints(self, base: ZImage, e: Embedded, stream, scale) -> dict[int, torch.Tensor]:
+        """{main block index: residual}: the refined stream joined with the caption through the control
+        blocks against the joint sequence `e`."""
         joint = torch.cat([stream, e.seq[:, e.n_x:]], dim=1)
         skips, _ = run_blocks(self.control_layers, joint, e.seq, e.pe, e.keys, e.t_emb)
         return {i: s * scale for i, s in zip(self.config.places(len(base.layers)), skips)}
+
+    def hints(self, base: ZImage, x, t, context, mask, latent, scale: float | torch.Tensor = 1.0,
+              e: Embedded | None = None) -> dict[int, torch.Tensor]:
+        """diffusers' order: {main block index: residual} for the base network's call on (x, t, context,
+        mask) with the control latent, scaled by `scale` (a number, or (B, 1, 1) per row), the refiner
+        residuals added in this ControlNet's own pass of the base network's refiners (not the model's);
+        `e`: the base network's own Embedded of that call (reused where that pass would equal it)."""
+        state = {}
+
+        def own(img, img_pe, t_emb):
+            extra, state["c"] = self.refine(base, latent, img, img_pe, t_emb, scale)
+            return extra
+
+        if self.config.refiner == "plain" and e is not None:
+            own(None, e.img_pe, e.t_emb)
+        else:
+            e = base.embed(x, t, context, mask, own)
+        return self.layer_hints(base, e, state["c"], scale)
+
+
+class InModel:
+    """alibaba-pai's (VideoX-Fun's) and ComfyUI's order for one ControlNet: its refiner residuals added
+    to the base network's own refiner (ZImage.forward calls `refiner_hints` there), its block
+    residuals then computed from that hinted sequence."""
+
+    def __init__(self, net: ZImageControlNet, latent: torch.Tensor, scale):
+        self.net, self.latent, self.scale, self.c = net, latent, scale, None
+
+    def refiner_hints(self, base: ZImage, img, img_pe, t_emb) -> dict[int, torch.Tensor]:
+        extra, self.c = self.net.refine(base, self.latent, img, img_pe, t_emb, self.scale)
+        return extra
+
+    def __call__(self, base: ZImage, e: Embedded) -> dict[int, torch.Tensor]:
+        return self.net.layer_hints(base, e, self.c, self.scale)
 
 
 @dataclass
 class ZImageControl:
     """Z-Image ControlNets for one base network call: per ControlNet (network, control latent (1, C,
-    H, W), gate): the gate (B,) scales each row's residuals (its conditioning scale; 0: a row without
-    this ControlNet). `map` applies to the gates, as the ControlNet plumbing maps residuals (scaled,
-    scattered to rows). The residuals are computed inside ZImage.forward(control=fns(...))."""
-    parts: list[tuple[ZImageControlNet, torch.Tensor, torch.Tensor]]
+    H, W), gate, in_model): the gate (B,) scales each row's residuals (its conditioning scale; 0: a row
+    without this ControlNet); `in_model`: the refiner residuals go to the model's refiner (InModel),
+    else diffusers' order. `map` applies to the gates, as the ControlNet plumbing maps residuals
+    (scaled, scattered to rows). The residuals are computed inside ZImage.forward(control=fns(...))."""
+    parts: list[tuple[ZImageControlNet, torch.Tensor, torch.Tensor, bool]]
 
     def fns(self, x, t, context, mask) -> list:
-        def one(net, latent, gate):
-            def fn(base, e):
-                scale = gate.to(x.device, x.dtype)[:, None, None]
-                return net.hints(base, x, t, context, mask, latent.expand(len(x), -1, -1, -1), scale, e)
-            return fn
+        def one(net, latent, gate, in_model):
+            scale = gate.to(x.device, x.dtype)[:, None, None]
+            latent = latent.expand(len(x), -1, -1, -1)
+            if in_model:
+                return InModel(net, latent, scale)
+            return lambda base, e: net.hints(base, x, t, context, mask, latent, scale, e)
         return [one(*p) for p in self.parts]
 
     def map(self, fn) -> ZImageControl:
-        return ZImageControl([(n, lat, fn(g)) for n, lat, g in self.parts])
+        return ZImageControl([(n, lat, fn(g), m) for n, lat, g, m in self.parts])
 
     def __add__(self, other: ZImageControl) -> ZImageControl:
         return ZImageControl(self.parts + other.parts)

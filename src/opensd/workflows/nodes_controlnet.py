@@ -63,6 +63,7 @@ class ControlHint:
     end: float = 1.0
     previous: ControlHint | None = None
     vae: Any = None                  # ControlNetApplyAdvanced's VAE: encodes the image for Flux ControlNets
+    refiner_in_model: bool = False   # ZImageFunControlnet's: ComfyUI's order for a Z-Image 2.x file's refiner
 
     def chain(self) -> list[ControlHint]:
         out, h = [], self
@@ -272,7 +273,8 @@ class RowControl:
                 with torch.no_grad():
                     kind = h.net.control_type if net.union_types else None
                     out = net.residuals(xs, self.hints[id(h)], tt[idx], ctx, ys, kind, cache=self.features,
-                                        guidance=guidance, encoder=None if h.vae is None else h.vae.pipe)
+                                        guidance=guidance, encoder=None if h.vae is None else h.vae.pipe,
+                                        in_model=h.refiner_in_model)
                 out = out.map(lambda o: o * h.strength)
                 res = out if res is None else res + out
             if res is None:

@@ -7,10 +7,12 @@
 * ZImageFunControlnet (and QwenImageDiffsynthControlnet, which ComfyUI routes the same file through)
   patches the MODEL: the control image acts on every conditioning entry, after the entries' own
   ControlNet hints, at `strength` over the whole sampling (ComfyUI's patch has no percent window),
-  the image VAE-encoded by the node's `vae` and fitted to the latent as ControlNetApply's hints are.
+  the image VAE-encoded by the node's `vae` and fitted to the latent as ControlNetApply's hints are;
+  a 2.x file's refiner residuals go to the model's own refiner, as ComfyUI (and alibaba-pai's
+  VideoX-Fun) add them (ControlSpec.refiner_in_model).
 
-The network and its residuals are adapters/z_image_controlnet.py's (diffusers' ZImageControlNetModel
-semantics: without a mask a 2.x file's inpaint channels are zero). A 2.x file inpaints given `mask` (1 =
+The network and its residuals are adapters/z_image_controlnet.py's (without a mask a 2.x file's inpaint
+channels are zero, as diffusers gives them; ComfyUI then encodes a grey image). A 2.x file inpaints given `mask` (1 =
 repaint) and `inpaint_image` (grey when not given; so is a missing control image), as diffusers'
 ZImageControlNetInpaintPipeline makes its channels (ComfyUI's the same): 1 - the mask at the latent's
 size and the latent of the image with its masked pixels grey. An inpaint_image without a mask is refused
@@ -78,7 +80,7 @@ def fun_controlnet(call, model, model_patch, vae, strength, image=None, inpaint_
         raise InvalidArgument("image: a control image is required (or inpaint_image and mask)")
     else:
         hint = _image(image)[:, :3]
-    control = ControlHint(model_patch, hint, float(strength), vae=vae)
+    control = ControlHint(model_patch, hint, float(strength), vae=vae, refiner_in_model=True)
     return (replace(model, model_controls=model.model_controls + (control,)),)
 
 
