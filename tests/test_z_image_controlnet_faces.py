@@ -135,6 +135,19 @@ def test_comfyui_model_patch_graph_equals_our_txt2img(env, ctx):
     assert np.abs(_run(ctx, _patched_graph(strength=0.0)) - _plain(pipe)).max() <= 1
 
 
+def test_comfyui_controlnet_loader_route(env, ctx):
+    """The file in controlnet/ through ControlNetLoader + Apply ControlNet (with its vae): diffusers' order."""
+    models, pipe, _, hint = env
+    g = _graph()
+    g["40"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": NAME}}
+    g["41"] = {"class_type": "LoadImage", "inputs": {"image": "hint.png"}}
+    g["42"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["6", 0], "negative": ["21", 0], "control_net": ["40", 0], "image": ["41", 0],
+        "strength": WEIGHT, "start_percent": 0.0, "end_percent": 1.0, "vae": ["13", 0]}}
+    g["3"]["inputs"]["positive"], g["3"]["inputs"]["negative"] = ["42", 0], ["42", 1]
+    assert np.abs(_run(ctx, g) - _want(pipe, models, hint)).max() <= 1
+
+
 def test_comfyui_inpainting_equals_our_txt2img(env, ctx):
     """ZImageFunControlnet's mask (LoadImageMask's red channel, 1 = repaint) and inpaint_image give the
     ControlSpec's mask and inpaint_image."""
