@@ -11,8 +11,8 @@
   a 2.x file's refiner residuals go to the model's own refiner, as ComfyUI (and alibaba-pai's
   VideoX-Fun) add them (ControlSpec.refiner_in_model).
 
-The network and its residuals are adapters/z_image_controlnet.py's (without a mask a 2.x file's inpaint
-channels are zero, as diffusers gives them; ComfyUI then encodes a grey image). A 2.x file inpaints given `mask` (1 =
+The network and its residuals are adapters/z_image_controlnet.py's. Without a mask a 2.x file gets
+ComfyUI's channels: a grey image to inpaint and a zero keep channel (diffusers' pipeline: zeros). A 2.x file inpaints given `mask` (1 =
 repaint) and `inpaint_image` (grey when not given; so is a missing control image), as diffusers'
 ZImageControlNetInpaintPipeline makes its channels (ComfyUI's the same): 1 - the mask at the latent's
 size and the latent of the image with its masked pixels grey. An inpaint_image without a mask is refused
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..adapters.z_image_controlnet import inpaint_hint
 from ..checkpoints.files import read_safetensors_header
-from ..checkpoints.z_image_controlnet_files import is_z_image_controlnet
+from ..checkpoints.z_image_controlnet_files import TELLTALE, is_z_image_controlnet
 from ..errors import CheckpointError, InvalidArgument
 from .nodes_controlnet import ControlHint, ControlNetRef, _image
 from .types import Choices, NodeDef, register
@@ -73,11 +73,18 @@ def _inpaint_hint(image, inpaint_image, mask) -> torch.Tensor:
     return inpaint_hint(*(x.expand(n, -1, -1, -1) if len(x) == 1 else x for x in (image, inpaint, _fitted(m, size))))
 
 
+def _has_inpaint_channels(path) -> bool:
+    entries, _ = read_safetensors_header(path)
+    return entries[TELLTALE]["shape"][1] > 4 * 16  # 2x2 patches of the 16 latent channels: 1.0
+
+
 def fun_controlnet(call, model, model_patch, vae, strength, image=None, inpaint_image=None, mask=None):
     if inpaint_image is not None or mask is not None:
         hint = _inpaint_hint(image, inpaint_image, mask)
     elif image is None:
         raise InvalidArgument("image: a control image is required (or inpaint_image and mask)")
+    elif _has_inpaint_channels(model_patch.path):  # ComfyUI: a grey image to inpaint, a zero keep channel
+        hint = _inpaint_hint(image, None, torch.ones(1, *image.shape[1:3]))
     else:
         hint = _image(image)[:, :3]
     control = ControlHint(model_patch, hint, float(strength), vae=vae, refiner_in_model=True)
