@@ -41,12 +41,14 @@ from ..checkpoints.flux_controlnet_files import is_flux_controlnet, is_sd3_contr
 from ..checkpoints.t2i_adapter_files import (compatible_slots, is_t2i_adapter, is_t2i_adapter_folder,
                                              read_t2i_adapter)
 from ..checkpoints.xlabs_controlnet_files import is_xlabs_controlnet
+from ..checkpoints.z_image_controlnet_files import is_z_image_controlnet
 from ..errors import CheckpointError, InvalidArgument
 from ..models.config import Family, ModelConfig
 from ..models.controlnet import ControlNet
 from ..models.flux_controlnet import FluxControlNet
 from ..models.sd3_controlnet import SD3ControlNet, SD35ControlNet
 from ..models.t2i_adapter import T2IAdapter
+from ..models.z_image_controlnet import ZImageControlNet
 from ..models.unet import Control
 from .control_lora import control_lora_config, control_lora_state_dict
 from .controlnet_inpaint import check_inpaint, fit_mask, fit_mask_image, marked_hint
@@ -54,8 +56,10 @@ from .flux_controlnet import FOLDER_CLASS as FLUX_FOLDER, DEFAULT_GUIDANCE, flux
 from .sd3_controlnet import FOLDER_CLASS as SD3_FOLDER, load_sd3_controlnet, sd3_residuals
 from .preprocessors import RESIZE_MODES, control_image, fit_image
 from .union_types import check_control_type, control_type_index, flux_mode_index
+from .z_image_controlnet import check_z_image_inpaint, load_z_image_controlnet, z_image_inpaint_hint, z_image_residuals
 
 MAX_WEIGHT = 2.0
+DIT_NAMES = {"flux": "Flux.1", "mmdit": "SD3", "z_image": "Z-Image"}  # model config field -> family
 GUESS_MODE_DECAY = 0.825
 ADAPTER_SOFT_SCALES = (0.25, 0.62, 0.825, 1.0)
 
@@ -63,7 +67,7 @@ ADAPTER_SOFT_SCALES = (0.25, 0.62, 0.825, 1.0)
 @dataclass
 class LoadedControlNet:
     """A loaded ControlNet or T2I-Adapter (`slots`: where the adapter's features go in the UNet)."""
-    net: ControlNet | T2IAdapter | FluxControlNet | SD3ControlNet | SD35ControlNet
+    net: ControlNet | T2IAdapter | FluxControlNet | SD3ControlNet | SD35ControlNet | ZImageControlNet
     family: Family
     path: Path
     slots: tuple[int, ...] | None = None
@@ -75,10 +79,14 @@ class LoadedControlNet:
         return isinstance(self.net, FluxControlNet)
 
     @property
+    def is_z_image(self) -> bool:
+        return isinstance(self.net, ZImageControlNet)
+
+    @property
     def is_dit(self) -> bool:
-        """A Flux or SD3 ControlNet (its control image goes through the VAE, but for XLabs' and
-        MistoLine's Flux ones)."""
-        return isinstance(self.net, (FluxControlNet, SD3ControlNet, SD35ControlNet))
+        """A Flux, SD3 or Z-Image ControlNet (its control image goes through the VAE, but for XLabs'
+        and MistoLine's Flux ones)."""
+        return isinstance(self.net, (FluxControlNet, SD3ControlNet, SD35ControlNet, ZImageControlNet))
 
     @property
     def n_residuals(self) -> int:
@@ -104,7 +112,7 @@ class LoadedControlNet:
         return -(-width // u) * u, -(-height // u) * u
 
     def residuals(self, x, hint, t, context, y, control_type=None, scales=None, cache=None,
-                  guidance: float | None = None, encoder=None) -> Control:
+                  guidance: float | None = None, encoder=None, in_model: bool = False) -> Control:
         """What this network adds to the UNet call on x (scaled by `scales`, one per residual/feature);
         an adapter's features come from `cache` (keyed by the hint) when computed before. A Flux
         ControlNet's (a FluxControl) take the distilled `guidance` and cache the hint's latent (encoded by
@@ -112,6 +120,8 @@ class LoadedControlNet:
         if self.is_flux:
             return flux_residuals(self, x, hint, t, context, y, control_type, scales, cache,
                                   DEFAULT_GUIDANCE if guidance is None else guidance, encoder)
+        if self.is_z_image:
+            return z_image_residuals(self, x, hint, scales, cache, encoder, in_model)
         if self.is_dit:
             return sd3_residuals(self, x, hint, t, context, y, scales, cache, encoder)
         if not self.is_adapter:
@@ -150,6 +160,11 @@ class ControlSpec:
     control_type: int | str | None = None  # a Union ControlNet's type: a name or index (union_types.py)
     mask: Image.Image | None = None  # white = repaint: its pixels are -1 in the hint (controlnet_inpaint.py)
     inpaint: str | None = None  # sd-webui-controlnet's inpaint mode: global, only, only+lama (controlnet_inpaint.py)
+    # a Z-Image Fun ControlNet 2.x's image to inpaint (with `mask`; None: grey), as ZImageControlNetInpaintPipeline
+    inpaint_image: Image.Image | None = None
+    # a Z-Image Fun ControlNet 2.x's refiner residuals added to the model's refiner (alibaba-pai's and
+    # ComfyUI's order) instead of the ControlNet's own pass (diffusers')
+    refiner_in_model: bool = False
     given_type: int | str | None = field(default=None, init=False, repr=False)  # as given (Flux's names differ)
 
     def __post_init__(self):
@@ -173,7 +188,12 @@ class ControlSpec:
         if self.resize_mode not in RESIZE_MODES:
             raise InvalidArgument(f"control resize_mode: {self.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
         check_inpaint(self)
-        if self.mask is not None and (self.model.is_dit or self.model.is_adapter):
+        if self.model.is_z_image and (self.mask is not None or self.inpaint_image is not None):
+            check_z_image_inpaint(self)
+        elif self.inpaint_image is not None:
+            raise InvalidArgument(f"control inpaint_image: {self.model.name} is not a Z-Image Fun ControlNet 2.x; "
+                                  "give SD inpaint ControlNets the mask alone")
+        elif self.mask is not None and (self.model.is_dit or self.model.is_adapter):
             raise InvalidArgument(f"control mask: {self.model.name} is not an SD ControlNet; masked hints are for "
                                   "ControlNet 1.1's inpaint model")
         if self.model.is_flux:
@@ -181,11 +201,11 @@ class ControlSpec:
         else:
             check_control_type(self.control_type, self.model.union_types, self.model.name)
         if self.model.is_dit:
-            kind = "flux" if self.model.is_flux else "mmdit"
+            kind = "flux" if self.model.is_flux else "z_image" if self.model.is_z_image else "mmdit"
             if base is not None and getattr(base, kind, None) is None:
-                raise InvalidArgument(f"controlnet: {self.model.name} is a {'Flux.1' if kind == 'flux' else 'SD3'} "
-                                      "ControlNet; the model is not of that family")
-        elif base is not None and (getattr(base, "flux", None) is not None or getattr(base, "mmdit", None) is not None):
+                raise InvalidArgument(f"controlnet: {self.model.name} is a {DIT_NAMES[kind]} ControlNet; the model "
+                                      "is not of that family")
+        elif base is not None and any(getattr(base, k, None) is not None for k in DIT_NAMES):
             raise InvalidArgument(f"controlnet: {self.model.name} is for SD models; this model takes ControlNets "
                                   "made for its own family")
         elif base is not None and self.model.is_adapter:
@@ -217,6 +237,13 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
         net, pipe = load_sd3_controlnet(path, sd, base,
                                         lambda cls, cfg, weights: _built(cls, cfg, weights, path, device, dtype))
         return LoadedControlNet(net, "sd3", path, pipe=pipe)
+    if sd is not None and is_z_image_controlnet(sd):
+        net, pipe = load_z_image_controlnet(path, sd, base,
+                                            lambda cls, cfg, weights: _built(cls, cfg, weights, path, device, dtype))
+        return LoadedControlNet(net, "z_image", path, pipe=pipe)
+    if getattr(config, "z_image", None) is not None:
+        raise CheckpointError(path, "is not a Z-Image ControlNet (an SD, Flux or SD3 one, or another kind); the "
+                                    "loaded model is Z-Image: use alibaba-pai's Z-Image-Turbo-Fun-Controlnet-Union")
     if getattr(config, "flux", None) is not None:
         raise CheckpointError(path, "is not a Flux.1 ControlNet (an SD one, or another kind); the loaded model is "
                                     "Flux.1: use a Flux ControlNet (InstantX, Shakker-Labs, XLabs, MistoLine)")
@@ -328,7 +355,9 @@ class ControlApplier:
         self.features: dict = {}  # the adapters' features, computed once
         for spec in specs:
             hint = control_image(spec.image, *spec.model.hint_size(width, height), spec.resize_mode)
-            if spec.mask is not None:
+            if spec.mask is not None and spec.model.is_z_image:
+                hint = z_image_inpaint_hint(spec, hint, width, height)
+            elif spec.mask is not None:
                 hint = marked_hint(hint, fit_mask(spec.mask, width, height, spec.resize_mode))
             self.items.append((spec, hint.to(device, dtype)))
 
@@ -346,7 +375,8 @@ class ControlApplier:
             n = spec.model.n_residuals
             with torch.no_grad():
                 res = spec.model.residuals(xs, hint, t.expand(len(x))[rows], ctx, None if y is None else y[rows],
-                                           spec.control_type, scales(spec, n), self.features, self.guidance)
+                                           spec.control_type, scales(spec, n), self.features, self.guidance,
+                                           in_model=spec.refiner_in_model)
             if spec.guess_mode:  # the unconditional rows get nothing
                 res = res.map(lambda r: torch.cat([torch.zeros_like(r[:1]).expand(n_uncond, *r.shape[1:]), r]))
             total = res if total is None else total + res
@@ -359,7 +389,8 @@ def cropped(spec: ControlSpec, box: tuple[int, int, int, int], size: tuple[int, 
     crops its units' images (the box has the output's aspect ratio, so it is then just resized)."""
     image = fit_image(spec.image, *size, spec.resize_mode).crop(box)
     mask = None if spec.mask is None else fit_mask_image(spec.mask, *size, spec.resize_mode).crop(box)
-    return replace(spec, image=image, mask=mask, resize_mode="just resize")
+    inpaint = None if spec.inpaint_image is None else fit_image(spec.inpaint_image, *size, spec.resize_mode).crop(box)
+    return replace(spec, image=image, mask=mask, inpaint_image=inpaint, resize_mode="just resize")
 
 
 def validate_controls(controls, base: ModelConfig) -> list[ControlSpec]:

@@ -16,7 +16,7 @@ def _patch(cfg: ZImageConfig) -> str:
     return f"{cfg.patch_size}-1"  # diffusers' "{patch size}-{frame patch size}"
 
 
-def _block(p: str, cfg: ZImageConfig, modulated: bool) -> list[Row]:
+def block_rows(p: str, cfg: ZImageConfig, modulated: bool) -> list[Row]:
     a = p + "attention."
     rows = [Row(a + "qkv.weight", tuple(f"{a}to_{n}.weight" for n in "qkv"), (cfg.dim,) * 3),
             Row(a + "out.weight", (a + "to_out.0.weight",)),
@@ -38,7 +38,7 @@ def z_image_rows(cfg: ZImageConfig) -> list[Row]:
     for name, count, modulated in (("noise_refiner", cfg.n_refiner_layers, True),
                                    ("context_refiner", cfg.n_refiner_layers, False), ("layers", cfg.n_layers, True)):
         for i in range(count):
-            rows += _block(f"{name}.{i}.", cfg, modulated)
+            rows += block_rows(f"{name}.{i}.", cfg, modulated)
     return rows
 
 

@@ -16,7 +16,9 @@ CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,re
                 "(path, or name in --controlnet-dir or the models folder) and its control image; pre runs a preprocessor "
                 "(canny, softedge, scribble, lineart, depth_anything_v2, openpose, invert, ...) on the image first; type picks a "
                 "Union ControlNet's control type (openpose, depth, softedge, canny, normal, segment, tile, repaint; "
-                "default auto). Repeatable.")
+                "default auto); mask=FILE (white = repaint) and inpaint_image=FILE: a Z-Image Fun ControlNet 2.x's "
+                "inpainting, refiner_in_model its 2.x refiner residuals in alibaba-pai's and ComfyUI's order (default: "
+                "diffusers'). Repeatable.")
 _RESIZE = {"just": "just resize", "crop": "crop and resize", "fill": "resize and fill"}
 
 
@@ -108,6 +110,9 @@ def parse_control(text: str) -> dict:
             if key in ("guess", "guess_mode"):
                 spec["guess_mode"] = True
                 continue
+            if key == "refiner_in_model":
+                spec["refiner_in_model"] = True
+                continue
             if not positional:
                 raise InvalidArgument(f"control: unexpected {part!r} in {text!r}")
             spec[positional.pop(0)] = part
@@ -126,12 +131,15 @@ def parse_control(text: str) -> dict:
             spec["guess_mode"] = value.lower() in ("1", "true", "yes", "on")
         elif key in ("type", "control_type"):
             spec["control_type"] = control_type_index(value, "control type")
+        elif key in ("mask", "inpaint_image"):
+            spec[key] = value
         elif key in ("model", "image"):
             spec[key] = value
             if key in positional:
                 positional.remove(key)
         else:
-            raise InvalidArgument(f"control: unknown option {key!r} (weight, start, end, pre, guess, resize, type)")
+            raise InvalidArgument(f"control: unknown option {key!r} (weight, start, end, pre, guess, resize, type, mask, "
+                                  "inpaint_image)")
     if "model" not in spec or "image" not in spec:
         raise InvalidArgument(f"control: {text!r} needs a model and an image (MODEL,IMAGE[,options])")
     return spec
@@ -170,6 +178,9 @@ def controls_from_args(args: argparse.Namespace, pipe, models=None) -> list:
     for text in args.control or []:
         s = parse_control(text)
         image = open_image(Path(s.pop("image")), "control image")  # a typo shows before a slow load
+        for key in ("mask", "inpaint_image"):
+            if key in s:
+                s[key] = open_image(Path(s[key]), f"control {key.replace('_', ' ')}")
         path = resolve_controlnet(s.pop("model"), getattr(args, "controlnet_dir", None), models)
         if path not in cache:
             cache[path] = load_controlnet(path, pipe)

@@ -47,7 +47,7 @@ class ZImageFamily(QwenDiTFamily):
     default_scheduler = "simple"  # diffusers' 1, 1 - 1/n, ... (shifted)
     default_cfg = 1.0  # Z-Image-Turbo: no CFG (ZImagePipeline's guidance_scale 0)
     default_steps = 8  # Z-Image-Turbo is distilled to 8 network evaluations
-    adapters = frozenset({"lora"})
+    adapters = frozenset({"lora", "controlnet"})  # Fun ControlNets (adapters/z_image_controlnet.py)
 
     network_config = staticmethod(DD.z_image_config)
     network_config_diffusers = staticmethod(DD.z_image_config_diffusers)
@@ -115,8 +115,10 @@ class ZImageFamily(QwenDiTFamily):
         dtype = compute_dtype(net)
 
         def call(x, t, context, y, control=None):
-            """t: sigma (multiplier 1); the network takes 1 - sigma and answers minus the velocity."""
-            return -net(x.to(dtype), 1 - t, context.to(dtype), text_mask(context))
+            """t: sigma (multiplier 1); the network takes 1 - sigma and answers minus the velocity.
+            `control`: a ZImageControl (models/z_image_controlnet.py)."""
+            x, t, context, mask = x.to(dtype), 1 - t, context.to(dtype), text_mask(context)
+            return -net(x, t, context, mask, control and control.fns(x, t, context, mask))
 
         return call
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..checkpoints import detect as D
 from ..checkpoints.controlnet_files import PREFIX as CONTROL_PREFIX
 from ..checkpoints.controlnet_files import describe_control_lora, detect_controlnet, is_control_lora
+from ..checkpoints.z_image_controlnet_files import describe_z_image_controlnet, is_z_image_controlnet
 from ..checkpoints.flux_controlnet_files import (describe_flux_controlnet, describe_sd3_controlnet, is_flux_controlnet,
                                                  is_sd3_controlnet, other_dit_controlnet)
 from ..checkpoints.t2i_adapter_files import detect_t2i_adapter, from_diffusers, is_t2i_adapter
@@ -106,6 +107,8 @@ def _controlnet(entries: dict, metadata: dict[str, str], path: Path) -> tuple[st
         return "flux", describe_xlabs_controlnet(shapes)
     if is_sd3_controlnet(shapes):
         return "sd3", describe_sd3_controlnet(shapes)
+    if is_z_image_controlnet(shapes):
+        return "z_image", describe_z_image_controlnet(shapes)
     if other_dit_controlnet(shapes) is not None:
         family, what = other_dit_controlnet(shapes)
         return family, f"{what[0].upper()}{what[1:]} (not supported)"

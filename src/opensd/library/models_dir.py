@@ -30,6 +30,7 @@ LAYOUT = {
     "ipadapter": ("ipadapter",),          # IP-Adapters (ComfyUI; A1111's ControlNet extension uses ControlNet/)
     "inpaint": ("inpaint",),              # Fooocus inpaint head + patch, LaMa/MAT (comfyui-inpaint-nodes)
     "gligen": ("gligen",),                # GLIGEN box-grounding models (GLIGENLoader)
+    "model_patches": ("model_patches",),  # ModelPatchLoader's files (Z-Image Fun ControlNets)
     # upscaler models (ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT, ...): A1111 keeps one folder per family
     "upscale_models": ("ESRGAN", "upscale_models", "RealESRGAN", "SwinIR", "DAT", "HAT"),
     # tiny autoencoders (TAESD family) for live previews and fast decodes

@@ -17,6 +17,8 @@ network's own (diffusers' pipeline gives 1 - sigma) and the output is minus the 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -117,6 +119,15 @@ def unpatchify(tokens: torch.Tensor, p: int, height: int, width: int) -> torch.T
     return tokens.view(b, h, w, p, p, -1).permute(0, 5, 1, 3, 2, 4).reshape(b, -1, height, width)
 
 
+def summed(dicts) -> dict[int, torch.Tensor]:
+    """{index: residual} dicts added up by index."""
+    out: dict[int, torch.Tensor] = {}
+    for d in dicts:
+        for i, h in d.items():
+            out[i] = h if i not in out else out[i] + h
+    return out
+
+
 def caption_lengths(context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """(B,) the caption tokens each sample has: `mask`'s leading True run (all of context's without one)."""
     if mask is None:
@@ -125,6 +136,20 @@ def caption_lengths(context: torch.Tensor, mask: torch.Tensor | None) -> torch.T
     if not torch.equal(mask.bool(), torch.arange(mask.shape[1], device=mask.device)[None] < lengths[:, None]):
         raise InvalidArgument("Z-Image's caption mask must keep each prompt's first tokens and drop the rest")
     return lengths
+
+
+@dataclass
+class Embedded:
+    """ZImage.embed's result: the joint sequence (image tokens, padded, then the caption's) entering
+    the main blocks, its RoPE angles and key mask, the time embedding, the image tokens' angles, the
+    image token count and its padded length."""
+    seq: torch.Tensor
+    pe: tuple
+    keys: torch.Tensor | None
+    t_emb: torch.Tensor
+    img_pe: tuple
+    n_img: int
+    n_x: int
 
 
 class ZImage(nn.Module):
@@ -148,10 +173,34 @@ class ZImage(nn.Module):
         return rope_angles(ids, self.cfg.axes_dims, self.cfg.rope_theta)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, control=None) -> torch.Tensor:
         """Latents (B, C, H, W), the network's time t (B,) in [0, 1] (1 - sigma), caption features
         (B, L, cap_feat_dim), `mask` (B, L) bool: each sample's caption tokens (a leading run; None:
-        all L). Returns the network's output (minus the flow velocity), shaped as x."""
+        all L). `control`: callables taking (self, the Embedded of these inputs) and giving
+        {main block index: residual} (Fun ControlNets, z_image_controlnet.py), each added after
+        its block; those with a `refiner_hints(self, image tokens, angles, t_emb)` also give
+        {refiner block index: residual} for the image refiner. Returns the network's output (minus the flow velocity), shaped as x."""
+        control = list(control or ())
+        refiners = [fn for fn in control if hasattr(fn, "refiner_hints")]
+
+        def refiner_hints(img, img_pe, t_emb):
+            return summed(fn.refiner_hints(self, img, img_pe, t_emb) for fn in refiners)
+
+        e = self.embed(x, t, context, mask, refiner_hints if refiners else None)
+        hints = summed(fn(self, e) for fn in control)
+        seq = e.seq
+        for i, block in enumerate(self.layers):
+            seq = block(seq, e.pe, e.keys, e.t_emb)
+            if i in hints:
+                seq = seq + hints[i].to(seq.dtype)
+        p = self.cfg.patch_size
+        return unpatchify(self.final_layer(seq[:, :e.n_img], e.t_emb), p, *x.shape[-2:])
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None,
+              refiner_hints=None) -> Embedded:
+        """Everything before the main blocks: the joint sequence after the refiners, its RoPE angles,
+        key mask and time embedding. `refiner_hints(image tokens, angles, t_emb)` -> {refiner index:
+        residual added to the image tokens after that refiner block} (a Fun ControlNet 2.x's own pass)."""
         b, _, height, width = x.shape
         p, dim = self.cfg.patch_size, self.cfg.dim
         if height % p or width % p:
@@ -173,17 +222,19 @@ class ZImage(nn.Module):
         cap_ids = F.pad(positions[:, None] + 1, (0, 2))
 
         # image tokens, padded with their pad token to a multiple of 32
-        n_x = padded(n_img)
-        img = self.x_embedder(patchify(x, p))
-        img = torch.cat([img, self.x_pad_token.to(img).expand(b, n_x - n_img, dim)], dim=1)
+        img = self.pad_image(self.x_embedder(patchify(x, p)))
+        n_x = img.shape[1]
         rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
         grid = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(1, n_img, 3)
         img_ids = grid + F.pad(cap_lens_t[:, None, None] + 1, (0, 2))  # (B, n_img, 3)
         img_ids = F.pad(img_ids, (0, 0, 0, n_x - n_img))  # pad tokens at (0, 0, 0)
 
         img_pe, cap_pe = self._angles(img_ids), self._angles(cap_ids)
-        for block in self.noise_refiner:
+        extra = refiner_hints(img, img_pe, t_emb) if refiner_hints is not None else {}
+        for i, block in enumerate(self.noise_refiner):
             img = block(img, img_pe, None, t_emb)
+            if i in extra:
+                img = img + extra[i].to(img.dtype)
         cap_keys = None if cap_mask is None else cap_mask[:, None, None]
         for block in self.context_refiner:
             cap = block(cap, cap_pe, cap_keys, None)
@@ -193,6 +244,9 @@ class ZImage(nn.Module):
         seq = torch.cat([img, cap], dim=1)
         pe = tuple(torch.cat([a, c.expand(b, -1, -1)], dim=1) for a, c in zip(img_pe, cap_pe))
         keys = None if cap_mask is None else F.pad(cap_mask, (n_x, 0), value=True)[:, None, None]
-        for block in self.layers:
-            seq = block(seq, pe, keys, t_emb)
-        return unpatchify(self.final_layer(seq[:, :n_img], t_emb), p, height, width)
+        return Embedded(seq, pe, keys, t_emb, img_pe, n_img, n_x)
+
+    def pad_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens (B, n, dim) padded with the pad token to a multiple of 32."""
+        b, n, dim = tokens.shape
+        return torch.cat([tokens, self.x_pad_token.to(tokens).expand(b, padded(n) - n, dim)], dim=1)

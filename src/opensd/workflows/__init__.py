@@ -48,6 +48,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_math,
     nodes_preprocessors,
     nodes_model_merging,
+    nodes_model_patch,
     nodes_model_patches,
     nodes_torch_compile,
     nodes_unclip,

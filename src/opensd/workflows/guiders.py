@@ -39,7 +39,7 @@ from ..pipeline.guidance import plan, self_guided_scale
 from ..sampling.cfg_pp import Guided
 from .conds import calc_cond_batch, check_widths, prepare, region
 from .gligen_patch import grounded
-from .nodes_controlnet import RowControl
+from .nodes_controlnet import RowControl, chained
 from .step_cache import cached_denoiser, network_cache
 from .types import ModelRef
 
@@ -104,7 +104,9 @@ class ModelRun:
     def __init__(self, model: ModelRef, sampling, image_cond: torch.Tensor | None, image: int):
         self.pipe, self.sampling, self.image_cond, self.image = model.pipe, sampling, image_cond, image
         self.patches = model.network_patches
+        self.model_controls = model.model_controls
         self._controls: dict = {}
+        self._chained: dict = {}
         self.cache = network_cache(model.step_cache, sampling)  # EasyCache's, for this image and run
 
     def uncached(self) -> ModelRun:
@@ -122,7 +124,7 @@ class ModelRun:
         y = None if entries[0].y is None else torch.cat([e.y for e in entries])
         concat = None if self.image_cond is None else torch.cat([region(self._image_cond(e), a)
                                                                  for e, a in zip(entries, areas)])
-        control = self._control(entries[0].control, crops)
+        control = self._control(self._with_model_controls(entries[0].control), crops)
 
         def unet_fn(x, t, context, y):
             residuals = None if control is None else control(x, t, context, y, n_uncond=1, sigma=sigma,
@@ -156,6 +158,17 @@ class ModelRun:
     def _image_cond(self, entry) -> torch.Tensor:
         """An inpainting model's extra channels: the entry's own (InpaintModelConditioning), else the run's."""
         return self.image_cond if entry.concat is None else entry.concat[self.image % len(entry.concat)][None]
+
+    def _with_model_controls(self, hint):
+        """The entry's hint chain with the model's own hints (ZImageFunControlnet) put before it."""
+        if not self.model_controls:
+            return hint
+        key = id(hint)
+        if key not in self._chained:
+            for head in reversed(self.model_controls):
+                hint = chained(head, hint)
+            self._chained[key] = hint
+        return self._chained[key]
 
     def _control(self, hint, crops: torch.Tensor):
         """ControlNet residuals for a batch of crops, the hint image fitted to the crop's pixels."""

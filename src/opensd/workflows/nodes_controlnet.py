@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapters.union_types import COMFY_NAMES, check_control_type, control_type_index
+from ..adapters.z_image_controlnet import INPAINT_HINT_CHANNELS
 from .types import Choices, NodeDef, register
 
 
@@ -62,6 +63,7 @@ class ControlHint:
     end: float = 1.0
     previous: ControlHint | None = None
     vae: Any = None                  # ControlNetApplyAdvanced's VAE: encodes the image for Flux ControlNets
+    refiner_in_model: bool = False   # ZImageFunControlnet's: ComfyUI's order for a Z-Image 2.x file's refiner
 
     def chain(self) -> list[ControlHint]:
         out, h = [], self
@@ -69,6 +71,13 @@ class ControlHint:
             out.append(h)
             h = h.previous
         return out
+
+
+def chained(head: ControlHint, tail: ControlHint | None) -> ControlHint:
+    """`head`'s chain followed by `tail`'s (a new chain; the hints keep their images and windows)."""
+    if tail is None:
+        return head
+    return replace(head, previous=chained(head.previous, tail) if head.previous is not None else tail)
 
 
 def _image(image) -> torch.Tensor:
@@ -220,7 +229,8 @@ class RowControl:
                 if img.shape[1] == 1:
                     img = img.expand(-1, 3, -1, -1)
                 self.nets[id(h)] = net = cached_controlnet(h.net.path, pipe, diff_base=h.net.base)
-                self.hints[id(h)] = center_resize(img[:, :3], *net.hint_size(width, height)).to(pipe.device, pipe.dtype)
+                img = img if img.shape[1] == INPAINT_HINT_CHANNELS else img[:, :3]  # a Z-Image inpainting hint: all
+                self.hints[id(h)] = center_resize(img, *net.hint_size(width, height)).to(pipe.device, pipe.dtype)
                 union_types = net.union_types
                 if union_types:  # ComfyUI ignores a type set on a plain ControlNet
                     check_control_type(h.net.control_type, union_types, h.net.name)
@@ -263,7 +273,8 @@ class RowControl:
                 with torch.no_grad():
                     kind = h.net.control_type if net.union_types else None
                     out = net.residuals(xs, self.hints[id(h)], tt[idx], ctx, ys, kind, cache=self.features,
-                                        guidance=guidance, encoder=None if h.vae is None else h.vae.pipe)
+                                        guidance=guidance, encoder=None if h.vae is None else h.vae.pipe,
+                                        in_model=h.refiner_in_model)
                 out = out.map(lambda o: o * h.strength)
                 res = out if res is None else res + out
             if res is None:

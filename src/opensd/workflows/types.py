@@ -115,6 +115,9 @@ class ModelRef:
     weight_patches: tuple = ()
     # EasyCache / LazyCache: steps whose prediction is reused from the last (step_cache.StepCache)
     step_cache: Any = None
+    # ControlNet hints on every conditioning entry (nodes_controlnet.ControlHint chain heads, applied
+    # after the entry's own): ZImageFunControlnet's model patch
+    model_controls: tuple = ()
 
 
 @dataclass(frozen=True)
