@@ -2,28 +2,30 @@
 // an element that opens the picker on click, Enter or Space, and the image of a paste event.
 import { h } from "./dom.js";
 
-export function filePicker(label, onFile, accept = "image/*") {
-  const input = h("input", { type: "file", accept, hidden: true, "aria-label": label });
-  input.addEventListener("change", () => { if (input.files[0]) onFile(input.files[0]); input.value = ""; });
+// `multiple`: every chosen (dropped) file is given to onFile in turn, else the first only.
+export function filePicker(label, onFile, accept = "image/*", { multiple = false } = {}) {
+  const input = h("input", { type: "file", accept, hidden: true, multiple, "aria-label": label });
+  input.addEventListener("change", () => { taken([...input.files], multiple).forEach((f) => onFile(f)); input.value = ""; });
   return input;
 }
 
-export function dropTarget(el, onFile) {
+const taken = (files, multiple) => (multiple ? files : files.slice(0, 1));
+
+export function dropTarget(el, onFile, { multiple = false } = {}) {
   el.addEventListener("dragover", (e) => { e.preventDefault(); el.classList.add("over"); });
   el.addEventListener("dragleave", () => el.classList.remove("over"));
   el.addEventListener("drop", (e) => {
     e.preventDefault();
     el.classList.remove("over");
-    const file = e.dataTransfer?.files?.[0];
-    if (file) onFile(file);
+    taken([...(e.dataTransfer?.files || [])], multiple).forEach((f) => onFile(f));
   });
 }
 
 // `el` (role=button) opens `picker` and takes dropped files.
-export function pickerButton(el, picker, onFile) {
+export function pickerButton(el, picker, onFile, opts = {}) {
   el.addEventListener("click", () => picker.click());
   el.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); picker.click(); } });
-  dropTarget(el, onFile);
+  dropTarget(el, onFile, opts);
 }
 
 export function pastedImage(e) {
