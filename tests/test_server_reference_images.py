@@ -16,7 +16,6 @@ from PIL import Image
 from server_live import BASE
 
 from flux2_fixtures import klein_models
-from opensd.library.synthetic import write_random_checkpoint
 from opensd.server.a1111_references import MAX_REFERENCES
 from opensd.server.app import create_app
 from opensd.server.settings import Settings
@@ -39,9 +38,7 @@ def data_url(image: Image.Image) -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("refs")
-    models, pipe = klein_models(root)
-    (models / "checkpoints").mkdir()
-    write_random_checkpoint(models / "checkpoints" / SD)
+    models, pipe = klein_models(root, sd=SD)
     with TestClient(create_app(Settings(models_dir=models, outputs_dir=root / "out")), base_url=BASE) as c:
         yield c, pipe
 

@@ -15,7 +15,6 @@ from test_ui_scripts_browser import submit_and_wait
 from ui_browser import PHONE, browser, drop_file, no_horizontal_scroll, open_page, wait_for  # noqa: F401 (fixtures)
 
 from flux2_fixtures import klein_models
-from opensd.library.synthetic import write_random_checkpoint
 from opensd.server.settings import Settings
 
 pytest.importorskip("playwright.sync_api", reason="playwright is a test dependency")
@@ -33,9 +32,7 @@ def png(color, size=(40, 48)) -> bytes:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("uirefs")
-    models, _ = klein_models(root)
-    (models / "checkpoints").mkdir()
-    write_random_checkpoint(models / "checkpoints" / SD)
+    models, _ = klein_models(root, sd=SD)
     with LiveServer(Settings(models_dir=models, outputs_dir=root / "out")) as server:
         yield server
 
