@@ -81,6 +81,11 @@ def test_references_reach_the_pipeline_in_order(served):
     assert "base64" not in info["infotexts"][0]
     _, plain = run(c, "/opensd/v1/txt2img", body(KLEIN, []))
     assert np.abs(plain - got).max() > 8  # the references change the image
+    png = c.get(f"/opensd/v1/jobs/{job['id']}/images/0").content  # reused, it says what to add again
+    reused = c.post("/opensd/v1/image-info", json={"image": base64.b64encode(png).decode()}).json()
+    assert "reference_images" not in reused["request"]
+    assert ("Reference images: it was made with 2, which the image does not hold; add them again"
+            in reused["notes"])
     _, swapped = run(c, "/opensd/v1/txt2img", body(KLEIN, refs[::-1]))
     assert np.abs(swapped - got).max() > 0  # each reference has its own place: the order counts
 
