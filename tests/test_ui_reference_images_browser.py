@@ -1,7 +1,7 @@
 """The web UI's Reference images card (Chromium, a real server with a tiny FLUX.2 [klein] and a tiny
 Stable Diffusion model): shown only while the selected model takes reference images (the checkpoint
 list's `references`); images added by the picker, a drop and a paste are numbered in order, a
-removed one goes, and Generate sends them in that order (the job's request and its infotext); for
+removed one goes, "Use the size of image 1" sizes the output, and Generate sends them in that order (the job's request and its infotext); for
 Stable Diffusion nothing is sent. The phone layout keeps the card within the screen."""
 from __future__ import annotations
 
@@ -78,14 +78,17 @@ def test_card_follows_the_model_and_generate_sends_the_images_in_order(browser, 
     page.click(f"{card} button[aria-label='Remove reference 3 (pasted.png)']")
 
     page.fill("#panel-generate textarea[name=prompt]", "make image 1 blue")
-    for name, value in (("steps", "2"), ("width", "32"), ("height", "32"), ("seed", "4")):
+    page.click(f"{card} button:has-text('Use the size of image 1')")  # 40x48: whole 16-pixel steps
+    assert (page.input_value("#panel-generate input[name=width]"), page.input_value("#panel-generate input[name=height]")) \
+        == ("32", "48")
+    for name, value in (("steps", "2"), ("seed", "4")):
         page.fill(f"#panel-generate input[name={name}]", value)
     job = submit_and_wait(page, live)
     assert job.status == "done", job.error
     sent = job.payload["request"]["reference_images"]
     colours = [Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))).getpixel((0, 0)) for s in sent]
     assert colours == [(30, 200, 30), (30, 30, 220)]
-    assert "Reference images: 2" in job.result["info"]["infotexts"][0]
+    assert "Reference images: 2" in job.result["info"]["infotexts"][0] and "Size: 32x48" in job.result["info"]["infotexts"][0]
 
     page.select_option("#panel-generate select[name=model]", SD)  # hidden, and not sent
     assert not page.is_visible(card)
@@ -106,6 +109,9 @@ def test_img2img_has_the_card_and_a_paste_on_it_is_not_the_canvas(browser, live)
     wait_for(lambda: _names(page, "img2img") == ["Reference 1: ref.png"], what="the pasted reference")
     page.wait_for_timeout(300)
     assert page.evaluate("document.querySelector('#panel-img2img canvas.canvas-image').width") != 40  # not loaded there
+    page.set_input_files(f"{card} input[type=file]", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"hello"}])
+    page.locator("#toasts .toast.error:has-text('notes.png: This file is not an image')").wait_for(timeout=10_000)
+    assert _names(page, "img2img") == ["Reference 1: ref.png"]
     page.select_option("#panel-img2img select[name=model]", SD)
     assert not page.is_visible(card)
     page.context.close()

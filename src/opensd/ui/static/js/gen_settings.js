@@ -48,7 +48,11 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   const imageCfgField = slider("Image CFG scale", "image_cfg_scale", { min: 0, max: 3, step: 0.05, value: 1.5 });
   const imageCfg = imageCfgField.querySelector("input[name=image_cfg_scale]");
   imageCfgField.hidden = true;
-  const references = referenceCard();
+  // Generate: the size can come from reference 1 (about the model's native area at most, whole 16-pixel steps)
+  const references = referenceCard({ onSize: sizeFollowsModel ? (w, hh) => {
+    const scale = Math.min(1, nativeSize() / Math.sqrt(w * hh));
+    setSize(Math.max(16, Math.floor(w * scale / 16) * 16), Math.max(16, Math.floor(hh * scale / 16) * 16));
+  } : null });
 
   const promptCard = h("div", { class: "card stack" }, prompt.element, negative.element, pickers);
   const settingsCard = h("div", { class: "card stack" },

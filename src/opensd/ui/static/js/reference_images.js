@@ -2,17 +2,18 @@
 // (Flux.1 Kontext, FLUX.2 [klein]: /opensd/v1/checkpoints says `references`, from the model's family)
 // sees beside the prompt, sent in order as the request's reference_images (opensd's field). Added by
 // the file picker (several at once), dropped or pasted; shown numbered 1, 2, ... with remove buttons.
-// Shown and sent only while the model takes them. Kept in memory only: images are too large for the
+// Shown and sent only while the model takes them. `onSize(width, height)` (Generate): a button sets the
+// image size from reference 1's, as diffusers' edit pipelines size their output. Kept in memory only: images are too large for the
 // form's localStorage, so a reload starts with none.
 import { fileToDataURL } from "./api.js";
 import { clear, h, icon, toast } from "./dom.js";
 import { UNSENT } from "./form.js";
-import { filePicker, NOT_AN_IMAGE, pastedImage, pickerButton, readableImage } from "./image_input.js";
+import { filePicker, NOT_AN_IMAGE, pastedImage, pickerButton } from "./image_input.js";
 
 export const MAX_REFERENCES = 10; // the server's cap (server/a1111_references.py)
 
-export function referenceCard() {
-  const images = []; // {name, url}: data URLs, in the order given
+export function referenceCard({ onSize = null } = {}) {
+  const images = []; // {name, url, width, height}: data URLs, in the order given
   const list = h("ol", { class: "ref-list", "aria-label": "Reference images, in order" });
   const picker = filePicker("Choose reference images", add, "image/*", { multiple: true });
   const drop = h("div", { class: "drop ref-drop", role: "button", tabindex: "0",
@@ -22,6 +23,9 @@ export function referenceCard() {
     h("p", { class: "muted" }, "The model edits or combines these as the prompt says (\"make image 1 blue\"). ",
       `Up to ${MAX_REFERENCES}; not kept over a reload.`),
     list, drop, picker);
+  const sizeButton = onSize ? h("button", { type: "button", class: "small",
+    onclick: () => onSize(images[0].width, images[0].height) }, "Use the size of image 1") : null;
+  if (sizeButton) drop.after(sizeButton);
   pickerButton(drop, picker, add, { multiple: true });
   element.addEventListener("paste", (e) => { // on the card; img2img's own paste (the canvas) is not asked then
     const file = pastedImage(e);
@@ -36,8 +40,9 @@ export function referenceCard() {
   }
   async function read(file, name = file.name || "pasted image") {
     if (images.length >= MAX_REFERENCES) { toast(`At most ${MAX_REFERENCES} reference images.`, "error"); return; }
-    if (!file.type.startsWith("image/") || !(await readableImage(file))) { toast(`${name}: ${NOT_AN_IMAGE}`, "error"); return; }
-    images.push({ name, url: await fileToDataURL(file) });
+    const size = file.type.startsWith("image/") ? await pictureSize(file) : null;
+    if (!size) { toast(`${name}: ${NOT_AN_IMAGE}`, "error"); return; }
+    images.push({ name, url: await fileToDataURL(file), ...size });
     render();
   }
   function render() {
@@ -48,6 +53,7 @@ export function referenceCard() {
       h("button", { type: "button", class: "icon-button ref-remove", "aria-label": `Remove reference ${i + 1} (${im.name})`,
         title: "Remove", onclick: () => { images.splice(i, 1); render(); } }, icon("close")))));
     list.hidden = !images.length;
+    if (sizeButton) sizeButton.hidden = !images.length;
   }
   render();
 
@@ -63,4 +69,14 @@ export function referenceCard() {
     add,
     request: () => (available && images.length ? { reference_images: images.map((im) => im.url) } : {}),
   };
+}
+
+// {width, height} of a picture the browser can decode, else null (a renamed text file, a cut-off download)
+async function pictureSize(blob) {
+  try {
+    const bitmap = await createImageBitmap(blob);
+    const size = { width: bitmap.width, height: bitmap.height };
+    bitmap.close();
+    return size;
+  } catch { return null; }
 }
