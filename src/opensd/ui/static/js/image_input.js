@@ -37,5 +37,15 @@ export const NOT_AN_IMAGE = "This file is not an image the browser can read.";
 // Whether the browser can decode `blob` as a picture (a renamed text file or a cut-off download
 // cannot): checked before a file is taken, so it is refused with a message, not shown broken.
 export async function readableImage(blob) {
-  try { (await createImageBitmap(blob)).close(); return true; } catch { return false; }
+  return Boolean(await imageSize(blob));
+}
+
+// {width, height} of a picture the browser can decode, else null.
+export async function imageSize(blob) {
+  try {
+    const bitmap = await createImageBitmap(blob);
+    const size = { width: bitmap.width, height: bitmap.height };
+    bitmap.close();
+    return size;
+  } catch { return null; }
 }

@@ -2,13 +2,13 @@
 // (Flux.1 Kontext, FLUX.2 [klein]: /opensd/v1/checkpoints says `references`, from the model's family)
 // sees beside the prompt, sent in order as the request's reference_images (opensd's field). Added by
 // the file picker (several at once), dropped or pasted; shown numbered 1, 2, ... with remove buttons.
-// Shown and sent only while the model takes them. `onSize(width, height)` (Generate): a button sets the
-// image size from reference 1's, as diffusers' edit pipelines size their output. Kept in memory only: images are too large for the
-// form's localStorage, so a reload starts with none.
+// Shown and sent only while the model takes them. `onSize(width, height)` (Generate): a button sets
+// the image size from reference 1's, as diffusers' edit pipelines size their output. Kept in memory
+// only: images are too large for the form's localStorage, so a reload starts with none.
 import { fileToDataURL } from "./api.js";
 import { clear, h, icon, toast } from "./dom.js";
 import { UNSENT } from "./form.js";
-import { filePicker, NOT_AN_IMAGE, pastedImage, pickerButton } from "./image_input.js";
+import { filePicker, imageSize, NOT_AN_IMAGE, pastedImage, pickerButton } from "./image_input.js";
 
 export const MAX_REFERENCES = 10; // the server's cap (server/a1111_references.py)
 
@@ -35,12 +35,12 @@ export function referenceCard({ onSize = null } = {}) {
   // files read one after another, so they stay in the order given
   let reading = Promise.resolve();
   function add(file) {
-    reading = reading.then(() => read(file));
+    reading = reading.then(() => read(file)).catch((e) => toast(e.message, "error"));
     return reading;
   }
   async function read(file, name = file.name || "pasted image") {
     if (images.length >= MAX_REFERENCES) { toast(`At most ${MAX_REFERENCES} reference images.`, "error"); return; }
-    const size = file.type.startsWith("image/") ? await pictureSize(file) : null;
+    const size = file.type.startsWith("image/") ? await imageSize(file) : null;
     if (!size) { toast(`${name}: ${NOT_AN_IMAGE}`, "error"); return; }
     images.push({ name, url: await fileToDataURL(file), ...size });
     render();
@@ -51,7 +51,7 @@ export function referenceCard({ onSize = null } = {}) {
         h("figcaption", {}, h("span", { class: "ref-number", "aria-hidden": "true" }, String(i + 1)),
           h("span", { class: "muted ref-name", title: im.name }, im.name))),
       h("button", { type: "button", class: "icon-button ref-remove", "aria-label": `Remove reference ${i + 1} (${im.name})`,
-        title: "Remove", onclick: () => { images.splice(i, 1); render(); } }, icon("close")))));
+        title: "Remove", onclick: () => { images.splice(i, 1); render(); drop.focus(); } }, icon("close")))));
     list.hidden = !images.length;
     if (sizeButton) sizeButton.hidden = !images.length;
   }
@@ -69,14 +69,4 @@ export function referenceCard({ onSize = null } = {}) {
     add,
     request: () => (available && images.length ? { reference_images: images.map((im) => im.url) } : {}),
   };
-}
-
-// {width, height} of a picture the browser can decode, else null (a renamed text file, a cut-off download)
-async function pictureSize(blob) {
-  try {
-    const bitmap = await createImageBitmap(blob);
-    const size = { width: bitmap.width, height: bitmap.height };
-    bitmap.close();
-    return size;
-  } catch { return null; }
 }
