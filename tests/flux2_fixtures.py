@@ -77,3 +77,19 @@ def write_flux2_split_files(models: Path, model, tokenizer) -> dict[str, Path]:
         save_safetensors({k[len(prefix):]: v.contiguous() for k, v in sd.items() if k.startswith(prefix)}, path)
     write_folder(models / "text_encoders" / "qwen_tokenizer", tokenizer, template=QWEN3_TEMPLATE_PARTS)
     return files
+
+
+def klein_models(tmp: Path, seed: int = 0, sd: str | None = None):
+    """(models folder, pipeline): a tiny klein loaded from its Flux2KleinPipeline folder, and ComfyUI's
+    models folder of its split files (write_flux2_split_files), as a server finds it; with `sd`, a
+    tiny random Stable Diffusion checkpoint of that name in checkpoints/ beside it."""
+    from opensd.library.synthetic import write_random_checkpoint
+    from opensd.pipeline.pipeline import load
+    parts = flux2_parts(seed=seed)
+    pipe = load(write_flux2_folder(tmp / "folder", parts), precision="fp32", device="cpu")
+    models = tmp / "models"
+    write_flux2_split_files(models, pipe.model, parts["tokenizer"])
+    if sd is not None:
+        (models / "checkpoints").mkdir()
+        write_random_checkpoint(models / "checkpoints" / sd)
+    return models, pipe

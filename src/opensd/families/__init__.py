@@ -30,6 +30,16 @@ def family_of(cfg) -> Family:
     raise ValueError(f"no model family owns configs of family {cfg.family!r}")
 
 
+def takes_references(family: Family) -> bool:
+    """Whether the family's models edit with reference images (txt2img/img2img `references`)."""
+    return bool(getattr(family, "reference_latents", False))
+
+
+def reference_families() -> str:
+    """The families whose models take reference images, for messages: "Flux.1 (Kontext), FLUX.2 [klein]"."""
+    return ", ".join(f.label + (" (Kontext)" if f is FLUX else "") for f in FAMILIES if takes_references(f))
+
+
 def detect(shapes: Shapes, metadata, path: str, prediction=None):
     """(family, config) of an original-layout state dict, or CheckpointError saying what it is instead."""
     for family in FAMILIES:

@@ -82,6 +82,13 @@ def recommended(path: Path) -> dict | None:
     return out
 
 
+def takes_references(path: Path) -> bool | None:
+    """Whether the model at `path` edits with reference images (its family's flag); None when its
+    header does not tell."""
+    found = header_model(path)
+    return families.takes_references(found[0]) if found else None
+
+
 def schedule_name(cfg) -> str | None:
     """How a detected checkpoint's noise levels run: "discrete" (1000 timesteps), "zero_terminal_snr"
     (those rescaled), "edm" (continuous sigmas) or "flow" (rectified flow, the DiT models); None for an unknown model."""

@@ -74,6 +74,7 @@ def image_infotext(pipe, image, *, img2img: bool = False, mask: bool = False, mo
     if pipe.config.distilled_guidance:  # Forge's key; the shift only when set (the model's own otherwise)
         extra["Distilled CFG Scale"] = pipe.family.default_guidance if p.distilled_guidance is None else p.distilled_guidance
     extra["Shift"] = p.shift
+    extra["Reference images"] = image.info.get("references")  # their count (Kontext/klein edits), not the images
     extra.update(image.info.get("cfg_skips") or {})  # "NGMS", "Skip Early CFG": only when applied (cfg_skips.py)
     extra.update(_speed_params(pipe, img2img or (h is not None and latent_mode(h.upscaler) is None)))
     for i, spec in enumerate(controls):

@@ -291,6 +291,8 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
                 image.info["refiner"] = self._refiner
             if p.hires is not None and self._hires_model is not None and init is None:
                 image.info["hires_model"] = self._hires_model
+            if self._references:  # how many, for the infotext (the images themselves are not kept)
+                image.info["references"] = len(self._references)
             image.info["seed"] = seed
             image.info["subseed"] = subseed
             image.info["params"] = p  # what made it: the faces' infotext is built from this

@@ -31,6 +31,7 @@ from . import (
     a1111_apply,
     a1111_controlnet,
     a1111_embeddings,
+    a1111_references,
     a1111_refiner,
     a1111_run,
     a1111_scripts,
@@ -141,6 +142,7 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     override = (req.override_settings or {}).get("sd_model_checkpoint")
     path = state.cache.resolve(override, "override_settings.sd_model_checkpoint") if override \
         else state.current_model()
+    a1111_references.check(req, path, s.max_image_pixels)
     vae = a1111_apply.vae_path(state.folders, opts, path)
     defaults = family_defaults(path)  # the model family's CFG and steps where the request leaves them unset
     kwargs.update({name: defaults[name] for field, name in (("cfg_scale", "cfg"), ("steps", "steps"))
@@ -190,6 +192,8 @@ def router(state) -> APIRouter:
         params = req.model_dump(mode="json")
         if img2img and not req.include_init_images:
             params["init_images"], params["mask"] = None, None
+        if params.get("reference_images"):  # not echoed back (the client has them; they may be large)
+            params["reference_images"] = None
         return {"images": [images_io.b64(p) for p in pngs], "parameters": params,
                 "info": a1111_run.info_json(info)}
 

@@ -80,6 +80,9 @@ class GenerationRequest(_Base):
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: str | None = None
     force_task_id: str | None = None
+    # opensd's: reference images (base64, as init_images) for the models that edit with them
+    # (a1111_references.py; at most MAX_REFERENCES, checked there with its own message)
+    reference_images: list[str] = Field(default_factory=list, max_length=64)
 
 
 class Txt2ImgRequest(GenerationRequest):

@@ -23,7 +23,7 @@ from ..upscale import label as upscaler_label
 from ..upscale.names import model_name
 from ..scripts.spec import Generated, Made
 from . import a1111_apply, a1111_controlnet, a1111_ip_adapter, a1111_refiner, a1111_scripts, a1111_unsupported
-from . import a1111_soft_inpaint
+from . import a1111_references, a1111_soft_inpaint
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest
 from ..image_read import WHITE, flatten
 from .images_io import decode_b64
@@ -263,6 +263,9 @@ def _generate(state, p: dict, req, ctl, init, pipe, kw: dict) -> Batch:
                                                state.settings.max_image_pixels, kw["width"], kw["height"], mask)
     if controls:
         kw["controls"] = controls
+    references = a1111_references.decode(req, state.settings.max_image_pixels)
+    if references:
+        kw["references"] = references
     image_prompt = a1111_ip_adapter.build(p.get("controlnet") or [], req, pipe, state.settings.max_image_pixels)
     if image_prompt is not None:
         kw["ip_adapter"] = image_prompt

@@ -22,7 +22,8 @@ _FIELDS = {
 }
 # Keys that need no field: what they record is in the prompt (LoRA/TI tags) or handled below.
 _KNOWN = {"Size", "Hires resize", "Hires checkpoint", "Refiner", "Seed resize from", "Model", "Model hash", "VAE",
-          "VAE hash", "Clip skip", "Version", "Lora hashes", "TI hashes", "VAE Decoder", "VAE Encoder"}
+          "VAE hash", "Clip skip", "Version", "Lora hashes", "TI hashes", "VAE Decoder", "VAE Encoder",
+          "Reference images"}
 # infotext key -> the A1111 setting it records (A1111 reads these back as override settings)
 _SETTINGS = {"VAE Decoder": "sd_vae_decode_method", "VAE Encoder": "sd_vae_encode_method", "Emphasis": "emphasis"}
 _NUMBER_SETTINGS = {"Token merging ratio": "token_merging_ratio", "Token merging ratio hr": "token_merging_ratio_hr"}
@@ -75,6 +76,9 @@ def request_from_infotext(text: str, checkpoints: list[tuple[str, str | None]]) 
             except ValueError:
                 notes.append(f"{key}: {params[key]!r} is not a number; not applied")
     request["override_settings"] = overrides
+    if "Reference images" in params:  # their count only (pipeline/infotext_params.py)
+        notes.append(f"Reference images: it was made with {params['Reference images']}, which the image does not "
+                     "hold; add them again")
     unknown = sorted(k for k in params if k not in _FIELDS and k not in _KNOWN and k not in _NUMBER_SETTINGS)
     if unknown:
         notes.append("not applied: " + ", ".join(unknown))

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from ..errors import InvalidArgument
-from ..library.model_info import model_config, recommended, schedule_name
+from ..library.model_info import model_config, recommended, schedule_name, takes_references
 from ..library.network_models import whole_models
 from ..pipeline.infotext import parse_infotext, read_infotext
 from ..pipeline.token_count import count_tokens
@@ -70,7 +70,8 @@ def checkpoint_list(state) -> list[Checkpoint]:
         out.append(Checkpoint(name=m.name, title=state.cache.title(m.path, m.name), hash=state.cache.short_hash(m.path),
                               family=cfg.family if cfg else None, resolution=cfg.resolution if cfg else None,
                               prediction=cfg.prediction if cfg else None, schedule=schedule_name(cfg),
-                              edit=bool(cfg and cfg.edit), recommended=recommended(m.path)))
+                              edit=bool(cfg and cfg.edit), references=bool(takes_references(m.path)),
+                              recommended=recommended(m.path)))
     return out
 
 

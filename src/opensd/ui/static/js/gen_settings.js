@@ -2,7 +2,8 @@
 // counter; LoRA and embedding pickers, styles), model, VAE, sampler, schedule, steps, CFG, size with the
 // model family's presets, seed (random, reuse), batch, CLIP skip, the variation seed, the Advanced card
 // (sampler knobs, refiner) and the active ControlNet units; the image CFG scale only while the model
-// is an edit model (InstructPix2Pix, CosXL Edit). A tab puts the cards in its own <form>
+// is an edit model (InstructPix2Pix, CosXL Edit); the Reference images card (reference_images.js) only
+// while the model edits with reference images (Flux.1 Kontext, FLUX.2 [klein]). A tab puts the cards in its own <form>
 // (which remembers the named controls), adds its own fields and builds its request from request().
 import { advancedSettings } from "./advanced_settings.js";
 import { api } from "./api.js";
@@ -11,6 +12,7 @@ import { activeUnits, CHANGED, controlnetFields } from "./controlnet_units.js";
 import { choose, number, setOptions, slider, syncSliders } from "./form.js";
 import { keepForm, loadForm } from "./persist.js";
 import { promptEditor } from "./prompt_editor.js";
+import { referenceCard } from "./reference_images.js";
 import { emit, EVENTS, on } from "./shared.js";
 import { stylesPicker } from "./styles_picker.js";
 
@@ -46,6 +48,11 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   const imageCfgField = slider("Image CFG scale", "image_cfg_scale", { min: 0, max: 3, step: 0.05, value: 1.5 });
   const imageCfg = imageCfgField.querySelector("input[name=image_cfg_scale]");
   imageCfgField.hidden = true;
+  // Generate: the size can come from reference 1 (about the model's native area at most, whole 16-pixel steps)
+  const references = referenceCard({ onSize: sizeFollowsModel ? (w, hh) => {
+    const scale = Math.min(1, nativeSize() / Math.sqrt(w * hh));
+    setSize(Math.max(16, Math.floor(w * scale / 16) * 16), Math.max(16, Math.floor(hh * scale / 16) * 16));
+  } : null });
 
   const promptCard = h("div", { class: "card stack" }, prompt.element, negative.element, pickers);
   const settingsCard = h("div", { class: "card stack" },
@@ -111,7 +118,10 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     }));
   }
   const isEdit = () => Boolean(familyOf(model.value)?.edit);
-  function showImageCfg() { imageCfgField.hidden = !isEdit(); }
+  function showImageCfg() {
+    imageCfgField.hidden = !isEdit();
+    references.setAvailable(familyOf(model.value)?.references);
+  }
   // what the shown model's family recommends (CFG, steps): a change to a model whose family
   // recommends otherwise sets them, as Forge's UI presets do; values restored or reused are kept
   const advice = () => familyOf(model.value)?.recommended ?? null;
@@ -179,6 +189,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   const int = (el) => Math.trunc(Number(el.value));
   return {
     prompt, negative, promptCard, settingsCard, variationCard, advancedCard: advanced.element, width, height, seed,
+    referenceCard: references.element, addReference: references.add,
     samplers: samplers.map((s) => s.name), schedulers: schedulers.map((s) => [s.name, s.label]),
     // `view.setCheckpoints(names)` now and whenever the models folder's checkpoints change
     watchCheckpoints(view) { checkpointViews.push(view); view.setCheckpoints(checkpoints.map((c) => c.name)); },
@@ -212,6 +223,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
         send_images: false,
         override_settings: { sd_model_checkpoint: model.value, sd_vae: vae.value, CLIP_stop_at_last_layers: int(clipSkip) },
         ...(isEdit() ? { image_cfg_scale: Number(imageCfg.value) } : {}),
+        ...references.request(),
         ...advanced.request(),
         ...controlnetFields(img2img),
       };

@@ -2,28 +2,30 @@
 // an element that opens the picker on click, Enter or Space, and the image of a paste event.
 import { h } from "./dom.js";
 
-export function filePicker(label, onFile, accept = "image/*") {
-  const input = h("input", { type: "file", accept, hidden: true, "aria-label": label });
-  input.addEventListener("change", () => { if (input.files[0]) onFile(input.files[0]); input.value = ""; });
+// `multiple`: every chosen (dropped) file is given to onFile in turn, else the first only.
+export function filePicker(label, onFile, accept = "image/*", { multiple = false } = {}) {
+  const input = h("input", { type: "file", accept, hidden: true, multiple, "aria-label": label });
+  input.addEventListener("change", () => { taken([...input.files], multiple).forEach((f) => onFile(f)); input.value = ""; });
   return input;
 }
 
-export function dropTarget(el, onFile) {
+const taken = (files, multiple) => (multiple ? files : files.slice(0, 1));
+
+export function dropTarget(el, onFile, { multiple = false } = {}) {
   el.addEventListener("dragover", (e) => { e.preventDefault(); el.classList.add("over"); });
   el.addEventListener("dragleave", () => el.classList.remove("over"));
   el.addEventListener("drop", (e) => {
     e.preventDefault();
     el.classList.remove("over");
-    const file = e.dataTransfer?.files?.[0];
-    if (file) onFile(file);
+    taken([...(e.dataTransfer?.files || [])], multiple).forEach((f) => onFile(f));
   });
 }
 
 // `el` (role=button) opens `picker` and takes dropped files.
-export function pickerButton(el, picker, onFile) {
+export function pickerButton(el, picker, onFile, opts = {}) {
   el.addEventListener("click", () => picker.click());
   el.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); picker.click(); } });
-  dropTarget(el, onFile);
+  dropTarget(el, onFile, opts);
 }
 
 export function pastedImage(e) {
@@ -35,5 +37,15 @@ export const NOT_AN_IMAGE = "This file is not an image the browser can read.";
 // Whether the browser can decode `blob` as a picture (a renamed text file or a cut-off download
 // cannot): checked before a file is taken, so it is refused with a message, not shown broken.
 export async function readableImage(blob) {
-  try { (await createImageBitmap(blob)).close(); return true; } catch { return false; }
+  return Boolean(await imageSize(blob));
+}
+
+// {width, height} of a picture the browser can decode, else null.
+export async function imageSize(blob) {
+  try {
+    const bitmap = await createImageBitmap(blob);
+    const size = { width: bitmap.width, height: bitmap.height };
+    bitmap.close();
+    return size;
+  } catch { return null; }
 }

@@ -1,12 +1,14 @@
 // Generate (txt2img): the shared generation settings (gen_settings.js) plus hires fix (hires_card.js) and the Script
 // card (scripts_card.js: X/Y/Z plot, prompt matrix, prompts from file), queued submission
 // (POST /opensd/v1/txt2img), and the progress and results of this page's jobs (job_view.js).
-// Parameters sent here by other tabs (reuse) arrive through take("generate").
+// Parameters sent here by other tabs (reuse) arrive through take("generate"). An image pasted anywhere
+// in the tab goes to the Reference images card while the model takes them (reference_images.js).
 import { api, fileToDataURL } from "../api.js";
 import { field, h, icon, toast } from "../dom.js";
 import { checkForm, syncSliders } from "../form.js";
 import { generationSettings } from "../gen_settings.js";
 import { hiresCard } from "../hires_card.js";
+import { pastedImage } from "../image_input.js";
 import { jobView } from "../job_view.js";
 import { saveForm } from "../persist.js";
 import { scriptsCard } from "../scripts_card.js";
@@ -24,7 +26,7 @@ export async function mount(panel) {
 
   const hires = hiresCard(hiresUpscalers, settings);
   const form = h("form", { class: "gen-side", "aria-label": "Text to image settings" },
-    settings.promptCard, settings.settingsCard, settings.variationCard, hires.element,
+    settings.promptCard, settings.referenceCard, settings.settingsCard, settings.variationCard, hires.element,
     settings.advancedCard, script.element,
     h("div", { class: "gen-actions" }, generateButton));
 
@@ -32,6 +34,10 @@ export async function mount(panel) {
   settings.attach(panel, form, KEY, generate);
   hires.refresh();
   script.refresh();
+  panel.addEventListener("paste", (e) => {
+    const file = pastedImage(e);
+    if (file && !settings.referenceCard.hidden) { e.preventDefault(); settings.addReference(file); }
+  });
 
   function request() {
     return { ...settings.request(), ...script.fields(), ...hires.request() };

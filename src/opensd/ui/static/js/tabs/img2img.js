@@ -4,7 +4,9 @@
 // requests are queued on POST /opensd/v1/img2img. Images sent here (gallery, results, PNG files)
 // arrive through take(ctx.id); a result sent to this tab goes back onto the canvas. The Script card
 // (scripts_card.js) adds img2img's scripts, SD upscale among them. "Describe image (tags)" under the
-// canvas puts the picture's tags into the prompt (describe_image.js).
+// canvas puts the picture's tags into the prompt (describe_image.js). The Reference images card
+// (reference_images.js) shows for the models that edit with them: the canvas is the picture the
+// sampling starts from, the references what the model sees beside the prompt.
 import { canvasEditor } from "../canvas_editor.js";
 import { describeButton } from "../describe_image.js";
 import { field, h, icon, toast } from "../dom.js";
@@ -57,7 +59,7 @@ export async function mount(panel, ctx) {
   const describe = describeButton({ image: () => (editor.hasImage() ? editor.imageDataURL() : null), prompt: settings.prompt });
   const generateButton = h("button", { type: "submit", class: "primary", title: "Ctrl+Enter" }, icon("sparkle"), "Generate");
   const form = h("form", { class: "gen-side", "aria-label": inpaint ? "Inpainting settings" : "Image to image settings" },
-    h("div", { class: "card stack" }, editor.element, describe.element), outpaint, settings.promptCard,
+    h("div", { class: "card stack" }, editor.element, describe.element), outpaint, settings.promptCard, settings.referenceCard,
     h("div", { class: "card stack" },
       slider("Denoising strength", "denoising_strength", { min: 0, max: 1, step: 0.01, value: 0.75 }),
       field("Resize mode", select("resize_mode", RESIZE, "0")), inpaintSettings), soft,
