@@ -1,0 +1,92 @@
+"""FLUX.2 [dev]: a tiny Flux2Pipeline folder (Mistral3 text encoder, tekken-like tokenizer) is
+detected as guidance-distilled [dev] with Flux2Pipeline's defaults; the prompt features equal the
+pipeline's encode_prompt; txt2img equals Flux2Pipeline step by step and in pixels; ComfyUI's split
+files (a Mistral file cut to 31 layers) load from the models folder and give the same pixels; a
+klein text encoder with the dev network is named."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+
+from dit_fixtures import spy_euler
+from flux2_fixtures import compare_to_pipeline
+from flux2_dev_fixtures import MISTRAL_WIDTH, flux2_dev_parts, processor, write_flux2_dev_folder, \
+    write_flux2_dev_split_files
+from opensd.errors import CheckpointError
+from opensd.pipeline.pipeline import load
+from reference import assert_close_scaled
+
+PROMPT = "A photograph of an astronaut riding a horse on the moon"
+STEPS, SEED, SIZE = 3, 7, 32
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return flux2_dev_parts()
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory, parts):
+    folder = write_flux2_dev_folder(tmp_path_factory.mktemp("dev") / "FLUX.2-dev", parts)
+    ours = load(folder, precision="fp32", device="cpu")
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True)
+    ref = Flux2Pipeline(scheduler=scheduler, vae=parts["vae"], text_encoder=parts["text_encoder"],
+                        tokenizer=processor(folder / "tokenizer"), transformer=parts["transformer"])
+    ref.set_progress_bar_config(disable=True)
+    return ours, ref
+
+
+def test_detected_as_flux2_dev(dev):
+    ours, _ = dev
+    cfg = ours.config
+    assert cfg.family == "flux2" and cfg.flux2.guidance_embed and cfg.qwen3 is None
+    assert cfg.mistral.num_hidden_layers == 32 and cfg.mistral.rope_theta == 1e9
+    assert cfg.flux2.context_in_dim == 3 * MISTRAL_WIDTH
+    assert ours.family.defaults(cfg) == {"cfg": 1.0, "steps": 50, "distilled_guidance": 4.0}
+
+
+@pytest.mark.parametrize("text", [PROMPT, ""])
+def test_prompt_features_equal_the_pipeline(dev, text):
+    ours, ref = dev
+    with torch.no_grad():
+        want, _ = ref.encode_prompt(text, device=torch.device("cpu"))
+    c = ours.conditioner().encode(text)
+    assert c.context.shape == (1, 512, 3 * MISTRAL_WIDTH)
+    assert_close_scaled(c.context, want, rel=1e-5)
+
+
+def _txt2img(ours, guidance=None):
+    kw = {} if guidance is None else {"distilled_guidance": guidance}
+    return ours.txt2img(PROMPT, "", steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=1.0, **kw)[0]
+
+
+@pytest.mark.parametrize("guidance", [None, 2.5])  # None: the default, Flux2Pipeline's 4
+def test_txt2img_equals_the_pipeline(dev, monkeypatch, guidance):
+    ours, ref = dev
+    seen = spy_euler(monkeypatch)
+    image = _txt2img(ours, guidance)
+    compare_to_pipeline(seen, image, ref, ours.noise([SEED], SIZE // 4, SIZE // 4), prompt=PROMPT, height=SIZE,
+                        width=SIZE, num_inference_steps=STEPS, guidance_scale=4.0 if guidance is None else guidance)
+
+
+def test_comfyui_split_files_give_the_same_pixels(dev, parts, tmp_path):
+    ours, _ = dev
+    files = write_flux2_dev_split_files(tmp_path / "models", ours.model, parts["tokenizer"])
+    split = load(files["unet"], precision="fp32", device="cpu")
+    assert split.config.mistral.num_hidden_layers == 31 and not split.config.mistral.final_norm
+    assert np.array_equal(np.asarray(_txt2img(split)), np.asarray(_txt2img(ours)))
+
+
+def test_a_klein_text_encoder_is_named(dev, tmp_path):
+    from flux2_fixtures import flux2_parts
+    from opensd.checkpoints.files import save_safetensors
+    ours, _ = dev
+    files = write_flux2_dev_split_files(tmp_path / "models", ours.model, flux2_dev_parts()["tokenizer"])
+    files["mistral"].unlink()
+    qwen = flux2_parts()["text_encoder"]
+    save_safetensors({k: v.contiguous() for k, v in qwen.state_dict().items()},
+                     files["mistral"].with_name("qwen_3_4b.safetensors"))
+    with pytest.raises(CheckpointError, match="Mistral"):
+        load(files["unet"], precision="fp32", device="cpu", text_encoders=[files["mistral"].with_name("qwen_3_4b.safetensors")])
