@@ -87,8 +87,8 @@ def write_flux2_split_files(models: Path, model, tokenizer) -> dict[str, Path]:
     return files
 
 
-def compare_to_pipeline(seen: dict, image, ref, noise, **kwargs) -> None:
-    """Our run (`seen`: dit_fixtures.spy_euler's record, `image` its picture) against the diffusers
+def compare_to_pipeline(seen: dict, ours_image, ref, noise, **kwargs) -> None:
+    """Our run (`seen`: dit_fixtures.spy_euler's record, `ours_image` its picture) against the diffusers
     pipeline `ref` called with `kwargs` from the same `noise`: the sigmas, every step's latents and
     the pixels (within one 8-bit level)."""
     import numpy as np
@@ -106,5 +106,5 @@ def compare_to_pipeline(seen: dict, image, ref, noise, **kwargs) -> None:
     assert len(seen["steps"]) == len(steps) == kwargs["num_inference_steps"]
     for got, expected in zip(seen["steps"], steps):
         assert_close_scaled(got.flatten(2).transpose(1, 2), expected, rel=1e-4)
-    ours_8bit, ref_8bit = np.asarray(image).astype(int), np.round(want * 255).astype(int)
+    ours_8bit, ref_8bit = np.asarray(ours_image).astype(int), np.round(want * 255).astype(int)
     assert np.abs(ours_8bit - ref_8bit).max() <= 1 and ref_8bit.std() > 1

@@ -79,14 +79,27 @@ def test_comfyui_split_files_give_the_same_pixels(dev, parts, tmp_path):
     assert np.array_equal(np.asarray(_txt2img(split)), np.asarray(_txt2img(ours)))
 
 
-def test_a_klein_text_encoder_is_named(dev, tmp_path):
+def test_a_klein_text_encoder_is_named(dev, parts, tmp_path):
     from flux2_fixtures import flux2_parts
     from opensd.checkpoints.files import save_safetensors
     ours, _ = dev
-    files = write_flux2_dev_split_files(tmp_path / "models", ours.model, flux2_dev_parts()["tokenizer"])
+    files = write_flux2_dev_split_files(tmp_path / "models", ours.model, parts["tokenizer"])
     files["mistral"].unlink()
     qwen = flux2_parts()["text_encoder"]
     save_safetensors({k: v.contiguous() for k, v in qwen.state_dict().items()},
                      files["mistral"].with_name("qwen_3_4b.safetensors"))
-    with pytest.raises(CheckpointError, match="Mistral"):
+    with pytest.raises(CheckpointError, match=r"the text encoder is a Qwen3 \(FLUX.2 \[klein\]'s\); FLUX.2 \[dev\] takes"):
         load(files["unet"], precision="fp32", device="cpu", text_encoders=[files["mistral"].with_name("qwen_3_4b.safetensors")])
+
+
+def test_txt2img_with_references_equals_the_pipeline(dev, monkeypatch):
+    """[dev] edits as klein does: two references (the second centre-cropped to whole tokens), every
+    step and the pixels equal Flux2Pipeline(image=[...])'s."""
+    from test_flux2_edit import picture
+    ours, ref = dev
+    images = [picture(64, 72, 0), picture(70, 66, 1)]
+    seen = spy_euler(monkeypatch)
+    (image,) = ours.txt2img(PROMPT, "", references=images, steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=1.0)
+    compare_to_pipeline(seen, image, ref, ours.noise([SEED], SIZE // 4, SIZE // 4), image=images, prompt=PROMPT,
+                        height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=4.0)
+    assert np.abs(np.asarray(image).astype(int) - np.asarray(_txt2img(ours)).astype(int)).max() > 8

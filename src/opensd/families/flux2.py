@@ -84,6 +84,7 @@ class Flux2Family(QwenDiTFamily):
     default_scheduler = "simple"  # 1, 1 - 1/n, ... (shifted), as the pipeline's sigmas
     default_cfg = 1.0  # the distilled models (defaults gives the base models theirs)
     default_steps = 4  # the distilled models: klein is distilled to 4 steps
+    default_guidance = DEV_GUIDANCE  # [dev]'s (klein has no guidance input)
     adapters = frozenset({"lora"})
 
     network_config = staticmethod(DD.flux2_config)
@@ -169,14 +170,14 @@ class Flux2Family(QwenDiTFamily):
         self._check_vae(cfg, path)
 
     def _check_dev(self, cfg, shapes, path):
+        if has_qwen3(shapes):
+            raise CheckpointError(path, "the text encoder is a Qwen3 (FLUX.2 [klein]'s); FLUX.2 [dev] takes the "
+                                        + MISTRAL_FILE)
         missing = [what for what, here in (("VAE (--vae; flux2-vae.safetensors in vae/)", has_vae(shapes)),
                                            (MISTRAL_FILE + " (--text-encoder)", has_mistral(shapes))) if not here]
         if missing:
             raise CheckpointError(path, f"this FLUX.2 [dev] file has no {' and no '.join(missing)}; pass the separate "
                                         "files or keep them in the models folder's vae/ and text_encoders/")
-        if has_qwen3(shapes):
-            raise CheckpointError(path, "the text encoder is a Qwen3 (FLUX.2 [klein]'s); FLUX.2 [dev] takes the "
-                                        + MISTRAL_FILE)
         width = shapes[DD.MISTRAL + "model.embed_tokens.weight"][1]
         if 3 * width != cfg.flux2.context_in_dim:
             raise CheckpointError(path, f"the Mistral text encoder is {width} wide; this FLUX.2 [dev] network takes "
@@ -231,8 +232,9 @@ class Flux2Family(QwenDiTFamily):
         """Distilled klein: CFG 1, 4 steps (BFL's); base klein: CFG 4 and 50 steps (Flux2KleinPipeline's
         defaults); dev: CFG 1 (no CFG: guidance-distilled), guidance 4 and 50 steps (Flux2Pipeline's)."""
         if cfg.flux2.guidance_embed:
-            return {"cfg": 1.0, "steps": BASE_STEPS, "distilled_guidance": DEV_GUIDANCE}
-        return super().defaults(cfg) if cfg.distilled else {"cfg": BASE_CFG, "steps": BASE_STEPS}
+            return {"cfg": 1.0, "steps": BASE_STEPS, "distilled_guidance": self.default_guidance}
+        return {"cfg": self.default_cfg, "steps": self.default_steps} if cfg.distilled else \
+            {"cfg": BASE_CFG, "steps": BASE_STEPS}
 
     reference_latents = True  # klein edits: reference images' latents appended to the image tokens
     reference_method = "index"  # each reference at its own time id (ComfyUI's default_ref_method)
@@ -256,7 +258,7 @@ class Flux2Family(QwenDiTFamily):
         net = model.network
         dtype = compute_dtype(net)
         method = reference_method or self.reference_method
-        scale = DEV_GUIDANCE if guidance is None else guidance
+        scale = self.default_guidance if guidance is None else guidance
 
         def call(x, t, context, y, control=None):
             """t: sigma (multiplier 1), the network's own time; every context row is a token (the
