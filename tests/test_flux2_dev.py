@@ -103,3 +103,37 @@ def test_txt2img_with_references_equals_the_pipeline(dev, monkeypatch):
     compare_to_pipeline(seen, image, ref, ours.noise([SEED], SIZE // 4, SIZE // 4), image=images, prompt=PROMPT,
                         height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=4.0)
     assert np.abs(np.asarray(image).astype(int) - np.asarray(_txt2img(ours)).astype(int)).max() > 8
+
+
+def test_released_whole_dev_on_meta_is_detected_with_every_key():
+    """FLUX.2 [dev] with Mistral Small 3.1 (40 layers) and FLUX.2's VAE, built whole on the meta
+    device: the family detects the config back from the shapes (the encoder not a Qwen), every key
+    is the canonical layout's, and the part finder asks for the Mistral file when it is left out."""
+    from opensd import families
+    from opensd.checkpoints import detect_dit as DD
+    from opensd.models import config_dit as C
+    from opensd.models.dit_models import Flux2Model
+    from opensd.models.qwen3 import MISTRAL_SMALL_31
+    cfg = C.Flux2ModelConfig(C.FLUX2_DEV, C.PatchedLatentConfig(C.FLUX2_VAE), mistral=MISTRAL_SMALL_31)
+    with torch.device("meta"):
+        model = Flux2Model(cfg)
+    sd = model.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    family, found = families.detect(shapes, {}, "flux2-dev.safetensors")
+    assert family.name == "flux2" and found == cfg and found.qwen3 is None
+    assert set(family.canonical(dict(sd), found)) == set(sd)
+    family.check_complete(found, shapes, "x")
+    network_only = {k: v for k, v in shapes.items() if k.startswith(DD.NET)}
+    assert family.missing_parts(network_only) == ["flux2_vae", "mistral"]
+
+
+def test_a_model_too_big_for_the_ram_is_refused_naming_the_smaller_files(dev, parts, tmp_path, monkeypatch):
+    from opensd.errors import OutOfMemoryForModel
+    from opensd.pipeline import parts as P
+    from opensd.pipeline import peak_memory
+    ours, _ = dev
+    files = write_flux2_dev_split_files(tmp_path / "models", ours.model, parts["tokenizer"])
+    monkeypatch.setattr(peak_memory, "free_memory", lambda: (1000, 0))
+    with pytest.raises(OutOfMemoryForModel, match=r"for FLUX.2 \[dev\] .*flux2_dev_fp8mixed\.safetensors .*GGUF.*"
+                                                  r"mistral_3_small_flux2_fp8\.safetensors"):
+        P.load_unet(files["unet"], device="cpu", precision="fp32")
