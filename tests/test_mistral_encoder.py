@@ -107,9 +107,38 @@ def test_full_size_on_meta_and_not_a_qwen():
     assert is_mistral(shapes) and not is_qwen3(shapes) and not is_qwen25vl(shapes)
 
 
-def test_gguf_and_qwen_refused():
-    with pytest.raises(CheckpointError, match="GGUF"):
-        mistral_config({"token_embd.weight": (10, 8), "blk.0.attn_q.weight": (8, 8)})
+@pytest.mark.parametrize("quantize", [False, True])
+@torch.no_grad()
+def test_a_llama_cpp_gguf_equals_transformers(ref, tmp_path, quantize):
+    """llama.cpp's GGUF of the language model (arch llama, its q/k rows permuted as its converter
+    permutes them; Q8_0 blocks or float): renamed, rows put back, equal to transformers."""
+    from opensd.checkpoints.files import read_state_dict
+    from qwen_fixtures import write_gguf
+
+    def permute(w, heads):  # llama.cpp's converter: each head's rows as (2, half), swapped
+        return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    sd = {k.replace("model.language_model.", "model."): v for k, v in ref.state_dict().items()
+          if k.startswith("model.language_model.")}
+    for k in sd:
+        if k.endswith("q_proj.weight"):
+            sd[k] = permute(sd[k], TINY.num_attention_heads)
+        elif k.endswith("k_proj.weight"):
+            sd[k] = permute(sd[k], TINY.num_key_value_heads)
+    path = write_gguf(tmp_path / "mistral.gguf", ref, quantize=quantize, arch="llama", state_dict=sd)
+    sd = read_state_dict(path, keep_quantized=True)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    assert is_mistral(shapes) and mistral_config(shapes, head_dim=TINY.head_dim).num_hidden_layers == TINY.num_hidden_layers
+    ours = Qwen3TextEncoder(mistral_config(shapes, head_dim=TINY.head_dim)).eval()
+    kept = {k: v.dequantize() if hasattr(v, "dequantize") else v
+            for k, v in mistral_state_dict(sd, head_dim=TINY.head_dim)[0].items()}
+    ours.load_state_dict(kept, strict=True)
+    ids = torch.randint(0, TINY.vocab_size, (1, 9))
+    want = ref.model.language_model(input_ids=ids, output_hidden_states=True).hidden_states[3]
+    assert_close_scaled(ours(ids, None, layer=3), want, 2e-2 if quantize else 1e-5)
+
+
+def test_a_qwen_is_not_a_mistral():
     qwen = {"model.embed_tokens.weight": (10, 8), "model.layers.0.self_attn.q_proj.weight": (8, 8),
             "model.layers.0.self_attn.q_norm.weight": (4,)}
     assert not is_mistral(qwen)

@@ -118,7 +118,7 @@ def _component(folder: Path, kind: str, j: dict, metadata: dict[str, str]) -> di
     if kind == "qwen25vl":  # the language model alone (the vision tower is not loaded)
         return {DD.QWEN25 + k: v for k, v in qwen25vl_state_dict(sd)[0].items()}
     if kind == "mistral":  # Mistral3ForConditionalGeneration: the language model alone
-        return {DD.MISTRAL + k: v for k, v in mistral_state_dict(sd, path=folder)[0].items()}
+        return {DD.MISTRAL + k: v for k, v in mistral_state_dict(sd)[0].items()}
     if kind == "qwen3":  # transformers' Qwen3 naming is the single file's
         return {DD.QWEN3 + k: v for k, v in qwen3_state_dict(sd).items()}
     if kind in _NETWORKS:

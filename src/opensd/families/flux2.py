@@ -212,7 +212,7 @@ class Flux2Family(QwenDiTFamily):
         sd = read_state_dict(files[0], keep_quantized=True)
         if not is_mistral({k: tuple(v.shape) for k, v in sd.items()}):
             return super().encoder_tensors(files)
-        language, other = mistral_state_dict(sd, path=files[0])
+        language, other = mistral_state_dict(sd)
         if other:
             log.info("%s: %d tensors besides the language model (vision tower, projector) not loaded: FLUX.2's "
                      "prompts are text", files[0], len(other))
