@@ -188,3 +188,24 @@ def test_features_equal_the_pipeline(ref, folder, max_length):
     embeds, _ = Flux2Pipeline.encode_prompt(pipe, PROMPTS[0], max_sequence_length=max_length,
                                             text_encoder_out_layers=layers)
     assert_close_scaled(got[:1], embeds, 1e-5)
+
+
+@pytest.mark.parametrize("layout", ["marker", "comfy_quant"])
+@torch.no_grad()
+def test_a_scaled_float8_file_as_comfyui_ships_it(ref, tmp_path, layout):
+    """text_encoders/mistral_3_small_flux2_fp8.safetensors (ComfyUI's names, vision tower and tokenizer
+    tensor beside): read by the family, its Linears stay float8 with their scales and compute what
+    the dequantised weights do."""
+    from opensd.checkpoints import detect_dit as DD
+    from opensd.families.flux2 import FLUX2_FAMILY
+    from test_scaled_fp8 import linear_weights, stored_and_plain, write_scaled
+    sd = _comfy(ref.state_dict())
+    linears = [k for k in _comfy({k: None for k in linear_weights(ref)}) if k.startswith("model.layers.")]
+    path = tmp_path / "mistral_3_small_flux2_fp8.safetensors"
+    held = write_scaled(path, sd, linears, layout)
+    tensors = {k[len(DD.MISTRAL):]: v for k, v in FLUX2_FAMILY.encoder_tensors([path]).items()}
+    cfg = mistral_config({k: tuple(v.shape) for k, v in tensors.items()}, head_dim=TINY.head_dim)
+    ours, plain = stored_and_plain(Qwen3TextEncoder, cfg, tensors, mistral_state_dict(held)[0])
+    ids = torch.randint(0, TINY.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    assert_close_scaled(ours(ids, mask, 3), plain(ids, mask, 3), 1e-6)
