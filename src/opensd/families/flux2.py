@@ -22,7 +22,6 @@ steps by default, on the same schedule.
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import replace
 
@@ -33,43 +32,32 @@ from PIL import Image
 from ..checkpoints import detect as D
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import FLUX2_DEV_PARTS, FLUX2_PARTS
-from ..checkpoints.keymap_mistral import is_mistral, mistral_config, mistral_state_dict
-from ..checkpoints.mistral_vocab import load_mistral_tokenizer
+from ..checkpoints.diffusers_dit import read_dit_folder
 from ..checkpoints.keymap_flux2 import flux2_from_diffusers, flux2_rows
 from ..errors import CheckpointError
-from ..checkpoints.diffusers_dit import read_dit_folder
-from ..checkpoints.files import read_state_dict
 from ..models.config_dit import (FLUX2_DEV, FLUX2_KLEIN_4B, FLUX2_KLEIN_9B, FLUX2_VAE, Flux2ModelConfig,
                                  PatchedLatentConfig)
 from ..models.dit_models import Flux2Model
 from ..sampling.flow import FlowSampling, flux2_mu
 from .dit import compute_dtype, resolution_of
-from ..text.flux2_dev_prompts import LAYERS as DEV_LAYERS
+from .flux2_dev import DEV_GUIDANCE, MistralEncoder, has_mistral
 from .flux2_prompts import Flux2Conditioner
 from .qwen_dit import QwenDiTFamily, has_qwen3, has_vae
-
-log = logging.getLogger(__name__)
 
 COMFY_SHIFT = 2.02  # ComfyUI's FLUX.2 mu when no size and step count are known (its sampling settings)
 BASE_CFG = 4.0  # Flux2KleinPipeline's guidance_scale default, used by the base (undistilled) models
 REFERENCE_AREA = 1024 * 1024  # Flux2KleinPipeline's largest reference image, in pixels
 BASE_STEPS = 50  # Flux2KleinPipeline's num_inference_steps default
 META_DISTILLED = "opensd.flux2_distilled"  # "1"/"0": a Flux2KleinPipeline folder's is_distilled
-DEV_GUIDANCE = 4.0  # Flux2Pipeline's guidance_scale default: [dev]'s distilled guidance
-MISTRAL_FILE = "Mistral Small 3.1 text encoder (text_encoders/mistral_3_small_flux2_fp8.safetensors or _bf16)"
 QWEN_NAMES = {2560: "Qwen3-4B text encoder (text_encoders/qwen_3_4b.safetensors)",
               4096: "Qwen3-8B text encoder (text_encoders/qwen_3_8b.safetensors)"}
-
-
-def has_mistral(shapes) -> bool:
-    return DD.MISTRAL + "model.embed_tokens.weight" in shapes
 
 
 def encoder_name(width: int) -> str:
     return QWEN_NAMES.get(width, f"Qwen3 text encoder {width} wide")
 
 
-class Flux2Family(QwenDiTFamily):
+class Flux2Family(MistralEncoder, QwenDiTFamily):
     name = "flux2"
     label = "FLUX.2"
     members = ("flux2",)
@@ -152,7 +140,8 @@ class Flux2Family(QwenDiTFamily):
 
     def check_complete(self, cfg, shapes, path):
         if cfg.flux2.guidance_embed:
-            return self._check_dev(cfg, shapes, path)
+            self.check_dev(cfg, shapes, path)
+            return self._check_vae(cfg, path)
         if has_mistral(shapes):
             raise CheckpointError(path, f"the text encoder is Mistral Small 3.1 (FLUX.2 [dev]'s); this FLUX.2 [klein] "
                                         f"network takes the {encoder_name(cfg.flux2.context_in_dim // 3)}")
@@ -169,59 +158,10 @@ class Flux2Family(QwenDiTFamily):
                                         f"network takes the {encoder_name(width)}")
         self._check_vae(cfg, path)
 
-    def _check_dev(self, cfg, shapes, path):
-        if has_qwen3(shapes):
-            raise CheckpointError(path, "the text encoder is a Qwen3 (FLUX.2 [klein]'s); FLUX.2 [dev] takes the "
-                                        + MISTRAL_FILE)
-        missing = [what for what, here in (("VAE (--vae; flux2-vae.safetensors in vae/)", has_vae(shapes)),
-                                           (MISTRAL_FILE + " (--text-encoder)", has_mistral(shapes))) if not here]
-        if missing:
-            raise CheckpointError(path, f"this FLUX.2 [dev] file has no {' and no '.join(missing)}; pass the separate "
-                                        "files or keep them in the models folder's vae/ and text_encoders/")
-        width = shapes[DD.MISTRAL + "model.embed_tokens.weight"][1]
-        if 3 * width != cfg.flux2.context_in_dim:
-            raise CheckpointError(path, f"the Mistral text encoder is {width} wide; this FLUX.2 [dev] network takes "
-                                        f"{cfg.flux2.context_in_dim // 3}-wide features (Mistral Small 3.1: 5120)")
-        depth = cfg.mistral.num_hidden_layers
-        if depth < max(DEV_LAYERS):
-            raise CheckpointError(path, f"the Mistral text encoder has {depth} layers; FLUX.2 [dev] reads hidden state "
-                                        f"{max(DEV_LAYERS)}")
-        self._check_vae(cfg, path)
-
     def _check_vae(self, cfg, path):
         if not cfg.vae.file.latent_batch_norm:
             raise CheckpointError(path, f"the VAE is not FLUX.2's ({cfg.vae.file.embed_dim} latent channels, no latent "
                                         "statistics); FLUX.2 takes its own (flux2-vae.safetensors)")
-
-    # --- the text encoder ----------------------------------------------------------------------
-
-    def encoder_config(self, name, shapes, path):
-        if name == "mistral":
-            return mistral_config(shapes, DD.MISTRAL, path)
-        return super().encoder_config(name, shapes, path)
-
-    def present_encoders(self, shapes):
-        return ["mistral"] if has_mistral(shapes) else super().present_encoders(shapes)
-
-    def encoder_tensors(self, files):
-        """[klein]'s Qwen3 (QwenDiTFamily's), or [dev]'s Mistral Small 3.1 from its own file
-        (ComfyUI's mistral_3_small_flux2_*.safetensors, transformers' Mistral3 names): the language
-        model; the vision tower, projector and tokenizer tensor are left out."""
-        if len(files) != 1:
-            return super().encoder_tensors(files)
-        sd = read_state_dict(files[0], keep_quantized=True)
-        if not is_mistral({k: tuple(v.shape) for k, v in sd.items()}):
-            return super().encoder_tensors(files)
-        language, other = mistral_state_dict(sd)
-        if other:
-            log.info("%s: %d tensors besides the language model (vision tower, projector) not loaded: FLUX.2's "
-                     "prompts are text", files[0], len(other))
-        return {DD.MISTRAL + k: v for k, v in language.items()}
-
-    def finish(self, loaded, explicit_prediction) -> None:
-        if loaded.config.mistral is not None:
-            loaded.tokenizers["mistral"] = load_mistral_tokenizer(loaded.path, *loaded.part_paths)
-        super().finish(loaded, explicit_prediction)
 
     def build(self, cfg: Flux2ModelConfig) -> Flux2Model:
         return Flux2Model(cfg)
