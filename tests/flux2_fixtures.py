@@ -61,20 +61,28 @@ def write_flux2_folder(root: Path, parts: dict, distilled: bool = True) -> Path:
     return root
 
 
+def write_split(model, files: dict, prefixes: tuple[str, ...], edit=None) -> dict[str, Path]:
+    """Our loaded model's parts under `prefixes` as the single files `files` (name -> path), each
+    without its prefix; `edit(name, tensors)` may change a part before it is written."""
+    from opensd.checkpoints.files import save_safetensors
+    sd = model.state_dict()
+    for (name, path), prefix in zip(files.items(), prefixes):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = {k[len(prefix):]: v.contiguous() for k, v in sd.items() if k.startswith(prefix)}
+        save_safetensors(edit(name, part) if edit else part, path)
+    return files
+
+
 def write_flux2_split_files(models: Path, model, tokenizer) -> dict[str, Path]:
     """ComfyUI's layout of our loaded model: diffusion_models/flux-2-klein-4b.safetensors (BFL's keys),
     text_encoders/qwen_3_4b.safetensors (`model.*`), vae/flux2-vae.safetensors, and the tokenizer
     in text_encoders/qwen_tokenizer/."""
     from opensd.checkpoints import detect_dit as DD
-    from opensd.checkpoints.files import save_safetensors
     from qwen_fixtures import QWEN3_TEMPLATE_PARTS, write_folder
-    sd = model.state_dict()
     files = {"unet": models / "diffusion_models" / "flux-2-klein-4b.safetensors",
              "qwen3": models / "text_encoders" / "qwen_3_4b.safetensors",
              "vae": models / "vae" / "flux2-vae.safetensors"}
-    for (name, path), prefix in zip(files.items(), (DD.NET, DD.QWEN3, "first_stage_model.")):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_safetensors({k[len(prefix):]: v.contiguous() for k, v in sd.items() if k.startswith(prefix)}, path)
+    write_split(model, files, (DD.NET, DD.QWEN3, "first_stage_model."))
     write_folder(models / "text_encoders" / "qwen_tokenizer", tokenizer, template=QWEN3_TEMPLATE_PARTS)
     return files
 
@@ -93,3 +101,26 @@ def klein_models(tmp: Path, seed: int = 0, sd: str | None = None):
         (models / "checkpoints").mkdir()
         write_random_checkpoint(models / "checkpoints" / sd)
     return models, pipe
+
+
+def compare_to_pipeline(seen: dict, ours_image, ref, noise, **kwargs) -> None:
+    """Our run (`seen`: dit_fixtures.spy_euler's record, `ours_image` its picture) against the diffusers
+    pipeline `ref` called with `kwargs` from the same `noise`: the sigmas, every step's latents and
+    the pixels (within one 8-bit level)."""
+    import numpy as np
+
+    from reference import assert_close_scaled
+    steps = []
+
+    def on_step_end(p, i, t, kw):
+        steps.append(kw["latents"].clone())
+        return {}
+
+    with torch.no_grad():
+        want = ref(latents=noise, output_type="np", callback_on_step_end=on_step_end, **kwargs).images[0]
+    torch.testing.assert_close(seen["sigmas"], ref.scheduler.sigmas.float(), rtol=2e-6, atol=1e-6)
+    assert len(seen["steps"]) == len(steps) == kwargs["num_inference_steps"]
+    for got, expected in zip(seen["steps"], steps):
+        assert_close_scaled(got.flatten(2).transpose(1, 2), expected, rel=1e-4)
+    ours_8bit, ref_8bit = np.asarray(ours_image).astype(int), np.round(want * 255).astype(int)
+    assert np.abs(ours_8bit - ref_8bit).max() <= 1 and ref_8bit.std() > 1

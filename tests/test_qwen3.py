@@ -188,8 +188,10 @@ def test_left_padding_in_fp16_makes_no_nans():
     assert_close_scaled(got[real], want, 1e-2)
     # every query sees at least one key (a left-padded pad token: itself), so that no row of logits
     # is all at the dtype's minimum, which fused fp16 kernels may turn into -inf and NaNs
-    bias = attention_bias(mask, *ids.shape, ids.device, torch.float16)
+    bias, live = attention_bias(mask, *ids.shape, ids.device, torch.float16)
     assert ((bias == 0).sum(-1) >= 1).all()
+    # ... and its attention output is 0, as torch's sdpa gives transformers for a row hidden entirely
+    assert live[2, 0, 0] == 0 and live[2, -1, 0] == 1 and live[0].all()
     assert bias[2, 0, 0, 0] == 0 and bias[2, 0, 0, 1] < 0  # the first pad sees only itself
     assert (bias[2, 0, -1] == 0).sum() == 5  # the last real token sees the 5 real ones
 

@@ -23,6 +23,7 @@ from .keymap_clip import clip_from_transformers
 from .keymap_flux import flux_from_diffusers
 from .keymap_flux2 import flux2_from_diffusers
 from .keymap_mmdit import mmdit_from_diffusers
+from .keymap_mistral import mistral_state_dict
 from .keymap_qwen25vl import qwen25vl_state_dict
 from .keymap_qwen3 import qwen3_state_dict
 from .keymap_t5 import t5_state_dict
@@ -36,6 +37,7 @@ FLUX_PARTS = {"transformer": "flux", "vae": "vae", "text_encoder": "clip_l", "te
 CHROMA_PARTS = {"transformer": "chroma", "vae": "vae", "text_encoder": "t5"}
 Z_IMAGE_PARTS = {"transformer": "z_image", "vae": "vae", "text_encoder": "qwen3"}
 FLUX2_PARTS = {"transformer": "flux2", "vae": "vae", "text_encoder": "qwen3"}
+FLUX2_DEV_PARTS = {"transformer": "flux2", "vae": "vae", "text_encoder": "mistral"}  # Flux2Pipeline
 QWEN_IMAGE_PARTS = {"transformer": "qwen_image", "vae": "qwen_vae", "text_encoder": "qwen25vl"}
 _NETWORKS = ("sd3", "flux", "chroma", "z_image", "flux2", "qwen_image")
 META_QWEN_VAE_STATS = "opensd.qwen_vae_stats"  # a Qwen-Image VAE's latents_mean / latents_std (JSON)
@@ -115,6 +117,8 @@ def _component(folder: Path, kind: str, j: dict, metadata: dict[str, str]) -> di
         return {D.VAE + k: v for k, v in sd.items()}
     if kind == "qwen25vl":  # the language model alone (the vision tower is not loaded)
         return {DD.QWEN25 + k: v for k, v in qwen25vl_state_dict(sd)[0].items()}
+    if kind == "mistral":  # Mistral3ForConditionalGeneration: the language model alone
+        return {DD.MISTRAL + k: v for k, v in mistral_state_dict(sd)[0].items()}
     if kind == "qwen3":  # transformers' Qwen3 naming is the single file's
         return {DD.QWEN3 + k: v for k, v in qwen3_state_dict(sd).items()}
     if kind in _NETWORKS:

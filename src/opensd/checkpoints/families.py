@@ -55,7 +55,7 @@ _FAMILIES: tuple[tuple[str, tuple], ...] = (
 
 # diffusers pipeline class names (model_index.json's _class_name) of families we do not run, by prefix.
 _PIPELINES = {
-    "Flux2Pipeline": "FLUX.2 [dev]", "Flux": "Flux.1 Redux/Control", "FluxKontextInpaint": "Flux.1 Kontext inpainting",
+    "Flux": "Flux.1 Redux/Control", "FluxKontextInpaint": "Flux.1 Kontext inpainting",
     "ChromaRadiance": "Chroma Radiance",
     "PixArt": "PixArt", "Sana": "Sana", "StableCascade": "Stable Cascade", "Wuerstchen": "Würstchen",
     "AuraFlow": "AuraFlow", "HunyuanDiT": "Hunyuan-DiT", "HunyuanVideo": "HunyuanVideo", "Kolors": "Kolors",

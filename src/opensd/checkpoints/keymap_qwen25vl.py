@@ -20,7 +20,7 @@ from typing import Mapping
 
 from ..errors import CheckpointError
 from ..models.qwen3 import Qwen3Config
-from .keymap_qwen3 import MODEL, qwen3_config, qwen3_state_dict
+from .keymap_qwen3 import MODEL, qwen3_config, qwen3_state_dict, split_language
 
 _VISUAL = ("visual.", "model.visual.")
 _LANGUAGE = ("model.language_model.", "language_model.")
@@ -30,17 +30,7 @@ _MARK = "layers.0.self_attn.k_proj.bias"
 def _split(d: Mapping, prefix: str) -> tuple[dict, list[str]]:
     """(the entries under `prefix`, prefix dropped, the language model under `model.`; the vision
     tower's names)."""
-    kept, visual = {}, []
-    for k, v in d.items():
-        if not k.startswith(prefix):
-            continue
-        k = k[len(prefix):]
-        if k.startswith(_VISUAL):
-            visual.append(k)
-            continue
-        old = next((p for p in _LANGUAGE if k.startswith(p)), None)
-        kept[MODEL + k[len(old):] if old else k] = v
-    return kept, visual
+    return split_language(d, prefix, _VISUAL, {p: MODEL for p in _LANGUAGE})
 
 
 def qwen25vl_state_dict(sd: Mapping, prefix: str = "") -> tuple[dict, list[str]]:

@@ -56,6 +56,24 @@ def _renamed(d: Mapping, prefix: str) -> tuple[dict, str]:
     return {_from_llama_cpp(k[len(prefix):]): v for k, v in d.items() if k.startswith(prefix)}, ""
 
 
+def split_language(d: Mapping, prefix: str, other: tuple[str, ...],
+                   renames: Mapping[str, str]) -> tuple[dict, list[str]]:
+    """(the entries under `prefix`, prefix dropped, each name starting with a key of `renames` given
+    its value instead (the first that matches); the names starting with one of `other`, left out):
+    a multimodal file's language model apart from its vision parts."""
+    kept, left = {}, []
+    for k, v in d.items():
+        if not k.startswith(prefix):
+            continue
+        k = k[len(prefix):]
+        if k.startswith(other):
+            left.append(k)
+            continue
+        old = next((p for p in renames if k.startswith(p)), None)
+        kept[renames[old] + k[len(old):] if old is not None else k] = v
+    return kept, left
+
+
 def qwen3_state_dict(sd: Mapping[str, Tensor], prefix: str = "") -> dict[str, Tensor]:
     """The keys under `prefix`, without it, under `model.` (added where a file lacks it), without
     the language-model head. Keys outside `prefix` are ignored; missing or unknown keys are left to

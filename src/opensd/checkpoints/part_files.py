@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import CheckpointError
 from ..stamp_cache import by_stamp
 from .files import read_safetensors_header
+from .keymap_mistral import is_mistral
 from .keymap_qwen25vl import is_qwen25vl
 from .keymap_qwen3 import is_qwen3, qwen3_config
 from .keymap_qwen_vae import is_qwen_vae
@@ -24,12 +25,14 @@ VAE_FOLDERS = ("vae", "VAE")
 VAE_PARTS = ("vae", "flux2_vae", "qwen_vae")  # the part kinds that are a model's VAE
 _PREFERRED = {"clip_l": ("clip_l",), "clip_g": ("clip_g",), "t5xxl": ("t5xxl_fp16", "t5xxl"),
               "qwen3": ("qwen_3_4b", "qwen3_4b", "qwen"), "qwen25vl": ("qwen_2.5_vl_7b", "qwen_2.5_vl", "qwen"),
+              "mistral": ("mistral_3_small_flux2", "mistral"),
               "vae": ("ae", "sd3", "flux"), "flux2_vae": ("flux2", "ae"),
               "qwen_vae": ("qwen_image_vae", "qwen")}
 
 
 _LABELS = {"clip_l": "CLIP-L text encoder", "clip_g": "CLIP-G text encoder", "t5xxl": "T5-XXL text encoder",
-           "qwen3": "Qwen3 text encoder", "qwen25vl": "Qwen2.5-VL-7B text encoder", "vae": "VAE", "flux2_vae": "FLUX.2 VAE",
+           "qwen3": "Qwen3 text encoder", "qwen25vl": "Qwen2.5-VL-7B text encoder",
+           "mistral": "Mistral Small 3.1 text encoder", "vae": "VAE", "flux2_vae": "FLUX.2 VAE",
            "qwen_vae": "Qwen-Image VAE"}
 _QWEN3_SIZES = {2560: "Qwen3-4B", 4096: "Qwen3-8B"}
 
@@ -65,6 +68,8 @@ def _read_kind(path: Path) -> tuple[str, int] | None:
         return "t5xxl", 0
     if is_qwen25vl(shapes):  # Qwen-Image's: q/k/v biases, no q/k norms
         return "qwen25vl", 0
+    if is_mistral(shapes):  # FLUX.2 [dev]'s: Llama-style, neither biases nor q/k norms
+        return "mistral", 0
     if is_qwen3(shapes):
         try:
             return "qwen3", qwen3_config(shapes).hidden_size

@@ -19,16 +19,17 @@ FOLDER = "qwen_tokenizer"
 _MODEL_FOLDERS = ("text_encoders", "clip", "text_encoder")
 
 
-def candidates(anchor: Path) -> list[Path]:
-    """Folders that may hold the tokenizer of the model file or folder `anchor`, best first."""
+def candidates(anchor: Path, name: str = FOLDER) -> list[Path]:
+    """Folders that may hold the tokenizer of the model file or folder `anchor`, best first; `name`:
+    the tokenizer folder's own name (qwen_tokenizer; mistral_tokenizer for FLUX.2 [dev])."""
     if anchor.is_dir():  # a diffusers folder, or the tokenizer folder itself
-        places = [anchor / "tokenizer", anchor / FOLDER, anchor]
+        places = [anchor / "tokenizer", anchor / name, anchor]
         folder = anchor
     else:
         folder = anchor.parent
-        places = [folder / FOLDER]
+        places = [folder / name]
     # models/diffusion_models/x.safetensors -> models/text_encoders/qwen_tokenizer/
-    return places + [folder.parent / kind / FOLDER for kind in _MODEL_FOLDERS]
+    return places + [folder.parent / kind / name for kind in _MODEL_FOLDERS]
 
 
 def find_qwen_tokenizer(*anchors: Path) -> Path | None:

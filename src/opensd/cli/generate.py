@@ -76,7 +76,8 @@ def register(sub) -> None:
     g.add_argument("--clip-skip", type=int_arg)
     g.add_argument("--shift", type=float_arg, help="SD3/Flux: the flow schedule's shift (default: SD3 3.0; Flux dev "
                                                    "from the image size, mu 0.5 at 256 tokens to 1.15 at 4096)")
-    g.add_argument("--guidance", type=float_arg, help="Flux dev: the distilled guidance the model takes (default 3.5); "
+    g.add_argument("--guidance", type=float_arg, help="Flux dev, FLUX.2 [dev]: the distilled guidance the model takes "
+                                                      "(default 3.5; FLUX.2 [dev] 4); "
                                                       "--cfg stays real CFG (default 1 for Flux)")
     g.add_argument("--tiling", action="store_true", help="seamless tiling: the image wraps around its edges")
     g.add_argument("--token-merging", type=float_arg, metavar="RATIO",

@@ -311,8 +311,9 @@ class PatchedLatentConfig:
 @dataclass(frozen=True)
 class Flux2ModelConfig(_DiTModel):
     """A whole FLUX.2 model: its DiT, the 32-channel VAE (`vae`: the patched latent it gives) and
-    the Qwen3 text encoder of [klein] (`qwen3`: its config, None when the model comes without one).
-    The network takes no pooled text; each latent cell is one token."""
+    the Qwen3 text encoder of [klein] (`qwen3`: its config, None when the model comes without one)
+    or Mistral Small 3.1's language model of [dev] (`mistral`, likewise). The network takes no pooled
+    text; each latent cell is one token."""
     flux2: Flux2Config
     vae: PatchedLatentConfig
     qwen3: object | None = None
@@ -320,6 +321,7 @@ class Flux2ModelConfig(_DiTModel):
     text_length: int = 512  # Qwen tokens per prompt (diffusers' max_sequence_length)
     distilled: bool = True  # step-distilled (klein 4B/9B); False: the base models, run with CFG
     family: str = "flux2"
+    mistral: object | None = None
     text_encoders = ()
 
     @property

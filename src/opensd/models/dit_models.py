@@ -104,11 +104,14 @@ class PatchedVAE(nn.Module):
 
 
 class Flux2Model(_DiTModel):
-    """FLUX.2: the network, its 32-channel VAE and (klein) the Qwen3 text encoder under
-    `text_encoders.qwen3_4b` (our own prefix for Qwen3-4B and -8B alike; keys as the file's)."""
+    """FLUX.2: the network, its 32-channel VAE and the text encoder: [klein]'s Qwen3 under
+    `text_encoders.qwen3_4b` (our own prefix for Qwen3-4B and -8B alike), [dev]'s Mistral under
+    `text_encoders.mistral3_24b` (ComfyUI's name); keys as the files'."""
 
     def __init__(self, cfg: Flux2ModelConfig):
-        super().__init__(cfg, Flux2(cfg.flux2), {"qwen3_4b": cfg.qwen3 and Qwen3Embedder(cfg.qwen3)}, cfg.vae.file)
+        encoders = {"qwen3_4b": cfg.qwen3 and Qwen3Embedder(cfg.qwen3),
+                    "mistral3_24b": cfg.mistral and Qwen3Embedder(cfg.mistral)}
+        super().__init__(cfg, Flux2(cfg.flux2), encoders, cfg.vae.file)
 
     @property
     def vae(self) -> PatchedVAE:

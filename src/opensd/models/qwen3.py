@@ -1,6 +1,8 @@
 """Qwen3, the decoder-only language model whose hidden states condition Z-Image (Qwen3-4B) and
 FLUX.2 [klein] (Qwen3-4B for klein 4B, Qwen3-8B for klein 9B); with two switches also Qwen2, the
-language model of Qwen2.5-VL-7B that conditions Qwen-Image (`qkv_bias` on, `qk_norm` off).
+language model of Qwen2.5-VL-7B that conditions Qwen-Image (`qkv_bias` on, `qk_norm` off), and
+Mistral (Llama-style: neither; its own theta and epsilon), the language model of Mistral Small 3.1
+that conditions FLUX.2 [dev].
 
 Only the part conditioning needs: token ids in, hidden states out; no language-model head, no
 generation, no key/value cache. Attribute names equal the keys of transformers' Qwen3 files
@@ -48,7 +50,11 @@ class Qwen3Config:
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
     qkv_bias: bool = False  # Qwen2 (Qwen2.5-VL's language model): biases on q/k/v
-    qk_norm: bool = True  # Qwen3's per-head q/k RMS norms; Qwen2 has none
+    qk_norm: bool = True  # Qwen3's per-head q/k RMS norms; Qwen2 and Mistral have none
+    # whether the last layer's output goes through the final norm: False for a file cut short of
+    # its model's depth (ComfyUI's 30-layer Mistral for FLUX.2 [dev]), whose last state is a middle
+    # one of the whole model's
+    final_norm: bool = True
 
 
 QWEN3_4B = Qwen3Config()
@@ -62,6 +68,12 @@ QWEN3_8B = Qwen3Config(hidden_size=4096, intermediate_size=12288)
 QWEN25_VL_7B = Qwen3Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                            num_attention_heads=28, num_key_value_heads=4, head_dim=128, qkv_bias=True,
                            qk_norm=False)
+# transformers' mistralai/Mistral-Small-3.1-24B-Instruct-2503 text config (FLUX.2 [dev]'s text encoder):
+# 40 layers 5120 wide, 32 query and 8 key/value heads of 128 (4096 < 5120), feed-forward 32768,
+# vocabulary 131072 (tekken), rope theta 1e9, RMS epsilon 1e-5; no biases, no q/k norms.
+MISTRAL_SMALL_31 = Qwen3Config(vocab_size=131072, hidden_size=5120, intermediate_size=32768, num_hidden_layers=40,
+                               num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1e9,
+                               rms_norm_eps=1e-5, qk_norm=False)
 
 
 def rope_cos_sin(length: int, head_dim: int, theta: float, device: torch.device,
@@ -82,18 +94,24 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 def attention_bias(attention_mask: torch.Tensor | None, batch: int, length: int, device: torch.device,
-                   dtype: torch.dtype) -> torch.Tensor:
-    """The additive (B, 1, L, L) logits bias: causal, and padding keys (mask 0) hidden from every
-    query. A padding query that would see no key at all (left padding) sees itself: its output is
-    padding anyway, and a row with every logit at the dtype's minimum could overflow to -inf in
-    fp16 and make NaNs that would reach the real tokens through their (zero) attention weights."""
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the additive (B, 1, L, L) logits bias, the (B, L, 1) multiplier of the attention outputs or
+    None): causal, and padding keys (mask 0) hidden from every query. A padding query that sees no
+    key at all (left padding) gets attention output 0, as torch's scaled_dot_product_attention gives
+    transformers for a row its boolean mask hides entirely (FLUX.2 keeps every row, pads included);
+    its logits see itself, as a row with every logit at the dtype's minimum could overflow to -inf
+    in fp16 and make NaNs."""
     causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
     allowed = causal[None, None].expand(batch, 1, length, length)
     if attention_mask is not None:
         allowed = allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
         alone = ~allowed.any(-1, keepdim=True)
         allowed = allowed | (alone & torch.eye(length, dtype=torch.bool, device=device))
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+        live = None if not alone.any() else (~alone[:, 0]).to(dtype)
+    else:
+        live = None
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return bias, live
 
 
 class Qwen3Attention(nn.Module):
@@ -109,7 +127,8 @@ class Qwen3Attention(nn.Module):
         self.q_norm = RMSNorm(d, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(d, cfg.rms_norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor,
+                live: torch.Tensor | None = None) -> torch.Tensor:
         b, n, _ = x.shape
         d = self.cfg.head_dim
         groups = self.cfg.num_attention_heads // self.cfg.num_key_value_heads
@@ -121,7 +140,7 @@ class Qwen3Attention(nn.Module):
         # each key/value head serves `groups` consecutive query heads
         k, v = (t.repeat_interleave(groups, dim=2).flatten(2) for t in (k, v))
         out = attention(q.flatten(2), k, v, self.cfg.num_attention_heads, mask=bias)
-        return self.o_proj(out)
+        return self.o_proj(out if live is None else out * live)
 
 
 class Qwen3MLP(nn.Module):
@@ -143,8 +162,9 @@ class Qwen3DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor,
+                live: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias, live)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -181,11 +201,11 @@ class Qwen3TextEncoder(nn.Module):
         x = self.model.embed_tokens(input_ids)
         b, n = input_ids.shape
         cos, sin = rope_cos_sin(n, self.cfg.head_dim, self.cfg.rope_theta, x.device, x.dtype)
-        bias = attention_bias(attention_mask, b, n, x.device, x.dtype)
+        bias, live = attention_bias(attention_mask, b, n, x.device, x.dtype)
         yield x
         for i, layer in enumerate(self.model.layers[:last], start=1):
-            x = layer(x, cos, sin, bias)
-            yield self.model.norm(x) if i == self.cfg.num_hidden_layers else x
+            x = layer(x, cos, sin, bias, live)
+            yield self.model.norm(x) if i == self.cfg.num_hidden_layers and self.cfg.final_norm else x
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       upto: int = -1) -> list[torch.Tensor]:

@@ -41,10 +41,19 @@ def encode_klein(encoder, tokenizer: QwenTokenizer, prompts: list[str], max_leng
     returning those hidden states; `device`: where it runs (default: where its first parameter is)."""
     if isinstance(prompts, str):
         prompts = [prompts]
-    if not prompts:
+    return stacked_states(encoder, tokenizer, [chat_prompt(p, enable_thinking=False) for p in prompts], max_length,
+                          layers, device)
+
+
+@torch.no_grad()
+def stacked_states(encoder, tokenizer: QwenTokenizer, texts: list[str], max_length: int, layers: tuple[int, ...],
+                   device: torch.device | None = None, padding_side: str = "right") -> torch.Tensor:
+    """(n, max_length, len(layers) * hidden_size): the hidden states `layers` of `texts` (templated
+    already), each cut and padded to exactly `max_length` tokens on `padding_side`, side by side per
+    token (the first layer's channels first); every row kept (FLUX.2's text features)."""
+    if not texts:
         raise InvalidArgument("no prompts to encode")
-    ids, mask = tokenizer.batch([chat_prompt(p, enable_thinking=False) for p in prompts], max_length,
-                                pad_to=max_length)
+    ids, mask = tokenizer.batch(texts, max_length, padding_side, pad_to=max_length)
     device = device if device is not None else next(encoder.parameters()).device
     ids = torch.tensor(ids, dtype=torch.long, device=device)
     mask = torch.tensor(mask, dtype=torch.bool, device=device)
