@@ -36,7 +36,7 @@ def takes_references(family: Family) -> bool:
 
 
 def reference_families() -> str:
-    """The families whose models take reference images, for messages: "Flux.1 (Kontext), FLUX.2 [klein]"."""
+    """The families whose models take reference images, for messages: "FLUX.2, Flux.1 (Kontext)"."""
     return ", ".join(f.label + (" (Kontext)" if f is FLUX else "") for f in FAMILIES if takes_references(f))
 
 
