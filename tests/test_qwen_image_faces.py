@@ -114,3 +114,37 @@ def test_comfyui_qwen_image_graph_is_plain_cfg_at_its_shift(env, monkeypatch):
     assert not np.array_equal(_run(ctx, _graph(cfg=8.0, shift=1.0)), got)  # the shift is the node's
     with pytest.raises(NodeError, match="qwen_image"):
         _run(ctx, _graph(clip_type="stable_cascade"))
+
+
+def test_comfyui_lora_loader_model_only_with_a_lightning_style_lora(env, tmp_path):
+    """ComfyUI's template chains LoraLoaderModelOnly (Qwen-Image-Lightning, bare diffusers names) before
+    ModelSamplingAuraFlow: the graph's image is the pipeline's with the same LoRA (CFG 1: no negative)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from opensd.adapters.lora import LoraSpec
+    models, pipe, tmp = env
+    g = torch.Generator().manual_seed(11)
+    lora = {}
+    for i in range(2):
+        for name in ("attn.to_q", "attn.add_v_proj", "img_mlp.net.2", "txt_mod.1"):
+            w = pipe.model.network.get_submodule(f"transformer_blocks.{i}.{name}").weight
+            lora[f"transformer_blocks.{i}.{name}.lora_A.weight"] = torch.randn(4, w.shape[1], generator=g) * 0.2
+            lora[f"transformer_blocks.{i}.{name}.lora_B.weight"] = torch.randn(w.shape[0], 4, generator=g) * 0.2
+    (models / "loras").mkdir(exist_ok=True)
+    save_file(lora, models / "loras" / "Qwen-Image-Lightning-8steps-V1.0.safetensors")
+    graph = _graph(cfg=1.0)
+    graph["70"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["37", 0], "lora_name": "Qwen-Image-Lightning-8steps-V1.0.safetensors", "strength_model": 1.0}}
+    graph["66"]["inputs"]["model"] = ["70", 0]
+    folders = ModelFolders(models, include_builtin=False)
+    got = _run(make_ctx(folders, Loader(folders), tmp), graph)
+    plain = _pixels(_want(pipe, 1.0, NEGATIVE, shift=3.1))
+    pipe.set_loras([LoraSpec(models / "loras" / "Qwen-Image-Lightning-8steps-V1.0.safetensors")])
+    try:
+        want = _pixels(_want(pipe, 1.0, NEGATIVE, shift=3.1))
+        assert pipe.lora_reports[0].patched == 8 and pipe.lora_reports[0].unmatched == []
+    finally:
+        pipe.set_loras([])
+        pipe.apply_loras("")
+    assert np.abs(got - want).max() <= 1 and np.abs(want - plain).max() > 1
