@@ -1,0 +1,60 @@
+"""Qwen-Image's network with Qwen-Image-Edit's condition-image latents (more image tokens after the
+image's own, frame 1, 2, ... in the RoPE, the text past the largest grid) equals diffusers'
+QwenImageTransformer2DModel called as QwenImageEditPipeline / QwenImageEditPlusPipeline call it
+(img_shapes with one entry per image, the output cut to the image's own tokens), on tiny random
+weights, references smaller, larger and of other aspect ratios than the image."""
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import QwenImagePipeline
+
+from opensd.errors import InvalidArgument
+from opensd.models.qwen_image import QwenImage
+from reference import assert_close_scaled
+from qwen_image_fixtures import QI_LATENT, qwen_image_transformer
+from test_qwen_image_network import CFG
+
+
+@pytest.fixture(scope="module")
+def pair():
+    theirs = qwen_image_transformer(seed=4)
+    ours = QwenImage(CFG).eval()
+    ours.load_state_dict(theirs.state_dict())
+    return ours, theirs
+
+
+def _theirs(net, x, refs, t, context, mask=None):
+    b, c, height, width = x.shape
+    packed = [QwenImagePipeline._pack_latents(v, b, c, v.shape[2], v.shape[3]) for v in (x, *refs)]
+    shapes = [[(1, v.shape[2] // 2, v.shape[3] // 2) for v in (x, *refs)]] * b
+    with torch.no_grad():
+        out = net(torch.cat(packed, dim=1), context, mask, t, shapes, return_dict=False)[0]
+    out = out[:, :packed[0].shape[1]]
+    return QwenImagePipeline._unpack_latents(out, height * 8, width * 8, 8)[:, :, 0]
+
+
+@pytest.mark.parametrize("size, refs", [((6, 10), [(6, 10)]), ((8, 8), [(4, 12)]), ((4, 6), [(10, 8)]),
+                                        ((6, 6), [(4, 4), (8, 6)])])
+def test_equals_diffusers_with_references(pair, size, refs):
+    ours, theirs = pair
+    g = torch.Generator().manual_seed(len(refs))
+    x = torch.randn(2, QI_LATENT, *size, generator=g)
+    ref_latents = [torch.randn(2, QI_LATENT, *r, generator=g) for r in refs]
+    t, context = torch.tensor([0.3, 0.85]), torch.randn(2, 5, CFG.joint_attention_dim, generator=g)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    context = context * mask[..., None]
+    with torch.no_grad():
+        got = ours(x, t, context, mask, ref_latents)
+        plain = ours(x, t, context, mask)
+    # 5e-5: diffusers' RoPE table is complex64 whatever the network's dtype; this network without
+    # references is as far from diffusers' in float64 (the text's positions grow with the grids)
+    assert_close_scaled(got, _theirs(theirs, x, ref_latents, t, context, mask.long()), rel=5e-5)
+    assert (got - plain).abs().max() > 1e-3  # the references are seen
+
+
+def test_odd_reference_refused(pair):
+    ours, _ = pair
+    x = torch.randn(1, QI_LATENT, 4, 4)
+    with pytest.raises(InvalidArgument, match="2x2 patches"):
+        ours(x, torch.tensor([0.5]), torch.randn(1, 3, CFG.joint_attention_dim), None, [torch.randn(1, QI_LATENT, 5, 4)])
