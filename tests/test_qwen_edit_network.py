@@ -10,18 +10,9 @@ import torch
 from diffusers import QwenImagePipeline
 
 from opensd.errors import InvalidArgument
-from opensd.models.qwen_image import QwenImage
 from reference import assert_close_scaled
-from qwen_image_fixtures import QI_LATENT, qwen_image_transformer
-from test_qwen_image_network import CFG
-
-
-@pytest.fixture(scope="module")
-def pair():
-    theirs = qwen_image_transformer(seed=4)
-    ours = QwenImage(CFG).eval()
-    ours.load_state_dict(theirs.state_dict())
-    return ours, theirs
+from qwen_image_fixtures import QI_LATENT
+from test_qwen_image_network import CFG, pair  # noqa: F401 (the fixture)
 
 
 def _theirs(net, x, refs, t, context, mask=None):
