@@ -4,6 +4,8 @@ short at the edges, a two-frame clip), full-attention layers at the config's ind
 2-D patch embedding equals the Conv3d over the frame repeated; the full-size key table maps on meta."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
@@ -122,5 +124,9 @@ def test_file_layouts(pair):
     assert qwen25vl_vision_config(full) == QWEN25_VL_7B_VISION
     with pytest.raises(CheckpointError, match="no Qwen2.5-VL vision tower"):
         qwen25vl_vision_config(text)
-    with pytest.raises(CheckpointError, match="only the 7B"):
-        qwen25vl_vision_config({"visual." + k: v for k, v in sd.items()})
+    with pytest.raises(CheckpointError, match="not Qwen2.5-VL's layout"):
+        qwen25vl_vision_config({"visual." + k: v for k, v in sd.items()})  # 32 wide: not heads of 80
+    small = QwenVisionConfig(depth=8, hidden_size=160, num_heads=2, intermediate_size=48, out_hidden_size=24)
+    with torch.device("meta"):
+        shapes = {"visual." + k: v for k, v in QwenVisionTower(small).state_dict().items()}
+    assert qwen25vl_vision_config(shapes) == replace(small, fullatt_block_indexes=(1, 3, 5, 7))

@@ -25,6 +25,7 @@ TEXT = "text_encoders."
 CLIP_L, CLIP_G, T5 = (f"{TEXT}{name}.transformer." for name in ("clip_l", "clip_g", "t5xxl"))
 QWEN3 = f"{TEXT}qwen3_4b.transformer."
 QWEN25 = f"{TEXT}qwen25_7b.transformer."  # Qwen-Image's Qwen2.5-VL-7B language model (ComfyUI's name), as QWEN3  # Z-Image's text encoder, its keys as its own file's (model.layers.N...)
+QWEN25_VISUAL = f"{TEXT}qwen25_7b.visual."  # its vision tower (models.qwen25vl_vision names), Qwen-Image-Edit's
 # Where whole-model files of various tools keep the network: ours/SD3's/ComfyUI's first.
 NET_PREFIXES = (NET, "diffusion_model.", "model.", "transformer.", "")
 

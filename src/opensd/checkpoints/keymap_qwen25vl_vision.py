@@ -12,6 +12,7 @@ from ..models.qwen25vl_vision import QwenVisionConfig
 
 _VISUAL = ("model.visual.", "visual.")
 _MARK = "patch_embed.proj.weight"
+HEAD_DIM = 80  # Qwen2.5-VL's vision heads (1280 / 16)
 
 
 def _under(d: Mapping, prefix: str) -> dict:
@@ -25,6 +26,11 @@ def _under(d: Mapping, prefix: str) -> dict:
     return out
 
 
+def _shape(v) -> tuple:
+    """A tensor's shape, or a shape given as such."""
+    return tuple(getattr(v, "shape", v))
+
+
 def has_qwen25vl_vision(shapes: Mapping, prefix: str = "") -> bool:
     """Whether the file under `prefix` carries the vision tower."""
     return _MARK in _under(shapes, prefix)
@@ -36,19 +42,20 @@ def qwen25vl_vision_state_dict(sd: Mapping, prefix: str = "") -> dict:
 
 
 def qwen25vl_vision_config(shapes: Mapping, prefix: str = "", path: str = "<state dict>") -> QwenVisionConfig:
-    """The tower's config from its shapes. The head count, window and full-attention layers are not
-    in the shapes: Qwen2.5-VL's (16 heads of 80, 112-pixel windows, layers 7/15/23/31) for a 32-deep
-    1280-wide tower, the only size Qwen-Image-Edit uses; other sizes are refused."""
+    """The tower's config from its shapes. What the shapes do not hold follows Qwen2.5-VL's layout
+    (the 7B's, the only size Qwen-Image-Edit uses): heads of 80 channels, 112-pixel windows, full
+    attention in every (depth / 4)-th layer (7, 15, 23, 31 of 32)."""
     v = _under(shapes, prefix)
     if _MARK not in v:
         raise CheckpointError(path, "no Qwen2.5-VL vision tower in this file (visual.* keys); "
                                     "Qwen-Image-Edit needs the text encoder file that has it")
-    hidden, channels, frames, patch, _ = tuple(v[_MARK].shape)
+    hidden, channels, frames, patch, _ = _shape(v[_MARK])
     depth = len({k.split(".")[1] for k in v if k.startswith("blocks.")})
-    cfg = QwenVisionConfig(depth=depth, hidden_size=hidden, in_channels=channels, temporal_patch_size=frames,
-                           patch_size=patch, intermediate_size=tuple(v["blocks.0.mlp.gate_proj.weight"].shape)[0],
-                           out_hidden_size=tuple(v["merger.mlp.2.weight"].shape)[0])
-    if (depth, hidden) != (32, 1280):
-        raise CheckpointError(path, f"a Qwen2.5-VL vision tower {depth} deep and {hidden} wide: only the 7B's "
-                                    "(32 deep, 1280 wide) is known")
-    return cfg
+    if hidden % HEAD_DIM or depth % 4:
+        raise CheckpointError(path, f"a vision tower {hidden} wide and {depth} deep is not Qwen2.5-VL's layout")
+    step = depth // 4
+    return QwenVisionConfig(depth=depth, hidden_size=hidden, num_heads=hidden // HEAD_DIM, in_channels=channels,
+                            temporal_patch_size=frames, patch_size=patch,
+                            intermediate_size=_shape(v["blocks.0.mlp.gate_proj.weight"])[0],
+                            out_hidden_size=_shape(v["merger.mlp.2.weight"])[0],
+                            fullatt_block_indexes=tuple(range(step - 1, depth, step)))
