@@ -51,13 +51,16 @@ def write_vl_tokenizer(folder):
     return folder
 
 
-def hf_vl(vocab: int, image_id: int, start_id: int, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
-    text = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                                        "mrope_section": list(SECTIONS)})
-    vision = dict(depth=VISION.depth, hidden_size=VISION.hidden_size, intermediate_size=VISION.intermediate_size,
-                  num_heads=VISION.num_heads, out_hidden_size=64, window_size=VISION.window_size,
-                  fullatt_block_indexes=list(VISION.fullatt_block_indexes))
+def hf_vl_model(vocab: int, image_id: int, start_id: int, width: int = 64, heads: int = 4, sections=SECTIONS,
+                vision: dict | None = None, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
+    """transformers' Qwen2.5-VL, tiny and random: a `width`-wide language model of `heads` heads (two
+    key/value heads when it has more), the vision tower `vision` (VISION's by default)."""
+    text = dict(vocab_size=vocab, hidden_size=width, intermediate_size=96, num_hidden_layers=2, num_attention_heads=heads,
+                num_key_value_heads=min(heads, 2), rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(sections)})
+    vision = {**dict(depth=VISION.depth, hidden_size=VISION.hidden_size, intermediate_size=VISION.intermediate_size,
+                     num_heads=VISION.num_heads, window_size=VISION.window_size,
+                     fullatt_block_indexes=list(VISION.fullatt_block_indexes)), **(vision or {}), "out_hidden_size": width}
     cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=image_id,
                            vision_start_token_id=start_id, bos_token_id=None, eos_token_id=None,
                            attn_implementation="sdpa")
@@ -89,7 +92,7 @@ def setup(tmp_path_factory):
     folder = write_vl_tokenizer(tmp_path_factory.mktemp("vltok"))
     hf_tok = Qwen2TokenizerFast.from_pretrained(str(folder))
     image_id = hf_tok.convert_tokens_to_ids("<|image_pad|>")
-    ref = hf_vl(len(hf_tok), image_id, hf_tok.convert_tokens_to_ids("<|vision_start|>"))
+    ref = hf_vl_model(len(hf_tok), image_id, hf_tok.convert_tokens_to_ids("<|vision_start|>"))
     kept, _ = qwen25vl_state_dict(ref.state_dict())
     cfg = Qwen3Config(vocab_size=len(hf_tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, qkv_bias=True, qk_norm=False)
