@@ -298,8 +298,9 @@ class QwenImageFamily(QwenDiTFamily):
         """The reference as QwenImageEditPipeline fits it (about 1 MP, sides multiples of 32)."""
         return fit_edit_image(image)
 
-    def net_fn(self, model, guidance=None, references=None):
-        """`references`: Qwen-Image-Edit's reference latents (model latents, each (1 or B, 16, h, w))."""
+    def net_fn(self, model, guidance=None, references=None, reference_method=None):
+        """`references`: Qwen-Image-Edit's reference latents (model latents, each (1 or B, 16, h, w));
+        `reference_method` (ComfyUI's Kontext setting) does not apply: they sit at frame 1."""
         net = model.network
         dtype = compute_dtype(net)
         if references and len(references) > 1:
