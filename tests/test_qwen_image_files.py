@@ -232,3 +232,23 @@ def test_a_scaled_float8_text_encoder_as_comfyui_ships_it(tmp_path, layout):
     ids = torch.randint(0, TINY.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
     mask = torch.ones(2, 9, dtype=torch.bool)
     assert_close_scaled(ours(ids, mask, -1), plain(ids, mask, -1), 1e-6)
+
+
+def test_a_scaled_float8_vision_tower_is_read_in_plain_floats(tmp_path):
+    """A text encoder whose vision tower's Linears are scaled float8 too: the tower comes out as the
+    dequantised weights (it is built with plain Linears)."""
+    from opensd.checkpoints.keymap_qwen25vl_vision import qwen25vl_vision_state_dict
+    from opensd.models.stored_weights import is_stored
+    from test_qwen25vl import TINY, _comfy, hf_qwen25vl
+    from test_scaled_fp8 import linear_weights, write_scaled
+    ref = hf_qwen25vl(TINY, seed=4)
+    sd = _comfy(ref.state_dict())
+    linears = list(_comfy({k: None for k in linear_weights(ref)}))
+    path = tmp_path / "qwen_2.5_vl_7b_fp8_scaled.safetensors"
+    held = write_scaled(path, sd, linears, "marker")
+    tensors = QWEN_IMAGE_FAMILY.encoder_tensors([path])
+    visual = {k[len(DD.QWEN25_VISUAL):]: v for k, v in tensors.items() if k.startswith(DD.QWEN25_VISUAL)}
+    want = qwen25vl_vision_state_dict(held)  # the file's weights, dequantised
+    assert set(visual) == set(want) and not any(is_stored(v) for v in visual.values())
+    assert all(torch.equal(visual[k].float(), want[k]) for k in want)
+    assert any(k.startswith("visual.") for k in linears)

@@ -32,6 +32,8 @@ import re
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import torch
+
 from ..checkpoints import detect as D
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import META_QWEN_VAE_STATS, QWEN_IMAGE_PARTS
@@ -46,6 +48,7 @@ from ..errors import CheckpointError, InvalidArgument
 from ..models.config_dit import QWEN_IMAGE, FlowShiftConfig, QwenImageModelConfig
 from ..models.dit_models import QwenImageModel
 from ..models.qwen_vae import QWEN_IMAGE_VAE
+from ..models.stored_weights import is_stored, unpack
 from ..pipeline.qwen_edit_image import fit_edit_image
 from ..sampling.flow import FlowSampling, flux_mu, flux_shift, sd3_shift
 from .dit import compute_dtype, resolution_of
@@ -261,7 +264,9 @@ class QwenImageFamily(QwenDiTFamily):
             raise CheckpointError(files[0], f"not a Qwen2.5-VL text encoder (a Qwen-Image model takes {ENCODER}): "
                                             + what_else(shapes, D.UNET))
         language, _ = qwen25vl_state_dict(sd)
-        visual = {DD.QWEN25_VISUAL + k: v for k, v in qwen25vl_vision_state_dict(sd).items()}
+        # the vision tower in plain floats: ComfyUI's fp8 files may store it as (scaled) float8
+        visual = {DD.QWEN25_VISUAL + k: (unpack(v, torch.float32, None) if is_stored(v) else v)
+                  for k, v in qwen25vl_vision_state_dict(sd).items()}
         if not visual:
             log.info("%s: no vision tower: Qwen-Image-Edit's reference images need the file that has it", files[0])
         return {**{DD.QWEN25 + k: v for k, v in language.items()}, **visual}
