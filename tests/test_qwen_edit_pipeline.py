@@ -107,19 +107,26 @@ def test_one_reference_only(edit):
         ours.txt2img(PROMPT, "", steps=1, seed=SEED, width=SIZE, height=SIZE, references=[_image(), _image()])
 
 
+def write_edit_split_files(models, ref) -> dict:
+    """ComfyUI's split files of the tiny edit model: diffusion_models/qwen_image_edit_bf16.safetensors,
+    text_encoders/qwen_2.5_vl_7b.safetensors (ComfyUI's / Qwen's names, `visual.` tower) with its
+    tokenizer, vae/qwen_image_vae.safetensors."""
+    from opensd.checkpoints.files import save_safetensors
+    from qwen_image_fixtures import write_qwen_image_split_files
+    files = write_qwen_image_split_files(models, ref.transformer, ref.vae, net_name="qwen_image_edit_bf16.safetensors")
+    files["te"] = models / "text_encoders" / "qwen_2.5_vl_7b.safetensors"
+    files["te"].parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors({k.replace("model.language_model.", "model.").replace("model.visual.", "visual."): v.contiguous()
+                      for k, v in ref.text_encoder.state_dict().items()}, files["te"])
+    write_vl_tokenizer(models / "text_encoders" / "qwen_tokenizer")
+    return files
+
+
 def test_comfyui_split_files_edit_alike(edit, tmp_path):
     """ComfyUI's split files (the text encoder in ComfyUI's / Qwen's names with its `visual.` tower, a
     network named as an Edit file) make the same edit as the folder."""
-    from opensd.checkpoints.files import save_safetensors
-    from qwen_image_fixtures import write_qwen_image_split_files
     ours, ref = edit
-    models = tmp_path / "models"
-    files = write_qwen_image_split_files(models, ref.transformer, ref.vae, net_name="qwen_image_edit_bf16.safetensors")
-    te = models / "text_encoders" / "qwen_2.5_vl_7b.safetensors"
-    te.parent.mkdir(parents=True, exist_ok=True)
-    save_safetensors({k.replace("model.language_model.", "model.").replace("model.visual.", "visual."): v.contiguous()
-                      for k, v in ref.text_encoder.state_dict().items()}, te)
-    write_vl_tokenizer(models / "text_encoders" / "qwen_tokenizer")
+    files = write_edit_split_files(tmp_path / "models", ref)
     split = load(files["unet"], precision="fp32", device="cpu")
     assert split.config.qwen25vl_vision == ours.config.qwen25vl_vision
     args = dict(steps=2, seed=SEED, width=SIZE, height=SIZE, references=[_image()])

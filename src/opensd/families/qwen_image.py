@@ -33,6 +33,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..checkpoints import detect as D
 from ..checkpoints import detect_dit as DD
@@ -63,6 +64,7 @@ COMFY_SHIFT = 1.15  # ComfyUI's Qwen-Image sampling shift when its graph sets no
 TRUE_CFG = 4.0  # QwenImagePipeline's true_cfg_scale default
 STEPS = 50  # QwenImagePipeline's num_inference_steps default
 _TEXT = DD.QWEN25_VISUAL[:-len("visual.")]  # the text encoder's prefix (visual.* under it)
+VISION = "qwen25vl_vision"  # the vision tower among the "encoders" of a text-encoder file (present_encoders)
 LAYERED_KEY = "time_text_embed.addition_t_embedding.weight"
 # FlowMatchEulerDiscreteScheduler's defaults: what a scheduler_config.json leaves out
 SCHEDULER_DEFAULTS = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
@@ -223,7 +225,8 @@ class QwenImageFamily(QwenDiTFamily):
         return out
 
     def make_config(self, net, vae, encoders, resolution) -> QwenImageModelConfig:
-        return QwenImageModelConfig(net, vae, encoders.get("qwen25vl"), resolution=resolution)
+        return QwenImageModelConfig(net, vae, encoders.get("qwen25vl"), encoders.get(VISION),
+                                    resolution=resolution)
 
     def missing_parts(self, shapes):
         return ([] if has_vae(shapes) else ["qwen_vae"]) + ([] if has_encoder(shapes) else ["qwen25vl"])
@@ -246,10 +249,15 @@ class QwenImageFamily(QwenDiTFamily):
                                         f"{cfg.qwen_image.joint_attention_dim}-wide features (Qwen2.5-VL-7B: 3584)")
 
     def encoder_config(self, name, shapes, path):
+        if name == VISION:
+            return _vision_config(shapes, path)
         return qwen25vl_config(shapes, DD.QWEN25, path)
 
     def present_encoders(self, shapes):
-        return ["qwen25vl"] if has_encoder(shapes) else []
+        """The language model; its vision tower (VISION) where the file has one."""
+        if not has_encoder(shapes):
+            return []
+        return ["qwen25vl", VISION] if has_qwen25vl_vision(shapes, _TEXT) else ["qwen25vl"]
 
     def encoder_tensors(self, files):
         """Qwen2.5-VL-7B from its own file (ComfyUI's text_encoders/qwen_2.5_vl_7b*.safetensors,
@@ -303,21 +311,33 @@ class QwenImageFamily(QwenDiTFamily):
         """The reference as QwenImageEditPipeline fits it (about 1 MP, sides multiples of 32)."""
         return fit_edit_image(image)
 
+    reference_method = "index"  # ComfyUI's default placement for Qwen-Image (reference i at frame i)
+
     def net_fn(self, model, guidance=None, references=None, reference_method=None):
-        """`references`: Qwen-Image-Edit's reference latents (model latents, each (1 or B, 16, h, w));
-        `reference_method` (ComfyUI's Kontext setting) does not apply: they sit at frame 1."""
+        """`references`: Qwen-Image-Edit's reference latents (model latents, each (1 or B, 16, h, w)).
+        `reference_method` is set by ComfyUI graphs (conds.py), whose model differs from diffusers'
+        in two ways followed there: the text's RoPE starts past the image's own grid only, and a
+        reference latent of an odd side is padded (circularly) to whole 2x2 patches. Only ComfyUI's
+        "index" placement is supported."""
         net = model.network
         dtype = compute_dtype(net)
         if references and len(references) > 1:
             raise InvalidArgument(f"Qwen-Image-Edit takes one reference image ({len(references)} given; "
                                   "Edit-2509/2511's several are not supported)")
+        comfy = reference_method is not None
+        if comfy and reference_method != "index":
+            raise InvalidArgument(f"reference_latents_method {reference_method!r}: Qwen-Image-Edit here places its "
+                                  "reference by 'index' only")
+        if comfy:
+            references = [F.pad(r, (0, r.shape[-1] % 2, 0, r.shape[-2] % 2), mode="circular") for r in references or ()]
 
         def call(x, t, context, y, control=None):
             """t: sigma (multiplier 1), the network's own time; the context's all-zero rows (past
             each prompt's tokens) are masked."""
             mask = text_mask(context)
             refs = [r.to(x.device, dtype).expand(len(x), -1, -1, -1) for r in references or ()]
-            return net(x.to(dtype), t, context.to(dtype), None if bool(mask.all()) else mask, refs)
+            return net(x.to(dtype), t, context.to(dtype), None if bool(mask.all()) else mask, refs,
+                       text_after_refs=not comfy)
 
         return call
 

@@ -141,17 +141,19 @@ class NormOut(nn.Module):
         return layer_norm(x, EPS) * (1 + scale) + shift
 
 
-def rope_ids(h: int, w: int, n_txt: int, device=None, refs=()) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_ids(h: int, w: int, n_txt: int, device=None, refs=(),
+             text_after_refs: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(image ids (h * w + reference cells, 3), text ids (n_txt, 3)) of an h x w grid of patches,
     then each reference grid (h', w') in `refs` at frame 1, 2, ... (centred alike), and n_txt text
-    tokens, which start past the largest half side of all the grids."""
+    tokens, which start past the largest half side of all the grids (diffusers), or of the image's
+    own (`text_after_refs` False: ComfyUI's)."""
     grids = [(h, w), *refs]
     ids = []
     for frame, (gh, gw) in enumerate(grids):
         r, c = torch.meshgrid(torch.arange(gh, device=device) - (gh - gh // 2),
                               torch.arange(gw, device=device) - (gw - gw // 2), indexing="ij")
         ids.append(torch.stack([torch.full_like(r, frame), r, c], dim=-1).reshape(gh * gw, 3))
-    start = max(max(gh // 2, gw // 2) for gh, gw in grids)
+    start = max(max(gh // 2, gw // 2) for gh, gw in (grids if text_after_refs else grids[:1]))
     txt = (torch.arange(n_txt, device=device) + start)[:, None].expand(n_txt, 3)
     return torch.cat(ids), txt
 
@@ -171,7 +173,7 @@ class QwenImage(nn.Module):
         self.proj_out = nn.Linear(dim, cfg.patch_size ** 2 * cfg.out_channels)
 
     def forward_tokens(self, img: torch.Tensor, txt: torch.Tensor, t: torch.Tensor, h: int, w: int,
-                       mask: torch.Tensor | None = None, refs=()) -> torch.Tensor:
+                       mask: torch.Tensor | None = None, refs=(), text_after_refs: bool = True) -> torch.Tensor:
         """Packed latents (B, h * w, in_channels), text features (B, L, joint_attention_dim), sigma
         (B,), `mask` (B, L) bool: the text tokens attended to (None: all); `refs`: the (h', w') grids
         of reference tokens appended to `img` after its own h * w (Qwen-Image-Edit's condition
@@ -181,7 +183,7 @@ class QwenImage(nn.Module):
         img = self.img_in(img)
         temb = self.time_text_embed.timestep_embedder(t, img.dtype)
         txt = self.txt_in(self.txt_norm(txt))
-        img_ids, txt_ids = rope_ids(h, w, txt.shape[1], img.device, refs)
+        img_ids, txt_ids = rope_ids(h, w, txt.shape[1], img.device, refs, text_after_refs)
         if img_ids.shape[0] != img.shape[1]:
             raise InvalidArgument(f"{img.shape[1]} image tokens for grids {[(h, w), *refs]}")
         pe = rope_angles(torch.cat((txt_ids, img_ids)), self.cfg.axes_dims_rope, self.cfg.theta)
@@ -192,9 +194,10 @@ class QwenImage(nn.Module):
         return self.proj_out(self.norm_out(img[:, :n], temb))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                mask: torch.Tensor | None = None, ref_latents=()) -> torch.Tensor:
+                mask: torch.Tensor | None = None, ref_latents=(), text_after_refs: bool = True) -> torch.Tensor:
         """Latents (B, out_channels, 2h, 2w) -> the flow velocity, same shape. `ref_latents`:
-        Qwen-Image-Edit's condition-image latents, each (B, out_channels, 2h', 2w'), any size."""
+        Qwen-Image-Edit's condition-image latents, each (B, out_channels, 2h', 2w'), any even size;
+        `text_after_refs`: see rope_ids."""
         b, c, height, width = x.shape
         for lat in (x, *ref_latents):
             if lat.shape[-2] % 2 or lat.shape[-1] % 2:
@@ -203,5 +206,5 @@ class QwenImage(nn.Module):
         h, w = height // 2, width // 2
         tokens = torch.cat([pack(x), *(pack(r) for r in ref_latents)], dim=1)
         refs = [(r.shape[-2] // 2, r.shape[-1] // 2) for r in ref_latents]
-        out = self.forward_tokens(tokens, context, t, h, w, mask, refs)
+        out = self.forward_tokens(tokens, context, t, h, w, mask, refs, text_after_refs)
         return out.view(b, h, w, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)

@@ -47,21 +47,37 @@ def special_id(tokenizer: QwenTokenizer, token: str) -> int:
     return ids[0]
 
 
+def comfy_drop(tokenizer: QwenTokenizer, ids: list[int]) -> int:
+    """ComfyUI's cut of the template (its QwenImageTEModel): up to the second <|im_start|>, and past
+    the "user" and newline that follow it."""
+    start = special_id(tokenizer, "<|im_start|>")
+    seen = [i for i, t in enumerate(ids) if t == start][:2]
+    if not seen:
+        return 0
+    end = seen[-1]
+    user, newline = tokenizer.encode("user"), tokenizer.encode("\n")
+    if len(ids) > end + 3 and ids[end + 1:end + 2] == user and ids[end + 2:end + 3] == newline:
+        end += 3
+    return end
+
+
 @torch.no_grad()
 def encode_qwen_edit_prompts(encoder, vision, tokenizer: QwenTokenizer, prompts: list[str] | str,
-                             images: Sequence[Image.Image] | Image.Image, padding_side: str = "right",
-                             sections: Sequence[int] = MROPE_SECTION,
-                             device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                             images: Sequence | Image.Image, padding_side: str = "right",
+                             sections: Sequence[int] = MROPE_SECTION, device: torch.device | None = None,
+                             drop: int | str = EDIT_DROP) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (n, L, hidden_size) in the encoder's dtype, mask (n, L) long).
 
     `encoder`: models.qwen3.Qwen3TextEncoder built as Qwen2.5-VL's language model; `vision`:
-    models.qwen25vl_vision.QwenVisionTower; `images`: one per prompt, or one for all (already
-    fitted: pipeline/qwen_edit_image); `sections`: the multimodal rotary sections."""
+    models.qwen25vl_vision.QwenVisionTower; `images`: one per prompt, or one for all: PIL images
+    (already fitted: pipeline/qwen_edit_image), or (patches, grid) pairs already prepared
+    (text/qwen_vl_image); `sections`: the multimodal rotary sections; `drop`: the template tokens
+    dropped, or "comfy" for ComfyUI's rule (comfy_drop)."""
     if isinstance(prompts, str):
         prompts = [prompts]
     if not prompts:
         raise InvalidArgument("no prompts to encode")
-    images = [images] * len(prompts) if isinstance(images, Image.Image) else list(images)
+    images = [images] * len(prompts) if isinstance(images, (Image.Image, tuple)) else list(images)
     if len(images) != len(prompts):
         raise InvalidArgument(f"{len(images)} condition images for {len(prompts)} prompts")
     if any(t in p for p in prompts for t in (VISION_START, IMAGE_PAD, VISION_END)):
@@ -69,7 +85,7 @@ def encode_qwen_edit_prompts(encoder, vision, tokenizer: QwenTokenizer, prompts:
     pad_id = special_id(tokenizer, IMAGE_PAD)
     for token in (VISION_START, VISION_END):
         special_id(tokenizer, token)
-    patches, grids = zip(*(vl_patches(image) for image in images))
+    patches, grids = zip(*(image if isinstance(image, tuple) else vl_patches(image) for image in images))
     head, tail = EDIT_TEMPLATE.split(IMAGE_PAD)
     texts = [head + IMAGE_PAD * merged_tokens(g) + tail.format(p) for p, g in zip(prompts, grids)]
     ids, mask = tokenizer.batch(texts, UNLIMITED, padding_side)
@@ -84,4 +100,6 @@ def encode_qwen_edit_prompts(encoder, vision, tokenizer: QwenTokenizer, prompts:
     cfg = encoder.cfg
     rope = mrope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, sections, embeds.dtype)
     hidden = encoder(ids, mask, layer=-1, inputs_embeds=embeds, rope=rope)
-    return trim_features(hidden, mask, EDIT_DROP)
+    if drop == "comfy":
+        drop = comfy_drop(tokenizer, ids[0][mask[0]].tolist())
+    return trim_features(hidden, mask, drop)

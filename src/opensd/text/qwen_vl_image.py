@@ -55,8 +55,24 @@ def vl_patches(image: Image.Image, min_pixels: int = MIN_PIXELS,
     """(patches (n, 3 * 2 * 14 * 14) fp32, grid (1, rows, columns) in patches) for one image, as
     the processor's (pixel_values, image_grid_thw)."""
     height, width = smart_resize(image.height, image.width, min_pixels=min_pixels, max_pixels=max_pixels)
-    x = _resized(image, height, width) / 255.0
+    return _patchify(_resized(image, height, width) / 255.0)
+
+
+def comfy_vl_patches(image: torch.Tensor, min_pixels: int = MIN_PIXELS,
+                     max_pixels: int = MAX_PIXELS) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """The same from ComfyUI's IMAGE (H, W, 3+) floats in [0, 1], as ComfyUI's own Qwen2.5-VL
+    encoder prepares it: smart_resize's size, but plain bilinear on the floats (no antialiasing, no
+    8-bit rounding)."""
+    x = image[..., :3].permute(2, 0, 1).float()
+    height, width = smart_resize(x.shape[1], x.shape[2], min_pixels=min_pixels, max_pixels=max_pixels)
+    x = F.interpolate(x[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    return _patchify(x)
+
+
+def _patchify(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """(3, H, W) in [0, 1], H and W whole 28-pixel blocks -> (patches, grid), normalised."""
     x = (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    height, width = x.shape[1:]
     gh, gw = height // PATCH, width // PATCH
     x = x.view(3, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH).permute(1, 4, 2, 5, 0, 3, 6)
     x = x.unsqueeze(5).expand(*x.shape[:5], FRAMES, PATCH, PATCH)
