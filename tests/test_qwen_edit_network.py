@@ -49,3 +49,35 @@ def test_odd_reference_refused(pair):
     x = torch.randn(1, QI_LATENT, 4, 4)
     with pytest.raises(InvalidArgument, match="2x2 patches"):
         ours(x, torch.tensor([0.5]), torch.randn(1, 3, CFG.joint_attention_dim), None, [torch.randn(1, QI_LATENT, 5, 4)])
+
+
+def test_comfyui_text_placement(pair):
+    """ComfyUI's model starts the text past the image's own grid: the same as diffusers' when the
+    reference is no larger, different when it is."""
+    ours, _ = pair
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(1, QI_LATENT, 6, 6, generator=g)
+    t, context = torch.tensor([0.5]), torch.randn(1, 4, CFG.joint_attention_dim, generator=g)
+    small, big = torch.randn(1, QI_LATENT, 4, 6, generator=g), torch.randn(1, QI_LATENT, 12, 10, generator=g)
+    with torch.no_grad():
+        assert torch.equal(ours(x, t, context, None, [small], text_after_refs=False), ours(x, t, context, None, [small]))
+        assert (ours(x, t, context, None, [big], text_after_refs=False) - ours(x, t, context, None, [big])).abs().max() > 1e-4
+
+
+def test_comfyui_graph_reference_is_padded_circularly(pair):
+    """Through the family's net_fn with ComfyUI's reference method, an odd reference latent is
+    padded circularly to whole patches (ComfyUI's pad_to_patch_size) and the text placed as ComfyUI's."""
+    from types import SimpleNamespace
+    import torch.nn.functional as F
+    from opensd.families.qwen_image import QWEN_IMAGE_FAMILY
+    ours, _ = pair
+    g = torch.Generator().manual_seed(10)
+    x, ref = torch.randn(1, QI_LATENT, 6, 6, generator=g), torch.randn(1, QI_LATENT, 5, 7, generator=g)
+    t, context = torch.tensor([0.4]), torch.randn(1, 4, CFG.joint_attention_dim, generator=g)
+    call = QWEN_IMAGE_FAMILY.net_fn(SimpleNamespace(network=ours), None, references=[ref], reference_method="index")
+    with torch.no_grad():
+        got = call(x, t, context, None)
+        want = ours(x, t, context, None, [F.pad(ref, (0, 1, 0, 1), mode="circular")], text_after_refs=False)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(InvalidArgument, match="'index' only"):
+        QWEN_IMAGE_FAMILY.net_fn(SimpleNamespace(network=ours), None, references=[ref], reference_method="offset")
