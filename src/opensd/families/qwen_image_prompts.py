@@ -16,7 +16,7 @@ import torch
 from ..errors import CheckpointError
 from ..text.qwen_edit_prompts import encode_qwen_edit_prompts
 from ..text.qwen_image_prompts import encode_qwen_image_prompts
-from ..text.qwen_vl_image import merged_tokens, vl_patches
+from ..text.qwen_vl_image import PATCH, merged_tokens, smart_resize
 from .z_image_prompts import ZImageConditioner
 
 ENCODER = "qwen25_7b"
@@ -42,7 +42,8 @@ class QwenImageConditioner(ZImageConditioner):
             raise CheckpointError(self.pipe.loaded.path, "Qwen-Image-Edit's reference image needs Qwen2.5-VL's vision "
                                                          "tower, which this text encoder file lacks (ComfyUI's "
                                                          "text_encoders/qwen_2.5_vl_7b*.safetensors have it)")
-        self._image_tokens = merged_tokens(vl_patches(images[0])[1])
+        height, width = smart_resize(images[0].height, images[0].width)
+        self._image_tokens = merged_tokens((1, height // PATCH, width // PATCH))
         hidden, mask = encode_qwen_edit_prompts(encoder.transformer, visual, self.qwen_tokenizer, texts, images[0],
                                                 device=self.device)
         return hidden.float(), mask.bool()
