@@ -105,6 +105,7 @@ def test_one_reference_only(edit):
     ours, _ = edit
     with pytest.raises(InvalidArgument, match="one reference image"):
         ours.txt2img(PROMPT, "", steps=1, seed=SEED, width=SIZE, height=SIZE, references=[_image(), _image()])
+    assert ours._reference_images == []  # a generation's references do not outlive it (shared pipelines)
 
 
 def write_edit_split_files(models, ref) -> dict:
