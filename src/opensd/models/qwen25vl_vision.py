@@ -11,7 +11,8 @@ The architecture, as transformers' Qwen2_5_VisionTransformerPretrainedModel runs
 * patch embedding: a bias-free Conv3d over (temporal 2) x 14 x 14 patches, which the image
   processor hands over already flattened in (channel, time, row, column) order, so it is one
   matrix product. A still image is its own frame twice; then the product over both frames equals
-  the one of the frame with the kernel summed over time (`embed_still`, the exact 2-D form);
+  the one of the frame with the kernel summed over time (`PatchEmbed.still`, forward(still=True): the
+  exact 2-D form);
 * tokens come in the processor's order: 2x2 blocks of patches (the merge unit) row by row, the 4
   patches of a block consecutive;
 * 2-D rotary embedding: the head's first half turns with the patch row, the second with its
