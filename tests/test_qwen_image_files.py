@@ -63,13 +63,16 @@ def test_other_families_released_networks_are_not_qwen_image_and_the_reverse(rel
         assert QWEN_IMAGE_FAMILY.detect(_shapes(net.state_dict()), {}, "x") is None
 
 
-def test_edit_and_layered_are_refused_in_one_line(released):
+def test_edit_plus_and_layered_are_refused_in_one_line(released):
+    """Qwen-Image-Edit's files are Qwen-Image's network and load (the edit is the reference image);
+    Edit-2509/2511 (several images) is refused by name, Layered by its extra time input."""
     shapes = {k[len(DD.NET):]: v for k, v in _shapes(released).items() if k.startswith(DD.NET)}
-    with pytest.raises(CheckpointError, match="Qwen-Image-Edit: its image prompt needs Qwen2.5-VL's vision tower"):
-        QWEN_IMAGE_FAMILY.detect(shapes, {}, "qwen_image_edit_2509_fp8_e4m3fn.safetensors")
-    for name in ("Qwen-Image-Edit-2509-Q4_K_M.gguf", "QwenImageEdit_bf16.safetensors"):
-        with pytest.raises(CheckpointError, match="Qwen-Image-Edit"):
+    for name in ("qwen_image_edit_2509_fp8_e4m3fn.safetensors", "Qwen-Image-Edit-2509-Q4_K_M.gguf",
+                 "qwen_image_edit_2511_bf16.safetensors", "QwenImageEditPlus_bf16.safetensors"):
+        with pytest.raises(CheckpointError, match="Qwen-Image-Edit-2509/2511 .* is not supported"):
             QWEN_IMAGE_FAMILY.detect(shapes, {}, name)
+    for name in ("qwen_image_edit_fp8_e4m3fn.safetensors", "QwenImageEdit_bf16.safetensors"):
+        assert QWEN_IMAGE_FAMILY.detect(shapes, {}, name) is not None
     assert QWEN_IMAGE_FAMILY.detect(shapes, {}, "qwen_image_reddit_style.safetensors") is not None
     layered = {**shapes, "time_text_embed.addition_t_embedding.weight": (2, 3072)}
     with pytest.raises(CheckpointError, match="Qwen-Image-Layered"):
@@ -223,8 +226,29 @@ def test_a_scaled_float8_text_encoder_as_comfyui_ships_it(tmp_path, layout):
     path = tmp_path / "qwen_2.5_vl_7b_fp8_scaled.safetensors"
     held = write_scaled(path, sd, linears, layout)
     tensors = QWEN_IMAGE_FAMILY.encoder_tensors([path])
-    ours, plain = stored_and_plain(Qwen3TextEncoder, TINY, {k[len(DD.QWEN25):]: v for k, v in tensors.items()},
+    ours, plain = stored_and_plain(Qwen3TextEncoder, TINY, {k[len(DD.QWEN25):]: v for k, v in tensors.items()
+                                                            if k.startswith(DD.QWEN25)},
                                    qwen25vl_state_dict(held)[0])
     ids = torch.randint(0, TINY.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
     mask = torch.ones(2, 9, dtype=torch.bool)
     assert_close_scaled(ours(ids, mask, -1), plain(ids, mask, -1), 1e-6)
+
+
+def test_a_scaled_float8_vision_tower_is_read_in_plain_floats(tmp_path):
+    """A text encoder whose vision tower's Linears are scaled float8 too: the tower comes out as the
+    dequantised weights (it is built with plain Linears)."""
+    from opensd.checkpoints.keymap_qwen25vl_vision import qwen25vl_vision_state_dict
+    from opensd.models.stored_weights import is_stored
+    from test_qwen25vl import TINY, _comfy, hf_qwen25vl
+    from test_scaled_fp8 import linear_weights, write_scaled
+    ref = hf_qwen25vl(TINY, seed=4)
+    sd = _comfy(ref.state_dict())
+    linears = list(_comfy({k: None for k in linear_weights(ref)}))
+    path = tmp_path / "qwen_2.5_vl_7b_fp8_scaled.safetensors"
+    held = write_scaled(path, sd, linears, "marker")
+    tensors = QWEN_IMAGE_FAMILY.encoder_tensors([path])
+    visual = {k[len(DD.QWEN25_VISUAL):]: v for k, v in tensors.items() if k.startswith(DD.QWEN25_VISUAL)}
+    want = qwen25vl_vision_state_dict(held)  # the file's weights, dequantised
+    assert set(visual) == set(want) and not any(is_stored(v) for v in visual.values())
+    assert all(torch.equal(visual[k].float(), want[k]) for k in want)
+    assert any(k.startswith("visual.") for k in linears)

@@ -26,6 +26,7 @@ CLIP_L, CLIP_G, T5 = (f"{TEXT}{name}.transformer." for name in ("clip_l", "clip_
 QWEN3 = f"{TEXT}qwen3_4b.transformer."
 MISTRAL = f"{TEXT}mistral3_24b.transformer."  # FLUX.2 [dev]'s Mistral Small 3.1 language model, as QWEN3
 QWEN25 = f"{TEXT}qwen25_7b.transformer."  # Qwen-Image's Qwen2.5-VL-7B language model (ComfyUI's name), as QWEN3  # Z-Image's text encoder, its keys as its own file's (model.layers.N...)
+QWEN25_VISUAL = f"{TEXT}qwen25_7b.visual."  # its vision tower (models.qwen25vl_vision names), Qwen-Image-Edit's
 # Where whole-model files of various tools keep the network: ours/SD3's/ComfyUI's first.
 NET_PREFIXES = (NET, "diffusion_model.", "model.", "transformer.", "")
 

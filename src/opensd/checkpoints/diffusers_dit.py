@@ -25,6 +25,7 @@ from .keymap_flux2 import flux2_from_diffusers
 from .keymap_mmdit import mmdit_from_diffusers
 from .keymap_mistral import mistral_state_dict
 from .keymap_qwen25vl import qwen25vl_state_dict
+from .keymap_qwen25vl_vision import qwen25vl_vision_state_dict
 from .keymap_qwen3 import qwen3_state_dict
 from .keymap_t5 import t5_state_dict
 from .keymap_vae import vae_from_diffusers
@@ -115,8 +116,9 @@ def _component(folder: Path, kind: str, j: dict, metadata: dict[str, str]) -> di
         stats = {k: j[k] for k in ("latents_mean", "latents_std") if isinstance(j.get(k), list)}
         metadata[META_QWEN_VAE_STATS] = json.dumps(stats)
         return {D.VAE + k: v for k, v in sd.items()}
-    if kind == "qwen25vl":  # the language model alone (the vision tower is not loaded)
-        return {DD.QWEN25 + k: v for k, v in qwen25vl_state_dict(sd)[0].items()}
+    if kind == "qwen25vl":  # the language model, and the vision tower where there is one (Qwen-Image-Edit)
+        visual = {DD.QWEN25_VISUAL + k: v for k, v in qwen25vl_vision_state_dict(sd).items()}
+        return {**{DD.QWEN25 + k: v for k, v in qwen25vl_state_dict(sd)[0].items()}, **visual}
     if kind == "mistral":  # Mistral3ForConditionalGeneration: the language model alone
         return {DD.MISTRAL + k: v for k, v in mistral_state_dict(sd)[0].items()}
     if kind == "qwen3":  # transformers' Qwen3 naming is the single file's

@@ -16,10 +16,13 @@ is renormalised as the pipeline does: the combined prediction rescaled, per 2x2 
 the prompt's own prediction's norm. ComfyUI runs plain CFG (no renormalisation) on the shift its
 graph sets (ModelSamplingAuraFlow; 1.15 without one), and its graphs here do the same.
 
-Qwen-Image-Edit (its image prompt goes through Qwen2.5-VL's vision tower, which opensd does not
-have) and Qwen-Image-Layered are refused in one line where they can be told apart: their diffusers
-folders by pipeline class, Layered's network by its extra time input, Edit's single files by name
-(the network's shapes are Qwen-Image's own).
+Qwen-Image-Edit (QwenImageEditPipeline) is the same network: a reference image (--reference-image)
+makes a generation an edit (pipeline/qwen_edit_image fits it, the VAE encodes it into latent tokens
+the network sees after the image's, and the prompts are encoded with it through Qwen2.5-VL's vision
+tower, which is then loaded from the text-encoder file). Edit-2509/2511 (several images,
+QwenImageEditPlusPipeline) and Qwen-Image-Layered are refused in one line where they can be told
+apart: their diffusers folders by pipeline class, Layered's network by its extra time input, the
+Plus single files by name (the network's shapes are Qwen-Image's own).
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ import re
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
 from ..checkpoints import detect as D
 from ..checkpoints import detect_dit as DD
 from ..checkpoints.diffusers_dit import META_QWEN_VAE_STATS, QWEN_IMAGE_PARTS
@@ -36,12 +42,15 @@ from ..checkpoints.families import what_else
 from ..checkpoints.files import read_state_dict
 from ..checkpoints.keymap_qwen_image import qwen_image_rows
 from ..checkpoints.keymap_qwen25vl import is_qwen25vl, qwen25vl_config, qwen25vl_state_dict
+from ..checkpoints.keymap_qwen25vl_vision import has_qwen25vl_vision, qwen25vl_vision_config, qwen25vl_vision_state_dict
 from ..checkpoints.qwen_vocab import load_qwen_tokenizer
 from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_config, qwen_vae_state_dict
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InvalidArgument
 from ..models.config_dit import QWEN_IMAGE, FlowShiftConfig, QwenImageModelConfig
 from ..models.dit_models import QwenImageModel
 from ..models.qwen_vae import QWEN_IMAGE_VAE
+from ..models.stored_weights import is_stored, unpack
+from ..pipeline.qwen_edit_image import fit_edit_image
 from ..sampling.flow import FlowSampling, flux_mu, flux_shift, sd3_shift
 from .dit import compute_dtype, resolution_of
 from .chroma import text_mask
@@ -50,10 +59,12 @@ from .qwen_image_prompts import QwenImageConditioner
 
 log = logging.getLogger(__name__)
 
-PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline")
+PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline", "QwenImageEditPipeline")
 COMFY_SHIFT = 1.15  # ComfyUI's Qwen-Image sampling shift when its graph sets none (an SD3-style shift)
 TRUE_CFG = 4.0  # QwenImagePipeline's true_cfg_scale default
 STEPS = 50  # QwenImagePipeline's num_inference_steps default
+_TEXT = DD.QWEN25_VISUAL[:-len("visual.")]  # the text encoder's prefix (visual.* under it)
+VISION = "qwen25vl_vision"  # the vision tower among the "encoders" of a text-encoder file (present_encoders)
 LAYERED_KEY = "time_text_embed.addition_t_embedding.weight"
 # FlowMatchEulerDiscreteScheduler's defaults: what a scheduler_config.json leaves out
 SCHEDULER_DEFAULTS = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
@@ -61,8 +72,8 @@ META_SCHEDULE = "opensd.qwen_image_schedule"  # a QwenImagePipeline folder's sch
 RESOLUTION = 1328
 ENCODER_FILE = "Qwen2.5-VL-7B text encoder (text_encoders/qwen_2.5_vl_7b.safetensors)"
 ENCODER = "the " + ENCODER_FILE
-EDIT_REFUSAL = ("Qwen-Image-Edit: its image prompt needs Qwen2.5-VL's vision tower, which opensd does not have; "
-                "Qwen-Image (text to image) is supported")
+EDIT_REFUSAL = ("Qwen-Image-Edit-2509/2511 (several reference images, QwenImageEditPlusPipeline) is not supported; "
+                "Qwen-Image and Qwen-Image-Edit (one reference image) are")
 LAYERED_REFUSAL = "Qwen-Image-Layered (layer decomposition): not supported; Qwen-Image (text to image) is"
 
 
@@ -71,6 +82,23 @@ def is_edit_file(path) -> bool:
     QwenImageEdit*): its network's shapes are Qwen-Image's own. Folders are told by their pipeline class."""
     path = Path(str(path))
     return not path.is_dir() and re.search(r"(?<![a-z])edit|imageedit", path.name.lower()) is not None
+
+
+def is_edit_plus_file(path) -> bool:
+    """Whether a single file's name says Edit-2509/2511 or Edit Plus (refused: several images)."""
+    return is_edit_file(path) and re.search(r"2509|2511|plus", Path(str(path)).name.lower()) is not None
+
+
+def _vision_config(shapes, path):
+    """The text encoder's vision tower config, or None (no tower, or not one opensd can build: then
+    it is left out and a reference image is refused)."""
+    if not has_qwen25vl_vision(shapes, _TEXT):
+        return None
+    try:
+        return qwen25vl_vision_config(shapes, _TEXT, path)
+    except CheckpointError as e:
+        log.warning("%s: the vision tower is not loaded: %s", path, e)
+        return None
 
 
 def has_vae(shapes) -> bool:
@@ -153,7 +181,7 @@ class QwenImageFamily(QwenDiTFamily):
             return None
         if found[1] + LAYERED_KEY in shapes:
             raise CheckpointError(path, LAYERED_REFUSAL)
-        if is_edit_file(path):
+        if is_edit_plus_file(path):
             raise CheckpointError(path, EDIT_REFUSAL)
         return DD.qwen_image_config(shapes, found[1], metadata, path)
 
@@ -161,7 +189,7 @@ class QwenImageFamily(QwenDiTFamily):
         """A QwenImagePipeline folder, its scheduler config's shift settings kept; the Edit and
         Layered pipelines' folders are refused."""
         name = str(index.get("_class_name", ""))
-        if name.startswith("QwenImageEdit"):
+        if name.startswith("QwenImageEdit") and name not in PIPELINES:
             raise CheckpointError(path, EDIT_REFUSAL)
         if name.startswith("QwenImageLayered"):
             raise CheckpointError(path, LAYERED_REFUSAL)
@@ -180,7 +208,8 @@ class QwenImageFamily(QwenDiTFamily):
             return None
         vae = qwen_vae_config(shapes, D.VAE, path, **_vae_stats(metadata)) if has_vae(shapes) else QWEN_IMAGE_VAE
         encoder = self.encoder_config("qwen25vl", shapes, path) if has_encoder(shapes) else None
-        return QwenImageModelConfig(net, vae, encoder, resolution=resolution_of(metadata, RESOLUTION),
+        vision = _vision_config(shapes, path) if encoder is not None else None
+        return QwenImageModelConfig(net, vae, encoder, vision, resolution=resolution_of(metadata, RESOLUTION),
                                     schedule=schedule_of(metadata))
 
     def from_diffusers(self, net, cfg):
@@ -190,12 +219,14 @@ class QwenImageFamily(QwenDiTFamily):
         """The network under our prefix; the VAE (either layout) as QwenImageVAE's keys."""
         out = super().canonical(sd, cfg)
         vae = qwen_vae_state_dict(out, D.VAE) if has_vae(out) else {}
-        out = {k: v for k, v in out.items() if not k.startswith(D.VAE)}
+        vision = cfg.qwen25vl_vision is not None
+        out = {k: v for k, v in out.items() if not k.startswith(D.VAE) and (vision or not k.startswith(DD.QWEN25_VISUAL))}
         out.update({D.VAE + k: v for k, v in vae.items()})
         return out
 
     def make_config(self, net, vae, encoders, resolution) -> QwenImageModelConfig:
-        return QwenImageModelConfig(net, vae, encoders.get("qwen25vl"), resolution=resolution)
+        return QwenImageModelConfig(net, vae, encoders.get("qwen25vl"), encoders.get(VISION),
+                                    resolution=resolution)
 
     def missing_parts(self, shapes):
         return ([] if has_vae(shapes) else ["qwen_vae"]) + ([] if has_encoder(shapes) else ["qwen25vl"])
@@ -218,15 +249,20 @@ class QwenImageFamily(QwenDiTFamily):
                                         f"{cfg.qwen_image.joint_attention_dim}-wide features (Qwen2.5-VL-7B: 3584)")
 
     def encoder_config(self, name, shapes, path):
+        if name == VISION:
+            return _vision_config(shapes, path)
         return qwen25vl_config(shapes, DD.QWEN25, path)
 
     def present_encoders(self, shapes):
-        return ["qwen25vl"] if has_encoder(shapes) else []
+        """The language model; its vision tower (VISION) where the file has one."""
+        if not has_encoder(shapes):
+            return []
+        return ["qwen25vl", VISION] if has_qwen25vl_vision(shapes, _TEXT) else ["qwen25vl"]
 
     def encoder_tensors(self, files):
         """Qwen2.5-VL-7B from its own file (ComfyUI's text_encoders/qwen_2.5_vl_7b*.safetensors,
-        Qwen's or transformers' names, a llama.cpp GGUF): the language model; the vision tower is
-        left out (it serves Qwen-Image-Edit's image prompts)."""
+        Qwen's or transformers' names, a llama.cpp GGUF): the language model, and the vision tower
+        where the file has it (Qwen-Image-Edit's image prompts; about 0.7B parameters more)."""
         if len(files) > 1:
             raise CheckpointError(files[1], f"{len(files)} text encoders given; a Qwen-Image model takes one, "
                                             f"{ENCODER}")
@@ -235,11 +271,13 @@ class QwenImageFamily(QwenDiTFamily):
         if not is_qwen25vl(shapes):
             raise CheckpointError(files[0], f"not a Qwen2.5-VL text encoder (a Qwen-Image model takes {ENCODER}): "
                                             + what_else(shapes, D.UNET))
-        language, visual = qwen25vl_state_dict(sd)
-        if visual:
-            log.info("%s: its vision tower (%d tensors) is not loaded: Qwen-Image's prompts are text",
-                     files[0], len(visual))
-        return {DD.QWEN25 + k: v for k, v in language.items()}
+        language, _ = qwen25vl_state_dict(sd)
+        # the vision tower in plain floats: ComfyUI's fp8 files may store it as (scaled) float8
+        visual = {DD.QWEN25_VISUAL + k: (unpack(v, torch.float32, None) if is_stored(v) else v)
+                  for k, v in qwen25vl_vision_state_dict(sd).items()}
+        if not visual:
+            log.info("%s: no vision tower: Qwen-Image-Edit's reference images need the file that has it", files[0])
+        return {**{DD.QWEN25 + k: v for k, v in language.items()}, **visual}
 
     def finish(self, loaded, explicit_prediction) -> None:
         if loaded.config.qwen25vl is not None:
@@ -267,15 +305,39 @@ class QwenImageFamily(QwenDiTFamily):
                      s.max_image_seq_len)
         return FlowSampling.shifted(lambda t: flux_shift(mu, t), steps, s.shift_terminal)
 
-    def net_fn(self, model, guidance=None, references=None):
+    reference_latents = True  # Qwen-Image-Edit: one reference image (pipeline/kontext.py)
+
+    def fit_reference(self, pipe, image):
+        """The reference as QwenImageEditPipeline fits it (about 1 MP, sides multiples of 32)."""
+        return fit_edit_image(image)
+
+    reference_method = "index"  # ComfyUI's default placement for Qwen-Image (reference i at frame i)
+
+    def net_fn(self, model, guidance=None, references=None, reference_method=None):
+        """`references`: Qwen-Image-Edit's reference latents (model latents, each (1 or B, 16, h, w)).
+        `reference_method` is set by ComfyUI graphs (conds.py), whose model differs from diffusers'
+        in two ways followed there: the text's RoPE starts past the image's own grid only, and a
+        reference latent of an odd side is padded (circularly) to whole 2x2 patches. Only ComfyUI's
+        "index" placement is supported."""
         net = model.network
         dtype = compute_dtype(net)
+        if references and len(references) > 1:
+            raise InvalidArgument(f"Qwen-Image-Edit takes one reference image ({len(references)} given; "
+                                  "Edit-2509/2511's several are not supported)")
+        comfy = reference_method is not None
+        if comfy and reference_method != "index":
+            raise InvalidArgument(f"reference_latents_method {reference_method!r}: Qwen-Image-Edit here places its "
+                                  "reference by 'index' only")
+        if comfy:
+            references = [F.pad(r, (0, r.shape[-1] % 2, 0, r.shape[-2] % 2), mode="circular") for r in references or ()]
 
         def call(x, t, context, y, control=None):
             """t: sigma (multiplier 1), the network's own time; the context's all-zero rows (past
             each prompt's tokens) are masked."""
             mask = text_mask(context)
-            return net(x.to(dtype), t, context.to(dtype), None if bool(mask.all()) else mask)
+            refs = [r.to(x.device, dtype).expand(len(x), -1, -1, -1) for r in references or ()]
+            return net(x.to(dtype), t, context.to(dtype), None if bool(mask.all()) else mask, refs,
+                       text_after_refs=not comfy)
 
         return call
 

@@ -2,6 +2,9 @@
 template, the template's first 34 tokens dropped (text/qwen_image_prompts.py encodes them as
 QwenImagePipeline.encode_prompt does).
 
+With a reference image (Qwen-Image-Edit) the prompts are encoded with it (text/qwen_edit_prompts):
+the image's tokens come first in the context, so the rows go up to `text_length` plus those.
+
 As Z-Image's (z_image_prompts.py): the rows past each prompt's tokens are zeros up to
 `text_length` (512, the pipeline's max_sequence_length), which the network masks; emphasis
 brackets are removed and their weights not applied; BREAK is dropped.
@@ -11,7 +14,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import CheckpointError
+from ..text.qwen_edit_prompts import encode_qwen_edit_prompts
 from ..text.qwen_image_prompts import encode_qwen_image_prompts
+from ..text.qwen_vl_image import PATCH, merged_tokens, smart_resize
 from .z_image_prompts import ZImageConditioner
 
 ENCODER = "qwen25_7b"
@@ -26,6 +31,23 @@ class QwenImageConditioner(ZImageConditioner):
         if encoder is None or self.qwen_tokenizer is None:
             raise CheckpointError(self.pipe.loaded.path, "this Qwen-Image model has no Qwen2.5-VL text encoder or "
                                                          "tokenizer")
-        hidden, mask = encode_qwen_image_prompts(encoder, self.qwen_tokenizer, texts, self.config.text_length,
-                                                 device=self.device)
+        images = getattr(self.pipe, "_reference_images", None) or []
+        if not images:
+            self._image_tokens = 0
+            hidden, mask = encode_qwen_image_prompts(encoder, self.qwen_tokenizer, texts, self.config.text_length,
+                                                     device=self.device)
+            return hidden.float(), mask.bool()
+        visual = getattr(encoder, "visual", None)
+        if visual is None:
+            raise CheckpointError(self.pipe.loaded.path, "Qwen-Image-Edit's reference image needs Qwen2.5-VL's vision "
+                                                         "tower, which this text encoder file lacks (ComfyUI's "
+                                                         "text_encoders/qwen_2.5_vl_7b*.safetensors have it)")
+        height, width = smart_resize(images[0].height, images[0].width)
+        self._image_tokens = merged_tokens((1, height // PATCH, width // PATCH))
+        hidden, mask = encode_qwen_edit_prompts(encoder.transformer, visual, self.qwen_tokenizer, texts, images[0],
+                                                device=self.device)
         return hidden.float(), mask.bool()
+
+    def context_length(self) -> int:
+        """With a reference image: the prompt's rows after the image's (vision start, pads, end)."""
+        return self.config.text_length + (getattr(self, "_image_tokens", 0) and self._image_tokens + 2)

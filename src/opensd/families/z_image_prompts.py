@@ -48,13 +48,17 @@ class ZImageConditioner(PromptConditioner):
         hidden, mask = encode_padded(encoder, self.qwen_tokenizer, texts, self.config.text_length, device=self.device)
         return hidden.float(), mask
 
+    def context_length(self) -> int:
+        """Rows of every conditioning (longer encodings are cut)."""
+        return self.config.text_length
+
     @torch.no_grad()
     def encode_batch(self, texts: Sequence[str]) -> list[Conditioning]:
         if not texts:
             return []
         distinct = list(dict.fromkeys(texts))
         hidden, mask = self.encode_texts([self.plain(t) for t in distinct])
-        context = F.pad(hidden * mask[..., None], (0, 0, 0, self.config.text_length - hidden.shape[1]))
+        context = F.pad(hidden * mask[..., None], (0, 0, 0, self.context_length() - hidden.shape[1]))
         index = {t: k for k, t in enumerate(distinct)}
         empty = torch.zeros(1, 0, device=self.device)
         return [Conditioning(context[index[t]:index[t] + 1], empty) for t in texts]

@@ -356,6 +356,7 @@ class QwenImageModelConfig(_DiTModel):
     qwen_image: QwenImageConfig
     vae: object
     qwen25vl: object | None = None
+    qwen25vl_vision: object | None = None  # its vision tower (Qwen-Image-Edit's image prompts), when loaded
     resolution: int = 1328  # the model card's and ComfyUI template's 1:1 size (QwenImagePipeline alone: 1024)
     schedule: FlowShiftConfig = FlowShiftConfig()
     text_length: int = 512  # prompt tokens kept after the template (the pipeline's max_sequence_length)

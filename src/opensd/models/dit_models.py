@@ -16,6 +16,7 @@ from .config_dit import (ChromaModelConfig, Flux2ModelConfig, FluxModelConfig, Q
 from .flux import Flux
 from .flux2 import Flux2
 from .mmdit import MMDiT
+from .qwen25vl_vision import QwenVisionTower
 from .qwen3 import Qwen3Config, Qwen3TextEncoder
 from .qwen_image import QwenImage
 from .qwen_vae import QwenImageVAE
@@ -141,4 +142,7 @@ class Qwen3Embedder(nn.Module):
 def qwen25vl_encoders(cfg: QwenImageModelConfig) -> dict:
     """Qwen-Image's text encoder by name: `text_encoders.qwen25_7b` (ComfyUI's name), Qwen2.5-VL-7B's
     language model as a Qwen3TextEncoder with Qwen2's switches, keys under `transformer.model.`."""
-    return {"qwen25_7b": cfg.qwen25vl and Qwen3Embedder(cfg.qwen25vl)}
+    embedder = cfg.qwen25vl and Qwen3Embedder(cfg.qwen25vl)
+    if embedder is not None and cfg.qwen25vl_vision is not None:  # keys `text_encoders.qwen25_7b.visual.`
+        embedder.visual = QwenVisionTower(cfg.qwen25vl_vision)
+    return {"qwen25_7b": embedder}

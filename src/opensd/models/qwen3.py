@@ -88,9 +88,11 @@ def rope_cos_sin(length: int, head_dim: int, theta: float, device: torch.device,
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, L, heads, head_dim) turned by the rotary angles, cos and sin (L, head_dim)."""
+    """x (B, L, heads, head_dim) turned by the rotary angles, cos and sin (L, head_dim), or
+    (B, L, head_dim) when each sequence has its own positions (models.qwen25vl_mrope)."""
     first, second = x.chunk(2, dim=-1)
-    return x * cos[:, None] + torch.cat([-second, first], dim=-1) * sin[:, None]
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    return x * cos + torch.cat([-second, first], dim=-1) * sin
 
 
 def attention_bias(attention_mask: torch.Tensor | None, batch: int, length: int, device: torch.device,
@@ -195,12 +197,16 @@ class Qwen3TextEncoder(nn.Module):
             raise IndexError(f"hidden state {layer} of a {self.cfg.num_hidden_layers}-layer model (0..{n - 1})")
         return layer % n
 
-    def _states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, upto: int):
-        """Yields hidden states 0..`upto` (inclusive) one at a time."""
+    def _states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, upto: int,
+                inputs_embeds: torch.Tensor | None = None, rope: tuple | None = None):
+        """Yields hidden states 0..`upto` (inclusive) one at a time. `inputs_embeds` (B, L, hidden)
+        stand in for the ids' embeddings (image features placed in them); `rope` (cos, sin), each
+        (B, L, head_dim), for positions other than 0..L-1 (Qwen2.5-VL's multimodal ones)."""
         last = self._index(upto)
-        x = self.model.embed_tokens(input_ids)
+        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, n = input_ids.shape
-        cos, sin = rope_cos_sin(n, self.cfg.head_dim, self.cfg.rope_theta, x.device, x.dtype)
+        cos, sin = rope if rope is not None else rope_cos_sin(n, self.cfg.head_dim, self.cfg.rope_theta, x.device,
+                                                              x.dtype)
         bias, live = attention_bias(attention_mask, b, n, x.device, x.dtype)
         yield x
         for i, layer in enumerate(self.model.layers[:last], start=1):
@@ -215,19 +221,20 @@ class Qwen3TextEncoder(nn.Module):
         return list(self._states(input_ids, attention_mask, upto))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                layer: int | Sequence[int] = -2) -> torch.Tensor | tuple[torch.Tensor, ...]:
+                layer: int | Sequence[int] = -2, inputs_embeds: torch.Tensor | None = None,
+                rope: tuple | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """The hidden state `layer` (see the class), (B, L, hidden_size); or, for a sequence of
         indices (FLUX.2 [klein] takes (9, 18, 27)), a tuple of those states in the order asked.
-        Layers past the last one asked for do not run."""
+        Layers past the last one asked for do not run. `inputs_embeds`, `rope`: see _states."""
         if isinstance(layer, int):
-            for x in self._states(input_ids, attention_mask, layer):
+            for x in self._states(input_ids, attention_mask, layer, inputs_embeds, rope):
                 pass
             return x
         wanted = [self._index(i) for i in layer]
         if not wanted:
             raise IndexError("no hidden states asked for")
         kept = {}
-        for i, x in enumerate(self._states(input_ids, attention_mask, max(wanted))):
+        for i, x in enumerate(self._states(input_ids, attention_mask, max(wanted), inputs_embeds, rope)):
             if i in wanted:
                 kept[i] = x
         return tuple(kept[i] for i in wanted)

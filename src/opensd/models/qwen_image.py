@@ -11,7 +11,9 @@ Each block modulates both streams by (shift, scale, gate) twice from the time em
 joint attention (text tokens first; padding text keys masked) and a GELU (tanh) MLP per stream.
 RoPE ids are (frame, row, column), pairs of adjacent channels rotated: the image's cells sit at
 (0, row - ceil(h/2), column - ceil(w/2)) (centred on 0), text token j at (m + j, m + j, m + j)
-with m = max(h // 2, w // 2). The network takes sigma itself and answers the flow velocity.
+with m = max(h // 2, w // 2). Qwen-Image-Edit's condition-image latents come as more image tokens
+after the image's own, at frame 1, 2, ... (m then the largest over all grids); only the image's own
+are answered. The network takes sigma itself and answers the flow velocity.
 """
 from __future__ import annotations
 
@@ -139,14 +141,21 @@ class NormOut(nn.Module):
         return layer_norm(x, EPS) * (1 + scale) + shift
 
 
-def rope_ids(h: int, w: int, n_txt: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image ids (h * w, 3), text ids (n_txt, 3)) of an h x w grid of patches and n_txt text tokens."""
-    rows = torch.arange(h, device=device) - (h - h // 2)
-    cols = torch.arange(w, device=device) - (w - w // 2)
-    r, c = torch.meshgrid(rows, cols, indexing="ij")
-    img = torch.stack([torch.zeros_like(r), r, c], dim=-1).reshape(h * w, 3)
-    txt = (torch.arange(n_txt, device=device) + max(h // 2, w // 2))[:, None].expand(n_txt, 3)
-    return img, txt
+def rope_ids(h: int, w: int, n_txt: int, device=None, refs=(),
+             text_after_refs: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image ids (h * w + reference cells, 3), text ids (n_txt, 3)) of an h x w grid of patches,
+    then each reference grid (h', w') in `refs` at frame 1, 2, ... (centred alike), and n_txt text
+    tokens, which start past the largest half side of all the grids (diffusers), or of the image's
+    own (`text_after_refs` False: ComfyUI's)."""
+    grids = [(h, w), *refs]
+    ids = []
+    for frame, (gh, gw) in enumerate(grids):
+        r, c = torch.meshgrid(torch.arange(gh, device=device) - (gh - gh // 2),
+                              torch.arange(gw, device=device) - (gw - gw // 2), indexing="ij")
+        ids.append(torch.stack([torch.full_like(r, frame), r, c], dim=-1).reshape(gh * gw, 3))
+    start = max(max(gh // 2, gw // 2) for gh, gw in (grids if text_after_refs else grids[:1]))
+    txt = (torch.arange(n_txt, device=device) + start)[:, None].expand(n_txt, 3)
+    return torch.cat(ids), txt
 
 
 class QwenImage(nn.Module):
@@ -164,28 +173,38 @@ class QwenImage(nn.Module):
         self.proj_out = nn.Linear(dim, cfg.patch_size ** 2 * cfg.out_channels)
 
     def forward_tokens(self, img: torch.Tensor, txt: torch.Tensor, t: torch.Tensor, h: int, w: int,
-                       mask: torch.Tensor | None = None) -> torch.Tensor:
+                       mask: torch.Tensor | None = None, refs=(), text_after_refs: bool = True) -> torch.Tensor:
         """Packed latents (B, h * w, in_channels), text features (B, L, joint_attention_dim), sigma
-        (B,), `mask` (B, L) bool: the text tokens attended to (None: all). Returns (B, h * w,
-        4 out_channels), each token's features ordered (channel, row, column) as the input's."""
+        (B,), `mask` (B, L) bool: the text tokens attended to (None: all); `refs`: the (h', w') grids
+        of reference tokens appended to `img` after its own h * w (Qwen-Image-Edit's condition
+        images: seen, not predicted). Returns (B, h * w, 4 out_channels), each token's features
+        ordered (channel, row, column) as the input's."""
+        n = h * w
         img = self.img_in(img)
         temb = self.time_text_embed.timestep_embedder(t, img.dtype)
         txt = self.txt_in(self.txt_norm(txt))
-        img_ids, txt_ids = rope_ids(h, w, txt.shape[1], img.device)
+        img_ids, txt_ids = rope_ids(h, w, txt.shape[1], img.device, refs, text_after_refs)
+        if img_ids.shape[0] != img.shape[1]:
+            raise InvalidArgument(f"{img.shape[1]} image tokens for grids {[(h, w), *refs]}")
         pe = rope_angles(torch.cat((txt_ids, img_ids)), self.cfg.axes_dims_rope, self.cfg.theta)
         if mask is not None:  # keys only: every query sees the kept text and all image tokens
             mask = F.pad(mask.bool(), (0, img.shape[1]), value=True)[:, None, None]
         for block in self.transformer_blocks:
             img, txt = block(img, txt, temb, pe, mask)
-        return self.proj_out(self.norm_out(img, temb))
+        return self.proj_out(self.norm_out(img[:, :n], temb))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (B, out_channels, 2h, 2w) -> the flow velocity, same shape."""
+                mask: torch.Tensor | None = None, ref_latents=(), text_after_refs: bool = True) -> torch.Tensor:
+        """Latents (B, out_channels, 2h, 2w) -> the flow velocity, same shape. `ref_latents`:
+        Qwen-Image-Edit's condition-image latents, each (B, out_channels, 2h', 2w'), any even size;
+        `text_after_refs`: see rope_ids."""
         b, c, height, width = x.shape
-        if height % 2 or width % 2:
-            raise InvalidArgument(f"a latent of {height}x{width} cannot be cut into 2x2 patches (both must be even: "
-                                  "the image side a multiple of 16)")
+        for lat in (x, *ref_latents):
+            if lat.shape[-2] % 2 or lat.shape[-1] % 2:
+                raise InvalidArgument(f"a latent of {lat.shape[-2]}x{lat.shape[-1]} cannot be cut into 2x2 patches "
+                                      "(both must be even: the image side a multiple of 16)")
         h, w = height // 2, width // 2
-        out = self.forward_tokens(pack(x), context, t, h, w, mask)
+        tokens = torch.cat([pack(x), *(pack(r) for r in ref_latents)], dim=1)
+        refs = [(r.shape[-2] // 2, r.shape[-1] // 2) for r in ref_latents]
+        out = self.forward_tokens(tokens, context, t, h, w, mask, refs, text_after_refs)
         return out.view(b, h, w, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)

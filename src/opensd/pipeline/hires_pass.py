@@ -74,6 +74,7 @@ class HiresPass:
         hr._cond_cache = {}
         hr.apply_loras(prompt)
         hr._controls, hr._references, hr._ip_adapter = self._controls, self._references, self._ip_adapter
+        hr._reference_images = getattr(self, "_reference_images", [])  # Qwen-Image-Edit's prompts see them
         hr._refiner, hr._refined, hr.on_latents = hr._checked(self._refiner), False, self.on_latents
         hr._speedups = self._speedups  # one Hypertile draw sequence for the run, decode included
         hr._cfg_skips = self._cfg_skips  # its pass's negative-prompt skips count for the image too
@@ -83,6 +84,7 @@ class HiresPass:
         finally:
             self._refined = self._refined or hr._refined
             hr._controls, hr._references, hr._ip_adapter, hr._refiner, hr.on_latents = [], [], None, None, None
+            hr._reference_images = []
 
     @contextmanager
     def _own_networks(self, hr: "HiresPass", p: Params, second: Params, steps: int, width: int, height: int):

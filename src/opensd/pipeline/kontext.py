@@ -1,5 +1,5 @@
 """Reference images in the pipeline (txt2img/img2img `references`) for the models that edit with them,
-Flux.1 Kontext and FLUX.2 [klein]: each image is fitted as the model's diffusers pipeline fits it
+Flux.1 Kontext, FLUX.2 [klein] and Qwen-Image-Edit (whose prompts also see the fitted image): each image is fitted as the model's diffusers pipeline fits it
 (the family's fit_reference: Kontext's training size nearest its aspect ratio; klein's at most 1 MP,
 centre-cropped to whole tokens) and VAE-encoded (posterior mean, the model's latent); the network
 appends the latents' tokens after the image's (models/flux.py, models/flux2.py)."""
@@ -12,11 +12,14 @@ from ..errors import InvalidArgument
 
 
 def reference_latents(pipe, images: list) -> list[torch.Tensor]:
+    """The references' latents; the fitted images stay on the pipeline as `_reference_images` (for
+    the families whose prompts see them: Qwen-Image-Edit)."""
+    pipe._reference_images = []
     if not images:
         return []
     if not getattr(pipe.family, "reference_latents", False):
-        raise InvalidArgument(f"reference-image: only Flux.1 Kontext and FLUX.2 [klein] models take reference "
-                              f"images, not {pipe.family.label}")
+        raise InvalidArgument(f"reference-image: only Flux.1 Kontext, FLUX.2 [klein] and Qwen-Image-Edit models take "
+                              f"reference images, not {pipe.family.label}")
     fitted = []
     for image in images:
         if not isinstance(image, Image.Image):
@@ -26,6 +29,7 @@ def reference_latents(pipe, images: list) -> list[torch.Tensor]:
             raise InvalidArgument(f"reference-image: {image.width}x{image.height} is too small "
                                   f"(at least {side}x{side} pixels)")
         fitted.append(pipe.family.fit_reference(pipe, image.convert("RGB")))
+    pipe._reference_images = fitted
     # the fitted sizes are about 1 MP, most just above the automatic tiling's threshold: encoding them
     # whole costs what a 1024x1024 image does and keeps the latent exact (tiles only when asked for)
     tiling, pipe.vae_tiling = pipe.vae_tiling, bool(pipe.vae_tiling)

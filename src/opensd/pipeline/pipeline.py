@@ -210,8 +210,11 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
 
     def _generate(self, p: Params, init: Image.Image | None, mask: Image.Image | None,
                   progress: Progress) -> list[Image.Image]:
-        with PeakMemory(self.device) as memory:  # each image's info["peak_memory"]: the faces report it
-            images = self._images(p, init, mask, progress)
+        try:
+            with PeakMemory(self.device) as memory:  # each image's info["peak_memory"]: the faces report it
+                images = self._images(p, init, mask, progress)
+        finally:  # the references' images are this generation's (Qwen-Image-Edit's prompts see them), no other's
+            self._reference_images = []
         for image in images:
             image.info["peak_memory"] = memory.peak
         return images

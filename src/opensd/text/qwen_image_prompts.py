@@ -51,11 +51,18 @@ def encode_qwen_image_prompts(encoder, tokenizer: QwenTokenizer, prompts: list[s
     ids = torch.tensor(ids, dtype=torch.long, device=device)
     mask = torch.tensor(mask, dtype=torch.bool, device=device)
     hidden = encoder(ids, mask, layer=-1)
-    kept = [h[m][DROP:] for h, m in zip(hidden, mask)]
+    out, out_mask = trim_features(hidden, mask, DROP)
+    return out[:, :max_sequence_length], out_mask[:, :max_sequence_length]
+
+
+def trim_features(hidden: torch.Tensor, mask: torch.Tensor, drop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's real tokens (mask true) minus the first `drop`, zero-padded on the right to the
+    longest: (features (n, L, C), mask (n, L) long)."""
+    kept = [h[m.bool()][drop:] for h, m in zip(hidden, mask)]
     width = max(len(k) for k in kept)
     out = hidden.new_zeros(len(kept), width, hidden.shape[-1])
-    out_mask = torch.zeros(len(kept), width, dtype=torch.long, device=device)
+    out_mask = torch.zeros(len(kept), width, dtype=torch.long, device=hidden.device)
     for i, k in enumerate(kept):
         out[i, :len(k)] = k
         out_mask[i, :len(k)] = 1
-    return out[:, :max_sequence_length], out_mask[:, :max_sequence_length]
+    return out, out_mask

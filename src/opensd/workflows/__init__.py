@@ -38,6 +38,7 @@ from . import (  # noqa: F401  (registers the nodes)
     nodes_ip_adapter_faceid_presets,
     nodes_ip_adapter_presets,
     nodes_kontext,
+    nodes_qwen_edit,
     nodes_latent,
     nodes_latent_files,
     nodes_latent_ops,
