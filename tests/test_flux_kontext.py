@@ -252,6 +252,6 @@ def test_reference_images_for_a_model_without_them_are_one_line():
     from opensd.families import unet
     from opensd.pipeline.kontext import reference_latents
     sd = SimpleNamespace(family=unet.UNET)  # the SD 1/2/XL family
-    with pytest.raises(InvalidArgument, match=r"^reference-image: only Flux.1 Kontext, FLUX.2 \[klein\] and Qwen-Image-Edit models take "):
+    with pytest.raises(InvalidArgument, match=r"^reference-image: .* models take no reference images; only FLUX.2, Qwen-Image \(Edit\), Flux.1 \(Kontext\) models do"):
         reference_latents(sd, [picture()])
     assert reference_latents(sd, []) == []

@@ -108,7 +108,7 @@ def test_bad_references_are_refused_before_queueing(served):
     sd = c.post("/sdapi/v1/txt2img", json=body(SD, [ref]))
     assert sd.status_code == 422
     assert sd.json()["detail"] == (f"reference_images: {SD} takes no reference images; only "
-                                   "FLUX.2, Flux.1 (Kontext) models do")
+                                   "FLUX.2, Qwen-Image (Edit), Flux.1 (Kontext) models do")
     broken = body(KLEIN, [ref])
     broken["reference_images"].append("data:image/png;base64,bm90IGFuIGltYWdl")
     bad = c.post("/opensd/v1/txt2img", json=broken)

@@ -36,8 +36,10 @@ def takes_references(family: Family) -> bool:
 
 
 def reference_families() -> str:
-    """The families whose models take reference images, for messages: "FLUX.2, Flux.1 (Kontext)"."""
-    return ", ".join(f.label + (" (Kontext)" if f is FLUX else "") for f in FAMILIES if takes_references(f))
+    """The families whose models take reference images, for messages: "FLUX.2, Qwen-Image (Edit), Flux.1
+    (Kontext)" (in Flux.1's and Qwen-Image's families only the editing models were trained for them)."""
+    editing = {FLUX: " (Kontext)", QWEN_IMAGE_FAMILY: " (Edit)"}
+    return ", ".join(f.label + editing.get(f, "") for f in FAMILIES if takes_references(f))
 
 
 def detect(shapes: Shapes, metadata, path: str, prediction=None):

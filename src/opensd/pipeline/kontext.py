@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from ..errors import InvalidArgument
+from ..families import reference_families, takes_references
 
 
 def reference_latents(pipe, images: list) -> list[torch.Tensor]:
@@ -17,9 +18,9 @@ def reference_latents(pipe, images: list) -> list[torch.Tensor]:
     pipe._reference_images = []
     if not images:
         return []
-    if not getattr(pipe.family, "reference_latents", False):
-        raise InvalidArgument(f"reference-image: only Flux.1 Kontext, FLUX.2 [klein] and Qwen-Image-Edit models take "
-                              f"reference images, not {pipe.family.label}")
+    if not takes_references(pipe.family):
+        raise InvalidArgument(f"reference-image: {pipe.family.label} models take no reference images; only "
+                              f"{reference_families()} models do")
     fitted = []
     for image in images:
         if not isinstance(image, Image.Image):

@@ -1,5 +1,5 @@
 """opensd's extension of the A1111 generation requests: `reference_images`, base64 images (as
-init_images) that the models editing with reference images (Flux.1 Kontext, FLUX.2 [klein]: the
+init_images) that the models editing with reference images (Flux.1 Kontext, FLUX.2, Qwen-Image-Edit: the
 family's `reference_latents`) see beside the prompt (pipeline/kontext.py). A1111 clients never send
 the field; for other models a request with it is refused before queueing, naming the models that take it."""
 from __future__ import annotations

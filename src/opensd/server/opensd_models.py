@@ -54,7 +54,7 @@ class Checkpoint(BaseModel):
     schedule: str | None = Field(None, description="discrete, zero_terminal_snr, edm (continuous sigmas) or flow")
     edit: bool = Field(False, description="an InstructPix2Pix-style edit model: takes image_cfg_scale")
     references: bool = Field(False, description="edits with reference images (the request's reference_images: "
-                                                "Flux.1 Kontext, FLUX.2 [klein]); from the model's family")
+                                                "Flux.1 Kontext, FLUX.2, Qwen-Image-Edit); from the model's family")
     recommended: Recommended | None = Field(None, description="the settings the model's family recommends (what "
                                                               "a request leaving them unset gets); null if unknown")
 
