@@ -40,7 +40,6 @@ def test_opensd_serve_runs_as_a_process(tmp_path):
     import os
     import subprocess
     import sys
-    import time
 
     import httpx
     from server_live import free_port
@@ -52,13 +51,7 @@ def test_opensd_serve_runs_as_a_process(tmp_path):
                             env=env, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/internal/ping").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        _wait_until_up(url)
         assert httpx.get(url + "/sdapi/v1/samplers").status_code == 401
         ok = httpx.get(url + "/sdapi/v1/samplers", headers={"Authorization": "Bearer tok"})
         assert ok.status_code == 200 and "Euler a" in [s["name"] for s in ok.json()]
@@ -101,13 +94,7 @@ def test_ctrl_c_stops_the_server_while_a_request_waits_on_a_job(tmp_path):
     url = f"http://127.0.0.1:{port}"
     body = {"prompt": "red heart", "steps": 150, "width": 512, "height": 512, "batch_size": 4}
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/internal/ping").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        _wait_until_up(url)
         waiting = threading.Thread(target=lambda: _post_ignoring_errors(url + "/sdapi/v1/txt2img", body), daemon=True)
         waiting.start()
         deadline = time.time() + 60
@@ -129,3 +116,16 @@ def _post_ignoring_errors(url, body):
         httpx.post(url, json=body, timeout=120)
     except httpx.TransportError:
         pass
+
+
+def _wait_until_up(url: str, seconds: float = 60) -> None:
+    import time
+
+    import httpx
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/internal/ping").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
