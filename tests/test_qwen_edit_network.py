@@ -79,5 +79,28 @@ def test_comfyui_graph_reference_is_padded_circularly(pair):
         got = call(x, t, context, None)
         want = ours(x, t, context, None, [F.pad(ref, (0, 1, 0, 1), mode="circular")], text_after_refs=False)
     torch.testing.assert_close(got, want)
-    with pytest.raises(InvalidArgument, match="'index' only"):
+    with pytest.raises(InvalidArgument, match="'index' or 'index_timestep_zero' only"):
         QWEN_IMAGE_FAMILY.net_fn(SimpleNamespace(network=ours), None, references=[ref], reference_method="offset")
+
+
+@pytest.mark.parametrize("refs", [[(6, 10)], [(4, 4), (8, 6)]])
+def test_zero_cond_t_equals_diffusers(pair, monkeypatch, refs):
+    """Edit-2511's zero_cond_t (the references modulated at time 0) equals diffusers' network with
+    the flag set, and differs from the plain network."""
+    ours, theirs = pair
+    monkeypatch.setattr(theirs, "zero_cond_t", True)
+    for block in theirs.transformer_blocks:
+        monkeypatch.setattr(block, "zero_cond_t", True)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, QI_LATENT, 6, 6, generator=g)
+    ref_latents = [torch.randn(2, QI_LATENT, *r, generator=g) for r in refs]
+    t, context = torch.tensor([0.3, 0.85]), torch.randn(2, 5, CFG.joint_attention_dim, generator=g)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    context = context * mask[..., None]
+    with torch.no_grad():
+        got = ours(x, t, context, mask, ref_latents, zero_cond_t=True)
+        plain = ours(x, t, context, mask, ref_latents)
+        alone = ours(x, t, context, mask, zero_cond_t=True)  # without references: the plain network
+    assert_close_scaled(got, _theirs(theirs, x, ref_latents, t, context, mask.long()), rel=5e-5)
+    assert (got - plain).abs().max() > 1e-3
+    torch.testing.assert_close(alone, ours(x, t, context, mask))

@@ -63,17 +63,29 @@ def test_other_families_released_networks_are_not_qwen_image_and_the_reverse(rel
         assert QWEN_IMAGE_FAMILY.detect(_shapes(net.state_dict()), {}, "x") is None
 
 
-def test_edit_plus_and_layered_are_refused_in_one_line(released):
+def _variant(cfg):
+    return cfg.qwen_image.edit_plus, cfg.qwen_image.zero_cond_t
+
+
+def test_edit_plus_by_name_and_2511_marker_layered_refused(released):
     """Qwen-Image-Edit's files are Qwen-Image's network and load (the edit is the reference image);
-    Edit-2509/2511 (several images) is refused by name, Layered by its extra time input."""
+    Edit-2509/2511 (several images) are told by name, 2511's zero_cond_t by its name or ComfyUI's
+    `__index_timestep_zero__` marker (under the network's prefix); Layered is refused by its extra
+    time input."""
     shapes = {k[len(DD.NET):]: v for k, v in _shapes(released).items() if k.startswith(DD.NET)}
-    for name in ("qwen_image_edit_2509_fp8_e4m3fn.safetensors", "Qwen-Image-Edit-2509-Q4_K_M.gguf",
-                 "qwen_image_edit_2511_bf16.safetensors", "QwenImageEditPlus_bf16.safetensors"):
-        with pytest.raises(CheckpointError, match="Qwen-Image-Edit-2509/2511 .* is not supported"):
-            QWEN_IMAGE_FAMILY.detect(shapes, {}, name)
-    for name in ("qwen_image_edit_fp8_e4m3fn.safetensors", "QwenImageEdit_bf16.safetensors"):
-        assert QWEN_IMAGE_FAMILY.detect(shapes, {}, name) is not None
-    assert QWEN_IMAGE_FAMILY.detect(shapes, {}, "qwen_image_reddit_style.safetensors") is not None
+    for name, want in (("qwen_image_edit_2509_fp8_e4m3fn.safetensors", (True, False)),
+                       ("Qwen-Image-Edit-2509-Q4_K_M.gguf", (True, False)),
+                       ("QwenImageEditPlus_bf16.safetensors", (True, False)),
+                       ("qwen_image_edit_2511_bf16.safetensors", (True, True)),
+                       ("Qwen-Image-Edit-2511-Q8_0.gguf", (True, True)),
+                       ("qwen_image_edit_fp8_e4m3fn.safetensors", (False, False)),
+                       ("QwenImageEdit_bf16.safetensors", (False, False)),
+                       ("qwen_image_2511_style.safetensors", (False, False)),  # not an Edit name
+                       ("qwen_image_reddit_style.safetensors", (False, False))):
+        assert _variant(QWEN_IMAGE_FAMILY.detect(shapes, {}, name)) == want, name
+    for prefix in ("", "model.diffusion_model."):
+        marked = {**{prefix + k: v for k, v in shapes.items()}, prefix + "__index_timestep_zero__": (0,)}
+        assert _variant(QWEN_IMAGE_FAMILY.detect(marked, {}, "renamed.safetensors")) == (True, True)
     layered = {**shapes, "time_text_embed.addition_t_embedding.weight": (2, 3072)}
     with pytest.raises(CheckpointError, match="Qwen-Image-Layered"):
         QWEN_IMAGE_FAMILY.detect(layered, {}, "qwen_image_layered.safetensors")
@@ -194,10 +206,24 @@ def test_a_linear_time_shift_is_refused(tiny, tmp_path):
         read_model(_folder(tmp_path / "qi", tiny, scheduler={"use_dynamic_shifting": True, "time_shift_type": "linear"}))
 
 
-def test_edit_pipeline_folder_is_refused(tiny, tmp_path):
+def test_edit_plus_folders_by_class_and_zero_cond_t(tiny, tmp_path):
+    """QwenImageEditPlusPipeline folders are Edit Plus; 2511's transformer config (zero_cond_t) sets
+    the network's flag; other Edit pipelines and Layered are refused naming what is supported."""
+    from diffusers import QwenImageTransformer2DModel
     from opensd.pipeline.loader import read_model
-    with pytest.raises(CheckpointError, match="Qwen-Image-Edit"):
-        read_model(_folder(tmp_path / "edit", tiny, class_name="QwenImageEditPlusPipeline"))
+    net, vae = tiny
+    seen = {}
+    for name, cls, zero in (("edit", "QwenImageEditPipeline", False), ("plus", "QwenImageEditPlusPipeline", False),
+                            ("2511", "QwenImageEditPlusPipeline", True)):
+        net2511 = QwenImageTransformer2DModel.from_config(net.config, zero_cond_t=zero)
+        net2511.load_state_dict(net.state_dict())
+        root = _folder(tmp_path / name, (net2511, vae), class_name=cls)
+        seen[name] = _variant(read_model(root)[3])
+    assert seen == {"edit": (False, False), "plus": (True, False), "2511": (True, True)}
+    with pytest.raises(CheckpointError, match="QwenImageEditInpaintPipeline: not supported.*Edit-2509/2511"):
+        read_model(_folder(tmp_path / "inpaint", tiny, class_name="QwenImageEditInpaintPipeline"))
+    with pytest.raises(CheckpointError, match="Qwen-Image-Layered"):
+        read_model(_folder(tmp_path / "layered", tiny, class_name="QwenImageLayeredPipeline"))
 
 
 def test_a_model_too_big_for_the_ram_is_refused_naming_the_smaller_files(tiny, tmp_path, monkeypatch):

@@ -35,6 +35,8 @@ META_AXES = "opensd.flux_axes_dim"      # Flux RoPE widths per id axis, "16,56,5
 META_Z_AXES = "opensd.z_image_axes_dim"  # Z-Image RoPE widths per id axis, "32,48,48"
 META_F2_AXES = "opensd.flux2_axes_dim"  # FLUX.2 RoPE widths per id axis, "32,32,32,32"
 META_QI_AXES = "opensd.qwen_image_axes_dim"  # Qwen-Image RoPE widths per id axis, "16,56,56"
+META_QI_EDIT_PLUS = "opensd.qwen_image_edit_plus"  # "1": a QwenImageEditPlusPipeline folder (Edit-2509/2511)
+META_QI_ZERO_COND_T = "opensd.qwen_image_zero_cond_t"  # "1": its transformer config's zero_cond_t (Edit-2511)
 META_SHIFT = "opensd.flow_shift"        # a flow model's schedule shift (a diffusers folder's scheduler config)
 
 
@@ -270,9 +272,11 @@ def qwen_image_config(shapes: Shapes, p: str, metadata: Mapping[str, str], path:
         if out % 4 or in_ch != out:
             raise CheckpointError(path, f"a Qwen-Image network of {in_ch} input and {out} output features: not the "
                                         "2x2 patches of a latent")
+        zero_cond_t = metadata.get(META_QI_ZERO_COND_T) == "1"
         return QwenImageConfig(in_channels=in_ch, out_channels=out // 4, num_layers=count(shapes, p + "transformer_blocks."),
                                attention_head_dim=head_dim, num_attention_heads=dim // head_dim,
                                joint_attention_dim=shapes[p + "txt_in.weight"][1], axes_dims_rope=axes,
-                               mlp_ratio=shapes[b + "img_mlp.net.0.proj.weight"][0] / dim)
+                               mlp_ratio=shapes[b + "img_mlp.net.0.proj.weight"][0] / dim,
+                               edit_plus=zero_cond_t or metadata.get(META_QI_EDIT_PLUS) == "1", zero_cond_t=zero_cond_t)
     except KeyError as e:
         raise CheckpointError(path, f"an incomplete Qwen-Image network: no {e.args[0]}") from None

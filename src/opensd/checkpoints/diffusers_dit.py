@@ -110,6 +110,8 @@ def _component(folder: Path, kind: str, j: dict, metadata: dict[str, str]) -> di
         return {DD.NET + k: v for k, v in flux2_from_diffusers(sd, cfg, lazy=True).items()}
     if kind == "qwen_image":  # diffusers' names are the single file's
         metadata[DD.META_QI_AXES] = ",".join(str(a) for a in j.get("axes_dims_rope", (16, 56, 56)))
+        if j.get("zero_cond_t") is True:  # Edit-2511's transformer
+            metadata[DD.META_QI_ZERO_COND_T] = "1"
         DD.qwen_image_config(shapes, "", metadata, str(folder))  # refuses what is not Qwen-Image
         return {DD.NET + k: v for k, v in sd.items()}
     if kind == "qwen_vae":  # kept in diffusers' layout: the family renames it (keymap_qwen_vae)

@@ -19,17 +19,22 @@ graph sets (ModelSamplingAuraFlow; 1.15 without one), and its graphs here do the
 Qwen-Image-Edit (QwenImageEditPipeline) is the same network: a reference image (--reference-image)
 makes a generation an edit (pipeline/qwen_edit_image fits it, the VAE encodes it into latent tokens
 the network sees after the image's, and the prompts are encoded with it through Qwen2.5-VL's vision
-tower, which is then loaded from the text-encoder file). Edit-2509/2511 (several images,
-QwenImageEditPlusPipeline) and Qwen-Image-Layered are refused in one line where they can be told
-apart: their diffusers folders by pipeline class, Layered's network by its extra time input, the
-Plus single files by name (the network's shapes are Qwen-Image's own).
+tower, which is then loaded from the text-encoder file). Edit-2509/2511 ("Edit Plus",
+QwenImageEditPlusPipeline) take several references, each fitted twice (pipeline/qwen_edit_image:
+~1 MP for the VAE, ~384x384 for the vision tower) and named "Picture N:" in the prompt; 2511's
+network modulates the reference tokens at time 0 (zero_cond_t). Their shapes are Qwen-Image's own,
+so the variant is told by the folder's pipeline class and transformer config, a single file's
+name (edit + 2509/2511/plus; 2511: zero_cond_t) or ComfyUI's 2511 marker key
+(`__index_timestep_zero__`, which makes 2511 files default to that reference method there).
+Qwen-Image-Layered is refused in one line: its folders by pipeline class, its network by its extra
+time input.
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -50,7 +55,7 @@ from ..models.config_dit import QWEN_IMAGE, FlowShiftConfig, QwenImageModelConfi
 from ..models.dit_models import QwenImageModel
 from ..models.qwen_vae import QWEN_IMAGE_VAE
 from ..models.stored_weights import is_stored, unpack
-from ..pipeline.qwen_edit_image import fit_edit_image
+from ..pipeline.qwen_edit_image import CONDITION_AREA, fit_edit_image
 from ..sampling.flow import FlowSampling, flux_mu, flux_shift, sd3_shift
 from .dit import compute_dtype, resolution_of
 from .chroma import text_mask
@@ -59,7 +64,11 @@ from .qwen_image_prompts import QwenImageConditioner
 
 log = logging.getLogger(__name__)
 
-PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline", "QwenImageEditPipeline")
+PLUS_PIPELINE = "QwenImageEditPlusPipeline"
+PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline", "QwenImageEditPipeline",
+             PLUS_PIPELINE)
+ZERO_METHOD = "index_timestep_zero"  # ComfyUI's reference_latents_method for Edit-2511
+ZERO_COND_MARK = "__" + ZERO_METHOD + "__"  # ComfyUI's (empty) marker tensor in its Edit-2511 network files
 COMFY_SHIFT = 1.15  # ComfyUI's Qwen-Image sampling shift when its graph sets none (an SD3-style shift)
 TRUE_CFG = 4.0  # QwenImagePipeline's true_cfg_scale default
 STEPS = 50  # QwenImagePipeline's num_inference_steps default
@@ -72,8 +81,8 @@ META_SCHEDULE = "opensd.qwen_image_schedule"  # a QwenImagePipeline folder's sch
 RESOLUTION = 1328
 ENCODER_FILE = "Qwen2.5-VL-7B text encoder (text_encoders/qwen_2.5_vl_7b.safetensors)"
 ENCODER = "the " + ENCODER_FILE
-EDIT_REFUSAL = ("Qwen-Image-Edit-2509/2511 (several reference images, QwenImageEditPlusPipeline) is not supported; "
-                "Qwen-Image and Qwen-Image-Edit (one reference image) are")
+EDIT_REFUSAL = ("{}: not supported; Qwen-Image, Qwen-Image-Edit (QwenImageEditPipeline) and Edit-2509/2511 "
+                "(QwenImageEditPlusPipeline) are")
 LAYERED_REFUSAL = "Qwen-Image-Layered (layer decomposition): not supported; Qwen-Image (text to image) is"
 
 
@@ -85,8 +94,14 @@ def is_edit_file(path) -> bool:
 
 
 def is_edit_plus_file(path) -> bool:
-    """Whether a single file's name says Edit-2509/2511 or Edit Plus (refused: several images)."""
+    """Whether a single file's name says Edit-2509/2511 or Edit Plus (several reference images)."""
     return is_edit_file(path) and re.search(r"2509|2511|plus", Path(str(path)).name.lower()) is not None
+
+
+def is_2511_file(path) -> bool:
+    """Whether a single file's name says Edit-2511 (zero_cond_t; ComfyUI's own 2511 files also
+    carry ZERO_COND_MARK)."""
+    return is_edit_file(path) and "2511" in Path(str(path)).name.lower()
 
 
 def _vision_config(shapes, path):
@@ -164,6 +179,7 @@ class QwenImageFamily(QwenDiTFamily):
     default_cfg = TRUE_CFG
     default_steps = STEPS
     adapters = frozenset({"lora"})
+    unused_keys = (ZERO_COND_MARK,)
 
     network_config = staticmethod(DD.qwen_image_config)
     network_config_diffusers = staticmethod(DD.qwen_image_config)
@@ -181,16 +197,18 @@ class QwenImageFamily(QwenDiTFamily):
             return None
         if found[1] + LAYERED_KEY in shapes:
             raise CheckpointError(path, LAYERED_REFUSAL)
-        if is_edit_plus_file(path):
-            raise CheckpointError(path, EDIT_REFUSAL)
-        return DD.qwen_image_config(shapes, found[1], metadata, path)
+        net = DD.qwen_image_config(shapes, found[1], metadata, path)
+        zero = net.zero_cond_t or found[1] + ZERO_COND_MARK in shapes or is_2511_file(path)
+        if zero or is_edit_plus_file(path):
+            net = replace(net, edit_plus=True, zero_cond_t=zero)
+        return net
 
     def read_folder(self, path, index):
-        """A QwenImagePipeline folder, its scheduler config's shift settings kept; the Edit and
-        Layered pipelines' folders are refused."""
+        """A QwenImagePipeline folder (the Edit and Edit Plus ones too), its scheduler config's shift
+        settings kept; other Edit pipelines' and Layered's folders are refused."""
         name = str(index.get("_class_name", ""))
         if name.startswith("QwenImageEdit") and name not in PIPELINES:
-            raise CheckpointError(path, EDIT_REFUSAL)
+            raise CheckpointError(path, EDIT_REFUSAL.format(name))
         if name.startswith("QwenImageLayered"):
             raise CheckpointError(path, LAYERED_REFUSAL)
         if name not in PIPELINES:
@@ -200,6 +218,8 @@ class QwenImageFamily(QwenDiTFamily):
             return None
         sd, metadata = found
         metadata.update(_schedule_metadata(Path(path)))
+        if name == PLUS_PIPELINE:
+            metadata[DD.META_QI_EDIT_PLUS] = "1"
         return sd, metadata
 
     def detect(self, shapes, metadata, path, prediction=None):
@@ -305,29 +325,50 @@ class QwenImageFamily(QwenDiTFamily):
                      s.max_image_seq_len)
         return FlowSampling.shifted(lambda t: flux_shift(mu, t), steps, s.shift_terminal)
 
-    reference_latents = True  # Qwen-Image-Edit: one reference image (pipeline/kontext.py)
+    reference_latents = True  # Qwen-Image-Edit: one reference image, Edit-2509/2511 several (pipeline/kontext.py)
 
     def fit_reference(self, pipe, image):
-        """The reference as QwenImageEditPipeline fits it (about 1 MP, sides multiples of 32)."""
+        """The reference as QwenImageEditPipeline / QwenImageEditPlusPipeline fit it for the VAE
+        (about 1 MP, sides multiples of 32)."""
         return fit_edit_image(image)
 
+    def prompt_image(self, pipe, image, fitted):
+        """What the vision encoder sees of a reference: the fitted image (Edit), or the original
+        fitted to about 384x384 (Edit-2509/2511)."""
+        return fit_edit_image(image, CONDITION_AREA) if pipe.config.qwen_image.edit_plus else fitted
+
+    def check_references(self, pipe, count: int) -> None:
+        """Qwen-Image-Edit takes one reference; Edit-2509/2511 as many as QwenImageEditPlusPipeline
+        (no cap of its own: the front ends' apply; ComfyUI's node has three inputs)."""
+        if count > 1 and not pipe.config.qwen_image.edit_plus:
+            raise InvalidArgument(f"Qwen-Image-Edit takes one reference image ({count} given); Edit-2509/2511 "
+                                  "(QwenImageEditPlusPipeline) take several")
+
     reference_method = "index"  # ComfyUI's default placement for Qwen-Image (reference i at frame i)
+
+    def default_reference_method(self, cfg) -> str:
+        """ComfyUI's default for a model: its 2511 files (zero_cond_t) place the references by index
+        at time 0."""
+        return ZERO_METHOD if cfg.qwen_image.zero_cond_t else self.reference_method
 
     def net_fn(self, model, guidance=None, references=None, reference_method=None):
         """`references`: Qwen-Image-Edit's reference latents (model latents, each (1 or B, 16, h, w)).
         `reference_method` is set by ComfyUI graphs (conds.py), whose model differs from diffusers'
         in two ways followed there: the text's RoPE starts past the image's own grid only, and a
-        reference latent of an odd side is padded (circularly) to whole 2x2 patches. Only ComfyUI's
-        "index" placement is supported."""
+        reference latent of an odd side is padded (circularly) to whole 2x2 patches. ComfyUI's
+        "index" placement is supported, and "index_timestep_zero" (the same, the references
+        modulated at time 0: Edit-2511's zero_cond_t, whatever the model's config); without a
+        method (diffusers' way) the config's zero_cond_t holds."""
         net = model.network
         dtype = compute_dtype(net)
-        if references and len(references) > 1:
-            raise InvalidArgument(f"Qwen-Image-Edit takes one reference image ({len(references)} given; "
-                                  "Edit-2509/2511's several are not supported)")
+        if references and len(references) > 1 and not net.cfg.edit_plus:
+            raise InvalidArgument(f"Qwen-Image-Edit takes one reference image ({len(references)} given); "
+                                  "Edit-2509/2511 (QwenImageEditPlusPipeline) take several")
         comfy = reference_method is not None
-        if comfy and reference_method != "index":
+        if comfy and reference_method not in ("index", ZERO_METHOD):
             raise InvalidArgument(f"reference_latents_method {reference_method!r}: Qwen-Image-Edit here places its "
-                                  "reference by 'index' only")
+                                  f"references by 'index' or '{ZERO_METHOD}' only")
+        zero = (reference_method == ZERO_METHOD) if comfy else None
         if comfy:
             references = [F.pad(r, (0, r.shape[-1] % 2, 0, r.shape[-2] % 2), mode="circular") for r in references or ()]
 
@@ -337,7 +378,7 @@ class QwenImageFamily(QwenDiTFamily):
             mask = text_mask(context)
             refs = [r.to(x.device, dtype).expand(len(x), -1, -1, -1) for r in references or ()]
             return net(x.to(dtype), t, context.to(dtype), None if bool(mask.all()) else mask, refs,
-                       text_after_refs=not comfy)
+                       text_after_refs=not comfy, zero_cond_t=zero)
 
         return call
 

@@ -177,6 +177,10 @@ class QwenImageConfig:
     axes_dims_rope: tuple[int, ...] = (16, 56, 56)
     theta: int = 10000
     mlp_ratio: float = 4.0
+    # the checkpoint's editing variant, not told by its shapes: Edit-2509/2511 ("Edit Plus",
+    # QwenImageEditPlusPipeline: several references, each seen by the text encoder at ~384x384)
+    edit_plus: bool = False
+    zero_cond_t: bool = False  # Edit-2511: the reference tokens are modulated at time 0 (diffusers' config flag)
 
     @property
     def hidden_size(self) -> int:

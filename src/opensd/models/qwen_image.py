@@ -13,7 +13,9 @@ RoPE ids are (frame, row, column), pairs of adjacent channels rotated: the image
 (0, row - ceil(h/2), column - ceil(w/2)) (centred on 0), text token j at (m + j, m + j, m + j)
 with m = max(h // 2, w // 2). Qwen-Image-Edit's condition-image latents come as more image tokens
 after the image's own, at frame 1, 2, ... (m then the largest over all grids); only the image's own
-are answered. The network takes sigma itself and answers the flow velocity.
+are answered. The network takes sigma itself and answers the flow velocity. Edit-2511 (`zero_cond_t`)
+modulates the condition-image tokens with the time embedding of sigma 0 (they are clean), the image's
+own tokens, the text and the output layer with the step's.
 """
 from __future__ import annotations
 
@@ -95,8 +97,12 @@ class JointAttention(nn.Module):
         return self.to_out[0](out[:, n_txt:]), self.to_add_out(out[:, :n_txt])
 
 
-def _modulated(x: torch.Tensor, mod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """LayerNorm, then (shift, scale) from `mod` (B, 3 dim); returns it and the gate."""
+def _modulated(x: torch.Tensor, mod, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """LayerNorm, then (shift, scale) from `mod` (B, 3 dim); returns it and the gate. `mod` may be a
+    pair (the image's, the references'): the tokens past the first `n` take the second (zero_cond_t)."""
+    if isinstance(mod, tuple):
+        (a, gate_a), (b, gate_b) = _modulated(x[:, :n], mod[0]), _modulated(x[:, n:], mod[1])
+        return torch.cat((a, b), 1), torch.cat((gate_a.expand(-1, n, -1), gate_b.expand(-1, x.shape[1] - n, -1)), 1)
     shift, scale, gate = mod[:, None].chunk(3, dim=-1)
     return layer_norm(x, EPS) * (1 + scale) + shift, gate
 
@@ -115,14 +121,18 @@ class Block(nn.Module):
         self.img_mlp = FeedForward(dim, cfg.mlp_hidden)
         self.txt_mlp = FeedForward(dim, cfg.mlp_hidden)
 
-    def forward(self, img, txt, temb, pe, mask):
+    def forward(self, img, txt, temb, pe, mask, ref_temb=None, n=None):
+        """`ref_temb`: the time embedding the image tokens past the first `n` are modulated with."""
         img_mod1, img_mod2 = self.img_mod(temb).chunk(2, dim=-1)
+        if ref_temb is not None:
+            ref_mod1, ref_mod2 = self.img_mod(ref_temb).chunk(2, dim=-1)
+            img_mod1, img_mod2 = (img_mod1, ref_mod1), (img_mod2, ref_mod2)
         txt_mod1, txt_mod2 = self.txt_mod(temb).chunk(2, dim=-1)
-        img_in, img_gate = _modulated(img, img_mod1)
+        img_in, img_gate = _modulated(img, img_mod1, n)
         txt_in, txt_gate = _modulated(txt, txt_mod1)
         img_attn, txt_attn = self.attn(img_in, txt_in, pe, mask)
         img, txt = img + img_gate * img_attn, txt + txt_gate * txt_attn
-        img_in, img_gate = _modulated(img, img_mod2)
+        img_in, img_gate = _modulated(img, img_mod2, n)
         img = img + img_gate * self.img_mlp(img_in)
         txt_in, txt_gate = _modulated(txt, txt_mod2)
         txt = txt + txt_gate * self.txt_mlp(txt_in)
@@ -173,15 +183,19 @@ class QwenImage(nn.Module):
         self.proj_out = nn.Linear(dim, cfg.patch_size ** 2 * cfg.out_channels)
 
     def forward_tokens(self, img: torch.Tensor, txt: torch.Tensor, t: torch.Tensor, h: int, w: int,
-                       mask: torch.Tensor | None = None, refs=(), text_after_refs: bool = True) -> torch.Tensor:
+                       mask: torch.Tensor | None = None, refs=(), text_after_refs: bool = True,
+                       zero_cond_t: bool | None = None) -> torch.Tensor:
         """Packed latents (B, h * w, in_channels), text features (B, L, joint_attention_dim), sigma
         (B,), `mask` (B, L) bool: the text tokens attended to (None: all); `refs`: the (h', w') grids
         of reference tokens appended to `img` after its own h * w (Qwen-Image-Edit's condition
         images: seen, not predicted). Returns (B, h * w, 4 out_channels), each token's features
-        ordered (channel, row, column) as the input's."""
+        ordered (channel, row, column) as the input's. `zero_cond_t`: the references modulated at
+        time 0 (Edit-2511; None: the config's)."""
         n = h * w
         img = self.img_in(img)
         temb = self.time_text_embed.timestep_embedder(t, img.dtype)
+        zero = self.cfg.zero_cond_t if zero_cond_t is None else zero_cond_t
+        ref_temb = self.time_text_embed.timestep_embedder(torch.zeros_like(t), img.dtype) if zero and refs else None
         txt = self.txt_in(self.txt_norm(txt))
         img_ids, txt_ids = rope_ids(h, w, txt.shape[1], img.device, refs, text_after_refs)
         if img_ids.shape[0] != img.shape[1]:
@@ -190,14 +204,15 @@ class QwenImage(nn.Module):
         if mask is not None:  # keys only: every query sees the kept text and all image tokens
             mask = F.pad(mask.bool(), (0, img.shape[1]), value=True)[:, None, None]
         for block in self.transformer_blocks:
-            img, txt = block(img, txt, temb, pe, mask)
+            img, txt = block(img, txt, temb, pe, mask, ref_temb, n)
         return self.proj_out(self.norm_out(img[:, :n], temb))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                mask: torch.Tensor | None = None, ref_latents=(), text_after_refs: bool = True) -> torch.Tensor:
+                mask: torch.Tensor | None = None, ref_latents=(), text_after_refs: bool = True,
+                zero_cond_t: bool | None = None) -> torch.Tensor:
         """Latents (B, out_channels, 2h, 2w) -> the flow velocity, same shape. `ref_latents`:
         Qwen-Image-Edit's condition-image latents, each (B, out_channels, 2h', 2w'), any even size;
-        `text_after_refs`: see rope_ids."""
+        `text_after_refs`: see rope_ids; `zero_cond_t`: see forward_tokens."""
         b, c, height, width = x.shape
         for lat in (x, *ref_latents):
             if lat.shape[-2] % 2 or lat.shape[-1] % 2:
@@ -206,5 +221,5 @@ class QwenImage(nn.Module):
         h, w = height // 2, width // 2
         tokens = torch.cat([pack(x), *(pack(r) for r in ref_latents)], dim=1)
         refs = [(r.shape[-2] // 2, r.shape[-1] // 2) for r in ref_latents]
-        out = self.forward_tokens(tokens, context, t, h, w, mask, refs, text_after_refs)
+        out = self.forward_tokens(tokens, context, t, h, w, mask, refs, text_after_refs, zero_cond_t)
         return out.view(b, h, w, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)

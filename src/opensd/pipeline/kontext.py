@@ -13,8 +13,9 @@ from ..families import reference_families, takes_references
 
 
 def reference_latents(pipe, images: list) -> list[torch.Tensor]:
-    """The references' latents; the fitted images stay on the pipeline as `_reference_images` (for
-    the families whose prompts see them: Qwen-Image-Edit)."""
+    """The references' latents; the images the prompts see stay on the pipeline as
+    `_reference_images` (for the families whose prompts see them, Qwen-Image-Edit: the fitted images,
+    or what the family's prompt_image makes of each original)."""
     pipe._reference_images = []
     if not images:
         return []
@@ -30,7 +31,11 @@ def reference_latents(pipe, images: list) -> list[torch.Tensor]:
             raise InvalidArgument(f"reference-image: {image.width}x{image.height} is too small "
                                   f"(at least {side}x{side} pixels)")
         fitted.append(pipe.family.fit_reference(pipe, image.convert("RGB")))
-    pipe._reference_images = fitted
+    check = getattr(pipe.family, "check_references", None)
+    if check is not None:  # the family's own limit (Qwen-Image-Edit: one; Edit-2509/2511: several)
+        check(pipe, len(fitted))
+    own = getattr(pipe.family, "prompt_image", None)
+    pipe._reference_images = fitted if own is None else [own(pipe, i.convert("RGB"), f) for i, f in zip(images, fitted)]
     # the fitted sizes are about 1 MP, most just above the automatic tiling's threshold: encoding them
     # whole costs what a 1024x1024 image does and keeps the latent exact (tiles only when asked for)
     tiling, pipe.vae_tiling = pipe.vae_tiling, bool(pipe.vae_tiling)

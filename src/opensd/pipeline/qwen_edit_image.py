@@ -2,7 +2,9 @@
 about 1024x1024 pixels in area with its aspect ratio kept, each side rounded to a multiple of 32
 (`edit_size`, the pipeline's calculate_dimensions), resized with Lanczos (its VaeImageProcessor).
 That one image is both what the VAE encodes into the reference latent and what the vision encoder
-sees (which resizes it again to whole 28-pixel blocks, text/qwen_vl_image)."""
+sees (which resizes it again to whole 28-pixel blocks, text/qwen_vl_image). QwenImageEditPlusPipeline
+(Edit-2509/2511) fits each reference twice from the original, alike: for the VAE at EDIT_AREA, for the
+vision encoder at CONDITION_AREA."""
 from __future__ import annotations
 
 import math
@@ -10,6 +12,7 @@ import math
 from PIL import Image
 
 EDIT_AREA = 1024 * 1024
+CONDITION_AREA = 384 * 384  # Edit Plus: the vision encoder's image
 
 
 def edit_size(width: int, height: int, area: int = EDIT_AREA) -> tuple[int, int]:

@@ -114,8 +114,9 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
             area = _bounds(mask)
     start, end = extra.get("start_percent"), extra.get("end_percent")
     references = _references(extra, pipe)
+    own = getattr(pipe.family, "default_reference_method", None)  # a model's own (Qwen-Image-Edit-2511's)
     method = extra.get("reference_latents_method") or (  # the model family's own placement by default
-        getattr(pipe.family, "reference_method", "offset") if references else "offset")
+        (own(pipe.config) if own else getattr(pipe.family, "reference_method", "offset")) if references else "offset")
     return Entry(
         context=context.to(pipe.device, torch.float32), y=_adm(extra, negative, shape, pipe, seed),
         area=None if area is None else tuple(int(v) for v in area), mask=mask,

@@ -46,7 +46,8 @@ register(NodeDef(
     description="This node resizes the image to one that is more optimal for flux kontext."))
 
 
-METHOD_CHOICES = ("offset", "index", "uxo/uno")  # ComfyUI's combo; "uxo/uno" (or any "uso") is stored as "uxo"
+# ComfyUI's combo; "uxo/uno" (or any "uso") is stored as "uxo"; "index_timestep_zero": Qwen-Image-Edit-2511's
+METHOD_CHOICES = ("offset", "index", "uxo/uno", "index_timestep_zero")
 
 
 def flux_kontext_multi_reference_latent_method(call, conditioning, reference_latents_method):
