@@ -30,25 +30,42 @@ PROMPT, NEGATIVE = "make the horse blue", "blurry"
 STEPS, SEED, SIZE = 3, 7, 64
 
 
-@pytest.fixture(scope="module")
-def edit(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qwen_edit") / "model"
-    tok_dir = write_vl_tokenizer(root / "tokenizer")
-    hf_tok = Qwen2TokenizerFast.from_pretrained(str(tok_dir))
+def vl_parts(tok_dir):
+    """(tokenizer, processor, text encoder with its vision tower) of the tiny edit models."""
+    hf_tok = Qwen2TokenizerFast.from_pretrained(str(write_vl_tokenizer(tok_dir)))
     image_id = hf_tok.convert_tokens_to_ids("<|image_pad|>")
     te = hf_vl_model(len(hf_tok), image_id, hf_tok.convert_tokens_to_ids("<|vision_start|>"), width=128,
                      heads=1, sections=(16, 24, 24), vision=dict(depth=4, hidden_size=160, num_heads=2,
                                                                   fullatt_block_indexes=[0, 1, 2, 3]), seed=3)
-    net, vae = qwen_image_transformer(5, ctx=128), qwen_image_vae(6, False)
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "QwenImageEditPipeline"}))
-    FlowMatchEulerDiscreteScheduler(**SCHEDULER).save_pretrained(root / "scheduler")
-    for name, part in (("transformer", net), ("vae", vae), ("text_encoder", te)):
-        part.save_pretrained(root / name)
-    ours = load(root, precision="fp32", device="cpu")
-    forward = te.forward
-    te.forward = lambda *a, **kw: forward(*a, **kw, mm_token_type_ids=(kw["input_ids"] == image_id).int())
     processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS),
                                     tokenizer=hf_tok, video_processor=Qwen2VLVideoProcessor())
+    return hf_tok, processor, te
+
+
+def save_edit_folder(root, class_name, parts) -> None:
+    """A diffusers folder of `class_name` with `parts` (transformer, vae, text_encoder) and the tokenizer."""
+    write_vl_tokenizer(root / "tokenizer")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+    FlowMatchEulerDiscreteScheduler(**SCHEDULER).save_pretrained(root / "scheduler")
+    for name, part in parts.items():
+        part.save_pretrained(root / name)
+
+
+def feed_image_token_types(te, hf_tok) -> None:
+    """The oracle's text encoder handed the image-token types transformers 5 needs (see test_qwen_edit_prompts)."""
+    image_id = hf_tok.convert_tokens_to_ids("<|image_pad|>")
+    forward = te.forward
+    te.forward = lambda *a, **kw: forward(*a, **kw, mm_token_type_ids=(kw["input_ids"] == image_id).int())
+
+
+@pytest.fixture(scope="module")
+def edit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qwen_edit") / "model"
+    hf_tok, processor, te = vl_parts(root / "tokenizer")
+    net, vae = qwen_image_transformer(5, ctx=128), qwen_image_vae(6, False)
+    save_edit_folder(root, "QwenImageEditPipeline", {"transformer": net, "vae": vae, "text_encoder": te})
+    ours = load(root, precision="fp32", device="cpu")
+    feed_image_token_types(te, hf_tok)
     ref = QwenImageEditPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), vae=vae, text_encoder=te,
                                 tokenizer=hf_tok, processor=processor, transformer=net)
     ref.set_progress_bar_config(disable=True)
@@ -68,7 +85,8 @@ def test_the_vision_tower_is_loaded(edit):
     assert ours.model.encoder("qwen25_7b").visual is not None
 
 
-def _run_ref(ref, pipe, image, negative, scale):
+def run_ref(ref, pipe, image, negative, scale, prompt=PROMPT):
+    """The oracle's image and its latents after each step (`image`: one, or a list for Edit Plus)."""
     noise = pipe.noise([SEED], SIZE // 8, SIZE // 8)
     packed = QwenImageEditPipeline._pack_latents(noise, 1, 16, SIZE // 8, SIZE // 8)
     steps = []
@@ -78,7 +96,7 @@ def _run_ref(ref, pipe, image, negative, scale):
         return {}
 
     with torch.no_grad():
-        out = ref(image, PROMPT, negative_prompt=negative, true_cfg_scale=scale, height=SIZE, width=SIZE,
+        out = ref(image, prompt, negative_prompt=negative, true_cfg_scale=scale, height=SIZE, width=SIZE,
                   num_inference_steps=STEPS, latents=packed, output_type="np", callback_on_step_end=on_step_end)
     return out.images[0], steps
 
@@ -91,7 +109,7 @@ def test_edit_equals_the_pipeline_step_by_step(edit, monkeypatch, cfg):
     image = _image()
     (got,) = ours.txt2img(PROMPT, negative or "", steps=STEPS, seed=SEED, width=SIZE, height=SIZE, cfg=cfg,
                           references=[image])
-    want, steps = _run_ref(ref, ours, image, negative, cfg)
+    want, steps = run_ref(ref, ours, image, negative, cfg)
     assert len(seen["steps"]) == len(steps) == STEPS
     for mine, expected in zip(seen["steps"], steps):
         assert_close_scaled(mine, expected, rel=1e-4)
