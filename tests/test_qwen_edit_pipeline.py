@@ -126,13 +126,13 @@ def test_one_reference_only(edit):
     assert ours._reference_images == []  # a generation's references do not outlive it (shared pipelines)
 
 
-def write_edit_split_files(models, ref) -> dict:
-    """ComfyUI's split files of the tiny edit model: diffusion_models/qwen_image_edit_bf16.safetensors,
+def write_edit_split_files(models, ref, net_name: str = "qwen_image_edit_bf16.safetensors") -> dict:
+    """ComfyUI's split files of the tiny edit model: diffusion_models/<net_name>,
     text_encoders/qwen_2.5_vl_7b.safetensors (ComfyUI's / Qwen's names, `visual.` tower) with its
     tokenizer, vae/qwen_image_vae.safetensors."""
     from opensd.checkpoints.files import save_safetensors
     from qwen_image_fixtures import write_qwen_image_split_files
-    files = write_qwen_image_split_files(models, ref.transformer, ref.vae, net_name="qwen_image_edit_bf16.safetensors")
+    files = write_qwen_image_split_files(models, ref.transformer, ref.vae, net_name=net_name)
     files["te"] = models / "text_encoders" / "qwen_2.5_vl_7b.safetensors"
     files["te"].parent.mkdir(parents=True, exist_ok=True)
     save_safetensors({k.replace("model.language_model.", "model.").replace("model.visual.", "visual."): v.contiguous()

@@ -361,10 +361,10 @@ class QwenImageFamily(QwenDiTFamily):
         method (diffusers' way) the config's zero_cond_t holds."""
         net = model.network
         dtype = compute_dtype(net)
-        if references and len(references) > 1 and not net.cfg.edit_plus:
+        comfy = reference_method is not None  # ComfyUI's model takes any number of references
+        if references and len(references) > 1 and not (comfy or net.cfg.edit_plus):
             raise InvalidArgument(f"Qwen-Image-Edit takes one reference image ({len(references)} given); "
                                   "Edit-2509/2511 (QwenImageEditPlusPipeline) take several")
-        comfy = reference_method is not None
         if comfy and reference_method not in ("index", ZERO_METHOD):
             raise InvalidArgument(f"reference_latents_method {reference_method!r}: Qwen-Image-Edit here places its "
                                   f"references by 'index' or '{ZERO_METHOD}' only")
