@@ -149,3 +149,34 @@ def test_a_2511_file_defaults_to_index_timestep_zero(ctx):
     assert np.abs(default - index).max() > 3
     assert np.array_equal(index, _run(ctx, _graph()))  # "index" on 2511 is the 2509 network's
     assert np.array_equal(_run(ctx, _graph(method="index_timestep_zero")), zero)  # the method sets it
+
+
+def test_a1111_reference_images_follow_the_family_limit(ctx, tmp_path):
+    """/sdapi/v1/txt2img's `reference_images`: two on the Edit-2509 network are taken; on a
+    Qwen-Image-Edit network the second is refused (422) naming the models that take several."""
+    import base64
+    import io
+    import shutil
+    from fastapi.testclient import TestClient
+    from opensd.server.app import create_app
+    from opensd.server.settings import Settings
+    from server_live import BASE
+    models = ctx.folders.root
+    (models / "checkpoints").mkdir(exist_ok=True)
+    shutil.copyfile(models / "diffusion_models" / PLUS, models / "checkpoints" / PLUS)
+    single = "qwen_image_edit_bf16.safetensors"
+    shutil.copyfile(models / "diffusion_models" / PLUS, models / "checkpoints" / single)
+    refs = []
+    for image in _images(2):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        refs.append(base64.b64encode(buf.getvalue()).decode())
+    request = {"prompt": PROMPT, "steps": 1, "width": SIZE, "height": SIZE, "cfg_scale": 1, "seed": SEED,
+               "sampler_name": "Euler", "scheduler": "Simple", "reference_images": refs}
+    with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp_path)), base_url=BASE) as client:
+        ok = client.post("/sdapi/v1/txt2img", json={**request, "override_settings": {"sd_model_checkpoint": PLUS}})
+        refused = client.post("/sdapi/v1/txt2img",
+                              json={**request, "override_settings": {"sd_model_checkpoint": single}})
+    assert ok.status_code == 200, ok.text
+    assert refused.status_code == 422, refused.text
+    assert "Qwen-Image-Edit takes one reference image (2 given); Edit-2509/2511" in refused.json()["detail"]

@@ -16,7 +16,8 @@ from dit_fixtures import spy_euler
 from opensd.pipeline.pipeline import load
 from qwen_image_fixtures import SCHEDULER, qwen_image_transformer, qwen_image_vae
 from reference import assert_close_scaled
-from test_qwen_edit_pipeline import SEED, SIZE, STEPS, feed_image_token_types, run_ref, save_edit_folder, vl_parts
+from test_qwen_edit_pipeline import (SEED, SIZE, STEPS, edit, feed_image_token_types, run_ref,  # noqa: F401
+                                     save_edit_folder, vl_parts)
 
 PROMPT, NEGATIVE = "put the horse in the second picture", "blurry"
 
@@ -80,3 +81,23 @@ def test_the_second_reference_and_zero_cond_t_are_seen(plus):
     b = np.asarray(plus["2509"][0].txt2img(PROMPT, "", references=two, **args)[0]).astype(int)
     c = np.asarray(plus["2511"][0].txt2img(PROMPT, "", references=two, **args)[0]).astype(int)
     assert np.abs(a - b).max() > 3 and np.abs(b - c).max() > 3
+
+
+def test_cli_takes_several_reference_images_for_edit_plus_only(plus, edit, tmp_path, capsys):
+    """`opensd generate --reference-image A --reference-image B`: an Edit-2509 folder edits with both
+    (as the pipeline); Qwen-Image-Edit refuses the second, naming the models that take several."""
+    from opensd.cli import main
+    from split_faces import cli_image
+    ours, _ = plus["2509"]
+    files = []
+    for i, image in enumerate(_images(2)):
+        files += ["--reference-image", str(tmp_path / f"ref{i}.png")]
+        image.save(tmp_path / f"ref{i}.png")
+    got = cli_image(ours.loaded.path, tmp_path / "plus.png", PROMPT, 2, SEED, SIZE, "--cfg", "1", *files)
+    want = ours.txt2img(PROMPT, "", references=[Image.open(tmp_path / f"ref{i}.png") for i in range(2)], steps=2,
+                        seed=SEED, width=SIZE, height=SIZE, cfg=1.0, sampler="euler", scheduler="simple")[0]
+    assert np.abs(np.asarray(got).astype(int) - np.asarray(want).astype(int)).max() <= 1
+    single = edit[0].loaded.path
+    assert main(["generate", PROMPT, "-m", str(single), "--steps", "1", "--width", str(SIZE), "--height", str(SIZE),
+                 "--precision", "fp32", "--device", "cpu", "-o", str(tmp_path / "single.png"), *files]) != 0
+    assert "Qwen-Image-Edit takes one reference image (2 given); Edit-2509/2511" in capsys.readouterr().err

@@ -135,7 +135,8 @@ def register(sub) -> None:
     i.add_argument("--outpaint", type=_sides, metavar="L,R,T,B", help="extend the init image by these pixels")
     i.add_argument("--reference-image", type=Path, action="append", metavar="FILE",
                    help="Flux.1 Kontext, FLUX.2 [klein], Qwen-Image-Edit: an image the model edits or draws from "
-                        "(fitted as the model's diffusers pipeline fits it); repeat for several (not Qwen-Image-Edit)")
+                        "(fitted as the model's diffusers pipeline fits it); repeat for several (Qwen-Image-Edit: one; "
+                        "Edit-2509/2511: several)")
     h = gen.add_argument_group("hires fix")
     h.add_argument("--hires", action="store_true", help="upscale and repaint in a second pass")
     h.add_argument("--hires-scale", type=float_arg)
