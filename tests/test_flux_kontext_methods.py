@@ -62,7 +62,8 @@ def test_an_unknown_method_is_one_line():
 def test_node_sets_the_method_on_every_entry_as_comfyui():
     ctx = torch.zeros(1, 2, 4)
     cond = [[ctx, {"guidance": 2.0}], [ctx, None]]
-    for choice, stored in (("offset", "offset"), ("index", "index"), ("uxo/uno", "uxo")):
+    for choice, stored in (("offset", "offset"), ("index", "index"), ("uxo/uno", "uxo"),
+                           ("index_timestep_zero", "index_timestep_zero")):
         out = set_method(None, cond, choice)[0]
         assert [e[1] for e in out] == [{"guidance": 2.0, "reference_latents_method": stored},
                                        {"reference_latents_method": stored}]
@@ -75,7 +76,8 @@ def test_node_sets_the_method_on_every_entry_as_comfyui():
 def test_object_info_is_comfyuis():
     assert object_info(None)["FluxKontextMultiReferenceLatentMethod"] == {
         "input": {"required": {"conditioning": ["CONDITIONING"],
-                               "reference_latents_method": [["offset", "index", "uxo/uno"]]}},
+                               # index_timestep_zero: ComfyUI's since Qwen-Image-Edit-2511
+                               "reference_latents_method": [["offset", "index", "uxo/uno", "index_timestep_zero"]]}},
         "input_order": {"required": ["conditioning", "reference_latents_method"]},
         "output": ["CONDITIONING"], "output_is_list": [False], "output_name": ["CONDITIONING"],
         "name": "FluxKontextMultiReferenceLatentMethod", "display_name": "FluxKontextMultiReferenceLatentMethod",
