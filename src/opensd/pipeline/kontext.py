@@ -22,6 +22,9 @@ def reference_latents(pipe, images: list) -> list[torch.Tensor]:
     if not takes_references(pipe.family):
         raise InvalidArgument(f"reference-image: {pipe.family.label} models take no reference images; only "
                               f"{reference_families()} models do")
+    check = getattr(pipe.family, "check_references", None)
+    if check is not None:  # the family's own limit (Qwen-Image-Edit: one; Edit-2509/2511: several)
+        check(pipe, len(images))
     fitted = []
     for image in images:
         if not isinstance(image, Image.Image):
@@ -31,9 +34,6 @@ def reference_latents(pipe, images: list) -> list[torch.Tensor]:
             raise InvalidArgument(f"reference-image: {image.width}x{image.height} is too small "
                                   f"(at least {side}x{side} pixels)")
         fitted.append(pipe.family.fit_reference(pipe, image.convert("RGB")))
-    check = getattr(pipe.family, "check_references", None)
-    if check is not None:  # the family's own limit (Qwen-Image-Edit: one; Edit-2509/2511: several)
-        check(pipe, len(fitted))
     own = getattr(pipe.family, "prompt_image", None)
     pipe._reference_images = fitted if own is None else [own(pipe, i.convert("RGB"), f) for i, f in zip(images, fitted)]
     # the fitted sizes are about 1 MP, most just above the automatic tiling's threshold: encoding them
