@@ -163,7 +163,7 @@ class QwenImageFamily(QwenDiTFamily):
     default_scheduler = "simple"  # 1, 1 - 1/n, ... (shifted), as the pipeline's sigmas
     default_cfg = TRUE_CFG
     default_steps = STEPS
-    adapters = frozenset({"lora"})
+    adapters = frozenset({"lora", "controlnet"})  # InstantX's ControlNets (adapters/qwen_image_controlnet.py)
 
     network_config = staticmethod(DD.qwen_image_config)
     network_config_diffusers = staticmethod(DD.qwen_image_config)
@@ -333,11 +333,11 @@ class QwenImageFamily(QwenDiTFamily):
 
         def call(x, t, context, y, control=None):
             """t: sigma (multiplier 1), the network's own time; the context's all-zero rows (past
-            each prompt's tokens) are masked."""
+            each prompt's tokens) are masked. `control`: a QwenImageControl (models/qwen_image_controlnet.py)."""
             mask = text_mask(context)
             refs = [r.to(x.device, dtype).expand(len(x), -1, -1, -1) for r in references or ()]
             return net(x.to(dtype), t, context.to(dtype), None if bool(mask.all()) else mask, refs,
-                       text_after_refs=not comfy)
+                       text_after_refs=not comfy, control=control and control.parts)
 
         return call
 
