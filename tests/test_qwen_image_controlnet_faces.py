@@ -8,24 +8,20 @@ model list names the file's family."""
 from __future__ import annotations
 
 import base64
-import io
 import shutil
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
-from server_live import BASE
 from workflow_fixtures import Loader, make_ctx
 
+from dit_fixtures import a1111_txt2img_from_checkpoints
 from opensd.adapters.controlnet import ControlSpec, load_controlnet
 from opensd.checkpoints.files import save_safetensors
 from opensd.cli import main
 from opensd.library.models_dir import ModelFolders
 from opensd.models.config_dit import QwenImageModelConfig
 from opensd.pipeline.pipeline import load
-from opensd.server.app import create_app
-from opensd.server.settings import Settings
 from qwen_image_fixtures import qwen_image_parts, write_qwen_image_split_files_of
 from test_qwen_image_controlnet import _controlnet
 from test_qwen_image_faces import NEGATIVE, PROMPT, SEED, SIZE, STEPS, UNET, _graph, _pixels, _run
@@ -67,20 +63,12 @@ def test_cli_control(env, tmp_path):
 
 def test_a1111_api_controlnet_unit(env, tmp_path):
     models, pipe, _, hint = env
-    (models / "checkpoints").mkdir(exist_ok=True)
-    shutil.copyfile(models / "diffusion_models" / UNET, models / "checkpoints" / UNET)
     unit = {"enabled": True, "model": NAME.removesuffix(".safetensors"), "module": "none", "weight": WEIGHT,
             "image": base64.b64encode(hint.read_bytes()).decode(), "resize_mode": "Just Resize"}
     request = {"prompt": PROMPT, "steps": STEPS, "seed": SEED, "cfg_scale": 1, "width": SIZE, "height": SIZE,
-               "sampler_name": "Euler", "scheduler": "Simple", "override_settings": {"sd_model_checkpoint": UNET},
-               "alwayson_scripts": {"controlnet": {"args": [unit]}}}
-    with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp_path / "out")), base_url=BASE) as client:
-        r = client.post("/sdapi/v1/txt2img", json=request)
-        listed = client.get("/controlnet/model_list").json()
-    assert r.status_code == 200, r.text
-    image = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0])))
+               "sampler_name": "Euler", "scheduler": "Simple", "alwayson_scripts": {"controlnet": {"args": [unit]}}}
+    image, _ = a1111_txt2img_from_checkpoints(models, UNET, request, tmp_path / "out")
     assert np.abs(_pixels(image) - _want(pipe, models, hint)).max() <= 1
-    assert any(NAME.removesuffix(".safetensors") in m for m in listed["model_list"])
 
 
 def _controlled_graph(cfg=1.0, strength=WEIGHT, vae=True) -> dict:
