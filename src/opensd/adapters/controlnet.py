@@ -40,7 +40,8 @@ from ..checkpoints.files import read_state_dict
 from ..checkpoints.flux_controlnet_files import is_flux_controlnet, is_sd3_controlnet, refuse_other_dit_controlnets
 from ..checkpoints.t2i_adapter_files import (compatible_slots, is_t2i_adapter, is_t2i_adapter_folder,
                                              read_t2i_adapter)
-from ..checkpoints.qwen_image_controlnet_files import FOLDER_CLASS as QWEN_FOLDER, is_qwen_image_controlnet
+from ..checkpoints.qwen_image_controlnet_files import (FOLDER_CLASS as QWEN_FOLDER, is_qwen_image_blockwise,
+                                                       is_qwen_image_controlnet)
 from ..checkpoints.xlabs_controlnet_files import is_xlabs_controlnet
 from ..checkpoints.z_image_controlnet_files import is_z_image_controlnet
 from ..errors import CheckpointError, InvalidArgument
@@ -49,6 +50,7 @@ from ..models.controlnet import ControlNet
 from ..models.flux_controlnet import FluxControlNet
 from ..models.sd3_controlnet import SD3ControlNet, SD35ControlNet
 from ..models.t2i_adapter import T2IAdapter
+from ..models.qwen_image_blockwise import QwenImageBlockwiseControlNet
 from ..models.qwen_image_controlnet import QwenImageControlNet
 from ..models.z_image_controlnet import ZImageControlNet
 from ..models.unet import Control
@@ -87,14 +89,14 @@ class LoadedControlNet:
 
     @property
     def is_qwen_image(self) -> bool:
-        return isinstance(self.net, QwenImageControlNet)
+        return isinstance(self.net, (QwenImageControlNet, QwenImageBlockwiseControlNet))
 
     @property
     def is_dit(self) -> bool:
         """A Flux, SD3, Z-Image or Qwen-Image ControlNet (its control image goes through the VAE, but
         for XLabs' and MistoLine's Flux ones)."""
         return isinstance(self.net, (FluxControlNet, SD3ControlNet, SD35ControlNet, ZImageControlNet,
-                                     QwenImageControlNet))
+                                     QwenImageControlNet, QwenImageBlockwiseControlNet))
 
     @property
     def n_residuals(self) -> int:
@@ -240,9 +242,11 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
     sd = None if path.is_dir() else read_state_dict(path)
     if sd is not None:
         refuse_other_dit_controlnets(sd, path)
-    if _folder_class(path) == QWEN_FOLDER if sd is None else is_qwen_image_controlnet(sd):  # before Flux's test
+    blockwise = sd is not None and is_qwen_image_blockwise(sd)
+    if blockwise or (_folder_class(path) == QWEN_FOLDER if sd is None else is_qwen_image_controlnet(sd)):  # before Flux
         net, pipe = load_qwen_image_controlnet(path, sd, base,
-                                               lambda cls, cfg, weights: _built(cls, cfg, weights, path, device, dtype))
+                                               lambda cls, cfg, weights: _built(cls, cfg, weights, path, device, dtype),
+                                               blockwise)
         return LoadedControlNet(net, "qwen_image", path, pipe=pipe)
     if _folder_class(path) == FLUX_FOLDER if sd is None else is_flux_controlnet(sd) or is_xlabs_controlnet(sd):
         net, pipe = load_flux_controlnet(path, sd, base, device, dtype,
@@ -261,7 +265,8 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
                                     "loaded model is Z-Image: use alibaba-pai's Z-Image-Turbo-Fun-Controlnet-Union")
     if getattr(config, "qwen_image", None) is not None:
         raise CheckpointError(path, "is not a Qwen-Image ControlNet (an SD, Flux, SD3 or Z-Image one, or another "
-                                    "kind); the loaded model is Qwen-Image: use InstantX's Qwen-Image-ControlNet-Union")
+                                    "kind); the loaded model is Qwen-Image: use InstantX's Qwen-Image-ControlNet-Union or "
+                                    "DiffSynth's Qwen-Image-Blockwise-ControlNet files")
     if getattr(config, "flux", None) is not None:
         raise CheckpointError(path, "is not a Flux.1 ControlNet (an SD one, or another kind); the loaded model is "
                                     "Flux.1: use a Flux ControlNet (InstantX, Shakker-Labs, XLabs, MistoLine)")

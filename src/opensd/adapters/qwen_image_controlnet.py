@@ -8,44 +8,73 @@ the weight and added inside the base network (models/qwen_image.py). ComfyUI's C
 One difference from diffusers under true CFG: its pipeline runs the ControlNet once, on the prompt's
 text, and adds those residuals to the negative prompt's pass too; here (as in ComfyUI) each row's
 residuals come from that row's own text.
+
+DiffSynth's blockwise ControlNets (models/qwen_image_blockwise.py) load and apply the same way, as
+ComfyUI's QwenImageDiffsynthControlnet runs them: the control latent (normalised as the model's; the
+Inpaint file's mask channel all ones, ComfyUI's default without a mask) embedded once per image, the
+weight a per-row gate on their residuals, which are computed inside the base network's call.
 """
 from __future__ import annotations
 
 import weakref
 from pathlib import Path
 
+import torch
+
 from ..checkpoints.diffusers_folder import model_folder
 from ..checkpoints.files import read_state_dict
-from ..checkpoints.qwen_image_controlnet_files import qwen_image_controlnet_config
+from ..checkpoints.qwen_image_controlnet_files import blockwise_config, qwen_image_controlnet_config
 from ..errors import CheckpointError
 from ..families.chroma import text_mask
+from ..models.flux import pack
+from ..models.qwen_image_blockwise import Blockwise, QwenImageBlockwiseControlNet
 from ..models.qwen_image_controlnet import QwenImageControl, QwenImageControlNet
 from .flux_controlnet import encode_hint
 
 
-def load_qwen_image_controlnet(path: Path, sd, base, built):
-    """(network, pipeline reference) of an InstantX Qwen-Image ControlNet file or diffusers folder for
-    `base` (a Pipeline or ModelConfig); `built(cls, cfg, sd)` makes the frozen network."""
+def load_qwen_image_controlnet(path: Path, sd, base, built, blockwise: bool = False):
+    """(network, pipeline reference) of an InstantX Qwen-Image ControlNet file or diffusers folder (or
+    `blockwise`: a DiffSynth blockwise file) for `base` (a Pipeline or ModelConfig); `built(cls, cfg,
+    sd)` makes the frozen network."""
     config = base.config if hasattr(base, "config") else base
     qwen = getattr(config, "qwen_image", None)
     if qwen is None:
-        raise CheckpointError(path, "is a Qwen-Image ControlNet (InstantX's); the loaded model is not Qwen-Image")
+        what = "DiffSynth's blockwise" if blockwise else "InstantX's"
+        raise CheckpointError(path, f"is a Qwen-Image ControlNet ({what}); the loaded model is not Qwen-Image")
     if sd is None:
         _, weights = model_folder(path, "Qwen-Image ControlNet")
         sd = read_state_dict(weights)
-    cfg = qwen_image_controlnet_config({k: tuple(v.shape) for k, v in sd.items()}, qwen, path)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
     pipe = weakref.ref(base) if hasattr(base, "encode_tensor") else None
-    return built(QwenImageControlNet, cfg, sd), pipe
+    if blockwise:
+        return built(QwenImageBlockwiseControlNet, blockwise_config(shapes, qwen, path), sd), pipe
+    return built(QwenImageControlNet, qwen_image_controlnet_config(shapes, qwen, path), sd), pipe
 
 
 def qwen_image_residuals(loaded, x, hint, t, context, scales, cache, encoder=None) -> QwenImageControl:
     """The residuals of a loaded Qwen-Image ControlNet for the batch x (the model's latents) at sigma
     `t`, `hint` the control image at the output size (encode_hint)."""
-    net: QwenImageControlNet = loaded.net
+    net = loaded.net
     latent = encode_hint(loaded, hint, cache, encoder)
     dtype = next(net.parameters()).dtype
+    if isinstance(net, QwenImageBlockwiseControlNet):
+        return QwenImageControl([_blockwise(net, latent, cache, len(x), scales, dtype)])
     mask = text_mask(context)
     out = net(x.to(dtype), t.to(dtype), context.to(dtype), None if bool(mask.all()) else mask,
               latent.to(x.device, dtype).expand(len(x), -1, -1, -1))
     s = scales or [1.0] * len(out)
     return QwenImageControl([[r.float() * w for r, w in zip(out, s)]])
+
+
+def _blockwise(net: QwenImageBlockwiseControlNet, latent, cache, rows: int, scales, dtype) -> Blockwise:
+    """The control latent's tokens embedded once (cached with the latent), the weight as the gate."""
+    key = ("blockwise", id(net), id(latent))
+    tokens = None if cache is None else cache.get(key)
+    if tokens is None:
+        if net.config.extra_channels:  # the Inpaint file: one mask channel, all ones (ComfyUI without a mask)
+            latent = torch.cat([latent, torch.ones_like(latent[:, :1])], dim=1)
+        with torch.no_grad():
+            tokens = net.img_in(pack(latent.to(dtype)))
+        if cache is not None:
+            cache[key] = tokens
+    return Blockwise(net, tokens, torch.full((rows,), (scales or [1.0])[0], device=latent.device))

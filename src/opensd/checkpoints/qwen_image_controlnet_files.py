@@ -1,9 +1,10 @@
-"""InstantX's Qwen-Image ControlNets (diffusers' QwenImageControlNetModel): the single
+"""Qwen-Image ControlNet files. InstantX's (diffusers' QwenImageControlNetModel): the single
 .safetensors (ComfyUI's controlnet/ folder) and the diffusers folder hold the same keys, diffusers'
 names, which are ours (models/qwen_image_controlnet.py): `img_in`, `txt_norm`, `txt_in`,
 `time_text_embed.*`, `transformer_blocks.N.*` as the base network's, `controlnet_blocks.N`,
 `controlnet_x_embedder`. Told apart as ComfyUI tells them: `controlnet_blocks.0.weight` with a
 Qwen-Image block's `img_mlp` (Flux's InstantX files share `controlnet_x_embedder` and `to_q`).
+DiffSynth's blockwise ones (below) keep their own names, which are ours.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Mapping
 
 from ..errors import CheckpointError
 from ..models.config_dit import QwenImageConfig
+from ..models.qwen_image_blockwise import BlockwiseConfig
 from ..models.qwen_image_controlnet import QwenImageControlNetConfig
 from .detect_dit import count
 
@@ -50,3 +52,32 @@ def describe_qwen_image_controlnet(shapes: Shapes) -> str:
     extra = shapes["controlnet_x_embedder.weight"][1] - shapes["img_in.weight"][1]
     what = "Inpainting (not supported)" if extra else "Union"
     return f"Qwen-Image ControlNet {what} (InstantX, {count(shapes, 'controlnet_blocks.')} blocks)"
+
+
+# DiffSynth-Studio's blockwise ControlNets (models/qwen_image_blockwise.py): `img_in` and
+# `controlnet_blocks.N.{x_rms,y_rms,input_proj,output_proj}`, told apart as ComfyUI's ModelPatchLoader does
+BLOCKWISE_TELLTALE = "controlnet_blocks.0.y_rms.weight"
+
+
+def is_qwen_image_blockwise(keys) -> bool:
+    return BLOCKWISE_TELLTALE in keys and "img_in.weight" in keys
+
+
+def blockwise_config(shapes: Shapes, base: QwenImageConfig | None = None, path="<controlnet>") -> BlockwiseConfig:
+    """The config of a blockwise file; with `base` (the model's), CheckpointError where they differ."""
+    dim, in_ch = shapes["img_in.weight"]
+    n = count(shapes, "controlnet_blocks.")
+    cfg = BlockwiseConfig(n_layers=n, dim=dim, in_channels=4 * 16, extra_channels=in_ch - 4 * 16)
+    if base is None:
+        return cfg
+    if dim != base.hidden_size or n > base.num_layers or cfg.extra_channels not in (0, 4):
+        raise CheckpointError(path, f"this Qwen-Image blockwise ControlNet ({dim} wide, {n} blocks, {in_ch} input "
+                                    f"channels) does not fit the loaded model ({base.hidden_size} wide, "
+                                    f"{base.num_layers} blocks)")
+    return replace(cfg, in_channels=base.in_channels)
+
+
+def describe_qwen_image_blockwise(shapes: Shapes) -> str:
+    cfg = blockwise_config(shapes)
+    kind = "inpainting, " if cfg.extra_channels else ""
+    return f"Qwen-Image blockwise ControlNet (DiffSynth, {kind}{cfg.n_layers} blocks)"

@@ -337,7 +337,7 @@ class QwenImageFamily(QwenDiTFamily):
             mask = text_mask(context)
             refs = [r.to(x.device, dtype).expand(len(x), -1, -1, -1) for r in references or ()]
             return net(x.to(dtype), t, context.to(dtype), None if bool(mask.all()) else mask, refs,
-                       text_after_refs=not comfy, control=control and control.parts)
+                       text_after_refs=not comfy, control=control and control.ordered())
 
         return call
 

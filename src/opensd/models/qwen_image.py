@@ -195,7 +195,8 @@ class QwenImage(nn.Module):
         of reference tokens appended to `img` after its own h * w (Qwen-Image-Edit's condition
         images: seen, not predicted). Returns (B, h * w, 4 out_channels), each token's features
         ordered (channel, row, column) as the input's. `control`: per ControlNet its residuals, added
-        to the image's own tokens after the blocks (models/qwen_image_controlnet.py)."""
+        to the image's own tokens after the blocks (models/qwen_image_controlnet.py), or a callable
+        answering block i's from the image tokens (models/qwen_image_blockwise.py), in turn."""
         n = h * w
         img = self.img_in(img)
         temb = self.time_text_embed.timestep_embedder(t, img.dtype)
@@ -208,8 +209,10 @@ class QwenImage(nn.Module):
             mask = F.pad(mask.bool(), (0, img.shape[1]), value=True)[:, None, None]
         for i, block in enumerate(self.transformer_blocks):
             img, txt = block(img, txt, temb, pe, mask)
-            for res in control or ():
-                img = _with_residual(img, res[residual_index(i, len(self.transformer_blocks), len(res))])
+            for res in control or ():  # a callable: a blockwise ControlNet's (qwen_image_blockwise.py)
+                add = res(i, img) if callable(res) else res[residual_index(i, len(self.transformer_blocks), len(res))]
+                if add is not None:
+                    img = _with_residual(img, add)
         return self.proj_out(self.norm_out(img[:, :n], temb))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,

@@ -68,12 +68,18 @@ class QwenImageControlNet(QwenImage):
 
 @dataclass
 class QwenImageControl:
-    """What Qwen-Image ControlNets add to one base network call: per ControlNet its scaled residuals
-    (QwenImage.forward's `control`), kept apart as their block counts may differ."""
-    parts: list[list[torch.Tensor]]
+    """What Qwen-Image ControlNets add to one base network call: per InstantX ControlNet its scaled
+    residuals, kept apart as their block counts may differ, and per blockwise ControlNet its
+    Blockwise (models/qwen_image_blockwise.py), whose gates `map` maps as it maps residuals."""
+    parts: list
+
+    def ordered(self) -> list:
+        """QwenImage.forward's `control`: the blockwise patches first, as ComfyUI runs them before
+        adding a block's ControlNet residual."""
+        return sorted(self.parts, key=lambda p: not callable(p))
 
     def map(self, fn) -> QwenImageControl:
-        return QwenImageControl([[fn(r) for r in p] for p in self.parts])
+        return QwenImageControl([p.map(fn) if callable(p) else [fn(r) for r in p] for p in self.parts])
 
     def __add__(self, other: QwenImageControl) -> QwenImageControl:
         return QwenImageControl(self.parts + other.parts)
