@@ -3,7 +3,8 @@ the reference: diffusers has none) on tiny random weights: inside the base netwo
 tokens gain exactly strength * block_i(RMS(img) + RMS(cond)) -> input_proj -> GELU -> output_proj,
 checked against diffusers' QwenImageTransformer2DModel with that arithmetic hooked onto its blocks;
 ComfyUI's graph equals our txt2img with the same file as a ControlSpec, strength 0 leaves the image
-bit-identical; the Inpaint layout runs with a mask channel of ones; other models refuse the file."""
+bit-identical; the Inpaint file's keep channel is 1 - the node's mask (all ones without one), as
+ComfyUI's patch makes it; other models refuse the file."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from opensd.adapters.controlnet import ControlSpec, load_controlnet
 from opensd.checkpoints.files import save_safetensors
-from opensd.errors import CheckpointError, InvalidArgument
+from opensd.errors import CheckpointError
 from opensd.models.config_dit import QwenImageConfig
 from opensd.models.qwen_image import QwenImage
 from opensd.models.qwen_image_blockwise import Blockwise, BlockwiseConfig, QwenImageBlockwiseControlNet
@@ -115,12 +116,38 @@ def test_strength_zero_is_bit_identical(ctx, files):  # noqa: F811
     assert np.array_equal(_run(ctx, _patched(strength=0.0)), _run(ctx, _graph(cfg=1.0, shift=SHIFT)))
 
 
-def test_a_mask_and_other_files_are_refused(ctx, files):  # noqa: F811
-    from opensd.workflows.nodes_model_patch import fun_controlnet
-    from opensd.workflows.nodes_controlnet import ControlNetRef
-    with pytest.raises(InvalidArgument, match="blockwise ControlNet's mask is not supported"):
-        fun_controlnet(None, None, ControlNetRef(files / NAME, NAME), None, 1.0, torch.zeros(1, 8, 8, 3),
-                       mask=torch.zeros(1, 8, 8))
+def _masked(name, mask_file) -> dict:
+    g = _patched(name=name, mask=["43", 0])
+    g["43"] = {"class_type": "LoadImageMask", "inputs": {"image": mask_file, "channel": "red"}}
+    return g
+
+
+def test_the_inpaint_files_mask(ctx, files):  # noqa: F811
+    """1 - the mask is the keep channel: an all-black mask (nothing to repaint) is the file without one;
+    a mask given with the Canny file is ignored, as ComfyUI ignores it."""
+    Image.new("RGB", (SIZE, SIZE), 0).save(ctx.inputs_dir / "none.png")
+    half = np.zeros((SIZE, SIZE, 3), np.uint8)
+    half[:, SIZE // 2:] = 255
+    Image.fromarray(half).save(ctx.inputs_dir / "half.png")
+    plain = _run(ctx, _patched(name="inpaint.safetensors"))
+    assert np.array_equal(_run(ctx, _masked("inpaint.safetensors", "none.png")), plain)
+    assert np.abs(_run(ctx, _masked("inpaint.safetensors", "half.png")) - plain).max() > 2  # 4 of 68 inputs
+    assert np.array_equal(_run(ctx, _masked(NAME, "half.png")), _run(ctx, _patched()))
+
+
+def test_the_keep_channel_is_comfyuis():
+    from opensd.adapters.qwen_image_controlnet import blockwise_latent
+    from opensd.adapters.z_image_controlnet import inpaint_hint
+    g = torch.Generator().manual_seed(2)
+    latent, mask = torch.randn(1, 16, 4, 6, generator=g), torch.rand(1, 1, 32, 48, generator=g)
+    hint = inpaint_hint(torch.rand(1, 3, 32, 48, generator=g), torch.full((1, 3, 32, 48), 0.5), mask)
+    got = blockwise_latent(_blockwise(extra=4), latent, hint)
+    want = F.interpolate(1.0 - mask, size=(4, 6), mode="bilinear")  # DiffSynthCnetPatch.encode_latent_cond
+    assert torch.equal(got[:, :16], latent) and torch.allclose(got[:, 16:], want, atol=1e-6)
+    assert torch.equal(blockwise_latent(_blockwise(extra=4), latent, None)[:, 16:], torch.ones(1, 1, 4, 6))
+
+
+def test_other_files_are_refused(ctx, files):  # noqa: F811
     save_safetensors({"foo.weight": torch.zeros(2)}, files / "other.safetensors")
     with pytest.raises(NodeError, match="not a Z-Image Fun ControlNet .* or a Qwen-Image blockwise ControlNet"):
         _run(ctx, _patched(name="other.safetensors"))

@@ -7,9 +7,11 @@
   others are refused when loaded.
 * QwenImageDiffsynthControlnet with a blockwise file patches the MODEL as ComfyUI's DiffSynthCnetPatch:
   every conditioning entry, `strength` over the whole sampling, the image VAE-encoded by the node's
-  `vae` (adapters/qwen_image_controlnet.py); the Inpaint file's mask channel is all ones (ComfyUI's
-  value without a mask; a mask input is refused for now). The image is fitted to the latent as
-  ControlNetApply's hints are (ComfyUI's patch resizes by area: the same when it already fits).
+  `vae` (adapters/qwen_image_controlnet.py); the Inpaint file's keep channel is 1 - `mask` (1 =
+  repaint) resized bilinearly to the latent, all ones without a mask (ComfyUI's), and a mask given
+  with another file is ignored (ComfyUI's). The image is fitted to the latent as ControlNetApply's
+  hints are, the mask to the image bilinearly (ComfyUI's patch resizes the image by area, the mask
+  straight to the latent: the same when both already fit).
 * ZImageFunControlnet (and QwenImageDiffsynthControlnet, which ComfyUI routes the same file through)
   patches the MODEL: the control image acts on every conditioning entry, after the entries' own
   ControlNet hints, at `strength` over the whole sampling (ComfyUI's patch has no percent window),
@@ -80,9 +82,10 @@ def _inpaint_hint(image, inpaint_image, mask) -> torch.Tensor:
     return inpaint_hint(*(x.expand(n, -1, -1, -1) if len(x) == 1 else x for x in (image, inpaint, _fitted(m, size))))
 
 
-def _has_inpaint_channels(path) -> bool:
+def _has_inpaint_channels(path, blockwise: bool = False) -> bool:
     entries, _ = read_safetensors_header(path)
-    return entries[TELLTALE]["shape"][1] > 4 * 16  # 2x2 patches of the 16 latent channels: 1.0
+    key = "img_in.weight" if blockwise else TELLTALE
+    return entries[key]["shape"][1] > 4 * 16  # 2x2 patches of the 16 latent channels: no inpainting
 
 
 def _is_blockwise(path) -> bool:
@@ -91,11 +94,10 @@ def _is_blockwise(path) -> bool:
 
 
 def fun_controlnet(call, model, model_patch, vae, strength, image=None, inpaint_image=None, mask=None):
-    if _is_blockwise(model_patch.path):
-        if mask is not None:
-            raise InvalidArgument("mask: a Qwen-Image blockwise ControlNet's mask is not supported here (the Inpaint "
-                                  "file runs with its mask channel all ones, as ComfyUI without a mask)")
-        hint = _image(image)[:, :3]
+    if _is_blockwise(model_patch.path):  # the Inpaint file's mask rides in the 7-channel hint (ComfyUI ignores
+        # a mask given with the other files)
+        hint = _image(image)[:, :3] if mask is None or not _has_inpaint_channels(model_patch.path, blockwise=True) \
+            else _inpaint_hint(image, None, mask)
     elif inpaint_image is not None or mask is not None:
         hint = _inpaint_hint(image, inpaint_image, mask)
     elif image is None:
