@@ -163,7 +163,7 @@ class QwenImageFamily(QwenDiTFamily):
     default_scheduler = "simple"  # 1, 1 - 1/n, ... (shifted), as the pipeline's sigmas
     default_cfg = TRUE_CFG
     default_steps = STEPS
-    adapters = frozenset({"lora", "controlnet"})  # InstantX's ControlNets (adapters/qwen_image_controlnet.py)
+    adapters = frozenset({"lora", "controlnet"})  # InstantX's and DiffSynth's (adapters/qwen_image_controlnet.py)
 
     network_config = staticmethod(DD.qwen_image_config)
     network_config_diffusers = staticmethod(DD.qwen_image_config)
