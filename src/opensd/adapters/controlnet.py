@@ -40,6 +40,8 @@ from ..checkpoints.files import read_state_dict
 from ..checkpoints.flux_controlnet_files import is_flux_controlnet, is_sd3_controlnet, refuse_other_dit_controlnets
 from ..checkpoints.t2i_adapter_files import (compatible_slots, is_t2i_adapter, is_t2i_adapter_folder,
                                              read_t2i_adapter)
+from ..checkpoints.qwen_image_controlnet_files import (FOLDER_CLASS as QWEN_FOLDER, is_qwen_image_blockwise,
+                                                       is_qwen_image_controlnet)
 from ..checkpoints.xlabs_controlnet_files import is_xlabs_controlnet
 from ..checkpoints.z_image_controlnet_files import is_z_image_controlnet
 from ..errors import CheckpointError, InvalidArgument
@@ -48,18 +50,21 @@ from ..models.controlnet import ControlNet
 from ..models.flux_controlnet import FluxControlNet
 from ..models.sd3_controlnet import SD3ControlNet, SD35ControlNet
 from ..models.t2i_adapter import T2IAdapter
+from ..models.qwen_image_blockwise import QwenImageBlockwiseControlNet
+from ..models.qwen_image_controlnet import QwenImageControlNet
 from ..models.z_image_controlnet import ZImageControlNet
 from ..models.unet import Control
 from .control_lora import control_lora_config, control_lora_state_dict
 from .controlnet_inpaint import check_inpaint, fit_mask, fit_mask_image, marked_hint
 from .flux_controlnet import FOLDER_CLASS as FLUX_FOLDER, DEFAULT_GUIDANCE, flux_residuals, load_flux_controlnet
 from .sd3_controlnet import FOLDER_CLASS as SD3_FOLDER, load_sd3_controlnet, sd3_residuals
+from .qwen_image_controlnet import load_qwen_image_controlnet, qwen_image_residuals
 from .preprocessors import RESIZE_MODES, control_image, fit_image
 from .union_types import check_control_type, control_type_index, flux_mode_index
 from .z_image_controlnet import check_z_image_inpaint, load_z_image_controlnet, z_image_inpaint_hint, z_image_residuals
 
 MAX_WEIGHT = 2.0
-DIT_NAMES = {"flux": "Flux.1", "mmdit": "SD3", "z_image": "Z-Image"}  # model config field -> family
+DIT_NAMES = {"flux": "Flux.1", "mmdit": "SD3", "z_image": "Z-Image", "qwen_image": "Qwen-Image"}  # model config field -> family
 GUESS_MODE_DECAY = 0.825
 ADAPTER_SOFT_SCALES = (0.25, 0.62, 0.825, 1.0)
 
@@ -67,7 +72,7 @@ ADAPTER_SOFT_SCALES = (0.25, 0.62, 0.825, 1.0)
 @dataclass
 class LoadedControlNet:
     """A loaded ControlNet or T2I-Adapter (`slots`: where the adapter's features go in the UNet)."""
-    net: ControlNet | T2IAdapter | FluxControlNet | SD3ControlNet | SD35ControlNet | ZImageControlNet
+    net: ControlNet | T2IAdapter | FluxControlNet | SD3ControlNet | SD35ControlNet | ZImageControlNet | QwenImageControlNet
     family: Family
     path: Path
     slots: tuple[int, ...] | None = None
@@ -83,10 +88,15 @@ class LoadedControlNet:
         return isinstance(self.net, ZImageControlNet)
 
     @property
+    def is_qwen_image(self) -> bool:
+        return isinstance(self.net, (QwenImageControlNet, QwenImageBlockwiseControlNet))
+
+    @property
     def is_dit(self) -> bool:
-        """A Flux, SD3 or Z-Image ControlNet (its control image goes through the VAE, but for XLabs'
-        and MistoLine's Flux ones)."""
-        return isinstance(self.net, (FluxControlNet, SD3ControlNet, SD35ControlNet, ZImageControlNet))
+        """A Flux, SD3, Z-Image or Qwen-Image ControlNet (its control image goes through the VAE, but
+        for XLabs' and MistoLine's Flux ones)."""
+        return isinstance(self.net, (FluxControlNet, SD3ControlNet, SD35ControlNet, ZImageControlNet,
+                                     QwenImageControlNet, QwenImageBlockwiseControlNet))
 
     @property
     def n_residuals(self) -> int:
@@ -122,6 +132,8 @@ class LoadedControlNet:
                                   DEFAULT_GUIDANCE if guidance is None else guidance, encoder)
         if self.is_z_image:
             return z_image_residuals(self, x, hint, scales, cache, encoder, in_model)
+        if self.is_qwen_image:
+            return qwen_image_residuals(self, x, hint, t, context, scales, cache, encoder)
         if self.is_dit:
             return sd3_residuals(self, x, hint, t, context, y, scales, cache, encoder)
         if not self.is_adapter:
@@ -201,7 +213,8 @@ class ControlSpec:
         else:
             check_control_type(self.control_type, self.model.union_types, self.model.name)
         if self.model.is_dit:
-            kind = "flux" if self.model.is_flux else "z_image" if self.model.is_z_image else "mmdit"
+            kind = ("flux" if self.model.is_flux else "z_image" if self.model.is_z_image
+                    else "qwen_image" if self.model.is_qwen_image else "mmdit")
             if base is not None and getattr(base, kind, None) is None:
                 raise InvalidArgument(f"controlnet: {self.model.name} is a {DIT_NAMES[kind]} ControlNet; the model "
                                       "is not of that family")
@@ -229,6 +242,12 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
     sd = None if path.is_dir() else read_state_dict(path)
     if sd is not None:
         refuse_other_dit_controlnets(sd, path)
+    blockwise = sd is not None and is_qwen_image_blockwise(sd)
+    if blockwise or (_folder_class(path) == QWEN_FOLDER if sd is None else is_qwen_image_controlnet(sd)):  # before Flux
+        net, pipe = load_qwen_image_controlnet(path, sd, base,
+                                               lambda cls, cfg, weights: _built(cls, cfg, weights, path, device, dtype),
+                                               blockwise)
+        return LoadedControlNet(net, "qwen_image", path, pipe=pipe)
     if _folder_class(path) == FLUX_FOLDER if sd is None else is_flux_controlnet(sd) or is_xlabs_controlnet(sd):
         net, pipe = load_flux_controlnet(path, sd, base, device, dtype,
                                          lambda cls, cfg, weights: _built(cls, cfg, weights, path, device, dtype))
@@ -244,6 +263,10 @@ def load_controlnet(path, base, device=None, dtype: torch.dtype | None = None, d
     if getattr(config, "z_image", None) is not None:
         raise CheckpointError(path, "is not a Z-Image ControlNet (an SD, Flux or SD3 one, or another kind); the "
                                     "loaded model is Z-Image: use alibaba-pai's Z-Image-Turbo-Fun-Controlnet-Union")
+    if getattr(config, "qwen_image", None) is not None:
+        raise CheckpointError(path, "is not a Qwen-Image ControlNet (an SD, Flux, SD3 or Z-Image one, or another "
+                                    "kind); the loaded model is Qwen-Image: use InstantX's Qwen-Image-ControlNet-Union or "
+                                    "DiffSynth's Qwen-Image-Blockwise-ControlNet files")
     if getattr(config, "flux", None) is not None:
         raise CheckpointError(path, "is not a Flux.1 ControlNet (an SD one, or another kind); the loaded model is "
                                     "Flux.1: use a Flux ControlNet (InstantX, Shakker-Labs, XLabs, MistoLine)")

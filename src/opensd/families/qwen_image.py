@@ -178,7 +178,7 @@ class QwenImageFamily(QwenDiTFamily):
     default_scheduler = "simple"  # 1, 1 - 1/n, ... (shifted), as the pipeline's sigmas
     default_cfg = TRUE_CFG
     default_steps = STEPS
-    adapters = frozenset({"lora"})
+    adapters = frozenset({"lora", "controlnet"})  # InstantX's and DiffSynth's (adapters/qwen_image_controlnet.py)
     unused_keys = (ZERO_COND_MARK,)
 
     network_config = staticmethod(DD.qwen_image_config)
@@ -374,11 +374,12 @@ class QwenImageFamily(QwenDiTFamily):
 
         def call(x, t, context, y, control=None):
             """t: sigma (multiplier 1), the network's own time; the context's all-zero rows (past
-            each prompt's tokens) are masked."""
+            each prompt's tokens) are masked. `control`: a QwenImageControl (models/qwen_image_controlnet.py)."""
             mask = text_mask(context)
             refs = [r.to(x.device, dtype).expand(len(x), -1, -1, -1) for r in references or ()]
             return net(x.to(dtype), t, context.to(dtype), None if bool(mask.all()) else mask, refs,
-                       text_after_refs=not comfy, zero_cond_t=zero)
+                       text_after_refs=not comfy, zero_cond_t=zero,
+                       control=control and control.ordered())
 
         return call
 

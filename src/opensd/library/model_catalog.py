@@ -17,6 +17,8 @@ from ..checkpoints import detect as D
 from ..checkpoints.controlnet_files import PREFIX as CONTROL_PREFIX
 from ..checkpoints.controlnet_files import describe_control_lora, detect_controlnet, is_control_lora
 from ..checkpoints.z_image_controlnet_files import describe_z_image_controlnet, is_z_image_controlnet
+from ..checkpoints.qwen_image_controlnet_files import (describe_qwen_image_blockwise, describe_qwen_image_controlnet,
+                                                       is_qwen_image_blockwise, is_qwen_image_controlnet)
 from ..checkpoints.flux_controlnet_files import (describe_flux_controlnet, describe_sd3_controlnet, is_flux_controlnet,
                                                  is_sd3_controlnet, other_dit_controlnet)
 from ..checkpoints.t2i_adapter_files import detect_t2i_adapter, from_diffusers, is_t2i_adapter
@@ -101,6 +103,10 @@ def _controlnet(entries: dict, metadata: dict[str, str], path: Path) -> tuple[st
     shapes = {k.removeprefix(CONTROL_PREFIX): tuple(v["shape"]) for k, v in entries.items()}
     if is_control_lora(shapes):
         return describe_control_lora(shapes)
+    if is_qwen_image_controlnet(shapes):  # before Flux's: InstantX's Qwen files share its telltale
+        return "qwen_image", describe_qwen_image_controlnet(shapes)
+    if is_qwen_image_blockwise(shapes):
+        return "qwen_image", describe_qwen_image_blockwise(shapes)
     if is_flux_controlnet(shapes):
         return "flux", describe_flux_controlnet(shapes)
     if is_xlabs_controlnet(shapes):

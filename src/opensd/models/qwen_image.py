@@ -168,8 +168,22 @@ def rope_ids(h: int, w: int, n_txt: int, device=None, refs=(),
     return torch.cat(ids), txt
 
 
+def residual_index(block: int, n_blocks: int, n_residuals: int) -> int:
+    """The residual added after main block `block`: each residual serves ceil(main / residuals) blocks."""
+    return block // -(-n_blocks // n_residuals)
+
+
+def _with_residual(img: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+    """A ControlNet residual (B, n, dim) added to the first n (the image's own) tokens."""
+    res = res.to(img.dtype)
+    if res.shape[1] == img.shape[1]:
+        return img + res
+    return torch.cat((img[:, :res.shape[1]] + res, img[:, res.shape[1]:]), 1)
+
+
 class QwenImage(nn.Module):
-    def __init__(self, cfg: QwenImageConfig):
+    def __init__(self, cfg: QwenImageConfig, output: bool = True):
+        """`output` False: without the output layer (the trunk a ControlNet is built of)."""
         super().__init__()
         check_axes(cfg.axes_dims_rope, cfg.attention_head_dim, "Qwen-Image")
         self.cfg = cfg
@@ -179,18 +193,21 @@ class QwenImage(nn.Module):
         self.txt_in = nn.Linear(cfg.joint_attention_dim, dim)
         self.time_text_embed = TimeTextEmbed(dim)
         self.transformer_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self.norm_out = NormOut(dim)
-        self.proj_out = nn.Linear(dim, cfg.patch_size ** 2 * cfg.out_channels)
+        if output:
+            self.norm_out = NormOut(dim)
+            self.proj_out = nn.Linear(dim, cfg.patch_size ** 2 * cfg.out_channels)
 
     def forward_tokens(self, img: torch.Tensor, txt: torch.Tensor, t: torch.Tensor, h: int, w: int,
                        mask: torch.Tensor | None = None, refs=(), text_after_refs: bool = True,
-                       zero_cond_t: bool | None = None) -> torch.Tensor:
+                       zero_cond_t: bool | None = None, control=None) -> torch.Tensor:
         """Packed latents (B, h * w, in_channels), text features (B, L, joint_attention_dim), sigma
         (B,), `mask` (B, L) bool: the text tokens attended to (None: all); `refs`: the (h', w') grids
         of reference tokens appended to `img` after its own h * w (Qwen-Image-Edit's condition
         images: seen, not predicted). Returns (B, h * w, 4 out_channels), each token's features
         ordered (channel, row, column) as the input's. `zero_cond_t`: the references modulated at
-        time 0 (Edit-2511; None: the config's)."""
+        time 0 (Edit-2511; None: the config's). `control`: per ControlNet its residuals, added
+        to the image's own tokens after the blocks (models/qwen_image_controlnet.py), or a callable
+        answering block i's from the image tokens (models/qwen_image_blockwise.py), in turn."""
         n = h * w
         img = self.img_in(img)
         temb = self.time_text_embed.timestep_embedder(t, img.dtype)
@@ -203,16 +220,20 @@ class QwenImage(nn.Module):
         pe = rope_angles(torch.cat((txt_ids, img_ids)), self.cfg.axes_dims_rope, self.cfg.theta)
         if mask is not None:  # keys only: every query sees the kept text and all image tokens
             mask = F.pad(mask.bool(), (0, img.shape[1]), value=True)[:, None, None]
-        for block in self.transformer_blocks:
+        for i, block in enumerate(self.transformer_blocks):
             img, txt = block(img, txt, temb, pe, mask, ref_temb, n)
+            for res in control or ():  # a callable: a blockwise ControlNet's (qwen_image_blockwise.py)
+                add = res(i, img) if callable(res) else res[residual_index(i, len(self.transformer_blocks), len(res))]
+                if add is not None:
+                    img = _with_residual(img, add)
         return self.proj_out(self.norm_out(img[:, :n], temb))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 mask: torch.Tensor | None = None, ref_latents=(), text_after_refs: bool = True,
-                zero_cond_t: bool | None = None) -> torch.Tensor:
+                zero_cond_t: bool | None = None, control=None) -> torch.Tensor:
         """Latents (B, out_channels, 2h, 2w) -> the flow velocity, same shape. `ref_latents`:
         Qwen-Image-Edit's condition-image latents, each (B, out_channels, 2h', 2w'), any even size;
-        `text_after_refs`: see rope_ids; `zero_cond_t`: see forward_tokens."""
+        `text_after_refs`: see rope_ids; `zero_cond_t`, `control`: see forward_tokens."""
         b, c, height, width = x.shape
         for lat in (x, *ref_latents):
             if lat.shape[-2] % 2 or lat.shape[-1] % 2:
@@ -221,5 +242,5 @@ class QwenImage(nn.Module):
         h, w = height // 2, width // 2
         tokens = torch.cat([pack(x), *(pack(r) for r in ref_latents)], dim=1)
         refs = [(r.shape[-2] // 2, r.shape[-1] // 2) for r in ref_latents]
-        out = self.forward_tokens(tokens, context, t, h, w, mask, refs, text_after_refs, zero_cond_t)
+        out = self.forward_tokens(tokens, context, t, h, w, mask, refs, text_after_refs, zero_cond_t, control)
         return out.view(b, h, w, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)

@@ -1,9 +1,17 @@
 """ComfyUI's model-patch route for Z-Image Fun ControlNets (alibaba-pai's Z-Image-Turbo-Fun-Controlnet-Union
-1.0/2.0/2.1), with its names, inputs and defaults (comfy_extras.nodes_model_patch):
+1.0/2.0/2.1) and DiffSynth's Qwen-Image blockwise ControlNets, with its names, inputs and defaults
+(comfy_extras.nodes_model_patch):
 
-* ModelPatchLoader (`name` from model_patches/) gives a MODEL_PATCH; only Z-Image Fun ControlNet files
-  are supported here (ComfyUI's other patches, Qwen-Image's blockwise ControlNets, USO, MultiTalk,
-  belong to models opensd does not run), others are refused when loaded.
+* ModelPatchLoader (`name` from model_patches/) gives a MODEL_PATCH; only those two kinds are
+  supported here (ComfyUI's other patches, USO, MultiTalk, belong to models opensd does not run),
+  others are refused when loaded.
+* QwenImageDiffsynthControlnet with a blockwise file patches the MODEL as ComfyUI's DiffSynthCnetPatch:
+  every conditioning entry, `strength` over the whole sampling, the image VAE-encoded by the node's
+  `vae` (adapters/qwen_image_controlnet.py); the Inpaint file's keep channel is 1 - `mask` (1 =
+  repaint) resized bilinearly to the latent, all ones without a mask (ComfyUI's), and a mask given
+  with another file is ignored (ComfyUI's). The image is fitted to the latent as ControlNetApply's
+  hints are, the mask to the image bilinearly (ComfyUI's patch resizes the image by area, the mask
+  straight to the latent: the same when both already fit).
 * ZImageFunControlnet (and QwenImageDiffsynthControlnet, which ComfyUI routes the same file through)
   patches the MODEL: the control image acts on every conditioning entry, after the entries' own
   ControlNet hints, at `strength` over the whole sampling (ComfyUI's patch has no percent window),
@@ -27,6 +35,7 @@ import torch.nn.functional as F
 
 from ..adapters.z_image_controlnet import inpaint_hint
 from ..checkpoints.files import read_safetensors_header
+from ..checkpoints.qwen_image_controlnet_files import is_qwen_image_blockwise
 from ..checkpoints.z_image_controlnet_files import TELLTALE, is_z_image_controlnet
 from ..errors import CheckpointError, InvalidArgument
 from .nodes_controlnet import ControlHint, ControlNetRef, _image
@@ -41,16 +50,16 @@ def model_patch_loader(call, name):
         header, _ = read_safetensors_header(path)
     except (CheckpointError, OSError) as e:
         raise InvalidArgument(f"model patch {name}: cannot read it as a safetensors file ({e})") from None
-    if not is_z_image_controlnet(header):
-        raise InvalidArgument(f"model patch {name}: not a Z-Image Fun ControlNet (Z-Image-Turbo-Fun-Controlnet-Union), "
-                              "the only model patch opensd runs")
+    if not (is_z_image_controlnet(header) or is_qwen_image_blockwise(header)):
+        raise InvalidArgument(f"model patch {name}: not a Z-Image Fun ControlNet (Z-Image-Turbo-Fun-Controlnet-Union) "
+                              "or a Qwen-Image blockwise ControlNet (DiffSynth), the model patches opensd runs")
     return (ControlNetRef(path, name),)
 
 
 register(NodeDef(
     "ModelPatchLoader", model_patch_loader, {"name": (Choices("model_patches"), {})}, ("MODEL_PATCH",),
     category="advanced/loaders", experimental=True, module=MODULE,
-    description="Loads a model patch from model_patches/ (here: Z-Image Fun ControlNets)."))
+    description="Loads a model patch from model_patches/ (here: Z-Image Fun and Qwen-Image blockwise ControlNets)."))
 
 
 def _fitted(x: torch.Tensor, size) -> torch.Tensor:
@@ -73,13 +82,23 @@ def _inpaint_hint(image, inpaint_image, mask) -> torch.Tensor:
     return inpaint_hint(*(x.expand(n, -1, -1, -1) if len(x) == 1 else x for x in (image, inpaint, _fitted(m, size))))
 
 
-def _has_inpaint_channels(path) -> bool:
+def _has_inpaint_channels(path, blockwise: bool = False) -> bool:
     entries, _ = read_safetensors_header(path)
-    return entries[TELLTALE]["shape"][1] > 4 * 16  # 2x2 patches of the 16 latent channels: 1.0
+    key = "img_in.weight" if blockwise else TELLTALE
+    return entries[key]["shape"][1] > 4 * 16  # 2x2 patches of the 16 latent channels: no inpainting
+
+
+def _is_blockwise(path) -> bool:
+    entries, _ = read_safetensors_header(path)
+    return is_qwen_image_blockwise(entries)
 
 
 def fun_controlnet(call, model, model_patch, vae, strength, image=None, inpaint_image=None, mask=None):
-    if inpaint_image is not None or mask is not None:
+    if _is_blockwise(model_patch.path):  # the Inpaint file's mask rides in the 7-channel hint (ComfyUI ignores
+        # a mask given with the other files)
+        hint = _image(image)[:, :3] if mask is None or not _has_inpaint_channels(model_patch.path, blockwise=True) \
+            else _inpaint_hint(image, None, mask)
+    elif inpaint_image is not None or mask is not None:
         hint = _inpaint_hint(image, inpaint_image, mask)
     elif image is None:
         raise InvalidArgument("image: a control image is required (or inpaint_image and mask)")
@@ -103,4 +122,5 @@ register(NodeDef(
 register(NodeDef(
     "QwenImageDiffsynthControlnet", fun_controlnet, {**_BASE, "image": ("IMAGE", {}), "strength": _STRENGTH},
     ("MODEL",), optional={"mask": ("MASK", {})}, category="advanced/loaders/qwen", experimental=True, module=MODULE,
-    description="ComfyUI's Qwen-Image node, which applies Z-Image Fun ControlNets as ZImageFunControlnet does."))
+    description="Applies a Qwen-Image blockwise ControlNet (DiffSynth; a MODEL_PATCH) with its control image to the "
+                "model (and Z-Image Fun ControlNets as ZImageFunControlnet does)."))
