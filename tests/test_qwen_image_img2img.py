@@ -18,6 +18,11 @@ Deliberate differences, which the tests hold fixed rather than match:
   image's latent (A1111's blend): for Euler the same latents. After decoding, opensd lays the init
   image's own pixels back outside the mask (A1111's paste-back); diffusers returns the decoded latent
   there, so the pixels are compared inside the mask.
+- only-masked inpainting (A1111's inpaint_full_res and its padding) is diffusers' padding_mask_crop:
+  the mask's box grown by the padding and to the generation's ratio, the crop scaled (Lanczos) to the
+  generation size, the result scaled back and laid over the init image through the mask. The box's
+  growth to the ratio rounds where diffusers truncates (at most a pixel apart); the crop here is
+  square already.
 """
 from __future__ import annotations
 
@@ -85,7 +90,7 @@ def _reference(module, ref, ours, monkeypatch, cfg, **call):
 
     with torch.no_grad():
         out = ref(PROMPT, negative_prompt=NEGATIVE if cfg > 1 else None, true_cfg_scale=cfg, height=SIZE,
-                  width=SIZE, num_inference_steps=STEPS, output_type="np", callback_on_step_end=on_step_end, **call)
+                  width=SIZE, num_inference_steps=STEPS, callback_on_step_end=on_step_end, **{"output_type": "np", **call})
     return out.images[0], steps
 
 
@@ -136,3 +141,26 @@ def test_the_step_rules_differ_where_strength_times_steps_is_whole(qwen_image):
     ref.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / STEPS, STEPS), mu=0.5)
     assert ref.get_timesteps(STEPS, 0.5, "cpu")[1] == 2 and i2i.steps_run(STEPS, 0.5) == 3
     assert [ref.get_timesteps(STEPS, s, "cpu")[1] for s in STRENGTHS] == [i2i.steps_run(STEPS, s) for s in STRENGTHS]
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_only_masked_equals_padding_mask_crop(qwen_image, monkeypatch, cfg):
+    """A 16x16 mask in a 128x128 image, padded by 8: the 32x32 crop is sampled at 64x64 (its mask on
+    whole latent cells) and laid back; outside the mask the init image's own pixels in both."""
+    ours, refs = qwen_image
+    init = _init_image().resize((2 * SIZE, 2 * SIZE), Image.LANCZOS)
+    mask = Image.new("L", init.size, 0)
+    ImageDraw.Draw(mask).rectangle((56, 56, 71, 71), fill=255)
+    seen = spy_euler(monkeypatch)
+    (image,) = ours.img2img(init, PROMPT, NEGATIVE if cfg > 1 else "", mask=mask, mask_blur=0, steps=STEPS,
+                            seed=SEED, cfg=cfg, strength=0.6, inpaint_full_res=True, inpaint_full_res_padding=8,
+                            width=SIZE, height=SIZE)
+    ref = refs["inpaint"]
+    want = _reference(inpaint_module, ref, ours, monkeypatch, cfg, image=init, mask_image=mask, strength=0.6,
+                      padding_mask_crop=8, output_type="pil")
+    _assert_steps_equal(seen, ref, want[1], 0.6)
+    inside = np.asarray(mask) > 0
+    got, expected, kept = (np.asarray(a).astype(int) for a in (image, want[0], init))
+    assert got.shape == expected.shape == (2 * SIZE, 2 * SIZE, 3)
+    assert np.abs(got - expected)[inside].max() <= 1 and np.abs(got - kept)[inside].mean() > 2
+    assert np.array_equal(got[~inside], kept[~inside]) and np.array_equal(expected[~inside], kept[~inside])
