@@ -10,15 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditInpaintPipeline
+from diffusers import QwenImageEditInpaintPipeline
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_inpaint as module
 from PIL import Image, ImageDraw
 
 from dit_fixtures import spy_euler
-from opensd.pipeline.pipeline import load
-from qwen_image_fixtures import SCHEDULER, qwen_image_transformer, qwen_image_vae
 from reference import assert_close_scaled
-from test_qwen_edit_pipeline import feed_image_token_types, save_edit_folder, vl_parts
+from test_qwen_edit_pipeline import edit_pair
 
 PROMPT, NEGATIVE = "make the horse blue", "blurry"
 STEPS, SEED, SIZE = 3, 7, 1024
@@ -26,16 +24,7 @@ STEPS, SEED, SIZE = 3, 7, 1024
 
 @pytest.fixture(scope="module")
 def edit(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qwen_edit_inpaint") / "model"
-    hf_tok, processor, te = vl_parts(root / "tokenizer")
-    net, vae = qwen_image_transformer(5, ctx=128), qwen_image_vae(6, False)
-    save_edit_folder(root, "QwenImageEditInpaintPipeline", {"transformer": net, "vae": vae, "text_encoder": te})
-    ours = load(root, precision="fp32", device="cpu")
-    feed_image_token_types(te, hf_tok)
-    ref = QwenImageEditInpaintPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), vae=vae,
-                                       text_encoder=te, tokenizer=hf_tok, processor=processor, transformer=net)
-    ref.set_progress_bar_config(disable=True)
-    return ours, ref
+    return edit_pair(tmp_path_factory.mktemp("qwen_edit_inpaint") / "model", QwenImageEditInpaintPipeline)
 
 
 def _image_and_mask():
