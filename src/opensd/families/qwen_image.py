@@ -13,7 +13,10 @@ the image's 2x2-patch tokens (base_shift 0.5 at 256 tokens, max_shift 0.9 at 819
 config), then stretched so the last step's sigma is shift_terminal (0.02); the network takes sigma
 and answers the velocity. True CFG (CFG 4 against the negative prompt, the empty one by default)
 is renormalised as the pipeline does: the combined prediction rescaled, per 2x2 latent patch, to
-the prompt's own prediction's norm. ComfyUI runs plain CFG (no renormalisation) on the shift its
+the prompt's own prediction's norm. img2img and inpainting run the generic flow paths, which are
+QwenImageImg2ImgPipeline's and QwenImageInpaintPipeline's but for A1111's step count, mask and
+paste-back and the posterior's mean (docs/model-families.md); with the init image also the
+reference, inpainting is QwenImageEditInpaintPipeline's. ComfyUI runs plain CFG (no renormalisation) on the shift its
 graph sets (ModelSamplingAuraFlow; 1.15 without one), and its graphs here do the same.
 
 Qwen-Image-Edit (QwenImageEditPipeline) is the same network: a reference image (--reference-image)
