@@ -58,18 +58,22 @@ def feed_image_token_types(te, hf_tok) -> None:
     te.forward = lambda *a, **kw: forward(*a, **kw, mm_token_type_ids=(kw["input_ids"] == image_id).int())
 
 
-@pytest.fixture(scope="module")
-def edit(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qwen_edit") / "model"
+def edit_pair(root, pipeline_class=QwenImageEditPipeline):
+    """(ours loaded from a tiny edit folder of `pipeline_class`, that diffusers pipeline on the same parts)."""
     hf_tok, processor, te = vl_parts(root / "tokenizer")
     net, vae = qwen_image_transformer(5, ctx=128), qwen_image_vae(6, False)
-    save_edit_folder(root, "QwenImageEditPipeline", {"transformer": net, "vae": vae, "text_encoder": te})
+    save_edit_folder(root, pipeline_class.__name__, {"transformer": net, "vae": vae, "text_encoder": te})
     ours = load(root, precision="fp32", device="cpu")
     feed_image_token_types(te, hf_tok)
-    ref = QwenImageEditPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), vae=vae, text_encoder=te,
-                                tokenizer=hf_tok, processor=processor, transformer=net)
+    ref = pipeline_class(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), vae=vae, text_encoder=te,
+                         tokenizer=hf_tok, processor=processor, transformer=net)
     ref.set_progress_bar_config(disable=True)
     return ours, ref
+
+
+@pytest.fixture(scope="module")
+def edit(tmp_path_factory):
+    return edit_pair(tmp_path_factory.mktemp("qwen_edit") / "model")
 
 
 def _image():

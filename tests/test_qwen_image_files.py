@@ -208,20 +208,21 @@ def test_a_linear_time_shift_is_refused(tiny, tmp_path):
 
 def test_edit_plus_folders_by_class_and_zero_cond_t(tiny, tmp_path):
     """QwenImageEditPlusPipeline folders are Edit Plus; 2511's transformer config (zero_cond_t) sets
-    the network's flag; other Edit pipelines and Layered are refused naming what is supported."""
+    the network's flag; QwenImageEditInpaintPipeline's are Edit; other Edit pipelines and Layered are
+    refused naming what is supported."""
     from diffusers import QwenImageTransformer2DModel
     from opensd.pipeline.loader import read_model
     net, vae = tiny
     seen = {}
     for name, cls, zero in (("edit", "QwenImageEditPipeline", False), ("plus", "QwenImageEditPlusPipeline", False),
-                            ("2511", "QwenImageEditPlusPipeline", True)):
+                            ("2511", "QwenImageEditPlusPipeline", True), ("inpaint", "QwenImageEditInpaintPipeline", False)):
         net2511 = QwenImageTransformer2DModel.from_config(net.config, zero_cond_t=zero)
         net2511.load_state_dict(net.state_dict())
         root = _folder(tmp_path / name, (net2511, vae), class_name=cls)
         seen[name] = _variant(read_model(root)[3])
-    assert seen == {"edit": (False, False), "plus": (True, False), "2511": (True, True)}
-    with pytest.raises(CheckpointError, match="QwenImageEditInpaintPipeline: not supported.*Edit-2509/2511"):
-        read_model(_folder(tmp_path / "inpaint", tiny, class_name="QwenImageEditInpaintPipeline"))
+    assert seen == {"edit": (False, False), "plus": (True, False), "2511": (True, True), "inpaint": (False, False)}
+    with pytest.raises(CheckpointError, match="QwenImageEditOtherPipeline: not supported.*Edit-2509/2511"):
+        read_model(_folder(tmp_path / "other", tiny, class_name="QwenImageEditOtherPipeline"))
     with pytest.raises(CheckpointError, match="Qwen-Image-Layered"):
         read_model(_folder(tmp_path / "layered", tiny, class_name="QwenImageLayeredPipeline"))
 

@@ -13,7 +13,10 @@ the image's 2x2-patch tokens (base_shift 0.5 at 256 tokens, max_shift 0.9 at 819
 config), then stretched so the last step's sigma is shift_terminal (0.02); the network takes sigma
 and answers the velocity. True CFG (CFG 4 against the negative prompt, the empty one by default)
 is renormalised as the pipeline does: the combined prediction rescaled, per 2x2 latent patch, to
-the prompt's own prediction's norm. ComfyUI runs plain CFG (no renormalisation) on the shift its
+the prompt's own prediction's norm. img2img and inpainting run the generic flow paths, which are
+QwenImageImg2ImgPipeline's and QwenImageInpaintPipeline's but for A1111's step count, mask and
+paste-back and the posterior's mean (docs/model-families.md); with the init image also the
+reference, inpainting is QwenImageEditInpaintPipeline's. ComfyUI runs plain CFG (no renormalisation) on the shift its
 graph sets (ModelSamplingAuraFlow; 1.15 without one), and its graphs here do the same.
 
 Qwen-Image-Edit (QwenImageEditPipeline) is the same network: a reference image (--reference-image)
@@ -65,8 +68,10 @@ from .qwen_image_prompts import QwenImageConditioner
 log = logging.getLogger(__name__)
 
 PLUS_PIPELINE = "QwenImageEditPlusPipeline"
+# QwenImageEditInpaintPipeline folders hold Qwen-Image-Edit: inpainting with the init image as the
+# reference is that pipeline (tests/test_qwen_edit_inpaint.py)
 PIPELINES = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline", "QwenImageEditPipeline",
-             PLUS_PIPELINE)
+             "QwenImageEditInpaintPipeline", PLUS_PIPELINE)
 ZERO_METHOD = "index_timestep_zero"  # ComfyUI's reference_latents_method for Edit-2511
 ZERO_COND_MARK = "__" + ZERO_METHOD + "__"  # ComfyUI's (empty) marker tensor in its Edit-2511 network files
 COMFY_SHIFT = 1.15  # ComfyUI's Qwen-Image sampling shift when its graph sets none (an SD3-style shift)
@@ -81,8 +86,8 @@ META_SCHEDULE = "opensd.qwen_image_schedule"  # a QwenImagePipeline folder's sch
 RESOLUTION = 1328
 ENCODER_FILE = "Qwen2.5-VL-7B text encoder (text_encoders/qwen_2.5_vl_7b.safetensors)"
 ENCODER = "the " + ENCODER_FILE
-EDIT_REFUSAL = ("{}: not supported; Qwen-Image, Qwen-Image-Edit (QwenImageEditPipeline) and Edit-2509/2511 "
-                "(QwenImageEditPlusPipeline) are")
+EDIT_REFUSAL = ("{}: not supported; Qwen-Image, Qwen-Image-Edit (QwenImageEditPipeline, QwenImageEditInpaintPipeline) "
+                "and Edit-2509/2511 (QwenImageEditPlusPipeline) are")
 LAYERED_REFUSAL = "Qwen-Image-Layered (layer decomposition): not supported; Qwen-Image (text to image) is"
 
 

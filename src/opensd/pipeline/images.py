@@ -187,13 +187,13 @@ def _edge_pad(image: Image.Image, left: int, right: int, top: int, bottom: int) 
 def paste_back(image: Image.Image, original: Image.Image, mask: Image.Image,
                crop: tuple[int, int, int, int] | None) -> Image.Image:
     """Composite an inpainting result over the original through the (blurred) mask, so unmasked
-    pixels come back exactly; with "only masked" the crop is scaled back into place first."""
+    pixels come back exactly; with "only masked" the crop is scaled back into place first and laid
+    over through the original's own mask (A1111's mask_for_overlay, diffusers' apply_overlay), not
+    the crop's mask scaled there and back, whose Lanczos ringing would blend the edges."""
     if crop is not None:
         x0, y0, x1, y1 = crop
-        full_mask = Image.new("L", original.size, 0)
-        full_mask.paste(mask.resize((x1 - x0, y1 - y0), Image.LANCZOS), (x0, y0))
         placed = original.copy()
         placed.paste(image.resize((x1 - x0, y1 - y0), Image.LANCZOS), (x0, y0))
-        return Image.composite(placed, original, full_mask)
+        return Image.composite(placed, original, mask)
     original = original.resize(image.size, Image.LANCZOS) if original.size != image.size else original
     return Image.composite(image, original, mask.resize(image.size) if mask.size != image.size else mask)

@@ -242,7 +242,7 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
         self._interrupt = False
         self._cond_cache: dict = {}
         self.apply_loras(p.prompt)
-        source, crop = init, None
+        source, crop, whole_mask = init, None, mask  # whole_mask: the init image's, which only-masked lays back through
         if init is not None:
             if mask is not None and p.inpaint_full_res:
                 crop = I.mask_bbox(mask, p.inpaint_full_res_padding)
@@ -288,7 +288,7 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
                 image = correct(target, image)
             if init is not None and mask is not None:
                 kept = init if crop else source  # A1111 lays back the init image resized by its mode
-                image = I.paste_back(image, kept, mask, crop) if soft_mask is None else \
+                image = I.paste_back(image, kept, whole_mask if crop else mask, crop) if soft_mask is None else \
                     SI.composite(image, kept, soft_mask, crop)
             if self._refined:
                 image.info["refiner"] = self._refiner
