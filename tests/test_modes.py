@@ -233,3 +233,11 @@ def test_a_covering_hires_resize_cuts_the_upscaled_latents_centred(pipe, monkeyp
     assert image.size == (96, 64)
     covered = F.interpolate(pipe.encode(first), size=(12, 12), mode="bilinear")  # 96 x 96, then rows cut
     assert torch.equal(seen[-1], covered[:, :, 2:10, :])
+
+
+def test_a_blurred_mask_lays_the_result_over_doubled_as_a1111():
+    from opensd.pipeline.images import paste_back
+    result, original = Image.new("RGB", (4, 1), (200, 200, 200)), Image.new("RGB", (4, 1), (0, 0, 0))
+    mask = Image.frombytes("L", (4, 1), bytes([0, 50, 128, 255]))  # a blurred edge
+    out = np.asarray(paste_back(result, original, mask, None))[0, :, 0]
+    assert out.tolist() == [0, 78, 200, 200]  # A1111's mask_for_overlay: clip(mask * 2): 0, 100, 255, 255

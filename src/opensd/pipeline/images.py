@@ -189,11 +189,14 @@ def paste_back(image: Image.Image, original: Image.Image, mask: Image.Image,
     """Composite an inpainting result over the original through the (blurred) mask, so unmasked
     pixels come back exactly; with "only masked" the crop is scaled back into place first and laid
     over through the original's own mask (A1111's mask_for_overlay, diffusers' apply_overlay), not
-    the crop's mask scaled there and back, whose Lanczos ringing would blend the edges."""
+    the crop's mask scaled there and back, whose Lanczos ringing would blend the edges. Without a
+    crop A1111 lays it over through the mask doubled (clipped at 255): a blurred edge's inner half is
+    all result, its outer half fades."""
     if crop is not None:
         x0, y0, x1, y1 = crop
         placed = original.copy()
         placed.paste(image.resize((x1 - x0, y1 - y0), Image.LANCZOS), (x0, y0))
         return Image.composite(placed, original, mask)
     original = original.resize(image.size, Image.LANCZOS) if original.size != image.size else original
-    return Image.composite(image, original, mask.resize(image.size) if mask.size != image.size else mask)
+    mask = mask.resize(image.size) if mask.size != image.size else mask
+    return Image.composite(image, original, mask.convert("L").point(lambda v: min(255, 2 * v)))
