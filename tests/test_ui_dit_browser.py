@@ -5,7 +5,8 @@ result says so; Qwen-Image-Edit takes one (a second is refused in the card, and 
 refused before queueing with the server's reason in the progress card); a model that takes none greys
 the images with why they are not sent. ControlNets are listed with their family, and a unit whose
 ControlNet does not fit the selected model is flagged before Generate (and the job's refusal shows).
-Switching to Z-Image, FLUX.2 [dev] or Qwen-Image sets the family's CFG, steps, size and schedule."""
+Switching to Z-Image, FLUX.2 [dev] or Qwen-Image sets the family's CFG, steps, size and schedule; the Models
+tab names these checkpoints' families."""
 from __future__ import annotations
 
 import io
@@ -154,5 +155,15 @@ def test_family_defaults_follow_the_model(browser, live, name, cfg, steps, side)
     got = [page.input_value(f"{G} input[name={n}]") for n in ("cfg_scale", "steps", "width", "height")]
     assert got == [cfg, steps, side, side]
     assert page.input_value(f"{G} select[name=scheduler]") == ""  # Automatic: the family's own schedule
+    page.context.close()
+    assert log.console_errors == []
+
+
+def test_models_tab_names_the_dit_checkpoints_families(browser, live):
+    page, log = open_page(browser, live.url + "/#models")
+    row = "#panel-models li[data-name='{}'] .pill.family"
+    page.wait_for_selector(row.format(SD))
+    assert [page.inner_text(row.format(n)) for n in (EDIT_PLUS, Z_IMAGE, FLUX2_DEV)] == ["Qwen-Image", "Z-Image", "FLUX.2"]
+    assert "1328 px, flow" in page.inner_text(f"#panel-models li[data-name='{EDIT_PLUS}']")
     page.context.close()
     assert log.console_errors == []
