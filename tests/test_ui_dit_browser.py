@@ -4,7 +4,8 @@ Qwen-Image ControlNets: ui_dit_fixtures.py). Qwen-Image-Edit-2509 takes three re
 result says so; Qwen-Image-Edit takes one (a second is refused in the card, and a request with two is
 refused before queueing with the server's reason in the progress card); a model that takes none greys
 the images with why they are not sent. ControlNets are listed with their family, and a unit whose
-ControlNet does not fit the selected model is flagged before Generate (and the job's refusal shows).
+ControlNet does not fit the selected model is flagged before Generate (and the job's refusal shows);
+LoRAs too are listed with their family, flagged where the model cannot take them.
 Switching to Z-Image, FLUX.2 [dev] or Qwen-Image sets the family's CFG, steps, size and schedule; the Models
 tab names these checkpoints' families."""
 from __future__ import annotations
@@ -16,7 +17,7 @@ from PIL import Image
 from server_live import LiveServer
 from test_ui_scripts_browser import submit_and_wait
 from ui_browser import browser, open_page, wait_for  # noqa: F401 (fixtures)
-from ui_dit_fixtures import EDIT, EDIT_PLUS, FLUX2_DEV, QWEN_CN, SD, Z_CN, Z_IMAGE, dit_models
+from ui_dit_fixtures import EDIT, EDIT_PLUS, FLUX2_DEV, QWEN_CN, QWEN_LORA, SD, Z_CN, Z_IMAGE, dit_models
 
 from opensd.server.settings import Settings
 
@@ -165,5 +166,19 @@ def test_models_tab_names_the_dit_checkpoints_families(browser, live):
     page.wait_for_selector(row.format(SD))
     assert [page.inner_text(row.format(n)) for n in (EDIT_PLUS, Z_IMAGE, FLUX2_DEV)] == ["Qwen-Image", "Z-Image", "FLUX.2"]
     assert "1328 px, flow" in page.inner_text(f"#panel-models li[data-name='{EDIT_PLUS}']")
+    page.context.close()
+    assert log.console_errors == []
+
+
+def test_lora_picker_names_the_family_and_flags_a_misfit(browser, live):
+    page, log = _open(browser, live)
+    lora = f"{G} .picker-list button:has-text('{QWEN_LORA}')"
+    page.select_option(f"{G} select[name=model]", Z_IMAGE)
+    assert page.text_content(lora) == f"{QWEN_LORA} · Qwen-Image (not for this model)"  # in the closed picker
+    page.select_option(f"{G} select[name=model]", EDIT_PLUS)
+    assert page.text_content(lora) == f"{QWEN_LORA} · Qwen-Image"
+    page.click(f"{G} summary:has-text('LoRA (1)')")
+    page.click(lora)
+    assert f"<lora:{QWEN_LORA}:1>" in page.input_value(f"{G} textarea[name=prompt]")
     page.context.close()
     assert log.console_errors == []

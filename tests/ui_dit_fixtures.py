@@ -1,7 +1,7 @@
 """A models folder for the web UI's DiT tests: tiny random Qwen-Image-Edit-2509 and Qwen-Image-Edit
 networks (ComfyUI's split files, copied into checkpoints/ under the released names, which tell the
 variant), tiny Z-Image and FLUX.2 [dev] networks, a tiny Stable Diffusion checkpoint, and in ControlNet/
-a Z-Image Fun ControlNet 2.1 and an InstantX Qwen-Image Union ControlNet. Z-Image's and Qwen-Image's
+a Z-Image Fun ControlNet 2.1 and an InstantX Qwen-Image Union ControlNet, and a Qwen-Image LoRA. Z-Image's and Qwen-Image's
 tokenizers share ComfyUI's text_encoders/qwen_tokenizer/: the Qwen-Image one is kept (the tests run
 only Qwen-Image and Stable Diffusion; Z-Image and FLUX.2 are listed, not run)."""
 from __future__ import annotations
@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+
 from opensd.checkpoints.files import save_safetensors
 from opensd.library.synthetic import write_random_checkpoint
 
@@ -17,6 +19,7 @@ EDIT_PLUS, EDIT, Z_IMAGE, FLUX2_DEV, SD = (
     "qwen_image_edit_2509_bf16.safetensors", "qwen_image_edit_bf16.safetensors", "z_image_turbo_bf16.safetensors",
     "flux2_dev_fp8mixed.safetensors", "tiny.safetensors")
 Z_CN, QWEN_CN = "Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors", "Qwen-Image-ControlNet-Union.safetensors"
+QWEN_LORA = "qwen-style"  # in Lora/: kohya's (musubi-tuner's) names of one Qwen-Image block's img_mlp
 
 
 def dit_models(tmp: Path) -> Path:
@@ -46,4 +49,8 @@ def dit_models(tmp: Path) -> Path:
     z_controlnet("2.1", models / "ControlNet" / Z_CN)
     save_safetensors({k: v.contiguous() for k, v in qwen_controlnet(layers=1, ctx=128).state_dict().items()},
                      models / "ControlNet" / QWEN_CN)
+    (models / "Lora").mkdir()
+    key = "lora_unet_transformer_blocks_0_img_mlp_net_0_proj"
+    save_safetensors({f"{key}.lora_down.weight": torch.zeros(4, 64), f"{key}.lora_up.weight": torch.zeros(256, 4)},
+                     models / "Lora" / f"{QWEN_LORA}.safetensors")
     return models

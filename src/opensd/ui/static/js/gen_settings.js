@@ -9,7 +9,7 @@ import { advancedSettings } from "./advanced_settings.js";
 import { api } from "./api.js";
 import { clear, field, h, icon, toast } from "./dom.js";
 import { activeUnits, CHANGED, controlnetFields } from "./controlnet_units.js";
-import { controlnetFamilies, controlnetStem, familyLabel, misfit } from "./families.js";
+import { controlnetFamilies, controlnetStem, familiesByStem, familyLabel, misfit } from "./families.js";
 import { choose, number, setOptions, slider, syncSliders } from "./form.js";
 import { keepForm, loadForm } from "./persist.js";
 import { promptEditor } from "./prompt_editor.js";
@@ -95,6 +95,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   let checkpoints = ckpts.items;
   schedulers = schedulers.filter((s) => s.name !== "automatic"); // the pickers' own first entry is Automatic
   let cnFamilies = controlnetFamilies(folders);
+  let loraFamilies = familiesByStem(folders, "loras");
   const styles = stylesPicker(styleList, prompt, negative);
   pickers.before(styles.element);
   // the refiner's controls only where the server has A1111's always-on Refiner script
@@ -106,10 +107,11 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     ...vaes.map((v) => [v.model_name, v.model_name])], options.sd_vae);
   setOptions(sampler, samplers.map((s) => [s.name, s.name]), "Euler");
   setOptions(scheduler, [["", "Automatic"], ...schedulers.map((s) => [s.name, s.label])]);
-  showPickers(loras, embeddings, hypernets);
+  let lists = [loras, embeddings, hypernets]; // what the pickers show, again after a change of model
 
   // --- behaviour ---
   const familyOf = (name) => checkpoints.find((c) => c.name === name);
+  showPickers(...lists);
   const nativeSize = () => familyOf(model.value)?.resolution ?? 512;
   function setSize(w, hh = w) { width.value = w; height.value = hh; touch(width); }
   function showPresets() {
@@ -150,10 +152,18 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     showImageCfg();
     followAdvice();
     showControlNet();
+    showPickers(...lists);
   });
+  // each LoRA with the family it was made for; one the selected model cannot take says so
+  function loraEntry(l) {
+    const name = l.alias || l.name, family = loraFamilies[l.name], bad = misfit(family, familyOf(model.value)?.family);
+    const label = !family ? name : `${name} · ${familyLabel(family)}${bad ? " (not for this model)" : ""}`;
+    return [label, () => prompt.insert(`<lora:${name}:1>`), bad ? `Made for ${familyLabel(family)} models` : undefined];
+  }
   function showPickers(loras, embeddings, hypernets) {
+    lists = [loras, embeddings, hypernets];
     clear(pickers,
-      picker("LoRA", loras.map((l) => [l.alias || l.name, () => prompt.insert(`<lora:${l.alias || l.name}:1>`)])),
+      picker("LoRA", loras.map(loraEntry)),
       picker("Embeddings", Object.keys(embeddings.loaded || {}).map((n) => [n, () => prompt.insert(n)])),
       ...(hypernets.length // an A1111-era add-on: shown only where the folder has some
         ? [picker("Hypernetworks", hypernets.map((n) => [n.name, () => prompt.insert(`<hypernet:${n.name}:1>`)]))]
@@ -165,6 +175,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
         api.get("/sdapi/v1/embeddings"), api.get("/sdapi/v1/hypernetworks"), api.get("/opensd/v1/models")]);
       checkpoints = c.items;
       cnFamilies = controlnetFamilies(f);
+      loraFamilies = familiesByStem(f, "loras");
       showControlNet();
       setOptions(model, checkpoints.map((x) => [x.name, x.title]), model.value);
       showImageCfg();
@@ -174,7 +185,8 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   });
   function picker(title, entries) {
     const list = entries.length
-      ? entries.map(([label, act]) => h("button", { type: "button", onclick: act }, label))
+      ? entries.map(([label, act, misfitTitle]) => h("button", { type: "button", onclick: act,
+        ...(misfitTitle ? { class: "misfit", title: misfitTitle } : {}) }, label))
       : [h("span", { class: "muted" }, folders.models_dir === null // the server has no models folder
         ? "no models folder: start the server with opensd serve --models-dir PATH" : "none found in the models folder")];
     return h("details", {}, h("summary", {}, `${title} (${entries.length})`), h("div", { class: "picker-list" }, list));
