@@ -4,7 +4,8 @@ Qwen-Image ControlNets: ui_dit_fixtures.py). Qwen-Image-Edit-2509 takes three re
 result says so; Qwen-Image-Edit takes one (a second is refused in the card, and a request with two is
 refused before queueing with the server's reason in the progress card); a model that takes none greys
 the images with why they are not sent. ControlNets are listed with their family, and a unit whose
-ControlNet does not fit the selected model is flagged before Generate (and the job's refusal shows);
+ControlNet does not fit the selected model is flagged before Generate (and the job's refusal shows),
+and one that takes no Union control type has the field disabled;
 LoRAs too are listed with their family, flagged where the model cannot take them.
 Switching to Z-Image, FLUX.2 [dev] or Qwen-Image sets the family's CFG, steps, size and schedule; the Models
 tab names these checkpoints' families."""
@@ -126,8 +127,12 @@ def test_controlnets_name_their_family_and_a_misfit_is_flagged(browser, live):
     z_value = next(v for v in page.eval_on_selector_all(f"{unit} select[name=model] option", "els => els.map(e => e.value)")
                    if v.startswith(Z_CN.removesuffix(".safetensors")))
     page.select_option(f"{unit} select[name=module]", "none")
+    page.select_option(f"{unit} select[name=union_control_type]", "Depth")  # as for an SD union ControlNet
     page.select_option(f"{unit} select[name=model]", z_value)
-    assert page.inner_text(f"{unit} .cn-family") == "Made for Z-Image models: only those take it."
+    assert page.inner_text(f"{unit} .cn-family") == "Made for Z-Image models: only those take it. It reads the " \
+                                                    "map as it is: no control type."
+    assert page.is_disabled(f"{unit} select[name=union_control_type]")  # the server refuses one for it
+    assert page.input_value(f"{unit} select[name=union_control_type]") == "Unknown"
 
     page.click("#tab-generate")
     page.wait_for_selector(f"{G} form select[name=model] option", state="attached")
@@ -139,6 +144,7 @@ def test_controlnets_name_their_family_and_a_misfit_is_flagged(browser, live):
     _small(page)
     job = submit_and_wait(page, live)
     assert job.status == "failed"
+    assert job.payload["request"]["alwayson_scripts"]["controlnet"]["args"][0]["union_control_type"] == "Unknown"
     status = page.locator(f"{G} .progress-card [role=status].error")
     status.wait_for(timeout=30_000)
     assert "is a Z-Image ControlNet" in status.inner_text() and "the loaded model is not Z-Image" in status.inner_text()

@@ -23,3 +23,8 @@ export const controlnetFamilies = (models) => familiesByStem(models, "controlnet
 export function misfit(addon, checkpoint) {
   return Boolean(addon && checkpoint && addon !== checkpoint && (DIT.has(addon) || DIT.has(checkpoint)));
 }
+
+// Whether a ControlNet of `family` takes a Union control type: SD's ControlNet++ and Flux.1's Union do;
+// the other DiT families' union ControlNets (Z-Image Fun, InstantX Qwen-Image) read the map as it is,
+// and the server refuses a type for them.
+export const takesControlType = (family) => !DIT.has(family) || family === "flux";

@@ -8,7 +8,7 @@
 import { api, fileToDataURL } from "../api.js";
 import { clear, debounce, field, h, icon, toast } from "../dom.js";
 import { changed, units } from "../controlnet_units.js";
-import { controlnetFamilies, controlnetStem, familyLabel } from "../families.js";
+import { controlnetFamilies, controlnetStem, familyLabel, takesControlType } from "../families.js";
 import { choose, number, select, slider, syncSliders } from "../form.js";
 import { filePicker, NOT_AN_IMAGE, pastedImage, pickerButton, readableImage } from "../image_input.js";
 import { EVENTS, on, take } from "../shared.js";
@@ -147,8 +147,12 @@ function unitCard(unit, i, models, modules, families) {
   // an enabled unit that a request would leave out says so (activeUnits: a model, and an image in Generate)
   function explain() {
     const family = unit.model !== "None" && familyOf(unit.model);
-    madeFor.textContent = family ? `Made for ${familyLabel(family)} models: only those take it.` : "";
+    const typed = takesControlType(family);
+    madeFor.textContent = !family ? "" : `Made for ${familyLabel(family)} models: only those take it.${typed ? ""
+      : " It reads the map as it is: no control type."}`;
     madeFor.hidden = !family;
+    union.disabled = !typed;
+    if (!typed && union.value !== "Unknown") { union.value = "Unknown"; unit.union_control_type = "Unknown"; }
     unused.textContent = !unit.enabled ? ""
       : unit.model === "None" ? (models.length ? "Not used yet: choose a model below."
         : "Not used: no ControlNet model is installed (put one in the models folder's ControlNet folder).")
