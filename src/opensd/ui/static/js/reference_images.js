@@ -1,5 +1,5 @@
 // The "Reference images" card of Generate and img2img: the pictures a model that edits with them
-// (Flux.1 Kontext, FLUX.2 [klein]: /opensd/v1/checkpoints says `references`, from the model's family)
+// (Flux.1 Kontext, FLUX.2, Qwen-Image-Edit: /opensd/v1/checkpoints says `references`, from the model's family)
 // sees beside the prompt, sent in order as the request's reference_images (opensd's field). Added by
 // the file picker (several at once), dropped or pasted; shown numbered 1, 2, ... with remove buttons.
 // Sent only while the model takes them, at most as many as it takes (the list's `max_references`:
@@ -68,7 +68,7 @@ export function referenceCard({ onSize = null } = {}) {
     about.hidden = !model.max;
     problem.textContent = !model.max
       ? `${model.label} takes no reference images: these are not sent. ${TAKING} models take them.`
-      : images.length > model.max
+      : images.length > model.max // only Qwen-Image-Edit takes fewer than the server's 10
         ? `${model.label} takes ${pictures(model.max)}; remove ${images.length - model.max} (Qwen-Image-Edit-2509/2511 take several).`
         : "";
     problem.hidden = !problem.textContent;
