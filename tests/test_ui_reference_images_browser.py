@@ -2,7 +2,7 @@
 Stable Diffusion model): shown only while the selected model takes reference images (the checkpoint
 list's `references`); images added by the picker, a drop and a paste are numbered in order, a
 removed one goes, "Use the size of image 1" sizes the output, and Generate sends them in that order (the job's request and its infotext); for
-Stable Diffusion nothing is sent. The phone layout keeps the card within the screen."""
+Stable Diffusion nothing is sent (the images held stay, greyed, with why; with none the card is hidden). The phone layout keeps the card within the screen."""
 from __future__ import annotations
 
 import base64
@@ -90,8 +90,8 @@ def test_card_follows_the_model_and_generate_sends_the_images_in_order(browser, 
     assert colours == [(30, 200, 30), (30, 30, 220)]
     assert "Reference images: 2" in job.result["info"]["infotexts"][0] and "Size: 32x48" in job.result["info"]["infotexts"][0]
 
-    page.select_option("#panel-generate select[name=model]", SD)  # hidden, and not sent
-    assert not page.is_visible(card)
+    page.select_option("#panel-generate select[name=model]", SD)  # greyed with why, and not sent
+    assert page.inner_text(f"{card} .ref-problem").startswith(f"{SD} takes no reference images: these are not sent.")
     page.fill("#panel-generate input[name=width]", "64")
     page.fill("#panel-generate input[name=height]", "64")
     job = submit_and_wait(page, live)
@@ -113,7 +113,9 @@ def test_img2img_has_the_card_and_a_paste_on_it_is_not_the_canvas(browser, live)
     page.locator("#toasts .toast.error:has-text('notes.png: This file is not an image')").wait_for(timeout=10_000)
     assert _names(page, "img2img") == ["Reference 1: ref.png"]
     page.select_option("#panel-img2img select[name=model]", SD)
-    assert not page.is_visible(card)
+    assert not page.is_visible(f"{card} .ref-drop")  # greyed: nothing more to add
+    page.click(f"{card} button.ref-remove")
+    assert not page.is_visible(card)  # nothing held: hidden
     page.context.close()
     assert log.console_errors == [] and log.failures == [] and log.foreign() == []
 

@@ -342,10 +342,14 @@ class QwenImageFamily(QwenDiTFamily):
         fitted to about 384x384 (Edit-2509/2511)."""
         return fit_edit_image(image, CONDITION_AREA) if pipe.config.qwen_image.edit_plus else fitted
 
-    def check_references(self, pipe, count: int) -> None:
-        """Qwen-Image-Edit takes one reference; Edit-2509/2511 as many as QwenImageEditPlusPipeline
-        (no cap of its own: the front ends' apply; ComfyUI's node has three inputs)."""
-        if count > 1 and not pipe.config.qwen_image.edit_plus:
+    def reference_limit(self, cfg) -> int | None:
+        """How many reference images a model takes: Qwen-Image-Edit one; Edit-2509/2511 as many as
+        QwenImageEditPlusPipeline (None: no cap of its own; the front ends' apply, ComfyUI's node has three inputs)."""
+        return None if cfg.qwen_image.edit_plus else 1
+
+    def check_references(self, cfg, count: int) -> None:
+        """Refuse more references than `reference_limit` (the pipeline on loading, the A1111 routes before queueing)."""
+        if count > (self.reference_limit(cfg) or count):
             raise InvalidArgument(f"Qwen-Image-Edit takes one reference image ({count} given); Edit-2509/2511 "
                                   "(QwenImageEditPlusPipeline) take several")
 

@@ -32,7 +32,7 @@ from ..text.embeddings import load_embedding
 from ..training.dit_lora import BASE_VERSION as DIT_BASE_VERSION
 from ..training.lora_train import BASE_VERSION
 from .hashes import default_cache, embedding_hash, lora_hash, model_hash, shorthash
-from .model_info import checkpoint_config, schedule_name
+from .model_info import model_config, schedule_name
 from .models_dir import ModelFile
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def _header(path: Path) -> tuple[dict, dict[str, str]] | None:
 
 
 def _checkpoint(path: Path) -> tuple[str | None, str]:
-    cfg = checkpoint_config(path)
+    cfg = model_config(path)  # any family: a DiT network in the checkpoints folder is one too
     if cfg is None:
         return None, "diffusers folder" if path.is_dir() else ""
     extra = ", inpainting" if cfg.inpainting else ", instruct-pix2pix (edit)" if cfg.edit else ""

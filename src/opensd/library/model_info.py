@@ -89,6 +89,23 @@ def takes_references(path: Path) -> bool | None:
     return families.takes_references(found[0]) if found else None
 
 
+def reference_limit(path: Path) -> int | None:
+    """How many reference images the model at `path` takes by its family (Qwen-Image-Edit: one); None
+    when its family sets no limit, takes none, or its header does not tell."""
+    found = header_model(path)
+    limit = getattr(found[0], "reference_limit", None) if found else None
+    return None if limit is None else limit(found[1])
+
+
+def check_reference_count(path: Path, count: int) -> None:
+    """The family's refusal of `count` reference images for the model at `path` (pipeline/kontext.py
+    asks the same on loading); nothing when the header does not tell."""
+    found = header_model(path)
+    check = getattr(found[0], "check_references", None) if found else None
+    if check is not None:
+        check(found[1], count)
+
+
 def schedule_name(cfg) -> str | None:
     """How a detected checkpoint's noise levels run: "discrete" (1000 timesteps), "zero_terminal_snr"
     (those rescaled), "edm" (continuous sigmas) or "flow" (rectified flow, the DiT models); None for an unknown model."""

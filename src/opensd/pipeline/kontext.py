@@ -24,7 +24,7 @@ def reference_latents(pipe, images: list) -> list[torch.Tensor]:
                               f"{reference_families()} models do")
     check = getattr(pipe.family, "check_references", None)
     if check is not None:  # the family's own limit (Qwen-Image-Edit: one; Edit-2509/2511: several)
-        check(pipe, len(images))
+        check(pipe.config, len(images))
     fitted = []
     for image in images:
         if not isinstance(image, Image.Image):

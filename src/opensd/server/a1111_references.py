@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgument
 from ..families import reference_families
-from ..library.model_info import takes_references
+from ..library.model_info import check_reference_count, takes_references
 from .images_io import decode_b64
 
 FIELD = "reference_images"
@@ -28,6 +28,10 @@ def check(req, model_path: Path, max_pixels: int) -> None:
     if takes_references(model_path) is False:  # None (not told by the header): the pipeline checks on loading
         raise InvalidArgument(f"{FIELD}: {model_path.name} takes no reference images; only "
                               f"{reference_families()} models do")
+    try:
+        check_reference_count(model_path, len(images))  # Qwen-Image-Edit's one, before queueing
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{FIELD}: {e}") from None
     decode(req, max_pixels)
 
 

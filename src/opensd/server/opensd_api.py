@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from ..errors import InvalidArgument
-from ..library.model_info import model_config, recommended, schedule_name, takes_references
+from ..library.model_info import model_config, recommended, reference_limit, schedule_name, takes_references
 from ..library.network_models import whole_models
 from ..pipeline.infotext import parse_infotext, read_infotext
 from ..pipeline.token_count import count_tokens
@@ -22,6 +22,7 @@ from ..version import __version__
 from . import images_io
 from .a1111_api import client_id, prepare
 from .a1111_models import Img2ImgRequest, Txt2ImgRequest
+from .a1111_references import MAX_REFERENCES
 from .a1111_options import describe
 from .gallery import graph_text
 from .infotext_request import request_from_infotext
@@ -67,10 +68,12 @@ def checkpoint_list(state) -> list[Checkpoint]:
     out = []
     for m in whole_models(state.folders):
         cfg = model_config(m.path)
+        references = bool(takes_references(m.path))
+        limit = min(MAX_REFERENCES, reference_limit(m.path) or MAX_REFERENCES) if references else None
         out.append(Checkpoint(name=m.name, title=state.cache.title(m.path, m.name), hash=state.cache.short_hash(m.path),
                               family=cfg.family if cfg else None, resolution=cfg.resolution if cfg else None,
                               prediction=cfg.prediction if cfg else None, schedule=schedule_name(cfg),
-                              edit=bool(cfg and cfg.edit), references=bool(takes_references(m.path)),
+                              edit=bool(cfg and cfg.edit), references=references, max_references=limit,
                               recommended=recommended(m.path)))
     return out
 

@@ -55,6 +55,8 @@ class Checkpoint(BaseModel):
     edit: bool = Field(False, description="an InstructPix2Pix-style edit model: takes image_cfg_scale")
     references: bool = Field(False, description="edits with reference images (the request's reference_images: "
                                                 "Flux.1 Kontext, FLUX.2, Qwen-Image-Edit); from the model's family")
+    max_references: int | None = Field(None, description="how many reference_images the model takes (its family's "
+                                                         "limit, at most the server's); null when it takes none")
     recommended: Recommended | None = Field(None, description="the settings the model's family recommends (what "
                                                               "a request leaving them unset gets); null if unknown")
 

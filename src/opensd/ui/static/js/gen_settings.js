@@ -3,12 +3,13 @@
 // model family's presets, seed (random, reuse), batch, CLIP skip, the variation seed, the Advanced card
 // (sampler knobs, refiner) and the active ControlNet units; the image CFG scale only while the model
 // is an edit model (InstructPix2Pix, CosXL Edit); the Reference images card (reference_images.js) only
-// while the model edits with reference images (Flux.1 Kontext, FLUX.2 [klein]). A tab puts the cards in its own <form>
+// while the model edits with reference images (Flux.1 Kontext, FLUX.2, Qwen-Image-Edit). A tab puts the cards in its own <form>
 // (which remembers the named controls), adds its own fields and builds its request from request().
 import { advancedSettings } from "./advanced_settings.js";
 import { api } from "./api.js";
 import { clear, field, h, icon, toast } from "./dom.js";
 import { activeUnits, CHANGED, controlnetFields } from "./controlnet_units.js";
+import { controlnetFamilies, controlnetStem, familiesByStem, familyLabel, misfit } from "./families.js";
 import { choose, number, setOptions, slider, syncSliders } from "./form.js";
 import { keepForm, loadForm } from "./persist.js";
 import { promptEditor } from "./prompt_editor.js";
@@ -93,6 +94,8 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     });
   let checkpoints = ckpts.items;
   schedulers = schedulers.filter((s) => s.name !== "automatic"); // the pickers' own first entry is Automatic
+  let cnFamilies = controlnetFamilies(folders);
+  let loraFamilies = familiesByStem(folders, "loras");
   const styles = stylesPicker(styleList, prompt, negative);
   pickers.before(styles.element);
   // the refiner's controls only where the server has A1111's always-on Refiner script
@@ -104,10 +107,11 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     ...vaes.map((v) => [v.model_name, v.model_name])], options.sd_vae);
   setOptions(sampler, samplers.map((s) => [s.name, s.name]), "Euler");
   setOptions(scheduler, [["", "Automatic"], ...schedulers.map((s) => [s.name, s.label])]);
-  showPickers(loras, embeddings, hypernets);
+  let lists = [loras, embeddings, hypernets]; // what the pickers show, again after a change of model
 
   // --- behaviour ---
   const familyOf = (name) => checkpoints.find((c) => c.name === name);
+  showPickers(...lists);
   const nativeSize = () => familyOf(model.value)?.resolution ?? 512;
   function setSize(w, hh = w) { width.value = w; height.value = hh; touch(width); }
   function showPresets() {
@@ -120,10 +124,11 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   const isEdit = () => Boolean(familyOf(model.value)?.edit);
   function showImageCfg() {
     imageCfgField.hidden = !isEdit();
-    references.setAvailable(familyOf(model.value)?.references);
+    references.setModel(familyOf(model.value));
   }
-  // what the shown model's family recommends (CFG, steps): a change to a model whose family
-  // recommends otherwise sets them, as Forge's UI presets do; values restored or reused are kept
+  // what the shown model's family recommends (CFG, steps; a family with its own schedule, as the DiT
+  // families: Automatic, which runs it): a change to a model whose family recommends otherwise sets them,
+  // as Forge's UI presets do; values restored or reused are kept
   const advice = () => familyOf(model.value)?.recommended ?? null;
   const cfgInput = settingsCard.querySelector("input[name=cfg_scale]");
   let advised = null;
@@ -133,9 +138,11 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
       const stepsInput = stepsField.querySelector("input[name=steps]");
       stepsInput.value = next.steps;
       cfgInput.value = next.cfg_scale;
+      const ownSchedule = next.scheduler && scheduler.value !== "";
+      if (ownSchedule) scheduler.value = ""; // Automatic runs the schedule the family was trained (or distilled) for
       syncSliders(settingsCard);
       touch(stepsInput);
-      toast(`${next.label}: CFG ${next.cfg_scale}, ${next.steps} steps`);
+      toast(`${next.label}: CFG ${next.cfg_scale}, ${next.steps} steps${ownSchedule ? ", schedule Automatic" : ""}`);
     }
     advised = next;
   }
@@ -144,10 +151,19 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     showPresets();
     showImageCfg();
     followAdvice();
+    showControlNet();
+    showPickers(...lists);
   });
+  // each LoRA with the family it was made for; one the selected model cannot take says so
+  function loraEntry(l) {
+    const name = l.alias || l.name, family = loraFamilies[l.name], bad = misfit(family, familyOf(model.value)?.family);
+    const label = !family ? name : `${name} · ${familyLabel(family)}${bad ? " (not for this model)" : ""}`;
+    return [label, () => prompt.insert(`<lora:${name}:1>`), bad ? `Made for ${familyLabel(family)} models` : undefined];
+  }
   function showPickers(loras, embeddings, hypernets) {
+    lists = [loras, embeddings, hypernets];
     clear(pickers,
-      picker("LoRA", loras.map((l) => [l.alias || l.name, () => prompt.insert(`<lora:${l.alias || l.name}:1>`)])),
+      picker("LoRA", loras.map(loraEntry)),
       picker("Embeddings", Object.keys(embeddings.loaded || {}).map((n) => [n, () => prompt.insert(n)])),
       ...(hypernets.length // an A1111-era add-on: shown only where the folder has some
         ? [picker("Hypernetworks", hypernets.map((n) => [n.name, () => prompt.insert(`<hypernet:${n.name}:1>`)]))]
@@ -155,9 +171,12 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   }
   on(EVENTS.MODELS_CHANGED, async () => { // a model was saved (merge, training) or the folders rescanned
     try {
-      const [c, l, e, hn] = await Promise.all([api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/loras"),
-        api.get("/sdapi/v1/embeddings"), api.get("/sdapi/v1/hypernetworks")]);
+      const [c, l, e, hn, f] = await Promise.all([api.get("/opensd/v1/checkpoints"), api.get("/sdapi/v1/loras"),
+        api.get("/sdapi/v1/embeddings"), api.get("/sdapi/v1/hypernetworks"), api.get("/opensd/v1/models")]);
       checkpoints = c.items;
+      cnFamilies = controlnetFamilies(f);
+      loraFamilies = familiesByStem(f, "loras");
+      showControlNet();
       setOptions(model, checkpoints.map((x) => [x.name, x.title]), model.value);
       showImageCfg();
       for (const view of checkpointViews) view.setCheckpoints(checkpoints.map((x) => x.name));
@@ -166,7 +185,8 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   });
   function picker(title, entries) {
     const list = entries.length
-      ? entries.map(([label, act]) => h("button", { type: "button", onclick: act }, label))
+      ? entries.map(([label, act, misfitTitle]) => h("button", { type: "button", onclick: act,
+        ...(misfitTitle ? { class: "misfit", title: misfitTitle } : {}) }, label))
       : [h("span", { class: "muted" }, folders.models_dir === null // the server has no models folder
         ? "no models folder: start the server with opensd serve --models-dir PATH" : "none found in the models folder")];
     return h("details", {}, h("summary", {}, `${title} (${entries.length})`), h("div", { class: "picker-list" }, list));
@@ -177,10 +197,17 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     seed.value = s;
     touch(seed);
   }
+  // the active units, and those whose ControlNet was made for another family than the model's (the
+  // server refuses them: said here before Generate, not only as a failed job)
   function showControlNet() {
     const active = activeUnits(img2img);
+    const family = familyOf(model.value)?.family;
+    const misfits = active.filter((u) => misfit(cnFamilies[controlnetStem(u.model)], family));
     clear(controlnet, active.length ? [`ControlNet: ${active.map((u) => `unit ${u.index + 1} (${u.module})`).join(", ")} `,
-      h("button", { type: "button", class: "link", onclick: () => emit(EVENTS.SHOW_TAB, { id: "controlnet" }) }, "edit")] : "");
+      h("button", { type: "button", class: "link", onclick: () => emit(EVENTS.SHOW_TAB, { id: "controlnet" }) }, "edit"),
+      ...misfits.map((u) => h("span", { class: "error cn-misfit" }, `Unit ${u.index + 1}'s ControlNet is made for `
+        + `${familyLabel(cnFamilies[controlnetStem(u.model)])} models, not ${familyLabel(family)}: the server refuses it. `
+        + "Choose a ControlNet of this model's family, or turn the unit off."))] : "");
     controlnet.hidden = !active.length;
   }
   on(CHANGED, showControlNet);
@@ -189,7 +216,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
   const int = (el) => Math.trunc(Number(el.value));
   return {
     prompt, negative, promptCard, settingsCard, variationCard, advancedCard: advanced.element, width, height, seed,
-    referenceCard: references.element, addReference: references.add,
+    referenceCard: references.element, addReference: references.add, takesReferences: references.takes,
     samplers: samplers.map((s) => s.name), schedulers: schedulers.map((s) => [s.name, s.label]),
     // `view.setCheckpoints(names)` now and whenever the models folder's checkpoints change
     watchCheckpoints(view) { checkpointViews.push(view); view.setCheckpoints(checkpoints.map((c) => c.name)); },

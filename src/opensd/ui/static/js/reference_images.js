@@ -1,16 +1,21 @@
 // The "Reference images" card of Generate and img2img: the pictures a model that edits with them
-// (Flux.1 Kontext, FLUX.2 [klein]: /opensd/v1/checkpoints says `references`, from the model's family)
+// (Flux.1 Kontext, FLUX.2, Qwen-Image-Edit: /opensd/v1/checkpoints says `references`, from the model's family)
 // sees beside the prompt, sent in order as the request's reference_images (opensd's field). Added by
 // the file picker (several at once), dropped or pasted; shown numbered 1, 2, ... with remove buttons.
-// Shown and sent only while the model takes them. `onSize(width, height)` (Generate): a button sets
-// the image size from reference 1's, as diffusers' edit pipelines size their output. Kept in memory
-// only: images are too large for the form's localStorage, so a reload starts with none.
+// Sent only while the model takes them, at most as many as it takes (the list's `max_references`:
+// Qwen-Image-Edit one, Edit-2509/2511 and the others 10); a model that takes none hides the card, or,
+// while it holds images, shows them greyed with why they are not sent (they come back with a model that
+// takes them). `onSize(width, height)` (Generate): a button sets the image size from reference 1's, as
+// diffusers' edit pipelines size their output. Kept in memory only: images are too large for the form's
+// localStorage, so a reload starts with none.
 import { fileToDataURL } from "./api.js";
 import { clear, h, icon, toast } from "./dom.js";
 import { UNSENT } from "./form.js";
 import { filePicker, imageSize, NOT_AN_IMAGE, pastedImage, pickerButton } from "./image_input.js";
 
-export const MAX_REFERENCES = 10; // the server's cap (server/a1111_references.py)
+// the families whose models take references, for the note of a model that takes none (families.reference_families)
+const TAKING = "Flux.1 Kontext, FLUX.2 and Qwen-Image-Edit";
+const pictures = (n) => `${n} reference image${n === 1 ? "" : "s"}`;
 
 export function referenceCard({ onSize = null } = {}) {
   const images = []; // {name, url, width, height}: data URLs, in the order given
@@ -18,11 +23,11 @@ export function referenceCard({ onSize = null } = {}) {
   const picker = filePicker("Choose reference images", add, "image/*", { multiple: true });
   const drop = h("div", { class: "drop ref-drop", role: "button", tabindex: "0",
     "aria-label": "Add reference images: drop, paste or press to choose" }, icon("image"), " Add images (drop, paste or choose)");
+  const about = h("p", { class: "muted" });
+  // why what is shown is not (all) sent: a model taking none, or fewer than given
+  const problem = h("p", { class: "error ref-problem", role: "status" });
   const element = h("div", { class: "card stack", role: "group", "aria-label": "Reference images" },
-    h("h2", {}, "Reference images"),
-    h("p", { class: "muted" }, "The model edits or combines these as the prompt says (\"make image 1 blue\"). ",
-      `Up to ${MAX_REFERENCES}; not kept over a reload.`),
-    list, drop, picker);
+    h("h2", {}, "Reference images"), about, problem, list, drop, picker);
   const sizeButton = onSize ? h("button", { type: "button", class: "small",
     onclick: () => onSize(images[0].width, images[0].height) }, "Use the size of image 1") : null;
   if (sizeButton) drop.after(sizeButton);
@@ -39,7 +44,8 @@ export function referenceCard({ onSize = null } = {}) {
     return reading;
   }
   async function read(file, name = file.name || "pasted image") {
-    if (images.length >= MAX_REFERENCES) { toast(`At most ${MAX_REFERENCES} reference images.`, "error"); return; }
+    if (!model.max) { toast(`${model.label} takes no reference images.`, "error"); return; }
+    if (images.length >= model.max) { toast(`${model.label} takes at most ${pictures(model.max)}.`, "error"); return; }
     const size = file.type.startsWith("image/") ? await imageSize(file) : null;
     if (!size) { toast(`${name}: ${NOT_AN_IMAGE}`, "error"); return; }
     images.push({ name, url: await fileToDataURL(file), ...size });
@@ -53,20 +59,37 @@ export function referenceCard({ onSize = null } = {}) {
       h("button", { type: "button", class: "icon-button ref-remove", "aria-label": `Remove reference ${i + 1} (${im.name})`,
         title: "Remove", onclick: () => { images.splice(i, 1); render(); drop.focus(); } }, icon("close")))));
     list.hidden = !images.length;
-    if (sizeButton) sizeButton.hidden = !images.length;
+    if (sizeButton) sizeButton.hidden = !images.length || !model.max;
+    explain();
   }
-  render();
+  function explain() {
+    about.textContent = "The model edits or combines these as the prompt says (\"make image 1 blue\"). " +
+      `${model.label} takes ${model.max === 1 ? "one" : `up to ${model.max}`}; not kept over a reload.`;
+    about.hidden = !model.max;
+    problem.textContent = !model.max
+      ? `${model.label} takes no reference images: these are not sent. ${TAKING} models take them.`
+      : images.length > model.max // only Qwen-Image-Edit takes fewer than the server's 10
+        ? `${model.label} takes ${pictures(model.max)}; remove ${images.length - model.max} (Qwen-Image-Edit-2509/2511 take several).`
+        : "";
+    problem.hidden = !problem.textContent;
+    element.hidden = !model.max && !images.length;
+    element.classList.toggle("ref-unsent", !model.max);
+    drop.hidden = !model.max;
+    element.toggleAttribute(UNSENT, !model.max);
+  }
 
-  let available = false;
+  let model = { max: 0, label: "This model" };
+  render();
   return {
     element,
-    // whether the selected model takes references: the card shows (and is sent) only then
-    setAvailable(yes) {
-      available = Boolean(yes);
-      element.hidden = !available;
-      element.toggleAttribute(UNSENT, !available);
+    // the selected checkpoint (/opensd/v1/checkpoints' item): whether it takes references, and how many
+    setModel(checkpoint) {
+      model = { max: (checkpoint?.references && checkpoint.max_references) || 0,
+        label: checkpoint?.title || checkpoint?.name || "This model" };
+      render();
     },
+    takes: () => model.max > 0,
     add,
-    request: () => (available && images.length ? { reference_images: images.map((im) => im.url) } : {}),
+    request: () => (model.max && images.length ? { reference_images: images.map((im) => im.url) } : {}),
   };
 }

@@ -2,10 +2,13 @@
 // carries. Each has an image (upload, drop, paste, or "send to ControlNet"), a preprocessor with a live
 // preview of its map (POST /controlnet/detect, the extension's route), a model (/controlnet/model_list),
 // weight, start/end, control mode, resize mode, pixel perfect or the preprocessor resolution, and a
-// Union ControlNet's control type (the extension's union_control_type names).
+// Union ControlNet's control type (the extension's union_control_type names). Each model is listed with
+// the family it was made for (/opensd/v1/models, from the file's header): Generate's note flags a unit
+// whose ControlNet does not fit the selected model.
 import { api, fileToDataURL } from "../api.js";
 import { clear, debounce, field, h, icon, toast } from "../dom.js";
 import { changed, units } from "../controlnet_units.js";
+import { controlnetFamilies, controlnetStem, familyLabel, takesControlType } from "../families.js";
 import { choose, number, select, slider, syncSliders } from "../form.js";
 import { filePicker, NOT_AN_IMAGE, pastedImage, pickerButton, readableImage } from "../image_input.js";
 import { EVENTS, on, take } from "../shared.js";
@@ -21,9 +24,11 @@ const THRESHOLDS = {
 };
 
 export async function mount(panel) {
-  const [models, modules] = await Promise.all([api.get("/controlnet/model_list"), api.get("/controlnet/module_list")])
-    .catch((e) => { toast(e.message, "error"); return [{ model_list: [] }, { module_list: ["none"] }]; });
-  const cards = units.map((unit, i) => unitCard(unit, i, models.model_list, modules.module_list));
+  const [models, modules, files] = await Promise.all([api.get("/controlnet/model_list"), api.get("/controlnet/module_list"),
+    api.get("/opensd/v1/models")])
+    .catch((e) => { toast(e.message, "error"); return [{ model_list: [] }, { module_list: ["none"] }, {}]; });
+  const families = controlnetFamilies(files);
+  const cards = units.map((unit, i) => unitCard(unit, i, models.model_list, modules.module_list, families));
   panel.append(h("div", { class: "stack" },
     h("p", { class: "muted" }, "Enabled units with a model shape every Generate, img2img and Inpaint request. ",
       "In img2img and Inpaint a unit without its own image uses the canvas image."),
@@ -45,7 +50,7 @@ export async function mount(panel) {
   receive();
 }
 
-function unitCard(unit, i, models, modules) {
+function unitCard(unit, i, models, modules, families) {
   const title = `ControlNet unit ${i + 1}`;
   const enabled = h("input", { type: "checkbox", checked: unit.enabled, "aria-label": `Enable ${title}` });
   const fileInput = filePicker(`Choose an image for ${title}`, (file) => setFile(file));
@@ -54,7 +59,10 @@ function unitCard(unit, i, models, modules) {
   const remove = h("button", { type: "button", class: "icon-button", "aria-label": `Remove the image of ${title}`,
     onclick: () => setImage(null, "") }, icon("close"));
   const module = select("module", modules.map((m) => [m, m]), unit.module);
-  const model = select("model", [["None", "None"], ...models.map((m) => [m, m])], unit.model);
+  const familyOf = (m) => families[controlnetStem(m)];
+  const model = select("model", [["None", "None"],
+    ...models.map((m) => [m, familyOf(m) ? `${m} · ${familyLabel(familyOf(m))}` : m])], unit.model);
+  const madeFor = h("p", { class: "muted small cn-family" }); // the family the chosen ControlNet runs on
   const weight = slider("Control weight", "weight", { min: 0, max: 2, step: 0.05, value: unit.weight });
   const start = slider("Starting control step", "guidance_start", { min: 0, max: 1, step: 0.01, value: unit.guidance_start });
   const end = slider("Ending control step", "guidance_end", { min: 0, max: 1, step: 0.01, value: unit.guidance_end });
@@ -71,7 +79,7 @@ function unitCard(unit, i, models, modules) {
       h("figure", {}, picture, h("figcaption", { class: "toolbar" }, "Control image", remove)),
       h("figure", {}, map, h("figcaption", {}, "Preprocessor preview"))),
     fileInput,
-    h("div", { class: "grid2" }, field("Preprocessor", module), field("Model", model)),
+    h("div", { class: "grid2" }, field("Preprocessor", module), field("Model", model)), madeFor,
     thresholds, weight, start, end,
     h("div", { class: "grid2" }, field("Control mode", mode), field("Resize mode", resize)),
     field("Union control type", union),
@@ -138,6 +146,13 @@ function unitCard(unit, i, models, modules) {
   }
   // an enabled unit that a request would leave out says so (activeUnits: a model, and an image in Generate)
   function explain() {
+    const family = unit.model !== "None" && familyOf(unit.model);
+    const typed = takesControlType(family);
+    madeFor.textContent = !family ? "" : `Made for ${familyLabel(family)} models: only those take it.${typed ? ""
+      : " It reads the map as it is: no control type."}`;
+    madeFor.hidden = !family;
+    union.disabled = !typed;
+    if (!typed && union.value !== "Unknown") { union.value = "Unknown"; unit.union_control_type = "Unknown"; }
     unused.textContent = !unit.enabled ? ""
       : unit.model === "None" ? (models.length ? "Not used yet: choose a model below."
         : "Not used: no ControlNet model is installed (put one in the models folder's ControlNet folder).")

@@ -36,7 +36,7 @@ export async function mount(panel) {
   script.refresh();
   panel.addEventListener("paste", (e) => {
     const file = pastedImage(e);
-    if (file && !settings.referenceCard.hidden) { e.preventDefault(); settings.addReference(file); }
+    if (file && settings.takesReferences()) { e.preventDefault(); settings.addReference(file); }
   });
 
   function request() {

@@ -4,13 +4,12 @@
 // joins the list when it is saved.
 import { api, query } from "../api.js";
 import { clear, debounce, h, icon, toast } from "../dom.js";
+import { familyLabel } from "../families.js";
 import { toolForms } from "../model_tools.js";
 import { EVENTS, emit, on } from "../shared.js";
 
 export const KINDS = [["checkpoints", "Checkpoints"], ["vae", "VAEs"], ["loras", "LoRAs"], ["embeddings", "Embeddings"],
   ["controlnet", "ControlNets"]];
-export const FAMILIES = { sd1: "SD 1.x", sd2: "SD 2.x", sdxl: "SDXL", sdxl_refiner: "SDXL refiner", small: "small",
-  sd3: "SD3", flux: "Flux.1", chroma: "Chroma", flux2: "FLUX.2", z_image: "Z-Image", qwen_image: "Qwen-Image" };
 const AUTO_HASH_BYTES = 1 << 30;
 
 export function bytes(n) {
@@ -93,7 +92,7 @@ export async function mount(panel) {
       h("div", { class: "model-head" },
         h("span", { class: "model-name" }, m.name),
         h("span", { class: "toolbar" },
-          m.family ? h("span", { class: "pill family" }, FAMILIES[m.family] || m.family) : h("span", { class: "pill" }, "family unknown"),
+          m.family ? h("span", { class: "pill family" }, familyLabel(m.family)) : h("span", { class: "pill" }, "family unknown"),
           h("span", { class: "pill" }, bytes(m.size)), hash, more)),
       m.detail ? h("span", { class: "muted small" }, m.detail) : null,
       meta);
