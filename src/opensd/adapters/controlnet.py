@@ -55,6 +55,7 @@ from ..models.qwen_image_controlnet import QwenImageControlNet
 from ..models.z_image_controlnet import ZImageControlNet
 from ..models.unet import Control
 from .control_lora import control_lora_config, control_lora_state_dict
+from .dit_control_mask import takes_mask
 from .controlnet_inpaint import check_inpaint, fit_mask, fit_mask_image, marked_hint
 from .flux_controlnet import FOLDER_CLASS as FLUX_FOLDER, DEFAULT_GUIDANCE, flux_residuals, load_flux_controlnet
 from .sd3_controlnet import FOLDER_CLASS as SD3_FOLDER, load_sd3_controlnet, sd3_residuals
@@ -205,9 +206,14 @@ class ControlSpec:
         elif self.inpaint_image is not None:
             raise InvalidArgument(f"control inpaint_image: {self.model.name} is not a Z-Image Fun ControlNet 2.x; "
                                   "give SD inpaint ControlNets the mask alone")
+        elif self.mask is not None and self.model.is_qwen_image and takes_mask(self.model):
+            if self.inpaint is not None:
+                raise InvalidArgument(f"control inpaint {self.inpaint!r}: sd-webui-controlnet's inpaint modes are "
+                                      "for SD ControlNets; a Qwen-Image blockwise Inpaint file takes the mask alone")
         elif self.mask is not None and (self.model.is_dit or self.model.is_adapter):
-            raise InvalidArgument(f"control mask: {self.model.name} is not an SD ControlNet; masked hints are for "
-                                  "ControlNet 1.1's inpaint model")
+            raise InvalidArgument(f"control mask: {self.model.name} takes no mask; masks are for ControlNet 1.1's "
+                                  "inpaint model, Z-Image Fun ControlNet 2.x files and DiffSynth's Qwen-Image "
+                                  "blockwise Inpaint file")
         if self.model.is_flux:
             self.control_type = flux_mode_index(self.given_type, self.model.union_types, self.model.name)
         else:
@@ -378,7 +384,7 @@ class ControlApplier:
         self.features: dict = {}  # the adapters' features, computed once
         for spec in specs:
             hint = control_image(spec.image, *spec.model.hint_size(width, height), spec.resize_mode)
-            if spec.mask is not None and spec.model.is_z_image:
+            if spec.mask is not None and (spec.model.is_z_image or spec.model.is_qwen_image):  # the 7-channel hint
                 hint = z_image_inpaint_hint(spec, hint, width, height)
             elif spec.mask is not None:
                 hint = marked_hint(hint, fit_mask(spec.mask, width, height, spec.resize_mode))

@@ -244,6 +244,9 @@ class Pipeline(LoraMethods, HypernetMethods, HiresPass, ImageCodec, PromptEncodi
         self.apply_loras(p.prompt)
         source, crop, whole_mask = init, None, mask  # whole_mask: the init image's, which only-masked lays back through
         if init is not None:
+            if mask is not None and self._controls:  # a DiT ControlNet that inpaints takes the request's mask
+                from ..adapters.dit_control_mask import with_request_mask
+                self._controls = [with_request_mask(spec, mask, init) for spec in self._controls]
             if mask is not None and p.inpaint_full_res:
                 crop = I.mask_bbox(mask, p.inpaint_full_res_padding)
                 if crop is not None:

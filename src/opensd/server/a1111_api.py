@@ -148,7 +148,7 @@ def prepare(state, req, mode: str, every_image: bool = False) -> dict:
     kwargs.update({name: defaults[name] for field, name in (("cfg_scale", "cfg"), ("steps", "steps"))
                    if field not in req.model_fields_set and name in defaults})
     gaps += [("infotext", note) for note in infotext_notes]
-    gaps += prompt_gaps + a1111_unsupported.request_gaps(req) + a1111_controlnet.unsupported(req) \
+    gaps += prompt_gaps + a1111_unsupported.request_gaps(req) + a1111_controlnet.unsupported(req, controlnet) \
         + a1111_unsupported.setting_gaps(opts, req.override_settings, state.options.defaults)
     payload = {"mode": mode, "request": req.model_dump(mode="json"), "kwargs": kwargs, "model_path": str(path),
                "vae_path": str(vae) if vae else None, "prompt": prompt, "negative_prompt": negative,

@@ -30,7 +30,7 @@ def is_inpaint(module: str) -> bool:
     return module in MODES
 
 
-def _mask_field(unit: dict, field: str):
+def mask_field(unit: dict, field: str):
     """(base64 mask or None, the field it came from)."""
     image = unit.get("image", unit.get("input_image"))
     given = [(k, unit.get(k)) for k in ("mask", "mask_image") if unit.get(k)]
@@ -54,7 +54,7 @@ def _decoded_mask(b64, field: str, max_pixels: int) -> Image.Image:
 def plan(unit: dict, module: str, field: str, max_pixels: int, img2img: bool, request_mask: bool,
          folders) -> dict:
     """Check an inpaint unit's mask (and LaMa's file) when the request comes; what build needs."""
-    b64, where = _mask_field(unit, field)
+    b64, where = mask_field(unit, field)
     image = image_field(unit)
     if b64 is not None and image is None:
         raise InvalidArgument(f"{where}: a unit mask needs the unit's image")
@@ -85,7 +85,7 @@ def plan(unit: dict, module: str, field: str, max_pixels: int, img2img: bool, re
 def mask_of(unit: dict, u: dict, field: str, max_pixels: int, request_mask, req, size) -> Image.Image | None:
     """The planned unit's mask: its own, or the img2img mask prepared as the img2img run prepares it."""
     if u.get("mask_source") == "unit":
-        return _decoded_mask(_mask_field(unit, field)[0], f"{field}.mask", max_pixels)
+        return _decoded_mask(mask_field(unit, field)[0], f"{field}.mask", max_pixels)
     if u.get("mask_source") == "img2img" and request_mask is not None:
         from ..pipeline.images import prepare_mask
         blur = req.mask_blur if req.mask_blur is not None else req.mask_blur_x

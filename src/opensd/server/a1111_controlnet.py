@@ -143,6 +143,7 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
         has_mask = bool(getattr(req, "mask", None))
         inpaint = cn_inpaint.plan(unit, pre, field, max_pixels, img2img, has_mask, folders) \
             if cn_inpaint.is_inpaint(pre) else None
+        mask_source = inpaint["mask_source"] if inpaint is not None else _dit_mask(unit, path, field, model, max_pixels)
         pre = pre if inpaint is None else inpaint["module"]
         weights = _weights(pre, folders, f"{field}.module") if inpaint is None else inpaint["weights"]
         image = image_field(unit)
@@ -167,13 +168,33 @@ def parse_units(req, folders, max_pixels: int, img2img: bool) -> list[dict]:
             "threshold_b": number(unit, "threshold_b", field, -1, -1, 1024),
             "control_type": _union_type(unit.get("union_control_type"), f"{field}.union_control_type"),
             "control_type_name": unit.get("union_control_type"),  # a Flux Union's modes have names of their own
-            "weights": weights, "mask_source": None if inpaint is None else inpaint["mask_source"],
+            "weights": weights, "mask_source": mask_source,
         })
         if len(out) > MAX_UNITS:
             raise InvalidArgument(f"{field}: more than {MAX_UNITS} enabled ControlNet units (sd-webui-controlnet's "
                                   "most); each runs its network at every step")
     a1111_ip_adapter.check_count(out)
     return out
+
+
+def _dit_mask(unit: dict, path, field: str, model: str, max_pixels: int) -> str | None:
+    """"unit" when a unit of another module gives a mask its DiT ControlNet file inpaints from (Z-Image
+    Fun 2.x, Qwen-Image blockwise Inpaint: passed as the CLI's mask=, fitted like the control image);
+    a mask for a Z-Image / Qwen-Image file without mask channels is refused as the CLI refuses it; an
+    SD ControlNet's is accepted and not applied, as before (unsupported). Without a mask of its own,
+    an img2img inpainting request's mask reaches the unit in the pipeline (adapters/dit_control_mask)."""
+    from ..adapters.dit_control_mask import file_takes_mask
+
+    b64, where = cn_inpaint.mask_field(unit, field)
+    takes = None if b64 is None else file_takes_mask(path)
+    if takes is False:
+        raise InvalidArgument(f"{where}: {HASH_SUFFIX.sub('', model)} takes no mask; masks are for ControlNet 1.1's "
+                              "inpaint modules, Z-Image Fun ControlNet 2.x files and DiffSynth's Qwen-Image "
+                              "blockwise Inpaint file")
+    if not takes:
+        return None
+    images_io.decode_b64(b64, where, max_pixels)
+    return "unit"
 
 
 def _weights(module: str, folders, field: str) -> str | dict | None:
@@ -271,6 +292,8 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
             else:
                 hint = preprocess_image(image, u["module"], res, u["threshold_a"], u["threshold_b"], max_pixels,
                                         u.get("weights"))
+                if u.get("mask_source") == "unit":  # a DiT file's mask (_dit_mask)
+                    unit_mask = cn_inpaint.mask_of(raw[u["index"]], u, field, max_pixels, None, req, image.size)
         except (InvalidArgument, OpenSDError) as e:
             raise InvalidArgument(f"{field}: {e}") from None
         specs.append(ControlSpec(net, hint, weight=u["weight"], start=u["start"], end=u["end"],
@@ -278,12 +301,7 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
                                  resize_mode=resize_mode, preprocessor=u["module"],
                                  control_type=u.get("control_type_name") if net.is_flux else u.get("control_type"),
                                  mask=unit_mask, inpaint=inpaint))
-        if inpaint is not None:
-            try:
-                specs[-1].validate(pipe.config)
-            except InvalidArgument as e:
-                raise InvalidArgument(f"{field}: {e}") from None
-        if net.is_flux:
+        if inpaint is not None or net.is_dit:  # refused with the unit's field (a mask on a file without its channels)
             try:
                 specs[-1].validate(pipe.config)
             except InvalidArgument as e:
@@ -291,8 +309,10 @@ def build_controls(units: list[dict], req, pipe, init, max_pixels: int, width: i
     return specs
 
 
-def unsupported(req) -> list[tuple[str, str]]:
-    """(field, what happens instead) for unit fields accepted but not acted on (or only approximated)."""
+def unsupported(req, planned: list[dict] = ()) -> list[tuple[str, str]]:
+    """(field, what happens instead) for unit fields accepted but not acted on (or only approximated);
+    `planned`: parse_units' answer (a DiT file's mask is acted on)."""
+    used_masks = {u["index"] for u in planned if u.get("mask_source") == "unit"}
     found: list[tuple[str, str]] = []
     try:
         units = unit_list(req)
@@ -310,7 +330,7 @@ def unsupported(req) -> list[tuple[str, str]]:
             module, exact = _module(unit.get("module"), "")
         except InvalidArgument:
             module, exact = None, True
-        if not cn_inpaint.is_inpaint(module) and (unit.get("mask") or unit.get("mask_image") or
+        if not cn_inpaint.is_inpaint(module) and i not in used_masks and (unit.get("mask") or unit.get("mask_image") or
                                                  (isinstance(image, dict) and image.get("mask"))):
             found.append((f"{field}.mask", "unit masks are not implemented for non-inpaint modules; the hint "
                                            "covers the whole image"))

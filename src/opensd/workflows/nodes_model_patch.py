@@ -33,10 +33,11 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from ..adapters.dit_control_mask import file_has_mask_channels
 from ..adapters.z_image_controlnet import inpaint_hint
 from ..checkpoints.files import read_safetensors_header
 from ..checkpoints.qwen_image_controlnet_files import is_qwen_image_blockwise
-from ..checkpoints.z_image_controlnet_files import TELLTALE, is_z_image_controlnet
+from ..checkpoints.z_image_controlnet_files import is_z_image_controlnet
 from ..errors import CheckpointError, InvalidArgument
 from .nodes_controlnet import ControlHint, ControlNetRef, _image
 from .types import Choices, NodeDef, register
@@ -82,12 +83,6 @@ def _inpaint_hint(image, inpaint_image, mask) -> torch.Tensor:
     return inpaint_hint(*(x.expand(n, -1, -1, -1) if len(x) == 1 else x for x in (image, inpaint, _fitted(m, size))))
 
 
-def _has_inpaint_channels(path, blockwise: bool = False) -> bool:
-    entries, _ = read_safetensors_header(path)
-    key = "img_in.weight" if blockwise else TELLTALE
-    return entries[key]["shape"][1] > 4 * 16  # 2x2 patches of the 16 latent channels: no inpainting
-
-
 def _is_blockwise(path) -> bool:
     entries, _ = read_safetensors_header(path)
     return is_qwen_image_blockwise(entries)
@@ -96,13 +91,13 @@ def _is_blockwise(path) -> bool:
 def fun_controlnet(call, model, model_patch, vae, strength, image=None, inpaint_image=None, mask=None):
     if _is_blockwise(model_patch.path):  # the Inpaint file's mask rides in the 7-channel hint (ComfyUI ignores
         # a mask given with the other files)
-        hint = _image(image)[:, :3] if mask is None or not _has_inpaint_channels(model_patch.path, blockwise=True) \
+        hint = _image(image)[:, :3] if mask is None or not file_has_mask_channels(model_patch.path, blockwise=True) \
             else _inpaint_hint(image, None, mask)
     elif inpaint_image is not None or mask is not None:
         hint = _inpaint_hint(image, inpaint_image, mask)
     elif image is None:
         raise InvalidArgument("image: a control image is required (or inpaint_image and mask)")
-    elif _has_inpaint_channels(model_patch.path):  # ComfyUI: a grey image to inpaint, a zero keep channel
+    elif file_has_mask_channels(model_patch.path):  # ComfyUI: a grey image to inpaint, a zero keep channel
         hint = _inpaint_hint(image, None, torch.ones(1, *image.shape[1:3]))
     else:
         hint = _image(image)[:, :3]
