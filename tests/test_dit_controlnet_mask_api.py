@@ -178,3 +178,14 @@ def test_qwen_blockwise_inpaint_unit_mask_equals_the_cli(qwen, tmp_path):
 @pytest.mark.parametrize("name", [CANNY, Q.NAME])
 def test_qwen_mask_on_a_file_without_mask_channels_is_refused(qwen, tmp_path, name, capsys):
     assert "takes no mask" in _refused(qwen, Q.UNET, "controlnet", name, tmp_path, capsys)
+
+
+def test_the_model_list_says_which_controlnets_take_a_mask(z_image, qwen, tmp_path):
+    """/opensd/v1/models' takes_mask: what the web UI's unit note reads."""
+    for models, want in ((z_image[0], {Z.NAME: True, Z_OLD: False}),
+                         (qwen[0], {INPAINT: True, CANNY: False, Q.NAME: False})):
+        with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp_path / "out")), base_url=BASE) as client:
+            listed = {m["name"]: m["takes_mask"] for m in client.get("/opensd/v1/models").json()["controlnet"]}
+            assert client.get("/opensd/v1/models/controlnet/info", params={"name": INPAINT if qwen[0] == models
+                                                                           else Z.NAME}).json()["takes_mask"]
+        assert {k: listed[k] for k in want} == want

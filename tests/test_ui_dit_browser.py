@@ -129,8 +129,8 @@ def test_controlnets_name_their_family_and_a_misfit_is_flagged(browser, live):
     page.select_option(f"{unit} select[name=module]", "none")
     page.select_option(f"{unit} select[name=union_control_type]", "Depth")  # as for an SD union ControlNet
     page.select_option(f"{unit} select[name=model]", z_value)
-    assert page.inner_text(f"{unit} .cn-family") == "Made for Z-Image models: only those take it. It reads the " \
-                                                    "map as it is: no control type."
+    assert page.inner_text(f"{unit} .cn-family").startswith("Made for Z-Image models: only those take it. It reads "
+                                                            "the map as it is: no control type.")
     assert page.is_disabled(f"{unit} select[name=union_control_type]")  # the server refuses one for it
     assert page.input_value(f"{unit} select[name=union_control_type]") == "Unknown"
 
@@ -148,6 +148,44 @@ def test_controlnets_name_their_family_and_a_misfit_is_flagged(browser, live):
     status = page.locator(f"{G} .progress-card [role=status].error")
     status.wait_for(timeout=30_000)
     assert "is a Z-Image ControlNet" in status.inner_text() and "the loaded model is not Z-Image" in status.inner_text()
+    page.context.close()
+    assert log.console_errors == [] and log.failures == [] and log.foreign() == []
+
+
+def test_an_inpainting_controlnet_uses_the_inpaint_tabs_mask_and_says_so(browser, live):
+    """Z-Image Fun 2.1 takes a mask (the InstantX Qwen-Image Union does not): its unit says that Inpaint's mask
+    reaches it, the Inpaint form's ControlNet note too, and the inpainting request runs with it."""
+    from test_ui_canvas_browser import DONE, finished_job, job_ids, source_png, to_screen, upload
+    page, log = _open(browser, live, "controlnet")
+    unit = "#panel-controlnet form[aria-label='ControlNet unit 1']"
+    page.set_input_files(f"{unit} input[type=file]", files=files(("hint", (120, 120, 120))))
+    page.wait_for_selector(f"{unit} .drop img")
+    values = page.eval_on_selector_all(f"{unit} select[name=model] option", "els => els.map(e => e.value)")
+    page.select_option(f"{unit} select[name=module]", "none")
+    page.select_option(f"{unit} select[name=model]", next(v for v in values if v.startswith(QWEN_CN.removesuffix(".safetensors"))))
+    assert "mask" not in page.inner_text(f"{unit} .cn-family")
+    page.select_option(f"{unit} select[name=model]", next(v for v in values if v.startswith(Z_CN.removesuffix(".safetensors"))))
+    assert "It inpaints from a mask: in Inpaint it uses the Inpaint tab's mask (a Z-Image Fun ControlNet also its " \
+           "image, as the image to inpaint); elsewhere it runs without one." in page.inner_text(f"{unit} .cn-family")
+
+    panel = "#panel-inpaint"
+    page.click("#tab-inpaint")
+    page.wait_for_selector(f"{panel} form select[name=model] option", state="attached")
+    page.select_option(f"{panel} select[name=model]", Z_IMAGE)
+    upload(page, panel, source_png())
+    assert "unit 1 (none, uses the Inpaint tab's mask)" in page.inner_text(f"{panel} .controlnet-note")
+    page.mouse.move(*to_screen(page, panel, 20, 30))
+    page.mouse.down()
+    page.mouse.move(*to_screen(page, panel, 44, 30), steps=8)
+    page.mouse.up()
+    for name, value in (("steps", "2"), ("cfg_scale", "1"), ("seed", "3")):
+        page.fill(f"{panel} input[name={name}]", value)
+    before = job_ids(live)
+    page.click(f"{panel} button[type=submit]")
+    job = finished_job(live, before)
+    assert job.status == DONE, job.error
+    request = job.payload["request"]
+    assert request["mask"] and "mask" not in request["alwayson_scripts"]["controlnet"]["args"][0]
     page.context.close()
     assert log.console_errors == [] and log.failures == [] and log.foreign() == []
 

@@ -25,6 +25,7 @@ from ..checkpoints.t2i_adapter_files import detect_t2i_adapter, from_diffusers, 
 from ..checkpoints.xlabs_controlnet_files import describe_xlabs_controlnet, is_xlabs_controlnet
 from ..checkpoints.files import read_safetensors_header, sniff_format
 from ..checkpoints.keymap_qwen_vae import is_qwen_vae, qwen_vae_config
+from ..adapters.dit_control_mask import file_takes_mask
 from ..adapters.lora_family import dit_family
 from ..errors import OpenSDError
 from ..models import config as C
@@ -53,6 +54,7 @@ class ModelEntry:
     family: str | None = None
     detail: str = ""               # e.g. "512 px, eps" or "rank 8, 64 modules"
     hash: str | None = None        # A1111's short hash, when already computed
+    takes_mask: bool = False       # a DiT ControlNet that inpaints from a mask (adapters/dit_control_mask.py)
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -156,6 +158,7 @@ def describe(m: ModelFile) -> ModelEntry:
             entry.family, entry.detail = _embedding(m.path)
         elif m.kind == "controlnet" and header is not None:
             entry.family, entry.detail = _controlnet(entries, entry.metadata, m.path)
+            entry.takes_mask = file_takes_mask(m.path) is True
         elif m.kind == "vae" and header is not None:
             entry.detail = _vae(entries)
         elif m.kind == "hypernetworks":

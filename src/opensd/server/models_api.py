@@ -38,9 +38,14 @@ def find(state, kind: str, name: str, field: str) -> ModelFile:
     raise InvalidArgument(f"{field}: no {kind} model named {name[:200]!r} (refresh the list)")
 
 
+def _fields(e) -> dict:
+    """A catalog entry's ModelItem fields."""
+    return {"name": e.name, "size": e.size, "family": e.family, "detail": e.detail, "hash": e.hash,
+            "takes_mask": e.takes_mask}
+
+
 def _item(m: ModelFile) -> ModelItem:
-    e = describe(m)
-    return ModelItem(name=e.name, size=e.size, family=e.family, detail=e.detail, hash=e.hash)
+    return ModelItem(**_fields(describe(m)))
 
 
 def new_model(state, kind: str, name, suffixes: tuple[str, ...], overwrite: bool, inputs=()) -> str:
@@ -122,8 +127,7 @@ def router(state) -> APIRouter:
     def info(kind: Kind, name: str = Query(..., max_length=1000)) -> ModelDetail:
         """One model with its safetensors metadata (kohya's ss_* tags of a LoRA, modelspec.*, a merge recipe)."""
         e = describe(find(state, kind, name, "name"))
-        return ModelDetail(kind=kind, name=e.name, size=e.size, family=e.family, detail=e.detail, hash=e.hash,
-                           metadata=e.metadata)
+        return ModelDetail(kind=kind, **_fields(e), metadata=e.metadata)
 
     @api.post("/hash")
     async def hash_(body: HashRequest) -> HashResult:

@@ -21,6 +21,9 @@ class ModelItem(BaseModel):
     detail: str = Field("", description="what else the header says, e.g. '512 px, eps' or 'rank 8, 64 modules'")
     hash: str | None = Field(None, description="AUTOMATIC1111's short hash when already computed "
                                                "(POST /opensd/v1/models/hash computes it)")
+    takes_mask: bool = Field(False, description="a ControlNet that inpaints from a mask (Z-Image Fun 2.x, Qwen-Image "
+                                                "blockwise Inpaint): an A1111 unit's mask, else an inpainting "
+                                                "request's, reaches it")
 
 
 class ModelList(BaseModel):

@@ -12,11 +12,18 @@ export const controlnetStem = (name) => name.replace(/ \[[0-9a-f]+\]$/i, "");
 
 // {stem: family} of /opensd/v1/models' files of `kind` (read from each file's header; null: not told),
 // keyed as /controlnet/model_list and /sdapi/v1/loras name them: the file name without its suffix
+const fileStem = (file) => file.replace(/\.(safetensors|ckpt|pth|pt|bin|gguf)$/i, "");
 export function familiesByStem(models, kind) {
-  const stem = (file) => file.replace(/\.(safetensors|ckpt|pth|pt|bin|gguf)$/i, "");
-  return Object.fromEntries((models?.[kind] || []).map((m) => [stem(m.name), m.family]));
+  return Object.fromEntries((models?.[kind] || []).map((m) => [fileStem(m.name), m.family]));
 }
 export const controlnetFamilies = (models) => familiesByStem(models, "controlnet");
+
+// The stems of the ControlNets that inpaint from a mask (/opensd/v1/models' takes_mask: Z-Image Fun 2.x,
+// Qwen-Image's blockwise Inpaint file). The unit form has no mask of its own: the server gives such a
+// unit an Inpaint request's mask (and Z-Image Fun the Inpaint image as the image to inpaint).
+export const maskTakers = (models) =>
+  new Set((models?.controlnet || []).filter((m) => m.takes_mask).map((m) => fileStem(m.name)));
+export const INPAINT_MASK_NOTE = "uses the Inpaint tab's mask";
 
 // Whether the server would refuse an add-on (ControlNet, LoRA) of family `addon` on a checkpoint of
 // family `checkpoint`: one of them a DiT family, and not the same.

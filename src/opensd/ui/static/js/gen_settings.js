@@ -9,7 +9,8 @@ import { advancedSettings } from "./advanced_settings.js";
 import { api } from "./api.js";
 import { clear, field, h, icon, toast } from "./dom.js";
 import { activeUnits, CHANGED, controlnetFields } from "./controlnet_units.js";
-import { controlnetFamilies, controlnetStem, familiesByStem, familyLabel, misfit } from "./families.js";
+import { INPAINT_MASK_NOTE, controlnetFamilies, controlnetStem, familiesByStem, familyLabel, maskTakers, misfit }
+  from "./families.js";
 import { choose, number, setOptions, slider, syncSliders } from "./form.js";
 import { keepForm, loadForm } from "./persist.js";
 import { promptEditor } from "./prompt_editor.js";
@@ -23,8 +24,10 @@ const round8 = (v) => Math.max(8, Math.round(v / 8) * 8);
 const touch = (el) => el.dispatchEvent(new Event("input", { bubbles: true })); // the form remembers it
 
 // `img2img`: whether ControlNet units may fall back to the init image; `shownSeed()`: the seed of the
-// image the tab shows (for "reuse seed"); `sizeFollowsModel`: a model change sets its native size.
-export async function generationSettings({ img2img = false, shownSeed = () => undefined, sizeFollowsModel = true } = {}) {
+// image the tab shows (for "reuse seed"); `sizeFollowsModel`: a model change sets its native size;
+// `inpaint`: the Inpaint tab, whose mask the server gives units of ControlNets that take one.
+export async function generationSettings({ img2img = false, inpaint = false, shownSeed = () => undefined,
+  sizeFollowsModel = true } = {}) {
   const stepsField = slider("Sampling steps", "steps", { min: 1, max: 150, value: 20 });
   const steps = () => Number(stepsField.querySelector("input[name=steps]").value) || 20;
   const prompt = promptEditor({ label: "Prompt", name: "prompt", placeholder: "Describe the picture, e.g. a red heart, noto emoji style", getSteps: steps });
@@ -94,7 +97,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     });
   let checkpoints = ckpts.items;
   schedulers = schedulers.filter((s) => s.name !== "automatic"); // the pickers' own first entry is Automatic
-  let cnFamilies = controlnetFamilies(folders);
+  let cnFamilies = controlnetFamilies(folders), cnMasked = maskTakers(folders);
   let loraFamilies = familiesByStem(folders, "loras");
   const styles = stylesPicker(styleList, prompt, negative);
   pickers.before(styles.element);
@@ -175,6 +178,7 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
         api.get("/sdapi/v1/embeddings"), api.get("/sdapi/v1/hypernetworks"), api.get("/opensd/v1/models")]);
       checkpoints = c.items;
       cnFamilies = controlnetFamilies(f);
+      cnMasked = maskTakers(f);
       loraFamilies = familiesByStem(f, "loras");
       showControlNet();
       setOptions(model, checkpoints.map((x) => [x.name, x.title]), model.value);
@@ -203,7 +207,9 @@ export async function generationSettings({ img2img = false, shownSeed = () => un
     const active = activeUnits(img2img);
     const family = familyOf(model.value)?.family;
     const misfits = active.filter((u) => misfit(cnFamilies[controlnetStem(u.model)], family));
-    clear(controlnet, active.length ? [`ControlNet: ${active.map((u) => `unit ${u.index + 1} (${u.module})`).join(", ")} `,
+    const masks = (u) => inpaint && cnMasked.has(controlnetStem(u.model)) ? `, ${INPAINT_MASK_NOTE}` : "";
+    clear(controlnet, active.length ? [`ControlNet: ${active.map((u) => `unit ${u.index + 1} (${u.module}${masks(u)})`)
+      .join(", ")} `,
       h("button", { type: "button", class: "link", onclick: () => emit(EVENTS.SHOW_TAB, { id: "controlnet" }) }, "edit"),
       ...misfits.map((u) => h("span", { class: "error cn-misfit" }, `Unit ${u.index + 1}'s ControlNet is made for `
         + `${familyLabel(cnFamilies[controlnetStem(u.model)])} models, not ${familyLabel(family)}: the server refuses it. `

@@ -8,7 +8,8 @@
 import { api, fileToDataURL } from "../api.js";
 import { clear, debounce, field, h, icon, toast } from "../dom.js";
 import { changed, units } from "../controlnet_units.js";
-import { controlnetFamilies, controlnetStem, familyLabel, takesControlType } from "../families.js";
+import { INPAINT_MASK_NOTE, controlnetFamilies, controlnetStem, familyLabel, maskTakers, takesControlType }
+  from "../families.js";
 import { choose, number, select, slider, syncSliders } from "../form.js";
 import { filePicker, NOT_AN_IMAGE, pastedImage, pickerButton, readableImage } from "../image_input.js";
 import { EVENTS, on, take } from "../shared.js";
@@ -27,8 +28,8 @@ export async function mount(panel) {
   const [models, modules, files] = await Promise.all([api.get("/controlnet/model_list"), api.get("/controlnet/module_list"),
     api.get("/opensd/v1/models")])
     .catch((e) => { toast(e.message, "error"); return [{ model_list: [] }, { module_list: ["none"] }, {}]; });
-  const families = controlnetFamilies(files);
-  const cards = units.map((unit, i) => unitCard(unit, i, models.model_list, modules.module_list, families));
+  const families = controlnetFamilies(files), masked = maskTakers(files);
+  const cards = units.map((unit, i) => unitCard(unit, i, models.model_list, modules.module_list, families, masked));
   panel.append(h("div", { class: "stack" },
     h("p", { class: "muted" }, "Enabled units with a model shape every Generate, img2img and Inpaint request. ",
       "In img2img and Inpaint a unit without its own image uses the canvas image."),
@@ -50,7 +51,7 @@ export async function mount(panel) {
   receive();
 }
 
-function unitCard(unit, i, models, modules, families) {
+function unitCard(unit, i, models, modules, families, masked) {
   const title = `ControlNet unit ${i + 1}`;
   const enabled = h("input", { type: "checkbox", checked: unit.enabled, "aria-label": `Enable ${title}` });
   const fileInput = filePicker(`Choose an image for ${title}`, (file) => setFile(file));
@@ -149,7 +150,9 @@ function unitCard(unit, i, models, modules, families) {
     const family = unit.model !== "None" && familyOf(unit.model);
     const typed = takesControlType(family);
     madeFor.textContent = !family ? "" : `Made for ${familyLabel(family)} models: only those take it.${typed ? ""
-      : " It reads the map as it is: no control type."}`;
+      : " It reads the map as it is: no control type."}${!masked.has(controlnetStem(unit.model)) ? ""
+      : ` It inpaints from a mask: in Inpaint it ${INPAINT_MASK_NOTE} (a Z-Image Fun ControlNet also its image, `
+        + "as the image to inpaint); elsewhere it runs without one."}`;
     madeFor.hidden = !family;
     union.disabled = !typed;
     if (!typed && union.value !== "Unknown") { union.value = "Unknown"; unit.union_control_type = "Unknown"; }

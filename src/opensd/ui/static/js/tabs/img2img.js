@@ -34,7 +34,7 @@ export async function mount(panel, ctx) {
     onImage: (w, hh) => settings.setSize(round8(w), round8(hh)) }); // no image can arrive before settings exist
   const results = jobView({ key });
   const [settings, script] = await Promise.all([
-    generationSettings({ img2img: true, shownSeed: results.shownSeed, sizeFollowsModel: false }),
+    generationSettings({ img2img: true, inpaint, shownSeed: results.shownSeed, sizeFollowsModel: false }),
     scriptsCard({ img2img: true })]);
   const extendBy = number("extend_by", { min: 8, max: 1024, step: 8, value: 64, required: false }) // grow() checks it;
   const outpaint = inpaint ? h("div", { class: "card stack", role: "group", "aria-label": "Outpainting" },
