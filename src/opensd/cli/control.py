@@ -17,7 +17,8 @@ CONTROL_HELP = ("MODEL,IMAGE[,weight=W][,start=S][,end=E][,pre=NAME][,guess][,re
                 "(canny, softedge, scribble, lineart, depth_anything_v2, openpose, invert, ...) on the image first; type picks a "
                 "Union ControlNet's control type (openpose, depth, softedge, canny, normal, segment, tile, repaint; "
                 "default auto); mask=FILE (white = repaint) and inpaint_image=FILE: a Z-Image Fun ControlNet 2.x's "
-                "inpainting, refiner_in_model its 2.x refiner residuals in alibaba-pai's and ComfyUI's order (default: "
+                "inpainting (mask=: the Qwen-Image blockwise Inpaint file's too; with --mask both default to the "
+                "inpainting's mask and init image), refiner_in_model its 2.x refiner residuals in alibaba-pai's and ComfyUI's order (default: "
                 "diffusers'). Repeatable.")
 _RESIZE = {"just": "just resize", "crop": "crop and resize", "fill": "resize and fill"}
 

@@ -15,9 +15,10 @@ as ComfyUI's "auto"; see adapters/union_types.py).
 
 IP-Adapter units (module ip-adapter_*, an ip-adapter model) are read by a1111_ip_adapter; the inpaint
 modules (inpaint / inpaint_global_harmonious, inpaint_only, inpaint_only+lama, with their ``mask``) by
-a1111_cn_inpaint.
+a1111_cn_inpaint. A unit's ``mask`` with a DiT ControlNet that inpaints from one (Z-Image Fun 2.x, Qwen-Image
+blockwise Inpaint) is its mask whatever the module (_dit_mask; adapters/dit_control_mask.py).
 
-Accepted but not acted on (listed in info["unsupported_fields"]): ``mask`` of other modules, ``hr_option``
+Accepted but not acted on (listed in info["unsupported_fields"]): ``mask`` of other modules with SD ControlNets, ``hr_option``
 other than "Both", and modules we only approximate (depth/normal/seg estimators other than
 depth_anything_v2 -> the image is used as the map as it is). openpose_hand/_face/_faceonly/_full run
 OpenPose's hand and face nets; dw_openpose_full runs DWPose (adapters/dwpose.py; opensd[dwpose]). Modules
