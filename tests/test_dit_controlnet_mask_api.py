@@ -111,32 +111,50 @@ def test_z_image_mask_of_another_size_is_fitted_as_the_cli_fits_it(z_image, tmp_
     assert np.abs(_image(answer) - _pixels(Image.open(out))).max() <= 1
 
 
-def test_z_image_inpaint_request_mask_and_init_image_reach_the_unit(z_image, tmp_path):
-    """The Inpaint tab's case: the unit gives no mask; the CLI is given mask= and inpaint_image= by hand."""
-    models, pipe, _, hint = z_image
+def _inpainted(env, unet, folder, name, tmp_path, full_res: bool):
+    """(the A1111 img2img inpainting answer with a unit giving no mask, cli(extra --control options)): the
+    Inpaint tab's case, and the CLI's inpainting with the same settings."""
+    models, _, _, hint = env
     init = Image.fromarray(np.random.default_rng(8).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
     init.save(tmp_path / "init.png")
     _mask().save(tmp_path / "mask.png")
     request = {"init_images": [_b64(init)], "mask": _b64(_mask()), "mask_blur": 0, "denoising_strength": 0.75,
-               "inpainting_fill": 1, "inpaint_full_res": False, "alwayson_scripts": {"controlnet": {"args": [_unit(Z.NAME, hint)]}}}
-    status, answer = _post(models, Z.UNET, tmp_path, request, mode="img2img")
+               "inpainting_fill": 1, "inpaint_full_res": full_res, "inpaint_full_res_padding": 4,
+               "alwayson_scripts": {"controlnet": {"args": [_unit(name, hint)]}}}
+    status, answer = _post(models, unet, tmp_path, request, mode="img2img")
     assert status == 200, answer
 
     def cli(control_extra: str):
         out = tmp_path / "cli.png"
-        assert main(["generate", PROMPT, "-m", str(models / "diffusion_models" / Z.UNET), "--steps", str(STEPS),
+        assert main(["generate", PROMPT, "-m", str(models / "diffusion_models" / unet), "--steps", str(STEPS),
                      "--seed", str(SEED), "--width", str(SIZE), "--height", str(SIZE), "--sampler", "euler",
                      "--scheduler", "simple", "--cfg", "1", "--precision", "fp32", "--device", "cpu", "-o", str(out),
                      "--init-image", str(tmp_path / "init.png"), "--mask", str(tmp_path / "mask.png"),
-                     "--mask-blur", "0", "--strength", "0.75", "--inpainting-fill", "original", "--control",
-                     f"{models / 'ControlNet' / Z.NAME},{hint},weight=0.8{control_extra}"]) == 0
+                     "--mask-blur", "0", "--strength", "0.75", "--inpainting-fill", "original", "--inpaint-padding", "4",
+                     *(["--inpaint-full-res"] if full_res else []), "--control",
+                     f"{models / folder / name},{hint},weight=0.8{control_extra}"]) == 0
         return _pixels(Image.open(out))
+    return _image(answer), cli
 
+
+@pytest.mark.parametrize("full_res", [False, True])
+def test_z_image_inpaint_request_mask_and_init_image_reach_the_unit(z_image, tmp_path, full_res):
+    """The unit gives no mask: the API and the CLI equal the CLI given mask= and inpaint_image= by hand."""
+    answer, cli = _inpainted(z_image, Z.UNET, "ControlNet", Z.NAME, tmp_path, full_res)
     by_hand = cli(f",mask={tmp_path / 'mask.png'},inpaint_image={tmp_path / 'init.png'}")
-    assert np.abs(_image(answer) - by_hand).max() <= 1
-    assert np.abs(cli("") - by_hand).max() <= 1  # the CLI's img2img follows the same rule
+    assert np.abs(answer - by_hand).max() <= 1
+    assert np.abs(cli("") - by_hand).max() <= 1  # the CLI's inpainting follows the same rule
     grey = cli(f",mask={tmp_path / 'mask.png'}")  # the init image is seen: grey to inpaint differs
     assert np.abs(grey - by_hand).max() > 2
+
+
+def test_qwen_inpaint_request_mask_reaches_the_blockwise_inpaint_unit(qwen, tmp_path):
+    answer, cli = _inpainted(qwen, Q.UNET, "controlnet", INPAINT, tmp_path, False)
+    by_hand = cli(f",mask={tmp_path / 'mask.png'}")
+    assert np.abs(answer - by_hand).max() <= 1
+    assert np.abs(cli("") - by_hand).max() <= 1
+    Image.new("L", (SIZE, SIZE), 0).save(tmp_path / "none.png")  # nothing to repaint: the keep channel all ones
+    assert np.abs(cli(f",mask={tmp_path / 'none.png'}") - by_hand).max() > 0
 
 
 def _refused(env, unet, folder, name, tmp_path, capsys) -> str:
