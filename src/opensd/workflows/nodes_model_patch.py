@@ -78,7 +78,11 @@ def _inpaint_hint(image, inpaint_image, mask) -> torch.Tensor:
     grey = torch.full((1, 3, *size), 0.5)
     m = mask.float().cpu().reshape(-1, 1, *mask.shape[-2:])
     image, inpaint = [grey if x is None else _fitted(x, size) for x in (image, inpaint)]
-    n = max(len(image), len(inpaint), len(m))
+    counts = {len(x) for x in (image, inpaint, m)}
+    if len(counts - {1}) > 1:  # one of each is spread over the others' batch; two counts cannot pair up
+        raise InvalidArgument(f"image, inpaint_image and mask: batches of {len(image)}, {len(inpaint)} and "
+                              f"{len(m)}; give one each or equal batches")
+    n = max(counts)
     return inpaint_hint(*(x.expand(n, -1, -1, -1) if len(x) == 1 else x for x in (image, inpaint, _fitted(m, size))))
 
 
