@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from ..adapters.z_image_controlnet import inpaint_hint
 from ..checkpoints.files import read_safetensors_header
-from ..checkpoints.qwen_image_controlnet_files import is_qwen_image_blockwise
-from ..checkpoints.z_image_controlnet_files import TELLTALE, is_z_image_controlnet
+from ..checkpoints.qwen_image_controlnet_files import blockwise_config, is_qwen_image_blockwise
+from ..checkpoints.z_image_controlnet_files import TELLTALE, is_z_image_controlnet, z_image_controlnet_config
 from ..errors import CheckpointError, InvalidArgument
 from .nodes_controlnet import ControlHint, ControlNetRef, _image
 from .types import Choices, NodeDef, register
@@ -53,6 +53,9 @@ def model_patch_loader(call, name):
     if not (is_z_image_controlnet(header) or is_qwen_image_blockwise(header)):
         raise InvalidArgument(f"model patch {name}: not a Z-Image Fun ControlNet (Z-Image-Turbo-Fun-Controlnet-Union) "
                               "or a Qwen-Image blockwise ControlNet (DiffSynth), the model patches opensd runs")
+    shapes = {k: tuple(v["shape"]) for k, v in header.items()}  # a damaged file refused here, by its shapes
+    config = blockwise_config if is_qwen_image_blockwise(header) else z_image_controlnet_config
+    config(shapes, path=path)
     return (ControlNetRef(path, name),)
 
 
