@@ -437,3 +437,26 @@ def test_damaged_dit_controlnets_keep_the_model_lists_answering(tmp_path):
         listed = {m["name"]: m["detail"] for m in r.json()["controlnet"]}
         for name in files:
             assert listed[f"{name}.safetensors"].startswith("unreadable: "), listed
+
+
+@pytest.mark.parametrize("family, key", [("flux", "img_in.weight"), ("sd3", "x_embedder.proj.weight"),
+                                         ("z_image", "layers.0.attention.q_norm.weight")])
+def test_a_network_with_damaged_shapes_is_a_client_error(tmp_path, family, key):
+    """Hostile file: a DiT network whose header gives a 1-D tensor (or an empty one) where the family's
+    reader takes a matrix (or a width) was a 500 ('not enough values to unpack', 'division by zero')."""
+    import torch
+
+    from opensd.checkpoints.files import save_safetensors
+    from test_stored_weights import network
+    models = models_dir(tmp_path)
+    net, metadata = network(family)
+    sd = {k: v.contiguous() for k, v in net.state_dict().items()} | {key: torch.zeros(0, 0)}
+    save_safetensors(sd, models / "Stable-diffusion" / "damaged.safetensors", metadata)
+    with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp_path / "out")), base_url=BASE) as c:
+        damaged = {**T2I, "override_settings": {"sd_model_checkpoint": "damaged.safetensors"}}
+        r = c.post("/sdapi/v1/txt2img", json=damaged)
+        assert r.status_code == 400, r.text
+        label = {"flux": "Flux.1", "sd3": "Stable Diffusion 3", "z_image": "Z-Image"}[family]
+        assert f"damaged.safetensors: damaged: its tensor shapes are not a {label} model's (" in r.json()["detail"]
+        tiny = {**T2I, "override_settings": {"sd_model_checkpoint": "tiny.safetensors"}}
+        assert c.post("/sdapi/v1/txt2img", json=tiny).status_code == 200

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checkpoints import detect as D
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OpenSDError
 from .base import Family, Shapes
 from .chroma import CHROMA_FAMILY
 from .flux import FLUX
@@ -45,7 +45,15 @@ def reference_families() -> str:
 def detect(shapes: Shapes, metadata, path: str, prediction=None):
     """(family, config) of an original-layout state dict, or CheckpointError saying what it is instead."""
     for family in FAMILIES:
-        cfg = family.detect(shapes, metadata or {}, path, prediction)
+        try:
+            cfg = family.detect(shapes, metadata or {}, path, prediction)
+        except OpenSDError:
+            raise
+        except (LookupError, ValueError, ArithmeticError, TypeError) as e:
+            # the readers take shapes as released files have them; a damaged or hostile header (a 1-D
+            # weight where a matrix belongs, a zero width) fails them with plain errors
+            raise CheckpointError(path, f"damaged: its tensor shapes are not a {family.label} model's "
+                                        f"({type(e).__name__}: {e})") from None
         if cfg is not None:
             return family, cfg
     raise CheckpointError(path, D.what_else(shapes, D.UNET))
