@@ -1,4 +1,6 @@
 """LoRAs in generation: prompt tags, explicit specs, switching sets, CLI flags, infotext."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -166,3 +168,21 @@ def test_hires_pass_takes_its_prompts_loras_and_firstpass_conds_encodes_before_t
     # the next image of the batch starts again without the hires prompt's LoRA
     batch = run("a cat <lora:style:1>", batch_size=2)
     assert np.array_equal(batch[1], run("a cat <lora:style:1>", seed=GEN["seed"] + 1)[0])
+
+
+@pytest.mark.parametrize("alpha, shown", [("abc", "'abc'"), (float("nan"), "nan"), ([1], "[1]")])
+def test_a_peft_metadata_alpha_that_is_no_number_is_one_line(alpha, shown):
+    """Hostile metadata: diffusers' lora_adapter_metadata with a non-number alpha was a bare ValueError
+    (float('abc')); NaN made every image NaN."""
+    import json
+    from pathlib import Path
+
+    from opensd.adapters.lora_files import parse_lora
+    from opensd.errors import CheckpointError
+    sd = {"unet.mid_block.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 8),
+          "unet.mid_block.attentions.0.proj_in.lora_B.weight": torch.zeros(8, 4)}
+    meta = {"lora_adapter_metadata": json.dumps({"unet.lora_alpha": alpha})}
+    with pytest.raises(CheckpointError, match=r"^p\.safetensors: lora_adapter_metadata unet\.lora_alpha: alpha must be "
+                                              r"one finite number, not " + re.escape(shown) + "$"):
+        parse_lora(sd, Path("p.safetensors"), meta)
+    assert parse_lora(sd, Path("p.safetensors"), {"lora_adapter_metadata": '{"unet.lora_alpha": 8}'}).modules

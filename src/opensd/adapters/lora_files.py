@@ -258,7 +258,7 @@ def parse_lora(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
     return LoraFile(path, modules, unsupported, metadata)
 
 
-def _apply_peft_metadata(modules: dict[str, LoraWeights], metadata: dict[str, str], path: Path) -> None:
+def _apply_peft_metadata(modules: dict[str, LoraWeights], metadata: dict[str, str], file: Path) -> None:
     raw = metadata.get("lora_adapter_metadata")
     if not raw:
         return
@@ -279,7 +279,7 @@ def _apply_peft_metadata(modules: dict[str, LoraWeights], metadata: dict[str, st
         rank = w.rank
         rs = bool(meta.get(f"{component}.use_rslora"))
         if rank:  # a rank-0 module changes nothing
-            alpha = _alpha(alpha, path, f"lora_adapter_metadata {component}.lora_alpha")
+            alpha = _alpha(alpha, file, f"lora_adapter_metadata {component}.lora_alpha")
             w.scale = alpha / (rank ** 0.5 if rs else rank)
 
 
