@@ -410,3 +410,53 @@ def test_a_lora_for_another_model_is_a_client_error(client):
     assert r.json()["error"] == "CheckpointError" and "LoRA does not fit" in r.json()["detail"], r.text
     tiny = {**T2I, "prompt": "x <lora:other:1>", "override_settings": {"sd_model_checkpoint": "tiny.safetensors"}}
     assert client.post("/sdapi/v1/txt2img", json=tiny).status_code == 200
+
+
+def test_damaged_dit_controlnets_keep_the_model_lists_answering(tmp_path):
+    """Hostile files: the telltale names of InstantX's Qwen-Image, DiffSynth's blockwise and the Z-Image
+    Fun ControlNets over shapes no released file has (1-D where a matrix belongs, a head of width 0) made
+    /opensd/v1/models a 500 (IndexError in the catalog); now each is listed as unreadable."""
+    import torch
+
+    from opensd.checkpoints.files import save_safetensors
+    from opensd.checkpoints.z_image_controlnet_files import TELLTALE
+    models = models_dir(tmp_path)
+    (models / "ControlNet").mkdir()
+    z = "control_layers.0."
+    files = {
+        "instantx": {"controlnet_blocks.0.weight": (2, 2), "transformer_blocks.0.img_mlp.net.0.proj.weight": (5,),
+                     "img_in.weight": (3,), "controlnet_x_embedder.weight": (3,)},
+        "blockwise": {"controlnet_blocks.0.y_rms.weight": (2,), "img_in.weight": (7,)},
+        "zfun": {TELLTALE: (4, 64), z + "attention.to_q.weight": (2, 2), z + "attention.norm_q.weight": (0,),
+                 z + "feed_forward.w1.weight": (3, 3), z + "adaLN_modulation.0.weight": (3, 3)}}
+    for name, shapes in files.items():
+        save_safetensors({k: torch.zeros(s) for k, s in shapes.items()}, models / "ControlNet" / f"{name}.safetensors")
+    with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp_path / "out")), base_url=BASE) as c:
+        r = c.get("/opensd/v1/models")
+        assert r.status_code == 200, r.text
+        listed = {m["name"]: m["detail"] for m in r.json()["controlnet"]}
+        for name in files:
+            assert listed[f"{name}.safetensors"].startswith("unreadable: "), listed
+
+
+@pytest.mark.parametrize("family, key", [("flux", "img_in.weight"), ("sd3", "x_embedder.proj.weight"),
+                                         ("z_image", "layers.0.attention.q_norm.weight")])
+def test_a_network_with_damaged_shapes_is_a_client_error(tmp_path, family, key):
+    """Hostile file: a DiT network whose header gives a 1-D tensor (or an empty one) where the family's
+    reader takes a matrix (or a width) was a 500 ('not enough values to unpack', 'division by zero')."""
+    import torch
+
+    from opensd.checkpoints.files import save_safetensors
+    from test_stored_weights import network
+    models = models_dir(tmp_path)
+    net, metadata = network(family)
+    sd = {k: v.contiguous() for k, v in net.state_dict().items()} | {key: torch.zeros(0, 0)}
+    save_safetensors(sd, models / "Stable-diffusion" / "damaged.safetensors", metadata)
+    with TestClient(create_app(Settings(models_dir=models, outputs_dir=tmp_path / "out")), base_url=BASE) as c:
+        damaged = {**T2I, "override_settings": {"sd_model_checkpoint": "damaged.safetensors"}}
+        r = c.post("/sdapi/v1/txt2img", json=damaged)
+        assert r.status_code == 400, r.text
+        label = {"flux": "Flux.1", "sd3": "Stable Diffusion 3", "z_image": "Z-Image"}[family]
+        assert f"damaged.safetensors: damaged: its tensor shapes are not a {label} model's (" in r.json()["detail"]
+        tiny = {**T2I, "override_settings": {"sd_model_checkpoint": "tiny.safetensors"}}
+        assert c.post("/sdapi/v1/txt2img", json=tiny).status_code == 200

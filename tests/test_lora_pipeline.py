@@ -1,4 +1,6 @@
 """LoRAs in generation: prompt tags, explicit specs, switching sets, CLI flags, infotext."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -89,6 +91,45 @@ def test_unknown_lora_and_missing_folder_are_clear_errors(files):
         load(ckpt).txt2img("x <lora:style:1>", **GEN)
 
 
+
+def _rank8_up(sd, k):
+    sd[f"{k}.lora_up.weight"] = torch.cat([sd[f"{k}.lora_up.weight"]] * 2, dim=1)
+
+
+def _flat_down(sd, k):
+    sd[f"{k}.lora_down.weight"] = sd[f"{k}.lora_down.weight"].flatten()[:4]
+
+
+def _loha(sd, k):
+    up, down = sd.pop(f"{k}.lora_up.weight").flatten(1), sd.pop(f"{k}.lora_down.weight").flatten(1)
+    sd.update({f"{k}.hada_w1_a": up, f"{k}.hada_w1_b": down[:, :5], f"{k}.hada_w2_a": up, f"{k}.hada_w2_b": down})
+
+
+@pytest.mark.parametrize("edit, message", [
+    # were bare PyTorch errors (a 500 over HTTP) from matching the file: its factors do not combine
+    (_rank8_up, r"have other shapes, e\.g\. \S+: up \(\d+, 8(, 1, 1)?\) down \(4, "),
+    (_flat_down, r"have other shapes, e\.g\. \S+: up \(\d+, 4(, 1, 1)?\) down \(4,\) vs weight"),
+    (_loha, r"have other shapes, e\.g\. \S+: loha factors hada_w1_a \("),
+    # a NaN alpha made every image NaN ('the model is broken'); a vector was a bare RuntimeError
+    (lambda sd, k: sd.update({f"{k}.alpha": torch.tensor(float("nan"))}),
+     r"\.alpha: alpha must be one finite number, not nan"),
+    (lambda sd, k: sd.update({f"{k}.alpha": torch.ones(3)}),
+     r"alpha must be one finite number, not a tensor of shape \(3,\)"),
+], ids=["rank 8 up on rank 4 down", "1-D down", "LoHa factors that do not combine", "NaN alpha", "alpha vector"])
+def test_hostile_lora_factors_are_one_line(files, tmp_path, edit, message):
+    from opensd.checkpoints.files import read_state_dict
+    from opensd.errors import CheckpointError
+    root, ckpt = files
+    sd = read_state_dict(root / "Lora" / "style.safetensors")
+    for k in {k.rsplit(".", 2)[0] for k in sd if k.endswith("lora_up.weight")}:
+        edit(sd, k)
+    (tmp_path / "Lora").mkdir()
+    save_safetensors(sd, tmp_path / "Lora" / "bad.safetensors")
+    pipe = load(ckpt, loras_dir=tmp_path / "Lora")
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors: .*" + message):
+        pipe.txt2img("x <lora:bad:1>", **GEN)
+    assert pipe.txt2img("x", **GEN)  # the pipeline still generates
+
 def test_cli_lora_flags_write_lora_hashes(files, tmp_path):
     root, ckpt = files
     out = tmp_path / "o.png"
@@ -127,3 +168,21 @@ def test_hires_pass_takes_its_prompts_loras_and_firstpass_conds_encodes_before_t
     # the next image of the batch starts again without the hires prompt's LoRA
     batch = run("a cat <lora:style:1>", batch_size=2)
     assert np.array_equal(batch[1], run("a cat <lora:style:1>", seed=GEN["seed"] + 1)[0])
+
+
+@pytest.mark.parametrize("alpha, shown", [("abc", "'abc'"), (float("nan"), "nan"), ([1], "[1]")])
+def test_a_peft_metadata_alpha_that_is_no_number_is_one_line(alpha, shown):
+    """Hostile metadata: diffusers' lora_adapter_metadata with a non-number alpha was a bare ValueError
+    (float('abc')); NaN made every image NaN."""
+    import json
+    from pathlib import Path
+
+    from opensd.adapters.lora_files import parse_lora
+    from opensd.errors import CheckpointError
+    sd = {"unet.mid_block.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 8),
+          "unet.mid_block.attentions.0.proj_in.lora_B.weight": torch.zeros(8, 4)}
+    meta = {"lora_adapter_metadata": json.dumps({"unet.lora_alpha": alpha})}
+    with pytest.raises(CheckpointError, match=r"^p\.safetensors: lora_adapter_metadata unet\.lora_alpha: alpha must be "
+                                              r"one finite number, not " + re.escape(shown) + "$"):
+        parse_lora(sd, Path("p.safetensors"), meta)
+    assert parse_lora(sd, Path("p.safetensors"), {"lora_adapter_metadata": '{"unet.lora_alpha": 8}'}).modules

@@ -126,6 +126,16 @@ def test_file_layouts(pair):
         qwen25vl_vision_config(text)
     with pytest.raises(CheckpointError, match="not Qwen2.5-VL's layout"):
         qwen25vl_vision_config({"visual." + k: v for k, v in sd.items()})  # 32 wide: not heads of 80
+    # damaged files (hostile input): were bare ValueErrors / KeyErrors, which the text encoder's reader
+    # does not take for 'a tower opensd cannot build' (left out with a warning)
+    with torch.device("meta"):
+        tower = QwenVisionTower(replace(TINY, hidden_size=160, num_heads=2))
+        fine = {"visual." + k: v for k, v in tower.state_dict().items()}
+    for key, value, message in (("visual.patch_embed.proj.weight", torch.zeros(7), r"is \(7,\), not a 3-D patch"),
+                                ("visual.merger.mlp.2.weight", None, "an incomplete or damaged vision tower")):
+        damaged = {k: v for k, v in fine.items() if k != key} | ({} if value is None else {key: value})
+        with pytest.raises(CheckpointError, match=message):
+            qwen25vl_vision_config(damaged)
     small = QwenVisionConfig(depth=8, hidden_size=160, num_heads=2, intermediate_size=48, out_hidden_size=24)
     with torch.device("meta"):
         shapes = {"visual." + k: v for k, v in QwenVisionTower(small).state_dict().items()}

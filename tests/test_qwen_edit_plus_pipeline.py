@@ -13,6 +13,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
 from PIL import Image
 
 from dit_fixtures import spy_euler
+from opensd.errors import InvalidArgument
 from opensd.pipeline.pipeline import load
 from qwen_image_fixtures import SCHEDULER, qwen_image_transformer, qwen_image_vae
 from reference import assert_close_scaled
@@ -82,6 +83,14 @@ def test_the_second_reference_and_zero_cond_t_are_seen(plus):
     c = np.asarray(plus["2511"][0].txt2img(PROMPT, "", references=two, **args)[0]).astype(int)
     assert np.abs(a - b).max() > 3 and np.abs(b - c).max() > 3
 
+
+
+def test_a_thin_reference_is_the_vision_encoders_one_line(plus):
+    """Hostile input: a 20000x16 reference fitted to ~384x384 had a 0-pixel side (diffusers' rounding),
+    and PIL's resize failed with 'height and width must be > 0'."""
+    with pytest.raises(InvalidArgument, match=r"too narrow for the vision encoder \(aspect ratio over 200\)"):
+        plus["2509"][0].txt2img(PROMPT, "", references=[Image.new("RGB", (20000, 16))], steps=1, seed=SEED,
+                                width=SIZE, height=SIZE, cfg=1.0)
 
 def test_cli_takes_several_reference_images_for_edit_plus_only(plus, edit, tmp_path, capsys):
     """`opensd generate --reference-image A --reference-image B`: an Edit-2509 folder edits with both

@@ -151,6 +151,12 @@ def test_other_files_are_refused(ctx, files):  # noqa: F811
     save_safetensors({"foo.weight": torch.zeros(2)}, files / "other.safetensors")
     with pytest.raises(NodeError, match="not a Z-Image Fun ControlNet .* or a Qwen-Image blockwise ControlNet"):
         _run(ctx, _patched(name="other.safetensors"))
+    # hostile file: the telltale names over a 1-D img_in was a bare 'not enough values to unpack'
+    damaged = {k: v.contiguous() for k, v in _blockwise().state_dict().items()} | {"img_in.weight": torch.zeros(7)}
+    save_safetensors(damaged, files / "flat.safetensors")
+    with pytest.raises(NodeError, match=r"node 40 \(ModelPatchLoader\): .*flat.safetensors: a damaged Qwen-Image "
+                                        r"blockwise ControlNet: img_in.weight is \(7,\), not a matrix"):
+        _run(ctx, _patched(name="flat.safetensors"))
 
 
 def test_refused_on_another_family(tmp_path):

@@ -84,6 +84,17 @@ def test_not_a_qwen_tokenizer(tmp_path):
         QwenTokenizer.from_folder(tmp_path)
 
 
+
+@pytest.mark.parametrize("cls", ["qwen", "mistral"])
+def test_a_huge_tokenizer_json_is_refused_before_reading(tmp_path, cls):
+    """Hostile file: a 300 MB tokenizer.json (sparse here) was read whole by the Rust parser first."""
+    from opensd.text.mistral_tokenizer import MistralTokenizer
+    with open(tmp_path / "tokenizer.json", "wb") as f:
+        f.truncate(300 * 2**20)
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json: 300 MB, more than the 256 MB a tokenizer\.json "
+                                              r"may be"):
+        {"qwen": QwenTokenizer, "mistral": MistralTokenizer}[cls].from_folder(tmp_path)
+
 def test_config_ids_that_disagree_with_the_vocabulary(tmp_path, tok):
     folder = write_folder(tmp_path, tok, json_file=False)
     cfg = (folder / "tokenizer_config.json").read_text().replace(f'"{tok.token_to_id("<|im_end|>")}"', '"3"')

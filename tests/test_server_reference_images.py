@@ -121,3 +121,13 @@ def test_a1111_route_answers_without_echoing_them(served):
     answer = c.post("/sdapi/v1/txt2img", json=body(KLEIN, [picture(32, 32, 4)], send_images=True))
     assert answer.status_code == 200, answer.text
     assert answer.json()["parameters"]["reference_images"] is None and len(answer.json()["images"]) == 1
+
+
+def test_a_reference_too_thin_once_fitted_is_refused(served):
+    """Hostile input: klein scales a reference past 1 MP down, then crops to whole steps; 400000x4
+    became 323816x0 and the VAE failed on the empty image (a 500 naming a RuntimeError)."""
+    c, _ = served
+    answer = c.post("/sdapi/v1/txt2img", json=body(KLEIN, [Image.new("RGB", (400000, 4))]))
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"] == "reference-image: 400000x4 is too narrow for the model (fitted to 323816x0)"
+    assert c.post("/sdapi/v1/txt2img", json=body(KLEIN, [picture(32, 32, 4)])).status_code == 200

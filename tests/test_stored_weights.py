@@ -149,28 +149,44 @@ def test_a_quantised_gguf_is_refused_by_readers_of_plain_tensors(tmp_path):
     assert sd["img_in.bias"].dtype == torch.float32
 
 
-def test_city96_flattened_shapes_and_sd_cpp_prefix(tmp_path):
-    """city96 stores some tensors as rows of 256 with their shape in comfy.gguf.orig_shape.<name>;
-    stable-diffusion.cpp keeps the checkpoint's model.diffusion_model. prefix."""
+def _city96(path, half: bool = False):
+    """An SD3 network as city96 writes it: x_embedder's conv weight, (256, 16, 2, 2), stored as rows of
+    256 with its shape in comfy.gguf.orig_shape.<name> (`half`: only the first half of the rows)."""
     net, metadata = network("sd3")
     sd = {f"model.diffusion_model.{k}": v.contiguous() for k, v in net.state_dict().items()}
     name = "model.diffusion_model.x_embedder.proj.weight"  # (256, 16, 2, 2): 16384 weights
-    writer = gguf.GGUFWriter(str(tmp_path / "net.gguf"), "sd3")
+    writer = gguf.GGUFWriter(str(path), "sd3")
     for k, v in metadata.items():
         writer.add_string(k, v)
     writer.add_array(f"comfy.gguf.orig_shape.{name}", list(sd[name].shape))
     for k, v in sd.items():
-        a = v.numpy().reshape(-1, 256) if k == name else v.numpy()
+        a = v.numpy().reshape(-1, 256)[:32 if half else None] if k == name else v.numpy()
         writer.add_tensor(k, gguf.quants.quantize(a, Q.Q8_0) if k == name else a,
                           raw_dtype=Q.Q8_0 if k == name else None)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return net
+
+
+def test_city96_flattened_shapes_and_sd_cpp_prefix(tmp_path):
+    """city96 stores some tensors as rows of 256 with their shape in comfy.gguf.orig_shape.<name>;
+    stable-diffusion.cpp keeps the checkpoint's model.diffusion_model. prefix."""
+    net = _city96(tmp_path / "net.gguf")
     pipe = parts.load_unet(tmp_path / "net.gguf", device="cpu", precision="fp32")
     conv = pipe.family.network(pipe.model).x_embedder.proj.weight  # a conv: unpacked on load
     assert conv.shape == (256, 16, 2, 2)
     assert rel(conv, net.x_embedder.proj.weight) < 0.01
+
+
+def test_an_orig_shape_claiming_more_than_is_stored_is_one_line(tmp_path):
+    """Hostile file: the claimed shape was taken as told; unpacking the conv failed with PyTorch's bare
+    RuntimeError (shape invalid for 8192 values), and a weight kept quantised would fail at the first step."""
+    _city96(tmp_path / "net.gguf", half=True)
+    with pytest.raises(CheckpointError, match=r"net.gguf: tensor 'model.diffusion_model.x_embedder.proj.weight': "
+                                              r"shape \[256, 16, 2, 2\] does not match its 8192 stored values"):
+        parts.load_unet(tmp_path / "net.gguf", device="cpu", precision="fp32")
 
 
 def test_a_damaged_gguf_file_is_one_line(tmp_path):

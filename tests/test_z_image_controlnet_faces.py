@@ -175,6 +175,14 @@ def test_comfyui_refusals(env, ctx):
         _run(ctx, _patched_graph(name="other.safetensors"))
     with pytest.raises(NodeError, match="connect one with inpaint_image"):
         _run(ctx, _patched_graph(inpaint_image=["41", 0]))
+    # hostile input: was PyTorch's 'Sizes of tensors must match except in dimension 1'
+    g = _patched_graph(image=["45", 0], mask=["47", 0])
+    g["45"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["41", 0], "amount": 2}}
+    g["46"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["41", 0], "amount": 3}}
+    g["47"] = {"class_type": "ImageToMask", "inputs": {"image": ["46", 0], "channel": "red"}}
+    with pytest.raises(NodeError, match=r"image, inpaint_image and mask: batches of 2, 1 and 3; give one each or "
+                                        r"equal batches"):
+        _run(ctx, g)
 
 
 def test_object_info_entries():

@@ -24,6 +24,7 @@ refused), Tucker-decomposed convs (``lora_mid``, ``hada_t1/t2``, ``lokr_t2``), s
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -140,12 +141,20 @@ class LoraWeights:
         return replace(self, down=moved(self.down), up=moved(self.up), diff=moved(self.diff), diff_b=None,
                        factors={k: moved(v) for k, v in self.factors.items()})
 
+    def _meta_full(self) -> torch.Tensor | None:
+        """The update's shape (a meta tensor); None when the file's factors do not combine (an up
+        of rank 8 with a down of rank 4, a 1-D factor)."""
+        try:
+            with torch.device("meta"):
+                return self._full("meta")
+        except (RuntimeError, IndexError):
+            return None
+
     def fits(self, shape: torch.Size) -> bool:
         if self.kind == "bias":
             return True  # no weight update (the bias is checked by bias_fits)
-        with torch.device("meta"):
-            full = self._full("meta")
-        return full.numel() == shape.numel() and full.shape[0] == shape[0]
+        full = self._meta_full()
+        return full is not None and full.numel() == shape.numel() and full.shape[0] == shape[0]
 
     def bias_fits(self, bias_shape: torch.Size | None) -> bool:
         return self.diff_b is None or (bias_shape is not None and self.diff_b.numel() == bias_shape.numel())
@@ -155,8 +164,10 @@ class LoraWeights:
             return f"bias update {tuple(self.diff_b.shape)}"
         if self.kind == "lora":
             return f"up {tuple(self.up.shape)} down {tuple(self.down.shape)}"
-        with torch.device("meta"):
-            return f"{self.kind} update {tuple(self._full('meta').shape)}"
+        full = self._meta_full()
+        if full is None:
+            return f"{self.kind} factors " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in self.factors.items())
+        return f"{self.kind} update {tuple(full.shape)}"
 
 
 @dataclass
@@ -195,6 +206,20 @@ def _split(key: str) -> tuple[str, str] | None:
     return key[: -len(best[0]) - 1], best[1]
 
 
+def _alpha(value, path: Path, key: str) -> float:
+    """A LoRA's alpha (a one-number tensor, or PEFT metadata's number) as a float: one finite number,
+    else the file is refused naming the key (a NaN alpha made every image NaN, a vector a bare error)."""
+    try:
+        alpha = float(value.float().item() if isinstance(value, torch.Tensor) else value)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        alpha = None
+    if alpha is None or isinstance(value, bool) or not math.isfinite(alpha):
+        shown = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) and value.numel() != 1 \
+            else repr(value.item() if isinstance(value, torch.Tensor) else value)[:40]
+        raise CheckpointError(path, f"{key}: alpha must be one finite number, not {shown}")
+    return alpha
+
+
 def parse_lora(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> LoraFile:
     metadata = metadata or {}
     modules: dict[str, LoraWeights] = {}
@@ -214,7 +239,7 @@ def parse_lora(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
             continue
         w = modules.setdefault(normalize_name(raw), LoraWeights())
         if role == "alpha":
-            w.alpha = float(value.float().item())
+            w.alpha = _alpha(value, path, key)
         elif role == "factor":
             w.factors[key[len(raw) + 1:]] = value
         else:
@@ -229,11 +254,11 @@ def parse_lora(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
         elif not w.complete:
             del modules[name]
             unsupported.append(f"{name} (incomplete {w.kind} weights)")
-    _apply_peft_metadata(modules, metadata)
+    _apply_peft_metadata(modules, metadata, path)
     return LoraFile(path, modules, unsupported, metadata)
 
 
-def _apply_peft_metadata(modules: dict[str, LoraWeights], metadata: dict[str, str]) -> None:
+def _apply_peft_metadata(modules: dict[str, LoraWeights], metadata: dict[str, str], file: Path) -> None:
     raw = metadata.get("lora_adapter_metadata")
     if not raw:
         return
@@ -253,7 +278,9 @@ def _apply_peft_metadata(modules: dict[str, LoraWeights], metadata: dict[str, st
             continue
         rank = w.rank
         rs = bool(meta.get(f"{component}.use_rslora"))
-        w.scale = float(alpha) / (rank ** 0.5 if rs else rank)
+        if rank:  # a rank-0 module changes nothing
+            alpha = _alpha(alpha, file, f"lora_adapter_metadata {component}.lora_alpha")
+            w.scale = alpha / (rank ** 0.5 if rs else rank)
 
 
 def read_lora(path) -> LoraFile:
@@ -274,9 +301,10 @@ _CONTEXT_FAMILY = {768: "SD1", 1024: "SD2", 2048: "SDXL", 1280: "SDXL refiner"}
 def guess_family(lf: LoraFile) -> str | None:
     """"SD1" / "SD2" / "SDXL" / … from the cross-attention width a LoRA's attn2 to_k expects."""
     for name, w in lf.modules.items():
-        if "attn2" in name and name.endswith(("to_k", "to_v")) and w.kind != "bias":
-            with torch.device("meta"):
-                width = w._full("meta").shape[1]
+        full = None if w.kind == "bias" or "attn2" not in name or not name.endswith(("to_k", "to_v")) \
+            else w._meta_full()
+        if full is not None and full.ndim > 1:
+            width = full.shape[1]
             return _CONTEXT_FAMILY.get(width, f"a model with {width}-wide cross-attention")
     dit = dit_family(lf.modules)
     if dit is not None:

@@ -13,6 +13,7 @@ read with the `gguf` package (memory-mapped: nothing is read until a tensor is u
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -52,14 +53,22 @@ def _orig_shape(reader: gguf.GGUFReader, name: str) -> tuple[int, ...] | None:
     return tuple(int(field.parts[i][0]) for i in field.data)
 
 
-def _shape(reader: gguf.GGUFReader, t) -> tuple[int, ...]:
-    return _orig_shape(reader, t.name) or tuple(int(d) for d in reversed(t.shape.tolist()))
+def _shape(path: Path, reader: gguf.GGUFReader, t) -> tuple[int, ...]:
+    """The tensor's shape: ComfyUI's orig_shape entry, else the stored dims (reversed). An orig_shape
+    must hold the stored count of values: a quantised tensor keeps its claimed shape until the first
+    dequantization, where a lie would fail mid-generation."""
+    shape = _orig_shape(reader, t.name) or tuple(int(d) for d in reversed(t.shape.tolist()))
+    if math.prod(shape) != int(t.n_elements):
+        raise CheckpointError(path, f"tensor {t.name!r}: shape {list(shape)} does not match its "
+                                    f"{int(t.n_elements)} stored values")
+    return shape
 
 
 def gguf_shapes(path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
     """({name: shape}, string metadata) of a GGUF file, from its header alone (no tensor data read)."""
-    reader = _reader(Path(path))
-    return {t.name: _shape(reader, t) for t in reader.tensors}, _strings(reader)
+    path = Path(path)
+    reader = _reader(path)
+    return {t.name: _shape(path, reader, t) for t in reader.tensors}, _strings(reader)
 
 
 def _tensor(t, shape: tuple[int, ...]):
@@ -81,7 +90,7 @@ def read_gguf(path) -> tuple[dict, dict[str, str]]:
         raise CheckpointError(path, "contains no tensors")
     sd = {}
     for t in reader.tensors:
-        shape = _shape(reader, t)
+        shape = _shape(path, reader, t)
         try:
             sd[t.name] = _tensor(t, shape)
         except (RuntimeError, ValueError) as e:

@@ -49,13 +49,17 @@ def qwen25vl_vision_config(shapes: Mapping, prefix: str = "", path: str = "<stat
     if _MARK not in v:
         raise CheckpointError(path, "no Qwen2.5-VL vision tower in this file (visual.* keys); "
                                     "Qwen-Image-Edit needs the text encoder file that has it")
+    if len(_shape(v[_MARK])) != 5:  # a damaged file: left out as any other tower opensd cannot build
+        raise CheckpointError(path, f"visual.{_MARK} is {_shape(v[_MARK])}, not a 3-D patch convolution's weight")
     hidden, channels, frames, patch, _ = _shape(v[_MARK])
     depth = len({k.split(".")[1] for k in v if k.startswith("blocks.")})
-    if hidden % HEAD_DIM or depth % 4:
+    if hidden % HEAD_DIM or depth % 4 or not depth:
         raise CheckpointError(path, f"a vision tower {hidden} wide and {depth} deep is not Qwen2.5-VL's layout")
     step = depth // 4
+    try:
+        widths = _shape(v["blocks.0.mlp.gate_proj.weight"])[0], _shape(v["merger.mlp.2.weight"])[0]
+    except (KeyError, IndexError) as e:
+        raise CheckpointError(path, f"an incomplete or damaged vision tower ({type(e).__name__}: {e})") from None
     return QwenVisionConfig(depth=depth, hidden_size=hidden, num_heads=hidden // HEAD_DIM, in_channels=channels,
-                            temporal_patch_size=frames, patch_size=patch,
-                            intermediate_size=_shape(v["blocks.0.mlp.gate_proj.weight"])[0],
-                            out_hidden_size=_shape(v["merger.mlp.2.weight"])[0],
-                            fullatt_block_indexes=tuple(range(step - 1, depth, step)))
+                            temporal_patch_size=frames, patch_size=patch, intermediate_size=widths[0],
+                            out_hidden_size=widths[1], fullatt_block_indexes=tuple(range(step - 1, depth, step)))

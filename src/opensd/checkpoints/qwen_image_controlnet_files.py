@@ -37,6 +37,9 @@ def qwen_image_controlnet_config(shapes: Shapes, base: QwenImageConfig, path="<c
         control_in = shapes["controlnet_x_embedder.weight"][1]
     except KeyError as e:
         raise CheckpointError(path, f"an incomplete Qwen-Image ControlNet: no {e.args[0]}") from None
+    except (ValueError, IndexError):
+        raise CheckpointError(path, "a damaged Qwen-Image ControlNet: its weights' shapes are not the released "
+                                    "files' (img_in, txt_in, controlnet_x_embedder: matrices)") from None
     theirs = {"width": base.hidden_size, "head width": base.attention_head_dim, "text width": base.joint_attention_dim,
               "input channels": base.in_channels, "MLP width": base.mlp_hidden}
     bad = [f"{k} {mine[k]} (the model's: {theirs[k]})" for k in mine if mine[k] != theirs[k]]
@@ -65,6 +68,9 @@ def is_qwen_image_blockwise(keys) -> bool:
 
 def blockwise_config(shapes: Shapes, base: QwenImageConfig | None = None, path="<controlnet>") -> BlockwiseConfig:
     """The config of a blockwise file; with `base` (the model's), CheckpointError where they differ."""
+    if len(shapes["img_in.weight"]) != 2:
+        raise CheckpointError(path, f"a damaged Qwen-Image blockwise ControlNet: img_in.weight is "
+                                    f"{tuple(shapes['img_in.weight'])}, not a matrix")
     dim, in_ch = shapes["img_in.weight"]
     n = count(shapes, "controlnet_blocks.")
     cfg = BlockwiseConfig(n_layers=n, dim=dim, in_channels=4 * 16, extra_channels=in_ch - 4 * 16)

@@ -44,11 +44,15 @@ def z_image_controlnet_config(shapes: Shapes, sd: Mapping[str, torch.Tensor] | N
         head = shapes["control_layers.0.attention.norm_q.weight"][0]
         hidden = shapes["control_layers.0.feed_forward.w1.weight"][0]
         adaln = shapes["control_layers.0.adaLN_modulation.0.weight"][1]
+        n_heads = dim // head
     except KeyError as e:
         raise CheckpointError(path, f"an incomplete Z-Image Fun ControlNet: no {e.args[0]}") from None
+    except (ValueError, IndexError, ZeroDivisionError):
+        raise CheckpointError(path, "a damaged Z-Image Fun ControlNet: its weights' shapes are not the released "
+                                    "files' (control_all_x_embedder a matrix, norm_q a head's width)") from None
     refiner = _refiner(shapes, sd)
     n_ref = count(shapes, REFINER) if refiner != "layers" else 2
-    base = ZImageConfig(dim=dim, n_heads=dim // head, ffn_hidden=hidden, adaln_dim=adaln, n_refiner_layers=n_ref,
+    base = ZImageConfig(dim=dim, n_heads=n_heads, ffn_hidden=hidden, adaln_dim=adaln, n_refiner_layers=n_ref,
                         axes_dims=(head - 2 * (3 * head // 8), 3 * head // 8, 3 * head // 8))
     return ZImageControlNetConfig(base, count(shapes, "control_layers."), patch_in // base.patch_size ** 2, refiner)
 

@@ -5,10 +5,11 @@ because its refusal names whatever else the file looks like (a LoRA, a VAE, an u
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..checkpoints import detect as D
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OpenSDError
 from .base import Family, Shapes
 from .chroma import CHROMA_FAMILY
 from .flux import FLUX
@@ -42,10 +43,25 @@ def reference_families() -> str:
     return ", ".join(f.label + editing.get(f, "") for f in FAMILIES if takes_references(f))
 
 
+@contextmanager
+def shapes_read(path, family: Family):
+    """Around a family's readers of a file's shapes (config from header): they take shapes as released
+    files have them, so a damaged or hostile header (a 1-D weight where a matrix belongs, a zero width)
+    fails them with plain errors; those become a CheckpointError naming the file and the family."""
+    try:
+        yield
+    except OpenSDError:
+        raise
+    except (LookupError, ValueError, ArithmeticError, TypeError) as e:
+        raise CheckpointError(path, f"damaged: its tensor shapes are not a {family.label} model's "
+                                    f"({type(e).__name__}: {e})") from None
+
+
 def detect(shapes: Shapes, metadata, path: str, prediction=None):
     """(family, config) of an original-layout state dict, or CheckpointError saying what it is instead."""
     for family in FAMILIES:
-        cfg = family.detect(shapes, metadata or {}, path, prediction)
+        with shapes_read(path, family):
+            cfg = family.detect(shapes, metadata or {}, path, prediction)
         if cfg is not None:
             return family, cfg
     raise CheckpointError(path, D.what_else(shapes, D.UNET))

@@ -163,7 +163,9 @@ def describe(m: ModelFile) -> ModelEntry:
             entry.detail = _vae(entries)
         elif m.kind == "hypernetworks":
             entry.family, entry.detail = _hypernetwork(m.path)
-    except (OpenSDError, OSError, ValueError) as e:
+    except (OpenSDError, OSError, ValueError, LookupError, ArithmeticError, TypeError) as e:
+        # a damaged file's shapes (a 1-D weight where a matrix belongs, a zero width) fail the readers
+        # with plain errors; the listing must still answer
         log.info("%s: not described: %s", m.path, e)
         entry.detail = entry.detail or f"unreadable: {e}"
     return entry

@@ -33,7 +33,11 @@ def reference_latents(pipe, images: list) -> list[torch.Tensor]:
         if image.width < side or image.height < side:
             raise InvalidArgument(f"reference-image: {image.width}x{image.height} is too small "
                                   f"(at least {side}x{side} pixels)")
-        fitted.append(pipe.family.fit_reference(pipe, image.convert("RGB")))
+        fit = pipe.family.fit_reference(pipe, image.convert("RGB"))
+        if fit.width < side or fit.height < side:  # klein scales a thin image past 1 MP to under one step
+            raise InvalidArgument(f"reference-image: {image.width}x{image.height} is too narrow for the model "
+                                  f"(fitted to {fit.width}x{fit.height})")
+        fitted.append(fit)
     own = getattr(pipe.family, "prompt_image", None)
     pipe._reference_images = fitted if own is None else [own(pipe, i.convert("RGB"), f) for i, f in zip(images, fitted)]
     # the fitted sizes are about 1 MP, most just above the automatic tiling's threshold: encoding them

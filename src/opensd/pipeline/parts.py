@@ -238,6 +238,8 @@ def _dit_encoders(paths: list[Path], family, device, precision) -> Pipeline:
     VAE stay on the meta device at the released sizes."""
     part = family.encoder_tensors(paths)
     shapes = {k: tuple(v.shape) for k, v in part.items()}
-    encoders = {name: family.encoder_config(name, shapes, str(paths[0])) for name in family.present_encoders(shapes)}
+    with families.shapes_read(paths[0], family):
+        encoders = {name: family.encoder_config(name, shapes, str(paths[0]))
+                    for name in family.present_encoders(shapes)}
     cfg = family.make_config(family.released_network, family.default_vae, encoders, 1024)
     return _pipeline(paths[0], cfg, part, (TEXT,), *_where(device, precision, cfg), paths=tuple(paths))

@@ -16,10 +16,12 @@ CONDITION_AREA = 384 * 384  # Edit Plus: the vision encoder's image
 
 
 def edit_size(width: int, height: int, area: int = EDIT_AREA) -> tuple[int, int]:
-    """(width, height) of about `area` pixels with the ratio width / height, multiples of 32."""
+    """(width, height) of about `area` pixels with the ratio width / height, multiples of 32 (at least
+    32: diffusers' rounds a very thin image's short side to 0 and fails in the resize; the vision
+    encoder refuses such a ratio with its own message, text/qwen_vl_image.smart_resize)."""
     ratio = width / height
     w = math.sqrt(area * ratio)
-    return round(w / 32) * 32, round(w / ratio / 32) * 32
+    return max(32, round(w / 32) * 32), max(32, round(w / ratio / 32) * 32)
 
 
 def fit_edit_image(image: Image.Image, area: int = EDIT_AREA) -> Image.Image:

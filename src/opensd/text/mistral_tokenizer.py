@@ -16,7 +16,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from ..errors import CheckpointError
-from .qwen_tokenizer import CONFIG, TOKENIZER_JSON, QwenTokenizer
+from .qwen_tokenizer import CONFIG, TOKENIZER_JSON, QwenTokenizer, read_tokenizer_json
 
 BOS, PAD = "<s>", "<pad>"
 INST, INST_END = "[INST]", "[/INST]"
@@ -59,10 +59,7 @@ class MistralTokenizer(QwenTokenizer):
     @classmethod
     def from_folder(cls, folder: str | Path) -> MistralTokenizer:
         folder = Path(folder)
-        try:
-            tok = Tokenizer.from_file(str(folder / TOKENIZER_JSON))
-        except Exception as e:  # the Rust library's errors are plain Exceptions
-            raise CheckpointError(folder / TOKENIZER_JSON, f"not a readable tokenizer ({e})") from None
+        tok = read_tokenizer_json(folder / TOKENIZER_JSON)
         pad, side = _settings(folder / CONFIG)
         return cls(tok, str(folder / TOKENIZER_JSON), pad, side)
 

@@ -34,6 +34,26 @@ GGUF_MERGES, GGUF_TYPES = "tokenizer.ggml.merges", "tokenizer.ggml.token_type"
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types
 TOKENIZER_JSON, VOCAB, MERGES, CONFIG = "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"
 
+# Released tokenizer.json files are tens of MB at most (Qwen2.5's 7, tekken's 17); the Rust parser holds
+# several times the file, so a larger one is refused before reading.
+MAX_TOKENIZER_JSON = 256 * 2**20
+
+
+def read_tokenizer_json(path: Path) -> Tokenizer:
+    """A tokenizer.json as the tokenizers library reads it, after checking it is a plain file of a
+    tokenizer's size (a device or a fifo would be read without end, a huge file into memory)."""
+    if not path.is_file():
+        raise CheckpointError(path, "not a regular file")
+    size = path.stat().st_size
+    if size > MAX_TOKENIZER_JSON:
+        raise CheckpointError(path, f"{size / 2**20:,.0f} MB, more than the {MAX_TOKENIZER_JSON // 2**20} MB "
+                                    "a tokenizer.json may be")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # the Rust library's errors are plain Exceptions
+        raise CheckpointError(path, f"not a readable tokenizer ({e})") from None
+
+
 # Qwen2's pre-tokenizer: contractions, letter runs (with one leading non-letter), single digits,
 # punctuation runs, newlines, other whitespace.
 _PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -87,9 +107,9 @@ class QwenTokenizer:
     def from_folder(cls, folder: str | Path) -> QwenTokenizer:
         """From a tokenizer folder's tokenizer.json, else its vocab.json and merges.txt."""
         folder = Path(folder)
+        if (folder / TOKENIZER_JSON).is_file():
+            return cls(read_tokenizer_json(folder / TOKENIZER_JSON), str(folder / TOKENIZER_JSON))
         try:
-            if (folder / TOKENIZER_JSON).is_file():
-                return cls(Tokenizer.from_file(str(folder / TOKENIZER_JSON)), str(folder / TOKENIZER_JSON))
             tok = _bpe_pipeline(BPE.from_file(str(folder / VOCAB), str(folder / MERGES), **_BPE_OPTIONS))
         except Exception as e:  # the Rust library's errors are plain Exceptions
             raise CheckpointError(folder, f"not a readable tokenizer ({e})") from None

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from ..adapters.dit_control_mask import file_has_mask_channels
 from ..adapters.z_image_controlnet import inpaint_hint
 from ..checkpoints.files import read_safetensors_header
-from ..checkpoints.qwen_image_controlnet_files import is_qwen_image_blockwise
-from ..checkpoints.z_image_controlnet_files import is_z_image_controlnet
+from ..checkpoints.qwen_image_controlnet_files import blockwise_config, is_qwen_image_blockwise
+from ..checkpoints.z_image_controlnet_files import is_z_image_controlnet, z_image_controlnet_config
 from ..errors import CheckpointError, InvalidArgument
 from .nodes_controlnet import ControlHint, ControlNetRef, _image
 from .types import Choices, NodeDef, register
@@ -54,6 +54,9 @@ def model_patch_loader(call, name):
     if not (is_z_image_controlnet(header) or is_qwen_image_blockwise(header)):
         raise InvalidArgument(f"model patch {name}: not a Z-Image Fun ControlNet (Z-Image-Turbo-Fun-Controlnet-Union) "
                               "or a Qwen-Image blockwise ControlNet (DiffSynth), the model patches opensd runs")
+    shapes = {k: tuple(v["shape"]) for k, v in header.items()}  # a damaged file refused here, by its shapes
+    config = blockwise_config if is_qwen_image_blockwise(header) else z_image_controlnet_config
+    config(shapes, path=path)
     return (ControlNetRef(path, name),)
 
 
@@ -79,7 +82,11 @@ def _inpaint_hint(image, inpaint_image, mask) -> torch.Tensor:
     grey = torch.full((1, 3, *size), 0.5)
     m = mask.float().cpu().reshape(-1, 1, *mask.shape[-2:])
     image, inpaint = [grey if x is None else _fitted(x, size) for x in (image, inpaint)]
-    n = max(len(image), len(inpaint), len(m))
+    counts = {len(x) for x in (image, inpaint, m)}
+    if len(counts - {1}) > 1:  # one of each is spread over the others' batch; two counts cannot pair up
+        raise InvalidArgument(f"image, inpaint_image and mask: batches of {len(image)}, {len(inpaint)} and "
+                              f"{len(m)}; give one each or equal batches")
+    n = max(counts)
     return inpaint_hint(*(x.expand(n, -1, -1, -1) if len(x) == 1 else x for x in (image, inpaint, _fitted(m, size))))
 
 
