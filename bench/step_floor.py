@@ -1,7 +1,7 @@
 """How far below diffusers' eager bf16 step can an exact SD 1.5 CFG step go on this CPU? A floor from
 the step's work and this machine's measured kernel rates, next to both eager steps in the same run.
 
-    python bench/step_floor.py [--rounds 3] [--no-doc]
+    python bench/step_floor.py [--rounds 5] [--no-doc]
 
 The step's work is counted once (torch's FLOP counter on the meta device): convolution, linear
 (addmm/mm) and attention-product FLOPs, and the softmax exponentials (one per attention score,
@@ -99,8 +99,16 @@ def kernel_rates() -> dict:
     return dict(conv=max(conv), conv_all=conv, mm=max(mm), mm_all=mm, exp=exp, sdpa_level0=sdpa)
 
 
-def step_times(rounds: int) -> dict:
-    """Ours (bf16, channels last, as the pipeline runs it) and diffusers' eager bf16, interleaved."""
+def floor_seconds(work: dict, rates: dict) -> dict:
+    parts = dict(conv=work["conv"] / rates["conv"], mm=(work["linear"] + work["attention"]) / rates["mm"],
+                 exp=work["exps"] / rates["exp"])
+    return parts | dict(floor=sum(parts.values()))
+
+
+def measure(work: dict, rounds: int) -> dict:
+    """Per round: the kernel rates, then ours (bf16, channels last, as the pipeline runs it) and
+    diffusers' eager bf16 step (alternating which goes first). This VM's speed drifts by up to 2-3x
+    within minutes, so each round's floor is set against that round's steps."""
     import torch
     steps = {}
     for impl in ("ours", "diffusers"):
@@ -109,70 +117,75 @@ def step_times(rounds: int) -> dict:
             model.to(memory_format=torch.channels_last)
         steps[impl] = E._step_fn(impl, "unet", model, E._inputs("unet", torch.bfloat16))
     times = {n: [] for n in steps}
-    loads = [os.getloadavg()[0]]
+    per_round, loads = [], [os.getloadavg()[0]]
     with torch.inference_mode():
         for fn in steps.values():
             fn()
         for r in range(rounds):
+            rates = kernel_rates()
             for name in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
                 t0 = time.perf_counter()
                 steps[name]()
                 times[name].append(time.perf_counter() - t0)
+            per_round.append(dict(rates=rates, **floor_seconds(work, rates)))
             loads.append(os.getloadavg()[0])
-            print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in times.items()), flush=True)
-    return dict(times=times, loads=loads)
+            print(f"round {r + 1}: floor {per_round[-1]['floor']:.2f} s, "
+                  + ", ".join(f"{n} {v[-1]:.2f} s" for n, v in times.items()), flush=True)
+    return dict(times=times, rounds=per_round, loads=loads)
 
 
-def render(work: dict, rates: dict, steps: dict, res: dict) -> str:
-    conv_s = work["conv"] / rates["conv"]
-    mm_s = (work["linear"] + work["attention"]) / rates["mm"]
-    exp_s = work["exps"] / rates["exp"]
-    floor = conv_s + mm_s + exp_s
-    times = steps["times"]
-    ours, theirs = statistics.median(times["ours"]), statistics.median(times["diffusers"])
-    ratio = statistics.median(a / b for a, b in zip(times["ours"], times["diffusers"]))
-    # the floor against each round's diffusers step: its median, and against the fastest round
-    floor_ratio = statistics.median(floor / b for b in times["diffusers"])
+def render(work: dict, res: dict) -> str:
+    times, rounds = res["times"], res["rounds"]
+    ours, theirs = times["ours"], times["diffusers"]
+    # the round whose diffusers step was fastest (least disturbed) shows the parts; ratios are medians
+    # of per-round ratios, each round's floor against the steps timed right after its rates
+    best = min(range(len(rounds)), key=lambda i: theirs[i])
+    shown = rounds[best]
+    rates = shown["rates"]
+    med = statistics.median
+    floor_ratio = med(r["floor"] / t for r, t in zip(rounds, theirs))
+    ours_floor = med(t / r["floor"] for r, t in zip(rounds, ours))
+    ratio = med(a / b for a, b in zip(ours, theirs))
+    exp_share = med(r["exp"] / r["floor"] for r in rounds)
     lines = ["## SD 1.5 bf16 step: the floor on this CPU", "",
-             "One CFG step (UNet batch 2, 64x64 latent). Work counted on the meta device; kernel rates and "
-             "both eager steps measured in this run. Reproduce: `python bench/step_floor.py`.", "",
-             "| part | work | best rate here | floor s |", "|---|---:|---:|---:|",
+             "One CFG step (UNet batch 2, 64x64 latent). Work counted on the meta device; each round measures "
+             "this machine's kernel rates, then both eager steps. The parts below are from the round with "
+             "diffusers' fastest step. Reproduce: `python bench/step_floor.py`.", "",
+             "| part | work | rate here | floor s |", "|---|---:|---:|---:|",
              f"| 3x3 convolutions (oneDNN, bf16, channels last) | {work['conv'] / 1e9:.0f} GFLOP | "
              f"{rates['conv'] / 1e12:.2f} TFLOP/s (per map size: "
-             + ", ".join(f"{r / 1e12:.2f}" for r in rates["conv_all"]) + f") | {conv_s:.3f} |",
+             + ", ".join(f"{r / 1e12:.2f}" for r in rates["conv_all"]) + f") | {shown['conv']:.3f} |",
              f"| linears + attention products (bf16 matmul) | {(work['linear'] + work['attention']) / 1e9:.0f} "
              f"GFLOP | {rates['mm'] / 1e12:.2f} TFLOP/s (per shape: "
-             + ", ".join(f"{r / 1e12:.2f}" for r in rates["mm_all"]) + f") | {mm_s:.3f} |",
+             + ", ".join(f"{r / 1e12:.2f}" for r in rates["mm_all"]) + f") | {shown['mm']:.3f} |",
              f"| softmax exponentials ({work['calls']} attention calls) | {work['exps'] / 1e9:.2f} G exp | "
-             f"{rates['exp'] / 1e9:.2f} G exp/s (fp32) | {exp_s:.3f} |",
-             f"| **floor** (nothing else counted) | | | **{floor:.3f}** |", "",
-             f"Eager steps in the same run (median of {len(times['ours'])} interleaved rounds): ours "
-             f"{ours:.2f} s, diffusers {theirs:.2f} s; ours / diffusers {ratio:.3f}. **Floor / diffusers' eager "
-             f"bf16 step: {floor_ratio:.3f}** (issue 21's target for the whole step: 0.55). One SD 1.5 "
-             f"level-0 self-attention through SDPA took {rates['sdpa_level0'] * 1e3:.0f} ms here, against "
-             f"{2 * 8 * 4096 * 4096 / rates['exp'] * 1e3:.0f} ms for its exponentials alone.", "",
-             *unet_step.machine_lines(res)]
+             f"{rates['exp'] / 1e9:.2f} G exp/s (fp32) | {shown['exp']:.3f} |",
+             f"| **floor** (nothing else counted) | | | **{shown['floor']:.3f}** |", "",
+             f"That round: ours {ours[best]:.2f} s, diffusers {theirs[best]:.2f} s; one level-0 self-attention "
+             f"through SDPA {rates['sdpa_level0'] * 1e3:.0f} ms against {2 * 8 * 4096 * 4096 / rates['exp'] * 1e3:.0f}"
+             f" ms for its exponentials alone.", "",
+             f"Medians of the {len(rounds)} rounds' ratios: **floor / diffusers' eager bf16 step {floor_ratio:.3f}** "
+             f"(issue 21's target for the whole step: 0.55); ours / diffusers {ratio:.3f}; ours / floor "
+             f"{ours_floor:.2f}; the exponentials' share of the floor {exp_share:.2f}. Per round (floor, ours, "
+             "diffusers, s): "
+             + "; ".join(f"{r['floor']:.2f}, {a:.2f}, {b:.2f}" for r, a, b in zip(rounds, ours, theirs)) + ".",
+             "", *unet_step.machine_lines(res)]
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-doc", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args()
     from opensd.pipeline import precision as P
 
     work = count_work()
-    rates = kernel_rates()
-    print(f"work {work}\nrates {rates}", flush=True)
-    steps = step_times(args.rounds)
-    rates_after = kernel_rates()  # the load may change between: keep each rate's better measurement
-    for key in ("conv", "mm", "exp"):
-        rates[key] = max(rates[key], rates_after[key])
-    rates["sdpa_level0"] = min(rates["sdpa_level0"], rates_after["sdpa_level0"])
-    res = dict(loads=steps["loads"], flags=unet_step.cpu_flags(), info=E.machine_info(), isa=None,
-               probe=dict(speedup=P.bf16_matmul_speedup(), native=P.cpu_has_native_bf16()))
-    section = render(work, rates, steps, res)
+    print(f"work {work}", flush=True)
+    res = measure(work, args.rounds)
+    res |= dict(flags=unet_step.cpu_flags(), info=E.machine_info(), isa=None,
+                probe=dict(speedup=P.bf16_matmul_speedup(), native=P.cpu_has_native_bf16()))
+    section = render(work, res)
     E.publish(section, BEGIN, END, doc=not args.no_doc)
     return 0
 
