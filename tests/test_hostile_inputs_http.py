@@ -436,7 +436,9 @@ def test_damaged_dit_controlnets_keep_the_model_lists_answering(tmp_path):
         assert r.status_code == 200, r.text
         listed = {m["name"]: m["detail"] for m in r.json()["controlnet"]}
         for name in files:
-            assert listed[f"{name}.safetensors"].startswith("unreadable: "), listed
+            detail = listed[f"{name}.safetensors"]
+            assert detail.startswith("unreadable: ") and "damaged" in detail, listed  # a reason, not an IndexError's
+            assert "<controlnet>" not in detail and str(tmp_path) not in detail, listed
 
 
 @pytest.mark.parametrize("family, key", [("flux", "img_in.weight"), ("sd3", "x_embedder.proj.weight"),

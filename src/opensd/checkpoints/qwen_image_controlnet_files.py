@@ -51,8 +51,12 @@ def qwen_image_controlnet_config(shapes: Shapes, base: QwenImageConfig, path="<c
     return QwenImageControlNetConfig(replace(base, num_layers=count(shapes, "controlnet_blocks.")))
 
 
-def describe_qwen_image_controlnet(shapes: Shapes) -> str:
-    extra = shapes["controlnet_x_embedder.weight"][1] - shapes["img_in.weight"][1]
+def describe_qwen_image_controlnet(shapes: Shapes, path="<controlnet>") -> str:
+    try:
+        extra = shapes["controlnet_x_embedder.weight"][1] - shapes["img_in.weight"][1]
+    except (KeyError, IndexError):
+        raise CheckpointError(path, "a damaged Qwen-Image ControlNet: img_in and controlnet_x_embedder are "
+                                    "not matrices") from None
     what = "Inpainting (not supported)" if extra else "Union"
     return f"Qwen-Image ControlNet {what} (InstantX, {count(shapes, 'controlnet_blocks.')} blocks)"
 

@@ -167,7 +167,7 @@ def describe(m: ModelFile) -> ModelEntry:
         # a damaged file's shapes (a 1-D weight where a matrix belongs, a zero width) fail the readers
         # with plain errors; the listing must still answer
         log.info("%s: not described: %s", m.path, e)
-        entry.detail = entry.detail or f"unreadable: {e}"
+        entry.detail = entry.detail or f"unreadable: {getattr(e, 'problem', e)}"  # the entry names the file
     return entry
 
 
