@@ -98,6 +98,11 @@ def prepare(named: dict[str, list], shape, pipe, sampling, negative_kinds=("nega
     return out
 
 
+def _own_reference_method(pipe) -> str:
+    own = getattr(pipe.family, "default_reference_method", None)  # a model's own (Qwen-Image-Edit-2511's)
+    return own(pipe.config) if own else getattr(pipe.family, "reference_method", "offset")
+
+
 def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, sampling, seed: int = 0) -> Entry:
     h, w = shape[2:]
     area = extra.get("area")
@@ -114,9 +119,8 @@ def _entry(context: torch.Tensor, extra: dict, negative: bool, shape, pipe, samp
             area = _bounds(mask)
     start, end = extra.get("start_percent"), extra.get("end_percent")
     references = _references(extra, pipe)
-    own = getattr(pipe.family, "default_reference_method", None)  # a model's own (Qwen-Image-Edit-2511's)
     method = extra.get("reference_latents_method") or (  # the model family's own placement by default
-        (own(pipe.config) if own else getattr(pipe.family, "reference_method", "offset")) if references else "offset")
+        _own_reference_method(pipe) if references else "offset")  # asked only then: stand-in pipes have no family
     return Entry(
         context=context.to(pipe.device, torch.float32), y=_adm(extra, negative, shape, pipe, seed),
         area=None if area is None else tuple(int(v) for v in area), mask=mask,
