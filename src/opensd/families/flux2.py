@@ -42,7 +42,7 @@ from ..sampling.flow import FlowSampling, flux2_mu
 from .dit import compute_dtype, resolution_of
 from .flux2_dev import DEV_GUIDANCE, MistralEncoder, has_mistral
 from .flux2_prompts import Flux2Conditioner
-from .qwen_dit import QwenDiTFamily, has_qwen3, has_vae
+from .qwen_dit import QwenDiTFamily, has_qwen3, has_vae, require_parts
 
 COMFY_SHIFT = 2.02  # ComfyUI's FLUX.2 mu when no size and step count are known (its sampling settings)
 BASE_CFG = 4.0  # Flux2KleinPipeline's guidance_scale default, used by the base (undistilled) models
@@ -146,12 +146,8 @@ class Flux2Family(MistralEncoder, QwenDiTFamily):
             raise CheckpointError(path, f"the text encoder is Mistral Small 3.1 (FLUX.2 [dev]'s); this FLUX.2 [klein] "
                                         f"network takes the {encoder_name(cfg.flux2.context_in_dim // 3)}")
         width = cfg.flux2.context_in_dim // 3
-        missing = [what for what, here in (("VAE (--vae; flux2-vae.safetensors in vae/)", has_vae(shapes)),
-                                           (f"{encoder_name(width)} (--text-encoder)",
-                                            has_qwen3(shapes))) if not here]
-        if missing:
-            raise CheckpointError(path, f"this FLUX.2 file has no {' and no '.join(missing)}; pass the separate "
-                                        "files or keep them in the models folder's vae/ and text_encoders/")
+        require_parts(path, "FLUX.2", (("VAE (--vae; flux2-vae.safetensors in vae/)", has_vae(shapes)),
+                                       (f"{encoder_name(width)} (--text-encoder)", has_qwen3(shapes))))
         have = shapes[DD.QWEN3 + "model.embed_tokens.weight"][1]
         if have != width:
             raise CheckpointError(path, f"the text encoder is a {encoder_name(have)}; this FLUX.2 [klein] "

@@ -13,7 +13,7 @@ from ..checkpoints.keymap_mistral import is_mistral, mistral_config, mistral_sta
 from ..checkpoints.mistral_vocab import load_mistral_tokenizer
 from ..errors import CheckpointError
 from ..text.flux2_dev_prompts import LAYERS
-from .qwen_dit import has_qwen3, has_vae
+from .qwen_dit import has_qwen3, has_vae, require_parts
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,8 @@ class MistralEncoder:
         if has_qwen3(shapes):
             raise CheckpointError(path, "the text encoder is a Qwen3 (FLUX.2 [klein]'s); FLUX.2 [dev] takes the "
                                         + MISTRAL_FILE)
-        missing = [what for what, here in (("VAE (--vae; flux2-vae.safetensors in vae/)", has_vae(shapes)),
-                                           (MISTRAL_FILE + " (--text-encoder)", has_mistral(shapes))) if not here]
-        if missing:
-            raise CheckpointError(path, f"this FLUX.2 [dev] file has no {' and no '.join(missing)}; pass the separate "
-                                        "files or keep them in the models folder's vae/ and text_encoders/")
+        require_parts(path, "FLUX.2 [dev]", (("VAE (--vae; flux2-vae.safetensors in vae/)", has_vae(shapes)),
+                                             (MISTRAL_FILE + " (--text-encoder)", has_mistral(shapes))))
         width = shapes[DD.MISTRAL + "model.embed_tokens.weight"][1]
         if 3 * width != cfg.flux2.context_in_dim:
             raise CheckpointError(path, f"the Mistral text encoder is {width} wide; this FLUX.2 [dev] network takes "

@@ -25,6 +25,14 @@ def has_vae(shapes) -> bool:
     return D.VAE + "encoder.conv_in.weight" in shapes
 
 
+def require_parts(path, label: str, parts) -> None:
+    """CheckpointError naming each of `parts` ((what, present) pairs) that a `label` file lacks."""
+    missing = [what for what, here in parts if not here]
+    if missing:
+        raise CheckpointError(path, f"this {label} file has no {' and no '.join(missing)}; pass the separate "
+                                    "files or keep them in the models folder's vae/ and text_encoders/")
+
+
 class QwenDiTFamily(DiTFamily):
     clip_names = ()
     required = ("vae", "qwen3")

@@ -62,7 +62,7 @@ from ..pipeline.qwen_edit_image import CONDITION_AREA, fit_edit_image
 from ..sampling.flow import FlowSampling, flux_mu, flux_shift, sd3_shift
 from .dit import compute_dtype, resolution_of
 from .chroma import text_mask
-from .qwen_dit import QwenDiTFamily
+from .qwen_dit import QwenDiTFamily, require_parts
 from .qwen_image_prompts import QwenImageConditioner
 
 log = logging.getLogger(__name__)
@@ -263,11 +263,8 @@ class QwenImageFamily(QwenDiTFamily):
         if D.VAE + "encoder.conv_in.weight" in shapes:
             raise CheckpointError(path, "the VAE is an SD/Flux-style VAE; Qwen-Image takes its own "
                                         "(qwen_image_vae.safetensors, the Wan 2.1 VAE)")
-        missing = [what for what, here in (("VAE (--vae; qwen_image_vae.safetensors in vae/)", has_vae(shapes)),
-                                           (ENCODER_FILE + " (--text-encoder)", has_encoder(shapes))) if not here]
-        if missing:
-            raise CheckpointError(path, f"this Qwen-Image file has no {' and no '.join(missing)}; pass the separate "
-                                        "files or keep them in the models folder's vae/ and text_encoders/")
+        require_parts(path, "Qwen-Image", (("VAE (--vae; qwen_image_vae.safetensors in vae/)", has_vae(shapes)),
+                                           (ENCODER_FILE + " (--text-encoder)", has_encoder(shapes))))
         width = shapes[DD.QWEN25 + "model.embed_tokens.weight"][1]
         if width != cfg.qwen_image.joint_attention_dim:
             raise CheckpointError(path, f"the text encoder is {width} wide; this Qwen-Image network takes "

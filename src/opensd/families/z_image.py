@@ -27,7 +27,7 @@ from ..models.dit_models import ZImageModel
 from ..sampling.flow import FlowSampling
 from .chroma import text_mask
 from .dit import compute_dtype
-from .qwen_dit import QwenDiTFamily, has_qwen3
+from .qwen_dit import QwenDiTFamily, has_qwen3, has_vae, require_parts
 from .z_image_prompts import ZImageConditioner
 
 ENCODER = "Qwen3-4B text encoder (text_encoders/qwen_3_4b.safetensors)"
@@ -94,12 +94,8 @@ class ZImageFamily(QwenDiTFamily):
         return vae + ([] if has_qwen3(shapes) else ["qwen3"])
 
     def check_complete(self, cfg, shapes, path):
-        missing = [what for what, here in (("VAE (--vae; Flux's ae.safetensors in vae/)",
-                                            D.VAE + "encoder.conv_in.weight" in shapes),
-                                           (ENCODER + " (--text-encoder)", has_qwen3(shapes))) if not here]
-        if missing:
-            raise CheckpointError(path, f"this Z-Image file has no {' and no '.join(missing)}; pass the separate "
-                                        "files or keep them in the models folder's vae/ and text_encoders/")
+        require_parts(path, "Z-Image", (("VAE (--vae; Flux's ae.safetensors in vae/)", has_vae(shapes)),
+                                        (ENCODER + " (--text-encoder)", has_qwen3(shapes))))
         width = shapes[DD.QWEN3 + "model.embed_tokens.weight"][1]
         if width != cfg.z_image.cap_feat_dim:
             raise CheckpointError(path, f"the text encoder is {width} wide; this Z-Image network takes "
